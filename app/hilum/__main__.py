@@ -1,0 +1,5 @@
+import sys
+
+from hilum.cli import main
+
+sys.exit(main())

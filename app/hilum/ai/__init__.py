@@ -1,0 +1,1 @@
+"""Hilum ai layer (see ../shared/DESIGN.md)."""

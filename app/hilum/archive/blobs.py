@@ -1,0 +1,138 @@
+"""Blob store: where the DICOM files themselves live.
+
+Files are written to a temporary name, fsynced and renamed into place, so a
+reader never sees half a file and a crash leaves at most a stray temporary
+(cleaned by ``hilum check --repair``).  Keys are derived from the SOP
+Instance UID (a hash, two levels of 256 folders), which keeps every folder
+small however large the archive grows.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Protocol
+
+from hilum.errors import StorageFull
+
+
+class BlobStore(Protocol):
+    """The small interface every blob back-end offers."""
+
+    def key_for(self, sop_uid: str) -> str: ...
+
+    def write_temp(self, data: bytes | memoryview) -> str: ...
+
+    def commit_temp(self, temp: str, key: str) -> None: ...
+
+    def discard_temp(self, temp: str) -> None: ...
+
+    def read(self, key: str) -> bytes: ...
+
+    def path(self, key: str) -> Path: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def keys(self) -> Iterator[str]: ...
+
+
+class FileBlobStore:
+    """Blobs as files under ``root`` (the default back-end)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.tmp = self.root / "tmp"
+
+    def ensure(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(exist_ok=True)
+
+    @staticmethod
+    def key_for(sop_uid: str) -> str:
+        h = hashlib.sha1(sop_uid.encode("ascii", "replace")).hexdigest()
+        return f"{h[:2]}/{h[2:4]}/{h}.dcm"
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def write_temp(self, data: bytes | memoryview) -> str:
+        """Write ``data`` to a new temporary file, fsynced; return its name."""
+        try:
+            fd, name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
+        except FileNotFoundError:
+            self.ensure()
+            fd, name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
+            raise _storage_error(exc) from exc
+        return name
+
+    def commit_temp(self, temp: str, key: str) -> None:
+        dest = self.root / key
+        try:
+            os.replace(temp, dest)
+        except FileNotFoundError:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, dest)
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+
+    def discard_temp(self, temp: str) -> None:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+
+    def read(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return (self.root / key).exists()
+
+    def delete(self, key: str) -> None:
+        try:
+            (self.root / key).unlink()
+        except FileNotFoundError:
+            pass
+
+    def keys(self) -> Iterator[str]:
+        """Every stored key (temporaries excluded)."""
+        if not self.root.exists():
+            return
+        for top in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if not top.is_dir() or top.name == "tmp" or len(top.name) != 2:
+                continue
+            for mid in os.scandir(top.path):
+                if not mid.is_dir():
+                    continue
+                for f in os.scandir(mid.path):
+                    if f.name.endswith(".dcm"):
+                        yield f"{top.name}/{mid.name}/{f.name}"
+
+    def temporaries(self) -> list[Path]:
+        return sorted(self.tmp.glob("*.part")) if self.tmp.exists() else []
+
+
+def _storage_error(exc: OSError) -> StorageFull:
+    if exc.errno == errno.ENOSPC:
+        return StorageFull(f"disk full: {exc.filename or ''}".strip())
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StorageFull(f"cannot write to the archive ({os.strerror(exc.errno)}): {exc.filename or ''}".strip())
+    if exc.errno == errno.EDQUOT:
+        return StorageFull("disk quota exceeded")
+    return StorageFull(f"cannot write blob: {exc}")

@@ -1,0 +1,1 @@
+"""Hilum dicom layer (see ../shared/DESIGN.md)."""

@@ -1,0 +1,235 @@
+"""Reading an instance for the archive: validation and the attributes it indexes.
+
+Pure DICOM: bytes in, a validated :class:`pydicom.Dataset` and a flat
+:class:`IndexRecord` out.  Nothing is decoded that the index does not need
+(pixel data stays bytes).  Text is decoded with the instance's Specific
+Character Set (PS3.5 6.1; ISO 2022 escapes included) by pydicom, so the index
+holds Unicode.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+
+from hilum.dicom.matching import normalize_date, normalize_time, pn_groups
+
+__all__ = ["InvalidInstance", "IndexRecord", "read_instance", "index_record", "to_part10"]
+
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+_UNDEFINED = 0xFFFFFFFF
+_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+class InvalidInstance(ValueError):
+    """Bytes that are not a storable DICOM instance; ``code`` names the reason."""
+
+    def __init__(self, code: str, message: str, sop_instance_uid: str | None = None):
+        self.code = code
+        self.sop_instance_uid = sop_instance_uid
+        super().__init__(message)
+
+
+@dataclass(slots=True)
+class IndexRecord:
+    """What the index keeps of one instance, normalised for matching."""
+
+    patient: dict[str, Any] = field(default_factory=dict)
+    study: dict[str, Any] = field(default_factory=dict)
+    series: dict[str, Any] = field(default_factory=dict)
+    instance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sop_uid(self) -> str:
+        return str(self.instance["sop_uid"])
+
+    @property
+    def study_uid(self) -> str:
+        return str(self.study["study_uid"])
+
+    @property
+    def series_uid(self) -> str:
+        return str(self.series["series_uid"])
+
+
+def read_instance(data: bytes) -> Dataset:
+    """Parse and validate one instance (a Part 10 file, or a bare dataset).
+
+    Raises :class:`InvalidInstance` with ``code`` one of ``not-dicom``,
+    ``truncated``, ``missing-uid``.
+    """
+    if len(data) < 132 or data[128:132] != b"DICM":
+        # A bare dataset (no preamble/meta) is accepted only if it parses and
+        # has the UIDs; anything else is not DICOM.
+        if not _looks_like_dataset(data):
+            raise InvalidInstance("not-dicom", "not a DICOM file (no DICM preamble)")
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError, NotImplementedError) as exc:
+        raise InvalidInstance("not-dicom", f"not a readable DICOM file: {exc}") from exc
+    except Exception as exc:  # pydicom raises assorted errors on garbage
+        raise InvalidInstance("not-dicom", f"not a readable DICOM file: {type(exc).__name__}: {exc}") from exc
+    _check_complete(ds, data)
+    sop_uid = _text(ds, "SOPInstanceUID")
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not _text(ds, keyword):
+            raise InvalidInstance("missing-uid", f"missing {keyword}", sop_uid or None)
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = _text(ds, keyword)
+        if len(value) > 64:
+            raise InvalidInstance("missing-uid", f"{keyword} longer than 64 characters", sop_uid or None)
+    return ds
+
+
+def _looks_like_dataset(data: bytes) -> bool:
+    # A bare dataset starts with a group 0x0008 (or 0x0002) element, little endian.
+    return len(data) >= 8 and data[1] == 0x00 and data[0] in (0x02, 0x08)
+
+
+def _check_complete(ds: Dataset, data: bytes) -> None:
+    """Reject a truncated instance: an element shorter than its declared length,
+    or encapsulated pixel data without its sequence delimiter."""
+    for elem in ds._dict.values():
+        if not isinstance(elem, RawDataElement) or elem.value is None:
+            continue
+        if elem.length != _UNDEFINED:
+            if len(elem.value) < elem.length:
+                raise InvalidInstance("truncated", f"truncated: element {elem.tag} is cut short", None)
+        elif elem.tag in _PIXEL_TAGS:
+            if data.rfind(_SEQ_DELIMITER) < 0 or not _fragments_complete(elem.value):
+                raise InvalidInstance("truncated", "truncated: encapsulated pixel data is cut short", None)
+
+
+def _fragments_complete(value: bytes) -> bool:
+    pos, n = 0, len(value)
+    while pos + 8 <= n:
+        if value[pos : pos + 4] != b"\xfe\xff\x00\xe0":
+            return False
+        length = int.from_bytes(value[pos + 4 : pos + 8], "little")
+        pos += 8 + length
+    return pos == n
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or getattr(value, "VM", 1) > 1 and not isinstance(value, str):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _date(ds: Dataset, keyword: str) -> str:
+    v = _text(ds, keyword)
+    try:
+        return normalize_date(v) if v else ""
+    except ValueError:
+        return ""
+
+
+def _time(ds: Dataset, keyword: str) -> str:
+    v = _text(ds, keyword)
+    try:
+        return normalize_time(v) if v else ""
+    except ValueError:
+        return ""
+
+
+def index_record(ds: Dataset) -> IndexRecord:
+    """The attributes the index keeps of ``ds`` (which :func:`read_instance` validated)."""
+    name = _text(ds, "PatientName")
+    pn_a, pn_i, pn_p = pn_groups(name)
+    ref = _text(ds, "ReferringPhysicianName")
+    study_date = _date(ds, "StudyDate")
+    study_time = _time(ds, "StudyTime")
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    charset = ds.get("SpecificCharacterSet", "")
+    if isinstance(charset, (list, tuple)) or hasattr(charset, "__iter__") and not isinstance(charset, str):
+        charset = "\\".join(str(c) for c in charset)
+    nframes = _int(ds, "NumberOfFrames")
+    return IndexRecord(
+        patient={
+            "patient_id": _text(ds, "PatientID"),
+            "issuer": _text(ds, "IssuerOfPatientID"),
+            "patient_name": name,
+            "pn_a": pn_a,
+            "pn_i": pn_i,
+            "pn_p": pn_p,
+            "birth_date": _date(ds, "PatientBirthDate"),
+            "sex": _text(ds, "PatientSex"),
+        },
+        study={
+            "study_uid": _text(ds, "StudyInstanceUID"),
+            "study_date": study_date,
+            "study_time": study_time,
+            "study_dt": (study_date + (study_time or "000000.000000")) if study_date else "",
+            "accession_number": _text(ds, "AccessionNumber"),
+            "study_id": _text(ds, "StudyID"),
+            "study_description": _text(ds, "StudyDescription"),
+            "referring_physician": ref,
+            "ref_pn_a": pn_groups(ref)[0],
+            "specific_character_set": str(charset or ""),
+        },
+        series={
+            "series_uid": _text(ds, "SeriesInstanceUID"),
+            "modality": _text(ds, "Modality"),
+            "series_number": _int(ds, "SeriesNumber"),
+            "series_description": _text(ds, "SeriesDescription"),
+            "body_part": _text(ds, "BodyPartExamined"),
+            "series_date": _date(ds, "SeriesDate"),
+            "series_time": _time(ds, "SeriesTime"),
+            "pps_start_date": _date(ds, "PerformedProcedureStepStartDate"),
+            "pps_start_time": _time(ds, "PerformedProcedureStepStartTime"),
+            "frame_of_reference_uid": _text(ds, "FrameOfReferenceUID"),
+        },
+        instance={
+            "sop_uid": _text(ds, "SOPInstanceUID"),
+            "sop_class_uid": _text(ds, "SOPClassUID"),
+            "instance_number": _int(ds, "InstanceNumber"),
+            "transfer_syntax": ts,
+            "number_of_frames": nframes,
+            "rows": _int(ds, "Rows"),
+            "columns": _int(ds, "Columns"),
+            "content_date": _date(ds, "ContentDate"),
+            "content_time": _time(ds, "ContentTime"),
+        },
+    )
+
+
+def to_part10(ds: Dataset) -> bytes:
+    """Encode ``ds`` as a Part 10 file (adding file meta where it lacks one)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        meta = FileMetaDataset(meta or {})
+        implicit = getattr(ds, "is_implicit_VR", None)
+        original = getattr(ds, "original_encoding", None)
+        if original and original[0] is not None:
+            implicit = original[0]
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = UID(str(ds.SOPClassUID))
+    meta.MediaStorageSOPInstanceUID = UID(str(ds.SOPInstanceUID))
+    if "ImplementationClassUID" not in meta:
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

@@ -1,0 +1,1 @@
+"""Hilum dicomweb layer (see ../shared/DESIGN.md)."""

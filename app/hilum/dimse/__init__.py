@@ -1,0 +1,1 @@
+"""Hilum dimse layer (see ../shared/DESIGN.md)."""

@@ -1,0 +1,35 @@
+"""The project's error classes (STYLE.md §9): one base, a few subclasses with fields a UI can show."""
+
+from __future__ import annotations
+
+
+class HilumError(Exception):
+    """Base of every error Hilum raises on purpose."""
+
+
+class RejectedInstance(HilumError):
+    """An instance the archive refused to store, with the reason in words."""
+
+    def __init__(self, reason: str, sop_instance_uid: str | None = None, source: str | None = None):
+        self.reason = reason
+        self.sop_instance_uid = sop_instance_uid
+        self.source = source
+        where = f" ({source})" if source else ""
+        super().__init__(f"{reason}{where}")
+
+
+class StorageFull(HilumError):
+    """The blob store cannot write: disk full, read-only, or quota reached."""
+
+
+class NotFound(HilumError):
+    """A patient, study, series or instance that the archive does not hold."""
+
+    def __init__(self, level: str, uid: str):
+        self.level = level
+        self.uid = uid
+        super().__init__(f"no {level} {uid!r} in the archive")
+
+
+class ConfigError(HilumError):
+    """hilum.toml or a command-line option is invalid."""

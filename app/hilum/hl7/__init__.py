@@ -1,0 +1,1 @@
+"""Hilum hl7 layer (see ../shared/DESIGN.md)."""

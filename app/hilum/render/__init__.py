@@ -1,0 +1,1 @@
+"""Hilum render layer (see ../shared/DESIGN.md)."""

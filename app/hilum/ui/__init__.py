@@ -1,0 +1,1 @@
+"""Hilum ui layer (see ../shared/DESIGN.md)."""
