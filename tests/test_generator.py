@@ -185,7 +185,7 @@ def test_enhanced_ct_multiframe(tmp_path):
     positions = [_floats(f.PlanePositionSequence[0].ImagePositionPatient) for f in frames]
     _assert_stack_geometry(positions, iop, float(measures.SpacingBetweenSlices))
     assert [f.FrameContentSequence[0].InStackPositionNumber for f in frames] == list(range(1, 9))
-    # Soft tissue in frame 0 via the functional-group geometry.
+    # Bone in frame 0, found via the functional-group geometry.
     r, c = _pixel_index(positions[0], iop, _floats(measures.PixelSpacing), (*PHANTOM.landmarks["bone"], 0.0))
     assert 700 <= int(ds.pixel_array[0, r, c]) - 1024 <= 1200
 

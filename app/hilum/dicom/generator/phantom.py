@@ -15,6 +15,7 @@ the same arguments give the same pixels.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -119,7 +120,7 @@ class Phantom:
 
     def with_spheres(self, spheres: tuple[Sphere, ...]) -> Phantom:
         """A copy with other spheres (e.g. a prior where a nodule was smaller)."""
-        return Phantom(**{**self.__dict__, "spheres": tuple(spheres)})
+        return dataclasses.replace(self, spheres=tuple(spheres))
 
     # ------------------------------------------------------------------ labels
     def background_labels(self, x: npt.NDArray[np.floating], y: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
