@@ -1,0 +1,385 @@
+"""Pixel pipeline: decode one frame and turn it into 8-bit display values.
+
+One implementation for the viewer, thumbnails, rendered DICOMweb frames, the
+``hilum render`` verb and AI preprocessing (see DESIGN.md, "The domain is pure").
+
+Grayscale (PS3.4 N.2, PS3.3 C.11): stored values → Modality LUT (C.11.1:
+Rescale Slope/Intercept or Modality LUT Sequence, per frame for enhanced
+objects) → VOI LUT (C.11.2: Window Center/Width with LINEAR, LINEAR_EXACT or
+SIGMOID, or a VOI LUT Sequence) → Presentation LUT (C.11.6: IDENTITY/INVERSE,
+and MONOCHROME1 inversion, C.7.6.3.1.2) → 8-bit P-Values. For 8- and 16-bit
+stored data the whole chain is folded into one lookup table over every possible
+stored value, so a frame costs one ``np.take``; the table is cached per
+(pipeline, VOI) and so reused while scrolling slices with equal parameters.
+
+Colour (C.7.6.3.1.2): RGB as is, YBR_FULL/YBR_FULL_422 converted to RGB by
+pydicom while decoding, PALETTE COLOR through its Palette Color LUT (C.7.9,
+pydicom's ``apply_color_lut``); samples deeper than 8 bits are scaled to 8.
+
+8-bit quantisation: the standard's VOI formulas give a real ``y`` in
+``[0, 255]``; Hilum rounds to the nearest integer (``floor(y + 0.5)``). DCMTK's
+``dcmj2pnm`` truncates (``floor(y)``), so the two differ by at most one grey
+level on a fraction of the pixels (measured in ``tests/test_render_dcmtk.py``).
+
+Default VOI when the caller gives none (``render_frame(..., window=None)``): the
+header's first Window Center/Width, else its first VOI LUT Sequence item, else a
+min-max window over the frame's modality values with DCMTK's ``+Wm`` rule
+(:meth:`Window.min_max`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut
+from pydicom.pixels import pixel_array as _pydicom_pixel_array
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+from hilum.dicom.pixels_lut import (
+    LUT,
+    VOI,
+    ModalityTransform,
+    VOITable,
+    Window,
+    presentation_inverts,
+    voi_tables_from_dataset,
+    windows_from_dataset,
+)
+from hilum.errors import HilumError
+
+__all__ = [
+    "LUT",
+    "VOI",
+    "FrameIndexError",
+    "GrayscalePipeline",
+    "ModalityTransform",
+    "PixelDataError",
+    "VOITable",
+    "Window",
+    "frame_array",
+    "is_grayscale",
+    "number_of_frames",
+    "read_header",
+    "render_frame",
+    "to_uint8_color",
+]
+
+logger = logging.getLogger(__name__)
+
+Source = Dataset | str | os.PathLike[str]
+WindowArg = Window | VOITable | tuple[float, float] | None
+
+GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+_WHOLE_FILE_SYNTAXES = {DeflatedExplicitVRLittleEndian}
+
+
+class PixelDataError(HilumError):
+    """The object has no usable pixel data, or it cannot be decoded here."""
+
+
+class FrameIndexError(PixelDataError, IndexError):
+    """A frame index outside ``0 .. Number of Frames - 1``."""
+
+    def __init__(self, frame: int, frames: int):
+        self.frame = frame
+        self.frames = frames
+        super().__init__(f"frame index {frame} out of range: the image has {frames} frame(s) (0..{frames - 1})")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_header(source: Source) -> Dataset:
+    """The dataset of *source* without its pixel data (a Dataset is returned as is).
+
+    Raises :class:`PixelDataError` for a file that is not DICOM.
+    """
+    if isinstance(source, Dataset):
+        return source
+    try:
+        return pydicom.dcmread(os.fspath(source), stop_before_pixels=True)
+    except InvalidDicomError as exc:
+        raise PixelDataError(f"{os.fspath(source)} is not a DICOM file (no DICM prefix / File Meta Information)") from exc
+    except (OSError, EOFError) as exc:
+        raise PixelDataError(f"cannot read {os.fspath(source)}: {exc}") from exc
+
+
+def number_of_frames(ds: Dataset) -> int:
+    """Number of Frames (0028,0008), 1 when absent (PS3.3 C.7.6.6)."""
+    try:
+        return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def is_grayscale(ds: Dataset) -> bool:
+    """True for MONOCHROME1/MONOCHROME2 (the grayscale pipeline applies)."""
+    return str(ds.get("PhotometricInterpretation", "") or "").strip().upper() in GRAYSCALE
+
+
+def frame_array(source: Source, frame: int = 0, *, header: Dataset | None = None) -> np.ndarray:
+    """Decode one frame (0-based) of *source* to a numpy array of stored values.
+
+    Uses pydicom 3's ``pydicom.pixels.pixel_array(src, index=frame)``, which for
+    a path or file decodes only that frame's bytes/fragments, so a large
+    multi-frame object is not decoded whole. Native data comes back masked to
+    Bits Stored and sign-extended when Pixel Representation is 1 (PS3.5 8.1.1);
+    YBR_FULL/YBR_FULL_422 colour is converted to RGB (PS3.3 C.7.6.3.1.2).
+
+    Shape is (rows, columns) for one sample per pixel, (rows, columns, 3) for
+    colour. Raises :class:`FrameIndexError` for an out-of-range frame and
+    :class:`PixelDataError` when the object has no pixel data or no installed
+    decoder can decode it (pydicom's message names the package to install).
+    """
+    ds = header if header is not None else (source if isinstance(source, Dataset) else None)
+    if ds is None:
+        ds = read_header(source)
+    frames = number_of_frames(ds)
+    if not 0 <= frame < frames:
+        raise FrameIndexError(frame, frames)
+    if isinstance(source, Dataset) and not any(
+        k in source for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+    ):
+        raise PixelDataError("the object has no Pixel Data (7FE0,0010)")
+    if ds.get("Rows") is None or ds.get("Columns") is None:
+        raise PixelDataError("not an image: the object has no Rows/Columns/Pixel Data")
+    src: Dataset | str = os.fspath(source) if isinstance(source, (str, Path, os.PathLike)) else source
+    tsyntax = getattr(getattr(ds, "file_meta", None), "get", lambda _k: None)("TransferSyntaxUID")
+    if isinstance(src, str) and tsyntax in _WHOLE_FILE_SYNTAXES:
+        # pydicom's frame-by-frame file reader cannot inflate a deflated data set
+        src = pydicom.dcmread(src)
+    try:
+        arr = _pydicom_pixel_array(src, index=frame, as_rgb=True)
+    except (AttributeError, KeyError) as exc:
+        raise PixelDataError(f"cannot decode pixel data: {exc}") from exc
+    except (RuntimeError, NotImplementedError, ValueError) as exc:
+        raise PixelDataError(f"cannot decode pixel data: {exc}") from exc
+    return arr
+
+
+# --------------------------------------------------------------------------- grayscale
+
+
+_LUT_CACHE: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+_LUT_CACHE_SIZE = 32
+_LUT_LOCK = threading.Lock()
+
+
+def _to_uint8(y01: np.ndarray, invert: bool) -> np.ndarray:
+    """Normalised VOI output → 8-bit P-Values: ``floor(255 y + 0.5)`` (inverted if asked)."""
+    y = y01 * 255.0
+    if invert:
+        y = 255.0 - y
+    y += 0.5
+    np.floor(y, out=y)
+    np.clip(y, 0, 255, out=y)
+    return y.astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class GrayscalePipeline:
+    """The grayscale transforms of one frame (PS3.4 N.2), ready to apply repeatedly.
+
+    Build it once with :meth:`from_dataset` (cheap: reads attributes only) and
+    call :meth:`apply` on each decoded frame and each window change. For 8- and
+    16-bit stored values it builds a 256/65536-entry uint8 table over every
+    possible stored value (indexed through an unsigned view, so signed data
+    needs no arithmetic) and caches it, so applying costs one ``np.take``.
+    Other data (32-bit, float) is computed directly in float64.
+    """
+
+    modality: ModalityTransform
+    windows: tuple[Window, ...] = ()
+    voi_tables: tuple[VOITable, ...] = ()
+    invert: bool = False
+    photometric: str = "MONOCHROME2"
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, frame: int = 0, *, presentation_lut_shape: str | None = None) -> GrayscalePipeline:
+        """Read the pipeline that applies to *frame* (0-based) of *ds*.
+
+        Per-frame values of enhanced objects (Pixel Value Transformation and
+        Frame VOI LUT functional groups, PS3.3 C.7.6.16.2.9-10) are honoured.
+        *presentation_lut_shape* (IDENTITY/INVERSE) overrides the image's own,
+        e.g. from a presentation state.
+        """
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
+        if photometric not in GRAYSCALE:
+            raise ValueError(f"the grayscale pipeline needs MONOCHROME1/2, not {photometric}")
+        modality = ModalityTransform.from_dataset(ds, frame)
+        return cls(
+            modality=modality,
+            windows=windows_from_dataset(ds, frame),
+            voi_tables=voi_tables_from_dataset(ds, frame, modality),
+            invert=presentation_inverts(ds, presentation_lut_shape),
+            photometric=photometric,
+        )
+
+    # ---- VOI choice
+
+    @property
+    def voi_choices(self) -> tuple[VOI, ...]:
+        """The header's VOI transforms in order: each window, then each VOI LUT."""
+        return (*self.windows, *self.voi_tables)
+
+    def default_voi(self, voi_index: int = 0) -> VOI | None:
+        """The header VOI at *voi_index* of :attr:`voi_choices`, None if there is none.
+
+        With the default index 0 this is the first Window Center/Width if any,
+        else the first VOI LUT Sequence item (C.11.2 lets the application choose;
+        windows are what radiologists tune). None means "use a min-max window".
+        """
+        choices = self.voi_choices
+        if not choices:
+            if voi_index:
+                raise IndexError(f"VOI index {voi_index} out of range: the image has no VOI in its header")
+            return None
+        if not 0 <= voi_index < len(choices):
+            raise IndexError(f"VOI index {voi_index} out of range: the image has {len(choices)} (0..{len(choices) - 1})")
+        return choices[voi_index]
+
+    def min_max_window(self, stored: np.ndarray) -> Window:
+        """Window covering the modality values present in *stored* (DCMTK ``+Wm`` rule)."""
+        lo_s, hi_s = stored.min(), stored.max()
+        if self.modality.lut is None:
+            ends = self.modality.apply(np.array([lo_s, hi_s]))
+        else:  # a LUT need not be monotonic: look at every value in the range
+            ends = self.modality.apply(np.arange(int(lo_s), int(hi_s) + 1))
+        lo, hi = float(np.min(ends)), float(np.max(ends))
+        return Window.min_max(lo, hi)
+
+    def resolve_voi(self, stored: np.ndarray | None, window: WindowArg = None, voi_index: int = 0) -> VOI:
+        """The VOI actually applied for *window*: given, header's, or min-max of *stored*."""
+        if isinstance(window, (Window, VOITable)):
+            return window
+        if window is not None:
+            center, width = window
+            return Window(float(center), float(width))
+        voi = self.default_voi(voi_index)
+        if voi is not None:
+            return voi
+        if stored is None:
+            raise ValueError("no window given and the header has none: pass the frame for a min-max window")
+        return self.min_max_window(stored)
+
+    # ---- apply
+
+    def modality_values(self, stored: np.ndarray) -> np.ndarray:
+        """Modality values (e.g. Hounsfield units) of *stored*, float64."""
+        return self.modality.apply(stored)
+
+    def lut(self, dtype: np.dtype, voi: VOI) -> np.ndarray | None:
+        """The uint8 table over all values of an 8/16-bit integer *dtype*, or None.
+
+        Entry ``i`` is the P-Value of the stored value whose bit pattern, read
+        as *dtype*, is ``i`` (two's complement for signed types).
+        """
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "iu" or dtype.itemsize > 2:
+            return None
+        key = (self.modality, self.invert, voi, dtype.str)
+        with _LUT_LOCK:
+            table = _LUT_CACHE.get(key)
+            if table is not None:
+                _LUT_CACHE.move_to_end(key)
+                return table
+        unsigned = np.dtype(f"u{dtype.itemsize}")
+        domain = np.arange(1 << (8 * dtype.itemsize), dtype=np.int64).astype(unsigned).view(dtype)
+        table = _to_uint8(voi.apply(self.modality.apply(domain)), self.invert)
+        table.setflags(write=False)
+        with _LUT_LOCK:
+            _LUT_CACHE[key] = table
+            while len(_LUT_CACHE) > _LUT_CACHE_SIZE:
+                _LUT_CACHE.popitem(last=False)
+        return table
+
+    def apply(self, stored: np.ndarray, window: WindowArg = None, voi_index: int = 0) -> np.ndarray:
+        """8-bit P-Values of *stored* (any shape) through modality → VOI → presentation.
+
+        *window*: ``(center, width)`` (LINEAR), a :class:`Window`, a
+        :class:`VOITable`, or None for the default (see module docstring).
+        """
+        stored = np.asarray(stored)
+        voi = self.resolve_voi(stored, window, voi_index)
+        table = self.lut(stored.dtype, voi)
+        if table is not None:
+            unsigned = np.dtype(f"u{stored.dtype.itemsize}")
+            return np.take(table, stored.view(unsigned))
+        return _to_uint8(voi.apply(self.modality.apply(stored)), self.invert)
+
+
+# --------------------------------------------------------------------------- colour
+
+
+def to_uint8_color(rgb: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """Reduce colour samples of nominal depth *bits* to 8 bits by keeping the top 8.
+
+    ``v >> (bits - 8)``: exact for both common ways of widening 8-bit colour to
+    16 bits (``v8 << 8``, as in most 16-bit palettes, and ``v8 * 257``), and the
+    same as DCMTK. *bits* is Bits Stored or a palette's LUT depth; 8-bit input
+    is returned unchanged.
+    """
+    if rgb.dtype == np.uint8:
+        return rgb
+    if bits is None:
+        bits = 8 * rgb.dtype.itemsize
+    if rgb.dtype.kind == "f":
+        out = np.clip(np.floor(rgb * (255.0 / float((1 << bits) - 1)) + 0.5), 0, 255)
+        return out.astype(np.uint8)
+    values = rgb.astype(np.int64)
+    if bits > 8:
+        values >>= bits - 8
+    return np.clip(values, 0, 255).astype(np.uint8)
+
+
+def _render_color(ds: Dataset, arr: np.ndarray) -> np.ndarray:
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    if photometric == "PALETTE COLOR":
+        # C.7.6.3.1.5 / C.7.9: stored value → R, G, B through the palette LUTs.
+        rgb = apply_color_lut(arr, ds)
+        if rgb.shape[-1] == 4:  # alpha palette: drop alpha for display
+            rgb = rgb[..., :3]
+        desc = ds.get("RedPaletteColorLookupTableDescriptor")
+        bits = int(desc[2]) if desc is not None and rgb.dtype != np.uint8 else None
+        return to_uint8_color(np.ascontiguousarray(rgb), bits)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise PixelDataError(f"unsupported colour layout {arr.shape} for {photometric}")
+    bits_stored = int(ds.get("BitsStored", 8) or 8)
+    return to_uint8_color(arr, bits_stored if arr.dtype != np.uint8 else None)
+
+
+# --------------------------------------------------------------------------- render
+
+
+def render_frame(
+    source: Source,
+    frame: int = 0,
+    window: WindowArg = None,
+    voi_index: int = 0,
+    *,
+    presentation_lut_shape: str | None = None,
+) -> np.ndarray:
+    """Render frame *frame* (0-based) of *source* to 8-bit display values.
+
+    Returns H×W uint8 for grayscale (P-Values through :class:`GrayscalePipeline`)
+    or H×W×3 uint8 RGB for colour. *window* is ``(center, width)`` (LINEAR,
+    PS3.3 C.11.2.1.2.1), a :class:`Window`, a :class:`VOITable`, or None for the
+    header's VOI at *voi_index* (windows first, then VOI LUTs) falling back to a
+    min-max window. *source* is a dataset or a path (a path decodes only the
+    requested frame).
+    """
+    ds = read_header(source)
+    arr = frame_array(source, frame, header=ds)
+    if not is_grayscale(ds):
+        return _render_color(ds, arr)
+    pipeline = GrayscalePipeline.from_dataset(ds, frame, presentation_lut_shape=presentation_lut_shape)
+    return pipeline.apply(arr, window, voi_index)
