@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Hilum set-up on a Debian machine: system packages, a virtualenv in .venv, the
+# project installed into it (editable, with its test tools).  Idempotent: a
+# second run only checks.  Usage: bash installer/setup.sh [--no-system]
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+
+# Debian packages: DCMTK and Orthanc (interop peers in tests, benchmarks),
+# Xvfb and the X/GL libraries Qt + VTK need without a screen, OSMesa, PostgreSQL.
+SYSTEM_PACKAGES=(dcmtk xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0
+  libxcb-xinerama0 libxcb-randr0 libxcb-render-util0 libxcb-image0 libxcb-shape0 libegl1 libgl1
+  libopengl0 libglx0 libosmesa6 libfontconfig1 libdbus-1-3 fonts-dejavu-core
+  orthanc orthanc-dicomweb postgresql)
+
+if [[ "${1:-}" != "--no-system" ]]; then
+  missing=()
+  for p in "${SYSTEM_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then missing+=(python3-venv); fi
+  if ((${#missing[@]})); then
+    echo "hilum setup: installing ${missing[*]}" >&2
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian starts services on install where it can; Hilum's tests start their own.
+    $SUDO service orthanc stop >/dev/null 2>&1 || true
+  fi
+fi
+
+python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Hilum needs Python >= 3.11")'
+if [[ ! -x .venv/bin/python ]]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.hilum-installed
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -U pip wheel setuptools >/dev/null
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+  touch "$stamp"
+fi

@@ -1,0 +1,142 @@
+"""Shared fixtures: data folders, archives, pydicom's real sample files, a real PostgreSQL server.
+
+The PostgreSQL server is started once per test session by the suite itself
+(initdb + pg_ctl in a temporary folder, loopback only, an unusual port) and
+stopped at the end.  In CI a PostgreSQL that cannot start fails the tests that
+need it; on a developer machine without PostgreSQL they are skipped unless
+``HILUM_REQUIRE_POSTGRES=1`` (CI sets ``CI=true``, which implies it).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def archive(data_dir: Path):  # type: ignore[no-untyped-def]
+    from hilum.archive import Archive
+
+    a = Archive(data_dir)
+    yield a
+    a.close()
+
+
+@pytest.fixture(scope="session")
+def pydicom_files() -> Path:
+    """The folder of real sample files that the pydicom wheel ships (MIT)."""
+    import pydicom
+
+    return Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+def _pg_bin(name: str) -> str | None:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if found:
+        return found[-1]
+    return shutil.which(name)
+
+
+def _require_postgres() -> bool:
+    return os.environ.get("CI", "").lower() == "true" or os.environ.get("HILUM_REQUIRE_POSTGRES") == "1"
+
+
+class PostgresServer:
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="hilum-pg-"))
+        self.port = free_port()
+        self.as_user: str | None = None
+
+    def _run(self, args: list[str]) -> None:
+        if self.as_user:
+            cmd = ["runuser", "-u", self.as_user, "--", *args]
+        else:
+            cmd = args
+        subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+
+    def start(self) -> None:
+        initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        if not initdb or not pg_ctl:
+            raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) not found")
+        self.pg_ctl = pg_ctl
+        if os.geteuid() == 0:
+            # initdb refuses to run as root: run the server as 'postgres'.
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError as exc:
+                raise RuntimeError("no 'postgres' user to run the server as") from exc
+            self.as_user = "postgres"
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+        data = self.root / "data"
+        self._run([initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale"])
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=on"
+        self._run([pg_ctl, "-D", str(data), "-o", opts, "-l", str(self.root / "log"), "-w", "start"])
+
+    def stop(self) -> None:
+        try:
+            self._run([self.pg_ctl, "-D", str(self.root / "data"), "-m", "fast", "-w", "stop"])
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{dbname}"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.start()
+    except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
+        out = getattr(exc, "stdout", b"") or b""
+        msg = f"cannot start PostgreSQL: {exc} {out.decode(errors='replace')[-500:]}"
+        shutil.rmtree(server.root, ignore_errors=True)
+        if _require_postgres():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh, empty PostgreSQL database on the suite's server."""
+    import psycopg
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(f"host=127.0.0.1 port={pg_server.port} user=postgres dbname=postgres",
+                         autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield pg_server.url(name)
+    with psycopg.connect(f"host=127.0.0.1 port={pg_server.port} user=postgres dbname=postgres",
+                         autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,94 @@
+"""PS3.4 C.2.2.2 matching as pure functions."""
+
+import pytest
+
+from hilum.dicom.matching import (
+    Range,
+    Single,
+    UidList,
+    Universal,
+    Wildcard,
+    normalize_time,
+    parse_key,
+    pn_groups,
+)
+
+
+def test_universal_matching():
+    assert isinstance(parse_key("PatientName", ""), Universal)
+    assert isinstance(parse_key("PatientID", None), Universal)
+    assert isinstance(parse_key("StudyDate", "*"), Universal)
+    assert parse_key("PatientID", "").matches("anything")
+
+
+def test_single_value_is_exact_and_case_sensitive_except_pn():
+    m = parse_key("PatientID", "ABC123")
+    assert isinstance(m, Single)
+    assert m.matches("ABC123") and not m.matches("abc123") and not m.matches("ABC1234")
+    pn = parse_key("PatientName", "smith^john")
+    assert pn.matches("SMITH^JOHN") and pn.matches("Smith^John^^^")
+    assert not pn.matches("Smith^Johnny")
+
+
+def test_wildcards():
+    m = parse_key("PatientName", "sm?th*")
+    assert isinstance(m, Wildcard)
+    assert m.matches("Smith^John") and m.matches("SMYTHE") and not m.matches("Schmidt")
+    m = parse_key("StudyDescription", "*HEAD*")
+    assert m.matches("CT HEAD W/O") and not m.matches("ct head")
+    assert Wildcard("X", "LO", pattern="a%b_*").like() == "a\\%b\\_%"
+
+
+def test_pn_any_component_group_matches():
+    name = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    assert pn_groups(name) == ("YAMADA^TAROU", "山田^太郎", "やまだ^たろう")
+    assert parse_key("PatientName", "山田*").matches(name)
+    assert parse_key("PatientName", "YAMADA*").matches(name)
+    assert parse_key("PatientName", "=やまだ^たろう").matches(name)
+    assert parse_key("PatientName", "müller*").matches("Müller^Jürgen")
+
+
+def test_date_ranges_including_open_ended():
+    m = parse_key("StudyDate", "20200101-20201231")
+    assert isinstance(m, Range)
+    assert m.matches("20200615") and m.matches("20200101") and m.matches("20201231")
+    assert not m.matches("20210101") and not m.matches("")
+    assert parse_key("StudyDate", "-20200101").matches("19991231")
+    assert not parse_key("StudyDate", "-20200101").matches("20200102")
+    assert parse_key("StudyDate", "20200101-").matches("20991231")
+    assert parse_key("StudyDate", "20200101").matches("20200101")
+    with pytest.raises(ValueError):
+        parse_key("StudyDate", "2020-13")
+    with pytest.raises(ValueError):
+        parse_key("StudyDate", "20201231-20200101")
+
+
+def test_time_ranges_and_partial_times():
+    assert normalize_time("14") == "140000.000000"
+    assert normalize_time("14", upper=True) == "145959.999999"
+    assert normalize_time("1430") == "143000.000000"
+    assert normalize_time("143000.5") == "143000.500000"
+    m = parse_key("StudyTime", "1000-1200")
+    assert m.matches("1130") and m.matches("120059") and not m.matches("1201")
+    assert parse_key("StudyTime", "14").matches("145501.25")
+    assert parse_key("StudyTime", "-0800").matches("0759")
+
+
+def test_datetime_range():
+    m = parse_key("AcquisitionDateTime", "20200101120000-20200102")
+    assert m.matches("20200101130000") and m.matches("20200102235959")
+    assert not m.matches("20200101110000")
+
+
+def test_uid_list_matching():
+    m = parse_key("StudyInstanceUID", "1.2.3\\1.2.4")
+    assert isinstance(m, UidList)
+    assert m.matches("1.2.4") and not m.matches("1.2.5")
+    m = parse_key("SOPInstanceUID", ["1.2", "1.3"])
+    assert isinstance(m, UidList) and m.matches("1.3")
+
+
+def test_modalities_in_study_matches_any_value():
+    m = parse_key("ModalitiesInStudy", "MR")
+    assert m.matches("CT\\MR") and not m.matches("CT\\US")
+    assert parse_key("ModalitiesInStudy", ["US", "MR"]).matches("CT\\MR")
