@@ -1,0 +1,306 @@
+"""Users, roles and API tokens of the node's web services (DICOMweb).
+
+The DICOMweb server (PS3.18) authenticates with HTTP Basic (RFC 7617) or a
+bearer token (RFC 6750) and authorises by role:
+
+* ``admin`` — read, write (STOW-RS) and administration;
+* ``radiologist`` — read and write;
+* ``viewer`` — read only (QIDO-RS, WADO-RS, WADO-URI).
+
+Passwords are stored as argon2id hashes (argon2-cffi's defaults, RFC 9106);
+tokens are random 256-bit strings of which only the SHA-256 is stored, so a
+copy of the index leaks neither.  The tables live in the index database next
+to the archive's (migration ``0003_users``), reached through the archive's
+SQLAlchemy engine: the archive stays the only layer with SQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+
+from hilum.errors import HilumError
+
+log = logging.getLogger(__name__)
+
+ROLES = ("admin", "radiologist", "viewer")
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "admin": frozenset({"read", "write", "admin"}),
+    "radiologist": frozenset({"read", "write"}),
+    "viewer": frozenset({"read"}),
+}
+MIN_PASSWORD_LENGTH = 8
+TOKEN_PREFIX = "hlm_"
+_NAME_RE = re.compile(r"^[A-Za-z0-9._@+-]{1,64}$")
+
+metadata = MetaData()
+
+users = Table(
+    "users",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("password_hash", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("user_fk", Integer, ForeignKey("users.pk", ondelete="CASCADE"), nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("label", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+)
+
+
+class UserError(HilumError):
+    """A user operation that cannot be done (unknown user, duplicate name, bad role or password)."""
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """An authenticated principal: name and role (see :data:`PERMISSIONS`)."""
+
+    name: str
+    role: str
+    created_at: datetime | None = None
+
+    def can(self, permission: str) -> bool:
+        return permission in PERMISSIONS.get(self.role, frozenset())
+
+
+ANONYMOUS_READER = User(name="anonymous", role="viewer")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes: they were written in UTC."""
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=timezone.utc)
+    return dt
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def check_name(name: str) -> str:
+    """Validate a user name: 1-64 of ``A-Z a-z 0-9 . _ @ + -`` (no ``:``, which Basic auth splits on)."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise UserError(f"invalid user name {name!r}: use 1-64 letters, digits or . _ @ + -")
+    return name
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise UserError(f"invalid role {role!r}: one of {', '.join(ROLES)}")
+    return role
+
+
+def check_password(password: str) -> str:
+    if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
+        raise UserError(f"password too short: at least {MIN_PASSWORD_LENGTH} characters")
+    if "\n" in password or "\r" in password or "\x00" in password:
+        raise UserError("password must not contain line breaks or NUL")
+    return password
+
+
+class UserStore:
+    """Users and tokens in the index database (thread-safe).
+
+    Successful argon2 verifications are remembered for a short while, keyed
+    by the stored hash and a SHA-256 of the password, so that HTTP Basic on
+    every request does not pay ~50 ms of argon2 each time; a password change
+    or a removal changes/removes the stored hash and so takes effect at once.
+    """
+
+    VERIFY_CACHE_SIZE = 256
+    VERIFY_CACHE_SECONDS = 300.0
+
+    def __init__(self, engine: Engine, *, hasher: PasswordHasher | None = None):
+        self.engine = engine
+        self.hasher = hasher or PasswordHasher()
+        self._dummy_hash = self.hasher.hash(secrets.token_hex(16))
+        self._verified: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, archive: Any) -> UserStore:
+        """The user store of an :class:`hilum.archive.Archive` (same database)."""
+        return cls(archive.engine)
+
+    # ----------------------------------------------------------------- users
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(users)).scalar_one())
+
+    def list(self) -> list[User]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(users.c.name, users.c.role, users.c.created_at).order_by(users.c.name)).all()
+        return [User(r.name, r.role, _aware(r.created_at)) for r in rows]
+
+    def get(self, name: str) -> User | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(users.c.name, users.c.role, users.c.created_at).where(users.c.name == name)).first()
+        return None if r is None else User(r.name, r.role, _aware(r.created_at))
+
+    def add(self, name: str, role: str, password: str) -> User:
+        check_name(name)
+        check_role(role)
+        check_password(password)
+        digest = self.hasher.hash(password)
+        now = _now()
+        with self.engine.begin() as conn:
+            if conn.execute(select(users.c.pk).where(users.c.name == name)).first() is not None:
+                raise UserError(f"user {name!r} already exists")
+            conn.execute(insert(users).values(name=name, role=role, password_hash=digest, created_at=now,
+                                              updated_at=now))
+        log.info("user %s added with role %s", name, role)
+        return User(name, role, now)
+
+    def remove(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            pk = conn.execute(select(users.c.pk).where(users.c.name == name)).scalar()
+            if pk is None:
+                raise UserError(f"no user {name!r}")
+            conn.execute(delete(api_tokens).where(api_tokens.c.user_fk == pk))
+            conn.execute(delete(users).where(users.c.pk == pk))
+        log.info("user %s removed", name)
+
+    def set_password(self, name: str, password: str) -> None:
+        check_password(password)
+        digest = self.hasher.hash(password)
+        with self.engine.begin() as conn:
+            res = conn.execute(update(users).where(users.c.name == name)
+                               .values(password_hash=digest, updated_at=_now()))
+            if not res.rowcount:
+                raise UserError(f"no user {name!r}")
+        log.info("password of user %s changed", name)
+
+    def set_role(self, name: str, role: str) -> None:
+        check_role(role)
+        with self.engine.begin() as conn:
+            res = conn.execute(update(users).where(users.c.name == name).values(role=role, updated_at=_now()))
+            if not res.rowcount:
+                raise UserError(f"no user {name!r}")
+        log.info("role of user %s set to %s", name, role)
+
+    def authenticate(self, name: str, password: str) -> User | None:
+        """The user if ``password`` is right, else None (same work for unknown names)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(users.c.name, users.c.role, users.c.password_hash, users.c.created_at)
+                               .where(users.c.name == name)).first()
+        if row is None:
+            try:  # spend the same time as for a real user: no user enumeration by timing
+                self.hasher.verify(self._dummy_hash, password)
+            except (VerificationError, InvalidHashError):
+                pass
+            return None
+        key = (row.name, row.password_hash, hashlib.sha256(password.encode("utf-8")).hexdigest())
+        now = time.monotonic()
+        with self._lock:
+            seen = self._verified.get(key)
+            if seen is not None and now - seen < self.VERIFY_CACHE_SECONDS:
+                self._verified.move_to_end(key)
+                return User(row.name, row.role, _aware(row.created_at))
+        try:
+            self.hasher.verify(row.password_hash, password)
+        except VerifyMismatchError:
+            return None
+        except (VerificationError, InvalidHashError):
+            log.warning("stored password hash of user %s is unusable", name)
+            return None
+        if self.hasher.check_needs_rehash(row.password_hash):
+            try:
+                self.set_password(name, password)
+            except UserError:
+                pass
+        else:
+            with self._lock:
+                self._verified[key] = now
+                while len(self._verified) > self.VERIFY_CACHE_SIZE:
+                    self._verified.popitem(last=False)
+        return User(row.name, row.role, _aware(row.created_at))
+
+    # ---------------------------------------------------------------- tokens
+
+    def issue_token(self, name: str, *, ttl: timedelta | None = timedelta(hours=12), label: str = "") -> str:
+        """A new bearer token for ``name`` (shown once; only its SHA-256 is stored).
+
+        ``ttl=None`` makes a token that does not expire (for scripts); revoke
+        it with :meth:`revoke_tokens`.
+        """
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = _now()
+        with self.engine.begin() as conn:
+            pk = conn.execute(select(users.c.pk).where(users.c.name == name)).scalar()
+            if pk is None:
+                raise UserError(f"no user {name!r}")
+            conn.execute(insert(api_tokens).values(
+                user_fk=pk, token_hash=_token_digest(token), label=label[:64], created_at=now,
+                expires_at=None if ttl is None else now + ttl))
+            # Expired tokens are of no use to anyone: drop them while here.
+            conn.execute(delete(api_tokens).where(api_tokens.c.expires_at.is_not(None),
+                                                  api_tokens.c.expires_at < now))
+        return token
+
+    def verify_token(self, token: str) -> User | None:
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
+            return None
+        digest = _token_digest(token)
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(users.c.name, users.c.role, users.c.created_at, api_tokens.c.token_hash,
+                       api_tokens.c.expires_at)
+                .select_from(api_tokens.join(users, api_tokens.c.user_fk == users.c.pk))
+                .where(api_tokens.c.token_hash == digest)).first()
+        if row is None or not hmac.compare_digest(row.token_hash, digest):
+            return None
+        expires = _aware(row.expires_at)
+        if expires is not None and expires < _now():
+            return None
+        return User(row.name, row.role, _aware(row.created_at))
+
+    def revoke_tokens(self, name: str) -> int:
+        """Revoke every token of ``name``; returns how many there were."""
+        with self.engine.begin() as conn:
+            pk = conn.execute(select(users.c.pk).where(users.c.name == name)).scalar()
+            if pk is None:
+                raise UserError(f"no user {name!r}")
+            return int(conn.execute(delete(api_tokens).where(api_tokens.c.user_fk == pk)).rowcount or 0)

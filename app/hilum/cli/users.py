@@ -1,0 +1,130 @@
+"""``hilum users``: the accounts of the node's web services (DICOMweb).
+
+::
+
+    hilum users add NAME --role admin|radiologist|viewer [--password-stdin]
+    hilum users list [--json]
+    hilum users remove NAME
+    hilum users passwd NAME [--password-stdin]
+    hilum users role NAME ROLE
+    hilum users token NAME [--hours N | --no-expiry] [--label TEXT]
+    hilum users revoke NAME
+
+Without ``--password-stdin`` the password is asked twice on the terminal.
+Passwords are stored as argon2id hashes (:mod:`hilum.archive.users`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from datetime import timedelta
+
+from hilum.errors import HilumError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "users",
+        help="manage the users of the web services (DICOMweb)",
+        description="Add, list and remove the users of the DICOMweb server; change passwords and roles; "
+        "issue and revoke bearer tokens. Roles: admin (read, write, admin), radiologist (read, write), "
+        "viewer (read only).",
+    )
+    p.add_argument("--data", metavar="DIR", help="data folder (default: HILUM_DATA or the platform's)")
+    sub = p.add_subparsers(dest="users_command", metavar="COMMAND", required=True)
+
+    add = sub.add_parser("add", help="add a user")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--role", required=True, choices=("admin", "radiologist", "viewer"))
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+
+    ls = sub.add_parser("list", help="list users")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+
+    rm = sub.add_parser("remove", help="remove a user and their tokens")
+    rm.add_argument("name", metavar="NAME")
+
+    pw = sub.add_parser("passwd", help="change a user's password")
+    pw.add_argument("name", metavar="NAME")
+    pw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+
+    role = sub.add_parser("role", help="change a user's role")
+    role.add_argument("name", metavar="NAME")
+    role.add_argument("role", choices=("admin", "radiologist", "viewer"))
+
+    tok = sub.add_parser("token", help="issue a bearer token for a user (printed once)")
+    tok.add_argument("name", metavar="NAME")
+    life = tok.add_mutually_exclusive_group()
+    life.add_argument("--hours", type=float, default=24 * 30, help="lifetime in hours (default 720)")
+    life.add_argument("--no-expiry", action="store_true", help="a token that does not expire")
+    tok.add_argument("--label", default="cli", help="a note stored with the token")
+
+    rv = sub.add_parser("revoke", help="revoke every token of a user")
+    rv.add_argument("name", metavar="NAME")
+
+    p.set_defaults(handler=run_users)
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        text = sys.stdin.readline()
+        if not text:
+            raise HilumError("no password on standard input")
+        return text.rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise HilumError("no terminal to ask the password on: use --password-stdin")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise HilumError("the passwords differ")
+    return first
+
+
+def run_users(args: argparse.Namespace) -> int:
+    from hilum.archive import Archive
+    from hilum.archive.users import UserStore
+    from hilum.config import load_config
+
+    cfg = load_config(args.data)
+    archive = Archive.from_config(cfg)
+    try:
+        store = UserStore.of(archive)
+        cmd = args.users_command
+        if cmd == "add":
+            password = _read_password(args.password_stdin)
+            store.add(args.name, args.role, password)
+            print(f"added {args.name} ({args.role})")
+        elif cmd == "list":
+            found = store.list()
+            if args.json:
+                print(json.dumps([{"name": u.name, "role": u.role,
+                                   "created": u.created_at.isoformat() if u.created_at else None} for u in found]))
+            elif not found:
+                print("no users (see [web] anonymous in hilum.toml for what that allows)")
+            else:
+                width = max(len(u.name) for u in found)
+                for u in found:
+                    print(f"{u.name:<{width}}  {u.role}")
+        elif cmd == "remove":
+            store.remove(args.name)
+            print(f"removed {args.name}")
+        elif cmd == "passwd":
+            password = _read_password(args.password_stdin)
+            store.set_password(args.name, password)
+            print(f"password of {args.name} changed")
+        elif cmd == "role":
+            store.set_role(args.name, args.role)
+            print(f"{args.name} is now {args.role}")
+        elif cmd == "token":
+            if not args.no_expiry and args.hours <= 0:
+                raise HilumError("--hours must be positive")
+            ttl = None if args.no_expiry else timedelta(hours=args.hours)
+            print(store.issue_token(args.name, ttl=ttl, label=args.label))
+        elif cmd == "revoke":
+            n = store.revoke_tokens(args.name)
+            print(f"revoked {n} token(s) of {args.name}")
+        return 0
+    finally:
+        archive.close()
