@@ -28,7 +28,6 @@ from hilum.dicom.pixels import (
     GrayscalePipeline,
     ModalityTransform,
     PixelDataError,
-    VOITable,
     Window,
     frame_array,
     render_frame,
@@ -211,9 +210,7 @@ def test_per_frame_functional_groups(frame: int) -> None:
     classic.RescaleSlope, classic.RescaleIntercept = slope, intercept
     classic.WindowCenter, classic.WindowWidth = center, width
     stored = frame_array(ds, frame)
-    np.testing.assert_array_equal(
-        render_frame(ds, frame), GrayscalePipeline.from_dataset(classic).apply(stored)
-    )
+    np.testing.assert_array_equal(render_frame(ds, frame), GrayscalePipeline.from_dataset(classic).apply(stored))
 
 
 def test_top_level_rescale_and_multiple_windows() -> None:
@@ -341,8 +338,14 @@ def test_lut_cached_and_shared_between_equal_pipelines() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm", "MR_small_bigendian.dcm",
-     "MR_small_implicit.dcm", "MR_small_expb.dcm"],
+    [
+        "MR_small_RLE.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_expb.dcm",
+    ],
 )
 def test_every_syntax_decodes_like_the_native_file(name: str) -> None:
     reference = frame_array(data("MR_small.dcm"))

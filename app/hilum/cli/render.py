@@ -31,16 +31,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("file", type=Path, metavar="FILE", help="DICOM file")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.png", help="PNG file to write")
     parser.add_argument(
-        "--frame", type=int, default=1, metavar="N",
+        "--frame",
+        type=int,
+        default=1,
+        metavar="N",
         help="frame number, 1-based like DICOM's frame numbers and dcmj2pnm's +F (default 1)",
     )
     voi = parser.add_mutually_exclusive_group()
     voi.add_argument(
-        "--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"),
+        "--window",
+        type=float,
+        nargs=2,
+        metavar=("CENTER", "WIDTH"),
         help="window center and width in modality units (e.g. HU), LINEAR function",
     )
     voi.add_argument(
-        "--voi", type=int, metavar="N",
+        "--voi",
+        type=int,
+        metavar="N",
         help="use the header's N-th VOI (1-based: its windows first, then its VOI LUTs)",
     )
     voi.add_argument("--minmax", action="store_true", help="window over the frame's min..max modality values")
@@ -101,5 +109,7 @@ def run_render(args: argparse.Namespace) -> int:
         Image.fromarray(np.ascontiguousarray(image)).save(args.output, format="PNG")
     except OSError as exc:
         raise HilumError(f"cannot write {args.output}: {exc}") from exc
-    logger.info("rendered %s frame %d to %s (%dx%d %s)", path, args.frame, args.output, image.shape[1], image.shape[0], mode)
+    logger.info(
+        "rendered %s frame %d to %s (%dx%d %s)", path, args.frame, args.output, image.shape[1], image.shape[0], mode
+    )
     return 0

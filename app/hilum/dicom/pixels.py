@@ -36,12 +36,13 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut
-from pydicom.pixels import pixel_array as _pydicom_pixel_array
+from pydicom.pixels.processing import apply_color_lut
+from pydicom.pixels.utils import pixel_array as _pydicom_pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from hilum.dicom.pixels_lut import (
@@ -108,7 +109,9 @@ def read_header(source: Source) -> Dataset:
     try:
         return pydicom.dcmread(os.fspath(source), stop_before_pixels=True)
     except InvalidDicomError as exc:
-        raise PixelDataError(f"{os.fspath(source)} is not a DICOM file (no DICM prefix / File Meta Information)") from exc
+        raise PixelDataError(
+            f"{os.fspath(source)} is not a DICOM file (no DICM prefix / File Meta Information)"
+        ) from exc
     except (OSError, EOFError) as exc:
         raise PixelDataError(f"cannot read {os.fspath(source)}: {exc}") from exc
 
@@ -204,7 +207,9 @@ class GrayscalePipeline:
     photometric: str = "MONOCHROME2"
 
     @classmethod
-    def from_dataset(cls, ds: Dataset, frame: int = 0, *, presentation_lut_shape: str | None = None) -> GrayscalePipeline:
+    def from_dataset(
+        cls, ds: Dataset, frame: int = 0, *, presentation_lut_shape: str | None = None
+    ) -> GrayscalePipeline:
         """Read the pipeline that applies to *frame* (0-based) of *ds*.
 
         Per-frame values of enhanced objects (Pixel Value Transformation and
@@ -244,7 +249,9 @@ class GrayscalePipeline:
                 raise IndexError(f"VOI index {voi_index} out of range: the image has no VOI in its header")
             return None
         if not 0 <= voi_index < len(choices):
-            raise IndexError(f"VOI index {voi_index} out of range: the image has {len(choices)} (0..{len(choices) - 1})")
+            raise IndexError(
+                f"VOI index {voi_index} out of range: the image has {len(choices)} (0..{len(choices) - 1})"
+            )
         return choices[voi_index]
 
     def min_max_window(self, stored: np.ndarray) -> Window:

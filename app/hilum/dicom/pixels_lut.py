@@ -55,12 +55,14 @@ def functional_group_item(ds: Dataset, frame: int, keyword: str) -> Dataset | No
     if per_frame and 0 <= frame < len(per_frame):
         seq = per_frame[frame].get(keyword)
         if seq:
-            return seq[0]
+            item: Dataset = seq[0]
+            return item
     shared = ds.get("SharedFunctionalGroupsSequence")
     if shared:
         seq = shared[0].get(keyword)
         if seq:
-            return seq[0]
+            shared_item: Dataset = seq[0]
+            return shared_item
     return None
 
 
@@ -310,8 +312,7 @@ class Window:
         to 2^n-1"): ``center = (lo + hi + 1) / 2``, ``width = hi - lo + 1``, with
         LINEAR, so ``lo`` → 0 and ``hi`` → maximum exactly.
         """
-        return cls(center=(lo + hi + 1) / 2, width=max(hi - lo + 1, 1.0), function="LINEAR",
-                   explanation="MIN-MAX")
+        return cls(center=(lo + hi + 1) / 2, width=max(hi - lo + 1, 1.0), function="LINEAR", explanation="MIN-MAX")
 
 
 @dataclass(frozen=True)
