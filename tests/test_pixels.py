@@ -30,6 +30,7 @@ from hilum.dicom.pixels import (
     PixelDataError,
     Window,
     frame_array,
+    iter_frames,
     render_frame,
     to_uint8_color,
 )
@@ -322,6 +323,9 @@ def test_float_and_32bit_data() -> None:
     floats = np.linspace(-1.0, 1.0, 100, dtype=np.float32).reshape(10, 10)
     out = GrayscalePipeline(ModalityTransform()).apply(floats)
     assert out[0, 0] == 0 and out[-1, -1] == 255
+    floats[1, 1] = np.nan
+    out = GrayscalePipeline(ModalityTransform()).apply(floats)
+    assert out[1, 1] == 0 and out[-1, -1] == 255
 
 
 def test_lut_cached_and_shared_between_equal_pipelines() -> None:
@@ -369,6 +373,17 @@ def test_one_frame_of_a_multi_frame(source_kind: str) -> None:
         frame_array(source, 15)
     with pytest.raises(IndexError):
         frame_array(source, -1)
+
+
+def test_iter_frames_decodes_one_at_a_time() -> None:
+    path = data("SC_rgb_rle_2frame.dcm")
+    whole = pydicom.dcmread(path).pixel_array
+    frames = list(iter_frames(path))
+    assert len(frames) == 2
+    np.testing.assert_array_equal(np.stack(frames), whole)
+    np.testing.assert_array_equal(next(iter_frames(path, [1])), whole[1])
+    with pytest.raises(FrameIndexError):
+        next(iter_frames(path, [0, 2]))
 
 
 def test_bits_stored_masking_and_sign_extension() -> None:

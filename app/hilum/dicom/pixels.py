@@ -33,15 +33,15 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.processing import apply_color_lut
+from pydicom.pixels.utils import iter_pixels as _pydicom_iter_pixels
 from pydicom.pixels.utils import pixel_array as _pydicom_pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
@@ -68,6 +68,7 @@ __all__ = [
     "Window",
     "frame_array",
     "is_grayscale",
+    "iter_frames",
     "number_of_frames",
     "read_header",
     "render_frame",
@@ -129,44 +130,68 @@ def is_grayscale(ds: Dataset) -> bool:
     return str(ds.get("PhotometricInterpretation", "") or "").strip().upper() in GRAYSCALE
 
 
-def frame_array(source: Source, frame: int = 0, *, header: Dataset | None = None) -> np.ndarray:
-    """Decode one frame (0-based) of *source* to a numpy array of stored values.
-
-    Uses pydicom 3's ``pydicom.pixels.pixel_array(src, index=frame)``, which for
-    a path or file decodes only that frame's bytes/fragments, so a large
-    multi-frame object is not decoded whole. Native data comes back masked to
-    Bits Stored and sign-extended when Pixel Representation is 1 (PS3.5 8.1.1);
-    YBR_FULL/YBR_FULL_422 colour is converted to RGB (PS3.3 C.7.6.3.1.2).
-
-    Shape is (rows, columns) for one sample per pixel, (rows, columns, 3) for
-    colour. Raises :class:`FrameIndexError` for an out-of-range frame and
-    :class:`PixelDataError` when the object has no pixel data or no installed
-    decoder can decode it (pydicom's message names the package to install).
-    """
-    ds = header if header is not None else (source if isinstance(source, Dataset) else None)
-    if ds is None:
-        ds = read_header(source)
-    frames = number_of_frames(ds)
-    if not 0 <= frame < frames:
-        raise FrameIndexError(frame, frames)
+def _decodable(source: Source, header: Dataset | None) -> tuple[Dataset, Dataset | str]:
+    """Header and the source to hand to pydicom, after checking it holds an image."""
+    ds = header if header is not None else read_header(source)
     if isinstance(source, Dataset) and not any(
         k in source for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
     ):
         raise PixelDataError("the object has no Pixel Data (7FE0,0010)")
     if ds.get("Rows") is None or ds.get("Columns") is None:
         raise PixelDataError("not an image: the object has no Rows/Columns/Pixel Data")
-    src: Dataset | str = os.fspath(source) if isinstance(source, (str, Path, os.PathLike)) else source
-    tsyntax = getattr(getattr(ds, "file_meta", None), "get", lambda _k: None)("TransferSyntaxUID")
+    src: Dataset | str = source if isinstance(source, Dataset) else os.fspath(source)
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if isinstance(src, str) and tsyntax in _WHOLE_FILE_SYNTAXES:
         # pydicom's frame-by-frame file reader cannot inflate a deflated data set
         src = pydicom.dcmread(src)
+    return ds, src
+
+
+def frame_array(source: Source, frame: int = 0, *, header: Dataset | None = None) -> np.ndarray:
+    """Decode one frame (0-based) of *source* to a numpy array of stored values.
+
+    Uses pydicom 3's ``pydicom.pixels.pixel_array(src, index=frame)``, which for
+    a path decodes only that frame's bytes/fragments, so a large multi-frame
+    object is not decoded whole. Native data comes back masked to Bits Stored and
+    sign-extended when Pixel Representation is 1 (PS3.5 8.1.1); YBR_FULL and
+    YBR_FULL_422 colour is converted to RGB (PS3.3 C.7.6.3.1.2).
+
+    Shape is (rows, columns) for one sample per pixel, (rows, columns, 3) for
+    colour. *header* saves re-reading the header of a path. Raises
+    :class:`FrameIndexError` for an out-of-range frame and
+    :class:`PixelDataError` when the object has no pixel data or no installed
+    decoder can decode it (pydicom's message names the package to install).
+    """
+    ds, src = _decodable(source, header)
+    frames = number_of_frames(ds)
+    if not 0 <= frame < frames:
+        raise FrameIndexError(frame, frames)
     try:
-        arr = _pydicom_pixel_array(src, index=frame, as_rgb=True)
-    except (AttributeError, KeyError) as exc:
+        return _pydicom_pixel_array(src, index=frame, as_rgb=True)
+    except (AttributeError, KeyError, RuntimeError, NotImplementedError, ValueError) as exc:
         raise PixelDataError(f"cannot decode pixel data: {exc}") from exc
-    except (RuntimeError, NotImplementedError, ValueError) as exc:
+
+
+def iter_frames(
+    source: Source, indices: Iterable[int] | None = None, *, header: Dataset | None = None
+) -> Iterator[np.ndarray]:
+    """Decode frames of *source* one at a time (all, or the 0-based *indices*).
+
+    pydicom 3's ``iter_pixels``: one frame in memory at a time, for building a
+    volume or thumbnails of a large multi-frame object. Same output and errors
+    as :func:`frame_array`; indices are checked before anything is decoded.
+    """
+    ds, src = _decodable(source, header)
+    frames = number_of_frames(ds)
+    wanted = list(range(frames)) if indices is None else [int(i) for i in indices]
+    for index in wanted:
+        if not 0 <= index < frames:
+            raise FrameIndexError(index, frames)
+    try:
+        yield from _pydicom_iter_pixels(src, indices=wanted, as_rgb=True)
+    except (AttributeError, KeyError, RuntimeError, NotImplementedError, ValueError) as exc:
         raise PixelDataError(f"cannot decode pixel data: {exc}") from exc
-    return arr
 
 
 # --------------------------------------------------------------------------- grayscale
@@ -183,6 +208,7 @@ def _to_uint8(y01: np.ndarray, invert: bool) -> np.ndarray:
     if invert:
         y = 255.0 - y
     y += 0.5
+    np.nan_to_num(y, copy=False, nan=0.0)  # NaN in float pixel data: show as ymin
     np.floor(y, out=y)
     np.clip(y, 0, 255, out=y)
     return y.astype(np.uint8)
@@ -256,7 +282,9 @@ class GrayscalePipeline:
 
     def min_max_window(self, stored: np.ndarray) -> Window:
         """Window covering the modality values present in *stored* (DCMTK ``+Wm`` rule)."""
-        lo_s, hi_s = stored.min(), stored.max()
+        lo_s, hi_s = (
+            (np.nanmin(stored), np.nanmax(stored)) if stored.dtype.kind == "f" else (stored.min(), stored.max())
+        )
         if self.modality.lut is None:
             ends = self.modality.apply(np.array([lo_s, hi_s]))
         else:  # a LUT need not be monotonic: look at every value in the range
