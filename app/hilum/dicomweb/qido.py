@@ -1,0 +1,249 @@
+"""QIDO-RS, the Search transaction (PS3.18 10.6): a thin translation to ``archive.query``.
+
+Resources: ``/studies``, ``/series``, ``/instances``, ``/studies/{s}/series``,
+``/studies/{s}/instances``, ``/studies/{s}/series/{se}/instances``.
+
+Query parameters (PS3.18 8.3.4): ``{attributeID}={value}`` with attributeID a
+keyword or 8 hex digits and values in DICOM string form, matched by the one
+query engine with PS3.4 C.2.2.2 semantics (single value, ``*``/``?``
+wildcards, ``A-B`` date/time ranges, UID lists — comma or backslash
+separated — and case-insensitive person names); ``includefield`` (repeatable,
+comma-separated, or ``all``); ``limit``/``offset``; ``fuzzymatching`` is
+accepted and answered with exact matching and a Warning header.
+
+Each result holds the attributes PS3.18 table 10.6.3-3/-4/-5 require for the
+level (plus those of the levels above when the path does not fix them), the
+matching keys, the included fields, and the QIDO-specific ones: RetrieveURL
+(0008,1190), InstanceAvailability (0008,0056) and, for instances,
+AvailableTransferSyntaxUID (0008,3002).  Included attributes the index does
+not hold are read from the stored file of an instance (for studies and
+series, their first instance).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pydicom
+from pydicom.tag import Tag
+from starlette.requests import Request
+from starlette.responses import Response
+
+from hilum.archive import keys_for_level
+from hilum.archive.query import FIELDS
+from hilum.dicomweb import dicomjson
+from hilum.dicomweb.common import (
+    Context,
+    HTTPError,
+    base_url,
+    check_uid,
+    instance_url,
+    json_response,
+    series_url,
+    study_url,
+)
+from hilum.dicomweb.media import parse_accept
+
+log = logging.getLogger(__name__)
+
+RESERVED = frozenset({"includefield", "limit", "offset", "fuzzymatching"})
+
+STUDY_KEYS = ["StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy", "ReferringPhysicianName",
+              "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
+              "StudyDescription", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"]
+SERIES_KEYS = ["StudyInstanceUID", "Modality", "SeriesDescription", "SeriesInstanceUID", "SeriesNumber",
+               "NumberOfSeriesRelatedInstances", "PerformedProcedureStepStartDate",
+               "PerformedProcedureStepStartTime", "BodyPartExamined", "SeriesDate", "SeriesTime"]
+INSTANCE_KEYS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID", "InstanceNumber",
+                 "Rows", "Columns", "NumberOfFrames"]
+
+_AVAILABILITY = {"vr": "CS", "Value": ["ONLINE"]}
+_CHARSET = {"vr": "CS", "Value": ["ISO_IR 192"]}  # DICOM JSON is UTF-8 (PS3.18 F.2)
+MORE_RESULTS_WARNING = '299 hilum "There are additional results that can be requested"'
+
+
+def _accepts_json(request: Request) -> None:
+    try:
+        ranges = parse_accept(request.headers.get("accept"))
+    except ValueError as exc:
+        raise HTTPError(400, str(exc)) from exc
+    for r in ranges:
+        if r.media_type in ("application/dicom+json", "application/json", "*/*", "application/*"):
+            return
+    raise HTTPError(406, "QIDO-RS answers in application/dicom+json only")
+
+
+def _int_param(value: str, name: str, minimum: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise HTTPError(400, f"{name} must be an integer, got {value!r}") from None
+    if n < minimum:
+        raise HTTPError(400, f"{name} must be at least {minimum}, got {n}")
+    return n
+
+
+def parse_query(request: Request) -> tuple[dict[str, str], list[str], bool, int | None, int, bool, list[str]]:
+    """(identifier, included keywords, include all, limit, offset, fuzzy, unsupported matching keys)."""
+    ident: dict[str, str] = {}
+    include: list[str] = []
+    include_all = False
+    limit: int | None = None
+    offset = 0
+    fuzzy = False
+    unsupported: list[str] = []
+    for name, value in request.query_params.multi_items():
+        lname = name.lower()
+        if lname == "includefield":
+            for item in value.split(","):
+                item = item.strip()
+                if not item:
+                    continue
+                if item.lower() == "all":
+                    include_all = True
+                    continue
+                kw = dicomjson.attribute_keyword(item)
+                if kw is None:
+                    if "." in item:
+                        continue  # a sequence path: nothing nested is indexed; silently not included
+                    raise HTTPError(400, f"includefield: unknown attribute {item!r}")
+                include.append(kw)
+        elif lname == "limit":
+            limit = _int_param(value, "limit", 1)
+        elif lname == "offset":
+            offset = _int_param(value, "offset", 0)
+        elif lname == "fuzzymatching":
+            if value.lower() not in ("true", "false"):
+                raise HTTPError(400, f"fuzzymatching must be true or false, got {value!r}")
+            fuzzy = value.lower() == "true"
+        elif name.startswith("_"):
+            continue  # cache busters some web clients add (e.g. "_=1700000000")
+        else:
+            kw = dicomjson.attribute_keyword(name)
+            if kw is None:
+                if "." in name and all(dicomjson.attribute_keyword(p) for p in name.split(".")):
+                    unsupported.append(name)
+                    continue
+                raise HTTPError(400, f"unknown query parameter {name!r}")
+            if kw not in FIELDS:
+                unsupported.append(kw)
+                include.append(kw)
+                continue
+            vr = dicomjson.vr_of(kw)
+            if vr in ("UI", "CS"):
+                value = value.replace(",", "\\")
+            ident[kw] = f"{ident[kw]}\\{value}" if kw in ident else value
+    return ident, include, include_all, limit, offset, fuzzy, unsupported
+
+
+def search(ctx: Context, request: Request, level: str, study: str | None = None,
+           series: str | None = None) -> Response:
+    """Answer one QIDO-RS request at ``level`` (STUDY, SERIES, IMAGE) within the path's study/series."""
+    _accepts_json(request)
+    ident, include, include_all, limit, offset, fuzzy, unsupported = parse_query(request)
+    if study is not None:
+        ident["StudyInstanceUID"] = check_uid(study, "Study Instance UID")
+        if not ctx.archive.query("STUDY", {"StudyInstanceUID": study}, limit=1):
+            raise HTTPError(404, "no such study")
+    if series is not None:
+        ident["SeriesInstanceUID"] = check_uid(series, "Series Instance UID")
+        if not ctx.archive.query("SERIES", {"StudyInstanceUID": study, "SeriesInstanceUID": series}, limit=1):
+            raise HTTPError(404, "no such series")
+
+    cap = ctx.settings.max_results
+    want = min(limit, cap) if limit is not None else cap
+    try:
+        rows = ctx.archive.query(level, ident, limit=want + 1, offset=offset)
+    except ValueError as exc:
+        raise HTTPError(400, str(exc)) from exc
+    more = len(rows) > want
+    rows = rows[:want]
+
+    level_keys = keys_for_level("IMAGE" if level == "INSTANCE" else level)
+    keys = _return_keys(level, study is not None, series is not None)
+    if include_all:
+        keys += [k for k in level_keys if k not in keys]
+    keys += [k for k in ident if k not in keys and k in level_keys]
+    from_file = [k for k in dict.fromkeys(include) if k not in level_keys]
+    keys += [k for k in include if k in level_keys and k not in keys]
+
+    base = base_url(request, ctx.settings)
+    results = []
+    for row in rows:
+        extra = _qido_attributes(level, row, base)
+        if from_file:
+            for tag, attr in _from_file(ctx, level, row, from_file).items():
+                extra.setdefault(tag, attr)
+        results.append(dicomjson.row_to_json(row, keys, extra))
+
+    warnings = []
+    if more:
+        warnings.append(MORE_RESULTS_WARNING)
+    if fuzzy:
+        warnings.append('299 hilum "Fuzzy matching is not supported: exact matching was used"')
+    if unsupported:
+        warnings.append(f'299 hilum "The following attributes were not supported for matching: '
+                        f'{", ".join(unsupported)}"')
+    headers = {"Warning": ", ".join(warnings)} if warnings else None
+    return json_response(results, headers=headers)
+
+
+def _return_keys(level: str, study_fixed: bool, series_fixed: bool) -> list[str]:
+    if level == "STUDY":
+        return list(STUDY_KEYS)
+    if level == "SERIES":
+        return list(SERIES_KEYS) + ([] if study_fixed else STUDY_KEYS)
+    keys = list(INSTANCE_KEYS)
+    if not series_fixed:
+        keys += SERIES_KEYS
+    if not study_fixed:
+        keys += STUDY_KEYS
+    return list(dict.fromkeys(keys))
+
+
+def _qido_attributes(level: str, row: dict[str, Any], base: str) -> dict[str, dict[str, Any]]:
+    st = row["StudyInstanceUID"]
+    extra: dict[str, dict[str, Any]] = {"00080005": _CHARSET}
+    if level == "STUDY":
+        url = study_url(base, st)
+        extra["00080056"] = _AVAILABILITY
+    elif level == "SERIES":
+        url = series_url(base, st, row["SeriesInstanceUID"])
+    else:
+        url = instance_url(base, st, row["SeriesInstanceUID"], row["SOPInstanceUID"])
+        extra["00080056"] = _AVAILABILITY
+        if row.get("TransferSyntaxUID"):
+            extra["00083002"] = {"vr": "UI", "Value": [row["TransferSyntaxUID"]]}
+    extra["00081190"] = {"vr": "UR", "Value": [url]}
+    return extra
+
+
+def _from_file(ctx: Context, level: str, row: dict[str, Any], keywords: list[str]) -> dict[str, dict[str, Any]]:
+    """Included attributes the index does not keep, from the stored file (first instance of a study/series)."""
+    if level == "IMAGE":
+        key = row.get("_blob_key")
+    else:
+        ident = {"StudyInstanceUID": row["StudyInstanceUID"]}
+        if level == "SERIES":
+            ident["SeriesInstanceUID"] = row["SeriesInstanceUID"]
+        first = ctx.archive.query("IMAGE", ident, limit=1)
+        key = first[0]["_blob_key"] if first else None
+    if not key:
+        return {}
+    tags = [Tag(pydicom.datadict.tag_for_keyword(k)) for k in keywords]
+    try:
+        ds = pydicom.dcmread(ctx.archive.blobs.path(key), stop_before_pixels=True, specific_tags=tags)
+    except (OSError, pydicom.errors.InvalidDicomError) as exc:
+        log.warning("cannot read %s for includefield: %s", key, exc)
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for kw in keywords:
+        tag = dicomjson.tag_hex(kw)
+        if tag is None:
+            continue
+        if kw in ds:
+            out[tag] = ds[kw].to_json_dict(None, 1 << 30)
+        else:
+            out[tag] = {"vr": dicomjson.vr_of(kw)}
+    return out

@@ -1,0 +1,212 @@
+"""The DICOMweb server (PS3.18) as a Starlette application.
+
+Rooted at ``/dicom-web`` (QIDO-RS, WADO-RS, STOW-RS) and ``/wado``
+(WADO-URI), as Orthanc and most clients expect, plus ``POST /auth/token``
+for bearer tokens.  Routes are thin: they translate HTTP to archive calls
+(:mod:`.qido`, :mod:`.wado`, :mod:`.stow`, :mod:`.wado_uri`).
+
+Middleware, outermost first: CORS (when ``[web] cors_origins`` is set),
+gzip for JSON (multipart and images excluded: they are incompressible or
+already compressed), authentication (:mod:`.auth`).  Errors: 400 for bad
+parameters, 404 for unknown UIDs, 406 for unsatisfiable Accept headers,
+415 for unsupported uploads; an unexpected exception is logged and answered
+500, never a dropped connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from hilum.archive import Archive
+from hilum.archive.users import UserError, UserStore
+from hilum.dicom.pixels import PixelDataError
+from hilum.dicomweb import qido, stow, wado, wado_uri
+from hilum.dicomweb.auth import AuthMiddleware, Authenticator, current_user
+from hilum.dicomweb.common import ROOT, Context, HTTPError, context, error_response, json_response
+from hilum.dicomweb.settings import WebSettings
+from hilum.errors import NotFound
+
+log = logging.getLogger(__name__)
+
+_NOT_COMPRESSED = (*DEFAULT_EXCLUDED_CONTENT_TYPES, "multipart/*", "application/dicom", "application/octet-stream")
+
+
+def _p(request: Request, name: str) -> str:
+    return str(request.path_params[name])
+
+
+# --------------------------------------------------------------------- QIDO
+
+
+def search_studies(request: Request) -> Response:
+    return qido.search(context(request), request, "STUDY")
+
+
+def search_series(request: Request) -> Response:
+    return qido.search(context(request), request, "SERIES", study=request.path_params.get("study"))
+
+
+def search_instances(request: Request) -> Response:
+    return qido.search(context(request), request, "IMAGE", study=request.path_params.get("study"),
+                       series=request.path_params.get("series"))
+
+
+# --------------------------------------------------------------------- WADO-RS
+
+
+def get_instances(request: Request) -> Response:
+    pp = request.path_params
+    return wado.retrieve_instances(context(request), request, pp["study"], pp.get("series"), pp.get("instance"))
+
+
+def get_metadata(request: Request) -> Response:
+    pp = request.path_params
+    return wado.retrieve_metadata(context(request), request, pp["study"], pp.get("series"), pp.get("instance"))
+
+
+def get_frames(request: Request) -> Response:
+    pp = request.path_params
+    return wado.retrieve_frames(context(request), request, pp["study"], pp["series"], pp["instance"], pp["frames"])
+
+
+def get_bulkdata(request: Request) -> Response:
+    pp = request.path_params
+    return wado.retrieve_bulkdata(context(request), request, pp["study"], pp["series"], pp["instance"], pp["path"])
+
+
+def get_rendered(request: Request) -> Response:
+    pp = request.path_params
+    return wado.retrieve_rendered(context(request), request, pp["study"], pp.get("series"), pp.get("instance"),
+                                  pp.get("frames"))
+
+
+def get_thumbnail(request: Request) -> Response:
+    pp = request.path_params
+    return wado.retrieve_rendered(context(request), request, pp["study"], pp.get("series"), pp.get("instance"),
+                                  pp.get("frames"), thumbnail=True)
+
+
+# --------------------------------------------------------------------- STOW, WADO-URI, auth
+
+
+async def post_studies(request: Request) -> Response:
+    return await stow.store(context(request), request, request.path_params.get("study"))
+
+
+def get_wado_uri(request: Request) -> Response:
+    return wado_uri.wado_uri(context(request), request)
+
+
+def post_token(request: Request) -> Response:
+    ctx = context(request)
+    user = current_user(request)
+    hours = ctx.settings.token_hours
+    try:
+        token = ctx.users.issue_token(user.name, ttl=timedelta(hours=hours), label="auth/token")
+    except UserError as exc:
+        raise HTTPError(403, str(exc)) from exc
+    return json_response({"access_token": token, "token_type": "Bearer", "expires_in": int(hours * 3600)},
+                         media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+# --------------------------------------------------------------------- errors
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPError)
+    if exc.status >= 500:
+        log.error("%s %s: %s", request.method, request.url.path, exc.detail)
+    else:
+        log.info("%s %s → %d: %s", request.method, request.url.path, exc.status, exc.detail)
+    return error_response(exc.status, exc.detail, exc.headers)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return error_response(404, str(exc))
+
+
+async def _pixel_error(request: Request, exc: Exception) -> Response:
+    return error_response(400, str(exc))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error_response(500, f"internal error: {type(exc).__name__}")
+
+
+# --------------------------------------------------------------------- app
+
+
+def routes() -> list[Route]:
+    s = ROOT + "/studies/{study}"
+    se = s + "/series/{series}"
+    i = se + "/instances/{instance}"
+    return [
+        Route(ROOT + "/studies", search_studies, methods=["GET"]),
+        Route(ROOT + "/studies", post_studies, methods=["POST"]),
+        Route(ROOT + "/series", search_series, methods=["GET"]),
+        Route(ROOT + "/instances", search_instances, methods=["GET"]),
+        Route(s, get_instances, methods=["GET"]),
+        Route(s, post_studies, methods=["POST"]),
+        Route(s + "/metadata", get_metadata, methods=["GET"]),
+        Route(s + "/rendered", get_rendered, methods=["GET"]),
+        Route(s + "/thumbnail", get_thumbnail, methods=["GET"]),
+        Route(s + "/series", search_series, methods=["GET"]),
+        Route(s + "/instances", search_instances, methods=["GET"]),
+        Route(se, get_instances, methods=["GET"]),
+        Route(se + "/metadata", get_metadata, methods=["GET"]),
+        Route(se + "/rendered", get_rendered, methods=["GET"]),
+        Route(se + "/thumbnail", get_thumbnail, methods=["GET"]),
+        Route(se + "/instances", search_instances, methods=["GET"]),
+        Route(i, get_instances, methods=["GET"]),
+        Route(i + "/metadata", get_metadata, methods=["GET"]),
+        Route(i + "/rendered", get_rendered, methods=["GET"]),
+        Route(i + "/thumbnail", get_thumbnail, methods=["GET"]),
+        Route(i + "/frames/{frames}", get_frames, methods=["GET"]),
+        Route(i + "/frames/{frames}/rendered", get_rendered, methods=["GET"]),
+        Route(i + "/frames/{frames}/thumbnail", get_thumbnail, methods=["GET"]),
+        Route(i + "/bulkdata/{path:path}", get_bulkdata, methods=["GET"]),
+        Route("/wado", get_wado_uri, methods=["GET"]),
+        Route("/auth/token", post_token, methods=["POST"]),
+    ]
+
+
+def create_app(archive: Archive, settings: WebSettings | None = None, *, loopback: bool = True,
+               users: UserStore | None = None) -> Starlette:
+    """The ASGI application serving ``archive``.
+
+    ``loopback`` says whether the server only listens on a loopback address
+    (it decides, with ``settings.anonymous``, whether anonymous reading is allowed).
+    """
+    settings = settings or WebSettings()
+    users = users or UserStore.of(archive)
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(Middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Accept", "Content-Type", "If-None-Match", "If-Modified-Since"],
+            expose_headers=["ETag", "Last-Modified", "Warning", "Content-Location"],
+            allow_credentials="*" not in settings.cors_origins, max_age=600))
+    middleware.append(Middleware(GZipMiddleware, minimum_size=settings.gzip_min_size, compresslevel=5,
+                                 exclude_content_types=_NOT_COMPRESSED))
+    middleware.append(Middleware(AuthMiddleware, authenticator=Authenticator(users, settings, loopback=loopback)))
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        HTTPError: _http_error,
+        NotFound: _not_found,
+        PixelDataError: _pixel_error,
+        Exception: _unexpected,
+    }
+    app = Starlette(routes=routes(), middleware=middleware, exception_handlers=handlers)
+    app.state.ctx = Context(archive=archive, settings=settings, users=users)
+    return app

@@ -1,0 +1,193 @@
+"""STOW-RS, the Store transaction (PS3.18 10.5): multipart upload → ``archive.ingest``.
+
+The request body (``multipart/related; type="application/dicom"``) is read
+as it arrives and each part spooled (in memory up to 8 MiB, then to a
+temporary file).  Only when the whole body has parsed does anything reach the
+archive, so a malformed message stores nothing (400).  Each part then goes
+through the one ingest call (``origin="stow"``); the answer is a Store
+Instances Response Module (PS3.18 Annex I) in DICOM JSON:
+
+* ReferencedSOPSequence (0008,1199): stored (or already held) instances with
+  their RetrieveURL;
+* FailedSOPSequence (0008,1198): the others with a FailureReason (0008,1197)
+  from PS3.18 table I.2-2: 0xC000 cannot understand (not DICOM, truncated,
+  missing UIDs, a part that is not application/dicom), 0xA900 data set does
+  not match SOP Class, 0xA700 out of resources, 0x0110 processing failure,
+  and the implementation-specific 0xC409 for an instance whose Study
+  Instance UID differs from the one in the request path (as dcm4chee does).
+
+Status (PS3.18 table 10.5.3-1): 200 all stored, 202 some stored and some
+failed, 409 none stored, 400 malformed request, 415 unsupported media type,
+413 body over ``[web] max_upload_mb``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+from typing import Any
+
+import anyio.to_thread
+import pydicom
+from starlette.requests import Request
+from starlette.responses import Response
+
+from hilum.archive import IngestResult
+from hilum.dicomweb import multipart
+from hilum.dicomweb.auth import current_user
+from hilum.dicomweb.common import Context, HTTPError, base_url, check_uid, instance_url, json_response, study_url
+from hilum.dicomweb.media import DICOM, MULTIPART, parse_content_type
+
+log = logging.getLogger(__name__)
+
+SPOOL_IN_MEMORY = 8 << 20
+
+FAILURE_CODES = {
+    "not-dicom": 0xC000,
+    "truncated": 0xC000,
+    "missing-uid": 0xC000,
+    "unreadable": 0xC000,
+    "not-application-dicom": 0xC000,
+    "sop-class-mismatch": 0xA900,
+    "storage-full": 0xA700,
+    "study-mismatch": 0xC409,
+}
+PROCESSING_FAILURE = 0x0110
+
+
+class _Part:
+    def __init__(self, content_type: str):
+        self.content_type = content_type
+        self.file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.size += len(data)
+
+    def read(self) -> bytes:
+        self.file.seek(0)
+        return self.file.read()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+async def store(ctx: Context, request: Request, study: str | None = None) -> Response:
+    if study is not None:
+        check_uid(study, "Study Instance UID")
+    ctype, params = parse_content_type(request.headers.get("content-type", ""))
+    if ctype != MULTIPART:
+        raise HTTPError(415, 'STOW-RS takes multipart/related; type="application/dicom"')
+    root_type = (params.get("type") or DICOM).lower()
+    if root_type != DICOM:
+        raise HTTPError(415, f"STOW-RS of {root_type} is not supported; send application/dicom parts")
+    boundary = params.get("boundary")
+    if not boundary:
+        raise HTTPError(400, "multipart Content-Type without boundary")
+    limit = ctx.settings.max_upload_mb << 20
+    parts: list[_Part] = []
+    try:
+        try:
+            reader = multipart.MultipartReader(boundary)
+            received = 0
+            current: _Part | None = None
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise HTTPError(413, f"request body over {ctx.settings.max_upload_mb} MB")
+                for kind, value in reader.feed(chunk):
+                    if kind == multipart.HEADERS:
+                        assert isinstance(value, multipart.PartHeaders)
+                        current = _Part(value.content_type or root_type)
+                        parts.append(current)
+                    elif kind == multipart.DATA and current is not None:
+                        current.write(value)  # type: ignore[arg-type]
+                    elif kind == multipart.END:
+                        current = None
+            reader.finish()
+        except multipart.MultipartError as exc:
+            raise HTTPError(400, f"malformed multipart body: {exc}; nothing was stored") from exc
+        if not parts:
+            raise HTTPError(400, "the multipart body has no parts; nothing was stored")
+        user = current_user(request)
+        log.info("STOW-RS of %d part(s) by %s", len(parts), user.name)
+        outcomes = await anyio.to_thread.run_sync(_ingest_all, ctx, parts, study)
+    finally:
+        for p in parts:
+            p.close()
+    return _response(request, ctx, outcomes, study)
+
+
+def _ingest_all(ctx: Context, parts: list[_Part], study: str | None) -> list[tuple[IngestResult | None, str | None]]:
+    """(ingest result or None, local failure code) per part."""
+    out: list[tuple[IngestResult | None, str | None]] = []
+    for p in parts:
+        media, _ = parse_content_type(p.content_type)
+        if media != DICOM:
+            out.append((None, "not-application-dicom"))
+            continue
+        data = p.read()
+        if study is not None:
+            try:
+                head = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True,
+                                       specific_tags=["StudyInstanceUID", "SOPClassUID", "SOPInstanceUID"])
+                found = str(head.get("StudyInstanceUID", "") or "")
+            except Exception:  # noqa: BLE001 - garbage is ingest's to judge and reject
+                head, found = None, study
+            if found and found != study:
+                res = IngestResult("rejected", sop_instance_uid=str(head.get("SOPInstanceUID", "")) if head else None,
+                                   sop_class_uid=str(head.get("SOPClassUID", "")) if head else None,
+                                   study_instance_uid=found, reason="Study Instance UID differs from the request's",
+                                   code="study-mismatch")
+                out.append((res, None))
+                continue
+        try:
+            out.append((ctx.archive.ingest(data, origin="stow"), None))
+        except Exception:  # noqa: BLE001 - one failing part must not lose the others' answers
+            log.exception("STOW-RS ingest failed")
+            out.append((None, "processing"))
+    return out
+
+
+def _ref_item(res: IngestResult | None) -> dict[str, Any]:
+    item: dict[str, Any] = {"00081150": {"vr": "UI"}, "00081155": {"vr": "UI"}}
+    if res is not None:
+        if res.sop_class_uid:
+            item["00081150"] = {"vr": "UI", "Value": [res.sop_class_uid]}
+        if res.sop_instance_uid:
+            item["00081155"] = {"vr": "UI", "Value": [res.sop_instance_uid]}
+    return item
+
+
+def _response(request: Request, ctx: Context, outcomes: list[tuple[IngestResult | None, str | None]],
+              study: str | None) -> Response:
+    base = base_url(request, ctx.settings)
+    referenced: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    studies: set[str] = set()
+    for res, local in outcomes:
+        if res is not None and res.ok:
+            item = _ref_item(res)
+            assert res.study_instance_uid and res.series_instance_uid and res.sop_instance_uid
+            item["00081190"] = {"vr": "UR", "Value": [instance_url(base, res.study_instance_uid,
+                                                                   res.series_instance_uid, res.sop_instance_uid)]}
+            referenced.append(dict(sorted(item.items())))
+            studies.add(res.study_instance_uid)
+            continue
+        code = FAILURE_CODES.get(local or (res.code if res else "") or "", PROCESSING_FAILURE)
+        item = _ref_item(res)
+        item["00081197"] = {"vr": "US", "Value": [code]}
+        failed.append(dict(sorted(item.items())))
+        log.info("STOW-RS part refused (0x%04X): %s", code, res.reason if res else local)
+    body: dict[str, Any] = {}
+    target_study = study or (next(iter(studies)) if len(studies) == 1 else None)
+    if target_study and referenced:
+        body["00081190"] = {"vr": "UR", "Value": [study_url(base, target_study)]}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    status = 200 if not failed else 202 if referenced else 409
+    return json_response(body, status=status)
