@@ -1,1 +1,13 @@
-"""Hilum dimse layer (see ../shared/DESIGN.md)."""
+"""Hilum's DIMSE adapter: the DICOM network node's SCP services and the SCU verbs.
+
+Wire ⇄ archive translation only (../shared/DESIGN.md "Layers"): storage goes
+through ``Archive.ingest``, queries through ``Archive.query``.
+
+- :class:`~hilum.dimse.scp.DimseService` — the SCP side, one pynetdicom AE
+  built from the config, started and stopped by :class:`hilum.node.Node`.
+- :mod:`hilum.dimse.scu` — echo / find / move / get / send against any peer.
+"""
+
+from hilum.dimse.scp import DimseService
+
+__all__ = ["DimseService"]

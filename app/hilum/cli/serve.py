@@ -1,0 +1,58 @@
+"""``hilum serve``: run the node headless until SIGINT/SIGTERM (../shared/DESIGN.md, CLI contract)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from hilum.errors import HilumError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "serve",
+        help="run the node headless (DICOM SCP, and the other services)",
+        description="Run the Hilum node without a window: receive (C-STORE), answer queries (C-FIND), "
+        "retrieve (C-MOVE/C-GET) and commit storage, until interrupted (SIGINT/SIGTERM), then finish "
+        "in-flight associations and exit. Settings come from DATA/hilum.toml; options override them.",
+    )
+    p.add_argument("--data", metavar="DIR", help="data folder (default: $HILUM_DATA or the user data dir)")
+    p.add_argument("--aet", metavar="AET", help="the node's AE title (default from hilum.toml, else HILUM)")
+    p.add_argument("--dicom-port", type=int, metavar="N", help="DICOM port (default 11112)")
+    p.add_argument("--web-port", type=int, metavar="N", help="DICOMweb HTTP port (default 8042)")
+    p.add_argument("--hl7-port", type=int, metavar="N", help="HL7 MLLP port (default 2575)")
+    p.add_argument("--bind", metavar="ADDR", help="address to listen on (default 127.0.0.1)")
+    p.set_defaults(handler=run_serve)
+
+
+def _port(value: int | None, option: str) -> int | None:
+    if value is not None and not 0 <= value <= 65535:
+        raise HilumError(f"{option} must be between 0 and 65535, got {value}")
+    return value
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from hilum.config import load_config
+    from hilum.node import Node
+
+    cfg = load_config(args.data)
+    if args.aet is not None:
+        aet = args.aet.strip()
+        if not aet or len(aet) > 16 or "\\" in aet:
+            raise HilumError(f"--aet must be 1 to 16 characters without a backslash, got {args.aet!r}")
+        cfg.aet = aet
+    for option, attr in (("--dicom-port", "dicom_port"), ("--web-port", "web_port"), ("--hl7-port", "hl7_port")):
+        value = _port(getattr(args, attr), option)
+        if value is not None:
+            setattr(cfg, attr, value)
+    if args.bind:
+        cfg.bind = args.bind
+    if args.verbose == 0:  # one line per association is the point of a headless node
+        logging.getLogger("hilum").setLevel(logging.INFO)
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if args.verbose >= 2 else logging.CRITICAL)
+    node = Node(cfg)
+    try:
+        node.serve_forever()
+    except OSError as exc:
+        raise HilumError(f"cannot listen on {cfg.bind}:{cfg.dicom_port}: {exc.strerror or exc}") from exc
+    return 0

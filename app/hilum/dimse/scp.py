@@ -1,0 +1,494 @@
+"""The node's DICOM upper-layer service: one pynetdicom AE built from the config.
+
+SCP services (PS3.4): Verification (A), Storage (B), Query/Retrieve FIND,
+MOVE and GET in the patient- and study-root models (C), Storage Commitment
+Push Model (J).  Handlers are thin (STYLE.md §5): they translate to the
+archive's one ingest call and one query call, and a failure becomes a DIMSE
+status and a log line, never a dead association.
+
+Access control: the called AE title must be the node's; with
+``require_known_peers`` only configured peers may associate; a known peer
+only gets the presentation contexts its ``may_store`` / ``may_query`` /
+``may_retrieve`` allow; concurrent associations and PDU size are limited
+by the config.  TLS (PS3.15 B.1) when a certificate and key are configured.
+
+Each association is logged in one line when its connection closes: peer,
+AE titles, what it did, how it ended.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import StorageCommitmentPushModel
+from pynetdicom.transport import ThreadedAssociationServer
+
+from hilum.archive import Archive
+from hilum.config import Config, Peer
+from hilum.dimse import contexts as cx
+from hilum.dimse.commitment import COMMITMENT_INSTANCE, CommitmentReporter, check_commitment
+from hilum.dimse.identifiers import IdentifierError, query_of, response_for, retrieve_query
+from hilum.dimse.net import NODELAY_HANDLERS, client_ssl_context, server_ssl_context, set_nodelay
+
+log = logging.getLogger(__name__)
+
+# DIMSE statuses (PS3.4 B.2.3, C.4.1.1.4, C.4.2.1.5, C.4.3.1.4; PS3.7 C).
+SUCCESS = 0x0000
+PENDING = 0xFF00
+CANCEL = 0xFE00
+NOT_AUTHORISED = 0x0124
+OUT_OF_RESOURCES = 0xA700
+DATASET_MISMATCH = 0xA900  # C-STORE: data set does not match SOP class; Q/R: identifier does not match
+CANNOT_UNDERSTAND = 0xC000
+UNABLE_TO_PROCESS = 0xC001
+MOVE_DESTINATION_UNKNOWN = 0xA801
+NO_SUCH_ACTION = 0x0123
+NO_SUCH_SOP_INSTANCE = 0x0112
+
+_INGEST_STATUS = {
+    "storage-full": OUT_OF_RESOURCES,
+    "sop-class-mismatch": DATASET_MISMATCH,
+}
+
+
+def status_dataset(status: int, comment: str = "") -> Dataset:
+    """A status with an Error Comment (0000,0902; 64 characters at most, PS3.7 C.4)."""
+    ds = Dataset()
+    ds.Status = status
+    if comment:
+        ds.ErrorComment = comment.encode("ascii", "replace").decode()[:64]
+    return ds
+
+
+class _CheapCopy(list):  # type: ignore[type-arg]
+    """The server's supported contexts, copied cheaply for each association.
+
+    pynetdicom deep-copies the acceptor's contexts for every association;
+    with ~180 contexts of ~45 transfer syntaxes that is ~150 ms per
+    association (a C-FIND's whole latency budget).  UIDs are immutable
+    strings, so a shallow copy of each context with its own syntax list is
+    as safe and ~100 times faster.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        out = []
+        for c in self:
+            n = copy.copy(c)
+            n._transfer_syntax = list(c._transfer_syntax)
+            out.append(n)
+        return out
+
+
+@dataclass
+class AssociationLog:
+    """What one association did, for its one log line."""
+
+    number: int
+    peer: str
+    started: float = field(default_factory=time.monotonic)
+    calling: str = ""
+    called: str = ""
+    outcome: str = "closed"
+    ops: Counter[str] = field(default_factory=Counter)
+    logged: bool = False
+
+    def line(self) -> str:
+        parts = [f"{k} {v}" for k, v in sorted(self.ops.items())]
+        did = ", ".join(parts) if parts else "nothing"
+        who = f"{self.calling or '?'} -> {self.called or '?'}"
+        return (f"association {self.number} {who} from {self.peer}: {did}; {self.outcome} "
+                f"after {time.monotonic() - self.started:.2f} s")
+
+
+class DimseService:
+    """The DICOM network service of a :class:`hilum.node.Node`.
+
+    ``start()`` binds the port(s) and returns; ``stop()`` stops accepting,
+    lets in-flight associations finish (up to ``drain_timeout`` seconds) and
+    aborts what is left.  ``port`` is the bound port (useful with port 0).
+    """
+
+    name = "dimse"
+
+    def __init__(self, config: Config, archive: Archive, *, drain_timeout: float = 30.0):
+        self.config = config
+        self.archive = archive
+        self.drain_timeout = drain_timeout
+        self.peers_by_aet: dict[str, Peer] = {p.aet: p for p in config.peers.values()}
+        self.ae = self._build_ae()
+        self._servers: list[ThreadedAssociationServer] = []
+        self._numbers = itertools.count(1)
+        self._supported = cx.scp_supported()
+        self.reporter = CommitmentReporter(config.aet, self.peers_by_aet.get, self.associate_kwargs)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _build_ae(self) -> AE:
+        cfg = self.config
+        ae = AE(ae_title=cfg.aet)
+        ae.maximum_associations = max(1, int(cfg.max_associations))
+        ae.maximum_pdu_size = int(cfg.max_pdu_size)
+        ae.require_called_aet = True
+        if cfg.require_known_peers and self.peers_by_aet:
+            ae.require_calling_aet = sorted(self.peers_by_aet)
+        ae.acse_timeout = 30
+        ae.dimse_timeout = 60
+        ae.network_timeout = 120
+        for s in cx.scp_supported():
+            ae.add_supported_context(s.abstract_syntax, s.transfer_syntaxes, scu_role=s.scu_role,
+                                     scp_role=s.scp_role)
+        return ae
+
+    def _handlers(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
+            (evt.EVT_DIMSE_RECV, self._on_dimse_recv),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_C_MOVE, self._on_move),
+            (evt.EVT_C_GET, self._on_get),
+            (evt.EVT_N_ACTION, self._on_n_action),
+        ]
+
+    @property
+    def port(self) -> int:
+        """The port of the first listener (the plain or only one)."""
+        if not self._servers:
+            return int(self.config.dicom_port)
+        return int(self._servers[0].server_address[1])
+
+    @property
+    def ports(self) -> list[int]:
+        return [int(s.server_address[1]) for s in self._servers]
+
+    def start(self) -> None:
+        cfg = self.config
+        tls = None
+        if cfg.tls_cert and cfg.tls_key:
+            tls = server_ssl_context(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+        dimse_extra = cfg.extra.get("dimse", {}) if isinstance(cfg.extra, dict) else {}
+        tls_port = dimse_extra.get("tls_port")
+        listeners: list[tuple[int, Any]] = []
+        if tls is not None and tls_port is not None:
+            listeners = [(int(cfg.dicom_port), None), (int(tls_port), tls)]
+        else:
+            listeners = [(int(cfg.dicom_port), tls)]
+        try:
+            for port, ssl_ctx in listeners:
+                server = self.ae.start_server((cfg.bind, port), block=False, ssl_context=ssl_ctx,
+                                              evt_handlers=self._handlers())
+                assert server is not None
+                server.contexts = _CheapCopy(server.contexts)
+                self._servers.append(server)
+                log.info("DICOM %s listening on %s:%d as %s", "TLS" if ssl_ctx else "service", cfg.bind,
+                         server.server_address[1], cfg.aet)
+        except OSError:
+            self.stop(drain_timeout=0)
+            raise
+
+    def stop(self, drain_timeout: float | None = None) -> None:
+        timeout = self.drain_timeout if drain_timeout is None else drain_timeout
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.shutdown()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            live = [a for a in self.ae.active_associations if a.is_alive()]
+            if not live:
+                break
+            time.sleep(0.05)
+        self.reporter.join(timeout=max(0.0, deadline - time.monotonic()))
+        left = self.ae.active_associations
+        if left:
+            log.warning("aborting %d association(s) still open at shutdown", len(left))
+        self.ae.shutdown()
+
+    # ------------------------------------------------------------ helpers
+
+    def associate_kwargs(self, peer: Peer | None) -> dict[str, Any]:
+        """Keyword arguments of ``AE.associate`` for an association the node requests to ``peer``."""
+        kwargs: dict[str, Any] = {"evt_handlers": list(NODELAY_HANDLERS),
+                                  "max_pdu": int(self.config.max_pdu_size)}
+        if peer is not None and peer.tls:
+            ctx = client_ssl_context(self.config.tls_ca, self.config.tls_cert, self.config.tls_key)
+            kwargs["tls_args"] = (ctx, peer.host)
+        return kwargs
+
+    def _peer_of(self, assoc: Any) -> Peer | None:
+        return self.peers_by_aet.get(str(assoc.requestor.ae_title).strip())
+
+    @staticmethod
+    def _log_of(assoc: Any) -> AssociationLog | None:
+        return getattr(assoc, "_hilum_log", None)
+
+    def _count(self, assoc: Any, key: str, n: int = 1) -> None:
+        rec = self._log_of(assoc)
+        if rec is not None:
+            rec.ops[key] += n
+
+    # ------------------------------------------------------------ association events
+
+    def _on_conn_open(self, event: evt.Event) -> None:
+        set_nodelay(event)
+        addr = event.address
+        event.assoc._hilum_log = AssociationLog(next(self._numbers), f"{addr[0]}:{addr[1]}")
+
+    def _on_requested(self, event: evt.Event) -> None:
+        """Per-peer rights: drop the contexts a known peer may not use."""
+        rec = self._log_of(event.assoc)
+        rq = event.assoc.requestor
+        if rec is not None:
+            prim = rq.primitive
+            if prim is not None:
+                rec.calling = str(prim.calling_ae_title or "").strip()
+                rec.called = str(prim.called_ae_title or "").strip()
+        peer = self._peer_of(event.assoc)
+        if peer is None:
+            if self.config.require_known_peers and not self.peers_by_aet:
+                # pynetdicom checks a non-empty list only: with no peers at all, refuse here.
+                event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, user, calling AE title
+                if rec is not None:
+                    rec.outcome = "rejected (calling AE title not recognised)"
+                event.assoc.kill()
+            return
+        denied: set[str] = set()
+        if not peer.may_query:
+            denied.add("find")
+        if not peer.may_retrieve:
+            denied |= {"move", "get"}
+        if not peer.may_store and not peer.may_retrieve:
+            denied |= {"storage", "commitment"}
+        if not denied:
+            return
+        drop = {s.abstract_syntax for s in self._supported if s.kind in denied}
+        acceptor = event.assoc.acceptor
+        acceptor.supported_contexts = [c for c in acceptor.supported_contexts if c.abstract_syntax not in drop]
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        rec = self._log_of(event.assoc)
+        if rec is not None:
+            rec.outcome = "open"
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        rec = self._log_of(event.assoc)
+        if rec is None:
+            return
+        prim = event.assoc.acceptor.primitive
+        reason = getattr(prim, "reason_str", "") if prim is not None else ""
+        rec.outcome = f"rejected ({reason.strip() or 'no reason'})"
+
+    def _on_released(self, event: evt.Event) -> None:
+        rec = self._log_of(event.assoc)
+        if rec is not None:
+            rec.outcome = "released"
+
+    def _on_aborted(self, event: evt.Event) -> None:
+        rec = self._log_of(event.assoc)
+        if rec is not None:
+            rec.outcome = "aborted"
+
+    def _on_conn_close(self, event: evt.Event) -> None:
+        rec = self._log_of(event.assoc)
+        if rec is None or rec.logged:
+            return
+        rec.logged = True
+        if rec.outcome == "open":
+            rec.outcome = "connection closed"
+        level = logging.WARNING if rec.outcome.startswith(("rejected", "aborted", "connection")) else logging.INFO
+        log.log(level, rec.line())
+
+    def _on_dimse_recv(self, event: evt.Event) -> None:
+        # C-STORE responses reaching the acceptor are C-GET sub-operation results.
+        msg = event.message
+        if type(msg).__name__ == "C_STORE_RSP":
+            status = int(getattr(msg.command_set, "Status", 0xFFFF))
+            self._count(event.assoc, "get-sent" if status in (0, 0xB000, 0xB007, 0xB006) else "get-failed")
+
+    # ------------------------------------------------------------ Verification (PS3.4 A)
+
+    def _on_echo(self, event: evt.Event) -> int:
+        self._count(event.assoc, "C-ECHO")
+        return SUCCESS
+
+    # ------------------------------------------------------------ Storage (PS3.4 B)
+
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        """C-STORE: the peer's bytes go to ``archive.ingest`` unchanged (B.4.1)."""
+        peer = self._peer_of(event.assoc)
+        if peer is not None and not peer.may_store:
+            self._count(event.assoc, "C-STORE refused")
+            return status_dataset(NOT_AUTHORISED, "this AE may not store here")
+        request: C_STORE = event.request
+        try:
+            data = event.encoded_dataset()
+        except Exception as exc:  # noqa: BLE001 - malformed request
+            self._count(event.assoc, "C-STORE failed")
+            return status_dataset(CANNOT_UNDERSTAND, f"cannot read the data set: {exc}")
+        calling = str(event.assoc.requestor.ae_title).strip()
+        result = self.archive.ingest(data, origin="dimse", source_aet=calling,
+                                     expected_sop_class=str(request.AffectedSOPClassUID or "") or None)
+        if result.ok:
+            self._count(event.assoc, "C-STORE")
+            return SUCCESS
+        self._count(event.assoc, "C-STORE failed")
+        status = _INGEST_STATUS.get(result.code or "", CANNOT_UNDERSTAND)
+        log.warning("C-STORE from %s refused (0x%04X): %s", calling, status, result.reason)
+        return status_dataset(status, result.reason or "")
+
+    # ------------------------------------------------------------ Query (PS3.4 C.4.1)
+
+    def _on_find(self, event: evt.Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        model = str(event.request.AffectedSOPClassUID)
+        self._count(event.assoc, "C-FIND")
+        try:
+            identifier = event.identifier
+            level, keys = query_of(identifier, model)
+            rows = self.archive.query(level, keys)
+        except (IdentifierError, ValueError) as exc:
+            log.warning("C-FIND refused: %s", exc)
+            yield status_dataset(DATASET_MISMATCH, str(exc)), None
+            return
+        except Exception as exc:  # noqa: BLE001 - decoding errors, database errors
+            log.exception("C-FIND failed")
+            yield status_dataset(UNABLE_TO_PROCESS, str(exc)), None
+            return
+        sent = 0
+        for row in rows:
+            if event.is_cancelled:
+                self._count(event.assoc, "C-FIND cancelled")
+                yield CANCEL, None
+                return
+            yield PENDING, response_for(identifier, level, row, retrieve_aet=self.config.aet)
+            sent += 1
+        self._count(event.assoc, "matches", sent)
+
+    # ------------------------------------------------------------ Retrieve (PS3.4 C.4.2, C.4.3)
+
+    def _retrieve_rows(self, event: evt.Event) -> list[dict[str, Any]]:
+        _level, keys = retrieve_query(event.identifier, str(event.request.AffectedSOPClassUID))
+        return self.archive.query("IMAGE", keys)
+
+    def _load(self, row: dict[str, Any]) -> Dataset:
+        """The stored instance of a retrieve row; a stub that fails to send when unreadable."""
+        try:
+            return dcmread(self.archive.blobs.path(row["_blob_key"]))
+        except Exception as exc:  # noqa: BLE001 - missing or unreadable blob
+            log.error("cannot read stored instance %s: %s", row.get("SOPInstanceUID"), exc)
+            stub = Dataset()
+            stub.SOPClassUID = row.get("SOPClassUID", "")
+            stub.SOPInstanceUID = row.get("SOPInstanceUID", "")
+            return stub  # no file meta: pynetdicom counts the sub-operation as failed
+
+    def _on_move(self, event: evt.Event) -> Iterator[Any]:
+        """C-MOVE: C-STORE sub-operations on a new association to a configured peer."""
+        dest_aet = (event.move_destination or "").strip()
+        peer = self.peers_by_aet.get(dest_aet)
+        self._count(event.assoc, "C-MOVE")
+        if peer is None:
+            log.warning("C-MOVE to unknown destination %r refused", dest_aet)
+            self._count(event.assoc, "C-MOVE unknown destination")
+            yield None, None
+            return
+        try:
+            rows = self._retrieve_rows(event)
+        except (IdentifierError, ValueError) as exc:
+            log.warning("C-MOVE refused: %s", exc)
+            yield peer.host, peer.port
+            yield 1
+            yield status_dataset(DATASET_MISMATCH, str(exc)), None
+            return
+        holder: list[Any] = []
+        kwargs = self.associate_kwargs(peer)
+        kwargs["evt_handlers"] = [*kwargs["evt_handlers"], (evt.EVT_ACCEPTED, lambda e: holder.append(e.assoc)),
+                                  (evt.EVT_DIMSE_RECV, self._sub_store_counter(event.assoc, "move"))]
+        batches = cx.storage_batches((r["SOPClassUID"], r.get("TransferSyntaxUID") or "") for r in rows)
+        kwargs["contexts"] = batches[0].contexts if batches else cx.contexts_for_class(cx.STORAGE_CLASSES[0], [])
+        if len(batches) > 1:
+            log.warning("C-MOVE to %s: %d SOP class/syntax combinations exceed one association; "
+                        "instances outside the first 128 contexts will fail", dest_aet, len(rows))
+        yield peer.host, peer.port, kwargs
+        yield len(rows)
+        for row in rows:
+            if event.is_cancelled:
+                self._count(event.assoc, "C-MOVE cancelled")
+                yield CANCEL, None
+                return
+            ds = self._load(row)
+            if holder and _has_meta(ds):
+                ds = cx.fit_to_association(holder[0], ds)
+            yield PENDING, ds
+
+    def _sub_store_counter(self, parent: Any, what: str) -> Any:
+        def count(event: evt.Event) -> None:
+            msg = event.message
+            if type(msg).__name__ == "C_STORE_RSP":
+                status = int(getattr(msg.command_set, "Status", 0xFFFF))
+                ok = status in (0, 0xB000, 0xB007, 0xB006)
+                self._count(parent, f"{what}-sent" if ok else f"{what}-failed")
+        return count
+
+    def _on_get(self, event: evt.Event) -> Iterator[Any]:
+        """C-GET: C-STORE sub-operations on the same association (the requester took the SCP role)."""
+        self._count(event.assoc, "C-GET")
+        try:
+            rows = self._retrieve_rows(event)
+        except (IdentifierError, ValueError) as exc:
+            log.warning("C-GET refused: %s", exc)
+            yield 1
+            yield status_dataset(DATASET_MISMATCH, str(exc)), None
+            return
+        yield len(rows)
+        for row in rows:
+            if event.is_cancelled:
+                self._count(event.assoc, "C-GET cancelled")
+                yield CANCEL, None
+                return
+            ds = self._load(row)
+            if _has_meta(ds):
+                ds = cx.fit_to_association(event.assoc, ds)
+            yield PENDING, ds
+
+    # ------------------------------------------------------------ Storage Commitment (PS3.4 J)
+
+    def _on_n_action(self, event: evt.Event) -> tuple[int | Dataset, Dataset | None]:
+        req = event.request
+        if str(req.RequestedSOPClassUID) != StorageCommitmentPushModel:
+            return status_dataset(0x0122, "SOP class not supported"), None
+        if str(req.RequestedSOPInstanceUID) != COMMITMENT_INSTANCE:
+            return status_dataset(NO_SUCH_SOP_INSTANCE, "not the Storage Commitment instance"), None
+        if event.action_type != 1:
+            return status_dataset(NO_SUCH_ACTION, "only action type 1 (request commitment)"), None
+        try:
+            info = event.action_information
+            result = check_commitment(self.archive, info)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("storage commitment request unreadable")
+            return status_dataset(0x0110, f"cannot process: {exc}"), None
+        if not result.transaction_uid:
+            return status_dataset(0x0120, "missing Transaction UID"), None
+        self._count(event.assoc, "N-ACTION commitment")
+        self.reporter.report_later(event.assoc, result)
+        return SUCCESS, None
+
+
+def _has_meta(ds: Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    return meta is not None and "TransferSyntaxUID" in meta

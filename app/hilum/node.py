@@ -1,0 +1,137 @@
+"""The composition root: one node built from the config (../shared/DESIGN.md "Layers").
+
+A :class:`Node` owns the archive (or borrows an open one) and a list of
+network services, each an object with ``start()`` (bind, return at once,
+serve from background threads) and ``stop()`` (stop accepting, finish what
+is in flight).  ``hilum serve`` runs one headless until SIGINT/SIGTERM; the
+workstation starts the same node in the background so modalities can send
+to a workstation too.
+
+Adding a protocol adapter is one line in :meth:`Node._default_services`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Protocol, runtime_checkable
+
+from hilum.archive import Archive
+from hilum.config import Config
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Service(Protocol):
+    """A network service of the node (DIMSE, DICOMweb, HL7 MLLP...)."""
+
+    name: str
+
+    def start(self) -> None:
+        """Bind and serve from background threads; return at once. Raise OSError if the port is taken."""
+
+    def stop(self) -> None:
+        """Stop accepting, let in-flight work finish, release the port."""
+
+
+class Node:
+    """A Hilum node: archive + network services, from one :class:`~hilum.config.Config`."""
+
+    def __init__(self, config: Config, archive: Archive | None = None, *,
+                 services: list[Service] | None = None):
+        self.config = config
+        self._owns_archive = archive is None
+        self.archive = archive if archive is not None else Archive.from_config(config)
+        self.services: list[Service] = services if services is not None else self._default_services()
+        self._started: list[Service] = []
+        self._stop_requested = threading.Event()
+        self._lock = threading.Lock()
+
+    def _default_services(self) -> list[Service]:
+        from hilum.dimse import DimseService
+
+        return [
+            DimseService(self.config, self.archive),
+            # DICOMweb and HL7 MLLP plug in here, one line each, e.g.:
+            # DicomWebService(self.config, self.archive),
+            # Hl7Service(self.config, self.archive),
+        ]
+
+    def service(self, name: str) -> Service:
+        """The service called ``name`` (``"dimse"``...)."""
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def running(self) -> bool:
+        return bool(self._started)
+
+    def start(self) -> None:
+        """Start every service; if one fails to start, stop those already running and re-raise."""
+        with self._lock:
+            if self._started:
+                return
+            self._stop_requested.clear()
+            try:
+                for s in self.services:
+                    s.start()
+                    self._started.append(s)
+            except BaseException:
+                self._stop_started()
+                raise
+            log.info("node %s started: %s", self.config.aet, ", ".join(s.name for s in self._started))
+
+    def stop(self) -> None:
+        """Stop the services (in-flight associations/requests finish first), then close an owned archive."""
+        with self._lock:
+            self._stop_started()
+            if self._owns_archive:
+                self.archive.close()
+        self._stop_requested.set()
+
+    def _stop_started(self) -> None:
+        while self._started:
+            s = self._started.pop()
+            try:
+                s.stop()
+            except Exception:  # noqa: BLE001 - stop the others anyway
+                log.exception("stopping %s failed", s.name)
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve_forever` to return (safe from signal handlers and other threads)."""
+        self._stop_requested.set()
+
+    def serve_forever(self) -> None:
+        """Start, block until SIGINT/SIGTERM or :meth:`request_stop`, then stop cleanly."""
+        previous: dict[int, object] = {}
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %d: stopping", signum)
+            self._stop_requested.set()
+
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, on_signal)
+        try:
+            self.start()
+            while not self._stop_requested.wait(0.5):
+                pass
+        finally:
+            try:
+                self.stop()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def __enter__(self) -> Node:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
