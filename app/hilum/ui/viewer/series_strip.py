@@ -1,0 +1,115 @@
+"""The series strip: one thumbnail per series, drag one onto a viewport, double-click to show it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QMimeData, QObject, QSize, Qt, Signal
+from PySide6.QtGui import QDrag, QIcon, QImage, QPixmap
+from PySide6.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem, QWidget
+
+from hilum.ui.viewer.study import SeriesEntry
+from hilum.ui.viewer.thumbnails import ThumbnailCache
+from hilum.ui.viewer.viewport_widget import SERIES_MIME
+
+__all__ = ["SeriesStrip"]
+
+logger = logging.getLogger(__name__)
+UID_ROLE = Qt.ItemDataRole.UserRole + 1
+
+
+def pixmap_of(img: np.ndarray) -> QPixmap:
+    img = np.ascontiguousarray(img)
+    h, w = img.shape[:2]
+    fmt = QImage.Format.Format_Grayscale8 if img.ndim == 2 else QImage.Format.Format_RGB888
+    return QPixmap.fromImage(QImage(img.data, w, h, img.strides[0], fmt).copy())
+
+
+class _Bridge(QObject):
+    thumbnail = Signal(str, object)
+
+
+class SeriesStrip(QListWidget):
+    """Thumbnails of a study's series (made off the GUI thread, cached)."""
+
+    seriesActivated = Signal(str)
+
+    def __init__(self, thumbnails: ThumbnailCache, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.thumbnails = thumbnails
+        self.setViewMode(QListWidget.ViewMode.IconMode)
+        self.setFlow(QListWidget.Flow.TopToBottom)
+        self.setWrapping(False)
+        self.setMovement(QListWidget.Movement.Static)
+        self.setResizeMode(QListWidget.ResizeMode.Adjust)
+        self.setIconSize(QSize(thumbnails.size, thumbnails.size))
+        self.setSpacing(4)
+        self.setWordWrap(True)
+        self.setFixedWidth(thumbnails.size + 40)
+        self.setDragEnabled(True)
+        self.setDragDropMode(QAbstractItemView.DragDropMode.DragOnly)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self._bridge = _Bridge(self)
+        self._bridge.thumbnail.connect(self._set_thumbnail)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="hilum-thumbs")
+        self.itemActivated.connect(lambda item: self.seriesActivated.emit(item.data(UID_ROLE)))
+        self._closed = False
+
+    def set_series(self, entries: Sequence[SeriesEntry]) -> None:
+        self.clear()
+        blank = QPixmap(self.iconSize())
+        blank.fill(Qt.GlobalColor.black)
+        for e in entries:
+            item = QListWidgetItem(QIcon(blank), f"{e.title}\n{e.frames} im")
+            item.setData(UID_ROLE, e.series_uid)
+            item.setToolTip(f"Series {e.number}: {e.description}\n{e.modality}, {e.frames} images")
+            self.addItem(item)
+            middle = e.middle
+            if middle is not None:
+                self._pool.submit(self._make, e.series_uid, str(middle[0]), middle[1])
+
+    def _make(self, uid: str, path: str, frame: int) -> None:
+        try:
+            img = self.thumbnails.get(uid, path, frame)
+        except Exception as exc:  # noqa: BLE001 - a thumbnail must never take the viewer down
+            logger.warning("no thumbnail for series %s: %s", uid, exc)
+            return
+        if not self._closed:
+            self._bridge.thumbnail.emit(uid, img)
+
+    def _set_thumbnail(self, uid: str, img: Any) -> None:
+        for i in range(self.count()):
+            item = self.item(i)
+            if item.data(UID_ROLE) == uid:
+                item.setIcon(QIcon(pixmap_of(img)))
+
+    def item_for(self, uid: str) -> QListWidgetItem | None:
+        for i in range(self.count()):
+            if self.item(i).data(UID_ROLE) == uid:
+                return self.item(i)
+        return None
+
+    def series_uids(self) -> list[str]:
+        return [self.item(i).data(UID_ROLE) for i in range(self.count())]
+
+    def mime_for(self, uid: str) -> QMimeData:
+        data = QMimeData()
+        data.setData(SERIES_MIME, uid.encode("ascii"))
+        return data
+
+    def startDrag(self, supported: Any) -> None:  # noqa: N802
+        item = self.currentItem()
+        if item is None:
+            return
+        drag = QDrag(self)
+        drag.setMimeData(self.mime_for(item.data(UID_ROLE)))
+        drag.setPixmap(item.icon().pixmap(self.iconSize()))
+        drag.exec(Qt.DropAction.CopyAction)
+
+    def shutdown(self) -> None:
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)

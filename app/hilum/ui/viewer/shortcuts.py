@@ -1,0 +1,79 @@
+"""The viewer's keyboard shortcuts: one table used to bind the keys and to list them in Help.
+
+Each entry is ``(action, keys, description)``; ``keys`` is a Qt key sequence
+string (several separated by ``;``). The viewer binds every action by name, and
+:func:`help_lines` gives the Help → Keyboard shortcuts text.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MOUSE", "SHORTCUTS", "help_lines"]
+
+SHORTCUTS: list[tuple[str, str, str]] = [
+    ("next_slice", "Down;J", "Next slice"),
+    ("prev_slice", "Up;K", "Previous slice"),
+    ("page_down", "PgDown", "Forward a tenth of the stack"),
+    ("page_up", "PgUp", "Back a tenth of the stack"),
+    ("first_slice", "Home", "First slice"),
+    ("last_slice", "End", "Last slice"),
+    ("next_series", "Right", "Next series in the active viewport"),
+    ("prev_series", "Left", "Previous series in the active viewport"),
+    ("cine", "Space", "Cine: play / pause"),
+    ("cine_faster", "]", "Cine faster (+5 frames/s)"),
+    ("cine_slower", "[", "Cine slower (-5 frames/s)"),
+    ("window_header", "0", "Window of the image header"),
+    ("preset_1", "1", "Window preset 1 (CT: brain); 2-9: the other presets (Help lists them in the W/L menu)"),
+    ("invert", "I", "Invert"),
+    ("flip_h", "H", "Flip horizontally"),
+    ("flip_v", "V", "Flip vertically"),
+    ("rotate_cw", "R", "Rotate 90° clockwise"),
+    ("rotate_ccw", "Shift+R", "Rotate 90° anticlockwise"),
+    ("zoom_in", "+;=", "Zoom in"),
+    ("zoom_out", "-", "Zoom out"),
+    ("fit", "F", "Fit to the viewport (keeps W/L)"),
+    ("reset", "Ctrl+R;Backspace", "Reset the view: fit, no rotation/flip/invert, header window"),
+    ("tool_window", "W", "Tool: window/level (left drag)"),
+    ("tool_pan", "P", "Tool: pan"),
+    ("tool_zoom", "Z", "Tool: zoom"),
+    ("tool_scroll", "S", "Tool: scroll by dragging"),
+    ("tool_length", "L", "Tool: length (mm)"),
+    ("tool_angle", "A", "Tool: angle (drag one arm, click the end of the other)"),
+    ("tool_ellipse", "O", "Tool: ellipse ROI (area, mean, SD, min, max)"),
+    ("tool_rect", "B", "Tool: rectangle ROI"),
+    ("tool_probe", "Q", "Tool: pixel probe (value, patient coordinates)"),
+    ("delete_measurement", "Del", "Delete the last measurement on this slice"),
+    ("clear_measurements", "Shift+Del", "Delete all measurements of this series"),
+    ("cancel", "Esc", "Cancel the measurement being drawn"),
+    ("layout_1", "Ctrl+1", "Layout 1x1"),
+    ("layout_2", "Ctrl+2", "Layout 1x2"),
+    ("layout_3", "Ctrl+3", "Layout 2x1"),
+    ("layout_4", "Ctrl+4", "Layout 2x2"),
+    ("layout_5", "Ctrl+5", "Layout 1x3"),
+    ("layout_6", "Ctrl+6", "Layout 3x3"),
+    ("layout_custom", "Ctrl+7", "Custom layout (rows x columns)"),
+    ("next_viewport", "Tab", "Activate the next viewport"),
+    ("prev_viewport", "Shift+Tab", "Activate the previous viewport"),
+    ("link_scroll", "Ctrl+L", "Link scrolling by patient position (same Frame of Reference)"),
+    ("link_window", "Ctrl+Shift+W", "Link window/level"),
+    ("link_zoom", "Ctrl+Shift+Z", "Link zoom"),
+    ("reference_lines", "Ctrl+Shift+R", "Show reference lines"),
+    ("overlay", "Ctrl+T", "Show / hide the overlay text"),
+    ("export_view", "Ctrl+E", "Export the view as PNG / JPEG"),
+    ("export_cine", "Ctrl+Shift+E", "Export the series as a GIF (or MP4) cine"),
+]
+
+MOUSE: list[tuple[str, str]] = [
+    ("Wheel", "Scroll slices (Ctrl+wheel: zoom at the cursor)"),
+    ("Left drag", "The current tool (W/L, pan, zoom, scroll, measure, probe)"),
+    ("Right drag", "Window/level: right/left = width, down/up = level"),
+    ("Middle drag", "Pan"),
+    ("Drag a series", "From the series strip onto a viewport"),
+    ("Double-click", "Toggle the viewport between the layout and full size"),
+]
+
+
+def help_lines() -> list[tuple[str, str, str]]:
+    """``(section, keys, description)`` for the Help menu."""
+    out = [("Viewer", keys.replace(";", " / "), text) for _name, keys, text in SHORTCUTS]
+    out += [("Viewer mouse", keys, text) for keys, text in MOUSE]
+    return out

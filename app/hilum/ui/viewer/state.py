@@ -1,0 +1,545 @@
+"""One viewport's state and logic, headless (no Qt): what the widget binds.
+
+A :class:`ViewportState` holds a :class:`~hilum.dicom.stack_load.SeriesVolume`
+(which may still be loading), the slice index, the VOI (window), the view
+transform (zoom, pan, rotation, flips), invert, cine and the measurements. It
+turns the current slice into 8-bit display values through the one grayscale
+pipeline (:mod:`hilum.dicom.pixels`) and knows the geometry the overlays need:
+the image → canvas matrix, orientation letters of the four edges, the scale
+bar, the pixel probe. Models emit, views subscribe (STYLE.md §4):
+``state.subscribe(callback)`` gets ``callback(state, what)`` with ``what`` one
+of ``volume``, ``index``, ``window``, ``view``, ``cine``, ``loaded``,
+``measurements``.
+
+Image coordinates are ``(x, y) = (column, row)`` of pixel centres
+(:mod:`hilum.dicom.stack`); canvas coordinates are widget pixels, y down.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.pixels import apply_color_lut
+
+from hilum.dicom.pixels import Window, to_uint8_color
+from hilum.dicom.stack import FrameInfo, PlaneGeometry, orientation_letters
+from hilum.dicom.stack_load import SeriesVolume
+from hilum.dicom.stack_measure import modality_unit
+
+__all__ = ["CANVAS_EDGES", "ProbeResult", "ViewTransform", "ViewportState", "nice_scale_length"]
+
+logger = logging.getLogger(__name__)
+
+Listener = Callable[["ViewportState", str], None]
+CANVAS_EDGES = ("left", "right", "top", "bottom")
+MIN_ZOOM, MAX_ZOOM = 0.05, 64.0
+
+
+@dataclass
+class ViewTransform:
+    """Zoom (1 = fit the canvas), pan (canvas px), rotation (degrees clockwise), flips.
+
+    The flips act on the screen after rotation, so "flip horizontal" always
+    mirrors left/right as the user sees it.
+    """
+
+    zoom: float = 1.0
+    pan_x: float = 0.0
+    pan_y: float = 0.0
+    rotation: float = 0.0
+    flip_h: bool = False
+    flip_v: bool = False
+
+    def matrix(self, canvas: tuple[float, float], image: tuple[int, int], spacing: tuple[float, float]) -> npt.NDArray[np.float64]:
+        """3x3 matrix mapping image ``(x, y, 1)`` to canvas coordinates.
+
+        *image* is ``(columns, rows)``, *spacing* ``(row spacing, column
+        spacing)`` so non-square pixels are shown with their true aspect.
+        """
+        w, h = float(canvas[0]), float(canvas[1])
+        cols, rows = image
+        dr, dc = spacing
+        t = math.radians(self.rotation)
+        c, s = math.cos(t), math.sin(t)
+        width_mm, height_mm = cols * dc, rows * dr
+        bw = abs(width_mm * c) + abs(height_mm * s)
+        bh = abs(width_mm * s) + abs(height_mm * c)
+        fit = min(w / bw, h / bh) if bw > 0 and bh > 0 and w > 0 and h > 0 else 1.0
+        scale = fit * self.zoom
+        centre = np.array([[1, 0, -(cols - 1) / 2.0], [0, 1, -(rows - 1) / 2.0], [0, 0, 1]])
+        mm = np.diag([dc, dr, 1.0])
+        rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+        flip = np.diag([-1.0 if self.flip_h else 1.0, -1.0 if self.flip_v else 1.0, 1.0])
+        zoom = np.diag([scale, scale, 1.0])
+        to_canvas = np.array([[1, 0, w / 2.0 + self.pan_x], [0, 1, h / 2.0 + self.pan_y], [0, 0, 1]])
+        return to_canvas @ zoom @ flip @ rot @ mm @ centre
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The pixel under the cursor: indices, stored and modality value, patient position."""
+
+    column: int
+    row: int
+    stored: Any
+    value: float | tuple[int, ...]
+    unit: str
+    patient: tuple[float, float, float] | None
+
+    def text(self) -> str:
+        v = self.value if isinstance(self.value, tuple) else f"{self.value:.1f}".rstrip("0").rstrip(".")
+        u = f" {self.unit}" if self.unit else ""
+        pos = ""
+        if self.patient is not None:
+            pos = " ({:.1f}, {:.1f}, {:.1f}) mm".format(*self.patient)
+        return f"[{self.column}, {self.row}] {v}{u}{pos}"
+
+
+def nice_scale_length(mm_per_px: float, target_px: float) -> float:
+    """A round length (1, 2, 5 × 10^n mm) whose bar is at most about *target_px* long."""
+    if mm_per_px <= 0:
+        return 0.0
+    raw = mm_per_px * target_px
+    exp = math.floor(math.log10(raw))
+    best = 10.0**exp
+    for m in (1, 2, 5, 10):
+        if m * 10.0**exp <= raw:
+            best = m * 10.0**exp
+    return best
+
+
+class ViewportState:
+    """Headless state of one viewport (see the module docstring)."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self.volume: SeriesVolume | None = None
+        self.index = 0
+        self.window: Window | None = None
+        """The VOI the user chose; None = each frame's header VOI (its first window or VOI LUT)."""
+        self.window_label = ""
+        self.view = ViewTransform()
+        self.invert = False
+        self.smooth = True
+        self.cine_fps = 15.0
+        self.cine_playing = False
+        self._cine_accum = 0.0
+        self.measurements: list[Any] = []
+        self.canvas_size: tuple[int, int] = (512, 512)
+        self._listeners: list[Listener] = []
+        self._cache_key: tuple[Any, ...] | None = None
+        self._cache_img: np.ndarray | None = None
+        self.overlay_enabled = True
+        self.probe_result: ProbeResult | None = None
+        self.status = ""
+        """A line shown in the viewport while there is nothing else to say (e.g. "loading 40/600")."""
+
+    # ------------------------------------------------------------ events
+
+    def subscribe(self, callback: Listener) -> Callable[[], None]:
+        self._listeners.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+        return unsubscribe
+
+    def emit(self, what: str) -> None:
+        for cb in list(self._listeners):
+            cb(self, what)
+
+    # ------------------------------------------------------------ series
+
+    @property
+    def stack_size(self) -> int:
+        return len(self.volume) if self.volume is not None else 0
+
+    @property
+    def series_uid(self) -> str:
+        return self.volume.series_uid if self.volume is not None else ""
+
+    @property
+    def frame_info(self) -> FrameInfo | None:
+        if self.volume is None or not len(self.volume):
+            return None
+        return self.volume.stack.frames[self.index]
+
+    @property
+    def geometry(self) -> PlaneGeometry | None:
+        f = self.frame_info
+        return f.geometry if f is not None else None
+
+    @property
+    def modality(self) -> str:
+        return self.volume.modality if self.volume is not None else ""
+
+    def set_volume(self, volume: SeriesVolume | None, index: int | None = None, *, keep_view: bool | None = None) -> None:
+        """Show *volume* (a preview, or the loading/loaded series).
+
+        The view and window are kept when the new volume is the same series
+        (preview → full volume), else reset. *index* defaults to the middle.
+        """
+        same = volume is not None and self.volume is not None and volume.series_uid == self.volume.series_uid
+        if keep_view is None:
+            keep_view = same
+        self.volume = volume
+        if not keep_view:
+            self.view = ViewTransform()
+            self.window = None
+            self.window_label = ""
+            self.invert = False
+            self.cine_playing = False
+            self.measurements = [m for m in self.measurements if same]
+        n = self.stack_size
+        self.index = 0 if n == 0 else int(np.clip(n // 2 if index is None else index, 0, n - 1))
+        self._cache_key = None
+        if volume is not None and self.window is None:
+            self._ensure_default_window()
+        self.emit("volume")
+
+    def _ensure_default_window(self) -> None:
+        """Images without any VOI in the header get a fixed min-max window from the first decoded frame."""
+        f = self.frame_info
+        if f is None or f.pipeline is None or f.pipeline.voi_choices:
+            return
+        arr = self.volume.frame(self.index) if self.volume is not None else None
+        if arr is not None:
+            self.window = f.pipeline.min_max_window(arr)
+            self.window_label = "min-max"
+
+    def notify_loaded(self) -> None:
+        """The loader decoded more frames: repaint if the current one just arrived."""
+        if self.window is None:
+            self._ensure_default_window()
+        self.emit("loaded")
+
+    # ------------------------------------------------------------ scrolling
+
+    def set_index(self, index: int) -> bool:
+        n = self.stack_size
+        if n == 0:
+            return False
+        new = int(np.clip(index, 0, n - 1))
+        if new == self.index:
+            return False
+        self.index = new
+        self.emit("index")
+        return True
+
+    def scroll(self, delta: int) -> bool:
+        return self.set_index(self.index + int(delta))
+
+    def page(self, direction: int) -> bool:
+        """PageUp/PageDown: a tenth of the stack (at least one slice)."""
+        return self.scroll(direction * max(1, self.stack_size // 10))
+
+    def first(self) -> bool:
+        return self.set_index(0)
+
+    def last(self) -> bool:
+        return self.set_index(self.stack_size - 1)
+
+    # ------------------------------------------------------------ cine
+
+    def set_cine(self, playing: bool) -> None:
+        if self.stack_size < 2:
+            playing = False
+        if playing != self.cine_playing:
+            self.cine_playing = playing
+            self._cine_accum = 0.0
+            self.emit("cine")
+
+    def set_cine_fps(self, fps: float) -> None:
+        self.cine_fps = float(np.clip(fps, 1.0, 120.0))
+        self.emit("cine")
+
+    def advance_cine(self, elapsed_s: float) -> int:
+        """Advance by as many frames as *elapsed_s* holds at the cine rate (looping); returns the step."""
+        if not self.cine_playing or self.stack_size < 2:
+            return 0
+        self._cine_accum += elapsed_s * self.cine_fps
+        steps = int(self._cine_accum)
+        if steps:
+            self._cine_accum -= steps
+            n = self.stack_size
+            new = (self.index + steps) % n
+            if new != self.index:
+                self.index = new
+                self.emit("index")
+        return steps
+
+    # ------------------------------------------------------------ window
+
+    def header_voi(self) -> Any:
+        f = self.frame_info
+        return f.pipeline.default_voi() if f is not None and f.pipeline is not None else None
+
+    def current_window(self) -> Window | None:
+        """The window in force as center/width (None for colour or a VOI LUT table)."""
+        if self.window is not None:
+            return self.window
+        voi = self.header_voi()
+        return voi if isinstance(voi, Window) else None
+
+    def set_window(self, center: float, width: float, label: str = "") -> None:
+        self.window = Window(float(center), max(float(width), 1.0))
+        self.window_label = label
+        self._cache_key = None
+        self.emit("window")
+
+    def reset_window(self) -> None:
+        """Back to the header's VOI (key 0)."""
+        self.window = None
+        self.window_label = ""
+        self._cache_key = None
+        self._ensure_default_window()
+        self.emit("window")
+
+    def drag_window(self, dx: float, dy: float) -> None:
+        """Right-drag W/L: right widens, left narrows; down raises the level (darker), up lowers it.
+
+        Sensitivity scales with the current width, so a lung window and a
+        stroke window both respond usefully.
+        """
+        w = self.current_window()
+        if w is None:
+            f = self.frame_info
+            arr = self.volume.frame(self.index) if self.volume is not None else None
+            if f is None or f.pipeline is None or arr is None:
+                return
+            w = f.pipeline.min_max_window(arr)
+        k = max(w.width, 20.0) / 256.0
+        self.set_window(w.center + dy * k, max(w.width + dx * k, 1.0), "")
+
+    def toggle_invert(self) -> None:
+        self.invert = not self.invert
+        self._cache_key = None
+        self.emit("window")
+
+    # ------------------------------------------------------------ view
+
+    def _changed_view(self) -> None:
+        self.emit("view")
+
+    def set_zoom(self, zoom: float) -> None:
+        self.view.zoom = float(np.clip(zoom, MIN_ZOOM, MAX_ZOOM))
+        self._changed_view()
+
+    def zoom_by(self, factor: float, anchor: tuple[float, float] | None = None) -> None:
+        """Zoom by *factor*, keeping the canvas point *anchor* fixed (default: centre)."""
+        old = self.view.zoom
+        new = float(np.clip(old * factor, MIN_ZOOM, MAX_ZOOM))
+        if anchor is not None:
+            w, h = self.canvas_size
+            ax, ay = anchor[0] - w / 2.0, anchor[1] - h / 2.0
+            f = new / old
+            self.view.pan_x = ax - (ax - self.view.pan_x) * f
+            self.view.pan_y = ay - (ay - self.view.pan_y) * f
+        self.view.zoom = new
+        self._changed_view()
+
+    def pan_by(self, dx: float, dy: float) -> None:
+        self.view.pan_x += dx
+        self.view.pan_y += dy
+        self._changed_view()
+
+    def rotate(self, degrees: float) -> None:
+        self.view.rotation = (self.view.rotation + degrees) % 360.0
+        self._changed_view()
+
+    def flip_horizontal(self) -> None:
+        self.view.flip_h = not self.view.flip_h
+        self._changed_view()
+
+    def flip_vertical(self) -> None:
+        self.view.flip_v = not self.view.flip_v
+        self._changed_view()
+
+    def reset_view(self) -> None:
+        """Fit, no pan/rotation/flip, no invert, header window."""
+        self.view = ViewTransform()
+        self.invert = False
+        self.window = None
+        self.window_label = ""
+        self._cache_key = None
+        self._ensure_default_window()
+        self.emit("view")
+        self.emit("window")
+
+    # ------------------------------------------------------------ geometry
+
+    def spacing(self) -> tuple[float, float]:
+        f = self.frame_info
+        if f is None:
+            return (1.0, 1.0)
+        return (f.spacing.row, f.spacing.column)
+
+    def matrix(self, canvas: tuple[float, float] | None = None) -> npt.NDArray[np.float64]:
+        """Image → canvas matrix for the current frame (see :class:`ViewTransform`)."""
+        f = self.frame_info
+        size = canvas or self.canvas_size
+        if f is None:
+            return np.eye(3)
+        return self.view.matrix(size, (f.columns, f.rows), self.spacing())
+
+    def canvas_to_image(self, x: float, y: float) -> tuple[float, float]:
+        inv = np.linalg.inv(self.matrix())
+        p = inv @ np.array([x, y, 1.0])
+        return float(p[0]), float(p[1])
+
+    def image_to_canvas(self, x: float, y: float) -> tuple[float, float]:
+        p = self.matrix() @ np.array([x, y, 1.0])
+        return float(p[0]), float(p[1])
+
+    def _screen_direction(self, dx: float, dy: float) -> npt.NDArray[np.float64] | None:
+        """Patient-space vector (mm) of a canvas direction, or None without geometry."""
+        g = self.geometry
+        if g is None:
+            return None
+        lin = np.linalg.inv(self.matrix()[:2, :2])
+        d = lin @ np.array([dx, dy])
+        return d[0] * g.col_spacing * g.row_dir + d[1] * g.row_spacing * g.col_dir
+
+    def edge_letters(self) -> dict[str, str]:
+        """Orientation letters at the middle of each canvas edge (PS3.3 C.7.6.1.1.1)."""
+        right = self._screen_direction(1.0, 0.0)
+        down = self._screen_direction(0.0, 1.0)
+        if right is None or down is None:
+            return {}
+        return {
+            "right": orientation_letters(right),
+            "left": orientation_letters(-right),
+            "bottom": orientation_letters(down),
+            "top": orientation_letters(-down),
+        }
+
+    def mm_per_canvas_pixel(self, axis: str = "x") -> float | None:
+        """Millimetres per canvas pixel along the screen's x or y axis (None when uncalibrated)."""
+        f = self.frame_info
+        if f is None or not f.spacing.calibrated:
+            return None
+        lin = np.linalg.inv(self.matrix()[:2, :2])
+        d = lin @ (np.array([1.0, 0.0]) if axis == "x" else np.array([0.0, 1.0]))
+        return float(math.hypot(d[0] * f.spacing.column, d[1] * f.spacing.row))
+
+    def scale_bar(self, target_fraction: float = 0.25, axis: str = "y") -> tuple[float, float] | None:
+        """``(length_mm, length_px)`` of a round-valued scale bar about *target_fraction* of the canvas.
+
+        Along the screen's *axis* (the viewer draws it vertically at the right edge).
+        """
+        mpp = self.mm_per_canvas_pixel(axis)
+        if not mpp:
+            return None
+        extent = self.canvas_size[0 if axis == "x" else 1]
+        length = nice_scale_length(mpp, extent * target_fraction)
+        return (length, length / mpp) if length > 0 else None
+
+    # ------------------------------------------------------------ pixels
+
+    def frame_pixels(self, index: int | None = None) -> np.ndarray | None:
+        if self.volume is None or not len(self.volume):
+            return None
+        return self.volume.frame(self.index if index is None else index)
+
+    def render(self, index: int | None = None) -> np.ndarray | None:
+        """8-bit display values of a frame (rows x columns, or x 3 for colour), None while not decoded.
+
+        Grayscale goes through the frame's pipeline with the current window
+        (modality LUT → VOI → presentation, MONOCHROME1 inverted by the
+        pipeline); *invert* then inverts the display. The last result is cached.
+        """
+        k = self.index if index is None else index
+        arr = self.frame_pixels(k)
+        if arr is None or self.volume is None:
+            return None
+        f = self.volume.stack.frames[k]
+        key = (id(self.volume), k, bool(self.volume.loaded[k]), self.window, self.invert, id(f.pipeline))
+        if key == self._cache_key and self._cache_img is not None:
+            return self._cache_img
+        if f.pipeline is not None:
+            out = f.pipeline.apply(arr, self.window)
+        elif f.photometric == "PALETTE COLOR":
+            rgb = apply_color_lut(arr, self.volume.header)[..., :3]
+            desc = self.volume.header.get("RedPaletteColorLookupTableDescriptor")
+            out = to_uint8_color(np.ascontiguousarray(rgb), int(desc[2]) if desc is not None and rgb.dtype != np.uint8 else None)
+        elif arr.ndim == 3:
+            out = to_uint8_color(arr, f.bits_stored if arr.dtype != np.uint8 else None)
+        else:  # grayscale without a usable pipeline: min-max to 8 bits
+            lo, hi = float(arr.min()), float(arr.max())
+            out = ((arr.astype(np.float64) - lo) * (255.0 / max(hi - lo, 1.0))).astype(np.uint8)
+        if self.invert:
+            out = np.bitwise_not(out)
+        out = np.ascontiguousarray(out)
+        self._cache_key, self._cache_img = key, out
+        return out
+
+    def probe(self, x: float, y: float) -> ProbeResult | None:
+        """The pixel at image point ``(x, y)``: stored and modality value, patient coordinates."""
+        f = self.frame_info
+        arr = self.frame_pixels()
+        if f is None or arr is None:
+            return None
+        col, row = int(round(x)), int(round(y))
+        if not (0 <= col < f.columns and 0 <= row < f.rows):
+            return None
+        stored = arr[row, col]
+        unit = ""
+        if arr.ndim == 3:
+            value: float | tuple[int, ...] = tuple(int(v) for v in stored)
+        elif f.pipeline is not None:
+            value = float(f.pipeline.modality_values(np.asarray([stored]))[0])
+            unit = modality_unit(self.modality, f.pipeline.modality.rescale_type)
+        else:
+            value = float(stored)
+        patient = None
+        if f.geometry is not None:
+            p = f.geometry.to_patient(col, row)
+            patient = (float(p[0]), float(p[1]), float(p[2]))
+        return ProbeResult(col, row, stored.tolist() if hasattr(stored, "tolist") else stored, value, unit, patient)
+
+    def modality_frame(self) -> np.ndarray | None:
+        """Modality values (float64) of the current frame, for ROI statistics."""
+        if self.volume is None or not len(self.volume):
+            return None
+        return self.volume.modality_values(self.index)
+
+    # ------------------------------------------------------------ overlay values
+
+    def overlay_values(self) -> dict[str, Any]:
+        """Values the four-corner overlay templates can use (see :mod:`.overlay`)."""
+        vals: dict[str, Any] = {}
+        f = self.frame_info
+        if self.volume is None or f is None:
+            return vals
+        vals["index"] = self.index + 1
+        vals["count"] = self.stack_size
+        vals["frame"] = f.frame + 1
+        vals["InstanceNumber"] = f.instance_number if f.instance_number is not None else ""
+        vals["rows"], vals["columns"] = f.rows, f.columns
+        if self.volume.stack.positions is not None:
+            g = f.geometry
+            vals["position"] = f"{float(g.origin @ self.volume.stack.normal):.1f}" if g is not None else ""
+        if f.slice_thickness is not None:
+            vals["thickness"] = f"{f.slice_thickness:g}"
+        w = self.current_window()
+        if w is not None:
+            vals["window_center"] = f"{w.center:g}"
+            vals["window_width"] = f"{w.width:g}"
+        vals["window_label"] = self.window_label or (w.explanation if w is not None else "")
+        vals["zoom"] = f"{self._display_zoom():.2f}"
+        vals["rotation"] = f"{self.view.rotation:g}"
+        vals["loaded"] = self.volume.loaded_count
+        vals["fps"] = f"{self.cine_fps:g}" if self.cine_playing else ""
+        return vals
+
+    def _display_zoom(self) -> float:
+        """Screen pixels per image pixel (what radiologists call zoom, 1.0 = one to one)."""
+        m = self.matrix()
+        return float(math.hypot(m[0, 0], m[1, 0]))

@@ -1,0 +1,600 @@
+"""The study viewer: series strip, a grid of viewports, toolbar, shortcuts, background loads.
+
+:class:`StudyViewer` binds the headless :class:`~hilum.ui.viewer.model.ViewerModel`
+(layout, links, reference lines) and one
+:class:`~hilum.ui.viewer.viewport_widget.ViewportWidget` per viewport. Series
+load through :class:`~hilum.ui.viewer.study.StudySession` on background
+threads; their callbacks come back to the GUI thread through Qt signals
+(queued connections): first the preview image, then the sorted volume, then
+progress as slices decode (nearest the viewed slice first).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QElapsedTimer, QObject, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QGridLayout,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QMenu,
+    QMessageBox,
+    QProgressBar,
+    QSpinBox,
+    QToolBar,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from hilum.dicom.stack_load import LoadHandle, SeriesVolume
+from hilum.errors import HilumError
+from hilum.ui.viewer.export import export_cine, mp4_available, view_frames
+from hilum.ui.viewer.model import LAYOUTS, Layout, ViewerModel
+from hilum.ui.viewer.overlay import OverlayConfig
+from hilum.ui.viewer.presets import PresetStore, WindowPreset
+from hilum.ui.viewer.series_strip import SeriesStrip
+from hilum.ui.viewer.shortcuts import SHORTCUTS
+from hilum.ui.viewer.state import ViewportState
+from hilum.ui.viewer.study import StudySession, VolumeCache
+from hilum.ui.viewer.thumbnails import ThumbnailCache
+from hilum.ui.viewer.tools import TOOLS, Tool, make_tool
+from hilum.ui.viewer.viewport_widget import ViewportWidget
+
+__all__ = ["StudyViewer"]
+
+logger = logging.getLogger(__name__)
+
+
+class _LoadBridge(QObject):
+    """Loader-thread callbacks → GUI-thread signals."""
+
+    preview = Signal(str, object)
+    ready = Signal(str, object)
+    progress = Signal(str, object, int, int)
+    done = Signal(str, object)
+
+
+class StudyViewer(QWidget):
+    """A workspace tab showing one study."""
+
+    seriesShown = Signal(int, str)
+    firstImage = Signal(str)
+    loadFinished = Signal(str)
+
+    def __init__(self, archive: Any, study_uid: str, *, data_dir: str | Path | None = None,
+                 executor: str = "auto", cache: VolumeCache | None = None,
+                 parent: QWidget | None = None) -> None:  # fmt: skip
+        super().__init__(parent)
+        self.setObjectName("studyViewer")
+        self.archive = archive
+        self.study_uid = study_uid
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.session = StudySession(archive, study_uid, cache=cache, executor=executor)
+        self.presets = PresetStore(self.data_dir)
+        self.overlay = OverlayConfig.load(self.data_dir)
+        self.model = ViewerModel(Layout(1, 1))
+        self.tools: dict[str, Tool] = {}
+        self.tool_name = "window"
+        self._assigned: dict[int, str] = {}  # viewport index -> series uid
+        self._loads: dict[str, LoadHandle] = {}
+        self._widgets: list[ViewportWidget] = []
+        self._maximized: int | None = None
+        self.timings: dict[str, float] = {}
+        self._t_open = 0.0
+        self._bridge = _LoadBridge(self)
+        self._bridge.preview.connect(self._on_preview)
+        self._bridge.ready.connect(self._on_ready)
+        self._bridge.progress.connect(self._on_progress)
+        self._bridge.done.connect(self._on_done)
+        thumbs_dir = self.data_dir / "cache" / "thumbnails" if self.data_dir else None
+        self.strip = SeriesStrip(ThumbnailCache(thumbs_dir), self)
+        self.strip.seriesActivated.connect(lambda uid: self.show_series(uid, self.model.active))
+        self._build_ui()
+        self._build_actions()
+        self.model.subscribe(self._on_model)
+        self._cine_timer = QTimer(self)
+        self._cine_timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self._cine_timer.timeout.connect(self._cine_tick)
+        self._cine_clock = QElapsedTimer()
+        self._apply_layout()
+
+    # ------------------------------------------------------------ UI
+
+    def _build_ui(self) -> None:
+        self.toolbar = QToolBar(self)
+        self.toolbar.setObjectName("viewerToolbar")
+        self.grid_host = QWidget(self)
+        self.grid = QGridLayout(self.grid_host)
+        self.grid.setContentsMargins(0, 0, 0, 0)
+        self.grid.setSpacing(2)
+        self.progress = QProgressBar(self)
+        self.progress.setMaximumHeight(14)
+        self.progress.setTextVisible(True)
+        self.progress.hide()
+        self.status = QLabel("", self)
+        centre = QVBoxLayout()
+        centre.setContentsMargins(0, 0, 0, 0)
+        centre.addWidget(self.toolbar)
+        centre.addWidget(self.grid_host, 1)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.status, 1)
+        bottom.addWidget(self.progress)
+        centre.addLayout(bottom)
+        outer = QHBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.strip)
+        outer.addLayout(centre, 1)
+
+    def _action(self, name: str, text: str, slot: Any, keys: str = "", checkable: bool = False) -> QAction:
+        act = QAction(text, self)
+        act.setObjectName(name)
+        if keys:
+            act.setShortcuts([QKeySequence(k) for k in keys.split(";")])
+            act.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        act.setCheckable(checkable)
+        act.triggered.connect(lambda checked=False: slot(checked) if checkable else slot())
+        self.addAction(act)
+        self.actions_by_name[name] = act
+        return act
+
+    def _build_actions(self) -> None:
+        self.actions_by_name: dict[str, QAction] = {}
+        keys = {name: k for name, k, _ in SHORTCUTS}
+        texts = {name: t for name, _, t in SHORTCUTS}
+        av = self.active_viewport
+        simple = {
+            "next_slice": lambda: av().scroll(1),
+            "prev_slice": lambda: av().scroll(-1),
+            "page_down": lambda: av().page(1),
+            "page_up": lambda: av().page(-1),
+            "first_slice": lambda: av().first(),
+            "last_slice": lambda: av().last(),
+            "next_series": lambda: self.step_series(1),
+            "prev_series": lambda: self.step_series(-1),
+            "cine": lambda: self.toggle_cine(),
+            "cine_faster": lambda: self.set_cine_fps(av().cine_fps + 5),
+            "cine_slower": lambda: self.set_cine_fps(av().cine_fps - 5),
+            "window_header": lambda: av().reset_window(),
+            "invert": lambda: av().toggle_invert(),
+            "flip_h": lambda: av().flip_horizontal(),
+            "flip_v": lambda: av().flip_vertical(),
+            "rotate_cw": lambda: av().rotate(90),
+            "rotate_ccw": lambda: av().rotate(-90),
+            "zoom_in": lambda: av().zoom_by(1.25),
+            "zoom_out": lambda: av().zoom_by(0.8),
+            "fit": lambda: self._fit(),
+            "reset": lambda: av().reset_view(),
+            "delete_measurement": lambda: self.delete_measurement(),
+            "clear_measurements": lambda: self.clear_measurements(),
+            "cancel": lambda: self.cancel_tool(),
+            "layout_custom": lambda: self.custom_layout_dialog(),
+            "next_viewport": lambda: self.model.cycle_active(1),
+            "prev_viewport": lambda: self.model.cycle_active(-1),
+            "overlay": lambda: self.toggle_overlay(),
+            "export_view": lambda: self.export_view_dialog(),
+            "export_cine": lambda: self.export_cine_dialog(),
+        }
+        for name, slot in simple.items():
+            self._action(name, texts[name], slot, keys[name])
+        for i, layout in enumerate(LAYOUTS, start=1):
+            self._action(f"layout_{i}", f"Layout {layout.rows}×{layout.columns}", partial(self.set_layout, layout),
+                         keys[f"layout_{i}"])  # fmt: skip
+        for d in range(1, 10):
+            self._action(f"preset_{d}", f"Window preset {d}", partial(self.apply_preset_key, str(d)), str(d))
+        links = {"link_scroll": "scroll", "link_window": "window", "link_zoom": "zoom"}
+        for name, what in links.items():
+            act = self._action(name, texts[name], partial(self._set_link, what), keys[name], checkable=True)
+            act.setChecked(getattr(self.model, f"link_{what}"))
+        ref = self._action("reference_lines", texts["reference_lines"], self._set_reference_lines,
+                           keys["reference_lines"], checkable=True)  # fmt: skip
+        ref.setChecked(self.model.show_reference_lines)
+        group = QActionGroup(self)
+        group.setExclusive(True)
+        for name, cls in TOOLS.items():
+            act = self._action(f"tool_{name}", cls.label, partial(self.set_tool, name), keys.get(f"tool_{name}", ""),
+                               checkable=True)  # fmt: skip
+            group.addAction(act)
+            self.toolbar.addAction(act)
+        self.actions_by_name[f"tool_{self.tool_name}"].setChecked(True)
+        self.toolbar.addSeparator()
+        # layouts
+        layout_btn = QToolButton(self)
+        layout_btn.setText("Layout")
+        layout_btn.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        menu = QMenu(layout_btn)
+        for i in range(1, len(LAYOUTS) + 1):
+            menu.addAction(self.actions_by_name[f"layout_{i}"])
+        menu.addAction(self.actions_by_name["layout_custom"])
+        layout_btn.setMenu(menu)
+        self.toolbar.addWidget(layout_btn)
+        # window presets
+        self.preset_btn = QToolButton(self)
+        self.preset_btn.setText("W/L")
+        self.preset_btn.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.preset_menu = QMenu(self.preset_btn)
+        self.preset_menu.aboutToShow.connect(self._fill_preset_menu)
+        self.preset_btn.setMenu(self.preset_menu)
+        self.toolbar.addWidget(self.preset_btn)
+        for name in ("invert", "rotate_cw", "flip_h", "flip_v", "reset"):
+            self.toolbar.addAction(self.actions_by_name[name])
+        self.toolbar.addSeparator()
+        self.toolbar.addAction(self.actions_by_name["cine"])
+        self.fps_box = QSpinBox(self)
+        self.fps_box.setRange(1, 120)
+        self.fps_box.setValue(15)
+        self.fps_box.setSuffix(" fps")
+        self.fps_box.setToolTip("Cine frame rate")
+        self.fps_box.valueChanged.connect(lambda v: self.set_cine_fps(float(v)))
+        self.toolbar.addWidget(self.fps_box)
+        self.toolbar.addSeparator()
+        for name in ("link_scroll", "link_window", "link_zoom", "reference_lines"):
+            self.toolbar.addAction(self.actions_by_name[name])
+        self.toolbar.addSeparator()
+        self.toolbar.addAction(self.actions_by_name["export_view"])
+        self.toolbar.addAction(self.actions_by_name["export_cine"])
+
+    def _fill_preset_menu(self) -> None:
+        menu = self.preset_menu
+        menu.clear()
+        menu.addAction("Header window\t0", lambda: self.active_viewport().reset_window())
+        for p in self.presets.for_modality(self.active_viewport().modality):
+            menu.addAction(f"{p.name} ({p.center:g}/{p.width:g})\t{p.key}", partial(self.apply_preset, p))
+        menu.addSeparator()
+        menu.addAction("Save current window as preset…", self.save_preset_dialog)
+
+    # ------------------------------------------------------------ layout
+
+    def _make_widget(self, index: int) -> ViewportWidget:
+        state = self.model.viewports[index]
+        w = ViewportWidget(state, model=self.model, overlay=self.overlay, tool_provider=self.current_tool,
+                           parent=self.grid_host)  # fmt: skip
+        w.canvas.activated.connect(partial(self.model.set_active, index))
+        w.canvas.seriesDropped.connect(lambda uid, i=index: self.show_series(uid, i))
+        w.canvas.doubleClicked.connect(partial(self.toggle_maximize, index))
+        state.subscribe(self._on_viewport)
+        return w
+
+    def _apply_layout(self) -> None:
+        while len(self._widgets) < len(self.model.viewports):
+            self._widgets.append(self._make_widget(len(self._widgets)))
+        for w in self._widgets:
+            self.grid.removeWidget(w)
+            w.hide()
+        lay = self.model.layout
+        for r in range(self.grid.rowCount()):
+            self.grid.setRowStretch(r, 0)
+        for c in range(self.grid.columnCount()):
+            self.grid.setColumnStretch(c, 0)
+        for i in range(lay.count):
+            r, c = divmod(i, lay.columns)
+            self.grid.addWidget(self._widgets[i], r, c)
+            self.grid.setRowStretch(r, 1)
+            self.grid.setColumnStretch(c, 1)
+            self._widgets[i].setVisible(self._maximized is None or self._maximized == i)
+        self._mark_active()
+
+    def _mark_active(self) -> None:
+        for i, w in enumerate(self._widgets):
+            w.set_active(i == self.model.active and self.model.layout.count > 1)
+
+    def _on_model(self, what: str) -> None:
+        if what == "layout":
+            self._maximized = None
+            self._apply_layout()
+            self._fill_empty_viewports()
+        elif what == "active":
+            self._mark_active()
+            self.fps_box.blockSignals(True)
+            self.fps_box.setValue(int(self.active_viewport().cine_fps))
+            self.fps_box.blockSignals(False)
+        elif what == "reference":
+            for w in self._widgets[: self.model.layout.count]:
+                w.canvas.update()
+
+    def set_layout(self, layout: Layout | str) -> None:
+        self.model.set_layout(layout)
+
+    def custom_layout_dialog(self) -> None:
+        text, ok = QInputDialog.getText(self, "Custom layout", "Rows x columns (up to 6x6):",
+                                        text=self.model.layout.name)  # fmt: skip
+        if ok and text:
+            try:
+                self.set_layout(Layout.parse(text))
+            except ValueError as exc:
+                QMessageBox.warning(self, "Custom layout", str(exc))
+
+    def toggle_maximize(self, index: int) -> None:
+        self._maximized = None if self._maximized is not None else index
+        self.model.set_active(index)
+        self._apply_layout()
+
+    def viewport_widget(self, index: int) -> ViewportWidget:
+        return self._widgets[index]
+
+    def active_viewport(self) -> ViewportState:
+        return self.model.active_viewport
+
+    # ------------------------------------------------------------ tools
+
+    def current_tool(self) -> Tool:
+        tool = self.tools.get(self.tool_name)
+        if tool is None:
+            tool = self.tools[self.tool_name] = make_tool(self.tool_name)
+        return tool
+
+    def set_tool(self, name: str) -> None:
+        if name not in TOOLS:
+            raise ValueError(f"unknown tool {name!r}")
+        self.cancel_tool()
+        self.tool_name = name
+        act = self.actions_by_name.get(f"tool_{name}")
+        if act is not None and not act.isChecked():
+            act.setChecked(True)
+
+    def cancel_tool(self) -> None:
+        tool = self.tools.get(self.tool_name)
+        if tool is not None:
+            tool.cancel(self.active_viewport())
+        vp = self.active_viewport()
+        if vp.probe_result is not None:
+            vp.probe_result = None
+            vp.emit("measurements")
+
+    def delete_measurement(self) -> None:
+        vp = self.active_viewport()
+        f = vp.frame_info
+        if f is None:
+            return
+        for m in reversed(vp.measurements):
+            if m.key == f.key:
+                vp.measurements.remove(m)
+                vp.emit("measurements")
+                return
+
+    def clear_measurements(self) -> None:
+        vp = self.active_viewport()
+        vp.measurements.clear()
+        vp.emit("measurements")
+
+    def toggle_overlay(self) -> None:
+        for vp in self.model.viewports:
+            vp.overlay_enabled = not vp.overlay_enabled
+            vp.emit("view")
+
+    def _fit(self) -> None:
+        vp = self.active_viewport()
+        vp.view.zoom, vp.view.pan_x, vp.view.pan_y = 1.0, 0.0, 0.0
+        vp.emit("view")
+
+    def _set_link(self, what: str, checked: bool) -> None:
+        self.model.set_links(**{what: bool(checked)})
+
+    def _set_reference_lines(self, checked: bool) -> None:
+        self.model.show_reference_lines = bool(checked)
+        self._on_model("reference")
+
+    # ------------------------------------------------------------ window presets
+
+    def apply_preset(self, preset: WindowPreset) -> None:
+        self.active_viewport().set_window(preset.center, preset.width, preset.name)
+
+    def apply_preset_key(self, key: str) -> bool:
+        vp = self.active_viewport()
+        preset = self.presets.by_key(key, vp.modality)
+        if preset is None:
+            return False
+        self.apply_preset(preset)
+        return True
+
+    def save_preset_dialog(self) -> None:
+        vp = self.active_viewport()
+        w = vp.current_window()
+        if w is None:
+            return
+        name, ok = QInputDialog.getText(self, "Save window preset", f"Name for {w.center:g}/{w.width:g}:")
+        if ok and name.strip():
+            used = {p.key for p in self.presets.presets}
+            key = next((str(d) for d in range(1, 10) if str(d) not in used), "")
+            path = self.presets.add(WindowPreset(name.strip(), w.center, w.width, vp.modality, key))
+            self.status.setText(f"Saved preset {name.strip()!r} to {path}")
+
+    # ------------------------------------------------------------ cine
+
+    def toggle_cine(self) -> None:
+        vp = self.active_viewport()
+        vp.set_cine(not vp.cine_playing)
+        self._update_cine_timer()
+
+    def set_cine_fps(self, fps: float) -> None:
+        vp = self.active_viewport()
+        vp.set_cine_fps(fps)
+        if self.fps_box.value() != int(vp.cine_fps):
+            self.fps_box.blockSignals(True)
+            self.fps_box.setValue(int(vp.cine_fps))
+            self.fps_box.blockSignals(False)
+        self._update_cine_timer()
+
+    def _update_cine_timer(self) -> None:
+        playing = [vp for vp in self.model.visible if vp.cine_playing]
+        if not playing:
+            self._cine_timer.stop()
+            return
+        fps = max(vp.cine_fps for vp in playing)
+        self._cine_timer.setInterval(max(4, int(500 / fps)))
+        if not self._cine_timer.isActive():
+            self._cine_clock.start()
+            self._cine_timer.start()
+
+    def _cine_tick(self) -> None:
+        dt = self._cine_clock.restart() / 1000.0
+        for vp in self.model.visible:
+            vp.advance_cine(dt)
+
+    # ------------------------------------------------------------ series
+
+    def open(self) -> None:
+        """Read the study's series, fill the strip and show the first series."""
+        self._t_open = time.perf_counter()
+        entries = self.session.refresh()
+        self.strip.set_series(entries)
+        if not entries:
+            self.status.setText("This study has no images to show.")
+            return
+        self.show_series(entries[0].series_uid, 0)
+
+    def _fill_empty_viewports(self) -> None:
+        """After a bigger layout: put the next series not yet shown into empty viewports."""
+        shown = set(self._assigned.values())
+        pending = [e.series_uid for e in self.session.series if e.series_uid not in shown]
+        for i, vp in enumerate(self.model.visible):
+            if vp.volume is None and i not in self._assigned and pending:
+                self.show_series(pending.pop(0), i)
+
+    def step_series(self, step: int) -> None:
+        uids = [e.series_uid for e in self.session.series]
+        if not uids:
+            return
+        current = self._assigned.get(self.model.active)
+        i = uids.index(current) if current in uids else -1
+        self.show_series(uids[(i + step) % len(uids)], self.model.active)
+
+    def show_series(self, series_uid: str, viewport: int | None = None) -> None:
+        """Show a series in a viewport (default: the active one), loading it if needed."""
+        index = self.model.active if viewport is None else viewport
+        self.model._ensure(index + 1)
+        self._assigned[index] = series_uid
+        vp = self.model.viewports[index]
+        vp.set_cine(False)
+        handle = self._loads.get(series_uid)
+        if handle is None:
+            self._t_open = self._t_open or time.perf_counter()
+            in_use = set(self._assigned.values())
+            handle = self.session.load(
+                series_uid, in_use=in_use,
+                on_preview=lambda v, u=series_uid: self._bridge.preview.emit(u, v),
+                on_ready=lambda v, u=series_uid: self._bridge.ready.emit(u, v),
+                on_progress=lambda v, n, t, u=series_uid: self._bridge.progress.emit(u, v, n, t),
+                on_done=lambda h, u=series_uid: self._bridge.done.emit(u, h),
+            )  # fmt: skip
+            self._loads[series_uid] = handle
+            if handle.volume is not None:  # from the session's cache
+                vp.set_volume(handle.volume)
+        elif handle.volume is not None:
+            vp.set_volume(handle.volume)
+            vp.status = "" if handle.done.is_set() else vp.status
+        elif handle.preview is not None:
+            vp.set_volume(handle.preview)
+        self.model.set_active(index)
+        item = self.strip.item_for(series_uid)
+        if item is not None:
+            self.strip.setCurrentItem(item)
+        self.seriesShown.emit(index, series_uid)
+
+    def _viewports_of(self, series_uid: str) -> list[ViewportState]:
+        return [self.model.viewports[i] for i, uid in self._assigned.items() if uid == series_uid]
+
+    def _on_preview(self, uid: str, volume: SeriesVolume) -> None:
+        for vp in self._viewports_of(uid):
+            if vp.volume is None or vp.series_uid != uid:
+                vp.status = "Loading…"
+                vp.set_volume(volume, 0)
+        if "first_image" not in self.timings and self._t_open:
+            self.timings["first_image"] = time.perf_counter() - self._t_open
+        self.firstImage.emit(uid)
+
+    def _on_ready(self, uid: str, volume: SeriesVolume) -> None:
+        for vp in self._viewports_of(uid):
+            f = vp.frame_info
+            index = volume.stack.index_of(*f.key) if f is not None else None
+            vp.set_volume(volume, index, keep_view=vp.series_uid == uid)
+            vp.status = f"Loading {volume.loaded_count}/{len(volume)}"
+        handle = self._loads.get(uid)
+        if handle is not None and self._viewports_of(uid):
+            handle.focus(self._viewports_of(uid)[0].index)
+        self.progress.setRange(0, len(volume))
+        self.progress.setValue(volume.loaded_count)
+        self.progress.show()
+
+    def _on_progress(self, uid: str, volume: SeriesVolume, loaded: int, total: int) -> None:
+        for vp in self._viewports_of(uid):
+            if vp.volume is volume:
+                vp.status = f"Loading {loaded}/{total}" if loaded < total else ""
+                vp.notify_loaded()
+        self.progress.setRange(0, total)
+        self.progress.setValue(loaded)
+
+    def _on_done(self, uid: str, handle: LoadHandle) -> None:
+        for vp in self._viewports_of(uid):
+            vp.status = ""
+            vp.notify_loaded()
+        self.progress.hide()
+        if handle.error is not None:
+            self.status.setText(f"Cannot load series: {handle.error}")
+        elif handle.volume is not None:
+            t = handle.timings.get("total", 0.0)
+            self.status.setText(f"Loaded {len(handle.volume)} images in {t:.2f} s")
+            if "full_load" not in self.timings and self._t_open:
+                self.timings["full_load"] = time.perf_counter() - self._t_open
+        self.loadFinished.emit(uid)
+
+    def _on_viewport(self, vp: ViewportState, what: str) -> None:
+        if what == "index":
+            uid = vp.series_uid
+            h = self._loads.get(uid)
+            if h is not None and not h.done.is_set():
+                h.focus(vp.index)
+            if vp.probe_result is not None:
+                vp.probe_result = None
+
+    # ------------------------------------------------------------ export
+
+    def export_view(self, path: str | Path, viewport: int | None = None) -> Path:
+        index = self.model.active if viewport is None else viewport
+        if not self._widgets[index].export_view(str(path)):
+            raise HilumError(f"cannot write {path}")
+        return Path(path)
+
+    def export_cine(self, path: str | Path, fps: float | None = None, viewport: int | None = None) -> Path:
+        vp = self.model.viewports[self.model.active if viewport is None else viewport]
+        return export_cine(view_frames(vp), path, fps or vp.cine_fps)
+
+    def _default_dir(self) -> str:
+        return str(self.data_dir / "exports") if self.data_dir else str(Path.home())
+
+    def export_view_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export view", self._default_dir(), "PNG (*.png);;JPEG (*.jpg)")
+        if path:
+            try:
+                self.export_view(path)
+                self.status.setText(f"Saved {path}")
+            except HilumError as exc:
+                QMessageBox.warning(self, "Export view", str(exc))
+
+    def export_cine_dialog(self) -> None:
+        filters = "GIF (*.gif)" + (";;MP4 (*.mp4)" if mp4_available() else "")
+        path, _ = QFileDialog.getSaveFileName(self, "Export cine", self._default_dir(), filters)
+        if path:
+            try:
+                self.export_cine(path)
+                self.status.setText(f"Saved {path}")
+            except HilumError as exc:
+                QMessageBox.warning(self, "Export cine", str(exc))
+
+    # ------------------------------------------------------------ closing
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802
+        self._cine_timer.stop()
+        for h in self._loads.values():
+            h.cancel()
+        self.strip.shutdown()
+        self.session.close()
+        super().closeEvent(event)

@@ -1,0 +1,385 @@
+"""The viewport widget: paints a :class:`ViewportState` and forwards the mouse to its tools.
+
+The image is the pipeline's 8-bit output wrapped in a ``QImage`` (no copy)
+and drawn with the state's image → canvas matrix as a ``QTransform``; a plain
+``QWidget`` painting is fast (a 512² slice in a few ms), works under the
+offscreen Qt platform and can be checked with ``grab()`` in tests, which the
+VTK widget cannot (it needs a real OpenGL context; see ENVIRONMENT.md). On top:
+the four-corner text, orientation letters, scale bar, reference lines,
+measurements, the probe and the active-viewport border.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QMimeData, QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import (
+    QColor,
+    QDragEnterEvent,
+    QDropEvent,
+    QFont,
+    QImage,
+    QMouseEvent,
+    QPainter,
+    QPaintEvent,
+    QPen,
+    QResizeEvent,
+    QTransform,
+    QWheelEvent,
+)
+from PySide6.QtWidgets import QHBoxLayout, QScrollBar, QSizePolicy, QWidget
+
+from hilum.ui.viewer.overlay import OverlayConfig, corner_texts
+from hilum.ui.viewer.state import ViewportState
+from hilum.ui.viewer.tools import PanTool, Tool, WindowTool, measurements_on_frame
+
+__all__ = ["SERIES_MIME", "ViewportCanvas", "ViewportWidget"]
+
+logger = logging.getLogger(__name__)
+
+SERIES_MIME = "application/x-hilum-series-uid"
+ACTIVE_COLOUR = QColor(255, 160, 0)
+TEXT_COLOUR = QColor(230, 230, 230)
+MEASURE_COLOUR = QColor(80, 220, 80)
+REFERENCE_COLOUR = QColor(255, 230, 0)
+
+
+def qimage_of(img: np.ndarray) -> QImage:
+    """Wrap a C-contiguous uint8 grey (H×W) or RGB (H×W×3) array as a QImage (shares memory)."""
+    h, w = img.shape[:2]
+    fmt = QImage.Format.Format_Grayscale8 if img.ndim == 2 else QImage.Format.Format_RGB888
+    q = QImage(img.data, w, h, img.strides[0], fmt)
+    q._keep = img  # type: ignore[attr-defined]  # the array must outlive the QImage
+    return q
+
+
+class ViewportCanvas(QWidget):
+    """The painting surface of one viewport."""
+
+    activated = Signal()
+    seriesDropped = Signal(str)
+    doubleClicked = Signal()
+
+    def __init__(self, state: ViewportState, *, model: Any = None, overlay: OverlayConfig | None = None,
+                 tool_provider: Any = None, parent: QWidget | None = None) -> None:  # fmt: skip
+        super().__init__(parent)
+        self.state = state
+        self.model = model
+        self.overlay = overlay or OverlayConfig.load()
+        self.tool_provider = tool_provider  # callable -> the left-button Tool
+        self.active = False
+        self._drag_tool: Tool | None = None
+        self._right = WindowTool()
+        self._middle = PanTool()
+        self.setMinimumSize(64, 64)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setMouseTracking(True)
+        self.setAcceptDrops(True)
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent, True)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self._unsubscribe = state.subscribe(self._on_state)
+        self.paint_count = 0
+
+    def _on_state(self, _state: ViewportState, _what: str) -> None:
+        self.update()
+
+    def detach(self) -> None:
+        self._unsubscribe()
+
+    # ------------------------------------------------------------ geometry
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+        self.state.canvas_size = (max(self.width(), 1), max(self.height(), 1))
+        super().resizeEvent(event)
+
+    # ------------------------------------------------------------ painting
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
+        self.state.canvas_size = (max(self.width(), 1), max(self.height(), 1))
+        p = QPainter(self)
+        try:
+            p.fillRect(self.rect(), Qt.GlobalColor.black)
+            self._paint_image(p)
+            self._paint_overlay(p)
+        finally:
+            p.end()
+        self.paint_count += 1
+
+    def _paint_image(self, p: QPainter) -> None:
+        st = self.state
+        f = st.frame_info
+        if f is None:
+            self._centre_text(p, "Drop a series here" if st.volume is None else "")
+            return
+        img = st.render()
+        if img is None:
+            self._centre_text(p, "Loading…")
+            return
+        m = st.matrix()
+        p.save()
+        p.setTransform(QTransform(m[0, 0], m[1, 0], m[0, 1], m[1, 1], m[0, 2], m[1, 2]))
+        p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, st.smooth)
+        p.drawImage(QRectF(-0.5, -0.5, f.columns, f.rows), qimage_of(img))
+        p.restore()
+
+    def _centre_text(self, p: QPainter, text: str) -> None:
+        if text:
+            p.setPen(TEXT_COLOUR)
+            p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, text)
+
+    def _to_canvas(self, m: np.ndarray, pt: tuple[float, float]) -> QPointF:
+        v = m @ np.array([pt[0], pt[1], 1.0])
+        return QPointF(float(v[0]), float(v[1]))
+
+    def _paint_overlay(self, p: QPainter) -> None:
+        st = self.state
+        p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        font = QFont(self.font())
+        font.setPointSizeF(max(7.0, min(10.0, self.height() / 45.0)))
+        p.setFont(font)
+        m = st.matrix()
+        if st.frame_info is not None:
+            # reference lines (the active viewport's slice on this image)
+            if self.model is not None:
+                pen = QPen(REFERENCE_COLOUR, 1.5)
+                p.setPen(pen)
+                for a, b in self.model.reference_lines(st):
+                    p.drawLine(self._to_canvas(m, a), self._to_canvas(m, b))
+            self._paint_measurements(p, m)
+            if st.overlay_enabled:
+                self._paint_corners(p)
+                self._paint_letters(p)
+                self._paint_scale_bar(p)
+            if st.probe_result is not None:
+                p.setPen(MEASURE_COLOUR)
+                p.drawText(QRectF(0, self.height() - 44, self.width(), 18), Qt.AlignmentFlag.AlignHCenter,
+                           st.probe_result.text())  # fmt: skip
+        if st.status:
+            p.setPen(TEXT_COLOUR)
+            p.drawText(QRectF(0, 2, self.width(), 18), Qt.AlignmentFlag.AlignHCenter, st.status)
+        if self.active:
+            pen = QPen(ACTIVE_COLOUR, 2)
+            p.setPen(pen)
+            p.setBrush(Qt.BrushStyle.NoBrush)
+            p.drawRect(QRectF(1, 1, self.width() - 2, self.height() - 2))
+
+    def _shadow_text(self, p: QPainter, rect: QRectF, flags: Any, text: str) -> None:
+        p.setPen(QColor(0, 0, 0))
+        p.drawText(rect.translated(1, 1), flags, text)
+        p.setPen(TEXT_COLOUR)
+        p.drawText(rect, flags, text)
+
+    def _paint_corners(self, p: QPainter) -> None:
+        st = self.state
+        texts = corner_texts(self.overlay, st.volume.header if st.volume is not None else None, st.overlay_values())
+        lh = p.fontMetrics().height()
+        w, h = self.width(), self.height()
+        A = Qt.AlignmentFlag
+        for corner, lines in texts.items():
+            for i, line in enumerate(lines):
+                if corner.startswith("top"):
+                    y = 4 + i * lh
+                else:
+                    y = h - 4 - (len(lines) - i) * lh
+                flags = A.AlignLeft if corner.endswith("left") else A.AlignRight
+                self._shadow_text(p, QRectF(6, y, w - 12, lh), flags | A.AlignVCenter, line)
+
+    def _paint_letters(self, p: QPainter) -> None:
+        letters = self.state.edge_letters()
+        if not letters:
+            return
+        w, h = self.width(), self.height()
+        lh = p.fontMetrics().height()
+        A = Qt.AlignmentFlag
+        pos = {
+            "left": (QRectF(4, h / 2 - lh / 2, 40, lh), A.AlignLeft | A.AlignVCenter),
+            "right": (QRectF(w - 44, h / 2 - lh / 2, 40, lh), A.AlignRight | A.AlignVCenter),
+            "top": (QRectF(w / 2 - 20, 4, 40, lh), A.AlignHCenter | A.AlignTop),
+            "bottom": (QRectF(w / 2 - 20, h - lh - 4, 40, lh), A.AlignHCenter | A.AlignBottom),
+        }
+        for edge, text in letters.items():
+            rect, flags = pos[edge]
+            self._shadow_text(p, rect, flags, text)
+
+    def _paint_scale_bar(self, p: QPainter) -> None:
+        """A vertical bar with ticks every tenth, at the right edge below the orientation letter."""
+        bar = self.state.scale_bar(0.25, "y")
+        if bar is None:
+            return
+        length_mm, length_px = bar
+        w, h = self.width(), self.height()
+        lh = p.fontMetrics().height()
+        x = w - 10
+        y0 = h / 2 + lh
+        p.setPen(QPen(TEXT_COLOUR, 1))
+        p.drawLine(QPointF(x, y0), QPointF(x, y0 + length_px))
+        for i in range(11):
+            y = y0 + length_px * i / 10
+            tick = 6 if i in (0, 5, 10) else 3
+            p.drawLine(QPointF(x, y), QPointF(x - tick, y))
+        label = f"{length_mm:g} mm" if length_mm < 10 or length_mm % 10 else f"{length_mm / 10:g} cm"
+        self._shadow_text(p, QRectF(x - 90, y0 + length_px - lh / 2, 80, lh),
+                          Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, label)  # fmt: skip
+
+    def _paint_measurements(self, p: QPainter, m: np.ndarray) -> None:
+        st = self.state
+        pen = QPen(MEASURE_COLOUR, 1.5)
+        for meas in measurements_on_frame(st):
+            pts = [self._to_canvas(m, q) for q in meas.points]
+            p.setPen(pen)
+            p.setBrush(Qt.BrushStyle.NoBrush)
+            if meas.kind == "length" and len(pts) >= 2:
+                p.drawLine(pts[0], pts[1])
+                anchor = pts[1]
+            elif meas.kind == "angle":
+                p.drawPolyline(pts)
+                anchor = pts[1]
+            elif meas.kind in ("ellipse", "rect") and len(pts) >= 2:
+                self._draw_shape(p, meas.kind, meas.points, m)
+                anchor = QPointF(max(q.x() for q in pts), max(q.y() for q in pts))
+            else:
+                continue
+            lh = p.fontMetrics().height()
+            for i, line in enumerate(meas.text(st)):
+                self._shadow_text(p, QRectF(anchor.x() + 6, anchor.y() + i * lh, 320, lh),
+                                  Qt.AlignmentFlag.AlignLeft, line)  # fmt: skip
+
+    def _draw_shape(self, p: QPainter, kind: str, points: list[tuple[float, float]], m: np.ndarray) -> None:
+        (x0, y0), (x1, y1) = points[0], points[-1]
+        p.save()
+        p.setTransform(QTransform(m[0, 0], m[1, 0], m[0, 1], m[1, 1], m[0, 2], m[1, 2]))
+        pen = QPen(MEASURE_COLOUR, 1.5)
+        pen.setCosmetic(True)
+        p.setPen(pen)
+        rect = QRectF(QPointF(min(x0, x1), min(y0, y1)), QPointF(max(x0, x1), max(y0, y1)))
+        if kind == "ellipse":
+            p.drawEllipse(rect)
+        else:
+            p.drawRect(rect)
+        p.restore()
+
+    # ------------------------------------------------------------ mouse
+
+    def _tool_for(self, button: Qt.MouseButton) -> Tool | None:
+        if button == Qt.MouseButton.RightButton:
+            return self._right
+        if button == Qt.MouseButton.MiddleButton:
+            return self._middle
+        if button == Qt.MouseButton.LeftButton and self.tool_provider is not None:
+            return self.tool_provider()
+        return None
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        self.activated.emit()
+        self.setFocus(Qt.FocusReason.MouseFocusReason)
+        tool = self._tool_for(event.button())
+        if tool is not None and self.state.frame_info is not None:
+            self._drag_tool = tool
+            pos = event.position()
+            tool.press(self.state, pos.x(), pos.y())
+        event.accept()
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        pos = event.position()
+        if self._drag_tool is not None:
+            self._drag_tool.move(self.state, pos.x(), pos.y())
+        elif self.tool_provider is not None:
+            tool = self.tool_provider()
+            if tool is not None:
+                tool.hover(self.state, pos.x(), pos.y())
+        event.accept()
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if self._drag_tool is not None:
+            pos = event.position()
+            self._drag_tool.release(self.state, pos.x(), pos.y())
+            self._drag_tool = None
+        event.accept()
+
+    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        self.doubleClicked.emit()
+        event.accept()
+
+    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802
+        self.activated.emit()
+        delta = event.angleDelta().y()
+        if delta == 0:
+            return
+        if event.modifiers() & Qt.KeyboardModifier.ControlModifier:
+            pos = event.position()
+            self.state.zoom_by(math.pow(1.0015, delta), (pos.x(), pos.y()))
+        else:
+            steps = -int(delta / 120) or (-1 if delta > 0 else 1)
+            self.state.scroll(steps)
+        event.accept()
+
+    # ------------------------------------------------------------ drag and drop
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802
+        if event.mimeData().hasFormat(SERIES_MIME):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802
+        data: QMimeData = event.mimeData()
+        if data.hasFormat(SERIES_MIME):
+            uid = bytes(data.data(SERIES_MIME).data()).decode("ascii", "replace")
+            self.activated.emit()
+            self.seriesDropped.emit(uid)
+            event.acceptProposedAction()
+
+
+class ViewportWidget(QWidget):
+    """A canvas with a stack scrollbar on its right edge."""
+
+    def __init__(self, state: ViewportState, **kwargs: Any) -> None:
+        parent = kwargs.pop("parent", None)
+        super().__init__(parent)
+        self.state = state
+        self.canvas = ViewportCanvas(state, parent=self, **kwargs)
+        self.scrollbar = QScrollBar(Qt.Orientation.Vertical, self)
+        self.scrollbar.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
+        lay.addWidget(self.canvas, 1)
+        lay.addWidget(self.scrollbar)
+        self.scrollbar.valueChanged.connect(self._on_scrollbar)
+        self._unsubscribe = state.subscribe(self._on_state)
+        self._sync_scrollbar()
+
+    def _on_scrollbar(self, value: int) -> None:
+        if value != self.state.index:
+            self.state.set_index(value)
+
+    def _on_state(self, _state: ViewportState, what: str) -> None:
+        if what in ("volume", "index", "loaded"):
+            self._sync_scrollbar()
+
+    def _sync_scrollbar(self) -> None:
+        n = self.state.stack_size
+        self.scrollbar.blockSignals(True)
+        self.scrollbar.setRange(0, max(n - 1, 0))
+        self.scrollbar.setPageStep(max(1, n // 10))
+        self.scrollbar.setValue(self.state.index)
+        self.scrollbar.setVisible(n > 1)
+        self.scrollbar.blockSignals(False)
+
+    def set_active(self, active: bool) -> None:
+        if self.canvas.active != active:
+            self.canvas.active = active
+            self.canvas.update()
+
+    def export_view(self, path: str, quality: int = 92) -> bool:
+        """Save what the viewport shows (image and overlays) as PNG or JPEG (by suffix)."""
+        pix = self.canvas.grab()
+        fmt = "JPEG" if path.lower().endswith((".jpg", ".jpeg")) else "PNG"
+        return bool(pix.save(path, fmt, quality if fmt == "JPEG" else -1))
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802
+        self._unsubscribe()
+        self.canvas.detach()
+        super().closeEvent(event)
