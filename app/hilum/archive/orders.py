@@ -53,7 +53,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydicom.uid import generate_uid
@@ -311,7 +311,7 @@ class OrderEvent:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 _DATE_RE = re.compile(r"\d{8}")
@@ -485,7 +485,7 @@ def _worklist_row(r: Mapping[str, Any]) -> dict[str, Any]:
         row["RequestedProcedureCodeSequence"] = []
     images_at = row["_images_at"]
     if images_at is not None and images_at.tzinfo is None:
-        row["_images_at"] = images_at.replace(tzinfo=timezone.utc)
+        row["_images_at"] = images_at.replace(tzinfo=UTC)
     return row
 
 
@@ -636,7 +636,9 @@ class OrderTx:
         values.update(patient_fk=patient_pk, study_uid=study_uid, accession_number=acc,
                       requested_procedure_id=info.requested_procedure_id[:16] or acc, status=SCHEDULED,
                       source=info.source[:64], images_at=None, performed_study_uid="", created_at=now, updated_at=now)
-        pk = int(self.conn.execute(insert(orders).values(**values)).inserted_primary_key[0])
+        inserted = self.conn.execute(insert(orders).values(**values)).inserted_primary_key
+        assert inserted is not None
+        pk = int(inserted[0])
         steps = info.steps or [StepInfo()]
         for i, step in enumerate(steps, 1):
             self._insert_step(pk, step, default_id=f"{acc}-{i}" if len(steps) > 1 else acc)
