@@ -52,12 +52,13 @@ class Node:
 
     def _default_services(self) -> list[Service]:
         from hilum.dimse import DimseService
+        from hilum.hl7.service import HL7Service
 
         return [
             DimseService(self.config, self.archive),
-            # DICOMweb and HL7 MLLP plug in here, one line each, e.g.:
+            HL7Service(self.config, self.archive),
+            # DICOMweb plugs in here, one line, e.g.:
             # DicomWebService(self.config, self.archive),
-            # Hl7Service(self.config, self.archive),
         ]
 
     def service(self, name: str) -> Service:

@@ -78,6 +78,7 @@ class MppsSCP:
     """MPPS handlers on an archive's order book: bind :meth:`on_n_create` / :meth:`on_n_set`."""
 
     sop_classes = SOP_CLASSES
+    kind = "store"  # the peer right it needs (``may_query`` / ``may_store``)
 
     def __init__(self, archive: Any):
         self.book = OrderBook.of(archive)

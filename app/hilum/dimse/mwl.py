@@ -131,6 +131,7 @@ class WorklistSCP:
     """The MWL C-FIND handler on an archive's order book (bind :meth:`on_find` to ``EVT_C_FIND``)."""
 
     sop_classes = SOP_CLASSES
+    kind = "find"  # the peer right it needs (``may_query`` / ``may_store``)
 
     def __init__(self, archive: Any, *, limit: int | None = None):
         self.book = OrderBook.of(archive)
