@@ -562,6 +562,14 @@ class MPRViewport:
         self._scale_actor.SetVisibility(visible)
         self._scale_text.SetVisibility(visible)
 
+    def set_crosshair_visible(self, visible: bool) -> None:
+        self.show_crosshair = bool(visible)
+        self._update_lines()
+
+    def set_annotations_visible(self, visible: bool) -> None:
+        """Orientation letters, scale bar and the info text."""
+        self.show_annotations = bool(visible)
+
     # --- camera, window/level
     def reset_camera(self) -> None:
         """Fit the whole volume's projection, zoom 1, no pan."""
