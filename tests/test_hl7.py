@@ -19,6 +19,7 @@ from hl7.client import MLLPClient
 from pydicom.data import get_testdata_file
 
 from hilum.archive.orders import OrderBook
+from hilum.cli import main as cli_main
 from hilum.config import Config
 from hilum.hl7.message import ack_code_of
 from hilum.hl7.outbound import HL7SendError, Report, send_oru
@@ -284,7 +285,14 @@ class _HisListener:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
+        async def close() -> None:
+            self.server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
 
@@ -312,18 +320,18 @@ def test_oru_goes_to_the_configured_his(tmp_path: Path) -> None:
             send_oru(cfg, report, timeout=10)
 
 
-def test_cli_send(node: HL7Service, tmp_path: Path) -> None:
+def test_cli_send(node: HL7Service, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     good = tmp_path / "good.hl7"
     good.write_bytes((adt("A04", "C1", "P700", "Cli^One").replace("\r", "\n") +
                       adt("A04", "C2", "P701", "Cli^Two")).encode())
     bad = tmp_path / "bad.hl7"
     bad.write_bytes(orm("C3", "P702", "Cli^Three", order_control="CA", placer="X", accession="X").encode())
-    cmd = [sys.executable, "-m", "hilum", "hl7", "send", "127.0.0.1", str(node.port)]
-    ok = subprocess.run([*cmd, str(good)], capture_output=True, text=True, timeout=60)
-    assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.count(": AA") == 2
-    nak = subprocess.run([*cmd, str(bad)], capture_output=True, text=True, timeout=60)
-    assert nak.returncode == 1 and ": AE unknown order" in nak.stdout
-    down = subprocess.run([sys.executable, "-m", "hilum", "hl7", "send", "127.0.0.1", "1", str(good)],
-                          capture_output=True, text=True, timeout=60)
-    assert down.returncode == 1 and "cannot connect" in down.stderr
+    assert cli_main(["hl7", "send", "127.0.0.1", str(node.port), str(good)]) == 0
+    assert capsys.readouterr().out.count(": AA") == 2
+    assert cli_main(["hl7", "send", "127.0.0.1", str(node.port), str(bad)]) == 1
+    assert ": AE unknown order" in capsys.readouterr().out
+    assert cli_main(["hl7", "send", "127.0.0.1", "1", str(good)]) == 1
+    assert "cannot connect" in capsys.readouterr().err
+    proc = subprocess.run([sys.executable, "-m", "hilum", "hl7", "send", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and "MLLP" in proc.stdout

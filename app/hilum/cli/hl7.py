@@ -33,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                               description="Send HL7 v2 messages to an MLLP listener and show the ACKs; "
                                           "list the orders (worklist) of the local node.")
     sub = p.add_subparsers(dest="hl7_command", metavar="COMMAND", required=True)
-    send = sub.add_parser("send", help="send message files to HOST PORT over MLLP")
+    send = sub.add_parser("send", help="send message files to HOST PORT over MLLP",
+                          description="Send the HL7 v2 messages of FILE(s) one by one on one MLLP connection; "
+                                      "print each ACK code; exit 1 if any was not accepted.")
     send.add_argument("host", metavar="HOST")
     send.add_argument("port", metavar="PORT", type=int)
     send.add_argument("files", metavar="FILE", nargs="+", help="message file(s), '-' for standard input")
