@@ -155,7 +155,7 @@ class UserStore:
     def __init__(self, engine: Engine, *, hasher: PasswordHasher | None = None):
         self.engine = engine
         self.hasher = hasher or PasswordHasher()
-        self._dummy_hash = self.hasher.hash(secrets.token_hex(16))
+        self._dummy: str | None = None
         self._verified: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -227,8 +227,10 @@ class UserStore:
             row = conn.execute(select(users.c.name, users.c.role, users.c.password_hash, users.c.created_at)
                                .where(users.c.name == name)).first()
         if row is None:
+            if self._dummy is None:
+                self._dummy = self.hasher.hash(secrets.token_hex(16))
             try:  # spend the same time as for a real user: no user enumeration by timing
-                self.hasher.verify(self._dummy_hash, password)
+                self.hasher.verify(self._dummy, password)
             except (VerificationError, InvalidHashError):
                 pass
             return None

@@ -84,9 +84,10 @@ def _int_param(value: str, name: str, minimum: int) -> int:
     return n
 
 
-def parse_query(request: Request) -> tuple[dict[str, str], list[str], bool, int | None, int, bool, list[str]]:
+def parse_query(request: Request) -> tuple[dict[str, Any], list[str], bool, int | None, int, bool, list[str]]:
     """(identifier, included keywords, include all, limit, offset, fuzzy, unsupported matching keys)."""
-    ident: dict[str, str] = {}
+    ident: dict[str, Any] = {}
+    lists: dict[str, list[str]] = {}
     include: list[str] = []
     include_all = False
     limit: int | None = None
@@ -131,9 +132,11 @@ def parse_query(request: Request) -> tuple[dict[str, str], list[str], bool, int 
                 include.append(kw)
                 continue
             vr = dicomjson.vr_of(kw)
-            if vr in ("UI", "CS"):
-                value = value.replace(",", "\\")
-            ident[kw] = f"{ident[kw]}\\{value}" if kw in ident else value
+            # Lists: comma-separated (UIDs and code strings cannot hold commas) or repeated keys.
+            items = value.replace("\\", ",").split(",") if vr in ("UI", "CS") else [value]
+            lists.setdefault(kw, []).extend(items)
+    for kw, items in lists.items():
+        ident[kw] = items[0] if len(items) == 1 else items
     return ident, include, include_all, limit, offset, fuzzy, unsupported
 
 
