@@ -33,8 +33,8 @@ from hilum.dicom.volume import (
     build_volume,
     direction_letters,
     load_volume,
-    sort_slices,
     slice_refs,
+    sort_slices,
 )
 
 STUDY = make_study(DOE, accession="VOL1")

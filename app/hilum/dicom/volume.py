@@ -672,7 +672,7 @@ class Volume:
             raise ValueError("the affine is singular")
         self.affine = a
         self.array = np.ascontiguousarray(self.array)
-        self._inverse = np.linalg.inv(a)
+        self._inverse = np.asarray(np.linalg.inv(a), dtype=np.float64)
 
     # --- geometry
     @classmethod
@@ -827,8 +827,10 @@ class Volume:
         out: npt.NDArray[np.float32] | None = None
         for p in range(n_planes):
             off = (p - (n_planes - 1) / 2) * dw
-            ijk = (o + off).astype(np.float32) + ii[None, :, None] * du.astype(np.float32) + jj[:, None, None] * dv.astype(
-                np.float32
+            ijk = (
+                (o + off).astype(np.float32)
+                + ii[None, :, None] * du.astype(np.float32)
+                + jj[:, None, None] * dv.astype(np.float32)
             )
             img = _trilinear(self.array, ijk, fill)
             if out is None:
@@ -901,9 +903,7 @@ def _trilinear(array: np.ndarray, ijk: npt.NDArray[np.float32], fill: float) -> 
     coords = ijk.reshape(-1, 3)
     i, j, k = coords[:, 0], coords[:, 1], coords[:, 2]
     eps = np.float32(1e-4)
-    valid = (
-        (i >= -eps) & (i <= ni - 1 + eps) & (j >= -eps) & (j <= nj - 1 + eps) & (k >= -eps) & (k <= nk - 1 + eps)
-    )
+    valid = (i >= -eps) & (i <= ni - 1 + eps) & (j >= -eps) & (j <= nj - 1 + eps) & (k >= -eps) & (k <= nk - 1 + eps)
     result = np.full(coords.shape[0], fill, dtype=np.float32)
     if not valid.any():
         return result.reshape(out_shape)
@@ -965,9 +965,12 @@ def _decode(ref: SliceRef, transform: ModalityTransform) -> np.ndarray:
     stored = frame_array(ref.header, ref.frame)
     if stored.ndim != 2:
         raise VolumeError(f"{ref.sop_instance_uid}: only single-sample (grayscale) images make a volume")
-    if transform.lut is None and stored.dtype.kind in "iu" and float(transform.slope).is_integer() and float(
-        transform.intercept
-    ).is_integer():
+    if (
+        transform.lut is None
+        and stored.dtype.kind in "iu"
+        and float(transform.slope).is_integer()
+        and float(transform.intercept).is_integer()
+    ):
         out = stored.astype(np.int32)
         if transform.slope != 1:
             out *= int(transform.slope)

@@ -38,7 +38,7 @@ import vtkmodules.vtkInteractionStyle  # noqa: F401  (interactor style factory o
 import vtkmodules.vtkRenderingFreeType  # noqa: F401  (text rendering)
 import vtkmodules.vtkRenderingOpenGL2  # noqa: F401  (OpenGL back-end)
 from vtkmodules.util import numpy_support
-from vtkmodules.vtkCommonCore import VTK_FLOAT, vtkPoints
+from vtkmodules.vtkCommonCore import VTK_FLOAT, vtkCommand, vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkImageData, vtkPolyData
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
 from vtkmodules.vtkImagingColor import vtkImageMapToWindowLevelColors
@@ -366,7 +366,7 @@ class MPRViewport:
         self._info.GetTextProperty().SetVerticalJustificationToTop()
         self._scale_points = vtkPoints()
         self._scale_actor, self._scale_text = self._make_scale_bar()
-        self.renderer.AddObserver("StartEvent", lambda *_: self._update_overlays())
+        self.renderer.AddObserver(vtkCommand.StartEvent, lambda *_: self._update_overlays())
 
         self._unsubscribe = crosshair.subscribe(self._on_model)
         self._display_plane = self._compute_display_plane()
@@ -541,7 +541,7 @@ class MPRViewport:
         slab = self.crosshair.slabs[self.view]
         lines = [self.view.capitalize() + (" (oblique)" if self.crosshair.oblique else "")]
         if slab.thickness > 0:
-            lines.append(f"{ {'mip': 'MIP', 'minip': 'MinIP', 'mean': 'Average'}[slab.mode]} {slab.thickness:g} mm")
+            lines.append(f"{ {'mip': 'MIP', 'minip': 'MinIP', 'mean': 'Average'}[slab.mode] } {slab.thickness:g} mm")
         c, ww = self.window
         lines.append(f"W {ww:.0f} L {c:.0f}")
         self._info.SetInput("\n".join(lines))
@@ -739,9 +739,7 @@ class MPRScene:
         self.data = VolumeImage(volume)
         self.crosshair = Crosshair(centre=volume.center)
         self.viewports = {
-            v: MPRViewport(
-                self.data, self.crosshair, v, render_window=(windows or {}).get(v), size=size, window=window
-            )
+            v: MPRViewport(self.data, self.crosshair, v, render_window=(windows or {}).get(v), size=size, window=window)
             for v in VIEWS
         }
 

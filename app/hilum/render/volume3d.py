@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import vtkmodules.vtkRenderingVolumeOpenGL2  # noqa: F401  (GPU/smart volume mapper factories)
+from vtkmodules.vtkCommonCore import vtkCommand
 from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPiecewiseFunction, vtkPlane, vtkPlaneCollection
 from vtkmodules.vtkFiltersCore import vtkFlyingEdges3D
 from vtkmodules.vtkImagingCore import vtkExtractVOI, vtkImageShrink3D
@@ -113,9 +114,7 @@ class VRPreset:
                     raise ValueError(f"preset {self.id!r}: colours and opacities must lie in 0..1, not {p!r}")
         object.__setattr__(self, "colour", tuple(sorted(tuple(map(float, p)) for p in self.colour)))
         object.__setattr__(self, "opacity", tuple(sorted(tuple(map(float, p)) for p in self.opacity)))
-        object.__setattr__(
-            self, "gradient_opacity", tuple(sorted(tuple(map(float, p)) for p in self.gradient_opacity))
-        )
+        object.__setattr__(self, "gradient_opacity", tuple(sorted(tuple(map(float, p)) for p in self.gradient_opacity)))
 
     def absolute(self, value_range: tuple[float, float]) -> VRPreset:
         """The preset with relative values mapped onto ``value_range`` (as is when not relative)."""
@@ -302,9 +301,7 @@ class VolumeScene:
         self._interacting = False
 
         if mapper == "auto":
-            mapper = os.environ.get("HILUM_VR_MAPPER", "").strip().lower() or (
-                "cpu" if software_opengl() else "gpu"
-            )
+            mapper = os.environ.get("HILUM_VR_MAPPER", "").strip().lower() or ("cpu" if software_opengl() else "gpu")
         if mapper == "cpu":
             self.mapper: Any = vtkFixedPointVolumeRayCastMapper()
         elif mapper == "gpu":
@@ -596,13 +593,13 @@ class VolumeScene:
 
     def attach_interactor(self, interactor: vtkRenderWindowInteractor) -> None:
         """Drop to the interactive level of detail while the user drags (Start/EndInteractionEvent)."""
-        interactor.AddObserver("StartInteractionEvent", lambda *_: self.set_interacting(True))
+        interactor.AddObserver(vtkCommand.StartInteractionEvent, lambda *_: self.set_interacting(True))
 
         def end(*_: object) -> None:
             self.set_interacting(False)
             self.render_window.Render()
 
-        interactor.AddObserver("EndInteractionEvent", end)
+        interactor.AddObserver(vtkCommand.EndInteractionEvent, end)
 
     # --- output
     def render(self) -> None:
