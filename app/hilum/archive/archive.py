@@ -19,7 +19,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -212,27 +211,20 @@ class Archive:
     def ingest_many(self, sources: Iterable[Any], *, origin: str = "import", workers: int | None = None,
                     progress: Callable[[IngestResult], None] | None = None,
                     cancel: threading.Event | None = None) -> list[IngestResult]:
-        """Ingest many sources on a thread pool (parse and fsync overlap).
+        """Ingest many sources: the same checks, blobs, rows and events as :meth:`ingest`, pipelined.
 
-        Results come back in the order of ``sources``; ``progress`` is called
-        for each as it finishes; setting ``cancel`` stops before the next one.
+        Workers (processes for large sets, so parsing uses every core; threads
+        otherwise) validate, checksum and write the blobs while the calling
+        thread indexes them in batched transactions (see
+        :mod:`hilum.archive.batch`).  ``sources`` is consumed lazily, a
+        bounded number at a time.  Results come back in the order of
+        ``sources``; ``progress`` is called for each as it finishes; setting
+        ``cancel`` stops before the next one (those not started come back
+        ``rejected`` with code ``cancelled``).
         """
-        workers = workers or max(2, (os.cpu_count() or 2) * 2)
-        results: list[IngestResult] = []
-        items = list(sources)
+        from hilum.archive.batch import run_ingest_many
 
-        def one(src: Any) -> IngestResult:
-            if cancel is not None and cancel.is_set():
-                return IngestResult("rejected", reason="cancelled", code="cancelled",
-                                    source=str(src) if isinstance(src, (str, os.PathLike)) else None)
-            return self.ingest(src, origin=origin)
-
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
-            for res in pool.map(one, items):
-                results.append(res)
-                if progress is not None:
-                    progress(res)
-        return results
+        return run_ingest_many(self, sources, origin=origin, workers=workers, progress=progress, cancel=cancel)
 
     def _exists(self, conn: Connection, sop_uid: str) -> Any:
         return conn.execute(

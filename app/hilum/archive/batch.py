@@ -1,0 +1,581 @@
+"""Bulk ingest: the pipeline behind :meth:`Archive.ingest_many`.
+
+The same validation, blob writes, index rows and events as
+:meth:`Archive.ingest` — still the one way in (../shared/DESIGN.md) — but
+pipelined for many instances so an import of a folder uses every core:
+
+1. *Prepare*, on workers: read the source, validate and parse it
+   (:func:`hilum.dicom.attributes.read_instance`, pixel data stays bytes),
+   skip a known duplicate, checksum it and write it to a temporary blob,
+   fsynced.  For large sets the workers are processes, since parsing is
+   Python and holds the GIL; for small ones (or in-memory databases) they are
+   threads.
+2. *Index*, on the calling thread: what the workers prepared is indexed in
+   batches — one transaction per batch instead of one per instance, patient /
+   study / series rows looked up once per batch, instance rows inserted with
+   one executemany, counters updated once per series — then the temporaries
+   are renamed into place, the transaction commits, and one event per
+   instance is emitted.  A batch that fails is retried one instance at a
+   time, so one bad instance never rejects its neighbours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydicom.dataset import Dataset
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from hilum.archive.blobs import FileBlobStore
+from hilum.archive.db import make_engine
+from hilum.archive.schema import instances, series, studies
+from hilum.dicom.attributes import IndexRecord, InvalidInstance, index_record, read_instance, to_part10
+from hilum.errors import StorageFull
+
+if TYPE_CHECKING:
+    from hilum.archive.archive import Archive, ArchiveEvent, IngestResult
+
+log = logging.getLogger(__name__)
+
+PROCESS_THRESHOLD = 48
+"""Below this many sources a thread pool is used: starting processes costs about a second."""
+
+BATCH_SIZE = 64
+"""Most instances indexed in one transaction."""
+
+BATCH_WAIT = 0.02
+"""Seconds a prepared instance may wait for others to share its transaction."""
+
+
+@dataclass(slots=True)
+class Prepared:
+    """An instance a worker validated and wrote to a temporary blob, ready to index."""
+
+    record: IndexRecord
+    temp: str
+    checksum: str
+    size: int
+    source: str | None
+
+
+def _label(source: Any) -> str | None:
+    return str(source) if isinstance(source, (str, os.PathLike)) else None
+
+
+def _bytes_of(source: Any) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    if isinstance(source, Dataset):
+        return to_part10(source)
+    return Path(source).read_bytes()
+
+
+def prepare(source: Any, *, blobs: FileBlobStore, exists: Callable[[str], bool] | None) -> Prepared | IngestResult:
+    """Step 1 of an ingest: validate, parse, skip a known duplicate, write the temporary blob.
+
+    Mirrors :meth:`Archive.ingest` up to its index transaction; ``exists``
+    (given under the ``ignore`` duplicate policy) says whether a SOP Instance
+    UID is already stored, so a duplicate is never written.
+    """
+    from hilum.archive.archive import IngestResult
+
+    label = _label(source)
+    try:
+        data = _bytes_of(source)
+        ds = read_instance(data)
+        record = index_record(ds)
+        if data[128:132] != b"DICM":  # a bare dataset: store it as a Part 10 file
+            data = to_part10(ds)
+        if exists is not None and exists(record.sop_uid):
+            return IngestResult("duplicate", **_base(record, label, len(data)))
+        checksum = hashlib.sha256(data).hexdigest()
+        temp = blobs.write_temp(data)
+        return Prepared(record, temp, checksum, len(data), label)
+    except InvalidInstance as exc:
+        return IngestResult("rejected", sop_instance_uid=exc.sop_instance_uid, reason=str(exc), code=exc.code,
+                            source=label)
+    except StorageFull as exc:
+        return IngestResult("rejected", reason=str(exc), code="storage-full", source=label)
+    except OSError as exc:
+        return IngestResult("rejected", reason=f"cannot read: {exc.strerror or exc}", code="unreadable", source=label)
+
+
+def _base(record: IndexRecord, label: str | None, size: int) -> dict[str, Any]:
+    return dict(sop_instance_uid=record.sop_uid, study_instance_uid=record.study_uid,
+                series_instance_uid=record.series_uid, sop_class_uid=record.instance["sop_class_uid"],
+                source=label, size=size)
+
+
+class _ExistsCheck:
+    """Whether a SOP Instance UID is already indexed: one raw DB-API query per call.
+
+    A plain SELECT on a DB-API connection kept per thread, since the full
+    SQLAlchemy round trip costs more than the query; the index itself is
+    consulted again inside the indexing transaction, so this is only an early
+    skip for duplicates.
+    """
+
+    _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s", "numeric": ":1", "named": ":sop"}
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+        style = engine.dialect.paramstyle
+        self._sql = f"SELECT 1 FROM {instances.name} WHERE sop_uid = {self._PLACEHOLDERS[style]}"
+        self._named = style == "named"
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[Any] = []
+
+    def __call__(self, sop_uid: str) -> bool:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._engine.raw_connection()
+            with self._lock:
+                self._conns.append(conn)
+        cur = conn.cursor()
+        try:
+            cur.execute(self._sql, {"sop": sop_uid} if self._named else (sop_uid,))
+            return cur.fetchone() is not None
+        finally:
+            cur.close()
+            conn.rollback()
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.close()  # back to the engine's pool
+            except Exception:  # noqa: BLE001 - closing is best effort
+                log.debug("closing a duplicate-check connection failed", exc_info=True)
+
+
+# ---------------------------------------------------------------- worker processes
+#
+# Worker processes are plain ``python -c`` children speaking pickle over
+# their stdin/stdout, not multiprocessing: "spawn" and "forkserver" would run
+# the caller's ``__main__`` script again in every child (a script without an
+# ``if __name__ == "__main__"`` guard would import twice, or worse), and "fork"
+# is unsafe in a process with threads (the workstation, the server).
+
+_WORKER_CMD = "from hilum.archive.batch import _worker_main; _worker_main()"
+
+_worker_blobs: FileBlobStore | None = None
+_worker_exists: Callable[[str], bool] | None = None
+
+
+def _init_worker(blob_root: str, database_url: str | None, filters: list[Any], pydicom_level: int) -> None:
+    """Set up a worker process: its own blob store handle and (for duplicates) its own engine."""
+    global _worker_blobs, _worker_exists
+    warnings.filters[:0] = filters
+    logging.getLogger("pydicom").setLevel(pydicom_level)
+    _worker_blobs = FileBlobStore(Path(blob_root))
+    _worker_exists = _ExistsCheck(make_engine(database_url)) if database_url else None
+
+
+def _worker_main() -> None:
+    """A worker process: read init args then sources from stdin, write results to stdout."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it closes stdin to stop us
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing else may write to the result stream
+    _init_worker(*pickle.load(inp))
+    assert _worker_blobs is not None
+    while True:
+        try:
+            src = pickle.load(inp)
+        except EOFError:
+            return
+        try:
+            res: Any = prepare(src, blobs=_worker_blobs, exists=_worker_exists)
+        except Exception as exc:  # noqa: BLE001 - report, keep serving
+            res = _failed(src, exc)
+        pickle.dump(res, out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.flush()
+
+
+def _failed(src: Any, exc: BaseException) -> IngestResult:
+    from hilum.archive.archive import IngestResult
+
+    return IngestResult("rejected", reason=f"failed: {type(exc).__name__}: {exc}", code="unreadable",
+                        source=_label(src))
+
+
+def _picklable_filters() -> list[Any]:
+    """The caller's warning filters on built-in categories (pydicom's noise is UserWarning)."""
+    return [f for f in warnings.filters if getattr(f[2], "__module__", "") == "builtins"]
+
+
+class _Workers:
+    """A small pool: one feeding thread per worker process, a shared task queue.
+
+    A feeding thread whose process has died (or could not start) goes on
+    serving tasks itself with ``fallback``, in this process, so an import
+    never stops because a worker did.
+    """
+
+    def __init__(self, n: int, init_args: tuple[Any, ...], fallback: Callable[[Any], Prepared | IngestResult]):
+        self._tasks: queue.SimpleQueue[tuple[Future[Any], Any] | None] = queue.SimpleQueue()
+        self._fallback = fallback
+        self._procs: list[subprocess.Popen[bytes]] = []
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+        self._threads = []
+        for i in range(n):
+            proc: subprocess.Popen[bytes] | None
+            try:
+                proc = subprocess.Popen([sys.executable, "-c", _WORKER_CMD], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=env)
+                assert proc.stdin is not None
+                pickle.dump(init_args, proc.stdin)
+                proc.stdin.flush()
+                self._procs.append(proc)
+            except OSError as exc:
+                log.warning("cannot start an ingest worker process (%s); working in-process", exc)
+                proc = None
+            t = threading.Thread(target=self._serve, args=(proc,), name=f"ingest-feed-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def submit(self, src: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        self._tasks.put((fut, src))
+        return fut
+
+    def _serve(self, proc: subprocess.Popen[bytes] | None) -> None:
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                break
+            fut, src = task
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                if proc is not None:
+                    try:
+                        assert proc.stdin is not None and proc.stdout is not None
+                        pickle.dump(src, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                        proc.stdin.flush()
+                        fut.set_result(pickle.load(proc.stdout))
+                        continue
+                    except (OSError, EOFError, pickle.UnpicklingError) as exc:
+                        log.warning("ingest worker process %s failed (%s); working in-process", proc.pid, exc)
+                        _stop(proc)
+                        proc = None
+                fut.set_result(self._fallback(src))
+            except BaseException as exc:  # noqa: BLE001 - hand any failure to the waiting caller
+                fut.set_exception(exc)
+        if proc is not None:
+            _stop(proc)
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+        for t in self._threads:
+            t.join()
+        for proc in self._procs:
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Close a worker's input (it exits on EOF); kill it if it does not."""
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+# ---------------------------------------------------------------- the pipeline
+
+
+def run_ingest_many(archive: Archive, sources: Iterable[Any], *, origin: str, workers: int | None,
+                    progress: Callable[[IngestResult], None] | None,
+                    cancel: threading.Event | None) -> list[IngestResult]:
+    """See :meth:`Archive.ingest_many`."""
+    from hilum.archive.archive import IngestResult
+
+    it: Iterator[Any] = iter(sources)
+    head: list[Any] = []
+    for src in it:
+        head.append(src)
+        if len(head) >= PROCESS_THRESHOLD:
+            break
+    cpus = os.cpu_count() or 1
+    in_memory = archive.database_url in ("sqlite://", "sqlite:///:memory:")
+    use_processes = os.environ.get("HILUM_INGEST_MODE", "auto") != "threads" and len(head) >= PROCESS_THRESHOLD and cpus > 1 and (workers is None or workers > 1) and not in_memory
+    check_dups = archive.duplicate_policy == "ignore"
+    thread_exists = _ExistsCheck(archive.engine) if check_dups else None
+
+    def thread_prepare(src: Any) -> Prepared | IngestResult:
+        return prepare(src, blobs=archive.blobs, exists=thread_exists)
+
+    pool: Any
+    if use_processes:
+        n = workers or cpus
+        pool = _Workers(n, (str(archive.blobs.root), archive.database_url if check_dups else None,
+                            _picklable_filters(), logging.getLogger("pydicom").getEffectiveLevel()), thread_prepare)
+    else:
+        n = workers or max(2, cpus * 2)
+        pool = _ThreadWorkers(n, thread_prepare)
+    window = max(16, n * 8)
+
+    results: dict[int, IngestResult] = {}
+    pending: dict[Future[Any], tuple[int, Any]] = {}
+    numbered = enumerate(_chain(head, it))
+    exhausted = False
+
+    def finish(idx: int, res: IngestResult) -> None:
+        results[idx] = res
+        if progress is not None:
+            progress(res)
+
+    def submit(idx: int, src: Any) -> None:
+        if use_processes and isinstance(src, Dataset):
+            src = _bytes_of(src)
+        pending[pool.submit(src)] = (idx, src)
+
+    def refill() -> None:
+        nonlocal exhausted
+        while not exhausted and len(pending) < window:
+            try:
+                idx, src = next(numbered)
+            except StopIteration:
+                exhausted = True
+                return
+            if cancel is not None and cancel.is_set():
+                finish(idx, IngestResult("rejected", reason="cancelled", code="cancelled", source=_label(src)))
+                continue
+            submit(idx, src)
+
+    # Prepared instances are indexed in the order of ``sources`` (so the first
+    # of two files with one SOP Instance UID is the one stored, as with
+    # serial ingest): an instance waits until every earlier one is resolved.
+    ready: dict[int, tuple[Prepared, float]] = {}
+    try:
+        refill()
+        while pending or ready:
+            low = min((i for i, _ in pending.values()), default=None)
+            eligible = sorted(i for i in ready if low is None or i < low)
+            if eligible and (len(eligible) >= BATCH_SIZE or low is None
+                             or time.monotonic() >= min(ready[i][1] for i in eligible) + BATCH_WAIT):
+                batch = [(i, ready.pop(i)[0]) for i in eligible]
+                for idx, res in index_batch(archive, batch, origin=origin):
+                    finish(idx, res)
+                continue
+            timeout = None
+            if eligible:
+                timeout = max(0.0, min(ready[i][1] for i in eligible) + BATCH_WAIT - time.monotonic())
+            done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+            now = time.monotonic()
+            for fut in done:
+                idx, src = pending.pop(fut)
+                try:
+                    out = fut.result()
+                except Exception as exc:  # noqa: BLE001 - one source must not stop the others
+                    log.exception("ingest of %s failed", _label(src) or "data")
+                    out = _failed(src, exc)
+                if isinstance(out, Prepared):
+                    ready[idx] = (out, now)
+                else:
+                    finish(idx, out)
+            refill()  # keep the workers busy while a batch is indexed
+    finally:
+        pool.shutdown()
+        if thread_exists is not None:
+            thread_exists.close()
+        # Interrupted (KeyboardInterrupt, a failing callback): leave no temporaries behind.
+        leftovers = [p for p, _ in ready.values()]
+        for fut in pending:
+            if fut.done() and not fut.cancelled() and fut.exception() is None and isinstance(fut.result(), Prepared):
+                leftovers.append(fut.result())
+        for p in leftovers:
+            archive.blobs.discard_temp(p.temp)
+    return [results[i] for i in range(len(results))]
+
+
+class _ThreadWorkers:
+    def __init__(self, n: int, fn: Callable[[Any], Prepared | IngestResult]):
+        self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ingest")
+        self._fn = fn
+
+    def submit(self, src: Any) -> Future[Any]:
+        return self._pool.submit(self._fn, src)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _chain(head: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
+    yield from head
+    yield from rest
+
+
+# ---------------------------------------------------------------- indexing
+
+
+def index_batch(archive: Archive, batch: list[tuple[int, Prepared]], *, origin: str,
+                source_aet: str = "") -> list[tuple[int, IngestResult]]:
+    """Index prepared instances in one transaction; retry one by one if it fails."""
+    from hilum.archive.archive import IngestResult
+
+    moved: list[tuple[str, str]] = []
+    try:
+        with archive._write_lock, archive.engine.begin() as conn:
+            out, events, renames = _index(archive, conn, batch, origin=origin, source_aet=source_aet)
+            for temp, key in renames:
+                archive.blobs.commit_temp(temp, key)
+                moved.append((temp, key))
+    except (StorageFull, OSError, SQLAlchemyError) as exc:
+        _unmove(archive, moved)
+        if len(batch) > 1:
+            log.info("batch of %d failed (%s); indexing one by one", len(batch), exc)
+            return [r for item in batch for r in index_batch(archive, [item], origin=origin, source_aet=source_aet)]
+        idx, p = batch[0]
+        archive.blobs.discard_temp(p.temp)
+        code, reason = _db_failure(exc)
+        return [(idx, IngestResult("rejected", reason=reason, code=code, **_base(p.record, p.source, p.size)))]
+    except BaseException:
+        _unmove(archive, moved)
+        for _, p in batch:
+            archive.blobs.discard_temp(p.temp)
+        raise
+    for ev in events:
+        archive._emit(ev)
+    return out
+
+
+def _unmove(archive: Archive, moved: list[tuple[str, str]]) -> None:
+    """Put renamed blobs back to their temporaries after a failed commit (new instances only)."""
+    for temp, key in reversed(moved):
+        try:
+            os.replace(archive.blobs.path(key), temp)
+        except OSError:
+            log.warning("could not take back blob %s after a failed commit", key)
+
+
+def _db_failure(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, StorageFull):
+        return "storage-full", str(exc)
+    if isinstance(exc, OSError):
+        return "storage-full", f"cannot write blob: {exc.strerror or exc}"
+    msg = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    low = msg.lower()
+    if "full" in low or "readonly" in low or "read-only" in low or "no space" in low:
+        return "storage-full", f"cannot write the index: {msg}"
+    return "index-error", f"cannot index: {msg}"
+
+
+def _index(archive: Archive, conn: Connection, batch: list[tuple[int, Prepared]], *, origin: str,
+           source_aet: str) -> tuple[list[tuple[int, IngestResult]], list[ArchiveEvent], list[tuple[str, str]]]:
+    from hilum.archive.archive import ArchiveEvent, IngestResult, _now
+
+    ignore = archive.duplicate_policy == "ignore"
+    sops = sorted({p.record.sop_uid for _, p in batch})
+    existing: dict[str, int] = {}
+    for chunk in range(0, len(sops), 500):
+        for row in conn.execute(select(instances.c.pk, instances.c.sop_uid)
+                                .where(instances.c.sop_uid.in_(sops[chunk : chunk + 500]))):
+            existing[row.sop_uid] = int(row.pk)
+
+    patient_pks: dict[tuple[str, str], tuple[int, bool]] = {}
+    study_pks: dict[str, int] = {}
+    series_pks: dict[str, int] = {}
+    rows: list[dict[str, Any]] = []
+    series_counts: dict[int, int] = {}
+    study_counts: dict[int, list[int]] = {}  # pk -> [instances, bytes, new series]
+    in_batch: set[str] = set()
+
+    def flush() -> None:
+        if rows:
+            conn.execute(insert(instances), rows)
+            rows.clear()
+        for se_pk, n in series_counts.items():
+            conn.execute(update(series).where(series.c.pk == se_pk).values(num_instances=series.c.num_instances + n))
+        now = _now()
+        for st_pk, (n, size, new_series) in study_counts.items():
+            values: dict[str, Any] = dict(num_instances=studies.c.num_instances + n,
+                                          size_bytes=studies.c.size_bytes + size, updated_at=now)
+            if new_series:
+                values["num_series"] = studies.c.num_series + new_series
+            conn.execute(update(studies).where(studies.c.pk == st_pk).values(**values))
+            if new_series:
+                archive._refresh_modalities(conn, st_pk)
+        series_counts.clear()
+        study_counts.clear()
+
+    out: list[tuple[int, IngestResult]] = []
+    events: list[ArchiveEvent] = []
+    renames: list[tuple[str, str]] = []
+    for idx, p in batch:
+        rec = p.record
+        sop = rec.sop_uid
+        base = _base(rec, p.source, p.size)
+        replaced = False
+        if sop in existing or sop in in_batch:
+            if ignore:
+                archive.blobs.discard_temp(p.temp)
+                out.append((idx, IngestResult("duplicate", **base)))
+                continue
+            flush()
+            pk = conn.execute(select(instances.c.pk).where(instances.c.sop_uid == sop)).scalar_one()
+            archive._delete_instances(conn, [pk])  # may drop emptied series/studies: forget cached keys
+            patient_pks.clear()
+            study_pks.clear()
+            series_pks.clear()
+            replaced = True
+        pkey = (rec.patient["patient_id"], rec.patient["issuer"])
+        cached = patient_pks.get(pkey)
+        if cached is None or (not cached[1] and rec.patient["patient_name"]):
+            patient_pk = archive._upsert_patient(conn, rec.patient)
+            patient_pks[pkey] = (patient_pk, bool(rec.patient["patient_name"]) or bool(cached and cached[1]))
+        else:
+            patient_pk = cached[0]
+        study_pk = study_pks.get(rec.study_uid)
+        if study_pk is None:
+            study_pk = study_pks[rec.study_uid] = archive._upsert_study(conn, patient_pk, rec.study)
+        series_pk = series_pks.get(rec.series_uid)
+        new_series = False
+        if series_pk is None:
+            series_pk, new_series = archive._upsert_series(conn, study_pk, rec.series)
+            series_pks[rec.series_uid] = series_pk
+        key = archive.blobs.key_for(sop)
+        rows.append(dict(series_fk=series_pk, blob_key=key, size=p.size, checksum=p.checksum,
+                         source_aet=source_aet[:16], origin=origin[:16], received_at=_now(), **rec.instance))
+        series_counts[series_pk] = series_counts.get(series_pk, 0) + 1
+        counts = study_counts.setdefault(study_pk, [0, 0, 0])
+        counts[0] += 1
+        counts[1] += p.size
+        counts[2] += int(new_series)
+        in_batch.add(sop)
+        renames.append((p.temp, key))
+        status = "replaced" if replaced else "stored"
+        out.append((idx, IngestResult(status, **base)))  # type: ignore[arg-type]
+        events.append(ArchiveEvent(status, "IMAGE", sop, rec.study_uid, rec.series_uid, rec.patient["patient_id"],
+                                   origin))
+    flush()
+    return out, events, renames
