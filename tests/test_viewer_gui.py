@@ -1,0 +1,227 @@
+"""The viewer's real widgets (pytest-qt): open a study from the archive and check rendered pixels."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pydicom
+import pytest
+from _viewer_data import STUDY, hu_point_to_pixel, write_ct
+
+from hilum.dicom.generator import CORONAL
+
+pytest.importorskip("pytestqt")
+from PySide6.QtCore import QEvent, QMimeData, QPoint, QPointF, Qt  # noqa: E402
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage, QMouseEvent, QWheelEvent  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+
+from hilum.ui.viewer.viewer_widget import StudyViewer  # noqa: E402
+from hilum.ui.viewer.viewport_widget import SERIES_MIME  # noqa: E402
+
+pytestmark = pytest.mark.gui
+ROWS = 96
+
+
+@pytest.fixture
+def study(archive, tmp_path):
+    """CT axial (series 1), a coronal localizer (2) and a MONOCHROME1 copy of the axial series (3)."""
+    paths = write_ct(tmp_path / "ax", rows=ROWS, slices=10, thickness=5.0)
+    paths += write_ct(tmp_path / "loc", rows=ROWS, slices=1, orientation=CORONAL, series_number=2,
+                      series_description="Localizer")  # fmt: skip
+    for i, p in enumerate(write_ct(tmp_path / "m1", rows=ROWS, slices=10, thickness=5.0, series_number=3,
+                                   series_description="Mono1")):  # fmt: skip
+        ds = pydicom.dcmread(p)
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[str(p), "m1"])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(p)
+        paths.append(p)
+    results = archive.ingest_many(paths)
+    assert all(r.ok for r in results)
+    return STUDY.uid
+
+
+def grab(widget) -> np.ndarray:
+    img = widget.grab().toImage().convertToFormat(QImage.Format.Format_RGB888)
+    w, h, bpl = img.width(), img.height(), img.bytesPerLine()
+    arr = np.frombuffer(img.constBits(), dtype=np.uint8, count=bpl * h).reshape(h, bpl)
+    return arr[:, : w * 3].reshape(h, w, 3).copy()
+
+
+def at(canvas_img: np.ndarray, state, landmark) -> int:
+    x, y = state.image_to_canvas(*hu_point_to_pixel(*landmark, ROWS))
+    return int(canvas_img[int(round(y)), int(round(x))].mean())
+
+
+@pytest.fixture
+def viewer(qtbot, archive, data_dir, study):
+    v = StudyViewer(archive, study, data_dir=data_dir, executor="thread")
+    qtbot.addWidget(v)
+    v.resize(800, 600)
+    v.show()
+    qtbot.waitExposed(v)
+    with qtbot.waitSignal(v.loadFinished, timeout=20000):
+        v.open()
+    yield v
+    v.close()
+
+
+def test_open_study_renders_body_bright_and_air_black(viewer, qtbot):
+    vp = viewer.active_viewport()
+    assert vp.stack_size == 10 and vp.volume.complete
+    assert [e.description for e in viewer.session.series] == ["Axial 5 mm", "Localizer", "Mono1"]
+    assert viewer.strip.count() == 3
+    assert viewer.timings["first_image"] <= viewer.timings["full_load"]
+    canvas = viewer.viewport_widget(0).canvas
+    img = grab(canvas)
+    assert at(img, vp, (0, -150)) == 0  # air black at the soft-tissue window
+    assert 100 < at(img, vp, (0, -40)) < 160  # soft tissue mid grey
+    assert at(img, vp, (0, 75)) == 255  # bone white
+    # thumbnails arrive from the same pipeline
+    qtbot.waitUntil(lambda: not viewer.strip.item(0).icon().pixmap(96, 96).toImage().isNull(), timeout=5000)
+
+
+def send_mouse(widget, kind, pos, button, buttons):
+    ev = QMouseEvent(kind, QPointF(*pos), widget.mapToGlobal(QPointF(*pos)), button, buttons,
+                     Qt.KeyboardModifier.NoModifier)  # fmt: skip
+    from PySide6.QtWidgets import QApplication
+
+    QApplication.sendEvent(widget, ev)
+
+
+def test_right_drag_changes_window_and_pixels(viewer):
+    canvas = viewer.viewport_widget(0).canvas
+    before = grab(canvas)
+    R = Qt.MouseButton.RightButton
+    send_mouse(canvas, QEvent.Type.MouseButtonPress, (100, 100), R, R)
+    send_mouse(canvas, QEvent.Type.MouseMove, (180, 60), Qt.MouseButton.NoButton, R)
+    send_mouse(canvas, QEvent.Type.MouseButtonRelease, (180, 60), R, Qt.MouseButton.NoButton)
+    w = viewer.active_viewport().current_window()
+    assert w.width > 400 and w.center < 40
+    after = grab(canvas)
+    assert not np.array_equal(before, after)
+    assert viewer.apply_preset_key("4")  # lung
+    assert viewer.active_viewport().current_window().center == -600
+
+
+def test_scrolling_changes_the_slice_shown(viewer, qtbot):
+    vp = viewer.active_viewport()
+    canvas = viewer.viewport_widget(0).canvas
+    vp.set_index(0)
+    first = grab(canvas)
+    pos = QPointF(50, 50)
+    wheel = QWheelEvent(pos, canvas.mapToGlobal(pos), QPoint(0, 0), QPoint(0, -120 * 4), Qt.MouseButton.NoButton,
+                        Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False)  # fmt: skip
+    from PySide6.QtWidgets import QApplication
+
+    QApplication.sendEvent(canvas, wheel)
+    assert vp.index == 4
+    assert not np.array_equal(first, grab(canvas))  # other spheres cut, other overlay text
+    canvas.setFocus()
+    viewer.activateWindow()
+    QTest.keyClick(canvas, Qt.Key.Key_End)
+    assert vp.index == 9
+    QTest.keyClick(canvas, Qt.Key.Key_Up)
+    assert vp.index == 8
+    QTest.keyClick(canvas, Qt.Key.Key_Home)
+    assert vp.index == 0
+    viewer.viewport_widget(0).scrollbar.setValue(6)
+    assert vp.index == 6
+    QTest.keyClick(canvas, Qt.Key.Key_I)  # invert
+    assert vp.invert
+
+
+def drop_series(viewer, index, uid):
+    canvas = viewer.viewport_widget(index).canvas
+    mime = QMimeData()
+    mime.setData(SERIES_MIME, uid.encode())
+    pos = QPointF(20, 20)
+    from PySide6.QtWidgets import QApplication
+
+    args = (Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    enter = QDragEnterEvent(pos.toPoint(), *args)
+    QApplication.sendEvent(canvas, enter)
+    assert enter.isAccepted()
+    QApplication.sendEvent(canvas, QDropEvent(pos, *args))
+
+
+def test_monochrome1_is_shown_inverted(viewer, qtbot):
+    viewer.set_layout("1x2")
+    m1 = viewer.session.series[2].series_uid
+    a, b = viewer.model.viewports[:2]
+    drop_series(viewer, 1, m1)
+    qtbot.waitUntil(lambda: b.series_uid == m1 and not b.volume.preview and b.volume.complete, timeout=20000)
+    assert b.frame_info.photometric == "MONOCHROME1"
+    b.set_index(a.index)
+    qtbot.wait(10)
+    assert np.array_equal(b.render(), 255 - a.render())
+    img_a, img_b = grab(viewer.viewport_widget(0).canvas), grab(viewer.viewport_widget(1).canvas)
+    assert at(img_a, a, (0, -150)) == 0 and at(img_b, b, (0, -150)) == 255
+
+
+def test_layout_reference_line_on_localizer_and_linked_scroll(viewer, qtbot):
+    viewer.set_layout("2x2")
+    qtbot.waitUntil(lambda: all(vp.volume is not None and not vp.volume.preview and vp.volume.complete
+                                for vp in viewer.model.visible[:3]), timeout=20000)  # fmt: skip
+    ax, loc, mono = viewer.model.visible[:3]
+    assert loc.frame_info.geometry is not None and loc.stack_size == 1
+    viewer.model.set_active(0)
+    lines = viewer.model.reference_lines(loc)
+    assert len(lines) == 1
+    img = grab(viewer.viewport_widget(1).canvas)
+    yellow = (img[..., 0] > 200) & (img[..., 1] > 200) & (img[..., 2] < 80)
+    assert yellow.sum() > 50  # the reference line is drawn
+    ax.set_index(2)
+    assert mono.index == 2  # same Frame of Reference, same positions: linked by position
+    assert viewer.viewport_widget(0).canvas.active
+
+
+def test_measure_length_with_the_mouse(viewer):
+    vp = viewer.active_viewport()
+    viewer.set_tool("length")
+    canvas = viewer.viewport_widget(0).canvas
+    sp = vp.frame_info.spacing
+    a = vp.image_to_canvas(20, 40)
+    b = vp.image_to_canvas(20 + 50.0 / sp.column, 40)
+    L = Qt.MouseButton.LeftButton
+    send_mouse(canvas, QEvent.Type.MouseButtonPress, a, L, L)
+    send_mouse(canvas, QEvent.Type.MouseMove, b, Qt.MouseButton.NoButton, L)
+    send_mouse(canvas, QEvent.Type.MouseButtonRelease, b, L, Qt.MouseButton.NoButton)
+    (m,) = vp.measurements
+    assert abs(m.values(vp)["length"] - 50.0) < 50.0 * 0.01  # within a canvas pixel of 50 mm
+    img = grab(canvas)
+    green = (img[..., 1] > 180) & (img[..., 0] < 120)
+    assert green.sum() > 40
+
+
+def test_export_view_png_and_jpeg(viewer, tmp_path):
+    from PIL import Image
+
+    png = viewer.export_view(tmp_path / "view.png")
+    jpg = viewer.export_view(tmp_path / "view.jpg")
+    with Image.open(png) as im:
+        assert im.size == (viewer.viewport_widget(0).canvas.width(), viewer.viewport_widget(0).canvas.height())
+    with Image.open(jpg) as im:
+        assert im.format == "JPEG"
+    gif = viewer.export_cine(tmp_path / "cine.gif", fps=5)
+    with Image.open(gif) as im:  # Pillow merges identical consecutive frames (noise-free slices) into one
+        durations = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            durations.append(im.info["duration"])
+        assert sum(durations) == 10 * 200
+
+
+def test_cine_plays(viewer, qtbot):
+    vp = viewer.active_viewport()
+    vp.set_index(0)
+    viewer.set_cine_fps(50)
+    viewer.toggle_cine()
+    qtbot.waitUntil(lambda: vp.index >= 3, timeout=3000)
+    viewer.toggle_cine()
+    assert not vp.cine_playing
+
+
+if os.environ.get("HILUM_VIEWER_DEBUG"):  # pragma: no cover
+    pass
