@@ -403,7 +403,7 @@ class DicomWebClient:
         """
         for obj in self.metadata(study, series):
             pixel = obj.pop("7FE00010", None)
-            ds = Dataset.from_json(obj)
+            ds = Dataset.from_json(obj, bulk_data_uri_handler=self._bulk_handler)
             ds.file_meta = FileMetaDataset()
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.file_meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", "")
@@ -418,6 +418,23 @@ class DicomWebClient:
                 if "PlanarConfiguration" in ds:
                     ds.PlanarConfiguration = 0
             yield ds
+
+    def bulkdata(self, uri: str) -> bytes:
+        """The value behind a ``BulkDataURI`` of this server's metadata."""
+        parts = urllib.parse.urlsplit(uri)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        if not parts.path.startswith(self.prefix + "/"):
+            raise DicomWebError(0, f"bulk data URI outside this server's root: {uri}")
+        got = [b"".join(chunks) for _h, chunks in self._multipart(
+            path[len(self.prefix):], f'{MULTIPART}; type="{OCTET}"')]
+        return got[0] if got else b""
+
+    def _bulk_handler(self, tag: str, vr: str, uri: str) -> bytes:
+        # Private elements and padding are not worth a request each; public ones (LUTs...) are fetched.
+        group = int(tag[:4], 16)
+        if group % 2 or group == 0xFFFC:
+            return b""
+        return self.bulkdata(uri)
 
     # ------------------------------------------------------------------ STOW-RS
 
