@@ -51,14 +51,14 @@ class Node:
         self._lock = threading.Lock()
 
     def _default_services(self) -> list[Service]:
+        from hilum.dicomweb.service import DicomWebService
         from hilum.dimse import DimseService
         from hilum.hl7.service import HL7Service
 
         return [
             DimseService(self.config, self.archive),
             HL7Service(self.config, self.archive),
-            # DICOMweb plugs in here, one line, e.g.:
-            # DicomWebService(self.config, self.archive),
+            DicomWebService(self.config, self.archive),
         ]
 
     def service(self, name: str) -> Service:
