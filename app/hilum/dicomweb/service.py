@@ -54,6 +54,9 @@ class DicomWebService:
     def start(self, timeout: float = 15.0) -> None:
         if self._thread is not None:
             return
+        if not self.settings.enabled:
+            log.info("DICOMweb disabled ([web] enabled = false)")
+            return
         app = create_app(self.archive, self.settings, loopback=is_loopback(self.host))
         kwargs: dict[str, Any] = {}
         if self.settings.tls:
