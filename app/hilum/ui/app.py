@@ -1,0 +1,139 @@
+"""Start the workstation: the Qt application, the archive, the DICOM node, the main window.
+
+``hilum`` (no verb) and ``hilum gui`` come here through
+:func:`hilum.cli.workstation.run_workstation`.  The node (DICOM, DICOMweb,
+HL7 listeners; issue 3) starts in the background: a port that cannot be
+bound is shown in the status bar and never stops the workstation.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QApplication
+
+from hilum import __version__
+from hilum.archive import Archive
+from hilum.config import Config
+from hilum.ui.main_window import MainWindow
+
+log = logging.getLogger(__name__)
+
+
+def application(argv: list[str] | None = None) -> QApplication:
+    """The process's QApplication (created once)."""
+    app = QApplication.instance()
+    if app is None:
+        app = QApplication(argv if argv is not None else sys.argv[:1])
+    assert isinstance(app, QApplication)
+    QGuiApplication.setApplicationName("Hilum")
+    QGuiApplication.setApplicationDisplayName("Hilum")
+    QGuiApplication.setApplicationVersion(__version__)
+    QGuiApplication.setOrganizationName("Hilum")
+    QGuiApplication.setDesktopFileName("hilum")
+    return app
+
+
+_SERVICE_LABELS = {"dimse": "DICOM", "dicomweb": "DICOMweb", "hl7": "HL7"}
+
+
+def node_summary(config: Config, node: Any = None) -> str:
+    """The status bar's node line: AE title, address and the port of each running service."""
+    parts: list[str] = []
+    for service in getattr(node, "services", None) or []:
+        name = str(getattr(service, "name", "service"))
+        port = getattr(service, "port", None)
+        try:
+            port = port() if callable(port) else port
+        except Exception:  # noqa: BLE001 - a label is not worth an error
+            port = None
+        parts.append(f"{_SERVICE_LABELS.get(name, name)} {port}" if port else _SERVICE_LABELS.get(name, name))
+    if not parts:
+        parts = [f"DICOM {config.dicom_port}"]
+    return f"Node {config.aet} on {config.bind}: " + ", ".join(parts)
+
+
+class NodeRunner(QObject):
+    """Starts and stops the node off the GUI thread and reports to the status bar.
+
+    Uses :class:`hilum.node.Node` when the package has it (issue 3).
+    """
+
+    stateChanged = Signal(str, bool)  # text, ok
+
+    def __init__(self, config: Config, archive: Archive, window: MainWindow):
+        super().__init__(window)
+        self.config = config
+        self.archive = archive
+        self.window = window
+        self.node: Any = None
+        self.stateChanged.connect(window.set_node_status)
+
+    def start(self) -> None:
+        try:
+            from hilum.node import Node  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            # TODO(issue 3): hilum.node.Node is not in the package yet; the node will start here once it is.
+            self.stateChanged.emit("DICOM node: not available", False)
+            return
+        self.stateChanged.emit("DICOM node: starting…", True)
+        self.window.tasks.submit(self._start_node, Node, on_done=self._started, on_error=self._failed)
+
+    def _start_node(self, node_class: Any) -> Any:
+        node = node_class(self.config, archive=self.archive)
+        self.node = node  # set before start() so that stop() finds it even if the window closed meanwhile
+        node.start()
+        return node
+
+    def _started(self, node: Any) -> None:
+        self.stateChanged.emit(node_summary(self.config, node), True)
+
+    def _failed(self, exc: BaseException) -> None:
+        log.warning("DICOM node did not start: %s", exc)
+        self.stateChanged.emit(f"DICOM node not running: {exc}", False)
+
+    def stop(self) -> None:
+        node, self.node = self.node, None
+        if node is not None:
+            try:
+                node.stop()
+            except Exception:  # noqa: BLE001 - closing down: log and go on
+                log.exception("stopping the DICOM node failed")
+
+
+def run_gui(config: Config, *, demo: bool = False, demo_small: bool = False, start_node: bool = True,
+            on_ready: Callable[[MainWindow], None] | None = None) -> int:
+    """Open the archive and the main window, run the event loop, close everything after.
+
+    ``demo`` imports the demo studies at once (without asking); otherwise an
+    empty archive shows an info bar offering them.  ``on_ready`` is called
+    with the shown window (used by tests and scripted screenshots).
+    """
+    app = application()
+    archive = Archive.from_config(config)
+    node: NodeRunner | None = None
+    try:
+        window = MainWindow(config, archive)
+        window.setWindowTitle(f"Hilum — {config.aet}")
+        window.show()
+        if start_node:
+            node = NodeRunner(config, archive, window)
+            node.start()
+        else:
+            window.set_node_status("DICOM node: off (--no-node)", True)
+        if demo:
+            window.load_demo(small=demo_small)
+        if on_ready is not None:
+            on_ready(window)
+        code = app.exec()
+        window.close()
+        return int(code)
+    finally:
+        if node is not None:
+            node.stop()
+        archive.close()
