@@ -1,0 +1,90 @@
+"""Wire the viewer into the workstation's main window.
+
+:func:`install_viewer` connects the main window's ``studyOpenRequested`` /
+``seriesOpenRequested`` signals (double-click or Enter in the study browser)
+to a :class:`ViewerController`, which opens each study in a
+:class:`~hilum.ui.viewer.viewer_widget.StudyViewer` tab (or brings its tab
+forward), and lists the viewer's shortcuts under Help → Keyboard shortcuts.
+All viewer tabs share one volume cache, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from PySide6.QtCore import QObject
+
+from hilum.ui.viewer.shortcuts import help_lines
+from hilum.ui.viewer.study import VolumeCache
+from hilum.ui.viewer.viewer_widget import StudyViewer
+
+__all__ = ["ViewerController", "install_viewer"]
+
+logger = logging.getLogger(__name__)
+
+
+def _tab_title(archive: Any, study_uid: str) -> tuple[str, str]:
+    try:
+        rows = archive.query("STUDY", {"StudyInstanceUID": study_uid}, limit=1)
+    except Exception:  # noqa: BLE001 - a title is not worth failing over
+        rows = []
+    if not rows:
+        return "Study", study_uid
+    row = rows[0]
+    name = str(row.get("PatientName", "") or "").split("^")[0] or "Study"
+    date = str(row.get("StudyDate", "") or "")
+    date = f"{date[:4]}-{date[4:6]}-{date[6:]}" if len(date) == 8 else date
+    tip = " · ".join(x for x in (str(row.get("PatientName", "")), str(row.get("PatientID", "")), date,
+                                 str(row.get("StudyDescription", "") or "")) if x)  # fmt: skip
+    return f"{name} {date}".strip(), tip
+
+
+class ViewerController(QObject):
+    """Opens studies from the main window in viewer tabs."""
+
+    def __init__(self, window: Any, *, executor: str = "auto", cache: VolumeCache | None = None) -> None:
+        super().__init__(window)
+        self.window = window
+        self.executor = executor
+        self.cache = cache or VolumeCache()
+
+    def viewer_for(self, study_uid: str) -> StudyViewer | None:
+        for w in self.window.workspace_tabs():
+            if isinstance(w, StudyViewer) and w.study_uid == study_uid:
+                return w
+        return None
+
+    def open_study(self, study_uid: str) -> StudyViewer:
+        viewer = self.viewer_for(study_uid)
+        if viewer is not None:
+            self.window.tabs.setCurrentWidget(viewer)
+            return viewer
+        data_dir = getattr(getattr(self.window, "config", None), "data_dir", None)
+        viewer = StudyViewer(self.window.archive, study_uid, data_dir=data_dir, executor=self.executor,
+                             cache=self.cache)  # fmt: skip
+        title, tip = _tab_title(self.window.archive, study_uid)
+        self.window.add_workspace_tab(viewer, title, tooltip=tip)
+        viewer.open()
+        viewer.setFocus()
+        return viewer
+
+    def open_series(self, study_uid: str, series_uid: str) -> StudyViewer:
+        viewer = self.open_study(study_uid)
+        if series_uid in {e.series_uid for e in viewer.session.series}:
+            viewer.show_series(series_uid, viewer.model.active)
+        return viewer
+
+
+def install_viewer(window: Any, **kwargs: Any) -> ViewerController:
+    """Make *window* (the workstation's ``MainWindow``) open studies in viewer tabs."""
+    controller = ViewerController(window, **kwargs)
+    window.studyOpenRequested.connect(controller.open_study)
+    window.seriesOpenRequested.connect(controller.open_series)
+    add_help = getattr(window, "add_shortcut_help", None)
+    if add_help is not None:
+        for section, keys, text in help_lines():
+            add_help(section, keys, text)
+    window.viewer_controller = controller
+    return controller
+
