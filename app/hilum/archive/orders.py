@@ -69,6 +69,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     delete,
     false,
     func,
@@ -505,6 +506,23 @@ def aggregate_status(step_statuses: Sequence[str]) -> str:
 
 # --------------------------------------------------------------------------- transaction
 
+# Statements of the hot paths (HL7 intake, order creation), built once: SQLAlchemy
+# then reuses their cache keys and compiled forms; values go in as parameters.
+_SEEN = select(hl7_messages.c.ack).where(hl7_messages.c.sender == bindparam("sender"),
+                                         hl7_messages.c.control_id == bindparam("control_id"))
+_PATIENT = select(patients).where(patients.c.patient_id == bindparam("patient_id"),
+                                  patients.c.issuer == bindparam("issuer"))
+_PATIENT_ID = select(patients.c.patient_id).where(patients.c.pk == bindparam("pk"))
+_ORDER_BY = {c: select(orders.c.pk).where(orders.c[c] == bindparam("v")).order_by(orders.c.pk.desc()).limit(1)
+             for c in ("placer_number", "filler_number", "accession_number", "study_uid")}
+_STUDY_FOR_ORDER = (select(studies.c.study_uid)
+                    .where(or_(studies.c.study_uid == bindparam("uid"), studies.c.accession_number == bindparam("acc")))
+                    .order_by(studies.c.pk).limit(1))
+_PATIENT_INSERT = {
+    "sqlite": sqlite_insert(patients).on_conflict_do_nothing(index_elements=["patient_id", "issuer"]),
+    "postgresql": pg_insert(patients).on_conflict_do_nothing(index_elements=["patient_id", "issuer"]),
+}
+
 
 class OrderTx:
     """The changes one message makes, inside one database transaction.
@@ -523,18 +541,16 @@ class OrderTx:
 
     def seen(self, sender: str, control_id: str) -> str | None:
         """The ACK sent for a message already applied, or None."""
-        return self.conn.execute(select(hl7_messages.c.ack).where(
-            hl7_messages.c.sender == sender[:255], hl7_messages.c.control_id == control_id[:199])).scalar()
+        return self.conn.execute(_SEEN, {"sender": sender[:255], "control_id": control_id[:199]}).scalar()
 
     def record(self, sender: str, control_id: str, message_type: str, ack: str) -> None:
-        self.conn.execute(insert(hl7_messages).values(sender=sender[:255], control_id=control_id[:199],
-                                                      message_type=message_type[:16], ack=ack, received_at=_now()))
+        self.conn.execute(insert(hl7_messages), {"sender": sender[:255], "control_id": control_id[:199],
+                                                 "message_type": message_type[:16], "ack": ack, "received_at": _now()})
 
     # ------------------------------------------------------------ patients
 
     def _patient_row(self, patient_id: str, issuer: str) -> Any:
-        return self.conn.execute(select(patients).where(patients.c.patient_id == patient_id,
-                                                        patients.c.issuer == issuer)).first()
+        return self.conn.execute(_PATIENT, {"patient_id": patient_id, "issuer": issuer}).first()
 
     def upsert_patient(self, info: PatientInfo, *, overwrite: bool = True) -> int:
         """The patient's pk, creating the patient if unknown (policy: create).
@@ -558,8 +574,11 @@ class OrderTx:
         if row is None:
             base = {"patient_id": info.patient_id, "issuer": info.issuer, **_pn_values(info.name or ""),
                     "birth_date": (info.birth_date or "")[:8], "sex": (info.sex or "")[:16], "created_at": _now()}
-            ins = pg_insert(patients) if self.book.dialect == "postgresql" else sqlite_insert(patients)
-            self.conn.execute(ins.values(**base).on_conflict_do_nothing(index_elements=["patient_id", "issuer"]))
+            ins = _PATIENT_INSERT.get(self.book.dialect)
+            if ins is None:
+                self.conn.execute(insert(patients), base)
+            else:
+                self.conn.execute(ins, base)
             row = self._patient_row(info.patient_id, info.issuer)
             self.events.append(OrderEvent("patient-updated", patient_id=info.patient_id))
             return int(row.pk)
@@ -599,8 +618,7 @@ class OrderTx:
         for col, value in ((orders.c.placer_number, placer), (orders.c.filler_number, filler),
                            (orders.c.accession_number, accession)):
             if value:
-                pk = self.conn.execute(select(orders.c.pk).where(col == value).order_by(orders.c.pk.desc())
-                                       .limit(1)).scalar()
+                pk = self.conn.execute(_ORDER_BY[col.name], {"v": value}).scalar()
                 if pk is not None:
                     return int(pk)
         return None
@@ -636,7 +654,7 @@ class OrderTx:
         values.update(patient_fk=patient_pk, study_uid=study_uid, accession_number=acc,
                       requested_procedure_id=info.requested_procedure_id[:16] or acc, status=SCHEDULED,
                       source=info.source[:64], images_at=None, performed_study_uid="", created_at=now, updated_at=now)
-        inserted = self.conn.execute(insert(orders).values(**values)).inserted_primary_key
+        inserted = self.conn.execute(insert(orders), values).inserted_primary_key
         assert inserted is not None
         pk = int(inserted[0])
         steps = info.steps or [StepInfo()]
@@ -647,7 +665,7 @@ class OrderTx:
         return pk
 
     def _order_by(self, column: str, value: str) -> Any:
-        return self.conn.execute(select(orders.c.pk).where(orders.c[column] == value)).first()
+        return self.conn.execute(_ORDER_BY[column], {"v": value}).first()
 
     @staticmethod
     def _order_values(info: OrderInfo) -> dict[str, Any]:
@@ -673,12 +691,12 @@ class OrderTx:
         )
 
     def _insert_step(self, order_pk: int, step: StepInfo, *, default_id: str) -> None:
-        self.conn.execute(insert(procedure_steps).values(order_fk=order_pk, sps_id=(step.sps_id or default_id)[:16],
-                                                         status=SCHEDULED, updated_at=_now(),
-                                                         **self._step_values(step)))
+        self.conn.execute(insert(procedure_steps), {"order_fk": order_pk, "sps_id": (step.sps_id or default_id)[:16],
+                                                    "status": SCHEDULED, "updated_at": _now(),
+                                                    **self._step_values(step)})
 
     def _patient_id(self, patient_pk: int) -> str:
-        return str(self.conn.execute(select(patients.c.patient_id).where(patients.c.pk == patient_pk)).scalar() or "")
+        return str(self.conn.execute(_PATIENT_ID, {"pk": patient_pk}).scalar() or "")
 
     def order(self, pk: int) -> dict[str, Any]:
         row = self.conn.execute(select(orders).where(orders.c.pk == pk)).mappings().first()
@@ -849,9 +867,7 @@ class OrderTx:
 
     def _reconcile_existing(self, order_pk: int, study_uid: str, accession: str, patient_pk: int) -> None:
         """Images already here for a new order (sent before it was entered): reconcile now."""
-        st = self.conn.execute(select(studies.c.study_uid).where(
-            or_(studies.c.study_uid == study_uid, studies.c.accession_number == accession))
-            .order_by(studies.c.pk).limit(1)).scalar()
+        st = self.conn.execute(_STUDY_FOR_ORDER, {"uid": study_uid, "acc": accession}).scalar()
         if st is not None:
             self.reconcile_study(st)
 
