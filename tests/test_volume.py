@@ -35,6 +35,7 @@ from hilum.dicom.volume import (
     load_volume,
     slice_refs,
     sort_slices,
+    volume_from_planes,
 )
 
 STUDY = make_study(DOE, accession="VOL1")
@@ -324,3 +325,29 @@ def test_float_volume_for_fractional_rescale() -> None:
     vol = build_volume(datasets)
     assert vol.array.dtype == np.float32
     assert float(vol.sample((95.0, -95.0, 0.0))) == pytest.approx(0.5 * 24 - 1024, abs=0.01)
+
+
+def test_volume_from_decoded_planes_equals_build_volume() -> None:
+    datasets = small_ct(slices=12, descending=True)
+    reference = build_volume(datasets)
+    order = np.random.default_rng(5).permutation(len(datasets))
+    planes = [datasets[i].pixel_array.astype(np.int32) - 1024 for i in order]
+    vol = volume_from_planes(
+        planes,
+        [[float(v) for v in datasets[i].ImagePositionPatient] for i in order],
+        [float(v) for v in datasets[0].ImageOrientationPatient],
+        [float(v) for v in datasets[0].PixelSpacing],
+        sop_instance_uids=[datasets[i].SOPInstanceUID for i in order],
+        modality="CT",
+    )
+    np.testing.assert_allclose(vol.affine, reference.affine, atol=1e-9)
+    np.testing.assert_array_equal(vol.array, reference.array)
+    assert vol.array.dtype == np.int16
+    assert [r.sop_instance_uid for r in vol.slices] == [r.sop_instance_uid for r in reference.slices]
+    gappy = volume_from_planes(
+        [p.astype(np.float32) + 0.5 for p in planes[:5]] + [p.astype(np.float32) for p in planes[6:]],
+        [[float(v) for v in datasets[i].ImagePositionPatient] for i in list(order[:5]) + list(order[6:])],
+        [float(v) for v in datasets[0].ImageOrientationPatient],
+        [float(v) for v in datasets[0].PixelSpacing],
+    )
+    assert gappy.array.dtype == np.float32 and gappy.shape[0] in (11, 12)

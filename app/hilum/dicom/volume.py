@@ -66,6 +66,7 @@ __all__ = [
     "load_volume",
     "slice_refs",
     "sort_slices",
+    "volume_from_planes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -1062,6 +1063,22 @@ def build_volume(
         if owned and "PixelData" in ds:
             del ds.PixelData
 
+    windows = windows_from_dataset(first.header, first.frame)
+    return _finish(
+        stack,
+        array,
+        regularize=regularize,
+        modality=str(first.header.get("Modality", "") or ""),
+        window=windows[0] if windows else None,
+        rescale_type=transforms[0].rescale_type,
+        frame_of_reference_uid=str(first.header.get("FrameOfReferenceUID", "") or ""),
+        series_instance_uid=str(first.header.get("SeriesInstanceUID", "") or ""),
+        study_instance_uid=str(first.header.get("StudyInstanceUID", "") or ""),
+    )
+
+
+def _finish(stack: SliceStack, array: np.ndarray, *, regularize: bool, **meta: object) -> Volume:
+    """The volume of a sorted stack whose planes are ``array`` (in ``stack.slices`` order)."""
     issues = list(stack.issues)
     distances = stack.distances
     source_distances: FloatArray | None = None
@@ -1076,29 +1093,87 @@ def build_volume(
                 "(linear interpolation along the normal)",
             )
         )
+    first = stack.slices[0]
     assert first.orientation is not None and first.pixel_spacing is not None and first.position is not None
     dr, dc = first.pixel_spacing
     affine = np.eye(4)
     affine[:3, 0] = first.row_direction * dc
     affine[:3, 1] = first.column_direction * dr
     affine[:3, 2] = stack.step
-    affine[:3, 3] = stack.slices[0].position
-    windows = windows_from_dataset(first.header, first.frame)
-    modality = str(first.header.get("Modality", "") or "")
+    affine[:3, 3] = first.position
     for issue in issues:
-        logger.info("volume %s: %s", first.header.get("SeriesInstanceUID", ""), issue.message)
-    return Volume(
+        logger.info("volume %s: %s", meta.get("series_instance_uid", ""), issue.message)
+    return Volume(array, affine, issues=tuple(issues), slices=stack.slices, source_distances=source_distances, **meta)  # type: ignore[arg-type]
+
+
+def volume_from_planes(
+    planes: Sequence[npt.ArrayLike] | np.ndarray,
+    positions: Sequence[Sequence[float]],
+    orientation: Sequence[float] | Sequence[Sequence[float]],
+    pixel_spacing: Sequence[float] | Sequence[Sequence[float]],
+    *,
+    regularize: bool = True,
+    sop_instance_uids: Sequence[str] | None = None,
+    frames: Sequence[int] | None = None,
+    paths: Sequence[str | None] | None = None,
+    modality: str = "",
+    window: Window | None = None,
+    rescale_type: str = "",
+    frame_of_reference_uid: str = "",
+    series_instance_uid: str = "",
+    study_instance_uid: str = "",
+) -> Volume:
+    """A volume from planes that are already decoded to modality values (e.g. the 2D viewer's
+    loaded stack, or AI output), with their Image Position (Patient), Image Orientation
+    (Patient) (one for all or one per plane) and Pixel Spacing (row, column).
+
+    The same :func:`sort_slices` checks and regularisation as :func:`build_volume` apply; the
+    planes may come in any order.  Integer values that fit make an int16 volume, else float32.
+    """
+    n = len(planes)
+    if n == 0:
+        raise VolumeError("no planes to build a volume from")
+    if len(positions) != n:
+        raise ValueError(f"{n} planes but {len(positions)} positions")
+    orients = [orientation] * n if np.ndim(orientation) == 1 else list(orientation)  # type: ignore[list-item]
+    spacings = [pixel_spacing] * n if np.ndim(pixel_spacing) == 1 else list(pixel_spacing)  # type: ignore[list-item]
+    refs = []
+    for k in range(n):
+        shape = np.shape(planes[k])
+        header = Dataset()
+        header.Modality = modality
+        refs.append(
+            SliceRef(
+                header=header,
+                frame=int(frames[k]) if frames is not None else 0,
+                path=paths[k] if paths is not None else None,
+                sop_instance_uid=sop_instance_uids[k] if sop_instance_uids is not None else "",
+                instance_number=k + 1,
+                position=_floats(positions[k], 3),  # type: ignore[arg-type]
+                orientation=_floats(orients[k], 6),  # type: ignore[arg-type]
+                rows=int(shape[0]),
+                columns=int(shape[1]),
+                pixel_spacing=_floats(spacings[k], 2),  # type: ignore[arg-type]
+            )
+        )
+    index = {id(r): k for k, r in enumerate(refs)}
+    stack = sort_slices(refs)
+    chosen = [np.asarray(planes[index[id(r)]]) for r in stack.slices]
+    integer = all(a.dtype.kind in "iub" or (a.size and np.all(np.mod(a, 1) == 0)) for a in chosen)
+    fits = all(a.size == 0 or (a.min() >= -32768 and a.max() <= 32767) for a in chosen)
+    array = np.empty((len(chosen), *chosen[0].shape), dtype=np.int16 if integer and fits else np.float32)
+    for k, a in enumerate(chosen):
+        array[k] = a
+    return _finish(
+        stack,
         array,
-        affine,
+        regularize=regularize,
         modality=modality,
-        issues=tuple(issues),
-        slices=stack.slices,
-        source_distances=source_distances,
-        window=windows[0] if windows else None,
-        rescale_type=transforms[0].rescale_type,
-        frame_of_reference_uid=str(first.header.get("FrameOfReferenceUID", "") or ""),
-        series_instance_uid=str(first.header.get("SeriesInstanceUID", "") or ""),
-        study_instance_uid=str(first.header.get("StudyInstanceUID", "") or ""),
+        window=window,
+        rescale_type=rescale_type,
+        frame_of_reference_uid=frame_of_reference_uid,
+        series_instance_uid=series_instance_uid,
+        study_instance_uid=study_instance_uid,
     )
 
 

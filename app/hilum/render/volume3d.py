@@ -39,6 +39,7 @@ import vtkmodules.vtkRenderingVolumeOpenGL2  # noqa: F401  (GPU/smart volume map
 from vtkmodules.vtkCommonCore import vtkCommand
 from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPiecewiseFunction, vtkPlane, vtkPlaneCollection
 from vtkmodules.vtkFiltersCore import vtkFlyingEdges3D
+from vtkmodules.vtkFiltersSources import vtkSphereSource
 from vtkmodules.vtkImagingCore import vtkExtractVOI, vtkImageShrink3D
 from vtkmodules.vtkIOImage import vtkPNGWriter
 from vtkmodules.vtkRenderingCore import (
@@ -325,6 +326,7 @@ class VolumeScene:
         self._cut: vtkPlane | None = None
         self._clip_box: tuple[int, int, int, int, int, int] | None = None
         self._iso: _Iso | None = None
+        self._cursor: tuple[vtkSphereSource, vtkActor] | None = None
         self.preset: VRPreset = self.presets["ct-bone"]
         self.set_preset(preset if preset is not None else default_preset_id(self.volume))
         self._apply_lod(still)
@@ -422,7 +424,7 @@ class VolumeScene:
     def clip_box(self) -> tuple[int, int, int, int, int, int] | None:
         return self._clip_box
 
-    def set_cut_plane(self, origin: Sequence[float] | None, normal: Sequence[float] | None = None) -> None:
+    def set_cut_plane(self, origin: npt.ArrayLike | None, normal: npt.ArrayLike | None = None) -> None:
         """Cut the volume (and the surface) with a patient-space plane, keeping the side the
         ``normal`` points to; ``None`` removes the cut."""
         planes = vtkPlaneCollection()
@@ -432,7 +434,7 @@ class VolumeScene:
             if normal is None:
                 raise ValueError("a cut plane needs a normal")
             plane = vtkPlane()
-            plane.SetOrigin(*map(float, origin))
+            plane.SetOrigin(*map(float, np.asarray(origin, dtype=np.float64).reshape(3)))
             n = np.asarray(normal, dtype=np.float64)
             plane.SetNormal(*(n / np.linalg.norm(n)))
             self._cut = plane
@@ -511,6 +513,29 @@ class VolumeScene:
         m = self._iso.actor.GetMapper()
         m.Update()
         return m.GetInput()
+
+    # --- the 3D cursor
+    def set_cursor(self, point: npt.ArrayLike | None, *, radius: float | None = None) -> None:
+        """Show the MPR's 3D cursor as a small sphere at a patient point (None hides it)."""
+        if point is None:
+            if self._cursor is not None:
+                self._cursor[1].SetVisibility(False)
+            return
+        if self._cursor is None:
+            src = vtkSphereSource()
+            src.SetThetaResolution(16)
+            src.SetPhiResolution(12)
+            mapper = vtkPolyDataMapper()
+            mapper.SetInputConnection(src.GetOutputPort())
+            actor = vtkActor()
+            actor.SetMapper(mapper)
+            actor.GetProperty().SetColor(1.0, 0.85, 0.2)
+            self.renderer.AddActor(actor)
+            self._cursor = (src, actor)
+        src, actor = self._cursor
+        src.SetRadius(radius or 2.5 * float(np.min(self.volume.spacing)))
+        src.SetCenter(*map(float, np.asarray(point, dtype=np.float64).reshape(3)))
+        actor.SetVisibility(True)
 
     # --- camera
     VIEWS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {

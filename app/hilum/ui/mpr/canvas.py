@@ -1,0 +1,268 @@
+"""Qt widgets that show an offscreen VTK render window: the MPR planes and the 3D view.
+
+Each canvas owns (or is given) a ``vtkRenderWindow`` with offscreen rendering
+on, sized to the widget in device pixels; on :meth:`VTKCanvas.request_render`
+the next paint renders it, reads the pixels back (``vtkWindowToImageFilter``)
+and draws them with ``QPainter``.  This costs one read-back per frame (about
+1-5 ms at 512-800 px) and buys a widget that works the same on a desktop, under
+Xvfb and under the offscreen Qt platform the test-suite uses, where VTK's own
+``QVTKRenderWindowInteractor`` draws nothing (see ENVIRONMENT.md), and that
+``QWidget.grab()`` captures, so GUI tests check real pixels.  The GPU is still
+used where there is one: VTK's offscreen contexts are EGL on the same driver.
+
+Mouse handling is done here in Qt terms and forwarded to the headless logic
+objects of :mod:`hilum.render.mpr` and :mod:`hilum.render.volume3d`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QPointF, Qt, Signal
+from PySide6.QtGui import QImage, QMouseEvent, QPainter, QPaintEvent, QResizeEvent, QWheelEvent
+from PySide6.QtWidgets import QSizePolicy, QWidget
+
+from hilum.render.mpr import MPRViewport, capture_window
+from hilum.render.volume3d import VolumeScene
+
+__all__ = ["SliceCanvas", "VTKCanvas", "VolumeCanvas"]
+
+logger = logging.getLogger(__name__)
+
+
+class VTKCanvas(QWidget):
+    """A widget painting an offscreen VTK render window (see the module docstring)."""
+
+    activated = Signal()
+
+    def __init__(self, render_window: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.render_window = render_window
+        self.render_window.SetOffScreenRendering(1)
+        self._image: QImage | None = None
+        self._dirty = True
+        self.active = False
+        self.render_count = 0
+        self.setMinimumSize(96, 96)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
+
+    # --- rendering
+    def request_render(self) -> None:
+        """Render at the next paint (several requests in one event-loop turn render once)."""
+        self._dirty = True
+        self.update()
+
+    def render_now(self) -> np.ndarray:
+        """Render immediately and return the RGB pixels (also what is painted next)."""
+        self._sync_size()
+        self.render_window.Render()
+        rgb = capture_window(self.render_window)
+        h, w = rgb.shape[:2]
+        img = QImage(rgb.data, w, h, rgb.strides[0], QImage.Format.Format_RGB888)
+        img.setDevicePixelRatio(self.devicePixelRatioF())
+        self._image = img
+        self._keep = rgb  # the QImage shares this buffer
+        self._dirty = False
+        self.render_count += 1
+        return rgb
+
+    def _device_size(self) -> tuple[int, int]:
+        dpr = self.devicePixelRatioF()
+        return max(1, int(round(self.width() * dpr))), max(1, int(round(self.height() * dpr)))
+
+    def _sync_size(self) -> None:
+        size = self._device_size()
+        if tuple(self.render_window.GetSize()) != size:
+            self.render_window.SetSize(*size)
+            self.on_resized()
+
+    def on_resized(self) -> None:
+        """Hook for subclasses: the render window changed size."""
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self.request_render()
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
+        if self._dirty or self._image is None:
+            try:
+                self.render_now()
+            except Exception:  # a render failure must not kill the paint loop
+                logger.exception("VTK rendering failed")
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), Qt.GlobalColor.black)
+        if self._image is not None:
+            painter.drawImage(0, 0, self._image)
+        if self.active:
+            painter.setPen(Qt.GlobalColor.darkYellow)
+            painter.drawRect(self.rect().adjusted(0, 0, -1, -1))
+        painter.end()
+
+    def set_active(self, active: bool) -> None:
+        if active != self.active:
+            self.active = active
+            self.update()
+
+    # --- coordinates
+    def display_xy(self, pos: QPointF) -> tuple[float, float]:
+        """VTK display coordinates (device pixels from the bottom-left) of a widget position."""
+        dpr = self.devicePixelRatioF()
+        _, h = self._device_size()
+        return float(pos.x() * dpr), float(h - 1 - pos.y() * dpr)
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        self.activated.emit()
+        super().mousePressEvent(event)
+
+
+class SliceCanvas(VTKCanvas):
+    """One MPR plane.  Mouse: left click/drag moves the 3D cursor; left drag starting on a
+    crosshair line (or with Ctrl) rotates the other planes about this one (oblique MPR);
+    Shift + left drag measures (mm); right drag: window/level; middle drag: pan; wheel:
+    move through the plane; Ctrl + wheel: zoom."""
+
+    def __init__(self, viewport: MPRViewport, parent: QWidget | None = None) -> None:
+        super().__init__(viewport.render_window, parent)
+        self.viewport = viewport
+        self.setObjectName(f"mpr-{viewport.view}")
+        self._mode: str | None = None
+        self._last: tuple[float, float] | None = None
+        self._start: tuple[float, float] | None = None
+        self._unsubscribe = viewport.crosshair.subscribe(lambda _kind: self.request_render())
+
+    def on_resized(self) -> None:
+        self.viewport._apply_camera()
+
+    def close_viewport(self) -> None:
+        self._unsubscribe()
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        super().mousePressEvent(event)
+        self._sync_size()
+        x, y = self.display_xy(event.position())
+        self._last = self._start = (x, y)
+        mods = event.modifiers()
+        button = event.button()
+        if button == Qt.MouseButton.LeftButton:
+            if mods & Qt.KeyboardModifier.ShiftModifier:
+                self._mode = "measure"
+            elif mods & Qt.KeyboardModifier.ControlModifier or (
+                self.viewport.near_crosshair_line(x, y) is not None and not self._near_centre(x, y)
+            ):
+                self._mode = "rotate"
+            else:
+                self._mode = "cursor"
+                self.viewport.click(x, y)
+        elif button == Qt.MouseButton.RightButton:
+            self._mode = "window"
+        elif button == Qt.MouseButton.MiddleButton:
+            self._mode = "pan"
+        event.accept()
+
+    def _near_centre(self, x: float, y: float, tolerance_px: float = 12.0) -> bool:
+        cx, cy, _ = self.viewport.patient_to_display(self.viewport.crosshair.centre)
+        return math.hypot(x - cx, y - cy) <= tolerance_px * self.devicePixelRatioF()
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if self._mode is None or self._last is None:
+            return
+        x, y = self.display_xy(event.position())
+        lx, ly = self._last
+        vp = self.viewport
+        if self._mode == "cursor":
+            vp.click(x, y)
+        elif self._mode == "rotate":
+            vp.rotate_drag(lx, ly, x, y)
+        elif self._mode == "window":
+            vp.window_drag(x - lx, y - ly)
+            self.request_render()
+        elif self._mode == "pan":
+            s0, t0 = vp.display_to_plane(lx, ly)
+            s1, t1 = vp.display_to_plane(x, y)
+            vp.pan(s0 - s1, t0 - t1)
+            self.request_render()
+        elif self._mode == "measure":
+            self.request_render()
+        self._last = (x, y)
+        event.accept()
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if self._mode == "measure" and self._start is not None:
+            x, y = self.display_xy(event.position())
+            if math.hypot(x - self._start[0], y - self._start[1]) > 3:
+                self.viewport.measure(self._start, (x, y))
+        self._mode = None
+        self._last = None
+        event.accept()
+
+    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802
+        steps = event.angleDelta().y() / 120.0
+        if not steps:
+            return
+        if event.modifiers() & Qt.KeyboardModifier.ControlModifier:
+            self.viewport.set_zoom(self.viewport.zoom * (1.15**steps))
+            self.request_render()
+        else:
+            self.viewport.scroll(steps)
+        event.accept()
+
+
+class VolumeCanvas(VTKCanvas):
+    """The 3D view.  Left drag rotates (at the interactive level of detail, full quality on
+    release), right drag or wheel zooms, middle drag pans."""
+
+    def __init__(self, scene: VolumeScene, parent: QWidget | None = None) -> None:
+        super().__init__(scene.render_window, parent)
+        self.scene = scene
+        self.setObjectName("mpr-3d")
+        self._mode: str | None = None
+        self._last: QPointF | None = None
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        super().mousePressEvent(event)
+        self._last = event.position()
+        self._mode = {
+            Qt.MouseButton.LeftButton: "rotate",
+            Qt.MouseButton.RightButton: "zoom",
+            Qt.MouseButton.MiddleButton: "pan",
+        }.get(event.button())
+        if self._mode == "rotate":
+            self.scene.set_interacting(True)
+        event.accept()
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if self._mode is None or self._last is None:
+            return
+        pos = event.position()
+        dx, dy = pos.x() - self._last.x(), pos.y() - self._last.y()
+        if self._mode == "rotate":
+            self.scene.rotate(azimuth=-0.5 * dx, elevation=0.5 * dy)
+        elif self._mode == "zoom":
+            self.scene.zoom(1.01 ** (-dy))
+        elif self._mode == "pan":
+            cam = self.scene.renderer.GetActiveCamera()
+            mm_per_px = 2.0 * cam.GetDistance() * math.tan(math.radians(cam.GetViewAngle() / 2)) / max(self.height(), 1)
+            self.scene.pan(-dx * mm_per_px, dy * mm_per_px)
+        self._last = pos
+        self.request_render()
+        event.accept()
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if self._mode == "rotate":
+            self.scene.set_interacting(False)
+            self.request_render()
+        self._mode = None
+        self._last = None
+        event.accept()
+
+    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802
+        steps = event.angleDelta().y() / 120.0
+        if steps:
+            self.scene.zoom(1.1**steps)
+            self.request_render()
+        event.accept()

@@ -1,0 +1,228 @@
+"""The MPR / 3D widgets (pytest-qt, offscreen Qt): rendered pixels, linked crosshair by mouse,
+oblique rotation, slab and 3D controls, the transfer-function editor, loading from files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+from PySide6.QtCore import QPoint, QPointF, Qt  # noqa: E402
+from PySide6.QtGui import QImage, QWheelEvent  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from hilum.dicom.generator import DEFAULT_SPHERES, DOE, generate_ct_series, make_study, write_dataset  # noqa: E402
+from hilum.dicom.volume import Volume, build_volume  # noqa: E402
+from hilum.ui.mpr import MPRWidget, TransferFunctionEditor  # noqa: E402
+
+pytestmark = pytest.mark.gui
+STUDY = make_study(DOE, accession="MPRUI")
+
+
+def _series():  # type: ignore[no-untyped-def]
+    return generate_ct_series(STUDY, rows=96, columns=96, slices=48, fov=200.0, slice_thickness=1.5, noise_sigma=0.0)
+
+
+@pytest.fixture(scope="module")
+def volume() -> Volume:
+    return build_volume(_series())
+
+
+@pytest.fixture
+def mpr(qtbot, volume: Volume, tmp_path: Path) -> MPRWidget:  # type: ignore[no-untyped-def]
+    w = MPRWidget(volume, data_dir=tmp_path)
+    qtbot.addWidget(w)
+    w.resize(1000, 700)
+    w.show()
+    qtbot.waitExposed(w)
+    QApplication.processEvents()
+    return w
+
+
+def grab(widget) -> np.ndarray:  # type: ignore[no-untyped-def]
+    img = widget.grab().toImage().convertToFormat(QImage.Format.Format_RGB888)
+    w, h, bpl = img.width(), img.height(), img.bytesPerLine()
+    arr = np.frombuffer(img.constBits(), dtype=np.uint8, count=bpl * h).reshape(h, bpl)
+    return arr[:, : w * 3].reshape(h, w, 3).copy()
+
+
+def widget_pos(canvas, point) -> QPoint:  # type: ignore[no-untyped-def]
+    """Widget position of a patient point in a slice canvas (device pixel ratio 1 offscreen)."""
+    x, y, _ = canvas.viewport.patient_to_display(point)
+    return QPoint(int(round(x)), int(round(canvas.height() - 1 - y)))
+
+
+def wheel(widget, steps: int, modifiers=Qt.KeyboardModifier.NoModifier) -> None:  # type: ignore[no-untyped-def]
+    centre = QPointF(widget.width() / 2, widget.height() / 2)
+    event = QWheelEvent(
+        centre, widget.mapToGlobal(centre), QPoint(0, 0), QPoint(0, 120 * steps),
+        Qt.MouseButton.NoButton, modifiers, Qt.ScrollPhase.NoScrollPhase, False,
+    )  # fmt: skip
+    QApplication.sendEvent(widget, event)
+
+
+def test_layout_renders_three_planes_and_3d(mpr: MPRWidget) -> None:
+    assert set(mpr.slice_canvases) == {"axial", "coronal", "sagittal"} and mpr.volume_canvas is not None
+    for view, canvas in mpr.slice_canvases.items():
+        img = grab(canvas)
+        assert img.shape[:2] == (canvas.height(), canvas.width())
+        assert img.mean() > 10, view
+        assert canvas.viewport.render_window.GetSize() == (canvas.width(), canvas.height())
+    img3d = grab(mpr.volume_canvas)
+    assert img3d.max() > 100  # the bone preset shows the spine
+    assert "96x96x48" in mpr.status.text()
+
+
+def test_click_moves_cursor_in_all_planes_and_reports_source_slice(qtbot, mpr: MPRWidget) -> None:  # type: ignore[no-untyped-def]
+    axial = mpr.slice_canvases["axial"]
+    coronal = mpr.slice_canvases["coronal"]
+    grab(coronal)
+    before = coronal.render_count
+    target = np.array(DEFAULT_SPHERES[0].centre) + (0.0, 0.0, mpr.scene.crosshair.centre[2])
+    pos = widget_pos(axial, target)
+    with qtbot.waitSignal(mpr.cursorMoved, timeout=2000) as signal:
+        QTest.mouseClick(axial, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pos)
+    point, sop, frame = signal.args
+    np.testing.assert_allclose(point[:2], target[:2], atol=1.5)  # within a screen pixel
+    assert sop and frame == 0
+    assert mpr.active_view == "axial" and axial.active
+    grab(coronal)
+    assert coronal.render_count > before  # the other planes followed
+    assert abs(mpr.scene["coronal"].plane.to_plane(point)[2]) < 1e-6
+
+
+def test_wheel_scrolls_and_ctrl_wheel_zooms(mpr: MPRWidget) -> None:
+    axial = mpr.slice_canvases["axial"]
+    z0 = mpr.scene.crosshair.centre[2]
+    wheel(axial, 2)
+    assert mpr.scene.crosshair.centre[2] == pytest.approx(z0 + 2 * 1.5)  # smallest voxel size: 1.5 mm slices
+    zoom = axial.viewport.zoom
+    wheel(axial, 1, Qt.KeyboardModifier.ControlModifier)
+    assert axial.viewport.zoom > zoom and mpr.slice_canvases["coronal"].viewport.zoom == 1.0
+
+
+def test_ctrl_drag_rotates_the_other_planes(mpr: MPRWidget) -> None:
+    axial = mpr.slice_canvases["axial"]
+    grab(axial)
+    c = widget_pos(axial, mpr.scene.crosshair.centre)
+    start, end = c + QPoint(80, 0), c + QPoint(80, 80)
+    QTest.mousePress(axial, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ControlModifier, start)
+    QTest.mouseMove(axial, end)
+    QTest.mouseRelease(axial, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ControlModifier, end)
+    assert mpr.scene.crosshair.oblique
+    u = mpr.scene["coronal"].plane.u
+    assert abs(np.degrees(np.arctan2(u[1], u[0]))) == pytest.approx(45.0, abs=1.5)
+    mpr.reset()
+    assert not mpr.scene.crosshair.oblique
+
+
+def test_right_drag_windows_one_plane(mpr: MPRWidget) -> None:
+    coronal = mpr.slice_canvases["coronal"]
+    before = mpr.scene["axial"].window
+    QTest.mousePress(coronal, Qt.MouseButton.RightButton, Qt.KeyboardModifier.NoModifier, QPoint(50, 50))
+    QTest.mouseMove(coronal, QPoint(150, 50))
+    QTest.mouseRelease(coronal, Qt.MouseButton.RightButton, Qt.KeyboardModifier.NoModifier, QPoint(150, 50))
+    assert mpr.scene["coronal"].window[1] > before[1]
+    assert mpr.scene["axial"].window == before
+
+
+def test_shift_drag_measures_in_mm(mpr: MPRWidget) -> None:
+    sag = mpr.slice_canvases["sagittal"]
+    grab(sag)
+    QTest.mousePress(sag, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ShiftModifier, QPoint(40, 60))
+    QTest.mouseMove(sag, QPoint(140, 60))
+    QTest.mouseRelease(sag, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ShiftModifier, QPoint(140, 60))
+    (m,) = mpr.scene.crosshair.measurements
+    assert m.length == pytest.approx(100.0 / sag.viewport.pixels_per_mm, rel=0.02)
+
+
+def test_slab_controls_apply_to_all_planes(mpr: MPRWidget) -> None:
+    mpr.set_slab(20.0, "mip")
+    assert all(s.thickness == 20.0 and s.mode == "mip" for s in mpr.scene.crosshair.slabs.values())
+    mpr.slab_mode.setCurrentIndex(3)
+    assert all(s.mode == "mean" for s in mpr.scene.crosshair.slabs.values())
+    mpr.slab_mode.setCurrentIndex(0)
+    assert all(s.thickness == 0.0 for s in mpr.scene.crosshair.slabs.values())
+    lung = mpr.window_preset.findText("Lung", Qt.MatchFlag.MatchStartsWith)
+    assert lung >= 0
+    mpr.window_preset.setCurrentIndex(lung)
+    mpr.window_preset.activated.emit(lung)
+    assert mpr.scene["sagittal"].window == (-600.0, 1500.0)
+
+
+def test_3d_controls(qtbot, mpr: MPRWidget, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    scene = mpr.volume_scene
+    assert scene is not None and mpr.volume_canvas is not None
+    mpr.vr_preset.setCurrentIndex(mpr.vr_preset.findData("ct-soft-tissue"))
+    assert scene.preset.id == "ct-soft-tissue"
+    mpr.iso_threshold.setValue(500.0)
+    mpr.iso_on.setChecked(True)
+    assert scene.isosurface_threshold == 500.0 and "triangles" in mpr.status.text()
+    mpr.cut_plane.setCurrentIndex(1)  # axial plane through the cursor
+    assert scene._cut is not None
+    np.testing.assert_allclose(scene._cut.GetNormal(), (0.0, 0.0, 1.0))
+    mpr.clip_sliders[5].setValue(500)
+    assert scene.clip_box is not None and scene.clip_box[5] == round(0.5 * 47)
+    # dragging in the 3D view rotates at the interactive level of detail, full quality after
+    canvas = mpr.volume_canvas
+    QTest.mousePress(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(100, 100))
+    assert scene._interacting
+    QTest.mouseMove(canvas, QPoint(160, 110))
+    QTest.mouseRelease(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(160, 110))
+    assert not scene._interacting
+    out = mpr.capture(tmp_path / "3d.png", view="3d")
+    assert out.stat().st_size > 100
+    assert mpr.capture(tmp_path / "ax.png").stat().st_size > 100
+
+
+def test_transfer_function_editor(qtbot, mpr: MPRWidget, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    editor = mpr.show_tf_editor()
+    assert isinstance(editor, TransferFunctionEditor)
+    editor.resize(300, 150)
+    scene = mpr.volume_scene
+    assert scene is not None
+    n = len(editor.points)
+    v, a = editor.points[2]
+    handle = editor.to_widget(v, a).toPoint()
+    with qtbot.waitSignal(editor.changed, timeout=1000):
+        QTest.mousePress(editor, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, handle)
+        QTest.mouseMove(editor, handle + QPoint(0, -30))
+        QTest.mouseRelease(editor, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, handle + QPoint(0, -30))
+    assert editor.points[2][1] > a
+    assert scene.preset.opacity == editor.preset.opacity  # applied to the 3D view
+    empty = editor.to_widget(editor.value_range[0] + 0.95 * (editor.value_range[1] - editor.value_range[0]), 0.05)
+    QTest.mouseDClick(editor, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, empty.toPoint())
+    assert len(editor.points) == n + 1
+    v, a = editor.points[0]
+    QTest.mouseClick(
+        editor, Qt.MouseButton.RightButton, Qt.KeyboardModifier.NoModifier, editor.to_widget(v, a).toPoint()
+    )
+    assert len(editor.points) == n
+    assert grab(editor).mean() > 20
+    from dataclasses import replace
+
+    path = mpr.save_user_preset(replace(editor.preset, id="user-test", name="Test"))
+    assert path == tmp_path / "vr_presets.toml" and "user-test" in path.read_text()
+    assert mpr.vr_preset.findData("user-test") >= 0
+
+
+def test_load_from_files_and_3d_only_layout(qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    paths = [write_dataset(ds, tmp_path / f"{i:03d}.dcm") for i, ds in enumerate(_series()[:20])]
+    w = MPRWidget(layout="3d")
+    qtbot.addWidget(w)
+    with qtbot.waitSignal(w.volumeLoaded, timeout=20000):
+        w.load(paths)
+    assert w.volume is not None and w.volume.size == (96, 96, 20)
+    w.resize(500, 400)
+    w.show()
+    qtbot.waitExposed(w)
+    assert w.volume_canvas is not None and w.volume_canvas.isVisible()
+    assert not any(c.isVisible() for c in w.slice_canvases.values())
+    bad = MPRWidget()
+    qtbot.addWidget(bad)
+    with qtbot.waitSignal(bad.loadFailed, timeout=5000):
+        bad.load([tmp_path / "missing.dcm"])
+    assert "Cannot build" in bad.status.text()
