@@ -241,6 +241,10 @@ class StudyViewer(QWidget):
         self.toolbar.addSeparator()
         self.toolbar.addAction(self.actions_by_name["export_view"])
         self.toolbar.addAction(self.actions_by_name["export_cine"])
+        self.toolbar.addSeparator()
+        from hilum.ui.mpr.viewer_hook import add_mpr_actions  # MPR / 3D of the active series (hilum.ui.mpr)
+
+        add_mpr_actions(self)
 
     def _fill_preset_menu(self) -> None:
         menu = self.preset_menu
