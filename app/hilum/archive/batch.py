@@ -327,7 +327,8 @@ def run_ingest_many(archive: Archive, sources: Iterable[Any], *, origin: str, wo
             break
     cpus = os.cpu_count() or 1
     in_memory = archive.database_url in ("sqlite://", "sqlite:///:memory:")
-    use_processes = os.environ.get("HILUM_INGEST_MODE", "auto") != "threads" and len(head) >= PROCESS_THRESHOLD and cpus > 1 and (workers is None or workers > 1) and not in_memory
+    use_processes = (len(head) >= PROCESS_THRESHOLD and cpus > 1 and (workers is None or workers > 1)
+                     and not in_memory)
     check_dups = archive.duplicate_policy == "ignore"
     thread_exists = _ExistsCheck(archive.engine) if check_dups else None
 

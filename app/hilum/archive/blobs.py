@@ -129,8 +129,8 @@ class FileBlobStore:
 
 
 def _storage_error(exc: OSError) -> StorageFull:
-    if exc.errno == errno.ENOSPC:
-        return StorageFull(f"disk full: {exc.filename or ''}".strip())
+    if exc.errno in (errno.ENOSPC, errno.EFBIG):  # EFBIG: past a file size limit (RLIMIT_FSIZE, quota)
+        return StorageFull(f"disk full: {exc.filename or os.strerror(exc.errno)}".strip())
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return StorageFull(f"cannot write to the archive ({os.strerror(exc.errno)}): {exc.filename or ''}".strip())
     if exc.errno == errno.EDQUOT:

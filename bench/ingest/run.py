@@ -1,0 +1,155 @@
+"""Ingest benchmark: import a generated CT set into an empty archive, beside the copy floor.
+
+The floor is the least a durable store must do: copy the same files one by
+one, each written and fsynced (read, write, fsync).  Ingest adds parsing,
+a SHA-256 checksum, an atomic rename and the index rows.  Printed: instances/s
+and MB/s for the floor and for ``Archive.ingest_many`` (the path ``hilum
+import`` takes) on SQLite and PostgreSQL, and the ratio ingest/floor.  Each
+figure is the median of ``--repeat`` runs; the page cache is flushed (``sync``)
+before each run so one run's dirty pages do not slow the next.
+
+    python bench/ingest/run.py [--n 2000] [--repeat 3] [--no-pg] [--modes auto,threads] [--serial]
+
+Not a test: nothing here asserts a time (DESIGN.md "Tests").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pgserver import PgServer  # noqa: E402
+
+
+def ct_set(cache: Path, n: int) -> list[Path]:
+    """The generated CT set (512×512, explicit VR LE), made once and cached."""
+    from hilum.dicom.generator import write_ct_set
+
+    marker = cache / f".complete-{n}"
+    if not marker.exists():
+        shutil.rmtree(cache, ignore_errors=True)
+        t = time.perf_counter()
+        write_ct_set(cache, n)
+        marker.write_text("ok")
+        print(f"generated {n} CT instances in {time.perf_counter() - t:.1f} s into {cache}", flush=True)
+    files = sorted(p for p in cache.rglob("*.dcm"))
+    assert len(files) == n, f"{cache} holds {len(files)} files, expected {n}"
+    return files
+
+
+def copy_floor(files: list[Path], work: Path) -> float:
+    """Seconds to copy ``files`` one by one, each fsynced, into a fresh folder."""
+    dest = work / "copy"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir()
+    os.sync()
+    t = time.perf_counter()
+    for i, f in enumerate(files):
+        data = f.read_bytes()
+        with open(dest / f"{i:06d}.dcm", "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    seconds = time.perf_counter() - t
+    shutil.rmtree(dest)
+    return seconds
+
+
+def ingest(files: list[Path], work: Path, database_url: str | None, mode: str) -> float:
+    """Seconds for ``Archive.ingest_many`` (or a serial ``ingest`` loop) into an empty archive."""
+    from hilum.archive import Archive, batch
+
+    data = work / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    archive = Archive(data, database_url=database_url)
+    threshold = batch.PROCESS_THRESHOLD
+    if mode == "threads":
+        batch.PROCESS_THRESHOLD = 1 << 60
+    os.sync()
+    try:
+        t = time.perf_counter()
+        if mode == "serial":
+            results = [archive.ingest(f) for f in files]
+        else:
+            results = archive.ingest_many(files)
+        seconds = time.perf_counter() - t
+    finally:
+        batch.PROCESS_THRESHOLD = threshold
+    counts = Counter(r.status for r in results)
+    assert counts == {"stored": len(files)}, counts
+    assert archive.stats()["instances"] == len(files)
+    archive.close()
+    shutil.rmtree(data)
+    return seconds
+
+
+def median_of(repeat: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
+    runs = [fn() for _ in range(repeat)]
+    return statistics.median(runs), runs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=2000, help="CT instances (default 2000)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is printed (default 3)")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "hilum-bench-ct",
+                    help="where the generated set is kept between runs")
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--modes", default="auto", help="ingest_many modes to time: auto,threads (default auto)")
+    ap.add_argument("--serial", action="store_true", help="also time a plain serial ingest() loop")
+    ap.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
+    ap.add_argument("--pg-port", type=int, default=55432)
+    args = ap.parse_args()
+
+    files = ct_set(args.cache / str(args.n), args.n)
+    mb = sum(f.stat().st_size for f in files) / 1e6
+    work = args.work or Path(tempfile.mkdtemp(prefix="hilum-bench-ingest-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"{len(files)} CT instances 512x512, {mb:.0f} MB; {os.cpu_count()} CPUs; median of {args.repeat}",
+          flush=True)
+    rows: list[tuple[str, float, list[float]]] = []
+
+    def run(label: str, fn: Callable[[], float]) -> None:
+        med, runs = median_of(args.repeat, fn)
+        rows.append((label, med, runs))
+        print(f"  {label:<32} {len(files) / med:7.0f} inst/s {mb / med:7.1f} MB/s  "
+              f"(runs: {', '.join(f'{r:.2f}' for r in runs)} s)", flush=True)
+
+    try:
+        run("copy + fsync per file (floor)", lambda: copy_floor(files, work))
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()] + (["serial"] if args.serial else [])
+        for mode in modes:
+            run(f"SQLite ingest_many [{mode}]" if mode != "serial" else "SQLite serial ingest()",
+                lambda mode=mode: ingest(files, work, None, mode))  # type: ignore[misc]
+        if not args.no_pg:
+            with PgServer(args.pg_port) as pg:
+                for mode in modes:
+                    run(f"PostgreSQL ingest_many [{mode}]" if mode != "serial" else "PostgreSQL serial ingest()",
+                        lambda mode=mode: ingest(files, work, pg.create_db(), mode))  # type: ignore[misc]
+        run("copy + fsync per file (again)", lambda: copy_floor(files, work))
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    floor = statistics.median([r[1] for r in rows if r[0].startswith("copy")])
+    print(f"\nfloor (median of both copy figures): {len(files) / floor:.0f} inst/s, {mb / floor:.1f} MB/s")
+    print(f"{'path':<34}{'inst/s':>8}{'MB/s':>8}{'ingest/copy':>13}")
+    for label, med, _ in rows:
+        if label.startswith("copy"):
+            continue
+        print(f"{label:<34}{len(files) / med:8.0f}{mb / med:8.1f}{floor / med:13.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
