@@ -226,3 +226,37 @@ def test_load_from_files_and_3d_only_layout(qtbot, tmp_path: Path) -> None:  # t
     with qtbot.waitSignal(bad.loadFailed, timeout=5000):
         bad.load([tmp_path / "missing.dcm"])
     assert "Cannot build" in bad.status.text()
+
+
+def test_viewer_mpr_action_links_cursor_and_stack(qtbot, archive, data_dir, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from hilum.ui.viewer.viewer_widget import StudyViewer
+
+    results = archive.ingest_many([write_dataset(ds, tmp_path / f"{i:03d}.dcm") for i, ds in enumerate(_series()[:24])])
+    assert all(r.ok for r in results)
+    viewer = StudyViewer(archive, STUDY.uid, data_dir=data_dir, executor="thread")
+    qtbot.addWidget(viewer)
+    viewer.resize(800, 600)
+    viewer.show()
+    qtbot.waitExposed(viewer)
+    with qtbot.waitSignal(viewer.loadFinished, timeout=20000):
+        viewer.open()
+    vp = viewer.active_viewport()
+    assert vp.volume is not None and vp.volume.complete
+    assert {"mpr", "volume_3d"} <= set(viewer.actions_by_name)
+    viewer.actions_by_name["mpr"].trigger()
+    (mpr,) = viewer._mpr_windows
+    qtbot.waitUntil(lambda: mpr.volume is not None, timeout=20000)
+    assert mpr.volume.size == (96, 96, 24)  # built from the viewer's decoded stack
+    reference = build_volume(_series()[:24])
+    np.testing.assert_allclose(mpr.volume.affine, reference.affine, atol=1e-6)
+    np.testing.assert_array_equal(mpr.volume.array, reference.array)
+    # the 3D cursor drives the 2D stack ...
+    target = mpr.volume.voxel_to_world((40, 50, 5))
+    mpr.set_cursor(target)
+    frame = vp.frame_info
+    assert frame is not None and abs(frame.geometry.distance(target)) < 0.76
+    # ... and scrolling the 2D stack moves the cursor to that slice
+    vp.set_index(15)
+    assert abs(vp.geometry.distance(mpr.scene.crosshair.centre)) < 1e-6
+    mpr.close()
+    viewer.close()
