@@ -99,7 +99,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 
 def test_search_matches_local_rows(orthanc: dict[str, Any], tmp_path: Path) -> None:
     hc = DicomWebClient(DicomWebSource("orthanc", orthanc["url"]))
-    remote = hc.search_studies({"PatientID": MUELLER.patient_id})
+    remote = hc.search_studies({"PatientName": "M*"})  # (Orthanc 1.10 matches non-ASCII wildcards poorly)
     assert len(remote) == 1
     # the same instances in a local archive give the same row values
     local = Archive(tmp_path / "local")

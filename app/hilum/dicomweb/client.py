@@ -172,7 +172,8 @@ class DicomWebClient:
             self._local.conn = None
 
     def url(self, path: str, params: Mapping[str, Any] | None = None) -> str:
-        q = ("?" + urllib.parse.urlencode(list(_flatten(params)))) if params else ""
+        # "*" and "," stay as they are: some servers (Orthanc 1.10) do not decode %2A in QIDO wildcards.
+        q = ("?" + urllib.parse.urlencode(list(_flatten(params)), safe="*,")) if params else ""
         return f"{self.prefix}{path}{q}"
 
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
