@@ -41,11 +41,17 @@ class Node:
     """A Hilum node: archive + network services, from one :class:`~hilum.config.Config`."""
 
     def __init__(self, config: Config, archive: Archive | None = None, *,
-                 services: list[Service] | None = None):
+                 services: list[Service] | None = None, only: list[str] | None = None):
+        """``services`` replaces the default ones; ``only`` keeps the default services with those names."""
         self.config = config
         self._owns_archive = archive is None
         self.archive = archive if archive is not None else Archive.from_config(config)
         self.services: list[Service] = services if services is not None else self._default_services()
+        if only is not None:
+            unknown = set(only) - {s.name for s in self.services}
+            if unknown:
+                raise ValueError(f"no such node service: {', '.join(sorted(unknown))}")
+            self.services = [s for s in self.services if s.name in only]
         self._started: list[Service] = []
         self._stop_requested = threading.Event()
         self._lock = threading.Lock()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_context, build_role
+from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from hilum.archive import Archive
@@ -92,11 +92,10 @@ class CommitmentReporter:
     """Sends N-EVENT-REPORTs, on the same association when possible."""
 
     def __init__(self, ae_title: str, resolve_peer: Callable[[str], Any],
-                 associate_kwargs: Callable[[Any], dict[str, Any]], *, wait_same: float = 5.0):
+                 associate_kwargs: Callable[[Any], dict[str, Any]]):
         self.ae_title = ae_title
         self._resolve_peer = resolve_peer
         self._associate_kwargs = associate_kwargs
-        self.wait_same = wait_same
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
@@ -115,6 +114,12 @@ class CommitmentReporter:
             t.join(timeout)
 
     def _report(self, assoc: Any, result: CommitmentResult) -> None:
+        try:
+            self._report_now(assoc, result)
+        except Exception:  # noqa: BLE001 - a background thread must log, not die silently
+            log.exception("storage commitment %s: report failed", result.transaction_uid)
+
+    def _report_now(self, assoc: Any, result: CommitmentResult) -> None:
         info = result.dataset(self.ae_title)
         calling = str(assoc.requestor.ae_title).strip()
         if assoc.is_established and self._send(assoc, info, result):
@@ -127,7 +132,7 @@ class CommitmentReporter:
                         result.transaction_uid, calling)
             return
         ae = AE(ae_title=self.ae_title)
-        ae.add_requested_context(build_context(StorageCommitmentPushModel))
+        ae.add_requested_context(StorageCommitmentPushModel)
         kwargs = self._associate_kwargs(peer)
         kwargs["ext_neg"] = [build_role(StorageCommitmentPushModel, scp_role=True)]
         try:

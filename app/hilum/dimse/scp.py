@@ -121,15 +121,21 @@ class DimseService:
 
     name = "dimse"
 
-    def __init__(self, config: Config, archive: Archive, *, drain_timeout: float = 30.0):
+    def __init__(self, config: Config, archive: Archive, *, drain_timeout: float = 30.0,
+                 extensions: list[Any] | None = None):
         self.config = config
         self.archive = archive
         self.drain_timeout = drain_timeout
         self.peers_by_aet: dict[str, Peer] = {p.aet: p for p in config.peers.values()}
+        self.extensions: list[Any] = extensions if extensions is not None else default_extensions(archive)
+        self._supported = cx.scp_supported()
+        for ext in self.extensions:
+            kind = getattr(ext, "kind", "store" if hasattr(ext, "on_n_create") else "find")
+            self._supported += [cx.Supported(uid, cx.NON_STORAGE_SYNTAXES, kind=kind)
+                                for uid in getattr(ext, "sop_classes", [])]
         self.ae = self._build_ae()
         self._servers: list[ThreadedAssociationServer] = []
         self._numbers = itertools.count(1)
-        self._supported = cx.scp_supported()
         self.reporter = CommitmentReporter(config.aet, self.peers_by_aet.get, self.associate_kwargs)
 
     # ------------------------------------------------------------ lifecycle
@@ -145,7 +151,7 @@ class DimseService:
         ae.acse_timeout = 30
         ae.dimse_timeout = 60
         ae.network_timeout = 120
-        for s in cx.scp_supported():
+        for s in self._supported:
             ae.add_supported_context(s.abstract_syntax, s.transfer_syntaxes, scu_role=s.scu_role,
                                      scp_role=s.scp_role)
         return ae
@@ -166,6 +172,8 @@ class DimseService:
             (evt.EVT_C_MOVE, self._on_move),
             (evt.EVT_C_GET, self._on_get),
             (evt.EVT_N_ACTION, self._on_n_action),
+            (evt.EVT_N_CREATE, self._on_n_create),
+            (evt.EVT_N_SET, self._on_n_set),
         ]
 
     @property
@@ -232,8 +240,16 @@ class DimseService:
             kwargs["tls_args"] = (ctx, peer.host)
         return kwargs
 
+    @staticmethod
+    def _calling(assoc: Any) -> str:
+        """The calling AE title (from the A-ASSOCIATE-RQ, also before negotiation completes)."""
+        prim = assoc.requestor.primitive
+        if prim is not None and prim.calling_ae_title:
+            return str(prim.calling_ae_title).strip()
+        return str(assoc.requestor.ae_title or "").strip()
+
     def _peer_of(self, assoc: Any) -> Peer | None:
-        return self.peers_by_aet.get(str(assoc.requestor.ae_title).strip())
+        return self.peers_by_aet.get(self._calling(assoc))
 
     @staticmethod
     def _log_of(assoc: Any) -> AssociationLog | None:
@@ -260,6 +276,7 @@ class DimseService:
             if prim is not None:
                 rec.calling = str(prim.calling_ae_title or "").strip()
                 rec.called = str(prim.called_ae_title or "").strip()
+        self._prefer_requestor_order(event.assoc)
         peer = self._peer_of(event.assoc)
         if peer is None:
             if self.config.require_known_peers and not self.peers_by_aet:
@@ -275,12 +292,35 @@ class DimseService:
         if not peer.may_retrieve:
             denied |= {"move", "get"}
         if not peer.may_store and not peer.may_retrieve:
-            denied |= {"storage", "commitment"}
+            denied |= {"storage", "commitment", "store"}
         if not denied:
             return
         drop = {s.abstract_syntax for s in self._supported if s.kind in denied}
         acceptor = event.assoc.acceptor
         acceptor.supported_contexts = [c for c in acceptor.supported_contexts if c.abstract_syntax not in drop]
+
+    @staticmethod
+    def _prefer_requestor_order(assoc: Any) -> None:
+        """Choose transfer syntaxes in the requestor's order of preference.
+
+        pynetdicom picks the first of the *acceptor's* syntaxes the requestor
+        proposed; PS3.8 9.3.2.2 leaves the choice to the acceptor, and taking
+        the requestor's first choice stores instances as the sender holds them
+        (compressed stays compressed, nothing is transcoded on the way in).
+        """
+        prim = assoc.requestor.primitive
+        proposed = getattr(prim, "presentation_context_definition_list", None) or []
+        order: dict[str, list[str]] = {}
+        for c in proposed:
+            seq = order.setdefault(str(c.abstract_syntax), [])
+            seq += [t for t in c.transfer_syntax if t not in seq]
+        if not order:
+            return
+        for sc in assoc.acceptor.supported_contexts:
+            pref = order.get(str(sc.abstract_syntax))
+            if pref:
+                own = list(sc.transfer_syntax)
+                sc._transfer_syntax = [t for t in pref if t in own] + [t for t in own if t not in pref]
 
     def _on_accepted(self, event: evt.Event) -> None:
         rec = self._log_of(event.assoc)
@@ -342,7 +382,7 @@ class DimseService:
         except Exception as exc:  # noqa: BLE001 - malformed request
             self._count(event.assoc, "C-STORE failed")
             return status_dataset(CANNOT_UNDERSTAND, f"cannot read the data set: {exc}")
-        calling = str(event.assoc.requestor.ae_title).strip()
+        calling = self._calling(event.assoc)
         result = self.archive.ingest(data, origin="dimse", source_aet=calling,
                                      expected_sop_class=str(request.AffectedSOPClassUID or "") or None)
         if result.ok:
@@ -355,9 +395,19 @@ class DimseService:
 
     # ------------------------------------------------------------ Query (PS3.4 C.4.1)
 
+    def _extension(self, sop_class: str, method: str) -> Any:
+        for ext in self.extensions:
+            if hasattr(ext, method) and ext.handles(sop_class):
+                return getattr(ext, method)
+        return None
+
     def _on_find(self, event: evt.Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         model = str(event.request.AffectedSOPClassUID)
         self._count(event.assoc, "C-FIND")
+        other = self._extension(model, "on_find")
+        if other is not None:  # e.g. Modality Worklist (PS3.4 K)
+            yield from other(event)
+            return
         try:
             identifier = event.identifier
             level, keys = query_of(identifier, model)
@@ -372,6 +422,7 @@ class DimseService:
             return
         sent = 0
         for row in rows:
+            _drain(event.assoc)
             if event.is_cancelled:
                 self._count(event.assoc, "C-FIND cancelled")
                 yield CANCEL, None
@@ -468,8 +519,25 @@ class DimseService:
 
     # ------------------------------------------------------------ Storage Commitment (PS3.4 J)
 
+    def _on_n_create(self, event: evt.Event) -> tuple[int | Dataset, Dataset | None]:
+        handler = self._extension(str(event.request.AffectedSOPClassUID), "on_n_create")
+        self._count(event.assoc, "N-CREATE")
+        if handler is None:
+            return status_dataset(0x0122, "SOP class not supported"), None
+        return handler(event)  # type: ignore[no-any-return]
+
+    def _on_n_set(self, event: evt.Event) -> tuple[int | Dataset, Dataset | None]:
+        handler = self._extension(str(event.request.RequestedSOPClassUID), "on_n_set")
+        self._count(event.assoc, "N-SET")
+        if handler is None:
+            return status_dataset(0x0122, "SOP class not supported"), None
+        return handler(event)  # type: ignore[no-any-return]
+
     def _on_n_action(self, event: evt.Event) -> tuple[int | Dataset, Dataset | None]:
         req = event.request
+        other = self._extension(str(req.RequestedSOPClassUID), "on_n_action")
+        if other is not None:
+            return other(event)  # type: ignore[no-any-return]
         if str(req.RequestedSOPClassUID) != StorageCommitmentPushModel:
             return status_dataset(0x0122, "SOP class not supported"), None
         if str(req.RequestedSOPInstanceUID) != COMMITMENT_INSTANCE:
@@ -487,6 +555,40 @@ class DimseService:
         self._count(event.assoc, "N-ACTION commitment")
         self.reporter.report_later(event.assoc, result)
         return SUCCESS, None
+
+
+def default_extensions(archive: Archive) -> list[Any]:
+    """Other SCP services that share the node's AE: Modality Worklist and MPPS when present.
+
+    An extension has ``sop_classes`` (abstract syntaxes to accept),
+    ``handles(sop_class_uid)``, an optional ``kind`` (``find`` or ``store``:
+    which peer right it needs) and any of ``on_find``, ``on_n_create``,
+    ``on_n_set``, ``on_n_action`` (pynetdicom handler signatures).
+    """
+    out: list[Any] = []
+    for module, cls in (("hilum.dimse.mwl", "WorklistSCP"), ("hilum.dimse.mpps", "MppsSCP")):
+        try:
+            mod = __import__(module, fromlist=[cls])
+            out.append(getattr(mod, cls)(archive))
+        except Exception as exc:  # noqa: BLE001 - an optional service must not stop the node
+            log.debug("%s.%s not available: %s", module, cls, exc)
+    return out
+
+
+def _drain(assoc: Any, backlog: int = 2, timeout: float = 30.0) -> None:
+    """Wait while more than ``backlog`` PDUs wait to be sent on ``assoc``.
+
+    pynetdicom queues responses without waiting for the socket; pacing a
+    long C-FIND to the network keeps memory flat and gives a C-CANCEL
+    (PS3.7 9.3.2.3) the chance to stop it early.
+    """
+    dul = getattr(assoc, "dul", None)
+    pending = getattr(dul, "to_provider_queue", None)
+    if pending is None:
+        return
+    deadline = time.monotonic() + timeout
+    while pending.qsize() > backlog and assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.0005)
 
 
 def _has_meta(ds: Dataset) -> bool:

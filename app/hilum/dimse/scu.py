@@ -196,6 +196,11 @@ def associate(target: Target, contexts: Sequence[Any], *, ext_neg: list[Any] | N
                 raise AssociationRejected(
                     f"association rejected by {target}: {reason or 'no reason given'} ({result}, {source})",
                     result, source, reason)
+            refused = getattr(assoc, "rejected_contexts", None) or []
+            if refused and not assoc.accepted_contexts:
+                names = sorted({UID(str(c.abstract_syntax)).name for c in refused})
+                shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                raise DimseError(f"{target} accepted none of the proposed presentation contexts ({shown})")
             raise DimseError(f"association with {target} failed (aborted or timed out during negotiation)")
         yield assoc
     finally:
