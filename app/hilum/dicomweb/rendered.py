@@ -23,9 +23,12 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import pydicom
 from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
-from hilum.dicom.pixels import Window, render_frame
+from hilum.dicom.pixels import PixelDataError, Window, render_frame
 
 RENDER_TYPES = ("image/jpeg", "image/png", "image/gif")
 _FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "linear_exact": "LINEAR_EXACT",
@@ -146,7 +149,18 @@ def encode_image(pil: Image.Image, media_type: str, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def render(path: str | os.PathLike[str], frame: int, params: RenderParams, media_type: str) -> bytes:
-    """Render 0-based ``frame`` of the file at ``path`` to ``media_type`` bytes."""
-    arr = render_frame(path, frame, window=params.window)
+def render(path: str | os.PathLike[str], frame: int, params: RenderParams, media_type: str, *,
+           single_frame: bool = False) -> bytes:
+    """Render 0-based ``frame`` of the file at ``path`` to ``media_type`` bytes.
+
+    ``single_frame`` (known from the index) lets a one-frame file be parsed
+    once; a multi-frame file is read by path so only the asked frame is decoded.
+    """
+    source: Dataset | str | os.PathLike[str] = path
+    if single_frame and frame == 0:
+        try:
+            source = pydicom.dcmread(path)
+        except (OSError, InvalidDicomError) as exc:
+            raise PixelDataError(f"cannot read {os.fspath(path)}: {exc}") from exc
+    arr = render_frame(source, frame, window=params.window)
     return encode_image(apply_viewport(arr, params.viewport), media_type, params.quality)

@@ -351,7 +351,8 @@ def retrieve_rendered(ctx: Context, request: Request, study: str, series: str | 
     for r in chosen:
         for n in (numbers if sop is not None else [1]):
             try:
-                images.append(render(r["path"], n - 1, params, media_type))
+                images.append(render(r["path"], n - 1, params, media_type,
+                                     single_frame=(r.get("NumberOfFrames") or 1) <= 1))
             except FrameIndexError as exc:
                 raise HTTPError(404, str(exc)) from exc
             except PixelDataError as exc:
