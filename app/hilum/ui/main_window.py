@@ -239,6 +239,9 @@ class MainWindow(QMainWindow):
         self._stats_timer.setInterval(STATS_THROTTLE_MS)
         self._stats_timer.timeout.connect(self.refresh_status)
 
+        from hilum.ui.remote_source import install_remote_sources  # DICOMweb servers as study sources
+
+        install_remote_sources(self)
         self.browser.search()
         self.refresh_status()
 
