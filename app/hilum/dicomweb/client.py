@@ -133,6 +133,8 @@ class DicomWebClient:
         self.port = parsed.port or (443 if parsed.scheme == "https" else 80)
         self.prefix = parsed.path.rstrip("/")
         self._local = _Connections()
+        self._all: list[http.client.HTTPConnection] = []  # every thread's, for close_all()
+        self._all_lock = threading.Lock()
         self._ssl: ssl.SSLContext | None = None
         if self.scheme == "https":
             ctx = ssl.create_default_context(cafile=source.ca_file or None)
@@ -163,13 +165,27 @@ class DicomWebClient:
             if conn.sock is not None:
                 conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
         return conn
 
     def close(self) -> None:
         """Close this thread's connection."""
-        if self._local.conn is not None:
-            self._local.conn.close()
+        conn = self._local.conn
+        if conn is not None:
+            conn.close()
             self._local.conn = None
+            with self._all_lock:
+                if conn in self._all:
+                    self._all.remove(conn)
+
+    def close_all(self) -> None:
+        """Close the connections of every thread (when the client is no longer used)."""
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+        self._local.conn = None
 
     def url(self, path: str, params: Mapping[str, Any] | None = None) -> str:
         # "*" and "," stay as they are: some servers (Orthanc 1.10) do not decode %2A in QIDO wildcards.
@@ -521,6 +537,87 @@ class RemoteStudy:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RemoteArchiveView:
+    """A remote source seen through the archive's query interface (``query``/``count``).
+
+    The study browser runs its searches against either the local archive or
+    this, unchanged: QIDO-RS does the matching; ``order_by`` sorts the
+    fetched rows here (QIDO has no sort parameter).
+    """
+
+    def __init__(self, client: DicomWebClient, max_rows: int = 2000):
+        self.client = client
+        self.name = client.source.name
+        self.max_rows = max_rows
+
+    def query(self, level: str, identifier: Mapping[str, Any] | None = None, *, limit: int | None = None,
+              offset: int = 0, order_by: list[str] | None = None) -> list[dict[str, Any]]:
+        rows = self.client.query(level, identifier, limit=min(limit or self.max_rows, self.max_rows), offset=offset)
+        for key in reversed(order_by or []):
+            desc = key.startswith("-")
+            k = key.lstrip("-")
+            rows.sort(key=lambda r: (r.get(k) is None, r.get(k) if r.get(k) is not None else ""), reverse=desc)
+        return rows
+
+    def count(self, level: str, identifier: Mapping[str, Any] | None = None) -> int:
+        return len(self.client.query(level, identifier, limit=self.max_rows))
+
+
+class StudyCache:
+    """Remote studies fetched for viewing, held in a temporary archive of their own.
+
+    :meth:`fetch` streams a study (or series) with WADO-RS into the cache
+    through ``ingest`` — the viewer opens the cache like any archive;
+    :meth:`keep` puts a cached study into the real archive through the one
+    ingest call (``origin="dicomweb"``) when the user asks.  :meth:`close`
+    deletes the cache.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None):
+        self._tmp = root is None
+        self.root = Path(tempfile.mkdtemp(prefix="hilum-remote-cache-")) if root is None else Path(root)
+        self.archive = Archive(self.root)
+
+    def has(self, study: str, series: str | None = None) -> bool:
+        ident = {"StudyInstanceUID": study}
+        if series:
+            ident["SeriesInstanceUID"] = series
+        return bool(self.archive.query("SERIES" if series else "STUDY", ident, limit=1))
+
+    def fetch(self, client: DicomWebClient, study: str, series: str | None = None, *,
+              progress: Callable[[int, IngestResult], None] | None = None,
+              cancel: threading.Event | None = None) -> Archive:
+        """Stream ``study`` (or one series) into the cache; returns the cache archive."""
+        n = 0
+        for data in client.iter_instances(study, series):
+            res = self.archive.ingest(data, origin="dicomweb")
+            n += 1
+            if progress is not None:
+                progress(n, res)
+            if cancel is not None and cancel.is_set():
+                client.close()
+                break
+        if n == 0:
+            raise DicomWebError(404, f"the server sent no instances of study {study}")
+        return self.archive
+
+    def keep(self, archive: Archive, study: str, *,
+             progress: Callable[[int, IngestResult], None] | None = None) -> list[IngestResult]:
+        """Ingest the cached instances of ``study`` into ``archive``."""
+        results = []
+        for i, row in enumerate(self.archive.instances(study_uid=study), 1):
+            res = archive.ingest(row["path"], origin="dicomweb")
+            results.append(res)
+            if progress is not None:
+                progress(i, res)
+        return results
+
+    def close(self) -> None:
+        self.archive.close()
+        if self._tmp:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _q(uid: str | None) -> str:

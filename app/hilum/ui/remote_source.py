@@ -1,0 +1,415 @@
+"""Remote DICOMweb servers as study sources in the study browser.
+
+A row of widgets above the browser (:class:`SourceSelector`) picks where the
+browser searches: the local archive or a DICOMweb server (PS3.18) added
+with :class:`SourceDialog` (URL, user and password or a token, TLS
+verification).  With a remote source selected:
+
+* the browser's searches go to the server as QIDO-RS through
+  :class:`hilum.dicomweb.client.RemoteArchiveView` — same query call, same rows;
+* opening a study (double-click, Enter) streams it with WADO-RS into a
+  temporary cache archive (:class:`hilum.dicomweb.client.StudyCache`) off
+  the GUI thread, with progress in the status bar, and opens it in a viewer
+  tab like a local study;
+* "Keep locally" stores the selected study in the local archive through the
+  one ingest call (from the cache when it was opened, else fetched).
+
+The logic lives in :mod:`hilum.dicomweb.client`; this module only binds it.
+Sources are saved in ``hilum.toml`` (``[dicomweb_sources.NAME]``) without
+passwords, which are asked once per session.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from PySide6.QtCore import QEvent, QObject, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from hilum.dicomweb.client import (
+    DicomWebClient,
+    DicomWebSource,
+    RemoteArchiveView,
+    StudyCache,
+    load_sources,
+    save_sources,
+)
+from hilum.ui.tasks import Job, TaskRunner
+
+log = logging.getLogger(__name__)
+
+LOCAL = "Local archive"
+ADD = "__add__"
+
+
+def check_connection(source: DicomWebSource) -> str:
+    """One QIDO-RS request to see that the server answers and the credentials work (blocking)."""
+    client = DicomWebClient(source)
+    try:
+        rows = client.search_studies(limit=1)
+    finally:
+        client.close()
+    return "Connected." + (" The server holds studies." if rows else " No studies on the server yet.")
+
+
+class SourceDialog(QDialog):
+    """Add (or edit) a DICOMweb source: name, base URL, credentials, TLS verification."""
+
+    def __init__(self, runner: TaskRunner, parent: QWidget | None = None, *, source: DicomWebSource | None = None,
+                 taken: set[str] | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("DICOMweb source")
+        self.setObjectName("dicomwebSourceDialog")
+        self.runner = runner
+        self.taken = taken or set()
+        s = source or DicomWebSource(name="", url="")
+        self.name_edit = QLineEdit(s.name, self)
+        self.name_edit.setPlaceholderText("e.g. Clinic PACS")
+        self.url_edit = QLineEdit(s.url, self)
+        self.url_edit.setPlaceholderText("https://pacs.example.org/dicom-web")
+        self.user_edit = QLineEdit(s.username, self)
+        self.password_edit = QLineEdit(s.password, self)
+        self.password_edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token_edit = QLineEdit(s.token, self)
+        self.token_edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token_edit.setPlaceholderText("instead of user and password")
+        self.verify_check = QCheckBox("Verify the server's TLS certificate", self)
+        self.verify_check.setChecked(s.verify_tls)
+        self.status = QLabel("", self)
+        self.status.setWordWrap(True)
+        self.test_button = QPushButton("Test connection", self)
+        self.test_button.clicked.connect(self.test)
+
+        form = QFormLayout()
+        form.addRow("Name", self.name_edit)
+        form.addRow("URL", self.url_edit)
+        form.addRow("User", self.user_edit)
+        form.addRow("Password", self.password_edit)
+        form.addRow("Token", self.token_edit)
+        form.addRow("", self.verify_check)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel, self)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        row = QHBoxLayout()
+        row.addWidget(self.test_button)
+        row.addWidget(self.status, 1)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(row)
+        layout.addWidget(buttons)
+
+    def source(self) -> DicomWebSource:
+        return DicomWebSource(name=self.name_edit.text().strip(), url=self.url_edit.text().strip(),
+                              username=self.user_edit.text().strip(), password=self.password_edit.text(),
+                              token=self.token_edit.text().strip(), verify_tls=self.verify_check.isChecked())
+
+    def problem(self) -> str | None:
+        """Why the entered source cannot be used, or None."""
+        s = self.source()
+        if not s.name:
+            return "Give the source a name."
+        if s.name in self.taken or s.name == LOCAL:
+            return f"There is already a source called {s.name!r}."
+        try:
+            DicomWebClient(s)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    def test(self) -> None:
+        problem = self.problem()
+        if problem and "already" not in problem:
+            self.status.setText(problem)
+            return
+        self.status.setText("Connecting…")
+        self.test_button.setEnabled(False)
+        self.runner.submit(check_connection, self.source(), on_done=self._tested, on_error=self._test_failed)
+
+    def _tested(self, text: str) -> None:
+        self.test_button.setEnabled(True)
+        self.status.setText(text)
+
+    def _test_failed(self, exc: BaseException) -> None:
+        self.test_button.setEnabled(True)
+        self.status.setText(f"Failed: {exc}")
+
+    def accept(self) -> None:
+        problem = self.problem()
+        if problem:
+            self.status.setText(problem)
+            return
+        super().accept()
+
+
+class SourceSelector(QWidget):
+    """``Source: [Local archive ▾]  [Keep locally]  [Remove]`` above the study browser."""
+
+    sourceChosen = Signal(object)  # source name, or None for the local archive
+    addRequested = Signal()
+    keepRequested = Signal()
+    removeRequested = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("studySourceSelector")
+        self.combo = QComboBox(self)
+        self.combo.setObjectName("studySourceCombo")
+        self.combo.setToolTip("Where the study browser searches: this workstation's archive or a DICOMweb server")
+        self.keep_button = QPushButton("Keep locally", self)
+        self.keep_button.setToolTip("Store the selected remote study in the local archive")
+        self.remove_button = QPushButton("Remove source", self)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 6)
+        layout.addWidget(QLabel("Source:", self))
+        layout.addWidget(self.combo)
+        layout.addWidget(self.keep_button)
+        layout.addWidget(self.remove_button)
+        layout.addStretch(1)
+        self._names: list[str] = []
+        self._updating = False
+        self.combo.currentIndexChanged.connect(self._on_index)
+        self.keep_button.clicked.connect(self.keepRequested)
+        self.remove_button.clicked.connect(lambda: self.current() and self.removeRequested.emit(self.current()))
+        self.set_sources([], None)
+
+    def set_sources(self, names: list[str], current: str | None) -> None:
+        self._updating = True
+        try:
+            self._names = list(names)
+            self.combo.clear()
+            self.combo.addItem(LOCAL, None)
+            for n in names:
+                self.combo.addItem(n, n)
+            self.combo.addItem("Add DICOMweb source…", ADD)
+            self.combo.setCurrentIndex(self._names.index(current) + 1 if current in self._names else 0)
+        finally:
+            self._updating = False
+        self._update_buttons()
+
+    def current(self) -> str | None:
+        data = self.combo.currentData()
+        return data if data not in (None, ADD) else None
+
+    def _update_buttons(self) -> None:
+        remote = self.current() is not None
+        self.keep_button.setEnabled(remote)
+        self.remove_button.setEnabled(remote)
+
+    def _on_index(self, _index: int) -> None:
+        if self._updating:
+            return
+        data = self.combo.currentData()
+        if data == ADD:
+            self._updating = True
+            self.combo.setCurrentIndex(0)
+            self._updating = False
+            self._update_buttons()
+            self.sourceChosen.emit(None)
+            self.addRequested.emit()
+            return
+        self._update_buttons()
+        self.sourceChosen.emit(data)
+
+
+class RemoteSourceController(QObject):
+    """Binds remote sources to a workstation :class:`~hilum.ui.main_window.MainWindow`."""
+
+    fetched = Signal(str)  # study UID now in the cache
+    kept = Signal(str, int)  # study UID, instances stored locally
+
+    def __init__(self, window: Any):
+        super().__init__(window)
+        self.window = window
+        self.sources: list[DicomWebSource] = load_sources(window.config)
+        self.active: DicomWebSource | None = None
+        self.client: DicomWebClient | None = None
+        self.cache = StudyCache()
+        self.runner = TaskRunner(max_workers=2, name="hilum-remote", parent=self)
+        self.selector = SourceSelector(window.browser_page)
+        layout = window.browser_page.layout()
+        layout.insertWidget(layout.indexOf(window.browser), self.selector)
+        self.selector.set_sources([s.name for s in self.sources], None)
+        self.selector.sourceChosen.connect(self.select)
+        self.selector.addRequested.connect(self.add_dialog)
+        self.selector.keepRequested.connect(self.keep_selected)
+        self.selector.removeRequested.connect(self.remove_source)
+        # Opening from the browser goes through here, so remote studies are fetched first.
+        browser = window.browser
+        browser.openRequested.disconnect(window.open_study)
+        browser.seriesOpenRequested.disconnect(window.open_series)
+        browser.openRequested.connect(self.open_study)
+        browser.seriesOpenRequested.connect(self.open_series)
+        window.installEventFilter(self)
+
+    # ------------------------------------------------------------ sources
+
+    def source(self, name: str) -> DicomWebSource:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def add_source(self, source: DicomWebSource, *, select: bool = True) -> None:
+        self.sources = [s for s in self.sources if s.name != source.name] + [source]
+        self._save()
+        self.selector.set_sources([s.name for s in self.sources], source.name if select else None)
+        if select:
+            self.select(source.name)
+
+    def remove_source(self, name: str) -> None:
+        self.sources = [s for s in self.sources if s.name != name]
+        self._save()
+        self.selector.set_sources([s.name for s in self.sources], None)
+        self.select(None)
+
+    def _save(self) -> None:
+        try:
+            save_sources(self.window.config, self.sources)
+        except OSError as exc:
+            self._message(f"Could not save the sources to hilum.toml: {exc}")
+
+    def add_dialog(self) -> SourceDialog:
+        dialog = SourceDialog(self.runner, self.window, taken={s.name for s in self.sources})
+        dialog.accepted.connect(lambda: self.add_source(dialog.source()))
+        dialog.open()
+        return dialog
+
+    def select(self, name: str | None) -> None:
+        """Search ``name``'s server from now on (None: the local archive)."""
+        browser = self.window.browser
+        if self.client is not None:
+            self.client.close_all()
+        if name is None:
+            self.active, self.client = None, None
+            browser.logic.archive = self.window.archive
+            self.selector.set_sources([s.name for s in self.sources], None)
+        else:
+            source = self.source(name)
+            if source.username and not source.password and not source.token:
+                password, ok = QInputDialog.getText(self.window, "DICOMweb", f"Password of {source.username} "
+                                                    f"on {source.name}:", QLineEdit.EchoMode.Password)
+                if not ok:
+                    self.select(None)
+                    return
+                source.password = password
+            self.active, self.client = source, DicomWebClient(source)
+            browser.logic.archive = RemoteArchiveView(self.client)
+            self.selector.set_sources([s.name for s in self.sources], name)
+            self._message(f"Searching {source.name} ({source.url})")
+        browser.search()
+
+    # ------------------------------------------------------------ opening and keeping
+
+    def open_study(self, study_uid: str) -> None:
+        if self.active is None:
+            self.window.open_study(study_uid)
+        else:
+            self._fetch_and_open(study_uid, None)
+
+    def open_series(self, study_uid: str, series_uid: str) -> None:
+        if self.active is None:
+            self.window.open_series(study_uid, series_uid)
+        else:
+            self._fetch_and_open(study_uid, series_uid)
+
+    def _fetch_and_open(self, study_uid: str, series_uid: str | None) -> None:
+        if self.cache.has(study_uid, series_uid):
+            self._open_cached(study_uid, series_uid)
+            return
+        assert self.client is not None and self.active is not None
+        job = Job(self)
+        name = self.active.name
+        job.progressed.connect(lambda done, _t, _l: self._message(f"Fetching from {name}: {done} image(s)…"))
+        self._message(f"Fetching study from {name}…")
+
+        def progress(n: int, _res: Any) -> None:
+            job.report(n, 0, "")
+
+        self.runner.submit(self.cache.fetch, self.client, study_uid, series_uid, progress=progress,
+                           cancel=job.cancel_event,
+                           on_done=lambda _a: self._open_cached(study_uid, series_uid),
+                           on_error=lambda exc: self._message(f"Could not fetch the study from {name}: {exc}"))
+
+    def _open_cached(self, study_uid: str, series_uid: str | None) -> None:
+        self.fetched.emit(study_uid)
+        try:
+            from hilum.ui.viewer.viewer_widget import StudyViewer
+        except ImportError:
+            self._message("The study was fetched, but this build has no viewer.")
+            return
+        controller = getattr(self.window, "viewer_controller", None)
+        kwargs: dict[str, Any] = {"data_dir": getattr(self.window.config, "data_dir", None)}
+        if controller is not None:
+            kwargs.update(executor=controller.executor, cache=controller.cache)
+        viewer = StudyViewer(self.cache.archive, study_uid, **kwargs)
+        row = self.cache.archive.query("STUDY", {"StudyInstanceUID": study_uid}, limit=1)
+        name = str(row[0].get("PatientName", "") or "").split("^")[0] if row else "Study"
+        self.window.add_workspace_tab(viewer, f"{name} ({self.active.name if self.active else 'remote'})",
+                                      tooltip=f"Opened from a DICOMweb source; {study_uid}")
+        viewer.open()
+        if series_uid and series_uid in {e.series_uid for e in viewer.session.series}:
+            viewer.show_series(series_uid, viewer.model.active)
+        self._message("Study opened from the remote source (not kept locally: use Keep locally).")
+
+    def keep_selected(self) -> None:
+        """Store the study selected in the browser in the local archive (through ingest)."""
+        study_uid = self.window.browser.selected_study_uid()
+        if not study_uid or self.client is None:
+            self._message("Select a remote study first.")
+            return
+        archive = self.window.archive
+        if self.cache.has(study_uid):
+            task: Any = (self.cache.keep, archive, study_uid)
+        else:
+            task = (self.client.retrieve, archive, study_uid)
+        self._message("Keeping the study locally…")
+        self.runner.submit(*task, on_done=lambda results: self._kept(study_uid, results),
+                           on_error=lambda exc: self._message(f"Could not keep the study: {exc}"))
+
+    def _kept(self, study_uid: str, results: list[Any]) -> None:
+        stored = sum(1 for r in results if r.ok)
+        failed = len(results) - stored
+        self._message(f"Kept {stored} image(s) locally" + (f", {failed} refused" if failed else "") + ".")
+        self.kept.emit(study_uid, stored)
+
+    # ------------------------------------------------------------ housekeeping
+
+    def _message(self, text: str) -> None:
+        log.info("%s", text)
+        self.window.statusBar().showMessage(text, 8000)
+
+    def shutdown(self) -> None:
+        self.runner.shutdown(wait=False)
+        if self.client is not None:
+            self.client.close_all()
+        self.cache.close()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.window and event.type() == QEvent.Type.Close:
+            self.shutdown()
+        return False
+
+
+def install_remote_sources(window: Any) -> RemoteSourceController | None:
+    """Add the source selector to *window*'s study browser; never fatal (the browser stays usable)."""
+    try:
+        controller = RemoteSourceController(window)
+    except Exception:  # noqa: BLE001 - a broken remote source must not take the workstation down
+        log.exception("remote DICOMweb sources could not be installed")
+        return None
+    window.remote_sources = controller
+    return controller
