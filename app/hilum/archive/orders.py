@@ -432,17 +432,23 @@ def build_worklist_conditions(identifier: Mapping[str, Any], *, active_only: boo
         matchers[keyword] = parse_key(keyword, value)
     date_m = matchers.get("ScheduledProcedureStepStartDate")
     time_m = matchers.get("ScheduledProcedureStepStartTime")
-    if isinstance(time_m, Range) and isinstance(date_m, (Single, Range)):
-        # Combined date + time range (PS3.4 C.2.2.2.5.2), on start_dt.
+    if isinstance(date_m, (Single, Range)):
+        # Dates match on start_dt (date + time), which the (station, start) and
+        # (modality, start) indexes cover; with a time range too, the two
+        # combine into one span (PS3.4 C.2.2.2.5.2).
         low_d, high_d = (date_m.value, date_m.value) if isinstance(date_m, Single) else (date_m.low, date_m.high)
+        combined = isinstance(time_m, Range)
+        low_t = (time_m.low if isinstance(time_m, Range) else None) or "000000.000000"
+        high_t = (time_m.high if isinstance(time_m, Range) else None) or "235959.999999"
         span = [_S.start_dt != ""]
         if low_d is not None:
-            span.append(_S.start_dt >= low_d + (time_m.low or "000000.000000"))
+            span.append(_S.start_dt >= low_d + low_t)
         if high_d is not None:
-            span.append(_S.start_dt <= high_d + (time_m.high or "235959.999999"))
+            span.append(_S.start_dt <= high_d + high_t)
         conds.append(and_(*span))
         matchers.pop("ScheduledProcedureStepStartDate")
-        matchers.pop("ScheduledProcedureStepStartTime")
+        if combined:
+            matchers.pop("ScheduledProcedureStepStartTime")
     for keyword, m in matchers.items():
         cond = _compile(m, _WL_COLUMNS[keyword][0])
         if cond is not None:
