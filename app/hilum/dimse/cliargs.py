@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hilum.dimse.scu import DimseError, Target
+from hilum.errors import HilumError
+
+if TYPE_CHECKING:  # the verbs' parsers are built for every ``hilum`` command: keep this import light
+    from hilum.dimse.scu import Target
 
 DEFAULT_CALLED = "ANY-SCP"
 
@@ -55,7 +58,7 @@ def quiet_pynetdicom(args: argparse.Namespace) -> None:
 def _aet(value: str, option: str) -> str:
     value = value.strip()
     if not value or len(value) > 16 or "\\" in value:
-        raise DimseError(f"{option} must be 1 to 16 characters without a backslash, got {value!r}")
+        raise HilumError(f"{option} must be 1 to 16 characters without a backslash, got {value!r}")
     return value
 
 
@@ -63,6 +66,7 @@ def target_from_args(args: argparse.Namespace) -> Target:
     """The :class:`Target` the options describe (configured peers resolved)."""
     from hilum.config import load_config
     from hilum.dimse.net import client_ssl_context
+    from hilum.dimse.scu import DimseError, Target
 
     quiet_pynetdicom(args)
     cfg = load_config(args.data)

@@ -352,6 +352,9 @@ class DimseService:
         rec.logged = True
         if rec.outcome == "open":
             rec.outcome = "connection closed"
+        if not rec.calling and rec.outcome == "closed":
+            log.info("connection from %s closed without an association request", rec.peer)
+            return
         level = logging.WARNING if rec.outcome.startswith(("rejected", "aborted", "connection")) else logging.INFO
         log.log(level, rec.line())
 
