@@ -942,19 +942,57 @@ def _trilinear(array: np.ndarray, ijk: npt.NDArray[np.float32], fill: float) -> 
 # ----------------------------------------------------------------------------- building
 
 
-def _read_header(source: Source) -> tuple[Dataset, str | None, bool]:
-    """``(dataset, path, owned)``: a file is parsed once with its pixel data deferred
-    (pydicom's ``defer_size``: read from the file only when decoded); ``owned`` is True
-    for datasets read here, which may be trimmed after decoding."""
+def _read(source: Source) -> tuple[Dataset, str | None, bool]:
+    """``(dataset, path, owned)``; ``owned`` is True for datasets read here from a file,
+    whose pixel data is dropped once decoded."""
     if isinstance(source, Dataset):
         filename = getattr(source, "filename", None)
         return source, (filename if isinstance(filename, str) else None), False
     path = os.fspath(source)
     try:
-        ds = pydicom.dcmread(path, defer_size=4096)
+        ds = pydicom.dcmread(path)
     except (pydicom.errors.InvalidDicomError, OSError, EOFError) as exc:
         raise VolumeError(f"cannot read {path}: {exc}") from exc
     return ds, path, True
+
+
+@dataclass
+class _Loaded:
+    """One source read and decoded by a worker: its planes and their modality transforms."""
+
+    refs: list[SliceRef]
+    planes: dict[int, np.ndarray]
+    transforms: dict[int, ModalityTransform]
+
+
+def _read_and_decode(source: Source) -> _Loaded:
+    """Parse a file once and decode all its frames to modality values (int16 where they fit).
+
+    Reading whole files (rather than headers first, pixels later) costs one open and
+    one parse per file; the price is holding each decoded plane until the stack is sorted.
+    """
+    ds, path, owned = _read(source)
+    refs = slice_refs(ds, path)
+    planes: dict[int, np.ndarray] = {}
+    transforms: dict[int, ModalityTransform] = {}
+    for ref in refs:
+        if not ref.has_geometry:
+            continue
+        t = _modality_of(ref)
+        try:
+            plane = _decode(ref, t)
+        except HilumError as exc:
+            raise VolumeError(f"{path or ref.sop_instance_uid}: {exc}") from exc
+        if plane.dtype == np.int32:
+            if plane.size == 0 or (plane.min() >= -32768 and plane.max() <= 32767):
+                plane = plane.astype(np.int16)
+            else:
+                plane = plane.astype(np.float32)
+        planes[ref.frame] = plane
+        transforms[ref.frame] = t
+    if owned and "PixelData" in ds:
+        del ds.PixelData  # keep the header only
+    return _Loaded(refs, planes, transforms)
 
 
 def _modality_of(ref: SliceRef) -> ModalityTransform:
@@ -1019,8 +1057,9 @@ def build_volume(
     slices are stacked as if regular (what many viewers silently do).  A
     tilted gantry keeps its exact, sheared affine (see :meth:`Volume.deskewed`).
 
-    Files are parsed once, pixel data read only when decoded; ``workers``
-    threads (default: the CPU count, at most 8) read and decode.
+    Each file is parsed once and decoded at once (pixel data through
+    :func:`hilum.dicom.pixels.frame_array`), on ``workers`` threads (default:
+    the CPU count, at most 8).
     """
     if isinstance(sources, (Dataset, str, os.PathLike)):
         sources = [sources]
@@ -1029,40 +1068,22 @@ def build_volume(
         raise VolumeError("no images to build a volume from")
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        headers = list(pool.map(_read_header, src_list))
-        refs = [r for ds, path, _ in headers for r in slice_refs(ds, path)]
-        stack = sort_slices(refs, stack_id=stack_id)
-        transforms = [_modality_of(r) for r in stack.slices]
-        first = stack.slices[0]
-        shape = (len(stack.slices), first.rows, first.columns)
-        integer = all(
-            t.lut is None and float(t.slope).is_integer() and float(t.intercept).is_integer() for t in transforms
-        )
-        array: np.ndarray = np.empty(shape, dtype=np.int16 if integer else np.float32)
-        state = {"array": array}
-
-        def fill(k: int) -> None:
-            plane = _decode(stack.slices[k], transforms[k])
-            arr = state["array"]
-            if arr.dtype == np.int16 and plane.dtype.kind == "i":
-                if plane.size and (plane.min() < -32768 or plane.max() > 32767):
-                    raise OverflowError
-                arr[k] = plane
-            else:
-                arr[k] = plane
-
-        try:
-            list(pool.map(fill, range(shape[0])))
-        except OverflowError:
-            logger.info("modality values exceed int16; building the volume as float32")
-            state["array"] = np.empty(shape, dtype=np.float32)
-            list(pool.map(fill, range(shape[0])))
-        array = state["array"]
-    # release pixel bytes that pydicom cached in datasets it read from files
-    for ds, _, owned in headers:
-        if owned and "PixelData" in ds:
-            del ds.PixelData
-
+        loaded = list(pool.map(_read_and_decode, src_list))
+    owner: dict[int, _Loaded] = {}
+    refs: list[SliceRef] = []
+    for item in loaded:
+        for r in item.refs:
+            owner[id(r)] = item
+            refs.append(r)
+    stack = sort_slices(refs, stack_id=stack_id)
+    planes = [owner[id(r)].planes[r.frame] for r in stack.slices]
+    transforms = [owner[id(r)].transforms[r.frame] for r in stack.slices]
+    dtype = np.int16 if all(p.dtype == np.int16 for p in planes) else np.float32
+    array = np.empty((len(planes), *planes[0].shape), dtype=dtype)
+    for k, p in enumerate(planes):
+        array[k] = p
+    del loaded, owner, planes
+    first = stack.slices[0]
     windows = windows_from_dataset(first.header, first.frame)
     return _finish(
         stack,
