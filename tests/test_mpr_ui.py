@@ -260,3 +260,23 @@ def test_viewer_mpr_action_links_cursor_and_stack(qtbot, archive, data_dir, tmp_
     assert abs(vp.geometry.distance(mpr.scene.crosshair.centre)) < 1e-6
     mpr.close()
     viewer.close()
+
+
+def test_curved_mpr_from_alt_clicks(mpr: MPRWidget) -> None:
+    axial = mpr.slice_canvases["axial"]
+    grab(axial)
+    sphere = DEFAULT_SPHERES[0]
+    mpr.scene.crosshair.set_centre(sphere.centre)
+    grab(axial)
+    for offset in ((0.0, -25.0, 0.0), (0.0, 0.0, 0.0), (30.0, 0.0, 0.0)):
+        pos = widget_pos(axial, np.asarray(sphere.centre) + offset)
+        QTest.mouseClick(axial, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.AltModifier, pos)
+    assert len(mpr.scene.crosshair.path) == 3
+    np.testing.assert_allclose(mpr.scene.crosshair.path_normal, (0.0, 0.0, 1.0))
+    view = mpr.show_curved()
+    assert view is not None and view.image is not None
+    assert view.image.shape[0] == pytest.approx(55.0 / 1.5 + 1, abs=2)  # 55 mm of path every 1.5 mm
+    assert view.image.max() == 255  # the nodule, white in the header window
+    assert "Path 5" in view.info.text()  # about 55 mm
+    mpr._clear_path()
+    assert view.image is None

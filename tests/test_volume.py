@@ -351,3 +351,21 @@ def test_volume_from_decoded_planes_equals_build_volume() -> None:
         [float(v) for v in datasets[0].PixelSpacing],
     )
     assert gappy.array.dtype == np.float32 and gappy.shape[0] in (11, 12)
+
+
+def test_curved_mpr_keeps_arc_length_and_shows_the_sphere(ct_volume: Volume) -> None:
+    sphere = DEFAULT_SPHERES[0]
+    cx, cy, cz = sphere.centre
+    # an L-shaped path in the axial plane of the sphere: 30 mm along -y to the centre, then 40 mm along +x
+    path = [(cx, cy - 30.0, cz), (cx, cy, cz), (cx + 40.0, cy, cz)]
+    image, points = ct_volume.curved_reslice(path, (0.0, 0.0, 1.0), width=40.0, spacing=0.5)
+    assert image.shape == (141, 81)  # 70 mm of path every 0.5 mm, 40 mm across
+    np.testing.assert_allclose(points[60, 40], sphere.centre, atol=1e-9)  # 30 mm along: the corner
+    along = np.linalg.norm(np.diff(points[:, 40], axis=0), axis=1)
+    assert np.allclose(along, 0.5, atol=1e-9)
+    # the first leg runs straight at the sphere: its profile along the path is 20 mm of nodule
+    profile = image[:60, 40]
+    inside = profile > sphere_threshold(sphere.name)
+    assert abs(inside.sum() * 0.5 - 10.0) <= 1.0  # the 10 mm before the centre
+    with pytest.raises(ValueError):
+        ct_volume.curved_reslice([(0, 0, 0), (0, 0, 10)], (0, 0, 1))

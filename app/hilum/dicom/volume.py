@@ -849,6 +849,47 @@ class Volume:
             out /= n_planes
         return out
 
+    def curved_reslice(
+        self,
+        path: npt.ArrayLike,
+        up: npt.ArrayLike,
+        *,
+        width: float = 80.0,
+        spacing: float | None = None,
+        fill: float = np.nan,
+    ) -> tuple[npt.NDArray[np.float32], FloatArray]:
+        """A straightened curved MPR along a polyline ``path`` (N >= 2 patient points).
+
+        The path is resampled every ``spacing`` mm of arc length (default: the
+        smallest voxel size); row ``r`` of the image samples the line through
+        path point ``r`` across the path, along ``up x tangent`` (``up`` is the
+        normal of the plane the path was drawn on), ``width`` mm wide.  Lengths
+        along the path are therefore true arc lengths.  Returns the image
+        (rows along the path, columns across) and the patient position of every
+        pixel, (rows, columns, 3), to map picks back to the volume.
+        """
+        pts = np.asarray(path, dtype=np.float64).reshape(-1, 3)
+        seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+        keep = np.concatenate([[True], seg > 1e-9])
+        pts = pts[keep]
+        if len(pts) < 2:
+            raise ValueError("a curved MPR needs a path of at least two distinct points")
+        step = float(spacing or float(np.min(self.spacing)))
+        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
+        s = np.arange(0.0, arc[-1] + 1e-9, step)
+        centre = np.stack([np.interp(s, arc, pts[:, a]) for a in range(3)], axis=1)
+        tangent = np.gradient(centre, axis=0) if len(centre) > 1 else np.diff(pts[:2], axis=0)
+        tangent /= np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True), 1e-12)
+        across = np.cross(_unit(up), tangent)
+        norms = np.linalg.norm(across, axis=1, keepdims=True)
+        if np.any(norms < 1e-6):
+            raise ValueError("the path must not run along the 'up' direction")
+        across /= norms
+        cols = max(1, int(round(width / step)) + 1)
+        offsets = (np.arange(cols) - (cols - 1) / 2) * step
+        points = centre[:, None, :] + offsets[None, :, None] * across[:, None, :]
+        return self.sample(points, fill=fill), points
+
     def deskewed(self) -> Volume:
         """An orthogonal copy of a sheared (gantry-tilted) volume, resampled trilinearly on a grid
         with the same row/column axes, the slice axis along the normal, covering the same region."""

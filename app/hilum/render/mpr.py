@@ -189,6 +189,10 @@ class Crosshair:
     )
     slabs: dict[str, SlabSettings] = field(default_factory=lambda: {v: SlabSettings() for v in VIEWS})
     measurements: list[Measurement] = field(default_factory=list)
+    path: list[tuple[float, float, float]] = field(default_factory=list)
+    """Points of a curved-MPR path (patient mm), drawn on one plane."""
+    path_normal: npt.NDArray[np.float64] | None = None
+    """The normal of the plane the path is drawn on (the curved MPR's ``up``)."""
     _listeners: list[Callable[[str], None]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -269,6 +273,18 @@ class Crosshair:
         self.measurements.append(m)
         self._emit("measurements")
         return m
+
+    def add_path_point(self, point: npt.ArrayLike, normal: npt.ArrayLike) -> None:
+        """Extend the curved-MPR path (the first point fixes the drawing plane's normal)."""
+        if not self.path:
+            self.path_normal = np.asarray(normal, dtype=np.float64)
+        self.path.append(tuple(map(float, np.asarray(point, dtype=np.float64).reshape(3))))  # type: ignore[arg-type]
+        self._emit("path")
+
+    def clear_path(self) -> None:
+        self.path.clear()
+        self.path_normal = None
+        self._emit("path")
 
     def clear_measurements(self) -> None:
         self.measurements.clear()
@@ -360,6 +376,19 @@ class MPRViewport:
             self._lines[other] = (pts, actor)
             self.renderer.AddActor(actor)
         self._rulers: list[tuple[vtkActor, vtkTextActor]] = []
+        self._path_points = vtkPoints()
+        self._path_poly = vtkPolyData()
+        self._path_poly.SetPoints(self._path_points)
+        path_mapper = vtkPolyDataMapper()
+        path_mapper.SetInputData(self._path_poly)
+        self._path_actor = vtkActor()
+        self._path_actor.SetMapper(path_mapper)
+        self._path_actor.GetProperty().SetColor(1.0, 0.45, 0.9)
+        self._path_actor.GetProperty().SetLineWidth(2)
+        self._path_actor.GetProperty().SetPointSize(5)
+        self._path_actor.GetProperty().RenderPointsAsSpheresOn()
+        self._path_actor.GetProperty().LightingOff()
+        self.renderer.AddActor(self._path_actor)
         self._letters = {edge: self._make_text(18, bold=True) for edge in ("left", "right", "top", "bottom")}
         self._info = self._make_text(13)
         self._info.GetTextProperty().SetJustificationToLeft()
@@ -507,6 +536,41 @@ class MPRViewport:
             pts.SetPoint(1, b[0], b[1], -0.5)
             pts.Modified()
         self._update_rulers()
+        self._update_path()
+
+    def _update_path(self) -> None:
+        """The curved-MPR path, where it lies on this plane."""
+        path = self.crosshair.path
+        plane = self.display_plane
+        st = plane.to_plane(np.asarray(path, dtype=np.float64)) if path else np.zeros((0, 3))
+        show = bool(path) and bool(np.all(np.abs(st[:, 2]) <= max(1.0, self.crosshair.slabs[self.view].thickness / 2)))
+        self._path_actor.SetVisibility(show)
+        if not show:
+            return
+        self._path_points.Reset()
+        verts = vtkCellArray()
+        line = vtkCellArray()
+        line.InsertNextCell(len(st))
+        for i, (x, y, _) in enumerate(st):
+            self._path_points.InsertNextPoint(float(x), float(y), -0.7)
+            verts.InsertNextCell(1)
+            verts.InsertCellPoint(i)
+            line.InsertCellPoint(i)
+        self._path_poly.SetVerts(verts)
+        self._path_poly.SetLines(line if len(st) > 1 else vtkCellArray())
+        self._path_points.Modified()
+        self._path_poly.Modified()
+
+    def curved_image(self, *, width: float = 80.0) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]] | None:
+        """The straightened curved MPR of the crosshair's path (see :meth:`Volume.curved_reslice`)."""
+        c = self.crosshair
+        if len(c.path) < 2 or c.path_normal is None:
+            return None
+        return self.volume.curved_reslice(c.path, c.path_normal, width=width, fill=self.data.value_range[0])
+
+    def add_path_point(self, x: float, y: float) -> None:
+        """Extend the curved-MPR path with the point under display ``(x, y)`` on this plane."""
+        self.crosshair.add_path_point(self.display_to_patient(x, y), self.plane.normal)
 
     def _update_rulers(self) -> None:
         for actor, text in self._rulers:

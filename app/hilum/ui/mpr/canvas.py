@@ -123,8 +123,9 @@ class VTKCanvas(QWidget):
 class SliceCanvas(VTKCanvas):
     """One MPR plane.  Mouse: left click/drag moves the 3D cursor; left drag starting on a
     crosshair line (or with Ctrl) rotates the other planes about this one (oblique MPR);
-    Shift + left drag measures (mm); right drag: window/level; middle drag: pan; wheel:
-    move through the plane; Ctrl + wheel: zoom."""
+    Shift + left drag measures (mm); Alt + left click adds a point to the curved-MPR path;
+    right drag: window/level; middle drag: pan; wheel: move through the plane; Ctrl + wheel:
+    zoom."""
 
     def __init__(self, viewport: MPRViewport, parent: QWidget | None = None) -> None:
         super().__init__(viewport.render_window, parent)
@@ -149,7 +150,10 @@ class SliceCanvas(VTKCanvas):
         mods = event.modifiers()
         button = event.button()
         if button == Qt.MouseButton.LeftButton:
-            if mods & Qt.KeyboardModifier.ShiftModifier:
+            if mods & Qt.KeyboardModifier.AltModifier:
+                self._mode = None
+                self.viewport.add_path_point(x, y)
+            elif mods & Qt.KeyboardModifier.ShiftModifier:
                 self._mode = "measure"
             elif mods & Qt.KeyboardModifier.ControlModifier or (
                 self.viewport.near_crosshair_line(x, y) is not None and not self._near_centre(x, y)

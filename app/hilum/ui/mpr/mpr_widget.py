@@ -49,6 +49,7 @@ from hilum.dicom.volume import Volume, build_volume
 from hilum.render.mpr import VIEWS, MPRScene
 from hilum.render.volume3d import VolumeScene, VRPreset, load_presets, save_presets
 from hilum.ui.mpr.canvas import SliceCanvas, VolumeCanvas
+from hilum.ui.mpr.curved import CurvedMPRView
 from hilum.ui.mpr.tf_editor import TransferFunctionEditor
 
 __all__ = ["SLAB_MODES", "MPRWidget"]
@@ -91,6 +92,7 @@ class MPRWidget(QWidget):
         self.slice_canvases: dict[str, SliceCanvas] = {}
         self.volume_canvas: VolumeCanvas | None = None
         self.tf_editor: TransferFunctionEditor | None = None
+        self.curved: CurvedMPRView | None = None
         self.active_view = "axial"
         self.presets = load_presets(self.data_dir)
         self._unsubscribe: Any = None
@@ -137,6 +139,8 @@ class MPRWidget(QWidget):
         self.annotations_action.setChecked(True)
         self.annotations_action.toggled.connect(self._set_annotations_visible)
         self.toolbar.addAction("Clear rulers", self._clear_measurements)
+        self.toolbar.addAction("Curved MPR…", self.show_curved)
+        self.toolbar.addAction("Clear path", self._clear_path)
         self.toolbar.addSeparator()
         self.toolbar.addAction("Capture…", self._capture_dialog)
         self.status = QLabel("", self)
@@ -312,6 +316,10 @@ class MPRWidget(QWidget):
         if self.tf_editor is not None:
             self.tf_editor.deleteLater()
             self.tf_editor = None
+        if self.curved is not None:
+            self.curved.close()
+            self.curved.deleteLater()
+            self.curved = None
         if self.scene is not None:
             self.scene.close()
             self.scene = None
@@ -439,6 +447,22 @@ class MPRWidget(QWidget):
             for vp in self.scene.viewports.values():
                 vp.set_annotations_visible(on)
             self._render_all()
+
+    def _clear_path(self) -> None:
+        if self.scene is not None:
+            self.scene.crosshair.clear_path()
+
+    def show_curved(self) -> CurvedMPRView | None:
+        """Open (or raise) the curved-MPR window for the path drawn with Alt + click."""
+        if self.scene is None:
+            return None
+        if self.curved is None:
+            self.curved = CurvedMPRView(self.scene[self.active_view], self)
+            self.curved.resize(500, 600)
+        self.curved.refresh()
+        self.curved.show()
+        self.curved.raise_()
+        return self.curved
 
     def _clear_measurements(self) -> None:
         if self.scene is not None:
