@@ -194,3 +194,31 @@ def test_message_log_answers_duplicates_once(book: OrderBook) -> None:
     assert ack2 == ack1 and len(calls) == 1
     _, dup3 = book.apply_message("OTHER|H", "C1", "ADT^A04", work, lambda r: "x")  # another sender
     assert not dup3
+
+
+@pytest.mark.postgres
+def test_orders_on_postgresql(pg_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The same model on PostgreSQL: migration, intake, worklist matching, duplicates, MPPS, merge."""
+    from hilum.archive import Archive
+
+    with Archive(tmp_path / "pg", database_url=pg_url) as archive:
+        book = OrderBook.of(archive)
+        try:
+            _order(book, "PG1", "Łódź^Ewa", accession="PGA1")
+            ack, dup = book.apply_message("HIS|H", "PGC1", "ADT^A04",
+                                          lambda tx: tx.upsert_patient(PatientInfo("PG2", name="Two^Pg")),
+                                          lambda _r: "ACK1")
+            assert (ack, dup) == ("ACK1", False)
+            assert book.apply_message("HIS|H", "PGC1", "ADT^A04", lambda tx: 1 / 0, lambda _r: "x") == ("ACK1", True)
+            assert [r["AccessionNumber"] for r in book.worklist({"PatientName": "łódź*", "Modality": "CT",
+                                                                  "ScheduledProcedureStepStartDate": "20260301-"})] \
+                == ["PGA1"]
+            row = book.worklist({"AccessionNumber": "PGA1"})[0]
+            with book.transaction() as tx:
+                tx.mpps_create("1.2.9", PerformedInfo(status="IN PROGRESS",
+                                                      scheduled=[{"StudyInstanceUID": row["StudyInstanceUID"]}]))
+                tx.merge_patients(PatientInfo("PG2"), "PG1")
+            o = book.order(accession="PGA1")
+            assert o["status"] == IN_PROGRESS and o["patient_id"] == "PG2"
+        finally:
+            book.close()
