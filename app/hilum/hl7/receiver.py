@@ -179,6 +179,8 @@ class Receiver:
             if duplicate:
                 log.info("HL7 %s control ID %s from %s seen before: original ACK resent", header.kind,
                          header.control_id, header.sender)
+            else:
+                log.info("HL7 %s %s from %s: accepted", header.kind, header.control_id, header.sender)
             return encode(ack, header)
         except HL7Error as exc:
             return self._nak(header, exc.ack_code, Issue(exc.code, str(exc), exc.where))
