@@ -11,8 +11,9 @@ STUDY = make_study(MUELLER, accession="ACC-VIEW", seed="viewer-tests")
 FOV = 360.0
 
 
-def write_ct(out: Path, *, rows: int = 64, slices: int = 8, thickness: float = 5.0, syntax: str | None = None,
-             study=STUDY, **kw) -> list[Path]:  # type: ignore[no-untyped-def]
+def write_ct(
+    out: Path, *, rows: int = 64, slices: int = 8, thickness: float = 5.0, syntax: str | None = None, study=STUDY, **kw
+) -> list[Path]:  # type: ignore[no-untyped-def]
     """A noise-free CT series (HU = stored - 1024), pixel spacing FOV/rows, written to *out*."""
     from hilum.dicom.generator import transcode
 

@@ -8,9 +8,9 @@ import random
 import numpy as np
 import pydicom
 import pytest
-from _viewer_data import FOV, STUDY, write_ct
 
-from hilum.dicom.generator import CORONAL, SAGITTAL, generate_enhanced_ct, rotate_orientation, AXIAL
+from _viewer_data import FOV, STUDY, write_ct
+from hilum.dicom.generator import AXIAL, CORONAL, SAGITTAL, generate_enhanced_ct, rotate_orientation
 from hilum.dicom.stack import (
     PlaneGeometry,
     Spacing,
@@ -32,7 +32,9 @@ def frames_of(paths):
 
 
 def test_pixel_to_patient_follows_the_image_plane_equation():
-    g = PlaneGeometry.from_values([-100.0, -50.0, 20.0], [1, 0, 0, 0, 1, 0], Spacing(0.5, 0.25, "PixelSpacing"), 100, 200)
+    g = PlaneGeometry.from_values(
+        [-100.0, -50.0, 20.0], [1, 0, 0, 0, 1, 0], Spacing(0.5, 0.25, "PixelSpacing"), 100, 200
+    )
     # column i moves along the row cosine by Pixel Spacing[1], row j along the column cosine by Pixel Spacing[0]
     assert np.allclose(g.to_patient(10, 4), [-100 + 10 * 0.25, -50 + 4 * 0.5, 20])
     x, y, d = g.to_image([-100 + 7 * 0.25, -50 + 3 * 0.5, 25.0])
@@ -61,7 +63,7 @@ def test_sort_ignores_misleading_instance_numbers(tmp_path):
     frames = frames_of(write_ct(tmp_path, slices=5))
     # instance numbers scrambled but positions true: spatial order wins, direction from the majority
     nums = [1, 2, 4, 3, 5]
-    frames = [type(f)(**{**f.__dict__, "instance_number": n}) for f, n in zip(frames, nums)]
+    frames = [type(f)(**{**f.__dict__, "instance_number": n}) for f, n in zip(frames, nums, strict=True)]
     ordered, method = sort_frames(frames)
     z = [f.geometry.origin[2] for f in ordered]
     assert method == "position" and z == sorted(z)

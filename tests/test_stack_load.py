@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pydicom
 import pytest
-from _viewer_data import write_ct
 
+from _viewer_data import write_ct
 from hilum.dicom.pixels import frame_array
 from hilum.dicom.stack_load import load_series, load_series_sync, read_frames
 
@@ -57,6 +57,7 @@ def test_preview_comes_first_and_lands_in_the_volume(tmp_path):
         def cb(*args):
             with lock:
                 events.append((name, args))
+
         return cb
 
     h = load_series(paths, on_preview=record("preview"), on_ready=record("ready"),
@@ -89,8 +90,8 @@ def test_bits_stored_masking_and_sign_extension(tmp_path):
 
 
 def test_enhanced_multiframe_loads_frame_by_frame(tmp_path):
-    from hilum.dicom.generator import generate_enhanced_ct, write_dataset
     from _viewer_data import STUDY
+    from hilum.dicom.generator import generate_enhanced_ct, write_dataset
 
     path = write_dataset(generate_enhanced_ct(STUDY, rows=32, columns=32, frames=5, seed=2), tmp_path / "enh.dcm")
     vol = load_series_sync([path], executor="thread")

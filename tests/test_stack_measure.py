@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from _viewer_data import write_ct, hu_point_to_pixel
 
+from _viewer_data import hu_point_to_pixel, write_ct
 from hilum.dicom.stack import Spacing
 from hilum.dicom.stack_load import load_series_sync
 from hilum.dicom.stack_measure import (

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pydicom
 import pytest
-from _viewer_data import STUDY, hu_point_to_pixel, write_ct
 
+from _viewer_data import STUDY, hu_point_to_pixel, write_ct
 from hilum.dicom.generator import CORONAL
 
 pytest.importorskip("pytestqt")
@@ -29,7 +27,7 @@ def study(archive, tmp_path):
     paths = write_ct(tmp_path / "ax", rows=ROWS, slices=10, thickness=5.0)
     paths += write_ct(tmp_path / "loc", rows=ROWS, slices=1, orientation=CORONAL, series_number=2,
                       series_description="Localizer")  # fmt: skip
-    for i, p in enumerate(write_ct(tmp_path / "m1", rows=ROWS, slices=10, thickness=5.0, series_number=3,
+    for p in (write_ct(tmp_path / "m1", rows=ROWS, slices=10, thickness=5.0, series_number=3,
                                    series_description="Mono1")):  # fmt: skip
         ds = pydicom.dcmread(p)
         ds.PhotometricInterpretation = "MONOCHROME1"
@@ -140,7 +138,11 @@ def drop_series(viewer, index, uid):
     from PySide6.QtWidgets import QApplication
 
     args = (Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
-    enter = QDragEnterEvent(pos.toPoint(), *args)
+    import warnings
+
+    with warnings.catch_warnings():  # PySide6 marks this (only) constructor deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        enter = QDragEnterEvent(pos.toPoint(), *args)
     QApplication.sendEvent(canvas, enter)
     assert enter.isAccepted()
     QApplication.sendEvent(canvas, QDropEvent(pos, *args))
@@ -221,7 +223,3 @@ def test_cine_plays(viewer, qtbot):
     qtbot.waitUntil(lambda: vp.index >= 3, timeout=3000)
     viewer.toggle_cine()
     assert not vp.cine_playing
-
-
-if os.environ.get("HILUM_VIEWER_DEBUG"):  # pragma: no cover
-    pass

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from _viewer_data import hu_point_to_pixel, write_ct
 from PIL import Image
 
+from _viewer_data import hu_point_to_pixel, write_ct
 from hilum.dicom.generator import CORONAL
 from hilum.dicom.stack_load import load_series_sync
 from hilum.errors import ConfigError

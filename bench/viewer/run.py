@@ -36,8 +36,6 @@ from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import numpy as np  # noqa: E402
-
 
 def rss_bytes() -> int:
     with open("/proc/self/statm") as fh:
@@ -178,8 +176,12 @@ def main() -> int:
         out = subprocess.run([sys.executable, __file__, "--memory-child", str(listing)], capture_output=True,
                              text=True, check=True).stdout  # fmt: skip
         mem = json.loads(out.strip().splitlines()[-1])
-        results["memory"] = {"rss_growth_mb": mem["grown"] / 2**20, "volume_mb": mem["volume"] / 2**20,
-                             "ratio_to_raw": mem["grown"] / raw, "sitk_rss_growth_mb": mem["sitk"] / 2**20}
+        results["memory"] = {
+            "rss_growth_mb": mem["grown"] / 2**20,
+            "volume_mb": mem["volume"] / 2**20,
+            "ratio_to_raw": mem["grown"] / raw,
+            "sitk_rss_growth_mb": mem["sitk"] / 2**20,
+        }
         vol = load_series_sync(paths)
 
         # ---------------------------------------------------------- scroll: pipeline only
@@ -245,11 +247,21 @@ def main() -> int:
                 d = root / f"codec-{syntax}"
                 files = sorted(str(p) for p in d.rglob("*.dcm")) if d.is_dir() else []
                 if not files:
-                    files = [str(p) for p in write_ct_set(d, args.codec_slices, rows=args.size, columns=args.size,
-                                                          series_size=args.codec_slices, patients=1, syntax=syntax)]
+                    files = [
+                        str(p)
+                        for p in write_ct_set(
+                            d,
+                            args.codec_slices,
+                            rows=args.size,
+                            columns=args.size,
+                            series_size=args.codec_slices,
+                            patients=1,
+                            syntax=syntax,
+                        )
+                    ]
                 row = {}
                 for ex in ("serial", "thread", "process"):
-                    row[ex] = median_time(lambda ex=ex: load_series_sync(files, executor=ex), 1)[0]
+                    row[ex] = median_time(lambda ex=ex, files=files: load_series_sync(files, executor=ex), 1)[0]
 
                 def sitk_codec(files=files) -> object:
                     r = sitk.ImageSeriesReader()
@@ -277,12 +289,16 @@ def main() -> int:
 
 def report(r: dict) -> None:
     sitk_best = min(v for v in r["sitk_s"].values() if v == v)
-    print(f"\nViewer benchmark: {r['slices']} x {r['size']}x{r['size']} CT (int16), {r['cpus']} CPUs, raw volume "
-          f"{r['raw_volume_mb']:.0f} MB\n")
+    print(
+        f"\nViewer benchmark: {r['slices']} x {r['size']}x{r['size']} CT (int16), {r['cpus']} CPUs, raw volume "
+        f"{r['raw_volume_mb']:.0f} MB\n"
+    )
     print(f"first image, GUI (open → painted)   {r['gui_first_image_s'] * 1000:7.0f} ms   (target ≤ 300 ms)")
     print(f"first image, headless preview       {r['first_image_headless_s'] * 1000:7.0f} ms")
-    print(f"full load, GUI                      {r['gui_full_load_s']:7.2f} s    "
-          f"SimpleITK/Hilum = {sitk_best / r['gui_full_load_s']:.2f}x")
+    print(
+        f"full load, GUI                      {r['gui_full_load_s']:7.2f} s    "
+        f"SimpleITK/Hilum = {sitk_best / r['gui_full_load_s']:.2f}x"
+    )
     for name, t in r["load_s"].items():
         print(f"full load, headless {name:<30} {t:7.2f} s    SimpleITK/Hilum = {sitk_best / t:.2f}x")
     for name, t in r["sitk_s"].items():
@@ -291,8 +307,10 @@ def report(r: dict) -> None:
     for name, fps in r["scroll_widget_fps"].items():
         print(f"scroll, viewport repaint {name:<12}{fps:7.0f} frames/s (target ≥ 60)")
     m = r["memory"]
-    print(f"memory per loaded series            {m['rss_growth_mb']:7.0f} MB = {m['ratio_to_raw']:.2f}x raw "
-          f"(volume {m['volume_mb']:.0f} MB; target ≤ 1.3x); SimpleITK {m['sitk_rss_growth_mb']:.0f} MB")
+    print(
+        f"memory per loaded series            {m['rss_growth_mb']:7.0f} MB = {m['ratio_to_raw']:.2f}x raw "
+        f"(volume {m['volume_mb']:.0f} MB; target ≤ 1.3x); SimpleITK {m['sitk_rss_growth_mb']:.0f} MB"
+    )
     for syntax, row in r.get("compressed_load_s", {}).items():
         parts = "  ".join(f"{k} {v:.2f} s" for k, v in row.items())
         print(f"compressed {syntax:<8} {parts}")

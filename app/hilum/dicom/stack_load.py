@@ -62,8 +62,18 @@ _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
 
 
 _PIPELINE_TAGS = (
-    0x00280002, 0x00280004, 0x00280100, 0x00280101, 0x00280103,  # samples, photometric, bits, representation
-    0x00281050, 0x00281051, 0x00281052, 0x00281053, 0x00281054, 0x00281055, 0x00281056,  # window, rescale, VOI fn
+    0x00280002,
+    0x00280004,
+    0x00280100,
+    0x00280101,
+    0x00280103,  # samples, photometric, bits, representation
+    0x00281050,
+    0x00281051,
+    0x00281052,
+    0x00281053,
+    0x00281054,
+    0x00281055,
+    0x00281056,  # window, rescale, VOI fn
     0x20500020,  # Presentation LUT Shape
 )
 _PIPELINE_SEQUENCES = (0x00283000, 0x00283010, 0x52009229, 0x52009230)  # Modality/VOI LUT, functional groups
@@ -126,7 +136,9 @@ def _native_offset(ds: Dataset, fp: Any) -> int | None:
     photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
     if ba not in (8, 16, 32):
         return None
-    if samples != 1 and not (samples == 3 and ba == 8 and photometric == "RGB" and int(ds.get("PlanarConfiguration", 0) or 0) == 0):
+    if samples != 1 and not (
+        samples == 3 and ba == 8 and photometric == "RGB" and int(ds.get("PlanarConfiguration", 0) or 0) == 0
+    ):
         return None
     pos = fp.tell()
     head = fp.read(12)
@@ -146,7 +158,9 @@ def _native_offset(ds: Dataset, fp: Any) -> int | None:
     return start
 
 
-def read_frames(path: str, *, pipelines: Callable[[Dataset, int], Any] | None = None) -> tuple[list[FrameInfo], Dataset]:
+def read_frames(
+    path: str, *, pipelines: Callable[[Dataset, int], Any] | None = None
+) -> tuple[list[FrameInfo], Dataset]:
     """Parse one file's header (no pixels) into :class:`FrameInfo` objects, with native offsets."""
     with open(path, "rb") as fp:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
@@ -205,7 +219,7 @@ def decode_into(job: DecodeJob, out: np.ndarray) -> None:
     if job.offset is not None and out.dtype == job.native_dtype and out.flags.c_contiguous:
         with open(job.path, "rb", buffering=0) as fp:
             fp.seek(job.offset)
-            view = memoryview(out).cast("B")
+            view = out.data.cast("B")
             got = fp.readinto(view)
             if got != out.nbytes:
                 raise OSError(f"{job.path}: pixel data truncated ({got} of {out.nbytes} bytes)")
@@ -478,8 +492,8 @@ def _read_all_headers(
     n = max(16, -(-len(rest) // (4 * (os.cpu_count() or 2))))
     chunks = [rest[i : i + n] for i in range(0, len(rest), n)]
     shared: dict[Any, Any] = {}
-    for chunk, results in zip(chunks, _process_pool().map(_header_chunk, chunks)):
-        for path, frames in zip(chunk, results):
+    for chunk, results in zip(chunks, _process_pool().map(_header_chunk, chunks), strict=True):
+        for path, frames in zip(chunk, results, strict=True):
             for i, f in enumerate(frames):
                 if f.pipeline is not None:
                     try:
@@ -526,12 +540,12 @@ def _run_load(
             on_preview(pv)
     all_frames: list[FrameInfo] = []
     header: Dataset | None = None
-    for path, got in _read_all_headers(handle, files, parsed, pipelines, header_workers):
+    for _path, got in _read_all_headers(handle, files, parsed, pipelines, header_workers):
         if handle.cancelled:
             return
-        frames, ds = got
-        if header is None and ds is not None:
-            header = ds
+        frames, maybe_ds = got
+        if header is None and maybe_ds is not None:
+            header = maybe_ds
         all_frames.extend(f for f in frames if f.rows and f.columns)
     if header is None and all_frames:
         header = pydicom.dcmread(all_frames[0].path, stop_before_pixels=True)
@@ -612,19 +626,19 @@ def _decode_all(
             for fut in [pool.submit(worker) for _ in range(nworkers)]:
                 fut.result()
     elif kind == "process":
-        pool = _process_pool()
+        procs = _process_pool()
         inflight: dict[Future[np.ndarray], int] = {}
-        depth = 2 * (pool._max_workers or 2)  # keep every worker busy
+        depth = 2 * (os.cpu_count() or 2)  # keep every worker busy
         while True:
             while not handle.cancelled and len(inflight) < depth and (k := handle._claim(claimed)) is not None:
-                inflight[pool.submit(decode_frame, DecodeJob.of(frames[k]))] = k
+                inflight[procs.submit(decode_frame, DecodeJob.of(frames[k]))] = k
             if not inflight:
                 break
             finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-            for fut in finished:
-                k = inflight.pop(fut)
+            for done_future in finished:
+                k = inflight.pop(done_future)
                 try:
-                    volume.set_frame(k, fut.result())
+                    volume.set_frame(k, done_future.result())
                 except Exception as exc:  # noqa: BLE001
                     fail(k, exc)
             progress()

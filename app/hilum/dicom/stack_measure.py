@@ -118,9 +118,7 @@ class ROIStats:
         ]
 
 
-def roi_stats(
-    values: npt.ArrayLike, kind: str, p0: Point, p1: Point, spacing: Spacing, unit: str = ""
-) -> ROIStats:
+def roi_stats(values: npt.ArrayLike, kind: str, p0: Point, p1: Point, spacing: Spacing, unit: str = "") -> ROIStats:
     """Statistics of *values* (modality values of one frame, rows x columns) in an ROI.
 
     *kind* is ``"ellipse"`` or ``"rect"``, the shape given by two opposite

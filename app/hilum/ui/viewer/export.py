@@ -30,7 +30,7 @@ class ExportError(HilumError):
 
 def mp4_available() -> bool:
     try:
-        import av  # noqa: F401
+        import av  # type: ignore[import-not-found]  # noqa: F401
     except ImportError:
         return False
     return True
@@ -95,7 +95,7 @@ def export_cine(frames: Iterator[np.ndarray] | list[np.ndarray], path: str | os.
         return out
     if not mp4_available():
         raise ExportError("MP4 export needs PyAV: pip install av (GIF works without it)")
-    import av
+    import av  # type: ignore[import-not-found]
 
     w, h = images[0].size
     w2, h2 = w - w % 2, h - h % 2  # H.264 with yuv420p needs even sizes

@@ -56,7 +56,9 @@ class ViewTransform:
     flip_h: bool = False
     flip_v: bool = False
 
-    def matrix(self, canvas: tuple[float, float], image: tuple[int, int], spacing: tuple[float, float]) -> npt.NDArray[np.float64]:
+    def matrix(
+        self, canvas: tuple[float, float], image: tuple[int, int], spacing: tuple[float, float]
+    ) -> npt.NDArray[np.float64]:
         """3x3 matrix mapping image ``(x, y, 1)`` to canvas coordinates.
 
         *image* is ``(columns, rows)``, *spacing* ``(row spacing, column
@@ -101,6 +103,17 @@ class ProbeResult:
         return f"[{self.column}, {self.row}] {v}{u}{pos}"
 
 
+_GREY_TO_RGB32 = (np.uint32(0xFF000000) | (np.arange(256, dtype=np.uint32) * np.uint32(0x010101))).astype(np.uint32)
+
+
+def rgb32_of(img: np.ndarray) -> np.ndarray:
+    """uint8 grey (H×W) or RGB (H×W×3) → 0xFFRRGGBB uint32 (what a raster painter draws fastest)."""
+    if img.ndim == 2:
+        return np.take(_GREY_TO_RGB32, img)
+    rgb = img.astype(np.uint32)
+    return np.uint32(0xFF000000) | (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
 def nice_scale_length(mm_per_px: float, target_px: float) -> float:
     """A round length (1, 2, 5 × 10^n mm) whose bar is at most about *target_px* long."""
     if mm_per_px <= 0:
@@ -135,6 +148,7 @@ class ViewportState:
         self._listeners: list[Listener] = []
         self._cache_key: tuple[Any, ...] | None = None
         self._cache_img: np.ndarray | None = None
+        self._lut32: tuple[np.ndarray, bool, np.ndarray] | None = None
         self.overlay_enabled = True
         self.probe_result: ProbeResult | None = None
         self.status = ""
@@ -180,7 +194,9 @@ class ViewportState:
     def modality(self) -> str:
         return self.volume.modality if self.volume is not None else ""
 
-    def set_volume(self, volume: SeriesVolume | None, index: int | None = None, *, keep_view: bool | None = None) -> None:
+    def set_volume(
+        self, volume: SeriesVolume | None, index: int | None = None, *, keep_view: bool | None = None
+    ) -> None:
         """Show *volume* (a preview, or the loading/loaded series).
 
         The view and window are kept when the new volume is the same series
@@ -468,7 +484,9 @@ class ViewportState:
         elif f.photometric == "PALETTE COLOR":
             rgb = apply_color_lut(arr, self.volume.header)[..., :3]
             desc = self.volume.header.get("RedPaletteColorLookupTableDescriptor")
-            out = to_uint8_color(np.ascontiguousarray(rgb), int(desc[2]) if desc is not None and rgb.dtype != np.uint8 else None)
+            out = to_uint8_color(
+                np.ascontiguousarray(rgb), int(desc[2]) if desc is not None and rgb.dtype != np.uint8 else None
+            )
         elif arr.ndim == 3:
             out = to_uint8_color(arr, f.bits_stored if arr.dtype != np.uint8 else None)
         else:  # grayscale without a usable pipeline: min-max to 8 bits
@@ -479,6 +497,29 @@ class ViewportState:
         out = np.ascontiguousarray(out)
         self._cache_key, self._cache_img = key, out
         return out
+
+    def render_rgb32(self, index: int | None = None) -> np.ndarray | None:
+        """The frame as 0xFFRRGGBB uint32 for painting: like :meth:`render`, then :func:`rgb32_of`.
+
+        For 8/16-bit grayscale the pipeline's lookup table is composed with the
+        grey → RGB32 table once per (table, invert), so a frame costs a single
+        ``np.take`` over its stored values.
+        """
+        k = self.index if index is None else index
+        arr = self.frame_pixels(k)
+        if arr is None or self.volume is None:
+            return None
+        f = self.volume.stack.frames[k]
+        if f.pipeline is not None and arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2:
+            lut8 = f.pipeline.lut(arr.dtype, f.pipeline.resolve_voi(arr, self.window))
+            if lut8 is not None:
+                cached = self._lut32
+                if cached is None or cached[0] is not lut8 or cached[1] != self.invert:
+                    table = np.bitwise_not(lut8) if self.invert else lut8
+                    cached = self._lut32 = (lut8, self.invert, np.take(_GREY_TO_RGB32, table))
+                return np.take(cached[2], arr.view(np.dtype(f"u{arr.dtype.itemsize}")))
+        img = self.render(k)
+        return None if img is None else rgb32_of(img)
 
     def probe(self, x: float, y: float) -> ProbeResult | None:
         """The pixel at image point ``(x, y)``: stored and modality value, patient coordinates."""
@@ -523,9 +564,9 @@ class ViewportState:
         vals["frame"] = f.frame + 1
         vals["InstanceNumber"] = f.instance_number if f.instance_number is not None else ""
         vals["rows"], vals["columns"] = f.rows, f.columns
-        if self.volume.stack.positions is not None:
-            g = f.geometry
-            vals["position"] = f"{float(g.origin @ self.volume.stack.normal):.1f}" if g is not None else ""
+        normal = self.volume.stack.normal
+        if normal is not None and f.geometry is not None:
+            vals["position"] = f"{float(f.geometry.origin @ normal):.1f}"
         if f.slice_thickness is not None:
             vals["thickness"] = f"{f.slice_thickness:g}"
         w = self.current_window()

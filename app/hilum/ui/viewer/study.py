@@ -85,6 +85,13 @@ class VolumeCache:
                 total -= h.volume.nbytes
             logger.debug("dropped series %s from the volume cache", uid)
 
+    def drop(self, series_uid: str) -> None:
+        """Forget (and stop loading) one series."""
+        with self._lock:
+            h = self._handles.pop(series_uid, None)
+        if h is not None:
+            h.cancel()
+
     def close(self) -> None:
         with self._lock:
             for h in self._handles.values():
@@ -166,4 +173,6 @@ class StudySession:
         return handle
 
     def close(self) -> None:
-        self.cache.close()
+        """Drop this study's series from the (possibly shared) cache."""
+        for e in self.series:
+            self.cache.drop(e.series_uid)

@@ -274,7 +274,8 @@ class ProbeTool(Tool):
 
 
 TOOLS: dict[str, type[Tool]] = {
-    t.name: t for t in (WindowTool, PanTool, ZoomTool, ScrollTool, LengthTool, AngleTool, EllipseTool, RectTool, ProbeTool)
+    t.name: t
+    for t in (WindowTool, PanTool, ZoomTool, ScrollTool, LengthTool, AngleTool, EllipseTool, RectTool, ProbeTool)
 }
 
 

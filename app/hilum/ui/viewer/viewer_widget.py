@@ -249,7 +249,13 @@ class StudyViewer(QWidget):
     def _fill_preset_menu(self) -> None:
         menu = self.preset_menu
         menu.clear()
-        menu.addAction("Header window\t0", lambda: self.active_viewport().reset_window())
+        vp = self.active_viewport()
+        menu.addAction("Header window\t0", lambda: vp.reset_window())
+        f = vp.frame_info
+        for i, w in enumerate(f.pipeline.windows if f is not None and f.pipeline is not None else ()):
+            if i:  # the first is "Header window"
+                label = w.explanation or f"Header window {i + 1}"
+                menu.addAction(f"{label} ({w.center:g}/{w.width:g})", partial(vp.set_window, w.center, w.width, label))
         for p in self.presets.for_modality(self.active_viewport().modality):
             menu.addAction(f"{p.name} ({p.center:g}/{p.width:g})\t{p.key}", partial(self.apply_preset, p))
         menu.addSeparator()
@@ -479,16 +485,27 @@ class StudyViewer(QWidget):
         vp = self.model.viewports[index]
         vp.set_cine(False)
         handle = self._loads.get(series_uid)
+        if handle is not None and handle.cancelled:  # evicted from the cache meanwhile
+            handle = None
         if handle is None:
             self._t_open = self._t_open or time.perf_counter()
             in_use = set(self._assigned.values())
-            handle = self.session.load(
-                series_uid, in_use=in_use,
-                on_preview=lambda v, u=series_uid: self._bridge.preview.emit(u, v),
-                on_ready=lambda v, u=series_uid: self._bridge.ready.emit(u, v),
-                on_progress=lambda v, n, t, u=series_uid: self._bridge.progress.emit(u, v, n, t),
-                on_done=lambda h, u=series_uid: self._bridge.done.emit(u, h),
-            )  # fmt: skip
+            bridge, uid = self._bridge, series_uid
+
+            def on_preview(v: SeriesVolume) -> None:
+                bridge.preview.emit(uid, v)
+
+            def on_ready(v: SeriesVolume) -> None:
+                bridge.ready.emit(uid, v)
+
+            def on_progress(v: SeriesVolume, n: int, t: int) -> None:
+                bridge.progress.emit(uid, v, n, t)
+
+            def on_done(h: LoadHandle) -> None:
+                bridge.done.emit(uid, h)
+
+            handle = self.session.load(uid, in_use=in_use, on_preview=on_preview, on_ready=on_ready,
+                                       on_progress=on_progress, on_done=on_done)  # fmt: skip
             self._loads[series_uid] = handle
             if handle.volume is not None:  # from the session's cache
                 vp.set_volume(handle.volume)

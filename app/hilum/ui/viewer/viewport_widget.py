@@ -48,21 +48,12 @@ MEASURE_COLOUR = QColor(80, 220, 80)
 REFERENCE_COLOUR = QColor(255, 230, 0)
 
 
-_GREY_TO_RGB32 = (np.uint32(0xFF000000) | (np.arange(256, dtype=np.uint32) * np.uint32(0x010101))).astype(np.uint32)
 SETTLE_MS = 150
 """After this long without scrolling, zooming or windowing, the image is repainted with smoothing."""
 
 
-def rgb32_of(img: np.ndarray) -> np.ndarray:
-    """uint8 grey (H×W) or RGB (H×W×3) → 0xFFRRGGBB uint32, the raster engine's fastest source format."""
-    if img.ndim == 2:
-        return np.take(_GREY_TO_RGB32, img)
-    rgb = img.astype(np.uint32)
-    return np.uint32(0xFF000000) | (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-
-
 def qimage_of(argb: np.ndarray) -> QImage:
-    """Wrap a C-contiguous uint32 (H×W) array from :func:`rgb32_of` as a QImage (shares memory:
+    """Wrap a C-contiguous uint32 (H×W) array from ``render_rgb32`` as a QImage (shares memory:
     keep the array alive while the image is used)."""
     h, w = argb.shape
     return QImage(argb.data, w, h, argb.strides[0], QImage.Format.Format_RGB32)
@@ -93,7 +84,8 @@ class ViewportCanvas(QWidget):
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent, True)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self._unsubscribe = state.subscribe(self._on_state)
-        self._argb_src: np.ndarray | None = None
+        self._text_cache: dict[tuple[Any, ...], QImage] = {}
+        self._argb_key: tuple[Any, ...] | None = None
         self._argb: np.ndarray | None = None
         self._fast = False
         self._settle = QTimer(self)
@@ -141,12 +133,14 @@ class ViewportCanvas(QWidget):
         if f is None:
             self._centre_text(p, "Drop a series here" if st.volume is None else "")
             return
-        img = st.render()
-        if img is None:
+        assert st.volume is not None  # a frame implies a volume
+        key = (id(st.volume), st.index, bool(st.volume.loaded[st.index]), st.window, st.invert)
+        if self._argb is None or self._argb_key != key:
+            self._argb = st.render_rgb32()
+            self._argb_key = key
+        if self._argb is None:
             self._centre_text(p, "Loading…")
             return
-        if self._argb_src is not img:
-            self._argb_src, self._argb = img, rgb32_of(img)
         m = st.matrix()
         p.save()
         p.setTransform(QTransform(m[0, 0], m[1, 0], m[0, 1], m[1, 1], m[0, 2], m[1, 2]))
@@ -203,20 +197,44 @@ class ViewportCanvas(QWidget):
         p.setPen(TEXT_COLOUR)
         p.drawText(rect, flags, text)
 
+    def _text_block(self, lines: tuple[str, ...], right: bool, font: QFont) -> QImage:
+        """Lines of shadowed text rendered once into a transparent image (cached: the corner
+        text mostly repeats from slice to slice, and text is the costliest thing to paint)."""
+        key = (lines, right, font.key())
+        img = self._text_cache.get(key)
+        if img is not None:
+            return img
+        from PySide6.QtGui import QFontMetrics
+
+        fm = QFontMetrics(font)
+        lh = fm.height()
+        width = max((fm.horizontalAdvance(t) for t in lines), default=1) + 2
+        img = QImage(max(width, 1), max(lh * len(lines) + 1, 1), QImage.Format.Format_ARGB32_Premultiplied)
+        img.fill(QColor(0, 0, 0, 0))
+        p = QPainter(img)
+        p.setFont(font)
+        flags = (Qt.AlignmentFlag.AlignRight if right else Qt.AlignmentFlag.AlignLeft) | Qt.AlignmentFlag.AlignVCenter
+        for i, line in enumerate(lines):
+            self._shadow_text(p, QRectF(0, i * lh, width - 1, lh), flags, line)
+        p.end()
+        if len(self._text_cache) > 64:
+            self._text_cache.clear()
+        self._text_cache[key] = img
+        return img
+
     def _paint_corners(self, p: QPainter) -> None:
         st = self.state
         texts = corner_texts(self.overlay, st.volume.header if st.volume is not None else None, st.overlay_values())
-        lh = p.fontMetrics().height()
         w, h = self.width(), self.height()
-        A = Qt.AlignmentFlag
+        font = p.font()
         for corner, lines in texts.items():
-            for i, line in enumerate(lines):
-                if corner.startswith("top"):
-                    y = 4 + i * lh
-                else:
-                    y = h - 4 - (len(lines) - i) * lh
-                flags = A.AlignLeft if corner.endswith("left") else A.AlignRight
-                self._shadow_text(p, QRectF(6, y, w - 12, lh), flags | A.AlignVCenter, line)
+            if not lines:
+                continue
+            right = corner.endswith("right")
+            block = self._text_block(tuple(lines), right, font)
+            x = w - 6 - block.width() if right else 6
+            y = 4 if corner.startswith("top") else h - 4 - block.height()
+            p.drawImage(QPointF(x, y), block)
 
     def _paint_letters(self, p: QPainter) -> None:
         letters = self.state.edge_letters()
@@ -405,6 +423,7 @@ class ViewportWidget(QWidget):
 
     def export_view(self, path: str, quality: int = 92) -> bool:
         """Save what the viewport shows (image and overlays) as PNG or JPEG (by suffix)."""
+        self.canvas._fast = False  # the settled (smoothed) rendering
         pix = self.canvas.grab()
         fmt = "JPEG" if path.lower().endswith((".jpg", ".jpeg")) else "PNG"
         return bool(pix.save(path, fmt, quality if fmt == "JPEG" else -1))

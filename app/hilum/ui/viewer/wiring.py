@@ -87,4 +87,3 @@ def install_viewer(window: Any, **kwargs: Any) -> ViewerController:
             add_help(section, keys, text)
     window.viewer_controller = controller
     return controller
-
