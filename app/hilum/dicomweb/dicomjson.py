@@ -116,6 +116,36 @@ def value_to_json(keyword: str, vr: str, value: Any) -> dict[str, Any]:
     return obj
 
 
+def _converter(kw: str, vr: str) -> Callable[[Any], dict[str, Any]]:
+    """A fast converter for the common plain-string case; :func:`value_to_json` for the rest."""
+    empty = {"vr": vr}
+    if vr in ("AE", "AS", "CS", "DA", "LO", "SH", "UI", "DT"):
+        def plain(v: Any) -> dict[str, Any]:
+            if v is None or v == "":
+                return empty
+            if isinstance(v, str):
+                return {"vr": vr, "Value": v.split("\\") if "\\" in v else [v]}
+            return value_to_json(kw, vr, v)
+        return plain
+
+    def general(v: Any) -> dict[str, Any]:
+        return empty if v is None or v == "" else value_to_json(kw, vr, v)
+    return general
+
+
+@lru_cache(maxsize=256)
+def _plan(keywords: tuple[str, ...]) -> tuple[tuple[str, str, Callable[[Any], dict[str, Any]]], ...]:
+    """(tag, keyword, converter) for each returnable keyword, computed once per key list."""
+    plan = []
+    for kw in dict.fromkeys(keywords):
+        if kw.startswith("_"):
+            continue
+        tag = tag_hex(kw)
+        if tag is not None:
+            plan.append((tag, kw, _converter(kw, vr_of(kw))))
+    return tuple(plan)
+
+
 def row_to_json(row: Mapping[str, Any], keywords: Iterable[str], extra: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """A query row as a DICOM JSON object holding ``keywords`` (absent ones empty) plus ``extra``.
 
@@ -123,13 +153,9 @@ def row_to_json(row: Mapping[str, Any], keywords: Iterable[str], extra: Mapping[
     it does not override the row's own values.
     """
     out: dict[str, Any] = dict(extra) if extra else {}
-    for kw in keywords:
-        if kw.startswith("_"):
-            continue
-        tag = tag_hex(kw)
-        if tag is None:
-            continue
-        out[tag] = value_to_json(kw, vr_of(kw), row.get(kw))
+    get = row.get
+    for tag, kw, conv in _plan(tuple(keywords)):
+        out[tag] = conv(get(kw))
     return dict(sorted(out.items()))
 
 
