@@ -51,7 +51,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # 
 
 from hilum.archive import Archive  # noqa: E402
 from hilum.config import Config  # noqa: E402
-from hilum.dicom.generator import DOE, generate_ct_series, make_study  # noqa: E402
+from hilum.dicom.generator import DOE, make_study  # noqa: E402
 from hilum.dicom.generator.series import iter_ct_series  # noqa: E402
 from hilum.dicomweb.service import DicomWebService  # noqa: E402
 

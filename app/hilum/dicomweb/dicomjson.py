@@ -90,10 +90,10 @@ def value_to_json(keyword: str, vr: str, value: Any) -> dict[str, Any]:
     if value is None or value == "" or value == []:
         return obj
     if vr == "PN":
-        values = value if isinstance(value, list) else str(value).split("\\")
-        obj["Value"] = [pn_to_json(str(v)) for v in values]
+        names = value if isinstance(value, list) else str(value).split("\\")
+        obj["Value"] = [pn_to_json(str(v)) for v in names]
     elif vr in _INT_VRS:
-        values = value if isinstance(value, (list, tuple)) else str(value).split("\\") if isinstance(value, str) else [value]
+        values: Any = value if isinstance(value, (list, tuple)) else str(value).split("\\") if isinstance(value, str) else [value]
         try:
             obj["Value"] = [int(float(v)) for v in values if str(v).strip() != ""]
         except ValueError:

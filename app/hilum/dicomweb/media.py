@@ -103,7 +103,9 @@ class MediaRange:
 
 def split_header_list(value: str) -> list[str]:
     """Split a header on commas outside double quotes."""
-    items, cur, quoted = [], [], False
+    items: list[str] = []
+    cur: list[str] = []
+    quoted = False
     for ch in value:
         if ch == '"':
             quoted = not quoted
@@ -130,7 +132,9 @@ def parse_params(parts: list[str]) -> dict[str, str]:
 
 
 def split_semicolons(value: str) -> list[str]:
-    out, cur, quoted = [], [], False
+    out: list[str] = []
+    cur: list[str] = []
+    quoted = False
     for ch in value:
         if ch == '"':
             quoted = not quoted

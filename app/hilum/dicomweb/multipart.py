@@ -193,7 +193,7 @@ def decode(body: bytes, boundary: str) -> list[tuple[dict[str, str], bytes]]:
             assert isinstance(value, PartHeaders)
             hdr, cur = value.headers, bytearray()
         elif kind == DATA and cur is not None:
-            cur += value  # type: ignore[operator]
+            cur += value  # type: ignore[operator,arg-type]
         elif kind == END and cur is not None:
             parts.append((hdr, bytes(cur)))
     reader.finish()

@@ -234,7 +234,7 @@ def _from_file(ctx: Context, level: str, row: dict[str, Any], keywords: list[str
         key = first[0]["_blob_key"] if first else None
     if not key:
         return {}
-    tags = [Tag(pydicom.datadict.tag_for_keyword(k)) for k in keywords]
+    tags = [Tag(t) for t in (pydicom.datadict.tag_for_keyword(k) for k in keywords) if t is not None]
     try:
         ds = pydicom.dcmread(ctx.archive.blobs.path(key), stop_before_pixels=True, specific_tags=tags)
     except (OSError, pydicom.errors.InvalidDicomError) as exc:

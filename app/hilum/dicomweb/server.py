@@ -32,7 +32,7 @@ from hilum.archive import Archive
 from hilum.archive.users import UserError, UserStore
 from hilum.dicom.pixels import PixelDataError
 from hilum.dicomweb import qido, stow, wado, wado_uri
-from hilum.dicomweb.auth import AuthMiddleware, Authenticator, current_user
+from hilum.dicomweb.auth import Authenticator, AuthMiddleware, current_user
 from hilum.dicomweb.common import ROOT, Context, HTTPError, context, error_response, json_response
 from hilum.dicomweb.settings import WebSettings
 from hilum.errors import NotFound

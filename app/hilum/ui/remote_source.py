@@ -183,8 +183,13 @@ class SourceSelector(QWidget):
         self._updating = False
         self.combo.currentIndexChanged.connect(self._on_index)
         self.keep_button.clicked.connect(self.keepRequested)
-        self.remove_button.clicked.connect(lambda: self.current() and self.removeRequested.emit(self.current()))
+        self.remove_button.clicked.connect(self._remove_clicked)
         self.set_sources([], None)
+
+    def _remove_clicked(self) -> None:
+        name = self.current()
+        if name is not None:
+            self.removeRequested.emit(name)
 
     def set_sources(self, names: list[str], current: str | None) -> None:
         self._updating = True
