@@ -72,9 +72,9 @@ def ingest(files: list[Path], work: Path, database_url: str | None, mode: str) -
     data = work / "data"
     shutil.rmtree(data, ignore_errors=True)
     archive = Archive(data, database_url=database_url)
-    threshold = batch.PROCESS_THRESHOLD
-    if mode == "threads":
-        batch.PROCESS_THRESHOLD = 1 << 60
+    default_mode = batch.MODE
+    if mode in ("threads", "processes"):
+        batch.MODE = mode
     os.sync()
     try:
         t = time.perf_counter()
@@ -84,7 +84,7 @@ def ingest(files: list[Path], work: Path, database_url: str | None, mode: str) -
             results = archive.ingest_many(files)
         seconds = time.perf_counter() - t
     finally:
-        batch.PROCESS_THRESHOLD = threshold
+        batch.MODE = default_mode
     counts = Counter(r.status for r in results)
     assert counts == {"stored": len(files)}, counts
     assert archive.stats()["instances"] == len(files)
@@ -105,7 +105,7 @@ def main() -> int:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "hilum-bench-ct",
                     help="where the generated set is kept between runs")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
-    ap.add_argument("--modes", default="auto", help="ingest_many modes to time: auto,threads (default auto)")
+    ap.add_argument("--modes", default="auto", help="ingest_many modes to time: auto,threads,processes (default auto)")
     ap.add_argument("--serial", action="store_true", help="also time a plain serial ingest() loop")
     ap.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
     ap.add_argument("--pg-port", type=int, default=55432)

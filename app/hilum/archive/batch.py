@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 PROCESS_THRESHOLD = 48
 """Below this many sources a thread pool is used: starting processes costs about a second."""
 
+MODE = "auto"
+"""``auto`` (processes from PROCESS_THRESHOLD sources on), ``threads`` or ``processes``: for tests and benchmarks."""
+
 BATCH_SIZE = 64
 """Most instances indexed in one transaction."""
 
@@ -320,15 +323,16 @@ def run_ingest_many(archive: Archive, sources: Iterable[Any], *, origin: str, wo
     from hilum.archive.archive import IngestResult
 
     it: Iterator[Any] = iter(sources)
-    head: list[Any] = []
-    for src in it:
-        head.append(src)
-        if len(head) >= PROCESS_THRESHOLD:
-            break
     cpus = os.cpu_count() or 1
     in_memory = archive.database_url in ("sqlite://", "sqlite:///:memory:")
-    use_processes = (len(head) >= PROCESS_THRESHOLD and cpus > 1 and (workers is None or workers > 1)
-                     and not in_memory)
+    possible = cpus > 1 and (workers is None or workers > 1) and not in_memory
+    head: list[Any] = []
+    if MODE == "auto" and possible:
+        for src in it:  # look ahead just far enough to know whether processes pay off
+            head.append(src)
+            if len(head) >= PROCESS_THRESHOLD:
+                break
+    use_processes = possible and (MODE == "processes" or (MODE == "auto" and len(head) >= PROCESS_THRESHOLD))
     check_dups = archive.duplicate_policy == "ignore"
     thread_exists = _ExistsCheck(archive.engine) if check_dups else None
 

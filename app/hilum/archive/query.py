@@ -9,12 +9,13 @@ support relational queries; hierarchical callers simply send fewer keys).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, union_all
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Select
 
@@ -103,7 +104,15 @@ def _condition(m: Matcher, field: Field) -> ColumnElement[bool] | None:
     if m.keyword == "ModalitiesInStudy":
         inner = _condition(_retarget(m, "Modality"), FIELDS["Modality"])
         return exists().where(series.c.study_fk == ST.pk, inner)  # type: ignore[arg-type]
-    cols = _PN_GROUP_COLUMNS.get(m.keyword, (field.column,))
+    # PatientName asks each component group through its own index and unions the
+    # matching patients: an OR over three columns defeats the indexes, and the
+    # planner would scan studies (e.g. by date) and test every patient instead.
+    pn_union = m.keyword == "PatientName" and not isinstance(m, Range)
+    pn_match = patients.alias("pn_match")
+    if pn_union:
+        cols: tuple[Any, ...] = (pn_match.c.pn_a, pn_match.c.pn_i, pn_match.c.pn_p)
+    else:
+        cols = _PN_GROUP_COLUMNS.get(m.keyword, (field.column,))
     parts: list[ColumnElement[bool]] = []
     for col in cols:
         if isinstance(m, Single):
@@ -134,6 +143,8 @@ def _condition(m: Matcher, field: Field) -> ColumnElement[bool] | None:
 
                 vals = [normalize_pn(v) for v in vals]
             parts.append(col.in_(vals))
+    if pn_union and parts:
+        return P.pk.in_(union_all(*[select(pn_match.c.pk).where(part) for part in parts]))
     return parts[0] if len(parts) == 1 else or_(*parts)
 
 
@@ -165,13 +176,9 @@ def _combined_datetime(date_m: Matcher, time_m: Matcher) -> ColumnElement[bool] 
     return and_(*conds)
 
 
-def build_select(level: str, identifier: Mapping[str, Any]) -> tuple[Select[Any], list[str]]:
-    """The SELECT for a query, and the keywords it returns (in order)."""
-    level = level.upper()
-    if level == "INSTANCE":
-        level = "IMAGE"
-    if level not in LEVELS:
-        raise ValueError(f"query level must be one of {', '.join(LEVELS)}, not {level!r}")
+@functools.cache
+def _base_select(level: str) -> tuple[Select[Any], tuple[str, ...]]:
+    """The SELECT of every returned attribute of ``level``, joined up to the patient (built once)."""
     depth = LEVELS.index(level)
     returned = keys_for_level(level)
     cols = [FIELDS[k].column.label(k) for k in returned]
@@ -189,6 +196,19 @@ def build_select(level: str, identifier: Mapping[str, Any]) -> tuple[Select[Any]
         stmt = stmt.select_from(studies.join(patients, ST.patient_fk == P.pk))
     else:
         stmt = stmt.select_from(patients)
+    return stmt, tuple(returned)
+
+
+def build_select(level: str, identifier: Mapping[str, Any]) -> tuple[Select[Any], list[str]]:
+    """The SELECT for a query, and the keywords it returns (in order)."""
+    level = level.upper()
+    if level == "INSTANCE":
+        level = "IMAGE"
+    if level not in LEVELS:
+        raise ValueError(f"query level must be one of {', '.join(LEVELS)}, not {level!r}")
+    depth = LEVELS.index(level)
+    stmt, returned_keys = _base_select(level)
+    returned = list(returned_keys)
 
     matchers: dict[str, Matcher] = {}
     for keyword, value in identifier.items():

@@ -1,0 +1,137 @@
+"""``Archive.ingest_many``'s pipeline (hilum.archive.batch): the same outcome as serial
+``ingest`` — statuses, rows, counters, events — on threads and on worker processes,
+under both duplicate policies, with cancel, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from hilum.archive import Archive, ArchiveEvent, batch
+from hilum.dicom.generator import write_ct_set
+
+SAMPLES = ("CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "MR_truncated.dcm", "README.txt", "rtplan.dcm",
+           "JPEG2000.dcm", "JPEG2000-embedded-sequence-delimiter.dcm", "no_meta.dcm")
+
+
+@pytest.fixture(params=["threads", "processes"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the thread pipeline and with worker processes (forced even for few sources)."""
+    monkeypatch.setattr(batch, "MODE", request.param)
+    return str(request.param)
+
+
+@pytest.fixture
+def sources(tmp_path: Path, pydicom_files: Path) -> list[Any]:
+    """Real files, a repeated path, a generated series, and bytes and a Dataset as sources."""
+    ct = write_ct_set(tmp_path / "ct", 6, rows=32, columns=32, series_size=3, patients=1, seed=11)
+    files: list[Any] = [pydicom_files / n for n in SAMPLES] + ct + [pydicom_files / "CT_small.dcm"]
+    files.append((pydicom_files / "waveform_ecg.dcm").read_bytes())
+    files.append(pydicom.dcmread(pydicom_files / "rtstruct.dcm", force=True))
+    return files
+
+
+def outcome(archive: Archive, results: list[Any]) -> dict[str, Any]:
+    return {
+        "results": [(r.status, r.code, r.sop_instance_uid) for r in results],
+        "stats": archive.stats(),
+        "studies": [{k: v for k, v in r.items()} for r in archive.query("STUDY", {})],
+        "series": archive.query("SERIES", {}),
+        "images": [{k: v for k, v in r.items() if k != "_blob_key"} for r in archive.query("IMAGE", {})],
+    }
+
+
+def test_same_outcome_as_serial_ingest(mode: str, sources: list[Any], tmp_path: Path) -> None:
+    with Archive(tmp_path / "serial") as a:
+        serial = outcome(a, [a.ingest(s) for s in sources])
+    events: list[ArchiveEvent] = []
+    progressed: list[str] = []
+    with Archive(tmp_path / "many") as b:
+        b.subscribe(events.append)
+        results = b.ingest_many(sources, workers=2, progress=lambda r: progressed.append(r.status))
+        many = outcome(b, results)
+        assert b.check().clean
+        # Events come after commit: each names an instance that is already readable.
+        for e in events:
+            assert b.path(e.uid).exists()
+    assert many == serial
+    statuses = [r[0] for r in many["results"]]
+    assert statuses.count("stored") == 12 and statuses.count("duplicate") == 3 and statuses.count("rejected") == 3
+    # The first of two files with one SOP Instance UID is the one stored, as in serial order.
+    assert [r[0] for r in many["results"][1:3]] == ["stored", "duplicate"]
+    assert sorted(progressed) == sorted(statuses)
+    assert [e.kind for e in events] == ["stored"] * 12
+    assert sorted(e.uid for e in events) == sorted(r[2] for r in many["results"] if r[0] == "stored")
+
+
+def test_overwrite_policy_replaces(tmp_path: Path, pydicom_files: Path) -> None:
+    ct = write_ct_set(tmp_path / "ct", 4, rows=32, columns=32, series_size=2, patients=1, seed=12)
+    with Archive(tmp_path / "data", duplicate_policy="overwrite") as a:
+        a.ingest(ct[0])
+        events: list[ArchiveEvent] = []
+        a.subscribe(events.append)
+        results = a.ingest_many([ct[0], ct[1], ct[1], ct[2], ct[3], ct[2]], workers=2)
+        assert [r.status for r in results] == ["replaced", "stored", "replaced", "stored", "stored", "replaced"]
+        assert [e.kind for e in events] == [r.status for r in results]
+        stats = a.stats()
+        assert (stats["studies"], stats["series"], stats["instances"]) == (2, 2, 4)
+        assert sorted(r["NumberOfStudyRelatedInstances"] for r in a.query("STUDY", {})) == [2, 2]
+        assert a.check().clean
+
+
+def test_cancel_stops_before_the_next_and_leaves_no_temporaries(tmp_path: Path) -> None:
+    ct = write_ct_set(tmp_path / "ct", 40, rows=32, columns=32, seed=13)
+    cancel = threading.Event()
+
+    def gen() -> Any:
+        for i, p in enumerate(ct):
+            if i == 10:
+                cancel.set()  # as if the user pressed Cancel while the 11th file was being read
+            yield p
+
+    with Archive(tmp_path / "data") as a:
+        results = a.ingest_many(gen(), workers=2, cancel=cancel)
+        assert [r.status for r in results] == ["stored"] * 10 + ["rejected"] * 30
+        assert {r.code for r in results[10:]} == {"cancelled"}
+        assert [r.source for r in results[10:]] == [str(p) for p in ct[10:]]
+        assert a.stats()["instances"] == 10
+        assert a.check().clean  # no temporaries, no orphans
+
+
+def test_lazy_sources_are_pulled_a_window_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch, "MODE", "threads")
+    ct = write_ct_set(tmp_path / "ct", 60, rows=16, columns=16, seed=14)
+    pulled = 0
+    first_result_at: list[int] = []
+
+    def gen() -> Any:
+        nonlocal pulled
+        for p in ct:
+            pulled += 1
+            yield p.read_bytes()
+
+    with Archive(tmp_path / "data") as a:
+        results = a.ingest_many(gen(), workers=2, progress=lambda r: first_result_at.append(pulled))
+        assert [r.status for r in results] == ["stored"] * 60
+    assert first_result_at[0] <= 32  # a bounded window, not the whole list read first
+
+
+@pytest.mark.postgres
+def test_postgresql_worker_processes(pg_url: str, tmp_path: Path, pydicom_files: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch, "MODE", "processes")
+    ct = write_ct_set(tmp_path / "ct", 8, rows=32, columns=32, series_size=4, seed=15)
+    with Archive(tmp_path / "data", database_url=pg_url) as a:
+        first = a.ingest_many([*ct, pydicom_files / "CT_small.dcm"], workers=2)
+        assert [r.status for r in first] == ["stored"] * 9
+        again = a.ingest_many([*ct, pydicom_files / "MR_truncated.dcm"], workers=2)
+        assert [r.status for r in again] == ["duplicate"] * 8 + ["rejected"]
+        assert a.stats()["instances"] == 9
+        assert sorted(r["NumberOfStudyRelatedInstances"] for r in a.query("STUDY", {})) == [1, 4, 4]
+        assert a.check().clean
+    shutil.rmtree(tmp_path / "data")
