@@ -106,6 +106,24 @@ class NodeRunner(QObject):
                 log.exception("stopping the DICOM node failed")
 
 
+def install_viewer(window: MainWindow) -> Any:
+    """Connect the viewer (issue 4) to the window, if the package has it; never fatal.
+
+    Returns the viewer's controller, or None when there is no viewer.
+    """
+    try:
+        from hilum.ui.viewer.wiring import install_viewer as install
+    except ImportError as exc:
+        log.info("no viewer in this build (%s): studies open nowhere", exc)
+        return None
+    try:
+        return install(window)
+    except Exception as exc:  # noqa: BLE001 - the browser must stay usable without the viewer
+        log.exception("the viewer could not be installed")
+        window.statusBar().showMessage(f"The viewer could not be loaded: {exc}")
+        return None
+
+
 def run_gui(config: Config, *, demo: bool = False, demo_small: bool = False, start_node: bool = True,
             on_ready: Callable[[MainWindow], None] | None = None) -> int:
     """Open the archive and the main window, run the event loop, close everything after.
@@ -120,6 +138,7 @@ def run_gui(config: Config, *, demo: bool = False, demo_small: bool = False, sta
     try:
         window = MainWindow(config, archive)
         window.setWindowTitle(f"Hilum — {config.aet}")
+        install_viewer(window)
         window.show()
         if start_node:
             node = NodeRunner(config, archive, window)

@@ -168,7 +168,8 @@ class MainWindow(QMainWindow):
     - ``seriesOpenRequested(study_uid, series_uid)``: a series was
       double-clicked in the browser's series list.
     - :meth:`add_workspace_tab`, :meth:`close_workspace_tab`,
-      :meth:`workspace_tabs` for viewer tabs; the browser is tab 0.
+      :meth:`workspace_tabs` for viewer tabs; the study browser is tab 0 and
+      the worklist tab 1 (neither closable nor listed by workspace_tabs).
     - :attr:`file_menu`, :attr:`view_menu`, :attr:`help_menu` to add actions;
       :meth:`add_shortcut_help` to list new shortcuts in Help.
     - :attr:`archive_changed` (``list[ArchiveEvent]``, batched, on the GUI
@@ -189,6 +190,7 @@ class MainWindow(QMainWindow):
         self.stats: dict[str, int] | None = None
         self._shortcuts: list[ShortcutHelp] = []
         self._closed = False
+        self.demo_small = False
         self.setWindowTitle("Hilum")
         self.setObjectName("hilumMainWindow")
         self.resize(1320, 820)
@@ -215,9 +217,9 @@ class MainWindow(QMainWindow):
         page.setSpacing(0)
         page.addWidget(self.banner)
         page.addWidget(self.browser, 1)
-        self.tabs.addTab(self.browser_page, "Studies")
-        self.tabs.tabBar().setTabButton(0, self.tabs.tabBar().ButtonPosition.RightSide, None)
-        self.tabs.tabBar().setTabButton(0, self.tabs.tabBar().ButtonPosition.LeftSide, None)
+        self._fixed_pages: list[QWidget] = [self.browser_page]
+        self.add_workspace_tab(self.browser_page, "Studies", closable=False, tooltip="The local study browser")
+        self.worklist = self._make_worklist()
         self.setCentralWidget(self.tabs)
 
         self.importer = ImportController(archive, self._import_runner, self)
@@ -226,7 +228,7 @@ class MainWindow(QMainWindow):
 
         self.browser.openRequested.connect(self.open_study)
         self.browser.seriesOpenRequested.connect(self.open_series)
-        self.banner.demoRequested.connect(self.load_demo)
+        self.banner.demoRequested.connect(lambda: self.load_demo())
         self.banner.importFilesRequested.connect(self.import_files_dialog)
         self.banner.importFolderRequested.connect(self.import_folder_dialog)
         self.archive_changed.connect(self._on_archive_changed)
@@ -246,6 +248,21 @@ class MainWindow(QMainWindow):
         self.refresh_status()
 
     # ------------------------------------------------------------ building
+
+    def _make_worklist(self) -> QWidget | None:
+        """The worklist tab (orders from HL7/MWL), if its module is there; never fatal."""
+        try:
+            from hilum.ui.worklist import WorklistBrowser
+
+            worklist = WorklistBrowser(self.archive, self)
+        except Exception:  # noqa: BLE001 - the study browser must open even if the worklist cannot
+            log.exception("the worklist tab is not available")
+            return None
+        worklist.openRequested.connect(self.open_study)
+        self._fixed_pages.append(worklist)
+        self.add_workspace_tab(worklist, "Worklist", closable=False, activate=False,
+                               tooltip="Scheduled procedures (HL7 orders, Modality Worklist)")
+        return worklist
 
     def _build_status_bar(self) -> None:
         bar = self.statusBar()
@@ -295,7 +312,7 @@ class MainWindow(QMainWindow):
             self.file_menu, "Import &folder…", self.import_folder_dialog, "Ctrl+Shift+I",
             "Import every DICOM file in a folder and its subfolders", "importFolderAction")
         self.load_demo_action = self._action(
-            self.file_menu, "Load &demo studies", self.load_demo, None,
+            self.file_menu, "Load &demo studies", lambda: self.load_demo(), None,
             "Generate demo studies and import them", "loadDemoAction")
         self.file_menu.addSeparator()
         self.open_action = self._action(
@@ -308,6 +325,10 @@ class MainWindow(QMainWindow):
         self.show_browser_action = self._action(
             self.view_menu, "&Study browser", self.show_browser, "Ctrl+B", "Show the study browser",
             "showBrowserAction")
+        self.show_worklist_action = self._action(
+            self.view_menu, "&Worklist", self.show_worklist, "Ctrl+Shift+L", "Show the worklist",
+            "showWorklistAction")
+        self.show_worklist_action.setEnabled(self.worklist is not None)
         self.find_action = self._action(
             self.view_menu, "&Find studies", self.focus_search, QKeySequence.StandardKey.Find,
             "Put the cursor in the patient name field", "findAction")
@@ -330,6 +351,7 @@ class MainWindow(QMainWindow):
             ("Double-click", "Open a study; on a series: open that series"),
             ("F5", "Refresh the study list"),
             ("Ctrl+B", "Show the study browser"),
+            ("Ctrl+Shift+L", "Show the worklist"),
             ("Up / Down", "Move through the study list"),
             ("Alt+N / Alt+I / Alt+D / Alt+M / Alt+A", "Go to the name, ID, date, modality, accession field"),
             ("F1", "This list"),
@@ -374,12 +396,12 @@ class MainWindow(QMainWindow):
 
     def workspace_tabs(self) -> list[QWidget]:
         """The widgets of every tab after the study browser, left to right."""
-        return [self.tabs.widget(i) for i in range(self.tabs.count()) if self.tabs.widget(i) is not self.browser_page]
+        return [w for w in (self.tabs.widget(i) for i in range(self.tabs.count())) if w not in self._fixed_pages]
 
     def close_workspace_tab(self, index: int) -> bool:
         """Close a workspace tab (the study browser cannot be closed)."""
         widget = self.tabs.widget(index)
-        if widget is None or widget is self.browser_page:
+        if widget is None or widget in self._fixed_pages:
             return False
         if not widget.close():
             return False  # the widget refused (e.g. unsaved work)
@@ -389,6 +411,10 @@ class MainWindow(QMainWindow):
 
     def show_browser(self) -> None:
         self.tabs.setCurrentWidget(self.browser_page)
+
+    def show_worklist(self) -> None:
+        if self.worklist is not None:
+            self.tabs.setCurrentWidget(self.worklist)
 
     def focus_search(self) -> None:
         self.show_browser()
@@ -408,9 +434,12 @@ class MainWindow(QMainWindow):
             return False
         return True
 
-    def load_demo(self, small: bool = False) -> bool:
-        """Generate the demo studies and import them (``importFinished`` when done)."""
-        if not self.importer.import_demo(small=small):
+    def load_demo(self, small: bool | None = None) -> bool:
+        """Generate the demo studies and import them (``importFinished`` when done).
+
+        ``small`` (default :attr:`demo_small`) makes tiny images: quick, for tests.
+        """
+        if not self.importer.import_demo(small=self.demo_small if small is None else small):
             self.statusBar().showMessage("An import is already running", 4000)
             return False
         return True
@@ -545,6 +574,10 @@ class MainWindow(QMainWindow):
         self.watcher.close()
         self._stats_timer.stop()
         self.browser.shutdown()
+        if self.worklist is not None:
+            shutdown = getattr(self.worklist, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
         self.tasks.shutdown(wait=True)
         self._import_runner.shutdown(wait=True)
         for box in (self.importer.summary_box, self.importer.dialog):
