@@ -24,6 +24,7 @@ Callbacks run on the loader's threads; a GUI wraps them into signals.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -326,9 +327,24 @@ def _process_pool() -> ProcessPoolExecutor:
         if _PROCESS_POOL is None:
             import multiprocessing
 
+            atexit.register(shutdown_process_pool)
             _PROCESS_POOL = ProcessPoolExecutor(max_workers=os.cpu_count() or 2,
                                                 mp_context=multiprocessing.get_context("forkserver"))  # fmt: skip
         return _PROCESS_POOL
+
+
+def warm_process_pool() -> None:
+    """Start the pool's worker processes in the background (the workstation does this once at start,
+    so the first long or compressed series does not pay for starting them)."""
+
+    def warm() -> None:
+        try:
+            pool = _process_pool()
+            list(pool.map(abs, range(2 * (os.cpu_count() or 2))))
+        except Exception as exc:  # noqa: BLE001 - loading falls back to threads
+            logger.debug("cannot start decoder processes: %s", exc)
+
+    threading.Thread(target=warm, name="hilum-pool-warmup", daemon=True).start()
 
 
 def shutdown_process_pool() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject
 
+from hilum.dicom.stack_load import warm_process_pool
 from hilum.ui.viewer.shortcuts import help_lines
 from hilum.ui.viewer.study import VolumeCache
 from hilum.ui.viewer.viewer_widget import StudyViewer
@@ -79,6 +80,7 @@ class ViewerController(QObject):
 def install_viewer(window: Any, **kwargs: Any) -> ViewerController:
     """Make *window* (the workstation's ``MainWindow``) open studies in viewer tabs."""
     controller = ViewerController(window, **kwargs)
+    warm_process_pool()
     window.studyOpenRequested.connect(controller.open_study)
     window.seriesOpenRequested.connect(controller.open_series)
     add_help = getattr(window, "add_shortcut_help", None)
