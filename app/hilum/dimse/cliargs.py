@@ -37,8 +37,8 @@ def add_peer_arguments(p: argparse.ArgumentParser, *, port_optional: bool = True
                    help=f"the peer's (called) AE title (default {DEFAULT_CALLED}, or the configured peer's)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="connection, ACSE and DIMSE timeout in seconds (default 30)")
-    p.add_argument("--max-pdu", type=int, default=0, metavar="N",
-                   help="largest PDU the peer may send us, bytes (default 0 = no limit)")
+    p.add_argument("--max-pdu", type=int, default=1 << 20, metavar="N",
+                   help="largest PDU the peer may send us, bytes (default 1 MiB; 0 = no limit)")
     p.add_argument("--data", metavar="DIR", help="data folder whose hilum.toml names our AE title and the peers")
     tls = p.add_argument_group("TLS (PS3.15 B.1)")
     tls.add_argument("--tls", action="store_true", help="connect over TLS")

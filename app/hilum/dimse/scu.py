@@ -125,7 +125,7 @@ class Target:
     calling_aet: str = "HILUM"
     tls: ssl.SSLContext | None = None
     timeout: float = 30.0
-    max_pdu: int = 0  # 0 = no limit on what the peer may send us
+    max_pdu: int = 1 << 20  # the largest PDU the peer may send us (0 = no limit; DCMTK then uses 16 KiB)
 
     def __str__(self) -> str:
         return f"{self.called_aet}@{self.host}:{self.port}"

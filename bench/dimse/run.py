@@ -1,0 +1,372 @@
+"""DIMSE benchmark: C-STORE ingest rate and C-FIND latency, Hilum vs DCMTK vs Orthanc.
+
+What it measures (issue 3, "Measure"), all on this machine in one run:
+
+1. **Ingest**: DCMTK ``storescu`` (one association) sends the same generated
+   2,000-instance CT set (512x512, 16 bit) to
+   - ``hilum serve`` (validates, writes the blob, fsyncs, indexes),
+   - DCMTK ``storescp`` (writes files, indexes nothing: the floor),
+   - Orthanc (Debian package, default SQLite index, its own storage folder);
+   instances/s of each and the ratios are printed.
+2. **C-FIND**: the same 10,000 single-instance studies are loaded into Hilum
+   (through ``Archive.ingest_many``, the one way in) and Orthanc (REST
+   ``POST /instances``); then DCMTK ``findscu`` runs the same study-level
+   queries (names with wildcards, IDs, accession numbers, date ranges,
+   modality + date) against each, alternating, and p50/p95 latencies are
+   printed (each includes starting ``findscu``, the same for both).
+
+Every peer gets ``TCP_NODELAY=1`` in its environment (DCMTK and Orthanc honour
+it; Hilum sets it on its own sockets), see ../../../shared/ENVIRONMENT.md.
+
+Run (about 5 minutes; the data sets are generated once and cached in WORKDIR)::
+
+    .venv/bin/python bench/dimse/run.py [--instances 2000] [--studies 10000] [--queries 100]
+                                        [--workdir /tmp/hilum-bench-dimse] [--json out.json]
+
+Needs DCMTK (``/usr/bin/storescu``, ``storescp``, ``findscu``) and Orthanc
+(``/usr/sbin/Orthanc`` or on PATH).  Nothing here is a test: figures vary with
+the machine and its load; compare the ratios of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "app"))
+
+from ctset import write_ct_set, write_tiny_studies  # noqa: E402
+
+BIN = Path("/usr/bin")
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def orthanc_binary() -> str | None:
+    return shutil.which("Orthanc") or (("/usr/sbin/Orthanc") if Path("/usr/sbin/Orthanc").exists() else None)
+
+
+# ------------------------------------------------------------------ servers
+
+
+class Server:
+    name = "?"
+    aet = "?"
+    port = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+
+class StoreSCP(Server):
+    name, aet = "DCMTK storescp", "STORESCP"
+
+    def __init__(self, root: Path):
+        self.out = root / "storescp"
+        shutil.rmtree(self.out, ignore_errors=True)
+        self.out.mkdir(parents=True)
+        self.port = free_port()
+        self.proc = subprocess.Popen([str(BIN / "storescp"), "-aet", self.aet, "-od", str(self.out), "+xa",
+                                      str(self.port)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def count(self) -> int:
+        return sum(1 for _ in self.out.iterdir())
+
+
+class Orthanc(Server):
+    name, aet = "Orthanc", "ORTHANC"
+
+    def __init__(self, root: Path, binary: str):
+        self.root = root / "orthanc"
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir(parents=True)
+        self.port, self.http = free_port(), free_port()
+        cfg = {
+            "Name": "HilumBench", "StorageDirectory": str(self.root / "storage"),
+            "IndexDirectory": str(self.root / "index"), "DicomAet": self.aet, "DicomPort": self.port,
+            "HttpPort": self.http, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "DicomAlwaysAllowStore": True, "DicomAlwaysAllowFind": True, "DicomAlwaysAllowMove": True,
+            "Plugins": [],
+        }
+        (self.root / "orthanc.json").write_text(json.dumps(cfg))
+        self.proc = subprocess.Popen([binary, str(self.root / "orthanc.json")], env=ENV, cwd=self.root,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.rest("/system")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def rest(self, path: str, data: bytes | None = None) -> Any:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}", data=data,
+                                     headers={"Content-Type": "application/dicom"} if data else {})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read() or b"null")
+
+    def count(self) -> int:
+        return int(self.rest("/statistics")["CountInstances"])
+
+
+class Hilum(Server):
+    name, aet = "Hilum (hilum serve)", "HILUM"
+
+    def __init__(self, data: Path):
+        self.data = data
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [PY, "-m", "hilum", "serve", "--data", str(data), "--aet", self.aet, "--dicom-port", str(self.port),
+             "--web-port", str(free_port()), "--hl7-port", str(free_port())],
+            env={**ENV, "PYTHONPATH": str(REPO / "app")}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def count(self) -> int:
+        from hilum.archive import Archive
+
+        with Archive(self.data) as a:
+            return int(a.stats()["instances"])
+
+
+# ------------------------------------------------------------------ ingest
+
+
+def storescu(server: Server, folder: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run([str(BIN / "storescu"), "-aec", server.aet, "+sd", "+r", "127.0.0.1", str(server.port),
+                    str(folder)], env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def bench_ingest(work: Path, ct: Path, n: int, orthanc: str | None) -> dict[str, float]:
+    rates: dict[str, float] = {}
+    scratch = Path(tempfile.mkdtemp(prefix="ingest-", dir=work))
+    try:
+        servers: list[tuple[str, Any]] = [("storescp", lambda: StoreSCP(scratch))]
+        if orthanc:
+            servers.append(("orthanc", lambda: Orthanc(scratch, orthanc)))
+        servers.append(("hilum", lambda: Hilum(scratch / "hilum")))
+        for key, make in servers:
+            server = make()
+            try:
+                seconds = storescu(server, ct)
+            finally:
+                if key == "hilum":
+                    server.stop()
+            stored = server.count()
+            server.stop()
+            if stored != n:
+                raise RuntimeError(f"{server.name} holds {stored} instances, expected {n}")
+            rates[key] = n / seconds
+            print(f"  {server.name:24s} {n} instances in {seconds:6.1f} s = {rates[key]:7.1f} instances/s",
+                  flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return rates
+
+
+# ------------------------------------------------------------------ C-FIND
+
+
+def queries(n: int, seed: int = 3) -> list[list[str]]:
+    """Study-level findscu key sets over the tiny studies (see ctset.write_tiny_studies)."""
+    rnd = random.Random(seed)
+    out = []
+    ret = ["-k", "StudyInstanceUID", "-k", "PatientName", "-k", "PatientID", "-k", "StudyDate",
+           "-k", "AccessionNumber", "-k", "ModalitiesInStudy", "-k", "StudyDescription"]
+    for i in range(n):
+        kind = i % 5
+        if kind == 0:
+            keys = [f"PatientName={'ABCDEFGHIJKLMNOPQRST'[rnd.randrange(20)]}{rnd.randrange(97):02d}*"]
+        elif kind == 1:
+            keys = [f"PatientID=P{rnd.randrange(5000):05d}"]
+        elif kind == 2:
+            keys = [f"AccessionNumber=ACC{rnd.randrange(10000):06d}"]
+        elif kind == 3:
+            y, m = 2010 + rnd.randrange(16), 1 + rnd.randrange(12)
+            keys = [f"StudyDate={y}{m:02d}01-{y}{m:02d}07"]
+        else:
+            y = 2010 + rnd.randrange(16)
+            keys = [f"StudyDate={y}0101-{y}0331", "ModalitiesInStudy=MR"]
+        args = ["-k", "QueryRetrieveLevel=STUDY"]
+        for k in keys:
+            args += ["-k", k]
+        for j in range(0, len(ret), 2):
+            if not any(k.startswith(ret[j + 1] + "=") for k in keys):
+                args += ret[j : j + 2]
+        out.append(args)
+    return out
+
+
+def findscu(server: Server, keys: list[str]) -> tuple[float, int]:
+    start = time.perf_counter()
+    proc = subprocess.run([str(BIN / "findscu"), "-v", "-S", "-aec", server.aet, *keys, "127.0.0.1",
+                           str(server.port)], env=ENV, capture_output=True, text=True, check=True)
+    elapsed = time.perf_counter() - start
+    matches = (proc.stdout + proc.stderr).count("(Pending)")
+    return elapsed, matches
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
+
+
+def bench_find(work: Path, tiny: Path, n_studies: int, n_queries: int, orthanc: str | None) -> dict[str, Any]:
+    from hilum.archive import Archive
+
+    scratch = Path(tempfile.mkdtemp(prefix="find-", dir=work))
+    files = sorted(tiny.glob("*.dcm"))
+    servers: list[Server] = []
+    try:
+        t = time.perf_counter()
+        with Archive(scratch / "hilum") as a:
+            res = a.ingest_many(files, origin="import")
+        assert sum(r.ok for r in res) == n_studies, "Hilum did not take every tiny study"
+        print(f"  loaded {n_studies} studies into Hilum (ingest_many) in {time.perf_counter() - t:.1f} s", flush=True)
+        hilum = Hilum(scratch / "hilum")
+        servers.append(hilum)
+        orth = None
+        if orthanc:
+            orth = Orthanc(scratch, orthanc)
+            servers.append(orth)
+            t = time.perf_counter()
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(lambda p: orth.rest("/instances", p.read_bytes()), files))
+            assert orth.count() == n_studies
+            print(f"  loaded {n_studies} studies into Orthanc (REST) in {time.perf_counter() - t:.1f} s", flush=True)
+        times: dict[str, list[float]] = {s.name: [] for s in servers}
+        mismatches = 0
+        qs = queries(n_queries)
+        for s in servers:  # warm-up: first association, caches
+            findscu(s, qs[0])
+        for i, q in enumerate(qs):
+            order = servers if i % 2 == 0 else list(reversed(servers))
+            counts = []
+            for s in order:
+                elapsed, matches = findscu(s, q)
+                times[s.name].append(elapsed)
+                counts.append(matches)
+            if len(set(counts)) > 1:
+                mismatches += 1
+        out: dict[str, Any] = {"queries": n_queries, "mismatched_answers": mismatches}
+        for s in servers:
+            v = times[s.name]
+            out[s.name] = {"p50_ms": pct(v, 50) * 1000, "p95_ms": pct(v, 95) * 1000,
+                           "mean_ms": statistics.fmean(v) * 1000}
+            print(f"  {s.name:24s} C-FIND p50 {out[s.name]['p50_ms']:6.1f} ms   p95 {out[s.name]['p95_ms']:6.1f} ms",
+                  flush=True)
+        return out
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--instances", type=int, default=2000, help="CT instances to send (default 2000)")
+    ap.add_argument("--studies", type=int, default=10000, help="studies for the C-FIND test (default 10000)")
+    ap.add_argument("--queries", type=int, default=100, help="findscu queries per server (default 100)")
+    ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "hilum-bench-dimse"))
+    ap.add_argument("--skip-ingest", action="store_true")
+    ap.add_argument("--skip-find", action="store_true")
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = ap.parse_args(argv)
+    for tool in ("storescu", "storescp", "findscu"):
+        if not (BIN / tool).exists():
+            print(f"DCMTK's {tool} is missing (apt-get install dcmtk)", file=sys.stderr)
+            return 2
+    orthanc = orthanc_binary()
+    if orthanc is None:
+        print("Orthanc is missing (apt-get install orthanc): comparing with DCMTK only", file=sys.stderr)
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg()}}
+
+    if not args.skip_ingest:
+        ct = work / f"ct{args.instances}"
+        done = work / f"ct{args.instances}.done"
+        if not done.exists():
+            shutil.rmtree(ct, ignore_errors=True)
+            t = time.perf_counter()
+            write_ct_set(ct, args.instances)
+            done.touch()
+            print(f"generated {args.instances} CT instances in {time.perf_counter() - t:.0f} s", flush=True)
+        print(f"C-STORE ingest, one storescu association, {args.instances} CT 512x512:", flush=True)
+        rates = bench_ingest(work, ct, args.instances, orthanc)
+        figures["ingest_instances_per_s"] = rates
+        print(f"  Hilum / storescp = {rates['hilum'] / rates['storescp']:.2f}   (target >= 0.30)")
+        if "orthanc" in rates:
+            print(f"  Hilum / Orthanc  = {rates['hilum'] / rates['orthanc']:.2f}   (target >= 1.00)")
+
+    if not args.skip_find:
+        tiny = work / f"tiny{args.studies}"
+        done = work / f"tiny{args.studies}.done"
+        if not done.exists():
+            shutil.rmtree(tiny, ignore_errors=True)
+            write_tiny_studies(tiny, args.studies)
+            done.touch()
+        print(f"C-FIND, study level, findscu, {args.studies} studies, {args.queries} queries each:", flush=True)
+        found = bench_find(work, tiny, args.studies, args.queries, orthanc)
+        figures["find"] = found
+        if orthanc:
+            h, o = found["Hilum (hilum serve)"], found["Orthanc"]
+            print(f"  p95 Hilum / Orthanc = {h['p95_ms'] / o['p95_ms']:.2f}   (target <= 1.00); "
+                  f"answers that differed: {found['mismatched_answers']}")
+    figures["machine"]["load_avg_end"] = os.getloadavg()
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
