@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -347,6 +348,15 @@ def warm_process_pool() -> None:
     threading.Thread(target=warm, name="hilum-pool-warmup", daemon=True).start()
 
 
+def _discard_process_pool() -> None:
+    """Forget a broken pool (the next process load starts a new one)."""
+    global _PROCESS_POOL
+    with _POOL_LOCK:
+        pool, _PROCESS_POOL = _PROCESS_POOL, None
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def shutdown_process_pool() -> None:
     global _PROCESS_POOL
     with _POOL_LOCK:
@@ -487,7 +497,20 @@ def _read_all_headers(
     use_pool = header_workers == "process" or (
         header_workers == "auto" and len(files) >= 256 and (os.cpu_count() or 1) > 1
     )
-    if not use_pool:
+    pooled: list[list[list[FrameInfo]]] | None = None
+    if use_pool:
+        first = files[0]
+        if first not in parsed:
+            parsed[first] = read_frames(first, pipelines=pipelines)
+        rest = files[1:]
+        n = max(16, -(-len(rest) // (4 * (os.cpu_count() or 2))))
+        chunks = [rest[i : i + n] for i in range(0, len(rest), n)]
+        try:
+            pooled = list(_process_pool().map(_header_chunk, chunks))
+        except Exception as exc:  # noqa: BLE001 - e.g. a script without a __main__ guard: parse here
+            logger.warning("decoder processes unavailable (%s); parsing headers in this process", exc)
+            _discard_process_pool()
+    if pooled is None:
         for path in files:
             if handle.cancelled:
                 return
@@ -500,15 +523,9 @@ def _read_all_headers(
                     continue
             yield path, got
         return
-    first = files[0]
-    if first not in parsed:
-        parsed[first] = read_frames(first, pipelines=pipelines)
     yield first, parsed[first]
-    rest = files[1:]
-    n = max(16, -(-len(rest) // (4 * (os.cpu_count() or 2))))
-    chunks = [rest[i : i + n] for i in range(0, len(rest), n)]
     shared: dict[Any, Any] = {}
-    for chunk, results in zip(chunks, _process_pool().map(_header_chunk, chunks), strict=True):
+    for chunk, results in zip(chunks, pooled, strict=True):
         for path, frames in zip(chunk, results, strict=True):
             for i, f in enumerate(frames):
                 if f.pipeline is not None:
@@ -617,6 +634,32 @@ def _decode_all(
         volume.data[k] = 0
         volume.loaded[k] = True
 
+    if kind == "process":
+        try:
+            procs = _process_pool()
+            inflight: dict[Future[np.ndarray], int] = {}
+            depth = 2 * (os.cpu_count() or 2)  # keep every worker busy
+            while True:
+                while not handle.cancelled and len(inflight) < depth and (k := handle._claim(claimed)) is not None:
+                    inflight[procs.submit(decode_frame, DecodeJob.of(frames[k]))] = k
+                if not inflight:
+                    break
+                finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                for done_future in finished:
+                    k = inflight.pop(done_future)
+                    try:
+                        volume.set_frame(k, done_future.result())
+                    except BrokenProcessPool:
+                        raise
+                    except Exception as exc:  # noqa: BLE001
+                        fail(k, exc)
+                progress()
+        except (BrokenProcessPool, RuntimeError) as exc:
+            # e.g. a script without an ``if __name__ == "__main__"`` guard: decode here instead
+            logger.warning("decoder processes unavailable (%s); decoding on threads", exc)
+            _discard_process_pool()
+            claimed[:] = volume.loaded
+            kind = "thread"
     if kind == "serial" or nworkers == 1:
         while not handle.cancelled and (k := handle._claim(claimed)) is not None:
             try:
@@ -641,24 +684,7 @@ def _decode_all(
         with ThreadPoolExecutor(nworkers, thread_name_prefix="hilum-decode") as pool:
             for fut in [pool.submit(worker) for _ in range(nworkers)]:
                 fut.result()
-    elif kind == "process":
-        procs = _process_pool()
-        inflight: dict[Future[np.ndarray], int] = {}
-        depth = 2 * (os.cpu_count() or 2)  # keep every worker busy
-        while True:
-            while not handle.cancelled and len(inflight) < depth and (k := handle._claim(claimed)) is not None:
-                inflight[procs.submit(decode_frame, DecodeJob.of(frames[k]))] = k
-            if not inflight:
-                break
-            finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-            for done_future in finished:
-                k = inflight.pop(done_future)
-                try:
-                    volume.set_frame(k, done_future.result())
-                except Exception as exc:  # noqa: BLE001
-                    fail(k, exc)
-            progress()
-    else:
+    elif kind != "process":
         raise ValueError(f"executor must be auto, thread, process or serial, not {executor!r}")
     progress(final=True)
 
