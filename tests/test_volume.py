@@ -369,3 +369,16 @@ def test_curved_mpr_keeps_arc_length_and_shows_the_sphere(ct_volume: Volume) -> 
     assert abs(inside.sum() * 0.5 - 10.0) <= 1.0  # the 10 mm before the centre
     with pytest.raises(ValueError):
         ct_volume.curved_reslice([(0, 0, 0), (0, 0, 10)], (0, 0, 1))
+
+
+def test_downsampled_keeps_patient_geometry(ct_volume: Volume) -> None:
+    small = ct_volume.downsampled((2, 2, 3))
+    assert small.shape == (64 // 3, 64, 64) and small.array.dtype == np.int16
+    np.testing.assert_allclose(small.voxel_to_world((0, 0, 0)), ct_volume.voxel_to_world((0.5, 0.5, 1.0)))
+    np.testing.assert_allclose(small.spacing, ct_volume.spacing * (2, 2, 3))
+    block = ct_volume.array[3:6, 40:42, 20:22].astype(np.float64).mean()
+    assert small.array[1, 20, 10] == np.rint(block)
+    sphere = DEFAULT_SPHERES[0]
+    assert abs(float(small.sample(sphere.centre)) - sphere.hu) < 5.0
+    f = ct_volume.factors_for(100_000)
+    assert np.prod(np.asarray(ct_volume.size) // f) <= 100_000 and ct_volume.factors_for(10**9) == (1, 1, 1)

@@ -178,3 +178,16 @@ def test_auto_mapper_matches_the_opengl_driver(volume: Volume, monkeypatch: pyte
     scene.close()
     with pytest.raises(ValueError):
         VolumeScene(volume, mapper="opencl")
+
+
+def test_big_volumes_render_from_a_block_averaged_copy(volume: Volume) -> None:
+    scene = VolumeScene(volume, size=(160, 160), mapper="cpu", max_voxels=150_000)
+    assert scene.factors != (1, 1, 1) and scene.full_volume is volume
+    assert np.prod(scene.volume.size) <= 150_000
+    bounds = np.asarray(scene.prop.GetBounds())
+    corners = volume.corners()
+    assert np.all(np.abs(bounds[0::2] - corners.min(axis=0)) < 2 * volume.spacing.max() * 3)
+    rgb = scene.capture()
+    row, col = _display_of(scene, SPINE)
+    assert rgb[row, col].mean() > 60
+    scene.close()

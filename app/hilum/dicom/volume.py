@@ -849,6 +849,47 @@ class Volume:
             out /= n_planes
         return out
 
+    def downsampled(self, factors: Sequence[int]) -> Volume:
+        """A coarser copy: the mean of each block of ``factors`` = (fi, fj, fk) voxels, placed at the
+        block's centre (the affine gains ``(f - 1) / 2`` voxel of shift); edge voxels that do not
+        fill a block are dropped.  For 3D rendering of big volumes in software."""
+        fi, fj, fk = (max(1, int(f)) for f in factors)
+        if (fi, fj, fk) == (1, 1, 1):
+            return self
+        nk, nj, ni = self.array.shape
+        mk, mj, mi = max(1, nk // fk), max(1, nj // fj), max(1, ni // fi)
+        fk, fj, fi = min(fk, nk), min(fj, nj), min(fi, ni)
+        block = self.array[: mk * fk, : mj * fj, : mi * fi].reshape(mk, fk, mj, fj, mi, fi)
+        mean = block.mean(axis=(1, 3, 5), dtype=np.float32)
+        arr = np.rint(mean).astype(np.int16) if self.array.dtype == np.int16 else mean
+        scale = np.eye(4)
+        scale[:3, :3] = np.diag([fi, fj, fk])
+        scale[:3, 3] = [(fi - 1) / 2, (fj - 1) / 2, (fk - 1) / 2]
+        return Volume(
+            arr,
+            self.affine @ scale,
+            modality=self.modality,
+            issues=self.issues,
+            window=self.window,
+            rescale_type=self.rescale_type,
+            frame_of_reference_uid=self.frame_of_reference_uid,
+            series_instance_uid=self.series_instance_uid,
+            study_instance_uid=self.study_instance_uid,
+        )
+
+    def factors_for(self, max_voxels: int) -> tuple[int, int, int]:
+        """Whole-number block sizes (fi, fj, fk) that bring the voxel count to at most
+        ``max_voxels`` while making voxels as close to cubes as they can be."""
+        n = np.asarray(self.size, dtype=np.float64)
+        if float(np.prod(n)) <= max_voxels:
+            return (1, 1, 1)
+        sp = self.spacing
+        target = float(np.cbrt(np.prod(n * sp) / max_voxels))  # edge of a cube voxel that fits
+        f = np.maximum(1, np.round(target / sp)).astype(int)
+        while float(np.prod(n // f)) > max_voxels:
+            f[int(np.argmin(f * sp))] += 1  # grow the finest axis
+        return (int(f[0]), int(f[1]), int(f[2]))
+
     def curved_reslice(
         self,
         path: npt.ArrayLike,

@@ -216,6 +216,12 @@ def default_preset_id(volume: Volume) -> str:
 
 # ----------------------------------------------------------------------------- the scene
 
+SOFTWARE_MAX_VOXELS = 320**3
+"""With software OpenGL the 3D view renders volumes above this many voxels from a block-averaged
+copy (a 512 x 512 x 600 CT becomes 256 x 256 x 400 or so): a full-resolution frame there costs
+seconds and a first frame of a minute (gradients for shading over 157 M voxels)."""
+HARDWARE_MAX_VOXELS = 1024**3
+
 
 @functools.cache
 def opengl_renderer() -> str:
@@ -281,6 +287,11 @@ class VolumeScene:
     CPU) or ``"auto"`` (default): the GPU mapper on a hardware OpenGL driver, the
     CPU mapper on a software one (Mesa llvmpipe), where it was measured 4-10x
     faster (see :func:`software_opengl`).  ``HILUM_VR_MAPPER=gpu|cpu`` overrides.
+
+    ``max_voxels``: a bigger volume is rendered from a block-averaged copy
+    (:meth:`Volume.downsampled`; default :data:`SOFTWARE_MAX_VOXELS` with software
+    OpenGL, :data:`HARDWARE_MAX_VOXELS` on a GPU, 0 = never).  ``volume`` is then
+    that copy (clip-box indices refer to it), ``full_volume`` the original.
     """
 
     def __init__(
@@ -294,8 +305,21 @@ class VolumeScene:
         mapper: str = "auto",
         still: LOD = STILL,
         interactive: LOD = INTERACTIVE,
+        max_voxels: int | None = None,
     ) -> None:
-        self.data = volume if isinstance(volume, VolumeImage) else VolumeImage(volume)
+        full = volume.volume if isinstance(volume, VolumeImage) else volume
+        if mapper == "auto":
+            mapper = os.environ.get("HILUM_VR_MAPPER", "").strip().lower() or ("cpu" if software_opengl() else "gpu")
+        if max_voxels is None:
+            max_voxels = SOFTWARE_MAX_VOXELS if software_opengl() else HARDWARE_MAX_VOXELS
+        factors = full.factors_for(max_voxels) if max_voxels > 0 else (1, 1, 1)
+        self.full_volume = full
+        self.factors = factors
+        if factors != (1, 1, 1):
+            logger.info("3D view of a %s volume shrunk by %s for rendering", full.size, factors)
+            self.data = VolumeImage(full.downsampled(factors))
+        else:
+            self.data = volume if isinstance(volume, VolumeImage) else VolumeImage(volume)
         self.volume = self.data.volume
         self.presets = presets if presets is not None else load_presets()
         self.render_window = render_window or offscreen_window(size)
@@ -306,8 +330,6 @@ class VolumeScene:
         self.interactive_lod = interactive
         self._interacting = False
 
-        if mapper == "auto":
-            mapper = os.environ.get("HILUM_VR_MAPPER", "").strip().lower() or ("cpu" if software_opengl() else "gpu")
         if mapper == "cpu":
             self.mapper: Any = vtkFixedPointVolumeRayCastMapper()
         elif mapper == "gpu":

@@ -527,7 +527,7 @@ class MPRWidget(QWidget):
         if vals == [0.0, 1.0] * 3:
             self.volume_scene.set_clip_box(None)
         else:
-            n = self.volume.size
+            n = self.volume_scene.volume.size  # the rendered (possibly block-averaged) grid
             box = [vals[2 * a + side] * (n[a] - 1) for a in range(3) for side in range(2)]
             self.volume_scene.set_clip_box(box)
         self._render_3d()
