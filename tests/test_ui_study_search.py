@@ -24,8 +24,15 @@ from hilum.ui.study_search import (
 
 @pytest.mark.parametrize(
     ("typed", "value"),
-    [("", ""), ("  ", ""), ("mül", "mül*"), ("Müller, J", "Müller^J*"), ("doe,jane", "doe^jane*"),
-     ("*tarou*", "*tarou*"), ("D?e", "D?e")],
+    [
+        ("", ""),
+        ("  ", ""),
+        ("mül", "mül*"),
+        ("Müller, J", "Müller^J*"),
+        ("doe,jane", "doe^jane*"),
+        ("*tarou*", "*tarou*"),
+        ("D?e", "D?e"),
+    ],
 )
 def test_name_pattern(typed: str, value: str) -> None:
     assert name_pattern(typed) == value
@@ -40,8 +47,14 @@ def test_prefix_pattern_keeps_user_wildcards() -> None:
 def test_criteria_identifier() -> None:
     assert StudyCriteria().identifier() == {}
     assert StudyCriteria().empty
-    c = StudyCriteria(patient_name="müll", patient_id="HIL", date_from=date(2026, 11, 5),
-                      date_to=date(2026, 11, 3), modality="mr", accession="A1")
+    c = StudyCriteria(
+        patient_name="müll",
+        patient_id="HIL",
+        date_from=date(2026, 11, 5),
+        date_to=date(2026, 11, 3),
+        modality="mr",
+        accession="A1",
+    )
     assert c.identifier() == {
         "PatientName": "müll*",
         "PatientID": "HIL*",
@@ -87,8 +100,18 @@ def test_format_helpers() -> None:
 
 def test_order_by_for_columns() -> None:
     titles = [c.title for c in STUDY_COLUMNS]
-    assert titles == ["Patient name", "Patient ID", "Birth date", "Sex", "Study date", "Description",
-                      "Modalities", "Accession", "Series", "Images"]
+    assert titles == [
+        "Patient name",
+        "Patient ID",
+        "Birth date",
+        "Sex",
+        "Study date",
+        "Description",
+        "Modalities",
+        "Accession",
+        "Series",
+        "Images",
+    ]
     assert order_by_for(STUDY_COLUMNS, 0, False) == ["PatientName"]
     assert order_by_for(STUDY_COLUMNS, 4, True) == ["-StudyDate", "-StudyTime"]
     assert order_by_for(STUDY_COLUMNS, 9, True) == ["-NumberOfStudyRelatedInstances"]

@@ -18,11 +18,13 @@ import threading
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
-from PySide6.QtCore import QEvent, QObject, Qt, Signal
+from PySide6.QtCore import QEvent, QObject, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QFontMetrics, QImage
 from PySide6.QtWidgets import QApplication, QPushButton, QWidget
+from pytestqt.qtbot import QtBot
 
 from conftest import free_port
 from hilum.archive import Archive
@@ -33,8 +35,17 @@ from hilum.ui.study_search import STUDY_COLUMNS, StudyCriteria
 pytestmark = pytest.mark.gui
 
 # Real sample files: pydicom's own test files (listed by name; never a pattern download).
-SAMPLE_NAMES = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "examples_palette.dcm", "examples_ybr_color.dcm",
-                "test-SR.dcm", "liver_1frame.dcm", "rtplan.dcm", "MR_truncated.dcm"]
+SAMPLE_NAMES = [
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "JPEG2000.dcm",
+    "examples_palette.dcm",
+    "examples_ybr_color.dcm",
+    "test-SR.dcm",
+    "liver_1frame.dcm",
+    "rtplan.dcm",
+    "MR_truncated.dcm",
+]
 NAME_COL = 0
 TIMEOUT = 20_000  # ms; generous for a shared 2-core machine
 
@@ -75,9 +86,9 @@ def data_copy(template_data: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def _open_window(qtbot, data: Path) -> Iterator[MainWindow]:  # type: ignore[no-untyped-def]
+def _open_window(qtbot: QtBot, data: Path) -> Iterator[MainWindow]:
     app = QApplication.instance()
-    assert app is not None
+    assert isinstance(app, QApplication)
     before = list(app.topLevelWidgets())
     archive = Archive(data)
     window = MainWindow(load_config(data), archive)
@@ -106,16 +117,16 @@ def _open_window(qtbot, data: Path) -> Iterator[MainWindow]:  # type: ignore[no-
 
 
 @pytest.fixture
-def window(qtbot, data_copy: Path) -> Iterator[MainWindow]:  # type: ignore[no-untyped-def]
+def window(qtbot: QtBot, data_copy: Path) -> Iterator[MainWindow]:
     yield from _open_window(qtbot, data_copy)
 
 
 @pytest.fixture
-def empty_window(qtbot, data_dir: Path) -> Iterator[MainWindow]:  # type: ignore[no-untyped-def]
+def empty_window(qtbot: QtBot, data_dir: Path) -> Iterator[MainWindow]:
     yield from _open_window(qtbot, data_dir)
 
 
-def _search(qtbot, window: MainWindow, criteria: StudyCriteria) -> list[dict]:  # type: ignore[no-untyped-def]
+def _search(qtbot: QtBot, window: MainWindow, criteria: StudyCriteria) -> list[dict[str, Any]]:
     with qtbot.waitSignal(window.browser.searchFinished, timeout=TIMEOUT):
         window.browser.set_criteria(criteria)
     return window.browser.model.rows()
@@ -134,11 +145,19 @@ def test_lists_every_study_with_decoded_names(window: MainWindow) -> None:
     model = window.browser.model
     assert model.rowCount() == archive.count("STUDY") > 20
     assert [c.title for c in STUDY_COLUMNS] == [
-        model.headerData(i, Qt.Orientation.Horizontal) for i in range(model.columnCount())]
+        model.headerData(i, Qt.Orientation.Horizontal) for i in range(model.columnCount())
+    ]
     names = set(_names(window))
     # Specific Character Sets decoded into the index and shown as text (ISO_IR 100, 192, 2022 IR 87...).
-    for expected in ("Müller, Jürgen", "Παπαδοπούλου, Ελένη", "Иванов, Иван Петрович", "Buc, Jérôme",
-                     "Äneas, Rüdiger", "Yamada, Tarou (山田 太郎)", "Wang, XiaoDong (王 小东)"):
+    for expected in (
+        "Müller, Jürgen",
+        "Παπαδοπούλου, Ελένη",
+        "Иванов, Иван Петрович",
+        "Buc, Jérôme",
+        "Äneas, Rüdiger",
+        "Yamada, Tarou (山田 太郎)",
+        "Wang, XiaoDong (王 小东)",
+    ):
         assert expected in names
     # Newest first by default.
     dates = [r["StudyDate"] for r in model.rows() if r["StudyDate"]]
@@ -156,7 +175,7 @@ def test_status_bar_shows_archive_and_folder(window: MainWindow) -> None:
     assert window.banner.isHidden()  # not empty: no demo offer
 
 
-def test_search_by_name_wildcard_case_insensitive(qtbot, window: MainWindow) -> None:  # type: ignore[no-untyped-def]
+def test_search_by_name_wildcard_case_insensitive(qtbot: QtBot, window: MainWindow) -> None:
     rows = _search(qtbot, window, StudyCriteria(patient_name="müll"))
     assert len(rows) == 2 and set(_names(window)) == {"Müller, Jürgen"}
     rows = _search(qtbot, window, StudyCriteria(patient_name="ΠΑΠΑΔ"))
@@ -172,7 +191,7 @@ def test_search_by_name_wildcard_case_insensitive(qtbot, window: MainWindow) -> 
     assert set(_names(window)) == {"Buc, Jérôme"}
 
 
-def test_search_by_date_range(qtbot, window: MainWindow) -> None:  # type: ignore[no-untyped-def]
+def test_search_by_date_range(qtbot: QtBot, window: MainWindow) -> None:
     everything = window.archive.query("STUDY", {})
     expected = {r["StudyInstanceUID"] for r in everything if "20261103" <= r["StudyDate"] <= "20261105"}
     assert len(expected) == 3
@@ -182,7 +201,8 @@ def test_search_by_date_range(qtbot, window: MainWindow) -> None:  # type: ignor
     # Open-ended: from a date on.
     rows = _search(qtbot, window, StudyCriteria(date_from=date(2026, 11, 4)))
     assert {r["StudyInstanceUID"] for r in rows} == {
-        r["StudyInstanceUID"] for r in everything if r["StudyDate"] >= "20261104"}
+        r["StudyInstanceUID"] for r in everything if r["StudyDate"] >= "20261104"
+    }
     # The "Any" button clears the range again.
     with qtbot.waitSignal(window.browser.searchFinished, timeout=TIMEOUT):
         qtbot.mouseClick(window.browser.any_date_button, Qt.MouseButton.LeftButton)
@@ -190,7 +210,7 @@ def test_search_by_date_range(qtbot, window: MainWindow) -> None:  # type: ignor
     assert window.browser.date_from.text() == "any"
 
 
-def test_search_by_modality_and_accession(qtbot, window: MainWindow) -> None:  # type: ignore[no-untyped-def]
+def test_search_by_modality_and_accession(qtbot: QtBot, window: MainWindow) -> None:
     everything = window.archive.query("STUDY", {})
     for modality in ("MR", "US", "SR", "SEG", "CT"):
         expected = {r["StudyInstanceUID"] for r in everything if modality in r["ModalitiesInStudy"].split("\\")}
@@ -198,11 +218,10 @@ def test_search_by_modality_and_accession(qtbot, window: MainWindow) -> None:  #
         assert expected and {r["StudyInstanceUID"] for r in rows} == expected, modality
         assert window.browser.modality_combo.currentText() == modality
     rows = _search(qtbot, window, StudyCriteria(accession="ACC-100"))
-    assert sorted(r["AccessionNumber"] for r in rows) == ["ACC-1001", "ACC-1002", "ACC-1003", "ACC-1004",
-                                                         "ACC-1005"]
+    assert sorted(r["AccessionNumber"] for r in rows) == ["ACC-1001", "ACC-1002", "ACC-1003", "ACC-1004", "ACC-1005"]
 
 
-def test_sort_by_clicking_headers(qtbot, window: MainWindow) -> None:  # type: ignore[no-untyped-def]
+def test_sort_by_clicking_headers(qtbot: QtBot, window: MainWindow) -> None:
     browser = window.browser
     header = browser.table.horizontalHeader()
     # A click on "Patient ID" sorts ascending through the query's order_by.
@@ -225,13 +244,11 @@ def test_sort_by_clicking_headers(qtbot, window: MainWindow) -> None:  # type: i
     assert names == sorted(names) and len(names) > 3
 
 
-def _point(x: int, y: int):  # type: ignore[no-untyped-def]
-    from PySide6.QtCore import QPoint
-
+def _point(x: int, y: int) -> QPoint:
     return QPoint(x, y)
 
 
-def test_double_click_and_enter_open_the_study(qtbot, window: MainWindow) -> None:  # type: ignore[no-untyped-def]
+def test_double_click_and_enter_open_the_study(qtbot: QtBot, window: MainWindow) -> None:
     table = window.browser.table
     model = window.browser.model
     row = 2
@@ -253,7 +270,7 @@ def test_double_click_and_enter_open_the_study(qtbot, window: MainWindow) -> Non
         window.open_study("1.2.3")
 
 
-def test_series_list_of_the_selected_study(qtbot, window: MainWindow) -> None:  # type: ignore[no-untyped-def]
+def test_series_list_of_the_selected_study(qtbot: QtBot, window: MainWindow) -> None:
     _search(qtbot, window, StudyCriteria(patient_name="yamada"))
     browser = window.browser
     yamada = [i for i, r in enumerate(browser.model.rows()) if r["PatientID"] == "HIL-0003"]
@@ -270,16 +287,18 @@ def test_series_list_of_the_selected_study(qtbot, window: MainWindow) -> None:  
     series_uid = browser.series_model.uid(1)
     rect = browser.series_table.visualRect(browser.series_model.index(1, 2))
     qtbot.mouseClick(browser.series_table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
-    with qtbot.waitSignal(window.seriesOpenRequested, timeout=TIMEOUT,
-                          check_params_cb=lambda s, se: (s, se) == (uid, series_uid)):
+    with qtbot.waitSignal(
+        window.seriesOpenRequested, timeout=TIMEOUT, check_params_cb=lambda s, se: (s, se) == (uid, series_uid)
+    ):
         qtbot.mouseDClick(browser.series_table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
 
 
 # ---------------------------------------------------------------- import and live refresh
 
 
-def test_import_with_progress_and_summary(qtbot, empty_window: MainWindow, pydicom_files: Path,  # type: ignore[no-untyped-def]
-                                          tmp_path: Path) -> None:
+def test_import_with_progress_and_summary(
+    qtbot: QtBot, empty_window: MainWindow, pydicom_files: Path, tmp_path: Path
+) -> None:
     window = empty_window
     folder = tmp_path / "incoming" / "nested"
     folder.mkdir(parents=True)
@@ -311,7 +330,7 @@ def test_import_with_progress_and_summary(qtbot, empty_window: MainWindow, pydic
     assert (blocker.args[0].imported, blocker.args[0].duplicates, blocker.args[0].rejected) == (0, 3, 2)
 
 
-def test_import_can_be_cancelled(qtbot, empty_window: MainWindow, demo_folder: Path) -> None:  # type: ignore[no-untyped-def]
+def test_import_can_be_cancelled(qtbot: QtBot, empty_window: MainWindow, demo_folder: Path) -> None:
     window = empty_window
     window.importer.show_summary = False
     with qtbot.waitSignal(window.importFinished, timeout=60_000) as blocker:
@@ -326,13 +345,12 @@ def test_import_can_be_cancelled(qtbot, empty_window: MainWindow, demo_folder: P
     assert window.archive.count("IMAGE") == summary.imported < summary.total
 
 
-def test_live_refresh_after_ingest_from_another_thread(qtbot, window: MainWindow,  # type: ignore[no-untyped-def]
-                                                       pydicom_files: Path) -> None:
+def test_live_refresh_after_ingest_from_another_thread(qtbot: QtBot, window: MainWindow, pydicom_files: Path) -> None:
     before = window.browser.model.rowCount()
     instances_before = window.archive.stats()["instances"]
     # A file whose study is not in the archive yet, stored from another thread (as the DICOM node does).
     source = pydicom_files / "SC_rgb_small_odd.dcm"
-    result: list = []
+    result: list[Any] = []
     t = threading.Thread(target=lambda: result.append(window.archive.ingest(source, origin="dimse")))
     t.start()
     t.join()
@@ -345,7 +363,7 @@ def test_live_refresh_after_ingest_from_another_thread(qtbot, window: MainWindow
     qtbot.waitUntil(lambda: window.browser.model.rowCount() == before, timeout=TIMEOUT)
 
 
-def test_empty_archive_offers_demo_studies(qtbot, empty_window: MainWindow) -> None:  # type: ignore[no-untyped-def]
+def test_empty_archive_offers_demo_studies(qtbot: QtBot, empty_window: MainWindow) -> None:
     window = empty_window
     assert window.banner.isVisible()
     assert window.browser.model.rowCount() == 0
@@ -374,7 +392,7 @@ def _ink(image: QImage, background: int) -> int:
     return count
 
 
-def test_rendered_window_shows_the_names(qtbot, window: MainWindow, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_rendered_window_shows_the_names(qtbot: QtBot, window: MainWindow, tmp_path: Path) -> None:
     _search(qtbot, window, StudyCriteria(patient_id="HIL-"))
     table = window.browser.table
     model = window.browser.model
@@ -410,7 +428,7 @@ def test_rendered_window_shows_the_names(qtbot, window: MainWindow, tmp_path: Pa
 # ---------------------------------------------------------------- menus, shortcuts, tabs
 
 
-def test_shortcuts_and_help(qtbot, window: MainWindow) -> None:  # type: ignore[no-untyped-def]
+def test_shortcuts_and_help(qtbot: QtBot, window: MainWindow) -> None:
     window.activateWindow()
     qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=TIMEOUT)
     window.browser.table.setFocus()
@@ -445,12 +463,12 @@ def test_shortcuts_and_help(qtbot, window: MainWindow) -> None:  # type: ignore[
 class _Closing(QWidget):
     closed = Signal()
 
-    def closeEvent(self, event) -> None:  # type: ignore[no-untyped-def]
+    def closeEvent(self, event: Any) -> None:  # noqa: N802
         self.closed.emit()
         super().closeEvent(event)
 
 
-def test_workspace_tabs(qtbot, window: MainWindow) -> None:  # type: ignore[no-untyped-def]
+def test_workspace_tabs(qtbot: QtBot, window: MainWindow) -> None:
     fixed = window.tabs.count()
     page = _Closing()
     index = window.add_workspace_tab(page, "Viewer", tooltip="a study")
@@ -469,7 +487,7 @@ def test_workspace_tabs(qtbot, window: MainWindow) -> None:  # type: ignore[no-u
 # ---------------------------------------------------------------- start-up
 
 
-def test_run_gui_with_demo_and_node(qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_run_gui_with_demo_and_node(qtbot: QtBot, tmp_path: Path) -> None:
     """``hilum gui --demo`` on an empty folder: demo studies listed, the node's ports in the status bar."""
     from hilum.ui.app import run_gui
 
@@ -494,8 +512,6 @@ def test_run_gui_with_demo_and_node(qtbot, tmp_path: Path) -> None:  # type: ign
             else:
                 timer.start()
 
-        from PySide6.QtCore import QTimer
-
         timer = QTimer(win)
         timer.setSingleShot(True)
         timer.setInterval(100)
@@ -514,7 +530,7 @@ def test_run_gui_with_demo_and_node(qtbot, tmp_path: Path) -> None:  # type: ign
         assert a.count("STUDY") == 7
 
 
-def test_node_port_in_use_does_not_stop_the_workstation(qtbot, data_copy: Path) -> None:  # type: ignore[no-untyped-def]
+def test_node_port_in_use_does_not_stop_the_workstation(qtbot: QtBot, data_copy: Path) -> None:
     from hilum.ui.app import NodeRunner
 
     with socket.socket() as busy:
@@ -564,5 +580,7 @@ def test_signal_emit_keeps_reference_counts() -> None:
     lost = before - sys.getrefcount(True)
     import PySide6
 
-    assert lost < 25, (f"PySide6 {PySide6.__version__} loses a reference to True per Signal.emit "
-                       f"({lost} in 50 emits): pin PySide6-Essentials != 6.12.0 (6.11.3 is good)")
+    assert lost < 25, (
+        f"PySide6 {PySide6.__version__} loses a reference to True per Signal.emit "
+        f"({lost} in 50 emits): pin PySide6-Essentials != 6.12.0 (6.11.3 is good)"
+    )

@@ -20,8 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--data", metavar="DIR", help="data folder (default: $HILUM_DATA or the user data folder)")
     p.add_argument("--demo", action="store_true", help="import the generated demo studies at start, without asking")
-    p.add_argument("--small-demo", action="store_true",
-                   help="with --demo: tiny demo images (quick; for tests and screenshots)")
+    p.add_argument(
+        "--small-demo", action="store_true", help="with --demo: tiny demo images (quick; for tests and screenshots)"
+    )
     p.add_argument("--no-node", action="store_true", help="do not start the DICOM/DICOMweb/HL7 listeners")
     p.set_defaults(handler=run_workstation)
 

@@ -124,8 +124,14 @@ def install_viewer(window: MainWindow) -> Any:
         return None
 
 
-def run_gui(config: Config, *, demo: bool = False, demo_small: bool = False, start_node: bool = True,
-            on_ready: Callable[[MainWindow], None] | None = None) -> int:
+def run_gui(
+    config: Config,
+    *,
+    demo: bool = False,
+    demo_small: bool = False,
+    start_node: bool = True,
+    on_ready: Callable[[MainWindow], None] | None = None,
+) -> int:
     """Open the archive and the main window, run the event loop, close everything after.
 
     ``demo`` imports the demo studies at once (without asking); otherwise an

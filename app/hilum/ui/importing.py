@@ -32,6 +32,7 @@ from hilum.ui.tasks import Job, TaskRunner
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class ImportSummary:
     """What an import did, counted from the ingest results."""
@@ -119,8 +120,9 @@ def _short_source(source: str | None) -> str:
     return f"{name}!{PurePosixPath(member).name}" if sep else name
 
 
-def ingest_paths(archive: Archive, paths: Iterable[str | os.PathLike[str]], job: Job | None = None,
-                 *, origin: str = "import") -> ImportSummary:
+def ingest_paths(
+    archive: Archive, paths: Iterable[str | os.PathLike[str]], job: Job | None = None, *, origin: str = "import"
+) -> ImportSummary:
     """Import files, folders, DICOMDIRs and zips (worker thread); progress and cancel through ``job``.
 
     Finding what to import is :func:`hilum.archive.importer.import_paths`'
@@ -136,8 +138,9 @@ def ingest_paths(archive: Archive, paths: Iterable[str | os.PathLike[str]], job:
         if job is not None:
             job.report(done, total, f"Importing {total} file{'s' if total != 1 else ''}…")
 
-    report = import_paths(archive, list(paths), origin=origin, progress=progress,
-                          cancel=job.cancel_event if job is not None else None)
+    report = import_paths(
+        archive, list(paths), origin=origin, progress=progress, cancel=job.cancel_event if job is not None else None
+    )
     summary = ImportSummary.from_report(report)
     log.info("import: %s", summary.headline())
     return summary
@@ -270,8 +273,13 @@ class ImportController(QObject):
         if self.summary_box is not None:
             self.summary_box.close()
         icon = QMessageBox.Icon.Warning if (summary.error or summary.rejected) else QMessageBox.Icon.Information
-        box = QMessageBox(icon, "Import finished" if not summary.error else "Import failed",
-                          summary.text(), QMessageBox.StandardButton.Ok, self._parent)
+        box = QMessageBox(
+            icon,
+            "Import finished" if not summary.error else "Import failed",
+            summary.text(),
+            QMessageBox.StandardButton.Ok,
+            self._parent,
+        )
         box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         box.setWindowModality(Qt.WindowModality.NonModal)
         box.destroyed.connect(partial(self._forget_box, box))

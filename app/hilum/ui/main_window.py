@@ -122,10 +122,13 @@ class EmptyArchiveBanner(QFrame):
         self.setFrameShape(QFrame.Shape.StyledPanel)
         self.setStyleSheet(
             "#emptyArchiveBanner { background: #e8f1fb; border: 1px solid #9cc0e6; border-radius: 4px; }"
-            "#emptyArchiveBanner QLabel { color: #1d3b5c; }")
+            "#emptyArchiveBanner QLabel { color: #1d3b5c; }"
+        )
         self.label = QLabel(
             "<b>This archive is empty.</b> Load a few generated demo studies to try Hilum, "
-            "or import your own DICOM files.", self)
+            "or import your own DICOM files.",
+            self,
+        )
         self.label.setWordWrap(True)
         self.demo_button = QPushButton("Load demo studies", self)
         self.demo_button.setObjectName("loadDemoButton")
@@ -213,8 +216,8 @@ class MainWindow(QMainWindow):
         self.banner.hide()
         self.browser_page = QWidget(self)
         page = QVBoxLayout(self.browser_page)
-        page.setContentsMargins(8, 8, 8, 0)
-        page.setSpacing(0)
+        page.setContentsMargins(10, 8, 10, 2)
+        page.setSpacing(6)
         page.addWidget(self.banner)
         page.addWidget(self.browser, 1)
         self._fixed_pages: list[QWidget] = [self.browser_page]
@@ -260,8 +263,13 @@ class MainWindow(QMainWindow):
             return None
         worklist.openRequested.connect(self.open_study)
         self._fixed_pages.append(worklist)
-        self.add_workspace_tab(worklist, "Worklist", closable=False, activate=False,
-                               tooltip="Scheduled procedures (HL7 orders, Modality Worklist)")
+        self.add_workspace_tab(
+            worklist,
+            "Worklist",
+            closable=False,
+            activate=False,
+            tooltip="Scheduled procedures (HL7 orders, Modality Worklist)",
+        )
         return worklist
 
     def _build_status_bar(self) -> None:
@@ -284,11 +292,18 @@ class MainWindow(QMainWindow):
     def _elide_path(path: str, limit: int) -> str:
         home = os.path.expanduser("~")
         if home and home != "/" and path.startswith(home):
-            path = "~" + path[len(home):]
-        return path if len(path) <= limit else "…" + path[-(limit - 1):]
+            path = "~" + path[len(home) :]
+        return path if len(path) <= limit else "…" + path[-(limit - 1) :]
 
-    def _action(self, menu: QMenu, text: str, slot: Any, shortcut: QKeySequence | str | None = None,
-                tip: str = "", name: str = "") -> QAction:
+    def _action(
+        self,
+        menu: QMenu,
+        text: str,
+        slot: Any,
+        shortcut: QKeySequence | QKeySequence.StandardKey | str | None = None,
+        tip: str = "",
+        name: str = "",
+    ) -> QAction:
         act = QAction(text, self)
         if shortcut is not None:
             act.setShortcut(QKeySequence(shortcut))
@@ -306,41 +321,76 @@ class MainWindow(QMainWindow):
         mb = self.menuBar()
         self.file_menu = mb.addMenu("&File")
         self.import_files_action = self._action(
-            self.file_menu, "&Import files…", self.import_files_dialog, "Ctrl+I",
-            "Import DICOM files into the local archive", "importFilesAction")
+            self.file_menu,
+            "&Import files…",
+            self.import_files_dialog,
+            "Ctrl+I",
+            "Import DICOM files into the local archive",
+            "importFilesAction",
+        )
         self.import_folder_action = self._action(
-            self.file_menu, "Import &folder…", self.import_folder_dialog, "Ctrl+Shift+I",
-            "Import every DICOM file in a folder and its subfolders", "importFolderAction")
+            self.file_menu,
+            "Import &folder…",
+            self.import_folder_dialog,
+            "Ctrl+Shift+I",
+            "Import every DICOM file in a folder and its subfolders",
+            "importFolderAction",
+        )
         self.load_demo_action = self._action(
-            self.file_menu, "Load &demo studies", lambda: self.load_demo(), None,
-            "Generate demo studies and import them", "loadDemoAction")
+            self.file_menu,
+            "Load &demo studies",
+            lambda: self.load_demo(),
+            None,
+            "Generate demo studies and import them",
+            "loadDemoAction",
+        )
         self.file_menu.addSeparator()
         self.open_action = self._action(
-            self.file_menu, "&Open selected study", self.browser.open_selected, None,
-            "Open the study selected in the browser (Enter)", "openStudyAction")
+            self.file_menu,
+            "&Open selected study",
+            self.browser.open_selected,
+            None,
+            "Open the study selected in the browser (Enter)",
+            "openStudyAction",
+        )
         self.file_menu.addSeparator()
         self.quit_action = self._action(self.file_menu, "&Quit", self.close, "Ctrl+Q", "Quit Hilum", "quitAction")
 
         self.view_menu = mb.addMenu("&View")
         self.show_browser_action = self._action(
-            self.view_menu, "&Study browser", self.show_browser, "Ctrl+B", "Show the study browser",
-            "showBrowserAction")
+            self.view_menu, "&Study browser", self.show_browser, "Ctrl+B", "Show the study browser", "showBrowserAction"
+        )
         self.show_worklist_action = self._action(
-            self.view_menu, "&Worklist", self.show_worklist, "Ctrl+Shift+L", "Show the worklist",
-            "showWorklistAction")
+            self.view_menu, "&Worklist", self.show_worklist, "Ctrl+Shift+L", "Show the worklist", "showWorklistAction"
+        )
         self.show_worklist_action.setEnabled(self.worklist is not None)
         self.find_action = self._action(
-            self.view_menu, "&Find studies", self.focus_search, QKeySequence.StandardKey.Find,
-            "Put the cursor in the patient name field", "findAction")
+            self.view_menu,
+            "&Find studies",
+            self.focus_search,
+            QKeySequence.StandardKey.Find,
+            "Put the cursor in the patient name field",
+            "findAction",
+        )
         self.refresh_action = self._action(
-            self.view_menu, "&Refresh", self.refresh, "F5", "Search again and update the archive status",
-            "refreshAction")
+            self.view_menu,
+            "&Refresh",
+            self.refresh,
+            "F5",
+            "Search again and update the archive status",
+            "refreshAction",
+        )
         self.view_menu.addSeparator()
 
         self.help_menu = mb.addMenu("&Help")
         self.shortcuts_action = self._action(
-            self.help_menu, "&Keyboard shortcuts", self.show_shortcuts, "F1", "List the keyboard shortcuts",
-            "shortcutsAction")
+            self.help_menu,
+            "&Keyboard shortcuts",
+            self.show_shortcuts,
+            "F1",
+            "List the keyboard shortcuts",
+            "shortcutsAction",
+        )
         self.about_action = self._action(self.help_menu, "&About Hilum", self.show_about, None, "", "aboutAction")
 
         for keys, text in [
@@ -353,7 +403,7 @@ class MainWindow(QMainWindow):
             ("Ctrl+B", "Show the study browser"),
             ("Ctrl+Shift+L", "Show the worklist"),
             ("Up / Down", "Move through the study list"),
-            ("Alt+N / Alt+I / Alt+D / Alt+M / Alt+A", "Go to the name, ID, date, modality, accession field"),
+            ("Alt+N, Alt+I, Alt+D, Alt+M, Alt+A", "Go to the name, ID, date, modality or accession field"),
             ("F1", "This list"),
             ("Ctrl+Q", "Quit"),
         ]:
@@ -374,8 +424,9 @@ class MainWindow(QMainWindow):
         if study_uid and series_uid:
             self.seriesOpenRequested.emit(study_uid, series_uid)
 
-    def add_workspace_tab(self, widget: QWidget, title: str, *, closable: bool = True, tooltip: str = "",
-                          activate: bool = True) -> int:
+    def add_workspace_tab(
+        self, widget: QWidget, title: str, *, closable: bool = True, tooltip: str = "", activate: bool = True
+    ) -> int:
         """Add a tab after the existing ones; returns its index.
 
         The widget is reparented to the tab widget.  When the tab is closed
@@ -396,7 +447,8 @@ class MainWindow(QMainWindow):
 
     def workspace_tabs(self) -> list[QWidget]:
         """The widgets of every tab after the study browser, left to right."""
-        return [w for w in (self.tabs.widget(i) for i in range(self.tabs.count())) if w not in self._fixed_pages]
+        tabs = (self.tabs.widget(i) for i in range(self.tabs.count()))
+        return [w for w in tabs if w is not None and w not in self._fixed_pages]
 
     def close_workspace_tab(self, index: int) -> bool:
         """Close a workspace tab (the study browser cannot be closed)."""
@@ -472,22 +524,30 @@ class MainWindow(QMainWindow):
         self._stats_timer.stop()
         if self._closed:
             return
-        self.tasks.submit(self.archive.stats, on_done=self._on_stats,
-                          on_error=lambda exc: self.archive_label.setText(f"Archive: {exc}"))
+        self.tasks.submit(
+            self.archive.stats,
+            on_done=self._on_stats,
+            on_error=lambda exc: self.archive_label.setText(f"Archive: {exc}"),
+        )
 
     # ------------------------------------------------------------ dialogs
 
     def shortcuts_html(self) -> str:
+        """Help → Keyboard shortcuts as one two-column table, a heading row per section."""
         sections: dict[str, list[ShortcutHelp]] = {}
         for s in self._shortcuts:
             sections.setdefault(s.section, []).append(s)
-        parts = []
+        parts = ["<table width='100%' cellspacing='0' cellpadding='3'>"]
         for name, items in sections.items():
-            parts.append(f"<h3>{html.escape(name)}</h3><table cellspacing='0' cellpadding='3'>")
+            parts.append(
+                f"<tr><td colspan='2' style='padding-top:10px'><b style='font-size:large'>"
+                f"{html.escape(name)}</b></td></tr>"
+            )
             for s in items:
-                parts.append(f"<tr><td style='padding-right:18px'><b>{html.escape(s.keys)}</b></td>"
-                             f"<td>{html.escape(s.description)}</td></tr>")
-            parts.append("</table>")
+                parts.append(
+                    f"<tr><td width='38%'><b>{html.escape(s.keys)}</b></td><td>{html.escape(s.description)}</td></tr>"
+                )
+        parts.append("</table>")
         return "".join(parts)
 
     def show_shortcuts(self) -> QDialog:
@@ -508,17 +568,21 @@ class MainWindow(QMainWindow):
         lay = QVBoxLayout(dlg)
         lay.addWidget(text)
         lay.addWidget(buttons)
-        dlg.resize(520, 480)
+        dlg.resize(620, 560)
         dlg.show()
         return dlg
 
     def show_about(self) -> QMessageBox:
-        box = QMessageBox(QMessageBox.Icon.Information, "About Hilum",
-                          f"<b>Hilum {html.escape(__version__)}</b><br>"
-                          "A DICOM workstation with an integrated mini-PACS.<br><br>"
-                          f"Data folder: {html.escape(str(self.config.data_dir))}<br>"
-                          f"AE title: {html.escape(self.config.aet)}",
-                          QMessageBox.StandardButton.Ok, self)
+        box = QMessageBox(
+            QMessageBox.Icon.Information,
+            "About Hilum",
+            f"<b>Hilum {html.escape(__version__)}</b><br>"
+            "A DICOM workstation with an integrated mini-PACS.<br><br>"
+            f"Data folder: {html.escape(str(self.config.data_dir))}<br>"
+            f"AE title: {html.escape(self.config.aet)}",
+            QMessageBox.StandardButton.Ok,
+            self,
+        )
         box.setObjectName("aboutBox")
         box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         box.setWindowModality(Qt.WindowModality.NonModal)
@@ -536,7 +600,8 @@ class MainWindow(QMainWindow):
         self.stats = stats
         self.archive_label.setText(
             f"{stats['patients']:,} patients · {stats['studies']:,} studies · "
-            f"{stats['instances']:,} images · {format_size(stats['bytes'])}")
+            f"{stats['instances']:,} images · {format_size(stats['bytes'])}"
+        )
         self.archive_label.setToolTip(f"{stats['series']:,} series in the local archive")
         self.banner.setVisible(stats["studies"] == 0 and not self.banner.dismissed)
         self.statsUpdated.emit(stats)
@@ -583,4 +648,3 @@ class MainWindow(QMainWindow):
         for box in (self.importer.summary_box, self.importer.dialog):
             if box is not None:
                 box.close()
-

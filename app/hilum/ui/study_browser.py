@@ -284,7 +284,7 @@ class StudyBrowser(QWidget):
         self.splitter.setChildrenCollapsible(False)
 
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(8, 8, 8, 8)
+        layout.setContentsMargins(0, 6, 0, 6)
         layout.setSpacing(6)
         layout.addWidget(self.search_bar)
         layout.addWidget(self.splitter, 1)
@@ -311,8 +311,10 @@ class StudyBrowser(QWidget):
         self.name_edit = QLineEdit(bar)
         self.name_edit.setPlaceholderText("e.g. Müller or doe, j")
         self.name_edit.setClearButtonEnabled(True)
-        self.name_edit.setToolTip("Patient name: the start of the family name, case does not matter; "
-                                  "* and ? are wildcards; 'Family, Given' searches both")
+        self.name_edit.setToolTip(
+            "Patient name: the start of the family name, case does not matter; "
+            "* and ? are wildcards; 'Family, Given' searches both"
+        )
         self.id_edit = QLineEdit(bar)
         self.id_edit.setPlaceholderText("Patient ID")
         self.id_edit.setClearButtonEnabled(True)
@@ -332,7 +334,8 @@ class StudyBrowser(QWidget):
             b.setFocusPolicy(Qt.FocusPolicy.TabFocus)
         self.today_button.clicked.connect(lambda: self.set_date_range(date.today(), date.today()))
         self.week_button.clicked.connect(
-            lambda: self.set_date_range(date.fromordinal(date.today().toordinal() - 6), date.today()))
+            lambda: self.set_date_range(date.fromordinal(date.today().toordinal() - 6), date.today())
+        )
         self.any_date_button.clicked.connect(lambda: self.set_date_range(None, None))
 
         self.modality_combo = QComboBox(bar)
@@ -423,8 +426,7 @@ class StudyBrowser(QWidget):
 
     def set_criteria(self, criteria: StudyCriteria, *, search: bool = True) -> None:
         """Fill the search fields (and search, unless told not to)."""
-        widgets = (self.name_edit, self.id_edit, self.accession_edit, self.date_from, self.date_to,
-                   self.modality_combo)
+        widgets = (self.name_edit, self.id_edit, self.accession_edit, self.date_from, self.date_to, self.modality_combo)
         for w in widgets:
             w.blockSignals(True)
         try:
@@ -442,9 +444,16 @@ class StudyBrowser(QWidget):
             self.search()
 
     def set_date_range(self, start: date | None, end: date | None) -> None:
-        self.set_criteria(StudyCriteria(
-            patient_name=self.name_edit.text(), patient_id=self.id_edit.text(), date_from=start, date_to=end,
-            modality=str(self.modality_combo.currentData() or ""), accession=self.accession_edit.text()))
+        self.set_criteria(
+            StudyCriteria(
+                patient_name=self.name_edit.text(),
+                patient_id=self.id_edit.text(),
+                date_from=start,
+                date_to=end,
+                modality=str(self.modality_combo.currentData() or ""),
+                accession=self.accession_edit.text(),
+            )
+        )
 
     def clear(self) -> None:
         """Empty every field and show all studies."""
@@ -492,9 +501,13 @@ class StudyBrowser(QWidget):
             self.result_label.setText("Searching…")
         self._pending_select = keep_uid
         order = self._order_by
-        self._runner.submit(self.logic.studies, criteria, order,
-                            on_done=lambda res: self._on_result(gen, res),
-                            on_error=lambda exc: self._on_error(gen, exc))
+        self._runner.submit(
+            self.logic.studies,
+            criteria,
+            order,
+            on_done=lambda res: self._on_result(gen, res),
+            on_error=lambda exc: self._on_error(gen, exc),
+        )
 
     def _on_error(self, gen: int, exc: BaseException) -> None:
         if gen != self._generation:
@@ -556,8 +569,9 @@ class StudyBrowser(QWidget):
         index = self.model.index(row, 0)
         self._selecting = True
         try:
-            sm.setCurrentIndex(index, QItemSelectionModel.SelectionFlag.ClearAndSelect
-                               | QItemSelectionModel.SelectionFlag.Rows)
+            sm.setCurrentIndex(
+                index, QItemSelectionModel.SelectionFlag.ClearAndSelect | QItemSelectionModel.SelectionFlag.Rows
+            )
             self.table.scrollTo(index)
             # currentRowChanged does not fire when the same row index stays current after a reset.
             self._on_current_changed(index, QModelIndex())
@@ -605,9 +619,12 @@ class StudyBrowser(QWidget):
         desc = study.get("StudyDescription") or "study"
         when = format_date(study.get("StudyDate"))
         self.series_title.setText(f"Series of {name} — {desc}{f' ({when})' if when else ''}")
-        self._runner.submit(self.logic.series, uid,
-                            on_done=lambda rows: self._on_series(gen, uid, rows),
-                            on_error=lambda exc: log.error("series query failed", exc_info=exc))
+        self._runner.submit(
+            self.logic.series,
+            uid,
+            on_done=lambda rows: self._on_series(gen, uid, rows),
+            on_error=lambda exc: log.error("series query failed", exc_info=exc),
+        )
 
     def _on_series(self, gen: int, study_uid: str, rows: list[dict[str, Any]]) -> None:
         if gen != self._series_generation:

@@ -30,8 +30,15 @@ DEFAULT_LIMIT = 2000
 class QueryableArchive(Protocol):
     """The part of :class:`hilum.archive.Archive` the browser uses."""
 
-    def query(self, level: str, identifier: Mapping[str, Any] | None = None, *, limit: int | None = None,
-              offset: int = 0, order_by: list[str] | None = None) -> list[dict[str, Any]]: ...
+    def query(
+        self,
+        level: str,
+        identifier: Mapping[str, Any] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        order_by: list[str] | None = None,
+    ) -> list[dict[str, Any]]: ...
 
     def count(self, level: str, identifier: Mapping[str, Any] | None = None) -> int: ...
 
@@ -212,10 +219,20 @@ STUDY_COLUMNS: tuple[Column, ...] = (
     Column("Description", "StudyDescription", lambda r: r.get("StudyDescription") or ""),
     Column("Modalities", "ModalitiesInStudy", lambda r: format_modalities(r.get("ModalitiesInStudy"))),
     Column("Accession", "AccessionNumber", lambda r: r.get("AccessionNumber") or ""),
-    Column("Series", "NumberOfStudyRelatedSeries", lambda r: _int(r.get("NumberOfStudyRelatedSeries")), "right",
-           "Number of series in the study"),
-    Column("Images", "NumberOfStudyRelatedInstances", lambda r: _int(r.get("NumberOfStudyRelatedInstances")),
-           "right", "Number of instances in the study"),
+    Column(
+        "Series",
+        "NumberOfStudyRelatedSeries",
+        lambda r: _int(r.get("NumberOfStudyRelatedSeries")),
+        "right",
+        "Number of series in the study",
+    ),
+    Column(
+        "Images",
+        "NumberOfStudyRelatedInstances",
+        lambda r: _int(r.get("NumberOfStudyRelatedInstances")),
+        "right",
+        "Number of instances in the study",
+    ),
 )
 """The study table's columns, left to right."""
 
@@ -224,10 +241,18 @@ SERIES_COLUMNS: tuple[Column, ...] = (
     Column("Modality", "Modality", lambda r: r.get("Modality") or "", "center"),
     Column("Series description", "SeriesDescription", lambda r: r.get("SeriesDescription") or ""),
     Column("Body part", "BodyPartExamined", lambda r: r.get("BodyPartExamined") or ""),
-    Column("Series date", "SeriesDate",
-           lambda r: f"{format_date(r.get('SeriesDate'))} {format_time(r.get('SeriesTime'))}".strip()),
-    Column("Images", "NumberOfSeriesRelatedInstances", lambda r: _int(r.get("NumberOfSeriesRelatedInstances")),
-           "right", "Number of instances in the series"),
+    Column(
+        "Series date",
+        "SeriesDate",
+        lambda r: f"{format_date(r.get('SeriesDate'))} {format_time(r.get('SeriesTime'))}".strip(),
+    ),
+    Column(
+        "Images",
+        "NumberOfSeriesRelatedInstances",
+        lambda r: _int(r.get("NumberOfSeriesRelatedInstances")),
+        "right",
+        "Number of instances in the series",
+    ),
 )
 """The series table's columns, left to right."""
 

@@ -47,8 +47,9 @@ class TaskRunner(QObject):
         """How many submitted tasks have not yet been delivered."""
         return self._active
 
-    def submit(self, fn: Callable[..., Any], *args: Any, on_done: Callback = None,
-               on_error: Callback = None, **kwargs: Any) -> Future[Any]:
+    def submit(
+        self, fn: Callable[..., Any], *args: Any, on_done: Callback = None, on_error: Callback = None, **kwargs: Any
+    ) -> Future[Any]:
         if self._closed:
             raise RuntimeError("TaskRunner is shut down")
         with self._lock:
