@@ -11,7 +11,7 @@ cd "$here"
 SYSTEM_PACKAGES=(dcmtk xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0
   libxcb-xinerama0 libxcb-randr0 libxcb-render-util0 libxcb-image0 libxcb-shape0 libegl1 libgl1
   libopengl0 libglx0 libosmesa6 libfontconfig1 libdbus-1-3 fonts-dejavu-core
-  orthanc orthanc-dicomweb postgresql)
+  fonts-noto-cjk orthanc orthanc-dicomweb postgresql)
 
 if [[ "${1:-}" != "--no-system" ]]; then
   missing=()

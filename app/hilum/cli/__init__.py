@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hilum {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--data", dest="top_data", metavar="DIR",
+                        help="without a verb: the workstation's data folder (default: $HILUM_DATA or the user data folder)")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -46,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hilum.cli.workstation import run_workstation
 
         handler = run_workstation
+        args.data = args.top_data
     try:
         return int(handler(args) or 0)
     except HilumError as exc:
