@@ -436,6 +436,9 @@ def test_max_associations(tmp_path: Path, storescp: tuple[int, Path]) -> None:
         finally:
             held.release()
             ae.shutdown()
+        deadline = time.monotonic() + 10  # the released association's thread ends shortly after
+        while n.service("dimse").ae.active_associations and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.05)
         scu.echo(scu.Target("127.0.0.1", port_of(n), "HILUM", "MODALITY", timeout=10))
 
 
@@ -640,3 +643,21 @@ def test_tls_echo_and_store(tmp_path: Path, storescp: tuple[int, Path], query_se
         with pytest.raises(scu.DimseError):
             scu.echo(scu.Target("127.0.0.1", port_of(n), "HILUM", "MODALITY", tls=client_ssl_context(), timeout=5))
         assert n.archive.stats()["instances"] == 3
+
+
+def test_plain_and_tls_ports_side_by_side(tmp_path: Path, storescp: tuple[int, Path]) -> None:
+    """``[dimse] tls_port`` in hilum.toml: the LAN keeps plain DICOM, remote links use TLS."""
+    from hilum.config import load_config
+    from hilum.dimse.net import client_ssl_context
+
+    cert, key = _self_signed(tmp_path)
+    cfg = make_config(tmp_path / "data", storescp[0], tls_cert=str(cert), tls_key=str(key))
+    tls_port = free_port()
+    cfg.extra = {"dimse": {"tls_port": tls_port}}
+    cfg.save()
+    cfg = load_config(cfg.data_dir)
+    with Node(cfg, only=["dimse"]) as n:
+        assert n.service("dimse").ports == [cfg.dicom_port, tls_port]  # type: ignore[attr-defined]
+        dcmtk("echoscu", "-aet", "MODALITY", "-aec", "HILUM", "127.0.0.1", cfg.dicom_port)
+        scu.echo(scu.Target("127.0.0.1", tls_port, "HILUM", "MODALITY", tls=client_ssl_context(ca=str(cert)),
+                            timeout=10))

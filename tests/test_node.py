@@ -120,7 +120,7 @@ def test_serve_finishes_the_association_in_flight_on_sigterm(tmp_path: Path) -> 
 def test_serve_bad_options_and_busy_port(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "hilum", "serve", "--data", str(tmp_path), "--aet", "X" * 17],
                          capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 1 and "--aet" in bad.stderr
+    assert bad.returncode == 1 and "--aet" in bad.stderr, bad.stderr
     port = free_port()
     first = _serve(tmp_path / "a", port)
     try:
@@ -129,8 +129,8 @@ def test_serve_bad_options_and_busy_port(tmp_path: Path) -> None:
             [sys.executable, "-m", "hilum", "serve", "--data", str(tmp_path / "b"), "--dicom-port", str(port),
              "--web-port", str(free_port()), "--hl7-port", str(free_port())],
             capture_output=True, text=True, timeout=60)
-        assert second.returncode == 1
-        assert f"cannot listen on 127.0.0.1:{port}" in second.stderr
+        assert second.returncode == 1, second.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in second.stderr, second.stderr
     finally:
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=60)

@@ -115,7 +115,7 @@ class Node:
 
     def serve_forever(self) -> None:
         """Start, block until SIGINT/SIGTERM or :meth:`request_stop`, then stop cleanly."""
-        previous: dict[int, object] = {}
+        previous: dict[signal.Signals, object] = {}
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             log.info("signal %d: stopping", signum)

@@ -19,9 +19,9 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
-from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from hilum.archive import Archive
+from hilum.dimse.uids import STORAGE_COMMITMENT_PUSH
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +132,9 @@ class CommitmentReporter:
                         result.transaction_uid, calling)
             return
         ae = AE(ae_title=self.ae_title)
-        ae.add_requested_context(StorageCommitmentPushModel)
+        ae.add_requested_context(STORAGE_COMMITMENT_PUSH)
         kwargs = self._associate_kwargs(peer)
-        kwargs["ext_neg"] = [build_role(StorageCommitmentPushModel, scp_role=True)]
+        kwargs["ext_neg"] = [build_role(STORAGE_COMMITMENT_PUSH, scp_role=True)]
         try:
             new = ae.associate(peer.host, peer.port, ae_title=peer.aet, **kwargs)
             if not new.is_established:
@@ -151,7 +151,7 @@ class CommitmentReporter:
     @staticmethod
     def _send(assoc: Any, info: Dataset, result: CommitmentResult) -> bool:
         try:
-            status, _ = assoc.send_n_event_report(info, result.event_type, StorageCommitmentPushModel,
+            status, _ = assoc.send_n_event_report(info, result.event_type, STORAGE_COMMITMENT_PUSH,
                                                   COMMITMENT_INSTANCE)
         except Exception as exc:  # noqa: BLE001 - association gone, no context...: fall back
             log.debug("N-EVENT-REPORT failed: %s", exc)

@@ -2,7 +2,7 @@
 
 As SCP the node accepts every storage SOP class pynetdicom knows with every
 transfer syntax it knows, so instances are stored as received (compressed
-included), plus Verification, Query/Retrieve (patient and study root: FIND,
+included), plus VERIFICATION, Query/Retrieve (patient and study root: FIND,
 MOVE, GET) and Storage Commitment Push Model.
 
 As SCU (C-STORE from ``hilum send``, C-MOVE/C-GET sub-operations) contexts
@@ -17,7 +17,7 @@ split over several associations.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,27 +31,28 @@ from pydicom.uid import (
 )
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import (
-    PatientRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelGet,
-    PatientRootQueryRetrieveInformationModelMove,
-    StorageCommitmentPushModel,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-    Verification,
+
+from hilum.dimse.uids import (
+    PATIENT_ROOT_FIND,
+    PATIENT_ROOT_GET,
+    PATIENT_ROOT_MOVE,
+    STORAGE_COMMITMENT_PUSH,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_GET,
+    STUDY_ROOT_MOVE,
+    VERIFICATION,
 )
 
 log = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128
-NATIVE = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-NON_STORAGE_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+NATIVE: list[str] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+NON_STORAGE_SYNTAXES: list[str] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
                         ExplicitVRBigEndian]
 
-FIND_MODELS = [PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind]
-MOVE_MODELS = [PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove]
-GET_MODELS = [PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet]
+FIND_MODELS = [PATIENT_ROOT_FIND, STUDY_ROOT_FIND]
+MOVE_MODELS = [PATIENT_ROOT_MOVE, STUDY_ROOT_MOVE]
+GET_MODELS = [PATIENT_ROOT_GET, STUDY_ROOT_GET]
 STORAGE_CLASSES: list[str] = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
 _STORAGE_SET = set(STORAGE_CLASSES)
 
@@ -65,7 +66,7 @@ class Supported:
     """One context the SCP supports, and the roles it accepts in role selection."""
 
     abstract_syntax: str
-    transfer_syntaxes: list[str]
+    transfer_syntaxes: Sequence[str]
     scu_role: bool | None = None
     scp_role: bool | None = None
     kind: str = "other"  # verification | storage | find | move | get | commitment
@@ -78,13 +79,13 @@ def scp_supported() -> list[Supported]:
     (PS3.7 D.3.3.4) so that a C-GET requestor can take the SCP role and
     receive the sub-operations on the same association.
     """
-    out = [Supported(Verification, NON_STORAGE_SYNTAXES, kind="verification")]
+    out = [Supported(VERIFICATION, NON_STORAGE_SYNTAXES, kind="verification")]
     out += [Supported(uid, list(ALL_TRANSFER_SYNTAXES), scu_role=True, scp_role=True, kind="storage")
             for uid in STORAGE_CLASSES]
     out += [Supported(uid, NON_STORAGE_SYNTAXES, kind="find") for uid in FIND_MODELS]
     out += [Supported(uid, NON_STORAGE_SYNTAXES, kind="move") for uid in MOVE_MODELS]
     out += [Supported(uid, NON_STORAGE_SYNTAXES, kind="get") for uid in GET_MODELS]
-    out += [Supported(StorageCommitmentPushModel, NON_STORAGE_SYNTAXES, scu_role=True, scp_role=True,
+    out += [Supported(STORAGE_COMMITMENT_PUSH, NON_STORAGE_SYNTAXES, scu_role=True, scp_role=True,
                       kind="commitment")]
     return out
 

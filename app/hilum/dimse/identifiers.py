@@ -17,13 +17,14 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
-from pynetdicom.sop_class import (
-    PatientRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelGet,
-    PatientRootQueryRetrieveInformationModelMove,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
+
+from hilum.dimse.uids import (
+    PATIENT_ROOT_FIND,
+    PATIENT_ROOT_GET,
+    PATIENT_ROOT_MOVE,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_GET,
+    STUDY_ROOT_MOVE,
 )
 
 __all__ = [
@@ -41,12 +42,12 @@ _STUDY_ROOT = ("STUDY", "SERIES", "IMAGE")
 
 #: Query/Retrieve levels each information model supports (PS3.4 C.3.1, C.3.2).
 MODEL_LEVELS: dict[str, tuple[str, ...]] = {
-    PatientRootQueryRetrieveInformationModelFind: _PATIENT_ROOT,
-    PatientRootQueryRetrieveInformationModelMove: _PATIENT_ROOT,
-    PatientRootQueryRetrieveInformationModelGet: _PATIENT_ROOT,
-    StudyRootQueryRetrieveInformationModelFind: _STUDY_ROOT,
-    StudyRootQueryRetrieveInformationModelMove: _STUDY_ROOT,
-    StudyRootQueryRetrieveInformationModelGet: _STUDY_ROOT,
+    PATIENT_ROOT_FIND: _PATIENT_ROOT,
+    PATIENT_ROOT_MOVE: _PATIENT_ROOT,
+    PATIENT_ROOT_GET: _PATIENT_ROOT,
+    STUDY_ROOT_FIND: _STUDY_ROOT,
+    STUDY_ROOT_MOVE: _STUDY_ROOT,
+    STUDY_ROOT_GET: _STUDY_ROOT,
 }
 
 #: The unique key of each level (PS3.4 C.3, Tables C.6-1 to C.6-5).

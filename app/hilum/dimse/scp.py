@@ -1,6 +1,6 @@
 """The node's DICOM upper-layer service: one pynetdicom AE built from the config.
 
-SCP services (PS3.4): Verification (A), Storage (B), Query/Retrieve FIND,
+SCP services (PS3.4): VERIFICATION (A), Storage (B), Query/Retrieve FIND,
 MOVE and GET in the patient- and study-root models (C), Storage Commitment
 Push Model (J).  Handlers are thin (STYLE.md §5): they translate to the
 archive's one ingest call and one query call, and a failure becomes a DIMSE
@@ -30,8 +30,6 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.sop_class import StorageCommitmentPushModel
 from pynetdicom.transport import ThreadedAssociationServer
 
 from hilum.archive import Archive
@@ -40,6 +38,7 @@ from hilum.dimse import contexts as cx
 from hilum.dimse.commitment import COMMITMENT_INSTANCE, CommitmentReporter, check_commitment
 from hilum.dimse.identifiers import IdentifierError, query_of, response_for, retrieve_query
 from hilum.dimse.net import NODELAY_HANDLERS, client_ssl_context, server_ssl_context, set_nodelay
+from hilum.dimse.uids import STORAGE_COMMITMENT_PUSH
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +163,7 @@ class DimseService:
                                      scp_role=s.scp_role)
         return ae
 
-    def _handlers(self) -> list[tuple[Any, Any]]:
+    def _handlers(self) -> list[Any]:
         return [
             (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_REQUESTED, self._on_requested),
@@ -272,7 +271,7 @@ class DimseService:
 
     def _on_conn_open(self, event: evt.Event) -> None:
         set_nodelay(event)
-        addr = event.address
+        addr = getattr(event, "address", ("?", 0))
         event.assoc._hilum_log = AssociationLog(next(self._numbers), f"{addr[0]}:{addr[1]}")
 
     def _on_requested(self, event: evt.Event) -> None:
@@ -373,7 +372,7 @@ class DimseService:
             status = int(getattr(msg.command_set, "Status", 0xFFFF))
             self._count(event.assoc, "get-sent" if status in (0, 0xB000, 0xB007, 0xB006) else "get-failed")
 
-    # ------------------------------------------------------------ Verification (PS3.4 A)
+    # ------------------------------------------------------------ VERIFICATION (PS3.4 A)
 
     def _on_echo(self, event: evt.Event) -> int:
         self._count(event.assoc, "C-ECHO")
@@ -387,7 +386,7 @@ class DimseService:
         if peer is not None and not peer.may_store:
             self._count(event.assoc, "C-STORE refused")
             return status_dataset(NOT_AUTHORISED, "this AE may not store here")
-        request: C_STORE = event.request
+        request: Any = event.request
         try:
             data = event.encoded_dataset()
         except Exception as exc:  # noqa: BLE001 - malformed request
@@ -538,18 +537,19 @@ class DimseService:
         return handler(event)  # type: ignore[no-any-return]
 
     def _on_n_set(self, event: evt.Event) -> tuple[int | Dataset, Dataset | None]:
-        handler = self._extension(str(event.request.RequestedSOPClassUID), "on_n_set")
+        req: Any = event.request
+        handler = self._extension(str(req.RequestedSOPClassUID), "on_n_set")
         self._count(event.assoc, "N-SET")
         if handler is None:
             return status_dataset(0x0122, "SOP class not supported"), None
         return handler(event)  # type: ignore[no-any-return]
 
     def _on_n_action(self, event: evt.Event) -> tuple[int | Dataset, Dataset | None]:
-        req = event.request
+        req: Any = event.request
         other = self._extension(str(req.RequestedSOPClassUID), "on_n_action")
         if other is not None:
             return other(event)  # type: ignore[no-any-return]
-        if str(req.RequestedSOPClassUID) != StorageCommitmentPushModel:
+        if str(req.RequestedSOPClassUID) != STORAGE_COMMITMENT_PUSH:
             return status_dataset(0x0122, "SOP class not supported"), None
         if str(req.RequestedSOPInstanceUID) != COMMITMENT_INSTANCE:
             return status_dataset(NO_SUCH_SOP_INSTANCE, "not the Storage Commitment instance"), None

@@ -6,7 +6,7 @@ Hilum that talks DIMSE as a client.  Every association sets ``TCP_NODELAY``
 clear :class:`DimseError` line: connection refused, association rejected
 with the peer's reason, no acceptable presentation context, timeouts.
 
-Services: Verification (PS3.4 A), Query/Retrieve FIND/MOVE/GET (PS3.4 C.4),
+Services: VERIFICATION (PS3.4 A), Query/Retrieve FIND/MOVE/GET (PS3.4 C.4),
 Storage (PS3.4 B).
 """
 
@@ -40,18 +40,18 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, StoragePresentationContexts, _config, build_context, build_role, evt
-from pynetdicom.sop_class import (
-    PatientRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelGet,
-    PatientRootQueryRetrieveInformationModelMove,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-    Verification,
-)
 
 from hilum.dimse import contexts as cx
 from hilum.dimse.net import nodelay
+from hilum.dimse.uids import (
+    PATIENT_ROOT_FIND,
+    PATIENT_ROOT_GET,
+    PATIENT_ROOT_MOVE,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_GET,
+    STUDY_ROOT_MOVE,
+    VERIFICATION,
+)
 from hilum.errors import HilumError
 
 log = logging.getLogger(__name__)
@@ -75,12 +75,12 @@ __all__ = [
 ]
 
 MODELS = {
-    ("find", "study"): StudyRootQueryRetrieveInformationModelFind,
-    ("find", "patient"): PatientRootQueryRetrieveInformationModelFind,
-    ("move", "study"): StudyRootQueryRetrieveInformationModelMove,
-    ("move", "patient"): PatientRootQueryRetrieveInformationModelMove,
-    ("get", "study"): StudyRootQueryRetrieveInformationModelGet,
-    ("get", "patient"): PatientRootQueryRetrieveInformationModelGet,
+    ("find", "study"): STUDY_ROOT_FIND,
+    ("find", "patient"): PATIENT_ROOT_FIND,
+    ("move", "study"): STUDY_ROOT_MOVE,
+    ("move", "patient"): PATIENT_ROOT_MOVE,
+    ("get", "study"): STUDY_ROOT_GET,
+    ("get", "patient"): PATIENT_ROOT_GET,
 }
 
 #: Return keys ``hilum find`` asks for at each level unless told otherwise.
@@ -297,7 +297,7 @@ def _check_level(level: str) -> str:
 def echo(target: Target) -> float:
     """C-ECHO (PS3.4 A): the round trip in seconds, association included."""
     start = time.perf_counter()
-    with associate(target, [build_context(Verification)]) as assoc:
+    with associate(target, [build_context(VERIFICATION)]) as assoc:
         status = assoc.send_c_echo()
         if not status or "Status" not in status:
             raise DimseError(f"no C-ECHO response from {target}")
@@ -451,7 +451,7 @@ def _get_contexts(target: Target, level: str, keys: Mapping[str, str], root: str
         for sop in classes:
             out += cx.contexts_for_class(sop, GET_COMPRESSED)[:per_class]
     else:
-        out += [build_context(c.abstract_syntax, cx.NATIVE) for c in StoragePresentationContexts]
+        out += [build_context(str(c.abstract_syntax), list(cx.NATIVE)) for c in StoragePresentationContexts]
     return out[: cx.MAX_CONTEXTS]
 
 
@@ -613,8 +613,7 @@ def _send_one(assoc: Any, item: SendItem, sop: str, ts: str) -> None:
         if ts in accepted:
             status = assoc.send_c_store(Path(item.path))
         else:
-            ds = dcmread(item.path)
-            ds = cx.fit_to_association(assoc, ds)
+            ds: Dataset = cx.fit_to_association(assoc, dcmread(item.path))
             status = assoc.send_c_store(ds)
     except (ValueError, AttributeError, OSError) as exc:
         item.error = str(exc).splitlines()[0][:200]
