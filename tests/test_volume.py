@@ -31,7 +31,6 @@ from hilum.dicom.volume import (
     Volume,
     VolumeError,
     build_volume,
-    direction_letters,
     load_volume,
     slice_refs,
     sort_slices,
@@ -224,7 +223,8 @@ def test_orientation_letters() -> None:
     assert Plane.axial().edge_letters() == {"left": "R", "right": "L", "top": "A", "bottom": "P"}
     assert Plane.coronal().edge_letters() == {"left": "R", "right": "L", "top": "H", "bottom": "F"}
     assert Plane.sagittal().edge_letters() == {"left": "A", "right": "P", "top": "H", "bottom": "F"}
-    assert direction_letters((0.1, -0.5, 0.86)) == "HA"
+    oblique = Plane.coronal().rotated((0, 0, 1), 10.0).edge_letters()
+    assert oblique["right"] == "LP" and oblique["top"] == "H"  # 10 degrees is enough for a second letter
 
 
 def test_nearest_source_slice(ct_volume: Volume) -> None:

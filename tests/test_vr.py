@@ -191,3 +191,14 @@ def test_big_volumes_render_from_a_block_averaged_copy(volume: Volume) -> None:
     row, col = _display_of(scene, SPINE)
     assert rgb[row, col].mean() > 60
     scene.close()
+
+
+def test_interactive_level_of_detail_adapts_to_frame_time(volume: Volume) -> None:
+    scene = VolumeScene(volume, size=(160, 160), mapper="cpu", interactive_fps=10_000.0)  # an unreachable rate
+    with scene.interaction():
+        for _ in range(4):
+            scene.rotate(azimuth=5.0)
+            scene.render()
+        assert scene.mapper.GetImageSampleDistance() > 2.0  # coarser than the interactive LOD's 2
+    assert scene.mapper.GetImageSampleDistance() == 1.0
+    scene.close()

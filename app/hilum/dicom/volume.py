@@ -49,10 +49,10 @@ from pydicom.dataset import Dataset
 
 from hilum.dicom.pixels import frame_array, number_of_frames
 from hilum.dicom.pixels_lut import ModalityTransform, Window, functional_group_item, windows_from_dataset
+from hilum.dicom.stack import orientation_letters
 from hilum.errors import HilumError
 
 __all__ = [
-    "AXIS_LETTERS",
     "GeometryIssue",
     "IssueKind",
     "Plane",
@@ -62,7 +62,6 @@ __all__ = [
     "Volume",
     "VolumeError",
     "build_volume",
-    "direction_letters",
     "load_volume",
     "slice_refs",
     "sort_slices",
@@ -512,22 +511,6 @@ def sort_slices(refs: Iterable[SliceRef], *, stack_id: str | None = None) -> Sli
 
 # ----------------------------------------------------------------------------- planes
 
-AXIS_LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))
-"""Patient orientation letters for +x/-x, +y/-y, +z/-z (PS3.3 C.7.6.1.1.1)."""
-
-
-def direction_letters(direction: npt.ArrayLike, *, threshold: float = 0.25) -> str:
-    """Letters for a direction in patient space, the largest component first: ``(1, 0, 0)`` is
-    ``"L"``, a vector 30 degrees from the head towards anterior is ``"HA"``.  Components with
-    less than ``threshold`` of the vector's length are left out (PS3.3 C.7.6.1.1.1)."""
-    v = np.asarray(direction, dtype=np.float64)
-    norm = float(np.linalg.norm(v))
-    if norm == 0:
-        return ""
-    v = v / norm
-    order = np.argsort(-np.abs(v), kind="stable")
-    return "".join(AXIS_LETTERS[a][0 if v[a] > 0 else 1] for a in order if abs(v[a]) >= threshold)
-
 
 def _unit(v: npt.ArrayLike) -> FloatArray:
     a = np.asarray(v, dtype=np.float64)
@@ -625,12 +608,13 @@ class Plane:
         return (*map(float, self.u), *map(float, self.v))  # type: ignore[return-value]
 
     def edge_letters(self) -> dict[str, str]:
-        """Orientation letters at the ``left``, ``right``, ``top`` and ``bottom`` edges of the image."""
+        """Orientation letters at the ``left``, ``right``, ``top`` and ``bottom`` edges of the image
+        (the 2D viewer's rule, :func:`hilum.dicom.stack.orientation_letters`)."""
         return {
-            "left": direction_letters(-self.u),
-            "right": direction_letters(self.u),
-            "top": direction_letters(-self.v),
-            "bottom": direction_letters(self.v),
+            "left": orientation_letters(-self.u),
+            "right": orientation_letters(self.u),
+            "top": orientation_letters(-self.v),
+            "bottom": orientation_letters(self.v),
         }
 
 

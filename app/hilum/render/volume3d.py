@@ -292,6 +292,11 @@ class VolumeScene:
     (:meth:`Volume.downsampled`; default :data:`SOFTWARE_MAX_VOXELS` with software
     OpenGL, :data:`HARDWARE_MAX_VOXELS` on a GPU, 0 = never).  ``volume`` is then
     that copy (clip-box indices refer to it), ``full_volume`` the original.
+
+    While interacting the image sample distance starts at the interactive
+    :class:`LOD` and adapts, frame by frame, so that frames take about
+    ``1 / interactive_fps`` s (coarser on a busy or slow machine, never finer
+    than the LOD's; 0 turns this off).
     """
 
     def __init__(
@@ -306,6 +311,7 @@ class VolumeScene:
         still: LOD = STILL,
         interactive: LOD = INTERACTIVE,
         max_voxels: int | None = None,
+        interactive_fps: float = 12.0,
     ) -> None:
         full = volume.volume if isinstance(volume, VolumeImage) else volume
         if mapper == "auto":
@@ -350,6 +356,9 @@ class VolumeScene:
         self.prop.SetUserMatrix(self._direction_matrix())
         self.renderer.AddVolume(self.prop)
 
+        self.interactive_fps = interactive_fps
+        self._adaptive_isd: float | None = None
+        self.renderer.AddObserver(vtkCommand.EndEvent, self._after_render)
         self._cut: vtkPlane | None = None
         self._clip_box: tuple[int, int, int, int, int, int] | None = None
         self._iso: _Iso | None = None
@@ -634,6 +643,22 @@ class VolumeScene:
         if interacting != self._interacting:
             self._interacting = interacting
             self._apply_lod(self.interactive_lod if interacting else self.still_lod)
+            if interacting and self._adaptive_isd is not None:
+                self.mapper.SetImageSampleDistance(self._adaptive_isd)
+
+    def _after_render(self, *_: object) -> None:
+        """While interacting, steer the image sample distance towards ``interactive_fps``:
+        frame time scales with the number of rays, i.e. with 1 / distance squared."""
+        if not self._interacting or self.interactive_fps <= 0:
+            return
+        took = float(self.renderer.GetLastRenderTimeInSeconds())
+        if took <= 0:
+            return
+        isd = float(self.mapper.GetImageSampleDistance())
+        wanted = isd * math.sqrt(took * self.interactive_fps)
+        wanted = float(np.clip(0.7 * isd + 0.3 * wanted, self.interactive_lod.image_sample_distance, 6.0))
+        self._adaptive_isd = wanted
+        self.mapper.SetImageSampleDistance(wanted)
 
     @contextlib.contextmanager
     def interaction(self) -> Iterator[None]:
