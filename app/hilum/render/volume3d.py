@@ -216,10 +216,11 @@ def default_preset_id(volume: Volume) -> str:
 
 # ----------------------------------------------------------------------------- the scene
 
-SOFTWARE_MAX_VOXELS = 320**3
+SOFTWARE_MAX_VOXELS = 256**3
 """With software OpenGL the 3D view renders volumes above this many voxels from a block-averaged
-copy (a 512 x 512 x 600 CT becomes 256 x 256 x 400 or so): a full-resolution frame there costs
-seconds and a first frame of a minute (gradients for shading over 157 M voxels)."""
+copy (a 512 x 512 x 600 CT of 0.7 x 0.7 x 0.5 mm becomes 256 x 256 x 200): at full resolution
+a frame there costs seconds and the first one tens of seconds (gradients for shading over
+157 M voxels)."""
 HARDWARE_MAX_VOXELS = 1024**3
 
 
