@@ -21,7 +21,7 @@ it; Hilum sets it on its own sockets), see ../../../shared/ENVIRONMENT.md.
 Run (about 5 minutes; the data sets are generated once and cached in WORKDIR)::
 
     .venv/bin/python bench/dimse/run.py [--instances 2000] [--studies 10000] [--queries 100]
-                                        [--workdir /tmp/hilum-bench-dimse] [--json out.json]
+                                        [--senders 1,4] [--workdir /tmp/hilum-bench-dimse] [--json out.json]
 
 Needs DCMTK (``/usr/bin/storescu``, ``storescp``, ``findscu``) and Orthanc
 (``/usr/sbin/Orthanc`` or on PATH).  Nothing here is a test: figures vary with
@@ -176,14 +176,21 @@ class Hilum(Server):
 # ------------------------------------------------------------------ ingest
 
 
-def storescu(server: Server, folder: Path) -> float:
+def storescu(server: Server, folder: Path, senders: int = 1) -> float:
+    """Send every file under ``folder`` with ``senders`` storescu processes (one association each)."""
+    files = sorted(str(p) for p in folder.rglob("*.dcm"))
     start = time.perf_counter()
-    subprocess.run([str(BIN / "storescu"), "-aec", server.aet, "+sd", "+r", "127.0.0.1", str(server.port),
-                    str(folder)], env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    procs = [subprocess.Popen([str(BIN / "storescu"), "-aec", server.aet, "127.0.0.1", str(server.port),
+                               *files[i::senders]], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for i in range(senders)]
+    codes = [p.wait() for p in procs]
+    elapsed = time.perf_counter() - start
+    if any(codes):
+        raise RuntimeError(f"storescu to {server.name} failed: exit codes {codes}")
+    return elapsed
 
 
-def bench_ingest(work: Path, ct: Path, n: int, orthanc: str | None) -> dict[str, float]:
+def bench_ingest(work: Path, ct: Path, n: int, orthanc: str | None, senders: int = 1) -> dict[str, float]:
     rates: dict[str, float] = {}
     scratch = Path(tempfile.mkdtemp(prefix="ingest-", dir=work))
     try:
@@ -194,7 +201,7 @@ def bench_ingest(work: Path, ct: Path, n: int, orthanc: str | None) -> dict[str,
         for key, make in servers:
             server = make()
             try:
-                seconds = storescu(server, ct)
+                seconds = storescu(server, ct, senders)
             finally:
                 if key == "hilum":
                     server.stop()
@@ -317,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--studies", type=int, default=10000, help="studies for the C-FIND test (default 10000)")
     ap.add_argument("--queries", type=int, default=100, help="findscu queries per server (default 100)")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "hilum-bench-dimse"))
+    ap.add_argument("--senders", default="1", help="comma-separated numbers of parallel storescu senders "
+                    "to measure (default 1: one association, as a modality sends)")
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--skip-find", action="store_true")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
@@ -341,12 +350,14 @@ def main(argv: list[str] | None = None) -> int:
             write_ct_set(ct, args.instances)
             done.touch()
             print(f"generated {args.instances} CT instances in {time.perf_counter() - t:.0f} s", flush=True)
-        print(f"C-STORE ingest, one storescu association, {args.instances} CT 512x512:", flush=True)
-        rates = bench_ingest(work, ct, args.instances, orthanc)
-        figures["ingest_instances_per_s"] = rates
-        print(f"  Hilum / storescp = {rates['hilum'] / rates['storescp']:.2f}   (target >= 0.30)")
-        if "orthanc" in rates:
-            print(f"  Hilum / Orthanc  = {rates['hilum'] / rates['orthanc']:.2f}   (target >= 1.00)")
+        for senders in (int(x) for x in args.senders.split(",")):
+            what = "one storescu association" if senders == 1 else f"{senders} parallel storescu associations"
+            print(f"C-STORE ingest, {what}, {args.instances} CT 512x512:", flush=True)
+            rates = bench_ingest(work, ct, args.instances, orthanc, senders)
+            figures[f"ingest_instances_per_s_{senders}_senders"] = rates
+            print(f"  Hilum / storescp = {rates['hilum'] / rates['storescp']:.2f}   (target >= 0.30)")
+            if "orthanc" in rates:
+                print(f"  Hilum / Orthanc  = {rates['hilum'] / rates['orthanc']:.2f}   (target >= 1.00)")
 
     if not args.skip_find:
         tiny = work / f"tiny{args.studies}"

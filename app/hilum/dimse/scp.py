@@ -14,6 +14,30 @@ by the config.  TLS (PS3.15 B.1) when a certificate and key are configured.
 
 Each association is logged in one line when its connection closes: peer,
 AE titles, what it did, how it ended.
+
+Configuration (``hilum.toml``)::
+
+    [node]
+    aet = "HILUM"
+    dicom_port = 11112
+    require_known_peers = false   # true: only the [peers] below may associate
+    max_associations = 32
+    max_pdu_size = 0              # 0: no limit (advertised as 1 MiB, see UNLIMITED_PDU)
+    tls_cert = "/etc/hilum/node.crt"   # with tls_key: DICOM over TLS (PS3.15 B.1)
+    tls_key = "/etc/hilum/node.key"
+    tls_ca = "/etc/hilum/ca.crt"       # peers must present a certificate signed by it
+
+    [dimse]
+    tls_port = 2762               # optional: plain DICOM on dicom_port AND TLS here
+
+    [peers.ct1]                   # C-MOVE destinations, commitment reports, rights
+    aet = "CT1"
+    host = "10.0.0.21"
+    port = 104
+    tls = false
+    may_store = true
+    may_query = true
+    may_retrieve = true
 """
 
 from __future__ import annotations
