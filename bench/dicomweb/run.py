@@ -8,13 +8,14 @@ Data (generated, identical for both servers):
 * one CT series of ``--slices`` 512x512 instances (phantom, Explicit VR LE).
 
 Measured over HTTP on loopback with one keep-alive connection per server, no
-authentication on either side, no gzip:
+authentication on either side, no gzip; requests alternate between the two
+servers so that changes in machine load affect both alike:
 1. QIDO-RS study search latency, p50/p95 over a mix of queries (PatientName
    prefix wildcard, PatientID, StudyDate range, ModalitiesInStudy + date,
    AccessionNumber), each with ``limit=100``;
 2. WADO-RS retrieve of the whole CT series
    (``multipart/related; type="application/dicom"; transfer-syntax=*``), MB/s
-   of response body, best of 3;
+   of response body, best of 4;
 3. rendered-frame latency: ``.../instances/{uid}/rendered`` as image/jpeg for
    ``--renders`` different slices, p50/p95.
 
@@ -233,41 +234,47 @@ def queries(n: int, seed: int = 3) -> list[str]:
     return out
 
 
-def bench_qido(base: str, qs: list[str]) -> tuple[list[float], int, list[int]]:
-    """Latencies, bytes received and the number of matches of each query."""
-    h = Http(base)
+def bench_qido(conns: dict[str, Http], qs: list[str]) -> dict[str, tuple[list[float], int, list[int]]]:
+    """Per server: latencies, bytes received, matches per query.  Servers alternate query by
+    query, so a change in machine load hits both alike."""
+    out: dict[str, tuple[list[float], int, list[int]]] = {name: ([], 0, []) for name in conns}
     for q in qs[:10]:  # warm up
-        h.get(q, "application/dicom+json")
-    times, total, counts = [], 0, []
+        for h in conns.values():
+            h.get(q, "application/dicom+json")
     for q in qs:
-        body: list[bytes] = []
-        status, n, dt = h.get(q, "application/dicom+json", body)
-        assert status == 200, (status, q)
-        times.append(dt)
-        total += n
-        counts.append(len(json.loads(b"".join(body) or b"[]")))
-    return times, total, counts
+        for name, h in conns.items():
+            body: list[bytes] = []
+            status, n, dt = h.get(q, "application/dicom+json", body)
+            assert status == 200, (name, status, q)
+            times, total, counts = out[name]
+            times.append(dt)
+            counts.append(len(json.loads(b"".join(body) or b"[]")))
+            out[name] = (times, total + n, counts)
+    return out
 
 
-def bench_wado(base: str, study: str, series: str, repeat: int = 3) -> tuple[float, int]:
-    h = Http(base)
+def bench_wado(conns: dict[str, Http], study: str, series: str, repeat: int = 4) -> dict[str, tuple[float, int]]:
+    """Per server: best time of ``repeat`` whole-series retrieves (alternating servers) and the size."""
     accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-    best, size = float("inf"), 0
+    best = {name: (float("inf"), 0) for name in conns}
     for _ in range(repeat):
-        status, n, dt = h.get(f"/studies/{study}/series/{series}", accept)
-        assert status == 200, status
-        best, size = min(best, dt), n
-    return best, size
+        for name, h in conns.items():
+            status, n, dt = h.get(f"/studies/{study}/series/{series}", accept)
+            assert status == 200, (name, status)
+            if dt < best[name][0]:
+                best[name] = (dt, n)
+    return best
 
 
-def bench_rendered(base: str, study: str, series: str, sops: list[str]) -> list[float]:
-    h = Http(base)
-    h.get(f"/studies/{study}/series/{series}/instances/{sops[0]}/rendered", "image/jpeg")
-    times = []
+def bench_rendered(conns: dict[str, Http], study: str, series: str, sops: list[str]) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in conns}
+    for h in conns.values():
+        h.get(f"/studies/{study}/series/{series}/instances/{sops[0]}/rendered", "image/jpeg")
     for sop in sops:
-        status, n, dt = h.get(f"/studies/{study}/series/{series}/instances/{sop}/rendered", "image/jpeg")
-        assert status == 200 and n > 0, status
-        times.append(dt)
+        for name, h in conns.items():
+            status, n, dt = h.get(f"/studies/{study}/series/{series}/instances/{sop}/rendered", "image/jpeg")
+            assert status == 200 and n > 0, (name, status)
+            times[name].append(dt)
     return times
 
 
@@ -316,18 +323,23 @@ def main() -> int:
         qs = queries(args.queries)
         rng = random.Random(11)
         render_sops = rng.sample(sops, min(args.renders, len(sops)))
-        counts: dict[str, list[int]] = {}
-        for name, base in servers.items():
-            qt, qbytes, counts[name] = bench_qido(base, qs)
-            wt, wbytes = bench_wado(base, ct_study, ct_series)
-            rt = bench_rendered(base, ct_study, ct_series, render_sops)
+        conns = {name: Http(base) for name, base in servers.items()}
+        qido = bench_qido(conns, qs)
+        print("QIDO done", flush=True)
+        wado = bench_wado(conns, ct_study, ct_series)
+        print("WADO done", flush=True)
+        rendered = bench_rendered(conns, ct_study, ct_series, render_sops)
+        counts = {name: qido[name][2] for name in conns}
+        for name in conns:
+            qt, qbytes, _ = qido[name]
+            wt, wbytes = wado[name]
+            rt = rendered[name]
             results[name] = {
                 "qido_p50_ms": 1000 * statistics.median(qt), "qido_p95_ms": 1000 * pct(qt, 95),
                 "qido_bytes": qbytes,
                 "wado_mb_s": wbytes / 1e6 / wt, "wado_seconds": wt, "wado_mb": wbytes / 1e6,
                 "rendered_p50_ms": 1000 * statistics.median(rt), "rendered_p95_ms": 1000 * pct(rt, 95),
             }
-            print(f"{name}: done", flush=True)
         if len(counts) == 2:
             same = sum(a == b for a, b in zip(counts["hilum"], counts["orthanc"], strict=True))
             print(f"QIDO result counts equal on {same}/{len(qs)} queries "

@@ -130,6 +130,7 @@ def validators(rows: list[dict[str, Any]], variant: str) -> tuple[str, float]:
         except OSError:
             raise HTTPError(404, "instance file missing from the store") from None
         newest = max(newest, st.st_mtime)
+        r["_file_size"] = st.st_size
         h.update(f"{r['SOPInstanceUID']}:{st.st_size}:{st.st_mtime_ns};".encode())
     return f'W/"{h.hexdigest()}"', newest
 

@@ -110,8 +110,20 @@ def retrieve_instances(ctx: Context, request: Request, study: str, series: str |
         return cached
     boundary = multipart.new_boundary()
     headers = cache_headers(etag, mtime)
+    if all(target in ("*", r["TransferSyntaxUID"]) for r in rows):
+        # Sizes are known: a Content-Length lets clients show progress and spares chunked framing.
+        headers["Content-Length"] = str(_multipart_length(rows, boundary))
     return StreamingResponse(_stream_instances(rows, target, boundary), headers=headers,
                              media_type=f'{MULTIPART}; type="{DICOM}"; boundary={boundary}')
+
+
+def _multipart_length(rows: list[dict[str, Any]], boundary: str) -> int:
+    total = 0
+    for i, r in enumerate(rows):
+        size = r["_file_size"]
+        total += len(multipart.part_head(boundary, f"{DICOM}; transfer-syntax={r['TransferSyntaxUID']}",
+                                         first=i == 0, headers=[("Content-Length", str(size))])) + size
+    return total + len(multipart.closing(boundary, empty=not rows))
 
 
 def _stream_instances(rows: list[dict[str, Any]], target: str, boundary: str) -> Iterator[bytes]:
