@@ -54,8 +54,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROCESS_THRESHOLD = 48
-"""Below this many sources a thread pool is used: starting processes costs about a second."""
+PROCESS_THRESHOLD = 200
+"""Below this many sources a thread pool is used: starting processes costs about a second of CPU each."""
+
+PROCESS_MIN_CPUS = 4
+"""Worker processes only from this many CPUs on.  On two cores threads do as well (bench/ingest:
+hashing and file I/O run outside the GIL, and the processes' own start-up and pickling eat the gain);
+with more cores the GIL, which serialises parsing, becomes the limit."""
+
+BRIDGES = 2
+"""Threads that serve in-process while the worker processes start (0: wait for the workers)."""
 
 MODE = "auto"
 """``auto`` (processes from PROCESS_THRESHOLD sources on), ``threads`` or ``processes``: for tests and benchmarks."""
@@ -63,8 +71,11 @@ MODE = "auto"
 BATCH_SIZE = 64
 """Most instances indexed in one transaction."""
 
-BATCH_WAIT = 0.02
+BATCH_WAIT = 0.1
 """Seconds a prepared instance may wait for others to share its transaction."""
+
+WINDOW_PER_WORKER = 16
+"""Sources in flight per worker (at least 32): bounds memory when sources are bytes."""
 
 
 @dataclass(slots=True)
@@ -187,7 +198,10 @@ _worker_exists: Callable[[str], bool] | None = None
 def _init_worker(blob_root: str, database_url: str | None, filters: list[Any], pydicom_level: int) -> None:
     """Set up a worker process: its own blob store handle and (for duplicates) its own engine."""
     global _worker_blobs, _worker_exists
-    warnings.filters[:0] = filters
+    for action, message, category, module, lineno in reversed(filters):
+        # Patterns are compiled regexes, or plain strings when set by hand (as some libraries do).
+        warnings.filterwarnings(action, getattr(message, "pattern", message) or "", category,
+                                getattr(module, "pattern", module) or "", lineno)
     logging.getLogger("pydicom").setLevel(pydicom_level)
     _worker_blobs = FileBlobStore(Path(blob_root))
     _worker_exists = _ExistsCheck(make_engine(database_url)) if database_url else None
@@ -200,6 +214,8 @@ def _worker_main() -> None:
     sys.stdout = sys.stderr  # nothing else may write to the result stream
     _init_worker(*pickle.load(inp))
     assert _worker_blobs is not None
+    pickle.dump("ready", out)
+    out.flush()
     while True:
         try:
             src = pickle.load(inp)
@@ -228,19 +244,27 @@ def _picklable_filters() -> list[Any]:
 class _Workers:
     """A small pool: one feeding thread per worker process, a shared task queue.
 
-    A feeding thread whose process has died (or could not start) goes on
-    serving tasks itself with ``fallback``, in this process, so an import
-    never stops because a worker did.
+    Worker processes take about a second to start (they import pydicom and
+    SQLAlchemy); until every one has said it is ready, ``bridges`` threads
+    serve tasks in this process, so no time is lost waiting.  A feeding thread
+    whose process dies (or cannot start) serves tasks itself with
+    ``fallback``, so an import never stops because a worker did.
     """
 
-    def __init__(self, n: int, init_args: tuple[Any, ...], fallback: Callable[[Any], Prepared | IngestResult]):
+    def __init__(self, n: int, init_args: tuple[Any, ...], fallback: Callable[[Any], Prepared | IngestResult],
+                 bridges: int):
         self._tasks: queue.SimpleQueue[tuple[Future[Any], Any] | None] = queue.SimpleQueue()
         self._fallback = fallback
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._ready: set[int] = set()
+        self._lock = threading.Lock()
+        self._starting = n
+        self._all_started = threading.Event()
+        self._closing = False
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
-        self._threads = []
+        self._threads: list[threading.Thread] = []
         for i in range(n):
             proc: subprocess.Popen[bytes] | None
             try:
@@ -253,35 +277,78 @@ class _Workers:
             except OSError as exc:
                 log.warning("cannot start an ingest worker process (%s); working in-process", exc)
                 proc = None
-            t = threading.Thread(target=self._serve, args=(proc,), name=f"ingest-feed-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+            self._spawn(self._serve, (proc,), f"ingest-feed-{i}")
+        for i in range(bridges if n else 0):
+            self._spawn(self._bridge, (), f"ingest-bridge-{i}")
+
+    def _spawn(self, target: Callable[..., None], args: tuple[Any, ...], name: str) -> None:
+        t = threading.Thread(target=target, args=args, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
 
     def submit(self, src: Any) -> Future[Any]:
         fut: Future[Any] = Future()
         self._tasks.put((fut, src))
         return fut
 
+    def _run(self, task: tuple[Future[Any], Any], fn: Callable[[Any], Any]) -> None:
+        fut, src = task
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            fut.set_result(fn(src))
+        except BaseException as exc:  # noqa: BLE001 - hand any failure to the waiting caller
+            fut.set_exception(exc)
+
+    def _bridge(self) -> None:
+        """Serve tasks in this process until every worker process is ready."""
+        while not self._all_started.is_set():
+            try:
+                task = self._tasks.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if task is None:
+                return
+            self._run(task, self._fallback)
+
+    def _started(self) -> None:
+        with self._lock:
+            self._starting -= 1
+            if self._starting <= 0:
+                self._all_started.set()
+
     def _serve(self, proc: subprocess.Popen[bytes] | None) -> None:
+        if proc is not None:
+            try:
+                assert proc.stdout is not None
+                if pickle.load(proc.stdout) != "ready":
+                    raise pickle.UnpicklingError("no handshake")
+                with self._lock:
+                    self._ready.add(proc.pid)
+            except (OSError, EOFError, pickle.UnpicklingError) as exc:
+                if not self._closing:
+                    log.warning("ingest worker process %s did not start (%s); working in-process", proc.pid, exc)
+                _stop(proc)
+                proc = None
+        self._started()
         while True:
             task = self._tasks.get()
             if task is None:
                 break
+            if proc is None:
+                self._run(task, self._fallback)
+                continue
             fut, src = task
             if not fut.set_running_or_notify_cancel():
                 continue
             try:
-                if proc is not None:
-                    try:
-                        assert proc.stdin is not None and proc.stdout is not None
-                        pickle.dump(src, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-                        proc.stdin.flush()
-                        fut.set_result(pickle.load(proc.stdout))
-                        continue
-                    except (OSError, EOFError, pickle.UnpicklingError) as exc:
-                        log.warning("ingest worker process %s failed (%s); working in-process", proc.pid, exc)
-                        _stop(proc)
-                        proc = None
+                fut.set_result(_round_trip(proc, src))
+                continue
+            except _WorkerDied as exc:
+                log.warning("ingest worker process %s failed (%s); working in-process", proc.pid, exc.__cause__)
+                _stop(proc)
+                proc = None
+            try:
                 fut.set_result(self._fallback(src))
             except BaseException as exc:  # noqa: BLE001 - hand any failure to the waiting caller
                 fut.set_exception(exc)
@@ -289,12 +356,31 @@ class _Workers:
             _stop(proc)
 
     def shutdown(self) -> None:
+        self._closing = True
+        with self._lock:
+            for proc in self._procs:
+                if proc.pid not in self._ready:
+                    proc.kill()  # still starting: it has done nothing yet
         for _ in self._threads:
             self._tasks.put(None)
         for t in self._threads:
             t.join()
         for proc in self._procs:
             _stop(proc)
+
+
+class _WorkerDied(Exception):
+    pass
+
+
+def _round_trip(proc: subprocess.Popen[bytes], src: Any) -> Any:
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        pickle.dump(src, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        proc.stdin.flush()
+        return pickle.load(proc.stdout)
+    except (OSError, EOFError, pickle.UnpicklingError) as exc:
+        raise _WorkerDied from exc
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -327,12 +413,13 @@ def run_ingest_many(archive: Archive, sources: Iterable[Any], *, origin: str, wo
     in_memory = archive.database_url in ("sqlite://", "sqlite:///:memory:")
     possible = cpus > 1 and (workers is None or workers > 1) and not in_memory
     head: list[Any] = []
-    if MODE == "auto" and possible:
+    if MODE == "auto" and possible and cpus >= PROCESS_MIN_CPUS:
         for src in it:  # look ahead just far enough to know whether processes pay off
             head.append(src)
             if len(head) >= PROCESS_THRESHOLD:
                 break
-    use_processes = possible and (MODE == "processes" or (MODE == "auto" and len(head) >= PROCESS_THRESHOLD))
+    use_processes = possible and (MODE == "processes" or (MODE == "auto" and len(head) >= PROCESS_THRESHOLD
+                                                          and cpus >= PROCESS_MIN_CPUS))
     check_dups = archive.duplicate_policy == "ignore"
     thread_exists = _ExistsCheck(archive.engine) if check_dups else None
 
@@ -343,11 +430,12 @@ def run_ingest_many(archive: Archive, sources: Iterable[Any], *, origin: str, wo
     if use_processes:
         n = workers or cpus
         pool = _Workers(n, (str(archive.blobs.root), archive.database_url if check_dups else None,
-                            _picklable_filters(), logging.getLogger("pydicom").getEffectiveLevel()), thread_prepare)
+                            _picklable_filters(), logging.getLogger("pydicom").getEffectiveLevel()), thread_prepare,
+                        bridges=BRIDGES)
     else:
         n = workers or max(2, cpus * 2)
         pool = _ThreadWorkers(n, thread_prepare)
-    window = max(16, n * 8)
+    window = max(32, n * WINDOW_PER_WORKER)
 
     results: dict[int, IngestResult] = {}
     pending: dict[Future[Any], tuple[int, Any]] = {}
