@@ -102,6 +102,7 @@ def test_second_import_is_all_duplicates_and_exit_zero(known_folder: Path, data_
     assert out.splitlines()[0].startswith("imported 0, duplicates 3, rejected 0")
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning:pydicom")  # pydicom reading its own odd samples
 def test_whole_pydicom_sample_folder(pydicom_files: Path, archive: Archive) -> None:
     """Every file pydicom ships, recursively: each one accounted for, known ones as expected."""
     report = import_paths(archive, [pydicom_files])

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ EXPLICIT = "1.2.840.10008.1.2.1"
 def synth_rows(n_studies: int, n_instances: int, seed: int = 7) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """(table, rows) chunks for patients, studies, series and instances, in insert order, with pks."""
     rng = random.Random(seed)
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     n_patients = max(1, n_studies // 4)
     series_per_study = 5
     per_series = max(1, n_instances // (n_studies * series_per_study))

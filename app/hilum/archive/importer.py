@@ -134,11 +134,11 @@ def _media_sop_class(path: Path) -> str | None:
 
 
 def _looks_like_dicomdir(path: Path) -> bool:
-    if path.name.upper() == "DICOMDIR":
+    """A DICOMDIR is named so on media (PS3.10 8.6); copies like ``DICOMDIR-old`` are checked by their meta."""
+    name = path.name.upper()
+    if name == "DICOMDIR":
         return True
-    if path.name.upper().startswith("DICOMDIR") or path.suffix == "":
-        return _media_sop_class(path) == DICOMDIR_SOP_CLASS
-    return False
+    return name.startswith("DICOMDIR") and _media_sop_class(path) == DICOMDIR_SOP_CLASS
 
 
 def unsafe_member_name(name: str) -> str | None:
