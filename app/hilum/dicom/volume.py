@@ -1066,7 +1066,7 @@ def _modality_of(ref: SliceRef) -> ModalityTransform:
 
 
 def _decode(ref: SliceRef, transform: ModalityTransform) -> np.ndarray:
-    """Modality values of one plane: int32 when the transform keeps integers, else float32."""
+    """Modality values of one plane: int16 or int32 when the transform keeps integers, else float32."""
     stored = frame_array(ref.header, ref.frame)
     if stored.ndim != 2:
         raise VolumeError(f"{ref.sop_instance_uid}: only single-sample (grayscale) images make a volume")
@@ -1076,6 +1076,10 @@ def _decode(ref: SliceRef, transform: ModalityTransform) -> np.ndarray:
         and float(transform.slope).is_integer()
         and float(transform.intercept).is_integer()
     ):
+        if transform.slope == 1 and stored.size and stored.dtype.itemsize <= 2:
+            lo, hi = int(stored.min()) + int(transform.intercept), int(stored.max()) + int(transform.intercept)
+            if -32768 <= lo and hi <= 32767:  # the common CT case: one pass, no int32 copy
+                return np.add(stored, int(transform.intercept), dtype=np.int16, casting="unsafe")
         out = stored.astype(np.int32)
         if transform.slope != 1:
             out *= int(transform.slope)
