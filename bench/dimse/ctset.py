@@ -72,8 +72,9 @@ def write_tiny_studies(out: Path, n: int) -> list[Path]:
         ds.file_meta = _meta(SecondaryCaptureImageStorage, sop)
         ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, sop
         ds.StudyInstanceUID, ds.SeriesInstanceUID = f"{ROOT}9.{i + 1}.1", f"{ROOT}9.{i + 1}.2"
-        ds.PatientName = f"{'ABCDEFGHIJKLMNOPQRST'[i % 20]}{i % 97:02d}^Test{i % 7}"
-        ds.PatientID = f"P{i % 5000:05d}"
+        patient = i % 5000  # two studies per patient from 5,000 studies on; the same name for both
+        ds.PatientName = f"{'ABCDEFGHIJKLMNOPQRST'[patient % 20]}{patient % 97:02d}^Test{patient % 7}"
+        ds.PatientID = f"P{patient:05d}"
         ds.StudyDate = f"20{10 + i % 16:02d}{1 + i % 12:02d}{1 + i % 28:02d}"
         ds.StudyTime = f"{8 + i % 10:02d}{i % 60:02d}00"
         ds.AccessionNumber, ds.StudyID, ds.Modality = f"ACC{i:06d}", str(i % 1000), ("CT", "MR", "US", "OT")[i % 4]

@@ -171,6 +171,7 @@ class DimseService:
             # pynetdicom's "standard" handlers format every PDU and DIMSE message for its debug
             # log (copying each C-STORE data set once more); we log one line per association.
             _config.LOG_HANDLER_LEVEL = "none"
+            _config.LOG_REQUEST_IDENTIFIERS = False  # else every C-FIND/MOVE/GET identifier is pretty-printed
         ae = AE(ae_title=cfg.aet)
         ae.maximum_associations = max(1, int(cfg.max_associations))
         # PS3.8 D.1: 0 means "no limit", but DCMTK then falls back to 16 KiB PDUs (32 PDUs and

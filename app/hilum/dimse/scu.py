@@ -162,6 +162,9 @@ def associate(target: Target, contexts: Sequence[Any], *, ext_neg: list[Any] | N
     """
     if len(contexts) > cx.MAX_CONTEXTS:
         raise ValueError(f"{len(contexts)} presentation contexts: at most {cx.MAX_CONTEXTS} per association")
+    if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+        _config.LOG_HANDLER_LEVEL = "none"  # no per-PDU debug formatting
+        _config.LOG_RESPONSE_IDENTIFIERS = False
     ae = AE(ae_title=target.calling_aet)
     ae.acse_timeout = target.timeout
     ae.dimse_timeout = target.timeout
