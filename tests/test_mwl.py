@@ -41,7 +41,8 @@ ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 @pytest.fixture
 def node(archive, tmp_path: Path) -> Iterator[Node]:  # type: ignore[no-untyped-def]
-    cfg = Config(data_dir=tmp_path / "cfg", aet="HILUM", dicom_port=free_port(), hl7_port=free_port())
+    cfg = Config(data_dir=tmp_path / "cfg", aet="HILUM", dicom_port=free_port(), hl7_port=free_port(),
+                 web_port=free_port())
     n = Node(cfg, archive)
     n.start()
     yield n
