@@ -251,12 +251,15 @@ class DimseService:
             server.shutdown()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            live = [a for a in self.ae.active_associations if a.is_alive()]
+            # In flight: negotiated, or at least requested. A connection that never sent an
+            # A-ASSOCIATE-RQ (a port probe) is not waited for: it would hold us for the ACSE timeout.
+            live = [a for a in self.ae.active_associations
+                    if a.is_alive() and (a.is_established or a.requestor.primitive is not None)]
             if not live:
                 break
             time.sleep(0.05)
         self.reporter.join(timeout=max(0.0, deadline - time.monotonic()))
-        left = self.ae.active_associations
+        left = [a for a in self.ae.active_associations if a.is_established]
         if left:
             log.warning("aborting %d association(s) still open at shutdown", len(left))
         self.ae.shutdown()
