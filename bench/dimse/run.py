@@ -202,11 +202,11 @@ def bench_ingest(work: Path, ct: Path, n: int, orthanc: str | None, senders: int
             server = make()
             try:
                 seconds = storescu(server, ct, senders)
-            finally:
                 if key == "hilum":
-                    server.stop()
-            stored = server.count()
-            server.stop()
+                    server.stop()  # Hilum's count is read from its archive once the node is down
+                stored = server.count()
+            finally:
+                server.stop()
             if stored != n:
                 raise RuntimeError(f"{server.name} holds {stored} instances, expected {n}")
             rates[key] = n / seconds
