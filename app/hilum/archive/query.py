@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, union_all
+from sqlalchemy import ColumnElement, String, and_, bindparam, exists, func, or_, select, union_all
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Select
 
@@ -126,7 +126,11 @@ def _condition(m: Matcher, field: Field) -> ColumnElement[bool] | None:
         elif isinstance(m, Wildcard):
             if field.kind == "int":
                 raise ValueError(f"{m.keyword}: wildcards are not allowed on numbers")
-            parts.append(col.like(m.like(), escape="\\"))
+            # The pattern goes into the SQL text (quoted by SQLAlchemy, so still safe): a
+            # prepared statement's generic plan cannot use an index for "LIKE $1", and
+            # PostgreSQL switches to one after a few executions (bench/query: 2x slower).
+            pattern = bindparam(None, m.like(), type_=String(), literal_execute=True)
+            parts.append(col.like(pattern, escape="\\"))
         elif isinstance(m, Range):
             bounds = [col != ""]
             if m.low is not None:
