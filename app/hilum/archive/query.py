@@ -89,6 +89,8 @@ FIELDS: dict[str, Field] = {
     ]
 }
 
+_PN_MATCH = patients.alias("pn_match")  # the patients a PatientName matches, looked up per group
+
 _PN_GROUP_COLUMNS = {"PatientName": (P.pn_a, P.pn_i, P.pn_p), "ReferringPhysicianName": (ST.ref_pn_a,)}
 
 
@@ -108,7 +110,7 @@ def _condition(m: Matcher, field: Field) -> ColumnElement[bool] | None:
     # matching patients: an OR over three columns defeats the indexes, and the
     # planner would scan studies (e.g. by date) and test every patient instead.
     pn_union = m.keyword == "PatientName" and not isinstance(m, Range)
-    pn_match = patients.alias("pn_match")
+    pn_match = _PN_MATCH
     if pn_union:
         cols: tuple[Any, ...] = (pn_match.c.pn_a, pn_match.c.pn_i, pn_match.c.pn_p)
     else:
