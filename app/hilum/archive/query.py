@@ -100,11 +100,11 @@ def keys_for_level(level: str) -> list[str]:
     return [k for k, f in FIELDS.items() if LEVELS.index(f.level) <= depth]
 
 
-def _condition(m: Matcher, field: Field) -> ColumnElement[bool] | None:
+def _condition(m: Matcher, field: Field, inline_patterns: bool = False) -> ColumnElement[bool] | None:
     if isinstance(m, Universal):
         return None
     if m.keyword == "ModalitiesInStudy":
-        inner = _condition(_retarget(m, "Modality"), FIELDS["Modality"])
+        inner = _condition(_retarget(m, "Modality"), FIELDS["Modality"], inline_patterns)
         return exists().where(series.c.study_fk == ST.pk, inner)  # type: ignore[arg-type]
     # PatientName asks each component group through its own index and unions the
     # matching patients: an OR over three columns defeats the indexes, and the
@@ -128,10 +128,11 @@ def _condition(m: Matcher, field: Field) -> ColumnElement[bool] | None:
         elif isinstance(m, Wildcard):
             if field.kind == "int":
                 raise ValueError(f"{m.keyword}: wildcards are not allowed on numbers")
-            # The pattern goes into the SQL text (quoted by SQLAlchemy, so still safe): a
-            # prepared statement's generic plan cannot use an index for "LIKE $1", and
-            # PostgreSQL switches to one after a few executions (bench/query: 2x slower).
-            pattern = bindparam(None, m.like(), type_=String(), literal_execute=True)
+            # On PostgreSQL the pattern goes into the SQL text (quoted by SQLAlchemy, so
+            # still safe): a prepared statement's generic plan cannot use an index for
+            # "LIKE $1", and psycopg prepares after a few executions (bench/query: 2x
+            # slower).  SQLite plans LIKE with the bound value itself.
+            pattern = bindparam(None, m.like(), type_=String(), literal_execute=inline_patterns)
             parts.append(col.like(pattern, escape="\\"))
         elif isinstance(m, Range):
             bounds = [col != ""]
@@ -207,8 +208,13 @@ def _base_select(level: str) -> tuple[Select[Any], tuple[str, ...]]:
     return stmt, tuple(returned)
 
 
-def build_select(level: str, identifier: Mapping[str, Any]) -> tuple[Select[Any], list[str]]:
-    """The SELECT for a query, and the keywords it returns (in order)."""
+def build_select(level: str, identifier: Mapping[str, Any], *,
+                 dialect: str | None = None) -> tuple[Select[Any], list[str]]:
+    """The SELECT for a query, and the keywords it returns (in order).
+
+    ``dialect`` (the engine's dialect name) tunes the SQL for that database without
+    changing what matches.
+    """
     level = level.upper()
     if level == "INSTANCE":
         level = "IMAGE"
@@ -247,7 +253,7 @@ def build_select(level: str, identifier: Mapping[str, Any]) -> tuple[Select[Any]
             matchers.pop("StudyTime")
     for keyword, m in matchers.items():
         field = FIELDS[keyword]
-        cond = _condition(m, field)
+        cond = _condition(m, field, inline_patterns=dialect == "postgresql")
         if cond is None:
             continue
         if LEVELS.index(field.level) > depth:
@@ -290,7 +296,7 @@ def run_query(
     offset: int = 0,
     order_by: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    stmt, returned = build_select(level, identifier)
+    stmt, returned = build_select(level, identifier, dialect=conn.dialect.name)
     _single_statement_read(conn)
     lvl = "IMAGE" if level.upper() == "INSTANCE" else level.upper()
     if order_by:
@@ -320,6 +326,6 @@ def _single_statement_read(conn: Connection) -> None:
 
 
 def count_query(conn: Connection, level: str, identifier: Mapping[str, Any]) -> int:
-    stmt, _ = build_select(level, identifier)
+    stmt, _ = build_select(level, identifier, dialect=conn.dialect.name)
     _single_statement_read(conn)
     return int(conn.execute(select(func.count()).select_from(stmt.subquery())).scalar_one())
