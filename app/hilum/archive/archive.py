@@ -14,24 +14,25 @@ on PostgreSQL upserts use ON CONFLICT so several nodes can share a database).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from pydicom.dataset import Dataset
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from hilum.archive import query as q
-from hilum.archive.blobs import FileBlobStore
+from hilum.archive.blobs import FileBlobStore, blob_checksum, file_checksum
 from hilum.archive.db import make_engine, migrate
 from hilum.archive.schema import instances, patients, series, studies
 from hilum.dicom.attributes import IndexRecord, InvalidInstance, index_record, read_instance, to_part10
@@ -100,6 +101,17 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# The ingest hot path's statements, built once (SQLAlchemy caches their compiled form).
+_SELECT_INSTANCE = select(instances.c.pk, instances.c.blob_key).where(instances.c.sop_uid == bindparam("uid"))
+_INSERT_INSTANCE = insert(instances)
+_BUMP_SERIES = (update(series).where(series.c.pk == bindparam("spk"))
+                .values(num_instances=series.c.num_instances + 1))
+_BUMP_STUDY = (update(studies).where(studies.c.pk == bindparam("stpk"))
+               .values(num_instances=studies.c.num_instances + 1,
+                       size_bytes=studies.c.size_bytes + bindparam("size"), updated_at=bindparam("now")))
+_BUMP_STUDY_NEW_SERIES = _BUMP_STUDY.values(num_series=studies.c.num_series + 1)
+
+
 class Archive:
     """A local DICOM archive in a data folder (or PostgreSQL + a blob folder)."""
 
@@ -120,6 +132,9 @@ class Archive:
         self.dialect = self.engine.dialect.name
         migrate(self.engine)
         self._write_lock = threading.Lock()
+        # series UID -> (study pk, series pk) of rows known to exist; cleared on every delete.
+        self._pk_cache: dict[str, tuple[int, int]] = {}
+        self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="blob-io")
         self._subscribers: list[Callable[[ArchiveEvent], None]] = []
         self._sub_lock = threading.Lock()
 
@@ -129,6 +144,7 @@ class Archive:
         return cls(cfg.data_dir, database_url=cfg.database_url, duplicate_policy=cfg.duplicate_policy)
 
     def close(self) -> None:
+        self._io.shutdown(wait=True)
         self.engine.dispose()
 
     def __enter__(self) -> Archive:
@@ -177,8 +193,15 @@ class Archive:
         already stored is changed by a rejection.
         """
         label = str(source) if isinstance(source, (str, os.PathLike)) else None
+        pending: Future[str] | None = None
         try:
             data = self._bytes_of(source)
+            if data[128:132] == b"DICM":
+                # Write and fsync the blob on an I/O thread (the GIL is released)
+                # while this thread validates and indexes: the fsync overlaps the
+                # parsing instead of adding to it.  Discarded if the instance is
+                # rejected or a duplicate.
+                pending = self._io.submit(self.blobs.write_temp, data)
             ds = read_instance(data)
             record = index_record(ds)
             sop_class = record.instance["sop_class_uid"]
@@ -188,9 +211,12 @@ class Archive:
                     f"SOP Class UID {sop_class} does not match the request's {expected_sop_class}",
                     record.sop_uid,
                 )
-            if data[128:132] != b"DICM":  # a bare dataset: store it as a Part 10 file
+            if pending is None:  # a bare dataset: store it as a Part 10 file
                 data = to_part10(ds)
-            return self._store(record, data, origin=origin, source_aet=source_aet, label=label)
+                pending = self._io.submit(self.blobs.write_temp, data)
+            result = self._store(record, data, pending, origin=origin, source_aet=source_aet, label=label)
+            pending = None  # _store owns the temporary now
+            return result
         except InvalidInstance as exc:
             return IngestResult("rejected", sop_instance_uid=exc.sop_instance_uid, reason=str(exc),
                                 code=exc.code, source=label)
@@ -199,6 +225,16 @@ class Archive:
         except OSError as exc:
             return IngestResult("rejected", reason=f"cannot read: {exc.strerror or exc}", code="unreadable",
                                 source=label)
+        finally:
+            if pending is not None:
+                self._discard_pending(pending)
+
+    def _discard_pending(self, pending: Future[str]) -> None:
+        try:
+            temp = pending.result()
+        except (StorageFull, OSError):
+            return
+        self.blobs.discard_temp(temp)
 
     @staticmethod
     def _bytes_of(source: Any) -> bytes:
@@ -226,49 +262,36 @@ class Archive:
 
         return run_ingest_many(self, sources, origin=origin, workers=workers, progress=progress, cancel=cancel)
 
-    def _exists(self, conn: Connection, sop_uid: str) -> Any:
-        return conn.execute(
-            select(instances.c.pk, instances.c.blob_key).where(instances.c.sop_uid == sop_uid)
-        ).first()
-
-    def _store(self, record: IndexRecord, data: bytes, *, origin: str, source_aet: str,
+    def _store(self, record: IndexRecord, data: bytes, pending: Future[str], *, origin: str, source_aet: str,
                label: str | None) -> IngestResult:
         sop_uid = record.sop_uid
         base = dict(sop_instance_uid=sop_uid, study_instance_uid=record.study_uid,
                     series_instance_uid=record.series_uid, sop_class_uid=record.instance["sop_class_uid"],
                     source=label, size=len(data))
-        if self.duplicate_policy == "ignore":
-            with self.engine.connect() as conn:
-                if self._exists(conn, sop_uid) is not None:
-                    return IngestResult("duplicate", **base)
-        checksum = hashlib.sha256(data).hexdigest()
+        checksum = blob_checksum(data)
         key = self.blobs.key_for(sop_uid)
-        temp = self.blobs.write_temp(data)
+        row = {**record.instance, "blob_key": key, "size": len(data), "checksum": checksum,
+               "source_aet": source_aet[:16], "origin": origin[:16]}
+        temp = pending.result()  # raises StorageFull when the write failed
         try:
-            with self._write_lock, self.engine.begin() as conn:
-                existing = self._exists(conn, sop_uid)
-                if existing is not None and self.duplicate_policy == "ignore":
-                    self.blobs.discard_temp(temp)
-                    return IngestResult("duplicate", **base)
-                if existing is not None:
-                    self._delete_instances(conn, [existing.pk])
-                patient_pk = self._upsert_patient(conn, record.patient)
-                study_pk = self._upsert_study(conn, patient_pk, record.study)
-                series_pk, new_series = self._upsert_series(conn, study_pk, record.series)
-                conn.execute(insert(instances).values(
-                    series_fk=series_pk, blob_key=key, size=len(data), checksum=checksum,
-                    source_aet=source_aet[:16], origin=origin[:16], received_at=_now(), **record.instance,
-                ))
-                conn.execute(update(series).where(series.c.pk == series_pk)
-                             .values(num_instances=series.c.num_instances + 1))
-                values: dict[str, Any] = dict(num_instances=studies.c.num_instances + 1,
-                                              size_bytes=studies.c.size_bytes + len(data), updated_at=_now())
-                if new_series:
-                    values["num_series"] = studies.c.num_series + 1
-                conn.execute(update(studies).where(studies.c.pk == study_pk).values(**values))
-                if new_series:
-                    self._refresh_modalities(conn, study_pk)
-                self.blobs.commit_temp(temp, key)
+            for attempt in (1, 2):
+                try:
+                    with self._write_lock, self.engine.begin() as conn:
+                        existing = conn.execute(_SELECT_INSTANCE, {"uid": sop_uid}).first()
+                        if existing is not None and self.duplicate_policy == "ignore":
+                            self.blobs.discard_temp(temp)
+                            return IngestResult("duplicate", **base)
+                        if existing is not None:
+                            self._delete_instances(conn, [existing.pk])
+                        self._index_row(conn, record, row)
+                        self.blobs.commit_temp(temp, key)
+                    break
+                except IntegrityError:
+                    # A cached study/series row was deleted by another node
+                    # sharing the database: look everything up again, once.
+                    self._pk_cache.clear()
+                    if attempt == 2:
+                        raise
         except BaseException:
             self.blobs.discard_temp(temp)
             raise
@@ -276,6 +299,27 @@ class Archive:
         self._emit(ArchiveEvent(status, "IMAGE", sop_uid, record.study_uid, record.series_uid,
                                 record.patient["patient_id"], origin))
         return IngestResult(status, **base)
+
+    def _index_row(self, conn: Connection, record: IndexRecord, row: dict[str, Any]) -> None:
+        """Insert one instance row and keep its series/study counters right (inside a transaction)."""
+        cached = self._pk_cache.get(record.series_uid)
+        if cached is None:
+            patient_pk = self._upsert_patient(conn, record.patient)
+            study_pk = self._upsert_study(conn, patient_pk, record.study)
+            series_pk, new_series = self._upsert_series(conn, study_pk, record.series)
+        else:
+            study_pk, series_pk = cached
+            new_series = False
+        now = _now()
+        conn.execute(_INSERT_INSTANCE, {**row, "series_fk": series_pk, "received_at": now})
+        conn.execute(_BUMP_SERIES, {"spk": series_pk})
+        conn.execute(_BUMP_STUDY_NEW_SERIES if new_series else _BUMP_STUDY,
+                     {"stpk": study_pk, "size": row["size"], "now": now})
+        if new_series:
+            self._refresh_modalities(conn, study_pk)
+        if len(self._pk_cache) > 4096:
+            self._pk_cache.clear()
+        self._pk_cache[record.series_uid] = (study_pk, series_pk)
 
     def _insert_ignore(self, table: Any, values: dict[str, Any], key_cols: list[str]) -> Any:
         ins = pg_insert(table) if self.dialect == "postgresql" else sqlite_insert(table)
@@ -413,6 +457,7 @@ class Archive:
         """Remove instance rows, keep counters right, drop emptied parents."""
         if not pks:
             return
+        self._pk_cache.clear()  # emptied series/studies go: forget their keys
         touched_series: set[int] = set()
         for chunk in _chunks(pks, 500):
             rows = conn.execute(select(instances.c.series_fk, instances.c.size)
@@ -471,8 +516,7 @@ class Archive:
                 report.missing.append(r.sop_uid)
                 bad_pks.append(r.pk)
             elif verify_checksums:
-                digest = _file_sha256(self.blobs.path(r.blob_key))
-                if digest != r.checksum:
+                if not file_checksum(self.blobs.path(r.blob_key), r.checksum):
                     report.corrupt.append(r.sop_uid)
                     bad_pks.append(r.pk)
                     quarantine.append(r.blob_key)
@@ -509,14 +553,6 @@ class Archive:
 def _chunks(items: list[int], n: int) -> Iterator[list[int]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _move_aside(path: Path, qdir: Path) -> None:

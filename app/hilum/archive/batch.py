@@ -21,7 +21,6 @@ pipelined for many instances so an import of a folder uses every core:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
@@ -43,7 +42,7 @@ from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from hilum.archive.blobs import FileBlobStore
+from hilum.archive.blobs import FileBlobStore, blob_checksum
 from hilum.archive.db import make_engine
 from hilum.archive.schema import instances, series, studies
 from hilum.dicom.attributes import IndexRecord, InvalidInstance, index_record, read_instance, to_part10
@@ -119,7 +118,7 @@ def prepare(source: Any, *, blobs: FileBlobStore, exists: Callable[[str], bool] 
             data = to_part10(ds)
         if exists is not None and exists(record.sop_uid):
             return IngestResult("duplicate", **_base(record, label, len(data)))
-        checksum = hashlib.sha256(data).hexdigest()
+        checksum = blob_checksum(data)
         temp = blobs.write_temp(data)
         return Prepared(record, temp, checksum, len(data), label)
     except InvalidInstance as exc:

@@ -14,9 +14,38 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Any, Iterator, Protocol
+
+import xxhash
 
 from hilum.errors import StorageFull
+
+CHECKSUM_ALGORITHM = "xxh128"
+
+
+def blob_checksum(data: bytes | memoryview) -> str:
+    """The checksum the index keeps of a blob: ``xxh128:<hex>``.
+
+    XXH3-128 detects corruption (bit rot, truncation, a stray write) as well
+    as a cryptographic hash does at ~30x the speed of SHA-256 on CPUs without
+    SHA instructions; the blob store is not a security boundary.
+    """
+    return f"{CHECKSUM_ALGORITHM}:{xxhash.xxh3_128_hexdigest(data)}"
+
+
+def file_checksum(path: Path, expected: str) -> bool:
+    """Whether the file at ``path`` still has the checksum ``expected``.
+
+    ``expected`` names its algorithm (``xxh128:...``); a bare 64-digit hex
+    value is a SHA-256 (the first schema's format).
+    """
+    algo, _, _digest = expected.rpartition(":")
+    h: Any = xxhash.xxh3_128() if algo == CHECKSUM_ALGORITHM else hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    actual = f"{CHECKSUM_ALGORITHM}:{h.hexdigest()}" if algo == CHECKSUM_ALGORITHM else h.hexdigest()
+    return actual == expected
 
 
 class BlobStore(Protocol):
