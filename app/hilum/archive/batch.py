@@ -120,6 +120,12 @@ def prepare(source: Any, *, blobs: FileBlobStore, exists: Callable[[str], bool] 
             return IngestResult("duplicate", **_base(record, label, len(data)))
         checksum = blob_checksum(data)
         temp = blobs.write_temp(data)
+        try:
+            # The blob's folder, made here on a worker so that moving the blob into place
+            # (in the indexing transaction, on one thread) is a rename and nothing more.
+            blobs.path(blobs.key_for(record.sop_uid)).parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # committing the blob will say what is wrong
         return Prepared(record, temp, checksum, len(data), label)
     except InvalidInstance as exc:
         return IngestResult("rejected", sop_instance_uid=exc.sop_instance_uid, reason=str(exc), code=exc.code,
