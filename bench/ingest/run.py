@@ -4,9 +4,11 @@ The floor is the least a durable store must do: copy the same files one by
 one, each written and fsynced (read, write, fsync).  Ingest adds parsing,
 a SHA-256 checksum, an atomic rename and the index rows.  Printed: instances/s
 and MB/s for the floor and for ``Archive.ingest_many`` (the path ``hilum
-import`` takes) on SQLite and PostgreSQL, and the ratio ingest/floor.  Each
-figure is the median of ``--repeat`` runs; the page cache is flushed (``sync``)
-before each run so one run's dirty pages do not slow the next.
+import`` takes) on SQLite and PostgreSQL, and the ratio ingest/floor.  Runs
+are interleaved — each round times the floor and then every ingest path — and
+each figure is the median over ``--repeat`` rounds (the ratio: the median of
+the per-round ratios), since the machine may be shared.  The page cache is
+flushed (``sync``) before each run so one run's dirty pages do not slow the next.
 
     python bench/ingest/run.py [--n 2000] [--repeat 3] [--no-pg] [--modes auto,threads] [--serial]
 
@@ -23,7 +25,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -93,11 +94,6 @@ def ingest(files: list[Path], work: Path, database_url: str | None, mode: str) -
     return seconds
 
 
-def median_of(repeat: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
-    runs = [fn() for _ in range(repeat)]
-    return statistics.median(runs), runs
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000, help="CT instances (default 2000)")
@@ -117,37 +113,47 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f"{len(files)} CT instances 512x512, {mb:.0f} MB; {os.cpu_count()} CPUs; median of {args.repeat}",
           flush=True)
-    rows: list[tuple[str, float, list[float]]] = []
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()] + (["serial"] if args.serial else [])
+    targets: list[tuple[str, str | None]] = [(m, None) for m in modes]
+    pg = None
+    if not args.no_pg:
+        pg = PgServer(args.pg_port).start()
+        targets += [(m, "pg") for m in modes]
 
-    def run(label: str, fn: Callable[[], float]) -> None:
-        med, runs = median_of(args.repeat, fn)
-        rows.append((label, med, runs))
-        print(f"  {label:<32} {len(files) / med:7.0f} inst/s {mb / med:7.1f} MB/s  "
-              f"(runs: {', '.join(f'{r:.2f}' for r in runs)} s)", flush=True)
+    def label(mode: str, db: str | None) -> str:
+        name = "PostgreSQL" if db else "SQLite"
+        return f"{name} serial ingest()" if mode == "serial" else f"{name} ingest_many [{mode}]"
 
+    # Interleaved: each round times the copy floor, then every ingest path right after it, so
+    # each ratio compares figures taken under the same conditions (this machine is shared).
+    floor_runs: list[float] = []
+    runs: dict[str, list[float]] = {label(m, d): [] for m, d in targets}
+    ratios: dict[str, list[float]] = {label(m, d): [] for m, d in targets}
     try:
-        run("copy + fsync per file (floor)", lambda: copy_floor(files, work))
-        modes = [m.strip() for m in args.modes.split(",") if m.strip()] + (["serial"] if args.serial else [])
-        for mode in modes:
-            run(f"SQLite ingest_many [{mode}]" if mode != "serial" else "SQLite serial ingest()",
-                lambda mode=mode: ingest(files, work, None, mode))  # type: ignore[misc]
-        if not args.no_pg:
-            with PgServer(args.pg_port) as pg:
-                for mode in modes:
-                    run(f"PostgreSQL ingest_many [{mode}]" if mode != "serial" else "PostgreSQL serial ingest()",
-                        lambda mode=mode: ingest(files, work, pg.create_db(), mode))  # type: ignore[misc]
-        run("copy + fsync per file (again)", lambda: copy_floor(files, work))
+        for rnd in range(args.repeat):
+            floor = copy_floor(files, work)
+            floor_runs.append(floor)
+            print(f"round {rnd + 1}: copy floor {len(files) / floor:.0f} inst/s", flush=True)
+            for mode, db in targets:
+                url = pg.create_db() if (db and pg) else None
+                secs = ingest(files, work, url, mode)
+                runs[label(mode, db)].append(secs)
+                ratios[label(mode, db)].append(floor / secs)
+                print(f"  {label(mode, db):<32} {len(files) / secs:6.0f} inst/s  ingest/copy {floor / secs:.2f}",
+                      flush=True)
     finally:
+        if pg is not None:
+            pg.stop()
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    floor = statistics.median([r[1] for r in rows if r[0].startswith("copy")])
-    print(f"\nfloor (median of both copy figures): {len(files) / floor:.0f} inst/s, {mb / floor:.1f} MB/s")
+    floor = statistics.median(floor_runs)
+    print(f"\nmedians of {args.repeat} rounds; {mb:.0f} MB in {len(files)} files")
     print(f"{'path':<34}{'inst/s':>8}{'MB/s':>8}{'ingest/copy':>13}")
-    for label, med, _ in rows:
-        if label.startswith("copy"):
-            continue
-        print(f"{label:<34}{len(files) / med:8.0f}{mb / med:8.1f}{floor / med:13.2f}")
+    print(f"{'copy + fsync per file (floor)':<34}{len(files) / floor:8.0f}{mb / floor:8.1f}{1.0:13.2f}")
+    for name, secs in runs.items():
+        med = statistics.median(secs)
+        print(f"{name:<34}{len(files) / med:8.0f}{mb / med:8.1f}{statistics.median(ratios[name]):13.2f}")
     return 0
 
 
