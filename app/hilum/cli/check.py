@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = subparsers.add_parser(
         "check",
         help="verify index and blobs (missing, orphans, checksums, temporaries)",
-        description="Verify that every indexed instance has its file with the recorded SHA-256 checksum, that "
+        description="Verify that every indexed instance has its file with the recorded checksum, that "
         "every file is indexed, and that no temporary files are left; --repair fixes what it finds.",
         epilog="exit status: 0 when clean (after repair, if asked), 1 when problems remain, 2 on usage errors.",
     )

@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_data_option(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON (counts and rejections)")
     p.add_argument("--workers", type=_positive, metavar="N", default=None,
-                   help="parallel workers (default: one process per core for large imports)")
+                   help="parallel workers (default: two threads per core; one process per core "
+                        "for 200+ files on 4+ cores)")
     p.set_defaults(handler=run_import)
 
 
