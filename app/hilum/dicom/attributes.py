@@ -62,21 +62,31 @@ class IndexRecord:
 def read_instance(data: bytes) -> Dataset:
     """Parse and validate one instance (a Part 10 file, or a bare dataset).
 
+    A Part 10 file is parsed up to its pixel data only: the index needs
+    nothing after it, and copying half a megabyte of pixels per instance is
+    most of a parse.  The pixel data element is still checked structurally
+    (its declared length, or its fragments and delimiter) so a truncated file
+    is refused.  A bare dataset is read whole, since it is re-encoded as a
+    Part 10 file (:func:`to_part10`).
+
     Raises :class:`InvalidInstance` with ``code`` one of ``not-dicom``,
     ``truncated``, ``missing-uid``.
     """
-    if len(data) < 132 or data[128:132] != b"DICM":
+    part10 = len(data) >= 132 and data[128:132] == b"DICM"
+    if not part10 and not _looks_like_dataset(data):
         # A bare dataset (no preamble/meta) is accepted only if it parses and
         # has the UIDs; anything else is not DICOM.
-        if not _looks_like_dataset(data):
-            raise InvalidInstance("not-dicom", "not a DICOM file (no DICM preamble)")
+        raise InvalidInstance("not-dicom", "not a DICOM file (no DICM preamble)")
+    fp = io.BytesIO(data)
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        ds = pydicom.dcmread(fp, force=True, stop_before_pixels=part10)
     except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError, NotImplementedError) as exc:
         raise InvalidInstance("not-dicom", f"not a readable DICOM file: {exc}") from exc
     except Exception as exc:  # pydicom raises assorted errors on garbage
         raise InvalidInstance("not-dicom", f"not a readable DICOM file: {type(exc).__name__}: {exc}") from exc
     _check_complete(ds, data)
+    if part10:
+        _check_pixel_element(ds, data, fp.tell())
     sop_uid = _text(ds, "SOPInstanceUID")
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         if not _text(ds, keyword):
@@ -95,7 +105,7 @@ def _looks_like_dataset(data: bytes) -> bool:
 
 def _check_complete(ds: Dataset, data: bytes) -> None:
     """Reject a truncated instance: an element shorter than its declared length,
-    or encapsulated pixel data without its sequence delimiter."""
+    or encapsulated pixel data without its sequence delimiter (when read)."""
     for elem in ds._dict.values():
         if not isinstance(elem, RawDataElement) or elem.value is None:
             continue
@@ -105,6 +115,80 @@ def _check_complete(ds: Dataset, data: bytes) -> None:
         elif elem.tag in _PIXEL_TAGS:
             if data.rfind(_SEQ_DELIMITER) < 0 or not _fragments_complete(elem.value):
                 raise InvalidInstance("truncated", "truncated: encapsulated pixel data is cut short", None)
+
+
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def _check_pixel_element(ds: Dataset, data: bytes, pos: int) -> None:
+    """Check the pixel data element at ``pos`` (where a stop-before-pixels parse
+    ended) is complete, without copying its value (PS3.5 7.1, A.4)."""
+    end = len(data)
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts is not None and ts == "1.2.840.10008.1.2.1.99":
+        return  # deflated: pydicom parsed an inflated copy; positions do not apply
+    if pos >= end:
+        if "Rows" in ds and "Columns" in ds and "BitsAllocated" in ds:
+            raise InvalidInstance("truncated", "truncated: an image without its pixel data")
+        return  # no pixel data (e.g. an SR or a presentation state)
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None or little is None:
+        implicit, little = False, True
+    order = "little" if little else "big"
+    if pos + 8 > end:
+        raise InvalidInstance("truncated", "truncated: pixel data element header is cut short")
+    group = int.from_bytes(data[pos : pos + 2], order)
+    elem = int.from_bytes(data[pos + 2 : pos + 4], order)
+    if (group << 16 | elem) not in _PIXEL_TAGS:
+        return  # stopped at something else: nothing of ours to check
+    if implicit:
+        length, value_at = int.from_bytes(data[pos + 4 : pos + 8], order), pos + 8
+    elif data[pos + 4 : pos + 6] in _LONG_VRS:
+        if pos + 12 > end:
+            raise InvalidInstance("truncated", "truncated: pixel data element header is cut short")
+        length, value_at = int.from_bytes(data[pos + 8 : pos + 12], order), pos + 12
+    else:
+        length, value_at = int.from_bytes(data[pos + 6 : pos + 8], order), pos + 8
+    if length != _UNDEFINED:
+        if value_at + length > end:
+            raise InvalidInstance("truncated", f"truncated: pixel data has {end - value_at} of {length} bytes")
+        _check_trailing(data, value_at + length, implicit, order)
+        return
+    # Encapsulated: items (FFFE,E000) up to the sequence delimiter (FFFE,E0DD).
+    at = value_at
+    while True:
+        if at + 8 > end:
+            raise InvalidInstance("truncated", "truncated: encapsulated pixel data is cut short")
+        tag = int.from_bytes(data[at : at + 2], order) << 16 | int.from_bytes(data[at + 2 : at + 4], order)
+        item_len = int.from_bytes(data[at + 4 : at + 8], order)
+        if tag == 0xFFFEE0DD:
+            _check_trailing(data, at + 8, implicit, order)
+            return
+        if tag != 0xFFFEE000 or item_len == _UNDEFINED:
+            raise InvalidInstance("truncated", "corrupt encapsulated pixel data (bad item)")
+        at += 8 + item_len
+
+
+def _check_trailing(data: bytes, at: int, implicit: bool, order: str) -> None:
+    """Elements after the pixel data (usually Data Set Trailing Padding) must be whole too."""
+    end = len(data)
+    while at < end:
+        if at + 8 > end:
+            raise InvalidInstance("truncated", "truncated: an element after the pixel data is cut short")
+        if implicit:
+            length, value_at = int.from_bytes(data[at + 4 : at + 8], order), at + 8
+        elif data[at + 4 : at + 6] in _LONG_VRS:
+            if at + 12 > end:
+                raise InvalidInstance("truncated", "truncated: an element after the pixel data is cut short")
+            length, value_at = int.from_bytes(data[at + 8 : at + 12], order), at + 12
+        else:
+            length, value_at = int.from_bytes(data[at + 6 : at + 8], order), at + 8
+        if length == _UNDEFINED:
+            return  # a sequence after the pixels: leave it to readers
+        if value_at + length > end:
+            raise InvalidInstance("truncated", "truncated: an element after the pixel data is cut short")
+        at = value_at + length
 
 
 def _fragments_complete(value: bytes) -> bool:
