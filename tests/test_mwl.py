@@ -236,3 +236,25 @@ def test_order_via_cli_is_listed(node: Node, archive, tmp_path: Path, capsys) ->
     [row] = json.loads(capsys.readouterr().out)
     assert (row["AccessionNumber"], row["Status"], row["Modality"]) == ("CACC1", "CANCELLED", "MR")
     assert cli_main(["hl7", "orders", "--data", str(archive.data_dir), "--date", "2026-13"]) == 1
+
+
+def test_worklist_verb_queries_the_node(node: Node, archive, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``hilum worklist`` (the DIMSE client verb of the CLI contract) against the node's MWL SCP."""
+    assert hl7_send(node, orm("V1", "PV1", "Ørsted^Hans", placer="VPL1", accession="VACC1",
+                              station="CT01", start="202603021000")) == "AA"
+    assert hl7_send(node, orm("V2", "PV2", "Other^Olga", placer="VPL2", accession="VACC2",
+                              station="CT02", start="202603021100")) == "AA"
+    port = str(node.config.dicom_port)
+    capsys.readouterr()
+    assert cli_main(["worklist", "127.0.0.1", port, "-aet", "CT01", "-aec", node.config.aet,
+                     "-k", "ScheduledStationAETitle=CT01", "-k", "PatientName=ørs*", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["AccessionNumber"] for r in rows] == ["VACC1"]
+    assert rows[0]["PatientName"] == "Ørsted^Hans"
+    step = rows[0]["ScheduledProcedureStepSequence"][0]
+    assert (step["ScheduledStationAETitle"], step["ScheduledProcedureStepStartDate"]) == ("CT01", "20260302")
+    assert cli_main(["worklist", "127.0.0.1", port, "-aec", node.config.aet,
+                     "-k", "ScheduledProcedureStepStartDate=20260302"]) == 0
+    out = capsys.readouterr().out
+    assert "VACC1" in out and "VACC2" in out and "2 scheduled steps" in out
+    assert cli_main(["worklist", "127.0.0.1", port, "-k", "NoSuchKeyword=1"]) == 1

@@ -319,8 +319,10 @@ def iter_find(target: Target, level: str, keys: Mapping[str, str], *, root: str 
     ``cancel_after`` sends C-CANCEL once that many matches came (PS3.4 C.4.1.2.2.2).
     """
     level = _check_level(level)
-    model = _model("find", root, level)
-    ident = identifier(level, keys)
+    yield from _find_responses(target, _model("find", root, level), identifier(level, keys), cancel_after)
+
+
+def _find_responses(target: Target, model: str, ident: Dataset, cancel_after: int | None) -> Iterator[Dataset]:
     with associate(target, [build_context(model)]) as assoc:
         _require_context(assoc, model, "C-FIND", target)
         responses = assoc.send_c_find(ident, model)
@@ -344,6 +346,44 @@ def iter_find(target: Target, level: str, keys: Mapping[str, str], *, root: str 
 
 def find(target: Target, level: str, keys: Mapping[str, str], *, root: str = "study") -> list[Dataset]:
     return list(iter_find(target, level, keys, root=root))
+
+
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+
+WORKLIST_STEP_KEYS = (
+    "Modality", "ScheduledStationAETitle", "ScheduledStationName", "ScheduledProcedureStepStartDate",
+    "ScheduledProcedureStepStartTime", "ScheduledPerformingPhysicianName", "ScheduledProcedureStepDescription",
+    "ScheduledProcedureStepID", "ScheduledProcedureStepStatus", "ScheduledProcedureStepLocation",
+)
+"""Keys that live in the Scheduled Procedure Step Sequence item (PS3.4 K.6.1.2.2)."""
+
+WORKLIST_DEFAULT_KEYS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyInstanceUID",
+    "RequestedProcedureID", "RequestedProcedureDescription", "ReferringPhysicianName",
+    "Modality", "ScheduledStationAETitle", "ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime",
+    "ScheduledProcedureStepID", "ScheduledProcedureStepDescription", "ScheduledProcedureStepStatus",
+)
+
+
+def worklist_identifier(keys: Mapping[str, str]) -> Dataset:
+    """A Modality Worklist C-FIND identifier: step keys nested in one SPS item (PS3.4 K.6.1)."""
+    ds = Dataset()
+    step = Dataset()
+    for keyword, value in keys.items():
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise DimseError(f"unknown DICOM keyword {keyword!r}")
+        target = step if keyword in WORKLIST_STEP_KEYS else ds
+        target.add_new(tag, dictionary_VR(tag), value or None)
+    ds.ScheduledProcedureStepSequence = [step]
+    if any(not str(v).isascii() for v in keys.values()):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    return ds
+
+
+def iter_worklist(target: Target, keys: Mapping[str, str], *, cancel_after: int | None = None) -> Iterator[Dataset]:
+    """Modality Worklist C-FIND (PS3.4 K): yield each scheduled procedure step that matches."""
+    yield from _find_responses(target, MODALITY_WORKLIST_FIND, worklist_identifier(keys), cancel_after)
 
 
 def dataset_to_dict(ds: Dataset) -> dict[str, Any]:
