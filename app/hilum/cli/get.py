@@ -13,7 +13,7 @@ from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from hilum.dimse.cliargs import add_peer_arguments
+    from hilum.dimse.cliargs import add_peer_arguments, add_retrieve_arguments
 
     p = subparsers.add_parser(
         "get", help="retrieve studies from a DICOM peer on the same association (C-GET)",
@@ -21,23 +21,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "archive (--data) unless --out DIR is given.",
         epilog="example: hilum get pacs.local 104 -aec PACS -k StudyInstanceUID=1.2.3 --out ./study")
     add_peer_arguments(p)
-    p.add_argument("-L", "--level", type=str.upper, choices=["PATIENT", "STUDY", "SERIES", "IMAGE", "INSTANCE"],
-                   help="retrieve level (default: from the unique keys)")
-    p.add_argument("-k", "--key", action="append", default=[], metavar="KEY=VALUE", help="unique key")
-    p.add_argument("--root", default="study", choices=["study", "patient"], help="information model")
+    add_retrieve_arguments(p)
     p.add_argument("--out", metavar="DIR", help="write files here instead of storing into the archive")
     p.set_defaults(handler=run_get)
 
 
 def run_get(args: argparse.Namespace) -> int:
-    from hilum.dimse.cliargs import progress_bar, target_from_args
-    from hilum.dimse.scu import DimseError, get, infer_level, parse_keys
+    from hilum.dimse.cliargs import progress_bar, retrieve_keys, target_from_args
+    from hilum.dimse.scu import get
 
     target = target_from_args(args)
-    keys = parse_keys(args.key)
-    level = keys.pop("QueryRetrieveLevel", "") or args.level or infer_level(keys)
-    if not any(v for v in keys.values()):
-        raise DimseError("give at least one unique key, e.g. -k StudyInstanceUID=...")
+    level, keys = retrieve_keys(args)
     archive = None
     out_dir: Path | None = None
     rejected: list[str] = []

@@ -7,7 +7,7 @@ import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from hilum.dimse.cliargs import add_peer_arguments
+    from hilum.dimse.cliargs import add_peer_arguments, add_retrieve_arguments
 
     p = subparsers.add_parser(
         "move", help="ask a DICOM peer to send studies to an AE title (C-MOVE)",
@@ -16,22 +16,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         epilog="example: hilum move pacs.local 104 -aec PACS --dest HILUM -k StudyInstanceUID=1.2.3")
     add_peer_arguments(p)
     p.add_argument("--dest", required=True, metavar="AET", help="move destination AE title")
-    p.add_argument("-L", "--level", type=str.upper, choices=["PATIENT", "STUDY", "SERIES", "IMAGE", "INSTANCE"],
-                   help="retrieve level (default: from the unique keys)")
-    p.add_argument("-k", "--key", action="append", default=[], metavar="KEY=VALUE", help="unique key")
-    p.add_argument("--root", default="study", choices=["study", "patient"], help="information model")
+    add_retrieve_arguments(p)
     p.set_defaults(handler=run_move)
 
 
 def run_move(args: argparse.Namespace) -> int:
-    from hilum.dimse.cliargs import progress_bar, target_from_args
-    from hilum.dimse.scu import DimseError, infer_level, move, parse_keys
+    from hilum.dimse.cliargs import progress_bar, retrieve_keys, target_from_args
+    from hilum.dimse.scu import move
 
     target = target_from_args(args)
-    keys = parse_keys(args.key)
-    level = keys.pop("QueryRetrieveLevel", "") or args.level or infer_level(keys)
-    if not any(v for v in keys.values()):
-        raise DimseError("give at least one unique key, e.g. -k StudyInstanceUID=...")
+    level, keys = retrieve_keys(args)
     bar = progress_bar(not args.json)
     task = None
 

@@ -49,6 +49,25 @@ def add_peer_arguments(p: argparse.ArgumentParser, *, port_optional: bool = True
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def add_retrieve_arguments(p: argparse.ArgumentParser) -> None:
+    """The options C-MOVE and C-GET share: level, unique keys, information model."""
+    p.add_argument("-L", "--level", type=str.upper, choices=["PATIENT", "STUDY", "SERIES", "IMAGE", "INSTANCE"],
+                   help="retrieve level (default: from the unique keys)")
+    p.add_argument("-k", "--key", action="append", default=[], metavar="KEY=VALUE", help="unique key")
+    p.add_argument("--root", default="study", choices=["study", "patient"], help="information model")
+
+
+def retrieve_keys(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    """The retrieve level and unique keys of ``-L``/``-k``; at least one key must have a value."""
+    from hilum.dimse.scu import DimseError, infer_level, parse_keys
+
+    keys = parse_keys(args.key)
+    level = keys.pop("QueryRetrieveLevel", "") or args.level or infer_level(keys)
+    if not any(v for v in keys.values()):
+        raise DimseError("give at least one unique key, e.g. -k StudyInstanceUID=...")
+    return level, keys
+
+
 def quiet_pynetdicom(args: argparse.Namespace) -> None:
     """pynetdicom logs every failure at ERROR; the verbs print one line of their own instead."""
     verbose = getattr(args, "verbose", 0)
