@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
 
 from hilum.archive import Archive
+from hilum.dimse.reactor import wait_responded
 from hilum.dimse.uids import STORAGE_COMMITMENT_PUSH
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,10 @@ class CommitmentReporter:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
-    def report_later(self, assoc: Any, result: CommitmentResult) -> None:
-        """Report ``result`` from a background thread once the N-ACTION response is out."""
-        t = threading.Thread(target=self._report, args=(assoc, result), name="commitment-report", daemon=True)
+    def report_later(self, assoc: Any, result: CommitmentResult, message_id: int) -> None:
+        """Report ``result`` from a background thread once the response to N-ACTION ``message_id`` is out."""
+        t = threading.Thread(target=self._report, args=(assoc, result, message_id), name="commitment-report",
+                             daemon=True)
         with self._lock:
             self._threads = [x for x in self._threads if x.is_alive()]
             self._threads.append(t)
@@ -113,8 +115,11 @@ class CommitmentReporter:
         for t in threads:
             t.join(timeout)
 
-    def _report(self, assoc: Any, result: CommitmentResult) -> None:
+    def _report(self, assoc: Any, result: CommitmentResult, message_id: int) -> None:
         try:
+            # the handler runs before pynetdicom sends its response: an N-EVENT-REPORT sent
+            # at once could reach the peer ahead of the N-ACTION-RSP it is waiting for
+            wait_responded(assoc, message_id)
             self._report_now(assoc, result)
         except Exception:  # noqa: BLE001 - a background thread must log, not die silently
             log.exception("storage commitment %s: report failed", result.transaction_uid)

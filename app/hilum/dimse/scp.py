@@ -62,6 +62,7 @@ from hilum.dimse import contexts as cx
 from hilum.dimse.commitment import COMMITMENT_INSTANCE, CommitmentReporter, check_commitment
 from hilum.dimse.identifiers import IdentifierError, query_of, response_for, retrieve_query
 from hilum.dimse.net import NODELAY_HANDLERS, client_ssl_context, server_ssl_context, set_nodelay
+from hilum.dimse.reactor import start_server
 from hilum.dimse.uids import STORAGE_COMMITMENT_PUSH
 
 log = logging.getLogger(__name__)
@@ -233,9 +234,8 @@ class DimseService:
             listeners = [(int(cfg.dicom_port), tls)]
         try:
             for port, ssl_ctx in listeners:
-                server = self.ae.start_server((cfg.bind, port), block=False, ssl_context=ssl_ctx,
-                                              evt_handlers=self._handlers())
-                assert server is not None
+                server = start_server(self.ae, (cfg.bind, port), ssl_context=ssl_ctx,
+                                      evt_handlers=self._handlers())
                 server.contexts = _CheapCopy(server.contexts)
                 self._servers.append(server)
                 log.info("DICOM %s listening on %s:%d as %s", "TLS" if ssl_ctx else "service", cfg.bind,
@@ -592,7 +592,7 @@ class DimseService:
         if not result.transaction_uid:
             return status_dataset(0x0120, "missing Transaction UID"), None
         self._count(event.assoc, "N-ACTION commitment")
-        self.reporter.report_later(event.assoc, result)
+        self.reporter.report_later(event.assoc, result, int(event.request.MessageID))
         return SUCCESS, None
 
 
