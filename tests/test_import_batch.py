@@ -180,3 +180,50 @@ def test_a_dying_worker_process_does_not_stop_the_import(tmp_path: Path, monkeyp
         # A worker killed in the middle of a write may leave its temporary (``check --repair`` removes it).
         assert not (report.missing or report.orphans or report.corrupt) and len(report.temporaries) <= 2
     assert workers() == []
+
+
+def test_more_threads_than_the_connection_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The early duplicate check borrows a connection per call: 24 threads share a pool of 15."""
+    monkeypatch.setattr(batch, "MODE", "threads")
+    files = write_ct_set(tmp_path / "ct", 60, rows=16, columns=16, series_size=20, patients=1, seed=5)
+    with Archive(tmp_path / "a") as a:
+        first = a.ingest_many(files[:30], workers=24)
+        again = a.ingest_many(files, workers=24)
+    assert [r.status for r in first] == ["stored"] * 30
+    assert [r.status for r in again] == ["duplicate"] * 30 + ["stored"] * 30
+
+
+def test_batch_blobs_are_synced_before_indexing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers write blobs without fsync; index_batch fsyncs the whole batch first, and a
+    blob that cannot be synced rejects only its own instance."""
+    monkeypatch.setattr(batch, "MODE", "threads")
+    files = write_ct_set(tmp_path / "ct", 8, rows=16, columns=16, series_size=8, patients=1, seed=6)
+    synced: list[list[str]] = []
+    with Archive(tmp_path / "a") as a:
+        real = a.blobs.sync_temps
+
+        def spy(temps: list[str]) -> None:
+            synced.append(list(temps))
+            if any(t.endswith("lost.part") for t in temps):
+                raise batch.StorageFull("cannot write blob: input/output error")
+            real(temps)
+
+        monkeypatch.setattr(a.blobs, "sync_temps", spy)
+        real_prepare = batch.prepare
+        victim = str(files[3])
+
+        def prepare(src: Any, **kw: Any) -> Any:
+            out = real_prepare(src, **kw)
+            if str(src) == victim:  # this one's temporary is "lost" before its fsync
+                lost = str(Path(out.temp).with_name("lost.part"))
+                Path(out.temp).rename(lost)
+                out.temp = lost
+            return out
+
+        monkeypatch.setattr(batch, "prepare", prepare)
+        results = a.ingest_many(files, workers=2)
+        assert a.check().clean
+    assert sum(len(s) for s in synced) >= 8
+    assert [r.status for r in results].count("stored") == 7
+    bad = results[3]
+    assert bad.status == "rejected" and bad.code == "storage-full"

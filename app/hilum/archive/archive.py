@@ -145,6 +145,7 @@ class Archive:
 
     def close(self) -> None:
         self._io.shutdown(wait=True)
+        self.blobs.close()
         self.engine.dispose()
 
     def __enter__(self) -> Archive:

@@ -105,7 +105,9 @@ def prepare(source: Any, *, blobs: FileBlobStore, exists: Callable[[str], bool] 
 
     Mirrors :meth:`Archive.ingest` up to its index transaction; ``exists``
     (given under the ``ignore`` duplicate policy) says whether a SOP Instance
-    UID is already stored, so a duplicate is never written.
+    UID is already stored, so a duplicate is never written.  The blob is not
+    fsynced here: :func:`index_batch` makes the whole batch durable at once
+    before indexing it (group commit, see :meth:`FileBlobStore.sync_temps`).
     """
     from hilum.archive.archive import IngestResult
 
@@ -119,7 +121,7 @@ def prepare(source: Any, *, blobs: FileBlobStore, exists: Callable[[str], bool] 
         if exists is not None and exists(record.sop_uid):
             return IngestResult("duplicate", **_base(record, label, len(data)))
         checksum = blob_checksum(data)
-        temp = blobs.write_temp(data)
+        temp = blobs.write_temp(data, sync=False)
         try:
             # The blob's folder, made here on a worker so that moving the blob into place
             # (in the indexing transaction, on one thread) is a rename and nothing more.
@@ -145,10 +147,11 @@ def _base(record: IndexRecord, label: str | None, size: int) -> dict[str, Any]:
 class _ExistsCheck:
     """Whether a SOP Instance UID is already indexed: one raw DB-API query per call.
 
-    A plain SELECT on a DB-API connection kept per thread, since the full
-    SQLAlchemy round trip costs more than the query; the index itself is
-    consulted again inside the indexing transaction, so this is only an early
-    skip for duplicates.
+    A plain SELECT on a pooled DB-API connection, since the full SQLAlchemy
+    round trip costs more than the query.  The connection goes back to the
+    pool after each call, so any number of worker threads shares the pool.
+    The index itself is consulted again inside the indexing transaction, so
+    this is only an early skip for duplicates.
     """
 
     _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s", "numeric": ":1", "named": ":sop"}
@@ -158,32 +161,22 @@ class _ExistsCheck:
         style = engine.dialect.paramstyle
         self._sql = f"SELECT 1 FROM {instances.name} WHERE sop_uid = {self._PLACEHOLDERS[style]}"
         self._named = style == "named"
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._conns: list[Any] = []
 
     def __call__(self, sop_uid: str) -> bool:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._engine.raw_connection()
-            with self._lock:
-                self._conns.append(conn)
-        cur = conn.cursor()
+        conn = self._engine.raw_connection()
         try:
-            cur.execute(self._sql, {"sop": sop_uid} if self._named else (sop_uid,))
-            return cur.fetchone() is not None
+            cur = conn.cursor()
+            try:
+                cur.execute(self._sql, {"sop": sop_uid} if self._named else (sop_uid,))
+                return cur.fetchone() is not None
+            finally:
+                cur.close()
+                conn.rollback()
         finally:
-            cur.close()
-            conn.rollback()
+            conn.close()  # back to the engine's pool
 
     def close(self) -> None:
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            try:
-                conn.close()  # back to the engine's pool
-            except Exception:  # noqa: BLE001 - closing is best effort
-                log.debug("closing a duplicate-check connection failed", exc_info=True)
+        """Nothing is held between calls (kept for the callers' symmetry)."""
 
 
 # ---------------------------------------------------------------- worker processes
@@ -438,7 +431,7 @@ def run_ingest_many(archive: Archive, sources: Iterable[Any], *, origin: str, wo
                             _picklable_filters(), logging.getLogger("pydicom").getEffectiveLevel()), thread_prepare,
                         bridges=BRIDGES)
     else:
-        n = workers or max(2, cpus * 2)
+        n = workers or max(2, cpus)  # the blobs' fsyncs wait in index_batch, not in the workers
         pool = _ThreadWorkers(n, thread_prepare)
     window = max(32, n * WINDOW_PER_WORKER)
 
@@ -543,6 +536,8 @@ def index_batch(archive: Archive, batch: list[tuple[int, Prepared]], *, origin: 
 
     moved: list[tuple[str, str]] = []
     try:
+        # Durable before indexed: one group fsync for the batch, outside the write lock.
+        archive.blobs.sync_temps([p.temp for _, p in batch])
         with archive._write_lock, archive.engine.begin() as conn:
             out, events, renames = _index(archive, conn, batch, origin=origin, source_aet=source_aet)
             for temp, key in renames:
