@@ -35,7 +35,7 @@ class Field:
     kind: str = "text"  # text | int | pn | computed
 
 
-P, ST, SE, I = patients.c, studies.c, series.c, instances.c
+P, ST, SE, I = patients.c, studies.c, series.c, instances.c  # noqa: E741 - the four index levels, as in the SQL
 
 _st2 = studies.alias("st2")  # so the patient counters never correlate with an outer studies
 _patient_studies = select(func.count()).where(_st2.c.patient_fk == P.pk).scalar_subquery()
