@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from hilum.dicom.matching import normalize_date, normalize_time, pn_groups
@@ -201,19 +204,89 @@ def _fragments_complete(value: bytes) -> bool:
     return pos == n
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+# ---------------------------------------------------------------- attribute values
+#
+# ``index_record`` reads about thirty attributes per instance.  Through pydicom
+# each read converts a raw element (hooks, value objects, character sets):
+# about 40% of an ingest's Python time.  The common case - one ASCII value of
+# a string VR, or a little-endian US - is decoded here straight from the raw
+# bytes; anything else (several values, non-ASCII text, ISO 2022 escapes, an
+# unusual VR, a converted element) still goes through pydicom, and
+# tests/test_attributes_fast.py holds the two paths to the same answers.
+
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
+                         "UI", "UT"})
+_CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})  # decoded per Specific Character Set
+_PLAIN_CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})  # ASCII is ASCII in each
+_FAST = True  # tests turn the raw path off to compare it with pydicom's
+
+
+@cache
+def _tag_and_vr(keyword: str) -> tuple[int, str]:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return tag, dictionary_VR(tag)
+
+
+def _raw_text(ds: Dataset, keyword: str, plain_charset: bool) -> str | None:
+    """The value of ``keyword`` decoded from its raw bytes, "" if absent; None: ask pydicom."""
+    if not _FAST:
+        return None
+    tag, dict_vr = _tag_and_vr(keyword)
+    elem = ds._dict.get(tag)  # noqa: SLF001 - the raw element, unconverted
+    if elem is None:
+        return ""
+    if not isinstance(elem, RawDataElement):
+        return None
+    value = elem.value
+    vr = elem.VR or dict_vr
+    if value is None or vr not in _STRING_VRS or (vr in _CHARSET_VRS and not plain_charset):
+        return None
+    if not value.isascii() or b"\\" in value or b"\x1b" in value:
+        return None
+    text = value.decode("ascii")
+    if vr == "UI":
+        text = text.rstrip("\0")
+    if "\0" in text:
+        return None
+    return text.strip()
+
+
+def _plain_charset(ds: Dataset) -> bool:
+    """Whether ASCII text in ``ds`` reads the same whatever its Specific Character Set says."""
+    raw = _raw_text(ds, "SpecificCharacterSet", True)
+    return raw is not None and raw in _PLAIN_CHARSETS
+
+
+def _text(ds: Dataset, keyword: str, plain_charset: bool = False) -> str:
+    raw = _raw_text(ds, keyword, plain_charset)
+    if raw is not None:
+        return raw
     try:
         value = ds.get(keyword)
     except Exception:
         return ""
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)) or getattr(value, "VM", 1) > 1 and not isinstance(value, str):
-        return "\\".join(str(v) for v in value)
+    if isinstance(value, (list, tuple, MultiValue)):
+        return "\\".join(str(v).strip() for v in value)  # several values, as DICOM writes them
     return str(value).strip()
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
+    if _FAST:
+        tag, dict_vr = _tag_and_vr(keyword)
+        elem = ds._dict.get(tag)  # noqa: SLF001
+        if elem is None:
+            return None
+        if isinstance(elem, RawDataElement) and elem.value is not None:
+            vr = elem.VR or dict_vr
+            if vr == "US" and len(elem.value) == 2 and elem.is_little_endian:
+                return int.from_bytes(elem.value, "little")
+            if vr == "IS":
+                text = _raw_text(ds, keyword, True)
+                if text is not None and text.lstrip("+-").isdigit():
+                    return int(text)
     try:
         value = ds.get(keyword)
         return int(value) if value not in (None, "") else None
@@ -222,7 +295,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 
 
 def _date(ds: Dataset, keyword: str) -> str:
-    v = _text(ds, keyword)
+    v = _text(ds, keyword, True)
     try:
         return normalize_date(v) if v else ""
     except ValueError:
@@ -230,7 +303,7 @@ def _date(ds: Dataset, keyword: str) -> str:
 
 
 def _time(ds: Dataset, keyword: str) -> str:
-    v = _text(ds, keyword)
+    v = _text(ds, keyword, True)
     try:
         return normalize_time(v) if v else ""
     except ValueError:
@@ -239,9 +312,10 @@ def _time(ds: Dataset, keyword: str) -> str:
 
 def index_record(ds: Dataset) -> IndexRecord:
     """The attributes the index keeps of ``ds`` (which :func:`read_instance` validated)."""
-    name = _text(ds, "PatientName")
+    plain = _plain_charset(ds)
+    name = _text(ds, "PatientName", plain)
     pn_a, pn_i, pn_p = pn_groups(name)
-    ref = _text(ds, "ReferringPhysicianName")
+    ref = _text(ds, "ReferringPhysicianName", plain)
     study_date = _date(ds, "StudyDate")
     study_time = _time(ds, "StudyTime")
     meta = getattr(ds, "file_meta", None)
@@ -252,42 +326,42 @@ def index_record(ds: Dataset) -> IndexRecord:
     nframes = _int(ds, "NumberOfFrames")
     return IndexRecord(
         patient={
-            "patient_id": _text(ds, "PatientID"),
-            "issuer": _text(ds, "IssuerOfPatientID"),
+            "patient_id": _text(ds, "PatientID", plain),
+            "issuer": _text(ds, "IssuerOfPatientID", plain),
             "patient_name": name,
             "pn_a": pn_a,
             "pn_i": pn_i,
             "pn_p": pn_p,
             "birth_date": _date(ds, "PatientBirthDate"),
-            "sex": _text(ds, "PatientSex"),
+            "sex": _text(ds, "PatientSex", plain),
         },
         study={
-            "study_uid": _text(ds, "StudyInstanceUID"),
+            "study_uid": _text(ds, "StudyInstanceUID", plain),
             "study_date": study_date,
             "study_time": study_time,
             "study_dt": (study_date + (study_time or "000000.000000")) if study_date else "",
-            "accession_number": _text(ds, "AccessionNumber"),
-            "study_id": _text(ds, "StudyID"),
-            "study_description": _text(ds, "StudyDescription"),
+            "accession_number": _text(ds, "AccessionNumber", plain),
+            "study_id": _text(ds, "StudyID", plain),
+            "study_description": _text(ds, "StudyDescription", plain),
             "referring_physician": ref,
             "ref_pn_a": pn_groups(ref)[0],
             "specific_character_set": str(charset or ""),
         },
         series={
-            "series_uid": _text(ds, "SeriesInstanceUID"),
-            "modality": _text(ds, "Modality"),
+            "series_uid": _text(ds, "SeriesInstanceUID", plain),
+            "modality": _text(ds, "Modality", plain),
             "series_number": _int(ds, "SeriesNumber"),
-            "series_description": _text(ds, "SeriesDescription"),
-            "body_part": _text(ds, "BodyPartExamined"),
+            "series_description": _text(ds, "SeriesDescription", plain),
+            "body_part": _text(ds, "BodyPartExamined", plain),
             "series_date": _date(ds, "SeriesDate"),
             "series_time": _time(ds, "SeriesTime"),
             "pps_start_date": _date(ds, "PerformedProcedureStepStartDate"),
             "pps_start_time": _time(ds, "PerformedProcedureStepStartTime"),
-            "frame_of_reference_uid": _text(ds, "FrameOfReferenceUID"),
+            "frame_of_reference_uid": _text(ds, "FrameOfReferenceUID", plain),
         },
         instance={
-            "sop_uid": _text(ds, "SOPInstanceUID"),
-            "sop_class_uid": _text(ds, "SOPClassUID"),
+            "sop_uid": _text(ds, "SOPInstanceUID", plain),
+            "sop_class_uid": _text(ds, "SOPClassUID", plain),
             "instance_number": _int(ds, "InstanceNumber"),
             "transfer_syntax": ts,
             "number_of_frames": nframes,
