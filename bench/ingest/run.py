@@ -2,7 +2,7 @@
 
 The floor is the least a durable store must do: copy the same files one by
 one, each written and fsynced (read, write, fsync).  Ingest adds parsing,
-a SHA-256 checksum, an atomic rename and the index rows.  Printed: instances/s
+an XXH3-128 checksum, an atomic rename and the index rows (its blobs fsynced a batch at a time).  Printed: instances/s
 and MB/s for the floor and for ``Archive.ingest_many`` (the path ``hilum
 import`` takes) on SQLite and PostgreSQL, and the ratio ingest/floor.  Runs
 are interleaved — each round times the floor and then every ingest path — and

@@ -56,32 +56,11 @@ class BlobStore(Protocol):
 
     def key_for(self, sop_uid: str) -> str: ...
 
-    def write_temp(self, data: bytes | memoryview) -> str: ...
+    def write_temp(self, data: bytes | memoryview, *, sync: bool = True) -> str: ...
 
-    def sync_temps(self, temps: list[str]) -> None:
-        """fsync the temporaries ``temps`` (written with ``sync=False``) all at once.
+    def sync_temps(self, temps: list[str]) -> None: ...
 
-        The fsyncs run side by side, so the file system commits its journal
-        once for many of them (group commit) instead of once per file, as
-        one-by-one fsyncs must.  Raises :class:`StorageFull` if any fails.
-        """
-        if len(temps) <= 1:
-            for t in temps:
-                _fsync_path(t)
-            return
-        with self._sync_lock:
-            if self._sync_pool is None:
-                self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="blob-sync")
-            pool = self._sync_pool
-        for fut in [pool.submit(_fsync_path, t) for t in temps]:
-            fut.result()
-
-    def close(self) -> None:
-        """Stop the fsync threads (they start again when needed)."""
-        with self._sync_lock:
-            pool, self._sync_pool = self._sync_pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+    def close(self) -> None: ...
 
     def commit_temp(self, temp: str, key: str) -> None: ...
 
