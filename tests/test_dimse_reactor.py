@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import socket
 import threading
+from io import BytesIO
 
 import pytest
-from pynetdicom.dimse_messages import C_STORE_RSP
-from pynetdicom.dimse_primitives import C_STORE
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pynetdicom.dimse_messages import C_FIND_RSP, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
 
-from hilum.dimse.reactor import BulkSocket, encode_store_response
+from hilum.dimse.reactor import BulkSocket, encode_response
 
 
 def _rsp(status: int, **extra: object) -> C_STORE:
@@ -25,23 +29,63 @@ def _rsp(status: int, **extra: object) -> C_STORE:
     return rsp
 
 
-def _pynetdicom_bytes(rsp: C_STORE) -> bytes:
-    msg = C_STORE_RSP()
-    msg.primitive_to_message(rsp)
-    (pdata,) = list(msg.encode_msg(1, 0))
-    ((cx, pdv),) = pdata.presentation_data_value_list
-    assert cx == 1 and pdv[0] == 0x03
-    return pdv[1:]
+def _pynetdicom_pdvs(msg: object, rsp: object, max_pdu: int = 100) -> list[tuple[int, bytes]]:
+    msg.primitive_to_message(rsp)  # type: ignore[attr-defined]
+    pdvs = []
+    for pdata in msg.encode_msg(1, max_pdu):  # type: ignore[attr-defined]
+        pdvs += pdata.presentation_data_value_list
+    return pdvs
+
+
+def _ours(rsp: object, max_pdu: int = 100) -> list[tuple[int, bytes]]:
+    encoded = encode_response(rsp)
+    assert encoded is not None
+    command, dataset = encoded
+    pdvs = [(1, b"\x03" + command)]
+    step = max_pdu - 6
+    for start in range(0, len(dataset or b""), step):
+        assert dataset is not None
+        pdvs.append((1, (b"\x02" if start + step >= len(dataset) else b"\x00") + dataset[start : start + step]))
+    return pdvs
 
 
 @pytest.mark.parametrize("status", [0x0000, 0xB000, 0xB007])
 def test_store_response_matches_pynetdicom(status: int) -> None:
     rsp = _rsp(status)
-    assert encode_store_response(rsp) == _pynetdicom_bytes(rsp)
+    assert encode_response(rsp)[1] is None  # type: ignore[index]
+    assert _ours(rsp, max_pdu=1 << 20) == _pynetdicom_pdvs(C_STORE_RSP(), rsp, max_pdu=1 << 20)
 
 
-def test_store_response_with_error_comment_is_left_to_pynetdicom() -> None:
-    assert encode_store_response(_rsp(0xC000, ErrorComment="cannot understand")) is None
+def _find_rsp(status: int, identifier: Dataset | None) -> C_FIND:
+    rsp = C_FIND()
+    rsp.MessageIDBeingRespondedTo = 3
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
+    rsp.Status = status
+    if identifier is not None:
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, True
+        write_dataset(fp, identifier)
+        rsp.Identifier = BytesIO(fp.getvalue())
+    return rsp
+
+
+def test_find_responses_match_pynetdicom() -> None:
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.PatientName = "Yamada^Tarou"
+    ident.StudyInstanceUID = "1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16.17.18.19"
+    ident.StudyDescription = "a description long enough to need several PDVs at this PDU size"
+    pending = _find_rsp(0xFF00, ident)
+    assert _ours(pending) == _pynetdicom_pdvs(C_FIND_RSP(), pending)  # several data set fragments
+    final = _find_rsp(0x0000, None)
+    assert _ours(final) == _pynetdicom_pdvs(C_FIND_RSP(), final)
+
+
+def test_responses_with_more_than_a_status_are_left_to_pynetdicom() -> None:
+    assert encode_response(_rsp(0xC000, ErrorComment="cannot understand")) is None
+    failed = _find_rsp(0xA900, None)
+    failed.ErrorComment = "bad identifier"
+    assert encode_response(failed) is None
 
 
 def test_bulk_socket_reads_whole_pdus_and_short_on_close() -> None:

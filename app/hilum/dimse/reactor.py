@@ -14,7 +14,7 @@ response as a pydicom data set, encoded twice.  Here:
   DUL sets after every state-machine action (a DIMSE message completed, an
   A-RELEASE or A-ABORT arrived) and that ``kill`` sets;
 - :class:`BulkSocket` reads a PDU with few ``recv_into`` calls;
-- :class:`FastResponseDIMSE` encodes plain C-STORE responses directly.
+- :class:`FastResponseDIMSE` encodes plain C-STORE and C-FIND responses directly.
 
 Measured (DCMTK ``storescu``, 1,000 CT 512x512, a C-STORE handler that does
 nothing): 5.1 ms per instance with pynetdicom's own classes, 4.3 ms with
@@ -45,7 +45,7 @@ from typing import Any
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
@@ -271,35 +271,46 @@ def _us(tag: int, value: int) -> bytes:
     return struct.pack("<HHIH", 0, tag, 2, value)
 
 
-def encode_store_response(rsp: C_STORE) -> bytes | None:
-    """The Implicit VR Little Endian command set of a plain C-STORE-RSP (PS3.7 9.3.1.2).
+_COMMAND_FIELDS = {C_STORE: 0x8001, C_FIND: 0x8020}
 
-    ``None`` for a response that carries more than a status (an error comment,
+
+def encode_response(rsp: Any) -> tuple[bytes, bytes | None] | None:
+    """The command set (Implicit VR Little Endian) and data set of a plain C-STORE-RSP or C-FIND-RSP.
+
+    PS3.7 9.3.1.2 and 9.3.2.2.  ``None`` for any other message, or a response
+    that carries more than a status and an identifier (an error comment,
     offending elements): pynetdicom encodes those.
     """
+    field = _COMMAND_FIELDS.get(type(rsp))
+    if field is None or rsp.Status is None or rsp.MessageIDBeingRespondedTo is None:
+        return None
     if any(getattr(rsp, k, None) is not None for k in ("ErrorComment", "OffendingElement", "ErrorID")):
         return None
-    status = rsp.Status
-    if status is None or rsp.MessageIDBeingRespondedTo is None:
-        return None
+    dataset: bytes | None = None
+    if field == 0x8020 and rsp.Identifier is not None:
+        dataset = rsp.Identifier.getvalue()
+        if not dataset:
+            return None  # pynetdicom's own quirk (a data set announced, none sent): leave it to it
+    instance = getattr(rsp, "AffectedSOPInstanceUID", None) if field == 0x8001 else None
     body = b"".join([
-        _ui(0x0002, str(rsp.AffectedSOPClassUID or "")) if rsp.AffectedSOPClassUID else b"",
-        _us(0x0100, 0x8001),                               # CommandField: C-STORE-RSP
+        _ui(0x0002, str(rsp.AffectedSOPClassUID)) if rsp.AffectedSOPClassUID else b"",
+        _us(0x0100, field),
         _us(0x0120, int(rsp.MessageIDBeingRespondedTo)),
-        _us(0x0800, 0x0101),                               # CommandDataSetType: no data set
-        _us(0x0900, int(status)),
-        _ui(0x1000, str(rsp.AffectedSOPInstanceUID or "")) if rsp.AffectedSOPInstanceUID else b"",
+        _us(0x0800, 0x0001 if dataset else 0x0101),   # CommandDataSetType
+        _us(0x0900, int(rsp.Status)),
+        _ui(0x1000, str(instance)) if instance else b"",
     ])
-    return struct.pack("<HHII", 0, 0x0000, 4, len(body)) + body
+    return struct.pack("<HHII", 0, 0x0000, 4, len(body)) + body, dataset
 
 
 class FastResponseDIMSE(DIMSEServiceProvider):
-    """Sends plain C-STORE responses without building a pydicom data set.
+    """Sends plain C-STORE and C-FIND responses without building a pydicom data set.
 
     pynetdicom turns each response primitive into a pydicom ``Dataset`` and
-    encodes it twice (once for the group length): about 0.7 ms per C-STORE.
-    The command set of a C-STORE-RSP is seven fixed elements, encoded here
-    directly; every other message, and any response an ``EVT_DIMSE_SENT``
+    encodes it twice (once for the group length): about 0.7 ms per C-STORE,
+    and as much per C-FIND match.  Their command sets are a few fixed
+    elements, encoded here directly (the C-FIND identifier is already
+    encoded); every other message, and any response an ``EVT_DIMSE_SENT``
     handler wants to see, goes through pynetdicom.
     """
 
@@ -315,14 +326,28 @@ class FastResponseDIMSE(DIMSEServiceProvider):
                 self._sent.notify_all()
 
     def _send_msg(self, primitive: Any, context_id: int) -> None:
-        if isinstance(primitive, C_STORE) and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
-            command = encode_store_response(primitive)
-            if command is not None and (not self.maximum_pdu_size or len(command) + 6 <= self.maximum_pdu_size):
+        encoded = None
+        if type(primitive) in _COMMAND_FIELDS and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            encoded = encode_response(primitive)
+        if encoded is None:
+            super().send_msg(primitive, context_id)
+            return
+        command, dataset = encoded
+        limit = self.maximum_pdu_size - 6 if self.maximum_pdu_size else 0  # a PDV's header is 6 bytes
+        if limit and len(command) > limit:
+            super().send_msg(primitive, context_id)
+            return
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # command, last fragment
+        self.dul.send_pdu(pdata)
+        if dataset:
+            step = limit or len(dataset)
+            for start in range(0, len(dataset), step):
+                last = start + step >= len(dataset)
                 pdata = P_DATA()
-                pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # command, last
+                pdata.presentation_data_value_list.append(
+                    (context_id, (b"\x02" if last else b"\x00") + dataset[start : start + step]))
                 self.dul.send_pdu(pdata)
-                return
-        super().send_msg(primitive, context_id)
 
     def _sent_condition(self) -> threading.Condition:
         try:
@@ -394,4 +419,4 @@ def start_server(ae: Any, address: tuple[str, int], *, ssl_context: ssl.SSLConte
 
 
 __all__ = ["BulkSocket", "EventDrivenAssociation", "EventDrivenDUL", "FastResponseDIMSE", "RequestHandler",
-           "encode_store_response", "make_event_driven", "start_server", "wait_responded"]
+           "encode_response", "make_event_driven", "start_server", "wait_responded"]
