@@ -65,6 +65,8 @@ class EventDrivenDUL(DULServiceProvider):
     _wake_r: socket.socket | None
     _wake_w: socket.socket | None
 
+    _waiting = False
+
     def _open_wake(self) -> None:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -72,7 +74,7 @@ class EventDrivenDUL(DULServiceProvider):
 
     def _poke(self) -> None:
         w = getattr(self, "_wake_w", None)
-        if w is not None:
+        if w is not None and self._waiting:  # a busy reactor looks at its queue before it waits
             try:
                 w.send(b"\0")
             except OSError:  # buffer full (already awake) or closed (reactor gone)
@@ -100,10 +102,15 @@ class EventDrivenDUL(DULServiceProvider):
                     fds.append(raw)
             except OSError:
                 pass
+        self._waiting = True
         try:
+            if not self.to_provider_queue.empty() or self._kill_thread:
+                return  # queued (or killed) between the loop's last look and now: no poke came
             ready, _, _ = select.select(fds, [], [], DUL_WAIT)
         except (OSError, ValueError):
             return  # the peer socket went away under us; the loop notices it
+        finally:
+            self._waiting = False
         if self._wake_r in ready:
             try:
                 while self._wake_r.recv(4096):

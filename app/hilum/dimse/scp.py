@@ -173,6 +173,7 @@ class DimseService:
             # log (copying each C-STORE data set once more); we log one line per association.
             _config.LOG_HANDLER_LEVEL = "none"
             _config.LOG_REQUEST_IDENTIFIERS = False  # else every C-FIND/MOVE/GET identifier is pretty-printed
+            _config.LOG_RESPONSE_IDENTIFIERS = False  # ...and every C-FIND match
         ae = AE(ae_title=cfg.aet)
         ae.maximum_associations = max(1, int(cfg.max_associations))
         # PS3.8 D.1: 0 means "no limit", but DCMTK then falls back to 16 KiB PDUs (32 PDUs and
@@ -614,7 +615,7 @@ def default_extensions(archive: Archive) -> list[Any]:
     return out
 
 
-def _drain(assoc: Any, backlog: int = 2, timeout: float = 30.0) -> None:
+def _drain(assoc: Any, backlog: int = 8, timeout: float = 30.0) -> None:
     """Wait while more than ``backlog`` PDUs wait to be sent on ``assoc``.
 
     pynetdicom queues responses without waiting for the socket; pacing a
