@@ -28,6 +28,7 @@ def _files(pydicom_files: Path, tmp_path: Path) -> list[Path]:
     return real + [Path(p) for p in generated]
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's test files are odd on purpose
 def test_raw_values_match_pydicom(pydicom_files: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     compared = non_ascii = 0
     for path in _files(pydicom_files, tmp_path):
