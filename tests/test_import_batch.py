@@ -194,36 +194,32 @@ def test_more_threads_than_the_connection_pool(tmp_path: Path, monkeypatch: pyte
 
 
 def test_batch_blobs_are_synced_before_indexing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Workers write blobs without fsync; index_batch fsyncs the whole batch first, and a
-    blob that cannot be synced rejects only its own instance."""
+    """Workers write blobs without fsync; each is fsynced as it arrives and waited for before its
+    batch is indexed, and a blob that cannot be synced rejects only its own instance."""
     monkeypatch.setattr(batch, "MODE", "threads")
     files = write_ct_set(tmp_path / "ct", 8, rows=16, columns=16, series_size=8, patients=1, seed=6)
-    synced: list[list[str]] = []
+    synced: list[str] = []
     with Archive(tmp_path / "a") as a:
-        real = a.blobs.sync_temps
+        real = a.blobs.sync_later
 
-        def spy(temps: list[str]) -> None:
-            synced.append(list(temps))
-            if any(t.endswith("lost.part") for t in temps):
-                raise batch.StorageFull("cannot write blob: input/output error")
-            real(temps)
+        def spy(temp: str) -> Any:
+            synced.append(temp)
+            return real(temp)
 
-        monkeypatch.setattr(a.blobs, "sync_temps", spy)
+        monkeypatch.setattr(a.blobs, "sync_later", spy)
         real_prepare = batch.prepare
         victim = str(files[3])
 
         def prepare(src: Any, **kw: Any) -> Any:
             out = real_prepare(src, **kw)
-            if str(src) == victim:  # this one's temporary is "lost" before its fsync
-                lost = str(Path(out.temp).with_name("lost.part"))
-                Path(out.temp).rename(lost)
-                out.temp = lost
+            if str(src) == victim:  # this one's temporary is lost before its fsync
+                Path(out.temp).unlink()
             return out
 
         monkeypatch.setattr(batch, "prepare", prepare)
         results = a.ingest_many(files, workers=2)
         assert a.check().clean
-    assert sum(len(s) for s in synced) >= 8
+    assert len(synced) == 8
     assert [r.status for r in results].count("stored") == 7
     bad = results[3]
     assert bad.status == "rejected" and bad.code == "storage-full"

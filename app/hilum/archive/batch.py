@@ -86,6 +86,7 @@ class Prepared:
     checksum: str
     size: int
     source: str | None
+    synced: Future[None] | None = None  # its fsync, started as it arrived (see run_ingest_many)
 
 
 def _label(source: Any) -> str | None:
@@ -491,6 +492,9 @@ def run_ingest_many(archive: Archive, sources: Iterable[Any], *, origin: str, wo
                     log.exception("ingest of %s failed", _label(src) or "data")
                     out = _failed(src, exc)
                 if isinstance(out, Prepared):
+                    # start its fsync now: it runs while the batch fills and the one
+                    # before is indexed, side by side with the others (group commit)
+                    out.synced = archive.blobs.sync_later(out.temp)
                     ready[idx] = (out, now)
                 else:
                     finish(idx, out)
@@ -536,8 +540,11 @@ def index_batch(archive: Archive, batch: list[tuple[int, Prepared]], *, origin: 
 
     moved: list[tuple[str, str]] = []
     try:
-        # Durable before indexed: one group fsync for the batch, outside the write lock.
-        archive.blobs.sync_temps([p.temp for _, p in batch])
+        # Durable before indexed: the batch's fsyncs (most already started), outside the write lock.
+        archive.blobs.sync_temps([p.temp for _, p in batch if p.synced is None])
+        for _, p in batch:
+            if p.synced is not None:
+                p.synced.result()  # raises StorageFull: the batch is retried one by one
         with archive._write_lock, archive.engine.begin() as conn:
             out, events, renames = _index(archive, conn, batch, origin=origin, source_aet=source_aet)
             for temp, key in renames:

@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,6 +59,8 @@ class BlobStore(Protocol):
     def write_temp(self, data: bytes | memoryview, *, sync: bool = True) -> str: ...
 
     def sync_temps(self, temps: list[str]) -> None: ...
+
+    def sync_later(self, temp: str) -> Future[None]: ...
 
     def close(self) -> None: ...
 
@@ -142,6 +144,13 @@ class FileBlobStore:
             pool = self._sync_pool
         for fut in [pool.submit(_fsync_path, t) for t in temps]:
             fut.result()
+
+    def sync_later(self, temp: str) -> Future[None]:
+        """Start fsyncing ``temp`` on the fsync threads; the future raises :class:`StorageFull` if it fails."""
+        with self._sync_lock:
+            if self._sync_pool is None:
+                self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="blob-sync")
+            return self._sync_pool.submit(_fsync_path, temp)
 
     def close(self) -> None:
         """Stop the fsync threads (they start again when needed)."""
