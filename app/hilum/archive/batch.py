@@ -6,11 +6,15 @@ pipelined for many instances so an import of a folder uses every core:
 
 1. *Prepare*, on workers: read the source, validate and parse it
    (:func:`hilum.dicom.attributes.read_instance`, pixel data stays bytes),
-   skip a known duplicate, checksum it and write it to a temporary blob,
-   fsynced.  For large sets the workers are processes, since parsing is
-   Python and holds the GIL; for small ones (or in-memory databases) they are
-   threads.
-2. *Index*, on the calling thread: what the workers prepared is indexed in
+   skip a known duplicate, checksum it and write it to a temporary blob
+   (not fsynced).  For large sets the workers are processes, since parsing
+   is Python and holds the GIL; for small ones (or in-memory databases) they
+   are threads.
+2. *Sync*: each temporary blob's fsync starts as soon as its worker hands it
+   over, on threads that keep many in flight, so the file system commits its
+   journal once for many blobs (group commit) instead of once per file.
+3. *Index*, on the calling thread, once a batch's fsyncs are done (the blobs
+   are durable before they are indexed): what the workers prepared is indexed in
    batches — one transaction per batch instead of one per instance, patient /
    study / series rows looked up once per batch, instance rows inserted with
    one executemany, counters updated once per series — then the temporaries
@@ -107,8 +111,9 @@ def prepare(source: Any, *, blobs: FileBlobStore, exists: Callable[[str], bool] 
     Mirrors :meth:`Archive.ingest` up to its index transaction; ``exists``
     (given under the ``ignore`` duplicate policy) says whether a SOP Instance
     UID is already stored, so a duplicate is never written.  The blob is not
-    fsynced here: :func:`index_batch` makes the whole batch durable at once
-    before indexing it (group commit, see :meth:`FileBlobStore.sync_temps`).
+    fsynced here: the pipeline starts its fsync as soon as it is handed over,
+    many side by side (group commit), and :func:`index_batch` waits for the
+    batch's fsyncs before indexing it.
     """
     from hilum.archive.archive import IngestResult
 
