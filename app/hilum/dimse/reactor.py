@@ -247,8 +247,8 @@ class BulkSocket(AssociationSocket):
     """An association socket that reads a PDU with few large ``recv_into`` calls.
 
     pynetdicom reads in 4 KiB ``recv`` calls joined into a bytearray: 32 calls
-    and copies for each 128 KiB PDU that DCMTK sends, about 1 ms of CPU per
-    512x512 CT slice.
+    and copies for each 128 KiB PDU that DCMTK sends; here one buffer is
+    filled in place.
     """
 
     def recv(self, nr_bytes: int) -> bytearray:
