@@ -24,6 +24,8 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from pydicom.config import IGNORE
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -81,9 +83,9 @@ def keys_of(identifier: Dataset) -> dict[str, Any]:
 def _put(out: Dataset, tag: Any, vr: str, keyword: str, row: Mapping[str, Any]) -> None:
     value = row.get(keyword) if keyword else None
     if value in (None, "") or isinstance(value, (list, dict)):
-        out.add_new(tag, vr, None)
-    else:
-        out.add_new(tag, vr, value)
+        value = None
+    # the order index holds normalised values: skip pydicom's per-value regex checks (as C-FIND does)
+    out.add(DataElement(tag, vr, value, validation_mode=IGNORE))
 
 
 def _codes(items: list[dict[str, str]]) -> Sequence:
