@@ -15,7 +15,7 @@ from pydicom.filewriter import write_dataset
 from pynetdicom.dimse_messages import C_FIND_RSP, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_FIND, C_STORE
 
-from hilum.dimse.reactor import BulkSocket, encode_response
+from hilum.dimse.reactor import BulkSocket, encode_response, response_pdvs
 
 
 def _rsp(status: int, **extra: object) -> C_STORE:
@@ -38,14 +38,8 @@ def _pynetdicom_pdvs(msg: object, rsp: object, max_pdu: int = 100) -> list[tuple
 
 
 def _ours(rsp: object, max_pdu: int = 100) -> list[tuple[int, bytes]]:
-    encoded = encode_response(rsp)
-    assert encoded is not None
-    command, dataset = encoded
-    pdvs = [(1, b"\x03" + command)]
-    step = max_pdu - 6
-    for start in range(0, len(dataset or b""), step):
-        assert dataset is not None
-        pdvs.append((1, (b"\x02" if start + step >= len(dataset) else b"\x00") + dataset[start : start + step]))
+    pdvs = response_pdvs(rsp, 1, max_pdu)
+    assert pdvs is not None
     return pdvs
 
 

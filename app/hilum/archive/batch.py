@@ -182,9 +182,6 @@ class _ExistsCheck:
         finally:
             conn.close()  # back to the engine's pool
 
-    def close(self) -> None:
-        """Nothing is held between calls (kept for the callers' symmetry)."""
-
 
 # ---------------------------------------------------------------- worker processes
 #
@@ -507,8 +504,6 @@ def run_ingest_many(archive: Archive, sources: Iterable[Any], *, origin: str, wo
             refill()  # keep the workers busy while a batch is indexed
     finally:
         pool.shutdown()
-        if thread_exists is not None:
-            thread_exists.close()
         # Interrupted (KeyboardInterrupt, a failing callback): leave no temporaries behind.
         leftovers = [p for p, _ in ready.values()]
         for fut in pending:

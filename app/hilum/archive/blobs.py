@@ -134,15 +134,7 @@ class FileBlobStore:
         once for many of them (group commit) instead of once per file, as
         one-by-one fsyncs must.  Raises :class:`StorageFull` if any fails.
         """
-        if len(temps) <= 1:
-            for t in temps:
-                _fsync_path(t)
-            return
-        with self._sync_lock:
-            if self._sync_pool is None:
-                self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="blob-sync")
-            pool = self._sync_pool
-        for fut in [pool.submit(_fsync_path, t) for t in temps]:
+        for fut in [self.sync_later(t) for t in temps]:
             fut.result()
 
     def sync_later(self, temp: str) -> Future[None]:

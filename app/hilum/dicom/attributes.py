@@ -145,14 +145,7 @@ def _check_pixel_element(ds: Dataset, data: bytes, pos: int) -> None:
     elem = int.from_bytes(data[pos + 2 : pos + 4], order)
     if (group << 16 | elem) not in _PIXEL_TAGS:
         return  # stopped at something else: nothing of ours to check
-    if implicit:
-        length, value_at = int.from_bytes(data[pos + 4 : pos + 8], order), pos + 8
-    elif data[pos + 4 : pos + 6] in _LONG_VRS:
-        if pos + 12 > end:
-            raise InvalidInstance("truncated", "truncated: pixel data element header is cut short")
-        length, value_at = int.from_bytes(data[pos + 8 : pos + 12], order), pos + 12
-    else:
-        length, value_at = int.from_bytes(data[pos + 6 : pos + 8], order), pos + 8
+    length, value_at = _element_header(data, pos, implicit, order, "pixel data element header")
     if length != _UNDEFINED:
         if value_at + length > end:
             raise InvalidInstance("truncated", f"truncated: pixel data has {end - value_at} of {length} bytes")
@@ -173,20 +166,23 @@ def _check_pixel_element(ds: Dataset, data: bytes, pos: int) -> None:
         at += 8 + item_len
 
 
+def _element_header(data: bytes, at: int, implicit: bool, order: str, what: str) -> tuple[int, int]:
+    """(value length, value offset) of the element whose header starts at ``at`` (PS3.5 7.1)."""
+    long_vr = not implicit and data[at + 4 : at + 6] in _LONG_VRS
+    if at + (12 if long_vr else 8) > len(data):
+        raise InvalidInstance("truncated", f"truncated: {what} is cut short")
+    if implicit:
+        return int.from_bytes(data[at + 4 : at + 8], order), at + 8
+    if long_vr:
+        return int.from_bytes(data[at + 8 : at + 12], order), at + 12
+    return int.from_bytes(data[at + 6 : at + 8], order), at + 8
+
+
 def _check_trailing(data: bytes, at: int, implicit: bool, order: str) -> None:
     """Elements after the pixel data (usually Data Set Trailing Padding) must be whole too."""
     end = len(data)
     while at < end:
-        if at + 8 > end:
-            raise InvalidInstance("truncated", "truncated: an element after the pixel data is cut short")
-        if implicit:
-            length, value_at = int.from_bytes(data[at + 4 : at + 8], order), at + 8
-        elif data[at + 4 : at + 6] in _LONG_VRS:
-            if at + 12 > end:
-                raise InvalidInstance("truncated", "truncated: an element after the pixel data is cut short")
-            length, value_at = int.from_bytes(data[at + 8 : at + 12], order), at + 12
-        else:
-            length, value_at = int.from_bytes(data[at + 6 : at + 8], order), at + 8
+        length, value_at = _element_header(data, at, implicit, order, "an element after the pixel data")
         if length == _UNDEFINED:
             return  # a sequence after the pixels: leave it to readers
         if value_at + length > end:

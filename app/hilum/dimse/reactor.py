@@ -310,6 +310,25 @@ def encode_response(rsp: Any) -> tuple[bytes, bytes | None] | None:
     return struct.pack("<HHII", 0, 0x0000, 4, len(body)) + body, dataset
 
 
+def response_pdvs(rsp: Any, context_id: int, max_pdu: int) -> list[tuple[int, bytes]] | None:
+    """The PDVs of a plain C-STORE-RSP or C-FIND-RSP, one per P-DATA, fragmented to ``max_pdu``
+    (the peer's limit, 0: none) as pynetdicom does; ``None``: let pynetdicom send it."""
+    encoded = encode_response(rsp)
+    if encoded is None:
+        return None
+    command, dataset = encoded
+    limit = max_pdu - 6 if max_pdu else 0  # a PDV's header is 6 bytes
+    if limit and len(command) > limit:
+        return None
+    pdvs = [(context_id, b"\x03" + command)]  # command, last fragment
+    if dataset:
+        step = limit or len(dataset)
+        for start in range(0, len(dataset), step):
+            last = start + step >= len(dataset)
+            pdvs.append((context_id, (b"\x02" if last else b"\x00") + dataset[start : start + step]))
+    return pdvs
+
+
 class FastResponseDIMSE(DIMSEServiceProvider):
     """Sends plain C-STORE and C-FIND responses without building a pydicom data set.
 
@@ -321,50 +340,28 @@ class FastResponseDIMSE(DIMSEServiceProvider):
     handler wants to see, goes through pynetdicom.
     """
 
-    _responded_to: int | None
+    _responded_to: int | None  # set up by make_event_driven, with _sent
     _sent: threading.Condition
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         self._send_msg(primitive, context_id)
         answered = primitive.MessageIDBeingRespondedTo
         if answered is not None:
-            with self._sent_condition():
+            with self._sent:
                 self._responded_to = int(answered)
                 self._sent.notify_all()
 
     def _send_msg(self, primitive: Any, context_id: int) -> None:
-        encoded = None
+        pdvs = None
         if type(primitive) in _COMMAND_FIELDS and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
-            encoded = encode_response(primitive)
-        if encoded is None:
+            pdvs = response_pdvs(primitive, context_id, self.maximum_pdu_size)
+        if pdvs is None:
             super().send_msg(primitive, context_id)
             return
-        command, dataset = encoded
-        limit = self.maximum_pdu_size - 6 if self.maximum_pdu_size else 0  # a PDV's header is 6 bytes
-        if limit and len(command) > limit:
-            super().send_msg(primitive, context_id)
-            return
-        pdata = P_DATA()
-        pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # command, last fragment
-        self.dul.send_pdu(pdata)
-        if dataset:
-            step = limit or len(dataset)
-            for start in range(0, len(dataset), step):
-                last = start + step >= len(dataset)
-                pdata = P_DATA()
-                pdata.presentation_data_value_list.append(
-                    (context_id, (b"\x02" if last else b"\x00") + dataset[start : start + step]))
-                self.dul.send_pdu(pdata)
-
-    def _sent_condition(self) -> threading.Condition:
-        try:
-            return self._sent
-        except AttributeError:  # created by pynetdicom, class swapped later: set up on first use
-            with _SETUP:
-                if not hasattr(self, "_sent"):
-                    self._responded_to = None
-                    self._sent = threading.Condition()
-            return self._sent
+        for pdv in pdvs:
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append(pdv)
+            self.dul.send_pdu(pdata)
 
     def wait_responded(self, message_id: int, timeout: float) -> bool:
         """Wait until the response to request ``message_id`` has been handed to the DUL.
@@ -372,12 +369,9 @@ class FastResponseDIMSE(DIMSEServiceProvider):
         Responses on one association go out in order, so a later request on
         it (an N-EVENT-REPORT after an N-ACTION) reaches the peer after it.
         """
-        with self._sent_condition():
+        with self._sent:
             return self._sent.wait_for(lambda: self._responded_to == message_id or not self.assoc.is_established,
                                        timeout)
-
-
-_SETUP = threading.Lock()
 
 
 def wait_responded(assoc: Any, message_id: int, timeout: float = 30.0) -> bool:
@@ -398,6 +392,8 @@ def make_event_driven(assoc: Association) -> Association:
     if type(assoc.dul.socket) is AssociationSocket:
         assoc.dul.socket.__class__ = BulkSocket
     assoc.dimse.__class__ = FastResponseDIMSE
+    assoc.dimse._responded_to = None  # type: ignore[attr-defined]
+    assoc.dimse._sent = threading.Condition()  # type: ignore[attr-defined]
     assoc.dul.__class__ = EventDrivenDUL
     assoc.dul._target = make_target(assoc.dul.run_reactor)  # Thread bound the old method at init
     assoc.__class__ = EventDrivenAssociation
@@ -426,4 +422,4 @@ def start_server(ae: Any, address: tuple[str, int], *, ssl_context: ssl.SSLConte
 
 
 __all__ = ["BulkSocket", "EventDrivenAssociation", "EventDrivenDUL", "FastResponseDIMSE", "RequestHandler",
-           "encode_response", "make_event_driven", "start_server", "wait_responded"]
+           "encode_response", "make_event_driven", "response_pdvs", "start_server", "wait_responded"]
