@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from hilum.archive import query as q
-from hilum.archive.blobs import FileBlobStore, blob_checksum, file_checksum
+from hilum.archive.blobs import FileBlobStore, TempBlob, blob_checksum, file_checksum
 from hilum.archive.db import make_engine, migrate
 from hilum.archive.schema import instances, patients, series, studies
 from hilum.dicom.attributes import IndexRecord, InvalidInstance, index_record, read_instance, to_part10
@@ -65,6 +65,19 @@ class IngestResult:
     @property
     def ok(self) -> bool:
         return self.status in ("stored", "duplicate", "replaced")
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A Part 10 file that arrived piece by piece and was written to ``blob`` as it came.
+
+    ``data`` holds the same bytes, for validation and indexing; ``blob`` (from
+    :meth:`Archive.open_temp`) is synced and renamed into place by
+    :meth:`Archive.ingest`, or discarded if the instance is refused.
+    """
+
+    data: bytes | bytearray
+    blob: TempBlob
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,12 +196,13 @@ class Archive:
 
     # ------------------------------------------------------------------ ingest
 
-    def ingest(self, source: bytes | bytearray | memoryview | str | os.PathLike[str] | Dataset, *,
+    def ingest(self, source: bytes | bytearray | memoryview | str | os.PathLike[str] | Dataset | Received, *,
                origin: str = "import", source_aet: str = "",
                expected_sop_class: str | None = None) -> IngestResult:
         """Store one instance: the single way into the archive.
 
-        ``source`` is a Part 10 file's bytes, a path to one, or a dataset.
+        ``source`` is a Part 10 file's bytes, a path to one, a dataset, or a
+        :class:`Received` file already written to a temporary blob.
         Never raises for a bad instance or a full disk: the result says
         ``rejected`` with a ``code`` and a one-line ``reason``; nothing
         already stored is changed by a rejection.
@@ -196,8 +210,12 @@ class Archive:
         label = str(source) if isinstance(source, (str, os.PathLike)) else None
         pending: Future[str] | None = None
         try:
-            data = self._bytes_of(source)
-            if data[128:132] == b"DICM":
+            if isinstance(source, Received):
+                data = source.data
+                pending = source.blob.finish()  # its fsync runs while the file is parsed
+            else:
+                data = self._bytes_of(source)
+            if pending is None and data[128:132] == b"DICM":
                 # Write and fsync the blob on an I/O thread (the GIL is released)
                 # while this thread validates and indexes: the fsync overlaps the
                 # parsing instead of adding to it.  Discarded if the instance is
@@ -229,6 +247,10 @@ class Archive:
         finally:
             if pending is not None:
                 self._discard_pending(pending)
+
+    def open_temp(self) -> TempBlob:
+        """A temporary blob to write an arriving instance into, for ``ingest(Received(...))``."""
+        return self.blobs.open_temp()
 
     def _discard_pending(self, pending: Future[str]) -> None:
         try:

@@ -60,7 +60,9 @@ class BlobStore(Protocol):
 
     def sync_temps(self, temps: list[str]) -> None: ...
 
-    def sync_later(self, temp: str) -> Future[None]: ...
+    def sync_later(self, temp: str) -> Future[str]: ...
+
+    def open_temp(self) -> TempBlob: ...
 
     def close(self) -> None: ...
 
@@ -137,8 +139,9 @@ class FileBlobStore:
         for fut in [self.sync_later(t) for t in temps]:
             fut.result()
 
-    def sync_later(self, temp: str) -> Future[None]:
-        """Start fsyncing ``temp`` on the fsync threads; the future raises :class:`StorageFull` if it fails."""
+    def sync_later(self, temp: str) -> Future[str]:
+        """Start fsyncing ``temp`` on the fsync threads; the future gives ``temp`` back, or raises
+        :class:`StorageFull` if the fsync fails."""
         with self._sync_lock:
             if self._sync_pool is None:
                 self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="blob-sync")
@@ -150,6 +153,10 @@ class FileBlobStore:
             pool, self._sync_pool = self._sync_pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+
+    def open_temp(self) -> TempBlob:
+        """A temporary blob to write piece by piece, as an instance arrives (see :class:`TempBlob`)."""
+        return TempBlob(self)
 
     def commit_temp(self, temp: str, key: str) -> None:
         dest = self.root / key
@@ -197,11 +204,77 @@ class FileBlobStore:
         return sorted(self.tmp.glob("*.part")) if self.tmp.exists() else []
 
 
+class TempBlob:
+    """A temporary blob written as its bytes arrive (a DIMSE C-STORE, PDU by PDU).
+
+    The pieces reach the page cache while the rest is still on the wire, so
+    only the fsync is left when the last one is in: :meth:`finish` starts it.
+    A failure to create or write the file (a full disk, a read-only folder)
+    is kept, not raised: the sender's bytes must still be read off the
+    connection, and the failure is reported once, by :meth:`finish`'s future.
+    """
+
+    __slots__ = ("_fd", "_store", "error", "name")
+
+    def __init__(self, store: FileBlobStore):
+        self._store = store
+        self.name = ""
+        self._fd = -1
+        self.error: StorageFull | None = None
+        try:
+            try:
+                self._fd, self.name = tempfile.mkstemp(dir=store.tmp, suffix=".part")
+            except FileNotFoundError:
+                store.ensure()
+                self._fd, self.name = tempfile.mkstemp(dir=store.tmp, suffix=".part")
+        except OSError as exc:
+            self.error = _storage_error(exc)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` (all of it; ignored once a write has failed)."""
+        if self._fd < 0:
+            return
+        try:
+            with memoryview(data) as view:
+                while view:
+                    view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            self.error = _storage_error(exc)
+            self.discard()
+
+    def finish(self) -> Future[str]:
+        """Close the file and start its fsync; the future gives the temporary's name, or raises
+        :class:`StorageFull` if it could not be written or synced (the file is then gone)."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                os.close(fd)
+            except OSError as exc:
+                self.error = _storage_error(exc)
+                self.discard()
+        if self.error is not None:
+            failed: Future[str] = Future()
+            failed.set_exception(self.error)
+            return failed
+        return self._store.sync_later(self.name)
+
+    def discard(self) -> None:
+        """Close and remove the file (a rejected or abandoned instance)."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.name:
+            self._store.discard_temp(self.name)
+
+
 SYNC_THREADS = 16
 """fsyncs in flight at once in :meth:`FileBlobStore.sync_temps` (they wait on the disk, not the CPU)."""
 
 
-def _fsync_path(path: str) -> None:
+def _fsync_path(path: str) -> str:
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -210,6 +283,7 @@ def _fsync_path(path: str) -> None:
             os.close(fd)
     except OSError as exc:
         raise _storage_error(exc) from exc
+    return path
 
 
 def _storage_error(exc: OSError) -> StorageFull:

@@ -168,7 +168,7 @@ def _check_pixel_element(ds: Dataset, data: bytes, pos: int) -> None:
 
 def _element_header(data: bytes, at: int, implicit: bool, order: str, what: str) -> tuple[int, int]:
     """(value length, value offset) of the element whose header starts at ``at`` (PS3.5 7.1)."""
-    long_vr = not implicit and data[at + 4 : at + 6] in _LONG_VRS
+    long_vr = not implicit and bytes(data[at + 4 : at + 6]) in _LONG_VRS
     if at + (12 if long_vr else 8) > len(data):
         raise InvalidInstance("truncated", f"truncated: {what} is cut short")
     if implicit:

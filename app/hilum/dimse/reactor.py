@@ -53,6 +53,8 @@ from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 from pynetdicom.transport import RequestHandler as _RequestHandler
 from pynetdicom.utils import make_target
 
+from hilum.dimse.storefast import StoreHook, StoreReceiver
+
 log = logging.getLogger("pynetdicom")
 
 ASSOC_WAIT = 0.001  # the association loop's longest wait (pynetdicom's fixed sleep)
@@ -60,12 +62,17 @@ DUL_WAIT = 0.01     # the DUL loop's longest wait: only the ARTIM timer still ne
 
 
 class EventDrivenDUL(DULServiceProvider):
-    """A DUL whose reactor waits on its sockets instead of sleeping."""
+    """A DUL whose reactor waits on its sockets instead of sleeping.
+
+    With a :class:`~hilum.dimse.storefast.StoreReceiver` (``_hilum_store``)
+    it hands each P-DATA-TF PDU of an established association to it first.
+    """
 
     _wake_r: socket.socket | None
     _wake_w: socket.socket | None
 
     _waiting = False
+    _hilum_store: StoreReceiver | None = None
 
     def _open_wake(self) -> None:
         self._wake_r, self._wake_w = socket.socketpair()
@@ -118,6 +125,57 @@ class EventDrivenDUL(DULServiceProvider):
             except OSError:
                 pass
 
+    def _read_pdu_data(self) -> None:
+        """Read one PDU; a C-STORE's go to the store receiver, the rest to pynetdicom's decoder."""
+        receiver = self._hilum_store
+        if receiver is None:
+            super()._read_pdu_data()
+            return
+        pdu = self._read_pdu()
+        if pdu is None:
+            receiver.reset()
+            return
+        if pdu[0] == 0x04 and self.state_machine.current_state == "Sta6":
+            pdu = receiver.feed(pdu)
+            if pdu is None:
+                return
+        else:
+            receiver.reset()  # an A-ABORT or A-RELEASE ends whatever was arriving
+        try:
+            decoded, event = self._decode_pdu(pdu)
+        except Exception as exc:  # noqa: BLE001 - as pynetdicom (READ_PDU_EXC_F)
+            log.error("Unable to decode the received PDU data")
+            log.exception(exc)
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(decoded)
+
+    def _read_pdu(self) -> bytearray | None:
+        """One whole PDU from the peer; None once the event pynetdicom would queue is queued."""
+        assert self.socket is not None
+        try:
+            pdu = self.socket.recv(6)
+            if len(pdu) < 6:
+                self.event_queue.put("Evt17")  # connection closed
+                return None
+            pdu_type, _, length = struct.unpack(">BBL", pdu)
+            if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+                log.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+                self.event_queue.put("Evt19")
+                return None
+            pdu += self.socket.recv(length)
+        except (OSError, TimeoutError) as exc:
+            log.error("Connection closed before the entire PDU was received")
+            log.exception(exc)
+            self.event_queue.put("Evt17")
+            return None
+        if len(pdu) != 6 + length:
+            log.error(f"The received PDU is shorter than expected ({len(pdu)} of {6 + length} bytes received)")
+            self.event_queue.put("Evt17")
+            return None
+        return pdu
+
     def run_reactor(self) -> None:
         """pynetdicom's DUL loop, waiting on events rather than sleeping between them."""
         self._open_wake()
@@ -159,6 +217,8 @@ class EventDrivenDUL(DULServiceProvider):
                 if wake is not None:
                     wake.set()
         finally:
+            if self._hilum_store is not None:
+                self._hilum_store.reset()  # an instance cut short by the end of the association
             if wake is not None:
                 wake.set()
             for s in (self._wake_r, self._wake_w):
@@ -386,8 +446,9 @@ def wait_responded(assoc: Any, message_id: int, timeout: float = 30.0) -> bool:
     return not assoc._is_paused
 
 
-def make_event_driven(assoc: Association) -> Association:
-    """Give a new, not yet started acceptor ``assoc`` the event-driven reactors."""
+def make_event_driven(assoc: Association, store_hook: StoreHook | None = None) -> Association:
+    """Give a new, not yet started acceptor ``assoc`` the event-driven reactors (and, with
+    ``store_hook``, the direct C-STORE path of :mod:`hilum.dimse.storefast`)."""
     assoc._hilum_wake = threading.Event()  # type: ignore[attr-defined]
     if type(assoc.dul.socket) is AssociationSocket:
         assoc.dul.socket.__class__ = BulkSocket
@@ -396,6 +457,8 @@ def make_event_driven(assoc: Association) -> Association:
     assoc.dimse._sent = threading.Condition()  # type: ignore[attr-defined]
     assoc.dul.__class__ = EventDrivenDUL
     assoc.dul._target = make_target(assoc.dul.run_reactor)  # Thread bound the old method at init
+    if store_hook is not None:
+        assoc.dul._hilum_store = StoreReceiver(assoc.dul, store_hook)  # type: ignore[attr-defined]
     assoc.__class__ = EventDrivenAssociation
     return assoc
 
@@ -404,16 +467,19 @@ class RequestHandler(_RequestHandler):
     """pynetdicom's request handler, creating event-driven associations."""
 
     def _create_association(self) -> Association:
-        return make_event_driven(super()._create_association())
+        return make_event_driven(super()._create_association(), getattr(self.server, "_hilum_store_hook", None))
 
 
 
 
 def start_server(ae: Any, address: tuple[str, int], *, ssl_context: ssl.SSLContext | None = None,
-                 evt_handlers: list[Any] | None = None) -> ThreadedAssociationServer:
-    """``ae.start_server(address, block=False, ...)`` whose associations are event-driven."""
+                 evt_handlers: list[Any] | None = None,
+                 store_hook: StoreHook | None = None) -> ThreadedAssociationServer:
+    """``ae.start_server(address, block=False, ...)`` whose associations are event-driven, and
+    receive C-STORE requests through ``store_hook`` (see :mod:`hilum.dimse.storefast`) if given."""
     server = ae.make_server(address, ssl_context=ssl_context, evt_handlers=evt_handlers,
                             server_class=ThreadedAssociationServer, request_handler=RequestHandler)
+    server._hilum_store_hook = store_hook  # type: ignore[attr-defined]
     thread = threading.Thread(target=make_target(server.serve_forever), name=f"AcceptorServer@{address[1]}",
                               daemon=True)
     thread.start()

@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -56,13 +57,15 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from hilum.archive import Archive
+from hilum.archive import Archive, Received
+from hilum.archive.blobs import TempBlob
 from hilum.config import Config, Peer
 from hilum.dimse import contexts as cx
 from hilum.dimse.commitment import COMMITMENT_INSTANCE, CommitmentReporter, check_commitment
 from hilum.dimse.identifiers import IdentifierError, query_of, response_for, retrieve_query
 from hilum.dimse.net import NODELAY_HANDLERS, client_ssl_context, server_ssl_context, set_nodelay
 from hilum.dimse.reactor import start_server
+from hilum.dimse.storefast import StoreRequest
 from hilum.dimse.uids import STORAGE_COMMITMENT_PUSH
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,7 @@ NO_SUCH_SOP_INSTANCE = 0x0112
 
 UNLIMITED_PDU = 1 << 20  # what "max_pdu_size = 0" advertises (bytes)
 
+_PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_DATA_SENT, evt.EVT_PDU_SENT)
 _INGEST_STATUS = {
     "storage-full": OUT_OF_RESOURCES,
     "sop-class-mismatch": DATASET_MISMATCH,
@@ -162,6 +166,8 @@ class DimseService:
         self.ae = self._build_ae()
         self._servers: list[ThreadedAssociationServer] = []
         self._numbers = itertools.count(1)
+        self.direct_stores = 0  # C-STORE requests received by the direct path (hilum.dimse.storefast)
+        self._direct_lock = threading.Lock()
         self.reporter = CommitmentReporter(config.aet, self.peers_by_aet.get, self.associate_kwargs)
 
     # ------------------------------------------------------------ lifecycle
@@ -236,7 +242,7 @@ class DimseService:
         try:
             for port, ssl_ctx in listeners:
                 server = start_server(self.ae, (cfg.bind, port), ssl_context=ssl_ctx,
-                                      evt_handlers=self._handlers())
+                                      evt_handlers=self._handlers(), store_hook=self)
                 server.contexts = _CheapCopy(server.contexts)
                 self._servers.append(server)
                 log.info("DICOM %s listening on %s:%d as %s", "TLS" if ssl_ctx else "service", cfg.bind,
@@ -410,7 +416,8 @@ class DimseService:
     # ------------------------------------------------------------ Storage (PS3.4 B)
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
-        """C-STORE: the peer's bytes go to ``archive.ingest`` unchanged (B.4.1)."""
+        """C-STORE through pynetdicom (when :meth:`take` left it there): the peer's bytes go to
+        ``archive.ingest`` unchanged (B.4.1)."""
         peer = self._peer_of(event.assoc)
         if peer is not None and not peer.may_store:
             self._count(event.assoc, "C-STORE refused")
@@ -421,16 +428,36 @@ class DimseService:
         except Exception as exc:  # noqa: BLE001 - malformed request
             self._count(event.assoc, "C-STORE failed")
             return status_dataset(CANNOT_UNDERSTAND, f"cannot read the data set: {exc}")
-        calling = self._calling(event.assoc)
-        result = self.archive.ingest(data, origin="dimse", source_aet=calling,
-                                     expected_sop_class=str(request.AffectedSOPClassUID or "") or None)
+        status, comment = self._ingest(event.assoc, data, str(request.AffectedSOPClassUID or ""))
+        return status_dataset(status, comment) if comment else status
+
+    def take(self, assoc: Any, request: StoreRequest) -> TempBlob | None:
+        """The store hook of :mod:`hilum.dimse.storefast`: receive this C-STORE's data set
+        straight into a temporary blob, unless the request is for pynetdicom to handle."""
+        if _config.LOG_HANDLER_LEVEL != "none" or any(assoc.get_handlers(e) for e in _PDU_EVENTS):
+            return None  # someone wants to see every PDU: pynetdicom's path shows them
+        peer = self._peer_of(assoc)
+        if peer is not None and not peer.may_store:
+            return None  # pynetdicom's handler refuses it, with its comment
+        return self.archive.open_temp()
+
+    def store(self, assoc: Any, request: StoreRequest, data: bytearray, sink: TempBlob) -> tuple[int, str]:
+        """The store hook's ingest of a whole received instance: (status, error comment)."""
+        with self._direct_lock:
+            self.direct_stores += 1
+        return self._ingest(assoc, Received(data, sink), request.sop_class_uid)
+
+    def _ingest(self, assoc: Any, source: Any, sop_class: str) -> tuple[int, str]:
+        calling = self._calling(assoc)
+        result = self.archive.ingest(source, origin="dimse", source_aet=calling,
+                                     expected_sop_class=sop_class or None)
         if result.ok:
-            self._count(event.assoc, "C-STORE")
-            return SUCCESS
-        self._count(event.assoc, "C-STORE failed")
+            self._count(assoc, "C-STORE")
+            return SUCCESS, ""
+        self._count(assoc, "C-STORE failed")
         status = _INGEST_STATUS.get(result.code or "", CANNOT_UNDERSTAND)
         log.warning("C-STORE from %s refused (0x%04X): %s", calling, status, result.reason)
-        return status_dataset(status, result.reason or "")
+        return status, (result.reason or "")[:64]
 
     # ------------------------------------------------------------ Query (PS3.4 C.4.1)
 
