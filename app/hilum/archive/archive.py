@@ -211,18 +211,26 @@ class Archive:
         pending: Future[str] | None = None
         try:
             if isinstance(source, Received):
+                # Written already: the file is parsed on an I/O thread while this one waits in
+                # its fsync (which releases the GIL at once, where a thread started for the fsync
+                # would queue for the GIL behind the parse).
                 data = source.data
-                pending = source.blob.finish()  # its fsync runs while the file is parsed
+                parsing = self._io.submit(_read_record, data)
+                pending = Future()
+                try:
+                    pending.set_result(source.blob.finish())
+                except StorageFull as exc:
+                    pending.set_exception(exc)
+                ds, record = parsing.result()
             else:
                 data = self._bytes_of(source)
-            if pending is None and data[128:132] == b"DICM":
-                # Write and fsync the blob on an I/O thread (the GIL is released)
-                # while this thread validates and indexes: the fsync overlaps the
-                # parsing instead of adding to it.  Discarded if the instance is
-                # rejected or a duplicate.
-                pending = self._io.submit(self.blobs.write_temp, data)
-            ds = read_instance(data)
-            record = index_record(ds)
+                if data[128:132] == b"DICM":
+                    # Write and fsync the blob on an I/O thread (the GIL is released)
+                    # while this thread validates and indexes: the fsync overlaps the
+                    # parsing instead of adding to it.  Discarded if the instance is
+                    # rejected or a duplicate.
+                    pending = self._io.submit(self.blobs.write_temp, data)
+                ds, record = _read_record(data)
             sop_class = record.instance["sop_class_uid"]
             if expected_sop_class and sop_class != expected_sop_class:
                 raise InvalidInstance(
@@ -248,8 +256,14 @@ class Archive:
             if pending is not None:
                 self._discard_pending(pending)
 
-    def open_temp(self) -> TempBlob:
-        """A temporary blob to write an arriving instance into, for ``ingest(Received(...))``."""
+    def open_temp(self, sop_uid: str | None = None) -> TempBlob:
+        """A temporary blob to write an arriving instance into, for ``ingest(Received(...))``.
+
+        ``sop_uid``, the instance it announces itself as (a C-STORE request's
+        Affected SOP Instance UID), lets the blob's folder be made meanwhile.
+        """
+        if sop_uid:
+            self._io.submit(self.blobs.prepare, self.blobs.key_for(sop_uid))
         return self.blobs.open_temp()
 
     def _discard_pending(self, pending: Future[str]) -> None:
@@ -571,6 +585,11 @@ class Archive:
             Path(t).unlink(missing_ok=True)
             report.repaired.append(f"deleted temporary {t}")
         return report
+
+
+def _read_record(data: bytes | bytearray) -> tuple[Dataset, IndexRecord]:
+    ds = read_instance(data)
+    return ds, index_record(ds)
 
 
 def _chunks(items: list[int], n: int) -> Iterator[list[int]]:

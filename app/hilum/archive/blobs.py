@@ -64,6 +64,8 @@ class BlobStore(Protocol):
 
     def open_temp(self) -> TempBlob: ...
 
+    def prepare(self, key: str) -> None: ...
+
     def close(self) -> None: ...
 
     def commit_temp(self, temp: str, key: str) -> None: ...
@@ -158,6 +160,13 @@ class FileBlobStore:
         """A temporary blob to write piece by piece, as an instance arrives (see :class:`TempBlob`)."""
         return TempBlob(self)
 
+    def prepare(self, key: str) -> None:
+        """Make the folder of ``key`` ahead of :meth:`commit_temp` (best effort)."""
+        try:
+            (self.root / key).parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # commit_temp tries again, and reports
+
     def commit_temp(self, temp: str, key: str) -> None:
         dest = self.root / key
         try:
@@ -208,10 +217,10 @@ class TempBlob:
     """A temporary blob written as its bytes arrive (a DIMSE C-STORE, PDU by PDU).
 
     The pieces reach the page cache while the rest is still on the wire, so
-    only the fsync is left when the last one is in: :meth:`finish` starts it.
+    only the fsync is left when the last one is in: :meth:`finish` does it.
     A failure to create or write the file (a full disk, a read-only folder)
     is kept, not raised: the sender's bytes must still be read off the
-    connection, and the failure is reported once, by :meth:`finish`'s future.
+    connection, and the failure is reported once, by :meth:`finish`.
     """
 
     __slots__ = ("_fd", "_store", "error", "name")
@@ -242,21 +251,23 @@ class TempBlob:
             self.error = _storage_error(exc)
             self.discard()
 
-    def finish(self) -> Future[str]:
-        """Close the file and start its fsync; the future gives the temporary's name, or raises
+    def finish(self) -> str:
+        """Close and fsync the file (in this thread) and return its name; raises
         :class:`StorageFull` if it could not be written or synced (the file is then gone)."""
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             try:
-                os.close(fd)
+                os.fsync(fd)
             except OSError as exc:
                 self.error = _storage_error(exc)
-                self.discard()
+            try:
+                os.close(fd)
+            except OSError as exc:
+                self.error = self.error or _storage_error(exc)
         if self.error is not None:
-            failed: Future[str] = Future()
-            failed.set_exception(self.error)
-            return failed
-        return self._store.sync_later(self.name)
+            self.discard()
+            raise self.error
+        return self.name
 
     def discard(self) -> None:
         """Close and remove the file (a rejected or abandoned instance)."""

@@ -63,7 +63,13 @@ from hilum.config import Config, Peer
 from hilum.dimse import contexts as cx
 from hilum.dimse.commitment import COMMITMENT_INSTANCE, CommitmentReporter, check_commitment
 from hilum.dimse.identifiers import IdentifierError, query_of, response_for, retrieve_query
-from hilum.dimse.net import NODELAY_HANDLERS, client_ssl_context, server_ssl_context, set_nodelay
+from hilum.dimse.net import (
+    NODELAY_HANDLERS,
+    client_ssl_context,
+    large_receive_buffer,
+    server_ssl_context,
+    set_nodelay,
+)
 from hilum.dimse.reactor import start_server
 from hilum.dimse.storefast import StoreRequest
 from hilum.dimse.uids import STORAGE_COMMITMENT_PUSH
@@ -306,6 +312,7 @@ class DimseService:
 
     def _on_conn_open(self, event: evt.Event) -> None:
         set_nodelay(event)
+        large_receive_buffer(event)
         addr = getattr(event, "address", ("?", 0))
         event.assoc._hilum_log = AssociationLog(next(self._numbers), f"{addr[0]}:{addr[1]}")
 
@@ -439,7 +446,7 @@ class DimseService:
         peer = self._peer_of(assoc)
         if peer is not None and not peer.may_store:
             return None  # pynetdicom's handler refuses it, with its comment
-        return self.archive.open_temp()
+        return self.archive.open_temp(request.sop_instance_uid)
 
     def store(self, assoc: Any, request: StoreRequest, data: bytearray, sink: TempBlob) -> tuple[int, str]:
         """The store hook's ingest of a whole received instance: (status, error comment)."""
