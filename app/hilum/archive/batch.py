@@ -60,11 +60,12 @@ log = logging.getLogger(__name__)
 PROCESS_THRESHOLD = 200
 """Below this many sources a thread pool is used: starting processes costs about a second of CPU each."""
 
-PROCESS_MIN_CPUS = 2
-"""Worker processes from this many CPUs on.  Since the blobs' fsyncs left the workers (they run in
-batches, see index_batch), parsing is what limits an import, and it holds the GIL: on two cores,
-bench/ingest measured processes ahead of threads in both runs (SQLite 391 vs 361 and 342 vs 290
-instances/s, PostgreSQL 342 vs 243 and 269 vs 257)."""
+PROCESS_MIN_CPUS = 4
+"""Worker processes from this many CPUs on.  With the blobs' fsyncs out of the workers (they run in
+batches, see index_batch) and read_instance's own reader (0.24 ms for a CT header, pydicom's took
+0.67), a worker spends most of its time in system calls that release the GIL, and on two cores
+threads came out ahead: SQLite 546-604 vs 472 instances/s, bench/ingest medians 478 vs 442 (2,000
+CT).  Processes pay off where parsing is still the limit, with more cores than this."""
 
 BRIDGES = 2
 """Threads that serve in-process while the worker processes start (0: wait for the workers)."""
