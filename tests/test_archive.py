@@ -286,3 +286,64 @@ def test_check_and_repair(arch: Archive):
     uids = {r["SOPInstanceUID"] for r in arch.query("IMAGE", {})}
     assert uids == {keep.sop_instance_uid, orphan_uid}
     assert (arch.data_dir / "quarantine").exists()
+
+
+def _rows(a: Archive) -> dict[str, list[tuple]]:  # type: ignore[type-arg]
+    from sqlalchemy import select
+
+    from hilum.archive.schema import instances, series, studies
+
+    skip = {"pk", "received_at", "updated_at", "created_at", "series_fk", "study_fk", "patient_fk"}
+    out = {}
+    with a.engine.connect() as conn:
+        for t, key in ((instances, "sop_uid"), (series, "series_uid"), (studies, "study_uid")):
+            cols = [c for c in t.c if c.name not in skip]
+            out[t.name] = sorted(tuple(r) for r in conn.execute(select(*cols).order_by(t.c[key])))
+    return out
+
+
+def test_known_series_fast_index_writes_what_the_general_way_writes(arch: Archive, tmp_path: Path):
+    """Instances of a series already indexed take the compiled-statement transaction; the rows
+    (and the study/series counters, sizes and timestamps) are those of the general path."""
+    from datetime import datetime
+
+    study, series_uid = generate_uid(), generate_uid()
+    blobs = [make_instance(study_uid=study, series_uid=series_uid, number=i) for i in range(6)]
+    for data in blobs:
+        assert arch.ingest(data).status == "stored"
+    assert arch.ingest(blobs[3]).status == "duplicate"  # found by the fast transaction's SELECT
+    general = Archive(tmp_path / "general")
+    try:
+        for data in blobs:
+            general._pk_cache.clear()  # every instance the general way
+            assert general.ingest(data).status == "stored"
+        assert _rows(arch) == _rows(general)
+    finally:
+        general.close()
+    [row] = arch.query("STUDY", {"StudyInstanceUID": study})
+    assert row["NumberOfStudyRelatedInstances"] == 6
+    with arch.engine.connect() as conn:
+        from sqlalchemy import select
+
+        from hilum.archive.schema import instances, studies
+
+        received = conn.execute(select(instances.c.received_at)).scalars().all()
+        updated = conn.execute(select(studies.c.updated_at)).scalar_one()
+    assert all(isinstance(t, datetime) for t in received) and isinstance(updated, datetime)
+    assert arch.check().clean
+
+
+def test_stale_series_cache_falls_back_to_the_general_way(arch: Archive, tmp_path: Path):
+    """Another node sharing the database deleted the series this one has cached."""
+    study, series_uid = generate_uid(), generate_uid()
+    arch.ingest(make_instance(study_uid=study, series_uid=series_uid, number=1))
+    other = Archive(arch.data_dir, database_url=arch.database_url)
+    try:
+        assert other.delete("SERIES", series_uid) == 1
+    finally:
+        other.close()
+    result = arch.ingest(make_instance(study_uid=study, series_uid=series_uid, number=2))
+    assert result.status == "stored", result
+    [row] = arch.query("STUDY", {"StudyInstanceUID": study})
+    assert row["NumberOfStudyRelatedInstances"] == 1
+    assert arch.stats()["instances"] == 1
