@@ -42,7 +42,8 @@ import threading
 import time
 from typing import Any
 
-from pynetdicom import evt
+from pydicom.dataset import Dataset
+from pynetdicom import evt, service_class
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_FIND, C_STORE
@@ -446,6 +447,35 @@ def wait_responded(assoc: Any, message_id: int, timeout: float = 30.0) -> bool:
     return not assoc._is_paused
 
 
+class EncodedIdentifier(Dataset):
+    """A pending C-FIND response's identifier, already encoded for its presentation context.
+
+    pynetdicom encodes each identifier a C-FIND handler yields with pydicom;
+    this one it gets back as is (see :func:`_encode`).  It is otherwise an
+    empty data set: only pynetdicom's debug log would look inside.
+    """
+
+    def __init__(self, encoded: bytes, implicit: bool):
+        super().__init__()
+        self._hilum_encoded = (encoded, implicit)
+
+
+_pynetdicom_encode = service_class.encode
+
+
+def _encode(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False) -> bytes | None:
+    """pynetdicom's ``encode`` for its service classes, passing an EncodedIdentifier through."""
+    if type(ds) is EncodedIdentifier:
+        encoded, implicit = ds._hilum_encoded
+        if implicit == is_implicit_vr and is_little_endian and not deflated:
+            return encoded
+        raise ValueError("identifier encoded for another transfer syntax")
+    return _pynetdicom_encode(ds, is_implicit_vr, is_little_endian, deflated)
+
+
+service_class.encode = _encode  # the name pynetdicom 3.0's C-FIND SCP calls for each match
+
+
 def make_event_driven(assoc: Association, store_hook: StoreHook | None = None) -> Association:
     """Give a new, not yet started acceptor ``assoc`` the event-driven reactors (and, with
     ``store_hook``, the direct C-STORE path of :mod:`hilum.dimse.storefast`)."""
@@ -487,5 +517,5 @@ def start_server(ae: Any, address: tuple[str, int], *, ssl_context: ssl.SSLConte
     return server
 
 
-__all__ = ["BulkSocket", "EventDrivenAssociation", "EventDrivenDUL", "FastResponseDIMSE", "RequestHandler",
+__all__ = ["BulkSocket", "EncodedIdentifier", "EventDrivenAssociation", "EventDrivenDUL", "FastResponseDIMSE", "RequestHandler",
            "encode_response", "make_event_driven", "response_pdvs", "start_server", "wait_responded"]

@@ -54,6 +54,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -62,7 +63,7 @@ from hilum.archive.blobs import TempBlob
 from hilum.config import Config, Peer
 from hilum.dimse import contexts as cx
 from hilum.dimse.commitment import COMMITMENT_INSTANCE, CommitmentReporter, check_commitment
-from hilum.dimse.identifiers import IdentifierError, query_of, response_for, retrieve_query
+from hilum.dimse.identifiers import IdentifierError, ResponsePlan, query_of, response_for, retrieve_query
 from hilum.dimse.net import (
     NODELAY_HANDLERS,
     client_ssl_context,
@@ -70,7 +71,7 @@ from hilum.dimse.net import (
     server_ssl_context,
     set_nodelay,
 )
-from hilum.dimse.reactor import start_server
+from hilum.dimse.reactor import EncodedIdentifier, start_server
 from hilum.dimse.storefast import StoreRequest
 from hilum.dimse.uids import STORAGE_COMMITMENT_PUSH
 
@@ -494,13 +495,22 @@ class DimseService:
             yield status_dataset(UNABLE_TO_PROCESS, str(exc)), None
             return
         sent = 0
+        ts = str(event.context.transfer_syntax)
+        plan = None
+        if ts in (ImplicitVRLittleEndian, ExplicitVRLittleEndian) and not _config.LOG_RESPONSE_IDENTIFIERS:
+            plan = ResponsePlan(identifier, level, retrieve_aet=self.config.aet)
+        implicit = ts == ImplicitVRLittleEndian
         for row in rows:
             _drain(event.assoc)
             if event.is_cancelled:
                 self._count(event.assoc, "C-FIND cancelled")
                 yield CANCEL, None
                 return
-            yield PENDING, response_for(identifier, level, row, retrieve_aet=self.config.aet)
+            encoded = plan.encode(row, implicit=implicit) if plan is not None else None
+            if encoded is not None:
+                yield PENDING, EncodedIdentifier(encoded, implicit)
+            else:
+                yield PENDING, response_for(identifier, level, row, retrieve_aet=self.config.aet)
             sent += 1
         self._count(event.assoc, "matches", sent)
 
