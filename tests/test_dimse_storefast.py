@@ -251,3 +251,19 @@ def test_connection_reset_mid_data_set_leaves_no_temporary(tmp_path: Path) -> No
             time.sleep(0.02)
         assert not list((tmp_path / "data" / "blobs" / "tmp").iterdir())
         assert n.archive.stats()["instances"] == 0
+
+
+def test_response_to_a_peer_with_tiny_pdus_is_fragmented(tmp_path: Path) -> None:
+    """A C-STORE-RSP longer than the peer's maximum PDU goes out through pynetdicom, in fragments."""
+    [ds] = _ct(1)
+    with _node(tmp_path) as n:
+        ae = AE("MODALITY")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", _port(n), ae_title="HILUM", max_pdu=64)
+        assert assoc.is_established
+        status = assoc.send_c_store(ds)
+        assoc.release()
+        ae.shutdown()
+        assert status.Status == 0x0000
+        assert _direct(n) == 1
+        assert n.archive.stats()["instances"] == 1

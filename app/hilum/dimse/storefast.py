@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom.dimse_primitives import C_STORE
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,6 @@ class StoreReceiver:
         # arriving), "data" (its data set is)
         self._theirs: str | None = None
         self._their_command = bytearray()
-        self.stored = 0  # requests answered here (for tests and logs)
 
     def reset(self) -> None:
         """Forget the message in progress; a half-received instance is discarded."""
@@ -285,9 +285,21 @@ class StoreReceiver:
             log.exception("C-STORE of %s failed", request.sop_instance_uid)
             incoming.sink.discard()
             status, comment = HANDLER_FAILED, "internal error while storing"
-        if self.assoc.is_established:
-            self.dul.socket.send(p_data_tf(request.context_id, 0x03, store_response(request, status, comment)))
-        self.stored += 1
+        if not self.assoc.is_established:
+            return
+        pdu = p_data_tf(request.context_id, 0x03, store_response(request, status, comment))
+        limit = self.assoc.requestor.maximum_length  # the peer's largest PDU (0: no limit)
+        if not limit or len(pdu) - 6 <= limit:
+            self.dul.socket.send(pdu)
+            return
+        rsp = C_STORE()  # a peer with tiny PDUs: pynetdicom fragments the response
+        rsp.MessageIDBeingRespondedTo = request.message_id
+        rsp.AffectedSOPClassUID = request.sop_class_uid
+        rsp.AffectedSOPInstanceUID = request.sop_instance_uid
+        rsp.Status = status
+        if comment:
+            rsp.ErrorComment = comment[:64]
+        self.assoc.dimse.send_msg(rsp, request.context_id)
 
     # ------------------------------------------------------------ pynetdicom's
 
