@@ -129,10 +129,10 @@ def test_storescu_files_are_stored_byte_for_byte(tmp_path: Path, max_pdu: int) -
 # ------------------------------------------------------------------ hand-built PDUs
 
 
-def _associate(n: Node) -> Any:
+def _associate(n: Node, max_pdu: int = 16382) -> Any:
     ae = AE("MODALITY")
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", _port(n), ae_title="HILUM")
+    assoc = ae.associate("127.0.0.1", _port(n), ae_title="HILUM", max_pdu=max_pdu)
     assert assoc.is_established
     return ae, assoc
 
@@ -257,10 +257,7 @@ def test_response_to_a_peer_with_tiny_pdus_is_fragmented(tmp_path: Path) -> None
     """A C-STORE-RSP longer than the peer's maximum PDU goes out through pynetdicom, in fragments."""
     [ds] = _ct(1)
     with _node(tmp_path) as n:
-        ae = AE("MODALITY")
-        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-        assoc = ae.associate("127.0.0.1", _port(n), ae_title="HILUM", max_pdu=64)
-        assert assoc.is_established
+        ae, assoc = _associate(n, max_pdu=64)
         status = assoc.send_c_store(ds)
         assoc.release()
         ae.shutdown()

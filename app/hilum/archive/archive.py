@@ -345,24 +345,25 @@ class Archive:
             if outcome == "duplicate":
                 return IngestResult("duplicate", **base)
             existing = None
-            for attempt in (1, 2) if outcome is None else ():
-                try:
-                    with self._write_lock, self.engine.begin() as conn:
-                        existing = conn.execute(_SELECT_INSTANCE, {"uid": sop_uid}).first()
-                        if existing is not None and self.duplicate_policy == "ignore":
-                            self.blobs.discard_temp(temp)
-                            return IngestResult("duplicate", **base)
-                        if existing is not None:
-                            self._delete_instances(conn, [existing.pk])
-                        self._index_row(conn, record, row)
-                        self.blobs.commit_temp(temp, key)
-                    break
-                except IntegrityError:
-                    # A cached study/series row was deleted by another node
-                    # sharing the database: look everything up again, once.
-                    self._pk_cache.clear()
-                    if attempt == 2:
-                        raise
+            if outcome is None:  # a new series, an overwrite, a stale cache: the general way
+                for attempt in (1, 2):
+                    try:
+                        with self._write_lock, self.engine.begin() as conn:
+                            existing = conn.execute(_SELECT_INSTANCE, {"uid": sop_uid}).first()
+                            if existing is not None and self.duplicate_policy == "ignore":
+                                self.blobs.discard_temp(temp)
+                                return IngestResult("duplicate", **base)
+                            if existing is not None:
+                                self._delete_instances(conn, [existing.pk])
+                            self._index_row(conn, record, row)
+                            self.blobs.commit_temp(temp, key)
+                        break
+                    except IntegrityError:
+                        # A cached study/series row was deleted by another node
+                        # sharing the database: look everything up again, once.
+                        self._pk_cache.clear()
+                        if attempt == 2:
+                            raise
         except BaseException:
             self.blobs.discard_temp(temp)
             raise

@@ -125,7 +125,8 @@ _VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL",
                   b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV"})
 _NOT_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})  # big endian, deflated
 _HEADER = struct.Struct("<HHI")        # implicit VR: group, element, 32-bit length
-_EXPLICIT = struct.Struct("<HH2sH")    # explicit VR: group, element, VR, 16-bit length
+_EXPLICIT = struct.Struct("<HH2sH")    # explicit VR: group, element, VR, 16-bit length (inlined, not
+                                       # _element_header: this loop runs for every element read)
 _ITEM_TAGS = (0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD)
 
 
@@ -239,20 +240,10 @@ def _skip_item_elements(data: bytes | bytearray, at: int, implicit: bool) -> int
         grp, elem, length = _HEADER.unpack_from(data, at)
         if grp << 16 | elem == 0xFFFEE00D:
             return at + 8
-        if implicit:
-            value_at = at + 8
-        else:
-            raw_vr = bytes(data[at + 4 : at + 6])
-            if raw_vr not in _VRS:
-                raise _Unusual
-            if raw_vr.decode() in _LONG_VR_NAMES:
-                if at + 12 > end:
-                    raise InvalidInstance("truncated", "truncated: a sequence item is cut short")
-                length = int.from_bytes(data[at + 8 : at + 12], "little")
-                value_at = at + 12
-            else:
-                length = int.from_bytes(data[at + 6 : at + 8], "little")
-                value_at = at + 8
+        raw_vr = b"" if implicit else bytes(data[at + 4 : at + 6])
+        if not implicit and raw_vr not in _VRS:
+            raise _Unusual
+        length, value_at = _element_header(data, at, implicit, "little", "a sequence item")
         if length == _UNDEFINED and not implicit and raw_vr != b"SQ":
             raise _Unusual  # e.g. UN of undefined length: implicit VR inside (PS3.5 6.2.2)
         at = _skip_items(data, value_at, implicit) if length == _UNDEFINED else value_at + length

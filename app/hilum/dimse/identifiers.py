@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
+from hilum.dimse.storefast import encode_element
 from hilum.dimse.uids import (
     PATIENT_ROOT_FIND,
     PATIENT_ROOT_GET,
@@ -201,7 +202,6 @@ def response_for(identifier: Dataset, level: str, row: Mapping[str, Any], *, ret
 # DS, a value too long for its length field, non-ASCII text in a VR without a
 # character set) make it answer None: the caller uses response_for.
 
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 _CHARSET_TEXT_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 _BINARY_VRS = frozenset({"AT", "OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _PACK = {"US": "<H", "UL": "<I", "SS": "<h", "SL": "<i", "FL": "<f", "FD": "<d", "UV": "<Q", "SV": "<q"}
@@ -274,15 +274,7 @@ class ResponsePlan:
         if non_ascii:
             parts.append((int(_CHARSET), "CS", b"ISO_IR 192"))
             parts.sort(key=lambda p: p[0])
-        out = bytearray()
-        for tag, vr, data in parts:
-            if implicit:
-                out += struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(data))
-            elif vr in _LONG_VRS:
-                out += struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(data))
-            elif len(data) > 0xFFFF:
-                return None
-            else:
-                out += struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(data))
-            out += data
-        return bytes(out)
+        try:
+            return b"".join([encode_element(tag, data, None if implicit else vr) for tag, vr, data in parts])
+        except struct.error:
+            return None  # a value too long for its VR's 16-bit length

@@ -58,7 +58,7 @@ from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 from pynetdicom.transport import RequestHandler as _RequestHandler
 from pynetdicom.utils import make_target
 
-from hilum.dimse.storefast import StoreHook, StoreReceiver
+from hilum.dimse.storefast import StoreHook, StoreReceiver, command_set, command_ui, command_us
 
 log = logging.getLogger("pynetdicom")
 
@@ -332,17 +332,6 @@ class BulkSocket(AssociationSocket):
         return buf
 
 
-def _ui(tag: int, value: str) -> bytes:
-    data = value.encode("ascii")
-    if len(data) % 2:
-        data += b"\0"
-    return struct.pack("<HHI", 0, tag, len(data)) + data
-
-
-def _us(tag: int, value: int) -> bytes:
-    return struct.pack("<HHIH", 0, tag, 2, value)
-
-
 _COMMAND_FIELDS = {C_STORE: 0x8001, C_FIND: 0x8020}
 
 
@@ -364,15 +353,15 @@ def encode_response(rsp: Any) -> tuple[bytes, bytes | None] | None:
         if not dataset:
             return None  # pynetdicom's own quirk (a data set announced, none sent): leave it to it
     instance = getattr(rsp, "AffectedSOPInstanceUID", None) if field == 0x8001 else None
-    body = b"".join([
-        _ui(0x0002, str(rsp.AffectedSOPClassUID)) if rsp.AffectedSOPClassUID else b"",
-        _us(0x0100, field),
-        _us(0x0120, int(rsp.MessageIDBeingRespondedTo)),
-        _us(0x0800, 0x0001 if dataset else 0x0101),   # CommandDataSetType
-        _us(0x0900, int(rsp.Status)),
-        _ui(0x1000, str(instance)) if instance else b"",
-    ])
-    return struct.pack("<HHII", 0, 0x0000, 4, len(body)) + body, dataset
+    command = command_set(
+        command_ui(0x0002, str(rsp.AffectedSOPClassUID)) if rsp.AffectedSOPClassUID else b"",
+        command_us(0x0100, field),
+        command_us(0x0120, int(rsp.MessageIDBeingRespondedTo)),
+        command_us(0x0800, 0x0001 if dataset else 0x0101),   # CommandDataSetType
+        command_us(0x0900, int(rsp.Status)),
+        command_ui(0x1000, str(instance)) if instance else b"",
+    )
+    return command, dataset
 
 
 def response_pdvs(rsp: Any, context_id: int, max_pdu: int) -> list[tuple[int, bytes]] | None:

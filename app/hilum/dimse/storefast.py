@@ -104,12 +104,19 @@ def _ui(cmd: dict[int, bytes], elem: int) -> str:
     return value.decode("ascii").rstrip("\0 ")
 
 
-def _element(group: int, elem: int, value: bytes, vr: bytes | None = None) -> bytes:
-    if vr is None:  # Implicit VR Little Endian (command sets)
+LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+"""VRs whose explicit-VR header has a 32-bit length (PS3.5 7.1.2)."""
+
+
+def encode_element(tag: int, value: bytes, vr: str | None = None) -> bytes:
+    """One element, little endian: Implicit VR without ``vr``, else Explicit VR (PS3.5 7.1).
+    Raises :class:`struct.error` for a value too long for its VR's 16-bit length."""
+    group, elem = tag >> 16, tag & 0xFFFF
+    if vr is None:
         return struct.pack("<HHI", group, elem, len(value)) + value
-    if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
-        return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
-    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+    if vr in LONG_VRS:
+        return struct.pack("<HH2sHI", group, elem, vr.encode(), 0, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr.encode(), len(value)) + value
 
 
 def _uid(value: str) -> bytes:
@@ -122,9 +129,9 @@ def _text(value: str) -> bytes:
     return data + b" " if len(data) % 2 else data
 
 
-_VERSION = _element(2, 0x0001, b"\x00\x01", b"OB")
-_IMPLEMENTATION = (_element(2, 0x0012, _uid(PYNETDICOM_IMPLEMENTATION_UID), b"UI")
-                   + _element(2, 0x0013, _text(PYNETDICOM_IMPLEMENTATION_VERSION), b"SH"))
+_VERSION = encode_element(0x00020001, b"\x00\x01", "OB")
+_IMPLEMENTATION = (encode_element(0x00020012, _uid(PYNETDICOM_IMPLEMENTATION_UID), "UI")
+                   + encode_element(0x00020013, _text(PYNETDICOM_IMPLEMENTATION_VERSION), "SH"))
 
 
 def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
@@ -136,26 +143,41 @@ def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: st
     """
     body = b"".join((
         _VERSION,
-        _element(2, 0x0002, _uid(sop_class_uid), b"UI"),
-        _element(2, 0x0003, _uid(sop_instance_uid), b"UI"),
-        _element(2, 0x0010, _uid(transfer_syntax), b"UI"),
+        encode_element(0x00020002, _uid(sop_class_uid), "UI"),
+        encode_element(0x00020003, _uid(sop_instance_uid), "UI"),
+        encode_element(0x00020010, _uid(transfer_syntax), "UI"),
         _IMPLEMENTATION,
     ))
-    return b"\0" * 128 + b"DICM" + _element(2, 0x0000, struct.pack("<I", len(body)), b"UL") + body
+    return b"\0" * 128 + b"DICM" + encode_element(0x00020000, struct.pack("<I", len(body)), "UL") + body
+
+
+def command_ui(elem: int, value: str) -> bytes:
+    """A UI element of a command set (group 0000, Implicit VR Little Endian, PS3.7 E)."""
+    return encode_element(elem, _uid(value))
+
+
+def command_us(elem: int, value: int) -> bytes:
+    """A US element of a command set."""
+    return encode_element(elem, struct.pack("<H", value))
+
+
+def command_set(*elements: bytes) -> bytes:
+    """A command set of ``elements`` (in tag order), led by its Command Group Length."""
+    body = b"".join(elements)
+    return encode_element(0x00000000, struct.pack("<I", len(body))) + body
 
 
 def store_response(request: StoreRequest, status: int, comment: str = "") -> bytes:
     """The command set of the C-STORE-RSP to ``request`` (PS3.7 9.3.1.2, no data set)."""
-    body = b"".join((
-        _element(0, 0x0002, _uid(request.sop_class_uid)),
-        _element(0, 0x0100, struct.pack("<H", C_STORE_RSP)),
-        _element(0, 0x0120, struct.pack("<H", request.message_id)),
-        _element(0, 0x0800, struct.pack("<H", NO_DATA_SET)),
-        _element(0, 0x0900, struct.pack("<H", status)),
-        _element(0, 0x0902, _text(comment[:64])) if comment else b"",
-        _element(0, 0x1000, _uid(request.sop_instance_uid)),
-    ))
-    return _element(0, 0x0000, struct.pack("<I", len(body))) + body
+    return command_set(
+        command_ui(0x0002, request.sop_class_uid),
+        command_us(0x0100, C_STORE_RSP),
+        command_us(0x0120, request.message_id),
+        command_us(0x0800, NO_DATA_SET),
+        command_us(0x0900, status),
+        encode_element(0x00000902, _text(comment[:64])) if comment else b"",  # Error Comment, LO
+        command_ui(0x1000, request.sop_instance_uid),
+    )
 
 
 def p_data_tf(context_id: int, control: int, data: bytes) -> bytes:
@@ -324,5 +346,5 @@ class StoreReceiver:
                     return
 
 
-__all__ = ["StoreHook", "StoreReceiver", "StoreRequest", "decode_command", "p_data_tf", "part10_header",
-           "store_response"]
+__all__ = ["LONG_VRS", "StoreHook", "StoreReceiver", "StoreRequest", "command_set", "command_ui", "command_us",
+           "decode_command", "encode_element", "p_data_tf", "part10_header", "store_response"]
