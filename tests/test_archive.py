@@ -150,6 +150,15 @@ def test_query_matching_through_the_index(arch: Archive):
     assert uids("STUDY", AccessionNumber="X2") == {st2}
     assert uids("STUDY", ModalitiesInStudy="MR") == {st1, st2}
     assert uids("STUDY", ModalitiesInStudy="MR", StudyDate="20240201-") == {st2}
+    # Matched on the study row's own ModalitiesInStudy: whole values only, case-sensitive,
+    # LIKE's own wildcards taken literally; lists and DICOM wildcards too.
+    assert uids("STUDY", ModalitiesInStudy="CT") == {st1, st3}
+    assert uids("STUDY", ModalitiesInStudy="US\\MR") == {st1, st2}
+    assert uids("STUDY", ModalitiesInStudy=["CT", "US"]) == {st1, st3}
+    for no_match in ("M", "R", "mr", "C_", "%"):
+        assert uids("STUDY", ModalitiesInStudy=no_match) == set(), no_match
+    assert uids("STUDY", ModalitiesInStudy="M?") == {st1, st2}
+    assert uids("STUDY", ModalitiesInStudy="*T") == {st1, st3}
     assert uids("STUDY", StudyInstanceUID=f"{st1}\\{st3}") == {st1, st3}
     assert uids("STUDY", Modality="CT") == {st1, st3}  # a series-level key at study level
     # Combined date+time range (PS3.4 C.2.2.2.5.2): 2024-01-10 10:00 to 2024-03-01 14:00.
@@ -212,6 +221,8 @@ def test_delete_removes_rows_and_blobs(arch: Archive):
     assert not p1.exists()
     [study] = arch.query("STUDY", {"StudyInstanceUID": st})
     assert study["ModalitiesInStudy"] == "MR" and study["NumberOfStudyRelatedInstances"] == 1
+    assert arch.query("STUDY", {"StudyInstanceUID": st, "ModalitiesInStudy": "CT"}) == []
+    assert len(arch.query("STUDY", {"StudyInstanceUID": st, "ModalitiesInStudy": "MR"})) == 1
     assert arch.delete("STUDY", st) == 1
     assert arch.query("STUDY", {"StudyInstanceUID": st}) == []
     assert arch.path(other.sop_instance_uid).exists()
@@ -347,3 +358,38 @@ def test_stale_series_cache_falls_back_to_the_general_way(arch: Archive, tmp_pat
     [row] = arch.query("STUDY", {"StudyInstanceUID": study})
     assert row["NumberOfStudyRelatedInstances"] == 1
     assert arch.stats()["instances"] == 1
+
+
+def test_one_statement_per_query_shape_serves_every_value(arch: Archive):
+    """The engine builds the SELECT of a query shape once; other values bind into it."""
+    from hilum.archive import query as q
+
+    uids = {}
+    for pid, date, mod in (("S1", "20240105", "CT"), ("S2", "20240210", "MR"), ("S3", "20240315", "CT")):
+        r = arch.ingest(make_instance(patient_id=pid, name=f"Shape^{pid}", study_date=date, modality=mod))
+        uids[pid] = r.study_instance_uid
+
+    def found(**keys: object) -> set[str]:
+        return {r["StudyInstanceUID"] for r in arch.query("STUDY", keys)}
+
+    found(PatientID="S1")  # the shape is built (if no earlier test built it)
+    before = q._statement.cache_info()
+    assert found(PatientID="S2") == {uids["S2"]}
+    assert found(PatientID="S3") == {uids["S3"]}
+    assert found(PatientID="nobody") == set()
+    after = q._statement.cache_info()
+    assert after.hits == before.hits + 3 and after.misses == before.misses
+    # Ranges with other bounds, lists of other lengths, patterns: each its own values.
+    assert found(PatientName="shape*", StudyDate="20240201-") == {uids["S2"], uids["S3"]}
+    assert found(PatientName="shape*", StudyDate="20240301-") == {uids["S3"]}
+    assert found(PatientName="shape^s1", StudyDate="20240101-") == {uids["S1"]}
+    assert found(PatientID=["S1", "S2"]) == {uids["S1"], uids["S2"]}
+    assert found(PatientID=["S1", "S2", "S3"]) == set(uids.values())
+    assert found(PatientID=["S1", "S3"], ModalitiesInStudy="CT\\MR") == {uids["S1"], uids["S3"]}
+    assert found(PatientID=["S1", "S3"], ModalitiesInStudy="MR\\US") == set()
+    # Paging binds its numbers too.
+    ident = {"PatientName": "SHAPE*"}
+    pages = [arch.query("STUDY", ident, limit=1, offset=i, order_by=["StudyDate"]) for i in range(4)]
+    assert [p[0]["StudyInstanceUID"] for p in pages[:3]] == [uids["S1"], uids["S2"], uids["S3"]] and pages[3] == []
+    assert arch.count("STUDY", {"PatientName": "SHAPE*", "ModalitiesInStudy": "CT"}) == 2
+    assert arch.count("STUDY", {"PatientName": "SHAPE*", "ModalitiesInStudy": "MR"}) == 1

@@ -92,3 +92,8 @@ def test_modalities_in_study_matches_any_value():
     m = parse_key("ModalitiesInStudy", "MR")
     assert m.matches("CT\\MR") and not m.matches("CT\\US")
     assert parse_key("ModalitiesInStudy", ["US", "MR"]).matches("CT\\MR")
+    # Several values in one string are the multi-valued key they stand for (PS3.4 C.6.2.1.2).
+    assert parse_key("ModalitiesInStudy", "US\\MR") == parse_key("ModalitiesInStudy", ["US", "MR"])
+    assert parse_key("ModalitiesInStudy", "US\\MR").matches("CT\\MR")
+    assert isinstance(parse_key("ModalitiesInStudy", "\\"), Universal)
+    assert isinstance(parse_key("ModalitiesInStudy", "M?"), Wildcard)

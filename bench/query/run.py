@@ -186,7 +186,7 @@ def time_queries(archive: Any, n_studies: int, runs: int, explain: bool) -> list
 def explain_query(archive: Any, ident: dict[str, str]) -> None:
     from hilum.archive.query import build_select
 
-    stmt, _ = build_select("STUDY", ident)
+    stmt, _ = build_select("STUDY", ident, dialect=archive.dialect)
     sql = str(stmt.compile(archive.engine, compile_kwargs={"literal_binds": True}))
     prefix = "EXPLAIN QUERY PLAN " if archive.dialect == "sqlite" else "EXPLAIN "
     with archive.engine.connect() as conn:

@@ -318,6 +318,9 @@ def parse_key(keyword: str, value: object, *, vr: str | None = None) -> Matcher:
     text = text.strip() if vr not in ("PN",) else text.strip(" ")
     if text == "" or text == "*":
         return Universal(keyword, vr_eff)
+    if vr_eff in _MULTI_VALUED and "\\" in text:
+        # Several ModalitiesInStudy values: any of them (PS3.4 C.6.2.1.2).
+        return parse_key(keyword, text.split("\\"), vr=vr)
     if vr == "UI":
         if "\\" in text:
             return UidList(keyword, vr_eff, values=tuple(v.strip() for v in text.split("\\") if v.strip()))
