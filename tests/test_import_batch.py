@@ -223,3 +223,77 @@ def test_batch_blobs_are_synced_before_indexing(tmp_path: Path, monkeypatch: pyt
     assert [r.status for r in results].count("stored") == 7
     bad = results[3]
     assert bad.status == "rejected" and bad.code == "storage-full"
+
+
+def _small_instance(patient: str, name: str, study: str, series: str, sop: str, modality: str) -> bytes:
+    """A tiny instance (4x4 pixels) with the given patient, study, series and modality."""
+    import io
+
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.PatientID, ds.PatientName, ds.PatientSex, ds.PatientBirthDate = patient, name, "F" if name else "", "19800101"
+    ds.StudyDate, ds.StudyTime, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "20250101", "1200", modality, 1, 1
+    ds.Rows = ds.Columns = 4
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation, ds.SamplesPerPixel = 15, 0, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = np.zeros(16, dtype=np.uint16).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = CTImageStorage, sop
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_many_small_studies_in_batches_as_serial(db: str, tmp_path: Path, request: pytest.FixtureRequest,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches full of new patients, studies and series (indexed a table at a time) give the rows,
+    counters, ModalitiesInStudy and demographics that serial ingest gives."""
+    monkeypatch.setattr(batch, "MODE", "threads")
+    monkeypatch.setattr(batch, "BATCH_SIZE", 16)
+    root = "1.2.826.0.1.3680043.10.543"
+    srcs: list[Any] = []
+    for i in range(60):  # one-instance studies; every third patient has two
+        srcs.append(_small_instance(f"P{i // 3 * 2 + i % 2}", f"Small^{i}", f"{root}.1.{i}", f"{root}.2.{i}",
+                                    f"{root}.3.{i}", ("CR", "DX", "CT")[i % 3]))
+    # A patient first seen without a name, then named; a study whose series arrive far apart,
+    # in two modalities; a copy of an instance already sent.
+    srcs.insert(5, _small_instance("NONAME", "", f"{root}.1.100", f"{root}.2.100", f"{root}.3.100", "MR"))
+    srcs.append(_small_instance("NONAME", "Late^Name", f"{root}.1.101", f"{root}.2.101", f"{root}.3.101", "MR"))
+    srcs.insert(2, _small_instance("P0", "Small^0", f"{root}.1.0", f"{root}.2.200", f"{root}.3.200", "MR"))
+    srcs.append(_small_instance("P0", "Small^0", f"{root}.1.0", f"{root}.2.201", f"{root}.3.201", "PR"))
+    srcs.append(srcs[10])
+
+    def url(name: str) -> str | None:
+        if db != "postgres":
+            return None
+        import psycopg
+
+        server = request.getfixturevalue("pg_server")
+        name = f"{request.getfixturevalue('pg_url').rsplit('/', 1)[1]}_{name}"
+        with psycopg.connect(f"host=127.0.0.1 port={server.port} user=postgres dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return str(server.url(name))
+
+    def outcome_with_patients(a: Archive, results: list[Any]) -> dict[str, Any]:
+        return {**outcome(a, results), "patients": a.query("PATIENT", {})}
+
+    with Archive(tmp_path / "serial", database_url=url("serial")) as a:
+        serial = outcome_with_patients(a, [a.ingest(s) for s in srcs])
+    with Archive(tmp_path / "many", database_url=url("many")) as b:
+        many = outcome_with_patients(b, b.ingest_many(srcs, workers=2))
+        assert b.check().clean
+    assert many == serial
+    assert [r[0] for r in many["results"]].count("duplicate") == 1
+    by_id = {p["PatientID"]: p for p in many["patients"]}
+    assert by_id["NONAME"]["PatientName"] == "Late^Name" and by_id["NONAME"]["NumberOfPatientRelatedStudies"] == 2
+    [mixed] = [s for s in many["studies"] if s["StudyInstanceUID"] == f"{root}.1.0"]
+    assert mixed["ModalitiesInStudy"] == "CR\\MR\\PR" and mixed["NumberOfStudyRelatedSeries"] == 3

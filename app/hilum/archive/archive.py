@@ -123,6 +123,17 @@ _BUMP_STUDY = (update(studies).where(studies.c.pk == bindparam("stpk"))
                .values(num_instances=studies.c.num_instances + 1,
                        size_bytes=studies.c.size_bytes + bindparam("size"), updated_at=bindparam("now")))
 _BUMP_STUDY_NEW_SERIES = _BUMP_STUDY.values(num_series=studies.c.num_series + 1)
+# Built once, values bound at execution: building a statement and its cache key costs
+# SQLAlchemy more than SQLite takes to run it.
+_PATIENT_BY_ID = select(patients.c.pk, patients.c.patient_name).where(
+    patients.c.patient_id == bindparam("pid"), patients.c.issuer == bindparam("issuer"))
+_STUDY_PK = select(studies.c.pk).where(studies.c.study_uid == bindparam("uid"))
+_SERIES_PK = select(series.c.pk).where(series.c.series_uid == bindparam("uid"))
+_UPDATE_PATIENT = update(patients).where(patients.c.pk == bindparam("ppk"))  # sets the columns it is given
+_UPDATE_STUDY = update(studies).where(studies.c.pk == bindparam("stpk"))
+_STUDY_MODALITIES = (select(series.c.study_fk, series.c.modality).distinct()
+                     .where(series.c.study_fk.in_(bindparam("stpks", expanding=True)), series.c.modality != ""))
+DEMOGRAPHICS = ("patient_name", "pn_a", "pn_i", "pn_p", "birth_date", "sex")
 
 
 class _Compiled:
@@ -176,6 +187,7 @@ class Archive:
         # series UID -> (study pk, series pk) of rows known to exist; cleared on every delete.
         self._pk_cache: dict[str, tuple[int, int]] = {}
         self._hot: dict[Any, _Compiled] = {}  # see _index_known_series
+        self._insert_ignore: dict[tuple[str, tuple[str, ...]], Any] = {}  # see insert_ignoring
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="blob-io")
         self._subscribers: list[Callable[[ArchiveEvent], None]] = []
         self._sub_lock = threading.Lock()
@@ -452,46 +464,63 @@ class Archive:
             self._pk_cache.clear()
         self._pk_cache[record.series_uid] = (study_pk, series_pk)
 
-    def _insert_ignore(self, table: Any, values: dict[str, Any], key_cols: list[str]) -> Any:
-        ins = pg_insert(table) if self.dialect == "postgresql" else sqlite_insert(table)
-        return ins.values(**values).on_conflict_do_nothing(index_elements=key_cols)
+    def insert_ignoring(self, table: Any, returning: tuple[str, ...] = ()) -> Any:
+        """INSERT INTO ``table`` that skips rows whose unique key exists, values bound at execution;
+        ``returning`` names columns of the rows it did insert (for many rows too)."""
+        stmt = self._insert_ignore.get((table.name, returning))
+        if stmt is None:
+            ins = pg_insert(table) if self.dialect == "postgresql" else sqlite_insert(table)
+            stmt = ins.on_conflict_do_nothing()
+            if returning:
+                stmt = stmt.returning(*[table.c[name] for name in returning])
+            self._insert_ignore[(table.name, returning)] = stmt
+        return stmt
+
+    @staticmethod
+    def new_study_row(patient_pk: int, s: dict[str, Any], now: datetime) -> dict[str, Any]:
+        return {**s, "patient_fk": patient_pk, "modalities": "", "num_series": 0, "num_instances": 0,
+                "size_bytes": 0, "created_at": now, "updated_at": now}
+
+    @staticmethod
+    def new_series_row(study_pk: int, s: dict[str, Any], now: datetime) -> dict[str, Any]:
+        return {**s, "study_fk": study_pk, "num_instances": 0, "created_at": now}
 
     def _upsert_patient(self, conn: Connection, p: dict[str, Any]) -> int:
-        where = (patients.c.patient_id == p["patient_id"]) & (patients.c.issuer == p["issuer"])
-        row = conn.execute(select(patients.c.pk, patients.c.patient_name).where(where)).first()
+        key = {"pid": p["patient_id"], "issuer": p["issuer"]}
+        row = conn.execute(_PATIENT_BY_ID, key).first()
         if row is not None:
             # Demographics follow the newest instance where the old record was empty.
             if not row.patient_name and p["patient_name"]:
-                conn.execute(update(patients).where(patients.c.pk == row.pk).values(
-                    **{k: p[k] for k in ("patient_name", "pn_a", "pn_i", "pn_p", "birth_date", "sex")}))
+                conn.execute(_UPDATE_PATIENT, {"ppk": row.pk, **{k: p[k] for k in DEMOGRAPHICS}})
             return int(row.pk)
-        conn.execute(self._insert_ignore(patients, {**p, "created_at": _now()}, ["patient_id", "issuer"]))
-        return int(conn.execute(select(patients.c.pk).where(where)).scalar_one())
+        conn.execute(self.insert_ignoring(patients), {**p, "created_at": _now()})
+        return int(conn.execute(_PATIENT_BY_ID, key).scalar_one())
 
     def _upsert_study(self, conn: Connection, patient_pk: int, s: dict[str, Any]) -> int:
-        pk = conn.execute(select(studies.c.pk).where(studies.c.study_uid == s["study_uid"])).scalar()
+        pk = conn.execute(_STUDY_PK, {"uid": s["study_uid"]}).scalar()
         if pk is not None:
             return int(pk)
-        now = _now()
-        conn.execute(self._insert_ignore(studies, {**s, "patient_fk": patient_pk, "modalities": "",
-                                                   "num_series": 0, "num_instances": 0, "size_bytes": 0,
-                                                   "created_at": now, "updated_at": now}, ["study_uid"]))
-        return int(conn.execute(select(studies.c.pk).where(studies.c.study_uid == s["study_uid"])).scalar_one())
+        conn.execute(self.insert_ignoring(studies), self.new_study_row(patient_pk, s, _now()))
+        return int(conn.execute(_STUDY_PK, {"uid": s["study_uid"]}).scalar_one())
 
     def _upsert_series(self, conn: Connection, study_pk: int, s: dict[str, Any]) -> tuple[int, bool]:
-        pk = conn.execute(select(series.c.pk).where(series.c.series_uid == s["series_uid"])).scalar()
+        pk = conn.execute(_SERIES_PK, {"uid": s["series_uid"]}).scalar()
         if pk is not None:
             return int(pk), False
-        res = conn.execute(self._insert_ignore(series, {**s, "study_fk": study_pk, "num_instances": 0,
-                                                        "created_at": _now()}, ["series_uid"]))
-        pk = conn.execute(select(series.c.pk).where(series.c.series_uid == s["series_uid"])).scalar_one()
+        res = conn.execute(self.insert_ignoring(series), self.new_series_row(study_pk, s, _now()))
+        pk = conn.execute(_SERIES_PK, {"uid": s["series_uid"]}).scalar_one()
         return int(pk), bool(res.rowcount)
 
     @staticmethod
-    def _refresh_modalities(conn: Connection, study_pk: int) -> None:
-        mods = conn.execute(select(series.c.modality).where(series.c.study_fk == study_pk, series.c.modality != "")
-                            .distinct().order_by(series.c.modality)).scalars().all()
-        conn.execute(update(studies).where(studies.c.pk == study_pk).values(modalities="\\".join(mods)))
+    def _refresh_modalities(conn: Connection, *study_pks: int) -> None:
+        """Set the studies' ModalitiesInStudy from their series (sorted, ``\\``-joined)."""
+        found: dict[int, list[str]] = {pk: [] for pk in study_pks}
+        for chunk in _chunks(list(found), 500):
+            for st_pk, modality in conn.execute(_STUDY_MODALITIES, {"stpks": chunk}):
+                found[st_pk].append(modality)
+        if found:
+            conn.execute(_UPDATE_STUDY, [{"stpk": pk, "modalities": "\\".join(sorted(mods))}
+                                         for pk, mods in found.items()])
 
     # ------------------------------------------------------------------ query
 

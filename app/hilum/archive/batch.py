@@ -42,13 +42,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from hilum.archive.blobs import FileBlobStore, blob_checksum
 from hilum.archive.db import make_engine
-from hilum.archive.schema import instances, series, studies
+from hilum.archive.schema import instances, patients, series, studies
 from hilum.dicom.attributes import IndexRecord, InvalidInstance, index_record, read_instance, to_part10
 from hilum.errors import StorageFull
 
@@ -594,90 +594,153 @@ def _db_failure(exc: BaseException) -> tuple[str, str]:
 
 def _index(archive: Archive, conn: Connection, batch: list[tuple[int, Prepared]], *, origin: str,
            source_aet: str) -> tuple[list[tuple[int, IngestResult]], list[ArchiveEvent], list[tuple[str, str]]]:
+    """Index a batch in the open transaction ``conn``, a few statements for the whole batch: the
+    patients, studies and series are looked up one query per table and the missing ones inserted
+    together, the instances inserted together, the counters updated once per series and study."""
     from hilum.archive.archive import ArchiveEvent, IngestResult, _now
 
     ignore = archive.duplicate_policy == "ignore"
-    sops = sorted({p.record.sop_uid for _, p in batch})
-    existing: dict[str, int] = {}
-    for chunk in range(0, len(sops), 500):
-        for row in conn.execute(select(instances.c.pk, instances.c.sop_uid)
-                                .where(instances.c.sop_uid.in_(sops[chunk : chunk + 500]))):
-            existing[row.sop_uid] = int(row.pk)
+    existing = _pks_by_key(conn, _INSTANCE_PKS, sorted({p.record.sop_uid for _, p in batch}))
 
-    patient_pks: dict[tuple[str, str], tuple[int, bool]] = {}
-    study_pks: dict[str, int] = {}
-    series_pks: dict[str, int] = {}
-    rows: list[dict[str, Any]] = []
-    series_counts: dict[int, int] = {}
-    study_counts: dict[int, list[int]] = {}  # pk -> [instances, bytes, new series]
-    in_batch: set[str] = set()
-
-    def flush() -> None:
-        if rows:
-            conn.execute(insert(instances), rows)
-            rows.clear()
-        for se_pk, n in series_counts.items():
-            conn.execute(update(series).where(series.c.pk == se_pk).values(num_instances=series.c.num_instances + n))
-        now = _now()
-        for st_pk, (n, size, new_series) in study_counts.items():
-            values: dict[str, Any] = dict(num_instances=studies.c.num_instances + n,
-                                          size_bytes=studies.c.size_bytes + size, updated_at=now)
-            if new_series:
-                values["num_series"] = studies.c.num_series + new_series
-            conn.execute(update(studies).where(studies.c.pk == st_pk).values(**values))
-            if new_series:
-                archive._refresh_modalities(conn, st_pk)
-        series_counts.clear()
-        study_counts.clear()
-
+    # Duplicates: skipped (policy ignore), or the last copy indexed in place of the others.
+    keep: dict[str, tuple[int, Prepared]] = {}
     out: list[tuple[int, IngestResult]] = []
     events: list[ArchiveEvent] = []
-    renames: list[tuple[str, str]] = []
     for idx, p in batch:
         rec = p.record
         sop = rec.sop_uid
         base = _base(rec, p.source, p.size)
-        replaced = False
-        if sop in existing or sop in in_batch:
+        status = "stored"
+        if sop in existing or sop in keep:
             if ignore:
                 archive.blobs.discard_temp(p.temp)
                 out.append((idx, IngestResult("duplicate", **base)))
                 continue
-            flush()
-            pk = conn.execute(select(instances.c.pk).where(instances.c.sop_uid == sop)).scalar_one()
-            archive._delete_instances(conn, [pk])  # may drop emptied series/studies: forget cached keys
-            patient_pks.clear()
-            study_pks.clear()
-            series_pks.clear()
-            replaced = True
-        pkey = (rec.patient["patient_id"], rec.patient["issuer"])
-        cached = patient_pks.get(pkey)
-        if cached is None or (not cached[1] and rec.patient["patient_name"]):
-            patient_pk = archive._upsert_patient(conn, rec.patient)
-            patient_pks[pkey] = (patient_pk, bool(rec.patient["patient_name"]) or bool(cached and cached[1]))
-        else:
-            patient_pk = cached[0]
-        study_pk = study_pks.get(rec.study_uid)
-        if study_pk is None:
-            study_pk = study_pks[rec.study_uid] = archive._upsert_study(conn, patient_pk, rec.study)
-        series_pk = series_pks.get(rec.series_uid)
-        new_series = False
-        if series_pk is None:
-            series_pk, new_series = archive._upsert_series(conn, study_pk, rec.series)
-            series_pks[rec.series_uid] = series_pk
-        key = archive.blobs.key_for(sop)
-        rows.append(dict(series_fk=series_pk, blob_key=key, size=p.size, checksum=p.checksum,
-                         source_aet=source_aet[:16], origin=origin[:16], received_at=_now(), **rec.instance))
-        series_counts[series_pk] = series_counts.get(series_pk, 0) + 1
-        counts = study_counts.setdefault(study_pk, [0, 0, 0])
-        counts[0] += 1
-        counts[1] += p.size
-        counts[2] += int(new_series)
-        in_batch.add(sop)
-        renames.append((p.temp, key))
-        status = "replaced" if replaced else "stored"
+            status = "replaced"
+            if sop in keep:  # an earlier copy in this batch, replaced before it was indexed
+                archive.blobs.discard_temp(keep[sop][1].temp)
+        keep[sop] = (idx, p)
         out.append((idx, IngestResult(status, **base)))  # type: ignore[arg-type]
         events.append(ArchiveEvent(status, "IMAGE", sop, rec.study_uid, rec.series_uid, rec.patient["patient_id"],
                                    origin))
-    flush()
+    replaced = [existing[sop] for sop in keep if sop in existing]
+    if replaced:
+        archive._delete_instances(conn, replaced)  # may drop emptied series and studies, looked up below
+    items = [p for _, p in sorted(keep.values(), key=lambda item: item[0])]
+    if not items:
+        return out, events, []
+
+    now = _now()
+    patient_pks = _patients(archive, conn, [p.record for p in items], now)
+    study_rows = {}
+    for p in items:
+        rec = p.record
+        if rec.study_uid not in study_rows:
+            patient_pk = patient_pks[(rec.patient["patient_id"], rec.patient["issuer"])]
+            study_rows[rec.study_uid] = archive.new_study_row(patient_pk, rec.study, now)
+    study_pks, _ = _find_or_insert(archive, conn, studies, study_rows)
+    series_rows = {}
+    for p in items:
+        if p.record.series_uid not in series_rows:
+            series_rows[p.record.series_uid] = archive.new_series_row(study_pks[p.record.study_uid],
+                                                                      p.record.series, now)
+    series_pks, new_series = _find_or_insert(archive, conn, series, series_rows)
+
+    rows: list[dict[str, Any]] = []
+    renames: list[tuple[str, str]] = []
+    per_series: dict[int, int] = {}
+    per_study: dict[int, list[int]] = {}  # pk -> [instances, bytes, new series]
+    for p in items:
+        rec = p.record
+        key = archive.blobs.key_for(rec.sop_uid)
+        series_pk = series_pks[rec.series_uid]
+        rows.append(dict(series_fk=series_pk, blob_key=key, size=p.size, checksum=p.checksum,
+                         source_aet=source_aet[:16], origin=origin[:16], received_at=now, **rec.instance))
+        renames.append((p.temp, key))
+        per_series[series_pk] = per_series.get(series_pk, 0) + 1
+        counts = per_study.setdefault(study_pks[rec.study_uid], [0, 0, 0])
+        counts[0] += 1
+        counts[1] += p.size
+    for uid in new_series:
+        per_study[series_rows[uid]["study_fk"]][2] += 1
+    conn.execute(insert(instances), rows)
+    conn.execute(_ADD_SERIES_INSTANCES, [{"spk": pk, "n": n} for pk, n in per_series.items()])
+    conn.execute(_ADD_STUDY_COUNTS, [{"stpk": pk, "n": n, "size": size, "new": new, "now": now}
+                                     for pk, (n, size, new) in per_study.items()])
+    if new_series:
+        archive._refresh_modalities(conn, *sorted({series_rows[uid]["study_fk"] for uid in new_series}))
     return out, events, renames
+
+
+_INSTANCE_PKS = select(instances.c.sop_uid, instances.c.pk).where(
+    instances.c.sop_uid.in_(bindparam("keys", expanding=True)))
+_PKS = {t.name: select(uid, t.c.pk).where(uid.in_(bindparam("keys", expanding=True)))
+        for t, uid in ((studies, studies.c.study_uid), (series, series.c.series_uid))}
+_PATIENT_PKS = select(patients.c.patient_id, patients.c.issuer, patients.c.pk, patients.c.patient_name).where(
+    patients.c.patient_id.in_(bindparam("keys", expanding=True)))
+_ADD_SERIES_INSTANCES = (update(series).where(series.c.pk == bindparam("spk"))
+                         .values(num_instances=series.c.num_instances + bindparam("n")))
+_ADD_STUDY_COUNTS = (update(studies).where(studies.c.pk == bindparam("stpk"))
+                     .values(num_instances=studies.c.num_instances + bindparam("n"),
+                             size_bytes=studies.c.size_bytes + bindparam("size"),
+                             num_series=studies.c.num_series + bindparam("new"), updated_at=bindparam("now")))
+
+
+def _pks_by_key(conn: Connection, stmt: Any, keys: list[str]) -> dict[str, int]:
+    """``{key: pk}`` of the rows ``stmt`` finds for ``keys`` (500 to a query)."""
+    found: dict[str, int] = {}
+    for i in range(0, len(keys), 500):
+        for key, pk in conn.execute(stmt, {"keys": keys[i : i + 500]}):
+            found[key] = int(pk)
+    return found
+
+
+def _find_or_insert(archive: Archive, conn: Connection, table: Any,
+                    rows: dict[str, dict[str, Any]]) -> tuple[dict[str, int], list[str]]:
+    """The pks of the study or series rows keyed by UID, inserting those not there; and the UIDs inserted."""
+    uids = list(rows)
+    pks = _pks_by_key(conn, _PKS[table.name], uids)
+    missing = [uid for uid in uids if uid not in pks]
+    if not missing:
+        return pks, []
+    uid_column = _PKS[table.name].selected_columns[0].name
+    inserted: list[str] = []
+    for uid, pk in conn.execute(archive.insert_ignoring(table, (uid_column, "pk")), [rows[uid] for uid in missing]):
+        pks[uid] = int(pk)
+        inserted.append(uid)
+    if len(inserted) < len(missing):  # inserted meanwhile by another node sharing the database
+        pks.update(_pks_by_key(conn, _PKS[table.name], [uid for uid in missing if uid not in pks]))
+    return pks, inserted
+
+
+def _patients(archive: Archive, conn: Connection, records: list[IndexRecord], now: Any) -> dict[tuple[str, str], int]:
+    """The pks of the records' patients (by Patient ID and issuer), inserting those not there.  A
+    patient is inserted with, and an existing one without a name takes, the demographics of its
+    first record that has a name."""
+    from hilum.archive.archive import _UPDATE_PATIENT, DEMOGRAPHICS
+
+    wanted: dict[tuple[str, str], dict[str, Any]] = {}
+    for rec in records:
+        p = rec.patient
+        key = (p["patient_id"], p["issuer"])
+        if key not in wanted or (not wanted[key]["patient_name"] and p["patient_name"]):
+            wanted[key] = p
+    pks: dict[tuple[str, str], int] = {}
+    ids = sorted({pid for pid, _ in wanted})
+    for i in range(0, len(ids), 500):
+        for pid, issuer, pk, name in conn.execute(_PATIENT_PKS, {"keys": ids[i : i + 500]}):
+            p = wanted.get((pid, issuer))
+            if p is None:
+                continue
+            pks[(pid, issuer)] = int(pk)
+            if not name and p["patient_name"]:
+                conn.execute(_UPDATE_PATIENT, {"ppk": pk, **{k: p[k] for k in DEMOGRAPHICS}})
+    missing = [key for key in wanted if key not in pks]
+    if missing:
+        stmt = archive.insert_ignoring(patients, ("patient_id", "issuer", "pk"))
+        for pid, issuer, pk in conn.execute(stmt, [{**wanted[key], "created_at": now} for key in missing]):
+            pks[(pid, issuer)] = int(pk)
+        if len(pks) < len(wanted):  # inserted meanwhile by another node sharing the database
+            for pid, issuer, pk, _ in conn.execute(_PATIENT_PKS, {"keys": sorted({k[0] for k in missing})}):
+                pks.setdefault((pid, issuer), int(pk))
+    return pks
