@@ -83,15 +83,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from hilum.archive.query import matcher_condition
 from hilum.archive.schema import patients, studies
 from hilum.dicom.matching import (
     Matcher,
     Range,
     Single,
-    UidList,
     Universal,
-    Wildcard,
-    normalize_pn,
     normalize_time,
     parse_key,
     pn_groups,
@@ -384,31 +382,6 @@ WORKLIST_KEYS = tuple(_WL_COLUMNS) + ("ScheduledProcedureStepStatus", "Requestin
                                       "ReasonForTheRequestedProcedure", "RequestedProcedureCodeSequence")
 
 
-def _compile(m: Matcher, cols: tuple[Any, ...]) -> ColumnElement[bool] | None:
-    """One parsed key (``hilum.dicom.matching``) as SQL on ``cols`` (any column matching counts)."""
-    if isinstance(m, Universal):
-        return None
-    parts: list[ColumnElement[bool]] = []
-    for col in cols:
-        if isinstance(m, Single):
-            parts.append(col == m.value)
-        elif isinstance(m, Wildcard):
-            parts.append(col.like(m.like(), escape="\\"))
-        elif isinstance(m, Range):
-            bounds = [col != ""]
-            if m.low is not None:
-                bounds.append(col >= m.low)
-            if m.high is not None:
-                bounds.append(col <= m.high)
-            parts.append(and_(*bounds))
-        elif isinstance(m, UidList):
-            vals = [normalize_pn(v) for v in m.values] if m.vr == "PN" else list(m.values)
-            parts.append(col.in_(vals))
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else or_(*parts)
-
-
 def _status_condition(value: Any, active_only: bool) -> ColumnElement[bool] | None:
     m = parse_key("ScheduledProcedureStepStatus", value, vr="CS")
     if isinstance(m, Universal):
@@ -450,7 +423,7 @@ def build_worklist_conditions(identifier: Mapping[str, Any], *, active_only: boo
         if combined:
             matchers.pop("ScheduledProcedureStepStartTime")
     for keyword, m in matchers.items():
-        cond = _compile(m, _WL_COLUMNS[keyword][0])
+        cond = matcher_condition(m, _WL_COLUMNS[keyword][0])
         if cond is not None:
             conds.append(cond)
     status = _status_condition(identifier.get("ScheduledProcedureStepStatus"), active_only)

@@ -165,11 +165,11 @@ def _plan(level: str, identifier: Mapping[str, Any]) -> tuple[tuple[_Key, ...], 
         del matchers["StudyDate"], matchers["StudyTime"]
     for keyword, m in matchers.items():
         below = LEVELS.index(FIELDS[keyword].level) > depth
-        keys.append(replace(_bind(m, FIELDS[keyword], params), below=below))
+        keys.append(replace(_bind(m, FIELDS[keyword].kind, params), below=below))
     return tuple(sorted(keys)), params
 
 
-def _bind(m: Matcher, field: Field, params: dict[str, Any]) -> _Key:
+def _bind(m: Matcher, kind: str, params: dict[str, Any]) -> _Key:
     """The shape of one key; its values go into ``params`` under the names ``_condition`` binds."""
     kw = m.keyword
     if kw == "ModalitiesInStudy" and isinstance(m, (Single, UidList)):
@@ -178,10 +178,10 @@ def _bind(m: Matcher, field: Field, params: dict[str, Any]) -> _Key:
             params[f"{kw}_{i}"] = "%\\" + _LIKE_SPECIAL.sub(r"/\g<0>", v) + "\\%"
         return _Key(kw, "modalities", count=len(values))
     if isinstance(m, Single):
-        params[kw] = _number(kw, m.value) if field.kind == "int" else m.value
+        params[kw] = _number(kw, m.value) if kind == "int" else m.value
         return _Key(kw, "single")
     if isinstance(m, Wildcard):
-        if field.kind == "int":
+        if kind == "int":
             raise ValueError(f"{kw}: wildcards are not allowed on numbers")
         params[kw] = m.like()
         return _Key(kw, "wildcard")
@@ -193,7 +193,7 @@ def _bind(m: Matcher, field: Field, params: dict[str, Any]) -> _Key:
         return _Key(kw, "range", low=m.low is not None, high=m.high is not None)
     if not isinstance(m, UidList):
         raise TypeError(f"{kw}: no SQL for {type(m).__name__}")
-    if field.kind == "int":
+    if kind == "int":
         params[kw] = [_number(kw, v) for v in m.values]
     elif m.vr == "PN":
         params[kw] = [normalize_pn(v) for v in m.values]
@@ -240,27 +240,44 @@ def _condition(key: _Key, level: str, dialect: str) -> ColumnElement[bool]:
     return _below(level, field, cond) if key.below else cond
 
 
-def _match(key: _Key, col: Any, name: str, dialect: str) -> ColumnElement[bool]:
-    """``col`` matched as ``key`` says, against the bind parameter(s) called ``name``."""
+def _match(key: _Key, col: Any, name: str, dialect: str,
+           values: Mapping[str, Any] | None = None) -> ColumnElement[bool]:
+    """``col`` matched as ``key`` says, against the bind parameter(s) called ``name``: left to bind
+    at execution, or bound here to ``values`` (as ``_bind`` named them) when given."""
+
+    def param(n: str, **kw: Any) -> Any:
+        return bindparam(n, **kw) if values is None else bindparam(n, values[n], unique=True, **kw)
+
     if key.how == "single":
-        return col == bindparam(name)  # type: ignore[no-any-return]
+        return col == param(name)  # type: ignore[no-any-return]
     if key.how == "wildcard":
         # On PostgreSQL the pattern goes into the SQL text (quoted by SQLAlchemy, so
         # still safe): a prepared statement's generic plan cannot use an index for
         # "LIKE $1", and psycopg prepares after a few executions (bench/query: 2x
         # slower).  SQLite plans LIKE with the bound value itself.
-        pattern = bindparam(name, type_=String(), literal_execute=dialect == "postgresql")
+        pattern = param(name, type_=String(), literal_execute=dialect == "postgresql")
         return col.like(pattern, escape="\\")  # type: ignore[no-any-return]
     if key.how == "range":
         bounds = [col != ""]
         if key.low:
-            bounds.append(col >= bindparam(f"{name}_low"))
+            bounds.append(col >= param(f"{name}_low"))
         if key.high:
-            bounds.append(col <= bindparam(f"{name}_high"))
+            bounds.append(col <= param(f"{name}_high"))
         return and_(*bounds)
     if key.how == "list":
-        return col.in_(bindparam(name, expanding=True))  # type: ignore[no-any-return]
+        return col.in_(param(name, expanding=True))  # type: ignore[no-any-return]
     raise ValueError(f"{name}: no SQL for {key.how!r} matching")
+
+
+def matcher_condition(m: Matcher, cols: tuple[Any, ...]) -> ColumnElement[bool] | None:
+    """One parsed key as SQL on ``cols`` (a match in any of them counts), its values bound: the
+    same matching for tables outside the four levels, e.g. the worklist (``orders.py``)."""
+    if isinstance(m, Universal):
+        return None
+    params: dict[str, Any] = {}
+    key = _bind(m, "text", params)
+    parts = [_match(key, col, m.keyword, "", params) for col in cols]
+    return parts[0] if len(parts) == 1 else or_(*parts)
 
 
 def _below(level: str, field: Field, cond: ColumnElement[bool]) -> ColumnElement[bool]:
