@@ -393,3 +393,22 @@ def test_one_statement_per_query_shape_serves_every_value(arch: Archive):
     assert [p[0]["StudyInstanceUID"] for p in pages[:3]] == [uids["S1"], uids["S2"], uids["S3"]] and pages[3] == []
     assert arch.count("STUDY", {"PatientName": "SHAPE*", "ModalitiesInStudy": "CT"}) == 2
     assert arch.count("STUDY", {"PatientName": "SHAPE*", "ModalitiesInStudy": "MR"}) == 1
+
+
+def test_study_keys_match_at_every_level(arch: Archive):
+    """Relational queries (PS3.4 C.4.1.2.1): study keys filter patients, series and images too."""
+    arch.ingest(make_instance(patient_id="A1", modality="CT", study_date="20240110", study_time="0930"))
+    arch.ingest(make_instance(patient_id="B2", modality="MR", study_date="20240301", study_time="1415"))
+    expected = {
+        "A1": [{"StudyDate": "20240101-20240201"}, {"StudyDate": "20240101-20240201", "StudyTime": "0900-1000"},
+               {"ModalitiesInStudy": "CT"}, {"ModalitiesInStudy": "C?"}, {"Modality": "CT"},
+               {"StudyDate": "20240110", "StudyTime": "09-10"}],
+        "B2": [{"StudyDate": "20240201-"}, {"StudyDate": "20240201-", "StudyTime": "1400-"},
+               {"ModalitiesInStudy": "MR\\US"}, {"ModalitiesInStudy": "M*"}, {"Modality": "MR"}],
+        "": [{"StudyDate": "20240110", "StudyTime": "1000-1100"}, {"ModalitiesInStudy": "US"}],
+    }
+    for patient, idents in expected.items():
+        for ident in idents:
+            for level in ("PATIENT", "STUDY", "SERIES", "IMAGE"):
+                got = [r["PatientID"] for r in arch.query(level, ident)]
+                assert got == ([patient] if patient else []), (level, ident)

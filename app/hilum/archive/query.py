@@ -91,6 +91,7 @@ FIELDS: dict[str, Field] = {
 }
 
 _PN_MATCH = patients.alias("pn_match")  # the patients a PatientName matches, looked up per group
+_SERIES_OF_STUDY = series.alias("series_of_study")  # not the queried series, at SERIES and IMAGE level
 
 _PN_GROUP_COLUMNS = {"PatientName": (P.pn_a, P.pn_i, P.pn_p), "ReferringPhysicianName": (ST.ref_pn_a,)}
 
@@ -161,7 +162,7 @@ def _plan(level: str, identifier: Mapping[str, Any]) -> tuple[tuple[_Key, ...], 
             params[f"{_DATETIME}_low"] = low + (time_m.low or "000000.000000")
         if high is not None:
             params[f"{_DATETIME}_high"] = high + (time_m.high or "235959.999999")
-        keys.append(_Key(_DATETIME, "range", low=low is not None, high=high is not None))
+        keys.append(_Key(_DATETIME, "range", low=low is not None, high=high is not None, below=depth < 1))
         del matchers["StudyDate"], matchers["StudyTime"]
     for keyword, m in matchers.items():
         below = LEVELS.index(FIELDS[keyword].level) > depth
@@ -215,28 +216,32 @@ def _number(keyword: str, value: str) -> int:
 def _condition(key: _Key, level: str, dialect: str) -> ColumnElement[bool]:
     """The SQL of one key of a shape, its values left to bind parameters named after the key."""
     kw = key.keyword
+    field = FIELDS["StudyDate" if kw == _DATETIME else kw]
+    cond: ColumnElement[bool]
     if kw == _DATETIME:
-        return _match(key, ST.study_dt, kw, dialect)
-    if key.how == "modalities":
+        cond = _match(key, ST.study_dt, kw, dialect)
+    elif key.how == "modalities":
         # studies.modalities holds the distinct modalities of the study's series, sorted and
-        # joined by "\" (kept by ingest and delete).  Testing it on the rows the other keys
+        # joined by "\\" (kept by ingest and delete).  Testing it on the rows the other keys
         # found costs next to nothing, where an EXISTS visits the series index once per
         # candidate study: "modality + date range" over 20,000 studies went from p95 9.4 to
         # 4.3 ms on PostgreSQL (bench/query).  Case-sensitive: db.py sets SQLite's LIKE so.
         wrapped = literal("\\", String()) + ST.modalities + literal("\\", String())
-        return or_(*[wrapped.like(bindparam(f"{kw}_{i}", type_=String()), escape="/") for i in range(key.count)])
-    if kw == "ModalitiesInStudy":  # a wildcard: tested on each series' Modality
-        return exists().where(SE.study_fk == ST.pk, _match(key, SE.modality, kw, dialect))
-    field = FIELDS[kw]
-    if kw == "PatientName" and key.how != "range":
+        cond = or_(*[wrapped.like(bindparam(f"{kw}_{i}", type_=String()), escape="/") for i in range(key.count)])
+    elif kw == "ModalitiesInStudy":  # a wildcard: tested on the Modality of each of the study's series
+        se = _SERIES_OF_STUDY.c
+        cond = exists(select(1).select_from(_SERIES_OF_STUDY)
+                      .where(se.study_fk == ST.pk, _match(key, se.modality, kw, dialect)))
+    elif kw == "PatientName" and key.how != "range":
         # PatientName asks each component group through its own index and unions the
         # matching patients: an OR over three columns defeats the indexes, and the
         # planner would scan studies (e.g. by date) and test every patient instead.
         pn = _PN_MATCH.c
-        return P.pk.in_(union_all(*[select(pn.pk).where(_match(key, col, kw, dialect))
+        cond = P.pk.in_(union_all(*[select(pn.pk).where(_match(key, col, kw, dialect))
                                     for col in (pn.pn_a, pn.pn_i, pn.pn_p)]))
-    parts = [_match(key, col, kw, dialect) for col in _PN_GROUP_COLUMNS.get(kw, (field.column,))]
-    cond = parts[0] if len(parts) == 1 else or_(*parts)
+    else:
+        parts = [_match(key, col, kw, dialect) for col in _PN_GROUP_COLUMNS.get(kw, (field.column,))]
+        cond = parts[0] if len(parts) == 1 else or_(*parts)
     return _below(level, field, cond) if key.below else cond
 
 
@@ -284,6 +289,8 @@ def _below(level: str, field: Field, cond: ColumnElement[bool]) -> ColumnElement
     """A condition on a lower level's attribute (e.g. Modality in a STUDY query), as an EXISTS:
     the entities that have such a child match, as in Orthanc and dcm4chee."""
     if level == "PATIENT":
+        if field.level == "STUDY":
+            return exists(select(1).select_from(studies).where(ST.patient_fk == P.pk, cond))
         sub = select(1).select_from(studies.join(series, SE.study_fk == ST.pk))
         if field.level == "IMAGE":
             sub = sub.join(instances, I.series_fk == SE.pk)
