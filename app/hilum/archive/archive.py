@@ -715,7 +715,7 @@ def _read_record(data: bytes | bytearray) -> tuple[Dataset, IndexRecord]:
     return ds, index_record(ds)
 
 
-def _chunks(items: list[int], n: int) -> Iterator[list[int]]:
+def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
 

@@ -688,9 +688,11 @@ _ADD_STUDY_COUNTS = (update(studies).where(studies.c.pk == bindparam("stpk"))
 
 def _pks_by_key(conn: Connection, stmt: Any, keys: list[str]) -> dict[str, int]:
     """``{key: pk}`` of the rows ``stmt`` finds for ``keys`` (500 to a query)."""
+    from hilum.archive.archive import _chunks
+
     found: dict[str, int] = {}
-    for i in range(0, len(keys), 500):
-        for key, pk in conn.execute(stmt, {"keys": keys[i : i + 500]}):
+    for chunk in _chunks(keys, 500):
+        for key, pk in conn.execute(stmt, {"keys": chunk}):
             found[key] = int(pk)
     return found
 
@@ -717,7 +719,7 @@ def _patients(archive: Archive, conn: Connection, records: list[IndexRecord], no
     """The pks of the records' patients (by Patient ID and issuer), inserting those not there.  A
     patient is inserted with, and an existing one without a name takes, the demographics of its
     first record that has a name."""
-    from hilum.archive.archive import _UPDATE_PATIENT, DEMOGRAPHICS
+    from hilum.archive.archive import _UPDATE_PATIENT, DEMOGRAPHICS, _chunks
 
     wanted: dict[tuple[str, str], dict[str, Any]] = {}
     for rec in records:
@@ -726,9 +728,8 @@ def _patients(archive: Archive, conn: Connection, records: list[IndexRecord], no
         if key not in wanted or (not wanted[key]["patient_name"] and p["patient_name"]):
             wanted[key] = p
     pks: dict[tuple[str, str], int] = {}
-    ids = sorted({pid for pid, _ in wanted})
-    for i in range(0, len(ids), 500):
-        for pid, issuer, pk, name in conn.execute(_PATIENT_PKS, {"keys": ids[i : i + 500]}):
+    for chunk in _chunks(sorted({pid for pid, _ in wanted}), 500):
+        for pid, issuer, pk, name in conn.execute(_PATIENT_PKS, {"keys": chunk}):
             p = wanted.get((pid, issuer))
             if p is None:
                 continue

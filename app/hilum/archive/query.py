@@ -162,12 +162,15 @@ def _plan(level: str, identifier: Mapping[str, Any]) -> tuple[tuple[_Key, ...], 
             params[f"{_DATETIME}_low"] = low + (time_m.low or "000000.000000")
         if high is not None:
             params[f"{_DATETIME}_high"] = high + (time_m.high or "235959.999999")
-        keys.append(_Key(_DATETIME, "range", low=low is not None, high=high is not None, below=depth < 1))
+        keys.append(_Key(_DATETIME, "range", low=low is not None, high=high is not None))
         del matchers["StudyDate"], matchers["StudyTime"]
-    for keyword, m in matchers.items():
-        below = LEVELS.index(FIELDS[keyword].level) > depth
-        keys.append(replace(_bind(m, FIELDS[keyword].kind, params), below=below))
-    return tuple(sorted(keys)), params
+    keys += [_bind(m, FIELDS[keyword].kind, params) for keyword, m in matchers.items()]
+    return tuple(sorted(replace(k, below=LEVELS.index(_field(k.keyword).level) > depth) for k in keys)), params
+
+
+def _field(keyword: str) -> Field:
+    """The field a key of a shape matches on (the combined date and time: StudyDate's level)."""
+    return FIELDS["StudyDate" if keyword == _DATETIME else keyword]
 
 
 def _bind(m: Matcher, kind: str, params: dict[str, Any]) -> _Key:
@@ -216,13 +219,13 @@ def _number(keyword: str, value: str) -> int:
 def _condition(key: _Key, level: str, dialect: str) -> ColumnElement[bool]:
     """The SQL of one key of a shape, its values left to bind parameters named after the key."""
     kw = key.keyword
-    field = FIELDS["StudyDate" if kw == _DATETIME else kw]
+    field = _field(kw)
     cond: ColumnElement[bool]
     if kw == _DATETIME:
         cond = _match(key, ST.study_dt, kw, dialect)
     elif key.how == "modalities":
         # studies.modalities holds the distinct modalities of the study's series, sorted and
-        # joined by "\\" (kept by ingest and delete).  Testing it on the rows the other keys
+        # joined by "\" (kept by ingest and delete).  Testing it on the rows the other keys
         # found costs next to nothing, where an EXISTS visits the series index once per
         # candidate study: "modality + date range" over 20,000 studies went from p95 9.4 to
         # 4.3 ms on PostgreSQL (bench/query).  Case-sensitive: db.py sets SQLite's LIKE so.
