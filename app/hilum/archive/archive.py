@@ -565,6 +565,18 @@ class Archive:
     def read(self, sop_uid: str) -> bytes:
         return self.path(sop_uid).read_bytes()
 
+    def read_outgoing(self, row: Mapping[str, Any]) -> bytes:
+        """The Part 10 bytes of an instance as it leaves the archive (C-MOVE, C-GET, WADO, export).
+
+        ``row`` is an IMAGE-level :meth:`query` row (``_blob_key``, ``SOPInstanceUID``,
+        ``StudyInstanceUID`` and the patient's attributes as the registry holds them now).
+        Every path that hands a stored instance to someone else reads it here, so that what
+        leaves carries today's demographics (IHE PIR): the stored bytes, with the patient
+        module corrected where HL7 ADT changed the patient after the instance was stored.
+        UIDs are never touched.
+        """
+        return self.blobs.read(row["_blob_key"])
+
     def stats(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             return {
