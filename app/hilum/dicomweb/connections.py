@@ -7,7 +7,9 @@ its source and by ``tests/test_dicomweb_attack.py``:
   closed — but the timer is only armed after a response, and any byte
   received cancels it;
 * h11's ``max_incomplete_event_size``: a request head larger than that is
-  answered 400 and the connection closed;
+  answered 400 and the connection closed — but only while the head is still
+  *incomplete*: a 20 KiB head that arrives in one read passes (found by the
+  test), so the guard counts head bytes itself;
 * ``limit_concurrency``: requests beyond it are answered 503 — counting idle
   connections as well, so forty idle sockets would make every real request
   fail.
@@ -29,6 +31,8 @@ internals are touched):
   while a response write waits for the client to read, ``idle_timeout``
   seconds without progress close the connection (nginx's
   ``client_body_timeout`` / ``send_timeout``);
+* **head size** — a request line plus headers over ``max_header_bytes`` is
+  answered ``431 Request Header Fields Too Large`` (RFC 6585) and closed;
 * **connection caps** — beyond ``max_connections`` open connections, or
   ``max_connections_per_client`` from one address, a new connection is
   answered ``503`` with ``Retry-After`` and closed at once, before anything
@@ -141,7 +145,25 @@ class _Guard:
         self._head: asyncio.TimerHandle | None = None
         self._body: asyncio.TimerHandle | None = None
         self._send: asyncio.TimerHandle | None = None
+        self.head_bytes = 0  # bytes of the request head received so far (until its blank line)
+        self.head_open = True
+        self._head_tail = b""
         self.arm_head(limits.header_timeout)
+
+    def count_head(self, data: bytes) -> bool:
+        """Count the head bytes in ``data``; False when the head is over ``max_header_bytes``."""
+        if not self.head_open:
+            return True
+        window = self._head_tail + data
+        end = window.find(b"\r\n\r\n")
+        if end == -1:
+            self.head_bytes += len(data)
+            self._head_tail = window[-3:]
+        else:
+            self.head_bytes += end + 4 - len(self._head_tail)
+            self.head_open = False
+            self._head_tail = b""
+        return self.head_bytes <= self.limits.max_header_bytes
 
     def _expire(self, what: str) -> None:
         if not self.transport.is_closing():
@@ -150,7 +172,11 @@ class _Guard:
             self.transport.abort()  # nothing worth flushing to a client that stalls
 
     def arm_head(self, seconds: float) -> None:
+        """Expect a (new) request head within ``seconds``; its size is counted from here."""
         self.cancel_head()
+        self.head_bytes = 0
+        self.head_open = True
+        self._head_tail = b""
         self._head = self.loop.call_later(seconds, self._expire, "request head not complete in time")
 
     def cancel_head(self) -> None:
@@ -194,6 +220,7 @@ class ConnectionLimits:
         self.header_timeout = float(settings.header_timeout)
         self.keep_alive_timeout = float(settings.keep_alive_timeout)
         self.idle_timeout = float(settings.idle_timeout)
+        self.max_header_bytes = settings.max_header_bytes
         self.clock = clock
         self.guards: dict[tuple[str, int], _Guard] = {}
         self.per_client: Counter[str] = Counter()
@@ -250,6 +277,11 @@ _SERVICE_UNAVAILABLE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: appl
                         b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_REFUSAL_BODY), _REFUSAL_BODY))
 
 
+_HEAD_BODY = b'{"error":"request line and headers too large","status":431}'
+_HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                   b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_HEAD_BODY), _HEAD_BODY))
+
+
 def guarded_protocol(limits: ConnectionLimits, inner: type[asyncio.Protocol] | None = None) -> type[asyncio.Protocol]:
     """A protocol class for ``uvicorn.Config(http=...)`` that wraps uvicorn's h11 protocol with ``limits``.
 
@@ -284,8 +316,18 @@ def guarded_protocol(limits: ConnectionLimits, inner: type[asyncio.Protocol] | N
             self.inner.connection_made(transport)
 
         def data_received(self, data: bytes) -> None:
-            if self.guard is not None:
-                self.inner.data_received(data)
+            guard = self.guard
+            if guard is None:
+                return
+            if not guard.count_head(data):
+                limits.timed_out["request head too large"] += 1
+                guard.transport.write(_HEAD_TOO_LARGE)
+                guard.transport.close()
+                self.guard = None
+                limits.closed(guard)
+                self.inner.connection_lost(None)
+                return
+            self.inner.data_received(data)
 
         def eof_received(self) -> bool | None:
             if self.guard is not None:

@@ -25,6 +25,7 @@ from typing import Any
 import uvicorn
 
 from hilum.archive import Archive
+from hilum.archive.users import UserStore
 from hilum.dicomweb.connections import ConnectionLimits, GuardedApp, guarded_protocol
 from hilum.dicomweb.server import create_app
 from hilum.dicomweb.settings import WebSettings, is_loopback
@@ -40,9 +41,11 @@ class DicomWebService:
     name = "dicomweb"
 
     def __init__(self, config: Any, archive: Archive, *, settings: WebSettings | None = None,
-                 host: str | None = None, port: int | None = None, clock: Clock = time.monotonic):
+                 host: str | None = None, port: int | None = None, clock: Clock = time.monotonic,
+                 users: UserStore | None = None):
         self.config = config
         self.clock = clock
+        self.users = users
         self.limits: ConnectionLimits | None = None
         self.archive = archive
         self.settings = settings or WebSettings.from_config(config)
@@ -70,7 +73,7 @@ class DicomWebService:
             log.info("DICOMweb disabled ([web] enabled = false)")
             return
         s = self.settings
-        app: Any = create_app(self.archive, s, loopback=is_loopback(self.host), clock=self.clock)
+        app: Any = create_app(self.archive, s, loopback=is_loopback(self.host), clock=self.clock, users=self.users)
         if s.trusted_proxies:
             from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
