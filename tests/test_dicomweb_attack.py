@@ -66,11 +66,13 @@ class CountingHasher(PasswordHasher):
     def __init__(self) -> None:
         super().__init__(time_cost=1, memory_cost=1024, parallelism=1)
         self.verifications = 0
+        self.delay = 0.0  # seconds each verification takes at least (as a real argon2 check would)
         self._lock = threading.Lock()
 
     def verify(self, hash: str | bytes, password: str | bytes) -> bool:  # noqa: A002 - argon2's name
         with self._lock:
             self.verifications += 1
+        time.sleep(self.delay)
         return super().verify(hash, password)
 
 
@@ -189,6 +191,25 @@ def test_one_address_spraying_many_users_is_locked_first(web: Web) -> None:
         http_get(url, auth=(f"user{i}", "guess"), source="127.0.0.4")
     token = web.store.issue_token("ada")
     assert http_get(url, token=token, source="127.0.0.4")[0] == 200
+
+
+def test_a_parallel_burst_from_one_address_overshoots_the_limit_by_at_most_the_hashing_slots(web: Web) -> None:
+    web.hasher.delay = 0.05
+    url = web.url + "/studies"
+    barrier = threading.Barrier(60, timeout=60)
+
+    def guess(i: int) -> int:
+        barrier.wait()
+        return http_get(url, auth=(f"user{i % 12}", f"guess {i}"), source="127.0.0.6")[0]
+
+    with ThreadPoolExecutor(60) as pool:
+        statuses = list(pool.map(guess, range(60)))
+    # All 60 passed the first check at once; the second one, taken with a hashing slot, stops them at
+    # login_address_failures (20) plus at most login_concurrency (2) already hashing.
+    assert statuses.count(401) <= 22 and web.hasher.verifications <= 22
+    assert set(statuses) <= {401, 429, 503} and statuses.count(401) >= 20
+    assert http_get(url, auth=("ada", PW), source="127.0.0.6")[0] == 429
+    assert http_get(url, auth=("ada", PW), source="127.0.0.7")[0] == 200  # ada is not locked
 
 
 def test_a_token_issued_before_a_password_change_is_refused_after(web: Web, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hilum.archive.users import ANONYMOUS_READER, LoginBusy, User, UserStore
 from hilum.dicomweb.settings import WebSettings
-from hilum.dicomweb.throttle import Clock, LoginThrottle, ThrottlePolicy
+from hilum.dicomweb.throttle import Clock, LoginThrottle, Refusal, ThrottlePolicy
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,7 @@ class Authenticator:
         """A Basic login: throttle check, cached verification, else one argon2 check in a bounded slot."""
         refusal = self.throttle.check(name, client)
         if refusal is not None:
-            return Outcome(None, f"too many failed logins for this {refusal.scope}; try again in "
-                                 f"{refusal.retry_after_header} s", 429, {"Retry-After": refusal.retry_after_header})
+            return self._locked(refusal)
         user = await anyio.to_thread.run_sync(self.users.cached_login, name, password)
         if user is None:
             if self._slots is None:
@@ -135,6 +134,11 @@ class Authenticator:
             except TimeoutError:
                 return self._busy()
             try:
+                # Again, now that a slot is ours: a burst of parallel guesses all passed the first
+                # check before any of them failed; only login_concurrency of them may overshoot a limit.
+                refusal = self.throttle.check(name, client)
+                if refusal is not None:
+                    return self._locked(refusal)
                 user = await anyio.to_thread.run_sync(self.users.authenticate, name, password)
             except LoginBusy:
                 return self._busy()
@@ -148,6 +152,11 @@ class Authenticator:
             log.warning("login of %r from %s locked for %s s after repeated wrong passwords (%s lock)", name[:64],
                         client, lock.retry_after_header, lock.scope)
         return Outcome(None, f"wrong user name or password for {name[:64]!r}")
+
+    @staticmethod
+    def _locked(refusal: Refusal) -> Outcome:
+        return Outcome(None, f"too many failed logins for this {refusal.scope}; try again in "
+                             f"{refusal.retry_after_header} s", 429, {"Retry-After": refusal.retry_after_header})
 
     def _busy(self) -> Outcome:
         return Outcome(None, f"{self.settings.login_concurrency} password checks already running; try again",
