@@ -390,6 +390,7 @@ def test_one_request_writes_a_bounded_number_of_log_lines(web: Web, caplog: pyte
     assert res.ok, res.reason
     inst = f"{web.url}/studies/{res.study_instance_uid}/series/{res.series_instance_uid}/instances/" \
            f"{res.sop_instance_uid}"
+    caplog.set_level(logging.INFO, logger="pydicom")  # other tests may have quietened pydicom (hilum import does)
     with caplog.at_level(logging.INFO):
         # WADO-RS metadata of an instance with 6,000 values invalid for their VR: one pydicom line per value before
         records = _records_of(caplog, lambda: requests.get(inst + "/metadata", headers=auth, timeout=60).raise_for_status(),
@@ -410,6 +411,25 @@ def test_one_request_writes_a_bounded_number_of_log_lines(web: Web, caplog: pyte
         records = _records_of(caplog, lambda: requests.post(web.url + "/studies", data=body, timeout=120,
                                                             headers={**auth, "Content-Type": STOW_CT}))
         assert len(records) <= bound
+
+
+def test_hilum_serve_log_stays_short_for_a_request_over_thousands_of_invalid_values(node_process: Any) -> None:
+    """The node's real log (stderr of ``hilum serve``): pydicom logs *and* ``warnings.warn``-s each invalid value."""
+    _, url, log_path = node_process
+    body = multipart.encode([("application/dicom", invalid_values_file(3000))], "bb")
+    r = requests.post(url + "/studies", auth=("ada", PW), data=body, headers={"Content-Type": STOW_CT}, timeout=120)
+    assert r.status_code == 200, r.text[:300]
+    inst = r.json()["00081199"]["Value"][0]["00081190"]["Value"][0]
+    study = inst.split("/series/")[0]
+    before = log_path.read_bytes().count(b"\n")
+    assert requests.get(study + "/metadata", auth=("ada", PW), timeout=120).status_code == 200
+    deadline = time.monotonic() + 20
+    while b"suppressed" not in log_path.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    new = log_path.read_bytes().splitlines()[before:]
+    # the budget (20 records or warnings, a warning being two lines) and the summary line
+    assert len(new) <= 2 * WebSettings().log_records_per_request + 2, [x[:100] for x in new[:5]] + [len(new)]
+    assert any(b"more log record(s) suppressed" in x for x in new)
 
 
 # ------------------------------------------------------------------------ idle, slow and too many connections

@@ -38,10 +38,11 @@ internals are touched):
   answered ``503`` with ``Retry-After`` and closed at once, before anything
   is read;
 * **log budget** — each request may write ``log_records_per_request``
-  records (from any logger: Hilum, pydicom, the libraries); the rest are
-  counted and reported in one line when the request ends.  A stored
-  instance with thousands of invalid values used to make a single WADO-RS
-  metadata request write one pydicom warning per value.
+  records (from any logger: Hilum, pydicom, the libraries) and Python
+  warnings; the rest are counted and reported in one line when the request
+  ends.  A stored instance with 6,000 values invalid for their VR used to
+  make a single WADO-RS metadata request write 6,000 lines to the node's log
+  (pydicom logs each one and also ``warnings.warn``-s it).
 
 TLS handshakes are bounded by asyncio's own ``ssl_handshake_timeout``
 (60 s) before this protocol sees the connection.
@@ -54,6 +55,7 @@ import contextvars
 import logging
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -111,13 +113,27 @@ _installed_on = -1
 _install_lock = threading.Lock()
 
 
+def _budgeted_showwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                          file: Any = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` that counts against the current request's budget (the module's own hook)."""
+    b = _budget.get()
+    if b is not None and not b.take():
+        return
+    _budgeted_showwarning.original(message, category, filename, lineno, file, line)  # type: ignore[attr-defined]
+
+
 def install_log_budget() -> None:
     """Put the budget filter on every existing logger (a logger's filters do not apply to its children's records).
 
     Called when the server starts and after each request; it only walks the
     loggers again when new ones were created since (a lazily imported module).
+    Python warnings are budgeted through ``warnings.showwarning``.
     """
     global _installed_on
+    if warnings.showwarning is not _budgeted_showwarning:
+        # The documented hook ("you may replace this function"); whoever replaced it before is kept.
+        _budgeted_showwarning.original = warnings.showwarning  # type: ignore[attr-defined]
+        warnings.showwarning = _budgeted_showwarning
     manager = logging.Logger.manager
     if len(manager.loggerDict) == _installed_on:
         return
