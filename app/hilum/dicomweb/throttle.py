@@ -67,6 +67,9 @@ from dataclasses import dataclass
 from typing import Any
 
 Clock = Callable[[], float]
+#: User names are at most 64 characters (hilum.archive.users); longer ones count under their first 64,
+#: so that the tables' memory does not grow with the size of what a client sends.
+MAX_NAME = 64
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,7 @@ class LoginThrottle:
 
     def check(self, name: str, host: str) -> Refusal | None:
         """None when a password for ``name`` from ``host`` may be checked now, else the :class:`Refusal`."""
+        name = name[:MAX_NAME]
         addr = address_key(host)
         p = self.policy
         with self._lock:
@@ -187,6 +191,7 @@ class LoginThrottle:
 
     def failure(self, name: str, host: str) -> Refusal | None:
         """Count a wrong password; returns the lock this failure started, if any (for logging)."""
+        name = name[:MAX_NAME]
         addr = address_key(host)
         p = self.policy
         with self._lock:
@@ -203,6 +208,7 @@ class LoginThrottle:
 
     def success(self, name: str, host: str) -> None:
         """A right password: clear the (user, address) counter and trust the address for this user."""
+        name = name[:MAX_NAME]
         addr = address_key(host)
         with self._lock:
             now = self.clock()
