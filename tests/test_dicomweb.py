@@ -415,13 +415,12 @@ def test_anonymous_modes_and_https(tmp_path: Path) -> None:
     body = multipart.encode([("application/dicom", b"x")], "b")
     ct = 'multipart/related; type="application/dicom"; boundary=b'
     # a fresh node on loopback without users: anonymous read, never anonymous write
-    with DicomWebService(cfg, archive) as svc:
+    now = [100.0]
+    with DicomWebService(cfg, archive, clock=lambda: now[0]) as svc:
         assert requests.get(svc.url + "/studies").status_code == 200
         assert requests.post(svc.url + "/studies", data=body, headers={"Content-Type": ct}).status_code == 401
         UserStore.of(archive).add("ada", "admin", PW)
-        import time
-
-        time.sleep(2.1)  # the has-users answer is cached for 2 s
+        now[0] += 2.5  # the has-users answer is cached for 2 s (injected clock: no sleep)
         assert requests.get(svc.url + "/studies").status_code == 401
     with DicomWebService(cfg, archive, settings=WebSettings(anonymous="read")) as svc:
         assert requests.get(svc.url + "/studies").status_code == 200

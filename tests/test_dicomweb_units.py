@@ -10,6 +10,7 @@ from hilum.dicomweb import dicomjson, multipart
 from hilum.dicomweb.frames import pixel_info, stored_frames, transcode
 from hilum.dicomweb.media import can_transcode, parse_accept
 from hilum.dicomweb.settings import WebSettings, is_loopback
+from hilum.dicomweb.throttle import LoginThrottle, ThrottlePolicy, address_key
 from hilum.errors import ConfigError
 
 
@@ -126,3 +127,72 @@ def test_web_settings() -> None:
         WebSettings.from_config(Cfg())
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
+    for bad in ({"login_user_failures": 0}, {"header_timeout": -1}, {"idle_timeout": float("inf")},
+                {"max_connections_per_client": -1}, {"login_concurrency": True}, {"trusted_proxies": "1.2.3.4"},
+                {"keep_alive_timeout": "30"}):
+        Cfg.extra = {"web": bad}
+        with pytest.raises(ConfigError):
+            WebSettings.from_config(Cfg())
+    Cfg.extra = {"web": {"max_connections_per_client": 0, "login_lockout_seconds": 1.5}}
+    assert WebSettings.from_config(Cfg()).max_connections_per_client == 0
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_throttle_locks_double_cap_and_forget() -> None:
+    clock = _Clock()
+    t = LoginThrottle(ThrottlePolicy(user_failures=3, address_failures=100, lockout_seconds=10,
+                                     lockout_max_seconds=60, reset_seconds=300), clock=clock)
+    assert [t.failure("ann", "10.0.0.1") for _ in range(2)] == [None, None]
+    lock = t.failure("ann", "10.0.0.1")
+    assert lock is not None and lock.scope == "user" and lock.retry_after == 10 and lock.retry_after_header == "10"
+    assert t.check("ann", "10.0.0.2") is not None  # a user lock holds from any untrusted address
+    assert t.check("bob", "10.0.0.1") is None  # and only for that user
+    clock.now += 10
+    assert t.check("ann", "10.0.0.1") is None
+    waits = []
+    for _ in range(4):  # each failure after a lock ends doubles the next lock, up to the maximum
+        lock = t.failure("ann", "10.0.0.1")
+        assert lock is not None
+        waits.append(lock.retry_after)
+        clock.now += lock.retry_after
+    assert waits == [20, 40, 60, 60]
+    clock.now += 300  # quiet for reset_seconds after the lock: forgotten
+    assert t.failure("ann", "10.0.0.1") is None
+
+
+def test_throttle_address_limit_trust_and_ipv6() -> None:
+    clock = _Clock()
+    t = LoginThrottle(ThrottlePolicy(user_failures=5, address_failures=8, lockout_seconds=10), clock=clock)
+    t.success("ann", "10.0.0.9")  # ann's usual workstation
+    for i in range(8):  # one address spraying eight names: locks no user, locks the address
+        lock = t.failure(f"user{i}", "10.0.0.1")
+    assert lock is not None and lock.scope == "address"
+    refusal = t.check("ann", "10.0.0.1")
+    assert refusal is not None and refusal.scope == "address"
+    for _ in range(5):
+        t.failure("ann", "10.0.0.2")
+    assert t.check("ann", "10.0.0.3") is not None and t.check("ann", "10.0.0.3").scope == "user"  # type: ignore[union-attr]
+    assert t.check("ann", "10.0.0.9") is None  # trusted: only failures from there count
+    assert t.check("ann", "::ffff:10.0.0.3") is not None  # IPv4-mapped counts as the IPv4 address
+    for i in range(8):  # IPv6: one /64 is one address
+        t.failure(f"x{i}", f"2001:db8:1:2::{i + 1}")
+    assert t.check("y", "2001:db8:1:2:ffff::1") is not None
+    assert t.check("y", "2001:db8:1:3::1") is None
+    assert address_key("2001:db8:1:2::7") == "2001:db8:1:2::/64" and address_key("not an ip") == "not an ip"
+
+
+def test_throttle_tables_are_bounded() -> None:
+    clock = _Clock()
+    t = LoginThrottle(ThrottlePolicy(max_entries=50), clock=clock)
+    for i in range(1000):
+        t.failure(f"u{i}", f"10.0.{i // 256}.{i % 256}")
+        t.success(f"u{i}", "10.1.0.1")
+    sizes = [len(t._addresses.items), len(t._users.items), len(t._pairs.items), len(t._trusted)]
+    assert max(sizes) <= 50

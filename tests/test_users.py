@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from hilum.archive import Archive
-from hilum.archive.users import ROLES, UserError, UserStore, api_tokens, users
+from hilum.archive.users import ROLES, LoginBusy, UserError, UserStore, api_tokens, users
 from hilum.cli import main
 
 # argon2id with small costs keeps these tests fast; the defaults are covered by the CLI test.
@@ -129,3 +131,60 @@ def test_cli(data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     assert run("remove", "alice") == 1
     assert run("list") == 0
     assert "no users" in capsys.readouterr().out
+
+
+def test_password_change_revokes_tokens_but_a_rehash_does_not(archive: Archive) -> None:
+    store = UserStore(archive.engine, hasher=FAST)
+    store.add("rita", "radiologist", "first password")
+    tokens = [store.issue_token("rita"), store.issue_token("rita", ttl=None)]
+    # A login that upgrades the stored hash to stronger parameters keeps the tokens.
+    stronger = UserStore(archive.engine, hasher=PasswordHasher(time_cost=2, memory_cost=2048, parallelism=1))
+    assert stronger.authenticate("rita", "first password") is not None
+    with archive.engine.connect() as conn:
+        assert "m=2048" in conn.execute(select(users.c.password_hash)).scalar_one()
+    assert all(store.verify_token(t) is not None for t in tokens)
+    # A password change revokes every token, in the same transaction.
+    assert store.set_password("rita", "second password") == 2
+    assert all(store.verify_token(t) is None for t in tokens)
+    assert store.set_password("rita", "third password") == 0
+
+
+def test_concurrent_password_hashes_are_bounded(archive: Archive) -> None:
+    entered = threading.Semaphore(0)
+    release = threading.Event()
+
+    class SlowHasher(PasswordHasher):
+        def verify(self, hash: str | bytes, password: str | bytes) -> bool:  # noqa: A002 - argon2's name
+            entered.release()
+            release.wait(30)
+            return super().verify(hash, password)
+
+    store = UserStore(archive.engine, hasher=SlowHasher(time_cost=1, memory_cost=1024, parallelism=1),
+                      max_concurrent_hashes=2, hash_wait=0.2)
+    store.add("ann", "viewer", "long enough")
+    with ThreadPoolExecutor(2) as pool:
+        busy = [pool.submit(store.authenticate, "ann", "long enough") for _ in range(2)]
+        assert entered.acquire(timeout=30) and entered.acquire(timeout=30)  # both slots taken
+        with pytest.raises(LoginBusy):
+            store.authenticate("ann", "wrong password")  # a third waits hash_wait, then gives up
+        with pytest.raises(LoginBusy):
+            store.authenticate("nobody", "wrong password")  # unknown names hash too (timing), same bound
+        release.set()
+        assert all(f.result(timeout=30) is not None for f in busy)
+    assert store.cached_login("ann", "long enough") is not None  # verified: cached, no hash needed
+    assert store.cached_login("ann", "wrong password") is None
+    with pytest.raises(ValueError):
+        UserStore(archive.engine, max_concurrent_hashes=0)
+
+
+def test_cli_passwd_revokes_tokens(data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret-pass\n"))
+    assert main(["users", "--data", str(data_dir), "add", "alice", "--role", "viewer", "--password-stdin"]) == 0
+    with Archive(data_dir) as archive:
+        token = UserStore.of(archive).issue_token("alice")
+    monkeypatch.setattr("sys.stdin", io.StringIO("an0ther-pass\n"))
+    assert main(["users", "--data", str(data_dir), "passwd", "alice", "--password-stdin"]) == 0
+    assert "1 token(s) revoked" in capsys.readouterr().out
+    with Archive(data_dir) as archive:
+        assert UserStore.of(archive).verify_token(token) is None

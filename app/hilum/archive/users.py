@@ -9,7 +9,16 @@ bearer token (RFC 6750) and authorises by role:
 
 Passwords are stored as argon2id hashes (argon2-cffi's defaults, RFC 9106);
 tokens are random 256-bit strings of which only the SHA-256 is stored, so a
-copy of the index leaks neither.  The tables live in the index database next
+copy of the index leaks neither.  Changing a password or removing a user
+revokes every token of that user (a leaked token must not outlive the
+password change that follows the leak).
+
+An argon2id check costs ~64 MiB and tens of milliseconds (argon2-cffi's
+defaults): at most ``max_concurrent_hashes`` run at once in one store (a
+semaphore; a caller waits at most ``hash_wait`` seconds for a slot, then
+gets :class:`LoginBusy`), so forty parallel guesses cannot make the process
+allocate forty times 64 MiB.  Throttling repeated failures is the web
+layer's job (:mod:`hilum.dicomweb.throttle`).  The tables live in the index database next
 to the archive's (migration ``0003_users``), reached through the archive's
 SQLAlchemy engine: the archive stays the only layer with SQL.
 """
@@ -24,6 +33,8 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -89,6 +100,10 @@ class UserError(HilumError):
     """A user operation that cannot be done (unknown user, duplicate name, bad role or password)."""
 
 
+class LoginBusy(HilumError):
+    """Every password-hashing slot stayed busy for ``hash_wait`` seconds: try again shortly."""
+
+
 @dataclass(frozen=True, slots=True)
 class User:
     """An authenticated principal: name and role (see :data:`PERMISSIONS`)."""
@@ -151,18 +166,40 @@ class UserStore:
 
     VERIFY_CACHE_SIZE = 256
     VERIFY_CACHE_SECONDS = 300.0
+    MAX_CONCURRENT_HASHES = 2
+    HASH_WAIT_SECONDS = 5.0
 
-    def __init__(self, engine: Engine, *, hasher: PasswordHasher | None = None):
+    def __init__(self, engine: Engine, *, hasher: PasswordHasher | None = None,
+                 max_concurrent_hashes: int = MAX_CONCURRENT_HASHES, hash_wait: float = HASH_WAIT_SECONDS):
+        if max_concurrent_hashes < 1:
+            raise ValueError(f"max_concurrent_hashes must be at least 1, got {max_concurrent_hashes}")
         self.engine = engine
         self.hasher = hasher or PasswordHasher()
+        self.max_concurrent_hashes = max_concurrent_hashes
+        self.hash_wait = hash_wait
+        self._hash_slots = threading.BoundedSemaphore(max_concurrent_hashes)
         self._dummy: str | None = None
         self._verified: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
-    def of(cls, archive: Any) -> UserStore:
-        """The user store of an :class:`hilum.archive.Archive` (same database)."""
-        return cls(archive.engine)
+    def of(cls, archive: Any, **kwargs: Any) -> UserStore:
+        """The user store of an :class:`hilum.archive.Archive` (same database); ``kwargs`` as for the constructor."""
+        return cls(archive.engine, **kwargs)
+
+    @contextmanager
+    def _hashing(self) -> Iterator[None]:
+        """One of the ``max_concurrent_hashes`` slots for an argon2 computation (:class:`LoginBusy` after waiting)."""
+        if not self._hash_slots.acquire(timeout=self.hash_wait):
+            raise LoginBusy(f"all {self.max_concurrent_hashes} password-hashing slots busy for {self.hash_wait:g} s")
+        try:
+            yield
+        finally:
+            self._hash_slots.release()
+
+    def _hash(self, password: str) -> str:
+        with self._hashing():
+            return self.hasher.hash(password)
 
     # ----------------------------------------------------------------- users
 
@@ -184,7 +221,7 @@ class UserStore:
         check_name(name)
         check_role(role)
         check_password(password)
-        digest = self.hasher.hash(password)
+        digest = self._hash(password)
         now = _now()
         with self.engine.begin() as conn:
             if conn.execute(select(users.c.pk).where(users.c.name == name)).first() is not None:
@@ -203,15 +240,23 @@ class UserStore:
             conn.execute(delete(users).where(users.c.pk == pk))
         log.info("user %s removed", name)
 
-    def set_password(self, name: str, password: str) -> None:
+    def set_password(self, name: str, password: str) -> int:
+        """Set a new password and revoke every token of the user (in one transaction); returns how many."""
         check_password(password)
-        digest = self.hasher.hash(password)
+        digest = self._hash(password)
+        revoked = self._store_hash(name, digest, revoke_tokens=True)
+        log.info("password of user %s changed; %d token(s) revoked", name, revoked)
+        return revoked
+
+    def _store_hash(self, name: str, digest: str, *, revoke_tokens: bool) -> int:
         with self.engine.begin() as conn:
-            res = conn.execute(update(users).where(users.c.name == name)
-                               .values(password_hash=digest, updated_at=_now()))
-            if not res.rowcount:
+            pk = conn.execute(select(users.c.pk).where(users.c.name == name)).scalar()
+            if pk is None:
                 raise UserError(f"no user {name!r}")
-        log.info("password of user %s changed", name)
+            conn.execute(update(users).where(users.c.pk == pk).values(password_hash=digest, updated_at=_now()))
+            if not revoke_tokens:
+                return 0
+            return int(conn.execute(delete(api_tokens).where(api_tokens.c.user_fk == pk)).rowcount or 0)
 
     def set_role(self, name: str, role: str) -> None:
         check_role(role)
@@ -221,37 +266,60 @@ class UserStore:
                 raise UserError(f"no user {name!r}")
         log.info("role of user %s set to %s", name, role)
 
-    def authenticate(self, name: str, password: str) -> User | None:
-        """The user if ``password`` is right, else None (same work for unknown names)."""
+    def _login_row(self, name: str) -> Any:
         with self.engine.connect() as conn:
-            row = conn.execute(select(users.c.name, users.c.role, users.c.password_hash, users.c.created_at)
-                               .where(users.c.name == name)).first()
-        if row is None:
-            if self._dummy is None:
-                self._dummy = self.hasher.hash(secrets.token_hex(16))
-            try:  # spend the same time as for a real user: no user enumeration by timing
-                self.hasher.verify(self._dummy, password)
-            except (VerificationError, InvalidHashError):
-                pass
-            return None
+            return conn.execute(select(users.c.name, users.c.role, users.c.password_hash, users.c.created_at)
+                                .where(users.c.name == name)).first()
+
+    def _cached(self, row: Any, password: str) -> tuple[tuple[str, str, str], User | None]:
         key = (row.name, row.password_hash, hashlib.sha256(password.encode("utf-8")).hexdigest())
         now = time.monotonic()
         with self._lock:
             seen = self._verified.get(key)
             if seen is not None and now - seen < self.VERIFY_CACHE_SECONDS:
                 self._verified.move_to_end(key)
-                return User(row.name, row.role, _aware(row.created_at))
+                return key, User(row.name, row.role, _aware(row.created_at))
+        return key, None
+
+    def cached_login(self, name: str, password: str) -> User | None:
+        """The user when this password was verified recently (no argon2 computed), else None.
+
+        None does not mean the password is wrong: call :meth:`authenticate`.
+        """
+        row = self._login_row(name)
+        return None if row is None else self._cached(row, password)[1]
+
+    def authenticate(self, name: str, password: str) -> User | None:
+        """The user if ``password`` is right, else None (same work for unknown names).
+
+        Raises :class:`LoginBusy` when no hashing slot frees up in time.
+        """
+        row = self._login_row(name)
+        if row is None:
+            with self._hashing():
+                if self._dummy is None:
+                    self._dummy = self.hasher.hash(secrets.token_hex(16))
+                try:  # spend the same time as for a real user: no user enumeration by timing
+                    self.hasher.verify(self._dummy, password)
+                except (VerificationError, InvalidHashError):
+                    pass
+            return None
+        key, user = self._cached(row, password)
+        if user is not None:
+            return user
         try:
-            self.hasher.verify(row.password_hash, password)
+            with self._hashing():
+                self.hasher.verify(row.password_hash, password)
         except VerifyMismatchError:
             return None
         except (VerificationError, InvalidHashError):
             log.warning("stored password hash of user %s is unusable", name)
             return None
+        now = time.monotonic()
         if self.hasher.check_needs_rehash(row.password_hash):
-            try:
-                self.set_password(name, password)
-            except UserError:
+            try:  # same password, stronger parameters: the user's tokens stay valid
+                self._store_hash(name, self._hash(password), revoke_tokens=False)
+            except (UserError, LoginBusy):
                 pass
         else:
             with self._lock:

@@ -12,6 +12,8 @@
 
 Without ``--password-stdin`` the password is asked twice on the terminal.
 Passwords are stored as argon2id hashes (:mod:`hilum.archive.users`).
+``passwd`` and ``remove`` revoke every bearer token of the user: a token
+issued before a password change is refused after it.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     rm = sub.add_parser("remove", help="remove a user and their tokens")
     rm.add_argument("name", metavar="NAME")
 
-    pw = sub.add_parser("passwd", help="change a user's password")
+    pw = sub.add_parser("passwd", help="change a user's password (revokes the user's tokens)")
     pw.add_argument("name", metavar="NAME")
     pw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
 
@@ -112,8 +114,8 @@ def run_users(args: argparse.Namespace) -> int:
             print(f"removed {args.name}")
         elif cmd == "passwd":
             password = _read_password(args.password_stdin)
-            store.set_password(args.name, password)
-            print(f"password of {args.name} changed")
+            revoked = store.set_password(args.name, password)
+            print(f"password of {args.name} changed; {revoked} token(s) revoked")
         elif cmd == "role":
             store.set_role(args.name, args.role)
             print(f"{args.name} is now {args.role}")

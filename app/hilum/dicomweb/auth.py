@@ -10,6 +10,16 @@ Every denied request is logged (method, path, client address, user, reason)
 at WARNING — never the password or token.  Answers: 401 with a
 ``WWW-Authenticate`` challenge when credentials are missing or wrong, 403 when
 the user may not do this.
+
+Password guessing (issue 13): a Basic password is checked only when the
+:class:`~hilum.dicomweb.throttle.LoginThrottle` allows it — otherwise 429
+Too Many Requests with ``Retry-After``, no hash computed — and at most
+``[web] login_concurrency`` argon2 checks run at once; a login that waits
+``login_wait_seconds`` for a slot gets 503 with ``Retry-After``.  The wait is
+on the event loop (an anyio semaphore), not in a worker thread, so a burst
+of guesses neither holds the thread pool that serves every other request
+nor grows memory by one 64 MiB hash per guess.  A password verified
+recently (the store's cache) is accepted without a slot.
 """
 
 from __future__ import annotations
@@ -19,13 +29,16 @@ import binascii
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import anyio.to_thread
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hilum.archive.users import ANONYMOUS_READER, User, UserStore
+from hilum.archive.users import ANONYMOUS_READER, LoginBusy, User, UserStore
 from hilum.dicomweb.settings import WebSettings
+from hilum.dicomweb.throttle import Clock, LoginThrottle, Refusal, ThrottlePolicy
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +46,34 @@ REALM = "Hilum DICOMweb"
 _WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 
 
+@dataclass
+class Outcome:
+    """What authenticating a request gave: the user, or the refusal (status, reason, extra headers)."""
+
+    user: User | None
+    reason: str = ""
+    status: int = 401
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 class Authenticator:
-    """Turns request credentials into a :class:`User` (blocking: call from a worker thread)."""
+    """Turns request credentials into a :class:`User`, throttling password guesses.
+
+    ``clock`` (monotonic seconds) drives the lockout periods and the has-users
+    cache; tests inject one and advance it instead of sleeping.
+    """
 
     USERS_CACHE_SECONDS = 2.0
 
-    def __init__(self, users: UserStore, settings: WebSettings, *, loopback: bool):
+    def __init__(self, users: UserStore, settings: WebSettings, *, loopback: bool, clock: Clock = time.monotonic,
+                 throttle: LoginThrottle | None = None):
         self.users = users
         self.settings = settings
         self.loopback = loopback
-        self._has_users: tuple[float, bool] = (0.0, True)
+        self.clock = clock
+        self.throttle = throttle or LoginThrottle(ThrottlePolicy.from_settings(settings), clock=clock)
+        self._has_users: tuple[float, bool] = (-float("inf"), True)
+        self._slots: anyio.Semaphore | None = None
 
     def anonymous_read_allowed(self) -> bool:
         mode = self.settings.anonymous
@@ -50,7 +81,7 @@ class Authenticator:
             return True
         if mode == "never" or not self.loopback:
             return False
-        now = time.monotonic()
+        now = self.clock()
         at, has = self._has_users
         if now - at > self.USERS_CACHE_SECONDS:
             has = self.users.count() > 0
@@ -65,31 +96,71 @@ class Authenticator:
         if mode == "never" or not self.loopback:
             return False
         at, has = self._has_users
-        if time.monotonic() - at > self.USERS_CACHE_SECONDS:
+        if self.clock() - at > self.USERS_CACHE_SECONDS:
             return None
         return not has
 
-    def authenticate(self, authorization: str | None) -> tuple[User | None, str]:
-        """(user or None, reason when None).  No header → (None, "no credentials")."""
-        if not authorization:
-            return None, "no credentials"
+    async def authenticate(self, authorization: str, client: str) -> Outcome:
+        """Check an ``Authorization`` header sent from address ``client`` (call on the event loop)."""
         scheme, _, cred = authorization.strip().partition(" ")
         scheme = scheme.lower()
         cred = cred.strip()
-        if scheme == "basic":
-            try:
-                decoded = base64.b64decode(cred, validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
-                return None, "malformed Basic credentials"
-            name, sep, password = decoded.partition(":")
-            if not sep:
-                return None, "malformed Basic credentials"
-            user = self.users.authenticate(name, password)
-            return (user, "") if user else (None, f"wrong user name or password for {name!r}")
         if scheme == "bearer":
-            user = self.users.verify_token(cred)
-            return (user, "") if user else (None, "invalid or expired token")
-        return None, f"unsupported authorization scheme {scheme!r}"
+            user = await anyio.to_thread.run_sync(self.users.verify_token, cred)
+            return Outcome(user) if user else Outcome(None, "invalid or expired token")
+        if scheme != "basic":
+            return Outcome(None, f"unsupported authorization scheme {scheme[:20]!r}")
+        try:
+            decoded = base64.b64decode(cred, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return Outcome(None, "malformed Basic credentials")
+        name, sep, password = decoded.partition(":")
+        if not sep:
+            return Outcome(None, "malformed Basic credentials")
+        return await self.password_login(name, password, client)
+
+    async def password_login(self, name: str, password: str, client: str) -> Outcome:
+        """A Basic login: throttle check, cached verification, else one argon2 check in a bounded slot."""
+        refusal = self.throttle.check(name, client)
+        if refusal is not None:
+            return self._locked(refusal)
+        user = await anyio.to_thread.run_sync(self.users.cached_login, name, password)
+        if user is None:
+            if self._slots is None:
+                self._slots = anyio.Semaphore(self.settings.login_concurrency)
+            try:
+                with anyio.fail_after(self.settings.login_wait_seconds):
+                    await self._slots.acquire()
+            except TimeoutError:
+                return self._busy()
+            try:
+                # Again, now that a slot is ours: a burst of parallel guesses all passed the first
+                # check before any of them failed; only login_concurrency of them may overshoot a limit.
+                refusal = self.throttle.check(name, client)
+                if refusal is not None:
+                    return self._locked(refusal)
+                user = await anyio.to_thread.run_sync(self.users.authenticate, name, password)
+            except LoginBusy:
+                return self._busy()
+            finally:
+                self._slots.release()
+        if user is not None:
+            self.throttle.success(name, client)
+            return Outcome(user)
+        lock = self.throttle.failure(name, client)
+        if lock is not None:
+            log.warning("login of %r from %s locked for %s s after repeated wrong passwords (%s lock)", name[:64],
+                        client, lock.retry_after_header, lock.scope)
+        return Outcome(None, f"wrong user name or password for {name[:64]!r}")
+
+    @staticmethod
+    def _locked(refusal: Refusal) -> Outcome:
+        return Outcome(None, f"too many failed logins for this {refusal.scope}; try again in "
+                             f"{refusal.retry_after_header} s", 429, {"Retry-After": refusal.retry_after_header})
+
+    def _busy(self) -> Outcome:
+        return Outcome(None, f"{self.settings.login_concurrency} password checks already running; try again",
+                       503, {"Retry-After": "1"})
 
 
 def required_permission(method: str, path: str) -> str:
@@ -119,17 +190,20 @@ class AuthMiddleware:
                 break
         method, path = scope["method"], scope.get("path", "")
         need = required_permission(method, path)
+        client = (scope.get("client") or ("?", 0))[0]
         if authorization is None:
-            user, reason = None, "no credentials"
+            outcome = Outcome(None, "no credentials")
         else:
-            user, reason = await anyio.to_thread.run_sync(self.auth.authenticate, authorization)
+            outcome = await self.auth.authenticate(authorization, client)
+        user = outcome.user
         if user is None:
             if authorization is None and need == "read" and await self._anonymous_ok():
                 user = ANONYMOUS_READER
             else:
+                reason = outcome.reason
                 if authorization is None:
                     reason = "authentication required" if need != "read" else "anonymous access not allowed"
-                await self._deny(scope, send, 401, reason, None)
+                await self._deny(scope, send, outcome.status, reason, None, outcome.headers)
                 return
         if need in ("read", "write") and not user.can(need):
             await self._deny(scope, send, 403, f"role {user.role} may not {need}", user)
@@ -143,18 +217,24 @@ class AuthMiddleware:
             return cached
         return await anyio.to_thread.run_sync(self.auth.anonymous_read_allowed)
 
-    async def _deny(self, scope: Scope, send: Send, status: int, reason: str, user: User | None) -> None:
+    async def _deny(self, scope: Scope, send: Send, status: int, reason: str, user: User | None,
+                    extra: dict[str, str] | None = None) -> None:
         client = scope.get("client") or ("?", 0)
-        log.warning("denied %s %s %s from %s (user %s): %s", status, scope["method"], scope.get("path", ""),
-                    client[0], user.name if user else "-", reason)
-        body = json.dumps({"error": "Unauthorized" if status == 401 else "Forbidden", "detail": reason}).encode()
+        # A locked login is refused without work; one log line per lock (in Authenticator), not per refusal.
+        log.log(logging.DEBUG if status == 429 else logging.WARNING, "denied %s %s %s from %s (user %s): %s", status,
+                scope["method"], scope.get("path", ""), client[0], user.name if user else "-", reason)
+        body = json.dumps({"error": _TITLES.get(status, "Forbidden"), "detail": reason}).encode()
         headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json"),
                                               (b"content-length", str(len(body)).encode())]
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (extra or {}).items()]
         if status == 401:
             headers.append((b"www-authenticate", f'Basic realm="{REALM}", charset="UTF-8"'.encode()))
             headers.append((b"www-authenticate", f'Bearer realm="{REALM}"'.encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+_TITLES = {401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailable"}
 
 
 def current_user(request: Any) -> User:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import traceback
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
@@ -38,6 +39,18 @@ class Context:
     archive: Archive
     settings: WebSettings
     users: UserStore
+
+
+def brief_traceback(exc: BaseException, frames: int = 8) -> str:
+    """The exception and its innermost ``frames`` frames, without chained exceptions.
+
+    A full traceback of a RecursionError from a deeply nested data set is
+    ~1000 frames (mutual recursion defeats Python's "previous line repeated"
+    folding): thousands of log lines for one request.
+    """
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-frames, chain=False)
+    text = "".join(lines).rstrip()
+    return text if len(text) <= 8000 else text[:4000] + "\n[...]\n" + text[-4000:]
 
 
 def context(request: Request) -> Context:

@@ -11,6 +11,13 @@ separated — and case-insensitive person names); ``includefield`` (repeatable,
 comma-separated, or ``all``); ``limit``/``offset``; ``fuzzymatching`` is
 accepted and answered with exact matching and a Warning header.
 
+Silly values are a clear 400, never a 500: ``limit`` and ``offset`` are
+decimal digits only (no ``1e23``, signs, spaces, ``_`` or non-ASCII digits,
+which Python's ``int()`` would take) with ``offset`` at most
+``MAX_OFFSET`` (a 64-bit SQL OFFSET overflowed on ``offset=10**23``); at
+most ``MAX_PARAMETERS`` query parameters, ``MAX_INCLUDE_FIELDS`` included
+attributes and ``MAX_LIST_VALUES`` values in one UID/code list.
+
 Each result holds the attributes PS3.18 table 10.6.3-3/-4/-5 require for the
 level (plus those of the levels above when the path does not fix them), the
 matching keys, the included fields, and the QIDO-specific ones: RetrieveURL
@@ -23,6 +30,7 @@ series, their first instance).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import pydicom
@@ -48,6 +56,11 @@ from hilum.dicomweb.media import parse_accept
 log = logging.getLogger(__name__)
 
 RESERVED = frozenset({"includefield", "limit", "offset", "fuzzymatching"})
+MAX_OFFSET = 2**31 - 1
+MAX_PARAMETERS = 200
+MAX_INCLUDE_FIELDS = 500
+MAX_LIST_VALUES = 1000
+_DIGITS = re.compile(r"[0-9]{1,12}")
 
 STUDY_KEYS = ["StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy", "ReferringPhysicianName",
               "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
@@ -74,13 +87,12 @@ def _accepts_json(request: Request) -> None:
     raise HTTPError(406, "QIDO-RS answers in application/dicom+json only")
 
 
-def _int_param(value: str, name: str, minimum: int) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise HTTPError(400, f"{name} must be an integer, got {value!r}") from None
-    if n < minimum:
-        raise HTTPError(400, f"{name} must be at least {minimum}, got {n}")
+def _int_param(value: str, name: str, minimum: int, maximum: int) -> int:
+    if not _DIGITS.fullmatch(value):
+        raise HTTPError(400, f"{name} must be a whole number written in digits, got {value[:40]!r}")
+    n = int(value)
+    if not minimum <= n <= maximum:
+        raise HTTPError(400, f"{name} must be between {minimum} and {maximum}, got {n}")
     return n
 
 
@@ -94,7 +106,10 @@ def parse_query(request: Request) -> tuple[dict[str, Any], list[str], bool, int 
     offset = 0
     fuzzy = False
     unsupported: list[str] = []
-    for name, value in request.query_params.multi_items():
+    items_in = request.query_params.multi_items()
+    if len(items_in) > MAX_PARAMETERS:
+        raise HTTPError(400, f"more than {MAX_PARAMETERS} query parameters")
+    for name, value in items_in:
         lname = name.lower()
         if lname == "includefield":
             for item in value.split(","):
@@ -110,10 +125,12 @@ def parse_query(request: Request) -> tuple[dict[str, Any], list[str], bool, int 
                         continue  # a sequence path: nothing nested is indexed; silently not included
                     raise HTTPError(400, f"includefield: unknown attribute {item!r}")
                 include.append(kw)
+                if len(include) > MAX_INCLUDE_FIELDS:
+                    raise HTTPError(400, f"more than {MAX_INCLUDE_FIELDS} includefield attributes")
         elif lname == "limit":
-            limit = _int_param(value, "limit", 1)
+            limit = _int_param(value, "limit", 1, 10**12)
         elif lname == "offset":
-            offset = _int_param(value, "offset", 0)
+            offset = _int_param(value, "offset", 0, MAX_OFFSET)
         elif lname == "fuzzymatching":
             if value.lower() not in ("true", "false"):
                 raise HTTPError(400, f"fuzzymatching must be true or false, got {value!r}")
@@ -134,7 +151,10 @@ def parse_query(request: Request) -> tuple[dict[str, Any], list[str], bool, int 
             vr = dicomjson.vr_of(kw)
             # Lists: comma-separated (UIDs and code strings cannot hold commas) or repeated keys.
             items = value.replace("\\", ",").split(",") if vr in ("UI", "CS") else [value]
-            lists.setdefault(kw, []).extend(items)
+            values = lists.setdefault(kw, [])
+            values.extend(items)
+            if len(values) > MAX_LIST_VALUES:
+                raise HTTPError(400, f"{kw}: more than {MAX_LIST_VALUES} values")
     for kw, items in lists.items():
         ident[kw] = items[0] if len(items) == 1 else items
     return ident, include, include_all, limit, offset, fuzzy, unsupported
@@ -241,12 +261,17 @@ def _from_file(ctx: Context, level: str, row: dict[str, Any], keywords: list[str
         log.warning("cannot read %s for includefield: %s", key, exc)
         return {}
     out: dict[str, dict[str, Any]] = {}
+    bad: list[str] = []
     for kw in keywords:
         tag = dicomjson.tag_hex(kw)
         if tag is None:
             continue
+        out[tag] = {"vr": dicomjson.vr_of(kw)}
         if kw in ds:
-            out[tag] = ds[kw].to_json_dict(None, 1 << 30)
-        else:
-            out[tag] = {"vr": dicomjson.vr_of(kw)}
+            try:
+                out[tag] = ds[kw].to_json_dict(None, 1 << 30)
+            except (ValueError, TypeError, OverflowError, RecursionError):
+                bad.append(kw)  # a stored value that is not valid for its VR: sent empty, not a 500
+    if bad:
+        log.warning("%s: stored value(s) of %s not valid for their VR; sent without a value", key, ", ".join(bad))
     return out

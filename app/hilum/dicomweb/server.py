@@ -9,13 +9,15 @@ Middleware, outermost first: CORS (when ``[web] cors_origins`` is set),
 gzip for JSON (multipart and images excluded: they are incompressible or
 already compressed), authentication (:mod:`.auth`).  Errors: 400 for bad
 parameters, 404 for unknown UIDs, 406 for unsatisfiable Accept headers,
-415 for unsupported uploads; an unexpected exception is logged and answered
+415 for unsupported uploads, 429 for a locked login (see :mod:`.throttle`);
+an unexpected exception is logged (with a bounded traceback) and answered
 500, never a dropped connection.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -33,8 +35,17 @@ from hilum.archive.users import UserError, UserStore
 from hilum.dicom.pixels import PixelDataError
 from hilum.dicomweb import qido, stow, wado, wado_uri
 from hilum.dicomweb.auth import Authenticator, AuthMiddleware, current_user
-from hilum.dicomweb.common import ROOT, Context, HTTPError, context, error_response, json_response
+from hilum.dicomweb.common import (
+    ROOT,
+    Context,
+    HTTPError,
+    brief_traceback,
+    context,
+    error_response,
+    json_response,
+)
 from hilum.dicomweb.settings import WebSettings
+from hilum.dicomweb.throttle import Clock
 from hilum.errors import NotFound
 
 log = logging.getLogger(__name__)
@@ -141,7 +152,8 @@ async def _pixel_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    # A short traceback: a RecursionError's full one is thousands of lines (see common.brief_traceback).
+    log.error("%s %s failed: %s", request.method, request.url.path, brief_traceback(exc))
     return error_response(500, f"internal error: {type(exc).__name__}")
 
 
@@ -183,14 +195,16 @@ def routes() -> list[Route]:
 
 
 def create_app(archive: Archive, settings: WebSettings | None = None, *, loopback: bool = True,
-               users: UserStore | None = None) -> Starlette:
+               users: UserStore | None = None, clock: Clock = time.monotonic) -> Starlette:
     """The ASGI application serving ``archive``.
 
     ``loopback`` says whether the server only listens on a loopback address
     (it decides, with ``settings.anonymous``, whether anonymous reading is allowed).
+    ``clock`` drives login lockouts and the has-users cache (tests inject one).
     """
     settings = settings or WebSettings()
-    users = users or UserStore.of(archive)
+    users = users or UserStore.of(archive, max_concurrent_hashes=settings.login_concurrency,
+                                  hash_wait=settings.login_wait_seconds)
     middleware = []
     if settings.cors_origins:
         middleware.append(Middleware(
@@ -200,7 +214,8 @@ def create_app(archive: Archive, settings: WebSettings | None = None, *, loopbac
             allow_credentials="*" not in settings.cors_origins, max_age=600))
     middleware.append(Middleware(GZipMiddleware, minimum_size=settings.gzip_min_size, compresslevel=5,
                                  exclude_content_types=_NOT_COMPRESSED))
-    middleware.append(Middleware(AuthMiddleware, authenticator=Authenticator(users, settings, loopback=loopback)))
+    middleware.append(Middleware(AuthMiddleware,
+                                 authenticator=Authenticator(users, settings, loopback=loopback, clock=clock)))
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         HTTPError: _http_error,
         NotFound: _not_found,

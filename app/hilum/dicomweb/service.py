@@ -5,6 +5,14 @@
 are set) and returns once the socket is bound; ``stop()`` finishes open
 requests briefly and joins the thread.  Port 0 picks a free port
 (see :attr:`port` after start) — the tests use that.
+
+The application runs behind :class:`~hilum.dicomweb.connections.GuardedApp`
+and uvicorn's h11 protocol wrapped by
+:func:`~hilum.dicomweb.connections.guarded_protocol`: header, body and send
+timeouts, connection caps and a per-request log budget (``[web]`` settings,
+see :mod:`.settings`).  ``X-Forwarded-For`` is believed only from
+``[web] trusted_proxies`` (uvicorn's default trusts 127.0.0.1, which would let
+any local client pick the address that login throttling counts).
 """
 
 from __future__ import annotations
@@ -17,8 +25,11 @@ from typing import Any
 import uvicorn
 
 from hilum.archive import Archive
+from hilum.archive.users import UserStore
+from hilum.dicomweb.connections import ConnectionLimits, GuardedApp, guarded_protocol
 from hilum.dicomweb.server import create_app
 from hilum.dicomweb.settings import WebSettings, is_loopback
+from hilum.dicomweb.throttle import Clock
 from hilum.errors import HilumError
 
 log = logging.getLogger(__name__)
@@ -30,8 +41,12 @@ class DicomWebService:
     name = "dicomweb"
 
     def __init__(self, config: Any, archive: Archive, *, settings: WebSettings | None = None,
-                 host: str | None = None, port: int | None = None):
+                 host: str | None = None, port: int | None = None, clock: Clock = time.monotonic,
+                 users: UserStore | None = None):
         self.config = config
+        self.clock = clock
+        self.users = users
+        self.limits: ConnectionLimits | None = None
         self.archive = archive
         self.settings = settings or WebSettings.from_config(config)
         self.host = host if host is not None else config.bind
@@ -57,12 +72,21 @@ class DicomWebService:
         if not self.settings.enabled:
             log.info("DICOMweb disabled ([web] enabled = false)")
             return
-        app = create_app(self.archive, self.settings, loopback=is_loopback(self.host))
+        s = self.settings
+        app: Any = create_app(self.archive, s, loopback=is_loopback(self.host), clock=self.clock, users=self.users)
+        if s.trusted_proxies:
+            from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+            app = ProxyHeadersMiddleware(app, trusted_hosts=s.trusted_proxies)
+        self.limits = limits = ConnectionLimits(s)
+        app = GuardedApp(app, limits, log_records=s.log_records_per_request)
         kwargs: dict[str, Any] = {}
-        if self.settings.tls:
-            kwargs.update(ssl_certfile=self.settings.tls_cert, ssl_keyfile=self.settings.tls_key)
+        if s.tls:
+            kwargs.update(ssl_certfile=s.tls_cert, ssl_keyfile=s.tls_key)
         cfg = uvicorn.Config(app, host=self.host, port=self.requested_port, log_config=None, access_log=False,
-                             lifespan="off", timeout_keep_alive=30, server_header=False, **kwargs)
+                             lifespan="off", ws="none", http=guarded_protocol(limits), proxy_headers=False,
+                             timeout_keep_alive=s.keep_alive_timeout,  # type: ignore[arg-type]
+                             h11_max_incomplete_event_size=s.max_header_bytes, server_header=False, **kwargs)
         server = uvicorn.Server(cfg)
         thread = threading.Thread(target=self._run, args=(server,), name="dicomweb", daemon=True)
         self._server, self._thread = server, thread

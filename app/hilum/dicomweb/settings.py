@@ -18,6 +18,26 @@
     token_hours = 12        # lifetime of tokens from POST /auth/token
     max_upload_mb = 4096    # largest STOW-RS request body
     gzip_min_size = 1024    # JSON responses larger than this are gzipped for clients that accept it
+    trusted_proxies = []    # addresses of reverse proxies whose X-Forwarded-For is believed (none by default)
+    log_records_per_request = 20  # log records one request may write; the rest are counted in one summary line
+
+    # Password guessing (see hilum.dicomweb.throttle for the whole policy)
+    login_user_failures = 5         # wrong passwords for one user name before it is locked
+    login_address_failures = 20     # wrong passwords from one address (IPv6: /64) before it is locked
+    login_lockout_seconds = 10      # first lock; each further failure doubles it ...
+    login_lockout_max_seconds = 900 # ... up to this
+    login_reset_seconds = 900       # failures are forgotten after this long without one
+    login_trust_days = 30           # an address the user logged in from is spared the user's global lock
+    login_concurrency = 2           # password hashes (argon2id, ~64 MiB each) computed at once
+    login_wait_seconds = 5          # a login waits this long for a hashing slot, then gets 503
+
+    # Connections (idle, slow and too many clients)
+    max_connections = 128           # open HTTP connections; more are answered 503 and closed
+    max_connections_per_client = 32 # open connections from one address (0: no limit)
+    header_timeout = 20             # seconds for a request line and headers to arrive, from connect
+    keep_alive_timeout = 30         # an idle keep-alive connection is closed after this
+    idle_timeout = 60               # a request body or response that makes no progress this long: closed
+    max_header_bytes = 16384        # request line + headers larger than this: 400 and closed
 
 Anonymous access (``anonymous``), chosen to be safe by default:
 
@@ -29,6 +49,19 @@ Anonymous access (``anonymous``), chosen to be safe by default:
 * ``"read"``: anyone may read (QIDO/WADO); writing always needs a user.
 
 Writing (STOW-RS) is never anonymous.
+
+Connection limits (what uvicorn enforces by itself and what Hilum adds, see
+:mod:`.connections`): uvicorn closes a keep-alive connection idle for
+``timeout_keep_alive`` and h11 refuses a request head over
+``max_header_bytes`` (400); nothing in uvicorn times out a client that
+connects and sends nothing, sends its headers a byte at a time (slowloris),
+or stalls in the middle of a body, and uvicorn's ``limit_concurrency``
+counts idle connections too (so idle connections would make real requests
+get 503).  Hilum's connection guard adds ``header_timeout`` (counted from
+the connection, or from the end of the previous response plus
+``keep_alive_timeout``, never restarted by a trickle of bytes),
+``idle_timeout`` for bodies and responses, and ``max_connections`` /
+``max_connections_per_client``, refused at accept time.
 """
 
 from __future__ import annotations
@@ -55,6 +88,22 @@ class WebSettings:
     token_hours: float = 12.0
     max_upload_mb: int = 4096
     gzip_min_size: int = 1024
+    trusted_proxies: list[str] = field(default_factory=list)
+    log_records_per_request: int = 20
+    login_user_failures: int = 5
+    login_address_failures: int = 20
+    login_lockout_seconds: float = 10.0
+    login_lockout_max_seconds: float = 900.0
+    login_reset_seconds: float = 900.0
+    login_trust_days: float = 30.0
+    login_concurrency: int = 2
+    login_wait_seconds: float = 5.0
+    max_connections: int = 128
+    max_connections_per_client: int = 32
+    header_timeout: float = 20.0
+    keep_alive_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    max_header_bytes: int = 16384
 
     @classmethod
     def from_config(cls, cfg: Any) -> WebSettings:
@@ -75,12 +124,24 @@ class WebSettings:
             raise ConfigError("[web] tls_cert and tls_key go together")
         if not isinstance(self.cors_origins, list) or not all(isinstance(o, str) for o in self.cors_origins):
             raise ConfigError("[web] cors_origins must be a list of origins")
-        for name in ("max_results", "bulk_data_threshold", "max_upload_mb", "gzip_min_size"):
+        if not isinstance(self.trusted_proxies, list) or not all(isinstance(o, str) for o in self.trusted_proxies):
+            raise ConfigError("[web] trusted_proxies must be a list of addresses")
+        for name in ("max_results", "bulk_data_threshold", "max_upload_mb", "gzip_min_size", "log_records_per_request",
+                     "login_user_failures", "login_address_failures", "login_concurrency", "max_connections",
+                     "max_header_bytes"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"[web] {name} must be a positive integer")
-        if not isinstance(self.token_hours, (int, float)) or self.token_hours <= 0:
-            raise ConfigError("[web] token_hours must be positive")
+        v = self.max_connections_per_client
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError("[web] max_connections_per_client must be 0 (no limit) or a positive integer")
+        for name in ("token_hours", "login_lockout_seconds", "login_lockout_max_seconds", "login_reset_seconds",
+                     "login_trust_days", "login_wait_seconds", "header_timeout", "keep_alive_timeout",
+                     "idle_timeout"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0 or v == float("inf"):
+                unit = "hours" if name == "token_hours" else "days" if name.endswith("_days") else "seconds"
+                raise ConfigError(f"[web] {name} must be a positive number of {unit}")
 
     @property
     def tls(self) -> bool:

@@ -1,8 +1,10 @@
 """STOW-RS, the Store transaction (PS3.18 10.5): multipart upload → ``archive.ingest``.
 
 The request body (``multipart/related; type="application/dicom"``) is read
-as it arrives and each part spooled (in memory up to 8 MiB, then to a
-temporary file).  Only when the whole body has parsed does anything reach the
+as it arrives and its parts spooled one after the other into one temporary
+file, kept in memory up to 64 MiB (before, each part had its own 8 MiB in
+memory, so a request of many parts could hold ``max_upload_mb`` in memory
+and a file descriptor per part).  At most ``MAX_PARTS`` parts (400 beyond).  Only when the whole body has parsed does anything reach the
 archive, so a malformed message stores nothing (400).  Each part then goes
 through the one ingest call (``origin="stow"``); the answer is a Store
 Instances Response Module (PS3.18 Annex I) in DICOM JSON:
@@ -19,6 +21,10 @@ Instances Response Module (PS3.18 Annex I) in DICOM JSON:
 Status (PS3.18 table 10.5.3-1): 200 all stored, 202 some stored and some
 failed, 409 none stored, 400 malformed request, 415 unsupported media type,
 413 body over ``[web] max_upload_mb``.
+
+Logging is bounded per request: the first ``LOGGED_REFUSALS`` refused parts
+get a line each, the others one summary line (a body of thousands of tiny
+bad parts used to write one line per part).
 """
 
 from __future__ import annotations
@@ -36,12 +42,23 @@ from starlette.responses import Response
 from hilum.archive import IngestResult
 from hilum.dicomweb import multipart
 from hilum.dicomweb.auth import current_user
-from hilum.dicomweb.common import Context, HTTPError, base_url, check_uid, instance_url, json_response, study_url
+from hilum.dicomweb.common import (
+    Context,
+    HTTPError,
+    base_url,
+    brief_traceback,
+    check_uid,
+    instance_url,
+    json_response,
+    study_url,
+)
 from hilum.dicomweb.media import DICOM, MULTIPART, parse_content_type
 
 log = logging.getLogger(__name__)
 
-SPOOL_IN_MEMORY = 8 << 20
+SPOOL_IN_MEMORY_PER_REQUEST = 64 << 20
+MAX_PARTS = 100_000
+LOGGED_REFUSALS = 5
 
 FAILURE_CODES = {
     "not-dicom": 0xC000,
@@ -56,22 +73,41 @@ FAILURE_CODES = {
 PROCESSING_FAILURE = 0x0110
 
 
-class _Part:
-    def __init__(self, content_type: str):
-        self.content_type = content_type
-        self.file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+class _Spool:
+    """Every part of one request, one after the other in one temporary file (in memory up to a bound)."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_PER_REQUEST)
         self.size = 0
 
-    def write(self, data: bytes) -> None:
+    def append(self, data: bytes) -> None:
+        self.file.seek(0, io.SEEK_END)
         self.file.write(data)
         self.size += len(data)
 
-    def read(self) -> bytes:
-        self.file.seek(0)
-        return self.file.read()
+    def read(self, offset: int, size: int) -> bytes:
+        self.file.seek(offset)
+        return self.file.read(size)
 
     def close(self) -> None:
         self.file.close()
+
+
+class _Part:
+    """One part: its content type and where its body lies in the request's spool."""
+
+    def __init__(self, spool: _Spool, content_type: str):
+        self.spool = spool
+        self.content_type = content_type
+        self.offset = spool.size
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.spool.append(data)
+        self.size += len(data)
+
+    def read(self) -> bytes:
+        return self.spool.read(self.offset, self.size)
 
 
 async def store(ctx: Context, request: Request, study: str | None = None) -> Response:
@@ -88,6 +124,7 @@ async def store(ctx: Context, request: Request, study: str | None = None) -> Res
         raise HTTPError(400, "multipart Content-Type without boundary")
     limit = ctx.settings.max_upload_mb << 20
     parts: list[_Part] = []
+    spool = _Spool()
     try:
         try:
             reader = multipart.MultipartReader(boundary)
@@ -100,7 +137,10 @@ async def store(ctx: Context, request: Request, study: str | None = None) -> Res
                 for kind, value in reader.feed(chunk):
                     if kind == multipart.HEADERS:
                         assert isinstance(value, multipart.PartHeaders)
-                        current = _Part(value.content_type or root_type)
+                        if len(parts) >= MAX_PARTS:
+                            raise HTTPError(400, f"more than {MAX_PARTS} parts in one STOW-RS request; "
+                                                 "nothing was stored")
+                        current = _Part(spool, value.content_type or root_type)
                         parts.append(current)
                     elif kind == multipart.DATA and current is not None:
                         current.write(value)  # type: ignore[arg-type]
@@ -115,8 +155,7 @@ async def store(ctx: Context, request: Request, study: str | None = None) -> Res
         log.info("STOW-RS of %d part(s) by %s", len(parts), user.name)
         outcomes = await anyio.to_thread.run_sync(_ingest_all, ctx, parts, study)
     finally:
-        for p in parts:
-            p.close()
+        spool.close()
     return _response(request, ctx, outcomes, study)
 
 
@@ -145,8 +184,8 @@ def _ingest_all(ctx: Context, parts: list[_Part], study: str | None) -> list[tup
                 continue
         try:
             out.append((ctx.archive.ingest(data, origin="stow"), None))
-        except Exception:  # noqa: BLE001 - one failing part must not lose the others' answers
-            log.exception("STOW-RS ingest failed")
+        except Exception as exc:  # noqa: BLE001 - one failing part must not lose the others' answers
+            log.error("STOW-RS ingest failed: %s", brief_traceback(exc))
             out.append((None, "processing"))
     return out
 
@@ -167,6 +206,7 @@ def _response(request: Request, ctx: Context, outcomes: list[tuple[IngestResult 
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     studies: set[str] = set()
+    refused = 0
     for res, local in outcomes:
         if res is not None and res.ok:
             item = _ref_item(res)
@@ -180,7 +220,12 @@ def _response(request: Request, ctx: Context, outcomes: list[tuple[IngestResult 
         item = _ref_item(res)
         item["00081197"] = {"vr": "US", "Value": [code]}
         failed.append(dict(sorted(item.items())))
-        log.info("STOW-RS part refused (0x%04X): %s", code, res.reason if res else local)
+        refused += 1
+        if refused <= LOGGED_REFUSALS:
+            log.info("STOW-RS part refused (0x%04X): %s", code, res.reason if res else local)
+    if refused > LOGGED_REFUSALS:
+        log.info("STOW-RS: %d more part(s) refused, %d refused of %d", refused - LOGGED_REFUSALS, refused,
+                 len(outcomes))
     body: dict[str, Any] = {}
     target_study = study or (next(iter(studies)) if len(studies) == 1 else None)
     if target_study and referenced:

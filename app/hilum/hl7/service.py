@@ -11,7 +11,12 @@ in order (HL7 v2.5 Appendix C, original-mode acknowledgement):
   ``frame_timeout`` seconds (``[hl7] frame_timeout``, default 10) → a NAK
   (AR) naming its control ID when its MSH is readable; nothing of it is applied;
 * bytes outside any frame → a NAK (AR);
-* a connection closed inside a frame → logged; nothing applied, nobody to answer.
+* a connection closed inside a frame → logged; nothing applied, nobody to answer;
+* a frame over ``[hl7] max_message_bytes`` → a NAK (AR) as soon as the limit is
+  passed, the rest of it skipped unbuffered; no complete message for
+  ``[hl7] idle_timeout`` seconds (silence or a trickle) → the connection is
+  closed; beyond ``[hl7] max_connections`` a connection is closed at once
+  (:class:`hilum.hl7.mllp.MLLPSettings`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 from hilum.errors import HilumError
 from hilum.hl7.message import frame
-from hilum.hl7.mllp import FrameBuffer
+from hilum.hl7.mllp import FrameBuffer, MLLPSettings
 from hilum.hl7.receiver import Receiver, receiver_for
 
 log = logging.getLogger(__name__)
@@ -44,10 +49,10 @@ class HL7Service:
 
     def __init__(self, config: Any, archive: Any, *, host: str | None = None, port: int | None = None,
                  frame_timeout: float | None = None, receiver: Receiver | None = None):
-        extra = (getattr(config, "extra", None) or {}).get("hl7", {}) or {}
+        self.limits = MLLPSettings.from_config(config)
         self.host = host or getattr(config, "bind", "127.0.0.1")
         self.port = int(getattr(config, "hl7_port", 2575) if port is None else port)
-        self.frame_timeout = float(extra.get("frame_timeout", 10.0) if frame_timeout is None else frame_timeout)
+        self.frame_timeout = self.limits.frame_timeout if frame_timeout is None else float(frame_timeout)
         self.receiver = receiver or receiver_for(archive, config)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None
@@ -139,18 +144,39 @@ class HL7Service:
                 pass
         peer = writer.get_extra_info("peername")
         loop = asyncio.get_running_loop()
-        buf = FrameBuffer()
+        limits = self.limits
+        if len(self._tasks) > limits.max_connections:
+            log.warning("HL7 connection from %s refused: %d open (limit %d)", peer, len(self._tasks) - 1,
+                        limits.max_connections)
+            writer.close()
+            self._tasks.discard(task)  # type: ignore[arg-type]
+            return
+        buf = FrameBuffer(limits.max_message_bytes)
         log.debug("HL7 connection from %s", peer)
+        last_message = loop.time()  # idle deadline: from the last complete message, not the last byte
+        frame_start: float | None = None  # frame deadline: from the frame's first byte
         try:
             while True:
+                now = loop.time()
+                wait = last_message + limits.idle_timeout - now
+                if frame_start is not None:
+                    wait = min(wait, frame_start + self.frame_timeout - now)
                 try:
-                    chunk = await asyncio.wait_for(reader.read(65536), self.frame_timeout if buf.buf else None)
+                    chunk = await asyncio.wait_for(reader.read(65536), max(wait, 0.0))
                 except TimeoutError:
-                    broken = buf.drop_pending()
-                    if broken is not None:
-                        log.warning("HL7 frame from %s incomplete after %.1f s: rejected", peer, self.frame_timeout)
-                        writer.write(frame(self.receiver.reject_frame(broken.data, broken.error)))
-                        await writer.drain()
+                    now = loop.time()
+                    if frame_start is not None and now >= frame_start + self.frame_timeout:
+                        frame_start = None
+                        broken = buf.drop_pending()
+                        if broken is not None:
+                            log.warning("HL7 frame from %s incomplete after %.1f s: rejected", peer,
+                                        self.frame_timeout)
+                            writer.write(frame(self.receiver.reject_frame(broken.data, broken.error)))
+                            await asyncio.wait_for(writer.drain(), limits.idle_timeout)
+                    if now >= last_message + limits.idle_timeout:
+                        log.info("HL7 connection from %s closed: no complete message for %.0f s", peer,
+                                 limits.idle_timeout)
+                        break
                     continue
                 if not chunk:
                     if buf.buf.strip(b"\r\n\t \x00"):
@@ -162,10 +188,17 @@ class HL7Service:
                         answer = self.receiver.reject_frame(fr.data, fr.error)
                     else:
                         answer = await loop.run_in_executor(None, self.receiver.handle, fr.data)
+                        last_message = loop.time()
                     writer.write(frame(answer))
-                    await writer.drain()
+                    # a sender that never reads its ACKs cannot hold the connection either
+                    await asyncio.wait_for(writer.drain(), limits.idle_timeout)
+                    frame_start = None
+                if buf.pending and frame_start is None:
+                    frame_start = loop.time()
         except (ConnectionError, asyncio.CancelledError):
             pass
+        except TimeoutError:
+            log.info("HL7 connection from %s closed: it read no answer for %.0f s", peer, limits.idle_timeout)
         finally:
             writer.close()
             if task is not None:
