@@ -8,7 +8,14 @@ numpy arrays. :mod:`hilum.dicom.pixels` composes them into a lookup table.
 
 Conventions: every VOI stage returns *normalised* output in ``[0, 1]``, i.e.
 ``(y - ymin) / (ymax - ymin)`` of the standard's formulas, so that the caller
-chooses the output depth (8-bit for display).
+chooses the output depth (8-bit for display, :func:`p_values`).
+
+:class:`DisplayTransform` (a VOI stage and the Presentation LUT's inversion) is
+the one definition of windowing for every view: the 2D viewer, thumbnails and
+rendered frames apply it through :class:`hilum.dicom.pixels.GrayscalePipeline`;
+MPR (orthogonal, oblique, slab) builds its VTK lookup table from
+:meth:`DisplayTransform.sampled`, and curved MPR applies it directly, so the same
+modality value shows the same grey level in every view.
 """
 
 from __future__ import annotations
@@ -26,6 +33,15 @@ logger = logging.getLogger(__name__)
 
 VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 """Defined Terms of VOI LUT Function (0028,1056), PS3.3 C.11.2.1.3."""
+
+_SIGMOID_REACH = math.log(509.0) / 4.0
+"""Beyond ``c ± w * _SIGMOID_REACH`` the 8-bit SIGMOID output is constant (0 below, 255 above):
+``floor(255 / (1 + exp(-4 (x - c) / w)) + 0.5)`` reaches 0 where ``exp(4 (c - x) / w) > 509``."""
+
+BINS_PER_WIDTH = 1024
+"""Bins per window width of a :class:`SampledTable` over non-integer values: the output then
+moves by less than a sixteenth of a grey level within half a bin, so a sampled table stays
+within one grey level of the formula (see :meth:`DisplayTransform.sampled`)."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -81,6 +97,23 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         return [str(v) for v in value]
     return [str(value)]
+
+
+def p_values(y01: np.ndarray, invert: bool = False) -> np.ndarray:
+    """Normalised VOI output → 8-bit P-Values, the one quantiser of every view.
+
+    ``floor(255 y + 0.5)`` (round half up), or ``floor(255 (1 - y) + 0.5)`` when
+    the Presentation LUT stage inverts (MONOCHROME1 or shape INVERSE, PS3.3
+    C.11.6.1.2). NaN (float pixel data) shows as P-Value 0 either way.
+    """
+    y = np.asarray(y01, dtype=np.float64) * 255.0
+    if invert:
+        y = 255.0 - y
+    y += 0.5
+    np.nan_to_num(y, copy=False, nan=0.0)
+    np.floor(y, out=y)
+    np.clip(y, 0, 255, out=y)
+    return y.astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- LUT
@@ -303,6 +336,41 @@ class Window:
         y = np.where(x <= lo, 0.0, np.where(x > hi, 1.0, y))
         return np.clip(y, 0.0, 1.0)
 
+    def active_range(self) -> tuple[float, float]:
+        """The modality values outside which the 8-bit output is constant.
+
+        LINEAR: ``c - 0.5 ∓ (w - 1) / 2`` (C.11.2.1.2.1); LINEAR_EXACT: ``c ∓ w / 2``
+        (C.11.2.1.3.2); SIGMOID (C.11.2.1.3.1), which never reaches its limits:
+        ``c ∓ w ln(509) / 4``, past which 8-bit P-Values are 0 and 255.
+        """
+        c, w = self.center, self.width
+        if self.function == "LINEAR":
+            return (c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2)
+        if self.function == "LINEAR_EXACT":
+            return (c - w / 2, c + w / 2)
+        return (c - w * _SIGMOID_REACH, c + w * _SIGMOID_REACH)
+
+    @property
+    def resolution(self) -> float:
+        """A step of modality values over which the output changes by at most 1/1024 of its
+        range (the steepest slope is ``1 / (w - 1)`` for LINEAR, ``1 / w`` otherwise)."""
+        ramp = self.width - 1 if self.function == "LINEAR" else self.width
+        return max(ramp, 1.0) / BINS_PER_WIDTH
+
+    def table(self, lo: float, hi: float, n: int, *, invert: bool = False) -> np.ndarray:
+        """8-bit P-Values (uint8) of ``n`` modality values evenly spaced from *lo* to *hi*
+        (both included), inverted when the presentation stage inverts (:func:`p_values`)."""
+        if n < 1:
+            raise ValueError(f"a table needs at least one entry, not {n}")
+        return p_values(self.apply(np.linspace(float(lo), float(hi), int(n))), invert)
+
+    def with_center_width(self, center: float, width: float) -> Window:
+        """The same VOI LUT Function with another center/width (a window/level drag or a preset).
+
+        The width is kept at 1 or more, the least LINEAR allows (C.11.2.1.2.1).
+        """
+        return Window(float(center), max(float(width), 1.0), self.function, self.explanation)
+
     @classmethod
     def min_max(cls, lo: float, hi: float) -> Window:
         """The window that maps modality values ``lo..hi`` onto the full output range.
@@ -332,8 +400,155 @@ class VOITable:
     def apply(self, x: np.ndarray) -> np.ndarray:
         return self.lut.lookup(x).astype(np.float64) / float(self.lut.max_output)
 
+    def active_range(self) -> tuple[float, float]:
+        """The first and last input the table maps; inputs beyond take the end entries."""
+        return (float(self.lut.first_mapped), float(self.lut.first_mapped + self.lut.data.size - 1))
+
+    @property
+    def resolution(self) -> float:
+        """The table maps whole input values (non-integers round to the nearest, C.11.2.1.1)."""
+        return 1.0
+
+    def table(self, lo: float, hi: float, n: int, *, invert: bool = False) -> np.ndarray:
+        """8-bit P-Values of ``n`` modality values evenly spaced from *lo* to *hi* (see :meth:`Window.table`)."""
+        if n < 1:
+            raise ValueError(f"a table needs at least one entry, not {n}")
+        return p_values(self.apply(np.linspace(float(lo), float(hi), int(n))), invert)
+
+    def equivalent_window(self) -> Window:
+        """The LINEAR window over the table's input range: where a window/level drag or a
+        preset starts from when the VOI in force is a table."""
+        lo, hi = self.active_range()
+        return Window.min_max(lo, hi)
+
 
 VOI = Window | VOITable
+
+
+@dataclass(frozen=True, eq=False)
+class SampledTable:
+    """A VOI + presentation transform sampled into ``n`` equal bins over ``[lo, hi)``.
+
+    A modality value ``x`` maps to ``values[clip(floor((x - lo) * n / (hi - lo)), 0, n - 1)]``:
+    values below ``lo`` take the first entry, values at or above ``hi`` the last. This is
+    how ``vtkLookupTable`` indexes its table over its table range, so the render layer hands
+    ``lo``, ``hi`` and ``values`` to VTK unchanged; :meth:`lookup` is the same rule in numpy.
+    """
+
+    lo: float
+    hi: float
+    values: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != 1 or self.values.size == 0 or self.values.dtype != np.uint8:
+            raise ValueError("a sampled table holds a non-empty 1-D uint8 array")
+        if not self.hi > self.lo:
+            raise ValueError(f"a sampled table needs lo < hi, not {self.lo}..{self.hi}")
+        self.values.setflags(write=False)
+
+    @property
+    def size(self) -> int:
+        return int(self.values.size)
+
+    def lookup(self, x: np.ndarray) -> np.ndarray:
+        """The P-Values of modality values *x* by the bin rule above (NaN gives 0)."""
+        x = np.asarray(x, dtype=np.float64)
+        index = np.floor((x - self.lo) * (self.size / (self.hi - self.lo)))
+        nan = np.isnan(index)
+        index = np.clip(np.nan_to_num(index, nan=0.0), 0, self.size - 1).astype(np.intp)
+        out = self.values[index]
+        if nan.any():
+            out = np.where(nan, np.uint8(0), out)
+        return out
+
+
+@dataclass(frozen=True)
+class DisplayTransform:
+    """The stages after the Modality LUT (PS3.4 N.2): a VOI (window or VOI LUT table) and
+    whether the Presentation LUT inverts (MONOCHROME1 / shape INVERSE, :func:`presentation_inverts`).
+
+    The one definition of windowing for every view (see the module docstring): it maps
+    modality values to 8-bit P-Values (:meth:`apply`), samples itself into a table for a
+    renderer (:meth:`table`, :meth:`sampled`) and makes the display that a window/level
+    drag or a preset asks for (:meth:`with_window`, :meth:`dragged`), keeping the VOI LUT
+    Function and the inversion.
+    """
+
+    voi: VOI
+    invert: bool = False
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """8-bit P-Values (uint8, same shape) of modality values."""
+        return p_values(self.voi.apply(values), self.invert)
+
+    def table(self, lo: float, hi: float, n: int) -> np.ndarray:
+        """P-Values of ``n`` modality values evenly spaced from *lo* to *hi* (both included)."""
+        return self.voi.table(lo, hi, n, invert=self.invert)
+
+    @property
+    def window(self) -> Window:
+        """The window in force: the VOI itself, or a table's :meth:`VOITable.equivalent_window`."""
+        return self.voi if isinstance(self.voi, Window) else self.voi.equivalent_window()
+
+    def with_window(self, center: float, width: float) -> DisplayTransform:
+        """This display with another center/width: a window keeps its VOI LUT Function, a VOI
+        LUT table gives way to a LINEAR window; the inversion stays."""
+        base = self.voi if isinstance(self.voi, Window) else Window(float(center), 1.0)
+        return DisplayTransform(base.with_center_width(center, width), self.invert)
+
+    def dragged(self, dx: float, dy: float) -> DisplayTransform:
+        """Window/level by a mouse drag of ``(dx, dy)`` screen pixels (``dy`` positive downwards).
+
+        Right widens the window, down raises the level (the image darkens), as in the 2D
+        viewer; one pixel moves by ``max(width, 20) / 256`` so that a lung and a stroke window
+        both respond usefully.
+        """
+        w = self.window
+        k = max(w.width, 20.0) / 256.0
+        return self.with_window(w.center + dy * k, w.width + dx * k)
+
+    def sampled(
+        self, value_range: tuple[float, float] | None = None, *, integer: bool, max_entries: int = 1 << 17
+    ) -> SampledTable:
+        """This display as a :class:`SampledTable` for values in *value_range* (e.g. a volume's
+        minimum and maximum; None: every value).
+
+        With *integer* values (int16 volumes) and for VOI LUT tables, bins are one wide and
+        centred on whole numbers, so each integer maps to exactly the P-Value of :meth:`apply`
+        (and a non-integer to that of the nearest integer, as C.11.2.1.1 has tables do).
+        Otherwise bins are :attr:`Window.resolution` wide over the window's active range and
+        hold the P-Value of their centre, which is within one grey level of the formula for
+        every value in the bin. Outside the active range the output is constant, so the end
+        bins stand for everything beyond.
+        """
+        a, b = self.voi.active_range()
+        if value_range is not None:
+            vlo, vhi = float(value_range[0]), float(value_range[1])
+            if not vlo <= vhi:
+                raise ValueError(f"value range must be low..high, not {value_range}")
+            if b < vlo or a > vhi:  # every value on one side of the window: one grey level
+                return SampledTable(vlo - 0.5, vhi + 0.5, self.apply(np.array([vlo])))
+            a, b = max(a, vlo), min(b, vhi)
+        if integer or isinstance(self.voi, VOITable):
+            i0, i1 = math.floor(a) - 1, math.ceil(b) + 1
+            if i1 - i0 + 1 <= max_entries:
+                return SampledTable(i0 - 0.5, i1 + 0.5, self.apply(np.arange(i0, i1 + 1, dtype=np.float64)))
+        step = self.voi.resolution
+        n = math.ceil((b - a) / step) + 2
+        if n > max_entries:
+            n = max_entries
+            step = (b - a) / (n - 2)
+        lo = a - step
+        return SampledTable(lo, lo + n * step, self.apply(lo + (np.arange(n) + 0.5) * step))
+
+    @property
+    def label(self) -> str:
+        """A short text for an overlay: ``W 400 L 40``, the function when not LINEAR, or the table."""
+        if isinstance(self.voi, VOITable):
+            return f"VOI LUT {self.voi.explanation}".strip()
+        w = self.voi
+        text = f"W {w.width:.0f} L {w.center:.0f}"
+        return text if w.function == "LINEAR" else f"{text} {w.function.replace('_', ' ').lower()}"
 
 
 def windows_from_dataset(ds: Dataset, frame: int = 0) -> tuple[Window, ...]:
