@@ -25,7 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from hilum.dicom.generator import DOE, generate_ct_series, generate_mr_series, make_study
 from hilum.dicom.pixels import DisplayTransform, GrayscalePipeline, VOITable, Window, frame_array, render_frame
 from hilum.dicom.volume import Plane, Volume, build_volume
-from hilum.render.mpr import MPRScene, MPRViewport, volume_display
+from hilum.render.mpr import MPRScene, MPRViewport, lookup_table, volume_display
 
 STUDY = make_study(DOE, accession="MPRDISP")
 FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
@@ -194,7 +194,9 @@ def _window(name: str, function: str | None) -> Window | None:
 
 def _assert_close(ours: np.ndarray, theirs: np.ndarray, what: str) -> None:
     diff = np.abs(ours.astype(np.int32) - theirs.astype(np.int32))
-    assert diff.max() <= 1, f"{what}: {int((diff > 1).sum())} pixels differ by more than one grey level (max {diff.max()})"
+    assert diff.max() <= 1, (
+        f"{what}: {int((diff > 1).sum())} pixels differ by more than one grey level (max {diff.max()})"
+    )
     assert np.unique(theirs).size >= 3, f"{what}: the comparison needs more than black and white"
 
 
@@ -220,7 +222,9 @@ def test_default_display_is_the_headers(volumes: dict[str, Volume]) -> None:
     """The volume's display reads what the 2D viewer reads: the VOI LUT Function of the
     header, a VOI LUT table when there is no window, MONOCHROME1 inversion."""
     sig = volume_display(_volume(volumes, "sigmoid-in-header"))
-    assert isinstance(sig.voi, Window) and sig.voi.function == "SIGMOID" and (sig.voi.center, sig.voi.width) == (40, 400)
+    assert (
+        isinstance(sig.voi, Window) and sig.voi.function == "SIGMOID" and (sig.voi.center, sig.voi.width) == (40, 400)
+    )
     table = volume_display(_volume(volumes, "voi-lut-sequence"))
     assert isinstance(table.voi, VOITable) and not table.invert
     cr = volume_display(_volume(volumes, "cr-monochrome1"))
@@ -358,3 +362,57 @@ def test_plane_spans_the_volume(volumes: dict[str, Volume]) -> None:
         np.testing.assert_allclose(np.abs(vp.plane.normal @ expected.normal), 1.0, atol=1e-9)
     finally:
         scene.close()
+
+
+# --------------------------------------------------------------------------- the VTK rule we rely on
+
+
+def _vtk_map(table: object, values: np.ndarray) -> np.ndarray:
+    """Grey levels ``vtkImageMapToColors`` gives *values* through :func:`lookup_table` (as MPR maps)."""
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonDataModel import vtkImageData
+    from vtkmodules.vtkImagingCore import vtkImageMapToColors
+
+    image = vtkImageData()
+    image.SetDimensions(values.size, 1, 1)
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(values), deep=True))
+    colours = vtkImageMapToColors()
+    colours.SetInputData(image)
+    colours.SetLookupTable(lookup_table(table))  # type: ignore[arg-type]
+    colours.SetOutputFormatToRGB()
+    colours.Update()
+    rgb = numpy_support.vtk_to_numpy(colours.GetOutput().GetPointData().GetScalars()).reshape(-1, 3)
+    assert (rgb[:, 0] == rgb[:, 1]).all() and (rgb[:, 1] == rgb[:, 2]).all()
+    return rgb[:, 0]
+
+
+@pytest.mark.parametrize("integer", [True, False], ids=["int16", "float32"])
+@pytest.mark.parametrize(
+    "display",
+    [
+        DisplayTransform(Window(40.0, 400.0, "LINEAR")),
+        DisplayTransform(Window(-600.0, 1500.0, "SIGMOID"), invert=True),
+        DisplayTransform(Window(3.0, 2.5, "LINEAR_EXACT")),
+    ],
+    ids=["linear", "sigmoid-inverted", "narrow-linear-exact"],
+)
+def test_vtk_lookup_follows_the_sampled_table_rule(display: DisplayTransform, integer: bool) -> None:
+    """A fence around VTK: MPR relies on ``vtkLookupTable`` indexing a table of n entries over
+    [lo, hi) as ``floor((x - lo) n / (hi - lo))`` clamped to the ends (our
+    :meth:`SampledTable.lookup`).  Checked on the bin edges, inside bins, beyond both ends, and
+    the resulting grey levels against the formula; fails if VTK changes the rule."""
+    table = display.sampled(None, integer=integer)  # the whole active range: -5000 and 5000 lie beyond it
+    step = (table.hi - table.lo) / table.size
+    edges = table.lo + np.arange(table.size + 1) * step
+    probes = np.concatenate([edges, edges + 0.25 * step, edges - 0.25 * step, [-5000.0, 5000.0, table.lo, table.hi]])
+    if integer:
+        probes = np.unique(np.round(probes)).astype(np.int16)
+        np.testing.assert_array_equal(_vtk_map(table, probes), display.apply(probes.astype(np.float64)))
+    else:
+        probes = probes.astype(np.float32)
+        ours = table.lookup(probes.astype(np.float64))
+        theirs = _vtk_map(table, probes)
+        assert (ours != theirs).sum() <= 2  # a float32 value rounded onto an edge may fall either side
+        assert np.abs(theirs.astype(int) - display.apply(probes.astype(np.float64)).astype(int)).max() <= 1
+    nan = _vtk_map(display.sampled((-1024.0, 3071.0), integer=False), np.array([np.nan], dtype=np.float32))
+    assert nan[0] == 0  # NaN black, as p_values
