@@ -21,11 +21,12 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from vtkmodules.util import numpy_support
 
 from hilum.dicom.generator import DOE, generate_ct_series, generate_mr_series, make_study
 from hilum.dicom.pixels import DisplayTransform, GrayscalePipeline, VOITable, Window, frame_array, render_frame
 from hilum.dicom.volume import Plane, Volume, build_volume
-from hilum.render.mpr import MPRScene, MPRViewport, lookup_table, volume_display
+from hilum.render.mpr import MPRScene, MPRViewport, volume_display
 
 STUDY = make_study(DOE, accession="MPRDISP")
 FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
@@ -324,18 +325,25 @@ def test_window_change_keeps_function_and_inversion(volumes: dict[str, Volume]) 
         scene.close()
 
 
-def test_lookup_table_is_rebuilt_for_float_slabs(volumes: dict[str, Volume]) -> None:
-    """Thin and MIP planes of an int16 volume are int16 (whole-number bins); a mean slab is
-    float (bins of width/1024); the table follows the slab mode."""
+@pytest.mark.parametrize(("slab", "mode"), [(0.0, "mip"), (10.0, "mip"), (10.0, "mean")], ids=["thin", "mip", "mean"])
+def test_image_given_to_the_actor_is_the_display_of_the_resliced_values(
+    volumes: dict[str, Volume], slab: float, mode: str
+) -> None:
+    """The 8-bit plane the actor shows: exactly the display's P-Values of the resliced int16
+    values (thin, MIP), within one grey level of them for float values (an averaged slab)."""
     volume = _volume(volumes, "ct-rescale")
-    scene = MPRScene(volume, size=(64, 64), window=Window(40.0, 400.0))
+    scene = MPRScene(volume, size=(64, 64), window=Window(40.0, 400.0, "SIGMOID"))
     try:
         vp = scene["axial"]
-        assert vp.lookup is not None and vp.lookup.hi - vp.lookup.lo == vp.lookup.size  # one per integer
-        scene.crosshair.set_slab("axial", 10.0, "mean")
-        assert vp.lookup.hi - vp.lookup.lo < vp.lookup.size / 2
-        scene.crosshair.set_slab("axial", 10.0, "mip")
-        assert vp.lookup.hi - vp.lookup.lo == vp.lookup.size
+        scene.crosshair.rotate("coronal", 11.0)
+        scene.crosshair.set_slab("axial", slab, mode)  # type: ignore[arg-type]
+        vp.render()
+        values, _, _ = vp.image()
+        shown = numpy_support.vtk_to_numpy(vp.grey.GetPointData().GetScalars()).reshape(values.shape)
+        expected = vp.display.apply(values.astype(np.float64))
+        diff = np.abs(shown.astype(int) - expected.astype(int))
+        assert diff.max() <= (1 if mode == "mean" else 0)
+        assert vp.grey.GetDimensions()[:2] == values.shape[::-1]
     finally:
         scene.close()
 
@@ -362,57 +370,3 @@ def test_plane_spans_the_volume(volumes: dict[str, Volume]) -> None:
         np.testing.assert_allclose(np.abs(vp.plane.normal @ expected.normal), 1.0, atol=1e-9)
     finally:
         scene.close()
-
-
-# --------------------------------------------------------------------------- the VTK rule we rely on
-
-
-def _vtk_map(table: object, values: np.ndarray) -> np.ndarray:
-    """Grey levels ``vtkImageMapToColors`` gives *values* through :func:`lookup_table` (as MPR maps)."""
-    from vtkmodules.util import numpy_support
-    from vtkmodules.vtkCommonDataModel import vtkImageData
-    from vtkmodules.vtkImagingCore import vtkImageMapToColors
-
-    image = vtkImageData()
-    image.SetDimensions(values.size, 1, 1)
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(values), deep=True))
-    colours = vtkImageMapToColors()
-    colours.SetInputData(image)
-    colours.SetLookupTable(lookup_table(table))  # type: ignore[arg-type]
-    colours.SetOutputFormatToRGB()
-    colours.Update()
-    rgb = numpy_support.vtk_to_numpy(colours.GetOutput().GetPointData().GetScalars()).reshape(-1, 3)
-    assert (rgb[:, 0] == rgb[:, 1]).all() and (rgb[:, 1] == rgb[:, 2]).all()
-    return rgb[:, 0]
-
-
-@pytest.mark.parametrize("integer", [True, False], ids=["int16", "float32"])
-@pytest.mark.parametrize(
-    "display",
-    [
-        DisplayTransform(Window(40.0, 400.0, "LINEAR")),
-        DisplayTransform(Window(-600.0, 1500.0, "SIGMOID"), invert=True),
-        DisplayTransform(Window(3.0, 2.5, "LINEAR_EXACT")),
-    ],
-    ids=["linear", "sigmoid-inverted", "narrow-linear-exact"],
-)
-def test_vtk_lookup_follows_the_sampled_table_rule(display: DisplayTransform, integer: bool) -> None:
-    """A fence around VTK: MPR relies on ``vtkLookupTable`` indexing a table of n entries over
-    [lo, hi) as ``floor((x - lo) n / (hi - lo))`` clamped to the ends (our
-    :meth:`SampledTable.lookup`).  Checked on the bin edges, inside bins, beyond both ends, and
-    the resulting grey levels against the formula; fails if VTK changes the rule."""
-    table = display.sampled(None, integer=integer)  # the whole active range: -5000 and 5000 lie beyond it
-    step = (table.hi - table.lo) / table.size
-    edges = table.lo + np.arange(table.size + 1) * step
-    probes = np.concatenate([edges, edges + 0.25 * step, edges - 0.25 * step, [-5000.0, 5000.0, table.lo, table.hi]])
-    if integer:
-        probes = np.unique(np.round(probes)).astype(np.int16)
-        np.testing.assert_array_equal(_vtk_map(table, probes), display.apply(probes.astype(np.float64)))
-    else:
-        probes = probes.astype(np.float32)
-        ours = table.lookup(probes.astype(np.float64))
-        theirs = _vtk_map(table, probes)
-        assert (ours != theirs).sum() <= 2  # a float32 value rounded onto an edge may fall either side
-        assert np.abs(theirs.astype(int) - display.apply(probes.astype(np.float64)).astype(int)).max() <= 1
-    nan = _vtk_map(display.sampled((-1024.0, 3071.0), integer=False), np.array([np.nan], dtype=np.float32))
-    assert nan[0] == 0  # NaN black, as p_values

@@ -187,6 +187,47 @@ def test_sampled_table_outside_the_data_is_one_grey_level() -> None:
         SampledTable(0.0, 1.0, np.zeros(3, np.int16))
 
 
+@pytest.mark.parametrize("dtype", ["int16", "uint16", "int8", "uint8"])
+@pytest.mark.parametrize(
+    "voi",
+    [
+        Window(40, 400, "LINEAR"),
+        Window(-600, 1500, "SIGMOID"),
+        Window(3.5, 2.5, "LINEAR_EXACT"),
+        Window(90000, 100, "LINEAR"),  # all of the dtype below the window
+        Window(-90000, 100, "SIGMOID"),  # all above
+        Window(0, 200000, "LINEAR"),  # wider than the dtype
+    ],
+    ids=["linear", "sigmoid", "narrow-exact", "below", "above", "wide"],
+)
+def test_integer_table_is_the_formula_for_every_value(dtype: str, voi: Window) -> None:
+    """apply() on 8/16-bit integers goes through integer_table: the same P-Values as the
+    formulas for every value of the type, indexed by the unsigned bit pattern."""
+    info = np.iinfo(dtype)
+    every = np.arange(info.min, info.max + 1).astype(dtype)
+    for invert in (False, True):
+        d = DisplayTransform(voi, invert)
+        formula = p_values(voi.apply(every.astype(np.float64)), invert)
+        np.testing.assert_array_equal(d.apply(every), formula)
+        table = d.integer_table(np.dtype(dtype))
+        assert table.size == 1 << (8 * np.dtype(dtype).itemsize) and not table.flags.writeable
+        np.testing.assert_array_equal(table[every.view(f"u{np.dtype(dtype).itemsize}")], formula)
+    assert d.integer_table(np.dtype(dtype)) is d.integer_table(np.dtype(dtype))  # cached
+    with pytest.raises(ValueError):
+        d.integer_table(np.dtype("int32"))
+
+
+def test_sampled_lookup_in_float32_and_nan() -> None:
+    d = DisplayTransform(Window(40, 400, "SIGMOID"), invert=True)
+    table = d.sampled((-1024.0, 3071.0), integer=False)
+    x = np.random.default_rng(5).uniform(-1100, 3100, 50_000)
+    f32 = table.lookup(x.astype(np.float32))
+    assert np.abs(f32.astype(int) - d.apply(x.astype(np.float32).astype(np.float64)).astype(int)).max() <= 1
+    out = np.empty(4, np.uint8)
+    got = table.lookup(np.array([np.nan, -5000.0, 5000.0, 1e30], np.float32), out=out)
+    assert got is out and out.tolist() == [0, 255, 0, 0]
+
+
 def test_voi_lut_table_sampled_exactly_even_for_float_values() -> None:
     """A VOI LUT maps whole input values (C.11.2.1.1, non-integers to the nearest): whole-number
     bins reproduce it for any input, integer or not."""

@@ -13,16 +13,19 @@ chooses the output depth (8-bit for display, :func:`p_values`).
 :class:`DisplayTransform` (a VOI stage and the Presentation LUT's inversion) is
 the one definition of windowing for every view: the 2D viewer, thumbnails and
 rendered frames apply it through :class:`hilum.dicom.pixels.GrayscalePipeline`;
-MPR (orthogonal, oblique, slab) builds its VTK lookup table from
-:meth:`DisplayTransform.sampled`, and curved MPR applies it directly, so the same
-modality value shows the same grey level in every view.
+MPR (orthogonal, oblique, slab) and curved MPR apply it to the resliced modality
+values (an int16 plane through :meth:`DisplayTransform.integer_table`, a float one
+through :meth:`DisplayTransform.sampled`), so the same modality value shows the
+same grey level in every view.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -427,12 +430,12 @@ VOI = Window | VOITable
 
 @dataclass(frozen=True, eq=False)
 class SampledTable:
-    """A VOI + presentation transform sampled into ``n`` equal bins over ``[lo, hi)``.
+    """A VOI + presentation transform sampled into ``n`` equal bins over ``[lo, hi)``, for fast
+    display of non-integer values (a float volume, an averaged slab).
 
     A modality value ``x`` maps to ``values[clip(floor((x - lo) * n / (hi - lo)), 0, n - 1)]``:
-    values below ``lo`` take the first entry, values at or above ``hi`` the last. This is
-    how ``vtkLookupTable`` indexes its table over its table range, so the render layer hands
-    ``lo``, ``hi`` and ``values`` to VTK unchanged; :meth:`lookup` is the same rule in numpy.
+    values below ``lo`` take the first entry, values at or above ``hi`` the last (the rule of
+    ``vtkLookupTable`` too).  Made by :meth:`DisplayTransform.sampled`.
     """
 
     lo: float
@@ -450,16 +453,33 @@ class SampledTable:
     def size(self) -> int:
         return int(self.values.size)
 
-    def lookup(self, x: np.ndarray) -> np.ndarray:
-        """The P-Values of modality values *x* by the bin rule above (NaN gives 0)."""
-        x = np.asarray(x, dtype=np.float64)
-        index = np.floor((x - self.lo) * (self.size / (self.hi - self.lo)))
-        nan = np.isnan(index)
-        index = np.clip(np.nan_to_num(index, nan=0.0), 0, self.size - 1).astype(np.intp)
-        out = self.values[index]
-        if nan.any():
-            out = np.where(nan, np.uint8(0), out)
-        return out
+    def lookup(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The P-Values of modality values *x* by the bin rule above (NaN gives 0).
+
+        float32 input is binned in float32 (the bin index is then off by at most a
+        thousandth of a bin: an edge value may fall in the neighbouring bin, one grey
+        level away at most); anything else in float64.  Truncating then clipping the
+        index equals flooring then clipping, as every negative index clips to 0.
+        """
+        x = np.asarray(x)
+        work = np.float32 if x.dtype == np.float32 else np.float64
+        index = np.subtract(x, work(self.lo), dtype=work)
+        index *= work(self.size / (self.hi - self.lo))
+        np.clip(index, -1.0, float(self.size), out=index)  # keeps the integer conversion in range
+        nan = np.isnan(index) if x.dtype.kind == "f" else None
+        if nan is not None and nan.any():
+            index[nan] = -1.0
+        else:
+            nan = None
+        result = np.take(self.values, index.astype(np.int32), mode="clip", out=out)
+        if nan is not None:
+            result[nan] = 0
+        return result
+
+
+_TABLE_CACHE: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+_TABLE_CACHE_SIZE = 16
+_TABLE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -478,7 +498,57 @@ class DisplayTransform:
     invert: bool = False
 
     def apply(self, values: np.ndarray) -> np.ndarray:
-        """8-bit P-Values (uint8, same shape) of modality values."""
+        """8-bit P-Values (uint8, same shape) of modality values.
+
+        8- and 16-bit integer arrays (an int16 volume's planes) go through
+        :meth:`integer_table`, one ``np.take``; anything else through the formulas.
+        """
+        values = np.asarray(values)
+        if values.dtype.kind in "iu" and values.dtype.itemsize <= 2:
+            table = self.integer_table(values.dtype)
+            return np.take(table, values.view(np.dtype(f"u{values.dtype.itemsize}")))
+        return p_values(self.voi.apply(values), self.invert)
+
+    def integer_table(self, dtype: np.dtype | type) -> np.ndarray:
+        """The P-Values of every value of an 8/16-bit integer *dtype*, indexed by its bit
+        pattern read as unsigned (two's complement for signed types), as
+        :meth:`hilum.dicom.pixels.GrayscalePipeline.lut` indexes stored values.
+
+        Only the active range is computed (the output is constant outside it), so a new
+        window costs microseconds, not a pass over 65536 values; tables are cached.
+        """
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "iu" or dtype.itemsize > 2:
+            raise ValueError(f"integer tables are for 8/16-bit integers, not {dtype}")
+        key = (self, dtype.str)
+        with _TABLE_LOCK:
+            table = _TABLE_CACHE.get(key)
+            if table is not None:
+                _TABLE_CACHE.move_to_end(key)
+                return table
+        info = np.iinfo(dtype)
+        a, b = self.voi.active_range()
+        i0 = int(min(max(math.floor(a) - 1, info.min), info.max))  # below a: the output of i0
+        i1 = int(min(max(math.ceil(b) + 1, i0), info.max))  # above b: the output of i1
+        ramp = self._p(np.arange(i0, i1 + 1, dtype=np.float64))
+        table = np.empty(1 << (8 * dtype.itemsize), dtype=np.uint8)
+        # fill by value: index = value mod 2**bits; signed values below 0 sit in the upper half
+        for lo, hi, fill in ((info.min, i0 - 1, ramp[0]), (i0, i1, ramp), (i1 + 1, info.max, ramp[-1])):
+            if lo > hi:
+                continue
+            if lo < 0 <= hi:  # a signed run across zero: its negative part, then the rest
+                table[lo % table.size :] = fill if np.ndim(fill) == 0 else fill[:-lo]
+                table[: hi + 1] = fill if np.ndim(fill) == 0 else fill[-lo:]
+            else:
+                table[lo % table.size : hi % table.size + 1] = fill
+        table.setflags(write=False)
+        with _TABLE_LOCK:
+            _TABLE_CACHE[key] = table
+            while len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
+                _TABLE_CACHE.popitem(last=False)
+        return table
+
+    def _p(self, values: np.ndarray) -> np.ndarray:
         return p_values(self.voi.apply(values), self.invert)
 
     def table(self, lo: float, hi: float, n: int) -> np.ndarray:

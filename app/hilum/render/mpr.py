@@ -12,11 +12,11 @@ Three pieces, none of them Qt:
   tilted gantry, is applied by matrices: reslice axes here, the prop's user
   matrix in :mod:`hilum.render.volume3d`.
 * :class:`MPRViewport` — one plane on screen: ``vtkImageReslice`` (linear
-  interpolation, slab MIP/MinIP/mean) → ``vtkImageMapToColors`` through a
-  ``vtkLookupTable`` sampled from the view's
+  interpolation, slab MIP/MinIP/mean) → the view's
   :class:`hilum.dicom.pixels_lut.DisplayTransform` (the 2D viewer's VOI LUT and
   presentation stages: LINEAR, LINEAR_EXACT, SIGMOID or a VOI LUT table,
-  MONOCHROME1 inversion; see :func:`lookup_table`) → ``vtkImageActor``, with
+  MONOCHROME1 inversion), applied in numpy as the 2D viewer applies it (one
+  ``np.take`` through a table) → an 8-bit grey ``vtkImageActor``, with
   the crosshair lines of the two other planes, orientation letters at the four
   edges (PS3.3 C.7.6.1.1.1), a scale bar, zoom/pan and mm rulers.  It renders
   into a ``vtkRenderWindow`` it is given (the Qt widget's) or its own
@@ -41,10 +41,10 @@ import vtkmodules.vtkInteractionStyle  # noqa: F401  (interactor style factory o
 import vtkmodules.vtkRenderingFreeType  # noqa: F401  (text rendering)
 import vtkmodules.vtkRenderingOpenGL2  # noqa: F401  (OpenGL back-end)
 from vtkmodules.util import numpy_support
-from vtkmodules.vtkCommonCore import VTK_FLOAT, VTK_UNSIGNED_CHAR, vtkCommand, vtkLookupTable, vtkPoints
+from vtkmodules.vtkCommonCore import VTK_FLOAT, vtkCommand, vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkImageData, vtkPolyData
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
-from vtkmodules.vtkImagingCore import vtkImageMapToColors, vtkImageReslice
+from vtkmodules.vtkImagingCore import vtkImageReslice
 from vtkmodules.vtkRenderingCore import (
     vtkActor,
     vtkActor2D,
@@ -73,7 +73,6 @@ __all__ = [
     "SlabSettings",
     "VolumeImage",
     "capture_window",
-    "lookup_table",
     "matrix_to_vtk",
     "offscreen_window",
     "volume_display",
@@ -191,28 +190,6 @@ def volume_display(volume: Volume) -> DisplayTransform:
     return DisplayTransform(voi, invert)
 
 
-def lookup_table(table: SampledTable) -> vtkLookupTable:
-    """A ``vtkLookupTable`` holding a :class:`SampledTable` (grey RGBA entries over its range).
-
-    ``vtkLookupTable`` maps a value ``x`` to entry ``floor((x - lo) * n / (hi - lo))``,
-    clamped to the table: exactly :meth:`SampledTable.lookup`'s rule, so VTK shows the
-    P-Values of :class:`DisplayTransform` (integers exactly, other values within one grey
-    level).  NaN shows black, as :func:`hilum.dicom.pixels_lut.p_values` has it.
-    """
-    grey = np.asarray(table.values, dtype=np.uint8)
-    rgba = np.empty((grey.size, 4), dtype=np.uint8)
-    rgba[:, :3] = grey[:, None]
-    rgba[:, 3] = 255
-    lut = vtkLookupTable()
-    lut.SetNumberOfTableValues(grey.size)
-    lut.SetTableRange(float(table.lo), float(table.hi))
-    lut.SetTable(numpy_support.numpy_to_vtk(rgba, deep=True, array_type=VTK_UNSIGNED_CHAR))
-    lut.SetNanColor(0.0, 0.0, 0.0, 1.0)
-    lut.SetUseBelowRangeColor(0)
-    lut.SetUseAboveRangeColor(0)
-    return lut
-
-
 # ----------------------------------------------------------------------------- one viewport
 
 
@@ -282,19 +259,18 @@ class MPRViewport:
         else:
             self.reslice.SetInterpolationModeToLinear()
 
-        self.colours = vtkImageMapToColors()
-        self.colours.SetInputConnection(self.reslice.GetOutputPort())
-        self.colours.SetOutputFormatToRGB()
+        self.grey = vtkImageData()
+        """The plane's P-Values (8-bit grey, one per resliced pixel) that the actor shows."""
+        self._grey_values: npt.NDArray[np.uint8] | None = None
+        self._stale = True
         self.actor = vtkImageActor()
-        self.actor.GetMapper().SetInputConnection(self.colours.GetOutputPort())
+        self.actor.SetInputData(self.grey)
         self.actor.InterpolateOn()
         self.renderer.AddActor(self.actor)
         self._default_display = volume_display(self.volume)
         self._display = self._default_display
-        self._table_key: tuple[DisplayTransform, bool] | None = None
+        self._sampled: tuple[DisplayTransform, SampledTable] | None = None
         self._display_listeners: list[Callable[[], None]] = []
-        self.lookup: SampledTable | None = None
-        """The display as sampled into the VTK lookup table now."""
         if window is not None:
             self._display = self._as_display(window)
 
@@ -325,7 +301,7 @@ class MPRViewport:
         self._info.GetTextProperty().SetVerticalJustificationToTop()
         self._scale_points = vtkPoints()
         self._scale_actor, self._scale_text = self._make_scale_bar()
-        self.renderer.AddObserver(vtkCommand.StartEvent, lambda *_: self._update_overlays())
+        self.renderer.AddObserver(vtkCommand.StartEvent, self._before_render)
 
         self._unsubscribe = crosshair.subscribe(self._on_model)
         self._update_reslice()
@@ -430,22 +406,50 @@ class MPRViewport:
         self.reslice.SetSlabNumberOfSlices(n_slab)
         getattr(self.reslice, _SLAB_MODES[slab.mode])()
         self.reslice.SetSlabTrapezoidIntegration(1 if slab.mode == "mean" else 0)
-        float_output = slab.mode == "mean" and n_slab > 1
-        self.reslice.SetOutputScalarType(VTK_FLOAT if float_output else -1)
-        self._update_table(integer=self.volume.array.dtype.kind in "iu" and not float_output)
+        self.reslice.SetOutputScalarType(VTK_FLOAT if slab.mode == "mean" and n_slab > 1 else -1)
+        self._stale = True
         self._update_lines()
 
-    def _update_table(self, *, integer: bool | None = None) -> None:
-        """Sample the display into the VTK lookup table (again only when the display or the
-        kind of resliced values changed): whole-number bins for integer output, exact."""
-        if integer is None:
-            integer = self._table_key[1] if self._table_key is not None else True
-        key = (self._display, integer)
-        if key == self._table_key:
+    def _before_render(self, *_: object) -> None:
+        """The renderer is about to draw: bring the grey image and the overlays up to date."""
+        self.update_image()
+        self._update_overlays()
+
+    def update_image(self) -> None:
+        """Reslice (if the plane or slab changed) and map the values to P-Values through the
+        display (if either changed): what the actor shows.  Runs before every render.
+
+        Integer planes (an int16 volume, thin or MIP/MinIP) go through
+        :meth:`DisplayTransform.apply` (one ``np.take`` through its integer table: the
+        exact P-Values of the 2D viewer); float planes (a float volume, an averaged slab)
+        through :meth:`DisplayTransform.sampled` bins (within one grey level).  About 0.4 ms
+        for 512 x 512 int16, against 1.4 ms for VTK's own window/level filter and 1.8 ms
+        for ``vtkImageMapToColors`` with a lookup table (bench/mpr/interaction.py).
+        """
+        if not self._stale:
             return
-        self.lookup = self._display.sampled(self.data.value_range, integer=integer)
-        self.colours.SetLookupTable(lookup_table(self.lookup))
-        self._table_key = key
+        self.reslice.Update()
+        out = self.reslice.GetOutput()
+        nx, ny, _ = out.GetDimensions()
+        values = numpy_support.vtk_to_numpy(out.GetPointData().GetScalars())
+        if self._grey_values is None or self._grey_values.size != values.size:
+            self._grey_values = np.empty(values.size, dtype=np.uint8)
+            self.grey.SetDimensions(nx, ny, 1)
+            self.grey.GetPointData().SetScalars(numpy_support.numpy_to_vtk(self._grey_values, deep=False))
+        elif self.grey.GetDimensions()[:2] != (nx, ny):
+            self.grey.SetDimensions(nx, ny, 1)
+        self.grey.SetOrigin(out.GetOrigin())
+        self.grey.SetSpacing(out.GetSpacing())
+        if values.dtype.kind in "iu" and values.dtype.itemsize <= 2:
+            table = self._display.integer_table(values.dtype)
+            np.take(table, values.view(np.dtype(f"u{values.dtype.itemsize}")), out=self._grey_values)
+        else:
+            if self._sampled is None or self._sampled[0] != self._display:
+                self._sampled = (self._display, self._display.sampled(self.data.value_range, integer=False))
+            self._sampled[1].lookup(values, out=self._grey_values)
+        self.grey.GetPointData().GetScalars().Modified()
+        self.grey.Modified()
+        self._stale = False
 
     def _update_lines(self) -> None:
         length = 4.0 * float(np.max(self.volume.spacing * np.asarray(self.volume.size)))
@@ -618,7 +622,7 @@ class MPRViewport:
         if display == self._display:
             return
         self._display = display
-        self._update_table()
+        self._stale = True
         for callback in list(self._display_listeners):
             callback()
 
@@ -724,7 +728,7 @@ class MPRViewport:
         return Plane(p.to_patient(s0, t0), p.u, p.v)
 
     def render(self) -> None:
-        self.render_window.Render()
+        self.render_window.Render()  # the renderer's StartEvent updates the image (update_image)
 
     def capture(self) -> npt.NDArray[np.uint8]:
         """Render and return the window's RGB pixels (top row first)."""
