@@ -370,3 +370,43 @@ def test_plane_spans_the_volume(volumes: dict[str, Volume]) -> None:
         np.testing.assert_allclose(np.abs(vp.plane.normal @ expected.normal), 1.0, atol=1e-9)
     finally:
         scene.close()
+
+
+def test_volume_from_decoded_planes_reads_the_display_from_its_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The 2D viewer hands MPR its decoded planes (``volume_from_planes``, headers without the
+    pixel module) with their files: the display still comes from the series' header, so a
+    MONOCHROME1 series stays inverted and a SIGMOID one stays SIGMOID in MPR."""
+    from hilum.dicom.generator import write_dataset
+    from hilum.dicom.volume import volume_from_planes
+
+    series = _ct_sigmoid_header()
+    for ds in series:
+        ds.PhotometricInterpretation = "MONOCHROME1"
+    paths = [str(write_dataset(ds, tmp_path / f"{i}.dcm")) for i, ds in enumerate(series)]
+    pipeline = GrayscalePipeline.from_dataset(series[0])
+    volume = volume_from_planes(
+        [pipeline.modality_values(frame_array(ds)) for ds in series],
+        [ds.ImagePositionPatient for ds in series],
+        series[0].ImageOrientationPatient,
+        series[0].PixelSpacing,
+        paths=paths,
+        modality="CT",
+        window=pipeline.windows[0],
+    )
+    display = volume_display(volume)
+    assert display == pipeline.display() and display.invert and display.voi.function == "SIGMOID"  # type: ignore[union-attr]
+    k = 2
+    scene, vp = _viewport_showing_slice(volume, k, None)
+    try:
+        _assert_close(_screen_at(vp, _voxel_centres(volume, k)), render_frame(volume.slices[k].path), "decoded planes")
+    finally:
+        scene.close()
+    without_files = volume_from_planes(
+        [pipeline.modality_values(frame_array(ds)) for ds in series],
+        [ds.ImagePositionPatient for ds in series],
+        series[0].ImageOrientationPatient,
+        series[0].PixelSpacing,
+        modality="CT",
+        window=pipeline.windows[0],
+    )
+    assert volume_display(without_files) == DisplayTransform(pipeline.windows[0], invert=False)  # all it knows
