@@ -410,3 +410,17 @@ def test_volume_from_decoded_planes_reads_the_display_from_its_files(tmp_path) -
         window=pipeline.windows[0],
     )
     assert volume_display(without_files) == DisplayTransform(pipeline.windows[0], invert=False)  # all it knows
+
+
+def test_volume_changed_in_place_is_shown(volumes: dict[str, Volume]) -> None:
+    """VolumeImage.modified() (the array edited in place) reaches the screen at the next render."""
+    volume = build_volume(_ct()[:4])
+    scene, vp = _viewport_showing_slice(volume, 1, Window(40.0, 400.0))
+    try:
+        centres = _voxel_centres(volume, 1)[40:56, 40:56].reshape(-1, 3)
+        before = _screen_at(vp, centres)
+        volume.array[1, 40:56, 40:56] = 1000  # white in this window
+        scene.data.modified()
+        assert (_screen_at(vp, centres) == 255).all() and (before != 255).any()
+    finally:
+        scene.close()
