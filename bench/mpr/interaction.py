@@ -10,10 +10,12 @@ times, on one offscreen 512 x 512 ``MPRViewport``:
 * ``oblique``: the cursor moves along the normal of a double-oblique plane, then reslice + window + render;
 * ``pipeline``: as ``scroll`` and ``window`` together but only up to the image the actor shows
   (reslice, then window/level: VTK's ``vtkImageMapToWindowLevelColors`` before issue 14, the
-  :class:`DisplayTransform` table after), no OpenGL draw: what the display change costs.
+  :class:`DisplayTransform` table after), no OpenGL draw: what the display change costs;
+* ``window_map``: the window changes on a plane already resliced: only the window/level step
+  (the one part issue 14 replaced).
 
-Processes alternate (A, B, A, B ...) for ``--rounds`` rounds so that a machine shared with other
-work loads both alike; medians over all frames of all rounds are printed with CPU time and the
+Processes alternate (A, B, B, A, A, B ...) for ``--rounds`` rounds so that a machine shared with
+other work loads both alike; medians over all frames of all rounds are printed with CPU time and the
 ratio this/baseline.  Numbers are printed, never asserted (DESIGN.md, Tests).
 
 Run: ``.venv/bin/python bench/mpr/interaction.py --baseline /path/to/old/checkout/app``
@@ -93,9 +95,17 @@ def worker(volume_file: str, frames: int, size: int) -> dict[str, list[float]]:
             vp.reslice.Update()
             vp.colours.Update()
 
+    def window_map(i: int) -> None:
+        window(i)
+        if hasattr(vp, "update_image"):
+            vp.update_image()
+        else:
+            vp.colours.Update()
+
     timed("scroll", scroll)
     timed("window", window)
     timed("pipeline", pipeline, render=False)
+    timed("window_map", window_map, render=False)
     crosshair.rotate("axial", 30.0)
     crosshair.rotate("coronal", 20.0)
     vp.render()
@@ -146,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         make_volume_file(volume_file, args.rows, args.slices, args.fov, args.thickness)
         results["generate_s"] = time.perf_counter() - t
         samples: dict[str, dict[str, list[float]]] = {name: {} for name in codes}
-        for _ in range(args.rounds):
-            for name, app in codes.items():
+        for r in range(args.rounds):
+            order = list(codes.items())
+            for name, app in order if r % 2 == 0 else order[::-1]:  # A, B then B, A: no side is always second
                 for key, values in run_worker(app, volume_file, args.frames, args.size).items():
                     samples[name].setdefault(key, []).extend(values)
     for name, by_key in samples.items():
