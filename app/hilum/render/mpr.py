@@ -172,8 +172,8 @@ def volume_display(volume: Volume) -> DisplayTransform:
         if "PhotometricInterpretation" not in header and ref.path:
             try:
                 header = read_header(ref.path)
-            except Exception:  # the display falls back below; a missing file is not an error here
-                logger.debug("no header for the display of the volume", exc_info=True)
+            except Exception as exc:  # the display falls back to the volume's window below
+                logger.warning("cannot read the first slice's header for the MPR display (%s)", type(exc).__name__)
                 header = None
     voi: VOI | None = None
     invert = False
