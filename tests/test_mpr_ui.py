@@ -15,6 +15,7 @@ from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from hilum.dicom.generator import DEFAULT_SPHERES, DOE, generate_ct_series, make_study, write_dataset  # noqa: E402
+from hilum.dicom.pixels_lut import DisplayTransform, Window  # noqa: E402
 from hilum.dicom.volume import Volume, build_volume  # noqa: E402
 from hilum.ui.mpr import MPRWidget, TransferFunctionEditor  # noqa: E402
 
@@ -280,3 +281,170 @@ def test_curved_mpr_from_alt_clicks(mpr: MPRWidget) -> None:
     assert "Path 5" in view.info.text()  # about 55 mm
     mpr._clear_path()
     assert view.image is None
+
+
+# --------------------------------------------------------------------------- pixels on screen follow the logic
+
+
+def screen(canvas) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """What the screen shows in ``canvas``'s area: its top-level window grabbed from the screen
+    (``QScreen.grabWindow``; under Xvfb this reads the X server's pixels)."""
+    window = canvas.window()
+    img = QApplication.primaryScreen().grabWindow(window.winId()).toImage()
+    img = img.convertToFormat(QImage.Format.Format_RGB888)
+    w, h, bpl = img.width(), img.height(), img.bytesPerLine()
+    arr = np.frombuffer(img.constBits(), dtype=np.uint8, count=bpl * h).reshape(h, bpl)[:, : w * 3].reshape(h, w, 3)
+    at = canvas.mapTo(window, QPoint(0, 0))
+    return arr[at.y() : at.y() + canvas.height(), at.x() : at.x() + canvas.width()].copy()
+
+
+def settled(qtbot, canvas) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The canvas's area on screen once its latest render has been painted there."""
+    qtbot.waitUntil(lambda: not canvas._dirty and canvas._image is not None, timeout=5000)
+    # the last render reached the screen (inside the 1 px frame an active view draws round itself)
+    qtbot.waitUntil(lambda: np.array_equal(screen(canvas)[1:-1, 1:-1], canvas._keep[1:-1, 1:-1]), timeout=5000)
+    return screen(canvas)
+
+
+def on_screen(canvas, shot: np.ndarray, points: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The RGB on screen at the position of each patient point (N, 3) of the canvas's plane."""
+    out = []
+    for p in points:
+        x, y, off = canvas.viewport.patient_to_display(p)
+        assert abs(off) < 1e-6
+        out.append(shot[canvas.height() - 1 - int(round(y)), int(round(x))])
+    return np.asarray(out)
+
+
+def plane_samples(canvas) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Patient points of every second resliced pixel of the canvas's plane that lie in the volume,
+    and the grey levels the view's display gives their resliced values (the logic's answer)."""
+    vp = canvas.viewport
+    values, plane, spacing = vp.image()
+    jj, ii = np.meshgrid(np.arange(values.shape[0])[::2], np.arange(values.shape[1])[::2], indexing="ij")
+    points = plane.to_patient(ii * spacing, jj * spacing)
+    inside = vp.volume.contains(points)
+    return points[inside], vp.display.apply(values[jj, ii][inside])
+
+
+def assert_screen_shows(canvas, shot: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The grey pixels on screen are the view's display of its resliced values (within one level);
+    the few that are not grey are the crosshair lines.  Returns the grey levels on screen."""
+    points, expected = plane_samples(canvas)
+    rgb = on_screen(canvas, shot, points).astype(int)
+    grey = (rgb[:, 0] == rgb[:, 1]) & (rgb[:, 1] == rgb[:, 2])
+    assert grey.mean() > 0.9 and grey.sum() > 400
+    assert np.abs(rgb[grey, 0] - expected[grey].astype(int)).max() <= 1
+    return rgb[:, 0]
+
+
+def is_line_colour(rgb: np.ndarray, view: str) -> bool:
+    from hilum.render.mpr import VIEW_COLOURS
+
+    return bool(np.abs(rgb.astype(float) - 255.0 * np.asarray(VIEW_COLOURS[view])).max() <= 40)
+
+
+def line_pixels_on_screen(canvas, shot: np.ndarray, other: str) -> list[bool]:  # type: ignore[no-untyped-def]
+    """For points along the logic's reference line of ``other`` (away from the cursor), whether the
+    screen shows that line's colour there (or at a pixel next to it: the line is 1.5 px wide)."""
+    vp = canvas.viewport
+    line = vp.logic.reference_lines()[other]
+    found = []
+    for lam in (-30.0, -18.0, 18.0, 30.0):
+        s, t = line.point[0] + lam * line.direction[0], line.point[1] + lam * line.direction[1]
+        x, y, _ = vp.patient_to_display(vp.logic.to_patient(s, t))
+        r, c = canvas.height() - 1 - int(round(y)), int(round(x))
+        found.append(any(is_line_colour(shot[r + dr, c + dc], other) for dr in (-1, 0, 1) for dc in (-1, 0, 1)))
+    return found
+
+
+def test_mouse_drags_change_the_pixels_on_screen_as_the_logic_says(qtbot, mpr: MPRWidget) -> None:  # type: ignore[no-untyped-def]
+    axial, coronal = mpr.slice_canvases["axial"], mpr.slice_canvases["coronal"]
+    for canvas in (axial, coronal):
+        canvas.viewport.actor.InterpolateOff()  # one resliced pixel per block of screen pixels
+        canvas.viewport.set_annotations_visible(False)
+        canvas.request_render()
+    sphere = DEFAULT_SPHERES[0]
+    mpr.set_cursor(sphere.centre)
+    coronal_before = assert_screen_shows(coronal, settled(qtbot, coronal))
+
+    # 1. right drag in the coronal view: window/level of that view's display, by the 2D viewer's rule
+    display = coronal.viewport.display
+    start = QPoint(100, 120)
+    QTest.mousePress(coronal, Qt.MouseButton.RightButton, Qt.KeyboardModifier.NoModifier, start)
+    QTest.mouseMove(coronal, start + QPoint(60, 25))
+    QTest.mouseRelease(coronal, Qt.MouseButton.RightButton, Qt.KeyboardModifier.NoModifier, start + QPoint(60, 25))
+    assert coronal.viewport.display == display.dragged(60.0, 25.0)  # wider, level up: darker
+    assert mpr.slice_canvases["axial"].viewport.display == display  # the other views keep theirs
+    after = assert_screen_shows(coronal, settled(qtbot, coronal))
+    assert (np.abs(after - coronal_before) > 10).sum() > 50 and after.mean() < coronal_before.mean()
+
+    # 2. left drag from the cursor in the axial view: the cursor follows, the coronal plane moves
+    shot = settled(qtbot, axial)
+    assert all(line_pixels_on_screen(axial, shot, "coronal")) and all(line_pixels_on_screen(axial, shot, "sagittal"))
+    old_line = axial.viewport.logic.reference_lines()["coronal"]
+    press = widget_pos(axial, mpr.scene.crosshair.centre)
+    target = np.asarray(sphere.centre) + (0.0, 30.0, 0.0)  # 30 mm posterior: off the nodule
+    drop = widget_pos(axial, target)
+    QTest.mousePress(axial, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, press)
+    QTest.mouseMove(axial, (press + drop) / 2)
+    QTest.mouseMove(axial, drop)
+    QTest.mouseRelease(axial, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, drop)
+    np.testing.assert_allclose(mpr.scene.crosshair.centre[:2], target[:2], atol=1.5)  # within a screen pixel
+    assert abs(coronal.viewport.plane.to_plane(mpr.scene.crosshair.centre)[2]) < 1e-9
+    moved = assert_screen_shows(coronal, settled(qtbot, coronal))  # a new plane, same display
+    assert (np.abs(moved - after) > 10).sum() > 50
+    shot = settled(qtbot, axial)
+    assert all(line_pixels_on_screen(axial, shot, "coronal"))  # the line is where the logic says
+    x, y, _ = axial.viewport.patient_to_display(axial.viewport.logic.to_patient(*old_line.point) + (20.0, 0.0, 0.0))
+    r, c = axial.height() - 1 - int(round(y)), int(round(x))
+    assert not any(is_line_colour(shot[r + d, c], "coronal") for d in (-1, 0, 1))  # ... and no longer where it was
+
+    # 3. Ctrl + left drag sweeping 30 degrees about the cursor turns the other planes
+    centre = widget_pos(axial, mpr.scene.crosshair.centre)
+    a = centre + QPoint(60, 0)
+    b = centre + QPoint(int(round(60 * np.cos(np.radians(30)))), int(round(60 * np.sin(np.radians(30)))))
+    QTest.mousePress(axial, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ControlModifier, a)
+    QTest.mouseMove(axial, b)
+    QTest.mouseRelease(axial, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ControlModifier, b)
+    u = mpr.scene["coronal"].plane.u
+    assert np.degrees(np.arctan2(u[1], u[0])) == pytest.approx(30.0, abs=1.5)  # clockwise on screen
+    line = axial.viewport.logic.reference_lines()["coronal"]
+    assert np.degrees(np.arctan2(line.direction[1], line.direction[0])) % 180.0 == pytest.approx(30.0, abs=1.5)
+    shot = settled(qtbot, axial)
+    assert all(line_pixels_on_screen(axial, shot, "coronal")) and all(line_pixels_on_screen(axial, shot, "sagittal"))
+    assert_screen_shows(coronal, settled(qtbot, coronal))  # the oblique coronal plane, still through the display
+
+
+def test_window_preset_keeps_the_function_and_curved_mpr_follows(qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A SIGMOID series: the CT presets of resources/window_presets.toml change centre/width and keep
+    SIGMOID; "Header" restores the series' display; the curved MPR shows the same grey levels."""
+    series = _series()
+    for ds in series:
+        ds.VOILUTFunction = "SIGMOID"
+    volume = build_volume(series)
+    w = MPRWidget(volume, data_dir=tmp_path, with_3d=False)
+    qtbot.addWidget(w)
+    w.resize(900, 700)
+    w.show()
+    qtbot.waitExposed(w)
+    header = w.scene["axial"].display
+    assert header.voi.function == "SIGMOID" and w.window_preset.itemText(0).startswith("Header")
+    lung = w.window_preset.findText("Lung", Qt.MatchFlag.MatchStartsWith)
+    w.window_preset.setCurrentIndex(lung)
+    w.window_preset.activated.emit(lung)
+    for view in ("axial", "coronal", "sagittal"):
+        assert w.scene[view].display.voi == Window(-600.0, 1500.0, "SIGMOID", header.voi.explanation)
+    axial = w.slice_canvases["axial"]
+    for offset in ((-30.0, 0.0, 0.0), (30.0, 0.0, 0.0)):
+        pos = widget_pos(axial, np.asarray(DEFAULT_SPHERES[0].centre) + offset)
+        QTest.mouseClick(axial, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.AltModifier, pos)
+    view = w.show_curved()
+    assert view is not None and view.image is not None
+    values, _ = axial.viewport.curved_image(width=view.width_mm)  # type: ignore[misc]
+    np.testing.assert_array_equal(view.image, DisplayTransform(Window(-600.0, 1500.0, "SIGMOID")).apply(values))
+    w.window_preset.setCurrentIndex(0)
+    w.window_preset.activated.emit(0)
+    assert w.scene["axial"].display == header
+    np.testing.assert_array_equal(view.image, header.apply(values))  # the curved view followed the display
+    w.close()

@@ -34,7 +34,14 @@ from hilum.dicom.pixels import (
     render_frame,
     to_uint8_color,
 )
-from hilum.dicom.pixels_lut import presentation_inverts, windows_from_dataset
+from hilum.dicom.pixels_lut import (
+    DisplayTransform,
+    SampledTable,
+    VOITable,
+    p_values,
+    presentation_inverts,
+    windows_from_dataset,
+)
 
 
 def data(name: str) -> str:
@@ -112,6 +119,164 @@ def test_min_max_window_maps_ends_exactly() -> None:
     assert (w.center, w.width) == ((-896 + 1167 + 1) / 2, 1167 + 896 + 1)
     y = w.apply(np.array([-896.0, 1167.0]))
     assert y.tolist() == [0.0, 1.0]
+
+
+# --------------------------------------------------------------------------- display transform (every view)
+
+
+def test_p_values_round_half_up_invert_and_nan() -> None:
+    y = np.array([0.0, 0.5 / 255, 0.499 / 255, 1.0, 0.5, np.nan])
+    np.testing.assert_array_equal(p_values(y), [0, 1, 0, 255, 128, 0])
+    np.testing.assert_array_equal(p_values(y, invert=True), [255, 255, 255, 0, 128, 0])  # NaN: 0 either way
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+@pytest.mark.parametrize(("center", "width"), [(40, 400), (-600, 1500), (10.5, 2), (100, 1), (3, 7.25)])
+def test_output_is_constant_outside_the_active_range(function: str, center: float, width: float) -> None:
+    if function != "LINEAR" and width <= 0:
+        pytest.skip("not a valid window")
+    w = Window(center, width, function)
+    lo, hi = w.active_range()
+    below = np.linspace(lo - 5 * width - 100, lo - 1e-6, 500)
+    above = np.linspace(hi + 1e-6, hi + 5 * width + 100, 500)
+    for invert in (False, True):
+        d = DisplayTransform(w, invert)
+        assert np.unique(d.apply(below)).tolist() == [255 if invert else 0]
+        assert np.unique(d.apply(above)).tolist() == [0 if invert else 255]
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+@pytest.mark.parametrize("invert", [False, True])
+@pytest.mark.parametrize(("center", "width"), [(40, 400), (-600, 1500), (1000.5, 3), (0, 1), (7, 60000)])
+def test_sampled_table_is_the_formula(function: str, invert: bool, center: float, width: float) -> None:
+    """Whole-number bins give exactly the P-Value of every integer; bins over float values stay
+    within one grey level; both by the vtkLookupTable bin rule (SampledTable.lookup)."""
+    d = DisplayTransform(Window(center, width, function), invert)
+    span = (-3024.0, 3071.0)
+    ints = np.arange(-3024, 3072, dtype=np.float64)
+    table = d.sampled(span, integer=True)
+    np.testing.assert_array_equal(table.lookup(ints), d.apply(ints))
+    assert table.lookup(np.array([-40000.0]))[0] == d.apply(np.array([-3024.0]))[0]  # clamped like VTK
+    floats = np.random.default_rng(7).uniform(*span, 100_000)
+    floats = np.concatenate([floats, center + np.linspace(-2, 2, 4001)])  # dense where the output moves
+    if function == "LINEAR" and width == 1:
+        # a threshold at c - 0.5 (C.11.2.1.2.1): the bin edge is there, and the value exactly on
+        # it goes to the upper bin where the formula (x <= c - 0.5 -> ymin) says the lower one
+        floats = floats[floats != center - 0.5]
+    sampled = d.sampled(span, integer=False)
+    assert np.abs(sampled.lookup(floats).astype(int) - d.apply(floats).astype(int)).max() <= 1
+    assert sampled.size <= (1 << 17) and table.size <= (1 << 17)
+    whole = np.array([round(center)], dtype=np.float64)
+    unbounded = d.sampled(None, integer=True)  # 187,000 integers for 7/60000 SIGMOID: float bins then
+    per_integer = unbounded.hi - unbounded.lo == unbounded.size
+    a, b = d.voi.active_range()
+    assert per_integer == (math.ceil(b) - math.floor(a) + 3 <= 1 << 17)
+    assert abs(int(unbounded.lookup(whole)[0]) - int(d.apply(whole)[0])) <= (0 if per_integer else 1)
+
+
+def test_sampled_table_outside_the_data_is_one_grey_level() -> None:
+    d = DisplayTransform(Window(2000, 100), invert=False)
+    t = d.sampled((-1024.0, 1000.0), integer=True)  # every value below the window
+    assert t.size == 1 and t.values[0] == 0
+    np.testing.assert_array_equal(t.lookup(np.array([-1024.0, 0.0, 1000.0])), [0, 0, 0])
+    with pytest.raises(ValueError):
+        d.sampled((5.0, 1.0), integer=True)
+    with pytest.raises(ValueError):
+        SampledTable(1.0, 1.0, np.zeros(3, np.uint8))
+    with pytest.raises(ValueError):
+        SampledTable(0.0, 1.0, np.zeros(3, np.int16))
+
+
+@pytest.mark.parametrize("dtype", ["int16", "uint16", "int8", "uint8"])
+@pytest.mark.parametrize(
+    "voi",
+    [
+        Window(40, 400, "LINEAR"),
+        Window(-600, 1500, "SIGMOID"),
+        Window(3.5, 2.5, "LINEAR_EXACT"),
+        Window(90000, 100, "LINEAR"),  # all of the dtype below the window
+        Window(-90000, 100, "SIGMOID"),  # all above
+        Window(0, 200000, "LINEAR"),  # wider than the dtype
+    ],
+    ids=["linear", "sigmoid", "narrow-exact", "below", "above", "wide"],
+)
+def test_integer_table_is_the_formula_for_every_value(dtype: str, voi: Window) -> None:
+    """apply() on 8/16-bit integers goes through integer_table: the same P-Values as the
+    formulas for every value of the type, indexed by the unsigned bit pattern."""
+    info = np.iinfo(dtype)
+    every = np.arange(info.min, info.max + 1).astype(dtype)
+    for invert in (False, True):
+        d = DisplayTransform(voi, invert)
+        formula = p_values(voi.apply(every.astype(np.float64)), invert)
+        np.testing.assert_array_equal(d.apply(every), formula)
+        table = d.integer_table(np.dtype(dtype))
+        assert table.size == 1 << (8 * np.dtype(dtype).itemsize) and not table.flags.writeable
+        np.testing.assert_array_equal(table[every.view(f"u{np.dtype(dtype).itemsize}")], formula)
+    assert d.integer_table(np.dtype(dtype)) is d.integer_table(np.dtype(dtype))  # cached
+    with pytest.raises(ValueError):
+        d.integer_table(np.dtype("int32"))
+
+
+def test_sampled_lookup_in_float32_and_nan() -> None:
+    d = DisplayTransform(Window(40, 400, "SIGMOID"), invert=True)
+    table = d.sampled((-1024.0, 3071.0), integer=False)
+    x = np.random.default_rng(5).uniform(-1100, 3100, 50_000)
+    f32 = table.lookup(x.astype(np.float32))
+    assert np.abs(f32.astype(int) - d.apply(x.astype(np.float32).astype(np.float64)).astype(int)).max() <= 1
+    out = np.empty(4, np.uint8)
+    got = table.lookup(np.array([np.nan, -5000.0, 5000.0, 1e30], np.float32), out=out)
+    assert got is out and out.tolist() == [0, 255, 0, 0]
+
+
+def test_voi_lut_table_sampled_exactly_even_for_float_values() -> None:
+    """A VOI LUT maps whole input values (C.11.2.1.1, non-integers to the nearest): whole-number
+    bins reproduce it for any input, integer or not."""
+    data = (np.arange(300) ** 2 // 9).astype(np.uint16)
+    voi = VOITable(LUT(first_mapped=-100, data=data, bits=14))
+    d = DisplayTransform(voi, invert=True)
+    x = np.concatenate([np.arange(-150, 250, dtype=np.float64), np.random.default_rng(1).uniform(-150, 250, 5000)])
+    for integer in (True, False):
+        np.testing.assert_array_equal(d.sampled((-150.0, 250.0), integer=integer).lookup(x), d.apply(x))
+    assert voi.active_range() == (-100.0, 199.0)
+    np.testing.assert_array_equal(d.table(-100, 199, 300), p_values(data / 16383.0, invert=True))
+    assert d.window == Window.min_max(-100.0, 199.0)
+
+
+def test_table_samples_the_ends() -> None:
+    w = Window(40, 400)
+    t = w.table(-160.0, 239.0, 400)
+    assert t[0] == 0 and t[-1] == 255 and t.dtype == np.uint8 and np.all(np.diff(t.astype(int)) >= 0)
+    np.testing.assert_array_equal(w.table(-160.0, 239.0, 400, invert=True), 255 - t)
+    np.testing.assert_array_equal(
+        DisplayTransform(w).table(0, 100, 11), DisplayTransform(w).apply(np.linspace(0, 100, 11))
+    )
+    with pytest.raises(ValueError):
+        w.table(0, 1, 0)
+
+
+def test_window_changes_keep_function_and_inversion() -> None:
+    d = DisplayTransform(Window(40, 400, "SIGMOID", "SOFT"), invert=True)
+    assert d.with_window(60, 200) == DisplayTransform(Window(60, 200, "SIGMOID", "SOFT"), invert=True)
+    assert d.with_window(60, 0.2).voi.width == 1.0  # at least 1
+    dragged = d.dragged(dx=32, dy=-16)  # right widens, up (dy < 0) lowers the level
+    k = 400 / 256
+    assert dragged.voi == Window(40 - 16 * k, 400 + 32 * k, "SIGMOID", "SOFT") and dragged.invert
+    assert DisplayTransform(Window(0, 5)).dragged(0, 256).voi.center == pytest.approx(20.0)  # narrow: 20/256 per px
+    table = DisplayTransform(VOITable(LUT(first_mapped=0, data=np.arange(256, dtype=np.uint16), bits=8)))
+    assert table.with_window(100, 50).voi == Window(100, 50, "LINEAR")
+    start = Window.min_max(0.0, 255.0)  # a drag from a table starts at its equivalent window
+    assert (table.dragged(0, 0).voi.center, table.dragged(0, 0).voi.width) == (start.center, start.width)
+    assert d.label == "W 400 L 40 sigmoid" and DisplayTransform(Window(40, 400)).label == "W 400 L 40"
+
+
+def test_pipeline_display_is_what_apply_uses() -> None:
+    ds = read("CT_small.dcm")
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    stored = frame_array(ds)
+    pipeline = GrayscalePipeline.from_dataset(ds)
+    d = pipeline.display(stored, Window(40, 400, "LINEAR_EXACT"))
+    assert d.invert and d.voi == Window(40, 400, "LINEAR_EXACT")
+    np.testing.assert_array_equal(pipeline.apply(stored, d.voi), d.apply(pipeline.modality_values(stored)))
 
 
 # --------------------------------------------------------------------------- LUT descriptor

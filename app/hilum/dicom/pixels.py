@@ -12,6 +12,10 @@ stored data the whole chain is folded into one lookup table over every possible
 stored value, so a frame costs one ``np.take``; the table is cached per
 (pipeline, VOI) and so reused while scrolling slices with equal parameters.
 
+The stages after the Modality LUT are one :class:`DisplayTransform` (VOI and
+presentation inversion, :mod:`hilum.dicom.pixels_lut`), the same object MPR and
+curved MPR display volumes with (:meth:`GrayscalePipeline.display`).
+
 Colour (C.7.6.3.1.2): RGB as is, YBR_FULL/YBR_FULL_422 converted to RGB by
 pydicom while decoding, PALETTE COLOR through its Palette Color LUT (C.7.9,
 pydicom's ``apply_color_lut``); samples deeper than 8 bits are scaled to 8.
@@ -48,7 +52,9 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from hilum.dicom.pixels_lut import (
     LUT,
     VOI,
+    DisplayTransform,
     ModalityTransform,
+    SampledTable,
     VOITable,
     Window,
     presentation_inverts,
@@ -60,10 +66,12 @@ from hilum.errors import HilumError
 __all__ = [
     "LUT",
     "VOI",
+    "DisplayTransform",
     "FrameIndexError",
     "GrayscalePipeline",
     "ModalityTransform",
     "PixelDataError",
+    "SampledTable",
     "VOITable",
     "Window",
     "frame_array",
@@ -202,18 +210,6 @@ _LUT_CACHE_SIZE = 32
 _LUT_LOCK = threading.Lock()
 
 
-def _to_uint8(y01: np.ndarray, invert: bool) -> np.ndarray:
-    """Normalised VOI output → 8-bit P-Values: ``floor(255 y + 0.5)`` (inverted if asked)."""
-    y = y01 * 255.0
-    if invert:
-        y = 255.0 - y
-    y += 0.5
-    np.nan_to_num(y, copy=False, nan=0.0)  # NaN in float pixel data: show as ymin
-    np.floor(y, out=y)
-    np.clip(y, 0, 255, out=y)
-    return y.astype(np.uint8)
-
-
 @dataclass(frozen=True)
 class GrayscalePipeline:
     """The grayscale transforms of one frame (PS3.4 N.2), ready to apply repeatedly.
@@ -306,6 +302,13 @@ class GrayscalePipeline:
             raise ValueError("no window given and the header has none: pass the frame for a min-max window")
         return self.min_max_window(stored)
 
+    def display(
+        self, stored: np.ndarray | None = None, window: WindowArg = None, voi_index: int = 0
+    ) -> DisplayTransform:
+        """The stages after the Modality LUT for *window* (see :meth:`resolve_voi`) with this
+        image's presentation inversion: what MPR and every other view apply to modality values."""
+        return DisplayTransform(self.resolve_voi(stored, window, voi_index), self.invert)
+
     # ---- apply
 
     def modality_values(self, stored: np.ndarray) -> np.ndarray:
@@ -329,7 +332,7 @@ class GrayscalePipeline:
                 return table
         unsigned = np.dtype(f"u{dtype.itemsize}")
         domain = np.arange(1 << (8 * dtype.itemsize), dtype=np.int64).astype(unsigned).view(dtype)
-        table = _to_uint8(voi.apply(self.modality.apply(domain)), self.invert)
+        table = DisplayTransform(voi, self.invert).apply(self.modality.apply(domain))
         table.setflags(write=False)
         with _LUT_LOCK:
             _LUT_CACHE[key] = table
@@ -349,7 +352,7 @@ class GrayscalePipeline:
         if table is not None:
             unsigned = np.dtype(f"u{stored.dtype.itemsize}")
             return np.take(table, stored.view(unsigned))
-        return _to_uint8(voi.apply(self.modality.apply(stored)), self.invert)
+        return DisplayTransform(voi, self.invert).apply(self.modality.apply(stored))
 
 
 # --------------------------------------------------------------------------- colour

@@ -8,14 +8,24 @@ numpy arrays. :mod:`hilum.dicom.pixels` composes them into a lookup table.
 
 Conventions: every VOI stage returns *normalised* output in ``[0, 1]``, i.e.
 ``(y - ymin) / (ymax - ymin)`` of the standard's formulas, so that the caller
-chooses the output depth (8-bit for display).
+chooses the output depth (8-bit for display, :func:`p_values`).
+
+:class:`DisplayTransform` (a VOI stage and the Presentation LUT's inversion) is
+the one definition of windowing for every view: the 2D viewer, thumbnails and
+rendered frames apply it through :class:`hilum.dicom.pixels.GrayscalePipeline`;
+MPR (orthogonal, oblique, slab) and curved MPR apply it to the resliced modality
+values (an int16 plane through :meth:`DisplayTransform.integer_table`, a float one
+through :meth:`DisplayTransform.sampled`), so the same modality value shows the
+same grey level in every view.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +36,15 @@ logger = logging.getLogger(__name__)
 
 VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 """Defined Terms of VOI LUT Function (0028,1056), PS3.3 C.11.2.1.3."""
+
+_SIGMOID_REACH = math.log(509.0) / 4.0
+"""Beyond ``c ± w * _SIGMOID_REACH`` the 8-bit SIGMOID output is constant (0 below, 255 above):
+``floor(255 / (1 + exp(-4 (x - c) / w)) + 0.5)`` reaches 0 where ``exp(4 (c - x) / w) > 509``."""
+
+BINS_PER_WIDTH = 1024
+"""Bins per window width of a :class:`SampledTable` over non-integer values: the output then
+moves by less than a sixteenth of a grey level within half a bin, so a sampled table stays
+within one grey level of the formula (see :meth:`DisplayTransform.sampled`)."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -81,6 +100,23 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         return [str(v) for v in value]
     return [str(value)]
+
+
+def p_values(y01: np.ndarray, invert: bool = False) -> np.ndarray:
+    """Normalised VOI output → 8-bit P-Values, the one quantiser of every view.
+
+    ``floor(255 y + 0.5)`` (round half up), or ``floor(255 (1 - y) + 0.5)`` when
+    the Presentation LUT stage inverts (MONOCHROME1 or shape INVERSE, PS3.3
+    C.11.6.1.2). NaN (float pixel data) shows as P-Value 0 either way.
+    """
+    y = np.asarray(y01, dtype=np.float64) * 255.0
+    if invert:
+        y = 255.0 - y
+    y += 0.5
+    np.nan_to_num(y, copy=False, nan=0.0)
+    np.floor(y, out=y)
+    np.clip(y, 0, 255, out=y)
+    return y.astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- LUT
@@ -303,6 +339,41 @@ class Window:
         y = np.where(x <= lo, 0.0, np.where(x > hi, 1.0, y))
         return np.clip(y, 0.0, 1.0)
 
+    def active_range(self) -> tuple[float, float]:
+        """The modality values outside which the 8-bit output is constant.
+
+        LINEAR: ``c - 0.5 ∓ (w - 1) / 2`` (C.11.2.1.2.1); LINEAR_EXACT: ``c ∓ w / 2``
+        (C.11.2.1.3.2); SIGMOID (C.11.2.1.3.1), which never reaches its limits:
+        ``c ∓ w ln(509) / 4``, past which 8-bit P-Values are 0 and 255.
+        """
+        c, w = self.center, self.width
+        if self.function == "LINEAR":
+            return (c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2)
+        if self.function == "LINEAR_EXACT":
+            return (c - w / 2, c + w / 2)
+        return (c - w * _SIGMOID_REACH, c + w * _SIGMOID_REACH)
+
+    @property
+    def resolution(self) -> float:
+        """A step of modality values over which the output changes by at most 1/1024 of its
+        range (the steepest slope is ``1 / (w - 1)`` for LINEAR, ``1 / w`` otherwise)."""
+        ramp = self.width - 1 if self.function == "LINEAR" else self.width
+        return max(ramp, 1.0) / BINS_PER_WIDTH
+
+    def table(self, lo: float, hi: float, n: int, *, invert: bool = False) -> np.ndarray:
+        """8-bit P-Values (uint8) of ``n`` modality values evenly spaced from *lo* to *hi*
+        (both included), inverted when the presentation stage inverts (:func:`p_values`)."""
+        if n < 1:
+            raise ValueError(f"a table needs at least one entry, not {n}")
+        return p_values(self.apply(np.linspace(float(lo), float(hi), int(n))), invert)
+
+    def with_center_width(self, center: float, width: float) -> Window:
+        """The same VOI LUT Function with another center/width (a window/level drag or a preset).
+
+        The width is kept at 1 or more, the least LINEAR allows (C.11.2.1.2.1).
+        """
+        return Window(float(center), max(float(width), 1.0), self.function, self.explanation)
+
     @classmethod
     def min_max(cls, lo: float, hi: float) -> Window:
         """The window that maps modality values ``lo..hi`` onto the full output range.
@@ -332,8 +403,222 @@ class VOITable:
     def apply(self, x: np.ndarray) -> np.ndarray:
         return self.lut.lookup(x).astype(np.float64) / float(self.lut.max_output)
 
+    def active_range(self) -> tuple[float, float]:
+        """The first and last input the table maps; inputs beyond take the end entries."""
+        return (float(self.lut.first_mapped), float(self.lut.first_mapped + self.lut.data.size - 1))
+
+    @property
+    def resolution(self) -> float:
+        """The table maps whole input values (non-integers round to the nearest, C.11.2.1.1)."""
+        return 1.0
+
+    def table(self, lo: float, hi: float, n: int, *, invert: bool = False) -> np.ndarray:
+        """8-bit P-Values of ``n`` modality values evenly spaced from *lo* to *hi* (see :meth:`Window.table`)."""
+        if n < 1:
+            raise ValueError(f"a table needs at least one entry, not {n}")
+        return p_values(self.apply(np.linspace(float(lo), float(hi), int(n))), invert)
+
+    def equivalent_window(self) -> Window:
+        """The LINEAR window over the table's input range: where a window/level drag or a
+        preset starts from when the VOI in force is a table."""
+        lo, hi = self.active_range()
+        return Window.min_max(lo, hi)
+
 
 VOI = Window | VOITable
+
+
+@dataclass(frozen=True, eq=False)
+class SampledTable:
+    """A VOI + presentation transform sampled into ``n`` equal bins over ``[lo, hi)``, for fast
+    display of non-integer values (a float volume, an averaged slab).
+
+    A modality value ``x`` maps to ``values[clip(floor((x - lo) * n / (hi - lo)), 0, n - 1)]``:
+    values below ``lo`` take the first entry, values at or above ``hi`` the last (the rule of
+    ``vtkLookupTable`` too).  Made by :meth:`DisplayTransform.sampled`.
+    """
+
+    lo: float
+    hi: float
+    values: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != 1 or self.values.size == 0 or self.values.dtype != np.uint8:
+            raise ValueError("a sampled table holds a non-empty 1-D uint8 array")
+        if not self.hi > self.lo:
+            raise ValueError(f"a sampled table needs lo < hi, not {self.lo}..{self.hi}")
+        self.values.setflags(write=False)
+
+    @property
+    def size(self) -> int:
+        return int(self.values.size)
+
+    def lookup(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The P-Values of modality values *x* by the bin rule above (NaN gives 0).
+
+        float32 input is binned in float32 (the bin index is then off by at most a
+        thousandth of a bin: an edge value may fall in the neighbouring bin, one grey
+        level away at most); anything else in float64.  Truncating then clipping the
+        index equals flooring then clipping, as every negative index clips to 0.
+        """
+        x = np.asarray(x)
+        work = np.float32 if x.dtype == np.float32 else np.float64
+        index = np.subtract(x, work(self.lo), dtype=work)
+        index *= work(self.size / (self.hi - self.lo))
+        np.clip(index, -1.0, float(self.size), out=index)  # keeps the integer conversion in range
+        nan = np.isnan(index) if x.dtype.kind == "f" else None
+        if nan is not None and nan.any():
+            index[nan] = -1.0
+        else:
+            nan = None
+        result = np.take(self.values, index.astype(np.int32), mode="clip", out=out)
+        if nan is not None:
+            result[nan] = 0
+        return result
+
+
+_TABLE_CACHE: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+_TABLE_CACHE_SIZE = 16
+_TABLE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class DisplayTransform:
+    """The stages after the Modality LUT (PS3.4 N.2): a VOI (window or VOI LUT table) and
+    whether the Presentation LUT inverts (MONOCHROME1 / shape INVERSE, :func:`presentation_inverts`).
+
+    The one definition of windowing for every view (see the module docstring): it maps
+    modality values to 8-bit P-Values (:meth:`apply`), samples itself into a table for a
+    renderer (:meth:`table`, :meth:`sampled`) and makes the display that a window/level
+    drag or a preset asks for (:meth:`with_window`, :meth:`dragged`), keeping the VOI LUT
+    Function and the inversion.
+    """
+
+    voi: VOI
+    invert: bool = False
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """8-bit P-Values (uint8, same shape) of modality values.
+
+        8- and 16-bit integer arrays (an int16 volume's planes) go through
+        :meth:`integer_table`, one ``np.take``; anything else through the formulas.
+        """
+        values = np.asarray(values)
+        if values.dtype.kind in "iu" and values.dtype.itemsize <= 2:
+            table = self.integer_table(values.dtype)
+            return np.take(table, values.view(np.dtype(f"u{values.dtype.itemsize}")))
+        return p_values(self.voi.apply(values), self.invert)
+
+    def integer_table(self, dtype: np.dtype | type) -> np.ndarray:
+        """The P-Values of every value of an 8/16-bit integer *dtype*, indexed by its bit
+        pattern read as unsigned (two's complement for signed types), as
+        :meth:`hilum.dicom.pixels.GrayscalePipeline.lut` indexes stored values.
+
+        Only the active range is computed (the output is constant outside it), so a new
+        window costs microseconds, not a pass over 65536 values; tables are cached.
+        """
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "iu" or dtype.itemsize > 2:
+            raise ValueError(f"integer tables are for 8/16-bit integers, not {dtype}")
+        key = (self, dtype.str)
+        with _TABLE_LOCK:
+            table = _TABLE_CACHE.get(key)
+            if table is not None:
+                _TABLE_CACHE.move_to_end(key)
+                return table
+        info = np.iinfo(dtype)
+        a, b = self.voi.active_range()
+        i0 = int(min(max(math.floor(a) - 1, info.min), info.max))  # below a: the output of i0
+        i1 = int(min(max(math.ceil(b) + 1, i0), info.max))  # above b: the output of i1
+        ramp = self._p(np.arange(i0, i1 + 1, dtype=np.float64))
+        table = np.empty(1 << (8 * dtype.itemsize), dtype=np.uint8)
+        # fill by value: index = value mod 2**bits; signed values below 0 sit in the upper half
+        for lo, hi, fill in ((info.min, i0 - 1, ramp[0]), (i0, i1, ramp), (i1 + 1, info.max, ramp[-1])):
+            if lo > hi:
+                continue
+            if lo < 0 <= hi:  # a signed run across zero: its negative part, then the rest
+                table[lo % table.size :] = fill if np.ndim(fill) == 0 else fill[:-lo]
+                table[: hi + 1] = fill if np.ndim(fill) == 0 else fill[-lo:]
+            else:
+                table[lo % table.size : hi % table.size + 1] = fill
+        table.setflags(write=False)
+        with _TABLE_LOCK:
+            _TABLE_CACHE[key] = table
+            while len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
+                _TABLE_CACHE.popitem(last=False)
+        return table
+
+    def _p(self, values: np.ndarray) -> np.ndarray:
+        return p_values(self.voi.apply(values), self.invert)
+
+    def table(self, lo: float, hi: float, n: int) -> np.ndarray:
+        """P-Values of ``n`` modality values evenly spaced from *lo* to *hi* (both included)."""
+        return self.voi.table(lo, hi, n, invert=self.invert)
+
+    @property
+    def window(self) -> Window:
+        """The window in force: the VOI itself, or a table's :meth:`VOITable.equivalent_window`."""
+        return self.voi if isinstance(self.voi, Window) else self.voi.equivalent_window()
+
+    def with_window(self, center: float, width: float) -> DisplayTransform:
+        """This display with another center/width: a window keeps its VOI LUT Function, a VOI
+        LUT table gives way to a LINEAR window; the inversion stays."""
+        base = self.voi if isinstance(self.voi, Window) else Window(float(center), 1.0)
+        return DisplayTransform(base.with_center_width(center, width), self.invert)
+
+    def dragged(self, dx: float, dy: float) -> DisplayTransform:
+        """Window/level by a mouse drag of ``(dx, dy)`` screen pixels (``dy`` positive downwards).
+
+        Right widens the window, down raises the level (the image darkens), as in the 2D
+        viewer; one pixel moves by ``max(width, 20) / 256`` so that a lung and a stroke window
+        both respond usefully.
+        """
+        w = self.window
+        k = max(w.width, 20.0) / 256.0
+        return self.with_window(w.center + dy * k, w.width + dx * k)
+
+    def sampled(
+        self, value_range: tuple[float, float] | None = None, *, integer: bool, max_entries: int = 1 << 17
+    ) -> SampledTable:
+        """This display as a :class:`SampledTable` for values in *value_range* (e.g. a volume's
+        minimum and maximum; None: every value).
+
+        With *integer* values (int16 volumes) and for VOI LUT tables, bins are one wide and
+        centred on whole numbers, so each integer maps to exactly the P-Value of :meth:`apply`
+        (and a non-integer to that of the nearest integer, as C.11.2.1.1 has tables do).
+        Otherwise bins are :attr:`Window.resolution` wide over the window's active range and
+        hold the P-Value of their centre, which is within one grey level of the formula for
+        every value in the bin. Outside the active range the output is constant, so the end
+        bins stand for everything beyond.
+        """
+        a, b = self.voi.active_range()
+        if value_range is not None:
+            vlo, vhi = float(value_range[0]), float(value_range[1])
+            if not vlo <= vhi:
+                raise ValueError(f"value range must be low..high, not {value_range}")
+            if b < vlo or a > vhi:  # every value on one side of the window: one grey level
+                return SampledTable(vlo - 0.5, vhi + 0.5, self.apply(np.array([vlo])))
+            a, b = max(a, vlo), min(b, vhi)
+        if integer or isinstance(self.voi, VOITable):
+            i0, i1 = math.floor(a) - 1, math.ceil(b) + 1
+            if i1 - i0 + 1 <= max_entries:
+                return SampledTable(i0 - 0.5, i1 + 0.5, self.apply(np.arange(i0, i1 + 1, dtype=np.float64)))
+        step = self.voi.resolution
+        n = math.ceil((b - a) / step) + 2
+        if n > max_entries:
+            n = max_entries
+            step = (b - a) / (n - 2)
+        lo = a - step
+        return SampledTable(lo, lo + n * step, self.apply(lo + (np.arange(n) + 0.5) * step))
+
+    @property
+    def label(self) -> str:
+        """A short text for an overlay: ``W 400 L 40``, the function when not LINEAR, or the table."""
+        if isinstance(self.voi, VOITable):
+            return f"VOI LUT {self.voi.explanation}".strip()
+        w = self.voi
+        text = f"W {w.width:.0f} L {w.center:.0f}"
+        return text if w.function == "LINEAR" else f"{text} {w.function.replace('_', ' ').lower()}"
 
 
 def windows_from_dataset(ds: Dataset, frame: int = 0) -> tuple[Window, ...]:

@@ -2,17 +2,21 @@
 
 Three pieces, none of them Qt:
 
-* :class:`Crosshair` — the MPR model: the 3D cursor (a patient point), the
-  orientation of each of the three planes (oblique once the user rotates the
-  crosshair lines), slab thickness and mode per view.  Plain Python; it emits
-  events to subscribers (:meth:`Crosshair.subscribe`).
+* :class:`hilum.render.crosshair.Crosshair` (re-exported here) — the MPR model:
+  the 3D cursor, the orientation of each plane, slab thickness and mode per view,
+  with :class:`~hilum.render.crosshair.CrosshairView`, the headless logic of one
+  view (reference lines, what a drag does).  numpy only, tested without VTK.
 * :class:`VolumeImage` — a :class:`hilum.dicom.volume.Volume` wrapped as a
   ``vtkImageData`` **in voxel-index space** (origin 0, spacing 1), shared by
   every viewport and the 3D view.  Patient geometry, including the shear of a
   tilted gantry, is applied by matrices: reslice axes here, the prop's user
   matrix in :mod:`hilum.render.volume3d`.
 * :class:`MPRViewport` — one plane on screen: ``vtkImageReslice`` (linear
-  interpolation, slab MIP/MinIP/mean) → window/level → ``vtkImageActor``, with
+  interpolation, slab MIP/MinIP/mean) → the view's
+  :class:`hilum.dicom.pixels_lut.DisplayTransform` (the 2D viewer's VOI LUT and
+  presentation stages: LINEAR, LINEAR_EXACT, SIGMOID or a VOI LUT table,
+  MONOCHROME1 inversion), applied in numpy as the 2D viewer applies it (one
+  ``np.take`` through a table) → an 8-bit grey ``vtkImageActor``, with
   the crosshair lines of the two other planes, orientation letters at the four
   edges (PS3.3 C.7.6.1.1.1), a scale bar, zoom/pan and mm rulers.  It renders
   into a ``vtkRenderWindow`` it is given (the Qt widget's) or its own
@@ -29,7 +33,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,7 +44,6 @@ from vtkmodules.util import numpy_support
 from vtkmodules.vtkCommonCore import VTK_FLOAT, vtkCommand, vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkImageData, vtkPolyData
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
-from vtkmodules.vtkImagingColor import vtkImageMapToWindowLevelColors
 from vtkmodules.vtkImagingCore import vtkImageReslice
 from vtkmodules.vtkRenderingCore import (
     vtkActor,
@@ -56,7 +58,10 @@ from vtkmodules.vtkRenderingCore import (
     vtkWindowToImageFilter,
 )
 
-from hilum.dicom.volume import Plane, SlabMode, Volume
+from hilum.dicom.pixels import GRAYSCALE, GrayscalePipeline, read_header
+from hilum.dicom.pixels_lut import VOI, DisplayTransform, SampledTable, VOITable, Window
+from hilum.dicom.volume import Plane, Volume
+from hilum.render.crosshair import VIEWS, Crosshair, CrosshairView, Measurement, SlabSettings
 
 __all__ = [
     "VIEWS",
@@ -70,20 +75,17 @@ __all__ = [
     "capture_window",
     "matrix_to_vtk",
     "offscreen_window",
+    "volume_display",
 ]
 
 logger = logging.getLogger(__name__)
 
-VIEWS = ("axial", "coronal", "sagittal")
 VIEW_COLOURS = {"axial": (0.95, 0.3, 0.3), "coronal": (0.35, 0.85, 0.35), "sagittal": (0.95, 0.85, 0.3)}
 """Colour of each plane's crosshair line where the other views show it."""
 
-_BASE_ORIENTATION = {
-    "axial": (np.array([1.0, 0, 0]), np.array([0, 1.0, 0])),
-    "coronal": (np.array([1.0, 0, 0]), np.array([0, 0, -1.0])),
-    "sagittal": (np.array([0, 1.0, 0]), np.array([0, 0, -1.0])),
-}
-"""Standard display orientations (row direction, column direction) in patient space."""
+WindowSpec = DisplayTransform | Window | VOITable | tuple[float, float]
+"""What a viewport's window can be given as: a display, a VOI (the volume's inversion is
+added), or ``(center, width)`` (LINEAR, PS3.3 C.11.2.1.2.1)."""
 
 
 def matrix_to_vtk(m: npt.ArrayLike) -> vtkMatrix4x4:
@@ -149,152 +151,50 @@ class VolumeImage:
         self.image.Modified()
 
 
-# ----------------------------------------------------------------------------- the model
+# ----------------------------------------------------------------------------- display
 
 
-@dataclass
-class SlabSettings:
-    """Thick-slab rendering of one view: ``thickness`` in mm (0 = a thin plane) and mode."""
+def volume_display(volume: Volume) -> DisplayTransform:
+    """The display of a volume as the 2D viewer shows its first slice (PS3.4 N.2 after the
+    Modality LUT): the header's first window (with its VOI LUT Function) or else its first
+    VOI LUT table, and the inversion of MONOCHROME1 / Presentation LUT Shape INVERSE.
 
-    thickness: float = 0.0
-    mode: SlabMode = "mip"
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """A ruler between two patient points; its length is in mm whatever plane it was drawn on."""
-
-    start: tuple[float, float, float]
-    end: tuple[float, float, float]
-
-    @property
-    def length(self) -> float:
-        return float(np.linalg.norm(np.subtract(self.end, self.start)))
-
-
-@dataclass
-class Crosshair:
-    """The linked state of the three MPR views (a headless logic object: tests drive it).
-
-    ``centre`` is the 3D cursor in patient mm; every view's plane passes
-    through it.  ``orientations[view]`` is the view's (row, column) direction
-    pair; rotating the crosshair in one view (:meth:`rotate`) turns the other
-    two planes about that view's normal, which gives oblique and double-oblique
-    MPR while the three normals stay orthonormal.
+    The header is the first source slice's (read from its file when the volume was built
+    from decoded planes without one); without a grayscale header, the volume's window or a
+    min-max window over its values (:meth:`Window.min_max`) with no inversion.
     """
-
-    centre: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(3))
-    orientations: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = field(
-        default_factory=lambda: {v: (u.copy(), w.copy()) for v, (u, w) in _BASE_ORIENTATION.items()}
-    )
-    slabs: dict[str, SlabSettings] = field(default_factory=lambda: {v: SlabSettings() for v in VIEWS})
-    measurements: list[Measurement] = field(default_factory=list)
-    path: list[tuple[float, float, float]] = field(default_factory=list)
-    """Points of a curved-MPR path (patient mm), drawn on one plane."""
-    path_normal: npt.NDArray[np.float64] | None = None
-    """The normal of the plane the path is drawn on (the curved MPR's ``up``)."""
-    _listeners: list[Callable[[str], None]] = field(default_factory=list, repr=False)
-
-    def __post_init__(self) -> None:
-        self.centre = np.asarray(self.centre, dtype=np.float64).reshape(3)
-
-    # --- events
-    def subscribe(self, callback: Callable[[str], None]) -> Callable[[], None]:
-        """Call ``callback(kind)`` on every change (``"centre"``, ``"orientation"``, ``"slab"``,
-        ``"measurements"``); returns the function that unsubscribes."""
-        self._listeners.append(callback)
-        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
-
-    def _emit(self, kind: str) -> None:
-        for cb in list(self._listeners):
-            cb(kind)
-
-    # --- state
-    def plane(self, view: str) -> Plane:
-        u, v = self.orientations[view]
-        return Plane(self.centre, u, v)
-
-    def set_centre(self, point: npt.ArrayLike) -> None:
-        p = np.asarray(point, dtype=np.float64).reshape(3)
-        if not np.allclose(p, self.centre, atol=1e-9):
-            self.centre = p
-            self._emit("centre")
-
-    def move_along(self, view: str, distance: float) -> None:
-        """Move the cursor ``distance`` mm along the normal of ``view`` (scrolling through it)."""
-        self.set_centre(self.centre + distance * self.plane(view).normal)
-
-    def rotate(self, view: str, degrees: float) -> None:
-        """Rotate the crosshair lines shown in ``view``: the two other planes turn by ``degrees``
-        about this view's normal (right-handed; clockwise on screen)."""
-        from hilum.dicom.volume import rotation_matrix
-
-        r = rotation_matrix(self.plane(view).normal, degrees)
-        for other in VIEWS:
-            if other != view:
-                u, v = self.orientations[other]
-                self.orientations[other] = (r @ u, r @ v)
-        self._emit("orientation")
-
-    def set_orientation(self, view: str, u: npt.ArrayLike, v: npt.ArrayLike) -> None:
-        p = Plane(self.centre, np.asarray(u, float), np.asarray(v, float))
-        self.orientations[view] = (p.u, p.v)
-        self._emit("orientation")
-
-    @property
-    def oblique(self) -> bool:
-        return any(
-            not (np.allclose(self.orientations[v][0], _BASE_ORIENTATION[v][0], atol=1e-9)
-                 and np.allclose(self.orientations[v][1], _BASE_ORIENTATION[v][1], atol=1e-9))
-            for v in VIEWS
-        )  # fmt: skip
-
-    def reset(self, centre: npt.ArrayLike | None = None) -> None:
-        """Back to the standard axial/coronal/sagittal planes (through ``centre`` if given)."""
-        self.orientations = {v: (u.copy(), w.copy()) for v, (u, w) in _BASE_ORIENTATION.items()}
-        if centre is not None:
-            self.centre = np.asarray(centre, dtype=np.float64).reshape(3)
-        self._emit("orientation")
-
-    def set_slab(self, view: str, thickness: float | None = None, mode: SlabMode | None = None) -> None:
-        s = self.slabs[view]
-        if thickness is not None:
-            if thickness < 0:
-                raise ValueError(f"slab thickness must be >= 0 mm, not {thickness}")
-            s.thickness = float(thickness)
-        if mode is not None:
-            if mode not in ("mip", "minip", "mean"):
-                raise ValueError(f"slab mode must be 'mip', 'minip' or 'mean', not {mode!r}")
-            s.mode = mode
-        self._emit("slab")
-
-    def add_measurement(self, start: npt.ArrayLike, end: npt.ArrayLike) -> Measurement:
-        m = Measurement(tuple(map(float, start)), tuple(map(float, end)))  # type: ignore[arg-type]
-        self.measurements.append(m)
-        self._emit("measurements")
-        return m
-
-    def add_path_point(self, point: npt.ArrayLike, normal: npt.ArrayLike) -> None:
-        """Extend the curved-MPR path (the first point fixes the drawing plane's normal)."""
-        if not self.path:
-            self.path_normal = np.asarray(normal, dtype=np.float64)
-        self.path.append(tuple(map(float, np.asarray(point, dtype=np.float64).reshape(3))))  # type: ignore[arg-type]
-        self._emit("path")
-
-    def clear_path(self) -> None:
-        self.path.clear()
-        self.path_normal = None
-        self._emit("path")
-
-    def clear_measurements(self) -> None:
-        self.measurements.clear()
-        self._emit("measurements")
+    header: Any = None
+    frame = 0
+    if volume.slices:
+        ref = volume.slices[0]
+        frame = ref.frame
+        header = ref.header
+        if "PhotometricInterpretation" not in header and ref.path:
+            try:
+                header = read_header(ref.path)
+            except Exception as exc:  # the display falls back to the volume's window below
+                logger.warning("cannot read the first slice's header for the MPR display (%s)", type(exc).__name__)
+                header = None
+    voi: VOI | None = None
+    invert = False
+    if header is not None and str(header.get("PhotometricInterpretation", "")).strip().upper() in GRAYSCALE:
+        try:
+            pipeline = GrayscalePipeline.from_dataset(header, frame)
+        except (ValueError, AttributeError, KeyError, TypeError):
+            logger.warning("cannot read the display of the volume's header; using its window", exc_info=True)
+        else:
+            voi = pipeline.default_voi()
+            invert = pipeline.invert
+    if voi is None:
+        voi = volume.window if volume.window is not None else Window.min_max(*volume.value_range())
+    return DisplayTransform(voi, invert)
 
 
 # ----------------------------------------------------------------------------- one viewport
 
 
 _SLAB_MODES = {"mip": "SetSlabModeToMax", "minip": "SetSlabModeToMin", "mean": "SetSlabModeToMean"}
+_SLAB_NAMES = {"mip": "MIP", "minip": "MinIP", "mean": "Average"}
 
 
 def _nice_length(mm: float) -> float:
@@ -311,9 +211,11 @@ def _nice_length(mm: float) -> float:
 class MPRViewport:
     """One MPR plane rendered with VTK (see the module docstring for its coordinates).
 
-    ``window`` is (centre, width) in modality units; ``zoom`` multiplies the
-    fit-to-volume scale.  Display coordinates are VTK's: pixels from the
-    bottom-left corner of the render window.
+    ``window`` sets the display (:data:`WindowSpec`; default: :func:`volume_display`, the 2D
+    viewer's display of the volume's first slice); ``zoom`` multiplies the fit-to-volume
+    scale.  Display coordinates are VTK's: pixels from the bottom-left corner of the render
+    window.  The crosshair logic is :attr:`logic` (:class:`CrosshairView`); the methods here
+    convert display pixels to its plane coordinates.
     """
 
     def __init__(
@@ -324,7 +226,7 @@ class MPRViewport:
         *,
         render_window: vtkRenderWindow | None = None,
         size: tuple[int, int] = (512, 512),
-        window: tuple[float, float] | None = None,
+        window: WindowSpec | None = None,
         interpolation: str = "linear",
     ) -> None:
         if view not in VIEWS:
@@ -333,6 +235,7 @@ class MPRViewport:
         self.volume = data.volume
         self.crosshair = crosshair
         self.view = view
+        self.logic = CrosshairView(crosshair, view, anchor=self.volume.center)
         self.render_window = render_window or offscreen_window(size)
         self.renderer = vtkRenderer()
         self.renderer.SetBackground(0, 0, 0)
@@ -356,17 +259,20 @@ class MPRViewport:
         else:
             self.reslice.SetInterpolationModeToLinear()
 
-        self.colours = vtkImageMapToWindowLevelColors()
-        self.colours.SetInputConnection(self.reslice.GetOutputPort())
-        self.colours.SetOutputFormatToRGB()
+        self.grey = vtkImageData()
+        """The plane's P-Values (8-bit grey, one per resliced pixel) that the actor shows."""
+        self._grey_values: npt.NDArray[np.uint8] | None = None
+        self._mapped: tuple[int, DisplayTransform] | None = None  # (reslice output MTime, display) shown
         self.actor = vtkImageActor()
-        self.actor.GetMapper().SetInputConnection(self.colours.GetOutputPort())
+        self.actor.SetInputData(self.grey)
         self.actor.InterpolateOn()
         self.renderer.AddActor(self.actor)
-        if window is None:
-            w = self.volume.window
-            window = (w.center, w.width) if w is not None else self._auto_window()
-        self.set_window(*window)
+        self._default_display = volume_display(self.volume)
+        self._display = self._default_display
+        self._sampled: tuple[DisplayTransform, SampledTable] | None = None
+        self._display_listeners: list[Callable[[], None]] = []
+        if window is not None:
+            self._display = self._as_display(window)
 
         self._lines: dict[str, tuple[vtkPoints, vtkActor]] = {}
         for other in VIEWS:
@@ -395,18 +301,13 @@ class MPRViewport:
         self._info.GetTextProperty().SetVerticalJustificationToTop()
         self._scale_points = vtkPoints()
         self._scale_actor, self._scale_text = self._make_scale_bar()
-        self.renderer.AddObserver(vtkCommand.StartEvent, lambda *_: self._update_overlays())
+        self.renderer.AddObserver(vtkCommand.StartEvent, self._before_render)
 
         self._unsubscribe = crosshair.subscribe(self._on_model)
-        self._display_plane = self._compute_display_plane()
         self._update_reslice()
         self.reset_camera()
 
     # --- construction helpers
-    def _auto_window(self) -> tuple[float, float]:
-        lo, hi = self.data.value_range
-        return ((lo + hi) / 2, max(hi - lo, 1.0))
-
     def _make_line(self, colour: tuple[float, float, float]) -> tuple[vtkPoints, vtkActor]:
         pts = vtkPoints()
         pts.SetNumberOfPoints(2)
@@ -465,8 +366,6 @@ class MPRViewport:
 
     # --- model -> view
     def _on_model(self, kind: str) -> None:
-        if kind == "orientation":
-            self._display_plane = self._compute_display_plane()
         self._update_reslice()
 
     def close(self) -> None:
@@ -477,24 +376,16 @@ class MPRViewport:
     @property
     def plane(self) -> Plane:
         """The plane shown, through the crosshair centre."""
-        return self.crosshair.plane(self.view)
-
-    def _compute_display_plane(self) -> Plane:
-        """The plane's frame anchored at the volume centre (projected onto the plane later)."""
-        p = self.plane
-        return Plane(self.volume.center, p.u, p.v)
+        return self.logic.plane
 
     @property
     def display_plane(self) -> Plane:
         """The shown plane with its origin at the projection of the volume centre: viewport
-        world coordinates ``(s, t)`` are plane coordinates of this plane."""
-        base = self._display_plane
-        w = float((self.crosshair.centre - base.centre) @ base.normal)
-        return base.shifted(w)
+        world coordinates ``(s, t)`` are plane coordinates of this plane (:attr:`CrosshairView.frame`)."""
+        return self.logic.frame
 
     def _extent(self) -> tuple[float, float, float, float]:
-        base = self._display_plane
-        st = base.to_plane(self.volume.corners())
+        st = self.display_plane.to_plane(self.volume.corners())
         pad = self.spacing
         return (st[:, 0].min() - pad, st[:, 0].max() + pad, st[:, 1].min() - pad, st[:, 1].max() + pad)
 
@@ -518,22 +409,58 @@ class MPRViewport:
         self.reslice.SetOutputScalarType(VTK_FLOAT if slab.mode == "mean" and n_slab > 1 else -1)
         self._update_lines()
 
+    def _before_render(self, *_: object) -> None:
+        """The renderer is about to draw: bring the grey image and the overlays up to date."""
+        self.update_image()
+        self._update_overlays()
+
+    def update_image(self) -> None:
+        """Reslice (if the plane, slab or volume changed) and map the values to P-Values through
+        the display (if either changed): what the actor shows.  Runs before every render.
+
+        Integer planes (an int16 volume, thin or MIP/MinIP) go through
+        :meth:`DisplayTransform.apply` (one ``np.take`` through its integer table: the
+        exact P-Values of the 2D viewer); float planes (a float volume, an averaged slab)
+        through :meth:`DisplayTransform.sampled` bins (within one grey level).  About 0.4 ms
+        for 512 x 512 int16, against 1.4 ms for VTK's own window/level filter and 1.8 ms
+        for ``vtkImageMapToColors`` with a lookup table (bench/mpr/interaction.py).
+        """
+        self.reslice.Update()  # VTK's pipeline: re-executes only when the plane, slab or volume changed
+        out = self.reslice.GetOutput()
+        if self._mapped == (out.GetMTime(), self._display):
+            return
+        nx, ny, _ = out.GetDimensions()
+        values = numpy_support.vtk_to_numpy(out.GetPointData().GetScalars())
+        if self._grey_values is None or self._grey_values.size != values.size:
+            self._grey_values = np.empty(values.size, dtype=np.uint8)
+            self.grey.SetDimensions(nx, ny, 1)
+            self.grey.GetPointData().SetScalars(numpy_support.numpy_to_vtk(self._grey_values, deep=False))
+        elif self.grey.GetDimensions()[:2] != (nx, ny):
+            self.grey.SetDimensions(nx, ny, 1)
+        self.grey.SetOrigin(out.GetOrigin())
+        self.grey.SetSpacing(out.GetSpacing())
+        if values.dtype.kind in "iu" and values.dtype.itemsize <= 2:
+            table = self._display.integer_table(values.dtype)
+            np.take(table, values.view(np.dtype(f"u{values.dtype.itemsize}")), out=self._grey_values)
+        else:
+            if self._sampled is None or self._sampled[0] != self._display:
+                self._sampled = (self._display, self._display.sampled(self.data.value_range, integer=False))
+            self._sampled[1].lookup(values, out=self._grey_values)
+        self.grey.GetPointData().GetScalars().Modified()
+        self.grey.Modified()
+        self._mapped = (out.GetMTime(), self._display)
+
     def _update_lines(self) -> None:
-        plane = self.display_plane
-        c = plane.to_plane(self.crosshair.centre)
         length = 4.0 * float(np.max(self.volume.spacing * np.asarray(self.volume.size)))
+        lines = self.logic.reference_lines()
         for other, (pts, actor) in self._lines.items():
-            d3 = np.cross(plane.normal, self.crosshair.plane(other).normal)
-            d = np.array([d3 @ plane.u, d3 @ plane.v])
-            n = float(np.linalg.norm(d))
-            actor.SetVisibility(self.show_crosshair and n > 1e-6)
-            if n <= 1e-6:
+            line = lines.get(other)
+            actor.SetVisibility(self.show_crosshair and line is not None)
+            if line is None:
                 continue
-            d /= n
-            a = c[:2] - length * d
-            b = c[:2] + length * d
-            pts.SetPoint(0, a[0], a[1], -0.5)
-            pts.SetPoint(1, b[0], b[1], -0.5)
+            (a0, a1), (b0, b1) = line.segment(length)
+            pts.SetPoint(0, a0, a1, -0.5)
+            pts.SetPoint(1, b0, b1, -0.5)
             pts.Modified()
         self._update_rulers()
         self._update_path()
@@ -567,6 +494,15 @@ class MPRViewport:
         if len(c.path) < 2 or c.path_normal is None:
             return None
         return self.volume.curved_reslice(c.path, c.path_normal, width=width, fill=self.data.value_range[0])
+
+    def curved_pixels(self, *, width: float = 80.0) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]] | None:
+        """The curved MPR as 8-bit P-Values through this view's display (the same
+        :class:`DisplayTransform` as the plane and the 2D viewer), and its pixels' patient points."""
+        result = self.curved_image(width=width)
+        if result is None:
+            return None
+        values, points = result
+        return np.ascontiguousarray(self._display.apply(values)), points
 
     def add_path_point(self, x: float, y: float) -> None:
         """Extend the curved-MPR path with the point under display ``(x, y)`` on this plane."""
@@ -605,9 +541,8 @@ class MPRViewport:
         slab = self.crosshair.slabs[self.view]
         lines = [self.view.capitalize() + (" (oblique)" if self.crosshair.oblique else "")]
         if slab.thickness > 0:
-            lines.append(f"{ {'mip': 'MIP', 'minip': 'MinIP', 'mean': 'Average'}[slab.mode] } {slab.thickness:g} mm")
-        c, ww = self.window
-        lines.append(f"W {ww:.0f} L {c:.0f}")
+            lines.append(f"{_SLAB_NAMES[slab.mode]} {slab.thickness:g} mm")
+        lines.append(self._display.label)
         self._info.SetInput("\n".join(lines))
         self._info.SetPosition(0.02, 0.98)
         self._info.SetVisibility(visible)
@@ -676,13 +611,42 @@ class MPRViewport:
         return float(h / (2 * scale)) if scale > 0 else 0.0
 
     @property
+    def display(self) -> DisplayTransform:
+        """The VOI and presentation stages this view applies (:class:`DisplayTransform`)."""
+        return self._display
+
+    def set_display(self, window: WindowSpec | None) -> None:
+        """Show the plane through another display (None: back to :func:`volume_display`)."""
+        display = self._default_display if window is None else self._as_display(window)
+        if display == self._display:
+            return
+        self._display = display
+        for callback in list(self._display_listeners):
+            callback()
+
+    def subscribe_display(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` whenever :attr:`display` changes; returns the function that unsubscribes."""
+        self._display_listeners.append(callback)
+        return lambda: self._display_listeners.remove(callback) if callback in self._display_listeners else None
+
+    def _as_display(self, window: WindowSpec) -> DisplayTransform:
+        if isinstance(window, DisplayTransform):
+            return window
+        if isinstance(window, (Window, VOITable)):
+            return DisplayTransform(window, self._default_display.invert)
+        centre, width = window
+        return DisplayTransform(Window(float(centre), max(float(width), 1.0)), self._default_display.invert)
+
+    @property
     def window(self) -> tuple[float, float]:
-        return (self.colours.GetLevel(), self.colours.GetWindow())
+        """Centre and width of the window in force (a VOI LUT table's equivalent window)."""
+        w = self._display.window
+        return (w.center, w.width)
 
     def set_window(self, centre: float, width: float) -> None:
-        """Window centre/width in modality units (a linear ramp, as VOI LINEAR, PS3.3 C.11.2.1.2)."""
-        self.colours.SetLevel(float(centre))
-        self.colours.SetWindow(max(float(width), 1.0))
+        """Window centre/width in modality units, keeping the VOI LUT Function and inversion
+        (:meth:`DisplayTransform.with_window`; a VOI LUT table gives way to LINEAR)."""
+        self.set_display(self._display.with_window(centre, width))
 
     # --- picking
     def display_to_plane(self, x: float, y: float) -> tuple[float, float]:
@@ -709,54 +673,37 @@ class MPRViewport:
         x, y, _ = r.GetDisplayPoint()
         return float(x), float(y), float(w)
 
-    # --- interaction (the Qt widget binds mouse events to these)
+    # --- interaction (the Qt widget binds mouse events to these; the logic is :attr:`logic`)
+    def _mm(self, pixels: float) -> float:
+        return pixels / max(self.pixels_per_mm, 1e-9)
+
     def click(self, x: float, y: float) -> None:
         """Put the 3D cursor at the point under display ``(x, y)`` (all views follow)."""
-        self.crosshair.set_centre(self.display_to_patient(x, y))
+        self.logic.click(*self.display_to_plane(x, y))
 
     def scroll(self, steps: float) -> None:
         """Move through this view by ``steps`` voxel-sized steps along its normal."""
-        self.crosshair.move_along(self.view, steps * float(np.min(self.volume.spacing)))
+        self.logic.scroll(steps * float(np.min(self.volume.spacing)))
 
     def rotate_drag(self, x0: float, y0: float, x1: float, y1: float) -> float:
         """Rotate the crosshair lines by the angle swept about the cursor from ``(x0, y0)`` to
-        ``(x1, y1)``; returns the angle in degrees."""
-        c = self.display_plane.to_plane(self.crosshair.centre)
-        a0 = np.subtract(self.display_to_plane(x0, y0), c[:2])
-        a1 = np.subtract(self.display_to_plane(x1, y1), c[:2])
-        if np.linalg.norm(a0) < 1e-9 or np.linalg.norm(a1) < 1e-9:
-            return 0.0
-        angle = math.degrees(math.atan2(a1[1], a1[0]) - math.atan2(a0[1], a0[0]))
-        angle = (angle + 180.0) % 360.0 - 180.0
-        if angle:
-            self.crosshair.rotate(self.view, angle)
-        return angle
+        ``(x1, y1)``; returns the angle in degrees (:meth:`CrosshairView.rotate_drag`)."""
+        return self.logic.rotate_drag(self.display_to_plane(x0, y0), self.display_to_plane(x1, y1))
 
     def near_crosshair_line(self, x: float, y: float, tolerance_px: float = 6.0) -> str | None:
         """The other view whose crosshair line passes within ``tolerance_px`` of display ``(x, y)``."""
-        c = self.display_plane.to_plane(self.crosshair.centre)[:2]
-        p = np.asarray(self.display_to_plane(x, y))
-        tol = tolerance_px / max(self.pixels_per_mm, 1e-9)
-        plane = self.display_plane
-        best: tuple[float, str] | None = None
-        for other in self._lines:
-            d3 = np.cross(plane.normal, self.crosshair.plane(other).normal)
-            d = np.array([d3 @ plane.u, d3 @ plane.v])
-            if np.linalg.norm(d) < 1e-9:
-                continue
-            d /= np.linalg.norm(d)
-            off = p - c
-            dist = abs(off[0] * d[1] - off[1] * d[0])
-            if dist <= tol and (best is None or dist < best[0]):
-                best = (dist, other)
-        return best[1] if best else None
+        return self.logic.line_near(*self.display_to_plane(x, y), self._mm(tolerance_px))
+
+    def drag_mode(self, x: float, y: float, *, line_px: float = 6.0, cursor_px: float = 12.0) -> str:
+        """What a left drag from display ``(x, y)`` does: ``"rotate"`` or ``"cursor"``
+        (:meth:`CrosshairView.drag_mode`, tolerances in display pixels)."""
+        s, t = self.display_to_plane(x, y)
+        return self.logic.drag_mode(s, t, line_tolerance=self._mm(line_px), cursor_tolerance=self._mm(cursor_px))
 
     def window_drag(self, dx: float, dy: float) -> None:
-        """Mouse W/L: right = wider window, up = higher level (scaled to the value range)."""
-        c, w = self.window
-        lo, hi = self.data.value_range
-        k = max(hi - lo, 1.0) / 500.0
-        self.set_window(c + dy * k, w + dx * k)
+        """Mouse W/L by ``(dx, dy)`` display pixels (``dy`` up): :meth:`DisplayTransform.dragged`,
+        the 2D viewer's rule (right widens, down raises the level)."""
+        self.set_display(self._display.dragged(dx, -dy))
 
     def measure(self, p0: tuple[float, float], p1: tuple[float, float]) -> Measurement:
         """A ruler between two display points, stored in patient mm (so it stays true on oblique planes)."""
@@ -779,7 +726,7 @@ class MPRViewport:
         return Plane(p.to_patient(s0, t0), p.u, p.v)
 
     def render(self) -> None:
-        self.render_window.Render()
+        self.render_window.Render()  # the renderer's StartEvent updates the image (update_image)
 
     def capture(self) -> npt.NDArray[np.uint8]:
         """Render and return the window's RGB pixels (top row first)."""
@@ -797,7 +744,7 @@ class MPRScene:
         *,
         size: tuple[int, int] = (384, 384),
         windows: dict[str, vtkRenderWindow] | None = None,
-        window: tuple[float, float] | None = None,
+        window: WindowSpec | None = None,
     ) -> None:
         self.volume = volume
         self.data = VolumeImage(volume)
@@ -811,8 +758,14 @@ class MPRScene:
         return self.viewports[view]
 
     def set_window(self, centre: float, width: float) -> None:
+        """The same center/width in every view (each keeps its VOI LUT Function)."""
         for vp in self.viewports.values():
             vp.set_window(centre, width)
+
+    def set_display(self, window: WindowSpec | None) -> None:
+        """The same display in every view (None: the volume's default)."""
+        for vp in self.viewports.values():
+            vp.set_display(window)
 
     def render(self) -> None:
         for vp in self.viewports.values():

@@ -124,8 +124,9 @@ class SliceCanvas(VTKCanvas):
     """One MPR plane.  Mouse: left click/drag moves the 3D cursor; left drag starting on a
     crosshair line (or with Ctrl) rotates the other planes about this one (oblique MPR);
     Shift + left drag measures (mm); Alt + left click adds a point to the curved-MPR path;
-    right drag: window/level; middle drag: pan; wheel: move through the plane; Ctrl + wheel:
-    zoom."""
+    right drag: window/level (the 2D viewer's rule, :meth:`DisplayTransform.dragged`); middle
+    drag: pan; wheel: move through the plane; Ctrl + wheel: zoom.  What a drag does is decided
+    by the headless :class:`hilum.render.crosshair.CrosshairView` (:meth:`MPRViewport.drag_mode`)."""
 
     def __init__(self, viewport: MPRViewport, parent: QWidget | None = None) -> None:
         super().__init__(viewport.render_window, parent)
@@ -155,22 +156,18 @@ class SliceCanvas(VTKCanvas):
                 self.viewport.add_path_point(x, y)
             elif mods & Qt.KeyboardModifier.ShiftModifier:
                 self._mode = "measure"
-            elif mods & Qt.KeyboardModifier.ControlModifier or (
-                self.viewport.near_crosshair_line(x, y) is not None and not self._near_centre(x, y)
-            ):
+            elif mods & Qt.KeyboardModifier.ControlModifier:
                 self._mode = "rotate"
             else:
-                self._mode = "cursor"
-                self.viewport.click(x, y)
+                dpr = self.devicePixelRatioF()
+                self._mode = self.viewport.drag_mode(x, y, line_px=6.0 * dpr, cursor_px=12.0 * dpr)
+                if self._mode == "cursor":
+                    self.viewport.click(x, y)
         elif button == Qt.MouseButton.RightButton:
             self._mode = "window"
         elif button == Qt.MouseButton.MiddleButton:
             self._mode = "pan"
         event.accept()
-
-    def _near_centre(self, x: float, y: float, tolerance_px: float = 12.0) -> bool:
-        cx, cy, _ = self.viewport.patient_to_display(self.viewport.crosshair.centre)
-        return math.hypot(x - cx, y - cy) <= tolerance_px * self.devicePixelRatioF()
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         if self._mode is None or self._last is None:

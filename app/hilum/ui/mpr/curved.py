@@ -1,4 +1,9 @@
-"""A window showing the straightened curved MPR along the path drawn in an MPR plane."""
+"""A window showing the straightened curved MPR along the path drawn in an MPR plane.
+
+Its grey levels come from the viewport's :class:`hilum.dicom.pixels_lut.DisplayTransform`
+(:meth:`hilum.render.mpr.MPRViewport.curved_pixels`): the same VOI LUT Function, VOI LUT
+table and MONOCHROME1 inversion as the MPR planes and the 2D viewer.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,12 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from hilum.render.mpr import MPRViewport
 
-__all__ = ["CurvedMPRView", "window_to_uint8"]
-
-
-def window_to_uint8(values: np.ndarray, centre: float, width: float) -> np.ndarray:
-    """A linear window (PS3.3 C.11.2.1.2) to 8-bit grey, NaN as black."""
-    lo = centre - width / 2.0
-    y = (np.nan_to_num(values, nan=lo) - lo) / max(width, 1.0)
-    return np.ascontiguousarray(np.clip(np.rint(y * 255.0), 0, 255).astype(np.uint8))
+__all__ = ["CurvedMPRView"]
 
 
 class CurvedMPRView(QWidget):
     """The curved MPR of a viewport's crosshair path: rows along the path (true arc length),
-    columns across it.  Updates whenever the path changes."""
+    columns across it.  Updates whenever the path or the viewport's display changes."""
 
     def __init__(self, viewport: MPRViewport, parent: QWidget | None = None, *, width_mm: float = 80.0) -> None:
         super().__init__(parent)
@@ -38,7 +36,9 @@ class CurvedMPRView(QWidget):
         lay.addWidget(self.label, 1)
         lay.addWidget(self.info)
         self.image: np.ndarray | None = None
-        self._unsubscribe = viewport.crosshair.subscribe(self._on_model)
+        unsubscribe_path = viewport.crosshair.subscribe(self._on_model)
+        unsubscribe_display = viewport.subscribe_display(self.refresh)
+        self._unsubscribe = lambda: (unsubscribe_path(), unsubscribe_display())
         self.refresh()
 
     def _on_model(self, kind: str) -> None:
@@ -46,15 +46,13 @@ class CurvedMPRView(QWidget):
             self.refresh()
 
     def refresh(self) -> None:
-        result = self.viewport.curved_image(width=self.width_mm)
+        result = self.viewport.curved_pixels(width=self.width_mm)
         if result is None:
             self.image = None
             self.label.setText("Alt + click in a plane to draw a path (two points or more)")
             self.info.setText("")
             return
-        values, points = result
-        c, w = self.viewport.window
-        grey = window_to_uint8(values, c, w)
+        grey, points = result
         self.image = grey
         h, wd = grey.shape
         q = QImage(grey.data, wd, h, grey.strides[0], QImage.Format.Format_Grayscale8).copy()

@@ -267,8 +267,7 @@ class MPRWidget(QWidget):
         """Show ``volume`` (replacing any shown one)."""
         self._teardown()
         self.volume = volume
-        window = (volume.window.center, volume.window.width) if volume.window is not None else None
-        self.scene = MPRScene(volume, window=window)
+        self.scene = MPRScene(volume)  # the 2D viewer's display of the series (hilum.render.mpr.volume_display)
         self._unsubscribe = self.scene.crosshair.subscribe(self._on_crosshair)
         for view in VIEWS:
             canvas = SliceCanvas(self.scene[view], self)
@@ -413,11 +412,13 @@ class MPRWidget(QWidget):
         self._apply_slab()
 
     def _fill_window_presets(self) -> None:
+        """The "Header" item (the series' own VOI: window with its function, or VOI LUT table), then the
+        window presets of ``resources/window_presets.toml`` (or the user's copy) for the modality."""
         self.window_preset.clear()
-        if self.volume is None:
+        if self.volume is None or self.scene is None:
             return
-        if self.volume.window is not None:
-            self.window_preset.addItem("Header", (self.volume.window.center, self.volume.window.width))
+        header = self.scene["axial"].display
+        self.window_preset.addItem(f"Header ({header.label})", None)
         items: list[tuple[str, float, float]] = []
         try:
             from hilum.ui.viewer.presets import PresetStore
@@ -431,10 +432,16 @@ class MPRWidget(QWidget):
             self.window_preset.addItem(f"{name} ({c:g}/{w:g})", (c, w))
 
     def _apply_window_preset(self, index: int) -> None:
+        """A preset sets center/width in every plane, keeping the VOI LUT Function and inversion
+        (:meth:`hilum.dicom.pixels_lut.DisplayTransform.with_window`); "Header" restores the series' display."""
+        if self.scene is None or not 0 <= index < self.window_preset.count():
+            return
         data = self.window_preset.itemData(index)
-        if data and self.scene is not None:
+        if data is None:
+            self.scene.set_display(None)
+        else:
             self.scene.set_window(*data)
-            self._render_all()
+        self._render_all()
 
     def _set_crosshair_visible(self, on: bool) -> None:
         if self.scene is not None:
