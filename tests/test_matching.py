@@ -44,8 +44,31 @@ def test_pn_any_component_group_matches():
     assert pn_groups(name) == ("YAMADA^TAROU", "山田^太郎", "やまだ^たろう")
     assert parse_key("PatientName", "山田*").matches(name)
     assert parse_key("PatientName", "YAMADA*").matches(name)
-    assert parse_key("PatientName", "=やまだ^たろう").matches(name)
+    assert parse_key("PatientName", "==やまだ^たろう").matches(name)  # the phonetic group, named as such
     assert parse_key("PatientName", "müller*").matches("Müller^Jürgen")
+
+
+def test_pn_component_groups_named_with_equals_each_constrain_their_own_group():
+    """PS3.5 6.2.1 / PS3.4 C.2.2.2.4: a query value that names its groups matches group by group;
+    a wildcard in one group does not make the whole key universal (it matched everyone before)."""
+    yamada = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    yamamoto = "Yamamoto^Hanako=山本^花子=やまもと^はなこ"
+    smith = "Smith^John"
+    names = [yamada, yamamoto, smith]
+
+    def hits(query: str) -> list[str]:
+        m = parse_key("PatientName", query)
+        return [n for n in names if m.matches(n)]
+
+    assert hits("*=山田*") == [yamada]
+    assert hits("*=山*") == [yamada, yamamoto]
+    assert hits("=山田^太郎") == [yamada]
+    assert hits("Yamada^Tarou=山田^太郎") == [yamada]
+    assert hits("Yamamoto*=山田*") == []  # both groups must hold
+    assert hits("==やま*") == [yamada, yamamoto]
+    assert hits("=やまだ^たろう") == []  # a phonetic value in the ideographic group is not the phonetic name
+    assert hits("SMITH*=") == [smith]
+    assert hits("*=*") == names and hits("=") == names  # nothing constrained: universal
 
 
 def test_date_ranges_including_open_ended():
