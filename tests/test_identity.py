@@ -192,3 +192,91 @@ def test_getscu_proposing_uncompressed_only_receives_every_uid(node: Node, sampl
     files = sorted(out.iterdir())
     assert len(files) == len(SAMPLES), proc.stdout + proc.stderr
     _check_received(files, samples)
+
+
+# ------------------------------------------------------------------ Orthanc
+
+
+@pytest.fixture(scope="module")
+def orthanc_pair(tmp_path_factory: pytest.TempPathFactory, samples: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A Hilum node holding the samples and an Orthanc, each the other's configured peer."""
+    if shutil.which("Orthanc") is None:
+        pytest.skip("Orthanc is not installed")
+    root = tmp_path_factory.mktemp("orthanc-identity")
+    hilum_port, orthanc_port, http_port = free_port(), free_port(), free_port()
+    cfg = Config(data_dir=root / "hilum", aet="HILUM", dicom_port=hilum_port,
+                 peers={"orthanc": Peer(aet="ORTHANC", host="127.0.0.1", port=orthanc_port)})
+    ocfg = {
+        "Name": "HilumIdentity", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
+        "HttpPort": http_port, "DicomPort": orthanc_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True, "DicomAlwaysAllowFind": True,
+        "DicomAlwaysAllowMove": True, "DicomModalities": {"hilum": ["HILUM", "127.0.0.1", hilum_port]},
+        "DefaultEncoding": "Utf8",
+    }
+    (root / "orthanc.json").write_text(json.dumps(ocfg))
+    log = open(root / "orthanc.log", "wb")
+    proc = subprocess.Popen(["Orthanc", str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    node = Node(cfg, only=["dimse"])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if _rest(http_port, "GET", "/system").get("DicomAet") == "ORTHANC":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Orthanc did not start: {(root / 'orthanc.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        node.start()
+        results = [node.archive.ingest(p) for p in sorted(samples["folder"].iterdir())]
+        assert [r.status for r in results] == ["stored"] * len(SAMPLES), [r.reason for r in results]
+        yield {"node": node, "http": http_port, "dicom": orthanc_port}
+    finally:
+        node.stop()
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _rest(port: int, method: str, path: str, body: bytes | None = None, raw: bool = False) -> Any:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request(method, path, body=body)
+    resp = conn.getresponse()
+    data = resp.read()
+    assert resp.status == 200, (path, resp.status, data[:200])
+    return data if raw else json.loads(data)
+
+
+def _orthanc_file(port: int, sop_uid: str) -> bytes:
+    found = [x for x in _rest(port, "POST", "/tools/lookup", sop_uid.encode()) if x["Type"] == "Instance"]
+    assert len(found) == 1, sop_uid
+    return _rest(port, "GET", f"/instances/{found[0]['ID']}/file", raw=True)  # type: ignore[no-any-return]
+
+
+def test_move_to_orthanc_sends_the_stored_bytes_and_a_round_trip_keeps_the_count(
+        orthanc_pair: dict[str, Any], samples: dict[str, Any]) -> None:
+    node: Node = orthanc_pair["node"]
+    before = node.archive.stats()["instances"]
+    target = scu.Target("127.0.0.1", _port(node), "HILUM", "MODALITY", timeout=60)
+    result = scu.move(target, "ORTHANC", "STUDY", {"StudyInstanceUID": samples["study"]})
+    assert (result.status, result.completed, result.failed) == (0x0000, len(SAMPLES), 0), result
+    assert _rest(orthanc_pair["http"], "GET", "/statistics")["CountInstances"] == len(SAMPLES)
+    for row in node.archive.query("IMAGE", {"StudyInstanceUID": samples["study"]}):
+        stored = pydicom.dcmread(io.BytesIO(node.archive.read(row["SOPInstanceUID"])))
+        got = pydicom.dcmread(io.BytesIO(_orthanc_file(orthanc_pair["http"], row["SOPInstanceUID"])))
+        # Orthanc takes every stored syntax, so each went as stored: the very bytes of its pixels.
+        assert str(got.file_meta.TransferSyntaxUID) == row["TransferSyntaxUID"], row["SOPInstanceUID"]
+        assert got.SOPInstanceUID == stored.SOPInstanceUID
+        if "PixelData" in stored:
+            assert got.PixelData == stored.PixelData, row["SOPInstanceUID"]
+    # ... and back: Orthanc moves the study to Hilum, which holds every one of them already.
+    orthanc = scu.Target("127.0.0.1", orthanc_pair["dicom"], "ORTHANC", "HILUM", timeout=60)
+    back = scu.move(orthanc, "HILUM", "STUDY", {"StudyInstanceUID": samples["study"]})
+    assert (back.status, back.completed, back.failed) == (0x0000, len(SAMPLES), 0), back
+    assert node.archive.stats()["instances"] == before == len(SAMPLES)
+    assert _rest(orthanc_pair["http"], "GET", "/statistics")["CountInstances"] == len(SAMPLES)
