@@ -199,8 +199,8 @@ def check_consistency(ds: Dataset, pixels: PixelElement | None | Any) -> None:
         meta_class = _uid_text(meta, "MediaStorageSOPClassUID")
         sop_class = _text(ds, "SOPClassUID")
         if meta_class is not None and meta_class != sop_class:
-            raise InvalidInstance("sop-class-mismatch", f"SOP Class UID {_show(sop_class)} differs from the "
-                                  f"file meta / request's {_show(meta_class)}", sop_uid)
+            raise InvalidInstance("sop-class-mismatch", f"SOP Class UID differs from the file meta's: data set "
+                                  f"{_show(sop_class)}, meta {_show(meta_class)}", sop_uid)
     ts = _uid_text(meta, "TransferSyntaxUID") if meta is not None else None
     _check_pixels(ds, pixels, ts or "", sop_uid)
 
@@ -222,11 +222,11 @@ def check_request(data: bytes | bytearray, sop_class: str, sop_instance: str) ->
         return
     ds_class, ds_instance = found
     if ds_instance and sop_instance and ds_instance != sop_instance:
-        raise InvalidInstance("uid-mismatch", f"the data set's SOP Instance UID {_show(ds_instance)} differs from "
-                              f"the request's {_show(sop_instance)}", None)
+        raise InvalidInstance("uid-mismatch", f"SOP Instance UID differs from the request's: data set "
+                              f"{_show(ds_instance)}, request {_show(sop_instance)}", None)
     if ds_class and sop_class and ds_class != sop_class:
-        raise InvalidInstance("sop-class-mismatch", f"the data set's SOP Class UID {_show(ds_class)} differs "
-                              f"from the request's {_show(sop_class)}", ds_instance or None)
+        raise InvalidInstance("sop-class-mismatch", f"SOP Class UID differs from the request's: data set "
+                              f"{_show(ds_class)}, request {_show(sop_class)}", ds_instance or None)
 
 
 def _leading_uids(data: bytes | bytearray) -> tuple[str, str] | None:
