@@ -280,3 +280,33 @@ def test_move_to_orthanc_sends_the_stored_bytes_and_a_round_trip_keeps_the_count
     assert (back.status, back.completed, back.failed) == (0x0000, len(SAMPLES), 0), back
     assert node.archive.stats()["instances"] == before == len(SAMPLES)
     assert _rest(orthanc_pair["http"], "GET", "/statistics")["CountInstances"] == len(SAMPLES)
+
+
+# ------------------------------------------------------------------ hilum send and bad files
+
+
+def test_send_reports_truncated_files_and_sends_the_rest(tmp_path: Path, pydicom_files: Path,
+                                                         storescp: tuple[int, Path, str]) -> None:
+    """A truncated file once ended ``hilum send`` with pynetdicom's UnboundLocalError (exit 1, no
+    summary), and another was "sent" cut short: each is now reported and the rest go."""
+    port, out, _ = storescp
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in ("CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm"):
+        shutil.copy(pydicom_files / name, folder / name)
+    rle = (pydicom_files / "MR_small_RLE.dcm").read_bytes()
+    (folder / "cut_rle.dcm").write_bytes(rle[:3000])  # cut inside the encapsulated pixel data
+    ct = (pydicom_files / "CT_small.dcm").read_bytes()
+    (folder / "cut_ct.dcm").write_bytes(ct[: len(ct) - 1000])  # cut inside the native pixel data
+    (folder / "zz_notes.txt").write_text("not DICOM")
+    proc = hilum("send", "-aec", "STORESCP", "--json", "127.0.0.1", port, folder)
+    assert proc.returncode == 3, proc.stdout + proc.stderr  # the documented "some failed" code
+    assert "Traceback" not in proc.stderr
+    summary = json.loads(proc.stdout)
+    assert (summary["files"], summary["sent"], summary["failed"]) == (6, 3, 3)
+    failures = {Path(f["path"]).name: f["error"] for f in summary["failures"]}
+    assert set(failures) == {"cut_rle.dcm", "cut_ct.dcm", "zz_notes.txt"}
+    assert "truncated" in failures["cut_rle.dcm"] and "truncated" in failures["cut_ct.dcm"]
+    received = {str(pydicom.dcmread(f).SOPInstanceUID) for f in out.iterdir()}
+    assert received == {str(pydicom.dcmread(folder / n).SOPInstanceUID)
+                        for n in ("CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm")}

@@ -749,6 +749,8 @@ def index_record(ds: Dataset) -> IndexRecord:
     study_time = _time(ds, "StudyTime")
     meta = getattr(ds, "file_meta", None)
     ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if not ts:
+        ts = str(_own_syntax(ds))  # a bare data set: the syntax to_part10 stores it in
     charset = ds.get("SpecificCharacterSet", "")
     if isinstance(charset, (list, tuple)) or hasattr(charset, "__iter__") and not isinstance(charset, str):
         charset = "\\".join(str(c) for c in charset)
@@ -802,24 +804,28 @@ def index_record(ds: Dataset) -> IndexRecord:
     )
 
 
+def _own_syntax(ds: Dataset) -> UID:
+    """The transfer syntax a data set read without file meta is encoded in: it keeps its own
+    encoding (a big-endian one stays Explicit VR Big Endian, PS3.5 A.3), so the bytes stored are
+    the bytes that came, with a meta header in front."""
+    implicit = getattr(ds, "is_implicit_VR", None)
+    little = True
+    original = getattr(ds, "original_encoding", None)
+    if original and original[0] is not None:
+        implicit = original[0]
+    if original and original[1] is not None:
+        little = original[1]
+    if not little:
+        return ExplicitVRBigEndian
+    return ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+
+
 def to_part10(ds: Dataset) -> bytes:
     """Encode ``ds`` as a Part 10 file (adding file meta where it lacks one)."""
     meta = getattr(ds, "file_meta", None)
     if meta is None or "TransferSyntaxUID" not in meta:
-        # The data set keeps its own encoding (a big-endian one stays Explicit VR Big Endian,
-        # PS3.5 A.3): the bytes stored are the bytes that came, with a meta header in front.
         meta = FileMetaDataset(meta or {})
-        implicit = getattr(ds, "is_implicit_VR", None)
-        little = True
-        original = getattr(ds, "original_encoding", None)
-        if original and original[0] is not None:
-            implicit = original[0]
-        if original and original[1] is not None:
-            little = original[1]
-        if not little:
-            meta.TransferSyntaxUID = ExplicitVRBigEndian
-        else:
-            meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        meta.TransferSyntaxUID = _own_syntax(ds)
     meta.MediaStorageSOPClassUID = UID(str(ds.SOPClassUID))
     meta.MediaStorageSOPInstanceUID = UID(str(ds.SOPInstanceUID))
     if "ImplementationClassUID" not in meta:

@@ -100,8 +100,8 @@ DUPLICATE_DIFFERS = 0xC410  # C-STORE, implementation-specific "cannot understan
 # Rejection codes of Archive.ingest / hilum.dicom.attributes -> C-STORE failure statuses (PS3.4 B.2.3).
 # 0xA7xx (out of resources) is the one class a sender retries: only a full disk gets it.  A data set
 # that contradicts its SOP class or its own command is 0xA900 (as dcm4chee answers a command/data set
-# UID mismatch); bytes that cannot be understood (not DICOM, cut short, native pixels under a JPEG
-# context) are 0xC000.
+# UID mismatch); bytes that cannot be understood (not DICOM, cut short, without the UIDs that name
+# them, native pixels under a JPEG context) are 0xC000.
 INGEST_STATUS = {
     "storage-full": OUT_OF_RESOURCES,
     "sop-class-mismatch": DATASET_MISMATCH,
@@ -109,8 +109,8 @@ INGEST_STATUS = {
     "invalid-uid": DATASET_MISMATCH,
     "invalid-sop-instance-uid": INVALID_SOP_INSTANCE,
     "pixel-length": DATASET_MISMATCH,
-    "missing-uid": DATASET_MISMATCH,
     "syntax-mismatch": CANNOT_UNDERSTAND,
+    "missing-uid": CANNOT_UNDERSTAND,
     "truncated": CANNOT_UNDERSTAND,
     "not-dicom": CANNOT_UNDERSTAND,
     "duplicate-differs": DUPLICATE_DIFFERS,
