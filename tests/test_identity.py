@@ -310,3 +310,103 @@ def test_send_reports_truncated_files_and_sends_the_rest(tmp_path: Path, pydicom
     received = {str(pydicom.dcmread(f).SOPInstanceUID) for f in out.iterdir()}
     assert received == {str(pydicom.dcmread(folder / n).SOPInstanceUID)
                         for n in ("CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm")}
+
+
+# ------------------------------------------------------------------ every outgoing path reads through read_outgoing
+
+
+CORRECTED = "Corrected^Today"
+
+
+@pytest.fixture
+def corrected(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """``Archive.read_outgoing`` made to correct the patient name (as the archive does after an HL7
+    ADT update, issue 13 item 5), recording what it was asked for: what leaves must show it."""
+    calls: list[str] = []
+    plain = Archive.read_outgoing
+
+    def read_outgoing(self: Archive, row: Mapping[str, Any]) -> bytes:
+        calls.append(str(row["SOPInstanceUID"]))
+        ds = pydicom.dcmread(io.BytesIO(plain(self, row)))
+        ds.PatientName = CORRECTED
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+
+    monkeypatch.setattr(Archive, "read_outgoing", read_outgoing)
+    return calls
+
+
+def test_every_outgoing_path_reads_through_read_outgoing(tmp_path: Path, samples: dict[str, Any],
+                                                         corrected: list[str]) -> None:
+    from hilum.archive.users import UserStore
+    from hilum.cli import main as cli_main
+    from hilum.dicomweb import multipart
+    from hilum.dicomweb.service import DicomWebService
+
+    out = tmp_path / "scp"
+    out.mkdir()
+    scp_port = free_port()
+    scp = subprocess.Popen([str(BIN / "storescp"), "+xa", "-aet", "STORESCP", "-od", str(out), str(scp_port)],
+                           env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cfg = Config(data_dir=tmp_path / "data", aet="HILUM", dicom_port=free_port(), web_port=0,
+                 peers={"scp": Peer(aet="STORESCP", host="127.0.0.1", port=scp_port)})
+    archive = Archive(cfg.data_dir)
+    UserStore.of(archive).add("vic", "viewer", "correct horse")
+    names = ["CT_small.dcm", "JPEG2000.dcm", "MR_small_bigendian.dcm"]
+    for name in names:
+        assert archive.ingest(samples["folder"] / name).status == "stored"
+    rows = archive.query("IMAGE", {})
+    uids = {r["SOPInstanceUID"] for r in rows}
+    web = DicomWebService(cfg, archive)
+    try:
+        _wait_port(scp_port)
+        with Node(cfg, archive, only=["dimse"]) as n:
+            web.start()
+            # C-MOVE
+            target = scu.Target("127.0.0.1", _port(n), "HILUM", "MODALITY", timeout=60)
+            assert scu.move(target, "STORESCP", "STUDY", {"StudyInstanceUID": samples["study"]}).completed == 3
+            assert {str(pydicom.dcmread(f).PatientName) for f in out.iterdir()} == {CORRECTED}
+            assert sorted(corrected) == sorted(uids)
+            # C-GET
+            got = tmp_path / "got"
+            got.mkdir()
+            subprocess.run([str(BIN / "getscu"), "-S", "-aet", "MODALITY", "-aec", "HILUM", "-od", str(got),
+                            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={samples['study']}",
+                            "127.0.0.1", str(_port(n))], capture_output=True, timeout=120, env=ENV, check=True)
+            assert {str(pydicom.dcmread(f).PatientName) for f in got.iterdir()} == {CORRECTED}
+            assert len(corrected) == 6
+            # WADO-RS instances (as stored and converted), metadata; WADO-URI
+            import requests
+
+            auth = ("vic", "correct horse")
+            for accept in ('multipart/related; type="application/dicom"; transfer-syntax=*',
+                           'multipart/related; type="application/dicom"'):
+                r = requests.get(f"{web.url}/studies/{samples['study']}", headers={"Accept": accept}, auth=auth,
+                                 timeout=60)
+                parts = multipart.decode(r.content, multipart.boundary_of(r.headers["content-type"]))
+                got_uids = set()
+                for _headers, body in parts:
+                    ds = pydicom.dcmread(io.BytesIO(body))
+                    assert str(ds.PatientName) == CORRECTED
+                    got_uids.add(str(ds.SOPInstanceUID))
+                assert got_uids == uids  # converted or not, the same instances
+            meta = requests.get(f"{web.url}/studies/{samples['study']}/metadata", auth=auth, timeout=60).json()
+            assert {m["00100010"]["Value"][0]["Alphabetic"] for m in meta} == {CORRECTED}
+            row = rows[0]
+            r = requests.get(web.url.replace("/dicom-web", "/wado"), auth=auth, timeout=60, params={
+                "requestType": "WADO", "studyUID": row["StudyInstanceUID"], "seriesUID": row["SeriesInstanceUID"],
+                "objectUID": row["SOPInstanceUID"], "contentType": "application/dicom", "transferSyntax": "*"})
+            assert str(pydicom.dcmread(io.BytesIO(r.content)).PatientName) == CORRECTED
+            calls = len(corrected)
+            # hilum export of a series from the archive
+            series = next(r["SeriesInstanceUID"] for r in rows if r["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.2")
+            members = [r for r in rows if r["SeriesInstanceUID"] == series]
+            assert cli_main(["export", "--series", series, "--data", str(cfg.data_dir), "-o",
+                             str(tmp_path / "cine.gif")]) == 0
+            assert len(corrected) == calls + len(members) and (tmp_path / "cine.gif").stat().st_size > 0
+    finally:
+        web.stop()
+        archive.close()
+        scp.terminate()
+        scp.wait(10)
