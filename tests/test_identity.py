@@ -410,3 +410,76 @@ def test_every_outgoing_path_reads_through_read_outgoing(tmp_path: Path, samples
         archive.close()
         scp.terminate()
         scp.wait(10)
+
+
+# ------------------------------------------------------------------ contexts and DICOMweb conversions
+
+
+def test_each_stored_syntax_is_proposed_alone_beside_the_uncompressed_context() -> None:
+    from hilum.dimse import contexts as cx
+
+    got = cx.contexts_for_class("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.2",
+                                                              "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.1"])
+    assert [list(map(str, c.transfer_syntax)) for c in got] == [
+        ["1.2.840.10008.1.2.4.90"], ["1.2.840.10008.1.2.2"], ["1.2.840.10008.1.2.1"],
+        ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]]
+    # cut to fit: the uncompressed context stays
+    assert [list(map(str, c.transfer_syntax)) for c in cx.contexts_for_class(
+        "1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5"], limit=2)] == [
+        ["1.2.840.10008.1.2.4.90"], ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]]
+    # per instance: the stored syntax when accepted, else uncompressed (explicit first), never another codec
+    assert cx.choose_syntax(["1.2.840.10008.1.2", "1.2.840.10008.1.2.4.90"], "1.2.840.10008.1.2.4.90") == \
+        "1.2.840.10008.1.2.4.90"
+    assert cx.choose_syntax(["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"], "1.2.840.10008.1.2.5") == \
+        "1.2.840.10008.1.2.1"
+    assert cx.choose_syntax(["1.2.840.10008.1.2.4.91"], "1.2.840.10008.1.2.4.90") is None
+
+
+def test_wado_converts_losslessly_keeping_uids_and_never_makes_a_lossy_instance(
+        tmp_path: Path, samples: dict[str, Any], pydicom_files: Path) -> None:
+    import requests
+
+    from hilum.archive.users import UserStore
+    from hilum.dicomweb import multipart
+    from hilum.dicomweb.service import DicomWebService
+
+    archive = Archive(tmp_path / "web")
+    UserStore.of(archive).add("vic", "viewer", "correct horse")
+    for name in ("MR_small_RLE.dcm", "SC_rgb_dcmtk_+eb+cr.dcm", "MR_small_bigendian.dcm"):
+        assert archive.ingest(samples["folder"] / name).status == "stored"
+    by_ts = {r["TransferSyntaxUID"]: r for r in archive.query("IMAGE", {})}
+    service = DicomWebService(Config(data_dir=tmp_path / "web", web_port=0), archive)
+    service.start()
+    auth = ("vic", "correct horse")
+
+    def instance(row: dict[str, Any], ts: str) -> requests.Response:
+        url = f"{service.url}/studies/{row['StudyInstanceUID']}/series/{row['SeriesInstanceUID']}" \
+              f"/instances/{row['SOPInstanceUID']}"
+        return requests.get(url, auth=auth, timeout=60,
+                            headers={"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={ts}'})
+
+    def one(r: requests.Response) -> pydicom.Dataset:
+        assert r.status_code == 200, r.text
+        [(_h, body)] = multipart.decode(r.content, multipart.boundary_of(r.headers["content-type"]))
+        return pydicom.dcmread(io.BytesIO(body))
+
+    try:
+        rle, jpeg, be = by_ts["1.2.840.10008.1.2.5"], by_ts["1.2.840.10008.1.2.4.50"], by_ts["1.2.840.10008.1.2.2"]
+        # lossless conversions keep every UID
+        j2k = one(instance(rle, "1.2.840.10008.1.2.4.90"))
+        assert j2k.SOPInstanceUID == rle["SOPInstanceUID"] and j2k.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+        assert np.array_equal(j2k.pixel_array, pydicom.dcmread(samples["folder"] / "MR_small_RLE.dcm").pixel_array)
+        little = one(instance(be, "1.2.840.10008.1.2.1"))
+        assert little.SOPInstanceUID == be["SOPInstanceUID"]
+        assert little.PixelData == pydicom.dcmread(pydicom_files / "MR_small.dcm").PixelData  # its little-endian twin
+        # a lossy syntax is never made out of a lossless instance (it would be another instance) ...
+        assert instance(rle, "1.2.840.10008.1.2.4.50").status_code == 406
+        assert instance(rle, "1.2.840.10008.1.2.4.91").status_code == 406
+        # ... but a lossy instance goes as stored, and decoded it says it was lossy
+        stored = archive.read(jpeg["SOPInstanceUID"])
+        assert one(instance(jpeg, "1.2.840.10008.1.2.4.50")).PixelData == pydicom.dcmread(io.BytesIO(stored)).PixelData
+        decoded = one(instance(jpeg, "1.2.840.10008.1.2.1"))
+        assert decoded.SOPInstanceUID == jpeg["SOPInstanceUID"] and decoded.LossyImageCompression == "01"
+    finally:
+        service.stop()
+        archive.close()
