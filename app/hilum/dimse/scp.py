@@ -94,8 +94,8 @@ NO_SUCH_SOP_INSTANCE = 0x0112
 UNLIMITED_PDU = 1 << 20  # what "max_pdu_size = 0" advertises (bytes)
 
 _PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_DATA_SENT, evt.EVT_PDU_SENT)
-INVALID_SOP_INSTANCE = 0x0117  # PS3.7 C.5.14: the SOP Instance UID violates the UID construction rules
-DUPLICATE_DIFFERS = 0xC410  # C-STORE, implementation-specific "cannot understand" (PS3.4 B.2.3): see _ingest
+INVALID_SOP_INSTANCE = 0x0117  # PS3.7 Annex C "Invalid SOP Instance": the UID breaks the construction rules
+DUPLICATE_DIFFERS = 0xC410  # implementation-specific in the C-STORE failure range (PS3.4 B.2.3): store_status
 
 # Rejection codes of Archive.ingest / hilum.dicom.attributes -> C-STORE failure statuses (PS3.4 B.2.3).
 # 0xA7xx (out of resources) is the one class a sender retries: only a full disk gets it.  A data set
@@ -715,7 +715,6 @@ def _drain(assoc: Any, backlog: int = 8, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while pending.qsize() > backlog and assoc.is_established and time.monotonic() < deadline:
         time.sleep(0.0005)
-
 
 
 def store_status(result: IngestResult) -> tuple[int, str]:
