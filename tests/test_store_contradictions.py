@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 import requests
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -225,6 +226,20 @@ def test_a_duplicate_with_other_content_is_a_failure_not_success() -> None:
     assert "other content" in comment
     assert store_status(IngestResult("duplicate", sop_instance_uid="1.2.3")) == (0x0000, "")
     assert store_status(IngestResult("rejected", code="storage-full", reason="disk full"))[0] == 0xA700
+
+
+def test_a_changed_duplicate_sent_by_c_store_is_answered_with_a_failure(node: Node, tmp_path: Path) -> None:
+    """End to end once the archive reports ``duplicate-differs`` (its part of issue 13): a modality
+    resending an instance with other content under the same UID is told it was not stored."""
+    ds = _dataset()
+    assert _send_file(node, _part10(tmp_path / "first.dcm", ds), CTImageStorage).Status == 0x0000
+    ds.PatientName = "Changed^Later"
+    changed = _part10(tmp_path / "changed.dcm", ds).read_bytes()
+    if node.archive.ingest(changed).code != "duplicate-differs":
+        pytest.skip("the archive does not report duplicate-differs yet (the 'archive' engineer's part)")
+    status = _send_file(node, tmp_path / "changed.dcm", CTImageStorage)
+    assert status.Status == DUPLICATE_DIFFERS, status
+    assert "Changed" not in str(pydicom.dcmread(node.archive.path(ds.SOPInstanceUID)).PatientName)
 
 
 # ------------------------------------------------------------------ STOW-RS
