@@ -120,3 +120,51 @@ def test_modalities_in_study_matches_any_value():
     assert parse_key("ModalitiesInStudy", "US\\MR").matches("CT\\MR")
     assert isinstance(parse_key("ModalitiesInStudy", "\\"), Universal)
     assert isinstance(parse_key("ModalitiesInStudy", "M?"), Wildcard)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def names_archive(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no-untyped-def]
+    """An archive (SQLite, and the suite's PostgreSQL) holding three patients with PN component groups."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    from hilum.archive import Archive
+
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    archive = Archive(tmp_path / "data", database_url=url)
+    for pid, name in (("Y1", "Yamada^Tarou=山田^太郎=やまだ^たろう"), ("Y2", "Yamamoto^Hanako=山本^花子=やまもと^はなこ"),
+                      ("S1", "Smith^John")):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.PatientName, ds.PatientID, ds.Modality = name, pid, "OT"
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        assert archive.ingest(buf.getvalue()).status == "stored"
+    yield archive
+    archive.close()
+
+
+def test_pn_component_groups_in_archive_queries(names_archive) -> None:  # type: ignore[no-untyped-def]
+    """The index (C-FIND, QIDO-RS, the study browser) matches named component groups as the pure
+    matcher does: ``*=山田*`` finds Yamada only (it found every patient before)."""
+
+    def ids(value: str) -> list[str]:
+        return sorted(r["PatientID"] for r in names_archive.query("STUDY", {"PatientName": value}))
+
+    assert ids("*=山田*") == ["Y1"]
+    assert ids("*=山*") == ["Y1", "Y2"]
+    assert ids("=山本^花子") == ["Y2"]
+    assert ids("Yamada*=山田*") == ["Y1"]
+    assert ids("Yamamoto*=山田*") == []
+    assert ids("==やま*") == ["Y1", "Y2"]
+    assert ids("smith*=") == ["S1"]
+    assert ids("山田*") == ["Y1"]  # one group given: any group may match, as before
+    assert ids("*=*") == ["S1", "Y1", "Y2"]
+    with pytest.raises(ValueError, match="alphabetic"):
+        names_archive.query("STUDY", {"ReferringPhysicianName": "=山田*"})
