@@ -456,8 +456,23 @@ def test_sop_class_mismatch_is_a900_and_nothing_stored(tmp_path: Path, storescp:
     ds.save_as(path, enforce_file_format=False)  # keeps the (wrong) meta as written
     cfg = make_config(tmp_path / "data", storescp[0])
     with Node(cfg, only=["dimse"]) as n:
+        # hilum send checks a file before sending it: this one contradicts itself, so it stays here
         result = scu.send(scu.Target("127.0.0.1", port_of(n), "HILUM", "MODALITY", timeout=10), [path])
-        assert result.items[0].status == 0xA900, result.items[0]
+        assert result.items[0].status is None and "sop-class-mismatch" in result.items[0].error
+        # sent anyway (pynetdicom streams the file, naming it after its meta), the node refuses it
+        from pynetdicom import _config
+
+        chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
+        ae = AE("MODALITY")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        try:
+            assoc = ae.associate("127.0.0.1", port_of(n), ae_title="HILUM")
+            status = assoc.send_c_store(path)
+            assoc.release()
+        finally:
+            _config.STORE_SEND_CHUNKED_DATASET = chunked
+            ae.shutdown()
+        assert status.Status == 0xA900, status
         assert n.archive.stats()["instances"] == 0
 
 

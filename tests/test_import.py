@@ -270,3 +270,25 @@ def test_progress_bar_on_a_terminal_only(tmp_path: Path, pydicom_files: Path) ->
     rc, out, tty = run("--json")
     assert rc == 0 and json.loads(out)["duplicates"] == 1
     assert b"Importing" not in tty
+
+
+def test_big_endian_data_set_without_meta_imports_like_its_little_endian_twin(
+        pydicom_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """pydicom's ExplVR_BigEndNoMeta.dcm (a bare Explicit VR Big Endian data set, PS3.5 A.3) is read as
+    ExplVR_LitEndNoMeta.dcm is: the same instance, indexed alike, stored with its own encoding."""
+    rows = {}
+    for twin in ("BigEnd", "LitEnd"):
+        data = tmp_path / twin
+        rc, out, _ = run_cli("import", "--data", str(data), "--json",
+                             str(pydicom_files / f"ExplVR_{twin}NoMeta.dcm"), capsys=capsys)
+        doc = json.loads(out)
+        assert rc == 0 and doc["imported"] == 1, doc
+        with Archive(data) as a:
+            [rows[twin]] = a.query("IMAGE", {})
+            stored = pydicom.dcmread(a.path(rows[twin]["SOPInstanceUID"]))
+        assert stored.SOPInstanceUID == "1.2.333.4444.5.6.7.8"
+        assert stored.file_meta.MediaStorageSOPInstanceUID == stored.SOPInstanceUID
+    assert rows["BigEnd"]["TransferSyntaxUID"] == "1.2.840.10008.1.2.2"  # as it came, with a meta in front
+    assert rows["LitEnd"]["TransferSyntaxUID"] == "1.2.840.10008.1.2.1"
+    same = {k: v for k, v in rows["BigEnd"].items() if not k.startswith("_") and k != "TransferSyntaxUID"}
+    assert same == {k: v for k, v in rows["LitEnd"].items() if not k.startswith("_") and k != "TransferSyntaxUID"}

@@ -44,8 +44,31 @@ def test_pn_any_component_group_matches():
     assert pn_groups(name) == ("YAMADA^TAROU", "山田^太郎", "やまだ^たろう")
     assert parse_key("PatientName", "山田*").matches(name)
     assert parse_key("PatientName", "YAMADA*").matches(name)
-    assert parse_key("PatientName", "=やまだ^たろう").matches(name)
+    assert parse_key("PatientName", "==やまだ^たろう").matches(name)  # the phonetic group, named as such
     assert parse_key("PatientName", "müller*").matches("Müller^Jürgen")
+
+
+def test_pn_component_groups_named_with_equals_each_constrain_their_own_group():
+    """PS3.5 6.2.1 / PS3.4 C.2.2.2.4: a query value that names its groups matches group by group;
+    a wildcard in one group does not make the whole key universal (it matched everyone before)."""
+    yamada = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    yamamoto = "Yamamoto^Hanako=山本^花子=やまもと^はなこ"
+    smith = "Smith^John"
+    names = [yamada, yamamoto, smith]
+
+    def hits(query: str) -> list[str]:
+        m = parse_key("PatientName", query)
+        return [n for n in names if m.matches(n)]
+
+    assert hits("*=山田*") == [yamada]
+    assert hits("*=山*") == [yamada, yamamoto]
+    assert hits("=山田^太郎") == [yamada]
+    assert hits("Yamada^Tarou=山田^太郎") == [yamada]
+    assert hits("Yamamoto*=山田*") == []  # both groups must hold
+    assert hits("==やま*") == [yamada, yamamoto]
+    assert hits("=やまだ^たろう") == []  # a phonetic value in the ideographic group is not the phonetic name
+    assert hits("SMITH*=") == [smith]
+    assert hits("*=*") == names and hits("=") == names  # nothing constrained: universal
 
 
 def test_date_ranges_including_open_ended():
@@ -97,3 +120,51 @@ def test_modalities_in_study_matches_any_value():
     assert parse_key("ModalitiesInStudy", "US\\MR").matches("CT\\MR")
     assert isinstance(parse_key("ModalitiesInStudy", "\\"), Universal)
     assert isinstance(parse_key("ModalitiesInStudy", "M?"), Wildcard)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def names_archive(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no-untyped-def]
+    """An archive (SQLite, and the suite's PostgreSQL) holding three patients with PN component groups."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    from hilum.archive import Archive
+
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    archive = Archive(tmp_path / "data", database_url=url)
+    for pid, name in (("Y1", "Yamada^Tarou=山田^太郎=やまだ^たろう"), ("Y2", "Yamamoto^Hanako=山本^花子=やまもと^はなこ"),
+                      ("S1", "Smith^John")):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.PatientName, ds.PatientID, ds.Modality = name, pid, "OT"
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        assert archive.ingest(buf.getvalue()).status == "stored"
+    yield archive
+    archive.close()
+
+
+def test_pn_component_groups_in_archive_queries(names_archive) -> None:  # type: ignore[no-untyped-def]
+    """The index (C-FIND, QIDO-RS, the study browser) matches named component groups as the pure
+    matcher does: ``*=山田*`` finds Yamada only (it found every patient before)."""
+
+    def ids(value: str) -> list[str]:
+        return sorted(r["PatientID"] for r in names_archive.query("STUDY", {"PatientName": value}))
+
+    assert ids("*=山田*") == ["Y1"]
+    assert ids("*=山*") == ["Y1", "Y2"]
+    assert ids("=山本^花子") == ["Y2"]
+    assert ids("Yamada*=山田*") == ["Y1"]
+    assert ids("Yamamoto*=山田*") == []
+    assert ids("==やま*") == ["Y1", "Y2"]
+    assert ids("smith*=") == ["S1"]
+    assert ids("山田*") == ["Y1"]  # one group given: any group may match, as before
+    assert ids("*=*") == ["S1", "Y1", "Y2"]
+    with pytest.raises(ValueError, match="alphabetic"):
+        names_archive.query("STUDY", {"ReferringPhysicianName": "=山田*"})

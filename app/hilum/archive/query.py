@@ -21,7 +21,17 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Select
 
 from hilum.archive.schema import instances, patients, series, studies
-from hilum.dicom.matching import Matcher, Range, Single, UidList, Universal, Wildcard, normalize_pn, parse_key
+from hilum.dicom.matching import (
+    AllOf,
+    Matcher,
+    Range,
+    Single,
+    UidList,
+    Universal,
+    Wildcard,
+    normalize_pn,
+    parse_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +132,21 @@ class _Key:
     high: bool = False
     count: int = 0  # how many ModalitiesInStudy values
     below: bool = False  # a key of a level below the queried one
+    group: int = -1  # PN: the component group it matches (0 alphabetic, 1 ideographic, 2 phonetic; -1 any)
+
+
+def _param(keyword: str, group: int) -> str:
+    """The bind parameter of a key: a PN key per component group has one per group."""
+    return keyword if group < 0 else f"{keyword}_g{group}"
+
+
+def _pn_columns(keyword: str, cols: tuple[Any, ...], group: int) -> tuple[Any, ...]:
+    """The columns a PN key of ``group`` matches: all of them for -1, else that group's (PS3.5 6.2.1)."""
+    if group < 0:
+        return cols
+    if group >= len(cols):
+        raise ValueError(f"{keyword}: only its alphabetic component group can be matched")
+    return (cols[group],)
 
 
 def _level(level: str) -> str:
@@ -164,7 +189,8 @@ def _plan(level: str, identifier: Mapping[str, Any]) -> tuple[tuple[_Key, ...], 
             params[f"{_DATETIME}_high"] = high + (time_m.high or "235959.999999")
         keys.append(_Key(_DATETIME, "range", low=low is not None, high=high is not None))
         del matchers["StudyDate"], matchers["StudyTime"]
-    keys += [_bind(m, FIELDS[keyword].kind, params) for keyword, m in matchers.items()]
+    for keyword, m in matchers.items():  # a PN key naming several component groups is a key per group
+        keys += [_bind(part, FIELDS[keyword].kind, params) for part in (m.parts if isinstance(m, AllOf) else (m,))]
     return tuple(sorted(replace(k, below=LEVELS.index(_field(k.keyword).level) > depth) for k in keys)), params
 
 
@@ -181,14 +207,17 @@ def _bind(m: Matcher, kind: str, params: dict[str, Any]) -> _Key:
         for i, v in enumerate(values):  # "\CT\" anywhere in "\CT\MR\", with LIKE's own wildcards escaped
             params[f"{kw}_{i}"] = "%\\" + _LIKE_SPECIAL.sub(r"/\g<0>", v) + "\\%"
         return _Key(kw, "modalities", count=len(values))
+    group = -1 if getattr(m, "group", None) is None else int(m.group)  # type: ignore[attr-defined]
+    if group >= 0 and kw in FIELDS:  # ValueError now (0xA900 / 400) when the key has no such column
+        _pn_columns(kw, _PN_GROUP_COLUMNS.get(kw, (FIELDS[kw].column,)), group)
     if isinstance(m, Single):
-        params[kw] = _number(kw, m.value) if kind == "int" else m.value
-        return _Key(kw, "single")
+        params[_param(kw, group)] = _number(kw, m.value) if kind == "int" else m.value
+        return _Key(kw, "single", group=group)
     if isinstance(m, Wildcard):
         if kind == "int":
             raise ValueError(f"{kw}: wildcards are not allowed on numbers")
-        params[kw] = m.like()
-        return _Key(kw, "wildcard")
+        params[_param(kw, group)] = m.like()
+        return _Key(kw, "wildcard", group=group)
     if isinstance(m, Range):
         if m.low is not None:
             params[f"{kw}_low"] = m.low
@@ -240,10 +269,12 @@ def _condition(key: _Key, level: str, dialect: str) -> ColumnElement[bool]:
         # matching patients: an OR over three columns defeats the indexes, and the
         # planner would scan studies (e.g. by date) and test every patient instead.
         pn = _PN_MATCH.c
-        cond = P.pk.in_(union_all(*[select(pn.pk).where(_match(key, col, kw, dialect))
-                                    for col in (pn.pn_a, pn.pn_i, pn.pn_p)]))
+        selects = [select(pn.pk).where(_match(key, col, _param(kw, key.group), dialect))
+                   for col in _pn_columns(kw, (pn.pn_a, pn.pn_i, pn.pn_p), key.group)]
+        cond = P.pk.in_(selects[0] if len(selects) == 1 else union_all(*selects))
     else:
-        parts = [_match(key, col, kw, dialect) for col in _PN_GROUP_COLUMNS.get(kw, (field.column,))]
+        cols = _pn_columns(kw, _PN_GROUP_COLUMNS.get(kw, (field.column,)), key.group)
+        parts = [_match(key, col, _param(kw, key.group), dialect) for col in cols]
         cond = parts[0] if len(parts) == 1 else or_(*parts)
     return _below(level, field, cond) if key.below else cond
 
@@ -282,9 +313,13 @@ def matcher_condition(m: Matcher, cols: tuple[Any, ...]) -> ColumnElement[bool] 
     same matching for tables outside the four levels, e.g. the worklist (``orders.py``)."""
     if isinstance(m, Universal):
         return None
+    if isinstance(m, AllOf):
+        conds = [c for c in (matcher_condition(part, cols) for part in m.parts) if c is not None]
+        return and_(*conds) if conds else None
     params: dict[str, Any] = {}
     key = _bind(m, "text", params)
-    parts = [_match(key, col, m.keyword, "", params) for col in cols]
+    parts = [_match(key, col, _param(m.keyword, key.group), "", params)
+             for col in _pn_columns(m.keyword, cols, key.group)]
     return parts[0] if len(parts) == 1 else or_(*parts)
 
 

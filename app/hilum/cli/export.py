@@ -4,7 +4,9 @@ The series is loaded like the viewer loads it (sorted by position along the
 normal, :mod:`hilum.dicom.stack_load`) and every frame goes through the same
 grayscale pipeline (:mod:`hilum.dicom.pixels`), so the cine shows what the
 viewer shows at that window. The series comes from files/folders, or from the
-archive by Series Instance UID.
+archive by Series Instance UID, read as every outgoing path reads it
+(:meth:`~hilum.archive.Archive.read_outgoing`).  The cine is pixels only:
+no DICOM object (and no UID) is written.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 from hilum.errors import HilumError
@@ -53,6 +56,27 @@ def _files(paths: list[Path]) -> list[str]:
     return out
 
 
+def _from_archive(args: argparse.Namespace, spool: Path) -> list[str]:
+    """The series' instances as they leave the archive (:meth:`Archive.read_outgoing`: today's
+    demographics, UIDs untouched), written one at a time into ``spool`` for the loader."""
+    from hilum.archive import Archive
+    from hilum.config import load_config
+
+    archive = Archive.from_config(load_config(args.data or os.environ.get("HILUM_DATA")))
+    try:
+        rows = archive.instances(series_uid=args.series)
+        if not rows:
+            raise HilumError(f"no series {args.series!r} in the archive")
+        files = []
+        for i, r in enumerate(sorted(rows, key=lambda r: r.get("InstanceNumber") or 0)):
+            path = spool / f"{i:06d}.dcm"
+            path.write_bytes(archive.read_outgoing(r))
+            files.append(str(path))
+        return files
+    finally:
+        archive.close()
+
+
 def run_export(args: argparse.Namespace) -> int:
     from hilum.dicom.stack_load import load_series_sync
     from hilum.ui.viewer.export import export_cine, view_frames
@@ -60,35 +84,26 @@ def run_export(args: argparse.Namespace) -> int:
 
     if bool(args.paths) == bool(args.series):
         raise HilumError("give either PATHs or --series UID")
-    if args.series:
-        from hilum.archive import Archive
-        from hilum.config import load_config
-
-        archive = Archive.from_config(load_config(args.data or os.environ.get("HILUM_DATA")))
+    with tempfile.TemporaryDirectory(prefix="hilum-export-") as spool:
+        if args.series:
+            files = _from_archive(args, Path(spool))
+        else:
+            files = _files(list(args.paths))
+            if not files:
+                raise HilumError("no files to export")
         try:
-            rows = archive.instances(series_uid=args.series)
-        finally:
-            archive.close()
-        if not rows:
-            raise HilumError(f"no series {args.series!r} in the archive")
-        files = [str(r["path"]) for r in sorted(rows, key=lambda r: r.get("InstanceNumber") or 0)]
-    else:
-        files = _files(list(args.paths))
-        if not files:
-            raise HilumError("no files to export")
-    try:
-        volume = load_series_sync(files, preview=False)
-    except ValueError as exc:
-        raise HilumError(f"cannot load the series: {exc}") from exc
-    state = ViewportState()
-    state.set_volume(volume, 0)
-    if args.window:
-        center, width = args.window
-        if width < 1:
-            raise HilumError(f"window width must be >= 1, not {width:g}")
-        state.set_window(center, width)
-    if args.invert:
-        state.toggle_invert()
-    out = export_cine(view_frames(state), args.output, args.fps, max_size=args.max_size)
+            volume = load_series_sync(files, preview=False)
+        except ValueError as exc:
+            raise HilumError(f"cannot load the series: {exc}") from exc
+        state = ViewportState()
+        state.set_volume(volume, 0)
+        if args.window:
+            center, width = args.window
+            if width < 1:
+                raise HilumError(f"window width must be >= 1, not {width:g}")
+            state.set_window(center, width)
+        if args.invert:
+            state.toggle_invert()
+        out = export_cine(view_frames(state), args.output, args.fps, max_size=args.max_size)
     print(f"wrote {len(volume)} frames to {out}")
     return 0

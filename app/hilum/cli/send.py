@@ -13,8 +13,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = subparsers.add_parser(
         "send", help="send DICOM files to a peer (C-STORE)",
         description="Send DICOM Part 10 files (folders are walked recursively) to a DICOM peer with C-STORE, "
-        "as stored when the peer accepts the transfer syntax, converted or decompressed otherwise. "
-        "Exit 0 when all were stored, 3 when some failed.")
+        "as stored when the peer accepts the transfer syntax, otherwise converted without loss (decompressed, "
+        "big endian byte-swapped, inflated) with every UID kept. Each file is checked first; a file that is "
+        "truncated or contradicts itself is reported and not sent, and the others go on. "
+        "Exit 0 when all were stored, 3 when some failed (with --json, the summary lists each failure), "
+        "1 when the peer cannot be reached or no file was given.")
     add_peer_arguments(p, port_optional=False)
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
     p.set_defaults(handler=run_send)

@@ -10,6 +10,7 @@ holds Unicode.
 from __future__ import annotations
 
 import io
+import re
 import struct
 from dataclasses import dataclass, field
 from functools import cache
@@ -23,11 +24,18 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from hilum.dicom.matching import normalize_date, normalize_time, pn_groups
 
-__all__ = ["InvalidInstance", "IndexRecord", "read_instance", "index_record", "to_part10"]
+__all__ = ["InvalidInstance", "IndexRecord", "PixelElement", "check_consistency", "check_request", "index_record",
+           "is_valid_uid", "read_instance", "to_part10"]
 
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 _UNDEFINED = 0xFFFFFFFF
@@ -73,10 +81,15 @@ def read_instance(data: bytes) -> Dataset:
     most of a parse.  The pixel data element is still checked structurally
     (its declared length, or its fragments and delimiter) so a truncated file
     is refused.  A bare dataset is read whole, since it is re-encoded as a
-    Part 10 file (:func:`to_part10`).
+    Part 10 file (:func:`to_part10`); little or big endian (PS3.5 A.3).
+
+    What the instance claims must hold together (:func:`check_consistency`),
+    so that every way in - C-STORE on either path, STOW-RS, import - refuses
+    the same contradictions.
 
     Raises :class:`InvalidInstance` with ``code`` one of ``not-dicom``,
-    ``truncated``, ``missing-uid``.
+    ``truncated``, ``missing-uid``, ``invalid-uid``, ``invalid-sop-instance-uid``,
+    ``sop-class-mismatch``, ``syntax-mismatch``, ``pixel-length``.
     """
     part10 = len(data) >= 132 and data[128:132] == b"DICM"
     if not part10 and not _looks_like_dataset(data):
@@ -96,17 +109,277 @@ def read_instance(data: bytes) -> Dataset:
             raise InvalidInstance("not-dicom", f"not a readable DICOM file: {type(exc).__name__}: {exc}") from exc
         stop = fp.tell()
     _check_complete(ds, data)
-    if part10:
-        _check_pixel_element(ds, data, stop)
+    pixels = _check_pixel_element(ds, data, stop) if part10 else _pixels_of_dataset(ds)
     sop_uid = _text(ds, "SOPInstanceUID")
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         if not _text(ds, keyword):
             raise InvalidInstance("missing-uid", f"missing {keyword}", sop_uid or None)
-    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        value = _text(ds, keyword)
-        if len(value) > 64:
-            raise InvalidInstance("missing-uid", f"{keyword} longer than 64 characters", sop_uid or None)
+    if pixels is _DEFLATED:
+        pixels = _pixels_of_deflated(data)
+    check_consistency(ds, pixels)
     return ds
+
+
+# ---------------------------------------------------------------- what an instance claims
+#
+# An instance that contradicts itself is refused at the door: once stored it
+# would be served, moved and viewed as something it is not (a JPEG context's
+# native bytes cannot be decoded afterwards; a data set under another
+# instance's UID overwrites or hides that one; "../../x" as a UID names a
+# file).  Each contradiction has its own code, which the protocol adapters
+# map to DIMSE statuses (PS3.4 B.2.3) and STOW-RS failure reasons (PS3.18 I.2).
+
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_INDEXED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+
+
+def is_valid_uid(value: str) -> bool:
+    """Whether ``value`` is a UID as PS3.5 9.1 defines one: components of digits
+    separated by dots, no empty component, no leading zero in a component of
+    more than one digit, at most 64 characters."""
+    return 0 < len(value) <= 64 and _UID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PixelElement:
+    """What the encoded Pixel Data element (or Float/Double Float Pixel Data) says of itself."""
+
+    tag: int
+    length: int  # the value length; 0xFFFFFFFF when encapsulated
+    fragments: int = 0  # encapsulated: fragments after the Basic Offset Table
+    offsets: int = 0  # encapsulated: entries in the Basic Offset Table (0 when empty)
+    head: bytes = b""  # encapsulated: the first bytes of the first fragment
+
+    @property
+    def encapsulated(self) -> bool:
+        return self.length == _UNDEFINED
+
+
+_NO_PIXELS: Any = object()  # the data set ends before any pixel data element
+_DEFLATED: Any = object()  # deflated: positions in the file say nothing; read it whole to know
+
+# The first bytes each encapsulated syntax's frames start with (PS3.5 A.4): JPEG and JPEG-LS
+# (SOI marker), JPEG 2000 and HTJ2K (codestream SOC+SIZ, or a JP2 signature box), RLE (a
+# segment count of 1..15, PS3.5 G.3.1).
+_JPEG_SOI = (b"\xff\xd8",)
+_J2K = (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")
+_FRAME_MAGIC: dict[str, tuple[bytes, ...]] = {
+    **dict.fromkeys(("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                     "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"), _JPEG_SOI),
+    **dict.fromkeys(("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92",
+                     "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+                     "1.2.840.10008.1.2.4.203"), _J2K),
+}
+_RLE = "1.2.840.10008.1.2.5"
+
+
+def check_consistency(ds: Dataset, pixels: PixelElement | None | Any) -> None:
+    """Refuse an instance whose parts contradict each other (see the codes of :func:`read_instance`).
+
+    ``pixels`` is the pixel data element as read from the encoding
+    (:data:`_NO_PIXELS` when there is none, ``None`` when unknown).
+    """
+    sop_uid = _text(ds, "SOPInstanceUID")
+    for keyword in _INDEXED_UIDS:
+        value = _uid_text(ds, keyword)
+        if value is None:
+            continue
+        if not is_valid_uid(value):
+            code = "invalid-sop-instance-uid" if keyword == "SOPInstanceUID" else "invalid-uid"
+            raise InvalidInstance(code, f"{keyword} is not a valid UID (PS3.5 9.1): {_show(value)}",
+                                  sop_uid if keyword != "SOPInstanceUID" else None)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        # A C-STORE's meta is built from its command (the Affected SOP Class UID); a file's or a
+        # STOW-RS part's is its own.  Either way the data set must be of the class it is said to be.
+        # (A file whose Media Storage SOP Instance UID differs from its data set's is tolerated:
+        # the data set is the instance, the meta only describes the file, and pydicom's own
+        # rtplan/rtdose samples and many anonymised exports have such metas.  A C-STORE whose
+        # command names another instance is refused by :func:`check_request`.)
+        meta_class = _uid_text(meta, "MediaStorageSOPClassUID")
+        sop_class = _text(ds, "SOPClassUID")
+        if meta_class is not None and meta_class != sop_class:
+            raise InvalidInstance("sop-class-mismatch", f"SOP Class UID differs from the file meta's: data set "
+                                  f"{_show(sop_class)}, meta {_show(meta_class)}", sop_uid)
+    ts = _uid_text(meta, "TransferSyntaxUID") if meta is not None else None
+    _check_pixels(ds, pixels, ts or "", sop_uid)
+
+
+def check_request(data: bytes | bytearray, sop_class: str, sop_instance: str) -> None:
+    """Refuse a C-STORE whose command names another instance (or class) than its data set.
+
+    The Affected SOP Class and Instance UIDs of a C-STORE-RQ (PS3.7 9.3.1.1)
+    name the data set it carries; a data set under another UID would be
+    stored as something the sender never asked to store, and answered for
+    an instance that was not stored.  ``data`` is the received Part 10 file;
+    only the data set's first elements are read (up to (0008,0018)), so the
+    check costs microseconds before the full parse.  Raises
+    :class:`InvalidInstance` ``uid-mismatch`` or ``sop-class-mismatch``;
+    a data set it cannot read this way is left to :func:`read_instance`.
+    """
+    found = _leading_uids(data)
+    if found is None:
+        return
+    ds_class, ds_instance = found
+    if ds_instance and sop_instance and ds_instance != sop_instance:
+        raise InvalidInstance("uid-mismatch", f"SOP Instance UID differs from the request's: data set "
+                              f"{_show(ds_instance)}, request {_show(sop_instance)}", None)
+    if ds_class and sop_class and ds_class != sop_class:
+        raise InvalidInstance("sop-class-mismatch", f"SOP Class UID differs from the request's: data set "
+                              f"{_show(ds_class)}, request {_show(sop_class)}", ds_instance or None)
+
+
+def _leading_uids(data: bytes | bytearray) -> tuple[str, str] | None:
+    """(SOP Class UID, SOP Instance UID) of a Part 10 file's data set, read from its first
+    elements; None when the encoding is one to leave to pydicom (big endian, deflated, odd)."""
+    if len(data) < 144 or data[128:132] != b"DICM":
+        return None
+    try:
+        meta, at = _read_elements(data, 132, False, group=2)
+    except (_Unusual, InvalidInstance):
+        return None
+    ts_elem = meta.get(0x00020010)
+    if ts_elem is None:
+        return None
+    ts = bytes(ts_elem.value).decode("ascii", "replace").rstrip("\0 ")
+    if ts in _NOT_LITTLE_ENDIAN:
+        return None
+    implicit = ts == ImplicitVRLittleEndian
+    out = {0x00080016: "", 0x00080018: ""}
+    end = len(data)
+    while at + 8 <= end:
+        grp, elem, length = _HEADER.unpack_from(data, at)
+        tag = grp << 16 | elem
+        if tag > 0x00080018:
+            break
+        value_at = at + 8
+        if not implicit:
+            raw_vr = bytes(data[at + 4 : at + 6])
+            if raw_vr not in _VRS:
+                return None
+            length = _EXPLICIT.unpack_from(data, at)[3]
+            if raw_vr in _LONG_VRS:
+                length = int.from_bytes(data[at + 8 : at + 12], "little")
+                value_at = at + 12
+        if length == _UNDEFINED or value_at + length > end:
+            return None
+        if tag in out:
+            out[tag] = bytes(data[value_at : value_at + length]).decode("latin-1").rstrip("\0").strip(" ")
+        at = value_at + length
+    return out[0x00080016], out[0x00080018]
+
+
+def _check_pixels(ds: Dataset, pixels: PixelElement | None | Any, ts: str, sop_uid: str) -> None:
+    """Pixel Data against the transfer syntax and the Image Pixel Module (PS3.3 C.7.6.3, PS3.5 8.2)."""
+    if pixels is None:
+        return
+    if pixels is _NO_PIXELS:
+        # A complete object without pixel data is a non-image instance, whatever else it says
+        # (Rows and Columns in a spectroscopy or a private CSA header object are not an image).
+        return
+    syntax = UID(ts) if ts else None
+    encapsulated_ts = bool(syntax is not None and syntax.is_transfer_syntax and syntax.is_encapsulated)
+    if syntax is not None and syntax.is_transfer_syntax and pixels.tag == 0x7FE00010:
+        if encapsulated_ts and not pixels.encapsulated:
+            raise InvalidInstance("syntax-mismatch", f"native Pixel Data under {syntax.name}, which encapsulates "
+                                  "compressed frames (PS3.5 A.4)", sop_uid)
+        if pixels.encapsulated and not encapsulated_ts:
+            raise InvalidInstance("syntax-mismatch", f"encapsulated Pixel Data under {syntax.name}, a native "
+                                  "transfer syntax", sop_uid)
+    if pixels.encapsulated:
+        frames = max(_int(ds, "NumberOfFrames") or 1, 1)
+        if pixels.fragments == 0:
+            raise InvalidInstance("pixel-length", "encapsulated Pixel Data without any fragment", sop_uid)
+        if pixels.offsets and pixels.offsets != frames:
+            raise InvalidInstance("pixel-length", f"the Basic Offset Table has {pixels.offsets} entries for "
+                                  f"{frames} frame(s)", sop_uid)
+        magic = _FRAME_MAGIC.get(ts)
+        if magic is not None and not pixels.head.startswith(magic):
+            raise InvalidInstance("syntax-mismatch", f"the first frame is not a {UID(ts).name} bitstream", sop_uid)
+        if ts == _RLE and not (len(pixels.head) >= 4 and 1 <= int.from_bytes(pixels.head[:4], "little") <= 15):
+            raise InvalidInstance("syntax-mismatch", "the first frame is not an RLE Lossless bitstream", sop_uid)
+        return
+    rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
+    bits = {0x7FE00008: 32, 0x7FE00009: 64}.get(pixels.tag) or _int(ds, "BitsAllocated")
+    if not rows or not columns or not bits:
+        raise InvalidInstance("pixel-length", "Pixel Data without Rows, Columns and Bits Allocated", sop_uid)
+    samples = _int(ds, "SamplesPerPixel") or 1
+    frames = max(_int(ds, "NumberOfFrames") or 1, 1)
+    if samples == 3 and _text(ds, "PhotometricInterpretation") == "YBR_FULL_422":
+        samples = 2  # two luminance values share one pair of chroma values (PS3.3 C.7.6.3.1.2)
+    expected = (rows * columns * samples * frames * bits + 7) // 8
+    if pixels.length != expected and not (expected % 2 and pixels.length == expected + 1):
+        raise InvalidInstance("pixel-length", f"Pixel Data has {pixels.length} bytes; {rows} rows x {columns} "
+                              f"columns x {samples} samples x {bits} bits x {frames} frame(s) make {expected}",
+                              sop_uid)
+
+
+def _uid_text(ds: Dataset, keyword: str) -> str | None:
+    """A UI value as encoded, NUL padding (PS3.5 6.2) and surrounding spaces removed; None when absent.
+    Unlike :func:`_text`, an embedded NUL or other control character is kept, to be refused."""
+    tag, _ = _tag_and_vr(keyword)
+    elem = ds._dict.get(tag)  # noqa: SLF001 - the raw element, unconverted
+    if elem is None:
+        return None
+    value = elem.value
+    if isinstance(value, (bytes, bytearray)):
+        text = bytes(value).decode("latin-1")
+    elif isinstance(value, (list, tuple, MultiValue)):
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = "" if value is None else str(value)
+    text = text.rstrip("\0").strip(" ")
+    return text if text else None
+
+
+def _show(value: str) -> str:
+    """A value for a one-line message: control characters escaped, long ones cut."""
+    shown = value.encode("unicode_escape").decode("ascii")
+    return repr(shown if len(shown) <= 70 else shown[:67] + "...")
+
+
+def _pixels_of_dataset(ds: Dataset) -> PixelElement | Any:
+    """The pixel data element of a data set read whole (a bare data set, no file meta)."""
+    for tag in _PIXEL_TAGS:
+        elem = ds._dict.get(tag)  # noqa: SLF001
+        if elem is None:
+            continue
+        value = elem.value
+        length = getattr(elem, "length", None) if isinstance(elem, RawDataElement) else None
+        if length == _UNDEFINED or getattr(elem, "is_undefined_length", False):
+            return _encapsulated(bytes(value), tag, 0, len(value), "little")
+        return PixelElement(tag, len(value) if value is not None else 0)
+    return _NO_PIXELS
+
+
+def _pixels_of_deflated(data: bytes) -> PixelElement | Any:
+    """A deflated instance's pixel data element, read from the inflated data set (rare: read whole)."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception:  # noqa: BLE001 - the header parsed; the rest is the deflate stream's fault
+        raise InvalidInstance("truncated", "the deflated data set cannot be inflated whole") from None
+    return _pixels_of_dataset(ds)
+
+
+def _encapsulated(data: bytes | bytearray, tag: int, at: int, end: int, order: str) -> PixelElement:
+    """An encapsulated value's items from ``at`` (PS3.5 A.4): fragments, offset table entries, first bytes."""
+    fragments = offsets = 0
+    head = b""
+    first = True
+    while at + 8 <= end:
+        item = int.from_bytes(data[at : at + 2], order) << 16 | int.from_bytes(data[at + 2 : at + 4], order)
+        length = int.from_bytes(data[at + 4 : at + 8], order)
+        if item != 0xFFFEE000 or length == _UNDEFINED:
+            break
+        if first:
+            offsets = length // 4
+            first = False
+        else:
+            if fragments == 0:
+                head = bytes(data[at + 8 : at + 8 + min(length, 16)])
+            fragments += 1
+        at += 8 + length
+    return PixelElement(tag, _UNDEFINED, fragments, offsets, head)
 
 
 # ---------------------------------------------------------------- reading a Part 10 file
@@ -257,8 +530,11 @@ def _dictionary_vr(tag: int) -> str | None:
 
 
 def _looks_like_dataset(data: bytes) -> bool:
-    # A bare dataset starts with a group 0x0008 (or 0x0002) element, little endian.
-    return len(data) >= 8 and data[1] == 0x00 and data[0] in (0x02, 0x08)
+    # A bare dataset starts with a group 0x0008 (or 0x0002) element, little or big endian
+    # (pydicom tells the two apart by the group number, as DCMTK does).
+    if len(data) < 8:
+        return False
+    return (data[1] == 0x00 and data[0] in (0x02, 0x08)) or (data[0] == 0x00 and data[1] in (0x02, 0x08))
 
 
 def _check_complete(ds: Dataset, data: bytes) -> None:
@@ -279,18 +555,18 @@ _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN
 _LONG_VR_NAMES = frozenset(v.decode() for v in _LONG_VRS)
 
 
-def _check_pixel_element(ds: Dataset, data: bytes, pos: int) -> None:
+def _check_pixel_element(ds: Dataset, data: bytes, pos: int) -> PixelElement | Any:
     """Check the pixel data element at ``pos`` (where a stop-before-pixels parse
-    ended) is complete, without copying its value (PS3.5 7.1, A.4)."""
+    ended) is complete, without copying its value (PS3.5 7.1, A.4), and say what
+    it is: a :class:`PixelElement`, :data:`_NO_PIXELS`, :data:`_DEFLATED`, or None
+    (the parse stopped at something else)."""
     end = len(data)
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
     if ts is not None and ts == "1.2.840.10008.1.2.1.99":
-        return  # deflated: pydicom parsed an inflated copy; positions do not apply
+        return _DEFLATED  # deflated: pydicom parsed an inflated copy; positions do not apply
     if pos >= end:
-        if "Rows" in ds and "Columns" in ds and "BitsAllocated" in ds:
-            raise InvalidInstance("truncated", "truncated: an image without its pixel data")
-        return  # no pixel data (e.g. an SR or a presentation state)
+        return _NO_PIXELS  # no pixel data (an SR, a presentation state, a non-image header object)
     implicit, little = getattr(ds, "original_encoding", (None, None))
     if implicit is None or little is None:
         implicit, little = False, True
@@ -299,25 +575,26 @@ def _check_pixel_element(ds: Dataset, data: bytes, pos: int) -> None:
         raise InvalidInstance("truncated", "truncated: pixel data element header is cut short")
     group = int.from_bytes(data[pos : pos + 2], order)
     elem = int.from_bytes(data[pos + 2 : pos + 4], order)
-    if (group << 16 | elem) not in _PIXEL_TAGS:
-        return  # stopped at something else: nothing of ours to check
+    tag = group << 16 | elem
+    if tag not in _PIXEL_TAGS:
+        return None  # stopped at something else: nothing of ours to check
     length, value_at = _element_header(data, pos, implicit, order, "pixel data element header")
     if length != _UNDEFINED:
         if value_at + length > end:
             raise InvalidInstance("truncated", f"truncated: pixel data has {end - value_at} of {length} bytes")
         _check_trailing(data, value_at + length, implicit, order)
-        return
+        return PixelElement(tag, length)
     # Encapsulated: items (FFFE,E000) up to the sequence delimiter (FFFE,E0DD).
     at = value_at
     while True:
         if at + 8 > end:
             raise InvalidInstance("truncated", "truncated: encapsulated pixel data is cut short")
-        tag = int.from_bytes(data[at : at + 2], order) << 16 | int.from_bytes(data[at + 2 : at + 4], order)
+        item = int.from_bytes(data[at : at + 2], order) << 16 | int.from_bytes(data[at + 2 : at + 4], order)
         item_len = int.from_bytes(data[at + 4 : at + 8], order)
-        if tag == 0xFFFEE0DD:
+        if item == 0xFFFEE0DD:
             _check_trailing(data, at + 8, implicit, order)
-            return
-        if tag != 0xFFFEE000 or item_len == _UNDEFINED:
+            return _encapsulated(data, tag, value_at, at, order)
+        if item != 0xFFFEE000 or item_len == _UNDEFINED:
             raise InvalidInstance("truncated", "corrupt encapsulated pixel data (bad item)")
         at += 8 + item_len
 
@@ -472,6 +749,8 @@ def index_record(ds: Dataset) -> IndexRecord:
     study_time = _time(ds, "StudyTime")
     meta = getattr(ds, "file_meta", None)
     ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if not ts:
+        ts = str(_own_syntax(ds))  # a bare data set: the syntax to_part10 stores it in
     charset = ds.get("SpecificCharacterSet", "")
     if isinstance(charset, (list, tuple)) or hasattr(charset, "__iter__") and not isinstance(charset, str):
         charset = "\\".join(str(c) for c in charset)
@@ -525,16 +804,28 @@ def index_record(ds: Dataset) -> IndexRecord:
     )
 
 
+def _own_syntax(ds: Dataset) -> UID:
+    """The transfer syntax a data set read without file meta is encoded in: it keeps its own
+    encoding (a big-endian one stays Explicit VR Big Endian, PS3.5 A.3), so the bytes stored are
+    the bytes that came, with a meta header in front."""
+    implicit = getattr(ds, "is_implicit_VR", None)
+    little = True
+    original = getattr(ds, "original_encoding", None)
+    if original and original[0] is not None:
+        implicit = original[0]
+    if original and original[1] is not None:
+        little = original[1]
+    if not little:
+        return ExplicitVRBigEndian
+    return ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+
+
 def to_part10(ds: Dataset) -> bytes:
     """Encode ``ds`` as a Part 10 file (adding file meta where it lacks one)."""
     meta = getattr(ds, "file_meta", None)
     if meta is None or "TransferSyntaxUID" not in meta:
         meta = FileMetaDataset(meta or {})
-        implicit = getattr(ds, "is_implicit_VR", None)
-        original = getattr(ds, "original_encoding", None)
-        if original and original[0] is not None:
-            implicit = original[0]
-        meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        meta.TransferSyntaxUID = _own_syntax(ds)
     meta.MediaStorageSOPClassUID = UID(str(ds.SOPClassUID))
     meta.MediaStorageSOPInstanceUID = UID(str(ds.SOPInstanceUID))
     if "ImplementationClassUID" not in meta:

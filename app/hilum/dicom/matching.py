@@ -15,9 +15,15 @@ browser and the CLI all go through here, so they share one semantics:
 * List of UID matching (C.2.2.2.2): ``uid1\\uid2``.
 * Person names: compared case-insensitively and with trailing empty
   components ignored, per component group (alphabetic, ideographic,
-  phonetic); a match in any group counts.  PS3.4 C.2.2.2.1.1 leaves
-  case-sensitivity of PN to the implementation; most PACS, Orthanc and
-  dcm4chee included, ignore case for names.
+  phonetic; PS3.5 6.2.1).  A value of one group (``Yamada*``, ``山田*``)
+  matches a name when it matches any of its groups.  A value that names its
+  groups with ``=`` (``*=山田*``, ``Yamada^Tarou=山田^太郎``) constrains each
+  group it gives: every non-empty group must match the same group of the
+  name, and an empty or ``*`` group constrains nothing (PS3.4 C.2.2.2.1.1,
+  C.2.2.2.4).  So ``*=山田*`` asks for an ideographic name starting with 山田,
+  not for everyone.  PS3.4 C.2.2.2.1.1 leaves case-sensitivity of PN to the
+  implementation; most PACS, Orthanc and dcm4chee included, ignore case for
+  names.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ __all__ = [
     "Wildcard",
     "Range",
     "UidList",
+    "AllOf",
     "parse_key",
     "normalize_pn",
     "pn_groups",
@@ -175,18 +182,26 @@ class Universal(Matcher):
         return True
 
 
+def _pn_candidates(value: object, group: int | None) -> list[str]:
+    """The normalised component groups of a PN value a matcher looks at: all, or the one it names."""
+    groups = pn_groups(str(value))
+    return [g for g in (groups if group is None else (groups[group],)) if g]
+
+
 @dataclass(frozen=True)
 class Single(Matcher):
-    """Single value matching; for PN ``value`` holds the normalised groups."""
+    """Single value matching; for PN ``value`` is a normalised group and ``group`` which
+    component group it is for (0 alphabetic, 1 ideographic, 2 phonetic; None: any)."""
 
     value: str = ""
+    group: int | None = None
     kind: ClassVar[str] = "single"
 
     def matches(self, value: object) -> bool:
         if value is None:
             return False
         if self.vr == "PN":
-            return any(g == self.value for g in pn_groups(str(value)) if g)
+            return any(g == self.value for g in _pn_candidates(value, self.group))
         if self.vr in ("IS", "DS"):
             try:
                 return float(str(value)) == float(self.value)
@@ -202,6 +217,7 @@ class Wildcard(Matcher):
     """``*``/``?`` matching; ``pattern`` is the (normalised, for PN) query value."""
 
     pattern: str = "*"
+    group: int | None = None  # PN: the component group it is for (None: any), as for Single
     kind: ClassVar[str] = "wildcard"
 
     @property
@@ -228,7 +244,7 @@ class Wildcard(Matcher):
             return False
         rx = self.regex
         if self.vr == "PN":
-            return any(rx.fullmatch(g) for g in pn_groups(str(value)) if g)
+            return any(rx.fullmatch(g) for g in _pn_candidates(value, self.group))
         if self.vr in _MULTI_VALUED:
             return any(rx.fullmatch(v) for v in _split_multi(value))
         return rx.fullmatch(str(value).strip()) is not None
@@ -266,6 +282,18 @@ class UidList(Matcher):
         if self.vr in _MULTI_VALUED:
             return bool(set(_split_multi(value)) & set(self.values))
         return str(value).strip() in self.values
+
+
+@dataclass(frozen=True)
+class AllOf(Matcher):
+    """Several constraints on one key that must all hold: the component groups a PN value
+    names (``Yamada*=山田*``), each a :class:`Single` or :class:`Wildcard` with its ``group``."""
+
+    parts: tuple[Matcher, ...] = ()
+    kind: ClassVar[str] = "all"
+
+    def matches(self, value: object) -> bool:
+        return all(p.matches(value) for p in self.parts)
 
 
 # Keys whose stored value is itself multi-valued (``CT\MR``): a query value
@@ -340,18 +368,26 @@ def parse_key(keyword: str, value: object, *, vr: str | None = None) -> Matcher:
         # A single TM/DT value names a span (e.g. "14" is 14:00-14:59): a range.
         return Range(keyword, vr_eff, low=_normalize_for_vr(vr, text), high=_normalize_bound(vr, text))
     if vr == "PN":
-        norm = normalize_pn(text.split("=")[0]) if "=" in text else normalize_pn(text)
-        if not norm:
-            groups = [normalize_pn(g) for g in text.split("=")]
-            norm = next((g for g in groups if g), "")
-            if not norm:
-                return Universal(keyword, vr_eff)
-        if "*" in norm or "?" in norm:
-            return Wildcard(keyword, vr_eff, pattern=norm)
-        return Single(keyword, vr_eff, value=norm)
+        if "=" not in text:
+            norm = normalize_pn(text)
+            return _pn_matcher(keyword, vr_eff, norm, None) if norm else Universal(keyword, vr_eff)
+        parts = []
+        for group, raw in enumerate(text.split("=")[:3]):
+            norm = normalize_pn(raw)
+            if norm.strip("*"):  # an empty or all-"*" group constrains nothing
+                parts.append(_pn_matcher(keyword, vr_eff, norm, group))
+        if not parts:
+            return Universal(keyword, vr_eff)
+        return parts[0] if len(parts) == 1 else AllOf(keyword, vr_eff, parts=tuple(parts))
     if "*" in text or "?" in text:
         return Wildcard(keyword, vr_eff, pattern=text)
     return Single(keyword, vr_eff, value=text)
+
+
+def _pn_matcher(keyword: str, vr: str, norm: str, group: int | None) -> Matcher:
+    if "*" in norm or "?" in norm:
+        return Wildcard(keyword, vr, pattern=norm, group=group)
+    return Single(keyword, vr, value=norm, group=group)
 
 
 def _normalize_bound(vr: str, value: str) -> str:

@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom import encaps
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from hilum.dicomweb.media import EVRLE, IVRLE, LOSSY, UNCOMPRESSED
+from hilum.dicom.transcode import convert, encode, to_native
+from hilum.dicomweb.media import EVRLE, IVRLE, LOSSY
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,13 @@ def _int(ds: Dataset, kw: str, default: int = 0) -> int:
         return default
 
 
-def pixel_info(path: str | os.PathLike[str]) -> tuple[Dataset, PixelInfo | None]:
-    """The header (without pixel data) and where the pixel data is; None for non-images."""
-    with open(path, "rb") as f:
+def pixel_info(path: str | os.PathLike[str] | bytes) -> tuple[Dataset, PixelInfo | None]:
+    """The header (without pixel data) and where the pixel data is; None for non-images.
+
+    ``path`` is a stored file, or the bytes of one (what leaves the archive,
+    :meth:`~hilum.archive.Archive.read_outgoing`).
+    """
+    with (io.BytesIO(path) if isinstance(path, (bytes, bytearray)) else open(path, "rb")) as f:
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         syntax = str(ds.file_meta.get("TransferSyntaxUID", EVRLE))
         if syntax == "1.2.840.10008.1.2.1.99":
@@ -199,35 +204,28 @@ def encode_frame(arr: np.ndarray, info: PixelInfo, target: str) -> bytes:
 
 
 def transcode(data: bytes | Path, target: str) -> bytes:
-    """A Part 10 instance re-encoded in ``target`` (callers check :func:`media.can_transcode` first).
+    """A Part 10 instance re-encoded in ``target`` (callers check :func:`media.can_transcode_instance` first).
 
-    Objects without pixel data only change their (uncompressed) encoding;
-    asked for a compressed syntax they are sent as Explicit VR Little Endian,
-    since a compressed Transfer Syntax says nothing about non-pixel data.
+    Lossless only, every UID kept (PS3.5 Annex A; :mod:`hilum.dicom.transcode`):
+    to an uncompressed syntax the pixel data is decoded, byte-swapped or
+    inflated; to a lossless compressed one it is then encoded again.  A lossy
+    target other than the stored syntax is refused (``ValueError``): the
+    result would be another instance (PS3.3 C.7.6.1.1.5), not this one in
+    another encoding.  Objects without pixel data only change their
+    (uncompressed) encoding; asked for a compressed syntax they are sent as
+    Explicit VR Little Endian, since a compressed Transfer Syntax says
+    nothing about non-pixel data.
     """
-    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    ds = pydicom.dcmread(src)
+    raw = data if isinstance(data, (bytes, bytearray)) else Path(data).read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(raw))
     stored = str(ds.file_meta.get("TransferSyntaxUID", EVRLE))
+    if target == stored:
+        return bytes(raw)
+    if target in LOSSY:
+        raise ValueError(f"{UID(target).name} is lossy: that would be a new instance, not this one")
     has_pixels = "PixelData" in ds
-    if has_pixels and stored not in UNCOMPRESSED:
-        ds.decompress(generate_instance_uid=False)
-    elif has_pixels and stored == "1.2.840.10008.1.2.2":
-        ds.PixelData = ds.pixel_array.astype(ds.pixel_array.dtype.newbyteorder("<")).tobytes()
-    if has_pixels and target not in UNCOMPRESSED:
-        kwargs: dict[str, object] = {}
-        if target == "1.2.840.10008.1.2.4.91":
-            kwargs["j2k_cr"] = [10]
-        elif target == "1.2.840.10008.1.2.4.81":
-            kwargs["jls_error"] = 2
-        ds.compress(UID(target), generate_instance_uid=False, **kwargs)  # type: ignore[arg-type]
-        if target in LOSSY:
-            ds.LossyImageCompression = "01"
-    else:
-        if target not in (EVRLE, IVRLE):
-            target = EVRLE
-        meta = ds.file_meta if isinstance(ds.file_meta, FileMetaDataset) else FileMetaDataset(ds.file_meta)
-        meta.TransferSyntaxUID = UID(target)
-        ds.file_meta = meta
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    if target in (EVRLE, IVRLE) or not has_pixels:
+        return convert(raw, target if target in (EVRLE, IVRLE) else EVRLE)
+    ds = to_native(ds, EVRLE)
+    ds.compress(UID(target), generate_instance_uid=False)
+    return encode(ds)

@@ -217,6 +217,15 @@ def can_transcode(src: str, dst: str) -> bool:
     return can_decode(src) and can_encode(dst)
 
 
+def can_transcode_instance(src: str, dst: str) -> bool:
+    """Whether a whole instance stored in ``src`` can be sent as the same instance in ``dst``:
+    as stored, or converted without loss (a lossy target would make another instance,
+    PS3.3 C.7.6.1.1.5, and is not offered)."""
+    if src == dst:
+        return True
+    return dst not in LOSSY and can_transcode(src, dst)
+
+
 def is_uid(value: str) -> bool:
     """A syntactically plausible UID (PS3.5 9.1), lenient about leading zeros."""
     if not value or len(value) > 64:

@@ -13,14 +13,17 @@ Instances Response Module (PS3.18 Annex I) in DICOM JSON:
   their RetrieveURL;
 * FailedSOPSequence (0008,1198): the others with a FailureReason (0008,1197)
   from PS3.18 table I.2-2: 0xC000 cannot understand (not DICOM, truncated,
-  missing UIDs, a part that is not application/dicom), 0xA900 data set does
-  not match SOP Class, 0xA700 out of resources, 0x0110 processing failure,
-  and the implementation-specific 0xC409 for an instance whose Study
-  Instance UID differs from the one in the request path (as dcm4chee does).
+  missing UIDs, a part that is not application/dicom, native pixel data under
+  a compressed syntax), 0xA900 data set does not match SOP Class (meta and
+  data set disagree, invalid UIDs, pixel data length), 0xA700 out of
+  resources, 0x0110 processing failure, the implementation-specific 0xC409
+  for an instance whose Study Instance UID differs from the one in the
+  request path (as dcm4chee does) and 0xC410 for a duplicate whose content
+  differs from the stored instance (see ``FAILURE_CODES``).
 
 Status (PS3.18 table 10.5.3-1): 200 all stored, 202 some stored and some
-failed, 409 none stored, 400 malformed request, 415 unsupported media type,
-413 body over ``[web] max_upload_mb``.
+failed, 409 none stored (503 when only for want of space), 400 malformed
+request, 415 unsupported media type, 413 body over ``[web] max_upload_mb``.
 
 Logging is bounded per request: the first ``LOGGED_REFUSALS`` refused parts
 get a line each, the others one summary line (a body of thousands of tiny
@@ -60,17 +63,48 @@ SPOOL_IN_MEMORY_PER_REQUEST = 64 << 20
 MAX_PARTS = 100_000
 LOGGED_REFUSALS = 5
 
+# Ingest rejection codes -> Failure Reason (0008,1197), PS3.18 I.2.2 / PS3.4 B.2.3.  A part that
+# contradicts its SOP class (meta vs data set, invalid UIDs, pixel data that does not match the
+# Image Pixel Module) does not match its SOP class: 0xA900; bytes that cannot be understood
+# (not DICOM, cut short, native pixels under a compressed syntax): 0xC000.  A duplicate whose
+# content differs from the stored instance was not stored: 0xC410, as the DIMSE side answers
+# (hilum.dimse.scp.store_status), and the response is 409 Conflict when nothing else was stored.
 FAILURE_CODES = {
     "not-dicom": 0xC000,
     "truncated": 0xC000,
     "missing-uid": 0xC000,
     "unreadable": 0xC000,
     "not-application-dicom": 0xC000,
+    "syntax-mismatch": 0xC000,
     "sop-class-mismatch": 0xA900,
+    "uid-mismatch": 0xA900,
+    "invalid-uid": 0xA900,
+    "invalid-sop-instance-uid": 0xA900,
+    "pixel-length": 0xA900,
     "storage-full": 0xA700,
     "study-mismatch": 0xC409,
+    "duplicate-differs": 0xC410,
 }
 PROCESSING_FAILURE = 0x0110
+RETRYABLE = frozenset({"storage-full"})  # out of resources: the client may try again later
+
+
+def response_status(referenced: int, failed_codes: list[str]) -> int:
+    """The HTTP status of a STOW-RS response (PS3.18 table 10.5.3-1): 200 all stored, 202 some
+    stored, 409 none stored - or 503 when none was stored only for want of space, which the
+    client may retry (a full disk is Out of Resources everywhere, 0xA700 on DIMSE)."""
+    if not failed_codes:
+        return 200
+    if referenced:
+        return 202
+    if all(code in RETRYABLE for code in failed_codes):
+        return 503
+    return 409
+
+
+def _stored(res: IngestResult | None) -> bool:
+    """Whether a part counts as stored: ingest said so, and it is not a different duplicate."""
+    return res is not None and res.ok and res.code != "duplicate-differs"
 
 
 class _Spool:
@@ -207,8 +241,10 @@ def _response(request: Request, ctx: Context, outcomes: list[tuple[IngestResult 
     failed: list[dict[str, Any]] = []
     studies: set[str] = set()
     refused = 0
+    failed_codes: list[str] = []
     for res, local in outcomes:
-        if res is not None and res.ok:
+        if _stored(res):
+            assert res is not None
             item = _ref_item(res)
             assert res.study_instance_uid and res.series_instance_uid and res.sop_instance_uid
             item["00081190"] = {"vr": "UR", "Value": [instance_url(base, res.study_instance_uid,
@@ -216,7 +252,9 @@ def _response(request: Request, ctx: Context, outcomes: list[tuple[IngestResult 
             referenced.append(dict(sorted(item.items())))
             studies.add(res.study_instance_uid)
             continue
-        code = FAILURE_CODES.get(local or (res.code if res else "") or "", PROCESSING_FAILURE)
+        reason_code = local or (res.code if res else "") or ""
+        failed_codes.append(reason_code)
+        code = FAILURE_CODES.get(reason_code, PROCESSING_FAILURE)
         item = _ref_item(res)
         item["00081197"] = {"vr": "US", "Value": [code]}
         failed.append(dict(sorted(item.items())))
@@ -234,5 +272,4 @@ def _response(request: Request, ctx: Context, outcomes: list[tuple[IngestResult 
         body["00081198"] = {"vr": "SQ", "Value": failed}
     if referenced:
         body["00081199"] = {"vr": "SQ", "Value": referenced}
-    status = 200 if not failed else 202 if referenced else 409
-    return json_response(body, status=status)
+    return json_response(body, status=response_status(len(referenced), failed_codes))

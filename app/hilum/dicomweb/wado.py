@@ -1,16 +1,23 @@
 """WADO-RS, the Retrieve transaction (PS3.18 10.4).
 
 * Instances (study, series, instance): ``multipart/related;
-  type="application/dicom"``, each part streamed from its stored file in
-  1 MiB reads — a study is never held in memory.  ``transfer-syntax=*``
-  sends files as stored; a named syntax is honoured by transcoding where
-  pydicom can (else 406 before anything is sent); without one, Explicit VR
-  Little Endian is the default (PS3.18 8.7.3.5.2).
-* Metadata: a JSON array of DICOM JSON datasets (streamed), binary values
-  above ``[web] bulk_data_threshold`` and Pixel Data as ``BulkDataURI``.
+  type="application/dicom"``, each part read through
+  :meth:`~hilum.archive.Archive.read_outgoing` (what leaves the archive
+  carries today's demographics) one instance at a time and streamed in 2 MiB
+  pieces — a study is never held in memory.  ``transfer-syntax=*`` sends
+  instances as stored; a named syntax is honoured by a lossless conversion
+  where pydicom can, every UID kept (else 406 before anything is sent; a
+  lossy syntax is never produced from another one: that would be another
+  instance); without one, Explicit VR Little Endian is the default
+  (PS3.18 8.7.3.5.2).
+* Metadata: a JSON array of DICOM JSON datasets (streamed, each read through
+  ``read_outgoing``), binary values above ``[web] bulk_data_threshold`` and
+  Pixel Data as ``BulkDataURI``.
 * Frames: ``multipart/related`` of frames — ``application/octet-stream``
   (native, little endian) or the compressed bitstreams (image/jpeg, jls, jp2,
   dicom-rle...), with the transfer syntax of each part in its Content-Type.
+  Frames are pixel data only (no demographics), read from the stored file at
+  their offsets, so a frame of a large multi-frame object costs one frame.
 * Bulk data: ``.../instances/{i}/bulkdata/{tag[/item/tag...]}``.
 * Rendered and thumbnails: see :mod:`.rendered`.
 
@@ -20,8 +27,8 @@ answer conditional requests with 304.
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,6 +63,7 @@ from hilum.dicomweb.media import (
     OCTET,
     UNCOMPRESSED,
     can_transcode,
+    can_transcode_instance,
     parse_accept,
 )
 from hilum.dicomweb.rendered import RENDER_TYPES, RenderParamError, Viewport, parse_params, render
@@ -94,7 +102,7 @@ def dicom_targets(request: Request) -> list[str]:
 
 def choose_target(rows: list[dict[str, Any]], targets: list[str]) -> str:
     for t in targets:
-        if t == "*" or all(can_transcode(r["TransferSyntaxUID"], t) for r in rows):
+        if t == "*" or all(can_transcode_instance(r["TransferSyntaxUID"], t) for r in rows):
             return t
     raise HTTPError(406, f"cannot provide the instances in transfer syntax {', '.join(targets)}")
 
@@ -109,61 +117,45 @@ def retrieve_instances(ctx: Context, request: Request, study: str, series: str |
     if cached is not None:
         return cached
     boundary = multipart.new_boundary()
-    headers = cache_headers(etag, mtime)
-    if all(target in ("*", r["TransferSyntaxUID"]) for r in rows):
-        # Sizes are known: a Content-Length lets clients show progress and spares chunked framing.
-        headers["Content-Length"] = str(_multipart_length(rows, boundary))
-    return StreamingResponse(_stream_instances(rows, target, boundary), headers=headers,
+    # No Content-Length: what leaves is read through read_outgoing, which may differ from the
+    # stored file's size (corrected demographics), so the body is sent chunked.
+    return StreamingResponse(_stream_instances(ctx, rows, target, boundary), headers=cache_headers(etag, mtime),
                              media_type=f'{MULTIPART}; type="{DICOM}"; boundary={boundary}')
 
 
-def _multipart_length(rows: list[dict[str, Any]], boundary: str) -> int:
-    total = 0
-    for i, r in enumerate(rows):
-        size = r["_file_size"]
-        total += len(multipart.part_head(boundary, f"{DICOM}; transfer-syntax={r['TransferSyntaxUID']}",
-                                         first=i == 0, headers=[("Content-Length", str(size))])) + size
-    return total + len(multipart.closing(boundary, empty=not rows))
-
-
-def _stream_instances(rows: list[dict[str, Any]], target: str, boundary: str) -> Iterator[bytes]:
+def _stream_instances(ctx: Context, rows: list[dict[str, Any]], target: str, boundary: str) -> Iterator[bytes]:
     """The multipart body in pieces of about :data:`CHUNK`: small instances are batched
-    (fewer thread hops and socket writes), large ones read CHUNK at a time, so memory
-    stays bounded whatever the size of the study."""
+    (fewer thread hops and socket writes), large ones cut CHUNK at a time; one instance is
+    held at a time, so memory stays bounded by the largest instance, whatever the study."""
     first = True
     pieces: list[bytes] = []
     size_pending = 0
     for r in rows:
         stored = r["TransferSyntaxUID"]
-        if target == "*" or target == stored:
+        try:
+            data = ctx.archive.read_outgoing(r)
+        except OSError as exc:
+            log.error("instance %s vanished while streaming: %s", r["SOPInstanceUID"], exc)
+            continue
+        syntax = stored
+        if target not in ("*", stored):
             try:
-                f = open(r["path"], "rb")
-            except OSError as exc:
-                log.error("instance %s vanished while streaming: %s", r["SOPInstanceUID"], exc)
-                continue
-            with f:
-                size = os.fstat(f.fileno()).st_size
-                pieces.append(multipart.part_head(boundary, f"{DICOM}; transfer-syntax={stored}", first=first,
-                                                  headers=[("Content-Length", str(size))]))
-                while chunk := f.read(CHUNK):
-                    pieces.append(chunk)
-                    size_pending += len(chunk)
-                    if size_pending >= CHUNK:
-                        yield b"".join(pieces)
-                        pieces, size_pending = [], 0
-        else:
-            try:
-                data = transcode(r["path"], target)
+                data = transcode(data, target)
+                syntax = target
             except Exception as exc:  # noqa: BLE001 - a failed codec must not break the stream
                 log.error("cannot transcode %s from %s to %s: %s", r["SOPInstanceUID"], stored, target, exc)
                 continue
-            pieces.append(multipart.part_head(boundary, f"{DICOM}; transfer-syntax={target}", first=first,
-                                              headers=[("Content-Length", str(len(data)))]))
-            pieces.append(data)
-            size_pending += len(data)
+        pieces.append(multipart.part_head(boundary, f"{DICOM}; transfer-syntax={syntax}", first=first,
+                                          headers=[("Content-Length", str(len(data)))]))
+        view = memoryview(data)
+        for at in range(0, len(data), CHUNK):
+            piece = view[at : at + CHUNK]
+            pieces.append(bytes(piece))
+            size_pending += len(piece)
             if size_pending >= CHUNK:
                 yield b"".join(pieces)
                 pieces, size_pending = [], 0
+        del data, view
         first = False
     pieces.append(multipart.closing(boundary, empty=first))
     yield b"".join(pieces)
@@ -189,14 +181,15 @@ def retrieve_metadata(ctx: Context, request: Request, study: str, series: str | 
     cached = not_modified(request, etag, mtime)
     if cached is not None:
         return cached
-    return StreamingResponse(_stream_metadata(rows, base, threshold), media_type=DICOM_JSON,
+    return StreamingResponse(_stream_metadata(ctx, rows, base, threshold), media_type=DICOM_JSON,
                              headers=cache_headers(etag, mtime))
 
 
-def instance_metadata(row: dict[str, Any], base: str, threshold: int) -> dict[str, Any]:
-    """One instance's DICOM JSON with BulkDataURIs pointing at this server."""
+def instance_metadata(ctx: Context, row: dict[str, Any], base: str, threshold: int) -> dict[str, Any]:
+    """One instance's DICOM JSON with BulkDataURIs pointing at this server, from what leaves the
+    archive (:meth:`~hilum.archive.Archive.read_outgoing`: today's demographics)."""
     url = instance_url(base, row["StudyInstanceUID"], row["SeriesInstanceUID"], row["SOPInstanceUID"])
-    ds, info = pixel_info(row["path"])
+    ds, info = pixel_info(ctx.archive.read_outgoing(row))
     obj = dicomjson.dataset_to_json(ds, bulk_data_threshold=threshold,
                                     bulk_uri=lambda path: f"{url}/bulkdata/{path}")
     obj["00083002"] = {"vr": "UI", "Value": [row["TransferSyntaxUID"]]}
@@ -206,12 +199,12 @@ def instance_metadata(row: dict[str, Any], base: str, threshold: int) -> dict[st
     return dict(sorted(obj.items()))
 
 
-def _stream_metadata(rows: list[dict[str, Any]], base: str, threshold: int) -> Iterator[bytes]:
+def _stream_metadata(ctx: Context, rows: list[dict[str, Any]], base: str, threshold: int) -> Iterator[bytes]:
     yield b"["
     first = True
     for r in rows:
         try:
-            obj = instance_metadata(r, base, threshold)
+            obj = instance_metadata(ctx, r, base, threshold)
         except (OSError, pydicom.errors.InvalidDicomError) as exc:
             log.error("cannot read metadata of %s: %s", r["SOPInstanceUID"], exc)
             continue
@@ -312,7 +305,8 @@ def retrieve_bulkdata(ctx: Context, request: Request, study: str, series: str, s
             raise HTTPError(404, "the instance has no pixel data")
         return _frames_response(request, row, list(range(1, info.frames + 1)))
     try:
-        ds = pydicom.dcmread(row["path"], stop_before_pixels=True)
+        # Non-pixel bulk data may be anything in the header: read what leaves the archive.
+        ds = pydicom.dcmread(io.BytesIO(ctx.archive.read_outgoing(row)), stop_before_pixels=True)
         elem: Any = ds
         for i, p in enumerate(parts):
             if i % 2 == 0:

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from hilum.dicom.pixels import FrameIndexError, PixelDataError, Window
 from hilum.dicomweb.common import Context, HTTPError, cache_headers, find_instances, not_modified, validators
 from hilum.dicomweb.frames import transcode
-from hilum.dicomweb.media import DICOM, EVRLE, can_transcode
+from hilum.dicomweb.media import DICOM, EVRLE, can_transcode_instance
 from hilum.dicomweb.rendered import RENDER_TYPES, RenderParams, Viewport, apply_viewport, encode_image
 
 _SUPPORTED = (DICOM, *RENDER_TYPES)
@@ -55,25 +55,25 @@ def wado_uri(ctx: Context, request: Request) -> Response:
     if content_type is None:
         raise HTTPError(406, f"contentType must be one of {', '.join(_SUPPORTED)}")
     if content_type == DICOM:
-        return _dicom(request, row, q.get("transferSyntax") or EVRLE)
+        return _dicom(ctx, request, row, q.get("transferSyntax") or EVRLE)
     if not is_image:
         raise HTTPError(400, "the object is not an image")
     return _image(request, row, q, content_type)
 
 
-def _dicom(request: Request, row: dict, target: str) -> Response:  # type: ignore[type-arg]
+def _dicom(ctx: Context, request: Request, row: dict, target: str) -> Response:  # type: ignore[type-arg]
+    """The instance as ``application/dicom``: read through ``read_outgoing`` (today's demographics),
+    as stored or converted losslessly with every UID kept (else 406)."""
     stored = row["TransferSyntaxUID"]
-    if target not in ("*", stored) and not can_transcode(stored, target):
+    if target not in ("*", stored) and not can_transcode_instance(stored, target):
         raise HTTPError(406, f"cannot provide the object in transfer syntax {target}")
     etag, mtime = validators([row], f"wado-uri:dicom:{target}")
     cached = not_modified(request, etag, mtime)
     if cached is not None:
         return cached
-    if target in ("*", stored):
-        with open(row["path"], "rb") as f:
-            data = f.read()
-    else:
-        data = transcode(row["path"], target)
+    data = ctx.archive.read_outgoing(row)
+    if target not in ("*", stored):
+        data = transcode(data, target)
     return Response(data, media_type=DICOM, headers=cache_headers(etag, mtime))
 
 

@@ -6,21 +6,27 @@ included), plus VERIFICATION, Query/Retrieve (patient and study root: FIND,
 MOVE, GET) and Storage Commitment Push Model.
 
 As SCU (C-STORE from ``hilum send``, C-MOVE/C-GET sub-operations) contexts
-are built from what will be sent: per SOP class one context with the native
-syntaxes, and one per compressed syntax that also offers Explicit/Implicit
-VR Little Endian, so a peer that cannot take the compressed form still
-accepts the context and the instance is decompressed for it.  An association
-carries at most 128 contexts (odd context IDs 1..255), so larger sets are
-split over several associations.
+are built from what will be sent, as DCMTK's ``storescu`` builds them: per SOP
+class one context for each transfer syntax the instances are stored in, that
+syntax alone, and one context with Explicit and Implicit VR Little Endian.  A
+peer that takes the stored syntax (Orthanc takes them all) accepts its context
+and receives the instance byte for byte; one that refuses it (a DCMTK
+``storescp`` without ``+xa``) still accepts the uncompressed context, and only
+then is the instance converted, losslessly and with every UID kept
+(:mod:`hilum.dicom.transcode`).  :func:`for_peer` chooses per instance: the
+exact stored syntax first.  An association carries at most 128 contexts (odd
+context IDs 1..255), so larger sets are split over several associations.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
@@ -32,6 +38,7 @@ from pydicom.uid import (
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context
 from pynetdicom.presentation import PresentationContext
 
+from hilum.dicom.transcode import TranscodeError, convert
 from hilum.dimse.uids import (
     PATIENT_ROOT_FIND,
     PATIENT_ROOT_GET,
@@ -98,15 +105,16 @@ def _unique(items: Iterable[str]) -> list[str]:
     return seen
 
 
-def contexts_for_class(sop_class: str, syntaxes: Iterable[str]) -> list[PresentationContext]:
-    """Contexts proposing ``syntaxes`` for one SOP class (see the module docstring)."""
-    syntaxes = _unique(str(s) for s in syntaxes)
-    native = [s for s in syntaxes if not UID(s).is_compressed]
-    compressed = [s for s in syntaxes if UID(s).is_compressed]
-    out = [build_context(sop_class, _unique([*native, *NATIVE]))]
-    for ts in compressed:
-        out.append(build_context(sop_class, _unique([ts, *NATIVE])))
-    return out
+def contexts_for_class(sop_class: str, syntaxes: Iterable[str], limit: int = MAX_CONTEXTS) -> list[PresentationContext]:
+    """Contexts for sending instances of ``sop_class`` stored in ``syntaxes`` (see the module docstring):
+    one per stored syntax, that syntax alone, then one with the uncompressed little-endian ones.
+
+    At most ``limit`` contexts: the uncompressed one is always kept, the
+    stored syntaxes fill the rest in order.
+    """
+    stored = _unique(str(s) for s in syntaxes if s)
+    own = [build_context(sop_class, [ts]) for ts in stored][: max(0, limit - 1)]
+    return [*own, build_context(sop_class, list(NATIVE))]
 
 
 @dataclass
@@ -133,7 +141,7 @@ def storage_batches(pairs: Iterable[tuple[str, str]], *, reserve: int = 0) -> li
     batches: list[ContextBatch] = []
     current = ContextBatch()
     for sop in sorted(by_class):
-        cxs = contexts_for_class(sop, by_class[sop])[:room]
+        cxs = contexts_for_class(sop, by_class[sop], limit=room)
         if len(current.contexts) + len(cxs) > room:
             batches.append(current)
             current = ContextBatch()
@@ -156,25 +164,49 @@ def accepted_syntaxes(assoc: Any, sop_class: str, role: str = "scu") -> list[str
     return out
 
 
-def fit_to_association(assoc: Any, ds: Dataset) -> Dataset:
-    """Make ``ds`` sendable on ``assoc``: decompress when only native syntaxes were accepted.
+class NoContext(ValueError):
+    """The peer accepted no context this instance can go on, as stored or converted."""
 
-    pynetdicom converts between the native little-endian syntaxes itself;
-    compressed data can only go as is, so when no accepted context has the
-    instance's own compressed syntax it is decompressed (PS3.5 8.2) to
-    Explicit VR Little Endian.  When nothing fits, ``ds`` comes back
-    unchanged and the send fails as a counted sub-operation failure.
+
+def choose_syntax(accepted: Sequence[str], stored: str) -> str | None:
+    """The transfer syntax to send an instance stored in ``stored`` in, of the ``accepted`` ones:
+    the stored one itself, else Explicit then Implicit VR Little Endian (a lossless conversion),
+    else None.  Never another compressed syntax: that would be a re-encoding, lossy for most."""
+    if stored in accepted:
+        return stored
+    for ts in NATIVE:
+        if ts in accepted:
+            return ts
+    return None
+
+
+def for_peer(assoc: Any, data: bytes | bytearray) -> Dataset:
+    """The Part 10 file ``data`` as it goes to the peer of ``assoc``: a data set in the syntax of
+    a context the peer accepted for its SOP class, so pynetdicom sends it on that context.
+
+    As stored when the peer accepted the stored syntax (the data set's
+    elements are written back as read); otherwise converted losslessly to
+    Explicit or Implicit VR Little Endian with every UID kept
+    (:func:`hilum.dicom.transcode.convert`: decompressed, byte-swapped from
+    big endian, inflated).  Raises :class:`NoContext` when the peer took
+    neither, :class:`~hilum.dicom.transcode.TranscodeError` when the
+    conversion cannot be done.
     """
+    ds = dcmread(io.BytesIO(bytes(data)))
     sop_class = str(ds.get("SOPClassUID", ""))
-    meta = getattr(ds, "file_meta", None)
-    ts = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
+    stored = str(ds.file_meta.get("TransferSyntaxUID", ""))
     accepted = accepted_syntaxes(assoc, sop_class)
-    if not ts or ts in accepted or not ts.is_compressed:
+    chosen = choose_syntax(accepted, stored)
+    if chosen is None:
+        shown = ", ".join(UID(a).name for a in accepted) or "none"
+        raise NoContext(f"the peer accepted no context for {UID(sop_class).name} in {UID(stored).name} or an "
+                        f"uncompressed syntax (accepted: {shown})")
+    if chosen == stored:
         return ds
-    if not any(not UID(a).is_compressed for a in accepted):
-        return ds
-    try:
-        ds.decompress()
-    except Exception as exc:  # noqa: BLE001 - a missing codec fails this one instance only
-        log.warning("cannot decompress %s (%s) for the peer: %s", ds.get("SOPInstanceUID", "?"), ts.name, exc)
-    return ds
+    log.debug("converting %s from %s to %s for the peer", ds.get("SOPInstanceUID", "?"), UID(stored).name,
+              UID(chosen).name)
+    return dcmread(io.BytesIO(convert(data, chosen)))
+
+
+__all__ = ["MAX_CONTEXTS", "NATIVE", "ContextBatch", "NoContext", "Supported", "TranscodeError", "accepted_syntaxes",
+           "choose_syntax", "contexts_for_class", "for_peer", "is_storage_class", "scp_supported", "storage_batches"]

@@ -52,15 +52,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from hilum.archive import Archive, Received
+from hilum.archive import Archive, IngestResult, Received
 from hilum.archive.blobs import TempBlob
 from hilum.config import Config, Peer
+from hilum.dicom.attributes import InvalidInstance, check_request
+from hilum.dicom.transcode import TranscodeError
 from hilum.dimse import contexts as cx
 from hilum.dimse.commitment import COMMITMENT_INSTANCE, CommitmentReporter, check_commitment
 from hilum.dimse.identifiers import IdentifierError, ResponsePlan, query_of, response_for, retrieve_query
@@ -93,9 +94,26 @@ NO_SUCH_SOP_INSTANCE = 0x0112
 UNLIMITED_PDU = 1 << 20  # what "max_pdu_size = 0" advertises (bytes)
 
 _PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_DATA_SENT, evt.EVT_PDU_SENT)
-_INGEST_STATUS = {
+INVALID_SOP_INSTANCE = 0x0117  # PS3.7 Annex C "Invalid SOP Instance": the UID breaks the construction rules
+DUPLICATE_DIFFERS = 0xC410  # implementation-specific in the C-STORE failure range (PS3.4 B.2.3): store_status
+
+# Rejection codes of Archive.ingest / hilum.dicom.attributes -> C-STORE failure statuses (PS3.4 B.2.3).
+# 0xA7xx (out of resources) is the one class a sender retries: only a full disk gets it.  A data set
+# that contradicts its SOP class or its own command is 0xA900 (as dcm4chee answers a command/data set
+# UID mismatch); bytes that cannot be understood (not DICOM, cut short, without the UIDs that name
+# them, native pixels under a JPEG context) are 0xC000.
+INGEST_STATUS = {
     "storage-full": OUT_OF_RESOURCES,
     "sop-class-mismatch": DATASET_MISMATCH,
+    "uid-mismatch": DATASET_MISMATCH,
+    "invalid-uid": DATASET_MISMATCH,
+    "invalid-sop-instance-uid": INVALID_SOP_INSTANCE,
+    "pixel-length": DATASET_MISMATCH,
+    "syntax-mismatch": CANNOT_UNDERSTAND,
+    "missing-uid": CANNOT_UNDERSTAND,
+    "truncated": CANNOT_UNDERSTAND,
+    "not-dicom": CANNOT_UNDERSTAND,
+    "duplicate-differs": DUPLICATE_DIFFERS,
 }
 
 
@@ -436,7 +454,8 @@ class DimseService:
         except Exception as exc:  # noqa: BLE001 - malformed request
             self._count(event.assoc, "C-STORE failed")
             return status_dataset(CANNOT_UNDERSTAND, f"cannot read the data set: {exc}")
-        status, comment = self._ingest(event.assoc, data, str(request.AffectedSOPClassUID or ""))
+        status, comment = self._ingest(event.assoc, data, str(request.AffectedSOPClassUID or ""),
+                                       str(request.AffectedSOPInstanceUID or ""))
         return status_dataset(status, comment) if comment else status
 
     def take(self, assoc: Any, request: StoreRequest) -> TempBlob | None:
@@ -453,19 +472,36 @@ class DimseService:
         """The store hook's ingest of a whole received instance: (status, error comment)."""
         with self._direct_lock:
             self.direct_stores += 1
-        return self._ingest(assoc, Received(data, sink), request.sop_class_uid)
+        return self._ingest(assoc, Received(data, sink), request.sop_class_uid, request.sop_instance_uid)
 
-    def _ingest(self, assoc: Any, source: Any, sop_class: str) -> tuple[int, str]:
+    def _ingest(self, assoc: Any, source: Any, sop_class: str, sop_instance: str = "") -> tuple[int, str]:
+        """One received instance into the archive: (DIMSE status, error comment) (PS3.4 B.2.3).
+
+        Both C-STORE paths come here with the command's Affected SOP Class and
+        Instance UIDs: a data set that is not the instance its command names is
+        refused before anything is written (:func:`~hilum.dicom.attributes.check_request`).
+        """
         calling = self._calling(assoc)
+        data = source.data if isinstance(source, Received) else source
+        try:
+            check_request(data, sop_class, sop_instance)
+        except InvalidInstance as exc:
+            if isinstance(source, Received):
+                source.blob.discard()
+            return self._refused(assoc, calling, exc.code, str(exc))
         result = self.archive.ingest(source, origin="dimse", source_aet=calling,
                                      expected_sop_class=sop_class or None)
-        if result.ok:
+        status, comment = store_status(result)
+        if status == SUCCESS:
             self._count(assoc, "C-STORE")
             return SUCCESS, ""
+        return self._refused(assoc, calling, result.code or "", comment, status)
+
+    def _refused(self, assoc: Any, calling: str, code: str, reason: str, status: int | None = None) -> tuple[int, str]:
         self._count(assoc, "C-STORE failed")
-        status = _INGEST_STATUS.get(result.code or "", CANNOT_UNDERSTAND)
-        log.warning("C-STORE from %s refused (0x%04X): %s", calling, status, result.reason)
-        return status, (result.reason or "")[:64]
+        status = status if status is not None else INGEST_STATUS.get(code, CANNOT_UNDERSTAND)
+        log.warning("C-STORE from %s refused (0x%04X, %s): %s", calling, status, code or "?", reason)
+        return status, reason[:64]
 
     # ------------------------------------------------------------ Query (PS3.4 C.4.1)
 
@@ -520,16 +556,28 @@ class DimseService:
         _level, keys = retrieve_query(event.identifier, str(event.request.AffectedSOPClassUID))
         return self.archive.query("IMAGE", keys)
 
-    def _load(self, row: dict[str, Any]) -> Dataset:
-        """The stored instance of a retrieve row; a stub that fails to send when unreadable."""
+    def _load(self, row: dict[str, Any], assoc: Any) -> Dataset:
+        """The stored instance of a retrieve row as it goes to the peer of ``assoc``.
+
+        Read through :meth:`Archive.read_outgoing` (today's demographics, UIDs
+        untouched), one instance at a time, and fitted to the contexts the peer
+        accepted (:func:`~hilum.dimse.contexts.for_peer`: as stored, or converted
+        losslessly with every UID kept).  When it cannot be read or sent, a stub
+        without file meta comes back: pynetdicom counts that sub-operation as
+        failed and lists its SOP Instance UID (PS3.4 C.4.2.3.1).
+        """
         try:
-            return dcmread(self.archive.blobs.path(row["_blob_key"]))
+            if assoc is None:
+                raise cx.NoContext("no association to the destination")
+            return cx.for_peer(assoc, self.archive.read_outgoing(row))
+        except (cx.NoContext, TranscodeError) as exc:
+            log.error("cannot send stored instance %s: %s", row.get("SOPInstanceUID"), exc)
         except Exception as exc:  # noqa: BLE001 - missing or unreadable blob
             log.error("cannot read stored instance %s: %s", row.get("SOPInstanceUID"), exc)
-            stub = Dataset()
-            stub.SOPClassUID = row.get("SOPClassUID", "")
-            stub.SOPInstanceUID = row.get("SOPInstanceUID", "")
-            return stub  # no file meta: pynetdicom counts the sub-operation as failed
+        stub = Dataset()
+        stub.SOPClassUID = row.get("SOPClassUID", "")
+        stub.SOPInstanceUID = row.get("SOPInstanceUID", "")
+        return stub  # no file meta: pynetdicom counts the sub-operation as failed
 
     def _on_move(self, event: evt.Event) -> Iterator[Any]:
         """C-MOVE: C-STORE sub-operations on a new association to a configured peer."""
@@ -565,10 +613,7 @@ class DimseService:
                 self._count(event.assoc, "C-MOVE cancelled")
                 yield CANCEL, None
                 return
-            ds = self._load(row)
-            if holder and _has_meta(ds):
-                ds = cx.fit_to_association(holder[0], ds)
-            yield PENDING, ds
+            yield PENDING, self._load(row, holder[0] if holder else None)
 
     def _sub_store_counter(self, parent: Any, what: str) -> Any:
         def count(event: evt.Event) -> None:
@@ -595,10 +640,7 @@ class DimseService:
                 self._count(event.assoc, "C-GET cancelled")
                 yield CANCEL, None
                 return
-            ds = self._load(row)
-            if _has_meta(ds):
-                ds = cx.fit_to_association(event.assoc, ds)
-            yield PENDING, ds
+            yield PENDING, self._load(row, event.assoc)
 
     # ------------------------------------------------------------ Storage Commitment (PS3.4 J)
 
@@ -675,6 +717,21 @@ def _drain(assoc: Any, backlog: int = 8, timeout: float = 30.0) -> None:
         time.sleep(0.0005)
 
 
-def _has_meta(ds: Dataset) -> bool:
-    meta = getattr(ds, "file_meta", None)
-    return meta is not None and "TransferSyntaxUID" in meta
+def store_status(result: IngestResult) -> tuple[int, str]:
+    """The C-STORE status (PS3.4 B.2.3) and Error Comment for an ingest result.
+
+    Stored, replaced and a duplicate identical to what is held are Success.
+    A duplicate whose content differs from the stored instance
+    (``code="duplicate-differs"``, under ``duplicate_policy = "ignore"``) is a
+    failure, 0xC410: Success or a Warning (0xB000 and kin mean "stored, with a
+    remark") would tell the sender its data is held, so it may delete its
+    copy, while the node kept another version; a failure makes the difference
+    seen and acted on, and it is not in the 0xA7xx class a sender retries in a
+    loop.  (Orthanc 1.10 answers Success to such a duplicate, keeping its old
+    copy silently; we do not copy that.)
+    """
+    if result.code == "duplicate-differs":
+        return DUPLICATE_DIFFERS, (result.reason or "SOP Instance UID already stored with other content")
+    if result.ok:
+        return SUCCESS, ""
+    return INGEST_STATUS.get(result.code or "", CANNOT_UNDERSTAND), (result.reason or "")

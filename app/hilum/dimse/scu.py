@@ -18,13 +18,13 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
@@ -41,6 +41,8 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, StoragePresentationContexts, _config, build_context, build_role, evt
 
+from hilum.dicom.attributes import InvalidInstance, read_instance
+from hilum.dicom.transcode import TranscodeError
 from hilum.dimse import contexts as cx
 from hilum.dimse.net import nodelay
 from hilum.dimse.uids import (
@@ -492,7 +494,7 @@ def _get_contexts(target: Target, level: str, keys: Mapping[str, str], root: str
     if classes:
         per_class = max(1, (cx.MAX_CONTEXTS - 1) // len(classes))
         for sop in classes:
-            out += cx.contexts_for_class(sop, GET_COMPRESSED)[:per_class]
+            out += cx.contexts_for_class(sop, GET_COMPRESSED, limit=per_class)
     else:
         out += [build_context(str(c.abstract_syntax), list(cx.NATIVE)) for c in StoragePresentationContexts]
     return out[: cx.MAX_CONTEXTS]
@@ -593,9 +595,15 @@ def send(target: Target, files: Sequence[str | os.PathLike[str]], *,
          cancel: threading.Event | None = None) -> SendResult:
     """C-STORE every file to ``target`` (PS3.4 B), as few associations as the contexts allow.
 
-    Files go as stored (no decoding) when the peer accepted their transfer
-    syntax; otherwise they are converted (native syntaxes) or decompressed.
-    Files that are not DICOM Part 10 are reported as failures, not sent.
+    Each stored transfer syntax is proposed in a context of its own next to
+    the uncompressed one (:mod:`hilum.dimse.contexts`): a file goes byte for
+    byte when the peer accepted its syntax, and is otherwise converted
+    losslessly, every UID kept (decompressed, byte-swapped from big endian,
+    inflated).  Every file is read and checked as the archive checks what it
+    receives (:func:`hilum.dicom.attributes.read_instance`) before it is
+    sent: a truncated or self-contradicting file is reported with its
+    reason and not sent, and the rest go on.  Nothing in one file ends the
+    run; a lost association is opened again for the files left.
     """
     # Send files without decoding them (pynetdicom reads and streams the encoded data set).
     _config.STORE_SEND_CHUNKED_DATASET = True
@@ -617,22 +625,36 @@ def send(target: Target, files: Sequence[str | os.PathLike[str]], *,
             continue
         metas.append((item, sop_class, ts))
     batches = cx.storage_batches((sop, ts) for _, sop, ts in metas)
-    for batch in batches:
-        todo = [(i, sop, ts) for i, sop, ts in metas if sop in batch.classes]
-        if cancel is not None and cancel.is_set():
-            break
-        with associate(target, batch.contexts) as assoc:
-            for item, sop, ts in todo:
-                if cancel is not None and cancel.is_set():
-                    break
-                if not assoc.is_established:
-                    item.error = "association lost"
-                    continue
-                _send_one(assoc, item, sop, ts)
-                if item.ok:
-                    result.bytes += _size(item.path)
-                if progress is not None:
-                    progress(item)
+    for number, batch in enumerate(batches):
+        todo = deque((i, sop, ts) for i, sop, ts in metas if sop in batch.classes)
+        reopened = 0
+        while todo and not (cancel is not None and cancel.is_set()):
+            try:
+                with associate(target, batch.contexts) as assoc:
+                    while todo and not (cancel is not None and cancel.is_set()):
+                        if not assoc.is_established:
+                            break
+                        item, sop, ts = todo.popleft()
+                        _send_one(assoc, item, sop, ts)
+                        if item.ok:
+                            result.bytes += _size(item.path)
+                            reopened = 0
+                        if progress is not None:
+                            progress(item)
+            except DimseError as exc:
+                if number == 0 and reopened == 0 and not any(i.status is not None for i in result.items):
+                    raise  # the peer cannot be reached at all: one clear error, as before
+                for item, _sop, _ts in todo:
+                    item.error = str(exc)
+                todo.clear()
+            if todo:
+                reopened += 1
+                if reopened > 3:
+                    for item, _sop, _ts in todo:
+                        item.error = "association lost"
+                    todo.clear()
+                else:
+                    log.warning("association with %s lost; opening another for %d file(s)", target, len(todo))
     for item in result.items:
         if item.status is None and not item.error:
             item.error = "cancelled" if cancel is not None and cancel.is_set() else "not sent"
@@ -648,18 +670,34 @@ def _size(path: str) -> int:
 
 
 def _send_one(assoc: Any, item: SendItem, sop: str, ts: str) -> None:
-    accepted = cx.accepted_syntaxes(assoc, sop)
-    if not accepted:
-        item.error = f"peer accepted no context for {UID(sop).name}"
+    """Check one file and C-STORE it on ``assoc``; whatever goes wrong is the item's error, never raised."""
+    try:
+        data = Path(item.path).read_bytes()
+    except OSError as exc:
+        item.error = f"cannot read: {exc.strerror or exc}"
         return
     try:
-        if ts in accepted:
+        ds = read_instance(data)
+    except InvalidInstance as exc:
+        item.error = f"not sent: {exc} [{exc.code}]"
+        return
+    item.sop_instance_uid = str(ds.SOPInstanceUID)
+    meta = ds.file_meta
+    as_file = (str(meta.get("MediaStorageSOPInstanceUID", "")) == item.sop_instance_uid
+               and str(meta.get("MediaStorageSOPClassUID", "")) == str(ds.SOPClassUID))
+    try:
+        if as_file and ts in cx.accepted_syntaxes(assoc, sop):
+            # The file's data set as it is on disk, streamed (pynetdicom names the instance from the meta,
+            # which agrees with the data set here).
             status = assoc.send_c_store(Path(item.path))
         else:
-            ds: Dataset = cx.fit_to_association(assoc, dcmread(item.path))
-            status = assoc.send_c_store(ds)
-    except (ValueError, AttributeError, OSError) as exc:
+            status = assoc.send_c_store(cx.for_peer(assoc, data))
+    except (cx.NoContext, TranscodeError) as exc:
         item.error = str(exc).splitlines()[0][:200]
+        return
+    except Exception as exc:  # noqa: BLE001 - one file must never end the run (pynetdicom raises assorted errors)
+        log.warning("sending %s failed", item.path, exc_info=True)
+        item.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'failed'}"
         return
     if not status or "Status" not in status:
         item.error = "no response (timeout or connection lost)"
