@@ -145,7 +145,8 @@ def test_postgresql_worker_processes(pg_url: str, tmp_path: Path, pydicom_files:
 
 
 def test_a_dying_worker_process_does_not_stop_the_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Kill the worker processes mid-import: their feeders carry on in-process, nothing is lost."""
+    """Kill the worker processes mid-import: the pool breaks (BrokenProcessPool) and what it held,
+    and everything after, is served in-process; nothing is lost."""
     import os
     import signal
 
@@ -154,17 +155,22 @@ def test_a_dying_worker_process_does_not_stop_the_import(tmp_path: Path, monkeyp
     ct = write_ct_set(tmp_path / "ct", 60, rows=32, columns=32, seed=16)
     killed: list[int] = []
 
-    def workers() -> list[int]:
-        me, found = os.getpid(), []
+    def children(parent: int) -> list[tuple[int, bytes]]:
+        found = []
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
                 stat = Path(f"/proc/{pid}/stat").read_text()
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == me and b"_worker_main" in cmd:
-                found.append(int(pid))
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                found.append((int(pid), cmd))
         return found
+
+    def workers() -> list[int]:
+        """The pool's worker processes: forked by the fork server this process started."""
+        servers = [pid for pid, cmd in children(os.getpid()) if b"forkserver" in cmd]
+        return [pid for server in servers for pid, _ in children(server)]
 
     def progress(_r: Any) -> None:
         if not killed:
