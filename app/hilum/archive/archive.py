@@ -218,7 +218,7 @@ class Archive:
             if pending is None:  # a bare dataset: store it as a Part 10 file
                 data = to_part10(ds)
                 pending = self._io.submit(self.blobs.write_temp, data)
-            checksum = blob_checksum(data)
+            checksum = blob_checksum(bytes(data) if isinstance(data, bytearray) else data)
             temp = pending.result()  # raises StorageFull when the write failed
             pending = None  # the writer owns the temporary now: it renames or removes it
             prepared = Prepared(record, temp, checksum, len(data), label)
@@ -540,7 +540,7 @@ def _why(exc: BaseException) -> str:
 
 
 def _read_record(data: bytes | bytearray) -> tuple[Dataset, IndexRecord]:
-    ds = read_instance(data)
+    ds = read_instance(data)  # type: ignore[arg-type]  # reads bytearrays as well (a C-STORE's buffer)
     return ds, index_record(ds)
 
 

@@ -38,6 +38,7 @@ every other change of the index database (deletes, orders, ADT) runs in.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -259,7 +260,7 @@ class IndexWriter:
         self._lock = threading.Lock()
         # series UID -> (patient pk, study pk, series pk) of rows known to exist; cleared on every delete.
         self._series: dict[str, tuple[int, int, int]] = {}
-        dbapi = engine.dialect.loaded_dbapi
+        dbapi: Any = engine.dialect.loaded_dbapi
         self._db_errors: tuple[type[BaseException], ...] = (SQLAlchemyError, dbapi.Error)
         self._integrity: tuple[type[BaseException], ...] = (IntegrityError, dbapi.IntegrityError)
         ins = pg_insert if self.dialect == "postgresql" else sqlite_insert
@@ -289,12 +290,13 @@ class IndexWriter:
         into place or removed.
         """
         moved: list[tuple[str, str, str | None]] = []
+        failures: tuple[type[BaseException], ...] = (StorageFull, OSError, *self._db_errors)
         try:
             for _, p in batch:
                 if p.synced is not None:
                     p.synced.result()  # durable before indexed; raises StorageFull
             out, events, discards = self._transact(batch, origin, source_aet, moved)
-        except (StorageFull, OSError, *self._db_errors) as exc:
+        except failures as exc:
             self._unmove(moved)
             if len(batch) > 1:
                 log.info("batch of %d failed (%s); indexing one by one", len(batch), exc)
@@ -405,8 +407,8 @@ class IndexWriter:
                         first = keep[sop][1]
                         checksum, stored_path = first.checksum, first.temp
                     out.append((idx, duplicate_result(base, checksum, p.checksum,
-                                                      lambda path=stored_path: _read(path),
-                                                      lambda path=p.temp: _read(path))))
+                                                      functools.partial(_read, stored_path),
+                                                      functools.partial(_read, p.temp))))
                     continue
                 status = "replaced"
                 if sop in keep:  # an earlier copy in this batch, replaced before it was indexed

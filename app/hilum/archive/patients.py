@@ -345,7 +345,7 @@ class PatientRegistry:
             inserted: dict[tuple[str, str], int] = {}
             for pid, issuer, pk in conn.execute(self._insert_returning, list(new_rows.values())):
                 inserted[(pid, issuer)] = int(pk)
-            for key, row in new_rows.items():
+            for key, new_row in new_rows.items():
                 pk = inserted.get(key)
                 if pk is None:  # inserted meanwhile by another node sharing the database: apply as a change
                     st = self.find(conn, *key)
@@ -354,7 +354,7 @@ class PatientRegistry:
                     continue
                 out[key] = (pk, True)
                 if source == "adt":
-                    after = {f: row[FIELDS[f]] for f in FIELDS}
+                    after = {f: new_row[FIELDS[f]] for f in FIELDS}
                     rev = self._record(conn, "create", key, {}, after, message, now)
                     conn.execute(_UPDATE, {"ppk": pk, "revision": rev})
         return out
@@ -372,7 +372,7 @@ class PatientRegistry:
                 current = _replace(current, ch)
         if not values:
             return False
-        cols = _columns(values)
+        cols: dict[str, Any] = _columns(values)
         if source == "adt":
             after = {**before, **values}
             cols["revision"] = self._record(conn, "update", (st.patient_id, st.issuer), before, after, message, now)

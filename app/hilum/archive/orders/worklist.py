@@ -175,7 +175,7 @@ def worklist(engine: Engine, identifier: Mapping[str, Any] | None = None, *, act
         stmt = stmt.offset(offset)
     with engine.connect() as conn:
         rows = conn.execute(stmt).mappings().all()
-    return [_worklist_row(r) for r in rows]
+    return [_worklist_row(dict(r)) for r in rows]
 
 
 def count(engine: Engine, identifier: Mapping[str, Any] | None = None, *, active_only: bool = False) -> int:
