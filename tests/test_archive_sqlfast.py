@@ -126,3 +126,33 @@ def test_the_setting_and_its_environment_override(tmp_path: Path, monkeypatch: p
     (tmp_path / "hilum.toml").write_text('[archive]\nindex_writer = "turbo"\n')
     with pytest.raises(ConfigError):
         load_config(tmp_path)
+
+
+def test_a_known_series_takes_the_raw_transaction_and_steps_aside_when_it_must(tmp_path: Path) -> None:
+    """``fast``: an instance of a series indexed before runs without any SQLAlchemy transaction; when
+    the transaction needs more than the hot statements (here: the patient's state, not cached) it
+    rolls back and runs through SQLAlchemy, with the same rows.  ``sqlalchemy``: always SQLAlchemy."""
+    from pydicom.uid import generate_uid
+
+    from test_archive import _rows, make_instance
+
+    study, series = generate_uid(), generate_uid()
+    blobs = [make_instance(study_uid=study, series_uid=series, number=i) for i in range(4)]
+    rows = {}
+    for mode in ("fast", "sqlalchemy"):
+        with Archive(tmp_path / mode, index_writer=mode) as a:
+            begins: list[int] = []
+            event.listen(a.engine, "begin", lambda _conn, seen=begins: seen.append(1))
+            assert a.ingest(blobs[0]).status == "stored"  # a new series: through SQLAlchemy
+            assert a.ingest(blobs[1]).status == "stored"
+            with a.engine.connect() as conn:
+                patient = a.patients.find(conn, "P1")
+            begins.pop()  # that read's own transaction
+            assert patient is not None
+            a.patients.forget(patient.pk)
+            assert a.ingest(blobs[2]).status == "stored"  # the patient's state must be read
+            assert a.ingest(blobs[3]).status == "stored"
+            assert len(begins) == (2 if mode == "fast" else 4)
+            rows[mode] = _rows(a)
+            assert a.check().clean
+    assert rows["fast"] == rows["sqlalchemy"]

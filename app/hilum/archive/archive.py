@@ -518,8 +518,17 @@ class Archive:
         if not res.ok:
             report.unchecked.append(f"{key}: cannot re-index ({res.reason})")
             return
+        if res.code == "duplicate-differs":  # another version of a stored instance: keep it aside
+            try:
+                _move_aside(path, qdir)
+            except OSError as exc:
+                report.unchecked.append(f"{key}: differs from the stored instance, cannot quarantine "
+                                        f"({exc.strerror or exc})")
+            else:
+                report.repaired.append(f"quarantined orphan {key}: {res.reason}")
+            return
         if self.blobs.key_for(record.sop_uid) != key:
-            path.unlink(missing_ok=True)  # indexed under its own key (or a duplicate of one stored)
+            path.unlink(missing_ok=True)  # indexed under its own key (or a copy of one stored)
         report.repaired.append(f"re-indexed orphan {key}" if res.status != "duplicate"
                                else f"removed orphan {key}: a copy of a stored instance")
 

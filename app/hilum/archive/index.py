@@ -63,7 +63,7 @@ from hilum.archive.blobs import FileBlobStore, blob_checksum
 from hilum.archive.model import ArchiveEvent, IngestResult, Status
 from hilum.archive.patients import PatientInfo, PatientRegistry
 from hilum.archive.schema import instances, series, studies
-from hilum.archive.sqlfast import Mode, Statements
+from hilum.archive.sqlfast import Mode, NeedsCore, RawTransaction, Statements
 from hilum.dicom.attributes import IndexRecord
 from hilum.errors import StorageFull
 
@@ -327,19 +327,31 @@ class IndexWriter:
     def _transact(self, batch: list[tuple[int, Prepared]], origin: str, source_aet: str,
                   moved: list[tuple[str, str, str | None]]) -> tuple[list[tuple[int, IngestResult]],
                                                                      list[ArchiveEvent], list[str]]:
+        if self.mode == "fast" and len(batch) == 1 and batch[0][1].record.series_uid in self._series:
+            # One instance into a known series, the commonest case: on the DB-API connection alone,
+            # unless anything but the hot statements is needed (sqlfast.RawTransaction).
+            raw: RawTransaction | None = None
+            step_aside: tuple[type[BaseException], ...] = (NeedsCore, *self._integrity)
+            try:
+                with self._lock:
+                    raw = RawTransaction(self.engine)
+                    out, events, renames, discards = self._index(raw, batch, origin, source_aet)
+                    self._commit_blobs(renames, moved)
+                    raw.commit()
+                    raw.close(rollback=False)
+                    raw = None
+                return out, events, discards
+            except step_aside:
+                self._unmove(moved)
+                moved.clear()
+            finally:
+                if raw is not None:
+                    raw.close(rollback=True)
         for attempt in (1, 2):
             try:
                 with self.transaction() as conn:
                     out, events, renames, discards = self._index(conn, batch, origin, source_aet)
-                    for temp, key, replacing in renames:
-                        backup = self._keep_aside(key) if replacing else None
-                        try:
-                            self.blobs.commit_temp(temp, key)
-                        except BaseException:
-                            if backup is not None:
-                                os.replace(backup, self.blobs.path(key))
-                            raise
-                        moved.append((temp, key, backup))
+                    self._commit_blobs(renames, moved)
                 return out, events, discards
             except self._integrity:
                 # A cached study/series row deleted by another node sharing the database, or
@@ -350,6 +362,18 @@ class IndexWriter:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def _commit_blobs(self, renames: list[tuple[str, str, bool]], moved: list[tuple[str, str, str | None]]) -> None:
+        """Rename the temporaries into place (inside the transaction, before it commits)."""
+        for temp, key, replacing in renames:
+            backup = self._keep_aside(key) if replacing else None
+            try:
+                self.blobs.commit_temp(temp, key)
+            except BaseException:
+                if backup is not None:
+                    os.replace(backup, self.blobs.path(key))
+                raise
+            moved.append((temp, key, backup))
 
     def _keep_aside(self, key: str) -> str | None:
         """A hard link to the blob an overwrite replaces, so a failed commit can put it back."""
@@ -373,7 +397,7 @@ class IndexWriter:
             except OSError:
                 log.warning("could not take back blob %s after a failed commit", key)
 
-    def _existing(self, conn: Connection, sops: list[str]) -> dict[str, tuple[int, str, str]]:
+    def _existing(self, conn: Connection | RawTransaction, sops: list[str]) -> dict[str, tuple[int, str, str]]:
         """``{SOP Instance UID: (pk, checksum, blob key)}`` of those already indexed."""
         if len(sops) == 1:
             row = self.statements.run(conn, _INSTANCE, {"uid": sops[0]}).fetchone()
@@ -384,7 +408,7 @@ class IndexWriter:
                 found[sop] = (int(pk), checksum, key)
         return found
 
-    def _index(self, conn: Connection, batch: list[tuple[int, Prepared]], origin: str, source_aet: str
+    def _index(self, conn: Any, batch: list[tuple[int, Prepared]], origin: str, source_aet: str
                ) -> tuple[list[tuple[int, IngestResult]], list[ArchiveEvent], list[tuple[str, str, bool]], list[str]]:
         ignore = self.duplicate_policy == "ignore"
         existing = self._existing(conn, [p.record.sop_uid for _, p in batch])
@@ -459,7 +483,7 @@ class IndexWriter:
         self._series.update(keys)
         return out, events, renames, discards
 
-    def _run_each(self, conn: Connection, stmt: Any, rows: list[dict[str, Any]]) -> None:
+    def _run_each(self, conn: Connection | RawTransaction, stmt: Any, rows: list[dict[str, Any]]) -> None:
         if len(rows) == 1:
             self.statements.run(conn, stmt, rows[0])
         else:

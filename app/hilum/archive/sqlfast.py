@@ -19,7 +19,10 @@ A fenced fast path (../shared/STYLE.md "Fast paths that step aside"; COMMON.md
   through its type's bind processor (SQLite's DateTime → string), positional
   parameters ordered by ``positiontup``.  Everything else (transactions,
   RETURNING, expanding IN lists) stays with SQLAlchemy, on the same
-  connection and transaction.
+  connection and transaction — except in the commonest case, one instance
+  into a series indexed before, which :class:`RawTransaction` runs on a
+  pooled DB-API connection without SQLAlchemy's connection objects at all
+  (stepping aside to SQLAlchemy as soon as anything else is needed).
 * **Alarm.** :data:`MIRRORED` names the SQLAlchemy code this mirrors;
   ``tests/test_archive_sqlfast.py`` fails when its source differs from the
   pinned version's (``pyproject.toml`` pins SQLAlchemy exactly), and holds
@@ -128,7 +131,8 @@ class Statements:
         self._compiled[k] = c
         return c
 
-    def run(self, conn: Connection, stmt: Any, params: Mapping[str, Any], *, insert: bool = False) -> Any:
+    def run(self, conn: Connection | RawTransaction, stmt: Any, params: Mapping[str, Any], *,
+            insert: bool = False) -> Any:
         """Execute ``stmt`` once; ``insert`` compiles it for exactly the columns ``params`` names."""
         if self.mode == "fast":
             c = self._get(stmt, tuple(params) if insert else None)
@@ -136,7 +140,8 @@ class Statements:
                 return c.run(_cursor(conn), params)
         return conn.execute(stmt, dict(params))
 
-    def run_many(self, conn: Connection, stmt: Any, rows: list[dict[str, Any]], *, insert: bool = False) -> None:
+    def run_many(self, conn: Connection | RawTransaction, stmt: Any, rows: list[dict[str, Any]], *,
+                 insert: bool = False) -> None:
         """Execute ``stmt`` for each of ``rows`` (executemany); all rows name the same columns."""
         if not rows:
             return
@@ -148,8 +153,59 @@ class Statements:
         conn.execute(stmt, rows)
 
 
-def _cursor(conn: Connection) -> Any:
+class NeedsCore(Exception):
+    """A :class:`RawTransaction` was asked for something only SQLAlchemy does: roll back, redo with it."""
+
+
+class RawTransaction:
+    """A transaction on a pooled DB-API connection, without SQLAlchemy's ``Connection`` (fast mode).
+
+    For the index writer's commonest transaction — one instance into a series
+    it has indexed before: four hot statements — SQLAlchemy's connection,
+    transaction and event objects cost more than the statements.  This
+    carrier checks a DB-API connection out of the engine's pool
+    (``Engine.raw_connection``, public API), begins, runs :class:`Compiled`
+    statements on its cursor and commits.  Anything else the writer would do
+    (a Core statement: a lookup of rows not cached, a delete, RETURNING...)
+    calls :meth:`execute`, which raises :class:`NeedsCore`: the writer rolls
+    back and does the whole transaction again through SQLAlchemy.
+    """
+
+    __slots__ = ("_raw", "cursor", "dialect")
+
+    def __init__(self, engine: Any):
+        self.dialect = engine.dialect.name
+        self._raw = engine.raw_connection()
+        try:
+            self.cursor = self._raw.cursor()
+            if self.dialect == "sqlite":
+                self.cursor.execute("BEGIN")  # pysqlite runs in autocommit mode here (see db.py)
+        except BaseException:
+            self._raw.close()
+            raise
+
+    def execute(self, *_args: Any, **_kw: Any) -> Any:
+        raise NeedsCore()
+
+    def commit(self) -> None:
+        if self.dialect == "sqlite":
+            self.cursor.execute("COMMIT")
+        else:
+            self._raw.commit()
+
+    def close(self, rollback: bool) -> None:
+        try:
+            if rollback:
+                self._raw.rollback()
+            self.cursor.close()
+        finally:
+            self._raw.close()  # back to the pool
+
+
+def _cursor(conn: Connection | RawTransaction) -> Any:
     """A DB-API cursor on ``conn``'s DB-API connection (so in its transaction), made once per connection."""
+    if isinstance(conn, RawTransaction):
+        return conn.cursor
     info = conn.info
     cur = info.get("hilum_cursor")
     if cur is None:
