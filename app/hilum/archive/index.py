@@ -341,9 +341,11 @@ class IndexWriter:
                     raw.close(rollback=False)
                     raw = None
                 return out, events, discards
-            except step_aside:
+            except step_aside as exc:
                 self._unmove(moved)
                 moved.clear()
+                if not isinstance(exc, NeedsCore):
+                    self.forget()  # a cached row went (another node): look everything up again
             finally:
                 if raw is not None:
                     raw.close(rollback=True)
