@@ -11,6 +11,7 @@ small tmpfs that fills up (ENOSPC).
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -27,7 +28,9 @@ import pytest
 
 from hilum.archive import Archive
 from hilum.cli import main as cli_main
+from hilum.config import Config
 from hilum.dicom.generator import write_ct_set
+from hilum.errors import NotFound
 
 CLI = "import sys; from hilum.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -254,3 +257,177 @@ def test_full_disk_on_a_small_tmpfs(tiny_tmpfs: Path, tmp_path: Path, pydicom_fi
     for r in doc["rejections"]:
         assert r["code"] == "storage-full" and one_line(r["reason"]), r
     assert_kept(before, data, added=doc["imported"])
+
+
+# ---------------------------------------------------------------- a full disk under the index (issue 13 item 10)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the file system of ``folder`` up to the last byte; returns the filler (delete it to free the space)."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for _ in range(1 << 16):  # at most 256 MiB, far more than the tiny tmpfs holds
+            try:
+                f.write(b"\0" * 4096)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                break
+        else:
+            pytest.fail("the file system did not fill up")
+    for size in (512, 64, 1):  # the last partial blocks
+        try:
+            with open(filler, "ab", buffering=0) as f:
+                while True:
+                    f.write(b"\0" * size)
+        except OSError:
+            pass
+    return filler
+
+
+def leftovers(data: Path) -> list[str]:
+    """Anything in the blob store's temporary folder."""
+    tmp = data / "blobs" / "tmp"
+    return sorted(os.listdir(tmp)) if tmp.exists() else []
+
+
+@pytest.mark.parametrize("path", ["single", "batch"])
+def test_full_index_is_storage_full_and_leaves_nothing(tiny_tmpfs: Path, tmp_path: Path, path: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """index.sqlite on a tiny tmpfs that fills up (the blobs have room): every refused instance is
+    ``storage-full`` (retry later: 0xA7xx), no blob, no row, no temporary stays; with room again,
+    the same instances go in."""
+    from hilum.archive import batch
+
+    monkeypatch.setattr(batch, "MODE", "threads")
+    data = tmp_path / "data"
+    url = f"sqlite:///{tiny_tmpfs / 'index.sqlite'}"
+    news = write_ct_set(tmp_path / "new", 60, rows=16, columns=16, series_size=1, patients=60, seed=21)
+    with Archive(data, database_url=url) as a:
+        for p in write_ct_set(tmp_path / "old", 2, rows=16, columns=16, seed=20):
+            assert a.ingest(p).status == "stored"
+        before = a.stats()
+        filler = fill(tiny_tmpfs)
+        if path == "single":
+            results = []
+            for p in news:  # each a new patient, study and series: the index must grow
+                results.append(a.ingest(p))
+                if results[-1].status == "rejected":
+                    break
+        else:
+            results = a.ingest_many(news, workers=2)
+        refused = [r for r in results if r.status == "rejected"]
+        assert refused, "the index never ran out of room"
+        for r in refused:
+            assert r.code == "storage-full" and one_line(r.reason), r
+        stored = [r for r in results if r.status == "stored"]
+        assert a.stats()["instances"] == before["instances"] + len(stored)
+        report = a.check()
+        assert report.clean, report  # no orphan blob, no temporary, nothing missing
+        assert leftovers(data) == []
+        for r in refused:
+            with pytest.raises(NotFound):
+                a.path(r.sop_instance_uid or "")
+        filler.unlink()
+        again = a.ingest_many([r.source for r in refused], workers=2)
+        assert {r.status for r in again} == {"stored"}
+        assert a.check().clean
+
+
+def test_full_index_answers_c_store_out_of_resources(tiny_tmpfs: Path, tmp_path: Path) -> None:
+    """Over the network: the modality hears 0xA700 (Out of Resources: it retries later), not 0xC211."""
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+    from pynetdicom import AE
+
+    from conftest import free_port
+    from hilum.node import Node
+
+    cfg = Config(data_dir=tmp_path / "data", dicom_port=free_port(),
+                 database_url=f"sqlite:///{tiny_tmpfs / 'index.sqlite'}")
+    sources = write_ct_set(tmp_path / "new", 40, rows=16, columns=16, series_size=1, patients=40, seed=22)
+    with Node(cfg, only=["dimse"]) as node:
+        filler = fill(tiny_tmpfs)
+        ae = AE("MODALITY")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", cfg.dicom_port, ae_title="HILUM")
+        assert assoc.is_established
+        statuses = []
+        try:
+            for p in sources:
+                statuses.append(int(assoc.send_c_store(pydicom.dcmread(p)).Status))
+                if statuses[-1] != 0:
+                    break
+        finally:
+            assoc.release()
+            ae.shutdown()
+        assert statuses[-1] == 0xA700, [hex(s) for s in statuses]
+        assert node.archive.check().clean and leftovers(cfg.data_dir) == []
+        filler.unlink()
+
+
+def test_repair_on_a_full_index_leaves_the_orphan_unchecked_not_quarantined(tiny_tmpfs: Path, tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]
+                                                                            ) -> None:
+    """`hilum check --repair` cannot index an orphan while the index's disk is full: the orphan is
+    "unchecked" (could not be checked), stays where it is, and is indexed by a later repair.  (A node
+    keeps the index open meanwhile: with the disk full, SQLite could not even open it afresh.)"""
+    data = tmp_path / "data"
+    url = f"sqlite:///{tiny_tmpfs / 'index.sqlite'}"
+    data.mkdir()
+    Config(data_dir=data, database_url=url).save()
+    orphans = write_ct_set(tmp_path / "orph", 8, rows=16, columns=16, series_size=1, patients=8, seed=23)
+    with Archive(data, database_url=url) as node:
+        assert node.ingest(write_ct_set(tmp_path / "one", 1, rows=16, columns=16, seed=24)[0]).status == "stored"
+        keys = []
+        for p in orphans:  # valid instances under their keys, without rows (as after a crash)
+            uid = str(pydicom.dcmread(p).SOPInstanceUID)
+            key = node.blobs.key_for(uid)
+            node.blobs.path(key).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, node.blobs.path(key))
+            keys.append(key)
+        filler = fill(tiny_tmpfs)
+        rc = cli_main(["check", "--data", str(data), "--repair", "--json"])
+        out, err = capsys.readouterr()
+        assert out, err
+        doc = json.loads(out)
+        assert rc == 1 and not doc["clean"]
+        unchecked = {u.split(":")[0] for u in doc["unchecked"]}
+        assert unchecked and unchecked <= set(keys), doc["unchecked"]
+        assert all("cannot re-index" in u and "full" in u for u in doc["unchecked"]), doc["unchecked"]
+        assert not (data / "quarantine").exists() or not any((data / "quarantine").iterdir())
+        for key in keys:
+            assert node.blobs.path(key).exists(), key  # every orphan still in place
+        assert leftovers(data) == []
+        filler.unlink()
+        rc = cli_main(["check", "--data", str(data), "--repair", "--json"])
+        doc = json.loads(capsys.readouterr().out)
+        assert rc == 0 and doc["clean"] and doc["unchecked"] == [], (doc["unchecked"], doc["repaired"][:3])
+        assert node.stats()["instances"] == 9 and node.check().clean
+
+
+def test_an_unreadable_blob_is_unchecked_not_corrupt(existing: dict[str, Any], data_dir: Path) -> None:
+    """A blob the checker may not read (a permission: the child runs without CAP_DAC_OVERRIDE) is
+    "could not be checked": not reported corrupt, not quarantined, its row kept — unlike a blob whose
+    bytes are wrong."""
+    prefix = _without_dac_override()
+    with Archive(data_dir) as a:
+        rows = a.query("IMAGE", {})
+        locked, broken = (a.blobs.path(r["_blob_key"]) for r in rows[:2])
+        locked_uid, broken_uid = rows[0]["SOPInstanceUID"], rows[1]["SOPInstanceUID"]
+    blob = bytearray(broken.read_bytes())
+    blob[-1] ^= 0xFF
+    broken.write_bytes(bytes(blob))
+    os.chmod(locked, 0)
+    try:
+        proc = run_cli(["check", "--data", str(data_dir), "--repair", "--json"], prefix)
+    finally:
+        os.chmod(locked, 0o644)
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["corrupt"] == [broken_uid]
+    assert [u.split(":")[0] for u in doc["unchecked"]] == [locked_uid]
+    assert "Permission denied" in doc["unchecked"][0]
+    assert locked.exists() and (data_dir / "quarantine" / broken.name).exists()
+    with Archive(data_dir) as a:
+        assert a.path(locked_uid) == locked  # its row is still there
+        report = a.check()
+    assert report.clean, report

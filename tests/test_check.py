@@ -105,6 +105,30 @@ def test_unreadable_orphan_is_quarantined(filled: dict[str, Path], data_dir: Pat
     assert run_cli(capsys, "check", "--data", str(data_dir))[0] == 0
 
 
+def test_orphan_copies_of_a_stored_instance(filled: dict[str, Path], data_dir: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """An orphan holding a stored instance: the same one again is removed; another version of it
+    (same SOP Instance UID, other content) is kept aside in quarantine; the stored one is untouched."""
+    import pydicom
+
+    uid, path = next(iter(filled.items()))
+    stored = path.read_bytes()
+    same = data_dir / "blobs" / "ee" / "ee" / ("ee" * 20 + ".dcm")
+    other = data_dir / "blobs" / "ff" / "ff" / ("ff" * 20 + ".dcm")
+    for p in (same, other):
+        p.parent.mkdir(parents=True, exist_ok=True)
+    same.write_bytes(stored)
+    ds = pydicom.dcmread(path)
+    ds.PatientName = "Other^Version"
+    ds.save_as(other)
+    rc, out = run_cli(capsys, "check", "--data", str(data_dir), "--repair")
+    assert rc == 0, out
+    assert "a copy of a stored instance" in out and "quarantined orphan ff/ff/" in out
+    assert not same.exists() and not other.exists() and (data_dir / "quarantine" / other.name).exists()
+    assert path.read_bytes() == stored
+    assert run_cli(capsys, "check", "--data", str(data_dir))[0] == 0
+
+
 def test_check_needs_an_existing_data_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = cli_main(["check", "--data", str(tmp_path / "none")])
     assert rc == 1

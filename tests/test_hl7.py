@@ -75,7 +75,6 @@ def node(archive, tmp_path: Path) -> Iterator[HL7Service]:  # type: ignore[no-un
     svc.start()
     yield svc
     svc.stop()
-    OrderBook.of(archive).close()
 
 
 def send(svc: HL7Service, text: str | bytes, encoding: str = "utf-8") -> tuple[str, str, bytes]:
@@ -112,7 +111,7 @@ def test_duplicate_control_id_gets_the_original_ack(node: HL7Service, archive) -
     c1, _, ack1 = send(node, msg)
     c2, _, ack2 = send(node, msg)
     assert c1 == c2 == "AA" and ack1 == ack2
-    book = OrderBook.of(archive)
+    book = OrderBook(archive)
     assert len(book.worklist({"PatientID": "P200"})) == 1  # applied once
     # The same order under a new control ID is a duplicate order: AE, code 205.
     code, why, ack = send(node, orm("D2", "P200", "Dup^Dora"))
@@ -126,7 +125,7 @@ def test_orm_creates_order_and_unknown_patient(node: HL7Service, archive) -> Non
     assert send(node, orm("O1", "P300", "Nowak^Zofia", study_uid=uid))[0] == "AA"
     [p] = archive.query("PATIENT", {"PatientID": "P300"})  # policy: create the patient
     assert p["PatientName"] == "Nowak^Zofia" and p["PatientSex"] == "F"
-    [row] = OrderBook.of(archive).worklist({"AccessionNumber": "ACC1"})
+    [row] = OrderBook(archive).worklist({"AccessionNumber": "ACC1"})
     assert row["StudyInstanceUID"] == uid
     assert row["Modality"] == "CT" and row["ScheduledStationAETitle"] == "CT01"
     assert (row["ScheduledProcedureStepStartDate"], row["ScheduledProcedureStepStartTime"]) == ("20260301", "103000")
@@ -138,18 +137,18 @@ def test_orm_creates_order_and_unknown_patient(node: HL7Service, archive) -> Non
     # MR without ORC-18: the [hl7.stations] setting gives the station AE title.
     assert send(node, orm("O2", "P300", "Nowak^Zofia", placer="PL2", accession="ACC2", modality="MR",
                           station=""))[0] == "AA"
-    assert OrderBook.of(archive).worklist({"AccessionNumber": "ACC2"})[0]["ScheduledStationAETitle"] == "MR_STATION"
+    assert OrderBook(archive).worklist({"AccessionNumber": "ACC2"})[0]["ScheduledStationAETitle"] == "MR_STATION"
     # Change (XO), status (SC IP), cancel (CA).
     xo = orm("O3", "P300", "Nowak^Zofia", order_control="XO", start="202603021500")
     assert send(node, xo)[0] == "AA"
-    assert OrderBook.of(archive).worklist({"AccessionNumber": "ACC1"})[0]["ScheduledProcedureStepStartDate"] == "20260302"
+    assert OrderBook(archive).worklist({"AccessionNumber": "ACC1"})[0]["ScheduledProcedureStepStartDate"] == "20260302"
     assert send(node, orm("O4", "P300", "Nowak^Zofia", placer="PL2", accession="ACC2", order_control="CA"))[0] == "AA"
-    assert OrderBook.of(archive).order(accession="ACC2")["status"] == "CANCELLED"
-    assert OrderBook.of(archive).worklist({"PatientID": "P300"})[0]["AccessionNumber"] == "ACC1"
+    assert OrderBook(archive).order(accession="ACC2")["status"] == "CANCELLED"
+    assert OrderBook(archive).worklist({"PatientID": "P300"})[0]["AccessionNumber"] == "ACC1"
 
 
 def test_bad_messages_get_clear_naks_and_nothing_is_lost(node: HL7Service, archive) -> None:  # type: ignore[no-untyped-def]
-    book = OrderBook.of(archive)
+    book = OrderBook(archive)
     # Cancel of an unknown order: AE 204, nothing changes.
     code, why, ack = send(node, orm("B1", "P400", "Un^Known", placer="NOPE", accession="NOPE", order_control="CA"))
     assert code == "AE" and "unknown order" in why and b"204^Unknown key identifier" in ack
@@ -219,14 +218,14 @@ def _ct(study_uid: str, accession: str, patient_id: str) -> pydicom.Dataset:
 def test_merge_moves_studies_to_surviving_patient(node: HL7Service, archive) -> None:  # type: ignore[no-untyped-def]
     assert send(node, adt("A04", "G1", "TEMP1", "Unknown^Emergency"))[0] == "AA"
     assert send(node, orm("G2", "TEMP1", "Unknown^Emergency", placer="EM1", accession="EM1"))[0] == "AA"
-    uid = OrderBook.of(archive).order(accession="EM1")["study_uid"]
+    uid = OrderBook(archive).order(accession="EM1")["study_uid"]
     assert archive.ingest(_ct(uid, "EM1", "TEMP1")).ok
     a40 = adt("A40", "G3", "MRN9", "Kowalski^Jan", extra=(seg("MRG", {1: "TEMP1^^^HOSP^MR"}),))
     assert send(node, a40)[0] == "AA"
     assert archive.query("PATIENT", {"PatientID": "TEMP1"}) == []
     [study] = archive.query("STUDY", {"PatientID": "MRN9"})
     assert study["StudyInstanceUID"] == uid and study["PatientName"] == "Kowalski^Jan"
-    assert OrderBook.of(archive).worklist({"AccessionNumber": "EM1"})[0]["PatientID"] == "MRN9"
+    assert OrderBook(archive).worklist({"AccessionNumber": "EM1"})[0]["PatientID"] == "MRN9"
     # Merging an unknown prior patient: accepted with a warning.
     code, why, ack = send(node, adt("A40", "G4", "MRN9", "Kowalski^Jan", extra=(seg("MRG", {1: "NOBODY"}),)))
     assert code == "AA" and b"|W|" in ack

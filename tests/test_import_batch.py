@@ -145,7 +145,8 @@ def test_postgresql_worker_processes(pg_url: str, tmp_path: Path, pydicom_files:
 
 
 def test_a_dying_worker_process_does_not_stop_the_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Kill the worker processes mid-import: their feeders carry on in-process, nothing is lost."""
+    """Kill the worker processes mid-import: the pool breaks (BrokenProcessPool) and what it held,
+    and everything after, is served in-process; nothing is lost."""
     import os
     import signal
 
@@ -154,17 +155,22 @@ def test_a_dying_worker_process_does_not_stop_the_import(tmp_path: Path, monkeyp
     ct = write_ct_set(tmp_path / "ct", 60, rows=32, columns=32, seed=16)
     killed: list[int] = []
 
-    def workers() -> list[int]:
-        me, found = os.getpid(), []
+    def children(parent: int) -> list[tuple[int, bytes]]:
+        found = []
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
                 stat = Path(f"/proc/{pid}/stat").read_text()
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == me and b"_worker_main" in cmd:
-                found.append(int(pid))
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                found.append((int(pid), cmd))
         return found
+
+    def workers() -> list[int]:
+        """The pool's worker processes: forked by the fork server this process started."""
+        servers = [pid for pid, cmd in children(os.getpid()) if b"forkserver" in cmd]
+        return [pid for server in servers for pid, _ in children(server)]
 
     def progress(_r: Any) -> None:
         if not killed:
@@ -297,3 +303,54 @@ def test_many_small_studies_in_batches_as_serial(db: str, tmp_path: Path, reques
     assert by_id["NONAME"]["PatientName"] == "Late^Name" and by_id["NONAME"]["NumberOfPatientRelatedStudies"] == 2
     [mixed] = [s for s in many["studies"] if s["StudyInstanceUID"] == f"{root}.1.0"]
     assert mixed["ModalitiesInStudy"] == "CR\\MR\\PR" and mixed["NumberOfStudyRelatedSeries"] == 3
+
+
+def _children_named(parent: int, word: bytes) -> list[int]:
+    import os
+
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and word in cmd:
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_worker_processes_never_run_an_unguarded_main_again(guarded: bool, tmp_path: Path) -> None:
+    """Workers import the caller's __main__ (multiprocessing's rule for every start method but fork):
+    a script whose top level is guarded gets worker processes; one that is not is never run again in
+    a worker — its import is served by threads — and still imports everything."""
+    import subprocess
+    import sys
+
+    files = write_ct_set(tmp_path / "ct", 6, rows=16, columns=16, seed=31)
+    body = '''
+import os, sys
+from pathlib import Path
+from hilum.archive import Archive, batch
+batch.MODE, batch.BRIDGES = "processes", 0
+with Archive(sys.argv[1]) as a:
+    results = a.ingest_many(sys.argv[2:], workers=2)
+servers = [p for p in os.listdir("/proc") if p.isdigit() and b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes()
+           and int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid()]
+print("RESULT", sorted({r.status for r in results}), batch.main_module_safe(), bool(servers))
+'''
+    script = tmp_path / "script.py"
+    if guarded:
+        script.write_text('if __name__ == "__main__":\n    print("TOP", flush=True)\n'
+                          + "".join(f"    {line}\n" for line in body.strip().splitlines()))
+    else:
+        script.write_text('print("TOP", flush=True)\n' + body)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "data"), *map(str, files)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    top = [line for line in lines if line == "TOP"]
+    [result] = [line for line in lines if line.startswith("RESULT")]
+    assert top == ["TOP"]  # workers imported the guarded script as __mp_main__: nothing ran again
+    assert result == ("RESULT ['stored'] True True" if guarded else "RESULT ['stored'] False False")

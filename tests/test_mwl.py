@@ -24,7 +24,6 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 
 from conftest import free_port
-from hilum.archive.orders import OrderBook
 from hilum.cli import main as cli_main
 from hilum.config import Config
 from hilum.dimse.mpps import MODALITY_PERFORMED_PROCEDURE_STEP
@@ -47,7 +46,6 @@ def node(archive, tmp_path: Path) -> Iterator[Node]:  # type: ignore[no-untyped-
     n.start()
     yield n
     n.stop()
-    OrderBook.of(archive).close()
 
 
 def hl7_send(node: Node, text: str) -> str:
@@ -106,7 +104,7 @@ def test_hl7_to_worklist_to_mpps_to_reconciled_study(node: Node, archive, tmp_pa
                               station="CT01", start="202603011030")) == "AA"
     assert hl7_send(node, orm("W3", "PW9", "Other^Patient", placer="WPL2", accession="WACC2",
                               station="CT02", start="202603011100")) == "AA"
-    order = OrderBook.of(archive).order(accession="WACC1")
+    order = node.orders.order(accession="WACC1")
     assert order is not None
 
     # The modality asks: its station, CT, a date range, a name wildcard.
@@ -140,7 +138,7 @@ def test_hl7_to_worklist_to_mpps_to_reconciled_study(node: Node, archive, tmp_pa
     create.ScheduledStepAttributesSequence = [ref]
     mpps_uid = pydicom.uid.generate_uid(prefix=None)
     assert mpps(node, "create", create, mpps_uid)[0] == 0x0000
-    assert OrderBook.of(archive).order(accession="WACC1")["status"] == "IN PROGRESS"
+    assert node.orders.order(accession="WACC1")["status"] == "IN PROGRESS"
     [started] = findscu(node, tmp_path / "wl4", "-W", _with(WL_KEYS, AccessionNumber="WACC1"))
     assert started.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus == "STARTED"
 
@@ -157,7 +155,7 @@ def test_hl7_to_worklist_to_mpps_to_reconciled_study(node: Node, archive, tmp_pa
     proc = subprocess.run([STORESCU, "-aet", "CT01", "-aec", node.config.aet, "127.0.0.1",
                            str(node.config.dicom_port), str(img)], capture_output=True, text=True, timeout=60, env=ENV)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    order = OrderBook.of(archive).order(accession="WACC1")
+    order = node.orders.order(accession="WACC1")
     assert order["images_at"] is not None and order["performed_study_uid"] == rsp.StudyInstanceUID
 
     # MPPS COMPLETED: the order is done and leaves the modality's worklist.
@@ -165,7 +163,7 @@ def test_hl7_to_worklist_to_mpps_to_reconciled_study(node: Node, archive, tmp_pa
     done.PerformedProcedureStepStatus = "COMPLETED"
     done.PerformedProcedureStepEndDate, done.PerformedProcedureStepEndTime = "20260301", "104500"
     assert mpps(node, "set", done, mpps_uid)[0] == 0x0000
-    assert OrderBook.of(archive).order(accession="WACC1")["status"] == "COMPLETED"
+    assert node.orders.order(accession="WACC1")["status"] == "COMPLETED"
     assert findscu(node, tmp_path / "wl5", "-W", _with(WL_KEYS, AccessionNumber="WACC1")) == []
 
     # A08 renames the patient: the study-root C-FIND shows the order's data and the new name.
@@ -221,7 +219,7 @@ def test_mwl_and_mpps_refusals(node: Node, archive) -> None:  # type: ignore[no-
     done.PerformedProcedureStepStatus = "DISCONTINUED"
     assert mpps(node, "set", done, "1.2.3.4.6")[0] == 0x0000
     assert mpps(node, "set", done, "1.2.3.4.6")[0] == 0x0110  # final: no more changes
-    assert OrderBook.of(archive).order(accession="RACC1")["status"] == "SCHEDULED"  # untouched
+    assert node.orders.order(accession="RACC1")["status"] == "SCHEDULED"  # untouched
 
 
 def test_order_via_cli_is_listed(node: Node, archive, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -8,7 +8,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from hilum.archive.orders import OrderBook, OrderInfo, PatientInfo, PerformedInfo, StepInfo
+from hilum.archive.orders import OrderBook, OrderInfo, PatientInfo, PerformedInfo, Reconciler, StepInfo
 
 pytestmark = pytest.mark.gui
 
@@ -31,7 +31,9 @@ def _order(book: OrderBook, acc: str, day: date, modality: str = "CT", name: str
 def browser(qtbot, archive):  # type: ignore[no-untyped-def]
     from hilum.ui.worklist import WorklistBrowser
 
-    book = OrderBook.of(archive)
+    book = OrderBook(archive)
+    reconciler = Reconciler(book)  # as the node builds it: arriving images matched to their orders
+    reconciler.start()
     _order(book, "TODAY1", TODAY, name="Ångström^Anders")
     _order(book, "TOMORROW1", TODAY + timedelta(days=1), modality="MR")
     _order(book, "YESTERDAY1", TODAY - timedelta(days=1))
@@ -41,7 +43,7 @@ def browser(qtbot, archive):  # type: ignore[no-untyped-def]
     qtbot.waitUntil(lambda: w.model.rowCount() == 2, timeout=5000)
     yield w
     w.close()
-    book.close()
+    reconciler.stop()
 
 
 def _accessions(w) -> list[str]:  # type: ignore[no-untyped-def]
@@ -68,7 +70,7 @@ def test_filters(qtbot, browser) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_live_refresh_colours_and_open(qtbot, browser, archive) -> None:  # type: ignore[no-untyped-def]
-    book = OrderBook.of(archive)
+    book = OrderBook(archive)  # another book on the same archive: the browser hears its changes too
     # A new order (as an HL7 ORM would make) appears without user action.
     with qtbot.waitSignal(browser.refreshed, timeout=5000):
         _order(book, "NEW1", TODAY)

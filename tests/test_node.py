@@ -64,6 +64,45 @@ def test_default_services_include_dimse_and_only_filters(tmp_path: Path) -> None
     node.stop()
 
 
+def test_node_builds_one_order_book_for_its_adapters_and_runs_the_reconciler(tmp_path: Path,
+                                                                              pydicom_files: Path) -> None:
+    """The composition root builds the RIS side once: the HL7 receiver and the worklist and MPPS
+    services share the node's order book; the reconciler listens while the node runs, and a study
+    that arrived while nobody listened is reconciled when the node starts."""
+    import pydicom
+
+    from hilum.archive.orders import OrderInfo, PatientInfo, StepInfo
+
+    cfg = Config(data_dir=tmp_path, dicom_port=free_port(), hl7_port=free_port(), web_port=free_port())
+    with Archive(tmp_path) as archive:
+        node = Node(cfg, archive)
+        with node.orders.transaction() as tx:
+            pk = tx.upsert_patient(PatientInfo("P1", name="Doe^Jane"), "order")
+            tx.create_order(pk, OrderInfo(accession_number="ACC1", steps=[StepInfo(modality="CT")]))
+            tx.create_order(pk, OrderInfo(accession_number="ACC2", steps=[StepInfo(modality="CT")]))
+
+        def arrive(accession: str) -> None:
+            ds = pydicom.dcmread(pydicom_files / "CT_small.dcm")
+            ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = (pydicom.uid.generate_uid() for _ in "abc")
+            ds.AccessionNumber, ds.PatientID = accession, "P1"
+            assert archive.ingest(ds).status == "stored"
+
+        arrive("ACC1")  # the node is not running: nobody reconciles yet
+        assert node.orders.order(accession="ACC1")["images_at"] is None
+        dimse = node.service("dimse")
+        hl7 = node.service("hl7")
+        assert {ext.book for ext in dimse.extensions} == {node.orders}  # type: ignore[attr-defined]
+        assert hl7.receiver.book is node.orders  # type: ignore[attr-defined]
+        with node:
+            assert node.orders.order(accession="ACC1")["images_at"] is not None  # caught up at start
+            arrive("ACC2")
+            assert node.orders.order(accession="ACC2")["images_at"] is not None  # heard while running
+        with node.orders.transaction() as tx:
+            tx.create_order(pk, OrderInfo(accession_number="ACC3", steps=[StepInfo(modality="CT")]))
+        arrive("ACC3")  # stopped: the reconciler listens no more
+        assert node.orders.order(accession="ACC3")["images_at"] is None
+
+
 def _serve(data: Path, port: int, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "hilum", "serve", "--data", str(data), "--dicom-port", str(port),

@@ -16,6 +16,7 @@ from hilum.archive.orders import (
     OrderInfo,
     PatientInfo,
     PerformedInfo,
+    Reconciler,
     StepInfo,
     aggregate_status,
 )
@@ -23,9 +24,12 @@ from hilum.archive.orders import (
 
 @pytest.fixture
 def book(archive):  # type: ignore[no-untyped-def]
-    b = OrderBook.of(archive)
+    """An order book and, as the node builds them, the reconciler that matches arriving studies."""
+    b = OrderBook(archive)
+    reconciler = Reconciler(b)
+    reconciler.start()
     yield b
-    b.close()
+    reconciler.stop()
 
 
 def _order(book: OrderBook, pid: str, name: str, *, modality: str = "CT", station: str = "CT1",
@@ -202,23 +206,20 @@ def test_orders_on_postgresql(pg_url: str, tmp_path) -> None:  # type: ignore[no
     from hilum.archive import Archive
 
     with Archive(tmp_path / "pg", database_url=pg_url) as archive:
-        book = OrderBook.of(archive)
-        try:
-            _order(book, "PG1", "Łódź^Ewa", accession="PGA1")
-            ack, dup = book.apply_message("HIS|H", "PGC1", "ADT^A04",
-                                          lambda tx: tx.upsert_patient(PatientInfo("PG2", name="Two^Pg")),
-                                          lambda _r: "ACK1")
-            assert (ack, dup) == ("ACK1", False)
-            assert book.apply_message("HIS|H", "PGC1", "ADT^A04", lambda tx: 1 / 0, lambda _r: "x") == ("ACK1", True)
-            assert [r["AccessionNumber"] for r in book.worklist({"PatientName": "łódź*", "Modality": "CT",
-                                                                  "ScheduledProcedureStepStartDate": "20260301-"})] \
-                == ["PGA1"]
-            row = book.worklist({"AccessionNumber": "PGA1"})[0]
-            with book.transaction() as tx:
-                tx.mpps_create("1.2.9", PerformedInfo(status="IN PROGRESS",
-                                                      scheduled=[{"StudyInstanceUID": row["StudyInstanceUID"]}]))
-                tx.merge_patients(PatientInfo("PG2"), "PG1")
-            o = book.order(accession="PGA1")
-            assert o["status"] == IN_PROGRESS and o["patient_id"] == "PG2"
-        finally:
-            book.close()
+        book = OrderBook(archive)
+        _order(book, "PG1", "Łódź^Ewa", accession="PGA1")
+        ack, dup = book.apply_message("HIS|H", "PGC1", "ADT^A04",
+                                      lambda tx: tx.upsert_patient(PatientInfo("PG2", name="Two^Pg")),
+                                      lambda _r: "ACK1")
+        assert (ack, dup) == ("ACK1", False)
+        assert book.apply_message("HIS|H", "PGC1", "ADT^A04", lambda tx: 1 / 0, lambda _r: "x") == ("ACK1", True)
+        assert [r["AccessionNumber"] for r in book.worklist({"PatientName": "łódź*", "Modality": "CT",
+                                                              "ScheduledProcedureStepStartDate": "20260301-"})] \
+            == ["PGA1"]
+        row = book.worklist({"AccessionNumber": "PGA1"})[0]
+        with book.transaction() as tx:
+            tx.mpps_create("1.2.9", PerformedInfo(status="IN PROGRESS",
+                                                  scheduled=[{"StudyInstanceUID": row["StudyInstanceUID"]}]))
+            tx.merge_patients(PatientInfo("PG2"), "PG1")
+        o = book.order(accession="PGA1")
+        assert o["status"] == IN_PROGRESS and o["patient_id"] == "PG2"

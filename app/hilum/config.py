@@ -45,6 +45,7 @@ class Config:
     hl7_port: int = 2575
     database_url: str | None = None
     duplicate_policy: str = "ignore"  # "ignore" | "overwrite"
+    index_writer: str | None = None  # "fast" | "sqlalchemy"; None: $HILUM_INDEX_WRITER, else "fast"
     require_known_peers: bool = False
     max_associations: int = 32
     max_pdu_size: int = 0  # 0 = unlimited
@@ -78,6 +79,8 @@ class Config:
         }
         if self.database_url:
             doc["archive"]["database_url"] = self.database_url
+        if self.index_writer:
+            doc["archive"]["index_writer"] = self.index_writer
         if self.peers:
             doc["peers"] = {
                 name: {k: v for k, v in vars(p).items()} for name, p in self.peers.items()
@@ -123,6 +126,10 @@ def load_config(data_dir: str | os.PathLike[str] | None = None) -> Config:
         if archive["duplicate_policy"] not in ("ignore", "overwrite"):
             raise ConfigError(f"{path}: duplicate_policy must be 'ignore' or 'overwrite'")
         cfg.duplicate_policy = archive["duplicate_policy"]
+    if "index_writer" in archive:
+        if archive["index_writer"] not in ("fast", "sqlalchemy"):
+            raise ConfigError(f"{path}: index_writer must be 'fast' or 'sqlalchemy'")
+        cfg.index_writer = archive["index_writer"]
     for name, spec in peers.items():
         try:
             cfg.peers[name] = Peer(**spec)

@@ -8,6 +8,12 @@ workstation starts the same node in the background so modalities can send
 to a workstation too.
 
 Adding a protocol adapter is one line in :meth:`Node._default_services`.
+
+The node also builds the archive's RIS side once and hands it to the
+adapters that use it: one :class:`~hilum.archive.orders.OrderBook` for the
+HL7 receiver and the Modality Worklist and MPPS services, and the
+:class:`~hilum.archive.orders.Reconciler` that matches arriving studies to
+their orders while the node runs (started first, stopped last).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from types import FrameType
 from typing import Protocol, runtime_checkable
 
 from hilum.archive import Archive
+from hilum.archive.orders import OrderBook, Reconciler
 from hilum.config import Config
 
 log = logging.getLogger(__name__)
@@ -46,6 +53,8 @@ class Node:
         self.config = config
         self._owns_archive = archive is None
         self.archive = archive if archive is not None else Archive.from_config(config)
+        self.orders = OrderBook(self.archive)
+        self.reconciler = Reconciler(self.orders)
         self.services: list[Service] = services if services is not None else self._default_services()
         if only is not None:
             unknown = set(only) - {s.name for s in self.services}
@@ -59,11 +68,14 @@ class Node:
     def _default_services(self) -> list[Service]:
         from hilum.dicomweb.service import DicomWebService
         from hilum.dimse import DimseService
+        from hilum.dimse.mpps import MppsSCP
+        from hilum.dimse.mwl import WorklistSCP
         from hilum.hl7.service import HL7Service
 
+        ris = [WorklistSCP(self.archive, orders=self.orders), MppsSCP(self.archive, orders=self.orders)]
         return [
-            DimseService(self.config, self.archive),
-            HL7Service(self.config, self.archive),
+            DimseService(self.config, self.archive, extensions=ris),
+            HL7Service(self.config, self.archive, orders=self.orders),
             DicomWebService(self.config, self.archive),
         ]
 
@@ -84,12 +96,14 @@ class Node:
             if self._started:
                 return
             self._stop_requested.clear()
+            self.reconciler.start()
             try:
                 for s in self.services:
                     s.start()
                     self._started.append(s)
             except BaseException:
                 self._stop_started()
+                self.reconciler.stop()
                 raise
             log.info("node %s started: %s", self.config.aet, ", ".join(s.name for s in self._started))
 
@@ -97,6 +111,7 @@ class Node:
         """Stop the services (in-flight associations/requests finish first), then close an owned archive."""
         with self._lock:
             self._stop_started()
+            self.reconciler.stop()
             if self._owns_archive:
                 self.archive.close()
         self._stop_requested.set()

@@ -178,7 +178,6 @@ def bench_hl7(n: int, work: Path) -> dict[str, float]:
         total, lat, ok = drive(svc.port, msgs)
     finally:
         svc.stop()
-        OrderBook.of(archive).close()
         archive.close()
     with BareAckServer() as bare:
         b_total, b_lat, b_ok = drive(bare.port, msgs)
@@ -205,7 +204,7 @@ def order_specs(n: int) -> list[dict[str, str]]:
 
 
 def fill_hilum(archive: Archive, specs: list[dict[str, str]]) -> float:
-    book = OrderBook.of(archive)
+    book = OrderBook(archive)
     t0 = time.perf_counter()
     for start in range(0, len(specs), 500):
         with book.transaction() as tx:
@@ -400,7 +399,6 @@ def main() -> int:
             ours_cli = time_findscu(port, "HILUM", today, max(3, args.repeat // 5))
         finally:
             svc.stop()  # type: ignore[attr-defined]
-            OrderBook.of(archive).close()
             archive.close()
         theirs: dict[str, tuple[float, float, int]] | None = None
         theirs_cli = None

@@ -11,6 +11,13 @@ the per-round ratios), since the machine may be shared.  The page cache is
 flushed (``sync``) before each run so one run's dirty pages do not slow the next.
 
     python bench/ingest/run.py [--n 2000] [--repeat 3] [--no-pg] [--modes auto,threads] [--serial]
+                               [--baseline OTHER_CHECKOUT/app]
+
+``--baseline`` times another checkout's code (e.g. the commit before a change,
+``git worktree add /tmp/base COMMIT``) in the same rounds: each ingest path
+runs once with this checkout and once with the other, each in a fresh
+interpreter with that checkout first on ``PYTHONPATH``, and the ratio
+this/baseline is printed per path (the median of the per-round ratios).
 
 Not a test: nothing here asserts a time (DESIGN.md "Tests").
 """
@@ -18,16 +25,19 @@ Not a test: nothing here asserts a time (DESIGN.md "Tests").
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
 from pgserver import PgServer  # noqa: E402
 
@@ -94,7 +104,26 @@ def ingest(files: list[Path], work: Path, database_url: str | None, mode: str) -
     return seconds
 
 
+def ingest_in(app: Path, files_dir: Path, n: int, work: Path, database_url: str | None, mode: str) -> float:
+    """:func:`ingest` in a fresh interpreter running the checkout whose package folder is ``app``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(app), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    out = subprocess.run([sys.executable, str(HERE / "run.py"), "--child", json.dumps(
+        {"files": str(files_dir), "n": n, "work": str(work), "url": database_url, "mode": mode})],
+        env=env, check=True, capture_output=True, text=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+
+
+def child(spec: str) -> int:
+    """``--child``: one timed ingest, its seconds printed as JSON (for ``--baseline`` comparisons)."""
+    job = json.loads(spec)
+    files = ct_set(Path(job["files"]), int(job["n"]))
+    print(json.dumps({"seconds": ingest(files, Path(job["work"]), job["url"], job["mode"])}))
+    return 0
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        return child(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000, help="CT instances (default 2000)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is printed (default 3)")
@@ -105,6 +134,8 @@ def main() -> int:
     ap.add_argument("--serial", action="store_true", help="also time a plain serial ingest() loop")
     ap.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
     ap.add_argument("--pg-port", type=int, default=55432)
+    ap.add_argument("--baseline", type=Path, default=None, metavar="APP_DIR",
+                    help="another checkout's app/ folder, timed in the same rounds (see above)")
     args = ap.parse_args()
 
     files = ct_set(args.cache / str(args.n), args.n)
@@ -124,23 +155,40 @@ def main() -> int:
         name = "PostgreSQL" if db else "SQLite"
         return f"{name} serial ingest()" if mode == "serial" else f"{name} ingest_many [{mode}]"
 
+    this_app = HERE.parents[1] / "app"
+    checkouts: list[tuple[str, Path | None]] = [("", None)]
+    if args.baseline is not None:
+        checkouts = [("", this_app), (" (baseline)", args.baseline.resolve())]
+
     # Interleaved: each round times the copy floor, then every ingest path right after it, so
     # each ratio compares figures taken under the same conditions (this machine is shared).
     floor_runs: list[float] = []
-    runs: dict[str, list[float]] = {label(m, d): [] for m, d in targets}
-    ratios: dict[str, list[float]] = {label(m, d): [] for m, d in targets}
+    names = [label(m, d) + suffix for m, d in targets for suffix, _ in checkouts]
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    versus: dict[str, list[float]] = {label(m, d): [] for m, d in targets}
     try:
         for rnd in range(args.repeat):
             floor = copy_floor(files, work)
             floor_runs.append(floor)
             print(f"round {rnd + 1}: copy floor {len(files) / floor:.0f} inst/s", flush=True)
             for mode, db in targets:
-                url = pg.create_db() if (db and pg) else None
-                secs = ingest(files, work, url, mode)
-                runs[label(mode, db)].append(secs)
-                ratios[label(mode, db)].append(floor / secs)
-                print(f"  {label(mode, db):<32} {len(files) / secs:6.0f} inst/s  ingest/copy {floor / secs:.2f}",
-                      flush=True)
+                order = checkouts if rnd % 2 == 0 else list(reversed(checkouts))  # alternate who goes first
+                took: dict[str, float] = {}
+                for suffix, app in order:
+                    url = pg.create_db() if (db and pg) else None
+                    if app is None:
+                        secs = ingest(files, work, url, mode)
+                    else:
+                        secs = ingest_in(app, args.cache / str(args.n), args.n, work, url, mode)
+                    name = label(mode, db) + suffix
+                    took[suffix] = secs
+                    runs[name].append(secs)
+                    ratios[name].append(floor / secs)
+                    print(f"  {name:<43} {len(files) / secs:6.0f} inst/s  ingest/copy {floor / secs:.2f}",
+                          flush=True)
+                if len(took) == 2:
+                    versus[label(mode, db)].append(took[" (baseline)"] / took[""])
     finally:
         if pg is not None:
             pg.stop()
@@ -149,11 +197,15 @@ def main() -> int:
 
     floor = statistics.median(floor_runs)
     print(f"\nmedians of {args.repeat} rounds; {mb:.0f} MB in {len(files)} files")
-    print(f"{'path':<34}{'inst/s':>8}{'MB/s':>8}{'ingest/copy':>13}")
-    print(f"{'copy + fsync per file (floor)':<34}{len(files) / floor:8.0f}{mb / floor:8.1f}{1.0:13.2f}")
+    print(f"{'path':<45}{'inst/s':>8}{'MB/s':>8}{'ingest/copy':>13}")
+    print(f"{'copy + fsync per file (floor)':<45}{len(files) / floor:8.0f}{mb / floor:8.1f}{1.0:13.2f}")
     for name, secs in runs.items():
         med = statistics.median(secs)
-        print(f"{name:<34}{len(files) / med:8.0f}{mb / med:8.1f}{statistics.median(ratios[name]):13.2f}")
+        print(f"{name:<45}{len(files) / med:8.0f}{mb / med:8.1f}{statistics.median(ratios[name]):13.2f}")
+    if args.baseline is not None:
+        print("\nthis checkout vs baseline (speed ratio, median of per-round ratios; > 1: this one is faster)")
+        for name, r in versus.items():
+            print(f"{name:<45}{statistics.median(r):8.2f}   rounds: {', '.join(f'{x:.2f}' for x in r)}")
     return 0
 
 

@@ -14,7 +14,7 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -80,7 +80,9 @@ class BlobStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
-    def keys(self) -> Iterator[str]: ...
+    def keys(self, on_error: Callable[[str, OSError], None] | None = None) -> Iterator[str]: ...
+
+    def link_temp(self, path: Path) -> str: ...
 
 
 class FileBlobStore:
@@ -195,19 +197,46 @@ class FileBlobStore:
         except FileNotFoundError:
             pass
 
-    def keys(self) -> Iterator[str]:
-        """Every stored key (temporaries excluded)."""
+    def keys(self, on_error: Callable[[str, OSError], None] | None = None) -> Iterator[str]:
+        """Every stored key (temporaries excluded).
+
+        A folder that cannot be listed (an I/O error, a permission) is passed
+        to ``on_error(folder, error)`` and skipped; without ``on_error`` the
+        error is raised.
+        """
         if not self.root.exists():
             return
-        for top in sorted(os.scandir(self.root), key=lambda e: e.name):
+
+        def listing(path: str) -> list[os.DirEntry[str]]:
+            try:
+                with os.scandir(path) as it:
+                    return sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                if on_error is None:
+                    raise
+                on_error(path, exc)
+                return []
+
+        for top in listing(str(self.root)):
             if not top.is_dir() or top.name == "tmp" or len(top.name) != 2:
                 continue
-            for mid in os.scandir(top.path):
+            for mid in listing(top.path):
                 if not mid.is_dir():
                     continue
-                for f in os.scandir(mid.path):
+                for f in listing(mid.path):
                     if f.name.endswith(".dcm"):
                         yield f"{top.name}/{mid.name}/{f.name}"
+
+    def link_temp(self, path: Path) -> str:
+        """A temporary name for the file at ``path`` (a hard link: no data copied, no space needed
+        but a directory entry), to hand a blob already on disk to :meth:`commit_temp`."""
+        self.ensure()
+        name = str(self.tmp / f"{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+        try:
+            os.link(path, name)
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+        return name
 
     def temporaries(self) -> list[Path]:
         return sorted(self.tmp.glob("*.part")) if self.tmp.exists() else []

@@ -47,8 +47,10 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
-            # pysqlite's own transaction handling defers BEGIN; be explicit.
-            conn.exec_driver_sql("BEGIN")
+            # pysqlite's own transaction handling defers BEGIN; be explicit.  Straight on the
+            # DB-API connection: through exec_driver_sql this one word cost 30-40 µs per
+            # transaction, a tenth of indexing an instance.
+            conn.connection.dbapi_connection.execute("BEGIN")
 
         return engine
     if url.startswith("postgresql"):

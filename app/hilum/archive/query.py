@@ -347,7 +347,10 @@ def _base_select(level: str) -> Select[Any]:
     depth = LEVELS.index(level)
     cols = [FIELDS[k].column.label(k) for k in keys_for_level(level)]
     if level == "IMAGE":
-        cols += [I.blob_key.label("_blob_key"), I.size.label("_size")]
+        # _stored_rev/_patient_rev: whether the file still carries the registry's demographics
+        # (Archive.read_outgoing; see schema.py).
+        cols += [I.blob_key.label("_blob_key"), I.size.label("_size"), I.patient_rev.label("_stored_rev"),
+                 P.revision.label("_patient_rev")]
     stmt = select(*cols)
     if depth >= 3:
         return stmt.select_from(

@@ -1,4 +1,15 @@
-"""The index schema (SQLAlchemy Core): patient → study → series → instance.
+"""THE schema of the index database (SQLAlchemy Core): one ``MetaData`` for every table.
+
+Every table Hilum keeps in the index database is defined here and nowhere
+else, so that Alembic's autogenerate (``migrations/env.py`` points at
+:data:`metadata`) sees all of them and ``tests/test_archive_schema.py`` can
+hold the migrations to the models on SQLite and PostgreSQL:
+
+* the index: patient → study → series → instance (with the patient
+  registry's ADT history, ``patient_history``);
+* the RIS side (:mod:`hilum.archive.orders`): orders, scheduled and performed
+  procedure steps, the HL7 message log;
+* the web services' users and API tokens (:mod:`hilum.archive.users`).
 
 Columns hold every attribute that C-FIND (patient- and study-root, all
 levels, PS3.4 C.6) and QIDO-RS (PS3.18 10.6, table 10.6.1-5) use as
@@ -11,6 +22,14 @@ PostgreSQL: person names are stored upper-cased per component group
 study date + time once more as ``study_dt`` for combined range matching
 (PS3.4 C.2.2.2.5.2).  The schema is created and changed by Alembic
 migrations (``archive/migrations``); this module is their reference.
+
+Demographics corrections (IHE RAD TF-1 Patient Information Reconciliation):
+``patients.revision`` is 0 until HL7 ADT creates, changes or merges the
+patient, then the key of the ``patient_history`` row that recorded the
+change (so revisions never repeat across patients); ``instances.patient_rev``
+is the revision whose demographics the stored file is known to carry (-1: it
+carries others).  :meth:`hilum.archive.Archive.read_outgoing` returns a file
+as stored when the two agree, and corrects its patient module otherwise.
 """
 
 from __future__ import annotations
@@ -43,8 +62,30 @@ patients = Table(
     Column("birth_date", String(8), nullable=False, default=""),
     Column("sex", String(16), nullable=False, default=""),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revision", Integer, nullable=False, default=0, server_default="0"),
     Index("ux_patients_id_issuer", "patient_id", "issuer", unique=True),
     Index("ix_patients_pn_a", "pn_a", postgresql_ops={"pn_a": "text_pattern_ops"}),
+    Index("ix_patients_pn_i", "pn_i", postgresql_ops={"pn_i": "text_pattern_ops"}),
+    Index("ix_patients_pn_p", "pn_p", postgresql_ops={"pn_p": "text_pattern_ops"}),
+)
+
+patient_history = Table(
+    "patient_history",
+    metadata,
+    # The pk is the revision the change gave the patient (patients.revision).
+    Column("pk", Integer, primary_key=True),
+    Column("action", String(16), nullable=False),  # create | update | merge
+    Column("patient_id", String(64), nullable=False),
+    Column("issuer", String(64), nullable=False, default=""),
+    Column("prior_patient_id", String(64), nullable=False, default=""),  # merge: the record merged away
+    Column("prior_issuer", String(64), nullable=False, default=""),
+    Column("before", Text, nullable=False, default="{}"),  # JSON: the demographics before
+    Column("after", Text, nullable=False, default="{}"),  # JSON: the demographics after
+    Column("message_type", String(16), nullable=False, default=""),  # e.g. ADT^A08
+    Column("sender", String(255), nullable=False, default=""),
+    Column("control_id", String(199), nullable=False, default=""),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Index("ix_patient_history_patient", "patient_id", "issuer"),
 )
 
 studies = Table(
@@ -115,5 +156,122 @@ instances = Table(
     Column("source_aet", String(16), nullable=False, default=""),
     Column("origin", String(16), nullable=False, default=""),
     Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("patient_rev", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_instances_series", "series_fk"),
+)
+
+# --------------------------------------------------------------------------- the RIS side (hilum.archive.orders)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("patient_fk", Integer, ForeignKey("patients.pk", ondelete="CASCADE"), nullable=False),
+    Column("study_uid", String(64), nullable=False, unique=True),
+    Column("accession_number", String(16), nullable=False, default=""),
+    Column("placer_number", String(64), nullable=False, default=""),
+    Column("filler_number", String(64), nullable=False, default=""),
+    Column("requested_procedure_id", String(16), nullable=False, default=""),
+    Column("description", String(64), nullable=False, default=""),
+    Column("code_value", String(16), nullable=False, default=""),
+    Column("code_scheme", String(16), nullable=False, default=""),
+    Column("code_meaning", String(64), nullable=False, default=""),
+    Column("referring_physician", String(324), nullable=False, default=""),
+    Column("ref_pn", String(324), nullable=False, default=""),
+    Column("requesting_physician", String(324), nullable=False, default=""),
+    Column("priority", String(16), nullable=False, default=""),
+    Column("reason", String(64), nullable=False, default=""),
+    Column("status", String(16), nullable=False),
+    Column("source", String(64), nullable=False, default=""),
+    Column("images_at", DateTime(timezone=True), nullable=True),
+    Column("performed_study_uid", String(64), nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_orders_patient", "patient_fk"),
+    Index("ix_orders_accession", "accession_number"),
+    Index("ix_orders_placer", "placer_number"),
+    Index("ix_orders_filler", "filler_number"),
+    Index("ix_orders_status", "status"),
+)
+
+procedure_steps = Table(
+    "procedure_steps",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("order_fk", Integer, ForeignKey("orders.pk", ondelete="CASCADE"), nullable=False),
+    Column("sps_id", String(16), nullable=False, default=""),
+    Column("modality", String(16), nullable=False, default=""),
+    Column("station_aet", String(16), nullable=False, default=""),
+    Column("station_name", String(16), nullable=False, default=""),
+    Column("location", String(16), nullable=False, default=""),
+    Column("start_date", String(8), nullable=False, default=""),
+    Column("start_time", String(13), nullable=False, default=""),
+    Column("start_dt", String(21), nullable=False, default=""),
+    Column("performer", String(324), nullable=False, default=""),
+    Column("performer_pn", String(324), nullable=False, default=""),
+    Column("description", String(64), nullable=False, default=""),
+    Column("status", String(16), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_sps_order", "order_fk"),
+    Index("ix_sps_station", "station_aet", "start_dt"),
+    Index("ix_sps_modality", "modality", "start_dt"),
+    Index("ix_sps_start", "start_dt"),
+    Index("ix_sps_status", "status", "start_dt"),
+)
+
+performed_steps = Table(
+    "performed_steps",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("mpps_uid", String(64), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),
+    Column("station_aet", String(16), nullable=False, default=""),
+    Column("modality", String(16), nullable=False, default=""),
+    Column("pps_id", String(16), nullable=False, default=""),
+    Column("description", String(64), nullable=False, default=""),
+    Column("start_date", String(8), nullable=False, default=""),
+    Column("start_time", String(13), nullable=False, default=""),
+    Column("end_date", String(8), nullable=False, default=""),
+    Column("end_time", String(13), nullable=False, default=""),
+    Column("study_uid", String(64), nullable=False, default=""),
+    Column("accession_number", String(16), nullable=False, default=""),
+    Column("scheduled_steps", Text, nullable=False, default="[]"),  # JSON list of procedure_steps.pk
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+hl7_messages = Table(
+    "hl7_messages",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("sender", String(255), nullable=False),
+    Column("control_id", String(199), nullable=False),
+    Column("message_type", String(16), nullable=False),
+    Column("ack", Text, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Index("ux_hl7_messages_sender_control", "sender", "control_id", unique=True),
+)
+
+# --------------------------------------------------------------------------- web users (hilum.archive.users)
+
+users = Table(
+    "users",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("password_hash", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("user_fk", Integer, ForeignKey("users.pk", ondelete="CASCADE"), nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("label", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
 )

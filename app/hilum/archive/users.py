@@ -42,14 +42,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import (
-    Column,
-    DateTime,
     Engine,
-    ForeignKey,
-    Integer,
-    MetaData,
-    String,
-    Table,
     delete,
     func,
     insert,
@@ -57,6 +50,7 @@ from sqlalchemy import (
     update,
 )
 
+from hilum.archive.schema import api_tokens, users
 from hilum.errors import HilumError
 
 log = logging.getLogger(__name__)
@@ -71,29 +65,7 @@ MIN_PASSWORD_LENGTH = 8
 TOKEN_PREFIX = "hlm_"
 _NAME_RE = re.compile(r"^[A-Za-z0-9._@+-]{1,64}$")
 
-metadata = MetaData()
-
-users = Table(
-    "users",
-    metadata,
-    Column("pk", Integer, primary_key=True),
-    Column("name", String(64), nullable=False, unique=True),
-    Column("role", String(16), nullable=False),
-    Column("password_hash", String(255), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-)
-
-api_tokens = Table(
-    "api_tokens",
-    metadata,
-    Column("pk", Integer, primary_key=True),
-    Column("user_fk", Integer, ForeignKey("users.pk", ondelete="CASCADE"), nullable=False, index=True),
-    Column("token_hash", String(64), nullable=False, unique=True),
-    Column("label", String(64), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=True),
-)
+# The tables live in the one schema module (hilum.archive.schema), with every other table.
 
 
 class UserError(HilumError):

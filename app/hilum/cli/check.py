@@ -3,7 +3,11 @@
 With ``--repair`` it fixes what it found and says what it did: rows of
 missing files are removed, corrupt blobs are moved to ``quarantine/`` and
 their rows removed, orphan blobs are indexed again through the one ingest call
-(or quarantined when unreadable), stale temporaries are deleted.  Exit status:
+(or quarantined when they are not valid instances), stale temporaries are
+deleted.  What could not be checked or repaired — a blob that cannot be read
+(an I/O error, a permission), a repair that cannot be written (a full disk) —
+is listed as "unchecked" and left exactly as it is (never reported corrupt,
+never quarantined, its row never removed).  Exit status:
 0 when the archive is clean (after repair, if asked), 1 when problems remain,
 2 on usage errors.
 """
@@ -33,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def _problems(report: Any) -> list[tuple[str, str]]:
     return ([("missing", u) for u in report.missing] + [("orphan", k) for k in report.orphans]
-            + [("corrupt", u) for u in report.corrupt] + [("temporary", t) for t in report.temporaries])
+            + [("corrupt", u) for u in report.corrupt] + [("temporary", t) for t in report.temporaries]
+            + [("unchecked", u) for u in report.unchecked])
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -50,6 +55,8 @@ def run_check(args: argparse.Namespace) -> int:
         archive.close()
     found = _problems(report)
     left = _problems(remaining)
+    if remaining is not report:  # what could not be checked stays a problem (the quick look reads no blob)
+        left += [("unchecked", u) for u in report.unchecked if u not in remaining.unchecked]
     if args.json:
         print_json({
             "data": str(archive.data_dir),
@@ -60,6 +67,7 @@ def run_check(args: argparse.Namespace) -> int:
             "orphans": report.orphans,
             "corrupt": report.corrupt,
             "temporaries": report.temporaries,
+            "unchecked": report.unchecked,
             "repaired": report.repaired,
             "clean": not left,
         })

@@ -106,13 +106,10 @@ def _orders(args: argparse.Namespace) -> int:
     cfg = load_config(args.data)
     ident = {"Modality": args.modality.upper(), "ScheduledProcedureStepStartDate": args.date}
     with Archive.from_config(cfg) as archive:
-        book = OrderBook.of(archive)
         try:
-            rows = book.worklist(ident, active_only=not args.all)
+            rows = OrderBook(archive).worklist(ident, active_only=not args.all)
         except ValueError as exc:
             raise HL7CliError(str(exc)) from exc
-        finally:
-            book.close()
     keys = ("AccessionNumber", "PatientID", "PatientName", "Modality", "ScheduledStationAETitle",
             "ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime", "RequestedProcedureDescription",
             "StudyInstanceUID")

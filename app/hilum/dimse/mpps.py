@@ -80,8 +80,10 @@ class MppsSCP:
     sop_classes = SOP_CLASSES
     kind = "store"  # the peer right it needs (``may_query`` / ``may_store``)
 
-    def __init__(self, archive: Any):
-        self.book = OrderBook.of(archive)
+    def __init__(self, archive: Any, *, orders: OrderBook | None = None):
+        """``orders``: the order book the composition root built (:class:`hilum.node.Node`), else one
+        on ``archive`` (books share the archive's transactions and events)."""
+        self.book = orders if orders is not None else OrderBook(archive)
 
     def handles(self, sop_class_uid: str) -> bool:
         return str(sop_class_uid) in SOP_CLASSES

@@ -135,8 +135,10 @@ class WorklistSCP:
     sop_classes = SOP_CLASSES
     kind = "find"  # the peer right it needs (``may_query`` / ``may_store``)
 
-    def __init__(self, archive: Any, *, limit: int | None = None):
-        self.book = OrderBook.of(archive)
+    def __init__(self, archive: Any, *, limit: int | None = None, orders: OrderBook | None = None):
+        """``orders``: the order book the composition root built (:class:`hilum.node.Node`), else one
+        on ``archive`` (books share the archive's transactions and events)."""
+        self.book = orders if orders is not None else OrderBook(archive)
         self.limit = limit
 
     def handles(self, sop_class_uid: str) -> bool:

@@ -34,6 +34,11 @@ ORM^O01 / OMI^O23
   (IPC-8), station AE (IPC-9).  An order for an unknown patient creates the
   patient; a known patient's demographics are only filled where empty (ADT
   is the authority).
+
+Patients: every change goes through THE patient registry
+(:mod:`hilum.archive.patients`) with its source — ``adt`` for ADT (sent
+fields replace, each change kept in the patient history with this message's
+type, sender and control ID), ``order`` for ORM/OMI (fills empty fields).
 """
 
 from __future__ import annotations
@@ -51,10 +56,10 @@ from hilum.archive.orders import (
     DISCONTINUED,
     IN_PROGRESS,
     OrderBook,
-    OrderError,
     OrderInfo,
     OrderTx,
     PatientInfo,
+    RegistryError,
     StepInfo,
 )
 from hilum.hl7.message import (
@@ -184,7 +189,7 @@ class Receiver:
             return encode(ack, header)
         except HL7Error as exc:
             return self._nak(header, exc.ack_code, Issue(exc.code, str(exc), exc.where))
-        except OrderError as exc:
+        except RegistryError as exc:  # an OrderError, or the patient registry's refusal
             return self._nak(header, "AE", Issue(ORDER_ERROR_CODES.get(exc.code, 207), str(exc), exc.where))
         except Exception as exc:  # noqa: BLE001 - any failure is a NAK, never a dead connection
             log.exception("HL7 message failed")
@@ -264,7 +269,7 @@ class Receiver:
         ev = h.trigger_event
         out = Outcome()
         if ev in ADT_UPDATE:
-            tx.upsert_patient(self._patient(msg))
+            tx.upsert_patient(self._patient(msg), "adt")
         elif ev == "A40":
             mrgs = segments(msg, "MRG")
             if not mrgs:
@@ -316,7 +321,7 @@ class Receiver:
                     raise HL7Error("AE", 100, "new order without OBR", "OBR")
                 if patient_pk is None:
                     patient = self._patient(msg)
-                    patient_pk = tx.upsert_patient(patient, overwrite=False)
+                    patient_pk = tx.upsert_patient(patient, "order")
                 tx.create_order(patient_pk, self._order_info(h, orc, obr, pv1, group))
                 continue
             if control not in ("CA", "OC", "DC", "OD", "XO", "XX", "SC"):
@@ -332,7 +337,7 @@ class Receiver:
                 tx.set_status(pk, DISCONTINUED)
             elif control in ("XO", "XX"):
                 if patient_pk is None and segments(msg, "PID"):
-                    patient_pk = tx.upsert_patient(self._patient(msg), overwrite=False)
+                    patient_pk = tx.upsert_patient(self._patient(msg), "order")
                 tx.update_order(pk, self._order_info(h, orc, obr, pv1, group), patient_pk)
             else:  # SC
                 status = get(orc, 5).upper()
@@ -393,7 +398,8 @@ class Receiver:
         return info
 
 
-def receiver_for(archive: Any, config: Any = None) -> Receiver:
-    """A :class:`Receiver` on ``archive``'s order book with the config's ``[hl7]`` settings."""
+def receiver_for(archive: Any, config: Any = None, *, orders: OrderBook | None = None) -> Receiver:
+    """A :class:`Receiver` on an order book (``orders``, else one on ``archive``) with the config's
+    ``[hl7]`` settings."""
     settings = ReceiverSettings.from_config(config) if config is not None else ReceiverSettings()
-    return Receiver(OrderBook.of(archive), settings)
+    return Receiver(orders if orders is not None else OrderBook(archive), settings)

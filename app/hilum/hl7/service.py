@@ -27,6 +27,7 @@ import socket
 import threading
 from typing import Any
 
+from hilum.archive.orders import OrderBook
 from hilum.errors import HilumError
 from hilum.hl7.message import frame
 from hilum.hl7.mllp import FrameBuffer, MLLPSettings
@@ -48,12 +49,14 @@ class HL7Service:
     name = "hl7"
 
     def __init__(self, config: Any, archive: Any, *, host: str | None = None, port: int | None = None,
-                 frame_timeout: float | None = None, receiver: Receiver | None = None):
+                 frame_timeout: float | None = None, receiver: Receiver | None = None,
+                 orders: OrderBook | None = None):
+        """``orders``: the order book the composition root built (else one on ``archive``)."""
         self.limits = MLLPSettings.from_config(config)
         self.host = host or getattr(config, "bind", "127.0.0.1")
         self.port = int(getattr(config, "hl7_port", 2575) if port is None else port)
         self.frame_timeout = self.limits.frame_timeout if frame_timeout is None else float(frame_timeout)
-        self.receiver = receiver or receiver_for(archive, config)
+        self.receiver = receiver or receiver_for(archive, config, orders=orders)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None

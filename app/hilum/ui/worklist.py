@@ -133,7 +133,7 @@ class WorklistQuery:
     LIMIT = 2000
 
     def __init__(self, archive: Any):
-        self.book = OrderBook.of(archive)
+        self.book = OrderBook(archive)
 
     def rows(self, flt: WorklistFilter, today: date | None = None) -> list[dict[str, Any]]:
         seen: dict[int, dict[str, Any]] = {}

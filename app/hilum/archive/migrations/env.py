@@ -7,7 +7,7 @@ open connection in ``config.attributes["connection"]``; there is no
 
 from alembic import context
 
-from hilum.archive.schema import metadata
+from hilum.archive.schema import metadata  # THE schema: every table of the index database
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
