@@ -104,9 +104,14 @@ def test_right_drag_changes_window_and_pixels(viewer):
 
 
 def test_scrolling_changes_the_slice_shown(viewer, qtbot):
+    """Index k runs up the normal (feet to head on this axial stack); scrolling "down" — wheel towards
+    the user, arrow down, the scrollbar's handle downwards — goes towards the feet, as in OHIF, Horos,
+    Weasis and 3D Slicer, and the bar's top is the head end."""
     vp = viewer.active_viewport()
     canvas = viewer.viewport_widget(0).canvas
-    vp.set_index(0)
+    z = [f.geometry.origin[2] for f in vp.volume.stack.frames]
+    assert z == sorted(z) and len(z) == 10
+    vp.set_index(9)  # the head end
     first = grab(canvas)
     pos = QPointF(50, 50)
     wheel = QWheelEvent(pos, canvas.mapToGlobal(pos), QPoint(0, 0), QPoint(0, -120 * 4), Qt.MouseButton.NoButton,
@@ -114,17 +119,21 @@ def test_scrolling_changes_the_slice_shown(viewer, qtbot):
     from PySide6.QtWidgets import QApplication
 
     QApplication.sendEvent(canvas, wheel)
-    assert vp.index == 4
+    assert vp.index == 5  # four slices towards the feet
     assert not np.array_equal(first, grab(canvas))  # other spheres cut, other overlay text
     canvas.setFocus()
     viewer.activateWindow()
-    QTest.keyClick(canvas, Qt.Key.Key_End)
-    assert vp.index == 9
-    QTest.keyClick(canvas, Qt.Key.Key_Up)
-    assert vp.index == 8
-    QTest.keyClick(canvas, Qt.Key.Key_Home)
+    QTest.keyClick(canvas, Qt.Key.Key_End)  # the bottom of the stack: the feet
     assert vp.index == 0
-    viewer.viewport_widget(0).scrollbar.setValue(6)
+    QTest.keyClick(canvas, Qt.Key.Key_Up)
+    assert vp.index == 1
+    QTest.keyClick(canvas, Qt.Key.Key_Down)
+    assert vp.index == 0
+    QTest.keyClick(canvas, Qt.Key.Key_Home)  # the top: the head
+    assert vp.index == 9
+    bar = viewer.viewport_widget(0).scrollbar
+    assert bar.invertedAppearance()  # the highest index (the head) at the top of the bar
+    bar.setValue(6)
     assert vp.index == 6
     QTest.keyClick(canvas, Qt.Key.Key_I)  # invert
     assert vp.invert

@@ -90,7 +90,9 @@ def test_scroll_tool_drag(vp):
     t = ScrollTool()
     t.press(vp, 0, 0)
     t.release(vp, 0, 2 * 256 / 8)
-    assert vp.index == 6
+    assert vp.index == 2  # dragging down goes down the stack: two slices towards the feet
+    z = [f.geometry.origin[2] for f in vp.volume.stack.frames]
+    assert z[2] < z[4]
 
 
 def test_view_matrix_round_trip_letters_and_flips(vp):

@@ -25,15 +25,14 @@ from hilum.dicom.generator import (
     write_dataset,
 )
 from hilum.dicom.generator.phantom import plane_points
+from hilum.dicom.geometry import IssueKind, order_slices
+from hilum.dicom.stack import frames_from_dataset
 from hilum.dicom.volume import (
-    IssueKind,
     Plane,
     Volume,
     VolumeError,
     build_volume,
     load_volume,
-    slice_refs,
-    sort_slices,
     volume_from_planes,
 )
 
@@ -255,7 +254,7 @@ def test_irregular_spacing_is_reported() -> None:
     datasets = small_ct(slices=16, slice_thickness=2.0)
     pos = [float(v) for v in datasets[5].ImagePositionPatient]
     datasets[5].ImagePositionPatient = [pos[0], pos[1], pos[2] + 0.7]
-    stack = sort_slices(r for ds in datasets for r in slice_refs(ds))
+    stack = order_slices(f for ds in datasets for f in frames_from_dataset(ds))
     assert stack.has(IssueKind.IRREGULAR_SPACING) and not stack.regular
     assert not stack.has(IssueKind.MISSING_SLICES)
 
@@ -297,13 +296,16 @@ def test_mixed_orientations_duplicates_and_sizes_are_left_out() -> None:
     sagittal = small_ct(slices=3, orientation=SAGITTAL, series_number=2)
     duplicate = small_ct(slices=2, series_number=3)
     other_size = small_ct(slices=2, rows=64, columns=64, centre=(0.0, 0.0, 40.0), series_number=4)
-    stack = sort_slices(r for ds in axial + sagittal + duplicate + other_size for r in slice_refs(ds))
+    stack = order_slices(f for ds in axial + sagittal + duplicate + other_size for f in frames_from_dataset(ds))
     kinds = {i.kind: i for i in stack.issues}
     assert kinds[IssueKind.MIXED_ORIENTATION].excluded == 3
     assert kinds[IssueKind.DUPLICATE_POSITION].excluded == 2
     assert kinds[IssueKind.MIXED_SIZE].excluded == 2
-    assert len(stack.slices) == 20 and len(stack.excluded) == 7
+    assert len(stack.slices) == 20 and len(stack.excluded) == 5
+    assert len(stack) == 22  # the stack keeps both images at the two shared positions, the volume one
     assert stack.regular
+    vol = build_volume(axial + sagittal + duplicate + other_size)
+    assert vol.shape[0] == 20 and [f.key for f in vol.slices] == [f.key for f in stack.slices]
 
 
 def test_single_slice_and_no_geometry() -> None:

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hilum.dicom.stack import reference_line
+from hilum.dicom.geometry import reference_line
 from hilum.ui.viewer.state import ViewportState
 
 __all__ = ["LAYOUTS", "Layout", "ViewerModel"]
