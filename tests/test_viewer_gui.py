@@ -232,3 +232,46 @@ def test_cine_plays(viewer, qtbot):
     qtbot.waitUntil(lambda: vp.index >= 3, timeout=3000)
     viewer.toggle_cine()
     assert not vp.cine_playing
+
+
+def test_mpr_opened_from_the_viewer_has_the_viewers_slices(qtbot, archive, data_dir, tmp_path, monkeypatch):
+    """A head-first CT: the MPR window built from the viewer's stack shows at volume slice k the image of
+    viewer slice k, scrolling the viewer moves the 3D cursor to that slice and back; an MPR opened while
+    the series loads is built from the viewer's stack when the load finishes (no second read)."""
+    paths = write_ct(tmp_path / "hf", rows=48, slices=12, thickness=2.5, descending=True, series_number=7,
+                     series_description="Head first")  # fmt: skip
+    assert all(r.ok for r in archive.ingest_many(paths))
+    viewer = StudyViewer(archive, STUDY.uid, data_dir=data_dir, executor="thread")
+    qtbot.addWidget(viewer)
+    viewer.resize(800, 600)
+    viewer.show()
+    qtbot.waitExposed(viewer)
+    with qtbot.waitSignal(viewer.loadFinished, timeout=20000):
+        viewer.open()
+    vp = viewer.active_viewport()
+    series = vp.volume
+    assert series.complete and len(series) == 12
+    viewer.actions_by_name["mpr"].trigger()
+    (mpr,) = viewer._mpr_windows
+    qtbot.waitUntil(lambda: mpr.volume is not None, timeout=20000)
+    vol = mpr.volume
+    assert [(s.sop_instance_uid, s.frame) for s in vol.slices] == [f.key for f in series.stack.frames]
+    for k in range(12):
+        np.testing.assert_array_equal(vol.array[k], series.modality_values(k))
+    vp.set_index(3)
+    assert round(float(vol.world_to_voxel(mpr.scene.crosshair.centre)[2])) == 3
+    mpr.set_cursor(vol.voxel_to_world((10.0, 12.0, 8.0)))
+    assert vp.index == 8
+    mpr.close()
+
+    monkeypatch.setattr(viewer, "is_loading", lambda uid: True)  # as if the load were still running
+    viewer.actions_by_name["mpr"].trigger()
+    waiting = viewer._mpr_windows[-1]
+    assert waiting is not mpr and waiting.volume is None and "Waiting" in waiting.status.text()
+    viewer.loadFinished.emit("another series")
+    assert waiting.volume is None
+    viewer.loadFinished.emit(series.series_uid)
+    qtbot.waitUntil(lambda: waiting.volume is not None, timeout=20000)
+    np.testing.assert_array_equal(waiting.volume.array, vol.array)
+    waiting.close()
+    viewer.close()
