@@ -78,9 +78,10 @@ def test_scroll_page_first_last_and_cine(vp):
     assert vp.index == 7
     events = []
     vp.subscribe(lambda s, what: events.append(what))
+    vp.first()  # the bottom of this axial stack (the feet end): the cine runs down and loops to the top
     vp.set_cine_fps(20)
     vp.set_cine(True)
-    assert vp.advance_cine(0.1) == 2 and vp.index == 1  # looped past the end
+    assert vp.advance_cine(0.1) == 2 and vp.index == 6  # looped past the bottom to the top
     vp.set_cine(False)
     assert vp.advance_cine(1.0) == 0
     assert "index" in events and "cine" in events
@@ -300,7 +301,9 @@ def test_overlay_corner_texts(vp):
 def test_export_gif_keeps_the_displayed_greys(vp, tmp_path):
     vp.rotate(90)
     frames = list(view_frames(vp))
-    assert len(frames) == 8 and np.array_equal(frames[0], np.rot90(vp.render(0), -1))
+    # from the top of the stack (the head end, index 7 of this axial stack) down, as the cine plays
+    assert len(frames) == 8 and np.array_equal(frames[0], np.rot90(vp.render(7), -1))
+    assert np.array_equal(frames[7], np.rot90(vp.render(0), -1))
     out = export_cine(iter(frames), tmp_path / "cine.gif", fps=10)
     with Image.open(out) as im:
         assert im.n_frames == 8

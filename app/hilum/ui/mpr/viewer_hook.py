@@ -76,27 +76,29 @@ def open_active_series(viewer: Any, layout: str = "mpr", *_: object) -> MPRWidge
 def _build_when_loaded(viewer: Any, widget: MPRWidget, uid: str) -> None:
     """Build the volume from the viewer's stack of series *uid* once its load finishes."""
     widget.status.setText("Waiting for the series to load…")
+    connected = [True]
+
+    def release() -> None:
+        if connected[0]:
+            connected[0] = False
+            try:
+                viewer.loadFinished.disconnect(finished)
+            except RuntimeError:  # the viewer is gone already
+                pass
 
     def finished(done_uid: str) -> None:
         if done_uid != uid:
             return
-        _disconnect(viewer.loadFinished, finished)
+        release()
         series = viewer.series_volume(uid)
         widget.build_async(partial(volume_from_series, series) if series is not None else _not_loaded)
 
     viewer.loadFinished.connect(finished)
-    widget.destroyed.connect(lambda *_: _disconnect(viewer.loadFinished, finished))
+    widget.destroyed.connect(lambda *_: release())
 
 
 def _not_loaded() -> Any:
     raise ValueError("the series could not be loaded")
-
-
-def _disconnect(signal: Any, slot: Any) -> None:
-    try:
-        signal.disconnect(slot)
-    except (RuntimeError, TypeError):  # already disconnected, or the viewer is gone
-        pass
 
 
 def _link(viewer: Any, widget: MPRWidget, uid: str) -> None:

@@ -310,7 +310,8 @@ class ViewportState:
         self.emit("cine")
 
     def advance_cine(self, elapsed_s: float) -> int:
-        """Advance by as many frames as *elapsed_s* holds at the cine rate (looping); returns the step."""
+        """Advance down the stack (:attr:`down_step`) by as many frames as *elapsed_s* holds at the
+        cine rate, looping from the bottom to the top; returns the number of frames advanced."""
         if not self.cine_playing or self.stack_size < 2:
             return 0
         self._cine_accum += elapsed_s * self.cine_fps
@@ -318,7 +319,7 @@ class ViewportState:
         if steps:
             self._cine_accum -= steps
             n = self.stack_size
-            new = (self.index + steps) % n
+            new = (self.index + steps * self.down_step) % n
             if new != self.index:
                 self.index = new
                 self.emit("index")
