@@ -46,6 +46,7 @@ import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -54,6 +55,8 @@ from pydicom.dataset import Dataset
 
 __all__ = [
     "LINE_TOLERANCE_PX",
+    "LINKED_SCROLL_TOLERANCE",
+    "OBLIQUITY_THRESHOLD",
     "ORIENTATION_TOLERANCE",
     "PARALLEL_TOLERANCE",
     "PIXEL_SPACING_TOLERANCE",
@@ -73,6 +76,7 @@ __all__ = [
     "functional_group_item",
     "image_orientation_of",
     "image_position_of",
+    "is_enhanced",
     "normal_of",
     "order_slices",
     "orientation_letters",
@@ -97,6 +101,13 @@ differs by more (about 0.06 degrees): one stack, one volume."""
 PARALLEL_TOLERANCE = 1e-3
 """Two planes are parallel when ``1 - |n1 . n2|`` is below this (about 2.6 degrees); no
 reference line is drawn between parallel planes."""
+
+LINKED_SCROLL_TOLERANCE = 0.05
+"""Stacks whose normals differ by less (``1 - |n1 . n2|``, about 18 degrees) scroll together by
+position when linked; a plane across the stack (a localizer) gets a reference line instead."""
+
+OBLIQUITY_THRESHOLD = 0.05
+"""Direction components below this (about 3 degrees) get no orientation letter."""
 
 POSITION_TOLERANCE = 1e-2
 """Planes closer than this (mm, along the normal) share a position (duplicates: phases,
@@ -140,9 +151,9 @@ def decimals(ds: Dataset, tag: int) -> list[float] | None:
     attributes of 600 slices are read much faster this way. Falls back to the
     converted value for anything unusual; None when absent, empty or not numbers.
     """
-    if tag not in ds:
+    elem = ds.get_item(tag)  # None when absent (one lookup, not two)
+    if elem is None:
         return None
-    elem = ds.get_item(tag)
     raw = getattr(elem, "value", None)
     if isinstance(raw, bytes) and getattr(elem, "VR", None) in (None, "DS", "IS"):
         try:
@@ -153,7 +164,7 @@ def decimals(ds: Dataset, tag: int) -> list[float] | None:
 
 
 def _finite(values: list[float] | None, count: int) -> list[float] | None:
-    if values is None or len(values) != count or not all(math.isfinite(v) for v in values):
+    if values is None or len(values) != count or not math.isfinite(math.fsum(values)):
         return None
     return values
 
@@ -167,8 +178,10 @@ _SLICE_THICKNESS = 0x00180050
 _SPACING_BETWEEN_SLICES = 0x00180088
 
 
-def _enhanced(ds: Dataset) -> bool:
-    return "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+def is_enhanced(ds: Dataset) -> bool:
+    """True for a multi-frame object with functional groups (PS3.3 C.7.6.16), whose per-frame
+    geometry is in them rather than in the Image Plane module."""
+    return 0x52009230 in ds or 0x52009229 in ds  # Per-frame / Shared Functional Groups Sequence
 
 
 def functional_group_item(ds: Dataset, frame: int, keyword: str) -> Dataset | None:
@@ -198,41 +211,48 @@ def _group_value(ds: Dataset, frame: int, group: str, tag: int) -> list[float] |
     return decimals(item, tag) if item is not None else None
 
 
-def image_position_of(ds: Dataset, frame: int = 0) -> list[float] | None:
+def image_position_of(ds: Dataset, frame: int = 0, *, enhanced: bool | None = None) -> list[float] | None:
     """Image Position (Patient) of *frame*: the Plane Position functional group of an enhanced
-    object (C.7.6.16.2.3), else the Image Plane module (C.7.6.2); None when absent or invalid."""
-    value = _group_value(ds, frame, "PlanePositionSequence", _PLANE_POSITION) if _enhanced(ds) else None
+    object (C.7.6.16.2.3), else the Image Plane module (C.7.6.2); None when absent or invalid.
+    (*enhanced*: :func:`is_enhanced` of *ds*, when the caller knows it.)"""
+    if enhanced is None:
+        enhanced = is_enhanced(ds)
+    value = _group_value(ds, frame, "PlanePositionSequence", _PLANE_POSITION) if enhanced else None
     return _finite(value or decimals(ds, _PLANE_POSITION), 3)
 
 
-def image_orientation_of(ds: Dataset, frame: int = 0) -> list[float] | None:
+def image_orientation_of(ds: Dataset, frame: int = 0, *, enhanced: bool | None = None) -> list[float] | None:
     """Image Orientation (Patient) of *frame* (six direction cosines, row then column): the Plane
     Orientation functional group (C.7.6.16.2.4), else the Image Plane module."""
-    value = _group_value(ds, frame, "PlaneOrientationSequence", _PLANE_ORIENTATION) if _enhanced(ds) else None
+    if enhanced is None:
+        enhanced = is_enhanced(ds)
+    value = _group_value(ds, frame, "PlaneOrientationSequence", _PLANE_ORIENTATION) if enhanced else None
     return _finite(value or decimals(ds, _PLANE_ORIENTATION), 6)
 
 
-def _measure(ds: Dataset, frame: int, tag: int) -> float | None:
-    value = _group_value(ds, frame, "PixelMeasuresSequence", tag) if _enhanced(ds) else None
+def _measure(ds: Dataset, frame: int, tag: int, enhanced: bool | None) -> float | None:
+    if enhanced is None:
+        enhanced = is_enhanced(ds)
+    value = _group_value(ds, frame, "PixelMeasuresSequence", tag) if enhanced else None
     value = value or decimals(ds, tag)
     if not value or not math.isfinite(value[0]):
         return None
     return abs(value[0]) or None
 
 
-def slice_thickness_of(ds: Dataset, frame: int = 0) -> float | None:
+def slice_thickness_of(ds: Dataset, frame: int = 0, *, enhanced: bool | None = None) -> float | None:
     """Slice Thickness (mm) of *frame*: Pixel Measures functional group, else the top level."""
-    return _measure(ds, frame, _SLICE_THICKNESS)
+    return _measure(ds, frame, _SLICE_THICKNESS, enhanced)
 
 
-def slice_spacing_of(ds: Dataset, frame: int = 0) -> float | None:
+def slice_spacing_of(ds: Dataset, frame: int = 0, *, enhanced: bool | None = None) -> float | None:
     """Spacing Between Slices (mm) of *frame*: Pixel Measures functional group, else the top level."""
-    return _measure(ds, frame, _SPACING_BETWEEN_SLICES)
+    return _measure(ds, frame, _SPACING_BETWEEN_SLICES, enhanced)
 
 
-def stack_id_of(ds: Dataset, frame: int = 0) -> str:
+def stack_id_of(ds: Dataset, frame: int = 0, *, enhanced: bool | None = None) -> str:
     """Stack ID of *frame* from the Frame Content functional group (C.7.6.16.2.2); "" when none."""
-    if not _enhanced(ds):
+    if not (is_enhanced(ds) if enhanced is None else enhanced):
         return ""
     content = functional_group_item(ds, frame, "FrameContentSequence")
     return str(content.get("StackID", "") or "").strip() if content is not None else ""
@@ -286,7 +306,7 @@ class Spacing:
         return "uncalibrated: pixels"
 
 
-def pixel_spacing_of(ds: Dataset, frame: int = 0) -> Spacing:
+def pixel_spacing_of(ds: Dataset, frame: int = 0, *, enhanced: bool | None = None) -> Spacing:
     """The spacing to measure with, following PS3.3 10.7.1.3.
 
     Pixel Spacing (in the patient, per frame in the Pixel Measures functional
@@ -294,7 +314,9 @@ def pixel_spacing_of(ds: Dataset, frame: int = 0) -> Spacing:
     fall back to Imager Pixel Spacing with the "at detector" note; Secondary
     Capture to Nominal Scanned Pixel Spacing; else uncalibrated pixels.
     """
-    item = functional_group_item(ds, frame, "PixelMeasuresSequence") if _enhanced(ds) else None
+    if enhanced is None:
+        enhanced = is_enhanced(ds)
+    item = functional_group_item(ds, frame, "PixelMeasuresSequence") if enhanced else None
     for source_ds in ((item,) if item is not None else ()) + (ds,):
         ps = decimals(source_ds, _PIXEL_SPACING)
         if ps and len(ps) >= 2 and ps[0] > 0 and ps[1] > 0 and math.isfinite(ps[0] + ps[1]):
@@ -311,10 +333,15 @@ def pixel_spacing_of(ds: Dataset, frame: int = 0) -> Spacing:
 # --------------------------------------------------------------------------- planes
 
 
+def _cross(a: Vec, b: Vec) -> Vec:
+    """``a x b`` of two 3-vectors (numpy's cross is ten times slower on one pair)."""
+    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
+
+
 def normal_of(orientation: Sequence[float] | npt.ArrayLike) -> Vec:
     """Unit normal ``row x column`` of an Image Orientation (Patient) value (six cosines)."""
     o = np.asarray(orientation, dtype=np.float64).reshape(6)
-    n = np.cross(o[:3], o[3:])
+    n = _cross(o[:3], o[3:])
     norm = float(np.linalg.norm(n))
     if norm == 0 or not math.isfinite(norm):
         raise ValueError(f"degenerate Image Orientation (Patient) {list(map(float, o))}")
@@ -340,9 +367,10 @@ class PlaneGeometry:
     rows: int
     columns: int
 
-    @property
+    @cached_property
     def normal(self) -> Vec:
-        n = np.cross(self.row_dir, self.col_dir)
+        """Unit normal ``row x column`` (computed once)."""
+        n = _cross(self.row_dir, self.col_dir)
         norm = float(np.linalg.norm(n))
         return n / norm if norm else n
 
@@ -396,8 +424,8 @@ class PlaneGeometry:
     ) -> PlaneGeometry:
         o = np.asarray(orientation, dtype=np.float64)
         row_dir, col_dir = o[:3], o[3:6]
-        rn, cn = np.linalg.norm(row_dir), np.linalg.norm(col_dir)
-        if rn == 0 or cn == 0 or np.linalg.norm(np.cross(row_dir, col_dir)) == 0:
+        rn, cn = math.hypot(*row_dir), math.hypot(*col_dir)
+        if rn == 0 or cn == 0 or not np.any(_cross(row_dir, col_dir)):
             raise ValueError(f"degenerate Image Orientation (Patient) {list(orientation)}")
         return cls(
             origin=np.asarray(position, dtype=np.float64),
@@ -410,14 +438,28 @@ class PlaneGeometry:
         )
 
     @classmethod
-    def of(cls, ds: Dataset, frame: int = 0, spacing: Spacing | None = None) -> PlaneGeometry | None:
+    def of(
+        cls,
+        ds: Dataset,
+        frame: int = 0,
+        spacing: Spacing | None = None,
+        *,
+        enhanced: bool | None = None,
+        rows: int | None = None,
+        columns: int | None = None,
+    ) -> PlaneGeometry | None:
         """The plane of *frame* of *ds*, or None without a valid position, orientation and a
         calibrated pixel spacing (all three are Type 1 in the Image Plane module)."""
-        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-        spacing = spacing if spacing is not None else pixel_spacing_of(ds, frame)
-        position = image_position_of(ds, frame)
-        orientation = image_orientation_of(ds, frame)
-        if position is None or orientation is None or not spacing.calibrated or rows <= 0 or columns <= 0:
+        if enhanced is None:
+            enhanced = is_enhanced(ds)
+        if rows is None or columns is None:
+            rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        spacing = spacing if spacing is not None else pixel_spacing_of(ds, frame, enhanced=enhanced)
+        if not spacing.calibrated or rows <= 0 or columns <= 0:
+            return None
+        position = image_position_of(ds, frame, enhanced=enhanced)
+        orientation = image_orientation_of(ds, frame, enhanced=enhanced)
+        if position is None or orientation is None:
             return None
         try:
             return cls.from_values(position, orientation, spacing, rows, columns)
@@ -426,7 +468,7 @@ class PlaneGeometry:
             return None
 
 
-def orientation_letters(direction: npt.ArrayLike, threshold: float = 0.05, max_letters: int = 3) -> str:
+def orientation_letters(direction: npt.ArrayLike, threshold: float = OBLIQUITY_THRESHOLD, max_letters: int = 3) -> str:
     """Patient orientation letters for a direction in LPS (PS3.3 C.7.6.1.1.1).
 
     ``L``/``R`` for ±x, ``P``/``A`` for ±y, ``H``/``F`` for ±z, strongest

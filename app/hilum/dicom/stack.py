@@ -33,6 +33,7 @@ from hilum.dicom.geometry import (
     SliceOrder,
     Spacing,
     decimals,
+    is_enhanced,
     order_slices,
     pixel_spacing_of,
     slice_spacing_of,
@@ -138,9 +139,19 @@ def frames_from_dataset(
     for_uid = str(ds.get("FrameOfReferenceUID", "") or "")
     sop_uid = str(ds.get("SOPInstanceUID", "") or "")
     frame_bytes = rows * columns * samples * max(ba // 8, 1)
+    enhanced = is_enhanced(ds)
     out: list[FrameInfo] = []
+    shared: tuple[Spacing, PlaneGeometry | None, float | None, float | None] | None = None
     for f in range(frames):
-        spacing = pixel_spacing_of(ds, f)
+        if enhanced or shared is None:  # a classic object has one plane for all its frames
+            spacing = pixel_spacing_of(ds, f, enhanced=enhanced)
+            shared = (
+                spacing,
+                PlaneGeometry.of(ds, f, spacing, enhanced=enhanced, rows=rows, columns=columns),
+                slice_thickness_of(ds, f, enhanced=enhanced),
+                slice_spacing_of(ds, f, enhanced=enhanced),
+            )
+        spacing, geometry, thickness, between = shared
         pipeline = pipeline_factory(ds, f) if pipeline_factory is not None else None
         out.append(
             FrameInfo(
@@ -151,11 +162,11 @@ def frames_from_dataset(
                 rows=rows,
                 columns=columns,
                 samples=samples,
-                geometry=PlaneGeometry.of(ds, f, spacing),
+                geometry=geometry,
                 spacing=spacing,
-                slice_thickness=slice_thickness_of(ds, f),
-                slice_spacing=slice_spacing_of(ds, f),
-                stack_id=stack_id_of(ds, f),
+                slice_thickness=thickness,
+                slice_spacing=between,
+                stack_id=stack_id_of(ds, f, enhanced=enhanced),
                 gantry_tilt=tilt[0] if tilt else None,
                 frame_of_reference_uid=for_uid,
                 photometric=photometric,
