@@ -10,6 +10,7 @@ Measures, on a generated CT series ingested into a fresh archive:
   ``ImageSeriesReader`` (GDCM, C++) on the same files in the same run — given
   the file list, and with GDCM's own sorting (``GetGDCMSeriesFileNames``);
 * threads vs processes for a compressed (JPEG 2000 / JPEG-LS) series;
+* the loaded stack handed to the MPR (the volume of the viewer's slices, no second read);
 * scroll rate over the whole stack with rendering: the pipeline alone
   (stored → 8-bit), and the viewport widget's synchronous ``repaint()``;
 * memory: resident-set growth per loaded series vs the raw volume size.
@@ -211,6 +212,15 @@ def main() -> int:
         }
         vol = load_series_sync(paths, **pool_kw)
 
+        # ---------------------------------------------------------- the loaded stack handed to the MPR
+        try:  # the viewer's own order, one int16 pass per slice (issue 14)
+            from hilum.dicom.volume import volume_from_series as to_mpr
+        except ImportError:  # before: the viewer hook converted to float64 planes and sorted again
+            from hilum.ui.mpr.viewer_hook import volume_from_series_volume as to_mpr
+        t, mpr_volume = median_time(lambda: to_mpr(vol), args.repeat)
+        results["mpr_from_viewer_s"] = t
+        del mpr_volume
+
         # ---------------------------------------------------------- scroll: pipeline only
         f0 = vol.stack.frames[0]
         t = time.perf_counter()
@@ -335,6 +345,7 @@ def report(r: dict) -> None:
         print(f"full load, headless {name:<30} {t:7.2f} s    SimpleITK/Hilum = {sitk_best / t:.2f}x")
     for name, t in r["sitk_s"].items():
         print(f"SimpleITK ImageSeriesReader, {name:<20} {t:7.2f} s   ({r['sitk_pixel_type']})")
+    print(f"MPR volume from the loaded stack    {r['mpr_from_viewer_s']:7.2f} s")
     print(f"scroll, pipeline only               {r['scroll_pipeline_fps']:7.0f} frames/s")
     for name, fps in r["scroll_widget_fps"].items():
         print(f"scroll, viewport repaint {name:<12}{fps:7.0f} frames/s (target ≥ 60)")
