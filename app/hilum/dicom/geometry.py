@@ -320,8 +320,10 @@ def pixel_spacing_of(ds: Dataset, frame: int = 0, *, enhanced: bool | None = Non
     for source_ds in ((item,) if item is not None else ()) + (ds,):
         ps = decimals(source_ds, _PIXEL_SPACING)
         if ps and len(ps) >= 2 and ps[0] > 0 and ps[1] > 0 and math.isfinite(ps[0] + ps[1]):
-            calib = str(ds.get("PixelSpacingCalibrationType", "") or "")
-            descr = str(ds.get("PixelSpacingCalibrationDescription", "") or "")
+            calib_elem = ds.get(0x00280A02)  # Pixel Spacing Calibration Type/Description (by tag: mostly absent)
+            descr_elem = ds.get(0x00280A04)
+            calib = str(calib_elem.value or "") if calib_elem is not None else ""
+            descr = str(descr_elem.value or "") if descr_elem is not None else ""
             return Spacing(ps[0], ps[1], "PixelSpacing", calib, descr)
     for keyword in ("ImagerPixelSpacing", "NominalScannedPixelSpacing"):
         ps = _floats(ds.get(keyword))

@@ -107,6 +107,12 @@ class FrameInfo:
         return len(self.image_type) > 2 and self.image_type[2].upper() == "LOCALIZER"
 
 
+def _value(ds: Dataset, tag: int, default: Any = None) -> Any:
+    """The value of element *tag* (by tag: no keyword lookup; one conversion), *default* when absent."""
+    elem = ds.get(tag)
+    return default if elem is None else elem.value
+
+
 def frames_from_dataset(
     ds: Dataset, path: str = "", *, pipeline_factory: Any = None, pixel_offset: int | None = None
 ) -> list[FrameInfo]:
@@ -120,24 +126,24 @@ def frames_from_dataset(
     native pixel data (frame ``f`` then starts at ``pixel_offset + f * frame_bytes``).
     """
     try:
-        frames = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+        frames = max(int(_value(ds, 0x00280008, 1) or 1), 1)  # Number of Frames
     except (TypeError, ValueError):
         frames = 1
-    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
-    ba = int(ds.get("BitsAllocated", 16) or 16)
-    bs = int(ds.get("BitsStored", ba) or ba)
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    rows, columns = int(_value(ds, 0x00280010, 0) or 0), int(_value(ds, 0x00280011, 0) or 0)
+    photometric = str(_value(ds, 0x00280004, "") or "MONOCHROME2").strip().upper()
+    ba = int(_value(ds, 0x00280100, 16) or 16)  # Bits Allocated
+    bs = int(_value(ds, 0x00280101, ba) or ba)  # Bits Stored
+    signed = int(_value(ds, 0x00280103, 0) or 0) == 1  # Pixel Representation
+    samples = int(_value(ds, 0x00280002, 1) or 1)  # Samples per Pixel
     meta = getattr(ds, "file_meta", None)
-    tsyntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    it = ds.get("ImageType") or ()
+    tsyntax = str(_value(meta, 0x00020010, "")) if meta is not None else ""
+    it = _value(ds, 0x00080008, ()) or ()  # Image Type
     image_type = (str(it),) if isinstance(it, str) else tuple(str(v) for v in it)
     numbers = decimals(ds, 0x00200013)
     instance_number = int(numbers[0]) if numbers else None
     tilt = decimals(ds, 0x00181120)
-    for_uid = str(ds.get("FrameOfReferenceUID", "") or "")
-    sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+    for_uid = str(_value(ds, 0x00200052, "") or "")
+    sop_uid = str(_value(ds, 0x00080018, "") or "")
     frame_bytes = rows * columns * samples * max(ba // 8, 1)
     enhanced = is_enhanced(ds)
     out: list[FrameInfo] = []
