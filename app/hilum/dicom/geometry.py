@@ -585,11 +585,11 @@ class Direction(enum.StrEnum):
     """Which way slice index ``k`` runs through a stack.
 
     * ``ASCENDING`` — along the normal ``row x column`` of Image Orientation
-      (Patient), so the volume's k axis is ``+normal`` and its affine is
-      right-handed: ITK/SimpleITK and GDCM's IPPSorter, VTK, Orthanc's
-      ``SliceOrdering``, cornerstone3D's volumes (OHIF's MPR), Weasis's MPR.
-      For axial images k runs feet → head, sagittal right → left, coronal
-      anterior → posterior.
+      (Patient): the order of ITK/SimpleITK and GDCM's IPPSorter, Orthanc's
+      ``SliceOrdering`` and cornerstone3D's volumes (OHIF's MPR), so a
+      volume's k axis is ``+normal`` and its affine right-handed. For the
+      usual orientations k runs feet → head (axial), left → right
+      (sagittal), anterior → posterior (coronal).
     * ``DESCENDING`` — the reverse: OHIF's 2D display sets and the Orthanc Web
       Viewer page axial images head → feet.
     * ``ACQUISITION`` — the way Instance Numbers increase along the positions
@@ -605,16 +605,16 @@ class Direction(enum.StrEnum):
 SLICE_DIRECTION = Direction.ASCENDING
 """The one direction policy of the workstation: viewer, MPR/3D volume, thumbnails, registration.
 
-Ascending along the normal, because (1) it is the geometry convention of every
-volume implementation the MPR must agree with (SimpleITK, VTK, GDCM, Orthanc,
-cornerstone3D, Weasis MPR): the volume's k is the viewer's k with a right-handed
-affine, and the SimpleITK differential tests hold unchanged; (2) it does not
-depend on the acquisition direction, so a head-first and a feet-first
-acquisition of the same anatomy (a study and its prior) page alike; (3) the
-2D-vs-MPR mismatch it prevents is a recurring bug report where viewers use two
-orders (OHIF #5021, #4795, #5261; Weasis #569). What radiologists expect of
-*scrolling* (wheel or arrow down moves inferior on an axial stack, as in OHIF,
-Horos, Weasis and 3D Slicer) is the viewer's input mapping: "down" moves
+Ascending along the normal, because (1) it is the order of the volume
+implementations the MPR is held to (SimpleITK/GDCM, Orthanc, cornerstone3D):
+the volume's k is the viewer's k with a right-handed affine, and the SimpleITK
+differential tests hold unchanged; (2) it does not depend on the acquisition
+direction, so a head-first and a feet-first acquisition of the same anatomy (a
+study and its prior) page alike; (3) the 2D-vs-MPR mismatch it prevents is a
+recurring bug report where viewers use two orders (OHIF #5021, #4795, #5261;
+Weasis #569). What radiologists expect of *scrolling* (wheel or arrow down
+moves inferior on an axial stack: OHIF always, Horos and Weasis for a
+head-first CT, 3D Slicer) is the viewer's input mapping: "down" moves
 towards ``-normal`` (:mod:`hilum.ui.viewer.state`).
 """
 
