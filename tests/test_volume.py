@@ -384,3 +384,31 @@ def test_downsampled_keeps_patient_geometry(ct_volume: Volume) -> None:
     assert abs(float(small.sample(sphere.centre)) - sphere.hu) < 5.0
     f = ct_volume.factors_for(100_000)
     assert np.prod(np.asarray(ct_volume.size) // f) <= 100_000 and ct_volume.factors_for(10**9) == (1, 1, 1)
+
+
+def test_volume_from_files_is_the_viewers_stack_and_strict(tmp_path: Path) -> None:
+    """A series of files goes through the viewer's loader: the same volume as decoding each dataset whole;
+    an unreadable file or an undecodable slice is an error there, an issue in the viewer's hand-off."""
+    from hilum.dicom.geometry import IssueKind as Kind
+    from hilum.dicom.stack_load import load_series_sync
+    from hilum.dicom.volume import volume_from_series
+
+    datasets = small_ct(slices=10, descending=True)
+    paths = write_series(datasets, tmp_path / "ok")
+    from_files, whole = load_volume(paths), build_volume(datasets)
+    np.testing.assert_allclose(from_files.affine, whole.affine, atol=1e-9)
+    np.testing.assert_array_equal(from_files.array, whole.array)
+    assert [f.key for f in from_files.slices] == [f.key for f in whole.slices]
+
+    junk = tmp_path / "ok" / "junk.dcm"
+    junk.write_bytes(b"not dicom")
+    with pytest.raises(VolumeError, match="cannot read 1 file"):
+        load_volume([*paths, junk])
+    junk.unlink()
+    data = paths[3].read_bytes()
+    paths[3].write_bytes(data[: len(data) - 1000])  # a slice whose pixel data is cut short
+    with pytest.raises(VolumeError, match="could not be decoded"):
+        load_volume(paths)
+    series = load_series_sync(paths, executor="serial")
+    lenient = volume_from_series(series)
+    assert [i.kind for i in lenient.issues] == [Kind.UNDECODABLE] and lenient.shape == whole.shape

@@ -559,6 +559,7 @@ class IssueKind:
     GANTRY_TILT = "gantry-tilt"
     SINGLE_SLICE = "single-slice"
     RESAMPLED = "resampled"
+    UNDECODABLE = "undecodable"
 
 
 @dataclass(frozen=True)

@@ -284,6 +284,9 @@ class SeriesVolume:
         self.loaded = np.zeros(len(stack), dtype=bool)
         self._lock = threading.Lock()
         self.errors: dict[int, str] = {}
+        """Frames that could not be decoded (index -> reason); they show as zeros."""
+        self.skipped: list[str] = []
+        """Files of the series that could not be read (left out)."""
 
     def __len__(self) -> int:
         return len(self.stack)
@@ -501,6 +504,7 @@ def _read_all_headers(
     parsed: dict[str, tuple[list[FrameInfo], Dataset]],
     pipelines: _PipelineInterner,
     options: _Options,
+    skipped: list[str],
 ) -> Iterator[tuple[str, tuple[list[FrameInfo], Dataset | None]]]:
     """Each file's frames (and the header of the first), in file order.
 
@@ -536,6 +540,7 @@ def _read_all_headers(
                     got = read_frames(path, pipelines=pipelines)
                 except Exception as exc:  # noqa: BLE001 - one bad file does not stop the series
                     logger.warning("skipping %s: %s", path, exc)
+                    skipped.append(path)
                     continue
             yield path, got
         return
@@ -543,6 +548,8 @@ def _read_all_headers(
     shared: dict[Any, Any] = {}
     for chunk, results in zip(chunks, pooled, strict=True):
         for path, frames in zip(chunk, results, strict=True):
+            if not frames:  # the worker could not read it (read_frames gives at least one frame)
+                skipped.append(path)
             for i, f in enumerate(frames):
                 if f.pipeline is not None:
                     try:
@@ -583,7 +590,8 @@ def _run_load(
             options.on_preview(pv)
     all_frames: list[FrameInfo] = []
     header: Dataset | None = None
-    for _path, got in _read_all_headers(handle, files, parsed, pipelines, options):
+    skipped: list[str] = []
+    for _path, got in _read_all_headers(handle, files, parsed, pipelines, options, skipped):
         if handle.cancelled:
             return
         frames, maybe_ds = got
@@ -598,6 +606,7 @@ def _run_load(
     for issue in stack.issues:
         logger.info("series %s: %s", header.get("SeriesInstanceUID", ""), issue.message)
     volume = SeriesVolume(stack, header)
+    volume.skipped = skipped
     handle.volume = volume
     handle.timings["headers"] = time.perf_counter() - t0
     if preview_key is not None and preview_pixels is not None:

@@ -732,15 +732,29 @@ def build_volume(
     without it the slices are stacked as if regular (what many viewers silently
     do).  A tilted gantry keeps its exact, sheared affine (see :meth:`Volume.deskewed`).
 
-    Each file is parsed once and decoded at once (pixel data through
-    :func:`hilum.dicom.pixels.frame_array`), on the caller's *executor* or on
-    ``workers`` threads of a pool made for the call (default: the CPU count, at most 8).
+    A series of files is loaded the way the 2D viewer loads it
+    (:func:`hilum.dicom.stack_load.load_series_sync`: headers, then native
+    pixels read straight into one array, compressed ones decoded on ``workers``
+    threads or the caller's process pool *executor*) and handed over by
+    :func:`volume_from_series`, so a volume from files is the viewer's stack
+    (600 CT slices: 0.6x the time of decoding each file whole). Datasets, a
+    single (multi-frame) file, or another *direction* or *stack_id* are parsed
+    and decoded whole, once each, on ``workers`` threads (or *executor*). A
+    file that cannot be read, or a slice that cannot be decoded, is a
+    :class:`VolumeError`.
     """
     if isinstance(sources, (Dataset, str, os.PathLike)):
         sources = [sources]
     src_list = list(sources)
     if not src_list:
         raise VolumeError("no images to build a volume from")
+    if (
+        len(src_list) > 1
+        and stack_id is None
+        and Direction(direction) == SLICE_DIRECTION
+        and all(isinstance(s, (str, os.PathLike)) for s in src_list)
+    ):
+        return _volume_from_files([os.fspath(s) for s in src_list], regularize, executor, workers)  # type: ignore[arg-type]
     if executor is not None:
         loaded = list(executor.map(_read_and_decode, src_list))
     else:
@@ -779,10 +793,17 @@ def build_volume(
     )
 
 
-def _finish(order: SliceOrder[FrameInfo], array: np.ndarray, *, regularize: bool, **meta: object) -> Volume:
+def _finish(
+    order: SliceOrder[FrameInfo],
+    array: np.ndarray,
+    *,
+    regularize: bool,
+    extra_issues: tuple[GeometryIssue, ...] = (),
+    **meta: object,
+) -> Volume:
     """The volume of an ordered stack whose planes are ``array`` (in ``order.slices`` order)."""
     assert order.distances is not None and order.step is not None and order.spacing is not None
-    issues = list(order.issues)
+    issues = list(order.issues) + list(extra_issues)
     slices = order.slices
     along = order.distances[list(order.unique)]
     positions = order.positions
@@ -810,7 +831,24 @@ def _finish(order: SliceOrder[FrameInfo], array: np.ndarray, *, regularize: bool
     return Volume(array, affine, issues=tuple(issues), slices=slices, source_distances=source_distances, **meta)  # type: ignore[arg-type]
 
 
-def volume_from_series(series: SeriesVolume, *, regularize: bool = True) -> Volume:
+def _volume_from_files(paths: list[str], regularize: bool, pool: Executor | None, workers: int | None) -> Volume:
+    """:func:`build_volume` of files through the viewer's loader (strict: every file and slice)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from hilum.dicom.stack_load import load_series_sync
+
+    try:
+        series = load_series_sync(
+            paths, preview=False, workers=workers, pool=pool if isinstance(pool, ProcessPoolExecutor) else None
+        )
+    except ValueError as exc:  # nothing readable
+        raise VolumeError(f"cannot read the series: {exc}") from exc
+    if series.skipped:
+        raise VolumeError(f"cannot read {len(series.skipped)} file(s), e.g. {series.skipped[0]}")
+    return volume_from_series(series, regularize=regularize, strict=True)
+
+
+def volume_from_series(series: SeriesVolume, *, regularize: bool = True, strict: bool = False) -> Volume:
     """The volume of the 2D viewer's loaded series, in the viewer's own order (no second read or sort).
 
     Volume slice ``m`` is viewer slice ``series.stack.order.unique[m]`` (every
@@ -823,18 +861,32 @@ def volume_from_series(series: SeriesVolume, *, regularize: bool = True) -> Volu
         raise VolumeError("the series is still loading")
     order: SliceOrder[FrameInfo] = series.stack.order
     if order.method != "position":
-        raise VolumeError("the series has frames without Image Position/Orientation (Patient): it is not a volume")
-    planes = []
-    for u in order.unique:
+        raise VolumeError(
+            "the series' stack has no Image Position (Patient), Image Orientation (Patient) and Pixel Spacing "
+            "(PS3.3 C.7.6.2): it is not a volume"
+        )
+    failed = [u for u in order.unique if u in series.errors]
+    if failed and strict:
+        raise VolumeError(f"{len(failed)} slice(s) could not be decoded, e.g. {series.errors[failed[0]]}")
+    array: np.ndarray = np.empty((len(order.unique), *series.data.shape[1:3]), dtype=np.int16)
+    for m, u in enumerate(order.unique):
         f = order.items[u]
         if f.pipeline is None or f.samples != 1:
             raise VolumeError("only single-sample (grayscale) images make a volume")
-        planes.append(_modality_plane(series.data[u], f.pipeline.modality))
+        plane = _modality_plane(series.data[u], f.pipeline.modality)
+        if plane.dtype != array.dtype and array.dtype == np.int16:  # values beyond int16: float32 throughout
+            array = array.astype(np.float32)
+        array[m] = plane
+    issues: tuple[GeometryIssue, ...] = ()
+    if failed:
+        text = f"{len(failed)} slice(s) could not be decoded and show as zeros, e.g. {series.errors[failed[0]]}"
+        issues = (GeometryIssue(IssueKind.UNDECODABLE, text),)
     header = series.header
     windows = windows_from_dataset(header, order.items[0].frame)
     return _finish(
         order,
-        _stack(planes),
+        array,
+        extra_issues=issues,
         regularize=regularize,
         modality=series.modality,
         window=windows[0] if windows else None,
