@@ -411,8 +411,10 @@ class ViewportWidget(QWidget):
         n = self.state.stack_size
         self.scrollbar.blockSignals(True)
         # the bar's top is the top of the stack: index n-1 of a stack ordered up the normal
-        self.scrollbar.setInvertedAppearance(self.state.down_step < 0)
-        self.scrollbar.setInvertedControls(self.state.down_step < 0)
+        inverted = self.state.down_step < 0
+        if self.scrollbar.invertedAppearance() != inverted:
+            self.scrollbar.setInvertedAppearance(inverted)
+            self.scrollbar.setInvertedControls(inverted)
         self.scrollbar.setRange(0, max(n - 1, 0))
         self.scrollbar.setPageStep(max(1, n // 10))
         self.scrollbar.setValue(self.state.index)
