@@ -314,3 +314,34 @@ def test_export_gif_keeps_the_displayed_greys(vp, tmp_path):
     with pytest.raises(ExportError):
         export_cine(iter([]), tmp_path / "none.gif")
     assert np.array_equal(oriented(np.arange(6).reshape(2, 3), 0, True, False), [[2, 1, 0], [5, 4, 3]])
+
+
+def test_thumbnail_is_the_middle_of_the_stack_in_the_one_order(tmp_path):
+    """A head-first series with three sagittal localizers numbered first: the middle by Instance Number
+    (what the strip used to show) is not the middle of the stack the viewer and the MPR show."""
+    import pydicom
+
+    from hilum.dicom.generator import SAGITTAL
+    from hilum.ui.viewer.thumbnails import ThumbnailCache, make_thumbnail
+
+    axial = write_ct(tmp_path / "ax", rows=32, slices=9, descending=True)
+    loc = write_ct(tmp_path / "loc", rows=32, slices=3, orientation=SAGITTAL, series_number=2)
+    series_uid = pydicom.dcmread(axial[0], stop_before_pixels=True).SeriesInstanceUID
+    for k, p in enumerate(loc):  # the localizers belong to the series and come first
+        ds = pydicom.dcmread(p)
+        ds.SeriesInstanceUID, ds.InstanceNumber = series_uid, k + 1
+        ds.save_as(p)
+    for p in axial:
+        ds = pydicom.dcmread(p)
+        ds.InstanceNumber = int(ds.InstanceNumber) + 3
+        ds.save_as(p)
+    paths = loc + axial  # Instance Number order, as the archive lists them
+    stack = load_series_sync(paths, executor="serial").stack
+    middle = stack.frames[len(stack) // 2]
+    assert middle.instance_number == 8 and pydicom.dcmread(paths[len(paths) // 2]).InstanceNumber == 7
+    cache = ThumbnailCache(tmp_path / "thumbs", size=32)
+    thumb = cache.for_series(series_uid, [str(p) for p in paths])
+    assert np.array_equal(thumb, make_thumbnail(middle.path, middle.frame, 32))
+    assert not np.array_equal(thumb, make_thumbnail(paths[len(paths) // 2], 0, 32))
+    again = ThumbnailCache(tmp_path / "thumbs", size=32).for_series(series_uid, [str(p) for p in paths])
+    assert np.array_equal(again, thumb)  # from the disk cache
