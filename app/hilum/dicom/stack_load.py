@@ -348,7 +348,7 @@ def warm_pool(pool: Executor) -> threading.Thread:
         try:
             list(pool.map(abs, range(2 * (os.cpu_count() or 2))))
         except Exception as exc:  # noqa: BLE001 - loading falls back to threads
-            logger.warning("cannot start decoder processes: %s", exc)
+            logger.debug("cannot start decoder processes: %s", exc)
 
     thread = threading.Thread(target=warm, name="hilum-pool-warmup", daemon=True)
     thread.start()

@@ -24,11 +24,13 @@ with the volume as :class:`~hilum.dicom.geometry.GeometryIssue` s.
 
 Sources are classic single-frame instances (CT, MR, PET, ...) or enhanced
 multi-frame objects (per-frame geometry from their functional groups,
-PS3.3 C.7.6.16.2), read into :class:`hilum.dicom.stack.FrameInfo` records
-like the viewer's; or the viewer's own loaded series
-(:func:`volume_from_series`, no second read or sort). Pixels are decoded by
-:func:`hilum.dicom.pixels.frame_array` and rescaled by the Modality LUT stage
-of :mod:`hilum.dicom.pixels_lut`, per frame.
+PS3.3 C.7.6.16.2), as :class:`hilum.dicom.stack.FrameInfo` records like the
+viewer's. A series of files is loaded by the viewer's own loader
+(:mod:`hilum.dicom.stack_load`) and the viewer's loaded series becomes a
+volume without a second read or sort (:func:`volume_from_series`); datasets
+and single files are decoded by :func:`hilum.dicom.pixels.frame_array`.
+Values are rescaled by the Modality LUT stage of :mod:`hilum.dicom.pixels_lut`,
+per frame.
 
 Also here, pure numpy: world <-> voxel conversions, oblique :class:`Plane`
 definitions and a trilinear :meth:`Volume.reslice` with MIP/MinIP/mean slabs
