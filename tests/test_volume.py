@@ -412,3 +412,18 @@ def test_volume_from_files_is_the_viewers_stack_and_strict(tmp_path: Path) -> No
     series = load_series_sync(paths, executor="serial")
     lenient = volume_from_series(series)
     assert [i.kind for i in lenient.issues] == [Kind.UNDECODABLE] and lenient.shape == whole.shape
+
+
+def test_volume_from_files_with_mixed_rescale_matches_the_datasets(tmp_path: Path) -> None:
+    """The files path converts the loaded int16 buffer in place until a slice needs floats (here the
+    sixth, Rescale Slope 0.5), then goes on in float32: the same values as decoding each dataset."""
+    datasets = small_ct(slices=8, descending=True)
+    datasets[5].RescaleSlope = "0.5"
+    paths = write_series(datasets, tmp_path)
+    from_files, whole = load_volume(paths), build_volume(datasets)
+    assert from_files.array.dtype == whole.array.dtype == np.float32
+    np.testing.assert_array_equal(from_files.array, whole.array)
+    big = small_ct(slices=4)
+    big[2].RescaleIntercept = "40000"  # beyond int16 after rescaling
+    paths = write_series(big, tmp_path / "big")
+    np.testing.assert_array_equal(load_volume(paths).array, build_volume(big).array)

@@ -847,17 +847,52 @@ def _volume_from_files(paths: list[str], regularize: bool, pool: Executor | None
         raise VolumeError(f"cannot read the series: {exc}") from exc
     if series.skipped:
         raise VolumeError(f"cannot read {len(series.skipped)} file(s), e.g. {series.skipped[0]}")
-    return volume_from_series(series, regularize=regularize, strict=True)
+    return volume_from_series(series, regularize=regularize, strict=True, consume=True)
 
 
-def volume_from_series(series: SeriesVolume, *, regularize: bool = True, strict: bool = False) -> Volume:
+def _modality_volume(series: SeriesVolume, order: SliceOrder[FrameInfo], consume: bool) -> np.ndarray:
+    """Modality values of the volume's slices (``order.unique``), int16 where they fit, else float32.
+
+    With *consume* the series' own int16 buffer is converted in place (one
+    volume's memory instead of two; the series must not be used afterwards).
+    """
+    data = series.data
+    n = len(order.unique)
+    out = data if consume and data.dtype == np.int16 and data.ndim == 3 else np.empty((n, *data.shape[1:3]), np.int16)
+    for m, u in enumerate(order.unique):  # u >= m: in place, a slot is written only once it has been read
+        f = order.items[u]
+        if f.pipeline is None or f.samples != 1:
+            raise VolumeError("only single-sample (grayscale) images make a volume")
+        t: ModalityTransform = f.pipeline.modality
+        src = data[u]
+        if out is data and t.lut is None and t.slope == 1 and float(t.intercept).is_integer():
+            lo, hi = int(src.min()) + int(t.intercept), int(src.max()) + int(t.intercept)
+            if -32768 <= lo and hi <= 32767:
+                np.add(src, int(t.intercept), out=out[m], casting="unsafe")
+                continue
+        plane = _modality_plane(src, t)
+        if out is data:  # this slice does not fit the buffer: a new array from here on
+            fresh = np.empty((n, *data.shape[1:3]), dtype=np.int16 if plane.dtype == np.int16 else np.float32)
+            fresh[:m] = data[:m]
+            out = fresh
+        elif plane.dtype != out.dtype and out.dtype == np.int16:  # values beyond int16: float32 throughout
+            out = out.astype(np.float32)
+        out[m] = plane
+    return out[:n] if out is data else out
+
+
+def volume_from_series(
+    series: SeriesVolume, *, regularize: bool = True, strict: bool = False, consume: bool = False
+) -> Volume:
     """The volume of the 2D viewer's loaded series, in the viewer's own order (no second read or sort).
 
     Volume slice ``m`` is viewer slice ``series.stack.order.unique[m]`` (every
     viewer slice ``k`` lies at volume slice ``series.stack.volume_index(k)``);
     values are each frame's stored values through its Modality LUT
     (:attr:`hilum.dicom.pixels.GrayscalePipeline.modality`), int16 where they fit,
-    exactly as :func:`build_volume` makes them from the files.
+    exactly as :func:`build_volume` makes them from the files. *strict*: an
+    undecodable slice is a :class:`VolumeError` (else an issue); *consume*:
+    convert the series' buffer in place (the series is not to be used after).
     """
     if not series.complete:
         raise VolumeError("the series is still loading")
@@ -870,15 +905,7 @@ def volume_from_series(series: SeriesVolume, *, regularize: bool = True, strict:
     failed = [u for u in order.unique if u in series.errors]
     if failed and strict:
         raise VolumeError(f"{len(failed)} slice(s) could not be decoded, e.g. {series.errors[failed[0]]}")
-    array: np.ndarray = np.empty((len(order.unique), *series.data.shape[1:3]), dtype=np.int16)
-    for m, u in enumerate(order.unique):
-        f = order.items[u]
-        if f.pipeline is None or f.samples != 1:
-            raise VolumeError("only single-sample (grayscale) images make a volume")
-        plane = _modality_plane(series.data[u], f.pipeline.modality)
-        if plane.dtype != array.dtype and array.dtype == np.int16:  # values beyond int16: float32 throughout
-            array = array.astype(np.float32)
-        array[m] = plane
+    array = _modality_volume(series, order, consume)
     issues: tuple[GeometryIssue, ...] = ()
     if failed:
         text = f"{len(failed)} slice(s) could not be decoded and show as zeros, e.g. {series.errors[failed[0]]}"
