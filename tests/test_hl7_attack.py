@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from hl7.client import MLLPClient
 
-from hilum.archive.orders import OrderBook
 from hilum.config import Config
 from hilum.errors import ConfigError
 from hilum.hl7.message import ack_code_of, frame
@@ -86,7 +85,6 @@ def quick(archive, tmp_path: Path) -> Iterator[HL7Service]:  # type: ignore[no-u
     svc = _service(archive, tmp_path, idle_timeout=1.0, frame_timeout=0.5, max_message_bytes=LIMIT)
     yield svc
     svc.stop()
-    OrderBook.of(archive).close()
 
 
 def test_idle_and_trickling_mllp_connections_are_closed(quick: HL7Service) -> None:
@@ -158,7 +156,6 @@ def test_mllp_connections_are_capped(archive, tmp_path: Path) -> None:  # type: 
         for s in held:
             s.close()
         svc.stop()
-        OrderBook.of(archive).close()
 
 
 def test_mllp_settings_are_checked() -> None:

@@ -1,5 +1,5 @@
-"""Stack geometry (PS3.3 C.7.6.2.1.1): sorting along the normal, spacing, patient coordinates,
-orientation letters, reference lines, enhanced multi-frame geometry."""
+"""Stack geometry (PS3.3 C.7.6.2.1.1): the viewer's stack in the one slice order, spacing, patient
+coordinates, orientation letters, reference lines, enhanced multi-frame geometry."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ import pytest
 
 from _viewer_data import FOV, STUDY, write_ct
 from hilum.dicom.generator import AXIAL, CORONAL, SAGITTAL, generate_enhanced_ct, rotate_orientation
-from hilum.dicom.stack import (
+from hilum.dicom.geometry import (
+    Direction,
+    IssueKind,
     PlaneGeometry,
     Spacing,
-    Stack,
-    frames_from_dataset,
+    order_slices,
     orientation_letters,
     pixel_spacing_of,
     reference_line,
-    sort_frames,
-    split_stacks,
 )
+from hilum.dicom.stack import Stack, frames_from_dataset
 
 
 def frames_of(paths):
@@ -44,29 +44,35 @@ def test_pixel_to_patient_follows_the_image_plane_equation():
 
 
 @pytest.mark.parametrize("descending", [False, True])
-def test_sort_by_position_along_the_normal_in_acquisition_direction(tmp_path, descending):
+def test_stack_ascends_along_the_normal_whichever_way_it_was_acquired(tmp_path, descending):
     paths = write_ct(tmp_path, slices=9, thickness=2.5, descending=descending)
     frames = frames_of(paths)
     shuffled = frames[:]
     random.Random(4).shuffle(shuffled)
-    ordered, method = sort_frames(shuffled)
-    assert method == "position"
-    assert [f.instance_number for f in ordered] == list(range(1, 10))  # same direction as the acquisition
     stack = Stack.from_frames(shuffled)
+    assert stack.sort_method == "position"
+    z = [f.geometry.origin[2] for f in stack.frames]
+    assert np.allclose(np.diff(z), 2.5)  # feet to head, for a head-first and a feet-first acquisition alike
+    numbers = [f.instance_number for f in stack.frames]
+    assert numbers == (list(range(9, 0, -1)) if descending else list(range(1, 10)))
     assert stack.spacing == pytest.approx(2.5)
     assert stack.uniform
-    z = [f.geometry.origin[2] for f in stack.frames]
-    assert np.allclose(np.diff(z), -2.5 if descending else 2.5)
+    assert np.allclose(stack.positions, z)  # the normal of an axial stack is +z
+    # the other policies stay available as a parameter
+    acquisition = order_slices(shuffled, direction=Direction.ACQUISITION)
+    assert [f.instance_number for f in acquisition] == list(range(1, 10))
+    descending_order = order_slices(shuffled, direction="descending")
+    assert [f.key for f in descending_order] == [f.key for f in reversed(stack.frames)]
 
 
 def test_sort_ignores_misleading_instance_numbers(tmp_path):
     frames = frames_of(write_ct(tmp_path, slices=5))
-    # instance numbers scrambled but positions true: spatial order wins, direction from the majority
+    # instance numbers scrambled but positions true: spatial order wins
     nums = [1, 2, 4, 3, 5]
     frames = [type(f)(**{**f.__dict__, "instance_number": n}) for f, n in zip(frames, nums, strict=True)]
-    ordered, method = sort_frames(frames)
-    z = [f.geometry.origin[2] for f in ordered]
-    assert method == "position" and z == sorted(z)
+    order = order_slices(frames)
+    z = [f.geometry.origin[2] for f in order]
+    assert order.method == "position" and z == sorted(z)
 
 
 def test_gaps_make_a_stack_non_uniform(tmp_path):
@@ -75,20 +81,22 @@ def test_gaps_make_a_stack_non_uniform(tmp_path):
     stack = Stack.from_frames(frames)
     assert stack.spacing == pytest.approx(5.0)
     assert not stack.uniform
+    assert stack.order.has(IssueKind.MISSING_SLICES)
 
 
 def test_without_geometry_sorted_by_instance_number(tmp_path):
     frames = frames_of(write_ct(tmp_path, slices=4))
     frames = [type(f)(**{**f.__dict__, "geometry": None}) for f in reversed(frames)]
-    ordered, method = sort_frames(frames)
-    assert method == "instance" and [f.instance_number for f in ordered] == [1, 2, 3, 4]
+    order = order_slices(frames)
+    assert order.method == "instance" and [f.instance_number for f in order] == [1, 2, 3, 4]
 
 
-def test_split_stacks_separates_a_localizer(tmp_path):
+def test_a_localizer_in_the_series_is_left_out_of_the_stack(tmp_path):
     axial = frames_of(write_ct(tmp_path / "a", slices=6))
     coronal = frames_of(write_ct(tmp_path / "c", slices=1, orientation=CORONAL, series_number=2))
-    groups = split_stacks(axial + coronal)
-    assert [len(g) for g in groups] == [6, 1]
+    stack = Stack.from_frames(coronal + axial)
+    assert len(stack) == 6 and list(stack.excluded) == coronal
+    assert [i.kind for i in stack.issues] == [IssueKind.MIXED_ORIENTATION]
 
 
 def test_nearest_index_by_patient_position(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from _viewer_data import write_ct
 from hilum.dicom.pixels import frame_array
-from hilum.dicom.stack_load import load_series, load_series_sync, read_frames
+from hilum.dicom.stack_load import decoder_pool, load_series, load_series_sync, read_frames
 
 
 def reference_volume(volume):
@@ -22,7 +22,10 @@ def test_native_series_loads_in_spatial_order_with_exact_values(tmp_path, execut
     paths = write_ct(tmp_path, slices=7, descending=True)
     vol = load_series_sync(paths[::-1], executor=executor)  # file order must not matter
     assert vol.complete and vol.data.dtype == np.int16 and vol.data.shape == (7, 64, 64)
-    assert [f.instance_number for f in vol.stack.frames] == list(range(1, 8))
+    # the one slice order: up the normal (feet to head), for this head-first acquisition too
+    assert [f.instance_number for f in vol.stack.frames] == list(range(7, 0, -1))
+    z = [f.geometry.origin[2] for f in vol.stack.frames]
+    assert z == sorted(z)
     assert np.array_equal(vol.data, reference_volume(vol))
     assert all(f.pixel_offset is not None for f in vol.stack.frames)  # the direct-read path was used
     # all slices share one pipeline object
@@ -42,9 +45,26 @@ def test_compressed_and_other_syntaxes_decode_like_pydicom(tmp_path, syntax):
     assert all((f.pixel_offset is not None) == expect_direct for f in vol.stack.frames)
 
 
-def test_process_pool_decoding(tmp_path):
+def test_process_pool_decoding_on_the_callers_pool(tmp_path):
     paths = write_ct(tmp_path, slices=4, rows=32, syntax="rle")
-    vol = load_series_sync(paths, executor="process")
+    with pytest.raises(ValueError, match="pool"):
+        load_series(paths, executor="process")  # dicom/ owns no pool: the caller brings one
+    pool = decoder_pool(2)
+    try:
+        vol = load_series_sync(paths, executor="process", header_workers="process", pool=pool)
+        assert vol.complete and np.array_equal(vol.data, reference_volume(vol))
+        # the pool is the caller's: still usable after the load, shut down by the caller
+        assert pool.submit(abs, -3).result(timeout=60) == 3
+    finally:
+        pool.shutdown(wait=True)
+    # a pool that is gone: the load falls back to threads and still delivers every slice
+    again = load_series_sync(paths, executor="process", header_workers="process", pool=pool)
+    assert again.complete and np.array_equal(again.data, vol.data)
+
+
+def test_auto_uses_threads_without_a_pool(tmp_path):
+    paths = write_ct(tmp_path, slices=16, rows=16, syntax="rle")
+    vol = load_series_sync(paths)  # 16 compressed frames: "auto" would take processes, but there is no pool
     assert vol.complete and np.array_equal(vol.data, reference_volume(vol))
 
 

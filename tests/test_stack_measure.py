@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from _viewer_data import hu_point_to_pixel, write_ct
-from hilum.dicom.stack import Spacing
+from hilum.dicom.geometry import Spacing
 from hilum.dicom.stack_load import load_series_sync
 from hilum.dicom.stack_measure import (
     angle_degrees,

@@ -104,9 +104,14 @@ def test_right_drag_changes_window_and_pixels(viewer):
 
 
 def test_scrolling_changes_the_slice_shown(viewer, qtbot):
+    """Index k runs up the normal (feet to head on this axial stack); scrolling "down" — wheel towards
+    the user, arrow down, the scrollbar's handle downwards — goes towards the feet, as in OHIF, Horos,
+    Weasis and 3D Slicer, and the bar's top is the head end."""
     vp = viewer.active_viewport()
     canvas = viewer.viewport_widget(0).canvas
-    vp.set_index(0)
+    z = [f.geometry.origin[2] for f in vp.volume.stack.frames]
+    assert z == sorted(z) and len(z) == 10
+    vp.set_index(9)  # the head end
     first = grab(canvas)
     pos = QPointF(50, 50)
     wheel = QWheelEvent(pos, canvas.mapToGlobal(pos), QPoint(0, 0), QPoint(0, -120 * 4), Qt.MouseButton.NoButton,
@@ -114,17 +119,21 @@ def test_scrolling_changes_the_slice_shown(viewer, qtbot):
     from PySide6.QtWidgets import QApplication
 
     QApplication.sendEvent(canvas, wheel)
-    assert vp.index == 4
+    assert vp.index == 5  # four slices towards the feet
     assert not np.array_equal(first, grab(canvas))  # other spheres cut, other overlay text
     canvas.setFocus()
     viewer.activateWindow()
-    QTest.keyClick(canvas, Qt.Key.Key_End)
-    assert vp.index == 9
-    QTest.keyClick(canvas, Qt.Key.Key_Up)
-    assert vp.index == 8
-    QTest.keyClick(canvas, Qt.Key.Key_Home)
+    QTest.keyClick(canvas, Qt.Key.Key_End)  # the bottom of the stack: the feet
     assert vp.index == 0
-    viewer.viewport_widget(0).scrollbar.setValue(6)
+    QTest.keyClick(canvas, Qt.Key.Key_Up)
+    assert vp.index == 1
+    QTest.keyClick(canvas, Qt.Key.Key_Down)
+    assert vp.index == 0
+    QTest.keyClick(canvas, Qt.Key.Key_Home)  # the top: the head
+    assert vp.index == 9
+    bar = viewer.viewport_widget(0).scrollbar
+    assert bar.invertedAppearance()  # the highest index (the head) at the top of the bar
+    bar.setValue(6)
     assert vp.index == 6
     QTest.keyClick(canvas, Qt.Key.Key_I)  # invert
     assert vp.invert
@@ -223,3 +232,46 @@ def test_cine_plays(viewer, qtbot):
     qtbot.waitUntil(lambda: vp.index >= 3, timeout=3000)
     viewer.toggle_cine()
     assert not vp.cine_playing
+
+
+def test_mpr_opened_from_the_viewer_has_the_viewers_slices(qtbot, archive, data_dir, tmp_path, monkeypatch):
+    """A head-first CT: the MPR window built from the viewer's stack shows at volume slice k the image of
+    viewer slice k, scrolling the viewer moves the 3D cursor to that slice and back; an MPR opened while
+    the series loads is built from the viewer's stack when the load finishes (no second read)."""
+    paths = write_ct(tmp_path / "hf", rows=48, slices=12, thickness=2.5, descending=True, series_number=7,
+                     series_description="Head first")  # fmt: skip
+    assert all(r.ok for r in archive.ingest_many(paths))
+    viewer = StudyViewer(archive, STUDY.uid, data_dir=data_dir, executor="thread")
+    qtbot.addWidget(viewer)
+    viewer.resize(800, 600)
+    viewer.show()
+    qtbot.waitExposed(viewer)
+    with qtbot.waitSignal(viewer.loadFinished, timeout=20000):
+        viewer.open()
+    vp = viewer.active_viewport()
+    series = vp.volume
+    assert series.complete and len(series) == 12
+    viewer.actions_by_name["mpr"].trigger()
+    (mpr,) = viewer._mpr_windows
+    qtbot.waitUntil(lambda: mpr.volume is not None, timeout=20000)
+    vol = mpr.volume
+    assert [(s.sop_instance_uid, s.frame) for s in vol.slices] == [f.key for f in series.stack.frames]
+    for k in range(12):
+        np.testing.assert_array_equal(vol.array[k], series.modality_values(k))
+    vp.set_index(3)
+    assert round(float(vol.world_to_voxel(mpr.scene.crosshair.centre)[2])) == 3
+    mpr.set_cursor(vol.voxel_to_world((10.0, 12.0, 8.0)))
+    assert vp.index == 8
+    mpr.close()
+
+    monkeypatch.setattr(viewer, "is_loading", lambda uid: True)  # as if the load were still running
+    viewer.actions_by_name["mpr"].trigger()
+    waiting = viewer._mpr_windows[-1]
+    assert waiting is not mpr and waiting.volume is None and "Waiting" in waiting.status.text()
+    viewer.loadFinished.emit("another series")
+    assert waiting.volume is None
+    viewer.loadFinished.emit(series.series_uid)
+    qtbot.waitUntil(lambda: waiting.volume is not None, timeout=20000)
+    np.testing.assert_array_equal(waiting.volume.array, vol.array)
+    waiting.close()
+    viewer.close()

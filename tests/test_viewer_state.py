@@ -78,9 +78,10 @@ def test_scroll_page_first_last_and_cine(vp):
     assert vp.index == 7
     events = []
     vp.subscribe(lambda s, what: events.append(what))
+    vp.first()  # the bottom of this axial stack (the feet end): the cine runs down and loops to the top
     vp.set_cine_fps(20)
     vp.set_cine(True)
-    assert vp.advance_cine(0.1) == 2 and vp.index == 1  # looped past the end
+    assert vp.advance_cine(0.1) == 2 and vp.index == 6  # looped past the bottom to the top
     vp.set_cine(False)
     assert vp.advance_cine(1.0) == 0
     assert "index" in events and "cine" in events
@@ -90,7 +91,9 @@ def test_scroll_tool_drag(vp):
     t = ScrollTool()
     t.press(vp, 0, 0)
     t.release(vp, 0, 2 * 256 / 8)
-    assert vp.index == 6
+    assert vp.index == 2  # dragging down goes down the stack: two slices towards the feet
+    z = [f.geometry.origin[2] for f in vp.volume.stack.frames]
+    assert z[2] < z[4]
 
 
 def test_view_matrix_round_trip_letters_and_flips(vp):
@@ -298,7 +301,9 @@ def test_overlay_corner_texts(vp):
 def test_export_gif_keeps_the_displayed_greys(vp, tmp_path):
     vp.rotate(90)
     frames = list(view_frames(vp))
-    assert len(frames) == 8 and np.array_equal(frames[0], np.rot90(vp.render(0), -1))
+    # from the top of the stack (the head end, index 7 of this axial stack) down, as the cine plays
+    assert len(frames) == 8 and np.array_equal(frames[0], np.rot90(vp.render(7), -1))
+    assert np.array_equal(frames[7], np.rot90(vp.render(0), -1))
     out = export_cine(iter(frames), tmp_path / "cine.gif", fps=10)
     with Image.open(out) as im:
         assert im.n_frames == 8
@@ -309,3 +314,34 @@ def test_export_gif_keeps_the_displayed_greys(vp, tmp_path):
     with pytest.raises(ExportError):
         export_cine(iter([]), tmp_path / "none.gif")
     assert np.array_equal(oriented(np.arange(6).reshape(2, 3), 0, True, False), [[2, 1, 0], [5, 4, 3]])
+
+
+def test_thumbnail_is_the_middle_of_the_stack_in_the_one_order(tmp_path):
+    """A head-first series with three sagittal localizers numbered first: the middle by Instance Number
+    (what the strip used to show) is not the middle of the stack the viewer and the MPR show."""
+    import pydicom
+
+    from hilum.dicom.generator import SAGITTAL
+    from hilum.ui.viewer.thumbnails import ThumbnailCache, make_thumbnail
+
+    axial = write_ct(tmp_path / "ax", rows=32, slices=9, descending=True)
+    loc = write_ct(tmp_path / "loc", rows=32, slices=3, orientation=SAGITTAL, series_number=2)
+    series_uid = pydicom.dcmread(axial[0], stop_before_pixels=True).SeriesInstanceUID
+    for k, p in enumerate(loc):  # the localizers belong to the series and come first
+        ds = pydicom.dcmread(p)
+        ds.SeriesInstanceUID, ds.InstanceNumber = series_uid, k + 1
+        ds.save_as(p)
+    for p in axial:
+        ds = pydicom.dcmread(p)
+        ds.InstanceNumber = int(ds.InstanceNumber) + 3
+        ds.save_as(p)
+    paths = loc + axial  # Instance Number order, as the archive lists them
+    stack = load_series_sync(paths, executor="serial").stack
+    middle = stack.frames[len(stack) // 2]
+    assert middle.instance_number == 8 and pydicom.dcmread(paths[len(paths) // 2]).InstanceNumber == 7
+    cache = ThumbnailCache(tmp_path / "thumbs", size=32)
+    thumb = cache.for_series(series_uid, [str(p) for p in paths])
+    assert np.array_equal(thumb, make_thumbnail(middle.path, middle.frame, 32))
+    assert not np.array_equal(thumb, make_thumbnail(paths[len(paths) // 2], 0, 32))
+    again = ThumbnailCache(tmp_path / "thumbs", size=32).for_series(series_uid, [str(p) for p in paths])
+    assert np.array_equal(again, thumb)  # from the disk cache

@@ -25,15 +25,14 @@ from hilum.dicom.generator import (
     write_dataset,
 )
 from hilum.dicom.generator.phantom import plane_points
+from hilum.dicom.geometry import IssueKind, order_slices
+from hilum.dicom.stack import frames_from_dataset
 from hilum.dicom.volume import (
-    IssueKind,
     Plane,
     Volume,
     VolumeError,
     build_volume,
     load_volume,
-    slice_refs,
-    sort_slices,
     volume_from_planes,
 )
 
@@ -255,7 +254,7 @@ def test_irregular_spacing_is_reported() -> None:
     datasets = small_ct(slices=16, slice_thickness=2.0)
     pos = [float(v) for v in datasets[5].ImagePositionPatient]
     datasets[5].ImagePositionPatient = [pos[0], pos[1], pos[2] + 0.7]
-    stack = sort_slices(r for ds in datasets for r in slice_refs(ds))
+    stack = order_slices(f for ds in datasets for f in frames_from_dataset(ds))
     assert stack.has(IssueKind.IRREGULAR_SPACING) and not stack.regular
     assert not stack.has(IssueKind.MISSING_SLICES)
 
@@ -297,13 +296,16 @@ def test_mixed_orientations_duplicates_and_sizes_are_left_out() -> None:
     sagittal = small_ct(slices=3, orientation=SAGITTAL, series_number=2)
     duplicate = small_ct(slices=2, series_number=3)
     other_size = small_ct(slices=2, rows=64, columns=64, centre=(0.0, 0.0, 40.0), series_number=4)
-    stack = sort_slices(r for ds in axial + sagittal + duplicate + other_size for r in slice_refs(ds))
+    stack = order_slices(f for ds in axial + sagittal + duplicate + other_size for f in frames_from_dataset(ds))
     kinds = {i.kind: i for i in stack.issues}
     assert kinds[IssueKind.MIXED_ORIENTATION].excluded == 3
     assert kinds[IssueKind.DUPLICATE_POSITION].excluded == 2
     assert kinds[IssueKind.MIXED_SIZE].excluded == 2
-    assert len(stack.slices) == 20 and len(stack.excluded) == 7
+    assert len(stack.slices) == 20 and len(stack.excluded) == 5
+    assert len(stack) == 22  # the stack keeps both images at the two shared positions, the volume one
     assert stack.regular
+    vol = build_volume(axial + sagittal + duplicate + other_size)
+    assert vol.shape[0] == 20 and [f.key for f in vol.slices] == [f.key for f in stack.slices]
 
 
 def test_single_slice_and_no_geometry() -> None:
@@ -382,3 +384,46 @@ def test_downsampled_keeps_patient_geometry(ct_volume: Volume) -> None:
     assert abs(float(small.sample(sphere.centre)) - sphere.hu) < 5.0
     f = ct_volume.factors_for(100_000)
     assert np.prod(np.asarray(ct_volume.size) // f) <= 100_000 and ct_volume.factors_for(10**9) == (1, 1, 1)
+
+
+def test_volume_from_files_is_the_viewers_stack_and_strict(tmp_path: Path) -> None:
+    """A series of files goes through the viewer's loader: the same volume as decoding each dataset whole;
+    an unreadable file or an undecodable slice is an error there, an issue in the viewer's hand-off."""
+    from hilum.dicom.geometry import IssueKind as Kind
+    from hilum.dicom.stack_load import load_series_sync
+    from hilum.dicom.volume import volume_from_series
+
+    datasets = small_ct(slices=10, descending=True)
+    paths = write_series(datasets, tmp_path / "ok")
+    from_files, whole = load_volume(paths), build_volume(datasets)
+    np.testing.assert_allclose(from_files.affine, whole.affine, atol=1e-9)
+    np.testing.assert_array_equal(from_files.array, whole.array)
+    assert [f.key for f in from_files.slices] == [f.key for f in whole.slices]
+
+    junk = tmp_path / "ok" / "junk.dcm"
+    junk.write_bytes(b"not dicom")
+    with pytest.raises(VolumeError, match="cannot read 1 file"):
+        load_volume([*paths, junk])
+    junk.unlink()
+    data = paths[3].read_bytes()
+    paths[3].write_bytes(data[: len(data) - 1000])  # a slice whose pixel data is cut short
+    with pytest.raises(VolumeError, match="could not be decoded"):
+        load_volume(paths)
+    series = load_series_sync(paths, executor="serial")
+    lenient = volume_from_series(series)
+    assert [i.kind for i in lenient.issues] == [Kind.UNDECODABLE] and lenient.shape == whole.shape
+
+
+def test_volume_from_files_with_mixed_rescale_matches_the_datasets(tmp_path: Path) -> None:
+    """The files path converts the loaded int16 buffer in place until a slice needs floats (here the
+    sixth, Rescale Slope 0.5), then goes on in float32: the same values as decoding each dataset."""
+    datasets = small_ct(slices=8, descending=True)
+    datasets[5].RescaleSlope = "0.5"
+    paths = write_series(datasets, tmp_path)
+    from_files, whole = load_volume(paths), build_volume(datasets)
+    assert from_files.array.dtype == whole.array.dtype == np.float32
+    np.testing.assert_array_equal(from_files.array, whole.array)
+    big = small_ct(slices=4)
+    big[2].RescaleIntercept = "40000"  # beyond int16 after rescaling
+    paths = write_series(big, tmp_path / "big")
+    np.testing.assert_array_equal(load_volume(paths).array, build_volume(big).array)

@@ -10,6 +10,7 @@ Measures, on a generated CT series ingested into a fresh archive:
   ``ImageSeriesReader`` (GDCM, C++) on the same files in the same run — given
   the file list, and with GDCM's own sorting (``GetGDCMSeriesFileNames``);
 * threads vs processes for a compressed (JPEG 2000 / JPEG-LS) series;
+* the loaded stack handed to the MPR (the volume of the viewer's slices, no second read);
 * scroll rate over the whole stack with rendering: the pipeline alone
   (stored → 8-bit), and the viewport widget's synchronous ``repaint()``;
 * memory: resident-set growth per loaded series vs the raw volume size.
@@ -103,7 +104,18 @@ def main() -> int:
 
     from hilum.archive import Archive
     from hilum.dicom.generator import write_ct_set
-    from hilum.dicom.stack_load import _process_pool, load_series, load_series_sync, shutdown_process_pool
+    from hilum.dicom.stack_load import load_series, load_series_sync
+
+    try:  # the caller owns the decoder pool and hands it to each load (issue 14)
+        from hilum.dicom.stack_load import decoder_pool
+
+        pool = decoder_pool()
+        pool_kw: dict[str, object] = {"pool": pool}
+        shutdown_pool = pool.shutdown
+    except ImportError:  # the code before issue 14 (PYTHONPATH=<old checkout>/app): dicom/ owned a global pool
+        from hilum.dicom.stack_load import _process_pool, shutdown_process_pool
+
+        pool, pool_kw, shutdown_pool = _process_pool(), {}, shutdown_process_pool
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="hilum-bench-viewer-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -134,14 +146,18 @@ def main() -> int:
                     pass
 
         # ---------------------------------------------------------- headless loader
-        list(_process_pool().map(abs, range(8)))  # start the worker processes once, as the app does
+        list(pool.map(abs, range(8)))  # start the worker processes once, as the app does
         loads: dict[str, float] = {}
         for ex in ("serial", "thread", "process"):
-            t, _ = median_time(lambda ex=ex: load_series_sync(paths, executor=ex, header_workers="serial"), args.repeat)
+            t, _ = median_time(
+                lambda ex=ex: load_series_sync(paths, executor=ex, header_workers="serial", **pool_kw), args.repeat
+            )
             loads[f"{ex} (headers serial)"] = t
-        t, _ = median_time(lambda: load_series_sync(paths, executor="thread", header_workers="process"), args.repeat)
+        t, _ = median_time(
+            lambda: load_series_sync(paths, executor="thread", header_workers="process", **pool_kw), args.repeat
+        )
         loads["thread (headers in processes)"] = t
-        t, _ = median_time(lambda: load_series_sync(paths), args.repeat)
+        t, _ = median_time(lambda: load_series_sync(paths, **pool_kw), args.repeat)
         loads["auto"] = t
         results["load_s"] = loads
         # preview (first image, headless): time to the preview callback + its 8-bit rendering
@@ -155,7 +171,7 @@ def main() -> int:
                 f.pipeline.apply(v.data[0])
                 box["t"] = time.perf_counter() - t0
 
-            h = load_series(paths, on_preview=on_preview)
+            h = load_series(paths, on_preview=on_preview, **pool_kw)
             h.wait()
             firsts.append(box["t"])
         results["first_image_headless_s"] = statistics.median(firsts)
@@ -194,7 +210,7 @@ def main() -> int:
             "ratio_to_raw": mem["grown"] / raw,
             "sitk_rss_growth_mb": mem["sitk"] / 2**20,
         }
-        vol = load_series_sync(paths)
+        vol = load_series_sync(paths, **pool_kw)
 
         # ---------------------------------------------------------- scroll: pipeline only
         f0 = vol.stack.frames[0]
@@ -215,7 +231,7 @@ def main() -> int:
             print("PySide6 6.12.0 refcount bug on this Python: GUI figures skipped (install "
                   "PySide6-Essentials<6.12 or use Python >= 3.12)", file=sys.stderr)  # fmt: skip
         for rep in range(0 if pyside_drops_none_refs() else args.repeat):
-            viewer = StudyViewer(archive, study_uid, data_dir=data)
+            viewer = StudyViewer(archive, study_uid, data_dir=data, **pool_kw)  # as the workstation opens it
             viewer.resize(1100, 900)
             viewer.show()
             app.processEvents()
@@ -255,6 +271,16 @@ def main() -> int:
         results["gui_full_load_s"] = statistics.median(gui_full) if gui_full else float("nan")
         results["scroll_widget_fps"] = scroll
 
+        # ---------------------------------------------------------- the loaded stack handed to the MPR (after the GUI:
+        # its memory churn must not sway the figures above)
+        try:  # the viewer's own order, one int16 pass per slice (issue 14)
+            from hilum.dicom.volume import volume_from_series as to_mpr
+        except ImportError:  # before: the viewer hook converted to float64 planes and sorted again
+            from hilum.ui.mpr.viewer_hook import volume_from_series_volume as to_mpr
+        t, mpr_volume = median_time(lambda: to_mpr(vol), args.repeat)
+        results["mpr_from_viewer_s"] = t
+        del mpr_volume
+
         # ---------------------------------------------------------- compressed: threads vs processes
         if args.codec_slices:
             codec: dict[str, dict[str, float]] = {}
@@ -276,7 +302,9 @@ def main() -> int:
                     ]
                 row = {}
                 for ex in ("serial", "thread", "process"):
-                    row[ex] = median_time(lambda ex=ex, files=files: load_series_sync(files, executor=ex), 1)[0]
+                    row[ex] = median_time(
+                        lambda ex=ex, files=files: load_series_sync(files, executor=ex, **pool_kw), 1
+                    )[0]
 
                 def sitk_codec(files=files) -> object:
                     r = sitk.ImageSeriesReader()
@@ -290,7 +318,7 @@ def main() -> int:
                     print(f"SimpleITK cannot read {syntax}: {str(exc).splitlines()[0]}", file=sys.stderr)
                 codec[syntax] = row
             results["compressed_load_s"] = codec
-        shutdown_process_pool()
+        shutdown_pool()
         archive.close()
     finally:
         if not args.keep:
@@ -318,6 +346,7 @@ def report(r: dict) -> None:
         print(f"full load, headless {name:<30} {t:7.2f} s    SimpleITK/Hilum = {sitk_best / t:.2f}x")
     for name, t in r["sitk_s"].items():
         print(f"SimpleITK ImageSeriesReader, {name:<20} {t:7.2f} s   ({r['sitk_pixel_type']})")
+    print(f"MPR volume from the loaded stack    {r['mpr_from_viewer_s']:7.2f} s")
     print(f"scroll, pipeline only               {r['scroll_pipeline_fps']:7.0f} frames/s")
     for name, fps in r["scroll_widget_fps"].items():
         print(f"scroll, viewport repaint {name:<12}{fps:7.0f} frames/s (target ≥ 60)")

@@ -78,7 +78,7 @@ def _from_archive(args: argparse.Namespace, spool: Path) -> list[str]:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from hilum.dicom.stack_load import load_series_sync
+    from hilum.dicom.stack_load import decoder_pool, load_series_sync
     from hilum.ui.viewer.export import export_cine, view_frames
     from hilum.ui.viewer.state import ViewportState
 
@@ -91,10 +91,13 @@ def run_export(args: argparse.Namespace) -> int:
             files = _files(list(args.paths))
             if not files:
                 raise HilumError("no files to export")
+        pool = decoder_pool()  # this command owns the decoder processes (started only if a long compressed series needs them)
         try:
-            volume = load_series_sync(files, preview=False)
+            volume = load_series_sync(files, preview=False, pool=pool)
         except ValueError as exc:
             raise HilumError(f"cannot load the series: {exc}") from exc
+        finally:
+            pool.shutdown()
         state = ViewportState()
         state.set_volume(volume, 0)
         if args.window:

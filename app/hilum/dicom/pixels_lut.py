@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from hilum.dicom.geometry import functional_group_item  # the one functional-group lookup (PS3.3 C.7.6.16)
+
 logger = logging.getLogger(__name__)
 
 VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
@@ -61,28 +63,6 @@ def is_little_endian(ds: Dataset) -> bool:
             pass
     encoding = getattr(ds, "original_encoding", (None, None))
     return encoding[1] is not False
-
-
-def functional_group_item(ds: Dataset, frame: int, keyword: str) -> Dataset | None:
-    """Return the first item of functional group *keyword* that applies to *frame*.
-
-    PS3.3 C.7.6.16 (Multi-frame Functional Groups): a macro in the Per-frame
-    Functional Groups Sequence item of the frame takes precedence over the same
-    macro in the Shared Functional Groups Sequence.
-    """
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if per_frame and 0 <= frame < len(per_frame):
-        seq = per_frame[frame].get(keyword)
-        if seq:
-            item: Dataset = seq[0]
-            return item
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    if shared:
-        seq = shared[0].get(keyword)
-        if seq:
-            shared_item: Dataset = seq[0]
-            return shared_item
-    return None
 
 
 def _floats(value: Any) -> list[float]:

@@ -5,32 +5,37 @@ How a series is loaded (the viewer's "the GUI never waits", DESIGN.md):
 1. **Preview** — the middle instance by Instance Number (the middle frame of
    a multi-frame object) is decoded at once and handed out as a one-frame
    :class:`SeriesVolume`, so an image is on screen before anything else.
-2. **Headers** — every file's header is parsed (without pixels), frames are
-   sorted by position along the normal (:mod:`hilum.dicom.stack`), the
-   volume is allocated once (``n x rows x columns`` of the stored dtype, e.g.
-   int16 for CT: no float copy, the pipeline's lookup table maps stored
-   values to the screen) and handed out. Parsing is serial: it holds the GIL,
-   and two threads were slower than one here.
+2. **Headers** — every file's header is parsed (without pixels), the frames
+   are put in the one slice order (:func:`hilum.dicom.geometry.order_slices`,
+   the MPR volume's order too), the volume is allocated once
+   (``n x rows x columns`` of the stored dtype, e.g. int16 for CT: no float
+   copy, the pipeline's lookup table maps stored values to the screen) and
+   handed out. Parsing holds the GIL: it is serial, or for long series split
+   over the caller's process pool.
 3. **Pixels** — slices are decoded nearest-to-the-viewed-slice first (the
    viewer moves the focus while the user scrolls) and written in place.
    Native little-endian data is read straight from the file into the volume
    (``readinto`` at the Pixel Data offset found in step 2; the read releases
    the GIL). Compressed data goes through pydicom's decoders
-   (:func:`hilum.dicom.pixels.frame_array`) on a thread pool or a process pool
-   (``executor="process"``: decoders that keep the GIL scale over cores).
+   (:func:`hilum.dicom.pixels.frame_array`) on a thread pool, or on the
+   caller's process pool (``executor="process"``: decoders that keep the GIL
+   scale over cores).
+
+The process pool belongs to the caller (the workstation's viewer controller,
+a CLI command): :func:`decoder_pool` makes one, the caller passes it as
+``pool=`` and shuts it down. Without one, loads use threads.
 
 Callbacks run on the loader's threads; a GUI wraps them into signals.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
@@ -42,16 +47,18 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from hilum.dicom.pixels import GrayscalePipeline, frame_array
-from hilum.dicom.stack import FrameInfo, Stack, frames_from_dataset, split_stacks
+from hilum.dicom.stack import FrameInfo, Stack, frames_from_dataset
 
 __all__ = [
     "DecodeJob",
     "LoadHandle",
     "SeriesVolume",
     "decode_frame",
+    "decoder_pool",
     "load_series",
     "load_series_sync",
     "read_frames",
+    "warm_pool",
 ]
 
 logger = logging.getLogger(__name__)
@@ -277,6 +284,9 @@ class SeriesVolume:
         self.loaded = np.zeros(len(stack), dtype=bool)
         self._lock = threading.Lock()
         self.errors: dict[int, str] = {}
+        """Frames that could not be decoded (index -> reason); they show as zeros."""
+        self.skipped: list[str] = []
+        """Files of the series that could not be read (left out)."""
 
     def __len__(self) -> int:
         return len(self.stack)
@@ -317,52 +327,32 @@ class SeriesVolume:
 # --------------------------------------------------------------------------- loader
 
 
-_PROCESS_POOL: ProcessPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
+def decoder_pool(workers: int | None = None) -> ProcessPoolExecutor:
+    """A process pool for :func:`load_series` (header parsing and decoding), owned by the caller.
+
+    Worker processes start from a fork server (no copy of a GUI process's
+    threads or memory) when first used; the caller keeps the pool for many
+    loads (workers stay warm between series) and shuts it down.
+    """
+    import multiprocessing
+
+    return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 2,
+                               mp_context=multiprocessing.get_context("forkserver"))  # fmt: skip
 
 
-def _process_pool() -> ProcessPoolExecutor:
-    """One process pool for all loads (workers stay warm between series)."""
-    global _PROCESS_POOL
-    with _POOL_LOCK:
-        if _PROCESS_POOL is None:
-            import multiprocessing
-
-            atexit.register(shutdown_process_pool)
-            _PROCESS_POOL = ProcessPoolExecutor(max_workers=os.cpu_count() or 2,
-                                                mp_context=multiprocessing.get_context("forkserver"))  # fmt: skip
-        return _PROCESS_POOL
-
-
-def warm_process_pool() -> None:
-    """Start the pool's worker processes in the background (the workstation does this once at start,
+def warm_pool(pool: Executor) -> threading.Thread:
+    """Start *pool*'s worker processes in the background (the workstation does this once at start,
     so the first long or compressed series does not pay for starting them)."""
 
     def warm() -> None:
         try:
-            pool = _process_pool()
             list(pool.map(abs, range(2 * (os.cpu_count() or 2))))
         except Exception as exc:  # noqa: BLE001 - loading falls back to threads
             logger.debug("cannot start decoder processes: %s", exc)
 
-    threading.Thread(target=warm, name="hilum-pool-warmup", daemon=True).start()
-
-
-def _discard_process_pool() -> None:
-    """Forget a broken pool (the next process load starts a new one)."""
-    global _PROCESS_POOL
-    with _POOL_LOCK:
-        pool, _PROCESS_POOL = _PROCESS_POOL, None
-    if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def shutdown_process_pool() -> None:
-    global _PROCESS_POOL
-    with _POOL_LOCK:
-        if _PROCESS_POOL is not None:
-            _PROCESS_POOL.shutdown(wait=True, cancel_futures=True)
-            _PROCESS_POOL = None
+    thread = threading.Thread(target=warm, name="hilum-pool-warmup", daemon=True)
+    thread.start()
+    return thread
 
 
 class LoadHandle:
@@ -403,13 +393,29 @@ class LoadHandle:
             return k
 
 
-def _choose_executor(executor: str, frames: Sequence[FrameInfo]) -> str:
+def _choose_executor(executor: str, frames: Sequence[FrameInfo], pool: Executor | None) -> str:
+    if executor == "process" and pool is None:
+        raise ValueError("executor='process' needs a process pool (pool=decoder_pool())")
     if executor != "auto":
         return executor
     compressed = sum(1 for f in frames if f.pixel_offset is None)
-    if compressed >= 16 and (os.cpu_count() or 1) > 1:
+    if pool is not None and compressed >= 16 and (os.cpu_count() or 1) > 1:
         return "process"
     return "thread"
+
+
+@dataclass(frozen=True)
+class _Options:
+    """How one load runs (see :func:`load_series`)."""
+
+    executor: str
+    workers: int | None
+    header_workers: str
+    pool: Executor | None
+    progress_interval: float
+    on_preview: Callable[[SeriesVolume], None] | None
+    on_ready: Callable[[SeriesVolume], None] | None
+    on_progress: Callable[[SeriesVolume, int, int], None] | None
 
 
 def load_series(
@@ -418,6 +424,7 @@ def load_series(
     preview: tuple[str | os.PathLike[str], int] | None | bool = True,
     executor: str = "auto",
     workers: int | None = None,
+    pool: Executor | None = None,
     on_preview: Callable[[SeriesVolume], None] | None = None,
     on_ready: Callable[[SeriesVolume], None] | None = None,
     on_progress: Callable[[SeriesVolume, int, int], None] | None = None,
@@ -429,15 +436,25 @@ def load_series(
 
     *paths* should be in Instance Number order when known (the archive gives
     them so); *preview* is ``True`` (the middle path), a ``(path, frame)``, or
-    False. *executor*: ``"thread"``, ``"process"``, ``"serial"`` or ``"auto"``
-    (processes for ≥ 16 compressed frames on a multi-core machine, threads
-    otherwise). Callbacks: ``on_preview(volume)`` with the one-frame preview,
-    ``on_ready(volume)`` once the sorted volume exists (no pixels yet except
-    the preview's), ``on_progress(volume, loaded, total)`` at most every
-    *progress_interval* seconds and at the end, ``on_done(handle)`` always
-    last (``handle.error`` set on failure). *header_workers*: ``"serial"``,
-    ``"process"`` or ``"auto"`` (the process pool from 256 files).
+    False. *pool* is the caller's process pool (:func:`decoder_pool`; the
+    caller shuts it down), used for long series' headers and compressed
+    frames; without it everything runs on threads. *executor*: ``"thread"``,
+    ``"process"`` (needs *pool*), ``"serial"`` or ``"auto"`` (the process pool
+    for ≥ 16 compressed frames on a multi-core machine when there is one,
+    threads otherwise). Callbacks: ``on_preview(volume)`` with the one-frame
+    preview, ``on_ready(volume)`` once the sorted volume exists (no pixels yet
+    except the preview's), ``on_progress(volume, loaded, total)`` at most
+    every *progress_interval* seconds and at the end, ``on_done(handle)``
+    always last (``handle.error`` set on failure). *header_workers*:
+    ``"serial"``, ``"process"`` (needs *pool*) or ``"auto"`` (the process pool
+    from 256 files when there is one).
     """
+    if executor not in ("auto", "thread", "process", "serial"):
+        raise ValueError(f"executor must be auto, thread, process or serial, not {executor!r}")
+    if header_workers not in ("auto", "serial", "process"):
+        raise ValueError(f"header_workers must be auto, serial or process, not {header_workers!r}")
+    if pool is None and "process" in (executor, header_workers):
+        raise ValueError("a process load needs the caller's process pool (pool=decoder_pool())")
     handle = LoadHandle()
     files = [os.fspath(p) for p in paths]
     if not files:
@@ -448,12 +465,12 @@ def load_series(
         preview_target = (os.fspath(preview[0]), int(preview[1]))  # type: ignore[index]
     else:
         preview_target = None
+    options = _Options(executor, workers, header_workers, pool, progress_interval, on_preview, on_ready, on_progress)
 
     def run() -> None:
         t0 = time.perf_counter()
         try:
-            _run_load(handle, files, preview_target, executor, workers, header_workers, on_preview, on_ready,
-                      on_progress, progress_interval, t0)  # fmt: skip
+            _run_load(handle, files, preview_target, options, t0)
         except BaseException as exc:  # noqa: BLE001 - reported through the handle
             logger.exception("loading a series failed")
             handle.error = exc
@@ -486,19 +503,23 @@ def _read_all_headers(
     files: list[str],
     parsed: dict[str, tuple[list[FrameInfo], Dataset]],
     pipelines: _PipelineInterner,
-    header_workers: str,
+    options: _Options,
+    skipped: list[str],
 ) -> Iterator[tuple[str, tuple[list[FrameInfo], Dataset | None]]]:
     """Each file's frames (and the header of the first), in file order.
 
     Parsing holds the GIL, so threads do not help; for long series on a
-    multi-core machine chunks go to the process pool (``header_workers``
+    multi-core machine chunks go to the caller's process pool (``header_workers``
     ``"auto"``: from 256 files) and pipelines are shared again afterwards.
     """
-    use_pool = header_workers == "process" or (
-        header_workers == "auto" and len(files) >= 256 and (os.cpu_count() or 1) > 1
+    pool = options.pool
+    use_pool = pool is not None and (
+        options.header_workers == "process"
+        or (options.header_workers == "auto" and len(files) >= 256 and (os.cpu_count() or 1) > 1)
     )
     pooled: list[list[list[FrameInfo]]] | None = None
     if use_pool:
+        assert pool is not None
         first = files[0]
         if first not in parsed:
             parsed[first] = read_frames(first, pipelines=pipelines)
@@ -506,10 +527,9 @@ def _read_all_headers(
         n = max(16, -(-len(rest) // (4 * (os.cpu_count() or 2))))
         chunks = [rest[i : i + n] for i in range(0, len(rest), n)]
         try:
-            pooled = list(_process_pool().map(_header_chunk, chunks))
-        except Exception as exc:  # noqa: BLE001 - e.g. a script without a __main__ guard: parse here
+            pooled = list(pool.map(_header_chunk, chunks))
+        except Exception as exc:  # noqa: BLE001 - e.g. a broken pool, or a script without a __main__ guard
             logger.warning("decoder processes unavailable (%s); parsing headers in this process", exc)
-            _discard_process_pool()
     if pooled is None:
         for path in files:
             if handle.cancelled:
@@ -520,6 +540,7 @@ def _read_all_headers(
                     got = read_frames(path, pipelines=pipelines)
                 except Exception as exc:  # noqa: BLE001 - one bad file does not stop the series
                     logger.warning("skipping %s: %s", path, exc)
+                    skipped.append(path)
                     continue
             yield path, got
         return
@@ -527,6 +548,8 @@ def _read_all_headers(
     shared: dict[Any, Any] = {}
     for chunk, results in zip(chunks, pooled, strict=True):
         for path, frames in zip(chunk, results, strict=True):
+            if not frames:  # the worker could not read it (read_frames gives at least one frame)
+                skipped.append(path)
             for i, f in enumerate(frames):
                 if f.pipeline is not None:
                     try:
@@ -545,13 +568,7 @@ def _run_load(
     handle: LoadHandle,
     files: list[str],
     preview_target: tuple[str, int] | None,
-    executor: str,
-    workers: int | None,
-    header_workers: str,
-    on_preview: Callable[[SeriesVolume], None] | None,
-    on_ready: Callable[[SeriesVolume], None] | None,
-    on_progress: Callable[[SeriesVolume, int, int], None] | None,
-    progress_interval: float,
+    options: _Options,
     t0: float,
 ) -> None:
     pipelines = _PipelineInterner()
@@ -564,16 +581,17 @@ def _run_load(
         parsed[path] = (frames, ds)
         info = frames[len(frames) // 2 if frame < 0 else min(frame, len(frames) - 1)]
         preview_pixels = decode_frame(DecodeJob.of(info))
-        pv = SeriesVolume(Stack([info]), ds, preview_pixels[None, ...], preview=True)
+        pv = SeriesVolume(Stack.from_frames([info]), ds, preview_pixels[None, ...], preview=True)
         pv.loaded[:] = True
         preview_key = info.key
         handle.preview = pv
         handle.timings["preview"] = time.perf_counter() - t0
-        if on_preview is not None:
-            on_preview(pv)
+        if options.on_preview is not None:
+            options.on_preview(pv)
     all_frames: list[FrameInfo] = []
     header: Dataset | None = None
-    for _path, got in _read_all_headers(handle, files, parsed, pipelines, header_workers):
+    skipped: list[str] = []
+    for _path, got in _read_all_headers(handle, files, parsed, pipelines, options, skipped):
         if handle.cancelled:
             return
         frames, maybe_ds = got
@@ -584,12 +602,11 @@ def _run_load(
         header = pydicom.dcmread(all_frames[0].path, stop_before_pixels=True)
     if header is None or not all_frames:
         raise ValueError("no displayable frames in the series")
-    groups = split_stacks(all_frames)
-    if len(groups) > 1:
-        logger.info("series has %d stacks of different size/orientation; showing the largest (%d frames)",
-                    len(groups), len(groups[0]))  # fmt: skip
-    stack = Stack.from_frames(groups[0])
+    stack = Stack.from_frames(all_frames)
+    for issue in stack.issues:
+        logger.info("series %s: %s", header.get("SeriesInstanceUID", ""), issue.message)
     volume = SeriesVolume(stack, header)
+    volume.skipped = skipped
     handle.volume = volume
     handle.timings["headers"] = time.perf_counter() - t0
     if preview_key is not None and preview_pixels is not None:
@@ -599,32 +616,26 @@ def _run_load(
             handle.focus(k)
     else:
         handle.focus(len(stack) // 2)
-    if on_ready is not None:
-        on_ready(volume)
-    _decode_all(handle, volume, executor, workers, on_progress, progress_interval)
+    if options.on_ready is not None:
+        options.on_ready(volume)
+    _decode_all(handle, volume, options)
     handle.timings["pixels"] = time.perf_counter() - t0
 
 
-def _decode_all(
-    handle: LoadHandle,
-    volume: SeriesVolume,
-    executor: str,
-    workers: int | None,
-    on_progress: Callable[[SeriesVolume, int, int], None] | None,
-    progress_interval: float,
-) -> None:
+def _decode_all(handle: LoadHandle, volume: SeriesVolume, options: _Options) -> None:
     frames = volume.stack.frames
     total = len(frames)
     claimed = volume.loaded.copy()
-    kind = _choose_executor(executor, frames)
-    nworkers = workers or min(os.cpu_count() or 1, 8)
+    kind = _choose_executor(options.executor, frames, options.pool)
+    nworkers = options.workers or min(os.cpu_count() or 1, 8)
+    on_progress = options.on_progress
     last = [time.perf_counter()]
 
     def progress(final: bool = False) -> None:
         if on_progress is None:
             return
         now = time.perf_counter()
-        if final or now - last[0] >= progress_interval:
+        if final or now - last[0] >= options.progress_interval:
             last[0] = now
             on_progress(volume, volume.loaded_count, total)
 
@@ -635,8 +646,9 @@ def _decode_all(
         volume.loaded[k] = True
 
     if kind == "process":
+        procs = options.pool
+        assert procs is not None
         try:
-            procs = _process_pool()
             inflight: dict[Future[np.ndarray], int] = {}
             depth = 2 * (os.cpu_count() or 2)  # keep every worker busy
             while True:
@@ -655,12 +667,11 @@ def _decode_all(
                         fail(k, exc)
                 progress()
         except (BrokenProcessPool, RuntimeError) as exc:
-            # e.g. a script without an ``if __name__ == "__main__"`` guard: decode here instead
+            # e.g. a broken pool, or a script without an ``if __name__ == "__main__"`` guard: decode here
             logger.warning("decoder processes unavailable (%s); decoding on threads", exc)
-            _discard_process_pool()
             claimed[:] = volume.loaded
             kind = "thread"
-    if kind == "serial" or nworkers == 1:
+    if kind == "serial" or (kind == "thread" and nworkers == 1):
         while not handle.cancelled and (k := handle._claim(claimed)) is not None:
             try:
                 decode_into(DecodeJob.of(frames[k]), volume.data[k])
@@ -681,11 +692,9 @@ def _decode_all(
                 with lock:
                     progress()
 
-        with ThreadPoolExecutor(nworkers, thread_name_prefix="hilum-decode") as pool:
-            for fut in [pool.submit(worker) for _ in range(nworkers)]:
+        with ThreadPoolExecutor(nworkers, thread_name_prefix="hilum-decode") as threads:
+            for fut in [threads.submit(worker) for _ in range(nworkers)]:
                 fut.result()
-    elif kind != "process":
-        raise ValueError(f"executor must be auto, thread, process or serial, not {executor!r}")
     progress(final=True)
 
 

@@ -1,7 +1,7 @@
 """Measurement math in true units: length, angle, ROI statistics (pure numpy).
 
 Points are image coordinates ``(x, y) = (column, row)`` of pixel centres as in
-:mod:`hilum.dicom.stack`; a :class:`~hilum.dicom.stack.Spacing` converts them
+:mod:`hilum.dicom.geometry`; a :class:`~hilum.dicom.geometry.Spacing` converts them
 to millimetres (Pixel Spacing, or Imager Pixel Spacing "at the detector" as
 PS3.3 10.7.1.3 requires the user to be told — see ``Spacing.note``). ROI
 statistics are over *modality* values (Hounsfield units for CT: PS3.3
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from hilum.dicom.stack import Spacing
+from hilum.dicom.geometry import Spacing
 
 __all__ = ["ROIStats", "angle_degrees", "ellipse_mask", "length_mm", "rect_mask", "roi_area", "roi_stats"]
 

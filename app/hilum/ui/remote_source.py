@@ -359,7 +359,7 @@ class RemoteSourceController(QObject):
         controller = getattr(self.window, "viewer_controller", None)
         kwargs: dict[str, Any] = {"data_dir": getattr(self.window.config, "data_dir", None)}
         if controller is not None:
-            kwargs.update(executor=controller.executor, cache=controller.cache)
+            kwargs.update(executor=controller.executor, cache=controller.cache, pool=controller.pool)
         viewer = StudyViewer(self.cache.archive, study_uid, **kwargs)
         row = self.cache.archive.query("STUDY", {"StudyInstanceUID": study_uid}, limit=1)
         name = str(row[0].get("PatientName", "") or "").split("^")[0] if row else "Study"

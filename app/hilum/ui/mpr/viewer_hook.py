@@ -2,12 +2,14 @@
 
 :func:`add_mpr_actions` puts the two actions on a
 :class:`hilum.ui.viewer.viewer_widget.StudyViewer`'s toolbar.  They open an
-:class:`~hilum.ui.mpr.mpr_widget.MPRWidget` on the active viewport's series:
-from the stack the viewer already decoded when it is complete (no second
-read), else from the series' files in the archive, built off the GUI thread.
-The MPR's 3D cursor then drives the 2D viewports showing that series (each
-jumps to the slice nearest the cursor), and scrolling a 2D viewport moves the
-cursor to that slice's plane: the 3D cursor navigates the original stack.
+:class:`~hilum.ui.mpr.mpr_widget.MPRWidget` on the active viewport's series,
+built from the stack the viewer decoded (:func:`hilum.dicom.volume.volume_from_series`:
+the viewer's own slice order, no second read or sort), off the GUI thread; a
+series still loading is handed over when its load finishes. Volume slice ``m``
+is therefore viewer slice ``stack.order.unique[m]``. The MPR's 3D cursor then
+drives the 2D viewports showing that series (each jumps to the slice nearest
+the cursor), and scrolling a 2D viewport moves the cursor to that slice's
+plane: the 3D cursor navigates the original stack.
 """
 
 from __future__ import annotations
@@ -19,46 +21,12 @@ from typing import Any
 import numpy as np
 from PySide6.QtGui import QAction
 
-from hilum.dicom.volume import Volume, volume_from_planes
+from hilum.dicom.volume import volume_from_series
 from hilum.ui.mpr.mpr_widget import MPRWidget
 
-__all__ = ["add_mpr_actions", "open_active_series", "volume_from_series_volume"]
+__all__ = ["add_mpr_actions", "open_active_series"]
 
 logger = logging.getLogger(__name__)
-
-
-def volume_from_series_volume(series: Any) -> Volume:
-    """A :class:`Volume` from the viewer's loaded :class:`hilum.dicom.stack_load.SeriesVolume`
-    (stored values through each frame's Modality LUT; geometry from its frames)."""
-    frames = series.stack.frames
-    if not series.complete:
-        raise ValueError("the series is still loading")
-    if any(f.geometry is None for f in frames):
-        raise ValueError("the series has frames without Image Position/Orientation (Patient)")
-    planes = [series.modality_values(k) for k in range(len(frames))]
-    header = series.header
-    window = None
-    try:
-        from hilum.dicom.pixels_lut import windows_from_dataset
-
-        ws = windows_from_dataset(header, frames[0].frame)
-        window = ws[0] if ws else None
-    except Exception:  # a window is a nicety
-        logger.debug("no header window", exc_info=True)
-    return volume_from_planes(
-        planes,
-        [f.geometry.origin for f in frames],
-        [f.geometry.orientation for f in frames],
-        [(f.geometry.row_spacing, f.geometry.col_spacing) for f in frames],
-        sop_instance_uids=[f.sop_instance_uid for f in frames],
-        frames=[f.frame for f in frames],
-        paths=[f.path or None for f in frames],
-        modality=series.modality,
-        window=window,
-        frame_of_reference_uid=frames[0].frame_of_reference_uid or str(header.get("FrameOfReferenceUID", "") or ""),
-        series_instance_uid=series.series_uid,
-        study_instance_uid=str(header.get("StudyInstanceUID", "") or ""),
-    )
 
 
 def add_mpr_actions(viewer: Any) -> dict[str, QAction]:
@@ -94,16 +62,43 @@ def open_active_series(viewer: Any, layout: str = "mpr", *_: object) -> MPRWidge
     widget.setWindowFlag(Qt.WindowType.Window, True)
     widget.setWindowTitle(("MPR" if layout == "mpr" else "3D") + f" — {series.header.get('SeriesDescription', '')}")
     widget.resize(1200, 800)
-    if series.complete:
-        widget.build_async(partial(volume_from_series_volume, series))
+    if viewer.is_loading(uid):
+        _build_when_loaded(viewer, widget, uid)
     else:
-        archive = viewer.archive
-        paths = [row["path"] for row in archive.instances(series_uid=uid)]
-        widget.load(paths)
+        loaded = viewer.series_volume(uid)
+        widget.build_async(partial(volume_from_series, loaded if loaded is not None else series))
     _link(viewer, widget, uid)
     widget.show()
     viewer._mpr_windows = [w for w in getattr(viewer, "_mpr_windows", []) if w.isVisible()] + [widget]
     return widget
+
+
+def _build_when_loaded(viewer: Any, widget: MPRWidget, uid: str) -> None:
+    """Build the volume from the viewer's stack of series *uid* once its load finishes."""
+    widget.status.setText("Waiting for the series to load…")
+    connected = [True]
+
+    def release() -> None:
+        if connected[0]:
+            connected[0] = False
+            try:
+                viewer.loadFinished.disconnect(finished)
+            except RuntimeError:  # the viewer is gone already
+                pass
+
+    def finished(done_uid: str) -> None:
+        if done_uid != uid:
+            return
+        release()
+        series = viewer.series_volume(uid)
+        widget.build_async(partial(volume_from_series, series) if series is not None else _not_loaded)
+
+    viewer.loadFinished.connect(finished)
+    widget.destroyed.connect(lambda *_: release())
+
+
+def _not_loaded() -> Any:
+    raise ValueError("the series could not be loaded")
 
 
 def _link(viewer: Any, widget: MPRWidget, uid: str) -> None:

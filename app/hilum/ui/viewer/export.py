@@ -48,10 +48,12 @@ def oriented(img: np.ndarray, rotation: float, flip_h: bool, flip_v: bool) -> np
 
 
 def view_frames(state: ViewportState, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-    """8-bit frames of *state*'s series as displayed (window, invert, 90° rotations, flips)."""
+    """8-bit frames ``start <= k < stop`` of *state*'s series as displayed (window, invert, 90°
+    rotations, flips), from the top of the stack down, as the cine plays (head to feet on an axial stack)."""
     n = state.stack_size
     stop = n if stop is None else min(stop, n)
-    for k in range(start, stop):
+    indices = range(start, stop) if state.down_step > 0 else range(stop - 1, start - 1, -1)
+    for k in indices:
         img = state.render(k)
         if img is None:
             continue

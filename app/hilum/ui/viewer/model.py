@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hilum.dicom.stack import reference_line
+from hilum.dicom.geometry import LINKED_SCROLL_TOLERANCE, reference_line
 from hilum.ui.viewer.state import ViewportState
 
 __all__ = ["LAYOUTS", "Layout", "ViewerModel"]
@@ -181,7 +181,7 @@ class ViewerModel:
         try:
             for other in self.linked_to(leader):
                 og = other.geometry
-                if og is None or not og.parallel_to(g, tolerance=0.05):
+                if og is None or not og.parallel_to(g, tolerance=LINKED_SCROLL_TOLERANCE):
                     continue  # a localizer across the stack: it gets a reference line instead
                 k = other.volume.stack.nearest_index(centre) if other.volume is not None else None
                 if k is not None:

@@ -68,17 +68,18 @@ class SeriesStrip(QListWidget):
             item.setData(UID_ROLE, e.series_uid)
             item.setToolTip(f"Series {e.number}: {e.description}\n{e.modality}, {e.frames} images")
             self.addItem(item)
-            middle = e.middle
-            if middle is not None:
-                self._pool.submit(self._make, e.series_uid, str(middle[0]), middle[1])
+            if e.paths:
+                self._pool.submit(self._make, e.series_uid, [str(p) for p in e.paths])
 
-    def _make(self, uid: str, path: str, frame: int) -> None:
+    def _make(self, uid: str, paths: list[str]) -> None:
+        if self._closed:
+            return
         try:
-            img = self.thumbnails.get(uid, path, frame)
+            img = self.thumbnails.for_series(uid, paths)
         except Exception as exc:  # noqa: BLE001 - a thumbnail must never take the viewer down
             logger.warning("no thumbnail for series %s: %s", uid, exc)
             return
-        if not self._closed:
+        if img is not None and not self._closed:
             self._bridge.thumbnail.emit(uid, img)
 
     def _set_thumbnail(self, uid: str, img: Any) -> None:

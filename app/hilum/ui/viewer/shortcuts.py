@@ -10,12 +10,12 @@ from __future__ import annotations
 __all__ = ["MOUSE", "SHORTCUTS", "help_lines"]
 
 SHORTCUTS: list[tuple[str, str, str]] = [
-    ("next_slice", "Down;J", "Next slice"),
-    ("prev_slice", "Up;K", "Previous slice"),
-    ("page_down", "PgDown", "Forward a tenth of the stack"),
-    ("page_up", "PgUp", "Back a tenth of the stack"),
-    ("first_slice", "Home", "First slice"),
-    ("last_slice", "End", "Last slice"),
+    ("next_slice", "Down;J", "Slice down (towards the feet on an axial stack)"),
+    ("prev_slice", "Up;K", "Slice up (towards the head on an axial stack)"),
+    ("page_down", "PgDown", "Down a tenth of the stack"),
+    ("page_up", "PgUp", "Up a tenth of the stack"),
+    ("first_slice", "Home", "Top of the stack"),
+    ("last_slice", "End", "Bottom of the stack"),
     ("next_series", "Right", "Next series in the active viewport"),
     ("prev_series", "Left", "Previous series in the active viewport"),
     ("cine", "Space", "Cine: play / pause"),

@@ -12,7 +12,7 @@ of ``volume``, ``index``, ``window``, ``view``, ``cine``, ``loaded``,
 ``measurements``.
 
 Image coordinates are ``(x, y) = (column, row)`` of pixel centres
-(:mod:`hilum.dicom.stack`); canvas coordinates are widget pixels, y down.
+(:mod:`hilum.dicom.geometry`); canvas coordinates are widget pixels, y down.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.pixels import apply_color_lut
 
+from hilum.dicom.geometry import PlaneGeometry, orientation_letters
 from hilum.dicom.pixels import Window, to_uint8_color
-from hilum.dicom.stack import FrameInfo, PlaneGeometry, orientation_letters
+from hilum.dicom.stack import FrameInfo
 from hilum.dicom.stack_load import SeriesVolume
 from hilum.dicom.stack_measure import modality_unit
 
@@ -262,6 +263,38 @@ class ViewportState:
     def last(self) -> bool:
         return self.set_index(self.stack_size - 1)
 
+    @property
+    def down_step(self) -> int:
+        """The index step of "down" (wheel towards the user, arrow down, dragging down).
+
+        Index ``k`` follows the one slice order (ascending along the normal,
+        :data:`hilum.dicom.geometry.SLICE_DIRECTION`); "down" moves towards
+        ``-normal`` on a stack ordered by position — inferior on an axial stack,
+        to the patient's left on a sagittal one, anterior on a coronal one, as
+        OHIF, Horos/Weasis (head-first CT) and 3D Slicer scroll — whichever
+        way it was acquired; forwards on a stack without geometry (a cine).
+        """
+        order = self.volume.stack.order if self.volume is not None else None
+        if order is None or order.axis is None or order.normal is None:
+            return 1
+        return -1 if float(order.axis @ order.normal) > 0 else 1
+
+    def scroll_down(self, steps: int = 1) -> bool:
+        """Move *steps* slices down (negative: up); see :attr:`down_step`."""
+        return self.scroll(int(steps) * self.down_step)
+
+    def page_down(self, pages: int = 1) -> bool:
+        """PageDown (negative: PageUp): a tenth of the stack, down."""
+        return self.page(int(pages) * self.down_step)
+
+    def to_top(self) -> bool:
+        """Home: the slice at the top of the stack (the end "up" leads to)."""
+        return self.first() if self.down_step > 0 else self.last()
+
+    def to_bottom(self) -> bool:
+        """End: the slice at the bottom of the stack."""
+        return self.last() if self.down_step > 0 else self.first()
+
     # ------------------------------------------------------------ cine
 
     def set_cine(self, playing: bool) -> None:
@@ -277,7 +310,8 @@ class ViewportState:
         self.emit("cine")
 
     def advance_cine(self, elapsed_s: float) -> int:
-        """Advance by as many frames as *elapsed_s* holds at the cine rate (looping); returns the step."""
+        """Advance down the stack (:attr:`down_step`) by as many frames as *elapsed_s* holds at the
+        cine rate, looping from the bottom to the top; returns the number of frames advanced."""
         if not self.cine_playing or self.stack_size < 2:
             return 0
         self._cine_accum += elapsed_s * self.cine_fps
@@ -285,7 +319,7 @@ class ViewportState:
         if steps:
             self._cine_accum -= steps
             n = self.stack_size
-            new = (self.index + steps) % n
+            new = (self.index + steps * self.down_step) % n
             if new != self.index:
                 self.index = new
                 self.emit("index")

@@ -13,6 +13,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,10 @@ class SeriesEntry:
 
     @property
     def middle(self) -> tuple[Path, int] | None:
-        """The instance and frame to show first and to make the thumbnail from."""
+        """The instance and frame to show first, before any header is read: the middle by Instance
+        Number (for a monotonic acquisition the middle of the slice order, give or take one slice
+        for an even count). The thumbnail reads the headers for the ordered middle
+        (:func:`hilum.dicom.stack.middle_frame`)."""
         if not self.paths:
             return None
         if len(self.paths) == 1 and self.frames > 1:
@@ -107,11 +111,13 @@ class StudySession:
     """The series of one study and their loads."""
 
     def __init__(self, archive: Any, study_uid: str, *, cache: VolumeCache | None = None,
-                 executor: str = "auto") -> None:  # fmt: skip
+                 executor: str = "auto", pool: Executor | None = None) -> None:  # fmt: skip
         self.archive = archive
         self.study_uid = study_uid
         self.cache = cache or VolumeCache()
         self.executor = executor
+        self.pool = pool
+        """The caller's decoder process pool (None: threads only); not shut down here."""
         self.series: list[SeriesEntry] = []
         self.study_row: dict[str, Any] = {}
 
@@ -167,7 +173,7 @@ class StudySession:
             raise KeyError(f"series {series_uid} is not in study {self.study_uid}")
         middle = entry.middle
         handle = load_series(entry.paths, preview=middle if middle is not None else False, executor=self.executor,
-                             on_preview=on_preview, on_ready=on_ready, on_progress=on_progress,
+                             pool=self.pool, on_preview=on_preview, on_ready=on_ready, on_progress=on_progress,
                              on_done=on_done)  # fmt: skip
         self.cache.put(series_uid, handle, in_use)
         return handle

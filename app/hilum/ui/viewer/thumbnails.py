@@ -1,6 +1,8 @@
 """Series thumbnails from the one pixel pipeline, cached in memory and on disk.
 
-A thumbnail is the middle image of the series rendered by
+A thumbnail is the middle slice of the series' stack in the one slice order
+(:func:`hilum.dicom.stack.middle_frame`: the slice the viewer and the MPR
+volume have at index ``len // 2``), rendered by
 :func:`hilum.dicom.pixels.render_frame` with the header's window (the same
 pipeline as the viewer), shrunk to fit a square, and kept as PNG under
 ``<data folder>/cache/thumbnails/`` so reopening a study shows the strip at once.
@@ -13,12 +15,14 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from hilum.dicom.pixels import render_frame
+from hilum.dicom.stack import middle_frame
 
 __all__ = ["ThumbnailCache", "make_thumbnail"]
 
@@ -51,9 +55,35 @@ class ThumbnailCache:
         raw = f"{series_uid}|{os.fspath(path)}|{frame}|{self.size}|{stamp}"
         return hashlib.sha1(raw.encode()).hexdigest()
 
+    def for_series(self, series_uid: str, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray | None:
+        """The thumbnail of a series: its middle slice in the one slice order (call off the GUI thread).
+
+        Cached by the series and its files; on a miss the headers are read to
+        find the middle slice. None when no file of the series can be read.
+        """
+        if not paths:
+            return None
+        stamp = "|".join(self._stamp(p) for p in (paths[0], paths[-1]))
+        raw = f"series|{series_uid}|{len(paths)}|{self.size}|{stamp}"
+        key = hashlib.sha1(raw.encode()).hexdigest()
+        return self._cached(key, lambda: _render_middle(paths, self.size))
+
+    @staticmethod
+    def _stamp(path: str | os.PathLike[str]) -> str:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return ""
+        return f"{os.fspath(path)}-{st.st_size}-{int(st.st_mtime)}"
+
     def get(self, series_uid: str, path: str | os.PathLike[str], frame: int = 0) -> np.ndarray:
-        """The thumbnail, from memory, disk, or rendered now (call off the GUI thread)."""
+        """The thumbnail of one frame, from memory, disk, or rendered now (call off the GUI thread)."""
         key = self._key(series_uid, path, frame)
+        img = self._cached(key, lambda: make_thumbnail(path, frame, self.size))
+        assert img is not None
+        return img
+
+    def _cached(self, key: str, make: Callable[[], np.ndarray | None]) -> np.ndarray | None:
         with self._lock:
             hit = self._mem.get(key)
             if hit is not None:
@@ -68,7 +98,9 @@ class ThumbnailCache:
             except OSError as exc:
                 logger.debug("unreadable cached thumbnail %s: %s", disk, exc)
         if img is None:
-            img = make_thumbnail(path, frame, self.size)
+            img = make()
+            if img is None:
+                return None
             if disk is not None:
                 try:
                     disk.parent.mkdir(parents=True, exist_ok=True)
@@ -82,3 +114,8 @@ class ThumbnailCache:
             while len(self._mem) > self.max_items:
                 self._mem.popitem(last=False)
         return img
+
+
+def _render_middle(paths: Sequence[str | os.PathLike[str]], size: int) -> np.ndarray | None:
+    middle = middle_frame(paths)
+    return make_thumbnail(middle[0], middle[1], size) if middle is not None else None

@@ -150,7 +150,7 @@ class ScrollTool(Tool):
         n = int(self._accum / step)
         if n:
             self._accum -= n * step
-            state.scroll(n)
+            state.scroll_down(n)  # dragging down goes down the stack
 
 
 class _DrawTool(Tool):

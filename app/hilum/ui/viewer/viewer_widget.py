@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Executor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -71,14 +72,14 @@ class StudyViewer(QWidget):
     loadFinished = Signal(str)
 
     def __init__(self, archive: Any, study_uid: str, *, data_dir: str | Path | None = None,
-                 executor: str = "auto", cache: VolumeCache | None = None,
+                 executor: str = "auto", cache: VolumeCache | None = None, pool: Executor | None = None,
                  parent: QWidget | None = None) -> None:  # fmt: skip
         super().__init__(parent)
         self.setObjectName("studyViewer")
         self.archive = archive
         self.study_uid = study_uid
         self.data_dir = Path(data_dir) if data_dir else None
-        self.session = StudySession(archive, study_uid, cache=cache, executor=executor)
+        self.session = StudySession(archive, study_uid, cache=cache, executor=executor, pool=pool)
         self.presets = PresetStore(self.data_dir)
         self.overlay = OverlayConfig.load(self.data_dir)
         self.model = ViewerModel(Layout(1, 1))
@@ -152,12 +153,12 @@ class StudyViewer(QWidget):
         texts = {name: t for name, _, t in SHORTCUTS}
         av = self.active_viewport
         simple = {
-            "next_slice": lambda: av().scroll(1),
-            "prev_slice": lambda: av().scroll(-1),
-            "page_down": lambda: av().page(1),
-            "page_up": lambda: av().page(-1),
-            "first_slice": lambda: av().first(),
-            "last_slice": lambda: av().last(),
+            "next_slice": lambda: av().scroll_down(1),
+            "prev_slice": lambda: av().scroll_down(-1),
+            "page_down": lambda: av().page_down(1),
+            "page_up": lambda: av().page_down(-1),
+            "first_slice": lambda: av().to_top(),
+            "last_slice": lambda: av().to_bottom(),
             "next_series": lambda: self.step_series(1),
             "prev_series": lambda: self.step_series(-1),
             "cine": lambda: self.toggle_cine(),
@@ -519,6 +520,16 @@ class StudyViewer(QWidget):
         if item is not None:
             self.strip.setCurrentItem(item)
         self.seriesShown.emit(index, series_uid)
+
+    def series_volume(self, series_uid: str) -> SeriesVolume | None:
+        """The loaded (or loading) stack of a series shown in this viewer, None when none."""
+        handle = self._loads.get(series_uid)
+        return handle.volume if handle is not None else None
+
+    def is_loading(self, series_uid: str) -> bool:
+        """True while the series' background load runs (:attr:`loadFinished` follows)."""
+        handle = self._loads.get(series_uid)
+        return handle is not None and not handle.done.is_set()
 
     def _viewports_of(self, series_uid: str) -> list[ViewportState]:
         return [self.model.viewports[i] for i, uid in self._assigned.items() if uid == series_uid]

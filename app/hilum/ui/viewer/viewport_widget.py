@@ -362,7 +362,7 @@ class ViewportCanvas(QWidget):
             self.state.zoom_by(math.pow(1.0015, delta), (pos.x(), pos.y()))
         else:
             steps = -int(delta / 120) or (-1 if delta > 0 else 1)
-            self.state.scroll(steps)
+            self.state.scroll_down(steps)  # wheel towards the user: down the stack
         event.accept()
 
     # ------------------------------------------------------------ drag and drop
@@ -410,6 +410,11 @@ class ViewportWidget(QWidget):
     def _sync_scrollbar(self) -> None:
         n = self.state.stack_size
         self.scrollbar.blockSignals(True)
+        # the bar's top is the top of the stack: index n-1 of a stack ordered up the normal
+        inverted = self.state.down_step < 0
+        if self.scrollbar.invertedAppearance() != inverted:
+            self.scrollbar.setInvertedAppearance(inverted)
+            self.scrollbar.setInvertedControls(inverted)
         self.scrollbar.setRange(0, max(n - 1, 0))
         self.scrollbar.setPageStep(max(1, n // 10))
         self.scrollbar.setValue(self.state.index)

@@ -5,17 +5,21 @@
 to a :class:`ViewerController`, which opens each study in a
 :class:`~hilum.ui.viewer.viewer_widget.StudyViewer` tab (or brings its tab
 forward), and lists the viewer's shortcuts under Help → Keyboard shortcuts.
-All viewer tabs share one volume cache, so memory stays bounded.
+All viewer tabs share one volume cache, so memory stays bounded, and one
+process pool for decoding (:func:`hilum.dicom.stack_load.decoder_pool`), which
+the controller owns: started (and warmed) with the window, shut down when the
+application quits.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Executor
 from typing import Any
 
-from PySide6.QtCore import QObject
+from PySide6.QtCore import QCoreApplication, QObject
 
-from hilum.dicom.stack_load import warm_process_pool
+from hilum.dicom.stack_load import decoder_pool, warm_pool
 from hilum.ui.viewer.shortcuts import help_lines
 from hilum.ui.viewer.study import VolumeCache
 from hilum.ui.viewer.viewer_widget import StudyViewer
@@ -42,13 +46,21 @@ def _tab_title(archive: Any, study_uid: str) -> tuple[str, str]:
 
 
 class ViewerController(QObject):
-    """Opens studies from the main window in viewer tabs."""
+    """Opens studies from the main window in viewer tabs; owns the viewers' decoder process pool."""
 
-    def __init__(self, window: Any, *, executor: str = "auto", cache: VolumeCache | None = None) -> None:
+    def __init__(self, window: Any, *, executor: str = "auto", cache: VolumeCache | None = None,
+                 pool: Executor | None = None) -> None:  # fmt: skip
         super().__init__(window)
         self.window = window
         self.executor = executor
         self.cache = cache or VolumeCache()
+        self.pool = pool
+
+    def shutdown(self) -> None:
+        """Stop the decoder processes (loads still running fall back to threads)."""
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def viewer_for(self, study_uid: str) -> StudyViewer | None:
         for w in self.window.workspace_tabs():
@@ -63,7 +75,7 @@ class ViewerController(QObject):
             return viewer
         data_dir = getattr(getattr(self.window, "config", None), "data_dir", None)
         viewer = StudyViewer(self.window.archive, study_uid, data_dir=data_dir, executor=self.executor,
-                             cache=self.cache)  # fmt: skip
+                             cache=self.cache, pool=self.pool)  # fmt: skip
         title, tip = _tab_title(self.window.archive, study_uid)
         self.window.add_workspace_tab(viewer, title, tooltip=tip)
         viewer.open()
@@ -78,9 +90,19 @@ class ViewerController(QObject):
 
 
 def install_viewer(window: Any, **kwargs: Any) -> ViewerController:
-    """Make *window* (the workstation's ``MainWindow``) open studies in viewer tabs."""
+    """Make *window* (the workstation's ``MainWindow``) open studies in viewer tabs.
+
+    The controller gets a decoder process pool, warmed in the background, and
+    shuts it down when the application quits or the window goes.
+    """
+    if "pool" not in kwargs:
+        kwargs["pool"] = decoder_pool()
+        warm_pool(kwargs["pool"])
     controller = ViewerController(window, **kwargs)
-    warm_process_pool()
+    app = QCoreApplication.instance()
+    if app is not None:
+        app.aboutToQuit.connect(controller.shutdown)
+    window.destroyed.connect(controller.shutdown)
     window.studyOpenRequested.connect(controller.open_study)
     window.seriesOpenRequested.connect(controller.open_series)
     add_help = getattr(window, "add_shortcut_help", None)
