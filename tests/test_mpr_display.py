@@ -24,7 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from vtkmodules.util import numpy_support
 
 from hilum.dicom.generator import DOE, generate_ct_series, generate_mr_series, make_study
-from hilum.dicom.pixels import DisplayTransform, GrayscalePipeline, VOITable, Window, frame_array, render_frame
+from hilum.dicom.pixels import DisplayTransform, GrayscalePipeline, VOITable, Window, frame_array, read_header, render_frame
 from hilum.dicom.volume import Plane, Volume, build_volume
 from hilum.render.mpr import MPRScene, MPRViewport, volume_display
 
@@ -185,7 +185,7 @@ def _voxel_centres(volume: Volume, k: int) -> np.ndarray:
 def _viewer_pixels(volume: Volume, k: int, window: Window | None) -> np.ndarray:
     """What the 2D viewer shows for source slice ``k`` (its own pipeline, from the file's data set)."""
     ref = volume.slices[k]
-    return render_frame(ref.source(), ref.frame, window=window)
+    return render_frame(ref.path, ref.frame, window=window)
 
 
 def _window(name: str, function: str | None) -> Window | None:
@@ -235,7 +235,7 @@ def test_default_display_is_the_headers(volumes: dict[str, Volume]) -> None:
     assert isinstance(ct_table, VOITable) and ct_table.lut.first_mapped == -1024
     for name in ("sigmoid-in-header", "voi-lut-sequence", "ct-voi-lut-sequence", "cr-monochrome1"):
         ref = _volume(volumes, name).slices[0]
-        pipeline = GrayscalePipeline.from_dataset(ref.header, ref.frame)
+        pipeline = GrayscalePipeline.from_dataset(read_header(ref.path), ref.frame)
         assert volume_display(_volume(volumes, name)) == pipeline.display()
 
 

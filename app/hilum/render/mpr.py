@@ -58,7 +58,6 @@ from vtkmodules.vtkRenderingCore import (
     vtkWindowToImageFilter,
 )
 
-from hilum.dicom.pixels import GRAYSCALE, GrayscalePipeline, read_header
 from hilum.dicom.pixels_lut import VOI, DisplayTransform, SampledTable, VOITable, Window
 from hilum.dicom.volume import Plane, Volume
 from hilum.render.crosshair import VIEWS, Crosshair, CrosshairView, Measurement, SlabSettings
@@ -159,32 +158,18 @@ def volume_display(volume: Volume) -> DisplayTransform:
     Modality LUT): the header's first window (with its VOI LUT Function) or else its first
     VOI LUT table, and the inversion of MONOCHROME1 / Presentation LUT Shape INVERSE.
 
-    The header is the first source slice's (read from its file when the volume was built
-    from decoded planes without one); without a grayscale header, the volume's window or a
-    min-max window over its values (:meth:`Window.min_max`) with no inversion.
+    The first source slice's :class:`~hilum.dicom.pixels.GrayscalePipeline` (its
+    :class:`~hilum.dicom.stack.FrameInfo` carries the one the 2D viewer uses, also for a
+    volume handed over from decoded planes); for colour or pipeline-less slices, the
+    volume's window or a min-max window over its values (:meth:`Window.min_max`) with no
+    inversion.
     """
-    header: Any = None
-    frame = 0
-    if volume.slices:
-        ref = volume.slices[0]
-        frame = ref.frame
-        header = ref.header
-        if "PhotometricInterpretation" not in header and ref.path:
-            try:
-                header = read_header(ref.path)
-            except Exception as exc:  # the display falls back to the volume's window below
-                logger.warning("cannot read the first slice's header for the MPR display (%s)", type(exc).__name__)
-                header = None
     voi: VOI | None = None
     invert = False
-    if header is not None and str(header.get("PhotometricInterpretation", "")).strip().upper() in GRAYSCALE:
-        try:
-            pipeline = GrayscalePipeline.from_dataset(header, frame)
-        except (ValueError, AttributeError, KeyError, TypeError):
-            logger.warning("cannot read the display of the volume's header; using its window", exc_info=True)
-        else:
-            voi = pipeline.default_voi()
-            invert = pipeline.invert
+    pipeline = getattr(volume.slices[0], "pipeline", None) if volume.slices else None
+    if pipeline is not None:
+        voi = pipeline.default_voi()
+        invert = bool(pipeline.invert)
     if voi is None:
         voi = volume.window if volume.window is not None else Window.min_max(*volume.value_range())
     return DisplayTransform(voi, invert)
