@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import traceback
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
@@ -131,9 +132,14 @@ def representative(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def validators(rows: list[dict[str, Any]], variant: str) -> tuple[str, float]:
     """A weak ETag and the Last-Modified time of a set of stored instances.
 
-    The ETag covers each instance's UID, size and file modification time and
-    the response variant (media type, transfer syntax, parameters); weak,
-    because multipart boundaries differ between two equal answers.
+    The ETag covers each instance's UID, size and file modification time, the
+    revision of its patient's demographics (HL7 ADT changes what
+    :meth:`~hilum.archive.Archive.read_outgoing` hands out without touching the
+    file) and the response variant (media type, transfer syntax, parameters);
+    weak, because multipart boundaries differ between two equal answers.  An
+    instance whose demographics are corrected on the way out has no stable
+    modification time: Last-Modified is then now, so If-Modified-Since never
+    answers 304 with the old name.
     """
     h = hashlib.sha1(variant.encode())
     newest = 0.0
@@ -144,7 +150,10 @@ def validators(rows: list[dict[str, Any]], variant: str) -> tuple[str, float]:
             raise HTTPError(404, "instance file missing from the store") from None
         newest = max(newest, st.st_mtime)
         r["_file_size"] = st.st_size
-        h.update(f"{r['SOPInstanceUID']}:{st.st_size}:{st.st_mtime_ns};".encode())
+        stored, current = r.get("_stored_rev"), r.get("_patient_rev")
+        if current and stored != current:
+            newest = max(newest, time.time())
+        h.update(f"{r['SOPInstanceUID']}:{st.st_size}:{st.st_mtime_ns}:{stored}:{current};".encode())
     return f'W/"{h.hexdigest()}"', newest
 
 
