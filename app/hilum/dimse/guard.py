@@ -55,6 +55,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -214,52 +215,67 @@ class _Guard:
 
     # ------------------------------------------------------------ reading
 
+    # The socket methods underneath (socket.socket's or ssl.SSLSocket's), set by each subclass.
+    _g_base_recv: Any
+    _g_base_recv_into: Any
+
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         if self._g_adm is None:
-            return super().recv(bufsize, flags)  # type: ignore[misc, no-any-return]
-        if not self._g_ready():
+            return self._g_base_recv(bufsize, flags)  # type: ignore[no-any-return]
+        if self._g_dead or (self._g_state != ESTABLISHED and not self._g_ready()):
             return b""
         try:
-            data: bytes = super().recv(bufsize, flags)  # type: ignore[misc]
-        except TimeoutError:
+            data: bytes = self._g_base_recv(bufsize, flags)
+        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
             self._g_timed_out()
             return b""
         except (OSError, ValueError):
             if self._g_dead:
                 return b""
             raise
-        if data and not self._g_feed(data):
+        f = self._g_in
+        n = len(data)
+        if 0 < n <= f.left:  # inside a PDU body: the common case, kept short
+            f.left -= n
+            if not f.left:
+                self._g_pdu_in(f.pdu_type)
+            return data
+        if n and not self._g_feed(data):
             return b""
         return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         if self._g_adm is None:
-            return super().recv_into(buffer, nbytes, flags)  # type: ignore[misc, no-any-return]
-        if not self._g_ready():
+            return self._g_base_recv_into(buffer, nbytes, flags)  # type: ignore[no-any-return]
+        if self._g_dead or (self._g_state != ESTABLISHED and not self._g_ready()):
             return 0
         try:
-            n: int = super().recv_into(buffer, nbytes, flags)  # type: ignore[misc]
-        except TimeoutError:
+            n: int = self._g_base_recv_into(buffer, nbytes, flags)
+        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
             self._g_timed_out()
             return 0
         except (OSError, ValueError):
             if self._g_dead:
                 return 0
             raise
+        f = self._g_in
+        if 0 < n <= f.left:
+            f.left -= n
+            if not f.left:
+                self._g_pdu_in(f.pdu_type)
+            return n
         if n and not self._g_feed(memoryview(buffer)[:n]):
             return 0
         return n
 
     def _g_ready(self) -> bool:
-        """Before a read: False when the connection is gone; else the socket carries the time left."""
-        if self._g_dead:
+        """Before a read until association: False when ARTIM has run out; else the socket carries
+        the time left (and a TLS connection has done its handshake)."""
+        left = self._g_deadline - time.monotonic()
+        if left <= 0:
+            self._g_timed_out()
             return False
-        if self._g_state != ESTABLISHED:
-            left = self._g_deadline - time.monotonic()
-            if left <= 0:
-                self._g_timed_out()
-                return False
-            self.settimeout(left)  # type: ignore[attr-defined]
+        self.settimeout(left)  # type: ignore[attr-defined]
         if not self._g_handshaken:
             try:
                 self.do_handshake()  # type: ignore[attr-defined]
@@ -355,9 +371,24 @@ class _Guard:
             f.head.clear()
             if pdu_type == 0x02:  # A-ASSOCIATE-AC: from now on the negotiated limits apply
                 self._g_state = ESTABLISHED
-                self.settimeout(self._g_limits.idle)  # type: ignore[attr-defined]
+                self._g_idle_timeouts()
             elif pdu_type in (0x03, 0x07):  # A-ASSOCIATE-RJ, A-ABORT
                 self._g_state = ENDING
+
+    def _g_idle_timeouts(self) -> None:
+        """After association: a blocking socket whose reads and writes give up after ``idle``
+        seconds without progress (SO_RCVTIMEO / SO_SNDTIMEO: the kernel keeps the time, so a
+        read costs no extra ``poll`` as with Python's own socket timeout)."""
+        self.settimeout(None)  # type: ignore[attr-defined]
+        idle = self._g_limits.idle
+        if not idle:
+            return
+        tv = struct.pack("ll", int(idle), int((idle % 1) * 1_000_000))
+        try:
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)  # type: ignore[attr-defined]
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)  # type: ignore[attr-defined]
+        except OSError:
+            pass
 
     # ------------------------------------------------------------ ending
 
@@ -396,9 +427,15 @@ class _Guard:
 class GuardedSocket(_Guard, socket.socket):
     """An accepted TCP connection under the bounds of its :class:`Admission`."""
 
+    _g_base_recv = socket.socket.recv
+    _g_base_recv_into = socket.socket.recv_into
+
 
 class GuardedSSLSocket(_Guard, ssl.SSLSocket):
     """An accepted TLS connection under the bounds of its :class:`Admission` (PS3.15 B.1)."""
+
+    _g_base_recv = ssl.SSLSocket.recv
+    _g_base_recv_into = ssl.SSLSocket.recv_into
 
 
 def guard_of(assoc: Any) -> _Guard | None:

@@ -207,14 +207,18 @@ class EventDrivenDUL(DULServiceProvider):
                 log.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
                 self.event_queue.put("Evt19")
                 return None
-            pdu += self.socket.recv(length)
+            if isinstance(self.socket, BulkSocket):
+                pdu = self.socket.recv(length, pdu)
+            else:
+                pdu += self.socket.recv(length)
         except (OSError, TimeoutError) as exc:
             log.error("Connection closed before the entire PDU was received")
             log.exception(exc)
             self.event_queue.put("Evt17")
             return None
         if len(pdu) != 6 + length:
-            log.error(f"The received PDU is shorter than expected ({len(pdu)} of {6 + length} bytes received)")
+            if not getattr(self.socket.socket, "_g_dead", False):  # hilum.dimse.guard said why already
+                log.error(f"The received PDU is shorter than expected ({len(pdu)} of {6 + length} bytes received)")
             self.event_queue.put("Evt17")
             return None
         return pdu
@@ -351,21 +355,25 @@ class EventDrivenAssociation(Association):
 class BulkSocket(AssociationSocket):
     """An association socket that reads a PDU with few large ``recv_into`` calls.
 
-    pynetdicom reads in 4 KiB ``recv`` calls joined into a bytearray: 32 calls
-    and copies for each 128 KiB PDU that DCMTK sends; here one buffer is
-    filled in place.  The buffer grows with what has arrived (what the
-    kernel already holds, else doubling from :data:`FIRST_READ`), never to a
-    length a peer merely announced: memory follows the bytes received.
+    pynetdicom reads in 4 KiB ``recv`` calls joined into a bytearray: 128 calls
+    and copies for each 512 KiB PDU; here one buffer, led by the PDU header
+    given as ``prefix``, is filled in place.  It starts with what the kernel
+    already holds (FIONREAD, at least :data:`FIRST_READ`) and grows with what
+    arrives (doubling, or to what is waiting): memory follows the bytes
+    received, never a length a peer merely announced.
     """
 
-    def recv(self, nr_bytes: int) -> bytearray:
+    def recv(self, nr_bytes: int, prefix: bytes | bytearray = b"") -> bytearray:
         sock = self.socket
         assert sock is not None
-        buf = bytearray(min(nr_bytes, max(FIRST_READ, _available(sock))))
-        got = 0
-        while got < nr_bytes:
+        start = len(prefix)
+        end = start + nr_bytes
+        buf = bytearray(start + min(nr_bytes, max(FIRST_READ, _available(sock))))
+        buf[:start] = prefix
+        got = start
+        while got < end:
             if got == len(buf):
-                buf += bytes(min(nr_bytes - got, max(len(buf), _available(sock))))
+                buf += bytes(min(end - got, max(len(buf), _available(sock))))
             n = sock.recv_into(memoryview(buf)[got:], len(buf) - got)
             if not n:  # connection broken: return what arrived, as pynetdicom does
                 break
