@@ -132,6 +132,7 @@ class Admission:
         self.evicted = 0   # pending connections dropped to make room
         self.refused = 0   # connections refused at accept
         self.aborted = 0   # connections dropped for a PDU that broke the bounds
+        self._told = (0.0, 0, 0)  # when the last summary was logged, and the counts then
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -152,8 +153,28 @@ class Admission:
             self._pending[conn] = None
         if victim is not None:
             victim.drop("dropped to make room: more than "
-                        f"{self.limits.max_pending} connections without an A-ASSOCIATE-RQ")
+                        f"{self.limits.max_pending} connections without an A-ASSOCIATE-RQ", level=logging.DEBUG)
+            self._summarise()
         return True
+
+    def refuse(self, address: str) -> None:
+        """Note a connection refused at accept (too many dropped connections still held)."""
+        log.debug("DICOM connection from %s refused", address)
+        self._summarise()
+
+    def _summarise(self, every: float = 10.0) -> None:
+        """One warning per ``every`` seconds at most about evicted and refused connections: a flood
+        of connections must not become a flood of log lines."""
+        now = time.monotonic()
+        with self._lock:
+            at, evicted, refused = self._told
+            if now - at < every:
+                return
+            self._told = (now, self.evicted, self.refused)
+            new_evicted, new_refused = self.evicted - evicted, self.refused - refused
+        log.warning("DICOM listener under connection pressure: %d half-open connection(s) dropped to make room "
+                    "(more than %d pending), %d connection(s) refused (%d dropped ones still held)",
+                    new_evicted, self.limits.max_pending, new_refused, self.limits.max_dropped)
 
     def requested(self, conn: _Guard) -> None:
         with self._lock:
@@ -323,6 +344,7 @@ class _Guard:
             self._g_state = REQUESTED
             assert self._g_adm is not None
             self._g_adm.requested(self)
+            self._g_idle_timeouts()  # the answer is not held to what is left of ARTIM (reads still are)
 
     def _g_lie(self, what: str, abort: bytes) -> None:
         assert self._g_adm is not None
@@ -476,8 +498,7 @@ class GuardedServer(ThreadedAssociationServer):
     def verify_request(self, request: Any, client_address: Any) -> bool:
         if self.admission.admit(request):
             return True
-        log.warning("DICOM connection from %s refused: %d dropped connections still held", client_address[0],
-                    self.admission.limits.max_dropped)
+        self.admission.refuse(str(client_address[0]))
         return False
 
     def shutdown(self) -> None:
