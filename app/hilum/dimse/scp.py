@@ -298,7 +298,7 @@ class DimseService:
                 log.error("pynetdicom is not the version the fast DIMSE engine mirrors (%s); running "
                           "pynetdicom's own engine", ", ".join(changed[:3]))
                 self.engine = "pynetdicom"
-        self._peer_addresses = self.peer_addresses()
+        self._peer_addresses = self.peer_addresses() if cfg.require_known_peers else {}
         self.admission = guard.Admission(self._limits())
         if self.fast:
             reactor.install()
