@@ -14,7 +14,7 @@ DUL does.  Readers:
   (4 KiB ``recv`` calls).
 
 Reported: the reader thread's CPU time per PDU (``time.thread_time``), median of ``--repeat``
-runs, and the ratio guarded / plain.  Run::
+runs (each in a fresh process, the cases in a rotating order), and the ratios.  Run::
 
     .venv/bin/python bench/dimse/pduread.py [--pdus 2000] [--size 526000] [--repeat 7]
 """
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=526_000)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--write", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--case", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.write:
         _writer(args.write, args.pdus, args.size)
@@ -122,10 +123,16 @@ def main(argv: list[str] | None = None) -> int:
              ("fast, guarded", BulkSocket, True),
              ("pynetdicom, plain socket", AssociationSocket, False),
              ("pynetdicom, guarded", AssociationSocket, True)]
+    if args.case is not None:  # one run in this fresh process: malloc's state is its own
+        _name, cls, guarded = cases[args.case]
+        print(run_once(cls, guarded, args.pdus, args.size))
+        return 0
     runs: dict[str, list[float]] = {name: [] for name, _, _ in cases}
     for i in range(args.repeat):
-        for name, cls, guarded in cases[i % len(cases):] + cases[: i % len(cases)]:
-            runs[name].append(run_once(cls, guarded, args.pdus, args.size))
+        for k in [*range(len(cases))][i % len(cases):] + [*range(len(cases))][: i % len(cases)]:
+            out = subprocess.run([sys.executable, __file__, "--case", str(k), "--pdus", str(args.pdus),
+                                  "--size", str(args.size)], capture_output=True, text=True, check=True).stdout
+            runs[cases[k][0]].append(float(out.strip()))
     med = {name: statistics.median(v) for name, v in runs.items()}
     print(f"reader CPU per PDU of {args.size} bytes, median of {args.repeat} x {args.pdus} PDUs:")
     for name, v in med.items():

@@ -298,7 +298,8 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
 
 
-def bench_find(work: Path, tiny: Path, n_studies: int, n_queries: int, orthanc: str | None) -> dict[str, Any]:
+def bench_find(work: Path, tiny: Path, n_studies: int, n_queries: int, orthanc: str | None,
+               baseline_app: Path | None = None) -> dict[str, Any]:
     from hilum.archive import Archive
 
     scratch = Path(tempfile.mkdtemp(prefix="find-", dir=work))
@@ -313,6 +314,10 @@ def bench_find(work: Path, tiny: Path, n_studies: int, n_queries: int, orthanc: 
         shutil.copytree(scratch / "hilum", scratch / "hilum-pynetdicom")  # the same index, its own copy
         servers.append(Hilum(scratch / "hilum", "fast"))
         servers.append(Hilum(scratch / "hilum-pynetdicom", "pynetdicom"))
+        if baseline_app is not None:
+            shutil.copytree(scratch / "hilum", scratch / "hilum-baseline")
+            servers.append(Hilum(scratch / "hilum-baseline", "fast", baseline_app,
+                                 label=f"Hilum baseline ({baseline_app.parent.name})"))
         orth = None
         if orthanc:
             orth = Orthanc(scratch, orthanc)
@@ -414,10 +419,15 @@ def main(argv: list[str] | None = None) -> int:
             write_tiny_studies(tiny, args.studies)
             done.touch()
         print(f"C-FIND, study level, findscu, {args.studies} studies, {args.queries} queries each:", flush=True)
-        found = bench_find(work, tiny, args.studies, args.queries, orthanc)
+        found = bench_find(work, tiny, args.studies, args.queries, orthanc,
+                           Path(args.baseline_app).resolve() if args.baseline_app else None)
         figures["find"] = found
         h, p = found["Hilum (fast engine)"], found["Hilum (pynetdicom engine)"]
         print(f"  p50 Hilum fast / pynetdicom engine = {h['p50_ms'] / p['p50_ms']:.2f}")
+        for name, b in found.items():
+            if name.startswith("Hilum baseline"):
+                print(f"  p50 Hilum fast / baseline = {h['p50_ms'] / b['p50_ms']:.2f}   "
+                      f"p95 {h['p95_ms'] / b['p95_ms']:.2f}")
         if orthanc:
             h, o = found["Hilum (fast engine)"], found["Orthanc"]
             print(f"  p95 Hilum / Orthanc = {h['p95_ms'] / o['p95_ms']:.2f}   (target <= 1.00); "

@@ -356,31 +356,38 @@ class BulkSocket(AssociationSocket):
     """An association socket that reads a PDU with few large ``recv_into`` calls.
 
     pynetdicom reads in 4 KiB ``recv`` calls joined into a bytearray: 128 calls
-    and copies for each 512 KiB PDU; here one buffer, led by the PDU header
-    given as ``prefix``, is filled in place.  It starts with what the kernel
-    already holds (FIONREAD, at least :data:`FIRST_READ`) and grows with what
-    arrives (doubling, or to what is waiting): memory follows the bytes
-    received, never a length a peer merely announced.
+    and copies for each 512 KiB PDU.  Here the PDU (its header given as
+    ``prefix``) is read into one receive buffer kept by the connection, then
+    copied out once.  The buffer grows with what has arrived (what the kernel
+    already holds, FIONREAD, else doubling from :data:`FIRST_READ`) up to the
+    longest PDU the peer actually sent: memory follows the bytes received,
+    never a length a peer merely announced.
     """
+
+    _buffer: bytearray | None = None
 
     def recv(self, nr_bytes: int, prefix: bytes | bytearray = b"") -> bytearray:
         sock = self.socket
         assert sock is not None
         start = len(prefix)
         end = start + nr_bytes
-        buf = bytearray(start + min(nr_bytes, max(FIRST_READ, _available(sock))))
+        buf = self._buffer
+        if buf is None:
+            buf = self._buffer = bytearray(FIRST_READ)
+        ready = start + min(nr_bytes, _available(sock))
+        if len(buf) < ready:
+            buf += bytes(ready - len(buf))
         buf[:start] = prefix
         got = start
         while got < end:
             if got == len(buf):
                 buf += bytes(min(end - got, max(len(buf), _available(sock))))
-            n = sock.recv_into(memoryview(buf)[got:], len(buf) - got)
+            stop = min(len(buf), end)
+            n = sock.recv_into(memoryview(buf)[got:stop], stop - got)
             if not n:  # connection broken: return what arrived, as pynetdicom does
                 break
             got += n
-        if got < len(buf):
-            del buf[got:]
-        return buf
+        return buf[:got]
 
 
 FIRST_READ = 64 << 10
