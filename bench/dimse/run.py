@@ -13,7 +13,10 @@ What it measures (issue 3, "Measure"), all on this machine in one run:
    - DCMTK ``storescp`` (writes files, indexes nothing: the floor),
    - Orthanc (Debian package, default SQLite index, its own storage folder);
    ``--repeat N`` rounds, the servers in a rotating order each round;
-   the median instances/s of each and the ratios of the medians are printed.
+   the median instances/s of each, the ratios of the medians, and the median
+   of the ratios measured within one round (steadier on a loaded machine)
+   are printed, and the CPU time each server process used per instance
+   (user + system, from /proc: what the work costs, whatever the load).
 2. **C-FIND**: the same 10,000 single-instance studies are loaded into Hilum
    (through ``Archive.ingest_many``, the one way in; served by both engines,
    each from its own copy of the data folder) and Orthanc (REST
@@ -96,6 +99,16 @@ class Server:
     aet = "?"
     port = 0
     proc: subprocess.Popen[bytes] | None = None
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the server process has used so far (all its threads), from /proc."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -221,6 +234,7 @@ def bench_ingest(work: Path, ct: Path, n: int, orthanc: str | None, senders: int
     """Median instances/s of each server over ``repeat`` rounds (each server once per round, the
     order rotating, a fresh data folder each time)."""
     runs: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     names: dict[str, str] = {}
     for round_ in range(repeat):
         scratch = Path(tempfile.mkdtemp(prefix="ingest-", dir=work))
@@ -230,7 +244,11 @@ def bench_ingest(work: Path, ct: Path, n: int, orthanc: str | None, senders: int
             for key, make in servers[k:] + servers[:k]:
                 server = make()
                 try:
+                    cpu_before = server.cpu_seconds()
                     seconds = storescu(server, ct, senders)
+                    cpu_after = server.cpu_seconds()
+                    if cpu_before is not None and cpu_after is not None:
+                        cpu.setdefault(key, []).append((cpu_after - cpu_before) / n * 1000)
                     if key.startswith("hilum"):
                         server.stop()  # Hilum's count is read from its archive once the node is down
                     stored = server.count()
@@ -245,10 +263,24 @@ def bench_ingest(work: Path, ct: Path, n: int, orthanc: str | None, senders: int
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     rates = {key: statistics.median(v) for key, v in runs.items()}
+    cpu_ms = {key: statistics.median(v) for key, v in cpu.items()}
     for key, rate in rates.items():
-        print(f"  median {names[key]:32s} {rate:7.1f} instances/s  (runs: "
+        print(f"  median {names[key]:32s} {rate:7.1f} instances/s, "
+              f"{cpu_ms.get(key, float('nan')):5.2f} ms CPU per instance  (runs: "
               f"{', '.join(f'{r:.1f}' for r in runs[key])})", flush=True)
-    return {"median": rates, "runs": runs}
+    # The load of a shared machine drifts between rounds: the ratio of two servers measured in the
+    # same round, then the median of those ratios, is steadier than the ratio of the medians.
+    paired = {}
+    for other in ("hilum_pynetdicom", "hilum_baseline"):
+        if other in runs:
+            ratios = [a / b for a, b in zip(runs["hilum"], runs[other], strict=True)]
+            paired[other] = {"median": statistics.median(ratios), "rounds": ratios}
+            print(f"  Hilum fast / {names[other]}, same round: median {statistics.median(ratios):.2f}  "
+                  f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
+            if "hilum" in cpu_ms and other in cpu_ms:
+                print(f"  CPU per instance, Hilum fast / {names[other]}: {cpu_ms['hilum'] / cpu_ms[other]:.2f}",
+                      flush=True)
+    return {"median": rates, "runs": runs, "paired_ratio": paired, "cpu_ms_per_instance": cpu_ms, "cpu_runs": cpu}
 
 
 # ------------------------------------------------------------------ C-FIND
