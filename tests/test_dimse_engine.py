@@ -19,7 +19,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from pynetdicom import AE
-from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind, Verification
+from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind
 
 from conftest import free_port
 from hilum.config import Config

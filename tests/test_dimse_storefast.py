@@ -285,3 +285,30 @@ def test_response_to_a_peer_with_tiny_pdus_is_fragmented(tmp_path: Path) -> None
         assert status.Status == 0x0000
         assert _direct(n) == _directly(n, 1)
         assert n.archive.stats()["instances"] == 1
+
+
+def test_a_store_that_arrives_before_pynetdicom_marks_the_association_established_is_answered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom sets ``is_established`` only after the EVT_ACCEPTED handlers have run; the
+    peer's first C-STORE may be in and stored by then, and must still get its response."""
+    from hilum.dimse.scp import DimseService
+
+    slow = DimseService._on_accepted
+
+    def slow_accepted(self: DimseService, event: Any) -> None:
+        time.sleep(1.0)  # widen the window (it was microseconds, and lost one store in ~30 runs)
+        slow(self, event)
+
+    monkeypatch.setattr(DimseService, "_on_accepted", slow_accepted)
+    [ds] = _ct(1)
+    with _node(tmp_path) as n:
+        ae = AE("MODALITY")
+        ae.dimse_timeout = 10
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", _port(n), ae_title="HILUM")
+        assert assoc.is_established
+        status = assoc.send_c_store(ds)
+        assoc.release()
+        ae.shutdown()
+        assert status and status.Status == 0x0000
+        assert n.archive.stats()["instances"] == 1
