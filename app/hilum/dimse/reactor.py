@@ -374,9 +374,10 @@ class BulkSocket(AssociationSocket):
         buf = self._buffer
         if buf is None:
             buf = self._buffer = bytearray(FIRST_READ)
-        ready = start + min(nr_bytes, _available(sock))
-        if len(buf) < ready:
-            buf += bytes(ready - len(buf))
+        if len(buf) < end:  # (once the buffer has grown to the peer's PDUs, this is skipped)
+            ready = start + min(nr_bytes, _available(sock))
+            if len(buf) < ready:
+                buf += bytes(ready - len(buf))
         buf[:start] = prefix
         got = start
         while got < end:
