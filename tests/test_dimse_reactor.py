@@ -100,3 +100,23 @@ def test_bulk_socket_reads_whole_pdus_and_short_on_close() -> None:
     assert sock.recv(100) == b"tail"  # the peer closed: what arrived, no more
     t.join()
     a.close()
+
+
+def test_bulk_socket_memory_follows_the_bytes_that_arrive() -> None:
+    """A length a peer announces is no reason to allocate it: 10 bytes of an announced 256 MiB."""
+    import tracemalloc
+
+    a, b = socket.socketpair()
+    sock = BulkSocket.__new__(BulkSocket)
+    sock.socket = a
+    b.sendall(b"0123456789")
+    b.close()
+    tracemalloc.start()
+    try:
+        got = sock.recv(256 << 20)
+        _size, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        a.close()
+    assert got == b"0123456789"
+    assert peak < 1 << 20, f"{peak} bytes allocated for 10 received"

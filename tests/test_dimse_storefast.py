@@ -1,5 +1,9 @@
 """The direct C-STORE path (hilum.dimse.storefast): the same bytes, statuses and guarantees as
-pynetdicom's path, from DCMTK's storescu and from hand-built PDUs on a real association."""
+pynetdicom's path, from DCMTK's storescu and from hand-built PDUs on a real association.
+
+The node runs the engine ``[dimse] engine`` / ``HILUM_DIMSE_ENGINE`` says; with
+``pynetdicom`` the same tests hold pynetdicom's own path to the same bytes and
+statuses (and nothing takes the direct path)."""
 
 from __future__ import annotations
 
@@ -64,6 +68,15 @@ def _direct(n: Node) -> int:
     return n.service("dimse").direct_stores  # type: ignore[attr-defined, no-any-return]
 
 
+def _fast(n: Node) -> bool:
+    return n.service("dimse").fast  # type: ignore[attr-defined, no-any-return]
+
+
+def _directly(n: Node, count: int) -> int:
+    """How many C-STOREs the direct path should have taken: ``count`` on the fast engine, else none."""
+    return count if _fast(n) else 0
+
+
 # ------------------------------------------------------------------ encodings
 
 
@@ -114,7 +127,7 @@ def test_storescu_files_are_stored_byte_for_byte(tmp_path: Path, max_pdu: int) -
     with _node(tmp_path, max_pdu_size=max_pdu) as n:
         subprocess.run([str(BIN / "storescu"), "-aet", "MODALITY", "-aec", "HILUM", "127.0.0.1", str(_port(n)),
                         *map(str, files)], check=True, env=ENV, capture_output=True, timeout=60)
-        assert _direct(n) == 5
+        assert _direct(n) == _directly(n, 5)
         for path in files:
             sent = pydicom.dcmread(path)
             stored = n.archive.read(str(sent.SOPInstanceUID))
@@ -169,6 +182,8 @@ def test_two_requests_in_one_pdu_are_both_stored(tmp_path: Path) -> None:
     # PS3.8 lets one P-DATA-TF carry the end of one message and the start of the next.
     first, second = _ct(2)
     with _node(tmp_path) as n:
+        if not _fast(n):
+            pytest.skip("pynetdicom 3.0 drops a second message in the same P-DATA-TF (dimse/UPSTREAM.md)")
         ae, assoc = _associate(n)
         cx_id = assoc.accepted_contexts[0].context_id
         raw = assoc.dul.socket.socket
@@ -188,11 +203,17 @@ def test_data_set_interrupted_by_a_command_aborts_and_stores_nothing(tmp_path: P
         raw = assoc.dul.socket.socket
         raw.sendall(_pdu(one[:3]))  # the command and two fragments of the data set...
         raw.sendall(_pdu(two[:1]))  # ...then another command
-        deadline = time.monotonic() + 10
-        while assoc.is_established and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert assoc.is_aborted
+        if _fast(n):
+            deadline = time.monotonic() + 10
+            while assoc.is_established and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert assoc.is_aborted
+        else:  # pynetdicom does not notice (its decoder starts the new message): end it ourselves
+            assoc.abort()
         ae.shutdown()
+        deadline = time.monotonic() + 10
+        while n.service("dimse").ae.active_associations and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.02)
         assert n.archive.stats()["instances"] == 0
         assert n.archive.check(verify_checksums=False).clean
         assert not list((tmp_path / "data" / "blobs" / "tmp").iterdir())
@@ -214,7 +235,7 @@ def test_unwritable_blob_folder_is_a700_and_the_node_recovers(tmp_path: Path) ->
         assoc.release()
         ae.shutdown()
         assert n.archive.stats()["instances"] == 1
-        assert _direct(n) == 2
+        assert _direct(n) == _directly(n, 2)
 
 
 def test_a_peer_that_may_not_store_is_refused_by_pynetdicoms_path(tmp_path: Path) -> None:
@@ -262,5 +283,32 @@ def test_response_to_a_peer_with_tiny_pdus_is_fragmented(tmp_path: Path) -> None
         assoc.release()
         ae.shutdown()
         assert status.Status == 0x0000
-        assert _direct(n) == 1
+        assert _direct(n) == _directly(n, 1)
+        assert n.archive.stats()["instances"] == 1
+
+
+def test_a_store_that_arrives_before_pynetdicom_marks_the_association_established_is_answered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom sets ``is_established`` only after the EVT_ACCEPTED handlers have run; the
+    peer's first C-STORE may be in and stored by then, and must still get its response."""
+    from hilum.dimse.scp import DimseService
+
+    slow = DimseService._on_accepted
+
+    def slow_accepted(self: DimseService, event: Any) -> None:
+        time.sleep(1.0)  # widen the window (it was microseconds, and lost one store in ~30 runs)
+        slow(self, event)
+
+    monkeypatch.setattr(DimseService, "_on_accepted", slow_accepted)
+    [ds] = _ct(1)
+    with _node(tmp_path) as n:
+        ae = AE("MODALITY")
+        ae.dimse_timeout = 10
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", _port(n), ae_title="HILUM")
+        assert assoc.is_established
+        status = assoc.send_c_store(ds)
+        assoc.release()
+        ae.shutdown()
+        assert status and status.Status == 0x0000
         assert n.archive.stats()["instances"] == 1

@@ -4,12 +4,22 @@ What it measures (issue 3, "Measure"), all on this machine in one run:
 
 1. **Ingest**: DCMTK ``storescu`` (one association) sends the same generated
    2,000-instance CT set (512x512, 16 bit) to
-   - ``hilum serve`` (validates, writes the blob, fsyncs, indexes),
+   - ``hilum serve`` (validates, writes the blob, fsyncs, indexes) on its fast
+     DIMSE engine (``[dimse] engine = "fast"``),
+   - ``hilum serve`` on pynetdicom's own engine (``engine = "pynetdicom"``:
+     the gain of the fast engine, reproducible),
+   - optionally ``hilum serve`` from another checkout (``--baseline-app
+     DIR/app``, e.g. a ``git worktree`` of an older commit: before/after),
    - DCMTK ``storescp`` (writes files, indexes nothing: the floor),
    - Orthanc (Debian package, default SQLite index, its own storage folder);
-   instances/s of each and the ratios are printed.
+   ``--repeat N`` rounds, the servers in a rotating order each round;
+   the median instances/s of each, the ratios of the medians, and the median
+   of the ratios measured within one round (steadier on a loaded machine)
+   are printed, and the CPU time each server process used per instance
+   (user + system, from /proc: what the work costs, whatever the load).
 2. **C-FIND**: the same 10,000 single-instance studies are loaded into Hilum
-   (through ``Archive.ingest_many``, the one way in) and Orthanc (REST
+   (through ``Archive.ingest_many``, the one way in; served by both engines,
+   each from its own copy of the data folder) and Orthanc (REST
    ``POST /instances``); then DCMTK ``findscu`` runs the same study-level
    queries (names with wildcards, IDs, accession numbers, date ranges,
    modality + date) against each, alternating, and p50/p95 latencies are
@@ -21,7 +31,8 @@ it; Hilum sets it on its own sockets), see ../../../shared/ENVIRONMENT.md.
 Run (about 5 minutes; the data sets are generated once and cached in WORKDIR)::
 
     .venv/bin/python bench/dimse/run.py [--instances 2000] [--studies 10000] [--queries 100]
-                                        [--senders 1,4] [--workdir /tmp/hilum-bench-dimse] [--json out.json]
+                                        [--senders 1,4] [--repeat 1] [--baseline-app DIR/app]
+                                        [--skip-peers] [--workdir /tmp/hilum-bench-dimse] [--json out.json]
 
 Needs DCMTK (``/usr/bin/storescu``, ``storescp``, ``findscu``) and Orthanc
 (``/usr/sbin/Orthanc`` or on PATH).  Nothing here is a test: figures vary with
@@ -88,6 +99,16 @@ class Server:
     aet = "?"
     port = 0
     proc: subprocess.Popen[bytes] | None = None
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the server process has used so far (all its threads), from /proc."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -157,13 +178,15 @@ class Orthanc(Server):
 class Hilum(Server):
     name, aet = "Hilum (hilum serve)", "HILUM"
 
-    def __init__(self, data: Path):
+    def __init__(self, data: Path, engine: str = "fast", app: Path = REPO / "app", label: str | None = None):
         self.data = data
         self.port = free_port()
+        self.name = label or f"Hilum ({engine} engine)"
         self.proc = subprocess.Popen(
             [PY, "-m", "hilum", "serve", "--data", str(data), "--aet", self.aet, "--dicom-port", str(self.port),
              "--web-port", str(free_port()), "--hl7-port", str(free_port())],
-            env={**ENV, "PYTHONPATH": str(REPO / "app")}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env={**ENV, "PYTHONPATH": str(app), "HILUM_DIMSE_ENGINE": engine},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
 
     def count(self) -> int:
@@ -190,31 +213,74 @@ def storescu(server: Server, folder: Path, senders: int = 1) -> float:
     return elapsed
 
 
-def bench_ingest(work: Path, ct: Path, n: int, orthanc: str | None, senders: int = 1) -> dict[str, float]:
-    rates: dict[str, float] = {}
-    scratch = Path(tempfile.mkdtemp(prefix="ingest-", dir=work))
-    try:
-        servers: list[tuple[str, Any]] = [("storescp", lambda: StoreSCP(scratch))]
+def ingest_servers(scratch: Path, orthanc: str | None, baseline_app: Path | None,
+                   peers: bool = True) -> list[tuple[str, Any]]:
+    """(key, factory) of every server the ingest is measured against."""
+    servers: list[tuple[str, Any]] = []
+    if peers:
+        servers.append(("storescp", lambda: StoreSCP(scratch)))
         if orthanc:
             servers.append(("orthanc", lambda: Orthanc(scratch, orthanc)))
-        servers.append(("hilum", lambda: Hilum(scratch / "hilum")))
-        for key, make in servers:
-            server = make()
-            try:
-                seconds = storescu(server, ct, senders)
-                if key == "hilum":
-                    server.stop()  # Hilum's count is read from its archive once the node is down
-                stored = server.count()
-            finally:
-                server.stop()
-            if stored != n:
-                raise RuntimeError(f"{server.name} holds {stored} instances, expected {n}")
-            rates[key] = n / seconds
-            print(f"  {server.name:24s} {n} instances in {seconds:6.1f} s = {rates[key]:7.1f} instances/s",
-                  flush=True)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return rates
+    servers.append(("hilum", lambda: Hilum(scratch / "hilum", "fast")))
+    servers.append(("hilum_pynetdicom", lambda: Hilum(scratch / "hilum-pynetdicom", "pynetdicom")))
+    if baseline_app is not None:
+        servers.append(("hilum_baseline", lambda: Hilum(scratch / "hilum-baseline", "fast", baseline_app,
+                                                         label=f"Hilum baseline ({baseline_app.parent.name})")))
+    return servers
+
+
+def bench_ingest(work: Path, ct: Path, n: int, orthanc: str | None, senders: int = 1, repeat: int = 1,
+                 baseline_app: Path | None = None, peers: bool = True) -> dict[str, Any]:
+    """Median instances/s of each server over ``repeat`` rounds (each server once per round, the
+    order rotating, a fresh data folder each time)."""
+    runs: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    names: dict[str, str] = {}
+    for round_ in range(repeat):
+        scratch = Path(tempfile.mkdtemp(prefix="ingest-", dir=work))
+        try:
+            servers = ingest_servers(scratch, orthanc, baseline_app, peers)
+            k = round_ % len(servers)
+            for key, make in servers[k:] + servers[:k]:
+                server = make()
+                try:
+                    cpu_before = server.cpu_seconds()
+                    seconds = storescu(server, ct, senders)
+                    cpu_after = server.cpu_seconds()
+                    if cpu_before is not None and cpu_after is not None:
+                        cpu.setdefault(key, []).append((cpu_after - cpu_before) / n * 1000)
+                    if key.startswith("hilum"):
+                        server.stop()  # Hilum's count is read from its archive once the node is down
+                    stored = server.count()
+                finally:
+                    server.stop()
+                if stored != n:
+                    raise RuntimeError(f"{server.name} holds {stored} instances, expected {n}")
+                runs.setdefault(key, []).append(n / seconds)
+                names[key] = server.name
+                print(f"  round {round_ + 1}: {server.name:32s} {n} instances in {seconds:6.1f} s = "
+                      f"{n / seconds:7.1f} instances/s", flush=True)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    rates = {key: statistics.median(v) for key, v in runs.items()}
+    cpu_ms = {key: statistics.median(v) for key, v in cpu.items()}
+    for key, rate in rates.items():
+        print(f"  median {names[key]:32s} {rate:7.1f} instances/s, "
+              f"{cpu_ms.get(key, float('nan')):5.2f} ms CPU per instance  (runs: "
+              f"{', '.join(f'{r:.1f}' for r in runs[key])})", flush=True)
+    # The load of a shared machine drifts between rounds: the ratio of two servers measured in the
+    # same round, then the median of those ratios, is steadier than the ratio of the medians.
+    paired = {}
+    for other in ("hilum_pynetdicom", "hilum_baseline"):
+        if other in runs:
+            ratios = [a / b for a, b in zip(runs["hilum"], runs[other], strict=True)]
+            paired[other] = {"median": statistics.median(ratios), "rounds": ratios}
+            print(f"  Hilum fast / {names[other]}, same round: median {statistics.median(ratios):.2f}  "
+                  f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
+            if "hilum" in cpu_ms and other in cpu_ms:
+                print(f"  CPU per instance, Hilum fast / {names[other]}: {cpu_ms['hilum'] / cpu_ms[other]:.2f}",
+                      flush=True)
+    return {"median": rates, "runs": runs, "paired_ratio": paired, "cpu_ms_per_instance": cpu_ms, "cpu_runs": cpu}
 
 
 # ------------------------------------------------------------------ C-FIND
@@ -264,7 +330,8 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
 
 
-def bench_find(work: Path, tiny: Path, n_studies: int, n_queries: int, orthanc: str | None) -> dict[str, Any]:
+def bench_find(work: Path, tiny: Path, n_studies: int, n_queries: int, orthanc: str | None,
+               baseline_app: Path | None = None) -> dict[str, Any]:
     from hilum.archive import Archive
 
     scratch = Path(tempfile.mkdtemp(prefix="find-", dir=work))
@@ -276,8 +343,13 @@ def bench_find(work: Path, tiny: Path, n_studies: int, n_queries: int, orthanc: 
             res = a.ingest_many(files, origin="import")
         assert sum(r.ok for r in res) == n_studies, "Hilum did not take every tiny study"
         print(f"  loaded {n_studies} studies into Hilum (ingest_many) in {time.perf_counter() - t:.1f} s", flush=True)
-        hilum = Hilum(scratch / "hilum")
-        servers.append(hilum)
+        shutil.copytree(scratch / "hilum", scratch / "hilum-pynetdicom")  # the same index, its own copy
+        servers.append(Hilum(scratch / "hilum", "fast"))
+        servers.append(Hilum(scratch / "hilum-pynetdicom", "pynetdicom"))
+        if baseline_app is not None:
+            shutil.copytree(scratch / "hilum", scratch / "hilum-baseline")
+            servers.append(Hilum(scratch / "hilum-baseline", "fast", baseline_app,
+                                 label=f"Hilum baseline ({baseline_app.parent.name})"))
         orth = None
         if orthanc:
             orth = Orthanc(scratch, orthanc)
@@ -326,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "hilum-bench-dimse"))
     ap.add_argument("--senders", default="1", help="comma-separated numbers of parallel storescu senders "
                     "to measure (default 1: one association, as a modality sends)")
+    ap.add_argument("--repeat", type=int, default=1, help="ingest rounds; medians are reported (default 1)")
+    ap.add_argument("--baseline-app", metavar="DIR", help="also measure hilum serve run from this app/ folder "
+                    "(another checkout, e.g. a git worktree of an older commit)")
+    ap.add_argument("--skip-peers", action="store_true", help="ingest: measure Hilum only (no storescp/Orthanc)")
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--skip-find", action="store_true")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
@@ -353,9 +429,17 @@ def main(argv: list[str] | None = None) -> int:
         for senders in (int(x) for x in args.senders.split(",")):
             what = "one storescu association" if senders == 1 else f"{senders} parallel storescu associations"
             print(f"C-STORE ingest, {what}, {args.instances} CT 512x512:", flush=True)
-            rates = bench_ingest(work, ct, args.instances, orthanc, senders)
-            figures[f"ingest_instances_per_s_{senders}_senders"] = rates
-            print(f"  Hilum / storescp = {rates['hilum'] / rates['storescp']:.2f}   (target >= 0.30)")
+            baseline = Path(args.baseline_app).resolve() if args.baseline_app else None
+            result = bench_ingest(work, ct, args.instances, orthanc, senders, max(1, args.repeat), baseline,
+                                  peers=not args.skip_peers)
+            rates = result["median"]
+            figures[f"ingest_instances_per_s_{senders}_senders"] = result
+            print(f"  Hilum fast / pynetdicom engine = {rates['hilum'] / rates['hilum_pynetdicom']:.2f}")
+            if "hilum_baseline" in rates:
+                print(f"  Hilum fast / baseline          = {rates['hilum'] / rates['hilum_baseline']:.2f}   "
+                      "(target >= 1.00)")
+            if "storescp" in rates:
+                print(f"  Hilum / storescp = {rates['hilum'] / rates['storescp']:.2f}   (target >= 0.30)")
             if "orthanc" in rates:
                 print(f"  Hilum / Orthanc  = {rates['hilum'] / rates['orthanc']:.2f}   (target >= 1.00)")
 
@@ -367,10 +451,17 @@ def main(argv: list[str] | None = None) -> int:
             write_tiny_studies(tiny, args.studies)
             done.touch()
         print(f"C-FIND, study level, findscu, {args.studies} studies, {args.queries} queries each:", flush=True)
-        found = bench_find(work, tiny, args.studies, args.queries, orthanc)
+        found = bench_find(work, tiny, args.studies, args.queries, orthanc,
+                           Path(args.baseline_app).resolve() if args.baseline_app else None)
         figures["find"] = found
+        h, p = found["Hilum (fast engine)"], found["Hilum (pynetdicom engine)"]
+        print(f"  p50 Hilum fast / pynetdicom engine = {h['p50_ms'] / p['p50_ms']:.2f}")
+        for name, b in found.items():
+            if name.startswith("Hilum baseline"):
+                print(f"  p50 Hilum fast / baseline = {h['p50_ms'] / b['p50_ms']:.2f}   "
+                      f"p95 {h['p95_ms'] / b['p95_ms']:.2f}")
         if orthanc:
-            h, o = found["Hilum (hilum serve)"], found["Orthanc"]
+            h, o = found["Hilum (fast engine)"], found["Orthanc"]
             print(f"  p95 Hilum / Orthanc = {h['p95_ms'] / o['p95_ms']:.2f}   (target <= 1.00); "
                   f"answers that differed: {found['mismatched_answers']}")
     figures["machine"]["load_avg_end"] = os.getloadavg()

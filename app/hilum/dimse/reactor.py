@@ -28,33 +28,55 @@ The loops do what pynetdicom's do, only waiting differently; the waits keep
 their old bounds (the association's 1 ms, the DUL's 10 ms with the ARTIM
 timer the only thing left to poll), so nothing is ever later than before.
 The classes are swapped onto a freshly created, not yet started association
-by :class:`RequestHandler`, which :func:`start_server` hands to the servers of
-:class:`~hilum.dimse.scp.DimseService`; everything else (negotiation, state
-machine, handlers) is pynetdicom's own.  Written against pynetdicom 3.0
-(pinned in pyproject.toml), whose ``Association._run_reactor`` body
-:meth:`EventDrivenAssociation._run_reactor` mirrors.
+by :class:`RequestHandler`, which :class:`~hilum.dimse.scp.DimseService`
+gives its listeners when ``[dimse] engine = "fast"``; everything else
+(negotiation, state machine, handlers) is pynetdicom's own.
+
+**The fence** (this module and :mod:`hilum.dimse.storefast` reach into
+pynetdicom's internals):
+
+- nothing happens at import: :func:`install` (called by the service's
+  ``start`` with the fast engine, undone by :func:`uninstall` at ``stop``)
+  wraps ``pynetdicom.service_class.encode`` for :class:`EncodedIdentifier`
+  and turns pynetdicom's identifier logging off;
+- ``[dimse] engine = "pynetdicom"`` (or ``HILUM_DIMSE_ENGINE``) runs
+  pynetdicom's own classes instead, and the protocol tests run both ways;
+- pynetdicom is pinned exactly (pyproject.toml) and :data:`UPSTREAM` holds
+  the SHA-256 of the source of every upstream function this code copies or
+  depends on the inside of; :func:`upstream_changes` lists those that differ
+  (tests/test_dimse_engine.py fails, and the service falls back to the
+  pynetdicom engine with an error in the log).
+
+The changes pynetdicom itself could take are written up in UPSTREAM.md
+beside this module.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import importlib
+import inspect
 import logging
 import queue
 import select
 import socket
 import ssl
 import struct
+import termios
 import threading
-import time
 from typing import Any
 
+import pynetdicom
 from pydicom.dataset import Dataset
-from pynetdicom import evt, service_class
+from pynetdicom import _config, evt, service_class
+from pynetdicom import association as association_module
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket
 from pynetdicom.transport import RequestHandler as _RequestHandler
 from pynetdicom.utils import make_target
 
@@ -64,6 +86,9 @@ log = logging.getLogger("pynetdicom")
 
 ASSOC_WAIT = 0.001  # the association loop's longest wait (pynetdicom's fixed sleep)
 DUL_WAIT = 0.01     # the DUL loop's longest wait: only the ARTIM timer still needs polling
+
+
+_GONE = object()  # put on the DUL's user queue when the connection ends before an A-ASSOCIATE-RQ
 
 
 class EventDrivenDUL(DULServiceProvider):
@@ -78,6 +103,19 @@ class EventDrivenDUL(DULServiceProvider):
 
     _waiting = False
     _hilum_store: StoreReceiver | None = None
+    _gone_told = False
+
+    def receive_pdu(self, wait: bool = False, timeout: float | None = None) -> Any:
+        """pynetdicom's, except that the acceptor's first wait ends as soon as the connection has
+        gone without an A-ASSOCIATE-RQ (pynetdicom waits out its ACSE timeout, holding the thread)."""
+        primitive = super().receive_pdu(wait=wait, timeout=timeout)
+        return None if primitive is _GONE else primitive
+
+    def _tell_gone(self) -> None:
+        """Back in Sta1 with no association requested: wake the association's first wait."""
+        if not self._gone_told and self.assoc.requestor.primitive is None:
+            self._gone_told = True
+            self.to_user_queue.put(_GONE)  # type: ignore[arg-type]
 
     def _open_wake(self) -> None:
         self._wake_r, self._wake_w = socket.socketpair()
@@ -169,14 +207,18 @@ class EventDrivenDUL(DULServiceProvider):
                 log.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
                 self.event_queue.put("Evt19")
                 return None
-            pdu += self.socket.recv(length)
+            if isinstance(self.socket, BulkSocket):
+                pdu = self.socket.recv(length, pdu)
+            else:
+                pdu += self.socket.recv(length)
         except (OSError, TimeoutError) as exc:
             log.error("Connection closed before the entire PDU was received")
             log.exception(exc)
             self.event_queue.put("Evt17")
             return None
         if len(pdu) != 6 + length:
-            log.error(f"The received PDU is shorter than expected ({len(pdu)} of {6 + length} bytes received)")
+            if not getattr(self.socket.socket, "_g_dead", False):  # hilum.dimse.guard said why already
+                log.error(f"The received PDU is shorter than expected ({len(pdu)} of {6 + length} bytes received)")
             self.event_queue.put("Evt17")
             return None
         return pdu
@@ -219,6 +261,8 @@ class EventDrivenDUL(DULServiceProvider):
                     self._wait()
                     continue
                 self.state_machine.do_action(event)
+                if self.state_machine.current_state == "Sta1":
+                    self._tell_gone()
                 if wake is not None:
                     wake.set()
         finally:
@@ -311,25 +355,52 @@ class EventDrivenAssociation(Association):
 class BulkSocket(AssociationSocket):
     """An association socket that reads a PDU with few large ``recv_into`` calls.
 
-    pynetdicom reads in 4 KiB ``recv`` calls joined into a bytearray: 32 calls
-    and copies for each 128 KiB PDU that DCMTK sends; here one buffer is
-    filled in place.
+    pynetdicom reads in 4 KiB ``recv`` calls joined into a bytearray: 128 calls
+    and copies for each 512 KiB PDU.  Here the PDU (its header given as
+    ``prefix``) is read into one receive buffer kept by the connection, then
+    copied out once.  The buffer grows with what has arrived (what the kernel
+    already holds, FIONREAD, else doubling from :data:`FIRST_READ`) up to the
+    longest PDU the peer actually sent: memory follows the bytes received,
+    never a length a peer merely announced.
     """
 
-    def recv(self, nr_bytes: int) -> bytearray:
+    _buffer: bytearray | None = None
+
+    def recv(self, nr_bytes: int, prefix: bytes | bytearray = b"") -> bytearray:
         sock = self.socket
         assert sock is not None
-        buf = bytearray(nr_bytes)
-        got = 0
-        with memoryview(buf) as view:
-            while got < nr_bytes:
-                n = sock.recv_into(view[got:], nr_bytes - got)
-                if not n:  # connection broken: return what arrived, as pynetdicom does
-                    break
-                got += n
-        if got < nr_bytes:
-            del buf[got:]
-        return buf
+        start = len(prefix)
+        end = start + nr_bytes
+        buf = self._buffer
+        if buf is None:
+            buf = self._buffer = bytearray(FIRST_READ)
+        if len(buf) < end:  # (once the buffer has grown to the peer's PDUs, this is skipped)
+            ready = start + min(nr_bytes, _available(sock))
+            if len(buf) < ready:
+                buf += bytes(ready - len(buf))
+        buf[:start] = prefix
+        got = start
+        while got < end:
+            if got == len(buf):
+                buf += bytes(min(end - got, max(len(buf), _available(sock))))
+            stop = min(len(buf), end)
+            n = sock.recv_into(memoryview(buf)[got:stop], stop - got)
+            if not n:  # connection broken: return what arrived, as pynetdicom does
+                break
+            got += n
+        return buf[:got]
+
+
+FIRST_READ = 64 << 10
+"""The first buffer of a :class:`BulkSocket` read when less has arrived (bytes)."""
+
+
+def _available(sock: Any) -> int:
+    """Bytes waiting in the kernel's receive buffer of ``sock`` (FIONREAD; 0 if unknown)."""
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
+    except (OSError, ValueError):
+        return 0
 
 
 _COMMAND_FIELDS = {C_STORE: 0x8001, C_FIND: 0x8020}
@@ -429,15 +500,17 @@ class FastResponseDIMSE(DIMSEServiceProvider):
 
 
 def wait_responded(assoc: Any, message_id: int, timeout: float = 30.0) -> bool:
-    """Wait until ``assoc`` has answered request ``message_id`` (see FastResponseDIMSE)."""
+    """Wait until ``assoc`` has answered request ``message_id`` (see FastResponseDIMSE).
+
+    On a plain pynetdicom association there is nothing to wait for: its
+    ``send_*`` methods pause the association's reactor before sending, and the
+    reactor only pauses once it has finished serving the request in hand,
+    response included.
+    """
     dimse = assoc.dimse
     if isinstance(dimse, FastResponseDIMSE):
         return dimse.wait_responded(message_id, timeout)
-    # a plain pynetdicom association: its reactor is marked paused while a handler runs
-    deadline = time.monotonic() + timeout
-    while assoc._is_paused and assoc.is_established and time.monotonic() < deadline:
-        time.sleep(0.001)
-    return not assoc._is_paused
+    return True
 
 
 class EncodedIdentifier(Dataset):
@@ -467,13 +540,80 @@ def _encode(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated:
     return _pynetdicom_encode(ds, is_implicit_vr, is_little_endian, deflated)
 
 
-service_class.encode = _encode  # the name pynetdicom 3.0's C-FIND SCP calls for each match
+_install_lock = threading.Lock()
+_installed = 0
+_saved_config: dict[str, Any] = {}
+
+
+def install() -> None:
+    """Put the fast engine's process-wide changes to pynetdicom in place (counted: each call needs
+    an :func:`uninstall`).
+
+    - ``service_class.encode`` (the name pynetdicom 3.0's C-FIND SCP calls for
+      each match) passes an :class:`EncodedIdentifier` through;
+    - unless pynetdicom logs at DEBUG, its ``_config.LOG_REQUEST_IDENTIFIERS``
+      and ``LOG_RESPONSE_IDENTIFIERS`` are off: they pretty-print every C-FIND
+      identifier, and an EncodedIdentifier would print as empty.
+    """
+    global _installed
+    with _install_lock:
+        _installed += 1
+        if _installed > 1:
+            return
+        service_class.encode = _encode
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+            for name in ("LOG_REQUEST_IDENTIFIERS", "LOG_RESPONSE_IDENTIFIERS"):
+                _saved_config[name] = getattr(_config, name)
+                setattr(_config, name, False)
+
+
+def uninstall() -> None:
+    """Undo :func:`install` once the last fast-engine service has stopped."""
+    global _installed
+    with _install_lock:
+        if _installed == 0:
+            return
+        _installed -= 1
+        if _installed:
+            return
+        if service_class.encode is _encode:
+            service_class.encode = _pynetdicom_encode
+        for name, value in _saved_config.items():
+            setattr(_config, name, value)
+        _saved_config.clear()
+
+
+def installed() -> bool:
+    """Whether the fast engine's changes are in place (C-FIND may yield EncodedIdentifier)."""
+    return _installed > 0 and service_class.encode is _encode
+
+
+_STANDARD_HANDLERS = (
+    (evt.EVT_DIMSE_RECV, association_module.standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, association_module.standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, association_module.standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, association_module.standard_pdu_sent_handler),
+)
+
+
+def _quiet(assoc: Association) -> None:
+    """Unbind pynetdicom's "standard" logging handlers from ``assoc`` unless pynetdicom logs at DEBUG.
+
+    They format every PDU and DIMSE message for a debug log nobody reads (copying each C-STORE
+    data set once more), and a bound PDU handler sends C-STORE down pynetdicom's path.  Done per
+    association rather than by ``_config.LOG_HANDLER_LEVEL``, which is process-wide.
+    """
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+        return
+    for event, handler in _STANDARD_HANDLERS:
+        assoc.unbind(event, handler)
 
 
 def make_event_driven(assoc: Association, store_hook: StoreHook | None = None) -> Association:
     """Give a new, not yet started acceptor ``assoc`` the event-driven reactors (and, with
     ``store_hook``, the direct C-STORE path of :mod:`hilum.dimse.storefast`)."""
     assoc._hilum_wake = threading.Event()  # type: ignore[attr-defined]
+    _quiet(assoc)
     if type(assoc.dul.socket) is AssociationSocket:
         assoc.dul.socket.__class__ = BulkSocket
     assoc.dimse.__class__ = FastResponseDIMSE
@@ -494,22 +634,78 @@ class RequestHandler(_RequestHandler):
         return make_event_driven(super()._create_association(), getattr(self.server, "_hilum_store_hook", None))
 
 
+# ------------------------------------------------------------------ the upstream code this mirrors
+
+PYNETDICOM_VERSION = "3.0.4"
+
+UPSTREAM: dict[str, str] = {
+    # copied: EventDrivenAssociation._run_reactor
+    "pynetdicom.association.Association._run_reactor":
+        "f28838c5559e462a563750cfc9f3790027f4bb7e2223baf42c9f5d682c359dee",
+    # its first receive_pdu(), which EventDrivenDUL.receive_pdu ends early; the attributes set at init
+    "pynetdicom.association.Association.run_reactor": "ed8bbbe3b3d6ddaee3e8673ba25b2ab2a4c45f25bc1d8ae7b48ebafd09499e6d",
+    "pynetdicom.association.Association.__init__": "eb07516b8009ad8fa338201dea39578380fbf9f2c59fa5e368e20250eb97c4ea",
+    "pynetdicom.association.Association.kill": "8f9713666a7f4cffd840899f023090e9786668945a7c844f99d7a834077c3972",
+    # copied: EventDrivenDUL.run_reactor, _read_pdu_data / _read_pdu; the thread target bound at init
+    "pynetdicom.dul.DULServiceProvider.run_reactor": "e3a10eb3a0931e4854af33b9496e92d9679522aca26b0e04da8967559b9e2803",
+    "pynetdicom.dul.DULServiceProvider._read_pdu_data": "19f2d4e38c13c83586365d93dd5cd96a0c7c665cb37251054b3e1f246e9f431b",
+    "pynetdicom.dul.DULServiceProvider.__init__": "c82dafa9438ddf70685917cb15d2bfbc814aa0ad5233ffb0ae650faedc7570f0",
+    "pynetdicom.dul.DULServiceProvider.receive_pdu": "fa67339834ca998cb31eb1806a854864200464b0a9991333d387aa419478c4e6",
+    "pynetdicom.dul.DULServiceProvider._is_transport_event": "8725ed03bb8fbdefef249d5d9888c120e6277d7b6aa2c4f537e23027186e1253",
+    "pynetdicom.dul.DULServiceProvider.send_pdu": "7cbce5da8594124e9e70c790a68df640d21df11af4220783e752bc607de8dde6",
+    "pynetdicom.dul.DULServiceProvider.kill_dul": "5ceccf8dd01c2072c377d18bb1be284941a345bd40f03bd1e03a864ab0817842",
+    # replaced: BulkSocket.recv; the class swapped on the live association
+    "pynetdicom.transport.AssociationSocket.recv": "6bc20a33b1b7cfe76d4ad4407ca242563bc6206fde4b4e1cf7a2fbb1f11d621d",
+    "pynetdicom.transport.RequestHandler._create_association": "05c8d12b79863cdbdb901ce37187b7030a0434c5cd89d219ed0bedbda679a61e",
+    # bypassed for plain C-STORE/C-FIND responses: FastResponseDIMSE, response_pdvs
+    "pynetdicom.dimse.DIMSEServiceProvider.send_msg": "a839cf2fb46976d9da29cf06fea41c04416b38d14fab612af12e5d869bd5b3f0",
+    "pynetdicom.dimse_messages.DIMSEMessage.encode_msg": "73000c902c52832dab302ddb3bc274ea93d205a810a197225dd87d4c1212ba57",
+    # followed by storefast.StoreReceiver._track (where pynetdicom's message ends)
+    "pynetdicom.dimse_messages.DIMSEMessage.decode_msg": "f51c777e841a76beeaadfe3015bd4f4a68387229a72f13f3a3b7846d01d72284",
+    # the bytes storefast.part10_header reproduces
+    "pynetdicom.events.Event.encoded_dataset": "879e44cd3dc43358692ef7fadc0ccdc5e9c8178bec82bc0ed8358eea73008087",
+    "pynetdicom.dsutils.create_file_meta": "035ed415f5aeea15543cca3b0b7b2b6d5a3189bc807a0211f5c633bb356ab9e3",
+    "pynetdicom.dsutils.encode_file_meta": "9c08a44b26b58301a092a9641c35b8c6f471eab40bedca1dea31cf19e9169e7c",
+    # wrapped by _encode, called by name from the C-FIND SCP
+    "pynetdicom.dsutils.encode": "0d29ffd5d358c45a6b20436a9a45ec4ea003631dd4323e827c87365624c71cf0",
+    "pynetdicom.service_class.ServiceClass._c_find_scp": "da242b908ef4848ceaec8937680dfe9d23705301f6bad99de6dd64786cd9a7ca",
+}
+"""SHA-256 of the source of each upstream function the fast engine copies, replaces or relies on
+the inside of, in pynetdicom :data:`PYNETDICOM_VERSION`."""
 
 
-def start_server(ae: Any, address: tuple[str, int], *, ssl_context: ssl.SSLContext | None = None,
-                 evt_handlers: list[Any] | None = None,
-                 store_hook: StoreHook | None = None) -> ThreadedAssociationServer:
-    """``ae.start_server(address, block=False, ...)`` whose associations are event-driven, and
-    receive C-STORE requests through ``store_hook`` (see :mod:`hilum.dimse.storefast`) if given."""
-    server = ae.make_server(address, ssl_context=ssl_context, evt_handlers=evt_handlers,
-                            server_class=ThreadedAssociationServer, request_handler=RequestHandler)
-    server._hilum_store_hook = store_hook  # type: ignore[attr-defined]
-    thread = threading.Thread(target=make_target(server.serve_forever), name=f"AcceptorServer@{address[1]}",
-                              daemon=True)
-    thread.start()
-    ae._servers.append(server)  # as AE.start_server: AE.shutdown() and server.shutdown() expect it
-    return server
+def _resolve(name: str) -> Any:
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(name)
 
 
-__all__ = ["BulkSocket", "EncodedIdentifier", "EventDrivenAssociation", "EventDrivenDUL", "FastResponseDIMSE", "RequestHandler",
-           "encode_response", "make_event_driven", "response_pdvs", "start_server", "wait_responded"]
+def source_digest(name: str) -> str:
+    """SHA-256 of the source of the upstream function ``name`` (dotted path)."""
+    return hashlib.sha256(inspect.getsource(_resolve(name)).encode()).hexdigest()
+
+
+def upstream_changes() -> list[str]:
+    """What differs from the pynetdicom the fast engine was written against (empty: nothing)."""
+    changed = []
+    if pynetdicom.__version__ != PYNETDICOM_VERSION:
+        changed.append(f"pynetdicom {pynetdicom.__version__} (written against {PYNETDICOM_VERSION})")
+    for name, digest in UPSTREAM.items():
+        try:
+            if source_digest(name) != digest:
+                changed.append(name)
+        except (ImportError, AttributeError, OSError, TypeError):
+            changed.append(f"{name} (not found)")
+    return changed
+
+
+__all__ = ["UPSTREAM", "BulkSocket", "EncodedIdentifier", "EventDrivenAssociation", "EventDrivenDUL", "FastResponseDIMSE",
+           "RequestHandler", "encode_response", "install", "installed", "make_event_driven",
+           "response_pdvs", "source_digest", "uninstall", "upstream_changes", "wait_responded"]

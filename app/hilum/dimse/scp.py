@@ -7,10 +7,24 @@ archive's one ingest call and one query call, and a failure becomes a DIMSE
 status and a log line, never a dead association.
 
 Access control: the called AE title must be the node's; with
-``require_known_peers`` only configured peers may associate; a known peer
+``require_known_peers`` only configured peers may associate, each from its
+configured ``host`` (see :meth:`DimseService.peer_addresses`); a known peer
 only gets the presentation contexts its ``may_store`` / ``may_query`` /
-``may_retrieve`` allow; concurrent associations and PDU size are limited
-by the config.  TLS (PS3.15 B.1) when a certificate and key are configured.
+``may_retrieve`` allow.  TLS (PS3.15 B.1) when a certificate and key are
+configured.
+
+Bounds (:mod:`hilum.dimse.guard`): ``max_associations`` counts established
+associations only; connections that have not yet sent their whole
+A-ASSOCIATE-RQ are bounded apart (``[dimse] max_pending``) and get the ARTIM
+timeout (``[dimse] artim_timeout``); every PDU is checked against the
+maximum PDU length the node advertised (before association: a hard cap on
+the A-ASSOCIATE-RQ) before it is read, and a lie ends the connection.
+
+Engines (``[dimse] engine``, :mod:`hilum.dimse.settings`): ``"fast"`` runs
+the event-driven association classes of :mod:`hilum.dimse.reactor` and the
+direct C-STORE path of :mod:`hilum.dimse.storefast`; ``"pynetdicom"`` runs
+pynetdicom's own classes with these handlers only.  The same bounds hold
+for both.
 
 Each association is logged in one line when its connection closes: peer,
 AE titles, what it did, how it ended.
@@ -21,14 +35,17 @@ Configuration (``hilum.toml``)::
     aet = "HILUM"
     dicom_port = 11112
     require_known_peers = false   # true: only the [peers] below may associate
-    max_associations = 32
-    max_pdu_size = 0              # 0: no limit (advertised as 1 MiB, see UNLIMITED_PDU)
+    max_associations = 32         # established associations at once (half-open connections are apart)
+    max_pdu_size = 0              # 0: no limit (advertised as 1 MiB, see UNLIMITED_PDU); at most 16 MiB
     tls_cert = "/etc/hilum/node.crt"   # with tls_key: DICOM over TLS (PS3.15 B.1)
     tls_key = "/etc/hilum/node.key"
     tls_ca = "/etc/hilum/ca.crt"       # peers must present a certificate signed by it
 
-    [dimse]
+    [dimse]                       # see hilum.dimse.settings
+    engine = "fast"               # or "pynetdicom"; HILUM_DIMSE_ENGINE overrides
     tls_port = 2762               # optional: plain DICOM on dicom_port AND TLS here
+    artim_timeout = 10            # seconds to deliver the A-ASSOCIATE-RQ (PS3.8 9.1.5)
+    max_pending = 32              # connections without a complete A-ASSOCIATE-RQ
 
     [peers.ct1]                   # C-MOVE destinations, commitment reports, rights
     aet = "CT1"
@@ -43,8 +60,10 @@ Configuration (``hilum.toml``)::
 from __future__ import annotations
 
 import copy
+import ipaddress
 import itertools
 import logging
+import socket
 import threading
 import time
 from collections import Counter
@@ -54,8 +73,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom import AE, evt
 
 from hilum.archive import Archive, IngestResult, Received
 from hilum.archive.blobs import TempBlob
@@ -63,8 +81,11 @@ from hilum.config import Config, Peer
 from hilum.dicom.attributes import InvalidInstance, check_request
 from hilum.dicom.transcode import TranscodeError
 from hilum.dimse import contexts as cx
+from hilum.dimse import guard, reactor
 from hilum.dimse.commitment import COMMITMENT_INSTANCE, CommitmentReporter, check_commitment
 from hilum.dimse.identifiers import IdentifierError, ResponsePlan, query_of, response_for, retrieve_query
+from hilum.dimse.mpps import MppsSCP
+from hilum.dimse.mwl import WorklistSCP
 from hilum.dimse.net import (
     NODELAY_HANDLERS,
     client_ssl_context,
@@ -72,7 +93,8 @@ from hilum.dimse.net import (
     server_ssl_context,
     set_nodelay,
 )
-from hilum.dimse.reactor import EncodedIdentifier, start_server
+from hilum.dimse.reactor import EncodedIdentifier
+from hilum.dimse.settings import DimseSettings
 from hilum.dimse.storefast import StoreRequest
 from hilum.dimse.uids import STORAGE_COMMITMENT_PUSH
 
@@ -126,23 +148,20 @@ def status_dataset(status: int, comment: str = "") -> Dataset:
     return ds
 
 
-class _CheapCopy(list):  # type: ignore[type-arg]
-    """The server's supported contexts, copied cheaply for each association.
+class _SharedContexts(list):  # type: ignore[type-arg]
+    """The server's supported contexts, shared by every association instead of deep-copied.
 
     pynetdicom deep-copies the acceptor's contexts for every association;
     with ~180 contexts of ~45 transfer syntaxes that is ~150 ms per
-    association (a C-FIND's whole latency budget).  UIDs are immutable
-    strings, so a shallow copy of each context with its own syntax list is
-    as safe and ~100 times faster.
+    association (a C-FIND's whole latency budget).  Nothing changes a
+    context in place - negotiation builds new ones, per-peer rights replace
+    the list, and :meth:`DimseService._prefer_requestor_order` replaces the
+    contexts it reorders - so each association gets a new list of the same
+    context objects.
     """
 
     def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
-        out = []
-        for c in self:
-            n = copy.copy(c)
-            n._transfer_syntax = list(c._transfer_syntax)
-            out.append(n)
-        return out
+        return list(self)
 
 
 @dataclass
@@ -181,7 +200,12 @@ class DimseService:
         self.config = config
         self.archive = archive
         self.drain_timeout = drain_timeout
+        self.settings = DimseSettings.from_config(config)
+        self.engine = self.settings.engine  # what start() runs (see start: "fast" may fall back)
         self.peers_by_aet: dict[str, Peer] = {p.aet: p for p in config.peers.values()}
+        self._peer_addresses: dict[str, frozenset[Any]] = {}
+        self.admission: guard.Admission | None = None
+        self._installed = False
         self.extensions: list[Any] = extensions if extensions is not None else default_extensions(archive)
         self._supported = cx.scp_supported()
         for ext in self.extensions:
@@ -189,7 +213,7 @@ class DimseService:
             self._supported += [cx.Supported(uid, cx.NON_STORAGE_SYNTAXES, kind=kind)
                                 for uid in getattr(ext, "sop_classes", [])]
         self.ae = self._build_ae()
-        self._servers: list[ThreadedAssociationServer] = []
+        self._servers: list[guard.GuardedServer] = []
         self._numbers = itertools.count(1)
         self.direct_stores = 0  # C-STORE requests received by the direct path (hilum.dimse.storefast)
         self._direct_lock = threading.Lock()
@@ -198,28 +222,44 @@ class DimseService:
     # ------------------------------------------------------------ lifecycle
 
     def _build_ae(self) -> AE:
+        """The AE: title, contexts, timeouts.  Nothing process-wide changes here (the fast engine's
+        changes to pynetdicom are made by :meth:`start` and undone by :meth:`stop`)."""
         cfg = self.config
-        if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
-            # pynetdicom's "standard" handlers format every PDU and DIMSE message for its debug
-            # log (copying each C-STORE data set once more); we log one line per association.
-            _config.LOG_HANDLER_LEVEL = "none"
-            _config.LOG_REQUEST_IDENTIFIERS = False  # else every C-FIND/MOVE/GET identifier is pretty-printed
-            _config.LOG_RESPONSE_IDENTIFIERS = False  # ...and every C-FIND match
         ae = AE(ae_title=cfg.aet)
-        ae.maximum_associations = max(1, int(cfg.max_associations))
+        # Associations are counted by the node's Admission (established ones only); pynetdicom's own
+        # count covers every connection's thread, half-open ones included, so it only backs ours up.
+        limits = self._limits()
+        ae.maximum_associations = 2 * limits.max_associations + limits.max_pending + limits.max_dropped
         # PS3.8 D.1: 0 means "no limit", but DCMTK then falls back to 16 KiB PDUs (32 PDUs and
         # ~30% more time per 512x512 CT slice); advertise a large limit instead.
-        ae.maximum_pdu_size = int(cfg.max_pdu_size) or UNLIMITED_PDU
+        ae.maximum_pdu_size = limits.max_pdu
         ae.require_called_aet = True
         if cfg.require_known_peers and self.peers_by_aet:
             ae.require_calling_aet = sorted(self.peers_by_aet)
-        ae.acse_timeout = 30
+        ae.acse_timeout = 30  # as requestor (C-MOVE, commitment reports); accepted ones get ARTIM
         ae.dimse_timeout = 60
         ae.network_timeout = 120
         for s in self._supported:
             ae.add_supported_context(s.abstract_syntax, s.transfer_syntaxes, scu_role=s.scu_role,
                                      scp_role=s.scp_role)
         return ae
+
+    def _limits(self) -> guard.Limits:
+        cfg = self.config
+        return guard.Limits(max_pdu=int(cfg.max_pdu_size) or UNLIMITED_PDU, artim=float(self.settings.artim_timeout),
+                            idle=120.0, max_pending=int(self.settings.max_pending),
+                            max_associations=int(cfg.max_associations))
+
+    @property
+    def fast(self) -> bool:
+        """Whether the running listeners use the fast engine."""
+        return self.engine == "fast"
+
+    @property
+    def encodes_identifiers(self) -> bool:
+        """Whether C-FIND matches may go out pre-encoded (:class:`EncodedIdentifier`): the fast
+        engine's wrapper of pynetdicom's encoder is in place."""
+        return self._installed and reactor.installed()
 
     def _handlers(self) -> list[Any]:
         return [
@@ -253,25 +293,47 @@ class DimseService:
         return [int(s.server_address[1]) for s in self._servers]
 
     def start(self) -> None:
+        """Bind the port(s) and return.
+
+        With the fast engine, pynetdicom's source is checked against the
+        version the engine mirrors first (:func:`hilum.dimse.reactor.upstream_changes`);
+        if it differs the node runs pynetdicom's own engine and says so.
+        """
         cfg = self.config
         tls = None
         if cfg.tls_cert and cfg.tls_key:
             tls = server_ssl_context(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
-        dimse_extra = cfg.extra.get("dimse", {}) if isinstance(cfg.extra, dict) else {}
-        tls_port = dimse_extra.get("tls_port")
+        tls_port = self.settings.tls_port
         listeners: list[tuple[int, Any]] = []
         if tls is not None and tls_port is not None:
             listeners = [(int(cfg.dicom_port), None), (int(tls_port), tls)]
         else:
             listeners = [(int(cfg.dicom_port), tls)]
+        self.engine = self.settings.engine
+        if self.engine == "fast":
+            changed = reactor.upstream_changes()
+            if changed:
+                log.error("pynetdicom is not the version the fast DIMSE engine mirrors (%s); running "
+                          "pynetdicom's own engine", ", ".join(changed[:3]))
+                self.engine = "pynetdicom"
+        self._peer_addresses = self.peer_addresses() if cfg.require_known_peers else {}
+        self.admission = guard.Admission(self._limits())
+        if self.fast:
+            reactor.install()
+            self._installed = True
         try:
             for port, ssl_ctx in listeners:
-                server = start_server(self.ae, (cfg.bind, port), ssl_context=ssl_ctx,
-                                      evt_handlers=self._handlers(), store_hook=self)
-                server.contexts = _CheapCopy(server.contexts)
+                if self.fast:
+                    server = guard.serve(self.ae, (cfg.bind, port), self.admission, ssl_context=ssl_ctx,
+                                         evt_handlers=self._handlers(), request_handler=reactor.RequestHandler)
+                    server._hilum_store_hook = self  # type: ignore[attr-defined]
+                else:
+                    server = guard.serve(self.ae, (cfg.bind, port), self.admission, ssl_context=ssl_ctx,
+                                         evt_handlers=self._handlers())
+                server.contexts = _SharedContexts(server.contexts)
                 self._servers.append(server)
-                log.info("DICOM %s listening on %s:%d as %s", "TLS" if ssl_ctx else "service", cfg.bind,
-                         server.server_address[1], cfg.aet)
+                log.info("DICOM %s listening on %s:%d as %s (%s engine)", "TLS" if ssl_ctx else "service", cfg.bind,
+                         server.server_address[1], cfg.aet, self.engine)
         except OSError:
             self.stop(drain_timeout=0)
             raise
@@ -295,6 +357,31 @@ class DimseService:
         if left:
             log.warning("aborting %d association(s) still open at shutdown", len(left))
         self.ae.shutdown()
+        if self._installed:
+            self._installed = False
+            reactor.uninstall()
+
+    def peer_addresses(self) -> dict[str, frozenset[Any]]:
+        """The addresses each configured peer may associate from, by AE title.
+
+        With ``require_known_peers`` a peer must call from its configured
+        ``host`` as well as with its AE title.  Host names are resolved once,
+        when the service starts (``getaddrinfo``: every IPv4 and IPv6 address
+        of the name), and the connection's source address is compared with
+        them as addresses (``ipaddress``; an IPv4-mapped IPv6 source counts as
+        its IPv4 address).  A name that does not resolve leaves its peer with
+        no address, so it cannot associate (logged), until the node restarts;
+        so does a changed DNS entry.
+        """
+        out: dict[str, frozenset[Any]] = {}
+        for aet, peer in self.peers_by_aet.items():
+            try:
+                infos = socket.getaddrinfo(peer.host, None, type=socket.SOCK_STREAM)
+                out[aet] = frozenset(a for a in (_address(i[4][0]) for i in infos) if a is not None)
+            except (OSError, UnicodeError) as exc:
+                log.error("peer %s: host %r does not resolve (%s); it cannot associate", aet, peer.host, exc)
+                out[aet] = frozenset()
+        return out
 
     # ------------------------------------------------------------ helpers
 
@@ -332,27 +419,40 @@ class DimseService:
     def _on_conn_open(self, event: evt.Event) -> None:
         set_nodelay(event)
         large_receive_buffer(event)
+        # ARTIM (PS3.8 9.1.5) for this acceptor: pynetdicom's wait for the A-ASSOCIATE-RQ and its
+        # timer; a half-read PDU is bounded by the same time in hilum.dimse.guard
+        event.assoc.acse_timeout = float(self.settings.artim_timeout)
         addr = getattr(event, "address", ("?", 0))
         event.assoc._hilum_log = AssociationLog(next(self._numbers), f"{addr[0]}:{addr[1]}")
 
     def _on_requested(self, event: evt.Event) -> None:
-        """Per-peer rights: drop the contexts a known peer may not use."""
-        rec = self._log_of(event.assoc)
-        rq = event.assoc.requestor
+        """Admission (a known peer's host, an association slot), then per-peer rights: drop the
+        contexts a known peer may not use."""
+        assoc = event.assoc
+        rec = self._log_of(assoc)
+        rq = assoc.requestor
         if rec is not None:
             prim = rq.primitive
             if prim is not None:
                 rec.calling = str(prim.calling_ae_title or "").strip()
                 rec.called = str(prim.called_ae_title or "").strip()
-        self._prefer_requestor_order(event.assoc)
-        peer = self._peer_of(event.assoc)
-        if peer is None:
-            if self.config.require_known_peers and not self.peers_by_aet:
+        peer = self._peer_of(assoc)
+        if self.config.require_known_peers:
+            if peer is None and not self.peers_by_aet:
                 # pynetdicom checks a non-empty list only: with no peers at all, refuse here.
-                event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, user, calling AE title
-                if rec is not None:
-                    rec.outcome = "rejected (calling AE title not recognised)"
-                event.assoc.kill()
+                self._reject(assoc, (0x01, 0x01, 0x03), "calling AE title not recognised")
+                return
+            if peer is not None and not self._from_its_host(assoc):
+                log.warning("association from %s refused: %s is configured at %s", rq.address, peer.aet, peer.host)
+                self._reject(assoc, (0x01, 0x01, 0x03), "calling AE title not recognised from this address")
+                return
+        conn = guard.guard_of(assoc)
+        if conn is not None and self.admission is not None and not self.admission.take_slot(conn):
+            # PS3.8 9.3.4: transient, service provider (presentation), local limit exceeded
+            self._reject(assoc, (0x02, 0x03, 0x02), "local limit exceeded")
+            return
+        self._prefer_requestor_order(assoc, fast=self.fast)
+        if peer is None:
             return
         denied: set[str] = set()
         if not peer.may_query:
@@ -364,17 +464,35 @@ class DimseService:
         if not denied:
             return
         drop = {s.abstract_syntax for s in self._supported if s.kind in denied}
-        acceptor = event.assoc.acceptor
+        acceptor = assoc.acceptor
         acceptor.supported_contexts = [c for c in acceptor.supported_contexts if c.abstract_syntax not in drop]
 
+    def _reject(self, assoc: Any, reason: tuple[int, int, int], outcome: str) -> None:
+        """Answer the A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ (PS3.8 9.3.4) from EVT_REQUESTED."""
+        assoc.acse.send_reject(*reason)
+        assoc.is_rejected = True  # pynetdicom then skips its own negotiation
+        rec = self._log_of(assoc)
+        if rec is not None:
+            rec.outcome = f"rejected ({outcome})"
+        assoc.kill()
+
+    def _from_its_host(self, assoc: Any) -> bool:
+        """Whether the association comes from an address of the peer its calling AE title names."""
+        allowed = self._peer_addresses.get(self._calling(assoc))
+        source = _address(str(assoc.requestor.address or ""))
+        return bool(allowed) and source is not None and source in allowed
+
     @staticmethod
-    def _prefer_requestor_order(assoc: Any) -> None:
+    def _prefer_requestor_order(assoc: Any, fast: bool = False) -> None:
         """Choose transfer syntaxes in the requestor's order of preference.
 
         pynetdicom picks the first of the *acceptor's* syntaxes the requestor
         proposed; PS3.8 9.3.2.2 leaves the choice to the acceptor, and taking
         the requestor's first choice stores instances as the sender holds them
         (compressed stays compressed, nothing is transcoded on the way in).
+        A reordered context is a new one (the server's are shared, see
+        :class:`_SharedContexts`) holding only the syntaxes both sides have:
+        the others cannot be chosen, and each is validated again.
         """
         prim = assoc.requestor.primitive
         proposed = getattr(prim, "presentation_context_definition_list", None) or []
@@ -384,11 +502,22 @@ class DimseService:
             seq += [t for t in c.transfer_syntax if t not in seq]
         if not order:
             return
-        for sc in assoc.acceptor.supported_contexts:
+        contexts = list(assoc.acceptor.supported_contexts)
+        changed = False
+        for i, sc in enumerate(contexts):
             pref = order.get(str(sc.abstract_syntax))
             if pref:
-                own = list(sc.transfer_syntax)
-                sc._transfer_syntax = [t for t in pref if t in own] + [t for t in own if t not in pref]
+                own = sc.transfer_syntax
+                chosen = [t for t in pref if t in own]
+                if chosen and chosen != own[: len(chosen)]:
+                    contexts[i] = copy.copy(sc)
+                    if fast:  # already validated UIDs: skip the setter's validation (~4 ms for 120 contexts)
+                        contexts[i]._transfer_syntax = chosen
+                    else:
+                        contexts[i].transfer_syntax = chosen  # the setter makes a new list
+                    changed = True
+        if changed:
+            assoc.acceptor.supported_contexts = contexts
 
     def _on_accepted(self, event: evt.Event) -> None:
         rec = self._log_of(event.assoc)
@@ -461,8 +590,8 @@ class DimseService:
     def take(self, assoc: Any, request: StoreRequest) -> TempBlob | None:
         """The store hook of :mod:`hilum.dimse.storefast`: receive this C-STORE's data set
         straight into a temporary blob, unless the request is for pynetdicom to handle."""
-        if _config.LOG_HANDLER_LEVEL != "none" or any(assoc.get_handlers(e) for e in _PDU_EVENTS):
-            return None  # someone wants to see every PDU: pynetdicom's path shows them
+        if any(assoc.get_handlers(e) for e in _PDU_EVENTS):
+            return None  # someone wants to see every PDU (pynetdicom's debug log too): pynetdicom's path shows them
         peer = self._peer_of(assoc)
         if peer is not None and not peer.may_store:
             return None  # pynetdicom's handler refuses it, with its comment
@@ -533,7 +662,7 @@ class DimseService:
         sent = 0
         ts = str(event.context.transfer_syntax)
         plan = None
-        if ts in (ImplicitVRLittleEndian, ExplicitVRLittleEndian) and not _config.LOG_RESPONSE_IDENTIFIERS:
+        if ts in (ImplicitVRLittleEndian, ExplicitVRLittleEndian) and self.encodes_identifiers:
             plan = ResponsePlan(identifier, level, retrieve_aet=self.config.aet)
         implicit = ts == ImplicitVRLittleEndian
         for row in rows:
@@ -684,21 +813,29 @@ class DimseService:
 
 
 def default_extensions(archive: Archive) -> list[Any]:
-    """Other SCP services that share the node's AE: Modality Worklist and MPPS when present.
+    """Other SCP services that share the node's AE: Modality Worklist (PS3.4 K) and MPPS (PS3.4 F).
+
+    Imported at the top of this module like every other dependency, so a
+    broken ``mwl.py`` or ``mpps.py`` stops the node from starting with its
+    error, instead of silently turning the service off.
 
     An extension has ``sop_classes`` (abstract syntaxes to accept),
     ``handles(sop_class_uid)``, an optional ``kind`` (``find`` or ``store``:
     which peer right it needs) and any of ``on_find``, ``on_n_create``,
     ``on_n_set``, ``on_n_action`` (pynetdicom handler signatures).
     """
-    out: list[Any] = []
-    for module, cls in (("hilum.dimse.mwl", "WorklistSCP"), ("hilum.dimse.mpps", "MppsSCP")):
-        try:
-            mod = __import__(module, fromlist=[cls])
-            out.append(getattr(mod, cls)(archive))
-        except Exception as exc:  # noqa: BLE001 - an optional service must not stop the node
-            log.debug("%s.%s not available: %s", module, cls, exc)
-    return out
+    return [WorklistSCP(archive), MppsSCP(archive)]
+
+
+def _address(text: str) -> Any:
+    """``text`` as an IP address (an IPv4-mapped IPv6 address as its IPv4 address), None if it is none."""
+    try:
+        addr = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
 
 
 def _drain(assoc: Any, backlog: int = 8, timeout: float = 30.0) -> None:

@@ -307,7 +307,10 @@ class StoreReceiver:
             log.exception("C-STORE of %s failed", request.sop_instance_uid)
             incoming.sink.discard()
             status, comment = HANDLER_FAILED, "internal error while storing"
-        if not self.assoc.is_established:
+        # The DUL's own state, not assoc.is_established: pynetdicom sets that only after its
+        # EVT_ACCEPTED handlers have run, and a peer's first C-STORE can be in and stored by then
+        # (the response was skipped and the peer waited forever).  Only this thread moves the state.
+        if self.dul.state_machine.current_state != "Sta6":
             return
         pdu = p_data_tf(request.context_id, 0x03, store_response(request, status, comment))
         limit = self.assoc.requestor.maximum_length  # the peer's largest PDU (0: no limit)
