@@ -8,9 +8,18 @@ class HilumError(Exception):
 
 
 class RejectedInstance(HilumError):
-    """An instance the archive refused to store, with the reason in words."""
+    """An instance that cannot be stored as it is.
 
-    def __init__(self, reason: str, sop_instance_uid: str | None = None, source: str | None = None):
+    ``code`` is the machine reason protocol adapters map to a status (the
+    same codes as :attr:`hilum.archive.IngestResult.code`: ``not-dicom``,
+    ``truncated``, ``invalid-uid``...); ``reason`` says it in words.  Ingest
+    never lets one escape (STYLE.md §19, failures as values): it becomes a
+    rejected :class:`~hilum.archive.IngestResult`.  The domain raises the
+    subclass :class:`hilum.dicom.attributes.InvalidInstance`.
+    """
+
+    def __init__(self, code: str, reason: str, sop_instance_uid: str | None = None, source: str | None = None):
+        self.code = code
         self.reason = reason
         self.sop_instance_uid = sop_instance_uid
         self.source = source

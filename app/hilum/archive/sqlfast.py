@@ -45,6 +45,8 @@ from typing import Any, Literal
 
 from sqlalchemy.engine import Connection
 
+from hilum.errors import HilumError
+
 log = logging.getLogger(__name__)
 
 Mode = Literal["fast", "sqlalchemy"]
@@ -68,7 +70,7 @@ def resolve_mode(configured: str | None) -> Mode:
     return value  # type: ignore[return-value]
 
 
-class Unsupported(Exception):
+class Unsupported(HilumError):
     """A statement :class:`Compiled` would not run the way SQLAlchemy does: it goes through SQLAlchemy."""
 
 
@@ -153,7 +155,7 @@ class Statements:
         conn.execute(stmt, rows)
 
 
-class NeedsCore(Exception):
+class NeedsCore(HilumError):
     """A :class:`RawTransaction` was asked for something only SQLAlchemy does: roll back, redo with it."""
 
 

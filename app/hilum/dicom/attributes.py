@@ -33,6 +33,7 @@ from pydicom.uid import (
 )
 
 from hilum.dicom.matching import normalize_date, normalize_time, pn_groups
+from hilum.errors import RejectedInstance
 
 __all__ = ["InvalidInstance", "IndexRecord", "PixelElement", "check_consistency", "check_request", "index_record",
            "is_valid_uid", "read_instance", "to_part10"]
@@ -42,13 +43,11 @@ _UNDEFINED = 0xFFFFFFFF
 _SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 
-class InvalidInstance(ValueError):
-    """Bytes that are not a storable DICOM instance; ``code`` names the reason."""
+class InvalidInstance(RejectedInstance, ValueError):
+    """Bytes that are not a storable DICOM instance; ``code`` names the reason (a ``ValueError`` too)."""
 
     def __init__(self, code: str, message: str, sop_instance_uid: str | None = None):
-        self.code = code
-        self.sop_instance_uid = sop_instance_uid
-        super().__init__(message)
+        super().__init__(code, message, sop_instance_uid)
 
 
 @dataclass(slots=True)

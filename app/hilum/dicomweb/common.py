@@ -19,13 +19,14 @@ from hilum.archive import Archive
 from hilum.archive.users import UserStore
 from hilum.dicomweb.media import DICOM_JSON
 from hilum.dicomweb.settings import WebSettings
+from hilum.errors import HilumError
 
 log = logging.getLogger(__name__)
 
 ROOT = "/dicom-web"
 
 
-class HTTPError(Exception):
+class HTTPError(HilumError):
     """An error answer: status, one-line detail, optional headers."""
 
     def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):

@@ -30,6 +30,7 @@ from pydicom.uid import UID
 
 from hilum.dicom.transcode import convert, encode, to_native
 from hilum.dicomweb.media import EVRLE, IVRLE, LOSSY
+from hilum.errors import HilumError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ _PIXEL_DATA = 0x7FE00010
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"}
 
 
-class FrameError(ValueError):
+class FrameError(HilumError, ValueError):
     """The request's frames cannot be served (no pixel data, frame out of range)."""
 
 

@@ -18,8 +18,10 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from hilum.errors import HilumError
 
-class MultipartError(ValueError):
+
+class MultipartError(HilumError, ValueError):
     """Bytes that are not a well-formed multipart body."""
 
 

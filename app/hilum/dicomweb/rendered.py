@@ -29,13 +29,14 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from hilum.dicom.pixels import PixelDataError, Window, render_frame
+from hilum.errors import HilumError
 
 RENDER_TYPES = ("image/jpeg", "image/png", "image/gif")
 _FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "linear_exact": "LINEAR_EXACT",
               "sigmoid": "SIGMOID"}
 
 
-class RenderParamError(ValueError):
+class RenderParamError(HilumError, ValueError):
     """A malformed rendering parameter (answered with 400)."""
 
 

@@ -49,6 +49,7 @@ from hilum.dimse.uids import (
     STUDY_ROOT_MOVE,
     VERIFICATION,
 )
+from hilum.errors import HilumError
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def accepted_syntaxes(assoc: Any, sop_class: str, role: str = "scu") -> list[str
     return out
 
 
-class NoContext(ValueError):
+class NoContext(HilumError, ValueError):
     """The peer accepted no context this instance can go on, as stored or converted."""
 
 

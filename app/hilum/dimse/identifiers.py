@@ -29,6 +29,7 @@ from hilum.dimse.uids import (
     STUDY_ROOT_GET,
     STUDY_ROOT_MOVE,
 )
+from hilum.errors import HilumError
 
 __all__ = [
     "MODEL_LEVELS",
@@ -66,7 +67,7 @@ _QR_LEVEL = Tag(0x0008, 0x0052)
 _CHARSET = Tag(0x0008, 0x0005)
 
 
-class IdentifierError(ValueError):
+class IdentifierError(HilumError, ValueError):
     """An identifier that does not fit its SOP class (DIMSE status 0xA900)."""
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import hl7  # type: ignore[import-untyped]
 
+from hilum.errors import HilumError
+
 log = logging.getLogger(__name__)
 
 SB, EB, CR = b"\x0b", b"\x1c", b"\r"
@@ -68,7 +70,7 @@ ERROR_TEXTS = {
 }
 
 
-class HL7Error(Exception):
+class HL7Error(HilumError):
     """Why a message is not (fully) accepted: the ACK code, a table 0357 code, where, and a text."""
 
     def __init__(self, ack_code: str, code: int, text: str, where: str = ""):

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
-from hilum.errors import ConfigError
+from hilum.errors import ConfigError, HilumError
 from hilum.hl7.message import CR, EB, SB, frame
 
 END = EB + CR
@@ -172,7 +172,7 @@ class FrameBuffer:
         return None
 
 
-class MLLPError(OSError):
+class MLLPError(HilumError, OSError):
     """The peer closed, timed out or answered with something that is not an MLLP frame."""
 
 
