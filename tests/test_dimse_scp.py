@@ -544,7 +544,12 @@ def test_abort_mid_store_leaves_nothing_and_server_keeps_serving(tmp_path: Path,
             raw.close()
             assoc.kill()
         ae.shutdown()
-        time.sleep(0.3)
+        # The node has ended that association (and discarded what had arrived) before we look.
+        service = n.service("dimse")
+        deadline = time.monotonic() + 30
+        while any(a.is_alive() for a in service.ae.active_associations):  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, "the node kept the aborted association"
+            time.sleep(0.01)
         assert n.archive.stats()["instances"] == 0
         assert n.archive.check(verify_checksums=False).clean
         # And the node keeps serving.
@@ -609,7 +614,10 @@ def test_storage_commitment_new_association(node: Node, query_set: dict[str, Any
         got.set()
         return 0x0000, None
 
+    tried_here = threading.Event()
+
     def refuse_here(event: evt.Event) -> tuple[int, None]:
+        tried_here.set()
         return 0x0110, None  # "not on this association": the node must try a new one
 
     listener = AE("MODALITY")
@@ -623,7 +631,7 @@ def test_storage_commitment_new_association(node: Node, query_set: dict[str, Any
                              evt_handlers=[(evt.EVT_N_EVENT_REPORT, refuse_here)])
         req = _commit_request([(r["SOPClassUID"], r["SOPInstanceUID"]) for r in rows])
         status, _ = assoc.send_n_action(req, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1")
-        time.sleep(0.5)
+        assert tried_here.wait(15), "the node did not first report on the requesting association"
         assoc.release()
         ae.shutdown()
         assert status.Status == 0x0000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import subprocess
 import sys
@@ -187,7 +188,8 @@ def _raw_exchange(port: int, data: bytes, n_answers: int, timeout: float = 5.0) 
     return [f.strip(b"\x0b") for f in buf.split(b"\x1c\r") if f.strip()]
 
 
-def test_truncated_frames(node: HL7Service, archive) -> None:  # type: ignore[no-untyped-def]
+def test_truncated_frames(node: HL7Service, archive, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.WARNING, logger="hilum.hl7.service")
     full = adt("A04", "T2", "P501", "Whole^Frame").encode()
     cut = adt("A04", "T1", "P500", "Cut^Short").encode()[:-20]
     # A frame abandoned by the next start block: NAK for it (with its control ID), then the ACK.
@@ -202,7 +204,11 @@ def test_truncated_frames(node: HL7Service, archive) -> None:  # type: ignore[no
         s.sendall(b"\x0b" + adt("A04", "T4", "P503", "Closed^Early").encode()[:40])
     [answer] = _raw_exchange(node.port, b"garbage\x1c\r", 1)
     assert ack_code_of(answer)[0] == "AR"
-    time.sleep(0.2)
+    # Only once the node has seen that connection end (it says so) does "nothing applied" mean anything.
+    deadline = time.monotonic() + 10
+    while not any("closed inside a frame" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "the node never noticed the connection closed inside a frame"
+        time.sleep(0.01)
     ids = {p["PatientID"] for p in archive.query("PATIENT", {})}
     assert ids == {"P501"}
 

@@ -143,7 +143,12 @@ def test_serve_finishes_the_association_in_flight_on_sigterm(tmp_path: Path) -> 
         _wait_listening(port, serve)
         sender = subprocess.Popen([str(BIN / "storescu"), "-aet", "CT1", "-aec", "NODE", "127.0.0.1", str(port),
                                    *map(str, files)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(0.4)  # the association is open and C-STOREs are flowing
+        # SIGTERM once the association is open and C-STOREs are flowing: the first blob is in place.
+        blobs = data / "blobs"
+        deadline = time.monotonic() + 60
+        while not any(p.is_file() for d in blobs.glob("??") for p in d.rglob("*")):
+            assert time.monotonic() < deadline and sender.poll() is None, "no C-STORE arrived"
+            time.sleep(0.01)
         serve.send_signal(signal.SIGTERM)
         assert sender.wait(60) == 0, sender.stderr.read() if sender.stderr else ""
         _out, err = serve.communicate(timeout=60)

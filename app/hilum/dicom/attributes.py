@@ -14,7 +14,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 import pydicom
 from pydicom.charset import convert_encodings
@@ -38,7 +38,10 @@ from hilum.errors import RejectedInstance
 __all__ = ["InvalidInstance", "IndexRecord", "PixelElement", "check_consistency", "check_request", "index_record",
            "is_valid_uid", "read_instance", "to_part10"]
 
-_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+_PIXEL_TAGS = (BaseTag(0x7FE00010), BaseTag(0x7FE00008), BaseTag(0x7FE00009))
+_TRANSFER_SYNTAX = BaseTag(0x00020010)
+_CHARSET = BaseTag(0x00080005)
+_ByteOrder = Literal["little", "big"]
 _UNDEFINED = 0xFFFFFFFF
 _SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
@@ -237,10 +240,10 @@ def _leading_uids(data: bytes | bytearray) -> tuple[str, str] | None:
         meta, at = _read_elements(data, 132, False, group=2)
     except (_Unusual, InvalidInstance):
         return None
-    ts_elem = meta.get(0x00020010)
+    ts_elem = meta.get(_TRANSFER_SYNTAX)
     if ts_elem is None:
         return None
-    ts = bytes(ts_elem.value).decode("ascii", "replace").rstrip("\0 ")
+    ts = bytes(ts_elem.value or b"").decode("ascii", "replace").rstrip("\0 ")
     if ts in _NOT_LITTLE_ENDIAN:
         return None
     implicit = ts == ImplicitVRLittleEndian
@@ -343,7 +346,7 @@ def _pixels_of_dataset(ds: Dataset) -> PixelElement | Any:
         elem = ds._dict.get(tag)  # noqa: SLF001
         if elem is None:
             continue
-        value = elem.value
+        value = elem.value or b""
         length = getattr(elem, "length", None) if isinstance(elem, RawDataElement) else None
         if length == _UNDEFINED or getattr(elem, "is_undefined_length", False):
             return _encapsulated(bytes(value), tag, 0, len(value), "little")
@@ -360,7 +363,7 @@ def _pixels_of_deflated(data: bytes) -> PixelElement | Any:
     return _pixels_of_dataset(ds)
 
 
-def _encapsulated(data: bytes | bytearray, tag: int, at: int, end: int, order: str) -> PixelElement:
+def _encapsulated(data: bytes | bytearray, tag: int, at: int, end: int, order: _ByteOrder) -> PixelElement:
     """An encapsulated value's items from ``at`` (PS3.5 A.4): fragments, offset table entries, first bytes."""
     fragments = offsets = 0
     head = b""
@@ -410,10 +413,10 @@ def _read_part10(data: bytes | bytearray) -> tuple[Dataset, int] | None:
     """(data set up to its pixel data, where that stopped) or None: let pydicom read it."""
     try:
         meta, at = _read_elements(data, 132, False, group=2)
-        ts_elem = meta.get(0x00020010)
+        ts_elem = meta.get(_TRANSFER_SYNTAX)
         if ts_elem is None:
             return None
-        ts = bytes(ts_elem.value).decode("ascii", "replace").rstrip("\0 ")
+        ts = bytes(ts_elem.value or b"").decode("ascii", "replace").rstrip("\0 ")
         if ts in _NOT_LITTLE_ENDIAN:
             return None
         implicit = ts == ImplicitVRLittleEndian
@@ -422,9 +425,9 @@ def _read_part10(data: bytes | bytearray) -> tuple[Dataset, int] | None:
         elements, stop = _read_elements(data, at, implicit)
     except _Unusual:
         return None
-    ds = Dataset(elements)
-    ds.file_meta = FileMetaDataset(meta)
-    charset = elements.get(0x00080005)
+    ds = Dataset(elements)  # type: ignore[arg-type]  # RawDataElements only: a subset of what it takes
+    ds.file_meta = FileMetaDataset(meta)  # type: ignore[arg-type]
+    charset = elements.get(_CHARSET)
     encoding: Any = "iso8859"
     if charset is not None:
         try:
@@ -569,7 +572,7 @@ def _check_pixel_element(ds: Dataset, data: bytes, pos: int) -> PixelElement | A
     implicit, little = getattr(ds, "original_encoding", (None, None))
     if implicit is None or little is None:
         implicit, little = False, True
-    order = "little" if little else "big"
+    order: _ByteOrder = "little" if little else "big"
     if pos + 8 > end:
         raise InvalidInstance("truncated", "truncated: pixel data element header is cut short")
     group = int.from_bytes(data[pos : pos + 2], order)
@@ -598,7 +601,7 @@ def _check_pixel_element(ds: Dataset, data: bytes, pos: int) -> PixelElement | A
         at += 8 + item_len
 
 
-def _element_header(data: bytes, at: int, implicit: bool, order: str, what: str) -> tuple[int, int]:
+def _element_header(data: bytes | bytearray, at: int, implicit: bool, order: _ByteOrder, what: str) -> tuple[int, int]:
     """(value length, value offset) of the element whose header starts at ``at`` (PS3.5 7.1)."""
     long_vr = not implicit and bytes(data[at + 4 : at + 6]) in _LONG_VRS
     if at + (12 if long_vr else 8) > len(data):
@@ -610,7 +613,7 @@ def _element_header(data: bytes, at: int, implicit: bool, order: str, what: str)
     return int.from_bytes(data[at + 6 : at + 8], order), at + 8
 
 
-def _check_trailing(data: bytes, at: int, implicit: bool, order: str) -> None:
+def _check_trailing(data: bytes, at: int, implicit: bool, order: _ByteOrder) -> None:
     """Elements after the pixel data (usually Data Set Trailing Padding) must be whole too."""
     end = len(data)
     while at < end:
@@ -650,10 +653,10 @@ _FAST = True  # tests turn the raw path off to compare it with pydicom's
 
 
 @cache
-def _tag_and_vr(keyword: str) -> tuple[int, str]:
+def _tag_and_vr(keyword: str) -> tuple[BaseTag, str]:
     tag = tag_for_keyword(keyword)
     assert tag is not None, keyword
-    return tag, dictionary_VR(tag)
+    return BaseTag(tag), dictionary_VR(tag)
 
 
 def _raw_text(ds: Dataset, keyword: str, plain_charset: bool) -> str | None:

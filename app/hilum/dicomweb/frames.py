@@ -227,6 +227,6 @@ def transcode(data: bytes | Path, target: str) -> bytes:
     has_pixels = "PixelData" in ds
     if target in (EVRLE, IVRLE) or not has_pixels:
         return convert(raw, target if target in (EVRLE, IVRLE) else EVRLE)
-    ds = to_native(ds, EVRLE)
-    ds.compress(UID(target), generate_instance_uid=False)
-    return encode(ds)
+    native = to_native(ds, EVRLE)
+    native.compress(UID(target), generate_instance_uid=False)
+    return encode(native)

@@ -453,7 +453,7 @@ class GuardedSocket(_Guard, socket.socket):
     _g_base_recv_into = socket.socket.recv_into
 
 
-class GuardedSSLSocket(_Guard, ssl.SSLSocket):
+class GuardedSSLSocket(_Guard, ssl.SSLSocket):  # type: ignore[misc]  # recv's parameter is buflen there
     """An accepted TLS connection under the bounds of its :class:`Admission` (PS3.15 B.1)."""
 
     _g_base_recv = ssl.SSLSocket.recv

@@ -620,7 +620,7 @@ def make_event_driven(assoc: Association, store_hook: StoreHook | None = None) -
     assoc.dimse._responded_to = None  # type: ignore[attr-defined]
     assoc.dimse._sent = threading.Condition()  # type: ignore[attr-defined]
     assoc.dul.__class__ = EventDrivenDUL
-    assoc.dul._target = make_target(assoc.dul.run_reactor)  # Thread bound the old method at init
+    assoc.dul._target = make_target(assoc.dul.run_reactor)  # type: ignore[attr-defined]  # Thread bound the old method at init
     if store_hook is not None:
         assoc.dul._hilum_store = StoreReceiver(assoc.dul, store_hook)  # type: ignore[attr-defined]
     assoc.__class__ = EventDrivenAssociation

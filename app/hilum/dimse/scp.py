@@ -377,7 +377,7 @@ class DimseService:
         for aet, peer in self.peers_by_aet.items():
             try:
                 infos = socket.getaddrinfo(peer.host, None, type=socket.SOCK_STREAM)
-                out[aet] = frozenset(a for a in (_address(i[4][0]) for i in infos) if a is not None)
+                out[aet] = frozenset(a for a in (_address(str(i[4][0])) for i in infos) if a is not None)
             except (OSError, UnicodeError) as exc:
                 log.error("peer %s: host %r does not resolve (%s); it cannot associate", aet, peer.host, exc)
                 out[aet] = frozenset()
@@ -423,7 +423,8 @@ class DimseService:
         # timer; a half-read PDU is bounded by the same time in hilum.dimse.guard
         event.assoc.acse_timeout = float(self.settings.artim_timeout)
         addr = getattr(event, "address", ("?", 0))
-        event.assoc._hilum_log = AssociationLog(next(self._numbers), f"{addr[0]}:{addr[1]}")
+        log_record = AssociationLog(next(self._numbers), f"{addr[0]}:{addr[1]}")
+        event.assoc._hilum_log = log_record  # type: ignore[attr-defined]
 
     def _on_requested(self, event: evt.Event) -> None:
         """Admission (a known peer's host, an association slot), then per-peer rights: drop the
@@ -480,7 +481,7 @@ class DimseService:
         """Whether the association comes from an address of the peer its calling AE title names."""
         allowed = self._peer_addresses.get(self._calling(assoc))
         source = _address(str(assoc.requestor.address or ""))
-        return bool(allowed) and source is not None and source in allowed
+        return bool(allowed) and source is not None and source in (allowed or ())
 
     @staticmethod
     def _prefer_requestor_order(assoc: Any, fast: bool = False) -> None:
@@ -808,7 +809,7 @@ class DimseService:
         if not result.transaction_uid:
             return status_dataset(0x0120, "missing Transaction UID"), None
         self._count(event.assoc, "N-ACTION commitment")
-        self.reporter.report_later(event.assoc, result, int(event.request.MessageID))
+        self.reporter.report_later(event.assoc, result, int(event.request.MessageID or 0))
         return SUCCESS, None
 
 

@@ -317,7 +317,7 @@ class StoreReceiver:
         if not limit or len(pdu) - 6 <= limit:
             self.dul.socket.send(pdu)
             return
-        rsp = C_STORE()  # a peer with tiny PDUs: pynetdicom fragments the response
+        rsp: Any = C_STORE()  # a peer with tiny PDUs: pynetdicom fragments the response
         rsp.MessageIDBeingRespondedTo = request.message_id
         rsp.AffectedSOPClassUID = request.sop_class_uid
         rsp.AffectedSOPInstanceUID = request.sop_instance_uid
