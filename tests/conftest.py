@@ -140,3 +140,70 @@ def pg_url(pg_server: PostgresServer) -> Iterator[str]:
     with psycopg.connect(f"host=127.0.0.1 port={pg_server.port} user=postgres dbname=postgres",
                          autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# ---------------------------------------------------------------- the workstation's main window
+
+
+def _settle_deletions(app) -> None:  # type: ignore[no-untyped-def]
+    from PySide6.QtCore import QEvent
+    from PySide6.QtWidgets import QApplication
+
+    for _ in range(3):  # deleting a window posts the deletion of its children
+        QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+        app.processEvents()
+
+
+@pytest.fixture
+def no_leaked_widgets(qtbot):  # type: ignore[no-untyped-def]
+    """Fails the test if a top-level widget made during it is still alive at its end (after pending
+    deletions ran): a dialog, tool window or main window that outlives its owner is a leak a person
+    would see as a stray window (napari's ``make_napari_viewer`` check)."""
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    assert isinstance(app, QApplication)
+    before = set(map(id, app.topLevelWidgets()))
+    cleanups: list = []  # type: ignore[type-arg]
+    yield cleanups
+    for cleanup in reversed(cleanups):
+        cleanup()
+    _settle_deletions(app)
+    leaked = [w for w in app.topLevelWidgets() if id(w) not in before]
+    names = [f"{w.metaObject().className()}:{w.objectName() or w.windowTitle()}" for w in leaked]
+    for w in leaked:
+        w.deleteLater()
+    _settle_deletions(app)
+    assert not leaked, f"top-level widgets leaked by the test: {names}"
+
+
+@pytest.fixture
+def make_main_window(no_leaked_widgets):  # type: ignore[no-untyped-def]
+    """A factory of workstation main windows that owns them (napari's ``make_napari_viewer``).
+
+    ``make_main_window(config, archive, viewer=False)`` builds a :class:`MainWindow` (with the
+    viewer installed when asked); at teardown every window is closed and deleted, the archives it
+    was given are closed, and the test fails if any top-level widget it made is still alive
+    (:func:`no_leaked_widgets`).
+    """
+    from hilum.ui.main_window import MainWindow
+
+    def make(config, archive, *, viewer: bool = False):  # type: ignore[no-untyped-def]
+        window = MainWindow(config, archive)
+        if viewer:
+            from hilum.ui.viewer.wiring import install_viewer
+
+            window._test_viewer = install_viewer(window)  # type: ignore[attr-defined]
+
+        def cleanup() -> None:
+            window.close()
+            window.deleteLater()
+            from PySide6.QtWidgets import QApplication
+
+            _settle_deletions(QApplication.instance())
+            archive.close()
+
+        no_leaked_widgets.append(cleanup)
+        return window
+
+    return make

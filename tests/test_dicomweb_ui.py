@@ -43,13 +43,10 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
     archive.close()
 
 
-def test_remote_source_search_open_keep(qtbot, server: dict[str, Any], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from hilum.ui.main_window import MainWindow
-
+def test_remote_source_search_open_keep(qtbot, make_main_window, server: dict[str, Any], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg = load_config(tmp_path / "ws")
     local = Archive(cfg.data_dir)
-    window = MainWindow(cfg, local)
-    qtbot.addWidget(window)
+    window = make_main_window(cfg, local)
     try:
         ctl = window.remote_sources
         assert ctl is not None and ctl.selector.combo.count() == 2  # local + "Add…"
@@ -86,8 +83,7 @@ def test_remote_source_search_open_keep(qtbot, server: dict[str, Any], tmp_path:
             ctl.select(None)
         assert window.browser.model.rowCount() == 1 and window.browser.logic.archive is local
     finally:
-        window.close()
-        local.close()
+        window.close()  # the fixture deletes it, closes ``local`` and checks for leaked widgets
 
 
 def test_source_dialog_validation(qtbot) -> None:  # type: ignore[no-untyped-def]

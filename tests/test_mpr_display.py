@@ -24,7 +24,15 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from vtkmodules.util import numpy_support
 
 from hilum.dicom.generator import DOE, generate_ct_series, generate_mr_series, make_study
-from hilum.dicom.pixels import DisplayTransform, GrayscalePipeline, VOITable, Window, frame_array, read_header, render_frame
+from hilum.dicom.pixels import (
+    DisplayTransform,
+    GrayscalePipeline,
+    VOITable,
+    Window,
+    frame_array,
+    read_header,
+    render_frame,
+)
 from hilum.dicom.volume import Plane, Volume, build_volume
 from hilum.render.mpr import MPRScene, MPRViewport, volume_display
 

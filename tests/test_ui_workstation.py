@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PySide6.QtCore import QEvent, QObject, QPoint, Qt, QTimer, Signal
+from PySide6.QtCore import QObject, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QFontMetrics, QImage
 from PySide6.QtWidgets import QApplication, QPushButton, QWidget
 from pytestqt.qtbot import QtBot
@@ -86,12 +86,8 @@ def data_copy(template_data: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def _open_window(qtbot: QtBot, data: Path) -> Iterator[MainWindow]:
-    app = QApplication.instance()
-    assert isinstance(app, QApplication)
-    before = list(app.topLevelWidgets())
-    archive = Archive(data)
-    window = MainWindow(load_config(data), archive)
+def _open_window(qtbot: QtBot, make_main_window: Any, data: Path) -> Iterator[MainWindow]:
+    window = make_main_window(load_config(data), Archive(data))
     window.demo_small = True
     window.resize(1280, 800)
     window.show()
@@ -102,28 +98,16 @@ def _open_window(qtbot: QtBot, data: Path) -> Iterator[MainWindow]:
         for box in (window.importer.summary_box,):
             if box is not None:
                 box.close()
-        window.close()
-        window.deleteLater()
-        QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
-        archive.close()
-        leaked = [w for w in app.topLevelWidgets() if all(w is not b for b in before)]
-        QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
-        leaked = [w for w in app.topLevelWidgets() if all(w is not b for b in before)]
-        names = [f"{type(w).__name__}:{w.objectName()}" for w in leaked]
-        for w in leaked:
-            w.deleteLater()
-        QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
-        assert not leaked, f"top-level widgets leaked: {names}"
 
 
 @pytest.fixture
-def window(qtbot: QtBot, data_copy: Path) -> Iterator[MainWindow]:
-    yield from _open_window(qtbot, data_copy)
+def window(qtbot: QtBot, make_main_window: Any, data_copy: Path) -> Iterator[MainWindow]:
+    yield from _open_window(qtbot, make_main_window, data_copy)
 
 
 @pytest.fixture
-def empty_window(qtbot: QtBot, data_dir: Path) -> Iterator[MainWindow]:
-    yield from _open_window(qtbot, data_dir)
+def empty_window(qtbot: QtBot, make_main_window: Any, data_dir: Path) -> Iterator[MainWindow]:
+    yield from _open_window(qtbot, make_main_window, data_dir)
 
 
 def _search(qtbot: QtBot, window: MainWindow, criteria: StudyCriteria) -> list[dict[str, Any]]:
@@ -487,7 +471,7 @@ def test_workspace_tabs(qtbot: QtBot, window: MainWindow) -> None:
 # ---------------------------------------------------------------- start-up
 
 
-def test_run_gui_with_demo_and_node(qtbot: QtBot, tmp_path: Path) -> None:
+def test_run_gui_with_demo_and_node(qtbot: QtBot, no_leaked_widgets: Any, tmp_path: Path) -> None:
     """``hilum gui --demo`` on an empty folder: demo studies listed, the node's ports in the status bar."""
     from hilum.ui.app import run_gui
 
@@ -530,7 +514,7 @@ def test_run_gui_with_demo_and_node(qtbot: QtBot, tmp_path: Path) -> None:
         assert a.count("STUDY") == 7
 
 
-def test_node_port_in_use_does_not_stop_the_workstation(qtbot: QtBot, data_copy: Path) -> None:
+def test_node_port_in_use_does_not_stop_the_workstation(qtbot: QtBot, make_main_window: Any, data_copy: Path) -> None:
     from hilum.ui.app import NodeRunner
 
     with socket.socket() as busy:
@@ -540,7 +524,7 @@ def test_node_port_in_use_does_not_stop_the_workstation(qtbot: QtBot, data_copy:
         cfg.dicom_port = busy.getsockname()[1]
         cfg.web_port, cfg.hl7_port = free_port(), free_port()
         archive = Archive(data_copy)
-        window = MainWindow(cfg, archive)
+        window = make_main_window(cfg, archive)
         runner = NodeRunner(cfg, archive, window)
         try:
             window.show()
@@ -550,10 +534,6 @@ def test_node_port_in_use_does_not_stop_the_workstation(qtbot: QtBot, data_copy:
             qtbot.waitUntil(lambda: window.browser.model.rowCount() == archive.count("STUDY"), timeout=TIMEOUT)
         finally:
             runner.stop()
-            window.close()
-            window.deleteLater()
-            QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
-            archive.close()
 
 
 def test_cli_registers_gui_verb() -> None:

@@ -10,19 +10,18 @@ from _viewer_data import STUDY, hu_point_to_pixel, write_ct
 pytest.importorskip("pytestqt")
 from PySide6.QtGui import QImage  # noqa: E402
 
+from hilum.archive import Archive  # noqa: E402
 from hilum.config import load_config  # noqa: E402
-from hilum.ui.main_window import MainWindow  # noqa: E402
 from hilum.ui.viewer.viewer_widget import StudyViewer  # noqa: E402
-from hilum.ui.viewer.wiring import install_viewer  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
 
-def test_open_request_shows_the_study_in_a_viewer_tab(qtbot, archive, data_dir, tmp_path):
+def test_open_request_shows_the_study_in_a_viewer_tab(qtbot, make_main_window, data_dir, tmp_path):
+    archive = Archive(data_dir)
     assert all(r.ok for r in archive.ingest_many(write_ct(tmp_path / "ct", rows=64, slices=6)))
-    window = MainWindow(load_config(data_dir), archive)
-    qtbot.addWidget(window)
-    controller = install_viewer(window)
+    window = make_main_window(load_config(data_dir), archive, viewer=True)
+    controller = window._test_viewer
     assert any(s.section.startswith("Viewer") and "Window/level" in s.description or "Next slice" in s.description
                for s in window.shortcut_help())  # fmt: skip
     window.show()

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QEvent, QObject, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication
 
@@ -141,6 +141,7 @@ def run_gui(
     app = application()
     archive = Archive.from_config(config)
     node: NodeRunner | None = None
+    window: MainWindow | None = None
     try:
         window = MainWindow(config, archive)
         window.setWindowTitle(f"Hilum — {config.aet}")
@@ -161,4 +162,10 @@ def run_gui(
     finally:
         if node is not None:
             node.stop()
+        if window is not None:
+            # The window (its viewers, menus, popups) goes with the session: a caller that runs
+            # the workstation again in this process (tests, a scripted screenshot) gets no stray
+            # top-level widgets, and nothing holds the archive closed below.
+            window.deleteLater()
+            QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
         archive.close()
