@@ -179,3 +179,43 @@ def test_serve_bad_options_and_busy_port(tmp_path: Path) -> None:
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=60)
     assert first.returncode == 0
+
+
+@pytest.mark.skipif(not (BIN / "storescp").exists(), reason="DCMTK is needed")
+def test_serve_log_stays_short_when_an_instance_is_full_of_invalid_values(tmp_path: Path) -> None:
+    """A C-MOVE of one instance holding 3,000 values invalid for their VR, converted for a peer that
+    takes Implicit VR Little Endian only: pydicom logged and warned once per value (9,000 lines).
+    The node's log says what happened in a few lines."""
+    import io
+
+    import pydicom
+
+    from test_dicomweb_attack import invalid_values_file
+
+    data = invalid_values_file(3000)
+    study = str(pydicom.dcmread(io.BytesIO(data)).StudyInstanceUID)
+    folder, received = tmp_path / "data", tmp_path / "received"
+    received.mkdir()
+    with Archive(folder) as a:
+        assert a.ingest(data).status == "stored"
+    scp_port, port = free_port(), free_port()
+    (folder / "hilum.toml").write_text(f'[peers.scp]\naet = "STORESCP"\nhost = "127.0.0.1"\nport = {scp_port}\n')
+    scp = subprocess.Popen([str(BIN / "storescp"), "+xi", "-aet", "STORESCP", "-od", str(received), str(scp_port)],
+                           env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve = _serve(folder, port)
+    try:
+        _wait_listening(port, serve)
+        move = subprocess.run([str(BIN / "movescu"), "-S", "-aet", "VIEWER", "-aec", "HILUM", "-aem", "STORESCP",
+                               "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1",
+                               str(port)], capture_output=True, text=True, timeout=120, env=ENV)
+        assert move.returncode == 0, move.stderr
+        serve.send_signal(signal.SIGTERM)
+        _out, err = serve.communicate(timeout=60)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        scp.terminate()
+        scp.wait(10)
+    assert len(list(received.iterdir())) == 1
+    lines = err.splitlines()
+    assert "C-MOVE 1" in err and len(lines) < 30, f"{len(lines)} lines: {lines[:8]}"

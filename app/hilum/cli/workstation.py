@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from hilum.cli._common import quiet_pydicom
 from hilum.errors import HilumError
 
 
@@ -32,6 +33,7 @@ def run_workstation(args: argparse.Namespace) -> int:
     from hilum.config import load_config
 
     cfg = load_config(getattr(args, "data", None))
+    quiet_pydicom(getattr(args, "verbose", 0))  # the workstation's node, as `hilum serve`
     try:
         from hilum.ui.app import run_gui
     except ImportError as exc:  # PySide6 missing or its system libraries absent
