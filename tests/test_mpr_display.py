@@ -14,6 +14,7 @@ are the display transform of the resliced values.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -23,7 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from vtkmodules.util import numpy_support
 
-from hilum.dicom.generator import DOE, generate_ct_series, generate_mr_series, make_study
+from hilum.dicom.generator import DOE, generate_ct_series, generate_mr_series, make_study, write_dataset
 from hilum.dicom.pixels import (
     DisplayTransform,
     GrayscalePipeline,
@@ -104,9 +105,9 @@ def _ct_voi_lut() -> list[Dataset]:
     data = np.rint(65535.0 * np.sqrt(np.arange(4096) / 4095.0)).astype(np.uint16)
     for ds in series:
         item = Dataset()
-        item.LUTDescriptor = [4096, 65536 - 1024, 16]
+        item.add_new(0x00283002, "US", [4096, 65536 - 1024, 16])  # LUT Descriptor: US, as it is written to a file
         item.LUTExplanation = "SQRT"
-        item.LUTData = data.tolist()
+        item.add_new(0x00283006, "US", data.tolist())  # LUT Data
         ds.VOILUTSequence = [item]
         del ds.WindowCenter, ds.WindowWidth, ds.WindowCenterWidthExplanation
     return series
@@ -124,16 +125,27 @@ CASES = {
 }
 
 
+class _Volumes(dict[str, Volume]):
+    """The cases' volumes, built once per module from files in *folder*."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+
+
 @pytest.fixture(scope="module")
-def volumes() -> dict[str, Volume]:
-    cache: dict[str, Volume] = {}
-    return cache
+def volumes(tmp_path_factory: pytest.TempPathFactory) -> _Volumes:
+    return _Volumes(tmp_path_factory.mktemp("mpr-display"))
 
 
-def _volume(cache: dict[str, Volume], name: str) -> Volume:
+def _volume(cache: _Volumes, name: str) -> Volume:
+    """The case's series written to files and built the way the workstation builds it
+    (:func:`build_volume` of the paths: the viewer's loader, or one file parsed whole), so
+    each slice's :class:`~hilum.dicom.stack.FrameInfo` names the file the 2D viewer reads."""
     if name not in cache:
         make, _, _ = CASES[name]
-        cache[name] = build_volume(make())
+        paths = [str(write_dataset(ds, cache.folder / name / f"{i:03d}.dcm")) for i, ds in enumerate(make())]
+        cache[name] = build_volume(paths)
     return cache[name]
 
 
@@ -380,36 +392,37 @@ def test_plane_spans_the_volume(volumes: dict[str, Volume]) -> None:
         scene.close()
 
 
-def test_volume_from_decoded_planes_reads_the_display_from_its_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """The 2D viewer hands MPR its decoded planes (``volume_from_planes``, headers without the
-    pixel module) with their files: the display still comes from the series' header, so a
-    MONOCHROME1 series stays inverted and a SIGMOID one stays SIGMOID in MPR."""
-    from hilum.dicom.generator import write_dataset
-    from hilum.dicom.volume import volume_from_planes
+def test_viewers_hand_over_keeps_the_display_without_its_files(tmp_path: Path) -> None:
+    """The 2D viewer hands MPR the series it loaded (:func:`volume_from_series`: its decoded
+    planes and each frame's :class:`~hilum.dicom.stack.FrameInfo` with its grayscale pipeline):
+    the display is the series' header's, so a MONOCHROME1 series stays inverted and a SIGMOID
+    one stays SIGMOID in MPR, and its pixels are the 2D pipeline's, with the files gone by the
+    time MPR opens (nothing is read from them again: a series from a cache that was cleared,
+    or from memory). Planes decoded elsewhere with no header (``volume_from_planes``, e.g. AI
+    output) know only the window they are given."""
+    from hilum.dicom.stack_load import load_series_sync
+    from hilum.dicom.volume import volume_from_planes, volume_from_series
 
     series = _ct_sigmoid_header()
     for ds in series:
         ds.PhotometricInterpretation = "MONOCHROME1"
-    paths = [str(write_dataset(ds, tmp_path / f"{i}.dcm")) for i, ds in enumerate(series)]
+    paths = [write_dataset(ds, tmp_path / f"{i}.dcm") for i, ds in enumerate(series)]
+    loaded = load_series_sync(paths)  # the viewer's loader
+    for p in paths:
+        p.unlink()
+    volume = volume_from_series(loaded)
     pipeline = GrayscalePipeline.from_dataset(series[0])
-    volume = volume_from_planes(
-        [pipeline.modality_values(frame_array(ds)) for ds in series],
-        [ds.ImagePositionPatient for ds in series],
-        series[0].ImageOrientationPatient,
-        series[0].PixelSpacing,
-        paths=paths,
-        modality="CT",
-        window=pipeline.windows[0],
-    )
     display = volume_display(volume)
     assert display == pipeline.display() and display.invert and display.voi.function == "SIGMOID"  # type: ignore[union-attr]
+    by_uid = {ds.SOPInstanceUID: ds for ds in series}
     k = 2
     scene, vp = _viewport_showing_slice(volume, k, None)
     try:
-        _assert_close(_screen_at(vp, _voxel_centres(volume, k)), render_frame(volume.slices[k].path), "decoded planes")
+        viewer = render_frame(by_uid[volume.slices[k].sop_instance_uid])  # the 2D pipeline, from the data set
+        _assert_close(_screen_at(vp, _voxel_centres(volume, k)), viewer, "the viewer's hand-over")
     finally:
         scene.close()
-    without_files = volume_from_planes(
+    without_header = volume_from_planes(
         [pipeline.modality_values(frame_array(ds)) for ds in series],
         [ds.ImagePositionPatient for ds in series],
         series[0].ImageOrientationPatient,
@@ -417,7 +430,7 @@ def test_volume_from_decoded_planes_reads_the_display_from_its_files(tmp_path) -
         modality="CT",
         window=pipeline.windows[0],
     )
-    assert volume_display(without_files) == DisplayTransform(pipeline.windows[0], invert=False)  # all it knows
+    assert volume_display(without_header) == DisplayTransform(pipeline.windows[0], invert=False)  # all it knows
 
 
 def test_volume_changed_in_place_is_shown(volumes: dict[str, Volume]) -> None:

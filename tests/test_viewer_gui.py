@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pydicom
 import pytest
@@ -274,4 +276,177 @@ def test_mpr_opened_from_the_viewer_has_the_viewers_slices(qtbot, archive, data_
     qtbot.waitUntil(lambda: waiting.volume is not None, timeout=20000)
     np.testing.assert_array_equal(waiting.volume.array, vol.array)
     waiting.close()
+    viewer.close()
+
+
+# --------------------------------------------------------------------------- the 2D viewer and its MPR show alike
+
+
+def _open_series(qtbot, archive, data_dir, paths):  # type: ignore[no-untyped-def]
+    """The study in a viewer (1x1, fully loaded, nearest-neighbour painting and no overlay text, so each
+    screen pixel inside the image shows one image pixel)."""
+    assert all(r.ok for r in archive.ingest_many(paths))
+    viewer = StudyViewer(archive, STUDY.uid, data_dir=data_dir, executor="thread")
+    qtbot.addWidget(viewer)
+    viewer.resize(800, 600)
+    viewer.show()
+    qtbot.waitExposed(viewer)
+    with qtbot.waitSignal(viewer.loadFinished, timeout=20000):
+        viewer.open()
+    vp = viewer.active_viewport()
+    assert vp.volume is not None and vp.volume.complete
+    vp.smooth, vp.overlay_enabled = False, False
+    return viewer, vp
+
+
+def _open_mpr(qtbot, viewer, vp):  # type: ignore[no-untyped-def]
+    """The MPR opened from the viewer with its action (the viewer's loaded stack handed over), its axial
+    view through the viewer's slice on a voxel centre, smoothing, crosshair and annotations off."""
+    viewer.actions_by_name["mpr"].trigger()
+    mpr = viewer._mpr_windows[-1]
+    qtbot.waitUntil(lambda: mpr.volume is not None, timeout=20000)
+    volume = mpr.volume
+    k = vp.index
+    m = vp.volume.stack.volume_index(k)
+    assert (volume.slices[m].sop_instance_uid, volume.slices[m].frame) == vp.frame_info.key
+    mpr.set_cursor(volume.voxel_to_world((volume.size[0] // 2, volume.size[1] // 2, m)))
+    assert vp.index == k  # the cursor, linked to the viewer, stays on the viewer's slice
+    axial = mpr.slice_canvases["axial"]
+    axial.viewport.actor.InterpolateOff()
+    axial.viewport.set_crosshair_visible(False)
+    axial.viewport.set_annotations_visible(False)
+    axial.request_render()
+    return mpr, axial
+
+
+def _viewer_screen(viewer, vp, pixels: np.ndarray) -> np.ndarray:
+    """The grey level on screen at image pixels (N, 2) = (column, row) of the viewer's slice."""
+    shot = grab(viewer.viewport_widget(0).canvas)
+    out = []
+    for c, r in pixels:
+        x, y = vp.image_to_canvas(float(c), float(r))
+        rgb = shot[int(y), int(x)]
+        assert rgb[0] == rgb[1] == rgb[2]
+        out.append(rgb[0])
+    return np.asarray(out, dtype=np.int32)
+
+
+def _mpr_screen(axial, points: np.ndarray) -> np.ndarray:
+    """The grey level on screen in the MPR's axial view at patient points (N, 3)."""
+    shot = grab(axial)
+    out = []
+    for p in points:
+        x, y, off = axial.viewport.patient_to_display(p)
+        assert abs(off) < 1e-6
+        rgb = shot[axial.height() - 1 - int(round(y)), int(round(x))]
+        assert rgb[0] == rgb[1] == rgb[2]
+        out.append(rgb[0])
+    return np.asarray(out, dtype=np.int32)
+
+
+def _samples(vp) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Image pixels (column, row) inside the viewer's slice and their patient positions."""
+    f = vp.frame_info
+    cc, rr = np.meshgrid(np.arange(6, f.columns - 6, 3), np.arange(6, f.rows - 6, 3))
+    pixels = np.stack([cc.ravel(), rr.ravel()], axis=-1)
+    return pixels, np.asarray([f.geometry.to_patient(int(c), int(r)) for c, r in pixels])
+
+
+def _sigmoid_mono1(paths) -> None:  # type: ignore[no-untyped-def]
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        ds.VOILUTFunction = "SIGMOID"
+        ds.save_as(p)
+
+
+def test_window_drag_in_the_viewer_keeps_the_function_and_inversion_like_the_mpr(
+    qtbot, archive, data_dir, tmp_path
+):  # type: ignore[no-untyped-def]
+    """A MONOCHROME1 CT whose header asks for SIGMOID: the same right drag in the 2D viewer and in the
+    MPR opened from it gives both the same display (DisplayTransform.dragged: SIGMOID, inverted), and
+    the grey levels on screen at the slice's pixels are equal (within one level) before and after;
+    the viewer's are the 2D pipeline of the file with the dragged window (render_frame)."""
+    from hilum.dicom.pixels import render_frame
+
+    paths = write_ct(tmp_path / "sig", rows=64, slices=8, thickness=3.0, series_number=5)
+    _sigmoid_mono1(paths)
+    viewer, vp = _open_series(qtbot, archive, data_dir, paths)
+    mpr, axial = _open_mpr(qtbot, viewer, vp)
+    header = vp.display()
+    assert header is not None and header.voi.function == "SIGMOID" and header.invert
+    assert axial.viewport.display == header
+    pixels, points = _samples(vp)
+    before = _viewer_screen(viewer, vp, pixels)
+    assert np.abs(_mpr_screen(axial, points) - before).max() <= 1 and np.unique(before).size > 5
+
+    canvas = viewer.viewport_widget(0).canvas
+    R = Qt.MouseButton.RightButton
+    send_mouse(canvas, QEvent.Type.MouseButtonPress, (200, 200), R, R)
+    send_mouse(canvas, QEvent.Type.MouseMove, (260, 225), Qt.MouseButton.NoButton, R)
+    send_mouse(canvas, QEvent.Type.MouseButtonRelease, (260, 225), R, Qt.MouseButton.NoButton)
+    dragged = header.dragged(60.0, 25.0)  # wider, level up: darker (before inversion)
+    assert vp.display() == dragged and vp.window.function == "SIGMOID"
+    QTest.mousePress(axial, R, Qt.KeyboardModifier.NoModifier, QPoint(200, 200))
+    QTest.mouseMove(axial, QPoint(260, 225))
+    QTest.mouseRelease(axial, R, Qt.KeyboardModifier.NoModifier, QPoint(260, 225))
+    assert axial.viewport.display == dragged
+
+    after = _viewer_screen(viewer, vp, pixels)
+    assert (np.abs(after - before) > 10).sum() > 20  # the drag shows
+    f = vp.frame_info
+    expected = render_frame(f.path, f.frame, window=vp.window)[pixels[:, 1], pixels[:, 0]]
+    np.testing.assert_array_equal(after, expected)  # the viewer shows the 2D pipeline of the file
+    diff = np.abs(_mpr_screen(axial, points) - after)
+    assert diff.max() <= 1, f"{int((diff > 1).sum())} of {diff.size} pixels differ (max {diff.max()})"
+
+    viewer.apply_preset_key("4")  # lung: a preset keeps the function and the inversion too
+    assert vp.display() == header.with_window(-600.0, 1500.0)
+    mpr.close()
+    viewer.close()
+
+
+@pytest.mark.parametrize("kind", ["monochrome1-sigmoid", "voi-lut-table"])
+def test_mpr_opened_from_the_viewer_shows_its_display_without_the_files(
+    qtbot, archive, data_dir, tmp_path, kind
+):  # type: ignore[no-untyped-def]
+    """The MPR opened from the viewer gets the viewer's loaded series with each frame's grayscale
+    pipeline (volume_from_series): with every file of the series deleted once the viewer has loaded
+    it (as a cleared remote-study cache would be), the MPR's display is still the header's —
+    MONOCHROME1 inverted with SIGMOID, or the VOI LUT Sequence table — and its grey levels on screen
+    equal the viewer's at the slice's pixels."""
+    from pydicom.dataset import Dataset
+
+    from hilum.dicom.pixels import VOITable
+
+    paths = write_ct(tmp_path / kind, rows=64, slices=8, thickness=3.0, series_number=6)
+    if kind == "monochrome1-sigmoid":
+        _sigmoid_mono1(paths)
+    else:
+        for p in paths:
+            ds = pydicom.dcmread(p)
+            item = Dataset()
+            item.add_new(0x00283002, "US", [4096, 65536 - 1024, 16])  # LUT Descriptor: from HU -1024
+            item.add_new(0x00283006, "US", np.rint(65535 * np.sqrt(np.arange(4096) / 4095)).astype(int).tolist())
+            ds.VOILUTSequence = [item]
+            del ds.WindowCenter, ds.WindowWidth
+            ds.save_as(p)
+    viewer, vp = _open_series(qtbot, archive, data_dir, paths)
+    files = {f.path for f in vp.volume.stack.frames}
+    assert len(files) == 8
+    for path in files:
+        os.remove(path)
+    mpr, axial = _open_mpr(qtbot, viewer, vp)
+    shown = vp.display()
+    assert shown == vp.frame_info.pipeline.display()
+    if kind == "monochrome1-sigmoid":
+        assert shown.invert and shown.voi.function == "SIGMOID"
+    else:
+        assert isinstance(shown.voi, VOITable) and not shown.invert
+    assert all(mpr.scene[view].display == shown for view in ("axial", "coronal", "sagittal"))
+    pixels, points = _samples(vp)
+    ours, theirs = _mpr_screen(axial, points), _viewer_screen(viewer, vp, pixels)
+    assert np.unique(theirs).size > 5
+    assert np.abs(ours - theirs).max() <= 1
+    mpr.close()
     viewer.close()

@@ -66,6 +66,58 @@ def test_window_drag_presets_and_reset(vp):
     assert np.array_equal(before, vp.render())
 
 
+def test_window_changes_keep_the_function_and_inversion_as_mpr_does(tmp_path):
+    """The viewer's window changes go through the one display model (DisplayTransform, as MPR's):
+    a drag or a preset on a MONOCHROME1 SIGMOID series stays SIGMOID and inverted, and the pixels are
+    that display of the modality values; a header window from the menu keeps its own function; a VOI
+    LUT table gives way to the LINEAR window a drag starts from (VOITable.equivalent_window)."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    from hilum.dicom.pixels import DisplayTransform, VOITable, Window
+
+    paths = write_ct(tmp_path / "sig", rows=ROWS, slices=4, thickness=5.0)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        ds.VOILUTFunction = "SIGMOID"
+        ds.WindowCenter, ds.WindowWidth = [40, -600], [400, 1500]
+        del ds.WindowCenterWidthExplanation
+        ds.save_as(p)
+    st = ViewportState()
+    st.set_volume(load_series_sync(paths, executor="serial"))
+    header = st.display()
+    assert header is not None and header.invert and isinstance(header.voi, Window)
+    assert (header.voi.center, header.voi.width, header.voi.function) == (40.0, 400.0, "SIGMOID")
+    tool = WindowTool()
+    tool.press(st, 10, 10)
+    tool.release(st, 70, 35)
+    assert st.display() == header.dragged(60.0, 25.0) and st.window.function == "SIGMOID"
+    np.testing.assert_array_equal(st.render(), st.display().apply(st.modality_frame()))
+    assert pixel(st.render(), (0, -150)) == 255  # air white: still inverted
+    st.set_window(-600, 1500, "Lung")
+    assert st.display() == header.with_window(-600.0, 1500.0)
+    st.set_voi(Window(-600.0, 1500.0, "LINEAR_EXACT"), "Header window 2")
+    assert st.display() == DisplayTransform(Window(-600.0, 1500.0, "LINEAR_EXACT"), invert=True)
+    st.reset_window()
+    assert st.display() == header
+
+    table_paths = write_ct(tmp_path / "table", rows=ROWS, slices=2, thickness=5.0, series_number=3)
+    for p in table_paths:
+        ds = pydicom.dcmread(p)
+        item = Dataset()
+        item.add_new(0x00283002, "US", [4096, 65536 - 1024, 16])  # LUT Descriptor: from HU -1024
+        item.add_new(0x00283006, "US", np.linspace(0, 65535, 4096).astype(int).tolist())  # LUT Data
+        ds.VOILUTSequence = [item]
+        del ds.WindowCenter, ds.WindowWidth
+        ds.save_as(p)
+    st.set_volume(load_series_sync(table_paths, executor="serial"))
+    table = st.display()
+    assert table is not None and isinstance(table.voi, VOITable)
+    st.drag_window(20.0, -10.0)
+    assert st.display() == table.dragged(20.0, -10.0) and st.window.function == "LINEAR"
+
+
 def test_scroll_page_first_last_and_cine(vp):
     assert vp.index == 4
     assert vp.scroll(1) and vp.index == 5

@@ -427,3 +427,36 @@ def test_volume_from_files_with_mixed_rescale_matches_the_datasets(tmp_path: Pat
     big[2].RescaleIntercept = "40000"  # beyond int16 after rescaling
     paths = write_series(big, tmp_path / "big")
     np.testing.assert_array_equal(load_volume(paths).array, build_volume(big).array)
+
+
+def test_every_way_to_a_volume_carries_the_viewers_pipeline(tmp_path: Path) -> None:
+    """Each slice of a volume carries its frame's grayscale pipeline as the viewer's loader reads it,
+    whichever way the volume was built (files through the loader, one multi-frame file, data sets in
+    memory): MPR takes its display from it (hilum.render.mpr.volume_display), so a MONOCHROME1 or
+    SIGMOID series looks in MPR as in the 2D viewer however it arrived."""
+    from hilum.dicom.pixels import GrayscalePipeline
+    from hilum.dicom.stack_load import load_series_sync
+
+    datasets = small_ct(slices=6, rows=32, columns=32)
+    for ds in datasets:
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        ds.VOILUTFunction = "SIGMOID"
+    enhanced = generate_enhanced_ct(STUDY, rows=32, columns=32, frames=4, series_number=8)
+    enhanced.PhotometricInterpretation = "MONOCHROME1"
+    paths = write_series(datasets, tmp_path / "classic")
+    one_file = write_dataset(enhanced, tmp_path / "enhanced.dcm")
+    viewer = {f.key: f.pipeline for f in load_series_sync(paths, executor="serial").stack.frames}
+    viewer |= {f.key: f.pipeline for f in load_series_sync([one_file], executor="serial").stack.frames}
+    for name, volume in (
+        ("files", load_volume(paths)),
+        ("one file", load_volume([one_file])),
+        ("datasets", build_volume(datasets)),
+        ("a data set", build_volume(enhanced)),
+    ):
+        assert volume.slices, name
+        for f in volume.slices:
+            assert f.pipeline is not None and f.pipeline == viewer[f.key], (name, f.key)
+            assert f.pipeline.invert, name
+        source = {ds.SOPInstanceUID: ds for ds in (*datasets, enhanced)}[volume.slices[0].sop_instance_uid]
+        assert volume.slices[0].pipeline == GrayscalePipeline.from_dataset(source, volume.slices[0].frame), name
+    assert build_volume(datasets).slices[0].pipeline.default_voi().function == "SIGMOID"

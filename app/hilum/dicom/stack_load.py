@@ -52,6 +52,7 @@ from hilum.dicom.stack import FrameInfo, Stack, frames_from_dataset
 __all__ = [
     "DecodeJob",
     "LoadHandle",
+    "PipelineInterner",
     "SeriesVolume",
     "decode_frame",
     "decoder_pool",
@@ -88,8 +89,12 @@ _PIPELINE_TAGS = (
 _PIPELINE_SEQUENCES = (0x00283000, 0x00283010, 0x52009229, 0x52009230)  # Modality/VOI LUT, functional groups
 
 
-class _PipelineInterner:
+class PipelineInterner:
     """Builds grayscale pipelines and shares equal ones (600 slices → usually one object).
+
+    The ``pipeline_factory`` of :func:`hilum.dicom.stack.frames_from_dataset` for every
+    frame the workstation shows or builds a volume from (None for colour), so the 2D
+    viewer, the MPR volume and its display read one :class:`GrayscalePipeline` per frame.
 
     Building a pipeline converts a dozen attributes; slices of a series almost
     always share them, so the raw (unconverted) values of the attributes that
@@ -174,7 +179,7 @@ def read_frames(
     with open(path, "rb") as fp:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
         offset = _native_offset(ds, fp)
-    frames = frames_from_dataset(ds, path, pipeline_factory=pipelines or _PipelineInterner(), pixel_offset=offset)
+    frames = frames_from_dataset(ds, path, pipeline_factory=pipelines or PipelineInterner(), pixel_offset=offset)
     return frames, ds
 
 
@@ -487,7 +492,7 @@ def load_series(
 
 def _header_chunk(paths: list[str]) -> list[list[FrameInfo]]:
     """Parse a chunk of headers in a worker process (frames only: datasets stay there)."""
-    pipelines = _PipelineInterner()
+    pipelines = PipelineInterner()
     out = []
     for path in paths:
         try:
@@ -502,7 +507,7 @@ def _read_all_headers(
     handle: LoadHandle,
     files: list[str],
     parsed: dict[str, tuple[list[FrameInfo], Dataset]],
-    pipelines: _PipelineInterner,
+    pipelines: PipelineInterner,
     options: _Options,
     skipped: list[str],
 ) -> Iterator[tuple[str, tuple[list[FrameInfo], Dataset | None]]]:
@@ -571,7 +576,7 @@ def _run_load(
     options: _Options,
     t0: float,
 ) -> None:
-    pipelines = _PipelineInterner()
+    pipelines = PipelineInterner()
     preview_key: tuple[str, int] | None = None
     preview_pixels: np.ndarray | None = None
     parsed: dict[str, tuple[list[FrameInfo], Dataset]] = {}

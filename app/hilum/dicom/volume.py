@@ -45,6 +45,7 @@ import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -66,6 +67,7 @@ from hilum.dicom.geometry import (
 from hilum.dicom.pixels import frame_array
 from hilum.dicom.pixels_lut import ModalityTransform, Window, windows_from_dataset
 from hilum.dicom.stack import FrameInfo, frames_from_dataset
+from hilum.dicom.stack_load import PipelineInterner
 from hilum.errors import HilumError
 
 if TYPE_CHECKING:
@@ -618,21 +620,25 @@ class _Loaded:
     transforms: dict[int, ModalityTransform]
 
 
-def _read_and_decode(source: Source) -> _Loaded:
+def _read_and_decode(source: Source, pipelines: PipelineInterner | None = None) -> _Loaded:
     """Parse a file once and decode all its frames that have geometry to modality values
     (int16 where they fit).
 
+    Each frame carries its grayscale pipeline as the viewer's loader builds it
+    (*pipelines*, :class:`~hilum.dicom.stack_load.PipelineInterner`), so a volume
+    from datasets or one file has the display of the 2D viewer
+    (:func:`hilum.render.mpr.volume_display`) as one from files has.
     Reading whole files (rather than headers first, pixels later) costs one open and
     one parse per file; the price is holding each decoded plane until the stack is sorted.
     """
     ds, path, owned = _read(source)
-    frames = frames_from_dataset(ds, path)
+    frames = frames_from_dataset(ds, path, pipeline_factory=pipelines or PipelineInterner())
     planes: dict[int, np.ndarray | HilumError] = {}
     transforms: dict[int, ModalityTransform] = {}
     for f in frames:
         if f.geometry is None:
             continue
-        t = ModalityTransform.from_dataset(ds, f.frame)
+        t = f.pipeline.modality if f.pipeline is not None else ModalityTransform.from_dataset(ds, f.frame)
         try:
             stored = frame_array(ds, f.frame)
             if stored.ndim != 2:
@@ -757,11 +763,12 @@ def build_volume(
         and all(isinstance(s, (str, os.PathLike)) for s in src_list)
     ):
         return _volume_from_files([os.fspath(s) for s in src_list], regularize, executor, workers)  # type: ignore[arg-type]
+    read = partial(_read_and_decode, pipelines=PipelineInterner())
     if executor is not None:
-        loaded = list(executor.map(_read_and_decode, src_list))
+        loaded = list(executor.map(read, src_list))
     else:
         with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-            loaded = list(pool.map(_read_and_decode, src_list))
+            loaded = list(pool.map(read, src_list))
     owner: dict[int, _Loaded] = {}
     frames: list[FrameInfo] = []
     for item in loaded:

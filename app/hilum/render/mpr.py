@@ -158,15 +158,17 @@ def volume_display(volume: Volume) -> DisplayTransform:
     Modality LUT): the header's first window (with its VOI LUT Function) or else its first
     VOI LUT table, and the inversion of MONOCHROME1 / Presentation LUT Shape INVERSE.
 
-    The first source slice's :class:`~hilum.dicom.pixels.GrayscalePipeline` (its
-    :class:`~hilum.dicom.stack.FrameInfo` carries the one the 2D viewer uses, also for a
-    volume handed over from decoded planes); for colour or pipeline-less slices, the
-    volume's window or a min-max window over its values (:meth:`Window.min_max`) with no
+    The first source slice's :class:`~hilum.dicom.pixels.GrayscalePipeline`: its
+    :class:`~hilum.dicom.stack.FrameInfo` carries the one the 2D viewer uses, however the
+    volume was built (files, data sets, or the viewer's loaded series handed over by
+    :func:`~hilum.dicom.volume.volume_from_series`, with nothing read from the files again).
+    For colour or slices without a header (:func:`~hilum.dicom.volume.volume_from_planes`),
+    the volume's window or a min-max window over its values (:meth:`Window.min_max`) with no
     inversion.
     """
     voi: VOI | None = None
     invert = False
-    pipeline = getattr(volume.slices[0], "pipeline", None) if volume.slices else None
+    pipeline = volume.slices[0].pipeline if volume.slices else None
     if pipeline is not None:
         voi = pipeline.default_voi()
         invert = bool(pipeline.invert)

@@ -28,7 +28,7 @@ import numpy.typing as npt
 from pydicom.pixels import apply_color_lut
 
 from hilum.dicom.geometry import PlaneGeometry, orientation_letters
-from hilum.dicom.pixels import Window, to_uint8_color
+from hilum.dicom.pixels import DisplayTransform, Window, to_uint8_color
 from hilum.dicom.stack import FrameInfo
 from hilum.dicom.stack_load import SeriesVolume
 from hilum.dicom.stack_measure import modality_unit
@@ -338,11 +338,41 @@ class ViewportState:
         voi = self.header_voi()
         return voi if isinstance(voi, Window) else None
 
-    def set_window(self, center: float, width: float, label: str = "") -> None:
-        self.window = Window(float(center), max(float(width), 1.0))
+    def display(self, index: int | None = None) -> DisplayTransform | None:
+        """The VOI and presentation stages applied to a frame (:class:`DisplayTransform`, the one
+        display model MPR uses too): the user's window or the header's VOI (a min-max window
+        of the decoded frame when the header has none), with the frame's presentation
+        inversion (MONOCHROME1, PS3.3 C.7.6.3.1.2). None for colour, or while the frame a
+        min-max window needs is not decoded yet. The user's *invert* toggle is not part of it.
+        """
+        k = self.index if index is None else index
+        if self.volume is None or not 0 <= k < len(self.volume):
+            return None
+        f = self.volume.stack.frames[k]
+        if f.pipeline is None:
+            return None
+        try:
+            return f.pipeline.display(self.volume.frame(k), self.window)
+        except ValueError:  # no VOI in the header and no pixels yet for a min-max window
+            return None
+
+    def set_voi(self, window: Window, label: str = "") -> None:
+        """Show *window* (center, width and VOI LUT Function as given), e.g. one of the header's."""
+        self.window = window
         self.window_label = label
         self._cache_key = None
         self.emit("window")
+
+    def set_window(self, center: float, width: float, label: str = "") -> None:
+        """Another center/width (a preset, a linked viewport's window) in the same display model:
+        the VOI LUT Function in force stays (SIGMOID stays SIGMOID; a VOI LUT table gives way
+        to LINEAR, PS3.3 C.11.2.1.2), as :meth:`DisplayTransform.with_window` does for MPR;
+        the frame's inversion is untouched."""
+        base = self.window if self.window is not None else self.header_voi()
+        display = DisplayTransform(base if base is not None else Window(float(center), 1.0))
+        voi = display.with_window(float(center), float(width)).voi
+        assert isinstance(voi, Window)
+        self.set_voi(voi, label)
 
     def reset_window(self) -> None:
         """Back to the header's VOI (key 0)."""
@@ -355,18 +385,17 @@ class ViewportState:
     def drag_window(self, dx: float, dy: float) -> None:
         """Right-drag W/L: right widens, left narrows; down raises the level (darker), up lowers it.
 
-        Sensitivity scales with the current width, so a lung window and a
-        stroke window both respond usefully.
+        :meth:`DisplayTransform.dragged` of the display in force (the MPR's rule too, so a
+        drag of the same length gives both views the same window): sensitivity scales with
+        the current width, so a lung window and a stroke window both respond usefully; the
+        VOI LUT Function and the inversion stay.
         """
-        w = self.current_window()
-        if w is None:
-            f = self.frame_info
-            arr = self.volume.frame(self.index) if self.volume is not None else None
-            if f is None or f.pipeline is None or arr is None:
-                return
-            w = f.pipeline.min_max_window(arr)
-        k = max(w.width, 20.0) / 256.0
-        self.set_window(w.center + dy * k, max(w.width + dx * k, 1.0), "")
+        display = self.display()
+        if display is None:
+            return
+        voi = display.dragged(dx, dy).voi
+        assert isinstance(voi, Window)
+        self.set_voi(voi, "")
 
     def toggle_invert(self) -> None:
         self.invert = not self.invert
@@ -607,7 +636,8 @@ class ViewportState:
         if w is not None:
             vals["window_center"] = f"{w.center:g}"
             vals["window_width"] = f"{w.width:g}"
-        vals["window_label"] = self.window_label or (w.explanation if w is not None else "")
+        # the user's window is named by what chose it (a preset; nothing for a drag), the header's by its explanation
+        vals["window_label"] = self.window_label if self.window is not None else (w.explanation if w is not None else "")
         vals["zoom"] = f"{self._display_zoom():.2f}"
         vals["rotation"] = f"{self.view.rotation:g}"
         vals["loaded"] = self.volume.loaded_count

@@ -256,7 +256,7 @@ class StudyViewer(QWidget):
         for i, w in enumerate(f.pipeline.windows if f is not None and f.pipeline is not None else ()):
             if i:  # the first is "Header window"
                 label = w.explanation or f"Header window {i + 1}"
-                menu.addAction(f"{label} ({w.center:g}/{w.width:g})", partial(vp.set_window, w.center, w.width, label))
+                menu.addAction(f"{label} ({w.center:g}/{w.width:g})", partial(vp.set_voi, w, label))  # its own function
         for p in self.presets.for_modality(self.active_viewport().modality):
             menu.addAction(f"{p.name} ({p.center:g}/{p.width:g})\t{p.key}", partial(self.apply_preset, p))
         menu.addSeparator()
