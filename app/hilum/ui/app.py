@@ -59,10 +59,8 @@ def node_summary(config: Config, node: Any = None) -> str:
 
 
 class NodeRunner(QObject):
-    """Starts and stops the node off the GUI thread and reports to the status bar.
-
-    Uses :class:`hilum.node.Node` when the package has it (issue 3).
-    """
+    """Starts and stops the workstation's :class:`hilum.node.Node` off the GUI thread and reports
+    to the status bar (a port in use is reported there; the workstation goes on without the node)."""
 
     stateChanged = Signal(str, bool)  # text, ok
 
@@ -75,12 +73,8 @@ class NodeRunner(QObject):
         self.stateChanged.connect(window.set_node_status)
 
     def start(self) -> None:
-        try:
-            from hilum.node import Node  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            # TODO(issue 3): hilum.node.Node is not in the package yet; the node will start here once it is.
-            self.stateChanged.emit("DICOM node: not available", False)
-            return
+        from hilum.node import Node  # imported when started: `hilum gui --no-node` never loads the services
+
         self.stateChanged.emit("DICOM node: starting…", True)
         self.window.tasks.submit(self._start_node, Node, on_done=self._started, on_error=self._failed)
 
