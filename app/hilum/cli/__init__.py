@@ -35,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(sub)
+    for verb_parser in sub.choices.values():
+        # DESIGN.md: the global options work after the verb too.  SUPPRESS: the verb's parser
+        # leaves what was given before the verb alone unless given again after it.
+        if not any("-v" in a.option_strings for a in verb_parser._actions):
+            verb_parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                                     help="more log output (-vv for debug)")
+        if not any("--data" in a.option_strings for a in verb_parser._actions):
+            verb_parser.add_argument("--data", dest="top_data", metavar="DIR", default=argparse.SUPPRESS,
+                                     help="data folder (default: $HILUM_DATA or the user data folder)")
     return parser
 
 
@@ -49,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         handler = run_workstation
         args.data = args.top_data
+    elif getattr(args, "data", None) is None and args.top_data is not None:
+        args.data = args.top_data  # `hilum --data DIR VERB ...`: the verb's own --data, given first
     try:
         return int(handler(args) or 0)
     except HilumError as exc:
