@@ -53,6 +53,7 @@ beside this module.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib
 import inspect
@@ -277,7 +278,8 @@ class EventDrivenDUL(DULServiceProvider):
 
 
 class EventDrivenAssociation(Association):
-    """An acceptor association whose reactor wakes when its DUL has news."""
+    """An association whose reactor wakes when its DUL has news (acceptors of the fast engine), and
+    re-checks its pause (also requestors, see :func:`steady_requestor`)."""
 
     _hilum_wake: threading.Event
 
@@ -350,6 +352,37 @@ class EventDrivenAssociation(Association):
                     self.abort()
                 self.kill()
                 return
+
+
+def steady_requestor(event: evt.Event) -> None:
+    """``EVT_CONN_OPEN`` handler of every association Hilum *requests* (C-MOVE sub-operations,
+    storage commitment reports, ``hilum send``/``move``/``get``/``find``): its reactor becomes
+    :class:`EventDrivenAssociation`'s, which re-checks the pause.
+
+    pynetdicom 3.0's reactor (``Association._run_reactor``, the same loop for both roles) sets
+    ``_is_paused`` before waiting on its checkpoint and clears it after; a ``send_c_store()`` from
+    the application's thread that clears the checkpoint in between sees "paused", sends its
+    request, and the reactor then takes the response off the queue ("Received unexpected
+    C-STORE service message"): the sender waits out the DIMSE timeout and aborts the
+    association (pynetdicom issues #435, #842).  On this 2-core machine under load that was 4
+    lost associations in 2,000 C-STOREs to DCMTK ``storescp``, and the C-MOVE tests' rare
+    60-second hangs.
+
+    Called in the DUL thread when the connection opens, before negotiation ends, so the
+    association thread enters the swapped ``_run_reactor``.  Only while pynetdicom is the
+    version it mirrors (:func:`upstream_changes`); otherwise pynetdicom's own loop runs.  This
+    is a correction of the requestor role, not the listener's engine: it applies whatever
+    ``[dimse] engine`` says.
+    """
+    assoc = event.assoc
+    if assoc.is_requestor and type(assoc) is Association and _mirror_holds():
+        assoc._hilum_wake = threading.Event()  # type: ignore[attr-defined]  # nothing pokes it: 1 ms polls, as pynetdicom
+        assoc.__class__ = EventDrivenAssociation
+
+
+@functools.cache
+def _mirror_holds() -> bool:
+    return not upstream_changes()
 
 
 class BulkSocket(AssociationSocket):
@@ -708,4 +741,4 @@ def upstream_changes() -> list[str]:
 
 __all__ = ["UPSTREAM", "BulkSocket", "EncodedIdentifier", "EventDrivenAssociation", "EventDrivenDUL", "FastResponseDIMSE",
            "RequestHandler", "encode_response", "install", "installed", "make_event_driven",
-           "response_pdvs", "source_digest", "uninstall", "upstream_changes", "wait_responded"]
+           "response_pdvs", "source_digest", "steady_requestor", "uninstall", "upstream_changes", "wait_responded"]

@@ -93,7 +93,7 @@ from hilum.dimse.net import (
     server_ssl_context,
     set_nodelay,
 )
-from hilum.dimse.reactor import EncodedIdentifier
+from hilum.dimse.reactor import EncodedIdentifier, steady_requestor
 from hilum.dimse.settings import DimseSettings
 from hilum.dimse.storefast import StoreRequest
 from hilum.dimse.uids import STORAGE_COMMITMENT_PUSH
@@ -387,7 +387,7 @@ class DimseService:
 
     def associate_kwargs(self, peer: Peer | None) -> dict[str, Any]:
         """Keyword arguments of ``AE.associate`` for an association the node requests to ``peer``."""
-        kwargs: dict[str, Any] = {"evt_handlers": list(NODELAY_HANDLERS),
+        kwargs: dict[str, Any] = {"evt_handlers": [*NODELAY_HANDLERS, (evt.EVT_CONN_OPEN, steady_requestor)],
                                   "max_pdu": int(self.config.max_pdu_size) or UNLIMITED_PDU}
         if peer is not None and peer.tls:
             ctx = client_ssl_context(self.config.tls_ca, self.config.tls_cert, self.config.tls_key)

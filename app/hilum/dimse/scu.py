@@ -45,6 +45,7 @@ from hilum.dicom.attributes import InvalidInstance, read_instance
 from hilum.dicom.transcode import TranscodeError
 from hilum.dimse import contexts as cx
 from hilum.dimse.net import nodelay
+from hilum.dimse.reactor import steady_requestor
 from hilum.dimse.uids import (
     PATIENT_ROOT_FIND,
     PATIENT_ROOT_GET,
@@ -179,7 +180,7 @@ def associate(target: Target, contexts: Sequence[Any], *, ext_neg: list[Any] | N
         connected.set()
         nodelay(getattr(event.assoc.dul.socket, "socket", None))
 
-    handlers = [(evt.EVT_CONN_OPEN, on_open), *(evt_handlers or [])]
+    handlers = [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_CONN_OPEN, steady_requestor), *(evt_handlers or [])]
     kwargs: dict[str, Any] = {"ae_title": target.called_aet, "max_pdu": target.max_pdu,
                               "ext_neg": ext_neg, "evt_handlers": handlers}
     if target.tls is not None:
