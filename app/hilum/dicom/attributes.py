@@ -38,7 +38,8 @@ from hilum.errors import RejectedInstance
 __all__ = ["InvalidInstance", "IndexRecord", "PixelElement", "check_consistency", "check_request", "index_record",
            "is_valid_uid", "read_instance", "to_part10"]
 
-_PIXEL_TAGS = (BaseTag(0x7FE00010), BaseTag(0x7FE00008), BaseTag(0x7FE00009))
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})  # plain ints: `tag in` runs per element read
+_PIXEL_KEYS = (BaseTag(0x7FE00010), BaseTag(0x7FE00008), BaseTag(0x7FE00009))  # Pixel Data, Float, Double Float
 _TRANSFER_SYNTAX = BaseTag(0x00020010)
 _CHARSET = BaseTag(0x00080005)
 _ByteOrder = Literal["little", "big"]
@@ -342,7 +343,7 @@ def _show(value: str) -> str:
 
 def _pixels_of_dataset(ds: Dataset) -> PixelElement | Any:
     """The pixel data element of a data set read whole (a bare data set, no file meta)."""
-    for tag in _PIXEL_TAGS:
+    for tag in _PIXEL_KEYS:
         elem = ds._dict.get(tag)  # noqa: SLF001
         if elem is None:
             continue
