@@ -147,15 +147,38 @@ class _StoredCheck:
     One short read per call on a pooled connection, returned to the pool
     after each call so any number of worker threads shares the pool.  The
     index writer consults the index again inside its transaction.
+
+    With ``raw`` (the ``fast`` index writer) the SELECT, compiled once, runs
+    on the DB-API connection through public SQLAlchemy API only
+    (``Engine.raw_connection``): a SQLAlchemy ``Connection`` costs ~0.5 ms of
+    CPU per call here (it begins and rolls back a transaction around the
+    SELECT), ten times the query, and once per ingested instance that was 6%
+    of ``ingest_many``'s throughput.
     """
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, *, raw: bool = True):
         self._engine = engine
+        self._raw = raw
+        self._sql = str(_STORED.compile(dialect=engine.dialect))
+        self._positional = engine.dialect.paramstyle in ("qmark", "format", "numeric")
 
     def __call__(self, sop_uid: str) -> tuple[str, str] | None:
-        with self._engine.connect() as conn:
-            row = conn.execute(_STORED, {"uid": sop_uid}).first()
-        return None if row is None else (str(row[0]), str(row[1]))
+        if not self._raw:
+            with self._engine.connect() as conn:
+                row = conn.execute(_STORED, {"uid": sop_uid}).first()
+            return None if row is None else (str(row[0]), str(row[1]))
+        conn = self._engine.raw_connection()
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(self._sql, (sop_uid,) if self._positional else {"uid": sop_uid})
+                found = cur.fetchone()
+            finally:
+                cur.close()
+                conn.rollback()
+        finally:
+            conn.close()  # back to the engine's pool
+        return None if found is None else (str(found[0]), str(found[1]))
 
 
 # ---------------------------------------------------------------- worker processes
@@ -360,7 +383,7 @@ def run_ingest_many(writer: IndexWriter, database_url: str, sources: Iterable[An
         log.info("the main module has no __main__ guard: ingest workers are threads, not processes")
         use_processes = False
     check_dups = writer.duplicate_policy == "ignore"
-    thread_stored = _StoredCheck(writer.engine) if check_dups else None
+    thread_stored = _StoredCheck(writer.engine, raw=writer.mode == "fast") if check_dups else None
 
     def thread_prepare(src: Any) -> Prepared | IngestResult:
         return prepare(src, blobs=blobs, stored=thread_stored)
