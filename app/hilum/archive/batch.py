@@ -167,17 +167,17 @@ class _StoredCheck:
             with self._engine.connect() as conn:
                 row = conn.execute(_STORED, {"uid": sop_uid}).first()
             return None if row is None else (str(row[0]), str(row[1]))
-        conn = self._engine.raw_connection()
+        dbapi = self._engine.raw_connection()
         try:
-            cur = conn.cursor()
+            cur = dbapi.cursor()
             try:
                 cur.execute(self._sql, (sop_uid,) if self._positional else {"uid": sop_uid})
                 found = cur.fetchone()
             finally:
                 cur.close()
-                conn.rollback()
+                dbapi.rollback()
         finally:
-            conn.close()  # back to the engine's pool
+            dbapi.close()  # back to the engine's pool
         return None if found is None else (str(found[0]), str(found[1]))
 
 
