@@ -12,7 +12,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from conftest import free_port
 from hilum.archive import Archive
 from hilum.dicom.generator import IVANOV, MUELLER, generate_ct_series, make_study
 from hilum.dicomweb.client import DicomWebClient, DicomWebError, DicomWebSource
@@ -33,11 +33,6 @@ PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 pytestmark = pytest.mark.skipif(shutil.which("Orthanc") is None or not os.path.exists(PLUGIN),
                                 reason="Orthanc and its DICOMweb plugin are not installed")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _bytes(ds: pydicom.Dataset) -> bytes:
@@ -49,7 +44,7 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("orthanc")
-    http_port, dicom_port = _free_port(), _free_port()
+    http_port, dicom_port = free_port(), free_port()
     cfg = {
         "Name": "HilumTest", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
         "HttpPort": http_port, "DicomPort": dicom_port, "RemoteAccessAllowed": False,

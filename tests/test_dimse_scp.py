@@ -33,7 +33,7 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
-from conftest import free_port
+from conftest import free_port, wait_port
 from hilum.archive import Archive
 from hilum.config import Config, Peer
 from hilum.dimse import scu
@@ -70,16 +70,6 @@ def dcmtk(tool: str, *args: str | int, timeout: float = 60, check: bool = True) 
         raise AssertionError(f"{tool} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 @pytest.fixture(scope="module")

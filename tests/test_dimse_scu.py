@@ -17,12 +17,12 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from conftest import free_port
+from conftest import free_port, wait_port
 from hilum.archive import Archive
 from hilum.config import Config, Peer
 from hilum.dimse import scu
 from hilum.node import Node
-from test_dimse_scp import BIN, ENV, ROOT, _tiny, dcmtk, wait_port
+from test_dimse_scp import BIN, ENV, ROOT, _tiny, dcmtk
 
 pytestmark = pytest.mark.skipif(not (BIN / "dcmqrscp").exists(), reason="DCMTK (Debian package dcmtk) is needed")
 

@@ -30,7 +30,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from conftest import free_port
+from conftest import free_port, wait_port
 from hilum.archive import Archive
 from hilum.config import Config, Peer
 from hilum.dimse import scu
@@ -99,18 +99,6 @@ def _check_received(files: list[Path], samples: dict[str, Any], expect: set[str]
 # ------------------------------------------------------------------ DCMTK peers
 
 
-def _wait_port(port: int, timeout: float = 15.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
-
 
 @pytest.fixture(params=["", "+xi"], ids=["uncompressed", "implicit-only"])
 def storescp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, Path, str]]:
@@ -123,7 +111,7 @@ def storescp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[i
     proc = subprocess.Popen([str(BIN / "storescp"), *option, "-aet", "STORESCP", "-od", str(out), str(port)],
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_port(port)
+        wait_port(port)
         yield port, out, request.param
     finally:
         proc.terminate()
@@ -360,7 +348,7 @@ def test_every_outgoing_path_reads_through_read_outgoing(tmp_path: Path, samples
     uids = {r["SOPInstanceUID"] for r in rows}
     web = DicomWebService(cfg, archive)
     try:
-        _wait_port(scp_port)
+        wait_port(scp_port)
         with Node(cfg, archive, only=["dimse"]) as n:
             web.start()
             # C-MOVE

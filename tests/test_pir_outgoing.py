@@ -27,7 +27,7 @@ import requests
 from hl7.client import MLLPClient
 from pydicom.uid import generate_uid
 
-from conftest import free_port
+from conftest import free_port, wait_port
 from hilum.config import Config, Peer
 from hilum.dimse import scu
 from hilum.hl7.message import ack_code_of
@@ -41,18 +41,6 @@ ENV = {**os.environ, "TCP_NODELAY": "1"}
 pytestmark = pytest.mark.skipif(not (BIN / "storescp").exists(), reason="DCMTK (Debian package dcmtk) is needed")
 
 
-def _wait_port(port: int, timeout: float = 15.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
-
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[dict[str, Any]]:
@@ -65,7 +53,7 @@ def site(tmp_path: Path) -> Iterator[dict[str, Any]]:
                  peers={"scp": Peer(aet="STORESCP", host="127.0.0.1", port=scp_port),
                         "modality": Peer(aet="MODALITY", host="127.0.0.1", port=free_port())})
     try:
-        _wait_port(scp_port)
+        wait_port(scp_port)
         with Node(cfg) as node:
             study = generate_uid()
             sops = []

@@ -347,7 +347,12 @@ def bench_find(work: Path, tiny: Path, n_studies: int, n_queries: int, orthanc: 
         servers.append(Hilum(scratch / "hilum", "fast"))
         servers.append(Hilum(scratch / "hilum-pynetdicom", "pynetdicom"))
         if baseline_app is not None:
-            shutil.copytree(scratch / "hilum", scratch / "hilum-baseline")
+            # Its own index, written by its own code (an older schema cannot open a newer database).
+            load = ("import sys; from pathlib import Path; from hilum.archive import Archive\n"
+                    "with Archive(Path(sys.argv[1])) as a:\n"
+                    "    assert all(r.ok for r in a.ingest_many(sorted(Path(sys.argv[2]).glob('*.dcm')), origin='import'))")
+            subprocess.run([PY, "-c", load, str(scratch / "hilum-baseline"), str(tiny)],
+                           env={**ENV, "PYTHONPATH": str(baseline_app)}, check=True)
             servers.append(Hilum(scratch / "hilum-baseline", "fast", baseline_app,
                                  label=f"Hilum baseline ({baseline_app.parent.name})"))
         orth = None

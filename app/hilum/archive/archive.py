@@ -46,7 +46,7 @@ from hilum.archive.model import ArchiveEvent, EventBus, IngestResult, Status
 from hilum.archive.patients import PatientRegistry
 from hilum.archive.schema import instances, patients, series, studies
 from hilum.archive.sqlfast import resolve_mode
-from hilum.dicom.attributes import IndexRecord, InvalidInstance, index_record, read_instance, to_part10
+from hilum.dicom.attributes import IndexRecord, InvalidInstance, index_record, read_instance, show_value, to_part10
 from hilum.errors import NotFound, StorageFull
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class Archive:
 
     def ingest(self, source: bytes | bytearray | memoryview | str | os.PathLike[str] | Dataset | Received, *,
                origin: str = "import", source_aet: str = "",
-               expected_sop_class: str | None = None) -> IngestResult:
+               expected_sop_class: str | None = None, expected_sop_instance: str | None = None) -> IngestResult:
         """Store one instance: the single way into the archive.
 
         ``source`` is a Part 10 file's bytes, a path to one, a dataset, or a
@@ -183,6 +183,12 @@ class Archive:
         one-line ``reason`` (``storage-full`` for a full disk, see
         :class:`IngestResult`); nothing already stored is changed by a
         rejection, and nothing of it is left behind.
+
+        ``expected_sop_class`` and ``expected_sop_instance`` are what a
+        request said it carries (a C-STORE-RQ's Affected SOP Class and
+        Instance UIDs, PS3.7 9.3.1.1): a data set that is another instance or
+        class is refused (``uid-mismatch``, ``sop-class-mismatch``), as it
+        would be stored as something the sender never asked to store.
         """
         label = str(source) if isinstance(source, (str, os.PathLike)) else None
         pending: Future[str] | None = None
@@ -208,13 +214,13 @@ class Archive:
                     # rejected or a duplicate.
                     pending = self._io.submit(self.blobs.write_temp, data)
                 ds, record = _read_record(data)
+            if expected_sop_instance and record.sop_uid != expected_sop_instance:
+                raise InvalidInstance("uid-mismatch", f"SOP Instance UID differs from the request's: data set "
+                                      f"{show_value(record.sop_uid)}, request {show_value(expected_sop_instance)}", None)
             sop_class = record.instance["sop_class_uid"]
             if expected_sop_class and sop_class != expected_sop_class:
-                raise InvalidInstance(
-                    "sop-class-mismatch",
-                    f"SOP Class UID {sop_class} does not match the request's {expected_sop_class}",
-                    record.sop_uid,
-                )
+                raise InvalidInstance("sop-class-mismatch", f"SOP Class UID differs from the request's: data set "
+                                      f"{show_value(sop_class)}, request {show_value(expected_sop_class)}", record.sop_uid)
             if pending is None:  # a bare dataset: store it as a Part 10 file
                 data = to_part10(ds)
                 pending = self._io.submit(self.blobs.write_temp, data)

@@ -55,11 +55,12 @@ def run_get(args: argparse.Namespace) -> int:
             return 0x0000
         assert archive is not None
         res = archive.ingest(data, origin="dimse", source_aet=target.called_aet,
-                             expected_sop_class=str(event.request.AffectedSOPClassUID))
+                             expected_sop_class=str(event.request.AffectedSOPClassUID),
+                             expected_sop_instance=str(event.request.AffectedSOPInstanceUID))
         if res.ok:
             return 0x0000
         rejected.append(f"{res.sop_instance_uid}: {res.reason}")
-        return {"storage-full": 0xA700, "sop-class-mismatch": 0xA900}.get(res.code or "", 0xC000)
+        return {"storage-full": 0xA700, "sop-class-mismatch": 0xA900, "uid-mismatch": 0xA900}.get(res.code or "", 0xC000)
 
     bar = progress_bar(not args.json)
     task = None

@@ -35,7 +35,7 @@ from pydicom.uid import (
 from hilum.dicom.matching import normalize_date, normalize_time, pn_groups
 from hilum.errors import RejectedInstance
 
-__all__ = ["InvalidInstance", "IndexRecord", "PixelElement", "check_consistency", "check_request", "index_record",
+__all__ = ["InvalidInstance", "IndexRecord", "PixelElement", "check_consistency", "show_value", "index_record",
            "is_valid_uid", "read_instance", "to_part10"]
 
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})  # plain ints: `tag in` runs per element read
@@ -189,7 +189,7 @@ def check_consistency(ds: Dataset, pixels: PixelElement | None | Any) -> None:
             continue
         if not is_valid_uid(value):
             code = "invalid-sop-instance-uid" if keyword == "SOPInstanceUID" else "invalid-uid"
-            raise InvalidInstance(code, f"{keyword} is not a valid UID (PS3.5 9.1): {_show(value)}",
+            raise InvalidInstance(code, f"{keyword} is not a valid UID (PS3.5 9.1): {show_value(value)}",
                                   sop_uid if keyword != "SOPInstanceUID" else None)
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
@@ -198,78 +198,14 @@ def check_consistency(ds: Dataset, pixels: PixelElement | None | Any) -> None:
         # (A file whose Media Storage SOP Instance UID differs from its data set's is tolerated:
         # the data set is the instance, the meta only describes the file, and pydicom's own
         # rtplan/rtdose samples and many anonymised exports have such metas.  A C-STORE whose
-        # command names another instance is refused by :func:`check_request`.)
+        # command names another instance is refused by ``Archive.ingest``'s expected UIDs.)
         meta_class = _uid_text(meta, "MediaStorageSOPClassUID")
         sop_class = _text(ds, "SOPClassUID")
         if meta_class is not None and meta_class != sop_class:
             raise InvalidInstance("sop-class-mismatch", f"SOP Class UID differs from the file meta's: data set "
-                                  f"{_show(sop_class)}, meta {_show(meta_class)}", sop_uid)
+                                  f"{show_value(sop_class)}, meta {show_value(meta_class)}", sop_uid)
     ts = _uid_text(meta, "TransferSyntaxUID") if meta is not None else None
     _check_pixels(ds, pixels, ts or "", sop_uid)
-
-
-def check_request(data: bytes | bytearray, sop_class: str, sop_instance: str) -> None:
-    """Refuse a C-STORE whose command names another instance (or class) than its data set.
-
-    The Affected SOP Class and Instance UIDs of a C-STORE-RQ (PS3.7 9.3.1.1)
-    name the data set it carries; a data set under another UID would be
-    stored as something the sender never asked to store, and answered for
-    an instance that was not stored.  ``data`` is the received Part 10 file;
-    only the data set's first elements are read (up to (0008,0018)), so the
-    check costs microseconds before the full parse.  Raises
-    :class:`InvalidInstance` ``uid-mismatch`` or ``sop-class-mismatch``;
-    a data set it cannot read this way is left to :func:`read_instance`.
-    """
-    found = _leading_uids(data)
-    if found is None:
-        return
-    ds_class, ds_instance = found
-    if ds_instance and sop_instance and ds_instance != sop_instance:
-        raise InvalidInstance("uid-mismatch", f"SOP Instance UID differs from the request's: data set "
-                              f"{_show(ds_instance)}, request {_show(sop_instance)}", None)
-    if ds_class and sop_class and ds_class != sop_class:
-        raise InvalidInstance("sop-class-mismatch", f"SOP Class UID differs from the request's: data set "
-                              f"{_show(ds_class)}, request {_show(sop_class)}", ds_instance or None)
-
-
-def _leading_uids(data: bytes | bytearray) -> tuple[str, str] | None:
-    """(SOP Class UID, SOP Instance UID) of a Part 10 file's data set, read from its first
-    elements; None when the encoding is one to leave to pydicom (big endian, deflated, odd)."""
-    if len(data) < 144 or data[128:132] != b"DICM":
-        return None
-    try:
-        meta, at = _read_elements(data, 132, False, group=2)
-    except (_Unusual, InvalidInstance):
-        return None
-    ts_elem = meta.get(_TRANSFER_SYNTAX)
-    if ts_elem is None:
-        return None
-    ts = bytes(ts_elem.value or b"").decode("ascii", "replace").rstrip("\0 ")
-    if ts in _NOT_LITTLE_ENDIAN:
-        return None
-    implicit = ts == ImplicitVRLittleEndian
-    out = {0x00080016: "", 0x00080018: ""}
-    end = len(data)
-    while at + 8 <= end:
-        grp, elem, length = _HEADER.unpack_from(data, at)
-        tag = grp << 16 | elem
-        if tag > 0x00080018:
-            break
-        value_at = at + 8
-        if not implicit:
-            raw_vr = bytes(data[at + 4 : at + 6])
-            if raw_vr not in _VRS:
-                return None
-            length = _EXPLICIT.unpack_from(data, at)[3]
-            if raw_vr in _LONG_VRS:
-                length = int.from_bytes(data[at + 8 : at + 12], "little")
-                value_at = at + 12
-        if length == _UNDEFINED or value_at + length > end:
-            return None
-        if tag in out:
-            out[tag] = bytes(data[value_at : value_at + length]).decode("latin-1").rstrip("\0").strip(" ")
-        at = value_at + length
-    return out[0x00080016], out[0x00080018]
 
 
 def _check_pixels(ds: Dataset, pixels: PixelElement | None | Any, ts: str, sop_uid: str) -> None:
@@ -335,7 +271,7 @@ def _uid_text(ds: Dataset, keyword: str) -> str | None:
     return text if text else None
 
 
-def _show(value: str) -> str:
+def show_value(value: str) -> str:
     """A value for a one-line message: control characters escaped, long ones cut."""
     shown = value.encode("unicode_escape").decode("ascii")
     return repr(shown if len(shown) <= 70 else shown[:67] + "...")

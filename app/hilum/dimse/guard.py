@@ -213,6 +213,18 @@ class _Framer:
         self.left = 0
         self.pdu_type = 0
 
+    def take_header(self, data: bytes | bytearray | memoryview, at: int, end: int) -> tuple[int, tuple[int, int] | None]:
+        """Add ``data[at:end]``'s first bytes to the header being read: (where reading stopped,
+        (PDU type, length) once all six bytes are in, else None)."""
+        need = 6 - len(self.head)
+        self.head += data[at : at + need]
+        at += min(need, end - at)
+        if len(self.head) < 6:
+            return at, None
+        header = self.head[0], int.from_bytes(self.head[2:6], "big")
+        self.head.clear()
+        return at, header
+
 
 class _Guard:
     """The bounds of one accepted connection; mixed into a socket class (see the module docstring).
@@ -318,13 +330,10 @@ class _Guard:
                 if not f.left:
                     self._g_pdu_in(f.pdu_type)
                 continue
-            need = 6 - len(f.head)
-            f.head += data[at : at + need]
-            at += min(need, end - at)
-            if len(f.head) < 6:
+            at, header = f.take_header(data, at, end)
+            if header is None:
                 break
-            pdu_type, length = f.head[0], int.from_bytes(f.head[2:6], "big")
-            f.head.clear()
+            pdu_type, length = header
             if not 0x01 <= pdu_type <= 0x07:
                 self._g_lie(f"unknown PDU type 0x{pdu_type:02X}", _ABORT_UNRECOGNISED_PDU)
                 return False
@@ -384,13 +393,10 @@ class _Guard:
                 f.left -= take
                 at += take
                 continue
-            need = 6 - len(f.head)
-            f.head += data[at : at + need]
-            at += min(need, end - at)
-            if len(f.head) < 6:
+            at, header = f.take_header(data, at, end)
+            if header is None:
                 break
-            pdu_type, f.left = f.head[0], int.from_bytes(f.head[2:6], "big")
-            f.head.clear()
+            pdu_type, f.left = header
             if pdu_type == 0x02:  # A-ASSOCIATE-AC: from now on the negotiated limits apply
                 self._g_state = ESTABLISHED
                 self._g_idle_timeouts()

@@ -78,7 +78,6 @@ from pynetdicom import AE, evt
 from hilum.archive import Archive, IngestResult, Received
 from hilum.archive.blobs import TempBlob
 from hilum.config import Config, Peer
-from hilum.dicom.attributes import InvalidInstance, check_request
 from hilum.dicom.transcode import TranscodeError
 from hilum.dimse import contexts as cx
 from hilum.dimse import guard, reactor
@@ -609,18 +608,12 @@ class DimseService:
 
         Both C-STORE paths come here with the command's Affected SOP Class and
         Instance UIDs: a data set that is not the instance its command names is
-        refused before anything is written (:func:`~hilum.dicom.attributes.check_request`).
+        refused, and nothing of it is kept (``Archive.ingest``'s expected UIDs).
         """
         calling = self._calling(assoc)
-        data = source.data if isinstance(source, Received) else source
-        try:
-            check_request(data, sop_class, sop_instance)
-        except InvalidInstance as exc:
-            if isinstance(source, Received):
-                source.blob.discard()
-            return self._refused(assoc, calling, exc.code, str(exc))
         result = self.archive.ingest(source, origin="dimse", source_aet=calling,
-                                     expected_sop_class=sop_class or None)
+                                     expected_sop_class=sop_class or None,
+                                     expected_sop_instance=sop_instance or None)
         status, comment = store_status(result)
         if status == SUCCESS:
             self._count(assoc, "C-STORE")
