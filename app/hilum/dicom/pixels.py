@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +53,7 @@ from hilum.dicom.pixels_lut import (
     DisplayTransform,
     ModalityTransform,
     SampledTable,
+    TableCache,
     VOITable,
     Window,
     presentation_inverts,
@@ -205,9 +204,7 @@ def iter_frames(
 # --------------------------------------------------------------------------- grayscale
 
 
-_LUT_CACHE: OrderedDict[Hashable, np.ndarray] = OrderedDict()
-_LUT_CACHE_SIZE = 32
-_LUT_LOCK = threading.Lock()
+_LUTS = TableCache(32)
 
 
 @dataclass(frozen=True)
@@ -325,20 +322,12 @@ class GrayscalePipeline:
         if dtype.kind not in "iu" or dtype.itemsize > 2:
             return None
         key = (self.modality, self.invert, voi, dtype.str)
-        with _LUT_LOCK:
-            table = _LUT_CACHE.get(key)
-            if table is not None:
-                _LUT_CACHE.move_to_end(key)
-                return table
+        table = _LUTS.get(key)
+        if table is not None:
+            return table
         unsigned = np.dtype(f"u{dtype.itemsize}")
         domain = np.arange(1 << (8 * dtype.itemsize), dtype=np.int64).astype(unsigned).view(dtype)
-        table = DisplayTransform(voi, self.invert).apply(self.modality.apply(domain))
-        table.setflags(write=False)
-        with _LUT_LOCK:
-            _LUT_CACHE[key] = table
-            while len(_LUT_CACHE) > _LUT_CACHE_SIZE:
-                _LUT_CACHE.popitem(last=False)
-        return table
+        return _LUTS.put(key, DisplayTransform(voi, self.invert).apply(self.modality.apply(domain)))
 
     def apply(self, stored: np.ndarray, window: WindowArg = None, voi_index: int = 0) -> np.ndarray:
         """8-bit P-Values of *stored* (any shape) through modality → VOI → presentation.

@@ -457,9 +457,33 @@ class SampledTable:
         return result
 
 
-_TABLE_CACHE: OrderedDict[Hashable, np.ndarray] = OrderedDict()
-_TABLE_CACHE_SIZE = 16
-_TABLE_LOCK = threading.Lock()
+class TableCache:
+    """The last *size* read-only lookup tables made, by key (least recently used goes first);
+    shared by threads (the viewer's decoder threads, the MPR's)."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._tables: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> np.ndarray | None:
+        with self._lock:
+            table = self._tables.get(key)
+            if table is not None:
+                self._tables.move_to_end(key)
+            return table
+
+    def put(self, key: Hashable, table: np.ndarray) -> np.ndarray:
+        """Keep *table* (made read-only) under *key*; returns it."""
+        table.setflags(write=False)
+        with self._lock:
+            self._tables[key] = table
+            while len(self._tables) > self._size:
+                self._tables.popitem(last=False)
+        return table
+
+
+_TABLES = TableCache(16)
 
 
 @dataclass(frozen=True)
@@ -501,11 +525,9 @@ class DisplayTransform:
         if dtype.kind not in "iu" or dtype.itemsize > 2:
             raise ValueError(f"integer tables are for 8/16-bit integers, not {dtype}")
         key = (self, dtype.str)
-        with _TABLE_LOCK:
-            table = _TABLE_CACHE.get(key)
-            if table is not None:
-                _TABLE_CACHE.move_to_end(key)
-                return table
+        table = _TABLES.get(key)
+        if table is not None:
+            return table
         info = np.iinfo(dtype)
         a, b = self.voi.active_range()
         i0 = int(min(max(math.floor(a) - 1, info.min), info.max))  # below a: the output of i0
@@ -521,12 +543,7 @@ class DisplayTransform:
                 table[: hi + 1] = fill if np.ndim(fill) == 0 else fill[-lo:]
             else:
                 table[lo % table.size : hi % table.size + 1] = fill
-        table.setflags(write=False)
-        with _TABLE_LOCK:
-            _TABLE_CACHE[key] = table
-            while len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
-                _TABLE_CACHE.popitem(last=False)
-        return table
+        return _TABLES.put(key, table)
 
     def _p(self, values: np.ndarray) -> np.ndarray:
         return p_values(self.voi.apply(values), self.invert)
