@@ -9,7 +9,9 @@ need it; on a developer machine without PostgreSQL they are skipped unless
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -18,8 +20,9 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +46,54 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"nothing listens on {port}")
+
+
+def wait_closed(sock: socket.socket, seconds: float) -> bool:
+    """Read (and drop) until the peer closes (True) or ``seconds`` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        sock.settimeout(left)
+        try:
+            if not sock.recv(65536):
+                return True
+        except TimeoutError:
+            return False
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+
+
+@contextlib.contextmanager
+def orthanc_process(root: Path, config: dict[str, Any], ready: Callable[[], bool],
+                    timeout: float = 30.0) -> Iterator[subprocess.Popen[bytes]]:
+    """Orthanc running with ``config`` (written to ``root/orthanc.json``, its log beside it) from
+    the moment ``ready()`` is true (an OSError counts as not yet) until the block ends."""
+    (root / "orthanc.json").write_text(json.dumps(config))
+    log = open(root / "orthanc.log", "wb")
+    proc = subprocess.Popen(["Orthanc", str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "TCP_NODELAY": "1"})
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if ready():
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Orthanc did not start: {(root / 'orthanc.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ import requests
 from argon2 import PasswordHasher
 from pydicom.data import get_testdata_file
 
-from conftest import free_port
+from conftest import free_port, wait_closed
 from hilum.archive import Archive
 from hilum.archive.users import UserStore
 from hilum.cli import main as cli_main
@@ -439,22 +439,6 @@ def test_hilum_serve_log_stays_short_for_a_request_over_thousands_of_invalid_val
 
 # ------------------------------------------------------------------------ idle, slow and too many connections
 
-
-def wait_closed(sock: socket.socket, seconds: float) -> bool:
-    """Read (and drop) until the peer closes (True) or ``seconds`` pass (False)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        sock.settimeout(left)
-        try:
-            if not sock.recv(65536):
-                return True
-        except TimeoutError:
-            return False
-        except (ConnectionResetError, BrokenPipeError):
-            return True
 
 
 def trickle(sock: socket.socket, data: bytes, every: float, stop: threading.Event) -> None:

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import http.client
 import io
-import json
 import os
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from conftest import free_port
+from conftest import free_port, orthanc_process
 from hilum.archive import Archive
 from hilum.dicom.generator import IVANOV, MUELLER, generate_ct_series, make_study
 from hilum.dicomweb.client import DicomWebClient, DicomWebError, DicomWebSource
@@ -51,23 +48,13 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True, "DicomAlwaysAllowFind": True,
         "Plugins": [PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
-    (root / "orthanc.json").write_text(json.dumps(cfg))
-    log = open(root / "orthanc.log", "wb")
-    proc = subprocess.Popen(["Orthanc", str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "TCP_NODELAY": "1"})
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=2)
-                conn.request("GET", "/plugins")
-                if "dicom-web" in conn.getresponse().read().decode():
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Orthanc did not start: {(root / 'orthanc.log').read_text()[-2000:]}")
-            time.sleep(0.2)
+
+    def ready() -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=2)
+        conn.request("GET", "/plugins")
+        return "dicom-web" in conn.getresponse().read().decode()
+
+    with orthanc_process(root, cfg, ready):
 
         def upload(data: bytes) -> None:
             c = http.client.HTTPConnection("127.0.0.1", http_port, timeout=30)
@@ -82,14 +69,6 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         for data in [ct_small, *(_bytes(d) for d in ct)]:
             upload(data)
         yield {"url": f"http://127.0.0.1:{http_port}/dicom-web", "ct": ct, "study": study, "ct_small": ct_small}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def test_search_matches_local_rows(orthanc: dict[str, Any], tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from hl7.client import MLLPClient
 
+from conftest import wait_closed
 from hilum.config import Config
 from hilum.errors import ConfigError
 from hilum.hl7.message import ack_code_of, frame
@@ -56,22 +57,6 @@ def read_frame(sock: socket.socket, seconds: float) -> bytes | None:
         buf += chunk
     return buf.split(b"\x1c\r", 1)[0].lstrip(b"\x0b")
 
-
-def wait_closed(sock: socket.socket, seconds: float) -> bool:
-    """Read (and drop answers) until the peer closes (True) or ``seconds`` pass (False)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        sock.settimeout(left)
-        try:
-            if not sock.recv(65536):
-                return True
-        except TimeoutError:
-            return False
-        except (ConnectionResetError, BrokenPipeError):
-            return True
 
 
 def _service(archive, tmp_path: Path, **hl7: object) -> HL7Service:  # type: ignore[no-untyped-def]

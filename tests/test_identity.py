@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from conftest import free_port, wait_port
+from conftest import free_port, orthanc_process, wait_port
 from hilum.archive import Archive
 from hilum.config import Config, Peer
 from hilum.dimse import scu
@@ -201,34 +200,15 @@ def orthanc_pair(tmp_path_factory: pytest.TempPathFactory, samples: dict[str, An
         "DicomAlwaysAllowMove": True, "DicomModalities": {"hilum": ["HILUM", "127.0.0.1", hilum_port]},
         "DefaultEncoding": "Utf8",
     }
-    (root / "orthanc.json").write_text(json.dumps(ocfg))
-    log = open(root / "orthanc.log", "wb")
-    proc = subprocess.Popen(["Orthanc", str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT, env=ENV)
     node = Node(cfg, only=["dimse"])
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if _rest(http_port, "GET", "/system").get("DicomAet") == "ORTHANC":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Orthanc did not start: {(root / 'orthanc.log').read_text()[-2000:]}")
-            time.sleep(0.2)
-        node.start()
-        results = [node.archive.ingest(p) for p in sorted(samples["folder"].iterdir())]
-        assert [r.status for r in results] == ["stored"] * len(SAMPLES), [r.reason for r in results]
-        yield {"node": node, "http": http_port, "dicom": orthanc_port}
-    finally:
-        node.stop()
-        proc.terminate()
+    with orthanc_process(root, ocfg, lambda: _rest(http_port, "GET", "/system").get("DicomAet") == "ORTHANC"):
         try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            node.start()
+            results = [node.archive.ingest(p) for p in sorted(samples["folder"].iterdir())]
+            assert [r.status for r in results] == ["stored"] * len(SAMPLES), [r.reason for r in results]
+            yield {"node": node, "http": http_port, "dicom": orthanc_port}
+        finally:
+            node.stop()
 
 
 def _rest(port: int, method: str, path: str, body: bytes | None = None, raw: bool = False) -> Any:
