@@ -353,6 +353,33 @@ def test_render_embedded_and_roi_overlays_match_dcmj2pnm(tmp_path, syntax):
     assert (h[~roi_rect & ~EMBEDDED] == h_no[~roi_rect & ~EMBEDDED]).all()
 
 
+@needs_dcmtk
+def test_render_monochrome1_overlay_is_white_as_in_dcmj2pnm(tmp_path):
+    """MONOCHROME1 inverts the grey levels, not the overlay: both draw it at the maximum display value."""
+    ds = image()
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    add_plane(ds, rows=64, columns=80, data=packbits(EMBEDDED))
+    path = save(ds, tmp_path / "m1.dcm")
+    assert assert_same_overlays(tmp_path, path, [], ["+Wi", "1"]) > 0
+    assert (hilum(path, tmp_path / "x.png")[EMBEDDED] == 255).all()
+
+
+def test_render_burns_overlays_into_colour_images(tmp_path):
+    """DCMTK draws no overlay on colour images; Hilum draws graphics white there too."""
+    ds = image()
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    rgb = np.zeros((64, 80, 3), np.uint8)
+    rgb[..., 0] = 200
+    del ds.pixels, ds.WindowCenter, ds.WindowWidth
+    add_plane(ds, rows=64, columns=80, data=packbits(EMBEDDED))
+    ds.PixelData = rgb.tobytes()
+    ds.save_as(tmp_path / "rgb.dcm", enforce_file_format=True)
+    out = hilum(tmp_path / "rgb.dcm", tmp_path / "x.png")
+    assert (out[EMBEDDED] == 255).all() and (out[~EMBEDDED] == [200, 0, 0]).all()
+    assert (hilum(tmp_path / "rgb.dcm", tmp_path / "y.png", "--no-overlays") == [200, 0, 0]).all()
+
+
 def test_read_native_frame_keeps_the_high_bits(tmp_path):
     path = embedded_file(tmp_path / "emb.dcm")
     raw = read_native_frame(path, 0, rows=64, columns=80, bits_allocated=16)
