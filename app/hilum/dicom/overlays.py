@@ -52,6 +52,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -148,7 +149,7 @@ def _element(ds: Dataset, tag: int) -> Any:
 
 
 def _first(value: Any) -> Any:
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if isinstance(value, (list, tuple, MultiValue)):
         return value[0] if len(value) else None
     return value
 
