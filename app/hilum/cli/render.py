@@ -3,7 +3,8 @@
 The image goes through the same pixel pipeline as the viewer
 (:mod:`hilum.dicom.pixels`: Modality LUT → VOI LUT → Presentation LUT, PS3.4 N.2),
 so the output is what the workstation shows at that window. Grey images give a
-grey PNG, colour images an RGB PNG.
+grey PNG, colour images an RGB PNG. Overlay planes (60xx, :mod:`hilum.dicom.overlays`)
+are burnt in as the viewer and ``dcmj2pnm`` show them; ``--no-overlays`` leaves them out.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="use the header's N-th VOI (1-based: its windows first, then its VOI LUTs)",
     )
     voi.add_argument("--minmax", action="store_true", help="window over the frame's min..max modality values")
+    parser.add_argument(
+        "--no-overlays",
+        action="store_true",
+        help="leave out the overlay planes (60xx graphics/ROI), which are burnt in by default as in dcmj2pnm",
+    )
     parser.set_defaults(handler=run_render)
 
 
@@ -60,6 +66,7 @@ def run_render(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
+    from hilum.dicom.overlays import composite, frame_layers, overlay_planes, read_native_frame
     from hilum.dicom.pixels import (
         FrameIndexError,
         GrayscalePipeline,
@@ -104,6 +111,12 @@ def run_render(args: argparse.Namespace) -> int:
         raise HilumError(f"{path}: {exc}") from exc
     except (ValueError, IndexError) as exc:
         raise HilumError(f"{path}: {exc}") from exc
+    if not args.no_overlays:
+        planes = overlay_planes(header, source=str(path))
+        rows, columns = int(header.Rows), int(header.Columns)
+        bits = int(header.get("BitsAllocated", 0) or 0)
+        raw = lambda: read_native_frame(path, index, rows=rows, columns=columns, bits_allocated=bits)  # noqa: E731
+        image = composite(image, frame_layers(planes, index, rows, columns, raw))
     mode = "L" if image.ndim == 2 else "RGB"  # what Pillow infers from the uint8 array
     try:
         Image.fromarray(np.ascontiguousarray(image)).save(args.output, format="PNG")

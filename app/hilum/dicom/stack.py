@@ -40,6 +40,7 @@ from hilum.dicom.geometry import (
     slice_thickness_of,
     stack_id_of,
 )
+from hilum.dicom.overlays import OverlayPlane, overlay_planes
 
 __all__ = ["ORDER_KEYWORDS", "FrameInfo", "Stack", "frames_from_dataset", "middle_frame"]
 
@@ -84,6 +85,8 @@ class FrameInfo:
     """The frame's :class:`hilum.dicom.pixels.GrayscalePipeline` (None for colour)."""
     pixel_offset: int | None = None
     image_type: tuple[str, ...] = ()
+    overlays: tuple[OverlayPlane, ...] = ()
+    """The overlay planes (60xx) drawn on this frame, bits not unpacked (:mod:`hilum.dicom.overlays`)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -146,6 +149,7 @@ def frames_from_dataset(
     sop_uid = str(_value(ds, 0x00080018, "") or "")
     frame_bytes = rows * columns * samples * max(ba // 8, 1)
     enhanced = is_enhanced(ds)
+    planes = overlay_planes(ds, source=path)  # () at the cost of 16 dict look-ups for most images
     out: list[FrameInfo] = []
     shared: tuple[Spacing, PlaneGeometry | None, float | None, float | None] | None = None
     for f in range(frames):
@@ -183,6 +187,7 @@ def frames_from_dataset(
                 pipeline=pipeline,
                 pixel_offset=None if pixel_offset is None else pixel_offset + f * frame_bytes,
                 image_type=image_type,
+                overlays=tuple(p for p in planes if p.overlay_frame(f) is not None) if planes else (),
             )
         )
     return out

@@ -58,6 +58,7 @@ SHORTCUTS: list[tuple[str, str, str]] = [
     ("link_zoom", "Ctrl+Shift+Z", "Link zoom"),
     ("reference_lines", "Ctrl+Shift+R", "Show reference lines"),
     ("overlay", "Ctrl+T", "Show / hide the overlay text"),
+    ("overlay_planes", "Ctrl+Shift+O", "Show / hide overlay planes (60xx)"),
     ("export_view", "Ctrl+E", "Export the view as PNG / JPEG"),
     ("export_cine", "Ctrl+Shift+E", "Export the series as a GIF (or MP4) cine"),
 ]

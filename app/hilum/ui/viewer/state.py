@@ -9,7 +9,15 @@ the image → canvas matrix, orientation letters of the four edges, the scale
 bar, the pixel probe. Models emit, views subscribe (STYLE.md §4):
 ``state.subscribe(callback)`` gets ``callback(state, what)`` with ``what`` one
 of ``volume``, ``index``, ``window``, ``view``, ``cine``, ``loaded``,
-``measurements``.
+``measurements``, ``overlays``.
+
+Overlay planes (60xx, :mod:`hilum.dicom.overlays`) are burnt into the 8-bit
+display values by :meth:`ViewportState.render` / :meth:`ViewportState.render_rgb32`
+(the one display pipeline of the viewport, so exports show them too) while
+:attr:`ViewportState.show_overlay_planes` is set (the default). As DCMTK does,
+they are drawn after the whole grey transform, the user's *invert* included:
+graphics stay at the maximum display value (white) on an inverted image too,
+where an inverted overlay would vanish into a white background.
 
 Image coordinates are ``(x, y) = (column, row)`` of pixel centres
 (:mod:`hilum.dicom.geometry`); canvas coordinates are widget pixels, y down.
@@ -28,6 +36,7 @@ import numpy.typing as npt
 from pydicom.pixels import apply_color_lut
 
 from hilum.dicom.geometry import PlaneGeometry, orientation_letters
+from hilum.dicom.overlays import OverlayLayer, composite, frame_layers, read_native_frame
 from hilum.dicom.pixels import DisplayTransform, Window, to_uint8_color
 from hilum.dicom.stack import FrameInfo
 from hilum.dicom.stack_load import SeriesVolume
@@ -151,6 +160,8 @@ class ViewportState:
         self._cache_img: np.ndarray | None = None
         self._lut32: tuple[np.ndarray, bool, np.ndarray] | None = None
         self.overlay_enabled = True
+        self.show_overlay_planes = True
+        """Burn the image's overlay planes (60xx graphics and ROI) into the display."""
         self.probe_result: ProbeResult | None = None
         self.status = ""
         """A line shown in the viewport while there is nothing else to say (e.g. "loading 40/600")."""
@@ -539,7 +550,8 @@ class ViewportState:
         if arr is None or self.volume is None:
             return None
         f = self.volume.stack.frames[k]
-        key = (id(self.volume), k, bool(self.volume.loaded[k]), self.window, self.invert, id(f.pipeline))
+        overlays = self.show_overlay_planes and bool(f.overlays)
+        key = (id(self.volume), k, bool(self.volume.loaded[k]), self.window, self.invert, id(f.pipeline), overlays)
         if key == self._cache_key and self._cache_img is not None:
             return self._cache_img
         if f.pipeline is not None:
@@ -557,6 +569,8 @@ class ViewportState:
             out = ((arr.astype(np.float64) - lo) * (255.0 / max(hi - lo, 1.0))).astype(np.uint8)
         if self.invert:
             out = np.bitwise_not(out)
+        if overlays:
+            out = composite(out, self.overlay_layers(k))
         out = np.ascontiguousarray(out)
         self._cache_key, self._cache_img = key, out
         return out
@@ -566,14 +580,16 @@ class ViewportState:
 
         For 8/16-bit grayscale the pipeline's lookup table is composed with the
         grey → RGB32 table once per (table, invert), so a frame costs a single
-        ``np.take`` over its stored values.
+        ``np.take`` over its stored values. A frame with overlay planes to draw takes
+        :meth:`render`'s path.
         """
         k = self.index if index is None else index
         arr = self.frame_pixels(k)
         if arr is None or self.volume is None:
             return None
         f = self.volume.stack.frames[k]
-        if f.pipeline is not None and arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2:
+        with_overlays = self.show_overlay_planes and bool(f.overlays)
+        if f.pipeline is not None and arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2 and not with_overlays:
             lut8 = f.pipeline.lut(arr.dtype, f.pipeline.resolve_voi(arr, self.window))
             if lut8 is not None:
                 cached = self._lut32
@@ -583,6 +599,30 @@ class ViewportState:
                 return np.take(cached[2], arr.view(np.dtype(f"u{arr.dtype.itemsize}")))
         img = self.render(k)
         return None if img is None else rgb32_of(img)
+
+    def overlay_layers(self, index: int | None = None) -> list[OverlayLayer]:
+        """The overlay planes drawn on a frame, as masks placed in the image (none while hidden or
+        not decoded). An embedded plane's bits are read from the file's raw pixel values the first
+        time (:func:`~hilum.dicom.overlays.read_native_frame`); masks are cached."""
+        k = self.index if index is None else index
+        if self.volume is None or not 0 <= k < len(self.volume):
+            return []
+        f = self.volume.stack.frames[k]
+        if not f.overlays:
+            return []
+
+        def raw() -> np.ndarray | None:
+            return read_native_frame(f.path, f.frame, rows=f.rows, columns=f.columns,
+                                     bits_allocated=f.bits_allocated, offset=f.pixel_offset)  # fmt: skip
+
+        return frame_layers(f.overlays, f.frame, f.rows, f.columns, raw)
+
+    def set_overlay_planes(self, show: bool) -> None:
+        """Show or hide the overlay planes (60xx) of the images (emits ``overlays``)."""
+        if bool(show) != self.show_overlay_planes:
+            self.show_overlay_planes = bool(show)
+            self._cache_key = None
+            self.emit("overlays")
 
     def probe(self, x: float, y: float) -> ProbeResult | None:
         """The pixel at image point ``(x, y)``: stored and modality value, patient coordinates."""

@@ -198,6 +198,9 @@ class StudyViewer(QWidget):
         ref = self._action("reference_lines", texts["reference_lines"], self._set_reference_lines,
                            keys["reference_lines"], checkable=True)  # fmt: skip
         ref.setChecked(self.model.show_reference_lines)
+        planes = self._action("overlay_planes", texts["overlay_planes"], self.set_overlay_planes,
+                              keys["overlay_planes"], checkable=True)  # fmt: skip
+        planes.setChecked(True)
         group = QActionGroup(self)
         group.setExclusive(True)
         for name, cls in TOOLS.items():
@@ -266,6 +269,7 @@ class StudyViewer(QWidget):
 
     def _make_widget(self, index: int) -> ViewportWidget:
         state = self.model.viewports[index]
+        state.set_overlay_planes(self.actions_by_name["overlay_planes"].isChecked())  # a viewport added later
         w = ViewportWidget(state, model=self.model, overlay=self.overlay, tool_provider=self.current_tool,
                            parent=self.grid_host)  # fmt: skip
         w.canvas.activated.connect(partial(self.model.set_active, index))
@@ -380,6 +384,14 @@ class StudyViewer(QWidget):
         for vp in self.model.viewports:
             vp.overlay_enabled = not vp.overlay_enabled
             vp.emit("view")
+
+    def set_overlay_planes(self, show: bool) -> None:
+        """Show or hide the images' overlay planes (60xx) in every viewport (the checkable action's slot)."""
+        for vp in self.model.viewports:
+            vp.set_overlay_planes(show)
+        act = self.actions_by_name.get("overlay_planes")
+        if act is not None and act.isChecked() != bool(show):
+            act.setChecked(bool(show))
 
     def _fit(self) -> None:
         vp = self.active_viewport()

@@ -134,7 +134,7 @@ class ViewportCanvas(QWidget):
             self._centre_text(p, "Drop a series here" if st.volume is None else "")
             return
         assert st.volume is not None  # a frame implies a volume
-        key = (id(st.volume), st.index, bool(st.volume.loaded[st.index]), st.window, st.invert)
+        key = (id(st.volume), st.index, bool(st.volume.loaded[st.index]), st.window, st.invert, st.show_overlay_planes)
         if self._argb is None or self._argb_key != key:
             self._argb = st.render_rgb32()
             self._argb_key = key
