@@ -17,9 +17,6 @@ from collections.abc import Sequence
 from hilum import __version__
 from hilum.errors import HilumError
 
-GLOBAL_OPTIONS = ("--data", "-v")
-"""The options every verb takes, before or after it and after a nested command (DESIGN.md)."""
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
