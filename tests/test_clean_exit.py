@@ -177,3 +177,54 @@ def test_ctrl_q_closes_the_workstation_like_a_signal(tmp_path: Path) -> None:
     assert isinstance(workers, list) and workers
     assert not [w.pid for w in workers if w.is_alive()]
     assert not any(_accepts(p) for p in ports)
+
+
+def test_sigterm_while_a_study_loads(tmp_path: Path) -> None:
+    """SIGTERM right after a study was opened (double-click in the browser, its series loading on
+    the decoder workers): the workstation still ends with 0, the workers and the node with it."""
+    import multiprocessing
+
+    from PySide6.QtCore import Qt, QTimer
+    from PySide6.QtTest import QTest
+
+    from _viewer_data import write_ct
+    from hilum.archive import Archive
+    from hilum.ui.app import run_gui
+
+    cfg = _config(tmp_path / "data")
+    ports = (cfg.dicom_port, cfg.web_port, cfg.hl7_port)
+    with Archive(cfg.data_dir) as archive:
+        for path in write_ct(tmp_path / "ct", rows=256, slices=60, syntax="1.2.840.10008.1.2.5"):  # RLE: decoded
+            assert archive.ingest(path).ok
+    before = multiprocessing.active_children()
+    seen: dict[str, object] = {}
+
+    def on_ready(window: object) -> None:
+        deadline = time.monotonic() + START_S
+        browser = window.browser  # type: ignore[attr-defined]
+
+        def poll() -> None:
+            workers = [c for c in multiprocessing.active_children() if c not in before]
+            up = all(_accepts(p) for p in ports) and len(workers) >= (os.cpu_count() or 2)
+            up = up and browser.model.rowCount() == 1
+            if not up and time.monotonic() < deadline:
+                QTimer.singleShot(200, poll)
+                return
+            seen["workers"], seen["up"] = workers, up
+            rect = browser.table.visualRect(browser.model.index(0, 1))
+            QTest.mouseClick(browser.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+            QTest.mouseDClick(browser.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+            seen["tabs"] = len(window.workspace_tabs())  # type: ignore[attr-defined]
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        QTimer.singleShot(0, poll)
+
+    code = run_gui(cfg, on_ready=on_ready)
+    assert seen["up"], "the node and the decoder workers did not come up"
+    assert seen["tabs"] == 1  # the study was open (loading) when the signal came
+    assert code == 0
+    workers = seen["workers"]
+    assert isinstance(workers, list) and workers
+    assert not [w.pid for w in workers if w.is_alive()]
+    assert not any(_accepts(p) for p in ports)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was put back
