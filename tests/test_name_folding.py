@@ -289,3 +289,44 @@ def test_study_browser_finds_names_as_typed(qtbot: Any, make_main_window: Any, t
     assert type_and_enter("obrien") == {"O'Brien, Seán"}
     assert type_and_enter("nobody") == set()
     assert browser.result_label.text() == "No studies match"
+
+
+# ---------------------------------------------------------------- the worklist tab, typed into
+
+
+@pytest.mark.gui
+def test_worklist_tab_finds_names_as_typed_and_the_mwl_stays_standard(qtbot: Any, tmp_path: Path) -> None:
+    from datetime import date
+
+    from PySide6.QtCore import Qt
+
+    from hilum.archive.orders import OrderBook, OrderInfo, PatientInfo, StepInfo
+    from hilum.ui.worklist import WorklistBrowser
+
+    with Archive(tmp_path / "data") as archive:
+        book = OrderBook(archive)
+        for acc, name in (("W1", "Müller^Hans"), ("W2", "Miller^John"), ("W3", "Hélène^Claire")):
+            with book.transaction() as tx:
+                p = tx.upsert_patient(PatientInfo(f"P{acc}", name=name))
+                step = StepInfo(modality="CT", station_aet="ST1", start_date=date.today().strftime("%Y%m%d"))
+                tx.create_order(p, OrderInfo(accession_number=acc, description="CT", steps=[step]))
+        # The MWL SCP's matching (the wire) is the standard's.
+        assert [r["AccessionNumber"] for r in book.worklist({"PatientName": "*muller*"})] == []
+        assert [r["AccessionNumber"] for r in book.worklist({"PatientName": "*muller*"}, fold_names=True)] == ["W1"]
+
+        w = WorklistBrowser(archive)
+        qtbot.addWidget(w)
+        w.show()
+        qtbot.waitUntil(lambda: w.model.rowCount() == 3, timeout=TIMEOUT)
+
+        def shows_after_typing(text: str, expected: list[str]) -> None:
+            qtbot.mouseClick(w.search, Qt.MouseButton.LeftButton)
+            w.search.selectAll()
+            qtbot.keyClick(w.search, Qt.Key.Key_Delete)
+            qtbot.keyClicks(w.search, text)
+            qtbot.waitUntil(lambda: sorted(r["AccessionNumber"] for r in w.model.rows()) == expected, timeout=TIMEOUT)
+
+        shows_after_typing("muller", ["W1"])
+        shows_after_typing("helene", ["W3"])
+        shows_after_typing("ller", ["W1", "W2"])
+        w.close()

@@ -350,6 +350,17 @@ def matcher_condition(m: Matcher, cols: tuple[Any, ...]) -> ColumnElement[bool] 
     return parts[0] if len(parts) == 1 else or_(*parts)
 
 
+def folded_name_condition(value: Any, col: Any) -> ColumnElement[bool] | None:
+    """A PN value folded as people type names (:mod:`hilum.archive.namefold`) matched on ``col``
+    (a folded column, ``patients.pn_fold``), its value bound; None when it folds to nothing.  For
+    tables outside the four levels that join the patients, e.g. the workstation's worklist."""
+    params: dict[str, Any] = {}
+    how = _bind_folded("PatientName", value, params)
+    if not how:
+        return None
+    return _match(_Key("PatientName", how), col, "PatientName" + _FOLDED, "", params)
+
+
 def _below(level: str, field: Field, cond: ColumnElement[bool]) -> ColumnElement[bool]:
     """A condition on a lower level's attribute (e.g. Modality in a STUDY query), as an EXISTS:
     the entities that have such a child match, as in Orthanc and dcm4chee."""
