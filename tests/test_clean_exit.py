@@ -111,8 +111,12 @@ def test_signal_ends_the_workstation_and_every_process_it_started(tmp_path: Path
         _wait("warm", lambda: len(_workers(_descendants(proc.pid))) >= expected, START_S)
         tree = _descendants(proc.pid)
         assert len(_workers(tree)) >= expected, tree
+        # Connections still open (a peer that has not spoken yet) do not hold the node up.
+        held = [socket.create_connection(("127.0.0.1", p), timeout=5) for p in (cfg.dicom_port, cfg.hl7_port)]
         proc.send_signal(sig)
         proc.wait(timeout=END_S)
+        for s in held:
+            s.close()
     finally:
         if proc.poll() is None:
             proc.kill()

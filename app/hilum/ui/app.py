@@ -9,7 +9,8 @@ Ending: closing the window, SIGTERM and SIGINT (Ctrl+C in the terminal) all
 end the same way — the event loop returns, the window shuts its workers
 down, the node stops (its ports close), the viewer's decoder processes are
 asked to finish and, after a grace period (a worker busy decoding), ended;
-no process the workstation started outlives it.  The exit status is 0 after
+no process the workstation started outlives it (a second signal while that
+runs ends the children and the process at once).  The exit status is 0 after
 closing the window or SIGTERM (a shutdown that was asked for and done), 130
 after SIGINT, as for every other ``hilum`` verb interrupted by Ctrl+C.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -87,13 +89,16 @@ class SignalQuit(QObject):
     handler writes the signal to a socket (:func:`signal.set_wakeup_fd`)
     whose notifier wakes the loop, the Python handler then runs and asks the
     loop to quit (queued, so a signal that comes before the loop runs quits
-    it as soon as it starts).  :meth:`restore` puts the previous handlers back.
+    it as soon as it starts).  A second signal during the shutdown ends the
+    process at once, its child processes first (the usual "press Ctrl+C
+    again").  :meth:`restore` puts the previous handlers back.
     """
 
     def __init__(self, app: QApplication):
         super().__init__(app)
         self.app = app
         self.signum: int | None = None
+        self._quitting = False
         self._previous: dict[int, Any] = {}
         self._reader, self._writer = socket.socketpair()
         for sock in (self._reader, self._writer):
@@ -116,9 +121,15 @@ class SignalQuit(QObject):
         return None if self.signum is None else EXIT_CODES.get(signal.Signals(self.signum), 128 + self.signum)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if self.signum is None:
-            log.info("%s: closing the workstation", signal.Signals(signum).name)
+        if self._quitting:
+            # A second signal while the first one's shutdown is still under way (a peer that does
+            # not let the node stop, a task that does not end): end now, the children first.
+            log.warning("%s again: ending at once", signal.Signals(signum).name)
+            stop_child_processes(0.0)
+            os._exit(self.exit_code if self.exit_code is not None else 128 + signum)
+        log.info("%s: closing the workstation", signal.Signals(signum).name)
         self.signum = signum
+        self._quitting = True
         QTimer.singleShot(0, self.app.quit)
 
     def _drain(self) -> None:
