@@ -145,22 +145,22 @@ def test_wire_matching_stays_standard(filled: Archive) -> None:
     assert standard("Hélène*") == {"NF-2"}
 
 
-def test_the_browser_logic_folds_names_of_the_local_archive_only(filled: Archive) -> None:
+def test_the_browser_logic_folds_names_of_the_local_archive_only(filled: Archive, tmp_path: Path) -> None:
+    """The same search on the local archive folds names; on a DICOMweb source (QIDO-RS, a real
+    server over the same archive) the server matches as the standard says."""
+    from hilum.config import Config
+    from hilum.dicomweb.client import DicomWebClient, DicomWebSource, RemoteArchiveView
+    from hilum.dicomweb.service import DicomWebService
     from hilum.ui.study_search import StudyCriteria, StudySearch
 
     local = StudySearch(filled)
     assert _ids(local.studies(StudyCriteria(patient_name="muller")).rows) == MULLERS
     assert _ids(local.studies(StudyCriteria(patient_name="Muller, Hans")).rows) == {"NF-1"}
-
-    class Remote:  # a source without folding (as the DICOMweb view): asked as the wire asks
-        def query(self, level: str, identifier: Any = None, **kw: Any) -> list[dict[str, Any]]:
-            assert "fold_names" not in kw
-            return filled.query(level, identifier, **kw)
-
-        def count(self, level: str, identifier: Any = None) -> int:
-            return filled.count(level, identifier)
-
-    assert _ids(StudySearch(Remote()).studies(StudyCriteria(patient_name="muller")).rows) == {"NF-4"}
+    with DicomWebService(Config(data_dir=tmp_path / "web", web_port=0), filled) as svc:
+        remote = StudySearch(RemoteArchiveView(DicomWebClient(DicomWebSource("pacs", svc.url))))
+        assert _ids(remote.studies(StudyCriteria(patient_name="muller")).rows) == {"NF-4"}
+        assert _ids(remote.studies(StudyCriteria(patient_name="Müller")).rows) == {"NF-1", "NF-3"}
+        assert _ids(remote.studies(StudyCriteria(patient_name="helene")).rows) == set()
 
 
 def test_adt_rename_refolds(filled: Archive) -> None:
