@@ -12,14 +12,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     p = subparsers.add_parser(
         "find", help="query a DICOM peer (C-FIND), or this node's archive (--local)",
-        description="Query a DICOM peer with C-FIND. Keys: -k Keyword=value (wildcards * ?, ranges "
-        "20200101-20201231, UID lists a\\b); -k Keyword alone asks for it back. Common return keys of "
-        "the level are asked for too unless --only-keys. With --local (no HOST) the archive of --data is "
-        "asked with the same keys, through the same query engine, and person names match as people type "
-        "them: accents and case do not matter (PatientName=muller* finds Müller); a peer matches names "
-        "as the DICOM standard says.",
-        epilog="examples: hilum find pacs.local 104 -aec PACS -L STUDY -k PatientName='DOE*' -k StudyDate=2024-\n"
-        "          hilum find --local -k PatientName=muller --data DIR",
+        description="Query a DICOM peer with C-FIND. Keys: -k Keyword=value (wildcards * ?, ranges\n"
+        "20200101-20201231, UID lists a\\b); -k Keyword alone asks for it back. Common return keys\n"
+        "of the level are asked for too unless --only-keys.\n\n"
+        "With --local (no HOST) the archive of --data is asked instead, with the same keys and the\n"
+        "same query engine, and a PatientName is matched as people type names, as the study\n"
+        "browser does: a prefix, accents and case do not matter, a comma separates family and\n"
+        "given name (PatientName=muller finds Müller^Hans). A peer matches names as the DICOM\n"
+        "standard says.",
+        epilog="examples:\n"
+        "  hilum find pacs.local 104 -aec PACS -L STUDY -k PatientName='DOE*' -k StudyDate=2024-\n"
+        "  hilum find --local -k PatientName='muller, h' --data DIR",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_peer_arguments(p, host_optional=True)
     p.add_argument("--local", action="store_true",
