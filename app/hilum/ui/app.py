@@ -259,9 +259,9 @@ def run_gui(
     with the shown window (used by tests and scripted screenshots).
     """
     app = application()
-    signals = SignalQuit.install(app)
-    children_before = multiprocessing.active_children()
     archive = Archive.from_config(config)
+    signals = SignalQuit.install(app)  # from here on, the finally below puts the handlers back
+    children_before = multiprocessing.active_children()
     node: NodeRunner | None = None
     window: MainWindow | None = None
     try:
