@@ -47,4 +47,4 @@ def test_migrations_have_one_head() -> None:
 
     from hilum.archive.db import MIGRATIONS
 
-    assert ScriptDirectory(MIGRATIONS).get_heads() == ["0005_patient_revisions"]
+    assert ScriptDirectory(MIGRATIONS).get_heads() == ["0006_folded_names"]

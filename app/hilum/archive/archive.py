@@ -95,6 +95,9 @@ class CheckReport:
 class Archive:
     """A local DICOM archive in a data folder (or PostgreSQL + a blob folder)."""
 
+    folds_names = True
+    """:meth:`query` and :meth:`count` take ``fold_names`` (a remote source's view does not)."""
+
     def __init__(self, data_dir: str | os.PathLike[str], *, database_url: str | None = None,
                  duplicate_policy: str = "ignore", index_writer: str | None = None):
         """``index_writer``: ``fast`` or ``sqlalchemy`` (see :mod:`hilum.archive.sqlfast`); None
@@ -286,7 +289,7 @@ class Archive:
     # ------------------------------------------------------------------ query
 
     def query(self, level: str, identifier: Mapping[str, Any] | None = None, *, limit: int | None = None,
-              offset: int = 0, order_by: list[str] | None = None) -> list[dict[str, Any]]:
+              offset: int = 0, order_by: list[str] | None = None, fold_names: bool = False) -> list[dict[str, Any]]:
         """Find patients, studies, series or instances (PS3.4 C.2.2.2 matching).
 
         ``identifier`` maps DICOM keywords to query values in DICOM string
@@ -294,14 +297,18 @@ class Archive:
         ``uid1\\uid2`` lists).  Each result is a dict keyed by keyword with
         every attribute of the level and the levels above, plus computed
         attributes (``NumberOfStudyRelatedInstances``, ``ModalitiesInStudy``...).
+        ``fold_names``: a PatientName also matches as people type names
+        (``muller`` finds Müller; :func:`hilum.archive.query.run_query`), for
+        the study browser and ``hilum find --local``, never for the wire.
         Raises ``ValueError`` on malformed values.
         """
         with self.engine.connect() as conn:
-            return q.run_query(conn, level, identifier or {}, limit=limit, offset=offset, order_by=order_by)
+            return q.run_query(conn, level, identifier or {}, limit=limit, offset=offset, order_by=order_by,
+                               fold_names=fold_names)
 
-    def count(self, level: str, identifier: Mapping[str, Any] | None = None) -> int:
+    def count(self, level: str, identifier: Mapping[str, Any] | None = None, *, fold_names: bool = False) -> int:
         with self.engine.connect() as conn:
-            return q.count_query(conn, level, identifier or {})
+            return q.count_query(conn, level, identifier or {}, fold_names=fold_names)
 
     def instances(self, *, study_uid: str | None = None, series_uid: str | None = None) -> list[dict[str, Any]]:
         """Instance rows (with ``path``) of a study or series, ordered by instance number."""

@@ -51,6 +51,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from hilum.archive.namefold import fold_name
 from hilum.archive.schema import orders, patient_history, patients, studies
 from hilum.dicom.matching import pn_groups
 from hilum.errors import HilumError
@@ -141,9 +142,10 @@ def _now() -> datetime:
 
 
 def pn_columns(name: str) -> dict[str, str]:
-    """The ``patients`` columns of a PN: the name and its upper-cased component groups."""
+    """The ``patients`` columns of a PN: the name, its upper-cased component groups, and its
+    alphabetic group folded as people type it (:mod:`hilum.archive.namefold`)."""
     a, i, p = pn_groups(name)
-    return {"patient_name": name, "pn_a": a, "pn_i": i, "pn_p": p}
+    return {"patient_name": name, "pn_a": a, "pn_i": i, "pn_p": p, "pn_fold": fold_name(name)}
 
 
 def _clean(info: PatientInfo, source: Source) -> PatientInfo:

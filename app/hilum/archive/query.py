@@ -20,6 +20,7 @@ from sqlalchemy import ColumnElement, Integer, String, and_, bindparam, exists, 
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Select
 
+from hilum.archive.namefold import fold_name
 from hilum.archive.schema import instances, patients, series, studies
 from hilum.dicom.matching import (
     AllOf,
@@ -133,6 +134,7 @@ class _Key:
     count: int = 0  # how many ModalitiesInStudy values
     below: bool = False  # a key of a level below the queried one
     group: int = -1  # PN: the component group it matches (0 alphabetic, 1 ideographic, 2 phonetic; -1 any)
+    fold: str = ""  # PatientName: also match the folded name (patients.pn_fold), as single | wildcard
 
 
 def _param(keyword: str, group: int) -> str:
@@ -158,10 +160,11 @@ def _level(level: str) -> str:
     return level
 
 
-def _plan(level: str, identifier: Mapping[str, Any]) -> tuple[tuple[_Key, ...], dict[str, Any]]:
+def _plan(level: str, identifier: Mapping[str, Any],
+          fold_names: bool = False) -> tuple[tuple[_Key, ...], dict[str, Any]]:
     """The shape of a query at ``level``, and the values of its bind parameters.
 
-    Raises ``ValueError`` on a malformed value.
+    ``fold_names``: see :func:`run_query`.  Raises ``ValueError`` on a malformed value.
     """
     depth = LEVELS.index(level)
     matchers: dict[str, Matcher] = {}
@@ -190,8 +193,30 @@ def _plan(level: str, identifier: Mapping[str, Any]) -> tuple[tuple[_Key, ...], 
         keys.append(_Key(_DATETIME, "range", low=low is not None, high=high is not None))
         del matchers["StudyDate"], matchers["StudyTime"]
     for keyword, m in matchers.items():  # a PN key naming several component groups is a key per group
-        keys += [_bind(part, FIELDS[keyword].kind, params) for part in (m.parts if isinstance(m, AllOf) else (m,))]
+        parts = m.parts if isinstance(m, AllOf) else (m,)
+        for part in parts:
+            key = _bind(part, FIELDS[keyword].kind, params)
+            if (fold_names and keyword == "PatientName" and len(parts) == 1 and key.group in (-1, 0)
+                    and key.how in ("single", "wildcard")):
+                key = replace(key, fold=_bind_folded(keyword, identifier[keyword], params))
+            keys.append(key)
     return tuple(sorted(replace(k, below=LEVELS.index(_field(k.keyword).level) > depth) for k in keys)), params
+
+
+_FOLDED = "_folded"  # the suffix of a folded name's bind parameter
+
+
+def _bind_folded(keyword: str, value: Any, params: dict[str, Any]) -> str:
+    """A PN value folded as :mod:`hilum.archive.namefold` folds the stored names; how it matches
+    (single | wildcard), its value bound in ``params``; ``""`` when it folds to nothing."""
+    folded = fold_name(value) if isinstance(value, str) else ""
+    if not folded.strip("*"):
+        return ""
+    if "*" in folded or "?" in folded:
+        params[keyword + _FOLDED] = Wildcard(keyword, "PN", pattern=folded).like()
+        return "wildcard"
+    params[keyword + _FOLDED] = folded
+    return "single"
 
 
 def _field(keyword: str) -> Field:
@@ -271,6 +296,8 @@ def _condition(key: _Key, level: str, dialect: str) -> ColumnElement[bool]:
         pn = _PN_MATCH.c
         selects = [select(pn.pk).where(_match(key, col, _param(kw, key.group), dialect))
                    for col in _pn_columns(kw, (pn.pn_a, pn.pn_i, pn.pn_p), key.group)]
+        if key.fold:  # the names as people type them too: "muller" finds Müller (namefold.py)
+            selects.append(select(pn.pk).where(_match(replace(key, how=key.fold), pn.pn_fold, kw + _FOLDED, dialect)))
         cond = P.pk.in_(selects[0] if len(selects) == 1 else union_all(*selects))
     else:
         cols = _pn_columns(kw, _PN_GROUP_COLUMNS.get(kw, (field.column,)), key.group)
@@ -321,6 +348,17 @@ def matcher_condition(m: Matcher, cols: tuple[Any, ...]) -> ColumnElement[bool] 
     parts = [_match(key, col, _param(m.keyword, key.group), "", params)
              for col in _pn_columns(m.keyword, cols, key.group)]
     return parts[0] if len(parts) == 1 else or_(*parts)
+
+
+def folded_name_condition(value: Any, col: Any) -> ColumnElement[bool] | None:
+    """A PN value folded as people type names (:mod:`hilum.archive.namefold`) matched on ``col``
+    (a folded column, ``patients.pn_fold``), its value bound; None when it folds to nothing.  For
+    tables outside the four levels that join the patients, e.g. the workstation's worklist."""
+    params: dict[str, Any] = {}
+    how = _bind_folded("PatientName", value, params)
+    if not how:
+        return None
+    return _match(_Key("PatientName", how), col, "PatientName" + _FOLDED, "", params)
 
 
 def _below(level: str, field: Field, cond: ColumnElement[bool]) -> ColumnElement[bool]:
@@ -400,11 +438,11 @@ def _statement(level: str, dialect: str, keys: tuple[_Key, ...], order_by: tuple
     return stmt
 
 
-def build_select(level: str, identifier: Mapping[str, Any], *,
-                 dialect: str | None = None) -> tuple[Select[Any], list[str]]:
+def build_select(level: str, identifier: Mapping[str, Any], *, dialect: str | None = None,
+                 fold_names: bool = False) -> tuple[Select[Any], list[str]]:
     """The SELECT of a query with its values bound, and the keywords it returns (for EXPLAIN and tests)."""
     level = _level(level)
-    keys, params = _plan(level, identifier)
+    keys, params = _plan(level, identifier, fold_names)
     return _statement(level, dialect or "", keys).params(params), keys_for_level(level)
 
 
@@ -416,9 +454,17 @@ def run_query(
     limit: int | None = None,
     offset: int = 0,
     order_by: list[str] | None = None,
+    fold_names: bool = False,
 ) -> list[dict[str, Any]]:
+    """The rows matching ``identifier`` at ``level`` (PS3.4 C.2.2.2 matching, module docstring).
+
+    ``fold_names``: a PatientName value also matches the names as people type
+    them — accents, case and separators folded (:mod:`hilum.archive.namefold`):
+    ``muller*`` finds Müller, ``helene`` Hélène.  For the study browser and
+    ``hilum find --local``; C-FIND and QIDO-RS never ask for it.
+    """
     level = _level(level)
-    keys, params = _plan(level, identifier)
+    keys, params = _plan(level, identifier, fold_names)
     stmt = _statement(level, conn.dialect.name, keys, tuple(order_by) if order_by else None,
                       (limit is not None, bool(offset)))
     if limit is not None:
@@ -438,8 +484,8 @@ def _single_statement_read(conn: Connection) -> None:
         conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
-def count_query(conn: Connection, level: str, identifier: Mapping[str, Any]) -> int:
+def count_query(conn: Connection, level: str, identifier: Mapping[str, Any], *, fold_names: bool = False) -> int:
     level = _level(level)
-    keys, params = _plan(level, identifier)
+    keys, params = _plan(level, identifier, fold_names)
     _single_statement_read(conn)
     return int(conn.execute(_statement(level, conn.dialect.name, keys, count=True), params).scalar_one())

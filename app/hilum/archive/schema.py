@@ -18,7 +18,8 @@ required or matching keys, plus the computed ones kept as counters
 
 Normalised shadow columns make matching index-friendly on both SQLite and
 PostgreSQL: person names are stored upper-cased per component group
-(``*_pn_a``/``_i``/``_p``), times as fixed-width ``HHMMSS.FFFFFF``, and
+(``*_pn_a``/``_i``/``_p``) and once more folded as people type them
+(``patients.pn_fold``, :mod:`hilum.archive.namefold`), times as fixed-width ``HHMMSS.FFFFFF``, and
 study date + time once more as ``study_dt`` for combined range matching
 (PS3.4 C.2.2.2.5.2).  The schema is created and changed by Alembic
 migrations (``archive/migrations``); this module is their reference.
@@ -45,6 +46,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -59,6 +61,9 @@ patients = Table(
     Column("pn_a", String(324), nullable=False, default=""),
     Column("pn_i", String(324), nullable=False, default=""),
     Column("pn_p", String(324), nullable=False, default=""),
+    # The alphabetic group folded as people type it (hilum.archive.namefold): the study browser's
+    # and `hilum find --local`'s name search; the DICOM wire never matches on it.
+    Column("pn_fold", String(324), nullable=False, default="", server_default=text("''")),
     Column("birth_date", String(8), nullable=False, default=""),
     Column("sex", String(16), nullable=False, default=""),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -67,6 +72,7 @@ patients = Table(
     Index("ix_patients_pn_a", "pn_a", postgresql_ops={"pn_a": "text_pattern_ops"}),
     Index("ix_patients_pn_i", "pn_i", postgresql_ops={"pn_i": "text_pattern_ops"}),
     Index("ix_patients_pn_p", "pn_p", postgresql_ops={"pn_p": "text_pattern_ops"}),
+    Index("ix_patients_pn_fold", "pn_fold", postgresql_ops={"pn_fold": "text_pattern_ops"}),
 )
 
 patient_history = Table(

@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hilum {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    parser.add_argument("--data", dest="top_data", metavar="DIR",
-                        help="without a verb: the workstation's data folder (default: $HILUM_DATA or the user data folder)")
+    parser.add_argument(
+        "--data", metavar="DIR", default=None, help="data folder (default: $HILUM_DATA or the user data folder)"
+    )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -36,20 +37,54 @@ def build_parser() -> argparse.ArgumentParser:
         if register is not None:
             register(sub)
     for verb_parser in sub.choices.values():
-        # DESIGN.md: the global options work after the verb too.  SUPPRESS: the verb's parser
-        # leaves what was given before the verb alone unless given again after it.
-        if not any("-v" in a.option_strings for a in verb_parser._actions):
-            verb_parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                                     help="more log output (-vv for debug)")
-        if not any("--data" in a.option_strings for a in verb_parser._actions):
-            verb_parser.add_argument("--data", dest="top_data", metavar="DIR", default=argparse.SUPPRESS,
-                                     help="data folder (default: $HILUM_DATA or the user data folder)")
+        _add_global_options(verb_parser)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--data`` and ``-v`` in ``parser`` and in every command nested below it.
+
+    argparse copies everything a subcommand's parser sets into the namespace
+    of the parser above it, defaults included: a subcommand's ``--data``
+    defaulting to None would undo ``hilum --data DIR users add ...``.  So in
+    every parser below the top one the global options default to SUPPRESS
+    (set only when given there), with the one ``dest`` the top parser uses;
+    whichever is given last on the line wins.  ``-v`` after the verb counts
+    on its own (``hilum -v VERB -v`` is ``-v`` once more than the verb's),
+    see :func:`main`.
+    """
+    actions = {opt: a for a in parser._actions for opt in a.option_strings}
+    data = actions.get("--data")
+    if data is None:
+        parser.add_argument(
+            "--data",
+            metavar="DIR",
+            default=argparse.SUPPRESS,
+            help="data folder (default: $HILUM_DATA or the user data folder)",
+        )
+    else:
+        if data.dest != "data":
+            raise TypeError(f"{parser.prog}: --data must store to args.data, not args.{data.dest}")
+        data.default = argparse.SUPPRESS
+    if "-v" not in actions and "--verbose" not in actions:
+        parser.add_argument(
+            "-v",
+            "--verbose",
+            dest="verbose_after",
+            action="count",
+            default=argparse.SUPPRESS,
+            help="more log output (-vv for debug)",
+        )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for nested in action.choices.values():
+                _add_global_options(nested)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.verbose += getattr(args, "verbose_after", 0)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler = getattr(args, "handler", None)
@@ -57,9 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hilum.cli.workstation import run_workstation
 
         handler = run_workstation
-        args.data = args.top_data
-    elif getattr(args, "data", None) is None and args.top_data is not None:
-        args.data = args.top_data  # `hilum --data DIR VERB ...`: the verb's own --data, given first
     try:
         return int(handler(args) or 0)
     except HilumError as exc:

@@ -21,10 +21,11 @@ if TYPE_CHECKING:  # the verbs' parsers are built for every ``hilum`` command: k
 DEFAULT_CALLED = "ANY-SCP"
 
 
-def add_peer_arguments(p: argparse.ArgumentParser, *, port_optional: bool = True) -> None:
-    """``HOST [PORT]`` and the association options; ``port_optional=False`` where more positionals follow."""
+def add_peer_arguments(p: argparse.ArgumentParser, *, port_optional: bool = True, host_optional: bool = False) -> None:
+    """``HOST [PORT]`` and the association options; ``port_optional=False`` where more positionals follow;
+    ``host_optional`` where the verb has a mode without a peer (``hilum find --local``)."""
     if port_optional:
-        p.add_argument("host", metavar="HOST",
+        p.add_argument("host", metavar="HOST", nargs="?" if host_optional else None,
                        help="peer host name or address, or a peer's name/AE title in hilum.toml")
         p.add_argument("port", metavar="PORT", nargs="?", type=int,
                        help="peer port (omit when HOST names a configured peer)")

@@ -69,7 +69,7 @@ from typing import Any
 
 import pynetdicom
 from pydicom.dataset import Dataset
-from pynetdicom import _config, evt, service_class
+from pynetdicom import _config, evt, fsm, service_class
 from pynetdicom import association as association_module
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -261,7 +261,13 @@ class EventDrivenDUL(DULServiceProvider):
                 except queue.Empty:
                     self._wait()
                     continue
-                self.state_machine.do_action(event)
+                if event == "Evt15" and self.state_machine.current_state == "Sta2":
+                    # A local abort (the node stopping) before the peer sent its A-ASSOCIATE-RQ:
+                    # PS3.8 table 9-10 has no action for it (pynetdicom raises); close the
+                    # connection as AA-2 does for Sta4.
+                    self.state_machine.transition(fsm.AA_2(self))
+                else:
+                    self.state_machine.do_action(event)
                 if self.state_machine.current_state == "Sta1":
                     self._tell_gone()
                 if wake is not None:

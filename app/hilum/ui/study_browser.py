@@ -312,7 +312,7 @@ class StudyBrowser(QWidget):
         self.name_edit.setPlaceholderText("e.g. Müller or doe, j")
         self.name_edit.setClearButtonEnabled(True)
         self.name_edit.setToolTip(
-            "Patient name: the start of the family name, case does not matter; "
+            "Patient name: the start of the family name; case and accents do not matter; "
             "* and ? are wildcards; 'Family, Given' searches both"
         )
         self.id_edit = QLineEdit(bar)

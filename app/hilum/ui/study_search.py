@@ -65,7 +65,9 @@ def name_pattern(text: str) -> str:
 
     PN components are separated by ``^`` (PS3.5 6.2.1); users type a comma
     the way names are usually written, so ``,`` becomes ``^``.  Case does not
-    matter: the archive matches person names case-insensitively.
+    matter: the archive matches person names case-insensitively, and the
+    local archive folds accents too (``muller`` finds Müller, ``Muller, H``
+    finds ``Müller^Hans``: :mod:`hilum.archive.namefold`).
     """
     text = text.strip()
     if not text:
@@ -300,9 +302,12 @@ class StudySearch:
         """
         start = time.perf_counter()
         ident = criteria.identifier()
+        # The local archive matches names as people type them ("muller" finds Müller); a remote
+        # source is asked over the wire, where the standard's matching holds.
+        fold: dict[str, Any] = {"fold_names": True} if getattr(self.archive, "folds_names", False) else {}
         try:
-            rows = self.archive.query("STUDY", ident, limit=self.limit, order_by=order_by)
-            total = len(rows) if len(rows) < self.limit else self.archive.count("STUDY", ident)
+            rows = self.archive.query("STUDY", ident, limit=self.limit, order_by=order_by, **fold)
+            total = len(rows) if len(rows) < self.limit else self.archive.count("STUDY", ident, **fold)
         except ValueError as exc:
             return StudySearchResult(criteria, order_by, [], 0, time.perf_counter() - start, error=str(exc))
         seconds = time.perf_counter() - start

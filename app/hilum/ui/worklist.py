@@ -138,7 +138,7 @@ class WorklistQuery:
     def rows(self, flt: WorklistFilter, today: date | None = None) -> list[dict[str, Any]]:
         seen: dict[int, dict[str, Any]] = {}
         for ident in flt.identifiers(today):
-            for row in self.book.worklist(ident, active_only=False, limit=self.LIMIT):
+            for row in self.book.worklist(ident, active_only=False, limit=self.LIMIT, fold_names=True):
                 seen.setdefault(row["_sps_pk"], row)
         return sorted(seen.values(), key=lambda r: (r["ScheduledProcedureStepStartDate"] or "99999999",
                                                     r["ScheduledProcedureStepStartTime"], r["_sps_pk"]))

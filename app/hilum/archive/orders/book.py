@@ -180,12 +180,14 @@ class OrderBook:
     # ------------------------------------------------------------ queries
 
     def worklist(self, identifier: Mapping[str, Any] | None = None, *, active_only: bool = True,
-                 limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+                 limit: int | None = None, offset: int = 0, fold_names: bool = False) -> list[dict[str, Any]]:
         """Worklist items matching DICOM keys: :func:`hilum.archive.orders.worklist.worklist`."""
-        return worklist.worklist(self.engine, identifier, active_only=active_only, limit=limit, offset=offset)
+        return worklist.worklist(self.engine, identifier, active_only=active_only, limit=limit, offset=offset,
+                                 fold_names=fold_names)
 
-    def count(self, identifier: Mapping[str, Any] | None = None, *, active_only: bool = False) -> int:
-        return worklist.count(self.engine, identifier, active_only=active_only)
+    def count(self, identifier: Mapping[str, Any] | None = None, *, active_only: bool = False,
+              fold_names: bool = False) -> int:
+        return worklist.count(self.engine, identifier, active_only=active_only, fold_names=fold_names)
 
     def order(self, *, accession: str = "", study_uid: str = "", placer: str = "") -> dict[str, Any] | None:
         """One order (row of ``orders`` with ``patient_id`` and ``steps``), or None."""

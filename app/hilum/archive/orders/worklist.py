@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from datetime import UTC
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, false, func, select
+from sqlalchemy import ColumnElement, Engine, and_, false, func, or_, select
 
 from hilum.archive.orders.model import ACTIVE, DICOM_STATUS, STATUSES, dicom_time
-from hilum.archive.query import matcher_condition
+from hilum.archive.query import folded_name_condition, matcher_condition
 from hilum.archive.schema import orders, patients, procedure_steps
 from hilum.dicom.matching import Matcher, Range, Single, Universal, parse_key
 
@@ -65,10 +65,13 @@ def _status_condition(value: Any, active_only: bool) -> ColumnElement[bool] | No
     return _S.status.in_(wanted) if wanted else false()
 
 
-def build_worklist_conditions(identifier: Mapping[str, Any], *, active_only: bool) -> list[ColumnElement[bool]]:
+def build_worklist_conditions(identifier: Mapping[str, Any], *, active_only: bool,
+                              fold_names: bool = False) -> list[ColumnElement[bool]]:
     """WHERE conditions for a worklist query (PS3.4 K.2.2 matching, C.2.2.2 semantics).
 
-    Raises ``ValueError`` on a malformed value (→ C-FIND 0xA900).
+    ``fold_names``: a PatientName also matches as people type names (``muller``
+    finds Müller, :mod:`hilum.archive.namefold`): the workstation's worklist
+    tab, never the MWL SCP.  Raises ``ValueError`` on a malformed value (→ C-FIND 0xA900).
     """
     conds: list[ColumnElement[bool]] = []
     matchers: dict[str, Matcher] = {}
@@ -99,6 +102,9 @@ def build_worklist_conditions(identifier: Mapping[str, Any], *, active_only: boo
             matchers.pop("ScheduledProcedureStepStartTime")
     for keyword, m in matchers.items():
         cond = matcher_condition(m, _WL_COLUMNS[keyword][0])
+        if cond is not None and fold_names and keyword == "PatientName" and "=" not in str(identifier[keyword]):
+            folded = folded_name_condition(identifier[keyword], _P.pn_fold)
+            cond = cond if folded is None else or_(cond, folded)
         if cond is not None:
             conds.append(cond)
     status = _status_condition(identifier.get("ScheduledProcedureStepStatus"), active_only)
@@ -150,7 +156,7 @@ _FROM = procedure_steps.join(orders, procedure_steps.c.order_fk == orders.c.pk).
 
 
 def worklist(engine: Engine, identifier: Mapping[str, Any] | None = None, *, active_only: bool = True,
-             limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+             limit: int | None = None, offset: int = 0, fold_names: bool = False) -> list[dict[str, Any]]:
     """Worklist items (one per scheduled procedure step) matching DICOM keys.
 
     ``identifier`` maps keywords of the MWL identifier (top level and the
@@ -162,9 +168,10 @@ def worklist(engine: Engine, identifier: Mapping[str, Any] | None = None, *, act
     DICOM terms (``STARTED``, ``CANCELED``) and the internal ones.
     Rows carry the keywords of :data:`WORKLIST_KEYS` plus ``_status``,
     ``_order_status``, ``_order_pk``, ``_sps_pk``, ``_images_at``,
-    ``_performed_study_uid``.  Raises ``ValueError`` on a malformed value.
+    ``_performed_study_uid``.  ``fold_names``: see :func:`build_worklist_conditions`.
+    Raises ``ValueError`` on a malformed value.
     """
-    conds = build_worklist_conditions(identifier or {}, active_only=active_only)
+    conds = build_worklist_conditions(identifier or {}, active_only=active_only, fold_names=fold_names)
     stmt = select(*_WL_SELECT_COLUMNS).select_from(_FROM)
     if conds:
         stmt = stmt.where(and_(*conds))
@@ -178,9 +185,10 @@ def worklist(engine: Engine, identifier: Mapping[str, Any] | None = None, *, act
     return [_worklist_row(dict(r)) for r in rows]
 
 
-def count(engine: Engine, identifier: Mapping[str, Any] | None = None, *, active_only: bool = False) -> int:
+def count(engine: Engine, identifier: Mapping[str, Any] | None = None, *, active_only: bool = False,
+          fold_names: bool = False) -> int:
     """How many worklist items match (see :func:`worklist`)."""
-    conds = build_worklist_conditions(identifier or {}, active_only=active_only)
+    conds = build_worklist_conditions(identifier or {}, active_only=active_only, fold_names=fold_names)
     stmt = select(func.count()).select_from(_FROM)
     if conds:
         stmt = stmt.where(and_(*conds))
