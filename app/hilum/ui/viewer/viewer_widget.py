@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
 from pathlib import Path
@@ -135,14 +136,30 @@ class StudyViewer(QWidget):
         outer.addWidget(self.strip)
         outer.addLayout(centre, 1)
 
-    def _action(self, name: str, text: str, slot: Any, keys: str = "", checkable: bool = False) -> QAction:
+    def _action(self, name: str, text: str, slot: Callable[[], object] | None = None, keys: str = "", *,
+                toggled: Callable[[bool], object] | None = None) -> QAction:  # fmt: skip
+        """A named viewer action: ``slot()`` runs when it is triggered, or, for a checkable action,
+        ``toggled(checked)`` runs when the user checks or unchecks it (exactly one of the two).
+
+        Keeping the two apart is what makes ``partial(f, arg)`` safe as either: a checkable
+        action's ``triggered(bool)`` must never reach a slot that takes no flag (issue 23: the
+        tools' ``partial(set_tool, name)`` got ``checked`` as a second argument and raised).
+        """
+        if (slot is None) == (toggled is None):
+            raise TypeError(f"action {name!r}: give either slot or toggled")
         act = QAction(text, self)
         act.setObjectName(name)
         if keys:
             act.setShortcuts([QKeySequence(k) for k in keys.split(";")])
             act.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-        act.setCheckable(checkable)
-        act.triggered.connect(lambda checked=False: slot(checked) if checkable else slot())
+        if toggled is not None:
+            act.setCheckable(True)
+            on_toggle = toggled
+            act.triggered.connect(lambda checked=False: on_toggle(bool(checked)))
+        else:
+            assert slot is not None
+            on_trigger = slot
+            act.triggered.connect(lambda _checked=False: on_trigger())
         self.addAction(act)
         self.actions_by_name[name] = act
         return act
@@ -193,16 +210,16 @@ class StudyViewer(QWidget):
             self._action(f"preset_{d}", f"Window preset {d}", partial(self.apply_preset_key, str(d)), str(d))
         links = {"link_scroll": "scroll", "link_window": "window", "link_zoom": "zoom"}
         for name, what in links.items():
-            act = self._action(name, texts[name], partial(self._set_link, what), keys[name], checkable=True)
+            act = self._action(name, texts[name], keys=keys[name], toggled=partial(self._set_link, what))
             act.setChecked(getattr(self.model, f"link_{what}"))
-        ref = self._action("reference_lines", texts["reference_lines"], self._set_reference_lines,
-                           keys["reference_lines"], checkable=True)  # fmt: skip
+        ref = self._action("reference_lines", texts["reference_lines"], keys=keys["reference_lines"],
+                           toggled=self._set_reference_lines)  # fmt: skip
         ref.setChecked(self.model.show_reference_lines)
         group = QActionGroup(self)
         group.setExclusive(True)
         for name, cls in TOOLS.items():
-            act = self._action(f"tool_{name}", cls.label, partial(self.set_tool, name), keys.get(f"tool_{name}", ""),
-                               checkable=True)  # fmt: skip
+            act = self._action(f"tool_{name}", cls.label, keys=keys.get(f"tool_{name}", ""),
+                               toggled=partial(self._tool_toggled, name))  # fmt: skip
             group.addAction(act)
             self.toolbar.addAction(act)
         self.actions_by_name[f"tool_{self.tool_name}"].setChecked(True)
@@ -350,6 +367,11 @@ class StudyViewer(QWidget):
         act = self.actions_by_name.get(f"tool_{name}")
         if act is not None and not act.isChecked():
             act.setChecked(True)
+
+    def _tool_toggled(self, name: str, checked: bool) -> None:
+        """A tool's button or key: choosing it (an exclusive group never unchecks the chosen one)."""
+        if checked:
+            self.set_tool(name)
 
     def cancel_tool(self) -> None:
         tool = self.tools.get(self.tool_name)

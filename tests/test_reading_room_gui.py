@@ -1,0 +1,115 @@
+"""The reading room as a person uses it (issue 23): every tool chosen by its toolbar button and by
+its key, a drag that measures, focus kept across layout changes, overlay text that does not collide,
+icons that fit the toolbar, and every viewer action in a menu with its shortcut.
+
+Everything goes through the path a person takes: ``QTest.mouseClick`` on the toolbar button or the
+menu entry, ``QTest.keyClick`` on the widget that has the keyboard focus, press/move/release drags.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _viewer_data import STUDY, write_ct
+
+pytest.importorskip("pytestqt")
+from PySide6.QtCore import QPoint, Qt  # noqa: E402
+from PySide6.QtGui import QImage, QKeySequence  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+from PySide6.QtWidgets import QApplication, QToolButton, QWidget  # noqa: E402
+
+from hilum.ui.viewer.tools import TOOLS  # noqa: E402
+from hilum.ui.viewer.viewer_widget import StudyViewer  # noqa: E402
+
+pytestmark = pytest.mark.gui
+ROWS = 96
+L, R = Qt.MouseButton.LeftButton, Qt.MouseButton.RightButton
+TOOL_KEYS = {"length": "L", "angle": "A", "ellipse": "O", "rect": "B", "probe": "Q", "pan": "P", "zoom": "Z",
+             "scroll": "S", "window": "W"}  # fmt: skip
+
+
+@pytest.fixture
+def study(archive, tmp_path):
+    """An axial CT (10 slices, pixel spacing 360/96 = 3.75 mm) and a second series."""
+    paths = write_ct(tmp_path / "ax", rows=ROWS, slices=10, thickness=5.0)
+    paths += write_ct(tmp_path / "ax2", rows=ROWS, slices=6, thickness=5.0, series_number=2,
+                      series_description="Second")  # fmt: skip
+    assert all(r.ok for r in archive.ingest_many(paths))
+    return STUDY.uid
+
+
+@pytest.fixture
+def viewer(qtbot, archive, data_dir, study):
+    v = StudyViewer(archive, study, data_dir=data_dir, executor="thread")
+    qtbot.addWidget(v)
+    v.resize(1000, 700)
+    v.show()
+    qtbot.waitExposed(v)
+    with qtbot.waitSignal(v.loadFinished, timeout=20000):
+        v.open()
+    v.activateWindow()
+    v.viewport_widget(0).canvas.setFocus()
+    qtbot.waitUntil(lambda: QApplication.focusWidget() is v.viewport_widget(0).canvas, timeout=5000)
+    yield v
+    v.close()
+
+
+def grab(widget: QWidget) -> np.ndarray:
+    img = widget.grab().toImage().convertToFormat(QImage.Format.Format_RGB888)
+    w, h, bpl = img.width(), img.height(), img.bytesPerLine()
+    arr = np.frombuffer(img.constBits(), dtype=np.uint8, count=bpl * h).reshape(h, bpl)
+    return arr[:, : w * 3].reshape(h, w, 3).copy()
+
+
+def press_key(key: Qt.Key, modifier: Qt.KeyboardModifier = Qt.KeyboardModifier.NoModifier) -> None:
+    """A key press as a person makes it: to whatever widget has the keyboard focus."""
+    target = QApplication.focusWidget()
+    assert target is not None, "no widget has the keyboard focus"
+    QTest.keyClick(target, key, modifier)
+
+
+def drag(widget: QWidget, a: tuple[float, float], b: tuple[float, float], button: Qt.MouseButton = L) -> None:
+    pa, pb = QPoint(round(a[0]), round(a[1])), QPoint(round(b[0]), round(b[1]))
+    QTest.mousePress(widget, button, Qt.KeyboardModifier.NoModifier, pa)
+    for t in (0.25, 0.5, 0.75, 1.0):
+        QTest.mouseMove(widget, QPoint(round(a[0] + t * (b[0] - a[0])), round(a[1] + t * (b[1] - a[1]))))
+    QTest.mouseRelease(widget, button, Qt.KeyboardModifier.NoModifier, pb)
+
+
+# ---------------------------------------------------------------- 1. tools by button and by key
+
+
+def test_every_tool_is_chosen_by_its_button_and_its_key_then_length_measures(viewer, qtbot):
+    canvas = viewer.viewport_widget(0).canvas
+    vp = viewer.active_viewport()
+    with qtbot.captureExceptions() as exceptions:
+        for name in TOOLS:
+            act = viewer.actions_by_name[f"tool_{name}"]
+            button = viewer.toolbar.widgetForAction(act)
+            assert isinstance(button, QToolButton) and button.isVisible()
+            QTest.mouseClick(button, L)
+            assert viewer.tool_name == name and act.isChecked(), name
+        canvas.setFocus()
+        for name, key in TOOL_KEYS.items():
+            press_key(QKeySequence(key)[0].key())
+            assert viewer.tool_name == name and viewer.actions_by_name[f"tool_{name}"].isChecked(), name
+        assert set(TOOL_KEYS) == set(TOOLS)
+        press_key(Qt.Key.Key_L)
+        before = vp.current_window()
+        sp = vp.frame_info.spacing
+        assert abs(sp.column - 360.0 / ROWS) < 1e-9
+        a = vp.image_to_canvas(20, 40)
+        b = vp.image_to_canvas(20 + 50.0 / sp.column, 40)
+        drag(canvas, a, b)
+    assert not exceptions, exceptions
+    (m,) = vp.measurements  # exactly one measurement, and no window/level change
+    assert vp.current_window() == before
+    # 50 mm apart, within the rounding of the two points to whole canvas pixels
+    px_mm = sp.column / (vp.image_to_canvas(1, 0)[0] - vp.image_to_canvas(0, 0)[0])
+    assert abs(m.values(vp)["length"] - 50.0) <= 1.5 * px_mm
+    assert m.text(vp)[0].endswith(" mm")
+    img = grab(canvas)
+    g = img.astype(int)
+    green = (g[..., 1] > 110) & (g[..., 1] - g[..., 0] > 60) & (g[..., 1] - g[..., 2] > 60)
+    assert green.sum() > 60  # the line (about 90 canvas pixels long) is drawn
