@@ -113,3 +113,68 @@ def test_every_tool_is_chosen_by_its_button_and_its_key_then_length_measures(vie
     g = img.astype(int)
     green = (g[..., 1] > 110) & (g[..., 1] - g[..., 0] > 60) & (g[..., 1] - g[..., 2] > 60)
     assert green.sum() > 60  # the line (about 90 canvas pixels long) is drawn
+
+
+# ---------------------------------------------------------------- 2. the keyboard focus stays on the viewport
+
+
+@pytest.fixture
+def workstation(qtbot, make_main_window, data_dir, tmp_path):
+    """The real main window with the viewer installed, a study open in a viewer tab, focus on its canvas."""
+    from hilum.archive import Archive
+    from hilum.config import load_config
+
+    archive = Archive(data_dir)
+    paths = write_ct(tmp_path / "ax", rows=ROWS, slices=10, thickness=5.0)
+    paths += write_ct(tmp_path / "ax2", rows=ROWS, slices=6, thickness=5.0, series_number=2,
+                      series_description="Second")  # fmt: skip
+    assert all(r.ok for r in archive.ingest_many(paths))
+    window = make_main_window(load_config(data_dir), archive, viewer=True)
+    window.resize(1900, 1000)
+    window.show()
+    qtbot.waitExposed(window)
+    window.activateWindow()
+    qtbot.waitActive(window)
+    window.open_study(STUDY.uid)  # what Enter / a double-click in the study browser does
+    viewer = window._test_viewer.viewer_for(STUDY.uid)
+    assert isinstance(viewer, StudyViewer) and window.tabs.currentWidget() is viewer
+    qtbot.waitUntil(lambda: viewer.active_viewport().volume is not None and viewer.active_viewport().volume.complete
+                    and not viewer.is_loading(viewer.active_viewport().series_uid), timeout=20000)  # fmt: skip
+    return window, viewer
+
+
+def active_canvas(viewer: StudyViewer) -> QWidget:
+    return viewer.viewport_widget(viewer.model.active).canvas
+
+
+def test_layout_keys_keep_the_focus_on_the_active_viewport(workstation, qtbot):
+    window, viewer = workstation
+    qtbot.waitUntil(lambda: QApplication.focusWidget() is active_canvas(viewer), timeout=5000)
+    press_key(Qt.Key.Key_4, Qt.KeyboardModifier.ControlModifier)
+    assert viewer.model.layout.name == "2x2"
+    assert QApplication.focusWidget() is active_canvas(viewer)
+    press_key(Qt.Key.Key_2, Qt.KeyboardModifier.ControlModifier)
+    assert viewer.model.layout.name == "1x2"
+    assert QApplication.focusWidget() is active_canvas(viewer)
+    vp = viewer.active_viewport()
+    canvas = active_canvas(viewer)
+    qtbot.waitUntil(lambda: canvas.image_paint_count > 0, timeout=5000)
+    index, before = vp.index, grab(canvas)
+    press_key(Qt.Key.Key_Down)
+    assert vp.index != index
+    assert not np.array_equal(before, grab(canvas))
+    # maximise one viewport (double-click) and restore it: the keys still reach the viewport
+    for _ in range(2):
+        QTest.mouseDClick(active_canvas(viewer), L, Qt.KeyboardModifier.NoModifier, QPoint(60, 60))
+        assert QApplication.focusWidget() is active_canvas(viewer)
+        index = vp.index
+        press_key(Qt.Key.Key_Up)
+        assert vp.index != index
+    # the window maximised and restored: the same
+    for show in (window.showMaximized, window.showNormal):
+        window.tabs.tabBar().setFocus()  # where the focus went before the fix
+        show()
+        qtbot.waitUntil(lambda: QApplication.focusWidget() is active_canvas(viewer), timeout=5000)
+        index = vp.index
+        press_key(Qt.Key.Key_Down)
+        assert vp.index != index

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QDialog,
@@ -211,6 +211,7 @@ class MainWindow(QMainWindow):
         self.tabs.setTabsClosable(True)
         self.tabs.setMovable(True)
         self.tabs.tabCloseRequested.connect(self.close_workspace_tab)
+        self.tabs.currentChanged.connect(self._on_tab_changed)
         self.browser = StudyBrowser(archive, self.tasks, self)
         self.banner = EmptyArchiveBanner(self)
         self.banner.hide()
@@ -612,6 +613,22 @@ class MainWindow(QMainWindow):
         self.browser.refresh()
         self.refresh_status()
         self.importFinished.emit(summary)
+
+    def _on_tab_changed(self, _index: int) -> None:
+        self._focus_workspace()
+
+    def _focus_workspace(self) -> None:
+        """The keyboard focus to the current workspace's own focus target (a viewer: its active
+        viewport), so its keys work without a click."""
+        focus = getattr(self.tabs.currentWidget(), "focus_active_viewport", None)
+        if callable(focus):
+            focus()
+
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802
+        if event.type() == QEvent.Type.WindowStateChange:
+            # maximised / restored: the re-layout can leave the focus on the tab bar (issue 23)
+            QTimer.singleShot(0, self._focus_workspace)
+        super().changeEvent(event)
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if event.mimeData().hasUrls() and all(u.isLocalFile() for u in event.mimeData().urls()):

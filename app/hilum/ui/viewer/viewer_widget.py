@@ -22,6 +22,7 @@ from typing import Any
 from PySide6.QtCore import QElapsedTimer, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
     QFileDialog,
     QGridLayout,
     QHBoxLayout,
@@ -309,10 +310,26 @@ class StudyViewer(QWidget):
             self.grid.setColumnStretch(c, 1)
             self._widgets[i].setVisible(self._maximized is None or self._maximized == i)
         self._mark_active()
+        # hiding the focused canvas handed the focus to the next widget in the chain (the tab bar):
+        # give it back to the active viewport, or the keys do nothing until a click (issue 23)
+        self.focus_active_viewport()
 
     def _mark_active(self) -> None:
         for i, w in enumerate(self._widgets):
             w.set_active(i == self.model.active and self.model.layout.count > 1)
+        if self.model.active < len(self._widgets):
+            # viewer.setFocus() (opening the study, its tab coming forward) lands on the active canvas
+            self.setFocusProxy(self._widgets[self.model.active].canvas)
+
+    def focus_active_viewport(self) -> bool:
+        """Give the keyboard focus to the active viewport's canvas (when the viewer is on screen)."""
+        if not self.isVisible() or self.model.active >= len(self._widgets):
+            return False
+        canvas = self._widgets[self.model.active].canvas
+        if not canvas.isVisible():
+            return False
+        canvas.setFocus(Qt.FocusReason.OtherFocusReason)
+        return True
 
     def _on_model(self, what: str) -> None:
         if what == "layout":
@@ -320,13 +337,20 @@ class StudyViewer(QWidget):
             self._apply_layout()
             self._fill_empty_viewports()
         elif what == "active":
+            had_focus = self._has_focus()
             self._mark_active()
+            if had_focus:  # Tab / Shift+Tab: the keys follow the active viewport
+                self.focus_active_viewport()
             self.fps_box.blockSignals(True)
             self.fps_box.setValue(int(self.active_viewport().cine_fps))
             self.fps_box.blockSignals(False)
         elif what == "reference":
             for w in self._widgets[: self.model.layout.count]:
                 w.canvas.update()
+
+    def _has_focus(self) -> bool:
+        fw = QApplication.focusWidget()
+        return fw is not None and (fw is self or self.isAncestorOf(fw))
 
     def set_layout(self, layout: Layout | str) -> None:
         self.model.set_layout(layout)
@@ -488,9 +512,12 @@ class StudyViewer(QWidget):
         """After a bigger layout: put the next series not yet shown into empty viewports."""
         shown = set(self._assigned.values())
         pending = [e.series_uid for e in self.session.series if e.series_uid not in shown]
+        active = self.model.active
         for i, vp in enumerate(self.model.visible):
             if vp.volume is None and i not in self._assigned and pending:
                 self.show_series(pending.pop(0), i)
+        if active < self.model.layout.count:  # the viewport the reader was in stays the active one
+            self.model.set_active(active)
 
     def step_series(self, step: int) -> None:
         uids = [e.series_uid for e in self.session.series]
