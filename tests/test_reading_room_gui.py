@@ -17,7 +17,7 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QPoint, Qt  # noqa: E402
 from PySide6.QtGui import QImage, QKeySequence  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
-from PySide6.QtWidgets import QApplication, QToolButton, QWidget  # noqa: E402
+from PySide6.QtWidgets import QApplication, QMenu, QToolButton, QWidget  # noqa: E402
 
 from hilum.ui.viewer.tools import TOOLS  # noqa: E402
 from hilum.ui.viewer.viewer_widget import StudyViewer  # noqa: E402
@@ -178,3 +178,156 @@ def test_layout_keys_keep_the_focus_on_the_active_viewport(workstation, qtbot):
         index = vp.index
         press_key(Qt.Key.Key_Down)
         assert vp.index != index
+
+
+# ---------------------------------------------------------------- 4. icons, menus, right-click menu, shortcuts
+
+
+def open_menubar_menu(qtbot, window, menu: QMenu) -> None:
+    """Click the menu's title in the menu bar, as a person does, and wait for it to open."""
+    bar = window.menuBar()
+    rect = bar.actionGeometry(menu.menuAction())
+    assert rect.isValid() and rect.width() > 0
+    QTest.mouseClick(bar, L, Qt.KeyboardModifier.NoModifier, rect.center())
+    qtbot.waitUntil(menu.isVisible, timeout=3000)
+
+
+def click_entry(qtbot, menu: QMenu, action) -> None:  # type: ignore[no-untyped-def]
+    """Click an entry of an open menu (opens a submenu, or triggers the action)."""
+    assert menu.isVisible()
+    rect = menu.actionGeometry(action)
+    assert rect.isValid() and rect.height() > 0, action.text()
+    QTest.mouseMove(menu, rect.center())
+    QTest.mouseClick(menu, L, Qt.KeyboardModifier.NoModifier, rect.center())
+    if action.menu() is not None:
+        qtbot.waitUntil(action.menu().isVisible, timeout=3000)
+
+
+def entry(menu: QMenu, name: str = "", title: str = ""):  # type: ignore[no-untyped-def]
+    for a in menu.actions():
+        if (name and a.objectName() == name) or (title and a.menu() is not None and a.text() == title):
+            return a
+    raise AssertionError(f"no entry {name or title!r} in {[a.text() for a in menu.actions()]}")
+
+
+def walk(menu: QMenu) -> list:  # type: ignore[type-arg]
+    out = []
+    for a in menu.actions():
+        out.append(a)
+        if a.menu() is not None:
+            out += walk(a.menu())
+    return out
+
+
+def close_popups() -> None:
+    while (popup := QApplication.activePopupWidget()) is not None:
+        popup.close()
+
+
+def test_toolbar_has_icons_and_fits_in_1900_px(workstation):
+    window, viewer = workstation
+    assert window.width() == 1900
+    bar = viewer.toolbar
+    hidden = [a.objectName() or a.text() for a in bar.actions() if not bar.widgetForAction(a).isVisible()]
+    assert not hidden, f"behind the toolbar's extension button: {hidden}"
+    extension = bar.findChild(QToolButton, "qt_toolbar_ext_button")
+    assert extension is None or not extension.isVisible()
+    names = []
+    for act in bar.actions():
+        w = bar.widgetForAction(act)
+        if act.isSeparator() or not isinstance(w, QToolButton):
+            continue
+        names.append(act.objectName() or w.objectName())
+        assert not w.icon().isNull() or not act.icon().isNull(), act.objectName()
+        assert w.toolButtonStyle() == Qt.ToolButtonStyle.ToolButtonIconOnly
+    for needed in ("mpr", "volume_3d", "export_view", "export_cine", "link_scroll", "link_window", "link_zoom",
+                   "reference_lines", "layoutButton", "presetButton", *(f"tool_{n}" for n in TOOLS)):  # fmt: skip
+        assert needed in names, needed
+    # a tooltip names the shortcut
+    assert viewer.actions_by_name["tool_length"].toolTip().endswith("(L)")
+    assert viewer.actions_by_name["mpr"].toolTip().endswith("(M)")
+    assert viewer.actions_by_name["next_slice"].toolTip().endswith("(Down or J)")
+
+
+def test_every_shortcut_is_in_a_menu_with_its_keys(workstation, qtbot):
+    from hilum.ui.viewer.shortcuts import SHORTCUTS
+
+    window, viewer = workstation
+    in_menus: dict[str, list[str]] = {}
+    for menu in (window.viewer_menu, window.tools_menu):
+        open_menubar_menu(qtbot, window, menu)
+        for a in walk(menu):
+            if a.objectName():
+                in_menus[a.objectName()] = [k.toString() for k in a.shortcuts()]
+        close_popups()
+    for name, keys, _text in SHORTCUTS:
+        assert name in in_menus, f"{name} is in no menu"
+        expected = [QKeySequence(k).toString() for k in keys.split(";")]
+        assert in_menus[name] == expected, name
+    # every viewer action is in a menu, even those without a key
+    assert set(viewer.actions_by_name) <= set(in_menus)
+    # one key, one action: no shortcut of the viewer is bound twice, nor clashes with the window's
+    seen: dict[str, str] = {}
+    for name, act in viewer.actions_by_name.items():
+        for k in act.shortcuts():
+            assert k.toString() not in seen, f"{k.toString()} is {seen.get(k.toString())} and {name}"
+            seen[k.toString()] = name
+    for act in window.actions():
+        for k in act.shortcuts():
+            assert k.toString() not in seen, f"{k.toString()} is {seen[k.toString()]} and the window's {act.text()}"
+
+
+def test_menus_act_on_the_current_viewer_and_are_off_elsewhere(workstation, qtbot):
+    window, viewer = workstation
+    vp = viewer.active_viewport()
+    canvas = active_canvas(viewer)
+    before = grab(canvas)
+    with qtbot.captureExceptions() as exceptions:
+        open_menubar_menu(qtbot, window, window.viewer_menu)
+        image = entry(window.viewer_menu, title="&Image")
+        click_entry(qtbot, window.viewer_menu, image)
+        click_entry(qtbot, image.menu(), entry(image.menu(), "invert"))
+        assert vp.invert
+        assert not window.viewer_menu.isVisible()  # the menus closed
+        assert not np.array_equal(before, grab(canvas))
+        open_menubar_menu(qtbot, window, window.tools_menu)
+        click_entry(qtbot, window.tools_menu, entry(window.tools_menu, "tool_length"))
+        assert viewer.tool_name == "length" and viewer.actions_by_name["tool_length"].isChecked()
+        open_menubar_menu(qtbot, window, window.viewer_menu)
+        layout = entry(window.viewer_menu, title="&Layout")
+        click_entry(qtbot, window.viewer_menu, layout)
+        click_entry(qtbot, layout.menu(), entry(layout.menu(), "layout_4"))
+        assert viewer.model.layout.name == "2x2"
+        assert QApplication.focusWidget() is active_canvas(viewer)
+    assert not exceptions, exceptions
+    press_key(Qt.Key.Key_B, Qt.KeyboardModifier.ControlModifier)  # the study browser
+    assert window.tabs.currentWidget() is window.browser_page
+    assert not window.viewer_menu.menuAction().isEnabled() and not window.tools_menu.menuAction().isEnabled()
+    window.tabs.setCurrentWidget(viewer)
+    assert window.viewer_menu.menuAction().isEnabled() and window.tools_menu.menuAction().isEnabled()
+    assert QApplication.focusWidget() is active_canvas(viewer)
+
+
+def test_right_click_opens_the_viewport_menu_and_right_drag_still_windows(viewer, qtbot):
+    canvas = viewer.viewport_widget(0).canvas
+    vp = viewer.active_viewport()
+    window_before = vp.current_window()
+    with qtbot.captureExceptions() as exceptions:
+        QTest.mouseClick(canvas, R, Qt.KeyboardModifier.NoModifier, QPoint(200, 200))
+        qtbot.waitUntil(lambda: isinstance(QApplication.activePopupWidget(), QMenu), timeout=3000)
+        menu = QApplication.activePopupWidget()
+        assert menu.objectName() == "viewportContextMenu"
+        assert vp.current_window() == window_before  # a click is no window/level drag
+        names = {a.objectName() for a in walk(menu)}
+        assert {"tool_length", "mpr", "volume_3d", "invert", "reset", "export_view", "layout_4"} <= names
+        click_entry(qtbot, menu, entry(menu, "tool_angle"))
+        assert viewer.tool_name == "angle"
+        assert QApplication.activePopupWidget() is None
+        # a right drag windows and opens no menu
+        before = grab(canvas)
+        drag(canvas, (300, 300), (380, 260), R)
+        assert QApplication.activePopupWidget() is None
+        w = vp.current_window()
+        assert w.width > window_before.width and w.center < window_before.center
+        assert not np.array_equal(before, grab(canvas))
+    assert not exceptions, exceptions

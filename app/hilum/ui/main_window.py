@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal, Slot
@@ -383,6 +384,15 @@ class MainWindow(QMainWindow):
         )
         self.view_menu.addSeparator()
 
+        # the current viewer tab's own actions (their shortcuts shown), rebuilt each time one opens
+        self.viewer_menu = mb.addMenu("Vie&wer")  # Alt+I is the browser's ID field
+        self.viewer_menu.setObjectName("viewerMenu")
+        self.tools_menu = mb.addMenu("&Tools")
+        self.tools_menu.setObjectName("toolsMenu")
+        for menu, which in ((self.viewer_menu, "viewer"), (self.tools_menu, "tools")):
+            menu.aboutToShow.connect(partial(self._fill_workspace_menu, menu, which))
+        self._update_workspace_menus()
+
         self.help_menu = mb.addMenu("&Help")
         self.shortcuts_action = self._action(
             self.help_menu,
@@ -615,7 +625,30 @@ class MainWindow(QMainWindow):
         self.importFinished.emit(summary)
 
     def _on_tab_changed(self, _index: int) -> None:
+        self._update_workspace_menus()
         self._focus_workspace()
+
+    def _current_viewer(self) -> Any:
+        """The current tab when it is a viewer (it has menus to offer), else None."""
+        widget = self.tabs.currentWidget() if hasattr(self, "tabs") else None
+        return widget if callable(getattr(widget, "fill_menu", None)) else None
+
+    def _update_workspace_menus(self) -> None:
+        """The Viewer and Tools menus are enabled only while a viewer tab is the current one."""
+        if not hasattr(self, "viewer_menu"):
+            return  # tabs added while the window is being built
+        enabled = self._current_viewer() is not None
+        for menu, which in ((self.viewer_menu, "viewer"), (self.tools_menu, "tools")):
+            menu.menuAction().setEnabled(enabled)
+            if enabled:
+                self._fill_workspace_menu(menu, which)
+            else:
+                menu.clear()
+
+    def _fill_workspace_menu(self, menu: QMenu, which: str) -> None:
+        viewer = self._current_viewer()
+        if viewer is not None:
+            viewer.fill_menu(menu, which)
 
     def _focus_workspace(self) -> None:
         """The keyboard focus to the current workspace's own focus target (a viewer: its active

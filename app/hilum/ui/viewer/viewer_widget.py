@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QElapsedTimer, QObject, Qt, QTimer, Signal
+from PySide6.QtCore import QElapsedTimer, QObject, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
 
 from hilum.dicom.stack_load import LoadHandle, SeriesVolume
 from hilum.errors import HilumError
+from hilum.ui.icons import ACTION_ICONS, action_icon, icon
 from hilum.ui.viewer.export import export_cine, mp4_available, view_frames
 from hilum.ui.viewer.model import LAYOUTS, Layout, ViewerModel
 from hilum.ui.viewer.overlay import OverlayConfig
@@ -55,6 +56,11 @@ from hilum.ui.viewer.viewport_widget import ViewportWidget
 __all__ = ["StudyViewer"]
 
 logger = logging.getLogger(__name__)
+
+
+def _menu_text(description: str) -> str:
+    """A menu entry's text from a shortcut's description: up to its first parenthesis."""
+    return description.split(" (")[0].strip()
 
 
 class _LoadBridge(QObject):
@@ -203,17 +209,20 @@ class StudyViewer(QWidget):
             "export_cine": lambda: self.export_cine_dialog(),
         }
         for name, slot in simple.items():
-            self._action(name, texts[name], slot, keys[name])
+            self._action(name, _menu_text(texts[name]), slot, keys[name])
+        for name in ("layout_custom", "export_view", "export_cine"):  # these open a dialog
+            self.actions_by_name[name].setText(self.actions_by_name[name].text() + "…")
         for i, layout in enumerate(LAYOUTS, start=1):
             self._action(f"layout_{i}", f"Layout {layout.rows}×{layout.columns}", partial(self.set_layout, layout),
                          keys[f"layout_{i}"])  # fmt: skip
         for d in range(1, 10):
             self._action(f"preset_{d}", f"Window preset {d}", partial(self.apply_preset_key, str(d)), str(d))
+        self._action("save_preset", "Save the current window as a preset…", self.save_preset_dialog)
         links = {"link_scroll": "scroll", "link_window": "window", "link_zoom": "zoom"}
         for name, what in links.items():
-            act = self._action(name, texts[name], keys=keys[name], toggled=partial(self._set_link, what))
+            act = self._action(name, _menu_text(texts[name]), keys=keys[name], toggled=partial(self._set_link, what))
             act.setChecked(getattr(self.model, f"link_{what}"))
-        ref = self._action("reference_lines", texts["reference_lines"], keys=keys["reference_lines"],
+        ref = self._action("reference_lines", _menu_text(texts["reference_lines"]), keys=keys["reference_lines"],
                            toggled=self._set_reference_lines)  # fmt: skip
         ref.setChecked(self.model.show_reference_lines)
         group = QActionGroup(self)
@@ -227,7 +236,10 @@ class StudyViewer(QWidget):
         self.toolbar.addSeparator()
         # layouts
         layout_btn = QToolButton(self)
+        layout_btn.setObjectName("layoutButton")
         layout_btn.setText("Layout")
+        layout_btn.setIcon(icon(ACTION_ICONS["layout_menu"], "Layout"))
+        layout_btn.setToolTip("Layout of the viewports (Ctrl+1 … Ctrl+7)")
         layout_btn.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         menu = QMenu(layout_btn)
         for i in range(1, len(LAYOUTS) + 1):
@@ -237,13 +249,16 @@ class StudyViewer(QWidget):
         self.toolbar.addWidget(layout_btn)
         # window presets
         self.preset_btn = QToolButton(self)
+        self.preset_btn.setObjectName("presetButton")
         self.preset_btn.setText("W/L")
+        self.preset_btn.setIcon(icon(ACTION_ICONS["preset_menu"], "W/L"))
+        self.preset_btn.setToolTip("Window presets (0: the header's window, 1 … 9: presets)")
         self.preset_btn.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         self.preset_menu = QMenu(self.preset_btn)
         self.preset_menu.aboutToShow.connect(self._fill_preset_menu)
         self.preset_btn.setMenu(self.preset_menu)
         self.toolbar.addWidget(self.preset_btn)
-        for name in ("invert", "rotate_cw", "flip_h", "flip_v", "reset"):
+        for name in ("invert", "rotate_cw", "flip_h", "flip_v", "fit", "reset"):
             self.toolbar.addAction(self.actions_by_name[name])
         self.toolbar.addSeparator()
         self.toolbar.addAction(self.actions_by_name["cine"])
@@ -251,11 +266,11 @@ class StudyViewer(QWidget):
         self.fps_box.setRange(1, 120)
         self.fps_box.setValue(15)
         self.fps_box.setSuffix(" fps")
-        self.fps_box.setToolTip("Cine frame rate")
+        self.fps_box.setToolTip("Cine frame rate (] faster, [ slower)")
         self.fps_box.valueChanged.connect(lambda v: self.set_cine_fps(float(v)))
         self.toolbar.addWidget(self.fps_box)
         self.toolbar.addSeparator()
-        for name in ("link_scroll", "link_window", "link_zoom", "reference_lines"):
+        for name in ("link_scroll", "link_window", "link_zoom", "reference_lines", "overlay"):
             self.toolbar.addAction(self.actions_by_name[name])
         self.toolbar.addSeparator()
         self.toolbar.addAction(self.actions_by_name["export_view"])
@@ -264,6 +279,100 @@ class StudyViewer(QWidget):
         from hilum.ui.mpr.viewer_hook import add_mpr_actions  # MPR / 3D of the active series (hilum.ui.mpr)
 
         add_mpr_actions(self)
+        self._decorate_actions()
+        self._context_menu = QMenu(self)
+        self._context_menu.setObjectName("viewportContextMenu")
+
+    def _decorate_actions(self) -> None:
+        """Icons and tooltips that name the shortcut, for every action (the toolbar shows icons only)."""
+        descriptions = {name: t for name, _, t in SHORTCUTS}
+        for name, act in self.actions_by_name.items():
+            ico = action_icon(name, act.text())
+            if ico is not None:
+                act.setIcon(ico)
+            base = descriptions.get(name) or act.toolTip() or act.text()
+            act.setStatusTip(base)
+            shown = " or ".join(k.toString(QKeySequence.SequenceFormat.NativeText) for k in act.shortcuts())
+            act.setToolTip(f"{base} ({shown})" if shown else base)
+
+    # ------------------------------------------------------------ menus
+
+    def menu_sections(self, which: str) -> list[tuple[str, list[str]]]:
+        """The entries of the viewer's ``"viewer"`` or ``"tools"`` menu, by action name.
+
+        A section is ``(title, names)``: a titled one is a submenu, an untitled one a group
+        between separators; ``""`` in *names* is a separator. The viewer menu ends with every
+        action no section names, so an action added to the viewer shows up without a change here.
+        """
+        if which == "tools":
+            return [
+                ("", [f"tool_{name}" for name in TOOLS]),
+                ("", ["delete_measurement", "clear_measurements", "cancel"]),
+                ("", ["mpr", "volume_3d"]),
+            ]
+        if which != "viewer":
+            raise ValueError(f"no menu {which!r}")
+        sections = [
+            ("&Slices and series", ["next_slice", "prev_slice", "page_down", "page_up", "first_slice", "last_slice",
+                                    "", "next_series", "prev_series", "", "next_viewport", "prev_viewport"]),
+            ("&Cine", ["cine", "cine_faster", "cine_slower", "", "export_cine"]),
+            ("&Window", ["window_header", *(f"preset_{d}" for d in range(1, 10)), "", "save_preset"]),
+            ("&Image", ["invert", "flip_h", "flip_v", "rotate_cw", "rotate_ccw", "", "zoom_in", "zoom_out", "fit",
+                        "", "reset"]),
+            ("&Layout", [*(f"layout_{i}" for i in range(1, len(LAYOUTS) + 1)), "layout_custom"]),
+            ("", ["link_scroll", "link_window", "link_zoom", "reference_lines", "overlay"]),
+            ("", ["export_view"]),
+        ]  # fmt: skip
+        placed = {n for _, names in sections + self.menu_sections("tools") for n in names}
+        rest = [n for n in self.actions_by_name if n not in placed]
+        return sections + ([("", rest)] if rest else [])
+
+    def fill_menu(self, menu: QMenu, which: str) -> None:
+        """Fill *menu* (emptied first) with this viewer's own actions: their shortcuts work and show."""
+        for sub in menu.findChildren(QMenu, options=Qt.FindChildOption.FindDirectChildrenOnly):
+            sub.deleteLater()
+        menu.clear()
+        for title, names in self.menu_sections(which):
+            if title:
+                target = menu.addMenu(title)
+                if "preset_1" in names:
+                    target.aboutToShow.connect(self._name_presets)
+            else:
+                if menu.actions() and not menu.actions()[-1].isSeparator():
+                    menu.addSeparator()
+                target = menu
+            for name in names:
+                if not name:
+                    target.addSeparator()
+                elif name in self.actions_by_name:
+                    target.addAction(self.actions_by_name[name])
+        self._name_presets()
+
+    def _name_presets(self) -> None:
+        """Name the preset keys' actions after the active viewport's presets (CT: 1 = brain …)."""
+        modality = self.active_viewport().modality
+        for d in range(1, 10):
+            p = self.presets.by_key(str(d), modality)
+            act = self.actions_by_name[f"preset_{d}"]
+            act.setText(f"{p.name} ({p.center:g}/{p.width:g})" if p is not None else f"Window preset {d}")
+
+    def context_menu(self) -> QMenu:
+        """The viewport's right-click menu: the tools, then the viewer menu (built afresh each time)."""
+        menu = self._context_menu
+        self.fill_menu(menu, "viewer")
+        first = menu.actions()[0] if menu.actions() else None
+        for name in (f"tool_{n}" for n in TOOLS):
+            menu.insertAction(first, self.actions_by_name[name])
+        menu.insertSeparator(first)
+        for name in ("mpr", "volume_3d"):
+            if name in self.actions_by_name:
+                menu.insertAction(first, self.actions_by_name[name])
+        menu.insertSeparator(first)
+        return menu
+
+    def _show_context_menu(self, index: int, global_pos: QPoint) -> None:
+        self.model.set_active(index)
+        self.context_menu().popup(global_pos)
 
     def _fill_preset_menu(self) -> None:
         menu = self.preset_menu
@@ -289,6 +398,7 @@ class StudyViewer(QWidget):
         w.canvas.activated.connect(partial(self.model.set_active, index))
         w.canvas.seriesDropped.connect(lambda uid, i=index: self.show_series(uid, i))
         w.canvas.doubleClicked.connect(partial(self.toggle_maximize, index))
+        w.canvas.contextMenuRequested.connect(partial(self._show_context_menu, index))
         state.subscribe(self._on_viewport)
         return w
 

@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QMimeData, QPointF, QRectF, Qt, QTimer, Signal
+from PySide6.QtCore import QMimeData, QPoint, QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QColor,
     QDragEnterEvent,
@@ -48,6 +48,9 @@ MEASURE_COLOUR = QColor(80, 220, 80)
 REFERENCE_COLOUR = QColor(255, 230, 0)
 
 
+CLICK_SLOP = 4
+"""A right press that moves less than this (canvas pixels, Manhattan) before release is a click."""
+
 SETTLE_MS = 150
 """After this long without scrolling, zooming or windowing, the image is repainted with smoothing."""
 
@@ -65,6 +68,7 @@ class ViewportCanvas(QWidget):
     activated = Signal()
     seriesDropped = Signal(str)
     doubleClicked = Signal()
+    contextMenuRequested = Signal(QPoint)  # global position: a right click without a drag
 
     def __init__(self, state: ViewportState, *, model: Any = None, overlay: OverlayConfig | None = None,
                  tool_provider: Any = None, parent: QWidget | None = None) -> None:  # fmt: skip
@@ -75,12 +79,15 @@ class ViewportCanvas(QWidget):
         self.tool_provider = tool_provider  # callable -> the left-button Tool
         self.active = False
         self._drag_tool: Tool | None = None
+        self._right_press: QPointF | None = None  # a right press not yet a drag (a click opens the menu)
         self._right = WindowTool()
         self._middle = PanTool()
         self.setMinimumSize(64, 64)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setMouseTracking(True)
         self.setAcceptDrops(True)
+        # the right button is ours: a drag windows, a click (press and release in place) opens the menu
+        self.setContextMenuPolicy(Qt.ContextMenuPolicy.PreventContextMenu)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent, True)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self._unsubscribe = state.subscribe(self._on_state)
@@ -324,8 +331,13 @@ class ViewportCanvas(QWidget):
     def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         self.activated.emit()
         self.setFocus(Qt.FocusReason.MouseFocusReason)
+        if event.button() == Qt.MouseButton.RightButton and self._drag_tool is None:
+            # window/level starts once the mouse has moved: a right click in place is the menu
+            self._right_press = event.position()
+            event.accept()
+            return
         tool = self._tool_for(event.button())
-        if tool is not None and self.state.frame_info is not None:
+        if tool is not None and self.state.frame_info is not None and self._drag_tool is None:
             self._drag_tool = tool
             pos = event.position()
             tool.press(self.state, pos.x(), pos.y())
@@ -333,6 +345,12 @@ class ViewportCanvas(QWidget):
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         pos = event.position()
+        start = self._right_press
+        if start is not None and (pos - start).manhattanLength() >= CLICK_SLOP:
+            self._right_press = None
+            if self.state.frame_info is not None:
+                self._drag_tool = self._right
+                self._right.press(self.state, start.x(), start.y())
         if self._drag_tool is not None:
             self._drag_tool.move(self.state, pos.x(), pos.y())
         elif self.tool_provider is not None:
@@ -342,6 +360,11 @@ class ViewportCanvas(QWidget):
         event.accept()
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if event.button() == Qt.MouseButton.RightButton and self._right_press is not None:
+            self._right_press = None
+            self.contextMenuRequested.emit(event.globalPosition().toPoint())
+            event.accept()
+            return
         if self._drag_tool is not None:
             pos = event.position()
             self._drag_tool.release(self.state, pos.x(), pos.y())
