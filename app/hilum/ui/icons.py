@@ -99,7 +99,7 @@ def icon(name: str, fallback_text: str = "") -> QIcon:
     """The qtawesome icon *name* (e.g. ``"mdi6.ruler"``), or a text icon of *fallback_text*
     (an empty icon without one) when qtawesome or the glyph is not there."""
     try:
-        import qtawesome
+        import qtawesome  # type: ignore[import-untyped]  # no type information shipped
 
         return qtawesome.icon(name, color=_foreground(), color_disabled=QColor(150, 150, 150))
     except Exception as exc:  # noqa: BLE001 - qtawesome raises a bare Exception for an unknown name

@@ -329,10 +329,13 @@ class StudyViewer(QWidget):
 
     def fill_menu(self, menu: QMenu, which: str) -> None:
         """Fill *menu* (emptied first) with this viewer's own actions: their shortcuts work and show."""
+        self._add_sections(menu, self.menu_sections(which))
+
+    def _add_sections(self, menu: QMenu, sections: list[tuple[str, list[str]]]) -> None:
         for sub in menu.findChildren(QMenu, options=Qt.FindChildOption.FindDirectChildrenOnly):
-            sub.deleteLater()
+            sub.deleteLater()  # the submenus of the last time
         menu.clear()
-        for title, names in self.menu_sections(which):
+        for title, names in sections:
             if title:
                 target = menu.addMenu(title)
                 if "preset_1" in names:
@@ -357,18 +360,10 @@ class StudyViewer(QWidget):
             act.setText(f"{p.name} ({p.center:g}/{p.width:g})" if p is not None else f"Window preset {d}")
 
     def context_menu(self) -> QMenu:
-        """The viewport's right-click menu: the tools, then the viewer menu (built afresh each time)."""
-        menu = self._context_menu
-        self.fill_menu(menu, "viewer")
-        first = menu.actions()[0] if menu.actions() else None
-        for name in (f"tool_{n}" for n in TOOLS):
-            menu.insertAction(first, self.actions_by_name[name])
-        menu.insertSeparator(first)
-        for name in ("mpr", "volume_3d"):
-            if name in self.actions_by_name:
-                menu.insertAction(first, self.actions_by_name[name])
-        menu.insertSeparator(first)
-        return menu
+        """The viewport's right-click menu: the tools, MPR and 3D, then the viewer menu (built afresh)."""
+        first = [("", [f"tool_{n}" for n in TOOLS]), ("", ["mpr", "volume_3d"])]
+        self._add_sections(self._context_menu, first + self.menu_sections("viewer"))
+        return self._context_menu
 
     def _show_context_menu(self, index: int, global_pos: QPoint) -> None:
         self.model.set_active(index)
