@@ -331,3 +331,110 @@ def test_right_click_opens_the_viewport_menu_and_right_drag_still_windows(viewer
         assert w.width > window_before.width and w.center < window_before.center
         assert not np.array_equal(before, grab(canvas))
     assert not exceptions, exceptions
+
+
+# ---------------------------------------------------------------- 3. overlay text
+
+
+def settled_grab(qtbot, canvas) -> np.ndarray:  # type: ignore[no-untyped-def]
+    qtbot.waitUntil(lambda: not canvas._fast, timeout=3000)  # the smoothed rendering, not the scrolling one
+    return grab(canvas)
+
+
+def text_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(a.astype(int) - b.astype(int)).max(axis=2) > 40
+
+
+def test_status_text_never_covers_the_letters_or_the_corner_text(viewer, qtbot):
+    from hilum.ui.viewer.overlay import corner_texts
+
+    for layout in ("1x1", "2x2"):
+        viewer.set_layout(layout)
+        vp = viewer.active_viewport()
+        canvas = active_canvas(viewer)
+        qtbot.waitUntil(lambda: canvas.image_paint_count > 0, timeout=5000)  # noqa: B023
+        assert vp.edge_letters().get("top") == "A"
+        assert corner_texts(canvas.overlay, vp.volume.header, vp.overlay_values())["top_left"]
+        for status in ("Loading…", "Loading 3/10", "Loading a long series: 1234/5678 images"):
+            vp.status = status  # what the viewer sets while a series loads
+            with_status = settled_grab(qtbot, canvas)
+            vp.status = ""
+            plain = settled_grab(qtbot, canvas)
+            vp.overlay_enabled = False
+            bare = settled_grab(qtbot, canvas)
+            vp.overlay_enabled = True
+            status_px = text_pixels(with_status, plain)
+            overlay_px = text_pixels(plain, bare)  # letters, corner text, scale bar
+            assert status_px.sum() > 20 and overlay_px.sum() > 200
+            grown = overlay_px.copy()  # a pixel of air around every glyph
+            grown[1:] |= overlay_px[:-1]
+            grown[:-1] |= overlay_px[1:]
+            grown[:, 1:] |= overlay_px[:, :-1]
+            grown[:, :-1] |= overlay_px[:, 1:]
+            assert not (status_px & grown).any(), (layout, status)
+
+
+def test_window_level_after_a_drag_reads_in_whole_units(viewer, qtbot):
+    from hilum.ui.viewer.overlay import corner_texts
+
+    canvas = viewer.viewport_widget(0).canvas
+    vp = viewer.active_viewport()
+    drag(canvas, (300, 300), (373, 247), R)
+    w = vp.current_window()
+    assert w.width != round(w.width) or w.center != round(w.center)  # the drag made fractions
+    lines = corner_texts(canvas.overlay, vp.volume.header, vp.overlay_values())["bottom_right"]
+    line = next(t for t in lines if t.startswith("W "))
+    assert line.split()[:4] == ["W", str(round(w.width)), "L", str(round(w.center))], line
+    # narrow windows keep the decimals that tell their values apart (SUV, parametric maps)
+    from hilum.ui.viewer.state import window_text
+
+    assert window_text(2.345, 4.567) == ("2.35", "4.57") or window_text(2.345, 4.567) == ("2.34", "4.57")
+    assert window_text(12.25, 57.3)[1] == "57.3"
+    assert window_text(-0.2, 350.0) == ("0", "350")
+    vp.set_window(0.5, 3.25)
+    lines = corner_texts(canvas.overlay, vp.volume.header, vp.overlay_values())["bottom_right"]
+    assert next(t for t in lines if t.startswith("W ")).split()[:4] == ["W", "3.25", "L", "0.5"]
+
+
+def test_series_strip_labels_stay_put_when_thumbnails_arrive(qtbot, archive, data_dir, tmp_path):
+    """A wide thumbnail (a 64 × 128 series) used to shrink its item without a new layout: its label
+    was drawn where it was and again where it moved to."""
+    from hilum.dicom.generator import iter_ct_series, write_dataset
+    from hilum.dicom.generator.demo import instance_path
+
+    paths = write_ct(tmp_path / "ax", rows=ROWS, slices=4)
+    for ds in iter_ct_series(STUDY, rows=64, columns=128, slices=3, slice_thickness=5.0, fov=360.0,
+                             noise_sigma=0.0, series_number=2, series_description="Wide field"):  # fmt: skip
+        paths.append(write_dataset(ds, instance_path(tmp_path / "wide", ds)))
+    paths += write_ct(tmp_path / "ax3", rows=ROWS, slices=2, series_number=3, series_description="Third series")
+    assert all(r.ok for r in archive.ingest_many(paths))
+    v = StudyViewer(archive, STUDY.uid, data_dir=data_dir, executor="thread")
+    qtbot.addWidget(v)
+    v.resize(900, 700)
+    v.show()
+    qtbot.waitExposed(v)
+    strip = v.strip
+    import threading
+
+    hold = threading.Event()
+    strip._pool.submit(hold.wait, 30)  # the thumbnail thread is busy: the blank icons show first
+    with qtbot.waitSignal(v.loadFinished, timeout=20000):
+        v.open()
+    assert strip.count() == 3
+    before = [strip.visualItemRect(strip.item(i)) for i in range(strip.count())]
+    first = grab(strip.viewport())
+    hold.set()
+    blank = [strip.item(i).icon().cacheKey() for i in range(strip.count())]
+    qtbot.waitUntil(lambda: all(strip.item(i).icon().cacheKey() != blank[i] for i in range(strip.count())),
+                    timeout=10000)  # fmt: skip
+    strip.doItemsLayout()  # what the list does on its next layout
+    after = [strip.visualItemRect(strip.item(i)) for i in range(strip.count())]
+    assert after == before
+    for i in range(strip.count()):
+        assert strip.item(i).icon().availableSizes() == [strip.iconSize()], i
+    second = grab(strip.viewport())
+    # the labels (below each icon) are the same pixels before and after the thumbnails
+    for rect in before:
+        label = (slice(rect.top() + strip.iconSize().height() + 4, rect.bottom()), slice(rect.left(), rect.right()))
+        assert np.array_equal(first[label], second[label])
+    v.close()

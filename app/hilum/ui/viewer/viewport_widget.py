@@ -22,6 +22,7 @@ from PySide6.QtGui import (
     QDragEnterEvent,
     QDropEvent,
     QFont,
+    QFontMetrics,
     QImage,
     QMouseEvent,
     QPainter,
@@ -173,6 +174,7 @@ class ViewportCanvas(QWidget):
         font.setPointSizeF(max(7.0, min(10.0, self.height() / 45.0)))
         p.setFont(font)
         m = st.matrix()
+        taken: list[QRectF] = []  # where the corner text and the orientation letters went
         if st.frame_info is not None:
             # reference lines (the active viewport's slice on this image)
             if self.model is not None:
@@ -182,21 +184,36 @@ class ViewportCanvas(QWidget):
                     p.drawLine(self._to_canvas(m, a), self._to_canvas(m, b))
             self._paint_measurements(p, m)
             if st.overlay_enabled:
-                self._paint_corners(p)
-                self._paint_letters(p)
+                taken += self._paint_corners(p)
+                taken += self._paint_letters(p)
                 self._paint_scale_bar(p)
             if st.probe_result is not None:
                 p.setPen(MEASURE_COLOUR)
                 p.drawText(QRectF(0, self.height() - 44, self.width(), 18), Qt.AlignmentFlag.AlignHCenter,
                            st.probe_result.text())  # fmt: skip
         if st.status:
-            p.setPen(TEXT_COLOUR)
-            p.drawText(QRectF(0, 2, self.width(), 18), Qt.AlignmentFlag.AlignHCenter, st.status)
+            rect = self.status_rect(p.fontMetrics(), st.status, taken)
+            self._shadow_text(p, rect, Qt.AlignmentFlag.AlignCenter, st.status)
         if self.active:
             pen = QPen(ACTIVE_COLOUR, 2)
             p.setPen(pen)
             p.setBrush(Qt.BrushStyle.NoBrush)
             p.drawRect(QRectF(1, 1, self.width() - 2, self.height() - 2))
+
+    def status_rect(self, fm: QFontMetrics, text: str, taken: list[QRectF]) -> QRectF:
+        """Where the status line ("Loading…") goes: centred, as near the top as it can be without
+        touching the orientation letter or the corner text (*taken*); it used to cover the top letter."""
+        w = fm.horizontalAdvance(text) + 8
+        h = fm.height() + 2
+        x = (self.width() - w) / 2
+        y = 4.0
+        for _ in range(64):
+            rect = QRectF(x, y, w, h)
+            hit = [r for r in taken if r.adjusted(-2, -2, 2, 2).intersects(rect)]
+            if not hit:
+                return rect
+            y = max(r.bottom() for r in hit) + 3
+        return QRectF(x, y, w, h)
 
     def _shadow_text(self, p: QPainter, rect: QRectF, flags: Any, text: str) -> None:
         p.setPen(QColor(0, 0, 0))
@@ -211,8 +228,6 @@ class ViewportCanvas(QWidget):
         img = self._text_cache.get(key)
         if img is not None:
             return img
-        from PySide6.QtGui import QFontMetrics
-
         fm = QFontMetrics(font)
         lh = fm.height()
         width = max((fm.horizontalAdvance(t) for t in lines), default=1) + 2
@@ -229,11 +244,13 @@ class ViewportCanvas(QWidget):
         self._text_cache[key] = img
         return img
 
-    def _paint_corners(self, p: QPainter) -> None:
+    def _paint_corners(self, p: QPainter) -> list[QRectF]:
+        """The four-corner text; returns where each block went."""
         st = self.state
         texts = corner_texts(self.overlay, st.volume.header if st.volume is not None else None, st.overlay_values())
         w, h = self.width(), self.height()
         font = p.font()
+        out = []
         for corner, lines in texts.items():
             if not lines:
                 continue
@@ -242,11 +259,14 @@ class ViewportCanvas(QWidget):
             x = w - 6 - block.width() if right else 6
             y = 4 if corner.startswith("top") else h - 4 - block.height()
             p.drawImage(QPointF(x, y), block)
+            out.append(QRectF(x, y, block.width(), block.height()))
+        return out
 
-    def _paint_letters(self, p: QPainter) -> None:
+    def _paint_letters(self, p: QPainter) -> list[QRectF]:
+        """The orientation letters at the edges' middles; returns where each went."""
         letters = self.state.edge_letters()
         if not letters:
-            return
+            return []
         w, h = self.width(), self.height()
         lh = p.fontMetrics().height()
         A = Qt.AlignmentFlag
@@ -256,9 +276,12 @@ class ViewportCanvas(QWidget):
             "top": (QRectF(w / 2 - 20, 4, 40, lh), A.AlignHCenter | A.AlignTop),
             "bottom": (QRectF(w / 2 - 20, h - lh - 4, 40, lh), A.AlignHCenter | A.AlignBottom),
         }
+        out = []
         for edge, text in letters.items():
             rect, flags = pos[edge]
             self._shadow_text(p, rect, flags, text)
+            out.append(QRectF(p.fontMetrics().boundingRect(rect.toRect(), flags, text)))
+        return out
 
     def _paint_scale_bar(self, p: QPainter) -> None:
         """A vertical bar with ticks every tenth, at the right edge below the orientation letter."""
