@@ -330,6 +330,16 @@ def test_right_click_opens_the_viewport_menu_and_right_drag_still_windows(viewer
         w = vp.current_window()
         assert w.width > window_before.width and w.center < window_before.center
         assert not np.array_equal(before, grab(canvas))
+        # from the keyboard: the Menu key, then Escape closes it; Shift+F10 too
+        for key, mod in (
+            (Qt.Key.Key_Menu, Qt.KeyboardModifier.NoModifier),
+            (Qt.Key.Key_F10, Qt.KeyboardModifier.ShiftModifier),
+        ):
+            press_key(key, mod)
+            qtbot.waitUntil(lambda: isinstance(QApplication.activePopupWidget(), QMenu), timeout=3000)
+            QTest.keyClick(QApplication.activePopupWidget(), Qt.Key.Key_Escape)
+            qtbot.waitUntil(lambda: QApplication.activePopupWidget() is None, timeout=3000)
+            assert QApplication.focusWidget() is canvas
     assert not exceptions, exceptions
 
 

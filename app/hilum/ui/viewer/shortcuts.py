@@ -68,7 +68,7 @@ MOUSE: list[tuple[str, str]] = [
     ("Wheel", "Scroll slices (Ctrl+wheel: zoom at the cursor)"),
     ("Left drag", "The current tool (W/L, pan, zoom, scroll, measure, probe)"),
     ("Right drag", "Window/level: right/left = width, down/up = level"),
-    ("Right click", "The viewport's menu: tools, window presets, image, layout, MPR, 3D, export"),
+    ("Right click", "The viewport's menu (tools, presets, image, layout, MPR, 3D); keys: Menu, Shift+F10"),
     ("Middle drag", "Pan"),
     ("Drag a series", "From the series strip onto a viewport"),
     ("Double-click", "Toggle the viewport between the layout and full size"),

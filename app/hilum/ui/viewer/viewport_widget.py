@@ -24,6 +24,7 @@ from PySide6.QtGui import (
     QFont,
     QFontMetrics,
     QImage,
+    QKeyEvent,
     QMouseEvent,
     QPainter,
     QPaintEvent,
@@ -393,6 +394,15 @@ class ViewportCanvas(QWidget):
             self._drag_tool.release(self.state, pos.x(), pos.y())
             self._drag_tool = None
         event.accept()
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
+        """The Menu key and Shift+F10 open the viewport's menu (the right click's, from the keyboard)."""
+        key, mods = event.key(), event.modifiers()
+        if key == Qt.Key.Key_Menu or (key == Qt.Key.Key_F10 and mods == Qt.KeyboardModifier.ShiftModifier):
+            self.contextMenuRequested.emit(self.mapToGlobal(self.rect().center()))
+            event.accept()
+            return
+        super().keyPressEvent(event)
 
     def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         self.doubleClicked.emit()
