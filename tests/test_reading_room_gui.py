@@ -25,6 +25,7 @@ from hilum.ui.viewer.viewer_widget import StudyViewer  # noqa: E402
 pytestmark = pytest.mark.gui
 ROWS = 96
 L, R = Qt.MouseButton.LeftButton, Qt.MouseButton.RightButton
+CTRL_SHIFT = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier
 TOOL_KEYS = {"length": "L", "angle": "A", "ellipse": "O", "rect": "B", "probe": "Q", "pan": "P", "zoom": "Z",
              "scroll": "S", "window": "W"}  # fmt: skip
 
@@ -113,6 +114,26 @@ def test_every_tool_is_chosen_by_its_button_and_its_key_then_length_measures(vie
     g = img.astype(int)
     green = (g[..., 1] > 110) & (g[..., 1] - g[..., 0] > 60) & (g[..., 1] - g[..., 2] > 60)
     assert green.sum() > 60  # the line (about 90 canvas pixels long) is drawn
+
+
+def test_every_checkable_action_toggles_by_button_and_key(viewer, qtbot):
+    """The other checkable actions (links, reference lines) take the flag their button or key gives."""
+    model = viewer.model
+    flags = {"link_scroll": ("link_scroll", Qt.Key.Key_L, Qt.KeyboardModifier.ControlModifier),
+             "link_window": ("link_window", Qt.Key.Key_W, CTRL_SHIFT),
+             "link_zoom": ("link_zoom", Qt.Key.Key_Z, CTRL_SHIFT),
+             "reference_lines": ("show_reference_lines", Qt.Key.Key_R, CTRL_SHIFT)}  # fmt: skip
+    with qtbot.captureExceptions() as exceptions:
+        for name, (attr, key, mod) in flags.items():
+            act = viewer.actions_by_name[name]
+            assert act.isCheckable()
+            start = getattr(model, attr)
+            QTest.mouseClick(viewer.toolbar.widgetForAction(act), L)
+            assert getattr(model, attr) is (not start) and act.isChecked() is (not start), name
+            viewer.viewport_widget(0).canvas.setFocus()
+            press_key(key, mod)
+            assert getattr(model, attr) is start and act.isChecked() is start, name
+    assert not exceptions, exceptions
 
 
 # ---------------------------------------------------------------- 2. the keyboard focus stays on the viewport
