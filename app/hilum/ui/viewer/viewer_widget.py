@@ -143,15 +143,18 @@ class StudyViewer(QWidget):
         outer.addWidget(self.strip)
         outer.addLayout(centre, 1)
 
-    def _action(self, name: str, text: str, slot: Callable[[], object] | None = None, keys: str = "", *,
-                toggled: Callable[[bool], object] | None = None) -> QAction:  # fmt: skip
+    def _action(self, name: str, text: str, slot: Callable[..., object] | None = None, keys: str = "", *,
+                toggled: Callable[[bool], object] | None = None, checkable: bool = False) -> QAction:  # fmt: skip
         """A named viewer action: ``slot()`` runs when it is triggered, or, for a checkable action,
-        ``toggled(checked)`` runs when the user checks or unchecks it (exactly one of the two).
+        ``toggled(checked)`` runs when the user checks or unchecks it (exactly one of the two;
+        ``checkable=True`` with a *slot* means that slot takes the flag, as ``toggled`` does).
 
         Keeping the two apart is what makes ``partial(f, arg)`` safe as either: a checkable
         action's ``triggered(bool)`` must never reach a slot that takes no flag (issue 23: the
         tools' ``partial(set_tool, name)`` got ``checked`` as a second argument and raised).
         """
+        if checkable and toggled is None:
+            slot, toggled = None, slot
         if (slot is None) == (toggled is None):
             raise TypeError(f"action {name!r}: give either slot or toggled")
         act = QAction(text, self)
