@@ -15,9 +15,10 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QDialog,
@@ -211,6 +212,7 @@ class MainWindow(QMainWindow):
         self.tabs.setTabsClosable(True)
         self.tabs.setMovable(True)
         self.tabs.tabCloseRequested.connect(self.close_workspace_tab)
+        self.tabs.currentChanged.connect(self._on_tab_changed)
         self.browser = StudyBrowser(archive, self.tasks, self)
         self.banner = EmptyArchiveBanner(self)
         self.banner.hide()
@@ -381,6 +383,15 @@ class MainWindow(QMainWindow):
             "refreshAction",
         )
         self.view_menu.addSeparator()
+
+        # the current viewer tab's own actions (their shortcuts shown), rebuilt each time one opens
+        self.viewer_menu = mb.addMenu("Vie&wer")  # Alt+I is the browser's ID field
+        self.viewer_menu.setObjectName("viewerMenu")
+        self.tools_menu = mb.addMenu("&Tools")
+        self.tools_menu.setObjectName("toolsMenu")
+        for menu, which in ((self.viewer_menu, "viewer"), (self.tools_menu, "tools")):
+            menu.aboutToShow.connect(partial(self._fill_workspace_menu, menu, which))
+        self._update_workspace_menus()
 
         self.help_menu = mb.addMenu("&Help")
         self.shortcuts_action = self._action(
@@ -612,6 +623,45 @@ class MainWindow(QMainWindow):
         self.browser.refresh()
         self.refresh_status()
         self.importFinished.emit(summary)
+
+    def _on_tab_changed(self, _index: int) -> None:
+        self._update_workspace_menus()
+        self._focus_workspace()
+
+    def _current_viewer(self) -> Any:
+        """The current tab when it is a viewer (it has menus to offer), else None."""
+        widget = self.tabs.currentWidget() if hasattr(self, "tabs") else None
+        return widget if callable(getattr(widget, "fill_menu", None)) else None
+
+    def _update_workspace_menus(self) -> None:
+        """The Viewer and Tools menus are enabled only while a viewer tab is the current one."""
+        if not hasattr(self, "viewer_menu"):
+            return  # tabs added while the window is being built
+        enabled = self._current_viewer() is not None
+        for menu, which in ((self.viewer_menu, "viewer"), (self.tools_menu, "tools")):
+            menu.menuAction().setEnabled(enabled)
+            if enabled:
+                self._fill_workspace_menu(menu, which)
+            else:
+                menu.clear()
+
+    def _fill_workspace_menu(self, menu: QMenu, which: str) -> None:
+        viewer = self._current_viewer()
+        if viewer is not None:
+            viewer.fill_menu(menu, which)
+
+    def _focus_workspace(self) -> None:
+        """The keyboard focus to the current workspace's own focus target (a viewer: its active
+        viewport), so its keys work without a click."""
+        focus = getattr(self.tabs.currentWidget(), "focus_active_viewport", None)
+        if callable(focus):
+            focus()
+
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802
+        if event.type() == QEvent.Type.WindowStateChange:
+            # maximised / restored: the re-layout can leave the focus on the tab bar (issue 23)
+            QTimer.singleShot(0, self._focus_workspace)
+        super().changeEvent(event)
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if event.mimeData().hasUrls() and all(u.isLocalFile() for u in event.mimeData().urls()):

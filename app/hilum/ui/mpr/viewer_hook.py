@@ -19,7 +19,8 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from PySide6.QtGui import QAction
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction, QKeySequence
 
 from hilum.dicom.volume import volume_from_series
 from hilum.ui.mpr.mpr_widget import MPRWidget
@@ -31,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 def add_mpr_actions(viewer: Any) -> dict[str, QAction]:
     """Add "MPR" and "3D" to ``viewer``'s toolbar (and to ``viewer.actions_by_name``)."""
+    from hilum.ui.viewer.shortcuts import SHORTCUTS
+
+    keys = {n: k for n, k, _ in SHORTCUTS}
     out = {}
     for name, text, layout, tip in (
         ("mpr", "MPR", "mpr", "Axial, coronal, sagittal and oblique planes of the active series, with 3D"),
@@ -39,6 +43,9 @@ def add_mpr_actions(viewer: Any) -> dict[str, QAction]:
         act = QAction(text, viewer)
         act.setObjectName(name)
         act.setToolTip(tip)
+        if name in keys:  # the viewer's shortcut table (hilum.ui.viewer.shortcuts), listed in Help
+            act.setShortcuts([QKeySequence(k) for k in keys[name].split(";")])
+            act.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         act.triggered.connect(partial(open_active_series, viewer, layout))
         viewer.addAction(act)
         viewer.toolbar.addAction(act)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QMimeData, QObject, QSize, Qt, Signal
-from PySide6.QtGui import QDrag, QIcon, QImage, QPixmap
+from PySide6.QtGui import QDrag, QIcon, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem, QWidget
 
 from hilum.ui.viewer.study import SeriesEntry
@@ -27,6 +27,22 @@ def pixmap_of(img: np.ndarray) -> QPixmap:
     h, w = img.shape[:2]
     fmt = QImage.Format.Format_Grayscale8 if img.ndim == 2 else QImage.Format.Format_RGB888
     return QPixmap.fromImage(QImage(img.data, w, h, img.strides[0], fmt).copy())
+
+
+def framed(pixmap: QPixmap, size: QSize) -> QPixmap:
+    """*pixmap* centred on a black square of *size*: every thumbnail (and the blank one before it)
+    has the same size, so an item keeps its geometry when its thumbnail arrives. A non-square
+    thumbnail used to shrink its item without the list laying its items out again: the label was
+    painted once where it was and once where it moved to (issue 23)."""
+    out = QPixmap(size)
+    out.fill(Qt.GlobalColor.black)
+    p = QPainter(out)
+    try:
+        scaled = pixmap.scaled(size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+        p.drawPixmap((size.width() - scaled.width()) // 2, (size.height() - scaled.height()) // 2, scaled)
+    finally:
+        p.end()
+    return out
 
 
 class _Bridge(QObject):
@@ -86,7 +102,7 @@ class SeriesStrip(QListWidget):
         for i in range(self.count()):
             item = self.item(i)
             if item.data(UID_ROLE) == uid:
-                item.setIcon(QIcon(pixmap_of(img)))
+                item.setIcon(QIcon(framed(pixmap_of(img), self.iconSize())))
 
     def item_for(self, uid: str) -> QListWidgetItem | None:
         for i in range(self.count()):

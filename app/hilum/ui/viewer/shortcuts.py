@@ -61,12 +61,15 @@ SHORTCUTS: list[tuple[str, str, str]] = [
     ("overlay_planes", "Ctrl+Shift+O", "Show / hide overlay planes (60xx)"),
     ("export_view", "Ctrl+E", "Export the view as PNG / JPEG"),
     ("export_cine", "Ctrl+Shift+E", "Export the series as a GIF (or MP4) cine"),
+    ("mpr", "M", "MPR: axial, coronal, sagittal and oblique planes of the active series, with 3D"),
+    ("volume_3d", "D", "3D: volume rendering of the active series"),
 ]
 
 MOUSE: list[tuple[str, str]] = [
     ("Wheel", "Scroll slices (Ctrl+wheel: zoom at the cursor)"),
     ("Left drag", "The current tool (W/L, pan, zoom, scroll, measure, probe)"),
     ("Right drag", "Window/level: right/left = width, down/up = level"),
+    ("Right click", "The viewport's menu (tools, presets, image, layout, MPR, 3D); keys: Menu, Shift+F10"),
     ("Middle drag", "Pan"),
     ("Drag a series", "From the series strip onto a viewport"),
     ("Double-click", "Toggle the viewport between the layout and full size"),

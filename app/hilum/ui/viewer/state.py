@@ -42,7 +42,7 @@ from hilum.dicom.stack import FrameInfo
 from hilum.dicom.stack_load import SeriesVolume
 from hilum.dicom.stack_measure import modality_unit
 
-__all__ = ["CANVAS_EDGES", "ProbeResult", "ViewTransform", "ViewportState", "nice_scale_length"]
+__all__ = ["CANVAS_EDGES", "ProbeResult", "ViewTransform", "ViewportState", "nice_scale_length", "window_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,24 @@ def nice_scale_length(mm_per_px: float, target_px: float) -> float:
         if m * 10.0**exp <= raw:
             best = m * 10.0**exp
     return best
+
+
+def window_text(center: float, width: float) -> tuple[str, str]:
+    """Centre and width as the overlay shows them: as many decimals as the width needs.
+
+    A CT or a dragged MR window reads in whole units ("W 707 L 204", not "W 706.892 L 203.676");
+    a narrow window (PET in SUV, a parametric map, normalised data) keeps what tells its values
+    apart: one decimal below a width of 100, two below 10. Trailing zeros go.
+    """
+    decimals = 2 if width < 10 else 1 if width < 100 else 0
+
+    def fmt(v: float) -> str:
+        text = f"{v:.{decimals}f}"
+        if decimals:
+            text = text.rstrip("0").rstrip(".")
+        return "0" if text in ("-0", "") else text
+
+    return fmt(center), fmt(width)
 
 
 class ViewportState:
@@ -674,10 +692,11 @@ class ViewportState:
             vals["thickness"] = f"{f.slice_thickness:g}"
         w = self.current_window()
         if w is not None:
-            vals["window_center"] = f"{w.center:g}"
-            vals["window_width"] = f"{w.width:g}"
+            vals["window_center"], vals["window_width"] = window_text(w.center, w.width)
         # the user's window is named by what chose it (a preset; nothing for a drag), the header's by its explanation
-        vals["window_label"] = self.window_label if self.window is not None else (w.explanation if w is not None else "")
+        vals["window_label"] = (
+            self.window_label if self.window is not None else (w.explanation if w is not None else "")
+        )
         vals["zoom"] = f"{self._display_zoom():.2f}"
         vals["rotation"] = f"{self.view.rotation:g}"
         vals["loaded"] = self.volume.loaded_count

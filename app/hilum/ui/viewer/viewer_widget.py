@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QElapsedTimer, QObject, Qt, QTimer, Signal
+from PySide6.QtCore import QElapsedTimer, QObject, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
     QFileDialog,
     QGridLayout,
     QHBoxLayout,
@@ -38,6 +40,7 @@ from PySide6.QtWidgets import (
 
 from hilum.dicom.stack_load import LoadHandle, SeriesVolume
 from hilum.errors import HilumError
+from hilum.ui.icons import ACTION_ICONS, action_icon, icon
 from hilum.ui.viewer.export import export_cine, mp4_available, view_frames
 from hilum.ui.viewer.model import LAYOUTS, Layout, ViewerModel
 from hilum.ui.viewer.overlay import OverlayConfig
@@ -53,6 +56,11 @@ from hilum.ui.viewer.viewport_widget import ViewportWidget
 __all__ = ["StudyViewer"]
 
 logger = logging.getLogger(__name__)
+
+
+def _menu_text(description: str) -> str:
+    """A menu entry's text from a shortcut's description: up to its first parenthesis."""
+    return description.split(" (")[0].strip()
 
 
 class _LoadBridge(QObject):
@@ -135,14 +143,33 @@ class StudyViewer(QWidget):
         outer.addWidget(self.strip)
         outer.addLayout(centre, 1)
 
-    def _action(self, name: str, text: str, slot: Any, keys: str = "", checkable: bool = False) -> QAction:
+    def _action(self, name: str, text: str, slot: Callable[..., object] | None = None, keys: str = "", *,
+                toggled: Callable[[bool], object] | None = None, checkable: bool = False) -> QAction:  # fmt: skip
+        """A named viewer action: ``slot()`` runs when it is triggered, or, for a checkable action,
+        ``toggled(checked)`` runs when the user checks or unchecks it (exactly one of the two;
+        ``checkable=True`` with a *slot* means that slot takes the flag, as ``toggled`` does).
+
+        Keeping the two apart is what makes ``partial(f, arg)`` safe as either: a checkable
+        action's ``triggered(bool)`` must never reach a slot that takes no flag (issue 23: the
+        tools' ``partial(set_tool, name)`` got ``checked`` as a second argument and raised).
+        """
+        if checkable and toggled is None:
+            slot, toggled = None, slot
+        if (slot is None) == (toggled is None):
+            raise TypeError(f"action {name!r}: give either slot or toggled")
         act = QAction(text, self)
         act.setObjectName(name)
         if keys:
             act.setShortcuts([QKeySequence(k) for k in keys.split(";")])
             act.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-        act.setCheckable(checkable)
-        act.triggered.connect(lambda checked=False: slot(checked) if checkable else slot())
+        if toggled is not None:
+            act.setCheckable(True)
+            on_toggle = toggled
+            act.triggered.connect(lambda checked=False: on_toggle(bool(checked)))
+        else:
+            assert slot is not None
+            on_trigger = slot
+            act.triggered.connect(lambda _checked=False: on_trigger())
         self.addAction(act)
         self.actions_by_name[name] = act
         return act
@@ -185,18 +212,21 @@ class StudyViewer(QWidget):
             "export_cine": lambda: self.export_cine_dialog(),
         }
         for name, slot in simple.items():
-            self._action(name, texts[name], slot, keys[name])
+            self._action(name, _menu_text(texts[name]), slot, keys[name])
+        for name in ("layout_custom", "export_view", "export_cine"):  # these open a dialog
+            self.actions_by_name[name].setText(self.actions_by_name[name].text() + "…")
         for i, layout in enumerate(LAYOUTS, start=1):
             self._action(f"layout_{i}", f"Layout {layout.rows}×{layout.columns}", partial(self.set_layout, layout),
                          keys[f"layout_{i}"])  # fmt: skip
         for d in range(1, 10):
             self._action(f"preset_{d}", f"Window preset {d}", partial(self.apply_preset_key, str(d)), str(d))
+        self._action("save_preset", "Save the current window as a preset…", self.save_preset_dialog)
         links = {"link_scroll": "scroll", "link_window": "window", "link_zoom": "zoom"}
         for name, what in links.items():
-            act = self._action(name, texts[name], partial(self._set_link, what), keys[name], checkable=True)
+            act = self._action(name, _menu_text(texts[name]), keys=keys[name], toggled=partial(self._set_link, what))
             act.setChecked(getattr(self.model, f"link_{what}"))
-        ref = self._action("reference_lines", texts["reference_lines"], self._set_reference_lines,
-                           keys["reference_lines"], checkable=True)  # fmt: skip
+        ref = self._action("reference_lines", _menu_text(texts["reference_lines"]), keys=keys["reference_lines"],
+                           toggled=self._set_reference_lines)  # fmt: skip
         ref.setChecked(self.model.show_reference_lines)
         planes = self._action("overlay_planes", texts["overlay_planes"], self.set_overlay_planes,
                               keys["overlay_planes"], checkable=True)  # fmt: skip
@@ -204,15 +234,18 @@ class StudyViewer(QWidget):
         group = QActionGroup(self)
         group.setExclusive(True)
         for name, cls in TOOLS.items():
-            act = self._action(f"tool_{name}", cls.label, partial(self.set_tool, name), keys.get(f"tool_{name}", ""),
-                               checkable=True)  # fmt: skip
+            act = self._action(f"tool_{name}", cls.label, keys=keys.get(f"tool_{name}", ""),
+                               toggled=partial(self._tool_toggled, name))  # fmt: skip
             group.addAction(act)
             self.toolbar.addAction(act)
         self.actions_by_name[f"tool_{self.tool_name}"].setChecked(True)
         self.toolbar.addSeparator()
         # layouts
         layout_btn = QToolButton(self)
+        layout_btn.setObjectName("layoutButton")
         layout_btn.setText("Layout")
+        layout_btn.setIcon(icon(ACTION_ICONS["layout_menu"], "Layout"))
+        layout_btn.setToolTip("Layout of the viewports (Ctrl+1 … Ctrl+7)")
         layout_btn.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         menu = QMenu(layout_btn)
         for i in range(1, len(LAYOUTS) + 1):
@@ -222,13 +255,16 @@ class StudyViewer(QWidget):
         self.toolbar.addWidget(layout_btn)
         # window presets
         self.preset_btn = QToolButton(self)
+        self.preset_btn.setObjectName("presetButton")
         self.preset_btn.setText("W/L")
+        self.preset_btn.setIcon(icon(ACTION_ICONS["preset_menu"], "W/L"))
+        self.preset_btn.setToolTip("Window presets (0: the header's window, 1 … 9: presets)")
         self.preset_btn.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         self.preset_menu = QMenu(self.preset_btn)
         self.preset_menu.aboutToShow.connect(self._fill_preset_menu)
         self.preset_btn.setMenu(self.preset_menu)
         self.toolbar.addWidget(self.preset_btn)
-        for name in ("invert", "rotate_cw", "flip_h", "flip_v", "reset"):
+        for name in ("invert", "rotate_cw", "flip_h", "flip_v", "fit", "reset"):
             self.toolbar.addAction(self.actions_by_name[name])
         self.toolbar.addSeparator()
         self.toolbar.addAction(self.actions_by_name["cine"])
@@ -236,11 +272,11 @@ class StudyViewer(QWidget):
         self.fps_box.setRange(1, 120)
         self.fps_box.setValue(15)
         self.fps_box.setSuffix(" fps")
-        self.fps_box.setToolTip("Cine frame rate")
+        self.fps_box.setToolTip("Cine frame rate (] faster, [ slower)")
         self.fps_box.valueChanged.connect(lambda v: self.set_cine_fps(float(v)))
         self.toolbar.addWidget(self.fps_box)
         self.toolbar.addSeparator()
-        for name in ("link_scroll", "link_window", "link_zoom", "reference_lines"):
+        for name in ("link_scroll", "link_window", "link_zoom", "reference_lines", "overlay"):
             self.toolbar.addAction(self.actions_by_name[name])
         self.toolbar.addSeparator()
         self.toolbar.addAction(self.actions_by_name["export_view"])
@@ -249,6 +285,95 @@ class StudyViewer(QWidget):
         from hilum.ui.mpr.viewer_hook import add_mpr_actions  # MPR / 3D of the active series (hilum.ui.mpr)
 
         add_mpr_actions(self)
+        self._decorate_actions()
+        self._context_menu = QMenu(self)
+        self._context_menu.setObjectName("viewportContextMenu")
+
+    def _decorate_actions(self) -> None:
+        """Icons and tooltips that name the shortcut, for every action (the toolbar shows icons only)."""
+        descriptions = {name: t for name, _, t in SHORTCUTS}
+        for name, act in self.actions_by_name.items():
+            ico = action_icon(name, act.text())
+            if ico is not None:
+                act.setIcon(ico)
+            base = descriptions.get(name) or act.toolTip() or act.text()
+            act.setStatusTip(base)
+            shown = " or ".join(k.toString(QKeySequence.SequenceFormat.NativeText) for k in act.shortcuts())
+            act.setToolTip(f"{base} ({shown})" if shown else base)
+
+    # ------------------------------------------------------------ menus
+
+    def menu_sections(self, which: str) -> list[tuple[str, list[str]]]:
+        """The entries of the viewer's ``"viewer"`` or ``"tools"`` menu, by action name.
+
+        A section is ``(title, names)``: a titled one is a submenu, an untitled one a group
+        between separators; ``""`` in *names* is a separator. The viewer menu ends with every
+        action no section names, so an action added to the viewer shows up without a change here.
+        """
+        if which == "tools":
+            return [
+                ("", [f"tool_{name}" for name in TOOLS]),
+                ("", ["delete_measurement", "clear_measurements", "cancel"]),
+                ("", ["mpr", "volume_3d"]),
+            ]
+        if which != "viewer":
+            raise ValueError(f"no menu {which!r}")
+        sections = [
+            ("&Slices and series", ["next_slice", "prev_slice", "page_down", "page_up", "first_slice", "last_slice",
+                                    "", "next_series", "prev_series", "", "next_viewport", "prev_viewport"]),
+            ("&Cine", ["cine", "cine_faster", "cine_slower", "", "export_cine"]),
+            ("&Window", ["window_header", *(f"preset_{d}" for d in range(1, 10)), "", "save_preset"]),
+            ("&Image", ["invert", "flip_h", "flip_v", "rotate_cw", "rotate_ccw", "", "zoom_in", "zoom_out", "fit",
+                        "", "reset"]),
+            ("&Layout", [*(f"layout_{i}" for i in range(1, len(LAYOUTS) + 1)), "layout_custom"]),
+            ("", ["link_scroll", "link_window", "link_zoom", "reference_lines", "overlay"]),
+            ("", ["export_view"]),
+        ]  # fmt: skip
+        placed = {n for _, names in sections + self.menu_sections("tools") for n in names}
+        rest = [n for n in self.actions_by_name if n not in placed]
+        return sections + ([("", rest)] if rest else [])
+
+    def fill_menu(self, menu: QMenu, which: str) -> None:
+        """Fill *menu* (emptied first) with this viewer's own actions: their shortcuts work and show."""
+        self._add_sections(menu, self.menu_sections(which))
+
+    def _add_sections(self, menu: QMenu, sections: list[tuple[str, list[str]]]) -> None:
+        for sub in menu.findChildren(QMenu, options=Qt.FindChildOption.FindDirectChildrenOnly):
+            sub.deleteLater()  # the submenus of the last time
+        menu.clear()
+        for title, names in sections:
+            if title:
+                target = menu.addMenu(title)
+                if "preset_1" in names:
+                    target.aboutToShow.connect(self._name_presets)
+            else:
+                if menu.actions() and not menu.actions()[-1].isSeparator():
+                    menu.addSeparator()
+                target = menu
+            for name in names:
+                if not name:
+                    target.addSeparator()
+                elif name in self.actions_by_name:
+                    target.addAction(self.actions_by_name[name])
+        self._name_presets()
+
+    def _name_presets(self) -> None:
+        """Name the preset keys' actions after the active viewport's presets (CT: 1 = brain …)."""
+        modality = self.active_viewport().modality
+        for d in range(1, 10):
+            p = self.presets.by_key(str(d), modality)
+            act = self.actions_by_name[f"preset_{d}"]
+            act.setText(f"{p.name} ({p.center:g}/{p.width:g})" if p is not None else f"Window preset {d}")
+
+    def context_menu(self) -> QMenu:
+        """The viewport's right-click menu: the tools, MPR and 3D, then the viewer menu (built afresh)."""
+        first = [("", [f"tool_{n}" for n in TOOLS]), ("", ["mpr", "volume_3d"])]
+        self._add_sections(self._context_menu, first + self.menu_sections("viewer"))
+        return self._context_menu
+
+    def _show_context_menu(self, index: int, global_pos: QPoint) -> None:
+        self.model.set_active(index)
+        self.context_menu().popup(global_pos)
 
     def _fill_preset_menu(self) -> None:
         menu = self.preset_menu
@@ -275,6 +400,7 @@ class StudyViewer(QWidget):
         w.canvas.activated.connect(partial(self.model.set_active, index))
         w.canvas.seriesDropped.connect(lambda uid, i=index: self.show_series(uid, i))
         w.canvas.doubleClicked.connect(partial(self.toggle_maximize, index))
+        w.canvas.contextMenuRequested.connect(partial(self._show_context_menu, index))
         state.subscribe(self._on_viewport)
         return w
 
@@ -296,10 +422,26 @@ class StudyViewer(QWidget):
             self.grid.setColumnStretch(c, 1)
             self._widgets[i].setVisible(self._maximized is None or self._maximized == i)
         self._mark_active()
+        # hiding the focused canvas handed the focus to the next widget in the chain (the tab bar):
+        # give it back to the active viewport, or the keys do nothing until a click (issue 23)
+        self.focus_active_viewport()
 
     def _mark_active(self) -> None:
         for i, w in enumerate(self._widgets):
             w.set_active(i == self.model.active and self.model.layout.count > 1)
+        if self.model.active < len(self._widgets):
+            # viewer.setFocus() (opening the study, its tab coming forward) lands on the active canvas
+            self.setFocusProxy(self._widgets[self.model.active].canvas)
+
+    def focus_active_viewport(self) -> bool:
+        """Give the keyboard focus to the active viewport's canvas (when the viewer is on screen)."""
+        if not self.isVisible() or self.model.active >= len(self._widgets):
+            return False
+        canvas = self._widgets[self.model.active].canvas
+        if not canvas.isVisible():
+            return False
+        canvas.setFocus(Qt.FocusReason.OtherFocusReason)
+        return True
 
     def _on_model(self, what: str) -> None:
         if what == "layout":
@@ -307,13 +449,20 @@ class StudyViewer(QWidget):
             self._apply_layout()
             self._fill_empty_viewports()
         elif what == "active":
+            had_focus = self._has_focus()
             self._mark_active()
+            if had_focus:  # Tab / Shift+Tab: the keys follow the active viewport
+                self.focus_active_viewport()
             self.fps_box.blockSignals(True)
             self.fps_box.setValue(int(self.active_viewport().cine_fps))
             self.fps_box.blockSignals(False)
         elif what == "reference":
             for w in self._widgets[: self.model.layout.count]:
                 w.canvas.update()
+
+    def _has_focus(self) -> bool:
+        fw = QApplication.focusWidget()
+        return fw is not None and (fw is self or self.isAncestorOf(fw))
 
     def set_layout(self, layout: Layout | str) -> None:
         self.model.set_layout(layout)
@@ -354,6 +503,11 @@ class StudyViewer(QWidget):
         act = self.actions_by_name.get(f"tool_{name}")
         if act is not None and not act.isChecked():
             act.setChecked(True)
+
+    def _tool_toggled(self, name: str, checked: bool) -> None:
+        """A tool's button or key: choosing it (an exclusive group never unchecks the chosen one)."""
+        if checked:
+            self.set_tool(name)
 
     def cancel_tool(self) -> None:
         tool = self.tools.get(self.tool_name)
@@ -478,9 +632,12 @@ class StudyViewer(QWidget):
         """After a bigger layout: put the next series not yet shown into empty viewports."""
         shown = set(self._assigned.values())
         pending = [e.series_uid for e in self.session.series if e.series_uid not in shown]
+        active = self.model.active
         for i, vp in enumerate(self.model.visible):
             if vp.volume is None and i not in self._assigned and pending:
                 self.show_series(pending.pop(0), i)
+        if active < self.model.layout.count:  # the viewport the reader was in stays the active one
+            self.model.set_active(active)
 
     def step_series(self, step: int) -> None:
         uids = [e.series_uid for e in self.session.series]

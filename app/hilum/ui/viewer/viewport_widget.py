@@ -16,13 +16,15 @@ import math
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QMimeData, QPointF, QRectF, Qt, QTimer, Signal
+from PySide6.QtCore import QMimeData, QPoint, QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QColor,
     QDragEnterEvent,
     QDropEvent,
     QFont,
+    QFontMetrics,
     QImage,
+    QKeyEvent,
     QMouseEvent,
     QPainter,
     QPaintEvent,
@@ -48,6 +50,9 @@ MEASURE_COLOUR = QColor(80, 220, 80)
 REFERENCE_COLOUR = QColor(255, 230, 0)
 
 
+CLICK_SLOP = 4
+"""A right press that moves less than this (canvas pixels, Manhattan) before release is a click."""
+
 SETTLE_MS = 150
 """After this long without scrolling, zooming or windowing, the image is repainted with smoothing."""
 
@@ -65,6 +70,7 @@ class ViewportCanvas(QWidget):
     activated = Signal()
     seriesDropped = Signal(str)
     doubleClicked = Signal()
+    contextMenuRequested = Signal(QPoint)  # global position: a right click without a drag
 
     def __init__(self, state: ViewportState, *, model: Any = None, overlay: OverlayConfig | None = None,
                  tool_provider: Any = None, parent: QWidget | None = None) -> None:  # fmt: skip
@@ -75,12 +81,15 @@ class ViewportCanvas(QWidget):
         self.tool_provider = tool_provider  # callable -> the left-button Tool
         self.active = False
         self._drag_tool: Tool | None = None
+        self._right_press: QPointF | None = None  # a right press not yet a drag (a click opens the menu)
         self._right = WindowTool()
         self._middle = PanTool()
         self.setMinimumSize(64, 64)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setMouseTracking(True)
         self.setAcceptDrops(True)
+        # the right button is ours: a drag windows, a click (press and release in place) opens the menu
+        self.setContextMenuPolicy(Qt.ContextMenuPolicy.PreventContextMenu)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent, True)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self._unsubscribe = state.subscribe(self._on_state)
@@ -166,6 +175,7 @@ class ViewportCanvas(QWidget):
         font.setPointSizeF(max(7.0, min(10.0, self.height() / 45.0)))
         p.setFont(font)
         m = st.matrix()
+        taken: list[QRectF] = []  # where the corner text and the orientation letters went
         if st.frame_info is not None:
             # reference lines (the active viewport's slice on this image)
             if self.model is not None:
@@ -175,21 +185,36 @@ class ViewportCanvas(QWidget):
                     p.drawLine(self._to_canvas(m, a), self._to_canvas(m, b))
             self._paint_measurements(p, m)
             if st.overlay_enabled:
-                self._paint_corners(p)
-                self._paint_letters(p)
+                taken += self._paint_corners(p)
+                taken += self._paint_letters(p)
                 self._paint_scale_bar(p)
             if st.probe_result is not None:
                 p.setPen(MEASURE_COLOUR)
                 p.drawText(QRectF(0, self.height() - 44, self.width(), 18), Qt.AlignmentFlag.AlignHCenter,
                            st.probe_result.text())  # fmt: skip
         if st.status:
-            p.setPen(TEXT_COLOUR)
-            p.drawText(QRectF(0, 2, self.width(), 18), Qt.AlignmentFlag.AlignHCenter, st.status)
+            rect = self.status_rect(p.fontMetrics(), st.status, taken)
+            self._shadow_text(p, rect, Qt.AlignmentFlag.AlignCenter, st.status)
         if self.active:
             pen = QPen(ACTIVE_COLOUR, 2)
             p.setPen(pen)
             p.setBrush(Qt.BrushStyle.NoBrush)
             p.drawRect(QRectF(1, 1, self.width() - 2, self.height() - 2))
+
+    def status_rect(self, fm: QFontMetrics, text: str, taken: list[QRectF]) -> QRectF:
+        """Where the status line ("Loading…") goes: centred, as near the top as it can be without
+        touching the orientation letter or the corner text (*taken*); it used to cover the top letter."""
+        w = fm.horizontalAdvance(text) + 8
+        h = fm.height() + 2
+        x = (self.width() - w) / 2
+        y = 4.0
+        for _ in range(64):
+            rect = QRectF(x, y, w, h)
+            hit = [r for r in taken if r.adjusted(-2, -2, 2, 2).intersects(rect)]
+            if not hit:
+                return rect
+            y = max(r.bottom() for r in hit) + 3
+        return QRectF(x, y, w, h)
 
     def _shadow_text(self, p: QPainter, rect: QRectF, flags: Any, text: str) -> None:
         p.setPen(QColor(0, 0, 0))
@@ -204,8 +229,6 @@ class ViewportCanvas(QWidget):
         img = self._text_cache.get(key)
         if img is not None:
             return img
-        from PySide6.QtGui import QFontMetrics
-
         fm = QFontMetrics(font)
         lh = fm.height()
         width = max((fm.horizontalAdvance(t) for t in lines), default=1) + 2
@@ -222,11 +245,13 @@ class ViewportCanvas(QWidget):
         self._text_cache[key] = img
         return img
 
-    def _paint_corners(self, p: QPainter) -> None:
+    def _paint_corners(self, p: QPainter) -> list[QRectF]:
+        """The four-corner text; returns where each block went."""
         st = self.state
         texts = corner_texts(self.overlay, st.volume.header if st.volume is not None else None, st.overlay_values())
         w, h = self.width(), self.height()
         font = p.font()
+        out = []
         for corner, lines in texts.items():
             if not lines:
                 continue
@@ -235,11 +260,14 @@ class ViewportCanvas(QWidget):
             x = w - 6 - block.width() if right else 6
             y = 4 if corner.startswith("top") else h - 4 - block.height()
             p.drawImage(QPointF(x, y), block)
+            out.append(QRectF(x, y, block.width(), block.height()))
+        return out
 
-    def _paint_letters(self, p: QPainter) -> None:
+    def _paint_letters(self, p: QPainter) -> list[QRectF]:
+        """The orientation letters at the edges' middles; returns where each went."""
         letters = self.state.edge_letters()
         if not letters:
-            return
+            return []
         w, h = self.width(), self.height()
         lh = p.fontMetrics().height()
         A = Qt.AlignmentFlag
@@ -249,9 +277,12 @@ class ViewportCanvas(QWidget):
             "top": (QRectF(w / 2 - 20, 4, 40, lh), A.AlignHCenter | A.AlignTop),
             "bottom": (QRectF(w / 2 - 20, h - lh - 4, 40, lh), A.AlignHCenter | A.AlignBottom),
         }
+        out = []
         for edge, text in letters.items():
             rect, flags = pos[edge]
             self._shadow_text(p, rect, flags, text)
+            out.append(QRectF(p.fontMetrics().boundingRect(rect.toRect(), flags, text)))
+        return out
 
     def _paint_scale_bar(self, p: QPainter) -> None:
         """A vertical bar with ticks every tenth, at the right edge below the orientation letter."""
@@ -324,8 +355,13 @@ class ViewportCanvas(QWidget):
     def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         self.activated.emit()
         self.setFocus(Qt.FocusReason.MouseFocusReason)
+        if event.button() == Qt.MouseButton.RightButton and self._drag_tool is None:
+            # window/level starts once the mouse has moved: a right click in place is the menu
+            self._right_press = event.position()
+            event.accept()
+            return
         tool = self._tool_for(event.button())
-        if tool is not None and self.state.frame_info is not None:
+        if tool is not None and self.state.frame_info is not None and self._drag_tool is None:
             self._drag_tool = tool
             pos = event.position()
             tool.press(self.state, pos.x(), pos.y())
@@ -333,6 +369,12 @@ class ViewportCanvas(QWidget):
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         pos = event.position()
+        start = self._right_press
+        if start is not None and (pos - start).manhattanLength() >= CLICK_SLOP:
+            self._right_press = None
+            if self.state.frame_info is not None:
+                self._drag_tool = self._right
+                self._right.press(self.state, start.x(), start.y())
         if self._drag_tool is not None:
             self._drag_tool.move(self.state, pos.x(), pos.y())
         elif self.tool_provider is not None:
@@ -342,11 +384,25 @@ class ViewportCanvas(QWidget):
         event.accept()
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if event.button() == Qt.MouseButton.RightButton and self._right_press is not None:
+            self._right_press = None
+            self.contextMenuRequested.emit(event.globalPosition().toPoint())
+            event.accept()
+            return
         if self._drag_tool is not None:
             pos = event.position()
             self._drag_tool.release(self.state, pos.x(), pos.y())
             self._drag_tool = None
         event.accept()
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
+        """The Menu key and Shift+F10 open the viewport's menu (the right click's, from the keyboard)."""
+        key, mods = event.key(), event.modifiers()
+        if key == Qt.Key.Key_Menu or (key == Qt.Key.Key_F10 and mods == Qt.KeyboardModifier.ShiftModifier):
+            self.contextMenuRequested.emit(self.mapToGlobal(self.rect().center()))
+            event.accept()
+            return
+        super().keyPressEvent(event)
 
     def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         self.doubleClicked.emit()
