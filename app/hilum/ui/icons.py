@@ -58,6 +58,7 @@ ACTION_ICONS: dict[str, str] = {
     "link_zoom": "mdi6.magnify-scan",
     "reference_lines": "mdi6.crosshairs",
     "overlay": "mdi6.format-text",
+    "overlay_planes": "mdi6.layers-outline",
     # measurements
     "delete_measurement": "mdi6.delete-outline",
     "clear_measurements": "mdi6.delete-sweep-outline",

@@ -228,8 +228,8 @@ class StudyViewer(QWidget):
         ref = self._action("reference_lines", _menu_text(texts["reference_lines"]), keys=keys["reference_lines"],
                            toggled=self._set_reference_lines)  # fmt: skip
         ref.setChecked(self.model.show_reference_lines)
-        planes = self._action("overlay_planes", texts["overlay_planes"], self.set_overlay_planes,
-                              keys["overlay_planes"], checkable=True)  # fmt: skip
+        planes = self._action("overlay_planes", _menu_text(texts["overlay_planes"]), keys=keys["overlay_planes"],
+                              toggled=self.set_overlay_planes)  # fmt: skip
         planes.setChecked(True)
         group = QActionGroup(self)
         group.setExclusive(True)
@@ -326,7 +326,7 @@ class StudyViewer(QWidget):
             ("&Image", ["invert", "flip_h", "flip_v", "rotate_cw", "rotate_ccw", "", "zoom_in", "zoom_out", "fit",
                         "", "reset"]),
             ("&Layout", [*(f"layout_{i}" for i in range(1, len(LAYOUTS) + 1)), "layout_custom"]),
-            ("", ["link_scroll", "link_window", "link_zoom", "reference_lines", "overlay"]),
+            ("", ["link_scroll", "link_window", "link_zoom", "reference_lines", "overlay", "overlay_planes"]),
             ("", ["export_view"]),
         ]  # fmt: skip
         placed = {n for _, names in sections + self.menu_sections("tools") for n in names}
