@@ -65,8 +65,9 @@ def wheel(widget, steps: int, modifiers=Qt.KeyboardModifier.NoModifier) -> None:
     QApplication.sendEvent(widget, event)
 
 
-def test_layout_renders_three_planes_and_3d(mpr: MPRWidget) -> None:
+def test_layout_renders_three_planes_and_3d(qtbot, mpr: MPRWidget) -> None:  # type: ignore[no-untyped-def]
     assert set(mpr.slice_canvases) == {"axial", "coronal", "sagittal"} and mpr.volume_canvas is not None
+    qtbot.waitUntil(mpr.volume_canvas.settled, timeout=20000)  # the 3D frame comes from a worker thread
     for view, canvas in mpr.slice_canvases.items():
         img = grab(canvas)
         assert img.shape[:2] == (canvas.height(), canvas.width())
@@ -168,11 +169,19 @@ def test_3d_controls(qtbot, mpr: MPRWidget, tmp_path: Path) -> None:  # type: ig
     mpr.clip_sliders[5].setValue(500)
     assert scene.clip_box is not None and scene.clip_box[5] == round(0.5 * 47)
     # dragging in the 3D view rotates at the interactive level of detail, full quality after
+    # (frames are rendered on the canvas's worker thread: wait for them as a person would)
     canvas = mpr.volume_canvas
+    qtbot.waitUntil(canvas.settled, timeout=20000)
+    stills, azimuth = canvas.still_count, scene.renderer.GetActiveCamera().GetPosition()
     QTest.mousePress(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(100, 100))
-    assert scene._interacting
+    qtbot.waitUntil(lambda: scene._interacting, timeout=5000)
+    frames = canvas.render_count
     QTest.mouseMove(canvas, QPoint(160, 110))
+    qtbot.waitUntil(lambda: canvas.render_count > frames, timeout=5000)
+    assert canvas.still_count == stills  # the frames while dragging are interactive ones
+    assert scene.renderer.GetActiveCamera().GetPosition() != azimuth
     QTest.mouseRelease(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(160, 110))
+    qtbot.waitUntil(lambda: canvas.settled() and canvas.still_count > stills, timeout=20000)
     assert not scene._interacting
     out = mpr.capture(tmp_path / "3d.png", view="3d")
     assert out.stat().st_size > 100

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -215,7 +217,17 @@ class SliceCanvas(VTKCanvas):
 
 class VolumeCanvas(VTKCanvas):
     """The 3D view.  Left drag rotates (at the interactive level of detail, full quality on
-    release), right drag or wheel zooms, middle drag pans."""
+    release), right drag or wheel zooms, middle drag pans.
+
+    Frames are rendered on a worker thread (:meth:`VolumeScene.render_frame`; VTK releases the
+    GIL while it casts rays), so a first frame that computes gradients, or a full-quality
+    frame of a big volume in software OpenGL, never holds up the event loop: the canvas shows
+    the last frame (scaled to a new size until the next one arrives) meanwhile.  Camera moves
+    from the mouse are queued and applied by the worker just before its next frame; other
+    changes (presets, clipping...) take the scene, aborting a full-quality frame in progress.
+    """
+
+    _frame_ready = Signal(object, bool)  # worker -> GUI thread: RGB pixels, whether a still frame
 
     def __init__(self, scene: VolumeScene, parent: QWidget | None = None) -> None:
         super().__init__(scene.render_window, parent)
@@ -223,7 +235,135 @@ class VolumeCanvas(VTKCanvas):
         self.setObjectName("mpr-3d")
         self._mode: str | None = None
         self._last: QPointF | None = None
+        self.still_count = 0
+        self._last_still = False
+        self._cv = threading.Condition()
+        self._requested = False
+        self._busy = False
+        self._closed = False
+        self._size = self._device_size()
+        self._camera_ops: list[Callable[[], None]] = []
+        self._frame_ready.connect(self._on_frame)
+        self._thread = threading.Thread(target=self._work, name="hilum-3d-render", daemon=True)
+        self._thread.start()
 
+    # --- rendering on the worker
+    def request_render(self) -> None:
+        """Render a new frame on the worker (requests made while it renders are merged into one)."""
+        self._dirty = True
+        size = self._device_size()
+        with self._cv:
+            self._size = size
+            self._requested = True
+            self._cv.notify()
+
+    def _queue_camera(self, op: Callable[[], None]) -> None:
+        with self._cv:
+            self._camera_ops.append(op)
+        self.request_render()
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._requested and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                self._requested = False
+                self._busy = True
+                size = self._size
+                ops, self._camera_ops = self._camera_ops, []
+            rgb = None
+            still = False
+            try:
+                with self.scene.hold(abort=False):
+                    for op in ops:
+                        op()
+                    still = not self.scene._interacting
+                    rgb = self.scene.render_frame(size)
+            except Exception:  # a render failure must not kill the worker
+                logger.exception("3D rendering failed")
+            with self._cv:
+                self._busy = False
+                if rgb is None and self.scene.last_frame_aborted and not self._closed:
+                    self._requested = True  # aborted by a change: render the changed scene
+                if self._closed:
+                    return
+            if rgb is not None:
+                try:
+                    self._frame_ready.emit(rgb, still)
+                except RuntimeError:  # the widget is gone
+                    return
+
+    def _on_frame(self, rgb: np.ndarray, still: bool) -> None:
+        h, w = rgb.shape[:2]
+        img = QImage(rgb.data, w, h, rgb.strides[0], QImage.Format.Format_RGB888)
+        img.setDevicePixelRatio(self.devicePixelRatioF())
+        self._image = img
+        self._keep = rgb
+        self.render_count += 1
+        self._last_still = still
+        if still:
+            self.still_count += 1
+        with self._cv:
+            self._dirty = self._requested or self._busy
+        self.update()
+
+    def settled(self) -> bool:
+        """True when the frame shown is a full-quality frame of the current scene at the current size."""
+        with self._cv:
+            idle = not self._requested and not self._busy
+        return idle and self._image is not None and self._last_still and not self._dirty
+
+    def render_now(self) -> np.ndarray:
+        """Render on this thread, now, and return the RGB pixels (also what is painted next)."""
+        with self._cv:
+            ops, self._camera_ops = self._camera_ops, []
+        with self.scene.hold():
+            for op in ops:
+                op()
+            rgb = self.scene.render_frame(self._device_size())
+        assert rgb is not None  # nothing else renders while this thread holds the scene
+        self._on_frame(rgb, not self.scene._interacting)
+        self._dirty = False
+        return rgb
+
+    def shutdown(self) -> None:
+        """Stop the worker (aborting a frame in progress); call before closing the scene."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if self.scene.rendering == "still":
+            self.render_window.SetAbortRender(1)
+        self._thread.join(timeout=10.0)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+        QWidget.resizeEvent(self, event)
+        self.request_render()
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
+        if self._image is None and not self._requested_once():
+            self.request_render()
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), Qt.GlobalColor.black)
+        if self._image is not None:
+            if self._image.size() == self.size() * self.devicePixelRatioF():
+                painter.drawImage(0, 0, self._image)
+            else:  # resized: the last frame stretched over the new size until the new one arrives
+                painter.drawImage(self.rect(), self._image)
+        else:
+            painter.setPen(Qt.GlobalColor.lightGray)
+            painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "Rendering…")
+        if self.active:
+            painter.setPen(Qt.GlobalColor.darkYellow)
+            painter.drawRect(self.rect().adjusted(0, 0, -1, -1))
+        painter.end()
+
+    def _requested_once(self) -> bool:
+        with self._cv:
+            return self._requested or self._busy
+
+    # --- mouse
     def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         super().mousePressEvent(event)
         self._last = event.position()
@@ -233,7 +373,8 @@ class VolumeCanvas(VTKCanvas):
             Qt.MouseButton.MiddleButton: "pan",
         }.get(event.button())
         if self._mode == "rotate":
-            self.scene.set_interacting(True)
+            scene = self.scene
+            self._queue_camera(lambda: scene.set_interacting(True))
         event.accept()
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
@@ -241,22 +382,27 @@ class VolumeCanvas(VTKCanvas):
             return
         pos = event.position()
         dx, dy = pos.x() - self._last.x(), pos.y() - self._last.y()
+        scene = self.scene
         if self._mode == "rotate":
-            self.scene.rotate(azimuth=-0.5 * dx, elevation=0.5 * dy)
+            self._queue_camera(lambda: scene.rotate(azimuth=-0.5 * dx, elevation=0.5 * dy))
         elif self._mode == "zoom":
-            self.scene.zoom(1.01 ** (-dy))
+            self._queue_camera(lambda: scene.zoom(1.01 ** (-dy)))
         elif self._mode == "pan":
-            cam = self.scene.renderer.GetActiveCamera()
-            mm_per_px = 2.0 * cam.GetDistance() * math.tan(math.radians(cam.GetViewAngle() / 2)) / max(self.height(), 1)
-            self.scene.pan(-dx * mm_per_px, dy * mm_per_px)
+            height = max(self.height(), 1)
+
+            def pan() -> None:
+                cam = scene.renderer.GetActiveCamera()
+                mm_per_px = 2.0 * cam.GetDistance() * math.tan(math.radians(cam.GetViewAngle() / 2)) / height
+                scene.pan(-dx * mm_per_px, dy * mm_per_px)
+
+            self._queue_camera(pan)
         self._last = pos
-        self.request_render()
         event.accept()
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         if self._mode == "rotate":
-            self.scene.set_interacting(False)
-            self.request_render()
+            scene = self.scene
+            self._queue_camera(lambda: scene.set_interacting(False))  # then a full-quality frame
         self._mode = None
         self._last = None
         event.accept()
@@ -264,6 +410,6 @@ class VolumeCanvas(VTKCanvas):
     def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802
         steps = event.angleDelta().y() / 120.0
         if steps:
-            self.scene.zoom(1.1**steps)
-            self.request_render()
+            scene = self.scene
+            self._queue_camera(lambda: scene.zoom(1.1**steps))
         event.accept()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,15 @@ CUT_PLANES = ("None", "Axial", "Coronal", "Sagittal")
 DEFAULT_WINDOWS = {
     "CT": (("Soft tissue", 40.0, 400.0), ("Lung", -600.0, 1500.0), ("Bone", 400.0, 1800.0), ("Brain", 40.0, 80.0)),
 }
+
+
+@dataclass
+class _Prepared:
+    """A volume with its MPR and 3D scenes, made off the GUI thread."""
+
+    volume: Volume
+    scene: MPRScene
+    volume_scene: VolumeScene | None
 
 
 class MPRWidget(QWidget):
@@ -119,17 +129,22 @@ class MPRWidget(QWidget):
         self.slab_thickness.setSuffix(" mm")
         self.slab_mode.currentIndexChanged.connect(lambda _i: self._apply_slab())
         self.slab_thickness.valueChanged.connect(lambda _v: self._apply_slab())
-        self.toolbar.addWidget(QLabel(" Slab ", self))
-        self.toolbar.addWidget(self.slab_mode)
-        self.toolbar.addWidget(self.slab_thickness)
-        self.toolbar.addSeparator()
+        # what only the planes use: hidden in the 3D-only layout
+        mpr_only = self.mpr_only_actions = [
+            self.toolbar.addWidget(QLabel(" Slab ", self)),
+            self.toolbar.addWidget(self.slab_mode),
+            self.toolbar.addWidget(self.slab_thickness),
+            self.toolbar.addSeparator(),
+        ]
         self.window_preset = QComboBox(self)
         self.window_preset.setObjectName("window-preset")
         self.window_preset.activated.connect(self._apply_window_preset)
-        self.toolbar.addWidget(QLabel(" W/L ", self))
-        self.toolbar.addWidget(self.window_preset)
-        self.toolbar.addSeparator()
-        self.toolbar.addAction("Reset", self.reset)
+        mpr_only += [
+            self.toolbar.addWidget(QLabel(" W/L ", self)),
+            self.toolbar.addWidget(self.window_preset),
+            self.toolbar.addSeparator(),
+            self.toolbar.addAction("Reset", self.reset),
+        ]
         self.crosshair_action = self.toolbar.addAction("Crosshair")
         self.crosshair_action.setCheckable(True)
         self.crosshair_action.setChecked(True)
@@ -138,10 +153,16 @@ class MPRWidget(QWidget):
         self.annotations_action.setCheckable(True)
         self.annotations_action.setChecked(True)
         self.annotations_action.toggled.connect(self._set_annotations_visible)
-        self.toolbar.addAction("Clear rulers", self._clear_measurements)
-        self.toolbar.addAction("Curved MPR…", self.show_curved)
-        self.toolbar.addAction("Clear path", self._clear_path)
-        self.toolbar.addSeparator()
+        mpr_only += [
+            self.crosshair_action,
+            self.annotations_action,
+            self.toolbar.addAction("Clear rulers", self._clear_measurements),
+            self.toolbar.addAction("Curved MPR…", self.show_curved),
+            self.toolbar.addAction("Clear path", self._clear_path),
+            self.toolbar.addSeparator(),
+        ]
+        for act in mpr_only:
+            act.setVisible(self.layout_name != "3d")
         self.toolbar.addAction("Capture…", self._capture_dialog)
         self.status = QLabel("", self)
         self.status.setObjectName("mpr-status")
@@ -198,6 +219,8 @@ class MPRWidget(QWidget):
         row.addWidget(self.cut_plane, 1)
         row.addWidget(self.cut_flip)
         form.addRow("Cut at cursor", row)
+        if self.layout_name == "3d":  # no planes, no cursor to cut at
+            form.setRowVisible(row, False)
         self.clip_sliders: list[QSlider] = []
         box = QGridLayout()
         for a, name in enumerate(("i", "j", "k")):
@@ -238,44 +261,62 @@ class MPRWidget(QWidget):
 
     def build_async(self, build: Any, runner: Any = None) -> None:
         """Run ``build() -> Volume`` off the GUI thread (on a :class:`hilum.ui.tasks.TaskRunner`
-        when given, else a plain thread) and show the result."""
+        when given, else a plain thread) and show the result.  The MPR and 3D scenes of the
+        volume (VTK pipelines, a block-averaged copy for software 3D) are made there too
+        (:meth:`prepare`), so the GUI thread only places them."""
+
+        def job() -> _Prepared:
+            return self.prepare(build())
+
         if runner is not None:
-            runner.submit(build, on_done=lambda v: self._on_built(v, None), on_error=lambda e: self._on_built(None, e))
+            runner.submit(job, on_done=lambda v: self._on_built(v, None), on_error=lambda e: self._on_built(None, e))
             return
         import threading
 
         def run() -> None:
             try:
-                vol = build()
+                prepared = job()
             except Exception as exc:  # delivered to the GUI thread as a message
                 self._built.emit(None, exc)
             else:
-                self._built.emit(vol, None)
+                self._built.emit(prepared, None)
 
         threading.Thread(target=run, name="hilum-mpr-build", daemon=True).start()
 
-    def _on_built(self, volume: Volume | None, error: BaseException | None) -> None:
-        if error is not None or volume is None:
+    def prepare(self, volume: Volume) -> _Prepared:
+        """The scenes :meth:`set_volume` shows for ``volume``; no Qt, safe on a worker thread."""
+        scene = MPRScene(volume)  # the 2D viewer's display of the series (hilum.render.mpr.volume_display)
+        volume_scene = VolumeScene(volume, presets=dict(self.presets)) if self.with_3d else None
+        return _Prepared(volume, scene, volume_scene)
+
+    def _on_built(self, prepared: _Prepared | Volume | None, error: BaseException | None) -> None:
+        if error is not None or prepared is None:
             msg = str(error) if error is not None else "no volume"
             logger.warning("MPR: cannot build a volume: %s", msg)
             self.status.setText(f"Cannot build a volume: {msg}")
             self.loadFailed.emit(msg)
             return
-        self.set_volume(volume)
+        if isinstance(prepared, _Prepared):
+            self.set_volume(prepared.volume, prepared=prepared)
+        else:
+            self.set_volume(prepared)
 
-    def set_volume(self, volume: Volume) -> None:
-        """Show ``volume`` (replacing any shown one)."""
+    def set_volume(self, volume: Volume, *, prepared: _Prepared | None = None) -> None:
+        """Show ``volume`` (replacing any shown one), with its scenes from :meth:`prepare` when given."""
         self._teardown()
+        if prepared is None or prepared.volume is not volume:
+            prepared = self.prepare(volume)
         self.volume = volume
-        self.scene = MPRScene(volume)  # the 2D viewer's display of the series (hilum.render.mpr.volume_display)
+        self.scene = prepared.scene
         self._unsubscribe = self.scene.crosshair.subscribe(self._on_crosshair)
         for view in VIEWS:
             canvas = SliceCanvas(self.scene[view], self)
             canvas.activated.connect(lambda v=view: self.set_active_view(v))
             self.slice_canvases[view] = canvas
         if self.with_3d:
-            self.volume_scene = VolumeScene(volume)
-            self.volume_scene.set_cursor(self.scene.crosshair.centre)
+            self.volume_scene = prepared.volume_scene or VolumeScene(volume, presets=dict(self.presets))
+            if self.layout_name != "3d":  # the MPR's 3D cursor (no planes, no cursor in the 3D-only layout)
+                self.volume_scene.set_cursor(self.scene.crosshair.centre)
             self.volume_canvas = VolumeCanvas(self.volume_scene, self)
             self.vr_preset.blockSignals(True)
             self.vr_preset.clear()
@@ -309,6 +350,7 @@ class MPRWidget(QWidget):
             c.deleteLater()
         self.slice_canvases = {}
         if self.volume_canvas is not None:
+            self.volume_canvas.shutdown()
             self.grid.removeWidget(self.volume_canvas)
             self.volume_canvas.deleteLater()
             self.volume_canvas = None
@@ -362,7 +404,7 @@ class MPRWidget(QWidget):
         if self.scene is None or self.volume is None:
             return
         centre = self.scene.crosshair.centre
-        if self.volume_scene is not None and kind in ("centre", "orientation"):
+        if self.volume_scene is not None and kind in ("centre", "orientation") and self.layout_name != "3d":
             self.volume_scene.set_cursor(centre)
             if self.cut_plane.currentIndex() > 0:
                 self._apply_cut(render=False)
@@ -592,7 +634,7 @@ class MPRWidget(QWidget):
         """Save the active plane (or ``view``: a plane name or ``"3d"``) as PNG."""
         from PIL import Image
 
-        view = view or self.active_view
+        view = view or ("3d" if self.layout_name == "3d" else self.active_view)
         canvas = self.volume_canvas if view == "3d" else self.slice_canvases[view]
         if canvas is None:
             raise ValueError("there is no 3D view")
