@@ -23,8 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QPointF, Qt, Signal
-from PySide6.QtGui import QImage, QMouseEvent, QPainter, QPaintEvent, QResizeEvent, QWheelEvent
+import shiboken6
+from PySide6.QtCore import QPointF, Qt, QTimer, Signal
+from PySide6.QtGui import QImage, QMouseEvent, QPainter, QPaintEvent, QPixmap, QResizeEvent, QWheelEvent
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from hilum.render.mpr import MPRViewport, capture_window
@@ -33,6 +34,47 @@ from hilum.render.volume3d import VolumeScene
 __all__ = ["SliceCanvas", "VTKCanvas", "VolumeCanvas"]
 
 logger = logging.getLogger(__name__)
+
+
+class _RenderQueue:
+    """Renders the canvases that asked for it one per event-loop turn, outside paint events.
+
+    Rendering inside ``paintEvent`` let the three planes of an MPR window render in one
+    paint pass (three frames of software OpenGL with no event handled in between); here
+    each render is its own zero-timer callback, so input and timers are served between
+    frames.  Hidden canvases (the planes of the 3D-only layout) are not rendered."""
+
+    def __init__(self) -> None:
+        self._pending: list[VTKCanvas] = []
+        self._scheduled = False
+
+    def add(self, canvas: VTKCanvas) -> None:
+        if not any(c is canvas for c in self._pending):
+            self._pending.append(canvas)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self._pending:
+            self._scheduled = True
+            QTimer.singleShot(0, self._next)
+
+    def _next(self) -> None:
+        self._scheduled = False
+        while self._pending:
+            canvas = self._pending.pop(0)
+            if not shiboken6.isValid(canvas) or not canvas._dirty or not canvas.isVisible():
+                continue
+            try:
+                canvas.render_now()
+            except Exception:  # a render failure must not stop the others
+                logger.exception("VTK rendering failed")
+                canvas._dirty = False
+            canvas.update()
+            break
+        self._schedule()
+
+
+_RENDERS = _RenderQueue()
 
 
 class VTKCanvas(QWidget):
@@ -55,9 +97,16 @@ class VTKCanvas(QWidget):
 
     # --- rendering
     def request_render(self) -> None:
-        """Render at the next paint (several requests in one event-loop turn render once)."""
+        """Render soon, in an event-loop turn of its own (:class:`_RenderQueue`); several requests
+        before then render once."""
         self._dirty = True
-        self.update()
+        _RENDERS.add(self)
+
+    def grab(self, *args: Any) -> QPixmap:
+        """The widget's pixels with the current scene (a pending render is done first)."""
+        if self._dirty or self._image is None:
+            self.render_now()
+        return super().grab(*args)
 
     def render_now(self) -> np.ndarray:
         """Render immediately and return the RGB pixels (also what is painted next)."""
@@ -92,14 +141,14 @@ class VTKCanvas(QWidget):
 
     def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
         if self._dirty or self._image is None:
-            try:
-                self.render_now()
-            except Exception:  # a render failure must not kill the paint loop
-                logger.exception("VTK rendering failed")
+            _RENDERS.add(self)  # never inside a paint: the planes of a window would render in one pass
         painter = QPainter(self)
         painter.fillRect(self.rect(), Qt.GlobalColor.black)
         if self._image is not None:
-            painter.drawImage(0, 0, self._image)
+            if self._image.size() == self.size() * self.devicePixelRatioF():
+                painter.drawImage(0, 0, self._image)
+            else:  # resized: the last frame stretched over the new size until the new one is rendered
+                painter.drawImage(self.rect(), self._image)
         if self.active:
             painter.setPen(Qt.GlobalColor.darkYellow)
             painter.drawRect(self.rect().adjusted(0, 0, -1, -1))

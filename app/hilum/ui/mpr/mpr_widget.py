@@ -286,6 +286,13 @@ class MPRWidget(QWidget):
     def prepare(self, volume: Volume) -> _Prepared:
         """The scenes :meth:`set_volume` shows for ``volume``; no Qt, safe on a worker thread."""
         scene = MPRScene(volume)  # the 2D viewer's display of the series (hilum.render.mpr.volume_display)
+        if self.layout_name != "3d":
+            for vp in scene.viewports.values():  # the first frame of a window (context, shaders) costs 50-100 ms
+                vp.render_window.SetOffScreenRendering(1)
+                vp.render_window.Render()
+                release = getattr(vp.render_window, "ReleaseCurrent", None)
+                if release is not None:
+                    release()  # the canvas renders the next frames on the GUI thread
         volume_scene = VolumeScene(volume, presets=dict(self.presets)) if self.with_3d else None
         return _Prepared(volume, scene, volume_scene)
 
