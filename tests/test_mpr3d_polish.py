@@ -256,7 +256,10 @@ def test_3d_window_from_the_viewer_shows_only_3d_controls(qtbot, archive, data_d
     # no MPR cursor sphere in a view without planes
     assert w.volume_scene is not None
     assert w.volume_scene._cursor is None or not w.volume_scene._cursor[1].GetVisibility()
+    worker = w.volume_canvas._thread
+    assert worker.is_alive()
     w.close()
+    assert not worker.is_alive()  # closing the window ends its render thread
     viewer.close()
 
 

@@ -1,9 +1,11 @@
 """Qt widgets that show an offscreen VTK render window: the MPR planes and the 3D view.
 
 Each canvas owns (or is given) a ``vtkRenderWindow`` with offscreen rendering
-on, sized to the widget in device pixels; on :meth:`VTKCanvas.request_render`
-the next paint renders it, reads the pixels back (``vtkWindowToImageFilter``)
-and draws them with ``QPainter``.  This costs one read-back per frame (about
+on, sized to the widget in device pixels; after :meth:`VTKCanvas.request_render`
+it is rendered, its pixels read back (``vtkWindowToImageFilter``) and drawn with
+``QPainter``: an MPR plane in an event-loop turn of its own (never inside a paint
+event, see :class:`_RenderQueue`), the 3D view on a worker thread
+(:class:`VolumeCanvas`).  This costs one read-back per frame (about
 1-5 ms at 512-800 px) and buys a widget that works the same on a desktop, under
 Xvfb and under the offscreen Qt platform the test-suite uses, where VTK's own
 ``QVTKRenderWindowInteractor`` draws nothing (see ENVIRONMENT.md), and that
@@ -295,6 +297,14 @@ class VolumeCanvas(VTKCanvas):
         self._frame_ready.connect(self._on_frame)
         self._thread = threading.Thread(target=self._work, name="hilum-3d-render", daemon=True)
         self._thread.start()
+        cv = self._cv
+
+        def stop(*_: object) -> None:  # deleted with its window, without a close: let the worker end
+            with cv:
+                self._closed = True
+                cv.notify()
+
+        self.destroyed.connect(stop)
 
     # --- rendering on the worker
     def request_render(self) -> None:

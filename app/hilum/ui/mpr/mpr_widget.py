@@ -1,7 +1,7 @@
 """The MPR / 3D layout: three linked planes and a 3D view of one volume.
 
 Top-left axial, top-right coronal, bottom-left sagittal, bottom-right 3D (or
-the 3D view alone, ``layout="3d"``).  The three planes share one
+the 3D view alone, ``layout="3d"``, whose window shows only the 3D controls).  The three planes share one
 :class:`hilum.render.mpr.Crosshair`: clicking or dragging in one moves the 3D
 cursor in all; dragging a crosshair line (or Ctrl + drag) rotates the other two
 planes for oblique MPR; each plane has its own window/level and zoom and shows
@@ -12,7 +12,9 @@ orientation letters and a scale bar.  The toolbar sets slab thickness and mode
 
 The widget binds the headless logic of :mod:`hilum.render.mpr` and
 :mod:`hilum.render.volume3d`; building the volume from files runs on a worker
-thread (:meth:`MPRWidget.load`).  :attr:`MPRWidget.cursorMoved` reports the 3D
+thread (:meth:`MPRWidget.load`), with the VTK scenes (:meth:`MPRWidget.prepare`), and the
+3D view renders on a thread of its own, so the event loop keeps running while a volume
+opens (see :mod:`hilum.ui.mpr.canvas`).  :attr:`MPRWidget.cursorMoved` reports the 3D
 cursor and the nearest original slice, so a 2D viewer can follow it.
 """
 
@@ -353,11 +355,13 @@ class MPRWidget(QWidget):
             self._unsubscribe = None
         for c in self.slice_canvases.values():
             c.close_viewport()
+            c.hide()  # no queued render of a closed scene
             self.grid.removeWidget(c)
             c.deleteLater()
         self.slice_canvases = {}
         if self.volume_canvas is not None:
             self.volume_canvas.shutdown()
+            self.volume_canvas.hide()
             self.grid.removeWidget(self.volume_canvas)
             self.volume_canvas.deleteLater()
             self.volume_canvas = None
