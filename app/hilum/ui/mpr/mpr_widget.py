@@ -336,7 +336,7 @@ class MPRWidget(QWidget):
             self.shading.blockSignals(True)
             self.shading.setChecked(self.volume_scene.shading)
             self.shading.blockSignals(False)
-            lo, hi = volume.value_range()
+            lo, hi = self.scene.data.value_range  # computed with the scene, off the GUI thread
             self.iso_threshold.setValue(300.0 if volume.modality == "CT" else lo + 0.3 * (hi - lo))
         self._fill_window_presets()
         self._place()
@@ -606,7 +606,10 @@ class MPRWidget(QWidget):
         if self.volume_scene is None or self.volume is None:
             return None
         if self.tf_editor is None:
-            self.tf_editor = TransferFunctionEditor(self.volume_scene.preset, self.volume.array, parent=self.panel)
+            value_range = self.scene.data.value_range if self.scene is not None else None
+            self.tf_editor = TransferFunctionEditor(
+                self.volume_scene.preset, self.volume.array, value_range=value_range, parent=self.panel
+            )
             self.tf_editor.changed.connect(self.apply_preset)
             self.tf_holder.addWidget(self.tf_editor)
             save = QPushButton("Save as preset…", self.panel)
