@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -77,6 +78,16 @@ class _RenderQueue:
 
 
 _RENDERS = _RenderQueue()
+
+
+def background_priority(nice: int = 10) -> None:
+    """Lower the calling thread's CPU priority (Linux: per thread, inherited by the threads it
+    starts, e.g. VTK's ray-casting threads and llvmpipe's rasterisers), so the GUI thread keeps
+    a core when a frame or a volume build takes every core; a no-op where unsupported."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):
+        pass
 
 
 class VTKCanvas(QWidget):
@@ -273,12 +284,14 @@ class VolumeCanvas(VTKCanvas):
     Frames are rendered on a worker thread (:meth:`VolumeScene.render_frame`; VTK releases the
     GIL while it casts rays), so a first frame that computes gradients, or a full-quality
     frame of a big volume in software OpenGL, never holds up the event loop: the canvas shows
-    the last frame (scaled to a new size until the next one arrives) meanwhile.  Camera moves
-    from the mouse are queued and applied by the worker just before its next frame; other
-    changes (presets, clipping...) take the scene, aborting a full-quality frame in progress.
+    the last frame (scaled to a new size until the next one arrives) meanwhile.  Changes to
+    the scene (camera moves from the mouse, presets, clipping... :meth:`change`) are made at
+    once when the scene is free, else queued and made by the worker just before its next
+    frame, so the GUI never waits for a frame either.
     """
 
     _frame_ready = Signal(object, bool)  # worker -> GUI thread: RGB pixels, whether a still frame
+    _op_done = Signal(object, object)  # worker -> GUI thread: a change's callback and its result
 
     def __init__(self, scene: VolumeScene, parent: QWidget | None = None) -> None:
         super().__init__(scene.render_window, parent)
@@ -293,8 +306,9 @@ class VolumeCanvas(VTKCanvas):
         self._busy = False
         self._closed = False
         self._size = self._device_size()
-        self._camera_ops: list[Callable[[], None]] = []
+        self._ops: list[tuple[Callable[[], Any], Callable[[Any], None] | None]] = []
         self._frame_ready.connect(self._on_frame)
+        self._op_done.connect(lambda done, result: done(result))
         self._thread = threading.Thread(target=self._work, name="hilum-3d-render", daemon=True)
         self._thread.start()
         cv = self._cv
@@ -316,12 +330,43 @@ class VolumeCanvas(VTKCanvas):
             self._requested = True
             self._cv.notify()
 
-    def _queue_camera(self, op: Callable[[], None]) -> None:
+    def change(self, op: Callable[[], Any], done: Callable[[Any], None] | None = None) -> None:
+        """Change the scene with ``op()`` and render it: now when the scene is free and no change
+        waits before this one, else (a frame is being rendered; the first, which computes
+        gradients, takes seconds in software) queued for the worker to make before its next
+        frame.  ``done(result)`` then runs on the GUI thread."""
         with self._cv:
-            self._camera_ops.append(op)
+            if self._ops or not self.scene.lock.acquire(blocking=False):
+                self._ops.append((op, done))
+                if self.scene.rendering == "still":
+                    self.render_window.SetAbortRender(1)  # come back for the change sooner
+                queued = True
+            else:
+                queued = False
+        if not queued:
+            try:
+                result = op()
+            finally:
+                self.scene.lock.release()
+            if done is not None:
+                done(result)
         self.request_render()
 
+    def _apply_ops(self, ops: list[tuple[Callable[[], Any], Callable[[Any], None] | None]]) -> list[Any]:
+        """Make queued changes (holding the scene); the callbacks and results to report."""
+        out = []
+        for op, done in ops:
+            try:
+                result = op()
+            except Exception:  # one bad change must not stop the others or the worker
+                logger.exception("3D view: a change failed")
+                continue
+            if done is not None:
+                out.append((done, result))
+        return out
+
     def _work(self) -> None:
+        background_priority()
         while True:
             with self._cv:
                 while not self._requested and not self._closed:
@@ -331,13 +376,13 @@ class VolumeCanvas(VTKCanvas):
                 self._requested = False
                 self._busy = True
                 size = self._size
-                ops, self._camera_ops = self._camera_ops, []
+                ops, self._ops = self._ops, []
             rgb = None
             still = False
+            reports: list[Any] = []
             try:
                 with self.scene.hold(abort=False):
-                    for op in ops:
-                        op()
+                    reports = self._apply_ops(ops)
                     still = not self.scene._interacting
                     rgb = self.scene.render_frame(size)
             except Exception:  # a render failure must not kill the worker
@@ -348,11 +393,13 @@ class VolumeCanvas(VTKCanvas):
                     self._requested = True  # aborted by a change: render the changed scene
                 if self._closed:
                     return
-            if rgb is not None:
-                try:
+            try:
+                for done, result in reports:
+                    self._op_done.emit(done, result)
+                if rgb is not None:
                     self._frame_ready.emit(rgb, still)
-                except RuntimeError:  # the widget is gone
-                    return
+            except RuntimeError:  # the widget is gone
+                return
 
     def _on_frame(self, rgb: np.ndarray, still: bool) -> None:
         h, w = rgb.shape[:2]
@@ -377,12 +424,13 @@ class VolumeCanvas(VTKCanvas):
     def render_now(self) -> np.ndarray:
         """Render on this thread, now, and return the RGB pixels (also what is painted next)."""
         with self._cv:
-            ops, self._camera_ops = self._camera_ops, []
+            ops, self._ops = self._ops, []
         with self.scene.hold():
-            for op in ops:
-                op()
+            reports = self._apply_ops(ops)
             rgb = self.scene.render_frame(self._device_size())
         assert rgb is not None  # nothing else renders while this thread holds the scene
+        for done, result in reports:
+            done(result)
         self._on_frame(rgb, not self.scene._interacting)
         self._dirty = False
         return rgb
@@ -433,7 +481,7 @@ class VolumeCanvas(VTKCanvas):
         }.get(event.button())
         if self._mode == "rotate":
             scene = self.scene
-            self._queue_camera(lambda: scene.set_interacting(True))
+            self.change(lambda: scene.set_interacting(True))
         event.accept()
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
@@ -443,9 +491,9 @@ class VolumeCanvas(VTKCanvas):
         dx, dy = pos.x() - self._last.x(), pos.y() - self._last.y()
         scene = self.scene
         if self._mode == "rotate":
-            self._queue_camera(lambda: scene.rotate(azimuth=-0.5 * dx, elevation=0.5 * dy))
+            self.change(lambda: scene.rotate(azimuth=-0.5 * dx, elevation=0.5 * dy))
         elif self._mode == "zoom":
-            self._queue_camera(lambda: scene.zoom(1.01 ** (-dy)))
+            self.change(lambda: scene.zoom(1.01 ** (-dy)))
         elif self._mode == "pan":
             height = max(self.height(), 1)
 
@@ -454,14 +502,14 @@ class VolumeCanvas(VTKCanvas):
                 mm_per_px = 2.0 * cam.GetDistance() * math.tan(math.radians(cam.GetViewAngle() / 2)) / height
                 scene.pan(-dx * mm_per_px, dy * mm_per_px)
 
-            self._queue_camera(pan)
+            self.change(pan)
         self._last = pos
         event.accept()
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         if self._mode == "rotate":
             scene = self.scene
-            self._queue_camera(lambda: scene.set_interacting(False))  # then a full-quality frame
+            self.change(lambda: scene.set_interacting(False))  # then a full-quality frame
         self._mode = None
         self._last = None
         event.accept()
@@ -470,5 +518,5 @@ class VolumeCanvas(VTKCanvas):
         steps = event.angleDelta().y() / 120.0
         if steps:
             scene = self.scene
-            self._queue_camera(lambda: scene.zoom(1.1**steps))
+            self.change(lambda: scene.zoom(1.1**steps))
         event.accept()

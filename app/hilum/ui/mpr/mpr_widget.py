@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from PySide6.QtWidgets import (
 from hilum.dicom.volume import Volume, build_volume
 from hilum.render.mpr import VIEWS, MPRScene
 from hilum.render.volume3d import VolumeScene, VRPreset, load_presets, save_presets
-from hilum.ui.mpr.canvas import SliceCanvas, VolumeCanvas
+from hilum.ui.mpr.canvas import SliceCanvas, VolumeCanvas, background_priority
 from hilum.ui.mpr.curved import CurvedMPRView
 from hilum.ui.mpr.tf_editor import TransferFunctionEditor
 
@@ -107,6 +107,7 @@ class MPRWidget(QWidget):
         self.curved: CurvedMPRView | None = None
         self.active_view = "axial"
         self.presets = load_presets(self.data_dir)
+        self._iso_wanted: float | None = None
         self._unsubscribe: Any = None
         self._built.connect(self._on_built)
         self._build_ui()
@@ -276,6 +277,7 @@ class MPRWidget(QWidget):
         import threading
 
         def run() -> None:
+            background_priority()
             try:
                 prepared = job()
             except Exception as exc:  # delivered to the GUI thread as a message
@@ -313,6 +315,7 @@ class MPRWidget(QWidget):
     def set_volume(self, volume: Volume, *, prepared: _Prepared | None = None) -> None:
         """Show ``volume`` (replacing any shown one), with its scenes from :meth:`prepare` when given."""
         self._teardown()
+        self._iso_wanted = None
         if prepared is None or prepared.volume is not volume:
             prepared = self.prepare(volume)
         self.volume = volume
@@ -416,11 +419,10 @@ class MPRWidget(QWidget):
             return
         centre = self.scene.crosshair.centre
         if self.volume_scene is not None and kind in ("centre", "orientation") and self.layout_name != "3d":
-            self.volume_scene.set_cursor(centre)
+            point = np.array(centre, dtype=np.float64)
+            self._change_3d(lambda s: s.set_cursor(point))
             if self.cut_plane.currentIndex() > 0:
-                self._apply_cut(render=False)
-            if self.volume_canvas is not None:
-                self.volume_canvas.request_render()
+                self._apply_cut()
         if kind == "centre":
             near = self.volume.nearest_source_slice(centre)
             sop, frame = (near[1].sop_instance_uid, near[1].frame) if near else ("", 0)
@@ -529,73 +531,76 @@ class MPRWidget(QWidget):
             self.scene.crosshair.clear_measurements()
 
     # ------------------------------------------------------------------ 3D controls
+    def _change_3d(self, op: Callable[[VolumeScene], Any], done: Callable[[Any], None] | None = None) -> None:
+        """Change the 3D scene with ``op(scene)`` without waiting for a frame being rendered
+        (:meth:`VolumeCanvas.change`), then render it; ``done(result)`` afterwards."""
+        scene, canvas = self.volume_scene, self.volume_canvas
+        if scene is None or canvas is None:
+            return
+        canvas.change(lambda: op(scene), done)
+
     def _apply_vr_preset(self, index: int) -> None:
         pid = self.vr_preset.itemData(index)
-        if self.volume_scene is None or pid is None:
+        preset = self.presets.get(pid) if pid is not None else None
+        if self.volume_scene is None or preset is None:
             return
-        preset = self.volume_scene.set_preset(pid)
+        self._change_3d(lambda s: s.set_preset(preset))
         self.shading.blockSignals(True)
         self.shading.setChecked(preset.shade)
         self.shading.blockSignals(False)
         if self.tf_editor is not None:
             self.tf_editor.set_preset(preset)
-        self._render_3d()
 
     def apply_preset(self, preset: VRPreset) -> None:
         """Apply an edited preset (from the transfer-function editor)."""
-        if self.volume_scene is not None:
-            self.volume_scene.set_preset(preset)
-            self._render_3d()
+        self._change_3d(lambda s: s.set_preset(preset))
 
     def _set_shading(self, on: bool) -> None:
-        if self.volume_scene is not None:
-            self.volume_scene.set_shading(on)
-            self._render_3d()
+        self._change_3d(lambda s: s.set_shading(on))
 
     def _set_volume_visible(self, on: bool) -> None:
-        if self.volume_scene is not None:
-            self.volume_scene.show_volume(on)
-            self._render_3d()
+        self._change_3d(lambda s: s.show_volume(on))
 
     def _apply_isosurface(self) -> None:
         if self.volume_scene is None:
             return
         threshold = self.iso_threshold.value() if self.iso_on.isChecked() else None
-        if threshold != self.volume_scene.isosurface_threshold:
-            n = self.volume_scene.set_isosurface(threshold)
+        if threshold == self._iso_wanted:
+            return
+        self._iso_wanted = threshold
+
+        def report(n: int) -> None:
             if threshold is not None:
                 self.status.setText(f"Surface at {threshold:g}: {n} triangles")
-            self._render_3d()
 
-    def _apply_cut(self, render: bool = True) -> None:
+        if threshold is not None:
+            self.status.setText(f"Surface at {threshold:g}…")
+        self._change_3d(lambda s: s.set_isosurface(threshold), report)
+
+    def _apply_cut(self) -> None:
         if self.volume_scene is None or self.scene is None:
             return
         idx = self.cut_plane.currentIndex()
         if idx == 0:
-            self.volume_scene.set_cut_plane(None)
+            self._change_3d(lambda s: s.set_cut_plane(None))
         else:
             plane = self.scene.crosshair.plane(VIEWS[idx - 1])
             normal = -plane.normal if self.cut_flip.isChecked() else plane.normal
-            self.volume_scene.set_cut_plane(plane.centre, normal)
-        if render:
-            self._render_3d()
+            self._change_3d(lambda s: s.set_cut_plane(plane.centre, normal))
 
     def _apply_clip_box(self) -> None:
         if self.volume_scene is None or self.volume is None:
             return
         vals = [s.value() / 1000.0 for s in self.clip_sliders]
         if vals == [0.0, 1.0] * 3:
-            self.volume_scene.set_clip_box(None)
+            self._change_3d(lambda s: s.set_clip_box(None))
         else:
             n = self.volume_scene.volume.size  # the rendered (possibly block-averaged) grid
             box = [vals[2 * a + side] * (n[a] - 1) for a in range(3) for side in range(2)]
-            self.volume_scene.set_clip_box(box)
-        self._render_3d()
+            self._change_3d(lambda s: s.set_clip_box(box))
 
     def _reset_3d(self) -> None:
-        if self.volume_scene is not None:
-            self.volume_scene.reset_camera("anterior")
-            self._render_3d()
+        self._change_3d(lambda s: s.reset_camera("anterior"))
 
     def _render_3d(self) -> None:
         if self.volume_canvas is not None:
