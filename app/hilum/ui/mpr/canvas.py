@@ -284,7 +284,9 @@ class VolumeCanvas(VTKCanvas):
     Frames are rendered on a worker thread (:meth:`VolumeScene.render_frame`; VTK releases the
     GIL while it casts rays), so a first frame that computes gradients, or a full-quality
     frame of a big volume in software OpenGL, never holds up the event loop: the canvas shows
-    the last frame (scaled to a new size until the next one arrives) meanwhile.  Changes to
+    the last frame (scaled to a new size until the next one arrives) meanwhile; the first frame
+    is a quick unshaded preview (:meth:`VolumeScene.render_preview`), the full-quality one
+    follows.  Changes to
     the scene (camera moves from the mouse, presets, clipping... :meth:`change`) are made at
     once when the scene is free, else queued and made by the worker just before its next
     frame, so the GUI never waits for a frame either.
@@ -367,6 +369,7 @@ class VolumeCanvas(VTKCanvas):
 
     def _work(self) -> None:
         background_priority()
+        previewed = False
         while True:
             with self._cv:
                 while not self._requested and not self._closed:
@@ -384,7 +387,14 @@ class VolumeCanvas(VTKCanvas):
                 with self.scene.hold(abort=False):
                     reports = self._apply_ops(ops)
                     still = not self.scene._interacting
-                    rgb = self.scene.render_frame(size)
+                    if still and not previewed:  # a quick look first, full quality right after
+                        previewed, still = True, False
+                        rgb = self.scene.render_preview(size)
+                        with self._cv:
+                            self._requested = True
+                    else:
+                        previewed = True
+                        rgb = self.scene.render_frame(size)
             except Exception:  # a render failure must not kill the worker
                 logger.exception("3D rendering failed")
             with self._cv:
