@@ -178,6 +178,9 @@ def test_curved_mpr_opens_in_the_viewer_viewport(qtbot, ct: Volume) -> None:  # 
     assert values["length"] == pytest.approx(200 * mm_per_px, rel=0.02)
     # the path's true arc length is the image height: about 63 mm at 1.5 mm per row
     assert f.rows * f.spacing.row == pytest.approx(63.0, abs=4.0)
+    # "Clear path": the view says how to draw one instead of showing an image
+    click_action(mpr.toolbar, "Clear path")
+    assert view.image is None and view.hint.isVisible() and not canvas.isVisible()
     view.close()
     mpr.close()
 

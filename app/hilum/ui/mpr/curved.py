@@ -136,12 +136,17 @@ class CurvedMPRView(QWidget):
         self.canvas = ViewportCanvas(self.state, tool_provider=lambda: self.tool, parent=self)
         self.canvas.setObjectName("curved-canvas")
         self.canvas.setMinimumSize(200, 200)
+        self.canvas.setAcceptDrops(False)  # it shows the reformat, not a series dropped on it
+        self.hint = QLabel("Alt + click in a plane to draw a path (two points or more)", self)
+        self.hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.hint.setMinimumSize(200, 200)
         self.info = QLabel(self)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(0)
         lay.addWidget(self.toolbar)
         lay.addWidget(self.canvas, 1)
+        lay.addWidget(self.hint, 1)
         lay.addWidget(self.info)
         self.image: np.ndarray | None = None
         self.points: np.ndarray | None = None
@@ -174,12 +179,12 @@ class CurvedMPRView(QWidget):
     def refresh(self) -> None:
         """Reslice along the current path (through the plane's current display)."""
         result = self.viewport.curved_image(width=self.width_mm)
+        self.canvas.setVisible(result is not None)
+        self.hint.setVisible(result is None)
         if result is None:
             self.image = self.points = None
             self.state.set_volume(None)
-            self.state.status = "Alt + click in a plane to draw a path (two points or more)"
-            self.canvas.update()
-            self.info.setText(self.state.status)
+            self.info.setText("")
             return
         values, points = result
         step = float(np.linalg.norm(points[0, 1] - points[0, 0])) if points.shape[1] > 1 else 1.0
@@ -188,7 +193,6 @@ class CurvedMPRView(QWidget):
         self._display = display
         vol = curved_series(values, step, display, modality=self.viewport.volume.modality, series_uid=self.series_uid)
         self.points = points
-        self.state.status = ""
         keep = self.state.volume is not None
         self.state.set_volume(vol, 0, keep_view=keep)
         if display_changed and self.state.window is not None:
