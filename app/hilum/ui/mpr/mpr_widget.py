@@ -1,20 +1,22 @@
 """The MPR / 3D layout: three linked planes and a 3D view of one volume.
 
 Top-left axial, top-right coronal, bottom-left sagittal, bottom-right 3D (or
-the 3D view alone, ``layout="3d"``, whose window shows only the 3D controls).  The three planes share one
-:class:`hilum.render.mpr.Crosshair`: clicking or dragging in one moves the 3D
-cursor in all; dragging a crosshair line (or Ctrl + drag) rotates the other two
-planes for oblique MPR; each plane has its own window/level and zoom and shows
-orientation letters and a scale bar.  The toolbar sets slab thickness and mode
-(MIP, MinIP, average), window presets, and resets; the side panel controls the
-3D view: preset, shading, isosurface, a clipping box, a cut plane through the
-3D cursor, the transfer-function editor, capture and turntable movie.
+the 3D view alone, ``layout="3d"``, whose window shows only the 3D controls).
+The three planes share one :class:`hilum.render.mpr.Crosshair`: clicking or
+dragging in one moves the 3D cursor in all; dragging a crosshair line (or
+Ctrl + drag) rotates the other two planes for oblique MPR; each plane has its
+own window/level and zoom and shows orientation letters and a scale bar.  The
+toolbar sets slab thickness and mode (MIP, MinIP, average), window presets, and
+resets; the side panel controls the 3D view: preset, shading, isosurface, a
+clipping box, a cut plane through the 3D cursor, the transfer-function editor,
+capture and turntable movie.
 
 The widget binds the headless logic of :mod:`hilum.render.mpr` and
-:mod:`hilum.render.volume3d`; building the volume from files runs on a worker
-thread (:meth:`MPRWidget.load`), with the VTK scenes (:meth:`MPRWidget.prepare`), and the
-3D view renders on a thread of its own, so the event loop keeps running while a volume
-opens (see :mod:`hilum.ui.mpr.canvas`).  :attr:`MPRWidget.cursorMoved` reports the 3D
+:mod:`hilum.render.volume3d`.  Building the volume from files, and its VTK
+scenes (:meth:`MPRWidget.prepare`), runs on a worker thread
+(:meth:`MPRWidget.load`, :meth:`MPRWidget.build_async`) and the 3D view renders
+on a thread of its own, so the event loop keeps running while a volume opens
+(see :mod:`hilum.ui.mpr.canvas`).  :attr:`MPRWidget.cursorMoved` reports the 3D
 cursor and the nearest original slice, so a 2D viewer can follow it.
 """
 
