@@ -34,7 +34,7 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 from hilum.render.mpr import MPRViewport, capture_window
 from hilum.render.volume3d import VolumeScene
 
-__all__ = ["SliceCanvas", "VTKCanvas", "VolumeCanvas"]
+__all__ = ["SliceCanvas", "VTKCanvas", "VolumeCanvas", "background_priority"]
 
 logger = logging.getLogger(__name__)
 
