@@ -166,9 +166,11 @@ def test_curved_mpr_opens_in_the_viewer_viewport(qtbot, ct: Volume) -> None:  # 
     m2 = state.matrix((canvas.width(), canvas.height()))
     assert m2[0, 0] > m[0, 0] * 1.2
 
-    # "Fit" puts it back; the Length tool measures in mm (pixel spacing = the reformat's step)
+    # middle drag pans; "Fit" puts it back; the Length tool measures in mm (pixel spacing = the reformat's step)
+    drag(canvas, c, c + QPoint(40, -30), Qt.MouseButton.MiddleButton)
+    assert state.view.pan_x != 0.0 and state.view.pan_y != 0.0
     click_action(view.toolbar, "Fit")
-    assert state.view.zoom == 1.0
+    assert (state.view.zoom, state.view.pan_x, state.view.pan_y) == (1.0, 0.0, 0.0)
     click_action(view.toolbar, "Length")
     drag(canvas, c - QPoint(100, 0), c + QPoint(100, 0))
     (measurement,) = state.measurements
