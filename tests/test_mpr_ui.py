@@ -65,8 +65,9 @@ def wheel(widget, steps: int, modifiers=Qt.KeyboardModifier.NoModifier) -> None:
     QApplication.sendEvent(widget, event)
 
 
-def test_layout_renders_three_planes_and_3d(mpr: MPRWidget) -> None:
+def test_layout_renders_three_planes_and_3d(qtbot, mpr: MPRWidget) -> None:  # type: ignore[no-untyped-def]
     assert set(mpr.slice_canvases) == {"axial", "coronal", "sagittal"} and mpr.volume_canvas is not None
+    qtbot.waitUntil(mpr.volume_canvas.settled, timeout=20000)  # the 3D frame comes from a worker thread
     for view, canvas in mpr.slice_canvases.items():
         img = grab(canvas)
         assert img.shape[:2] == (canvas.height(), canvas.width())
@@ -155,24 +156,35 @@ def test_slab_controls_apply_to_all_planes(mpr: MPRWidget) -> None:
 
 
 def test_3d_controls(qtbot, mpr: MPRWidget, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # changes made while the 3D view renders (its first frame may still be on the worker) are
+    # queued and made before the next frame: the controls never wait for a frame
     scene = mpr.volume_scene
     assert scene is not None and mpr.volume_canvas is not None
     mpr.vr_preset.setCurrentIndex(mpr.vr_preset.findData("ct-soft-tissue"))
-    assert scene.preset.id == "ct-soft-tissue"
+    qtbot.waitUntil(lambda: scene.preset.id == "ct-soft-tissue", timeout=20000)
     mpr.iso_threshold.setValue(500.0)
     mpr.iso_on.setChecked(True)
-    assert scene.isosurface_threshold == 500.0 and "triangles" in mpr.status.text()
+    qtbot.waitUntil(lambda: "triangles" in mpr.status.text(), timeout=20000)
+    assert scene.isosurface_threshold == 500.0
     mpr.cut_plane.setCurrentIndex(1)  # axial plane through the cursor
-    assert scene._cut is not None
+    qtbot.waitUntil(lambda: scene._cut is not None, timeout=20000)
     np.testing.assert_allclose(scene._cut.GetNormal(), (0.0, 0.0, 1.0))
     mpr.clip_sliders[5].setValue(500)
-    assert scene.clip_box is not None and scene.clip_box[5] == round(0.5 * 47)
+    qtbot.waitUntil(lambda: scene.clip_box is not None and scene.clip_box[5] == round(0.5 * 47), timeout=20000)
     # dragging in the 3D view rotates at the interactive level of detail, full quality after
+    # (frames are rendered on the canvas's worker thread: wait for them as a person would)
     canvas = mpr.volume_canvas
+    qtbot.waitUntil(canvas.settled, timeout=20000)
+    stills, azimuth = canvas.still_count, scene.renderer.GetActiveCamera().GetPosition()
     QTest.mousePress(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(100, 100))
-    assert scene._interacting
+    qtbot.waitUntil(lambda: scene._interacting, timeout=5000)
+    frames = canvas.render_count
     QTest.mouseMove(canvas, QPoint(160, 110))
+    qtbot.waitUntil(lambda: canvas.render_count > frames, timeout=5000)
+    assert canvas.still_count == stills  # the frames while dragging are interactive ones
+    assert scene.renderer.GetActiveCamera().GetPosition() != azimuth
     QTest.mouseRelease(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(160, 110))
+    qtbot.waitUntil(lambda: canvas.settled() and canvas.still_count > stills, timeout=20000)
     assert not scene._interacting
     out = mpr.capture(tmp_path / "3d.png", view="3d")
     assert out.stat().st_size > 100
@@ -193,7 +205,7 @@ def test_transfer_function_editor(qtbot, mpr: MPRWidget, tmp_path: Path) -> None
         QTest.mouseMove(editor, handle + QPoint(0, -30))
         QTest.mouseRelease(editor, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, handle + QPoint(0, -30))
     assert editor.points[2][1] > a
-    assert scene.preset.opacity == editor.preset.opacity  # applied to the 3D view
+    qtbot.waitUntil(lambda: scene.preset.opacity == editor.preset.opacity, timeout=20000)  # applied to the 3D view
     empty = editor.to_widget(editor.value_range[0] + 0.95 * (editor.value_range[1] - editor.value_range[0]), 0.05)
     QTest.mouseDClick(editor, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, empty.toPoint())
     assert len(editor.points) == n + 1

@@ -1,9 +1,11 @@
 """Qt widgets that show an offscreen VTK render window: the MPR planes and the 3D view.
 
 Each canvas owns (or is given) a ``vtkRenderWindow`` with offscreen rendering
-on, sized to the widget in device pixels; on :meth:`VTKCanvas.request_render`
-the next paint renders it, reads the pixels back (``vtkWindowToImageFilter``)
-and draws them with ``QPainter``.  This costs one read-back per frame (about
+on, sized to the widget in device pixels; after :meth:`VTKCanvas.request_render`
+it is rendered, its pixels read back (``vtkWindowToImageFilter``) and drawn with
+``QPainter``: an MPR plane in an event-loop turn of its own (never inside a paint
+event, see :class:`_RenderQueue`), the 3D view on a worker thread
+(:class:`VolumeCanvas`).  This costs one read-back per frame (about
 1-5 ms at 512-800 px) and buys a widget that works the same on a desktop, under
 Xvfb and under the offscreen Qt platform the test-suite uses, where VTK's own
 ``QVTKRenderWindowInteractor`` draws nothing (see ENVIRONMENT.md), and that
@@ -18,19 +20,74 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QPointF, Qt, Signal
-from PySide6.QtGui import QImage, QMouseEvent, QPainter, QPaintEvent, QResizeEvent, QWheelEvent
+import shiboken6
+from PySide6.QtCore import QPointF, Qt, QTimer, Signal
+from PySide6.QtGui import QImage, QMouseEvent, QPainter, QPaintEvent, QPixmap, QResizeEvent, QWheelEvent
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from hilum.render.mpr import MPRViewport, capture_window
 from hilum.render.volume3d import VolumeScene
 
-__all__ = ["SliceCanvas", "VTKCanvas", "VolumeCanvas"]
+__all__ = ["SliceCanvas", "VTKCanvas", "VolumeCanvas", "background_priority"]
 
 logger = logging.getLogger(__name__)
+
+
+class _RenderQueue:
+    """Renders the canvases that asked for it one per event-loop turn, outside paint events.
+
+    Rendering inside ``paintEvent`` let the three planes of an MPR window render in one
+    paint pass (three frames of software OpenGL with no event handled in between); here
+    each render is its own zero-timer callback, so input and timers are served between
+    frames.  Hidden canvases (the planes of the 3D-only layout) are not rendered."""
+
+    def __init__(self) -> None:
+        self._pending: list[VTKCanvas] = []
+        self._scheduled = False
+
+    def add(self, canvas: VTKCanvas) -> None:
+        if not any(c is canvas for c in self._pending):
+            self._pending.append(canvas)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self._pending:
+            self._scheduled = True
+            QTimer.singleShot(0, self._next)
+
+    def _next(self) -> None:
+        self._scheduled = False
+        while self._pending:
+            canvas = self._pending.pop(0)
+            if not shiboken6.isValid(canvas) or not canvas._dirty or not canvas.isVisible():
+                continue
+            try:
+                canvas.render_now()
+            except Exception:  # a render failure must not stop the others
+                logger.exception("VTK rendering failed")
+                canvas._dirty = False
+            canvas.update()
+            break
+        self._schedule()
+
+
+_RENDERS = _RenderQueue()
+
+
+def background_priority(nice: int = 10) -> None:
+    """Lower the calling thread's CPU priority (Linux: per thread, inherited by the threads it
+    starts, e.g. VTK's ray-casting threads and llvmpipe's rasterisers), so the GUI thread keeps
+    a core when a frame or a volume build takes every core; a no-op where unsupported."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):
+        pass
 
 
 class VTKCanvas(QWidget):
@@ -53,9 +110,16 @@ class VTKCanvas(QWidget):
 
     # --- rendering
     def request_render(self) -> None:
-        """Render at the next paint (several requests in one event-loop turn render once)."""
+        """Render soon, in an event-loop turn of its own (:class:`_RenderQueue`); several requests
+        before then render once."""
         self._dirty = True
-        self.update()
+        _RENDERS.add(self)
+
+    def grab(self, *args: Any) -> QPixmap:
+        """The widget's pixels with the current scene (a pending render is done first)."""
+        if self._dirty or self._image is None:
+            self.render_now()
+        return super().grab(*args)
 
     def render_now(self) -> np.ndarray:
         """Render immediately and return the RGB pixels (also what is painted next)."""
@@ -90,14 +154,14 @@ class VTKCanvas(QWidget):
 
     def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
         if self._dirty or self._image is None:
-            try:
-                self.render_now()
-            except Exception:  # a render failure must not kill the paint loop
-                logger.exception("VTK rendering failed")
+            _RENDERS.add(self)  # never inside a paint: the planes of a window would render in one pass
         painter = QPainter(self)
         painter.fillRect(self.rect(), Qt.GlobalColor.black)
         if self._image is not None:
-            painter.drawImage(0, 0, self._image)
+            if self._image.size() == self.size() * self.devicePixelRatioF():
+                painter.drawImage(0, 0, self._image)
+            else:  # resized: the last frame stretched over the new size until the new one is rendered
+                painter.drawImage(self.rect(), self._image)
         if self.active:
             painter.setPen(Qt.GlobalColor.darkYellow)
             painter.drawRect(self.rect().adjusted(0, 0, -1, -1))
@@ -215,7 +279,21 @@ class SliceCanvas(VTKCanvas):
 
 class VolumeCanvas(VTKCanvas):
     """The 3D view.  Left drag rotates (at the interactive level of detail, full quality on
-    release), right drag or wheel zooms, middle drag pans."""
+    release), right drag or wheel zooms, middle drag pans.
+
+    Frames are rendered on a worker thread (:meth:`VolumeScene.render_frame`; VTK releases the
+    GIL while it casts rays), so a first frame that computes gradients, or a full-quality
+    frame of a big volume in software OpenGL, never holds up the event loop: the canvas shows
+    the last frame (scaled to a new size until the next one arrives) meanwhile; the first frame
+    is a quick unshaded preview (:meth:`VolumeScene.render_preview`), the full-quality one
+    follows.  Changes to
+    the scene (camera moves from the mouse, presets, clipping... :meth:`change`) are made at
+    once when the scene is free, else queued and made by the worker just before its next
+    frame, so the GUI never waits for a frame either.
+    """
+
+    _frame_ready = Signal(object, bool)  # worker -> GUI thread: RGB pixels, whether a still frame
+    _op_done = Signal(object, object)  # worker -> GUI thread: a change's callback and its result
 
     def __init__(self, scene: VolumeScene, parent: QWidget | None = None) -> None:
         super().__init__(scene.render_window, parent)
@@ -223,7 +301,186 @@ class VolumeCanvas(VTKCanvas):
         self.setObjectName("mpr-3d")
         self._mode: str | None = None
         self._last: QPointF | None = None
+        self.still_count = 0
+        self._last_still = False
+        self._cv = threading.Condition()
+        self._requested = False
+        self._busy = False
+        self._closed = False
+        self._size = self._device_size()
+        self._ops: list[tuple[Callable[[], Any], Callable[[Any], None] | None]] = []
+        self._frame_ready.connect(self._on_frame)
+        self._op_done.connect(lambda done, result: done(result))
+        self._thread = threading.Thread(target=self._work, name="hilum-3d-render", daemon=True)
+        self._thread.start()
+        cv = self._cv
 
+        def stop(*_: object) -> None:  # deleted with its window, without a close: let the worker end
+            with cv:
+                self._closed = True
+                cv.notify()
+
+        self.destroyed.connect(stop)
+
+    # --- rendering on the worker
+    def request_render(self) -> None:
+        """Render a new frame on the worker (requests made while it renders are merged into one)."""
+        self._dirty = True
+        size = self._device_size()
+        with self._cv:
+            self._size = size
+            self._requested = True
+            self._cv.notify()
+
+    def change(self, op: Callable[[], Any], done: Callable[[Any], None] | None = None) -> None:
+        """Change the scene with ``op()`` and render it: now when the scene is free and no change
+        waits before this one, else (a frame is being rendered; the first, which computes
+        gradients, takes seconds in software) queued for the worker to make before its next
+        frame.  ``done(result)`` then runs on the GUI thread."""
+        with self._cv:
+            if self._ops or not self.scene.lock.acquire(blocking=False):
+                self._ops.append((op, done))
+                if self.scene.rendering == "still":
+                    self.render_window.SetAbortRender(1)  # come back for the change sooner
+                queued = True
+            else:
+                queued = False
+        if not queued:
+            try:
+                result = op()
+            finally:
+                self.scene.lock.release()
+            if done is not None:
+                done(result)
+        self.request_render()
+
+    def _apply_ops(self, ops: list[tuple[Callable[[], Any], Callable[[Any], None] | None]]) -> list[Any]:
+        """Make queued changes (holding the scene); the callbacks and results to report."""
+        out = []
+        for op, done in ops:
+            try:
+                result = op()
+            except Exception:  # one bad change must not stop the others or the worker
+                logger.exception("3D view: a change failed")
+                continue
+            if done is not None:
+                out.append((done, result))
+        return out
+
+    def _work(self) -> None:
+        background_priority()
+        previewed = False
+        while True:
+            with self._cv:
+                while not self._requested and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                self._requested = False
+                self._busy = True
+                size = self._size
+                ops, self._ops = self._ops, []
+            rgb = None
+            still = False
+            reports: list[Any] = []
+            try:
+                with self.scene.hold(abort=False):
+                    reports = self._apply_ops(ops)
+                    still = not self.scene._interacting
+                    if still and not previewed:  # a quick look first, full quality right after
+                        previewed, still = True, False
+                        rgb = self.scene.render_preview(size)
+                        with self._cv:
+                            self._requested = True
+                    else:
+                        previewed = True
+                        rgb = self.scene.render_frame(size)
+            except Exception:  # a render failure must not kill the worker
+                logger.exception("3D rendering failed")
+            with self._cv:
+                self._busy = False
+                if rgb is None and self.scene.last_frame_aborted and not self._closed:
+                    self._requested = True  # aborted by a change: render the changed scene
+                if self._closed:
+                    return
+            try:
+                for done, result in reports:
+                    self._op_done.emit(done, result)
+                if rgb is not None:
+                    self._frame_ready.emit(rgb, still)
+            except RuntimeError:  # the widget is gone
+                return
+
+    def _on_frame(self, rgb: np.ndarray, still: bool) -> None:
+        h, w = rgb.shape[:2]
+        img = QImage(rgb.data, w, h, rgb.strides[0], QImage.Format.Format_RGB888)
+        img.setDevicePixelRatio(self.devicePixelRatioF())
+        self._image = img
+        self._keep = rgb
+        self.render_count += 1
+        self._last_still = still
+        if still:
+            self.still_count += 1
+        with self._cv:
+            self._dirty = self._requested or self._busy
+        self.update()
+
+    def settled(self) -> bool:
+        """True when the frame shown is a full-quality frame of the current scene at the current size."""
+        with self._cv:
+            idle = not self._requested and not self._busy
+        return idle and self._image is not None and self._last_still and not self._dirty
+
+    def render_now(self) -> np.ndarray:
+        """Render on this thread, now, and return the RGB pixels (also what is painted next)."""
+        with self._cv:
+            ops, self._ops = self._ops, []
+        with self.scene.hold():
+            reports = self._apply_ops(ops)
+            rgb = self.scene.render_frame(self._device_size())
+        assert rgb is not None  # nothing else renders while this thread holds the scene
+        for done, result in reports:
+            done(result)
+        self._on_frame(rgb, not self.scene._interacting)
+        self._dirty = False
+        return rgb
+
+    def shutdown(self) -> None:
+        """Stop the worker (aborting a frame in progress); call before closing the scene."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if self.scene.rendering == "still":
+            self.render_window.SetAbortRender(1)
+        self._thread.join(timeout=10.0)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+        QWidget.resizeEvent(self, event)
+        self.request_render()
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
+        if self._image is None and not self._requested_once():
+            self.request_render()
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), Qt.GlobalColor.black)
+        if self._image is not None:
+            if self._image.size() == self.size() * self.devicePixelRatioF():
+                painter.drawImage(0, 0, self._image)
+            else:  # resized: the last frame stretched over the new size until the new one arrives
+                painter.drawImage(self.rect(), self._image)
+        else:
+            painter.setPen(Qt.GlobalColor.lightGray)
+            painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "Rendering…")
+        if self.active:
+            painter.setPen(Qt.GlobalColor.darkYellow)
+            painter.drawRect(self.rect().adjusted(0, 0, -1, -1))
+        painter.end()
+
+    def _requested_once(self) -> bool:
+        with self._cv:
+            return self._requested or self._busy
+
+    # --- mouse
     def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         super().mousePressEvent(event)
         self._last = event.position()
@@ -233,7 +490,8 @@ class VolumeCanvas(VTKCanvas):
             Qt.MouseButton.MiddleButton: "pan",
         }.get(event.button())
         if self._mode == "rotate":
-            self.scene.set_interacting(True)
+            scene = self.scene
+            self.change(lambda: scene.set_interacting(True))
         event.accept()
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
@@ -241,22 +499,27 @@ class VolumeCanvas(VTKCanvas):
             return
         pos = event.position()
         dx, dy = pos.x() - self._last.x(), pos.y() - self._last.y()
+        scene = self.scene
         if self._mode == "rotate":
-            self.scene.rotate(azimuth=-0.5 * dx, elevation=0.5 * dy)
+            self.change(lambda: scene.rotate(azimuth=-0.5 * dx, elevation=0.5 * dy))
         elif self._mode == "zoom":
-            self.scene.zoom(1.01 ** (-dy))
+            self.change(lambda: scene.zoom(1.01 ** (-dy)))
         elif self._mode == "pan":
-            cam = self.scene.renderer.GetActiveCamera()
-            mm_per_px = 2.0 * cam.GetDistance() * math.tan(math.radians(cam.GetViewAngle() / 2)) / max(self.height(), 1)
-            self.scene.pan(-dx * mm_per_px, dy * mm_per_px)
+            height = max(self.height(), 1)
+
+            def pan() -> None:
+                cam = scene.renderer.GetActiveCamera()
+                mm_per_px = 2.0 * cam.GetDistance() * math.tan(math.radians(cam.GetViewAngle() / 2)) / height
+                scene.pan(-dx * mm_per_px, dy * mm_per_px)
+
+            self.change(pan)
         self._last = pos
-        self.request_render()
         event.accept()
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         if self._mode == "rotate":
-            self.scene.set_interacting(False)
-            self.request_render()
+            scene = self.scene
+            self.change(lambda: scene.set_interacting(False))  # then a full-quality frame
         self._mode = None
         self._last = None
         event.accept()
@@ -264,6 +527,6 @@ class VolumeCanvas(VTKCanvas):
     def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802
         steps = event.angleDelta().y() / 120.0
         if steps:
-            self.scene.zoom(1.1**steps)
-            self.request_render()
+            scene = self.scene
+            self.change(lambda: scene.zoom(1.1**steps))
         event.accept()

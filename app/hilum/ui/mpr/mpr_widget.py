@@ -1,18 +1,22 @@
 """The MPR / 3D layout: three linked planes and a 3D view of one volume.
 
 Top-left axial, top-right coronal, bottom-left sagittal, bottom-right 3D (or
-the 3D view alone, ``layout="3d"``).  The three planes share one
-:class:`hilum.render.mpr.Crosshair`: clicking or dragging in one moves the 3D
-cursor in all; dragging a crosshair line (or Ctrl + drag) rotates the other two
-planes for oblique MPR; each plane has its own window/level and zoom and shows
-orientation letters and a scale bar.  The toolbar sets slab thickness and mode
-(MIP, MinIP, average), window presets, and resets; the side panel controls the
-3D view: preset, shading, isosurface, a clipping box, a cut plane through the
-3D cursor, the transfer-function editor, capture and turntable movie.
+the 3D view alone, ``layout="3d"``, whose window shows only the 3D controls).
+The three planes share one :class:`hilum.render.mpr.Crosshair`: clicking or
+dragging in one moves the 3D cursor in all; dragging a crosshair line (or
+Ctrl + drag) rotates the other two planes for oblique MPR; each plane has its
+own window/level and zoom and shows orientation letters and a scale bar.  The
+toolbar sets slab thickness and mode (MIP, MinIP, average), window presets, and
+resets; the side panel controls the 3D view: preset, shading, isosurface, a
+clipping box, a cut plane through the 3D cursor, the transfer-function editor,
+capture and turntable movie.
 
 The widget binds the headless logic of :mod:`hilum.render.mpr` and
-:mod:`hilum.render.volume3d`; building the volume from files runs on a worker
-thread (:meth:`MPRWidget.load`).  :attr:`MPRWidget.cursorMoved` reports the 3D
+:mod:`hilum.render.volume3d`.  Building the volume from files, and its VTK
+scenes (:meth:`MPRWidget.prepare`), runs on a worker thread
+(:meth:`MPRWidget.load`, :meth:`MPRWidget.build_async`) and the 3D view renders
+on a thread of its own, so the event loop keeps running while a volume opens
+(see :mod:`hilum.ui.mpr.canvas`).  :attr:`MPRWidget.cursorMoved` reports the 3D
 cursor and the nearest original slice, so a 2D viewer can follow it.
 """
 
@@ -20,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +53,7 @@ from PySide6.QtWidgets import (
 from hilum.dicom.volume import Volume, build_volume
 from hilum.render.mpr import VIEWS, MPRScene
 from hilum.render.volume3d import VolumeScene, VRPreset, load_presets, save_presets
-from hilum.ui.mpr.canvas import SliceCanvas, VolumeCanvas
+from hilum.ui.mpr.canvas import SliceCanvas, VolumeCanvas, background_priority
 from hilum.ui.mpr.curved import CurvedMPRView
 from hilum.ui.mpr.tf_editor import TransferFunctionEditor
 
@@ -61,6 +66,15 @@ CUT_PLANES = ("None", "Axial", "Coronal", "Sagittal")
 DEFAULT_WINDOWS = {
     "CT": (("Soft tissue", 40.0, 400.0), ("Lung", -600.0, 1500.0), ("Bone", 400.0, 1800.0), ("Brain", 40.0, 80.0)),
 }
+
+
+@dataclass
+class _Prepared:
+    """A volume with its MPR and 3D scenes, made off the GUI thread."""
+
+    volume: Volume
+    scene: MPRScene
+    volume_scene: VolumeScene | None
 
 
 class MPRWidget(QWidget):
@@ -95,6 +109,7 @@ class MPRWidget(QWidget):
         self.curved: CurvedMPRView | None = None
         self.active_view = "axial"
         self.presets = load_presets(self.data_dir)
+        self._iso_wanted: float | None = None
         self._unsubscribe: Any = None
         self._built.connect(self._on_built)
         self._build_ui()
@@ -119,17 +134,22 @@ class MPRWidget(QWidget):
         self.slab_thickness.setSuffix(" mm")
         self.slab_mode.currentIndexChanged.connect(lambda _i: self._apply_slab())
         self.slab_thickness.valueChanged.connect(lambda _v: self._apply_slab())
-        self.toolbar.addWidget(QLabel(" Slab ", self))
-        self.toolbar.addWidget(self.slab_mode)
-        self.toolbar.addWidget(self.slab_thickness)
-        self.toolbar.addSeparator()
+        # what only the planes use: hidden in the 3D-only layout
+        mpr_only = self.mpr_only_actions = [
+            self.toolbar.addWidget(QLabel(" Slab ", self)),
+            self.toolbar.addWidget(self.slab_mode),
+            self.toolbar.addWidget(self.slab_thickness),
+            self.toolbar.addSeparator(),
+        ]
         self.window_preset = QComboBox(self)
         self.window_preset.setObjectName("window-preset")
         self.window_preset.activated.connect(self._apply_window_preset)
-        self.toolbar.addWidget(QLabel(" W/L ", self))
-        self.toolbar.addWidget(self.window_preset)
-        self.toolbar.addSeparator()
-        self.toolbar.addAction("Reset", self.reset)
+        mpr_only += [
+            self.toolbar.addWidget(QLabel(" W/L ", self)),
+            self.toolbar.addWidget(self.window_preset),
+            self.toolbar.addSeparator(),
+            self.toolbar.addAction("Reset", self.reset),
+        ]
         self.crosshair_action = self.toolbar.addAction("Crosshair")
         self.crosshair_action.setCheckable(True)
         self.crosshair_action.setChecked(True)
@@ -138,10 +158,16 @@ class MPRWidget(QWidget):
         self.annotations_action.setCheckable(True)
         self.annotations_action.setChecked(True)
         self.annotations_action.toggled.connect(self._set_annotations_visible)
-        self.toolbar.addAction("Clear rulers", self._clear_measurements)
-        self.toolbar.addAction("Curved MPR…", self.show_curved)
-        self.toolbar.addAction("Clear path", self._clear_path)
-        self.toolbar.addSeparator()
+        mpr_only += [
+            self.crosshair_action,
+            self.annotations_action,
+            self.toolbar.addAction("Clear rulers", self._clear_measurements),
+            self.toolbar.addAction("Curved MPR…", self.show_curved),
+            self.toolbar.addAction("Clear path", self._clear_path),
+            self.toolbar.addSeparator(),
+        ]
+        for act in mpr_only:
+            act.setVisible(self.layout_name != "3d")
         self.toolbar.addAction("Capture…", self._capture_dialog)
         self.status = QLabel("", self)
         self.status.setObjectName("mpr-status")
@@ -198,6 +224,8 @@ class MPRWidget(QWidget):
         row.addWidget(self.cut_plane, 1)
         row.addWidget(self.cut_flip)
         form.addRow("Cut at cursor", row)
+        if self.layout_name == "3d":  # no planes, no cursor to cut at
+            form.setRowVisible(row, False)
         self.clip_sliders: list[QSlider] = []
         box = QGridLayout()
         for a, name in enumerate(("i", "j", "k")):
@@ -238,44 +266,71 @@ class MPRWidget(QWidget):
 
     def build_async(self, build: Any, runner: Any = None) -> None:
         """Run ``build() -> Volume`` off the GUI thread (on a :class:`hilum.ui.tasks.TaskRunner`
-        when given, else a plain thread) and show the result."""
+        when given, else a plain thread) and show the result.  The MPR and 3D scenes of the
+        volume (VTK pipelines, a block-averaged copy for software 3D) are made there too
+        (:meth:`prepare`), so the GUI thread only places them."""
+
+        def job() -> _Prepared:
+            return self.prepare(build())
+
         if runner is not None:
-            runner.submit(build, on_done=lambda v: self._on_built(v, None), on_error=lambda e: self._on_built(None, e))
+            runner.submit(job, on_done=lambda v: self._on_built(v, None), on_error=lambda e: self._on_built(None, e))
             return
         import threading
 
         def run() -> None:
+            background_priority()
             try:
-                vol = build()
+                prepared = job()
             except Exception as exc:  # delivered to the GUI thread as a message
                 self._built.emit(None, exc)
             else:
-                self._built.emit(vol, None)
+                self._built.emit(prepared, None)
 
         threading.Thread(target=run, name="hilum-mpr-build", daemon=True).start()
 
-    def _on_built(self, volume: Volume | None, error: BaseException | None) -> None:
-        if error is not None or volume is None:
+    def prepare(self, volume: Volume) -> _Prepared:
+        """The scenes :meth:`set_volume` shows for ``volume``; no Qt, safe on a worker thread."""
+        scene = MPRScene(volume)  # the 2D viewer's display of the series (hilum.render.mpr.volume_display)
+        if self.layout_name != "3d":
+            for vp in scene.viewports.values():  # the first frame of a window (context, shaders) costs 50-100 ms
+                vp.render_window.SetOffScreenRendering(1)
+                vp.render_window.Render()
+                release = getattr(vp.render_window, "ReleaseCurrent", None)
+                if release is not None:
+                    release()  # the canvas renders the next frames on the GUI thread
+        volume_scene = VolumeScene(volume, presets=dict(self.presets)) if self.with_3d else None
+        return _Prepared(volume, scene, volume_scene)
+
+    def _on_built(self, prepared: _Prepared | Volume | None, error: BaseException | None) -> None:
+        if error is not None or prepared is None:
             msg = str(error) if error is not None else "no volume"
             logger.warning("MPR: cannot build a volume: %s", msg)
             self.status.setText(f"Cannot build a volume: {msg}")
             self.loadFailed.emit(msg)
             return
-        self.set_volume(volume)
+        if isinstance(prepared, _Prepared):
+            self.set_volume(prepared.volume, prepared=prepared)
+        else:
+            self.set_volume(prepared)
 
-    def set_volume(self, volume: Volume) -> None:
-        """Show ``volume`` (replacing any shown one)."""
+    def set_volume(self, volume: Volume, *, prepared: _Prepared | None = None) -> None:
+        """Show ``volume`` (replacing any shown one), with its scenes from :meth:`prepare` when given."""
         self._teardown()
+        self._iso_wanted = None
+        if prepared is None or prepared.volume is not volume:
+            prepared = self.prepare(volume)
         self.volume = volume
-        self.scene = MPRScene(volume)  # the 2D viewer's display of the series (hilum.render.mpr.volume_display)
+        self.scene = prepared.scene
         self._unsubscribe = self.scene.crosshair.subscribe(self._on_crosshair)
         for view in VIEWS:
             canvas = SliceCanvas(self.scene[view], self)
             canvas.activated.connect(lambda v=view: self.set_active_view(v))
             self.slice_canvases[view] = canvas
         if self.with_3d:
-            self.volume_scene = VolumeScene(volume)
-            self.volume_scene.set_cursor(self.scene.crosshair.centre)
+            self.volume_scene = prepared.volume_scene or VolumeScene(volume, presets=dict(self.presets))
+            if self.layout_name != "3d":  # the MPR's 3D cursor (no planes, no cursor in the 3D-only layout)
+                self.volume_scene.set_cursor(self.scene.crosshair.centre)
             self.volume_canvas = VolumeCanvas(self.volume_scene, self)
             self.vr_preset.blockSignals(True)
             self.vr_preset.clear()
@@ -286,7 +341,7 @@ class MPRWidget(QWidget):
             self.shading.blockSignals(True)
             self.shading.setChecked(self.volume_scene.shading)
             self.shading.blockSignals(False)
-            lo, hi = volume.value_range()
+            lo, hi = self.scene.data.value_range  # computed with the scene, off the GUI thread
             self.iso_threshold.setValue(300.0 if volume.modality == "CT" else lo + 0.3 * (hi - lo))
         self._fill_window_presets()
         self._place()
@@ -305,10 +360,13 @@ class MPRWidget(QWidget):
             self._unsubscribe = None
         for c in self.slice_canvases.values():
             c.close_viewport()
+            c.hide()  # no queued render of a closed scene
             self.grid.removeWidget(c)
             c.deleteLater()
         self.slice_canvases = {}
         if self.volume_canvas is not None:
+            self.volume_canvas.shutdown()
+            self.volume_canvas.hide()
             self.grid.removeWidget(self.volume_canvas)
             self.volume_canvas.deleteLater()
             self.volume_canvas = None
@@ -362,12 +420,11 @@ class MPRWidget(QWidget):
         if self.scene is None or self.volume is None:
             return
         centre = self.scene.crosshair.centre
-        if self.volume_scene is not None and kind in ("centre", "orientation"):
-            self.volume_scene.set_cursor(centre)
+        if self.volume_scene is not None and kind in ("centre", "orientation") and self.layout_name != "3d":
+            point = np.array(centre, dtype=np.float64)
+            self._change_3d(lambda s: s.set_cursor(point))
             if self.cut_plane.currentIndex() > 0:
-                self._apply_cut(render=False)
-            if self.volume_canvas is not None:
-                self.volume_canvas.request_render()
+                self._apply_cut()
         if kind == "centre":
             near = self.volume.nearest_source_slice(centre)
             sop, frame = (near[1].sop_instance_uid, near[1].frame) if near else ("", 0)
@@ -476,73 +533,76 @@ class MPRWidget(QWidget):
             self.scene.crosshair.clear_measurements()
 
     # ------------------------------------------------------------------ 3D controls
+    def _change_3d(self, op: Callable[[VolumeScene], Any], done: Callable[[Any], None] | None = None) -> None:
+        """Change the 3D scene with ``op(scene)`` without waiting for a frame being rendered
+        (:meth:`VolumeCanvas.change`), then render it; ``done(result)`` afterwards."""
+        scene, canvas = self.volume_scene, self.volume_canvas
+        if scene is None or canvas is None:
+            return
+        canvas.change(lambda: op(scene), done)
+
     def _apply_vr_preset(self, index: int) -> None:
         pid = self.vr_preset.itemData(index)
-        if self.volume_scene is None or pid is None:
+        preset = self.presets.get(pid) if pid is not None else None
+        if self.volume_scene is None or preset is None:
             return
-        preset = self.volume_scene.set_preset(pid)
+        self._change_3d(lambda s: s.set_preset(preset))
         self.shading.blockSignals(True)
         self.shading.setChecked(preset.shade)
         self.shading.blockSignals(False)
         if self.tf_editor is not None:
             self.tf_editor.set_preset(preset)
-        self._render_3d()
 
     def apply_preset(self, preset: VRPreset) -> None:
         """Apply an edited preset (from the transfer-function editor)."""
-        if self.volume_scene is not None:
-            self.volume_scene.set_preset(preset)
-            self._render_3d()
+        self._change_3d(lambda s: s.set_preset(preset))
 
     def _set_shading(self, on: bool) -> None:
-        if self.volume_scene is not None:
-            self.volume_scene.set_shading(on)
-            self._render_3d()
+        self._change_3d(lambda s: s.set_shading(on))
 
     def _set_volume_visible(self, on: bool) -> None:
-        if self.volume_scene is not None:
-            self.volume_scene.show_volume(on)
-            self._render_3d()
+        self._change_3d(lambda s: s.show_volume(on))
 
     def _apply_isosurface(self) -> None:
         if self.volume_scene is None:
             return
         threshold = self.iso_threshold.value() if self.iso_on.isChecked() else None
-        if threshold != self.volume_scene.isosurface_threshold:
-            n = self.volume_scene.set_isosurface(threshold)
+        if threshold == self._iso_wanted:
+            return
+        self._iso_wanted = threshold
+
+        def report(n: int) -> None:
             if threshold is not None:
                 self.status.setText(f"Surface at {threshold:g}: {n} triangles")
-            self._render_3d()
 
-    def _apply_cut(self, render: bool = True) -> None:
+        if threshold is not None:
+            self.status.setText(f"Surface at {threshold:g}…")
+        self._change_3d(lambda s: s.set_isosurface(threshold), report)
+
+    def _apply_cut(self) -> None:
         if self.volume_scene is None or self.scene is None:
             return
         idx = self.cut_plane.currentIndex()
         if idx == 0:
-            self.volume_scene.set_cut_plane(None)
+            self._change_3d(lambda s: s.set_cut_plane(None))
         else:
             plane = self.scene.crosshair.plane(VIEWS[idx - 1])
             normal = -plane.normal if self.cut_flip.isChecked() else plane.normal
-            self.volume_scene.set_cut_plane(plane.centre, normal)
-        if render:
-            self._render_3d()
+            self._change_3d(lambda s: s.set_cut_plane(plane.centre, normal))
 
     def _apply_clip_box(self) -> None:
         if self.volume_scene is None or self.volume is None:
             return
         vals = [s.value() / 1000.0 for s in self.clip_sliders]
         if vals == [0.0, 1.0] * 3:
-            self.volume_scene.set_clip_box(None)
+            self._change_3d(lambda s: s.set_clip_box(None))
         else:
             n = self.volume_scene.volume.size  # the rendered (possibly block-averaged) grid
             box = [vals[2 * a + side] * (n[a] - 1) for a in range(3) for side in range(2)]
-            self.volume_scene.set_clip_box(box)
-        self._render_3d()
+            self._change_3d(lambda s: s.set_clip_box(box))
 
     def _reset_3d(self) -> None:
-        if self.volume_scene is not None:
-            self.volume_scene.reset_camera("anterior")
-            self._render_3d()
+        self._change_3d(lambda s: s.reset_camera("anterior"))
 
     def _render_3d(self) -> None:
         if self.volume_canvas is not None:
@@ -553,7 +613,10 @@ class MPRWidget(QWidget):
         if self.volume_scene is None or self.volume is None:
             return None
         if self.tf_editor is None:
-            self.tf_editor = TransferFunctionEditor(self.volume_scene.preset, self.volume.array, parent=self.panel)
+            value_range = self.scene.data.value_range if self.scene is not None else None
+            self.tf_editor = TransferFunctionEditor(
+                self.volume_scene.preset, self.volume.array, value_range=value_range, parent=self.panel
+            )
             self.tf_editor.changed.connect(self.apply_preset)
             self.tf_holder.addWidget(self.tf_editor)
             save = QPushButton("Save as preset…", self.panel)
@@ -592,7 +655,7 @@ class MPRWidget(QWidget):
         """Save the active plane (or ``view``: a plane name or ``"3d"``) as PNG."""
         from PIL import Image
 
-        view = view or self.active_view
+        view = view or ("3d" if self.layout_name == "3d" else self.active_view)
         canvas = self.volume_canvas if view == "3d" else self.slice_canvases[view]
         if canvas is None:
             raise ValueError("there is no 3D view")
