@@ -1,0 +1,471 @@
+"""DICOM peers in the workstation: search (C-FIND), open (C-GET / C-MOVE), Send to (C-STORE), transfers.
+
+Real components on loopback, driven as a person drives them: a second
+``hilum serve`` (another process) holding a study is a configured peer; the
+workstation's source combo is switched with the keyboard, the search field
+typed into and Enter pressed, a study double-clicked (retrieved into the local
+archive, opened in a viewer tab: UIDs and pixels checked), a local study sent
+with the study table's context menu, a failed send retried with the transfers
+panel's Retry button once the peer is up.  Third-party peers: Orthanc answers
+C-FIND and C-MOVE (to the workstation's own node), DCMTK's storescp takes a
+File → Send to.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QEvent, QPoint, Qt  # noqa: E402
+from PySide6.QtGui import QContextMenuEvent, QImage, QKeyEvent, QKeySequence  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+from PySide6.QtWidgets import QApplication, QMenu  # noqa: E402
+
+from _viewer_data import STUDY, hu_point_to_pixel, write_ct  # noqa: E402
+from conftest import free_port, orthanc_process, wait_port  # noqa: E402
+from hilum.archive import Archive  # noqa: E402
+from hilum.config import Config, Peer  # noqa: E402
+from hilum.dicom.generator import generate_ct_series, make_study  # noqa: E402
+from hilum.dicom.generator.people import Patient  # noqa: E402
+from hilum.dimse import scu  # noqa: E402
+from hilum.node import Node  # noqa: E402
+from hilum.ui.transfers import TransferState  # noqa: E402
+
+pytestmark = pytest.mark.gui
+TIMEOUT = 30_000
+ROWS = 32
+
+OTHER = Patient("Okafor^Ada", "HIL-0777", "19700102", "F", ("ISO_IR 100",))
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies (a crashed test leaves no server behind)."""
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _serve(data: Path, port: int, aet: str) -> subprocess.Popen[bytes]:
+    """``hilum serve`` in its own process (this checkout's code: PYTHONPATH is passed on)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hilum",
+            "serve",
+            "--data",
+            str(data),
+            "--aet",
+            aet,
+            "--dicom-port",
+            str(port),
+            "--web-port",
+            str(free_port()),
+            "--hl7-port",
+            str(free_port()),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        preexec_fn=_die_with_parent,
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def peer_serve(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A second Hilum node (``hilum serve``) on loopback holding :data:`STUDY` (a CT of 3 slices)."""
+    data = tmp_path / "peer"
+    with Archive(data) as archive:
+        assert all(r.ok for r in archive.ingest_many(write_ct(tmp_path / "ct", rows=ROWS, slices=3)))
+        sops = sorted(r["SOPInstanceUID"] for r in archive.query("IMAGE", {"StudyInstanceUID": STUDY.uid}))
+        pixels = {sop: pydicom.dcmread(io.BytesIO(archive.read(sop))).PixelData for sop in sops}
+    port = free_port()
+    proc = _serve(data, port, "PEER")
+    try:
+        wait_port(port, 60)
+        yield {"port": port, "sops": sops, "pixels": pixels, "proc": proc}
+    finally:
+        _stop(proc)
+
+
+def _local_study(tmp_path: Path, archive: Archive) -> tuple[str, list[str]]:
+    """Another patient's study in the workstation's own archive (to send)."""
+    study = make_study(OTHER, accession="SEND01", date="20260401", seed="ui-dimse-send")
+    series = generate_ct_series(study, rows=ROWS, columns=ROWS, slices=2, seed=3)
+    for ds in series:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        assert archive.ingest(buf.getvalue()).ok
+    return study.uid, sorted(str(ds.SOPInstanceUID) for ds in series)
+
+
+def _pick_source(qtbot: Any, window: Any, label_start: str) -> None:
+    """Choose a source with the keyboard on the focused combo (Down until its label shows)."""
+    combo = window.remote_sources.selector.combo
+    combo.setFocus()
+    qtbot.waitUntil(combo.hasFocus, timeout=5000)
+    key = (
+        Qt.Key.Key_Down
+        if combo.currentIndex() < combo.findText(label_start, Qt.MatchFlag.MatchStartsWith)
+        else Qt.Key.Key_Up
+    )
+    for _ in range(combo.count()):
+        if combo.currentText().startswith(label_start):
+            return
+        with qtbot.waitSignal(window.browser.searchFinished, timeout=TIMEOUT):
+            QTest.keyClick(combo, key)
+    assert combo.currentText().startswith(label_start), combo.currentText()
+
+
+def _type_search(qtbot: Any, window: Any, text: str) -> Any:
+    edit = window.browser.name_edit
+    edit.setFocus()
+    edit.clear()
+    for ch in text:  # QTest.keyClicks asserts on non-ASCII text: a key event per character instead
+        for kind in (QEvent.Type.KeyPress, QEvent.Type.KeyRelease):
+            QApplication.sendEvent(
+                edit,
+                QKeyEvent(
+                    kind,
+                    Qt.Key.Key_unknown if not ch.isascii() else QKeySequence(ch.upper())[0].key(),
+                    Qt.KeyboardModifier.NoModifier,
+                    ch,
+                ),
+            )
+    assert edit.text() == text
+    with qtbot.waitSignal(window.browser.searchFinished, timeout=TIMEOUT) as found:
+        QTest.keyClick(edit, Qt.Key.Key_Return)
+    return found.args[0]
+
+
+def _row_center(table: Any, row: int) -> QPoint:
+    return table.visualRect(table.model().index(row, 0)).center()  # type: ignore[no-any-return]
+
+
+def _double_click_study(window: Any, study_uid: str) -> None:
+    table = window.browser.table
+    row = window.browser.model.find(study_uid)
+    assert row >= 0
+    pos = _row_center(table, row)
+    QTest.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pos)  # as a real
+    QTest.mouseDClick(table.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pos)  # double-click
+
+
+def _click_menu_path(qtbot: Any, menu: QMenu, *names: str) -> None:
+    """Click through a shown menu: each name is a submenu's or (last) an action's object name."""
+    qtbot.waitUntil(menu.isVisible, timeout=5000)
+    name, rest = names[0], names[1:]
+    for act in menu.actions():
+        sub = act.menu()
+        if act.objectName() == name or (sub is not None and sub.objectName() == name):
+            QTest.mouseClick(
+                menu, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, menu.actionGeometry(act).center()
+            )
+            if rest:
+                assert sub is not None, name
+                _click_menu_path(qtbot, sub, *rest)
+            return
+    raise AssertionError(f"no {name!r} in {[a.text() for a in menu.actions()]}")
+
+
+def _send_with_context_menu(qtbot: Any, window: Any, study_uid: str, peer: str) -> None:
+    browser = window.browser
+    row = browser.model.find(study_uid)
+    assert row >= 0
+    viewport, pos = browser.table.viewport(), _row_center(browser.table, row)
+    QTest.mouseClick(viewport, Qt.MouseButton.RightButton, Qt.KeyboardModifier.NoModifier, pos)
+    # ... and the context-menu event the window system sends with a right click (QTest sends none).
+    QApplication.sendEvent(viewport, QContextMenuEvent(QContextMenuEvent.Reason.Mouse, pos, viewport.mapToGlobal(pos)))
+    assert browser.context_menu is not None and browser.selected_study_uid() == study_uid
+    _click_menu_path(qtbot, browser.context_menu, "sendToSubmenu", f"sendTo:{peer}")
+
+
+def _panel_row(window: Any, transfer: Any) -> int:
+    return window.transfers.panel.row_of(transfer)  # type: ignore[no-any-return]
+
+
+def _wait_finished(qtbot: Any, window: Any, count: int) -> Any:
+    queue = window.transfers.queue
+    qtbot.waitUntil(lambda: len(queue.transfers) >= count and queue.transfers[count - 1].finished, timeout=TIMEOUT)
+    return queue.transfers[count - 1]
+
+
+def _peer_studies(port: int, aet: str, study_uid: str) -> list[dict[str, Any]]:
+    target = scu.Target("127.0.0.1", port, aet, "CHECKER", timeout=30)
+    return [
+        scu.dataset_to_dict(ds)
+        for ds in scu.find(target, "IMAGE", {"StudyInstanceUID": study_uid, "SOPInstanceUID": ""})
+    ]
+
+
+def _check_viewer_pixels(qtbot: Any, window: Any, study_uid: str) -> None:
+    """The study opened in a viewer tab from the local archive, and its soft tissue shows as such."""
+    from hilum.ui.viewer.viewer_widget import StudyViewer
+
+    qtbot.waitUntil(
+        lambda: any(isinstance(w, StudyViewer) and w.study_uid == study_uid for w in window.workspace_tabs()),
+        timeout=TIMEOUT,
+    )
+    viewer = next(w for w in window.workspace_tabs() if isinstance(w, StudyViewer) and w.study_uid == study_uid)
+    assert viewer.archive is window.archive and window.tabs.currentWidget() is viewer
+    qtbot.waitUntil(lambda: viewer.active_viewport().volume is not None
+                    and viewer.active_viewport().volume.complete and not viewer.active_viewport().volume.preview,
+                    timeout=TIMEOUT)  # fmt: skip
+    vp = viewer.active_viewport()
+    canvas = viewer.viewport_widget(0).canvas
+    qtbot.waitUntil(lambda: canvas.image_paint_count > 0, timeout=5000)
+    img = canvas.grab().toImage().convertToFormat(QImage.Format.Format_Grayscale8)
+    arr = np.frombuffer(img.constBits(), np.uint8, img.bytesPerLine() * img.height()).reshape(img.height(), -1)
+    x, y = vp.image_to_canvas(*hu_point_to_pixel(0, -40, ROWS))
+    assert 100 < arr[int(y), int(x)] < 160  # soft tissue through the header's window
+    x, y = vp.image_to_canvas(*hu_point_to_pixel(0, -150, ROWS))
+    assert arr[int(y), int(x)] == 0  # air outside the body
+
+
+def test_peer_search_open_send_and_retry(
+    qtbot: Any, make_main_window: Any, peer_serve: dict[str, Any], tmp_path: Path
+) -> None:
+    down_port = free_port()
+    cfg = Config(
+        data_dir=tmp_path / "ws",
+        aet="HILUMWS",
+        peers={
+            "peer": Peer(aet="PEER", host="127.0.0.1", port=peer_serve["port"]),
+            "later": Peer(aet="LATER", host="127.0.0.1", port=down_port),
+        },
+    )
+    local = Archive(cfg.data_dir)
+    other_uid, other_sops = _local_study(tmp_path, local)
+    window = make_main_window(cfg, local, viewer=True)
+    window.show()
+    qtbot.waitExposed(window)
+    qtbot.waitUntil(lambda: window.browser.model.rowCount() == 1, timeout=TIMEOUT)
+
+    # The peers are sources beside the local archive (and the DICOMweb ones).
+    combo = window.remote_sources.selector.combo
+    labels = [combo.itemText(i) for i in range(combo.count())]
+    assert labels[:3] == ["Local archive", "later (DICOM LATER)", "peer (DICOM PEER)"], labels
+
+    # Pick the peer: its studies are listed by C-FIND, and "Searching …" gives way to the result.
+    _pick_source(qtbot, window, "peer")
+    assert window.remote_sources.active_peer == "peer"
+    assert window.browser.model.rowCount() == 1
+    message = window.statusBar().currentMessage()
+    assert "Searching" not in message and "1 study found on peer" in message, message
+    assert not window.remote_sources.selector.remove_button.isEnabled()  # peers live in hilum.toml
+
+    # Search by name: typed, Enter.
+    result = _type_search(qtbot, window, "mül")
+    assert not result.error and len(result.rows) == 1
+    row = window.browser.model.row(0)
+    assert row["StudyInstanceUID"] == STUDY.uid and row["PatientName"] == "Müller^Jürgen"
+    assert row["NumberOfStudyRelatedInstances"] == 3
+    assert window.browser.model.display_text(0, 0) == "Müller, Jürgen"
+    qtbot.waitUntil(lambda: window.browser.series_model.rowCount() == 1, timeout=TIMEOUT)  # SERIES-level C-FIND
+    assert _type_search(qtbot, window, "nobody").rows == []
+    _type_search(qtbot, window, "Mü")
+
+    # Double-click: retrieved (C-GET) into the local archive through the transfers queue, then opened.
+    assert local.count("IMAGE", {"StudyInstanceUID": STUDY.uid}) == 0
+    _double_click_study(window, STUDY.uid)
+    retrieve = _wait_finished(qtbot, window, 1)
+    assert retrieve.state is TransferState.DONE, retrieve.error
+    assert (retrieve.kind, retrieve.state, retrieve.done, retrieve.total) == ("retrieve", TransferState.DONE, 3, 3)
+    assert "3 retrieved by C-GET" in retrieve.summary
+    assert window.transfers.dock.isVisible()
+    got = sorted(r["SOPInstanceUID"] for r in local.query("IMAGE", {"StudyInstanceUID": STUDY.uid}))
+    assert got == peer_serve["sops"]
+    for sop in got:
+        assert pydicom.dcmread(io.BytesIO(local.read(sop))).PixelData == peer_serve["pixels"][sop]
+    _check_viewer_pixels(qtbot, window, STUDY.uid)
+
+    # Back to the local archive (keyboard), then Send to… the peer from the study table's context menu.
+    window.show_browser()
+    _pick_source(qtbot, window, "Local archive")
+    with qtbot.waitSignal(window.browser.searchFinished, timeout=TIMEOUT):
+        QTest.mouseClick(window.browser.clear_button, Qt.MouseButton.LeftButton)
+    assert window.browser.model.rowCount() == 2
+    _send_with_context_menu(qtbot, window, other_uid, "peer")
+    sent = _wait_finished(qtbot, window, 2)
+    panel = window.transfers.panel
+    assert sent.state is TransferState.DONE, sent.error
+    r = _panel_row(window, sent)
+    assert panel.status_text(r).startswith("Done: 2 sent to PEER@127.0.0.1")
+    assert (panel.progress_bar(r).value(), panel.progress_bar(r).maximum()) == (2, 2)
+    assert sorted(x["SOPInstanceUID"] for x in _peer_studies(peer_serve["port"], "PEER", other_uid)) == other_sops
+
+    # A peer that is down: the transfer fails with the reason; Retry once it is up succeeds.
+    _send_with_context_menu(qtbot, window, other_uid, "later")
+    failed = _wait_finished(qtbot, window, 3)
+    assert failed.state is TransferState.FAILED
+    r = _panel_row(window, failed)
+    assert "cannot connect" in panel.status_text(r) and "refused" in panel.status_text(r), panel.status_text(r)
+    QTest.mouseClick(
+        panel.table.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, _row_center(panel.table, r)
+    )
+    assert panel.retry_button.isEnabled() and not panel.cancel_button.isEnabled()
+    later = Node(Config(data_dir=tmp_path / "later", aet="LATER", dicom_port=down_port), only=["dimse"])
+    later.start()
+    try:
+        QTest.mouseClick(panel.retry_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: failed.finished, timeout=TIMEOUT)
+        assert failed.state is TransferState.DONE and failed.attempts == 2, failed.error
+        assert panel.status_text(r).startswith("Done: 2 sent")
+        assert (
+            sorted(x["SOPInstanceUID"] for x in later.archive.query("IMAGE", {"StudyInstanceUID": other_uid}))
+            == other_sops
+        )
+    finally:
+        later.stop()
+    # Clear finished: the done transfers leave the list.
+    QTest.mouseClick(panel.clear_button, Qt.MouseButton.LeftButton)
+    assert panel.table.rowCount() == 0
+
+
+def test_searching_message_gives_way_to_an_error(qtbot: Any, make_main_window: Any, tmp_path: Path) -> None:
+    """A peer that does not answer: the browser says why, and "Searching …" does not stay."""
+    cfg = Config(
+        data_dir=tmp_path / "ws", aet="HILUMWS", peers={"gone": Peer(aet="GONE", host="127.0.0.1", port=free_port())}
+    )
+    window = make_main_window(cfg, Archive(cfg.data_dir))
+    window.show()
+    qtbot.waitExposed(window)
+    _pick_source(qtbot, window, "gone")
+    message = window.statusBar().currentMessage()
+    assert message.startswith("Search on gone failed:") and "refused" in message, message
+    assert window.browser.result_label.text().startswith("Search failed")
+
+
+def _rest(port: int, method: str, path: str, body: bytes | None = None) -> Any:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request(method, path, body=body)
+    resp = conn.getresponse()
+    data = resp.read()
+    assert resp.status == 200, (path, resp.status, data[:200])
+    return json.loads(data)
+
+
+@pytest.mark.skipif(shutil.which("Orthanc") is None, reason="Orthanc is not installed")
+def test_orthanc_peer_search_and_open_by_c_move(qtbot: Any, make_main_window: Any, tmp_path: Path) -> None:
+    """Orthanc as the peer: C-FIND from the browser, C-MOVE to the workstation's own node on open."""
+    orthanc_port, http_port, ws_port = free_port(), free_port(), free_port()
+    files = write_ct(tmp_path / "ct", rows=ROWS, slices=3)
+    ocfg = {
+        "Name": "HilumQR",
+        "StorageDirectory": str(tmp_path / "ostorage"),
+        "IndexDirectory": str(tmp_path / "oindex"),
+        "HttpPort": http_port,
+        "DicomPort": orthanc_port,
+        "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowFind": True,
+        "DicomAlwaysAllowMove": True,
+        "DefaultEncoding": "Utf8",
+        "DicomModalities": {"ws": ["HILUMWS", "127.0.0.1", ws_port]},
+    }
+    cfg = Config(
+        data_dir=tmp_path / "ws",
+        aet="HILUMWS",
+        dicom_port=ws_port,
+        peers={"orthanc": Peer(aet="ORTHANC", host="127.0.0.1", port=orthanc_port, retrieve="move")},
+    )
+    local = Archive(cfg.data_dir)
+    node = Node(cfg, archive=local, only=["dimse"])  # what the workstation starts beside its window
+    with orthanc_process(tmp_path, ocfg, lambda: _rest(http_port, "GET", "/system")["DicomAet"] == "ORTHANC"):
+        for f in files:
+            _rest(http_port, "POST", "/instances", f.read_bytes())
+        node.start()
+        try:
+            window = make_main_window(cfg, local, viewer=True)
+            window.show()
+            qtbot.waitExposed(window)
+            _pick_source(qtbot, window, "orthanc")
+            result = _type_search(qtbot, window, "Mül")
+            assert [r["StudyInstanceUID"] for r in result.rows] == [STUDY.uid]
+            assert window.browser.model.row(0)["NumberOfStudyRelatedInstances"] == 3
+            with qtbot.waitSignal(window.remote_sources.retrieved, timeout=TIMEOUT):
+                _double_click_study(window, STUDY.uid)
+            t = window.transfers.queue.transfers[0]
+            assert t.state is TransferState.DONE and "3 retrieved by C-MOVE" in t.summary, t.error
+            expected = sorted(str(pydicom.dcmread(f).SOPInstanceUID) for f in files)
+            assert (
+                sorted(r["SOPInstanceUID"] for r in local.query("IMAGE", {"StudyInstanceUID": STUDY.uid})) == expected
+            )
+            _check_viewer_pixels(qtbot, window, STUDY.uid)
+        finally:
+            node.stop()
+
+
+def test_file_send_to_dcmtk_storescp(qtbot: Any, make_main_window: Any, tmp_path: Path) -> None:
+    """File → Send to ▸ a DCMTK storescp: every instance arrives, UIDs and pixels as stored."""
+    if not Path("/usr/bin/storescp").exists():
+        pytest.skip("DCMTK is not installed")
+    port, out = free_port(), tmp_path / "received"
+    out.mkdir()
+    scp = subprocess.Popen(
+        ["/usr/bin/storescp", "-aet", "STORESCP", "-od", str(out), "+xa", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+    try:
+        wait_port(port)
+        cfg = Config(
+            data_dir=tmp_path / "ws", aet="HILUMWS", peers={"dcmtk": Peer(aet="STORESCP", host="127.0.0.1", port=port)}
+        )
+        local = Archive(cfg.data_dir)
+        study_uid, sops = _local_study(tmp_path, local)
+        window = make_main_window(cfg, local)
+        window.show()
+        qtbot.waitExposed(window)
+        qtbot.waitUntil(lambda: window.browser.model.rowCount() == 1, timeout=TIMEOUT)
+        QTest.mouseClick(
+            window.browser.table.viewport(),
+            Qt.MouseButton.LeftButton,
+            Qt.KeyboardModifier.NoModifier,
+            _row_center(window.browser.table, 0),
+        )
+        # File menu (mouse on the menu bar), then Send to ▸ dcmtk.
+        bar = window.menuBar()
+        QTest.mouseClick(
+            bar,
+            Qt.MouseButton.LeftButton,
+            Qt.KeyboardModifier.NoModifier,
+            bar.actionGeometry(window.file_menu.menuAction()).center(),
+        )
+        _click_menu_path(qtbot, window.file_menu, "sendToMenu", "sendTo:dcmtk")
+        t = _wait_finished(qtbot, window, 1)
+        assert t.state is TransferState.DONE, t.error
+        assert t.summary == "2 sent to STORESCP@127.0.0.1:" + str(port)
+        received = {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p) for p in out.iterdir())}
+        assert sorted(received) == sops
+        for sop in sops:
+            assert received[sop].PixelData == pydicom.dcmread(io.BytesIO(local.read(sop))).PixelData
+        assert QApplication.activePopupWidget() is None
+    finally:
+        _stop(scp)  # type: ignore[arg-type]
