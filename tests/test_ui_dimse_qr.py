@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -112,14 +113,16 @@ def peer_serve(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _local_study(tmp_path: Path, archive: Archive) -> tuple[str, list[str]]:
-    """Another patient's study in the workstation's own archive (to send)."""
+    """Another patient's study in the workstation's own archive (to send): two CT series, 2 + 3 slices."""
     study = make_study(OTHER, accession="SEND01", date="20260401", seed="ui-dimse-send")
-    series = generate_ct_series(study, rows=ROWS, columns=ROWS, slices=2, seed=3)
-    for ds in series:
+    instances = generate_ct_series(study, rows=ROWS, columns=ROWS, slices=2, seed=3) + generate_ct_series(
+        study, rows=ROWS, columns=ROWS, slices=3, seed=4, series_number=2, series_description="Second"
+    )
+    for ds in instances:
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         assert archive.ingest(buf.getvalue()).ok
-    return study.uid, sorted(str(ds.SOPInstanceUID) for ds in series)
+    return study.uid, sorted(str(ds.SOPInstanceUID) for ds in instances)
 
 
 def _pick_source(qtbot: Any, window: Any, label_start: str) -> None:
@@ -313,8 +316,8 @@ def test_peer_search_open_send_and_retry(
     panel = window.transfers.panel
     assert sent.state is TransferState.DONE, sent.error
     r = _panel_row(window, sent)
-    assert panel.status_text(r).startswith("Done: 2 sent to PEER@127.0.0.1")
-    assert (panel.progress_bar(r).value(), panel.progress_bar(r).maximum()) == (2, 2)
+    assert panel.status_text(r).startswith("Done: 5 sent to PEER@127.0.0.1")
+    assert (panel.progress_bar(r).value(), panel.progress_bar(r).maximum()) == (5, 5)
     assert sorted(x["SOPInstanceUID"] for x in _peer_studies(peer_serve["port"], "PEER", other_uid)) == other_sops
 
     # A peer that is down: the transfer fails with the reason; Retry once it is up succeeds.
@@ -333,7 +336,7 @@ def test_peer_search_open_send_and_retry(
         QTest.mouseClick(panel.retry_button, Qt.MouseButton.LeftButton)
         qtbot.waitUntil(lambda: failed.finished, timeout=TIMEOUT)
         assert failed.state is TransferState.DONE and failed.attempts == 2, failed.error
-        assert panel.status_text(r).startswith("Done: 2 sent")
+        assert panel.status_text(r).startswith("Done: 5 sent")
         assert (
             sorted(x["SOPInstanceUID"] for x in later.archive.query("IMAGE", {"StudyInstanceUID": other_uid}))
             == other_sops
@@ -422,7 +425,10 @@ def test_orthanc_peer_search_and_open_by_c_move(qtbot: Any, make_main_window: An
 
 
 def test_file_send_to_dcmtk_storescp(qtbot: Any, make_main_window: Any, tmp_path: Path) -> None:
-    """File → Send to ▸ a DCMTK storescp: every instance arrives, UIDs and pixels as stored."""
+    """File → Send to ▸ a DCMTK storescp: from a viewer tab the shown series, from the browser the whole
+    study; every instance arrives with its UIDs and pixels as stored."""
+    from hilum.ui.viewer.viewer_widget import StudyViewer
+
     if not Path("/usr/bin/storescp").exists():
         pytest.skip("DCMTK is not installed")
     port, out = free_port(), tmp_path / "received"
@@ -432,6 +438,7 @@ def test_file_send_to_dcmtk_storescp(qtbot: Any, make_main_window: Any, tmp_path
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "TCP_NODELAY": "1"},
+        preexec_fn=_die_with_parent,
     )
     try:
         wait_port(port)
@@ -440,32 +447,86 @@ def test_file_send_to_dcmtk_storescp(qtbot: Any, make_main_window: Any, tmp_path
         )
         local = Archive(cfg.data_dir)
         study_uid, sops = _local_study(tmp_path, local)
+        window = make_main_window(cfg, local, viewer=True)
+        window.show()
+        qtbot.waitExposed(window)
+        qtbot.waitUntil(lambda: window.browser.model.rowCount() == 1, timeout=TIMEOUT)
+
+        def received() -> dict[str, Any]:
+            return {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p) for p in out.iterdir())}
+
+        # A viewer tab: File → Send to ▸ (shown series) dcmtk.
+        _double_click_study(window, study_uid)
+        qtbot.waitUntil(lambda: isinstance(window.tabs.currentWidget(), StudyViewer), timeout=TIMEOUT)
+        viewer = window.tabs.currentWidget()
+        qtbot.waitUntil(lambda: bool(viewer.active_viewport().series_uid), timeout=TIMEOUT)
+        shown = viewer.active_viewport().series_uid
+        series_sops = sorted(r["SOPInstanceUID"] for r in local.query("IMAGE", {"SeriesInstanceUID": shown}))
+        _open_file_menu(window)
+        _click_menu_path(qtbot, window.file_menu, "sendToMenu", "sendSeriesTo:dcmtk")
+        t = _wait_finished(qtbot, window, 1)
+        assert t.state is TransferState.DONE, t.error
+        assert t.summary == f"{len(series_sops)} sent to STORESCP@127.0.0.1:{port}" and len(series_sops) < len(sops)
+        assert sorted(received()) == series_sops
+
+        # The study browser: File → Send to ▸ dcmtk sends the selected study.
+        window.show_browser()
+        _open_file_menu(window)
+        _click_menu_path(qtbot, window.file_menu, "sendToMenu", "sendTo:dcmtk")
+        t = _wait_finished(qtbot, window, 2)
+        assert t.state is TransferState.DONE, t.error
+        assert t.summary == f"{len(sops)} sent to STORESCP@127.0.0.1:{port}"
+        got = received()
+        assert sorted(got) == sops
+        for sop in sops:
+            assert got[sop].PixelData == pydicom.dcmread(io.BytesIO(local.read(sop))).PixelData
+        assert QApplication.activePopupWidget() is None
+    finally:
+        _stop(scp)  # type: ignore[arg-type]
+
+
+def _open_file_menu(window: Any) -> None:
+    bar = window.menuBar()
+    QTest.mouseClick(
+        bar,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+        bar.actionGeometry(window.file_menu.menuAction()).center(),
+    )
+
+
+def test_cancel_a_transfer_to_a_peer_that_does_not_answer(qtbot: Any, make_main_window: Any, tmp_path: Path) -> None:
+    """A peer that takes the connection and never answers: the send runs until Cancel, then shows so
+    (and can be retried)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # connections complete in the backlog; nobody reads the A-ASSOCIATE-RQ
+    try:
+        port = silent.getsockname()[1]
+        cfg = Config(
+            data_dir=tmp_path / "ws", aet="HILUMWS", peers={"silent": Peer(aet="SILENT", host="127.0.0.1", port=port)}
+        )
+        local = Archive(cfg.data_dir)
+        study_uid, _sops = _local_study(tmp_path, local)
         window = make_main_window(cfg, local)
         window.show()
         qtbot.waitExposed(window)
         qtbot.waitUntil(lambda: window.browser.model.rowCount() == 1, timeout=TIMEOUT)
+        _send_with_context_menu(qtbot, window, study_uid, "silent")
+        queue, panel = window.transfers.queue, window.transfers.panel
+        qtbot.waitUntil(lambda: bool(queue.transfers) and queue.transfers[0].state is TransferState.RUNNING)
+        t = queue.transfers[0]
+        r = _panel_row(window, t)
         QTest.mouseClick(
-            window.browser.table.viewport(),
+            panel.table.viewport(),
             Qt.MouseButton.LeftButton,
             Qt.KeyboardModifier.NoModifier,
-            _row_center(window.browser.table, 0),
+            _row_center(panel.table, r),
         )
-        # File menu (mouse on the menu bar), then Send to ▸ dcmtk.
-        bar = window.menuBar()
-        QTest.mouseClick(
-            bar,
-            Qt.MouseButton.LeftButton,
-            Qt.KeyboardModifier.NoModifier,
-            bar.actionGeometry(window.file_menu.menuAction()).center(),
-        )
-        _click_menu_path(qtbot, window.file_menu, "sendToMenu", "sendTo:dcmtk")
-        t = _wait_finished(qtbot, window, 1)
-        assert t.state is TransferState.DONE, t.error
-        assert t.summary == "2 sent to STORESCP@127.0.0.1:" + str(port)
-        received = {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p) for p in out.iterdir())}
-        assert sorted(received) == sops
-        for sop in sops:
-            assert received[sop].PixelData == pydicom.dcmread(io.BytesIO(local.read(sop))).PixelData
-        assert QApplication.activePopupWidget() is None
+        assert panel.cancel_button.isEnabled() and not panel.retry_button.isEnabled()
+        QTest.mouseClick(panel.cancel_button, Qt.MouseButton.LeftButton)
+        assert t.state is TransferState.CANCELLED and panel.status_text(r) == "Cancelled"
+        assert panel.retry_button.isEnabled() and not panel.cancel_button.isEnabled()
+        assert t.cancel_event.is_set()
     finally:
-        _stop(scp)  # type: ignore[arg-type]
+        silent.close()  # the association attempt in flight ends (connection reset)

@@ -130,14 +130,18 @@ class TransferQueue(QObject):
         return True
 
     def cancel(self, t: Transfer) -> bool:
-        """Stop a queued or running transfer (a running one stops after the instance in flight)."""
+        """Stop a queued or running transfer.
+
+        It is shown cancelled at once; a running one stops at its next step (after the instance in
+        flight, or when the association in progress ends: every association has timeouts), and
+        whatever it reports after that is dropped.
+        """
         if t.finished:
             return False
         t.cancel_event.set()
-        if t.state is TransferState.QUEUED:
-            t.state = TransferState.CANCELLED
-            self.changed.emit(t)
-            self.finished.emit(t)
+        t.state = TransferState.CANCELLED
+        self.changed.emit(t)
+        self.finished.emit(t)
         return True
 
     def clear_finished(self) -> None:
@@ -183,29 +187,23 @@ class TransferQueue(QObject):
         self.changed.emit(t)
 
     def _on_done(self, t: Transfer, ev: threading.Event, summary: str | None) -> None:
-        if t.cancel_event is not ev:
-            return
-        if ev.is_set():
-            t.state = TransferState.CANCELLED
-        else:
-            t.state, t.summary = TransferState.DONE, summary or ""
-            if t.total:
-                t.done = t.total
+        if t.cancel_event is not ev or ev.is_set():
+            return  # a later attempt runs, or it was cancelled (and shown so) meanwhile
+        t.state, t.summary = TransferState.DONE, summary or ""
+        if t.total:
+            t.done = t.total
         self.changed.emit(t)
         self.finished.emit(t)
         if t.state is TransferState.DONE and t.then is not None:
             t.then(t)
 
     def _on_failed(self, t: Transfer, ev: threading.Event, exc: BaseException) -> None:
-        if t.cancel_event is not ev:
+        if t.cancel_event is not ev or ev.is_set():
             return
-        if ev.is_set():
-            t.state = TransferState.CANCELLED
-        else:
-            if not isinstance(exc, (DimseError, OSError)):
-                log.error("transfer %d failed", t.id, exc_info=exc)
-            t.state = TransferState.FAILED
-            t.error = (str(exc).splitlines() or [type(exc).__name__])[0]
+        if not isinstance(exc, (DimseError, OSError)):
+            log.error("transfer %d failed", t.id, exc_info=exc)
+        t.state = TransferState.FAILED
+        t.error = (str(exc).splitlines() or [type(exc).__name__])[0]
         self.changed.emit(t)
         self.finished.emit(t)
 
