@@ -194,8 +194,8 @@ def _click_menu_path(qtbot: Any, menu: QMenu, *names: str) -> None:
     raise AssertionError(f"no {name!r} in {[a.text() for a in menu.actions()]}")
 
 
-def _send_with_context_menu(qtbot: Any, window: Any, study_uid: str, peer: str) -> None:
-    browser = window.browser
+def _context_menu(browser: Any, study_uid: str) -> QMenu:
+    """Right-click a study row: the browser's context menu, shown."""
     row = browser.model.find(study_uid)
     assert row >= 0
     viewport, pos = browser.table.viewport(), _row_center(browser.table, row)
@@ -203,7 +203,11 @@ def _send_with_context_menu(qtbot: Any, window: Any, study_uid: str, peer: str) 
     # ... and the context-menu event the window system sends with a right click (QTest sends none).
     QApplication.sendEvent(viewport, QContextMenuEvent(QContextMenuEvent.Reason.Mouse, pos, viewport.mapToGlobal(pos)))
     assert browser.context_menu is not None and browser.selected_study_uid() == study_uid
-    _click_menu_path(qtbot, browser.context_menu, "sendToSubmenu", f"sendTo:{peer}")
+    return browser.context_menu  # type: ignore[no-any-return]
+
+
+def _send_with_context_menu(qtbot: Any, window: Any, study_uid: str, peer: str) -> None:
+    _click_menu_path(qtbot, _context_menu(window.browser, study_uid), "sendToSubmenu", f"sendTo:{peer}")
 
 
 def _panel_row(window: Any, transfer: Any) -> int:
@@ -422,6 +426,66 @@ def test_orthanc_peer_search_and_open_by_c_move(qtbot: Any, make_main_window: An
             _check_viewer_pixels(qtbot, window, STUDY.uid)
         finally:
             node.stop()
+
+
+def test_dcmtk_dcmqrscp_peer_search_and_open_by_c_get(qtbot: Any, make_main_window: Any, tmp_path: Path) -> None:
+    """DCMTK's dcmqrscp as the peer (filled by DCMTK's storescu): C-FIND from the browser, C-GET on open."""
+    if not Path("/usr/bin/dcmqrscp").exists():
+        pytest.skip("DCMTK is not installed")
+    port, db = free_port(), tmp_path / "qrdb"
+    db.mkdir()
+    (tmp_path / "dcmqrscp.cfg").write_text(
+        f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n"
+        "HostTable BEGIN\nHostTable END\nVendorTable BEGIN\nVendorTable END\n"
+        f"AETable BEGIN\nDCMQR {db} RW (200, 1024mb) ANY\nAETable END\n"
+    )
+    qr = subprocess.Popen(
+        ["/usr/bin/dcmqrscp", "-c", str(tmp_path / "dcmqrscp.cfg"), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        preexec_fn=_die_with_parent,
+    )
+    try:
+        wait_port(port)
+        files = write_ct(tmp_path / "ct", rows=ROWS, slices=3)
+        subprocess.run(
+            ["/usr/bin/storescu", "-aec", "DCMQR", "127.0.0.1", str(port), *map(str, files)], check=True, timeout=60
+        )
+        cfg = Config(
+            data_dir=tmp_path / "ws", aet="HILUMWS", peers={"dcmqr": Peer(aet="DCMQR", host="127.0.0.1", port=port)}
+        )
+        local = Archive(cfg.data_dir)
+        window = make_main_window(cfg, local, viewer=True)
+        window.show()
+        qtbot.waitExposed(window)
+        _pick_source(qtbot, window, "dcmqr")
+        result = _type_search(qtbot, window, "Müller")
+        assert [r["StudyInstanceUID"] for r in result.rows] == [STUDY.uid]
+        assert window.browser.model.display_text(0, 0) == "Müller, Jürgen"
+        # A peer's study is not in the local archive: its context menu's "Send study to" is disabled.
+        menu = _context_menu(window.browser, STUDY.uid)
+        sub = next(a.menu() for a in menu.actions() if a.menu() is not None)
+        assert sub.objectName() == "sendToSubmenu" and not sub.isEnabled()
+        QTest.keyClick(menu, Qt.Key.Key_Escape)
+        qtbot.waitUntil(lambda: window.browser.context_menu is None, timeout=5000)
+        # Double-click the series: a SERIES-level C-GET, then the series opens.
+        qtbot.waitUntil(lambda: window.browser.series_model.rowCount() == 1, timeout=TIMEOUT)
+        series_table = window.browser.series_table
+        pos = _row_center(series_table, 0)
+        QTest.mouseClick(series_table.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pos)
+        QTest.mouseDClick(series_table.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pos)
+        t = _wait_finished(qtbot, window, 1)
+        assert t.state is TransferState.DONE and t.summary == "3 retrieved by C-GET", t.error
+        assert t.what == "Müller, Jürgen — CT Thorax, series 1"
+        stored = {r["SOPInstanceUID"]: r for r in local.query("IMAGE", {"StudyInstanceUID": STUDY.uid})}
+        for f in files:
+            ds = pydicom.dcmread(f)
+            assert pydicom.dcmread(io.BytesIO(local.read(str(ds.SOPInstanceUID)))).PixelData == ds.PixelData
+        assert len(stored) == 3
+        _check_viewer_pixels(qtbot, window, STUDY.uid)
+    finally:
+        _stop(qr)  # type: ignore[arg-type]
 
 
 def test_file_send_to_dcmtk_storescp(qtbot: Any, make_main_window: Any, tmp_path: Path) -> None:

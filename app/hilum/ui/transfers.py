@@ -397,7 +397,8 @@ class TransferController(QObject):
         self.queue.added.connect(lambda _t: self.dock.show())
         browser = window.browser
         if hasattr(browser, "sendRequested"):
-            browser.send_targets = self.send_targets
+            # Only what the local archive holds can be sent: nothing while the browser shows a remote source.
+            browser.send_targets = lambda: self.send_targets() if browser.logic.archive is window.archive else []
             browser.sendRequested.connect(self.send)
 
     # ------------------------------------------------------------ peers
