@@ -594,3 +594,40 @@ def test_cancel_a_transfer_to_a_peer_that_does_not_answer(qtbot: Any, make_main_
         assert t.cancel_event.is_set()
     finally:
         silent.close()  # the association attempt in flight ends (connection reset)
+
+
+def test_peer_rows_read_as_the_archive_rows(tmp_path: Path) -> None:
+    """Oracle: what the browser shows of a peer's studies and series (C-FIND rows through the table
+    columns) reads exactly as what it shows of the same archive searched locally; series sort by number."""
+    from hilum.ui.dimse_source import PeerArchiveView, peer_target
+    from hilum.ui.study_search import SERIES_COLUMNS, STUDY_COLUMNS, StudyCriteria, StudySearch
+
+    port = free_port()
+    node = Node(Config(data_dir=tmp_path / "peer", aet="PEER", dicom_port=port), only=["dimse"])
+    node.start()
+    try:
+        study = make_study(OTHER, accession="SORT01", date="20250101", seed="ui-dimse-sort")
+        for number in (10, 2):
+            for ds in generate_ct_series(study, rows=8, columns=8, slices=1, seed=number, series_number=number):
+                buf = io.BytesIO()
+                ds.save_as(buf, enforce_file_format=True)
+                assert node.archive.ingest(buf.getvalue()).ok
+        assert all(r.ok for r in node.archive.ingest_many(write_ct(tmp_path / "ct", rows=8, slices=2)))
+        cfg = Config(
+            data_dir=tmp_path / "ws", aet="HILUMWS", peers={"p": Peer(aet="PEER", host="127.0.0.1", port=port)}
+        )
+        view = PeerArchiveView(peer_target(cfg, cfg.peers["p"]), "p")
+        for criteria in (StudyCriteria(), StudyCriteria(patient_name="oka"), StudyCriteria(modality="CT")):
+            remote = StudySearch(view).studies(criteria, ["PatientName"])
+            here = StudySearch(node.archive).studies(criteria, ["PatientName"])
+            assert remote.total == here.total > 0
+            assert [[c.text(r) for c in STUDY_COLUMNS] for r in remote.rows] == [
+                [c.text(r) for c in STUDY_COLUMNS] for r in here.rows
+            ]
+        remote_series = StudySearch(view).series(study.uid)
+        assert [r["SeriesNumber"] for r in remote_series] == [2, 10]
+        assert [[c.text(r) for c in SERIES_COLUMNS] for r in remote_series] == [
+            [c.text(r) for c in SERIES_COLUMNS] for r in StudySearch(node.archive).series(study.uid)
+        ]
+    finally:
+        node.stop()
