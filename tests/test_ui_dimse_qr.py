@@ -308,6 +308,12 @@ def test_peer_search_open_send_and_retry(
     for sop in got:
         assert pydicom.dcmread(io.BytesIO(local.read(sop))).PixelData == peer_serve["pixels"][sop]
     _check_viewer_pixels(qtbot, window, STUDY.uid)
+    # Again: all of it is here already, so the peer is not asked (the viewer tab comes forward).
+    window.show_browser()
+    _double_click_study(window, STUDY.uid)
+    again = _wait_finished(qtbot, window, 2)
+    assert again.state is TransferState.DONE and again.summary == "all 3 already in the local archive"
+    qtbot.waitUntil(lambda: window.tabs.currentWidget() is not window.browser_page, timeout=TIMEOUT)
 
     # Back to the local archive (keyboard), then Send to… the peer from the study table's context menu.
     window.show_browser()
@@ -316,7 +322,7 @@ def test_peer_search_open_send_and_retry(
         QTest.mouseClick(window.browser.clear_button, Qt.MouseButton.LeftButton)
     assert window.browser.model.rowCount() == 2
     _send_with_context_menu(qtbot, window, other_uid, "peer")
-    sent = _wait_finished(qtbot, window, 2)
+    sent = _wait_finished(qtbot, window, 3)
     panel = window.transfers.panel
     assert sent.state is TransferState.DONE, sent.error
     r = _panel_row(window, sent)
@@ -326,7 +332,7 @@ def test_peer_search_open_send_and_retry(
 
     # A peer that is down: the transfer fails with the reason; Retry once it is up succeeds.
     _send_with_context_menu(qtbot, window, other_uid, "later")
-    failed = _wait_finished(qtbot, window, 3)
+    failed = _wait_finished(qtbot, window, 4)
     assert failed.state is TransferState.FAILED
     r = _panel_row(window, failed)
     assert "cannot connect" in panel.status_text(r) and "refused" in panel.status_text(r), panel.status_text(r)

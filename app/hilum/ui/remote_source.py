@@ -428,16 +428,19 @@ class RemoteSourceController(QObject):
             return None
         browser = self.window.browser
         row = browser.model.find(study_uid)
-        label = study_uid
+        label, expected = study_uid, None
         if row >= 0:
             r = browser.model.row(row)
             label = format_person_name(r.get("PatientName")) or "study"
             if r.get("StudyDescription"):
                 label += f" — {r['StudyDescription']}"
+            expected = r.get("NumberOfStudyRelatedInstances")
         if series_uid:
             srow = browser.series_model.find(series_uid)
-            number = browser.series_model.row(srow).get("SeriesNumber") if srow >= 0 else None
+            s = browser.series_model.row(srow) if srow >= 0 else {}
+            number = s.get("SeriesNumber")
             label += f", series {number}" if number not in (None, "") else ", one series"
+            expected = s.get("NumberOfSeriesRelatedInstances")
 
         def then(_t: Any) -> None:
             self.retrieved.emit(study_uid)
@@ -449,7 +452,8 @@ class RemoteSourceController(QObject):
                 self.window.open_study(study_uid)
 
         self._message(f"Retrieving {label} from {peer}…")
-        return transfers.retrieve(peer, study_uid, series_uid, label=label, then=then)
+        count = expected if isinstance(expected, int) and expected > 0 else None
+        return transfers.retrieve(peer, study_uid, series_uid, label=label, expected=count, then=then)
 
     def _fetch_and_open(self, study_uid: str, series_uid: str | None) -> None:
         if self.cache.has(study_uid, series_uid):

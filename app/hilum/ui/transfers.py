@@ -508,17 +508,28 @@ class TransferController(QObject):
         series_uid: str | None = None,
         *,
         label: str = "",
+        expected: int | None = None,
         then: Callable[[Transfer], None] | None = None,
     ) -> Transfer:
         """Queue the retrieve of a study (or series) from a peer into the local archive (C-GET or C-MOVE,
-        as the peer's ``retrieve`` setting says); ``then`` runs on the GUI thread once it is all here."""
+        as the peer's ``retrieve`` setting says); ``then`` runs on the GUI thread once it is all here.
+
+        ``expected``: how many instances the peer said it holds (its C-FIND row); when the local
+        archive already holds that many of them, nothing is asked of the peer.
+        """
         peer = self._peer(peer_name)
         target = peer_target(self.window.config, peer)
         archive = self.window.archive
         method = peer.retrieve
         destination = self.window.config.aet
+        keys = {"StudyInstanceUID": study_uid, **({"SeriesInstanceUID": series_uid} if series_uid else {})}
 
         def work(progress: Callable[[int, int], None], cancel: threading.Event) -> str:
+            if expected:
+                here = archive.count("IMAGE", keys)
+                if here >= expected:
+                    progress(here, here)
+                    return f"all {here} already in the local archive"
             result = retrieve_study(
                 archive,
                 target,
