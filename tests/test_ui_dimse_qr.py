@@ -637,3 +637,36 @@ def test_peer_rows_read_as_the_archive_rows(tmp_path: Path) -> None:
         ]
     finally:
         node.stop()
+
+
+def test_c_move_from_a_peer_that_does_not_know_this_node_fails_with_the_reason(
+    qtbot: Any, make_main_window: Any, tmp_path: Path
+) -> None:
+    """Open by C-MOVE from a peer that has no [peers] entry for this workstation: the transfer fails,
+    says so, and nothing is opened."""
+    port = free_port()
+    node = Node(Config(data_dir=tmp_path / "peer", aet="PEER", dicom_port=port), only=["dimse"])
+    node.start()
+    try:
+        assert all(r.ok for r in node.archive.ingest_many(write_ct(tmp_path / "ct", rows=8, slices=2)))
+        cfg = Config(
+            data_dir=tmp_path / "ws",
+            aet="HILUMWS",
+            peers={"mover": Peer(aet="PEER", host="127.0.0.1", port=port, retrieve="move")},
+        )
+        local = Archive(cfg.data_dir)
+        window = make_main_window(cfg, local)
+        window.show()
+        qtbot.waitExposed(window)
+        _pick_source(qtbot, window, "mover")
+        assert window.browser.model.rowCount() == 1
+        tabs = window.tabs.count()
+        _double_click_study(window, STUDY.uid)
+        t = _wait_finished(qtbot, window, 1)
+        assert t.state is TransferState.FAILED
+        assert t.error.startswith("C-MOVE to HILUMWS from PEER@127.0.0.1") and "status 0xA801" in t.error, t.error
+        assert "know AE title HILUMWS" in t.error
+        assert window.transfers.panel.status_text(0) == f"Failed: {t.error}"
+        assert window.tabs.count() == tabs and local.stats()["instances"] == 0
+    finally:
+        node.stop()

@@ -195,6 +195,12 @@ def retrieve_study(
     if cancel is not None and cancel.is_set():
         return result
     problem = _retrieve_failure(result, what, target)
+    if problem and method == "move" and result.completed + result.warning == 0:
+        # Nothing arrived: most often the peer does not know this node, or this node's listener is off.
+        problem += (
+            f" (does {target.called_aet} know AE title {destination} at this host and port, "
+            "and is this workstation's DICOM node running?)"
+        )
     if problem:
         raise DimseError(problem + (f"; refused here: {rejected[0]}" if rejected else ""))
     if result.completed + result.warning == 0:
