@@ -24,7 +24,12 @@ CONFIG_NAME = "hilum.toml"
 
 @dataclass
 class Peer:
-    """A remote DICOM application entity the node knows by AE title."""
+    """A remote DICOM application entity the node knows by AE title.
+
+    ``retrieve`` is how the workstation opens a study from this peer: ``"get"``
+    (C-GET, the instances come back on the same association) or ``"move"``
+    (C-MOVE to this node's AE title, which the peer must know).
+    """
 
     aet: str
     host: str
@@ -33,6 +38,7 @@ class Peer:
     may_store: bool = True
     may_query: bool = True
     may_retrieve: bool = True
+    retrieve: str = "get"
 
 
 @dataclass
@@ -135,5 +141,7 @@ def load_config(data_dir: str | os.PathLike[str] | None = None) -> Config:
             cfg.peers[name] = Peer(**spec)
         except TypeError as exc:
             raise ConfigError(f"{path}: peer {name!r}: {exc}") from exc
+        if cfg.peers[name].retrieve not in ("get", "move"):
+            raise ConfigError(f"{path}: peer {name!r}: retrieve must be 'get' or 'move'")
     cfg.extra = doc
     return cfg

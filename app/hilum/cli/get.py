@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run_get(args: argparse.Namespace) -> int:
     from hilum.dimse.cliargs import progress_bar, retrieve_keys, target_from_args
-    from hilum.dimse.scu import get
+    from hilum.dimse.scu import get, ingest_store
 
     target = target_from_args(args)
     level, keys = retrieve_keys(args)
@@ -44,23 +44,18 @@ def run_get(args: argparse.Namespace) -> int:
 
         archive = Archive.from_config(load_config(args.data))
 
+    ingest = ingest_store(archive, target.called_aet, rejected) if archive is not None else None
+
     def store(event: Any) -> int:
-        data = event.encoded_dataset()
-        if out_dir is not None:
-            uid = str(event.request.AffectedSOPInstanceUID)
-            path = out_dir / f"{uid}.dcm"
-            tmp = path.with_suffix(".part")
-            tmp.write_bytes(data)
-            tmp.replace(path)
-            return 0x0000
-        assert archive is not None
-        res = archive.ingest(data, origin="dimse", source_aet=target.called_aet,
-                             expected_sop_class=str(event.request.AffectedSOPClassUID),
-                             expected_sop_instance=str(event.request.AffectedSOPInstanceUID))
-        if res.ok:
-            return 0x0000
-        rejected.append(f"{res.sop_instance_uid}: {res.reason}")
-        return {"storage-full": 0xA700, "sop-class-mismatch": 0xA900, "uid-mismatch": 0xA900}.get(res.code or "", 0xC000)
+        if ingest is not None:
+            return ingest(event)
+        assert out_dir is not None
+        uid = str(event.request.AffectedSOPInstanceUID)
+        path = out_dir / f"{uid}.dcm"
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(event.encoded_dataset())
+        tmp.replace(path)
+        return 0x0000
 
     bar = progress_bar(not args.json)
     task = None

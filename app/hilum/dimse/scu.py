@@ -71,6 +71,7 @@ __all__ = [
     "find",
     "get",
     "infer_level",
+    "ingest_store",
     "iter_find",
     "move",
     "parse_keys",
@@ -536,6 +537,27 @@ def get(target: Target, level: str, keys: Mapping[str, str], store: Callable[[An
         result = _collect(responses, target, "C-GET", progress, cancel, assoc, model)
     result.received = received[0]
     return result
+
+
+def ingest_store(archive: Any, source_aet: str, rejected: list[str] | None = None) -> Callable[[Any], int]:
+    """A :func:`get` ``store`` callback that puts each received instance into ``archive`` through
+    its one ingest call (DESIGN.md "One way in"), checked against the C-STORE request's SOP Class
+    and Instance UIDs; a refusal becomes the sub-operation's failure status (PS3.4 B.2.3) and a
+    line in ``rejected``.  Used by ``hilum get`` and the workstation's retrieve from a peer.
+    """
+    codes = {"storage-full": 0xA700, "sop-class-mismatch": 0xA900, "uid-mismatch": 0xA900}
+
+    def store(event: Any) -> int:
+        res = archive.ingest(event.encoded_dataset(), origin="dimse", source_aet=source_aet,
+                             expected_sop_class=str(event.request.AffectedSOPClassUID),
+                             expected_sop_instance=str(event.request.AffectedSOPInstanceUID))
+        if res.ok:
+            return 0x0000
+        if rejected is not None:
+            rejected.append(f"{res.sop_instance_uid}: {res.reason}")
+        return codes.get(res.code or "", 0xC000)
+
+    return store
 
 
 # ---------------------------------------------------------------- send

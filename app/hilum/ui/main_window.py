@@ -246,8 +246,11 @@ class MainWindow(QMainWindow):
         self._stats_timer.setInterval(STATS_THROTTLE_MS)
         self._stats_timer.timeout.connect(self.refresh_status)
 
-        from hilum.ui.remote_source import install_remote_sources  # DICOMweb servers as study sources
+        from hilum.ui.remote_source import install_remote_sources  # DICOMweb servers, DICOM peers as sources
+        from hilum.ui.transfers import install_transfers  # View → Transfers, File → Send to
 
+        self.transfers: Any = None
+        install_transfers(self)
         install_remote_sources(self)
         self.browser.search()
         self.refresh_status()
@@ -603,7 +606,8 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------ events
 
     def _on_archive_changed(self, _events: list[ArchiveEvent]) -> None:
-        self.browser.schedule_refresh()
+        if self.browser.logic.archive is self.archive:  # not a remote source: its list did not change
+            self.browser.schedule_refresh()
         if not self._stats_timer.isActive():
             self._stats_timer.start()
 
@@ -689,6 +693,8 @@ class MainWindow(QMainWindow):
         self.watcher.close()
         self._stats_timer.stop()
         self.browser.shutdown()
+        if self.transfers is not None:
+            self.transfers.shutdown()
         if self.worklist is not None:
             shutdown = getattr(self.worklist, "shutdown", None)
             if shutdown is not None:

@@ -1,9 +1,10 @@
-"""Remote DICOMweb servers as study sources in the study browser.
+"""Remote DICOMweb servers and DICOM peers as study sources in the study browser.
 
 A row of widgets above the browser (:class:`SourceSelector`) picks where the
-browser searches: the local archive or a DICOMweb server (PS3.18) added
+browser searches: the local archive, a DICOMweb server (PS3.18) added
 with :class:`SourceDialog` (URL, user and password or a token, TLS
-verification).  With a remote source selected:
+verification), or a DICOM peer configured in ``hilum.toml``'s ``[peers]``
+(DIMSE, :mod:`hilum.ui.dimse_source`).  With a DICOMweb source selected:
 
 * the browser's searches go to the server as QIDO-RS through
   :class:`hilum.dicomweb.client.RemoteArchiveView` — same query call, same rows;
@@ -14,7 +15,14 @@ verification).  With a remote source selected:
 * "Keep locally" stores the selected study in the local archive through the
   one ingest call (from the cache when it was opened, else fetched).
 
-The logic lives in :mod:`hilum.dicomweb.client`; this module only binds it.
+With a DICOM peer selected, searches are C-FIND (:class:`hilum.ui.dimse_source.PeerArchiveView`);
+opening a study retrieves it into the local archive (C-GET, or C-MOVE to this
+node, as the peer's ``retrieve`` setting says) through the transfers queue
+(:mod:`hilum.ui.transfers`, progress and errors in its panel) and then opens
+it like any local study; "Keep locally" retrieves without opening.
+
+The logic lives in :mod:`hilum.dicomweb.client` and :mod:`hilum.ui.dimse_source`;
+this module only binds it.
 Sources are saved in ``hilum.toml`` (``[dicomweb_sources.NAME]``) without
 passwords, which are asked once per session.
 """
@@ -24,7 +32,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from PySide6.QtCore import QEvent, QObject, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -48,12 +56,16 @@ from hilum.dicomweb.client import (
     load_sources,
     save_sources,
 )
+from hilum.ui.dimse_source import PeerArchiveView, peer_target
+from hilum.ui.study_search import StudySearchResult, format_person_name
 from hilum.ui.tasks import Job, TaskRunner
 
 log = logging.getLogger(__name__)
 
 LOCAL = "Local archive"
 ADD = "__add__"
+PEER_PREFIX = "dimse:"
+"""Combo data of a DICOM peer (``dimse:NAME``), apart from DICOMweb sources (their bare names)."""
 
 
 def check_connection(source: DicomWebSource) -> str:
@@ -124,6 +136,8 @@ class SourceDialog(QDialog):
             return "Give the source a name."
         if s.name in self.taken or s.name == LOCAL:
             return f"There is already a source called {s.name!r}."
+        if s.name.startswith(PEER_PREFIX):
+            return f"A source name cannot start with {PEER_PREFIX!r}."
         try:
             DicomWebClient(s)
         except ValueError as exc:
@@ -168,7 +182,8 @@ class SourceSelector(QWidget):
         self.setObjectName("studySourceSelector")
         self.combo = QComboBox(self)
         self.combo.setObjectName("studySourceCombo")
-        self.combo.setToolTip("Where the study browser searches: this workstation's archive or a DICOMweb server")
+        self.combo.setToolTip("Where the study browser searches: this workstation's archive, a DICOMweb server "
+                              "or a DICOM peer (C-FIND)")
         self.keep_button = QPushButton("Keep locally", self)
         self.keep_button.setToolTip("Store the selected remote study in the local archive")
         self.remove_button = QPushButton("Remove source", self)
@@ -180,6 +195,7 @@ class SourceSelector(QWidget):
         layout.addWidget(self.remove_button)
         layout.addStretch(1)
         self._names: list[str] = []
+        self._peers: list[tuple[str, str]] = []
         self._updating = False
         self.combo.currentIndexChanged.connect(self._on_index)
         self.keep_button.clicked.connect(self.keepRequested)
@@ -191,16 +207,26 @@ class SourceSelector(QWidget):
         if name is not None:
             self.removeRequested.emit(name)
 
-    def set_sources(self, names: list[str], current: str | None) -> None:
+    def set_sources(self, names: list[str], current: str | None,
+                    peers: list[tuple[str, str]] | None = None) -> None:
+        """DICOMweb source ``names``, then DICOM ``peers`` as ``(name, label)`` (kept when None);
+        ``current`` is a source name or ``dimse:`` + a peer name."""
         self._updating = True
         try:
             self._names = list(names)
+            if peers is not None:
+                self._peers = list(peers)
             self.combo.clear()
             self.combo.addItem(LOCAL, None)
             for n in names:
                 self.combo.addItem(n, n)
+            for name, label in self._peers:
+                self.combo.addItem(label, PEER_PREFIX + name)
+                self.combo.setItemData(self.combo.count() - 1, f"DICOM peer {name} (C-FIND, C-GET/C-MOVE)",
+                                       Qt.ItemDataRole.ToolTipRole)
             self.combo.addItem("Add DICOMweb source…", ADD)
-            self.combo.setCurrentIndex(self._names.index(current) + 1 if current in self._names else 0)
+            index = self.combo.findData(current) if current is not None else 0
+            self.combo.setCurrentIndex(max(index, 0))
         finally:
             self._updating = False
         self._update_buttons()
@@ -210,9 +236,11 @@ class SourceSelector(QWidget):
         return data if data not in (None, ADD) else None
 
     def _update_buttons(self) -> None:
-        remote = self.current() is not None
+        current = self.current()
+        remote = current is not None
         self.keep_button.setEnabled(remote)
-        self.remove_button.setEnabled(remote)
+        # Peers live in hilum.toml's [peers] (shared with `hilum serve`): not removed from here.
+        self.remove_button.setEnabled(remote and not str(current).startswith(PEER_PREFIX))
 
     def _on_index(self, _index: int) -> None:
         if self._updating:
@@ -235,6 +263,7 @@ class RemoteSourceController(QObject):
 
     fetched = Signal(str)  # study UID now in the cache
     kept = Signal(str, int)  # study UID, instances stored locally
+    retrieved = Signal(str)  # study UID retrieved from a DICOM peer into the local archive
 
     def __init__(self, window: Any):
         super().__init__(window)
@@ -242,12 +271,14 @@ class RemoteSourceController(QObject):
         self.sources: list[DicomWebSource] = load_sources(window.config)
         self.active: DicomWebSource | None = None
         self.client: DicomWebClient | None = None
+        self.active_peer: str | None = None  # a DICOM peer's name in [peers]
+        self._search_note: str | None = None  # the "Searching …" status message, until results come
         self.cache = StudyCache()
         self.runner = TaskRunner(max_workers=2, name="hilum-remote", parent=self)
         self.selector = SourceSelector(window.browser_page)
         layout = window.browser_page.layout()
         layout.insertWidget(layout.indexOf(window.browser), self.selector)
-        self.selector.set_sources([s.name for s in self.sources], None)
+        self.selector.set_sources([s.name for s in self.sources], None, self._peer_items())
         self.selector.sourceChosen.connect(self.select)
         self.selector.addRequested.connect(self.add_dialog)
         self.selector.keepRequested.connect(self.keep_selected)
@@ -258,9 +289,17 @@ class RemoteSourceController(QObject):
         browser.seriesOpenRequested.disconnect(window.open_series)
         browser.openRequested.connect(self.open_study)
         browser.seriesOpenRequested.connect(self.open_series)
+        browser.searchFinished.connect(self._on_search_finished)
         window.installEventFilter(self)
 
     # ------------------------------------------------------------ sources
+
+    def _peer_items(self) -> list[tuple[str, str]]:
+        peers = getattr(self.window.config, "peers", {}) or {}
+        return [(name, f"{name} (DICOM {p.aet})") for name, p in sorted(peers.items())]
+
+    def _show_sources(self, current: str | None) -> None:
+        self.selector.set_sources([s.name for s in self.sources], current, self._peer_items())
 
     def source(self, name: str) -> DicomWebSource:
         for s in self.sources:
@@ -271,14 +310,14 @@ class RemoteSourceController(QObject):
     def add_source(self, source: DicomWebSource, *, select: bool = True) -> None:
         self.sources = [s for s in self.sources if s.name != source.name] + [source]
         self._save()
-        self.selector.set_sources([s.name for s in self.sources], source.name if select else None)
+        self._show_sources(source.name if select else None)
         if select:
             self.select(source.name)
 
     def remove_source(self, name: str) -> None:
         self.sources = [s for s in self.sources if s.name != name]
         self._save()
-        self.selector.set_sources([s.name for s in self.sources], None)
+        self._show_sources(None)
         self.select(None)
 
     def _save(self) -> None:
@@ -294,14 +333,29 @@ class RemoteSourceController(QObject):
         return dialog
 
     def select(self, name: str | None) -> None:
-        """Search ``name``'s server from now on (None: the local archive)."""
+        """Search ``name``'s server from now on (None: the local archive; ``dimse:PEER``: a DICOM peer)."""
         browser = self.window.browser
         if self.client is not None:
             self.client.close_all()
+        self._end_search_note()
+        self.active_peer = None
         if name is None:
             self.active, self.client = None, None
             browser.logic.archive = self.window.archive
-            self.selector.set_sources([s.name for s in self.sources], None)
+            self._show_sources(None)
+        elif name.startswith(PEER_PREFIX):
+            peer_name = name[len(PEER_PREFIX):]
+            peer = self.window.config.peers.get(peer_name)
+            if peer is None:
+                self._message(f"No DICOM peer called {peer_name!r} in hilum.toml.")
+                self.select(None)
+                return
+            self.active, self.client = None, None
+            self.active_peer = peer_name
+            target = peer_target(self.window.config, peer)
+            browser.logic.archive = PeerArchiveView(target, peer_name)
+            self._show_sources(name)
+            self._searching(f"Searching {peer_name} ({target}) …")
         else:
             source = self.source(name)
             if source.username and not source.password and not source.token:
@@ -313,23 +367,93 @@ class RemoteSourceController(QObject):
                 source.password = password
             self.active, self.client = source, DicomWebClient(source)
             browser.logic.archive = RemoteArchiveView(self.client)
-            self.selector.set_sources([s.name for s in self.sources], name)
-            self._message(f"Searching {source.name} ({source.url})")
+            self._show_sources(name)
+            self._searching(f"Searching {source.name} ({source.url}) …")
         browser.search()
+
+    def source_name(self) -> str:
+        """The name of the source the browser shows (peer, DICOMweb source, or the local archive)."""
+        if self.active_peer is not None:
+            return self.active_peer
+        return self.active.name if self.active is not None else LOCAL
+
+    def _searching(self, text: str) -> None:
+        self._search_note = text
+        self._message(text)
+
+    def _end_search_note(self) -> None:
+        note, self._search_note = self._search_note, None
+        bar = self.window.statusBar()
+        if note is not None and bar.currentMessage() == note:
+            bar.clearMessage()
+
+    def _on_search_finished(self, result: StudySearchResult) -> None:
+        """Replace "Searching …" with what the search found (or why it failed)."""
+        note, self._search_note = self._search_note, None
+        if note is None or self.window.statusBar().currentMessage() != note:
+            return  # nothing said, or something newer was said since
+        name = self.source_name()
+        if result.error:
+            self._message(f"Search on {name} failed: {result.error}")
+        else:
+            n = len(result.rows)
+            more = f" (first {n:,} of {result.total:,})" if result.truncated else ""
+            self._message(f"{n:,} stud{'y' if n == 1 else 'ies'} found on {name}{more}.")
 
     # ------------------------------------------------------------ opening and keeping
 
     def open_study(self, study_uid: str) -> None:
-        if self.active is None:
+        if self.active_peer is not None:
+            self.retrieve_from_peer(study_uid, None, open_after=True)
+        elif self.active is None:
             self.window.open_study(study_uid)
         else:
             self._fetch_and_open(study_uid, None)
 
     def open_series(self, study_uid: str, series_uid: str) -> None:
-        if self.active is None:
+        if self.active_peer is not None:
+            self.retrieve_from_peer(study_uid, series_uid, open_after=True)
+        elif self.active is None:
             self.window.open_series(study_uid, series_uid)
         else:
             self._fetch_and_open(study_uid, series_uid)
+
+    def retrieve_from_peer(self, study_uid: str, series_uid: str | None, *, open_after: bool) -> Any:
+        """Retrieve a study (or series) from the selected peer into the local archive, through the
+        transfers queue; then open it in the viewer (``open_after``) like a local study."""
+        transfers = getattr(self.window, "transfers", None)
+        peer = self.active_peer
+        if transfers is None or peer is None:
+            self._message("Retrieving from DICOM peers is not available in this window.")
+            return None
+        browser = self.window.browser
+        row = browser.model.find(study_uid)
+        label, expected = study_uid, None
+        if row >= 0:
+            r = browser.model.row(row)
+            label = format_person_name(r.get("PatientName")) or "study"
+            if r.get("StudyDescription"):
+                label += f" — {r['StudyDescription']}"
+            expected = r.get("NumberOfStudyRelatedInstances")
+        if series_uid:
+            srow = browser.series_model.find(series_uid)
+            s = browser.series_model.row(srow) if srow >= 0 else {}
+            number = s.get("SeriesNumber")
+            label += f", series {number}" if number not in (None, "") else ", one series"
+            expected = s.get("NumberOfSeriesRelatedInstances")
+
+        def then(_t: Any) -> None:
+            self.retrieved.emit(study_uid)
+            if not open_after:
+                self._message(f"{label}: retrieved from {peer} into the local archive.")
+            elif series_uid:
+                self.window.open_series(study_uid, series_uid)
+            else:
+                self.window.open_study(study_uid)
+
+        self._message(f"Retrieving {label} from {peer}…")
+        count = expected if isinstance(expected, int) and expected > 0 else None
+        return transfers.retrieve(peer, study_uid, series_uid, label=label, expected=count, then=then)
 
     def _fetch_and_open(self, study_uid: str, series_uid: str | None) -> None:
         if self.cache.has(study_uid, series_uid):
@@ -373,6 +497,9 @@ class RemoteSourceController(QObject):
     def keep_selected(self) -> None:
         """Store the study selected in the browser in the local archive (through ingest)."""
         study_uid = self.window.browser.selected_study_uid()
+        if study_uid and self.active_peer is not None:
+            self.retrieve_from_peer(study_uid, None, open_after=False)
+            return
         if not study_uid or self.client is None:
             self._message("Select a remote study first.")
             return

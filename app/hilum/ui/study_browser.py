@@ -10,7 +10,7 @@ Archive changes (a C-STORE, an import) re-run the current search, throttled.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from typing import Any
 
@@ -21,6 +21,7 @@ from PySide6.QtCore import (
     QModelIndex,
     QObject,
     QPersistentModelIndex,
+    QPoint,
     Qt,
     QTimer,
     Signal,
@@ -35,6 +36,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
+    QMenu,
     QPushButton,
     QSplitter,
     QTableView,
@@ -222,7 +224,9 @@ class StudyBrowser(QWidget):
     Signals: ``openRequested(study_uid)`` on double-click or Enter,
     ``seriesOpenRequested(study_uid, series_uid)`` on a series double-click,
     ``searchFinished(StudySearchResult)`` after each search shown,
-    ``seriesLoaded(study_uid, count)``, ``currentStudyChanged(study_uid)``.
+    ``seriesLoaded(study_uid, count)``, ``currentStudyChanged(study_uid)``,
+    ``sendRequested(study_uid, series_uid or "", peer)`` from the tables' context
+    menus ("Send to" ▸ the peers :attr:`send_targets` lists; :mod:`hilum.ui.transfers`).
     """
 
     openRequested = Signal(str)
@@ -230,6 +234,7 @@ class StudyBrowser(QWidget):
     searchFinished = Signal(object)
     seriesLoaded = Signal(str, int)
     currentStudyChanged = Signal(str)
+    sendRequested = Signal(str, str, str)
 
     def __init__(self, archive: QueryableArchive, runner: TaskRunner, parent: QWidget | None = None):
         super().__init__(parent)
@@ -244,6 +249,8 @@ class StudyBrowser(QWidget):
         self._closed = False
         self._selecting = False
         self._user_chose = False  # the user picked a row: keep it across refreshes
+        self.send_targets: Callable[[], list[tuple[str, str]]] | None = None  # (peer, label) for "Send to"
+        self.context_menu: QMenu | None = None  # the last context menu shown (non-blocking popup)
 
         self._build_search_bar()
         self.model = RowTableModel(STUDY_COLUMNS, "StudyInstanceUID", self)
@@ -265,6 +272,10 @@ class StudyBrowser(QWidget):
         self.series_table.setModel(self.series_model)
         self.series_table.set_stretch_column(2)  # Series description
         self.series_table.rowActivated.connect(self._on_series_activated)
+        for table in (self.table, self.series_table):
+            table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.table.customContextMenuRequested.connect(self._study_context_menu)
+        self.series_table.customContextMenuRequested.connect(self._series_context_menu)
         self.series_title = QLabel("Series", self)
         self.series_title.setObjectName("seriesTitle")
         self.series_title.setTextFormat(Qt.TextFormat.PlainText)
@@ -647,6 +658,62 @@ class StudyBrowser(QWidget):
         study_uid = self.selected_study_uid()
         if study_uid and 0 <= row < self.series_model.rowCount():
             self.seriesOpenRequested.emit(study_uid, self.series_model.uid(row))
+
+    # ------------------------------------------------------------ context menus
+
+    def _popup(self, table: ResultTable, pos: QPoint, build: Callable[[QMenu], None]) -> QMenu:
+        if self.context_menu is not None:
+            self.context_menu.close()
+        menu = QMenu(self)
+        menu.setObjectName("browserContextMenu")
+        menu.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        menu.destroyed.connect(lambda *_: setattr(self, "context_menu", None) if self.context_menu is menu else None)
+        build(menu)
+        self.context_menu = menu
+        menu.popup(table.viewport().mapToGlobal(pos))
+        return menu
+
+    def _send_submenu(self, menu: QMenu, title: str, study_uid: str, series_uid: str) -> None:
+        targets = self.send_targets() if self.send_targets is not None else []
+        sub = menu.addMenu(title)
+        sub.setObjectName("sendToSubmenu")
+        if not targets:
+            sub.setEnabled(False)
+            sub.setToolTip("No DICOM peers configured, or the study is not in the local archive")
+            return
+        for name, label in targets:
+            act = sub.addAction(label)
+            act.setObjectName(f"sendTo:{name}")
+            act.triggered.connect(lambda _c=False, n=name: self.sendRequested.emit(study_uid, series_uid, n))
+
+    def _study_context_menu(self, pos: QPoint) -> None:
+        index = self.table.indexAt(pos)
+        if not index.isValid():
+            return
+        self._select_row(index.row())
+        self._user_chose = True
+        uid = self.model.uid(index.row())
+
+        def build(menu: QMenu) -> None:
+            menu.addAction("Open", lambda: self.openRequested.emit(uid)).setObjectName("openStudyContextAction")
+            self._send_submenu(menu, "Send study to", uid, "")
+
+        self._popup(self.table, pos, build)
+
+    def _series_context_menu(self, pos: QPoint) -> None:
+        index = self.series_table.indexAt(pos)
+        study_uid = self.selected_study_uid()
+        if not index.isValid() or not study_uid:
+            return
+        self.series_table.selectRow(index.row())
+        series_uid = self.series_model.uid(index.row())
+
+        def build(menu: QMenu) -> None:
+            open_act = menu.addAction("Open series", lambda: self.seriesOpenRequested.emit(study_uid, series_uid))
+            open_act.setObjectName("openSeriesContextAction")
+            self._send_submenu(menu, "Send series to", study_uid, series_uid)
+
+        self._popup(self.series_table, pos, build)
 
     # ------------------------------------------------------------ layout
 
