@@ -16,6 +16,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -183,7 +184,7 @@ def test_ctrl_q_closes_the_workstation_like_a_signal(tmp_path: Path) -> None:
     assert not any(_accepts(p) for p in ports)
 
 
-def test_sigterm_while_a_study_loads(tmp_path: Path) -> None:
+def test_sigterm_while_a_study_loads(tmp_path: Path, qtbot: Any) -> None:
     """SIGTERM right after a study was opened (double-click in the browser, its series loading on
     the decoder workers): the workstation still ends with 0, the workers and the node with it."""
     import multiprocessing
@@ -232,3 +233,19 @@ def test_sigterm_while_a_study_loads(tmp_path: Path) -> None:
     assert not [w.pid for w in workers if w.is_alive()]
     assert not any(_accepts(p) for p in ports)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was put back
+    # and this process's Qt still delivers background results to a new window (the window closing
+    # after the loop had ended left a Quit event queued that ended the next test's event loops)
+    from PySide6.QtWidgets import QApplication
+
+    from hilum.config import load_config
+    from hilum.ui.main_window import MainWindow
+
+    QApplication.processEvents()  # what pytest-qt does between tests, outside any event loop
+    with Archive(cfg.data_dir) as archive:
+        window = MainWindow(load_config(cfg.data_dir), archive)
+        window.show()
+        try:
+            qtbot.waitUntil(lambda: window.stats is not None, timeout=20_000)
+        finally:
+            window.close()
+            window.deleteLater()

@@ -29,7 +29,7 @@ from collections.abc import Callable, Collection
 from types import FrameType
 from typing import Any
 
-from PySide6.QtCore import QEvent, QObject, QSocketNotifier, QTimer, Signal
+from PySide6.QtCore import QCoreApplication, QEvent, QObject, QSocketNotifier, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication
 
@@ -280,6 +280,10 @@ def run_gui(
             on_ready(window)
         code = app.exec()
         window.close()
+        # Closing the last window after the loop ended posts a Quit event (Qt 6) that would end the
+        # next event loop of this process at once: a caller that runs the workstation again in
+        # this process (tests, a scripted screenshot) would find its loops dead.
+        QCoreApplication.removePostedEvents(app, QEvent.Type.Quit)
         if signals is not None and signals.exit_code is not None:
             return signals.exit_code
         return int(code)
