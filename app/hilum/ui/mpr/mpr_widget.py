@@ -111,6 +111,7 @@ class MPRWidget(QWidget):
         self.presets = load_presets(self.data_dir)
         self._iso_wanted: float | None = None
         self._unsubscribe: Any = None
+        self._closed = False
         self._built.connect(self._on_built)
         self._build_ui()
         if volume is not None:
@@ -270,6 +271,8 @@ class MPRWidget(QWidget):
         volume (VTK pipelines, a block-averaged copy for software 3D) are made there too
         (:meth:`prepare`), so the GUI thread only places them."""
 
+        self._closed = False
+
         def job() -> _Prepared:
             return self.prepare(build())
 
@@ -292,15 +295,23 @@ class MPRWidget(QWidget):
     def prepare(self, volume: Volume) -> _Prepared:
         """The scenes :meth:`set_volume` shows for ``volume``; no Qt, safe on a worker thread."""
         scene = MPRScene(volume)  # the 2D viewer's display of the series (hilum.render.mpr.volume_display)
-        if self.layout_name != "3d":
-            for vp in scene.viewports.values():  # the first frame of a window (context, shaders) costs 50-100 ms
-                vp.render_window.SetOffScreenRendering(1)
-                vp.render_window.Render()
-                release = getattr(vp.render_window, "ReleaseCurrent", None)
-                if release is not None:
-                    release()  # the canvas renders the next frames on the GUI thread
-        volume_scene = VolumeScene(volume, presets=dict(self.presets)) if self.with_3d else None
+        try:
+            if self.layout_name != "3d":
+                for vp in scene.viewports.values():  # a window's first frame (context, shaders) costs 50-100 ms
+                    vp.render_window.SetOffScreenRendering(1)
+                    vp.render()  # holding the VTK lock, the context left current nowhere (hilum.render.gl)
+            volume_scene = VolumeScene(volume, presets=dict(self.presets)) if self.with_3d else None
+        except BaseException:
+            scene.close()
+            raise
         return _Prepared(volume, scene, volume_scene)
+
+    @staticmethod
+    def _dispose(prepared: _Prepared) -> None:
+        """Free the scenes of a volume that will not be shown (their windows, :mod:`hilum.render.gl`)."""
+        prepared.scene.close()
+        if prepared.volume_scene is not None:
+            prepared.volume_scene.close()
 
     def _on_built(self, prepared: _Prepared | Volume | None, error: BaseException | None) -> None:
         if error is not None or prepared is None:
@@ -310,6 +321,9 @@ class MPRWidget(QWidget):
             self.loadFailed.emit(msg)
             return
         if isinstance(prepared, _Prepared):
+            if self._closed:  # closed while the volume was being built: nothing to show it in
+                self._dispose(prepared)
+                return
             self.set_volume(prepared.volume, prepared=prepared)
         else:
             self.set_volume(prepared)
@@ -397,6 +411,7 @@ class MPRWidget(QWidget):
             self.grid.addWidget(self.volume_canvas, 1, 1)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802
+        self._closed = True
         self._teardown()
         super().closeEvent(event)
 
