@@ -134,9 +134,9 @@ def gl_lock(*, abort: bool = False) -> Iterator[None]:
 
 
 def try_gl_lock(*, abort: bool = True) -> bool:
-    """Take :data:`VTK_LOCK` if free (release it with :func:`gl_unlock`); if not, abort a
-    full-quality frame in progress elsewhere (``abort``) so that a next try soon succeeds,
-    and return False."""
+    """Take :data:`VTK_LOCK` if free (release it with :func:`gl_unlock`); if not, return False
+    and, with ``abort`` (the caller tries again soon), abort a full-quality frame in progress
+    elsewhere and have background threads let this one go first (:data:`GUI_FIRST_S`)."""
     _let_the_gui_first()
     if VTK_LOCK.acquire(blocking=False):
         try:
@@ -145,8 +145,8 @@ def try_gl_lock(*, abort: bool = True) -> bool:
             gl_unlock()
             raise
         return True
-    _gui_waits()
-    if abort:
+    if abort:  # the caller will try again soon (not so a change queued for the render thread)
+        _gui_waits()
         _abort_still_frames()
     return False
 
