@@ -14,6 +14,12 @@ used where there is one: VTK's offscreen contexts are EGL on the same driver.
 
 Mouse handling is done here in Qt terms and forwarded to the headless logic
 objects of :mod:`hilum.render.mpr` and :mod:`hilum.render.volume3d`.
+
+VTK is driven by one thread at a time (:mod:`hilum.render.gl`): the GUI thread
+renders a plane only when it gets the process-wide VTK lock without waiting (else
+the render is tried again a few milliseconds later, and a full-quality 3D frame in
+progress is aborted meanwhile); the 3D render thread holds it for one frame; the
+3D view's render thread is joined before its scene is closed.
 """
 
 from __future__ import annotations
@@ -352,11 +358,16 @@ class VolumeCanvas(VTKCanvas):
         self._thread.start()
         cv = self._cv
 
-        def stop(*_: object) -> None:  # deleted with its window, without a close: let the worker end
+        scene_ = scene
+
+        def stop(*_: object) -> None:  # also when deleted with its window, without a close: let the worker end
             with cv:
                 self._closed = True
                 cv.notify()
+            if scene_.rendering == "still":
+                scene_.render_window.SetAbortRender(1)
 
+        self._stop = stop
         self.destroyed.connect(stop)
 
     # --- rendering on the worker
@@ -490,12 +501,13 @@ class VolumeCanvas(VTKCanvas):
 
     def shutdown(self) -> None:
         """Stop the worker (aborting a frame in progress); call before closing the scene."""
-        with self._cv:
-            self._closed = True
-            self._cv.notify()
-        if self.scene.rendering == "still":
-            self.render_window.SetAbortRender(1)
+        self._stop()
         self._thread.join(timeout=10.0)
+
+    def worker(self) -> tuple[Callable[[], None], threading.Thread]:
+        """The function that stops the render thread and the thread, for an owner that must stop
+        it without this widget (Qt may have deleted it: :class:`hilum.ui.mpr.mpr_widget.MPRWidget`)."""
+        return self._stop, self._thread
 
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
         QWidget.resizeEvent(self, event)

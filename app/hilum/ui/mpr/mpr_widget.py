@@ -22,6 +22,7 @@ cursor and the nearest original slice, so a 2D viewer can follow it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -77,6 +78,30 @@ class _Prepared:
     volume_scene: VolumeScene | None
 
 
+class _Owned:
+    """The VTK scenes and the 3D render thread of a widget: freed by its close, or, when Qt deletes
+    the widget without one (its parent window deleted), from its ``destroyed`` signal, so that no
+    OpenGL context is left to the garbage collector (:mod:`hilum.render.gl`)."""
+
+    def __init__(self) -> None:
+        self.scene: MPRScene | None = None
+        self.volume_scene: VolumeScene | None = None
+        self.worker: tuple[Callable[[], None], Any] | None = None
+
+    def release(self, *_: object) -> None:
+        if self.worker is not None:
+            stop, thread = self.worker
+            self.worker = None
+            stop()
+            thread.join(timeout=10.0)  # before the scene it renders is closed
+        scene, volume_scene = self.scene, self.volume_scene
+        self.scene = self.volume_scene = None
+        if scene is not None:
+            scene.close()
+        if volume_scene is not None:
+            volume_scene.close()
+
+
 class MPRWidget(QWidget):
     """MPR and 3D of one volume (see the module docstring)."""
 
@@ -112,6 +137,9 @@ class MPRWidget(QWidget):
         self._iso_wanted: float | None = None
         self._unsubscribe: Any = None
         self._closed = False
+        self._owned = _Owned()
+        owned = self._owned
+        self.destroyed.connect(lambda *_: owned.release())  # not a method of self: runs after it is gone
         self._built.connect(self._on_built)
         self._build_ui()
         if volume is not None:
@@ -286,9 +314,13 @@ class MPRWidget(QWidget):
             try:
                 prepared = job()
             except Exception as exc:  # delivered to the GUI thread as a message
-                self._built.emit(None, exc)
+                with contextlib.suppress(RuntimeError):  # the widget is gone
+                    self._built.emit(None, exc)
             else:
-                self._built.emit(prepared, None)
+                try:
+                    self._built.emit(prepared, None)
+                except RuntimeError:  # the widget was deleted meanwhile: free the scenes here
+                    self._dispose(prepared)
 
         threading.Thread(target=run, name="hilum-mpr-build", daemon=True).start()
 
@@ -336,6 +368,7 @@ class MPRWidget(QWidget):
             prepared = self.prepare(volume)
         self.volume = volume
         self.scene = prepared.scene
+        self._owned.scene = self.scene
         self._unsubscribe = self.scene.crosshair.subscribe(self._on_crosshair)
         for view in VIEWS:
             canvas = SliceCanvas(self.scene[view], self)
@@ -346,6 +379,8 @@ class MPRWidget(QWidget):
             if self.layout_name != "3d":  # the MPR's 3D cursor (no planes, no cursor in the 3D-only layout)
                 self.volume_scene.set_cursor(self.scene.crosshair.centre)
             self.volume_canvas = VolumeCanvas(self.volume_scene, self)
+            self._owned.volume_scene = self.volume_scene
+            self._owned.worker = self.volume_canvas.worker()
             self.vr_preset.blockSignals(True)
             self.vr_preset.clear()
             for pid, p in self.presets.items():
@@ -397,6 +432,7 @@ class MPRWidget(QWidget):
         if self.volume_scene is not None:
             self.volume_scene.close()
             self.volume_scene = None
+        self._owned.release()  # what is left (nothing after the above)
 
     def _place(self) -> None:
         if self.layout_name == "3d" and self.volume_canvas is not None:
