@@ -65,6 +65,31 @@ def rotate_3d(canvas, steps: int) -> None:  # type: ignore[no-untyped-def]
     QTest.mouseRelease(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(x0 + 8 * steps, y))
 
 
+def wait_settled(qtbot, canvas) -> None:  # type: ignore[no-untyped-def]
+    """Wait for the 3D view's full-quality frame; on a timeout, say what the view was doing."""
+    try:
+        qtbot.waitUntil(canvas.settled, timeout=60000)
+    except Exception as exc:
+        with canvas._cv:
+            state = {
+                "requested": canvas._requested,
+                "busy": canvas._busy,
+                "dirty": canvas._dirty,
+                "last_still": canvas._last_still,
+                "ops": len(canvas._ops),
+            }
+        state |= {
+            "interacting": canvas.scene._interacting,
+            "rendering": canvas.scene.rendering,
+            "worker_alive": canvas._thread.is_alive(),
+            "lock_free": gl.VTK_LOCK.acquire(timeout=1.0) and (gl.VTK_LOCK.release() or True),
+            "lock_owner": gl._owner,
+            "gui_thread": threading.get_ident(),
+            "threads": sorted(t.name for t in threading.enumerate()),
+        }
+        raise AssertionError(f"the 3D view did not settle: {state}") from exc
+
+
 def builds_running() -> int:
     return sum(1 for t in threading.enumerate() if t.name == "hilum-mpr-build" and t.is_alive())
 
@@ -78,7 +103,7 @@ def test_windows_opened_and_closed_quickly_while_another_is_scrolled_and_rotated
     main.show()
     qtbot.waitExposed(main)
     assert main.volume_canvas is not None
-    qtbot.waitUntil(main.volume_canvas.settled, timeout=60000)
+    wait_settled(qtbot, main.volume_canvas)
     axial = main.slice_canvases["axial"]
     start = main.scene.crosshair.centre.copy() if main.scene is not None else None
 
@@ -113,7 +138,7 @@ def test_windows_opened_and_closed_quickly_while_another_is_scrolled_and_rotated
         assert w.scene is None and w.volume_scene is None and w.volume_canvas is None
     for w in opened:
         assert w.volume_canvas is not None
-        qtbot.waitUntil(w.volume_canvas.settled, timeout=60000)
+        wait_settled(qtbot, w.volume_canvas)
         assert grab(w.volume_canvas).max() > 100  # the bone preset shows the spine
         w.close()
         assert w.scene is None and w.volume_scene is None
@@ -123,7 +148,7 @@ def test_windows_opened_and_closed_quickly_while_another_is_scrolled_and_rotated
     assert not np.allclose(main.scene.crosshair.centre, start)  # the wheel moved through the axial plane
     for view, canvas in main.slice_canvases.items():
         assert grab(canvas).mean() > 10, view
-    qtbot.waitUntil(main.volume_canvas.settled, timeout=60000)
+    wait_settled(qtbot, main.volume_canvas)
     assert grab(main.volume_canvas).max() > 100
     main.close()
     assert main.volume_scene is None

@@ -85,8 +85,11 @@ def _gui_waits() -> None:
 
 
 def _abort_still_frames() -> None:
-    for window in list(_still):
-        window.SetAbortRender(1)
+    """Abort the full-quality frames being rendered, for the GUI thread only (what the user waits
+    on): a background thread waits its turn."""
+    if _gui_thread():
+        for window in list(_still):
+            window.SetAbortRender(1)
 
 
 def _acquired() -> None:
@@ -113,8 +116,8 @@ def gl_unlock() -> None:
 
 @contextlib.contextmanager
 def gl_lock(*, abort: bool = False) -> Iterator[None]:
-    """Hold :data:`VTK_LOCK` (re-entrant).  ``abort``: a full-quality frame being rendered on
-    another thread is aborted instead of waited for (for work the user waits on).  A background
+    """Hold :data:`VTK_LOCK` (re-entrant).  ``abort``: on the GUI thread, a full-quality frame
+    being rendered on another thread is aborted instead of waited for (work the user waits on).  A background
     thread lets the GUI thread go first when it is waiting (:data:`GUI_FIRST_S`)."""
     _let_the_gui_first()
     if not VTK_LOCK.acquire(blocking=False):

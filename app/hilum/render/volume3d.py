@@ -19,7 +19,9 @@ and gantry-tilted acquisitions are placed exactly, see
   interactive; the still frame after it is full quality;
 * capture to PNG and turntable frames / an animated GIF, offscreen;
 * rendering on another thread: every method holds :attr:`VolumeScene.lock`
-  (:meth:`VolumeScene.hold`), VTK releases the GIL while it renders, so a GUI
+  (:meth:`VolumeScene.hold`: the process-wide VTK lock of :mod:`hilum.render.gl`,
+  as VTK and OpenGL are driven by one thread at a time; the OpenGL context is
+  released after each frame), VTK releases the GIL while it renders, so a GUI
   can render frames on a worker thread (:meth:`VolumeScene.render_frame`) and
   keep its event loop running; a change made while a full-quality frame is
   being cast aborts that frame (it is discarded) instead of waiting for it.
