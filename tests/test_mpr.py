@@ -200,10 +200,10 @@ def test_measurement_in_mm_on_oblique_plane(scene: MPRScene) -> None:
     expected = math.hypot(120.0, 70.0) / vp.pixels_per_mm
     assert m.length == pytest.approx(expected, rel=1e-6)
     vp.render()
-    assert len(vp._rulers) == 1 and vp._rulers[0][1].GetInput() == f"{m.length:.1f} mm"
+    assert vp.ruler_labels() == [f"{m.length:.1f} mm"]
     # shown only where the measured points lie in the plane
     scene.crosshair.move_along("coronal", 5.0)
-    assert vp._rulers == []
+    assert vp.ruler_labels() == []
 
 
 def test_window_level_and_zoom_per_viewport(scene: MPRScene) -> None:

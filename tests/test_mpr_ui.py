@@ -51,7 +51,11 @@ def grab(widget) -> np.ndarray:  # type: ignore[no-untyped-def]
 
 
 def widget_pos(canvas, point) -> QPoint:  # type: ignore[no-untyped-def]
-    """Widget position of a patient point in a slice canvas (device pixel ratio 1 offscreen)."""
+    """Widget position of a patient point in a slice canvas (device pixel ratio 1 offscreen), as
+    the canvas shows it: its pending frame (at the widget's size) is drawn first, as a person
+    sees the plane before clicking on it (planes render in event-loop turns of their own, later
+    when another thread holds the VTK lock)."""
+    canvas.grab()
     x, y, _ = canvas.viewport.patient_to_display(point)
     return QPoint(int(round(x)), int(round(canvas.height() - 1 - y)))
 

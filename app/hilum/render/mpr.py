@@ -61,6 +61,7 @@ from vtkmodules.vtkRenderingCore import (
 from hilum.dicom.pixels_lut import VOI, DisplayTransform, SampledTable, VOITable, Window
 from hilum.dicom.volume import Plane, Volume
 from hilum.render.crosshair import VIEWS, Crosshair, CrosshairView, Measurement, SlabSettings
+from hilum.render.gl import finalize_when_collected, finalize_window, gl_lock, release_context, weak_callback
 
 __all__ = [
     "VIEWS",
@@ -74,6 +75,7 @@ __all__ = [
     "capture_window",
     "matrix_to_vtk",
     "offscreen_window",
+    "render_offscreen",
     "volume_display",
 ]
 
@@ -97,21 +99,35 @@ def matrix_to_vtk(m: npt.ArrayLike) -> vtkMatrix4x4:
 
 
 def offscreen_window(size: tuple[int, int] = (512, 512)) -> vtkRenderWindow:
-    """A render window that draws into memory (EGL/OSMesa with the PyPI wheel; no display needed)."""
-    win = vtkRenderWindow()
-    win.SetOffScreenRendering(1)
-    win.SetSize(*size)
-    win.SetMultiSamples(0)
+    """A render window that draws into memory (EGL/OSMesa with the PyPI wheel; no display needed).
+
+    Made holding the VTK lock (:mod:`hilum.render.gl`: VTK's choice of window class opens the
+    display); its owner finalizes it (:func:`hilum.render.gl.finalize_window`) when done."""
+    with gl_lock():
+        win = vtkRenderWindow()
+        win.SetOffScreenRendering(1)
+        win.SetSize(*size)
+        win.SetMultiSamples(0)
     return win
 
 
+def render_offscreen(window: vtkRenderWindow) -> None:
+    """Render ``window`` holding the VTK lock and leave its context current nowhere."""
+    with gl_lock():
+        window.Render()
+        release_context(window)
+
+
 def capture_window(window: vtkRenderWindow) -> npt.NDArray[np.uint8]:
-    """The window's current pixels as an RGB array (rows top to bottom)."""
-    grab = vtkWindowToImageFilter()
-    grab.SetInput(window)
-    grab.SetInputBufferTypeToRGB()
-    grab.ReadFrontBufferOff()
-    grab.Update()
+    """The window's current pixels as an RGB array (rows top to bottom); reads them back holding
+    the VTK lock and leaves the context current nowhere."""
+    with gl_lock():
+        grab = vtkWindowToImageFilter()
+        grab.SetInput(window)
+        grab.SetInputBufferTypeToRGB()
+        grab.ReadFrontBufferOff()
+        grab.Update()
+        release_context(window)
     img = grab.GetOutput()
     w, h, _ = img.GetDimensions()
     arr = numpy_support.vtk_to_numpy(img.GetPointData().GetScalars()).reshape(h, w, -1)
@@ -223,7 +239,10 @@ class MPRViewport:
         self.crosshair = crosshair
         self.view = view
         self.logic = CrosshairView(crosshair, view, anchor=self.volume.center)
+        self._own_window = render_window is None
         self.render_window = render_window or offscreen_window(size)
+        self._closed = False
+        self._finalizer = finalize_when_collected(self, self.render_window) if self._own_window else None
         self.renderer = vtkRenderer()
         self.renderer.SetBackground(0, 0, 0)
         self.render_window.AddRenderer(self.renderer)
@@ -268,7 +287,7 @@ class MPRViewport:
             pts, actor = self._make_line(VIEW_COLOURS[other])
             self._lines[other] = (pts, actor)
             self.renderer.AddActor(actor)
-        self._rulers: list[tuple[vtkActor, vtkTextActor]] = []
+        self._rulers: list[tuple[vtkPoints, vtkActor, vtkTextActor]] = []  # a pool: hidden, never removed
         self._path_points = vtkPoints()
         self._path_poly = vtkPolyData()
         self._path_poly.SetPoints(self._path_points)
@@ -288,7 +307,7 @@ class MPRViewport:
         self._info.GetTextProperty().SetVerticalJustificationToTop()
         self._scale_points = vtkPoints()
         self._scale_actor, self._scale_text = self._make_scale_bar()
-        self.renderer.AddObserver(vtkCommand.StartEvent, self._before_render)
+        self.renderer.AddObserver(vtkCommand.StartEvent, weak_callback(self._before_render))
 
         self._unsubscribe = crosshair.subscribe(self._on_model)
         self._update_reslice()
@@ -356,9 +375,22 @@ class MPRViewport:
         self._update_reslice()
 
     def close(self) -> None:
-        """Stop listening to the crosshair and leave the render window."""
+        """Stop listening to the crosshair, leave the render window and (when it made it) free it
+        (:func:`hilum.render.gl.finalize_window`).  Nothing may render the window afterwards."""
+        if self._closed:
+            return
+        self._closed = True
         self._unsubscribe()
-        self.render_window.RemoveRenderer(self.renderer)
+        with gl_lock(abort=True):
+            self.render_window.RemoveRenderer(self.renderer)  # releases the props' graphics resources
+            if self._own_window:
+                finalize_window(self.render_window)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def plane(self) -> Plane:
@@ -496,24 +528,37 @@ class MPRViewport:
         self.crosshair.add_path_point(self.display_to_patient(x, y), self.plane.normal)
 
     def _update_rulers(self) -> None:
-        for actor, text in self._rulers:
-            self.renderer.RemoveActor(actor)
-            self.renderer.RemoveViewProp(text)
-        self._rulers = []
+        """The rulers on this plane.  Their props are pooled and hidden, never removed: removing a
+        prop releases its graphics resources, i.e. OpenGL calls outside a render (and off the
+        VTK lock, :mod:`hilum.render.gl`), from whichever thread moved the crosshair."""
         plane = self.display_plane
+        shown = 0
         for m in self.crosshair.measurements:
             st = plane.to_plane(np.array([m.start, m.end]))
             if np.any(np.abs(st[:, 2]) > max(0.5, self.crosshair.slabs[self.view].thickness / 2)):
                 continue
-            pts, actor = self._make_line((0.3, 0.9, 1.0))
+            if shown == len(self._rulers):
+                pts, actor = self._make_line((0.3, 0.9, 1.0))
+                self.renderer.AddActor(actor)
+                text = self._make_text(13)
+                text.GetPositionCoordinate().SetCoordinateSystemToWorld()
+                self._rulers.append((pts, actor, text))
+            pts, actor, text = self._rulers[shown]
             pts.SetPoint(0, st[0, 0], st[0, 1], -0.6)
             pts.SetPoint(1, st[1, 0], st[1, 1], -0.6)
-            self.renderer.AddActor(actor)
-            text = self._make_text(13)
-            text.GetPositionCoordinate().SetCoordinateSystemToWorld()
+            pts.Modified()
             text.SetPosition(float(st[1, 0]), float(st[1, 1]))
             text.SetInput(f"{m.length:.1f} mm")
-            self._rulers.append((actor, text))
+            actor.SetVisibility(True)
+            text.SetVisibility(True)
+            shown += 1
+        for _, actor, text in self._rulers[shown:]:
+            actor.SetVisibility(False)
+            text.SetVisibility(False)
+
+    def ruler_labels(self) -> list[str]:
+        """The labels of the rulers shown on this plane (lengths in mm)."""
+        return [text.GetInput() for _, actor, text in self._rulers if actor.GetVisibility()]
 
     def _update_overlays(self) -> None:
         """Letters, scale bar and info text, recomputed before each render (zoom changes them)."""
@@ -713,12 +758,17 @@ class MPRViewport:
         return Plane(p.to_patient(s0, t0), p.u, p.v)
 
     def render(self) -> None:
-        self.render_window.Render()  # the renderer's StartEvent updates the image (update_image)
+        """Render the plane (holding the VTK lock; the renderer's StartEvent updates the image,
+        :meth:`update_image`); nothing once closed."""
+        with gl_lock():
+            if not self._closed:
+                render_offscreen(self.render_window)
 
     def capture(self) -> npt.NDArray[np.uint8]:
         """Render and return the window's RGB pixels (top row first)."""
-        self.render()
-        return capture_window(self.render_window)
+        with gl_lock():
+            self.render()
+            return capture_window(self.render_window)
 
 
 class MPRScene:

@@ -19,7 +19,9 @@ and gantry-tilted acquisitions are placed exactly, see
   interactive; the still frame after it is full quality;
 * capture to PNG and turntable frames / an animated GIF, offscreen;
 * rendering on another thread: every method holds :attr:`VolumeScene.lock`
-  (:meth:`VolumeScene.hold`), VTK releases the GIL while it renders, so a GUI
+  (:meth:`VolumeScene.hold`: the process-wide VTK lock of :mod:`hilum.render.gl`,
+  as VTK and OpenGL are driven by one thread at a time; the OpenGL context is
+  released after each frame), VTK releases the GIL while it renders, so a GUI
   can render frames on a worker thread (:meth:`VolumeScene.render_frame`) and
   keep its event loop running; a change made while a full-quality frame is
   being cast aborts that frame (it is discarded) instead of waiting for it.
@@ -62,6 +64,15 @@ from vtkmodules.vtkRenderingCore import (
 from vtkmodules.vtkRenderingVolume import vtkFixedPointVolumeRayCastMapper, vtkGPUVolumeRayCastMapper
 
 from hilum.dicom.volume import Volume
+from hilum.render.gl import (
+    VTK_LOCK,
+    finalize_when_collected,
+    finalize_window,
+    gl_lock,
+    release_context,
+    rendering_still,
+    weak_callback,
+)
 from hilum.render.mpr import VolumeImage, capture_window, matrix_to_vtk, offscreen_window
 from hilum.resources import resource
 
@@ -250,11 +261,12 @@ def opengl_renderer() -> str:
     """The OpenGL renderer string of an offscreen context (e.g. ``"llvmpipe (LLVM 15.0.6, 256 bits)"``
     or an NVIDIA/AMD name); probed once per process, "" when no context could be made."""
     try:
-        win = offscreen_window((4, 4))
-        win.AddRenderer(vtkRenderer())
-        win.Render()
-        report = win.ReportCapabilities()
-        win.Finalize()
+        with gl_lock():
+            win = offscreen_window((4, 4))
+            win.AddRenderer(vtkRenderer())
+            win.Render()
+            report = win.ReportCapabilities()
+            win.Finalize()
     except Exception:  # pragma: no cover - no OpenGL at all
         logger.exception("could not create an OpenGL context")
         return ""
@@ -350,15 +362,19 @@ class VolumeScene:
             self.data = volume if isinstance(volume, VolumeImage) else VolumeImage(volume)
         self.volume = self.data.volume
         self.presets = presets if presets is not None else load_presets()
+        self._own_window = render_window is None
         self.render_window = render_window or offscreen_window(size)
+        self._closed = False
+        self._finalizer = finalize_when_collected(self, self.render_window) if self._own_window else None
         self.renderer = vtkRenderer()
         self.renderer.SetBackground(0.0, 0.0, 0.0)
         self.render_window.AddRenderer(self.renderer)
         self.still_lod = still
         self.interactive_lod = interactive
         self._interacting = False
-        self.lock = threading.RLock()
-        """Held while the scene renders or changes (:meth:`hold`)."""
+        self.lock: threading.RLock = VTK_LOCK  # type: ignore[assignment]
+        """Held while the scene renders or changes (:meth:`hold`): the process-wide VTK lock
+        (:mod:`hilum.render.gl`), as VTK and OpenGL may be driven by one thread at a time."""
         self._rendering: str | None = None  # "still" / "interactive" while a frame is being rendered
         self._fit_view: str | None = None  # the reset view while the camera still fits the volume to the pane
         self.last_frame_aborted = False
@@ -385,7 +401,7 @@ class VolumeScene:
 
         self.interactive_fps = interactive_fps
         self._adaptive_isd: float | None = None
-        self.renderer.AddObserver(vtkCommand.EndEvent, self._after_render)
+        self.renderer.AddObserver(vtkCommand.EndEvent, weak_callback(self._after_render))
         self._cut: vtkPlane | None = None
         self._clip_box: tuple[int, int, int, int, int, int] | None = None
         self._iso: _Iso | None = None
@@ -747,25 +763,19 @@ class VolumeScene:
 
         def end(*_: object) -> None:
             self.set_interacting(False)
-            self.render_window.Render()
+            self.render()
 
         interactor.AddObserver(vtkCommand.EndInteractionEvent, end)
 
     # --- rendering, on any one thread at a time
     @contextlib.contextmanager
     def hold(self, *, abort: bool = True) -> Iterator[None]:
-        """Hold the scene (re-entrant) to change (or, ``abort=False``, render) it.  To change it
-        while another thread renders a full-quality frame, that frame is aborted
-        (:attr:`last_frame_aborted`) rather than waited for; an interactive frame (a fraction
-        of a second at most) is waited for."""
-        if not self.lock.acquire(blocking=False):
-            while not self.lock.acquire(timeout=0.002):
-                if abort and self._rendering == "still":
-                    self.render_window.SetAbortRender(1)
-        try:
+        """Hold the scene (re-entrant; the process-wide VTK lock, :func:`hilum.render.gl.gl_lock`)
+        to change (or, ``abort=False``, render) it.  To change it while another thread renders a
+        full-quality frame, that frame is aborted (:attr:`last_frame_aborted`) rather than
+        waited for; an interactive frame (a fraction of a second at most) is waited for."""
+        with gl_lock(abort=abort):
             yield
-        finally:
-            self.lock.release()
 
     @property
     def rendering(self) -> str | None:
@@ -775,9 +785,16 @@ class VolumeScene:
     def render(self) -> bool:
         """Render a frame; False when it was aborted by a change from another thread."""
         with self.hold(abort=False):
+            if self._closed:
+                self.last_frame_aborted = True
+                return False
             self._rendering = "interactive" if self._interacting else "still"
             try:
-                self.render_window.Render()
+                if self._rendering == "still":
+                    with rendering_still(self.render_window):
+                        self.render_window.Render()
+                else:
+                    self.render_window.Render()
             finally:
                 self._rendering = None
             self.last_frame_aborted = bool(self.render_window.GetAbortRender())
@@ -801,9 +818,7 @@ class VolumeScene:
 
     def _release_context(self) -> None:
         """Leave the OpenGL context current in no thread, so that the next render may run on another."""
-        release = getattr(self.render_window, "ReleaseCurrent", None)
-        if release is not None:
-            release()
+        release_context(self.render_window)
 
     def render_frame(self, size: tuple[int, int] | None = None) -> npt.NDArray[np.uint8] | None:
         """Render (at ``size`` pixels, keeping the fit of :meth:`reset_camera` on a resize) and
@@ -823,6 +838,7 @@ class VolumeScene:
     @_held
     def capture(self) -> npt.NDArray[np.uint8]:
         """Render and return RGB pixels (top row first)."""
+        self._check_open()
         self.render()
         try:
             return capture_window(self.render_window)
@@ -832,6 +848,7 @@ class VolumeScene:
     @_held
     def save_png(self, path: str | os.PathLike[str]) -> Path:
         """Render and write the view as a PNG."""
+        self._check_open()
         self.render()
         grab = vtkWindowToImageFilter()
         grab.SetInput(self.render_window)
@@ -876,6 +893,24 @@ class VolumeScene:
             Image.fromarray(a).save(out / f"frame_{i:0{width}d}.png")
         return out
 
-    @_held
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the 3D scene is closed")
+
     def close(self) -> None:
-        self.render_window.RemoveRenderer(self.renderer)
+        """Leave the render window and (when the scene made it) free it
+        (:func:`hilum.render.gl.finalize_window`); a render afterwards does nothing.  Stop any
+        thread that renders the scene first."""
+        with self.hold():
+            if self._closed:
+                return
+            self._closed = True
+            self.render_window.RemoveRenderer(self.renderer)  # releases the props' graphics resources
+            if self._own_window:
+                finalize_window(self.render_window)
+        if self._finalizer is not None:
+            self._finalizer.detach()

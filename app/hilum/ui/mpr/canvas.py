@@ -14,6 +14,12 @@ used where there is one: VTK's offscreen contexts are EGL on the same driver.
 
 Mouse handling is done here in Qt terms and forwarded to the headless logic
 objects of :mod:`hilum.render.mpr` and :mod:`hilum.render.volume3d`.
+
+VTK is driven by one thread at a time (:mod:`hilum.render.gl`): the GUI thread
+renders a plane only when it gets the process-wide VTK lock without waiting (else
+the render is tried again a few milliseconds later, and a full-quality 3D frame in
+progress is aborted meanwhile); the 3D render thread holds it for one frame; the
+3D view's render thread is joined before its scene is closed.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from PySide6.QtCore import QPointF, Qt, QTimer, Signal
 from PySide6.QtGui import QImage, QMouseEvent, QPainter, QPaintEvent, QPixmap, QResizeEvent, QWheelEvent
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from hilum.render.gl import gl_lock, gl_unlock, try_gl_lock
 from hilum.render.mpr import MPRViewport, capture_window
 from hilum.render.volume3d import VolumeScene
 
@@ -45,7 +52,14 @@ class _RenderQueue:
     Rendering inside ``paintEvent`` let the three planes of an MPR window render in one
     paint pass (three frames of software OpenGL with no event handled in between); here
     each render is its own zero-timer callback, so input and timers are served between
-    frames.  Hidden canvases (the planes of the 3D-only layout) are not rendered."""
+    frames.  Hidden canvases (the planes of the 3D-only layout) are not rendered.
+
+    The GUI thread never waits for the VTK lock here (:mod:`hilum.render.gl`): when another
+    thread holds it (a 3D frame, a volume being prepared), the render is tried again a few
+    milliseconds later, and a full-quality 3D frame in progress is aborted meanwhile (the 3D
+    view renders it again afterwards)."""
+
+    RETRY_MS = 4
 
     def __init__(self) -> None:
         self._pending: list[VTKCanvas] = []
@@ -56,22 +70,29 @@ class _RenderQueue:
             self._pending.append(canvas)
         self._schedule()
 
-    def _schedule(self) -> None:
+    def _schedule(self, delay_ms: int = 0) -> None:
         if not self._scheduled and self._pending:
             self._scheduled = True
-            QTimer.singleShot(0, self._next)
+            QTimer.singleShot(delay_ms, self._next)
 
     def _next(self) -> None:
         self._scheduled = False
         while self._pending:
-            canvas = self._pending.pop(0)
-            if not shiboken6.isValid(canvas) or not canvas._dirty or not canvas.isVisible():
+            canvas = self._pending[0]
+            if not shiboken6.isValid(canvas) or not canvas._dirty or not canvas.isVisible() or canvas.closed:
+                self._pending.pop(0)
                 continue
+            if not try_gl_lock():
+                self._schedule(self.RETRY_MS)
+                return
+            self._pending.pop(0)
             try:
                 canvas.render_now()
             except Exception:  # a render failure must not stop the others
                 logger.exception("VTK rendering failed")
                 canvas._dirty = False
+            finally:
+                gl_unlock()
             canvas.update()
             break
         self._schedule()
@@ -121,11 +142,21 @@ class VTKCanvas(QWidget):
             self.render_now()
         return super().grab(*args)
 
+    @property
+    def closed(self) -> bool:
+        """True once the scene shown is closed (nothing is rendered any more)."""
+        return False
+
     def render_now(self) -> np.ndarray:
-        """Render immediately and return the RGB pixels (also what is painted next)."""
-        self._sync_size()
-        self.render_window.Render()
-        rgb = capture_window(self.render_window)
+        """Render immediately and return the RGB pixels (also what is painted next); holds the VTK
+        lock (:mod:`hilum.render.gl`), waiting for it if another thread renders."""
+        if self.closed:  # nothing to render: the last frame, or black
+            keep = getattr(self, "_keep", None)
+            return keep if keep is not None else np.zeros((self.height(), self.width(), 3), np.uint8)
+        with gl_lock(abort=True):
+            self._sync_size()
+            self._render_scene()
+            rgb = capture_window(self.render_window)
         h, w = rgb.shape[:2]
         img = QImage(rgb.data, w, h, rgb.strides[0], QImage.Format.Format_RGB888)
         img.setDevicePixelRatio(self.devicePixelRatioF())
@@ -135,6 +166,10 @@ class VTKCanvas(QWidget):
         self.render_count += 1
         return rgb
 
+    def _render_scene(self) -> None:
+        """Render the window (holding the VTK lock)."""
+        self.render_window.Render()
+
     def _device_size(self) -> tuple[int, int]:
         dpr = self.devicePixelRatioF()
         return max(1, int(round(self.width() * dpr))), max(1, int(round(self.height() * dpr)))
@@ -142,8 +177,9 @@ class VTKCanvas(QWidget):
     def _sync_size(self) -> None:
         size = self._device_size()
         if tuple(self.render_window.GetSize()) != size:
-            self.render_window.SetSize(*size)
-            self.on_resized()
+            with gl_lock(abort=True):  # resizes the window's (hidden) X window
+                self.render_window.SetSize(*size)
+                self.on_resized()
 
     def on_resized(self) -> None:
         """Hook for subclasses: the render window changed size."""
@@ -203,6 +239,13 @@ class SliceCanvas(VTKCanvas):
 
     def on_resized(self) -> None:
         self.viewport._apply_camera()
+
+    @property
+    def closed(self) -> bool:
+        return self.viewport.closed
+
+    def _render_scene(self) -> None:
+        self.viewport.render()
 
     def close_viewport(self) -> None:
         self._unsubscribe()
@@ -315,11 +358,16 @@ class VolumeCanvas(VTKCanvas):
         self._thread.start()
         cv = self._cv
 
-        def stop(*_: object) -> None:  # deleted with its window, without a close: let the worker end
+        scene_ = scene
+
+        def stop(*_: object) -> None:  # also when deleted with its window, without a close: let the worker end
             with cv:
                 self._closed = True
                 cv.notify()
+            if scene_.rendering == "still":
+                scene_.render_window.SetAbortRender(1)
 
+        self._stop = stop
         self.destroyed.connect(stop)
 
     # --- rendering on the worker
@@ -338,7 +386,7 @@ class VolumeCanvas(VTKCanvas):
         gradients, takes seconds in software) queued for the worker to make before its next
         frame.  ``done(result)`` then runs on the GUI thread."""
         with self._cv:
-            if self._ops or not self.scene.lock.acquire(blocking=False):
+            if self._ops or not try_gl_lock(abort=False):
                 self._ops.append((op, done))
                 if self.scene.rendering == "still":
                     self.render_window.SetAbortRender(1)  # come back for the change sooner
@@ -349,7 +397,7 @@ class VolumeCanvas(VTKCanvas):
             try:
                 result = op()
             finally:
-                self.scene.lock.release()
+                gl_unlock()
             if done is not None:
                 done(result)
         self.request_render()
@@ -425,6 +473,10 @@ class VolumeCanvas(VTKCanvas):
             self._dirty = self._requested or self._busy
         self.update()
 
+    @property
+    def closed(self) -> bool:
+        return self.scene.closed
+
     def settled(self) -> bool:
         """True when the frame shown is a full-quality frame of the current scene at the current size."""
         with self._cv:
@@ -433,6 +485,8 @@ class VolumeCanvas(VTKCanvas):
 
     def render_now(self) -> np.ndarray:
         """Render on this thread, now, and return the RGB pixels (also what is painted next)."""
+        if self.closed:
+            return super().render_now()
         with self._cv:
             ops, self._ops = self._ops, []
         with self.scene.hold():
@@ -447,12 +501,13 @@ class VolumeCanvas(VTKCanvas):
 
     def shutdown(self) -> None:
         """Stop the worker (aborting a frame in progress); call before closing the scene."""
-        with self._cv:
-            self._closed = True
-            self._cv.notify()
-        if self.scene.rendering == "still":
-            self.render_window.SetAbortRender(1)
+        self._stop()
         self._thread.join(timeout=10.0)
+
+    def worker(self) -> tuple[Callable[[], None], threading.Thread]:
+        """The function that stops the render thread and the thread, for an owner that must stop
+        it without this widget (Qt may have deleted it: :class:`hilum.ui.mpr.mpr_widget.MPRWidget`)."""
+        return self._stop, self._thread
 
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
         QWidget.resizeEvent(self, event)

@@ -22,6 +22,7 @@ cursor and the nearest original slice, so a 2D viewer can follow it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -77,6 +78,30 @@ class _Prepared:
     volume_scene: VolumeScene | None
 
 
+class _Owned:
+    """The VTK scenes and the 3D render thread of a widget: freed by its close, or, when Qt deletes
+    the widget without one (its parent window deleted), from its ``destroyed`` signal, so that no
+    OpenGL context is left to the garbage collector (:mod:`hilum.render.gl`)."""
+
+    def __init__(self) -> None:
+        self.scene: MPRScene | None = None
+        self.volume_scene: VolumeScene | None = None
+        self.worker: tuple[Callable[[], None], Any] | None = None
+
+    def release(self, *_: object) -> None:
+        if self.worker is not None:
+            stop, thread = self.worker
+            self.worker = None
+            stop()
+            thread.join(timeout=10.0)  # before the scene it renders is closed
+        scene, volume_scene = self.scene, self.volume_scene
+        self.scene = self.volume_scene = None
+        if scene is not None:
+            scene.close()
+        if volume_scene is not None:
+            volume_scene.close()
+
+
 class MPRWidget(QWidget):
     """MPR and 3D of one volume (see the module docstring)."""
 
@@ -111,6 +136,10 @@ class MPRWidget(QWidget):
         self.presets = load_presets(self.data_dir)
         self._iso_wanted: float | None = None
         self._unsubscribe: Any = None
+        self._closed = False
+        self._owned = _Owned()
+        owned = self._owned
+        self.destroyed.connect(lambda *_: owned.release())  # not a method of self: runs after it is gone
         self._built.connect(self._on_built)
         self._build_ui()
         if volume is not None:
@@ -270,6 +299,8 @@ class MPRWidget(QWidget):
         volume (VTK pipelines, a block-averaged copy for software 3D) are made there too
         (:meth:`prepare`), so the GUI thread only places them."""
 
+        self._closed = False
+
         def job() -> _Prepared:
             return self.prepare(build())
 
@@ -283,24 +314,36 @@ class MPRWidget(QWidget):
             try:
                 prepared = job()
             except Exception as exc:  # delivered to the GUI thread as a message
-                self._built.emit(None, exc)
+                with contextlib.suppress(RuntimeError):  # the widget is gone
+                    self._built.emit(None, exc)
             else:
-                self._built.emit(prepared, None)
+                try:
+                    self._built.emit(prepared, None)
+                except RuntimeError:  # the widget was deleted meanwhile: free the scenes here
+                    self._dispose(prepared)
 
         threading.Thread(target=run, name="hilum-mpr-build", daemon=True).start()
 
     def prepare(self, volume: Volume) -> _Prepared:
         """The scenes :meth:`set_volume` shows for ``volume``; no Qt, safe on a worker thread."""
         scene = MPRScene(volume)  # the 2D viewer's display of the series (hilum.render.mpr.volume_display)
-        if self.layout_name != "3d":
-            for vp in scene.viewports.values():  # the first frame of a window (context, shaders) costs 50-100 ms
-                vp.render_window.SetOffScreenRendering(1)
-                vp.render_window.Render()
-                release = getattr(vp.render_window, "ReleaseCurrent", None)
-                if release is not None:
-                    release()  # the canvas renders the next frames on the GUI thread
-        volume_scene = VolumeScene(volume, presets=dict(self.presets)) if self.with_3d else None
+        try:
+            if self.layout_name != "3d":
+                for vp in scene.viewports.values():  # a window's first frame (context, shaders) costs 50-100 ms
+                    vp.render_window.SetOffScreenRendering(1)
+                    vp.render()  # holding the VTK lock, the context left current nowhere (hilum.render.gl)
+            volume_scene = VolumeScene(volume, presets=dict(self.presets)) if self.with_3d else None
+        except BaseException:
+            scene.close()
+            raise
         return _Prepared(volume, scene, volume_scene)
+
+    @staticmethod
+    def _dispose(prepared: _Prepared) -> None:
+        """Free the scenes of a volume that will not be shown (their windows, :mod:`hilum.render.gl`)."""
+        prepared.scene.close()
+        if prepared.volume_scene is not None:
+            prepared.volume_scene.close()
 
     def _on_built(self, prepared: _Prepared | Volume | None, error: BaseException | None) -> None:
         if error is not None or prepared is None:
@@ -310,6 +353,9 @@ class MPRWidget(QWidget):
             self.loadFailed.emit(msg)
             return
         if isinstance(prepared, _Prepared):
+            if self._closed:  # closed while the volume was being built: nothing to show it in
+                self._dispose(prepared)
+                return
             self.set_volume(prepared.volume, prepared=prepared)
         else:
             self.set_volume(prepared)
@@ -322,6 +368,7 @@ class MPRWidget(QWidget):
             prepared = self.prepare(volume)
         self.volume = volume
         self.scene = prepared.scene
+        self._owned.scene = self.scene
         self._unsubscribe = self.scene.crosshair.subscribe(self._on_crosshair)
         for view in VIEWS:
             canvas = SliceCanvas(self.scene[view], self)
@@ -332,6 +379,8 @@ class MPRWidget(QWidget):
             if self.layout_name != "3d":  # the MPR's 3D cursor (no planes, no cursor in the 3D-only layout)
                 self.volume_scene.set_cursor(self.scene.crosshair.centre)
             self.volume_canvas = VolumeCanvas(self.volume_scene, self)
+            self._owned.volume_scene = self.volume_scene
+            self._owned.worker = self.volume_canvas.worker()
             self.vr_preset.blockSignals(True)
             self.vr_preset.clear()
             for pid, p in self.presets.items():
@@ -383,6 +432,7 @@ class MPRWidget(QWidget):
         if self.volume_scene is not None:
             self.volume_scene.close()
             self.volume_scene = None
+        self._owned.release()  # what is left (nothing after the above)
 
     def _place(self) -> None:
         if self.layout_name == "3d" and self.volume_canvas is not None:
@@ -397,6 +447,7 @@ class MPRWidget(QWidget):
             self.grid.addWidget(self.volume_canvas, 1, 1)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802
+        self._closed = True
         self._teardown()
         super().closeEvent(event)
 
