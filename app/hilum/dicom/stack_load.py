@@ -373,6 +373,11 @@ class LoadHandle:
         self._lock = threading.Lock()
         self.timings: dict[str, float] = {}
         self.thread: threading.Thread | None = None
+        self.executor = ""
+        """Where the pixels were decoded: ``"serial"``, ``"thread"`` or ``"process"`` (set when decoding
+        starts; ``"thread"`` after a fall-back from a broken pool)."""
+        self.header_executor = ""
+        """Where the headers were parsed: ``"serial"`` or ``"process"``."""
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -535,6 +540,7 @@ def _read_all_headers(
             pooled = list(pool.map(_header_chunk, chunks))
         except Exception as exc:  # noqa: BLE001 - e.g. a broken pool, or a script without a __main__ guard
             logger.warning("decoder processes unavailable (%s); parsing headers in this process", exc)
+    handle.header_executor = "serial" if pooled is None else "process"
     if pooled is None:
         for path in files:
             if handle.cancelled:
@@ -631,7 +637,7 @@ def _decode_all(handle: LoadHandle, volume: SeriesVolume, options: _Options) -> 
     frames = volume.stack.frames
     total = len(frames)
     claimed = volume.loaded.copy()
-    kind = _choose_executor(options.executor, frames, options.pool)
+    kind = handle.executor = _choose_executor(options.executor, frames, options.pool)
     nworkers = options.workers or min(os.cpu_count() or 1, 8)
     on_progress = options.on_progress
     last = [time.perf_counter()]
@@ -675,7 +681,7 @@ def _decode_all(handle: LoadHandle, volume: SeriesVolume, options: _Options) -> 
             # e.g. a broken pool, or a script without an ``if __name__ == "__main__"`` guard: decode here
             logger.warning("decoder processes unavailable (%s); decoding on threads", exc)
             claimed[:] = volume.loaded
-            kind = "thread"
+            kind = handle.executor = "thread"
     if kind == "serial" or (kind == "thread" and nworkers == 1):
         while not handle.cancelled and (k := handle._claim(claimed)) is not None:
             try:
