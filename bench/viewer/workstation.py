@@ -109,7 +109,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def child(data_dir: str, study_uid: str, with_node: bool, why: bool) -> dict[str, Any]:
+def child(data_dir: str, study_uid: str, with_node: bool, why: bool, mpr: bool = True) -> dict[str, Any]:
     """One try, in this fresh process: start the workstation, open the study, MPR, 3D."""
     t_start = time.perf_counter()
     from PySide6.QtCore import QEvent, QEventLoop, QObject, Qt, QTimer
@@ -231,7 +231,7 @@ def child(data_dir: str, study_uid: str, with_node: bool, why: bool) -> dict[str
         for name, phase, views, volume in (
             ("mpr", "mpr", ["axial", "coronal", "sagittal"], False),
             ("volume_3d", "3d", [], True),
-        ):
+        )[: 2 if mpr else 0]:
             wait_until(lambda: False, 0.5)
             dog.start(phase)
             t0 = time.perf_counter()
@@ -311,6 +311,9 @@ def main() -> int:
                     help="Qt platform (default: xcb when $DISPLAY is set, else offscreen)")  # fmt: skip
     ap.add_argument("--no-node", action="store_true", help="do not start the DICOM node (hilum gui --no-node)")
     ap.add_argument("--why", action="store_true", help="sample the GUI thread's stack during stalls")
+    ap.add_argument("--no-bytecode", action="store_true",
+                    help="keep $PYTHONDONTWRITEBYTECODE: every import compiles Hilum's sources (an installed Hilum "
+                    "has its bytecode; by default it is compiled once before the tries)")  # fmt: skip
     ap.add_argument("--json", help="write the figures here too")
     ap.add_argument("--keep", help="work in this folder and keep it (reuses the generated archives)")
     args = ap.parse_args()
@@ -318,7 +321,16 @@ def main() -> int:
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="hilum-bench-ws-"))
     root.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, QT_QPA_PLATFORM=platform)
-    results: dict[str, Any] = {"platform": platform, "cpus": os.cpu_count(), "size": args.size, "series": {}}
+    if not args.no_bytecode:  # as installed: pip compiles a package's bytecode (a compile holds the GIL)
+        import compileall
+
+        import hilum
+
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        sys.dont_write_bytecode = False
+        compileall.compile_dir(str(Path(hilum.__file__).parent), quiet=1)
+    results: dict[str, Any] = {"platform": platform, "cpus": os.cpu_count(), "size": args.size, "series": {},
+                               "bytecode": not args.no_bytecode}  # fmt: skip
     try:
         import SimpleITK as sitk
 
@@ -378,7 +390,8 @@ def main() -> int:
 
 def report(r: dict[str, Any], repeat: int) -> None:
     print(f"\nWorkstation benchmark: {r['size']}x{r['size']} CT through the real main window, Qt platform "
-          f"{r['platform']}, {r['cpus']} CPUs; medians of {repeat} fresh processes (watchdog tick {TICK_MS} ms)\n")  # fmt: skip
+          f"{r['platform']}, {r['cpus']} CPUs, Hilum's bytecode {'cached' if r['bytecode'] else 'NOT cached'}; "
+          f"medians of {repeat} fresh processes (watchdog tick {TICK_MS} ms)\n")  # fmt: skip
     for n, f in r["series"].items():
         print(f"{n} slices (executor {f['executor'] or '?'}):")
         print(f"  open → first image painted        {f['first_image_s'] * 1000:8.0f} ms")
@@ -394,8 +407,10 @@ def report(r: dict[str, Any], repeat: int) -> None:
         for key, label in (("stall_open_load_ms", "opening + loading"), ("stall_mpr_ms", "opening MPR"),
                            ("stall_3d_ms", "opening 3D"), ("stall_startup_ms", "the first second")):  # fmt: skip
             if key in f:
-                print(f"  worst event-loop stall, {label:<18}{f[key]:6.0f} ms median, {worst[key]:6.0f} ms worst try"
-                      + ("   (target ≤ 100 ms)" if key != "stall_startup_ms" else "   (window shown → 1 s idle)"))
+                print(
+                    f"  worst event-loop stall, {label:<18}{f[key]:6.0f} ms median, {worst[key]:6.0f} ms worst try"
+                    + ("   (target ≤ 100 ms)" if key != "stall_startup_ms" else "   (window shown → 1 s idle)")
+                )
         for i, why in enumerate(f["why"]):
             for phase, stacks in why.items():
                 for text, count in stacks[:2]:
