@@ -5,7 +5,9 @@ installed as ``hilum gui`` installs it) must load through the same path as
 ``bench/viewer``: native pixels read straight into the volume on threads,
 compressed ones decoded on the window's warm decoder process pool, and nothing
 heavy imported on the GUI thread inside the double-click (VTK for the MPR/3D
-actions was a 0.25-0.5 s event-loop stall there). Speed itself is measured by
+actions was a 0.25-0.5 s event-loop stall there), and the series thumbnails'
+header parsing done on the pool too (in the GUI's process it competed with the
+event loop for the GIL while the study loaded). Speed itself is measured by
 ``bench/viewer/workstation.py``, not here.
 """
 
@@ -19,16 +21,19 @@ import textwrap
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from _viewer_data import STUDY, write_ct
 
 pytest.importorskip("pytestqt")
 from PySide6.QtCore import Qt  # noqa: E402
+from PySide6.QtGui import QImage  # noqa: E402
 
 from hilum.archive import Archive  # noqa: E402
 from hilum.config import load_config  # noqa: E402
 from hilum.dicom.generator import MUELLER, make_study  # noqa: E402
+from hilum.ui.viewer.thumbnails import ThumbnailCache  # noqa: E402
 from hilum.ui.viewer.viewer_widget import StudyViewer  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -76,6 +81,19 @@ def test_double_click_loads_on_the_fast_path_with_the_windows_pool(qtbot, make_m
     assert handle.header_executor == "serial"  # 20 files: not worth the processes
     vp = native.active_viewport()
     assert vp.volume is handle.volume and not vp.volume.preview
+    # the series' thumbnail (every header parsed) is made on the same pool, the same image as made here
+    assert native.strip.thumbnails.pool is controller.pool
+    entry = native.session.series[0]
+    made_here = ThumbnailCache(size=native.strip.thumbnails.size).for_series(entry.series_uid, entry.paths)
+
+    def shown() -> np.ndarray:
+        img = native.strip.item(0).icon().pixmap(made_here.shape[1], made_here.shape[0]).toImage()
+        img = img.convertToFormat(QImage.Format.Format_Grayscale8)
+        arr = np.frombuffer(img.constBits(), np.uint8, img.bytesPerLine() * img.height())
+        return arr.reshape(img.height(), -1)[:, : img.width()].copy()  # img owns the memory
+
+    assert made_here.max() > 0  # the strip's placeholder is black
+    qtbot.waitUntil(lambda: np.array_equal(shown(), made_here), timeout=TIMEOUT)
 
     compressed = _open_and_load(qtbot, window, RLE_STUDY.uid)
     handle = compressed._loads[compressed.session.series[0].series_uid]

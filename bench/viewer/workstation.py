@@ -91,16 +91,28 @@ class Watchdog:
         return self.worst * 1000.0
 
     def _sample(self) -> None:
+        """While the GUI thread is late: its stack, and (this thread got the GIL: someone had it) the
+        other threads' stacks, marked ``[thread name]`` — what held the GIL or the event loop."""
+        names = {}
         while True:
             time.sleep(0.01)
             phase = self.phase
             if phase and time.perf_counter() - self.last > STALL_SAMPLE_S + TICK_MS / 1000:
-                frame = sys._current_frames().get(self._gui)
-                if frame is not None:
+                counter = self.stacks.setdefault(phase, Counter())
+                if len(names) != threading.active_count():
+                    names = {t.ident: t.name for t in threading.enumerate()}
+                for ident, frame in sys._current_frames().items():
+                    if ident == threading.get_ident():
+                        continue
                     stack = traceback.extract_stack(frame, limit=40)
                     ours = [f for f in stack if "/site-packages/" not in f.filename or f is stack[-1]]
-                    text = " <- ".join(f"{Path(f.filename).name}:{f.lineno}:{f.name}" for f in reversed(ours[-8:]))
-                    self.stacks.setdefault(phase, Counter())[text] += 1
+                    text = " <- ".join(f"{Path(f.filename).name}:{f.lineno}:{f.name}" for f in reversed(ours[-6:]))
+                    if ident == self._gui:
+                        counter[f"[GUI] {text}"] += 1
+                    elif not text.startswith(
+                        ("thread.py", "threading.py", "queues.py", "connection.py", "selectors.py")
+                    ):
+                        counter[f"[{names.get(ident, '?')}] {text}"] += 1
 
 
 def _free_port() -> int:
@@ -121,6 +133,8 @@ def child(data_dir: str, study_uid: str, with_node: bool, why: bool, mpr: bool =
     from hilum.ui.main_window import MainWindow
 
     app = application()
+    # a study opened for the first time: no series thumbnails cached from an earlier try
+    shutil.rmtree(Path(data_dir) / "cache" / "thumbnails", ignore_errors=True)
     cfg = load_config(data_dir)
     cfg.dicom_port, cfg.web_port, cfg.hl7_port = _free_port(), _free_port(), _free_port()
     archive = Archive.from_config(cfg)
@@ -248,7 +262,7 @@ def child(data_dir: str, study_uid: str, with_node: bool, why: bool, mpr: bool =
             wait_until(lambda: False, 0.05)
             out[f"stall_{phase}_ms"] = dog.stop()
             widget.close()  # the window's close button (the viewer keeps the widget, hidden)
-        out["why"] = {k: v.most_common(4) for k, v in dog.stacks.items()}
+        out["why"] = {k: v.most_common(6) for k, v in dog.stacks.items()}
     finally:
         window.close()
         if node is not None:

@@ -97,7 +97,7 @@ class StudyViewer(QWidget):
         self._bridge.progress.connect(self._on_progress)
         self._bridge.done.connect(self._on_done)
         thumbs_dir = self.data_dir / "cache" / "thumbnails" if self.data_dir else None
-        self.strip = SeriesStrip(ThumbnailCache(thumbs_dir), self)
+        self.strip = SeriesStrip(ThumbnailCache(thumbs_dir, pool=pool), self)  # headers parsed off this process
         self.strip.seriesActivated.connect(lambda uid: self.show_series(uid, self.model.active))
         self._build_ui()
         self._build_actions()
