@@ -66,17 +66,24 @@ class ThumbnailCache:
         raw = f"{series_uid}|{os.fspath(path)}|{frame}|{self.size}|{stamp}"
         return hashlib.sha1(raw.encode()).hexdigest()
 
-    def for_series(self, series_uid: str, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray | None:
+    def for_series(self, series_uid: str, paths: Sequence[str | os.PathLike[str]],
+                   middle: tuple[str | os.PathLike[str], int] | None = None) -> np.ndarray | None:  # fmt: skip
         """The thumbnail of a series: its middle slice in the one slice order (call off the GUI thread).
 
         Cached by the series and its files; on a miss the headers are read to
-        find the middle slice. None when no file of the series can be read.
+        find the middle slice, unless the caller knows it: *middle* is the
+        ``(path, frame)`` of the loaded stack's slice ``len // 2`` (the viewer's
+        load sorted the same headers already). None when no file of the series
+        can be read.
         """
         if not paths:
             return None
         stamp = "|".join(self._stamp(p) for p in (paths[0], paths[-1]))
         raw = f"series|{series_uid}|{len(paths)}|{self.size}|{stamp}"
         key = hashlib.sha1(raw.encode()).hexdigest()
+        if middle is not None:
+            path, frame = os.fspath(middle[0]), int(middle[1])
+            return self._cached(key, lambda: self._run(make_thumbnail, path, frame, self.size))
         files = [os.fspath(p) for p in paths]
         return self._cached(key, lambda: self._run(_render_middle, files, self.size))
 
