@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -40,11 +41,17 @@ PRELOAD_MODULES = ("hilum.ui.mpr.viewer_hook",)
 """Modules a study viewer imports when it is built (its MPR and 3D actions: VTK)."""
 
 
-def preload_viewer_modules(modules: tuple[str, ...] = PRELOAD_MODULES) -> threading.Thread:
-    """Import *modules* on a background thread, so that opening the first study does not.
+def preload_viewer_modules(
+    modules: tuple[str, ...] = PRELOAD_MODULES, *, then: Callable[[], object] | None = None
+) -> threading.Thread:
+    """Import *modules* on a background thread, so that opening the first study does not; then
+    run *then* there (the workstation warms its decoder pool after: the two at once, on two
+    cores, made each longer and the import's GIL-held pieces longer still).
 
-    An import holds the GIL only in short pieces (each extension module's load), so the
-    GUI thread keeps running meanwhile; a study opened before it ends waits for what is left.
+    An import holds the GIL in pieces (one extension module's load each: the longest, VTK's
+    OpenGL rendering, ~0.1 s on a 2-core machine, in the first second after the window
+    shows), so the GUI thread keeps running meanwhile; a study opened before it ends waits
+    for what is left.
     """
 
     def run() -> None:
@@ -53,6 +60,8 @@ def preload_viewer_modules(modules: tuple[str, ...] = PRELOAD_MODULES) -> thread
                 importlib.import_module(name)
             except Exception as exc:  # noqa: BLE001 - the viewer reports it when it is opened
                 logger.debug("cannot preload %s: %s", name, exc)
+        if then is not None:
+            then()
 
     thread = threading.Thread(target=run, name="hilum-viewer-preload", daemon=True)
     thread.start()
@@ -86,7 +95,8 @@ class ViewerController(QObject):
         self.cache = cache or VolumeCache()
         self.pool = pool
         self.preload: threading.Thread | None = None
-        """The background import of what a viewer needs (:func:`preload_viewer_modules`)."""
+        """The background import of what a viewer needs, then the pool's warm-up
+        (:func:`preload_viewer_modules`)."""
 
     def shutdown(self) -> None:
         """Stop the decoder processes (loads still running fall back to threads)."""
@@ -124,15 +134,16 @@ class ViewerController(QObject):
 def install_viewer(window: Any, **kwargs: Any) -> ViewerController:
     """Make *window* (the workstation's ``MainWindow``) open studies in viewer tabs.
 
-    The controller gets a decoder process pool, warmed in the background, and
-    shuts it down when the application quits or the window goes; the modules
-    a viewer needs are imported in the background too.
+    The controller gets a decoder process pool and shuts it down when the
+    application quits or the window goes; in the background the modules a
+    viewer needs are imported, then the pool's workers started and warmed.
     """
+    warm: Callable[[], object] | None = None
     if "pool" not in kwargs:
-        kwargs["pool"] = decoder_pool()
-        warm_pool(kwargs["pool"])
+        pool = kwargs["pool"] = decoder_pool()
+        warm = lambda: warm_pool(pool).join()  # noqa: E731
     controller = ViewerController(window, **kwargs)
-    controller.preload = preload_viewer_modules()
+    controller.preload = preload_viewer_modules(then=warm)
     app = QCoreApplication.instance()
     if app is not None:
         app.aboutToQuit.connect(controller.shutdown)
