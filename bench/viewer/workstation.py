@@ -15,9 +15,13 @@ node on free ports unless ``--no-node``), then:
 
 A watchdog (a 10 ms precise ``QTimer`` on the GUI thread) records the longest
 gap between its ticks in each phase: the worst event-loop stall a user could
-feel (target: none over 100 ms). ``--why`` also samples the GUI thread's
-Python stack whenever it is more than 50 ms late and prints the commonest
-stacks per phase (what held the event loop).
+feel (target: none over 100 ms); also for the first second after the window
+shows (the background warm-up: VTK imported for the viewer, decoder processes
+started). ``--why`` also samples the Python stacks of the GUI thread and of the
+other threads whenever the GUI thread is more than 50 ms late and prints the
+commonest per phase (what held the event loop, or the GIL). Each try starts
+with no series thumbnails cached (a study opened for the first time); Hilum's
+bytecode is compiled once before the tries (``--no-bytecode``: not).
 
 In the same run, on the same files (page cache warm for every reader):
 SimpleITK's ``ImageSeriesReader`` (GDCM, C++), and the headless loader the
