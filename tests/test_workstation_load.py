@@ -40,6 +40,7 @@ pytestmark = pytest.mark.gui
 
 TIMEOUT = 60000
 RLE_STUDY = make_study(MUELLER, accession="ACC-RLE", seed="workstation-load-rle")
+LONG_STUDY = make_study(MUELLER, accession="ACC-LONG", seed="workstation-load-long")
 
 
 def _double_click_study(qtbot, window, study_uid: str) -> None:  # type: ignore[no-untyped-def]
@@ -66,6 +67,8 @@ def test_double_click_loads_on_the_fast_path_with_the_windows_pool(qtbot, make_m
     assert all(r.ok for r in archive.ingest_many(write_ct(tmp_path / "native", rows=64, slices=20)))
     rle = write_ct(tmp_path / "rle", rows=64, slices=20, syntax="rle", study=RLE_STUDY)
     assert all(r.ok for r in archive.ingest_many(rle))
+    long = write_ct(tmp_path / "long", rows=16, slices=260, thickness=1.0, study=LONG_STUDY)
+    assert all(r.ok for r in archive.ingest_many(long))
     window = make_main_window(load_config(data_dir), archive, viewer=True)
     controller = window.viewer_controller
     assert isinstance(controller.pool, ProcessPoolExecutor)  # the window's decoder processes, warmed at start
@@ -102,6 +105,12 @@ def test_double_click_loads_on_the_fast_path_with_the_windows_pool(qtbot, make_m
     assert all(f.pixel_offset is None for f in handle.volume.stack.frames)
     # the same pixels as the native series (RLE is lossless)
     assert (handle.volume.data == native._loads[native.session.series[0].series_uid].volume.data).all()
+
+    long_series = _open_and_load(qtbot, window, LONG_STUDY.uid)
+    handle = long_series._loads[long_series.session.series[0].series_uid]
+    assert handle.error is None and handle.volume is not None and handle.volume.complete
+    assert handle.header_executor == "process"  # a long series' headers: parsed on the pool
+    assert handle.executor == "thread" and len(handle.volume) == 260
 
 
 _OPEN_SCRIPT = textwrap.dedent(
