@@ -330,8 +330,9 @@ def main() -> int:
     ap.add_argument("--no-node", action="store_true", help="do not start the DICOM node (hilum gui --no-node)")
     ap.add_argument("--why", action="store_true", help="sample the GUI thread's stack during stalls")
     ap.add_argument("--no-bytecode", action="store_true",
-                    help="keep $PYTHONDONTWRITEBYTECODE: every import compiles Hilum's sources (an installed Hilum "
-                    "has its bytecode; by default it is compiled once before the tries)")  # fmt: skip
+                    help="no bytecode of Hilum's modules: every import compiles their sources, as in a checkout "
+                    "run with $PYTHONDONTWRITEBYTECODE (an installed Hilum has its bytecode; by default it is "
+                    "compiled once before the tries)")  # fmt: skip
     ap.add_argument("--json", help="write the figures here too")
     ap.add_argument("--keep", help="work in this folder and keep it (reuses the generated archives)")
     args = ap.parse_args()
@@ -339,14 +340,19 @@ def main() -> int:
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="hilum-bench-ws-"))
     root.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, QT_QPA_PLATFORM=platform)
+    import hilum
+
+    package = Path(hilum.__file__).parent
     if not args.no_bytecode:  # as installed: pip compiles a package's bytecode (a compile holds the GIL)
         import compileall
 
-        import hilum
-
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         sys.dont_write_bytecode = False
-        compileall.compile_dir(str(Path(hilum.__file__).parent), quiet=1)
+        compileall.compile_dir(str(package), quiet=1)
+    else:  # every import of Hilum's own modules compiles its source (ignored folders, made by Python)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        for cache in package.rglob("__pycache__"):
+            shutil.rmtree(cache, ignore_errors=True)
     results: dict[str, Any] = {"platform": platform, "cpus": os.cpu_count(), "size": args.size, "series": {},
                                "bytecode": not args.no_bytecode}  # fmt: skip
     try:
