@@ -3,23 +3,15 @@
 A double-click in the study browser of the real main window (with the viewer
 installed as ``hilum gui`` installs it) must load through the same path as
 ``bench/viewer``: native pixels read straight into the volume on threads,
-compressed ones decoded on the window's warm decoder process pool, and nothing
-heavy imported on the GUI thread inside the double-click (VTK for the MPR/3D
-actions was a 0.25-0.5 s event-loop stall there), and the series thumbnails'
-header parsing done on the pool too (in the GUI's process it competed with the
-event loop for the GIL while the study loaded). Speed itself is measured by
-``bench/viewer/workstation.py``, not here.
+compressed ones decoded on the window's warm decoder process pool, and the
+series thumbnails' header parsing done on the pool too (in the GUI's process
+it competed with the event loop for the GIL while the study loaded). Speed
+itself is measured by ``bench/viewer/workstation.py``, not here.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,81 +103,3 @@ def test_double_click_loads_on_the_fast_path_with_the_windows_pool(qtbot, make_m
     assert handle.error is None and handle.volume is not None and handle.volume.complete
     assert handle.header_executor == "process"  # a long series' headers: parsed on the pool
     assert handle.executor == "thread" and len(handle.volume) == 260
-
-
-_OPEN_SCRIPT = textwrap.dedent(
-    """
-    import json, sys, threading
-    from PySide6.QtCore import QEventLoop, Qt, QTimer
-    from PySide6.QtTest import QTest
-    from hilum.archive import Archive
-    from hilum.config import load_config
-    from hilum.ui.app import application, install_viewer
-    from hilum.ui.main_window import MainWindow
-
-    def main():
-        app = application()
-        cfg = load_config(sys.argv[1])
-        archive = Archive.from_config(cfg)
-        window = MainWindow(cfg, archive)
-        controller = install_viewer(window)  # what hilum gui installs
-        window.show()
-
-        def wait(cond):
-            loop, poll = QEventLoop(), QTimer()
-            poll.timeout.connect(lambda: loop.quit() if cond() else None)
-            poll.start(5)
-            QTimer.singleShot(60000, loop.quit)
-            loop.exec()
-            return cond()
-
-        model, table = window.browser.model, window.browser.table
-        assert wait(lambda: model.find(sys.argv[2]) >= 0)
-        controller.preload.join()  # the window's background import is over (a reader takes a moment)
-        pos = table.visualRect(model.index(model.find(sys.argv[2]), 1)).center()
-        QTest.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pos)
-        gui = threading.get_ident()
-        imported = []
-
-        class Spy:
-            def find_spec(self, name, path=None, target=None):
-                if threading.get_ident() == gui:
-                    imported.append(name)
-                return None
-
-        spy = Spy()
-        sys.meta_path.insert(0, spy)
-        QTest.mouseDClick(table.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pos)
-        viewer = controller.viewer_for(sys.argv[2])
-        done = []
-        viewer.loadFinished.connect(done.append)
-        assert wait(lambda: bool(done))
-        sys.meta_path.remove(spy)
-        print("IMPORTED " + json.dumps(imported))
-        window.close()
-        archive.close()
-
-    if __name__ == "__main__":
-        main()
-    """
-)
-
-
-def test_double_click_imports_nothing_on_the_gui_thread(data_dir, tmp_path):
-    """In a fresh workstation process (imports happen once per process): opening the first study
-    imports no module on the GUI thread, VTK above all (the window preloads it in the background)."""
-    archive = Archive(data_dir)
-    assert all(r.ok for r in archive.ingest_many(write_ct(tmp_path / "ct", rows=32, slices=6)))
-    archive.close()
-    script = tmp_path / "open_study.py"
-    script.write_text(_OPEN_SCRIPT)
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
-    app_dir = str(Path(__file__).resolve().parents[1] / "app")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (app_dir, env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.run([sys.executable, str(script), str(data_dir), STUDY.uid], env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("IMPORTED ")), None)
-    assert proc.returncode == 0 and line is not None, proc.stderr[-3000:]
-    imported = json.loads(line[len("IMPORTED ") :])
-    assert not [m for m in imported if m.startswith(("vtk", "hilum.ui.mpr", "hilum.render"))], imported
-    assert imported == [], f"imported on the GUI thread while opening the study: {imported}"

@@ -339,7 +339,7 @@ def main() -> int:
     platform = args.platform or ("xcb" if os.environ.get("DISPLAY") else "offscreen")
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="hilum-bench-ws-"))
     root.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, QT_QPA_PLATFORM=platform)
+    env = dict(os.environ, QT_QPA_PLATFORM=platform, PYTHONFAULTHANDLER="1")
     import hilum
 
     package = Path(hilum.__file__).parent
@@ -385,11 +385,17 @@ def main() -> int:
                 headless_t.append(headless())
                 cmd = [sys.executable, __file__, "--child", str(data), study_uid,
                        "no-node" if args.no_node else "node", "why" if args.why else "-"]  # fmt: skip
-                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-                line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+                # output to files, and wait for the process (not for its pipes: a worker process left
+                # behind by a crashed try would hold them open)
+                with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+                    code = subprocess.Popen(cmd, env=env, stdout=out, stderr=err).wait(timeout=900)
+                    out.seek(0)
+                    err.seek(0)
+                    stdout, stderr = out.read(), err.read()
+                line = next((ln for ln in stdout.splitlines() if ln.startswith("RESULT ")), None)
                 if line is None:
-                    print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
-                    raise SystemExit(f"try {rep + 1} with {n} slices failed (exit {proc.returncode})")
+                    print(stdout[-3000:], stderr[-6000:], file=sys.stderr)
+                    raise SystemExit(f"try {rep + 1} with {n} slices failed (exit {code})")
                 got = json.loads(line[7:])
                 tries.append(got)
                 print(f"{n} slices, try {rep + 1}: " + ", ".join(

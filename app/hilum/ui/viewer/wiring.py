@@ -9,20 +9,11 @@ All viewer tabs share one volume cache, so memory stays bounded, and one
 process pool for decoding (:func:`hilum.dicom.stack_load.decoder_pool`), which
 the controller owns: started (and warmed) with the window, shut down when the
 application quits.
-
-What the first study's viewer needs is imported with the window, off the GUI
-thread (:func:`preload_viewer_modules`): the MPR/3D actions bring in VTK, a
-0.25-0.5 s import (seconds on a busy machine with a cold disk cache) that
-otherwise stalled the event loop inside the first double-click and delayed the
-first image and the load behind it (``bench/viewer/workstation.py``).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import threading
-from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -33,39 +24,9 @@ from hilum.ui.viewer.shortcuts import help_lines
 from hilum.ui.viewer.study import VolumeCache
 from hilum.ui.viewer.viewer_widget import StudyViewer
 
-__all__ = ["PRELOAD_MODULES", "ViewerController", "install_viewer", "preload_viewer_modules"]
+__all__ = ["ViewerController", "install_viewer"]
 
 logger = logging.getLogger(__name__)
-
-PRELOAD_MODULES = ("hilum.ui.mpr.viewer_hook",)
-"""Modules a study viewer imports when it is built (its MPR and 3D actions: VTK)."""
-
-
-def preload_viewer_modules(
-    modules: tuple[str, ...] = PRELOAD_MODULES, *, then: Callable[[], object] | None = None
-) -> threading.Thread:
-    """Import *modules* on a background thread, so that opening the first study does not; then
-    run *then* there (the workstation warms its decoder pool after: the two at once, on two
-    cores, made each longer and the import's GIL-held pieces longer still).
-
-    An import holds the GIL in pieces (one extension module's load each: the longest, VTK's
-    OpenGL rendering, ~0.1 s on a 2-core machine, in the first second after the window
-    shows), so the GUI thread keeps running meanwhile; a study opened before it ends waits
-    for what is left.
-    """
-
-    def run() -> None:
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception as exc:  # noqa: BLE001 - the viewer reports it when it is opened
-                logger.debug("cannot preload %s: %s", name, exc)
-        if then is not None:
-            then()
-
-    thread = threading.Thread(target=run, name="hilum-viewer-preload", daemon=True)
-    thread.start()
-    return thread
 
 
 def _tab_title(archive: Any, study_uid: str) -> tuple[str, str]:
@@ -94,9 +55,6 @@ class ViewerController(QObject):
         self.executor = executor
         self.cache = cache or VolumeCache()
         self.pool = pool
-        self.preload: threading.Thread | None = None
-        """The background import of what a viewer needs, then the pool's warm-up
-        (:func:`preload_viewer_modules`)."""
 
     def shutdown(self) -> None:
         """Stop the decoder processes (loads still running fall back to threads)."""
@@ -134,16 +92,13 @@ class ViewerController(QObject):
 def install_viewer(window: Any, **kwargs: Any) -> ViewerController:
     """Make *window* (the workstation's ``MainWindow``) open studies in viewer tabs.
 
-    The controller gets a decoder process pool and shuts it down when the
-    application quits or the window goes; in the background the modules a
-    viewer needs are imported, then the pool's workers started and warmed.
+    The controller gets a decoder process pool, warmed in the background, and
+    shuts it down when the application quits or the window goes.
     """
-    warm: Callable[[], object] | None = None
     if "pool" not in kwargs:
-        pool = kwargs["pool"] = decoder_pool()
-        warm = lambda: warm_pool(pool).join()  # noqa: E731
+        kwargs["pool"] = decoder_pool()
+        warm_pool(kwargs["pool"])
     controller = ViewerController(window, **kwargs)
-    controller.preload = preload_viewer_modules(then=warm)
     app = QCoreApplication.instance()
     if app is not None:
         app.aboutToQuit.connect(controller.shutdown)
