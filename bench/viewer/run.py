@@ -15,6 +15,9 @@ Measures, on a generated CT series ingested into a fresh archive:
   (stored → 8-bit), and the viewport widget's synchronous ``repaint()``;
 * memory: resident-set growth per loaded series vs the raw volume size.
 
+The same series opened through the workstation's real main window (double-click
+in the study browser, MPR, 3D, event-loop stalls): ``bench/viewer/workstation.py``.
+
 Targets of the issue: first image ≤ 0.3 s, full load no slower than SimpleITK,
 scroll ≥ 60 frames/s, memory ≤ 1.3x raw. Page cache is warm for every reader
 (the files were just written); run it on an otherwise idle machine.

@@ -345,13 +345,20 @@ def decoder_pool(workers: int | None = None) -> ProcessPoolExecutor:
                                mp_context=multiprocessing.get_context("forkserver"))  # fmt: skip
 
 
+def _warm_worker(_: int) -> int:
+    """Nothing: a worker that runs it has imported this module (and pydicom, numpy, the pixel
+    pipeline) to find it, which a worker started from the fork server had not."""
+    return os.getpid()
+
+
 def warm_pool(pool: Executor) -> threading.Thread:
-    """Start *pool*'s worker processes in the background (the workstation does this once at start,
-    so the first long or compressed series does not pay for starting them)."""
+    """Start *pool*'s worker processes in the background and load the decoders' code in them (the
+    workstation does this once at start, so the first long or compressed series pays for neither:
+    ~0.2 s of imports per worker on its first task otherwise)."""
 
     def warm() -> None:
         try:
-            list(pool.map(abs, range(2 * (os.cpu_count() or 2))))
+            list(pool.map(_warm_worker, range(2 * (os.cpu_count() or 2))))
         except Exception as exc:  # noqa: BLE001 - loading falls back to threads
             logger.debug("cannot start decoder processes: %s", exc)
 
@@ -373,6 +380,11 @@ class LoadHandle:
         self._lock = threading.Lock()
         self.timings: dict[str, float] = {}
         self.thread: threading.Thread | None = None
+        self.executor = ""
+        """Where the pixels were decoded: ``"serial"``, ``"thread"`` or ``"process"`` (set when decoding
+        starts; ``"thread"`` after a fall-back from a broken pool)."""
+        self.header_executor = ""
+        """Where the headers were parsed: ``"serial"`` or ``"process"``."""
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -535,6 +547,7 @@ def _read_all_headers(
             pooled = list(pool.map(_header_chunk, chunks))
         except Exception as exc:  # noqa: BLE001 - e.g. a broken pool, or a script without a __main__ guard
             logger.warning("decoder processes unavailable (%s); parsing headers in this process", exc)
+    handle.header_executor = "serial" if pooled is None else "process"
     if pooled is None:
         for path in files:
             if handle.cancelled:
@@ -631,7 +644,7 @@ def _decode_all(handle: LoadHandle, volume: SeriesVolume, options: _Options) -> 
     frames = volume.stack.frames
     total = len(frames)
     claimed = volume.loaded.copy()
-    kind = _choose_executor(options.executor, frames, options.pool)
+    kind = handle.executor = _choose_executor(options.executor, frames, options.pool)
     nworkers = options.workers or min(os.cpu_count() or 1, 8)
     on_progress = options.on_progress
     last = [time.perf_counter()]
@@ -675,7 +688,7 @@ def _decode_all(handle: LoadHandle, volume: SeriesVolume, options: _Options) -> 
             # e.g. a broken pool, or a script without an ``if __name__ == "__main__"`` guard: decode here
             logger.warning("decoder processes unavailable (%s); decoding on threads", exc)
             claimed[:] = volume.loaded
-            kind = "thread"
+            kind = handle.executor = "thread"
     if kind == "serial" or (kind == "thread" and nworkers == 1):
         while not handle.cancelled and (k := handle._claim(claimed)) is not None:
             try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -75,7 +75,10 @@ class SeriesStrip(QListWidget):
         self.itemActivated.connect(lambda item: self.seriesActivated.emit(item.data(UID_ROLE)))
         self._closed = False
 
-    def set_series(self, entries: Sequence[SeriesEntry]) -> None:
+    def set_series(self, entries: Sequence[SeriesEntry], *, later: Collection[str] = ()) -> None:
+        """One item per series; thumbnails are made in the background, except for the series in
+        *later*, whose thumbnail the caller asks for with :meth:`make_thumbnail` (e.g. once its
+        load has sorted the headers)."""
         self.clear()
         blank = QPixmap(self.iconSize())
         blank.fill(Qt.GlobalColor.black)
@@ -84,14 +87,20 @@ class SeriesStrip(QListWidget):
             item.setData(UID_ROLE, e.series_uid)
             item.setToolTip(f"Series {e.number}: {e.description}\n{e.modality}, {e.frames} images")
             self.addItem(item)
-            if e.paths:
+            if e.paths and e.series_uid not in later:
                 self._pool.submit(self._make, e.series_uid, [str(p) for p in e.paths])
 
-    def _make(self, uid: str, paths: list[str]) -> None:
+    def make_thumbnail(self, uid: str, paths: Sequence[Any], middle: tuple[str, int] | None = None) -> None:
+        """Make one series' thumbnail off the GUI thread; *middle* (``(path, frame)`` of the loaded
+        stack's middle slice) spares reading every header again."""
+        if not self._closed and paths:
+            self._pool.submit(self._make, uid, [str(p) for p in paths], middle)
+
+    def _make(self, uid: str, paths: list[str], middle: tuple[str, int] | None = None) -> None:
         if self._closed:
             return
         try:
-            img = self.thumbnails.for_series(uid, paths)
+            img = self.thumbnails.for_series(uid, paths, middle)
         except Exception as exc:  # noqa: BLE001 - a thumbnail must never take the viewer down
             logger.warning("no thumbnail for series %s: %s", uid, exc)
             return

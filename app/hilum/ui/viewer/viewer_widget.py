@@ -97,6 +97,7 @@ class StudyViewer(QWidget):
         self._loads: dict[str, LoadHandle] = {}
         self._widgets: list[ViewportWidget] = []
         self._maximized: int | None = None
+        self._thumbnail_later: set[str] = set()
         self.timings: dict[str, float] = {}
         self._t_open = 0.0
         self._bridge = _LoadBridge(self)
@@ -105,7 +106,7 @@ class StudyViewer(QWidget):
         self._bridge.progress.connect(self._on_progress)
         self._bridge.done.connect(self._on_done)
         thumbs_dir = self.data_dir / "cache" / "thumbnails" if self.data_dir else None
-        self.strip = SeriesStrip(ThumbnailCache(thumbs_dir), self)
+        self.strip = SeriesStrip(ThumbnailCache(thumbs_dir, pool=pool), self)  # headers parsed off this process
         self.strip.seriesActivated.connect(lambda uid: self.show_series(uid, self.model.active))
         self._build_ui()
         self._build_actions()
@@ -622,7 +623,9 @@ class StudyViewer(QWidget):
         """Read the study's series, fill the strip and show the first series."""
         self._t_open = time.perf_counter()
         entries = self.session.refresh()
-        self.strip.set_series(entries)
+        # the first series' thumbnail comes from its load's sorted stack (its headers are read once)
+        self._thumbnail_later = {entries[0].series_uid} if entries else set()
+        self.strip.set_series(entries, later=self._thumbnail_later)
         if not entries:
             self.status.setText("This study has no images to show.")
             return
@@ -679,6 +682,7 @@ class StudyViewer(QWidget):
             self._loads[series_uid] = handle
             if handle.volume is not None:  # from the session's cache
                 vp.set_volume(handle.volume)
+                self._thumbnail_from(series_uid, handle.volume)
         elif handle.volume is not None:
             vp.set_volume(handle.volume)
             vp.status = "" if handle.done.is_set() else vp.status
@@ -712,7 +716,23 @@ class StudyViewer(QWidget):
             self.timings["first_image"] = time.perf_counter() - self._t_open
         self.firstImage.emit(uid)
 
+    def _thumbnail_from(self, uid: str, volume: SeriesVolume | None) -> None:
+        """The strip's thumbnail of a series held back by :meth:`open`: the middle of its loaded
+        stack, or (no volume: the load failed) from its headers."""
+        if uid not in self._thumbnail_later:
+            return
+        self._thumbnail_later.discard(uid)
+        entry = self.session.entry(uid)
+        if entry is None:
+            return
+        middle = None
+        if volume is not None and not volume.preview and len(volume):
+            f = volume.stack.frames[len(volume) // 2]
+            middle = (f.path, f.frame)
+        self.strip.make_thumbnail(uid, entry.paths, middle)
+
     def _on_ready(self, uid: str, volume: SeriesVolume) -> None:
+        self._thumbnail_from(uid, volume)
         for vp in self._viewports_of(uid):
             f = vp.frame_info
             index = volume.stack.index_of(*f.key) if f is not None else None
@@ -734,6 +754,7 @@ class StudyViewer(QWidget):
         self.progress.setValue(loaded)
 
     def _on_done(self, uid: str, handle: LoadHandle) -> None:
+        self._thumbnail_from(uid, handle.volume)
         for vp in self._viewports_of(uid):
             vp.status = ""
             vp.notify_loaded()

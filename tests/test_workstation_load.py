@@ -1,0 +1,105 @@
+"""The workstation opens a study on the loader's fast path (issue 23 item 5).
+
+A double-click in the study browser of the real main window (with the viewer
+installed as ``hilum gui`` installs it) must load through the same path as
+``bench/viewer``: native pixels read straight into the volume on threads,
+compressed ones decoded on the window's warm decoder process pool, and the
+series thumbnails' header parsing done on the pool too (in the GUI's process
+it competed with the event loop for the GIL while the study loaded). Speed
+itself is measured by ``bench/viewer/workstation.py``, not here.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pytest
+
+from _viewer_data import STUDY, write_ct
+
+pytest.importorskip("pytestqt")
+from PySide6.QtCore import Qt  # noqa: E402
+from PySide6.QtGui import QImage  # noqa: E402
+
+from hilum.archive import Archive  # noqa: E402
+from hilum.config import load_config  # noqa: E402
+from hilum.dicom.generator import MUELLER, make_study  # noqa: E402
+from hilum.ui.viewer.thumbnails import ThumbnailCache  # noqa: E402
+from hilum.ui.viewer.viewer_widget import StudyViewer  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT = 60000
+RLE_STUDY = make_study(MUELLER, accession="ACC-RLE", seed="workstation-load-rle")
+LONG_STUDY = make_study(MUELLER, accession="ACC-LONG", seed="workstation-load-long")
+
+
+def _double_click_study(qtbot, window, study_uid: str) -> None:  # type: ignore[no-untyped-def]
+    """What a reader does: click the study's row in the browser, then double-click it."""
+    model, table = window.browser.model, window.browser.table
+    qtbot.waitUntil(lambda: model.find(study_uid) >= 0, timeout=TIMEOUT)
+    rect = table.visualRect(model.index(model.find(study_uid), 1))
+    qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    with qtbot.waitSignal(window.studyOpenRequested, timeout=TIMEOUT):
+        qtbot.mouseDClick(table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+
+
+def _open_and_load(qtbot, window, study_uid: str) -> StudyViewer:  # type: ignore[no-untyped-def]
+    _double_click_study(qtbot, window, study_uid)
+    viewer = window.viewer_controller.viewer_for(study_uid)
+    assert isinstance(viewer, StudyViewer) and window.tabs.currentWidget() is viewer
+    uid = viewer.session.series[0].series_uid
+    qtbot.waitUntil(lambda: not viewer.is_loading(uid), timeout=TIMEOUT)
+    return viewer
+
+
+def test_double_click_loads_on_the_fast_path_with_the_windows_pool(qtbot, make_main_window, data_dir, tmp_path):
+    archive = Archive(data_dir)
+    assert all(r.ok for r in archive.ingest_many(write_ct(tmp_path / "native", rows=64, slices=20)))
+    rle = write_ct(tmp_path / "rle", rows=64, slices=20, syntax="rle", study=RLE_STUDY)
+    assert all(r.ok for r in archive.ingest_many(rle))
+    long = write_ct(tmp_path / "long", rows=16, slices=260, thickness=1.0, study=LONG_STUDY)
+    assert all(r.ok for r in archive.ingest_many(long))
+    window = make_main_window(load_config(data_dir), archive, viewer=True)
+    controller = window.viewer_controller
+    assert isinstance(controller.pool, ProcessPoolExecutor)  # the window's decoder processes, warmed at start
+    window.show()
+    qtbot.waitExposed(window)
+
+    native = _open_and_load(qtbot, window, STUDY.uid)
+    assert native.session.pool is controller.pool
+    handle = native._loads[native.session.series[0].series_uid]
+    assert handle.error is None and handle.volume is not None and handle.volume.complete
+    assert handle.executor == "thread"  # native pixels: read straight into the volume (readinto)
+    assert all(f.pixel_offset is not None for f in handle.volume.stack.frames)
+    assert handle.header_executor == "serial"  # 20 files: not worth the processes
+    vp = native.active_viewport()
+    assert vp.volume is handle.volume and not vp.volume.preview
+    # the series' thumbnail (every header parsed) is made on the same pool, the same image as made here
+    assert native.strip.thumbnails.pool is controller.pool
+    entry = native.session.series[0]
+    made_here = ThumbnailCache(size=native.strip.thumbnails.size).for_series(entry.series_uid, entry.paths)
+
+    def shown() -> np.ndarray:
+        img = native.strip.item(0).icon().pixmap(made_here.shape[1], made_here.shape[0]).toImage()
+        img = img.convertToFormat(QImage.Format.Format_Grayscale8)
+        arr = np.frombuffer(img.constBits(), np.uint8, img.bytesPerLine() * img.height())
+        return arr.reshape(img.height(), -1)[:, : img.width()].copy()  # img owns the memory
+
+    assert made_here.max() > 0  # the strip's placeholder is black
+    qtbot.waitUntil(lambda: np.array_equal(shown(), made_here), timeout=TIMEOUT)
+
+    compressed = _open_and_load(qtbot, window, RLE_STUDY.uid)
+    handle = compressed._loads[compressed.session.series[0].series_uid]
+    assert handle.error is None and handle.volume is not None and handle.volume.complete
+    assert handle.executor == "process"  # compressed: decoded on the window's pool, not on threads
+    assert all(f.pixel_offset is None for f in handle.volume.stack.frames)
+    # the same pixels as the native series (RLE is lossless)
+    assert (handle.volume.data == native._loads[native.session.series[0].series_uid].volume.data).all()
+
+    long_series = _open_and_load(qtbot, window, LONG_STUDY.uid)
+    handle = long_series._loads[long_series.session.series[0].series_uid]
+    assert handle.error is None and handle.volume is not None and handle.volume.complete
+    assert handle.header_executor == "process"  # a long series' headers: parsed on the pool
+    assert handle.executor == "thread" and len(handle.volume) == 260
