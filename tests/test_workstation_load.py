@@ -25,6 +25,7 @@ from PySide6.QtGui import QImage  # noqa: E402
 from hilum.archive import Archive  # noqa: E402
 from hilum.config import load_config  # noqa: E402
 from hilum.dicom.generator import MUELLER, make_study  # noqa: E402
+from hilum.ui.viewer.series_strip import framed, pixmap_of  # noqa: E402
 from hilum.ui.viewer.thumbnails import ThumbnailCache  # noqa: E402
 from hilum.ui.viewer.viewer_widget import StudyViewer  # noqa: E402
 
@@ -81,14 +82,19 @@ def test_double_click_loads_on_the_fast_path_with_the_windows_pool(qtbot, make_m
     entry = native.session.series[0]
     made_here = ThumbnailCache(size=native.strip.thumbnails.size).for_series(entry.series_uid, entry.paths)
 
-    def shown() -> np.ndarray:
-        img = native.strip.item(0).icon().pixmap(made_here.shape[1], made_here.shape[0]).toImage()
+    def grey(img: QImage) -> np.ndarray:
         img = img.convertToFormat(QImage.Format.Format_Grayscale8)
         arr = np.frombuffer(img.constBits(), np.uint8, img.bytesPerLine() * img.height())
         return arr.reshape(img.height(), -1)[:, : img.width()].copy()  # img owns the memory
 
+    size = native.strip.iconSize()
+    expected = grey(framed(pixmap_of(made_here), size).toImage())  # as the strip frames every thumbnail
+
+    def shown() -> np.ndarray:
+        return grey(native.strip.item(0).icon().pixmap(size).toImage())
+
     assert made_here.max() > 0  # the strip's placeholder is black
-    qtbot.waitUntil(lambda: np.array_equal(shown(), made_here), timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: np.array_equal(shown(), expected), timeout=TIMEOUT)
 
     compressed = _open_and_load(qtbot, window, RLE_STUDY.uid)
     handle = compressed._loads[compressed.session.series[0].series_uid]
@@ -103,3 +109,70 @@ def test_double_click_loads_on_the_fast_path_with_the_windows_pool(qtbot, make_m
     assert handle.error is None and handle.volume is not None and handle.volume.complete
     assert handle.header_executor == "process"  # a long series' headers: parsed on the pool
     assert handle.executor == "thread" and len(handle.volume) == 260
+
+
+_NO_VTK_SCRIPT = r"""
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication
+
+from hilum.archive import Archive
+from hilum.config import load_config
+from hilum.ui.main_window import MainWindow
+from hilum.ui.viewer.wiring import install_viewer
+
+app = QApplication([])
+data = Path(sys.argv[1])
+archive = Archive(data)
+window = MainWindow(load_config(data), archive)
+install_viewer(window)
+window.show()
+model, table = window.browser.model, window.browser.table
+
+
+def wait(cond, what):
+    for _ in range(600):
+        if cond():
+            return
+        QTest.qWait(100)
+    raise SystemExit(f"timed out: {what}")
+
+
+wait(lambda: model.rowCount() == 1, "the study row")
+rect = table.visualRect(model.index(0, 1))
+QTest.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+QTest.mouseDClick(table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+viewer = window.tabs.currentWidget()
+wait(lambda: getattr(viewer, "session", None) is not None and viewer.session.series
+     and not viewer.is_loading(viewer.session.series[0].series_uid), "the load")
+print("after open:", any(m.startswith("vtkmodules") for m in sys.modules))
+button = viewer.toolbar.widgetForAction(viewer.actions_by_name["mpr"])
+QTest.mouseClick(button, Qt.MouseButton.LeftButton)
+wait(lambda: getattr(viewer, "_mpr_windows", None), "the MPR window")
+print("after MPR:", any(m.startswith("vtkmodules") for m in sys.modules))
+for w in viewer._mpr_windows:
+    w.close()
+window.close()
+archive.close()
+"""
+
+
+def test_opening_a_study_does_not_import_vtk(data_dir, tmp_path):
+    """VTK (a 0.25-0.5 s import that held the GIL) comes with the first MPR or 3D window, not with
+    the first double-click on a study: in a fresh workstation process, the study opens and loads
+    without it, and the MPR button brings it."""
+    import os
+    import subprocess
+    import sys
+
+    with Archive(data_dir) as archive:
+        assert all(r.ok for r in archive.ingest_many(write_ct(tmp_path / "ct", rows=64, slices=12)))
+    env = {**os.environ, "QT_QPA_PLATFORM": os.environ.get("QT_QPA_PLATFORM", "offscreen")}
+    out = subprocess.run([sys.executable, "-c", _NO_VTK_SCRIPT, str(data_dir)], capture_output=True, text=True,
+                         timeout=300, env=env)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "after open: False" in out.stdout, out.stdout + out.stderr
+    assert "after MPR: True" in out.stdout, out.stdout + out.stderr

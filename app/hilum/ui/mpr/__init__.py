@@ -9,16 +9,39 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtWidgets import QWidget
 
 from hilum.dicom.volume import Volume
-from hilum.ui.mpr.canvas import SliceCanvas, VolumeCanvas, VTKCanvas
-from hilum.ui.mpr.mpr_widget import MPRWidget
-from hilum.ui.mpr.tf_editor import TransferFunctionEditor
+
+if TYPE_CHECKING:
+    from hilum.ui.mpr.canvas import SliceCanvas, VolumeCanvas, VTKCanvas
+    from hilum.ui.mpr.mpr_widget import MPRWidget
+    from hilum.ui.mpr.tf_editor import TransferFunctionEditor
 
 __all__ = ["MPRWidget", "SliceCanvas", "TransferFunctionEditor", "VTKCanvas", "VolumeCanvas", "open_mpr"]
+
+# VTK comes with these modules (a 0.25-0.5 s import): the package gives them on first use (PEP 562),
+# so that the 2D viewer, which imports hilum.ui.mpr.viewer_hook for its MPR/3D actions, opens a
+# study without importing VTK on the GUI thread (bench/viewer/workstation.py: the first
+# double-click stalled the event loop ~0.2 s on that import).
+_LAZY = {
+    "MPRWidget": "hilum.ui.mpr.mpr_widget",
+    "SliceCanvas": "hilum.ui.mpr.canvas",
+    "VolumeCanvas": "hilum.ui.mpr.canvas",
+    "VTKCanvas": "hilum.ui.mpr.canvas",
+    "TransferFunctionEditor": "hilum.ui.mpr.tf_editor",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
 
 
 def open_mpr(
@@ -32,6 +55,8 @@ def open_mpr(
 ) -> MPRWidget:
     """Open an MPR (``layout="mpr"``) or 3D-only (``"3d"``) window for a volume or the files of a
     series; files are built into a volume off the GUI thread."""
+    from hilum.ui.mpr.mpr_widget import MPRWidget
+
     widget = MPRWidget(layout=layout, data_dir=data_dir, parent=parent)
     if parent is not None:
         from PySide6.QtCore import Qt

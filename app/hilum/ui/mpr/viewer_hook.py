@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QKeySequence
 
 from hilum.dicom.volume import volume_from_series
-from hilum.ui.mpr.mpr_widget import MPRWidget
+
+if TYPE_CHECKING:
+    from hilum.ui.mpr.mpr_widget import MPRWidget
 
 __all__ = ["add_mpr_actions", "open_active_series"]
 
@@ -63,6 +65,8 @@ def open_active_series(viewer: Any, layout: str = "mpr", *_: object) -> MPRWidge
     if series is None or not uid:
         viewer.status.setText("No series in the active viewport")
         return None
+    from hilum.ui.mpr.mpr_widget import MPRWidget  # VTK: imported when a reader first asks for MPR or 3D
+
     widget = MPRWidget(layout=layout, data_dir=getattr(viewer, "data_dir", None), parent=viewer)
     from PySide6.QtCore import Qt
 
