@@ -41,6 +41,7 @@ from PySide6.QtWidgets import (
 from hilum import __version__
 from hilum.archive import Archive, ArchiveEvent
 from hilum.config import Config
+from hilum.ui.icons import preload as preload_icons
 from hilum.ui.importing import ImportController, ImportSummary
 from hilum.ui.study_browser import StudyBrowser
 from hilum.ui.study_search import format_size
@@ -199,6 +200,7 @@ class MainWindow(QMainWindow):
         self.setObjectName("hilumMainWindow")
         self.resize(1320, 820)
         self.setAcceptDrops(True)
+        preload_icons()  # the viewer's toolbar icons: here, before the window shows, not in the first open
 
         self.tasks = TaskRunner(max_workers=2, name="hilum-query", parent=self)
         self._import_runner = TaskRunner(max_workers=1, name="hilum-import", parent=self)

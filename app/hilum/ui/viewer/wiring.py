@@ -14,6 +14,7 @@ application quits.
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Executor
 from typing import Any
 
@@ -55,6 +56,8 @@ class ViewerController(QObject):
         self.executor = executor
         self.cache = cache or VolumeCache()
         self.pool = pool
+        self.warmup: threading.Thread | None = None
+        """The background warm-up (:func:`warm_up`) started by :func:`install_viewer`."""
 
     def shutdown(self) -> None:
         """Stop the decoder processes (loads still running fall back to threads)."""
@@ -89,16 +92,46 @@ class ViewerController(QObject):
         return viewer
 
 
+PRELOAD_MODULES = ("hilum.ui.mpr.mpr_widget",)
+"""What the MPR and 3D windows need (VTK): imported in the background after the decoder pool is
+warm, so the reader's first MPR/3D click does not import it on the GUI thread (a 0.12 s import
+that stalled the event loop ~0.3 s: bench/viewer/workstation.py)."""
+
+
+def warm_up(pool: Executor | None) -> threading.Thread:
+    """In the background, one thing after the other (both at once on two cores made the GIL-held
+    parts of each longer): the decoder pool's workers started and their code loaded (what the
+    first study needs), then the MPR/3D modules imported under the VTK lock
+    (:func:`hilum.render.gl.import_vtk`: an import registers VTK's object factories, which a
+    render on another thread reads)."""
+
+    def run() -> None:
+        if pool is not None:
+            warm_pool(pool).join()
+        try:
+            from hilum.render.gl import import_vtk
+
+            import_vtk(*PRELOAD_MODULES)
+        except Exception as exc:  # noqa: BLE001 - the first MPR/3D window imports them then
+            logger.warning("cannot preload the MPR/3D modules: %s", exc)
+
+    thread = threading.Thread(target=run, name="hilum-viewer-warmup", daemon=True)
+    thread.start()
+    return thread
+
+
 def install_viewer(window: Any, **kwargs: Any) -> ViewerController:
     """Make *window* (the workstation's ``MainWindow``) open studies in viewer tabs.
 
-    The controller gets a decoder process pool, warmed in the background, and
-    shuts it down when the application quits or the window goes.
+    The controller gets a decoder process pool, warmed in the background (then the
+    MPR/3D modules are imported there: :func:`warm_up`), and shuts it down when the
+    application quits or the window goes.
     """
-    if "pool" not in kwargs:
+    warm = "pool" not in kwargs
+    if warm:
         kwargs["pool"] = decoder_pool()
-        warm_pool(kwargs["pool"])
     controller = ViewerController(window, **kwargs)
+    controller.warmup = warm_up(kwargs["pool"] if warm else None)
     app = QCoreApplication.instance()
     if app is not None:
         app.aboutToQuit.connect(controller.shutdown)
