@@ -322,7 +322,9 @@ class MPRWidget(QWidget):
                 except RuntimeError:  # the widget was deleted meanwhile: free the scenes here
                     self._dispose(prepared)
 
-        threading.Thread(target=run, name="hilum-mpr-build", daemon=True).start()
+        # Not a daemon: the interpreter waits for a build (seconds at most) at exit instead of
+        # finalizing while the thread is inside VTK ("PyGILState_Release ... finalizing": abort).
+        threading.Thread(target=run, name="hilum-mpr-build").start()
 
     def prepare(self, volume: Volume) -> _Prepared:
         """The scenes :meth:`set_volume` shows for ``volume``; no Qt, safe on a worker thread."""

@@ -115,7 +115,8 @@ def warm_up(pool: Executor | None) -> threading.Thread:
         except Exception as exc:  # noqa: BLE001 - the first MPR/3D window imports them then
             logger.warning("cannot preload the MPR/3D modules: %s", exc)
 
-    thread = threading.Thread(target=run, name="hilum-viewer-warmup", daemon=True)
+    # not a daemon: an exit during the VTK import waits for it instead of finalizing under it
+    thread = threading.Thread(target=run, name="hilum-viewer-warmup")
     thread.start()
     return thread
 
