@@ -77,16 +77,21 @@ def widen_the_window(event: evt.Event) -> None:
 
 @pytest.fixture
 def storescp() -> Iterator[int]:
-    port = free_port()
-    proc = subprocess.Popen([str(BIN / "storescp"), "--ignore", "-aet", "STORESCP", str(port)],
-                            env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 15
-        while subprocess.run(["/usr/bin/echoscu", "-aec", "STORESCP", "127.0.0.1", str(port)],
-                             capture_output=True).returncode != 0:
+    for _attempt in range(3):  # a free port can be taken before storescp binds it: then another one
+        port = free_port()
+        proc = subprocess.Popen([str(BIN / "storescp"), "--ignore", "-aet", "STORESCP", str(port)],
+                                env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and subprocess.run(["/usr/bin/echoscu", "-aec", "STORESCP", "127.0.0.1", str(port)],
+                                                     capture_output=True).returncode != 0:  # fmt: skip
             assert time.monotonic() < deadline, "storescp did not start"
             time.sleep(0.05)
+        if proc.poll() is None:
+            break
+    else:
+        pytest.fail(f"storescp exited at start (status {proc.returncode}) three times")
+    try:
         yield port
     finally:
         proc.terminate()
