@@ -648,3 +648,27 @@ def test_cli_render_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x.png").exists()
+
+
+def test_jpeg_ls_is_decoded_by_charls_to_the_same_stored_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """JPEG-LS goes to CharLS (pyjpegls, ~4x faster than libjpeg's JPEG-LS codec that pydicom
+    picks first): the stored values are those of the native original and of pydicom's default
+    decoder; an unavailable preferred plugin falls back to pydicom's own choice."""
+    from _viewer_data import write_ct
+    from hilum.dicom import pixels as px
+
+    native = write_ct(tmp_path / "native", rows=128, slices=3)
+    jls = write_ct(tmp_path / "jls", rows=128, slices=3, syntax="jpeg-ls")
+    header = pydicom.dcmread(jls[0], stop_before_pixels=True)
+    assert header.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    assert px._decoding_plugin(header) == "pyjpegls"
+    for n, j in zip(native, jls, strict=True):
+        ours = px.frame_array(str(j))
+        assert ours.dtype == px.frame_array(str(n)).dtype
+        assert np.array_equal(ours, px.frame_array(str(n)))
+        assert np.array_equal(ours, pydicom_pixel_array(str(j), decoding_plugin="pylibjpeg"))
+    assert all(np.array_equal(a, px.frame_array(str(n))) for a, n in zip(
+        [next(px.iter_frames(str(j))) for j in jls], native, strict=True))  # fmt: skip
+    monkeypatch.setitem(px._PREFERRED_PLUGINS, "1.2.840.10008.1.2.4.80", "no-such-plugin")
+    assert px._decoding_plugin(header) == ""
+    assert np.array_equal(px.frame_array(str(jls[0])), px.frame_array(str(native[0])))

@@ -33,6 +33,7 @@ min-max window over the frame's modality values with DCMTK's ``+Wm`` rule
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -155,6 +156,34 @@ def _decodable(source: Source, header: Dataset | None) -> tuple[Dataset, Dataset
     return ds, src
 
 
+_PREFERRED_PLUGINS = {
+    # pydicom tries gdcm, then pylibjpeg, then pyjpegls: without gdcm, JPEG-LS went to libjpeg's
+    # JPEG-LS codec, 17 ms per 512x512 frame against CharLS's (pyjpegls) 4 ms (both lossless to
+    # the same stored values; issue 24's measurements). An unavailable plugin falls back to
+    # pydicom's own choice.
+    "1.2.840.10008.1.2.4.80": "pyjpegls",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": "pyjpegls",  # JPEG-LS Near-Lossless
+}
+
+
+@functools.cache
+def _plugin_available(tsyntax: str, plugin: str) -> bool:
+    from pydicom.pixels import get_decoder
+
+    try:
+        return plugin in get_decoder(pydicom.uid.UID(tsyntax)).available_plugins
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def _decoding_plugin(ds: Dataset) -> str:
+    """The decoder plugin Hilum prefers for *ds*'s transfer syntax, '' for pydicom's own choice."""
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    plugin = _PREFERRED_PLUGINS.get(tsyntax, "")
+    return plugin if plugin and _plugin_available(tsyntax, plugin) else ""
+
+
 def frame_array(source: Source, frame: int = 0, *, header: Dataset | None = None) -> np.ndarray:
     """Decode one frame (0-based) of *source* to a numpy array of stored values.
 
@@ -175,7 +204,7 @@ def frame_array(source: Source, frame: int = 0, *, header: Dataset | None = None
     if not 0 <= frame < frames:
         raise FrameIndexError(frame, frames)
     try:
-        return _pydicom_pixel_array(src, index=frame, as_rgb=True)
+        return _pydicom_pixel_array(src, index=frame, as_rgb=True, decoding_plugin=_decoding_plugin(ds))
     except (AttributeError, KeyError, RuntimeError, NotImplementedError, ValueError) as exc:
         raise PixelDataError(f"cannot decode pixel data: {exc}") from exc
 
@@ -196,7 +225,7 @@ def iter_frames(
         if not 0 <= index < frames:
             raise FrameIndexError(index, frames)
     try:
-        yield from _pydicom_iter_pixels(src, indices=wanted, as_rgb=True)
+        yield from _pydicom_iter_pixels(src, indices=wanted, as_rgb=True, decoding_plugin=_decoding_plugin(ds))
     except (AttributeError, KeyError, RuntimeError, NotImplementedError, ValueError) as exc:
         raise PixelDataError(f"cannot decode pixel data: {exc}") from exc
 
