@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hilum.dicom.generator import MUELLER, iter_ct_series, make_study, write_dataset
+from hilum.dicom.generator import MUELLER, generate_ct_series, iter_ct_series, make_study, write_dataset
 from hilum.dicom.generator.demo import instance_path
 
 STUDY = make_study(MUELLER, accession="ACC-VIEW", seed="viewer-tests")
@@ -24,6 +24,12 @@ def write_ct(
             ds = transcode(ds, syntax)
         paths.append(write_dataset(ds, instance_path(out, ds)))
     return paths
+
+
+def mpr_ct_series(study):  # type: ignore[no-untyped-def]
+    """The MPR tests' CT of *study* (datasets, not written): 96x96 x 48 slices of 1.5 mm over a
+    200 mm field, the generator's default spheres, noise-free."""
+    return generate_ct_series(study, rows=96, columns=96, slices=48, fov=200.0, slice_thickness=1.5, noise_sigma=0.0)
 
 
 def hu_point_to_pixel(x_mm: float, y_mm: float, rows: int) -> tuple[float, float]:

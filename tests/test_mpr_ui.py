@@ -14,7 +14,8 @@ from PySide6.QtGui import QImage, QWheelEvent  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from hilum.dicom.generator import DEFAULT_SPHERES, DOE, generate_ct_series, make_study, write_dataset  # noqa: E402
+from _viewer_data import mpr_ct_series  # noqa: E402
+from hilum.dicom.generator import DEFAULT_SPHERES, DOE, make_study, write_dataset  # noqa: E402
 from hilum.dicom.pixels_lut import DisplayTransform, Window  # noqa: E402
 from hilum.dicom.volume import Volume, build_volume  # noqa: E402
 from hilum.ui.mpr import MPRWidget, TransferFunctionEditor  # noqa: E402
@@ -24,7 +25,7 @@ STUDY = make_study(DOE, accession="MPRUI")
 
 
 def _series():  # type: ignore[no-untyped-def]
-    return generate_ct_series(STUDY, rows=96, columns=96, slices=48, fov=200.0, slice_thickness=1.5, noise_sigma=0.0)
+    return mpr_ct_series(STUDY)
 
 
 @pytest.fixture(scope="module")

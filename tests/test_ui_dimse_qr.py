@@ -60,30 +60,16 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
+    """A server in its own process, quiet, ended with the test process (:func:`_die_with_parent`)."""
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "TCP_NODELAY": "1"}, preexec_fn=_die_with_parent)  # fmt: skip
+
+
 def _serve(data: Path, port: int, aet: str) -> subprocess.Popen[bytes]:
     """``hilum serve`` in its own process (this checkout's code: PYTHONPATH is passed on)."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hilum",
-            "serve",
-            "--data",
-            str(data),
-            "--aet",
-            aet,
-            "--dicom-port",
-            str(port),
-            "--web-port",
-            str(free_port()),
-            "--hl7-port",
-            str(free_port()),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "TCP_NODELAY": "1"},
-        preexec_fn=_die_with_parent,
-    )
+    return _spawn([sys.executable, "-m", "hilum", "serve", "--data", str(data), "--aet", aet,
+                   "--dicom-port", str(port), "--web-port", str(free_port()), "--hl7-port", str(free_port())])  # fmt: skip
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -445,13 +431,7 @@ def test_dcmtk_dcmqrscp_peer_search_and_open_by_c_get(qtbot: Any, make_main_wind
         "HostTable BEGIN\nHostTable END\nVendorTable BEGIN\nVendorTable END\n"
         f"AETable BEGIN\nDCMQR {db} RW (200, 1024mb) ANY\nAETable END\n"
     )
-    qr = subprocess.Popen(
-        ["/usr/bin/dcmqrscp", "-c", str(tmp_path / "dcmqrscp.cfg"), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "TCP_NODELAY": "1"},
-        preexec_fn=_die_with_parent,
-    )
+    qr = _spawn(["/usr/bin/dcmqrscp", "-c", str(tmp_path / "dcmqrscp.cfg"), str(port)])
     try:
         wait_port(port)
         files = write_ct(tmp_path / "ct", rows=ROWS, slices=3)
@@ -503,13 +483,7 @@ def test_file_send_to_dcmtk_storescp(qtbot: Any, make_main_window: Any, tmp_path
         pytest.skip("DCMTK is not installed")
     port, out = free_port(), tmp_path / "received"
     out.mkdir()
-    scp = subprocess.Popen(
-        ["/usr/bin/storescp", "-aet", "STORESCP", "-od", str(out), "+xa", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "TCP_NODELAY": "1"},
-        preexec_fn=_die_with_parent,
-    )
+    scp = _spawn(["/usr/bin/storescp", "-aet", "STORESCP", "-od", str(out), "+xa", str(port)])
     try:
         wait_port(port)
         cfg = Config(
