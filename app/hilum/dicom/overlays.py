@@ -60,7 +60,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from hilum.dicom.pixels_lut import TableCache
+from hilum.dicom.pixels_lut import TableCache, is_little_endian
 
 __all__ = [
     "OVERLAY_GROUPS",
@@ -171,15 +171,6 @@ def _text(ds: Dataset, tag: int) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _big_endian(ds: Dataset) -> bool:
-    meta = getattr(ds, "file_meta", None)
-    tsyntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    if tsyntax:
-        return tsyntax == str(ExplicitVRBigEndian)
-    encoding = getattr(ds, "original_encoding", (None, None))
-    return encoding[1] is False
-
-
 def _native_pixels(ds: Dataset) -> bool:
     """Whether the pixel data is stored uncompressed (so an embedded plane's bits can be read)."""
     meta = getattr(ds, "file_meta", None)
@@ -259,7 +250,7 @@ def _plane(ds: Dataset, group: int) -> OverlayPlane:
                 f"{rows} x {columns} x {frames} frame(s) need {need} bytes of Overlay Data, it has {len(data)}"
             )
         vr = getattr(ds.get(tag | 0x3000), "VR", "OW")
-        if _big_endian(ds) and vr == "OW":
+        if not is_little_endian(ds) and vr == "OW":
             data = np.frombuffer(bytes(data[: len(data) // 2 * 2]), dtype=">u2").astype("<u2").tobytes()
         return OverlayPlane(group, rows, columns, top, left, roi, frames, multiframe, first_frame,
                             bytes(data), 0, label, description)  # fmt: skip
@@ -425,7 +416,7 @@ def read_native_frame(
             ds = pydicom.dcmread(os.fspath(path))
             if not _native_pixels(ds) or "PixelData" not in ds:
                 return None
-            if _big_endian(ds):
+            if not is_little_endian(ds):
                 dtype = dtype.newbyteorder(">")
             pixels = ds.PixelData
             start = frame * n * dtype.itemsize
