@@ -9,7 +9,7 @@ Measures, on a generated CT series ingested into a fresh archive:
   each executor (serial, threads, processes), against SimpleITK's
   ``ImageSeriesReader`` (GDCM, C++) on the same files in the same run — given
   the file list, and with GDCM's own sorting (``GetGDCMSeriesFileNames``);
-* threads vs processes for a compressed (JPEG 2000 / JPEG-LS) series;
+* compressed series (JPEG-LS, JPEG 2000, RLE, lossless JPEG SV1) against SimpleITK, first image;
 * the loaded stack handed to the MPR (the volume of the viewer's slices, no second read);
 * scroll rate over the whole stack with rendering: the pipeline alone
   (stored → 8-bit), and the viewport widget's synchronous ``repaint()``;
@@ -23,6 +23,11 @@ scroll ≥ 60 frames/s, memory ≤ 1.3x raw. Page cache is warm for every reader
 (the files were just written); run it on an otherwise idle machine.
 
     .venv/bin/python bench/viewer/run.py [--slices 600] [--size 512] [--json out.json] [--keep DIR]
+    .venv/bin/python bench/viewer/run.py --codecs-only [--codec-slices 200] [--repeat 5] [--keep DIR]
+
+Compressed series (issue 24 item 1): JPEG-LS, JPEG 2000, RLE and lossless JPEG (SV1) series of
+``--codec-slices`` slices, each loaded by Hilum (auto executor) and by SimpleITK alternately, with
+the ratio and Hilum's first image (preview) time; both volumes are checked equal.
 """
 
 from __future__ import annotations
@@ -100,7 +105,8 @@ def main() -> int:
     ap.add_argument("--slices", type=int, default=600)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--codec-slices", type=int, default=48, help="slices of the compressed series (0: skip)")
+    ap.add_argument("--codec-slices", type=int, default=200, help="slices of each compressed series (0: skip)")
+    ap.add_argument("--codecs-only", action="store_true", help="only the compressed series (issue 24 item 1)")
     ap.add_argument("--json", help="write the figures here too")
     ap.add_argument("--keep", help="work in this folder and keep it (reuses a generated archive)")
     args = ap.parse_args()
@@ -124,6 +130,14 @@ def main() -> int:
     root.mkdir(parents=True, exist_ok=True)
     results: dict[str, object] = {"slices": args.slices, "size": args.size, "cpus": os.cpu_count()}
     try:
+        if args.codecs_only:
+            list(pool.map(abs, range(8)))  # start the worker processes once, as the app does
+            results["compressed"] = compressed_loads(root, args, pool_kw)
+            shutdown_pool()
+            report_compressed(results)
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=2))
+            return 0
         src = root / "src"
         data = root / "data"
         archive = Archive(data)
@@ -284,43 +298,8 @@ def main() -> int:
         results["mpr_from_viewer_s"] = t
         del mpr_volume
 
-        # ---------------------------------------------------------- compressed: threads vs processes
         if args.codec_slices:
-            codec: dict[str, dict[str, float]] = {}
-            for syntax in ("j2k", "jpeg-ls"):
-                d = root / f"codec-{syntax}"
-                files = sorted(str(p) for p in d.rglob("*.dcm")) if d.is_dir() else []
-                if not files:
-                    files = [
-                        str(p)
-                        for p in write_ct_set(
-                            d,
-                            args.codec_slices,
-                            rows=args.size,
-                            columns=args.size,
-                            series_size=args.codec_slices,
-                            patients=1,
-                            syntax=syntax,
-                        )
-                    ]
-                row = {}
-                for ex in ("serial", "thread", "process"):
-                    row[ex] = median_time(
-                        lambda ex=ex, files=files: load_series_sync(files, executor=ex, **pool_kw), 1
-                    )[0]
-
-                def sitk_codec(files=files) -> object:
-                    r = sitk.ImageSeriesReader()
-                    r.SetFileNames(files)
-                    return r.Execute()
-
-                try:
-                    row["sitk"] = median_time(sitk_codec, 1)[0]
-                except RuntimeError as exc:  # GDCM may lack a codec
-                    row["sitk"] = float("nan")
-                    print(f"SimpleITK cannot read {syntax}: {str(exc).splitlines()[0]}", file=sys.stderr)
-                codec[syntax] = row
-            results["compressed_load_s"] = codec
+            results["compressed"] = compressed_loads(root, args, pool_kw)
         shutdown_pool()
         archive.close()
     finally:
@@ -331,6 +310,108 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+CODEC_SYNTAXES = ("jpeg-ls", "j2k", "rle", "jpeg-lossless")
+"""The compressed series of issue 24 item 1; ``jpeg-lossless`` is Process 14 Selection Value 1
+(1.2.840.10008.1.2.4.70), made by DCMTK's ``dcmcjpeg +e1`` (pydicom cannot encode it)."""
+
+
+def codec_series(root: Path, syntax: str, slices: int, size: int) -> list[str]:
+    """The generated CT series in *syntax* (reused from *root* when there)."""
+    from hilum.dicom.generator import write_ct_set
+
+    d = root / f"codec-{syntax}-{slices}-{size}"
+    files = sorted(str(p) for p in d.rglob("*.dcm")) if d.is_dir() else []
+    if files:
+        return files
+    if syntax != "jpeg-lossless":
+        return [str(p) for p in write_ct_set(d, slices, rows=size, columns=size, series_size=slices, patients=1,
+                                             syntax=syntax)]  # fmt: skip
+    import subprocess
+
+    native = root / f"codec-explicit-{slices}-{size}"
+    sources = codec_series(root, "explicit", slices, size)
+    out = []
+    for src in sources:
+        dst = d / Path(src).relative_to(native)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["dcmcjpeg", "+e1", src, str(dst)], check=True, capture_output=True)
+        out.append(str(dst))
+    return out
+
+
+def compressed_loads(root: Path, args: argparse.Namespace, pool_kw: dict) -> dict:
+    """Per syntax: Hilum's headless load (auto executor, the caller's pool), SimpleITK's
+    ImageSeriesReader on the same files (runs alternate, medians), and the first image (preview)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from hilum.dicom.stack_load import load_series, load_series_sync
+
+    out: dict[str, dict] = {}
+    for syntax in CODEC_SYNTAXES:
+        try:
+            files = codec_series(root, syntax, args.codec_slices, args.size)
+        except (OSError, subprocess_error()) as exc:
+            print(f"cannot make the {syntax} series: {exc}", file=sys.stderr)
+            continue
+        for p in files:  # warm the page cache equally for every reader
+            Path(p).read_bytes()
+
+        def sitk_read(files=files) -> object:
+            r = sitk.ImageSeriesReader()
+            r.SetFileNames(files)
+            return r.Execute()
+
+        executor = ""
+
+        def hilum_read(files=files) -> object:
+            nonlocal executor
+            h = load_series(files, **pool_kw)
+            h.wait()
+            if h.error is not None:
+                raise h.error
+            executor = h.executor
+            return h.volume
+
+        hilum_read()  # once untimed: the workers import the decoders
+        th, ts, firsts = [], [], []
+        for _ in range(args.repeat):
+            th.append(median_time(hilum_read, 1)[0])
+            try:
+                ts.append(median_time(sitk_read, 1)[0])
+            except RuntimeError as exc:  # GDCM may lack a codec
+                print(f"SimpleITK cannot read {syntax}: {str(exc).splitlines()[0]}", file=sys.stderr)
+                ts.append(float("nan"))
+            box: dict[str, float] = {}
+            t0 = time.perf_counter()
+
+            def on_preview(v, t0=t0, box=box):
+                v.stack.frames[0].pipeline.apply(v.data[0])
+                box["t"] = time.perf_counter() - t0
+
+            h = load_series(files, on_preview=on_preview, **pool_kw)
+            h.wait()
+            firsts.append(box["t"])
+        vol = load_series_sync(files, **pool_kw)
+        ref = sitk.GetArrayFromImage(sitk_read())  # modality values (HU), in the given file order
+        hu = np.stack([vol.modality_values(k) for k in range(len(vol))])
+        same = ref.shape == hu.shape and (np.array_equal(hu, ref) or np.array_equal(hu[::-1], ref))
+        hilum_s, sitk_s = statistics.median(th), statistics.median(ts)
+        out[syntax] = {"hilum_s": hilum_s, "sitk_s": sitk_s, "ratio": hilum_s / sitk_s,
+                       "first_image_s": statistics.median(firsts), "executor": executor,
+                       "hilum_all_s": th, "sitk_all_s": ts, "equal_to_sitk": same}  # fmt: skip
+        if not same:
+            print(f"{syntax}: Hilum's volume differs from SimpleITK's (order or values)", file=sys.stderr)
+        del vol, ref
+    return {"slices": args.codec_slices, "size": args.size, "repeat": args.repeat, "rows": out}
+
+
+def subprocess_error() -> type[Exception]:
+    import subprocess
+
+    return subprocess.CalledProcessError
 
 
 def report(r: dict) -> None:
@@ -358,9 +439,19 @@ def report(r: dict) -> None:
         f"memory per loaded series            {m['rss_growth_mb']:7.0f} MB = {m['ratio_to_raw']:.2f}x raw "
         f"(volume {m['volume_mb']:.0f} MB; target ≤ 1.3x); SimpleITK {m['sitk_rss_growth_mb']:.0f} MB"
     )
-    for syntax, row in r.get("compressed_load_s", {}).items():
-        parts = "  ".join(f"{k} {v:.2f} s" for k, v in row.items())
-        print(f"compressed {syntax:<8} {parts}")
+    report_compressed(r)
+
+
+def report_compressed(r: dict) -> None:
+    c = r.get("compressed")
+    if not c:
+        return
+    print(f"\nCompressed series, {c['slices']} x {c['size']}x{c['size']} CT (int16), headless load with the "
+          f"caller's process pool, median of {c['repeat']} (SimpleITK runs alternate with Hilum's):")  # fmt: skip
+    print(f"{'syntax':<15}{'Hilum':>9}{'SimpleITK':>11}{'Hilum/SITK':>12}{'first image':>13}  decoded on")
+    for syntax, row in c["rows"].items():
+        print(f"{syntax:<15}{row['hilum_s']:8.2f}s{row['sitk_s']:10.2f}s{row['ratio']:11.2f}x"
+              f"{row['first_image_s'] * 1000:10.0f} ms  {row['executor']}   (targets ≤ 1.0x, ≤ 100 ms)")  # fmt: skip
 
 
 if __name__ == "__main__":

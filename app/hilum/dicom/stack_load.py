@@ -46,7 +46,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from hilum.dicom.pixels import GrayscalePipeline, frame_array
+from hilum.dicom.pixels import GrayscalePipeline, decode_encapsulated_into, fast_decoding_available, frame_array
 from hilum.dicom.stack import FrameInfo, Stack, frames_from_dataset
 
 __all__ = [
@@ -172,14 +172,35 @@ def _native_offset(ds: Dataset, fp: Any) -> int | None:
     return start
 
 
+def _encapsulated_offset(ds: Dataset, fp: Any) -> int | None:
+    """File offset of the Basic Offset Table item of encapsulated Pixel Data (PS3.5 A.4), when the
+    frames can be taken from there by :func:`hilum.dicom.pixels.decode_encapsulated_into`."""
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if not fast_decoding_available(tsyntax) or "ExtendedOffsetTable" in ds:
+        return None
+    pos = fp.tell()
+    head = fp.read(12)
+    if len(head) < 12 or head[:4] != _PIXEL_DATA_TAG or head[4:6] != b"OB" or head[8:12] != b"\xff\xff\xff\xff":
+        return None
+    return pos + 12
+
+
 def read_frames(
     path: str, *, pipelines: Callable[[Dataset, int], Any] | None = None
 ) -> tuple[list[FrameInfo], Dataset]:
-    """Parse one file's header (no pixels) into :class:`FrameInfo` objects, with native offsets."""
+    """Parse one file's header (no pixels) into :class:`FrameInfo` objects, with native offsets (or,
+    for encapsulated data the fast decoders take, ``extra["encapsulated_offset"]``)."""
     with open(path, "rb") as fp:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
         offset = _native_offset(ds, fp)
+        encapsulated = _encapsulated_offset(ds, fp) if offset is None else None
     frames = frames_from_dataset(ds, path, pipeline_factory=pipelines or PipelineInterner(), pixel_offset=offset)
+    if encapsulated is not None:
+        count = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+        for f in frames:
+            f.extra["encapsulated_offset"] = encapsulated
+            f.extra["number_of_frames"] = count
     return frames, ds
 
 
@@ -199,11 +220,27 @@ class DecodeJob:
     bits_stored: int
     signed: bool
     offset: int | None
+    """File offset of native pixel data (read straight into the volume)."""
+    encapsulated: int | None = None
+    """File offset of encapsulated pixel data the fast decoders take (:func:`decode_encapsulated_into`)."""
+    number_of_frames: int = 1
+    transfer_syntax: str = ""
+    photometric: str = ""
 
     @classmethod
     def of(cls, f: FrameInfo) -> DecodeJob:
         return cls(f.path, f.frame, f.rows, f.columns, f.samples, f.bits_allocated, f.bits_stored, f.signed,
-                   f.pixel_offset)  # fmt: skip
+                   f.pixel_offset, f.extra.get("encapsulated_offset"), int(f.extra.get("number_of_frames", 1)),
+                   f.transfer_syntax, f.photometric)  # fmt: skip
+
+    def decode_fast_into(self, out: np.ndarray) -> bool:
+        """Decode with imagecodecs straight into *out* (releases the GIL); False: use pydicom."""
+        if self.encapsulated is None or self.samples != 1:
+            return False
+        return decode_encapsulated_into(self.path, self.encapsulated, self.frame, out,
+                                        transfer_syntax=self.transfer_syntax, number_of_frames=self.number_of_frames,
+                                        bits_allocated=self.bits_allocated, bits_stored=self.bits_stored,
+                                        signed=self.signed, photometric=self.photometric)  # fmt: skip
 
     @property
     def native_dtype(self) -> np.dtype:
@@ -239,15 +276,20 @@ def decode_into(job: DecodeJob, out: np.ndarray) -> None:
                 raise OSError(f"{job.path}: pixel data truncated ({got} of {out.nbytes} bytes)")
         _mask_bits(out, job)
         return
-    out[...] = decode_frame(job)
+    if job.decode_fast_into(out):
+        return
+    out[...] = frame_array(job.path, job.frame)
 
 
 def decode_frame(job: DecodeJob) -> np.ndarray:
     """Decode one frame to a new array (used in worker processes)."""
-    if job.offset is not None:
+    if job.offset is not None or job.encapsulated is not None:
         arr = np.empty(job.shape, dtype=job.native_dtype)
-        decode_into(job, arr)
-        return arr
+        if job.offset is not None:
+            decode_into(job, arr)
+            return arr
+        if job.decode_fast_into(arr):
+            return arr
     return frame_array(job.path, job.frame)
 
 
@@ -415,8 +457,10 @@ def _choose_executor(executor: str, frames: Sequence[FrameInfo], pool: Executor 
         raise ValueError("executor='process' needs a process pool (pool=decoder_pool())")
     if executor != "auto":
         return executor
-    compressed = sum(1 for f in frames if f.pixel_offset is None)
-    if pool is not None and compressed >= 16 and (os.cpu_count() or 1) > 1:
+    # frames imagecodecs decodes release the GIL: threads use every core with no copies between
+    # processes; only the decoders that keep it (pydicom's plugins) are worth the process pool
+    held = sum(1 for f in frames if f.pixel_offset is None and "encapsulated_offset" not in f.extra)
+    if pool is not None and held >= 16 and (os.cpu_count() or 1) > 1:
         return "process"
     return "thread"
 
