@@ -233,14 +233,16 @@ class DecodeJob:
                    f.pixel_offset, f.extra.get("encapsulated_offset"), int(f.extra.get("number_of_frames", 1)),
                    f.transfer_syntax, f.photometric)  # fmt: skip
 
-    def decode_fast_into(self, out: np.ndarray) -> bool:
-        """Decode with imagecodecs straight into *out* (releases the GIL); False: use pydicom."""
+    def decode_fast_into(self, out: np.ndarray, threads: int = 1) -> bool:
+        """Decode with imagecodecs straight into *out* (releases the GIL); False: use pydicom.
+        *threads* > 1 splits one frame over threads where the codec can (JPEG 2000)."""
         if self.encapsulated is None or self.samples != 1:
             return False
         return decode_encapsulated_into(self.path, self.encapsulated, self.frame, out,
                                         transfer_syntax=self.transfer_syntax, number_of_frames=self.number_of_frames,
                                         bits_allocated=self.bits_allocated, bits_stored=self.bits_stored,
-                                        signed=self.signed, photometric=self.photometric)  # fmt: skip
+                                        signed=self.signed, photometric=self.photometric,
+                                        threads=threads)  # fmt: skip
 
     @property
     def native_dtype(self) -> np.dtype:
@@ -281,14 +283,14 @@ def decode_into(job: DecodeJob, out: np.ndarray) -> None:
     out[...] = frame_array(job.path, job.frame)
 
 
-def decode_frame(job: DecodeJob) -> np.ndarray:
-    """Decode one frame to a new array (used in worker processes)."""
+def decode_frame(job: DecodeJob, threads: int = 1) -> np.ndarray:
+    """Decode one frame to a new array (worker processes; the preview, with *threads* for one frame)."""
     if job.offset is not None or job.encapsulated is not None:
         arr = np.empty(job.shape, dtype=job.native_dtype)
         if job.offset is not None:
             decode_into(job, arr)
             return arr
-        if job.decode_fast_into(arr):
+        if job.decode_fast_into(arr, threads):
             return arr
     return frame_array(job.path, job.frame)
 
@@ -642,7 +644,7 @@ def _run_load(
         frames, ds = read_frames(path, pipelines=pipelines)
         parsed[path] = (frames, ds)
         info = frames[len(frames) // 2 if frame < 0 else min(frame, len(frames) - 1)]
-        preview_pixels = decode_frame(DecodeJob.of(info))
+        preview_pixels = decode_frame(DecodeJob.of(info), threads=os.cpu_count() or 1)
         pv = SeriesVolume(Stack.from_frames([info]), ds, preview_pixels[None, ...], preview=True)
         pv.loaded[:] = True
         preview_key = info.key
