@@ -25,6 +25,12 @@ pydicom's ``apply_color_lut``); samples deeper than 8 bits are scaled to 8.
 ``dcmj2pnm`` truncates (``floor(y)``), so the two differ by at most one grey
 level on a fraction of the pixels (measured in ``tests/test_render_dcmtk.py``).
 
+Decoding: pydicom 3's decoders (:func:`frame_array`, :func:`iter_frames`). The series loader
+takes grayscale JPEG-LS, JPEG 2000 lossless, RLE and lossless JPEG frames through
+:func:`decode_encapsulated_into` instead: imagecodecs' decoders, which release the GIL, writing
+the same stored values as pydicom's decode (tests/test_pixels_codecs.py) straight into the
+volume; ``HILUM_FAST_DECODE=0`` turns that off.
+
 Default VOI when the caller gives none (``render_frame(..., window=None)``): the
 header's first Window Center/Width, else its first VOI LUT Sequence item, else a
 min-max window over the frame's modality values with DCMTK's ``+Wm`` rule

@@ -16,10 +16,13 @@ How a series is loaded (the viewer's "the GUI never waits", DESIGN.md):
    viewer moves the focus while the user scrolls) and written in place.
    Native little-endian data is read straight from the file into the volume
    (``readinto`` at the Pixel Data offset found in step 2; the read releases
-   the GIL). Compressed data goes through pydicom's decoders
-   (:func:`hilum.dicom.pixels.frame_array`) on a thread pool, or on the
-   caller's process pool (``executor="process"``: decoders that keep the GIL
-   scale over cores).
+   the GIL). Compressed grayscale JPEG-LS, JPEG 2000 lossless, RLE and
+   lossless JPEG frames are decoded by imagecodecs straight into the volume
+   (:func:`hilum.dicom.pixels.decode_encapsulated_into`, from the fragment
+   offset found in step 2): its decoders release the GIL, so a plain thread
+   pool uses every core. Other compressed data goes through pydicom's decoders
+   (:func:`hilum.dicom.pixels.frame_array`) on the caller's process pool
+   (decoders that keep the GIL scale over cores) or threads.
 
 The process pool belongs to the caller (the workstation's viewer controller,
 a CLI command): :func:`decoder_pool` makes one, the caller passes it as
@@ -501,10 +504,11 @@ def load_series(
     them so); *preview* is ``True`` (the middle path), a ``(path, frame)``, or
     False. *pool* is the caller's process pool (:func:`decoder_pool`; the
     caller shuts it down), used for long series' headers and compressed
-    frames; without it everything runs on threads. *executor*: ``"thread"``,
-    ``"process"`` (needs *pool*), ``"serial"`` or ``"auto"`` (the process pool
-    for ≥ 16 compressed frames on a multi-core machine when there is one,
-    threads otherwise). Callbacks: ``on_preview(volume)`` with the one-frame
+    frames whose decoders keep the GIL; without it everything runs on threads.
+    *executor*: ``"thread"``, ``"process"`` (needs *pool*), ``"serial"`` or
+    ``"auto"`` (the process pool for ≥ 16 frames only pydicom's decoders take,
+    on a multi-core machine, when there is one; threads otherwise, and for
+    all that imagecodecs decodes). Callbacks: ``on_preview(volume)`` with the one-frame
     preview, ``on_ready(volume)`` once the sorted volume exists (no pixels yet
     except the preview's), ``on_progress(volume, loaded, total)`` at most
     every *progress_interval* seconds and at the end, ``on_done(handle)``
