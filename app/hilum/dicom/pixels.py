@@ -389,11 +389,11 @@ def decode_encapsulated_into(
         return False
     from pydicom.encaps import get_frame
 
-    with open(path, "rb") as fp:
-        fp.seek(offset)
-        data = get_frame(fp, frame, number_of_frames=number_of_frames)
     raw = out.view(f"<u{itemsize}")
     try:
+        with open(path, "rb") as fp:
+            fp.seek(offset)
+            data = get_frame(fp, frame, number_of_frames=number_of_frames)
         if kind == "rle":
             codecs.dicomrle_decode(data, f"<u{itemsize}", out=raw.data.cast("B"))
             _shift_to_bits_stored(out, bits_allocated, bits_stored)
