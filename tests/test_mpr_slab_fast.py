@@ -7,7 +7,9 @@ are compared: MIP and MinIP equal to the last bit, the mean within float32 round
 the samples as doubles, the cache sums float32 thin planes).  Scroll steps must cost one thin
 plane each (the cache is really used), a scroll in one view must not reslice the others, and
 whatever the cache cannot do (an axis-aligned plane, a MinIP whose sentinel is a value of the
-volume) goes to VTK's slab.  Offscreen VTK, no Qt.
+volume) goes to VTK's slab.  The thin planes come from the compiled reslice (hilum.render.reslice_kernel) or from
+``vtkImageReslice``: every test runs both ways, and the compiled one is also held to VTK's
+pixels directly, thin oblique planes of the viewer included.  Offscreen VTK, no Qt.
 """
 
 from __future__ import annotations
@@ -19,13 +21,23 @@ import pytest
 
 from hilum.dicom.generator import DOE, generate_ct_series, make_study
 from hilum.dicom.volume import Volume, build_volume
-from hilum.render import mpr
+from hilum.render import mpr, reslice_kernel
 from hilum.render.mpr import VIEWS, MPRScene, MPRViewport
 from hilum.render.slab import PlaneCacheSlab, is_permutation
 from test_volume import tilted_ct
 
 STUDY = make_study(DOE, accession="SLABFAST")
 MEAN_TOLERANCE = 1e-3  # HU: float32 rounding of ~40 summed samples of a few thousand HU
+
+
+@pytest.fixture(autouse=True, params=["compiled", "vtk"])
+def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test both ways: thin planes by the compiled reslice, and by vtkImageReslice."""
+    if request.param == "compiled":
+        assert reslice_kernel.available(wait=True), reslice_kernel.unavailable_reason()
+    else:
+        monkeypatch.setattr(reslice_kernel, "RESLICE_KERNEL", False)
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +261,87 @@ def test_cache_alone_equals_vtk_slab_of_the_same_geometry(ct: Volume) -> None:
         want = numpy_support.vtk_to_numpy(r.GetOutput().GetPointData().GetScalars()).reshape(80, 90)
         assert np.array_equal(got, want), shift
         assert cache.planes_resliced == (7 if k == 0 else 7 + k)
+
+
+# --------------------------------------------------------------------------- the compiled reslice
+
+
+def vtk_planes(data: mpr.VolumeImage, axes: np.ndarray, spacing, origin, shape, background: float, float_out: bool):  # type: ignore[no-untyped-def]
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonCore import VTK_FLOAT
+    from vtkmodules.vtkImagingCore import vtkImageReslice
+
+    r = vtkImageReslice()
+    r.SetInputData(data.image)
+    r.SetInterpolationModeToLinear()
+    r.SetBackgroundLevel(background)
+    r.AutoCropOutputOff()
+    r.TransformInputSamplingOff()
+    r.SetResliceAxes(mpr.matrix_to_vtk(axes))
+    r.SetOutputSpacing(*spacing)
+    r.SetOutputOrigin(*origin)
+    nz, ny, nx = shape
+    r.SetOutputExtent(0, nx - 1, 0, ny - 1, 0, nz - 1)
+    if float_out:
+        r.SetOutputScalarType(VTK_FLOAT)
+    r.Update()
+    return numpy_support.vtk_to_numpy(r.GetOutput().GetPointData().GetScalars()).reshape(shape)
+
+
+@pytest.mark.parametrize("float_out", [False, True], ids=["input-type", "float32"])
+def test_compiled_reslice_equals_vtk_bit_for_bit(kernel: str, ct: Volume, tilted: Volume, float_out: bool) -> None:
+    if kernel != "compiled":
+        pytest.skip("the compiled reslice itself")
+    rng = np.random.default_rng(11)
+    floats = Volume.from_array(rng.normal(50.0, 30.0, size=(20, 30, 40)).astype(np.float32), spacing=(0.8, 0.8, 1.3))
+    for volume in (ct, tilted, floats):
+        data = mpr.VolumeImage(volume)
+        for _ in range(6):
+            axis = rng.normal(size=3)
+            extent = float(np.max(volume.spacing * np.asarray(volume.size)))  # a grid a little larger than the volume
+            centre = volume.center + rng.normal(0, 0.05 * extent, 3)
+            plane = mpr.Plane(centre, (1, 0, 0), (0, 1, 0)).rotated(axis, rng.uniform(5, 80))
+            axes = np.linalg.inv(volume.affine) @ plane.matrix()
+            spacing = (float(rng.uniform(0.4, 2.0)), float(rng.uniform(0.4, 2.0)), float(rng.uniform(0.3, 1.5)))
+            shape = (3, int(rng.integers(60, 200)), int(rng.integers(60, 200)))
+            spacing = (1.3 * extent / shape[2], 1.3 * extent / shape[1], spacing[2])
+            origin = (
+                -0.65 * extent + float(rng.uniform(-3, 3)),
+                -0.65 * extent + float(rng.uniform(-3, 3)),
+                float(rng.uniform(-0.05, 0.05) * extent),
+            )
+            background = data.value_range[0]
+            want = vtk_planes(data, axes, spacing, origin, shape, background, float_out)
+            got = reslice_kernel.reslice_planes(
+                data.array, axes, spacing, origin, shape, background=background,
+                dtype=np.float32 if float_out else data.array.dtype,
+            )  # fmt: skip
+            assert got.dtype == want.dtype
+            assert np.array_equal(got, want, equal_nan=True), f"{int(np.sum(got != want))} of {got.size} differ"
+            assert np.any(got == background) and np.any(got != background)  # the edge of the volume is in view
+
+
+def test_thin_oblique_planes_of_the_viewer(pair, ct: Volume, kernel: str) -> None:  # type: ignore[no-untyped-def]
+    """Thin oblique planes go through the compiled reslice when it is there, equal to VTK's."""
+    fast, ref = pair(ct)
+    both(fast, ref, oblique)
+    for view in VIEWS:
+        assert_same(fast[view], ref[view], "mip", f"thin {view}")
+        assert (fast[view]._cached is not None) == (kernel == "compiled")
+    for steps in (1, 1, -3):
+        both(fast, ref, lambda s: s["coronal"].scroll(steps))  # noqa: B023
+        assert_same(fast["coronal"], ref["coronal"], "mip", f"thin, scroll {steps}")
+
+
+def test_self_check_failure_falls_back_to_vtk(
+    kernel: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    if kernel != "compiled":
+        pytest.skip("the compiled reslice's fence")
+    monkeypatch.setattr(reslice_kernel, "_checked", None)
+    monkeypatch.setattr(reslice_kernel, "_warm_up", None)
+    monkeypatch.setattr(reslice_kernel, "_self_check", lambda: "its pixels differ from vtkImageReslice's (1 of 2)")
+    with caplog.at_level("ERROR", logger="hilum.render.reslice_kernel"):
+        assert not reslice_kernel.available(wait=True)
+    assert "vtkImageReslice instead" in caplog.text and "differ" in caplog.text
+    assert "differ" in reslice_kernel.unavailable_reason()

@@ -44,7 +44,7 @@ from vtkmodules.util import numpy_support
 from vtkmodules.vtkCommonCore import VTK_FLOAT, vtkCommand, vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkImageData, vtkPolyData
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
-from vtkmodules.vtkImagingCore import vtkImageReslice
+from vtkmodules.vtkImagingCore import VTK_RESLICE_LINEAR, vtkImageReslice
 from vtkmodules.vtkRenderingCore import (
     vtkActor,
     vtkActor2D,
@@ -60,6 +60,7 @@ from vtkmodules.vtkRenderingCore import (
 
 from hilum.dicom.pixels_lut import VOI, DisplayTransform, SampledTable, VOITable, Window
 from hilum.dicom.volume import Plane, Volume
+from hilum.render import reslice_kernel
 from hilum.render.crosshair import VIEWS, Crosshair, CrosshairView, Measurement, SlabSettings
 from hilum.render.gl import finalize_when_collected, finalize_window, gl_lock, release_context, weak_callback
 from hilum.render.slab import PlaneCacheSlab, SlabGeometry, is_permutation
@@ -161,6 +162,11 @@ class VolumeImage:
         self.patient_matrix = matrix_to_vtk(volume.affine)
         lo, hi = volume.value_range()
         self.value_range = (lo, hi)
+
+    @property
+    def array(self) -> np.ndarray:
+        """The values ``[k, j, i]`` that the image shares (C-contiguous)."""
+        return self._array
 
     def modified(self) -> None:
         """Tell VTK that the numpy array changed in place."""
@@ -439,18 +445,22 @@ class MPRViewport:
         n_slab = max(1, int(round(slab.thickness / step))) if slab.thickness > 0 else 1
         self._update_lines()
         geometry: SlabGeometry = (axes, s0, t0, nx, ny, sp, step, n_slab, slab.mode)
+        if n_slab == 1:
+            geometry = (*geometry[:8], "mip")  # a thin plane: the mode does not matter
         if self._geometry is not None and _same_geometry(geometry, self._geometry):
             return
         self._geometry = geometry
-        if self.slab_cache and n_slab > 1 and not is_permutation(axes):
+        compiled = self.reslice.GetInterpolationMode() == VTK_RESLICE_LINEAR and reslice_kernel.available()
+        if self.slab_cache and (n_slab > 1 or compiled) and not is_permutation(axes):
             if self._cache is None:
                 self._cache = PlaneCacheSlab(
                     self.data.image,
                     interpolation=self.reslice.GetInterpolationMode(),
                     background=self.reslice.GetBackgroundLevel(),
                     value_range=self.data.value_range,
+                    array=self.data.array,
                 )
-            if self._cache.supports(slab.mode):
+            if self._cache.supports(geometry[8]):
                 self._cache_due = True
                 return
         self._cache_due = False

@@ -47,7 +47,9 @@ import numpy.typing as npt
 from vtkmodules.util import numpy_support
 from vtkmodules.vtkCommonCore import VTK_FLOAT
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
-from vtkmodules.vtkImagingCore import vtkImageReslice
+from vtkmodules.vtkImagingCore import VTK_RESLICE_LINEAR, vtkImageReslice
+
+from hilum.render import reslice_kernel
 
 __all__ = ["PlaneCacheSlab", "SlabGeometry", "is_permutation"]
 
@@ -81,17 +83,28 @@ class PlaneCacheSlab:
 
     ``image`` is the view's ``vtkImageData`` (voxel-index space); ``interpolation`` a
     ``vtkImageReslice`` interpolation mode; ``background`` the level of pixels with no
-    sample inside the volume; ``value_range`` the volume's ``(min, max)``.
+    sample inside the volume; ``value_range`` the volume's ``(min, max)``; ``array`` the
+    image's values as numpy ``[k, j, i]``: with it, linear thin planes come from the compiled
+    reslice (:mod:`hilum.render.reslice_kernel`, VTK's pixels bit for bit) once it is available.
     """
 
     def __init__(
-        self, image: object, *, interpolation: int, background: float, value_range: tuple[float, float]
+        self,
+        image: object,
+        *,
+        interpolation: int,
+        background: float,
+        value_range: tuple[float, float],
+        array: np.ndarray | None = None,
     ) -> None:
         self.reslice = self._make(image, interpolation)
         """Thin planes one by one (a scroll step)."""
         self.rays = self._make(image, interpolation)
         """Many planes at once, written ray by ray (the samples of one pixel side by side, as
         VTK's slab reads the volume; a plane after plane fill runs 1.3x longer)."""
+        self.interpolation = interpolation
+        self.array = array
+        """The volume ([k, j, i], the image's memory) for the compiled reslice, where it may be used."""
         self.background = float(background)
         self.value_range = (float(value_range[0]), float(value_range[1]))
         scalars = image.GetPointData().GetScalars()  # type: ignore[attr-defined]
@@ -224,11 +237,24 @@ class PlaneCacheSlab:
             np.subtract(self._sum, plane, out=self._sum, where=valid)
             self._count -= valid
 
+    def _add_block(self, planes: np.ndarray) -> None:
+        """Add the in-bounds samples of ``planes`` (k, rows, columns) to the running sums."""
+        assert self._sum is not None and self._count is not None
+        if planes.shape[0] == 1:
+            self._add(planes[0], 1)
+            return
+        valid = ~np.isnan(planes)
+        self._sum += np.where(valid, planes, np.float32(0)).sum(axis=0, dtype=np.float64)
+        self._count += valid.sum(axis=0, dtype=np.int32)
+
     def _reslice(self, run: list[int], n: int) -> None:
         """Reslice the planes of ``run`` (consecutive on the lattice) in one call into their slots."""
         ref = self._ref
         assert ref is not None and self._buf is not None
         _axes, s0, t0, nx, ny, _sp, step, _n, mode = ref
+        if self._compiled():
+            self._reslice_compiled(run, n)
+            return
         w0 = run[0] * step / 2.0
         if len(run) >= _RAYS_FROM:
             r = self.rays
@@ -256,8 +282,43 @@ class PlaneCacheSlab:
             i = j
         for slot, q in zip(slots, run, strict=True):
             self._held[slot] = q
+        if mode == "mean":
+            self._add_block(out)
+
+    def _compiled(self) -> bool:
+        return (
+            self.array is not None
+            and self.interpolation == VTK_RESLICE_LINEAR
+            and self.array.dtype.kind in "iuf"
+            and reslice_kernel.available()
+        )
+
+    def _reslice_compiled(self, run: list[int], n: int) -> None:
+        """The planes of ``run`` by the compiled reslice, straight into their slots."""
+        ref = self._ref
+        assert ref is not None and self._buf is not None and self.array is not None
+        axes, s0, t0, nx, ny, sp, step, _n, mode = ref
+        slots = [(q // 2) % n for q in run]
+        if mode == "mean":
+            for slot in slots:
+                if self._held[slot] is not None:
+                    self._add(self._buf[slot], -1)
+        i = 0
+        while i < len(run):  # consecutive slots (a run wraps around the ring at most once)
+            j = i + 1
+            while j < len(run) and slots[j] == slots[j - 1] + 1:
+                j += 1
+            block = self._buf[slots[i] : slots[j - 1] + 1]
+            reslice_kernel.reslice_planes(
+                self.array, axes, (sp, sp, step), (s0, t0, run[i] * step / 2.0), block.shape,
+                background=self._sentinel(mode), dtype=block.dtype, out=block,
+            )  # fmt: skip
             if mode == "mean":
-                self._add(self._buf[slot], 1)
+                self._add_block(block)
+            i = j
+        for slot, q in zip(slots, run, strict=True):
+            self._held[slot] = q
+        self.planes_resliced += len(run)
 
     def _reduce(self, want: list[int], mode: str) -> np.ndarray:
         buf = self._buf
