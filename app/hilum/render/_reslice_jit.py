@@ -76,3 +76,58 @@ def planes(vol, m, background, rounding, out):  # type: ignore[no-untyped-def]
                 out[z, y, x] = np.int64(v + (_BIAS + 0.5 + _TOL)) - _BIAS_I
             else:
                 out[z, y, x] = v
+
+
+@numba.njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]  # serial: a thread launch costs more here
+def add_planes(planes, sign, total, count):  # type: ignore[no-untyped-def]
+    """``total += sign * (the non-NaN samples of planes)``, ``count += sign * how many``, per pixel
+    (``planes`` (k, rows, columns) float32; ``total`` float64 and ``count`` int32, (rows, columns))."""
+    nz, ny, nx = planes.shape
+    for y in range(ny):
+        for x in range(nx):
+            s = 0.0
+            c = 0
+            for z in range(nz):
+                v = planes[z, y, x]
+                if v == v:
+                    s += v
+                    c += 1
+            total[y, x] += sign * s
+            count[y, x] += sign * c
+
+
+@numba.njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]
+def trapezoid_mean(ring, order, total, count, background, out):  # type: ignore[no-untyped-def]
+    """vtkImageReslice's trapezoid mean of each pixel's in-bounds samples: ``ring`` (n, rows,
+    columns) float32 with NaN outside, ``order`` its slots in sample order, ``total`` / ``count``
+    the running sum / number of the in-bounds samples; ``background`` where there are none."""
+    n = order.shape[0]
+    ny, nx = out.shape
+    lo_slot = order[0]
+    hi_slot = order[n - 1]
+    for y in range(ny):
+        for x in range(nx):
+            c = count[y, x]
+            if c == n:
+                first = ring[lo_slot, y, x]
+                last = ring[hi_slot, y, x]
+            elif c == 0:
+                out[y, x] = background
+                continue
+            elif c == 1:
+                out[y, x] = total[y, x]
+                continue
+            else:  # the in-bounds samples are consecutive (a line through a box): find both ends
+                first = np.float32(0.0)
+                last = np.float32(0.0)
+                for k in range(n):
+                    v = ring[order[k], y, x]
+                    if v == v:
+                        first = v
+                        break
+                for k in range(n - 1, -1, -1):
+                    v = ring[order[k], y, x]
+                    if v == v:
+                        last = v
+                        break
+            out[y, x] = (total[y, x] - 0.5 * (np.float64(first) + np.float64(last))) * (1.0 / (c - 1))

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["RESLICE_KERNEL", "available", "index_matrix", "reslice_planes", "unavailable_reason"]
+__all__ = ["RESLICE_KERNEL", "available", "index_matrix", "jit", "reslice_planes", "unavailable_reason"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ _kernel_lock = threading.Lock()  # numba's default thread pool takes one caller 
 _kernel: Any = None
 _checked: str | None = None  # "" when available, else why not
 _warm_up: threading.Thread | None = None
+_helpers: Any = None
 
 
 def _build() -> Any:
@@ -141,6 +142,35 @@ def _check() -> None:
     _checked = reason
 
 
+class _Locked:
+    """The compiled helpers of :mod:`hilum.render._reslice_jit`, one caller at a time."""
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self._module, name)
+
+        def call(*args: Any) -> Any:
+            with _kernel_lock:
+                return fn(*args)
+
+        return call
+
+
+def jit() -> Any:
+    """The compiled helpers (:mod:`hilum.render._reslice_jit`: ``add_planes``,
+    ``trapezoid_mean``) when :func:`available`, else None."""
+    global _helpers
+    if not available():
+        return None
+    if _helpers is None:
+        from hilum.render import _reslice_jit
+
+        _helpers = _Locked(_reslice_jit)
+    return _helpers
+
+
 def unavailable_reason() -> str:
     """Why :func:`available` said no ("" when it said yes or was not asked)."""
     return "setting RESLICE_KERNEL off" if not RESLICE_KERNEL else (_checked or "")
@@ -189,6 +219,21 @@ def _self_check() -> str:
                 )  # fmt: skip
                 if not np.array_equal(got, want):
                     return f"its pixels differ from vtkImageReslice's ({int(np.sum(got != want))} of {got.size}, angle {angle})"
+        # compile (or load) the slab helpers here too, off the GUI thread, and hold one to numpy
+        from hilum.render import _reslice_jit
+
+        ring = rng.normal(0.0, 100.0, size=(4, 3, 5)).astype(np.float32)
+        ring[:2, 0, :2] = np.nan
+        total = np.zeros((3, 5))
+        count = np.zeros((3, 5), dtype=np.int32)
+        with _kernel_lock:
+            _reslice_jit.add_planes(ring, 1, total, count)
+        valid = ~np.isnan(ring)
+        if not (np.allclose(total, np.where(valid, ring, 0).sum(axis=0)) and np.array_equal(count, valid.sum(axis=0))):
+            return "its slab sums differ from numpy's"
+        out = np.empty((3, 5), dtype=np.float32)
+        with _kernel_lock:
+            _reslice_jit.trapezoid_mean(ring, np.arange(4), total, count, -1024.0, out)
     except Exception as exc:  # a numba that cannot compile here, a VTK without these calls
         return f"self-check failed: {exc!r}"
     return ""

@@ -237,15 +237,18 @@ class PlaneCacheSlab:
             np.subtract(self._sum, plane, out=self._sum, where=valid)
             self._count -= valid
 
-    def _add_block(self, planes: np.ndarray) -> None:
-        """Add the in-bounds samples of ``planes`` (k, rows, columns) to the running sums."""
+    def _add_block(self, planes: np.ndarray, sign: int = 1) -> None:
+        """Add (or take away) the in-bounds samples of ``planes`` (k, rows, columns) to the running sums."""
         assert self._sum is not None and self._count is not None
-        if planes.shape[0] == 1:
-            self._add(planes[0], 1)
-            return
-        valid = ~np.isnan(planes)
-        self._sum += np.where(valid, planes, np.float32(0)).sum(axis=0, dtype=np.float64)
-        self._count += valid.sum(axis=0, dtype=np.int32)
+        jit = reslice_kernel.jit()
+        if jit is not None:
+            jit.add_planes(planes, sign, self._sum, self._count)
+        elif planes.shape[0] == 1:
+            self._add(planes[0], sign)
+        else:
+            valid = ~np.isnan(planes)
+            self._sum += sign * np.where(valid, planes, np.float32(0)).sum(axis=0, dtype=np.float64)
+            self._count += sign * valid.sum(axis=0, dtype=np.int32)
 
     def _reslice(self, run: list[int], n: int) -> None:
         """Reslice the planes of ``run`` (consecutive on the lattice) in one call into their slots."""
@@ -272,7 +275,7 @@ class PlaneCacheSlab:
         if mode == "mean":
             for slot in slots:
                 if self._held[slot] is not None:
-                    self._add(self._buf[slot], -1)
+                    self._add_block(self._buf[slot : slot + 1], -1)
         i = 0
         while i < len(run):  # consecutive slots (a run wraps around the ring at most once)
             j = i + 1
@@ -302,7 +305,7 @@ class PlaneCacheSlab:
         if mode == "mean":
             for slot in slots:
                 if self._held[slot] is not None:
-                    self._add(self._buf[slot], -1)
+                    self._add_block(self._buf[slot : slot + 1], -1)
         i = 0
         while i < len(run):  # consecutive slots (a run wraps around the ring at most once)
             j = i + 1
@@ -341,6 +344,11 @@ class PlaneCacheSlab:
         buf, total, count = self._buf, self._sum, self._count
         assert buf is not None and total is not None and count is not None
         n = buf.shape[0]
+        jit = reslice_kernel.jit()
+        if jit is not None:
+            order = np.array([(q // 2) % n for q in want], dtype=np.int64)
+            jit.trapezoid_mean(buf, order, total, count, self.background, out)
+            return
         first, last = buf[(want[0] // 2) % n], buf[(want[-1] // 2) % n]
         with np.errstate(invalid="ignore"):
             mean = (total - 0.5 * (first.astype(np.float64) + last)) * (1.0 / (n - 1))
