@@ -345,3 +345,33 @@ def test_self_check_failure_falls_back_to_vtk(
         assert not reslice_kernel.available(wait=True)
     assert "vtkImageReslice instead" in caplog.text and "differ" in caplog.text
     assert "differ" in reslice_kernel.unavailable_reason()
+
+
+def test_rotation_drag_previews_coarse_then_refines(pair, ct: Volume) -> None:  # type: ignore[no-untyped-def]
+    """While a drag turns the planes, the turning views' thick slabs are previewed with a quarter
+    of the samples on a grid half as fine; on release they are made at full quality, equal to
+    VTK's slab, and the view being dragged in never changes its own slab."""
+    fast, ref = pair(ct)
+    both(fast, ref, lambda s: s.crosshair.set_slab("axial", 16.0, "mip"))
+    both(fast, ref, lambda s: s.crosshair.set_slab("coronal", 16.0, "mip"))
+    both(fast, ref, lambda s: s.crosshair.set_slab("sagittal", 16.0, "mip"))
+    for scene in (fast, ref):
+        for vp in scene.viewports.values():
+            vp.update_image()
+    full = fast["coronal"].image()[0].shape
+    axial_key = fast["axial"]._geometry
+    events: list[str] = []
+    fast.crosshair.subscribe(events.append)
+    fast["axial"].set_interacting(True)
+    assert all(vp.interacting for vp in fast.viewports.values())
+    for _ in range(3):
+        both(fast, ref, lambda s: s.crosshair.rotate("axial", 7.0))
+        image, _, spacing = fast["coronal"].image()
+        assert spacing == pytest.approx(2 * fast["coronal"].spacing) and image.shape[1] < full[1]
+        assert fast["coronal"]._geometry[7] == 4  # type: ignore[index]
+        assert fast["axial"]._geometry is axial_key  # the plane being dragged in: untouched
+    events.clear()
+    fast["axial"].set_interacting(False)
+    assert events == ["slab"] and not any(vp.interacting for vp in fast.viewports.values())
+    for view in VIEWS:
+        assert_same(fast[view], ref[view], "mip", f"after the drag, {view}")

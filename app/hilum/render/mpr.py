@@ -12,7 +12,9 @@ Three pieces, none of them Qt:
   tilted gantry, is applied by matrices: reslice axes here, the prop's user
   matrix in :mod:`hilum.render.volume3d`.
 * :class:`MPRViewport` — one plane on screen: ``vtkImageReslice`` (linear
-  interpolation, slab MIP/MinIP/mean) → the view's
+  interpolation, slab MIP/MinIP/mean; oblique planes and thick oblique slabs through
+  :class:`hilum.render.slab.PlaneCacheSlab` and the compiled reslice of
+  :mod:`hilum.render.reslice_kernel`, equal to VTK's pixels) → the view's
   :class:`hilum.dicom.pixels_lut.DisplayTransform` (the 2D viewer's VOI LUT and
   presentation stages: LINEAR, LINEAR_EXACT, SIGMOID or a VOI LUT table,
   MONOCHROME1 inversion), applied in numpy as the 2D viewer applies it (one
@@ -210,6 +212,13 @@ one thin plane per scroll step instead of the whole slab).  False: ``vtkImageRes
 slab on every change, the reference the cache is held equal to (tests run both ways).  Each
 viewport takes it when made (:attr:`MPRViewport.slab_cache`)."""
 
+PREVIEW_SAMPLES = 4
+"""While a drag turns an oblique thick slab (:meth:`MPRViewport.set_interacting`), its samples
+are this many times further apart..."""
+PREVIEW_PIXELS = 2
+"""...and its pixels this many times larger: a refill then costs ~1/16 of a full one (a
+rotation refills two views on every mouse move).  Full quality comes back on release."""
+
 _SLAB_MODES = {"mip": "SetSlabModeToMax", "minip": "SetSlabModeToMin", "mean": "SetSlabModeToMean"}
 _SLAB_NAMES = {"mip": "MIP", "minip": "MinIP", "mean": "Average"}
 
@@ -281,6 +290,10 @@ class MPRViewport:
 
         self.slab_cache = SLAB_CACHE
         """Whether thick oblique slabs come from the plane cache (:data:`SLAB_CACHE`)."""
+        self.interacting = False
+        """A drag is under way (:meth:`set_interacting`): thick oblique slabs are previewed coarse."""
+        self.interaction_group: list[MPRViewport] = [self]
+        """The viewports whose planes one drag moves (an :class:`MPRScene`'s three)."""
         self._geometry: SlabGeometry | None = None  # what the image was last resliced for
         self._cache: PlaneCacheSlab | None = None  # thick oblique slabs (SLAB_CACHE)
         self._cached: tuple[int, np.ndarray] | None = None  # (version, values) from the cache
@@ -444,6 +457,14 @@ class MPRViewport:
         step = float(np.min(self.volume.spacing))
         n_slab = max(1, int(round(slab.thickness / step))) if slab.thickness > 0 else 1
         self._update_lines()
+        turning = self._geometry is None or not np.allclose(axes[:3, :3], self._geometry[0][:3, :3], rtol=0.0, atol=1e-9)
+        if self.interacting and turning and n_slab >= 2 * PREVIEW_SAMPLES and not is_permutation(axes):
+            # preview while a drag turns this plane: a quarter of the samples on a grid half as fine
+            step *= PREVIEW_SAMPLES
+            n_slab = max(2, int(round(slab.thickness / step)))
+            sp *= PREVIEW_PIXELS
+            nx = max(1, int(math.ceil((s1 - s0) / sp)) + 1)
+            ny = max(1, int(math.ceil((t1 - t0) / sp)) + 1)
         geometry: SlabGeometry = (axes, s0, t0, nx, ny, sp, step, n_slab, slab.mode)
         if n_slab == 1:
             geometry = (*geometry[:8], "mip")  # a thin plane: the mode does not matter
@@ -492,6 +513,19 @@ class MPRViewport:
         nx, ny, _ = out.GetDimensions()
         values = numpy_support.vtk_to_numpy(out.GetPointData().GetScalars()).reshape(ny, nx)
         return values, ("vtk", out.GetMTime()), out.GetOrigin(), out.GetSpacing()
+
+    def set_interacting(self, interacting: bool) -> None:
+        """A drag that turns the planes starts (True) or ends (False), for every viewport of
+        :attr:`interaction_group`: meanwhile thick oblique slabs are previewed coarse
+        (:data:`PREVIEW_SAMPLES`, :data:`PREVIEW_PIXELS`); at the end they are made again at
+        full quality and the views are told to render (the crosshair emits ``"slab"``)."""
+        interacting = bool(interacting)
+        if all(vp.interacting == interacting for vp in self.interaction_group):
+            return
+        for vp in self.interaction_group:
+            vp.interacting = interacting
+        if not interacting:
+            self.crosshair.set_slab(self.view)  # no change: every view re-checks its geometry and renders
 
     def _before_render(self, *_: object) -> None:
         """The renderer is about to draw: bring the grey image and the overlays up to date."""
@@ -809,8 +843,8 @@ class MPRViewport:
     def image(self) -> tuple[npt.NDArray[np.float32], Plane, float]:
         """The resliced plane as modality values ``[row, column]`` (rows down the screen), the
         plane whose centre is pixel ``[0, 0]`` (:meth:`image_plane`) and the pixel size in mm."""
-        values, _key, _origin, _spacing = self._resliced()
-        return values.astype(np.float32), self.image_plane(), self.spacing
+        values, _key, _origin, spacing = self._resliced()
+        return values.astype(np.float32), self.image_plane(), float(spacing[0])  # coarser in a preview
 
     def image_plane(self) -> Plane:
         """A plane whose centre is the patient position of pixel ``[0, 0]`` of :meth:`image`."""
@@ -859,9 +893,15 @@ class MPRScene:
             v: MPRViewport(self.data, self.crosshair, v, render_window=(windows or {}).get(v), size=size, window=window)
             for v in VIEWS
         }
+        for vp in self.viewports.values():
+            vp.interaction_group = list(self.viewports.values())
 
     def __getitem__(self, view: str) -> MPRViewport:
         return self.viewports[view]
+
+    def set_interacting(self, interacting: bool) -> None:
+        """Coarse thick-slab previews while a drag turns the planes (:meth:`MPRViewport.set_interacting`)."""
+        next(iter(self.viewports.values())).set_interacting(interacting)
 
     def set_window(self, centre: float, width: float) -> None:
         """The same center/width in every view (each keeps its VOI LUT Function)."""

@@ -7,15 +7,18 @@ samples per pixel: a 20 mm slab at 0.5 mm is 40 of them, 71 ms for 512 x 512 on 
 quiet 2-core machine, 150-600 ms for the three views of the MPR layout when they
 all re-ran on every scroll step (bench/mpr).
 
-:class:`PlaneCacheSlab` keeps the ``n`` thin planes of the slab (made by a
-``vtkImageReslice`` configured like the view's, same interpolation, same positions
-to rounding) in a ring and combines them in numpy.  Scrolling the view by whole
+:class:`PlaneCacheSlab` keeps the ``n`` thin planes of the slab in a ring and combines
+them.  The thin planes come from the compiled reslice (:mod:`hilum.render.reslice_kernel`,
+``vtkImageReslice``'s own pixels bit for bit) once it is available, else from a
+``vtkImageReslice`` configured like the view's (same interpolation, same positions to
+rounding).  The mean's sums and its trapezoid use two compiled helpers likewise
+(:mod:`hilum.render._reslice_jit`), or numpy.  Scrolling the view by whole
 sample steps shifts the set of planes by one: one thin plane is resliced and the
 ring is reduced again (MIP / MinIP: one ``np.max`` / ``np.min`` over the ring;
 mean: running sums).  A thicker or thinner slab of the same sample lattice reuses
 the planes it shares.  Anything else (a rotation, a zoom of the grid, another mode
 or a step that is not a whole multiple of half a sample) refills the ring: one 3D
-reslice of ``n`` planes, today's cost.
+reslice of ``n`` planes (bench/mpr: ``first_frame``).
 
 What it computes is ``vtkImageReslice``'s slab (VTK 9, ``vtkImageResliceExecute``):
 
@@ -355,8 +358,8 @@ class PlaneCacheSlab:
         partial = np.flatnonzero((count.ravel() < n) & (count.ravel() > 0))
         flat = mean.ravel()
         if partial.size:
-            order = [(q // 2) % n for q in want]
-            vals = buf.reshape(n, -1)[:, partial][order]  # (n, k) in sample order
+            slots = [(q // 2) % n for q in want]
+            vals = buf.reshape(n, -1)[:, partial][slots]  # (n, k) in sample order
             ok = ~np.isnan(vals)
             cols = np.arange(partial.size)
             lo = vals[ok.argmax(axis=0), cols]
