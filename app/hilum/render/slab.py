@@ -290,6 +290,8 @@ class PlaneCacheSlab:
             self._held[slot] = q
         if mode == "mean":
             self._add_block(out)
+        del out, flat
+        r.GetOutput().ReleaseData()  # the ring has them: do not hold a second copy (up to n planes)
 
     def _compiled(self) -> bool:
         return (
