@@ -20,6 +20,8 @@ _TOL = 7.62939453125e-06  # 2**-17, VTK_INTERPOLATE_FLOOR_TOL
 def planes(vol, m, background, rounding, out):  # type: ignore[no-untyped-def]
     nk, nj, ni = vol.shape
     nz, ny, nx = out.shape
+    flat = vol.ravel()  # C-contiguous: a view
+    nij = ni * nj
     hx = ni - 1 + 0.5
     hy = nj - 1 + 0.5
     hz = nk - 1 + 0.5
@@ -32,12 +34,13 @@ def planes(vol, m, background, rounding, out):  # type: ignore[no-untyped-def]
         p1x = p0x + y * m[0, 1]
         p1y = p0y + y * m[1, 1]
         p1z = p0z + y * m[2, 1]
+        line = out[z, y]
         for x in range(nx):
             px = p1x + x * m[0, 0]
             py = p1y + x * m[1, 0]
             pz = p1z + x * m[2, 0]
             if px < -0.5 or px > hx or py < -0.5 or py > hy or pz < -0.5 or pz > hz:
-                out[z, y, x] = background
+                line[x] = background
                 continue
             bx = px + (_BIAS + _TOL)
             ix = np.int64(bx)
@@ -51,12 +54,12 @@ def planes(vol, m, background, rounding, out):  # type: ignore[no-untyped-def]
             iz = np.int64(bz)
             fz = bz - iz
             iz -= _BIAS_I
-            ix1 = min(max(ix + (fx != 0), 0), ni - 1)
-            iy1 = min(max(iy + (fy != 0), 0), nj - 1)
-            iz1 = min(max(iz + (fz != 0), 0), nk - 1)
-            ix = min(max(ix, 0), ni - 1)
-            iy = min(max(iy, 0), nj - 1)
-            iz = min(max(iz, 0), nk - 1)
+            # VTK clamps both neighbours to the extent; the upper one is the lower one plus
+            # (fraction != 0): a step of 0 at either edge.  Unsigned offsets: no wraparound checks.
+            dx = np.uint64(1) if (fx != 0 and 0 <= ix < ni - 1) else np.uint64(0)
+            dy = np.uint64(ni) if (fy != 0 and 0 <= iy < nj - 1) else np.uint64(0)
+            dz = np.uint64(nij) if (fz != 0 and 0 <= iz < nk - 1) else np.uint64(0)
+            b = np.uint64(max(iz, 0) * nij + max(iy, 0) * ni + max(ix, 0))
             rx = 1 - fx
             ry = 1 - fy
             rz = 1 - fz
@@ -64,18 +67,16 @@ def planes(vol, m, background, rounding, out):  # type: ignore[no-untyped-def]
             fyrz = fy * rz
             ryfz = ry * fz
             fyfz = fy * fz
-            v = rx * (
-                ryrz * vol[iz, iy, ix] + ryfz * vol[iz1, iy, ix] + fyrz * vol[iz, iy1, ix] + fyfz * vol[iz1, iy1, ix]
-            ) + fx * (
-                ryrz * vol[iz, iy, ix1]
-                + ryfz * vol[iz1, iy, ix1]
-                + fyrz * vol[iz, iy1, ix1]
-                + fyfz * vol[iz1, iy1, ix1]
+            v = rx * (ryrz * flat[b] + ryfz * flat[b + dz] + fyrz * flat[b + dy] + fyfz * flat[b + dy + dz]) + fx * (
+                ryrz * flat[b + dx]
+                + ryfz * flat[b + dz + dx]
+                + fyrz * flat[b + dy + dx]
+                + fyfz * flat[b + dy + dz + dx]
             )
             if rounding:
-                out[z, y, x] = np.int64(v + (_BIAS + 0.5 + _TOL)) - _BIAS_I
+                line[x] = np.int64(v + (_BIAS + 0.5 + _TOL)) - _BIAS_I
             else:
-                out[z, y, x] = v
+                line[x] = v
 
 
 @numba.njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]  # serial: a thread launch costs more here
