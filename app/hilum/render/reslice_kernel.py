@@ -4,7 +4,12 @@
 check and an interpolator called through a function pointer, all in double.  About 21 ns a
 pixel here, no faster than SimpleITK's ``ResampleImageFilter`` on the same plane (7.1 against
 7.0 ms for 512 x 512, bench/mpr).  :func:`reslice_planes` is the same arithmetic in one tight
-loop, compiled with numba and spread over the cores, about 2.5x faster (bench/mpr: ``reslice_hilum``).
+loop, compiled with numba and spread over the cores (bench/mpr: ``reslice_hilum``; 512 x 512
+oblique plane on the 2-core development machine: fastest of 30 runs 2.5 ms against VTK's
+6.1 ms; on a machine loaded 7-14 deep, medians 14.4 / 15.7 / 19.1 ms for it / SimpleITK / VTK,
+CPU time 7.3 / 8.7 / 10.2 ms; one thread, 4.4 ms of CPU).  The first use imports numba and
+compiles the loop, or loads it from numba's cache: 2-8 s, on a thread of its own
+(:func:`available`).
 
 It mirrors, operation for operation, what VTK 9 computes (``vtkImageResliceExecute`` with a
 linear ``vtkImageInterpolator``, border mode clamp, ``Border`` on), so that its pixels are VTK's
