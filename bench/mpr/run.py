@@ -5,9 +5,18 @@ On a generated CT (default 512 x 512 x 600, 0.7 mm pixels, 0.5 mm slices) writte
 1. time to build the volume from the files (``hilum.dicom.volume.load_volume``), next to
    SimpleITK's ``ImageSeriesReader`` on the same files;
 2. oblique reslice of one 512 x 512 plane: VTK ``vtkImageReslice`` as ``hilum.render.mpr``
-   configures it (and the pure numpy path), against SimpleITK ``Resample`` of the same
-   plane in the same run (median ms, and the largest difference between the two images);
+   configured it, the compiled reslice the viewer now uses for thin oblique planes
+   (``reslice_hilum``, :mod:`hilum.render.reslice_kernel`, checked equal to VTK's), and the pure
+   numpy path, against SimpleITK ``Resample`` of the same plane in the same run (median ms,
+   ratios, and the largest difference between VTK's and SimpleITK's images);
 3. a 20 mm MIP slab on that oblique plane;
+3b. scrolling a 20 mm slab in the MPR viewer (``hilum.render.mpr.MPRScene``, its own grids):
+   per scroll step, the frame of the scrolled view (median and p95 over the steps) for MIP,
+   MinIP and mean on an oblique and an axis-aligned plane, with the plane cache
+   (``MPRViewport.slab_cache``) and with VTK's own slab (the viewer before it) in turn, and the
+   whole step (all three views brought up to date); also the first frame after a change of
+   mode (a refill).  ``--before DIR`` runs this part first with the ``hilum`` package of DIR
+   (e.g. the main checkout's ``app``) in a subprocess: its figures are prefixed ``before_``;
 4. one 800 x 800 volume-rendering frame of the whole volume (as the 3D view renders it: with
    software OpenGL from a block-averaged copy of at most 256^3 voxels; ``--full-res`` also
    times the full grid);
@@ -15,7 +24,9 @@ On a generated CT (default 512 x 512 x 600, 0.7 mm pixels, 0.5 mm slices) writte
    detail (whose image sample distance adapts to a 12 frames/s budget; the distance
    reached is printed), and a full-quality still frame.
 
-Run: ``.venv/bin/python bench/mpr/run.py [--slices N] [--data DIR] [--json out.json]``.
+Run: ``.venv/bin/python bench/mpr/run.py [--slices N] [--data DIR] [--json out.json] [--slab-only]
+[--before /work/main/app]``.  ``hilum`` is imported from PYTHONPATH when it is there, else from
+this checkout's ``app``.
 Numbers are printed, never asserted (DESIGN.md, Tests).  Competing pairs are timed in turn
 (interleaved) and CPU time is printed next to wall time, as the machine may be shared.
 """
@@ -35,7 +46,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "app"))
+try:
+    import hilum  # noqa: F401  (from PYTHONPATH: this checkout's app, or another one's for --before)
+except ImportError:
+    sys.path.insert(0, str(ROOT / "app"))
 
 from hilum.dicom.generator import DOE, iter_ct_series, make_study, write_dataset  # noqa: E402
 from hilum.dicom.volume import Plane, Volume, build_volume, load_volume  # noqa: E402
@@ -141,9 +155,32 @@ def bench_reslice(volume: Volume, repeat: int, size: int = 512) -> dict[str, flo
         resampler.SetOutputOrigin([float(x) for x in p.to_patient(-half, -half)])
         return sitk.GetArrayViewFromImage(resampler.Execute(image))[0]
 
-    vtk_plane(0)
-    sitk_plane(0)
-    out.update(interleaved({"reslice_vtk": vtk_plane, "reslice_sitk": sitk_plane}, repeat))
+    fns = {"reslice_vtk": vtk_plane, "reslice_sitk": sitk_plane}
+    try:
+        from hilum.render import reslice_kernel
+    except ImportError:  # a checkout without the compiled reslice (--before)
+        reslice_kernel = None  # type: ignore[assignment]
+    if reslice_kernel is not None and reslice_kernel.available(wait=True):
+        array = data.array
+        kernel_out = np.empty((1, size, size), dtype=array.dtype)
+
+        def hilum_plane(i: int) -> np.ndarray:  # as the viewer makes a thin oblique plane
+            axes = inv @ plane_at(i).matrix()
+            return reslice_kernel.reslice_planes(
+                array, axes, (sp, sp, float(np.min(volume.spacing))), (-half, -half, 0.0), (1, size, size),
+                background=-1024.0, dtype=array.dtype, out=kernel_out,
+            )[0]  # fmt: skip
+
+        fns["reslice_hilum"] = hilum_plane
+        out["reslice_hilum_equals_vtk"] = bool(np.array_equal(hilum_plane(5), vtk_plane(5)))
+    elif reslice_kernel is not None:
+        out["reslice_hilum_unavailable"] = reslice_kernel.unavailable_reason()
+    for fn in fns.values():
+        fn(0)
+    out.update(interleaved(fns, repeat))
+    if "reslice_hilum_ms" in out:
+        out["reslice_ratio_hilum_over_sitk"] = out["reslice_hilum_ms"] / out["reslice_sitk_ms"]
+        out["reslice_ratio_hilum_over_vtk"] = out["reslice_hilum_ms"] / out["reslice_vtk_ms"]
     out["reslice_numpy_ms"] = median_ms(
         lambda i: volume.reslice(plane_at(i), (size, size), sp, fill=-1024.0), max(3, repeat // 4)
     )
@@ -158,6 +195,111 @@ def bench_reslice(volume: Volume, repeat: int, size: int = 512) -> dict[str, flo
     out["slab_mip_20mm_numpy_ms"] = median_ms(
         lambda i: volume.reslice(plane_at(i), (size, size), sp, slab=20.0, mode="mip", fill=-1024.0), 2
     )
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def bench_slab_scroll(volume: Volume, steps: int, thickness: float = 20.0) -> dict[str, object]:
+    """Scrolling a slab in the viewer: per step the scrolled view's frame, with the plane cache
+    and with VTK's slab, in turn on two scenes that make the same moves (see the docstring, 3b)."""
+    from hilum.render import mpr
+
+    out: dict[str, object] = {}
+    has_cache = hasattr(mpr, "SLAB_CACHE")
+    try:
+        from hilum.render import reslice_kernel
+
+        out["slab_thin_planes_by"] = "compiled" if reslice_kernel.available(wait=True) else "vtkImageReslice"
+    except ImportError:
+        pass
+    paths = ("cache", "vtk") if has_cache else ("vtk",)
+    kinds = {"oblique": ("axial", True), "orthogonal": ("axial", False)}
+    for kind, (view, tilt) in kinds.items():
+        scenes = {}
+        for path in paths:
+            if has_cache:
+                mpr.SLAB_CACHE = path == "cache"  # type: ignore[attr-defined]
+            scene = mpr.MPRScene(volume, size=(512, 512))
+            if tilt:
+                scene.crosshair.rotate("coronal", 30.0)
+                scene.crosshair.rotate("sagittal", 20.0)
+            scenes[path] = scene
+        if has_cache:
+            mpr.SLAB_CACHE = True  # type: ignore[attr-defined]
+        for mode in ("mip", "minip", "mean"):
+            frame: dict[str, list[float]] = {p: [] for p in paths}
+            whole: dict[str, list[float]] = {p: [] for p in paths}
+            fill: dict[str, float] = {}
+            for path, scene in scenes.items():
+                for v in mpr.VIEWS:
+                    scene.crosshair.set_slab(v, thickness, mode)  # type: ignore[arg-type]
+                t = time.perf_counter()
+                scene[view].update_image()
+                fill[path] = (time.perf_counter() - t) * 1000.0
+                for vp in scene.viewports.values():
+                    vp.update_image()
+            for i in range(steps):
+                direction = 1 if (i // 5) % 2 == 0 else -1  # back and forth, five steps each way
+                for path, scene in scenes.items():
+                    scene[view].scroll(direction)
+                    t = time.perf_counter()
+                    scene[view].update_image()
+                    frame[path].append((time.perf_counter() - t) * 1000.0)
+                    for vp in scene.viewports.values():
+                        vp.update_image()  # the other views: nothing to reslice where only the cursor moved
+                    whole[path].append((time.perf_counter() - t) * 1000.0)
+            vp = scenes[paths[0]][view]
+            image, _, _ = vp.image()
+            out[f"slab_scroll_{kind}_grid"] = "x".join(map(str, image.shape[::-1]))
+            for path in paths:
+                key = f"slab_scroll_{kind}_{mode}_{path}"
+                out[f"{key}_frame_median_ms"] = statistics.median(frame[path])
+                out[f"{key}_frame_p95_ms"] = pct(frame[path], 95)
+                out[f"{key}_step_all_views_median_ms"] = statistics.median(whole[path])
+                out[f"{key}_first_frame_ms"] = fill[path]
+            if len(paths) == 2:
+                a = scenes["cache"][view].image()[0].astype(np.float64)
+                b = scenes["vtk"][view].image()[0].astype(np.float64)
+                out[f"slab_scroll_{kind}_{mode}_cache_vs_vtk_max_diff"] = f"{float(np.max(np.abs(a - b))):.3g}"
+                out[f"slab_scroll_{kind}_{mode}_frame_ratio_cache_over_vtk"] = statistics.median(
+                    frame["cache"]
+                ) / statistics.median(frame["vtk"])
+        if tilt:  # a rotation drag in the axial view turns the two others: both thick slabs are made again
+            for path, scene in scenes.items():
+                for v in mpr.VIEWS:
+                    scene.crosshair.set_slab(v, thickness, "mip")
+                for vp in scene.viewports.values():
+                    vp.update_image()
+                preview = path == "cache" and hasattr(scene, "set_interacting")
+                if preview:
+                    scene.set_interacting(True)
+                drag = []
+                for _ in range(max(3, steps // 4)):
+                    t = time.perf_counter()
+                    scene.crosshair.rotate(view, 1.0)
+                    for vp in scene.viewports.values():
+                        vp.update_image()
+                    drag.append((time.perf_counter() - t) * 1000.0)
+                key = f"slab_rotate_drag_mip_{path}"
+                out[f"{key}_step_all_views_median_ms"] = statistics.median(drag)
+                out[f"{key}_step_all_views_p95_ms"] = pct(drag, 95)
+                if preview:
+                    t = time.perf_counter()
+                    scene.set_interacting(False)
+                    for vp in scene.viewports.values():
+                        vp.update_image()
+                    out[f"{key}_release_full_quality_ms"] = (time.perf_counter() - t) * 1000.0
+        for scene in scenes.values():
+            scene.close()
+    if has_cache:
+        out["slab_note"] = (
+            "a change of mode or orientation refills the cache (first_frame: all n thin planes); a rotation "
+            "drag previews the turning slabs coarse (1/4 of the samples, pixels 2x larger: rotate_drag_mip_cache) "
+            "and makes them at full quality on release (release_full_quality); rotate_drag_mip_vtk: full VTK slabs"
+        )
     return out
 
 
@@ -201,6 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mappers", default="cpu,gpu", help="volume mappers to time on the 256^3 volume (cpu, gpu)")
     ap.add_argument("--full-res", action="store_true", help="also time an 800x800 frame of the full-resolution volume")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--steps", type=int, default=30, help="scroll steps per slab mode")
+    ap.add_argument(
+        "--slab-only",
+        action="store_true",
+        help="only the volume build, the reslices (2, 3) and the slab scrolling (3b)",
+    )
+    ap.add_argument("--before", type=Path, default=None, help="an app folder whose hilum runs 3b first (before_)")
     args = ap.parse_args(argv)
 
     import SimpleITK as sitk
@@ -212,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "opengl": opengl_renderer(),
         "series": f"{args.rows}x{args.rows}x{args.slices} CT, {args.fov / args.rows:.3g} mm pixels, {args.thickness} mm slices",
+        "hilum_from": str(Path(sys.modules["hilum"].__file__ or "").parent.parent),
     }
     tmp = None
     folder = args.data
@@ -222,10 +372,28 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_series(folder, args.rows, args.slices, args.fov, args.thickness)
     results["generate_and_write_s"] = time.perf_counter() - t
 
+    if args.before is not None:
+        import subprocess
+
+        with tempfile.TemporaryDirectory() as d:
+            cmd = [sys.executable, __file__, "--slab-only", "--data", str(folder), "--json", f"{d}/b.json"]
+            cmd += ["--rows", str(args.rows), "--slices", str(args.slices), "--fov", str(args.fov)]
+            cmd += ["--thickness", str(args.thickness), "--steps", str(args.steps)]
+            env = dict(os.environ, PYTHONPATH=str(args.before))
+            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+            before = json.loads(Path(f"{d}/b.json").read_text())
+        keep = ("slab_", "reslice_", "hilum_from", "load_average")
+        results.update({f"before_{k}": v for k, v in before.items() if k.startswith(keep)})
+
     os.sync() if hasattr(os, "sync") else None
     t = time.perf_counter()
     volume = load_volume(paths)
     results["build_volume_s"] = time.perf_counter() - t
+    if args.slab_only:
+        results.update(bench_reslice(volume, args.repeat))
+        results["reslice_ratio_vtk_over_sitk"] = results["reslice_vtk_ms"] / results["reslice_sitk_ms"]  # type: ignore[operator]
+        results.update(bench_slab_scroll(volume, args.steps))
+        return _report(results, args, tmp)
     reader = sitk.ImageSeriesReader()
     t = time.perf_counter()
     names = reader.GetGDCMSeriesFileNames(str(folder))
@@ -241,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     del ref
 
     results.update(bench_reslice(volume, args.repeat))
+    results.update(bench_slab_scroll(volume, args.steps))
     results["reslice_ratio_vtk_over_sitk"] = results["reslice_vtk_ms"] / results["reslice_sitk_ms"]  # type: ignore[operator]
 
     mappers = [m.strip() for m in args.mappers.split(",") if m.strip()]
@@ -264,8 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     for mapper in mappers:
         results.update(bench_vr(small, (512, 512), mapper, args.frames, f"vr_256_512_{mapper}"))
-    results["load_average_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return _report(results, args, tmp)
 
+
+def _report(results: dict[str, object], args: argparse.Namespace, tmp: tempfile.TemporaryDirectory[str] | None) -> int:
+    results["load_average_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     width = max(len(k) for k in results)
     for k, v in results.items():
         print(f"{k:<{width}}  {v:.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")

@@ -12,7 +12,9 @@ Three pieces, none of them Qt:
   tilted gantry, is applied by matrices: reslice axes here, the prop's user
   matrix in :mod:`hilum.render.volume3d`.
 * :class:`MPRViewport` — one plane on screen: ``vtkImageReslice`` (linear
-  interpolation, slab MIP/MinIP/mean) → the view's
+  interpolation, slab MIP/MinIP/mean; oblique planes and thick oblique slabs through
+  :class:`hilum.render.slab.PlaneCacheSlab` and the compiled reslice of
+  :mod:`hilum.render.reslice_kernel`, equal to VTK's pixels) → the view's
   :class:`hilum.dicom.pixels_lut.DisplayTransform` (the 2D viewer's VOI LUT and
   presentation stages: LINEAR, LINEAR_EXACT, SIGMOID or a VOI LUT table,
   MONOCHROME1 inversion), applied in numpy as the 2D viewer applies it (one
@@ -44,7 +46,7 @@ from vtkmodules.util import numpy_support
 from vtkmodules.vtkCommonCore import VTK_FLOAT, vtkCommand, vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkImageData, vtkPolyData
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
-from vtkmodules.vtkImagingCore import vtkImageReslice
+from vtkmodules.vtkImagingCore import VTK_RESLICE_LINEAR, vtkImageReslice
 from vtkmodules.vtkRenderingCore import (
     vtkActor,
     vtkActor2D,
@@ -60,8 +62,10 @@ from vtkmodules.vtkRenderingCore import (
 
 from hilum.dicom.pixels_lut import VOI, DisplayTransform, SampledTable, VOITable, Window
 from hilum.dicom.volume import Plane, Volume
+from hilum.render import reslice_kernel
 from hilum.render.crosshair import VIEWS, Crosshair, CrosshairView, Measurement, SlabSettings
 from hilum.render.gl import finalize_when_collected, finalize_window, gl_lock, release_context, weak_callback
+from hilum.render.slab import PlaneCacheSlab, SlabGeometry, is_permutation
 
 __all__ = [
     "VIEWS",
@@ -70,6 +74,7 @@ __all__ = [
     "MPRScene",
     "MPRViewport",
     "Measurement",
+    "SLAB_CACHE",
     "SlabSettings",
     "VolumeImage",
     "capture_window",
@@ -160,6 +165,11 @@ class VolumeImage:
         lo, hi = volume.value_range()
         self.value_range = (lo, hi)
 
+    @property
+    def array(self) -> np.ndarray:
+        """The values ``[k, j, i]`` that the image shares (C-contiguous)."""
+        return self._array
+
     def modified(self) -> None:
         """Tell VTK that the numpy array changed in place."""
         self.image.GetPointData().GetScalars().Modified()
@@ -195,6 +205,19 @@ def volume_display(volume: Volume) -> DisplayTransform:
 
 # ----------------------------------------------------------------------------- one viewport
 
+
+SLAB_CACHE = True
+"""Thick slabs of oblique planes from cached thin planes (:class:`hilum.render.slab.PlaneCacheSlab`:
+one thin plane per scroll step instead of the whole slab).  False: ``vtkImageReslice``'s own
+slab on every change, the reference the cache is held equal to (tests run both ways).  Each
+viewport takes it when made (:attr:`MPRViewport.slab_cache`)."""
+
+PREVIEW_SAMPLES = 4
+"""While a drag turns an oblique thick slab (:meth:`MPRViewport.set_interacting`), its samples
+are this many times further apart..."""
+PREVIEW_PIXELS = 2
+"""...and its pixels this many times larger: a refill then costs ~1/16 of a full one (a
+rotation refills two views on every mouse move).  Full quality comes back on release."""
 
 _SLAB_MODES = {"mip": "SetSlabModeToMax", "minip": "SetSlabModeToMin", "mean": "SetSlabModeToMean"}
 _SLAB_NAMES = {"mip": "MIP", "minip": "MinIP", "mean": "Average"}
@@ -265,10 +288,22 @@ class MPRViewport:
         else:
             self.reslice.SetInterpolationModeToLinear()
 
+        self.slab_cache = SLAB_CACHE
+        """Whether thick oblique slabs come from the plane cache (:data:`SLAB_CACHE`)."""
+        self.interacting = False
+        """A drag is under way (:meth:`set_interacting`): thick oblique slabs are previewed coarse."""
+        self.interaction_group: list[MPRViewport] = [self]
+        """The viewports whose planes one drag moves (an :class:`MPRScene`'s three)."""
+        self._geometry: SlabGeometry | None = None  # what the image was last resliced for
+        self._cache: PlaneCacheSlab | None = None  # thick oblique slabs (SLAB_CACHE)
+        self._cached: tuple[int, np.ndarray] | None = None  # (version, values) from the cache
+        self._cache_version = 0
+        self._cache_due = False  # the geometry changed: the cache's slab is to be made
+
         self.grey = vtkImageData()
         """The plane's P-Values (8-bit grey, one per resliced pixel) that the actor shows."""
         self._grey_values: npt.NDArray[np.uint8] | None = None
-        self._mapped: tuple[int, DisplayTransform] | None = None  # (reslice output MTime, display) shown
+        self._mapped: tuple[tuple[str, int], DisplayTransform] | None = None  # (values key, display) shown
         self.actor = vtkImageActor()
         self.actor.SetInputData(self.grey)
         self.actor.InterpolateOn()
@@ -409,9 +444,11 @@ class MPRViewport:
         return (st[:, 0].min() - pad, st[:, 0].max() + pad, st[:, 1].min() - pad, st[:, 1].max() + pad)
 
     def _update_reslice(self) -> None:
+        """Set the reslice for the shown plane and slab, when they changed (a plane that only
+        moved within itself, e.g. when another view scrolls, is not resliced again).  Thick
+        slabs of oblique planes go to the plane cache (:data:`SLAB_CACHE`)."""
         plane = self.display_plane
         axes = np.linalg.inv(self.volume.affine) @ plane.matrix()
-        self.reslice.SetResliceAxes(matrix_to_vtk(axes))
         s0, s1, t0, t1 = self._extent()
         sp = self.spacing
         nx = max(1, int(math.ceil((s1 - s0) / sp)) + 1)
@@ -419,6 +456,37 @@ class MPRViewport:
         slab = self.crosshair.slabs[self.view]
         step = float(np.min(self.volume.spacing))
         n_slab = max(1, int(round(slab.thickness / step))) if slab.thickness > 0 else 1
+        self._update_lines()
+        turning = self._geometry is None or not np.allclose(axes[:3, :3], self._geometry[0][:3, :3], rtol=0.0, atol=1e-9)
+        if self.interacting and turning and n_slab >= 2 * PREVIEW_SAMPLES and not is_permutation(axes):
+            # preview while a drag turns this plane: a quarter of the samples on a grid half as fine
+            step *= PREVIEW_SAMPLES
+            n_slab = max(2, int(round(slab.thickness / step)))
+            sp *= PREVIEW_PIXELS
+            nx = max(1, int(math.ceil((s1 - s0) / sp)) + 1)
+            ny = max(1, int(math.ceil((t1 - t0) / sp)) + 1)
+        geometry: SlabGeometry = (axes, s0, t0, nx, ny, sp, step, n_slab, slab.mode)
+        if n_slab == 1:
+            geometry = (*geometry[:8], "mip")  # a thin plane: the mode does not matter
+        if self._geometry is not None and _same_geometry(geometry, self._geometry):
+            return
+        self._geometry = geometry
+        compiled = self.reslice.GetInterpolationMode() == VTK_RESLICE_LINEAR and reslice_kernel.available()
+        if self.slab_cache and (n_slab > 1 or compiled) and not is_permutation(axes):
+            if self._cache is None:
+                self._cache = PlaneCacheSlab(
+                    self.data.image,
+                    interpolation=self.reslice.GetInterpolationMode(),
+                    background=self.reslice.GetBackgroundLevel(),
+                    value_range=self.data.value_range,
+                    array=self.data.array,
+                )
+            if self._cache.supports(geometry[8]):
+                self._cache_due = True
+                return
+        self._cache_due = False
+        self._cached = None
+        self.reslice.SetResliceAxes(matrix_to_vtk(axes))
         self.reslice.SetOutputSpacing(sp, sp, step)
         self.reslice.SetOutputOrigin(s0, t0, 0.0)
         self.reslice.SetOutputExtent(0, nx - 1, 0, ny - 1, 0, 0)
@@ -426,7 +494,38 @@ class MPRViewport:
         getattr(self.reslice, _SLAB_MODES[slab.mode])()
         self.reslice.SetSlabTrapezoidIntegration(1 if slab.mode == "mean" else 0)
         self.reslice.SetOutputScalarType(VTK_FLOAT if slab.mode == "mean" and n_slab > 1 else -1)
-        self._update_lines()
+
+    def _resliced(self) -> tuple[np.ndarray, tuple[str, int], tuple[float, float, float], tuple[float, float, float]]:
+        """The plane's modality values ``(rows, columns)`` (the reslice output's type), a key
+        that changes when they do, and their origin and spacing (plane mm)."""
+        if self._cache_due or self._cached is not None:
+            assert self._geometry is not None and self._cache is not None
+            _axes, s0, t0, _nx, _ny, sp, step, _n, _mode = self._geometry
+            if self._cache_due:
+                self._cache_version += 1
+                self._cached = (self._cache_version, self._cache.update(self._geometry))
+                self._cache_due = False
+            assert self._cached is not None
+            version, values = self._cached
+            return values, ("cache", version), (s0, t0, 0.0), (sp, sp, step)
+        self.reslice.Update()  # VTK's pipeline: re-executes only when the plane, slab or volume changed
+        out = self.reslice.GetOutput()
+        nx, ny, _ = out.GetDimensions()
+        values = numpy_support.vtk_to_numpy(out.GetPointData().GetScalars()).reshape(ny, nx)
+        return values, ("vtk", out.GetMTime()), out.GetOrigin(), out.GetSpacing()
+
+    def set_interacting(self, interacting: bool) -> None:
+        """A drag that turns the planes starts (True) or ends (False), for every viewport of
+        :attr:`interaction_group`: meanwhile thick oblique slabs are previewed coarse
+        (:data:`PREVIEW_SAMPLES`, :data:`PREVIEW_PIXELS`); at the end they are made again at
+        full quality and the views are told to render (the crosshair emits ``"slab"``)."""
+        interacting = bool(interacting)
+        if all(vp.interacting == interacting for vp in self.interaction_group):
+            return
+        for vp in self.interaction_group:
+            vp.interacting = interacting
+        if not interacting:
+            self.crosshair.set_slab(self.view)  # no change: every view re-checks its geometry and renders
 
     def _before_render(self, *_: object) -> None:
         """The renderer is about to draw: bring the grey image and the overlays up to date."""
@@ -444,20 +543,19 @@ class MPRViewport:
         for 512 x 512 int16, against 1.4 ms for VTK's own window/level filter and 1.8 ms
         for ``vtkImageMapToColors`` with a lookup table (bench/mpr/interaction.py).
         """
-        self.reslice.Update()  # VTK's pipeline: re-executes only when the plane, slab or volume changed
-        out = self.reslice.GetOutput()
-        if self._mapped == (out.GetMTime(), self._display):
+        values2d, key, origin, spacing = self._resliced()
+        if self._mapped == (key, self._display):
             return
-        nx, ny, _ = out.GetDimensions()
-        values = numpy_support.vtk_to_numpy(out.GetPointData().GetScalars())
+        ny, nx = values2d.shape
+        values = values2d.reshape(-1)
         if self._grey_values is None or self._grey_values.size != values.size:
             self._grey_values = np.empty(values.size, dtype=np.uint8)
             self.grey.SetDimensions(nx, ny, 1)
             self.grey.GetPointData().SetScalars(numpy_support.numpy_to_vtk(self._grey_values, deep=False))
         elif self.grey.GetDimensions()[:2] != (nx, ny):
             self.grey.SetDimensions(nx, ny, 1)
-        self.grey.SetOrigin(out.GetOrigin())
-        self.grey.SetSpacing(out.GetSpacing())
+        self.grey.SetOrigin(origin)
+        self.grey.SetSpacing(spacing)
         if values.dtype.kind in "iu" and values.dtype.itemsize <= 2:
             table = self._display.integer_table(values.dtype)
             np.take(table, values.view(np.dtype(f"u{values.dtype.itemsize}")), out=self._grey_values)
@@ -467,7 +565,7 @@ class MPRViewport:
             self._sampled[1].lookup(values, out=self._grey_values)
         self.grey.GetPointData().GetScalars().Modified()
         self.grey.Modified()
-        self._mapped = (out.GetMTime(), self._display)
+        self._mapped = (key, self._display)
 
     def _update_lines(self) -> None:
         length = 4.0 * float(np.max(self.volume.spacing * np.asarray(self.volume.size)))
@@ -745,11 +843,8 @@ class MPRViewport:
     def image(self) -> tuple[npt.NDArray[np.float32], Plane, float]:
         """The resliced plane as modality values ``[row, column]`` (rows down the screen), the
         plane whose centre is pixel ``[0, 0]`` (:meth:`image_plane`) and the pixel size in mm."""
-        self.reslice.Update()
-        out = self.reslice.GetOutput()
-        nx, ny, _ = out.GetDimensions()
-        arr = numpy_support.vtk_to_numpy(out.GetPointData().GetScalars()).reshape(ny, nx)
-        return arr.astype(np.float32), self.image_plane(), self.spacing
+        values, _key, _origin, spacing = self._resliced()
+        return values.astype(np.float32), self.image_plane(), float(spacing[0])  # coarser in a preview
 
     def image_plane(self) -> Plane:
         """A plane whose centre is the patient position of pixel ``[0, 0]`` of :meth:`image`."""
@@ -771,6 +866,14 @@ class MPRViewport:
             return capture_window(self.render_window)
 
 
+def _same_geometry(a: SlabGeometry, b: SlabGeometry) -> bool:
+    """Whether two slab geometries are the same to rounding (1e-9 voxel / mm): the plane
+    recomputed after a move within itself differs from the last one by ~1e-14."""
+    return a[3:] == b[3:] and abs(a[1] - b[1]) <= 1e-9 and abs(a[2] - b[2]) <= 1e-9 and bool(
+        np.allclose(a[0], b[0], rtol=0.0, atol=1e-9)
+    )
+
+
 class MPRScene:
     """Three linked :class:`MPRViewport` s over one volume, with their crosshair: the MPR
     layout without Qt (offscreen windows unless ``windows`` are given)."""
@@ -790,9 +893,15 @@ class MPRScene:
             v: MPRViewport(self.data, self.crosshair, v, render_window=(windows or {}).get(v), size=size, window=window)
             for v in VIEWS
         }
+        for vp in self.viewports.values():
+            vp.interaction_group = list(self.viewports.values())
 
     def __getitem__(self, view: str) -> MPRViewport:
         return self.viewports[view]
+
+    def set_interacting(self, interacting: bool) -> None:
+        """Coarse thick-slab previews while a drag turns the planes (:meth:`MPRViewport.set_interacting`)."""
+        next(iter(self.viewports.values())).set_interacting(interacting)
 
     def set_window(self, centre: float, width: float) -> None:
         """The same center/width in every view (each keeps its VOI LUT Function)."""

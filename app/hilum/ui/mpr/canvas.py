@@ -270,6 +270,8 @@ class SliceCanvas(VTKCanvas):
                 self._mode = self.viewport.drag_mode(x, y, line_px=6.0 * dpr, cursor_px=12.0 * dpr)
                 if self._mode == "cursor":
                     self.viewport.click(x, y)
+            if self._mode == "rotate":
+                self.viewport.set_interacting(True)  # coarse thick slabs while the planes turn
         elif button == Qt.MouseButton.RightButton:
             self._mode = "window"
         elif button == Qt.MouseButton.MiddleButton:
@@ -304,6 +306,8 @@ class SliceCanvas(VTKCanvas):
             x, y = self.display_xy(event.position())
             if math.hypot(x - self._start[0], y - self._start[1]) > 3:
                 self.viewport.measure(self._start, (x, y))
+        if self._mode == "rotate":
+            self.viewport.set_interacting(False)  # full quality again
         self._mode = None
         self._last = None
         event.accept()
