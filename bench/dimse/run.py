@@ -470,6 +470,21 @@ class HeldSCU:
         self.assoc.release()
 
 
+def findscu_repeat(server: Server, keys: dict[str, str], n: int) -> float:
+    """Seconds per query of ``keys`` sent ``n`` times by one findscu on one association (the
+    time of a single query, process start and association included, subtracted)."""
+    args = [str(BIN / "findscu"), "-q", "-S", "-aec", server.aet]
+    for k, v in keys.items():
+        args += ["-k", f"{k}={v}" if v else k]
+    runs = []
+    for repeat in (1, n + 1):
+        start = time.perf_counter()
+        subprocess.run([*args, "--repeat", str(repeat), "127.0.0.1", str(server.port)], env=ENV, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        runs.append(time.perf_counter() - start)
+    return (runs[1] - runs[0]) / n
+
+
 def _load_hilum(data: Path, files: list[Path], app: Path) -> None:
     """Index ``files`` into a Hilum data folder with the archive's own ingest_many (the code of ``app``)."""
     load = ("import sys; from pathlib import Path; from hilum.archive import Archive\n"
@@ -545,21 +560,36 @@ def bench_held(work: Path, files: list[Path], many: list[Path], n_studies: int, 
 
         q = {"QueryRetrieveLevel": "IMAGE", **{k: "" for k in IMAGE_RETURN}, "StudyInstanceUID": f"{ROOT}8.1"}
         stream: dict[str, list[float]] = {s.name: [] for s in servers}
+        cpu: dict[str, float] = {s.name: 0.0 for s in servers}
         answers = {}
         for r in range(stream_repeat + 1):
             for s in servers if r % 2 == 0 else list(reversed(servers)):
+                before = s.cpu_seconds()
                 elapsed, rows = scus[s.name].find(q, IMAGE_RETURN)
+                after = s.cpu_seconds()
                 if len(rows) != len(many):
                     raise RuntimeError(f"{s.name}: {len(rows)} matches, expected {len(many)}")
                 answers[s.name] = rows
                 if r:
                     stream[s.name].append(elapsed)
-        res = {"matches": len(many), "differed": len({tuple(a) for a in answers.values()}) > 1}
+                    if before is not None and after is not None:
+                        cpu[s.name] += after - before
+        # The same query from DCMTK findscu, N times on one association (--repeat): a client in C,
+        # so the figure is the server's more than pynetdicom's (its process start subtracted).
+        dcmtk: dict[str, list[float]] = {s.name: [] for s in servers}
+        for r in range(3):
+            for s in servers if r % 2 == 0 else list(reversed(servers)):
+                dcmtk[s.name].append(findscu_repeat(s, q, stream_repeat))
+        res: dict[str, Any] = {"matches": len(many), "differed": len({tuple(a) for a in answers.values()}) > 1}
         for s in servers:
             med = statistics.median(stream[s.name])
-            res[s.name] = {"median_ms": med * 1000, "matches_per_s": len(many) / med}
-            print(f"  {len(many)}-match {s.name:32s} {med * 1000:7.1f} ms = {len(many) / med:7.0f} matches/s",
-                  flush=True)
+            dmed = statistics.median(dcmtk[s.name])
+            res[s.name] = {"median_ms": med * 1000, "matches_per_s": len(many) / med,
+                           "server_cpu_ms": cpu[s.name] / stream_repeat * 1000,
+                           "findscu_ms": dmed * 1000, "findscu_matches_per_s": len(many) / dmed}
+            print(f"  {len(many)}-match {s.name:32s} pynetdicom SCU {med * 1000:7.1f} ms = {len(many) / med:6.0f} "
+                  f"matches/s; findscu --repeat {dmed * 1000:6.1f} ms = {len(many) / dmed:6.0f} matches/s; "
+                  f"server CPU {res[s.name]['server_cpu_ms']:5.1f} ms per query", flush=True)
         out["stream"] = res
         return out
     finally:
@@ -581,8 +611,11 @@ def report_held(found: dict[str, Any]) -> None:
             print(f"  {level:5s} p50 Hilum / {name} = {h['p50_ms'] / o['p50_ms']:.2f}   "
                   f"p95 = {h['p95_ms'] / o['p95_ms']:.2f}" + ("   (target <= 0.50)" if name == "Orthanc" else ""))
         h, o = found["stream"][hilum], found["stream"][name]
-        print(f"  {found['stream']['matches']}-match matches/s Hilum / {name} = "
-              f"{h['matches_per_s'] / o['matches_per_s']:.2f}" + ("   (target >= 2.00)" if name == "Orthanc" else ""))
+        print(f"  {found['stream']['matches']}-match matches/s Hilum / {name}: pynetdicom SCU "
+              f"{h['matches_per_s'] / o['matches_per_s']:.2f}, findscu --repeat "
+              f"{h['findscu_matches_per_s'] / o['findscu_matches_per_s']:.2f}"
+              + ("   (target >= 2.00)" if name == "Orthanc" else "")
+              + f"; server CPU per query {h['server_cpu_ms'] / o['server_cpu_ms']:.2f}")
 
 
 # ------------------------------------------------------------------ main

@@ -549,10 +549,18 @@ class FastResponseDIMSE(DIMSEServiceProvider):
                 self._responded_to = int(answered)
                 self._sent.notify_all()
 
+    _hilum_held: bytes = b""  # a FindResponder's last matches, to go out with the next message
+
     def _send_msg(self, primitive: Any, context_id: int) -> None:
         pdvs = None
         if type(primitive) in _COMMAND_FIELDS and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             pdvs = response_pdvs(primitive, context_id, self.maximum_pdu_size)
+        held, self._hilum_held = self._hilum_held, b""
+        if held and pdvs is not None:  # the last matches and the final response: one write
+            self._send_raw(context_id, held + b"".join([pdata_tf(pdu) for pdu in pack_pdvs(pdvs, self.maximum_pdu_size)]))
+            return
+        if held:
+            self._send_raw(context_id, held)
         if pdvs is None:
             super().send_msg(primitive, context_id)
             return
@@ -560,6 +568,11 @@ class FastResponseDIMSE(DIMSEServiceProvider):
             pdata = P_DATA()
             pdata.presentation_data_value_list.extend(pdu)  # the setter wants lists, not tuples
             self.dul.send_pdu(pdata)
+
+    def _send_raw(self, context_id: int, data: bytes) -> None:
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, RawPDUs(data)))
+        self.dul.send_pdu(pdata)
 
     def wait_responded(self, message_id: int, timeout: float) -> bool:
         """Wait until the response to request ``message_id`` has been handed to the DUL.
@@ -616,6 +629,7 @@ class FindResponder:
 
     def __init__(self, assoc: Any, context_id: int, message_id: int, sop_class: str):
         self.dul = assoc.dul
+        self.dimse: FastResponseDIMSE = assoc.dimse
         self.context_id = context_id
         self.max_pdu = int(assoc.dimse.maximum_pdu_size or 0)
         rsp = C_FIND()
@@ -641,14 +655,23 @@ class FindResponder:
                 pdvs.append((cid, (b"\x02" if last else b"\x00") + identifier[start : start + limit]))
         return b"".join([pdata_tf(pdu) for pdu in pack_pdvs(pdvs, self.max_pdu)])
 
-    def send(self, identifiers: list[bytes]) -> None:
-        """Queue the pending responses of these encoded identifiers (in order) for the peer."""
+    def send(self, identifiers: list[bytes], *, last: bool = False) -> None:
+        """Queue the pending responses of these encoded identifiers (in order) for the peer.
+
+        ``last``: no match follows; they wait for the final response, which the DIMSE provider
+        sends in the same write (a peer that polls, as pynetdicom does every millisecond, reads
+        the whole answer in one go instead of sleeping before its last message).
+        """
         if not identifiers:
             return
-        pdata = P_DATA()
-        pdata.presentation_data_value_list.append((self.context_id, RawPDUs(b"".join(map(self.pdus, identifiers)))))
-        self.dul.send_pdu(pdata)
+        data = b"".join(map(self.pdus, identifiers))
         self.sent += len(identifiers)
+        if last:
+            self.dimse._hilum_held += data
+            return
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((self.context_id, RawPDUs(data)))
+        self.dul.send_pdu(pdata)
 
 
 def find_responder(assoc: Any, context_id: int, message_id: int, sop_class: str) -> FindResponder | None:

@@ -692,7 +692,7 @@ class DimseService:
             sent += 1
         if batch:
             assert responder is not None
-            responder.send(batch)
+            responder.send(batch, last=True)  # goes out with the final response
         self._count(event.assoc, "matches", sent)
 
     # ------------------------------------------------------------ Retrieve (PS3.4 C.4.2, C.4.3)
