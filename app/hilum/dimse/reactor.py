@@ -65,6 +65,7 @@ import ssl
 import struct
 import termios
 import threading
+import time
 from io import BytesIO
 from typing import Any
 
@@ -674,6 +675,23 @@ class FindResponder:
         self.dul.send_pdu(pdata)
 
 
+def drain(assoc: Any, backlog: int = 8, timeout: float = 30.0) -> None:
+    """Wait while more than ``backlog`` PDUs wait to be sent on ``assoc``.
+
+    pynetdicom queues responses without waiting for the socket; pacing a
+    long C-FIND to the network keeps memory flat and gives a C-CANCEL
+    (PS3.7 9.3.2.3) the chance to stop it early: the DUL reads the peer's
+    PDUs only when it has nothing left to send.
+    """
+    dul = getattr(assoc, "dul", None)
+    pending = getattr(dul, "to_provider_queue", None)
+    if pending is None:
+        return
+    deadline = time.monotonic() + timeout
+    while pending.qsize() > backlog and assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.0005)
+
+
 def find_responder(assoc: Any, context_id: int, message_id: int, sop_class: str) -> FindResponder | None:
     """A :class:`FindResponder` for this C-FIND, or None where pynetdicom must send each response:
     not the fast engine's association, its changes not installed, or a handler bound that wants to
@@ -884,5 +902,5 @@ def upstream_changes() -> list[str]:
 
 
 __all__ = ["UPSTREAM", "BulkSocket", "EncodedIdentifier", "EventDrivenAssociation", "EventDrivenDUL", "FastResponseDIMSE",
-           "FindResponder", "RawPDUs", "RequestHandler", "find_responder", "pdata_tf", "encode_response", "install", "installed", "make_event_driven",
+           "FindResponder", "RawPDUs", "RequestHandler", "drain", "find_responder", "pdata_tf", "encode_response", "install", "installed", "make_event_driven",
            "pack_pdvs", "response_pdvs", "source_digest", "steady_requestor", "uninstall", "upstream_changes", "wait_responded"]

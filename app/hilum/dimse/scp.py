@@ -855,19 +855,8 @@ def _address(text: str) -> Any:
 
 
 def _drain(assoc: Any, backlog: int = 8, timeout: float = 30.0) -> None:
-    """Wait while more than ``backlog`` PDUs wait to be sent on ``assoc``.
-
-    pynetdicom queues responses without waiting for the socket; pacing a
-    long C-FIND to the network keeps memory flat and gives a C-CANCEL
-    (PS3.7 9.3.2.3) the chance to stop it early.
-    """
-    dul = getattr(assoc, "dul", None)
-    pending = getattr(dul, "to_provider_queue", None)
-    if pending is None:
-        return
-    deadline = time.monotonic() + timeout
-    while pending.qsize() > backlog and assoc.is_established and time.monotonic() < deadline:
-        time.sleep(0.0005)
+    """Wait while more than ``backlog`` PDUs wait to be sent on ``assoc`` (:func:`reactor.drain`)."""
+    reactor.drain(assoc, backlog, timeout)
 
 
 def store_status(result: IngestResult) -> tuple[int, str]:
