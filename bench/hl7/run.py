@@ -296,6 +296,28 @@ def time_queries(port: int, aet: str, qs: dict[str, Dataset], repeat: int) -> di
     return out
 
 
+def findscu_repeat(port: int, aet: str, today: str, week_end: str, n: int) -> float | None:
+    """ms per "modality+week range" query sent ``n`` times by one ``findscu -W --repeat`` on one
+    association (a client in C: the server's cost more than pynetdicom's), the time of a single
+    query (process start, association) subtracted."""
+    if not os.path.exists("/usr/bin/findscu"):
+        return None
+    args = ["/usr/bin/findscu", "-q", "-W", "-aec", aet, "-k", "ScheduledProcedureStepSequence[0].Modality=MR",
+            "-k", f"ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate={today}-{week_end}",
+            "-k", "ScheduledProcedureStepSequence[0].ScheduledStationAETitle",
+            "-k", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime",
+            "-k", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID"]
+    for k in ("PatientName", "PatientID", "AccessionNumber", "StudyInstanceUID", "RequestedProcedureID"):
+        args += ["-k", k]
+    runs = []
+    for repeat in (1, n + 1):
+        t = time.perf_counter()
+        subprocess.run([*args, "--repeat", str(repeat), "127.0.0.1", str(port)], check=True, capture_output=True,
+                       env={**os.environ, "TCP_NODELAY": "1"}, timeout=600)
+        runs.append(time.perf_counter() - t)
+    return (runs[1] - runs[0]) / n * 1e3
+
+
 def time_findscu(port: int, aet: str, today: str, repeat: int) -> tuple[float, float] | None:
     if not os.path.exists("/usr/bin/findscu"):
         return None
@@ -411,6 +433,7 @@ def main() -> int:
                           Path(args.baseline_app).resolve(), "fast"))
         results: dict[str, dict[str, tuple[float, float, int]]] = {}
         cli: dict[str, tuple[float, float] | None] = {}
+        held: dict[str, float | None] = {}
         for i, (label, app, engine) in enumerate(peers):
             data = work / f"mwldata{i}"
             shutil.copytree(work / "mwldata", data)
@@ -419,6 +442,7 @@ def main() -> int:
             try:
                 results[label] = time_queries(port, "HILUM", qs, args.repeat)
                 cli[label] = time_findscu(port, "HILUM", today, max(3, args.repeat // 5))
+                held[label] = findscu_repeat(port, "HILUM", today, week_end, 10)
             finally:
                 svc.stop()
         theirs: dict[str, tuple[float, float, int]] | None = None
@@ -431,6 +455,7 @@ def main() -> int:
                     reps = max(3, args.repeat // 6)
                     theirs = time_queries(oport, "ORTHANC", qs, reps)
                     theirs_cli = time_findscu(oport, "ORTHANC", today, 3)
+                    held["Orthanc"] = findscu_repeat(oport, "ORTHANC", today, week_end, 5)
                 finally:
                     proc.terminate()
                     proc.wait(30)
@@ -449,6 +474,10 @@ def main() -> int:
                 if theirs_cli:
                     line += f"  {theirs_cli[0]:8.1f} / {theirs_cli[1]:8.1f}  {theirs_cli[0] / ours_cli[0]:16.2f}x"
                 print(line)
+        if held.get("Hilum") is not None:
+            print("  modality+week range, findscu -W --repeat (one association, a client in C), ms per query: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in held.items() if v is not None)
+                  + (f";  Orthanc / Hilum = {held['Orthanc'] / held['Hilum']:.2f}" if held.get("Orthanc") else ""))
         if theirs:
             big = max(theirs, key=lambda k: theirs[k][2])
             print(f"  {big} ({theirs[big][2]} matches): Orthanc p50 / Hilum p50 = "
