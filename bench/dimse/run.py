@@ -25,6 +25,20 @@ What it measures (issue 3, "Measure"), all on this machine in one run:
    modality + date) against each, alternating, and p50/p95 latencies are
    printed (each includes starting ``findscu``, the same for both).
 
+3. **C-FIND on a held association** (``--held-studies 5000,20000``): the first
+   N of the tiny studies plus one study of 500 images, loaded into Hilum
+   (``ingest_many``; ``--baseline-app`` too, by its own code) and Orthanc
+   (REST); then ``--held-queries`` study-level (the findscu mix) and
+   image-level (by study, series or instance UID) queries over ONE
+   association per server, servers alternating query by query, timed from
+   two clients: pynetdicom's SCU (what the issue asks for; it costs ~0.3 ms
+   per match itself and polls its socket every millisecond) and
+   ``rawscu.RawFindSCU`` (a bare socket, the server's own latency); every
+   answer is compared across servers and clients.  Then the 500-match
+   image-level answer, streamed from both clients and from DCMTK
+   ``findscu --repeat`` (one association, a client in C), with the server
+   process's CPU time per query.
+
 Every peer gets ``TCP_NODELAY=1`` in its environment (DCMTK and Orthanc honour
 it; Hilum sets it on its own sockets), see ../../../shared/ENVIRONMENT.md.
 
@@ -33,6 +47,8 @@ Run (about 5 minutes; the data sets are generated once and cached in WORKDIR)::
     .venv/bin/python bench/dimse/run.py [--instances 2000] [--studies 10000] [--queries 100]
                                         [--senders 1,4] [--repeat 1] [--baseline-app DIR/app]
                                         [--skip-peers] [--workdir /tmp/hilum-bench-dimse] [--json out.json]
+                                        [--held-studies 5000,20000] [--held-queries 200] [--held-pynetdicom]
+                                        [--skip-ingest] [--skip-find]
 
 Needs DCMTK (``/usr/bin/storescu``, ``storescp``, ``findscu``) and Orthanc
 (``/usr/sbin/Orthanc`` or on PATH).  Nothing here is a test: figures vary with

@@ -15,6 +15,9 @@ response as a pydicom data set, encoded twice.  Here:
   A-RELEASE or A-ABORT arrived) and that ``kill`` sets;
 - :class:`BulkSocket` reads a PDU with few ``recv_into`` calls;
 - :class:`FastResponseDIMSE` encodes plain C-STORE and C-FIND responses directly;
+- :class:`FindResponder` writes a C-FIND's pending responses itself, 32 matches
+  per write, each one P-DATA-TF (command and identifier together), past
+  pynetdicom's per-response loop (issue 24: 500 matches in 12 ms, was 82);
 - :class:`EncodedIdentifier` carries a C-FIND match already encoded
   (:class:`hilum.dimse.identifiers.ResponsePlan`) past pynetdicom's encoder;
 - with a store hook, :class:`~hilum.dimse.storefast.StoreReceiver` takes
