@@ -88,3 +88,29 @@ def write_tiny_studies(out: Path, n: int) -> list[Path]:
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def write_tiny_series(out: Path, n: int, tag: str = "8") -> list[Path]:
+    """One study of ``n`` tiny instances in one series (a C-FIND with ``n`` matches at image level)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    study, series = f"{ROOT}{tag}.1", f"{ROOT}{tag}.2"
+    for i in range(n):
+        sop = f"{ROOT}{tag}.3.{i + 1}"
+        ds = Dataset()
+        ds.file_meta = _meta(SecondaryCaptureImageStorage, sop)
+        ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, sop
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.PatientName, ds.PatientID = "Many^Images", "PMANY"
+        ds.StudyDate, ds.StudyTime = "20200101", "120000"
+        ds.AccessionNumber, ds.StudyID, ds.Modality = "ACCMANY", "1", "OT"
+        ds.StudyDescription = "Many images"
+        ds.SeriesNumber, ds.InstanceNumber, ds.ConversionType = 1, i + 1, "WSD"
+        ds.Rows = ds.Columns = 8
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = bytes(64)
+        path = out / f"m{i:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

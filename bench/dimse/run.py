@@ -25,6 +25,20 @@ What it measures (issue 3, "Measure"), all on this machine in one run:
    modality + date) against each, alternating, and p50/p95 latencies are
    printed (each includes starting ``findscu``, the same for both).
 
+3. **C-FIND on a held association** (``--held-studies 5000,20000``): the first
+   N of the tiny studies plus one study of 500 images, loaded into Hilum
+   (``ingest_many``; ``--baseline-app`` too, by its own code) and Orthanc
+   (REST); then ``--held-queries`` study-level (the findscu mix) and
+   image-level (by study, series or instance UID) queries over ONE
+   association per server, servers alternating query by query, timed from
+   two clients: pynetdicom's SCU (what the issue asks for; it costs ~0.3 ms
+   per match itself and polls its socket every millisecond) and
+   ``rawscu.RawFindSCU`` (a bare socket, the server's own latency); every
+   answer is compared across servers and clients.  Then the 500-match
+   image-level answer, streamed from both clients and from DCMTK
+   ``findscu --repeat`` (one association, a client in C), with the server
+   process's CPU time per query.
+
 Every peer gets ``TCP_NODELAY=1`` in its environment (DCMTK and Orthanc honour
 it; Hilum sets it on its own sockets), see ../../../shared/ENVIRONMENT.md.
 
@@ -33,6 +47,8 @@ Run (about 5 minutes; the data sets are generated once and cached in WORKDIR)::
     .venv/bin/python bench/dimse/run.py [--instances 2000] [--studies 10000] [--queries 100]
                                         [--senders 1,4] [--repeat 1] [--baseline-app DIR/app]
                                         [--skip-peers] [--workdir /tmp/hilum-bench-dimse] [--json out.json]
+                                        [--held-studies 5000,20000] [--held-queries 200] [--held-pynetdicom]
+                                        [--skip-ingest] [--skip-find]
 
 Needs DCMTK (``/usr/bin/storescu``, ``storescp``, ``findscu``) and Orthanc
 (``/usr/sbin/Orthanc`` or on PATH).  Nothing here is a test: figures vary with
@@ -63,7 +79,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "app"))
 
-from ctset import write_ct_set, write_tiny_studies  # noqa: E402
+from ctset import write_ct_set, write_tiny_series, write_tiny_studies  # noqa: E402
 
 BIN = Path("/usr/bin")
 ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -392,6 +408,277 @@ def bench_find(work: Path, tiny: Path, n_studies: int, n_queries: int, orthanc: 
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+# ------------------------------------------------------------------ C-FIND on a held association
+
+STUDY_RETURN = ("StudyInstanceUID", "PatientName", "PatientID", "StudyDate", "AccessionNumber",
+                "ModalitiesInStudy", "StudyDescription")
+IMAGE_RETURN = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "InstanceNumber")
+MANY = 500  # instances of the one big study: the streamed response
+
+
+def held_queries(level: str, n: int, n_studies: int, seed: int = 5) -> list[dict[str, str]]:
+    """``n`` identifiers as {keyword: value}: the findscu study-level mix, or image-level lookups
+    by study, series or instance UID (Orthanc answers those from its index alone)."""
+    from ctset import ROOT
+
+    if level == "STUDY":
+        out = []
+        for args in queries(n, seed):
+            keys = dict(a.split("=", 1) if "=" in a else (a, "") for a in args[1::2])
+            out.append(keys)
+        return out
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        j = rnd.randrange(n_studies) + 1
+        keys = {"QueryRetrieveLevel": "IMAGE", **{k: "" for k in IMAGE_RETURN}}
+        uid = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")[i % 3]
+        keys[uid] = f"{ROOT}9.{j}.{1 + i % 3}"
+        out.append(keys)
+    return out
+
+
+def identifier(keys: dict[str, str]) -> Any:
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return ds
+
+
+class HeldSCU:
+    """One pynetdicom association per server, kept open for every query (TCP_NODELAY set)."""
+
+    def __init__(self, server: Server):
+        from pynetdicom import AE, evt
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+
+        self.model = StudyRootQueryRetrieveInformationModelFind
+        ae = AE(ae_title="BENCHSCU")
+        ae.add_requested_context(self.model)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 300
+
+        def nodelay(event: Any) -> None:
+            event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        self.assoc = ae.associate("127.0.0.1", server.port, ae_title=server.aet,
+                                  evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)])
+        if not self.assoc.is_established:
+            raise RuntimeError(f"no association with {server.name}")
+
+    def find(self, keys: dict[str, str], ret: tuple[str, ...]) -> tuple[float, list[tuple[str, ...]]]:
+        """(seconds, the returned keys of every match)."""
+        ds = identifier(keys)
+        start = time.perf_counter()
+        rows = []
+        for status, ident in self.assoc.send_c_find(ds, self.model):
+            if status is None or "Status" not in status:
+                raise RuntimeError("C-FIND: no response")
+            if status.Status in (0xFF00, 0xFF01):
+                rows.append(ident)
+            elif status.Status != 0:
+                raise RuntimeError(f"C-FIND failed: 0x{status.Status:04X}")
+        elapsed = time.perf_counter() - start
+        return elapsed, sorted(tuple(str(r.get(k, "") or "") for k in ret) for r in rows)
+
+    def close(self) -> None:
+        self.assoc.release()
+
+
+class RawHeld:
+    """The same queries from :class:`rawscu.RawFindSCU` (one held association, responses read
+    straight off the socket and decoded after the clock stops): the server's own latency."""
+
+    def __init__(self, server: Server):
+        from rawscu import RawFindSCU
+
+        self.scu = RawFindSCU("127.0.0.1", server.port, server.aet, "1.2.840.10008.5.1.4.1.2.2.1")
+
+    def find(self, keys: dict[str, str], ret: tuple[str, ...]) -> tuple[float, list[tuple[str, ...]]]:
+        from rawscu import decode, encode
+
+        data = encode(identifier(keys))
+        start = time.perf_counter()
+        matches = self.scu.find(data)
+        elapsed = time.perf_counter() - start
+        rows = [decode(m) for m in matches]
+        return elapsed, sorted(tuple(str(r.get(k, "") or "") for k in ret) for r in rows)
+
+    def close(self) -> None:
+        self.scu.close()
+
+
+def findscu_repeat(server: Server, keys: dict[str, str], n: int) -> float:
+    """Seconds per query of ``keys`` sent ``n`` times by one findscu on one association (the
+    time of a single query, process start and association included, subtracted)."""
+    args = [str(BIN / "findscu"), "-q", "-S", "-aec", server.aet]
+    for k, v in keys.items():
+        args += ["-k", f"{k}={v}" if v else k]
+    runs = []
+    for repeat in (1, n + 1):
+        start = time.perf_counter()
+        subprocess.run([*args, "--repeat", str(repeat), "127.0.0.1", str(server.port)], env=ENV, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        runs.append(time.perf_counter() - start)
+    return (runs[1] - runs[0]) / n
+
+
+def _load_hilum(data: Path, files: list[Path], app: Path) -> None:
+    """Index ``files`` into a Hilum data folder with the archive's own ingest_many (the code of ``app``)."""
+    load = ("import sys; from pathlib import Path; from hilum.archive import Archive\n"
+            "files = [Path(p) for p in Path(sys.argv[2]).read_text().split(chr(10)) if p]\n"
+            "with Archive(Path(sys.argv[1])) as a:\n"
+            "    assert all(r.ok for r in a.ingest_many(files, origin='import'))")
+    listing = data.with_suffix(".files")
+    listing.write_text("\n".join(str(p) for p in files))
+    subprocess.run([PY, "-c", load, str(data), str(listing)], env={**ENV, "PYTHONPATH": str(app)}, check=True)
+
+
+def bench_held(work: Path, files: list[Path], many: list[Path], n_studies: int, n_queries: int, orthanc: str | None,
+               baseline_app: Path | None = None, pynetdicom_engine: bool = False,
+               stream_repeat: int = 20) -> dict[str, Any]:
+    """p50/p95 of ``n_queries`` study- and image-level C-FINDs over one held association per
+    server, the servers alternating query by query; then the 500-match image-level response
+    streamed ``stream_repeat`` times (matches/s of the median).  Every answer is compared."""
+    scratch = Path(tempfile.mkdtemp(prefix="held-", dir=work))
+    servers: list[Server] = []
+    scus: dict[str, HeldSCU] = {}
+    raws: dict[str, RawHeld] = {}
+    everything = files + many
+    try:
+        t = time.perf_counter()
+        _load_hilum(scratch / "hilum", everything, REPO / "app")
+        print(f"  loaded {len(everything)} instances into Hilum (ingest_many) in {time.perf_counter() - t:.1f} s",
+              flush=True)
+        servers.append(Hilum(scratch / "hilum", "fast"))
+        if pynetdicom_engine:
+            shutil.copytree(scratch / "hilum", scratch / "hilum-pynetdicom")
+            servers.append(Hilum(scratch / "hilum-pynetdicom", "pynetdicom"))
+        if baseline_app is not None:
+            _load_hilum(scratch / "hilum-baseline", everything, baseline_app)
+            servers.append(Hilum(scratch / "hilum-baseline", "fast", baseline_app,
+                                 label=f"Hilum baseline ({baseline_app.parent.name})"))
+        if orthanc:
+            orth = Orthanc(scratch, orthanc)
+            t = time.perf_counter()
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(lambda p: orth.rest("/instances", p.read_bytes()), everything))
+            assert orth.count() == len(everything)
+            print(f"  loaded {len(everything)} instances into Orthanc (REST) in {time.perf_counter() - t:.1f} s",
+                  flush=True)
+            servers.append(orth)
+        for s in servers:
+            scus[s.name] = HeldSCU(s)
+            raws[s.name] = RawHeld(s)
+        out: dict[str, Any] = {"studies": n_studies, "queries": n_queries}
+        for level, ret in (("STUDY", STUDY_RETURN), ("IMAGE", IMAGE_RETURN)):
+            qs = held_queries(level, n_queries, n_studies)
+            times: dict[str, list[float]] = {s.name: [] for s in servers}
+            raw_times: dict[str, list[float]] = {s.name: [] for s in servers}
+            mismatches = matches = 0
+            for s in servers:  # warm-up
+                scus[s.name].find(qs[0], ret)
+                raws[s.name].find(qs[0], ret)
+            for i, q in enumerate(qs):
+                order = servers if i % 2 == 0 else list(reversed(servers))
+                answers = []
+                for s in order:
+                    elapsed, rows = scus[s.name].find(q, ret)
+                    times[s.name].append(elapsed)
+                    answers.append(rows)
+                    elapsed, rows = raws[s.name].find(q, ret)
+                    raw_times[s.name].append(elapsed)
+                    answers.append(rows)
+                matches += len(answers[0])
+                if any(a != answers[0] for a in answers[1:]):
+                    mismatches += 1
+            res: dict[str, Any] = {"mismatched_answers": mismatches, "matches": matches}
+            for s in servers:
+                v, r = times[s.name], raw_times[s.name]
+                res[s.name] = {"p50_ms": pct(v, 50) * 1000, "p95_ms": pct(v, 95) * 1000,
+                               "raw_p50_ms": pct(r, 50) * 1000, "raw_p95_ms": pct(r, 95) * 1000}
+                print(f"  {level:5s} {s.name:36s} pynetdicom SCU p50 {res[s.name]['p50_ms']:6.2f} ms  "
+                      f"p95 {res[s.name]['p95_ms']:6.2f} ms;  raw SCU p50 {res[s.name]['raw_p50_ms']:6.2f} ms  "
+                      f"p95 {res[s.name]['raw_p95_ms']:6.2f} ms", flush=True)
+            print(f"  {level:5s} {n_queries} queries, {matches} matches; answers that differed: {mismatches}",
+                  flush=True)
+            out[level] = res
+        from ctset import ROOT
+
+        q = {"QueryRetrieveLevel": "IMAGE", **{k: "" for k in IMAGE_RETURN}, "StudyInstanceUID": f"{ROOT}8.1"}
+        stream: dict[str, list[float]] = {s.name: [] for s in servers}
+        cpu: dict[str, float] = {s.name: 0.0 for s in servers}
+        answers = {}
+        for r in range(stream_repeat + 1):
+            for s in servers if r % 2 == 0 else list(reversed(servers)):
+                before = s.cpu_seconds()
+                elapsed, rows = scus[s.name].find(q, IMAGE_RETURN)
+                after = s.cpu_seconds()
+                if len(rows) != len(many):
+                    raise RuntimeError(f"{s.name}: {len(rows)} matches, expected {len(many)}")
+                answers[s.name] = rows
+                if r:
+                    stream[s.name].append(elapsed)
+                    if before is not None and after is not None:
+                        cpu[s.name] += after - before
+        raw: dict[str, list[float]] = {s.name: [] for s in servers}
+        for r in range(stream_repeat + 1):
+            for s in servers if r % 2 == 0 else list(reversed(servers)):
+                elapsed, rows = raws[s.name].find(q, IMAGE_RETURN)
+                if rows != answers[s.name]:
+                    raise RuntimeError(f"{s.name}: the raw SCU got another answer")
+                if r:
+                    raw[s.name].append(elapsed)
+        # The same query from DCMTK findscu, N times on one association (--repeat): a client in C,
+        # so the figure is the server's more than pynetdicom's (its process start subtracted).
+        dcmtk: dict[str, list[float]] = {s.name: [] for s in servers}
+        for r in range(3):
+            for s in servers if r % 2 == 0 else list(reversed(servers)):
+                dcmtk[s.name].append(findscu_repeat(s, q, stream_repeat))
+        res: dict[str, Any] = {"matches": len(many), "differed": len({tuple(a) for a in answers.values()}) > 1}
+        for s in servers:
+            med = statistics.median(stream[s.name])
+            dmed = statistics.median(dcmtk[s.name])
+            rmed = statistics.median(raw[s.name])
+            res[s.name] = {"median_ms": med * 1000, "matches_per_s": len(many) / med,
+                           "raw_ms": rmed * 1000, "raw_matches_per_s": len(many) / rmed,
+                           "server_cpu_ms": cpu[s.name] / stream_repeat * 1000,
+                           "findscu_ms": dmed * 1000, "findscu_matches_per_s": len(many) / dmed}
+            print(f"  {len(many)}-match {s.name:32s} pynetdicom SCU {med * 1000:7.1f} ms = {len(many) / med:6.0f} "
+                  f"matches/s; raw SCU {rmed * 1000:6.1f} ms = {len(many) / rmed:6.0f} matches/s; "
+                  f"findscu --repeat {dmed * 1000:6.1f} ms = {len(many) / dmed:6.0f} matches/s; "
+                  f"server CPU {res[s.name]['server_cpu_ms']:5.1f} ms per query", flush=True)
+        out["stream"] = res
+        return out
+    finally:
+        for scu in [*scus.values(), *raws.values()]:
+            try:
+                scu.close()
+            except Exception:  # noqa: BLE001 - a server gone already
+                pass
+        for s in servers:
+            s.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def report_held(found: dict[str, Any]) -> None:
+    hilum = "Hilum (fast engine)"
+    for name in [k for k in found["STUDY"] if isinstance(found["STUDY"][k], dict) and k != hilum]:
+        for level in ("STUDY", "IMAGE"):
+            h, o = found[level][hilum], found[level][name]
+            print(f"  {level:5s} Hilum / {name}: pynetdicom SCU p50 {h['p50_ms'] / o['p50_ms']:.2f}  "
+                  f"p95 {h['p95_ms'] / o['p95_ms']:.2f};  raw SCU p50 {h['raw_p50_ms'] / o['raw_p50_ms']:.2f}  "
+                  f"p95 {h['raw_p95_ms'] / o['raw_p95_ms']:.2f}" + ("   (target p95 <= 0.50)" if name == "Orthanc" else ""))
+        h, o = found["stream"][hilum], found["stream"][name]
+        print(f"  {found['stream']['matches']}-match matches/s Hilum / {name}: pynetdicom SCU "
+              f"{h['matches_per_s'] / o['matches_per_s']:.2f}, raw SCU "
+              f"{h['raw_matches_per_s'] / o['raw_matches_per_s']:.2f}, findscu --repeat "
+              f"{h['findscu_matches_per_s'] / o['findscu_matches_per_s']:.2f}"
+              + ("   (target >= 2.00)" if name == "Orthanc" else "")
+              + f"; server CPU per query {h['server_cpu_ms'] / o['server_cpu_ms']:.2f}")
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -409,6 +696,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-peers", action="store_true", help="ingest: measure Hilum only (no storescp/Orthanc)")
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--skip-find", action="store_true")
+    ap.add_argument("--held-studies", default="5000,20000", help="comma-separated archive sizes for the C-FIND "
+                    "column over one held association (default 5000,20000; empty: skip)")
+    ap.add_argument("--held-queries", type=int, default=200, help="held-association queries per level (default 200)")
+    ap.add_argument("--held-pynetdicom", action="store_true", help="held association: also Hilum's pynetdicom engine")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args(argv)
     for tool in ("storescu", "storescp", "findscu"):
@@ -469,6 +760,26 @@ def main(argv: list[str] | None = None) -> int:
             h, o = found["Hilum (fast engine)"], found["Orthanc"]
             print(f"  p95 Hilum / Orthanc = {h['p95_ms'] / o['p95_ms']:.2f}   (target <= 1.00); "
                   f"answers that differed: {found['mismatched_answers']}")
+    held = [int(x) for x in args.held_studies.split(",") if x.strip()]
+    for n_held in held:
+        tiny = work / f"tiny{max(held)}"  # the first n of the largest set: the same studies for each size
+        done = work / f"tiny{max(held)}.done"
+        if not done.exists():
+            shutil.rmtree(tiny, ignore_errors=True)
+            write_tiny_studies(tiny, max(held))
+            done.touch()
+        many = work / f"many{MANY}"
+        if not (work / f"many{MANY}.done").exists():
+            shutil.rmtree(many, ignore_errors=True)
+            write_tiny_series(many, MANY)
+            (work / f"many{MANY}.done").touch()
+        print(f"C-FIND over one held association (pynetdicom SCU), {n_held} studies + one of {MANY} images, "
+              f"{args.held_queries} queries per level:", flush=True)
+        files = sorted(tiny.glob("*.dcm"))[:n_held]
+        found = bench_held(work, files, sorted(many.glob("*.dcm")), n_held, args.held_queries, orthanc,
+                           Path(args.baseline_app).resolve() if args.baseline_app else None, args.held_pynetdicom)
+        figures[f"held_find_{n_held}"] = found
+        report_held(found)
     figures["machine"]["load_avg_end"] = os.getloadavg()
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))

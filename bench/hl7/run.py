@@ -1,6 +1,7 @@
 """RIS-side benchmark: HL7 messages/s over one MLLP connection, MWL C-FIND latency with 10,000 orders.
 
     python bench/hl7/run.py [--messages 2000] [--orders 10000] [--repeat 30] [--no-orthanc]
+                            [--skip-hl7] [--pynetdicom] [--baseline-app DIR/app]
 
 1. HL7: ADT^A04 + ORM^O01 pairs (new patient, new order; a quarter of the
    patients also get an ADT^A08) sent one after the other on one MLLP
@@ -12,8 +13,10 @@
 2. MWL: ``--orders`` scheduled orders (10 stations, 5 modalities, 20 days)
    in Hilum's index; C-FIND on the Modality Worklist model from pynetdicom
    (one association, ``--repeat`` times per query) and DCMTK ``findscu -W``
-   (process start included).  Peer: Orthanc 1.10 with its Modality Worklists
-   plugin serving the same orders as ``.wl`` files, same queries.
+   (process start included), against ``hilum serve`` in its own process (each
+   Hilum - fast engine, ``--pynetdicom`` engine, ``--baseline-app`` checkout -
+   on its own copy of the data folder).  Peer: Orthanc 1.10 with its Modality
+   Worklists plugin serving the same orders as ``.wl`` files, same queries.
 
 Prints a table; nothing is asserted (DESIGN.md: benchmarks print ratios).
 """
@@ -293,6 +296,28 @@ def time_queries(port: int, aet: str, qs: dict[str, Dataset], repeat: int) -> di
     return out
 
 
+def findscu_repeat(port: int, aet: str, today: str, week_end: str, n: int) -> float | None:
+    """ms per "modality+week range" query sent ``n`` times by one ``findscu -W --repeat`` on one
+    association (a client in C: the server's cost more than pynetdicom's), the time of a single
+    query (process start, association) subtracted."""
+    if not os.path.exists("/usr/bin/findscu"):
+        return None
+    args = ["/usr/bin/findscu", "-q", "-W", "-aec", aet, "-k", "ScheduledProcedureStepSequence[0].Modality=MR",
+            "-k", f"ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate={today}-{week_end}",
+            "-k", "ScheduledProcedureStepSequence[0].ScheduledStationAETitle",
+            "-k", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime",
+            "-k", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID"]
+    for k in ("PatientName", "PatientID", "AccessionNumber", "StudyInstanceUID", "RequestedProcedureID"):
+        args += ["-k", k]
+    runs = []
+    for repeat in (1, n + 1):
+        t = time.perf_counter()
+        subprocess.run([*args, "--repeat", str(repeat), "127.0.0.1", str(port)], check=True, capture_output=True,
+                       env={**os.environ, "TCP_NODELAY": "1"}, timeout=600)
+        runs.append(time.perf_counter() - t)
+    return (runs[1] - runs[0]) / n * 1e3
+
+
 def time_findscu(port: int, aet: str, today: str, repeat: int) -> tuple[float, float] | None:
     if not os.path.exists("/usr/bin/findscu"):
         return None
@@ -308,34 +333,35 @@ def time_findscu(port: int, aet: str, today: str, repeat: int) -> tuple[float, f
     return pct(lat, 50) * 1e3, pct(lat, 95) * 1e3
 
 
-def start_hilum_mwl(archive: Archive, port: int) -> object:
-    """The node's DIMSE service if it serves the worklist, else a minimal AE with the same handler."""
-    try:
-        from hilum.dimse.scp import DimseService
+class HilumServe:
+    """``hilum serve`` on a data folder in its own process (the code of ``app``), as a site runs it:
+    the SCU of this benchmark does not share its interpreter (and GIL) with the server."""
 
-        cfg = Config(data_dir=archive.data_dir, aet="HILUM", dicom_port=port)
-        svc = DimseService(cfg, archive)
-        if any(hasattr(e, "on_find") for e in getattr(svc, "extensions", [])):
-            svc.start()
-            return svc
-    except ImportError:
-        pass
-    from pynetdicom import evt
+    def __init__(self, data: Path, port: int, app: Path = ROOT / "app", engine: str = "fast"):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hilum", "serve", "--data", str(data), "--aet", "HILUM", "--dicom-port", str(port),
+             "--web-port", str(free_port()), "--hl7-port", str(free_port())],
+            env={**os.environ, "PYTHONPATH": str(app), "HILUM_DIMSE_ENGINE": engine, "TCP_NODELAY": "1"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"hilum serve did not start on port {port}") from None
+                time.sleep(0.2)
 
-    from hilum.dimse.mwl import WorklistSCP
-
-    mwl = WorklistSCP(archive)
-    ae = AE(ae_title="HILUM")
-    ae.add_supported_context(MODALITY_WORKLIST_FIND)
-
-    class _Stop:
-        def __init__(self, server):  # type: ignore[no-untyped-def]
-            self.server = server
-
-        def stop(self) -> None:
-            self.server.shutdown()
-
-    return _Stop(ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_FIND, mwl.on_find)]))
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 def orthanc_peer(work: Path, specs: list[dict[str, str]], port: int) -> subprocess.Popen[bytes] | None:
@@ -372,34 +398,53 @@ def main() -> int:
     ap.add_argument("--orders", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--no-orthanc", action="store_true")
+    ap.add_argument("--skip-hl7", action="store_true", help="MWL only")
+    ap.add_argument("--pynetdicom", action="store_true", help="MWL: also Hilum on pynetdicom's engine")
+    ap.add_argument("--baseline-app", metavar="DIR", help="MWL: also hilum serve from this app/ folder "
+                    "(another checkout, e.g. a git worktree of an older commit)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hilum-bench-hl7-"))
     try:
-        h = bench_hl7(args.messages, work)
-        print(f"HL7 over one MLLP connection, {h['n']} messages (ADT^A04 + ORM^O01 + ADT^A08 mix), "
-              f"each ACKed before the next:")
-        print(f"  Hilum (applied to the index)  {h['rate']:8.0f} msg/s  p50 {h['p50']:6.2f} ms  "
-              f"p95 {h['p95']:6.2f} ms  AA {h['ok']}/{h['n']}")
-        print(f"  bare python-hl7 ACK server    {h['bare_rate']:8.0f} msg/s  p50 {h['bare_p50']:6.2f} ms  "
-              f"p95 {h['bare_p95']:6.2f} ms  AA {h['bare_ok']}/{h['n']}")
-        print(f"  ratio Hilum / bare: {h['rate'] / h['bare_rate']:.2f}")
+        if not args.skip_hl7:
+            h = bench_hl7(args.messages, work)
+            print(f"HL7 over one MLLP connection, {h['n']} messages (ADT^A04 + ORM^O01 + ADT^A08 mix), "
+                  f"each ACKed before the next:")
+            print(f"  Hilum (applied to the index)  {h['rate']:8.0f} msg/s  p50 {h['p50']:6.2f} ms  "
+                  f"p95 {h['p95']:6.2f} ms  AA {h['ok']}/{h['n']}")
+            print(f"  bare python-hl7 ACK server    {h['bare_rate']:8.0f} msg/s  p50 {h['bare_p50']:6.2f} ms  "
+                  f"p95 {h['bare_p95']:6.2f} ms  AA {h['bare_ok']}/{h['n']}")
+            print(f"  ratio Hilum / bare: {h['rate'] / h['bare_rate']:.2f}")
 
         specs = order_specs(args.orders)
         archive = Archive(work / "mwldata")
         fill_s = fill_hilum(archive, specs)
+        archive.close()
         print(f"\nMWL with {args.orders} scheduled orders (index filled in {fill_s:.1f} s, "
               f"{args.orders / fill_s:.0f} orders/s in 500-order transactions)")
         today = date.today().strftime("%Y%m%d")
         week_end = (date.today() + timedelta(days=6)).strftime("%Y%m%d")
         qs = queries(today, week_end, args.orders)
-        port = free_port()
-        svc = start_hilum_mwl(archive, port)
-        try:
-            ours = time_queries(port, "HILUM", qs, args.repeat)
-            ours_cli = time_findscu(port, "HILUM", today, max(3, args.repeat // 5))
-        finally:
-            svc.stop()  # type: ignore[attr-defined]
-            archive.close()
+        # Each Hilum serves its own copy of the data folder, from its own process.
+        peers: list[tuple[str, Path, str]] = [("Hilum", ROOT / "app", "fast")]
+        if args.pynetdicom:
+            peers.append(("Hilum (pynetdicom engine)", ROOT / "app", "pynetdicom"))
+        if args.baseline_app:
+            peers.append((f"Hilum baseline ({Path(args.baseline_app).resolve().parent.name})",
+                          Path(args.baseline_app).resolve(), "fast"))
+        results: dict[str, dict[str, tuple[float, float, int]]] = {}
+        cli: dict[str, tuple[float, float] | None] = {}
+        held: dict[str, float | None] = {}
+        for i, (label, app, engine) in enumerate(peers):
+            data = work / f"mwldata{i}"
+            shutil.copytree(work / "mwldata", data)
+            port = free_port()
+            svc = HilumServe(data, port, app, engine)
+            try:
+                results[label] = time_queries(port, "HILUM", qs, args.repeat)
+                cli[label] = time_findscu(port, "HILUM", today, max(3, args.repeat // 5))
+                held[label] = findscu_repeat(port, "HILUM", today, week_end, 10)
+            finally:
+                svc.stop()
         theirs: dict[str, tuple[float, float, int]] | None = None
         theirs_cli = None
         if not args.no_orthanc:
@@ -410,22 +455,33 @@ def main() -> int:
                     reps = max(3, args.repeat // 6)
                     theirs = time_queries(oport, "ORTHANC", qs, reps)
                     theirs_cli = time_findscu(oport, "ORTHANC", today, 3)
+                    held["Orthanc"] = findscu_repeat(oport, "ORTHANC", today, week_end, 5)
                 finally:
                     proc.terminate()
                     proc.wait(30)
-        print(f"  {'query (pynetdicom C-FIND, one association)':<44} {'matches':>7}  {'Hilum p50/p95 ms':>18}"
-              + (f"  {'Orthanc p50/p95 ms':>19}  {'ratio p50':>9}" if theirs else ""))
-        for name, (p50, p95, n) in ours.items():
-            line = f"  {name:<44} {n:>7}  {p50:8.1f} / {p95:7.1f}"
-            if theirs:
-                t50, t95, tn = theirs[name]
-                line += f"  {t50:8.1f} / {t95:8.1f}  {t50 / p50:8.1f}x" + ("" if tn == n else f" (Orthanc: {tn})")
-            print(line)
-        if ours_cli:
-            line = f"  {'findscu -W station+modality+today (process)':<44} {'':>7}  {ours_cli[0]:8.1f} / {ours_cli[1]:7.1f}"
-            if theirs_cli:
-                line += f"  {theirs_cli[0]:8.1f} / {theirs_cli[1]:8.1f}  {theirs_cli[0] / ours_cli[0]:8.1f}x"
-            print(line)
+        for label, ours in results.items():
+            print(f"  {label + ': query (pynetdicom C-FIND, one association)':<58} {'matches':>7}  "
+                  f"{'p50/p95 ms':>18}" + (f"  {'Orthanc p50/p95 ms':>19}  {'Orthanc/Hilum p50':>17}" if theirs else ""))
+            for name, (p50, p95, n) in ours.items():
+                line = f"  {name:<58} {n:>7}  {p50:8.1f} / {p95:7.1f}"
+                if theirs:
+                    t50, t95, tn = theirs[name]
+                    line += f"  {t50:8.1f} / {t95:8.1f}  {t50 / p50:16.2f}x" + ("" if tn == n else f" (Orthanc: {tn})")
+                print(line)
+            ours_cli = cli.get(label)
+            if ours_cli:
+                line = f"  {'findscu -W station+modality+today (process)':<58} {'':>7}  {ours_cli[0]:8.1f} / {ours_cli[1]:7.1f}"
+                if theirs_cli:
+                    line += f"  {theirs_cli[0]:8.1f} / {theirs_cli[1]:8.1f}  {theirs_cli[0] / ours_cli[0]:16.2f}x"
+                print(line)
+        if held.get("Hilum") is not None:
+            print("  modality+week range, findscu -W --repeat (one association, a client in C), ms per query: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in held.items() if v is not None)
+                  + (f";  Orthanc / Hilum = {held['Orthanc'] / held['Hilum']:.2f}" if held.get("Orthanc") else ""))
+        if theirs:
+            big = max(theirs, key=lambda k: theirs[k][2])
+            print(f"  {big} ({theirs[big][2]} matches): Orthanc p50 / Hilum p50 = "
+                  f"{theirs[big][0] / results['Hilum'][big][0]:.2f}   (target >= 2.00)")
         if not theirs and not args.no_orthanc:
             print("  (Orthanc with the worklist plugin not available: no peer figures)")
     finally:

@@ -15,6 +15,9 @@ response as a pydicom data set, encoded twice.  Here:
   A-RELEASE or A-ABORT arrived) and that ``kill`` sets;
 - :class:`BulkSocket` reads a PDU with few ``recv_into`` calls;
 - :class:`FastResponseDIMSE` encodes plain C-STORE and C-FIND responses directly;
+- :class:`FindResponder` writes a C-FIND's pending responses itself, 32 matches
+  per write, each one P-DATA-TF (command and identifier together), past
+  pynetdicom's per-response loop (issue 24: 500 matches in 12 ms, was 82);
 - :class:`EncodedIdentifier` carries a C-FIND match already encoded
   (:class:`hilum.dimse.identifiers.ResponsePlan`) past pynetdicom's encoder;
 - with a store hook, :class:`~hilum.dimse.storefast.StoreReceiver` takes
@@ -65,6 +68,8 @@ import ssl
 import struct
 import termios
 import threading
+import time
+from io import BytesIO
 from typing import Any
 
 import pynetdicom
@@ -134,6 +139,16 @@ class EventDrivenDUL(DULServiceProvider):
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
         self._poke()
+
+    def _send(self, pdu: Any) -> None:
+        """pynetdicom's, except that a P-DATA-TF carrying :class:`RawPDUs` (a C-FIND's pending
+        responses, see :class:`FindResponder`) sends those bytes as they are, in one write."""
+        items = getattr(pdu, "presentation_data_value_items", None)
+        if items and len(items) == 1 and type(items[0].presentation_data_value) is RawPDUs:
+            if self.socket is not None:
+                self.socket.send(items[0].presentation_data_value)
+            return
+        super()._send(pdu)
 
     def kill_dul(self) -> None:
         super().kill_dul()
@@ -493,6 +508,29 @@ def response_pdvs(rsp: Any, context_id: int, max_pdu: int) -> list[tuple[int, by
     return pdvs
 
 
+def pack_pdvs(pdvs: list[tuple[int, bytes]], max_pdu: int) -> list[list[tuple[int, bytes]]]:
+    """The PDVs of one message grouped into as few P-DATA-TF PDUs as the peer's limit allows.
+
+    PS3.8 9.3.5: a P-DATA-TF carries one or more PDV items; its variable field
+    (each item: 4-byte length, context ID, control header and fragment) stays
+    within the peer's maximum PDU length (0: none).  A C-FIND-RSP's command and
+    identifier then go out in one PDU instead of two: half the PDUs for a peer
+    to read per match (pynetdicom reads one PDU per turn of its loop).  Only
+    one message per PDU: pynetdicom stops reading a PDU at the end of a message.
+    """
+    out: list[list[tuple[int, bytes]]] = []
+    size = 0
+    for pdv in pdvs:
+        item = 5 + len(pdv[1])
+        if out and (not max_pdu or size + item <= max_pdu):
+            out[-1].append(pdv)
+            size += item
+        else:
+            out.append([pdv])
+            size = item
+    return out
+
+
 class FastResponseDIMSE(DIMSEServiceProvider):
     """Sends plain C-STORE and C-FIND responses without building a pydicom data set.
 
@@ -515,17 +553,30 @@ class FastResponseDIMSE(DIMSEServiceProvider):
                 self._responded_to = int(answered)
                 self._sent.notify_all()
 
+    _hilum_held: bytes = b""  # a FindResponder's last matches, to go out with the next message
+
     def _send_msg(self, primitive: Any, context_id: int) -> None:
         pdvs = None
         if type(primitive) in _COMMAND_FIELDS and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             pdvs = response_pdvs(primitive, context_id, self.maximum_pdu_size)
+        held, self._hilum_held = self._hilum_held, b""
+        if held and pdvs is not None:  # the last matches and the final response: one write
+            self._send_raw(context_id, held + b"".join([pdata_tf(pdu) for pdu in pack_pdvs(pdvs, self.maximum_pdu_size)]))
+            return
+        if held:
+            self._send_raw(context_id, held)
         if pdvs is None:
             super().send_msg(primitive, context_id)
             return
-        for pdv in pdvs:
+        for pdu in pack_pdvs(pdvs, self.maximum_pdu_size):
             pdata = P_DATA()
-            pdata.presentation_data_value_list.append(pdv)
+            pdata.presentation_data_value_list.extend(pdu)  # the setter wants lists, not tuples
             self.dul.send_pdu(pdata)
+
+    def _send_raw(self, context_id: int, data: bytes) -> None:
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, RawPDUs(data)))
+        self.dul.send_pdu(pdata)
 
     def wait_responded(self, message_id: int, timeout: float) -> bool:
         """Wait until the response to request ``message_id`` has been handed to the DUL.
@@ -550,6 +601,110 @@ def wait_responded(assoc: Any, message_id: int, timeout: float = 30.0) -> bool:
     if isinstance(dimse, FastResponseDIMSE):
         return dimse.wait_responded(message_id, timeout)
     return True
+
+
+class RawPDUs(bytes):
+    """Whole P-DATA-TF PDUs, already encoded (:class:`FindResponder`): the one PDV of a P-DATA
+    primitive that :meth:`EventDrivenDUL._send` writes to the socket as it is."""
+
+
+def pdata_tf(pdvs: list[tuple[int, bytes]]) -> bytes:
+    """One P-DATA-TF PDU (PS3.8 9.3.5) of ``pdvs``: (context ID, control header + fragment)."""
+    body = b"".join([struct.pack(">IB", len(data) + 1, cid) + data for cid, data in pdvs])
+    return struct.pack(">BBI", 0x04, 0x00, len(body)) + body
+
+
+class FindResponder:
+    """Sends a C-FIND's pending responses itself, many matches per write.
+
+    pynetdicom turns each match a handler yields into a response primitive,
+    a P-DATA primitive, a turn of the DUL's state machine, a PDU object and a
+    ``send`` call: 60 µs of the 75 µs each match cost, where Orthanc spends
+    about 60 in all.  Every pending response of one request has the same
+    command set, so it is encoded once; each match becomes one P-DATA-TF
+    (command and identifier, :func:`pack_pdvs`; split to the peer's maximum
+    PDU length as pynetdicom would) and a batch of them goes to the DUL as one
+    :class:`RawPDUs`, in order with everything else the association sends.
+    The final response is still pynetdicom's (the handler returns).
+
+    Made by :func:`find_responder` only on an association of the fast engine
+    with no handler that wants to see PDUs or DIMSE messages.
+    """
+
+    def __init__(self, assoc: Any, context_id: int, message_id: int, sop_class: str):
+        self.dul = assoc.dul
+        self.dimse: FastResponseDIMSE = assoc.dimse
+        self.context_id = context_id
+        self.max_pdu = int(assoc.dimse.maximum_pdu_size or 0)
+        rsp = C_FIND()
+        rsp.MessageIDBeingRespondedTo = message_id
+        rsp.AffectedSOPClassUID = sop_class
+        rsp.Status = 0xFF00
+        rsp.Identifier = BytesIO(b"\0\0")
+        encoded = encode_response(rsp)
+        assert encoded is not None
+        self.command = b"\x03" + encoded[0]
+        self.sent = 0
+
+    def pdus(self, identifier: bytes) -> bytes:
+        """The P-DATA-TF PDU(s) of one pending response with this encoded identifier."""
+        cid = self.context_id
+        limit = self.max_pdu - 6 if self.max_pdu else 0
+        if not limit or len(identifier) <= limit:
+            pdvs = [(cid, self.command), (cid, b"\x02" + identifier)]
+        else:
+            pdvs = [(cid, self.command)]
+            for start in range(0, len(identifier), limit):
+                last = start + limit >= len(identifier)
+                pdvs.append((cid, (b"\x02" if last else b"\x00") + identifier[start : start + limit]))
+        return b"".join([pdata_tf(pdu) for pdu in pack_pdvs(pdvs, self.max_pdu)])
+
+    def send(self, identifiers: list[bytes], *, last: bool = False) -> None:
+        """Queue the pending responses of these encoded identifiers (in order) for the peer.
+
+        ``last``: no match follows; they wait for the final response, which the DIMSE provider
+        sends in the same write (a peer that polls, as pynetdicom does every millisecond, reads
+        the whole answer in one go instead of sleeping before its last message).
+        """
+        if not identifiers:
+            return
+        data = b"".join(map(self.pdus, identifiers))
+        self.sent += len(identifiers)
+        if last:
+            self.dimse._hilum_held += data
+            return
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((self.context_id, RawPDUs(data)))
+        self.dul.send_pdu(pdata)
+
+
+def drain(assoc: Any, backlog: int = 8, timeout: float = 30.0) -> None:
+    """Wait while more than ``backlog`` PDUs wait to be sent on ``assoc``.
+
+    pynetdicom queues responses without waiting for the socket; pacing a
+    long C-FIND to the network keeps memory flat and gives a C-CANCEL
+    (PS3.7 9.3.2.3) the chance to stop it early: the DUL reads the peer's
+    PDUs only when it has nothing left to send.
+    """
+    dul = getattr(assoc, "dul", None)
+    pending = getattr(dul, "to_provider_queue", None)
+    if pending is None:
+        return
+    deadline = time.monotonic() + timeout
+    while pending.qsize() > backlog and assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.0005)
+
+
+def find_responder(assoc: Any, context_id: int, message_id: int, sop_class: str) -> FindResponder | None:
+    """A :class:`FindResponder` for this C-FIND, or None where pynetdicom must send each response:
+    not the fast engine's association, its changes not installed, or a handler bound that wants to
+    see every PDU or DIMSE message."""
+    if not (installed() and isinstance(assoc, EventDrivenAssociation) and type(assoc.dul) is EventDrivenDUL
+            and isinstance(assoc.dimse, FastResponseDIMSE)):
+        return None
+    if any(assoc.get_handlers(e) for e in (evt.EVT_PDU_SENT, evt.EVT_DATA_SENT, evt.EVT_DIMSE_SENT)):
+        return None
+    return FindResponder(assoc, context_id, message_id, sop_class)
 
 
 class EncodedIdentifier(Dataset):
@@ -692,6 +847,10 @@ UPSTREAM: dict[str, str] = {
     "pynetdicom.dul.DULServiceProvider.receive_pdu": "fa67339834ca998cb31eb1806a854864200464b0a9991333d387aa419478c4e6",
     "pynetdicom.dul.DULServiceProvider._is_transport_event": "8725ed03bb8fbdefef249d5d9888c120e6277d7b6aa2c4f537e23027186e1253",
     "pynetdicom.dul.DULServiceProvider.send_pdu": "7cbce5da8594124e9e70c790a68df640d21df11af4220783e752bc607de8dde6",
+    # wrapped: EventDrivenDUL._send (RawPDUs of FindResponder); DT_1 builds its P-DATA-TF from our primitive
+    "pynetdicom.dul.DULServiceProvider._send": "a850a7919e68484ef6751ee7a199b3ba4a911b5cbf0c2928bf796c55539254d4",
+    "pynetdicom.fsm.DT_1": "82e5c5d4114534fa9ac86124c7c7ef11ff2b98bc73069372cbe413af9df19081",
+    "pynetdicom.pdu.P_DATA_TF.from_primitive": "1e84ddf2ecfdc32e85573b9f9696179a315d7032333b9d2e3319f9c1e0803c98",
     "pynetdicom.dul.DULServiceProvider.kill_dul": "5ceccf8dd01c2072c377d18bb1be284941a345bd40f03bd1e03a864ab0817842",
     # replaced: BulkSocket.recv; the class swapped on the live association
     "pynetdicom.transport.AssociationSocket.recv": "6bc20a33b1b7cfe76d4ad4407ca242563bc6206fde4b4e1cf7a2fbb1f11d621d",
@@ -746,5 +905,5 @@ def upstream_changes() -> list[str]:
 
 
 __all__ = ["UPSTREAM", "BulkSocket", "EncodedIdentifier", "EventDrivenAssociation", "EventDrivenDUL", "FastResponseDIMSE",
-           "RequestHandler", "encode_response", "install", "installed", "make_event_driven",
-           "response_pdvs", "source_digest", "steady_requestor", "uninstall", "upstream_changes", "wait_responded"]
+           "FindResponder", "RawPDUs", "RequestHandler", "drain", "find_responder", "pdata_tf", "encode_response", "install", "installed", "make_event_driven",
+           "pack_pdvs", "response_pdvs", "source_digest", "steady_requestor", "uninstall", "upstream_changes", "wait_responded"]
