@@ -21,6 +21,24 @@ and the ratios Hilum / storescp, Hilum / Orthanc, Hilum / baseline as the
 median of the ratios measured within one round (the load of a shared
 machine drifts between rounds; the ratio within a round is steadier).
 
+Measured 2026-12-06 on the 2-core development machine under other load (load average 6-11),
+``--repeat 3 --baseline-app /work/main/app`` (main = before), median instances/s (CPU ms per
+instance), same-round ratio medians:
+
+=====  ===============  ============  ===========  ===========  =====================
+assoc  storescp         Orthanc       Hilum        before       Hilum/before, /storescp
+=====  ===============  ============  ===========  ===========  =====================
+1      281 (0.61)       170 (3.01)    210 (2.25)   152 (2.82)   1.13, 0.45
+4      516 (0.79)       225 (2.88)    313 (2.46)   294 (2.62)   0.91, 0.76
+16     455 (0.77)       217 (2.70)    303 (2.50)   242 (3.19)   1.26, 0.68
+=====  ===============  ============  ===========  ===========  =====================
+
+One association has a floor storescp does not: the blob is fsynced before the C-STORE-RSP
+("nothing lost"), and a new 512 KiB file's write + fsync took 1.2-1.5 ms here (median of
+150), more than storescp's whole time per instance (0.92 ms at 1,087/s, measured unloaded);
+a sender that waits for each response cannot go faster than 1 / (peer + fsync), about
+0.43x storescp, whatever the node does meanwhile.
+
 Run (data generated once into WORKDIR)::
 
     PYTHONPATH=$PWD/app .venv/bin/python bench/dimse/parallel.py [--instances 1000] [--senders 1,4,16]
