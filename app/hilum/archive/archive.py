@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -98,6 +99,16 @@ class Archive:
     folds_names = True
     """:meth:`query` and :meth:`count` take ``fold_names`` (a remote source's view does not)."""
 
+    index_while_syncing = True
+    """A lone received instance is indexed while its blob syncs (:meth:`_ingest_alone`); False
+    (tests, benchmarks): always the serial order (sync, then index)."""
+
+    ALONE_AFTER = 1.0
+    """Seconds since two received instances were last in flight at once before one is "alone":
+    senders on several associations take turns (one's instance in flight while another's
+    response is on the wire), and one of them holding the writer through its fsync made the
+    others wait (4 associations: 15-20% fewer instances/s)."""
+
     def __init__(self, data_dir: str | os.PathLike[str], *, database_url: str | None = None,
                  duplicate_policy: str = "ignore", index_writer: str | None = None):
         """``index_writer``: ``fast`` or ``sqlalchemy`` (see :mod:`hilum.archive.sqlfast`); None
@@ -121,6 +132,9 @@ class Archive:
         self.writer = IndexWriter(self.engine, self.blobs, duplicate_policy=duplicate_policy, mode=mode,
                                   emit=self.events.publish)
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="blob-io")
+        self._receiving = 0  # ingests of Received files in flight (see _ingest_alone)
+        self._together_at = -float("inf")  # when two were last in flight at once
+        self._receiving_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, cfg: Any) -> Archive:
@@ -194,6 +208,20 @@ class Archive:
         would be stored as something the sender never asked to store.
         """
         label = str(source) if isinstance(source, (str, os.PathLike)) else None
+        if isinstance(source, Received) and self.index_while_syncing:
+            with self._receiving_lock:
+                self._receiving += 1
+                now = time.monotonic()
+                if self._receiving > 1:
+                    self._together_at = now
+                alone = self._receiving == 1 and now - self._together_at > self.ALONE_AFTER
+            try:
+                if alone:
+                    return self._ingest_alone(source, origin, source_aet, expected_sop_class,
+                                              expected_sop_instance)
+            finally:
+                with self._receiving_lock:
+                    self._receiving -= 1
         pending: Future[str] | None = None
         try:
             if isinstance(source, Received):
@@ -217,13 +245,7 @@ class Archive:
                     # rejected or a duplicate.
                     pending = self._io.submit(self.blobs.write_temp, data)
                 ds, record = _read_record(data)
-            if expected_sop_instance and record.sop_uid != expected_sop_instance:
-                raise InvalidInstance("uid-mismatch", f"SOP Instance UID differs from the request's: data set "
-                                      f"{show_value(record.sop_uid)}, request {show_value(expected_sop_instance)}", None)
-            sop_class = record.instance["sop_class_uid"]
-            if expected_sop_class and sop_class != expected_sop_class:
-                raise InvalidInstance("sop-class-mismatch", f"SOP Class UID differs from the request's: data set "
-                                      f"{show_value(sop_class)}, request {show_value(expected_sop_class)}", record.sop_uid)
+            _expected(record, expected_sop_class, expected_sop_instance)
             if pending is None:  # a bare dataset: store it as a Part 10 file
                 data = to_part10(ds)
                 pending = self._io.submit(self.blobs.write_temp, data)
@@ -243,6 +265,47 @@ class Archive:
         finally:
             if pending is not None:
                 self._discard_pending(pending)
+
+    def _ingest_alone(self, source: Received, origin: str, source_aet: str, expected_sop_class: str | None,
+                      expected_sop_instance: str | None) -> IngestResult:
+        """:meth:`ingest` of a :class:`Received` file while no other is in flight: the fsync of its
+        blob (in this thread) overlaps with everything else, index statements included.
+
+        One C-STORE association is a sender waiting for each response before it
+        sends the next instance, so what the node does between the last byte
+        in and the response out is the rate.  The fsync is most of it (about
+        1 ms for a 512x512 CT on this machine, more than DCMTK ``storescp``'s
+        whole time per instance); here parsing, checksumming and the index
+        statements run on an I/O thread meanwhile, and only the renaming of the
+        blob into place and the commit wait for the fsync
+        (:meth:`IndexWriter.write` with ``sync_inside``).  With several
+        ingests in flight the writer must not be held through an fsync, and
+        :meth:`ingest`'s own order applies.
+        """
+        synced: Future[str] = Future()
+        job = self._io.submit(self._index_received, source, synced, origin, source_aet, expected_sop_class,
+                              expected_sop_instance)
+        try:
+            synced.set_result(source.blob.finish())
+        except StorageFull as exc:
+            synced.set_exception(exc)
+        return job.result()
+
+    def _index_received(self, source: Received, synced: Future[str], origin: str, source_aet: str,
+                        expected_sop_class: str | None, expected_sop_instance: str | None) -> IngestResult:
+        data = source.data
+        try:
+            _ds, record = _read_record(data)
+            _expected(record, expected_sop_class, expected_sop_instance)
+            checksum = blob_checksum(data)  # xxhash reads the bytearray itself: no copy
+        except InvalidInstance as exc:
+            self._discard_pending(synced)
+            return IngestResult("rejected", sop_instance_uid=exc.sop_instance_uid, reason=str(exc), code=exc.code)
+        except BaseException:
+            self._discard_pending(synced)
+            raise
+        prepared = Prepared(record, source.blob.name, checksum, len(data), None, synced=synced)
+        return self.writer.write([(0, prepared)], origin=origin, source_aet=source_aet, sync_inside=True)[0][1]
 
     def open_temp(self, sop_uid: str | None = None) -> TempBlob:
         """A temporary blob to write an arriving instance into, for ``ingest(Received(...))``.
@@ -559,6 +622,17 @@ _PATIENT_OF_INSTANCE = (select(studies.c.patient_fk)
 
 def _why(exc: BaseException) -> str:
     return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _expected(record: IndexRecord, sop_class: str | None, sop_instance: str | None) -> None:
+    """Refuse a data set that is not the instance a request named (see :meth:`Archive.ingest`)."""
+    if sop_instance and record.sop_uid != sop_instance:
+        raise InvalidInstance("uid-mismatch", f"SOP Instance UID differs from the request's: data set "
+                              f"{show_value(record.sop_uid)}, request {show_value(sop_instance)}", None)
+    actual = record.instance["sop_class_uid"]
+    if sop_class and actual != sop_class:
+        raise InvalidInstance("sop-class-mismatch", f"SOP Class UID differs from the request's: data set "
+                              f"{show_value(actual)}, request {show_value(sop_class)}", record.sop_uid)
 
 
 def _read_record(data: bytes | bytearray) -> tuple[Dataset, IndexRecord]:

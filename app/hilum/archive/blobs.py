@@ -26,7 +26,7 @@ from hilum.errors import StorageFull
 CHECKSUM_ALGORITHM = "xxh128"
 
 
-def blob_checksum(data: bytes | memoryview) -> str:
+def blob_checksum(data: bytes | bytearray | memoryview) -> str:
     """The checksum the index keeps of a blob: ``xxh128:<hex>``.
 
     XXH3-128 detects corruption (bit rot, truncation, a stray write) as well

@@ -281,27 +281,37 @@ class IndexWriter:
 
     # ------------------------------------------------------------------ writing
 
-    def write(self, batch: list[tuple[int, Prepared]], *, origin: str,
-              source_aet: str = "") -> list[tuple[int, IngestResult]]:
+    def write(self, batch: list[tuple[int, Prepared]], *, origin: str, source_aet: str = "",
+              sync_inside: bool = False) -> list[tuple[int, IngestResult]]:
         """Index prepared instances in one transaction (see the module docstring); results by index.
 
         Never raises for a storage or index failure: the instance is
         ``rejected`` with its code.  Owns the temporaries: each is renamed
         into place or removed.
+
+        The blobs' pending fsyncs (``Prepared.synced``) are awaited before the
+        transaction begins; with ``sync_inside`` they are awaited inside it,
+        after the rows are written and before the blobs are renamed into
+        place and the transaction commits, so the index statements run while
+        the disk syncs (a lone C-STORE: the sender waits for both).  Either
+        way a blob is durable before it is in place and before its row
+        commits.  ``sync_inside`` holds the writer (and SQLite's write lock)
+        through the fsync: for an ingest with no other in flight.
         """
         moved: list[tuple[str, str, str | None]] = []
         failures: tuple[type[BaseException], ...] = (StorageFull, OSError, *self._db_errors)
         try:
-            for _, p in batch:
-                if p.synced is not None:
-                    p.synced.result()  # durable before indexed; raises StorageFull
+            if not sync_inside:
+                _await_synced(batch)
             out, events, discards = self._transact(batch, origin, source_aet, moved)
+            _await_synced(batch)  # (done already: the renames waited for them)
         except failures as exc:
             self._unmove(moved)
             if len(batch) > 1:
                 log.info("batch of %d failed (%s); indexing one by one", len(batch), exc)
                 return [r for item in batch for r in self.write([item], origin=origin, source_aet=source_aet)]
             idx, p = batch[0]
+            _settle(p)
             self.blobs.discard_temp(p.temp)
             code, reason = storage_failure(exc)
             if code == "storage-full":
@@ -313,6 +323,7 @@ class IndexWriter:
         except BaseException:
             self._unmove(moved)
             for _, p in batch:
+                _settle(p)
                 self.blobs.discard_temp(p.temp)
             raise
         for _, _, backup in moved:
@@ -336,6 +347,7 @@ class IndexWriter:
                 with self._lock:
                     raw = RawTransaction(self.engine)
                     out, events, renames, discards = self._index(raw, batch, origin, source_aet)
+                    _await_synced(batch)
                     self._commit_blobs(renames, moved)
                     raw.commit()
                     raw.close(rollback=False)
@@ -353,6 +365,7 @@ class IndexWriter:
             try:
                 with self.transaction() as conn:
                     out, events, renames, discards = self._index(conn, batch, origin, source_aet)
+                    _await_synced(batch)
                     self._commit_blobs(renames, moved)
                 return out, events, discards
             except self._integrity:
@@ -600,6 +613,22 @@ class IndexWriter:
                               .where(studies.c.pk == row.study_fk)).first()
             if st is not None and st.num_series <= 0:
                 conn.execute(delete(studies).where(studies.c.pk == row.study_fk))
+
+
+def _await_synced(batch: list[tuple[int, Prepared]]) -> None:
+    """Wait for the pending fsyncs of ``batch``: durable before indexed; raises StorageFull."""
+    for _, p in batch:
+        if p.synced is not None:
+            p.synced.result()
+
+
+def _settle(p: Prepared) -> None:
+    """Wait for ``p``'s pending fsync, whatever its outcome, before its temporary is removed."""
+    if p.synced is not None:
+        try:
+            p.synced.result()
+        except Exception:  # noqa: BLE001 - the failure is reported by whoever indexes it
+            pass
 
 
 def _read(path: str | os.PathLike[str]) -> bytes:
