@@ -76,6 +76,8 @@ class _Prepared:
     volume: Volume
     scene: MPRScene
     volume_scene: VolumeScene | None
+    later_3d: bool = False
+    """The 3D scene is made after the planes are shown (:meth:`MPRWidget._on_built_3d`)."""
 
 
 class _Owned:
@@ -109,6 +111,7 @@ class MPRWidget(QWidget):
     volumeLoaded = Signal(object)  # Volume
     loadFailed = Signal(str)
     _built = Signal(object, object)  # worker -> GUI thread: Volume or None, error or None
+    _built_3d = Signal(object, object)  # worker -> GUI thread: the Volume, its VolumeScene (None: failed)
 
     def __init__(
         self,
@@ -141,6 +144,7 @@ class MPRWidget(QWidget):
         owned = self._owned
         self.destroyed.connect(lambda *_: owned.release())  # not a method of self: runs after it is gone
         self._built.connect(self._on_built)
+        self._built_3d.connect(self._on_built_3d)
         self._build_ui()
         if volume is not None:
             self.set_volume(volume)
@@ -297,48 +301,71 @@ class MPRWidget(QWidget):
         """Run ``build() -> Volume`` off the GUI thread (on a :class:`hilum.ui.tasks.TaskRunner`
         when given, else a plain thread) and show the result.  The MPR and 3D scenes of the
         volume (VTK pipelines, a block-averaged copy for software 3D) are made there too
-        (:meth:`prepare`), so the GUI thread only places them."""
+        (:meth:`prepare`), so the GUI thread only places them.
+
+        On the plain thread the MPR layout shows its three planes as soon as they are ready
+        and the 3D pane when its scene is (block-averaging a 512 x 512 x 600 CT for the 3D
+        view took longer than the planes themselves); the 3D layout waits for its 3D scene."""
 
         self._closed = False
 
-        def job() -> _Prepared:
-            return self.prepare(build())
-
         if runner is not None:
-            runner.submit(job, on_done=lambda v: self._on_built(v, None), on_error=lambda e: self._on_built(None, e))
+            runner.submit(
+                lambda: self.prepare(build()),
+                on_done=lambda v: self._on_built(v, None),
+                on_error=lambda e: self._on_built(None, e),
+            )
             return
         import threading
+
+        presets = dict(self.presets)
+        defer_3d = self.with_3d and self.layout_name != "3d"
 
         def run() -> None:
             background_priority()
             try:
-                prepared = job()
+                prepared = self.prepare(build(), defer_3d=defer_3d)
             except Exception as exc:  # delivered to the GUI thread as a message
                 with contextlib.suppress(RuntimeError):  # the widget is gone
                     self._built.emit(None, exc)
-            else:
-                try:
-                    self._built.emit(prepared, None)
-                except RuntimeError:  # the widget was deleted meanwhile: free the scenes here
-                    self._dispose(prepared)
+                return
+            try:
+                self._built.emit(prepared, None)
+            except RuntimeError:  # the widget was deleted meanwhile: free the scenes here
+                self._dispose(prepared)
+                return
+            if not prepared.later_3d:
+                return
+            try:
+                volume_scene: VolumeScene | None = VolumeScene(prepared.volume, presets=presets)
+            except Exception:  # the planes are shown: the 3D pane stays empty, with a message
+                logger.exception("MPR: the 3D view could not be made")
+                volume_scene = None
+            try:
+                self._built_3d.emit(prepared.volume, volume_scene)
+            except RuntimeError:  # the widget is gone
+                if volume_scene is not None:
+                    volume_scene.close()
 
         # Not a daemon: the interpreter waits for a build (seconds at most) at exit instead of
         # finalizing while the thread is inside VTK ("PyGILState_Release ... finalizing": abort).
         threading.Thread(target=run, name="hilum-mpr-build").start()
 
-    def prepare(self, volume: Volume) -> _Prepared:
-        """The scenes :meth:`set_volume` shows for ``volume``; no Qt, safe on a worker thread."""
+    def prepare(self, volume: Volume, *, defer_3d: bool = False) -> _Prepared:
+        """The scenes :meth:`set_volume` shows for ``volume``; no Qt, safe on a worker thread.
+        With *defer_3d* the 3D scene is left out (``later_3d``: the caller makes it afterwards)."""
         scene = MPRScene(volume)  # the 2D viewer's display of the series (hilum.render.mpr.volume_display)
         try:
             if self.layout_name != "3d":
                 for vp in scene.viewports.values():  # a window's first frame (context, shaders) costs 50-100 ms
                     vp.render_window.SetOffScreenRendering(1)
                     vp.render()  # holding the VTK lock, the context left current nowhere (hilum.render.gl)
-            volume_scene = VolumeScene(volume, presets=dict(self.presets)) if self.with_3d else None
+            later = defer_3d and self.with_3d
+            volume_scene = VolumeScene(volume, presets=dict(self.presets)) if self.with_3d and not later else None
         except BaseException:
             scene.close()
             raise
-        return _Prepared(volume, scene, volume_scene)
+        return _Prepared(volume, scene, volume_scene, later_3d=later)
 
     @staticmethod
     def _dispose(prepared: _Prepared) -> None:
@@ -362,8 +389,21 @@ class MPRWidget(QWidget):
         else:
             self.set_volume(prepared)
 
+    def _on_built_3d(self, volume: Volume, volume_scene: VolumeScene | None) -> None:
+        """The 3D scene made after the planes were shown: into the 3D pane, unless the widget has
+        closed or shows another volume meanwhile (then it is freed)."""
+        if volume_scene is None:
+            if not self._closed and self.volume is volume:
+                self.status.setText(self.status.text() + " — the 3D view could not be made")
+            return
+        if self._closed or self.volume is not volume or self.volume_scene is not None:
+            volume_scene.close()
+            return
+        self.grid.addWidget(self._attach_3d(volume_scene), 1, 1)  # the MPR layout's 3D pane (the 3D layout never waits)
+
     def set_volume(self, volume: Volume, *, prepared: _Prepared | None = None) -> None:
-        """Show ``volume`` (replacing any shown one), with its scenes from :meth:`prepare` when given."""
+        """Show ``volume`` (replacing any shown one), with its scenes from :meth:`prepare` when given
+        (its 3D scene may follow: :meth:`_on_built_3d`)."""
         self._teardown()
         self._iso_wanted = None
         if prepared is None or prepared.volume is not volume:
@@ -376,24 +416,8 @@ class MPRWidget(QWidget):
             canvas = SliceCanvas(self.scene[view], self)
             canvas.activated.connect(lambda v=view: self.set_active_view(v))
             self.slice_canvases[view] = canvas
-        if self.with_3d:
-            self.volume_scene = prepared.volume_scene or VolumeScene(volume, presets=dict(self.presets))
-            if self.layout_name != "3d":  # the MPR's 3D cursor (no planes, no cursor in the 3D-only layout)
-                self.volume_scene.set_cursor(self.scene.crosshair.centre)
-            self.volume_canvas = VolumeCanvas(self.volume_scene, self)
-            self._owned.volume_scene = self.volume_scene
-            self._owned.worker = self.volume_canvas.worker()
-            self.vr_preset.blockSignals(True)
-            self.vr_preset.clear()
-            for pid, p in self.presets.items():
-                self.vr_preset.addItem(p.name, pid)
-            self.vr_preset.setCurrentIndex(max(0, self.vr_preset.findData(self.volume_scene.preset.id)))
-            self.vr_preset.blockSignals(False)
-            self.shading.blockSignals(True)
-            self.shading.setChecked(self.volume_scene.shading)
-            self.shading.blockSignals(False)
-            lo, hi = self.scene.data.value_range  # computed with the scene, off the GUI thread
-            self.iso_threshold.setValue(300.0 if volume.modality == "CT" else lo + 0.3 * (hi - lo))
+        if self.with_3d and not prepared.later_3d:
+            self._attach_3d(prepared.volume_scene or VolumeScene(volume, presets=dict(self.presets)))
         self._fill_window_presets()
         self._place()
         self.set_active_view("axial")
@@ -404,6 +428,28 @@ class MPRWidget(QWidget):
             + (f" — {issues}" if issues else "")
         )
         self.volumeLoaded.emit(volume)
+
+    def _attach_3d(self, volume_scene: VolumeScene) -> VolumeCanvas:
+        """The 3D pane's canvas for ``volume_scene`` (of :attr:`volume`), the 3D panel set from it."""
+        assert self.volume is not None and self.scene is not None
+        self.volume_scene = volume_scene
+        if self.layout_name != "3d":  # the MPR's 3D cursor (no planes, no cursor in the 3D-only layout)
+            self.volume_scene.set_cursor(self.scene.crosshair.centre)
+        self.volume_canvas = VolumeCanvas(self.volume_scene, self)
+        self._owned.volume_scene = self.volume_scene
+        self._owned.worker = self.volume_canvas.worker()
+        self.vr_preset.blockSignals(True)
+        self.vr_preset.clear()
+        for pid, p in self.presets.items():
+            self.vr_preset.addItem(p.name, pid)
+        self.vr_preset.setCurrentIndex(max(0, self.vr_preset.findData(self.volume_scene.preset.id)))
+        self.vr_preset.blockSignals(False)
+        self.shading.blockSignals(True)
+        self.shading.setChecked(self.volume_scene.shading)
+        self.shading.blockSignals(False)
+        lo, hi = self.scene.data.value_range  # computed with the scene, off the GUI thread
+        self.iso_threshold.setValue(300.0 if self.volume.modality == "CT" else lo + 0.3 * (hi - lo))
+        return self.volume_canvas
 
     def _teardown(self) -> None:
         if self._unsubscribe is not None:
