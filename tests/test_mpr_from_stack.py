@@ -225,3 +225,29 @@ def test_mpr_and_3d_open_from_the_loaded_stack_in_the_main_window(qtbot, make_ma
     assert diff.mean() < 0.5 and np.percentile(diff, 99.9) <= 8, (diff.mean(), diff.max())
     assert canvas.still_count >= 1
     three_d.close()
+
+
+def test_the_preview_is_coarse_and_leaves_the_scene_as_it_was(tmp_path: Path) -> None:
+    """The 3D view's first look (render_preview): unshaded at the PREVIEW level of detail, a picture
+    of the same volume in the same place as the full-quality frame, and the scene's sampling and
+    shading afterwards exactly as before (the full frame after it is today's full frame)."""
+    from hilum.render.volume3d import PREVIEW, VolumeScene
+
+    volume = build_volume([str(p) for p in write_ct(tmp_path / "ct", rows=64, slices=40, thickness=2.0)])
+    scene = VolumeScene(volume, size=(320, 240), preset="ct-bone")
+    try:
+        before = (scene.mapper.GetImageSampleDistance(), scene.mapper.GetSampleDistance(), scene.shading)
+        reference = scene.render_frame()
+        preview = scene.render_preview()
+        assert scene.mapper.GetImageSampleDistance() == before[0] and scene.shading == before[2]
+        assert scene.mapper.GetSampleDistance() == before[1] and not scene._interacting
+        full = scene.render_frame()
+        assert preview is not None and full is not None and reference is not None
+        assert np.array_equal(full, reference)  # the preview changed nothing for the frames after it
+        assert np.abs(preview.astype(int) - full.astype(int)).mean() > 0.5  # coarser and unshaded
+        lit = [np.argwhere(a.max(axis=2) > 20) for a in (preview, full)]
+        assert all(len(x) for x in lit)
+        assert np.abs(lit[0].mean(axis=0) - lit[1].mean(axis=0)).max() < 6  # the same object, same place
+        assert PREVIEW.image_sample_distance > scene.interactive_lod.image_sample_distance
+    finally:
+        scene.close()
