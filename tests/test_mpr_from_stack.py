@@ -186,9 +186,16 @@ def test_mpr_and_3d_open_from_the_loaded_stack_in_the_main_window(qtbot, make_ma
     for f in series.stack.frames:  # nothing of the series can be read again: MPR and 3D use what is loaded
         os.remove(f.path)
 
+    from hilum.ui.mpr import warm
+
+    # the loaded series had the MPR's windows made and warmed in the background
+    qtbot.waitUntil(warm.ready, timeout=TIMEOUT)
     mpr = _click(qtbot, viewer, "mpr")
     qtbot.waitUntil(lambda: mpr.volume is not None and len(mpr.slice_canvases) == 3, timeout=TIMEOUT)
     assert "Cannot" not in mpr.status.text()
+    used = mpr._owned.warm  # the planes render in the warmed windows, freed with the MPR
+    assert used is not None and not warm.ready()
+    assert [mpr.scene[v].render_window for v in ("axial", "coronal", "sagittal")] == list(used.windows.values())
     assert_same_volume(mpr.volume, from_files)
     assert np.shares_memory(mpr.volume.array, series.data)  # the viewer's own pixels, not a copy
     qtbot.waitUntil(lambda: all(c.render_count > 0 for c in mpr.slice_canvases.values()), timeout=TIMEOUT)
@@ -196,6 +203,8 @@ def test_mpr_and_3d_open_from_the_loaded_stack_in_the_main_window(qtbot, make_ma
     qtbot.waitUntil(lambda: mpr.volume_canvas is not None and mpr.volume_canvas.render_count > 0, timeout=TIMEOUT)
     assert mpr.volume_canvas.isVisible()
     mpr.close()
+    assert used.closed and mpr.scene is None
+    qtbot.waitUntil(warm.ready, timeout=TIMEOUT)  # closing it warmed a set for the next MPR
 
     frames: list[tuple[np.ndarray, bool]] = []
     three_d = _click(qtbot, viewer, "volume_3d")
@@ -251,3 +260,37 @@ def test_the_preview_is_coarse_and_leaves_the_scene_as_it_was(tmp_path: Path) ->
         assert PREVIEW.image_sample_distance > scene.interactive_lod.image_sample_distance
     finally:
         scene.close()
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_value_range_in_pieces_is_the_whole_arrays(dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    array = rng.integers(-2000, 3000, size=(9, 256, 251)).astype(dtype)  # more than one piece, a ragged last
+    array[8, 255, 250], array[0, 0, 0] = 3171, -2017
+    assert Volume.from_array(array).value_range() == (-2017.0, 3171.0)
+    if dtype is np.float32:
+        array[4, 3, 2] = np.nan  # as numpy's own min/max: NaN wins
+        lo, hi = Volume.from_array(array).value_range()
+        assert np.isnan(lo) and np.isnan(hi)
+
+
+def test_planes_in_warmed_windows_equal_planes_in_new_windows(tmp_path: Path) -> None:
+    """A window that rendered the warm-up scene (its context and shaders kept) renders a volume's
+    planes exactly as a new window does."""
+    from hilum.render.mpr import MPRScene
+    from hilum.ui.mpr.warm import make
+
+    volume = build_volume([str(p) for p in write_ct(tmp_path / "ct", rows=64, slices=30, thickness=2.0)])
+    warmed = make()
+    assert not warmed.closed
+    scenes = [MPRScene(volume, windows=warmed.windows), MPRScene(volume)]
+    try:
+        for view in ("axial", "coronal", "sagittal"):
+            a, b = (s[view].capture() for s in scenes)
+            assert a.shape == b.shape and a.max() > 50
+            assert np.array_equal(a, b), view
+    finally:
+        for s in scenes:
+            s.close()
+        warmed.close()
+    assert warmed.closed

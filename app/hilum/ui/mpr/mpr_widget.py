@@ -57,6 +57,8 @@ from hilum.render.volume3d import VolumeScene, VRPreset, load_presets, save_pres
 from hilum.ui.mpr.canvas import SliceCanvas, VolumeCanvas, background_priority
 from hilum.ui.mpr.curved import CurvedMPRView
 from hilum.ui.mpr.tf_editor import TransferFunctionEditor
+from hilum.ui.mpr.warm import WarmWindows, warm_in_background
+from hilum.ui.mpr.warm import take as take_warm_windows
 
 __all__ = ["SLAB_MODES", "MPRWidget"]
 
@@ -78,6 +80,8 @@ class _Prepared:
     volume_scene: VolumeScene | None
     later_3d: bool = False
     """The 3D scene is made after the planes are shown (:meth:`MPRWidget._on_built_3d`)."""
+    warm: WarmWindows | None = None
+    """The warmed windows the planes render in (:mod:`hilum.ui.mpr.warm`), freed after the scene."""
 
 
 class _Owned:
@@ -89,6 +93,7 @@ class _Owned:
         self.scene: MPRScene | None = None
         self.volume_scene: VolumeScene | None = None
         self.worker: tuple[Callable[[], None], Any] | None = None
+        self.warm: WarmWindows | None = None
 
     def release(self, *_: object) -> None:
         if self.worker is not None:
@@ -102,6 +107,9 @@ class _Owned:
             scene.close()
         if volume_scene is not None:
             volume_scene.close()
+        warm, self.warm = self.warm, None
+        if warm is not None:  # after the scene that rendered in its windows
+            warm.close()
 
 
 class MPRWidget(QWidget):
@@ -354,7 +362,14 @@ class MPRWidget(QWidget):
     def prepare(self, volume: Volume, *, defer_3d: bool = False) -> _Prepared:
         """The scenes :meth:`set_volume` shows for ``volume``; no Qt, safe on a worker thread.
         With *defer_3d* the 3D scene is left out (``later_3d``: the caller makes it afterwards)."""
-        scene = MPRScene(volume)  # the 2D viewer's display of the series (hilum.render.mpr.volume_display)
+        warm = take_warm_windows()  # windows that have rendered a plane: no context or shaders to make
+        try:
+            # the 2D viewer's display of the series (hilum.render.mpr.volume_display)
+            scene = MPRScene(volume, windows=warm.windows if warm is not None else None)
+        except BaseException:
+            if warm is not None:
+                warm.close()
+            raise
         try:
             if self.layout_name != "3d":
                 for vp in scene.viewports.values():  # a window's first frame (context, shaders) costs 50-100 ms
@@ -364,8 +379,10 @@ class MPRWidget(QWidget):
             volume_scene = VolumeScene(volume, presets=dict(self.presets)) if self.with_3d and not later else None
         except BaseException:
             scene.close()
+            if warm is not None:
+                warm.close()
             raise
-        return _Prepared(volume, scene, volume_scene, later_3d=later)
+        return _Prepared(volume, scene, volume_scene, later_3d=later, warm=warm)
 
     @staticmethod
     def _dispose(prepared: _Prepared) -> None:
@@ -373,6 +390,8 @@ class MPRWidget(QWidget):
         prepared.scene.close()
         if prepared.volume_scene is not None:
             prepared.volume_scene.close()
+        if prepared.warm is not None:
+            prepared.warm.close()
 
     def _on_built(self, prepared: _Prepared | Volume | None, error: BaseException | None) -> None:
         if error is not None or prepared is None:
@@ -411,6 +430,7 @@ class MPRWidget(QWidget):
         self.volume = volume
         self.scene = prepared.scene
         self._owned.scene = self.scene
+        self._owned.warm = prepared.warm
         self._unsubscribe = self.scene.crosshair.subscribe(self._on_crosshair)
         for view in VIEWS:
             canvas = SliceCanvas(self.scene[view], self)
@@ -496,8 +516,11 @@ class MPRWidget(QWidget):
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802
         self._closed = True
+        had_scene = self.scene is not None
         self._teardown()
         super().closeEvent(event)
+        if had_scene:  # the next MPR finds its windows warm again
+            warm_in_background()
 
     # ------------------------------------------------------------------ linked state
     def set_active_view(self, view: str) -> None:

@@ -37,6 +37,10 @@ def add_mpr_actions(viewer: Any) -> dict[str, QAction]:
     from hilum.ui.viewer.shortcuts import SHORTCUTS
 
     keys = {n: k for n, k, _ in SHORTCUTS}
+    from hilum.ui.mpr.warm import warm_in_background
+
+    # a loaded series is what comes before MPR: its windows are made and warmed meanwhile (off this thread)
+    viewer.loadFinished.connect(lambda *_: warm_in_background())
     out = {}
     for name, text, layout, tip in (
         ("mpr", "MPR", "mpr", "Axial, coronal, sagittal and oblique planes of the active series, with 3D"),
