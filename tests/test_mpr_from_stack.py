@@ -294,3 +294,33 @@ def test_planes_in_warmed_windows_equal_planes_in_new_windows(tmp_path: Path) ->
             s.close()
         warmed.close()
     assert warmed.closed
+
+
+@pytest.mark.gui
+def test_mpr_planes_come_before_the_3d_pane_which_takes_the_panels_settings(qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The MPR layout shows its planes first (volumeLoaded: no 3D pane yet), the 3D scene follows
+    from the build thread; a surface asked for in the 3D panel in between is made on the scene."""
+    from hilum.ui.mpr.mpr_widget import MPRWidget
+
+    volume = build_volume([str(p) for p in write_ct(tmp_path / "ct", rows=48, slices=24, thickness=2.0)])
+    w = MPRWidget(layout="mpr")
+    qtbot.addWidget(w)
+    w.resize(900, 650)
+    w.show()
+    qtbot.waitExposed(w)
+    seen: list[bool] = []
+
+    def planes_shown(_v: Volume) -> None:  # on the GUI thread: the 3D scene's hand-over waits behind this
+        seen.append(w.volume_canvas is None and len(w.slice_canvases) == 3)
+        w.iso_on.setChecked(True)  # the reader asks for a surface before the 3D view is there
+
+    w.volumeLoaded.connect(planes_shown)
+    w.build_async(lambda: volume)
+    qtbot.waitUntil(lambda: w.volume_canvas is not None, timeout=TIMEOUT)
+    assert seen == [True]
+    assert w.volume_scene is not None
+    qtbot.waitUntil(lambda: w.volume_scene.isosurface_threshold == 300.0, timeout=TIMEOUT)
+    qtbot.waitUntil(w.volume_canvas.settled, timeout=TIMEOUT)
+    assert w.volume_canvas.isVisible() and w.grid.indexOf(w.volume_canvas) >= 0
+    w.close()
+    assert w.volume_scene is None and w.scene is None

@@ -419,6 +419,12 @@ class MPRWidget(QWidget):
             volume_scene.close()
             return
         self.grid.addWidget(self._attach_3d(volume_scene), 1, 1)  # the MPR layout's 3D pane (the 3D layout never waits)
+        # what the reader set in the 3D panel while the scene was being made
+        self._apply_isosurface()
+        if self.cut_plane.currentIndex() > 0:
+            self._apply_cut()
+        if [s.value() for s in self.clip_sliders] != [0, 1000] * 3:
+            self._apply_clip_box()
 
     def set_volume(self, volume: Volume, *, prepared: _Prepared | None = None) -> None:
         """Show ``volume`` (replacing any shown one), with its scenes from :meth:`prepare` when given
