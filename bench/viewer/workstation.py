@@ -261,7 +261,8 @@ def child(data_dir: str, study_uid: str, with_node: bool, why: bool, mpr: bool =
             got = wait_until(lambda w=widget, v=views, vol=volume: rendered(w, v, vol), 300)
             out[f"{phase}_s"] = time.perf_counter() - t0 if got else float("nan")
             if phase == "mpr":  # the MPR layout has a 3D pane as well: until it shows too
-                wait_until(lambda w=widget: w.volume_canvas is None or w.volume_canvas.render_count > 0, 300)
+                wait_until(lambda w=widget: not w.with_3d or (w.volume_canvas is not None  # it may come later
+                                                            and w.volume_canvas.render_count > 0), 300)  # fmt: skip
                 out["mpr_with_3d_pane_s"] = time.perf_counter() - t0
             if phase == "3d":  # the first frame may be a quick preview: until the full-quality one
                 wait_until(lambda w=widget: getattr(w.volume_canvas, "settled", lambda: True)(), 300)
