@@ -300,6 +300,8 @@ def test_planes_in_warmed_windows_equal_planes_in_new_windows(tmp_path: Path) ->
 def test_mpr_planes_come_before_the_3d_pane_which_takes_the_panels_settings(qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The MPR layout shows its planes first (volumeLoaded: no 3D pane yet), the 3D scene follows
     from the build thread; a surface asked for in the 3D panel in between is made on the scene."""
+    from PySide6.QtWidgets import QLabel
+
     from hilum.ui.mpr.mpr_widget import MPRWidget
 
     volume = build_volume([str(p) for p in write_ct(tmp_path / "ct", rows=48, slices=24, thickness=2.0)])
@@ -313,6 +315,12 @@ def test_mpr_planes_come_before_the_3d_pane_which_takes_the_panels_settings(qtbo
     def planes_shown(_v: Volume) -> None:  # on the GUI thread: the 3D scene's hand-over waits behind this
         seen.append(w.volume_canvas is None and len(w.slice_canvases) == 3)
         w.iso_on.setChecked(True)  # the reader asks for a surface before the 3D view is there
+        QApplication.processEvents()  # laid out: the planes as the reader first sees them
+        places.extend(c.geometry() for c in w.slice_canvases.values())
+
+    from PySide6.QtWidgets import QApplication
+
+    places: list = []  # type: ignore[type-arg]
 
     w.volumeLoaded.connect(planes_shown)
     w.build_async(lambda: volume)
@@ -322,5 +330,10 @@ def test_mpr_planes_come_before_the_3d_pane_which_takes_the_panels_settings(qtbo
     qtbot.waitUntil(lambda: w.volume_scene.isosurface_threshold == 300.0, timeout=TIMEOUT)
     qtbot.waitUntil(w.volume_canvas.settled, timeout=TIMEOUT)
     assert w.volume_canvas.isVisible() and w.grid.indexOf(w.volume_canvas) >= 0
+    assert w.findChild(QLabel, "mpr-3d-pending") is None  # the place holder made way
+    QApplication.processEvents()
+    assert [c.geometry() for c in w.slice_canvases.values()] == places  # the planes did not move
+    axial, coronal, sagittal = places  # the 3D pane: coronal's column, sagittal's row
+    assert w.volume_canvas.width() == coronal.width() and w.volume_canvas.height() == sagittal.height()
     w.close()
     assert w.volume_scene is None and w.scene is None

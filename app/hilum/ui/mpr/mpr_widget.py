@@ -45,6 +45,7 @@ from PySide6.QtWidgets import (
     QInputDialog,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QSlider,
     QToolBar,
     QVBoxLayout,
@@ -148,6 +149,7 @@ class MPRWidget(QWidget):
         self._iso_wanted: float | None = None
         self._unsubscribe: Any = None
         self._closed = False
+        self._pending_3d: QLabel | None = None
         self._owned = _Owned()
         owned = self._owned
         self.destroyed.connect(lambda *_: owned.release())  # not a method of self: runs after it is gone
@@ -414,10 +416,13 @@ class MPRWidget(QWidget):
         if volume_scene is None:
             if not self._closed and self.volume is volume:
                 self.status.setText(self.status.text() + " — the 3D view could not be made")
+                if self._pending_3d is not None:
+                    self._pending_3d.setText("No 3D view")
             return
         if self._closed or self.volume is not volume or self.volume_scene is not None:
             volume_scene.close()
             return
+        self._drop_pending_3d()
         self.grid.addWidget(self._attach_3d(volume_scene), 1, 1)  # the MPR layout's 3D pane (the 3D layout never waits)
         # what the reader set in the 3D panel while the scene was being made
         self._apply_isosurface()
@@ -444,6 +449,8 @@ class MPRWidget(QWidget):
             self.slice_canvases[view] = canvas
         if self.with_3d and not prepared.later_3d:
             self._attach_3d(prepared.volume_scene or VolumeScene(volume, presets=dict(self.presets)))
+        elif self.with_3d:  # the 3D pane's place is kept, so the planes do not move when it comes
+            self._pending_3d = self._placeholder("Rendering…")
         self._fill_window_presets()
         self._place()
         self.set_active_view("axial")
@@ -477,7 +484,25 @@ class MPRWidget(QWidget):
         self.iso_threshold.setValue(300.0 if self.volume.modality == "CT" else lo + 0.3 * (hi - lo))
         return self.volume_canvas
 
+    def _placeholder(self, text: str) -> QLabel:
+        """What holds the 3D pane's place (sized like a canvas) until its scene comes."""
+        label = QLabel(text, self)
+        label.setObjectName("mpr-3d-pending")
+        label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        label.setStyleSheet("background: black; color: lightgray;")
+        label.setMinimumSize(96, 96)
+        label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        return label
+
+    def _drop_pending_3d(self) -> None:
+        if self._pending_3d is not None:
+            self.grid.removeWidget(self._pending_3d)
+            self._pending_3d.hide()
+            self._pending_3d.deleteLater()
+            self._pending_3d = None
+
     def _teardown(self) -> None:
+        self._drop_pending_3d()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -519,6 +544,8 @@ class MPRWidget(QWidget):
             self.grid.addWidget(self.slice_canvases[view], row, col)
         if self.volume_canvas is not None:
             self.grid.addWidget(self.volume_canvas, 1, 1)
+        elif self._pending_3d is not None:
+            self.grid.addWidget(self._pending_3d, 1, 1)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802
         self._closed = True
