@@ -337,3 +337,36 @@ def test_mpr_planes_come_before_the_3d_pane_which_takes_the_panels_settings(qtbo
     assert w.volume_canvas.width() == coronal.width() and w.volume_canvas.height() == sagittal.height()
     w.close()
     assert w.volume_scene is None and w.scene is None
+
+
+@pytest.mark.parametrize("brightest", [4095, 40000])
+def test_unsigned_mr_from_the_stack_is_its_buffer_when_it_fits(tmp_path: Path, brightest: int) -> None:
+    """12-bit unsigned MR (slope 1, intercept 0): the viewer's uint16 buffer seen as int16 is the volume
+    (the same bits below 32768); a value above 32767 needs the float32 volume the files give."""
+    from hilum.dicom.generator import OBLIQUE, generate_mr_series, write_dataset
+
+    series = generate_mr_series(STUDY, rows=40, columns=40, slices=10, orientation=OBLIQUE)
+    series[3].PixelData = (
+        np.where(  # the brightest value of the series in one slice's corner
+            np.arange(40 * 40).reshape(40, 40) == 0, brightest, series[3].pixel_array
+        )
+        .astype("<u2")
+        .tobytes()
+    )
+    if brightest > 4095:  # 16-bit unsigned, not 12: the value is stored as it is
+        for ds in series:
+            ds.BitsStored, ds.HighBit = 16, 15
+    paths = [str(write_dataset(ds, tmp_path / f"{i:02d}.dcm")) for i, ds in enumerate(series)]
+    loaded = load_series_sync(paths, preview=False)
+    assert loaded.data.dtype == np.uint16
+    got = volume_from_series(loaded)
+    from_files = build_volume(paths)
+    if brightest < 32768:
+        assert_same_volume(got, from_files)
+        assert np.shares_memory(got.array, loaded.data) and got.array.dtype == np.int16
+        assert not got.array.flags.writeable
+    else:
+        assert not np.shares_memory(got.array, loaded.data)
+        assert got.array.dtype == from_files.array.dtype == np.float32
+        assert_same_volume(got, from_files)
+    assert got.value_range()[1] == brightest
