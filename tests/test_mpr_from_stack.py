@@ -370,3 +370,26 @@ def test_unsigned_mr_from_the_stack_is_its_buffer_when_it_fits(tmp_path: Path, b
         assert got.array.dtype == from_files.array.dtype == np.float32
         assert_same_volume(got, from_files)
     assert got.value_range()[1] == brightest
+
+
+@pytest.mark.parametrize("populate_from", [0, 1 << 40])
+def test_the_copied_volume_equals_the_files_with_its_memory_mapped_at_once_or_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, populate_from: int
+) -> None:
+    """HU = stored - 1024 needs a buffer of its own: mapped in one go (MAP_POPULATE, for big volumes;
+    here from 0 bytes) or plain np.empty, the same volume."""
+    import mmap
+
+    import hilum.dicom.volume as volume_module
+
+    monkeypatch.setattr(volume_module, "POPULATE_BYTES", populate_from)
+    paths = [str(p) for p in write_ct(tmp_path / "ct", rows=40, slices=12, thickness=2.0)]
+    series = load_series_sync(paths, preview=False)
+    got = volume_from_series(series)
+    assert_same_volume(got, build_volume(paths))
+    assert got.array.flags.writeable and not np.shares_memory(got.array, series.data)
+    owner = got.array
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    mapped = isinstance(owner, memoryview) and isinstance(owner.obj, mmap.mmap)
+    assert mapped == (populate_from == 0 and hasattr(mmap, "MAP_POPULATE"))
