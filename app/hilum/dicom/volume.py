@@ -967,12 +967,12 @@ def volume_from_series(
     undecodable slice is a :class:`VolumeError` (else an issue); *consume*:
     convert the series' buffer in place (the series is not to be used after).
 
-    Where the buffer's layout allows it (int16 stored values that are the modality
-    values, one frame per position, already in the volume's order) the volume's
-    array is a read-only view of the series' own buffer: no second copy of the
-    pixels. Otherwise the modality values need a buffer of their own: on this
-    machine a fresh 300 MB allocation right after a load cost 0.2-1.2 s of page
-    faults, the conversion itself 30-60 ms.
+    Where the buffer's layout allows it (stored values that are the modality values
+    and int16 already, or uint16 below 32768; one frame per position, in the volume's
+    order: :func:`_holds_modality_values`) the volume's array is a read-only view of
+    the series' own buffer: no second copy of the pixels. Otherwise (CT stored as
+    HU + 1024, duplicate positions) the modality values need a buffer of their own
+    (:func:`_new_buffer`); the conversion itself takes 30-60 ms for 512 x 512 x 600.
     """
     if not series.complete:
         raise VolumeError("the series is still loading")
