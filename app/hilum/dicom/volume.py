@@ -39,6 +39,7 @@ definitions and a trilinear :meth:`Volume.reslice` with MIP/MinIP/mean slabs
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import mmap
@@ -48,7 +49,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -930,7 +931,8 @@ def _new_buffer(shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
     filling a fresh 300 MB volume right after the viewer's load took 0.13-0.28 s that way against
     0.31-0.75 s (same machine, same minutes).  In steps, not with ``MAP_POPULATE`` (0.2-0.4 s too),
     because that held the process's memory map for the whole 300 MB and stalled the GUI thread
-    for up to a second (bench/mpr/stall.py).  ``np.empty`` for small arrays, elsewhere than
+    for up to a second (bench/mpr/stall.py); through ctypes, as ``mmap.madvise`` holds the GIL
+    (the GUI thread then waited ~100 ms).  ``np.empty`` for small arrays, elsewhere than
     Linux, and where the kernel refuses (the pages then come as they are written)."""
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if size < POPULATE_BYTES or not sys.platform.startswith("linux"):
@@ -939,12 +941,28 @@ def _new_buffer(shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
         memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     except (OSError, ValueError, AttributeError):
         return np.empty(shape, dtype)
-    try:
+    array = np.frombuffer(memory, dtype=dtype).reshape(shape)  # the array keeps the mapping alive
+    madvise = _libc_madvise()
+    if madvise is not None:  # through ctypes, which lets go of the GIL meanwhile (mmap.madvise does not)
+        base = array.ctypes.data
         for offset in range(0, size, _POPULATE_STEP):
-            memory.madvise(_MADV_POPULATE_WRITE, offset, min(_POPULATE_STEP, size - offset))
-    except (OSError, ValueError, AttributeError):  # an older kernel: faulted in as written
-        pass
-    return np.frombuffer(memory, dtype=dtype).reshape(shape)  # the array keeps the mapping alive
+            if madvise(base + offset, min(_POPULATE_STEP, size - offset), _MADV_POPULATE_WRITE) != 0:
+                break  # an older kernel: the rest is faulted in as written
+    return array
+
+
+@functools.cache
+def _libc_madvise() -> Any:
+    """libc's ``madvise(addr, length, advice)`` through ctypes, or None."""
+    import ctypes
+
+    try:
+        f = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    f.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    f.restype = ctypes.c_int
+    return f
 
 
 def _holds_modality_values(series: SeriesVolume, order: SliceOrder[FrameInfo]) -> bool:
