@@ -65,6 +65,11 @@ def make() -> WarmWindows:
     """A warmed set, made on the calling thread (VTK is imported here)."""
     import numpy as np
 
+    from hilum.render.gl import import_vtk
+
+    # VTK imported holding the VTK lock, as the viewer's own warm-up does (hilum.render.gl.import_vtk):
+    # imported beside that one, each thread waited for a module the other was importing (a deadlock)
+    import_vtk("hilum.render.mpr")
     from hilum.dicom.volume import Volume
     from hilum.render.mpr import VIEWS, MPRScene, offscreen_window
 
