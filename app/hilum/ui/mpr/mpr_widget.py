@@ -45,6 +45,7 @@ from PySide6.QtWidgets import (
     QInputDialog,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QSlider,
     QToolBar,
     QVBoxLayout,
@@ -57,6 +58,8 @@ from hilum.render.volume3d import VolumeScene, VRPreset, load_presets, save_pres
 from hilum.ui.mpr.canvas import SliceCanvas, VolumeCanvas, background_priority
 from hilum.ui.mpr.curved import CurvedMPRView
 from hilum.ui.mpr.tf_editor import TransferFunctionEditor
+from hilum.ui.mpr.warm import WarmWindows, warm_in_background
+from hilum.ui.mpr.warm import take as take_warm_windows
 
 __all__ = ["SLAB_MODES", "MPRWidget"]
 
@@ -76,6 +79,10 @@ class _Prepared:
     volume: Volume
     scene: MPRScene
     volume_scene: VolumeScene | None
+    later_3d: bool = False
+    """The 3D scene is made after the planes are shown (:meth:`MPRWidget._on_built_3d`)."""
+    warm: WarmWindows | None = None
+    """The warmed windows the planes render in (:mod:`hilum.ui.mpr.warm`), freed after the scene."""
 
 
 class _Owned:
@@ -87,6 +94,7 @@ class _Owned:
         self.scene: MPRScene | None = None
         self.volume_scene: VolumeScene | None = None
         self.worker: tuple[Callable[[], None], Any] | None = None
+        self.warm: WarmWindows | None = None
 
     def release(self, *_: object) -> None:
         if self.worker is not None:
@@ -100,6 +108,9 @@ class _Owned:
             scene.close()
         if volume_scene is not None:
             volume_scene.close()
+        warm, self.warm = self.warm, None
+        if warm is not None:  # after the scene that rendered in its windows
+            warm.close()
 
 
 class MPRWidget(QWidget):
@@ -109,6 +120,7 @@ class MPRWidget(QWidget):
     volumeLoaded = Signal(object)  # Volume
     loadFailed = Signal(str)
     _built = Signal(object, object)  # worker -> GUI thread: Volume or None, error or None
+    _built_3d = Signal(object, object)  # worker -> GUI thread: the Volume, its VolumeScene (None: failed)
 
     def __init__(
         self,
@@ -137,10 +149,12 @@ class MPRWidget(QWidget):
         self._iso_wanted: float | None = None
         self._unsubscribe: Any = None
         self._closed = False
+        self._pending_3d: QLabel | None = None
         self._owned = _Owned()
         owned = self._owned
         self.destroyed.connect(lambda *_: owned.release())  # not a method of self: runs after it is gone
         self._built.connect(self._on_built)
+        self._built_3d.connect(self._on_built_3d)
         self._build_ui()
         if volume is not None:
             self.set_volume(volume)
@@ -297,48 +311,80 @@ class MPRWidget(QWidget):
         """Run ``build() -> Volume`` off the GUI thread (on a :class:`hilum.ui.tasks.TaskRunner`
         when given, else a plain thread) and show the result.  The MPR and 3D scenes of the
         volume (VTK pipelines, a block-averaged copy for software 3D) are made there too
-        (:meth:`prepare`), so the GUI thread only places them."""
+        (:meth:`prepare`), so the GUI thread only places them.
+
+        On the plain thread the MPR layout shows its three planes as soon as they are ready
+        and the 3D pane when its scene is (block-averaging a 512 x 512 x 600 CT for the 3D
+        view took longer than the planes themselves); the 3D layout waits for its 3D scene."""
 
         self._closed = False
 
-        def job() -> _Prepared:
-            return self.prepare(build())
-
         if runner is not None:
-            runner.submit(job, on_done=lambda v: self._on_built(v, None), on_error=lambda e: self._on_built(None, e))
+            runner.submit(
+                lambda: self.prepare(build()),
+                on_done=lambda v: self._on_built(v, None),
+                on_error=lambda e: self._on_built(None, e),
+            )
             return
         import threading
+
+        presets = dict(self.presets)
+        defer_3d = self.with_3d and self.layout_name != "3d"
 
         def run() -> None:
             background_priority()
             try:
-                prepared = job()
+                prepared = self.prepare(build(), defer_3d=defer_3d)
             except Exception as exc:  # delivered to the GUI thread as a message
                 with contextlib.suppress(RuntimeError):  # the widget is gone
                     self._built.emit(None, exc)
-            else:
-                try:
-                    self._built.emit(prepared, None)
-                except RuntimeError:  # the widget was deleted meanwhile: free the scenes here
-                    self._dispose(prepared)
+                return
+            try:
+                self._built.emit(prepared, None)
+            except RuntimeError:  # the widget was deleted meanwhile: free the scenes here
+                self._dispose(prepared)
+                return
+            if not prepared.later_3d:
+                return
+            try:
+                volume_scene: VolumeScene | None = VolumeScene(prepared.volume, presets=presets)
+            except Exception:  # the planes are shown: the 3D pane stays empty, with a message
+                logger.exception("MPR: the 3D view could not be made")
+                volume_scene = None
+            try:
+                self._built_3d.emit(prepared.volume, volume_scene)
+            except RuntimeError:  # the widget is gone
+                if volume_scene is not None:
+                    volume_scene.close()
 
         # Not a daemon: the interpreter waits for a build (seconds at most) at exit instead of
         # finalizing while the thread is inside VTK ("PyGILState_Release ... finalizing": abort).
         threading.Thread(target=run, name="hilum-mpr-build").start()
 
-    def prepare(self, volume: Volume) -> _Prepared:
-        """The scenes :meth:`set_volume` shows for ``volume``; no Qt, safe on a worker thread."""
-        scene = MPRScene(volume)  # the 2D viewer's display of the series (hilum.render.mpr.volume_display)
+    def prepare(self, volume: Volume, *, defer_3d: bool = False) -> _Prepared:
+        """The scenes :meth:`set_volume` shows for ``volume``; no Qt, safe on a worker thread.
+        With *defer_3d* the 3D scene is left out (``later_3d``: the caller makes it afterwards)."""
+        warm = take_warm_windows()  # windows that have rendered a plane: no context or shaders to make
+        try:
+            # the 2D viewer's display of the series (hilum.render.mpr.volume_display)
+            scene = MPRScene(volume, windows=warm.windows if warm is not None else None)
+        except BaseException:
+            if warm is not None:
+                warm.close()
+            raise
         try:
             if self.layout_name != "3d":
                 for vp in scene.viewports.values():  # a window's first frame (context, shaders) costs 50-100 ms
                     vp.render_window.SetOffScreenRendering(1)
                     vp.render()  # holding the VTK lock, the context left current nowhere (hilum.render.gl)
-            volume_scene = VolumeScene(volume, presets=dict(self.presets)) if self.with_3d else None
+            later = defer_3d and self.with_3d
+            volume_scene = VolumeScene(volume, presets=dict(self.presets)) if self.with_3d and not later else None
         except BaseException:
             scene.close()
+            if warm is not None:
+                warm.close()
             raise
-        return _Prepared(volume, scene, volume_scene)
+        return _Prepared(volume, scene, volume_scene, later_3d=later, warm=warm)
 
     @staticmethod
     def _dispose(prepared: _Prepared) -> None:
@@ -346,6 +392,8 @@ class MPRWidget(QWidget):
         prepared.scene.close()
         if prepared.volume_scene is not None:
             prepared.volume_scene.close()
+        if prepared.warm is not None:
+            prepared.warm.close()
 
     def _on_built(self, prepared: _Prepared | Volume | None, error: BaseException | None) -> None:
         if error is not None or prepared is None:
@@ -362,8 +410,30 @@ class MPRWidget(QWidget):
         else:
             self.set_volume(prepared)
 
+    def _on_built_3d(self, volume: Volume, volume_scene: VolumeScene | None) -> None:
+        """The 3D scene made after the planes were shown: into the 3D pane, unless the widget has
+        closed or shows another volume meanwhile (then it is freed)."""
+        if volume_scene is None:
+            if not self._closed and self.volume is volume:
+                self.status.setText(self.status.text() + " — the 3D view could not be made")
+                if self._pending_3d is not None:
+                    self._pending_3d.setText("No 3D view")
+            return
+        if self._closed or self.volume is not volume or self.volume_scene is not None:
+            volume_scene.close()
+            return
+        self._drop_pending_3d()
+        self.grid.addWidget(self._attach_3d(volume_scene), 1, 1)  # the MPR layout's 3D pane (the 3D layout never waits)
+        # what the reader set in the 3D panel while the scene was being made
+        self._apply_isosurface()
+        if self.cut_plane.currentIndex() > 0:
+            self._apply_cut()
+        if [s.value() for s in self.clip_sliders] != [0, 1000] * 3:
+            self._apply_clip_box()
+
     def set_volume(self, volume: Volume, *, prepared: _Prepared | None = None) -> None:
-        """Show ``volume`` (replacing any shown one), with its scenes from :meth:`prepare` when given."""
+        """Show ``volume`` (replacing any shown one), with its scenes from :meth:`prepare` when given
+        (its 3D scene may follow: :meth:`_on_built_3d`)."""
         self._teardown()
         self._iso_wanted = None
         if prepared is None or prepared.volume is not volume:
@@ -371,29 +441,16 @@ class MPRWidget(QWidget):
         self.volume = volume
         self.scene = prepared.scene
         self._owned.scene = self.scene
+        self._owned.warm = prepared.warm
         self._unsubscribe = self.scene.crosshair.subscribe(self._on_crosshair)
         for view in VIEWS:
             canvas = SliceCanvas(self.scene[view], self)
             canvas.activated.connect(lambda v=view: self.set_active_view(v))
             self.slice_canvases[view] = canvas
-        if self.with_3d:
-            self.volume_scene = prepared.volume_scene or VolumeScene(volume, presets=dict(self.presets))
-            if self.layout_name != "3d":  # the MPR's 3D cursor (no planes, no cursor in the 3D-only layout)
-                self.volume_scene.set_cursor(self.scene.crosshair.centre)
-            self.volume_canvas = VolumeCanvas(self.volume_scene, self)
-            self._owned.volume_scene = self.volume_scene
-            self._owned.worker = self.volume_canvas.worker()
-            self.vr_preset.blockSignals(True)
-            self.vr_preset.clear()
-            for pid, p in self.presets.items():
-                self.vr_preset.addItem(p.name, pid)
-            self.vr_preset.setCurrentIndex(max(0, self.vr_preset.findData(self.volume_scene.preset.id)))
-            self.vr_preset.blockSignals(False)
-            self.shading.blockSignals(True)
-            self.shading.setChecked(self.volume_scene.shading)
-            self.shading.blockSignals(False)
-            lo, hi = self.scene.data.value_range  # computed with the scene, off the GUI thread
-            self.iso_threshold.setValue(300.0 if volume.modality == "CT" else lo + 0.3 * (hi - lo))
+        if self.with_3d and not prepared.later_3d:
+            self._attach_3d(prepared.volume_scene or VolumeScene(volume, presets=dict(self.presets)))
+        elif self.with_3d:  # the 3D pane's place is kept, so the planes do not move when it comes
+            self._pending_3d = self._placeholder("Rendering…")
         self._fill_window_presets()
         self._place()
         self.set_active_view("axial")
@@ -405,7 +462,47 @@ class MPRWidget(QWidget):
         )
         self.volumeLoaded.emit(volume)
 
+    def _attach_3d(self, volume_scene: VolumeScene) -> VolumeCanvas:
+        """The 3D pane's canvas for ``volume_scene`` (of :attr:`volume`), the 3D panel set from it."""
+        assert self.volume is not None and self.scene is not None
+        self.volume_scene = volume_scene
+        if self.layout_name != "3d":  # the MPR's 3D cursor (no planes, no cursor in the 3D-only layout)
+            self.volume_scene.set_cursor(self.scene.crosshair.centre)
+        self.volume_canvas = VolumeCanvas(self.volume_scene, self)
+        self._owned.volume_scene = self.volume_scene
+        self._owned.worker = self.volume_canvas.worker()
+        self.vr_preset.blockSignals(True)
+        self.vr_preset.clear()
+        for pid, p in self.presets.items():
+            self.vr_preset.addItem(p.name, pid)
+        self.vr_preset.setCurrentIndex(max(0, self.vr_preset.findData(self.volume_scene.preset.id)))
+        self.vr_preset.blockSignals(False)
+        self.shading.blockSignals(True)
+        self.shading.setChecked(self.volume_scene.shading)
+        self.shading.blockSignals(False)
+        lo, hi = self.scene.data.value_range  # computed with the scene, off the GUI thread
+        self.iso_threshold.setValue(300.0 if self.volume.modality == "CT" else lo + 0.3 * (hi - lo))
+        return self.volume_canvas
+
+    def _placeholder(self, text: str) -> QLabel:
+        """What holds the 3D pane's place (sized like a canvas) until its scene comes."""
+        label = QLabel(text, self)
+        label.setObjectName("mpr-3d-pending")
+        label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        label.setStyleSheet("background: black; color: lightgray;")
+        label.setMinimumSize(96, 96)
+        label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        return label
+
+    def _drop_pending_3d(self) -> None:
+        if self._pending_3d is not None:
+            self.grid.removeWidget(self._pending_3d)
+            self._pending_3d.hide()
+            self._pending_3d.deleteLater()
+            self._pending_3d = None
+
     def _teardown(self) -> None:
+        self._drop_pending_3d()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -447,11 +544,16 @@ class MPRWidget(QWidget):
             self.grid.addWidget(self.slice_canvases[view], row, col)
         if self.volume_canvas is not None:
             self.grid.addWidget(self.volume_canvas, 1, 1)
+        elif self._pending_3d is not None:
+            self.grid.addWidget(self._pending_3d, 1, 1)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802
         self._closed = True
+        had_scene = self.scene is not None
         self._teardown()
         super().closeEvent(event)
+        if had_scene:  # the next MPR finds its windows warm again
+            warm_in_background()
 
     # ------------------------------------------------------------------ linked state
     def set_active_view(self, view: str) -> None:

@@ -4,8 +4,11 @@
 :class:`hilum.ui.viewer.viewer_widget.StudyViewer`'s toolbar.  They open an
 :class:`~hilum.ui.mpr.mpr_widget.MPRWidget` on the active viewport's series,
 built from the stack the viewer decoded (:func:`hilum.dicom.volume.volume_from_series`:
-the viewer's own slice order, no second read or sort), off the GUI thread; a
-series still loading is handed over when its load finishes. Volume slice ``m``
+the viewer's own slice order, no second read or sort, and no copy of the pixels where
+the viewer's buffer already holds the modality values), off the GUI thread; a
+series still loading is handed over when its load finishes. Each loaded series has the
+MPR's render windows made and warmed in the background (:mod:`hilum.ui.mpr.warm`), so the
+planes' first frames need no new OpenGL context or shaders. Volume slice ``m``
 is therefore viewer slice ``stack.order.unique[m]``. The MPR's 3D cursor then
 drives the 2D viewports showing that series (each jumps to the slice nearest
 the cursor), and scrolling a 2D viewport moves the cursor to that slice's
@@ -37,6 +40,10 @@ def add_mpr_actions(viewer: Any) -> dict[str, QAction]:
     from hilum.ui.viewer.shortcuts import SHORTCUTS
 
     keys = {n: k for n, k, _ in SHORTCUTS}
+    from hilum.ui.mpr.warm import warm_in_background
+
+    # a loaded series is what comes before MPR: its windows are made and warmed meanwhile (off this thread)
+    viewer.loadFinished.connect(lambda *_: warm_in_background())
     out = {}
     for name, text, layout, tip in (
         ("mpr", "MPR", "mpr", "Axial, coronal, sagittal and oblique planes of the active series, with 3D"),
