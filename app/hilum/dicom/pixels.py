@@ -55,6 +55,7 @@ from pydicom.pixels.utils import iter_pixels as _pydicom_iter_pixels
 from pydicom.pixels.utils import pixel_array as _pydicom_pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from hilum import upstream
 from hilum.dicom.pixels_lut import (
     LUT,
     VOI,
@@ -274,34 +275,9 @@ changes, :func:`fast_decoding_available` turns the fast path off (and tests/test
 fails until the new code is read and the digests updated)."""
 
 
-def source_digest(qualname: str) -> str:
-    """SHA-256 of the source of a module-level function or class attribute named ``module.path``."""
-    import hashlib
-    import importlib
-    import inspect
-
-    parts = qualname.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            obj: object = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr)
-        return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()  # type: ignore[arg-type]
-    raise ImportError(qualname)
-
-
 def upstream_changes() -> list[str]:
     """Names in :data:`UPSTREAM` whose source differs from the digest recorded (or cannot be found)."""
-    changed = []
-    for name, digest in UPSTREAM.items():
-        try:
-            if source_digest(name) != digest:
-                changed.append(name)
-        except (ImportError, AttributeError, OSError, TypeError):
-            changed.append(f"{name} (not found)")
-    return changed
+    return upstream.changes(UPSTREAM)
 
 
 @functools.cache

@@ -57,9 +57,6 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import hashlib
-import importlib
-import inspect
 import logging
 import queue
 import select
@@ -86,6 +83,7 @@ from pynetdicom.transport import AssociationSocket
 from pynetdicom.transport import RequestHandler as _RequestHandler
 from pynetdicom.utils import make_target
 
+from hilum import upstream
 from hilum.dimse.storefast import StoreHook, StoreReceiver, command_set, command_ui, command_us
 
 log = logging.getLogger("pynetdicom")
@@ -901,22 +899,7 @@ UPSTREAM: dict[str, str] = {
 the inside of, in pynetdicom :data:`PYNETDICOM_VERSION`."""
 
 
-def _resolve(name: str) -> Any:
-    parts = name.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        try:
-            obj: Any = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
-            continue
-        for attr in parts[i:]:
-            obj = getattr(obj, attr)
-        return obj
-    raise ImportError(name)
-
-
-def source_digest(name: str) -> str:
-    """SHA-256 of the source of the upstream function ``name`` (dotted path)."""
-    return hashlib.sha256(inspect.getsource(_resolve(name)).encode()).hexdigest()
+source_digest = upstream.source_digest
 
 
 def upstream_changes() -> list[str]:
@@ -924,12 +907,7 @@ def upstream_changes() -> list[str]:
     changed = []
     if pynetdicom.__version__ != PYNETDICOM_VERSION:
         changed.append(f"pynetdicom {pynetdicom.__version__} (written against {PYNETDICOM_VERSION})")
-    for name, digest in UPSTREAM.items():
-        try:
-            if source_digest(name) != digest:
-                changed.append(name)
-        except (ImportError, AttributeError, OSError, TypeError):
-            changed.append(f"{name} (not found)")
+    changed.extend(upstream.changes(UPSTREAM))
     return changed
 
 

@@ -274,20 +274,8 @@ class PlaneCacheSlab:
         flat = numpy_support.vtk_to_numpy(r.GetOutput().GetPointData().GetScalars())
         out = flat.reshape(ny, nx, len(run)).transpose(2, 0, 1) if r is self.rays else flat.reshape(len(run), ny, nx)
         self.planes_resliced += len(run)
-        slots = [(q // 2) % n for q in run]
-        if mode == "mean":
-            for slot in slots:
-                if self._held[slot] is not None:
-                    self._add_block(self._buf[slot : slot + 1], -1)
-        i = 0
-        while i < len(run):  # consecutive slots (a run wraps around the ring at most once)
-            j = i + 1
-            while j < len(run) and slots[j] == slots[j - 1] + 1:
-                j += 1
-            np.copyto(self._buf[slots[i] : slots[j - 1] + 1], out[i:j])
-            i = j
-        for slot, q in zip(slots, run, strict=True):
-            self._held[slot] = q
+        for i, j, block in self._vacate(run, n, mode):
+            np.copyto(block, out[i:j])
         if mode == "mean":
             self._add_block(out)
         del out, flat
@@ -306,27 +294,37 @@ class PlaneCacheSlab:
         ref = self._ref
         assert ref is not None and self._buf is not None and self.array is not None
         axes, s0, t0, nx, ny, sp, step, _n, mode = ref
-        slots = [(q // 2) % n for q in run]
-        if mode == "mean":
-            for slot in slots:
-                if self._held[slot] is not None:
-                    self._add_block(self._buf[slot : slot + 1], -1)
-        i = 0
-        while i < len(run):  # consecutive slots (a run wraps around the ring at most once)
-            j = i + 1
-            while j < len(run) and slots[j] == slots[j - 1] + 1:
-                j += 1
-            block = self._buf[slots[i] : slots[j - 1] + 1]
+        for i, _j, block in self._vacate(run, n, mode):
             reslice_kernel.reslice_planes(
                 self.array, axes, (sp, sp, step), (s0, t0, run[i] * step / 2.0), block.shape,
                 background=self._sentinel(mode), dtype=block.dtype, out=block,
             )  # fmt: skip
             if mode == "mean":
                 self._add_block(block)
-            i = j
+        self.planes_resliced += len(run)
+
+    def _vacate(self, run: list[int], n: int, mode: str) -> list[tuple[int, int, np.ndarray]]:
+        """The ring's slots for the planes of ``run``, emptied (a mean takes their old planes out
+        of its sums) and marked as holding them: ``(i, j, block)`` for each stretch of consecutive
+        slots, ``block`` the ring's view for ``run[i:j]`` (a run wraps around the ring at most once)."""
+        buf = self._buf
+        assert buf is not None
+        slots = [(q // 2) % n for q in run]
+        if mode == "mean":
+            for slot in slots:
+                if self._held[slot] is not None:
+                    self._add_block(buf[slot : slot + 1], -1)
         for slot, q in zip(slots, run, strict=True):
             self._held[slot] = q
-        self.planes_resliced += len(run)
+        stretches = []
+        i = 0
+        while i < len(run):
+            j = i + 1
+            while j < len(run) and slots[j] == slots[j - 1] + 1:
+                j += 1
+            stretches.append((i, j, buf[slots[i] : slots[j - 1] + 1]))
+            i = j
+        return stretches
 
     def _reduce(self, want: list[int], mode: str) -> np.ndarray:
         buf = self._buf
