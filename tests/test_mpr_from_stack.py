@@ -394,3 +394,5 @@ def test_the_copied_volume_equals_the_files_with_its_memory_mapped_at_once_or_no
         owner = owner.base
     mapped = isinstance(owner, memoryview) and isinstance(owner.obj, mmap.mmap)
     assert mapped == (populate_from == 0 and sys.platform.startswith("linux"))
+    if mapped:  # on a transparent huge page's boundary, so that the kernel can map it in 2 MB pages
+        assert got.array.ctypes.data % (2 << 20) == 0

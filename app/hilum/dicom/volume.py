@@ -923,10 +923,13 @@ POPULATE_BYTES = 64 << 20
 """Volumes from this size up get their memory mapped ahead of the writes (:func:`_new_buffer`)."""
 _MADV_POPULATE_WRITE = 23  # Linux 5.14+; Python 3.11's mmap module does not name it
 _POPULATE_STEP = 8 << 20
+_MADV_HUGEPAGE = 14
+_HUGE_PAGE = 2 << 20  # x86-64's transparent huge page
 
 
 def _new_buffer(shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
-    """An uninitialised array for a whole volume whose memory the kernel maps 8 MB at a time
+    """An uninitialised array for a whole volume, in transparent huge pages where the kernel allows,
+    whose memory the kernel maps 8 MB at a time
     (``madvise(MADV_POPULATE_WRITE)``) before it is written, rather than by a page fault per page:
     filling a fresh 300 MB volume right after the viewer's load took 0.13-0.28 s that way against
     0.31-0.75 s (same machine, same minutes).  In steps, not with ``MAP_POPULATE`` (0.2-0.4 s too),
@@ -938,13 +941,19 @@ def _new_buffer(shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
     if size < POPULATE_BYTES or not sys.platform.startswith("linux"):
         return np.empty(shape, dtype)
     try:
-        memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        memory = mmap.mmap(-1, size + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     except (OSError, ValueError, AttributeError):
         return np.empty(shape, dtype)
-    array = np.frombuffer(memory, dtype=dtype).reshape(shape)  # the array keeps the mapping alive
+    raw = np.frombuffer(memory, dtype=np.uint8)  # the array keeps the mapping alive
+    skip = -raw.ctypes.data % _HUGE_PAGE  # start on a huge-page boundary
+    array = raw[skip : skip + size].view(dtype).reshape(shape)
     madvise = _libc_madvise()
     if madvise is not None:  # through ctypes, which lets go of the GIL meanwhile (mmap.madvise does not)
         base = array.ctypes.data
+        # Transparent huge pages where the kernel offers them on request ("madvise" mode, the
+        # default): 150 faults instead of 75,000 for 300 MB, 13-15 ms instead of 83-93 ms to
+        # populate (same machine, same minute); refused or THP off: 4 KiB pages as before.
+        madvise(base, size, _MADV_HUGEPAGE)
         for offset in range(0, size, _POPULATE_STEP):
             if madvise(base + offset, min(_POPULATE_STEP, size - offset), _MADV_POPULATE_WRITE) != 0:
                 break  # an older kernel: the rest is faulted in as written
