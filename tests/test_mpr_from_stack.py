@@ -396,3 +396,30 @@ def test_the_copied_volume_equals_the_files_with_its_memory_mapped_at_once_or_no
     assert mapped == (populate_from == 0 and sys.platform.startswith("linux"))
     if mapped:  # on a transparent huge page's boundary, so that the kernel can map it in 2 MB pages
         assert got.array.ctypes.data % (2 << 20) == 0
+
+
+@pytest.mark.parametrize(
+    ("dtype", "values", "intercept", "fits"),
+    [
+        (np.int16, [0, 3071], -1024, True),  # CT stored as HU + 1024
+        (np.int16, [-32000, 10], -1024, False),  # would wrap below int16
+        (np.int16, [0, 32000], 1024, False),  # would wrap above int16
+        (np.int16, [-32768, 31743], 1024, True),
+        (np.uint16, [0, 33791], -1024, True),  # uint16 just fitting after the shift
+        (np.uint16, [0, 33792], -1024, False),
+        (np.uint16, [0, 4095], 0, True),
+        (np.uint8, [0, 255], -1024, True),
+        (np.int32, [0, 10], 0, False),  # wider than int16: the general path
+    ],
+)
+def test_shift_fits_checks_the_bound_the_intercept_moves_towards(dtype, values, intercept, fits) -> None:
+    """The one-reduction range check of the HU + 1024 fast path agrees with adding in int64."""
+    from hilum.dicom.pixels import ModalityTransform
+    from hilum.dicom.volume import _shift_fits
+
+    stored = np.array(values, dtype=dtype).reshape(1, -1)
+    t = ModalityTransform(slope=1.0, intercept=float(intercept), lut=None, rescale_type="HU")
+    assert _shift_fits(stored, t) is fits
+    if fits:
+        exact = stored.astype(np.int64) + intercept
+        assert exact.min() >= -32768 and exact.max() <= 32767
