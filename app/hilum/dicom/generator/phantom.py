@@ -197,6 +197,37 @@ def plane_points(
     return (s + c * u + r * v).astype(np.float32)
 
 
+def rigid_matrix(
+    rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    centre: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> npt.NDArray[np.float64]:
+    """4x4 matrix of a rigid motion: rotation about ``centre`` then a shift, in patient mm.
+
+    The rotation is about the patient x axis by ``rotation_deg[0]``, then about y,
+    then about z (right-handed, ``R = Rz @ Ry @ Rx``), so a point ``p`` moves to
+    ``R @ (p - centre) + centre + shift_mm``.
+    """
+    ax, ay, az = (math.radians(float(a)) for a in rotation_deg)
+    cx, sx, cy, sy, cz, sz = math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay), math.cos(az), math.sin(az)
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]])
+    ry = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
+    rz = np.array([[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]])
+    r = rz @ ry @ rx
+    c = np.asarray(centre, dtype=np.float64)
+    m = np.eye(4)
+    m[:3, :3] = r
+    m[:3, 3] = c - r @ c + np.asarray(shift_mm, dtype=np.float64)
+    return m
+
+
+def transform_points(points: npt.NDArray[np.floating], matrix: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """Apply a 4x4 affine ``matrix`` to an ``(..., 3)`` array of points."""
+    m = np.asarray(matrix, dtype=np.float64)
+    p = np.asarray(points, dtype=np.float64)
+    return (p @ m[:3, :3].T + m[:3, 3]).astype(np.float32)
+
+
 def noise_bank(shape: tuple[int, int], sigma: float, count: int, seed: int) -> npt.NDArray[np.float32]:
     """``count`` seeded Gaussian noise fields of ``shape``, reused across slices for speed."""
     rng = np.random.default_rng(seed)
