@@ -99,3 +99,20 @@ def test_same_arguments_same_uids(cmp_set: ComparisonSet, tmp_path: Path) -> Non
     again = write_comparison_patient(tmp_path, rows=32, slices=4, today=TODAY)
     assert [s.study_uid for s in again.studies] == [s.study_uid for s in cmp_set.studies]
     assert [s.frame_of_reference_uid for s in again.studies] == [s.frame_of_reference_uid for s in cmp_set.studies]
+
+
+def test_lungs_end_at_their_base_on_both_paths() -> None:
+    """The lung base of the phantom: the axial fast path and the per-pixel path agree."""
+    from hilum.dicom.generator import COMPARISON_PHANTOM, ct_slices, stack_geometry
+    from hilum.dicom.generator.phantom import LUNG, SOFT_TISSUE
+
+    base = COMPARISON_PHANTOM.lung_base_z
+    assert base is not None
+    lung = COMPARISON_PHANTOM.landmarks["lung"]
+    assert COMPARISON_PHANTOM.labels(np.array([lung[0], lung[1], base + 1.0])) == LUNG
+    assert COMPARISON_PHANTOM.labels(np.array([lung[0], lung[1], base - 1.0])) == SOFT_TISSUE
+    g = stack_geometry(rows=48, columns=48, slices=12, fov=360.0, spacing=5.0, centre=(0.0, 0.0, base))
+    fast = np.stack(list(ct_slices(g, COMPARISON_PHANTOM, noise_sigma=0.0)))
+    slow = np.stack(list(ct_slices(g, COMPARISON_PHANTOM, noise_sigma=0.0, phantom_transform=np.eye(4))))
+    assert np.array_equal(fast, slow)
+    assert (fast == -850 + 1024).any() and (fast[0] != -850 + 1024).all()

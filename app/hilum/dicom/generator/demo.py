@@ -49,18 +49,22 @@ PRIOR_PHANTOM = Phantom().with_spheres(
 COMPARISON_PATIENT = Patient("Vergleich^Carla", "CMP-0001", "19620411", "F", ("ISO_IR 100",))
 """The patient of :func:`write_comparison_patient`."""
 
-COMPARISON_PHANTOM = Phantom().with_spheres(
-    (
-        *DEFAULT_SPHERES,
-        Sphere("landmark_a", (-40.0, -55.0, -45.0), 22.0, hu=600.0, mr=300.0),
-        Sphere("landmark_b", (45.0, 30.0, 38.0), 18.0, hu=-400.0, mr=1600.0),
-        Sphere("landmark_c", (-25.0, 35.0, 28.0), 14.0, hu=650.0, mr=300.0),
-        Sphere("landmark_d", (30.0, -45.0, -30.0), 16.0, hu=-300.0, mr=1600.0),
+COMPARISON_PHANTOM = (
+    Phantom()
+    .with_spheres(
+        (
+            *DEFAULT_SPHERES,
+            Sphere("landmark_a", (-40.0, -55.0, -45.0), 22.0, hu=600.0, mr=300.0),
+            Sphere("landmark_b", (45.0, 30.0, 38.0), 18.0, hu=-400.0, mr=1600.0),
+            Sphere("landmark_c", (-25.0, 35.0, 28.0), 14.0, hu=650.0, mr=300.0),
+            Sphere("landmark_d", (30.0, -45.0, -30.0), 16.0, hu=-300.0, mr=1600.0),
+        )
     )
+    .with_lung_base(-40.0)
 )
 """The comparison patient's phantom: the default spheres plus four landmarks
-spread in z (the phantom's cylinders look the same at every z, so without them
-a registration could not tell a shift along z)."""
+spread in z, and lungs that end at z = -40 mm (the default phantom looks the
+same at every z, so a registration could not tell a shift along z)."""
 
 CODEC_SYNTAXES: tuple[str, ...] = tuple(SYNTAXES)
 """Every syntax of :data:`SYNTAXES` gets one series in the demo's codec study."""

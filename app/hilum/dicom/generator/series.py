@@ -213,10 +213,15 @@ def ct_slices(
     ys = (y0 + np.arange(geometry.rows) * dr).astype(np.float32)
     base = table[phantom.background_labels(xs[None, :], ys[:, None])]
     stored_bank = np.stack([_to_stored(base + bank[i]) for i in range(_NOISE_BANK)])
+    below_bank = stored_bank
+    if phantom.lung_base_z is not None:
+        below = table[phantom.background_labels(xs[None, :], ys[:, None], below_lungs=True)]
+        below_bank = np.stack([_to_stored(below + bank[i]) for i in range(_NOISE_BANK)])
     for k in range(geometry.slices):
         z = geometry.rounded_position(k)[2]
         noise = bank[k % _NOISE_BANK]
-        img = stored_bank[k % _NOISE_BANK].copy()
+        under = phantom.lung_base_z is not None and z < phantom.lung_base_z
+        img = (below_bank if under else stored_bank)[k % _NOISE_BANK].copy()
         for s in phantom.spheres:
             cx, cy, cz = s.centre
             rr2 = s.radius**2 - (z - cz) ** 2
