@@ -11,6 +11,11 @@ full-resolution volumes (the same metric, optimiser and 4/2/1 pyramid, but ITK s
 smoothing all 78 million voxels at each level) measured once in the same run.
 Numbers are printed, never asserted (DESIGN.md, Tests).
 
+Measured 2026-12-06 on the 2-core development machine shared with other work (load 4-7):
+median 1.25 s wall / 0.83 s CPU of 3, error 0.02 mm / 0.04 deg; one run under ``nice -n 19``
+beside the peer: 1.86 s, the peer 570 s (0.04 mm / 0.14 deg), about 300x.  The peer alone takes
+minutes here: ``--no-peer`` skips it.
+
 Run: ``.venv/bin/python bench/priors/registration.py [--rows 512 --slices 300 --runs 3]``
 """
 
