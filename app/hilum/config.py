@@ -64,7 +64,7 @@ class PrefetchRules:
     max_age_years: float = 5.0
     modalities: list[str] = field(default_factory=list)
     same_body_part: bool = False
-    cache_limit_mb: int = 2048
+    cache_limit_mb: float = 2048.0
     peers: list[str] = field(default_factory=list)
     timeout: float = 30.0
     on_order: bool = True

@@ -188,22 +188,26 @@ class Prefetcher:
         self._incoming: set[str] = set()  # studies being prefetched right now
         self._seen: OrderedDict[str, None] = OrderedDict()  # studies already heard of (bounded)
         self._held: dict[str, int] = {}
+        self._cached: set[str] = set()  # the studies listed as prefetched (mirrors prefetched_studies)
         self._saved_at = 0.0
         self.state_file = Path(config.data_dir) / "prefetch" / "jobs.json"
 
     # ------------------------------------------------------------ life
 
-    def start(self) -> None:
-        """Listen for orders and arriving studies; start the worker."""
+    def start(self, *, listen: bool = True) -> None:
+        """Listen for orders and arriving studies (unless not ``listen``: jobs queued by hand only,
+        as ``hilum prefetch run`` does); start the worker."""
         with self._cond:
             if self._thread is not None:
                 return
             self._stopping = False
             self._thread = threading.Thread(target=self._work, name="prefetch", daemon=True)
-        self._unsubscribe = [
-            self.archive.events.subscribe(OrderEvent, self._on_order),
-            self.archive.subscribe(self._on_archive),
-        ]
+            self._cached = {r["study_uid"] for r in self.archive.prefetched()}
+        if listen:
+            self._unsubscribe = [
+                self.archive.events.subscribe(OrderEvent, self._on_order),
+                self.archive.subscribe(self._on_archive),
+            ]
         self._thread.start()
         log.info(
             "prefetch started: %d peer(s), at most %d prior(s) per patient, cache %s",
@@ -359,7 +363,16 @@ class Prefetcher:
         if ev.kind not in ("stored", "replaced") or not uid:
             return
         with self._cond:
-            if uid in self._incoming or uid in self._seen:
+            if uid in self._incoming:
+                return
+            if uid in self._cached:
+                if ev.origin not in QUIET_ORIGINS:
+                    # A prefetched study receiving instances from elsewhere: it is kept for good.
+                    self._cached.discard(uid)
+                    self._events.append(("foreign", uid))
+                    self._cond.notify_all()
+                return
+            if uid in self._seen:
                 return
             self._seen[uid] = None
             while len(self._seen) > 10000:
@@ -370,12 +383,11 @@ class Prefetcher:
             self._cond.notify_all()
 
     def _handle_event(self, kind: str, uid: str) -> None:
+        if kind == "foreign":
+            self.archive.forget_prefetched(uid)
+            log.info("a prefetched study received instances from elsewhere: kept out of the cache limit")
+            return
         if kind == "study":
-            if any(r["study_uid"] == uid for r in self.archive.prefetched()):
-                # Prefetched earlier, and now instances came from elsewhere: keep it for good.
-                self.archive.forget_prefetched(uid)
-                log.info("prefetched study received from elsewhere: kept out of the cache limit")
-                return
             if not self.rules.on_study:
                 return
             cur = describe_study(self.archive, uid)
@@ -504,6 +516,8 @@ class Prefetcher:
         try:
             if not present:
                 recorded = self.archive.record_prefetched(uid, prior.source)
+                with self._cond:
+                    self._cached.add(uid)
             if isinstance(peer, DicomWebSource):
                 self._wado(peer, uid)
             else:
@@ -516,6 +530,8 @@ class Prefetcher:
             n = int(rows[0].get("NumberOfStudyRelatedInstances") or 0) if rows else 0
             if recorded and n == 0:
                 self.archive.forget_prefetched(uid)
+                with self._cond:
+                    self._cached.discard(uid)
         if n == 0:
             raise DimseError("no instance arrived")
         return n
@@ -601,6 +617,8 @@ class Prefetcher:
                 continue
             finally:
                 self.archive.forget_prefetched(uid)
+                with self._cond:
+                    self._cached.discard(uid)
             total -= r["size_bytes"]
             removed.append(uid)
         if removed:
