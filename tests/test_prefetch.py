@@ -11,12 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 from hl7.client import MLLPClient
-from test_priors import OTHER, PATIENT, small_study, store
-from test_hl7 import orm
-from test_priors_remote import serve_peer
 
+from conftest import free_port
 from hilum.archive import Archive
 from hilum.cli import main as cli_main
 from hilum.config import Config, Peer, PrefetchRules, load_config
@@ -24,7 +21,10 @@ from hilum.dicomweb.client import DicomWebSource
 from hilum.errors import ConfigError
 from hilum.hl7.message import ack_code_of
 from hilum.node import Node
-from hilum.priors.prefetch import PrefetchJob, Prefetcher, select_priors
+from hilum.priors.prefetch import Prefetcher, PrefetchJob, select_priors
+from test_hl7 import orm
+from test_priors import OTHER, PATIENT, small_study, store
+from test_priors_remote import serve_peer
 
 LOCAL_AET = "LOCAL"
 
