@@ -335,3 +335,78 @@ def test_cli_priors_and_prefetch_status(tmp_path: Path, pacs, capsys: pytest.Cap
     with pytest.raises(SystemExit) as exc:
         cli_main(["prefetch", "--data", str(data)])
     assert exc.value.code == 2
+
+
+def test_comparison_patient_found_locally_remotely_and_prefetched_on_orm(tmp_path: Path) -> None:
+    """The issue's patient (a current CT, prior 1 same FoR, prior 2 another FoR, prior 3 a head MR):
+    ranked locally, found on a remote ``hilum serve``, its CT priors fetched there on an ORM."""
+    import datetime as dt
+
+    from hilum.dicom.generator.demo import write_comparison_patient
+    from hilum.priors import find_local_priors, find_remote_priors
+
+    cmp = write_comparison_patient(tmp_path / "files", rows=32, slices=6, today=dt.date(2026, 11, 2))
+    with Archive(tmp_path / "all") as everything:
+        assert all(r.ok for r in everything.ingest_many(cmp.paths))
+        ranked = find_local_priors(everything, cmp.current.study_uid)
+    assert [p.study_uid for p in ranked] == [cmp.prior1.study_uid, cmp.prior2.study_uid, cmp.prior3.study_uid]
+    assert [p.reason for p in ranked] == [
+        "same modality and body part, 1 y earlier",
+        "same modality and body part, 2 y earlier",
+        "other modality (MR), 3 y earlier",
+    ]
+    local_port = free_port()
+
+    def fill(a: Archive) -> None:
+        assert all(r.ok for r in a.ingest_many([p for s in cmp.studies[1:] for p in s.paths]))
+
+    peers = {"local": {"aet": LOCAL_AET, "host": "127.0.0.1", "port": local_port}}
+    with serve_peer(tmp_path / "pacs", "REMOTE", peers=peers, fill=fill) as ports:
+        cfg = Config(
+            data_dir=tmp_path / "node",
+            aet=LOCAL_AET,
+            dicom_port=local_port,
+            hl7_port=free_port(),
+            web_port=free_port(),
+            peers={"pacs": Peer("REMOTE", "127.0.0.1", ports["dicom"], retrieve="move")},
+            prefetch=PrefetchRules(enabled=True, max_priors=2, timeout=15),
+        )
+        with Node(cfg) as node:
+            archive = node.archive
+            assert node.prefetcher is not None
+            # The current CT arrives from the modality: its two most relevant priors are fetched.
+            assert all(archive.ingest(p.read_bytes(), origin="dimse").ok for p in cmp.current.paths)
+            deadline = time.monotonic() + 10
+            while not node.prefetcher.jobs() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert node.prefetcher.wait_idle(60)
+            [job] = node.prefetcher.jobs()
+            assert (job.trigger, job.state, job.found, job.fetched) == ("study", "done", 2, 2), job
+            assert [instances_of(archive, s.study_uid) for s in cmp.studies] == [6, 6, 6, 0]
+            errors: dict[str, str] = {}
+            remote = find_remote_priors(archive, cmp.current.study_uid, cfg.peers, timeout=15, errors=errors)
+            assert errors == {} and [p.study_uid for p in remote] == [s.study_uid for s in cmp.studies[1:]]
+            assert [p.local for p in remote] == [True, True, False]
+            # An order for tomorrow: today's CT (local) and prior 1 are its two; prior 1 is fetched again.
+            for s in (cmp.prior1, cmp.prior2):
+                archive.delete("STUDY", s.study_uid)
+            with MLLPClient("127.0.0.1", cfg.hl7_port) as client:
+                client.send_message(
+                    orm(
+                        "CMP1",
+                        "CMP-0001",
+                        "Vergleich^Carla",
+                        placer="PLCMP",
+                        accession="CMP-ACC-9",
+                        start="202611031000",
+                    )
+                )
+            deadline = time.monotonic() + 10
+            while len(node.prefetcher.jobs()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert node.prefetcher.wait_idle(60)
+            job = node.prefetcher.jobs()[-1]
+            assert (job.trigger, job.state, job.found, job.fetched) == ("order", "done", 2, 1), job
+            assert job.studies == [cmp.prior1.study_uid]
+            assert [instances_of(archive, s.study_uid) for s in cmp.studies] == [6, 6, 0, 0]
+            assert {r["study_uid"] for r in archive.prefetched() if r["present"]} == {cmp.prior1.study_uid}
