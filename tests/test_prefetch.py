@@ -322,6 +322,8 @@ def test_cli_priors_and_prefetch_status(tmp_path: Path, pacs, capsys: pytest.Cap
     assert "no queryable peer called 'nobody'" in capsys.readouterr().err
     assert cli_main(["priors", current, "--data", str(tmp_path / "none")]) == 1
     capsys.readouterr()
+    assert cli_main(["prefetch", "run", "--data", str(data)]) == 1
+    assert "--study UID or --patient ID" in capsys.readouterr().err
     # A run by hand, then the status.
     assert cli_main(["prefetch", "run", "--study", current, "--data", str(data), "--json"]) == 0
     job = json.loads(capsys.readouterr().out)

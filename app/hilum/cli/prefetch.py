@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "peers send to this node's AE title: a node must be running on this data folder.",
         epilog="example: hilum prefetch run --patient MRN0042 --json",
     )
-    who = run.add_mutually_exclusive_group(required=True)
+    who = run.add_mutually_exclusive_group()
     who.add_argument("--study", metavar="UID", help="Study Instance UID of the current study or order")
     who.add_argument("--patient", metavar="ID", help="Patient ID")
     run.add_argument("--issuer", default="", metavar="ISSUER", help="Issuer of Patient ID (with --patient)")
@@ -108,6 +108,8 @@ def run_now(args: argparse.Namespace) -> int:
 
     if args.wait <= 0:
         raise HilumError(f"--wait must be more than 0 seconds, got {args.wait:g}")
+    if not (args.study or args.patient or "").strip():
+        raise HilumError("say whose priors to fetch: --study UID or --patient ID")
     cfg = load(args)
     with open_archive(args, must_exist=True) as archive:
         try:
