@@ -122,6 +122,11 @@ def test_orm_over_mllp_prefetches_the_priors_by_c_move(tmp_path: Path, pacs) -> 
             assert archive.ingest(ds, origin="dimse").ok
         assert node.prefetcher.wait_idle(30)
         assert len(node.prefetcher.jobs()) == 1
+        # The worklist opened: its orders are handed over at once, looked up by the worker.
+        assert node.prefetcher.for_orders([{"StudyInstanceUID": order["study_uid"]}, {"StudyInstanceUID": ""}]) == 1
+        assert node.prefetcher.wait_idle(30)
+        last = node.prefetcher.jobs()[-1]
+        assert (last.trigger, last.state, last.fetched, last.found) == ("worklist", "done", 0, 2), last
     saved = json.loads((cfg.data_dir / "prefetch" / "jobs.json").read_text())
     assert saved["jobs"][0]["state"] == "done"
 

@@ -172,9 +172,14 @@ class Prefetcher:
         self.config = config
         self.rules = rules or config.prefetch
         self.orders = orders or OrderBook(archive)
-        self.peers: dict[str, RemotePeer] = (
-            dict(peers) if peers is not None else configured_peers(config, self.rules.peers or None)
-        )
+        if peers is None:
+            # Peers we may not retrieve from cannot be prefetched from.
+            peers = {
+                n: p
+                for n, p in configured_peers(config, self.rules.peers or None).items()
+                if not isinstance(p, Peer) or p.may_retrieve
+            }
+        self.peers: dict[str, RemotePeer] = dict(peers)
         self._jobs: OrderedDict[int, PrefetchJob] = OrderedDict()
         self._queue: deque[int] = deque()
         self._events: deque[tuple[str, str]] = deque()  # ("study", uid) heard on the bus, for the worker
@@ -209,6 +214,8 @@ class Prefetcher:
                 self.archive.subscribe(self._on_archive),
             ]
         self._thread.start()
+        if not self.peers:
+            log.warning("prefetch is enabled but no peer may be asked: check [peers] and [prefetch] peers")
         log.info(
             "prefetch started: %d peer(s), at most %d prior(s) per patient, cache %s",
             len(self.peers),
@@ -304,22 +311,20 @@ class Prefetcher:
             return None
         return self.enqueue(cur["patient_id"], cur["issuer"], study_uid=study_uid, trigger=trigger)
 
-    def for_orders(self, orders: Iterable[str | Mapping[str, Any]], *, trigger: str = "worklist") -> list[PrefetchJob]:
-        """Queue the priors of worklist items: their Study Instance UIDs, or rows with
-        ``StudyInstanceUID`` (what the worklist shows).  Unknown UIDs are skipped (logged)."""
-        out = []
+    def for_orders(self, orders: Iterable[str | Mapping[str, Any]], *, trigger: str = "worklist") -> int:
+        """Queue the priors of worklist items — their Study Instance UIDs, or rows with
+        ``StudyInstanceUID`` (what the worklist shows) — and return at once (safe on the GUI
+        thread: the orders are looked up by the worker); returns how many were handed over.
+        The jobs appear to observers as they are queued; unknown UIDs are skipped (logged)."""
+        uids = []
         for o in orders:
             uid = str(o if isinstance(o, str) else (o.get("StudyInstanceUID") or o.get("study_uid") or ""))
-            if not uid:
-                continue
-            try:
-                job = self.for_study(uid, trigger=trigger)
-            except Exception as exc:  # noqa: BLE001 - one bad row does not stop the others
-                log.warning("prefetch: cannot queue %s: %s", uid, _line(exc))
-                continue
-            if job is not None:
-                out.append(job)
-        return out
+            if uid:
+                uids.append(uid)
+        with self._cond:
+            self._events.extend((trigger, uid) for uid in uids)
+            self._cond.notify_all()
+        return len(uids)
 
     def for_patients(
         self, patients: Iterable[str | tuple[str, str] | Mapping[str, Any]], *, trigger: str = "worklist"
@@ -390,7 +395,11 @@ class Prefetcher:
         if kind == "study":
             if not self.rules.on_study:
                 return
-            cur = describe_study(self.archive, uid)
+            try:
+                cur = describe_study(self.archive, uid)
+            except Exception as exc:  # noqa: BLE001 - deleted meanwhile
+                log.debug("prefetch: arriving study gone: %s", exc)
+                return
             recent = time.time() - RECENT
             with self._cond:
                 if any(

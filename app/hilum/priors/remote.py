@@ -25,10 +25,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from pynetdicom import build_context
+
 from hilum.config import Config, Peer
 from hilum.dicomweb.client import DicomWebClient, DicomWebSource, load_sources
 from hilum.dimse.net import client_ssl_context
-from hilum.dimse.scu import Target, dataset_to_dict, iter_find
+from hilum.dimse.scu import DimseError, Target, associate, dataset_to_dict, identifier
+from hilum.dimse.uids import STUDY_ROOT_FIND
 from hilum.priors.finder import Prior
 
 log = logging.getLogger(__name__)
@@ -142,24 +145,53 @@ def _prior(study: Mapping[str, Any], series: Sequence[Mapping[str, Any]], source
     )
 
 
+def _finds(
+    assoc: Any, target: Target, level: str, keys: Mapping[str, str], limit: int | None = None
+) -> list[dict[str, Any]]:
+    """One C-FIND (Study Root, PS3.4 C.4.1) on an open association: the matches' identifiers as dicts.
+
+    Status handling as :func:`hilum.dimse.scu.iter_find`'s (pending 0xFF00/0xFF01, success,
+    cancel; anything else a :class:`DimseError` naming the status); here several queries share
+    one association, which is most of the time a query takes on loopback (one per study made
+    the series look-ups of a 10-study patient cost 10 associations)."""
+    out: list[dict[str, Any]] = []
+    for status, rsp in assoc.send_c_find(identifier(level, keys), STUDY_ROOT_FIND):
+        if not status or "Status" not in status:
+            raise DimseError(f"C-FIND to {target}: no response (timeout or connection lost)")
+        code = int(status.Status)
+        if code in (0xFF00, 0xFF01):
+            if rsp is not None:
+                out.append(dataset_to_dict(rsp))
+                if limit is not None and len(out) == limit:
+                    assoc.send_c_cancel(1, query_model=STUDY_ROOT_FIND)
+            continue
+        if code in (0x0000, 0xFE00):
+            break
+        comment = str(status.get("ErrorComment", "") or "")
+        raise DimseError(f"C-FIND to {target} failed: 0x{code:04X}{': ' + comment if comment else ''}")
+    return out
+
+
 def _dimse(name: str, target: Target, keys: Sequence[tuple[str, str]], deadline: float) -> list[Prior]:
     out: list[Prior] = []
-    for pid, issuer in keys:
-        ident = {k: "" for k in _STUDY_KEYS}
-        ident["PatientID"] = pid
-        studies = [dataset_to_dict(ds) for ds in iter_find(target, "STUDY", ident, cancel_after=MAX_STUDIES)]
-        for st in studies:
-            if st.get("PatientID") != pid or not _same_issuer(issuer, str(st.get("IssuerOfPatientID") or "")):
-                continue
-            uid = str(st.get("StudyInstanceUID") or "")
-            if not uid:
-                continue
-            series: list[dict[str, Any]] = []
-            if time.monotonic() < deadline:
-                skeys = {k: "" for k in _SERIES_KEYS}
-                skeys["StudyInstanceUID"] = uid
-                series = [dataset_to_dict(ds) for ds in iter_find(target, "SERIES", skeys)]
-            out.append(_prior(st, series, name, issuer))
+    with associate(target, [build_context(STUDY_ROOT_FIND)]) as assoc:
+        if not any(c.abstract_syntax == STUDY_ROOT_FIND for c in assoc.accepted_contexts):
+            raise DimseError(f"{target} does not accept C-FIND (Study Root)")
+        for pid, issuer in keys:
+            ident = {k: "" for k in _STUDY_KEYS}
+            ident["PatientID"] = pid
+            for st in _finds(assoc, target, "STUDY", ident, MAX_STUDIES):
+                if st.get("PatientID") != pid or not _same_issuer(issuer, str(st.get("IssuerOfPatientID") or "")):
+                    continue
+                uid = str(st.get("StudyInstanceUID") or "")
+                if not uid:
+                    continue
+                series: list[dict[str, Any]] = []
+                if time.monotonic() < deadline:
+                    skeys = {k: "" for k in _SERIES_KEYS}
+                    skeys["StudyInstanceUID"] = uid
+                    series = _finds(assoc, target, "SERIES", skeys)
+                out.append(_prior(st, series, name, issuer))
     return out
 
 
