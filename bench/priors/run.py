@@ -10,8 +10,8 @@ Three figures, each a median (and p95) over several runs:
 2. **remote** — :func:`hilum.priors.find_remote_priors` against a ``hilum serve`` on loopback that
    holds the same 2,000 studies: over DIMSE (C-FIND, study + series levels) and over DICOMweb (QIDO-RS);
 3. **ORM to priors local** — an HL7 ORM sent over MLLP to a running node with ``[prefetch]`` on,
-   until the job that C-MOVEs the patient's relevant priors (``--max-priors``, default 2) from
-   that ``hilum serve`` is done: the priors are in the local archive.
+   for a patient of whom the node holds nothing, until the job that C-MOVEs the patient's relevant
+   priors (``--max-priors``, default 2) from that ``hilum serve`` is done: the priors are local.
 
 Target (issue 15): priors listed <= 0.5 s after the study opens (local).  Not a test: nothing
 asserts a time.
@@ -222,7 +222,8 @@ def main() -> int:
         dimse_peer = {"pacs": Peer("PACS", "127.0.0.1", dicom)}
         web_peer = {"web": DicomWebSource("web", f"http://127.0.0.1:{web}/dicom-web")}
         # the local archive holds each patient's current study only
-        chosen = rng.sample(pids, min(len(pids), max(args.remote_runs, args.orm_runs) + 1))
+        picked = rng.sample(pids, min(len(pids), args.remote_runs + args.orm_runs + 1))
+        chosen, orm_patients = picked[: args.remote_runs + 1], picked[args.remote_runs + 1 :]
         for pid in chosen:
             i = int(pid.split("-")[1])
             for ds in study_datasets(patient(i), 0, args.rows, args.slices):
@@ -277,7 +278,7 @@ def main() -> int:
         with Node(cfg) as node:
             assert node.prefetcher is not None
             node.prefetcher.subscribe(heard)
-            for n, pid in enumerate(chosen[: args.orm_runs]):
+            for n, pid in enumerate(orm_patients):
                 done.clear()
                 msg = (
                     "\r".join(
