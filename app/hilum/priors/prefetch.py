@@ -53,9 +53,9 @@ from hilum.archive import Archive, ArchiveEvent
 from hilum.archive.orders import OrderBook, OrderEvent
 from hilum.config import Config, Peer, PrefetchRules
 from hilum.dicomweb.client import DicomWebClient, DicomWebSource
-from hilum.dimse.scu import DimseError, RetrieveResult, get, ingest_store, move
+from hilum.dimse.scu import DimseError, peer_target, retrieve_study
 from hilum.priors.finder import Prior, describe_study, local_priors_of, mark_local, rank
-from hilum.priors.remote import RemotePeer, configured_peers, dimse_target, search_peers
+from hilum.priors.remote import RemotePeer, configured_peers, search_peers
 
 log = logging.getLogger(__name__)
 
@@ -548,21 +548,8 @@ class Prefetcher:
     def _dimse(self, peer: Peer, uid: str) -> None:
         if not peer.may_retrieve:
             raise DimseError(f"retrieving from {peer.aet} is not allowed ([peers] may_retrieve = false)")
-        target = dimse_target(self.config, peer, timeout=self.rules.timeout)
-        keys = {"StudyInstanceUID": uid}
-        rejected: list[str] = []
-        result: RetrieveResult
-        if peer.retrieve == "move":
-            result = move(target, self.config.aet, "STUDY", keys)
-            what = f"C-MOVE to {self.config.aet}"
-        else:
-            result = get(target, "STUDY", keys, ingest_store(self.archive, target.called_aet, rejected))
-            what = "C-GET"
-        if not result.ok or result.failed:
-            detail = f"status 0x{result.status:04X}" + (f", {result.failed} failed" if result.failed else "")
-            detail += f" ({result.comment})" if result.comment else ""
-            detail += f"; refused here: {rejected[0]}" if rejected else ""
-            raise DimseError(f"{what} from {target} incomplete: {detail}")
+        target = peer_target(self.config, peer, timeout=self.rules.timeout)
+        retrieve_study(self.archive, target, uid, method=peer.retrieve, destination=self.config.aet)
 
     def _wado(self, source: DicomWebSource, uid: str) -> None:
         from dataclasses import replace

@@ -25,18 +25,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from pynetdicom import build_context
-
 from hilum.config import Config, Peer
 from hilum.dicomweb.client import DicomWebClient, DicomWebSource, load_sources
-from hilum.dimse.net import client_ssl_context
-from hilum.dimse.scu import DimseError, Target, associate, dataset_to_dict, identifier
-from hilum.dimse.uids import STUDY_ROOT_FIND
+from hilum.dimse.scu import Target, dataset_to_dict, find_session, peer_target
 from hilum.priors.finder import Prior
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_STUDIES", "RemotePeer", "configured_peers", "dimse_target", "search_peers"]
+__all__ = ["MAX_STUDIES", "RemotePeer", "configured_peers", "search_peers"]
 
 RemotePeer = Peer | DicomWebSource
 """A peer priors are looked for on: DIMSE (``Peer``) or DICOMweb (``DicomWebSource``)."""
@@ -86,21 +82,6 @@ def configured_peers(config: Config, names: Sequence[str] | None = None) -> dict
     return out
 
 
-def dimse_target(config: Config | None, peer: Peer, *, timeout: float, calling_aet: str = "HILUM") -> Target:
-    """Where and as whom to reach ``peer``: this node's AE title, the peer's, TLS as configured."""
-    tls = None
-    if peer.tls and config is not None:
-        tls = client_ssl_context(config.tls_ca, config.tls_cert, config.tls_key)
-    return Target(
-        host=peer.host,
-        port=int(peer.port),
-        called_aet=peer.aet,
-        calling_aet=config.aet if config is not None else calling_aet,
-        tls=tls,
-        timeout=timeout,
-    )
-
-
 def _int(value: Any) -> int:
     try:
         return int(str(value).strip() or 0)
@@ -145,42 +126,13 @@ def _prior(study: Mapping[str, Any], series: Sequence[Mapping[str, Any]], source
     )
 
 
-def _finds(
-    assoc: Any, target: Target, level: str, keys: Mapping[str, str], limit: int | None = None
-) -> list[dict[str, Any]]:
-    """One C-FIND (Study Root, PS3.4 C.4.1) on an open association: the matches' identifiers as dicts.
-
-    Status handling as :func:`hilum.dimse.scu.iter_find`'s (pending 0xFF00/0xFF01, success,
-    cancel; anything else a :class:`DimseError` naming the status); here several queries share
-    one association, which is most of the time a query takes on loopback (one per study made
-    the series look-ups of a 10-study patient cost 10 associations)."""
-    out: list[dict[str, Any]] = []
-    for status, rsp in assoc.send_c_find(identifier(level, keys), STUDY_ROOT_FIND):
-        if not status or "Status" not in status:
-            raise DimseError(f"C-FIND to {target}: no response (timeout or connection lost)")
-        code = int(status.Status)
-        if code in (0xFF00, 0xFF01):
-            if rsp is not None:
-                out.append(dataset_to_dict(rsp))
-                if limit is not None and len(out) == limit:
-                    assoc.send_c_cancel(1, query_model=STUDY_ROOT_FIND)
-            continue
-        if code in (0x0000, 0xFE00):
-            break
-        comment = str(status.get("ErrorComment", "") or "")
-        raise DimseError(f"C-FIND to {target} failed: 0x{code:04X}{': ' + comment if comment else ''}")
-    return out
-
-
 def _dimse(name: str, target: Target, keys: Sequence[tuple[str, str]], deadline: float) -> list[Prior]:
     out: list[Prior] = []
-    with associate(target, [build_context(STUDY_ROOT_FIND)]) as assoc:
-        if not any(c.abstract_syntax == STUDY_ROOT_FIND for c in assoc.accepted_contexts):
-            raise DimseError(f"{target} does not accept C-FIND (Study Root)")
+    with find_session(target) as session:  # the study and series queries share one association
         for pid, issuer in keys:
             ident = {k: "" for k in _STUDY_KEYS}
             ident["PatientID"] = pid
-            for st in _finds(assoc, target, "STUDY", ident, MAX_STUDIES):
+            for st in [dataset_to_dict(d) for d in session.iter_find("STUDY", ident, cancel_after=MAX_STUDIES)]:
                 if st.get("PatientID") != pid or not _same_issuer(issuer, str(st.get("IssuerOfPatientID") or "")):
                     continue
                 uid = str(st.get("StudyInstanceUID") or "")
@@ -190,7 +142,7 @@ def _dimse(name: str, target: Target, keys: Sequence[tuple[str, str]], deadline:
                 if time.monotonic() < deadline:
                     skeys = {k: "" for k in _SERIES_KEYS}
                     skeys["StudyInstanceUID"] = uid
-                    series = _finds(assoc, target, "SERIES", skeys)
+                    series = [dataset_to_dict(d) for d in session.iter_find("SERIES", skeys)]
                 out.append(_prior(st, series, name, issuer))
     return out
 
@@ -252,7 +204,7 @@ def search_peers(
                 found = _web(name, peer, keys, deadline, timeout)
             else:
                 found = _dimse(
-                    name, dimse_target(config, peer, timeout=timeout, calling_aet=calling_aet), keys, deadline
+                    name, peer_target(config, peer, timeout=timeout, calling_aet=calling_aet), keys, deadline
                 )
         except Exception as exc:  # noqa: BLE001 - one line per peer, the others go on
             why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
