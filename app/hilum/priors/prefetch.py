@@ -581,6 +581,11 @@ class Prefetcher:
                 self._held.pop(study_uid, None)
         self.archive.touch_prefetched(study_uid)
 
+    def held(self) -> set[str]:
+        """The studies open now (held at least once)."""
+        with self._cond:
+            return set(self._held)
+
     def touch(self, study_uid: str) -> None:
         """A prefetched study was used (opened, read): it moves to the end of the LRU order."""
         self.archive.touch_prefetched(study_uid)
