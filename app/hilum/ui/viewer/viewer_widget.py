@@ -898,15 +898,17 @@ class StudyViewer(QWidget):
                 pass
 
         def work() -> None:
-            from hilum.priors import find_local_priors, find_remote_priors
-
             try:
+                from hilum.priors import find_local_priors
+
                 emit(bridge.found, find_local_priors(archive, uid), bool(peers))
             except Exception as exc:  # noqa: BLE001 - shown in the panel, the viewer goes on
                 logger.warning("local priors of %s: %s", uid, exc)
                 emit(bridge.failed, f"Local search failed: {exc}", bool(peers))
             if peers and not self._closed:
                 try:
+                    from hilum.priors import find_remote_priors
+
                     emit(bridge.found, find_remote_priors(archive, uid, peers), False)
                 except Exception as exc:  # noqa: BLE001
                     logger.warning("remote priors of %s: %s", uid, exc)
