@@ -192,7 +192,8 @@ def test_priors_ranked_click_prior_compares_side_by_side_with_links(
         _click_prior(qtbot, viewer, cs.prior1.study_uid)
     assert viewer.model.layout.name == "1x2"
     left, right = viewer.model.visible
-    assert left.series_uid == cs.current.series_uid and right.series_uid == cs.prior1.series_uid
+    qtbot.waitUntil(lambda: right.series_uid == cs.prior1.series_uid, timeout=TIMEOUT)
+    assert left.series_uid == cs.current.series_uid
     assert set(viewer.sessions) == {cs.current.study_uid, cs.prior1.study_uid}
     qtbot.waitUntil(lambda: _complete(left) and _complete(right), timeout=TIMEOUT)
     for name in ("link_scroll", "link_window", "link_zoom"):
@@ -252,7 +253,7 @@ def test_key_c_compares_with_the_most_relevant_prior_and_strip_shows_prior_serie
     with qtbot.waitSignal(viewer.compared, timeout=TIMEOUT):
         QTest.keyClick(canvas, Qt.Key.Key_C)
     assert viewer.model.layout.name == "1x2"
-    assert viewer.model.visible[1].series_uid == cs.prior1.series_uid
+    qtbot.waitUntil(lambda: viewer.model.visible[1].series_uid == cs.prior1.series_uid, timeout=TIMEOUT)
     # the viewer menu has the comparison entries
     titles = {title for title, _ in viewer.menu_sections("viewer")}
     assert "&Priors" in titles
@@ -261,7 +262,7 @@ def test_key_c_compares_with_the_most_relevant_prior_and_strip_shows_prior_serie
     with qtbot.waitSignal(viewer.compared, timeout=TIMEOUT):
         _click_prior(qtbot, viewer, cs.prior2.study_uid)
     right = viewer.model.visible[1]
-    assert right.series_uid == cs.prior2.series_uid
+    qtbot.waitUntil(lambda: right.series_uid == cs.prior2.series_uid, timeout=TIMEOUT)
     assert viewer.strip.header_for(cs.prior2.study_uid) is not None
     # prior 1's series from the strip: double-click it with the right viewport active
     QTest.mouseClick(viewer.viewport_widget(1).canvas, Qt.MouseButton.LeftButton)
@@ -271,7 +272,7 @@ def test_key_c_compares_with_the_most_relevant_prior_and_strip_shows_prior_serie
     rect = viewer.strip.visualItemRect(item)
     QTest.mouseClick(viewer.strip.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, rect.center())
     QTest.mouseDClick(viewer.strip.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, rect.center())
-    assert viewer.model.visible[1].series_uid == cs.prior1.series_uid
+    qtbot.waitUntil(lambda: viewer.model.visible[1].series_uid == cs.prior1.series_uid, timeout=TIMEOUT)
     qtbot.waitUntil(lambda: _complete(viewer.model.visible[1]), timeout=TIMEOUT)
     # the header is not a series: double-clicking it changes nothing
     header = viewer.strip.header_for(cs.prior2.study_uid)
@@ -329,7 +330,7 @@ def test_remote_prior_retrieve_then_compare(
         assert row is not None and not row.retrieve.isVisible() and row.source.text().startswith("local")
         with qtbot.waitSignal(viewer.compared, timeout=TIMEOUT):
             _click_prior(qtbot, viewer, cs.prior1.study_uid)
-        assert viewer.model.visible[1].series_uid == cs.prior1.series_uid
+        qtbot.waitUntil(lambda: viewer.model.visible[1].series_uid == cs.prior1.series_uid, timeout=TIMEOUT)
     finally:
         peer.stop()
 

@@ -147,6 +147,7 @@ class StudyViewer(QWidget):
         self._priors_thread: threading.Thread | None = None
         self._priors_error = ""
         self._retrieves: dict[int, str] = {}  # transfer id -> prior study uid
+        self._peer_map: dict[str, Any] = {}  # the peers asked for priors, by name
         self._registering: set[tuple[str, str]] = set()  # (fixed, moving) series asked for
         self._registration_jobs: Any = None
         self._closed = False
@@ -874,12 +875,25 @@ class StudyViewer(QWidget):
         """True for a series of an added study (not the current one)."""
         return self.session_of(series_uid) is not self.session
 
+    def _config(self) -> Any:
+        """The main window's :class:`hilum.config.Config` (None outside a main window)."""
+        return getattr(self.window(), "config", None)
+
     def _peers(self) -> dict[str, Any]:
+        """The peers asked for priors: :attr:`peers`, else those of the main window's configuration
+        that may be queried (DIMSE ``[peers]``, then the DICOMweb sources)."""
         if self.peers is not None:
             return dict(self.peers)
-        config = getattr(self.window(), "config", None)
-        peers = getattr(config, "peers", None) or {}
-        return {name: p for name, p in peers.items() if getattr(p, "may_query", True)}
+        config = self._config()
+        if config is None:
+            return {}
+        from hilum.priors.remote import configured_peers
+
+        try:
+            return dict(configured_peers(config))
+        except Exception as exc:  # noqa: BLE001 - a bad sources file must not stop the viewer
+            logger.warning("no peers for priors: %s", exc)
+            return {}
 
     def _start_priors(self) -> None:
         """Look for the patient's other studies off the GUI thread: the local archive's first (they
@@ -887,7 +901,8 @@ class StudyViewer(QWidget):
         if self._priors_thread is not None or self._closed:
             return
         self.priors_panel.current_date = self.session.study_date
-        peers = self._peers()
+        peers = self._peer_map = self._peers()
+        config = self._config()
         self.priors_panel.set_priors([], searching=True)
         archive, uid, bridge = self.archive, self.study_uid, self._priors_bridge
 
@@ -909,7 +924,11 @@ class StudyViewer(QWidget):
                 try:
                     from hilum.priors import find_remote_priors
 
-                    emit(bridge.found, find_remote_priors(archive, uid, peers), False)
+                    errors: dict[str, str] = {}
+                    found = find_remote_priors(archive, uid, peers, errors=errors, config=config)
+                    if errors:
+                        emit(bridge.failed, "; ".join(f"{n}: {e}" for n, e in errors.items()), True)
+                    emit(bridge.found, found, False)
                 except Exception as exc:  # noqa: BLE001
                     logger.warning("remote priors of %s: %s", uid, exc)
                     emit(bridge.failed, f"Peers not reached: {exc}", False)
@@ -947,9 +966,15 @@ class StudyViewer(QWidget):
         if transfers is None:
             row.set_state("retrieving is not available in this window", failed=True)
             return None
+        label = f"Prior {date_text(prior.study_date)}"
         try:
-            transfer = transfers.retrieve(prior.source, study_uid, None, label=f"Prior {date_text(prior.study_date)}",
-                                          expected=prior.n_instances or None)  # fmt: skip
+            source = self._peer_map.get(prior.source)
+            if source is not None and not hasattr(source, "aet"):  # a DICOMweb source: WADO-RS
+                transfer = transfers.queue.submit("retrieve", prior.source, label,
+                                                  self._wado_work(source, study_uid, prior.n_instances))  # fmt: skip
+            else:  # a DICOM peer: C-GET / C-MOVE as the peer's settings say
+                transfer = transfers.retrieve(prior.source, study_uid, None, label=label,
+                                              expected=prior.n_instances or None)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - an unknown peer, a bad configuration
             row.set_state(f"failed: {exc}", failed=True)
             return None
@@ -959,6 +984,33 @@ class StudyViewer(QWidget):
         self._retrieves[transfer.id] = study_uid
         row.set_state("queued…")
         return transfer
+
+    def _wado_work(self, source: Any, study_uid: str, expected: int) -> Callable[..., str]:
+        """A transfers-queue work item retrieving a study from a DICOMweb source (WADO-RS) into
+        the local archive through the one ingest call."""
+        archive = self.archive
+
+        def work(progress: Callable[[int, int], None], cancel: threading.Event) -> str:
+            from hilum.dicomweb.client import DicomWebClient
+
+            client = DicomWebClient(source)
+            done = 0
+
+            def one(_result: Any) -> None:
+                nonlocal done
+                done += 1
+                progress(done, expected)
+
+            try:
+                results = client.retrieve(archive, study_uid, progress=one, cancel=cancel)
+            finally:
+                client.close()
+            failed = sum(1 for r in results if not r.ok)
+            if failed:
+                raise HilumError(f"{failed} of {len(results)} instances refused by the archive")
+            return f"{len(results)} retrieved by WADO-RS"
+
+        return work
 
     def _on_transfer(self, transfer: Any) -> None:
         uid = self._retrieves.get(transfer.id)
