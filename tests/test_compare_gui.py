@@ -336,14 +336,17 @@ def test_remote_prior_retrieve_then_compare(
 
 
 def _registration_available() -> bool:
+    """Registration and the model's links across Frames of Reference (issue 15, contract B)."""
+    from hilum.ui.viewer.model import ViewerModel
+
     try:
         from hilum.dicom import registration  # noqa: F401
     except ImportError:
         return False
-    return True
+    return hasattr(ViewerModel, "set_alignment") and hasattr(ViewerModel, "alignment_between")
 
 
-@pytest.mark.skipif(not _registration_available(), reason="hilum.dicom.registration not merged")
+@pytest.mark.skipif(not _registration_available(), reason="contract B (registration, model alignment) not merged")
 def test_prior_in_another_frame_of_reference_is_registered_in_the_background(
     qtbot: Any, window: Any, comparison: ComparisonSet
 ) -> None:

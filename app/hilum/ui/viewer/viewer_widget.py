@@ -1121,92 +1121,75 @@ class StudyViewer(QWidget):
 
     def _check_alignments(self) -> None:
         """For each visible prior series beside a current one of another Frame of Reference (both
-        loaded), ask for a rigid registration in the background, once; cached alignments are set
-        at once (:class:`hilum.dicom.registration.AlignmentStore`)."""
-        try:
-            from hilum.dicom import registration
-        except ImportError:
-            return
-        if self._closed or not hasattr(self.model, "set_alignment"):
-            return
+        loaded), ask once for a rigid registration on the background worker
+        (:class:`hilum.dicom.registration.RegistrationJobs`, which answers from the
+        :class:`~hilum.dicom.registration.AlignmentStore` under the data folder when it can);
+        the prior's viewport says "Registering…" until the alignment is set on the model."""
+        alignment_between = getattr(self.model, "alignment_between", None)
+        if self._closed or alignment_between is None:
+            return  # a model without cross-FoR links: nothing to register for
         visible = [(i, vp) for i, vp in enumerate(self.model.visible) if i in self._assigned]
         current = [(i, vp) for i, vp in visible if not self.is_prior_series(self._assigned[i])]
         for i, vp in visible:
             uid = self._assigned[i]
-            if not self.is_prior_series(uid) or vp.volume is None or not vp.volume.complete:
+            if not current or not self.is_prior_series(uid) or vp.volume is None or not vp.volume.complete:
                 continue
-            f = vp.frame_info
             # the current viewport on its left (same row), else the first current one
-            fixed = next(((j, c) for j, c in current if j == i - 1), current[0] if current else None)
-            if fixed is None or fixed[1].volume is None or not fixed[1].volume.complete:
+            j, leader = next(((j, c) for j, c in current if j == i - 1), current[0])
+            f, g = vp.frame_info, leader.frame_info
+            if leader.volume is None or not leader.volume.complete or f is None or g is None:
                 continue
-            g = fixed[1].frame_info
-            if f is None or g is None or not f.frame_of_reference_uid or not g.frame_of_reference_uid:
+            if not f.frame_of_reference_uid or not g.frame_of_reference_uid:
                 continue
             if f.frame_of_reference_uid == g.frame_of_reference_uid:
                 continue
-            key = (self._assigned[fixed[0]], uid)
-            if key in self._registering or self.model.alignment_between(fixed[1], vp) is not None:
+            key = (self._assigned[j], uid)
+            if key in self._registering or alignment_between(leader, vp) is not None:
                 continue
             self._registering.add(key)
-            store = self._alignment_store(registration)
-            cached = store.get(*key) if store is not None else None
-            if cached is not None:
-                self._apply_alignment(key, cached, "cached")
-                continue
             vp.status = "Registering…"
-            self._submit_registration(registration, key, fixed[1].volume, vp.volume)
+            self._submit_registration(key, leader.volume, vp.volume)
 
-    def _alignment_store(self, registration: Any) -> Any:
-        if self.data_dir is None:
-            return None
-        return registration.AlignmentStore(self.data_dir)
-
-    def _submit_registration(self, registration: Any, key: tuple[str, str], fixed: SeriesVolume,
-                             moving: SeriesVolume) -> None:  # fmt: skip
+    def _submit_registration(self, key: tuple[str, str], fixed: SeriesVolume, moving: SeriesVolume) -> None:
+        from hilum.dicom.registration import AlignmentStore, RegistrationJobs
         from hilum.dicom.volume import volume_from_series
 
         bridge = self._priors_bridge
 
-        def work() -> Any:
-            return registration.register_rigid(volume_from_series(fixed), volume_from_series(moving))
-
-        def done(result: Any) -> None:
+        def emit(result: Any) -> None:  # on the worker thread
             try:
                 bridge.registered.emit(key, result)
-            except RuntimeError:  # closed meanwhile
+            except RuntimeError:  # the viewer was closed meanwhile
                 pass
 
         if self._registration_jobs is None:
-            self._registration_jobs = registration.RegistrationJobs()
-        self._registration_jobs.submit(work, done)
+            self._registration_jobs = RegistrationJobs(AlignmentStore(self.data_dir))
+        self._registration_jobs.submit(partial(volume_from_series, fixed), partial(volume_from_series, moving),
+                                       fixed_series=key[0], moving_series=key[1], on_done=emit,
+                                       on_error=emit)  # fmt: skip
 
     def _on_registered(self, key: tuple[str, str], result: Any) -> None:
         if self._closed:
             return
         fixed_uid, moving_uid = key
-        movers = self._viewports_of(moving_uid)
         if isinstance(result, BaseException):
-            for vp in movers:
-                vp.status = "Registration failed"
-            self.status.setText(f"Registration failed: {result}")
+            self._registering.discard(key)  # asked again when the pair shows again
+            for vp in self._viewports_of(moving_uid):
+                vp.status = ""
+                vp.emit("view")
+            self.status.setText(f"Registration of the prior failed: {result}")
             return
-        from hilum.dicom import registration
-
-        store = self._alignment_store(registration)
-        if store is not None:
-            store.put(result)
-        self._apply_alignment(key, result, f"registration, {float(getattr(result, 'seconds', 0.0) or 0.0):.1f} s")
-
-    def _apply_alignment(self, key: tuple[str, str], alignment: Any, how: str) -> None:
-        fixed_uid, moving_uid = key
         for vp in self._viewports_of(moving_uid):
             vp.status = ""
             vp.emit("view")
-        self.model.set_alignment(alignment)
-        self.status.setText(f"Prior aligned to the current study ({how})")
+        set_alignment = getattr(self.model, "set_alignment", None)
+        if set_alignment is not None:
+            set_alignment(result)
+        self.status.setText(f"Prior aligned to the current study by registration ({result.seconds:.1f} s)"
+                            if getattr(result, "source", "") == "registration" and result.seconds else
+                            "Prior aligned to the current study")  # fmt: skip
         leaders = self._viewports_of(fixed_uid)
-        if leaders:
+        if leaders and self.model.link_scroll:
             self.model.sync_from(leaders[0])
         self.alignmentReady.emit(fixed_uid, moving_uid)
 
@@ -1253,7 +1236,7 @@ class StudyViewer(QWidget):
         self.strip.shutdown()
         self._closed = True
         if self._registration_jobs is not None:
-            self._registration_jobs.close()
+            self._registration_jobs.shutdown(wait=False)
         for session in self.sessions.values():
             session.close()
         super().closeEvent(event)
