@@ -44,7 +44,7 @@ TODAY = dt.date(2026, 11, 20)
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory: pytest.TempPathFactory) -> ComparisonSet:
-    return write_comparison_patient(tmp_path_factory.mktemp("cmp"), rows=64, slices=24, today=TODAY)
+    return write_comparison_patient(tmp_path_factory.mktemp("cmp"), rows=64, slices=48, today=TODAY)
 
 
 @pytest.fixture(scope="module")

@@ -87,6 +87,11 @@ class _LoadBridge(QObject):
     done = Signal(str, object)
 
 
+def _loaded(vp: ViewportState) -> bool:
+    """The viewport shows its series' whole stack, every slice decoded (not the first preview)."""
+    return vp.volume is not None and vp.volume.complete and not vp.volume.preview
+
+
 class _PriorsBridge(QObject):
     """Priors-search and registration threads → GUI-thread signals."""
 
@@ -1132,12 +1137,12 @@ class StudyViewer(QWidget):
         current = [(i, vp) for i, vp in visible if not self.is_prior_series(self._assigned[i])]
         for i, vp in visible:
             uid = self._assigned[i]
-            if not current or not self.is_prior_series(uid) or vp.volume is None or not vp.volume.complete:
+            if not current or not self.is_prior_series(uid) or not _loaded(vp):
                 continue
             # the current viewport on its left (same row), else the first current one
             j, leader = next(((j, c) for j, c in current if j == i - 1), current[0])
             f, g = vp.frame_info, leader.frame_info
-            if leader.volume is None or not leader.volume.complete or f is None or g is None:
+            if not _loaded(leader) or f is None or g is None:
                 continue
             if not f.frame_of_reference_uid or not g.frame_of_reference_uid:
                 continue
