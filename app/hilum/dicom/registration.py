@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from hilum.dicom.geometry import PlaneGeometry
 from hilum.dicom.volume import Volume
 from hilum.errors import HilumError
 
@@ -185,6 +186,27 @@ class Alignment:
 
     def direction_to_moving(self, v: npt.ArrayLike) -> npt.NDArray[np.float64]:
         return np.asarray(v, dtype=np.float64) @ self._inverse[:3, :3].T
+
+    def plane_to_fixed(self, plane: PlaneGeometry) -> PlaneGeometry:
+        """An image plane of the moving series placed in fixed patient coordinates (a rigid
+        alignment keeps its pixel spacing and size), e.g. for a reference line."""
+        return self._plane(plane, self._array)
+
+    def plane_to_moving(self, plane: PlaneGeometry) -> PlaneGeometry:
+        return self._plane(plane, self._inverse)
+
+    @staticmethod
+    def _plane(plane: PlaneGeometry, m: npt.NDArray[np.float64]) -> PlaneGeometry:
+        r = m[:3, :3]
+        return PlaneGeometry(
+            origin=r @ plane.origin + m[:3, 3],
+            row_dir=r @ plane.row_dir,
+            col_dir=r @ plane.col_dir,
+            row_spacing=plane.row_spacing,
+            col_spacing=plane.col_spacing,
+            rows=plane.rows,
+            columns=plane.columns,
+        )
 
     # ------------------------------------------------------------ changes
 
