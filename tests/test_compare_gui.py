@@ -353,11 +353,15 @@ def test_prior_in_another_frame_of_reference_is_registered_in_the_background(
     cs = comparison
     viewer = _open_current(qtbot, window, cs)
     _wait_priors(qtbot, viewer, 3)
+    seen: list[str] = []  # the prior viewport's status when its stack is whole: registering (off this thread)
+    viewer.loadFinished.connect(lambda uid: seen.append(viewer.model.viewports[1].status))
     with qtbot.waitSignal(viewer.alignmentReady, timeout=120_000):
         _click_prior(qtbot, viewer, cs.prior2.study_uid)
+    assert "Registering…" in seen
     left, right = viewer.model.visible
-    assert right.series_uid == cs.prior2.series_uid
+    assert right.series_uid == cs.prior2.series_uid and right.status == ""
     assert viewer.model.alignment_between(left, right) is not None
+    assert list((Path(window.config.data_dir) / "cache" / "alignments").glob("*.json"))  # kept for next time
     # scrolling the current one moves the prior to the same anatomy (through the alignment)
     _wheel(viewer.viewport_widget(0).canvas, 4)
     a = viewer.model.alignment_between(left, right)

@@ -52,6 +52,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from hilum.dicom.registration import AlignmentStore
 from hilum.dicom.stack_load import LoadHandle, SeriesVolume
 from hilum.errors import HilumError
 from hilum.ui.icons import ACTION_ICONS, action_icon, icon
@@ -131,6 +132,7 @@ class StudyViewer(QWidget):
         self.presets = PresetStore(self.data_dir)
         self.overlay = replace(OverlayConfig.load(self.data_dir), current_study=study_uid)
         self.model = ViewerModel(Layout(1, 1))
+        self.model.alignment_store = AlignmentStore(self.data_dir)  # registrations and hand re-alignments
         self.tools: dict[str, Tool] = {}
         self.tool_name = "window"
         self._assigned: dict[int, str] = {}  # viewport index -> series uid
@@ -1153,10 +1155,11 @@ class StudyViewer(QWidget):
                 continue
             self._registering.add(key)
             vp.status = "Registering…"
+            assert leader.volume is not None and vp.volume is not None  # _loaded
             self._submit_registration(key, leader.volume, vp.volume)
 
     def _submit_registration(self, key: tuple[str, str], fixed: SeriesVolume, moving: SeriesVolume) -> None:
-        from hilum.dicom.registration import AlignmentStore, RegistrationJobs
+        from hilum.dicom.registration import RegistrationJobs
         from hilum.dicom.volume import volume_from_series
 
         bridge = self._priors_bridge
@@ -1168,7 +1171,7 @@ class StudyViewer(QWidget):
                 pass
 
         if self._registration_jobs is None:
-            self._registration_jobs = RegistrationJobs(AlignmentStore(self.data_dir))
+            self._registration_jobs = RegistrationJobs(self.model.alignment_store)
         self._registration_jobs.submit(partial(volume_from_series, fixed), partial(volume_from_series, moving),
                                        fixed_series=key[0], moving_series=key[1], on_done=emit,
                                        on_error=emit)  # fmt: skip
