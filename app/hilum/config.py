@@ -42,6 +42,69 @@ class Peer:
 
 
 @dataclass
+class PrefetchRules:
+    """``[prefetch]`` in ``hilum.toml``: which priors are fetched ahead of need (:mod:`hilum.priors.prefetch`).
+
+    When an order arrives (HL7 ORM), a study arrives, or the worklist opens,
+    the patient's priors on ``peers`` are looked up and the most relevant
+    ``max_priors`` of them (ranked as the viewer ranks them) that are not yet
+    local are retrieved, if they are at most ``max_age_years`` old (0: any
+    age), of one of ``modalities`` (empty: the modality of the order or
+    study), and, with ``same_body_part``, of its body part when known.
+    Studies brought in this way are kept in a cache of at most
+    ``cache_limit_mb`` megabytes (0: no limit), least recently used ones
+    removed first; nothing that arrived another way is ever removed.
+    ``peers`` names the ``[peers]`` / ``[dicomweb_sources]`` to ask (empty:
+    every peer that may be queried); ``timeout`` is the seconds each remote
+    request may take.
+    """
+
+    enabled: bool = False
+    max_priors: int = 3
+    max_age_years: float = 5.0
+    modalities: list[str] = field(default_factory=list)
+    same_body_part: bool = False
+    cache_limit_mb: float = 2048.0
+    peers: list[str] = field(default_factory=list)
+    timeout: float = 30.0
+    on_order: bool = True
+    on_study: bool = True
+
+    def to_toml(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in vars(self).items()}
+
+    @classmethod
+    def from_toml(cls, table: Any, where: str = "[prefetch]") -> PrefetchRules:
+        """Rules from a ``[prefetch]`` table; raises :class:`ConfigError` naming the bad setting."""
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} must be a table")
+        rules = cls()
+        for key, value in table.items():
+            if key not in vars(rules):
+                raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(vars(rules))})")
+            default = getattr(rules, key)
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{where}: {key} must be true or false, not {value!r}")
+            elif isinstance(default, list):
+                if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                    raise ConfigError(f"{where}: {key} must be a list of names, e.g. [\"CT\", \"MR\"], "
+                                      f"not {value!r}")
+                value = [v.strip().upper() if key == "modalities" else v.strip() for v in value]
+            elif isinstance(default, float):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                    raise ConfigError(f"{where}: {key} must be a number >= 0, not {value!r}")
+                if key == "timeout" and value == 0:
+                    raise ConfigError(f"{where}: timeout must be more than 0 seconds")
+                value = float(value)
+            elif isinstance(default, int):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ConfigError(f"{where}: {key} must be a whole number >= 0, not {value!r}")
+            setattr(rules, key, value)
+        return rules
+
+
+@dataclass
 class Config:
     data_dir: Path
     aet: str = "HILUM"
@@ -59,6 +122,7 @@ class Config:
     tls_key: str | None = None
     tls_ca: str | None = None
     peers: dict[str, Peer] = field(default_factory=dict)
+    prefetch: PrefetchRules = field(default_factory=PrefetchRules)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -91,6 +155,8 @@ class Config:
             doc["peers"] = {
                 name: {k: v for k, v in vars(p).items()} for name, p in self.peers.items()
             }
+        if self.prefetch != PrefetchRules():
+            doc["prefetch"] = self.prefetch.to_toml()
         doc.update(self.extra)
         return doc
 
@@ -122,8 +188,10 @@ def load_config(data_dir: str | os.PathLike[str] | None = None) -> Config:
     node = doc.pop("node", {})
     archive = doc.pop("archive", {})
     peers = doc.pop("peers", {})
+    if "prefetch" in doc:
+        cfg.prefetch = PrefetchRules.from_toml(doc.pop("prefetch"), f"{path}: [prefetch]")
     for key, value in node.items():
-        if not hasattr(cfg, key):
+        if not hasattr(cfg, key) or key == "prefetch":
             raise ConfigError(f"{path}: unknown [node] setting {key!r}")
         setattr(cfg, key, value)
     if "database_url" in archive:
@@ -144,4 +212,10 @@ def load_config(data_dir: str | os.PathLike[str] | None = None) -> Config:
         if cfg.peers[name].retrieve not in ("get", "move"):
             raise ConfigError(f"{path}: peer {name!r}: retrieve must be 'get' or 'move'")
     cfg.extra = doc
+    known = set(cfg.peers) | set((doc.get("dicomweb_sources") or {}) if isinstance(doc.get("dicomweb_sources"), dict)
+                                 else ())
+    unknown = [n for n in cfg.prefetch.peers if n not in known]
+    if unknown:
+        raise ConfigError(f"{path}: [prefetch] peers: no peer called {', '.join(map(repr, unknown))} in [peers] "
+                          f"or [dicomweb_sources]")
     return cfg

@@ -14,6 +14,11 @@ adapters that use it: one :class:`~hilum.archive.orders.OrderBook` for the
 HL7 receiver and the Modality Worklist and MPPS services, and the
 :class:`~hilum.archive.orders.Reconciler` that matches arriving studies to
 their orders while the node runs (started first, stopped last).
+
+With ``[prefetch] enabled`` in ``hilum.toml`` the node also runs the
+prefetcher (:class:`hilum.priors.prefetch.Prefetcher`, ``node.prefetcher``):
+priors of ordered and arriving studies retrieved from the peers in the
+background, the workstation's worklist asking it for its patients.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ import logging
 import signal
 import threading
 from types import FrameType
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from hilum.archive import Archive
 from hilum.archive.orders import OrderBook, Reconciler
 from hilum.config import Config
+
+if TYPE_CHECKING:
+    from hilum.priors.prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,11 @@ class Node:
         self.archive = archive if archive is not None else Archive.from_config(config)
         self.orders = OrderBook(self.archive)
         self.reconciler = Reconciler(self.orders)
+        self.prefetcher: Prefetcher | None = None
+        if config.prefetch.enabled:
+            from hilum.priors.prefetch import Prefetcher
+
+            self.prefetcher = Prefetcher(self.archive, config, orders=self.orders)
         self.services: list[Service] = services if services is not None else self._default_services()
         if only is not None:
             unknown = set(only) - {s.name for s in self.services}
@@ -97,12 +110,16 @@ class Node:
                 return
             self._stop_requested.clear()
             self.reconciler.start()
+            if self.prefetcher is not None:
+                self.prefetcher.start()
             try:
                 for s in self.services:
                     s.start()
                     self._started.append(s)
             except BaseException:
                 self._stop_started()
+                if self.prefetcher is not None:
+                    self.prefetcher.stop()
                 self.reconciler.stop()
                 raise
             log.info("node %s started: %s", self.config.aet, ", ".join(s.name for s in self._started))
@@ -110,6 +127,8 @@ class Node:
     def stop(self) -> None:
         """Stop the services (in-flight associations/requests finish first), then close an owned archive."""
         with self._lock:
+            if self.prefetcher is not None:
+                self.prefetcher.stop(timeout=self.config.prefetch.timeout + 5)
             self._stop_started()
             self.reconciler.stop()
             if self._owns_archive:

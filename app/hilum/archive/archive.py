@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from hilum.archive.db import make_engine, migrate
 from hilum.archive.index import IndexWriter, Prepared
 from hilum.archive.model import ArchiveEvent, EventBus, IngestResult, Status
 from hilum.archive.patients import PatientRegistry
-from hilum.archive.schema import instances, patients, series, studies
+from hilum.archive.schema import instances, patients, prefetched_studies, series, studies
 from hilum.archive.sqlfast import resolve_mode
 from hilum.dicom.attributes import IndexRecord, InvalidInstance, index_record, read_instance, show_value, to_part10
 from hilum.errors import NotFound, StorageFull
@@ -484,6 +485,49 @@ class Archive:
             self.blobs.delete(r.blob_key)
         self._emit(ArchiveEvent("deleted", level, uid))
         return len(rows)
+
+    # ------------------------------------------------------------------ prefetched priors
+
+    def record_prefetched(self, study_uid: str, source: str = "") -> bool:
+        """Note that prefetch brings ``study_uid`` in (before its instances arrive), so that the cache
+        limit may remove it later; False if it was noted already.  Only prefetch calls this, and only
+        for a study that is not in the archive yet: nothing that arrived another way is ever listed."""
+        now = datetime.now(UTC)
+        with self.transaction() as conn:
+            if conn.execute(select(prefetched_studies.c.pk).where(
+                    prefetched_studies.c.study_uid == study_uid)).first() is not None:
+                return False
+            conn.execute(prefetched_studies.insert().values(study_uid=study_uid, source=source[:64], fetched_at=now,
+                                                            last_access=now))
+        return True
+
+    def forget_prefetched(self, study_uid: str) -> bool:
+        """Take ``study_uid`` off the prefetched list (it stays in the archive, for good); True if it was on it."""
+        with self.transaction() as conn:
+            res = conn.execute(prefetched_studies.delete().where(prefetched_studies.c.study_uid == study_uid))
+        return bool(res.rowcount)
+
+    def touch_prefetched(self, study_uid: str) -> bool:
+        """Mark a prefetched study as just used (its place in the LRU order); False if it is not one."""
+        with self.transaction() as conn:
+            res = conn.execute(prefetched_studies.update().where(prefetched_studies.c.study_uid == study_uid)
+                               .values(last_access=datetime.now(UTC)))
+        return bool(res.rowcount)
+
+    def prefetched(self) -> list[dict[str, Any]]:
+        """The prefetched studies, least recently accessed first: ``study_uid``, ``source``,
+        ``fetched_at``, ``last_access``, ``size_bytes`` and ``instances`` (0 and ``present`` False
+        when the study is no longer in the archive)."""
+        p = prefetched_studies.c
+        stmt = (select(p.study_uid, p.source, p.fetched_at, p.last_access, studies.c.size_bytes,
+                       studies.c.num_instances, studies.c.pk)
+                .select_from(prefetched_studies.outerjoin(studies, studies.c.study_uid == p.study_uid))
+                .order_by(p.last_access, p.pk))
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [{"study_uid": r[0], "source": r[1], "fetched_at": r[2], "last_access": r[3],
+                 "size_bytes": int(r[4] or 0), "instances": int(r[5] or 0), "present": r[6] is not None}
+                for r in rows]
 
     # ------------------------------------------------------------------ check
 

@@ -9,7 +9,8 @@ hold the migrations to the models on SQLite and PostgreSQL:
   registry's ADT history, ``patient_history``);
 * the RIS side (:mod:`hilum.archive.orders`): orders, scheduled and performed
   procedure steps, the HL7 message log;
-* the web services' users and API tokens (:mod:`hilum.archive.users`).
+* the web services' users and API tokens (:mod:`hilum.archive.users`);
+* the studies prefetch brought in, for its LRU cache (:mod:`hilum.priors.prefetch`).
 
 Columns hold every attribute that C-FIND (patient- and study-root, all
 levels, PS3.4 C.6) and QIDO-RS (PS3.18 10.6, table 10.6.1-5) use as
@@ -280,4 +281,19 @@ api_tokens = Table(
     Column("label", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=True),
+)
+
+# --------------------------------------------------------------------------- prefetch (hilum.priors.prefetch)
+
+prefetched_studies = Table(
+    "prefetched_studies",
+    metadata,
+    # A study brought in by prefetch, not by anyone asking for it: the cache limit may remove it again
+    # (least recently accessed first); a study that arrived any other way is never listed here.
+    Column("pk", Integer, primary_key=True),
+    Column("study_uid", String(64), nullable=False, unique=True),
+    Column("source", String(64), nullable=False, default="", server_default=text("''")),
+    Column("fetched_at", DateTime(timezone=True), nullable=False),
+    Column("last_access", DateTime(timezone=True), nullable=False),
+    Index("ix_prefetched_last_access", "last_access"),
 )

@@ -41,10 +41,11 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, StoragePresentationContexts, _config, build_context, build_role, evt
 
+from hilum.config import Config, Peer
 from hilum.dicom.attributes import InvalidInstance, read_instance
 from hilum.dicom.transcode import TranscodeError
 from hilum.dimse import contexts as cx
-from hilum.dimse.net import nodelay
+from hilum.dimse.net import client_ssl_context, nodelay
 from hilum.dimse.reactor import steady_requestor
 from hilum.dimse.uids import (
     PATIENT_ROOT_FIND,
@@ -63,18 +64,22 @@ __all__ = [
     "AssociationRejected",
     "ConnectionFailed",
     "DimseError",
+    "FindSession",
     "RetrieveResult",
     "SendResult",
     "Target",
     "associate",
     "echo",
     "find",
+    "find_session",
     "get",
     "infer_level",
     "ingest_store",
     "iter_find",
     "move",
     "parse_keys",
+    "peer_target",
+    "retrieve_study",
     "send",
 ]
 
@@ -133,6 +138,23 @@ class Target:
 
     def __str__(self) -> str:
         return f"{self.called_aet}@{self.host}:{self.port}"
+
+
+def peer_target(config: Config | None, peer: Peer, *, timeout: float = 30.0, calling_aet: str = "HILUM") -> Target:
+    """Where and as whom to reach a ``[peers]`` entry of ``hilum.toml``: this node's AE title (``calling_aet``
+    without a config), the peer's, TLS with the config's CA and certificate when the peer says ``tls``
+    (PS3.15 B.1).  The workstation's browser and transfers and the prefetch of priors all connect so."""
+    tls = None
+    if peer.tls and config is not None:
+        tls = client_ssl_context(config.tls_ca, config.tls_cert, config.tls_key)
+    return Target(
+        host=peer.host,
+        port=int(peer.port),
+        called_aet=peer.aet,
+        calling_aet=config.aet if config is not None else calling_aet,
+        tls=tls,
+        timeout=timeout,
+    )
 
 
 def _status_text(status: int) -> str:
@@ -329,23 +351,61 @@ def iter_find(target: Target, level: str, keys: Mapping[str, str], *, root: str 
 def _find_responses(target: Target, model: str, ident: Dataset, cancel_after: int | None) -> Iterator[Dataset]:
     with associate(target, [build_context(model)]) as assoc:
         _require_context(assoc, model, "C-FIND", target)
-        responses = assoc.send_c_find(ident, model)
-        count = 0
-        for status, rsp in responses:
-            if not status or "Status" not in status:
-                raise DimseError(f"C-FIND to {target}: no response (timeout or connection lost)")
-            code = int(status.Status)
-            if code in (0xFF00, 0xFF01):
-                if rsp is not None:
-                    count += 1
-                    yield rsp
-                    if cancel_after is not None and count >= cancel_after:
-                        assoc.send_c_cancel(1, query_model=model)
-                continue
-            if code in (0x0000, 0xFE00):
-                return
-            comment = str(status.get("ErrorComment", "") or "")
-            raise DimseError(f"C-FIND to {target} failed: {_status_text(code)}{': ' + comment if comment else ''}")
+        yield from _responses(assoc, target, model, ident, cancel_after)
+
+
+def _responses(assoc: Any, target: Target, model: str, ident: Dataset, cancel_after: int | None) -> Iterator[Dataset]:
+    """One C-FIND on an open association: pending responses (0xFF00/0xFF01) yielded, success or
+    cancel (0x0000/0xFE00) ends it, anything else is a :class:`DimseError` naming the status."""
+    responses = assoc.send_c_find(ident, model)
+    count = 0
+    for status, rsp in responses:
+        if not status or "Status" not in status:
+            raise DimseError(f"C-FIND to {target}: no response (timeout or connection lost)")
+        code = int(status.Status)
+        if code in (0xFF00, 0xFF01):
+            if rsp is not None:
+                count += 1
+                yield rsp
+                if cancel_after is not None and count >= cancel_after:
+                    assoc.send_c_cancel(1, query_model=model)
+            continue
+        if code in (0x0000, 0xFE00):
+            return
+        comment = str(status.get("ErrorComment", "") or "")
+        raise DimseError(f"C-FIND to {target} failed: {_status_text(code)}{': ' + comment if comment else ''}")
+
+
+class FindSession:
+    """Several C-FINDs on one association (:func:`find_session`).
+
+    An association costs more than a query on loopback (the study, then per
+    study the series, of a patient's history: one association instead of one
+    per study); each query is answered in full before the next is sent, as
+    PS3.7 allows one outstanding operation at a time by default.
+    """
+
+    def __init__(self, assoc: Any, target: Target, model: str):
+        self.assoc, self.target, self.model = assoc, target, model
+
+    def iter_find(self, level: str, keys: Mapping[str, str], *, cancel_after: int | None = None) -> Iterator[Dataset]:
+        """As :func:`iter_find`, on this association (consume it to the end before the next query)."""
+        level = _check_level(level)
+        yield from _responses(self.assoc, self.target, self.model, identifier(level, keys), cancel_after)
+
+    def find(self, level: str, keys: Mapping[str, str], *, cancel_after: int | None = None) -> list[Dataset]:
+        return list(self.iter_find(level, keys, cancel_after=cancel_after))
+
+
+@contextmanager
+def find_session(target: Target, *, root: str = "study") -> Iterator[FindSession]:
+    """An association to ``target`` for C-FIND in the ``root`` model (PS3.4 C.4.1), released on exit."""
+    if ("find", root.lower()) not in MODELS:
+        raise DimseError(f"query root must be 'study' or 'patient', not {root!r}")
+    model = MODELS[("find", root.lower())]
+    with associate(target, [build_context(model)]) as assoc:
+        _require_context(assoc, model, "C-FIND", target)
+        yield FindSession(assoc, target, model)
 
 
 def find(target: Target, level: str, keys: Mapping[str, str], *, root: str = "study") -> list[Dataset]:
@@ -558,6 +618,79 @@ def ingest_store(archive: Any, source_aet: str, rejected: list[str] | None = Non
         return codes.get(res.code or "", 0xC000)
 
     return store
+
+
+def _retrieve_failure(result: RetrieveResult, what: str, target: Target) -> str | None:
+    """Why a retrieve did not bring everything, in one line (None when it did)."""
+    if result.ok and not result.failed:
+        return None
+    detail = [f"status 0x{result.status:04X}"]
+    if result.failed:
+        detail.append(f"{result.failed} failed")
+    if result.comment:
+        detail.append(result.comment)
+    return f"{what} from {target} incomplete: " + ", ".join(detail)
+
+
+def retrieve_study(
+    archive: Any,
+    target: Target,
+    study_uid: str,
+    series_uid: str | None = None,
+    *,
+    method: str = "get",
+    destination: str = "",
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> RetrieveResult:
+    """Bring a study (or one series) from ``target`` into ``archive`` through its one ingest call.
+
+    ``method="get"``: C-GET (PS3.4 C.4.3), each instance stored as it
+    arrives on the same association (:func:`ingest_store`).
+    ``method="move"``: C-MOVE (PS3.4 C.4.2) to ``destination`` (this node's
+    AE title: its running SCP ingests what the peer sends).
+    ``progress(done, total)`` follows the sub-operations.  Raises
+    :class:`DimseError` when the peer cannot be reached, refuses, or not
+    every instance arrived.  The workstation's "open from a peer" and the
+    prefetch of priors both retrieve so.
+    """
+    keys = {"StudyInstanceUID": study_uid}
+    level = "STUDY"
+    if series_uid:
+        keys["SeriesInstanceUID"] = series_uid
+        level = "SERIES"
+
+    def on_progress(r: RetrieveResult) -> None:
+        if progress is not None:
+            progress(r.completed + r.failed + r.warning, r.completed + r.failed + r.warning + r.remaining)
+
+    rejected: list[str] = []
+    if method == "move":
+        if not destination:
+            raise DimseError("C-MOVE needs this node's AE title as the destination")
+        result = move(target, destination, level, keys, progress=on_progress, cancel=cancel)
+        what = f"C-MOVE to {destination}"
+    elif method == "get":
+        result = get(
+            target, level, keys, ingest_store(archive, target.called_aet, rejected), progress=on_progress, cancel=cancel
+        )
+        what = "C-GET"
+    else:
+        raise ValueError(f"retrieve method must be 'get' or 'move', not {method!r}")
+    if cancel is not None and cancel.is_set():
+        return result
+    problem = _retrieve_failure(result, what, target)
+    if problem and method == "move" and result.completed + result.warning == 0:
+        # Nothing arrived: most often the peer does not know this node, or this node's listener is off.
+        problem += (
+            f" (does {target.called_aet} know AE title {destination} at this host and port, "
+            "and is this node's DICOM listener running?)"
+        )
+    if problem:
+        raise DimseError(problem + (f"; refused here: {rejected[0]}" if rejected else ""))
+    if result.completed + result.warning == 0:
+        raise DimseError(f"{what} from {target}: the peer sent no instance")
+    return result
 
 
 # ---------------------------------------------------------------- send

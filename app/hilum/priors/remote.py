@@ -27,13 +27,12 @@ from typing import Any
 
 from hilum.config import Config, Peer
 from hilum.dicomweb.client import DicomWebClient, DicomWebSource, load_sources
-from hilum.dimse.net import client_ssl_context
-from hilum.dimse.scu import Target, dataset_to_dict, iter_find
+from hilum.dimse.scu import Target, dataset_to_dict, find_session, peer_target
 from hilum.priors.finder import Prior
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_STUDIES", "RemotePeer", "configured_peers", "dimse_target", "search_peers"]
+__all__ = ["MAX_STUDIES", "RemotePeer", "configured_peers", "search_peers"]
 
 RemotePeer = Peer | DicomWebSource
 """A peer priors are looked for on: DIMSE (``Peer``) or DICOMweb (``DicomWebSource``)."""
@@ -83,21 +82,6 @@ def configured_peers(config: Config, names: Sequence[str] | None = None) -> dict
     return out
 
 
-def dimse_target(config: Config | None, peer: Peer, *, timeout: float, calling_aet: str = "HILUM") -> Target:
-    """Where and as whom to reach ``peer``: this node's AE title, the peer's, TLS as configured."""
-    tls = None
-    if peer.tls and config is not None:
-        tls = client_ssl_context(config.tls_ca, config.tls_cert, config.tls_key)
-    return Target(
-        host=peer.host,
-        port=int(peer.port),
-        called_aet=peer.aet,
-        calling_aet=config.aet if config is not None else calling_aet,
-        tls=tls,
-        timeout=timeout,
-    )
-
-
 def _int(value: Any) -> int:
     try:
         return int(str(value).strip() or 0)
@@ -144,22 +128,22 @@ def _prior(study: Mapping[str, Any], series: Sequence[Mapping[str, Any]], source
 
 def _dimse(name: str, target: Target, keys: Sequence[tuple[str, str]], deadline: float) -> list[Prior]:
     out: list[Prior] = []
-    for pid, issuer in keys:
-        ident = {k: "" for k in _STUDY_KEYS}
-        ident["PatientID"] = pid
-        studies = [dataset_to_dict(ds) for ds in iter_find(target, "STUDY", ident, cancel_after=MAX_STUDIES)]
-        for st in studies:
-            if st.get("PatientID") != pid or not _same_issuer(issuer, str(st.get("IssuerOfPatientID") or "")):
-                continue
-            uid = str(st.get("StudyInstanceUID") or "")
-            if not uid:
-                continue
-            series: list[dict[str, Any]] = []
-            if time.monotonic() < deadline:
-                skeys = {k: "" for k in _SERIES_KEYS}
-                skeys["StudyInstanceUID"] = uid
-                series = [dataset_to_dict(ds) for ds in iter_find(target, "SERIES", skeys)]
-            out.append(_prior(st, series, name, issuer))
+    with find_session(target) as session:  # the study and series queries share one association
+        for pid, issuer in keys:
+            ident = {k: "" for k in _STUDY_KEYS}
+            ident["PatientID"] = pid
+            for st in [dataset_to_dict(d) for d in session.iter_find("STUDY", ident, cancel_after=MAX_STUDIES)]:
+                if st.get("PatientID") != pid or not _same_issuer(issuer, str(st.get("IssuerOfPatientID") or "")):
+                    continue
+                uid = str(st.get("StudyInstanceUID") or "")
+                if not uid:
+                    continue
+                series: list[dict[str, Any]] = []
+                if time.monotonic() < deadline:
+                    skeys = {k: "" for k in _SERIES_KEYS}
+                    skeys["StudyInstanceUID"] = uid
+                    series = [dataset_to_dict(d) for d in session.iter_find("SERIES", skeys)]
+                out.append(_prior(st, series, name, issuer))
     return out
 
 
@@ -220,7 +204,7 @@ def search_peers(
                 found = _web(name, peer, keys, deadline, timeout)
             else:
                 found = _dimse(
-                    name, dimse_target(config, peer, timeout=timeout, calling_aet=calling_aet), keys, deadline
+                    name, peer_target(config, peer, timeout=timeout, calling_aet=calling_aet), keys, deadline
                 )
         except Exception as exc:  # noqa: BLE001 - one line per peer, the others go on
             why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

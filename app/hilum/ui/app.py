@@ -209,6 +209,7 @@ class NodeRunner(QObject):
 
     def _started(self, node: Any) -> None:
         self.stateChanged.emit(node_summary(self.config, node), True)
+        self.window.attach_node(node)  # the prefetch of priors, when the node runs one
 
     def _failed(self, exc: BaseException) -> None:
         log.warning("DICOM node did not start: %s", exc)

@@ -4,10 +4,10 @@ The workstation's study browser searches a peer exactly as it searches the
 local archive or a DICOMweb server: :class:`PeerArchiveView` has the
 archive's ``query``/``count`` shape and turns each call into one C-FIND
 (PS3.4 C.4.1, Study Root).  Opening a study from a peer retrieves it into
-the local archive through the one ingest call (:func:`retrieve_study`:
-C-GET with each sub-operation stored by :func:`hilum.dimse.scu.ingest_store`,
-PS3.4 C.4.3; or C-MOVE to this node's AE title, whose SCP ingests what
-arrives, PS3.4 C.4.2); "Send to…" C-STOREs a local study or series as it
+the local archive through the one ingest call
+(:func:`hilum.dimse.scu.retrieve_study`, re-exported here: C-GET with each
+sub-operation stored by :func:`hilum.dimse.scu.ingest_store`, PS3.4 C.4.3; or
+C-MOVE to this node's AE title, whose SCP ingests what arrives, PS3.4 C.4.2); "Send to…" C-STOREs a local study or series as it
 leaves the archive (:func:`send_study`, :meth:`Archive.read_outgoing`:
 today's demographics, every UID kept).
 
@@ -27,20 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from hilum.config import Config, Peer
-from hilum.dimse.net import client_ssl_context
 from hilum.dimse.scu import (
     DEFAULT_KEYS,
     DimseError,
-    RetrieveResult,
     SendResult,
     Target,
     dataset_to_dict,
-    get,
-    ingest_store,
     iter_find,
-    move,
+    retrieve_study,
     send,
 )
+from hilum.dimse.scu import peer_target as scu_peer_target
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +63,9 @@ Progress = Callable[[int, int], None]
 
 
 def peer_target(config: Config, peer: Peer, *, timeout: float = PEER_TIMEOUT) -> Target:
-    """Where and as whom the workstation connects to ``peer``: our AE title, the peer's, TLS as configured."""
-    tls = client_ssl_context(config.tls_ca, config.tls_cert, config.tls_key) if peer.tls else None
-    return Target(
-        host=peer.host, port=int(peer.port), called_aet=peer.aet, calling_aet=config.aet, tls=tls, timeout=timeout
-    )
+    """Where and as whom the workstation connects to ``peer`` (:func:`hilum.dimse.scu.peer_target`,
+    with the workstation's timeout)."""
+    return scu_peer_target(config, peer, timeout=timeout)
 
 
 def _sort(rows: list[dict[str, Any]], order_by: list[str] | None) -> list[dict[str, Any]]:
@@ -136,76 +131,6 @@ class PeerArchiveView:
 
     def count(self, level: str, identifier: Mapping[str, Any] | None = None) -> int:
         return len(self.query(level, identifier, limit=self.max_rows))
-
-
-def _retrieve_failure(result: RetrieveResult, what: str, target: Target) -> str | None:
-    """Why a retrieve did not bring everything, in one line (None when it did)."""
-    if result.ok and not result.failed:
-        return None
-    detail = [f"status 0x{result.status:04X}"]
-    if result.failed:
-        detail.append(f"{result.failed} failed")
-    if result.comment:
-        detail.append(result.comment)
-    return f"{what} from {target} incomplete: " + ", ".join(detail)
-
-
-def retrieve_study(
-    archive: Any,
-    target: Target,
-    study_uid: str,
-    series_uid: str | None = None,
-    *,
-    method: str = "get",
-    destination: str = "",
-    progress: Progress | None = None,
-    cancel: threading.Event | None = None,
-) -> RetrieveResult:
-    """Bring a study (or one series) from ``target`` into ``archive`` through its one ingest call.
-
-    ``method="get"``: C-GET, each instance stored as it arrives on the same
-    association (:func:`~hilum.dimse.scu.ingest_store`).  ``method="move"``:
-    C-MOVE to ``destination`` (this node's AE title: its running SCP ingests
-    what the peer sends).  Raises :class:`DimseError` when the peer cannot
-    be reached, refuses, or not every instance arrived.
-    """
-    keys = {"StudyInstanceUID": study_uid}
-    level = "STUDY"
-    if series_uid:
-        keys["SeriesInstanceUID"] = series_uid
-        level = "SERIES"
-
-    def on_progress(r: RetrieveResult) -> None:
-        if progress is not None:
-            progress(r.completed + r.failed + r.warning, r.completed + r.failed + r.warning + r.remaining)
-
-    rejected: list[str] = []
-    if method == "move":
-        if not destination:
-            raise DimseError("C-MOVE needs this node's AE title as the destination")
-        result = move(target, destination, level, keys, progress=on_progress, cancel=cancel)
-        what = f"C-MOVE to {destination}"
-    elif method == "get":
-        result = get(
-            target, level, keys, ingest_store(archive, target.called_aet, rejected), progress=on_progress, cancel=cancel
-        )
-        what = "C-GET"
-    else:
-        raise ValueError(f"retrieve method must be 'get' or 'move', not {method!r}")
-    if cancel is not None and cancel.is_set():
-        return result
-    problem = _retrieve_failure(result, what, target)
-    if problem and method == "move" and result.completed + result.warning == 0:
-        # Nothing arrived: most often the peer does not know this node, or this node's listener is off.
-        problem += (
-            f" (does {target.called_aet} know AE title {destination} at this host and port, "
-            "and is this workstation's DICOM node running?)"
-        )
-    if problem:
-        raise DimseError(problem + (f"; refused here: {rejected[0]}" if rejected else ""))
-    if result.completed + result.warning == 0:
-        raise DimseError(f"{what} from {target}: the peer sent no instance")
-    return result
 
 
 def send_study(

@@ -196,6 +196,7 @@ class MainWindow(QMainWindow):
         self._shortcuts: list[ShortcutHelp] = []
         self._closed = False
         self.demo_small = False
+        self.prefetch: Any = None  # hilum.ui.prefetch_panel.PrefetchController, once installed below
         self.setWindowTitle("Hilum")
         self.setObjectName("hilumMainWindow")
         self.resize(1320, 820)
@@ -254,6 +255,9 @@ class MainWindow(QMainWindow):
         self.transfers: Any = None
         install_transfers(self)
         install_remote_sources(self)
+        from hilum.ui.prefetch_panel import install_prefetch  # priors prefetched from peers (issue 15)
+
+        self.prefetch = install_prefetch(self)
         self.browser.search()
         self.refresh_status()
 
@@ -433,6 +437,8 @@ class MainWindow(QMainWindow):
             return
         log.info("open study %s", study_uid)
         self.statusBar().showMessage("Opening study…", 3000)
+        if self.prefetch is not None:
+            self.prefetch.study_opened(study_uid)  # the LRU cache of prefetched priors: accessed now
         self.studyOpenRequested.emit(study_uid)
 
     def open_series(self, study_uid: str, series_uid: str) -> None:
@@ -459,6 +465,8 @@ class MainWindow(QMainWindow):
             bar.setTabButton(index, bar.ButtonPosition.LeftSide, None)
         if activate:
             self.tabs.setCurrentIndex(index)
+        if self.prefetch is not None:
+            self.prefetch.tab_added(widget)  # a study open in a tab is held: the prefetch cache keeps it
         return index
 
     def workspace_tabs(self) -> list[QWidget]:
@@ -474,6 +482,8 @@ class MainWindow(QMainWindow):
         if not widget.close():
             return False  # the widget refused (e.g. unsaved work)
         self.tabs.removeTab(self.tabs.indexOf(widget))
+        if self.prefetch is not None:
+            self.prefetch.tab_closed(widget)
         widget.deleteLater()
         return True
 
@@ -521,6 +531,12 @@ class MainWindow(QMainWindow):
         folder = QFileDialog.getExistingDirectory(self, "Import a folder of DICOM files")
         if folder:
             self.import_paths([folder])
+
+    def attach_node(self, node: Any) -> None:
+        """The workstation's node is running (:class:`hilum.ui.app.NodeRunner`): its prefetch of
+        priors, when ``[prefetch] enabled``, is fed by the worklist and shown in View → Prefetch."""
+        if self.prefetch is not None:
+            self.prefetch.set_prefetcher(getattr(node, "prefetcher", None))
 
     def set_node_status(self, text: str, ok: bool = True, tooltip: str = "") -> None:
         """The DICOM node's line in the status bar (ports, or why it is not running)."""
@@ -697,6 +713,8 @@ class MainWindow(QMainWindow):
         self.browser.shutdown()
         if self.transfers is not None:
             self.transfers.shutdown()
+        if self.prefetch is not None:
+            self.prefetch.shutdown()
         if self.worklist is not None:
             shutdown = getattr(self.worklist, "shutdown", None)
             if shutdown is not None:

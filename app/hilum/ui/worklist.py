@@ -87,7 +87,25 @@ COLUMNS = (
     Column("Procedure", "RequestedProcedureDescription", 200),
     Column("Priority", "RequestedProcedurePriority", 70),
     Column("Images", "_images_at", 70),
+    Column("Priors", "_priors", 110),
 )
+
+#: Prefetch state of a patient's priors → colour of the worklist's Priors cell.
+PRIORS_COLOURS = {"queued": "#666666", "running": "#2f6fb3", "done": "#2e8b3d", "failed": "#b00020"}
+
+
+@dataclass(frozen=True)
+class PriorsMark:
+    """What the Priors column shows for a patient: the state of its last prefetch job."""
+
+    state: str  # queued | running | done | failed
+    text: str  # "fetching 1/2", "ready (2)", "failed"
+    tip: str = ""
+
+
+def priors_key(row: Mapping[str, Any]) -> tuple[str, str]:
+    """The patient a worklist row (or a prefetch job's fields) is about: (Patient ID, issuer)."""
+    return str(row.get("PatientID") or ""), str(row.get("IssuerOfPatientID") or "")
 
 
 def _da(d: date) -> str:
@@ -176,6 +194,8 @@ class WorklistTableModel(QAbstractTableModel):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self._rows: list[dict[str, Any]] = []
+        self._priors: dict[tuple[str, str], PriorsMark] = {}
+        self._priors_col = next(i for i, c in enumerate(COLUMNS) if c.key == "_priors")
 
     def set_rows(self, rows: Sequence[dict[str, Any]]) -> None:
         self.beginResetModel()
@@ -187,6 +207,17 @@ class WorklistTableModel(QAbstractTableModel):
 
     def rows(self) -> list[dict[str, Any]]:
         return list(self._rows)
+
+    def set_priors(self, patient: tuple[str, str], mark: PriorsMark) -> None:
+        """Show the prefetch state of a patient's priors on each of its rows."""
+        self._priors[patient] = mark
+        for i, row in enumerate(self._rows):
+            if priors_key(row) == patient:
+                cell = self.index(i, self._priors_col)
+                self.dataChanged.emit(cell, cell)
+
+    def priors_mark(self, row: Mapping[str, Any]) -> PriorsMark | None:
+        return self._priors.get(priors_key(row))
 
     def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008, N802
         return 0 if parent.isValid() else len(self._rows)
@@ -204,6 +235,17 @@ class WorklistTableModel(QAbstractTableModel):
         if row is None or not index.isValid():
             return None
         key = COLUMNS[index.column()].key
+        if key == "_priors":
+            mark = self.priors_mark(row)
+            if mark is None:
+                return None
+            if role == Qt.ItemDataRole.DisplayRole:
+                return mark.text
+            if role == Qt.ItemDataRole.ToolTipRole:
+                return mark.tip or None
+            if role == Qt.ItemDataRole.ForegroundRole:
+                return QBrush(QColor(PRIORS_COLOURS.get(mark.state, "#666666")))
+            return None
         if role == Qt.ItemDataRole.DisplayRole:
             return display(row, key)
         if role == Qt.ItemDataRole.ToolTipRole and key == "_images_at" and row.get("_images_at") is not None:
