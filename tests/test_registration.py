@@ -109,6 +109,26 @@ def test_registration_is_cancelled_between_iterations(volumes: tuple[Volume, Vol
         register_rigid(current, prior2, cancel=event)
 
 
+def _slab(volume: Volume, k0: int, n: int) -> Volume:
+    shift = np.eye(4)
+    shift[2, 3] = k0
+    return Volume(volume.array[k0 : k0 + n].copy(), volume.affine @ shift, modality=volume.modality)
+
+
+def test_short_stacks_register_on_fewer_levels_and_one_slice_is_an_error(
+    cmp_set: ComparisonSet, volumes: tuple[Volume, Volume]
+) -> None:
+    from hilum.dicom.registration import RegistrationError
+
+    current, prior2 = volumes
+    slab = _slab(current, 10, 12)  # 30 mm around the lung base and the lower landmarks
+    a = register_rigid(slab, prior2)
+    mm, deg = matrices_error(a.array, cmp_set.matrix(), slab.center)
+    assert mm < 2.0 and deg < 2.0, (mm, deg)
+    with pytest.raises(RegistrationError, match="too few voxels"):
+        register_rigid(_slab(current, 30, 1), prior2)
+
+
 def test_registration_of_a_blank_volume_is_an_error(volumes: tuple[Volume, Volume]) -> None:
     from hilum.dicom.registration import RegistrationError
 

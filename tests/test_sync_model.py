@@ -16,7 +16,7 @@ from hilum.dicom.generator.demo import COMPARISON_PATIENT, instance_path
 from hilum.dicom.generator.syntaxes import write_dataset
 from hilum.dicom.registration import Alignment, AlignmentStore, register_rigid
 from hilum.dicom.stack_load import SeriesVolume, load_series_sync
-from hilum.dicom.volume import load_volume
+from hilum.dicom.volume import load_volume, rotation_matrix
 from hilum.ui.viewer.model import Layout, ViewerModel
 from hilum.ui.viewer.state import ViewportState
 
@@ -82,6 +82,7 @@ def test_alignment_links_to_the_same_anatomy(cmp_set: ComparisonSet, series: dic
     model, a, b = two_up(series)
     model.set_alignment(true_alignment(cmp_set))
     assert model.linked_to(a) == [b] and model.linked_to(b) == [a]
+    assert model.alignment_text(a) == ""  # the fixed side says nothing
     got = model.alignment_between(b, a)
     assert got is not None and got.fixed_series == cmp_set.prior2.series_uid  # seen from b
     spacing = 2.5
@@ -96,6 +97,22 @@ def test_alignment_links_to_the_same_anatomy(cmp_set: ComparisonSet, series: dic
     for k in (12, 25, 40):
         b.set_index(k)
         assert same_anatomy_error(cmp_set, a, b) <= spacing / 2 + 1e-6
+
+
+def test_no_reference_line_between_nearly_parallel_aligned_stacks(
+    cmp_set: ComparisonSet, series: dict[str, SeriesVolume]
+) -> None:
+    """A registration leaves two axial stacks a fraction of a degree apart: they scroll together
+    and neither gets a line across it (what a same-FoR pair that far apart would get)."""
+    tilt = np.eye(4)
+    tilt[:3, :3] = rotation_matrix((1.0, 0.0, 0.0), 0.4)
+    model, a, b = two_up(series)
+    model.set_alignment(dataclasses.replace(true_alignment(cmp_set), matrix=tuple(map(tuple, tilt @ cmp_set.matrix()))))
+    for active, other in ((0, b), (1, a)):
+        model.set_active(active)
+        assert model.reference_lines(other) == []
+    a.set_index(20)
+    assert abs(same_anatomy_error(cmp_set, a, b)) <= 2.5
 
 
 def test_registered_alignment_links_to_the_same_anatomy(

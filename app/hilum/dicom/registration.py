@@ -76,6 +76,13 @@ REGISTRATION_VOXEL_MM = 5.0
 mutual information with linear interpolation still fits a rigid motion to a fraction of a
 millimetre, and a 512x512x300 CT becomes about 300,000 voxels."""
 
+MIN_AXIS_VOXELS = 16
+"""An axis is not reduced below this many voxels (a short stack keeps its slices)."""
+
+MIN_LEVEL_VOXELS = 4
+"""A pyramid level whose shrinking leaves fewer voxels than this along an axis is skipped
+(ITK cannot smooth and sample a thinner image); a volume thinner than this is an error."""
+
 REGISTRATION_VOXELS = 1_000_000
 """...and to at most this many voxels (a very long scan gets coarser voxels)."""
 
@@ -319,10 +326,11 @@ def to_sitk(volume: Volume, *, dtype: npt.DTypeLike | None = None) -> Any:
 def _factors(volume: Volume, voxel_mm: float, max_voxels: int) -> tuple[int, int, int]:
     """Block sizes that make voxels about ``voxel_mm`` along each axis, or coarser when the
     volume would still hold more than ``max_voxels``."""
+    size = np.asarray(volume.size)
     f = np.maximum(1, np.round(voxel_mm / volume.spacing)).astype(int)
-    g = np.asarray(volume.factors_for(max_voxels))
-    if float(np.prod(np.asarray(volume.size) // f)) > max_voxels:
-        f = np.maximum(f, g)
+    f = np.minimum(f, np.maximum(1, size // MIN_AXIS_VOXELS))  # a thin stack keeps its slices
+    if float(np.prod(size // f)) > max_voxels:
+        f = np.maximum(f, np.asarray(volume.factors_for(max_voxels)))
     return (int(f[0]), int(f[1]), int(f[2]))
 
 
@@ -434,10 +442,19 @@ def register_rigid(
         gradientMagnitudeTolerance=1e-6,
     )
     reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel(list(shrink))
     if sigmas is None:
         sigmas = (4.0, 2.0, 0.0) if metric == "meansquares" else (8.0, 4.0, 1.0)
-    reg.SetSmoothingSigmasPerLevel(list(sigmas))
+    if len(sigmas) != len(shrink):
+        raise ValueError("one smoothing sigma per shrink factor")
+    thinnest = min(*fixed_img.GetSize(), *moving_img.GetSize())
+    levels = [(int(f), float(s)) for f, s in zip(shrink, sigmas, strict=True) if thinnest // int(f) >= MIN_LEVEL_VOXELS]
+    if not levels:
+        raise RegistrationError(
+            f"too few voxels to register ({thinnest} along an axis, at least {MIN_LEVEL_VOXELS} needed): "
+            "a single slice or a very short stack"
+        )
+    reg.SetShrinkFactorsPerLevel([f for f, _ in levels])
+    reg.SetSmoothingSigmasPerLevel([s for _, s in levels])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetInitialTransform(transform, inPlace=True)
 
@@ -629,6 +646,7 @@ class RegistrationJobs:
         with self._lock:
             if self._closed:
                 raise RuntimeError("RegistrationJobs is shut down")
+            self._jobs = {k: j for k, j in self._jobs.items() if not j.done()}
             key = (fs, ms)
             old = self._jobs.get(key) if fs and ms else None
             if old is not None and not old.done():

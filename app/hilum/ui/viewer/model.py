@@ -369,14 +369,17 @@ class ViewerModel:
         return self.shift_alignment(vp, float((tg.origin - g.origin) @ g.normal))
 
     def alignment_text(self, vp: ViewportState) -> str:
-        """What the viewport says about its alignment with its partner of another Frame of
-        Reference (``aligned by registration, +4.0 mm by hand``), '' when there is none."""
+        """What the viewport of the MOVING side of an alignment (the prior, or the one re-aligned
+        by hand) says about it: ``aligned by registration, +4.0 mm by hand`` (the hand offset
+        along its own slice normal); '' for the fixed side and without an alignment."""
         anchor = self._anchor(vp)
         g = vp.geometry
         if anchor is None or g is None:
             return ""
-        a = self.alignment_between(vp, anchor)
-        return a.describe_along(g.normal) if a is not None else ""
+        found = self._stored_between(vp, anchor)
+        if found is None or not found[1]:
+            return ""
+        return found[0].inverse().describe_along(g.normal)
 
     def _sync_window(self, leader: ViewportState) -> None:
         w = leader.current_window()
@@ -422,6 +425,10 @@ class ViewerModel:
             return []
         source = self._leader_plane_in(vp, active)
         if source is None:
+            return []
+        if source is not src.geometry and dst.geometry.parallel_to(source, tolerance=LINKED_SCROLL_TOLERANCE):
+            # Across Frames of Reference a registration leaves stacks that were parallel a
+            # fraction of a degree apart: they scroll together, a line would cut across the image.
             return []
         line = reference_line(dst.geometry, source)
         return [line] if line is not None else []

@@ -7,7 +7,7 @@ string (several separated by ``;``). The viewer binds every action by name, and
 
 from __future__ import annotations
 
-__all__ = ["MOUSE", "SHORTCUTS", "help_lines"]
+__all__ = ["MOUSE", "SHORTCUTS", "VIEWPORT_KEYS", "help_lines"]
 
 SHORTCUTS: list[tuple[str, str, str]] = [
     ("next_slice", "Down;J", "Slice down (towards the feet on an axial stack)"),
@@ -68,8 +68,22 @@ SHORTCUTS: list[tuple[str, str, str]] = [
     ("show_priors", "Ctrl+Shift+P", "Show / hide the priors panel"),
 ]
 
+VIEWPORT_KEYS: list[tuple[str, str]] = [
+    (
+        "Alt+Down / Alt+Up",
+        "Re-align a prior of another Frame of Reference by hand: this viewport alone "
+        "one slice down / up; the offset is kept in its alignment",
+    ),
+]
+"""Keys the viewport itself handles (no viewer action, so in no menu): listed in Help with the others."""
+
 MOUSE: list[tuple[str, str]] = [
     ("Wheel", "Scroll slices (Ctrl+wheel: zoom at the cursor)"),
+    (
+        "Alt+wheel",
+        "Re-align a prior of another Frame of Reference by hand: scroll this viewport alone, "
+        "its partner stays; the offset is kept in the alignment",
+    ),
     ("Left drag", "The current tool (W/L, pan, zoom, scroll, measure, probe)"),
     ("Right drag", "Window/level: right/left = width, down/up = level"),
     ("Right click", "The viewport's menu (tools, presets, image, layout, MPR, 3D); keys: Menu, Shift+F10"),
@@ -82,5 +96,6 @@ MOUSE: list[tuple[str, str]] = [
 def help_lines() -> list[tuple[str, str, str]]:
     """``(section, keys, description)`` for the Help menu."""
     out = [("Viewer", keys.replace(";", " / "), text) for _name, keys, text in SHORTCUTS]
+    out += [("Viewer", keys, text) for keys, text in VIEWPORT_KEYS]
     out += [("Viewer mouse", keys, text) for keys, text in MOUSE]
     return out

@@ -6,7 +6,13 @@ and drawn with the state's image → canvas matrix as a ``QTransform``; a plain
 offscreen Qt platform and can be checked with ``grab()`` in tests, which the
 VTK widget cannot (it needs a real OpenGL context; see ENVIRONMENT.md). On top:
 the four-corner text, orientation letters, scale bar, reference lines,
-measurements, the probe and the active-viewport border.
+measurements, the probe, the alignment line of a prior aligned across Frames
+of Reference and the active-viewport border.
+
+Hand re-alignment: Alt+wheel or Alt+Up/Down scrolls this viewport ALONE
+(:meth:`hilum.ui.viewer.model.ViewerModel.shift_alignment_slices`): its partner
+of the other Frame of Reference stays, and the alignment between them keeps the
+offset, shown in the viewport ("aligned by registration, +5.0 mm by hand").
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ ACTIVE_COLOUR = QColor(255, 160, 0)
 TEXT_COLOUR = QColor(230, 230, 230)
 MEASURE_COLOUR = QColor(80, 220, 80)
 REFERENCE_COLOUR = QColor(255, 230, 0)
+ALIGNMENT_COLOUR = QColor(120, 210, 255)
 
 
 CLICK_SLOP = 4
@@ -195,6 +202,11 @@ class ViewportCanvas(QWidget):
         if st.status:
             rect = self.status_rect(p.fontMetrics(), st.status, taken)
             self._shadow_text(p, rect, Qt.AlignmentFlag.AlignCenter, st.status)
+            taken.append(rect)
+        aligned = self.alignment_text()
+        if aligned and st.frame_info is not None:
+            rect = self.status_rect(p.fontMetrics(), aligned, taken)
+            self._shadow_text(p, rect, Qt.AlignmentFlag.AlignCenter, aligned, ALIGNMENT_COLOUR)
         if self.active:
             pen = QPen(ACTIVE_COLOUR, 2)
             p.setPen(pen)
@@ -216,11 +228,29 @@ class ViewportCanvas(QWidget):
             y = max(r.bottom() for r in hit) + 3
         return QRectF(x, y, w, h)
 
-    def _shadow_text(self, p: QPainter, rect: QRectF, flags: Any, text: str) -> None:
+    def _shadow_text(self, p: QPainter, rect: QRectF, flags: Any, text: str, colour: QColor = TEXT_COLOUR) -> None:
         p.setPen(QColor(0, 0, 0))
         p.drawText(rect.translated(1, 1), flags, text)
-        p.setPen(TEXT_COLOUR)
+        p.setPen(colour)
         p.drawText(rect, flags, text)
+
+    def alignment_text(self) -> str:
+        """The line this viewport shows about its alignment to another Frame of Reference
+        (the model's :meth:`~hilum.ui.viewer.model.ViewerModel.alignment_text`), or ''."""
+        text = getattr(self.model, "alignment_text", None)
+        return str(text(self.state)) if callable(text) else ""
+
+    def realign(self, steps: int) -> bool:
+        """Hand re-alignment: move this viewport alone ``steps`` slices down (negative: up) and
+        keep the offset in its alignment; False when it has no partner of another Frame of
+        Reference to be aligned against (then nothing moves)."""
+        shift = getattr(self.model, "shift_alignment_slices", None)
+        if not callable(shift) or not steps:
+            return False
+        if shift(self.state, steps) is None:
+            return False
+        self.update()
+        return True
 
     def _text_block(self, lines: tuple[str, ...], right: bool, font: QFont) -> QImage:
         """Lines of shadowed text rendered once into a transparent image (cached: the corner
@@ -402,6 +432,11 @@ class ViewportCanvas(QWidget):
             self.contextMenuRequested.emit(self.mapToGlobal(self.rect().center()))
             event.accept()
             return
+        alt = mods & ~Qt.KeyboardModifier.KeypadModifier == Qt.KeyboardModifier.AltModifier
+        if alt and key in (Qt.Key.Key_Up, Qt.Key.Key_Down):
+            self.realign(1 if key == Qt.Key.Key_Down else -1)  # Alt+Down: this viewport alone, down
+            event.accept()
+            return
         super().keyPressEvent(event)
 
     def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802
@@ -411,6 +446,13 @@ class ViewportCanvas(QWidget):
     def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802
         self.activated.emit()
         delta = event.angleDelta().y()
+        if event.modifiers() & Qt.KeyboardModifier.AltModifier:
+            # Alt+wheel: hand re-alignment.  X11 hands Alt+wheel over as a horizontal wheel.
+            delta = delta or event.angleDelta().x()
+            if delta:
+                self.realign(-int(delta / 120) or (-1 if delta > 0 else 1))
+            event.accept()
+            return
         if delta == 0:
             return
         if event.modifiers() & Qt.KeyboardModifier.ControlModifier:
