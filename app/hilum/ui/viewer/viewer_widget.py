@@ -916,6 +916,9 @@ class StudyViewer(QWidget):
                                pool=self.session.pool)  # fmt: skip
         session.refresh()
         self.sessions[study_uid] = session
+        prefetch = getattr(self.window(), "prefetch", None)
+        if prefetch is not None:  # the prefetch cache's LRU: a prior read beside the current is used now
+            prefetch.study_opened(study_uid)
         row = session.study_row
         tip = f"{date_text(session.study_date)} {row.get('StudyDescription') or ''}".strip()
         self.strip.add_study(study_uid, f"PRIOR\n{date_text(session.study_date)}", session.series, tooltip=tip)
