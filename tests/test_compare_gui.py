@@ -453,3 +453,22 @@ def test_a_prior_open_in_its_own_tab_survives_closing_the_comparison(
     qtbot.waitUntil(lambda: len(other.priors) == 3, timeout=TIMEOUT)
     order = [p.study_uid for p in other.priors]
     assert order.index(cs.prior2.study_uid) < order.index(cs.current.study_uid)
+
+
+def test_a_prior_of_another_body_part_is_shown_but_not_registered(
+    qtbot: Any, window: Any, comparison: ComparisonSet
+) -> None:
+    """Prior 3 (an MR of the head) beside the chest CT: side by side, no registration asked for
+    (nothing in common to align), the overlay still dates it."""
+    cs = comparison
+    viewer = _open_current(qtbot, window, cs)
+    _wait_priors(qtbot, viewer, 3)
+    seen: list[str] = []
+    viewer.loadFinished.connect(lambda uid: seen.append(viewer.model.viewports[1].status))
+    with qtbot.waitSignal(viewer.loadFinished, timeout=TIMEOUT, check_params_cb=lambda u: u == cs.prior3.series_uid):
+        _click_prior(qtbot, viewer, cs.prior3.study_uid)
+    left, right = viewer.model.visible
+    assert right.series_uid == cs.prior3.series_uid and right.modality == "MR"
+    assert "Registering…" not in seen and viewer.model.alignment_between(left, right) is None
+    lines, block = _top_right_text(viewer.viewport_widget(1).canvas)
+    assert any(line.startswith(f"PRIOR {date_text(cs.prior3.study_date)}") for line in lines)

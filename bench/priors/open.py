@@ -117,7 +117,7 @@ def main() -> int:
     print(f"  double-click -> priors panel filled (local): {med(shown) * 1000:.1f} ms   target <= 500 ms "
           f"({med(shown) / 0.5:.2f} of the target)")  # fmt: skip
     print(f"  open() -> priors listed:                     {med(from_open) * 1000:.1f} ms")
-    print(f"  open() -> first image:                      {med(first_image) * 1000:.1f} ms")
+    print(f"  open() -> first image:                       {med(first_image) * 1000:.1f} ms")
     print(f"  find_local_priors alone (same archive):      {med(finder) * 1000:.1f} ms "
           f"(the panel takes {med(shown) / max(med(finder), 1e-9):.1f}x the search itself)")  # fmt: skip
     window.close()

@@ -1220,10 +1220,17 @@ class StudyViewer(QWidget):
             key = (self._assigned[j], uid)
             if key in self._registering or alignment_between(leader, vp) is not None:
                 continue
+            parts = {self._body_part(u) for u in key}
+            if len(parts - {""}) > 1:  # a head MR beside a chest CT: no anatomy in common to align
+                continue
             self._registering.add(key)
             vp.status = "Registering…"
             assert leader.volume is not None and vp.volume is not None  # _loaded
             self._submit_registration(key, leader.volume, vp.volume)
+
+    def _body_part(self, series_uid: str) -> str:
+        entry = self.session_of(series_uid).entry(series_uid)
+        return str((entry.row if entry is not None else {}).get("BodyPartExamined") or "").strip().upper()
 
     def _submit_registration(self, key: tuple[str, str], fixed: SeriesVolume, moving: SeriesVolume) -> None:
         from hilum.dicom.registration import RegistrationJobs
