@@ -88,11 +88,22 @@ def _double_click_study(qtbot, window, study_uid: str) -> None:  # type: ignore[
         QTest.mouseDClick(table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
 
 
+def _loaded(viewer: StudyViewer) -> bool:
+    """Every viewport given a series of the current study shows it whole (the loads' last signals
+    have reached the GUI thread)."""
+    for i, uid in viewer._assigned.items():
+        vp = viewer.model.viewports[i]
+        if i < viewer.model.layout.count and viewer.session.entry(uid) is not None:
+            if vp.series_uid != uid or vp.volume is None or vp.volume.preview or not vp.volume.complete:
+                return False
+    return True
+
+
 def _open(qtbot, window, study_uid: str) -> StudyViewer:  # type: ignore[no-untyped-def]
     _double_click_study(qtbot, window, study_uid)
     viewer = window.viewer_controller.viewer_for(study_uid)
     assert isinstance(viewer, StudyViewer) and window.tabs.currentWidget() is viewer
-    qtbot.waitUntil(lambda: not any(viewer.is_loading(u) for u in set(viewer._assigned.values())), timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: _loaded(viewer), timeout=TIMEOUT)
     qtbot.waitUntil(lambda: QApplication.focusWidget() is viewer.viewport_widget(viewer.model.active).canvas,
                     timeout=TIMEOUT)  # fmt: skip
     return viewer
@@ -243,3 +254,92 @@ def test_save_layout_as_protocol_is_picked_next_time(workstation, qtbot, data_di
     assert again.model.layout.name == "1x2"
     assert _shown(again) == ["Thorax 5 mm", "Sagittal MPR"]
     assert [vp.window_label for vp in again.model.visible] == ["Mediastinum", "Lung"]
+
+
+CURRENT_AND_PRIOR = """
+schema_version = 1
+name = "CT chest: current and prior"
+
+[[match]]
+modality = "CT"
+weight = 10
+required = true
+
+[[match]]
+min_priors = 1
+weight = 4
+required = true
+
+[[stage]]
+name = "Current and prior 1"
+layout = "1x2"
+link_scroll = true
+
+[[stage.viewport]]
+plane = "axial"
+pick = "largest"
+
+[[stage.viewport]]
+study = "prior 1"
+plane = "axial"
+pick = "largest"
+
+[[stage]]
+name = "Prior 2 and a prior that is not there"
+layout = "1x3"
+
+[[stage.viewport]]
+plane = "axial"
+
+[[stage.viewport]]
+study = "prior 2"
+plane = "axial"
+
+[[stage.viewport]]
+study = "prior 4"
+"""
+
+
+def test_a_protocol_hangs_the_current_study_first_and_prior_n_when_found(qtbot, make_main_window, data_dir,
+                                                                          tmp_path):  # fmt: skip
+    import datetime as dt
+
+    from hilum.dicom.generator.demo import write_comparison_patient
+
+    cmp = write_comparison_patient(tmp_path / "cmp", rows=48, slices=40, today=dt.date(2026, 11, 20))
+    archive = Archive(data_dir)
+    assert all(r.ok for r in archive.ingest_many(cmp.paths))
+    (data_dir / FOLDER).mkdir(parents=True)
+    (data_dir / FOLDER / "current_and_prior.toml").write_text(CURRENT_AND_PRIOR, encoding="utf-8")
+    window = make_main_window(load_config(data_dir), archive, viewer=True)
+    window.resize(1400, 900)
+    window.show()
+    qtbot.waitExposed(window)
+    spy = FirstPaint()
+    QApplication.instance().installEventFilter(spy)
+    try:
+        viewer = _open(qtbot, window, cmp.current.study_uid)
+        assert viewer.hanging is not None and viewer.hanging.name == "CT chest: current and prior"
+        assert viewer.model.layout.name == "1x2"
+        current = viewer.model.viewports[0]
+        assert current.series_uid == cmp.current.series_uid
+        assert spy.first[id(current)][0] == cmp.current.series_uid  # the first image: the current study's
+        # prior 1 (the chest CT a year earlier: same modality and body part, most recent) once the search finds it
+        prior_vp = viewer.model.viewports[1]
+        qtbot.waitUntil(lambda: prior_vp.series_uid == cmp.prior1.series_uid, timeout=TIMEOUT)
+        assert viewer.priors[0].study_uid == cmp.prior1.study_uid
+        assert cmp.prior1.study_uid in viewer.sessions
+        qtbot.waitUntil(lambda: id(prior_vp) in spy.first, timeout=TIMEOUT)
+        assert spy.first[id(prior_vp)][0] == cmp.prior1.series_uid  # never another series first
+        assert "stage 1/2" in viewer.hanging_label.text() and "viewport 2" not in viewer.hanging_label.text()
+        # N: prior 2 beside the current study, and "prior 4" (there are 3) left empty, said in the status
+        _press(Qt.Key.Key_N)
+        assert viewer.model.layout.name == "1x3"
+        assert viewer._assigned.get(1) == cmp.prior2.series_uid and 2 not in viewer._assigned
+        qtbot.waitUntil(lambda: viewer.model.viewports[1].series_uid == cmp.prior2.series_uid, timeout=TIMEOUT)
+        assert [vp.series_uid for vp in viewer.model.visible] == [cmp.current.series_uid, cmp.prior2.series_uid, ""]
+        assert "viewport 3: prior 4 not found" in viewer.hanging_label.text()
+        qtbot.waitUntil(lambda: not viewer.is_loading(cmp.prior2.series_uid), timeout=TIMEOUT)
+        assert _grab(viewer.viewport_widget(1).canvas).max() > 100
+    finally:
+        QApplication.instance().removeEventFilter(spy)

@@ -152,6 +152,12 @@ class Archive:
         """THE patient registry of this archive's index (see :mod:`hilum.archive.patients`)."""
         return self.writer.patients
 
+    def patient_aliases(self, patient_id: str, issuer: str = "") -> list[tuple[str, str]]:
+        """``(patient_id, issuer)`` and every ID HL7 ADT merged with it, itself first
+        (:meth:`hilum.archive.patients.PatientRegistry.aliases`)."""
+        with self.engine.connect() as conn:
+            return self.patients.aliases(conn, patient_id, issuer)
+
     def close(self) -> None:
         self._io.shutdown(wait=True)
         self.blobs.close()

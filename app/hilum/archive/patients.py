@@ -280,6 +280,31 @@ class PatientRegistry:
             out.append(d)
         return out
 
+    def aliases(self, conn: Connection, patient_id: str, issuer: str = "") -> list[tuple[str, str]]:
+        """Every (Patient ID, issuer) that HL7 ADT merges tie to this one, itself first.
+
+        A merge (A40, IHE RAD-12) moves the prior record's studies to the surviving one and
+        removes the prior record, but the prior ID lives on elsewhere: on a remote archive that
+        never heard the merge, and on images that arrive later still carrying it.  The history's
+        ``merge`` rows link the two IDs both ways; the links are followed transitively (A merged
+        into B, B into C: all three), so the same person is found under every ID he had.
+        """
+        h = patient_history.c
+        seen: list[tuple[str, str]] = [(patient_id, issuer)]
+        todo = [(patient_id, issuer)]
+        while todo and len(seen) < 256:  # bounded: a pathological history cannot loop or explode
+            pid, iss = todo.pop()
+            rows = conn.execute(select(h.patient_id, h.issuer, h.prior_patient_id, h.prior_issuer).where(
+                h.action == "merge",
+                ((h.patient_id == pid) & (h.issuer == iss)) | ((h.prior_patient_id == pid) & (h.prior_issuer == iss)),
+            )).all()
+            for r in rows:
+                for key in ((r[0], r[1]), (r[2], r[3])):
+                    if key[0] and key not in seen:
+                        seen.append(key)
+                        todo.append(key)
+        return seen
+
     def _remember(self, st: PatientState) -> None:
         with self._lock:
             self._cache[st.pk] = st

@@ -190,7 +190,7 @@ class OrderBook:
         return worklist.count(self.engine, identifier, active_only=active_only, fold_names=fold_names)
 
     def order(self, *, accession: str = "", study_uid: str = "", placer: str = "") -> dict[str, Any] | None:
-        """One order (row of ``orders`` with ``patient_id`` and ``steps``), or None."""
+        """One order (row of ``orders`` with ``patient_id``, ``issuer`` and ``steps``), or None."""
         conds = []
         if accession:
             conds.append(orders.c.accession_number == accession)
@@ -201,7 +201,7 @@ class OrderBook:
         if not conds:
             raise ValueError("give an accession number, a Study Instance UID or a placer order number")
         with self.engine.connect() as conn:
-            row = conn.execute(select(orders, patients.c.patient_id, patients.c.patient_name)
+            row = conn.execute(select(orders, patients.c.patient_id, patients.c.issuer, patients.c.patient_name)
                                .select_from(orders.join(patients, orders.c.patient_fk == patients.c.pk))
                                .where(and_(*conds)).order_by(orders.c.pk.desc()).limit(1)).mappings().first()
             if row is None:

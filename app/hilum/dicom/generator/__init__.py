@@ -9,10 +9,15 @@ UIDs and pixels are deterministic for a given seed.
 """
 
 from hilum.dicom.generator.demo import (
+    COMPARISON_PATIENT,
+    COMPARISON_PHANTOM,
     PRIOR_PHANTOM,
+    ComparisonSet,
+    ComparisonStudy,
     demo_sizes,
     instance_path,
     write_codec_study,
+    write_comparison_patient,
     write_ct_set,
     write_demo,
 )
@@ -28,7 +33,15 @@ from hilum.dicom.generator.people import (
     deterministic_uid,
     make_study,
 )
-from hilum.dicom.generator.phantom import DEFAULT_SPHERES, TISSUE_HU, TISSUE_MR, Phantom, Sphere
+from hilum.dicom.generator.phantom import (
+    DEFAULT_SPHERES,
+    TISSUE_HU,
+    TISSUE_MR,
+    Phantom,
+    Sphere,
+    rigid_matrix,
+    transform_points,
+)
 from hilum.dicom.generator.series import (
     AXIAL,
     CORONAL,
@@ -49,8 +62,12 @@ from hilum.dicom.generator.syntaxes import LOSSLESS, NATIVE, SYNTAXES, resolve_s
 
 __all__ = [
     "AXIAL",
+    "COMPARISON_PATIENT",
+    "COMPARISON_PHANTOM",
     "CORONAL",
     "CT_INTERCEPT",
+    "ComparisonSet",
+    "ComparisonStudy",
     "DEFAULT_SPHERES",
     "DOE",
     "IVANOV",
@@ -81,11 +98,14 @@ __all__ = [
     "iter_ct_series",
     "make_study",
     "resolve_syntax",
+    "rigid_matrix",
     "rotate_orientation",
     "stack_geometry",
     "to_secondary_capture",
     "transcode",
+    "transform_points",
     "write_codec_study",
+    "write_comparison_patient",
     "write_ct_set",
     "write_dataset",
     "write_demo",

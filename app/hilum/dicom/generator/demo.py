@@ -5,6 +5,8 @@ Layout: ``OUT/<PatientID>/<AccessionNumber>/<SeriesNumber:03d>/<InstanceNumber:0
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 import math
 from collections.abc import Iterable
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from hilum.dicom.generator.people import (
@@ -25,7 +28,7 @@ from hilum.dicom.generator.people import (
     deterministic_uid,
     make_study,
 )
-from hilum.dicom.generator.phantom import DEFAULT_SPHERES, Phantom, Sphere
+from hilum.dicom.generator.phantom import DEFAULT_SPHERES, Phantom, Sphere, rigid_matrix
 from hilum.dicom.generator.series import (
     AXIAL,
     OBLIQUE,
@@ -42,6 +45,26 @@ PRIOR_PHANTOM = Phantom().with_spheres(
     (Sphere("nodule_14mm", DEFAULT_SPHERES[0].centre, 14.0, hu=300.0, mr=1900.0), DEFAULT_SPHERES[2])
 )
 """The prior study's phantom: the 20 mm nodule measured 14 mm and the 10 mm one was not there yet."""
+
+COMPARISON_PATIENT = Patient("Vergleich^Carla", "CMP-0001", "19620411", "F", ("ISO_IR 100",))
+"""The patient of :func:`write_comparison_patient`."""
+
+COMPARISON_PHANTOM = (
+    Phantom()
+    .with_spheres(
+        (
+            *DEFAULT_SPHERES,
+            Sphere("landmark_a", (-40.0, -55.0, -45.0), 22.0, hu=600.0, mr=300.0),
+            Sphere("landmark_b", (45.0, 30.0, 38.0), 18.0, hu=-400.0, mr=1600.0),
+            Sphere("landmark_c", (-25.0, 35.0, 28.0), 14.0, hu=650.0, mr=300.0),
+            Sphere("landmark_d", (30.0, -45.0, -30.0), 16.0, hu=-300.0, mr=1600.0),
+        )
+    )
+    .with_lung_base(-40.0)
+)
+"""The comparison patient's phantom: the default spheres plus four landmarks
+spread in z, and lungs that end at z = -40 mm (the default phantom looks the
+same at every z, so a registration could not tell a shift along z)."""
 
 CODEC_SYNTAXES: tuple[str, ...] = tuple(SYNTAXES)
 """Every syntax of :data:`SYNTAXES` gets one series in the demo's codec study."""
@@ -253,3 +276,160 @@ def write_ct_set(
                 ds = transcode(ds, uid, sop_instance_uid=new_uid)
             paths.append(write_dataset(ds, instance_path(out, ds)))
     return paths
+
+
+@dataclass(frozen=True)
+class ComparisonStudy:
+    """One study of a :class:`ComparisonSet` (one series each)."""
+
+    name: str
+    """``current``, ``prior1``, ``prior2`` or ``prior3``."""
+    study_uid: str
+    series_uid: str
+    frame_of_reference_uid: str
+    study_date: str
+    modality: str
+    body_part: str
+    accession: str
+    paths: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class ComparisonSet:
+    """What :func:`write_comparison_patient` wrote.
+
+    ``true_matrix`` (4x4) maps a point in prior 2's patient coordinates to the
+    current study's patient coordinates (the same direction as
+    :attr:`hilum.dicom.registration.Alignment.matrix` with current fixed and
+    prior 2 moving).  ``phantom`` is the current anatomy: sphere ``s`` is at
+    ``s.centre`` in the current (and prior 1) coordinates and at
+    ``inv(true_matrix) @ s.centre`` in prior 2's.
+    """
+
+    out_dir: Path
+    patient_id: str
+    current: ComparisonStudy
+    prior1: ComparisonStudy
+    prior2: ComparisonStudy
+    prior3: ComparisonStudy
+    true_matrix: tuple[tuple[float, ...], ...]
+    phantom: Phantom
+
+    @property
+    def studies(self) -> tuple[ComparisonStudy, ...]:
+        """Current first, then the priors, most recent first."""
+        return (self.current, self.prior1, self.prior2, self.prior3)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [p for s in self.studies for p in s.paths]
+
+    def matrix(self) -> np.ndarray:
+        """:attr:`true_matrix` as a numpy array."""
+        return np.asarray(self.true_matrix, dtype=np.float64)
+
+
+def _years_earlier(day: dt.date, years: int) -> dt.date:
+    try:
+        return day.replace(year=day.year - years)
+    except ValueError:  # 29 February
+        return day.replace(year=day.year - years, day=28)
+
+
+def write_comparison_patient(
+    out_dir: str | Path,
+    *,
+    rows: int = 128,
+    slices: int = 60,
+    seed: int = 0,
+    shift_mm: tuple[float, float, float] = (12.0, -8.0, 15.0),
+    rotation_deg: tuple[float, float, float] = (0.0, 0.0, 6.0),
+    slice_thickness: float = 2.5,
+    today: dt.date | None = None,
+) -> ComparisonSet:
+    """One patient (``CMP-0001``) with a current CT and three priors, for comparison reading.
+
+    - current: chest CT dated ``today`` (default: the real today), head-first order;
+    - prior 1: chest CT a year earlier in the SAME Frame of Reference (the
+      20 mm nodule was 14 mm then);
+    - prior 2: chest CT two years earlier in ANOTHER Frame of Reference, where
+      the patient lay differently: its anatomy is the current anatomy moved by
+      ``rotation_deg`` (about x, y, z in turn, about the patient-space origin,
+      the centre of the stacks) then ``shift_mm``; :attr:`ComparisonSet.true_matrix`
+      undoes that motion (prior-2 patient coordinates to current ones);
+    - prior 3: an MR of another body part (HEAD) three years earlier, for ranking.
+
+    CTs are ``rows`` x ``rows`` x ``slices`` (``slice_thickness`` mm, 360 mm
+    field of view) with BodyPartExamined ``CHEST``.  Same arguments, same
+    UIDs and pixels (the dates follow ``today``).
+    """
+    out = Path(out_dir)
+    day = today or dt.date.today()
+    patient = COMPARISON_PATIENT
+    phantom = COMPARISON_PHANTOM
+    motion = rigid_matrix(rotation_deg, shift_mm)
+    true_matrix = np.linalg.inv(motion)  # prior-2 coordinates -> current coordinates
+
+    def study(accession: str, years: int, time: str, description: str, body_part: str = "CHEST") -> Study:
+        return make_study(
+            patient,
+            accession=accession,
+            date=_years_earlier(day, years).strftime("%Y%m%d"),
+            time=time,
+            description=description,
+            body_part=body_part,
+            seed=seed,
+        )
+
+    ct_kw: dict[str, Any] = dict(rows=rows, columns=rows, slices=slices, slice_thickness=slice_thickness, seed=seed)
+
+    def record(name: str, s: Study, datasets: Iterable[Dataset]) -> ComparisonStudy:
+        paths: list[Path] = []
+        first: Dataset | None = None
+        for ds in datasets:
+            first = first or ds
+            paths.append(write_dataset(ds, instance_path(out, ds)))
+        assert first is not None
+        return ComparisonStudy(
+            name=name,
+            study_uid=s.uid,
+            series_uid=str(first.SeriesInstanceUID),
+            frame_of_reference_uid=str(first.FrameOfReferenceUID),
+            study_date=s.date,
+            modality=str(first.Modality),
+            body_part=s.body_part,
+            accession=s.accession,
+            paths=tuple(paths),
+        )
+
+    s0 = study("CMP-ACC-0", 0, "083000", "CT Thorax")
+    current = record("current", s0, iter_ct_series(s0, descending=True, phantom=phantom, **ct_kw))
+
+    s1 = dataclasses.replace(
+        study("CMP-ACC-1", 1, "101500", "CT Thorax"), frame_of_reference_uid=s0.frame_of_reference_uid
+    )
+    phantom1 = phantom.with_spheres(
+        (dataclasses.replace(phantom.spheres[0], name="nodule_14mm", diameter=14.0), *phantom.spheres[1:])
+    )
+    prior1 = record("prior1", s1, iter_ct_series(s1, descending=True, phantom=phantom1, **ct_kw))
+
+    s2 = study("CMP-ACC-2", 2, "142000", "CT Thorax")
+    prior2 = record("prior2", s2, iter_ct_series(s2, phantom=phantom, phantom_transform=true_matrix, **ct_kw))
+
+    s3 = study("CMP-ACC-3", 3, "090000", "MR Kopf", body_part="HEAD")
+    mr = generate_mr_series(s3, rows=64, columns=64, slices=8, fov=240.0, series_description="T1 SE axial", seed=seed)
+    prior3 = record("prior3", s3, mr)
+
+    log.info(
+        "comparison patient: wrote %d files to %s", sum(len(x.paths) for x in (current, prior1, prior2, prior3)), out
+    )
+    return ComparisonSet(
+        out_dir=out,
+        patient_id=patient.patient_id,
+        current=current,
+        prior1=prior1,
+        prior2=prior2,
+        prior3=prior3,
+        true_matrix=tuple(tuple(float(v) for v in row) for row in true_matrix),
+        phantom=phantom,
+    )

@@ -106,6 +106,9 @@ class Phantom:
     rib_radius: float = 5.0
     rib_angles_deg: tuple[float, ...] = (-150.0, -30.0, 0.0, 30.0, 60.0, 120.0, 150.0, 180.0)
     spheres: tuple[Sphere, ...] = DEFAULT_SPHERES
+    lung_base_z: float | None = None
+    """Where the lungs end below (z, mm): under it soft tissue takes their place (a flat
+    diaphragm).  ``None``: lungs at every z, the cross-section the same along the whole body."""
     landmarks: dict[str, tuple[float, float]] = field(
         default_factory=lambda: {
             "air": (0.0, -150.0),
@@ -122,9 +125,16 @@ class Phantom:
         """A copy with other spheres (e.g. a prior where a nodule was smaller)."""
         return dataclasses.replace(self, spheres=tuple(spheres))
 
+    def with_lung_base(self, z: float | None) -> Phantom:
+        """A copy whose lungs end at ``z`` (mm) below."""
+        return dataclasses.replace(self, lung_base_z=z)
+
     # ------------------------------------------------------------------ labels
-    def background_labels(self, x: npt.NDArray[np.floating], y: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
-        """Tissue label of each (x, y) point, ignoring spheres (independent of z)."""
+    def background_labels(
+        self, x: npt.NDArray[np.floating], y: npt.NDArray[np.floating], *, below_lungs: bool = False
+    ) -> npt.NDArray[np.uint8]:
+        """Tissue label of each (x, y) point, ignoring spheres, above :attr:`lung_base_z`
+        (or, ``below_lungs``, under it, where soft tissue replaces the lungs)."""
         x = np.asarray(x, dtype=np.float32)
         y = np.asarray(y, dtype=np.float32)
         labels = np.full(np.broadcast_shapes(x.shape, y.shape), AIR, dtype=np.uint8)
@@ -135,7 +145,7 @@ class Phantom:
         lx, ly = self.lung_centre
         la, lb = self.lung_axes
         for cx in (lx, -lx):
-            labels[((x - cx) / la) ** 2 + ((y - ly) / lb) ** 2 <= 1.0] = LUNG
+            labels[((x - cx) / la) ** 2 + ((y - ly) / lb) ** 2 <= 1.0] = SOFT_TISSUE if below_lungs else LUNG
         ax, ay = self.aorta_centre
         labels[(x - ax) ** 2 + (y - ay) ** 2 <= self.aorta_radius**2] = AORTA
         sx, sy = self.spine_centre
@@ -153,6 +163,8 @@ class Phantom:
         """Tissue label of each point of an ``(..., 3)`` array of patient coordinates."""
         pts = np.asarray(points, dtype=np.float32)
         labels = self.background_labels(pts[..., 0], pts[..., 1])
+        if self.lung_base_z is not None:
+            labels[(labels == LUNG) & (pts[..., 2] < self.lung_base_z)] = SOFT_TISSUE
         for i, s in enumerate(self.spheres):
             d2 = ((pts - np.asarray(s.centre, dtype=np.float32)) ** 2).sum(axis=-1)
             labels[d2 <= s.radius**2] = SPHERE_BASE + i
@@ -195,6 +207,37 @@ def plane_points(
     r = np.arange(rows, dtype=np.float64)[:, None, None] * dr
     c = np.arange(columns, dtype=np.float64)[None, :, None] * dc
     return (s + c * u + r * v).astype(np.float32)
+
+
+def rigid_matrix(
+    rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    centre: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> npt.NDArray[np.float64]:
+    """4x4 matrix of a rigid motion: rotation about ``centre`` then a shift, in patient mm.
+
+    The rotation is about the patient x axis by ``rotation_deg[0]``, then about y,
+    then about z (right-handed, ``R = Rz @ Ry @ Rx``), so a point ``p`` moves to
+    ``R @ (p - centre) + centre + shift_mm``.
+    """
+    ax, ay, az = (math.radians(float(a)) for a in rotation_deg)
+    cx, sx, cy, sy, cz, sz = math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay), math.cos(az), math.sin(az)
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]])
+    ry = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
+    rz = np.array([[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]])
+    r = rz @ ry @ rx
+    c = np.asarray(centre, dtype=np.float64)
+    m = np.eye(4)
+    m[:3, :3] = r
+    m[:3, 3] = c - r @ c + np.asarray(shift_mm, dtype=np.float64)
+    return m
+
+
+def transform_points(points: npt.NDArray[np.floating], matrix: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """Apply a 4x4 affine ``matrix`` to an ``(..., 3)`` array of points."""
+    m = np.asarray(matrix, dtype=np.float64)
+    p = np.asarray(points, dtype=np.float64)
+    return (p @ m[:3, :3].T + m[:3, 3]).astype(np.float32)
 
 
 def noise_bank(shape: tuple[int, int], sigma: float, count: int, seed: int) -> npt.NDArray[np.float32]:

@@ -32,7 +32,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 from hilum.dicom.generator.people import Patient, Study, deterministic_uid
-from hilum.dicom.generator.phantom import Phantom, noise_bank, plane_points
+from hilum.dicom.generator.phantom import Phantom, noise_bank, plane_points, transform_points
 
 Orientation = tuple[float, float, float, float, float, float]
 
@@ -175,21 +175,34 @@ def stack_geometry(
 
 # ---------------------------------------------------------------------------- pixels
 def ct_slices(
-    geometry: StackGeometry, phantom: Phantom, *, seed: int = 0, noise_sigma: float = 10.0
+    geometry: StackGeometry,
+    phantom: Phantom,
+    *,
+    seed: int = 0,
+    noise_sigma: float = 10.0,
+    phantom_transform: npt.ArrayLike | None = None,
 ) -> Iterator[npt.NDArray[np.int16]]:
     """Stored CT values (HU + 1024, int16) of each slice of ``geometry``, in instance order.
 
-    Axial stacks take the fast path: the z-independent cross-section (plus
-    ``_NOISE_BANK`` seeded noise fields) is computed once, and each slice only
-    pastes the discs where spheres cut it.  Other orientations sample the
-    phantom at every pixel.
+    ``phantom_transform`` (4x4) maps the series' patient coordinates to the
+    phantom's: each pixel shows the phantom at the transformed point, so the
+    anatomy of the series is the phantom moved by the transform's inverse (a
+    patient lying differently in another Frame of Reference).
+
+    Axial stacks without a transform take the fast path: the z-independent
+    cross-section (plus ``_NOISE_BANK`` seeded noise fields) is computed once,
+    and each slice only pastes the discs where spheres cut it.  Other
+    orientations, and transformed sampling, sample the phantom at every pixel.
     """
     table = phantom.lookup("CT")
     bank = noise_bank((geometry.rows, geometry.columns), noise_sigma, _NOISE_BANK, seed)
     axial = np.allclose(geometry.rounded_orientation(), AXIAL)
-    if not axial:
+    if not axial or phantom_transform is not None:
         for k in range(geometry.slices):
-            hu = table[phantom.labels(geometry.points(k))] + bank[k % _NOISE_BANK]
+            pts = geometry.points(k)
+            if phantom_transform is not None:
+                pts = transform_points(pts, phantom_transform)
+            hu = table[phantom.labels(pts)] + bank[k % _NOISE_BANK]
             yield _to_stored(hu)
         return
 
@@ -200,10 +213,15 @@ def ct_slices(
     ys = (y0 + np.arange(geometry.rows) * dr).astype(np.float32)
     base = table[phantom.background_labels(xs[None, :], ys[:, None])]
     stored_bank = np.stack([_to_stored(base + bank[i]) for i in range(_NOISE_BANK)])
+    below_bank = stored_bank
+    if phantom.lung_base_z is not None:
+        below = table[phantom.background_labels(xs[None, :], ys[:, None], below_lungs=True)]
+        below_bank = np.stack([_to_stored(below + bank[i]) for i in range(_NOISE_BANK)])
     for k in range(geometry.slices):
         z = geometry.rounded_position(k)[2]
         noise = bank[k % _NOISE_BANK]
-        img = stored_bank[k % _NOISE_BANK].copy()
+        under = phantom.lung_base_z is not None and z < phantom.lung_base_z
+        img = (below_bank if under else stored_bank)[k % _NOISE_BANK].copy()
         for s in phantom.spheres:
             cx, cy, cz = s.centre
             rr2 = s.radius**2 - (z - cz) ** 2
@@ -347,11 +365,13 @@ def iter_ct_series(
     seed: int = 0,
     noise_sigma: float = 10.0,
     series_uid: str | None = None,
+    phantom_transform: npt.ArrayLike | None = None,
 ) -> Iterator[Dataset]:
     """Yield the CT Image Storage instances (PS3.3 A.3) of one series, in instance order.
 
     Stored values are int16 with Rescale Slope 1 / Intercept -1024, so
-    HU = stored - 1024.  The stack is centred on ``centre`` (patient mm); by
+    HU = stored - 1024.  ``phantom_transform`` (4x4, series patient coordinates
+    to phantom coordinates) samples a moved phantom (see :func:`ct_slices`).  The stack is centred on ``centre`` (patient mm); by
     default axial slices ascend in z (feet to head); ``descending=True`` gives
     the head-first order of most scanners.  A generator, so thousands of
     512x512 slices can be written without holding them in memory.
@@ -372,7 +392,8 @@ def iter_ct_series(
     axial = np.allclose(g.rounded_orientation(), AXIAL)
     if series_description is None:
         series_description = f"{'Axial' if axial else 'Oblique'} {slice_thickness:g} mm"
-    for k, arr in enumerate(ct_slices(g, phantom, seed=seed, noise_sigma=noise_sigma)):
+    slices_ = ct_slices(g, phantom, seed=seed, noise_sigma=noise_sigma, phantom_transform=phantom_transform)
+    for k, arr in enumerate(slices_):
         sop_uid = deterministic_uid(series_uid, "instance", k + 1)
         ds = _new_dataset(study, CTImageStorage, sop_uid)
         if not axial:

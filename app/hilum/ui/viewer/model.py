@@ -11,9 +11,18 @@ links viewports:
   the leader's slice;
 * optionally window/level and zoom.
 
+Across Frames of Reference (a prior acquired another day has its own patient
+coordinate system): once an :class:`~hilum.dicom.registration.Alignment`
+relates two series (:meth:`ViewerModel.set_alignment`, from a registration or
+made by hand), their viewports link too. The leader's slice centre is mapped
+through the alignment into the follower's patient coordinates and the
+follower goes to its slice nearest to it (the same parallel check, on the
+mapped plane). :meth:`ViewerModel.shift_alignment` re-aligns by hand: one
+viewport moves, its partner does not, and the alignment keeps the offset.
+
 Reference lines: where the active viewport's slice cuts the image of every
-other viewport of the same Frame of Reference that is not parallel to it (the
-slice position on a localizer).
+other viewport of the same Frame of Reference, or of one aligned with it,
+that is not parallel to it (the slice position on a localizer).
 """
 
 from __future__ import annotations
@@ -23,7 +32,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hilum.dicom.geometry import LINKED_SCROLL_TOLERANCE, reference_line
+import numpy as np
+import numpy.typing as npt
+
+from hilum.dicom.geometry import LINKED_SCROLL_TOLERANCE, PlaneGeometry, reference_line
+from hilum.dicom.registration import Alignment, AlignmentStore
 from hilum.ui.viewer.state import ViewportState
 
 __all__ = ["LAYOUTS", "Layout", "ViewerModel"]
@@ -78,12 +91,16 @@ class ViewerModel:
         self.show_reference_lines = True
         self._listeners: list[ModelListener] = []
         self._syncing = False
+        self._alignments: dict[tuple[str, str], Alignment] = {}
+        self._leader: ViewportState | None = None
+        self.alignment_store: AlignmentStore | None = None
+        """Where hand re-alignments are kept (set by the viewer); None: in this model only."""
         self._ensure(layout.count)
 
     # ------------------------------------------------------------ events
 
     def subscribe(self, callback: ModelListener) -> Callable[[], None]:
-        """``callback(what)``, what in ``layout``, ``active``, ``links``, ``reference``."""
+        """``callback(what)``, what in ``layout``, ``active``, ``links``, ``reference``, ``alignment``."""
         self._listeners.append(callback)
         return lambda: self._listeners.remove(callback) if callback in self._listeners else None
 
@@ -157,38 +174,209 @@ class ViewerModel:
         if what in ("index", "volume") and vp is self.active_viewport:
             self._emit("reference")
 
+    @staticmethod
+    def _same_for(a: ViewportState, b: ViewportState) -> bool:
+        fa, fb = a.frame_info, b.frame_info
+        return bool(
+            fa is not None and fb is not None and fa.frame_of_reference_uid
+            and fa.frame_of_reference_uid == fb.frame_of_reference_uid
+        )  # fmt: skip
+
     def linked_to(self, vp: ViewportState) -> list[ViewportState]:
-        """Visible viewports whose series share *vp*'s Frame of Reference (excluding *vp*)."""
+        """Visible viewports whose series share *vp*'s Frame of Reference, or are aligned with
+        *vp*'s series (:meth:`alignment_between`), excluding *vp*."""
         f = vp.frame_info
-        if f is None or not f.frame_of_reference_uid or f.geometry is None:
+        if f is None or f.geometry is None:
             return []
         out = []
         for other in self.visible:
             g = other.frame_info
             if other is vp or g is None or g.geometry is None:
                 continue
-            if g.frame_of_reference_uid == f.frame_of_reference_uid:
+            if self._same_for(vp, other) or self.alignment_between(other, vp) is not None:
                 out.append(other)
         return out
 
-    def sync_from(self, leader: ViewportState) -> None:
-        """Move linked viewports to the slice nearest the leader's slice centre."""
+    def _leader_plane_in(self, follower: ViewportState, leader: ViewportState) -> PlaneGeometry | None:
+        """The leader's current plane in the follower's patient coordinates (through their
+        alignment when their Frames of Reference differ)."""
         g = leader.geometry
         if g is None:
+            return None
+        if self._same_for(follower, leader):
+            return g
+        a = self.alignment_between(follower, leader)
+        return a.plane_to_fixed(g) if a is not None else None
+
+    def _follow(self, other: ViewportState, leader: ViewportState) -> None:
+        g, og = self._leader_plane_in(other, leader), other.geometry
+        if g is None or og is None or not og.parallel_to(g, tolerance=LINKED_SCROLL_TOLERANCE):
+            return  # a localizer across the stack: it gets a reference line instead
+        k = other.volume.stack.nearest_index(g.centre) if other.volume is not None else None
+        if k is not None:
+            other.set_index(k)
+
+    def sync_from(self, leader: ViewportState) -> None:
+        """Move linked viewports to the slice nearest the leader's slice centre (mapped
+        through the alignment for a viewport of another Frame of Reference)."""
+        if leader.geometry is None:
             return
-        centre = g.centre
+        self._leader = leader
         self._syncing = True
         try:
             for other in self.linked_to(leader):
-                og = other.geometry
-                if og is None or not og.parallel_to(g, tolerance=LINKED_SCROLL_TOLERANCE):
-                    continue  # a localizer across the stack: it gets a reference line instead
-                k = other.volume.stack.nearest_index(centre) if other.volume is not None else None
-                if k is not None:
-                    other.set_index(k)
+                self._follow(other, leader)
         finally:
             self._syncing = False
         self._emit("reference")
+
+    # ------------------------------------------------------------ alignments
+
+    @property
+    def alignments(self) -> list[Alignment]:
+        """The alignments this model knows, as set."""
+        return list(self._alignments.values())
+
+    def set_alignment(self, a: Alignment) -> None:
+        """Relate two series of different Frames of Reference (replaces what was known for
+        the pair, either way round); linked viewports follow the active one at once."""
+        self._alignments.pop((a.moving_series, a.fixed_series), None)
+        self._alignments[(a.fixed_series, a.moving_series)] = a
+        self._emit("alignment")
+        if self.link_scroll:
+            self.sync_from(self.active_viewport)
+        else:
+            self._emit("reference")
+
+    def _stored_between(self, vp_a: ViewportState, vp_b: ViewportState) -> tuple[Alignment, bool] | None:
+        """The stored alignment relating the two viewports' series, and whether it runs the other
+        way (fixed = *vp_b*).  By series first, then by Frame of Reference (an alignment
+        relates two patient coordinate systems, so any series pair of those two FoRs)."""
+        sa, sb = vp_a.series_uid, vp_b.series_uid
+        if not sa or not sb or sa == sb:
+            return None
+        a = self._alignments.get((sa, sb))
+        if a is not None:
+            return a, False
+        a = self._alignments.get((sb, sa))
+        if a is not None:
+            return a, True
+        fa, fb = vp_a.frame_info, vp_b.frame_info
+        ua = fa.frame_of_reference_uid if fa is not None else ""
+        ub = fb.frame_of_reference_uid if fb is not None else ""
+        if not ua or not ub or ua == ub:
+            return None
+        for a in self._alignments.values():
+            if (a.fixed_for, a.moving_for) == (ua, ub):
+                return a, False
+            if (a.fixed_for, a.moving_for) == (ub, ua):
+                return a, True
+        return None
+
+    def alignment_between(self, vp_a: ViewportState, vp_b: ViewportState) -> Alignment | None:
+        """The alignment that maps *vp_b*'s patient coordinates to *vp_a*'s (fixed = *vp_a*'s
+        series), or None (same Frame of Reference needs none; none known)."""
+        found = self._stored_between(vp_a, vp_b)
+        if found is None:
+            return None
+        a, reverse = found
+        return a.inverse() if reverse else a
+
+    def _anchor(self, vp: ViewportState) -> ViewportState | None:
+        """The viewport *vp* is aligned against when re-aligned by hand: one of another Frame of
+        Reference whose plane is parallel to *vp*'s; the last leader, the active viewport, an
+        aligned one, in that order of preference."""
+        g = vp.geometry
+        if g is None:
+            return None
+        candidates = []
+        for other in self.visible:
+            og = other.geometry
+            if other is vp or og is None or other.volume is None or self._same_for(vp, other):
+                continue
+            a = self.alignment_between(vp, other)
+            mapped = a.plane_to_fixed(og) if a is not None else og
+            if g.parallel_to(mapped, tolerance=LINKED_SCROLL_TOLERANCE):
+                candidates.append((other, a is not None))
+        if not candidates:
+            return None
+        for preferred in (self._leader, self.active_viewport):
+            for other, _ in candidates:
+                if other is preferred:
+                    return other
+        aligned = [o for o, has in candidates if has]
+        return aligned[0] if aligned else candidates[0][0]
+
+    def shift_alignment(self, vp: ViewportState, delta_mm: float | npt.ArrayLike) -> Alignment | None:
+        """Re-align *vp* by hand: it moves ``delta_mm`` (along its slice normal, or a 3-vector in
+        its patient coordinates), its partner of the other Frame of Reference stays, and the
+        alignment between them keeps the offset (hand-made when there was none: the slices
+        shown now correspond).  Returns the alignment seen from *vp* (fixed = *vp*'s series),
+        or None when *vp* has no partner to be aligned against."""
+        g = vp.geometry
+        anchor = self._anchor(vp)
+        if g is None or anchor is None or anchor.geometry is None:
+            return None
+        d = np.asarray(delta_mm, dtype=np.float64)
+        delta = float(d) * g.normal if d.ndim == 0 else d.reshape(3)
+        found = self._stored_between(vp, anchor)
+        if found is None:
+            # No alignment yet: a hand one (fixed = the anchor) that puts the two centres together.
+            fa, fv = anchor.frame_info, vp.frame_info
+            m = np.eye(4)
+            m[:3, 3] = anchor.geometry.centre - g.centre
+            stored = Alignment.manual(
+                fa.frame_of_reference_uid if fa is not None else "",
+                fv.frame_of_reference_uid if fv is not None else "",
+                anchor.series_uid,
+                vp.series_uid,
+                m,
+            )
+            reverse = True
+        else:
+            stored, reverse = found
+        seen = (stored.inverse() if reverse else stored).shifted(delta)
+        new = seen.inverse() if reverse else seen
+        self._alignments.pop((new.moving_series, new.fixed_series), None)
+        self._alignments[(new.fixed_series, new.moving_series)] = new
+        if self.alignment_store is not None:
+            try:
+                self.alignment_store.put(new)
+            except OSError as exc:
+                logger.warning("could not keep the hand alignment: %s", exc)
+        self._syncing = True
+        try:
+            self._follow(vp, anchor)
+        finally:
+            self._syncing = False
+        self._emit("alignment")
+        self._emit("reference")
+        return seen
+
+    def shift_alignment_slices(self, vp: ViewportState, steps: int) -> Alignment | None:
+        """:meth:`shift_alignment` by ``steps`` slices "down" (negative: up) in *vp*'s stack, as
+        the wheel scrolls (:attr:`ViewportState.down_step`)."""
+        g = vp.geometry
+        if g is None or vp.volume is None or not steps:
+            return None
+        n = vp.stack_size
+        target = int(np.clip(vp.index + int(steps) * vp.down_step, 0, n - 1))
+        if target == vp.index:
+            return None
+        tg = vp.volume.stack.frames[target].geometry
+        if tg is None:
+            return None
+        return self.shift_alignment(vp, float((tg.origin - g.origin) @ g.normal))
+
+    def alignment_text(self, vp: ViewportState) -> str:
+        """What the viewport says about its alignment with its partner of another Frame of
+        Reference (``aligned by registration, +4.0 mm by hand``), '' when there is none."""
+        anchor = self._anchor(vp)
+        g = vp.geometry
+        if anchor is None or g is None:
+            return ""
+        a = self.alignment_between(vp, anchor)
+        return a.describe_along(g.normal) if a is not None else ""
 
     def _sync_window(self, leader: ViewportState) -> None:
         w = leader.current_window()
@@ -220,8 +408,9 @@ class ViewerModel:
     def reference_lines(self, vp: ViewportState) -> list[tuple[tuple[float, float], tuple[float, float]]]:
         """Lines (image coordinates of *vp*) where the active viewport's slice cuts *vp*'s image.
 
-        Only between different viewports of one Frame of Reference whose
-        planes are not parallel (e.g. an axial slice on a coronal localizer).
+        Only between different viewports of one Frame of Reference, or of two aligned ones
+        (the active plane mapped through the alignment), whose planes are not parallel
+        (e.g. an axial slice on a coronal localizer).
         """
         if not self.show_reference_lines:
             return []
@@ -231,7 +420,8 @@ class ViewerModel:
         src, dst = active.frame_info, vp.frame_info
         if src is None or dst is None or src.geometry is None or dst.geometry is None:
             return []
-        if not src.frame_of_reference_uid or src.frame_of_reference_uid != dst.frame_of_reference_uid:
+        source = self._leader_plane_in(vp, active)
+        if source is None:
             return []
-        line = reference_line(dst.geometry, src.geometry)
+        line = reference_line(dst.geometry, source)
         return [line] if line is not None else []

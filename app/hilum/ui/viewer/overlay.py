@@ -5,6 +5,11 @@ user's copy in the data folder); ``{Keyword}`` takes a DICOM attribute of the
 series header (person names shown as "Family, Given", dates as YYYY-MM-DD),
 lower-case fields come from :meth:`ViewportState.overlay_values`. A line whose
 fields are all empty is dropped, so a missing attribute leaves no "Pos  mm".
+
+``{study_label}`` is the date of the study the viewport shows, marked
+"PRIOR 2025-10-14" when that is not the viewer's own (current) study
+(:attr:`OverlayConfig.current_study`): side by side, each viewport says which
+exam it is.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pydicom.valuerep import PersonName
 
 from hilum.resources import resource
 
-__all__ = ["CORNERS", "OverlayConfig", "corner_texts", "header_value"]
+__all__ = ["CORNERS", "OverlayConfig", "corner_texts", "header_value", "study_label"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +38,8 @@ FILE_NAME = "viewer_overlay.toml"
 @dataclass(frozen=True)
 class OverlayConfig:
     corners: dict[str, list[str]] = field(default_factory=dict)
+    current_study: str = ""
+    """The Study Instance UID of the viewer's current study: a series of another study is a prior."""
 
     @classmethod
     def load(cls, data_dir: str | os.PathLike[str] | None = None) -> OverlayConfig:
@@ -92,8 +99,22 @@ class _Fields(string.Formatter):
         return "" if v is None else v
 
 
+def study_label(header: Dataset | None, current_study: str) -> str:
+    """The study's date as the overlay shows it: "2026-11-02", or "PRIOR 2025-10-14" for a series
+    of another study than *current_study* (no date: "PRIOR")."""
+    if header is None:
+        return ""
+    when = header_value(header, "StudyDate")
+    uid = str(header.get("StudyInstanceUID", "") or "")
+    if current_study and uid and uid != current_study:
+        return f"PRIOR {when}".strip()
+    return when
+
+
 def corner_texts(config: OverlayConfig, header: Dataset | None, values: dict[str, Any]) -> dict[str, list[str]]:
     """The lines of each corner for one viewport."""
+    if "study_label" not in values:
+        values = {**values, "study_label": study_label(header, config.current_study)}
     out: dict[str, list[str]] = {}
     for corner in CORNERS:
         lines = []

@@ -1,4 +1,9 @@
-"""The series strip: one thumbnail per series, drag one onto a viewport, double-click to show it."""
+"""The series strip: one thumbnail per series, drag one onto a viewport, double-click to show it.
+
+The current study's series come first; each prior the viewer has added follows below a
+header naming its date ("PRIOR 2025-10-14"), and its series are dragged or double-clicked
+into a viewport as the current study's are.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QMimeData, QObject, QSize, Qt, Signal
-from PySide6.QtGui import QDrag, QIcon, QImage, QPainter, QPixmap
+from PySide6.QtGui import QColor, QDrag, QIcon, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem, QWidget
 
 from hilum.ui.viewer.study import SeriesEntry
@@ -20,6 +25,7 @@ __all__ = ["SeriesStrip"]
 
 logger = logging.getLogger(__name__)
 UID_ROLE = Qt.ItemDataRole.UserRole + 1
+STUDY_ROLE = Qt.ItemDataRole.UserRole + 2
 
 
 def pixmap_of(img: np.ndarray) -> QPixmap:
@@ -72,14 +78,50 @@ class SeriesStrip(QListWidget):
         self._bridge = _Bridge(self)
         self._bridge.thumbnail.connect(self._set_thumbnail)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="hilum-thumbs")
-        self.itemActivated.connect(lambda item: self.seriesActivated.emit(item.data(UID_ROLE)))
+        self.itemActivated.connect(self._activated)
         self._closed = False
+        self._sections: dict[str, list[SeriesEntry]] = {}  # study uid -> its series, in the order added
+
+    def _activated(self, item: QListWidgetItem) -> None:
+        uid = item.data(UID_ROLE)
+        if uid:  # not a study's header
+            self.seriesActivated.emit(uid)
 
     def set_series(self, entries: Sequence[SeriesEntry], *, later: Collection[str] = ()) -> None:
         """One item per series; thumbnails are made in the background, except for the series in
         *later*, whose thumbnail the caller asks for with :meth:`make_thumbnail` (e.g. once its
         load has sorted the headers)."""
         self.clear()
+        self._sections.clear()
+        self._add_items(entries, later)
+
+    def add_study(self, study_uid: str, title: str, entries: Sequence[SeriesEntry], *, tooltip: str = "") -> None:
+        """Append another study's series (a prior) below a header item showing *title*; again for
+        the same study: nothing (its section is there)."""
+        if study_uid in self._sections:
+            return
+        self._sections[study_uid] = list(entries)
+        header = QListWidgetItem(title)
+        header.setFlags(Qt.ItemFlag.ItemIsEnabled)  # neither selectable nor draggable
+        header.setData(STUDY_ROLE, study_uid)
+        font = header.font()
+        font.setBold(True)
+        header.setFont(font)
+        header.setForeground(QColor(255, 190, 80))
+        header.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+        header.setSizeHint(QSize(self.iconSize().width() + 16, 24))
+        header.setToolTip(tooltip or title)
+        self.addItem(header)
+        self._add_items(entries, ())
+
+    def header_for(self, study_uid: str) -> QListWidgetItem | None:
+        """The header item of an added study's section."""
+        for i in range(self.count()):
+            if self.item(i).data(STUDY_ROLE) == study_uid:
+                return self.item(i)
+        return None
+
+    def _add_items(self, entries: Sequence[SeriesEntry], later: Collection[str]) -> None:
         blank = QPixmap(self.iconSize())
         blank.fill(Qt.GlobalColor.black)
         for e in entries:
@@ -120,7 +162,9 @@ class SeriesStrip(QListWidget):
         return None
 
     def series_uids(self) -> list[str]:
-        return [self.item(i).data(UID_ROLE) for i in range(self.count())]
+        """Every series shown, top to bottom (the current study's, then each prior's)."""
+        uids = (self.item(i).data(UID_ROLE) for i in range(self.count()))
+        return [u for u in uids if u]
 
     def mime_for(self, uid: str) -> QMimeData:
         data = QMimeData()
@@ -129,7 +173,7 @@ class SeriesStrip(QListWidget):
 
     def startDrag(self, supported: Any) -> None:  # noqa: N802
         item = self.currentItem()
-        if item is None:
+        if item is None or not item.data(UID_ROLE):
             return
         drag = QDrag(self)
         drag.setMimeData(self.mime_for(item.data(UID_ROLE)))

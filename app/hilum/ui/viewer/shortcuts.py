@@ -66,6 +66,9 @@ SHORTCUTS: list[tuple[str, str, str]] = [
     ("export_cine", "Ctrl+Shift+E", "Export the series as a GIF (or MP4) cine"),
     ("mpr", "M", "MPR: axial, coronal, sagittal and oblique planes of the active series, with 3D"),
     ("volume_3d", "D", "3D: volume rendering of the active series"),
+    ("compare_prior", "C", "Compare with the most relevant prior (side by side, linked)"),
+    ("compare_prior_2x2", "Shift+C", "Compare two series with the most relevant prior (2x2)"),
+    ("show_priors", "Ctrl+Shift+P", "Show / hide the priors panel"),
 ]
 
 MOUSE: list[tuple[str, str]] = [

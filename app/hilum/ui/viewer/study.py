@@ -9,6 +9,7 @@ once and switching back to a series is instant.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import threading
 from collections import OrderedDict
@@ -18,11 +19,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hilum.dicom.geometry import image_orientation_of, normal_of, slice_thickness_of
 from hilum.dicom.stack_load import LoadHandle, SeriesVolume, load_series
 
-__all__ = ["SeriesEntry", "StudySession", "VolumeCache"]
+__all__ = ["SeriesEntry", "SeriesHint", "StudySession", "VolumeCache", "best_match"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SeriesHint:
+    """What the comparison needs to pair a prior's series with a current one, from one header:
+    the plane (``"AX"``, ``"COR"``, ``"SAG"``, ``""`` unknown) and the slice thickness."""
+
+    plane: str = ""
+    thickness: float | None = None
+
+
+def _read_hint(path: Path) -> SeriesHint:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file only loses the hint
+        logger.debug("no series hint from %s: %s", path, exc)
+        return SeriesHint()
+    plane = ""
+    iop = image_orientation_of(ds)
+    if iop is not None:
+        n = [abs(float(v)) for v in normal_of(iop)]
+        k = max(range(3), key=lambda i: n[i])
+        plane = ("SAG", "COR", "AX")[k] if n[k] > 0.8 else "OBL"
+    return SeriesHint(plane, slice_thickness_of(ds))
 
 
 @dataclass
@@ -36,11 +64,19 @@ class SeriesEntry:
     paths: list[Path] = field(default_factory=list)
     frames: int = 0
     row: dict[str, Any] = field(default_factory=dict)
+    _hint: SeriesHint | None = field(default=None, repr=False, compare=False)
 
     @property
     def title(self) -> str:
         num = f"{self.number}" if self.number is not None else "?"
         return f"{num} {self.modality} {self.description}".strip()
+
+    def hint(self) -> SeriesHint:
+        """Plane and slice thickness from the middle instance's header (read once, a few ms)."""
+        if self._hint is None:
+            middle = self.middle
+            self._hint = _read_hint(middle[0]) if middle is not None else SeriesHint()
+        return self._hint
 
     @property
     def middle(self) -> tuple[Path, int] | None:
@@ -53,6 +89,31 @@ class SeriesEntry:
         if len(self.paths) == 1 and self.frames > 1:
             return self.paths[0], self.frames // 2
         return self.paths[len(self.paths) // 2], 0
+
+
+def best_match(
+    reference: SeriesEntry, candidates: list[SeriesEntry], *, exclude: set[str] | None = None
+) -> SeriesEntry | None:
+    """The candidate (a prior's series) that best matches *reference* (a current series): same
+    modality first, then same plane (axial/coronal/sagittal), then the closest description and
+    slice thickness, then the closest number of images. None when there is no candidate."""
+    pool = [c for c in candidates if c.series_uid not in (exclude or set())] or list(candidates)
+    if not pool:
+        return None
+    ref = reference.hint()
+    ref_desc = reference.description.lower()
+
+    def score(c: SeriesEntry) -> float:
+        h = c.hint()
+        s = 8.0 if c.modality == reference.modality else 0.0
+        s += 4.0 if ref.plane and h.plane == ref.plane else 0.0
+        s += 2.0 * difflib.SequenceMatcher(None, ref_desc, c.description.lower()).ratio()
+        if ref.thickness and h.thickness:
+            s += 1.0 / (1.0 + abs(ref.thickness - h.thickness))
+        s += 0.5 / (1.0 + abs(reference.frames - c.frames) / max(reference.frames, 1))
+        return s
+
+    return max(pool, key=score)
 
 
 class VolumeCache:
@@ -120,6 +181,11 @@ class StudySession:
         """The caller's decoder process pool (None: threads only); not shut down here."""
         self.series: list[SeriesEntry] = []
         self.study_row: dict[str, Any] = {}
+
+    @property
+    def study_date(self) -> str:
+        """The study's date, YYYYMMDD ("" unknown; after :meth:`refresh`)."""
+        return str(self.study_row.get("StudyDate") or "")
 
     def refresh(self) -> list[SeriesEntry]:
         """Read the study's series and instance paths from the archive."""

@@ -7,14 +7,28 @@ load through :class:`~hilum.ui.viewer.study.StudySession` on background
 threads; their callbacks come back to the GUI thread through Qt signals
 (queued connections): first the preview image, then the sorted volume, then
 progress as slices decode (nearest the viewed slice first).
+
+Priors and comparison (issue 15): after :meth:`StudyViewer.open` the patient's
+earlier studies are looked for off the GUI thread (the local archive first,
+then the configured peers) and listed, ranked, in the priors panel beside the
+series strip (:attr:`StudyViewer.priors`, :attr:`StudyViewer.priorsFound`).
+:meth:`StudyViewer.add_study` makes another study's series showable here (their
+own :class:`StudySession`, sharing the volume cache and decoder pool; the strip
+lists them below a date header), and :meth:`StudyViewer.compare` puts the
+current series and a prior's best-matching one side by side, scrolling by
+anatomy (same Frame of Reference: by patient position; another one: through a
+rigid registration computed in the background), with window/level and zoom
+linked and each viewport's overlay naming the date of its study.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,6 +53,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from hilum.dicom.registration import AlignmentStore
 from hilum.dicom.stack_load import LoadHandle, SeriesVolume
 from hilum.errors import HilumError
 from hilum.ui.icons import ACTION_ICONS, action_icon, icon
@@ -62,10 +77,11 @@ from hilum.ui.viewer.hanging import (
 from hilum.ui.viewer.model import LAYOUTS, Layout, ViewerModel
 from hilum.ui.viewer.overlay import OverlayConfig
 from hilum.ui.viewer.presets import PresetStore, WindowPreset
+from hilum.ui.viewer.priors_panel import PriorsPanel, date_text
 from hilum.ui.viewer.series_strip import SeriesStrip
 from hilum.ui.viewer.shortcuts import SHORTCUTS
 from hilum.ui.viewer.state import ViewportState
-from hilum.ui.viewer.study import StudySession, VolumeCache
+from hilum.ui.viewer.study import SeriesEntry, StudySession, VolumeCache, best_match
 from hilum.ui.viewer.thumbnails import ThumbnailCache
 from hilum.ui.viewer.tools import TOOLS, Tool, make_tool
 from hilum.ui.viewer.viewport_widget import ViewportWidget
@@ -89,12 +105,31 @@ class _LoadBridge(QObject):
     done = Signal(str, object)
 
 
+def _loaded(vp: ViewportState) -> bool:
+    """The viewport shows its series' whole stack, every slice decoded (not the first preview)."""
+    return vp.volume is not None and vp.volume.complete and not vp.volume.preview
+
+
+class _PriorsBridge(QObject):
+    """Priors-search and registration threads → GUI-thread signals."""
+
+    found = Signal(object, bool)  # priors, more to come (the peers are still being asked)
+    failed = Signal(str, bool)  # what went wrong, more to come
+    registered = Signal(object, object)  # (fixed series, moving series), Alignment or the exception
+
+
 class StudyViewer(QWidget):
     """A workspace tab showing one study."""
 
     seriesShown = Signal(int, str)
     firstImage = Signal(str)
     loadFinished = Signal(str)
+    priorsFound = Signal(list)
+    """The ranked priors (:attr:`priors`), after the local search and again after the peers'."""
+    compared = Signal(str)
+    """:meth:`compare` laid out the comparison with this prior study."""
+    alignmentReady = Signal(str, str)
+    """A registration between two series (fixed, moving) was set on the model."""
 
     def __init__(self, archive: Any, study_uid: str, *, data_dir: str | Path | None = None,
                  executor: str = "auto", cache: VolumeCache | None = None, pool: Executor | None = None,
@@ -105,9 +140,16 @@ class StudyViewer(QWidget):
         self.study_uid = study_uid
         self.data_dir = Path(data_dir) if data_dir else None
         self.session = StudySession(archive, study_uid, cache=cache, executor=executor, pool=pool)
+        self.sessions: dict[str, StudySession] = {study_uid: self.session}
+        """Every study this viewer can show, the current one first (:meth:`add_study`)."""
+        self.priors: list[Any] = []
+        """The patient's other studies (:class:`hilum.priors.Prior`), most relevant first."""
+        self.peers: Mapping[str, Any] | None = None
+        """The peers asked for priors; None: the main window's configured peers that may be queried."""
         self.presets = PresetStore(self.data_dir)
-        self.overlay = OverlayConfig.load(self.data_dir)
+        self.overlay = replace(OverlayConfig.load(self.data_dir), current_study=study_uid)
         self.model = ViewerModel(Layout(1, 1))
+        self.model.alignment_store = AlignmentStore(self.data_dir)  # registrations and hand re-alignments
         self.tools: dict[str, Tool] = {}
         self.tool_name = "window"
         self._assigned: dict[int, str] = {}  # viewport index -> series uid
@@ -122,6 +164,20 @@ class StudyViewer(QWidget):
         self._bridge.ready.connect(self._on_ready)
         self._bridge.progress.connect(self._on_progress)
         self._bridge.done.connect(self._on_done)
+        self._priors_bridge = _PriorsBridge(self)
+        self._priors_bridge.found.connect(self._on_priors)
+        self._priors_bridge.failed.connect(self._on_priors_failed)
+        self._priors_bridge.registered.connect(self._on_registered)
+        self._priors_thread: threading.Thread | None = None
+        self._priors_error = ""
+        self._retrieves: dict[int, str] = {}  # transfer id -> prior study uid
+        self._peer_map: dict[str, Any] = {}  # the peers asked for priors, by name
+        self._registering: set[tuple[str, str]] = set()  # (fixed, moving) series asked for
+        self._registration_jobs: Any = None
+        self._closed = False
+        self.priors_panel = PriorsPanel(self)
+        self.priors_panel.priorActivated.connect(lambda uid: self.compare(uid))
+        self.priors_panel.retrieveRequested.connect(self.retrieve_prior)
         thumbs_dir = self.data_dir / "cache" / "thumbnails" if self.data_dir else None
         self.strip = SeriesStrip(ThumbnailCache(thumbs_dir, pool=pool), self)  # headers parsed off this process
         self.strip.seriesActivated.connect(lambda uid: self.show_series(uid, self.model.active))
@@ -159,6 +215,7 @@ class StudyViewer(QWidget):
         outer = QHBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(self.strip)
+        outer.addWidget(self.priors_panel)
         outer.addLayout(centre, 1)
 
     def _action(self, name: str, text: str, slot: Callable[..., object] | None = None, keys: str = "", *,
@@ -304,7 +361,19 @@ class StudyViewer(QWidget):
         from hilum.ui.mpr.viewer_hook import add_mpr_actions  # MPR / 3D of the active series (hilum.ui.mpr)
 
         add_mpr_actions(self)
+        # priors and comparison (issue 15)
+        self._action("compare_prior", _menu_text(texts["compare_prior"]), lambda: self.compare_most_relevant(),
+                     keys["compare_prior"])  # fmt: skip
+        self._action("compare_prior_2x2", _menu_text(texts["compare_prior_2x2"]),
+                     lambda: self.compare_most_relevant(rows=2), keys["compare_prior_2x2"])  # fmt: skip
+        show_priors = self._action("show_priors", _menu_text(texts["show_priors"]), keys=keys["show_priors"],
+                                   toggled=self.priors_panel.setVisible)  # fmt: skip
+        show_priors.setChecked(True)
+        self.toolbar.addAction(self.actions_by_name["compare_prior"])
         self._decorate_actions()
+        for name, glyph, text in (("compare_prior", "mdi6.compare", "Cmp"), ("compare_prior_2x2", "mdi6.view-grid",
+                                  "C4"), ("show_priors", "mdi6.history", "Pri")):  # fmt: skip
+            self.actions_by_name[name].setIcon(icon(glyph, text))
         self._context_menu = QMenu(self)
         self._context_menu.setObjectName("viewportContextMenu")
 
@@ -347,6 +416,7 @@ class StudyViewer(QWidget):
             ("&Layout", [*(f"layout_{i}" for i in range(1, len(LAYOUTS) + 1)), "layout_custom", "",
                          "next_stage", "prev_stage", "save_protocol"]),
             ("", ["link_scroll", "link_window", "link_zoom", "reference_lines", "overlay", "overlay_planes"]),
+            ("&Priors", ["compare_prior", "compare_prior_2x2", "", "show_priors"]),
             ("", ["export_view"]),
         ]  # fmt: skip
         placed = {n for _, names in sections + self.menu_sections("tools") for n in names}
@@ -655,10 +725,7 @@ class StudyViewer(QWidget):
             return
         if not placed or not self._apply_placements(placements):
             self.show_series(entries[0].series_uid, 0)
-        prior_signal = getattr(self, "priorsFound", None)
-        if prior_signal is not None and not getattr(self, "_hanging_priors_connected", False):
-            prior_signal.connect(self._on_priors_for_hanging)
-            self._hanging_priors_connected = True
+        self._start_priors()
 
     def _fill_empty_viewports(self) -> None:
         """After a bigger layout: put the next series not yet shown into empty viewports."""
@@ -674,7 +741,9 @@ class StudyViewer(QWidget):
             self.model.set_active(active)
 
     def step_series(self, step: int) -> None:
-        uids = [e.series_uid for e in self.session.series]
+        """The next (previous) series of the study the active viewport shows (a prior's: its own)."""
+        current = self._assigned.get(self.model.active)
+        uids = [e.series_uid for e in self.session_of(current or "").series]
         if not uids:
             return
         current = self._assigned.get(self.model.active)
@@ -708,7 +777,7 @@ class StudyViewer(QWidget):
             def on_done(h: LoadHandle) -> None:
                 bridge.done.emit(uid, h)
 
-            handle = self.session.load(uid, in_use=in_use, on_preview=on_preview, on_ready=on_ready,
+            handle = self.session_of(uid).load(uid, in_use=in_use, on_preview=on_preview, on_ready=on_ready,
                                        on_progress=on_progress, on_done=on_done)  # fmt: skip
             self._loads[series_uid] = handle
             if handle.volume is not None:  # from the session's cache
@@ -753,7 +822,7 @@ class StudyViewer(QWidget):
         if uid not in self._thumbnail_later:
             return
         self._thumbnail_later.discard(uid)
-        entry = self.session.entry(uid)
+        entry = self.session_of(uid).entry(uid)
         if entry is None:
             return
         middle = None
@@ -769,6 +838,7 @@ class StudyViewer(QWidget):
             index = volume.stack.index_of(*f.key) if f is not None else None
             vp.set_volume(volume, index, keep_view=vp.series_uid == uid)
             vp.status = f"Loading {volume.loaded_count}/{len(volume)}"
+        self._resync_priors(uid)
         handle = self._loads.get(uid)
         if handle is not None and self._viewports_of(uid):
             handle.focus(self._viewports_of(uid)[0].index)
@@ -790,6 +860,8 @@ class StudyViewer(QWidget):
             vp.status = ""
             vp.notify_loaded()
         self.progress.hide()
+        self._resync_priors(uid)
+        self._check_alignments()
         if handle.error is not None:
             self.status.setText(f"Cannot load series: {handle.error}")
         elif handle.volume is not None:
@@ -819,9 +891,11 @@ class StudyViewer(QWidget):
         self.hanging_errors: list[LoadError] = []
         self.hanging_notes: list[str] = []
         self._catalog = Catalog()
+        self._catalog_priors: dict[int, str] = {}  # prior N in the catalog -> its Study Instance UID
         self._hang_windows: dict[int, tuple[str, str]] = {}  # viewport -> (series uid, preset name)
         self._hang_watched: set[int] = set()
         self._hanging_priors_known = False
+        self.priorsFound.connect(self._on_priors_for_hanging)  # "prior N" viewports filled when found
         self.hanging_label = QLabel("", self)
         self.hanging_label.setObjectName("hangingStatus")
         self.hanging_label.hide()
@@ -877,6 +951,7 @@ class StudyViewer(QWidget):
         protocols, self.hanging_errors = load_protocols(self.data_dir)
         facts = [self._series_facts(e, 0) for e in entries]
         self._catalog = Catalog()
+        self._catalog_priors.clear()
         self._catalog.add(0, facts, {e.series_uid: m[0] for e in entries if (m := e.middle) is not None})
         study = StudyFacts.from_rows(self.session.study_row, facts, n_priors=self._local_prior_count(),
                                      catalog=self._catalog)  # fmt: skip
@@ -888,18 +963,17 @@ class StudyViewer(QWidget):
 
     def _prior_into_catalog(self, n: int) -> str:
         """Prior *n* (contract C: :attr:`priors`, ranked) added to the catalog; '' or why not."""
-        if n in self._catalog.series:
-            return ""
-        priors = getattr(self, "priors", None)
-        if priors is None or not hasattr(self, "add_study"):
-            return "cannot be shown (this viewer has no priors)"
+        priors = self.priors
         if not self._hanging_priors_known and not priors:
             return "not found yet (the priors search runs)"
         if len(priors) < n:
             return "not found"
         prior = priors[n - 1]
-        if not getattr(prior, "local", True):
-            return f"is not local (on {getattr(prior, 'source', 'a peer')})"
+        if n in self._catalog.series and self._catalog_priors.get(n) == prior.study_uid:
+            return ""
+        self._catalog.series.pop(n, None)
+        if not prior.local:
+            return f"is not local (on {prior.source}: retrieve it from the priors panel)"
         try:
             session = self.add_study(prior.study_uid)
         except Exception as exc:  # noqa: BLE001 - a prior that cannot be opened leaves its viewport empty
@@ -907,6 +981,7 @@ class StudyViewer(QWidget):
         entries = session.series or session.refresh()
         facts = [self._series_facts(e, n) for e in entries]
         self._catalog.add(n, facts, {e.series_uid: m[0] for e in entries if (m := e.middle) is not None})
+        self._catalog_priors[n] = prior.study_uid
         return ""
 
     def _place_stage(self, k: int) -> list[Placement]:
@@ -1123,6 +1198,354 @@ class StudyViewer(QWidget):
             return
         self.status.setText(f"Saved hanging protocol {name.strip()!r} to {path}")
 
+    # ------------------------------------------------------------ studies and priors
+
+    def add_study(self, study_uid: str) -> StudySession:
+        """Make another study's series showable in this viewer (a prior): its own
+        :class:`StudySession` sharing the volume cache and decoder pool, its series listed in the
+        strip below a date header. Idempotent; the current study gives :attr:`session`."""
+        session = self.sessions.get(study_uid)
+        if session is not None:
+            return session
+        session = StudySession(self.archive, study_uid, cache=self.session.cache, executor=self.session.executor,
+                               pool=self.session.pool)  # fmt: skip
+        session.refresh()
+        self.sessions[study_uid] = session
+        row = session.study_row
+        tip = f"{date_text(session.study_date)} {row.get('StudyDescription') or ''}".strip()
+        self.strip.add_study(study_uid, f"PRIOR {date_text(session.study_date)}", session.series, tooltip=tip)
+        return session
+
+    def session_of(self, series_uid: str) -> StudySession:
+        """The session (current study or an added one) a series belongs to; the current one when none."""
+        for session in self.sessions.values():
+            if session.entry(series_uid) is not None:
+                return session
+        return self.session
+
+    def is_prior_series(self, series_uid: str) -> bool:
+        """True for a series of an added study (not the current one)."""
+        return self.session_of(series_uid) is not self.session
+
+    def _config(self) -> Any:
+        """The main window's :class:`hilum.config.Config` (None outside a main window)."""
+        return getattr(self.window(), "config", None)
+
+    def _peers(self) -> dict[str, Any]:
+        """The peers asked for priors: :attr:`peers`, else those of the main window's configuration
+        that may be queried (DIMSE ``[peers]``, then the DICOMweb sources)."""
+        if self.peers is not None:
+            return dict(self.peers)
+        config = self._config()
+        if config is None:
+            return {}
+        from hilum.priors.remote import configured_peers
+
+        try:
+            return dict(configured_peers(config))
+        except Exception as exc:  # noqa: BLE001 - a bad sources file must not stop the viewer
+            logger.warning("no peers for priors: %s", exc)
+            return {}
+
+    def _start_priors(self) -> None:
+        """Look for the patient's other studies off the GUI thread: the local archive's first (they
+        are listed as soon as found), then the configured peers' (C-FIND / QIDO-RS)."""
+        if self._priors_thread is not None or self._closed:
+            return
+        self.priors_panel.current_date = self.session.study_date
+        peers = self._peer_map = self._peers()
+        config = self._config()
+        self.priors_panel.set_priors([], searching=True)
+        archive, uid, bridge = self.archive, self.study_uid, self._priors_bridge
+
+        def emit(signal: Any, *args: Any) -> None:
+            try:
+                signal.emit(*args)
+            except RuntimeError:  # the viewer was closed (and its bridge deleted) meanwhile
+                pass
+
+        def work() -> None:
+            try:
+                from hilum.priors import find_local_priors
+
+                emit(bridge.found, find_local_priors(archive, uid), bool(peers))
+            except Exception as exc:  # noqa: BLE001 - shown in the panel, the viewer goes on
+                logger.warning("local priors of %s: %s", uid, exc)
+                emit(bridge.failed, f"Local search failed: {exc}", bool(peers))
+            if peers and not self._closed:
+                try:
+                    from hilum.priors import find_remote_priors
+
+                    errors: dict[str, str] = {}
+                    found = find_remote_priors(archive, uid, peers, errors=errors, config=config)
+                    if errors:
+                        emit(bridge.failed, "; ".join(f"{n}: {e}" for n, e in errors.items()), True)
+                    emit(bridge.found, found, False)
+                except Exception as exc:  # noqa: BLE001
+                    logger.warning("remote priors of %s: %s", uid, exc)
+                    emit(bridge.failed, f"Peers not reached: {exc}", False)
+
+        self._priors_thread = threading.Thread(target=work, name="hilum-priors", daemon=True)
+        self._priors_thread.start()
+
+    def _on_priors(self, found: list[Any], more: bool) -> None:
+        if self._closed:
+            return
+        if "priors_local" not in self.timings and self._t_open:
+            self.timings["priors_local"] = time.perf_counter() - self._t_open
+        merged = {p.study_uid: p for p in self.priors}
+        for p in found:
+            old = merged.get(p.study_uid)
+            if p.study_uid != self.study_uid and (old is None or not old.local):
+                merged[p.study_uid] = p
+        self.priors = sorted(merged.values(), key=lambda p: -p.score)  # stable: the finder's order on ties
+        self.priors_panel.set_priors(self.priors, searching=more, error=self._priors_error if not more else "")
+        self.priorsFound.emit(list(self.priors))
+
+    def _on_priors_failed(self, text: str, more: bool) -> None:
+        self._priors_error = text
+        self.priors_panel.set_priors(self.priors, searching=more, error=text)
+
+    def retrieve_prior(self, study_uid: str) -> Any:
+        """Retrieve a remote prior into the local archive through the main window's transfers
+        queue (C-GET / C-MOVE as the peer says); its row shows the progress or the failure, and the
+        prior becomes local (click to compare) when it is all here."""
+        prior = next((p for p in self.priors if p.study_uid == study_uid), None)
+        row = self.priors_panel.row(study_uid)
+        if prior is None or row is None or prior.local:
+            return None
+        transfers = getattr(self.window(), "transfers", None)
+        if transfers is None:
+            row.set_state("retrieving is not available in this window", failed=True)
+            return None
+        label = f"Prior {date_text(prior.study_date)}"
+        try:
+            source = self._peer_map.get(prior.source)
+            if source is not None and not hasattr(source, "aet"):  # a DICOMweb source: WADO-RS
+                transfer = transfers.queue.submit("retrieve", prior.source, label,
+                                                  self._wado_work(source, study_uid, prior.n_instances))  # fmt: skip
+            else:  # a DICOM peer: C-GET / C-MOVE as the peer's settings say
+                transfer = transfers.retrieve(prior.source, study_uid, None, label=label,
+                                              expected=prior.n_instances or None)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - an unknown peer, a bad configuration
+            row.set_state(f"failed: {exc}", failed=True)
+            return None
+        if not self._retrieves:
+            transfers.queue.changed.connect(self._on_transfer)
+            transfers.queue.finished.connect(self._on_transfer)
+        self._retrieves[transfer.id] = study_uid
+        row.set_state("queued…")
+        return transfer
+
+    def _wado_work(self, source: Any, study_uid: str, expected: int) -> Callable[..., str]:
+        """A transfers-queue work item retrieving a study from a DICOMweb source (WADO-RS) into
+        the local archive through the one ingest call."""
+        archive = self.archive
+
+        def work(progress: Callable[[int, int], None], cancel: threading.Event) -> str:
+            from hilum.dicomweb.client import DicomWebClient
+
+            client = DicomWebClient(source)
+            done = 0
+
+            def one(_result: Any) -> None:
+                nonlocal done
+                done += 1
+                progress(done, expected)
+
+            try:
+                results = client.retrieve(archive, study_uid, progress=one, cancel=cancel)
+            finally:
+                client.close()
+            failed = sum(1 for r in results if not r.ok)
+            if failed:
+                raise HilumError(f"{failed} of {len(results)} instances refused by the archive")
+            return f"{len(results)} retrieved by WADO-RS"
+
+        return work
+
+    def _on_transfer(self, transfer: Any) -> None:
+        uid = self._retrieves.get(transfer.id)
+        row = self.priors_panel.row(uid) if uid else None
+        if uid is None or row is None or self._closed:
+            return
+        state = str(getattr(transfer.state, "value", transfer.state))
+        if state == "failed":
+            row.set_state(f"failed: {transfer.error}", failed=True)
+        elif state == "cancelled":
+            row.set_state("cancelled", failed=True)
+        elif state == "done":
+            del self._retrieves[transfer.id]
+            self.priors = [replace(p, local=True) if p.study_uid == uid else p for p in self.priors]
+            self.priors_panel.set_priors(self.priors)
+            row = self.priors_panel.row(uid)
+            if row is not None:
+                row.set_state("")
+            self.status.setText(f"Prior {date_text(next(p.study_date for p in self.priors if p.study_uid == uid))} "
+                                "retrieved: click it to compare")  # fmt: skip
+            self.priorsFound.emit(list(self.priors))
+        else:
+            total = transfer.total or 0
+            row.set_state(f"{transfer.done}/{total}" if total else "retrieving…", transfer.done, total)
+
+    # ------------------------------------------------------------ comparison
+
+    def compare_most_relevant(self, rows: int = 1) -> bool:
+        """Compare with the first prior of the ranking that is local (the key C; Shift+C: 2x2)."""
+        prior = next((p for p in self.priors if p.local), None)
+        if prior is None:
+            remote = next((p for p in self.priors if not p.local), None)
+            self.status.setText("No prior to compare with." if remote is None else
+                                f"The priors are on {remote.source}: Retrieve one first.")  # fmt: skip
+            return False
+        return bool(self.compare(prior.study_uid, rows=rows))
+
+    def _reference_series(self, rows: int) -> list[SeriesEntry]:
+        """The current study's series to compare: the one in the first viewport (or the active
+        one) when it is the current study's, then the next ones of the strip."""
+        out: list[SeriesEntry] = []
+        for index in (0, self.model.active):
+            entry = self.session.entry(self._assigned.get(index, ""))
+            if entry is not None and entry not in out:
+                out.append(entry)
+                break
+        rest = [e for e in self.session.series if e not in out]
+        if out:
+            rest.sort(key=lambda e: e.modality != out[0].modality)  # the same modality first (stable)
+        out += rest
+        return out[:rows]
+
+    def compare(self, prior_study_uid: str, *, rows: int = 1) -> list[tuple[int, str]]:
+        """Current and prior side by side: ``rows`` rows of two viewports (1x2, or 2x2), the current
+        study's series on the left, the prior's best-matching series on the right
+        (:func:`~hilum.ui.viewer.study.best_match`), scrolling, window/level and zoom linked.
+        Returns ``(viewport, series uid)`` of what was placed."""
+        if prior_study_uid == self.study_uid:
+            raise ValueError("compare() takes another study than the current one")
+        rows = max(1, min(int(rows), 3))
+        session = self.add_study(prior_study_uid)
+        if not session.series:
+            self.status.setText(f"The prior of {date_text(session.study_date)} has no images to show.")
+            return []
+        placed: list[tuple[int, str]] = []
+        used: set[str] = set()
+        for r, ref in enumerate(self._reference_series(rows)):
+            match = best_match(ref, session.series, exclude=used)
+            if match is None:
+                break
+            used.add(match.series_uid)
+            placed += [(2 * r, ref.series_uid), (2 * r + 1, match.series_uid)]
+        for index, uid in placed:  # before the layout changes: its empty viewports are not filled
+            if self._assigned.get(index) != uid or self.model.viewports[index].volume is None:
+                self.show_series(uid, index)
+        target = Layout(max(1, len(placed) // 2), 2)
+        if self.model.layout != target:
+            self.set_layout(target)
+        self.set_links(scroll=True, window=True, zoom=True)
+        self.model.set_active(0)
+        self.focus_active_viewport()
+        self.status.setText(f"Comparing with the prior of {date_text(session.study_date)}")
+        self.compared.emit(prior_study_uid)
+        self._check_alignments()
+        return placed
+
+    def set_links(self, *, scroll: bool | None = None, window: bool | None = None, zoom: bool | None = None) -> None:
+        """Turn links on or off as their toolbar toggles do (the toggles show it)."""
+        for name, value in (("link_scroll", scroll), ("link_window", window), ("link_zoom", zoom)):
+            act = self.actions_by_name.get(name)
+            if value is not None and act is not None and act.isChecked() != value:
+                act.setChecked(value)
+        self.model.set_links(scroll=scroll, window=window, zoom=zoom)
+
+    def _resync_priors(self, uid: str) -> None:
+        """A prior's volume arrived next to the current study: it follows the current viewport
+        (not the other way round: the reader's slice stays where it is)."""
+        if not self.model.link_scroll or not self.is_prior_series(uid):
+            return
+        leaders = [vp for i, vp in enumerate(self.model.visible)
+                   if vp.volume is not None and not self.is_prior_series(self._assigned.get(i, ""))]  # fmt: skip
+        if leaders:
+            self.model.sync_from(
+                leaders[0] if self.model.active_viewport not in leaders else self.model.active_viewport
+            )
+
+    # ------------------------------------------------------------ registration (different Frames of Reference)
+
+    def _check_alignments(self) -> None:
+        """For each visible prior series beside a current one of another Frame of Reference (both
+        loaded), ask once for a rigid registration on the background worker
+        (:class:`hilum.dicom.registration.RegistrationJobs`, which answers from the
+        :class:`~hilum.dicom.registration.AlignmentStore` under the data folder when it can);
+        the prior's viewport says "Registering…" until the alignment is set on the model."""
+        alignment_between = getattr(self.model, "alignment_between", None)
+        if self._closed or alignment_between is None:
+            return  # a model without cross-FoR links: nothing to register for
+        visible = [(i, vp) for i, vp in enumerate(self.model.visible) if i in self._assigned]
+        current = [(i, vp) for i, vp in visible if not self.is_prior_series(self._assigned[i])]
+        for i, vp in visible:
+            uid = self._assigned[i]
+            if not current or not self.is_prior_series(uid) or not _loaded(vp):
+                continue
+            # the current viewport on its left (same row), else the first current one
+            j, leader = next(((j, c) for j, c in current if j == i - 1), current[0])
+            f, g = vp.frame_info, leader.frame_info
+            if not _loaded(leader) or f is None or g is None:
+                continue
+            if not f.frame_of_reference_uid or not g.frame_of_reference_uid:
+                continue
+            if f.frame_of_reference_uid == g.frame_of_reference_uid:
+                continue
+            key = (self._assigned[j], uid)
+            if key in self._registering or alignment_between(leader, vp) is not None:
+                continue
+            self._registering.add(key)
+            vp.status = "Registering…"
+            assert leader.volume is not None and vp.volume is not None  # _loaded
+            self._submit_registration(key, leader.volume, vp.volume)
+
+    def _submit_registration(self, key: tuple[str, str], fixed: SeriesVolume, moving: SeriesVolume) -> None:
+        from hilum.dicom.registration import RegistrationJobs
+        from hilum.dicom.volume import volume_from_series
+
+        bridge = self._priors_bridge
+
+        def emit(result: Any) -> None:  # on the worker thread
+            try:
+                bridge.registered.emit(key, result)
+            except RuntimeError:  # the viewer was closed meanwhile
+                pass
+
+        if self._registration_jobs is None:
+            self._registration_jobs = RegistrationJobs(self.model.alignment_store)
+        self._registration_jobs.submit(partial(volume_from_series, fixed), partial(volume_from_series, moving),
+                                       fixed_series=key[0], moving_series=key[1], on_done=emit,
+                                       on_error=emit)  # fmt: skip
+
+    def _on_registered(self, key: tuple[str, str], result: Any) -> None:
+        if self._closed:
+            return
+        fixed_uid, moving_uid = key
+        if isinstance(result, BaseException):
+            self._registering.discard(key)  # asked again when the pair shows again
+            for vp in self._viewports_of(moving_uid):
+                vp.status = ""
+                vp.emit("view")
+            self.status.setText(f"Registration of the prior failed: {result}")
+            return
+        for vp in self._viewports_of(moving_uid):
+            vp.status = ""
+            vp.emit("view")
+        set_alignment = getattr(self.model, "set_alignment", None)
+        if set_alignment is not None:
+            set_alignment(result)
+        self.status.setText(f"Prior aligned to the current study by registration ({result.seconds:.1f} s)"
+                            if getattr(result, "source", "") == "registration" and result.seconds else
+                            "Prior aligned to the current study")  # fmt: skip
+        leaders = self._viewports_of(fixed_uid)
+        if leaders and self.model.link_scroll:
+            self.model.sync_from(leaders[0])
+        self.alignmentReady.emit(fixed_uid, moving_uid)
+
     # ------------------------------------------------------------ export
 
     def export_view(self, path: str | Path, viewport: int | None = None) -> Path:
@@ -1164,5 +1587,9 @@ class StudyViewer(QWidget):
         for h in self._loads.values():
             h.cancel()
         self.strip.shutdown()
-        self.session.close()
+        self._closed = True
+        if self._registration_jobs is not None:
+            self._registration_jobs.shutdown(wait=False)
+        for session in self.sessions.values():
+            session.close()
         super().closeEvent(event)
