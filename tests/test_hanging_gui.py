@@ -130,7 +130,27 @@ def _press(key: Qt.Key, modifier: Qt.KeyboardModifier = Qt.KeyboardModifier.NoMo
     QTest.keyClick(target, key, modifier)
 
 
+def _save_as(window, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl+Shift+H (Save layout as protocol…), the name typed into its dialog, Enter."""
+
+    def answer() -> None:
+        dialog = QApplication.activeModalWidget()
+        if not isinstance(dialog, QInputDialog):
+            QTimer.singleShot(50, answer)
+            return
+        edit = dialog.findChild(QLineEdit)
+        edit.selectAll()
+        QTest.keyClicks(edit, name)
+        QTest.keyClick(edit, Qt.Key.Key_Return)
+
+    QTimer.singleShot(50, answer)
+    _press(Qt.Key.Key_H, CTRL_SHIFT)
+    # Xvfb has no window manager to give the window back its activation when the dialog closes
+    window.activateWindow()
+
+
 def _close_tab(qtbot, window, viewer) -> None:  # type: ignore[no-untyped-def]
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=TIMEOUT)
     index = window.tabs.indexOf(viewer)
     button = window.tabs.tabBar().tabButton(index, QTabBar.ButtonPosition.RightSide)
     QTest.mouseClick(button, Qt.MouseButton.LeftButton)
@@ -226,27 +246,13 @@ def test_save_layout_as_protocol_is_picked_next_time(workstation, qtbot, data_di
     _press(Qt.Key.Key_4)
     assert viewer.model.viewports[1].window_label == "Lung"
 
-    def answer() -> None:
-        dialog = QApplication.activeModalWidget()
-        if not isinstance(dialog, QInputDialog):
-            QTimer.singleShot(50, answer)
-            return
-        edit = dialog.findChild(QLineEdit)
-        edit.selectAll()
-        QTest.keyClicks(edit, "My chest")
-        QTest.keyClick(edit, Qt.Key.Key_Return)
-
-    QTimer.singleShot(50, answer)
-    _press(Qt.Key.Key_H, CTRL_SHIFT)
+    _save_as(window, "My chest")
     saved = data_dir / FOLDER / "My_chest.toml"
     assert saved.is_file(), viewer.status.text()
     assert str(saved) in viewer.status.text()
     text = saved.read_text(encoding="utf-8")
     assert 'layout = "1x2"' in text and 'plane = "sagittal"' in text and 'window = "Lung"' in text
 
-    # Xvfb has no window manager to give the window back its activation when the dialog closes
-    window.activateWindow()
-    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=TIMEOUT)
     _close_tab(qtbot, window, viewer)
     again = _open(qtbot, window, HANG.uid)
     assert again is not viewer
@@ -341,5 +347,15 @@ def test_a_protocol_hangs_the_current_study_first_and_prior_n_when_found(qtbot, 
         assert "viewport 3: prior 4 not found" in viewer.hanging_label.text()
         qtbot.waitUntil(lambda: not viewer.is_loading(cmp.prior2.series_uid), timeout=TIMEOUT)
         assert _grab(viewer.viewport_widget(1).canvas).max() > 100
+        # saved as a protocol: the prior's viewport says "prior 2"; reopened, it hangs the same way
+        _save_as(window, "Compare two years")
+        text = (data_dir / FOLDER / "Compare_two_years.toml").read_text(encoding="utf-8")
+        assert 'study = "prior 2"' in text and 'layout = "1x3"' in text and "min_priors = 2" in text
+        _close_tab(qtbot, window, viewer)
+        again = _open(qtbot, window, cmp.current.study_uid)
+        assert again.hanging is not None and again.hanging.name == "Compare two years"
+        assert again.model.layout.name == "1x3"
+        qtbot.waitUntil(lambda: again.model.viewports[1].series_uid == cmp.prior2.series_uid, timeout=TIMEOUT)
+        assert again.model.viewports[0].series_uid == cmp.current.series_uid and 2 not in again._assigned
     finally:
         QApplication.instance().removeEventFilter(spy)

@@ -725,6 +725,7 @@ class StudyViewer(QWidget):
             return
         if not placed or not self._apply_placements(placements):
             self.show_series(entries[0].series_uid, 0)
+        self.timings["hung"] = time.perf_counter() - self._t_open  # layout set, series assigned, loads started
         self._start_priors()
 
     def _fill_empty_viewports(self) -> None:
@@ -1140,10 +1141,13 @@ class StudyViewer(QWidget):
         for i in range(self.model.layout.count):
             uid = self._assigned.get(i)
             facts = next((f for fs in self._catalog.series.values() for f in fs if f.series_uid == uid), None)
-            if facts is None and uid is not None:
-                entry = self.session.entry(uid)
-                if entry is not None:
-                    facts = self._series_facts(entry, 0)
+            if facts is None and uid is not None:  # put there by hand (the strip, a drag, compare)
+                session = self.session_of(uid)
+                entry = session.entry(uid)
+                ranks = [k + 1 for k, p in enumerate(self.priors) if p.study_uid == session.study_uid]
+                study_index = 0 if session is self.session else (ranks[0] if ranks else None)
+                if entry is not None and study_index is not None and entry.paths:
+                    facts = self._series_facts(entry, study_index)
                     self._catalog.paths.setdefault(uid, entry.paths[len(entry.paths) // 2])
             if facts is None:
                 viewports.append({})
