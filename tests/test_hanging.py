@@ -258,9 +258,13 @@ def test_headers_are_read_only_for_selectors_that_need_them(tmp_path):
     p = parse_protocol('name = "P"\n[[stage]]\nlayout = "1x1"\n[[stage.viewport]]\ndescription = "x"\n')
     assert place(p.stages[0], cat)[0].series.series_uid == "a" and reads == []
     p = parse_protocol('name = "P"\n[[stage]]\nlayout = "1x1"\n[[stage.viewport]]\nplane = "axial"\n')
-    assert place(p.stages[0], cat)[0].series.series_uid == "a" and reads == ["A", "B"]
+    assert place(p.stages[0], cat)[0].series.series_uid == "a" and reads == ["A"]  # "first": stops at a match
     place(p.stages[0], cat)
-    assert reads == ["A", "B"]
+    assert reads == ["A"]  # read once
+    p = parse_protocol('name = "P"\n[[stage]]\nlayout = "1x1"\n[[stage.viewport]]\nplane = "axial"\npick = "largest"\n')
+    place(p.stages[0], cat)
+    assert reads == ["A", "B"]  # "largest" compares every axial series
+    assert cat.has_plane(["axial"]) and reads == ["A", "B"]
 
 
 def test_priors_in_a_stage():

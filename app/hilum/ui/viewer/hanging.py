@@ -213,6 +213,11 @@ class Catalog:
     def planes(self, study: int = 0) -> frozenset[str]:
         return frozenset(self.full(f).plane for f in self.of(study)) - {""}
 
+    def has_plane(self, planes: Iterable[str], study: int = 0) -> bool:
+        """Some series of *study* lies in one of *planes* (headers read until one does)."""
+        wanted = set(planes)
+        return any(self.full(f).plane in wanted for f in self.of(study))
+
 
 @dataclass
 class StudyFacts:
@@ -335,7 +340,7 @@ class MatchRule:
             pat = self.series_description
             if not any(pat.search(s.description) for s in study.catalog.of(0)):
                 return False
-        if self.series_plane and not set(self.series_plane) & study.catalog.planes(0):
+        if self.series_plane and not study.catalog.has_plane(self.series_plane):
             return False  # last: the only criterion that reads image headers
         return True
 
@@ -765,10 +770,18 @@ def place(stage: Stage, catalog: Catalog, *, missing_priors: Mapping[int, str] |
             why = (missing_priors or {}).get(sel.study, "not found")
             out.append(Placement(i, sel, None, f"prior {sel.study} {why}"))
             continue
-        cands = [s for s in series if sel.matches(s, catalog)]
-        fresh = [s for s in cands if s.series_uid not in used]
-        pool = fresh if (fresh or sel.is_any) else cands  # an explicit selector may show a series again
-        chosen: SeriesFacts | None = _pick(pool, sel.pick) if pool else None
+        chosen: SeriesFacts | None = None
+        if sel.pick == "first":  # in Series Number order, headers read only until a series matches
+            ordered = sorted(series, key=lambda s: (s.number is None, s.number or 0, s.description))
+            unused = [s for s in ordered if s.series_uid not in used]
+            chosen = next((s for s in unused if sel.matches(s, catalog)), None)
+            if chosen is None and not sel.is_any:  # an explicit selector may show a series again
+                chosen = next((s for s in ordered if s.series_uid in used and sel.matches(s, catalog)), None)
+        else:
+            cands = [s for s in series if sel.matches(s, catalog)]
+            fresh = [s for s in cands if s.series_uid not in used]
+            pool = fresh if (fresh or sel.is_any) else cands
+            chosen = _pick(pool, sel.pick) if pool else None
         note = ""
         if chosen is None and sel.fallback:
             rest = [s for s in series if s.series_uid not in used]
