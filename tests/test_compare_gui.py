@@ -201,7 +201,8 @@ def test_priors_ranked_click_prior_compares_side_by_side_with_links(
     # the strip: the current series, then prior 1 under its date header
     strip = viewer.strip
     header = strip.header_for(cs.prior1.study_uid)
-    assert header is not None and header.text() == f"PRIOR {date_text(cs.prior1.study_date)}"
+    assert header is not None and header.text().split() == ["PRIOR", date_text(cs.prior1.study_date)]
+    assert viewer.priors_panel.list.currentItem() is viewer.priors_panel.item(cs.prior1.study_uid)
     assert strip.series_uids() == [cs.current.series_uid, cs.prior1.series_uid]
 
     # the overlay names each viewport's study date, the prior marked
@@ -369,3 +370,49 @@ def test_prior_in_another_frame_of_reference_is_registered_in_the_background(
     moved = np.asarray(a.to_moving(centre)) if a.fixed_series == left.series_uid else np.asarray(a.to_fixed(centre))
     normal = right.volume.stack.normal
     assert abs(float((moved - np.asarray(right.geometry.centre)) @ normal)) <= 2.5
+
+
+def _thick_copy(paths: tuple[Path, ...], out: Path, tag: str) -> list[Path]:
+    """A second series of the same study: every other slice, 5 mm, described "Thorax 5 mm"."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    series_uid = generate_uid(entropy_srcs=[tag, "thick"])
+    written = []
+    out.mkdir(parents=True, exist_ok=True)
+    for i, p in enumerate(sorted(paths)[::2]):
+        ds = pydicom.dcmread(p)
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesNumber = 2
+        ds.SeriesDescription = "Thorax 5 mm"
+        ds.SliceThickness = 5.0
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[tag, str(i)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        target = out / f"{tag}-{i:03d}.dcm"
+        ds.save_as(target)
+        written.append(target)
+    return written
+
+
+def test_shift_c_compares_two_series_each_with_its_match_2x2(
+    qtbot: Any, window: Any, comparison: ComparisonSet, tmp_path: Path
+) -> None:
+    cs = comparison
+    extra = _thick_copy(cs.current.paths, tmp_path / "extra", "cur") + _thick_copy(
+        cs.prior1.paths, tmp_path / "extra", "p1"
+    )
+    assert all(r.ok for r in window.archive.ingest_many(extra))
+    viewer = _open_current(qtbot, window, cs)
+    _wait_priors(qtbot, viewer, 3)
+    canvas = viewer.viewport_widget(0).canvas
+    canvas.setFocus()
+    with qtbot.waitSignal(viewer.compared, timeout=TIMEOUT):
+        QTest.keyClick(canvas, Qt.Key.Key_C, Qt.KeyboardModifier.ShiftModifier)
+    assert viewer.model.layout.name == "2x2"
+    vps = viewer.model.visible
+    qtbot.waitUntil(lambda: all(_complete(vp) for vp in vps), timeout=TIMEOUT)
+    # current on the left, prior 1 on the right; each row a pair of the same kind (2.5 mm, 5 mm)
+    assert vps[0].series_uid == cs.current.series_uid and vps[1].series_uid == cs.prior1.series_uid
+    assert viewer.session.entry(vps[2].series_uid) is not None  # the current's 5 mm series
+    assert viewer.sessions[cs.prior1.study_uid].entry(vps[3].series_uid).description == "Thorax 5 mm"
+    assert vps[2].stack_size == vps[3].stack_size == 24

@@ -109,7 +109,7 @@ class SeriesStrip(QListWidget):
         header.setFont(font)
         header.setForeground(QColor(255, 190, 80))
         header.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
-        header.setSizeHint(QSize(self.iconSize().width() + 16, 24))
+        header.setSizeHint(QSize(self.iconSize().width() + 16, 16 * (title.count("\n") + 1) + 8))
         header.setToolTip(tooltip or title)
         self.addItem(header)
         self._add_items(entries, ())

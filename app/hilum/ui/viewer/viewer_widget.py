@@ -1217,7 +1217,7 @@ class StudyViewer(QWidget):
         self.sessions[study_uid] = session
         row = session.study_row
         tip = f"{date_text(session.study_date)} {row.get('StudyDescription') or ''}".strip()
-        self.strip.add_study(study_uid, f"PRIOR {date_text(session.study_date)}", session.series, tooltip=tip)
+        self.strip.add_study(study_uid, f"PRIOR\n{date_text(session.study_date)}", session.series, tooltip=tip)
         return session
 
     def session_of(self, series_uid: str) -> StudySession:
@@ -1449,6 +1449,9 @@ class StudyViewer(QWidget):
         self.model.set_active(0)
         self.focus_active_viewport()
         self.status.setText(f"Comparing with the prior of {date_text(session.study_date)}")
+        item = self.priors_panel.item(prior_study_uid)
+        if item is not None:  # the panel shows which prior is beside the current study
+            self.priors_panel.list.setCurrentItem(item)
         self.compared.emit(prior_study_uid)
         self._check_alignments()
         return placed
