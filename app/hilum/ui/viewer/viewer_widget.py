@@ -46,6 +46,7 @@ from PySide6.QtWidgets import (
     QMenu,
     QMessageBox,
     QProgressBar,
+    QSizePolicy,
     QSpinBox,
     QToolBar,
     QToolButton,
@@ -900,9 +901,11 @@ class StudyViewer(QWidget):
         self.hanging_label = QLabel("", self)
         self.hanging_label.setObjectName("hangingStatus")
         self.hanging_label.hide()
+        # a long line (skipped files) is clipped, never widens the window; the tooltip has it all
+        self.hanging_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         bottom = self._layout_holding(self.status)
         if bottom is not None:
-            bottom.insertWidget(bottom.indexOf(self.status), self.hanging_label)
+            bottom.insertWidget(bottom.indexOf(self.status), self.hanging_label, 1)
         entries = {
             "next_stage": ("mdi6.page-next-outline", lambda: self.step_stage(1)),
             "prev_stage": ("mdi6.page-previous-outline", lambda: self.step_stage(-1)),
