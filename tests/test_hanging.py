@@ -371,3 +371,14 @@ def test_the_engine_imports_no_qt():
 
 def test_the_test_study_is_a_chest_ct():
     assert STUDY.body_part == "CHEST" and STUDY.description == "CT Thorax"
+
+
+def test_stage_keys_are_in_the_help_table_and_bound_once():
+    from hilum.ui.viewer.shortcuts import SHORTCUTS, help_lines
+
+    lines = {(keys, text.split(" (")[0]) for section, keys, text in help_lines() if section == "Viewer"}
+    assert ("N", "Next stage of the hanging protocol") in lines
+    assert ("Shift+N", "Previous stage of the hanging protocol") in lines
+    assert ("Ctrl+Shift+H", "Save layout as protocol") in lines
+    keys = [k for _name, ks, _text in SHORTCUTS for k in ks.split(";")]
+    assert len(keys) == len(set(keys))
