@@ -244,6 +244,11 @@ def test_viewports_prefer_series_not_yet_shown_and_reuse_only_on_purpose():
     one = [SERIES[1]]
     placed = place(empty.stages[0], Catalog({0: one}))
     assert [x.series.series_uid if x.series else None for x in placed] == ["ax5", None, None]  # no repeats
+    gap = parse_protocol('name = "P"\n[[stage]]\nlayout = "1x3"\n[[stage.viewport]]\n[[stage.viewport]]\nempty = true\n'
+                         "[[stage.viewport]]\n")  # fmt: skip
+    placed = place(gap.stages[0], Catalog({0: SERIES}))
+    assert [x.series.series_uid if x.series else None for x in placed] == ["loc", None, "ax5"]
+    assert placed[1].note == ""  # empty on purpose: nothing to report
 
 
 def test_headers_are_read_only_for_selectors_that_need_them(tmp_path):

@@ -351,6 +351,7 @@ def test_a_protocol_hangs_the_current_study_first_and_prior_n_when_found(qtbot, 
         _save_as(window, "Compare two years")
         text = (data_dir / FOLDER / "Compare_two_years.toml").read_text(encoding="utf-8")
         assert 'study = "prior 2"' in text and 'layout = "1x3"' in text and "min_priors = 2" in text
+        assert "empty = true" in text  # the third viewport was empty: it stays so
         _close_tab(qtbot, window, viewer)
         again = _open(qtbot, window, cmp.current.study_uid)
         assert again.hanging is not None and again.hanging.name == "Compare two years"

@@ -32,6 +32,7 @@ them); each stage names a layout and, per viewport, a series selector::
     pick = "largest"                # first (lowest Series Number, the default), largest, last
     window = "Lung"                 # a window preset's name (hilum.ui.viewer.presets)
     fallback = true                 # nothing matches: the first series not yet placed
+    # a viewport with no keys shows the next series not yet placed; `empty = true` leaves it empty
 
 Match keys: ``modality``, ``body_part``, ``description`` (regex on the Study
 Description), ``series_description`` (regex: some series of the study has it),
@@ -40,7 +41,7 @@ Description), ``series_description`` (regex: some series of the study has it),
 ``max_series``, ``sex``, ``min_age`` / ``max_age`` (years at the study date).
 Selector keys: ``study``, ``description``, ``plane``, ``modality``,
 ``image_type``, ``min_thickness`` / ``max_thickness`` (mm), ``pick``,
-``fallback``, ``window``.
+``fallback``, ``window``, ``empty``.
 
 **Scoring**: a protocol applies when all its required rules hold and at least
 one rule holds (or it has none: the generic fallback); its score is the sum of
@@ -359,6 +360,7 @@ class SeriesSelector:
     pick: str = "first"
     fallback: bool = False
     window: str = ""
+    empty: bool = False
 
     @property
     def is_any(self) -> bool:
@@ -453,7 +455,7 @@ class Protocol:
 _MATCH_KEYS = {"weight", "required", "modality", "body_part", "description", "series_description", "series_plane",
                "min_priors", "max_priors", "min_series", "max_series", "sex", "min_age", "max_age"}  # fmt: skip
 _SELECTOR_KEYS = {"study", "description", "plane", "modality", "image_type", "min_thickness", "max_thickness", "pick",
-                  "fallback", "window"}  # fmt: skip
+                  "fallback", "window", "empty"}  # fmt: skip
 _STAGE_KEYS = {"name", "layout", "viewport", "link_scroll", "link_window", "link_zoom"}
 _TOP_KEYS = {"schema_version", "name", "match", "stage", "description"}
 
@@ -602,7 +604,7 @@ def _selector(r: _Reader, item: Any, where: str) -> SeriesSelector:
             if v not in PICKS:
                 raise r.error(w, k, f"must be one of {', '.join(PICKS)}, not {v!r}")
             kw[k] = v
-        elif k == "fallback":
+        elif k in ("fallback", "empty"):
             kw[k] = r.flag(v, w, k)
         elif k == "window":
             if not isinstance(v, str):
@@ -765,6 +767,9 @@ def place(stage: Stage, catalog: Catalog, *, missing_priors: Mapping[int, str] |
     used: list[str] = []
     out: list[Placement] = []
     for i, sel in enumerate(stage.viewports):
+        if sel.empty:
+            out.append(Placement(i, sel, None))
+            continue
         series = catalog.of(sel.study)
         if sel.study and sel.study not in catalog.series:
             why = (missing_priors or {}).get(sel.study, "not found")

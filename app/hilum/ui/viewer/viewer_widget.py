@@ -1153,7 +1153,7 @@ class StudyViewer(QWidget):
                     facts = self._series_facts(entry, study_index)
                     self._catalog.paths.setdefault(uid, entry.paths[len(entry.paths) // 2])
             if facts is None:
-                viewports.append({})
+                viewports.append({"empty": True})
                 continue
             facts = self._catalog.full(facts)
             most_prior = max(most_prior, facts.study)
