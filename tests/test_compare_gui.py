@@ -250,11 +250,21 @@ def test_key_c_compares_with_the_most_relevant_prior_and_strip_shows_prior_serie
     _wait_priors(qtbot, viewer, 3)
     canvas = viewer.viewport_widget(0).canvas
     assert viewer.actions_by_name["compare_prior"].shortcuts()[0].toString() == "C"
+    # the reader windows and zooms the current study first: the prior comes the same
+    _right_drag(canvas, (100, 100), (160, 80))
+    _wheel(canvas, -3, Qt.KeyboardModifier.ControlModifier)
+    current = viewer.model.viewports[0]
+    window_before, zoom_before = current.current_window(), current.view.zoom
     canvas.setFocus()
     with qtbot.waitSignal(viewer.compared, timeout=TIMEOUT):
         QTest.keyClick(canvas, Qt.Key.Key_C)
     assert viewer.model.layout.name == "1x2"
-    qtbot.waitUntil(lambda: viewer.model.visible[1].series_uid == cs.prior1.series_uid, timeout=TIMEOUT)
+    prior = viewer.model.visible[1]
+    qtbot.waitUntil(lambda: prior.series_uid == cs.prior1.series_uid and _complete(prior), timeout=TIMEOUT)
+    assert current.current_window() == window_before and current.view.zoom == zoom_before
+    w = prior.current_window()
+    assert (w.center, w.width) == (window_before.center, window_before.width)
+    assert abs(prior.view.zoom - zoom_before) < 1e-9
     # the viewer menu has the comparison entries
     titles = {title for title, _ in viewer.menu_sections("viewer")}
     assert "&Priors" in titles
@@ -416,3 +426,30 @@ def test_shift_c_compares_two_series_each_with_its_match_2x2(
     assert viewer.session.entry(vps[2].series_uid) is not None  # the current's 5 mm series
     assert viewer.sessions[cs.prior1.study_uid].entry(vps[3].series_uid).description == "Thorax 5 mm"
     assert vps[2].stack_size == vps[3].stack_size == 24
+
+
+def test_a_prior_open_in_its_own_tab_survives_closing_the_comparison(
+    qtbot: Any, window: Any, comparison: ComparisonSet
+) -> None:
+    """The volume cache is shared between tabs: closing the tab that compared with prior 1 must
+    not stop or drop prior 1 in the tab where it is the study opened."""
+    cs = comparison
+    viewer = _open_current(qtbot, window, cs)
+    _wait_priors(qtbot, viewer, 3)
+    with qtbot.waitSignal(viewer.compared, timeout=TIMEOUT):
+        _click_prior(qtbot, viewer, cs.prior1.study_uid)
+    window.show_browser()
+    _double_click_study(window, cs.prior1.study_uid)
+    other = window._test_viewer.viewer_for(cs.prior1.study_uid)
+    assert isinstance(other, StudyViewer) and other is not viewer
+    qtbot.waitUntil(lambda: _complete(other.model.viewports[0]), timeout=TIMEOUT)
+    assert window.close_workspace_tab(window.tabs.indexOf(viewer))
+    qtbot.wait(50)
+    vp = other.model.viewports[0]
+    assert _complete(vp) and vp.series_uid == cs.prior1.series_uid
+    other.show_series(cs.prior1.series_uid, 0)  # shown again: from the cache, not reloaded
+    assert other.series_volume(cs.prior1.series_uid) is vp.volume and not other.is_loading(cs.prior1.series_uid)
+    # the other tab's own priors: the current study is a later one, listed after the earlier CT
+    qtbot.waitUntil(lambda: len(other.priors) == 3, timeout=TIMEOUT)
+    order = [p.study_uid for p in other.priors]
+    assert order.index(cs.prior2.study_uid) < order.index(cs.current.study_uid)

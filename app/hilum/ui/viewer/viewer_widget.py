@@ -155,6 +155,7 @@ class StudyViewer(QWidget):
         self.tool_name = "window"
         self._assigned: dict[int, str] = {}  # viewport index -> series uid
         self._loads: dict[str, LoadHandle] = {}
+        self._finished: set[str] = set()  # series whose load's end this viewer has handled (_on_done)
         self._widgets: list[ViewportWidget] = []
         self._maximized: int | None = None
         self._thumbnail_later: set[str] = set()
@@ -767,20 +768,34 @@ class StudyViewer(QWidget):
             in_use = set(self._assigned.values())
             bridge, uid = self._bridge, series_uid
 
+            def emit(signal: Any, *args: Any) -> None:
+                try:
+                    signal.emit(*args)
+                except RuntimeError:  # the viewer was closed (its bridge deleted) while the load ran
+                    pass
+
             def on_preview(v: SeriesVolume) -> None:
-                bridge.preview.emit(uid, v)
+                emit(bridge.preview, uid, v)
 
             def on_ready(v: SeriesVolume) -> None:
-                bridge.ready.emit(uid, v)
+                emit(bridge.ready, uid, v)
 
             def on_progress(v: SeriesVolume, n: int, t: int) -> None:
-                bridge.progress.emit(uid, v, n, t)
+                emit(bridge.progress, uid, v, n, t)
 
             def on_done(h: LoadHandle) -> None:
-                bridge.done.emit(uid, h)
+                emit(bridge.done, uid, h)
 
-            handle = self.session_of(uid).load(uid, in_use=in_use, on_preview=on_preview, on_ready=on_ready,
-                                       on_progress=on_progress, on_done=on_done)  # fmt: skip
+            session = self.session_of(uid)
+            cached = session.cache.get(uid)
+            handle = session.load(uid, in_use=in_use, on_preview=on_preview, on_ready=on_ready,
+                                  on_progress=on_progress, on_done=on_done)  # fmt: skip
+            if handle is cached and not handle.done.is_set():
+                self._follow_foreign(uid, handle)  # another tab's load: its callbacks are that tab's
+            if handle is cached and handle.done.is_set():
+                self._finished.add(uid)  # loaded already (another tab, or earlier here): no end to wait for
+            else:
+                self._finished.discard(uid)
             self._loads[series_uid] = handle
             if handle.volume is not None:  # from the session's cache
                 vp.set_volume(handle.volume)
@@ -796,15 +811,48 @@ class StudyViewer(QWidget):
             self.strip.setCurrentItem(item)
         self.seriesShown.emit(index, series_uid)
 
+    def _follow_foreign(self, uid: str, handle: LoadHandle) -> None:
+        """Follow a load another tab started (the shared cache gave it to us, still running): its
+        stages reach this viewer by polling, as they would by its own callbacks."""
+        timer = QTimer(self)
+        timer.setInterval(40)
+        seen: dict[str, Any] = {"preview": None, "volume": None, "loaded": -1}
+
+        def tick() -> None:
+            if self._closed or self._loads.get(uid) is not handle:
+                timer.stop()
+                timer.deleteLater()
+                return
+            if handle.volume is None and handle.preview is not None and seen["preview"] is None:
+                seen["preview"] = handle.preview
+                self._on_preview(uid, handle.preview)
+            volume = handle.volume
+            if volume is not None and seen["volume"] is not volume:
+                seen["volume"] = volume
+                self._on_ready(uid, volume)
+            if volume is not None and volume.loaded_count != seen["loaded"]:
+                seen["loaded"] = volume.loaded_count
+                self._on_progress(uid, volume, volume.loaded_count, len(volume))
+            if handle.done.is_set():
+                timer.stop()
+                timer.deleteLater()
+                self._on_done(uid, handle)
+
+        timer.timeout.connect(tick)
+        timer.start()
+
     def series_volume(self, series_uid: str) -> SeriesVolume | None:
         """The loaded (or loading) stack of a series shown in this viewer, None when none."""
         handle = self._loads.get(series_uid)
         return handle.volume if handle is not None else None
 
     def is_loading(self, series_uid: str) -> bool:
-        """True while the series' background load runs (:attr:`loadFinished` follows)."""
+        """True while the series' background load runs, and until this viewer has taken its end in
+        (the stack shown, :attr:`loadFinished` emitted): the load thread's end and the viewer's are
+        apart by the queued signals, more so while other work (the priors search) holds the GUI
+        thread a moment."""
         handle = self._loads.get(series_uid)
-        return handle is not None and not handle.done.is_set()
+        return handle is not None and (not handle.done.is_set() or series_uid not in self._finished)
 
     def _viewports_of(self, series_uid: str) -> list[ViewportState]:
         return [self.model.viewports[i] for i, uid in self._assigned.items() if uid == series_uid]
@@ -857,6 +905,8 @@ class StudyViewer(QWidget):
         self.progress.setValue(loaded)
 
     def _on_done(self, uid: str, handle: LoadHandle) -> None:
+        if self._loads.get(uid) is handle:
+            self._finished.add(uid)
         self._thumbnail_from(uid, handle.volume)
         for vp in self._viewports_of(uid):
             vp.status = ""
@@ -1238,12 +1288,12 @@ class StudyViewer(QWidget):
         """The main window's :class:`hilum.config.Config` (None outside a main window)."""
         return getattr(self.window(), "config", None)
 
-    def _peers(self) -> dict[str, Any]:
-        """The peers asked for priors: :attr:`peers`, else those of the main window's configuration
-        that may be queried (DIMSE ``[peers]``, then the DICOMweb sources)."""
+    def _peers(self, config: Any) -> dict[str, Any]:
+        """The peers asked for priors: :attr:`peers`, else those of *config* (the main window's)
+        that may be queried (DIMSE ``[peers]``, then the DICOMweb sources: a file read, so this
+        runs on the priors thread)."""
         if self.peers is not None:
             return dict(self.peers)
-        config = self._config()
         if config is None:
             return {}
         from hilum.priors.remote import configured_peers
@@ -1260,7 +1310,6 @@ class StudyViewer(QWidget):
         if self._priors_thread is not None or self._closed:
             return
         self.priors_panel.current_date = self.session.study_date
-        peers = self._peer_map = self._peers()
         config = self._config()
         self.priors_panel.set_priors([], searching=True)
         archive, uid, bridge = self.archive, self.study_uid, self._priors_bridge
@@ -1272,6 +1321,7 @@ class StudyViewer(QWidget):
                 pass
 
         def work() -> None:
+            peers = self._peer_map = self._peers(config)
             try:
                 from hilum.priors import find_local_priors
 
@@ -1468,16 +1518,27 @@ class StudyViewer(QWidget):
         self.model.set_links(scroll=scroll, window=window, zoom=zoom)
 
     def _resync_priors(self, uid: str) -> None:
-        """A prior's volume arrived next to the current study: it follows the current viewport
-        (not the other way round: the reader's slice stays where it is)."""
-        if not self.model.link_scroll or not self.is_prior_series(uid):
+        """A prior's stack arrived next to the current study: it follows the current viewport (not
+        the other way round: the reader's slice stays where it is) — its slice when scrolling is
+        linked, the reader's own window (same modality) and zoom when those are."""
+        if not self.is_prior_series(uid):
             return
         leaders = [vp for i, vp in enumerate(self.model.visible)
                    if vp.volume is not None and not self.is_prior_series(self._assigned.get(i, ""))]  # fmt: skip
-        if leaders:
-            self.model.sync_from(
-                leaders[0] if self.model.active_viewport not in leaders else self.model.active_viewport
-            )
+        if not leaders:
+            return
+        leader = self.model.active_viewport if self.model.active_viewport in leaders else leaders[0]
+        for vp in self._viewports_of(uid):
+            if vp.volume is None or vp not in self.model.visible:
+                continue
+            w = leader.current_window()
+            if self.model.link_window and leader.window is not None and w is not None:
+                if vp.modality == leader.modality:
+                    vp.set_window(w.center, w.width, leader.window_label)
+            if self.model.link_zoom and abs(vp.view.zoom - leader.view.zoom) > 1e-9:
+                vp.set_zoom(leader.view.zoom)
+        if self.model.link_scroll:
+            self.model.sync_from(leader)
 
     # ------------------------------------------------------------ registration (different Frames of Reference)
 
@@ -1594,12 +1655,17 @@ class StudyViewer(QWidget):
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802
         self._cine_timer.stop()
-        for h in self._loads.values():
-            h.cancel()
         self.strip.shutdown()
         self._closed = True
         if self._registration_jobs is not None:
             self._registration_jobs.shutdown(wait=False)
-        for session in self.sessions.values():
-            session.close()
+        # a series another tab shows too (this one's prior, that one's current study, through the
+        # shared cache) keeps loading and stays cached for it; the others stop and leave the cache
+        top = self.window()
+        others = [w for w in top.findChildren(StudyViewer) if w is not self] if top is not self else []
+        shared = {uid for w in others if not w._closed for uid in w._loads}
+        for uid, h in self._loads.items():
+            if uid not in shared:
+                h.cancel()
+                self.session_of(uid).cache.drop(uid)
         super().closeEvent(event)
