@@ -37,6 +37,7 @@ from PySide6.QtCore import QElapsedTimer, QObject, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
+    QBoxLayout,
     QFileDialog,
     QGridLayout,
     QHBoxLayout,
@@ -45,6 +46,7 @@ from PySide6.QtWidgets import (
     QMenu,
     QMessageBox,
     QProgressBar,
+    QSizePolicy,
     QSpinBox,
     QToolBar,
     QToolButton,
@@ -57,6 +59,22 @@ from hilum.dicom.stack_load import LoadHandle, SeriesVolume
 from hilum.errors import HilumError
 from hilum.ui.icons import ACTION_ICONS, action_icon, icon
 from hilum.ui.viewer.export import export_cine, mp4_available, view_frames
+from hilum.ui.viewer.hanging import (
+    Catalog,
+    LoadError,
+    Placement,
+    Protocol,
+    SeriesFacts,
+    StudyFacts,
+    choose,
+    exact,
+    load_protocols,
+    place,
+    protocol_toml,
+)
+from hilum.ui.viewer.hanging import (
+    save_protocol as write_protocol,
+)
 from hilum.ui.viewer.model import LAYOUTS, Layout, ViewerModel
 from hilum.ui.viewer.overlay import OverlayConfig
 from hilum.ui.viewer.presets import PresetStore, WindowPreset
@@ -272,6 +290,7 @@ class StudyViewer(QWidget):
         }
         for name, slot in simple.items():
             self._action(name, _menu_text(texts[name]), slot, keys[name])
+        self._build_hanging_actions()
         for name in ("layout_custom", "export_view", "export_cine"):  # these open a dialog
             self.actions_by_name[name].setText(self.actions_by_name[name].text() + "…")
         for i, layout in enumerate(LAYOUTS, start=1):
@@ -396,7 +415,8 @@ class StudyViewer(QWidget):
             ("&Window", ["window_header", *(f"preset_{d}" for d in range(1, 10)), "", "save_preset"]),
             ("&Image", ["invert", "flip_h", "flip_v", "rotate_cw", "rotate_ccw", "", "zoom_in", "zoom_out", "fit",
                         "", "reset"]),
-            ("&Layout", [*(f"layout_{i}" for i in range(1, len(LAYOUTS) + 1)), "layout_custom"]),
+            ("&Layout", [*(f"layout_{i}" for i in range(1, len(LAYOUTS) + 1)), "layout_custom", "",
+                         "next_stage", "prev_stage", "save_protocol"]),
             ("", ["link_scroll", "link_window", "link_zoom", "reference_lines", "overlay", "overlay_planes"]),
             ("&Priors", ["compare_prior", "compare_prior_2x2", "", "show_priors"]),
             ("", ["export_view"]),
@@ -691,20 +711,29 @@ class StudyViewer(QWidget):
     # ------------------------------------------------------------ series
 
     def open(self) -> None:
-        """Read the study's series, fill the strip and show the first series."""
+        """Read the study's series, fill the strip and hang the study: the best hanging protocol's
+        first stage (layout, the series of each viewport, windows, links) is applied here, before
+        control returns to the event loop, so the first image painted is already the protocol's
+        (:mod:`hilum.ui.viewer.hanging`). No protocol or nothing placed: the first series, 1x1."""
         self._t_open = time.perf_counter()
         entries = self.session.refresh()
-        # the first series' thumbnail comes from its load's sorted stack (its headers are read once)
-        self._thumbnail_later = {entries[0].series_uid} if entries else set()
+        placements = self._choose_protocol(entries) if entries else []
+        placed = [p.series.series_uid for p in placements if p.series is not None and p.series.study == 0]
+        # the placed series' thumbnails come from their loads' sorted stacks (their headers are read once)
+        self._thumbnail_later = set(placed or [e.series_uid for e in entries[:1]])
         self.strip.set_series(entries, later=self._thumbnail_later)
         if not entries:
             self.status.setText("This study has no images to show.")
             return
-        self.show_series(entries[0].series_uid, 0)
+        if not placed or not self._apply_placements(placements):
+            self.show_series(entries[0].series_uid, 0)
+        self.timings["hung"] = time.perf_counter() - self._t_open  # layout set, series assigned, loads started
         self._start_priors()
 
     def _fill_empty_viewports(self) -> None:
         """After a bigger layout: put the next series not yet shown into empty viewports."""
+        if getattr(self, "_hanging", False):
+            return  # a hanging protocol's stage places its own series (and leaves viewports empty)
         shown = set(self._assigned.values())
         pending = [e.series_uid for e in self.session.series if e.series_uid not in shown]
         active = self.model.active
@@ -902,6 +931,329 @@ class StudyViewer(QWidget):
                 h.focus(vp.index)
             if vp.probe_result is not None:
                 vp.probe_result = None
+
+    # ------------------------------------------------------------ hanging protocols (issue 15)
+
+    def _build_hanging_actions(self) -> None:
+        """Next / Previous stage (N, Shift+N) and Save layout as protocol… (Ctrl+Shift+H)."""
+        keys = {name: k for name, k, _ in SHORTCUTS}
+        texts = {name: t for name, _, t in SHORTCUTS}
+        self.hanging: Protocol | None = None
+        self.hanging_stage = 0
+        self.hanging_errors: list[LoadError] = []
+        self.hanging_notes: list[str] = []
+        self._catalog = Catalog()
+        self._catalog_priors: dict[int, str] = {}  # prior N in the catalog -> its Study Instance UID
+        self._hang_windows: dict[int, tuple[str, str]] = {}  # viewport -> (series uid, preset name)
+        self._hang_watched: set[int] = set()
+        self._hanging_priors_known = False
+        self.priorsFound.connect(self._on_priors_for_hanging)  # "prior N" viewports filled when found
+        self.hanging_label = QLabel("", self)
+        self.hanging_label.setObjectName("hangingStatus")
+        self.hanging_label.hide()
+        # a long line (skipped files) is clipped, never widens the window; the tooltip has it all
+        self.hanging_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        bottom = self._layout_holding(self.status)
+        if bottom is not None:
+            bottom.insertWidget(bottom.indexOf(self.status), self.hanging_label, 1)
+        entries = {
+            "next_stage": ("mdi6.page-next-outline", lambda: self.step_stage(1)),
+            "prev_stage": ("mdi6.page-previous-outline", lambda: self.step_stage(-1)),
+            "save_protocol": ("mdi6.content-save-cog-outline", self.save_protocol_dialog),
+        }
+        for name, (glyph, slot) in entries.items():
+            act = self._action(name, _menu_text(texts[name]), slot, keys[name])
+            act.setIcon(icon(glyph, act.text()))
+        self.actions_by_name["save_protocol"].setText("Save layout as protocol…")
+
+    def _layout_holding(self, widget: QWidget) -> QBoxLayout | None:
+        """The box layout of this viewer that holds *widget* directly."""
+        todo: list[Any] = [self.layout()]
+        while todo:
+            lay = todo.pop()
+            if lay is None:
+                continue
+            if isinstance(lay, QBoxLayout) and lay.indexOf(widget) >= 0:
+                return lay
+            todo += [lay.itemAt(i).layout() for i in range(lay.count())]
+        return None
+
+    def _series_facts(self, entry: Any, study: int) -> SeriesFacts:
+        row = entry.row or {}
+        return SeriesFacts(series_uid=entry.series_uid, study=study, modality=entry.modality.upper(),
+                           description=entry.description, number=entry.number,
+                           body_part=str(row.get("BodyPartExamined") or "").upper(), images=entry.frames)  # fmt: skip
+
+    def _local_prior_count(self) -> int:
+        """How many other studies of this patient the archive holds (one indexed query: the
+        "priors" match rules at open; the ranked list itself comes from the priors search)."""
+        row = self.session.study_row
+        pid = str(row.get("PatientID") or "")
+        if not pid:
+            return 0
+        try:
+            keys = {"PatientID": pid, "IssuerOfPatientID": str(row.get("IssuerOfPatientID") or "")}
+            rows = self.archive.query("STUDY", keys)
+        except Exception as exc:  # noqa: BLE001 - the count only weighs protocols: never fail the open on it
+            logger.warning("hanging protocols: cannot count the priors: %s", exc)
+            return 0
+        return sum(1 for r in rows if r.get("StudyInstanceUID") != self.study_uid)
+
+    def _choose_protocol(self, entries: list[Any]) -> list[Placement]:
+        """Load the protocols, choose the best for this study, place its first stage's series."""
+        t0 = time.perf_counter()
+        protocols, self.hanging_errors = load_protocols(self.data_dir)
+        facts = [self._series_facts(e, 0) for e in entries]
+        self._catalog = Catalog()
+        self._catalog_priors.clear()
+        self._catalog.add(0, facts, {e.series_uid: m[0] for e in entries if (m := e.middle) is not None})
+        study = StudyFacts.from_rows(self.session.study_row, facts, n_priors=self._local_prior_count(),
+                                     catalog=self._catalog)  # fmt: skip
+        self.hanging = choose(protocols, study)
+        self.hanging_stage = 0
+        placements = self._place_stage(0) if self.hanging is not None else []
+        self.timings["hanging"] = time.perf_counter() - t0
+        return placements
+
+    def _prior_into_catalog(self, n: int) -> str:
+        """Prior *n* (contract C: :attr:`priors`, ranked) added to the catalog; '' or why not."""
+        priors = self.priors
+        if not self._hanging_priors_known and not priors:
+            return "not found yet (the priors search runs)"
+        if len(priors) < n:
+            return "not found"
+        prior = priors[n - 1]
+        if n in self._catalog.series and self._catalog_priors.get(n) == prior.study_uid:
+            return ""
+        self._catalog.series.pop(n, None)
+        if not prior.local:
+            return f"is not local (on {prior.source}: retrieve it from the priors panel)"
+        try:
+            session = self.add_study(prior.study_uid)
+        except Exception as exc:  # noqa: BLE001 - a prior that cannot be opened leaves its viewport empty
+            return f"cannot be opened: {exc}"
+        entries = session.series or session.refresh()
+        facts = [self._series_facts(e, n) for e in entries]
+        self._catalog.add(n, facts, {e.series_uid: m[0] for e in entries if (m := e.middle) is not None})
+        self._catalog_priors[n] = prior.study_uid
+        return ""
+
+    def _place_stage(self, k: int) -> list[Placement]:
+        assert self.hanging is not None
+        stage = self.hanging.stages[k]
+        missing = {n: why for n in range(1, stage.priors_needed + 1) if (why := self._prior_into_catalog(n))}
+        return place(stage, self._catalog, missing_priors=missing)
+
+    def _apply_placements(self, placements: list[Placement]) -> bool:
+        """Set the stage's layout and links, show each placed series in its viewport (windows as
+        the protocol says, once each volume arrives), empty the others. False: nothing placed."""
+        if self.hanging is None or not any(p.series is not None for p in placements):
+            return False
+        stage = self.hanging.stages[self.hanging_stage]
+        self._hanging = True
+        try:
+            self._hang_windows.clear()
+            self.model.set_layout(stage.layout)
+            links = {"scroll": stage.link_scroll, "window": stage.link_window, "zoom": stage.link_zoom}
+            if any(v is not None for v in links.values()):
+                self.model.set_links(**links)
+                for what, on in links.items():
+                    act = self.actions_by_name.get(f"link_{what}")
+                    if on is not None and act is not None and act.isChecked() != on:
+                        act.blockSignals(True)
+                        act.setChecked(on)
+                        act.blockSignals(False)
+            notes = []
+            by_index = {p.viewport: p for p in placements}
+            for i in range(stage.layout.count):
+                p = by_index.get(i)
+                if p is not None and p.note:
+                    notes.append(f"viewport {i + 1}: {p.note}")
+                if p is None or p.series is None:
+                    self._clear_viewport(i)
+                    continue
+                if p.selector.window:
+                    self._hang_windows[i] = (p.series.series_uid, p.selector.window)
+                    self._watch_viewport(i)
+                self.show_series(p.series.series_uid, i)
+            self.model.set_active(0)
+        finally:
+            self._hanging = False
+        self.hanging_notes = notes
+        self._show_hanging_status()
+        return True
+
+    def _clear_viewport(self, index: int) -> None:
+        self.model._ensure(index + 1)
+        self._assigned.pop(index, None)
+        vp = self.model.viewports[index]
+        if vp.volume is not None:
+            vp.set_cine(False)
+            vp.set_volume(None)
+
+    def _watch_viewport(self, index: int) -> None:
+        """Apply the protocol's window preset to a viewport when its series' volume arrives (before
+        it is painted: the state emits ``volume`` inside :meth:`ViewportState.set_volume`)."""
+        if index in self._hang_watched:
+            return
+        self._hang_watched.add(index)
+        self.model.viewports[index].subscribe(partial(self._on_hung_viewport, index))
+
+    def _on_hung_viewport(self, index: int, vp: ViewportState, what: str) -> None:
+        want = self._hang_windows.get(index)
+        if what != "volume" or want is None or vp.volume is None or vp.series_uid != want[0]:
+            return
+        del self._hang_windows[index]
+        name = want[1].lower()
+        preset = next((p for p in self.presets.for_modality(vp.modality) if p.name.lower() == name), None)
+        if preset is None:
+            self.hanging_notes.append(f"viewport {index + 1}: no window preset {want[1]!r} for {vp.modality}")
+            self._show_hanging_status()
+            return
+        vp.set_window(preset.center, preset.width, preset.name)
+
+    def _show_hanging_status(self) -> None:
+        """The protocol, its stage, what it could not place, and skipped protocol files: in the
+        viewer's status line (its own label, which loads do not overwrite) and its tooltip."""
+        parts = []
+        if self.hanging is not None:
+            n = len(self.hanging.stages)
+            stage = self.hanging.stages[self.hanging_stage]
+            parts.append(f"Protocol {self.hanging.name} — stage {self.hanging_stage + 1}/{n}: {stage.name}")
+        parts += self.hanging_notes
+        if self.hanging_errors:
+            files = "; ".join(str(e) for e in self.hanging_errors)
+            parts.append(f"skipped {len(self.hanging_errors)} protocol file(s): {files}")
+        text = " · ".join(parts)
+        self.hanging_label.setText(text)
+        self.hanging_label.setToolTip("\n".join(parts))
+        self.hanging_label.setVisible(bool(text))
+
+    def step_stage(self, step: int) -> bool:
+        """Next (+1) or previous (-1) stage of the hanging protocol (keys N, Shift+N)."""
+        if self.hanging is None:
+            self.status.setText("No hanging protocol applies to this study.")
+            return False
+        k = self.hanging_stage + step
+        if not 0 <= k < len(self.hanging.stages):
+            self.status.setText("Last stage of the protocol." if step > 0 else "First stage of the protocol.")
+            return False
+        self.hanging_stage = k
+        placements = self._place_stage(k)
+        if not self._apply_placements(placements):
+            self.hanging_notes = [f"stage {k + 1} places no series of this study"]
+            self._show_hanging_status()
+        return True
+
+    def _on_priors_for_hanging(self, _priors: Any = None) -> None:
+        """The priors search finished: place the current stage's "prior N" viewports still empty."""
+        self._hanging_priors_known = True
+        if self.hanging is None:
+            return
+        stage = self.hanging.stages[self.hanging_stage]
+        if not stage.priors_needed:
+            return
+        placements = self._place_stage(self.hanging_stage)
+        notes = [n for n in self.hanging_notes if "prior" not in n]
+        self._hanging = True
+        try:
+            for p in placements:
+                if p.selector.study == 0 or p.viewport >= self.model.layout.count:
+                    continue
+                if p.note:
+                    notes.append(f"viewport {p.viewport + 1}: {p.note}")
+                if p.series is not None and self._assigned.get(p.viewport) != p.series.series_uid:
+                    if p.selector.window:
+                        self._hang_windows[p.viewport] = (p.series.series_uid, p.selector.window)
+                        self._watch_viewport(p.viewport)
+                    active = self.model.active
+                    self.show_series(p.series.series_uid, p.viewport)
+                    self.model.set_active(active)
+        finally:
+            self._hanging = False
+        self.hanging_notes = notes
+        self._show_hanging_status()
+
+    def protocol_from_view(self, name: str) -> str:
+        """The TOML of a protocol that hangs this study as it is shown now: the layout, each
+        viewport's series (by description, plane, current or prior N), its window preset and the
+        links; it matches this study's modality, body part and description."""
+        study = self.session.study_row
+        current = self._catalog.of(0)
+        mods = sorted({f.modality for f in current if f.modality}) or [
+            m for m in str(study.get("ModalitiesInStudy") or "").split("\\") if m
+        ]
+        rules: list[dict[str, Any]] = [{"modality": mods, "weight": 10, "required": True}]
+        parts = sorted({f.body_part for f in current if f.body_part})
+        if parts:
+            rules.append({"body_part": parts, "weight": 5, "required": True})
+        if study.get("StudyDescription"):
+            rules.append({"description": exact(str(study["StudyDescription"])), "weight": 5})
+        viewports: list[dict[str, Any]] = []
+        most_prior = 0
+        for i in range(self.model.layout.count):
+            uid = self._assigned.get(i)
+            facts = next((f for fs in self._catalog.series.values() for f in fs if f.series_uid == uid), None)
+            if facts is None and uid is not None:  # put there by hand (the strip, a drag, compare)
+                session = self.session_of(uid)
+                entry = session.entry(uid)
+                ranks = [k + 1 for k, p in enumerate(self.priors) if p.study_uid == session.study_uid]
+                study_index = 0 if session is self.session else (ranks[0] if ranks else None)
+                if entry is not None and study_index is not None and entry.paths:
+                    facts = self._series_facts(entry, study_index)
+                    self._catalog.paths.setdefault(uid, entry.paths[len(entry.paths) // 2])
+            if facts is None:
+                viewports.append({"empty": True})
+                continue
+            facts = self._catalog.full(facts)
+            most_prior = max(most_prior, facts.study)
+            sel: dict[str, Any] = {"study": "current" if facts.study == 0 else f"prior {facts.study}"}
+            if facts.description:
+                sel["description"] = exact(facts.description)
+            if facts.plane:
+                sel["plane"] = facts.plane
+            if facts.modality:
+                sel["modality"] = facts.modality
+            if "LOCALIZER" in facts.image_type:
+                sel["image_type"] = ["LOCALIZER"]
+            vp = self.model.viewports[i]
+            label = vp.window_label.lower()
+            preset = next((p for p in self.presets.for_modality(vp.modality) if p.name.lower() == label), None)
+            if preset is not None:
+                sel["window"] = preset.name
+            if facts.study == 0:
+                sel["fallback"] = i == 0
+            viewports.append(sel)
+        if most_prior:
+            rules.append({"min_priors": most_prior, "weight": 2, "required": True})
+        m = self.model
+        stage = {"name": "Saved layout", "layout": m.layout.name, "link_scroll": m.link_scroll,
+                 "link_window": m.link_window, "link_zoom": m.link_zoom, "viewport": viewports}  # fmt: skip
+        return protocol_toml(name, rules, [stage])
+
+    def save_protocol(self, name: str) -> Path:
+        """Write :meth:`protocol_from_view` as *name* to the user's protocol folder."""
+        if self.data_dir is None:
+            raise HilumError("no data folder: cannot save a hanging protocol")
+        path = write_protocol(self.data_dir, name, self.protocol_from_view(name))
+        logger.info("saved hanging protocol %r to %s", name, path)
+        return path
+
+    def save_protocol_dialog(self) -> None:
+        """Save layout as protocol…: asks for a name, writes the protocol, says where."""
+        row = self.session.study_row
+        suggested = " ".join(x for x in (str(row.get("ModalitiesInStudy") or "").replace("\\", "/"),
+                                         str(row.get("StudyDescription") or "")) if x).strip() or "My layout"  # fmt: skip
+        name, ok = QInputDialog.getText(self, "Save layout as protocol", "Name of the hanging protocol:",
+                                        text=suggested)  # fmt: skip
+        if not ok or not name.strip():
+            return
+        try:
+            path = self.save_protocol(name.strip())
+        except (HilumError, OSError) as exc:
+            QMessageBox.warning(self, "Save layout as protocol", str(exc))
+            return
+        self.status.setText(f"Saved hanging protocol {name.strip()!r} to {path}")
 
     # ------------------------------------------------------------ studies and priors
 
