@@ -31,13 +31,11 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QDockWidget,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QPushButton,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -46,6 +44,7 @@ from PySide6.QtWidgets import (
 from hilum.archive.orders import CANCELLED, DISCONTINUED
 from hilum.priors.prefetch import Prefetcher, PrefetchJob
 from hilum.ui.tasks import TaskRunner
+from hilum.ui.transfers import job_table
 from hilum.ui.worklist import PriorsMark, priors_key
 
 log = logging.getLogger(__name__)
@@ -102,13 +101,7 @@ class PrefetchPanel(QWidget):
         self.state_label = QLabel("Prefetch of priors: off (no DICOM node running)", self)
         self.state_label.setObjectName("prefetchState")
         self.state_label.setWordWrap(True)
-        self.table = QTableWidget(0, len(COLUMNS), self)
-        self.table.setObjectName("prefetchTable")
-        self.table.setHorizontalHeaderLabels(list(COLUMNS))
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
+        self.table = job_table(COLUMNS, "prefetchTable", self)
         header = self.table.horizontalHeader()
         for col in (0, 2, 4):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
