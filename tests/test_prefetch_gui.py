@@ -237,3 +237,32 @@ def test_without_a_node_the_worklist_hands_nothing_over(qtbot, make_main_window,
     assert window.prefetch.prefetcher is None and panel.table.rowCount() == 0
     assert "off" in panel.state_label.text()
     assert _priors_cell(window)[0] == ""
+
+
+def test_a_prior_added_to_an_open_viewer_is_held_with_its_tab(qtbot, make_main_window, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A viewer that shows a prior beside its study (``StudyViewer.sessions``, contract C) announces it through
+    ``window.prefetch.study_opened``: the prior is held while the tab is open, released when it closes."""
+    from PySide6.QtWidgets import QWidget
+
+    class Viewer(QWidget):  # the two attributes of StudyViewer the wiring reads
+        def __init__(self, study_uid: str) -> None:
+            super().__init__()
+            self.study_uid = study_uid
+            self.sessions: dict[str, object] = {study_uid: object()}
+
+    window = _workstation(qtbot, make_main_window, tmp_path / "ws", {})
+    pf = window.prefetch.prefetcher
+    try:
+        viewer = Viewer("1.2.3.1")
+        window.add_workspace_tab(viewer, "Study")
+        qtbot.waitUntil(lambda: pf.held() == {"1.2.3.1"}, timeout=TIMEOUT)
+        viewer.sessions["1.2.3.2"] = object()  # what StudyViewer.add_study does, then tells the window
+        window.prefetch.study_opened("1.2.3.2")
+        qtbot.waitUntil(lambda: pf.held() == {"1.2.3.1", "1.2.3.2"}, timeout=TIMEOUT)
+        window.prefetch.study_opened("1.2.3.9")  # opened elsewhere (no tab shows it): touched, not held
+        bar = window.tabs.tabBar()
+        close = bar.tabButton(window.tabs.indexOf(viewer), QTabBar.ButtonPosition.RightSide)
+        qtbot.mouseClick(close, Qt.MouseButton.LeftButton, pos=QPoint(close.width() // 2, close.height() // 2))
+        qtbot.waitUntil(lambda: pf.held() == set(), timeout=TIMEOUT)
+    finally:
+        _stop(window)
