@@ -78,17 +78,22 @@ def instances_of(archive: Archive, uid: str) -> int:
     return int(rows[0]["NumberOfStudyRelatedInstances"]) if rows else 0
 
 
-def test_orm_over_mllp_prefetches_the_priors_by_c_move(tmp_path: Path, pacs) -> None:  # type: ignore[no-untyped-def]
-    ports, uids, local_port = pacs
-    cfg = Config(
-        data_dir=tmp_path / "node",
+def moving_node(data: Path, local_port: int, pacs_port: int, **rules: float) -> Config:
+    """A node (AE LOCAL on ``local_port``) that prefetches its two most relevant priors from the PACS by C-MOVE."""
+    return Config(
+        data_dir=data,
         aet=LOCAL_AET,
         dicom_port=local_port,
         hl7_port=free_port(),
         web_port=free_port(),
-        peers={"pacs": Peer("REMOTE", "127.0.0.1", ports["dicom"], retrieve="move")},
-        prefetch=PrefetchRules(enabled=True, max_priors=2, max_age_years=5, timeout=15),
+        peers={"pacs": Peer("REMOTE", "127.0.0.1", pacs_port, retrieve="move")},
+        prefetch=PrefetchRules(enabled=True, max_priors=2, timeout=15, **rules),
     )
+
+
+def test_orm_over_mllp_prefetches_the_priors_by_c_move(tmp_path: Path, pacs) -> None:  # type: ignore[no-untyped-def]
+    ports, uids, local_port = pacs
+    cfg = moving_node(tmp_path / "node", local_port, ports["dicom"], max_age_years=5)
     node = Node(cfg)
     assert node.prefetcher is not None
     recorder = Recorder()
@@ -369,15 +374,7 @@ def test_comparison_patient_found_locally_remotely_and_prefetched_on_orm(tmp_pat
 
     peers = {"local": {"aet": LOCAL_AET, "host": "127.0.0.1", "port": local_port}}
     with serve_peer(tmp_path / "pacs", "REMOTE", peers=peers, fill=fill) as ports:
-        cfg = Config(
-            data_dir=tmp_path / "node",
-            aet=LOCAL_AET,
-            dicom_port=local_port,
-            hl7_port=free_port(),
-            web_port=free_port(),
-            peers={"pacs": Peer("REMOTE", "127.0.0.1", ports["dicom"], retrieve="move")},
-            prefetch=PrefetchRules(enabled=True, max_priors=2, timeout=15),
-        )
+        cfg = moving_node(tmp_path / "node", local_port, ports["dicom"])
         with Node(cfg) as node:
             archive = node.archive
             assert node.prefetcher is not None

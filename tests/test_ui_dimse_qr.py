@@ -572,8 +572,11 @@ def test_cancel_a_transfer_to_a_peer_that_does_not_answer(qtbot: Any, make_main_
         assert t.state is TransferState.CANCELLED and panel.status_text(r) == "Cancelled"
         assert panel.retry_button.isEnabled() and not panel.cancel_button.isEnabled()
         assert t.cancel_event.is_set()
-        # View → Transfers (Ctrl+Shift+T) hides the panel and shows it again.
+        # View → Transfers (Ctrl+Shift+T) hides the panel and shows it again (a shortcut needs its window
+        # active: under Xvfb without a window manager a shown window is not always made so by itself).
         assert window.transfers.dock.isVisible() and window.transfers.show_action.isChecked()
+        window.activateWindow()
+        qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=TIMEOUT)
         QTest.keyClick(window, Qt.Key.Key_T, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
         assert not window.transfers.dock.isVisible()
         QTest.keyClick(window, Qt.Key.Key_T, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)

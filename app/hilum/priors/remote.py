@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -126,57 +126,56 @@ def _prior(study: Mapping[str, Any], series: Sequence[Mapping[str, Any]], source
     )
 
 
-def _dimse(name: str, target: Target, keys: Sequence[tuple[str, str]], deadline: float) -> list[Prior]:
+def _studies(
+    name: str,
+    keys: Sequence[tuple[str, str]],
+    deadline: float,
+    studies_of: Callable[[str], list[dict[str, Any]]],
+    series_of: Callable[[str], list[dict[str, Any]]],
+) -> list[Prior]:
+    """The priors of the patient ``keys`` on one peer: its studies of each Patient ID (those of another
+    issuer left out), each with its series (for the body parts) while the deadline allows."""
     out: list[Prior] = []
-    with find_session(target) as session:  # the study and series queries share one association
-        for pid, issuer in keys:
-            ident = {k: "" for k in _STUDY_KEYS}
-            ident["PatientID"] = pid
-            for st in [dataset_to_dict(d) for d in session.iter_find("STUDY", ident, cancel_after=MAX_STUDIES)]:
-                if st.get("PatientID") != pid or not _same_issuer(issuer, str(st.get("IssuerOfPatientID") or "")):
-                    continue
-                uid = str(st.get("StudyInstanceUID") or "")
-                if not uid:
-                    continue
-                series: list[dict[str, Any]] = []
-                if time.monotonic() < deadline:
-                    skeys = {k: "" for k in _SERIES_KEYS}
-                    skeys["StudyInstanceUID"] = uid
-                    series = [dataset_to_dict(d) for d in session.iter_find("SERIES", skeys)]
-                out.append(_prior(st, series, name, issuer))
+    for pid, issuer in keys:
+        for st in studies_of(pid):
+            if st.get("PatientID") != pid or not _same_issuer(issuer, str(st.get("IssuerOfPatientID") or "")):
+                continue
+            uid = str(st.get("StudyInstanceUID") or "")
+            if not uid:
+                continue
+            series = series_of(uid) if time.monotonic() < deadline else []
+            out.append(_prior(st, series, name, issuer))
     return out
+
+
+def _dimse(name: str, target: Target, keys: Sequence[tuple[str, str]], deadline: float) -> list[Prior]:
+    def studies_of(pid: str) -> list[dict[str, Any]]:
+        ident = {**{k: "" for k in _STUDY_KEYS}, "PatientID": pid}
+        return [dataset_to_dict(d) for d in session.iter_find("STUDY", ident, cancel_after=MAX_STUDIES)]
+
+    def series_of(uid: str) -> list[dict[str, Any]]:
+        ident = {**{k: "" for k in _SERIES_KEYS}, "StudyInstanceUID": uid}
+        return [dataset_to_dict(d) for d in session.iter_find("SERIES", ident)]
+
+    with find_session(target) as session:  # the study and series queries share one association
+        return _studies(name, keys, deadline, studies_of, series_of)
 
 
 def _web(
     name: str, source: DicomWebSource, keys: Sequence[tuple[str, str]], deadline: float, timeout: float
 ) -> list[Prior]:
     client = DicomWebClient(replace(source, timeout=timeout))
-    out: list[Prior] = []
+    fields = ["IssuerOfPatientID", "ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"]
     try:
-        for pid, issuer in keys:
-            studies = client.search_studies(
-                {"PatientID": pid},
-                limit=MAX_STUDIES,
-                includefield=[
-                    "IssuerOfPatientID",
-                    "ModalitiesInStudy",
-                    "NumberOfStudyRelatedSeries",
-                    "NumberOfStudyRelatedInstances",
-                ],
-            )
-            for st in studies:
-                if st.get("PatientID") != pid or not _same_issuer(issuer, str(st.get("IssuerOfPatientID") or "")):
-                    continue
-                uid = str(st.get("StudyInstanceUID") or "")
-                if not uid:
-                    continue
-                series: list[dict[str, Any]] = []
-                if time.monotonic() < deadline:
-                    series = client.search_series(uid, includefield=["BodyPartExamined"])
-                out.append(_prior(st, series, name, issuer))
+        return _studies(
+            name,
+            keys,
+            deadline,
+            lambda pid: client.search_studies({"PatientID": pid}, limit=MAX_STUDIES, includefield=fields),
+            lambda uid: client.search_series(uid, includefield=["BodyPartExamined"]),
+        )
     finally:
         client.close_all()
-    return out
 
 
 def search_peers(

@@ -13,7 +13,9 @@
   shows each patient's "queued / fetching / ready (n) / failed";
 * a study open in a workspace tab is held (:meth:`Prefetcher.hold`: the LRU
   cache never removes it, and its access time is now) and released when the
-  tab closes; opening a study touches it.
+  tab closes; opening a study touches it, and a prior added to an open viewer
+  (``StudyViewer.sessions``, announced through :meth:`PrefetchController.study_opened`)
+  is held with that viewer's tab.
 
 Job changes come from :meth:`Prefetcher.subscribe` on the prefetch worker
 thread and reach the widgets through a queued signal; hold, release, touch
@@ -31,13 +33,11 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QDockWidget,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QPushButton,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -46,6 +46,7 @@ from PySide6.QtWidgets import (
 from hilum.archive.orders import CANCELLED, DISCONTINUED
 from hilum.priors.prefetch import Prefetcher, PrefetchJob
 from hilum.ui.tasks import TaskRunner
+from hilum.ui.transfers import job_table
 from hilum.ui.worklist import PriorsMark, priors_key
 
 log = logging.getLogger(__name__)
@@ -102,13 +103,7 @@ class PrefetchPanel(QWidget):
         self.state_label = QLabel("Prefetch of priors: off (no DICOM node running)", self)
         self.state_label.setObjectName("prefetchState")
         self.state_label.setWordWrap(True)
-        self.table = QTableWidget(0, len(COLUMNS), self)
-        self.table.setObjectName("prefetchTable")
-        self.table.setHorizontalHeaderLabels(list(COLUMNS))
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
+        self.table = job_table(COLUMNS, "prefetchTable", self)
         header = self.table.horizontalHeader()
         for col in (0, 2, 4):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
@@ -208,8 +203,8 @@ class PrefetchController(QObject):
         self._unsubscribe: Callable[[], None] | None = None
         self._closed = False
         self._asked: dict[str, float] = {}  # order UID -> when handed over
-        self._open: dict[int, tuple[QWidget, str]] = {}  # id(tab) -> (tab, study UID) held while open
-        self._held: set[int] = set()  # the tabs whose study the current prefetcher holds
+        # id(tab) -> (tab, the studies it shows): held by the prefetcher (when there is one) while open
+        self._open: dict[int, tuple[QWidget, set[str]]] = {}
         self.runner = TaskRunner(max_workers=1, name="hilum-prefetch-ui", parent=self)
         self.panel = PrefetchPanel()
         self.dock = QDockWidget("Prefetch", window)
@@ -253,9 +248,9 @@ class PrefetchController(QObject):
         self._unsubscribe = prefetcher.subscribe(self._from_worker)
         for job in prefetcher.jobs():
             self._on_job(job)
-        for key, (_tab, uid) in list(self._open.items()):
-            self._held.add(key)
-            self._run(prefetcher.hold, uid)
+        for _tab, uids in self._open.values():
+            for uid in uids:
+                self._run(prefetcher.hold, uid)
         self._worklist_shown()
 
     def _detach(self) -> None:
@@ -264,9 +259,9 @@ class PrefetchController(QObject):
             self._unsubscribe = None
         pf, self.prefetcher = self.prefetcher, None
         if pf is not None:
-            for key in self._held & set(self._open):
-                self._run(pf.release, self._open[key][1])
-        self._held.clear()
+            for _tab, uids in self._open.values():
+                for uid in uids:
+                    self._run(pf.release, uid)
 
     def _from_worker(self, job: PrefetchJob) -> None:
         if not self._closed:
@@ -332,8 +327,16 @@ class PrefetchController(QObject):
     # ------------------------------------------------------------ open studies
 
     def study_opened(self, study_uid: str) -> None:
-        """A study is being opened (its tab may exist already): its access time is now."""
-        if self.prefetcher is not None and study_uid:
+        """A study is being opened, in its own tab or beside another in a viewer (a prior added to it,
+        ``StudyViewer.sessions``): its access time is now; one shown in an open tab is held with it."""
+        if not study_uid:
+            return
+        for widget, uids in self._open.values():
+            if study_uid not in uids and study_uid in (getattr(widget, "sessions", None) or {}):
+                uids.add(study_uid)
+                if self.prefetcher is not None:
+                    self._run(self.prefetcher.hold, study_uid)
+        if self.prefetcher is not None:
             self._run(self.prefetcher.touch, study_uid)
 
     def tab_added(self, widget: QWidget) -> None:
@@ -341,18 +344,16 @@ class PrefetchController(QObject):
         uid = getattr(widget, "study_uid", None)
         if not isinstance(uid, str) or not uid or id(widget) in self._open:
             return
-        self._open[id(widget)] = (widget, uid)
+        self._open[id(widget)] = (widget, {uid})
         if self.prefetcher is not None:
-            self._held.add(id(widget))
             self._run(self.prefetcher.hold, uid)
 
     def tab_closed(self, widget: QWidget) -> None:
-        """The tab closed: its study is released (kept in the cache, least recently used from now)."""
+        """The tab closed: its studies are released (kept in the cache, least recently used from now)."""
         entry = self._open.pop(id(widget), None)
-        held = id(widget) in self._held
-        self._held.discard(id(widget))
-        if entry is not None and held and self.prefetcher is not None:
-            self._run(self.prefetcher.release, entry[1])
+        if entry is not None and self.prefetcher is not None:
+            for uid in entry[1]:
+                self._run(self.prefetcher.release, uid)
 
     def shutdown(self) -> None:
         """The window is closing: the open studies released, no more updates."""
@@ -362,15 +363,14 @@ class PrefetchController(QObject):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        self.runner.shutdown(wait=True)  # a hold in flight ends first; the release is then done here
+        self.runner.shutdown(wait=True)  # a hold in flight ends first; the releases are then done here
         pf = self.prefetcher
-        for key in self._held & set(self._open):
-            try:
-                if pf is not None:
-                    pf.release(self._open[key][1])
-            except Exception as exc:  # noqa: BLE001 - closing: log and go on
-                log.warning("prefetch: release failed: %s", exc)
-        self._held.clear()
+        if pf is not None:
+            for uid in [uid for _widget, uids in self._open.values() for uid in uids]:
+                try:
+                    pf.release(uid)
+                except Exception as exc:  # noqa: BLE001 - closing: log and go on
+                    log.warning("prefetch: release failed: %s", exc)
         self._open.clear()
 
 

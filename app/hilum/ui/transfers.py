@@ -225,6 +225,18 @@ class TransferQueue(QObject):
 COLUMNS = ("", "Peer", "What", "Progress", "Status")
 
 
+def job_table(columns: tuple[str, ...], name: str, parent: QWidget) -> QTableWidget:
+    """A read-only table of background jobs, one selectable row each (transfers, prefetch of priors)."""
+    table = QTableWidget(0, len(columns), parent)
+    table.setObjectName(name)
+    table.setHorizontalHeaderLabels(list(columns))
+    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.verticalHeader().setVisible(False)
+    return table
+
+
 class TransfersPanel(QWidget):
     """The transfers table (direction, peer, what, instances done/total, status or error) and its buttons."""
 
@@ -232,13 +244,7 @@ class TransfersPanel(QWidget):
         super().__init__(parent)
         self.setObjectName("transfersPanel")
         self.queue = queue
-        self.table = QTableWidget(0, len(COLUMNS), self)
-        self.table.setObjectName("transfersTable")
-        self.table.setHorizontalHeaderLabels(list(COLUMNS))
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
+        self.table = job_table(COLUMNS, "transfersTable", self)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)

@@ -7,7 +7,9 @@ DICOM matching the MWL SCP uses), rows → display values.
 modality, status, patient/accession search), a table whose status column is
 coloured, and an *Open study* action enabled when images have arrived (it
 emits :attr:`WorklistBrowser.openRequested` with the study's UID; the main
-window connects it to its open-study path).
+window connects it to its open-study path).  The *Priors* column shows the
+prefetch of each patient's priors (:meth:`WorklistTableModel.set_priors`, fed
+by :mod:`hilum.ui.prefetch_panel`: queued, fetching, ready (n), failed).
 
 Queries run on a worker thread; results come back by a queued signal, stale
 ones dropped (DESIGN.md "The GUI never waits").  The list refreshes when
