@@ -19,7 +19,19 @@ import numpy.typing as npt
 
 from hilum.dicom.geometry import Spacing
 
-__all__ = ["ROIStats", "angle_degrees", "ellipse_mask", "length_mm", "rect_mask", "roi_area", "roi_stats"]
+__all__ = [
+    "ROIStats",
+    "angle_degrees",
+    "cobb_degrees",
+    "ellipse_mask",
+    "length_mm",
+    "polygon_area",
+    "polygon_mask",
+    "polygon_stats",
+    "rect_mask",
+    "roi_area",
+    "roi_stats",
+]
 
 Point = Sequence[float]
 
@@ -42,6 +54,22 @@ def angle_degrees(a: Point, vertex: Point, b: Point, spacing: Spacing) -> float:
         return 0.0
     c = float(np.clip(u @ v / (nu * nv), -1.0, 1.0))
     return math.degrees(math.acos(c))
+
+
+def cobb_degrees(a0: Point, a1: Point, b0: Point, b1: Point, spacing: Spacing) -> float:
+    """The Cobb angle: the angle between the line *a0*-*a1* and the line *b0*-*b1*, in degrees.
+
+    Lines have no direction, so this is the smaller of the two angles they
+    make (0..90), in physical space (non-square pixels). The lines need not
+    cross on the image (the endplates of two vertebrae).
+    """
+    u = _physical(a1, spacing) - _physical(a0, spacing)
+    v = _physical(b1, spacing) - _physical(b0, spacing)
+    nu, nv = float(np.linalg.norm(u)), float(np.linalg.norm(v))
+    if nu == 0 or nv == 0:
+        return 0.0
+    c = abs(float(u @ v)) / (nu * nv)
+    return math.degrees(math.acos(min(c, 1.0)))
 
 
 def _box(p0: Point, p1: Point) -> tuple[float, float, float, float]:
@@ -91,6 +119,49 @@ def roi_area(kind: str, p0: Point, p1: Point, spacing: Spacing) -> float:
     raise ValueError(f"ROI kind must be 'ellipse' or 'rect', not {kind!r}")
 
 
+def polygon_mask(shape: tuple[int, int], points: Sequence[Point]) -> npt.NDArray[np.bool_]:
+    """Pixels whose centres lie inside the closed polygon *points* (even-odd rule).
+
+    A centre exactly on a left or top edge counts as inside, on a right or
+    bottom edge as outside (the usual half-open rule), so two polygons sharing
+    an edge share no pixel.
+    """
+    rows, cols = shape
+    mask = np.zeros(shape, dtype=bool)
+    if len(points) < 3:
+        return mask
+    px = np.array([float(p[0]) for p in points])
+    py = np.array([float(p[1]) for p in points])
+    c0, c1 = max(math.ceil(px.min()), 0), min(math.floor(px.max()), cols - 1)
+    r0, r1 = max(math.ceil(py.min()), 0), min(math.floor(py.max()), rows - 1)
+    if c1 < c0 or r1 < r0:
+        return mask
+    xs = np.arange(c0, c1 + 1, dtype=np.float64)
+    ys = np.arange(r0, r1 + 1, dtype=np.float64)
+    inside = np.zeros((ys.size, xs.size), dtype=bool)
+    qx, qy = np.roll(px, -1), np.roll(py, -1)
+    for x0, y0, x1, y1 in zip(px, py, qx, qy, strict=True):
+        if y0 == y1:
+            continue
+        # rows whose centre line crosses this edge (half-open in y)
+        crosses = (ys >= min(y0, y1)) & (ys < max(y0, y1))
+        if not crosses.any():
+            continue
+        xc = x0 + (ys[crosses] - y0) * (x1 - x0) / (y1 - y0)  # crossing abscissa per row
+        inside[crosses] ^= xs[None, :] >= xc[:, None]
+    mask[r0 : r1 + 1, c0 : c1 + 1] = inside
+    return mask
+
+
+def polygon_area(points: Sequence[Point], spacing: Spacing) -> float:
+    """Area of the closed polygon *points* in mm² (px² uncalibrated), by the shoelace formula."""
+    if len(points) < 3:
+        return 0.0
+    x = np.array([float(p[0]) for p in points]) * spacing.column
+    y = np.array([float(p[1]) for p in points]) * spacing.row
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+
+
 @dataclass(frozen=True)
 class ROIStats:
     """Statistics of modality values inside an ROI.
@@ -132,6 +203,25 @@ def roi_stats(values: npt.ArrayLike, kind: str, p0: Point, p1: Point, spacing: S
     area = roi_area(kind, p0, p1, spacing)
     area_unit = "mm²" if spacing.calibrated else "px²"
     inside = arr[mask].astype(np.float64)
+    if inside.size == 0:
+        nan = float("nan")
+        return ROIStats(area, 0, nan, nan, nan, nan, unit, area_unit)
+    sd = float(inside.std(ddof=1)) if inside.size > 1 else 0.0
+    return ROIStats(area, int(inside.size), float(inside.mean()), sd, float(inside.min()), float(inside.max()),
+                    unit, area_unit)  # fmt: skip
+
+
+def polygon_stats(values: npt.ArrayLike, points: Sequence[Point], spacing: Spacing, unit: str = "") -> ROIStats:
+    """Statistics of *values* inside a freehand polygon (pixel centres inside, :func:`polygon_mask`).
+
+    ``area`` is the polygon's area (:func:`polygon_area`), not the pixel count.
+    """
+    arr = np.asarray(values)
+    if arr.ndim != 2:
+        raise ValueError(f"ROI statistics need one grayscale frame (2-D), got shape {arr.shape}")
+    area = polygon_area(points, spacing)
+    area_unit = "mm²" if spacing.calibrated else "px²"
+    inside = arr[polygon_mask(arr.shape, points)].astype(np.float64)
     if inside.size == 0:
         nan = float("nan")
         return ROIStats(area, 0, nan, nan, nan, nan, unit, area_unit)
