@@ -26,6 +26,7 @@ __all__ = ["SeriesStrip"]
 logger = logging.getLogger(__name__)
 UID_ROLE = Qt.ItemDataRole.UserRole + 1
 STUDY_ROLE = Qt.ItemDataRole.UserRole + 2
+VIRTUAL_ROLE = Qt.ItemDataRole.UserRole + 3  # a virtual series (key images), not stored as such
 
 
 def pixmap_of(img: np.ndarray) -> QPixmap:
@@ -113,6 +114,28 @@ class SeriesStrip(QListWidget):
         header.setToolTip(tooltip or title)
         self.addItem(header)
         self._add_items(entries, ())
+
+    def set_virtual(self, entry: SeriesEntry | None, text: str = "", tooltip: str = "") -> None:
+        """The one virtual series (the study's key images) after the current study's series, before
+        any prior's header; its thumbnail is its first image. None: no such entry."""
+        for i in range(self.count()):
+            if self.item(i).data(VIRTUAL_ROLE):
+                self.takeItem(i)
+                break
+        if entry is None:
+            return
+        row = 0
+        while row < self.count() and self.item(row).data(UID_ROLE):
+            row += 1
+        blank = QPixmap(self.iconSize())
+        blank.fill(Qt.GlobalColor.black)
+        item = QListWidgetItem(QIcon(blank), text or f"{entry.title}\n{entry.frames} im")
+        item.setData(UID_ROLE, entry.series_uid)
+        item.setData(VIRTUAL_ROLE, True)
+        item.setToolTip(tooltip or entry.description)
+        self.insertItem(row, item)
+        if entry.paths:
+            self._pool.submit(self._make, entry.series_uid, [str(entry.paths[0])])
 
     def header_for(self, study_uid: str) -> QListWidgetItem | None:
         """The header item of an added study's section."""

@@ -77,6 +77,7 @@ from hilum.ui.viewer.hanging import (
 )
 from hilum.ui.viewer.model import LAYOUTS, Layout, ViewerModel
 from hilum.ui.viewer.overlay import OverlayConfig
+from hilum.ui.viewer.persistence import PersistenceMixin
 from hilum.ui.viewer.presets import PresetStore, WindowPreset
 from hilum.ui.viewer.priors_panel import PriorsPanel, date_text
 from hilum.ui.viewer.series_strip import SeriesStrip
@@ -119,7 +120,7 @@ class _PriorsBridge(QObject):
     registered = Signal(object, object)  # (fixed series, moving series), Alignment or the exception
 
 
-class StudyViewer(QWidget):
+class StudyViewer(QWidget, PersistenceMixin):
     """A workspace tab showing one study."""
 
     seriesShown = Signal(int, str)
@@ -183,6 +184,7 @@ class StudyViewer(QWidget):
         thumbs_dir = self.data_dir / "cache" / "thumbnails" if self.data_dir else None
         self.strip = SeriesStrip(ThumbnailCache(thumbs_dir, pool=pool), self)  # headers parsed off this process
         self.strip.seriesActivated.connect(lambda uid: self.show_series(uid, self.model.active))
+        self._init_persistence()  # annotations, key images, GSPS/SR/KOS (hilum.ui.viewer.persistence)
         self._build_ui()
         self._build_actions()
         self.model.subscribe(self._on_model)
@@ -372,6 +374,7 @@ class StudyViewer(QWidget):
                                    toggled=self.priors_panel.setVisible)  # fmt: skip
         show_priors.setChecked(True)
         self.toolbar.addAction(self.actions_by_name["compare_prior"])
+        self._build_persistence_actions()  # Save (Ctrl+S), key image, presentation states
         self._decorate_actions()
         for name, glyph, text in (("compare_prior", "mdi6.compare", "Cmp"), ("compare_prior_2x2", "mdi6.view-grid",
                                   "C4"), ("show_priors", "mdi6.history", "Pri")):  # fmt: skip
@@ -494,6 +497,7 @@ class StudyViewer(QWidget):
         w.canvas.doubleClicked.connect(partial(self.toggle_maximize, index))
         w.canvas.contextMenuRequested.connect(partial(self._show_context_menu, index))
         state.subscribe(self._on_viewport)
+        self._watch_persistence(index, w)
         return w
 
     def _apply_layout(self) -> None:
@@ -729,6 +733,7 @@ class StudyViewer(QWidget):
             self.show_series(entries[0].series_uid, 0)
         self.timings["hung"] = time.perf_counter() - self._t_open  # layout set, series assigned, loads started
         self._start_priors()
+        self._load_presentation_objects()  # the study's GSPS / SR / KOS / SEG, off the GUI thread
 
     def _fill_empty_viewports(self) -> None:
         """After a bigger layout: put the next series not yet shown into empty viewports."""
@@ -1664,6 +1669,9 @@ class StudyViewer(QWidget):
     # ------------------------------------------------------------ closing
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802
+        if not self.confirm_close():  # unsaved annotations: Save / Discard / Cancel
+            event.ignore()
+            return
         self._cine_timer.stop()
         self.strip.shutdown()
         self._closed = True

@@ -1,0 +1,878 @@
+"""Annotations that last: the viewer's Save, the study's presentation objects on open, key images.
+
+Headless parts first (no Qt widgets), then :class:`PersistenceMixin`, the
+:class:`~hilum.ui.viewer.viewer_widget.StudyViewer` methods that wire them in.
+
+- **Display state** (:func:`display_state_of`, :func:`apply_display_state`): what
+  a viewport shows of one image (window, displayed area, rotation/flip,
+  invert) as the GSPS model's :class:`~hilum.dicom.presentation.DisplayState`,
+  and back. The viewer's flips act on the screen after its rotation; a GSPS
+  flips first and rotates after (PS3.3 C.10.6), so the two are converted
+  (:func:`gsps_orientation`, :func:`view_orientation`). The displayed area
+  is the image region the canvas shows (pixel centres, so the whole image is
+  ``(0, 0)``–``(columns-1, rows-1)``), fitted back into the canvas on apply.
+- **Save** (:func:`save_objects`): one GSPS (every annotation, and the display
+  state of every image of the series the viewports show), one measurement SR
+  (TID 1500) when there are measurements, one KOS when there are key images;
+  per study, each through the archive's one ingest call. A save always makes
+  new instances (new SOP Instance UIDs): nothing stored is overwritten.
+- **Load** (:func:`load_objects`): the study's GSPS, SR, KOS and SEG instances
+  (by SOP Class UID from the archive index), read through the domain readers.
+  The newest GSPS gives the annotations (SR measurements that it does not
+  already hold are added), the newest KOS the key images; every GSPS's display
+  states are offered (the newest applied by default).
+
+Both run off the GUI thread; the mixin hands their results back by signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+if TYPE_CHECKING:
+    from hilum.dicom.annotations import Annotation, KeyImage
+    from hilum.dicom.presentation import DisplayState
+    from hilum.ui.viewer.state import ViewportState
+
+__all__ = [
+    "GSPS_CLASSES",
+    "KEY_SERIES_UID",
+    "KOS_CLASS",
+    "MEASUREMENT_KINDS",
+    "SEG_CLASS",
+    "SR_CLASSES",
+    "LoadedObjects",
+    "PresentationChoice",
+    "SaveResult",
+    "apply_display_state",
+    "display_state_of",
+    "gsps_orientation",
+    "load_objects",
+    "save_objects",
+    "view_orientation",
+]
+
+logger = logging.getLogger(__name__)
+
+GSPS_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.11.1"})
+KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+})  # fmt: skip
+MEASUREMENT_KINDS = frozenset({"length", "angle", "cobb", "ellipse", "rect", "freehand", "point"})
+KEY_SERIES_UID = "hilum:key-images"
+"""The strip's virtual series of the study's key images (no such series is stored)."""
+SAVE_ORIGIN = "annotation"
+
+
+# ------------------------------------------------------------------ display state
+
+
+def gsps_orientation(rotation: float, flip_h: bool, flip_v: bool) -> tuple[int, bool]:
+    """The viewer's (rotation clockwise, then screen flips) as a GSPS's (flip first, rotation after).
+
+    With F the horizontal mirror and R(r) a clockwise rotation: F·R(r) = R(-r)·F, the
+    vertical mirror is R(180)·F, and both mirrors together are R(180).
+    """
+    r = int(round(rotation / 90.0)) * 90 % 360
+    if flip_h and flip_v:
+        return (r + 180) % 360, False
+    if flip_h:
+        return (-r) % 360, True
+    if flip_v:
+        return (180 - r) % 360, True
+    return r, False
+
+
+def view_orientation(rotation: int, flip: bool) -> tuple[float, bool]:
+    """A GSPS's rotation and horizontal flip as the viewer's (rotation, flip_h) (flip_v False)."""
+    r = int(round(rotation / 90.0)) * 90 % 360
+    return (float((-r) % 360), True) if flip else (float(r), False)
+
+
+def _area_corners(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    return np.array([[x0, y0, 1.0], [x1, y0, 1.0], [x0, y1, 1.0], [x1, y1, 1.0]]).T
+
+
+def display_state_of(vp: ViewportState) -> DisplayState | None:
+    """What *vp* shows of its current image, as a :class:`DisplayState` (None: no image)."""
+    from hilum.dicom.presentation import DisplayState
+
+    f = vp.frame_info
+    if f is None:
+        return None
+    w = vp.current_window()
+    rotation, flip = gsps_orientation(vp.view.rotation, vp.view.flip_h, vp.view.flip_v)
+    v = vp.view
+    if abs(v.zoom - 1.0) < 1e-9 and abs(v.pan_x) < 1e-9 and abs(v.pan_y) < 1e-9:
+        area = ((0.0, 0.0), (float(f.columns - 1), float(f.rows - 1)))  # fitted: the whole image
+    else:
+        cw, ch = vp.canvas_size
+        inv = np.linalg.inv(vp.matrix())
+        pts = inv @ _area_corners(0.0, 0.0, float(cw), float(ch))
+        xs, ys = pts[0], pts[1]
+        area = ((float(xs.min()) + 0.5, float(ys.min()) + 0.5), (float(xs.max()) - 0.5, float(ys.max()) - 0.5))
+    return DisplayState(
+        window_center=float(w.center) if w is not None else None,
+        window_width=float(w.width) if w is not None else None,
+        displayed_area=area,
+        rotation=rotation,
+        flip_horizontal=flip,
+        invert=bool(vp.invert),
+    )
+
+
+def apply_display_state(vp: ViewportState, state: DisplayState) -> None:
+    """Show *vp*'s image as *state* says: window, rotation/flip, invert, the displayed area fitted
+    into the canvas (centred, the whole area visible, as PS3.3's SCALE TO FIT)."""
+    from hilum.ui.viewer.state import MAX_ZOOM, MIN_ZOOM, ViewTransform
+
+    if state.window_center is not None and state.window_width is not None and state.window_width > 0:
+        vp.set_window(float(state.window_center), float(state.window_width))
+    if bool(state.invert) != bool(vp.invert):
+        vp.toggle_invert()
+    rotation, flip_h = view_orientation(int(state.rotation or 0), bool(state.flip_horizontal))
+    vp.view = ViewTransform(rotation=rotation, flip_h=flip_h)
+    f = vp.frame_info
+    if state.displayed_area is not None and f is not None:
+        (x0, y0), (x1, y1) = state.displayed_area
+        full = (abs(x0) < 1e-6 and abs(y0) < 1e-6 and abs(x1 - (f.columns - 1)) < 1e-6
+                and abs(y1 - (f.rows - 1)) < 1e-6)  # fmt: skip
+        if not full and x1 > x0 and y1 > y0:
+            cw, ch = vp.canvas_size
+            pts = vp.matrix() @ _area_corners(x0 - 0.5, y0 - 0.5, x1 + 0.5, y1 + 0.5)
+            bw, bh = float(np.ptp(pts[0])), float(np.ptp(pts[1]))
+            if bw > 0 and bh > 0:
+                z = float(np.clip(min(cw / bw, ch / bh), MIN_ZOOM, MAX_ZOOM))
+                bx, by = float(pts[0].mean()), float(pts[1].mean())
+                vp.view.zoom = z
+                vp.view.pan_x = -z * (bx - cw / 2.0)
+                vp.view.pan_y = -z * (by - ch / 2.0)
+    vp.emit("view")
+
+
+# ------------------------------------------------------------------ saving
+
+
+@dataclass
+class SaveResult:
+    """What one save stored: ``(kind, SOP Instance UID)`` per object, and what failed."""
+
+    stored: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    datasets: list[tuple[str, Dataset]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class HeaderCache:
+    """Referenced instances' headers (no pixel data), read once per viewer, thread-safe."""
+
+    def __init__(self, archive: Any) -> None:
+        self.archive = archive
+        self._headers: dict[str, Dataset] = {}
+        self._lock = threading.Lock()
+
+    def get(self, sop_uid: str, path: str | Path | None = None) -> Dataset | None:
+        with self._lock:
+            ds = self._headers.get(sop_uid)
+        if ds is not None:
+            return ds
+        try:
+            p = Path(path) if path else Path(self.archive.path(sop_uid))
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+        except Exception as exc:  # noqa: BLE001 - a missing instance is reported by the caller
+            logger.warning("no header for %s: %s", sop_uid, exc)
+            return None
+        with self._lock:
+            self._headers[sop_uid] = ds
+        return ds
+
+
+def _values_of(ann: Annotation, where: Mapping[tuple[str, int], tuple[Any, int]]) -> dict[str, Any] | None:
+    """An annotation's numbers from the loaded frame it is drawn on (None: frame not loaded)."""
+    from hilum.dicom.stack_measure import modality_unit
+
+    found = where.get((ann.sop_instance_uid, ann.frame))
+    if found is None:
+        return None
+    volume, k = found
+    values = volume.modality_values(k)
+    if values is None:
+        return None
+    f = volume.stack.frames[k]
+    unit = modality_unit(volume.modality, f.pipeline.modality.rescale_type if f.pipeline is not None else "")
+    try:
+        return dict(ann.values(values, f.spacing, unit))
+    except Exception as exc:  # noqa: BLE001 - a measurement without numbers is still saved as graphics
+        logger.warning("no values for %s %s: %s", ann.kind, ann.uid, exc)
+        return None
+
+
+def save_objects(
+    archive: Any,
+    annotations: Sequence[Annotation],
+    key_images: Sequence[KeyImage],
+    states: Mapping[str, DisplayState],
+    *,
+    headers: HeaderCache,
+    paths: Mapping[str, str] | None = None,
+    frames: Mapping[tuple[str, int], tuple[Any, int]] | None = None,
+    series: dict[tuple[str, str], str] | None = None,
+) -> SaveResult:
+    """Build and ingest the GSPS, measurement SR and KOS of *annotations*, *key_images* and the
+    display *states* (by SOP Instance UID), one set per study (from the referenced headers).
+
+    *paths*: SOP Instance UID → file (the loaded stacks know them; else the archive is asked);
+    *frames*: ``(SOP UID, frame) → (volume, index)`` of loaded frames, for the SR's values;
+    *series*: ``(study, kind) → Series Instance UID`` reused across saves (updated here).
+    Runs on a worker thread; never raises (errors are in the result).
+    """
+    from hilum.dicom.presentation import make_gsps
+    from hilum.dicom.sr import make_kos, make_measurement_sr
+
+    t0 = time.perf_counter()
+    out = SaveResult()
+    paths = paths or {}
+    frames = frames or {}
+    series = series if series is not None else {}
+    wanted = {a.sop_instance_uid for a in annotations} | {k.sop_instance_uid for k in key_images} | set(states)
+    header: dict[str, Dataset] = {}
+    for uid in wanted:
+        ds = headers.get(uid, paths.get(uid))
+        if ds is None:
+            out.errors.append(f"image {uid} is not in the archive")
+        else:
+            header[uid] = ds
+    by_study: dict[str, list[str]] = {}
+    for uid, ds in header.items():
+        by_study.setdefault(str(ds.get("StudyInstanceUID", "")), []).append(uid)
+    for study, uids in by_study.items():
+        inside = set(uids)
+        images = [header[u] for u in sorted(inside)]
+        anns = [a for a in annotations if a.sop_instance_uid in inside]
+        keys = [k for k in key_images if k.sop_instance_uid in inside]
+        st = {u: s for u, s in states.items() if u in inside}
+        built: list[tuple[str, Callable[[], Dataset]]] = []
+        if anns or st:
+            built.append(("gsps", partial(make_gsps, images, anns, st, series_uid=series.get((study, "gsps")))))
+        measured = [a for a in anns if a.kind in MEASUREMENT_KINDS]
+        if measured:
+            vals = {a.uid: v for a in measured if (v := _values_of(a, frames)) is not None}
+            built.append(("sr", partial(make_measurement_sr, images, measured, vals)))
+        if keys:
+            built.append(("kos", partial(make_kos, images, keys)))
+        for kind, make in built:
+            try:
+                ds = make()
+            except Exception as exc:  # noqa: BLE001 - one object failing must not lose the others
+                logger.exception("cannot build the %s", kind)
+                out.errors.append(f"cannot build the {kind.upper()}: {exc}")
+                continue
+            result = archive.ingest(ds, origin=SAVE_ORIGIN)
+            if not result.ok:
+                out.errors.append(f"{kind.upper()} not stored: {result.reason or result.status}")
+                continue
+            series[(study, kind)] = str(ds.SeriesInstanceUID)
+            out.stored.append((kind, str(ds.SOPInstanceUID)))
+            out.datasets.append((kind, ds))
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+# ------------------------------------------------------------------ loading
+
+
+@dataclass
+class PresentationChoice:
+    """One GSPS of the study, as the "Presentation states" menu offers it."""
+
+    sop_instance_uid: str
+    label: str
+    when: str  # Presentation Creation Date + Time (or Content / Instance Creation), for ordering
+    states: dict[tuple[str, int], DisplayState] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedObjects:
+    """What :func:`load_objects` found in a study."""
+
+    annotations: list[Annotation] = field(default_factory=list)
+    presentations: list[PresentationChoice] = field(default_factory=list)  # newest first
+    key_images: list[KeyImage] = field(default_factory=list)
+    segs: list[tuple[str, Path]] = field(default_factory=list)  # (SOP Instance UID, file)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _when(ds: Dataset) -> str:
+    for date, tm in (("PresentationCreationDate", "PresentationCreationTime"), ("ContentDate", "ContentTime"),
+                     ("InstanceCreationDate", "InstanceCreationTime"), ("SeriesDate", "SeriesTime")):  # fmt: skip
+        d = str(ds.get(date, "") or "")
+        if d:
+            return d + str(ds.get(tm, "") or "").ljust(13, "0")
+    return ""
+
+
+def _dedupe_key(a: Annotation) -> tuple[Any, ...]:
+    return (a.sop_instance_uid, a.frame, a.kind, tuple((round(x, 1), round(y, 1)) for x, y in a.points))
+
+
+def object_rows(archive: Any, study_uid: str) -> list[dict[str, Any]]:
+    """The study's GSPS, SR, KOS and SEG instances (index rows with ``path``)."""
+    wanted = GSPS_CLASSES | SR_CLASSES | {KOS_CLASS, SEG_CLASS}
+    return [r for r in archive.instances(study_uid=study_uid) if str(r.get("SOPClassUID", "")) in wanted]
+
+
+def load_objects(archive: Any, study_uid: str) -> LoadedObjects:
+    """Read the study's presentation objects (see the module docstring). Never raises."""
+    from hilum.dicom.presentation import read_gsps
+    from hilum.dicom.sr import read_kos, read_measurement_sr
+
+    t0 = time.perf_counter()
+    out = LoadedObjects()
+    try:
+        rows = object_rows(archive, study_uid)
+    except Exception as exc:  # noqa: BLE001
+        out.errors.append(f"cannot list the study's objects: {exc}")
+        return out
+    gsps: list[tuple[str, Dataset, list[Annotation]]] = []
+    srs: list[tuple[str, list[Annotation]]] = []
+    kos: list[tuple[str, list[KeyImage]]] = []
+    for row in rows:
+        cls, uid, path = str(row.get("SOPClassUID", "")), str(row.get("SOPInstanceUID", "")), Path(row["path"])
+        if cls == SEG_CLASS:
+            out.segs.append((uid, path))
+            continue
+        try:
+            ds = pydicom.dcmread(path)
+            if cls in GSPS_CLASSES:
+                anns, states = read_gsps(ds)
+                gsps.append((_when(ds), ds, list(anns)))
+                label = str(ds.get("ContentLabel", "") or "") or "GSPS"
+                desc = str(ds.get("ContentDescription", "") or ds.get("SeriesDescription", "") or "")
+                when = _when(ds)
+                shown = f"{when[:4]}-{when[4:6]}-{when[6:8]} {when[8:10]}:{when[10:12]}:{when[12:14]}" if when else ""
+                text = " ".join(t for t in (label, desc and f"({desc})", shown) if t)
+                out.presentations.append(PresentationChoice(uid, text, when, dict(states)))
+            elif cls == KOS_CLASS:
+                kos.append((_when(ds), list(read_kos(ds))))
+            else:
+                srs.append((_when(ds), list(read_measurement_sr(ds))))
+        except Exception as exc:  # noqa: BLE001 - one unreadable object must not hide the others
+            logger.warning("cannot read %s: %s", path, exc)
+            out.errors.append(f"cannot read {uid}: {exc}")
+    out.presentations.sort(key=lambda p: p.when, reverse=True)
+    seen: set[tuple[Any, ...]] = set()
+    if gsps:
+        gsps.sort(key=lambda g: g[0], reverse=True)
+        for a in gsps[0][2]:
+            seen.add(_dedupe_key(a))
+            out.annotations.append(a)
+    if srs:
+        srs.sort(key=lambda s: s[0], reverse=True)
+        for a in srs[0][1]:
+            if _dedupe_key(a) not in seen:
+                seen.add(_dedupe_key(a))
+                out.annotations.append(a)
+    if kos:
+        kos.sort(key=lambda k: k[0], reverse=True)
+        out.key_images = kos[0][1]
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def frames_of(volumes: Iterable[Any]) -> dict[tuple[str, int], tuple[Any, int]]:
+    """``(SOP UID, frame) → (volume, index)`` over loaded volumes (for the SR's values)."""
+    out: dict[tuple[str, int], tuple[Any, int]] = {}
+    for v in volumes:
+        if v is None or getattr(v, "preview", False):
+            continue
+        for k, f in enumerate(v.stack.frames):
+            out.setdefault((f.sop_instance_uid, f.frame), (v, k))
+    return out
+
+
+def is_finite_state(s: DisplayState) -> bool:
+    vals = [s.window_center, s.window_width]
+    return all(v is None or math.isfinite(v) for v in vals)
+
+
+# ------------------------------------------------------------------ the viewer's side (Qt)
+
+from PySide6.QtCore import QEvent, QObject, Qt, Signal  # noqa: E402
+from PySide6.QtWidgets import QLabel, QMenu, QMessageBox, QTabWidget, QWidget  # noqa: E402
+
+
+class PersistenceSignals(QObject):
+    """:attr:`PersistenceMixin.persistence`: the worker threads' results, on the GUI thread."""
+
+    saved = Signal(object)  # SaveResult
+    loaded = Signal(object)  # LoadedObjects
+    keyImagesChanged = Signal()  # noqa: N815
+    _save_done = Signal(object, object)  # result, what the save started from
+    _load_done = Signal(object)
+
+
+class _KeyMarker(QLabel):
+    """"★ KEY" at the top centre of a viewport whose image is a key image."""
+
+    def __init__(self, canvas: QWidget) -> None:
+        super().__init__("★ KEY", canvas)
+        self.setObjectName("keyImageMarker")
+        self.setStyleSheet("color: rgb(255, 210, 0); font-weight: bold; background: transparent;")
+        self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self.adjustSize()
+        self.hide()
+        canvas.installEventFilter(self)
+        self._place(canvas)
+
+    def _place(self, canvas: QWidget) -> None:
+        self.move(max(0, (canvas.width() - self.width()) // 2), 4)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802
+        if event.type() == QEvent.Type.Resize and isinstance(obj, QWidget):
+            self._place(obj)
+        return False
+
+
+class PersistenceMixin:
+    """The study viewer's Save, presentation objects on open, key images (see the module docstring).
+
+    Mixed into :class:`~hilum.ui.viewer.viewer_widget.StudyViewer` (which provides ``archive``,
+    ``study_uid``, ``model``, ``session``, ``strip``, ``status``, ``_loads``, ``_widgets``,
+    ``_assigned``, ``_action``, ``actions_by_name``, ``toolbar``, ``show_series``).
+    """
+
+    archive: Any
+    study_uid: str
+    model: Any
+    session: Any
+    strip: Any
+    status: Any
+    toolbar: Any
+    actions_by_name: dict[str, Any]
+    _loads: dict[str, Any]
+    _widgets: list[Any]
+    _assigned: dict[int, str]
+    _action: Callable[..., Any]
+    show_series: Callable[..., None]
+
+    # --- set-up ----------------------------------------------------------------------------------
+
+    def _init_persistence(self) -> None:
+        from hilum.dicom.annotations import AnnotationSet
+
+        if not hasattr(self, "annotations"):
+            self.annotations = AnnotationSet()
+        self.key_images: list[KeyImage] = []
+        self.presentations: list[PresentationChoice] = []
+        """The study's presentation states (GSPS), newest first (:meth:`choose_presentation`)."""
+        self.presentation_uid: str | None = None
+        """The GSPS whose display states are applied ("" none; None: the newest)."""
+        self.loaded_objects: LoadedObjects | None = None
+        self.last_save: SaveResult | None = None
+        self.persistence = PersistenceSignals(self)  # type: ignore[arg-type]
+        self.persistence._save_done.connect(self._on_saved)
+        self.persistence._load_done.connect(self._on_objects_loaded)
+        self._headers = HeaderCache(self.archive)
+        self._save_series: dict[tuple[str, str], str] = {}
+        self._saving = False
+        self._close_after_save = False
+        self._discard = False
+        self._keys_dirty = False
+        self._changes = 0
+        self._applied: dict[int, tuple[str, str]] = {}  # viewport index -> (series, GSPS) applied there
+        self._markers: dict[int, _KeyMarker] = {}
+        self._tab_title = ""
+        self.annotations.subscribe(self._on_annotations_changed)
+
+    def _build_persistence_actions(self) -> None:
+        from hilum.ui.icons import icon
+        from hilum.ui.viewer.shortcuts import SHORTCUTS
+
+        keys = {name: k for name, k, _ in SHORTCUTS}
+        texts = {name: t.split(" (")[0] for name, _, t in SHORTCUTS}
+        save = self._action("save_annotations", texts["save_annotations"], self.save_annotations,
+                            keys["save_annotations"])  # fmt: skip
+        save.setIcon(icon("mdi6.content-save", "Save"))
+        key = self._action("key_image", texts["key_image"], self.toggle_key_image, keys["key_image"])
+        key.setIcon(icon("mdi6.star", "Key"))
+        self.presentation_menu = QMenu("Presentation states", self)  # type: ignore[arg-type]
+        self.presentation_menu.setObjectName("presentationStatesMenu")
+        self.presentation_menu.aboutToShow.connect(self._fill_presentation_menu)
+        states = self._action("presentation_states", "Presentation states", lambda: None)
+        states.setMenu(self.presentation_menu)
+        self.toolbar.addSeparator()
+        self.toolbar.addAction(save)
+        self.toolbar.addAction(key)
+
+    def _watch_persistence(self, index: int, widget: Any) -> None:
+        """A new viewport: its key-image marker, and the GSPS applied when it shows a covered image."""
+        self._markers[index] = _KeyMarker(widget.canvas)
+        widget.state.subscribe(partial_viewport(self, index))
+
+    # --- modified state --------------------------------------------------------------------------
+
+    @property
+    def modified(self) -> bool:
+        """Unsaved annotations or key images."""
+        return bool(self.annotations.dirty or self._keys_dirty)
+
+    def _on_annotations_changed(self, what: str, _uid: str) -> None:
+        if what != "saved":
+            self._changes += 1
+        self._show_modified()
+
+    def _tabs(self) -> tuple[QTabWidget, int] | None:
+        w = self.parentWidget()  # type: ignore[attr-defined]
+        while w is not None and not isinstance(w, QTabWidget):
+            w = w.parentWidget()
+        if w is None:
+            return None
+        i = w.indexOf(self)  # type: ignore[arg-type]
+        return (w, i) if i >= 0 else None
+
+    def _show_modified(self) -> None:
+        """"*" after the tab's title while there is something unsaved."""
+        found = self._tabs()
+        if found is None:
+            return
+        tabs, i = found
+        text = tabs.tabText(i)
+        base = text[:-2] if text.endswith(" *") else text
+        tabs.setTabText(i, base + (" *" if self.modified else ""))
+
+    # --- key images ------------------------------------------------------------------------------
+
+    def is_key_image(self, sop_uid: str, frame: int) -> bool:
+        return any(k.sop_instance_uid == sop_uid and k.frame == frame for k in self.key_images)
+
+    def toggle_key_image(self) -> bool:
+        """Flag (or unflag) the active viewport's image as a key image; True when it is one now."""
+        from hilum.dicom.annotations import KeyImage
+
+        vp = self.model.viewports[self.model.active]
+        f = vp.frame_info
+        if f is None or vp.volume is None or getattr(vp.volume, "preview", False):
+            return False
+        sop, frame = f.sop_instance_uid, f.frame
+        if self.is_key_image(sop, frame):
+            self.key_images = [k for k in self.key_images if not (k.sop_instance_uid == sop and k.frame == frame)]
+            now = False
+        else:
+            header = self._headers.get(sop, f.path)
+            cls = str(header.get("SOPClassUID", "")) if header is not None else ""
+            series = str(header.get("SeriesInstanceUID", "")) if header is not None else vp.series_uid
+            self.key_images.append(KeyImage(sop, frame, series, cls))
+            now = True
+        self._keys_dirty = True
+        self._key_images_changed()
+        self._show_modified()
+        self.status.setText("Key image" if now else "No longer a key image")
+        return now
+
+    def _key_images_changed(self) -> None:
+        """The strip's "Key images" entry and every viewport's marker follow :attr:`key_images`."""
+        self._update_key_series()
+        for i in range(len(self.model.viewports)):
+            self._update_marker(i)
+        self.persistence.keyImagesChanged.emit()
+
+    def _update_marker(self, index: int) -> None:
+        marker = self._markers.get(index)
+        if marker is None or index >= len(self.model.viewports):
+            return
+        f = self.model.viewports[index].frame_info
+        marker.setVisible(f is not None and self.is_key_image(f.sop_instance_uid, f.frame))
+        marker.raise_()
+
+    def key_image_paths(self) -> list[Path]:
+        """The files of the key images, in the order they were flagged (each instance once)."""
+        out: list[Path] = []
+        known: dict[str, Path] = {}
+        for handle in self._loads.values():
+            v = handle.volume
+            if v is not None:
+                for f in v.stack.frames:
+                    known.setdefault(f.sop_instance_uid, Path(f.path))
+        for k in self.key_images:
+            p = known.get(k.sop_instance_uid)
+            if p is None:
+                try:
+                    p = Path(self.archive.path(k.sop_instance_uid))
+                except Exception:  # noqa: BLE001 - not stored here (a prior's, not retrieved)
+                    continue
+            if p not in out:
+                out.append(p)
+        return out
+
+    def _update_key_series(self) -> None:
+        """A virtual series of the key images in the session and the strip (gone when there are none)."""
+        from hilum.ui.viewer.study import SeriesEntry
+
+        session = self.session
+        session.series = [e for e in session.series if e.series_uid != KEY_SERIES_UID]
+        handle = self._loads.pop(KEY_SERIES_UID, None)
+        if handle is not None:
+            handle.cancel()
+            session.cache.drop(KEY_SERIES_UID)
+        paths = self.key_image_paths()
+        if not paths:
+            self.strip.set_virtual(None)
+            return
+        entry = SeriesEntry(KEY_SERIES_UID, None, "KO", "Key images", paths=paths, frames=len(self.key_images))
+        session.series.append(entry)
+        self.strip.set_virtual(entry, f"★ Key images\n{len(self.key_images)} im",
+                               "The study's key images (double-click: show them)")  # fmt: skip
+        for i, uid in list(self._assigned.items()):
+            if uid == KEY_SERIES_UID:
+                self.show_series(KEY_SERIES_UID, i)
+
+    # --- presentation states ---------------------------------------------------------------------
+
+    def current_presentation(self) -> PresentationChoice | None:
+        if self.presentation_uid == "":
+            return None
+        for p in self.presentations:
+            if self.presentation_uid is None or p.sop_instance_uid == self.presentation_uid:
+                return p
+        return None
+
+    def choose_presentation(self, sop_uid: str) -> None:
+        """Apply another of the study's GSPS ("" none: the viewports keep what they show)."""
+        self.presentation_uid = sop_uid
+        self._applied.clear()
+        for i in range(len(self.model.viewports)):
+            self._apply_presentation(i)
+
+    def _fill_presentation_menu(self) -> None:
+        menu = self.presentation_menu
+        menu.clear()
+        current = self.current_presentation()
+        none = menu.addAction("None", lambda: self.choose_presentation(""))
+        none.setCheckable(True)
+        none.setChecked(current is None)
+        for p in self.presentations:
+            act = menu.addAction(p.label, lambda uid=p.sop_instance_uid: self.choose_presentation(uid))
+            act.setCheckable(True)
+            act.setChecked(current is not None and current.sop_instance_uid == p.sop_instance_uid)
+
+    def _on_viewport_event(self, index: int, vp: Any, what: str) -> None:
+        if what in ("volume", "index", "loaded"):
+            self._apply_presentation(index)
+            self._update_marker(index)
+
+    def _apply_presentation(self, index: int) -> None:
+        """Apply the chosen GSPS's display state to viewport *index* once per series shown there,
+        when its image is one the GSPS covers."""
+        if index >= len(self.model.viewports):
+            return
+        vp = self.model.viewports[index]
+        p = self.current_presentation()
+        f = vp.frame_info
+        if p is None or f is None or vp.volume is None:
+            return
+        done = (vp.series_uid, p.sop_instance_uid)
+        if self._applied.get(index) == done:
+            return
+        state = p.states.get((f.sop_instance_uid, f.frame))
+        if state is None or not is_finite_state(state):
+            return
+        self._applied[index] = done
+        apply_display_state(vp, state)
+
+    # --- saving ----------------------------------------------------------------------------------
+
+    def display_states(self) -> dict[str, DisplayState]:
+        """What the visible viewports show, for every image of each series they show (SOP UID)."""
+        out: dict[str, DisplayState] = {}
+        for vp in self.model.visible:
+            if vp.volume is None or getattr(vp.volume, "preview", False):
+                continue
+            state = display_state_of(vp)
+            if state is None:
+                continue
+            for f in vp.volume.stack.frames:
+                out.setdefault(f.sop_instance_uid, state)
+        return out
+
+    def save_annotations(self) -> bool:
+        """Save the annotations, key images and display as new GSPS / SR / KOS instances of the
+        study (off the GUI thread; :attr:`persistence` ``.saved`` when done). False: a save runs."""
+        if self._saving:
+            return False
+        volumes = [h.volume for h in self._loads.values() if h.volume is not None]
+        annotations = [a for a in self.annotations.all()]
+        keys = list(self.key_images)
+        states = self.display_states()
+        if not annotations and not keys and not states:
+            self.status.setText("Nothing to save")
+            return False
+        paths = {f.sop_instance_uid: f.path for v in volumes for f in v.stack.frames}
+        frames = frames_of(volumes)
+        self._saving = True
+        started = (self._changes, len(keys), keys)
+        self.status.setText("Saving annotations…")
+        signals, archive, headers, series = self.persistence, self.archive, self._headers, self._save_series
+
+        def work() -> None:
+            try:
+                result = save_objects(archive, annotations, keys, states, headers=headers, paths=paths,
+                                      frames=frames, series=series)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - reported, never lost in a thread
+                logger.exception("saving annotations failed")
+                result = SaveResult(errors=[str(exc)])
+            try:
+                signals._save_done.emit(result, (started, states))
+            except RuntimeError:  # the viewer is gone
+                pass
+
+        threading.Thread(target=work, name="hilum-save-annotations", daemon=True).start()
+        return True
+
+    def _on_saved(self, result: SaveResult, context: Any) -> None:
+        (changes, _n, keys), states = context
+        self._saving = False
+        self.last_save = result
+        if result.stored and not result.errors:
+            if changes == self._changes:
+                self.annotations.mark_saved()
+            if keys == self.key_images:
+                self._keys_dirty = False
+        for kind, ds in result.datasets:
+            if kind == "gsps":
+                covered = {(f.sop_instance_uid, f.frame): states[f.sop_instance_uid]
+                           for h in self._loads.values() if h.volume is not None
+                           for f in h.volume.stack.frames if f.sop_instance_uid in states}  # fmt: skip
+                choice = PresentationChoice(str(ds.SOPInstanceUID), f"{ds.get('ContentLabel', 'GSPS')} (saved now)",
+                                            _when(ds), covered)  # fmt: skip
+                self.presentations.insert(0, choice)
+                if self.presentation_uid is not None and self.presentation_uid != "":
+                    self.presentation_uid = choice.sop_instance_uid
+                for i, vp in enumerate(self.model.viewports):  # what they show is this GSPS already
+                    self._applied[i] = (vp.series_uid, choice.sop_instance_uid)
+        names = {"gsps": "presentation state", "sr": "measurement report", "kos": "key images"}
+        saved = ", ".join(names[k] for k, _ in result.stored)
+        if result.errors:
+            text = f"Saved {saved}; " if saved else ""
+            self.status.setText(text + "not saved: " + "; ".join(result.errors))
+            if self._close_after_save:
+                self._close_after_save = False
+                QMessageBox.warning(self, "Save annotations", "Not saved: " + "; ".join(result.errors))  # type: ignore[arg-type]
+        else:
+            self.status.setText(f"Saved {saved} as new instances in the study ({result.seconds:.2f} s)")
+        self._show_modified()
+        self.persistence.saved.emit(result)
+        if self._close_after_save:
+            self._close_after_save = False
+            self._close_tab()
+
+    def _close_tab(self) -> None:
+        found = self._tabs()
+        top = self.window()  # type: ignore[attr-defined]
+        if found is not None and hasattr(top, "close_workspace_tab"):
+            top.close_workspace_tab(found[1])
+        else:
+            self.close()  # type: ignore[attr-defined]
+
+    def confirm_close(self) -> bool:
+        """Closing with unsaved annotations asks (Save / Discard / Cancel), without blocking: False
+        now, and the tab closes when Save has finished or Discard is chosen."""
+        if self._discard or not self.modified:
+            return True
+        if self._saving:
+            self._close_after_save = True
+            return False
+        box = QMessageBox(self)  # type: ignore[arg-type]
+        box.setObjectName("unsavedAnnotationsBox")
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("Unsaved annotations")
+        box.setText("This study has annotations or key images that are not saved.")
+        box.setInformativeText("Save them in the study before closing?")
+        box.setStandardButtons(QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                               | QMessageBox.StandardButton.Cancel)  # fmt: skip
+        box.setDefaultButton(QMessageBox.StandardButton.Save)
+
+        def chosen(button: int) -> None:
+            if button == QMessageBox.StandardButton.Save:
+                self._close_after_save = True
+                if not self.save_annotations():
+                    self._close_after_save = self._saving
+            elif button == QMessageBox.StandardButton.Discard:
+                self._discard = True
+                self._close_tab()
+            box.deleteLater()
+
+        box.finished.connect(chosen)
+        box.open()
+        return False
+
+    # --- loading ---------------------------------------------------------------------------------
+
+    def _load_presentation_objects(self) -> None:
+        """Read the study's GSPS / SR / KOS / SEG off the GUI thread (:attr:`persistence` ``.loaded``)."""
+        signals, archive, study = self.persistence, self.archive, self.study_uid
+
+        def work() -> None:
+            try:
+                result = load_objects(archive, study)
+            except Exception as exc:  # noqa: BLE001
+                logger.exception("loading the study's presentation objects failed")
+                result = LoadedObjects(errors=[str(exc)])
+            try:
+                signals._load_done.emit(result)
+            except RuntimeError:
+                pass
+
+        threading.Thread(target=work, name="hilum-load-annotations", daemon=True).start()
+
+    def _on_objects_loaded(self, found: LoadedObjects) -> None:
+        if getattr(self, "_closed", False):
+            return
+        self.loaded_objects = found
+        for a in found.annotations:
+            a.study_uid = a.study_uid or self.study_uid
+        self.annotations.load(found.annotations)
+        known = {(k.sop_instance_uid, k.frame) for k in self.key_images}
+        self.key_images.extend(k for k in found.key_images if (k.sop_instance_uid, k.frame) not in known)
+        self.presentations = list(found.presentations)
+        if found.key_images:
+            self._key_images_changed()
+        for i in range(len(self.model.viewports)):
+            self._apply_presentation(i)
+        panel = getattr(self, "seg_panel", None)
+        add_seg = getattr(panel, "add_saved_seg", None) if panel is not None else None
+        if add_seg is not None:
+            for uid, path in found.segs:
+                add_seg(uid, path)
+        if found.errors:
+            self.status.setText("; ".join(found.errors))
+        self._show_modified()
+        self.persistence.loaded.emit(found)
+
+
+def partial_viewport(viewer: PersistenceMixin, index: int) -> Callable[[Any, str], None]:
+    def cb(vp: Any, what: str) -> None:
+        viewer._on_viewport_event(index, vp, what)
+
+    return cb
