@@ -19,7 +19,18 @@ from PIL import Image
 from hilum.errors import HilumError
 from hilum.ui.viewer.state import ViewportState
 
-__all__ = ["ExportError", "export_cine", "mp4_available", "oriented", "view_frames"]
+Point = tuple[float, float]
+ANNOTATION_RGB = (255, 210, 0)  # the viewer's annotation colour, burnt into exports
+
+__all__ = [
+    "ExportError",
+    "burn_annotations",
+    "export_cine",
+    "mp4_available",
+    "oriented",
+    "oriented_point",
+    "view_frames",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +56,70 @@ def oriented(img: np.ndarray, rotation: float, flip_h: bool, flip_v: bool) -> np
     if flip_v:
         out = out[::-1]
     return np.ascontiguousarray(out)
+
+
+def oriented_point(x: float, y: float, shape: tuple[int, int], rotation: float, flip_h: bool,
+                   flip_v: bool = False) -> Point:  # fmt: skip
+    """Where image point ``(x, y)`` (pixel centres at integers) of an image of *shape* (rows,
+    columns) lands in :func:`oriented`'s output."""
+    rows, cols = shape
+    k = int(round(rotation / 90.0)) % 4
+    for _ in range(k):  # one clockwise quarter turn: (x, y) -> (rows-1-y, x), the shape swaps
+        x, y = rows - 1 - y, x
+        rows, cols = cols, rows
+    if flip_h:
+        x = cols - 1 - x
+    if flip_v:
+        y = rows - 1 - y
+    return x, y
+
+
+def burn_annotations(img: np.ndarray, annotations: list[tuple[str, list[Point], list[str]]],
+                     scale: float = 1.0) -> np.ndarray:  # fmt: skip
+    """*img* (uint8 grey or RGB) as RGB with annotations drawn in: ``(kind, points in the
+    output's pixel coordinates, text lines)`` each, lines *scale* pixels wide, as the viewer draws
+    them (length / angle / cobb / arrow as lines, ellipse and rect as boxes, freehand closed,
+    point a cross, text and values beside the first point)."""
+    from PIL import ImageDraw
+
+    rgb = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
+    pil = Image.fromarray(np.ascontiguousarray(rgb))
+    draw = ImageDraw.Draw(pil)
+    width = max(1, int(round(scale)))
+    colour = ANNOTATION_RGB
+    for kind, pts, lines in annotations:
+        if not pts:
+            continue
+        if kind in ("length", "angle", "arrow"):
+            draw.line(pts, fill=colour, width=width)
+            if kind == "arrow" and len(pts) == 2:
+                (x0, y0), (x1, y1) = pts
+                import math
+
+                a = math.atan2(y1 - y0, x1 - x0)
+                n = min(12.0 * scale, 0.25 * math.hypot(x1 - x0, y1 - y0))
+                for d in (0.45, -0.45):
+                    draw.line(
+                        [(x1, y1), (x1 - n * math.cos(a + d), y1 - n * math.sin(a + d))], fill=colour, width=width
+                    )
+        elif kind == "cobb" and len(pts) >= 4:
+            draw.line(pts[:2], fill=colour, width=width)
+            draw.line(pts[2:4], fill=colour, width=width)
+        elif kind in ("ellipse", "rect") and len(pts) >= 2:
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            box = (min(xs), min(ys), max(xs), max(ys))
+            (draw.ellipse if kind == "ellipse" else draw.rectangle)(box, outline=colour, width=width)
+        elif kind == "freehand" and len(pts) >= 3:
+            draw.line([*pts, pts[0]], fill=colour, width=width)
+        elif kind == "point":
+            x, y = pts[0]
+            r = 3 * scale
+            draw.line([(x - r, y), (x + r, y)], fill=colour, width=width)
+            draw.line([(x, y - r), (x, y + r)], fill=colour, width=width)
+        if lines:
+            x, y = max(p[0] for p in pts) + 4 * scale, min(p[1] for p in pts)
+            draw.multiline_text((x, y), "\n".join(lines), fill=colour)
+    return np.asarray(pil)
 
 
 def view_frames(state: ViewportState, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:

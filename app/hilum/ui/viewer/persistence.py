@@ -6,12 +6,13 @@ Headless parts first (no Qt widgets), then :class:`PersistenceMixin`, the
 - **Display state** (:func:`display_state_of`, :func:`apply_display_state`): what
   a viewport shows of one image (window, displayed area, rotation/flip,
   invert) as the GSPS model's :class:`~hilum.dicom.presentation.DisplayState`,
-  and back. The viewer's flips act on the screen after its rotation; a GSPS
-  flips first and rotates after (PS3.3 C.10.6), so the two are converted
-  (:func:`gsps_orientation`, :func:`view_orientation`). The displayed area
-  is the image region the canvas shows (pixel centres, so the whole image is
-  ``(0, 0)``–``(columns-1, rows-1)``), fitted back into the canvas on apply.
-- **Save** (:func:`save_objects`): one GSPS (every annotation, and the display
+  and back. The viewer's flips act on the screen after its rotation, as a GSPS's
+  horizontal flip does (PS3.3 C.10.6); a vertical flip is a half turn and a
+  horizontal flip (:func:`gsps_orientation`, :func:`view_orientation`). The
+  displayed area is the image region the canvas shows (its edges in unrotated
+  image coordinates; None while the image is fitted), fitted back into the
+  canvas on apply.
+- **Save** (:func:`save_objects`): a GSPS (one per rotation/flip/inversion; every annotation, and the display
   state of every image of the series the viewports show), one measurement SR
   (TID 1500) when there are measurements, one KOS when there are key images;
   per study, each through the archive's one ingest call. A save always makes
@@ -85,25 +86,19 @@ SAVE_ORIGIN = "annotation"
 
 
 def gsps_orientation(rotation: float, flip_h: bool, flip_v: bool) -> tuple[int, bool]:
-    """The viewer's (rotation clockwise, then screen flips) as a GSPS's (flip first, rotation after).
-
-    With F the horizontal mirror and R(r) a clockwise rotation: F·R(r) = R(-r)·F, the
-    vertical mirror is R(180)·F, and both mirrors together are R(180).
-    """
+    """The viewer's view (rotation clockwise, then the screen flips) as a GSPS's (rotation, then a
+    horizontal flip: PS3.3 C.10.6). The vertical mirror is the horizontal one after a half turn,
+    and both mirrors together are a half turn."""
     r = int(round(rotation / 90.0)) * 90 % 360
-    if flip_h and flip_v:
-        return (r + 180) % 360, False
-    if flip_h:
-        return (-r) % 360, True
     if flip_v:
-        return (180 - r) % 360, True
-    return r, False
+        r = (r + 180) % 360
+        flip_h = not flip_h
+    return r, bool(flip_h)
 
 
 def view_orientation(rotation: int, flip: bool) -> tuple[float, bool]:
     """A GSPS's rotation and horizontal flip as the viewer's (rotation, flip_h) (flip_v False)."""
-    r = int(round(rotation / 90.0)) * 90 % 360
-    return (float((-r) % 360), True) if flip else (float(r), False)
+    return float(int(round(rotation / 90.0)) * 90 % 360), bool(flip)
 
 
 def _area_corners(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
@@ -121,13 +116,13 @@ def display_state_of(vp: ViewportState) -> DisplayState | None:
     rotation, flip = gsps_orientation(vp.view.rotation, vp.view.flip_h, vp.view.flip_v)
     v = vp.view
     if abs(v.zoom - 1.0) < 1e-9 and abs(v.pan_x) < 1e-9 and abs(v.pan_y) < 1e-9:
-        area = ((0.0, 0.0), (float(f.columns - 1), float(f.rows - 1)))  # fitted: the whole image
-    else:
+        area = None  # fitted: the whole image
+    else:  # the image region the canvas shows (edges, unrotated image coordinates)
         cw, ch = vp.canvas_size
         inv = np.linalg.inv(vp.matrix())
         pts = inv @ _area_corners(0.0, 0.0, float(cw), float(ch))
         xs, ys = pts[0], pts[1]
-        area = ((float(xs.min()) + 0.5, float(ys.min()) + 0.5), (float(xs.max()) - 0.5, float(ys.max()) - 0.5))
+        area = ((float(xs.min()), float(ys.min())), (float(xs.max()), float(ys.max())))
     return DisplayState(
         window_center=float(w.center) if w is not None else None,
         window_width=float(w.width) if w is not None else None,
@@ -152,11 +147,10 @@ def apply_display_state(vp: ViewportState, state: DisplayState) -> None:
     f = vp.frame_info
     if state.displayed_area is not None and f is not None:
         (x0, y0), (x1, y1) = state.displayed_area
-        full = (abs(x0) < 1e-6 and abs(y0) < 1e-6 and abs(x1 - (f.columns - 1)) < 1e-6
-                and abs(y1 - (f.rows - 1)) < 1e-6)  # fmt: skip
-        if not full and x1 > x0 and y1 > y0:
+        whole = max(abs(x0 + 0.5), abs(y0 + 0.5), abs(x1 - f.columns + 0.5), abs(y1 - f.rows + 0.5)) < 1e-6
+        if not whole and x1 > x0 and y1 > y0:
             cw, ch = vp.canvas_size
-            pts = vp.matrix() @ _area_corners(x0 - 0.5, y0 - 0.5, x1 + 0.5, y1 + 0.5)
+            pts = vp.matrix() @ _area_corners(x0, y0, x1, y1)
             bw, bh = float(np.ptp(pts[0])), float(np.ptp(pts[1]))
             if bw > 0 and bh > 0:
                 z = float(np.clip(min(cw / bw, ch / bh), MIN_ZOOM, MAX_ZOOM))
@@ -228,6 +222,10 @@ def _values_of(ann: Annotation, where: Mapping[tuple[str, int], tuple[Any, int]]
         return None
 
 
+def _one(make: Callable[..., Dataset], *args: Any) -> list[Dataset]:
+    return [make(*args)]
+
+
 def save_objects(
     archive: Any,
     annotations: Sequence[Annotation],
@@ -247,7 +245,7 @@ def save_objects(
     *series*: ``(study, kind) → Series Instance UID`` reused across saves (updated here).
     Runs on a worker thread; never raises (errors are in the result).
     """
-    from hilum.dicom.presentation import make_gsps
+    from hilum.dicom.presentation import make_gsps_objects
     from hilum.dicom.sr import make_kos, make_measurement_sr
 
     t0 = time.perf_counter()
@@ -272,29 +270,31 @@ def save_objects(
         anns = [a for a in annotations if a.sop_instance_uid in inside]
         keys = [k for k in key_images if k.sop_instance_uid in inside]
         st = {u: s for u, s in states.items() if u in inside}
-        built: list[tuple[str, Callable[[], Dataset]]] = []
+        built: list[tuple[str, Callable[[], list[Dataset]]]] = []
         if anns or st:
-            built.append(("gsps", partial(make_gsps, images, anns, st, series_uid=series.get((study, "gsps")))))
+            built.append(("gsps", partial(make_gsps_objects, images, anns, st,
+                                          series_uid=series.get((study, "gsps")))))  # fmt: skip
         measured = [a for a in anns if a.kind in MEASUREMENT_KINDS]
         if measured:
             vals = {a.uid: v for a in measured if (v := _values_of(a, frames)) is not None}
-            built.append(("sr", partial(make_measurement_sr, images, measured, vals)))
+            built.append(("sr", partial(_one, make_measurement_sr, images, measured, vals)))
         if keys:
-            built.append(("kos", partial(make_kos, images, keys)))
+            built.append(("kos", partial(_one, make_kos, images, keys)))
         for kind, make in built:
             try:
-                ds = make()
+                made = make()
             except Exception as exc:  # noqa: BLE001 - one object failing must not lose the others
                 logger.exception("cannot build the %s", kind)
                 out.errors.append(f"cannot build the {kind.upper()}: {exc}")
                 continue
-            result = archive.ingest(ds, origin=SAVE_ORIGIN)
-            if not result.ok:
-                out.errors.append(f"{kind.upper()} not stored: {result.reason or result.status}")
-                continue
-            series[(study, kind)] = str(ds.SeriesInstanceUID)
-            out.stored.append((kind, str(ds.SOPInstanceUID)))
-            out.datasets.append((kind, ds))
+            for ds in made:
+                result = archive.ingest(ds, origin=SAVE_ORIGIN)
+                if not result.ok:
+                    out.errors.append(f"{kind.upper()} not stored: {result.reason or result.status}")
+                    continue
+                series[(study, kind)] = str(ds.SeriesInstanceUID)
+                out.stored.append((kind, str(ds.SOPInstanceUID)))
+                out.datasets.append((kind, ds))
     out.seconds = time.perf_counter() - t0
     return out
 
@@ -355,7 +355,7 @@ def load_objects(archive: Any, study_uid: str) -> LoadedObjects:
     except Exception as exc:  # noqa: BLE001
         out.errors.append(f"cannot list the study's objects: {exc}")
         return out
-    gsps: list[tuple[str, Dataset, list[Annotation]]] = []
+    gsps: list[tuple[str, Dataset, list[Annotation], dict[tuple[str, int], DisplayState]]] = []
     srs: list[tuple[str, list[Annotation]]] = []
     kos: list[tuple[str, list[KeyImage]]] = []
     for row in rows:
@@ -367,13 +367,7 @@ def load_objects(archive: Any, study_uid: str) -> LoadedObjects:
             ds = pydicom.dcmread(path)
             if cls in GSPS_CLASSES:
                 anns, states = read_gsps(ds)
-                gsps.append((_when(ds), ds, list(anns)))
-                label = str(ds.get("ContentLabel", "") or "") or "GSPS"
-                desc = str(ds.get("ContentDescription", "") or ds.get("SeriesDescription", "") or "")
-                when = _when(ds)
-                shown = f"{when[:4]}-{when[4:6]}-{when[6:8]} {when[8:10]}:{when[10:12]}:{when[12:14]}" if when else ""
-                text = " ".join(t for t in (label, desc and f"({desc})", shown) if t)
-                out.presentations.append(PresentationChoice(uid, text, when, dict(states)))
+                gsps.append((_when(ds), ds, list(anns), dict(states)))
             elif cls == KOS_CLASS:
                 kos.append((_when(ds), list(read_kos(ds))))
             else:
@@ -381,13 +375,29 @@ def load_objects(archive: Any, study_uid: str) -> LoadedObjects:
         except Exception as exc:  # noqa: BLE001 - one unreadable object must not hide the others
             logger.warning("cannot read %s: %s", path, exc)
             out.errors.append(f"cannot read {uid}: {exc}")
+    # one save may make several GSPS (one per rotation/flip/inversion): same series, same time
+    saves: dict[tuple[str, str], list[tuple[str, Dataset, list[Annotation], dict[Any, Any]]]] = {}
+    for g in gsps:
+        saves.setdefault((g[0], str(g[1].get("SeriesInstanceUID", ""))), []).append(g)
+    for (when, _series), group in saves.items():
+        first = group[0][1]
+        label = str(first.get("ContentLabel", "") or "") or "GSPS"
+        desc = str(first.get("ContentDescription", "") or first.get("SeriesDescription", "") or "")
+        shown = f"{when[:4]}-{when[4:6]}-{when[6:8]} {when[8:10]}:{when[10:12]}:{when[12:14]}" if when else ""
+        text = " ".join(t for t in (label, desc and f"({desc})", shown) if t)
+        states: dict[tuple[str, int], DisplayState] = {}
+        for g in group:
+            states.update(g[3])
+        out.presentations.append(PresentationChoice(str(first.SOPInstanceUID), text, when, states))
     out.presentations.sort(key=lambda p: p.when, reverse=True)
     seen: set[tuple[Any, ...]] = set()
-    if gsps:
-        gsps.sort(key=lambda g: g[0], reverse=True)
-        for a in gsps[0][2]:
-            seen.add(_dedupe_key(a))
-            out.annotations.append(a)
+    if saves:
+        newest = max(saves, key=lambda k: k[0])
+        for g in saves[newest]:
+            for a in g[2]:
+                if _dedupe_key(a) not in seen:
+                    seen.add(_dedupe_key(a))
+                    out.annotations.append(a)
     if srs:
         srs.sort(key=lambda s: s[0], reverse=True)
         for a in srs[0][1]:
@@ -434,7 +444,7 @@ class PersistenceSignals(QObject):
 
 
 class _KeyMarker(QLabel):
-    """"★ KEY" at the top centre of a viewport whose image is a key image."""
+    """ "★ KEY" at the top centre of a viewport whose image is a key image."""
 
     def __init__(self, canvas: QWidget) -> None:
         super().__init__("★ KEY", canvas)
@@ -553,7 +563,7 @@ class PersistenceMixin:
         return (w, i) if i >= 0 else None
 
     def _show_modified(self) -> None:
-        """"*" after the tab's title while there is something unsaved."""
+        """ "*" after the tab's title while there is something unsaved."""
         found = self._tabs()
         if found is None:
             return
@@ -759,18 +769,18 @@ class PersistenceMixin:
                 self.annotations.mark_saved()
             if keys == self.key_images:
                 self._keys_dirty = False
-        for kind, ds in result.datasets:
-            if kind == "gsps":
-                covered = {(f.sop_instance_uid, f.frame): states[f.sop_instance_uid]
-                           for h in self._loads.values() if h.volume is not None
-                           for f in h.volume.stack.frames if f.sop_instance_uid in states}  # fmt: skip
-                choice = PresentationChoice(str(ds.SOPInstanceUID), f"{ds.get('ContentLabel', 'GSPS')} (saved now)",
-                                            _when(ds), covered)  # fmt: skip
-                self.presentations.insert(0, choice)
-                if self.presentation_uid is not None and self.presentation_uid != "":
-                    self.presentation_uid = choice.sop_instance_uid
-                for i, vp in enumerate(self.model.viewports):  # what they show is this GSPS already
-                    self._applied[i] = (vp.series_uid, choice.sop_instance_uid)
+        made = [ds for kind, ds in result.datasets if kind == "gsps"]
+        if made:
+            covered = {(f.sop_instance_uid, f.frame): states[f.sop_instance_uid]
+                       for h in self._loads.values() if h.volume is not None
+                       for f in h.volume.stack.frames if f.sop_instance_uid in states}  # fmt: skip
+            choice = PresentationChoice(str(made[0].SOPInstanceUID), f"{made[0].get('ContentLabel', 'GSPS')} (saved now)",
+                                        _when(made[0]), covered)  # fmt: skip
+            self.presentations.insert(0, choice)
+            if self.presentation_uid:
+                self.presentation_uid = choice.sop_instance_uid
+            for i, vp in enumerate(self.model.viewports):  # what they show is this GSPS already
+                self._applied[i] = (vp.series_uid, choice.sop_instance_uid)
         names = {"gsps": "presentation state", "sr": "measurement report", "kos": "key images"}
         saved = ", ".join(names[k] for k, _ in result.stored)
         if result.errors:
