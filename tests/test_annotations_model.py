@@ -280,3 +280,15 @@ def test_load_is_not_undoable_and_keeps_clean() -> None:
     assert s.dirty
     s.clear()
     assert len(s) == 0 and s.dirty and not s.can_undo
+
+
+def test_remove_many_is_one_step() -> None:
+    s = AnnotationSet()
+    items = [s.add(ann(k)) for k in ("length", "rect", "point")]
+    seen: list[tuple[str, str]] = []
+    s.subscribe(lambda what, uid: seen.append((what, uid)))
+    assert s.remove_many([items[0].uid, "nope", items[2].uid]) == [items[0], items[2]]
+    assert s.all() == [items[1]] and seen == [("remove", items[0].uid), ("remove", items[2].uid)]
+    assert s.undo() and [a.uid for a in s.all()] == [a.uid for a in items]  # back in their places
+    assert s.redo() and [a.uid for a in s.all()] == [items[1].uid]
+    assert s.remove_many([]) == [] and s.undo() and len(s) == 3

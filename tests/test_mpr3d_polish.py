@@ -175,7 +175,7 @@ def test_curved_mpr_opens_in_the_viewer_viewport(qtbot, ct: Volume) -> None:  # 
     click_action(view.toolbar, "Length")
     drag(canvas, c - QPoint(100, 0), c + QPoint(100, 0))
     (measurement,) = state.measurements
-    values = measurement.values(state)
+    values = state.annotation_values(measurement)
     mm_per_px = state.mm_per_canvas_pixel("x")
     assert values["unit"] == "mm" and mm_per_px is not None
     assert values["length"] == pytest.approx(200 * mm_per_px, rel=0.02)

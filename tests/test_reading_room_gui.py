@@ -27,7 +27,8 @@ ROWS = 96
 L, R = Qt.MouseButton.LeftButton, Qt.MouseButton.RightButton
 CTRL_SHIFT = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier
 TOOL_KEYS = {"length": "L", "angle": "A", "ellipse": "O", "rect": "B", "probe": "Q", "pan": "P", "zoom": "Z",
-             "scroll": "S", "window": "W"}  # fmt: skip
+             "scroll": "S", "window": "W", "select": "X", "cobb": "Shift+A", "freehand": "Shift+O",
+             "arrow": "Shift+L", "text": "T", "point": "Shift+Q"}  # fmt: skip
 
 
 @pytest.fixture
@@ -93,7 +94,8 @@ def test_every_tool_is_chosen_by_its_button_and_its_key_then_length_measures(vie
             assert viewer.tool_name == name and act.isChecked(), name
         canvas.setFocus()
         for name, key in TOOL_KEYS.items():
-            press_key(QKeySequence(key)[0].key())
+            combo = QKeySequence(key)[0]
+            press_key(combo.key(), combo.keyboardModifiers())
             assert viewer.tool_name == name and viewer.actions_by_name[f"tool_{name}"].isChecked(), name
         assert set(TOOL_KEYS) == set(TOOLS)
         press_key(Qt.Key.Key_L)
@@ -108,8 +110,8 @@ def test_every_tool_is_chosen_by_its_button_and_its_key_then_length_measures(vie
     assert vp.current_window() == before
     # 50 mm apart, within the rounding of the two points to whole canvas pixels
     px_mm = sp.column / (vp.image_to_canvas(1, 0)[0] - vp.image_to_canvas(0, 0)[0])
-    assert abs(m.values(vp)["length"] - 50.0) <= 1.5 * px_mm
-    assert m.text(vp)[0].endswith(" mm")
+    assert abs(vp.annotation_values(m)["length"] - 50.0) <= 1.5 * px_mm
+    assert vp.annotation_lines(m)[0].endswith(" mm")
     img = grab(canvas)
     g = img.astype(int)
     green = (g[..., 1] > 110) & (g[..., 1] - g[..., 0] > 60) & (g[..., 1] - g[..., 2] > 60)
@@ -121,7 +123,7 @@ def test_every_checkable_action_toggles_by_button_and_key(viewer, qtbot):
     model = viewer.model
     flags = {"link_scroll": ("link_scroll", Qt.Key.Key_L, Qt.KeyboardModifier.ControlModifier),
              "link_window": ("link_window", Qt.Key.Key_W, CTRL_SHIFT),
-             "link_zoom": ("link_zoom", Qt.Key.Key_Z, CTRL_SHIFT),
+             "link_zoom": ("link_zoom", Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier),
              "reference_lines": ("show_reference_lines", Qt.Key.Key_R, CTRL_SHIFT)}  # fmt: skip
     with qtbot.captureExceptions() as exceptions:
         for name, (attr, key, mod) in flags.items():

@@ -202,7 +202,7 @@ def test_measure_length_with_the_mouse(viewer):
     send_mouse(canvas, QEvent.Type.MouseMove, b, Qt.MouseButton.NoButton, L)
     send_mouse(canvas, QEvent.Type.MouseButtonRelease, b, L, Qt.MouseButton.NoButton)
     (m,) = vp.measurements
-    assert abs(m.values(vp)["length"] - 50.0) < 50.0 * 0.01  # within a canvas pixel of 50 mm
+    assert abs(vp.annotation_values(m)["length"] - 50.0) < 50.0 * 0.01  # within a canvas pixel of 50 mm
     img = grab(canvas)
     green = (img[..., 1] > 180) & (img[..., 0] < 120)
     assert green.sum() > 40

@@ -213,8 +213,8 @@ def test_length_tool_measures_10_mm(vp):
     px = 10.0 / vp.frame_info.spacing.column
     _drag(LengthTool(), vp, (20, 20), (20 + px, 20))
     (m,) = vp.measurements
-    assert m.done and m.values(vp)["length"] == pytest.approx(10.0)
-    assert m.text(vp) == ["10.0 mm"]
+    assert m.kind == "length" and vp.annotation_values(m)["length"] == pytest.approx(10.0)
+    assert vp.annotation_lines(m) == ["10.0 mm"]
     _drag(LengthTool(), vp, (5, 5), (5.1, 5))  # a click: nothing added
     assert len(vp.measurements) == 1
 
@@ -222,11 +222,11 @@ def test_length_tool_measures_10_mm(vp):
 def test_ellipse_roi_tool_gives_hu_statistics(vp):
     cx, cy = hu_point_to_pixel(0, -150, ROWS)  # air
     _drag(EllipseTool(), vp, (cx - 2, cy - 2), (cx + 2, cy + 2))
-    stats = vp.measurements[-1].values(vp)["stats"]
-    assert stats.mean == pytest.approx(-1000.0) and stats.unit == "HU" and stats.count >= 9
+    stats = vp.annotation_values(vp.measurements[-1])
+    assert stats["mean"] == pytest.approx(-1000.0) and stats["unit"] == "HU" and stats["count"] >= 9
     sp = vp.frame_info.spacing
-    assert stats.area == pytest.approx(math.pi * 2 * sp.column * 2 * sp.row)
-    assert any("Mean -1000.0 HU" in line for line in vp.measurements[-1].text(vp))
+    assert stats["area"] == pytest.approx(math.pi * 2 * sp.column * 2 * sp.row)
+    assert any("Mean -1000.0 HU" in line for line in vp.annotation_lines(vp.measurements[-1]))
 
 
 def test_angle_tool_three_points(vp):
@@ -239,7 +239,7 @@ def test_angle_tool_three_points(vp):
     t.press(vp, *vp.image_to_canvas(*b))
     t.release(vp, *vp.image_to_canvas(*b))
     (m,) = vp.measurements
-    assert m.done and m.values(vp)["angle"] == pytest.approx(90.0)
+    assert m.kind == "angle" and vp.annotation_values(m)["angle"] == pytest.approx(90.0)
 
 
 def test_measurements_belong_to_their_slice(vp):

@@ -225,6 +225,7 @@ class _Step:
     after: dict[str, Any] = field(default_factory=dict)  # update: new field values
     merge: object = None
     serial: int = 0
+    steps: list[_Step] = field(default_factory=list)  # group: its steps, in order
 
 
 class AnnotationSet:
@@ -388,6 +389,22 @@ class AnnotationSet:
         self._emit("update", uid)
         return a
 
+    def remove_many(self, uids: Iterable[str]) -> list[Annotation]:
+        """Remove several annotations as ONE undoable step (unknown uids are skipped)."""
+        group = _Step("group", "")
+        removed = []
+        for uid in list(uids):
+            if uid not in self._items:
+                continue
+            a, index = self._delete(uid)
+            group.steps.append(_Step("remove", uid, ann=a.copy(), index=index))
+            removed.append(a)
+        if removed:
+            self._record(group)
+            for a in removed:
+                self._emit("remove", a.uid)
+        return removed
+
     def load(self, items: Iterable[Annotation]) -> list[Annotation]:
         """Add annotations read from saved objects: not undoable, the set stays clean if it was."""
         added = []
@@ -421,7 +438,10 @@ class AnnotationSet:
         return bool(self._redo)
 
     def _revert(self, s: _Step) -> None:
-        if s.op == "add":
+        if s.op == "group":
+            for sub in reversed(s.steps):
+                self._revert(sub)
+        elif s.op == "add":
             self._delete(s.uid)
             self._emit("remove", s.uid)
         elif s.op == "remove":
@@ -433,7 +453,10 @@ class AnnotationSet:
             self._emit("update", s.uid)
 
     def _replay(self, s: _Step) -> None:
-        if s.op == "add":
+        if s.op == "group":
+            for sub in s.steps:
+                self._replay(sub)
+        elif s.op == "add":
             assert s.ann is not None
             self._insert(s.ann.copy())
             self._emit("add", s.uid)

@@ -2,14 +2,21 @@
 
 A :class:`ViewportState` holds a :class:`~hilum.dicom.stack_load.SeriesVolume`
 (which may still be loading), the slice index, the VOI (window), the view
-transform (zoom, pan, rotation, flips), invert, cine and the measurements. It
+transform (zoom, pan, rotation, flips), invert, cine and the annotations. It
 turns the current slice into 8-bit display values through the one grayscale
 pipeline (:mod:`hilum.dicom.pixels`) and knows the geometry the overlays need:
 the image → canvas matrix, orientation letters of the four edges, the scale
 bar, the pixel probe. Models emit, views subscribe (STYLE.md §4):
 ``state.subscribe(callback)`` gets ``callback(state, what)`` with ``what`` one
 of ``volume``, ``index``, ``window``, ``view``, ``cine``, ``loaded``,
-``measurements``, ``overlays``.
+``measurements`` (annotations, the draft, the selection), ``text`` (a text
+annotation asks for its text: :attr:`ViewportState.text_request`), ``overlays``.
+
+Annotations live in :attr:`ViewportState.annotations`, an
+:class:`~hilum.dicom.annotations.AnnotationSet`: the study viewer gives all its
+viewports its one set (:meth:`ViewportState.set_annotations`), so an annotation
+drawn, moved or deleted in one viewport repaints every viewport showing that
+frame; a viewport on its own (the curved MPR view) keeps a set of its own.
 
 Overlay planes (60xx, :mod:`hilum.dicom.overlays`) are burnt into the 8-bit
 display values by :meth:`ViewportState.render` / :meth:`ViewportState.render_rgb32`
@@ -35,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.pixels import apply_color_lut
 
+from hilum.dicom.annotations import Annotation, AnnotationSet, value_lines
 from hilum.dicom.geometry import PlaneGeometry, orientation_letters
 from hilum.dicom.overlays import OverlayLayer, composite, frame_layers, read_native_frame
 from hilum.dicom.pixels import DisplayTransform, Window, to_uint8_color
@@ -171,7 +179,19 @@ class ViewportState:
         self.cine_fps = 15.0
         self.cine_playing = False
         self._cine_accum = 0.0
-        self.measurements: list[Any] = []
+        self.annotations = AnnotationSet()
+        """The annotations this viewport paints (those of its frame): the viewer's one set of the study."""
+        self._annotations_unsub = self.annotations.subscribe(self._on_annotations)
+        self._shown: set[str] = set()  # annotations on the frame last painted
+        self._values: dict[str, tuple[Any, dict[str, Any]]] = {}  # uid -> (what they depend on, values)
+        self.draft: Any = None
+        """The annotation being drawn here (:class:`hilum.ui.viewer.tools.Draft`), not yet in the set."""
+        self.selected: str | None = None
+        """The uid of the annotation selected in this viewport (Delete removes it; handles shown)."""
+        self.text_request: Any = None
+        """A text annotation waiting for its text (:class:`hilum.ui.viewer.tools.TextRequest`)."""
+        self.label_rects: dict[str, list[tuple[float, float, float, float]]] = {}
+        """Canvas rectangles of the text painted for each annotation (for grabbing it by its label)."""
         self.canvas_size: tuple[int, int] = (512, 512)
         self._listeners: list[Listener] = []
         self._cache_key: tuple[Any, ...] | None = None
@@ -198,6 +218,72 @@ class ViewportState:
     def emit(self, what: str) -> None:
         for cb in list(self._listeners):
             cb(self, what)
+
+    # ------------------------------------------------------------ annotations
+
+    def set_annotations(self, annotations: AnnotationSet) -> None:
+        """Paint and edit *annotations* (the viewer's set of the study) from now on."""
+        if annotations is self.annotations:
+            return
+        self._annotations_unsub()
+        self.annotations = annotations
+        self._annotations_unsub = annotations.subscribe(self._on_annotations)
+        self.selected = None
+        self._values.clear()
+        self.emit("measurements")
+
+    def _on_annotations(self, what: str, uid: str) -> None:
+        if what in ("remove", "clear") and (uid == self.selected or what == "clear"):
+            self.selected = None
+        if what == "saved":
+            return
+        a = self.annotations.get(uid) if uid else None
+        f = self.frame_info
+        if what == "clear" or uid in self._shown or (a is not None and f is not None and a.key == f.key):
+            self.emit("measurements")
+
+    @property
+    def measurements(self) -> list[Annotation]:
+        """The annotations on this viewport's series (all its frames)."""
+        uid = self.series_uid
+        keys = {f.key for f in self.volume.stack.frames} if self.volume is not None else set()
+        return [a for a in self.annotations.all() if (uid and a.series_uid == uid) or a.key in keys]
+
+    def annotations_here(self) -> list[Annotation]:
+        """The annotations on the frame shown (in drawing order)."""
+        f = self.frame_info
+        items = self.annotations.on(*f.key) if f is not None else []
+        self._shown = {a.uid for a in items}
+        return items
+
+    def select(self, uid: str | None) -> None:
+        if uid != self.selected:
+            self.selected = uid
+            self.emit("measurements")
+
+    def annotation_values(self, a: Annotation) -> dict[str, Any]:
+        """:meth:`Annotation.values` on this viewport's frame (which must be *a*'s), cached
+        while the points, the frame and its pixels stay the same."""
+        f = self.frame_info
+        if f is None or f.key != a.key or self.volume is None:
+            return {}
+        depends = (tuple(a.points), a.key, id(self.volume), bool(self.volume.loaded[self.index]))
+        hit = self._values.get(a.uid)
+        if hit is not None and hit[0] == depends:
+            return hit[1]
+        values = None
+        if a.kind in ("ellipse", "rect", "freehand", "point"):
+            values = self.modality_frame()
+        unit = modality_unit(self.modality, f.pipeline.modality.rescale_type if f.pipeline is not None else "")
+        out = a.values(values, f.spacing, unit)
+        if len(self._values) > 512:
+            self._values.clear()
+        self._values[a.uid] = (depends, out)
+        return out
+
+    def annotation_lines(self, a: Annotation) -> list[str]:
+        """The value text drawn next to *a* (mm, °, area / mean / SD, the value at a point)."""
+        return value_lines(a.kind, self.annotation_values(a))
 
     # ------------------------------------------------------------ series
 
@@ -242,7 +328,8 @@ class ViewportState:
             self.window_label = ""
             self.invert = False
             self.cine_playing = False
-            self.measurements = [m for m in self.measurements if same]
+            self.draft = self.text_request = None
+            self.selected = None
         n = self.stack_size
         self.index = 0 if n == 0 else int(np.clip(n // 2 if index is None else index, 0, n - 1))
         self._cache_key = None

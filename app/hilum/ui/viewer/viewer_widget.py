@@ -54,6 +54,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from hilum.dicom.annotations import AnnotationSet
 from hilum.dicom.registration import AlignmentStore
 from hilum.dicom.stack_load import LoadHandle, SeriesVolume
 from hilum.errors import HilumError
@@ -91,6 +92,19 @@ from hilum.ui.viewer.viewport_widget import ViewportWidget
 __all__ = ["StudyViewer"]
 
 logger = logging.getLogger(__name__)
+
+
+ANNOTATION_ICONS = {
+    "tool_select": "mdi6.cursor-default-outline",
+    "tool_arrow": "mdi6.arrow-top-right",
+    "tool_text": "mdi6.format-text-variant-outline",
+    "tool_cobb": "mdi6.angle-obtuse",
+    "tool_freehand": "mdi6.vector-polygon",
+    "tool_point": "mdi6.map-marker-outline",
+    "undo": "mdi6.undo",
+    "redo": "mdi6.redo",
+}
+"""Icons (qtawesome names, drawn by :func:`hilum.ui.icons.icon`) of the annotation actions."""
 
 
 def _menu_text(description: str) -> str:
@@ -154,6 +168,8 @@ class StudyViewer(QWidget, PersistenceMixin):
         self.model.alignment_store = AlignmentStore(self.data_dir)  # registrations and hand re-alignments
         self.tools: dict[str, Tool] = {}
         self.tool_name = "window"
+        self.annotations = AnnotationSet()
+        """The study's annotations: one set, every viewport paints and edits it (undo / redo here)."""
         self._assigned: dict[int, str] = {}  # viewport index -> series uid
         self._loads: dict[str, LoadHandle] = {}
         self._finished: set[str] = set()  # series whose load's end this viewer has handled (_on_done)
@@ -280,6 +296,8 @@ class StudyViewer(QWidget, PersistenceMixin):
             "zoom_out": lambda: av().zoom_by(0.8),
             "fit": lambda: self._fit(),
             "reset": lambda: av().reset_view(),
+            "undo": lambda: self.annotations.undo(),
+            "redo": lambda: self.annotations.redo(),
             "delete_measurement": lambda: self.delete_measurement(),
             "clear_measurements": lambda: self.clear_measurements(),
             "cancel": lambda: self.cancel_tool(),
@@ -319,6 +337,8 @@ class StudyViewer(QWidget, PersistenceMixin):
             group.addAction(act)
             self.toolbar.addAction(act)
         self.actions_by_name[f"tool_{self.tool_name}"].setChecked(True)
+        for name, glyph in ANNOTATION_ICONS.items():  # hilum.ui.icons names the older tools' icons
+            self.actions_by_name[name].setIcon(icon(glyph, self.actions_by_name[name].text()))
         self.toolbar.addSeparator()
         # layouts
         layout_btn = QToolButton(self)
@@ -406,12 +426,13 @@ class StudyViewer(QWidget, PersistenceMixin):
         if which == "tools":
             return [
                 ("", [f"tool_{name}" for name in TOOLS]),
-                ("", ["delete_measurement", "clear_measurements", "cancel"]),
+                ("", ["undo", "redo", "delete_measurement", "clear_measurements", "cancel"]),
                 ("", ["mpr", "volume_3d"]),
             ]
         if which != "viewer":
             raise ValueError(f"no menu {which!r}")
         sections = [
+            ("&Edit", ["undo", "redo", "", "delete_measurement", "clear_measurements"]),
             ("&Slices and series", ["next_slice", "prev_slice", "page_down", "page_up", "first_slice", "last_slice",
                                     "", "next_series", "prev_series", "", "next_viewport", "prev_viewport"]),
             ("&Cine", ["cine", "cine_faster", "cine_slower", "", "export_cine"]),
@@ -461,8 +482,11 @@ class StudyViewer(QWidget, PersistenceMixin):
             act.setText(f"{p.name} ({p.center:g}/{p.width:g})" if p is not None else f"Window preset {d}")
 
     def context_menu(self) -> QMenu:
-        """The viewport's right-click menu: the tools, MPR and 3D, then the viewer menu (built afresh)."""
+        """The viewport's right-click menu: Delete on a selected annotation, the tools, MPR and 3D,
+        then the viewer menu (built afresh)."""
         first = [("", [f"tool_{n}" for n in TOOLS]), ("", ["mpr", "volume_3d"])]
+        if self.active_viewport().selected in self.annotations:
+            first.insert(0, ("", ["delete_measurement", "undo", "redo"]))
         self._add_sections(self._context_menu, first + self.menu_sections("viewer"))
         return self._context_menu
 
@@ -489,6 +513,7 @@ class StudyViewer(QWidget, PersistenceMixin):
 
     def _make_widget(self, index: int) -> ViewportWidget:
         state = self.model.viewports[index]
+        state.set_annotations(self.annotations)
         state.set_overlay_planes(self.actions_by_name["overlay_planes"].isChecked())  # a viewport added later
         w = ViewportWidget(state, model=self.model, overlay=self.overlay, tool_provider=self.current_tool,
                            parent=self.grid_host)  # fmt: skip
@@ -615,20 +640,19 @@ class StudyViewer(QWidget, PersistenceMixin):
             vp.emit("measurements")
 
     def delete_measurement(self) -> None:
+        """Delete the annotation selected in the active viewport, else the last one on its image."""
         vp = self.active_viewport()
-        f = vp.frame_info
-        if f is None:
+        uid = vp.selected
+        if uid is not None and uid in self.annotations:
+            self.annotations.remove(uid)
             return
-        for m in reversed(vp.measurements):
-            if m.key == f.key:
-                vp.measurements.remove(m)
-                vp.emit("measurements")
-                return
+        here = vp.annotations_here()
+        if here:
+            self.annotations.remove(here[-1].uid)
 
     def clear_measurements(self) -> None:
-        vp = self.active_viewport()
-        vp.measurements.clear()
-        vp.emit("measurements")
+        """Delete every annotation of the active viewport's series (one undoable step)."""
+        self.annotations.remove_many(a.uid for a in self.active_viewport().measurements)
 
     def toggle_overlay(self) -> None:
         for vp in self.model.viewports:

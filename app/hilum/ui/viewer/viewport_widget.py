@@ -22,7 +22,7 @@ import math
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QMimeData, QPoint, QPointF, QRectF, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QMimeData, QPoint, QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QColor,
     QDragEnterEvent,
@@ -39,11 +39,11 @@ from PySide6.QtGui import (
     QTransform,
     QWheelEvent,
 )
-from PySide6.QtWidgets import QHBoxLayout, QScrollBar, QSizePolicy, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QScrollBar, QSizePolicy, QWidget
 
 from hilum.ui.viewer.overlay import OverlayConfig, corner_texts
 from hilum.ui.viewer.state import ViewportState
-from hilum.ui.viewer.tools import PanTool, Tool, WindowTool, measurements_on_frame
+from hilum.ui.viewer.tools import EditDrag, PanTool, TextRequest, Tool, WindowTool, commit_text, hit_test
 
 __all__ = ["SERIES_MIME", "ViewportCanvas", "ViewportWidget"]
 
@@ -53,6 +53,7 @@ SERIES_MIME = "application/x-hilum-series-uid"
 ACTIVE_COLOUR = QColor(255, 160, 0)
 TEXT_COLOUR = QColor(230, 230, 230)
 MEASURE_COLOUR = QColor(80, 220, 80)
+SELECTED_COLOUR = QColor(90, 200, 255)
 REFERENCE_COLOUR = QColor(255, 230, 0)
 ALIGNMENT_COLOUR = QColor(120, 210, 255)
 
@@ -110,11 +111,17 @@ class ViewportCanvas(QWidget):
         self._settle.timeout.connect(self._settled)
         self.paint_count = 0
         self.image_paint_count = 0
+        self.text_editor: QLineEdit | None = None
 
     def _on_state(self, _state: ViewportState, what: str) -> None:
         if what in ("index", "view", "window"):
             self._fast = True
             self._settle.start()
+            if self.text_editor is not None and what == "index":
+                self.state.text_request = None
+                self._close_text_editor()
+        elif what == "text":
+            self._open_text_editor()
         self.update()
 
     def _settled(self) -> None:
@@ -335,33 +342,105 @@ class ViewportCanvas(QWidget):
                           Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, label)  # fmt: skip
 
     def _paint_measurements(self, p: QPainter, m: np.ndarray) -> None:
+        """The annotations of the frame shown (the study's set), the one being drawn, the selection."""
         st = self.state
-        pen = QPen(MEASURE_COLOUR, 1.5)
-        for meas in measurements_on_frame(st):
-            pts = [self._to_canvas(m, q) for q in meas.points]
-            p.setPen(pen)
-            p.setBrush(Qt.BrushStyle.NoBrush)
-            if meas.kind == "length" and len(pts) >= 2:
-                p.drawLine(pts[0], pts[1])
-                anchor = pts[1]
-            elif meas.kind == "angle":
-                p.drawPolyline(pts)
-                anchor = pts[1]
-            elif meas.kind in ("ellipse", "rect") and len(pts) >= 2:
-                self._draw_shape(p, meas.kind, meas.points, m)
-                anchor = QPointF(max(q.x() for q in pts), max(q.y() for q in pts))
-            else:
-                continue
-            lh = p.fontMetrics().height()
-            for i, line in enumerate(meas.text(st)):
-                self._shadow_text(p, QRectF(anchor.x() + 6, anchor.y() + i * lh, 320, lh),
-                                  Qt.AlignmentFlag.AlignLeft, line)  # fmt: skip
+        st.label_rects = {}
+        for a in st.annotations_here():
+            selected = a.uid == st.selected
+            colour = SELECTED_COLOUR if selected else MEASURE_COLOUR
+            rects = self._paint_annotation(p, m, a.kind, a.points, a.text, st.annotation_lines(a), colour)
+            st.label_rects[a.uid] = rects
+            if selected:
+                self._paint_handles(p, m, a.kind, a.points)
+        d = st.draft
+        if d is not None and d.key == (st.frame_info.key if st.frame_info is not None else None):
+            a = d.annotation(st)
+            lines = st.annotation_lines(a) if a is not None else []
+            self._paint_annotation(p, m, d.kind, d.points, "", lines, MEASURE_COLOUR, closed=False)
 
-    def _draw_shape(self, p: QPainter, kind: str, points: list[tuple[float, float]], m: np.ndarray) -> None:
+    def _paint_annotation(self, p: QPainter, m: np.ndarray, kind: str, points: list[tuple[float, float]],
+                          text: str, lines: list[str], colour: QColor, *,
+                          closed: bool = True) -> list[tuple[float, float, float, float]]:  # fmt: skip
+        """One annotation in canvas coordinates; returns the rectangles of its text (for grabbing)."""
+        pts = [self._to_canvas(m, q) for q in points]
+        pen = QPen(colour, 1.5)
+        p.setPen(pen)
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        anchor = pts[-1]
+        if kind in ("length", "arrow") and len(pts) >= 2:
+            p.drawLine(pts[0], pts[1])
+            if kind == "arrow":
+                self._arrow_head(p, pts[0], pts[1])
+        elif kind == "angle":
+            p.drawPolyline(pts)
+            anchor = pts[1]
+        elif kind == "cobb":
+            p.drawLine(pts[0], pts[1])
+            if len(pts) >= 4:
+                p.drawLine(pts[2], pts[3])
+                dashed = QPen(colour, 1.0, Qt.PenStyle.DashLine)
+                p.setPen(dashed)
+                mid0 = (pts[0] + pts[1]) / 2
+                mid1 = (pts[2] + pts[3]) / 2
+                p.drawLine(mid0, mid1)
+                anchor = (mid0 + mid1) / 2
+        elif kind in ("ellipse", "rect") and len(pts) >= 2:
+            self._draw_shape(p, kind, points, m, colour)
+            anchor = QPointF(max(q.x() for q in pts), max(q.y() for q in pts))
+        elif kind == "freehand":
+            if closed and len(pts) >= 3:
+                p.drawPolygon(pts)
+            else:
+                p.drawPolyline(pts)
+            anchor = QPointF(max(q.x() for q in pts), max(q.y() for q in pts))
+        elif kind == "point":
+            c = pts[0]
+            p.drawLine(c + QPointF(-6, 0), c + QPointF(6, 0))
+            p.drawLine(c + QPointF(0, -6), c + QPointF(0, 6))
+            anchor = c + QPointF(2, 2)
+        rects = []
+        lh = p.fontMetrics().height()
+        if kind == "text":
+            c = pts[0]
+            w = p.fontMetrics().horizontalAdvance(text) + 4
+            rect = QRectF(c.x(), c.y() - lh / 2, w, lh)
+            self._shadow_text(p, rect, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, text, colour)
+            rects.append((rect.left(), rect.top(), rect.right(), rect.bottom()))
+        for i, line in enumerate(lines):
+            w = p.fontMetrics().horizontalAdvance(line) + 4
+            rect = QRectF(anchor.x() + 6, anchor.y() + i * lh, w, lh)
+            self._shadow_text(p, rect, Qt.AlignmentFlag.AlignLeft, line, colour)
+            rects.append((rect.left(), rect.top(), rect.right(), rect.bottom()))
+        return rects
+
+    @staticmethod
+    def _arrow_head(p: QPainter, tail: QPointF, head: QPointF) -> None:
+        dx, dy = tail.x() - head.x(), tail.y() - head.y()
+        n = math.hypot(dx, dy)
+        if n < 1e-6:
+            return
+        ux, uy = dx / n, dy / n
+        for sign in (1, -1):
+            a = math.radians(25) * sign
+            rx, ry = ux * math.cos(a) - uy * math.sin(a), ux * math.sin(a) + uy * math.cos(a)
+            p.drawLine(head, head + QPointF(rx * 12, ry * 12))
+
+    def _paint_handles(self, p: QPainter, m: np.ndarray, kind: str, points: list[tuple[float, float]]) -> None:
+        if kind in ("text", "point") or (kind == "freehand" and len(points) > 12):
+            return
+        p.setPen(QPen(SELECTED_COLOUR, 1))
+        p.setBrush(QColor(0, 0, 0, 160))
+        for q in points:
+            c = self._to_canvas(m, q)
+            p.drawRect(QRectF(c.x() - 3.5, c.y() - 3.5, 7, 7))
+        p.setBrush(Qt.BrushStyle.NoBrush)
+
+    def _draw_shape(self, p: QPainter, kind: str, points: list[tuple[float, float]], m: np.ndarray,
+                    colour: QColor = MEASURE_COLOUR) -> None:  # fmt: skip
         (x0, y0), (x1, y1) = points[0], points[-1]
         p.save()
         p.setTransform(QTransform(m[0, 0], m[1, 0], m[0, 1], m[1, 1], m[0, 2], m[1, 2]))
-        pen = QPen(MEASURE_COLOUR, 1.5)
+        pen = QPen(colour, 1.5)
         pen.setCosmetic(True)
         p.setPen(pen)
         rect = QRectF(QPointF(min(x0, x1), min(y0, y1)), QPointF(max(x0, x1), max(y0, y1)))
@@ -370,6 +449,66 @@ class ViewportCanvas(QWidget):
         else:
             p.drawRect(rect)
         p.restore()
+
+    # ------------------------------------------------------------ text annotations
+
+    def _open_text_editor(self) -> None:
+        """The small inline editor of a text annotation (Enter: done, Esc: cancel)."""
+        req = self.state.text_request
+        if req is None:
+            return
+        self._close_text_editor()
+        x, y = self.state.image_to_canvas(*req.point)
+        edit = QLineEdit(req.text, self)
+        edit.setObjectName("annotationTextEditor")
+        edit.setPlaceholderText("Text, then Enter")
+        edit.setMinimumWidth(160)
+        edit.adjustSize()
+        edit.move(int(min(max(x, 0), max(self.width() - edit.width(), 0))),
+                  int(min(max(y - edit.height() / 2, 0), max(self.height() - edit.height(), 0))))  # fmt: skip
+        edit.returnPressed.connect(self._commit_text_editor)
+        edit.installEventFilter(self)
+        edit.show()
+        edit.setFocus(Qt.FocusReason.OtherFocusReason)
+        edit.selectAll()
+        self.text_editor = edit
+
+    def _commit_text_editor(self) -> None:
+        edit, req = self.text_editor, self.state.text_request
+        if edit is None:
+            return
+        text = edit.text()
+        self.state.text_request = None
+        self._close_text_editor()
+        if req is not None:
+            commit_text(self.state, req, text)
+
+    def _close_text_editor(self) -> None:
+        edit = self.text_editor
+        if edit is None:
+            return
+        self.text_editor = None
+        had_focus = edit.hasFocus()
+        edit.removeEventFilter(self)
+        edit.hide()
+        edit.deleteLater()
+        if had_focus:
+            self.setFocus(Qt.FocusReason.OtherFocusReason)
+        self.update()
+
+    def eventFilter(self, obj: Any, event: QEvent) -> bool:  # noqa: N802
+        if obj is self.text_editor:
+            if event.type() == QEvent.Type.KeyPress and isinstance(event, QKeyEvent):
+                if event.key() == Qt.Key.Key_Escape:
+                    self.state.text_request = None
+                    self._close_text_editor()
+                    return True
+            elif event.type() == QEvent.Type.ShortcutOverride:
+                event.accept()  # every key is the editor's (the viewer's one-letter shortcuts too)
+                return False
+            elif event.type() == QEvent.Type.FocusOut and self.state.text_request is not None:
+                QTimer.singleShot(0, self._commit_text_editor)  # clicking elsewhere keeps what was typed
+        return super().eventFilter(obj, event)
 
     # ------------------------------------------------------------ mouse
 
@@ -391,11 +530,24 @@ class ViewportCanvas(QWidget):
             event.accept()
             return
         tool = self._tool_for(event.button())
+        if event.button() == Qt.MouseButton.LeftButton and tool is not None and self._drag_tool is None:
+            tool = self._grab_annotation(event.position(), tool)
         if tool is not None and self.state.frame_info is not None and self._drag_tool is None:
             self._drag_tool = tool
             pos = event.position()
             tool.press(self.state, pos.x(), pos.y())
         event.accept()
+
+    def _grab_annotation(self, pos: QPointF, tool: Tool) -> Tool:
+        """Whatever the tool, a press on an annotation (its line, outline, label or a handle)
+        selects it and drags it: :class:`~hilum.ui.viewer.tools.EditDrag`. Not while the tool is
+        half-way through drawing one (the angle's second arm, the Cobb angle's second line)."""
+        if self.state.draft is not None or self.state.frame_info is None:
+            return tool
+        hit = hit_test(self.state, pos.x(), pos.y())
+        if hit is None:
+            return tool
+        return EditDrag(*hit)
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         pos = event.position()
@@ -416,6 +568,10 @@ class ViewportCanvas(QWidget):
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         if event.button() == Qt.MouseButton.RightButton and self._right_press is not None:
             self._right_press = None
+            pos = event.position()
+            if self.state.draft is None and self.state.frame_info is not None:
+                hit = hit_test(self.state, pos.x(), pos.y())
+                self.state.select(hit[0] if hit is not None else None)  # the menu's Delete acts on it
             self.contextMenuRequested.emit(event.globalPosition().toPoint())
             event.accept()
             return
@@ -440,7 +596,17 @@ class ViewportCanvas(QWidget):
         super().keyPressEvent(event)
 
     def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802
-        self.doubleClicked.emit()
+        """On a text annotation: edit its text; elsewhere: the viewport full size and back."""
+        pos = event.position()
+        st = self.state
+        hit = hit_test(st, pos.x(), pos.y()) if st.frame_info is not None and st.draft is None else None
+        a = st.annotations.get(hit[0]) if hit is not None else None
+        if a is not None and a.kind == "text" and event.button() == Qt.MouseButton.LeftButton:
+            st.select(a.uid)
+            st.text_request = TextRequest(a.key, a.points[0], a.uid, a.text)
+            st.emit("text")
+        elif st.draft is None:
+            self.doubleClicked.emit()
         event.accept()
 
     def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802
