@@ -270,3 +270,44 @@ def test_close_with_unsaved_annotations_asks(qtbot: Any, window: Any) -> None:
     qtbot.waitUntil(lambda: window._test_viewer.viewer_for(STUDY.uid) is None, timeout=TIMEOUT)
     viewer = _open(qtbot, window)
     assert [a.kind for a in viewer.annotations.all()] == ["length"]
+
+
+def _rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).astype(int)
+
+
+def test_export_view_burnt_in_or_beside_as_dicom(qtbot: Any, window: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    from PySide6.QtWidgets import QFileDialog
+
+    from hilum.dicom.presentation import read_gsps
+
+    viewer = _open(qtbot, window)
+    canvas = viewer.viewport_widget(0).canvas
+    w, h = canvas.width(), canvas.height()
+    _key(viewer, Qt.Key.Key_L)
+    _drag(canvas, (w * 0.3, h * 0.5), (w * 0.7, h * 0.5))
+    (drawn,) = viewer.annotations.all()
+    filters = list(viewer.EXPORT_FILTERS)
+    answers: list[tuple[str, str]] = [
+        (str(tmp_path / "burnt.png"), filters[0]),
+        (str(tmp_path / "plain.png"), filters[1]),
+    ]
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: answers.pop(0)))
+    _key(viewer, Qt.Key.Key_E, Qt.KeyboardModifier.ControlModifier)  # Export view… (PNG, burnt in)
+    _key(viewer, Qt.Key.Key_E, Qt.KeyboardModifier.ControlModifier)  # again: image only + DICOM beside it
+    assert not answers
+    burnt, plain = tmp_path / "burnt.png", tmp_path / "plain.png"
+    assert burnt.is_file() and plain.is_file()
+    diff = np.abs(_rgb(burnt) - _rgb(plain)).max(axis=2) > 40
+    ys, xs = np.nonzero(diff)  # the length is in one picture only: along its line
+    assert len(xs) > 20 and abs(np.median(ys) - h * 0.5) < 6
+    assert not (tmp_path / "burnt.gsps.dcm").exists()
+    sidecar = tmp_path / "plain.gsps.dcm"
+    anns, states = read_gsps(pydicom.dcmread(sidecar))
+    assert [(a.kind, a.key) for a in anns] == [("length", drawn.key)]
+    assert np.abs(np.array(anns[0].points) - np.array(drawn.points)).max() < 0.01
+    assert (tmp_path / "plain.sr.dcm").is_file()
+    viewer._discard = True  # not saved in the study: no question at teardown

@@ -541,6 +541,14 @@ class PersistenceMixin:
         self._markers[index] = _KeyMarker(widget.canvas)
         widget.state.subscribe(partial_viewport(self, index))
 
+    def annotations_hidden(self, index: int) -> Any:
+        """``with viewer.annotations_hidden(i):`` viewport *i* paints no annotation meanwhile."""
+        return _annotations_hidden(self, index)
+
+    def write_sidecars(self, picture: Path, index: int) -> list[Path]:
+        """The exported image's annotations beside *picture* as GSPS / SR files (:func:`write_sidecars`)."""
+        return write_sidecars(self, picture, index)
+
     # --- modified state --------------------------------------------------------------------------
 
     @property
@@ -886,3 +894,64 @@ def partial_viewport(viewer: PersistenceMixin, index: int) -> Callable[[Any, str
         viewer._on_viewport_event(index, vp, what)
 
     return cb
+
+
+# ------------------------------------------------------------------ export beside the picture
+
+
+class _Hidden:
+    def __init__(self, vp: Any) -> None:
+        self.vp = vp
+        self.saved: Any = None
+
+    def __enter__(self) -> None:
+        from hilum.dicom.annotations import AnnotationSet
+
+        self.saved = self.vp.annotations
+        self.vp.set_annotations(AnnotationSet())
+
+    def __exit__(self, *exc: object) -> None:
+        self.vp.set_annotations(self.saved)
+
+
+def _annotations_hidden(viewer: Any, index: int) -> _Hidden:
+    return _Hidden(viewer.model.viewports[index])
+
+
+def write_sidecars(viewer: Any, picture: Path, index: int) -> list[Path]:
+    """The annotations of the exported image (and its display state) as DICOM files beside
+    *picture*: ``<name>.gsps.dcm`` and, with measurements, ``<name>.sr.dcm`` (not stored in the
+    archive: a Save does that)."""
+    from hilum.dicom.presentation import make_gsps_objects
+    from hilum.dicom.sr import make_measurement_sr
+    from hilum.errors import HilumError
+
+    vp = viewer.model.viewports[index]
+    f = vp.frame_info
+    if f is None:
+        return []
+    header = viewer._headers.get(f.sop_instance_uid, f.path)
+    if header is None:
+        raise HilumError(f"no header for the image {f.sop_instance_uid}")
+    anns = viewer.annotations.on(f.sop_instance_uid, f.frame)
+    state = display_state_of(vp)
+    states = {(f.sop_instance_uid, f.frame): state} if state is not None else {}
+    out: list[Path] = []
+    stem = picture.with_suffix("")
+    for n, ds in enumerate(make_gsps_objects([header], anns, states)):
+        p = stem.with_name(stem.name + (".gsps.dcm" if n == 0 else f".gsps{n + 1}.dcm"))
+        ds.save_as(p, enforce_file_format=True)
+        out.append(p)
+    measured = [a for a in anns if a.kind in MEASUREMENT_KINDS]
+    if measured:
+        frames = frames_of([vp.volume])
+        vals = {a.uid: v for a in measured if (v := _values_of(a, frames)) is not None}
+        try:
+            sr = make_measurement_sr([header], measured, vals)
+        except ValueError as exc:
+            logger.info("no SR beside %s: %s", picture, exc)
+        else:
+            p = stem.with_name(stem.name + ".sr.dcm")
+            sr.save_as(p, enforce_file_format=True)
+            out.append(p)
+    return out

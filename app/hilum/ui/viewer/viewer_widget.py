@@ -1658,12 +1658,23 @@ class StudyViewer(QWidget, PersistenceMixin):
 
     # ------------------------------------------------------------ export
 
-    def export_view(self, path: str | Path, viewport: int | None = None) -> Path:
+    def export_view(self, path: str | Path, viewport: int | None = None, *, annotations: str = "burn") -> Path:
+        """Save what a viewport shows as PNG / JPEG. *annotations*: ``"burn"`` draws them in (as on
+        screen); ``"separate"`` leaves them out of the picture and writes them beside it as DICOM
+        (``OUT.gsps.dcm``, and ``OUT.sr.dcm`` for measurements: :meth:`write_sidecars`)."""
         index = self.model.active if viewport is None else viewport
-        if not self._widgets[index].export_view(str(path)):
+        if annotations not in ("burn", "separate"):
+            raise ValueError(f"annotations must be 'burn' or 'separate', not {annotations!r}")
+        if annotations == "separate":
+            with self.annotations_hidden(index):
+                ok = self._widgets[index].export_view(str(path))
+        else:
+            ok = self._widgets[index].export_view(str(path))
+        if not ok:
             raise HilumError(f"cannot write {path}")
+        if annotations == "separate":
+            self.write_sidecars(Path(path), index)
         return Path(path)
-
     def export_cine(self, path: str | Path, fps: float | None = None, viewport: int | None = None) -> Path:
         vp = self.model.viewports[self.model.active if viewport is None else viewport]
         return export_cine(view_frames(vp), path, fps or vp.cine_fps)
@@ -1671,12 +1682,22 @@ class StudyViewer(QWidget, PersistenceMixin):
     def _default_dir(self) -> str:
         return str(self.data_dir / "exports") if self.data_dir else str(Path.home())
 
+    EXPORT_FILTERS = {
+        "PNG, annotations burnt in (*.png)": "burn",
+        "PNG, image only; annotations beside it as DICOM GSPS / SR (*.png)": "separate",
+        "JPEG, annotations burnt in (*.jpg)": "burn",
+        "JPEG, image only; annotations beside it as DICOM GSPS / SR (*.jpg)": "separate",
+    }
+
     def export_view_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export view", self._default_dir(), "PNG (*.png);;JPEG (*.jpg)")
+        filters = ";;".join(self.EXPORT_FILTERS)
+        path, chosen = QFileDialog.getSaveFileName(self, "Export view", self._default_dir(), filters)
         if path:
+            mode = self.EXPORT_FILTERS.get(chosen, "burn")
             try:
-                self.export_view(path)
-                self.status.setText(f"Saved {path}")
+                self.export_view(path, annotations=mode)
+                extra = " (annotations beside it: .gsps.dcm / .sr.dcm)" if mode == "separate" else ""
+                self.status.setText(f"Saved {path}{extra}")
             except HilumError as exc:
                 QMessageBox.warning(self, "Export view", str(exc))
 
