@@ -412,8 +412,21 @@ def make_gsps(
         gsps.SoftcopyVOILUTSequence = DicomSequence(voi)
     gsps.DisplayedAreaSelectionSequence = DicomSequence(_displayed_areas(keys, by_uid, st, rotation, flip))
     gsps.ImageRotation = rotation
+    _series_body_part(gsps, refs)
     gsps.ImageHorizontalFlip = "Y" if flip else "N"
     return gsps
+
+
+def _series_body_part(obj: Dataset, refs: Sequence[Dataset]) -> None:
+    """General Series Body Part Examined and Laterality (Type 2C: needed for paired parts) from the images."""
+    parts = {str(ds.get("BodyPartExamined", "")) for ds in refs}
+    lat = {str(ds.get("Laterality", "")) for ds in refs}
+    if len(parts) == 1 and (part := parts.pop()):
+        obj.BodyPartExamined = part
+    if len(lat) == 1 and (side := lat.pop()):
+        obj.Laterality = side
+    elif "BodyPartExamined" not in obj:
+        obj.Laterality = ""  # unknown
 
 
 def _inverse(invert: bool, image: Dataset) -> bool:
