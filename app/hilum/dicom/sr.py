@@ -50,7 +50,6 @@ from hilum.dicom.presentation import (
     _ellipse,
     _ellipse_axes,
     _rect_box,
-    _series_body_part,
     annotation_uid,
     from_pixel_units,
     to_pixel_units,
@@ -259,7 +258,6 @@ def make_measurement_sr(
         series_description="Hilum measurements",
         software_versions=hilum.__version__,
     )
-    _series_body_part(sr, refs)
     return sr
 
 
@@ -546,7 +544,6 @@ def make_kos(
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
     )
-    _series_body_part(kos, evidence)
     return kos
 
 
