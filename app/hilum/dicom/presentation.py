@@ -383,6 +383,8 @@ def make_gsps(
     sizes = list(dict.fromkeys((int(ds.Rows), int(ds.Columns)) for ds in refs))
     first = [ds for ds in refs if (int(ds.Rows), int(ds.Columns)) == sizes[0]]
     voi = _voi_items(keys, by_uid, st)
+    first_uids = {str(ds.SOPInstanceUID) for ds in first}
+    voi_first = _voi_items({k: None for k in keys if k[0] in first_uids}, by_uid, st)
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=first,
         series_instance_uid=series_uid or generate_uid(),
@@ -397,7 +399,8 @@ def make_gsps(
         content_description=description[:64],
         graphic_annotations=graphic_annotations.get(sizes[0]) or None,
         graphic_layers=layers if anns else None,
-        voi_lut_transformations=voi or None,
+        modality_lut_transformation=_modality_lut(refs),
+        voi_lut_transformations=voi_first or None,
         presentation_lut_transformation=hd.PresentationLUTTransformation(
             presentation_lut_shape="INVERSE" if _inverse(invert, first[0]) else "IDENTITY"
         ),
@@ -415,6 +418,31 @@ def make_gsps(
     _series_body_part(gsps, refs)
     gsps.ImageHorizontalFlip = "Y" if flip else "N"
     return gsps
+
+
+def _modality_lut(refs: Sequence[Dataset]) -> hd.ModalityLUTTransformation | None:
+    """The Modality LUT Module (C.11.1) for all *refs*: one rescale per GSPS (PS3.3 A.33.1).
+
+    Enhanced multi-frame images are left to highdicom (it reads their functional groups); a legacy
+    multi-frame or single-frame image gives its Rescale Slope / Intercept, or the identity.
+    """
+    if any("SharedFunctionalGroupsSequence" in ds for ds in refs):
+        return None
+    found = set()
+    for ds in refs:
+        slope, intercept = _first(ds.get("RescaleSlope")), _first(ds.get("RescaleIntercept"))
+        kind = str(ds.get("RescaleType", "") or ("HU" if str(ds.get("Modality", "")) == "CT" else "US"))
+        found.add((1.0 if slope is None else slope, 0.0 if intercept is None else intercept, kind))
+    if len(found) > 1:
+        raise ValueError(
+            "the images have different Rescale Slope / Intercept / Type and one GSPS has one Modality LUT "
+            "(PS3.3 C.11.1): make one GSPS per series"
+        )
+    slope, intercept, kind = found.pop()
+    valid = {v.value for v in hd.RescaleTypeValues}
+    return hd.ModalityLUTTransformation(
+        rescale_intercept=intercept, rescale_slope=slope, rescale_type=kind if kind in valid else "US"
+    )
 
 
 def _series_body_part(obj: Dataset, refs: Sequence[Dataset]) -> None:
