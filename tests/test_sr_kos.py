@@ -80,7 +80,13 @@ _NAMES = {
     "angle": [("Angle", "angle")],
     "cobb": [("Cobb angle", "angle")],
     "point": [("Mean", "value")],
-    "ellipse": [("Area", "area"), ("Mean", "mean"), ("Standard Deviation", "sd"), ("Minimum", "min"), ("Maximum", "max")],
+    "ellipse": [
+        ("Area", "area"),
+        ("Mean", "mean"),
+        ("Standard Deviation", "sd"),
+        ("Minimum", "min"),
+        ("Maximum", "max"),
+    ],
 }
 _NAMES["rect"] = _NAMES["freehand"] = _NAMES["ellipse"]
 
@@ -276,7 +282,9 @@ def test_kos_round_trip(series) -> None:  # type: ignore[no-untyped-def]
     assert kos.ConceptNameCodeSequence[0].CodeValue == "113000"  # (113000, DCM, "Of Interest")
     assert read_kos(kos) == keys
     doc = hd.ko.KeyObjectSelectionDocument.from_dataset(kos)
-    assert [str(r.referenced_sop_instance_uid) for r in doc.content.get_references()] == [k.sop_instance_uid for k in keys]
+    assert [str(r.referenced_sop_instance_uid) for r in doc.content.get_references()] == [
+        k.sop_instance_uid for k in keys
+    ]
 
 
 def test_kos_title_and_frames() -> None:

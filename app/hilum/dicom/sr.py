@@ -40,8 +40,8 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.sr.coding import Code
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 import hilum
@@ -179,7 +179,9 @@ def _measurement_group(a: Annotation, ds: Dataset, v: Mapping[str, Any]) -> Any:
                 ms.append(hd.sr.Measurement(name=_MEAN, value=float(value), unit=_unit(str(v.get("unit", "")))))
         else:
             if v.get("area") is not None:
-                ms.append(hd.sr.Measurement(name=_AREA, value=float(v["area"]), unit=_unit(str(v.get("area_unit", "mm²")))))
+                ms.append(
+                    hd.sr.Measurement(name=_AREA, value=float(v["area"]), unit=_unit(str(v.get("area_unit", "mm²"))))
+                )
             if v.get("count"):
                 for key, code in _STATS:
                     if v.get(key) is not None and not math.isnan(float(v[key])):
@@ -282,7 +284,9 @@ def _frames(ref: Dataset) -> list[int]:
     return [int(x) - 1 for x in vals] or [0]
 
 
-def _shape(gtype: str, pts: list[tuple[float, float]], name_key: str, n_coords: int) -> tuple[str, list[tuple[float, float]]] | None:
+def _shape(
+    gtype: str, pts: list[tuple[float, float]], name_key: str, n_coords: int
+) -> tuple[str, list[tuple[float, float]]] | None:
     """The annotation kind and points of one SCOORD (image coordinates)."""
     g = gtype.upper()
     if g == "POINT":
@@ -309,7 +313,16 @@ def _shape(gtype: str, pts: list[tuple[float, float]], name_key: str, n_coords: 
 
 
 def _annotation(
-    gtype: str, data: Any, sop: str, frame: int, label: str, tuid: str, sr_uid: str, series: str, study: str, name_key: str = ""
+    gtype: str,
+    data: Any,
+    sop: str,
+    frame: int,
+    label: str,
+    tuid: str,
+    sr_uid: str,
+    series: str,
+    study: str,
+    name_key: str = "",
 ) -> Annotation | None:
     pts = [from_pixel_units(float(c), float(r)) for c, r in np.asarray(data, dtype=float).reshape(-1, 2)]
     shape = _shape(gtype, pts, name_key, 1)
@@ -370,15 +383,17 @@ def _read_tid1500(ds: Dataset) -> list[SRMeasurement]:
         if roi is not None and isinstance(roi, hd.sr.ImageRegion):
             ref = roi.ContentSequence[0].ReferencedSOPSequence[0]
             sop = str(ref.ReferencedSOPInstanceUID)
-            ann = _annotation(roi.graphic_type.value, roi.value, sop, _frames(ref)[0], label, tuid, sr_uid, series.get(sop, ""), study)
+            ann = _annotation(
+                roi.graphic_type.value, roi.value, sop, _frames(ref)[0], label, tuid, sr_uid, series.get(sop, ""), study
+            )
         ms = g.get_measurements()
         if not ms and ann is not None:
             out.append(SRMeasurement(name="", value=float("nan"), unit="", annotation=ann, tracking_uid=tuid))
         for m in ms:
             out.append(_measurement(m, ann, tuid))
-    for g in report.get_image_measurement_groups():
-        label, tuid = str(g.tracking_identifier or ""), str(g.tracking_uid or "")
-        for m in g.get_measurements():
+    for group in report.get_image_measurement_groups():
+        label, tuid = str(group.tracking_identifier or ""), str(group.tracking_uid or "")
+        for m in group.get_measurements():
             ann = None
             coords = m.referenced_coordinates
             if coords:
@@ -395,7 +410,15 @@ def _read_tid1500(ds: Dataset) -> list[SRMeasurement]:
                 else:
                     c0 = coords[0]
                     ann = _annotation(
-                        c0.graphic_type.value, c0.value, sop, _frames(ref)[0], label, tuid, sr_uid, series.get(sop, ""), study
+                        c0.graphic_type.value,
+                        c0.value,
+                        sop,
+                        _frames(ref)[0],
+                        label,
+                        tuid,
+                        sr_uid,
+                        series.get(sop, ""),
+                        study,
                     )
             out.append(_measurement(m, ann, tuid))
     return out
@@ -440,11 +463,13 @@ def _read_tree(ds: Dataset) -> list[SRMeasurement]:
         if not seq:
             return None
         c = seq[0]
-        return Code(str(c.get("CodeValue", "")), str(c.get("CodingSchemeDesignator", "")), str(c.get("CodeMeaning", "")))
+        return Code(
+            str(c.get("CodeValue", "")), str(c.get("CodingSchemeDesignator", "")), str(c.get("CodeMeaning", ""))
+        )
 
     out: list[SRMeasurement] = []
     seen_scoord: set[int] = set()
-    for path, item in sorted(index.items()):
+    for _path, item in sorted(index.items()):
         vt = str(item.get("ValueType", ""))
         if vt == "NUM":
             scoord_ann = None
@@ -457,7 +482,15 @@ def _read_tree(ds: Dataset) -> list[SRMeasurement]:
                     if img is not None:
                         seen_scoord.add(id(target))
                         scoord_ann = _annotation(
-                            str(target.GraphicType), target.GraphicData, img[0], img[1], "", "", sr_uid, series.get(img[0], ""), study
+                            str(target.GraphicType),
+                            target.GraphicData,
+                            img[0],
+                            img[1],
+                            "",
+                            "",
+                            sr_uid,
+                            series.get(img[0], ""),
+                            study,
                         )
                         break
             for mv in item.get("MeasuredValueSequence", []) or []:
@@ -477,15 +510,22 @@ def _read_tree(ds: Dataset) -> list[SRMeasurement]:
                         annotation=scoord_ann,
                     )
                 )
-    for path, item in sorted(index.items()):
+    for _path, item in sorted(index.items()):
         if str(item.get("ValueType", "")) == "SCOORD" and id(item) not in seen_scoord and "GraphicData" in item:
             img = image_of(item)
             if img is None:
                 continue
             code = name_of(item)
             a = _annotation(
-                str(item.GraphicType), item.GraphicData, img[0], img[1], str(code.meaning) if code else "", "", sr_uid,
-                series.get(img[0], ""), study,
+                str(item.GraphicType),
+                item.GraphicData,
+                img[0],
+                img[1],
+                str(code.meaning) if code else "",
+                "",
+                sr_uid,
+                series.get(img[0], ""),
+                study,
             )
             if a is not None:
                 out.append(SRMeasurement(name="", value=float("nan"), unit="", annotation=a))
@@ -528,7 +568,9 @@ def make_kos(
         if ds is None:
             raise ValueError(f"key image {k.sop_instance_uid} is not among the images")
         objs.append(ds)
-    content = hd.ko.KeyObjectSelection(document_title=_title(title_code), referenced_objects=objs, description=description)
+    content = hd.ko.KeyObjectSelection(
+        document_title=_title(title_code), referenced_objects=objs, description=description
+    )
     # highdicom references whole instances: name the frame of a multi-frame image (PS3.3 C.18.3 Image Reference Macro)
     items = [c for c in content[0].ContentSequence if str(c.ValueType) in ("IMAGE", "COMPOSITE")]
     for item, k, ds in zip(items, keys, objs, strict=True):
@@ -555,7 +597,9 @@ def read_kos(ds: Dataset) -> list[KeyImage]:
         doc = hd.ko.KeyObjectSelectionDocument.from_dataset(ds)
         items = [it for it in doc.content.get_references() if str(it.ValueType) == "IMAGE"]
     except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
-        log.warning("KOS %s: highdicom could not parse it (%s); reading its content items", ds.get("SOPInstanceUID"), exc)
+        log.warning(
+            "KOS %s: highdicom could not parse it (%s); reading its content items", ds.get("SOPInstanceUID"), exc
+        )
         items = [it for it in ds.get("ContentSequence", []) or [] if str(it.get("ValueType", "")) == "IMAGE"]
     for it in items:
         for ref in it.get("ReferencedSOPSequence", []) or []:
