@@ -29,6 +29,7 @@ from functools import partial
 from typing import Any
 
 import pydicom
+from pydicom.dataset import Dataset
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QAction, QColor, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
@@ -45,7 +46,6 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from pydicom.dataset import Dataset
 
 from hilum.dicom.segmentation import LabelMap, make_seg, read_seg, seg_references
 from hilum.dicom.stack_load import SeriesVolume
@@ -94,7 +94,7 @@ def save_seg(archive: Any, volume: SeriesVolume, labels: LabelMap, **kwargs: Any
 
 def seg_datasets_for(archive: Any, study_uid: str, series_uid: str) -> list[Dataset]:
     """The SEG objects of the study (in the archive) that reference series *series_uid*."""
-    out = []
+    out: list[Dataset] = []
     for row in archive.query("SERIES", {"StudyInstanceUID": study_uid, "Modality": "SEG"}):
         for inst in archive.instances(series_uid=row["SeriesInstanceUID"]):
             try:
@@ -235,7 +235,9 @@ class SegPanel(QWidget):
                 r = self.table.rowCount()
                 self.table.insertRow(r)
                 show = QTableWidgetItem()
-                show.setFlags(Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
+                show.setFlags(
+                    Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+                )
                 show.setCheckState(Qt.CheckState.Checked if seg.visible else Qt.CheckState.Unchecked)
                 show.setData(Qt.ItemDataRole.UserRole, n)
                 self.table.setItem(r, COL_SHOW, show)
@@ -269,6 +271,8 @@ class SegPanel(QWidget):
                 seg = lm.segments[self.number_at(r)]
                 state = Qt.CheckState.Checked if seg.visible else Qt.CheckState.Unchecked
                 show, swatch, name = (self.table.item(r, c) for c in (COL_SHOW, COL_COLOUR, COL_NAME))
+                if show is None or swatch is None or name is None:
+                    return False
                 if show.checkState() != state:
                     show.setCheckState(state)
                 pm = QPixmap(14, 14)
@@ -493,7 +497,7 @@ def install_segmentation(viewer: Any) -> SegEditor:
     show = viewer._action("show_segments", "Segments panel", keys=keys.get("show_segments", ""),
                           toggled=lambda on: _show_panel(viewer, on))  # fmt: skip
     show.setToolTip(texts.get("show_segments", "Segments panel"))
-    for name, redo, k in (("undo", False, "Ctrl+Z"), ("redo", True, "Ctrl+Y;Ctrl+Shift+Z")):
+    for name, redo, k in (("undo", False, "Ctrl+Z"), ("redo", True, "Ctrl+Y")):
         if name not in viewer.actions_by_name:  # the annotations' undo routes here itself (route_undo)
             viewer._action(name, "Redo" if redo else "Undo", partial(route_undo, viewer, redo), k)
     viewer.model.subscribe(lambda what: _follow_active(viewer) if what == "active" else None)

@@ -79,8 +79,8 @@ from hilum.ui.viewer.model import LAYOUTS, Layout, ViewerModel
 from hilum.ui.viewer.overlay import OverlayConfig
 from hilum.ui.viewer.presets import PresetStore, WindowPreset
 from hilum.ui.viewer.priors_panel import PriorsPanel, date_text
-from hilum.ui.viewer.series_strip import SeriesStrip
 from hilum.ui.viewer.seg_panel import install_segmentation
+from hilum.ui.viewer.series_strip import SeriesStrip
 from hilum.ui.viewer.shortcuts import SHORTCUTS
 from hilum.ui.viewer.state import ViewportState
 from hilum.ui.viewer.study import SeriesEntry, StudySession, VolumeCache, best_match
