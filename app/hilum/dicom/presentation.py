@@ -160,8 +160,8 @@ def _area_pixels(
     corners = [(i0, j0), (i1, j0), (i1, j1), (i0, j1)]
     cx, cy = (i0 + i1) / 2, (j0 + j1) / 2
     screen = [m @ np.array([c - cx, r - cy]) for c, r in corners]
-    tl = min(range(4), key=lambda k: (screen[k][0] + screen[k][1]))
-    br = max(range(4), key=lambda k: (screen[k][0] + screen[k][1]))
+    tl = min(range(4), key=lambda k: screen[k][0] + screen[k][1])
+    br = max(range(4), key=lambda k: screen[k][0] + screen[k][1])
     return [int(corners[tl][0]), int(corners[tl][1])], [int(corners[br][0]), int(corners[br][1])]
 
 
@@ -251,7 +251,6 @@ def _ellipse_axes(p0: Point, p1: Point) -> list[Point]:
 def _objects(ann: Annotation, cols: int, rows: int) -> tuple[list[hd.pr.GraphicObject], list[hd.pr.TextObject]]:
     """The GSPS graphic and text objects of one annotation (PIXEL units)."""
     tid, tuid = f"{ann.kind}:{ann.uid}"[:64], tracking_uid(ann.uid)
-    track = {"tracking_id": tid, "tracking_uid": tuid}
     pts = ann.points
     graphics: list[tuple[str, list[Point]]] = []
     k = ann.kind
@@ -274,7 +273,9 @@ def _objects(ann: Annotation, cols: int, rows: int) -> tuple[list[hd.pr.GraphicO
     elif k == "freehand":
         graphics.append(("POLYLINE", [*pts, pts[0]]))
     gobjs = [
-        hd.pr.GraphicObject(graphic_type=t, graphic_data=_clamp(p, cols, rows), units="PIXEL", **track)
+        hd.pr.GraphicObject(
+            graphic_type=t, graphic_data=_clamp(p, cols, rows), units="PIXEL", tracking_id=tid, tracking_uid=tuid
+        )
         for t, p in graphics
     ]
     tobjs = []
@@ -286,7 +287,8 @@ def _objects(ann: Annotation, cols: int, rows: int) -> tuple[list[hd.pr.GraphicO
                 units="PIXEL",
                 anchor_point=(float(anchor[0]), float(anchor[1])),
                 anchor_point_visible=k != "text",
-                **track,
+                tracking_id=tid,
+                tracking_uid=tuid,
             )
         )
     return gobjs, tobjs
@@ -383,6 +385,8 @@ def make_gsps(
     sizes = list(dict.fromkeys((int(ds.Rows), int(ds.Columns)) for ds in refs))
     first = [ds for ds in refs if (int(ds.Rows), int(ds.Columns)) == sizes[0]]
     voi = _voi_items(keys, by_uid, st)
+    first_uids = {str(ds.SOPInstanceUID) for ds in first}
+    voi_first = _voi_items({k: None for k in keys if k[0] in first_uids}, by_uid, st)
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=first,
         series_instance_uid=series_uid or generate_uid(),
@@ -397,7 +401,8 @@ def make_gsps(
         content_description=description[:64],
         graphic_annotations=graphic_annotations.get(sizes[0]) or None,
         graphic_layers=layers if anns else None,
-        voi_lut_transformations=voi or None,
+        modality_lut_transformation=_modality_lut(refs),
+        voi_lut_transformations=voi_first or None,
         presentation_lut_transformation=hd.PresentationLUTTransformation(
             presentation_lut_shape="INVERSE" if _inverse(invert, first[0]) else "IDENTITY"
         ),
@@ -412,8 +417,46 @@ def make_gsps(
         gsps.SoftcopyVOILUTSequence = DicomSequence(voi)
     gsps.DisplayedAreaSelectionSequence = DicomSequence(_displayed_areas(keys, by_uid, st, rotation, flip))
     gsps.ImageRotation = rotation
+    _series_body_part(gsps, refs)
     gsps.ImageHorizontalFlip = "Y" if flip else "N"
     return gsps
+
+
+def _modality_lut(refs: Sequence[Dataset]) -> hd.ModalityLUTTransformation | None:
+    """The Modality LUT Module (C.11.1) for all *refs*: one rescale per GSPS (PS3.3 A.33.1).
+
+    Enhanced multi-frame images are left to highdicom (it reads their functional groups); a legacy
+    multi-frame or single-frame image gives its Rescale Slope / Intercept, or the identity.
+    """
+    if any("SharedFunctionalGroupsSequence" in ds for ds in refs):
+        return None
+    found = set()
+    for ds in refs:
+        slope, intercept = _first(ds.get("RescaleSlope")), _first(ds.get("RescaleIntercept"))
+        kind = str(ds.get("RescaleType", "") or ("HU" if str(ds.get("Modality", "")) == "CT" else "US"))
+        found.add((1.0 if slope is None else slope, 0.0 if intercept is None else intercept, kind))
+    if len(found) > 1:
+        raise ValueError(
+            "the images have different Rescale Slope / Intercept / Type and one GSPS has one Modality LUT "
+            "(PS3.3 C.11.1): make one GSPS per series"
+        )
+    slope, intercept, kind = found.pop()
+    valid = {v.value for v in hd.RescaleTypeValues}
+    return hd.ModalityLUTTransformation(
+        rescale_intercept=intercept, rescale_slope=slope, rescale_type=kind if kind in valid else "US"
+    )
+
+
+def _series_body_part(obj: Dataset, refs: Sequence[Dataset]) -> None:
+    """General Series Body Part Examined and Laterality (Type 2C: needed for paired parts) from the images."""
+    parts = {str(ds.get("BodyPartExamined", "")) for ds in refs}
+    lat = {str(ds.get("Laterality", "")) for ds in refs}
+    if len(parts) == 1 and (part := parts.pop()):
+        obj.BodyPartExamined = part
+    if len(lat) == 1 and (side := lat.pop()):
+        obj.Laterality = side
+    elif "BodyPartExamined" not in obj:
+        obj.Laterality = ""  # unknown
 
 
 def _inverse(invert: bool, image: Dataset) -> bool:
@@ -471,7 +514,7 @@ def _voi_items(keys: Mapping[Key, None], by_uid: Mapping[str, Dataset], states: 
     items = []
     for (c, w), ks in windows.items():
         item = hd.pr.SoftcopyVOILUTTransformation(window_center=c, window_width=w)
-        item.ReferencedImageSequence = DicomSequence(_group_refs(ks, by_uid))
+        item.ReferencedImageSequence = DicomSequence(_group_refs(ks, by_uid))  # type: ignore[assignment]
         items.append(item)
     return items
 
@@ -574,7 +617,9 @@ def _refs_of(item: Dataset) -> list[tuple[str, list[int] | None]]:
     for r in item.get("ReferencedImageSequence", []) or []:
         frames = r.get("ReferencedFrameNumber")
         if frames is not None and frames != "":
-            fl = [int(f) - 1 for f in (frames if hasattr(frames, "__len__") and not isinstance(frames, str) else [frames])]
+            fl = [
+                int(f) - 1 for f in (frames if hasattr(frames, "__len__") and not isinstance(frames, str) else [frames])
+            ]
         else:
             fl = None
         out.append((str(r.ReferencedSOPInstanceUID), fl))
@@ -630,7 +675,9 @@ def read_gsps(
     refs3 = _all_refs(ds)
     everything = [(s, fl) for _, s, fl in refs3]
     series_of = {s: ser for ser, s, _ in refs3}
-    mono1 = {str(i.SOPInstanceUID) for i in images or () if str(i.get("PhotometricInterpretation", "")) == "MONOCHROME1"}
+    mono1 = {
+        str(i.SOPInstanceUID) for i in images or () if str(i.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    }
 
     rotation = int(_number(ds.get("ImageRotation"), 0) or 0) % 360
     flip = str(ds.get("ImageHorizontalFlip", "N")).upper() == "Y"
@@ -657,17 +704,17 @@ def read_gsps(
 
     states: dict[Key, DisplayState] = {}
     for key in dict.fromkeys(_keys(everything)):
-        area = areas.get(key) or areas.get((key[0], 0))
+        shown = areas.get(key) or areas.get((key[0], 0))
         win = windows.get(key) or windows.get((key[0], 0))
         states[key] = DisplayState(
             window_center=win[0] if win else None,
             window_width=win[1] if win else None,
-            displayed_area=area[0] if area else None,
+            displayed_area=shown[0] if shown else None,
             rotation=rotation,
             flip_horizontal=flip,
             invert=inverse != (key[0] in mono1),
-            size_mode=area[1] if area else "SCALE TO FIT",
-            magnification=area[2] if area else None,
+            size_mode=shown[1] if shown else "SCALE TO FIT",
+            magnification=shown[2] if shown else None,
         )
 
     def to_image(data: np.ndarray, units: str, key: Key, size: tuple[int, int] | None) -> list[Point]:
@@ -746,7 +793,9 @@ def _ellipse(points: list[Point]) -> tuple[str, list[Point]]:
     poly = []
     for k in range(64):
         t = 2 * math.pi * k / 64
-        poly.append((c[0] + ra * math.cos(t) * ux + rb * math.sin(t) * vx, c[1] + ra * math.cos(t) * uy + rb * math.sin(t) * vy))
+        poly.append(
+            (c[0] + ra * math.cos(t) * ux + rb * math.sin(t) * vx, c[1] + ra * math.cos(t) * uy + rb * math.sin(t) * vy)
+        )
     return "freehand", poly
 
 
@@ -801,7 +850,10 @@ def _annotation(bundle: list[Dataset], key: Key, to_image: Any, size: tuple[int,
         kind, pts = "text", to_image(data, units, key, size)
     if kind is None:
         return None
-    if hint_kind in ("length", "angle", "point", "ellipse", "freehand", "text", "arrow", "cobb", "rect") and hint_kind != kind:
+    if (
+        hint_kind in ("length", "angle", "point", "ellipse", "freehand", "text", "arrow", "cobb", "rect")
+        and hint_kind != kind
+    ):
         log.debug("GSPS tracking id says %s, the graphic reads as %s", hint_kind, kind)
     a = Annotation(kind=kind, sop_instance_uid=key[0], frame=key[1], points=pts, text=text)
     if hint_uid:

@@ -171,6 +171,7 @@ class LabelMap:
         self.source_sop_instance_uid = ""
         """The SEG it was read from ('' for a new one)."""
         self.dirty = False
+        self._counts: np.ndarray | None = None
         self._undo: list[_Stroke] = []
         self._redo: list[_Stroke] = []
         self._stroke: _Stroke | None = None
@@ -216,6 +217,7 @@ class LabelMap:
             self._touch(int(m))
             self.array[m][self.array[m] == number] = 0
         self.end_stroke()
+        self.recount()
         self._segments_changed()
         self._emit(-1, None)
 
@@ -237,9 +239,26 @@ class LabelMap:
         (slice step, row spacing, column spacing) in mm, as the array's axes)."""
         return self.voxel_count(number) * float(np.prod(spacing_mm)) / 1000.0
 
+    def counts(self) -> np.ndarray:
+        """Voxels per label value (256), counted once and then kept up to date by every edit
+        (so the panel's mL follow a brush without a pass over the volume). Writing
+        :attr:`array` directly needs :meth:`recount` afterwards."""
+        if self._counts is None:
+            self._counts = np.bincount(self.array.ravel(), minlength=256).astype(np.int64)
+        return self._counts
+
+    def recount(self) -> None:
+        self._counts = None
+
+    def _count(self, old: np.ndarray, new: int, k: int) -> None:
+        """*k* voxels whose old values are *old* became *new*."""
+        if self._counts is not None:
+            self._counts -= np.bincount(old.ravel(), minlength=256)
+            self._counts[new] += k
+
     def volumes_ml(self, spacing_mm: tuple[float, float, float]) -> dict[int, float]:
-        """Volumes of every segment in one pass over the array (``np.bincount``)."""
-        counts = np.bincount(self.array.ravel(), minlength=256)
+        """Volumes of every segment in mL (from :meth:`counts`)."""
+        counts = self.counts()
         voxel = float(np.prod(spacing_mm)) / 1000.0
         return {n: float(counts[n]) * voxel for n in self.segments}
 
@@ -305,6 +324,9 @@ class LabelMap:
             return False
         stroke = self._undo.pop()
         for m, a in stroke.before.items():
+            self._count(self.array[m], 0, 0)
+            if self._counts is not None:
+                self._counts += np.bincount(a.ravel(), minlength=256)
             self.array[m] = a
         self._redo.append(stroke)
         self.dirty = True
@@ -316,6 +338,9 @@ class LabelMap:
             return False
         stroke = self._redo.pop()
         for m, a in stroke.after.items():
+            self._count(self.array[m], 0, 0)
+            if self._counts is not None:
+                self._counts += np.bincount(a.ravel(), minlength=256)
             self.array[m] = a
         self._undo.append(stroke)
         self.dirty = True
@@ -396,6 +421,7 @@ class LabelMap:
             return None
         self.begin_stroke("erase" if erase else "brush")
         self._touch(m)
+        self._count(region[foot], new, int(np.count_nonzero(foot)))
         region[foot] = new
         self.end_stroke()
         rect = (y0, y1, x0, x1)
@@ -456,6 +482,7 @@ class LabelMap:
         self.begin_stroke("grow")
         for k in np.flatnonzero(add.any(axis=(1, 2))):
             self._touch(int(lo_i[0] + k))
+        self._count(labels[add], number, int(np.count_nonzero(add)))
         labels[add] = number
         self.end_stroke()
         touched = np.flatnonzero(add.any(axis=(1, 2)))
@@ -493,6 +520,7 @@ class LabelMap:
         xs = np.flatnonzero(comp.any(axis=0))
         self.begin_stroke("fill")
         self._touch(m)
+        self._count(sl[comp], number, int(np.count_nonzero(comp)))
         sl[comp] = number
         self.end_stroke()
         rect = (int(ys[0]), int(ys[-1] + 1), int(xs[0]), int(xs[-1] + 1))
@@ -506,6 +534,7 @@ class LabelMap:
             self._touch(int(m))
             self.array[m] = 0
         self.end_stroke()
+        self.recount()
         self._emit(-1, None)
 
     def write_slice(self, m: int, mask: np.ndarray, rect: Rect, number: int, *, erase: bool = False) -> bool:
@@ -519,6 +548,7 @@ class LabelMap:
             return False
         self.begin_stroke("erase" if erase else "brush")
         self._touch(m)
+        self._count(region[foot], 0 if erase else number, int(np.count_nonzero(foot)))
         region[foot] = 0 if erase else number
         self.end_stroke()
         self._emit(m, rect)

@@ -234,7 +234,7 @@ def hit_test(state: ViewportState, x: float, y: float, radius: float = HIT_RADIU
             if math.hypot(cx - x, cy - y) <= radius:
                 return a.uid, i
     for a in items:
-        if a.kind == "point":
+        if a.kind in ("point", "text"):  # the text: its anchor, or the painted label (below)
             cx, cy = to_c(*a.points[0])
             if math.hypot(cx - x, cy - y) <= radius:
                 return a.uid, None

@@ -81,6 +81,7 @@ from hilum.ui.viewer.overlay import OverlayConfig
 from hilum.ui.viewer.persistence import PersistenceMixin
 from hilum.ui.viewer.presets import PresetStore, WindowPreset
 from hilum.ui.viewer.priors_panel import PriorsPanel, date_text
+from hilum.ui.viewer.seg_panel import install_segmentation
 from hilum.ui.viewer.series_strip import SeriesStrip
 from hilum.ui.viewer.shortcuts import SHORTCUTS
 from hilum.ui.viewer.state import ViewportState
@@ -203,6 +204,7 @@ class StudyViewer(QWidget, PersistenceMixin):
         self._init_persistence()  # annotations, key images, GSPS/SR/KOS (hilum.ui.viewer.persistence)
         self._build_ui()
         self._build_actions()
+        self.seg = install_segmentation(self)  # segmentation editing: tools, panel, overlay (seg_panel)
         self.model.subscribe(self._on_model)
         self._cine_timer = QTimer(self)
         self._cine_timer.setTimerType(Qt.TimerType.PreciseTimer)
@@ -617,7 +619,7 @@ class StudyViewer(QWidget, PersistenceMixin):
         return tool
 
     def set_tool(self, name: str) -> None:
-        if name not in TOOLS:
+        if name not in TOOLS and name not in self.tools:  # the segmentation tools are in self.tools
             raise ValueError(f"unknown tool {name!r}")
         self.cancel_tool()
         self.tool_name = name

@@ -42,6 +42,7 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QScrollBar, QSizePolicy, QWidget
 
 from hilum.ui.viewer.overlay import OverlayConfig, corner_texts
+from hilum.ui.viewer.seg_tools import paint_labels
 from hilum.ui.viewer.state import ViewportState
 from hilum.ui.viewer.tools import EditDrag, PanTool, TextRequest, Tool, WindowTool, commit_text, hit_test
 
@@ -145,6 +146,7 @@ class ViewportCanvas(QWidget):
         try:
             p.fillRect(self.rect(), Qt.GlobalColor.black)
             self._paint_image(p)
+            paint_labels(self, p)  # the segmentation's label overlay (hilum.ui.viewer.seg_tools)
             self._paint_overlay(p)
         finally:
             p.end()
