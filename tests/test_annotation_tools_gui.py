@@ -432,5 +432,6 @@ def test_shortcuts_have_no_conflicts_and_the_annotation_tools_are_listed():
     for tool in ("select", "arrow", "text", "cobb", "freehand", "point"):
         assert f"tool_{tool}" in {n for n, _, _ in SHORTCUTS}
     assert seen["Ctrl+Z"] == "undo" and seen["Ctrl+Y"] == seen["Ctrl+Shift+Z"] == "redo"
-    for reserved in ("K", "B", "E", "G"):  # K: prev slice; B: rect ROI; E, G kept free for the other helpers
-        assert seen.get(reserved) in (None, "prev_slice", "tool_rect")
+    # K: prev slice; B: rect ROI; E, G: the segmentation tools (eraser, region growing)
+    assert seen.get("K") == "prev_slice" and seen.get("B") == "tool_rect"
+    assert seen.get("E") in (None, "tool_seg_eraser") and seen.get("G") in (None, "tool_seg_grow")

@@ -298,8 +298,8 @@ class StudyViewer(QWidget, PersistenceMixin):
             "zoom_out": lambda: av().zoom_by(0.8),
             "fit": lambda: self._fit(),
             "reset": lambda: av().reset_view(),
-            "undo": lambda: self.annotations.undo(),
-            "redo": lambda: self.annotations.redo(),
+            "undo": lambda: self._route_undo(False),
+            "redo": lambda: self._route_undo(True),
             "delete_measurement": lambda: self.delete_measurement(),
             "clear_measurements": lambda: self.clear_measurements(),
             "cancel": lambda: self.cancel_tool(),
@@ -403,6 +403,13 @@ class StudyViewer(QWidget, PersistenceMixin):
             self.actions_by_name[name].setIcon(icon(glyph, text))
         self._context_menu = QMenu(self)
         self._context_menu.setObjectName("viewportContextMenu")
+
+    def _route_undo(self, redo: bool) -> bool:
+        """Ctrl+Z / Ctrl+Y: a segmentation's strokes while a segmentation tool is in use, else the
+        annotations (:func:`hilum.ui.viewer.seg_panel.route_undo`)."""
+        from hilum.ui.viewer.seg_panel import route_undo
+
+        return route_undo(self, redo)
 
     def _decorate_actions(self) -> None:
         """Icons and tooltips that name the shortcut, for every action (the toolbar shows icons only)."""
