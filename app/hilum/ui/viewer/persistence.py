@@ -320,6 +320,7 @@ class LoadedObjects:
     presentations: list[PresentationChoice] = field(default_factory=list)  # newest first
     key_images: list[KeyImage] = field(default_factory=list)
     segs: list[tuple[str, Path]] = field(default_factory=list)  # (SOP Instance UID, file)
+    seg_datasets: dict[str, Dataset] = field(default_factory=dict)  # referenced series -> its newest SEG
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -331,6 +332,15 @@ def _when(ds: Dataset) -> str:
         if d:
             return d + str(ds.get(tm, "") or "").ljust(13, "0")
     return ""
+
+
+def _seg_series(ds: Dataset) -> str:
+    try:
+        from hilum.dicom.segmentation import seg_references
+
+        return str(seg_references(ds)[0] or "")
+    except Exception:  # noqa: BLE001 - a SEG without references is not opened
+        return ""
 
 
 def _dedupe_key(a: Annotation) -> tuple[Any, ...]:
@@ -362,6 +372,14 @@ def load_objects(archive: Any, study_uid: str) -> LoadedObjects:
         cls, uid, path = str(row.get("SOPClassUID", "")), str(row.get("SOPInstanceUID", "")), Path(row["path"])
         if cls == SEG_CLASS:
             out.segs.append((uid, path))
+            try:
+                seg = pydicom.dcmread(path)
+            except Exception as exc:  # noqa: BLE001 - one unreadable object must not hide the others
+                out.errors.append(f"cannot read {uid}: {exc}")
+                continue
+            ref = _seg_series(seg)
+            if ref and (ref not in out.seg_datasets or _when(seg) > _when(out.seg_datasets[ref])):
+                out.seg_datasets[ref] = seg  # the newest of each referenced series
             continue
         try:
             ds = pydicom.dcmread(path)
@@ -441,6 +459,8 @@ class PersistenceSignals(QObject):
     keyImagesChanged = Signal()  # noqa: N815
     _save_done = Signal(object, object)  # result, what the save started from
     _load_done = Signal(object)
+    _seg_read = Signal(str, object, object)  # series uid, SEG dataset, LabelMap or the exception
+    segOpened = Signal(str)  # noqa: N815  (series uid: its newest SEG is the panel's label map now)
 
 
 class _KeyMarker(QLabel):
@@ -504,6 +524,8 @@ class PersistenceMixin:
         self.persistence = PersistenceSignals(self)  # type: ignore[arg-type]
         self.persistence._save_done.connect(self._on_saved)
         self.persistence._load_done.connect(self._on_objects_loaded)
+        self.persistence._seg_read.connect(self._on_seg_read)
+        self._segs_waiting: dict[str, Dataset] = {}  # series -> the SEG to open once its stack is there
         self._headers = HeaderCache(self.archive)
         self._save_series: dict[tuple[str, str], str] = {}
         self._saving = False
@@ -699,6 +721,8 @@ class PersistenceMixin:
         if what in ("volume", "index", "loaded"):
             self._apply_presentation(index)
             self._update_marker(index)
+        if what in ("volume", "loaded") and self._segs_waiting:
+            self._open_waiting_segs()
 
     def _apply_presentation(self, index: int) -> None:
         """Apply the chosen GSPS's display state to viewport *index* once per series shown there,
@@ -864,6 +888,52 @@ class PersistenceMixin:
 
         threading.Thread(target=work, name="hilum-load-annotations", daemon=True).start()
 
+    def _open_waiting_segs(self) -> None:
+        """The newest SEG of each series, read onto its stack off the GUI thread once that is
+        sorted (the segments panel lists and paints it then)."""
+        for series_uid, ds in list(self._segs_waiting.items()):
+            volume = None
+            for handle in self._loads.values():
+                v = handle.volume
+                if v is not None and not getattr(v, "preview", False) and v.series_uid == series_uid:
+                    volume = v
+            if volume is None:
+                continue
+            del self._segs_waiting[series_uid]
+            signals, stack = self.persistence, volume.stack
+
+            def work(uid: str = series_uid, seg: Dataset = ds, stack: Any = stack, signals: Any = signals) -> None:
+                from hilum.dicom.segmentation import read_seg
+
+                try:
+                    result: Any = read_seg(seg, stack)
+                except Exception as exc:  # noqa: BLE001 - reported on the panel
+                    result = exc
+                try:
+                    signals._seg_read.emit(uid, seg, result)
+                except RuntimeError:
+                    pass
+
+            threading.Thread(target=work, name="hilum-read-seg", daemon=True).start()
+
+    def _on_seg_read(self, series_uid: str, ds: Dataset, result: Any) -> None:
+        editor = getattr(self, "seg", None)
+        panel = getattr(self, "seg_panel", None)
+        if getattr(self, "_closed", False) or editor is None:
+            return
+        if isinstance(result, Exception):
+            if panel is not None:
+                panel.status.setText(f"Cannot open the segmentation: {result}")
+            return
+        if series_uid in editor.labels:  # the reader started one meanwhile: theirs stays
+            return
+        editor.set_labels(series_uid, result)
+        if panel is not None:
+            panel.show_series(series_uid)
+            label = ds.get("SeriesDescription", "") or "segmentation"
+            panel.status.setText(f"Opened {label}: {len(result.segments)} segments")
+        self.persistence.segOpened.emit(series_uid)
+
     def _on_objects_loaded(self, found: LoadedObjects) -> None:
         if getattr(self, "_closed", False):
             return
@@ -878,11 +948,13 @@ class PersistenceMixin:
             self._key_images_changed()
         for i in range(len(self.model.viewports)):
             self._apply_presentation(i)
-        panel = getattr(self, "seg_panel", None)
-        add_seg = getattr(panel, "add_saved_seg", None) if panel is not None else None
-        if add_seg is not None:
-            for uid, path in found.segs:
-                add_seg(uid, path)
+        if found.seg_datasets and getattr(self, "seg", None) is not None:
+            self._segs_waiting.update(found.seg_datasets)
+            panel = getattr(self, "seg_panel", None)
+            if panel is not None:
+                n = len(found.segs)
+                panel.status.setText(f"{n} segmentation{'s' if n != 1 else ''} in this study (Open segmentation…)")
+            self._open_waiting_segs()
         if found.errors:
             self.status.setText("; ".join(found.errors))
         self._show_modified()
