@@ -384,8 +384,8 @@ def load_objects(archive: Any, study_uid: str) -> LoadedObjects:
         try:
             ds = pydicom.dcmread(path)
             if cls in GSPS_CLASSES:
-                anns, states = read_gsps(ds)
-                gsps.append((_when(ds), ds, list(anns), dict(states)))
+                anns, gsps_states = read_gsps(ds)
+                gsps.append((_when(ds), ds, list(anns), dict(gsps_states)))
             elif cls == KOS_CLASS:
                 kos.append((_when(ds), list(read_kos(ds))))
             else:
@@ -507,6 +507,12 @@ class PersistenceMixin:
     _action: Callable[..., Any]
     show_series: Callable[..., None]
 
+    @property
+    def _qw(self) -> QWidget:
+        """This viewer as the QWidget it is (the mixin's own type does not say so)."""
+        assert isinstance(self, QWidget)
+        return self
+
     # --- set-up ----------------------------------------------------------------------------------
 
     def _init_persistence(self) -> None:
@@ -521,7 +527,7 @@ class PersistenceMixin:
         """The GSPS whose display states are applied ("" none; None: the newest)."""
         self.loaded_objects: LoadedObjects | None = None
         self.last_save: SaveResult | None = None
-        self.persistence = PersistenceSignals(self)  # type: ignore[arg-type]
+        self.persistence = PersistenceSignals(self._qw)
         self.persistence._save_done.connect(self._on_saved)
         self.persistence._load_done.connect(self._on_objects_loaded)
         self.persistence._seg_read.connect(self._on_seg_read)
@@ -549,7 +555,7 @@ class PersistenceMixin:
         save.setIcon(icon("mdi6.content-save", "Save"))
         key = self._action("key_image", texts["key_image"], self.toggle_key_image, keys["key_image"])
         key.setIcon(icon("mdi6.star", "Key"))
-        self.presentation_menu = QMenu("Presentation states", self)  # type: ignore[arg-type]
+        self.presentation_menu = QMenu("Presentation states", self._qw)
         self.presentation_menu.setObjectName("presentationStatesMenu")
         self.presentation_menu.aboutToShow.connect(self._fill_presentation_menu)
         states = self._action("presentation_states", "Presentation states", lambda: None)
@@ -584,12 +590,12 @@ class PersistenceMixin:
         self._show_modified()
 
     def _tabs(self) -> tuple[QTabWidget, int] | None:
-        w = self.parentWidget()  # type: ignore[attr-defined]
+        w = self._qw.parentWidget()
         while w is not None and not isinstance(w, QTabWidget):
             w = w.parentWidget()
         if w is None:
             return None
-        i = w.indexOf(self)  # type: ignore[arg-type]
+        i = w.indexOf(self._qw)
         return (w, i) if i >= 0 else None
 
     def _show_modified(self) -> None:
@@ -713,7 +719,7 @@ class PersistenceMixin:
         none.setCheckable(True)
         none.setChecked(current is None)
         for p in self.presentations:
-            act = menu.addAction(p.label, lambda uid=p.sop_instance_uid: self.choose_presentation(uid))
+            act = menu.addAction(p.label, partial(self.choose_presentation, p.sop_instance_uid))
             act.setCheckable(True)
             act.setChecked(current is not None and current.sop_instance_uid == p.sop_instance_uid)
 
@@ -820,7 +826,7 @@ class PersistenceMixin:
             self.status.setText(text + "not saved: " + "; ".join(result.errors))
             if self._close_after_save:
                 self._close_after_save = False
-                QMessageBox.warning(self, "Save annotations", "Not saved: " + "; ".join(result.errors))  # type: ignore[arg-type]
+                QMessageBox.warning(self._qw, "Save annotations", "Not saved: " + "; ".join(result.errors))
         else:
             self.status.setText(f"Saved {saved} as new instances in the study ({result.seconds:.2f} s)")
         self._show_modified()
@@ -831,11 +837,11 @@ class PersistenceMixin:
 
     def _close_tab(self) -> None:
         found = self._tabs()
-        top = self.window()  # type: ignore[attr-defined]
+        top = self._qw.window()
         if found is not None and hasattr(top, "close_workspace_tab"):
             top.close_workspace_tab(found[1])
         else:
-            self.close()  # type: ignore[attr-defined]
+            self._qw.close()
 
     def confirm_close(self) -> bool:
         """Closing with unsaved annotations asks (Save / Discard / Cancel), without blocking: False
@@ -845,7 +851,7 @@ class PersistenceMixin:
         if self._saving:
             self._close_after_save = True
             return False
-        box = QMessageBox(self)  # type: ignore[arg-type]
+        box = QMessageBox(self._qw)
         box.setObjectName("unsavedAnnotationsBox")
         box.setIcon(QMessageBox.Icon.Question)
         box.setWindowTitle("Unsaved annotations")
