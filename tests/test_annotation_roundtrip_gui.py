@@ -311,3 +311,39 @@ def test_export_view_burnt_in_or_beside_as_dicom(qtbot: Any, window: Any, tmp_pa
     assert np.abs(np.array(anns[0].points) - np.array(drawn.points)).max() < 0.01
     assert (tmp_path / "plain.sr.dcm").is_file()
     viewer._discard = True  # not saved in the study: no question at teardown
+
+
+@pytest.mark.skipif(shutil.which("dcmpsmk") is None, reason="DCMTK's dcmpsmk is not installed")
+def test_a_gsps_made_by_dcmtk_is_applied_on_open(qtbot: Any, window: Any, tmp_path: Path) -> None:
+    """A presentation state written by another program (DCMTK's dcmpsmk), imported into the
+    study, is applied when the study opens: its window on the image it references; the
+    "Presentation states" menu offers it and "None"."""
+    import subprocess
+
+    viewer = _open(qtbot, window)
+    vp = viewer.model.viewports[0]
+    f = vp.frame_info
+    image = pydicom.dcmread(f.path)
+    image.WindowCenter, image.WindowWidth = 123, 456  # what the other program's reader chose
+    image.save_as(tmp_path / "ct.dcm")
+    _close_tab(qtbot, window, viewer)
+    qtbot.waitUntil(lambda: window._test_viewer.viewer_for(STUDY.uid) is None, timeout=TIMEOUT)
+    subprocess.run(["dcmpsmk", "+Vw", str(tmp_path / "ct.dcm"), str(tmp_path / "ps.dcm")], check=True, timeout=60)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    shutil.move(tmp_path / "ps.dcm", incoming / "ps.dcm")
+    assert window.import_paths([incoming])  # File ▸ Import, as a reader brings a file in
+    qtbot.waitUntil(lambda: any(str(r.get("SOPClassUID")) in GSPS_CLASSES
+                                for r in window.archive.instances(study_uid=STUDY.uid)), timeout=TIMEOUT)  # fmt: skip
+    viewer = _open(qtbot, window)
+    vp = viewer.model.viewports[0]
+    assert (vp.frame_info.sop_instance_uid, vp.frame_info.frame) == (f.sop_instance_uid, f.frame)
+    qtbot.waitUntil(lambda: vp.current_window() is not None and vp.current_window().center == 123.0, timeout=TIMEOUT)
+    assert vp.current_window().width == 456.0
+    assert viewer.annotations.all() == [] and not viewer.modified
+    assert [p.sop_instance_uid for p in viewer.presentations] != []
+    # the Presentation states menu offers it, and "None"
+    menu = viewer.presentation_menu
+    menu.aboutToShow.emit()
+    texts = [a.text() for a in menu.actions()]
+    assert texts[0] == "None" and len(texts) == 2 and texts[1].startswith(("GSPS", "Hilum", "Presentation", "UNNAMED"))
