@@ -76,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log the viewer's steps")
     args = ap.parse_args(argv)
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(relativeCreated)8.0f ms %(threadName)s %(message)s")
 
     from PySide6.QtWidgets import QApplication
 
@@ -137,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         result = saved[0]
         assert not result.errors, result.errors
         kinds = sorted(k for k, _ in result.stored)
-        print(f"save (Ctrl+S): {t_save:.2f} s for {kinds} — 50 measurements, 5 key images, display states of "
-              f"{len(frames)} images (worker {result.seconds:.2f} s; the GUI thread is free meanwhile)")  # fmt: skip
+        print(f"save (Ctrl+S): {t_save:.2f} s for {kinds} — 50 measurements on 25 slices, 5 key images, the window "
+              f"and zoom (worker {result.seconds:.2f} s; the GUI thread is free meanwhile)")  # fmt: skip
         lm = spheres(volume)
         t0 = time.perf_counter()
         seg_uid = save_seg(archive, volume, lm)

@@ -243,8 +243,11 @@ class LabelMap:
         """Voxels per label value (256), counted once and then kept up to date by every edit
         (so the panel's mL follow a brush without a pass over the volume). Writing
         :attr:`array` directly needs :meth:`recount` afterwards."""
-        if self._counts is None:
-            self._counts = np.bincount(self.array.ravel(), minlength=256).astype(np.int64)
+        if self._counts is None:  # over the labelled voxels only: a bincount of every voxel as intp
+            labelled = self.array[self.array != 0]  # costs ~1 s and 8 bytes a voxel on 512x512x300
+            counts = np.bincount(labelled, minlength=256).astype(np.int64)
+            counts[0] = self.array.size - labelled.size
+            self._counts = counts
         return self._counts
 
     def recount(self) -> None:

@@ -343,6 +343,20 @@ def _seg_series(ds: Dataset) -> str:
         return ""
 
 
+def _tracking_uids(ds: Dataset) -> list[str]:
+    """The Tracking Unique Identifiers (DCM 112040) of an SR's content tree, read without parsing it."""
+    out: list[str] = []
+    stack = list(ds.get("ContentSequence", []) or [])
+    while stack:
+        item = stack.pop()
+        if item.get("ValueType") == "UIDREF":
+            names = item.get("ConceptNameCodeSequence") or []
+            if names and str(names[0].get("CodeValue", "")) == "112040":
+                out.append(str(item.get("UID", "")))
+        stack.extend(item.get("ContentSequence", []) or [])
+    return out
+
+
 def _dedupe_key(a: Annotation) -> tuple[Any, ...]:
     return (a.sop_instance_uid, a.frame, a.kind, tuple((round(x, 1), round(y, 1)) for x, y in a.points))
 
@@ -355,7 +369,7 @@ def object_rows(archive: Any, study_uid: str) -> list[dict[str, Any]]:
 
 def load_objects(archive: Any, study_uid: str) -> LoadedObjects:
     """Read the study's presentation objects (see the module docstring). Never raises."""
-    from hilum.dicom.presentation import read_gsps
+    from hilum.dicom.presentation import annotation_uid, read_gsps
     from hilum.dicom.sr import read_kos, read_measurement_sr
 
     t0 = time.perf_counter()
@@ -366,7 +380,7 @@ def load_objects(archive: Any, study_uid: str) -> LoadedObjects:
         out.errors.append(f"cannot list the study's objects: {exc}")
         return out
     gsps: list[tuple[str, Dataset, list[Annotation], dict[tuple[str, int], DisplayState]]] = []
-    srs: list[tuple[str, list[Annotation]]] = []
+    srs: list[tuple[str, Dataset]] = []  # parsed after the GSPS: most are already there
     kos: list[tuple[str, list[KeyImage]]] = []
     for row in rows:
         cls, uid, path = str(row.get("SOPClassUID", "")), str(row.get("SOPInstanceUID", "")), Path(row["path"])
@@ -389,7 +403,7 @@ def load_objects(archive: Any, study_uid: str) -> LoadedObjects:
             elif cls == KOS_CLASS:
                 kos.append((_when(ds), list(read_kos(ds))))
             else:
-                srs.append((_when(ds), list(read_measurement_sr(ds))))
+                srs.append((_when(ds), ds))
         except Exception as exc:  # noqa: BLE001 - one unreadable object must not hide the others
             logger.warning("cannot read %s: %s", path, exc)
             out.errors.append(f"cannot read {uid}: {exc}")
@@ -418,10 +432,18 @@ def load_objects(archive: Any, study_uid: str) -> LoadedObjects:
                     out.annotations.append(a)
     if srs:
         srs.sort(key=lambda s: s[0], reverse=True)
-        for a in srs[0][1]:
-            if _dedupe_key(a) not in seen:
-                seen.add(_dedupe_key(a))
-                out.annotations.append(a)
+        sr = srs[0][1]
+        have = {a.uid for a in out.annotations}
+        tracked = _tracking_uids(sr)
+        if not tracked or not all(annotation_uid(t) in have for t in tracked):  # else: all in the GSPS already
+            try:
+                for a in read_measurement_sr(sr):
+                    if a.uid not in have and _dedupe_key(a) not in seen:
+                        seen.add(_dedupe_key(a))
+                        out.annotations.append(a)
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("cannot read the SR %s: %s", sr.get("SOPInstanceUID", ""), exc)
+                out.errors.append(f"cannot read {sr.get('SOPInstanceUID', '')}: {exc}")
     if kos:
         kos.sort(key=lambda k: k[0], reverse=True)
         out.key_images = kos[0][1]
@@ -541,6 +563,7 @@ class PersistenceMixin:
         self._changes = 0
         self._applied: dict[int, tuple[str, str]] = {}  # viewport index -> (series, GSPS) applied there
         self._markers: dict[int, _KeyMarker] = {}
+        self._series_states: dict[tuple[int, str], DisplayState | None] = {}  # (stack, GSPS) -> its state
         self._tab_title = ""
         self.annotations.subscribe(self._on_annotations_changed)
 
@@ -744,24 +767,45 @@ class PersistenceMixin:
         if self._applied.get(index) == done:
             return
         state = p.states.get((f.sop_instance_uid, f.frame))
+        if state is None:  # the series' view: the state of its referenced image nearest this one
+            state = self._series_state(vp, p)
         if state is None or not is_finite_state(state):
             return
         self._applied[index] = done
         apply_display_state(vp, state)
 
+    def _series_state(self, vp: Any, p: PresentationChoice) -> DisplayState | None:
+        key = (id(vp.volume.stack), p.sop_instance_uid)
+        cache = self._series_states
+        if key not in cache:
+            best: tuple[int, DisplayState] | None = None
+            for k, g in enumerate(vp.volume.stack.frames):
+                s = p.states.get((g.sop_instance_uid, g.frame))
+                if s is not None and (best is None or abs(k - vp.index) < best[0]):
+                    best = (abs(k - vp.index), s)
+            cache[key] = best[1] if best is not None else None
+        return cache[key]
+
     # --- saving ----------------------------------------------------------------------------------
 
     def display_states(self) -> dict[str, DisplayState]:
-        """What the visible viewports show, for every image of each series they show (SOP UID)."""
+        """What the visible viewports show (SOP UID → state): for the image each shows, and the
+        images of its series that carry annotations or are key images. On open the state of a
+        series' referenced image is applied to the series (:meth:`_apply_presentation`), so the
+        GSPS need not reference every image of it (300 references cost seconds to build)."""
+        marked = {k for k in self.annotations.images()} | {(k.sop_instance_uid, k.frame) for k in self.key_images}
         out: dict[str, DisplayState] = {}
         for vp in self.model.visible:
             if vp.volume is None or getattr(vp.volume, "preview", False):
                 continue
             state = display_state_of(vp)
-            if state is None:
+            f = vp.frame_info
+            if state is None or f is None:
                 continue
-            for f in vp.volume.stack.frames:
-                out.setdefault(f.sop_instance_uid, state)
+            out.setdefault(f.sop_instance_uid, state)
+            for g in vp.volume.stack.frames:
+                if (g.sop_instance_uid, g.frame) in marked:
+                    out.setdefault(g.sop_instance_uid, state)
         return out
 
     def save_annotations(self) -> bool:
@@ -911,8 +955,11 @@ class PersistenceMixin:
             def work(uid: str = series_uid, seg: Dataset = ds, stack: Any = stack, signals: Any = signals) -> None:
                 from hilum.dicom.segmentation import read_seg
 
+                t0 = time.perf_counter()
                 try:
                     result: Any = read_seg(seg, stack)
+                    result.counts()  # the voxels per segment (a pass over the volume), here, not on the GUI thread
+                    logger.debug("SEG of %s read in %.2f s", uid, time.perf_counter() - t0)
                 except Exception as exc:  # noqa: BLE001 - reported on the panel
                     result = exc
                 try:
