@@ -15,6 +15,7 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported
 
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,9 @@ def _drag(widget: Any, a: tuple[float, float], b: tuple[float, float], button: A
 def _key(viewer: StudyViewer, key: Any, modifier: Any = Qt.KeyboardModifier.NoModifier) -> None:
     canvas = viewer.viewport_widget(viewer.model.active).canvas
     if QApplication.activeWindow() is None:  # the closed message box had it (no window manager here)
-        QApplication.setActiveWindow(canvas.window())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            QApplication.setActiveWindow(canvas.window())
     canvas.setFocus()
     QTest.keyClick(canvas, key, modifier)
 
@@ -347,3 +350,28 @@ def test_a_gsps_made_by_dcmtk_is_applied_on_open(qtbot: Any, window: Any, tmp_pa
     menu.aboutToShow.emit()
     texts = [a.text() for a in menu.actions()]
     assert texts[0] == "None" and len(texts) == 2 and texts[1].startswith(("GSPS", "Hilum", "Presentation", "UNNAMED"))
+
+
+def test_a_saved_segmentation_is_back_in_the_segments_panel_on_reopen(qtbot: Any, window: Any) -> None:
+    viewer = _open(qtbot, window)
+    canvas = viewer.viewport_widget(0).canvas
+    w, h = canvas.width(), canvas.height()
+    _key(viewer, Qt.Key.Key_G, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    panel = viewer.seg_panel
+    assert panel.isVisible()
+    _key(viewer, Qt.Key.Key_B, Qt.KeyboardModifier.ShiftModifier)  # the brush
+    assert viewer.tool_name == "seg_brush"
+    _drag(canvas, (w * 0.4, h * 0.5), (w * 0.6, h * 0.5))
+    series = viewer.model.viewports[0].series_uid
+    painted = viewer.seg.labels[series].counts()[1:].sum()
+    assert painted > 0
+    with qtbot.waitSignal(panel.saved, timeout=TIMEOUT) as sig:
+        QTest.mouseClick(panel.save_btn, L)
+    assert sig.args[1] == ""
+    _close_tab(qtbot, window, viewer)
+    qtbot.waitUntil(lambda: window._test_viewer.viewer_for(STUDY.uid) is None, timeout=TIMEOUT)
+    viewer = _open(qtbot, window)
+    qtbot.waitUntil(lambda: series in viewer.seg.labels, timeout=TIMEOUT)  # opened from the archive by itself
+    assert viewer.seg.labels[series].counts()[1:].sum() == painted
+    panel = viewer.seg_panel
+    qtbot.waitUntil(lambda: panel.table.rowCount() == 1, timeout=TIMEOUT)
