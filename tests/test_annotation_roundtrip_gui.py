@@ -236,6 +236,32 @@ def test_draw_save_close_reopen_everything_back(qtbot: Any, window: Any) -> None
     assert (active.frame_info.sop_instance_uid, active.frame_info.frame) == key
     marker = viewer._markers[viewer.model.active]
     qtbot.waitUntil(marker.isVisible, timeout=TIMEOUT)
+    # the key again on it: no longer a key image, the entry leaves the strip, the tab is modified
+    _key(viewer, Qt.Key.Key_Asterisk)
+    assert viewer.key_images == [] and not marker.isVisible()
+    assert viewer.strip.item_for(KEY_SERIES_UID) is None
+    assert window.tabs.tabText(window.tabs.indexOf(viewer)).endswith(" *")
+    viewer._discard = True
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools' dciodvfy is not installed")
+def test_saved_objects_pass_dciodvfy(qtbot: Any, window: Any) -> None:
+    import subprocess
+
+    viewer = _open(qtbot, window)
+    canvas = viewer.viewport_widget(0).canvas
+    w, h = canvas.width(), canvas.height()
+    _key(viewer, Qt.Key.Key_L)
+    _drag(canvas, (w * 0.35, h * 0.4), (w * 0.6, h * 0.55))
+    _key(viewer, Qt.Key.Key_Asterisk)
+    with qtbot.waitSignal(viewer.persistence.saved, timeout=TIMEOUT) as saved:
+        _key(viewer, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
+    assert saved.args[0].errors == []
+    for kind, ds in saved.args[0].datasets:
+        path = viewer.archive.path(str(ds.SOPInstanceUID))
+        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], (kind, errors)
 
 
 def test_close_with_unsaved_annotations_asks(qtbot: Any, window: Any) -> None:
