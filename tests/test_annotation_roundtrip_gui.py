@@ -169,8 +169,8 @@ def test_draw_save_close_reopen_everything_back(qtbot: Any, window: Any) -> None
     window_seen = vp.current_window()
     matrix_seen = vp.matrix()
     assert vp.view.flip_h and vp.view.zoom > 1.0
-    # key image
-    _key(viewer, Qt.Key.Key_Asterisk)
+    # key image: * (Shift+8 on a US keyboard)
+    _key(viewer, Qt.Key.Key_Asterisk, Qt.KeyboardModifier.ShiftModifier)
     key = (f.sop_instance_uid, f.frame)
     assert [(k.sop_instance_uid, k.frame) for k in viewer.key_images] == [key]
     marker = viewer.viewport_widget(0).canvas.findChild(type(viewer._markers[0]), "keyImageMarker")

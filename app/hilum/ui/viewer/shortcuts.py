@@ -77,7 +77,7 @@ SHORTCUTS: list[tuple[str, str, str]] = [
     ("overlay", "Ctrl+T", "Show / hide the overlay text"),
     ("overlay_planes", "Ctrl+Shift+O", "Show / hide overlay planes (60xx)"),
     ("save_annotations", "Ctrl+S", "Save annotations, key images and the display in the study (GSPS, SR, KOS)"),
-    ("key_image", "*;Ctrl+K", "Key image: flag / unflag the current image (the strip's Key images series)"),
+    ("key_image", "*;Shift+*;Ctrl+K", "Key image: flag / unflag the current image (the strip's Key images series)"),
     ("export_view", "Ctrl+E", "Export the view as PNG / JPEG"),
     ("export_cine", "Ctrl+Shift+E", "Export the series as a GIF (or MP4) cine"),
     ("mpr", "M", "MPR: axial, coronal, sagittal and oblique planes of the active series, with 3D"),
