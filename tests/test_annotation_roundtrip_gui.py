@@ -371,8 +371,13 @@ def test_a_gsps_made_by_dcmtk_is_applied_on_open(qtbot: Any, window: Any, tmp_pa
     assert vp.current_window().width == 456.0
     assert viewer.annotations.all() == [] and not viewer.modified
     assert [p.sop_instance_uid for p in viewer.presentations] != []
-    # the Presentation states menu offers it, and "None"
-    menu = viewer.presentation_menu
+    # the Viewer menu has Save, Key image and the Presentation states submenu, which offers it and "None"
+    window.viewer_menu.aboutToShow.emit()
+    entries = {a.text(): a for a in window.viewer_menu.actions()}
+    assert {"Save annotations, key images and the display in the study", "Key image: flag / unflag the current image",
+            "Presentation states"} <= set(entries)  # fmt: skip
+    menu = entries["Presentation states"].menu()
+    assert menu is viewer.presentation_menu
     menu.aboutToShow.emit()
     texts = [a.text() for a in menu.actions()]
     assert texts[0] == "None" and len(texts) == 2 and texts[1].startswith(("GSPS", "Hilum", "Presentation", "UNNAMED"))

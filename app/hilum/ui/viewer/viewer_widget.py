@@ -452,7 +452,7 @@ class StudyViewer(QWidget, PersistenceMixin):
                          "next_stage", "prev_stage", "save_protocol"]),
             ("", ["link_scroll", "link_window", "link_zoom", "reference_lines", "overlay", "overlay_planes"]),
             ("&Priors", ["compare_prior", "compare_prior_2x2", "", "show_priors"]),
-            ("", ["export_view"]),
+            ("", ["save_annotations", "key_image", "presentation_states", "", "export_view"]),
         ]  # fmt: skip
         placed = {n for _, names in sections + self.menu_sections("tools") for n in names}
         rest = [n for n in self.actions_by_name if n not in placed]
