@@ -480,11 +480,18 @@ def _add_references(gsps: Dataset, refs: Sequence[Dataset]) -> None:
     gsps.ReferencedSeriesSequence = DicomSequence(seq)
 
 
-def _ref_sequence(ds: Dataset, frames: list[int] | None) -> hd.ReferencedImageSequence:
-    multi = _frame_count(ds) > 1
-    return hd.ReferencedImageSequence(
-        referenced_images=[ds], referenced_frame_number=[f + 1 for f in frames] if multi and frames else None
-    )
+def _ref_item(ds: Dataset, frames: list[int] | None) -> Dataset:
+    """An Image SOP Instance Reference Macro item (PS3.3 Table 10-3).
+
+    Written here rather than by ``highdicom.ReferencedImageSequence``: that one looks each image's SOP
+    class up in the standard's tables (~3 ms an image), 2.6 s of a 300-image GSPS's 3 s.
+    """
+    item = Dataset()
+    item.ReferencedSOPClassUID = ds.SOPClassUID
+    item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    if _frame_count(ds) > 1 and frames:
+        item.ReferencedFrameNumber = [f + 1 for f in frames] if len(frames) > 1 else frames[0] + 1
+    return item
 
 
 def _group_refs(keys: Iterable[Key], by_uid: Mapping[str, Dataset]) -> list[Dataset]:
@@ -496,7 +503,7 @@ def _group_refs(keys: Iterable[Key], by_uid: Mapping[str, Dataset]) -> list[Data
     for sop, fs in frames.items():
         ds = by_uid[sop]
         every = _frame_count(ds) == 1 or len(set(fs)) == _frame_count(ds)
-        items.extend(_ref_sequence(ds, None if every else sorted(set(fs))))
+        items.append(_ref_item(ds, None if every else sorted(set(fs))))
     return items
 
 
