@@ -384,3 +384,27 @@ def test_dciodvfy_finds_no_error(saved_gsps: Path) -> None:
 def test_dcmtk_checks_the_presentation_state(saved_gsps: Path) -> None:
     out = subprocess.run(["dcmpschk", str(saved_gsps)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "Test passed" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+@pytest.mark.skipif(shutil.which("dcmp2pgm") is None, reason="DCMTK's dcmp2pgm is not installed")
+@pytest.mark.parametrize(("rotation", "flip"), [(0, False), (90, False), (180, True), (270, False), (90, True)])
+def test_dcmtk_renders_our_window_rotation_and_flip(tmp_path: Path, rotation: int, flip: bool) -> None:
+    """DCMTK applies our GSPS to the image (VOI, rotation, flip) as numpy says the standard means it.
+
+    (dcmp2pgm renders the whole image: it does not crop to the displayed area.)"""
+    from PIL import Image
+
+    (ct,) = generate_ct_series(STUDY, rows=ROWS, columns=COLS, slices=1, noise_sigma=0.0)
+    ct.save_as(tmp_path / "ct.dcm", enforce_file_format=True)
+    state = DisplayState(40.0, 400.0, ((9.5, 19.5), (39.5, 49.5)), rotation=rotation, flip_horizontal=flip)
+    make_gsps([ct], [], {str(ct.SOPInstanceUID): state}).save_as(tmp_path / "ps.dcm", enforce_file_format=True)
+    run = [str(tmp_path / n) for n in ("ps.dcm", "ct.dcm", "out.pgm")]
+    subprocess.run(["dcmp2pgm", "-p", *run], check=True, capture_output=True, timeout=60)
+    shown = np.asarray(Image.open(tmp_path / "out.pgm")).astype(float)
+    hu = ct.pixel_array.astype(float) * float(ct.RescaleSlope) + float(ct.RescaleIntercept)
+    want = np.clip((hu - 39.5) / 399.0 + 0.5, 0.0, 1.0) * 255.0  # PS3.3 C.11.2.1.2.1, linear window
+    want = np.rot90(want, k=-(rotation // 90))  # clockwise
+    if flip:
+        want = np.fliplr(want)
+    assert shown.shape == want.shape
+    assert np.abs(shown - want).max() < 1.5
