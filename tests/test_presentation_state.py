@@ -408,3 +408,15 @@ def test_dcmtk_renders_our_window_rotation_and_flip(tmp_path: Path, rotation: in
         want = np.fliplr(want)
     assert shown.shape == want.shape
     assert np.abs(shown - want).max() < 1.5
+
+
+def test_displayed_area_is_kept_to_the_image(images: list[Dataset]) -> None:
+    """A viewport wider than the image (margins left and right) keeps the image part: SCALE TO FIT renders
+    the specified area as large as possible, margins included when the aspects differ (C.10.4)."""
+    uid = str(images[0].SOPInstanceUID)
+    state = DisplayState(40, 400, ((-40.5, 9.5), (100.5, 49.5)), rotation=90)
+    gsps = _roundtrip(make_gsps(images, [], {uid: state}))
+    (area,) = gsps.DisplayedAreaSelectionSequence
+    assert list(area.DisplayedAreaTopLeftHandCorner) == [1, 50]
+    assert list(area.DisplayedAreaBottomRightHandCorner) == [64, 11]
+    assert read_gsps(gsps)[1][(uid, 0)].displayed_area == ((-0.5, 9.5), (63.5, 49.5))

@@ -85,7 +85,9 @@ class DisplayState:
     ``displayed_area`` is the image region shown, as its top-left and
     bottom-right *edges* in image coordinates of the unrotated image (the whole
     image of C columns and R rows is ``((-0.5, -0.5), (C - 0.5, R - 0.5))``);
-    ``None`` means the whole image. ``rotation`` is clockwise in degrees (0, 90,
+    ``None`` means the whole image. It is written in whole pixels and kept to
+    the image (a viewport showing margins around the image reads back as the
+    part of the image it shows). ``rotation`` is clockwise in degrees (0, 90,
     180, 270), applied before ``flip_horizontal`` (PS3.3 C.10.6). ``invert``
     is the reader's inversion relative to the normal look of the image.
     ``size_mode`` is Presentation Size Mode (C.10.4): SCALE TO FIT (the area
@@ -147,14 +149,22 @@ def _view_matrix(rotation: int, flip: bool) -> np.ndarray:
 
 
 def _area_pixels(
-    area: tuple[tuple[float, float], tuple[float, float]], rotation: int, flip: bool
+    area: tuple[tuple[float, float], tuple[float, float]], rotation: int, flip: bool, cols: int, rows: int
 ) -> tuple[list[int], list[int]]:
-    """Displayed Area TLHC, BRHC (1-based column\\row of the pixels shown top-left / bottom-right) of an edge box."""
+    """Displayed Area TLHC, BRHC (1-based column\\row of the pixels shown top-left / bottom-right) of an edge box.
+
+    The box is kept to the image: a viewport wider than the image's aspect (or zoomed out past it)
+    shows more than the image, and SCALE TO FIT already says the rendered area may exceed the
+    specified one when the aspects differ (C.10.4). Negative corners are legal DICOM (SL) but
+    dciodvfy (dicom3tools 2022) reads them unsigned and reports an inconsistency error.
+    """
     (ax, ay), (bx, by) = area
     x0, x1 = sorted((float(ax), float(bx)))
     y0, y1 = sorted((float(ay), float(by)))
     i0, i1 = round(x0 + 1.5), round(x1 + 0.5)  # first / last 1-based column inside the box
     j0, j1 = round(y0 + 1.5), round(y1 + 0.5)
+    i0, i1 = min(max(i0, 1), cols), min(max(i1, 1), cols)
+    j0, j1 = min(max(j0, 1), rows), min(max(j1, 1), rows)
     i1, j1 = max(i1, i0), max(j1, j0)
     m = _view_matrix(rotation, flip)
     corners = [(i0, j0), (i1, j0), (i1, j1), (i0, j1)]
@@ -541,7 +551,7 @@ def _displayed_areas(
         area = s.displayed_area if s is not None and s.displayed_area is not None else None
         if area is None:
             area = ((-0.5, -0.5), (cols - 0.5, rows - 0.5))
-        tl, br = _area_pixels(area, rotation, flip)
+        tl, br = _area_pixels(area, rotation, flip, cols, rows)
         spacing = ds.get("PixelSpacing")
         mode = (s.size_mode if s is not None else "SCALE TO FIT").upper()
         mag = s.magnification if s is not None else None
