@@ -368,7 +368,9 @@ def saved_gsps(images: list[Dataset], tmp_path_factory: pytest.TempPathFactory) 
     uids = [str(d.SOPInstanceUID) for d in images]
     path = tmp_path_factory.mktemp("gsps") / "gsps.dcm"
     state = DisplayState(40, 400, ((9.5, 9.5), (40.5, 50.5)), rotation=270, flip_horizontal=True)
-    _roundtrip(make_gsps(images, _all_kinds(uids), {u: copy.copy(state) for u in uids}), path)
+    anns = _all_kinds(uids)
+    values = {a.uid: {"angle": 33.3, "unit": "deg"} for a in anns if a.kind in ("angle", "cobb")}
+    _roundtrip(make_gsps(images, anns, {u: copy.copy(state) for u in uids}, values=values), path)
     return path
 
 
@@ -420,3 +422,13 @@ def test_displayed_area_is_kept_to_the_image(images: list[Dataset]) -> None:
     assert list(area.DisplayedAreaTopLeftHandCorner) == [1, 50]
     assert list(area.DisplayedAreaBottomRightHandCorner) == [64, 11]
     assert read_gsps(gsps)[1][(uid, 0)].displayed_area == ((-0.5, 9.5), (63.5, 49.5))
+
+
+def test_measurement_numbers_are_shown_to_other_viewers_and_skipped_by_ours(images: list[Dataset]) -> None:
+    a = Annotation("length", str(images[0].SOPInstanceUID), 0, [(10.0, 10.0), (40.0, 50.0)])
+    values = {a.uid: {"length": 35.0, "unit": "mm", "note": ""}}
+    gsps = _roundtrip(make_gsps(images, [a], {}, values=values))
+    texts = [t.UnformattedTextValue for i in gsps.GraphicAnnotationSequence for t in i.get("TextObjectSequence", [])]
+    assert texts == ["35.0 mm"]
+    (b,), _ = read_gsps(gsps)
+    assert (b.uid, b.kind, b.text) == (a.uid, "length", "")

@@ -54,7 +54,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 
 import hilum
-from hilum.dicom.annotations import KINDS, Annotation
+from hilum.dicom.annotations import KINDS, Annotation, value_lines
 
 __all__ = [
     "DisplayState",
@@ -258,8 +258,15 @@ def _ellipse_axes(p0: Point, p1: Point) -> list[Point]:
     return horizontal + vertical if (x1 - x0) >= (y1 - y0) else vertical + horizontal
 
 
-def _objects(ann: Annotation, cols: int, rows: int) -> tuple[list[hd.pr.GraphicObject], list[hd.pr.TextObject]]:
-    """The GSPS graphic and text objects of one annotation (PIXEL units)."""
+def _objects(
+    ann: Annotation, cols: int, rows: int, values: Mapping[str, Any] | None = None
+) -> tuple[list[hd.pr.GraphicObject], list[hd.pr.TextObject]]:
+    """The GSPS graphic and text objects of one annotation (PIXEL units).
+
+    With *values* (:meth:`Annotation.values`), the numbers as the viewer shows them are added as a
+    text next to the graphic, so that other viewers show them too; its Tracking ID ``values:<uid>``
+    tells our reader to leave it out (the numbers are recomputed from the graphic).
+    """
     tid, tuid = f"{ann.kind}:{ann.uid}"[:64], tracking_uid(ann.uid)
     pts = ann.points
     graphics: list[tuple[str, list[Point]]] = []
@@ -301,6 +308,19 @@ def _objects(ann: Annotation, cols: int, rows: int) -> tuple[list[hd.pr.GraphicO
                 tracking_uid=tuid,
             )
         )
+    lines = value_lines(k, dict(values)) if values else []
+    if lines:
+        anchor = _clamp(pts[-1:], cols, rows)[0]
+        tobjs.append(
+            hd.pr.TextObject(
+                text_value="\n".join(lines)[:1024],
+                units="PIXEL",
+                anchor_point=(float(anchor[0]), float(anchor[1])),
+                anchor_point_visible=False,
+                tracking_id=f"values:{ann.uid}"[:64],
+                tracking_uid=tracking_uid(uuid.uuid5(uuid.NAMESPACE_OID, f"values:{ann.uid}").hex),
+            )
+        )
     return gobjs, tobjs
 
 
@@ -324,6 +344,7 @@ def make_gsps(
     sop_instance_uid: str | None = None,
     instance_number: int = 1,
     series_number: int = 9901,
+    values: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Dataset:
     """A GSPS holding *annotations* and the display *states* of the images they are on.
 
@@ -332,7 +353,9 @@ def make_gsps(
     (*states* keyed by SOP Instance UID, or by ``(SOP Instance UID, frame)``).
     Raises ``ValueError`` when the states disagree on rotation, flip or
     inversion (one per GSPS, see :func:`make_gsps_objects`) or an annotation
-    names an image not in *images*.
+    names an image not in *images*. *values* (annotation uid →
+    :meth:`Annotation.values`, optional) adds each measurement's numbers as a
+    text for other viewers.
     """
     anns = list(annotations)
     st: Mapping[Any, DisplayState] = states
@@ -376,7 +399,7 @@ def make_gsps(
         gobjs: list[hd.pr.GraphicObject] = []
         tobjs: list[hd.pr.TextObject] = []
         for a in group:
-            g, t = _objects(a, cols, rows)
+            g, t = _objects(a, cols, rows, (values or {}).get(a.uid))
             gobjs += g
             tobjs += t
         layer = layers[0] if layer_name == LAYER_MEASUREMENTS else layers[1]
@@ -588,6 +611,7 @@ def make_gsps_objects(
     *,
     series_uid: str | None = None,
     description: str = "Hilum annotations",
+    values: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Dataset]:
     """As :func:`make_gsps`, one GSPS per (rotation, flip, inversion) among the states, all in one series.
 
@@ -621,6 +645,7 @@ def make_gsps_objects(
                 series_uid=series_uid,
                 description=description,
                 instance_number=n,
+                values=values,
             )
         )
     return out
@@ -752,6 +777,8 @@ def read_gsps(
         tracked: dict[str, list[Dataset]] = defaultdict(list)
         loose: list[Dataset] = []
         for obj in list(item.get("GraphicObjectSequence", []) or []) + list(item.get("TextObjectSequence", []) or []):
+            if str(obj.get("TrackingID", "") or "").startswith("values:"):
+                continue  # our measurement numbers: recomputed from the graphic
             t = str(obj.get("TrackingUID", "") or "")
             (tracked[t] if t else loose).append(obj)
         bundles = list(tracked.values()) + [[o] for o in loose]
