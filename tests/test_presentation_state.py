@@ -432,3 +432,20 @@ def test_measurement_numbers_are_shown_to_other_viewers_and_skipped_by_ours(imag
     assert texts == ["35.0 mm"]
     (b,), _ = read_gsps(gsps)
     assert (b.uid, b.kind, b.text) == (a.uid, "length", "")
+
+
+def test_malformed_items_are_skipped_not_fatal(images: list[Dataset]) -> None:
+    ds = _other_system_gsps(images)
+    ds.DisplayedAreaSelectionSequence[0].DisplayedAreaTopLeftHandCorner = None
+    broken = Dataset()
+    broken.GraphicAnnotationUnits = "PIXEL"
+    broken.GraphicDimensions = 2
+    broken.GraphicType = "POLYLINE"
+    broken.GraphicData = [1.0, 2.0, 3.0]  # an odd number of values
+    ds.GraphicAnnotationSequence[1].GraphicObjectSequence.append(broken)
+    stray = Dataset()
+    stray.ReferencedSOPClassUID = images[0].SOPClassUID  # no SOP Instance UID
+    ds.ReferencedSeriesSequence[0].ReferencedImageSequence.append(stray)
+    anns, states = read_gsps(_roundtrip(ds))
+    assert len([a for a in anns if a.kind == "point"]) == 2
+    assert all(s.displayed_area is None for s in states.values())

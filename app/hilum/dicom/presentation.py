@@ -657,14 +657,19 @@ def make_gsps_objects(
 def _refs_of(item: Dataset) -> list[tuple[str, list[int] | None]]:
     out = []
     for r in item.get("ReferencedImageSequence", []) or []:
+        sop = str(r.get("ReferencedSOPInstanceUID", "") or "")
+        if not sop:
+            log.warning("GSPS: a Referenced Image Sequence item without a SOP Instance UID was skipped")
+            continue
         frames = r.get("ReferencedFrameNumber")
+        fl: list[int] | None = None
         if frames is not None and frames != "":
-            fl = [
-                int(f) - 1 for f in (frames if hasattr(frames, "__len__") and not isinstance(frames, str) else [frames])
-            ]
-        else:
-            fl = None
-        out.append((str(r.ReferencedSOPInstanceUID), fl))
+            many = frames if hasattr(frames, "__len__") and not isinstance(frames, str) else [frames]
+            try:
+                fl = [int(f) - 1 for f in many if int(f) >= 1] or None
+            except (TypeError, ValueError):
+                fl = None
+        out.append((sop, fl))
     return out
 
 
@@ -728,9 +733,11 @@ def read_gsps(
     areas: dict[Key, tuple[tuple[tuple[float, float], tuple[float, float]], str, float | None]] = {}
     for item in ds.get("DisplayedAreaSelectionSequence", []) or []:
         tl, br = item.get("DisplayedAreaTopLeftHandCorner"), item.get("DisplayedAreaBottomRightHandCorner")
-        if not tl or not br or len(tl) < 2 or len(br) < 2:
+        try:
+            area = _area_edges(tl, br)
+        except (TypeError, ValueError, IndexError):
+            log.warning("GSPS %s: a displayed area without two corners was skipped", sop)
             continue
-        area = _area_edges(tl, br)
         mode = str(item.get("PresentationSizeMode", "SCALE TO FIT")).upper()
         mag = _number(item.get("PresentationPixelMagnificationRatio"))
         for key in _applies(item, everything):

@@ -324,8 +324,12 @@ def _annotation(
     study: str,
     name_key: str = "",
 ) -> Annotation | None:
-    pts = [from_pixel_units(float(c), float(r)) for c, r in np.asarray(data, dtype=float).reshape(-1, 2)]
-    shape = _shape(gtype, pts, name_key, 1)
+    try:
+        pts = [from_pixel_units(float(c), float(r)) for c, r in np.asarray(data, dtype=float).reshape(-1, 2)]
+        shape = _shape(gtype, pts, name_key, 1)
+    except (TypeError, ValueError, IndexError) as exc:
+        log.warning("SR %s: a SCOORD that is not readable was skipped (%s)", sr_uid, exc)
+        return None
     if shape is None:
         return None
     kind, points = shape
