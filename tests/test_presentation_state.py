@@ -368,7 +368,9 @@ def saved_gsps(images: list[Dataset], tmp_path_factory: pytest.TempPathFactory) 
     uids = [str(d.SOPInstanceUID) for d in images]
     path = tmp_path_factory.mktemp("gsps") / "gsps.dcm"
     state = DisplayState(40, 400, ((9.5, 9.5), (40.5, 50.5)), rotation=270, flip_horizontal=True)
-    _roundtrip(make_gsps(images, _all_kinds(uids), {u: copy.copy(state) for u in uids}), path)
+    anns = _all_kinds(uids)
+    values = {a.uid: {"angle": 33.3, "unit": "deg"} for a in anns if a.kind in ("angle", "cobb")}
+    _roundtrip(make_gsps(images, anns, {u: copy.copy(state) for u in uids}, values=values), path)
     return path
 
 
@@ -384,3 +386,66 @@ def test_dciodvfy_finds_no_error(saved_gsps: Path) -> None:
 def test_dcmtk_checks_the_presentation_state(saved_gsps: Path) -> None:
     out = subprocess.run(["dcmpschk", str(saved_gsps)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "Test passed" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+@pytest.mark.skipif(shutil.which("dcmp2pgm") is None, reason="DCMTK's dcmp2pgm is not installed")
+@pytest.mark.parametrize(("rotation", "flip"), [(0, False), (90, False), (180, True), (270, False), (90, True)])
+def test_dcmtk_renders_our_window_rotation_and_flip(tmp_path: Path, rotation: int, flip: bool) -> None:
+    """DCMTK applies our GSPS to the image (VOI, rotation, flip) as numpy says the standard means it.
+
+    (dcmp2pgm renders the whole image: it does not crop to the displayed area.)"""
+    from PIL import Image
+
+    (ct,) = generate_ct_series(STUDY, rows=ROWS, columns=COLS, slices=1, noise_sigma=0.0)
+    ct.save_as(tmp_path / "ct.dcm", enforce_file_format=True)
+    state = DisplayState(40.0, 400.0, ((9.5, 19.5), (39.5, 49.5)), rotation=rotation, flip_horizontal=flip)
+    make_gsps([ct], [], {str(ct.SOPInstanceUID): state}).save_as(tmp_path / "ps.dcm", enforce_file_format=True)
+    run = [str(tmp_path / n) for n in ("ps.dcm", "ct.dcm", "out.pgm")]
+    subprocess.run(["dcmp2pgm", "-p", *run], check=True, capture_output=True, timeout=60)
+    shown = np.asarray(Image.open(tmp_path / "out.pgm")).astype(float)
+    hu = ct.pixel_array.astype(float) * float(ct.RescaleSlope) + float(ct.RescaleIntercept)
+    want = np.clip((hu - 39.5) / 399.0 + 0.5, 0.0, 1.0) * 255.0  # PS3.3 C.11.2.1.2.1, linear window
+    want = np.rot90(want, k=-(rotation // 90))  # clockwise
+    if flip:
+        want = np.fliplr(want)
+    assert shown.shape == want.shape
+    assert np.abs(shown - want).max() < 1.5
+
+
+def test_displayed_area_is_kept_to_the_image(images: list[Dataset]) -> None:
+    """A viewport wider than the image (margins left and right) keeps the image part: SCALE TO FIT renders
+    the specified area as large as possible, margins included when the aspects differ (C.10.4)."""
+    uid = str(images[0].SOPInstanceUID)
+    state = DisplayState(40, 400, ((-40.5, 9.5), (100.5, 49.5)), rotation=90)
+    gsps = _roundtrip(make_gsps(images, [], {uid: state}))
+    (area,) = gsps.DisplayedAreaSelectionSequence
+    assert list(area.DisplayedAreaTopLeftHandCorner) == [1, 50]
+    assert list(area.DisplayedAreaBottomRightHandCorner) == [64, 11]
+    assert read_gsps(gsps)[1][(uid, 0)].displayed_area == ((-0.5, 9.5), (63.5, 49.5))
+
+
+def test_measurement_numbers_are_shown_to_other_viewers_and_skipped_by_ours(images: list[Dataset]) -> None:
+    a = Annotation("length", str(images[0].SOPInstanceUID), 0, [(10.0, 10.0), (40.0, 50.0)])
+    values = {a.uid: {"length": 35.0, "unit": "mm", "note": ""}}
+    gsps = _roundtrip(make_gsps(images, [a], {}, values=values))
+    texts = [t.UnformattedTextValue for i in gsps.GraphicAnnotationSequence for t in i.get("TextObjectSequence", [])]
+    assert texts == ["35.0 mm"]
+    (b,), _ = read_gsps(gsps)
+    assert (b.uid, b.kind, b.text) == (a.uid, "length", "")
+
+
+def test_malformed_items_are_skipped_not_fatal(images: list[Dataset]) -> None:
+    ds = _other_system_gsps(images)
+    ds.DisplayedAreaSelectionSequence[0].DisplayedAreaTopLeftHandCorner = None
+    broken = Dataset()
+    broken.GraphicAnnotationUnits = "PIXEL"
+    broken.GraphicDimensions = 2
+    broken.GraphicType = "POLYLINE"
+    broken.GraphicData = [1.0, 2.0, 3.0]  # an odd number of values
+    ds.GraphicAnnotationSequence[1].GraphicObjectSequence.append(broken)
+    stray = Dataset()
+    stray.ReferencedSOPClassUID = images[0].SOPClassUID  # no SOP Instance UID
+    ds.ReferencedSeriesSequence[0].ReferencedImageSequence.append(stray)
+    anns, states = read_gsps(_roundtrip(ds))
+    assert len([a for a in anns if a.kind == "point"]) == 2
+    assert all(s.displayed_area is None for s in states.values())

@@ -306,3 +306,13 @@ def test_kos_title_and_frames() -> None:
 def test_values_are_finite_numbers(report) -> None:  # type: ignore[no-untyped-def]
     _, _, sr, _ = report
     assert all(math.isfinite(m.value) for m in read_sr_measurements(sr))
+
+
+def test_kos_made_by_hand_as_others_do_is_read(series) -> None:  # type: ignore[no-untyped-def]
+    """A KOS without the template identifier highdicom checks: read from its content items."""
+    images, _ = series
+    kos = _roundtrip(make_kos(images, [KeyImage(str(images[2].SOPInstanceUID), 0, "", "")]))
+    del kos.ContentTemplateSequence
+    (key,) = read_kos(kos)
+    assert key.sop_instance_uid == str(images[2].SOPInstanceUID)
+    assert key.series_uid == str(images[2].SeriesInstanceUID)
