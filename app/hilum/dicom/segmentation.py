@@ -85,7 +85,7 @@ UNDO_DEPTH = 64
 MAX_GROW_VOXELS = 5_000_000
 """Region growing refuses a region larger than this (it leaked); also the default cap."""
 
-GROW_BOX_MM = 150.0
+GROW_BOX_MM = 80.0
 """3D region growing looks only this far (mm) from the seed along each axis."""
 
 _CODES: dict[str, tuple[str, str, str]] = {
@@ -434,13 +434,14 @@ class LabelMap:
         self._emit(m, rect)
         return rect
 
-    def grow(self, values: np.ndarray, seed: tuple[int, int, int], lo: float, hi: float, number: int, *,
+    def grow(self, values: Any, seed: tuple[int, int, int], lo: float, hi: float, number: int, *,
              three_d: bool = False, spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
              max_voxels: int = MAX_GROW_VOXELS, box_mm: float = GROW_BOX_MM,
              time_limit_s: float = 10.0) -> GrowResult:  # fmt: skip
         """Region growing: the voxels connected to ``seed`` = (m, row, column) whose value in
         ``values`` (the slice ``[rows, cols]`` for 2D, or the volume ``[m, rows, cols]`` for 3D,
-        modality values) is within [lo, hi], painted as segment *number* (over background and the
+        modality values; for 3D anything with ``shape`` and ``values[box]``, so a caller can compute
+        only the box) is within [lo, hi], painted as segment *number* (over background and the
         segment itself only: other segments are kept). 3D looks only within ``box_mm`` of the
         seed; a region over ``max_voxels`` is refused (nothing painted)."""
         import SimpleITK as sitk  # noqa: N813  (imported on use: ~0.2 s)
