@@ -332,3 +332,31 @@ def test_mpr_brush_on_a_coronal_plane_writes_the_label_volume(viewer, qtbot):
     key(canvas2d, Qt.Key.Key_B, Qt.KeyboardModifier.ShiftModifier)
     key(canvas2d, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     assert not lm.array.any() and f is not None
+
+
+def test_fill_a_closed_outline_drawn_with_the_brush(viewer, qtbot):
+    """Draw a ring with the brush (a closed drag), Shift+G (fill) and a click inside: the inside is
+    painted; a click outside the ring (its region reaches the edge) paints nothing."""
+    canvas = viewer.viewport_widget(0).canvas
+    vp = viewer.active_viewport()
+    canvas.setFocus()
+    key(canvas, Qt.Key.Key_B, Qt.KeyboardModifier.ShiftModifier)
+    type_into(viewer.seg_panel.radius, "2")
+    canvas.setFocus()
+    cx, cy, r = ROWS / 2, ROWS / 2 - 20, 15.0
+    ring = [vp.image_to_canvas(cx + r * math.cos(a), cy + r * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 40)]
+    drag(canvas, ring)
+    ring_ml = panel_ml(viewer)
+    assert ring_ml > 0
+    key(canvas, Qt.Key.Key_G, Qt.KeyboardModifier.ShiftModifier)
+    assert viewer.tool_name == "seg_fill"
+    click(canvas, vp.image_to_canvas(5, 5))  # outside: open to the edge, nothing
+    assert panel_ml(viewer) == pytest.approx(ring_ml)
+    click(canvas, vp.image_to_canvas(cx, cy))
+    filled = panel_ml(viewer)
+    sp = vp.spacing()
+    inner_ml = math.pi * (r * sp[0]) ** 2 * vp.volume.stack.spacing / 1000
+    assert filled > ring_ml + 0.7 * inner_ml  # the inside of the ring (less the ring itself)
+    lm = viewer.seg.labels[vp.series_uid]
+    m = vp.volume.stack.order.volume_index[vp.index]
+    assert lm.array[m, int(cy), int(cx)] == viewer.seg.active_segment(vp.series_uid)
