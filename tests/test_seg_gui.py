@@ -94,15 +94,15 @@ def to_z(viewer, canvas, z_mm: float) -> None:
     vp = viewer.active_viewport()
     zs = [f.position[2] for f in vp.volume.stack.frames]
     target = int(np.argmin(np.abs(np.asarray(zs) - z_mm)))
-    for _ in range(3 * len(zs)):
+    step = Qt.Key.Key_Down
+    for _ in range(2 * len(zs) + 2):
         if vp.index == target:
             return
         canvas.setFocus()
         before = vp.index
-        key(canvas, Qt.Key.Key_Down)
-        if vp.index == before or abs(vp.index - target) > abs(before - target):
-            key(canvas, Qt.Key.Key_Up)
-            key(canvas, Qt.Key.Key_Up)
+        key(canvas, step)
+        if abs(vp.index - target) > abs(before - target):
+            step = Qt.Key.Key_Up  # the other way
     assert vp.index == target
 
 
@@ -266,3 +266,97 @@ def test_brush_paints_a_disc_of_the_radius_in_mm_and_a_new_segment(viewer, qtbot
     qtbot.wait(20)
     after = grab(canvas)[int(y2), int(x2)].astype(int)
     assert not np.array_equal(before, after) and after[0] == after[1] == after[2]
+
+
+def qt_pos(canvas, display_xy):
+    """Widget position of VTK display coordinates (the inverse of ``canvas.display_xy``)."""
+    dpr = canvas.devicePixelRatioF()
+    _, h = canvas._device_size()
+    return (display_xy[0] / dpr, (h - 1 - display_xy[1]) / dpr)
+
+
+def test_mpr_brush_on_a_coronal_plane_writes_the_label_volume(viewer, qtbot):
+    """Brush labels on the MPR's coronal plane through the sphere: the voxels written lie on that
+    coronal plane (one row of every volume slice it crosses, over ±radius along z), the 2D viewer
+    shows them on its axial slice, the MPR planes show the colour."""
+    vp = viewer.active_viewport()
+    canvas2d = viewer.viewport_widget(0).canvas
+    canvas2d.setFocus()
+    to_z(viewer, canvas2d, SPHERE.centre[2])
+    key(canvas2d, Qt.Key.Key_M)  # M: MPR
+    mpr = viewer._mpr_windows[-1]
+    qtbot.waitUntil(lambda: mpr.volume is not None, timeout=30000)
+    vol = mpr.volume
+    axial, coronal = mpr.slice_canvases["axial"], mpr.slice_canvases["coronal"]
+    # a click in the axial plane on the sphere's centre puts the cursor there (the coronal plane goes through it)
+    axial.render_now()
+    ax, ay, _ = axial.viewport.patient_to_display(SPHERE.centre)
+    click(axial, qt_pos(axial, (ax, ay)))
+    centre = np.asarray(mpr.scene.crosshair.centre)
+    assert np.allclose(centre[:2], SPHERE.centre[:2], atol=1.5)
+    # Brush labels (the toolbar toggle), radius 5 mm in the panel, a drag left to right across the sphere
+    QTest.mouseClick(mpr.toolbar.widgetForAction(mpr.seg_actions["brush"]), Qt.MouseButton.LeftButton)
+    assert mpr.seg_brush.mode == "brush"
+    viewer.seg.radius_mm = 5.0
+    coronal.render_now()
+    p0 = coronal.viewport.patient_to_display(np.asarray(SPHERE.centre) + (-15.0, 0.0, 0.0))
+    p1 = coronal.viewport.patient_to_display(np.asarray(SPHERE.centre) + (15.0, 0.0, 0.0))
+    drag(coronal, [qt_pos(coronal, p0[:2]), qt_pos(coronal, ((p0[0] + p1[0]) / 2, p0[1])), qt_pos(coronal, p1[:2])])
+    lm = viewer.seg.labels[vp.series_uid]
+    k, j, i = np.nonzero(lm.array)
+    assert len(k) > 0
+    row = float(vol.world_to_voxel(mpr.scene.crosshair.centre)[1])
+    assert set(j.tolist()) == {int(round(row))}  # one coronal row: the plane, one voxel thick
+    zs = vol.voxel_to_world(np.stack([i, j, k], axis=1).astype(float))
+    assert np.abs(zs[:, 2] - SPHERE.centre[2]).max() <= 5.0 + 0.75  # ± the radius along z
+    assert zs[:, 0].min() < SPHERE.centre[0] - 14 and zs[:, 0].max() > SPHERE.centre[0] + 14
+    # the coronal plane shows the colour on the stroke, the 2D viewer its row on the axial slice
+    shot = coronal.render_now()
+    mx, my = qt_pos(coronal, ((p0[0] + p1[0]) / 2, p0[1]))
+    dpr = coronal.devicePixelRatioF()
+    px = shot[int(round(my * dpr)), int(round(mx * dpr))].astype(int)
+    assert not (px[0] == px[1] == px[2])
+    qtbot.wait(20)
+    f = vp.frame_info
+    m = vp.volume.stack.order.volume_index[vp.index]
+    rows, cols = np.nonzero(lm.array[m])
+    assert len(rows) and set(rows.tolist()) == set(j.tolist())
+    x2, y2 = vp.image_to_canvas(float(cols[len(cols) // 2]), float(rows[0]))
+    img = grab(canvas2d)[int(round(y2)), int(round(x2))].astype(int)
+    assert not (img[0] == img[1] == img[2])
+    # one stroke: Ctrl+Z in the viewer (a segmentation tool chosen) takes it all back
+    mpr.close()
+    viewer.activateWindow()
+    qtbot.waitUntil(viewer.isActiveWindow, timeout=5000)
+    canvas2d.setFocus()
+    key(canvas2d, Qt.Key.Key_B, Qt.KeyboardModifier.ShiftModifier)
+    key(canvas2d, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert not lm.array.any() and f is not None
+
+
+def test_fill_a_closed_outline_drawn_with_the_brush(viewer, qtbot):
+    """Draw a ring with the brush (a closed drag), Shift+G (fill) and a click inside: the inside is
+    painted; a click outside the ring (its region reaches the edge) paints nothing."""
+    canvas = viewer.viewport_widget(0).canvas
+    vp = viewer.active_viewport()
+    canvas.setFocus()
+    key(canvas, Qt.Key.Key_B, Qt.KeyboardModifier.ShiftModifier)
+    type_into(viewer.seg_panel.radius, "2")
+    canvas.setFocus()
+    cx, cy, r = ROWS / 2, ROWS / 2 - 20, 15.0
+    ring = [vp.image_to_canvas(cx + r * math.cos(a), cy + r * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 40)]
+    drag(canvas, ring)
+    ring_ml = panel_ml(viewer)
+    assert ring_ml > 0
+    key(canvas, Qt.Key.Key_G, Qt.KeyboardModifier.ShiftModifier)
+    assert viewer.tool_name == "seg_fill"
+    click(canvas, vp.image_to_canvas(5, 5))  # outside: open to the edge, nothing
+    assert panel_ml(viewer) == pytest.approx(ring_ml)
+    click(canvas, vp.image_to_canvas(cx, cy))
+    filled = panel_ml(viewer)
+    sp = vp.spacing()
+    inner_ml = math.pi * (r * sp[0]) ** 2 * vp.volume.stack.spacing / 1000
+    assert filled > ring_ml + 0.7 * inner_ml  # the inside of the ring (less the ring itself)
+    lm = viewer.seg.labels[vp.series_uid]
+    m = vp.volume.stack.order.volume_index[vp.index]
+    assert lm.array[m, int(cy), int(cx)] == viewer.seg.active_segment(vp.series_uid)

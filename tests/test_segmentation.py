@@ -69,6 +69,7 @@ def test_disc_respects_anisotropic_spacing():
 def test_brush_line_erase_volume_and_undo():
     lm = LabelMap((4, 50, 50), [Segment(1, "A", (255, 0, 0)), Segment(2, "B", (0, 255, 0))])
     seen = []
+    lm.counts()  # counted now: every edit below keeps the counts up to date
     lm.subscribe(lambda m, rect: seen.append((m, rect)))
     rect = lm.brush(1, 20, 20, 3.0, (1.0, 1.0), 1)
     assert rect == (17, 24, 17, 24) and seen[-1] == (1, rect)
@@ -99,6 +100,8 @@ def test_brush_line_erase_volume_and_undo():
     assert lm.array[3].any()
     assert lm.undo() and not lm.array[3].any() and lm.voxel_count(1) == n
     assert not lm.can_redo or lm.redo()
+    assert np.array_equal(lm.counts(), np.bincount(lm.array.ravel(), minlength=256))
+    assert lm.volumes_ml((2.0, 1.0, 1.0))[1] == pytest.approx(lm.volume_ml(1, (2.0, 1.0, 1.0)))
 
 
 def test_threshold_brush_only_paints_within_range():
@@ -123,7 +126,9 @@ def test_grow_2d_and_3d_find_the_sphere_and_the_cap_refuses_a_leak(ct, stack):
     disc_area = lm.voxel_count(1) * sp[1] * sp[2]
     assert disc_area == pytest.approx(math.pi * sphere.radius**2, rel=0.08)
     assert lm.undo() and not lm.array.any()
+    lm.counts()
     res = lm.grow(vol, (m, r, c), 200, 400, 1, three_d=True, spacing_mm=sp)
+    assert np.array_equal(lm.counts(), np.bincount(lm.array.ravel(), minlength=256))
     true_ml = 4 / 3 * math.pi * sphere.radius**3 / 1000
     assert lm.volume_ml(1, sp) == pytest.approx(true_ml, rel=0.05)
     # soft tissue leaks into the whole body: refused over a small cap, nothing painted
@@ -205,3 +210,62 @@ def test_seg_checks_its_input(ct, stack):
         LabelMap((2, 3), [])
     with pytest.raises(ValueError):
         lm.add_segment(Segment(1, "dup", (0, 0, 0)))
+
+
+def ai_seg(ct, stack):
+    """A SEG as an AI plugin makes it (highdicom directly): AUTOMATIC, with its algorithm identified."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    vol = hu_volume(ct, stack)
+    mask = ((vol > 200) & (vol < 400)).astype(np.uint8)
+    algo = hd.AlgorithmIdentificationSequence(name="NoduleNet", family=codes.DCM.ArtificialIntelligence,
+                                              version="2.1")  # fmt: skip
+    desc = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="Nodule", segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Nodule, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algo, tracking_uid=hd.UID(), tracking_id="nodule 1",
+    )  # fmt: skip
+    return hd.seg.Segmentation(
+        source_images=headers(ct, stack), pixel_array=mask, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[desc], series_instance_uid=hd.UID(), series_number=50, sop_instance_uid=hd.UID(),
+        instance_number=1, manufacturer="AI", manufacturer_model_name="NoduleNet", software_versions="2.1",
+        device_serial_number="1",
+    )  # fmt: skip
+
+
+def test_an_ai_plugins_seg_is_edited_and_saved_as_a_new_seg_with_its_descriptions(ct, stack):
+    ds = ai_seg(ct, stack)
+    lm = read_seg(ds, stack)
+    seg = lm.segments[1]
+    assert (seg.label, seg.algorithm, seg.algorithm_name, seg.algorithm_version) == ("Nodule", "AUTOMATIC",
+                                                                                     "NoduleNet", "2.1")  # fmt: skip
+    assert seg.type_code == ("27925004", "SCT", "Nodule") and not lm.dirty
+    before = lm.voxel_count(1)
+    m = int(np.flatnonzero(lm.array.any(axis=(1, 2)))[0])
+    lm.brush(m, 5, 5, 3.0, (1.5, 1.5), 1)  # a correction by hand
+    assert lm.voxel_count(1) > before and lm.dirty
+    out = make_seg(headers(ct, stack), lm)
+    assert out.SOPInstanceUID != ds.SOPInstanceUID and out.SeriesInstanceUID != ds.SeriesInstanceUID
+    d = out.SegmentSequence[0]
+    assert d.SegmentLabel == "Nodule" and d.TrackingUID == ds.SegmentSequence[0].TrackingUID
+    assert d.SegmentedPropertyTypeCodeSequence[0].CodeValue == "27925004"
+    assert d.SegmentAlgorithmType == "SEMIAUTOMATIC"  # an algorithm's result corrected by hand
+    assert d.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "NoduleNet"
+    assert read_seg(out, stack).voxel_count(1) == lm.voxel_count(1)
+
+
+def test_our_seg_passes_dciodvfy(ct, stack, tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (dicom3tools) not installed")
+    lm = LabelMap((len(stack.order.unique), ROWS, ROWS), [Segment(1, "a", (255, 0, 0)), Segment(2, "b", (0, 0, 255))])
+    lm.brush(3, 40, 40, 9.0, (1.5, 1.5), 1)
+    lm.brush(9, 80, 80, 9.0, (1.5, 1.5), 2)
+    path = tmp_path / "seg.dcm"
+    make_seg(headers(ct, stack), lm).save_as(path, enforce_file_format=True)
+    res = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    report = res.stdout + res.stderr
+    assert "Error" not in report and "Warning" not in report, report

@@ -85,7 +85,7 @@ UNDO_DEPTH = 64
 MAX_GROW_VOXELS = 5_000_000
 """Region growing refuses a region larger than this (it leaked); also the default cap."""
 
-GROW_BOX_MM = 150.0
+GROW_BOX_MM = 80.0
 """3D region growing looks only this far (mm) from the seed along each axis."""
 
 _CODES: dict[str, tuple[str, str, str]] = {
@@ -118,6 +118,11 @@ class Segment:
     algorithm: str = "MANUAL"
     """``MANUAL``, ``SEMIAUTOMATIC`` or ``AUTOMATIC`` (PS3.3 C.8.20.2: Segment Algorithm Type)."""
     algorithm_name: str = ""
+    algorithm_version: str = ""
+    algorithm_family: tuple[str, str, str] | None = None
+    """Algorithm Family Code of the algorithm that made it (an AI plugin's), kept on re-save."""
+    edited: bool = False
+    """Edited by hand since it was read: an AUTOMATIC segment is saved as SEMIAUTOMATIC."""
     tracking_uid: str = ""
 
 
@@ -425,19 +430,21 @@ class LabelMap:
         self.begin_stroke("erase" if erase else "brush")
         self._touch(m)
         self._count(region[foot], new, int(np.count_nonzero(foot)))
+        self.segments[number].edited = True
         region[foot] = new
         self.end_stroke()
         rect = (y0, y1, x0, x1)
         self._emit(m, rect)
         return rect
 
-    def grow(self, values: np.ndarray, seed: tuple[int, int, int], lo: float, hi: float, number: int, *,
+    def grow(self, values: Any, seed: tuple[int, int, int], lo: float, hi: float, number: int, *,
              three_d: bool = False, spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
              max_voxels: int = MAX_GROW_VOXELS, box_mm: float = GROW_BOX_MM,
              time_limit_s: float = 10.0) -> GrowResult:  # fmt: skip
         """Region growing: the voxels connected to ``seed`` = (m, row, column) whose value in
         ``values`` (the slice ``[rows, cols]`` for 2D, or the volume ``[m, rows, cols]`` for 3D,
-        modality values) is within [lo, hi], painted as segment *number* (over background and the
+        modality values; for 3D anything with ``shape`` and ``values[box]``, so a caller can compute
+        only the box) is within [lo, hi], painted as segment *number* (over background and the
         segment itself only: other segments are kept). 3D looks only within ``box_mm`` of the
         seed; a region over ``max_voxels`` is refused (nothing painted)."""
         import SimpleITK as sitk  # noqa: N813  (imported on use: ~0.2 s)
@@ -486,6 +493,7 @@ class LabelMap:
         for k in np.flatnonzero(add.any(axis=(1, 2))):
             self._touch(int(lo_i[0] + k))
         self._count(labels[add], number, int(np.count_nonzero(add)))
+        self.segments[number].edited = True
         labels[add] = number
         self.end_stroke()
         touched = np.flatnonzero(add.any(axis=(1, 2)))
@@ -524,6 +532,7 @@ class LabelMap:
         self.begin_stroke("fill")
         self._touch(m)
         self._count(sl[comp], number, int(np.count_nonzero(comp)))
+        self.segments[number].edited = True
         sl[comp] = number
         self.end_stroke()
         rect = (int(ys[0]), int(ys[-1] + 1), int(xs[0]), int(xs[-1] + 1))
@@ -552,6 +561,7 @@ class LabelMap:
         self.begin_stroke("erase" if erase else "brush")
         self._touch(m)
         self._count(region[foot], 0 if erase else number, int(np.count_nonzero(foot)))
+        self.segments[number].edited = True
         region[foot] = 0 if erase else number
         self.end_stroke()
         self._emit(m, rect)
@@ -592,14 +602,17 @@ def make_seg(images: Sequence[Dataset], labels: LabelMap, *, series_number: int 
     descriptions = []
     for new_number, n in enumerate(numbers, start=1):
         s = labels.segments[n]
-        algo = hd.seg.SegmentAlgorithmTypeValues(s.algorithm if s.algorithm in ("MANUAL", "SEMIAUTOMATIC",
-                                                                                "AUTOMATIC") else "MANUAL")  # fmt: skip
+        kind = s.algorithm if s.algorithm in ("MANUAL", "SEMIAUTOMATIC", "AUTOMATIC") else "MANUAL"
+        if kind == "AUTOMATIC" and s.edited:
+            kind = "SEMIAUTOMATIC"  # an algorithm's result corrected by hand (PS3.3 C.8.20.2)
+        algo = hd.seg.SegmentAlgorithmTypeValues(kind)
         ident = None
         if algo != hd.seg.SegmentAlgorithmTypeValues.MANUAL:
             ident = hd.AlgorithmIdentificationSequence(
-                name=s.algorithm_name or "unknown", family=_code("", ("123109", "DCM", "Manual Processing")),
-                version="unknown",
-            )  # fmt: skip
+                name=s.algorithm_name or "unknown",
+                family=_code("", s.algorithm_family or ("123110", "DCM", "Artificial Intelligence")),
+                version=s.algorithm_version or "unknown",
+            )
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=new_number,
@@ -703,10 +716,13 @@ def read_seg(ds: Dataset, stack: Stack) -> LabelMap:
             _triple(desc.get("SegmentedPropertyCategoryCodeSequence")),
             _triple(desc.get("SegmentedPropertyTypeCodeSequence")),
         )
-        algo_name = ""
+        algo_name = algo_version = ""
+        family = None
         ident = desc.get("SegmentationAlgorithmIdentificationSequence")
         if ident:
             algo_name = str(ident[0].get("AlgorithmName", ""))
+            algo_version = str(ident[0].get("AlgorithmVersion", ""))
+            family = _triple(ident[0].get("AlgorithmFamilyCodeSequence"))
         segments.append(
             Segment(
                 number=n,
@@ -718,6 +734,8 @@ def read_seg(ds: Dataset, stack: Stack) -> LabelMap:
                 type_code=typ,
                 algorithm=str(desc.get("SegmentAlgorithmType", "MANUAL") or "MANUAL"),
                 algorithm_name=algo_name,
+                algorithm_version=algo_version,
+                algorithm_family=family,
                 tracking_uid=str(desc.get("TrackingUID", "") or ""),
             )
         )

@@ -344,6 +344,9 @@ class MPRViewport:
         self._scale_actor, self._scale_text = self._make_scale_bar()
         self.renderer.AddObserver(vtkCommand.StartEvent, weak_callback(self._before_render))
 
+        self._labels: _LabelLayer | None = None
+        """The segmentation's label volume shown over the plane (:meth:`set_labels`)."""
+
         self._unsubscribe = crosshair.subscribe(self._on_model)
         self._update_reslice()
         self.reset_camera()
@@ -466,6 +469,8 @@ class MPRViewport:
             nx = max(1, int(math.ceil((s1 - s0) / sp)) + 1)
             ny = max(1, int(math.ceil((t1 - t0) / sp)) + 1)
         geometry: SlabGeometry = (axes, s0, t0, nx, ny, sp, step, n_slab, slab.mode)
+        if self._labels is not None:
+            self._labels.set_geometry(axes, s0, t0, nx, ny, sp)
         if n_slab == 1:
             geometry = (*geometry[:8], "mip")  # a thin plane: the mode does not matter
         if self._geometry is not None and _same_geometry(geometry, self._geometry):
@@ -530,7 +535,81 @@ class MPRViewport:
     def _before_render(self, *_: object) -> None:
         """The renderer is about to draw: bring the grey image and the overlays up to date."""
         self.update_image()
+        if self._labels is not None:
+            self._labels.update()
         self._update_overlays()
+
+    # --- segmentation labels (hilum.dicom.segmentation.LabelMap) over the plane
+    def set_labels(self, labels: npt.NDArray[np.uint8] | None, colours: npt.NDArray[np.uint8] | None = None) -> None:
+        """Show a label volume (uint8 ``[k, j, i]``, the volume's shape; shared, not copied: edits
+        show after :meth:`labels_modified`) coloured by *colours* (256 x RGBA, alpha 0 = not
+        shown) over the plane, resliced with nearest neighbour on the plane's grid (thin: a
+        slab shows the labels of its centre plane); None removes it."""
+        if self._labels is not None:
+            self.renderer.RemoveActor(self._labels.actor)
+            self._labels = None
+        if labels is None:
+            return
+        if labels.shape != self.volume.array.shape[:3]:
+            raise ValueError(f"labels {labels.shape} do not match the volume {self.volume.array.shape[:3]}")
+        self._labels = _LabelLayer(labels, colours if colours is not None else default_label_colours())
+        self.renderer.AddActor(self._labels.actor)
+        self._geometry = None  # set the label reslice too
+        self._update_reslice()
+
+    def labels_modified(self, colours: npt.NDArray[np.uint8] | None = None) -> None:
+        """The label volume (or, given, its colours) changed: shown at the next render."""
+        if self._labels is not None:
+            self._labels.modified(colours)
+
+    def label_pixels(self) -> npt.NDArray[np.uint8] | None:
+        """The label values on the plane's grid as shown (rows x columns), None without labels."""
+        if self._labels is None:
+            return None
+        self._labels.reslice.Update()
+        out = self._labels.reslice.GetOutput()
+        nx, ny, _ = out.GetDimensions()
+        return numpy_support.vtk_to_numpy(out.GetPointData().GetScalars()).reshape(ny, nx).copy()
+
+    def brush_voxels(
+        self, x: float, y: float, radius_mm: float
+    ) -> list[tuple[int, npt.NDArray[np.bool_], tuple[int, int, int, int]]]:
+        """The voxels a brush of ``radius_mm`` at display ``(x, y)`` covers on this plane: those
+        whose centre is within the radius of the point in the plane and within half a voxel
+        (along the plane's normal) of the plane — a disc one voxel thick, on any plane, oblique
+        too. Per volume slice ``k``: ``(k, mask, (j0, j1, i0, i1))`` for
+        :meth:`hilum.dicom.segmentation.LabelMap.write_slice`."""
+        vol = self.volume
+        centre = self.display_to_patient(x, y)
+        normal = np.asarray(self.display_plane.normal, dtype=np.float64)
+        inv = np.linalg.inv(vol.affine)
+        c_ijk = (inv @ np.append(centre, 1.0))[:3]
+        sp = vol.spacing
+        half_n = 0.5 * float(np.abs(vol.affine[:3, :3].T @ normal).max())  # half a voxel along the normal
+        reach = np.ceil((radius_mm + half_n) / sp).astype(int) + 1
+        nk, nj, ni = vol.array.shape[:3]
+        lo = np.maximum(np.floor(c_ijk).astype(int) - reach, 0)
+        hi = np.minimum(np.floor(c_ijk).astype(int) + reach + 1, (ni, nj, nk))
+        if np.any(hi <= lo):
+            return []
+        ii, jj, kk = np.meshgrid(np.arange(lo[0], hi[0]), np.arange(lo[1], hi[1]), np.arange(lo[2], hi[2]),
+                                 indexing="ij")  # fmt: skip
+        pts = np.stack([ii, jj, kk], axis=-1).astype(np.float64) @ vol.affine[:3, :3].T + vol.affine[:3, 3]
+        d = pts - centre
+        along = d @ normal
+        inplane = np.sqrt(np.maximum((d * d).sum(axis=-1) - along * along, 0.0))
+        hit = (np.abs(along) <= half_n + 1e-6) & (inplane <= radius_mm + 1e-6)
+        out = []
+        for kz in range(hit.shape[2]):
+            plane = hit[:, :, kz].T  # [j, i]
+            if not plane.any():
+                continue
+            rows = np.flatnonzero(plane.any(axis=1))
+            cols = np.flatnonzero(plane.any(axis=0))
+            j0, j1, i0, i1 = int(rows[0]), int(rows[-1] + 1), int(cols[0]), int(cols[-1] + 1)
+            out.append((int(lo[2] + kz), plane[j0:j1, i0:i1],
+                        (int(lo[1] + j0), int(lo[1] + j1), int(lo[0] + i0), int(lo[0] + i1))))  # fmt: skip
+        return out
 
     def update_image(self) -> None:
         """Reslice (if the plane, slab or volume changed) and map the values to P-Values through
@@ -927,3 +1006,87 @@ class MPRScene:
             "oblique": self.crosshair.oblique,
             "views": {v: self.crosshair.plane(v).orientation() for v in VIEWS},
         }
+
+
+def default_label_colours(opacity: float = 0.5) -> npt.NDArray[np.uint8]:
+    """256 x RGBA: label 0 transparent, the others in turn of a few distinct colours."""
+    base = [(241, 214, 145), (216, 101, 79), (128, 174, 128), (111, 184, 210), (221, 130, 101)]
+    out = np.zeros((256, 4), dtype=np.uint8)
+    for n in range(1, 256):
+        out[n, :3] = base[(n - 1) % len(base)]
+        out[n, 3] = int(round(255 * opacity))
+    return out
+
+
+class _LabelLayer:
+    """A label volume resliced (nearest neighbour) on a plane's grid and shown in colour.
+
+    The label array is shared with its owner (a :class:`hilum.dicom.segmentation.LabelMap`),
+    wrapped as a ``vtkImageData`` in voxel-index space like :class:`VolumeImage`; the plane's
+    labels go through a 256-entry RGBA table in numpy into an RGBA image actor a hair in front
+    of the grey one (towards the camera), drawn translucent."""
+
+    def __init__(self, labels: npt.NDArray[np.uint8], colours: npt.NDArray[np.uint8]) -> None:
+        self.labels = labels
+        self.colours = np.ascontiguousarray(colours, dtype=np.uint8)
+        nk, nj, ni = labels.shape
+        self.image = vtkImageData()
+        self.image.SetDimensions(ni, nj, nk)
+        self.image.SetOrigin(0.0, 0.0, 0.0)
+        self.image.SetSpacing(1.0, 1.0, 1.0)
+        self.image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(labels.reshape(-1), deep=False))
+        self.reslice = vtkImageReslice()
+        self.reslice.SetInputData(self.image)
+        self.reslice.SetOutputDimensionality(2)
+        self.reslice.SetInterpolationModeToNearestNeighbor()
+        self.reslice.SetBackgroundLevel(0)
+        self.reslice.AutoCropOutputOff()
+        self.reslice.TransformInputSamplingOff()
+        self.rgba = vtkImageData()
+        self._rgba_values: npt.NDArray[np.uint8] | None = None
+        self.actor = vtkImageActor()
+        self.actor.SetInputData(self.rgba)
+        self.actor.InterpolateOff()
+        self.actor.ForceTranslucentOn()
+        self.actor.SetPosition(0.0, 0.0, -0.05)  # the camera looks from -z: a hair in front of the grey image
+        self._params: tuple[Any, ...] | None = None
+        self._shown: tuple[int, int] | None = None
+        self._version = 0
+
+    def set_geometry(self, axes: npt.NDArray[np.float64], s0: float, t0: float, nx: int, ny: int, sp: float) -> None:
+        params = (axes.round(12).tobytes(), round(s0, 9), round(t0, 9), nx, ny, round(sp, 12))
+        if params == self._params:
+            return
+        self._params = params
+        self.reslice.SetResliceAxes(matrix_to_vtk(axes))
+        self.reslice.SetOutputSpacing(sp, sp, 1.0)
+        self.reslice.SetOutputOrigin(s0, t0, 0.0)
+        self.reslice.SetOutputExtent(0, nx - 1, 0, ny - 1, 0, 0)
+
+    def modified(self, colours: npt.NDArray[np.uint8] | None = None) -> None:
+        if colours is not None:
+            self.colours = np.ascontiguousarray(colours, dtype=np.uint8)
+            self._version += 1
+        self.image.GetPointData().GetScalars().Modified()
+        self.image.Modified()
+
+    def update(self) -> None:
+        self.reslice.Update()
+        out = self.reslice.GetOutput()
+        key = (out.GetMTime(), self._version)
+        if key == self._shown:
+            return
+        nx, ny, _ = out.GetDimensions()
+        values = numpy_support.vtk_to_numpy(out.GetPointData().GetScalars()).reshape(-1)
+        if self._rgba_values is None or self._rgba_values.shape[0] != values.size:
+            self._rgba_values = np.empty((values.size, 4), dtype=np.uint8)
+            self.rgba.SetDimensions(nx, ny, 1)
+            self.rgba.GetPointData().SetScalars(numpy_support.numpy_to_vtk(self._rgba_values, deep=False))
+        elif self.rgba.GetDimensions()[:2] != (nx, ny):
+            self.rgba.SetDimensions(nx, ny, 1)
+        np.take(self.colours, values, axis=0, out=self._rgba_values)
+        self.rgba.SetOrigin(out.GetOrigin())
+        self.rgba.SetSpacing(out.GetSpacing())
+        self.rgba.GetPointData().GetScalars().Modified()
+        self.rgba.Modified()
+        self._shown = key

@@ -235,6 +235,9 @@ class SliceCanvas(VTKCanvas):
         self._mode: str | None = None
         self._last: tuple[float, float] | None = None
         self._start: tuple[float, float] | None = None
+        self.seg_brush: Any = None
+        """The segmentation brush (:class:`hilum.ui.mpr.seg_hook.MPRSegBrush`): while it is on, a
+        plain left drag paints labels instead of moving the cursor."""
         self._unsubscribe = viewport.crosshair.subscribe(lambda _kind: self.request_render())
 
     def on_resized(self) -> None:
@@ -265,6 +268,9 @@ class SliceCanvas(VTKCanvas):
                 self._mode = "measure"
             elif mods & Qt.KeyboardModifier.ControlModifier:
                 self._mode = "rotate"
+            elif self.seg_brush is not None and self.seg_brush.active:
+                self._mode = "seg"
+                self.seg_brush.press(self.viewport, x, y)
             else:
                 dpr = self.devicePixelRatioF()
                 self._mode = self.viewport.drag_mode(x, y, line_px=6.0 * dpr, cursor_px=12.0 * dpr)
@@ -286,6 +292,8 @@ class SliceCanvas(VTKCanvas):
         vp = self.viewport
         if self._mode == "cursor":
             vp.click(x, y)
+        elif self._mode == "seg":
+            self.seg_brush.move(vp, x, y)
         elif self._mode == "rotate":
             vp.rotate_drag(lx, ly, x, y)
         elif self._mode == "window":
@@ -308,6 +316,9 @@ class SliceCanvas(VTKCanvas):
                 self.viewport.measure(self._start, (x, y))
         if self._mode == "rotate":
             self.viewport.set_interacting(False)  # full quality again
+        if self._mode == "seg":
+            self.seg_brush.move(self.viewport, *self.display_xy(event.position()))
+            self.seg_brush.release()
         self._mode = None
         self._last = None
         event.accept()

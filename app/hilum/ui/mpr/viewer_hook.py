@@ -26,6 +26,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QKeySequence
 
 from hilum.dicom.volume import volume_from_series
+from hilum.ui.mpr.seg_hook import link_segmentation
 
 if TYPE_CHECKING:
     from hilum.ui.mpr.mpr_widget import MPRWidget
@@ -86,6 +87,7 @@ def open_active_series(viewer: Any, layout: str = "mpr", *_: object) -> MPRWidge
         loaded = viewer.series_volume(uid)
         widget.build_async(partial(volume_from_series, loaded if loaded is not None else series))
     _link(viewer, widget, uid)
+    link_segmentation(viewer, widget, uid)  # the label overlay and brush on the planes (seg_hook)
     widget.show()
     viewer._mpr_windows = [w for w in getattr(viewer, "_mpr_windows", []) if w.isVisible()] + [widget]
     return widget

@@ -411,13 +411,18 @@ class SegPanel(QWidget):
         self.status.setText("Saving the segmentation…")
         self.save_btn.setEnabled(False)
 
+        def tell(uid: str, error: str) -> None:
+            try:
+                bridge.saved.emit(uid, error)
+            except RuntimeError:  # the panel closed meanwhile: the SEG is stored (or logged) all the same
+                logger.info("segmentation saved after its viewer closed: %s %s", uid, error)
+
         def work() -> None:
             try:
-                uid = save_seg(archive, v, snapshot)
-                bridge.saved.emit(uid, "")
+                tell(save_seg(archive, v, snapshot), "")
             except Exception as exc:  # noqa: BLE001 - reported in the panel, never lost
                 logger.exception("saving a segmentation failed")
-                bridge.saved.emit("", str(exc))
+                tell("", str(exc))
 
         self.saving = threading.Thread(target=work, name="seg-save", daemon=True)
         self.saving.start()

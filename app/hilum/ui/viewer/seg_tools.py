@@ -382,6 +382,7 @@ class GrowTool(_SegTool):
         c, r = int(round(cx)), int(round(cy))
         if not (0 <= r < lm.shape[1] and 0 <= c < lm.shape[2]):
             return
+        values: Any
         if self.editor.grow_3d:
             values = _volume_values(state.volume)
             if values is None:
@@ -425,18 +426,34 @@ class FillTool(_SegTool):
         pass
 
 
-def _volume_values(volume: SeriesVolume) -> np.ndarray | None:
-    """Modality values of the series' volume slices (float32), None until every slice is decoded."""
-    if not volume.complete:
+class _ModalityVolume:
+    """The series' modality values in its volume order, computed only for the box asked for
+    (``values[box]``): region growing in 3D reads the box around the seed, never the whole
+    volume as floats (300 x 512² would be 300 MB)."""
+
+    def __init__(self, volume: SeriesVolume) -> None:
+        self.volume = volume
+        order = volume.stack.order
+        self.unique = order.unique
+        self.shape = (len(order.unique), int(volume.data.shape[1]), int(volume.data.shape[2]))
+
+    def __getitem__(self, box: tuple[slice, slice, slice]) -> np.ndarray:
+        ms = range(*box[0].indices(self.shape[0]))
+        rows, cols = box[1], box[2]
+        out = np.empty((len(ms), *np.empty(self.shape[1:], dtype=bool)[rows, cols].shape), dtype=np.float32)
+        for n, m in enumerate(ms):
+            k = self.unique[m]
+            pipe = self.volume.stack.frames[k].pipeline
+            stored = self.volume.data[k][rows, cols]
+            out[n] = pipe.modality_values(stored) if pipe is not None else stored
+        return out
+
+
+def _volume_values(volume: SeriesVolume) -> _ModalityVolume | None:
+    """Modality values of the series' volume slices (lazily, per box), None until every slice is decoded."""
+    if not volume.complete or volume.data.ndim != 3:
         return None
-    order = volume.stack.order
-    out = np.empty((len(order.unique), *volume.data.shape[1:3]), dtype=np.float32)
-    for m, k in enumerate(order.unique):
-        vals = volume.modality_values(k)
-        if vals is None:
-            return None
-        out[m] = vals
-    return out
+    return _ModalityVolume(volume)
 
 
 SEG_TOOLS: dict[str, type[_SegTool]] = {
