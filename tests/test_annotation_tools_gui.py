@@ -434,3 +434,52 @@ def test_shortcuts_have_no_conflicts_and_the_annotation_tools_are_listed():
     assert seen["Ctrl+Z"] == "undo" and seen["Ctrl+Y"] == seen["Ctrl+Shift+Z"] == "redo"
     for reserved in ("K", "B", "E", "G"):  # K: prev slice; B: rect ROI; E, G kept free for the other helpers
         assert seen.get(reserved) in (None, "prev_slice", "tool_rect")
+
+
+# ---------------------------------------------------------------- 4. MPR: lengths where the plane coincides
+
+
+def test_a_length_is_shown_on_the_mpr_plane_of_its_image_only(viewer, qtbot):
+    """The MPR opened from the viewer draws the study's length annotations as rulers on the plane
+    that holds them (the axial plane through the annotated slice), not on another axial slice,
+    and follows the set (moved, deleted, undone). Other kinds are not shown on MPR planes."""
+    canvas = viewer.viewport_widget(0).canvas
+    vp = viewer.active_viewport()
+    c = vp.image_to_canvas
+    tool_key("length")
+    drag(canvas, c(30, 30), c(30 + 40 / PX_MM, 30))
+    (a,) = viewer.annotations.all()
+    label = f"{vp.annotation_values(a)['length']:.1f} mm"
+    viewer.actions_by_name["mpr"].trigger()
+    mpr = viewer._mpr_windows[-1]
+    qtbot.waitUntil(lambda: mpr.volume is not None, timeout=20000)
+    axial, coronal = mpr.scene["axial"], mpr.scene["coronal"]
+    frames = vp.volume.stack.frames
+    k = next(i for i, f in enumerate(frames) if f.key == a.key)
+    g = frames[k].geometry
+    other = frames[k + 1 if k + 1 < len(frames) else k - 1].geometry
+    # the cursor on the annotated slice, away from the line's row (the coronal plane misses it)
+    mpr.set_cursor(g.to_patient(48.0, 60.0))
+    axial.render()
+    coronal.render()
+    assert axial.ruler_labels() == [label]
+    assert coronal.ruler_labels() == []
+    # another axial slice: the line is not on it
+    mpr.set_cursor(other.to_patient(48.0, 60.0))
+    axial.render()
+    assert axial.ruler_labels() == []
+    mpr.set_cursor(g.to_patient(48.0, 60.0))
+    axial.render()
+    assert axial.ruler_labels() == [label]
+    # deleted in the viewer (Delete on the viewport), gone from the MPR; Ctrl+Z: back
+    viewer.activateWindow()
+    canvas.setFocus()
+    qtbot.waitUntil(lambda: QApplication.focusWidget() is canvas, timeout=3000)
+    assert vp.frame_info.key == a.key  # the viewer follows the MPR cursor
+    key(Qt.Key.Key_Delete)
+    axial.render()
+    assert axial.ruler_labels() == []
+    key(Qt.Key.Key_Z, CTRL)
+    axial.render()
+    assert axial.ruler_labels() == [label]
+    mpr.close()

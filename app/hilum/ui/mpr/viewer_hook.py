@@ -18,6 +18,7 @@ plane: the 3D cursor navigates the original stack.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +27,12 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QKeySequence
 
 from hilum.dicom.volume import volume_from_series
+from hilum.render.crosshair import Measurement
 
 if TYPE_CHECKING:
     from hilum.ui.mpr.mpr_widget import MPRWidget
 
-__all__ = ["add_mpr_actions", "open_active_series"]
+__all__ = ["add_mpr_actions", "length_rulers", "open_active_series"]
 
 logger = logging.getLogger(__name__)
 
@@ -154,4 +156,49 @@ def _link(viewer: Any, widget: MPRWidget, uid: str) -> None:
 
     widget.cursorMoved.connect(from_mpr)
     unsubscribers = [v.subscribe(from_2d) for v in viewer.model.viewports]
+    unsubscribers.append(_show_annotations(viewer, widget, uid))
     widget.destroyed.connect(lambda *_: [u() for u in unsubscribers])
+
+
+def length_rulers(annotations: Any, series: Any) -> list[Measurement]:
+    """The viewer's length annotations on frames of *series* (a SeriesVolume) as MPR rulers
+    between their two patient points (the frame's Image Position / Orientation / Pixel Spacing)."""
+    if series is None:
+        return []
+    frames = {f.key: f for f in series.stack.frames}
+    out = []
+    for a in annotations.all():
+        f = frames.get(a.key) if a.kind == "length" else None
+        if f is None or f.geometry is None:
+            continue
+        p0, p1 = (f.geometry.to_patient(*q) for q in a.points)
+        out.append(Measurement(tuple(float(v) for v in p0), tuple(float(v) for v in p1)))  # type: ignore[arg-type]
+    return out
+
+
+def _show_annotations(viewer: Any, widget: MPRWidget, uid: str) -> Callable[[], None]:
+    """The study's length annotations of series *uid* on the MPR planes where the geometry
+    allows: they become rulers of the MPR's crosshair (:class:`hilum.render.crosshair.Measurement`),
+    which a plane draws only when both ends lie within max(0.5 mm, half its slab) of it, i.e. on
+    the plane that coincides with the annotated image's (or any plane containing the line).
+    Kept in step with the set (added, moved, deleted, undone); the MPR's own rulers stay.
+    Other kinds (ROIs, angles, arrows, text, points) are not shown on MPR planes."""
+    aset = getattr(viewer, "annotations", None)
+    if aset is None:
+        return lambda: None
+    mine: list[Measurement] = []
+
+    def sync(*_: object) -> None:
+        scene = widget.scene
+        if scene is None:
+            return
+        ch = scene.crosshair
+        new = length_rulers(aset, viewer.series_volume(uid))
+        if new == mine:
+            return
+        ch.measurements[:] = [m for m in ch.measurements if not any(m is x for x in mine)] + new
+        mine[:] = new
+        ch._emit("measurements")  # the planes redraw their rulers
+
+    widget.volumeLoaded.connect(sync)
+    return aset.subscribe(sync)  # type: ignore[no-any-return]
