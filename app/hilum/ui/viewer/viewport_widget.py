@@ -117,11 +117,14 @@ class ViewportCanvas(QWidget):
         if what in ("index", "view", "window"):
             self._fast = True
             self._settle.start()
-            if self.text_editor is not None and what == "index":
-                self.state.text_request = None
-                self._close_text_editor()
+        if self.text_editor is not None and what in ("index", "volume"):
+            self.state.text_request = None  # the text belonged to the image that was shown
+            self._close_text_editor()
         elif what == "text":
-            self._open_text_editor()
+            if self.state.text_request is None:
+                self._close_text_editor()
+            else:
+                self._open_text_editor()
         self.update()
 
     def _settled(self) -> None:
