@@ -464,47 +464,52 @@ def test_shortcuts_have_no_conflicts_and_the_annotation_tools_are_listed():
 # ---------------------------------------------------------------- 4. MPR: lengths where the plane coincides
 
 
-def test_a_length_is_shown_on_the_mpr_plane_of_its_image_only(viewer, qtbot):
-    """The MPR opened from the viewer draws the study's length annotations as rulers on the plane
-    that holds them (the axial plane through the annotated slice), not on another axial slice,
-    and follows the set (moved, deleted, undone). Other kinds are not shown on MPR planes."""
+def test_annotations_are_drawn_on_the_mpr_plane_of_their_image_only(viewer, qtbot):
+    """The MPR opened from the viewer draws the study's annotations on the plane that holds them
+    (the axial plane through the annotated slice), not on another axial slice nor on the coronal
+    plane across them, and follows the set (deleted, undone). Pixels are checked on the plane."""
     canvas = viewer.viewport_widget(0).canvas
     vp = viewer.active_viewport()
     c = vp.image_to_canvas
     tool_key("length")
     drag(canvas, c(30, 30), c(30 + 40 / PX_MM, 30))
-    (a,) = viewer.annotations.all()
-    label = f"{vp.annotation_values(a)['length']:.1f} mm"
+    tool_key("rect")
+    drag(canvas, c(25.5, 40.5), c(30.5, 45.5))
+    length, rect = viewer.annotations.all()
     viewer.actions_by_name["mpr"].trigger()
     mpr = viewer._mpr_windows[-1]
     qtbot.waitUntil(lambda: mpr.volume is not None, timeout=20000)
-    axial, coronal = mpr.scene["axial"], mpr.scene["coronal"]
+    axial, coronal = mpr.slice_canvases["axial"], mpr.slice_canvases["coronal"]
+    axial.viewport.set_crosshair_visible(False)  # only the annotations in green-ish colours
     frames = vp.volume.stack.frames
-    k = next(i for i, f in enumerate(frames) if f.key == a.key)
+    k = next(i for i, f in enumerate(frames) if f.key == length.key)
     g = frames[k].geometry
     other = frames[k + 1 if k + 1 < len(frames) else k - 1].geometry
-    # the cursor on the annotated slice, away from the line's row (the coronal plane misses it)
-    mpr.set_cursor(g.to_patient(48.0, 60.0))
-    axial.render()
-    coronal.render()
-    assert axial.ruler_labels() == [label]
-    assert coronal.ruler_labels() == []
-    # another axial slice: the line is not on it
-    mpr.set_cursor(other.to_patient(48.0, 60.0))
-    axial.render()
-    assert axial.ruler_labels() == []
-    mpr.set_cursor(g.to_patient(48.0, 60.0))
-    axial.render()
-    assert axial.ruler_labels() == [label]
-    # deleted in the viewer (Delete on the viewport), gone from the MPR; Ctrl+Z: back
+
+    def green_on(widget, patient_point) -> int:
+        img = grab(widget)  # renders the pending frame first, then paints it with the annotations
+        x, y, _ = widget.viewport.patient_to_display(patient_point)  # device pixels from the bottom left
+        return near(green(img), (x, img.shape[0] - 1 - y), 4)
+
+    mid = g.to_patient(30 + 20 / PX_MM, 30)
+    corner = g.to_patient(25.5, 43)
+    # the cursor on the annotated slice, away from the annotations' rows (the coronal plane misses them)
+    mpr.set_cursor(g.to_patient(48.0, 70.0))
+    assert green_on(axial, mid) > 3 and green_on(axial, corner) > 3
+    assert sorted(axial.shown_annotations()) == sorted([length.uid, rect.uid])
+    assert coronal.shown_annotations() == []
+    # another axial slice: they are not on it
+    mpr.set_cursor(other.to_patient(48.0, 70.0))
+    assert green_on(axial, mid) == 0 and axial.shown_annotations() == []
+    mpr.set_cursor(g.to_patient(48.0, 70.0))
+    assert green_on(axial, mid) > 3
+    # deleted in the viewer (Delete on the viewport: the last one, the rectangle), gone from the MPR; Ctrl+Z: back
     viewer.activateWindow()
     canvas.setFocus()
     qtbot.waitUntil(lambda: QApplication.focusWidget() is canvas, timeout=3000)
-    assert vp.frame_info.key == a.key  # the viewer follows the MPR cursor
+    assert vp.frame_info.key == length.key  # the viewer follows the MPR cursor
     key(Qt.Key.Key_Delete)
-    axial.render()
-    assert axial.ruler_labels() == []
+    assert axial.shown_annotations() == [length.uid] and green_on(axial, corner) == 0
     key(Qt.Key.Key_Z, CTRL)
-    axial.render()
-    assert axial.ruler_labels() == [label]
+    assert sorted(axial.shown_annotations()) == sorted([length.uid, rect.uid]) and green_on(axial, corner) > 3
     mpr.close()

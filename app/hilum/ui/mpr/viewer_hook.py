@@ -26,13 +26,15 @@ import numpy as np
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QKeySequence
 
+from hilum.dicom.annotations import value_lines
+from hilum.dicom.stack_measure import modality_unit
 from hilum.dicom.volume import volume_from_series
-from hilum.render.crosshair import Measurement
 
 if TYPE_CHECKING:
+    from hilum.ui.mpr.canvas import PlaneShape
     from hilum.ui.mpr.mpr_widget import MPRWidget
 
-__all__ = ["add_mpr_actions", "length_rulers", "open_active_series"]
+__all__ = ["add_mpr_actions", "annotation_shapes", "open_active_series"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,45 +162,55 @@ def _link(viewer: Any, widget: MPRWidget, uid: str) -> None:
     widget.destroyed.connect(lambda *_: [u() for u in unsubscribers])
 
 
-def length_rulers(annotations: Any, series: Any) -> list[Measurement]:
-    """The viewer's length annotations on frames of *series* (a SeriesVolume) as MPR rulers
-    between their two patient points (the frame's Image Position / Orientation / Pixel Spacing)."""
+def annotation_shapes(annotations: Any, series: Any) -> list[PlaneShape]:
+    """The viewer's annotations on frames of *series* (a SeriesVolume) in patient coordinates
+    (each frame's Image Position / Orientation and Pixel Spacing), ROIs as their outlines, with
+    the values the 2D viewer shows next to them (computed on the annotated frame)."""
+    from hilum.ui.mpr.canvas import PlaneShape  # VTK: only once an MPR is open
+
     if series is None:
         return []
-    frames = {f.key: f for f in series.stack.frames}
+    frames = {f.key: (k, f) for k, f in enumerate(series.stack.frames)}
     out = []
     for a in annotations.all():
-        f = frames.get(a.key) if a.kind == "length" else None
-        if f is None or f.geometry is None:
+        hit = frames.get(a.key)
+        if hit is None or hit[1].geometry is None:
             continue
-        p0, p1 = (f.geometry.to_patient(*q) for q in a.points)
-        out.append(Measurement(tuple(float(v) for v in p0), tuple(float(v) for v in p1)))  # type: ignore[arg-type]
+        k, f = hit
+        pts = np.asarray(a.points, dtype=np.float64)
+        closed = a.kind in ("rect", "ellipse", "freehand")
+        if a.kind == "rect":
+            (x0, y0), (x1, y1) = a.points
+            pts = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+        elif a.kind == "ellipse":
+            (x0, y0), (x1, y1) = a.points
+            t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+            pts = np.c_[(x0 + x1) / 2 + abs(x1 - x0) / 2 * np.cos(t), (y0 + y1) / 2 + abs(y1 - y0) / 2 * np.sin(t)]
+        values = series.modality_values(k) if a.kind in ("rect", "ellipse", "freehand", "point") else None
+        unit = modality_unit(series.modality, f.pipeline.modality.rescale_type if f.pipeline is not None else "")
+        lines = tuple(value_lines(a.kind, a.values(values, f.spacing, unit)))
+        patient = np.asarray(f.geometry.to_patient(pts[:, 0], pts[:, 1]), dtype=np.float64).reshape(-1, 3)
+        out.append(PlaneShape(a.uid, a.kind, patient, closed, a.text if a.kind == "text" else "", lines))
     return out
 
 
 def _show_annotations(viewer: Any, widget: MPRWidget, uid: str) -> Callable[[], None]:
-    """The study's length annotations of series *uid* on the MPR planes where the geometry
-    allows: they become rulers of the MPR's crosshair (:class:`hilum.render.crosshair.Measurement`),
-    which a plane draws only when both ends lie within max(0.5 mm, half its slab) of it, i.e. on
-    the plane that coincides with the annotated image's (or any plane containing the line).
-    Kept in step with the set (added, moved, deleted, undone); the MPR's own rulers stay.
-    Other kinds (ROIs, angles, arrows, text, points) are not shown on MPR planes."""
+    """The study's annotations of series *uid* on the MPR planes where the geometry allows: a
+    plane draws one only when all its points lie within max(0.5 mm, half its slab) of it — the
+    plane that coincides with the annotated image's (or, for a line, any plane holding it).
+    Kept in step with the set (added, moved, edited, deleted, undone)."""
     aset = getattr(viewer, "annotations", None)
     if aset is None:
         return lambda: None
-    mine: list[Measurement] = []
 
     def sync(*_: object) -> None:
-        scene = widget.scene
-        if scene is None:
+        canvases = getattr(widget, "slice_canvases", {})
+        if not canvases:
             return
-        ch = scene.crosshair
-        new = length_rulers(aset, viewer.series_volume(uid))
-        if new == mine:
-            return
-        ch.measurements[:] = [m for m in ch.measurements if not any(m is x for x in mine)] + new
-        mine[:] = new
-        ch._emit("measurements")  # the planes redraw their rulers
+        shapes = annotation_shapes(aset, viewer.series_volume(uid))
+        for canvas in canvases.values():
+            canvas.annotation_shapes = shapes
+            canvas.update()
 
     widget.volumeLoaded.connect(sync)
     return aset.subscribe(sync)  # type: ignore[no-any-return]
