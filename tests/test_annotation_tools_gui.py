@@ -375,6 +375,17 @@ def test_escape_cancels_a_half_drawn_annotation(viewer, qtbot):
     QTest.keyClicks(QApplication.focusWidget(), "gone")
     key(Qt.Key.Key_Escape)
     assert visible_editor(canvas) is None and len(viewer.annotations) == 0 and QApplication.focusWidget() is canvas
+    # typing, then a click elsewhere with the text tool: the first text is kept, a second editor opens
+    click(canvas, c(60, 40))
+    qtbot.waitUntil(lambda: visible_editor(canvas) is not None, timeout=3000)
+    first = visible_editor(canvas)
+    QTest.keyClicks(first, "kept")
+    click(canvas, c(60, 60))
+    qtbot.waitUntil(lambda: visible_editor(canvas) not in (None, first), timeout=3000)
+    qtbot.wait(20)  # the first editor's focus-out (queued) has run
+    assert [a.text for a in viewer.annotations.all()] == ["kept"] and visible_editor(canvas) is not None
+    key(Qt.Key.Key_Escape)
+    assert visible_editor(canvas) is None and len(viewer.annotations) == 1
     click(canvas, c(40, 40))
     qtbot.waitUntil(lambda: visible_editor(canvas) is not None, timeout=3000)
     QTest.keyClicks(visible_editor(canvas), "gone too")
@@ -383,7 +394,7 @@ def test_escape_cancels_a_half_drawn_annotation(viewer, qtbot):
     QApplication.sendEvent(canvas, QWheelEvent(pos, canvas.mapToGlobal(pos), QPoint(0, 0), QPoint(0, -120),
                                                Qt.MouseButton.NoButton, NO, Qt.ScrollPhase.NoScrollPhase, False))  # fmt: skip
     assert vp.index != index
-    assert visible_editor(canvas) is None and len(viewer.annotations) == 0
+    assert visible_editor(canvas) is None and [a.text for a in viewer.annotations.all()] == ["kept"]
 
 
 # ---------------------------------------------------------------- 3. one set, every viewport
