@@ -350,6 +350,12 @@ def test_select_move_edit_delete_undo_redo_with_mouse_and_keys(viewer, qtbot):
             assert not viewer.actions_by_name[name].icon().isNull(), name
         viewer.actions_by_name["undo"].trigger()
         assert len(aset) == 2
+        # Shift+Del: every annotation of the series, one step; Ctrl+Z: all back
+        canvas.setFocus()
+        key(Qt.Key.Key_Delete, SHIFT)
+        assert len(aset) == 0 and ink(grab(canvas)).sum() == 0
+        key(Qt.Key.Key_Z, CTRL)
+        assert len(aset) == 2 and ink(grab(canvas)).sum() > 0
     assert not exceptions, exceptions
 
 
