@@ -17,8 +17,8 @@ import pytest
 from _viewer_data import STUDY, hu_point_to_pixel, write_ct
 
 pytest.importorskip("pytestqt")
-from PySide6.QtCore import QPoint, Qt  # noqa: E402
-from PySide6.QtGui import QImage, QKeySequence  # noqa: E402
+from PySide6.QtCore import QPoint, QPointF, Qt  # noqa: E402
+from PySide6.QtGui import QImage, QKeySequence, QWheelEvent  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QApplication, QLineEdit, QWidget  # noqa: E402
 
@@ -350,6 +350,12 @@ def test_select_move_edit_delete_undo_redo_with_mouse_and_keys(viewer, qtbot):
             assert not viewer.actions_by_name[name].icon().isNull(), name
         viewer.actions_by_name["undo"].trigger()
         assert len(aset) == 2
+        # Shift+Del: every annotation of the series, one step; Ctrl+Z: all back
+        canvas.setFocus()
+        key(Qt.Key.Key_Delete, SHIFT)
+        assert len(aset) == 0 and ink(grab(canvas)).sum() == 0
+        key(Qt.Key.Key_Z, CTRL)
+        assert len(aset) == 2 and ink(grab(canvas)).sum() > 0
     assert not exceptions, exceptions
 
 
@@ -367,25 +373,60 @@ def test_escape_cancels_a_half_drawn_annotation(viewer, qtbot):
     drag(canvas, c(40, 30), c(50, 30))
     key(Qt.Key.Key_Escape)
     assert vp.draft is None and len(viewer.annotations) == 0
+    # a text being typed: Esc drops it; scrolling to another slice drops it too
+    tool_key("text")
+    click(canvas, c(40, 40))
+    qtbot.waitUntil(lambda: visible_editor(canvas) is not None and QApplication.focusWidget() is visible_editor(canvas),
+                    timeout=3000)  # fmt: skip
+    QTest.keyClicks(QApplication.focusWidget(), "gone")
+    key(Qt.Key.Key_Escape)
+    assert visible_editor(canvas) is None and len(viewer.annotations) == 0 and QApplication.focusWidget() is canvas
+    # typing, then a click elsewhere with the text tool: the first text is kept, a second editor opens
+    click(canvas, c(60, 40))
+    qtbot.waitUntil(lambda: visible_editor(canvas) is not None, timeout=3000)
+    first = visible_editor(canvas)
+    QTest.keyClicks(first, "kept")
+    click(canvas, c(60, 60))
+    qtbot.waitUntil(lambda: visible_editor(canvas) not in (None, first), timeout=3000)
+    qtbot.wait(20)  # the first editor's focus-out (queued) has run
+    assert [a.text for a in viewer.annotations.all()] == ["kept"] and visible_editor(canvas) is not None
+    key(Qt.Key.Key_Escape)
+    assert visible_editor(canvas) is None and len(viewer.annotations) == 1
+    click(canvas, c(40, 40))
+    qtbot.waitUntil(lambda: visible_editor(canvas) is not None, timeout=3000)
+    QTest.keyClicks(visible_editor(canvas), "gone too")
+    index = vp.index
+    pos = QPointF(50, 50)  # the mouse wheel on the image: another slice
+    QApplication.sendEvent(canvas, QWheelEvent(pos, canvas.mapToGlobal(pos), QPoint(0, 0), QPoint(0, -120),
+                                               Qt.MouseButton.NoButton, NO, Qt.ScrollPhase.NoScrollPhase, False))  # fmt: skip
+    assert vp.index != index
+    assert visible_editor(canvas) is None and [a.text for a in viewer.annotations.all()] == ["kept"]
 
 
 # ---------------------------------------------------------------- 3. one set, every viewport
 
 
 def test_the_same_annotation_is_painted_on_every_viewport_showing_the_image(viewer, qtbot):
-    viewer.set_layout("1x2")
+    key(Qt.Key.Key_2, CTRL)  # layout 1x2; the second viewport is empty (one series), then the same series
     qtbot.waitUntil(lambda: viewer.viewport_widget(1).isVisible(), timeout=3000)
-    uid = viewer.active_viewport().series_uid
-    viewer.show_series(uid, 1)
     left, right = viewer.model.viewports[0], viewer.model.viewports[1]
-    qtbot.waitUntil(lambda: right.frame_info is not None and right.volume.complete, timeout=10000)
-    right.set_index(left.index)
     c0, c1 = viewer.viewport_widget(0).canvas, viewer.viewport_widget(1).canvas
-    right.zoom_by(1.5)  # another view of the same image: the annotation follows the image, not the canvas
+    assert right.volume is None
+    click(c1, (40, 40))
+    assert viewer.model.active == 1
+    strip = viewer.strip
+    at = strip.visualItemRect(strip.item_for(left.series_uid)).center()
+    QTest.mouseClick(strip.viewport(), L, NO, at)
+    QTest.mouseDClick(strip.viewport(), L, NO, at)
+    qtbot.waitUntil(lambda: right.frame_info is not None and right.volume.complete, timeout=10000)
+    assert right.series_uid == left.series_uid
+    assert right.frame_info.key == left.frame_info.key  # the same image (both in the middle, linked)
+    key(Qt.Key.Key_Plus)  # another view of the same image: the annotation follows the image, not the canvas
+    assert right.view.zoom > 1.1 and left.view.zoom == 1.0
     assert left.annotations is right.annotations is viewer.annotations
     assert green(grab(c1)).sum() == 0
     with qtbot.captureExceptions() as exceptions:
-        c0.setFocus()
+        click(c0, (5, 5))  # the left viewport active, the keys its
         tool_key("rect")
         drag(c0, left.image_to_canvas(40, 40), left.image_to_canvas(56, 52))
         (a,) = viewer.annotations.all()
@@ -403,14 +444,15 @@ def test_the_same_annotation_is_painted_on_every_viewport_showing_the_image(view
         g0 = green(grab(c0))
         assert near(g0, left.image_to_canvas(*a.points[0]), 4) > 3
         assert near(g0, left.image_to_canvas(*before[0]), 2) == 0
-        # another slice (scrolling is linked: both move): on neither
-        right.scroll_down(1)
-        assert right.index != left.index or right.frame_info.key != a.key
+        # another slice (Down on the right one; scrolling is linked: both move): on neither
+        click(c1, (5, 5))  # a click (no drag) with the rect tool draws nothing
+        assert len(viewer.annotations) == 1 and viewer.model.active == 1
+        key(Qt.Key.Key_Down)
+        assert right.frame_info.key != a.key and left.frame_info.key != a.key
         assert ink(grab(c1)).sum() == 0 and ink(grab(c0)).sum() == 0
-        right.scroll_down(-1)
+        key(Qt.Key.Key_Up)
         assert right.frame_info.key == left.frame_info.key == a.key
         # undo (in either viewport) changes both
-        c1.setFocus()
         key(Qt.Key.Key_Z, CTRL)
         assert a.points == before
         key(Qt.Key.Key_Z, CTRL)
@@ -435,3 +477,57 @@ def test_shortcuts_have_no_conflicts_and_the_annotation_tools_are_listed():
     # K: prev slice; B: rect ROI; E, G: the segmentation tools (eraser, region growing)
     assert seen.get("K") == "prev_slice" and seen.get("B") == "tool_rect"
     assert seen.get("E") in (None, "tool_seg_eraser") and seen.get("G") in (None, "tool_seg_grow")
+
+
+# ---------------------------------------------------------------- 4. MPR: lengths where the plane coincides
+
+
+def test_annotations_are_drawn_on_the_mpr_plane_of_their_image_only(viewer, qtbot):
+    """The MPR opened from the viewer draws the study's annotations on the plane that holds them
+    (the axial plane through the annotated slice), not on another axial slice nor on the coronal
+    plane across them, and follows the set (deleted, undone). Pixels are checked on the plane."""
+    canvas = viewer.viewport_widget(0).canvas
+    vp = viewer.active_viewport()
+    c = vp.image_to_canvas
+    tool_key("length")
+    drag(canvas, c(30, 30), c(30 + 40 / PX_MM, 30))
+    tool_key("rect")
+    drag(canvas, c(25.5, 40.5), c(30.5, 45.5))
+    length, rect = viewer.annotations.all()
+    viewer.actions_by_name["mpr"].trigger()
+    mpr = viewer._mpr_windows[-1]
+    qtbot.waitUntil(lambda: mpr.volume is not None, timeout=20000)
+    axial, coronal = mpr.slice_canvases["axial"], mpr.slice_canvases["coronal"]
+    axial.viewport.set_crosshair_visible(False)  # only the annotations in green-ish colours
+    frames = vp.volume.stack.frames
+    k = next(i for i, f in enumerate(frames) if f.key == length.key)
+    g = frames[k].geometry
+    other = frames[k + 1 if k + 1 < len(frames) else k - 1].geometry
+
+    def green_on(widget, patient_point) -> int:
+        img = grab(widget)  # renders the pending frame first, then paints it with the annotations
+        x, y, _ = widget.viewport.patient_to_display(patient_point)  # device pixels from the bottom left
+        return near(green(img), (x, img.shape[0] - 1 - y), 4)
+
+    mid = g.to_patient(30 + 20 / PX_MM, 30)
+    corner = g.to_patient(25.5, 43)
+    # the cursor on the annotated slice, away from the annotations' rows (the coronal plane misses them)
+    mpr.set_cursor(g.to_patient(48.0, 70.0))
+    assert green_on(axial, mid) > 3 and green_on(axial, corner) > 3
+    assert sorted(axial.shown_annotations()) == sorted([length.uid, rect.uid])
+    assert coronal.shown_annotations() == []
+    # another axial slice: they are not on it
+    mpr.set_cursor(other.to_patient(48.0, 70.0))
+    assert green_on(axial, mid) == 0 and axial.shown_annotations() == []
+    mpr.set_cursor(g.to_patient(48.0, 70.0))
+    assert green_on(axial, mid) > 3
+    # deleted in the viewer (Delete on the viewport: the last one, the rectangle), gone from the MPR; Ctrl+Z: back
+    viewer.activateWindow()
+    canvas.setFocus()
+    qtbot.waitUntil(lambda: QApplication.focusWidget() is canvas, timeout=3000)
+    assert vp.frame_info.key == length.key  # the viewer follows the MPR cursor
+    key(Qt.Key.Key_Delete)
+    assert axial.shown_annotations() == [length.uid] and green_on(axial, corner) == 0
+    key(Qt.Key.Key_Z, CTRL)
+    assert sorted(axial.shown_annotations()) == sorted([length.uid, rect.uid]) and green_on(axial, corner) > 3
+    mpr.close()

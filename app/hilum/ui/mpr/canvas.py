@@ -29,12 +29,24 @@ import math
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import shiboken6
 from PySide6.QtCore import QPointF, Qt, QTimer, Signal
-from PySide6.QtGui import QImage, QMouseEvent, QPainter, QPaintEvent, QPixmap, QResizeEvent, QWheelEvent
+from PySide6.QtGui import (
+    QColor,
+    QImage,
+    QMouseEvent,
+    QPainter,
+    QPaintEvent,
+    QPen,
+    QPixmap,
+    QPolygonF,
+    QResizeEvent,
+    QWheelEvent,
+)
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from hilum.render.gl import gl_lock, gl_unlock, try_gl_lock
@@ -220,6 +232,25 @@ class VTKCanvas(QWidget):
         super().mousePressEvent(event)
 
 
+@dataclass
+class PlaneShape:
+    """An annotation of the 2D viewer in patient coordinates (mm), for the MPR planes that hold it.
+
+    ``points`` (n x 3): the annotation's points, or the outline of an ellipse / rectangle ROI
+    (``closed``); ``lines`` the values shown next to it in the 2D viewer.
+    """
+
+    uid: str
+    kind: str
+    points: np.ndarray
+    closed: bool = False
+    text: str = ""
+    lines: tuple[str, ...] = ()
+
+
+ANNOTATION_COLOUR = QColor(80, 220, 80)
+
+
 class SliceCanvas(VTKCanvas):
     """One MPR plane.  Mouse: left click/drag moves the 3D cursor; left drag starting on a
     crosshair line (or with Ctrl) rotates the other planes about this one (oblique MPR);
@@ -239,6 +270,10 @@ class SliceCanvas(VTKCanvas):
         """The segmentation brush (:class:`hilum.ui.mpr.seg_hook.MPRSegBrush`): while it is on, a
         plain left drag paints labels instead of moving the cursor."""
         self._unsubscribe = viewport.crosshair.subscribe(lambda _kind: self.request_render())
+        self.annotation_shapes: list[PlaneShape] = []
+        """The 2D viewer's annotations of this series (:func:`hilum.ui.mpr.viewer_hook.annotation_shapes`),
+        drawn on this plane where they lie in it."""
+        self._map: tuple[Any, np.ndarray, float, float, int] | None = None
 
     def on_resized(self) -> None:
         self.viewport._apply_camera()
@@ -249,6 +284,81 @@ class SliceCanvas(VTKCanvas):
 
     def _render_scene(self) -> None:
         self.viewport.render()
+        self._map = self._display_map()
+
+    def _display_map(self) -> tuple[Any, np.ndarray, float, float, int]:
+        """The shown plane, its (s, t) -> display-pixel affine, the in-plane tolerance (mm), the
+        device pixel ratio and height, as of the render the widget paints (so the annotations
+        drawn over it match the image even while the next render is pending)."""
+        vp = self.viewport
+        plane = vp.display_plane
+        o = vp.patient_to_display(plane.to_patient(0.0, 0.0))
+        ex = vp.patient_to_display(plane.to_patient(1.0, 0.0))
+        ey = vp.patient_to_display(plane.to_patient(0.0, 1.0))
+        affine = np.array([[ex[0] - o[0], ey[0] - o[0], o[0]], [ex[1] - o[1], ey[1] - o[1], o[1]]])
+        tol = max(0.5, vp.crosshair.slabs[vp.view].thickness / 2)
+        return plane, affine, tol, self.devicePixelRatioF(), self._device_size()[1]
+
+    def _on_plane(self, shape: PlaneShape) -> list[QPointF] | None:
+        """Widget points of *shape* when all its points lie within the plane's tolerance, else None."""
+        if self._map is None or not len(shape.points):
+            return None
+        plane, affine, tol, dpr, height = self._map
+        stw = plane.to_plane(shape.points)
+        if np.any(np.abs(stw[:, 2]) > tol):
+            return None
+        xy = np.c_[stw[:, :2], np.ones(len(stw))] @ affine.T
+        return [QPointF(float(x) / dpr, float(height - 1 - y) / dpr) for x, y in xy]
+
+    def shown_annotations(self) -> list[str]:
+        """The uids of the annotations drawn on this plane (they lie in it)."""
+        return [s.uid for s in self.annotation_shapes if self._on_plane(s) is not None]
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
+        super().paintEvent(event)
+        if not self.annotation_shapes or self._image is None:
+            return
+        p = QPainter(self)
+        try:
+            p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+            p.setPen(QPen(ANNOTATION_COLOUR, 1.5))
+            lh = p.fontMetrics().height()
+            for shape in self.annotation_shapes:
+                pts = self._on_plane(shape)
+                if pts is None:
+                    continue
+                self._paint_shape(p, shape, pts)
+                anchor = pts[-1]
+                labels = ([shape.text] if shape.text else []) + list(shape.lines)
+                for i, line in enumerate(labels):
+                    p.drawText(QPointF(anchor.x() + 6, anchor.y() + (i + 1) * lh), line)
+        finally:
+            p.end()
+
+    @staticmethod
+    def _paint_shape(p: QPainter, shape: PlaneShape, pts: list[QPointF]) -> None:
+        k = shape.kind
+        if k == "cobb" and len(pts) == 4:
+            p.drawLine(pts[0], pts[1])
+            p.drawLine(pts[2], pts[3])
+        elif k == "point":
+            c = pts[0]
+            p.drawLine(c + QPointF(-6, 0), c + QPointF(6, 0))
+            p.drawLine(c + QPointF(0, -6), c + QPointF(0, 6))
+        elif k == "text":
+            return
+        elif shape.closed:
+            p.drawPolygon(QPolygonF(pts))
+        else:
+            p.drawPolyline(QPolygonF(pts))
+            if k == "arrow" and len(pts) == 2:
+                tail, head = pts
+                dx, dy = tail.x() - head.x(), tail.y() - head.y()
+                n = math.hypot(dx, dy) or 1.0
+                for a in (math.radians(25), -math.radians(25)):
+                    rx = (dx * math.cos(a) - dy * math.sin(a)) / n
+                    ry = (dx * math.sin(a) + dy * math.cos(a)) / n
+                    p.drawLine(head, head + QPointF(rx * 12, ry * 12))
 
     def close_viewport(self) -> None:
         self._unsubscribe()

@@ -18,6 +18,7 @@ plane: the 3D cursor navigates the original stack.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -25,13 +26,16 @@ import numpy as np
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QKeySequence
 
+from hilum.dicom.annotations import value_lines
+from hilum.dicom.stack_measure import modality_unit
 from hilum.dicom.volume import volume_from_series
 from hilum.ui.mpr.seg_hook import link_segmentation
 
 if TYPE_CHECKING:
+    from hilum.ui.mpr.canvas import PlaneShape
     from hilum.ui.mpr.mpr_widget import MPRWidget
 
-__all__ = ["add_mpr_actions", "open_active_series"]
+__all__ = ["add_mpr_actions", "annotation_shapes", "open_active_series"]
 
 logger = logging.getLogger(__name__)
 
@@ -156,4 +160,59 @@ def _link(viewer: Any, widget: MPRWidget, uid: str) -> None:
 
     widget.cursorMoved.connect(from_mpr)
     unsubscribers = [v.subscribe(from_2d) for v in viewer.model.viewports]
+    unsubscribers.append(_show_annotations(viewer, widget, uid))
     widget.destroyed.connect(lambda *_: [u() for u in unsubscribers])
+
+
+def annotation_shapes(annotations: Any, series: Any) -> list[PlaneShape]:
+    """The viewer's annotations on frames of *series* (a SeriesVolume) in patient coordinates
+    (each frame's Image Position / Orientation and Pixel Spacing), ROIs as their outlines, with
+    the values the 2D viewer shows next to them (computed on the annotated frame)."""
+    from hilum.ui.mpr.canvas import PlaneShape  # VTK: only once an MPR is open
+
+    if series is None:
+        return []
+    frames = {f.key: (k, f) for k, f in enumerate(series.stack.frames)}
+    out = []
+    for a in annotations.all():
+        hit = frames.get(a.key)
+        if hit is None or hit[1].geometry is None:
+            continue
+        k, f = hit
+        pts = np.asarray(a.points, dtype=np.float64)
+        closed = a.kind in ("rect", "ellipse", "freehand")
+        if a.kind == "rect":
+            (x0, y0), (x1, y1) = a.points
+            pts = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+        elif a.kind == "ellipse":
+            (x0, y0), (x1, y1) = a.points
+            t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+            pts = np.c_[(x0 + x1) / 2 + abs(x1 - x0) / 2 * np.cos(t), (y0 + y1) / 2 + abs(y1 - y0) / 2 * np.sin(t)]
+        values = series.modality_values(k) if a.kind in ("rect", "ellipse", "freehand", "point") else None
+        unit = modality_unit(series.modality, f.pipeline.modality.rescale_type if f.pipeline is not None else "")
+        lines = tuple(value_lines(a.kind, a.values(values, f.spacing, unit)))
+        patient = np.asarray(f.geometry.to_patient(pts[:, 0], pts[:, 1]), dtype=np.float64).reshape(-1, 3)
+        out.append(PlaneShape(a.uid, a.kind, patient, closed, a.text if a.kind == "text" else "", lines))
+    return out
+
+
+def _show_annotations(viewer: Any, widget: MPRWidget, uid: str) -> Callable[[], None]:
+    """The study's annotations of series *uid* on the MPR planes where the geometry allows: a
+    plane draws one only when all its points lie within max(0.5 mm, half its slab) of it — the
+    plane that coincides with the annotated image's (or, for a line, any plane holding it).
+    Kept in step with the set (added, moved, edited, deleted, undone)."""
+    aset = getattr(viewer, "annotations", None)
+    if aset is None:
+        return lambda: None
+
+    def sync(*_: object) -> None:
+        canvases = getattr(widget, "slice_canvases", {})
+        if not canvases:
+            return
+        shapes = annotation_shapes(aset, viewer.series_volume(uid))
+        for canvas in canvases.values():
+            canvas.annotation_shapes = shapes
+            canvas.update()
+
+    widget.volumeLoaded.connect(sync)
+    return aset.subscribe(sync)  # type: ignore[no-any-return]

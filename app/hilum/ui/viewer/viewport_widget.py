@@ -113,16 +113,19 @@ class ViewportCanvas(QWidget):
         self.paint_count = 0
         self.image_paint_count = 0
         self.text_editor: QLineEdit | None = None
+        self._editor_request: TextRequest | None = None
 
     def _on_state(self, _state: ViewportState, what: str) -> None:
         if what in ("index", "view", "window"):
             self._fast = True
             self._settle.start()
-            if self.text_editor is not None and what == "index":
-                self.state.text_request = None
-                self._close_text_editor()
+        if self.text_editor is not None and what in ("index", "volume"):
+            self._drop_text_editor()  # the text belonged to the image that was shown
         elif what == "text":
-            self._open_text_editor()
+            if self.state.text_request is None:
+                self._drop_text_editor()
+            else:
+                self._open_text_editor()
         self.update()
 
     def _settled(self) -> None:
@@ -455,11 +458,13 @@ class ViewportCanvas(QWidget):
     # ------------------------------------------------------------ text annotations
 
     def _open_text_editor(self) -> None:
-        """The small inline editor of a text annotation (Enter: done, Esc: cancel)."""
+        """The small inline editor of a text annotation (Enter: done, Esc: cancel; the focus
+        going elsewhere, or another text started: what was typed is kept)."""
         req = self.state.text_request
         if req is None:
             return
-        self._close_text_editor()
+        if self.text_editor is not None:
+            self._commit_text_editor(self.text_editor)
         x, y = self.state.image_to_canvas(*req.point)
         edit = QLineEdit(req.text, self)
         edit.setObjectName("annotationTextEditor")
@@ -468,22 +473,29 @@ class ViewportCanvas(QWidget):
         edit.adjustSize()
         edit.move(int(min(max(x, 0), max(self.width() - edit.width(), 0))),
                   int(min(max(y - edit.height() / 2, 0), max(self.height() - edit.height(), 0))))  # fmt: skip
-        edit.returnPressed.connect(self._commit_text_editor)
+        edit.returnPressed.connect(lambda e=edit: self._commit_text_editor(e))
         edit.installEventFilter(self)
+        self.text_editor = edit
+        self._editor_request = req
         edit.show()
         edit.setFocus(Qt.FocusReason.OtherFocusReason)
         edit.selectAll()
-        self.text_editor = edit
 
-    def _commit_text_editor(self) -> None:
-        edit, req = self.text_editor, self.state.text_request
-        if edit is None:
+    def _commit_text_editor(self, edit: QLineEdit | None = None) -> None:
+        """Finish the editor *edit* (if it is still the open one): add or change its text annotation."""
+        if edit is None or edit is not self.text_editor:
             return
-        text = edit.text()
-        self.state.text_request = None
-        self._close_text_editor()
+        req, text = self._editor_request, edit.text()
+        self._drop_text_editor()
         if req is not None:
             commit_text(self.state, req, text)
+
+    def _drop_text_editor(self) -> None:
+        """Close the editor, keeping nothing."""
+        if self.state.text_request is self._editor_request:
+            self.state.text_request = None
+        self._editor_request = None
+        self._close_text_editor()
 
     def _close_text_editor(self) -> None:
         edit = self.text_editor
@@ -499,17 +511,17 @@ class ViewportCanvas(QWidget):
         self.update()
 
     def eventFilter(self, obj: Any, event: QEvent) -> bool:  # noqa: N802
-        if obj is self.text_editor:
+        if obj is self.text_editor and self.text_editor is not None:
             if event.type() == QEvent.Type.KeyPress and isinstance(event, QKeyEvent):
                 if event.key() == Qt.Key.Key_Escape:
-                    self.state.text_request = None
-                    self._close_text_editor()
+                    self._drop_text_editor()
                     return True
             elif event.type() == QEvent.Type.ShortcutOverride:
                 event.accept()  # every key is the editor's (the viewer's one-letter shortcuts too)
                 return False
-            elif event.type() == QEvent.Type.FocusOut and self.state.text_request is not None:
-                QTimer.singleShot(0, self._commit_text_editor)  # clicking elsewhere keeps what was typed
+            elif event.type() == QEvent.Type.FocusOut:
+                edit = self.text_editor  # clicking elsewhere keeps what was typed
+                QTimer.singleShot(0, lambda: self._commit_text_editor(edit))
         return super().eventFilter(obj, event)
 
     # ------------------------------------------------------------ mouse
