@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         kinds = sorted(k for k, _ in result.stored)
         print(f"save (Ctrl+S): {t_save:.2f} s for {kinds} — 50 measurements on 25 slices, 5 key images, the window "
               f"and zoom (worker {result.seconds:.2f} s; the GUI thread is free meanwhile)")  # fmt: skip
+        print("  " + ", ".join(f"{k} {t:.2f} s" for k, t in result.timings.items()))
         lm = spheres(volume)
         t0 = time.perf_counter()
         seg_uid = save_seg(archive, volume, lm)

@@ -172,6 +172,7 @@ class SaveResult:
     errors: list[str] = field(default_factory=list)
     datasets: list[tuple[str, Dataset]] = field(default_factory=list)
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # "headers", "<kind> build", "<kind> ingest"
 
     @property
     def ok(self) -> bool:
@@ -261,6 +262,7 @@ def save_objects(
             out.errors.append(f"image {uid} is not in the archive")
         else:
             header[uid] = ds
+    out.timings["headers"] = time.perf_counter() - t0
     by_study: dict[str, list[str]] = {}
     for uid, ds in header.items():
         by_study.setdefault(str(ds.get("StudyInstanceUID", "")), []).append(uid)
@@ -281,12 +283,15 @@ def save_objects(
         if keys:
             built.append(("kos", partial(_one, make_kos, images, keys)))
         for kind, make in built:
+            t1 = time.perf_counter()
             try:
                 made = make()
             except Exception as exc:  # noqa: BLE001 - one object failing must not lose the others
                 logger.exception("cannot build the %s", kind)
                 out.errors.append(f"cannot build the {kind.upper()}: {exc}")
                 continue
+            t2 = time.perf_counter()
+            out.timings[f"{kind} build"] = out.timings.get(f"{kind} build", 0.0) + t2 - t1
             for ds in made:
                 result = archive.ingest(ds, origin=SAVE_ORIGIN)
                 if not result.ok:
@@ -295,6 +300,7 @@ def save_objects(
                 series[(study, kind)] = str(ds.SeriesInstanceUID)
                 out.stored.append((kind, str(ds.SOPInstanceUID)))
                 out.datasets.append((kind, ds))
+            out.timings[f"{kind} ingest"] = out.timings.get(f"{kind} ingest", 0.0) + time.perf_counter() - t2
     out.seconds = time.perf_counter() - t0
     return out
 
