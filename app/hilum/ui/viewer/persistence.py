@@ -655,9 +655,11 @@ class PersistenceMixin:
             self.key_images = [k for k in self.key_images if not (k.sop_instance_uid == sop and k.frame == frame)]
             now = False
         else:
-            header = self._headers.get(sop, f.path)
-            cls = str(header.get("SOPClassUID", "")) if header is not None else ""
-            series = str(header.get("SeriesInstanceUID", "")) if header is not None else vp.series_uid
+            header = vp.volume.header  # the series' (no file read on the GUI thread); a key is one of its images
+            if self._assigned.get(self.model.active) == KEY_SERIES_UID:  # images of several series: its own
+                header = self._headers.get(sop, f.path)
+            cls = str(header.get("SOPClassUID", "") or "") if header is not None else ""
+            series = str(header.get("SeriesInstanceUID", "") or "") if header is not None else vp.series_uid
             self.key_images.append(KeyImage(sop, frame, series, cls))
             now = True
         self._keys_dirty = True
