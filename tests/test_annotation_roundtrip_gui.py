@@ -406,3 +406,44 @@ def test_a_saved_segmentation_is_back_in_the_segments_panel_on_reopen(qtbot: Any
     assert viewer.seg.labels[series].counts()[1:].sum() == painted
     panel = viewer.seg_panel
     qtbot.waitUntil(lambda: panel.table.rowCount() == 1, timeout=TIMEOUT)
+
+
+def test_presentation_states_menu_newest_wins_older_or_none_chosen(qtbot: Any, window: Any) -> None:
+    viewer = _open(qtbot, window)
+    vp = viewer.model.viewports[0]
+    canvas = viewer.viewport_widget(0).canvas
+    w, h = canvas.width(), canvas.height()
+    windows = []
+    for dx in (80, -60):  # two saves, each after a right-drag: two presentation states
+        _drag(canvas, (w * 0.5, h * 0.5), (w * 0.5 + dx, h * 0.5), R)
+        windows.append((vp.current_window().center, vp.current_window().width))
+        with qtbot.waitSignal(viewer.persistence.saved, timeout=TIMEOUT) as saved:
+            _key(viewer, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
+        assert saved.args[0].errors == []
+    assert windows[0] != windows[1]
+    _close_tab(qtbot, window, viewer)
+    qtbot.waitUntil(lambda: window._test_viewer.viewer_for(STUDY.uid) is None, timeout=TIMEOUT)
+    viewer = _open(qtbot, window)
+    vp = viewer.model.viewports[0]
+    canvas = viewer.viewport_widget(0).canvas
+
+    def shown() -> tuple[float, float]:
+        wnd = vp.current_window()
+        return (round(wnd.center, 2), round(wnd.width, 2))
+
+    newest, older = (tuple(round(v, 2) for v in x) for x in reversed(windows))
+    qtbot.waitUntil(lambda: shown() == newest, timeout=TIMEOUT)  # the newest GSPS wins
+    menu = viewer.presentation_menu
+    menu.aboutToShow.emit()
+    actions = menu.actions()
+    assert [a.text() for a in actions][0] == "None" and len(actions) == 3
+    assert actions[1].isChecked()
+    actions[2].trigger()  # the older one
+    assert shown() == older
+    menu.aboutToShow.emit()
+    menu.actions()[0].trigger()  # None: the view stays as it is, nothing applied on top
+    _drag(canvas, (w * 0.5, h * 0.5), (w * 0.5 + 30, h * 0.5), R)
+    mine = shown()
+    _key(viewer, Qt.Key.Key_Down)
+    assert shown() == mine
+    viewer._discard = True
