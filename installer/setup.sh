@@ -6,12 +6,13 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 
-# Debian packages: DCMTK and Orthanc (interop peers in tests, benchmarks),
+# Debian packages: DCMTK and Orthanc (interop peers in tests, benchmarks), dicom3tools (dciodvfy:
+# the tests hold the GSPS, SR, KOS and SEG Hilum writes to it),
 # Xvfb and the X/GL libraries Qt + VTK need without a screen, OSMesa, PostgreSQL.
 SYSTEM_PACKAGES=(dcmtk xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0
   libxcb-xinerama0 libxcb-randr0 libxcb-render-util0 libxcb-image0 libxcb-shape0 libegl1 libgl1
   libopengl0 libglx0 libosmesa6 libfontconfig1 libdbus-1-3 fonts-dejavu-core
-  fonts-noto-cjk orthanc orthanc-dicomweb postgresql)
+  fonts-noto-cjk orthanc orthanc-dicomweb postgresql dicom3tools)
 
 if [[ "${1:-}" != "--no-system" ]]; then
   missing=()
