@@ -492,7 +492,8 @@ class PersistenceSignals(QObject):
 
 
 class _KeyMarker(QLabel):
-    """ "★ KEY" at the top centre of a viewport whose image is a key image."""
+    """ "★ KEY" at the top centre of a viewport whose image is a key image, one line below the
+    orientation letter that sits at the top centre."""
 
     def __init__(self, canvas: QWidget) -> None:
         super().__init__("★ KEY", canvas)
@@ -505,7 +506,7 @@ class _KeyMarker(QLabel):
         self._place(canvas)
 
     def _place(self, canvas: QWidget) -> None:
-        self.move(max(0, (canvas.width() - self.width()) // 2), 4)
+        self.move(max(0, (canvas.width() - self.width()) // 2), 8 + self.height())
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802
         if event.type() == QEvent.Type.Resize and isinstance(obj, QWidget):
