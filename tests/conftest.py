@@ -33,6 +33,20 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 _GIVEN: set[int] = set()
 
 
+@pytest.fixture(autouse=True)
+def _no_spare_mpr_windows_across_tests() -> Iterator[None]:
+    """Each test starts without a spare set of warmed MPR windows made during another test
+    (hilum.ui.mpr.warm: process-wide, made after a series loads). MPR tests that took a set warmed
+    in an earlier test failed now and then in full runs (wrong plane pixels, a click that did not
+    move the cursor) and passed alone: isolated here, noted for a root cause."""
+    yield
+    import sys
+
+    warm = sys.modules.get("hilum.ui.mpr.warm")  # never imported here (VTK) when no test used MPR
+    if warm is not None:
+        warm.discard()
+
+
 def _ephemeral_low() -> int:
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])

@@ -23,7 +23,7 @@ import os
 import threading
 from typing import Any
 
-__all__ = ["WarmWindows", "enabled", "make", "ready", "take", "warm_in_background"]
+__all__ = ["WarmWindows", "discard", "enabled", "make", "ready", "take", "warm_in_background"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,17 @@ def take() -> WarmWindows | None:
     with _lock:
         spare, _spare = _spare, None
     return spare
+
+
+def discard(timeout: float = 30.0) -> None:
+    """Wait for a set being made (at most *timeout* s) and free the spare set, if any: what was
+    warmed for one viewer's session is not handed to the next (tests start without one)."""
+    thread = _thread
+    if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+        thread.join(timeout)
+    spare = take()
+    if spare is not None:
+        spare.close()
 
 
 @atexit.register
