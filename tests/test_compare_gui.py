@@ -472,3 +472,57 @@ def test_a_prior_of_another_body_part_is_shown_but_not_registered(
     assert "Registering…" not in seen and viewer.model.alignment_between(left, right) is None
     lines, block = _top_right_text(viewer.viewport_widget(1).canvas)
     assert any(line.startswith(f"PRIOR {date_text(cs.prior3.study_date)}") for line in lines)
+
+
+def test_mpr_of_the_prior_on_spare_windows_warmed_while_another_mpr_was_open(
+    qtbot: Any, window: Any, comparison: ComparisonSet
+) -> None:
+    """The spare MPR windows (hilum.ui.mpr.warm) made when the prior finished loading — while the
+    current study's MPR was open — serve the prior's MPR after that one is closed: its axial plane
+    maps a click to the patient point under the mouse (the flaky MPR tests of this stop took spare
+    sets made in an earlier test; the same reuse within one session, as a reader does it)."""
+    from hilum.ui.mpr import warm
+
+    cs = comparison
+    viewer = _open_current(qtbot, window, cs)
+    _wait_priors(qtbot, viewer, 3)
+    qtbot.waitUntil(warm.ready, timeout=TIMEOUT)
+    canvas = viewer.viewport_widget(0).canvas
+    canvas.setFocus()
+
+    def open_mpr(c: Any) -> Any:
+        QTest.keyClick(c, Qt.Key.Key_M)
+        mpr = viewer._mpr_windows[-1]
+        qtbot.waitUntil(lambda: mpr.volume is not None
+                        and all(cv.render_count > 0 for cv in mpr.slice_canvases.values()), timeout=TIMEOUT)  # fmt: skip
+        return mpr
+
+    first = open_mpr(canvas)
+    assert not warm.ready()  # the current study's MPR took the spare set
+    window.activateWindow()  # back to the main window (the MPR opened a window of its own)
+    qtbot.waitUntil(window.isActiveWindow, timeout=5000)
+    with qtbot.waitSignal(viewer.compared, timeout=TIMEOUT):
+        canvas.setFocus()
+        QTest.keyClick(canvas, Qt.Key.Key_C)
+    prior = viewer.model.visible[1]
+    qtbot.waitUntil(lambda: _complete(prior), timeout=TIMEOUT)
+    qtbot.waitUntil(warm.ready, timeout=TIMEOUT)  # made while the first MPR is open
+    first.close()
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow, timeout=5000)
+    right = viewer.viewport_widget(1).canvas
+    QTest.mouseClick(right, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(5, 5))
+    assert viewer.model.active == 1
+    second = open_mpr(right)
+    assert not warm.ready()  # it took the set warmed while the first was open
+    axial = second.slice_canvases["axial"]
+    z = float(second.scene.crosshair.centre[2])
+    for x, y in ((-30.0, 20.0), (40.0, -25.0), (10.0, 30.0)):
+        axial.render_now()
+        dx, dy, _ = axial.viewport.patient_to_display(np.array([x, y, z]))
+        dpr = axial.devicePixelRatioF()
+        _, h = axial._device_size()
+        where = QPoint(int(round(dx / dpr)), int(round((h - 1 - dy) / dpr)))
+        QTest.mouseClick(axial, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, where)
+        qtbot.waitUntil(lambda x=x, y=y: np.allclose(second.scene.crosshair.centre[:2], (x, y), atol=2.0), timeout=5000)
+    second.close()
