@@ -42,10 +42,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 APP = Path(__file__).resolve().parents[2] / "app"
+
+
+def wait_for(app: Any, cond: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Turn the Qt event loop until ``cond()`` holds (True) or *timeout* seconds pass (False)."""
+    end = time.perf_counter() + timeout
+    while not cond():
+        if time.perf_counter() > end:
+            return False
+        app.processEvents()
+        time.sleep(0.001)
+    return True
 
 
 def free_port() -> int:
@@ -148,14 +161,7 @@ def main() -> int:
     window.resize(1500, 900)
     window.show()
 
-    def spin(cond, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
-        end = time.perf_counter() + timeout
-        while not cond():
-            if time.perf_counter() > end:
-                return False
-            app.processEvents()
-            time.sleep(0.001)
-        return True
+    spin = partial(wait_for, app)
 
     assert spin(lambda: window.browser.model.rowCount() >= n_studies and not window.browser.searching)
     if controller.warmup is not None:
@@ -251,14 +257,7 @@ def remote(args: argparse.Namespace) -> int:
         window.resize(1500, 900)
         window.show()
 
-        def spin(cond, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
-            end = time.perf_counter() + timeout
-            while not cond():
-                if time.perf_counter() > end:
-                    return False
-                app.processEvents()
-                time.sleep(0.001)
-            return True
+        spin = partial(wait_for, app)
 
         def remote_listed(panel) -> bool:  # type: ignore[no-untyped-def]
             rows = [panel.row(s.study_uid) for s in priors]

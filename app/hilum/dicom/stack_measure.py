@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -200,9 +201,13 @@ def roi_stats(values: npt.ArrayLike, kind: str, p0: Point, p1: Point, spacing: S
     if arr.ndim != 2:
         raise ValueError(f"ROI statistics need one grayscale frame (2-D), got shape {arr.shape}")
     mask = ellipse_mask(arr.shape, p0, p1) if kind == "ellipse" else rect_mask(arr.shape, p0, p1)
-    area = roi_area(kind, p0, p1, spacing)
+    return _stats(arr[mask], roi_area(kind, p0, p1, spacing), spacing, unit)
+
+
+def _stats(inside: npt.NDArray[Any], area: float, spacing: Spacing, unit: str) -> ROIStats:
+    """The statistics of the values *inside* an ROI of *area* (NaN and count 0 when none)."""
+    inside = inside.astype(np.float64)
     area_unit = "mm²" if spacing.calibrated else "px²"
-    inside = arr[mask].astype(np.float64)
     if inside.size == 0:
         nan = float("nan")
         return ROIStats(area, 0, nan, nan, nan, nan, unit, area_unit)
@@ -219,15 +224,7 @@ def polygon_stats(values: npt.ArrayLike, points: Sequence[Point], spacing: Spaci
     arr = np.asarray(values)
     if arr.ndim != 2:
         raise ValueError(f"ROI statistics need one grayscale frame (2-D), got shape {arr.shape}")
-    area = polygon_area(points, spacing)
-    area_unit = "mm²" if spacing.calibrated else "px²"
-    inside = arr[polygon_mask(arr.shape, points)].astype(np.float64)
-    if inside.size == 0:
-        nan = float("nan")
-        return ROIStats(area, 0, nan, nan, nan, nan, unit, area_unit)
-    sd = float(inside.std(ddof=1)) if inside.size > 1 else 0.0
-    return ROIStats(area, int(inside.size), float(inside.mean()), sd, float(inside.min()), float(inside.max()),
-                    unit, area_unit)  # fmt: skip
+    return _stats(arr[polygon_mask(arr.shape, points)], polygon_area(points, spacing), spacing, unit)
 
 
 def modality_unit(modality: str, rescale_type: str = "") -> str:
