@@ -37,7 +37,8 @@ def test_every_table_is_in_the_one_metadata() -> None:
     from hilum.archive import orders, users  # noqa: F401 - importing them must not add a MetaData
 
     assert {"patients", "studies", "series", "instances", "patient_history", "orders", "procedure_steps",
-            "performed_steps", "hl7_messages", "users", "api_tokens", "prefetched_studies"} == set(schema.metadata.tables)
+            "performed_steps", "hl7_messages", "users", "api_tokens", "prefetched_studies", "blob_copies", "blob_trash",
+            "protections", "forward_queue", "policy_log"} == set(schema.metadata.tables)
     assert users.users is schema.users and users.api_tokens is schema.api_tokens
     assert not hasattr(users, "metadata")
 
@@ -47,4 +48,4 @@ def test_migrations_have_one_head() -> None:
 
     from hilum.archive.db import MIGRATIONS
 
-    assert ScriptDirectory(MIGRATIONS).get_heads() == ["0007_prefetched"]
+    assert ScriptDirectory(MIGRATIONS).get_heads() == ["0008_storage"]

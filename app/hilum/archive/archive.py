@@ -38,7 +38,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import Engine, bindparam, func, select
 from sqlalchemy.engine import Connection
 
-from hilum.archive import outgoing
+from hilum.archive import outgoing, storage
 from hilum.archive import query as q
 from hilum.archive.batch import run_ingest_many
 from hilum.archive.blobs import FileBlobStore, TempBlob, blob_checksum, file_checksum
@@ -546,6 +546,9 @@ class Archive:
         or corrupt, never quarantined, its row never removed.
         """
         report = CheckReport()
+        # What a killed transcode, recall or purge left behind is the storage policies' to clean, not a finding.
+        storage.clear_stale_policy_temps(self)
+        storage.reap_trash(self)
         with self.engine.connect() as conn:
             rows = conn.execute(select(instances.c.pk, instances.c.sop_uid, instances.c.blob_key,
                                        instances.c.checksum)).all()

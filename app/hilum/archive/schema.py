@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -116,6 +117,7 @@ studies = Table(
     Column("specific_character_set", String(128), nullable=False, default=""),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("last_access", DateTime(timezone=True), nullable=True),  # opened/retrieved (storage.touch_study); None: never
     Index("ix_studies_patient", "patient_fk"),
     Index("ix_studies_date", "study_date"),
     Index("ix_studies_dt", "study_dt"),
@@ -164,6 +166,9 @@ instances = Table(
     Column("origin", String(16), nullable=False, default=""),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("patient_rev", Integer, nullable=False, default=0, server_default="0"),
+    # False when this node's online copy was moved to another tier or purged (a copy is in blob_copies);
+    # reading the instance brings it back (hilum.archive.tiers) and sets it again.
+    Column("online", Boolean, nullable=False, server_default=text("true")),
     Index("ix_instances_series", "series_fk"),
 )
 
@@ -296,4 +301,92 @@ prefetched_studies = Table(
     Column("fetched_at", DateTime(timezone=True), nullable=False),
     Column("last_access", DateTime(timezone=True), nullable=False),
     Index("ix_prefetched_last_access", "last_access"),
+)
+
+# --------------------------------------------------------------------------- storage policies (hilum.archive.storage)
+
+blob_copies = Table(
+    "blob_copies",
+    metadata,
+    # A copy of an instance held somewhere else than the online store: on a tier ("tier:NAME", written and
+    # read back by hilum.archive.tiers) or at a peer ("peer:NAME", confirmed by C-STORE success or Storage
+    # Commitment, hilum.replication).  verified_at is set only when the copy is known good (checksum read
+    # back / commitment); retention purges an online copy only when a verified one exists elsewhere.
+    Column("pk", Integer, primary_key=True),
+    Column("instance_fk", Integer, ForeignKey("instances.pk", ondelete="CASCADE"), nullable=False),
+    Column("location", String(80), nullable=False),
+    Column("key", Text, nullable=False, default="", server_default=text("''")),
+    Column("checksum", String(64), nullable=False, default="", server_default=text("''")),
+    Column("size", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("verified_at", DateTime(timezone=True), nullable=True),
+    Column("retain_until", DateTime(timezone=True), nullable=True),  # write-once tiers: no delete before
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ux_blob_copies_instance_location", "instance_fk", "location", unique=True),
+    Index("ix_blob_copies_location", "location"),
+)
+
+blob_trash = Table(
+    "blob_trash",
+    metadata,
+    # Online blob keys that may be deleted once no instance row refers to them (storage.reap_trash): the old
+    # file of a transcode, a purged online copy, a new file not yet adopted when a crash came.  Crash-safe
+    # replacement: note the key here, rename, swap in the index, reap.
+    Column("pk", Integer, primary_key=True),
+    Column("key", Text, nullable=False),
+    Column("reason", String(32), nullable=False, default="", server_default=text("''")),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+protections = Table(
+    "protections",
+    metadata,
+    # Studies and patients that no retention rule may purge (hilum protect).
+    Column("pk", Integer, primary_key=True),
+    Column("level", String(8), nullable=False),  # PATIENT | STUDY
+    Column("uid", String(64), nullable=False),  # PatientID or StudyInstanceUID
+    Column("issuer", String(64), nullable=False, default="", server_default=text("''")),
+    Column("reason", String(255), nullable=False, default="", server_default=text("''")),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ux_protections_level_uid", "level", "uid", "issuer", unique=True),
+)
+
+forward_queue = Table(
+    "forward_queue",
+    metadata,
+    # Instances to send to a destination (hilum.archive.forward): pending -> sent -> committed, or failed
+    # (gave up, or refused for good); survives restarts, retried with backoff (next_try).
+    Column("pk", Integer, primary_key=True),
+    Column("destination", String(64), nullable=False),
+    Column("sop_uid", String(64), nullable=False),
+    Column("study_uid", String(64), nullable=False, default="", server_default=text("''")),
+    Column("state", String(16), nullable=False),  # pending | sent | committed | failed
+    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
+    Column("next_try", DateTime(timezone=True), nullable=False),
+    Column("last_error", Text, nullable=False, default="", server_default=text("''")),
+    Column("transaction_uid", String(64), nullable=False, default="", server_default=text("''")),
+    Column("claimed_by", String(64), nullable=False, default="", server_default=text("''")),
+    Column("claimed_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ux_forward_queue_destination_sop", "destination", "sop_uid", unique=True),
+    Index("ix_forward_queue_state", "state", "next_try"),
+)
+
+policy_log = Table(
+    "policy_log",
+    metadata,
+    # What the storage policies did, one row per study (or instance) and action: compress, move, recall,
+    # purge, delete, forward, backup, restore.  Every purge is logged here and in the node's log.
+    Column("pk", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("level", String(8), nullable=False, default="STUDY", server_default=text("'STUDY'")),
+    Column("uid", String(64), nullable=False, default="", server_default=text("''")),
+    Column("rule", String(64), nullable=False, default="", server_default=text("''")),
+    Column("instances", Integer, nullable=False, default=0, server_default="0"),
+    Column("bytes_before", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("bytes_after", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("detail", Text, nullable=False, default="", server_default=text("''")),
+    Column("node", String(64), nullable=False, default="", server_default=text("''")),
+    Index("ix_policy_log_action_at", "action", "at"),
 )
