@@ -62,7 +62,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from hilum.archive.blobs import FileBlobStore, blob_checksum
 from hilum.archive.model import ArchiveEvent, IngestResult, Status
 from hilum.archive.patients import PatientInfo, PatientRegistry
-from hilum.archive.schema import instances, series, studies
+from hilum.archive.schema import blob_copies, blob_trash, instances, series, studies
 from hilum.archive.sqlfast import Mode, NeedsCore, RawTransaction, Statements
 from hilum.dicom.attributes import IndexRecord
 from hilum.errors import StorageFull
@@ -459,6 +459,13 @@ class IndexWriter:
         replaced = [existing[sop][0] for sop in keep if sop in existing]
         if replaced:
             self.delete_instances(conn, replaced)  # may drop emptied series and studies, looked up below
+            # A blob a transcode wrote beside the usual key (hilum.archive.compress) is not overwritten by the
+            # new one: note it in the blob trash (hilum.archive.storage) so that it goes once this commits.
+            stale = [existing[sop][2] for sop in keep
+                     if sop in existing and existing[sop][2] != self.blobs.key_for(sop)]
+            if stale:
+                conn.execute(blob_trash.insert(), [{"key": k, "reason": "overwritten", "created_at": _now()}
+                                                   for k in stale])
         items = [p for _, p in sorted(keep.values(), key=lambda item: item[0])]
         if not items:
             return out, events, [], discards
@@ -576,6 +583,40 @@ class IndexWriter:
         if found:
             conn.execute(_UPDATE_STUDY, [{"stpk": pk, "modalities": "\\".join(sorted(mods))}
                                          for pk, mods in found.items()])
+
+    # ------------------------------------------------------------------ replacing a blob (compression)
+
+    def replace_blob(self, conn: Connection, pk: int, *, expected_checksum: str, key: str, size: int, checksum: str,
+                     transfer_syntax: str, sop_uid: str | None = None) -> str | None:
+        """Point instance ``pk`` at a new blob (a transcode of its file), inside the caller's transaction.
+
+        Only if the row still has ``expected_checksum`` (the file the
+        transcode read; a duplicate overwrite or another node may have
+        changed it meanwhile): else nothing changes and None is returned.
+        Returns the old blob key (the caller trashes it).  The study's
+        ``size_bytes`` follows the new size.  ``sop_uid``: a lossy transcode's
+        new instance UID (PS3.3 C.7.6.1.1.5); the copies of the original held
+        elsewhere (``blob_copies``) are then not copies of this instance and
+        are forgotten.
+        """
+        row = conn.execute(select(instances.c.blob_key, instances.c.size, instances.c.series_fk)
+                           .where(instances.c.pk == pk, instances.c.checksum == expected_checksum)).first()
+        if row is None:
+            return None
+        values: dict[str, Any] = {"blob_key": key, "size": int(size), "checksum": checksum,
+                                  "transfer_syntax": transfer_syntax}
+        if sop_uid is not None:
+            values["sop_uid"] = sop_uid
+        res = conn.execute(update(instances).where(instances.c.pk == pk, instances.c.checksum == expected_checksum)
+                           .values(**values))
+        if res.rowcount != 1:
+            return None
+        if sop_uid is not None:
+            conn.execute(delete(blob_copies).where(blob_copies.c.instance_fk == pk))
+        st_pk = conn.execute(select(series.c.study_fk).where(series.c.pk == row.series_fk)).scalar_one()
+        conn.execute(update(studies).where(studies.c.pk == st_pk)
+                     .values(size_bytes=studies.c.size_bytes - int(row.size) + int(size)))
+        return str(row.blob_key)
 
     # ------------------------------------------------------------------ deleting
 

@@ -363,7 +363,7 @@ def _compress_htj2k(ds: Dataset) -> None:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames == 1:
         arr = arr[None, ...]
-    streams = [imagecodecs.htj2k_encode(np.ascontiguousarray(f), reversible=True) for f in arr]
+    streams = [bytes(imagecodecs.htj2k_encode(np.ascontiguousarray(f), reversible=True)) for f in arr]
     ds.PixelData = encapsulate(streams)
     ds["PixelData"].is_undefined_length = True
     ds["PixelData"].VR = "OB"
@@ -398,7 +398,7 @@ def _mark_lossy(ds: Dataset, new_uid: str, original_class: str, original_uid: st
     original in its series.
     """
     ds.SOPInstanceUID = new_uid
-    ds.file_meta.MediaStorageSOPInstanceUID = new_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(new_uid)
     ds.LossyImageCompression = "01"
     ratios = [str(v) for v in _as_list(ds.get("LossyImageCompressionRatio"))]
     methods = [str(v) for v in _as_list(ds.get("LossyImageCompressionMethod"))]
