@@ -43,6 +43,7 @@ import os
 import re
 import secrets
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -71,8 +72,14 @@ GROUP = 64
 """Instances adopted per transaction (and per policy log row)."""
 
 _KEYS: dict[str, type | tuple[type, ...]] = {
-    "name": str, "modalities": list, "sop_classes": list, "source_aets": list, "min_age_days": (int, float),
-    "syntax": str, "lossy": bool, "ratio": (int, float),
+    "name": str,
+    "modalities": list,
+    "sop_classes": list,
+    "source_aets": list,
+    "min_age_days": (int, float),
+    "syntax": str,
+    "lossy": bool,
+    "ratio": (int, float),
 }
 _UID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 
@@ -89,10 +96,12 @@ class CompressionRule:
     ratio: float = 10.0
 
     def matches(self, row: Any, now: datetime) -> bool:
-        return (storage.matches(row.modality or "", self.modalities)
-                and (not self.sop_classes or row.sop_class_uid in self.sop_classes)
-                and storage.matches(row.source_aet or "", self.source_aets)
-                and (self.min_age_days <= 0 or storage.age_days(row.received_at, now) >= self.min_age_days))
+        return (
+            storage.matches(row.modality or "", self.modalities)
+            and (not self.sop_classes or row.sop_class_uid in self.sop_classes)
+            and storage.matches(row.source_aet or "", self.source_aets)
+            and (self.min_age_days <= 0 or storage.age_days(row.received_at, now) >= self.min_age_days)
+        )
 
 
 @dataclass
@@ -146,8 +155,9 @@ def _rule(table: Any, index: int, text: str, source: str) -> CompressionRule:
     if syntax not in transcode.COMPRESSIONS:
         raise error(f"unknown syntax {syntax!r} (known: {', '.join(transcode.COMPRESSIONS)})", "syntax")
     if syntax not in transcode.encoders():
-        raise error(f"no installed encoder makes {syntax} here (available: {', '.join(transcode.encoders())})",
-                    "syntax")
+        raise error(
+            f"no installed encoder makes {syntax} here (available: {', '.join(transcode.encoders())})", "syntax"
+        )
     lossy = bool(table.get("lossy", False))
     is_lossy = syntax in transcode.LOSSY_COMPRESSIONS
     if is_lossy and not lossy:
@@ -169,8 +179,16 @@ def _rule(table: Any, index: int, text: str, source: str) -> CompressionRule:
             raise error(f"not a UID: {uid!r}", "sop_classes")
     aets = _strings(table, "source_aets", error, limit=16)
     name = str(table.get("name") or f"compression #{index + 1}")[:64]
-    return CompressionRule(name=name, syntax=syntax, modalities=modalities, sop_classes=sop_classes,
-                           source_aets=aets, min_age_days=float(age), lossy=lossy, ratio=float(ratio))
+    return CompressionRule(
+        name=name,
+        syntax=syntax,
+        modalities=modalities,
+        sop_classes=sop_classes,
+        source_aets=aets,
+        min_age_days=float(age),
+        lossy=lossy,
+        ratio=float(ratio),
+    )
 
 
 def _strings(table: dict[str, Any], key: str, error: Any, *, upper: bool = False, limit: int) -> tuple[str, ...]:
@@ -193,8 +211,19 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 # --------------------------------------------------------------------------- run
 
 
-_skipped: dict[tuple[str, str], str] = {}  # (SOP Instance UID, checksum) -> why it was left as it is
+# Per archive: (SOP Instance UID, checksum) -> why it was left as it is (tried again after a restart).
+_skipped: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], str]] = weakref.WeakKeyDictionary()
 _skipped_lock = threading.Lock()
+
+
+def _skips(archive: Archive) -> dict[tuple[str, str], str]:
+    with _skipped_lock:
+        found = _skipped.get(archive)
+        if found is None:
+            found = _skipped[archive] = {}
+        return found
+
+
 _SKIPPED_MAX = 200_000
 
 
@@ -217,8 +246,9 @@ class _Done:
     patient_id: str
 
 
-def run_once(archive: Archive, rules: CompressionRules, *, dry_run: bool = False,
-             now: datetime | None = None) -> storage.TaskReport:
+def run_once(
+    archive: Archive, rules: CompressionRules, *, dry_run: bool = False, now: datetime | None = None
+) -> storage.TaskReport:
     """One compression pass over the stored native images the rules match (see the module docstring)."""
     report = storage.TaskReport("compression", dry_run=dry_run)
     if not rules:
@@ -226,23 +256,33 @@ def run_once(archive: Archive, rules: CompressionRules, *, dry_run: bool = False
     now = now or storage.utcnow()
     if not dry_run:
         storage.clear_stale_policy_temps(archive)
-    by_study: dict[str, dict[str, Any]] = {}
+    by_study: dict[tuple[str, str], dict[str, Any]] = {}  # one action per study (and rule, when two act on it)
     for page in _candidates(archive, rules, now):
         groups: dict[tuple[str, str], list[Any]] = {}
         for row, rule in page:
             groups.setdefault((row.study_uid, rule.name), []).append((row, rule))
         for (study_uid, rule_name), items in groups.items():
             rule = items[0][1]
-            action = by_study.setdefault(study_uid, {
-                "uid": study_uid, "rule": rule_name, "syntax": rule.syntax, "instances": 0, "bytes": 0,
-                "bytes_after": 0, "reason": _reason(rule), "skipped": []})
+            action = by_study.setdefault(
+                (study_uid, rule_name),
+                {
+                    "uid": study_uid,
+                    "rule": rule_name,
+                    "syntax": rule.syntax,
+                    "instances": 0,
+                    "bytes": 0,
+                    "bytes_after": 0,
+                    "reason": _reason(rule),
+                    "skipped": [],
+                },
+            )
             if dry_run:
                 action["instances"] += len(items)
                 action["bytes"] += sum(int(r.size) for r, _ in items)
                 continue
             for start in range(0, len(items), GROUP):
                 done = []
-                for row, _ in items[start:start + GROUP]:
+                for row, _ in items[start : start + GROUP]:
                     result = _transcode_one(archive, row, rule)
                     if isinstance(result, str):
                         action["skipped"].append({"sop_uid": row.sop_uid, "reason": result})
@@ -263,16 +303,38 @@ def _reason(rule: CompressionRule) -> str:
     return f"{what}" + (f", older than {rule.min_age_days:g} days" if rule.min_age_days > 0 else "")
 
 
-def _candidates(archive: Archive, rules: CompressionRules, now: datetime) -> Iterator[list[tuple[Any, CompressionRule]]]:
+def _candidates(
+    archive: Archive, rules: CompressionRules, now: datetime
+) -> Iterator[list[tuple[Any, CompressionRule]]]:
     """Pages of (row, rule) of the online native images a rule matches and this process has not given up on."""
     i, se, st = instances.c, series.c, studies.c
-    stmt = (select(i.pk, i.sop_uid, i.sop_class_uid, i.transfer_syntax, i.blob_key, i.size, i.checksum,
-                   i.source_aet, i.received_at, se.modality, se.series_uid, st.study_uid, patients.c.patient_id)
-            .select_from(instances.join(series, se.pk == i.series_fk).join(studies, st.pk == se.study_fk)
-                         .join(patients, patients.c.pk == st.patient_fk))
-            .where(i.transfer_syntax.in_(NATIVE_SYNTAXES), i.online.is_(True), i.rows.is_not(None))
-            .order_by(i.pk).limit(PAGE))
+    stmt = (
+        select(
+            i.pk,
+            i.sop_uid,
+            i.sop_class_uid,
+            i.transfer_syntax,
+            i.blob_key,
+            i.size,
+            i.checksum,
+            i.source_aet,
+            i.received_at,
+            se.modality,
+            se.series_uid,
+            st.study_uid,
+            patients.c.patient_id,
+        )
+        .select_from(
+            instances.join(series, se.pk == i.series_fk)
+            .join(studies, st.pk == se.study_fk)
+            .join(patients, patients.c.pk == st.patient_fk)
+        )
+        .where(i.transfer_syntax.in_(NATIVE_SYNTAXES), i.online.is_(True), i.rows.is_not(None))
+        .order_by(i.pk)
+        .limit(PAGE)
+    )
     last = 0
+    skips = _skips(archive)
     while True:
         with archive.engine.connect() as conn:
             rows = conn.execute(stmt.where(i.pk > last)).all()
@@ -281,7 +343,7 @@ def _candidates(archive: Archive, rules: CompressionRules, now: datetime) -> Ite
         last = int(rows[-1].pk)
         page = []
         for row in rows:
-            if (row.sop_uid, row.checksum) in _skipped:
+            if (row.sop_uid, row.checksum) in skips:
                 continue
             rule = rules.rule_for(row, now)
             if rule is not None:
@@ -290,11 +352,12 @@ def _candidates(archive: Archive, rules: CompressionRules, now: datetime) -> Ite
             yield page
 
 
-def _skip(row: Any, reason: str, *, warn: bool = False) -> str:
+def _skip(archive: Archive, row: Any, reason: str, *, warn: bool = False) -> str:
+    skips = _skips(archive)
     with _skipped_lock:
-        if len(_skipped) > _SKIPPED_MAX:
-            _skipped.clear()
-        _skipped[(row.sop_uid, row.checksum)] = reason
+        if len(skips) > _SKIPPED_MAX:
+            skips.clear()
+        skips[(row.sop_uid, row.checksum)] = reason
     (log.warning if warn else log.info)("compression: left %s as it is: %s", row.sop_uid, reason)
     return reason
 
@@ -306,16 +369,16 @@ def _transcode_one(archive: Archive, row: Any, rule: CompressionRule) -> _Done |
     except OSError as exc:
         return f"cannot read the stored file: {exc.strerror or exc}"  # not cached: may be back later
     if blob_checksum(original) != row.checksum and not _legacy_checksum_ok(archive, row):
-        return _skip(row, "the stored file does not match its checksum (run hilum check)", warn=True)
+        return _skip(archive, row, "the stored file does not match its checksum (run hilum check)", warn=True)
     try:
         made = transcode.compress(original, rule.syntax, ratio=rule.ratio)
     except transcode.TranscodeError as exc:
-        return _skip(row, str(exc))
+        return _skip(archive, row, str(exc))
     except Exception as exc:  # noqa: BLE001 - a codec crashing on one image leaves it as it is
         log.exception("compression of %s failed", row.sop_uid)
-        return _skip(row, f"{type(exc).__name__}: {exc}", warn=True)
+        return _skip(archive, row, f"{type(exc).__name__}: {exc}", warn=True)
     if not made.lossy and len(made.data) >= len(original):
-        return _skip(row, f"{rule.syntax} is not smaller ({len(made.data)} >= {len(original)} bytes)")
+        return _skip(archive, row, f"{rule.syntax} is not smaller ({len(made.data)} >= {len(original)} bytes)")
     suffix = transcode.SUFFIX[rule.syntax]
     temp: Path | None = None
     try:
@@ -337,7 +400,7 @@ def _transcode_one(archive: Archive, row: Any, rule: CompressionRule) -> _Done |
         temp = None
         _stage("renamed")
     except transcode.TranscodeError as exc:
-        return _skip(row, f"not verified, original kept: {exc}", warn=True)
+        return _skip(archive, row, f"not verified, original kept: {exc}", warn=True)
     except OSError as exc:
         return f"cannot write the compressed file: {exc.strerror or exc}"
     except Exception as exc:  # noqa: BLE001 - StorageFull and the like: the original stays
@@ -345,9 +408,19 @@ def _transcode_one(archive: Archive, row: Any, rule: CompressionRule) -> _Done |
     finally:
         if temp is not None:
             temp.unlink(missing_ok=True)
-    return _Done(pk=int(row.pk), old_uid=row.sop_uid, new_uid=made.sop_uid, checksum_read=row.checksum, key=key,
-                 size=len(made.data), checksum=checksum, transfer_syntax=made.transfer_syntax,
-                 size_before=int(row.size), series_uid=row.series_uid, patient_id=row.patient_id)
+    return _Done(
+        pk=int(row.pk),
+        old_uid=row.sop_uid,
+        new_uid=made.sop_uid,
+        checksum_read=row.checksum,
+        key=key,
+        size=len(made.data),
+        checksum=checksum,
+        transfer_syntax=made.transfer_syntax,
+        size_before=int(row.size),
+        series_uid=row.series_uid,
+        patient_id=row.patient_id,
+    )
 
 
 def _legacy_checksum_ok(archive: Archive, row: Any) -> bool:
@@ -366,11 +439,19 @@ def _new_key(old: str, suffix: str) -> str:
     """A new key beside ``old``: ``ab/cd/<sha>.<suffix>.<token>.dcm`` (never one in use, even by another process)."""
     head, _, name = old.rpartition("/")
     base = name.split(".", 1)[0] or "blob"
-    return f"{head}/{base}.{suffix}.{secrets.token_hex(4)}.dcm" if head else f"{base}.{suffix}.{secrets.token_hex(4)}.dcm"
+    return (
+        f"{head}/{base}.{suffix}.{secrets.token_hex(4)}.dcm" if head else f"{base}.{suffix}.{secrets.token_hex(4)}.dcm"
+    )
 
 
-def _adopt(archive: Archive, study_uid: str, rule: CompressionRule, done: list[_Done], action: dict[str, Any],
-           report: storage.TaskReport) -> None:
+def _adopt(
+    archive: Archive,
+    study_uid: str,
+    rule: CompressionRule,
+    done: list[_Done],
+    action: dict[str, Any],
+    report: storage.TaskReport,
+) -> None:
     """One transaction: the rows point at their new files, the old keys go to the trash, the log row is written."""
     adopted: list[_Done] = []
     gave_up: list[str] = []
@@ -381,8 +462,15 @@ def _adopt(archive: Archive, study_uid: str, rule: CompressionRule, done: list[_
             old = None
             if taken:
                 old = archive.writer.replace_blob(
-                    conn, d.pk, expected_checksum=d.checksum_read, key=d.key, size=d.size, checksum=d.checksum,
-                    transfer_syntax=d.transfer_syntax, sop_uid=d.new_uid if rule.lossy else None)
+                    conn,
+                    d.pk,
+                    expected_checksum=d.checksum_read,
+                    key=d.key,
+                    size=d.size,
+                    checksum=d.checksum,
+                    transfer_syntax=d.transfer_syntax,
+                    sop_uid=d.new_uid if rule.lossy else None,
+                )
             if old is None:
                 gave_up.append(d.old_uid)
                 if taken:
@@ -393,11 +481,24 @@ def _adopt(archive: Archive, study_uid: str, rule: CompressionRule, done: list[_
         if adopted:
             before = sum(d.size_before for d in adopted)
             after = sum(d.size for d in adopted)
-            detail = rule.syntax if not rule.lossy else (
-                f"{rule.syntax} ratio {rule.ratio:g}, new instances: "
-                + "; ".join(f"{d.old_uid} -> {d.new_uid}" for d in adopted))
-            storage.log_action(conn, "compress", study_uid, rule=rule.name, instances=len(adopted),
-                               bytes_before=before, bytes_after=after, detail=detail)
+            detail = (
+                rule.syntax
+                if not rule.lossy
+                else (
+                    f"{rule.syntax} ratio {rule.ratio:g}, new instances: "
+                    + "; ".join(f"{d.old_uid} -> {d.new_uid}" for d in adopted)
+                )
+            )
+            storage.log_action(
+                conn,
+                "compress",
+                study_uid,
+                rule=rule.name,
+                instances=len(adopted),
+                bytes_before=before,
+                bytes_after=after,
+                detail=detail,
+            )
     _stage("adopted")
     for uid in gave_up:
         log.info("compression: %s changed while it was being compressed; left as it is", uid)
@@ -412,10 +513,11 @@ def _adopt(archive: Archive, study_uid: str, rule: CompressionRule, done: list[_
             action.setdefault("replaced", []).append({"original": d.old_uid, "new": d.new_uid})
     for d in adopted:
         if rule.lossy:
-            events = [ArchiveEvent("deleted", "IMAGE", d.old_uid, study_uid, d.series_uid, d.patient_id, "compress"),
-                      ArchiveEvent("stored", "IMAGE", d.new_uid, study_uid, d.series_uid, d.patient_id, "compress")]
+            events = [
+                ArchiveEvent("deleted", "IMAGE", d.old_uid, study_uid, d.series_uid, d.patient_id, "compress"),
+                ArchiveEvent("stored", "IMAGE", d.new_uid, study_uid, d.series_uid, d.patient_id, "compress"),
+            ]
         else:
-            events = [ArchiveEvent("replaced", "IMAGE", d.old_uid, study_uid, d.series_uid, d.patient_id,
-                                   "compress")]
+            events = [ArchiveEvent("replaced", "IMAGE", d.old_uid, study_uid, d.series_uid, d.patient_id, "compress")]
         for ev in events:
             archive.events.publish(ev)

@@ -64,27 +64,46 @@ from hilum.errors import HilumError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ALWAYS_LOSSY", "COMPRESSIONS", "LOSSY", "NATIVE", "Compressed", "TranscodeError", "compress",
-           "compressible", "convert", "encoders", "is_lossy", "to_native", "verify"]
+__all__ = [
+    "ALWAYS_LOSSY",
+    "COMPRESSIONS",
+    "LOSSY",
+    "NATIVE",
+    "Compressed",
+    "TranscodeError",
+    "compress",
+    "compressible",
+    "convert",
+    "encoders",
+    "is_lossy",
+    "to_native",
+    "verify",
+]
 
 NATIVE: tuple[str, ...] = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
 """The syntaxes a conversion writes: uncompressed, little endian (PS3.5 A.1, A.2)."""
 
-LOSSY = frozenset({
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",  # JPEG baseline, extended
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
-    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.93",  # JPEG 2000 (may be lossy), Part 2 (may be lossy)
-    "1.2.840.10008.1.2.4.203",  # HTJ2K (may be lossy)
-    *(f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109)),  # MPEG-2, MPEG-4, HEVC
-})
+LOSSY = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",  # JPEG baseline, extended
+        "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.93",  # JPEG 2000 (may be lossy), Part 2 (may be lossy)
+        "1.2.840.10008.1.2.4.203",  # HTJ2K (may be lossy)
+        *(f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109)),  # MPEG-2, MPEG-4, HEVC
+    }
+)
 """Transfer syntaxes whose pixel data may have lost information (PS3.5 A.4, PS3.3 C.7.6.1.1.5)."""
 
-ALWAYS_LOSSY = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
-                          *(f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109))})
+ALWAYS_LOSSY = frozenset(
+    {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", *(f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109))}
+)
 """Syntaxes that cannot carry lossless data (DCT JPEG, video); the others in :data:`LOSSY` may."""
 
 _METHOD = {  # Lossy Image Compression Method (0028,2114) (PS3.3 C.7.6.1.1.5.1)
-    "1.2.840.10008.1.2.4.50": "ISO_10918_1", "1.2.840.10008.1.2.4.51": "ISO_10918_1",
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",
 }
 
 _WORD = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}  # bytes per word of the binary VRs
@@ -149,8 +168,13 @@ def encode(ds: Dataset) -> bytes:
 
 def _uids(ds: Dataset) -> tuple[str, ...]:
     meta = getattr(ds, "file_meta", None) or FileMetaDataset()
-    return (str(ds.get("SOPInstanceUID", "")), str(ds.get("SOPClassUID", "")), str(ds.get("StudyInstanceUID", "")),
-            str(ds.get("SeriesInstanceUID", "")), str(meta.get("MediaStorageSOPInstanceUID", "")))
+    return (
+        str(ds.get("SOPInstanceUID", "")),
+        str(ds.get("SOPClassUID", "")),
+        str(ds.get("StudyInstanceUID", "")),
+        str(ds.get("SeriesInstanceUID", "")),
+        str(meta.get("MediaStorageSOPInstanceUID", "")),
+    )
 
 
 def _decode(ds: Dataset, stored: UID) -> None:
@@ -426,9 +450,18 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
-_LOSSY_CHANGES = frozenset({
-    0x00080008, 0x00080018, 0x00082111, 0x00089215, 0x00082112, 0x00282110, 0x00282112, 0x00282114,
-})  # Image Type, SOP Instance UID, Derivation Description/Code, Source Image Sequence, Lossy Image Compression *
+_LOSSY_CHANGES = frozenset(
+    {
+        0x00080008,
+        0x00080018,
+        0x00082111,
+        0x00089215,
+        0x00082112,
+        0x00282110,
+        0x00282112,
+        0x00282114,
+    }
+)  # Image Type, SOP Instance UID, Derivation Description/Code, Source Image Sequence, Lossy Image Compression *
 
 
 def verify(original: bytes | bytearray, compressed: bytes | bytearray, *, lossless: bool) -> float:
