@@ -259,7 +259,16 @@ def test_real_sample_files(archive: Archive, syntax: str) -> None:
     CTs (693_UNCR carries group lengths, which pydicom does not write back: not a difference)."""
     from pydicom.data import get_testdata_file
 
-    names = ["MR2_UNCR.dcm", "US1_UNCR.dcm", "OBXXXX1A.dcm", "CT_small.dcm", "SC_rgb.dcm", "693_UNCR.dcm"]
+    names = [
+        "MR2_UNCR.dcm",
+        "US1_UNCR.dcm",
+        "OBXXXX1A.dcm",
+        "CT_small.dcm",
+        "SC_rgb.dcm",
+        "693_UNCR.dcm",
+        "MR_small_bigendian.dcm",
+        "emri_small_big_endian.dcm",
+    ]
     originals = {}
     for name in names:
         path = get_testdata_file(name, download=False)
@@ -276,6 +285,39 @@ def test_real_sample_files(archive: Archive, syntax: str) -> None:
         if syntax == "jpeg2000-lossless" and ds.SamplesPerPixel == 3:
             assert ds.PhotometricInterpretation == "YBR_RCT"  # RGB through the reversible colour transform
     assert_clean(archive)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's remarks on the odd test files
+def test_every_native_sample_file_verifies_or_is_refused() -> None:
+    """Oracle over every native image the pydicom wheels ship: each compression either decodes back to the
+    original pixels (verify) or is refused with TranscodeError — never a wrong file."""
+    from pydicom.data import get_testdata_file
+
+    roots = {
+        Path(pydicom.__file__).parent / "data" / "test_files",
+        Path(get_testdata_file("MR2_UNCR.dcm", download=False)).parent,
+    }
+    verified = refused = 0
+    for path in sorted(p for r in roots for p in r.rglob("*.dcm") if p.stat().st_size < 2_500_000):
+        try:
+            head = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - not every test file is a readable Part 10 file
+            continue
+        if str(getattr(head, "file_meta", {}).get("TransferSyntaxUID", "")) not in compress.NATIVE_SYNTAXES:
+            continue
+        data = path.read_bytes()
+        for name in transcode.encoders():
+            try:
+                made = transcode.compress(data, name)
+                transcode.verify(data, made.data, lossless=not made.lossy)
+            except transcode.TranscodeError:
+                refused += 1
+                continue
+            verified += 1
+            if not made.lossy:
+                want = pydicom.dcmread(path).pixel_array
+                assert np.array_equal(pydicom.dcmread(io.BytesIO(made.data)).pixel_array, want), (path.name, name)
+    assert verified > 100 and refused > 0
 
 
 # --------------------------------------------------------------------------- what is left as it is

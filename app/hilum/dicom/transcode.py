@@ -242,6 +242,11 @@ _PHOTOMETRIC = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB"})
 _LOSSY_PHOTOMETRIC = frozenset({"MONOCHROME1", "MONOCHROME2"})  # lossy: not PALETTE COLOR indices, not RGB here
 
 
+MAX_PIXEL_BYTES = 512 << 20
+"""Larger images are left as they are: encoding and verifying hold the original, the new stream and two
+decoded copies in memory at once."""
+
+
 @dataclass(frozen=True)
 class Compressed:
     """One instance encoded by :func:`compress`."""
@@ -324,6 +329,9 @@ def compressible(ds: Dataset, name: str) -> str | None:
     allowed = _LOSSY_PHOTOMETRIC if name in LOSSY_COMPRESSIONS else _PHOTOMETRIC
     if photometric not in allowed or (samples == 3) != (photometric == "RGB"):
         return f"photometric interpretation {photometric or 'missing'} with {samples} sample(s) per pixel"
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if rows * cols * samples * (allocated // 8) * frames > MAX_PIXEL_BYTES:
+        return f"larger than {MAX_PIXEL_BYTES >> 20} MiB of pixels (compressed in memory, verified by decoding)"
     if name == "htj2k-lossless" and samples != 1:
         return "HTJ2K is done for grayscale images only"
     return None
@@ -366,6 +374,7 @@ def compress(data: bytes | bytearray, name: str, *, ratio: float = 10.0, new_uid
                 # an RGB ultrasound's size against three independent components (US1_UNCR: 154 vs 336 kB).
                 arr = ds.pixel_array
                 ds.PhotometricInterpretation = "YBR_RCT"
+                ds.PlanarConfiguration = 0  # the array is colour-by-pixel (and J2K has no planes, PS3.5 8.2.4)
                 ds.compress(ts, arr, generate_instance_uid=False, use_mct=True)
             elif name == "jpeg2000-lossless":
                 ds.compress(ts, generate_instance_uid=False, use_mct=False)
@@ -484,6 +493,14 @@ def verify(original: bytes | bytearray, compressed: bytes | bytearray, *, lossle
     try:
         a = pydicom.dcmread(io.BytesIO(bytes(original)))
         b = pydicom.dcmread(io.BytesIO(bytes(compressed)))
+        big_endian = None
+        if str(a.file_meta.get("TransferSyntaxUID", "")) == str(ExplicitVRBigEndian):
+            # Compared with its little-endian conversion (what compress() encoded); the pixels also with the
+            # original's own, below.
+            big_endian = a.pixel_array
+            a = pydicom.dcmread(io.BytesIO(convert(original)))
+    except TranscodeError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise TranscodeError(f"cannot read back: {exc}") from exc
     if str(b.file_meta.TransferSyntaxUID) not in COMPRESSIONS.values():
@@ -493,6 +510,8 @@ def verify(original: bytes | bytearray, compressed: bytes | bytearray, *, lossle
         if str(b.file_meta.TransferSyntaxUID) != str(JPEG2000Lossless):
             raise TranscodeError("YBR_RCT outside JPEG 2000 lossless")
         skip.add(0x00280004)  # RGB coded with the reversible colour transform; decodes to the same RGB
+    if int(a.get("SamplesPerPixel", 1) or 1) > 1:
+        skip.add(0x00280006)  # Planar Configuration: how native bytes lay out; the decoded pixels are compared
     # Group lengths (gggg,0000) are retired outside the file meta (PS3.5 7.2) and pydicom does not write them.
     tags_a = {e.tag for e in a if e.tag.group != 0x0002 and e.tag.element != 0 and e.tag not in skip}
     tags_b = {e.tag for e in b if e.tag.group != 0x0002 and e.tag.element != 0 and e.tag not in skip}
@@ -520,5 +539,7 @@ def verify(original: bytes | bytearray, compressed: bytes | bytearray, *, lossle
     if lossless:
         if pa.tobytes() != pb.tobytes():
             raise TranscodeError("pixels differ after decoding")
+        if big_endian is not None and not np.array_equal(big_endian, pb):
+            raise TranscodeError("pixels differ from the big-endian original's")
         return 0.0
     return float(np.max(np.abs(pa.astype(np.int64) - pb.astype(np.int64)))) if pa.size else 0.0
