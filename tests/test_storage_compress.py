@@ -173,7 +173,10 @@ def test_ct_mr_cr_compressed_lossless_pixels_and_uids_equal(
     if syntax not in transcode.encoders():
         pytest.skip(f"no installed encoder makes {syntax}")
     before = rows_of(archive)
+    events: list[object] = []
+    archive.subscribe(events.append)
     report = compress.run_once(archive, rules(f'[[compression]]\nname = "all"\nsyntax = "{syntax}"\n'))
+    assert events == []  # the same instances, the same content: nothing for subscribers to act on
     after = rows_of(archive)
     assert set(after) == set(before) == set(filled)  # every UID kept
     assert report.instances == len(filled) and not report.errors
@@ -410,8 +413,11 @@ def test_lossy_only_by_rule_makes_a_new_derived_instance(
     r = rules(
         '[[compression]]\nname = "ct-lossy"\nmodalities = ["CT"]\nsyntax = "jpeg2000-lossy"\nlossy = true\nratio = 8\n'
     )
+    events: list[object] = []
+    archive.subscribe(events.append)
     report = compress.run_once(archive, r)
     assert report.instances == len(ct)
+    assert sorted(getattr(e, "kind", "") for e in events) == ["deleted"] * len(ct) + ["stored"] * len(ct)
     (action,) = report.actions
     pairs = {p["original"]: p["new"] for p in action["replaced"]}
     assert set(pairs) == set(ct)

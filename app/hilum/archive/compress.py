@@ -511,13 +511,12 @@ def _adopt(
         report.bytes_after += d.size
         if rule.lossy:
             action.setdefault("replaced", []).append({"original": d.old_uid, "new": d.new_uid})
+    # A lossless transcode is the same instance with the same content: no event (subscribers such as the
+    # prefetcher would take a "replaced" one for an arrival).  A lossy one removed an instance and made another.
     for d in adopted:
         if rule.lossy:
-            events = [
+            for ev in (
                 ArchiveEvent("deleted", "IMAGE", d.old_uid, study_uid, d.series_uid, d.patient_id, "compress"),
                 ArchiveEvent("stored", "IMAGE", d.new_uid, study_uid, d.series_uid, d.patient_id, "compress"),
-            ]
-        else:
-            events = [ArchiveEvent("replaced", "IMAGE", d.old_uid, study_uid, d.series_uid, d.patient_id, "compress")]
-        for ev in events:
-            archive.events.publish(ev)
+            ):
+                archive.events.publish(ev)
