@@ -141,6 +141,7 @@ class Archive:
         self._receiving_lock = threading.Lock()
         self.policies = Policies()
         self.tiers = tiers_mod.Tiers(self)
+        self.storage_configured = False  # configure_storage called (from_config does)
 
     @classmethod
     def from_config(cls, cfg: Any) -> Archive:
@@ -159,6 +160,7 @@ class Archive:
         """Use ``policies`` (:func:`hilum.archive.policy.parse_policies`): sets :attr:`policies` and
         :attr:`tiers` (the ``[tiers.*]`` of the rules; none: an empty :class:`~hilum.archive.tiers.Tiers`)."""
         self.policies = policies
+        self.storage_configured = True
         rules = policies.get("tiers")
         self.tiers = tiers_mod.Tiers(self, rules if isinstance(rules, tiers_mod.TierRules) else None)
 

@@ -768,10 +768,10 @@ def _candidates(archive: Archive, rule: TieringRule, now: datetime) -> list[Any]
     s = studies.c
     loc = archive.tiers.config(rule.to).location
     with archive.engine.connect() as conn:
+        # Studies with an online instance not yet on the tier: a study brought back from it stays online
+        # (a cache) until retention purges it again; new instances of a moved study move it again.
         pending = (select(instances.c.pk).select_from(instances.join(series, series.c.pk == instances.c.series_fk))
-                   .where(series.c.study_fk == s.pk, instances.c.online.is_(True)))
-        if rule.keep_online:
-            pending = pending.where(~_has_copy(loc))
+                   .where(series.c.study_fk == s.pk, instances.c.online.is_(True), ~_has_copy(loc)))
         rows = conn.execute(select(s.pk, s.study_uid, s.created_at, s.updated_at, s.last_access, s.modalities,
                                    s.num_instances, s.size_bytes)
                             .where(exists(pending)).order_by(s.created_at, s.pk)).all()
