@@ -20,9 +20,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import free_port, s3rver_process, wait_port
 from sqlalchemy import select
 
+from conftest import free_port, s3rver_process, wait_port
 from hilum.archive import Archive, storage
 from hilum.archive.blobs import blob_checksum
 from hilum.archive.policy import parse_policies
@@ -44,8 +44,10 @@ def _study(folder: Path, seed: str, n: int = 4, size: int = 64) -> tuple[str, li
 
 
 def _s3_toml(endpoint: str, bucket: str, prefix: str, **extra: object) -> str:
-    lines = [f'[tiers.archive]\ntype = "s3"\nendpoint_url = "{endpoint}"\nbucket = "{bucket}"\nprefix = "{prefix}"',
-             'access_key = "S3RVER"\nsecret_key = "S3RVER"']
+    lines = [
+        f'[tiers.archive]\ntype = "s3"\nendpoint_url = "{endpoint}"\nbucket = "{bucket}"\nprefix = "{prefix}"',
+        'access_key = "S3RVER"\nsecret_key = "S3RVER"',
+    ]
     lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in extra.items()]
     return "\n".join(lines) + "\n"
 
@@ -66,25 +68,33 @@ def _online(a: Archive) -> dict[str, bool]:
 
 def _copies(a: Archive) -> list[tuple[str, str, bool]]:
     with a.engine.connect() as conn:
-        return [(r[0], r[1], r[2] is not None) for r in conn.execute(
-            select(blob_copies.c.location, blob_copies.c.key, blob_copies.c.verified_at))]
+        return [
+            (r[0], r[1], r[2] is not None)
+            for r in conn.execute(select(blob_copies.c.location, blob_copies.c.key, blob_copies.c.verified_at))
+        ]
 
 
 # ---------------------------------------------------------------- rules
 
 
-@pytest.mark.parametrize(("toml", "line", "words"), [
-    ('[tiers.a]\ntype = "s3"\nbucket = "b"\nbuckett = "c"\n', 4, "unknown setting"),
-    ('[tiers.a]\ntype = "tape"\n', 2, "type must be one of"),
-    ('[tiers.a]\ntype = "filesystem"\npath = "relative/dir"\n', 3, "absolute path"),
-    ('[tiers.a]\ntype = "s3"\n', 1, "needs a bucket"),
-    ('[tiers.a]\ntype = "s3"\nbucket = "b"\nwrite_once = "yes"\n', 4, "true or false"),
-    ('[tiers.a]\ntype = "s3"\nbucket = "b"\naccess_key_env = "HILUM_NO_SUCH_VAR_17"\n', 4, "is not set"),
-    ('[tiers.a]\ntype = "s3"\nbucket = "b"\n\n[[tiering]]\nto = "a"\n\n[[tiering]]\nto = "archive"\n', 9,
-     "no tier called 'archive'"),
-    ('[tiers.a]\ntype = "s3"\nbucket = "b"\n[[tiering]]\nto = "a"\nmin_age_days = -1\n', 6, "0 or more"),
-    ('[tiers.a]\ntype = "s3"\nbucket = "b"\n[[tiering]]\nto = "a"\nmodalites = ["CT"]\n', 6, "unknown setting"),
-])
+@pytest.mark.parametrize(
+    ("toml", "line", "words"),
+    [
+        ('[tiers.a]\ntype = "s3"\nbucket = "b"\nbuckett = "c"\n', 4, "unknown setting"),
+        ('[tiers.a]\ntype = "tape"\n', 2, "type must be one of"),
+        ('[tiers.a]\ntype = "filesystem"\npath = "relative/dir"\n', 3, "absolute path"),
+        ('[tiers.a]\ntype = "s3"\n', 1, "needs a bucket"),
+        ('[tiers.a]\ntype = "s3"\nbucket = "b"\nwrite_once = "yes"\n', 4, "true or false"),
+        ('[tiers.a]\ntype = "s3"\nbucket = "b"\naccess_key_env = "HILUM_NO_SUCH_VAR_17"\n', 4, "is not set"),
+        (
+            '[tiers.a]\ntype = "s3"\nbucket = "b"\n\n[[tiering]]\nto = "a"\n\n[[tiering]]\nto = "archive"\n',
+            9,
+            "no tier called 'archive'",
+        ),
+        ('[tiers.a]\ntype = "s3"\nbucket = "b"\n[[tiering]]\nto = "a"\nmin_age_days = -1\n', 6, "0 or more"),
+        ('[tiers.a]\ntype = "s3"\nbucket = "b"\n[[tiering]]\nto = "a"\nmodalites = ["CT"]\n', 6, "unknown setting"),
+    ],
+)
 def test_a_rule_with_a_typo_is_refused_with_its_line(toml: str, line: int, words: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_policies(tomllib.loads(toml), toml, "hilum.toml")
@@ -107,9 +117,25 @@ def test_the_node_refuses_to_start_on_a_typo(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "hilum.toml").write_text('[tiers.archive]\ntype = "s3"\nbucket = "b"\n\n[[tiering]]\nto = "archiv"\n')
-    proc = subprocess.run([sys.executable, "-m", "hilum", "serve", "--data", str(data), "--dicom-port",
-                           str(free_port()), "--web-port", str(free_port()), "--hl7-port", str(free_port())],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hilum",
+            "serve",
+            "--data",
+            str(data),
+            "--dicom-port",
+            str(free_port()),
+            "--web-port",
+            str(free_port()),
+            "--hl7-port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     assert "line 6:" in proc.stderr and "no tier called 'archiv'" in proc.stderr
 
@@ -138,8 +164,9 @@ def test_a_study_moves_to_s3_and_comes_back_when_opened(s3_server: tuple[str, st
         assert not any(_online(a).values())
         assert not any(a.blobs.exists(r["_blob_key"]) for r in a.query("IMAGE", {"StudyInstanceUID": uid}))
         copies = _copies(a)
-        assert len(copies) == 5 and all(loc == "tier:archive" and ok and key.startswith("move/")
-                                        for loc, key, ok in copies)
+        assert len(copies) == 5 and all(
+            loc == "tier:archive" and ok and key.startswith("move/") for loc, key, ok in copies
+        )
         assert [h["action"] for h in storage.policy_history(a)] == ["move"]
         check = a.check()
         assert check.clean and check.offline == 5, check
@@ -228,8 +255,11 @@ def test_keep_online_copies_only(s3_server: tuple[str, str], tmp_path: Path) -> 
             pk = conn.execute(select(instances.c.pk).limit(1)).scalar_one()
             from hilum.archive.schema import series
 
-            study_pk = conn.execute(select(series.c.study_fk).join(instances, instances.c.series_fk == series.c.pk)
-                                    .where(instances.c.pk == pk)).scalar_one()
+            study_pk = conn.execute(
+                select(series.c.study_fk)
+                .join(instances, instances.c.series_fk == series.c.pk)
+                .where(instances.c.pk == pk)
+            ).scalar_one()
             assert storage.study_fully_held_elsewhere(conn, study_pk) == ["tier:archive"]
         assert [h["action"] for h in storage.policy_history(a)] == ["copy"]
     finally:
@@ -271,8 +301,10 @@ def test_a_tier_that_is_down_gives_a_clear_error_and_keeps_the_files(tmp_path: P
 
 def test_filesystem_tier_move_recall_and_write_once(tmp_path: Path) -> None:
     nas = tmp_path / "nas"
-    toml = (f'[tiers.archive]\ntype = "filesystem"\npath = "{nas}"\nprefix = "site/"\nwrite_once = true\n'
-            f"retention_days = 1\n" + RULE)
+    toml = (
+        f'[tiers.archive]\ntype = "filesystem"\npath = "{nas}"\nprefix = "site/"\nwrite_once = true\n'
+        f"retention_days = 1\n" + RULE
+    )
     a = _open(tmp_path / "data", toml)
     try:
         uid, files = _study(tmp_path / "in", "nas", n=3)
@@ -283,11 +315,12 @@ def test_filesystem_tier_move_recall_and_write_once(tmp_path: Path) -> None:
         assert len(on_nas) == 3 and all(p.relative_to(nas).parts[0] == "site" for p in on_nas)
         assert all(p.stat().st_mode & 0o222 == 0 for p in on_nas)  # read-only files
         assert not any(_online(a).values()) and a.check().clean
-        assert sorted(Path(r["path"]).read_bytes() for r in a.instances(study_uid=uid)) == \
-            sorted(f.read_bytes() for f in files)
+        assert sorted(Path(r["path"]).read_bytes() for r in a.instances(study_uid=uid)) == sorted(
+            f.read_bytes() for f in files
+        )
         key = str(on_nas[0].relative_to(nas))
         with pytest.raises(WriteOnceError):
-            a.tiers.put("archive", key[len("site/"):], b"something else")
+            a.tiers.put("archive", key[len("site/") :], b"something else")
         with pytest.raises(WriteOnceError):
             a.tiers.delete("archive", key, storage.utcnow() + timedelta(hours=23))
         a.tiers.delete("archive", key, storage.utcnow() - timedelta(seconds=1))  # retention over
@@ -306,8 +339,12 @@ def test_wado_rs_and_c_get_of_a_study_on_a_tier(s3_server: tuple[str, str], tmp_
     endpoint, bucket = s3_server
     data = tmp_path / "data"
     dport, wport = free_port(), free_port()
-    toml = (f'[node]\naet = "TIERNODE"\ndicom_port = {dport}\nweb_port = {wport}\nhl7_port = {free_port()}\n\n'
-            + _s3_toml(endpoint, bucket, "node/") + RULE + '\n[storage]\npolicies = false\n')
+    toml = (
+        f'[node]\naet = "TIERNODE"\ndicom_port = {dport}\nweb_port = {wport}\nhl7_port = {free_port()}\n\n'
+        + _s3_toml(endpoint, bucket, "node/")
+        + RULE
+        + "\n[storage]\npolicies = false\n"
+    )
     a = _open(data, toml)
     uid, files = _study(tmp_path / "in", "node", n=4)
     for f in files:
@@ -319,8 +356,10 @@ def test_wado_rs_and_c_get_of_a_study_on_a_tier(s3_server: tuple[str, str], tmp_
     try:
         node.start()
         wait_port(wport)
-        req = urllib.request.Request(f"http://127.0.0.1:{wport}/dicom-web/studies/{uid}",
-                                     headers={"Accept": 'multipart/related; type="application/dicom"'})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{wport}/dicom-web/studies/{uid}",
+            headers={"Accept": 'multipart/related; type="application/dicom"'},
+        )
         with urllib.request.urlopen(req, timeout=60) as resp:
             body = resp.read()
             assert resp.status == 200
@@ -333,9 +372,26 @@ def test_wado_rs_and_c_get_of_a_study_on_a_tier(s3_server: tuple[str, str], tmp_
             node.archive.blobs.delete(r["_blob_key"])
         out = tmp_path / "got"
         out.mkdir()
-        got = subprocess.run([str(DCMTK / "getscu"), "-aet", "GETTER", "-aec", "TIERNODE", "-k",
-                              "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}", "-od", str(out),
-                              "127.0.0.1", str(dport)], capture_output=True, text=True, timeout=120)
+        got = subprocess.run(
+            [
+                str(DCMTK / "getscu"),
+                "-aet",
+                "GETTER",
+                "-aec",
+                "TIERNODE",
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                f"StudyInstanceUID={uid}",
+                "-od",
+                str(out),
+                "127.0.0.1",
+                str(dport),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert got.returncode == 0, got.stderr
         assert len(list(out.iterdir())) == 4
         assert all(_online(node.archive).values())

@@ -59,12 +59,26 @@ log = logging.getLogger("hilum.storage")
 
 TYPES = ("s3", "filesystem")
 TIER_KEYS: dict[str, type | tuple[type, ...]] = {
-    "type": str, "endpoint_url": str, "bucket": str, "prefix": str, "region": str, "access_key": str,
-    "secret_key": str, "access_key_env": str, "secret_key_env": str, "path": str, "write_once": bool,
-    "retention_days": int, "write_through": bool,
+    "type": str,
+    "endpoint_url": str,
+    "bucket": str,
+    "prefix": str,
+    "region": str,
+    "access_key": str,
+    "secret_key": str,
+    "access_key_env": str,
+    "secret_key_env": str,
+    "path": str,
+    "write_once": bool,
+    "retention_days": int,
+    "write_through": bool,
 }
 RULE_KEYS: dict[str, type | tuple[type, ...]] = {
-    "name": str, "to": str, "min_age_days": (int, float), "idle_days": (int, float), "modalities": list,
+    "name": str,
+    "to": str,
+    "min_age_days": (int, float),
+    "idle_days": (int, float),
+    "modalities": list,
     "keep_online": bool,
 }
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -136,12 +150,14 @@ class TierRules:
         return [t for t in self.tiers.values() if t.write_through]
 
 
-def _check_type(source: str, text: str, table: str, key: str, value: Any, kind: type | tuple[type, ...],
-                index: int | None = None) -> None:
+def _check_type(
+    source: str, text: str, table: str, key: str, value: Any, kind: type | tuple[type, ...], index: int | None = None
+) -> None:
     bad = isinstance(value, bool) != (kind is bool) or not isinstance(value, kind)
     if bad:
         want = {bool: "true or false", str: "a string", int: "a whole number", list: "a list of strings"}.get(
-            kind if isinstance(kind, type) else float, "a number")
+            kind if isinstance(kind, type) else float, "a number"
+        )
         raise storage.rule_error(source, text, table, f"must be {want}, not {value!r}", key=key, index=index)
 
 
@@ -156,21 +172,36 @@ def parse(doc: dict[str, Any], text: str = "", source: str = "hilum.toml") -> Ti
         if not isinstance(table, dict):
             raise storage.rule_error(source, text, "tiers", f"{name!r} must be a table [tiers.{name}]", key=name)
         if not NAME_RE.match(name):
-            raise storage.rule_error(source, text, where, "a tier's name is letters, digits, '_', '-', '.' "
-                                     "(at most 64)")
+            raise storage.rule_error(
+                source, text, where, "a tier's name is letters, digits, '_', '-', '.' (at most 64)"
+            )
         for key, value in table.items():
             kind = TIER_KEYS.get(key)
             if kind is None:
-                raise storage.rule_error(source, text, where, f"unknown setting (known: {', '.join(TIER_KEYS)})",
-                                         key=key)
+                raise storage.rule_error(
+                    source, text, where, f"unknown setting (known: {', '.join(TIER_KEYS)})", key=key
+                )
             _check_type(source, text, where, key, value, kind)
         kind_name = table.get("type")
         if kind_name not in TYPES:
-            raise storage.rule_error(source, text, where, f"type must be one of {', '.join(map(repr, TYPES))}, "
-                                     f"not {kind_name!r}", key="type" if "type" in table else None)
+            raise storage.rule_error(
+                source,
+                text,
+                where,
+                f"type must be one of {', '.join(map(repr, TYPES))}, not {kind_name!r}",
+                key="type" if "type" in table else None,
+            )
         cfg = TierConfig(name=name, type=kind_name)
-        for key in ("endpoint_url", "bucket", "prefix", "region", "path", "write_once", "retention_days",
-                    "write_through"):
+        for key in (
+            "endpoint_url",
+            "bucket",
+            "prefix",
+            "region",
+            "path",
+            "write_once",
+            "retention_days",
+            "write_through",
+        ):
             if key in table:
                 setattr(cfg, key, table[key])
         if cfg.retention_days < 0:
@@ -183,27 +214,41 @@ def parse(doc: dict[str, Any], text: str = "", source: str = "hilum.toml") -> Ti
             if "path" in table:
                 raise storage.rule_error(source, text, where, "is for filesystem tiers", key="path")
             if cfg.endpoint_url and not re.match(r"^https?://[^\s/]+", cfg.endpoint_url):
-                raise storage.rule_error(source, text, where, f"must be an http(s) URL, not {cfg.endpoint_url!r}",
-                                         key="endpoint_url")
+                raise storage.rule_error(
+                    source, text, where, f"must be an http(s) URL, not {cfg.endpoint_url!r}", key="endpoint_url"
+                )
             for key in ("access_key", "secret_key"):
                 if key in table and f"{key}_env" in table:
                     raise storage.rule_error(source, text, where, f"give {key} or {key}_env, not both", key=key)
                 if f"{key}_env" in table:
                     env = table[f"{key}_env"]
                     if env not in os.environ:
-                        raise storage.rule_error(source, text, where, f"environment variable {env} is not set",
-                                                 key=f"{key}_env")
+                        raise storage.rule_error(
+                            source, text, where, f"environment variable {env} is not set", key=f"{key}_env"
+                        )
                     setattr(cfg, key, os.environ[env])
                 elif key in table:
                     setattr(cfg, key, table[key])
         else:
-            for key in ("endpoint_url", "bucket", "region", "access_key", "secret_key", "access_key_env",
-                        "secret_key_env"):
+            for key in (
+                "endpoint_url",
+                "bucket",
+                "region",
+                "access_key",
+                "secret_key",
+                "access_key_env",
+                "secret_key_env",
+            ):
                 if key in table:
                     raise storage.rule_error(source, text, where, "is for s3 tiers", key=key)
             if not cfg.path or not os.path.isabs(cfg.path):
-                raise storage.rule_error(source, text, where, "a filesystem tier needs an absolute path",
-                                         key="path" if "path" in table else None)
+                raise storage.rule_error(
+                    source,
+                    text,
+                    where,
+                    "a filesystem tier needs an absolute path",
+                    key="path" if "path" in table else None,
+                )
         rules.tiers[name] = cfg
     entries = doc.get("tiering", [])
     if not isinstance(entries, list):
@@ -214,27 +259,29 @@ def parse(doc: dict[str, Any], text: str = "", source: str = "hilum.toml") -> Ti
         for key, value in table.items():
             kind = RULE_KEYS.get(key)
             if kind is None:
-                raise storage.rule_error(source, text, "tiering", f"unknown setting (known: {', '.join(RULE_KEYS)})",
-                                         key=key, index=i)
+                raise storage.rule_error(
+                    source, text, "tiering", f"unknown setting (known: {', '.join(RULE_KEYS)})", key=key, index=i
+                )
             _check_type(source, text, "tiering", key, value, kind, i)
         to = table.get("to")
         if not to:
-            raise storage.rule_error(source, text, "tiering", "needs to = \"TIER\"", index=i)
+            raise storage.rule_error(source, text, "tiering", 'needs to = "TIER"', index=i)
         if to not in rules.tiers:
             known = ", ".join(rules.tiers) or "none defined"
-            raise storage.rule_error(source, text, "tiering", f"no tier called {to!r} ([tiers.*]: {known})",
-                                     key="to", index=i)
+            raise storage.rule_error(
+                source, text, "tiering", f"no tier called {to!r} ([tiers.*]: {known})", key="to", index=i
+            )
         rule = TieringRule(name=str(table.get("name") or f"tiering #{i + 1}"), to=to)
         for key in ("min_age_days", "idle_days"):
             value = table.get(key, 0)
             if value < 0:
-                raise storage.rule_error(source, text, "tiering", f"must be 0 or more, not {value!r}", key=key,
-                                         index=i)
+                raise storage.rule_error(source, text, "tiering", f"must be 0 or more, not {value!r}", key=key, index=i)
             setattr(rule, key, float(value))
         mods = table.get("modalities", [])
         if not all(isinstance(m, str) and m.strip() for m in mods):
-            raise storage.rule_error(source, text, "tiering", f"must be a list of modalities, not {mods!r}",
-                                     key="modalities", index=i)
+            raise storage.rule_error(
+                source, text, "tiering", f"must be a list of modalities, not {mods!r}", key="modalities", index=i
+            )
         rule.modalities = [m.strip().upper() for m in mods]
         rule.keep_online = bool(table.get("keep_online", False))
         rules.rules.append(rule)
@@ -330,10 +377,19 @@ class S3Tier(_Backend):
 
         self.cfg = cfg
         self.client = boto3.client(
-            "s3", endpoint_url=cfg.endpoint_url or None, region_name=cfg.region or None,
-            aws_access_key_id=cfg.access_key or None, aws_secret_access_key=cfg.secret_key or None,
-            config=BotoConfig(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"},
-                              max_pool_connections=FETCH_THREADS * 2, s3={"addressing_style": "path"}))
+            "s3",
+            endpoint_url=cfg.endpoint_url or None,
+            region_name=cfg.region or None,
+            aws_access_key_id=cfg.access_key or None,
+            aws_secret_access_key=cfg.secret_key or None,
+            config=BotoConfig(
+                connect_timeout=5,
+                read_timeout=60,
+                retries={"max_attempts": 3, "mode": "standard"},
+                max_pool_connections=FETCH_THREADS * 2,
+                s3={"addressing_style": "path"},
+            ),
+        )
 
     def _fail(self, what: str, key: str, exc: Exception) -> TierError:
         where = self.cfg.endpoint_url or "S3"
@@ -345,8 +401,13 @@ class S3Tier(_Backend):
         if self.cfg.write_once and self.head(key) is not None:
             raise WriteOnceError(f"tier {self.cfg.name}: {key} exists (write-once)")
         try:
-            self.client.put_object(Bucket=self.cfg.bucket, Key=key, Body=data, ContentType="application/dicom",
-                                   Metadata=dict(metadata or {}))
+            self.client.put_object(
+                Bucket=self.cfg.bucket,
+                Key=key,
+                Body=data,
+                ContentType="application/dicom",
+                Metadata=dict(metadata or {}),
+            )
         except (BotoCoreError, ClientError) as exc:
             raise self._fail("write", key, exc) from exc
 
@@ -462,8 +523,11 @@ class Tiers:
         cannot be written or the copy read back differs.
         """
         cfg = self.config(name)
-        data = bytes(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray, memoryview)) \
+        data = (
+            bytes(path_or_bytes)
+            if isinstance(path_or_bytes, (bytes, bytearray, memoryview))
             else Path(path_or_bytes).read_bytes()
+        )
         checksum = blob_checksum(data)
         tier_key = cfg.prefix + key
         backend = self.backend(name)
@@ -532,19 +596,33 @@ class Tiers:
         with archive.engine.connect() as conn:
             for chunk in _chunks(uids, 500):
                 found += conn.execute(
-                    select(instances.c.pk, instances.c.sop_uid, instances.c.blob_key, instances.c.checksum,
-                           instances.c.size, instances.c.online, studies.c.study_uid)
-                    .select_from(instances.join(series, series.c.pk == instances.c.series_fk)
-                                 .join(studies, studies.c.pk == series.c.study_fk))
-                    .where(instances.c.sop_uid.in_(chunk))).all()
+                    select(
+                        instances.c.pk,
+                        instances.c.sop_uid,
+                        instances.c.blob_key,
+                        instances.c.checksum,
+                        instances.c.size,
+                        instances.c.online,
+                        studies.c.study_uid,
+                    )
+                    .select_from(
+                        instances.join(series, series.c.pk == instances.c.series_fk).join(
+                            studies, studies.c.pk == series.c.study_fk
+                        )
+                    )
+                    .where(instances.c.sop_uid.in_(chunk))
+                ).all()
             pks = [r.pk for r in found]
             for chunk in _chunks(pks, 500):
-                for c in conn.execute(select(blob_copies.c.instance_fk, blob_copies.c.location, blob_copies.c.key,
-                                             blob_copies.c.checksum)
-                                      .where(blob_copies.c.instance_fk.in_(chunk),
-                                             blob_copies.c.location.like("tier:%"),
-                                             blob_copies.c.verified_at.is_not(None))
-                                      .order_by(blob_copies.c.pk)):
+                for c in conn.execute(
+                    select(blob_copies.c.instance_fk, blob_copies.c.location, blob_copies.c.key, blob_copies.c.checksum)
+                    .where(
+                        blob_copies.c.instance_fk.in_(chunk),
+                        blob_copies.c.location.like("tier:%"),
+                        blob_copies.c.verified_at.is_not(None),
+                    )
+                    .order_by(blob_copies.c.pk)
+                ):
                     copies.setdefault(c.instance_fk, []).append((c.location[5:], c.key, c.checksum))
         failures: list[str] = []
         done: list[Any] = []
@@ -570,8 +648,11 @@ class Tiers:
                 self._adopt(done)
         missing = set(uids) - {r.sop_uid for r in found}
         if failures:
-            raise TierError(f"cannot bring {len(failures)} instance(s) back online: " + "; ".join(failures[:3])
-                            + (" ..." if len(failures) > 3 else ""))
+            raise TierError(
+                f"cannot bring {len(failures)} instance(s) back online: "
+                + "; ".join(failures[:3])
+                + (" ..." if len(failures) > 3 else "")
+            )
         if missing and len(missing) == len(uids):
             return  # deleted meanwhile: the caller's own lookup says NotFound
 
@@ -622,8 +703,16 @@ class Tiers:
             self.archive.writer.set_online(conn, [r.pk for r, _ in done], True)
             for uid, items in per_study.items():
                 fetched = sum(s for _, s in items)
-                storage.log_action(conn, "recall", uid, instances=len(items), bytes_before=0, bytes_after=fetched,
-                                   detail="brought back online from a tier", node=node)
+                storage.log_action(
+                    conn,
+                    "recall",
+                    uid,
+                    instances=len(items),
+                    bytes_before=0,
+                    bytes_after=fetched,
+                    detail="brought back online from a tier",
+                    node=node,
+                )
 
     # ------------------------------------------------------------------ copies
 
@@ -670,8 +759,9 @@ class Tiers:
             now = conn.execute(select(instances.c.checksum).where(instances.c.pk == r.pk)).scalar()
             if now != checksum:
                 continue
-            storage.record_copy(conn, r.pk, loc, key=tier_key, checksum=checksum, size=size, verified=True,
-                                retain_until=until)
+            storage.record_copy(
+                conn, r.pk, loc, key=tier_key, checksum=checksum, size=size, verified=True, retain_until=until
+            )
             n += 1
         return n
 
@@ -685,7 +775,7 @@ def _intact(path: Path, checksum: str) -> bool:
 
 def _chunks(items: list[Any], n: int) -> Iterable[list[Any]]:
     for i in range(0, len(items), n):
-        yield items[i:i + n]
+        yield items[i : i + n]
 
 
 def _node_name(archive: Archive) -> str:
@@ -698,8 +788,12 @@ def _node_name(archive: Archive) -> str:
 
 def _has_copy(loc: str) -> Any:
     c = blob_copies.c
-    return exists().where(c.instance_fk == instances.c.pk, c.location == loc, c.checksum == instances.c.checksum,
-                          c.verified_at.is_not(None))
+    return exists().where(
+        c.instance_fk == instances.c.pk,
+        c.location == loc,
+        c.checksum == instances.c.checksum,
+        c.verified_at.is_not(None),
+    )
 
 
 def _instance_cols() -> list[Any]:
@@ -714,9 +808,12 @@ def write_through(archive: Archive, *, limit: int = 2000) -> storage.TaskReport:
         last_pk = 0
         while True:
             with archive.engine.connect() as conn:
-                rows = conn.execute(select(*_instance_cols()).where(
-                    instances.c.pk > last_pk, instances.c.online.is_(True), ~_has_copy(cfg.location))
-                    .order_by(instances.c.pk).limit(limit)).all()
+                rows = conn.execute(
+                    select(*_instance_cols())
+                    .where(instances.c.pk > last_pk, instances.c.online.is_(True), ~_has_copy(cfg.location))
+                    .order_by(instances.c.pk)
+                    .limit(limit)
+                ).all()
             if not rows:
                 break
             last_pk = rows[-1].pk
@@ -735,8 +832,9 @@ def write_through(archive: Archive, *, limit: int = 2000) -> storage.TaskReport:
     return report
 
 
-def run_once(archive: Archive, rules: TierRules, *, dry_run: bool = False,
-             now: datetime | None = None) -> storage.TaskReport:
+def run_once(
+    archive: Archive, rules: TierRules, *, dry_run: bool = False, now: datetime | None = None
+) -> storage.TaskReport:
     """One pass: write-through copies, then each ``[[tiering]]`` rule over the studies it matches.
 
     A study matched by a rule: every online instance without a verified copy
@@ -770,11 +868,25 @@ def _candidates(archive: Archive, rule: TieringRule, now: datetime) -> list[Any]
     with archive.engine.connect() as conn:
         # Studies with an online instance not yet on the tier: a study brought back from it stays online
         # (a cache) until retention purges it again; new instances of a moved study move it again.
-        pending = (select(instances.c.pk).select_from(instances.join(series, series.c.pk == instances.c.series_fk))
-                   .where(series.c.study_fk == s.pk, instances.c.online.is_(True), ~_has_copy(loc)))
-        rows = conn.execute(select(s.pk, s.study_uid, s.created_at, s.updated_at, s.last_access, s.modalities,
-                                   s.num_instances, s.size_bytes)
-                            .where(exists(pending)).order_by(s.created_at, s.pk)).all()
+        pending = (
+            select(instances.c.pk)
+            .select_from(instances.join(series, series.c.pk == instances.c.series_fk))
+            .where(series.c.study_fk == s.pk, instances.c.online.is_(True), ~_has_copy(loc))
+        )
+        rows = conn.execute(
+            select(
+                s.pk,
+                s.study_uid,
+                s.created_at,
+                s.updated_at,
+                s.last_access,
+                s.modalities,
+                s.num_instances,
+                s.size_bytes,
+            )
+            .where(exists(pending))
+            .order_by(s.created_at, s.pk)
+        ).all()
     out = []
     for r in rows:
         if storage.age_days(r.created_at, now) < rule.min_age_days:
@@ -793,16 +905,25 @@ def _move_study(archive: Archive, rule: TieringRule, st: Any, report: storage.Ta
     tiers: Tiers = archive.tiers
     cfg = tiers.config(rule.to)
     with archive.engine.connect() as conn:
-        rows = conn.execute(select(*_instance_cols(), _has_copy(cfg.location).label("has_copy"))
-                            .select_from(instances.join(series, series.c.pk == instances.c.series_fk))
-                            .where(series.c.study_fk == st.pk, instances.c.online.is_(True))).all()
+        rows = conn.execute(
+            select(*_instance_cols(), _has_copy(cfg.location).label("has_copy"))
+            .select_from(instances.join(series, series.c.pk == instances.c.series_fk))
+            .where(series.c.study_fk == st.pk, instances.c.online.is_(True))
+        ).all()
     if not rows:
         return
     size = sum(int(r.size) for r in rows)
     what = "copy" if rule.keep_online else "move"
     if dry_run:
-        report.actions.append({"uid": st.study_uid, "rule": rule.name, "instances": len(rows), "bytes": size,
-                               "reason": f"{what} to tier {cfg.name}: arrived {storage.age_days(st.created_at, storage.utcnow()):.0f} day(s) ago"})
+        report.actions.append(
+            {
+                "uid": st.study_uid,
+                "rule": rule.name,
+                "instances": len(rows),
+                "bytes": size,
+                "reason": f"{what} to tier {cfg.name}: arrived {storage.age_days(st.created_at, storage.utcnow()):.0f} day(s) ago",
+            }
+        )
         report.instances += len(rows)
         report.bytes_before += size
         return
@@ -816,31 +937,66 @@ def _move_study(archive: Archive, rule: TieringRule, st: Any, report: storage.Ta
         n = tiers.record(conn, cfg.name, copied)
         if errors or n < len(copied):
             if n:
-                storage.log_action(conn, "copy", st.study_uid, rule=rule.name, instances=n, bytes_before=size,
-                                   bytes_after=size, detail=f"to tier {cfg.name}; incomplete, online files kept",
-                                   node=node)
+                storage.log_action(
+                    conn,
+                    "copy",
+                    st.study_uid,
+                    rule=rule.name,
+                    instances=n,
+                    bytes_before=size,
+                    bytes_after=size,
+                    detail=f"to tier {cfg.name}; incomplete, online files kept",
+                    node=node,
+                )
             complete = False
         else:
             complete = True
         pks = [r.pk for r in rows]
         if complete and not rule.keep_online:
             # Only instances that still have the checksum that was copied (a transcode meanwhile: next pass).
-            ok = {p for (p,) in conn.execute(select(instances.c.pk).where(instances.c.pk.in_(pks),
-                                                                           _has_copy(cfg.location)))}
+            ok = {
+                p
+                for (p,) in conn.execute(select(instances.c.pk).where(instances.c.pk.in_(pks), _has_copy(cfg.location)))
+            }
             if ok != set(pks):
                 complete = False
             else:
                 archive.writer.set_online(conn, pks, False)
-                storage.log_action(conn, "move", st.study_uid, rule=rule.name, instances=len(rows), bytes_before=size,
-                                   bytes_after=0, detail=f"to tier {cfg.name}", node=node)
+                storage.log_action(
+                    conn,
+                    "move",
+                    st.study_uid,
+                    rule=rule.name,
+                    instances=len(rows),
+                    bytes_before=size,
+                    bytes_after=0,
+                    detail=f"to tier {cfg.name}",
+                    node=node,
+                )
         elif complete:
-            storage.log_action(conn, "copy", st.study_uid, rule=rule.name, instances=len(rows), bytes_before=size,
-                               bytes_after=size, detail=f"to tier {cfg.name}, kept online", node=node)
+            storage.log_action(
+                conn,
+                "copy",
+                st.study_uid,
+                rule=rule.name,
+                instances=len(rows),
+                bytes_before=size,
+                bytes_after=size,
+                detail=f"to tier {cfg.name}, kept online",
+                node=node,
+            )
     report.errors += [f"study {st.study_uid}: {e}" for e in errors[:10]]
     if not complete:
         return
-    report.actions.append({"uid": st.study_uid, "rule": rule.name, "instances": len(rows), "bytes": size,
-                           "reason": f"{what} to tier {cfg.name}"})
+    report.actions.append(
+        {
+            "uid": st.study_uid,
+            "rule": rule.name,
+            "instances": len(rows),
+            "bytes": size,
+            "reason": f"{what} to tier {cfg.name}",
+        }
+    )
     report.instances += len(rows)
     report.bytes_before += size
     if not rule.keep_online:
@@ -853,8 +1009,12 @@ def _drop_online(archive: Archive, rows: Sequence[Any]) -> None:
     """Delete the online files of instances marked offline (unless a reader brought them back meanwhile)."""
     with archive.tiers.recall_lock, archive.engine.connect() as conn:
         for chunk in _chunks([r.pk for r in rows], 500):
-            offline = {r.blob_key for r in conn.execute(select(instances.c.blob_key).where(
-                instances.c.pk.in_(chunk), instances.c.online.is_(False)))}
+            offline = {
+                r.blob_key
+                for r in conn.execute(
+                    select(instances.c.blob_key).where(instances.c.pk.in_(chunk), instances.c.online.is_(False))
+                )
+            }
             for key in offline:
                 try:
                     archive.blobs.delete(key)
@@ -866,11 +1026,16 @@ def _sweep_leftovers(archive: Archive) -> None:
     """Delete online files of offline instances that hold a verified tier copy (a move killed before it
     deleted them); offline instances without a tier copy (purged, copy at a peer) are retention's."""
     c = blob_copies.c
-    tier_copy = exists().where(c.instance_fk == instances.c.pk, c.location.like("tier:%"),
-                               c.checksum == instances.c.checksum, c.verified_at.is_not(None))
+    tier_copy = exists().where(
+        c.instance_fk == instances.c.pk,
+        c.location.like("tier:%"),
+        c.checksum == instances.c.checksum,
+        c.verified_at.is_not(None),
+    )
     with archive.engine.connect() as conn:
-        rows = conn.execute(select(instances.c.pk, instances.c.blob_key)
-                            .where(and_(instances.c.online.is_(False), tier_copy))).all()
+        rows = conn.execute(
+            select(instances.c.pk, instances.c.blob_key).where(and_(instances.c.online.is_(False), tier_copy))
+        ).all()
     present = [r for r in rows if archive.blobs.exists(r.blob_key)]
     if present:
         _drop_online(archive, present)
