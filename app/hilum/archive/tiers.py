@@ -49,7 +49,7 @@ from sqlalchemy.engine import Connection
 
 from hilum.archive import storage
 from hilum.archive.blobs import blob_checksum, file_checksum
-from hilum.archive.schema import blob_copies, instances, series, studies
+from hilum.archive.schema import blob_copies, instances, policy_log, series, studies
 from hilum.errors import HilumError, StorageFull
 
 if TYPE_CHECKING:
@@ -694,13 +694,21 @@ class Tiers:
             temp.unlink(missing_ok=True)
 
     def _adopt(self, done: list[tuple[Any, int]]) -> None:
-        """One transaction: the recalled instances are online again, one log row per study."""
+        """One transaction: the recalled instances are online again, one log row per study.
+
+        Instances that were online already (another node's, fetched into this node's store in a
+        scale-out) are a cache fill, not a recall: no log row.
+        """
         per_study: dict[str, list[tuple[Any, int]]] = {}
         for r, size in done:
-            per_study.setdefault(r.study_uid, []).append((r, size))
+            if not r.online:
+                per_study.setdefault(r.study_uid, []).append((r, size))
+        if not per_study:
+            log.debug("%d instance(s) of other nodes fetched from a tier", len(done))
+            return
         node = _node_name(self.archive)
         with self.archive.transaction() as conn:
-            self.archive.writer.set_online(conn, [r.pk for r, _ in done], True)
+            self.archive.writer.set_online(conn, [r.pk for r, _ in done if not r.online], True)
             for uid, items in per_study.items():
                 fetched = sum(s for _, s in items)
                 storage.log_action(
@@ -727,6 +735,12 @@ class Tiers:
             path = self.archive.blobs.path(r.blob_key)
             try:
                 data = path.read_bytes()
+            except FileNotFoundError:
+                # Not on this node's disk (another node's, in a scale-out): from a tier that has it.
+                got = self._from_another_tier(r, name)
+                if isinstance(got, str):
+                    return got
+                data = got
             except OSError as exc:
                 return f"{r.blob_key}: cannot read the online file ({exc.strerror or exc})"
             if blob_checksum(data) != r.checksum:
@@ -748,6 +762,32 @@ class Tiers:
                 else:
                     ok.append(res)
         return ok, errors
+
+    def _from_another_tier(self, r: Any, name: str) -> bytes | str:
+        c = blob_copies.c
+        with self.archive.engine.connect() as conn:
+            found = conn.execute(
+                select(c.location, c.key).where(
+                    c.instance_fk == r.pk,
+                    c.location.like("tier:%"),
+                    c.location != f"tier:{name}",
+                    c.checksum == r.checksum,
+                    c.verified_at.is_not(None),
+                )
+            ).all()
+        errors = [f"{r.blob_key}: not on this node's disk and on no other tier"]
+        for loc, key in found:
+            tier = loc[5:]
+            if tier not in self.rules.tiers:
+                continue
+            try:
+                data = self.get(tier, key)
+            except TierError as exc:
+                errors.append(str(exc))
+                continue
+            if blob_checksum(data) == r.checksum:
+                return data
+        return "; ".join(errors[-2:])
 
     def record(self, conn: Connection, name: str, copied: Iterable[tuple[Any, str, str, int]]) -> int:
         """Record verified copies on tier ``name`` (in the caller's transaction) where the instance still has
@@ -851,7 +891,7 @@ def run_once(
         wt = write_through(archive)
         report.errors += wt.errors
     if not dry_run and rules.rules:
-        _sweep_leftovers(archive)
+        sweep_leftovers(archive)
     done: set[int] = set()
     for rule in rules.rules:
         for st in _candidates(archive, rule, now):
@@ -866,13 +906,18 @@ def _candidates(archive: Archive, rule: TieringRule, now: datetime) -> list[Any]
     s = studies.c
     loc = archive.tiers.config(rule.to).location
     with archive.engine.connect() as conn:
-        # Studies with an online instance not yet on the tier: a study brought back from it stays online
-        # (a cache) until retention purges it again; new instances of a moved study move it again.
-        pending = (
+        # Studies with an online instance not yet on the tier; for a move, also those already copied there
+        # (a write-through tier) unless brought back from a tier once: a recalled study stays online (a
+        # cache) until retention purges it again.  New instances of a moved study move it again.
+        online = (
             select(instances.c.pk)
             .select_from(instances.join(series, series.c.pk == instances.c.series_fk))
-            .where(series.c.study_fk == s.pk, instances.c.online.is_(True), ~_has_copy(loc))
+            .where(series.c.study_fk == s.pk, instances.c.online.is_(True))
         )
+        pending: Any = exists(online.where(~_has_copy(loc)))
+        if not rule.keep_online:
+            recalled = exists().where(policy_log.c.action == "recall", policy_log.c.uid == s.study_uid)
+            pending = pending | (exists(online) & ~recalled)
         rows = conn.execute(
             select(
                 s.pk,
@@ -884,7 +929,7 @@ def _candidates(archive: Archive, rule: TieringRule, now: datetime) -> list[Any]
                 s.num_instances,
                 s.size_bytes,
             )
-            .where(exists(pending))
+            .where(pending)
             .order_by(s.created_at, s.pk)
         ).all()
     out = []
@@ -928,10 +973,7 @@ def _move_study(archive: Archive, rule: TieringRule, st: Any, report: storage.Ta
         report.bytes_before += size
         return
     need = [r for r in rows if not r.has_copy]
-    here = [r for r in need if archive.blobs.exists(r.blob_key)]
-    copied, errors = tiers.copy_instances(cfg.name, here)
-    if len(here) < len(need):
-        errors.append(f"{len(need) - len(here)} instance(s) not held by this node")
+    copied, errors = tiers.copy_instances(cfg.name, need)
     node = _node_name(archive)
     with archive.transaction() as conn:
         n = tiers.record(conn, cfg.name, copied)
@@ -1022,9 +1064,15 @@ def _drop_online(archive: Archive, rows: Sequence[Any]) -> None:
                     log.warning("could not delete the online file %s of an instance moved to a tier: %s", key, exc)
 
 
-def _sweep_leftovers(archive: Archive) -> None:
-    """Delete online files of offline instances that hold a verified tier copy (a move killed before it
-    deleted them); offline instances without a tier copy (purged, copy at a peer) are retention's."""
+SWEEP_DAYS = 2.0
+"""Studies moved in the last this many days are swept for online files left behind (see :func:`sweep_leftovers`)."""
+
+
+def sweep_leftovers(archive: Archive, *, days: float = SWEEP_DAYS) -> int:
+    """Delete this node's online files of offline instances with a verified tier copy, in the studies moved in
+    the last ``days``: a move killed between its transaction and its deletes, or (scale-out) the other nodes'
+    files of a study the policy node moved.  Offline instances without a tier copy are retention's.
+    Returns how many files were deleted."""
     c = blob_copies.c
     tier_copy = exists().where(
         c.instance_fk == instances.c.pk,
@@ -1032,21 +1080,32 @@ def _sweep_leftovers(archive: Archive) -> None:
         c.checksum == instances.c.checksum,
         c.verified_at.is_not(None),
     )
+    since = storage.utcnow() - timedelta(days=days)
+    moved = select(policy_log.c.uid).where(policy_log.c.action == "move", policy_log.c.at >= since)
     with archive.engine.connect() as conn:
         rows = conn.execute(
-            select(instances.c.pk, instances.c.blob_key).where(and_(instances.c.online.is_(False), tier_copy))
+            select(instances.c.pk, instances.c.blob_key)
+            .select_from(
+                instances.join(series, series.c.pk == instances.c.series_fk).join(
+                    studies, studies.c.pk == series.c.study_fk
+                )
+            )
+            .where(and_(instances.c.online.is_(False), tier_copy, studies.c.study_uid.in_(moved)))
         ).all()
     present = [r for r in rows if archive.blobs.exists(r.blob_key)]
     if present:
         _drop_online(archive, present)
+    return len(present)
 
 
 # --------------------------------------------------------------------------- the write-through service
 
 
 class TierService:
-    """Copies arriving instances to the write-through tiers, on every node (``[storage] policies = false``
-    too: each node copies the files it received, which only it holds)."""
+    """On every node with tiers (``[storage] policies = false`` too): copies arriving instances to the
+    write-through tiers (each node copies the files it received, which only it holds), and drops this node's
+    online files of studies moved to a tier lately (:func:`sweep_leftovers`; the move was made by the node
+    that applies the rules, on its own disk)."""
 
     name = "tiers"
 
@@ -1062,7 +1121,7 @@ class TierService:
         self.last: storage.TaskReport | None = None
 
     def start(self) -> None:
-        if self._thread is not None or not self.archive.tiers.rules.write_through:
+        if self._thread is not None or not self.archive.tiers:
             return
         self._stop.clear()
         self._unsubscribe = self.archive.subscribe(self._on_event)
@@ -1097,7 +1156,9 @@ class TierService:
             self._stop.wait(self.settle)  # a burst of arrivals: one pass for many
             self._wake.clear()
             try:
-                self.last = write_through(self.archive)
+                if self.archive.tiers.rules.write_through:
+                    self.last = write_through(self.archive)
+                sweep_leftovers(self.archive)
             except Exception:  # noqa: BLE001 - a tier that is down: next time
                 log.exception("write-through pass failed")
             self.passes += 1
