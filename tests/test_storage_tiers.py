@@ -451,3 +451,93 @@ def test_kill_9_in_the_middle_of_a_move_leaves_a_clean_archive(tmp_path: Path) -
         assert a.check().clean
     finally:
         a.close()
+
+
+# ---------------------------------------------------------------- write-through
+
+
+def test_write_through_copies_arrivals_and_a_move_then_only_drops_online_files(
+    s3_server: tuple[str, str], tmp_path: Path
+) -> None:
+    from hilum.archive.tiers import TierService
+
+    endpoint, bucket = s3_server
+    nas = tmp_path / "nas"
+    toml = (
+        _s3_toml(endpoint, bucket, "wt/", write_through=True)
+        + f'\n[tiers.nas]\ntype = "filesystem"\npath = "{nas}"\n'
+        + RULE
+    )
+    a = _open(tmp_path / "data", toml)
+    service = TierService(a, interval=3600, settle=0.05)
+    try:
+        service.start()
+        uid, files = _study(tmp_path / "in", "wt", n=4)
+        for f in files:
+            assert a.ingest(f).ok
+        deadline = time.monotonic() + 30
+        while len(_copies(a)) < 4:
+            assert time.monotonic() < deadline, _copies(a)
+            time.sleep(0.05)
+        assert {loc for loc, _, ok in _copies(a) if ok} == {"tier:archive"}
+        assert all(_online(a).values())
+        # Already on the tier: the rule's move drops the online files without writing again.
+        report = run_once(a, a.policies.get("tiers"), now=storage.utcnow() + LATER)
+        assert [x["uid"] for x in report.actions] == [uid]
+        assert not any(_online(a).values()) and len(_copies(a)) == 4
+        assert [h["action"] for h in storage.policy_history(a)] == ["move"]
+        assert a.check().clean
+        assert len(a.instances(study_uid=uid)) == 4 and all(_online(a).values())
+    finally:
+        service.stop()
+        a.close()
+
+
+def test_a_move_takes_what_this_node_lacks_from_another_tier(s3_server: tuple[str, str], tmp_path: Path) -> None:
+    """Scale-out: the node applying the rules lacks the other nodes' files; it copies them tier to tier."""
+    from hilum.archive.tiers import write_through
+
+    endpoint, bucket = s3_server
+    nas = tmp_path / "nas"
+    toml = (
+        _s3_toml(endpoint, bucket, "other/", write_through=True)
+        + f'\n[tiers.nas]\ntype = "filesystem"\npath = "{nas}"\n'
+        + '\n[[tiering]]\nto = "nas"\nmin_age_days = 30\n'
+    )
+    a = _open(tmp_path / "data", toml)
+    try:
+        uid, files = _study(tmp_path / "in", "other", n=3)
+        for f in files:
+            assert a.ingest(f).ok
+        assert write_through(a).instances == 3
+        rows = a.query("IMAGE", {"StudyInstanceUID": uid})
+        a.blobs.delete(rows[0]["_blob_key"])  # as if another node had received this one
+        report = run_once(a, a.policies.get("tiers"), now=storage.utcnow() + LATER)
+        assert report.errors == [] and [x["uid"] for x in report.actions] == [uid]
+        assert sorted(loc for loc, _, _ in _copies(a)) == ["tier:archive"] * 3 + ["tier:nas"] * 3
+        assert len(list(nas.rglob("*.dcm"))) == 3
+        assert not any(_online(a).values()) and a.check().clean
+    finally:
+        a.close()
+
+
+def test_readers_at_once_recall_a_study_once(s3_server: tuple[str, str], tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    endpoint, bucket = s3_server
+    a = _open(tmp_path / "data", _s3_toml(endpoint, bucket, "many/") + RULE)
+    try:
+        uid, files = _study(tmp_path / "in", "many", n=6)
+        for f in files:
+            assert a.ingest(f).ok
+        run_once(a, a.policies.get("tiers"), now=storage.utcnow() + LATER)
+        assert not any(_online(a).values())
+        with ThreadPoolExecutor(8) as pool:
+            results = list(
+                pool.map(lambda _: sorted(Path(r["path"]).read_bytes() for r in a.instances(study_uid=uid)), range(8))
+            )
+        assert all(r == sorted(f.read_bytes() for f in files) for r in results)
+        assert [h["action"] for h in storage.policy_history(a)] == ["recall", "move"]
+        assert storage.policy_history(a)[0]["instances"] == 6
+    finally:
+        a.close()

@@ -590,10 +590,43 @@ class Tiers:
         uids = [u for u in uids if u]
         if not uids:
             return
-        archive = self.archive
+        # One recall at a time in this process: a second reader of the same study waits, then finds it here.
+        with self.recall_lock:
+            found, copies = self._recall_rows(uids)
+            failures: list[str] = []
+            done: list[Any] = []
+            todo = []
+            for r in found:
+                path = self.archive.blobs.path(r.blob_key)
+                if path.exists() and (r.online or _intact(path, r.checksum)):
+                    if not r.online:
+                        done.append((r, 0))
+                    continue
+                todo.append(r)
+            if todo:
+                workers = min(FETCH_THREADS, len(todo))
+                with ThreadPoolExecutor(workers, thread_name_prefix="tier-recall") as pool:
+                    results = list(pool.map(lambda r: self._recall_one(r, copies.get(r.pk, [])), todo))
+                for r, err in zip(todo, results, strict=True):
+                    if err:
+                        failures.append(f"{r.sop_uid}: {err}")
+                    else:
+                        done.append((r, int(r.size)))
+            if done:
+                self._adopt(done)
+        if failures:
+            raise TierError(
+                f"cannot bring {len(failures)} instance(s) back online: "
+                + "; ".join(failures[:3])
+                + (" ..." if len(failures) > 3 else "")
+            )
+
+    def _recall_rows(self, uids: list[str]) -> tuple[list[Any], dict[int, list[tuple[str, str, str]]]]:
+        """The instance rows of ``uids`` (deleted ones are left out: the caller's lookup says NotFound) and
+        their verified tier copies ``{pk: [(tier, key, checksum)]}``."""
         found: list[Any] = []
         copies: dict[int, list[tuple[str, str, str]]] = {}
-        with archive.engine.connect() as conn:
+        with self.archive.engine.connect() as conn:
             for chunk in _chunks(uids, 500):
                 found += conn.execute(
                     select(
@@ -624,37 +657,7 @@ class Tiers:
                     .order_by(blob_copies.c.pk)
                 ):
                     copies.setdefault(c.instance_fk, []).append((c.location[5:], c.key, c.checksum))
-        failures: list[str] = []
-        done: list[Any] = []
-        with self.recall_lock:
-            todo = []
-            for r in found:
-                path = archive.blobs.path(r.blob_key)
-                if path.exists() and (r.online or _intact(path, r.checksum)):
-                    if not r.online:
-                        done.append((r, 0))
-                    continue
-                todo.append(r)
-            if todo:
-                workers = min(FETCH_THREADS, len(todo))
-                with ThreadPoolExecutor(workers, thread_name_prefix="tier-recall") as pool:
-                    results = list(pool.map(lambda r: self._recall_one(r, copies.get(r.pk, [])), todo))
-                for r, err in zip(todo, results, strict=True):
-                    if err:
-                        failures.append(f"{r.sop_uid}: {err}")
-                    else:
-                        done.append((r, int(r.size)))
-            if done:
-                self._adopt(done)
-        missing = set(uids) - {r.sop_uid for r in found}
-        if failures:
-            raise TierError(
-                f"cannot bring {len(failures)} instance(s) back online: "
-                + "; ".join(failures[:3])
-                + (" ..." if len(failures) > 3 else "")
-            )
-        if missing and len(missing) == len(uids):
-            return  # deleted meanwhile: the caller's own lookup says NotFound
+        return found, copies
 
     def _recall_one(self, row: Any, copies: Sequence[tuple[str, str, str]]) -> str:
         """Fetch one instance from the first tier that gives a good copy into the online store; '' or why not."""
