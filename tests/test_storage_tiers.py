@@ -541,3 +541,43 @@ def test_readers_at_once_recall_a_study_once(s3_server: tuple[str, str], tmp_pat
         assert storage.policy_history(a)[0]["instances"] == 6
     finally:
         a.close()
+
+
+def test_wado_rs_of_a_study_on_a_tier_that_is_down_is_a_503(tmp_path: Path) -> None:
+    import urllib.error
+
+    from hilum.node import Node
+
+    port, objects = free_port(), tmp_path / "s3"
+    data = tmp_path / "data"
+    wport = free_port()
+    toml = (
+        f'[node]\naet = "DOWNNODE"\ndicom_port = {free_port()}\nweb_port = {wport}\nhl7_port = {free_port()}\n\n'
+        + _s3_toml(f"http://127.0.0.1:{port}", "hilum", "down503/")
+        + RULE
+        + "\n[storage]\npolicies = false\n"
+    )
+    a = _open(data, toml)
+    uid, files = _study(tmp_path / "in", "d503", n=2)
+    for f in files:
+        assert a.ingest(f).ok
+    with s3rver_process(objects, port):
+        run_once(a, a.policies.get("tiers"), now=storage.utcnow() + LATER)
+    assert not any(_online(a).values())
+    a.close()
+    node = Node(load_config(data))
+    try:
+        node.start()
+        wait_port(wport)
+        base = f"http://127.0.0.1:{wport}/dicom-web/studies"
+        with urllib.request.urlopen(f"{base}?StudyInstanceUID={uid}", timeout=30) as resp:  # QIDO: the index
+            assert resp.status == 200 and uid in resp.read().decode()
+        req = urllib.request.Request(f"{base}/{uid}", headers={"Accept": 'multipart/related; type="application/dicom"'})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=60)
+        assert err.value.code == 503 and err.value.headers.get("Retry-After")
+        with s3rver_process(objects, port):
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                assert resp.status == 200
+    finally:
+        node.stop()
