@@ -581,3 +581,24 @@ def test_wado_rs_of_a_study_on_a_tier_that_is_down_is_a_503(tmp_path: Path) -> N
                 assert resp.status == 200
     finally:
         node.stop()
+
+
+def test_large_objects_go_in_parts_and_come_back_whole(
+    s3_server: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hilum.archive import tiers
+
+    monkeypatch.setattr(tiers, "MULTIPART_BYTES", 5 << 20)  # S3's smallest part
+    endpoint, bucket = s3_server
+    a = _open(tmp_path / "data", _s3_toml(endpoint, bucket, "big/"))
+    try:
+        calls: list[str] = []
+        client = a.tiers.backend("archive").client  # type: ignore[attr-defined]
+        client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+        data = os.urandom(12 << 20)
+        key, checksum, size = a.tiers.put("archive", "big.dcm", data)
+        assert size == len(data) and checksum == blob_checksum(data)
+        assert calls.count("CreateMultipartUpload") == 1 and calls.count("UploadPart") == 3
+        assert a.tiers.get("archive", key) == data
+    finally:
+        a.close()

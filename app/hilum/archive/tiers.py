@@ -33,22 +33,25 @@ write-once tier.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
+import shutil
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
+import xxhash
 from sqlalchemy import and_, exists, select
 from sqlalchemy.engine import Connection
 
 from hilum.archive import storage
-from hilum.archive.blobs import blob_checksum, file_checksum
+from hilum.archive.blobs import CHECKSUM_ALGORITHM, file_checksum
 from hilum.archive.schema import blob_copies, instances, policy_log, series, studies
 from hilum.errors import HilumError, StorageFull
 
@@ -85,6 +88,12 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 RECEIVING_SECONDS = 120.0
 """A study changed less than this long ago is still being received: no rule moves it yet."""
+
+CHUNK = 1 << 20
+"""Bytes read or written at a time when streaming to or from a tier (memory stays bounded by it)."""
+
+MULTIPART_BYTES = 64 << 20
+"""Files above this go to S3 in a multipart upload of parts this big."""
 
 FETCH_THREADS = 8
 """Objects fetched (recall) or written (moves, write-through) at once: they wait on the network."""
@@ -291,16 +300,33 @@ def parse(doc: dict[str, Any], text: str = "", source: str = "hilum.toml") -> Ti
 # --------------------------------------------------------------------------- back-ends
 
 
+class _Sink(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
 class _Backend:
     """What a tier back-end offers (a write-once one never overwrites in ``put``)."""
 
     cfg: TierConfig
 
-    def put(self, key: str, data: bytes) -> None:
+    def put_file(self, key: str, path: Path, metadata: Mapping[str, str]) -> None:
+        """Write the file at ``path`` as ``key``, streamed (a write-once tier refuses an existing key)."""
+        raise NotImplementedError
+
+    def fetch_to(self, key: str, out: _Sink) -> None:
+        """Write the object ``key`` to ``out``, streamed."""
         raise NotImplementedError
 
     def get(self, key: str) -> bytes:
-        raise NotImplementedError
+        buf = io.BytesIO()
+        self.fetch_to(key, buf)
+        return buf.getvalue()
+
+    def checksum(self, key: str) -> tuple[str, int]:
+        """The checksum and size of the object ``key``, read back in full (streamed)."""
+        h = _Hashing()
+        self.fetch_to(key, h)
+        return h.checksum, h.size
 
     def head(self, key: str) -> dict[str, str] | None:
         """The object's size and metadata; None: there is no such object."""
@@ -308,6 +334,26 @@ class _Backend:
 
     def delete(self, key: str) -> None:
         raise NotImplementedError
+
+
+class _Hashing:
+    """A write-only stream that checksums what goes through it (as :func:`blob_checksum`), optionally into a file."""
+
+    def __init__(self, out: BinaryIO | None = None):
+        self._h = xxhash.xxh3_128()
+        self._out = out
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._h.update(data)
+        self.size += len(data)
+        if self._out is not None:
+            self._out.write(data)
+        return len(data)
+
+    @property
+    def checksum(self) -> str:
+        return f"{CHECKSUM_ALGORITHM}:{self._h.hexdigest()}"
 
 
 class FileTier(_Backend):
@@ -323,13 +369,13 @@ class FileTier(_Backend):
             raise ValueError(f"bad tier key {key!r}")
         return p
 
-    def put(self, key: str, data: bytes) -> None:
+    def put_file(self, key: str, path: Path, metadata: Mapping[str, str]) -> None:
         dest = self._path(key)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.part")
-            with open(tmp, "wb") as f:
-                f.write(data)
+            with open(path, "rb") as src, open(tmp, "wb") as f:
+                shutil.copyfileobj(src, f, CHUNK)
                 f.flush()
                 os.fsync(f.fileno())
             if self.cfg.write_once:
@@ -346,9 +392,10 @@ class FileTier(_Backend):
         except OSError as exc:
             raise TierError(f"tier {self.cfg.name} ({self.root}): cannot write {key}: {exc.strerror or exc}") from exc
 
-    def get(self, key: str) -> bytes:
+    def fetch_to(self, key: str, out: _Sink) -> None:
         try:
-            return self._path(key).read_bytes()
+            with open(self._path(key), "rb") as f:
+                shutil.copyfileobj(f, out, CHUNK)
         except OSError as exc:
             raise TierError(f"tier {self.cfg.name} ({self.root}): cannot read {key}: {exc.strerror or exc}") from exc
 
@@ -395,29 +442,35 @@ class S3Tier(_Backend):
         where = self.cfg.endpoint_url or "S3"
         return TierError(f"tier {self.cfg.name} ({where}, bucket {self.cfg.bucket}): cannot {what} {key}: {exc}")
 
-    def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> None:
+    def put_file(self, key: str, path: Path, metadata: Mapping[str, str]) -> None:
+        """One PUT, or a multipart upload above :data:`MULTIPART_BYTES` (boto3's transfer manager)."""
+        from boto3.exceptions import S3UploadFailedError
+        from boto3.s3.transfer import TransferConfig
         from botocore.exceptions import BotoCoreError, ClientError
 
         if self.cfg.write_once and self.head(key) is not None:
             raise WriteOnceError(f"tier {self.cfg.name}: {key} exists (write-once)")
         try:
-            self.client.put_object(
-                Bucket=self.cfg.bucket,
-                Key=key,
-                Body=data,
-                ContentType="application/dicom",
-                Metadata=dict(metadata or {}),
+            self.client.upload_file(
+                str(path),
+                self.cfg.bucket,
+                key,
+                ExtraArgs={"ContentType": "application/dicom", "Metadata": dict(metadata)},
+                Config=TransferConfig(
+                    multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES, max_concurrency=4
+                ),
             )
-        except (BotoCoreError, ClientError) as exc:
+        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
             raise self._fail("write", key, exc) from exc
 
-    def get(self, key: str) -> bytes:
+    def fetch_to(self, key: str, out: _Sink) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             body = self.client.get_object(Bucket=self.cfg.bucket, Key=key)["Body"]
             try:
-                return bytes(body.read())
+                for chunk in body.iter_chunks(CHUNK):
+                    out.write(chunk)
             finally:
                 body.close()
         except (BotoCoreError, ClientError) as exc:
@@ -523,30 +576,33 @@ class Tiers:
         cannot be written or the copy read back differs.
         """
         cfg = self.config(name)
-        data = (
-            bytes(path_or_bytes)
-            if isinstance(path_or_bytes, (bytes, bytearray, memoryview))
-            else Path(path_or_bytes).read_bytes()
-        )
-        checksum = blob_checksum(data)
+        if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+            temp = storage.policy_temp(self.archive, ".tier")
+            try:
+                temp.write_bytes(path_or_bytes)
+                return self.put(name, key, temp)
+            finally:
+                temp.unlink(missing_ok=True)
+        path = Path(path_or_bytes)
+        h = _Hashing()
+        with open(path, "rb") as f:
+            shutil.copyfileobj(f, h, CHUNK)
+        checksum, size = h.checksum, h.size
         tier_key = cfg.prefix + key
         backend = self.backend(name)
+        meta = {"hilum-checksum": checksum}
+        if cfg.write_once:
+            until = self.retain_until(name)
+            meta["hilum-retain-until"] = until.isoformat() if until else "forever"
         try:
-            if isinstance(backend, S3Tier):
-                until = self.retain_until(name)
-                meta = {"hilum-checksum": checksum}
-                if cfg.write_once:
-                    meta["hilum-retain-until"] = until.isoformat() if until else "forever"
-                backend.put(tier_key, data, meta)
-            else:
-                backend.put(tier_key, data)
+            backend.put_file(tier_key, path, meta)
         except WriteOnceError:
-            if blob_checksum(backend.get(tier_key)) != checksum:
+            if backend.checksum(tier_key)[0] != checksum:
                 raise
-        back = backend.get(tier_key)
-        if blob_checksum(back) != checksum:
+        back, back_size = backend.checksum(tier_key)
+        if back != checksum or back_size != size:
             raise TierError(f"tier {name}: the copy of {key} read back differs from what was written")
-        return tier_key, checksum, len(data)
+        return tier_key, checksum, size
 
     def get(self, name: str, tier_key: str) -> bytes:
         return self.backend(name).get(tier_key)
@@ -670,31 +726,38 @@ class Tiers:
         errors = []
         for tier, key in usable:
             try:
-                data = self.get(tier, key)
-            except TierError as exc:
-                errors.append(str(exc))
-                continue
-            if blob_checksum(data) != row.checksum:
-                errors.append(f"tier {tier}: copy {key} has another checksum")
-                continue
-            try:
-                self._install(row.blob_key, data)
+                temp = storage.policy_temp(self.archive, ".recall")
             except OSError as exc:
                 return f"cannot write the online file: {exc}"
-            return ""
+            try:
+                error = self._fetch_verified(tier, key, row.checksum, temp)
+                if error:
+                    errors.append(error)
+                    continue
+                try:
+                    self.archive.blobs.commit_temp(str(temp), row.blob_key)  # an atomic rename into place
+                except OSError as exc:
+                    return f"cannot write the online file: {exc}"
+                return ""
+            finally:
+                temp.unlink(missing_ok=True)
         return "; ".join(errors)
 
-    def _install(self, blob_key: str, data: bytes) -> None:
-        archive = self.archive
-        temp = storage.policy_temp(archive, ".recall")
+    def _fetch_verified(self, tier: str, key: str, checksum: str, temp: Path) -> str:
+        """Fetch a copy into ``temp``, fsynced; '' when its checksum is ``checksum``, else why not."""
         try:
             with open(temp, "wb") as f:
-                f.write(data)
+                h = _Hashing(f)
+                self.backend(tier).fetch_to(key, h)
                 f.flush()
                 os.fsync(f.fileno())
-            archive.blobs.commit_temp(str(temp), blob_key)
-        finally:
-            temp.unlink(missing_ok=True)
+        except TierError as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"cannot write the work file: {exc.strerror or exc}"
+        if h.checksum != checksum:
+            return f"tier {tier}: copy {key} has another checksum"
+        return ""
 
     def _adopt(self, done: list[tuple[Any, int]]) -> None:
         """One transaction: the recalled instances are online again, one log row per study.
@@ -736,23 +799,33 @@ class Tiers:
 
         def one(r: Any) -> tuple[Any, str, str, int] | str:
             path = self.archive.blobs.path(r.blob_key)
+            temp: Path | None = None
             try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                # Not on this node's disk (another node's, in a scale-out): from a tier that has it.
-                got = self._from_another_tier(r, name)
-                if isinstance(got, str):
-                    return got
-                data = got
-            except OSError as exc:
-                return f"{r.blob_key}: cannot read the online file ({exc.strerror or exc})"
-            if blob_checksum(data) != r.checksum:
-                return f"{r.blob_key}: online file differs from its index row (changed meanwhile?)"
-            try:
-                tier_key, checksum, size = self.put(name, tier_object_key(r.blob_key, r.checksum), data)
-            except (TierError, WriteOnceError) as exc:
-                return str(exc)
-            return (r, tier_key, checksum, size)
+                try:
+                    intact = file_checksum(path, r.checksum)
+                except FileNotFoundError:
+                    # Not on this node's disk (another node's, in a scale-out): from a tier that has it.
+                    temp = storage.policy_temp(self.archive, ".tier")
+                    error = self._from_another_tier(r, name, temp)
+                    if error:
+                        return error
+                    path, intact = temp, True
+                except OSError as exc:
+                    return f"{r.blob_key}: cannot read the online file ({exc.strerror or exc})"
+                if not intact:
+                    return f"{r.blob_key}: online file differs from its index row (changed meanwhile?)"
+                try:
+                    tier_key, checksum, size = self.put(name, tier_object_key(r.blob_key, r.checksum), path)
+                except (TierError, WriteOnceError) as exc:
+                    return str(exc)
+                except OSError as exc:
+                    return f"{r.blob_key}: cannot read the online file ({exc.strerror or exc})"
+                if checksum != r.checksum:
+                    return f"{r.blob_key}: online file changed while it was copied"
+                return (r, tier_key, checksum, size)
+            finally:
+                if temp is not None:
+                    temp.unlink(missing_ok=True)
 
         ok: list[tuple[Any, str, str, int]] = []
         errors: list[str] = []
@@ -766,7 +839,8 @@ class Tiers:
                     ok.append(res)
         return ok, errors
 
-    def _from_another_tier(self, r: Any, name: str) -> bytes | str:
+    def _from_another_tier(self, r: Any, name: str, temp: Path) -> str:
+        """Fetch instance ``r`` into ``temp`` from a tier other than ``name``, verified; '' or why not."""
         c = blob_copies.c
         with self.archive.engine.connect() as conn:
             found = conn.execute(
@@ -783,13 +857,10 @@ class Tiers:
             tier = loc[5:]
             if tier not in self.rules.tiers:
                 continue
-            try:
-                data = self.get(tier, key)
-            except TierError as exc:
-                errors.append(str(exc))
-                continue
-            if blob_checksum(data) == r.checksum:
-                return data
+            error = self._fetch_verified(tier, key, r.checksum, temp)
+            if not error:
+                return ""
+            errors.append(error)
         return "; ".join(errors[-2:])
 
     def record(self, conn: Connection, name: str, copied: Iterable[tuple[Any, str, str, int]]) -> int:
