@@ -143,9 +143,20 @@ def test_the_node_refuses_to_start_on_a_typo(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- S3: move, recall, write-once
 
 
-def test_a_study_moves_to_s3_and_comes_back_when_opened(s3_server: tuple[str, str], tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_toml(request: pytest.FixtureRequest) -> str:
+    """The index: SQLite in the data folder, or a fresh database on the suite's PostgreSQL server."""
+    if request.param == "sqlite":
+        return ""
+    return f'[archive]\ndatabase_url = "{request.getfixturevalue("pg_url")}"\n\n'
+
+
+def test_a_study_moves_to_s3_and_comes_back_when_opened(
+    s3_server: tuple[str, str], tmp_path: Path, database_toml: str
+) -> None:
     endpoint, bucket = s3_server
-    a = _open(tmp_path / "data", _s3_toml(endpoint, bucket, "move/") + RULE)
+    prefix = f"move-{free_port()}/"
+    a = _open(tmp_path / "data", database_toml + _s3_toml(endpoint, bucket, prefix) + RULE)
     try:
         uid, files = _study(tmp_path / "in", "move", n=5)
         originals = {}
@@ -165,7 +176,7 @@ def test_a_study_moves_to_s3_and_comes_back_when_opened(s3_server: tuple[str, st
         assert not any(a.blobs.exists(r["_blob_key"]) for r in a.query("IMAGE", {"StudyInstanceUID": uid}))
         copies = _copies(a)
         assert len(copies) == 5 and all(
-            loc == "tier:archive" and ok and key.startswith("move/") for loc, key, ok in copies
+            loc == "tier:archive" and ok and key.startswith(prefix) for loc, key, ok in copies
         )
         assert [h["action"] for h in storage.policy_history(a)] == ["move"]
         check = a.check()
@@ -600,5 +611,59 @@ def test_large_objects_go_in_parts_and_come_back_whole(
         assert size == len(data) and checksum == blob_checksum(data)
         assert calls.count("CreateMultipartUpload") == 1 and calls.count("UploadPart") == 3
         assert a.tiers.get("archive", key) == data
+    finally:
+        a.close()
+
+
+RECALLER = textwrap.dedent("""
+    import sys
+    from hilum.archive import Archive
+    from hilum.config import load_config
+    a = Archive.from_config(load_config(sys.argv[1]))
+    print("recalling", flush=True)
+    for uid in sys.argv[2:]:
+        a.instances(study_uid=uid)
+    print("done", flush=True)
+""")
+
+
+def test_kill_9_in_the_middle_of_a_recall_leaves_a_clean_archive(tmp_path: Path) -> None:
+    nas = tmp_path / "nas"
+    data = tmp_path / "data"
+    a = _open(data, f'[tiers.archive]\ntype = "filesystem"\npath = "{nas}"\n' + RULE)
+    originals, uids = {}, []
+    for seed in ("r1", "r2", "r3", "r4"):
+        uid, files = _study(tmp_path / "in", seed, n=12, size=128)
+        uids.append(uid)
+        for f in files:
+            originals[a.ingest(f).sop_instance_uid] = f.read_bytes()
+    run_once(a, a.policies.get("tiers"), now=storage.utcnow() + LATER)
+    assert not any(_online(a).values())
+    a.close()
+    script = tmp_path / "recaller.py"
+    script.write_text(RECALLER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen([sys.executable, str(script), str(data), *uids], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "recalling"
+        blobs = data / "blobs"
+        deadline = time.monotonic() + 60
+        while (
+            sum(1 for p in blobs.rglob("*.dcm") if "tmp" not in p.parts) < 18
+            and proc.poll() is None
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    a = Archive.from_config(load_config(data))
+    try:
+        report = a.check()
+        assert report.clean and report.instances == 48, report
+        for sop, content in originals.items():
+            assert a.read(sop) == content
+        assert all(_online(a).values()) and a.check().clean
+        assert not list((data / "blobs" / "tmp").glob("*.policy"))
     finally:
         a.close()
