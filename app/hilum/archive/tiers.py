@@ -972,7 +972,7 @@ def run_once(
             if st.pk in done:
                 continue
             done.add(st.pk)
-            _move_study(archive, rule, st, report, dry_run=dry_run)
+            _move_study(archive, rule, st, report, dry_run=dry_run, now=now)
     return report
 
 
@@ -1020,7 +1020,9 @@ def _candidates(archive: Archive, rule: TieringRule, now: datetime) -> list[Any]
     return out
 
 
-def _move_study(archive: Archive, rule: TieringRule, st: Any, report: storage.TaskReport, *, dry_run: bool) -> None:
+def _move_study(
+    archive: Archive, rule: TieringRule, st: Any, report: storage.TaskReport, *, dry_run: bool, now: datetime
+) -> None:
     tiers: Tiers = archive.tiers
     cfg = tiers.config(rule.to)
     with archive.engine.connect() as conn:
@@ -1040,7 +1042,8 @@ def _move_study(archive: Archive, rule: TieringRule, st: Any, report: storage.Ta
                 "rule": rule.name,
                 "instances": len(rows),
                 "bytes": size,
-                "reason": f"{what} to tier {cfg.name}: arrived {storage.age_days(st.created_at, storage.utcnow()):.0f} day(s) ago",
+                "reason": f"{what} to tier {cfg.name}: arrived {storage.age_days(st.created_at, now):.0f} day(s) ago"
+                + (f", last opened {storage.age_days(st.last_access, now):.0f} day(s) ago" if st.last_access else ""),
             }
         )
         report.instances += len(rows)
