@@ -421,6 +421,8 @@ class Archive:
         store: those that are not (moved to a tier, another node's in a scale-out) are brought back, verified
         (:meth:`hilum.archive.tiers.Tiers.bring_online`).  Raises :class:`~hilum.archive.tiers.TierError` (a
         :class:`StorageFull` and an :class:`OSError`) when some cannot be."""
+        if not self.tiers:
+            return  # nothing to bring anything back from: a missing file is missing (hilum check says so)
         missing = [r for r in rows if not self.blobs.exists(str(r["_blob_key"]))]
         if missing:
             self.tiers.bring_online(missing)
