@@ -82,6 +82,38 @@ def _wait(port: int, proc: subprocess.Popen[str], data: Path) -> None:
     raise AssertionError("hilum serve did not listen")
 
 
+def _send(aet: str, called: str, port: int, files: list[Path]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(BIN / "storescu"), "-aet", aet, "-aec", called, "127.0.0.1", str(port), *map(str, files)],
+        env=ENV,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _getscu(called: str, port: int, study_uid: str, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            str(BIN / "getscu"),
+            "-aet",
+            "WS",
+            "-aec",
+            called,
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={study_uid}",
+            "-od",
+            str(out),
+            "127.0.0.1",
+            str(port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
+
+
 def _pixels(paths: Iterable[Path]) -> dict[str, bytes]:
     out = {}
     for p in paths:
@@ -103,6 +135,9 @@ def _check(data: Path) -> dict:  # type: ignore[type-arg]
     return out
 
 
+TOTAL = 6 + 5 + 8
+
+
 def test_two_nodes_share_one_index_and_one_tier(pg_url: str, s3_server: tuple[str, str], tmp_path: Path) -> None:
     endpoint, bucket = s3_server
     a_data, b_data = tmp_path / "a", tmp_path / "b"
@@ -116,6 +151,7 @@ def test_two_nodes_share_one_index_and_one_tier(pg_url: str, s3_server: tuple[st
         (data / "hilum.toml").write_text(_node_toml(name, aet, ports, pg_url, endpoint, bucket, policies))
     s1, files1 = _study(tmp_path / "s1", MUELLER, "SCALE1", 6)
     s2, files2 = _study(tmp_path / "s2", IVANOV, "SCALE2", 5)
+    s3, files3 = _study(tmp_path / "s3", IVANOV, "SCALE3", 8)
 
     a = _serve(a_data)
     b = None
@@ -124,35 +160,10 @@ def test_two_nodes_share_one_index_and_one_tier(pg_url: str, s3_server: tuple[st
         b = _serve(b_data)
         _wait(b_ports[0], b, b_data)
         # Both receive, at the same time.
+        # Both receive at the same time: a study each, and a third study half to each node.
         senders = [
-            subprocess.Popen(
-                [
-                    str(BIN / "storescu"),
-                    "-aet",
-                    "MOD1",
-                    "-aec",
-                    "NODEA",
-                    "127.0.0.1",
-                    str(a_ports[0]),
-                    *map(str, files1),
-                ],
-                env=ENV,
-                stderr=subprocess.PIPE,
-            ),
-            subprocess.Popen(
-                [
-                    str(BIN / "storescu"),
-                    "-aet",
-                    "MOD2",
-                    "-aec",
-                    "NODEB",
-                    "127.0.0.1",
-                    str(b_ports[0]),
-                    *map(str, files2),
-                ],
-                env=ENV,
-                stderr=subprocess.PIPE,
-            ),
+            _send("MOD1", "NODEA", a_ports[0], files1 + files3[:4]),
+            _send("MOD2", "NODEB", b_ports[0], files2 + files3[4:]),
         ]
         for s in senders:
             assert s.wait(120) == 0, s.stderr.read() if s.stderr else ""
@@ -168,7 +179,7 @@ def test_two_nodes_share_one_index_and_one_tier(pg_url: str, s3_server: tuple[st
                         .select_from(blob_copies)
                         .where(blob_copies.c.location == "tier:shared", blob_copies.c.verified_at.is_not(None))
                     ).scalar_one()
-                if n_inst == 11 and n_copy == 11:
+                if n_inst == TOTAL and n_copy == TOTAL:
                     break
                 assert time.monotonic() < deadline, f"{n_inst} instances, {n_copy} copies on the tier"
                 time.sleep(0.3)
@@ -201,27 +212,7 @@ def test_two_nodes_share_one_index_and_one_tier(pg_url: str, s3_server: tuple[st
         assert find.returncode == 0 and s2 in find.stderr + find.stdout
         out = tmp_path / "got-from-a"
         out.mkdir()
-        get = subprocess.run(
-            [
-                str(BIN / "getscu"),
-                "-aet",
-                "WS",
-                "-aec",
-                "NODEA",
-                "-k",
-                "QueryRetrieveLevel=STUDY",
-                "-k",
-                f"StudyInstanceUID={s2}",
-                "-od",
-                str(out),
-                "127.0.0.1",
-                str(a_ports[0]),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=ENV,
-        )
+        get = _getscu("NODEA", a_ports[0], s2, out)
         assert get.returncode == 0, get.stderr
         assert _pixels(out.iterdir()) == _pixels(files2)
         # ... and B serves A's study over WADO-RS.
@@ -233,6 +224,19 @@ def test_two_nodes_share_one_index_and_one_tier(pg_url: str, s3_server: tuple[st
             assert resp.status == 200
             body = resp.read()
         assert all(px in body for px in _pixels(files1).values())
+        # The study received half by each node is one study of 8, whole from either node.
+        for port, called in ((a_ports[0], "NODEA"), (b_ports[0], "NODEB")):
+            got = tmp_path / f"split-from-{called}"
+            got.mkdir()
+            res = _getscu(called, port, s3, got)
+            assert res.returncode == 0, res.stderr
+            assert _pixels(got.iterdir()) == _pixels(files3)
+        index = Archive(tmp_path / "observer", database_url=pg_url)
+        try:
+            (row,) = index.query("STUDY", {"StudyInstanceUID": s3})
+            assert int(row["NumberOfStudyRelatedInstances"]) == 8 and int(row["NumberOfStudyRelatedSeries"]) == 1
+        finally:
+            index.close()
     finally:
         for proc in (b, a):
             if proc is not None and proc.poll() is None:
@@ -245,9 +249,9 @@ def test_two_nodes_share_one_index_and_one_tier(pg_url: str, s3_server: tuple[st
                     proc.kill()
                     proc.wait()
 
-    # Neither corrupted the other: both clean, the same 11 instances in the one index.
+    # Neither corrupted the other: both clean, the same instances in the one index.
     for data in (a_data, b_data):
         report = _check(data)
         assert report["clean"], report
-        assert report["instances"] == 11
+        assert report["instances"] == TOTAL
     assert (a.returncode, b.returncode if b else 0) == (0, 0)
