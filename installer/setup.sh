@@ -40,3 +40,17 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
   touch "$stamp"
 fi
+
+# Test servers from npm, pinned with their checksums in installer/npm/package-lock.json (npm ci checks
+# every integrity hash): s3rver, the S3-compatible object store the archive-tier tests start on loopback.
+# Installed into .venv/npm (ignored by git); skipped with a note when npm is missing (those tests skip).
+if command -v npm >/dev/null 2>&1; then
+  npmdir=.venv/npm
+  if [[ ! -x $npmdir/node_modules/.bin/s3rver || installer/npm/package-lock.json -nt $npmdir/package-lock.json ]]; then
+    mkdir -p "$npmdir"
+    cp installer/npm/package.json installer/npm/package-lock.json "$npmdir/"
+    (cd "$npmdir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+else
+  echo "hilum setup: npm not found: the S3 tier tests will be skipped (apt-get install -y npm)" >&2
+fi

@@ -314,3 +314,66 @@ def make_main_window(no_leaked_widgets):  # type: ignore[no-untyped-def]
         return window
 
     return make
+
+
+# ---------------------------------------------------------------- S3 (s3rver, from installer/npm)
+
+S3RVER_BUCKET = "hilum"
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def s3rver_binary() -> str:
+    """The pinned s3rver (``installer/npm``, installed by ``installer/setup.sh`` into ``.venv/npm``);
+    installed here with ``npm ci`` when it is not yet.  Skips the test only when npm itself is missing."""
+    npm_dir = _REPO / ".venv" / "npm"
+    binary = npm_dir / "node_modules" / ".bin" / "s3rver"
+    if binary.exists():
+        return str(binary)
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        pytest.skip("npm/node not installed: cannot run s3rver, the S3 server of the tier tests (apt-get install npm)")
+    npm_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy2(_REPO / "installer" / "npm" / name, npm_dir / name)
+    subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=npm_dir, check=True,
+                   timeout=600, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return str(binary)
+
+
+@contextlib.contextmanager
+def s3rver_process(root: Path, port: int, bucket: str = S3RVER_BUCKET) -> Iterator[subprocess.Popen[bytes]]:
+    """s3rver on 127.0.0.1:``port`` keeping its objects in ``root`` (they outlive a restart), with ``bucket``;
+    keys S3RVER/S3RVER.  Stopped (SIGTERM, then SIGKILL) when the block ends."""
+    root.mkdir(parents=True, exist_ok=True)
+    log = open(root.parent / f"s3rver-{port}.log", "ab")
+    proc = subprocess.Popen([s3rver_binary(), "-d", str(root), "-a", "127.0.0.1", "-p", str(port),
+                             "--configure-bucket", bucket, "--silent"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                raise RuntimeError(f"s3rver did not start: {(root.parent / f's3rver-{port}.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A real S3-compatible server (s3rver 3.7.1) for the session: ``(endpoint_url, bucket)``, keys S3RVER/S3RVER."""
+    root = tmp_path_factory.mktemp("s3rver") / "objects"
+    port = free_port()
+    with s3rver_process(root, port):
+        yield f"http://127.0.0.1:{port}", S3RVER_BUCKET

@@ -19,6 +19,15 @@ With ``[prefetch] enabled`` in ``hilum.toml`` the node also runs the
 prefetcher (:class:`hilum.priors.prefetch.Prefetcher`, ``node.prefetcher``):
 priors of ordered and arriving studies retrieved from the peers in the
 background, the workstation's worklist asking it for its patients.
+
+Storage: the policies of ``hilum.toml`` (``[storage]``, ``[[compression]]``,
+``[tiers.*]``, ``[[tiering]]``, ``[retention]``/``[[purge]]``) are read
+before anything starts — a rule with a typo raises
+:class:`~hilum.errors.ConfigError` with its line, and the node does not start
+— and applied by :class:`hilum.archive.policy.PolicyService` (service
+``policies``; ``[storage] policies = false`` turns it off, as on all but one
+node of a scale-out).  :class:`hilum.archive.tiers.TierService` (``tiers``)
+copies arriving instances to write-through tiers on every node.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from hilum.archive import Archive
 from hilum.archive.orders import OrderBook, Reconciler
+from hilum.archive.policy import PolicyService, load_policies
+from hilum.archive.tiers import TierService
 from hilum.config import Config
 
 if TYPE_CHECKING:
@@ -61,6 +72,8 @@ class Node:
         self.config = config
         self._owns_archive = archive is None
         self.archive = archive if archive is not None else Archive.from_config(config)
+        if archive is not None and not self.archive.storage_configured:
+            self.archive.configure_storage(load_policies(config))  # a typo: ConfigError, nothing started
         self.orders = OrderBook(self.archive)
         self.reconciler = Reconciler(self.orders)
         self.prefetcher: Prefetcher | None = None
@@ -90,6 +103,9 @@ class Node:
             DimseService(self.config, self.archive, extensions=ris),
             HL7Service(self.config, self.archive, orders=self.orders),
             DicomWebService(self.config, self.archive),
+            # Background storage work, stopped first: the policies (one node of a scale-out), write-through.
+            PolicyService(self.archive, self.archive.policies),
+            TierService(self.archive),
         ]
 
     def service(self, name: str) -> Service:

@@ -40,13 +40,15 @@ from sqlalchemy.engine import Connection
 
 from hilum.archive import outgoing, storage
 from hilum.archive import query as q
+from hilum.archive import tiers as tiers_mod
 from hilum.archive.batch import run_ingest_many
 from hilum.archive.blobs import FileBlobStore, TempBlob, blob_checksum, file_checksum
 from hilum.archive.db import make_engine, migrate
 from hilum.archive.index import IndexWriter, Prepared
 from hilum.archive.model import ArchiveEvent, EventBus, IngestResult, Status
 from hilum.archive.patients import PatientRegistry
-from hilum.archive.schema import instances, patients, prefetched_studies, series, studies
+from hilum.archive.policy import Policies, load_policies
+from hilum.archive.schema import blob_copies, instances, patients, prefetched_studies, series, studies
 from hilum.archive.sqlfast import resolve_mode
 from hilum.dicom.attributes import IndexRecord, InvalidInstance, index_record, read_instance, show_value, to_part10
 from hilum.errors import NotFound, StorageFull
@@ -88,6 +90,7 @@ class CheckReport:
     temporaries: list[str] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+    offline: int = 0  # instances not in the online store here but held on a tier (recalled when read) or purged
 
     @property
     def clean(self) -> bool:
@@ -136,12 +139,30 @@ class Archive:
         self._receiving = 0  # ingests of Received files in flight (see _ingest_alone)
         self._together_at = -float("inf")  # when two were last in flight at once
         self._receiving_lock = threading.Lock()
+        self.policies = Policies()
+        self.tiers = tiers_mod.Tiers(self)
+        self.storage_configured = False  # configure_storage called (from_config does)
 
     @classmethod
     def from_config(cls, cfg: Any) -> Archive:
-        """Open the archive a :class:`hilum.config.Config` describes."""
-        return cls(cfg.data_dir, database_url=cfg.database_url, duplicate_policy=cfg.duplicate_policy,
-                   index_writer=getattr(cfg, "index_writer", None))
+        """Open the archive a :class:`hilum.config.Config` describes, with its storage policies and tiers.
+
+        The policies of ``hilum.toml`` are read first: a rule with a typo raises
+        :class:`~hilum.errors.ConfigError` (its line and why) before anything is opened.
+        """
+        policies = load_policies(cfg)
+        archive = cls(cfg.data_dir, database_url=cfg.database_url, duplicate_policy=cfg.duplicate_policy,
+                      index_writer=getattr(cfg, "index_writer", None))
+        archive.configure_storage(policies)
+        return archive
+
+    def configure_storage(self, policies: Policies) -> None:
+        """Use ``policies`` (:func:`hilum.archive.policy.parse_policies`): sets :attr:`policies` and
+        :attr:`tiers` (the ``[tiers.*]`` of the rules; none: an empty :class:`~hilum.archive.tiers.Tiers`)."""
+        self.policies = policies
+        self.storage_configured = True
+        rules = policies.get("tiers")
+        self.tiers = tiers_mod.Tiers(self, rules if isinstance(rules, tiers_mod.TierRules) else None)
 
     @property
     def index_writer(self) -> str:
@@ -388,16 +409,32 @@ class Archive:
         if series_uid:
             ident["SeriesInstanceUID"] = series_uid
         rows = self.query("IMAGE", ident)
+        self.ensure_online(rows)
         for r in rows:
             r["path"] = self.blobs.path(r["_blob_key"])
+        if study_uid and rows:
+            storage.touch_study(self, study_uid)
         return rows
 
+    def ensure_online(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Make sure the files of IMAGE-level query rows (``_blob_key``, ``SOPInstanceUID``) are in the online
+        store: those that are not (moved to a tier, another node's in a scale-out) are brought back, verified
+        (:meth:`hilum.archive.tiers.Tiers.bring_online`).  Raises :class:`~hilum.archive.tiers.TierError` (a
+        :class:`StorageFull` and an :class:`OSError`) when some cannot be."""
+        if not self.tiers:
+            return  # nothing to bring anything back from: a missing file is missing (hilum check says so)
+        missing = [r for r in rows if not self.blobs.exists(str(r["_blob_key"]))]
+        if missing:
+            self.tiers.bring_online(missing)
+
     def path(self, sop_uid: str) -> Path:
-        """Where an instance's file is (raises :class:`NotFound`)."""
+        """Where an instance's file is, brought back online first if it is not (raises :class:`NotFound`,
+        :class:`~hilum.archive.tiers.TierError`)."""
         with self.engine.connect() as conn:
             key = conn.execute(select(instances.c.blob_key).where(instances.c.sop_uid == sop_uid)).scalar()
         if key is None:
             raise NotFound("instance", sop_uid)
+        self.ensure_online([{"_blob_key": key, "SOPInstanceUID": sop_uid}])
         return self.blobs.path(key)
 
     def read(self, sop_uid: str) -> bytes:
@@ -417,7 +454,13 @@ class Archive:
         changed: the revisions of the row say so without opening more than the file, which
         then goes out byte for byte.  UIDs are never touched.
         """
-        data = self.blobs.read(row["_blob_key"])
+        try:
+            data = self.blobs.read(row["_blob_key"])
+        except FileNotFoundError:  # on a tier (or another node's): bring it back, then read
+            self.ensure_online([row])
+            data = self.blobs.read(row["_blob_key"])
+        if row.get("StudyInstanceUID"):
+            storage.touch_study(self, str(row["StudyInstanceUID"]))
         stored_rev, current = row.get("_stored_rev"), row.get("_patient_rev")
         if stored_rev is None or current is None:
             found = self._revisions(str(row["SOPInstanceUID"]))
@@ -549,9 +592,18 @@ class Archive:
         # What a killed transcode, recall or purge left behind is the storage policies' to clean, not a finding.
         storage.clear_stale_policy_temps(self)
         storage.reap_trash(self)
+        bc = blob_copies.c
+        tier_copy = (select(bc.pk).where(bc.instance_fk == instances.c.pk, bc.location.like("tier:%"),
+                                         bc.checksum == instances.c.checksum, bc.verified_at.is_not(None))
+                     .exists().label("tier_copy"))
+        any_copy = (select(bc.pk).where(bc.instance_fk == instances.c.pk, bc.verified_at.is_not(None))
+                    .exists().label("any_copy"))
         with self.engine.connect() as conn:
             rows = conn.execute(select(instances.c.pk, instances.c.sop_uid, instances.c.blob_key,
-                                       instances.c.checksum)).all()
+                                       instances.c.checksum, instances.c.online, tier_copy, any_copy)).all()
+        # A shared index (several nodes, one database): a file that is not here may be another node's,
+        # not yet on the write-through tier.  It is left alone (never "repaired" away), and said.
+        shared = self.dialect != "sqlite" and bool(self.tiers.rules.write_through)
         report.instances = len(rows)
         indexed = {r.blob_key for r in rows}
         on_disk = set(self.blobs.keys(on_error=lambda where, exc: report.unchecked.append(
@@ -567,8 +619,14 @@ class Archive:
                 try:
                     os.stat(path)
                 except FileNotFoundError:
-                    report.missing.append(r.sop_uid)
-                    bad_pks.append(r.pk)
+                    if r.tier_copy or (not r.online and r.any_copy):
+                        report.offline += 1  # on a tier (brought back when read), or purged with a copy elsewhere
+                    elif shared and r.online:
+                        report.unchecked.append(f"{r.sop_uid}: not on this node and not yet on a write-through "
+                                                "tier (another node's?)")
+                    else:
+                        report.missing.append(r.sop_uid)
+                        bad_pks.append(r.pk)
                 except OSError as exc:
                     report.unchecked.append(f"{r.sop_uid}: cannot check ({exc.strerror or exc})")
             elif verify_checksums:

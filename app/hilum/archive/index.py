@@ -620,6 +620,12 @@ class IndexWriter:
 
     # ------------------------------------------------------------------ deleting
 
+    def set_online(self, conn: Connection, pks: list[int], online: bool) -> None:
+        """Mark instances as held in this node's online store or not (a tier move, a recall; inside a
+        transaction).  Nothing else changes: the blob key stays, counts and sizes stay."""
+        for chunk in chunks(pks, 500):
+            conn.execute(update(instances).where(instances.c.pk.in_(chunk)).values(online=online))
+
     def delete_instances(self, conn: Connection, pks: list[int]) -> None:
         """Remove instance rows, keep counters right, drop emptied parents (inside a transaction)."""
         if not pks:

@@ -19,7 +19,7 @@ from hilum.archive import Archive
 from hilum.archive.users import UserStore
 from hilum.dicomweb.media import DICOM_JSON
 from hilum.dicomweb.settings import WebSettings
-from hilum.errors import HilumError
+from hilum.errors import HilumError, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,12 @@ def find_instances(ctx: Context, study: str, series: str | None = None, sop: str
     if not rows:
         what = "instance" if sop else "series" if series else "study"
         raise HTTPError(404, f"no such {what}")
+    try:
+        ctx.archive.ensure_online(rows)  # on an archive tier (or another node's): brought back, verified
+    except StorageFull as exc:
+        log.error("cannot bring %s back online: %s", sop or series or study, exc)
+        raise HTTPError(503, f"the instances are on an archive tier that cannot be reached now: {exc}",
+                        {"Retry-After": "30"}) from None
     blobs = ctx.archive.blobs
     for r in rows:
         r["path"] = blobs.path(r["_blob_key"])

@@ -256,6 +256,8 @@ def _from_file(ctx: Context, level: str, row: dict[str, Any], keywords: list[str
         return {}
     tags = [Tag(t) for t in (pydicom.datadict.tag_for_keyword(k) for k in keywords) if t is not None]
     try:
+        uid = row.get("SOPInstanceUID") if level == "IMAGE" else first[0]["SOPInstanceUID"]
+        ctx.archive.ensure_online([{"_blob_key": key, "SOPInstanceUID": uid}])  # on a tier: brought back
         ds = pydicom.dcmread(ctx.archive.blobs.path(key), stop_before_pixels=True, specific_tags=tags)
     except (OSError, pydicom.errors.InvalidDicomError) as exc:
         log.warning("cannot read %s for includefield: %s", key, exc)
