@@ -78,10 +78,19 @@ RECEIVING_MINUTES = 10.0
 SCOPES = ("online", "everywhere")
 WATERMARK_RULE = "watermark"
 
-_RETENTION_KEYS: dict[str, str] = {"high_watermark": "percent", "low_watermark": "percent",
-                                   "capacity_bytes": "count", "require_copy": "bool"}
-_PURGE_KEYS: dict[str, str] = {"name": "str", "min_age_days": "days", "idle_days": "days",
-                               "modalities": "list", "scope": "scope"}
+_RETENTION_KEYS: dict[str, str] = {
+    "high_watermark": "percent",
+    "low_watermark": "percent",
+    "capacity_bytes": "count",
+    "require_copy": "bool",
+}
+_PURGE_KEYS: dict[str, str] = {
+    "name": "str",
+    "min_age_days": "days",
+    "idle_days": "days",
+    "modalities": "list",
+    "scope": "scope",
+}
 
 
 # --------------------------------------------------------------------------- rules
@@ -130,13 +139,13 @@ def parse(doc: dict[str, Any], text: str, source: str) -> RetentionRules:
     table = doc.get("retention", {})
     if not isinstance(table, dict):
         raise storage.rule_error(source, text, "retention", "must be a table [retention]")
-    values = {key: _value(source, text, "retention", None, key, value, _RETENTION_KEYS) for key, value in
-              table.items()}
+    values = {key: _value(source, text, "retention", None, key, value, _RETENTION_KEYS) for key, value in table.items()}
     high = float(values.get("high_watermark", 0.0))
     low = float(values.get("low_watermark", max(0.0, high - 10.0)))
     if high and low >= high:
-        raise storage.rule_error(source, text, "retention", f"must be below high_watermark ({high:g}), not {low:g}",
-                                 key="low_watermark")
+        raise storage.rule_error(
+            source, text, "retention", f"must be below high_watermark ({high:g}), not {low:g}", key="low_watermark"
+        )
     rules_doc = doc.get("purge", [])
     if isinstance(rules_doc, dict):
         raise storage.rule_error(source, text, "purge", "must be an array of tables: write [[purge]], not [purge]")
@@ -152,19 +161,32 @@ def parse(doc: dict[str, Any], text: str, source: str) -> RetentionRules:
         if name in names:
             raise storage.rule_error(source, text, "purge", f"another rule is called {name!r}", key="name", index=i)
         names.add(name)
-        rule = PurgeRule(name=name, min_age_days=float(got.get("min_age_days", 0.0)),
-                         idle_days=float(got.get("idle_days", 0.0)), modalities=tuple(got.get("modalities", ())),
-                         scope=str(got.get("scope", "online")))
+        rule = PurgeRule(
+            name=name,
+            min_age_days=float(got.get("min_age_days", 0.0)),
+            idle_days=float(got.get("idle_days", 0.0)),
+            modalities=tuple(got.get("modalities", ())),
+            scope=str(got.get("scope", "online")),
+        )
         if not rule.min_age_days and not rule.idle_days:
-            raise storage.rule_error(source, text, "purge", "needs min_age_days or idle_days above 0 (with neither, "
-                                     "every study would be purged)", index=i)
+            raise storage.rule_error(
+                source,
+                text,
+                "purge",
+                "needs min_age_days or idle_days above 0 (with neither, every study would be purged)",
+                index=i,
+            )
         rules.append(rule)
-    return RetentionRules(high_watermark=high, low_watermark=low, capacity_bytes=int(values.get("capacity_bytes", 0)),
-                          require_copy=bool(values.get("require_copy", True)), purge=tuple(rules))
+    return RetentionRules(
+        high_watermark=high,
+        low_watermark=low,
+        capacity_bytes=int(values.get("capacity_bytes", 0)),
+        require_copy=bool(values.get("require_copy", True)),
+        purge=tuple(rules),
+    )
 
 
-def _value(source: str, text: str, table: str, index: int | None, key: str, value: Any,
-           known: dict[str, str]) -> Any:
+def _value(source: str, text: str, table: str, index: int | None, key: str, value: Any, known: dict[str, str]) -> Any:
     kind = known.get(key)
 
     def bad(message: str) -> ConfigError:
@@ -191,7 +213,7 @@ def _value(source: str, text: str, table: str, index: int | None, key: str, valu
         value = value.strip()
     elif kind == "list":
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            raise bad(f"must be a list of modality codes (e.g. [\"CT\", \"MR\"]), not {value!r}")
+            raise bad(f'must be a list of modality codes (e.g. ["CT", "MR"]), not {value!r}')
         value = [v.strip().upper() for v in value]
     elif kind == "scope":
         if value not in SCOPES:
@@ -234,9 +256,14 @@ class Planned:
 
     def action(self) -> dict[str, Any]:
         online = self.scope == "online"
-        return {"uid": self.study.uid, "rule": self.rule, "scope": self.scope,
-                "instances": self.study.online_instances if online else self.study.instances,
-                "bytes": self.study.online_bytes if online else self.study.size_bytes, "reason": self.reason}
+        return {
+            "uid": self.study.uid,
+            "rule": self.rule,
+            "scope": self.scope,
+            "instances": self.study.online_instances if online else self.study.instances,
+            "bytes": self.study.online_bytes if online else self.study.size_bytes,
+            "reason": self.reason,
+        }
 
 
 @dataclass
@@ -248,17 +275,50 @@ class Plan:
 
 def _study_states(conn: Connection) -> list[StudyState]:
     on = instances.c.online.is_(True)
-    stmt = (select(studies.c.pk, studies.c.study_uid, studies.c.modalities, studies.c.created_at,
-                   studies.c.updated_at, studies.c.last_access, studies.c.num_instances, studies.c.size_bytes,
-                   func.coalesce(func.sum(case((on, 1), else_=0)), 0),
-                   func.coalesce(func.sum(case((on, instances.c.size), else_=0)), 0))
-            .select_from(studies.outerjoin(series, series.c.study_fk == studies.c.pk)
-                         .outerjoin(instances, instances.c.series_fk == series.c.pk))
-            .group_by(studies.c.pk, studies.c.study_uid, studies.c.modalities, studies.c.created_at,
-                      studies.c.updated_at, studies.c.last_access, studies.c.num_instances, studies.c.size_bytes))
-    out = [StudyState(int(r[0]), r[1], r[2] or "", storage.as_utc(r[3]), storage.as_utc(r[4]),
-                      storage.as_utc(r[5]), int(r[6] or 0), int(r[7] or 0), int(r[8]), int(r[9]))
-           for r in conn.execute(stmt)]
+    stmt = (
+        select(
+            studies.c.pk,
+            studies.c.study_uid,
+            studies.c.modalities,
+            studies.c.created_at,
+            studies.c.updated_at,
+            studies.c.last_access,
+            studies.c.num_instances,
+            studies.c.size_bytes,
+            func.coalesce(func.sum(case((on, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((on, instances.c.size), else_=0)), 0),
+        )
+        .select_from(
+            studies.outerjoin(series, series.c.study_fk == studies.c.pk).outerjoin(
+                instances, instances.c.series_fk == series.c.pk
+            )
+        )
+        .group_by(
+            studies.c.pk,
+            studies.c.study_uid,
+            studies.c.modalities,
+            studies.c.created_at,
+            studies.c.updated_at,
+            studies.c.last_access,
+            studies.c.num_instances,
+            studies.c.size_bytes,
+        )
+    )
+    out = [
+        StudyState(
+            int(r[0]),
+            r[1],
+            r[2] or "",
+            storage.as_utc(r[3]),
+            storage.as_utc(r[4]),
+            storage.as_utc(r[5]),
+            int(r[6] or 0),
+            int(r[7] or 0),
+            int(r[8]),
+            int(r[9]),
+        )
+        for r in conn.execute(stmt)
+    ]
     out.sort(key=lambda s: (s.used_at or _EPOCH, s.pk))
     return out
 
@@ -269,9 +329,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def _online_without_copy(conn: Connection, study_pk: int) -> int:
     """How many of the study's online instances have no verified copy anywhere else."""
     held = exists().where(blob_copies.c.instance_fk == instances.c.pk, blob_copies.c.verified_at.is_not(None))
-    return int(conn.execute(select(func.count()).select_from(
-        instances.join(series, series.c.pk == instances.c.series_fk)).where(
-        series.c.study_fk == study_pk, instances.c.online.is_(True), ~held)).scalar_one())
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(instances.join(series, series.c.pk == instances.c.series_fk))
+            .where(series.c.study_fk == study_pk, instances.c.online.is_(True), ~held)
+        ).scalar_one()
+    )
 
 
 def usage(archive: Archive, rules: RetentionRules, *, online_bytes: int | None = None) -> dict[str, Any]:
@@ -281,16 +345,25 @@ def usage(archive: Archive, rules: RetentionRules, *, online_bytes: int | None =
     if rules.capacity_bytes:
         if online_bytes is None:
             with archive.engine.connect() as conn:
-                online_bytes = int(conn.execute(select(func.coalesce(func.sum(instances.c.size), 0))
-                                                .where(instances.c.online.is_(True))).scalar_one())
+                online_bytes = int(
+                    conn.execute(
+                        select(func.coalesce(func.sum(instances.c.size), 0)).where(instances.c.online.is_(True))
+                    ).scalar_one()
+                )
         used, capacity, measured = int(online_bytes), int(rules.capacity_bytes), "capacity_bytes"
     else:
         du = shutil.disk_usage(archive.blobs.root)
         used, capacity, measured = int(du.total - du.free), int(du.total), "filesystem"
     percent = 100.0 * used / capacity if capacity else 0.0
-    return {"used": used, "capacity": capacity, "percent": round(percent, 3), "high_watermark": rules.high_watermark,
-            "low_watermark": rules.low_watermark, "measured": measured,
-            "above_high": bool(rules.high_watermark) and percent >= rules.high_watermark}
+    return {
+        "used": used,
+        "capacity": capacity,
+        "percent": round(percent, 3),
+        "high_watermark": rules.high_watermark,
+        "low_watermark": rules.low_watermark,
+        "measured": measured,
+        "above_high": bool(rules.high_watermark) and percent >= rules.high_watermark,
+    }
 
 
 def plan(archive: Archive, rules: RetentionRules, *, now: datetime | None = None) -> Plan:
@@ -346,8 +419,10 @@ def plan(archive: Archive, rules: RetentionRules, *, now: datetime | None = None
                     if st.pk in chosen or not st.online_instances:
                         continue
                     why = guard(st, "online")
-                    reason = (f"online store {use['percent']:.1f}% >= high watermark {rules.high_watermark:g}%: "
-                              f"down to {rules.low_watermark:g}%")
+                    reason = (
+                        f"online store {use['percent']:.1f}% >= high watermark {rules.high_watermark:g}%: "
+                        f"down to {rules.low_watermark:g}%"
+                    )
                     if why:
                         result.skips.append(Planned(st, WATERMARK_RULE, "online", why))
                         continue
@@ -374,11 +449,16 @@ def _receiving(updated_at: datetime | None, now: datetime) -> bool:
 def _tier_copies(conn: Connection, study_pk: int) -> list[tuple[int, str, str, datetime | None]]:
     """``(instance pk, tier name, tier key, retain_until)`` of the study's copies on tiers."""
     c = blob_copies.c
-    stmt = (select(c.instance_fk, c.location, c.key, c.retain_until)
-            .select_from(blob_copies.join(instances, instances.c.pk == c.instance_fk)
-                         .join(series, series.c.pk == instances.c.series_fk))
-            .where(series.c.study_fk == study_pk, c.location.like("tier:%")))
-    return [(int(r[0]), r[1][len("tier:"):], r[2], storage.as_utc(r[3])) for r in conn.execute(stmt)]
+    stmt = (
+        select(c.instance_fk, c.location, c.key, c.retain_until)
+        .select_from(
+            blob_copies.join(instances, instances.c.pk == c.instance_fk).join(
+                series, series.c.pk == instances.c.series_fk
+            )
+        )
+        .where(series.c.study_fk == study_pk, c.location.like("tier:%"))
+    )
+    return [(int(r[0]), r[1][len("tier:") :], r[2], storage.as_utc(r[3])) for r in conn.execute(stmt)]
 
 
 def _everywhere_blocker(archive: Archive, conn: Connection, study_pk: int, now: datetime) -> str | None:
@@ -393,8 +473,9 @@ def _everywhere_blocker(archive: Archive, conn: Connection, study_pk: int, now: 
             return f"a copy is on tier {name}, which this node does not configure: cannot delete it"
     uid = conn.execute(select(studies.c.study_uid).where(studies.c.pk == study_pk)).scalar()
     fq = forward_queue.c
-    queued = conn.execute(select(fq.destination).where(fq.study_uid == uid, fq.state.in_(("pending", "sent")))
-                          .limit(1)).scalar()
+    queued = conn.execute(
+        select(fq.destination).where(fq.study_uid == uid, fq.state.in_(("pending", "sent"))).limit(1)
+    ).scalar()
     if queued is not None:
         return f"still being forwarded to {queued}"
     return None
@@ -407,8 +488,14 @@ class _Skip(Exception):
     """The study changed since it was planned: leave it (the transaction rolls back)."""
 
 
-def run_once(archive: Archive, rules: RetentionRules, *, dry_run: bool = False, now: datetime | None = None,
-             progress: Callable[[int, int], None] | None = None) -> storage.TaskReport:
+def run_once(
+    archive: Archive,
+    rules: RetentionRules,
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> storage.TaskReport:
     """One retention pass: plan, then purge each study in its own transaction (or only list, ``dry_run``)."""
     report = storage.TaskReport("retention", dry_run=dry_run)
     if not rules.active:
@@ -465,16 +552,24 @@ def _purge_online(archive: Archive, p: Planned, require_copy: bool, now: datetim
     st = p.study
     with archive.transaction() as conn:
         _check_again(conn, p, now)
-        rows = conn.execute(select(instances.c.pk, instances.c.size)
-                            .select_from(instances.join(series, series.c.pk == instances.c.series_fk))
-                            .where(series.c.study_fk == st.pk, instances.c.online.is_(True))).all()
+        rows = conn.execute(
+            select(instances.c.pk, instances.c.size)
+            .select_from(instances.join(series, series.c.pk == instances.c.series_fk))
+            .where(series.c.study_fk == st.pk, instances.c.online.is_(True))
+        ).all()
         if not rows:
             raise _Skip("nothing online")
         pks = [int(r.pk) for r in rows]
         held: set[int] = set()
         for chunk in _chunks(pks, 500):
-            held |= {int(r[0]) for r in conn.execute(select(blob_copies.c.instance_fk).distinct().where(
-                blob_copies.c.instance_fk.in_(chunk), blob_copies.c.verified_at.is_not(None)))}
+            held |= {
+                int(r[0])
+                for r in conn.execute(
+                    select(blob_copies.c.instance_fk)
+                    .distinct()
+                    .where(blob_copies.c.instance_fk.in_(chunk), blob_copies.c.verified_at.is_not(None))
+                )
+            }
         unheld = [pk for pk in pks if pk not in held]
         if unheld and require_copy:
             raise _Skip(f"{len(unheld)} instance(s) without a verified copy elsewhere")
@@ -490,18 +585,36 @@ def _purge_online(archive: Archive, p: Planned, require_copy: bool, now: datetim
         where = sorted(storage.verified_elsewhere(conn, st.pk)) if not unheld else []
         detail = f"online copy dropped; held at {', '.join(where) or '-'}; {p.reason}"
         if unheld:
-            detail = (f"online copy dropped; {len(unheld)} instance(s) held nowhere else deleted "
-                      f"(require_copy = false); {p.reason}")
-        storage.log_action(conn, "purge", st.uid, rule=p.rule, instances=len(rows), bytes_before=nbytes,
-                           bytes_after=0, detail=detail[:1000], node=node)
+            detail = (
+                f"online copy dropped; {len(unheld)} instance(s) held nowhere else deleted "
+                f"(require_copy = false); {p.reason}"
+            )
+        storage.log_action(
+            conn,
+            "purge",
+            st.uid,
+            rule=p.rule,
+            instances=len(rows),
+            bytes_before=nbytes,
+            bytes_after=0,
+            detail=detail[:1000],
+            node=node,
+        )
     if unheld:
         archive.events.publish(ArchiveEvent("deleted", "STUDY", st.uid, st.uid))
-    return {"uid": st.uid, "rule": p.rule, "scope": "online", "instances": len(rows), "bytes": nbytes,
-            "reason": p.reason}
+    return {
+        "uid": st.uid,
+        "rule": p.rule,
+        "scope": "online",
+        "instances": len(rows),
+        "bytes": nbytes,
+        "reason": p.reason,
+    }
 
 
-def _purge_everywhere(archive: Archive, p: Planned, now: datetime, node: str,
-                      report: storage.TaskReport) -> dict[str, Any]:
+def _purge_everywhere(
+    archive: Archive, p: Planned, now: datetime, node: str, report: storage.TaskReport
+) -> dict[str, Any]:
     """Delete one study from the archive: rows, online files (by the trash), tier copies (after the commit)."""
     st = p.study
     with archive.transaction() as conn:
@@ -510,9 +623,11 @@ def _purge_everywhere(archive: Archive, p: Planned, now: datetime, node: str,
         if blocker:
             raise _Skip(blocker)
         tier_copies = _tier_copies(conn, st.pk)
-        rows = conn.execute(select(instances.c.pk, instances.c.blob_key, instances.c.size)
-                            .select_from(instances.join(series, series.c.pk == instances.c.series_fk))
-                            .where(series.c.study_fk == st.pk)).all()
+        rows = conn.execute(
+            select(instances.c.pk, instances.c.blob_key, instances.c.size)
+            .select_from(instances.join(series, series.c.pk == instances.c.series_fk))
+            .where(series.c.study_fk == st.pk)
+        ).all()
         pks = [int(r.pk) for r in rows]
         peers = sorted(loc for loc in storage.verified_elsewhere(conn, st.pk) if loc.startswith("peer:"))
         for chunk in _chunks(pks, 500):
@@ -522,10 +637,22 @@ def _purge_everywhere(archive: Archive, p: Planned, now: datetime, node: str,
             if r.blob_key:
                 storage.trash_key(conn, r.blob_key, "purge")
         nbytes = sum(int(r.size) for r in rows)
-        detail = (f"deleted everywhere: online files, {len(tier_copies)} tier object(s)"
-                  + (f"; copies at {', '.join(peers)} stay theirs" if peers else "") + f"; {p.reason}")
-        storage.log_action(conn, "purge", st.uid, rule=p.rule, instances=len(rows), bytes_before=nbytes,
-                           bytes_after=0, detail=detail[:1000], node=node)
+        detail = (
+            f"deleted everywhere: online files, {len(tier_copies)} tier object(s)"
+            + (f"; copies at {', '.join(peers)} stay theirs" if peers else "")
+            + f"; {p.reason}"
+        )
+        storage.log_action(
+            conn,
+            "purge",
+            st.uid,
+            rule=p.rule,
+            instances=len(rows),
+            bytes_before=nbytes,
+            bytes_after=0,
+            detail=detail[:1000],
+            node=node,
+        )
     tiers = getattr(archive, "tiers", None)
     for _pk, name, key, retain_until in tier_copies:
         try:
@@ -534,12 +661,18 @@ def _purge_everywhere(archive: Archive, p: Planned, now: datetime, node: str,
             log.warning("retention: could not delete %s from tier %s (left in the tier): %s", key, name, exc)
             report.errors.append(f"{st.uid}: tier {name} object {key} not deleted: {exc}")
     archive.events.publish(ArchiveEvent("deleted", "STUDY", st.uid, st.uid))
-    return {"uid": st.uid, "rule": p.rule, "scope": "everywhere", "instances": len(rows), "bytes": nbytes,
-            "reason": p.reason}
+    return {
+        "uid": st.uid,
+        "rule": p.rule,
+        "scope": "everywhere",
+        "instances": len(rows),
+        "bytes": nbytes,
+        "reason": p.reason,
+    }
 
 
 def _chunks(items: list[int], n: int) -> list[list[int]]:
-    return [items[i:i + n] for i in range(0, len(items), n)]
+    return [items[i : i + n] for i in range(0, len(items), n)]
 
 
 # --------------------------------------------------------------------------- protections (hilum protect)
@@ -553,17 +686,22 @@ def protection_target(archive: Archive, level: str, uid: str, issuer: str = "") 
     level = level.upper()
     with archive.engine.connect() as conn:
         if level == "STUDY":
-            row = conn.execute(select(func.count(), func.coalesce(func.sum(studies.c.num_instances), 0))
-                               .where(studies.c.study_uid == uid)).first()
+            row = conn.execute(
+                select(func.count(), func.coalesce(func.sum(studies.c.num_instances), 0)).where(
+                    studies.c.study_uid == uid
+                )
+            ).first()
             found = bool(row and row[0])
         elif level == "PATIENT":
             who = patients.c.patient_id == uid
             if issuer:
                 who = who & (patients.c.issuer == issuer)
             found = conn.execute(select(func.count()).select_from(patients).where(who)).scalar_one() > 0
-            row = conn.execute(select(func.count(studies.c.pk), func.coalesce(func.sum(studies.c.num_instances), 0))
-                               .select_from(studies.join(patients, patients.c.pk == studies.c.patient_fk))
-                               .where(who)).first()
+            row = conn.execute(
+                select(func.count(studies.c.pk), func.coalesce(func.sum(studies.c.num_instances), 0))
+                .select_from(studies.join(patients, patients.c.pk == studies.c.patient_fk))
+                .where(who)
+            ).first()
         else:
             raise ValueError("protect a STUDY or a PATIENT")
     if not found or row is None:

@@ -109,12 +109,17 @@ def run_protect(args: argparse.Namespace) -> int:
         else:
             for r in rows:
                 present = r["present"]
-                held = ("not in the archive" if present is None else
-                        f"{present['studies']} stud{'y' if present['studies'] == 1 else 'ies'}, "
-                        f"{present['instances']} instances")
+                held = (
+                    "not in the archive"
+                    if present is None
+                    else f"{present['studies']} stud{'y' if present['studies'] == 1 else 'ies'}, "
+                    f"{present['instances']} instances"
+                )
                 who = r["uid"] + (f" (issuer {r['issuer']})" if r["issuer"] else "")
-                print(f"{r['level']:7s}  {who}  {r['created_at']:%Y-%m-%d %H:%M}  {held}"
-                      + (f"  {r['reason']}" if r["reason"] else ""))
+                print(
+                    f"{r['level']:7s}  {who}  {r['created_at']:%Y-%m-%d %H:%M}  {held}"
+                    + (f"  {r['reason']}" if r["reason"] else "")
+                )
         return 0
     target = _target(args)
     if isinstance(target, str):
@@ -128,8 +133,17 @@ def run_protect(args: argparse.Namespace) -> int:
             raise HilumError(f"no {level.lower()} {uid} in the archive (--force protects it ahead of its arrival)")
         changed = storage.protect(archive, level, uid, issuer=issuer, reason=args.reason)
     if args.json:
-        print_json({"level": level, "uid": uid, "issuer": issuer, "reason": args.reason, "protected": True,
-                    "changed": changed, "present": present})
+        print_json(
+            {
+                "level": level,
+                "uid": uid,
+                "issuer": issuer,
+                "reason": args.reason,
+                "protected": True,
+                "changed": changed,
+                "present": present,
+            }
+        )
     else:
         what = f"{level.lower()} {uid}" + (f" (issuer {issuer})" if issuer else "")
         print(f"protected {what}" if changed else f"{what} was protected already")
