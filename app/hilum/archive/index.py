@@ -577,29 +577,13 @@ class IndexWriter:
             conn.execute(_UPDATE_STUDY, [{"stpk": pk, "modalities": "\\".join(sorted(mods))}
                                          for pk, mods in found.items()])
 
-    # ------------------------------------------------------------------ offline
-
-    def set_offline(self, conn: Connection, pks: list[int]) -> list[str]:
-        """Mark instances as held elsewhere only (``online = false``, their online key dropped); the
-        online keys they had, for the caller to put in the blob trash in the same transaction.
-
-        The row keeps its checksum and size (a recall verifies against them) and its
-        ``blob_key`` becomes ``""``, so that the trash reaper sees the old key unreferenced and
-        deletes the file; a recall (:mod:`hilum.archive.tiers`) sets a key and ``online``
-        again.  Instances offline already are left as they are.  Inside a transaction.
-        """
-        keys: list[str] = []
-        for chunk in chunks(pks, 500):
-            rows = conn.execute(select(instances.c.pk, instances.c.blob_key)
-                                .where(instances.c.pk.in_(chunk), instances.c.online.is_(True))).all()
-            if not rows:
-                continue
-            conn.execute(update(instances).where(instances.c.pk.in_([r.pk for r in rows]))
-                         .values(online=False, blob_key=""))
-            keys += [r.blob_key for r in rows if r.blob_key]
-        return keys
-
     # ------------------------------------------------------------------ deleting
+
+    def set_online(self, conn: Connection, pks: list[int], online: bool) -> None:
+        """Mark instances as held in this node's online store or not (a tier move, a recall; inside a
+        transaction).  Nothing else changes: the blob key stays, counts and sizes stay."""
+        for chunk in chunks(pks, 500):
+            conn.execute(update(instances).where(instances.c.pk.in_(chunk)).values(online=online))
 
     def delete_instances(self, conn: Connection, pks: list[int]) -> None:
         """Remove instance rows, keep counters right, drop emptied parents (inside a transaction)."""

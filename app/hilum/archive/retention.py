@@ -19,11 +19,12 @@ Two kinds of purge:
 
 * **online** — the study stays in the index; its online files go and its
   instances are marked ``online = false`` (a read brings them back from the
-  tier or peer that holds them, :mod:`hilum.archive.tiers`).  Only when every
+  tier that holds them, :mod:`hilum.archive.tiers`).  Only when every online
   instance has a verified copy elsewhere (``blob_copies.verified_at``: a tier
-  copy read back, a peer's Storage Commitment); with ``require_copy = false``
-  the instances that have none are deleted instead (nothing is left in the
-  index that can no longer be read).
+  copy read back with the instance's current checksum, a peer's Storage
+  Commitment); with ``require_copy = false`` the instances that have none
+  are deleted instead (nothing is left in the index that can no longer be
+  read).
 * **everywhere** — the study is deleted from the archive: its rows, its
   online files, and its copies on this node's tiers (never a write-once copy
   before its ``retain_until``: the study is then skipped).  Copies at peers
@@ -41,11 +42,17 @@ instances still queued for forwarding.  All of this is checked again inside
 the transaction that purges, so a study that changed since it was planned is
 left alone.
 
-Crash safety: one transaction per study changes the rows, notes the online
-keys in the blob trash and writes the ``purge`` row of the policy log; the
-files are deleted after it commits (:func:`storage.reap_trash`).  A kill -9
-at any point leaves either the study untouched or its keys in the trash,
-which the next reap (``hilum check``, the next pass, node start) deletes.
+Crash safety: one transaction per study changes the rows and writes the
+``purge`` row of the policy log; the files are deleted after it commits.
+An offline row keeps its blob key and checksum (a recall writes the file
+back under that key and verifies it), so the trash reaper, which deletes
+only keys no row refers to, cannot delete those files: they are deleted by
+:func:`_drop_online` under the tiers' recall lock (a file being recalled is
+never taken for a purged one), and a kill before that leaves them for
+:func:`sweep_offline` at the next pass (``hilum check`` counts such an
+instance as offline, not missing).  Rows deleted (an *everywhere* purge,
+``require_copy = false``) put their keys in the blob trash in the same
+transaction, which the next reap (``hilum check``, the next pass) empties.
 Tier objects of an *everywhere* purge are deleted after the commit: a kill
 there leaves unreferenced objects in the tier (space, never a lost study).
 """
@@ -54,12 +61,13 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import case, delete, exists, func, select
+from sqlalchemy import case, delete, exists, func, or_, select
 from sqlalchemy.engine import Connection
 
 from hilum.archive import storage
@@ -326,14 +334,24 @@ def _study_states(conn: Connection) -> list[StudyState]:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def _held_elsewhere() -> Any:
+    """Whether an instance (of the enclosing query) has a verified copy elsewhere: at a peer, or on a
+    tier with the instance's current checksum (a copy of an older encoding cannot be recalled as it)."""
+    c = blob_copies.c
+    return exists().where(
+        c.instance_fk == instances.c.pk,
+        c.verified_at.is_not(None),
+        or_(c.location.like("peer:%"), c.checksum == instances.c.checksum),
+    )
+
+
 def _online_without_copy(conn: Connection, study_pk: int) -> int:
     """How many of the study's online instances have no verified copy anywhere else."""
-    held = exists().where(blob_copies.c.instance_fk == instances.c.pk, blob_copies.c.verified_at.is_not(None))
     return int(
         conn.execute(
             select(func.count())
             .select_from(instances.join(series, series.c.pk == instances.c.series_fk))
-            .where(series.c.study_fk == study_pk, instances.c.online.is_(True), ~held)
+            .where(series.c.study_fk == study_pk, instances.c.online.is_(True), ~_held_elsewhere())
         ).scalar_one()
     )
 
@@ -471,6 +489,9 @@ def _everywhere_blocker(archive: Archive, conn: Connection, study_pk: int, now: 
             return f"write-once copy on tier {name} until {retain_until:%Y-%m-%d}"
         if name not in names:
             return f"a copy is on tier {name}, which this node does not configure: cannot delete it"
+        config = getattr(tiers, "config", None)
+        if retain_until is None and config is not None and getattr(config(name), "write_once", False):
+            return f"write-once copy on tier {name}, kept for good"
     uid = conn.execute(select(studies.c.study_uid).where(studies.c.pk == study_pk)).scalar()
     fq = forward_queue.c
     queued = conn.execute(
@@ -498,6 +519,14 @@ def run_once(
 ) -> storage.TaskReport:
     """One retention pass: plan, then purge each study in its own transaction (or only list, ``dry_run``)."""
     report = storage.TaskReport("retention", dry_run=dry_run)
+    if not dry_run:
+        try:
+            swept = sweep_offline(archive)
+        except Exception as exc:  # noqa: BLE001 - the next pass tries again
+            log.warning("retention: sweeping the files of purged instances failed: %s", exc)
+        else:
+            if swept:
+                log.info("retention: deleted %d online file(s) a purge had left behind", swept)
     if not rules.active:
         return report
     now = now or storage.utcnow()
@@ -548,43 +577,37 @@ def _check_again(conn: Connection, p: Planned, now: datetime) -> None:
 
 
 def _purge_online(archive: Archive, p: Planned, require_copy: bool, now: datetime, node: str) -> dict[str, Any]:
-    """Drop the online files of one study whose instances are held elsewhere (one transaction)."""
+    """Drop the online files of one study whose instances are held elsewhere.
+
+    One transaction marks them offline (``IndexWriter.set_online``; the row keeps its key and
+    checksum, which a recall writes back and verifies) and writes the log row; the files are
+    deleted after it commits (:func:`_drop_online`).  With ``require_copy = false`` the instances
+    held nowhere else are deleted in that transaction, their files by the trash.
+    """
     st = p.study
     with archive.transaction() as conn:
         _check_again(conn, p, now)
         rows = conn.execute(
-            select(instances.c.pk, instances.c.size)
+            select(instances.c.pk, instances.c.blob_key, instances.c.size, _held_elsewhere().label("held"))
             .select_from(instances.join(series, series.c.pk == instances.c.series_fk))
             .where(series.c.study_fk == st.pk, instances.c.online.is_(True))
         ).all()
         if not rows:
             raise _Skip("nothing online")
-        pks = [int(r.pk) for r in rows]
-        held: set[int] = set()
-        for chunk in _chunks(pks, 500):
-            held |= {
-                int(r[0])
-                for r in conn.execute(
-                    select(blob_copies.c.instance_fk)
-                    .distinct()
-                    .where(blob_copies.c.instance_fk.in_(chunk), blob_copies.c.verified_at.is_not(None))
-                )
-            }
-        unheld = [pk for pk in pks if pk not in held]
+        held = [r for r in rows if r.held]
+        unheld = [r for r in rows if not r.held]
         if unheld and require_copy:
             raise _Skip(f"{len(unheld)} instance(s) without a verified copy elsewhere")
         nbytes = sum(int(r.size) for r in rows)
-        keys = archive.writer.set_offline(conn, [pk for pk in pks if pk in held])
-        if unheld:  # require_copy = false: an instance held nowhere else cannot stay in the index unreadable
-            dropped = conn.execute(select(instances.c.blob_key).where(instances.c.pk.in_(unheld))).scalars().all()
-            conn.execute(delete(blob_copies).where(blob_copies.c.instance_fk.in_(unheld)))
-            archive.writer.delete_instances(conn, unheld)
-            keys += [k for k in dropped if k]
-        for key in keys:
-            storage.trash_key(conn, key, "purge")
-        where = sorted(storage.verified_elsewhere(conn, st.pk)) if not unheld else []
+        where = sorted(storage.verified_elsewhere(conn, st.pk))
+        archive.writer.set_online(conn, [int(r.pk) for r in held], False)
         detail = f"online copy dropped; held at {', '.join(where) or '-'}; {p.reason}"
-        if unheld:
+        if unheld:  # require_copy = false: an instance held nowhere else cannot stay in the index, unreadable
+            pks = [int(r.pk) for r in unheld]
+            conn.execute(delete(blob_copies).where(blob_copies.c.instance_fk.in_(pks)))
+            archive.writer.delete_instances(conn, pks)
+            for r in unheld:
+                storage.trash_key(conn, r.blob_key, "purge")
             detail = (
                 f"online copy dropped; {len(unheld)} instance(s) held nowhere else deleted "
                 f"(require_copy = false); {p.reason}"
@@ -600,6 +623,7 @@ def _purge_online(archive: Archive, p: Planned, require_copy: bool, now: datetim
             detail=detail[:1000],
             node=node,
         )
+    _drop_online(archive, [int(r.pk) for r in held])
     if unheld:
         archive.events.publish(ArchiveEvent("deleted", "STUDY", st.uid, st.uid))
     return {
@@ -610,6 +634,52 @@ def _purge_online(archive: Archive, p: Planned, require_copy: bool, now: datetim
         "bytes": nbytes,
         "reason": p.reason,
     }
+
+
+def _recall_lock(archive: Archive) -> Any:
+    """The lock a recall holds while it brings files back (``archive.tiers.recall_lock``), so that a
+    file being recalled is never taken for a purged one; a lock of this module without tiers."""
+    lock = getattr(getattr(archive, "tiers", None), "recall_lock", None)
+    return lock if lock is not None else _LOCK
+
+
+_LOCK = threading.RLock()
+
+
+def _drop_online(archive: Archive, pks: list[int]) -> int:
+    """Delete the online files of the instances ``pks`` that are still offline (a reader may have
+    brought one back meanwhile) and held elsewhere; how many were deleted."""
+    deleted = 0
+    with _recall_lock(archive), archive.engine.connect() as conn:
+        for chunk in _chunks(pks, 500):
+            keys = (
+                conn.execute(
+                    select(instances.c.blob_key).where(
+                        instances.c.pk.in_(chunk), instances.c.online.is_(False), _held_elsewhere()
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for key in keys:
+                try:
+                    if key and archive.blobs.exists(key):
+                        archive.blobs.delete(key)
+                        deleted += 1
+                except OSError as exc:
+                    log.warning("retention: could not delete the online file %s (next pass): %s", key, exc)
+    return deleted
+
+
+def sweep_offline(archive: Archive) -> int:
+    """Delete the online files left behind by a purge killed between its commit and its deletes
+    (offline instances held elsewhere whose file is still here); how many were deleted."""
+    with archive.engine.connect() as conn:
+        rows = conn.execute(
+            select(instances.c.pk, instances.c.blob_key).where(instances.c.online.is_(False), _held_elsewhere())
+        ).all()
+    left = [int(r.pk) for r in rows if r.blob_key and archive.blobs.exists(r.blob_key)]
+    return _drop_online(archive, left) if left else 0
 
 
 def _purge_everywhere(
