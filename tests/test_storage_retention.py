@@ -472,6 +472,42 @@ def test_everywhere_waits_for_forwarding(archive: Archive) -> None:
     assert [(s.study.uid, s.reason) for s in p.skips] == [(uid, "still being forwarded to backup")]
 
 
+# --------------------------------------------------------------------------- with the tiers module
+
+
+def test_with_a_real_filesystem_tier_purge_recall_and_delete(tmp_path: Path) -> None:
+    """The whole pass (tiers, then retention) on a NAS-folder tier: the tier copies (keep_online), retention
+    drops the online files, a read brings them back; an everywhere rule deletes the tier objects too."""
+    pytest.importorskip("hilum.archive.tiers", reason="the tiers module (Helper 2's branch) is not merged yet")
+    from hilum.archive.policy import run_pass
+    from hilum.config import load_config
+
+    nas = tmp_path / "nas"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hilum.toml").write_text(
+        f'[tiers.nas]\ntype = "filesystem"\npath = "{nas}"\n'
+        '[[tiering]]\nname = "copy"\nto = "nas"\nmin_age_days = 30\nkeep_online = true\n'
+        '[[purge]]\nname = "ct"\nmin_age_days = 60\nmodalities = ["CT"]\n'
+        '[[purge]]\nname = "mr"\nmin_age_days = 60\nmodalities = ["MR"]\nscope = "everywhere"\n'
+    )
+    with Archive.from_config(load_config(data)) as a:
+        ct = add_study(a, "T1")
+        mr = add_study(a, "T2", modality="MR", patient=DOE)
+        before = {r["SOPInstanceUID"]: r["path"].read_bytes() for r in a.instances(study_uid=ct)}
+        reports = {r.task: r for r in run_pass(a, a.policies, now=LATER)}
+        assert reports["retention"].errors == [] and reports["tiers"].errors == []
+        assert sorted(x["uid"] for x in reports["retention"].actions) == sorted([ct, mr])
+        assert state(a, ct) == [(False, False), (False, False)] and state(a, mr) == []
+        assert len(list(nas.rglob("*.dcm"))) == 2  # the CT study's copies; the MR study's are deleted
+        assert_clean(a)
+        got = {r["SOPInstanceUID"]: Path(r["path"]).read_bytes() for r in a.instances(study_uid=ct)}  # recall
+        assert got == before
+        assert state(a, ct) == [(True, True), (True, True)]
+        assert [e["action"] for e in storage.policy_history(a)][:2] == ["recall", "purge"]
+        assert_clean(a)
+
+
 # --------------------------------------------------------------------------- dry run
 
 
