@@ -220,6 +220,8 @@ def test_rules_parse_through_the_policy_loader() -> None:
         ),
         ('[[purge]]\nmin_age_days = 30\nscope = "tier"\n', 3, "scope: must be one of 'online', 'everywhere'"),
         ('[[purge]]\nmin_age_days = "30"\n', 2, "min_age_days: must be a number of days >= 0"),
+        ("[[purge]]\nmin_age_days = inf\n", 2, "min_age_days: must be a number of days >= 0, not inf"),
+        ("[[purge]]\nidle_days = nan\n", 2, "idle_days: must be a number of days >= 0"),
         ('[[purge]]\nmin_age_days = 3\nmodalities = "CT"\n', 3, "modalities: must be a list"),
         ('[[purge]]\nname = "x"\nmodalities = ["CT"]\n', 1, "needs min_age_days or idle_days"),
         (
@@ -454,22 +456,53 @@ def test_everywhere_deletes_tier_copies_but_not_write_once_ones(archive: Archive
     assert held in [a["uid"] for a in report.actions]
 
 
-def test_everywhere_waits_for_forwarding(archive: Archive) -> None:
-    uid = add_study(archive, "F1")
+def queue(archive: Archive, destination: str, sop_uid: str, study_uid: str, state: str) -> None:
+    now = datetime.now(UTC)
     with archive.transaction() as conn:
         conn.execute(
             forward_queue.insert().values(
-                destination="backup",
-                sop_uid="1.2.3",
-                study_uid=uid,
-                state="pending",
-                next_try=datetime.now(UTC),
-                created_at=datetime.now(UTC),
-                updated_at=datetime.now(UTC),
+                destination=destination,
+                sop_uid=sop_uid,
+                study_uid=study_uid,
+                state=state,
+                next_try=now,
+                created_at=now,
+                updated_at=now,
             )
         )
-    p = plan(archive, rules('[[purge]]\nmin_age_days = 1\nscope = "everywhere"\n'), now=LATER)
-    assert [(s.study.uid, s.reason) for s in p.skips] == [(uid, "still being forwarded to backup")]
+
+
+def test_a_study_being_forwarded_waits(archive: Archive) -> None:
+    by_study = add_study(archive, "F1")
+    by_sop = add_study(archive, "F2", patient=DOE)
+    done = add_study(archive, "F3", patient=PAPADOPOULOU)
+    for uid in (by_study, by_sop, done):
+        copy_to(archive, uid)
+    queue(archive, "backup", "1.2.3", by_study, "pending")
+    queue(archive, "vna", archive.instances(study_uid=by_sop)[1]["SOPInstanceUID"], "", "sent")
+    queue(archive, "backup", archive.instances(study_uid=done)[0]["SOPInstanceUID"], done, "committed")
+    for scope in ("online", "everywhere"):
+        p = plan(archive, rules(f'[[purge]]\nmin_age_days = 1\nscope = "{scope}"\n'), now=LATER)
+        assert {s.study.uid: s.reason for s in p.skips} == {
+            by_study: "still being forwarded to backup",
+            by_sop: "still being forwarded to vna",
+        }
+        assert [x.study.uid for x in p.acts] == [done]
+
+
+def test_files_left_by_a_purge_killed_after_its_commit_go_at_the_next_pass(archive: Archive) -> None:
+    uid = add_study(archive, "L1")
+    copy_to(archive, uid)
+    with archive.transaction() as conn:  # what a purge killed between its commit and its deletes leaves
+        pks = conn.execute(select(instances.c.pk)).scalars().all()
+        archive.writer.set_online(conn, list(pks), False)
+    assert state(archive, uid) == [(False, True), (False, True)]
+    assert_clean(archive)  # an offline instance whose file is still there is no problem
+    assert run_once(archive, RetentionRules(), dry_run=True).actions == []
+    assert state(archive, uid) == [(False, True), (False, True)]  # a dry run deletes nothing
+    run_once(archive, RetentionRules())  # no rule: the sweep still runs
+    assert state(archive, uid) == [(False, False), (False, False)]
+    assert_clean(archive)
 
 
 # --------------------------------------------------------------------------- with the tiers module

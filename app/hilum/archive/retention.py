@@ -37,8 +37,8 @@ against it (a quota; tests), else the file system of the blob store.
 
 Never purged: a protected study, or any study of a protected patient
 (``hilum protect``); a study being received (changed in the last
-:data:`RECEIVING_MINUTES`); for an *everywhere* purge, a study with
-instances still queued for forwarding.  All of this is checked again inside
+:data:`RECEIVING_MINUTES`); a study with instances still queued for
+forwarding (the forwarder reads them here).  All of this is checked again inside
 the transaction that purges, so a study that changed since it was planned is
 left alone.
 
@@ -60,6 +60,7 @@ there leaves unreferenced objects in the tier (space, never a lost study).
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import threading
 from collections.abc import Callable
@@ -210,7 +211,7 @@ def _value(source: str, text: str, table: str, index: int | None, key: str, valu
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise bad(f"must be a whole number of bytes >= 0, not {value!r}")
     elif kind == "days":
-        if not number or value < 0 or value != value:
+        if not number or not math.isfinite(value) or value < 0:
             raise bad(f"must be a number of days >= 0, not {value!r}")
     elif kind == "bool":
         if not isinstance(value, bool):
@@ -406,7 +407,7 @@ def plan(archive: Archive, rules: RetentionRules, *, now: datetime | None = None
                 return "nothing online"
             if rules.require_copy and _online_without_copy(conn, st.pk):
                 return "no verified copy elsewhere (require_copy)"
-            return None
+            return _forwarding(conn, st.pk)
 
         for st in states:
             matched = [r for r in rules.purge if r.matches(st, now)]
@@ -481,7 +482,7 @@ def _tier_copies(conn: Connection, study_pk: int) -> list[tuple[int, str, str, d
 
 def _everywhere_blocker(archive: Archive, conn: Connection, study_pk: int, now: datetime) -> str | None:
     """Why a study may not be deleted everywhere now: a write-once copy, a tier not configured here,
-    instances still queued for forwarding."""
+    instances still queued for forwarding (:func:`_forwarding`)."""
     tiers = getattr(archive, "tiers", None)
     names = set(tiers.names()) if tiers is not None else set()
     for _pk, name, _key, retain_until in _tier_copies(conn, study_pk):
@@ -492,14 +493,25 @@ def _everywhere_blocker(archive: Archive, conn: Connection, study_pk: int, now: 
         config = getattr(tiers, "config", None)
         if retain_until is None and config is not None and getattr(config(name), "write_once", False):
             return f"write-once copy on tier {name}, kept for good"
+    return _forwarding(conn, study_pk)
+
+
+def _forwarding(conn: Connection, study_pk: int) -> str | None:
+    """Why not now: instances of the study still queued for forwarding (pending, or sent and awaiting the
+    peer's commitment) — the forwarder reads them from here."""
     uid = conn.execute(select(studies.c.study_uid).where(studies.c.pk == study_pk)).scalar()
+    sops = (
+        select(instances.c.sop_uid)
+        .select_from(instances.join(series, series.c.pk == instances.c.series_fk))
+        .where(series.c.study_fk == study_pk)
+    )
     fq = forward_queue.c
     queued = conn.execute(
-        select(fq.destination).where(fq.study_uid == uid, fq.state.in_(("pending", "sent"))).limit(1)
+        select(fq.destination)
+        .where(or_(fq.study_uid == uid, fq.sop_uid.in_(sops)), fq.state.in_(("pending", "sent")))
+        .limit(1)
     ).scalar()
-    if queued is not None:
-        return f"still being forwarded to {queued}"
-    return None
+    return f"still being forwarded to {queued}" if queued is not None else None
 
 
 # --------------------------------------------------------------------------- applying
@@ -594,6 +606,9 @@ def _purge_online(archive: Archive, p: Planned, require_copy: bool, now: datetim
         ).all()
         if not rows:
             raise _Skip("nothing online")
+        queued = _forwarding(conn, st.pk)
+        if queued:
+            raise _Skip(queued)
         held = [r for r in rows if r.held]
         unheld = [r for r in rows if not r.held]
         if unheld and require_copy:
