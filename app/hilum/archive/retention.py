@@ -443,7 +443,8 @@ def plan(archive: Archive, rules: RetentionRules, *, now: datetime | None = None
                         f"down to {rules.low_watermark:g}%"
                     )
                     if why:
-                        result.skips.append(Planned(st, WATERMARK_RULE, "online", why))
+                        if all(q.study.pk != st.pk for q in result.skips):  # said once per study
+                            result.skips.append(Planned(st, WATERMARK_RULE, "online", why))
                         continue
                     result.acts.append(Planned(st, WATERMARK_RULE, "online", reason))
                     chosen.add(st.pk)
