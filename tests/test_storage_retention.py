@@ -781,3 +781,95 @@ def test_protect_cli_as_a_process(data_dir: Path) -> None:
     assert hilum("protect", "--help").returncode == 0
     assert hilum("protect", "STUDY", uid, "--bogus", "--data", str(data_dir)).returncode == 2
     assert hilum("unprotect", "STUDY", "9.9", "--data", str(data_dir)).returncode == 1
+
+
+# --------------------------------------------------------------------------- kill -9 of the node
+
+
+def test_kill_9_of_the_node_in_the_middle_of_its_purge(tmp_path: Path) -> None:
+    """``hilum serve`` purging many studies (its policy service) is killed; after it: check clean, every
+    study readable (online, or brought back from the NAS tier), the purge finished by the next pass."""
+    pytest.importorskip("hilum.archive.tiers", reason="the node runs the policies once the tiers branch is merged")
+    import sqlite3
+
+    from conftest import free_port
+    from hilum.config import load_config
+
+    nas = tmp_path / "nas"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hilum.toml").write_text(
+        f'[storage]\ninterval = 1\n[tiers.nas]\ntype = "filesystem"\npath = "{nas}"\n'
+        '[[purge]]\nname = "old"\nmin_age_days = 30\n'
+    )
+    with Archive.from_config(load_config(data)) as a:
+        uids = [add_study(a, f"N{i}", patient=[MUELLER, DOE, PAPADOPOULOU][i % 3], slices=1) for i in range(60)]
+        for uid in uids:
+            copy_to(a, uid, "tier:nas", tiers=a.tiers)
+        old = datetime.now(UTC) - timedelta(days=60)
+        with a.transaction() as conn:
+            conn.execute(update(studies).values(created_at=old, updated_at=old))
+        checksums = {
+            r["SOPInstanceUID"]: file_checksum_of(r["path"]) for uid in uids for r in a.instances(study_uid=uid)
+        }
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "app"),
+        "HILUM_POLICY_FIRST_PASS": "0.2",
+        "HILUM_POLICY_SETTLE": "0",
+    }
+    ports = [str(free_port()) for _ in range(3)]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hilum",
+            "serve",
+            "--data",
+            str(data),
+            "--dicom-port",
+            ports[0],
+            "--web-port",
+            ports[1],
+            "--hl7-port",
+            ports[2],
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    purged = 0
+    try:
+        deadline = datetime.now(UTC) + timedelta(seconds=90)
+        while datetime.now(UTC) < deadline and proc.poll() is None:
+            try:
+                with sqlite3.connect(f"file:{data / 'index.sqlite'}?mode=ro", uri=True, timeout=1) as db:
+                    purged = db.execute("SELECT count(*) FROM policy_log WHERE action = 'purge'").fetchone()[0]
+            except sqlite3.OperationalError:
+                purged = 0
+            if purged >= 5:
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, err[-2000:]
+    assert 5 <= purged < 60, f"killed after {purged} purges: not in the middle"
+    out = subprocess.run(
+        [sys.executable, "-m", "hilum", "check", "--data", str(data), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    got = json.loads(out.stdout)
+    assert out.returncode == 0 and got["clean"] is True, out.stdout + out.stderr
+    with Archive.from_config(load_config(data)) as a:
+        offline = sum(1 for uid in uids for o, _ in state(a, uid) if not o)
+        assert offline >= 5
+        run_once(a, a.policies.get("retention"))  # the next pass finishes the job
+        assert all(not o and not f for uid in uids for o, f in state(a, uid))
+        assert_clean(a)
+        for uid in uids[::7]:  # read back from the tier, intact
+            for r in a.instances(study_uid=uid):
+                assert file_checksum_of(r["path"]) == checksums[r["SOPInstanceUID"]]
+        assert_clean(a)
