@@ -609,9 +609,9 @@ _PURGER = textwrap.dedent("""\
 
 def test_kill_9_in_the_middle_of_a_purge_leaves_a_clean_archive(data_dir: Path, tmp_path: Path) -> None:
     with Archive(data_dir) as a:
-        ct = [add_study(a, f"K{i}", patient=[MUELLER, DOE, PAPADOPOULOU][i % 3]) for i in range(12)]
-        mr = [add_study(a, f"M{i}", modality="MR", patient=DOE) for i in range(8)]
-        for uid in ct + mr[:4]:
+        ct = [add_study(a, f"K{i}", patient=[MUELLER, DOE, PAPADOPOULOU][i % 3]) for i in range(24)]
+        mr = [add_study(a, f"M{i}", modality="MR", patient=DOE) for i in range(12)]
+        for uid in ct + mr[:6]:
             copy_to(a, uid)
         copies = {uid: [r["SOPInstanceUID"] for r in a.instances(study_uid=uid)] for uid in ct + mr}
     text = (
