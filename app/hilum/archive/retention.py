@@ -30,6 +30,8 @@ Two kinds of purge:
   before its ``retain_until``: the study is then skipped).  Copies at peers
   are theirs and stay.
 
+A study several rules match is purged by the first *everywhere* rule among
+them (deleting covers dropping the online files), else by the first one.
 The high watermark triggers an online purge of the least recently used
 studies (``last_access``, else ``updated_at``) until the low watermark is
 reached; with ``capacity_bytes`` the online bytes in the index are measured
