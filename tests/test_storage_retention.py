@@ -541,6 +541,24 @@ def test_with_a_real_filesystem_tier_purge_recall_and_delete(tmp_path: Path) -> 
         assert_clean(a)
 
 
+def test_an_everywhere_rule_wins_over_an_online_one(archive: Archive) -> None:
+    young = add_study(archive, "Y1")
+    copy_to(archive, young)
+    r = rules(
+        '[[purge]]\nname = "drop"\nmin_age_days = 30\n'
+        '[[purge]]\nname = "delete"\nmin_age_days = 3650\nscope = "everywhere"\n'
+    )
+    assert [(p.rule, p.scope) for p in plan(archive, r, now=LATER).acts] == [("drop", "online")]
+    later = datetime.now(UTC) + timedelta(days=3651)
+    assert [(p.rule, p.scope) for p in plan(archive, r, now=later).acts] == [("delete", "everywhere")]
+    run_once(archive, r, now=LATER)
+    assert state(archive, young) == [(False, False), (False, False)]
+    assert [(p.rule, p.scope) for p in plan(archive, r, now=later).acts] == [("delete", "everywhere")]
+    run_once(archive, r, now=later)
+    assert state(archive, young) == []
+    assert_clean(archive)
+
+
 # --------------------------------------------------------------------------- dry run
 
 
