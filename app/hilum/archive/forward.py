@@ -179,8 +179,8 @@ def parse(doc: dict[str, Any], text: str, source: str) -> ForwardRules:
                 raise rule_error(source, text, "forward", f"unknown key (known: {', '.join(RULE_KEYS)})", key=key,
                                  index=i)
             if not isinstance(value, kind) or isinstance(value, bool):
-                raise rule_error(source, text, "forward", f"wrong type {type(value).__name__} ({value!r})", key=key,
-                                 index=i)
+                want = "a list of strings" if kind is list else "a string"
+                raise rule_error(source, text, "forward", f"must be {want}, not {value!r}", key=key, index=i)
             if isinstance(value, list) and not all(isinstance(v, str) and v.strip() for v in value):
                 raise rule_error(source, text, "forward", "must be a list of non-empty strings", key=key, index=i)
         dest = t.get("destination")
@@ -532,12 +532,13 @@ def mark_failed(archive: Archive, items: Sequence[QueueItem], error: str, *, now
 
 def commitment_report(archive: Archive, transaction_uid: str, committed: Iterable[str],
                       failed: Mapping[str, int] | None = None, *, rules: ForwardRules | None = None,
-                      now: datetime | None = None) -> int:
+                      destinations: Sequence[str] | None = None, now: datetime | None = None) -> int:
     """A Storage Commitment report (N-EVENT-REPORT, PS3.4 J.3.3) for ``transaction_uid``: the committed
     SOP Instance UIDs become ``committed``, the failed ones go back to ``pending`` to be sent again.
 
     Called by the sender (report on its association) and by the node's DIMSE SCP (report on a new
-    association).  Returns how many rows it changed (0: not one of our transactions).
+    association; ``destinations``: only rows queued for these).  Returns how many rows it changed
+    (0: not one of our transactions).
     """
     if not transaction_uid:
         return 0
@@ -545,10 +546,12 @@ def commitment_report(archive: Archive, transaction_uid: str, committed: Iterabl
     failed = dict(failed or {})
     committed = set(committed)
     q = forward_queue.c
+    stmt = select(q.pk, q.destination, q.sop_uid, q.study_uid, q.state, q.attempts,
+                  q.transaction_uid).where(q.transaction_uid == transaction_uid, q.state == "sent")
+    if destinations is not None:
+        stmt = stmt.where(q.destination.in_(list(destinations)))
     with archive.engine.connect() as conn:
-        rows = conn.execute(select(q.pk, q.destination, q.sop_uid, q.study_uid, q.state, q.attempts,
-                                   q.transaction_uid).where(q.transaction_uid == transaction_uid,
-                                                            q.state == "sent")).all()
+        rows = conn.execute(stmt).all()
     items = [QueueItem(int(r[0]), r[1], r[2], r[3], r[4], int(r[5]), r[6]) for r in rows]
     if not items:
         return 0
