@@ -84,12 +84,14 @@ class Node:
         from hilum.dimse.mpps import MppsSCP
         from hilum.dimse.mwl import WorklistSCP
         from hilum.hl7.service import HL7Service
+        from hilum.replication import ForwardService
 
         ris = [WorklistSCP(self.archive, orders=self.orders), MppsSCP(self.archive, orders=self.orders)]
         return [
             DimseService(self.config, self.archive, extensions=ris),
             HL7Service(self.config, self.archive, orders=self.orders),
             DicomWebService(self.config, self.archive),
+            ForwardService(self.archive, self.config),  # [[forward]] rules of hilum.toml (none: idle)
         ]
 
     def service(self, name: str) -> Service:
