@@ -57,8 +57,16 @@ def fill(archive: Archive, n_ct: int = 12, n_mr: int = 0, *, source_aet: str = "
         if not n:
             continue
         cls = CTImageStorage if modality == "CT" else pydicom.uid.MRImageStorage
-        for ds in _tiny("Fwd^Test", f"FWD-{modality}", "20240101", generate_uid(ROOT), generate_uid(ROOT), modality,
-                        n, sop_class=cls):
+        for ds in _tiny(
+            "Fwd^Test",
+            f"FWD-{modality}",
+            "20240101",
+            generate_uid(ROOT),
+            generate_uid(ROOT),
+            modality,
+            n,
+            sop_class=cls,
+        ):
             assert archive.ingest(_bytes(ds), origin="dimse", source_aet=source_aet).status == "stored"
             out[modality].append(str(ds.SOPInstanceUID))
     return out
@@ -92,8 +100,9 @@ class StoreSCP:
         args = [str(BIN / "storescp"), "-aet", self.aet, "-od", str(self.out)]
         if self.config is not None:
             args += ["-xf", str(self.config), "Default"]
-        self.proc = subprocess.Popen([*args, str(self.port)], env=ENV, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [*args, str(self.port)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_port(self.port)
 
     def stop(self) -> None:
@@ -104,8 +113,11 @@ class StoreSCP:
 
     def received(self) -> list[str]:
         """The SOP Instance UID of every file in the output folder (one per file)."""
-        return [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
-                for p in sorted(self.out.iterdir()) if p.is_file()]
+        return [
+            str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+            for p in sorted(self.out.iterdir())
+            if p.is_file()
+        ]
 
 
 @pytest.fixture
@@ -137,16 +149,23 @@ def wait_for(cond: Callable[[], bool], timeout: float = 60.0, what: str = "condi
 
 
 def by_state(archive: Archive, dest: str) -> dict[str, int]:
-    return {k: v for k, v in next((d for d in forward.status(archive) if d["destination"] == dest),
-                                  {"pending": 0, "sent": 0, "committed": 0, "failed": 0}).items()
-            if k in forward.STATES}
+    return {
+        k: v
+        for k, v in next(
+            (d for d in forward.status(archive) if d["destination"] == dest),
+            {"pending": 0, "sent": 0, "committed": 0, "failed": 0},
+        ).items()
+        if k in forward.STATES
+    }
 
 
 # ------------------------------------------------------------------ rules
 
 
 def test_rules_parse_and_typos_are_refused_with_their_line() -> None:
-    rules = toml_rules(PEERS + """
+    rules = toml_rules(
+        PEERS
+        + """
 [forwarding]
 retry_initial = 1
 batch = 8
@@ -160,7 +179,8 @@ source_aets = ["CT1"]
 [[forward]]
 destination = "web"
 commitment = "never"
-""")
+"""
+    )
     assert [r.name for r in rules.rules] == ["ct", "forward-2"]
     assert rules.rules[0].kind == "dimse" and rules.rules[0].modalities == ("CT",)
     assert rules.rules[1].kind == "dicomweb" and rules.batch == 8
@@ -180,7 +200,7 @@ commitment = "never"
     assert "line 10" in msg and "commitment" in msg
     msg = refused('[forwarding]\nretry_max = "soon"\n')
     assert "line 9" in msg and "retry_max" in msg
-    msg = refused('[forwarding]\nretry_inital = 3\n')
+    msg = refused("[forwarding]\nretry_inital = 3\n")
     assert "unknown setting" in msg
     assert "must be" in refused('[[forward]]\ndestination = "backup"\nmodalities = "CT"\n')
     assert "Storage Commitment" in refused('[[forward]]\ndestination = "web"\ncommitment = "always"\n')
@@ -190,8 +210,13 @@ def test_a_rule_with_a_typo_is_refused_by_the_cli(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "hilum.toml").write_text('[[forward]]\ndestination = "backup"\n', encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "hilum", "--data", str(data), "forward", "status"],
-                          capture_output=True, text=True, timeout=60, env=ENV)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hilum", "--data", str(data), "forward", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+    )
     assert proc.returncode != 0 and "line 2" in proc.stderr and "no peer called 'backup'" in proc.stderr
 
 
@@ -200,8 +225,10 @@ def test_a_rule_with_a_typo_is_refused_by_the_cli(tmp_path: Path) -> None:
 
 def test_routing_is_idempotent_filters_and_dry_run(archive: Archive) -> None:
     uids = fill(archive, 3, 2)
-    rules = toml_rules(PEERS + '[[forward]]\ndestination = "backup"\nmodalities = ["CT"]\n'
-                       '[[forward]]\ndestination = "web"\nsource_aets = ["ELSEWHERE"]\n')
+    rules = toml_rules(
+        PEERS + '[[forward]]\ndestination = "backup"\nmodalities = ["CT"]\n'
+        '[[forward]]\ndestination = "web"\nsource_aets = ["ELSEWHERE"]\n'
+    )
     dry = forward.route(archive, rules, dry_run=True)
     assert dry.instances == 3 and [a["instances"] for a in dry.actions] == [3]
     assert forward.status(archive) == []  # the dry run changed nothing
@@ -221,11 +248,20 @@ def test_routing_is_idempotent_filters_and_dry_run(archive: Archive) -> None:
 
 def test_storescp_stopped_and_restarted_mid_queue(tmp_path: Path, archive: Archive, storescp: StoreSCP) -> None:
     uids = fill(archive, 30)["CT"]
-    cfg = config_for(tmp_path / "cfg", {"backup": Peer("STORESCP", "127.0.0.1", storescp.port)},
-                     '[forwarding]\nretry_initial = 0.3\nretry_max = 1\nbatch = 4\n'
-                     '[[forward]]\ndestination = "backup"\n')
-    rules = forward.parse({"peers": {"backup": {}}, "forwarding": {"retry_initial": 0.3, "retry_max": 1, "batch": 4},
-                           "forward": [{"destination": "backup"}]}, "", "t")
+    cfg = config_for(
+        tmp_path / "cfg",
+        {"backup": Peer("STORESCP", "127.0.0.1", storescp.port)},
+        '[forwarding]\nretry_initial = 0.3\nretry_max = 1\nbatch = 4\n[[forward]]\ndestination = "backup"\n',
+    )
+    rules = forward.parse(
+        {
+            "peers": {"backup": {}},
+            "forwarding": {"retry_initial": 0.3, "retry_max": 1, "batch": 4},
+            "forward": [{"destination": "backup"}],
+        },
+        "",
+        "t",
+    )
     storescp.start()
     svc = ForwardService(archive, cfg, rules)
     svc.start()
@@ -254,15 +290,20 @@ def test_storescp_stopped_and_restarted_mid_queue(tmp_path: Path, archive: Archi
 
 def test_queue_survives_a_restart_of_the_service_and_the_process(tmp_path: Path, storescp: StoreSCP) -> None:
     data = tmp_path / "data"
-    cfg = config_for(data, {"backup": Peer("STORESCP", "127.0.0.1", storescp.port)},
-                     '[forwarding]\nretry_initial = 0.2\nretry_max = 0.5\n[[forward]]\ndestination = "backup"\n')
+    cfg = config_for(
+        data,
+        {"backup": Peer("STORESCP", "127.0.0.1", storescp.port)},
+        '[forwarding]\nretry_initial = 0.2\nretry_max = 0.5\n[[forward]]\ndestination = "backup"\n',
+    )
     archive = Archive(data)
     uids = fill(archive, 10)["CT"]
     svc = ForwardService(archive, cfg)  # rules from hilum.toml
     svc.start()
     try:  # destination down: queued, tried, not lost
-        wait_for(lambda: by_state(archive, "backup")["pending"] == 10 and forward.status(archive)[0]["last_error"],
-                 what="queued and tried")
+        wait_for(
+            lambda: by_state(archive, "backup")["pending"] == 10 and forward.status(archive)[0]["last_error"],
+            what="queued and tried",
+        )
     finally:
         svc.stop()
         archive.close()
@@ -274,12 +315,22 @@ def test_queue_survives_a_restart_of_the_service_and_the_process(tmp_path: Path,
         archive.close()
     storescp.start()
     env = {**ENV, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-m", "hilum", "--data", str(data), "forward", "send", "--json"],
-                          capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hilum", "--data", str(data), "forward", "send", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert sorted(storescp.received()) == sorted(uids + more)
-    proc = subprocess.run([sys.executable, "-m", "hilum", "--data", str(data), "forward", "status", "--json"],
-                          capture_output=True, text=True, timeout=60, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hilum", "--data", str(data), "forward", "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     import json
 
     st = json.loads(proc.stdout)
@@ -289,11 +340,14 @@ def test_queue_survives_a_restart_of_the_service_and_the_process(tmp_path: Path,
 def test_a_refused_instance_fails_and_the_others_go_on(tmp_path: Path, archive: Archive) -> None:
     """A storescp profile that takes CT only: the MR instances have no presentation context there."""
     profile = tmp_path / "ct-only.cfg"
-    profile.write_text("[[TransferSyntaxes]]\n[Uncompressed]\nTransferSyntax1 = LocalEndianExplicit\n"
-                       "TransferSyntax2 = LittleEndianImplicit\n[[PresentationContexts]]\n[CTOnly]\n"
-                       "PresentationContext1 = VerificationSOPClass\\Uncompressed\n"
-                       "PresentationContext2 = CTImageStorage\\Uncompressed\n"
-                       "[[Profiles]]\n[Default]\nPresentationContexts = CTOnly\n", encoding="utf-8")
+    profile.write_text(
+        "[[TransferSyntaxes]]\n[Uncompressed]\nTransferSyntax1 = LocalEndianExplicit\n"
+        "TransferSyntax2 = LittleEndianImplicit\n[[PresentationContexts]]\n[CTOnly]\n"
+        "PresentationContext1 = VerificationSOPClass\\Uncompressed\n"
+        "PresentationContext2 = CTImageStorage\\Uncompressed\n"
+        "[[Profiles]]\n[Default]\nPresentationContexts = CTOnly\n",
+        encoding="utf-8",
+    )
     scp = StoreSCP(tmp_path / "received", free_port(), config=profile)
     scp.start()
     try:
@@ -329,10 +383,20 @@ def peer_node(tmp_path: Path) -> Iterator[Node]:
 def test_hilum_to_hilum_with_storage_commitment(tmp_path: Path, archive: Archive, peer_node: Node) -> None:
     uids = fill(archive, 9)["CT"]
     peer = Peer("PEERHILUM", "127.0.0.1", peer_node.config.dicom_port)
-    cfg = config_for(tmp_path / "cfg", {"backup": peer}, '[forwarding]\nbatch = 4\n'
-                     '[[forward]]\ndestination = "backup"\ncommitment = "always"\n')
-    rules = forward.parse({"peers": {"backup": {}}, "forwarding": {"batch": 4},
-                           "forward": [{"destination": "backup", "commitment": "always"}]}, "", "t")
+    cfg = config_for(
+        tmp_path / "cfg",
+        {"backup": peer},
+        '[forwarding]\nbatch = 4\n[[forward]]\ndestination = "backup"\ncommitment = "always"\n',
+    )
+    rules = forward.parse(
+        {
+            "peers": {"backup": {}},
+            "forwarding": {"batch": 4},
+            "forward": [{"destination": "backup", "commitment": "always"}],
+        },
+        "",
+        "t",
+    )
     svc = ForwardService(archive, cfg, rules)
     svc.start()
     try:
@@ -362,8 +426,12 @@ def _study_pk(study_uid: str) -> Any:
 def test_commitment_report_on_a_new_association_reaches_the_queue(tmp_path: Path) -> None:
     """A peer that reports later, on an association of its own (PS3.4 J.3.3.2): the node's SCP hands the
     N-EVENT-REPORT to the queue, and the rows waiting for it become committed."""
-    cfg = Config(data_dir=tmp_path / "node", aet="HILUM", dicom_port=free_port(),
-                 peers={"backup": Peer("LATEPACS", "127.0.0.1", free_port())})
+    cfg = Config(
+        data_dir=tmp_path / "node",
+        aet="HILUM",
+        dicom_port=free_port(),
+        peers={"backup": Peer("LATEPACS", "127.0.0.1", free_port())},
+    )
     with Node(cfg, only=["dimse"]) as node:
         uids = fill(node.archive, 3)["CT"]
         rules = forward.parse({"peers": {"backup": {}}, "forward": [{"destination": "backup"}]}, "", "t")
@@ -382,15 +450,22 @@ def test_commitment_report_on_a_new_association_reaches_the_queue(tmp_path: Path
         info.ReferencedSOPSequence = refs
         bad = Dataset()
         bad.ReferencedSOPClassUID, bad.ReferencedSOPInstanceUID, bad.FailureReason = (
-            CTImageStorage, items[2].sop_uid, 0x0110)
+            CTImageStorage,
+            items[2].sop_uid,
+            0x0110,
+        )
         info.FailedSOPSequence = [bad]
         from pynetdicom import build_role
         from pynetdicom.sop_class import StorageCommitmentPushModel
 
         ae = AE("LATEPACS")
         ae.add_requested_context(StorageCommitmentPushModel)
-        assoc = ae.associate("127.0.0.1", cfg.dicom_port, ae_title="HILUM",
-                             ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)])
+        assoc = ae.associate(
+            "127.0.0.1",
+            cfg.dicom_port,
+            ae_title="HILUM",
+            ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)],
+        )
         try:
             assert assoc.is_established
             status, _ = assoc.send_n_event_report(info, 2, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1")
@@ -427,8 +502,9 @@ def test_stow_rs_to_a_second_hilum_node(tmp_path: Path, archive: Archive, peer_n
 
     service_mod.load_sources = with_password  # type: ignore[assignment]
     try:
-        rules = forward.parse({"dicomweb_sources": {"web": {}}, "forwarding": {"batch": 3},
-                               "forward": [{"destination": "web"}]}, "", "t")
+        rules = forward.parse(
+            {"dicomweb_sources": {"web": {}}, "forwarding": {"batch": 3}, "forward": [{"destination": "web"}]}, "", "t"
+        )
         out = drain(archive, cfg, rules)["web"]
     finally:
         web_client.load_sources = original  # type: ignore[assignment]
@@ -442,10 +518,21 @@ def test_stow_rs_to_a_second_hilum_node(tmp_path: Path, archive: Archive, peer_n
 
 def test_a_destination_that_is_down_never_blocks_ingest(tmp_path: Path) -> None:
     port = free_port()  # nobody listens
-    cfg = Config(data_dir=tmp_path / "node", aet="HILUM", dicom_port=free_port(),
-                 peers={"backup": Peer("NOBODY", "127.0.0.1", port)})
-    rules = forward.parse({"peers": {"backup": {}}, "forwarding": {"retry_initial": 0.1, "retry_max": 0.2},
-                           "forward": [{"destination": "backup"}]}, "", "t")
+    cfg = Config(
+        data_dir=tmp_path / "node",
+        aet="HILUM",
+        dicom_port=free_port(),
+        peers={"backup": Peer("NOBODY", "127.0.0.1", port)},
+    )
+    rules = forward.parse(
+        {
+            "peers": {"backup": {}},
+            "forwarding": {"retry_initial": 0.1, "retry_max": 0.2},
+            "forward": [{"destination": "backup"}],
+        },
+        "",
+        "t",
+    )
     archive = Archive(cfg.data_dir)
     svc = ForwardService(archive, cfg, rules)
     svc.start()

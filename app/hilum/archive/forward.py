@@ -78,11 +78,18 @@ STATES = ("pending", "sent", "committed", "failed")
 COMMITMENT = ("auto", "always", "never")
 
 RULE_KEYS: dict[str, type | tuple[type, ...]] = {
-    "name": str, "destination": str, "modalities": list, "source_aets": list, "sop_classes": list,
+    "name": str,
+    "destination": str,
+    "modalities": list,
+    "source_aets": list,
+    "sop_classes": list,
     "commitment": str,
 }
 SETTING_KEYS: dict[str, type | tuple[type, ...]] = {
-    "retry_initial": (int, float), "retry_max": (int, float), "max_attempts": int, "batch": int,
+    "retry_initial": (int, float),
+    "retry_max": (int, float),
+    "max_attempts": int,
+    "batch": int,
     "commitment_timeout": (int, float),
 }
 
@@ -105,8 +112,11 @@ class ForwardRule:
         return f"{self.name}>{self.destination}"[:64]
 
     def matches(self, modality: str, source_aet: str, sop_class: str) -> bool:
-        return (matches(modality, self.modalities) and matches(source_aet, self.source_aets)
-                and matches(sop_class, self.sop_classes))
+        return (
+            matches(modality, self.modalities)
+            and matches(source_aet, self.source_aets)
+            and matches(sop_class, self.sop_classes)
+        )
 
 
 @dataclass
@@ -145,8 +155,7 @@ def parse(doc: dict[str, Any], text: str, source: str) -> ForwardRules:
     for key, value in settings.items():
         kind = SETTING_KEYS.get(key)
         if kind is None:
-            raise rule_error(source, text, "forwarding", f"unknown setting (known: {', '.join(SETTING_KEYS)})",
-                             key=key)
+            raise rule_error(source, text, "forwarding", f"unknown setting (known: {', '.join(SETTING_KEYS)})", key=key)
         if isinstance(value, bool) or not isinstance(value, kind):
             raise rule_error(source, text, "forwarding", f"must be a number, not {value!r}", key=key)
     for key in ("retry_initial", "retry_max", "commitment_timeout"):
@@ -155,8 +164,9 @@ def parse(doc: dict[str, Any], text: str, source: str) -> ForwardRules:
             raise rule_error(source, text, "forwarding", f"must be more than 0 seconds, not {value!r}", key=key)
         setattr(out, key, float(value))
     if out.retry_max < out.retry_initial:
-        raise rule_error(source, text, "forwarding", f"must be at least retry_initial ({out.retry_initial:g})",
-                         key="retry_max")
+        raise rule_error(
+            source, text, "forwarding", f"must be at least retry_initial ({out.retry_initial:g})", key="retry_max"
+        )
     out.max_attempts = int(settings.get("max_attempts", 0))
     if out.max_attempts < 0:
         raise rule_error(source, text, "forwarding", "must be 0 (forever) or more", key="max_attempts")
@@ -176,8 +186,9 @@ def parse(doc: dict[str, Any], text: str, source: str) -> ForwardRules:
         for key, value in t.items():
             kind = RULE_KEYS.get(key)
             if kind is None:
-                raise rule_error(source, text, "forward", f"unknown key (known: {', '.join(RULE_KEYS)})", key=key,
-                                 index=i)
+                raise rule_error(
+                    source, text, "forward", f"unknown key (known: {', '.join(RULE_KEYS)})", key=key, index=i
+                )
             if not isinstance(value, kind) or isinstance(value, bool):
                 want = "a list of strings" if kind is list else "a string"
                 raise rule_error(source, text, "forward", f"must be {want}, not {value!r}", key=key, index=i)
@@ -185,43 +196,75 @@ def parse(doc: dict[str, Any], text: str, source: str) -> ForwardRules:
                 raise rule_error(source, text, "forward", "must be a list of non-empty strings", key=key, index=i)
         dest = t.get("destination")
         if not dest:
-            raise rule_error(source, text, "forward", "a destination is required ([peers.NAME] or "
-                             "[dicomweb_sources.NAME])", index=i)
+            raise rule_error(
+                source, text, "forward", "a destination is required ([peers.NAME] or [dicomweb_sources.NAME])", index=i
+            )
         if dest in peers:
             kind_ = "dimse"
         elif dest in web:
             kind_ = "dicomweb"
         else:
             known = ", ".join(sorted(set(peers) | set(web))) or "none"
-            raise rule_error(source, text, "forward", f"no peer called {dest!r} in [peers] or [dicomweb_sources] "
-                             f"(known: {known})", key="destination", index=i)
+            raise rule_error(
+                source,
+                text,
+                "forward",
+                f"no peer called {dest!r} in [peers] or [dicomweb_sources] (known: {known})",
+                key="destination",
+                index=i,
+            )
         commitment = t.get("commitment", "auto")
         if commitment not in COMMITMENT:
-            raise rule_error(source, text, "forward", f"must be one of {', '.join(COMMITMENT)}, not {commitment!r}",
-                             key="commitment", index=i)
+            raise rule_error(
+                source,
+                text,
+                "forward",
+                f"must be one of {', '.join(COMMITMENT)}, not {commitment!r}",
+                key="commitment",
+                index=i,
+            )
         if kind_ == "dicomweb" and commitment == "always":
-            raise rule_error(source, text, "forward", "a DICOMweb destination has no Storage Commitment "
-                             "(STOW-RS 200 is its confirmation): use 'auto' or 'never'", key="commitment", index=i)
+            raise rule_error(
+                source,
+                text,
+                "forward",
+                "a DICOMweb destination has no Storage Commitment "
+                "(STOW-RS 200 is its confirmation): use 'auto' or 'never'",
+                key="commitment",
+                index=i,
+            )
         name = str(t.get("name") or f"forward-{i + 1}")
         if name in names:
-            raise rule_error(source, text, "forward", f"a rule called {name!r} is there already", key="name",
-                             index=i)
+            raise rule_error(source, text, "forward", f"a rule called {name!r} is there already", key="name", index=i)
         names.add(name)
         if len(dest) > 60:
-            raise rule_error(source, text, "forward", "destination name longer than 60 characters",
-                             key="destination", index=i)
-        out.rules.append(ForwardRule(
-            name=name, destination=dest, kind=kind_,
-            modalities=tuple(v.strip().upper() for v in t.get("modalities", [])),
-            source_aets=tuple(v.strip() for v in t.get("source_aets", [])),
-            sop_classes=tuple(v.strip() for v in t.get("sop_classes", [])), commitment=commitment))
+            raise rule_error(
+                source, text, "forward", "destination name longer than 60 characters", key="destination", index=i
+            )
+        out.rules.append(
+            ForwardRule(
+                name=name,
+                destination=dest,
+                kind=kind_,
+                modalities=tuple(v.strip().upper() for v in t.get("modalities", [])),
+                source_aets=tuple(v.strip() for v in t.get("source_aets", [])),
+                sop_classes=tuple(v.strip() for v in t.get("sop_classes", [])),
+                commitment=commitment,
+            )
+        )
     for dest in {r.destination for r in out.rules}:
         modes = {r.commitment for r in out.rules if r.destination == dest}
         if len(modes) > 1:
             first = next(r.commitment for r in out.rules if r.destination == dest)
             i = next(n for n, r in enumerate(out.rules) if r.destination == dest and r.commitment != first)
-            raise rule_error(source, text, "forward", f"rules for {dest!r} disagree on commitment "
-                             f"({', '.join(sorted(modes))})", key="commitment", index=i)
+            raise rule_error(
+                source,
+                text,
+                "forward",
+                f"rules for {dest!r} disagree on commitment ({', '.join(sorted(modes))})",
+                key="commitment",
+                index=i,
+            )
     return out
 
 
@@ -236,18 +279,19 @@ def _marks(conn: Connection) -> dict[str, datetime]:
 
 def _candidates(conn: Connection, since: datetime | None, after_pk: int) -> list[Any]:
     i, s = instances.c, series.c
-    stmt = (select(i.pk, i.sop_uid, i.sop_class_uid, i.source_aet, i.received_at, s.modality, studies.c.study_uid,
-                   i.size)
-            .select_from(instances.join(series, series.c.pk == i.series_fk)
-                         .join(studies, studies.c.pk == s.study_fk))
-            .where(i.pk > after_pk).order_by(i.pk).limit(SCAN_CHUNK))
+    stmt = (
+        select(i.pk, i.sop_uid, i.sop_class_uid, i.source_aet, i.received_at, s.modality, studies.c.study_uid, i.size)
+        .select_from(instances.join(series, series.c.pk == i.series_fk).join(studies, studies.c.pk == s.study_fk))
+        .where(i.pk > after_pk)
+        .order_by(i.pk)
+        .limit(SCAN_CHUNK)
+    )
     if since is not None:
         stmt = stmt.where(i.received_at >= since)
     return list(conn.execute(stmt).all())
 
 
-def route(archive: Archive, rules: ForwardRules, *, dry_run: bool = False,
-          now: datetime | None = None) -> TaskReport:
+def route(archive: Archive, rules: ForwardRules, *, dry_run: bool = False, now: datetime | None = None) -> TaskReport:
     """Queue the instances that arrived since the last scan for the destinations their rules name.
 
     Returns a report: ``instances`` queued now; in a dry run ``actions`` lists
@@ -299,8 +343,14 @@ def route(archive: Archive, rules: ForwardRules, *, dry_run: bool = False,
     return report
 
 
-def _enqueue(archive: Archive, wanted: Mapping[tuple[str, str], tuple[str, int]], now: datetime, *,
-             dry_run: bool, report: TaskReport) -> int:
+def _enqueue(
+    archive: Archive,
+    wanted: Mapping[tuple[str, str], tuple[str, int]],
+    now: datetime,
+    *,
+    dry_run: bool,
+    report: TaskReport,
+) -> int:
     q = forward_queue.c
     for attempt in (1, 2, 3):
         with archive.engine.connect() as conn:
@@ -310,15 +360,19 @@ def _enqueue(archive: Archive, wanted: Mapping[tuple[str, str], tuple[str, int]]
                 by_dest.setdefault(dest, []).append(sop)
             for dest, sops in by_dest.items():
                 for start in range(0, len(sops), 500):
-                    chunk = sops[start:start + 500]
-                    have |= {(dest, r[0]) for r in conn.execute(
-                        select(q.sop_uid).where(q.destination == dest, q.sop_uid.in_(chunk)))}
+                    chunk = sops[start : start + 500]
+                    have |= {
+                        (dest, r[0])
+                        for r in conn.execute(select(q.sop_uid).where(q.destination == dest, q.sop_uid.in_(chunk)))
+                    }
         missing = [(k, v) for k, v in wanted.items() if k not in have]
         if dry_run:
             studies_: dict[tuple[str, str], dict[str, Any]] = {}
             for (dest, _sop), (study, size) in missing:
-                a = studies_.setdefault((study, dest), {"uid": study, "rule": dest, "instances": 0, "bytes": 0,
-                                                        "reason": f"forward to {dest}"})
+                a = studies_.setdefault(
+                    (study, dest),
+                    {"uid": study, "rule": dest, "instances": 0, "bytes": 0, "reason": f"forward to {dest}"},
+                )
                 a["instances"] += 1
                 a["bytes"] += size
             report.actions += list(studies_.values())
@@ -327,10 +381,25 @@ def _enqueue(archive: Archive, wanted: Mapping[tuple[str, str], tuple[str, int]]
             return 0
         try:
             with archive.transaction() as conn:
-                conn.execute(forward_queue.insert(), [
-                    {"destination": dest, "sop_uid": sop, "study_uid": study, "state": "pending", "attempts": 0,
-                     "next_try": now, "last_error": "", "transaction_uid": "", "claimed_by": "",
-                     "created_at": now, "updated_at": now} for (dest, sop), (study, _size) in missing])
+                conn.execute(
+                    forward_queue.insert(),
+                    [
+                        {
+                            "destination": dest,
+                            "sop_uid": sop,
+                            "study_uid": study,
+                            "state": "pending",
+                            "attempts": 0,
+                            "next_try": now,
+                            "last_error": "",
+                            "transaction_uid": "",
+                            "claimed_by": "",
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for (dest, sop), (study, _size) in missing
+                    ],
+                )
             return len(missing)
         except IntegrityError:
             if attempt == 3:
@@ -343,19 +412,34 @@ def _save_marks(archive: Archive, marks: Mapping[str, datetime], now: datetime) 
     q = forward_queue.c
     with archive.transaction() as conn:
         for key, at in marks.items():
-            res = conn.execute(update(forward_queue).where(q.destination == MARK, q.sop_uid == key,
-                                                           or_(q.next_try < at, q.next_try.is_(None)))
-                               .values(next_try=at, updated_at=now))
+            res = conn.execute(
+                update(forward_queue)
+                .where(q.destination == MARK, q.sop_uid == key, or_(q.next_try < at, q.next_try.is_(None)))
+                .values(next_try=at, updated_at=now)
+            )
             if not res.rowcount:
                 exists_ = conn.execute(select(q.pk).where(q.destination == MARK, q.sop_uid == key)).first()
                 if exists_ is None:
-                    conn.execute(forward_queue.insert().values(
-                        destination=MARK, sop_uid=key, study_uid="", state="mark", attempts=0, next_try=at,
-                        last_error="", transaction_uid="", claimed_by="", created_at=now, updated_at=now))
+                    conn.execute(
+                        forward_queue.insert().values(
+                            destination=MARK,
+                            sop_uid=key,
+                            study_uid="",
+                            state="mark",
+                            attempts=0,
+                            next_try=at,
+                            last_error="",
+                            transaction_uid="",
+                            claimed_by="",
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
 
 
-def run_once(archive: Archive, rules: ForwardRules, *, dry_run: bool = False,
-             now: datetime | None = None) -> TaskReport:
+def run_once(
+    archive: Archive, rules: ForwardRules, *, dry_run: bool = False, now: datetime | None = None
+) -> TaskReport:
     """The policy interface: one routing scan (the sending is :class:`hilum.replication.ForwardService`'s)."""
     return route(archive, rules, dry_run=dry_run, now=now)
 
@@ -401,25 +485,42 @@ def claim(archive: Archive, destination: str, limit: int, *, now: datetime | Non
     token = f"{NODE}.{uuid.uuid4().hex[:12]}"[:64]
     free = or_(q.claimed_by == "", q.claimed_at.is_(None), q.claimed_at < now - timedelta(seconds=CLAIM_STALE))
     with archive.transaction() as conn:
-        pks = [r[0] for r in conn.execute(
-            select(q.pk).where(q.destination == destination, _due_state(), q.next_try <= now, free)
-            .order_by(q.next_try, q.pk).limit(limit))]
+        pks = [
+            r[0]
+            for r in conn.execute(
+                select(q.pk)
+                .where(q.destination == destination, _due_state(), q.next_try <= now, free)
+                .order_by(q.next_try, q.pk)
+                .limit(limit)
+            )
+        ]
         if not pks:
             return []
         conn.execute(update(forward_queue).where(q.pk.in_(pks), free).values(claimed_by=token, claimed_at=now))
-        rows = conn.execute(select(q.pk, q.destination, q.sop_uid, q.study_uid, q.state, q.attempts,
-                                   q.transaction_uid).where(q.claimed_by == token).order_by(q.pk)).all()
+        rows = conn.execute(
+            select(q.pk, q.destination, q.sop_uid, q.study_uid, q.state, q.attempts, q.transaction_uid)
+            .where(q.claimed_by == token)
+            .order_by(q.pk)
+        ).all()
     items = [QueueItem(int(r[0]), r[1], r[2], r[3], r[4], int(r[5]), r[6]) for r in rows]
     i = instances.c
     by_sop = {it.sop_uid: it for it in items}
     with archive.engine.connect() as conn:
         sops = list(by_sop)
         for start in range(0, len(sops), 500):
-            for r in conn.execute(select(i.pk, i.sop_uid, i.sop_class_uid, i.transfer_syntax, i.blob_key, i.size)
-                                  .where(i.sop_uid.in_(sops[start:start + 500]))):
+            for r in conn.execute(
+                select(i.pk, i.sop_uid, i.sop_class_uid, i.transfer_syntax, i.blob_key, i.size).where(
+                    i.sop_uid.in_(sops[start : start + 500])
+                )
+            ):
                 it = by_sop[r[1]]
                 it.instance_pk, it.sop_class_uid, it.transfer_syntax, it.blob_key, it.size = (
-                    int(r[0]), r[2], r[3], r[4], int(r[5]))
+                    int(r[0]),
+                    r[2],
+                    r[3],
+                    r[4],
+                    int(r[5]),
+                )
     return items
 
 
@@ -435,12 +536,19 @@ def patient_changed(archive: Archive, sop_uids: Sequence[str]) -> set[str]:
     out: set[str] = set()
     with archive.engine.connect() as conn:
         for start in range(0, len(sop_uids), 500):
-            stmt = (select(i.sop_uid)
-                    .select_from(instances.join(series, series.c.pk == i.series_fk)
-                                 .join(studies, studies.c.pk == series.c.study_fk)
-                                 .join(patients, patients.c.pk == studies.c.patient_fk))
-                    .where(i.sop_uid.in_(list(sop_uids[start:start + 500])), patients.c.revision != 0,
-                           patients.c.revision != i.patient_rev))
+            stmt = (
+                select(i.sop_uid)
+                .select_from(
+                    instances.join(series, series.c.pk == i.series_fk)
+                    .join(studies, studies.c.pk == series.c.study_fk)
+                    .join(patients, patients.c.pk == studies.c.patient_fk)
+                )
+                .where(
+                    i.sop_uid.in_(list(sop_uids[start : start + 500])),
+                    patients.c.revision != 0,
+                    patients.c.revision != i.patient_rev,
+                )
+            )
             out |= {r[0] for r in conn.execute(stmt)}
     return out
 
@@ -451,8 +559,7 @@ def release(archive: Archive, items: Iterable[QueueItem]) -> None:
     if not pks:
         return
     with archive.transaction() as conn:
-        conn.execute(update(forward_queue).where(forward_queue.c.pk.in_(pks))
-                     .values(claimed_by="", claimed_at=None))
+        conn.execute(update(forward_queue).where(forward_queue.c.pk.in_(pks)).values(claimed_by="", claimed_at=None))
 
 
 def _confirm(conn: Connection, items: Sequence[QueueItem], destination: str, detail: str) -> None:
@@ -467,12 +574,25 @@ def _confirm(conn: Connection, items: Sequence[QueueItem], destination: str, det
         pk = conn.execute(select(studies.c.pk).where(studies.c.study_uid == study_uid)).scalar()
         if pk is not None and location in study_fully_held_elsewhere(conn, int(pk)):
             total = conn.execute(select(studies.c.num_instances).where(studies.c.pk == pk)).scalar() or 0
-            log_action(conn, "forward", study_uid, rule=destination, instances=int(total),
-                       detail=f"replicated to {location} ({detail}; last {n} instance(s))")
+            log_action(
+                conn,
+                "forward",
+                study_uid,
+                rule=destination,
+                instances=int(total),
+                detail=f"replicated to {location} ({detail}; last {n} instance(s))",
+            )
 
 
-def mark_sent(archive: Archive, items: Sequence[QueueItem], *, transaction_uid: str = "",
-              wait: float = 0.0, error: str = "", now: datetime | None = None) -> None:
+def mark_sent(
+    archive: Archive,
+    items: Sequence[QueueItem],
+    *,
+    transaction_uid: str = "",
+    wait: float = 0.0,
+    error: str = "",
+    now: datetime | None = None,
+) -> None:
     """The peer took these instances.  Without ``transaction_uid`` that is the confirmation (the copy is
     recorded, the row final); with one, a commitment report is awaited (asked again after ``wait`` seconds)."""
     if not items:
@@ -480,9 +600,19 @@ def mark_sent(archive: Archive, items: Sequence[QueueItem], *, transaction_uid: 
     now = now or utcnow()
     q = forward_queue.c
     with archive.transaction() as conn:
-        conn.execute(update(forward_queue).where(q.pk.in_([it.pk for it in items])).values(
-            state="sent", transaction_uid=transaction_uid, last_error=error, claimed_by="", claimed_at=None,
-            next_try=now + timedelta(seconds=wait), updated_at=now))
+        conn.execute(
+            update(forward_queue)
+            .where(q.pk.in_([it.pk for it in items]))
+            .values(
+                state="sent",
+                transaction_uid=transaction_uid,
+                last_error=error,
+                claimed_by="",
+                claimed_at=None,
+                next_try=now + timedelta(seconds=wait),
+                updated_at=now,
+            )
+        )
         if not transaction_uid:
             _confirm(conn, items, items[0].destination, "C-STORE/STOW-RS success")
 
@@ -493,13 +623,24 @@ def mark_committed(archive: Archive, items: Sequence[QueueItem], *, now: datetim
     now = now or utcnow()
     q = forward_queue.c
     with archive.transaction() as conn:
-        conn.execute(update(forward_queue).where(q.pk.in_([it.pk for it in items])).values(
-            state="committed", last_error="", claimed_by="", claimed_at=None, updated_at=now))
+        conn.execute(
+            update(forward_queue)
+            .where(q.pk.in_([it.pk for it in items]))
+            .values(state="committed", last_error="", claimed_by="", claimed_at=None, updated_at=now)
+        )
         _confirm(conn, items, items[0].destination, "storage commitment")
 
 
-def mark_retry(archive: Archive, rules: ForwardRules, items: Sequence[QueueItem], error: str, *,
-               state: str = "pending", count: bool = True, now: datetime | None = None) -> None:
+def mark_retry(
+    archive: Archive,
+    rules: ForwardRules,
+    items: Sequence[QueueItem],
+    error: str,
+    *,
+    state: str = "pending",
+    count: bool = True,
+    now: datetime | None = None,
+) -> None:
     """Try these again later (backoff by attempts); ``failed`` at once when ``max_attempts`` is reached."""
     if not items:
         return
@@ -509,10 +650,19 @@ def mark_retry(archive: Archive, rules: ForwardRules, items: Sequence[QueueItem]
         for it in items:
             attempts = it.attempts + (1 if count else 0)
             gave_up = bool(rules.max_attempts) and attempts >= rules.max_attempts
-            conn.execute(update(forward_queue).where(q.pk == it.pk).values(
-                state="failed" if gave_up else state, attempts=attempts, last_error=error[:2000],
-                claimed_by="", claimed_at=None, next_try=now + timedelta(seconds=rules.backoff(attempts)),
-                updated_at=now))
+            conn.execute(
+                update(forward_queue)
+                .where(q.pk == it.pk)
+                .values(
+                    state="failed" if gave_up else state,
+                    attempts=attempts,
+                    last_error=error[:2000],
+                    claimed_by="",
+                    claimed_at=None,
+                    next_try=now + timedelta(seconds=rules.backoff(attempts)),
+                    updated_at=now,
+                )
+            )
     log.warning("forwarding to %s: %d instance(s) to retry: %s", items[0].destination, len(items), error)
 
 
@@ -524,15 +674,31 @@ def mark_failed(archive: Archive, items: Sequence[QueueItem], error: str, *, now
     q = forward_queue.c
     with archive.transaction() as conn:
         for it in items:
-            conn.execute(update(forward_queue).where(q.pk == it.pk).values(
-                state="failed", attempts=it.attempts + 1, last_error=error[:2000], claimed_by="", claimed_at=None,
-                updated_at=now))
+            conn.execute(
+                update(forward_queue)
+                .where(q.pk == it.pk)
+                .values(
+                    state="failed",
+                    attempts=it.attempts + 1,
+                    last_error=error[:2000],
+                    claimed_by="",
+                    claimed_at=None,
+                    updated_at=now,
+                )
+            )
     log.warning("forwarding to %s: %d instance(s) failed for good: %s", items[0].destination, len(items), error)
 
 
-def commitment_report(archive: Archive, transaction_uid: str, committed: Iterable[str],
-                      failed: Mapping[str, int] | None = None, *, rules: ForwardRules | None = None,
-                      destinations: Sequence[str] | None = None, now: datetime | None = None) -> int:
+def commitment_report(
+    archive: Archive,
+    transaction_uid: str,
+    committed: Iterable[str],
+    failed: Mapping[str, int] | None = None,
+    *,
+    rules: ForwardRules | None = None,
+    destinations: Sequence[str] | None = None,
+    now: datetime | None = None,
+) -> int:
     """A Storage Commitment report (N-EVENT-REPORT, PS3.4 J.3.3) for ``transaction_uid``: the committed
     SOP Instance UIDs become ``committed``, the failed ones go back to ``pending`` to be sent again.
 
@@ -546,8 +712,9 @@ def commitment_report(archive: Archive, transaction_uid: str, committed: Iterabl
     failed = dict(failed or {})
     committed = set(committed)
     q = forward_queue.c
-    stmt = select(q.pk, q.destination, q.sop_uid, q.study_uid, q.state, q.attempts,
-                  q.transaction_uid).where(q.transaction_uid == transaction_uid, q.state == "sent")
+    stmt = select(q.pk, q.destination, q.sop_uid, q.study_uid, q.state, q.attempts, q.transaction_uid).where(
+        q.transaction_uid == transaction_uid, q.state == "sent"
+    )
     if destinations is not None:
         stmt = stmt.where(q.destination.in_(list(destinations)))
     with archive.engine.connect() as conn:
@@ -565,15 +732,22 @@ def commitment_report(archive: Archive, transaction_uid: str, committed: Iterabl
     mark_committed(archive, ok, now=now)
     if bad:
         reasons = sorted({f"0x{failed[it.sop_uid]:04X}" for it in bad})
-        mark_retry(archive, rules or ForwardRules(), bad, f"storage commitment failed (reason {', '.join(reasons)})",
-                   now=now)
-    log.info("storage commitment %s from %s: %d committed, %d failed", transaction_uid, items[0].destination,
-             len(ok), len(bad))
+        mark_retry(
+            archive, rules or ForwardRules(), bad, f"storage commitment failed (reason {', '.join(reasons)})", now=now
+        )
+    log.info(
+        "storage commitment %s from %s: %d committed, %d failed",
+        transaction_uid,
+        items[0].destination,
+        len(ok),
+        len(bad),
+    )
     return len(ok) + len(bad)
 
 
-def retry(archive: Archive, destination: str | None = None, *, failed_only: bool = False,
-          now: datetime | None = None) -> int:
+def retry(
+    archive: Archive, destination: str | None = None, *, failed_only: bool = False, now: datetime | None = None
+) -> int:
     """Make failed (and, unless ``failed_only``, waiting pending) rows due now; returns how many."""
     now = now or utcnow()
     q = forward_queue.c
@@ -582,13 +756,17 @@ def retry(archive: Archive, destination: str | None = None, *, failed_only: bool
     if destination:
         cond = and_(cond, q.destination == destination)
     with archive.transaction() as conn:
-        res = conn.execute(update(forward_queue).where(cond).values(
-            state="pending", next_try=now, attempts=0, claimed_by="", claimed_at=None, updated_at=now))
+        res = conn.execute(
+            update(forward_queue)
+            .where(cond)
+            .values(state="pending", next_try=now, attempts=0, claimed_by="", claimed_at=None, updated_at=now)
+        )
     return int(res.rowcount or 0)
 
 
-def enqueue(archive: Archive, destination: str, sop_uids: Iterable[str], *, now: datetime | None = None,
-            again: bool = False) -> int:
+def enqueue(
+    archive: Archive, destination: str, sop_uids: Iterable[str], *, now: datetime | None = None, again: bool = False
+) -> int:
     """Queue instances for ``destination`` by hand (``hilum forward send``); ``again``: even those sent before."""
     now = now or utcnow()
     i, s = instances.c, series.c
@@ -597,20 +775,31 @@ def enqueue(archive: Archive, destination: str, sop_uids: Iterable[str], *, now:
     with archive.engine.connect() as conn:
         for start in range(0, len(sops), 500):
             for sop, study_uid, size in conn.execute(
-                    select(i.sop_uid, studies.c.study_uid, i.size)
-                    .select_from(instances.join(series, series.c.pk == i.series_fk)
-                                 .join(studies, studies.c.pk == s.study_fk))
-                    .where(i.sop_uid.in_(sops[start:start + 500]))):
+                select(i.sop_uid, studies.c.study_uid, i.size)
+                .select_from(
+                    instances.join(series, series.c.pk == i.series_fk).join(studies, studies.c.pk == s.study_fk)
+                )
+                .where(i.sop_uid.in_(sops[start : start + 500]))
+            ):
                 wanted[(destination, sop)] = (study_uid, int(size))
     n = _enqueue(archive, wanted, now, dry_run=False, report=TaskReport("forwarding"))
     if again:
         q = forward_queue.c
         with archive.transaction() as conn:
             for start in range(0, len(sops), 500):
-                res = conn.execute(update(forward_queue).where(
-                    q.destination == destination, q.sop_uid.in_(sops[start:start + 500]), q.state != "pending")
-                    .values(state="pending", next_try=now, attempts=0, transaction_uid="", claimed_by="",
-                            claimed_at=None, updated_at=now))
+                res = conn.execute(
+                    update(forward_queue)
+                    .where(q.destination == destination, q.sop_uid.in_(sops[start : start + 500]), q.state != "pending")
+                    .values(
+                        state="pending",
+                        next_try=now,
+                        attempts=0,
+                        transaction_uid="",
+                        claimed_by="",
+                        claimed_at=None,
+                        updated_at=now,
+                    )
+                )
                 n += int(res.rowcount or 0)
     return n
 
@@ -625,23 +814,33 @@ def status(archive: Archive, *, now: datetime | None = None) -> list[dict[str, A
     q = forward_queue.c
     out: dict[str, dict[str, Any]] = {}
     with archive.engine.connect() as conn:
-        for dest, state, n in conn.execute(select(q.destination, q.state, func.count()).where(q.destination != MARK)
-                                           .group_by(q.destination, q.state)):
+        for dest, state, n in conn.execute(
+            select(q.destination, q.state, func.count()).where(q.destination != MARK).group_by(q.destination, q.state)
+        ):
             d = out.setdefault(dest, _empty(dest))
             if state in STATES:
                 d[state] = int(n)
-        for dest, n in conn.execute(select(q.destination, func.count()).where(
-                q.destination != MARK, q.state == "sent", q.transaction_uid != "").group_by(q.destination)):
+        for dest, n in conn.execute(
+            select(q.destination, func.count())
+            .where(q.destination != MARK, q.state == "sent", q.transaction_uid != "")
+            .group_by(q.destination)
+        ):
             out.setdefault(dest, _empty(dest))["awaiting_commitment"] = int(n)
-        for dest, nt, created in conn.execute(select(q.destination, func.min(q.next_try), func.min(q.created_at))
-                                              .where(q.destination != MARK, q.state == "pending")
-                                              .group_by(q.destination)):
+        for dest, nt, created in conn.execute(
+            select(q.destination, func.min(q.next_try), func.min(q.created_at))
+            .where(q.destination != MARK, q.state == "pending")
+            .group_by(q.destination)
+        ):
             d = out.setdefault(dest, _empty(dest))
             d["next_try"] = as_utc(nt)
             d["oldest_pending"] = as_utc(created)
         for dest in list(out):
-            row = conn.execute(select(q.last_error, q.updated_at).where(q.destination == dest, q.last_error != "")
-                               .order_by(q.updated_at.desc(), q.pk.desc()).limit(1)).first()
+            row = conn.execute(
+                select(q.last_error, q.updated_at)
+                .where(q.destination == dest, q.last_error != "")
+                .order_by(q.updated_at.desc(), q.pk.desc())
+                .limit(1)
+            ).first()
             if row is not None:
                 out[dest]["last_error"] = row[0]
                 out[dest]["last_error_at"] = as_utc(row[1])
@@ -649,32 +848,69 @@ def status(archive: Archive, *, now: datetime | None = None) -> list[dict[str, A
 
 
 def _empty(dest: str) -> dict[str, Any]:
-    return {"destination": dest, "pending": 0, "sent": 0, "committed": 0, "failed": 0, "awaiting_commitment": 0,
-            "last_error": "", "last_error_at": None, "next_try": None, "oldest_pending": None}
+    return {
+        "destination": dest,
+        "pending": 0,
+        "sent": 0,
+        "committed": 0,
+        "failed": 0,
+        "awaiting_commitment": 0,
+        "last_error": "",
+        "last_error_at": None,
+        "next_try": None,
+        "oldest_pending": None,
+    }
 
 
-def rows(archive: Archive, destination: str | None = None, state: str | None = None,
-         limit: int = 1000) -> list[dict[str, Any]]:
+def rows(
+    archive: Archive, destination: str | None = None, state: str | None = None, limit: int = 1000
+) -> list[dict[str, Any]]:
     """Queue rows (newest change first), for ``hilum forward status --rows`` and tests."""
     q = forward_queue.c
-    stmt = (select(q.destination, q.sop_uid, q.study_uid, q.state, q.attempts, q.next_try, q.last_error,
-                   q.transaction_uid, q.updated_at).where(q.destination != MARK)
-            .order_by(q.updated_at.desc(), q.pk.desc()).limit(limit))
+    stmt = (
+        select(
+            q.destination,
+            q.sop_uid,
+            q.study_uid,
+            q.state,
+            q.attempts,
+            q.next_try,
+            q.last_error,
+            q.transaction_uid,
+            q.updated_at,
+        )
+        .where(q.destination != MARK)
+        .order_by(q.updated_at.desc(), q.pk.desc())
+        .limit(limit)
+    )
     if destination:
         stmt = stmt.where(q.destination == destination)
     if state:
         stmt = stmt.where(q.state == state)
     with archive.engine.connect() as conn:
-        return [{"destination": r[0], "sop_uid": r[1], "study_uid": r[2], "state": r[3], "attempts": int(r[4]),
-                 "next_try": as_utc(r[5]), "last_error": r[6], "transaction_uid": r[7], "updated_at": as_utc(r[8])}
-                for r in conn.execute(stmt)]
+        return [
+            {
+                "destination": r[0],
+                "sop_uid": r[1],
+                "study_uid": r[2],
+                "state": r[3],
+                "attempts": int(r[4]),
+                "next_try": as_utc(r[5]),
+                "last_error": r[6],
+                "transaction_uid": r[7],
+                "updated_at": as_utc(r[8]),
+            }
+            for r in conn.execute(stmt)
+        ]
 
 
 def next_due(archive: Archive) -> datetime | None:
     """When the next row of any destination comes due (None: nothing waits)."""
     q = forward_queue.c
     with archive.engine.connect() as conn:
-        nt = conn.execute(select(func.min(q.next_try)).where(
-            q.destination != MARK, or_(q.state == "pending", and_(q.state == "sent", q.transaction_uid != "")))
+        nt = conn.execute(
+            select(func.min(q.next_try)).where(
+                q.destination != MARK, or_(q.state == "pending", and_(q.state == "sent", q.transaction_uid != ""))
+            )
         ).scalar()
     return as_utc(nt)

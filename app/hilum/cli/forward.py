@@ -79,8 +79,10 @@ def run_status(args: argparse.Namespace) -> int:
                 print_json(rows)
             else:
                 for r in rows:
-                    print(f"{r['destination']:<16} {r['state']:<10} {r['attempts']:>3} {r['sop_uid']}"
-                          + (f"  {r['last_error']}" if r["last_error"] else ""))
+                    print(
+                        f"{r['destination']:<16} {r['state']:<10} {r['attempts']:>3} {r['sop_uid']}"
+                        + (f"  {r['last_error']}" if r["last_error"] else "")
+                    )
             return 0
         status = forward.status(archive)
     finally:
@@ -102,8 +104,10 @@ def run_status(args: argparse.Namespace) -> int:
             extra += f" {d['awaiting_commitment']} awaiting commitment"
         if d["last_error"]:
             extra += f"  last error ({_when(d['last_error_at'])}): {d['last_error']}"
-        print(f"{d['destination']:<16} {d['pending']:>8} {d['sent']:>8} {d['committed']:>10} {d['failed']:>7}  "
-              f"{extra.strip()}")
+        print(
+            f"{d['destination']:<16} {d['pending']:>8} {d['sent']:>8} {d['committed']:>10} {d['failed']:>7}  "
+            f"{extra.strip()}"
+        )
     return 0
 
 
@@ -127,7 +131,9 @@ def run_retry(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"retried": n})
     else:
-        print(f"{n} instance(s) due now" + ("; a running node sends them shortly, or 'hilum forward send'" if n else ""))
+        print(
+            f"{n} instance(s) due now" + ("; a running node sends them shortly, or 'hilum forward send'" if n else "")
+        )
     return 0
 
 
@@ -139,8 +145,9 @@ def run_send(args: argparse.Namespace) -> int:
     cfg = load(args)
     rules = _rules(args)
     if args.destination and args.destination not in rules.destinations:
-        raise HilumError(f"no [[forward]] rule sends to {args.destination!r} (known: "
-                         f"{', '.join(rules.destinations) or 'none'})")
+        raise HilumError(
+            f"no [[forward]] rule sends to {args.destination!r} (known: {', '.join(rules.destinations) or 'none'})"
+        )
     if args.study and not args.destination:
         raise HilumError("--study needs a DESTINATION")
     archive = open_archive(args, must_exist=True)
@@ -155,15 +162,26 @@ def run_send(args: argparse.Namespace) -> int:
         status = forward.status(archive)
     finally:
         archive.close()
-    result = {dest: {"sent": o.sent, "committed": o.committed, "retry": o.retry, "failed": o.failed,
-                     "bytes": o.bytes, "errors": sorted(set(o.errors))[:10]} for dest, o in totals.items()}
+    result: dict[str, dict[str, Any]] = {
+        dest: {
+            "sent": o.sent,
+            "committed": o.committed,
+            "retry": o.retry,
+            "failed": o.failed,
+            "bytes": o.bytes,
+            "errors": sorted(set(o.errors))[:10],
+        }
+        for dest, o in totals.items()
+    }
     left = sum(d["pending"] for d in status if not args.destination or d["destination"] == args.destination)
     if args.json:
         print_json({"queued": queued, "destinations": result, "pending": left})
     else:
         for dest, r in result.items():
-            print(f"{dest}: {r['sent']} sent, {r['committed']} committed, {r['retry']} to retry, {r['failed']} failed"
-                  + (f" ({r['errors'][0]})" if r["errors"] else ""))
+            print(
+                f"{dest}: {r['sent']} sent, {r['committed']} committed, {r['retry']} to retry, {r['failed']} failed"
+                + (f" ({r['errors'][0]})" if r["errors"] else "")
+            )
         if left:
             print(f"{left} instance(s) still pending (waiting for a retry)")
     bad = sum(r["retry"] + r["failed"] for r in result.values())

@@ -100,8 +100,10 @@ class _Reports:
 
 def _report_lists(info: Dataset) -> tuple[list[str], dict[str, int]]:
     ok = [str(i.get("ReferencedSOPInstanceUID", "")) for i in info.get("ReferencedSOPSequence", []) or []]
-    bad = {str(i.get("ReferencedSOPInstanceUID", "")): int(i.get("FailureReason", 0x0110) or 0x0110)
-           for i in info.get("FailedSOPSequence", []) or []}
+    bad = {
+        str(i.get("ReferencedSOPInstanceUID", "")): int(i.get("FailureReason", 0x0110) or 0x0110)
+        for i in info.get("FailedSOPSequence", []) or []
+    }
     return ok, bad
 
 
@@ -118,8 +120,15 @@ def _commitment_request(transaction_uid: str, items: Sequence[QueueItem]) -> Dat
     return ds
 
 
-def _ask_commitment(archive: Archive, rules: ForwardRules, assoc: Any, reports: _Reports,
-                    items: Sequence[QueueItem], mode: str, out: Outcome) -> None:
+def _ask_commitment(
+    archive: Archive,
+    rules: ForwardRules,
+    assoc: Any,
+    reports: _Reports,
+    items: Sequence[QueueItem],
+    mode: str,
+    out: Outcome,
+) -> None:
     """N-ACTION for ``items`` (already stored at the peer) and the report on this association, if it comes."""
     if not items:
         return
@@ -129,8 +138,13 @@ def _ask_commitment(archive: Archive, rules: ForwardRules, assoc: Any, reports: 
         out.sent += len(items)
         return
     if not accepted:  # "always": stored, but not confirmed; ask again later
-        forward.mark_sent(archive, items, transaction_uid=generate_uid(), wait=rules.backoff(items[0].attempts + 1),
-                          error="the peer does not accept Storage Commitment (rule says always)")
+        forward.mark_sent(
+            archive,
+            items,
+            transaction_uid=generate_uid(),
+            wait=rules.backoff(items[0].attempts + 1),
+            error="the peer does not accept Storage Commitment (rule says always)",
+        )
         out.sent += len(items)
         return
     tuid = generate_uid()
@@ -138,14 +152,18 @@ def _ask_commitment(archive: Archive, rules: ForwardRules, assoc: Any, reports: 
     forward.mark_sent(archive, items, transaction_uid=tuid, wait=rules.commitment_timeout)
     out.sent += len(items)
     try:
-        status, _ = assoc.send_n_action(_commitment_request(tuid, items), 1, STORAGE_COMMITMENT_PUSH,
-                                        COMMITMENT_INSTANCE)
+        status, _ = assoc.send_n_action(
+            _commitment_request(tuid, items), 1, STORAGE_COMMITMENT_PUSH, COMMITMENT_INSTANCE
+        )
     except Exception as exc:  # noqa: BLE001 - pynetdicom raises assorted errors; the rows are asked again later
         log.warning("storage commitment request to %s failed: %s", items[0].destination, exc)
         return
     if not status or int(getattr(status, "Status", 0xFFFF)) != 0x0000:
-        log.warning("storage commitment request to %s refused: %s", items[0].destination,
-                    f"0x{int(status.Status):04X}" if status and "Status" in status else "no response")
+        log.warning(
+            "storage commitment request to %s refused: %s",
+            items[0].destination,
+            f"0x{int(status.Status):04X}" if status and "Status" in status else "no response",
+        )
         return
     deadline = rules.commitment_timeout
     waited = 0.0
@@ -155,16 +173,27 @@ def _ask_commitment(archive: Archive, rules: ForwardRules, assoc: Any, reports: 
         waited += 0.2
     info = reports.got.get(tuid)
     if info is None:
-        log.info("storage commitment %s: no report from %s on the association yet; it may come on a new one",
-                 tuid, items[0].destination)
+        log.info(
+            "storage commitment %s: no report from %s on the association yet; it may come on a new one",
+            tuid,
+            items[0].destination,
+        )
         return
     ok, bad = _report_lists(info)
     forward.commitment_report(archive, tuid, ok, bad, rules=rules)
     out.committed += len([it for it in items if it.sop_uid in set(ok)])
 
 
-def send_dimse(archive: Archive, config: Config, peer: Peer, rules: ForwardRules, items: Sequence[QueueItem],
-               *, mode: str = "auto", timeout: float = 30.0) -> Outcome:
+def send_dimse(
+    archive: Archive,
+    config: Config,
+    peer: Peer,
+    rules: ForwardRules,
+    items: Sequence[QueueItem],
+    *,
+    mode: str = "auto",
+    timeout: float = 30.0,
+) -> Outcome:
     """C-STORE the claimed ``items`` to ``peer`` (and ask for commitment); every item ends in a state."""
     out = Outcome()
     items = _gone(archive, items, out)
@@ -228,13 +257,15 @@ def send_dimse(archive: Archive, config: Config, peer: Peer, rules: ForwardRules
     return out
 
 
-def _recommit(archive: Archive, rules: ForwardRules, target: scu.Target, items: Sequence[QueueItem], mode: str,
-              out: Outcome) -> None:
+def _recommit(
+    archive: Archive, rules: ForwardRules, target: scu.Target, items: Sequence[QueueItem], mode: str, out: Outcome
+) -> None:
     """Ask again for commitment of instances stored earlier (no report came, or the association went)."""
     reports = _Reports()
     try:
-        with scu.associate(target, [build_context(STORAGE_COMMITMENT_PUSH)],
-                           evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handler)]) as assoc:
+        with scu.associate(
+            target, [build_context(STORAGE_COMMITMENT_PUSH)], evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handler)]
+        ) as assoc:
             _ask_commitment(archive, rules, assoc, reports, items, mode, out)
     except scu.DimseError as exc:
         if mode == "auto" and "accepted none" in str(exc):
@@ -254,8 +285,12 @@ def _store_one(archive: Archive, assoc: Any, it: QueueItem, changed: bool) -> tu
     association went."""
     path = archive.blobs.path(it.blob_key) if it.blob_key else None
     try:
-        if (not changed and path is not None and path.exists()
-                and it.transfer_syntax in cx.accepted_syntaxes(assoc, it.sop_class_uid)):
+        if (
+            not changed
+            and path is not None
+            and path.exists()
+            and it.transfer_syntax in cx.accepted_syntaxes(assoc, it.sop_class_uid)
+        ):
             status = assoc.send_c_store(Path(path))
         else:
             data = archive.read_outgoing({"_blob_key": it.blob_key, "SOPInstanceUID": it.sop_uid})

@@ -179,20 +179,29 @@ class _Sender:
             out = send_dimse(svc.archive, svc.config, peer, svc.rules, items, mode=self.rule.commitment)
         else:
             if self.web is None:
-                forward.mark_retry(svc.archive, svc.rules, items,
-                                   f"no DICOMweb source {self.rule.destination!r} in hilum.toml")
+                forward.mark_retry(
+                    svc.archive, svc.rules, items, f"no DICOMweb source {self.rule.destination!r} in hilum.toml"
+                )
                 return False
             out = send_stow(svc.archive, self.web, svc.rules, items)
         self.batches += 1
         self.last = out
-        log.debug("forwarding to %s: %d sent, %d committed, %d to retry, %d failed in %.2f s", self.rule.destination,
-                  out.sent, out.committed, out.retry, out.failed, time.perf_counter() - start)
+        log.debug(
+            "forwarding to %s: %d sent, %d committed, %d to retry, %d failed in %.2f s",
+            self.rule.destination,
+            out.sent,
+            out.committed,
+            out.retry,
+            out.failed,
+            time.perf_counter() - start,
+        )
         # a batch that only met errors: wait for the backoff, not in a tight loop
         return out.sent + out.committed + out.failed > 0
 
 
-def drain(archive: Archive, config: Config, rules: ForwardRules, *, destination: str | None = None,
-          timeout: float = 300.0) -> dict[str, Outcome]:
+def drain(
+    archive: Archive, config: Config, rules: ForwardRules, *, destination: str | None = None, timeout: float = 300.0
+) -> dict[str, Outcome]:
     """Route and send every due row now, in this thread (``hilum forward send``, tests, the bench)."""
     svc = ForwardService(archive, config, rules)
     forward.route(archive, rules)
