@@ -47,7 +47,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from hilum.archive.schema import forward_queue, instances, patients, series, studies
+from hilum.archive.schema import blob_copies, forward_queue, instances, patients, series, studies
 from hilum.archive.storage import (
     TaskReport,
     as_utc,
@@ -91,6 +91,7 @@ SETTING_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_attempts": int,
     "batch": int,
     "commitment_timeout": (int, float),
+    "associations": int,
 }
 
 
@@ -129,6 +130,7 @@ class ForwardRules:
     max_attempts: int = 0
     batch: int = 64
     commitment_timeout: float = 120.0
+    associations: int = 2  # per destination, each sending its own batches (beyond the contract: an extension)
 
     @property
     def destinations(self) -> dict[str, ForwardRule]:
@@ -170,6 +172,9 @@ def parse(doc: dict[str, Any], text: str, source: str) -> ForwardRules:
     out.max_attempts = int(settings.get("max_attempts", 0))
     if out.max_attempts < 0:
         raise rule_error(source, text, "forwarding", "must be 0 (forever) or more", key="max_attempts")
+    out.associations = int(settings.get("associations", out.associations))
+    if not 1 <= out.associations <= 16:
+        raise rule_error(source, text, "forwarding", f"must be 1 to 16, not {out.associations}", key="associations")
     out.batch = int(settings.get("batch", out.batch))
     if not 1 <= out.batch <= 10000:
         raise rule_error(source, text, "forwarding", f"must be 1 to 10000, not {out.batch}", key="batch")
@@ -566,10 +571,11 @@ def _confirm(conn: Connection, items: Sequence[QueueItem], destination: str, det
     """Record the ``peer:`` copies of confirmed instances and log each study that became fully replicated."""
     location = f"peer:{destination}"
     touched: dict[str, int] = {}
+    pks = [it.instance_pk for it in items if it.instance_pk is not None]
     for it in items:
         if it.instance_pk is not None:
-            record_copy(conn, it.instance_pk, location, checksum="", verified=True)
             touched[it.study_uid] = touched.get(it.study_uid, 0) + 1
+    _record_copies(conn, pks, location)
     for study_uid, n in touched.items():
         pk = conn.execute(select(studies.c.pk).where(studies.c.study_uid == study_uid)).scalar()
         if pk is not None and location in study_fully_held_elsewhere(conn, int(pk)):
@@ -582,6 +588,40 @@ def _confirm(conn: Connection, items: Sequence[QueueItem], destination: str, det
                 instances=int(total),
                 detail=f"replicated to {location} ({detail}; last {n} instance(s))",
             )
+
+
+def _record_copies(conn: Connection, pks: Sequence[int], location: str) -> None:
+    """:func:`hilum.archive.storage.record_copy` (verified, now) for many instances in three statements."""
+    if len(pks) == 1:
+        record_copy(conn, pks[0], location, verified=True)
+        return
+    c = blob_copies.c
+    now = utcnow()
+    have = {r[0] for r in conn.execute(select(c.instance_fk).where(c.location == location, c.instance_fk.in_(pks)))}
+    if have:
+        conn.execute(
+            update(blob_copies)
+            .where(c.location == location, c.instance_fk.in_(list(have)))
+            .values(verified_at=now, key="", checksum="", size=0, retain_until=None)
+        )
+    new = [pk for pk in pks if pk not in have]
+    if new:
+        conn.execute(
+            blob_copies.insert(),
+            [
+                {
+                    "instance_fk": pk,
+                    "location": location,
+                    "key": "",
+                    "checksum": "",
+                    "size": 0,
+                    "verified_at": now,
+                    "retain_until": None,
+                    "created_at": now,
+                }
+                for pk in new
+            ],
+        )
 
 
 def mark_sent(

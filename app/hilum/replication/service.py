@@ -60,7 +60,7 @@ class ForwardService:
         self.rules = rules if rules is not None else rules_of(archive, config)
         self._stop = threading.Event()
         self._route = threading.Event()
-        self._senders: dict[str, _Sender] = {}
+        self._senders: list[_Sender] = []
         self._threads: list[threading.Thread] = []
         self._unsubscribe: Any = None
         self.scans = 0
@@ -75,20 +75,20 @@ class ForwardService:
         self._stop.clear()
         web = {s.name: s for s in load_sources(self.config)}
         for dest, rule in self.rules.destinations.items():
-            self._senders[dest] = _Sender(self, rule, web.get(dest))
+            self._senders += [_Sender(self, rule, web.get(dest)) for _ in range(self.rules.associations)]
         self._unsubscribe = self.archive.subscribe(self._on_event)
         self._threads.append(threading.Thread(target=self._router, name="forward-router", daemon=True))
-        for s in self._senders.values():
+        for s in self._senders:
             self._threads.append(threading.Thread(target=s.run, name=f"forward-{s.rule.destination}", daemon=True))
         for t in self._threads:
             t.start()
         self._route.set()
-        log.info("forwarding to %s", ", ".join(self._senders))
+        log.info("forwarding to %s", ", ".join(self.rules.destinations))
 
     def stop(self) -> None:
         self._stop.set()
         self._route.set()
-        for s in self._senders.values():
+        for s in self._senders:
             s.wake.set()
         if self._unsubscribe is not None:
             self._unsubscribe()
@@ -96,12 +96,12 @@ class ForwardService:
         for t in self._threads:
             t.join(timeout=60)
         self._threads = []
-        self._senders = {}
+        self._senders = []
 
     def wake(self) -> None:
         """Scan and send now (new instances, a retry asked by the user)."""
         self._route.set()
-        for s in self._senders.values():
+        for s in self._senders:
             s.wake.set()
 
     def _on_event(self, event: Any) -> None:
@@ -123,7 +123,7 @@ class ForwardService:
                 self._stop.wait(5)
                 continue
             if report.instances:
-                for s in self._senders.values():
+                for s in self._senders:
                     s.wake.set()
 
 
@@ -202,24 +202,37 @@ class _Sender:
 def drain(
     archive: Archive, config: Config, rules: ForwardRules, *, destination: str | None = None, timeout: float = 300.0
 ) -> dict[str, Outcome]:
-    """Route and send every due row now, in this thread (``hilum forward send``, tests, the bench)."""
+    """Route and send every due row now (``hilum forward send``, tests, the bench): ``[forwarding]
+    associations`` threads per destination, until nothing is due; returns the totals per destination."""
     svc = ForwardService(archive, config, rules)
     forward.route(archive, rules)
     web = {s.name: s for s in load_sources(config)}
     totals: dict[str, Outcome] = {}
+    lock = threading.Lock()
     deadline = time.monotonic() + timeout
-    for dest, rule in rules.destinations.items():
-        if destination and dest != destination:
-            continue
-        sender = _Sender(svc, rule, web.get(dest))
-        total = totals.setdefault(dest, Outcome())
+
+    def work(sender: _Sender, total: Outcome) -> None:
         while time.monotonic() < deadline and sender.send_due():
             o = sender.last
             if o is not None:
-                total.sent += o.sent
-                total.committed += o.committed
-                total.retry += o.retry
-                total.failed += o.failed
-                total.bytes += o.bytes
-                total.errors += o.errors
+                with lock:
+                    total.sent += o.sent
+                    total.committed += o.committed
+                    total.retry += o.retry
+                    total.failed += o.failed
+                    total.bytes += o.bytes
+                    total.errors += o.errors
+
+    for dest, rule in rules.destinations.items():
+        if destination and dest != destination:
+            continue
+        total = totals.setdefault(dest, Outcome())
+        threads = [
+            threading.Thread(target=work, args=(_Sender(svc, rule, web.get(dest)), total), daemon=True)
+            for _ in range(rules.associations)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     return totals
