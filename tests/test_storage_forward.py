@@ -270,7 +270,7 @@ def test_storescp_stopped_and_restarted_mid_queue(tmp_path: Path, archive: Archi
         storescp.stop()  # mid-queue
         wait_for(lambda: any(d["last_error"] for d in forward.status(archive)), what="an error noted")
         st = forward.status(archive)[0]
-        assert st["pending"] > 0 and "connect" in st["last_error"]
+        assert st["pending"] > 0 and st["last_error"]  # cannot connect, association lost or aborted
         time.sleep(1.0)  # a few failed tries (backoff)
         storescp.start()
         svc.wake()
