@@ -551,3 +551,52 @@ def test_a_destination_that_is_down_never_blocks_ingest(tmp_path: Path) -> None:
     finally:
         svc.stop()
         archive.close()
+
+
+# ------------------------------------------------------------------ two nodes, one PostgreSQL
+
+
+@pytest.mark.postgres
+def test_two_nodes_on_one_postgresql_never_send_a_row_twice(tmp_path: Path, pg_url: str) -> None:
+    """Two forwarding services on one PostgreSQL queue (and one blob folder, as on a NAS): both route and
+    claim at once; storescp with unique file names (+uf) shows a second copy of anything sent twice."""
+    scp = StoreSCP(tmp_path / "received", free_port())
+    data = tmp_path / "data"
+    a1 = Archive(data, database_url=pg_url)
+    a2 = Archive(data, database_url=pg_url)
+    services: list[ForwardService] = []
+    try:
+        uids = fill(a1, 40)["CT"]
+        cfg = Config(data_dir=data, aet="HILUM", peers={"backup": Peer("STORESCP", "127.0.0.1", scp.port)})
+        rules = forward.parse(
+            {
+                "peers": {"backup": {}},
+                "forwarding": {"batch": 3, "associations": 2},
+                "forward": [{"destination": "backup"}],
+            },
+            "",
+            "t",
+        )
+        proc = subprocess.Popen(
+            [str(BIN / "storescp"), "-aet", "STORESCP", "+uf", "-od", str(scp.out), str(scp.port)],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(scp.port)
+        services = [ForwardService(a1, cfg, rules), ForwardService(a2, cfg, rules)]
+        for s in services:
+            s.start()
+        wait_for(lambda: by_state(a1, "backup")["sent"] == 40, what="everything sent")
+        time.sleep(0.5)  # anything sent twice would be arriving now
+        proc.kill()
+        proc.wait(10)
+        got = scp.received()
+        assert sorted(got) == sorted(uids)  # 40 files: each once
+        with a2.engine.connect() as conn:
+            assert len(conn.execute(blob_copies.select()).all()) == 40
+    finally:
+        for s in services:
+            s.stop()
+        a1.close()
+        a2.close()
