@@ -481,39 +481,36 @@ def test_commitment_report_on_a_new_association_reaches_the_queue(tmp_path: Path
 
 
 def test_stow_rs_to_a_second_hilum_node(tmp_path: Path, archive: Archive, peer_node: Node) -> None:
-    UserStore.of(peer_node.archive).add("fwd", "radiologist", PW)
+    """STOW-RS to the DICOMweb of a second Hilum node, with a bearer token saved in hilum.toml (a password
+    never is)."""
+    users = UserStore.of(peer_node.archive)
+    users.add("fwd", "radiologist", PW)
+    token = users.issue_token("fwd", ttl=None, label="forwarding")
     web = peer_node.service("dicomweb")
     assert isinstance(web, DicomWebService)
     uids = fill(archive, 6, 2)
-    extra = f'[dicomweb_sources.web]\nurl = "{web.url}"\nusername = "fwd"\n'
+    extra = f'[dicomweb_sources.web]\nurl = "{web.url}"\ntoken = "{token}"\n'
     cfg = config_for(tmp_path / "cfg", {}, '[forwarding]\nbatch = 3\n[[forward]]\ndestination = "web"\n', extra)
-    from hilum.dicomweb import client as web_client
-
-    original = web_client.load_sources
-
-    def with_password(c: Any) -> list[Any]:
-        out = original(c)
-        for s in out:
-            s.password = PW  # passwords are never in hilum.toml; a deployment uses a token
-        return out
-
-    web_client.load_sources = with_password  # type: ignore[assignment]
-    import hilum.replication.service as service_mod
-
-    service_mod.load_sources = with_password  # type: ignore[assignment]
-    try:
-        rules = forward.parse(
-            {"dicomweb_sources": {"web": {}}, "forwarding": {"batch": 3}, "forward": [{"destination": "web"}]}, "", "t"
-        )
-        out = drain(archive, cfg, rules)["web"]
-    finally:
-        web_client.load_sources = original  # type: ignore[assignment]
-        service_mod.load_sources = original  # type: ignore[assignment]
+    rules = forward.parse(
+        {"dicomweb_sources": {"web": {}}, "forwarding": {"batch": 3}, "forward": [{"destination": "web"}]}, "", "t"
+    )
+    out = drain(archive, cfg, rules)["web"]
     assert (out.sent, out.failed, out.retry) == (8, 0, 0)
     assert sorted(r["SOPInstanceUID"] for r in peer_node.archive.query("IMAGE", {})) == sorted(uids["CT"] + uids["MR"])
     assert by_state(archive, "web")["sent"] == 8
     for sop in uids["CT"]:
         assert peer_node.archive.read(sop) == archive.read(sop)  # byte for byte, every UID kept
+    # a wrong token: nothing is lost, the rows wait for a retry with the server's answer as the error
+    (tmp_path / "cfg" / "hilum.toml").write_text(
+        (tmp_path / "cfg" / "hilum.toml").read_text().replace(token, "wrong"), encoding="utf-8"
+    )
+    from hilum.config import load_config
+
+    more = fill(archive, 2)["CT"]
+    out = drain(archive, load_config(tmp_path / "cfg"), rules)["web"]
+    assert (out.sent, out.retry) == (0, 2)
+    waiting = forward.rows(archive, state="pending")
+    assert sorted(r["sop_uid"] for r in waiting) == sorted(more) and "401" in waiting[0]["last_error"]
 
 
 def test_a_destination_that_is_down_never_blocks_ingest(tmp_path: Path) -> None:

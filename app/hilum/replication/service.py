@@ -149,7 +149,6 @@ class _Sender:
                 worked = False
             if worked:
                 continue
-            svc._stop.wait(0)  # let stop() win
             self.wake.wait(self._sleep())
 
     def _sleep(self) -> float:
@@ -212,7 +211,9 @@ def drain(
     deadline = time.monotonic() + timeout
 
     def work(sender: _Sender, total: Outcome) -> None:
-        while time.monotonic() < deadline and sender.send_due():
+        while time.monotonic() < deadline:
+            sender.last = None
+            worked = sender.send_due()
             o = sender.last
             if o is not None:
                 with lock:
@@ -222,6 +223,8 @@ def drain(
                     total.failed += o.failed
                     total.bytes += o.bytes
                     total.errors += o.errors
+            if not worked:
+                break
 
     for dest, rule in rules.destinations.items():
         if destination and dest != destination:
