@@ -597,3 +597,45 @@ def test_two_nodes_on_one_postgresql_never_send_a_row_twice(tmp_path: Path, pg_u
             s.stop()
         a1.close()
         a2.close()
+
+
+def test_kill_9_in_the_middle_of_sending_loses_nothing(tmp_path: Path, storescp: StoreSCP) -> None:
+    """``hilum forward send`` killed (SIGKILL) while sending: its claims are taken back at the next start (the
+    process is gone), every instance ends at storescp, the queue says sent for all, ``hilum check`` is clean."""
+    import signal
+
+    data = tmp_path / "data"
+    config_for(
+        data,
+        {"backup": Peer("STORESCP", "127.0.0.1", storescp.port)},
+        '[forwarding]\nbatch = 4\nassociations = 1\n[[forward]]\ndestination = "backup"\n',
+    )
+    archive = Archive(data)
+    try:
+        uids = fill(archive, 400)["CT"]
+    finally:
+        archive.close()
+    storescp.start()
+    env = {**ENV, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "hilum", "--data", str(data), "forward", "send"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    archive = Archive(data)
+    try:
+        wait_for(lambda: by_state(archive, "backup")["sent"] >= 20, what="sending under way")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        st = by_state(archive, "backup")
+        assert st["sent"] < 400, "finished before the kill: nothing was tested"
+    finally:
+        archive.close()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    archive = Archive(data)
+    try:
+        st = forward.status(archive)[0]
+        assert (st["sent"], st["pending"], st["failed"]) == (400, 0, 0)
+        assert not [r for r in forward.rows(archive) if r["state"] != "sent"]
+        assert archive.check().clean
+    finally:
+        archive.close()
+    assert sorted(storescp.received()) == sorted(uids)  # each once (a resent one overwrites its file)

@@ -452,7 +452,45 @@ def run_once(
 # --------------------------------------------------------------------------- claiming and states
 
 
-NODE = f"{socket.gethostname()[:40]}.{os.getpid()}"
+_HOST = socket.gethostname().replace(".", "_")[:32] or "host"
+
+
+def _claim_token() -> str:
+    """``host.pid.random``: who holds a row, so that the claims of a process of this host that died (kill -9)
+    can be taken back at once (:func:`release_dead_claims`) rather than after :data:`CLAIM_STALE`."""
+    return f"{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:12]}"[:64]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_dead_claims(archive: Archive) -> int:
+    """Give back the rows claimed by processes of this host that are gone; returns how many."""
+    q = forward_queue.c
+    with archive.engine.connect() as conn:
+        holders = [r[0] for r in conn.execute(select(q.claimed_by).where(q.claimed_by != "").distinct())]
+    dead = []
+    for h in holders:
+        parts = h.split(".")
+        if len(parts) == 3 and parts[0] == _HOST and parts[1].isdigit():
+            pid = int(parts[1])
+            if pid != os.getpid() and not _alive(pid):
+                dead.append(h)
+    if not dead:
+        return 0
+    with archive.transaction() as conn:
+        res = conn.execute(update(forward_queue).where(q.claimed_by.in_(dead)).values(claimed_by="", claimed_at=None))
+    n = int(res.rowcount or 0)
+    if n:
+        log.info("forwarding: %d row(s) claimed by a process that is gone are due again", n)
+    return n
 
 
 @dataclass
@@ -487,7 +525,7 @@ def claim(archive: Archive, destination: str, limit: int, *, now: datetime | Non
     """
     now = now or utcnow()
     q = forward_queue.c
-    token = f"{NODE}.{uuid.uuid4().hex[:12]}"[:64]
+    token = _claim_token()
     free = or_(q.claimed_by == "", q.claimed_at.is_(None), q.claimed_at < now - timedelta(seconds=CLAIM_STALE))
     with archive.transaction() as conn:
         pks = [

@@ -73,6 +73,7 @@ class ForwardService:
         if self._threads or not self.active:
             return
         self._stop.clear()
+        forward.release_dead_claims(self.archive)
         web = {s.name: s for s in load_sources(self.config)}
         for dest, rule in self.rules.destinations.items():
             self._senders += [_Sender(self, rule, web.get(dest)) for _ in range(self.rules.associations)]
@@ -204,6 +205,7 @@ def drain(
     """Route and send every due row now (``hilum forward send``, tests, the bench): ``[forwarding]
     associations`` threads per destination, until nothing is due; returns the totals per destination."""
     svc = ForwardService(archive, config, rules)
+    forward.release_dead_claims(archive)
     forward.route(archive, rules)
     web = {s.name: s for s in load_sources(config)}
     totals: dict[str, Outcome] = {}
