@@ -7,15 +7,17 @@ side of forwarding — SQL lives in the archive layer; the sending is done by
 :mod:`hilum.replication`, which calls the functions here:
 
 * :func:`route` — the router.  It never runs in the ingest thread (no
-  transaction per received instance): it scans the instances by
-  ``received_at`` from a persisted high-water mark (one ``forward_queue`` row
-  per rule in the state ``mark``) and inserts one queue row per
-  (destination, SOP Instance UID).  The unique index on that pair makes it
-  idempotent, so a crash between the C-STORE response and the routing loses
-  nothing (the next scan finds the instance again) and sends nothing twice.
-  Each scan goes back :data:`OVERLAP` seconds before the mark: an ingest
-  transaction that commits after a later one (several associations, several
-  nodes on one PostgreSQL) is still seen.
+  transaction per received instance): it scans the instances from a
+  persisted high-water mark (one ``forward_queue`` row per rule in the state
+  ``mark``: the newest ``received_at`` in ``next_try``, the highest instance
+  key in ``attempts``) and inserts one queue row per (destination, SOP
+  Instance UID).  The unique index on that pair makes it idempotent, so a
+  crash between the C-STORE response and the routing loses nothing (the next
+  scan finds the instance again) and queues nothing twice.  A full scan goes
+  back :data:`PK_OVERLAP` keys and :data:`OVERLAP` seconds before the mark:
+  an ingest transaction that commits after a later one (several
+  associations, several nodes on one PostgreSQL) is still seen.  Between
+  full scans the service scans only the keys above the last one it saw.
 * :func:`claim` — rows due for sending, marked ``claimed_by`` / ``claimed_at``
   so two nodes sharing one PostgreSQL never send the same row at once (the
   claim's UPDATE re-checks ``claimed_by`` on each row it takes).
@@ -74,6 +76,9 @@ CLAIM_STALE = 900.0
 """Seconds after which a claim of a node that went away (kill -9) may be taken over."""
 
 SCAN_CHUNK = 2000
+
+PK_OVERLAP = 10_000
+"""Instance keys a full routing scan goes back before the mark (keys of transactions that committed late)."""
 STATES = ("pending", "sent", "committed", "failed")
 COMMITMENT = ("auto", "always", "never")
 
@@ -276,13 +281,14 @@ def parse(doc: dict[str, Any], text: str, source: str) -> ForwardRules:
 # --------------------------------------------------------------------------- routing
 
 
-def _marks(conn: Connection) -> dict[str, datetime]:
+def _marks(conn: Connection) -> dict[str, tuple[datetime | None, int]]:
+    """Rule key -> (the newest ``received_at`` and the highest instance key its last full scan saw)."""
     q = forward_queue.c
-    rows = conn.execute(select(q.sop_uid, q.next_try).where(q.destination == MARK)).all()
-    return {r[0]: as_utc(r[1]) for r in rows if r[1] is not None}  # type: ignore[misc]
+    rows = conn.execute(select(q.sop_uid, q.next_try, q.attempts).where(q.destination == MARK)).all()
+    return {r[0]: (as_utc(r[1]), int(r[2] or 0)) for r in rows}
 
 
-def _candidates(conn: Connection, since: datetime | None, after_pk: int) -> list[Any]:
+def _candidates(conn: Connection, after_pk: int) -> list[Any]:
     i, s = instances.c, series.c
     stmt = (
         select(i.pk, i.sop_uid, i.sop_class_uid, i.source_aet, i.received_at, s.modality, studies.c.study_uid, i.size)
@@ -291,45 +297,71 @@ def _candidates(conn: Connection, since: datetime | None, after_pk: int) -> list
         .order_by(i.pk)
         .limit(SCAN_CHUNK)
     )
-    if since is not None:
-        stmt = stmt.where(i.received_at >= since)
     return list(conn.execute(stmt).all())
 
 
-def route(archive: Archive, rules: ForwardRules, *, dry_run: bool = False, now: datetime | None = None) -> TaskReport:
+def route(
+    archive: Archive,
+    rules: ForwardRules,
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    after_pk: int | None = None,
+) -> TaskReport:
     """Queue the instances that arrived since the last scan for the destinations their rules name.
 
-    Returns a report: ``instances`` queued now; in a dry run ``actions`` lists
-    per study what would be queued (``uid``, ``rule``, ``instances``, ``bytes``,
-    ``reason``) and nothing changes.
+    A full scan (``after_pk`` None) starts :data:`PK_OVERLAP` instance keys
+    before each rule's mark and skips what arrived :data:`OVERLAP` seconds
+    before it (a rule never seen: every instance, a backfill), then moves
+    the marks.  ``after_pk``: only instances with a higher key (the
+    service's quick scan after an arrival; its periodic full scans catch
+    what committed out of order).  Returns a report: ``instances`` queued
+    now; in a dry run ``actions`` lists per study what would be queued
+    (``uid``, ``rule``, ``instances``, ``bytes``, ``reason``) and nothing changes.
     """
+    report, _ = scan(archive, rules, dry_run=dry_run, now=now, after_pk=after_pk)
+    return report
+
+
+def scan(
+    archive: Archive,
+    rules: ForwardRules,
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    after_pk: int | None = None,
+) -> tuple[TaskReport, int]:
+    """:func:`route`, and the highest instance key it saw (``after_pk`` for the next quick scan)."""
     report = TaskReport("forwarding", dry_run=dry_run)
     if not rules.rules:
-        return report
+        return report, after_pk or 0
     now = now or utcnow()
     with archive.engine.connect() as conn:
-        marks = _marks(conn)
-    # one scan for all rules, from the oldest mark (a rule never seen: from the beginning)
-    starts = [marks.get(r.key) for r in rules.rules]
-    since = None if any(m is None for m in starts) else min(m for m in starts if m is not None)
-    since = None if since is None else since - timedelta(seconds=OVERLAP)
-    new_marks: dict[str, datetime] = {}
-    after = 0
+        marks = _marks(conn) if after_pk is None else {}
+    if after_pk is None:
+        starts = [marks.get(r.key) for r in rules.rules]
+        after = 0 if any(m is None for m in starts) else max(0, min(m[1] for m in starts if m) - PK_OVERLAP)
+    else:
+        after = after_pk
+    new_marks: dict[str, tuple[datetime | None, int]] = {}
+    top = after
     while True:
         with archive.engine.connect() as conn:
-            rows = _candidates(conn, since, after)
+            rows = _candidates(conn, after)
         if not rows:
             break
-        after = rows[-1][0]
+        after = top = rows[-1][0]
         wanted: dict[tuple[str, str], tuple[str, int]] = {}  # (destination, sop) -> (study, size)
-        for _pk, sop, cls, aet, received, modality, study_uid, size in rows:
+        for pk, sop, cls, aet, received, modality, study_uid, size in rows:
             received = as_utc(received)
             for r in rules.rules:
                 mark = marks.get(r.key)
-                if mark is not None and received is not None and received < mark - timedelta(seconds=OVERLAP):
-                    continue
-                if received is not None and (new_marks.get(r.key) is None or received > new_marks[r.key]):
-                    new_marks[r.key] = received
+                if mark is not None and mark[0] is not None and received is not None:
+                    if received < mark[0] - timedelta(seconds=OVERLAP) and pk <= mark[1]:
+                        continue
+                old = new_marks.get(r.key, (None, 0))
+                newest = received if old[0] is None or (received is not None and received > old[0]) else old[0]
+                new_marks[r.key] = (newest, max(old[1], int(pk)))
                 if r.matches(modality or "", aet or "", cls or ""):
                     if (r.destination, sop) not in wanted:
                         wanted[(r.destination, sop)] = (study_uid, int(size or 0))
@@ -341,11 +373,11 @@ def route(archive: Archive, rules: ForwardRules, *, dry_run: bool = False, now: 
             m["instances"] += a["instances"]
             m["bytes"] += a["bytes"]
         report.actions = list(merged.values())
-    elif new_marks:
+    elif new_marks and after_pk is None:
         _save_marks(archive, new_marks, now)
     if report.instances and not dry_run:
         log.info("forwarding: %d instance(s) queued", report.instances)
-    return report
+    return report, top
 
 
 def _enqueue(
@@ -413,33 +445,37 @@ def _enqueue(
     return 0
 
 
-def _save_marks(archive: Archive, marks: Mapping[str, datetime], now: datetime) -> None:
+def _save_marks(archive: Archive, marks: Mapping[str, tuple[datetime | None, int]], now: datetime) -> None:
     q = forward_queue.c
     with archive.transaction() as conn:
-        for key, at in marks.items():
-            res = conn.execute(
-                update(forward_queue)
-                .where(q.destination == MARK, q.sop_uid == key, or_(q.next_try < at, q.next_try.is_(None)))
-                .values(next_try=at, updated_at=now)
-            )
-            if not res.rowcount:
-                exists_ = conn.execute(select(q.pk).where(q.destination == MARK, q.sop_uid == key)).first()
-                if exists_ is None:
-                    conn.execute(
-                        forward_queue.insert().values(
-                            destination=MARK,
-                            sop_uid=key,
-                            study_uid="",
-                            state="mark",
-                            attempts=0,
-                            next_try=at,
-                            last_error="",
-                            transaction_uid="",
-                            claimed_by="",
-                            created_at=now,
-                            updated_at=now,
-                        )
+        for key, (at, pk) in marks.items():
+            row = conn.execute(
+                select(q.pk, q.next_try, q.attempts).where(q.destination == MARK, q.sop_uid == key)
+            ).first()
+            if row is None:
+                conn.execute(
+                    forward_queue.insert().values(
+                        destination=MARK,
+                        sop_uid=key,
+                        study_uid="",
+                        state="mark",
+                        attempts=pk,
+                        next_try=at or now,
+                        last_error="",
+                        transaction_uid="",
+                        claimed_by="",
+                        created_at=now,
+                        updated_at=now,
                     )
+                )
+                continue
+            old_at = as_utc(row[1])
+            newest = at if at is not None and (old_at is None or at > old_at) else old_at
+            conn.execute(
+                update(forward_queue)
+                .where(q.pk == row[0])
+                .values(next_try=newest or now, attempts=max(int(row[2] or 0), pk), updated_at=now)
+            )
 
 
 def run_once(

@@ -1,8 +1,9 @@
 """The forwarding service of a node: routes arriving instances into the queue and sends it, in the background.
 
 One router thread scans for new instances (:func:`hilum.archive.forward.route`)
-when woken by the archive's events (a burst of arrivals is one scan), at
-start, and every :data:`SCAN_EVERY` seconds; it never runs in the ingest
+when woken by the archive's events (a burst of arrivals is one scan: the
+instances above the last key it saw), and fully (from the persisted marks)
+at start and every :data:`SCAN_EVERY` seconds; it never runs in the ingest
 thread and adds nothing to an ingest's transaction.  One sender thread per
 destination claims due rows (``[forwarding] batch`` at a time) and sends them
 (:mod:`hilum.replication.send`), so a destination that is down waits out its
@@ -110,6 +111,8 @@ class ForwardService:
             self._route.set()
 
     def _router(self) -> None:
+        last_pk: int | None = None  # the highest instance key scanned: a quick scan after an arrival starts there
+        full_at = 0.0
         while not self._stop.is_set():
             self._route.wait(SCAN_EVERY)
             if self._stop.is_set():
@@ -117,7 +120,11 @@ class ForwardService:
             self._stop.wait(SETTLE)
             self._route.clear()
             try:
-                report = forward.route(self.archive, self.rules)
+                full = last_pk is None or time.monotonic() - full_at >= SCAN_EVERY
+                report, top = forward.scan(self.archive, self.rules, after_pk=None if full else last_pk)
+                last_pk = top if last_pk is None else max(last_pk, top)
+                if full:
+                    full_at = time.monotonic()
                 self.scans += 1
             except Exception:  # noqa: BLE001 - a background thread logs and goes on
                 log.exception("forwarding: routing scan failed")
