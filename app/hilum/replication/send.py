@@ -13,10 +13,10 @@ read as it leaves the archive (:meth:`~hilum.archive.Archive.read_outgoing`:
 today's demographics, recalled from a tier when offline) and converted
 losslessly when the peer needs it (:func:`hilum.dimse.contexts.for_peer`).
 Then N-ACTION asks the peer to commit the instances it took and the report
-(N-EVENT-REPORT) is awaited on the same association for up to
-``commitment_timeout`` seconds; a peer that reports later on an association of
-its own reaches the node's SCP (:func:`hilum.archive.forward.commitment_report`),
-and rows still waiting are asked again after the timeout.
+(N-EVENT-REPORT) is awaited on the same association for a few seconds
+(:data:`SAME_ASSOCIATION_WAIT`); a peer that reports later, on an association
+of its own, reaches the node's SCP (:func:`hilum.archive.forward.commitment_report`),
+and rows still waiting after ``commitment_timeout`` are asked again.
 
 STOW-RS (PS3.18 10.5) posts the batch as one multipart request; 200 confirms
 every instance, 202 lists the failed ones (Failed SOP Sequence), 409 refuses
@@ -50,6 +50,11 @@ from hilum.dimse.uids import STORAGE_COMMITMENT_PUSH
 log = logging.getLogger("hilum.storage")
 
 OK_STATUSES = (0x0000, 0xB000, 0xB006, 0xB007)
+
+SAME_ASSOCIATION_WAIT = 10.0
+"""Seconds the sender holds the association for a commitment report after N-ACTION; a peer that reports later
+does so on an association of its own (to the node's SCP), and rows without a report are asked again after
+``commitment_timeout``."""
 
 
 def permanent_status(status: int) -> bool:
@@ -165,7 +170,7 @@ def _ask_commitment(
             f"0x{int(status.Status):04X}" if status and "Status" in status else "no response",
         )
         return
-    deadline = rules.commitment_timeout
+    deadline = min(rules.commitment_timeout, SAME_ASSOCIATION_WAIT)
     waited = 0.0
     while tuid not in reports.got and waited < deadline and assoc.is_established:
         reports.event.wait(0.2)
