@@ -639,3 +639,51 @@ def test_kill_9_in_the_middle_of_sending_loses_nothing(tmp_path: Path, storescp:
     finally:
         archive.close()
     assert sorted(storescp.received()) == sorted(uids)  # each once (a resent one overwrites its file)
+
+
+def test_node_routes_what_storescu_sends_by_modality_and_calling_aet(tmp_path: Path, storescp: StoreSCP) -> None:
+    """The node's own services: DCMTK storescu sends CT and MR to the node as MODALITY and as OTHER; the
+    rule (CT from MODALITY) forwards just those, while the node keeps receiving."""
+    data = tmp_path / "node"
+    port = free_port()
+    cfg = config_for(
+        data,
+        {"backup": Peer("STORESCP", "127.0.0.1", storescp.port)},
+        '[[forward]]\nname = "ct-from-modality"\ndestination = "backup"\nmodalities = ["CT"]\n'
+        'source_aets = ["MODALITY"]\n',
+        extra=f'[node]\naet = "HILUM"\ndicom_port = {port}\n',
+    )
+    folder = tmp_path / "send"
+    folder.mkdir()
+    sent: dict[str, list[str]] = {"CT": [], "MR": []}
+    for modality, cls, n in (("CT", CTImageStorage, 5), ("MR", pydicom.uid.MRImageStorage, 3)):
+        for ds in _tiny(
+            "Node^Route", "NR-1", "20240101", generate_uid(ROOT), generate_uid(ROOT), modality, n, sop_class=cls
+        ):
+            ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+            sent[modality].append(str(ds.SOPInstanceUID))
+    other = tmp_path / "other"
+    other.mkdir()
+    for ds in _tiny("Node^Other", "NR-2", "20240101", generate_uid(ROOT), generate_uid(ROOT), "CT", 2):
+        ds.save_as(other / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    storescp.start()
+    with Node(cfg, only=["dimse", "forwarding"]) as node:
+        subprocess.run(
+            [str(BIN / "storescu"), "-aet", "MODALITY", "-aec", "HILUM", "+sd", "127.0.0.1", str(port), str(folder)],
+            check=True,
+            env=ENV,
+            capture_output=True,
+            timeout=60,
+        )
+        subprocess.run(
+            [str(BIN / "storescu"), "-aet", "OTHER", "-aec", "HILUM", "+sd", "127.0.0.1", str(port), str(other)],
+            check=True,
+            env=ENV,
+            capture_output=True,
+            timeout=60,
+        )
+        assert node.archive.count("IMAGE", {}) == 10
+        wait_for(lambda: by_state(node.archive, "backup")["sent"] == 5, what="the CT instances forwarded")
+        time.sleep(0.5)
+        assert by_state(node.archive, "backup") == {"pending": 0, "sent": 5, "committed": 0, "failed": 0}
+    assert sorted(storescp.received()) == sorted(sent["CT"])
