@@ -6,6 +6,8 @@ imported into a fresh archive.  Then, alternately, ``--rounds`` times:
 
 * ``storescu``: one DCMTK ``storescu`` process, one association, sends the
   archive's blob files (the same bytes Hilum sends) to a ``storescp``;
+* ``hilum-send``: :func:`hilum.dimse.scu.send` (``hilum send``) on the same
+  files, one association: the project's own C-STORE SCU without the queue;
 * ``hilum``: a ``[[forward]]`` rule to the same ``storescp``; the queue is
   emptied, then timed from the routing scan to the last row ``sent``
   (:func:`hilum.replication.drain`: route, claim ``--batch`` rows, one
@@ -106,6 +108,19 @@ def run_storescu(scp: StoreSCP, files: list[Path]) -> float:
     return seconds
 
 
+def run_hilum_send(scp: StoreSCP, files: list[Path]) -> float:
+    """``hilum send``'s library call (:func:`hilum.dimse.scu.send`) on the same files: the project's own
+    C-STORE SCU, without the queue."""
+    from hilum.dimse import scu
+
+    start = time.perf_counter()
+    result = scu.send(scu.Target("127.0.0.1", scp.port, "STORESCP", "HILUM"), files)
+    seconds = time.perf_counter() - start
+    if result.failed:
+        raise RuntimeError(f"hilum send: {result.failed} failed")
+    return seconds
+
+
 def run_hilum(archive: Archive, cfg: Config, rules: forward.ForwardRules) -> float:
     with archive.transaction() as conn:  # a fresh queue (the marks too: the scan is part of the time)
         conn.execute(forward_queue.delete())
@@ -155,22 +170,28 @@ def main() -> None:
             )
             best: dict[str, float] = {}
             for r in range(args.rounds):
-                for name in ("storescu", "hilum"):
+                for name in ("storescu", "hilum-send", "hilum"):
                     scp.clear()
-                    seconds = run_storescu(scp, blobs) if name == "storescu" else run_hilum(archive, cfg, rules)
+                    if name == "storescu":
+                        seconds = run_storescu(scp, blobs)
+                    elif name == "hilum-send":
+                        seconds = run_hilum_send(scp, blobs)
+                    else:
+                        seconds = run_hilum(archive, cfg, rules)
                     got = scp.count()
                     if got != len(blobs):
                         raise RuntimeError(f"{name}: storescp holds {got} files, not {len(blobs)}")
                     best[name] = min(best.get(name, float("inf")), seconds)
                     print(
-                        f"  round {r + 1} {name:<9} {seconds:6.2f} s  {len(blobs) / seconds:7.1f} instances/s  "
+                        f"  round {r + 1} {name:<10} {seconds:6.2f} s  {len(blobs) / seconds:7.1f} instances/s  "
                         f"{mb / seconds:6.1f} MB/s"
                     )
         archive.close()
         print("best of each:")
         for name, seconds in best.items():
-            print(f"  {name:<9} {len(blobs) / seconds:7.1f} instances/s  {mb / seconds:6.1f} MB/s")
-        print(f"  ratio hilum / storescu = {best['storescu'] / best['hilum']:.2f}")
+            print(f"  {name:<10} {len(blobs) / seconds:7.1f} instances/s  {mb / seconds:6.1f} MB/s")
+        print(f"  ratio hilum forwarding / storescu = {best['storescu'] / best['hilum']:.2f}")
+        print(f"  ratio hilum forwarding / hilum send = {best['hilum-send'] / best['hilum']:.2f}")
     finally:
         if args.keep:
             print(f"kept {root}")
