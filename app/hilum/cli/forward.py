@@ -16,6 +16,7 @@ Exit status: 0 on success; 1 when ``send`` left instances to retry or failed, or
 from __future__ import annotations
 
 import argparse
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -141,7 +142,10 @@ def run_send(args: argparse.Namespace) -> int:
     from hilum.archive import forward
     from hilum.replication import drain
 
-    quiet_pydicom(getattr(args, "verbose", 0))
+    verbose = getattr(args, "verbose", 0)
+    quiet_pydicom(verbose)
+    # pynetdicom says "Association request failed" at ERROR for a peer that is down: the summary says it once
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL)
     cfg = load(args)
     rules = _rules(args)
     if args.destination and args.destination not in rules.destinations:
