@@ -687,3 +687,52 @@ def test_node_routes_what_storescu_sends_by_modality_and_calling_aet(tmp_path: P
         time.sleep(0.5)
         assert by_state(node.archive, "backup") == {"pending": 0, "sent": 5, "committed": 0, "failed": 0}
     assert sorted(storescp.received()) == sorted(sent["CT"])
+
+
+def test_refusal_statuses_fail_for_good_and_out_of_resources_is_retried(tmp_path: Path, archive: Archive) -> None:
+    """A pynetdicom storage SCP (what DCMTK cannot do on purpose): 0xA900 (data set does not match the SOP
+    class) for one instance is failed at once; 0xA700 (out of resources) for another is tried again and
+    sent; the rest go on."""
+    from pynetdicom import AllStoragePresentationContexts, evt
+
+    uids = fill(archive, 6)["CT"]
+    refused, busy = uids[1], uids[3]
+    got: list[str] = []
+    busy_once: list[str] = []
+
+    def on_store(event: Any) -> int:
+        sop = str(event.request.AffectedSOPInstanceUID)
+        if sop == refused:
+            return 0xA900
+        if sop == busy and not busy_once:
+            busy_once.append(sop)
+            return 0xA700
+        got.append(sop)
+        return 0x0000
+
+    ae = AE("PYSCP")
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        cfg = Config(data_dir=tmp_path / "cfg", aet="HILUM", peers={"backup": Peer("PYSCP", "127.0.0.1", port)})
+        rules = forward.parse(
+            {
+                "peers": {"backup": {}},
+                "forwarding": {"retry_initial": 0.1, "retry_max": 0.1},
+                "forward": [{"destination": "backup"}],
+            },
+            "",
+            "t",
+        )
+        out = drain(archive, cfg, rules)["backup"]
+        assert (out.sent, out.failed, out.retry) == (4, 1, 1)
+        time.sleep(0.2)  # the busy one's backoff
+        out = drain(archive, cfg, rules)["backup"]
+        assert (out.sent, out.failed, out.retry) == (1, 0, 0)
+    finally:
+        server.shutdown()
+    assert sorted(got) == sorted(u for u in uids if u != refused)
+    failed = forward.rows(archive, state="failed")
+    assert [r["sop_uid"] for r in failed] == [refused] and "0xA900" in failed[0]["last_error"]
+    assert by_state(archive, "backup") == {"pending": 0, "sent": 5, "committed": 0, "failed": 1}
