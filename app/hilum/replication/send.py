@@ -46,6 +46,7 @@ from hilum.dimse import contexts as cx
 from hilum.dimse import scu
 from hilum.dimse.commitment import COMMITMENT_INSTANCE
 from hilum.dimse.uids import STORAGE_COMMITMENT_PUSH
+from hilum.errors import HilumError
 
 log = logging.getLogger("hilum.storage")
 
@@ -235,11 +236,12 @@ def send_dimse(
                     if status is not None and status in OK_STATUSES:
                         stored.append(it)
                         out.bytes += it.size
-                    elif status is not None and not permanent_status(status):
-                        forward.mark_retry(archive, rules, [it], error or f"status 0x{status:04X}")
+                    elif status is None or not permanent_status(status):
+                        # out of resources, or a problem here (the blob being replaced, a tier down): later
+                        forward.mark_retry(archive, rules, [it], error or f"status 0x{status or 0:04X}")
                         out.retry += 1
                     else:
-                        forward.mark_failed(archive, [it], error or f"refused: status 0x{status or 0:04X}")
+                        forward.mark_failed(archive, [it], error or f"refused: status 0x{status:04X}")
                         out.failed += 1
                         out.errors.append(error or "")
                 if assoc.is_established:
@@ -302,7 +304,7 @@ def _store_one(archive: Archive, assoc: Any, it: QueueItem, changed: bool) -> tu
             status = assoc.send_c_store(cx.for_peer(assoc, data))
     except (cx.NoContext, TranscodeError) as exc:
         return 0xC000, f"cannot be sent to this peer: {str(exc).splitlines()[0][:200]}"
-    except OSError as exc:
+    except (OSError, HilumError) as exc:  # a blob replaced meanwhile (transcode), a tier that is down
         return None, f"cannot read: {exc}"
     except Exception as exc:  # noqa: BLE001 - pynetdicom raises assorted errors when the association goes
         if not assoc.is_established:
