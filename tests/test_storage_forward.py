@@ -231,6 +231,8 @@ def test_routing_is_idempotent_filters_and_dry_run(archive: Archive) -> None:
     )
     dry = forward.route(archive, rules, dry_run=True)
     assert dry.instances == 3 and [a["instances"] for a in dry.actions] == [3]
+    assert dry.actions[0]["rule"] == "forward-1" and dry.actions[0]["destination"] == "backup"
+    assert dry.actions[0]["bytes"] > 0 and dry.actions[0]["uid"]
     assert forward.status(archive) == []  # the dry run changed nothing
     assert forward.route(archive, rules).instances == 3
     assert forward.route(archive, rules).instances == 0  # the mark and the unique index

@@ -351,7 +351,7 @@ def scan(
         if not rows:
             break
         after = top = rows[-1][0]
-        wanted: dict[tuple[str, str], tuple[str, int]] = {}  # (destination, sop) -> (study, size)
+        wanted: dict[tuple[str, str], tuple[str, int, str]] = {}  # (destination, sop) -> (study, size, rule)
         for pk, sop, cls, aet, received, modality, study_uid, size in rows:
             received = as_utc(received)
             for r in rules.rules:
@@ -364,12 +364,12 @@ def scan(
                 new_marks[r.key] = (newest, max(old[1], int(pk)))
                 if r.matches(modality or "", aet or "", cls or ""):
                     if (r.destination, sop) not in wanted:
-                        wanted[(r.destination, sop)] = (study_uid, int(size or 0))
+                        wanted[(r.destination, sop)] = (study_uid, int(size or 0), r.name)
         report.instances += _enqueue(archive, wanted, now, dry_run=dry_run, report=report)
     if dry_run:
         merged: dict[tuple[str, str], dict[str, Any]] = {}
         for a in report.actions:
-            m = merged.setdefault((a["uid"], a["rule"]), {**a, "instances": 0, "bytes": 0})
+            m = merged.setdefault((a["uid"], a["destination"]), {**a, "instances": 0, "bytes": 0})
             m["instances"] += a["instances"]
             m["bytes"] += a["bytes"]
         report.actions = list(merged.values())
@@ -382,7 +382,7 @@ def scan(
 
 def _enqueue(
     archive: Archive,
-    wanted: Mapping[tuple[str, str], tuple[str, int]],
+    wanted: Mapping[tuple[str, str], tuple[str, int, str]],
     now: datetime,
     *,
     dry_run: bool,
@@ -405,10 +405,17 @@ def _enqueue(
         missing = [(k, v) for k, v in wanted.items() if k not in have]
         if dry_run:
             studies_: dict[tuple[str, str], dict[str, Any]] = {}
-            for (dest, _sop), (study, size) in missing:
+            for (dest, _sop), (study, size, rule) in missing:
                 a = studies_.setdefault(
                     (study, dest),
-                    {"uid": study, "rule": dest, "instances": 0, "bytes": 0, "reason": f"forward to {dest}"},
+                    {
+                        "uid": study,
+                        "rule": rule,
+                        "destination": dest,
+                        "instances": 0,
+                        "bytes": 0,
+                        "reason": f"not yet queued for {dest}",
+                    },
                 )
                 a["instances"] += 1
                 a["bytes"] += size
@@ -434,7 +441,7 @@ def _enqueue(
                             "created_at": now,
                             "updated_at": now,
                         }
-                        for (dest, sop), (study, _size) in missing
+                        for (dest, sop), (study, _size, _rule) in missing
                     ],
                 )
             return len(missing)
@@ -885,7 +892,7 @@ def enqueue(
     now = now or utcnow()
     i, s = instances.c, series.c
     sops = list(dict.fromkeys(sop_uids))
-    wanted: dict[tuple[str, str], tuple[str, int]] = {}
+    wanted: dict[tuple[str, str], tuple[str, int, str]] = {}
     with archive.engine.connect() as conn:
         for start in range(0, len(sops), 500):
             for sop, study_uid, size in conn.execute(
@@ -895,7 +902,7 @@ def enqueue(
                 )
                 .where(i.sop_uid.in_(sops[start : start + 500]))
             ):
-                wanted[(destination, sop)] = (study_uid, int(size))
+                wanted[(destination, sop)] = (study_uid, int(size), "by hand")
     n = _enqueue(archive, wanted, now, dry_run=False, report=TaskReport("forwarding"))
     if again:
         q = forward_queue.c
