@@ -18,9 +18,11 @@ Then N-ACTION asks the peer to commit the instances it took and the report
 of its own, reaches the node's SCP (:func:`hilum.archive.forward.commitment_report`),
 and rows still waiting after ``commitment_timeout`` are asked again.
 
-STOW-RS (PS3.18 10.5) posts the batch as one multipart request; 200 confirms
-every instance, 202 lists the failed ones (Failed SOP Sequence), 409 refuses
-all.
+STOW-RS (PS3.18 10.5) posts the batch as one multipart request (split at
+:data:`STOW_BYTES`); an instance is confirmed when the response lists it in
+the Referenced SOP Sequence (or, a 200 without one, when it is not in the
+Failed SOP Sequence); a failure reason that means "never" fails it, others
+(out of resources, processing failure) and any HTTP error are tried again.
 """
 
 from __future__ import annotations
@@ -322,12 +324,34 @@ def _store_one(archive: Archive, assoc: Any, it: QueueItem, changed: bool) -> tu
 # --------------------------------------------------------------------------- STOW-RS
 
 
+STOW_BYTES = 64 << 20
+"""Bytes of instances per STOW-RS request at most (a batch of large multi-frame instances is split)."""
+
+
 def send_stow(archive: Archive, source: DicomWebSource, rules: ForwardRules, items: Sequence[QueueItem]) -> Outcome:
-    """STOW-RS the claimed ``items`` in one request; every item ends in a state."""
+    """STOW-RS the claimed ``items`` (one request per :data:`STOW_BYTES`); every item ends in a state."""
     out = Outcome()
     items = _gone(archive, items, out)
-    if not items:
-        return out
+    client = DicomWebClient(source)
+    try:
+        part: list[QueueItem] = []
+        size = 0
+        for it in items:
+            if part and size + it.size > STOW_BYTES:
+                _stow_part(archive, client, rules, part, out)
+                part, size = [], 0
+            part.append(it)
+            size += it.size
+        if part:
+            _stow_part(archive, client, rules, part, out)
+    finally:
+        client.close()
+    return out
+
+
+def _stow_part(
+    archive: Archive, client: DicomWebClient, rules: ForwardRules, items: Sequence[QueueItem], out: Outcome
+) -> None:
     datas: list[bytes] = []
     ready: list[QueueItem] = []
     for it in items:
@@ -338,26 +362,46 @@ def send_stow(archive: Archive, source: DicomWebSource, rules: ForwardRules, ite
             forward.mark_retry(archive, rules, [it], f"cannot read: {exc}")
             out.retry += 1
     if not ready:
-        return out
-    client = DicomWebClient(source)
+        return
     try:
         response = client.store(datas)
-    except DicomWebError as exc:
-        forward.mark_retry(archive, rules, ready, str(exc))
+    except Exception as exc:  # noqa: BLE001 - DicomWebError, an unreadable response...: nothing is lost, later
+        error = str(exc) if isinstance(exc, DicomWebError) else f"{type(exc).__name__}: {exc}"
+        forward.mark_retry(archive, rules, ready, error)
         out.retry += len(ready)
-        out.errors.append(str(exc))
-        return out
-    finally:
-        client.close()
+        out.errors.append(error)
+        return
     failed = _stow_failed(response)
-    ok = [it for it in ready if it.sop_uid not in failed]
-    bad = [it for it in ready if it.sop_uid in failed]
+    listed = _stow_stored(response)
+    ok = [it for it in ready if it.sop_uid not in failed and (listed is None or it.sop_uid in listed)]
+    unsure = [it for it in ready if it.sop_uid not in failed and listed is not None and it.sop_uid not in listed]
     forward.mark_sent(archive, ok)
     out.sent += len(ok)
-    out.bytes += sum(len(d) for d, it in zip(datas, ready, strict=True) if it.sop_uid not in failed)
-    for it in bad:
-        forward.mark_failed(archive, [it], f"refused by the STOW-RS server: failure reason 0x{failed[it.sop_uid]:04X}")
-    out.failed += len(bad)
+    out.bytes += sum(len(d) for d, it in zip(datas, ready, strict=True) if it in ok)
+    for it in [it for it in ready if it.sop_uid in failed]:
+        reason = failed[it.sop_uid]
+        error = f"refused by the STOW-RS server: failure reason 0x{reason:04X}"
+        if permanent_status(reason):
+            forward.mark_failed(archive, [it], error)
+            out.failed += 1
+        else:  # out of resources (0xA7xx), processing failure (0x0110)...
+            forward.mark_retry(archive, rules, [it], error)
+            out.retry += 1
+    if unsure:
+        forward.mark_retry(archive, rules, unsure, "not in the STOW-RS response (neither stored nor failed)")
+        out.retry += len(unsure)
+
+
+def _stow_stored(response: Any) -> set[str] | None:
+    """SOP Instance UIDs of the Referenced SOP Sequence (0008,1199) of a Store Instances Response (None: the
+    response lists none, as some servers answer a 200)."""
+    if not isinstance(response, dict) or "00081199" not in response:
+        return None
+    out: set[str] = set()
+    for item in (response.get("00081199") or {}).get("Value") or []:
+        uid = ((item.get("00081155") or {}).get("Value") or [""])[0]
+        if uid:
+            out.add(str(uid))
     return out
 
 
