@@ -828,7 +828,6 @@ class DimseService:
         self.reporter.report_later(event.assoc, result, int(event.request.MessageID or 0))
         return SUCCESS, None
 
-
     def _on_n_event_report(self, event: evt.Event) -> tuple[int | Dataset, Dataset | None]:
         """A Storage Commitment report on an association of the peer's own (PS3.4 J.3.3.2): the rows of the
         forwarding queue awaiting it become committed (:func:`hilum.archive.forward.commitment_report`).
