@@ -16,7 +16,10 @@ imported into a fresh archive.  Then, alternately, ``--rounds`` times:
 
 ``storescp`` (max PDU 128 KiB, the most it takes) writes every file (``-od``) for both, on the same file system.
 Prints instances/s and MB/s of each round, the best of each, and the ratio
-hilum / storescu.
+hilum / storescu.  Then the ingest side: ``storescu`` into a Hilum node with
+no forwarding rule, with a rule to a destination that is down (routing and
+retries only), and with a rule to the live ``storescp`` (sending while
+receiving, on the same cores): instances/s received and the ratio to "off".
 
     PYTHONPATH=app .venv/bin/python bench/storage/forward.py [--n 400] [--rounds 3] [--batch 64]
 """
@@ -133,6 +136,48 @@ def run_hilum(archive: Archive, cfg: Config, rules: forward.ForwardRules) -> flo
     return seconds
 
 
+def run_ingest(root: Path, files: list[Path], mode: str, scp: StoreSCP, rnd: int) -> float:
+    """storescu into a fresh Hilum node: ``off`` (no forwarding), ``down`` (a rule to a peer nobody
+    listens for: routing and retries only), ``live`` (a rule to the storescp, sending while receiving).
+    Seconds storescu took (the node's C-STORE responses include its indexing)."""
+    from hilum.config import load_config
+    from hilum.node import Node
+
+    data = root / f"ingest-{mode}-{rnd}"
+    data.mkdir()
+    port = free_port()
+    peer_port = scp.port if mode == "live" else free_port()
+    rules = "" if mode == "off" else '[[forward]]\ndestination = "backup"\n'
+    (data / "hilum.toml").write_text(
+        f'[node]\naet = "HILUM"\ndicom_port = {port}\n'
+        f'[peers.backup]\naet = "STORESCP"\nhost = "127.0.0.1"\nport = {peer_port}\n{rules}',
+        encoding="utf-8",
+    )
+    cfg = load_config(data)
+    with Node(cfg, only=["dimse", "forwarding"]) as node:
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [str(BIN / "storescu"), "-aec", "HILUM", "127.0.0.1", str(port), *map(str, files)],
+            capture_output=True,
+            text=True,
+            env=ENV,
+        )
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu into the node failed: {proc.stderr[-300:]}")
+        if mode == "live":
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                st = forward.status(node.archive)
+                if st and st[0]["sent"] == len(files):
+                    break
+                time.sleep(0.2)
+            else:
+                raise RuntimeError("live forwarding did not finish")
+    shutil.rmtree(data, ignore_errors=True)
+    return seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=400, help="CT slices (default 400)")
@@ -140,6 +185,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="[forwarding] batch: instances per association")
     ap.add_argument("--associations", type=int, default=2, help="[forwarding] associations per destination")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    ap.add_argument("--no-ingest", action="store_true", help="skip the ingest-while-forwarding part")
     args = ap.parse_args()
     for tool in ("storescu", "storescp"):
         if not (BIN / tool).exists():
@@ -186,12 +232,26 @@ def main() -> None:
                         f"  round {r + 1} {name:<10} {seconds:6.2f} s  {len(blobs) / seconds:7.1f} instances/s  "
                         f"{mb / seconds:6.1f} MB/s"
                     )
-        archive.close()
-        print("best of each:")
-        for name, seconds in best.items():
-            print(f"  {name:<10} {len(blobs) / seconds:7.1f} instances/s  {mb / seconds:6.1f} MB/s")
-        print(f"  ratio hilum forwarding / storescu = {best['storescu'] / best['hilum']:.2f}")
-        print(f"  ratio hilum forwarding / hilum send = {best['hilum-send'] / best['hilum']:.2f}")
+            archive.close()
+            print("best of each:")
+            for name, seconds in best.items():
+                print(f"  {name:<10} {len(blobs) / seconds:7.1f} instances/s  {mb / seconds:6.1f} MB/s")
+            print(f"  ratio hilum forwarding / storescu = {best['storescu'] / best['hilum']:.2f}")
+            print(f"  ratio hilum forwarding / hilum send = {best['hilum-send'] / best['hilum']:.2f}")
+            if not args.no_ingest:
+                print("ingest into a node (storescu, one association) while forwarding:")
+                ingest: dict[str, float] = {}
+                for r in range(args.rounds):
+                    for mode in ("off", "down", "live"):
+                        scp.clear()
+                        seconds = run_ingest(root, files, mode, scp, r)
+                        ingest[mode] = min(ingest.get(mode, float("inf")), seconds)
+                        print(f"  round {r + 1} forwarding {mode:<5} {len(files) / seconds:7.1f} instances/s received")
+                for mode, seconds in ingest.items():
+                    print(
+                        f"  best, forwarding {mode:<5} {len(files) / seconds:7.1f} instances/s received"
+                        f"  (ratio to off {ingest['off'] / seconds:.2f})"
+                    )
     finally:
         if args.keep:
             print(f"kept {root}")

@@ -767,13 +767,15 @@ def mark_retry(
         return
     now = now or utcnow()
     q = forward_queue.c
+    groups: dict[int, list[int]] = {}
+    for it in items:
+        groups.setdefault(it.attempts + (1 if count else 0), []).append(it.pk)
     with archive.transaction() as conn:
-        for it in items:
-            attempts = it.attempts + (1 if count else 0)
+        for attempts, pks in groups.items():
             gave_up = bool(rules.max_attempts) and attempts >= rules.max_attempts
             conn.execute(
                 update(forward_queue)
-                .where(q.pk == it.pk)
+                .where(q.pk.in_(pks))
                 .values(
                     state="failed" if gave_up else state,
                     attempts=attempts,

@@ -65,6 +65,9 @@ class ForwardService:
         self._threads: list[threading.Thread] = []
         self._unsubscribe: Any = None
         self.scans = 0
+        # a destination that is down: its senders hold off (backoff) instead of trying at each arrival
+        self._holds: dict[str, tuple[float, int]] = {}  # destination -> (monotonic until, failures in a row)
+        self._holds_lock = threading.Lock()
 
     @property
     def active(self) -> bool:
@@ -101,10 +104,26 @@ class ForwardService:
         self._senders = []
 
     def wake(self) -> None:
-        """Scan and send now (new instances, a retry asked by the user)."""
+        """Scan and send now (new instances, a retry asked by the user): destinations held off are tried too."""
+        with self._holds_lock:
+            self._holds.clear()
         self._route.set()
         for s in self._senders:
             s.wake.set()
+
+    def held(self, destination: str) -> float:
+        """Seconds ``destination`` is still held off (0: not)."""
+        with self._holds_lock:
+            until = self._holds.get(destination, (0.0, 0))[0]
+        return max(0.0, until - time.monotonic())
+
+    def _note(self, destination: str, reached: bool) -> None:
+        with self._holds_lock:
+            if reached:
+                self._holds.pop(destination, None)
+                return
+            failures = self._holds.get(destination, (0.0, 0))[1] + 1
+            self._holds[destination] = (time.monotonic() + self.rules.backoff(failures), failures)
 
     def _on_event(self, event: Any) -> None:
         if getattr(event, "kind", "") in ("stored", "replaced"):
@@ -160,6 +179,9 @@ class _Sender:
             self.wake.wait(self._sleep())
 
     def _sleep(self) -> float:
+        held = self.service.held(self.rule.destination)
+        if held:
+            return held + 0.05
         try:
             due = forward.next_due(self.service.archive)
         except Exception:  # noqa: BLE001
@@ -171,6 +193,8 @@ class _Sender:
     def send_due(self, now: datetime | None = None) -> bool:
         """Send one batch of due rows; False when none was due."""
         svc = self.service
+        if svc.held(self.rule.destination):
+            return False
         items = forward.claim(svc.archive, self.rule.destination, svc.rules.batch, now=now)
         if not items:
             return False
@@ -193,6 +217,7 @@ class _Sender:
             out = send_stow(svc.archive, self.web, svc.rules, items)
         self.batches += 1
         self.last = out
+        svc._note(self.rule.destination, reached=out.sent + out.committed + out.failed > 0 or not out.retry)
         log.debug(
             "forwarding to %s: %d sent, %d committed, %d to retry, %d failed in %.2f s",
             self.rule.destination,
