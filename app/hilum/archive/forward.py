@@ -247,9 +247,14 @@ def parse(doc: dict[str, Any], text: str, source: str) -> ForwardRules:
         if name in names:
             raise rule_error(source, text, "forward", f"a rule called {name!r} is there already", key="name", index=i)
         names.add(name)
-        if len(dest) > 60:
+        if len(dest) > 60 or dest.startswith("#"):
             raise rule_error(
-                source, text, "forward", "destination name longer than 60 characters", key="destination", index=i
+                source,
+                text,
+                "forward",
+                "a destination name is at most 60 characters and does not start with '#'",
+                key="destination",
+                index=i,
             )
         out.rules.append(
             ForwardRule(
@@ -940,7 +945,7 @@ def status(archive: Archive, *, now: datetime | None = None) -> list[dict[str, A
         for dest, state, n in conn.execute(
             select(q.destination, q.state, func.count()).where(q.destination != MARK).group_by(q.destination, q.state)
         ):
-            d = out.setdefault(dest, _empty(dest))
+            d = out.setdefault(dest, empty_status(dest))
             if state in STATES:
                 d[state] = int(n)
         for dest, n in conn.execute(
@@ -948,13 +953,13 @@ def status(archive: Archive, *, now: datetime | None = None) -> list[dict[str, A
             .where(q.destination != MARK, q.state == "sent", q.transaction_uid != "")
             .group_by(q.destination)
         ):
-            out.setdefault(dest, _empty(dest))["awaiting_commitment"] = int(n)
+            out.setdefault(dest, empty_status(dest))["awaiting_commitment"] = int(n)
         for dest, nt, created in conn.execute(
             select(q.destination, func.min(q.next_try), func.min(q.created_at))
             .where(q.destination != MARK, q.state == "pending")
             .group_by(q.destination)
         ):
-            d = out.setdefault(dest, _empty(dest))
+            d = out.setdefault(dest, empty_status(dest))
             d["next_try"] = as_utc(nt)
             d["oldest_pending"] = as_utc(created)
         for dest in list(out):
@@ -970,7 +975,7 @@ def status(archive: Archive, *, now: datetime | None = None) -> list[dict[str, A
     return [out[k] for k in sorted(out)]
 
 
-def _empty(dest: str) -> dict[str, Any]:
+def empty_status(dest: str) -> dict[str, Any]:
     return {
         "destination": dest,
         "pending": 0,

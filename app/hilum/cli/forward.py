@@ -91,7 +91,7 @@ def run_status(args: argparse.Namespace) -> int:
     known = {d["destination"] for d in status}
     for dest in rules.destinations:  # configured destinations with nothing queued yet
         if dest not in known:
-            status.append(forward._empty(dest))
+            status.append(forward.empty_status(dest))
     if args.json:
         print_json(status)
         return 0
