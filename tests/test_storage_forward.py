@@ -382,19 +382,23 @@ def peer_node(tmp_path: Path) -> Iterator[Node]:
         yield n
 
 
-def test_hilum_to_hilum_with_storage_commitment(tmp_path: Path, archive: Archive, peer_node: Node) -> None:
+@pytest.mark.parametrize("commitment", ["auto", "always"])
+def test_hilum_to_hilum_with_storage_commitment(
+    tmp_path: Path, archive: Archive, peer_node: Node, commitment: str
+) -> None:
+    """Hilum's SCP does Storage Commitment: with "auto" as with "always" every instance ends committed."""
     uids = fill(archive, 9)["CT"]
     peer = Peer("PEERHILUM", "127.0.0.1", peer_node.config.dicom_port)
     cfg = config_for(
         tmp_path / "cfg",
         {"backup": peer},
-        '[forwarding]\nbatch = 4\n[[forward]]\ndestination = "backup"\ncommitment = "always"\n',
+        f'[forwarding]\nbatch = 4\n[[forward]]\ndestination = "backup"\ncommitment = "{commitment}"\n',
     )
     rules = forward.parse(
         {
             "peers": {"backup": {}},
             "forwarding": {"batch": 4},
-            "forward": [{"destination": "backup", "commitment": "always"}],
+            "forward": [{"destination": "backup", "commitment": commitment}],
         },
         "",
         "t",
