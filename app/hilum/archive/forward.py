@@ -164,7 +164,13 @@ def parse(doc: dict[str, Any], text: str, source: str) -> ForwardRules:
         if kind is None:
             raise rule_error(source, text, "forwarding", f"unknown setting (known: {', '.join(SETTING_KEYS)})", key=key)
         if isinstance(value, bool) or not isinstance(value, kind):
-            raise rule_error(source, text, "forwarding", f"must be a number, not {value!r}", key=key)
+            raise rule_error(
+                source,
+                text,
+                "forwarding",
+                f"must be {'a whole number' if kind is int else 'a number'}, not {value!r}",
+                key=key,
+            )
     for key in ("retry_initial", "retry_max", "commitment_timeout"):
         value = settings.get(key, getattr(out, key))
         if value <= 0:
