@@ -742,3 +742,27 @@ def test_refusal_statuses_fail_for_good_and_out_of_resources_is_retried(tmp_path
     failed = forward.rows(archive, state="failed")
     assert [r["sop_uid"] for r in failed] == [refused] and "0xA900" in failed[0]["last_error"]
     assert by_state(archive, "backup") == {"pending": 0, "sent": 5, "committed": 0, "failed": 1}
+
+
+def test_max_attempts_gives_up_and_retry_brings_them_back(tmp_path: Path, archive: Archive) -> None:
+    uids = fill(archive, 3)["CT"]
+    cfg = Config(data_dir=tmp_path / "cfg", aet="HILUM", peers={"backup": Peer("NOBODY", "127.0.0.1", free_port())})
+    rules = forward.parse(
+        {
+            "peers": {"backup": {}},
+            "forwarding": {"retry_initial": 0.05, "retry_max": 0.05, "max_attempts": 2},
+            "forward": [{"destination": "backup"}],
+        },
+        "",
+        "t",
+    )
+    assert drain(archive, cfg, rules)["backup"].retry == 3
+    assert by_state(archive, "backup")["pending"] == 3
+    time.sleep(0.1)
+    drain(archive, cfg, rules)
+    failed = forward.rows(archive, state="failed")
+    assert sorted(r["sop_uid"] for r in failed) == sorted(uids) and all(r["attempts"] == 2 for r in failed)
+    assert "cannot connect" in failed[0]["last_error"]
+    time.sleep(0.1)
+    assert drain(archive, cfg, rules)["backup"].retry == 0  # given up: not tried again by itself
+    assert forward.retry(archive) == 3 and by_state(archive, "backup")["pending"] == 3
