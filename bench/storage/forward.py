@@ -186,6 +186,7 @@ def main() -> None:
     ap.add_argument("--associations", type=int, default=2, help="[forwarding] associations per destination")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
     ap.add_argument("--no-ingest", action="store_true", help="skip the ingest-while-forwarding part")
+    ap.add_argument("--ingest-n", type=int, default=2000, help="256x256 CT slices for the ingest part (default 2000)")
     args = ap.parse_args()
     for tool in ("storescu", "storescp"):
         if not (BIN / tool).exists():
@@ -239,17 +240,21 @@ def main() -> None:
             print(f"  ratio hilum forwarding / storescu = {best['storescu'] / best['hilum']:.2f}")
             print(f"  ratio hilum forwarding / hilum send = {best['hilum-send'] / best['hilum']:.2f}")
             if not args.no_ingest:
-                print("ingest into a node (storescu, one association) while forwarding:")
+                small = write_ct_set(root / "ct-small", args.ingest_n, rows=256)
+                print(
+                    f"ingest of {len(small)} 256x256 CT slices into a node (storescu, one association) while "
+                    "forwarding:"
+                )
                 ingest: dict[str, float] = {}
                 for r in range(args.rounds):
                     for mode in ("off", "down", "live"):
                         scp.clear()
-                        seconds = run_ingest(root, files, mode, scp, r)
+                        seconds = run_ingest(root, small, mode, scp, r)
                         ingest[mode] = min(ingest.get(mode, float("inf")), seconds)
-                        print(f"  round {r + 1} forwarding {mode:<5} {len(files) / seconds:7.1f} instances/s received")
+                        print(f"  round {r + 1} forwarding {mode:<5} {len(small) / seconds:7.1f} instances/s received")
                 for mode, seconds in ingest.items():
                     print(
-                        f"  best, forwarding {mode:<5} {len(files) / seconds:7.1f} instances/s received"
+                        f"  best, forwarding {mode:<5} {len(small) / seconds:7.1f} instances/s received"
                         f"  (ratio to off {ingest['off'] / seconds:.2f})"
                     )
     finally:

@@ -13,6 +13,7 @@ backoff without holding up the others, and never blocks ingest.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from datetime import datetime
@@ -31,8 +32,9 @@ log = logging.getLogger("hilum.storage")
 SCAN_EVERY = 60.0
 """Seconds between two routing scans when no event woke the router (another node's arrivals, a lost event)."""
 
-SETTLE = 0.3
-"""Seconds the router waits after an arrival so that one scan takes a burst."""
+SETTLE = float(os.environ.get("HILUM_FORWARD_SETTLE", "1.0"))
+"""Seconds the router waits after an arrival so that one scan takes a burst (fewer, larger scans while a
+modality sends: each is a read and one short write transaction beside the ingest)."""
 
 IDLE_MAX = 30.0
 """The longest a sender sleeps without a wake (rows another node queued, due rows of a retry)."""
