@@ -97,15 +97,18 @@ class Node:
         from hilum.dimse.mpps import MppsSCP
         from hilum.dimse.mwl import WorklistSCP
         from hilum.hl7.service import HL7Service
+        from hilum.replication import ForwardService
 
         ris = [WorklistSCP(self.archive, orders=self.orders), MppsSCP(self.archive, orders=self.orders)]
         return [
             DimseService(self.config, self.archive, extensions=ris),
             HL7Service(self.config, self.archive, orders=self.orders),
             DicomWebService(self.config, self.archive),
-            # Background storage work, stopped first: the policies (one node of a scale-out), write-through.
+            # Background storage work, stopped first: the policies (one node of a scale-out), write-through,
+            # forwarding ([[forward]] rules of hilum.toml; none: idle).
             PolicyService(self.archive, self.archive.policies),
             TierService(self.archive),
+            ForwardService(self.archive, self.config),
         ]
 
     def service(self, name: str) -> Service:

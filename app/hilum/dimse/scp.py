@@ -277,6 +277,7 @@ class DimseService:
             (evt.EVT_C_MOVE, self._on_move),
             (evt.EVT_C_GET, self._on_get),
             (evt.EVT_N_ACTION, self._on_n_action),
+            (evt.EVT_N_EVENT_REPORT, self._on_n_event_report),
             (evt.EVT_N_CREATE, self._on_n_create),
             (evt.EVT_N_SET, self._on_n_set),
         ]
@@ -825,6 +826,37 @@ class DimseService:
             return status_dataset(0x0120, "missing Transaction UID"), None
         self._count(event.assoc, "N-ACTION commitment")
         self.reporter.report_later(event.assoc, result, int(event.request.MessageID or 0))
+        return SUCCESS, None
+
+    def _on_n_event_report(self, event: evt.Event) -> tuple[int | Dataset, Dataset | None]:
+        """A Storage Commitment report on an association of the peer's own (PS3.4 J.3.3.2): the rows of the
+        forwarding queue awaiting it become committed (:func:`hilum.archive.forward.commitment_report`).
+        Only from the AE title of a configured peer, and only for rows queued for that peer."""
+        req: Any = event.request
+        if str(req.AffectedSOPClassUID) != STORAGE_COMMITMENT_PUSH:
+            return status_dataset(0x0122, "SOP class not supported"), None
+        if event.event_type not in (1, 2):
+            return status_dataset(0x0113, "no such event type"), None
+        calling = self._calling(event.assoc)
+        names = [n for n, p in self.config.peers.items() if p.aet == calling]
+        if not names:
+            log.warning("storage commitment report from %s, which is not a configured peer: ignored", calling)
+            return status_dataset(0x0110, "not a configured peer"), None
+        try:
+            from hilum.archive import forward
+
+            info = event.event_information
+            ok = [str(i.get("ReferencedSOPInstanceUID", "")) for i in info.get("ReferencedSOPSequence", []) or []]
+            bad = {str(i.get("ReferencedSOPInstanceUID", "")): int(i.get("FailureReason", 0x0110) or 0x0110)
+                   for i in info.get("FailedSOPSequence", []) or []}
+            n = forward.commitment_report(self.archive, str(info.get("TransactionUID", "")), ok, bad,
+                                          destinations=names)
+        except Exception as exc:  # noqa: BLE001 - a status, never a dead association
+            log.exception("storage commitment report from %s unreadable", calling)
+            return status_dataset(0x0110, f"cannot process: {exc}"), None
+        self._count(event.assoc, "N-EVENT-REPORT commitment")
+        if not n:
+            log.info("storage commitment report from %s for a transaction not awaited here", calling)
         return SUCCESS, None
 
 
