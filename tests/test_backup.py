@@ -24,8 +24,8 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from sqlalchemy import func, select
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from sqlalchemy import func, select
 
 from conftest import free_port
 from hilum.archive import Archive, storage
@@ -97,16 +97,18 @@ def filled(data_dir: Path, pydicom_files: Path, tmp_path: Path) -> dict[str, Any
         storage.protect(a, "STUDY", study, reason="court case")
         pk = a.query("IMAGE", {"StudyInstanceUID": study})[0]
         with a.engine.connect() as conn:
-            ipk = conn.execute(instances.select().with_only_columns(instances.c.pk)
-                               .where(instances.c.sop_uid == pk["SOPInstanceUID"])).scalar_one()
+            ipk = conn.execute(
+                instances.select().with_only_columns(instances.c.pk).where(instances.c.sop_uid == pk["SOPInstanceUID"])
+            ).scalar_one()
         with a.transaction() as conn:
             storage.record_copy(conn, ipk, "tier:archive", key="k/1", checksum="xxh128:0", size=10)
             storage.log_action(conn, "compress", study, rule="ct", instances=6, bytes_before=600, bytes_after=200)
         return {"counts": counts(a), "study": study}
 
 
-def test_backup_and_restore_round_trip_with_the_cli(filled: dict[str, Any], data_dir: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_backup_and_restore_round_trip_with_the_cli(
+    filled: dict[str, Any], data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     dest, target = tmp_path / "backup", tmp_path / "restored"
     rc, out, _ = cli(capsys, "backup", str(dest), "--data", str(data_dir), "--json")
     assert rc == 0
@@ -143,8 +145,9 @@ def test_backup_and_restore_round_trip_with_the_cli(filled: dict[str, Any], data
     assert rc == 0 and json.loads(out)["copied"] == filled["counts"]["instances"]
 
 
-def test_refusals_and_force(filled: dict[str, Any], data_dir: Path, tmp_path: Path,
-                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_refusals_and_force(
+    filled: dict[str, Any], data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     dest, target = tmp_path / "backup", tmp_path / "restored"
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
@@ -193,7 +196,8 @@ def _transcoded(path: Path, dest: Path) -> None:
 
 
 def test_blobs_changed_between_the_snapshot_and_their_copy_are_followed(
-        data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with Archive(data_dir) as a:
         for p in images(tmp_path / "gen", 9, studies=3):
             a.ingest(p)
@@ -214,15 +218,23 @@ def test_blobs_changed_between_the_snapshot_and_their_copy_are_followed(
             _transcoded(old, archive.blobs.root / key)
             data = (archive.blobs.root / key).read_bytes()
             with archive.transaction() as conn:
-                conn.execute(instances.update().where(instances.c.sop_uid == replaced).values(
-                    blob_key=key, checksum=blob_checksum(data), size=len(data),
-                    transfer_syntax=ImplicitVRLittleEndian))
+                conn.execute(
+                    instances.update()
+                    .where(instances.c.sop_uid == replaced)
+                    .values(
+                        blob_key=key,
+                        checksum=blob_checksum(data),
+                        size=len(data),
+                        transfer_syntax=ImplicitVRLittleEndian,
+                    )
+                )
             old.unlink()
             archive.delete("STUDY", s_deleted)
             p = archive.path(purged)
             with archive.transaction() as conn:
-                ipk = conn.execute(instances.select().with_only_columns(instances.c.pk)
-                                   .where(instances.c.sop_uid == purged)).scalar_one()
+                ipk = conn.execute(
+                    instances.select().with_only_columns(instances.c.pk).where(instances.c.sop_uid == purged)
+                ).scalar_one()
                 storage.record_copy(conn, ipk, "tier:archive", key="x", checksum="xxh128:1", size=1)
                 conn.execute(instances.update().where(instances.c.pk == ipk).values(online=False))
             p.unlink()
@@ -242,9 +254,15 @@ def test_blobs_changed_between_the_snapshot_and_their_copy_are_followed(
         assert pydicom.dcmread(r.path(replaced)).file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
         with r.engine.connect() as conn:
             size = conn.execute(select(studies.c.size_bytes).where(studies.c.study_uid == s_replaced)).scalar_one()
-            total = conn.execute(select(func.sum(instances.c.size)).select_from(
-                instances.join(series, series.c.pk == instances.c.series_fk).join(
-                    studies, studies.c.pk == series.c.study_fk)).where(studies.c.study_uid == s_replaced)).scalar_one()
+            total = conn.execute(
+                select(func.sum(instances.c.size))
+                .select_from(
+                    instances.join(series, series.c.pk == instances.c.series_fk).join(
+                        studies, studies.c.pk == series.c.study_fk
+                    )
+                )
+                .where(studies.c.study_uid == s_replaced)
+            ).scalar_one()
             assert size == total  # the transcoded size counted
             online = {r[0]: bool(r[1]) for r in conn.execute(select(instances.c.sop_uid, instances.c.online))}
         assert online[purged] is False and sum(online.values()) == len(online) - 1
@@ -255,8 +273,9 @@ def test_blobs_changed_between_the_snapshot_and_their_copy_are_followed(
 
 
 @pytest.mark.postgres
-def test_postgresql_to_sqlite_and_sqlite_to_postgresql(filled: dict[str, Any], data_dir: Path, tmp_path: Path,
-                                                       pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_postgresql_to_sqlite_and_sqlite_to_postgresql(
+    filled: dict[str, Any], data_dir: Path, tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     # SQLite node -> backup -> restore into a data folder whose hilum.toml names PostgreSQL.
     dest = tmp_path / "backup"
     assert cli(capsys, "backup", str(dest), "--data", str(data_dir))[0] == 0
@@ -301,9 +320,27 @@ def test_postgresql_to_sqlite_and_sqlite_to_postgresql(filled: dict[str, Any], d
 
 def _serve(data: Path, port: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "hilum", "serve", "--data", str(data), "--dicom-port", str(port), "--aet", "NODE",
-         "--web-port", str(free_port()), "--hl7-port", str(free_port())],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        [
+            sys.executable,
+            "-m",
+            "hilum",
+            "serve",
+            "--data",
+            str(data),
+            "--dicom-port",
+            str(port),
+            "--aet",
+            "NODE",
+            "--web-port",
+            str(free_port()),
+            "--hl7-port",
+            str(free_port()),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[str], timeout: float = 60) -> None:
@@ -327,14 +364,22 @@ def test_backup_while_storescu_sends_into_a_running_node(tmp_path: Path) -> None
     serve = _serve(data, port)
     try:
         _wait_listening(port, serve)
-        sender = subprocess.Popen([str(BIN / "storescu"), "-aet", "CT1", "-aec", "NODE", "127.0.0.1", str(port),
-                                   *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sender = subprocess.Popen(
+            [str(BIN / "storescu"), "-aet", "CT1", "-aec", "NODE", "127.0.0.1", str(port), *map(str, files)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 120
         while sum(1 for _ in (data / "blobs").rglob("*.dcm")) < 20:
             assert time.monotonic() < deadline and sender.poll() is None, "the C-STOREs did not flow"
             time.sleep(0.02)
-        made = subprocess.run([sys.executable, "-m", "hilum", "backup", str(tmp_path / "backup"), "--data",
-                               str(data), "--json"], env=ENV, capture_output=True, text=True, timeout=300)
+        made = subprocess.run(
+            [sys.executable, "-m", "hilum", "backup", str(tmp_path / "backup"), "--data", str(data), "--json"],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         still_sending = sender.poll() is None
         assert made.returncode == 0, made.stderr
         assert sender.wait(300) == 0, sender.stderr.read() if sender.stderr else ""
@@ -349,11 +394,18 @@ def test_backup_while_storescu_sends_into_a_running_node(tmp_path: Path) -> None
     taken = manifest["instances"]["total"]
     assert 20 <= taken <= len(files)
     if not still_sending:  # the backup outran nothing: say so rather than pass silently
-        pytest.skip(f"storescu finished before the backup did ({taken} of {len(files)} taken); consistency "
-                    "under load not shown this time")
+        pytest.skip(
+            f"storescu finished before the backup did ({taken} of {len(files)} taken); consistency "
+            "under load not shown this time"
+        )
     target = tmp_path / "restored"
-    rc = subprocess.run([sys.executable, "-m", "hilum", "restore", str(tmp_path / "backup"), "--data", str(target)],
-                        env=ENV, capture_output=True, text=True, timeout=300)
+    rc = subprocess.run(
+        [sys.executable, "-m", "hilum", "restore", str(tmp_path / "backup"), "--data", str(target)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rc.returncode == 0, rc.stderr
     with Archive(target) as r:
         assert counts(r) == bk.manifest_counts(manifest)
@@ -366,8 +418,9 @@ def test_backup_while_storescu_sends_into_a_running_node(tmp_path: Path) -> None
         assert a.stats()["instances"] == len(files)
 
 
-def test_restore_of_a_backup_from_an_unknown_schema_is_refused(filled: dict[str, Any], data_dir: Path,
-                                                               tmp_path: Path) -> None:
+def test_restore_of_a_backup_from_an_unknown_schema_is_refused(
+    filled: dict[str, Any], data_dir: Path, tmp_path: Path
+) -> None:
     with Archive(data_dir) as a:
         bk.backup(a, tmp_path / "backup")
     m = json.loads((tmp_path / "backup" / "manifest.json").read_text())

@@ -43,8 +43,9 @@ def filled(data_dir: Path, pydicom_files: Path) -> dict[str, Any]:
             for pk in pks:
                 storage.record_copy(conn, pk, "tier:archive", key=f"k/{pk}", checksum="xxh128:0", size=1000)
             storage.record_copy(conn, pks[0], "peer:backup", verified=False)
-            storage.log_action(conn, "compress", studies[0], rule="ct", instances=1, bytes_before=5000,
-                               bytes_after=2000)
+            storage.log_action(
+                conn, "compress", studies[0], rule="ct", instances=1, bytes_before=5000, bytes_after=2000
+            )
             storage.log_action(conn, "purge", studies[1], rule="old", instances=1, bytes_before=7000)
         storage.protect(a, "PATIENT", "PAT-1", reason="legal hold")
         return {"studies": studies, "instances": len(pks)}
@@ -65,21 +66,31 @@ def fake_policy(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         rules = doc.get("fake", [])
         for i, r in enumerate(rules):
             if set(r) - {"name", "fail"}:
-                raise storage.rule_error(source, text, "fake", "unknown key", key=sorted(set(r) - {"name", "fail"})[0],
-                                         index=i)
-        return FakeRules([r["name"] for r in rules if not r.get("fail")] + ["!" + r["name"] for r in rules
-                                                                          if r.get("fail")])
+                raise storage.rule_error(
+                    source, text, "fake", "unknown key", key=sorted(set(r) - {"name", "fail"})[0], index=i
+                )
+        return FakeRules(
+            [r["name"] for r in rules if not r.get("fail")] + ["!" + r["name"] for r in rules if r.get("fail")]
+        )
 
-    def run_once(archive: Archive, rules: FakeRules, *, dry_run: bool = False,
-                 now: datetime | None = None) -> storage.TaskReport:
+    def run_once(
+        archive: Archive, rules: FakeRules, *, dry_run: bool = False, now: datetime | None = None
+    ) -> storage.TaskReport:
         calls.append({"dry_run": dry_run, "rules": list(rules.rules)})
         report = storage.TaskReport("retention", dry_run=dry_run)
         for name in rules.rules:
             if name.startswith("!"):
                 raise RuntimeError(f"rule {name[1:]} broke")
             for st in archive.query("STUDY", {}):
-                report.actions.append({"uid": st["StudyInstanceUID"], "rule": name, "instances": 1, "bytes": 2_000_000,
-                                       "reason": "older than 0 days"})
+                report.actions.append(
+                    {
+                        "uid": st["StudyInstanceUID"],
+                        "rule": name,
+                        "instances": 1,
+                        "bytes": 2_000_000,
+                        "reason": "older than 0 days",
+                    }
+                )
                 report.instances += 1
                 if not dry_run:
                     with archive.transaction() as conn:
@@ -92,8 +103,9 @@ def fake_policy(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return calls
 
 
-def test_run_dry_run_only_and_failures(filled: dict[str, Any], data_dir: Path, fake_policy: list[dict[str, Any]],
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_dry_run_only_and_failures(
+    filled: dict[str, Any], data_dir: Path, fake_policy: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
     (data_dir / "hilum.toml").write_text('[[fake]]\nname = "all"\n')
     with Archive(data_dir) as a:
         before = len(storage.policy_history(a))
@@ -135,9 +147,9 @@ def test_run_dry_run_only_and_failures(filled: dict[str, Any], data_dir: Path, f
     assert rc == 1 and json.loads(out)["ok"] is False
 
 
-def test_a_rule_file_with_a_typo_is_refused_with_its_line(filled: dict[str, Any], data_dir: Path,
-                                                         fake_policy: list[dict[str, Any]],
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_rule_file_with_a_typo_is_refused_with_its_line(
+    filled: dict[str, Any], data_dir: Path, fake_policy: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
     (data_dir / "hilum.toml").write_text('[node]\naet = "X"\n\n[[fake]]\nname = "a"\nnmae = "b"\n')
     for verb in ("run", "status"):
         rc, out, err = cli(capsys, "policy", verb, "--data", str(data_dir))
@@ -147,13 +159,14 @@ def test_a_rule_file_with_a_typo_is_refused_with_its_line(filled: dict[str, Any]
     (data_dir / "hilum.toml").write_text('[storage]\ninterval = "often"\n')
     rc, _, err = cli(capsys, "policy", "run", "--data", str(data_dir))
     assert rc == 1 and "line 2: [storage] interval: wrong type" in err
-    (data_dir / "hilum.toml").write_text('[storage\n')
+    (data_dir / "hilum.toml").write_text("[storage\n")
     rc, _, err = cli(capsys, "policy", "status", "--data", str(data_dir))
     assert rc == 1 and err.startswith("hilum: error:") and len(err.splitlines()) == 1
 
 
 def test_status_shows_use_copies_compression_protections_and_the_log(
-        filled: dict[str, Any], data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    filled: dict[str, Any], data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc, out, _ = cli(capsys, "policy", "status", "--json", "--data", str(data_dir))
     assert rc == 0
     st = json.loads(out)
@@ -175,8 +188,9 @@ def test_status_shows_use_copies_compression_protections_and_the_log(
     assert "patient PAT-1 (legal hold)" in out and "no watermark purge" in out
 
 
-def test_status_with_watermarks_and_capacity(filled: dict[str, Any], data_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_with_watermarks_and_capacity(
+    filled: dict[str, Any], data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Retention's rules are Helper 3's: whatever their shape, the three settings shown are found."""
     from dataclasses import dataclass, field
 
@@ -192,20 +206,27 @@ def test_status_with_watermarks_and_capacity(filled: dict[str, Any], data_dir: P
         purge: list[str] = field(default_factory=list)
 
     mod = types.ModuleType("hilum_test_fake_retention")
-    mod.parse = lambda doc, text, source: Rules(Watermarks(**doc.get("retention", {})),  # type: ignore[attr-defined]
-                                                [p["name"] for p in doc.get("purge", [])])
+    mod.parse = lambda doc, text, source: Rules(
+        Watermarks(**doc.get("retention", {})),  # type: ignore[attr-defined]
+        [p["name"] for p in doc.get("purge", [])],
+    )
     mod.run_once = lambda *a, **k: storage.TaskReport("retention")  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "hilum_test_fake_retention", mod)
     monkeypatch.setitem(policy.POLICIES, "retention", "hilum_test_fake_retention")
     with Archive(data_dir) as a:
         size = a.stats()["bytes"]
     (data_dir / "hilum.toml").write_text(
-        f'[retention]\nhigh_watermark = 70\nlow_watermark = 50\ncapacity_bytes = {size * 4}\n\n'
-        '[[purge]]\nname = "a"\n[[purge]]\nname = "b"\n')
+        f"[retention]\nhigh_watermark = 70\nlow_watermark = 50\ncapacity_bytes = {size * 4}\n\n"
+        '[[purge]]\nname = "a"\n[[purge]]\nname = "b"\n'
+    )
     rc, out, _ = cli(capsys, "policy", "status", "--json", "--data", str(data_dir))
     on = json.loads(out)["online"]
-    assert (on["high_watermark"], on["low_watermark"], on["capacity_bytes"], on["used_percent"]) == (70, 50, size * 4,
-                                                                                                    25.0)
+    assert (on["high_watermark"], on["low_watermark"], on["capacity_bytes"], on["used_percent"]) == (
+        70,
+        50,
+        size * 4,
+        25.0,
+    )
     assert json.loads(out)["rules"]["retention"] == 2
     rc, out, _ = cli(capsys, "policy", "status", "--data", str(data_dir))
     assert "25% of" in out and "purge from 70% down to 50%" in out and "(capacity_bytes)" in out

@@ -73,8 +73,10 @@ VERSION = 1
 MANIFEST = "manifest.json"
 INDEX = "index.sqlite"
 RESTORING = "restore.incomplete"
-TIER_NOTE = ("copies on other tiers and peers are not in the backup: their blob_copies rows are, so a restored "
-             "node recalls offline instances from those tiers while they hold them")
+TIER_NOTE = (
+    "copies on other tiers and peers are not in the backup: their blob_copies rows are, so a restored "
+    "node recalls offline instances from those tiers while they hold them"
+)
 CHUNK = 2000
 RETRIES = 5
 
@@ -99,9 +101,16 @@ class BackupReport:
     moved_aside: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "linked": self.linked, "copied": self.copied, "updated": self.updated,
-                "dropped": self.dropped, "offline": self.offline, "moved_aside": self.moved_aside,
-                "manifest": self.manifest}
+        return {
+            "path": self.path,
+            "linked": self.linked,
+            "copied": self.copied,
+            "updated": self.updated,
+            "dropped": self.dropped,
+            "offline": self.offline,
+            "moved_aside": self.moved_aside,
+            "manifest": self.manifest,
+        }
 
 
 # --------------------------------------------------------------------------- helpers
@@ -168,8 +177,11 @@ def _read_only_engine(path: Path) -> Engine:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    return create_engine("sqlite://", poolclass=NullPool,
-                         creator=lambda: sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False))
+    return create_engine(
+        "sqlite://",
+        poolclass=NullPool,
+        creator=lambda: sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False),
+    )
 
 
 def _heads(conn: Connection) -> list[str]:
@@ -192,15 +204,17 @@ def _plain_datetimes(row: dict[str, Any], *, aware: bool) -> dict[str, Any]:
     return row
 
 
-def _copy_tables(src: Connection, dest: Connection, tables: list[Table], *, aware: bool,
-                 progress: Progress | None = None) -> dict[str, int]:
+def _copy_tables(
+    src: Connection, dest: Connection, tables: list[Table], *, aware: bool, progress: Progress | None = None
+) -> dict[str, int]:
     """Every row of ``tables`` (parents first) from ``src`` into ``dest``; returns the counts copied."""
     counts: dict[str, int] = {}
     total = len(tables)
     for i, table in enumerate(tables):
         n = 0
         result = src.execution_options(stream_results=True, yield_per=CHUNK).execute(
-            select(table).order_by(*table.primary_key.columns))
+            select(table).order_by(*table.primary_key.columns)
+        )
         for part in result.mappings().partitions(CHUNK):
             rows = [_plain_datetimes(dict(r), aware=aware) for r in part]
             dest.execute(table.insert(), rows)
@@ -220,8 +234,14 @@ def _data_tables(conn: Connection) -> list[Table]:
 # --------------------------------------------------------------------------- backup
 
 
-def backup(archive: Archive, dest: str | os.PathLike[str], *, link: bool = True, config: Path | None = None,
-           progress: Progress | None = None) -> BackupReport:
+def backup(
+    archive: Archive,
+    dest: str | os.PathLike[str],
+    *,
+    link: bool = True,
+    config: Path | None = None,
+    progress: Progress | None = None,
+) -> BackupReport:
     """Back up ``archive`` (index + online blobs) into the new or empty folder ``dest`` (module docstring).
 
     ``link=False`` copies every blob even on the same file system; ``config`` is the node's
@@ -245,10 +265,16 @@ def backup(archive: Archive, dest: str | os.PathLike[str], *, link: bool = True,
         with engine.connect() as conn:
             heads = _heads(conn)
             counts = _table_counts(conn, _data_tables(conn))
-            online = int(conn.execute(select(func.count()).select_from(instances)
-                                      .where(instances.c.online.is_(True))).scalar_one())
-            online_bytes = int(conn.execute(select(func.coalesce(func.sum(instances.c.size), 0))
-                                            .where(instances.c.online.is_(True))).scalar_one())
+            online = int(
+                conn.execute(
+                    select(func.count()).select_from(instances).where(instances.c.online.is_(True))
+                ).scalar_one()
+            )
+            online_bytes = int(
+                conn.execute(
+                    select(func.coalesce(func.sum(instances.c.size), 0)).where(instances.c.online.is_(True))
+                ).scalar_one()
+            )
             copies = int(conn.execute(select(func.count()).select_from(blob_copies)).scalar_one())
     finally:
         engine.dispose()
@@ -266,13 +292,24 @@ def backup(archive: Archive, dest: str | os.PathLike[str], *, link: bool = True,
         "source": {"data_dir": str(archive.data_dir), "database": archive.dialect, "host": socket.gethostname()},
         "schema": heads,
         "counts": counts,
-        "instances": {"total": counts.get("instances", 0), "online": online,
-                      "offline": counts.get("instances", 0) - online},
-        "blobs": {"count": online, "bytes": online_bytes, "linked": report.linked, "copied": report.copied,
-                  "checksum": CHECKSUM_ALGORITHM + " of each blob, in the index's instances.checksum"},
+        "instances": {
+            "total": counts.get("instances", 0),
+            "online": online,
+            "offline": counts.get("instances", 0) - online,
+        },
+        "blobs": {
+            "count": online,
+            "bytes": online_bytes,
+            "linked": report.linked,
+            "copied": report.copied,
+            "checksum": CHECKSUM_ALGORITHM + " of each blob, in the index's instances.checksum",
+        },
         "index": {"file": INDEX, "size": index.stat().st_size, "checksum": _checksum_of(index, CHECKSUM_ALGORITHM)},
-        "since_snapshot": {"updated": len(report.updated), "dropped": len(report.dropped),
-                           "offline": len(report.offline)},
+        "since_snapshot": {
+            "updated": len(report.updated),
+            "dropped": len(report.dropped),
+            "offline": len(report.offline),
+        },
         "tier_copies": {"rows": copies, "objects_copied": False, "note": TIER_NOTE},
     }
     tmp = dest / (MANIFEST + ".tmp")
@@ -284,10 +321,16 @@ def backup(archive: Archive, dest: str | os.PathLike[str], *, link: bool = True,
     report.manifest = manifest
     try:
         with archive.transaction() as conn:
-            storage.log_action(conn, "backup", str(dest)[-64:], level="ARCHIVE", instances=online,
-                               bytes_before=online_bytes, bytes_after=online_bytes,
-                               detail=f"{counts.get('studies', 0)} studies; {report.linked} linked, "
-                                      f"{report.copied} copied")
+            storage.log_action(
+                conn,
+                "backup",
+                str(dest)[-64:],
+                level="ARCHIVE",
+                instances=online,
+                bytes_before=online_bytes,
+                bytes_after=online_bytes,
+                detail=f"{counts.get('studies', 0)} studies; {report.linked} linked, {report.copied} copied",
+            )
     except Exception:  # noqa: BLE001 - a read-only index still gets its backup
         log.warning("backup made, but it could not be noted in the policy log", exc_info=True)
     return report
@@ -299,13 +342,13 @@ def _snapshot(archive: Archive, index: Path) -> None:
         source = archive.engine.url.database
         if not source:
             raise BackupError("an in-memory index cannot be backed up")
-        src = sqlite3.connect(source, timeout=60)
-        dst = sqlite3.connect(index)
+        live = sqlite3.connect(source, timeout=60)
+        copy = sqlite3.connect(index)
         try:
-            src.backup(dst, pages=-1)  # one step: one read transaction, the node keeps writing (WAL)
+            live.backup(copy, pages=-1)  # one step: one read transaction, the node keeps writing (WAL)
         finally:
-            dst.close()
-            src.close()
+            copy.close()
+            live.close()
         return
     engine = _sqlite_engine(index)
     try:
@@ -315,19 +358,25 @@ def _snapshot(archive: Archive, index: Path) -> None:
             with src.begin(), engine.begin() as dst:
                 theirs, ours = _heads(src), _heads(dst)
                 if theirs != ours:
-                    raise BackupError(f"the index is at schema {theirs}, this program at {ours}: "
-                                      "back up with the program that runs the node")
+                    raise BackupError(
+                        f"the index is at schema {theirs}, this program at {ours}: "
+                        "back up with the program that runs the node"
+                    )
                 _copy_tables(src, dst, _data_tables(src), aware=False)
     finally:
         engine.dispose()
 
 
-def _take_blobs(archive: Archive, engine: Engine, dest: Path, report: BackupReport, *, link: bool,
-                progress: Progress | None) -> None:
+def _take_blobs(
+    archive: Archive, engine: Engine, dest: Path, report: BackupReport, *, link: bool, progress: Progress | None
+) -> None:
     """Link or copy every online blob the snapshot refers to, checked; follow the ones replaced since."""
     with engine.connect() as conn:
-        rows = conn.execute(select(instances.c.pk, instances.c.sop_uid, instances.c.blob_key, instances.c.checksum)
-                            .where(instances.c.online.is_(True)).order_by(instances.c.pk)).all()
+        rows = conn.execute(
+            select(instances.c.pk, instances.c.sop_uid, instances.c.blob_key, instances.c.checksum)
+            .where(instances.c.online.is_(True))
+            .order_by(instances.c.pk)
+        ).all()
     link = link and _same_fs(archive.blobs.root, dest)
     gone: list[int] = []
     for i, (pk, sop, key, checksum) in enumerate(rows):
@@ -349,8 +398,11 @@ def _take_blobs(archive: Archive, engine: Engine, dest: Path, report: BackupRepo
                 continue  # a file being renamed into place right now: try again
             key, checksum = live["blob_key"], live["checksum"]
             with engine.begin() as conn:
-                conn.execute(update(instances).where(instances.c.pk == pk).values(
-                    blob_key=key, checksum=checksum, size=live["size"], transfer_syntax=live["transfer_syntax"]))
+                conn.execute(
+                    update(instances)
+                    .where(instances.c.pk == pk)
+                    .values(blob_key=key, checksum=checksum, size=live["size"], transfer_syntax=live["transfer_syntax"])
+                )
                 _refresh_copies(archive, conn, pk, sop)
             if sop not in report.updated:
                 report.updated.append(sop)
@@ -398,8 +450,13 @@ def _take_one(src: Path, dest: Path, checksum: str, report: BackupReport, *, lin
 def _live_row(archive: Archive, sop: str) -> dict[str, Any] | None:
     c = instances.c
     with archive.engine.connect() as conn:
-        row = conn.execute(select(c.pk, c.blob_key, c.checksum, c.size, c.transfer_syntax, c.online)
-                           .where(c.sop_uid == sop)).mappings().first()
+        row = (
+            conn.execute(
+                select(c.pk, c.blob_key, c.checksum, c.size, c.transfer_syntax, c.online).where(c.sop_uid == sop)
+            )
+            .mappings()
+            .first()
+        )
     return None if row is None else dict(row)
 
 
@@ -407,8 +464,13 @@ def _refresh_copies(archive: Archive, conn: Connection, pk: int, sop: str) -> No
     """The live index's copies elsewhere of one instance, into the backup's row of it."""
     c = blob_copies.c
     with archive.engine.connect() as live:
-        rows = live.execute(select(blob_copies).join(instances, instances.c.pk == c.instance_fk)
-                            .where(instances.c.sop_uid == sop)).mappings().all()
+        rows = (
+            live.execute(
+                select(blob_copies).join(instances, instances.c.pk == c.instance_fk).where(instances.c.sop_uid == sop)
+            )
+            .mappings()
+            .all()
+        )
     conn.execute(delete(blob_copies).where(c.instance_fk == pk))
     for r in rows:
         row = _plain_datetimes(dict(r), aware=False)
@@ -418,9 +480,12 @@ def _refresh_copies(archive: Archive, conn: Connection, pk: int, sop: str) -> No
 
 
 def _recount_sizes(conn: Connection) -> None:
-    sizes = (select(func.coalesce(func.sum(instances.c.size), 0))
-             .select_from(instances.join(series, series.c.pk == instances.c.series_fk))
-             .where(series.c.study_fk == studies.c.pk).scalar_subquery())
+    sizes = (
+        select(func.coalesce(func.sum(instances.c.size), 0))
+        .select_from(instances.join(series, series.c.pk == instances.c.series_fk))
+        .where(series.c.study_fk == studies.c.pk)
+        .scalar_subquery()
+    )
     conn.execute(update(studies).values(size_bytes=sizes))
 
 
@@ -429,8 +494,13 @@ def _drop_instances(engine: Engine, dest: Path, pks: list[int]) -> None:
     from hilum.archive.index import IndexWriter
     from hilum.archive.sqlfast import resolve_mode
 
-    writer = IndexWriter(engine, FileBlobStore(dest / "blobs"), duplicate_policy="ignore",
-                         mode=resolve_mode("sqlalchemy"), emit=lambda _e: None)
+    writer = IndexWriter(
+        engine,
+        FileBlobStore(dest / "blobs"),
+        duplicate_policy="ignore",
+        mode=resolve_mode("sqlalchemy"),
+        emit=lambda _e: None,
+    )
     with writer.transaction() as conn:
         conn.execute(delete(blob_copies).where(blob_copies.c.instance_fk.in_(pks)))
         writer.delete_instances(conn, pks)
@@ -455,8 +525,14 @@ def read_manifest(src: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
-def restore(src: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, database_url: str | None = None,
-            force: bool = False, progress: Progress | None = None) -> BackupReport:
+def restore(
+    src: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    *,
+    database_url: str | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> BackupReport:
     """Restore the backup in ``src`` into ``data_dir`` (its index in ``database_url``, else SQLite there).
 
     The target must be empty (no indexed instance, no blob) unless ``force``.
@@ -470,21 +546,26 @@ def restore(src: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, da
     expected = manifest.get("index", {}).get("checksum", "")
     if not index.is_file() or _checksum_of(index, CHECKSUM_ALGORITHM) != expected:
         raise BackupError(f"{index}: the backup's index is missing or fails its checksum")
-    from hilum.archive.db import MIGRATIONS
     from alembic.script import ScriptDirectory
+
+    from hilum.archive.db import MIGRATIONS
 
     known = {s.revision for s in ScriptDirectory(MIGRATIONS).walk_revisions()}
     unknown = [h for h in manifest.get("schema", []) if h not in known]
     if unknown:
-        raise BackupError(f"the backup's index is at schema {unknown}, which this program does not know: "
-                          "restore with the program version that made it, or a newer one")
+        raise BackupError(
+            f"the backup's index is at schema {unknown}, which this program does not know: "
+            "restore with the program version that made it, or a newer one"
+        )
     report = BackupReport(str(data), manifest=manifest)
     data.mkdir(parents=True, exist_ok=True)
     marker = data / RESTORING
     busy = _target_in_use(data, database_url) or marker.exists()
     if busy and not force:
-        raise BackupError(f"{data} is not empty ({busy or 'an earlier restore did not finish'}): restore into an "
-                          "empty data folder, or use --force to replace what is there")
+        raise BackupError(
+            f"{data} is not empty ({busy or 'an earlier restore did not finish'}): restore into an "
+            "empty data folder, or use --force to replace what is there"
+        )
     marker.write_text(f"restoring {src}\n", encoding="utf-8")
     if busy or force:
         report.moved_aside = _clear_target(data, database_url)
@@ -492,8 +573,11 @@ def restore(src: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, da
     backup_engine = _read_only_engine(index)
     try:
         with backup_engine.connect() as conn:
-            rows = conn.execute(select(instances.c.sop_uid, instances.c.blob_key, instances.c.checksum)
-                                .where(instances.c.online.is_(True)).order_by(instances.c.pk)).all()
+            rows = conn.execute(
+                select(instances.c.sop_uid, instances.c.blob_key, instances.c.checksum)
+                .where(instances.c.online.is_(True))
+                .order_by(instances.c.pk)
+            ).all()
         blobs = FileBlobStore(data / "blobs")
         blobs.ensure()
         bad: list[str] = []
@@ -509,8 +593,10 @@ def restore(src: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, da
             if progress is not None:
                 progress(i + 1, len(rows))
         if bad:
-            raise BackupError(f"{len(bad)} blob(s) of the backup are missing or fail their checksum (first: "
-                              f"{bad[0]}); nothing was indexed")
+            raise BackupError(
+                f"{len(bad)} blob(s) of the backup are missing or fail their checksum (first: "
+                f"{bad[0]}); nothing was indexed"
+            )
         _fsync_dir(blobs.root)
         if _is_sqlite(database_url):
             _restore_sqlite_file(index, data / INDEX)
@@ -552,8 +638,9 @@ def _target_in_use(data: Path, database_url: str | None) -> str:
                 if t in names and conn.execute(text(f"SELECT 1 FROM {t} LIMIT 1")).first() is not None:
                     return f"its index has {t}"
     except Exception as exc:  # noqa: BLE001 - a database that cannot be reached
-        raise BackupError(f"cannot open the target index: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}")\
-            from exc
+        raise BackupError(
+            f"cannot open the target index: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}"
+        ) from exc
     finally:
         engine.dispose()
     return ""
@@ -622,9 +709,13 @@ def _restore_rows(backup_engine: Engine, url: str, manifest: dict[str, Any]) -> 
             _copy_tables(src, dst, tables, aware=True)
             for t in tables:
                 if "pk" in t.c:
-                    dst.execute(text(f"SELECT setval(pg_get_serial_sequence('{t.name}', 'pk'), "
-                                     f"COALESCE((SELECT MAX(pk) FROM \"{t.name}\"), 1), "
-                                     f"(SELECT MAX(pk) FROM \"{t.name}\") IS NOT NULL)"))
+                    dst.execute(
+                        text(
+                            f"SELECT setval(pg_get_serial_sequence('{t.name}', 'pk'), "
+                            f'COALESCE((SELECT MAX(pk) FROM "{t.name}"), 1), '
+                            f'(SELECT MAX(pk) FROM "{t.name}") IS NOT NULL)'
+                        )
+                    )
         migrate(engine)
     finally:
         engine.dispose()
@@ -653,8 +744,14 @@ def _note_restore(data: Path, database_url: str | None, src: Path, manifest: dic
     try:
         with Archive(data, database_url=database_url) as archive, archive.transaction() as conn:
             inst = manifest.get("instances", {})
-            storage.log_action(conn, "restore", str(src)[-64:], level="ARCHIVE", instances=int(inst.get("total", 0)),
-                               detail=f"backup of {manifest.get('created_at', '?')}")
+            storage.log_action(
+                conn,
+                "restore",
+                str(src)[-64:],
+                level="ARCHIVE",
+                instances=int(inst.get("total", 0)),
+                detail=f"backup of {manifest.get('created_at', '?')}",
+            )
     except Exception:  # noqa: BLE001 - restored all the same
         log.warning("restored, but the restore could not be noted in the policy log", exc_info=True)
 
@@ -663,5 +760,3 @@ def manifest_counts(manifest: dict[str, Any]) -> dict[str, int]:
     """Patients, studies, series, instances of a manifest (what a restored index must count)."""
     counts = manifest.get("counts", {})
     return {k: int(counts.get(k, 0)) for k in ("patients", "studies", "series", "instances")}
-
-

@@ -57,9 +57,17 @@ def rule_count(rules: Any) -> int:
         return 0
     if isinstance(rules, list | tuple):
         return len(rules)
-    values = list(rules.values()) if isinstance(rules, dict) else (
-        [getattr(rules, f.name) for f in fields(rules)] if is_dataclass(rules) else list(vars(rules).values())
-        if hasattr(rules, "__dict__") else [])
+    values = (
+        list(rules.values())
+        if isinstance(rules, dict)
+        else (
+            [getattr(rules, f.name) for f in fields(rules)]
+            if is_dataclass(rules)
+            else list(vars(rules).values())
+            if hasattr(rules, "__dict__")
+            else []
+        )
+    )
     return sum(len(v) for v in values if isinstance(v, list | tuple))
 
 
@@ -92,13 +100,19 @@ def storage_status(archive: Archive, policies: Any = None, *, log_rows: int = 20
         off = conn.execute(select(func.count(), func.coalesce(func.sum(i.size), 0)).where(i.online.is_(False))).one()
         n_studies = int(conn.execute(select(func.count()).select_from(studies)).scalar_one())
         c = blob_copies.c
-        copies = conn.execute(select(c.location, func.count(), func.coalesce(func.sum(c.size), 0),
-                                     func.count(c.verified_at))
-                              .group_by(c.location).order_by(c.location)).all()
+        copies = conn.execute(
+            select(c.location, func.count(), func.coalesce(func.sum(c.size), 0), func.count(c.verified_at))
+            .group_by(c.location)
+            .order_by(c.location)
+        ).all()
         p = policy_log.c
-        comp = conn.execute(select(func.count(), func.coalesce(func.sum(p.instances), 0),
-                                   func.coalesce(func.sum(p.bytes_before - p.bytes_after), 0))
-                            .where(p.action == "compress")).one()
+        comp = conn.execute(
+            select(
+                func.count(),
+                func.coalesce(func.sum(p.instances), 0),
+                func.coalesce(func.sum(p.bytes_before - p.bytes_after), 0),
+            ).where(p.action == "compress")
+        ).one()
         trash = int(conn.execute(select(func.count()).select_from(blob_trash)).scalar_one())
     online_bytes = int(on[1])
     capacity = int(setting(retention, "capacity_bytes", 0) or 0)
@@ -117,11 +131,11 @@ def storage_status(archive: Archive, policies: Any = None, *, log_rows: int = 20
             tier_names = list(tiers.names())
         except Exception:  # noqa: BLE001
             tier_names = []
-    by_location = {loc: {"location": loc, "instances": int(n), "bytes": int(b), "verified": int(v)}
-                   for loc, n, b, v in copies}
+    by_location = {
+        loc: {"location": loc, "instances": int(n), "bytes": int(b), "verified": int(v)} for loc, n, b, v in copies
+    }
     for name in tier_names:
-        by_location.setdefault(f"tier:{name}", {"location": f"tier:{name}", "instances": 0, "bytes": 0,
-                                                 "verified": 0})
+        by_location.setdefault(f"tier:{name}", {"location": f"tier:{name}", "instances": 0, "bytes": 0, "verified": 0})
     return {
         "node": getattr(policies, "node_name", ""),
         "policies_enabled": bool(getattr(policies, "enabled", False)),

@@ -56,12 +56,16 @@ def run_backup(args: argparse.Namespace) -> int:
         print_json(report.as_dict())
         return 0
     c = m["counts"]
-    print(f"backed up {c.get('patients', 0)} patients, {c.get('studies', 0)} studies, {c.get('instances', 0)} "
-          f"instances ({m['blobs']['count']} online blobs, {m['blobs']['bytes'] / 1e6:.1f} MB: {report.linked} "
-          f"linked, {report.copied} copied) to {report.path}")
+    print(
+        f"backed up {c.get('patients', 0)} patients, {c.get('studies', 0)} studies, {c.get('instances', 0)} "
+        f"instances ({m['blobs']['count']} online blobs, {m['blobs']['bytes'] / 1e6:.1f} MB: {report.linked} "
+        f"linked, {report.copied} copied) to {report.path}"
+    )
     if report.updated or report.dropped or report.offline:
-        print(f"since the snapshot: {len(report.updated)} replaced (taken as they are now), {len(report.dropped)} "
-              f"deleted, {len(report.offline)} moved off line")
+        print(
+            f"since the snapshot: {len(report.updated)} replaced (taken as they are now), {len(report.dropped)} "
+            f"deleted, {len(report.offline)} moved off line"
+        )
     if m["tier_copies"]["rows"]:
         print(f"note: {m['tier_copies']['rows']} copies on other tiers/peers are listed, not copied")
     return 0
@@ -77,9 +81,11 @@ def run_restore(args: argparse.Namespace) -> int:
         print_json(report.as_dict())
         return 0
     c = manifest_counts(report.manifest)
-    print(f"restored {c['patients']} patients, {c['studies']} studies, {c['instances']} instances "
-          f"({report.copied} blobs checked) into {report.path}"
-          + (f" ({'PostgreSQL' if cfg.database_url and not cfg.database_url.startswith('sqlite') else 'SQLite'})"))
+    print(
+        f"restored {c['patients']} patients, {c['studies']} studies, {c['instances']} instances "
+        f"({report.copied} blobs checked) into {report.path}"
+        + (f" ({'PostgreSQL' if cfg.database_url and not cfg.database_url.startswith('sqlite') else 'SQLite'})")
+    )
     if report.moved_aside:
         print(f"what was there before is in {report.moved_aside}")
     return 0

@@ -39,19 +39,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         epilog="example: hilum policy run --dry-run --only retention --json",
     )
     run.add_argument("--dry-run", action="store_true", help="change nothing; list what each rule would do")
-    run.add_argument("--only", action="append", choices=PASSES, metavar="POLICY",
-                     help=f"run only this policy ({', '.join(PASSES)}); may be repeated")
+    run.add_argument(
+        "--only",
+        action="append",
+        choices=PASSES,
+        metavar="POLICY",
+        help=f"run only this policy ({', '.join(PASSES)}); may be repeated",
+    )
     run.add_argument("--json", action="store_true", help="JSON output")
     run.set_defaults(handler=run_policies)
-    st = sub.add_parser("status", help="online use, watermarks, tiers, compression, forwarding, protections",
-                        description="Where the archive's bytes are and what the policies hold: online use against "
-                        "capacity and the retention watermarks, copies per tier and peer, space saved by "
-                        "compression, the forwarding queue per destination, protections, the latest log rows.")
+    st = sub.add_parser(
+        "status",
+        help="online use, watermarks, tiers, compression, forwarding, protections",
+        description="Where the archive's bytes are and what the policies hold: online use against "
+        "capacity and the retention watermarks, copies per tier and peer, space saved by "
+        "compression, the forwarding queue per destination, protections, the latest log rows.",
+    )
     st.add_argument("--json", action="store_true", help="JSON output")
     st.set_defaults(handler=run_status)
-    lg = sub.add_parser("log", help="what the policies did, newest first",
-                        description="The policy log: compress, move, recall, purge, delete, forward, backup, "
-                        "restore — one row per study (or instance) and action.")
+    lg = sub.add_parser(
+        "log",
+        help="what the policies did, newest first",
+        description="The policy log: compress, move, recall, purge, delete, forward, backup, "
+        "restore — one row per study (or instance) and action.",
+    )
     lg.add_argument("--action", metavar="A", help="only this action (compress, move, recall, purge, ...)")
     lg.add_argument("--limit", type=int, default=50, metavar="N", help="at most N rows (default 50)")
     lg.add_argument("--json", action="store_true", help="JSON output")
@@ -99,8 +110,10 @@ def action_line(task: str, a: dict[str, Any], dry_run: bool) -> str:
     verb = {"compression": "compress", "tiers": "move", "retention": "purge"}.get(task, task)
     rule = f" (rule {a['rule']})" if a.get("rule") else ""
     reason = f" — {a['reason']}" if a.get("reason") else ""
-    return (f"{'would ' if dry_run else ''}{verb} {a.get('uid', '?')}{rule}: {a.get('instances', 0)} instances, "
-            f"{mb(a.get('bytes', 0))}{reason}")
+    return (
+        f"{'would ' if dry_run else ''}{verb} {a.get('uid', '?')}{rule}: {a.get('instances', 0)} instances, "
+        f"{mb(a.get('bytes', 0))}{reason}"
+    )
 
 
 def run_policies(args: argparse.Namespace) -> int:
@@ -136,12 +149,19 @@ def run_status(args: argparse.Namespace) -> int:
         print_json(jsonable(status))
         return 0
     on = status["online"]
-    marks = (f"; purge from {on['high_watermark']:g}% down to {on['low_watermark']:g}%"
-             if on["high_watermark"] else "; no watermark purge")
-    print(f"policies: {'on' if status['policies_enabled'] else 'off on this node'}"
-          + "".join(f", {k} {n} rule{'s' if n != 1 else ''}" for k, n in status["rules"].items()))
-    print(f"online: {on['instances']} instances, {mb(on['bytes'])}; {on['used_percent']:g}% of "
-          f"{mb(on['capacity_bytes'])} used ({on['capacity_from']}){marks}")
+    marks = (
+        f"; purge from {on['high_watermark']:g}% down to {on['low_watermark']:g}%"
+        if on["high_watermark"]
+        else "; no watermark purge"
+    )
+    print(
+        f"policies: {'on' if status['policies_enabled'] else 'off on this node'}"
+        + "".join(f", {k} {n} rule{'s' if n != 1 else ''}" for k, n in status["rules"].items())
+    )
+    print(
+        f"online: {on['instances']} instances, {mb(on['bytes'])}; {on['used_percent']:g}% of "
+        f"{mb(on['capacity_bytes'])} used ({on['capacity_from']}){marks}"
+    )
     off = status["offline"]
     if off["instances"]:
         print(f"off line: {off['instances']} instances, {mb(off['bytes'])} (recalled when opened)")
@@ -153,12 +173,18 @@ def run_status(args: argparse.Namespace) -> int:
         if "error" in f:
             print(f"  forwarding: {f['error']}")
             continue
-        print(f"  forward to {f.get('destination')}: {f.get('pending', 0)} pending, {f.get('sent', 0)} sent, "
-              f"{f.get('committed', 0)} committed, {f.get('failed', 0)} failed"
-              + (f"; last error: {f['last_error']}" if f.get("last_error") else ""))
+        print(
+            f"  forward to {f.get('destination')}: {f.get('pending', 0)} pending, {f.get('sent', 0)} sent, "
+            f"{f.get('committed', 0)} committed, {f.get('failed', 0)} failed"
+            + (f"; last error: {f['last_error']}" if f.get("last_error") else "")
+        )
     prot = status["protections"]
-    print(f"protections: {len(prot)}" + "".join(f"\n  {p['level'].lower()} {p['uid']}"
-                                                  + (f" ({p['reason']})" if p.get("reason") else "") for p in prot))
+    print(
+        f"protections: {len(prot)}"
+        + "".join(
+            f"\n  {p['level'].lower()} {p['uid']}" + (f" ({p['reason']})" if p.get("reason") else "") for p in prot
+        )
+    )
     if status["trash"]:
         print(f"blob trash: {status['trash']} key(s) waiting to be reaped")
     for row in status["recent"]:
@@ -171,9 +197,12 @@ def log_line(row: dict[str, Any]) -> str:
     size = ""
     if row.get("bytes_before") or row.get("bytes_after"):
         size = f", {mb(row['bytes_before'])} -> {mb(row['bytes_after'])}"
-    return (f"{_when(row.get('at'))}  {row.get('action', ''):9s} {row.get('level', '').lower()} {row.get('uid', '')}"
-            + (f" (rule {row['rule']})" if row.get("rule") else "")
-            + f": {row.get('instances', 0)} instances{size}" + (f"; {row['detail']}" if row.get("detail") else ""))
+    return (
+        f"{_when(row.get('at'))}  {row.get('action', ''):9s} {row.get('level', '').lower()} {row.get('uid', '')}"
+        + (f" (rule {row['rule']})" if row.get("rule") else "")
+        + f": {row.get('instances', 0)} instances{size}"
+        + (f"; {row['detail']}" if row.get("detail") else "")
+    )
 
 
 def run_log(args: argparse.Namespace) -> int:
