@@ -56,15 +56,17 @@ def stand_ins(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
                     raise storage.rule_error(source, text, "fake", "unknown key", key=key, index=i)
         return Rules(doc)
 
-    def run_once(archive: Archive, rules: Rules, *, dry_run: bool = False, now: datetime | None = None
-                 ) -> storage.TaskReport:
+    def run_once(
+        archive: Archive, rules: Rules, *, dry_run: bool = False, now: datetime | None = None
+    ) -> storage.TaskReport:
         calls.append(dry_run)
         report = storage.TaskReport("retention", dry_run=dry_run)
         for name in rules.rules:
             for st in archive.query("STUDY", {}):
                 uid = st["StudyInstanceUID"]
-                report.actions.append({"uid": uid, "rule": name, "instances": 1, "bytes": 1_500_000,
-                                       "reason": "idle for 400 days"})
+                report.actions.append(
+                    {"uid": uid, "rule": name, "instances": 1, "bytes": 1_500_000, "reason": "idle for 400 days"}
+                )
                 if not dry_run:
                     with archive.transaction() as conn:
                         storage.log_action(conn, "purge", uid, rule=name, instances=1, bytes_before=1_500_000)
@@ -78,8 +80,14 @@ def stand_ins(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     fwd.parse = lambda doc, text, source: []  # type: ignore[attr-defined]
     fwd.status = lambda archive: [  # type: ignore[attr-defined]
         {"destination": "backup", "pending": 0, "sent": 2, "committed": 40, "failed": 0, "last_error": ""},
-        {"destination": "cloud", "pending": 7, "sent": 0, "committed": 0, "failed": 1,
-         "last_error": "association rejected: called AE title not recognised"},
+        {
+            "destination": "cloud",
+            "pending": 7,
+            "sent": 0,
+            "committed": 0,
+            "failed": 1,
+            "last_error": "association rejected: called AE title not recognised",
+        },
     ]
     monkeypatch.setitem(sys.modules, "hilum.archive.forward", fwd)
     return {"calls": calls}
@@ -95,8 +103,9 @@ def _archive(data: Path, pydicom_files: Path) -> tuple[Archive, list[str]]:
     with archive.transaction() as conn:
         for pk in pks[:2]:
             storage.record_copy(conn, pk, "tier:archive", key=f"k/{pk}", checksum="xxh128:0", size=4000)
-        storage.log_action(conn, "compress", studies[0], rule="ct", instances=1, bytes_before=3_000_000,
-                           bytes_after=1_000_000)
+        storage.log_action(
+            conn, "compress", studies[0], rule="ct", instances=1, bytes_before=3_000_000, bytes_after=1_000_000
+        )
     storage.protect(archive, "STUDY", studies[1], reason="court case")
     return archive, studies
 
@@ -122,20 +131,24 @@ def _has_colour(image: Any, colour: QColor, tolerance: int = 40) -> bool:
     for y in range(0, image.height(), 2):
         for x in range(0, image.width(), 2):
             c = image.pixelColor(x, y)
-            if (abs(c.red() - colour.red()) + abs(c.green() - colour.green()) + abs(c.blue() - colour.blue())
-                    < tolerance):
+            if (
+                abs(c.red() - colour.red()) + abs(c.green() - colour.green()) + abs(c.blue() - colour.blue())
+                < tolerance
+            ):
                 return True
     return False
 
 
-def test_storage_panel_shows_the_figures_and_runs_the_rules(qtbot: Any, make_main_window: Any, data_dir: Path,
-                                                            pydicom_files: Path, stand_ins: dict[str, Any]) -> None:
+def test_storage_panel_shows_the_figures_and_runs_the_rules(
+    qtbot: Any, make_main_window: Any, data_dir: Path, pydicom_files: Path, stand_ins: dict[str, Any]
+) -> None:
     archive, studies = _archive(data_dir, pydicom_files)
     size = archive.stats()["bytes"]
     # Capacity 1.25x what is stored: 80% used, above the high watermark of 75.
     (data_dir / "hilum.toml").write_text(
         f"[retention]\nhigh_watermark = 75\nlow_watermark = 60\ncapacity_bytes = {size * 5 // 4}\n\n"
-        '[[fake]]\nname = "idle-cr"\n')
+        '[[fake]]\nname = "idle-cr"\n'
+    )
     cfg = Config(data_dir=data_dir)
     from hilum.archive.policy import load_policies
 
@@ -151,9 +164,16 @@ def test_storage_panel_shows_the_figures_and_runs_the_rules(qtbot: Any, make_mai
     usage = panel.usage_label.text()
     assert "Online store: 3 instances" in usage and "3 studies" in usage
     assert "80% of" in usage and "(capacity_bytes)" in usage and "purge from 75% down to 60%" in usage
-    assert panel.usage_bar.value() == 800 and "80% used (purge at 75%)" in panel.usage_bar.text()
-    assert _has_colour(panel.usage_bar.grab().toImage(), QColor("#b00020"))  # above the high watermark: red
-    assert panel.saved_label.text().startswith("Compression saved 2.0 MB on 1 instances")
+    bar = panel.usage_bar
+    assert bar.value() == 800 and "80% used (purge at 75% down to 60%)" in bar.text()
+    image = bar.grab().toImage()
+    assert _has_colour(image, QColor("#b00020"))  # above the high watermark: red
+    # The watermarks drawn across the bar where they are: low (amber) at 60%, high (dark) at 75%.
+    low = image.copy(bar.mark_x(60) - 2, 0, 5, image.height())
+    high = image.copy(bar.mark_x(75) - 2, 0, 5, image.height())
+    assert _has_colour(low, QColor("#e08000")) and not _has_colour(high, QColor("#e08000"))
+    assert _has_colour(high, QColor("#202020"), 30)
+    assert panel.saved_label.text().startswith("Compression saved 2.0 MB on 1 instance")
     copies = panel.rows(panel.copies)
     assert copies[0][:3] == ["online", "3", "3"] and copies[1] == ["tier:archive", "2", "2", "8 KB"]
     fwd = panel.rows(panel.forwarding)
@@ -200,9 +220,14 @@ def test_storage_panel_shows_the_figures_and_runs_the_rules(qtbot: Any, make_mai
     assert panel.run_button.isEnabled() and panel.dry_run_button.isEnabled()
 
 
-def test_storage_panel_shows_a_rule_file_refused(qtbot: Any, make_main_window: Any, data_dir: Path,
-                                                 pydicom_files: Path, stand_ins: dict[str, Any],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_storage_panel_shows_a_rule_file_refused(
+    qtbot: Any,
+    make_main_window: Any,
+    data_dir: Path,
+    pydicom_files: Path,
+    stand_ins: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     archive, _ = _archive(data_dir, pydicom_files)
     monkeypatch.setattr(archive, "policies", None, raising=False)  # the workstation reads hilum.toml itself
     (data_dir / "hilum.toml").write_text('[[fake]]\nname = "a"\n\n[[fake]]\nname = "b"\nmodalites = ["CR"]\n')

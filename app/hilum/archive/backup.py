@@ -249,6 +249,8 @@ def backup(
     :class:`BackupError` when ``dest`` holds anything or a blob cannot be taken.
     """
     dest = Path(dest).expanduser().absolute()
+    if dest == archive.data_dir.absolute() or dest.is_relative_to(archive.blobs.root.absolute()):
+        raise BackupError(f"{dest} is inside the data folder's blob store: choose a folder elsewhere")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise BackupError(f"{dest} is not an empty folder: choose a new one for the backup")
     try:

@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QTimer
+from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPen
 from PySide6.QtWidgets import (
     QDockWidget,
     QHBoxLayout,
@@ -58,6 +59,8 @@ REFRESH_MS = 30_000
 """While the dock is shown, its figures are read again this often (and after each run)."""
 PASSES = ("compression", "tiers", "retention")
 RED = "#b00020"
+HIGH_MARK = "#202020"
+LOW_MARK = "#e08000"
 
 COPY_COLUMNS = ("Location", "Instances", "Verified", "Size")
 FORWARD_COLUMNS = ("Destination", "Pending", "Sent", "Committed", "Failed", "Last error")
@@ -84,8 +87,13 @@ def _when(value: Any) -> str:
     return str(value or "")
 
 
-def _fill(table: QTableWidget, rows: list[tuple[Any, ...]], *, red: Callable[[tuple[Any, ...]], bool] | None = None,
-          tips: list[str] | None = None) -> None:
+def _fill(
+    table: QTableWidget,
+    rows: list[tuple[Any, ...]],
+    *,
+    red: Callable[[tuple[Any, ...]], bool] | None = None,
+    tips: list[str] | None = None,
+) -> None:
     table.setRowCount(0)
     table.setRowCount(len(rows))
     for r, values in enumerate(rows):
@@ -101,6 +109,41 @@ def _fill(table: QTableWidget, rows: list[tuple[Any, ...]], *, red: Callable[[tu
             table.setItem(r, c, item)
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+class WatermarkBar(QProgressBar):
+    """The online store's use (0-1000 per mille), with the low (amber) and high (dark) watermarks drawn across it."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setRange(0, 1000)
+        self.setTextVisible(True)
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.high = 0.0
+        self.low = 0.0
+
+    def set_watermarks(self, high: float, low: float) -> None:
+        self.high, self.low = float(high), float(low)
+        self.update()
+
+    def mark_x(self, percent: float) -> int:
+        return int(round(self.width() * percent / 100.0))
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
+        super().paintEvent(event)
+        if not self.high:
+            return
+        painter = QPainter(self)
+        for percent, colour in ((self.low, LOW_MARK), (self.high, HIGH_MARK)):
+            if 0 < percent < 100:
+                painter.setPen(QPen(QColor(colour), 3))
+                x = self.mark_x(percent)
+                painter.drawLine(x, 0, x, self.height())
+        painter.end()
+
+
 class StoragePanel(QWidget):
     """Usage, watermarks, compression, the tabs (copies, forwarding, protections, log, dry run) and the buttons."""
 
@@ -110,10 +153,8 @@ class StoragePanel(QWidget):
         self.rules_label = QLabel("Storage policies: …", self)
         self.rules_label.setObjectName("storageRules")
         self.rules_label.setWordWrap(True)
-        self.usage_bar = QProgressBar(self)
+        self.usage_bar = WatermarkBar(self)
         self.usage_bar.setObjectName("storageUsageBar")
-        self.usage_bar.setRange(0, 1000)
-        self.usage_bar.setTextVisible(True)
         self.usage_label = QLabel("Online store: …", self)
         self.usage_label.setObjectName("storageUsage")
         self.usage_label.setWordWrap(True)
@@ -128,8 +169,13 @@ class StoragePanel(QWidget):
         self.protections = job_table(PROTECT_COLUMNS, "storageProtectionsTable", self)
         self.log_table = job_table(LOG_COLUMNS, "storageLogTable", self)
         self.plan = job_table(PLAN_COLUMNS, "storagePlanTable", self)
-        for table, stretch in ((self.copies, 0), (self.forwarding, 5), (self.protections, 1), (self.log_table, 7),
-                               (self.plan, 5)):
+        for table, stretch in (
+            (self.copies, 0),
+            (self.forwarding, 5),
+            (self.protections, 1),
+            (self.log_table, 7),
+            (self.plan, 5),
+        ):
             header = table.horizontalHeader()
             header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
             header.setSectionResizeMode(stretch, QHeaderView.ResizeMode.Stretch)
@@ -203,21 +249,30 @@ class StoragePanel(QWidget):
         self.rules_label.setStyleSheet("")
         on = st["online"]
         high, low, used = on["high_watermark"], on["low_watermark"], on["used_percent"]
-        self.usage_bar.setValue(int(round(used * 10)))
-        self.usage_bar.setFormat(f"{used:g}% used" + (f" (purge at {high:g}%)" if high else ""))
+        self.usage_bar.setValue(int(round(min(used, 100.0) * 10)))
+        self.usage_bar.set_watermarks(high, low)
+        self.usage_bar.setFormat(f"{used:g}% used" + (f" (purge at {high:g}% down to {low:g}%)" if high else ""))
         over = bool(high) and used >= high
-        self.usage_bar.setStyleSheet(f"QProgressBar::chunk {{ background: {RED}; }}" if over else "")
+        self.usage_bar.setStyleSheet(
+            f"QProgressBar {{ color: white; }} QProgressBar::chunk {{ background: {RED}; }}" if over else ""
+        )
         self.usage_bar.setToolTip(
-            f"{human_bytes(on['used_bytes'])} of {human_bytes(on['capacity_bytes'])} ({on['capacity_from']})")
-        marks = (f"; watermarks: purge from {high:g}% down to {low:g}%" if high else "; no watermark purge")
+            f"{human_bytes(on['used_bytes'])} of {human_bytes(on['capacity_bytes'])} ({on['capacity_from']})"
+        )
+        marks = f"; watermarks: purge from {high:g}% down to {low:g}%" if high else "; no watermark purge"
         self.usage_label.setText(
-            f"Online store: {on['instances']:,} instances, {human_bytes(on['bytes'])} in {on['studies']:,} studies; "
-            f"{used:g}% of {human_bytes(on['capacity_bytes'])} used ({on['capacity_from']}){marks}")
+            f"Online store: {plural(on['instances'], 'instance')}, {human_bytes(on['bytes'])} in "
+            f"{on['studies']:,} stud{'y' if on['studies'] == 1 else 'ies'}; "
+            f"{used:g}% of {human_bytes(on['capacity_bytes'])} used ({on['capacity_from']}){marks}"
+        )
         comp, off = st["compression"], st["offline"]
-        saved = (f"Compression saved {human_bytes(comp['saved_bytes'])} on {comp['instances']:,} instances"
-                 if comp["instances"] else "Compression saved nothing yet")
+        saved = (
+            f"Compression saved {human_bytes(comp['saved_bytes'])} on {plural(comp['instances'], 'instance')}"
+            if comp["instances"]
+            else "Compression saved nothing yet"
+        )
         if off["instances"]:
-            saved += f"; off line: {off['instances']:,} instances, {human_bytes(off['bytes'])} (recalled when opened)"
+            saved += f"; off line: {plural(off['instances'], 'instance')}, {human_bytes(off['bytes'])} (recalled when opened)"
         if st.get("trash"):
             saved += f"; {st['trash']} blob(s) waiting to be reaped"
         self.saved_label.setText(saved)
@@ -225,29 +280,63 @@ class StoragePanel(QWidget):
         copies += [(c["location"], c["instances"], c["verified"], human_bytes(c["bytes"])) for c in st["copies"]]
         _fill(self.copies, copies)
         fwd = st["forwarding"]
-        _fill(self.forwarding,
-              [(f.get("destination", "?"), f.get("pending", 0), f.get("sent", 0), f.get("committed", 0),
-                f.get("failed", 0), f.get("last_error") or f.get("error") or "") for f in fwd],
-              red=lambda r: bool(r[4]) or bool(r[5]),
-              tips=[str(f.get("last_error") or f.get("error") or "") for f in fwd])
+        _fill(
+            self.forwarding,
+            [
+                (
+                    f.get("destination", "?"),
+                    f.get("pending", 0),
+                    f.get("sent", 0),
+                    f.get("committed", 0),
+                    f.get("failed", 0),
+                    f.get("last_error") or f.get("error") or "",
+                )
+                for f in fwd
+            ],
+            red=lambda r: bool(r[4]) or bool(r[5]),
+            tips=[str(f.get("last_error") or f.get("error") or "") for f in fwd],
+        )
         self.tabs.setTabText(1, f"Forwarding ({len(fwd)})")
         prot = st["protections"]
-        _fill(self.protections, [(p["level"].title(), p["uid"], p.get("reason", ""), _when(p.get("created_at")))
-                                 for p in prot])
+        _fill(
+            self.protections,
+            [(p["level"].title(), p["uid"], p.get("reason", ""), _when(p.get("created_at"))) for p in prot],
+        )
         self.tabs.setTabText(2, f"Protections ({len(prot)})")
         recent = st["recent"]
-        _fill(self.log_table,
-              [(_when(r["at"]), r["action"], r["uid"], r["rule"], r["instances"], human_bytes(r["bytes_before"]),
-                human_bytes(r["bytes_after"]), r["detail"]) for r in recent],
-              tips=[r["detail"] for r in recent])
+        _fill(
+            self.log_table,
+            [
+                (
+                    _when(r["at"]),
+                    r["action"],
+                    r["uid"],
+                    r["rule"],
+                    r["instances"],
+                    human_bytes(r["bytes_before"]),
+                    human_bytes(r["bytes_after"]),
+                    r["detail"],
+                )
+                for r in recent
+            ],
+            tips=[r["detail"] for r in recent],
+        )
 
     def show_plan(self, reports: list[Any], *, dry_run: bool) -> None:
         """What a dry run would do (or what a run did), one row per study and policy."""
         rows, errors = [], []
         for rep in reports:
             for a in rep.actions:
-                rows.append((rep.task, a.get("uid", ""), a.get("rule", ""), int(a.get("instances", 0)),
-                             human_bytes(a.get("bytes", 0)), a.get("reason", "")))
+                rows.append(
+                    (
+                        rep.task,
+                        a.get("uid", ""),
+                        a.get("rule", ""),
+                        int(a.get("instances", 0)),
+                        human_bytes(a.get("bytes", 0)),
+                        a.get("reason", ""),
+                    )
+                )
             errors += [f"{rep.task}: {e}" for e in rep.errors]
         _fill(self.plan, rows)
         self.tabs.setTabText(4, ("Dry run" if dry_run else "Last run") + f" ({len(rows)})")
@@ -271,8 +360,9 @@ class StoragePanel(QWidget):
         if running:
             self.progress.setValue(0)
             self.run_label.setStyleSheet("")
-            self.run_label.setText("Dry run: looking at what the rules would do…" if dry_run
-                                   else "Applying the storage rules…")
+            self.run_label.setText(
+                "Dry run: looking at what the rules would do…" if dry_run else "Applying the storage rules…"
+            )
 
 
 class StorageController(QObject):
@@ -382,8 +472,9 @@ class StorageController(QObject):
                 job.report(i + 1, len(PASSES), name, force=True)
             return reports
 
-        self.pass_runner.submit(work, on_done=lambda reports: self._on_ran(reports, dry_run),
-                                on_error=self._on_run_error)
+        self.pass_runner.submit(
+            work, on_done=lambda reports: self._on_ran(reports, dry_run), on_error=self._on_run_error
+        )
 
     def stop(self) -> None:
         """Stop after the policy being applied now."""
