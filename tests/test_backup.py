@@ -153,6 +153,10 @@ def test_refusals_and_force(
     (tmp_path / "busy" / "x").write_text("x")
     rc, _, err = cli(capsys, "backup", str(tmp_path / "busy"), "--data", str(data_dir))
     assert rc == 1 and "not an empty folder" in err
+    rc, _, err = cli(capsys, "backup", str(tmp_path / "busy" / "x" / "sub"), "--data", str(data_dir))
+    assert rc == 1 and "cannot write the backup" in err and len(err.splitlines()) == 1
+    rc, _, err = cli(capsys, "backup", str(data_dir / "blobs" / "bk"), "--data", str(data_dir))
+    assert rc == 1 and "inside the data folder's blob store" in err
     rc, _, err = cli(capsys, "restore", str(tmp_path / "busy"), "--data", str(target))
     assert rc == 1 and "not a complete Hilum backup" in err
     assert cli(capsys, "backup", str(dest), "--data", str(data_dir))[0] == 0
@@ -173,12 +177,15 @@ def test_refusals_and_force(
     data[-1] ^= 0xFF
     blob.write_bytes(bytes(data))
     rc, _, err = cli(capsys, "restore", str(dest), "--data", str(target))
-    assert rc == 1 and "fail their checksum" in err and "nothing was indexed" in err
-    assert not (target / "index.sqlite").exists()
-    # ...and the half-done restore is not mistaken for an empty folder later.
+    assert rc == 1 and "fail their checksum" in err and "nothing was restored" in err
+    assert not (target / "index.sqlite").exists() and not any((target / "blobs").rglob("*.dcm"))
     blob.unlink()
     rc, _, err = cli(capsys, "restore", str(dest), "--data", str(target))
-    assert rc == 1 and "not empty" in err
+    assert rc == 1 and "missing or fail their checksum" in err
+    # A restore killed half-way (its marker left) is not mistaken for an empty folder later.
+    (target / bk.RESTORING).write_text("restoring")
+    rc, _, err = cli(capsys, "restore", str(dest), "--data", str(target))
+    assert rc == 1 and "an earlier restore did not finish" in err
 
     # The backup's index damaged: refused.
     index = dest / "index.sqlite"

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 from sqlalchemy import Engine, Table, delete, func, inspect, select, text, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from hilum.archive import storage
 from hilum.archive.blobs import CHECKSUM_ALGORITHM, FileBlobStore
@@ -246,8 +247,31 @@ def backup(
 
     ``link=False`` copies every blob even on the same file system; ``config`` is the node's
     ``hilum.toml`` (default: the data folder's), kept beside the backup.  Raises
-    :class:`BackupError` when ``dest`` holds anything or a blob cannot be taken.
+    :class:`BackupError` when ``dest`` holds anything, a blob cannot be taken, or the
+    disk or the database fails (a full disk: the reason, in one line).
     """
+    try:
+        return _backup(archive, dest, link=link, config=config, progress=progress)
+    except BackupError:
+        raise
+    except (OSError, sqlite3.Error, SQLAlchemyError) as exc:
+        raise BackupError(f"the backup to {dest} failed: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or getattr(exc, "strerror", None) or exc)
+    return (text.splitlines() or [type(exc).__name__])[0]
+
+
+def _backup(
+    archive: Archive,
+    dest: str | os.PathLike[str],
+    *,
+    link: bool = True,
+    config: Path | None = None,
+    progress: Progress | None = None,
+) -> BackupReport:
+    """:func:`backup`, its errors not yet put in one line."""
     dest = Path(dest).expanduser().absolute()
     if dest == archive.data_dir.absolute() or dest.is_relative_to(archive.blobs.root.absolute()):
         raise BackupError(f"{dest} is inside the data folder's blob store: choose a folder elsewhere")
@@ -541,6 +565,23 @@ def restore(
     Every blob is checked against its checksum; :class:`BackupError` on any
     problem, before the index is written.
     """
+    try:
+        return _restore(src, data_dir, database_url=database_url, force=force, progress=progress)
+    except BackupError:
+        raise
+    except (OSError, sqlite3.Error, SQLAlchemyError) as exc:
+        raise BackupError(f"the restore into {data_dir} failed: {_reason(exc)}") from exc
+
+
+def _restore(
+    src: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    *,
+    database_url: str | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> BackupReport:
+    """:func:`restore`, its errors not yet put in one line."""
     src = Path(src).expanduser().absolute()
     data = Path(data_dir).expanduser().absolute()
     manifest = read_manifest(src)
@@ -562,11 +603,10 @@ def restore(
     report = BackupReport(str(data), manifest=manifest)
     data.mkdir(parents=True, exist_ok=True)
     marker = data / RESTORING
-    busy = _target_in_use(data, database_url) or marker.exists()
+    busy = ("an earlier restore did not finish" if marker.exists() else "") or _target_in_use(data, database_url)
     if busy and not force:
         raise BackupError(
-            f"{data} is not empty ({busy or 'an earlier restore did not finish'}): restore into an "
-            "empty data folder, or use --force to replace what is there"
+            f"{data} is not empty ({busy}): restore into an empty data folder, or use --force to replace what is there"
         )
     marker.write_text(f"restoring {src}\n", encoding="utf-8")
     if busy or force:
@@ -595,9 +635,13 @@ def restore(
             if progress is not None:
                 progress(i + 1, len(rows))
         if bad:
+            # Leave the target as it was: the blobs copied so far go, and so does the marker.
+            for _sop, key, _checksum in rows:
+                blobs.path(key).unlink(missing_ok=True)
+            marker.unlink(missing_ok=True)
             raise BackupError(
                 f"{len(bad)} blob(s) of the backup are missing or fail their checksum (first: "
-                f"{bad[0]}); nothing was indexed"
+                f"{bad[0]}); nothing was restored"
             )
         _fsync_dir(blobs.root)
         if _is_sqlite(database_url):
