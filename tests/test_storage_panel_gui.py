@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import types
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,7 @@ def stand_ins(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
             "sent": 0,
             "committed": 0,
             "failed": 1,
+            "next_try": datetime(2026, 12, 6, 13, 0, tzinfo=UTC),
             "last_error": "association rejected: called AE title not recognised",
         },
     ]
@@ -177,8 +178,9 @@ def test_storage_panel_shows_the_figures_and_runs_the_rules(
     copies = panel.rows(panel.copies)
     assert copies[0][:3] == ["online", "3", "3"] and copies[1] == ["tier:archive", "2", "2", "8 KB"]
     fwd = panel.rows(panel.forwarding)
-    assert fwd[0] == ["backup", "0", "2", "40", "0", ""]
-    assert fwd[1][:5] == ["cloud", "7", "0", "0", "1"] and "not recognised" in fwd[1][5]
+    assert fwd[0] == ["backup", "0", "2", "40", "0", "", ""]
+    assert fwd[1][:5] == ["cloud", "7", "0", "0", "1"] and "not recognised" in fwd[1][6]
+    assert fwd[1][5] == datetime(2026, 12, 6, 13, 0, tzinfo=UTC).astimezone().strftime("%Y-%m-%d %H:%M")
     assert panel.forwarding.item(1, 0).foreground().color() == QColor(Qt.GlobalColor.darkRed)
     assert panel.tabs.tabText(1) == "Forwarding (2)"
     assert panel.rows(panel.protections)[0][:3] == ["Study", studies[1], "court case"]

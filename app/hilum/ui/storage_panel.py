@@ -63,7 +63,7 @@ HIGH_MARK = "#202020"
 LOW_MARK = "#e08000"
 
 COPY_COLUMNS = ("Location", "Instances", "Verified", "Size")
-FORWARD_COLUMNS = ("Destination", "Pending", "Sent", "Committed", "Failed", "Last error")
+FORWARD_COLUMNS = ("Destination", "Pending", "Sent", "Committed", "Failed", "Next try", "Last error")
 PROTECT_COLUMNS = ("Level", "UID", "Reason", "Since")
 LOG_COLUMNS = ("When", "Action", "UID", "Rule", "Instances", "Before", "After", "Detail")
 PLAN_COLUMNS = ("Policy", "Study", "Rule", "Instances", "Size", "Reason")
@@ -171,7 +171,7 @@ class StoragePanel(QWidget):
         self.plan = job_table(PLAN_COLUMNS, "storagePlanTable", self)
         for table, stretch in (
             (self.copies, 0),
-            (self.forwarding, 5),
+            (self.forwarding, 6),
             (self.protections, 1),
             (self.log_table, 7),
             (self.plan, 5),
@@ -289,11 +289,12 @@ class StoragePanel(QWidget):
                     f.get("sent", 0),
                     f.get("committed", 0),
                     f.get("failed", 0),
+                    _when(f.get("next_try")) if f.get("pending") else "",
                     f.get("last_error") or f.get("error") or "",
                 )
                 for f in fwd
             ],
-            red=lambda r: bool(r[4]) or bool(r[5]),
+            red=lambda r: bool(r[4]) or bool(r[6]),
             tips=[str(f.get("last_error") or f.get("error") or "") for f in fwd],
         )
         self.tabs.setTabText(1, f"Forwarding ({len(fwd)})")
@@ -410,13 +411,16 @@ class StorageController(QObject):
     # ------------------------------------------------------------ the rules
 
     def policies(self) -> Any:
-        """The archive's policies (set by the node), else those of the data folder's hilum.toml (worker thread)."""
-        policies = getattr(self.archive, "policies", None)
-        if policies is not None:
-            return policies
+        """The rules of the data folder's hilum.toml as they are now (worker thread): a rule just edited shows in
+        the next Refresh and Dry run, a typo as its error.  Without a hilum.toml, the archive's own."""
         from hilum.archive.policy import load_policies
 
-        return load_policies(self.window.config)
+        config = getattr(self.window, "config", None)
+        if config is None or not config.config_path.exists():
+            policies = getattr(self.archive, "policies", None)
+            if policies is not None:
+                return policies
+        return load_policies(config)
 
     # ------------------------------------------------------------ figures
 
