@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -316,7 +317,9 @@ def test_postgresql_to_sqlite_and_sqlite_to_postgresql(
         assert all(r["at"].tzinfo is not None for r in history)
     assert_clean(back)
     # The backup's hilum.toml named the source's PostgreSQL: restored without it (never the live index).
-    assert "database_url" not in (back / "hilum.toml").read_text()
+    restored = (back / "hilum.toml").read_text()
+    assert "# restored from a backup; the source's index was: database_url" in restored
+    assert tomllib.loads(restored) == {"archive": {}}
     # --force over a PostgreSQL index: emptied, then restored.
     rc, _, err = cli(capsys, "restore", str(dest), "--data", str(target))
     assert rc == 1 and "not empty" in err

@@ -768,20 +768,15 @@ def _restore_rows(backup_engine: Engine, url: str, manifest: dict[str, Any]) -> 
 
 
 def _restore_config(src: Path, dest: Path) -> None:
-    """The backup's hilum.toml for a target without one, minus its database URL (the source's live index)."""
-    import tomllib
-
-    import tomli_w
-
-    try:
-        doc = tomllib.loads(src.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        log.warning("the backup's hilum.toml was not restored: %s", exc)
-        return
-    archive = doc.get("archive")
-    if isinstance(archive, dict) and archive.pop("database_url", None):
+    """The backup's hilum.toml for a target without one, as it was, but for its database URL (the source's live
+    index, never to be restored over): that line is commented out."""
+    text = src.read_text(encoding="utf-8")
+    line = storage.config_line(text, "archive", "database_url")
+    lines = text.splitlines(keepends=True)
+    if line is not None and lines[line - 1].lstrip().startswith("database_url"):
+        lines[line - 1] = "# restored from a backup; the source's index was: " + lines[line - 1]
         log.warning("restored hilum.toml without [archive] database_url: the index is the data folder's SQLite")
-    dest.write_bytes(tomli_w.dumps(doc).encode())
+    dest.write_text("".join(lines), encoding="utf-8")
 
 
 def _note_restore(data: Path, database_url: str | None, src: Path, manifest: dict[str, Any]) -> None:

@@ -129,7 +129,8 @@ def run_policies(args: argparse.Namespace) -> int:
     if not reports:
         print("no storage policy to run (no rules in hilum.toml)")
     for r in reports:
-        head = f"{r.task}: {len(r.actions)} stud{'y' if len(r.actions) == 1 else 'ies'}, {r.instances} instances"
+        n = r.instances or sum(int(a.get("instances", 0)) for a in r.actions)
+        head = f"{r.task}: {len(r.actions)} stud{'y' if len(r.actions) == 1 else 'ies'}, {n} instances"
         if r.bytes_before or r.bytes_after:
             head += f", {mb(r.bytes_before)} -> {mb(r.bytes_after)} (saved {mb(r.saved)})"
         print(head + (" (dry run: nothing changed)" if args.dry_run else ""))
