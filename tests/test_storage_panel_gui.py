@@ -199,7 +199,10 @@ def test_storage_panel_shows_the_figures_and_runs_the_rules(
     assert stand_ins["calls"] == [True]
     plan = panel.rows(panel.plan)
     assert sorted(r[1] for r in plan) == studies
-    assert plan[0][0] == "retention" and plan[0][2:] == ["idle-cr", "1", "1.5 MB", "idle for 400 days"]
+    assert plan[0][0] == "retention" and plan[0][3:] == ["idle-cr", "1", "1.5 MB", "idle for 400 days"]
+    names = {r[1]: r[2] for r in plan}
+    study = archive.query("STUDY", {"StudyInstanceUID": studies[0]})[0]
+    assert names[studies[0]].startswith(str(study["PatientName"]).replace("^", " ").strip())
     assert panel.tabs.currentWidget() is panel.plan and panel.tabs.tabText(4) == "Dry run (3)"
     assert panel.run_label.text() == "Dry run: the rules would act on 3 studies"
     assert len(storage.policy_history(archive)) == 1

@@ -66,7 +66,7 @@ COPY_COLUMNS = ("Location", "Instances", "Verified", "Size")
 FORWARD_COLUMNS = ("Destination", "Pending", "Sent", "Committed", "Failed", "Next try", "Last error")
 PROTECT_COLUMNS = ("Level", "UID", "Reason", "Since")
 LOG_COLUMNS = ("When", "Action", "UID", "Rule", "Instances", "Before", "After", "Detail")
-PLAN_COLUMNS = ("Policy", "Study", "Rule", "Instances", "Size", "Reason")
+PLAN_COLUMNS = ("Policy", "Study", "Patient, study", "Rule", "Instances", "Size", "Reason")
 _VERBS = {"compression": "compress", "tiers": "move", "retention": "purge"}
 
 
@@ -174,7 +174,7 @@ class StoragePanel(QWidget):
             (self.forwarding, 6),
             (self.protections, 1),
             (self.log_table, 7),
-            (self.plan, 5),
+            (self.plan, 6),
         ):
             header = table.horizontalHeader()
             header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
@@ -323,15 +323,18 @@ class StoragePanel(QWidget):
             tips=[r["detail"] for r in recent],
         )
 
-    def show_plan(self, reports: list[Any], *, dry_run: bool) -> None:
-        """What a dry run would do (or what a run did), one row per study and policy."""
+    def show_plan(self, reports: list[Any], *, dry_run: bool, who: dict[str, str] | None = None) -> None:
+        """What a dry run would do (or what a run did), one row per study and policy; ``who`` names each
+        study's patient, date and description (by Study Instance UID)."""
         rows, errors = [], []
+        who = who or {}
         for rep in reports:
             for a in rep.actions:
                 rows.append(
                     (
                         rep.task,
                         a.get("uid", ""),
+                        who.get(str(a.get("uid", "")), ""),
                         a.get("rule", ""),
                         int(a.get("instances", 0)),
                         human_bytes(a.get("bytes", 0)),
@@ -465,7 +468,7 @@ class StorageController(QObject):
         job.progressed.connect(self._on_progress)
         self.panel.set_running(True, dry_run)
 
-        def work() -> list[Any]:
+        def work() -> tuple[list[Any], dict[str, str]]:
             policies = self.policies()
             reports: list[Any] = []
             for i, name in enumerate(PASSES):
@@ -474,11 +477,31 @@ class StorageController(QObject):
                 job.report(i, len(PASSES), name, force=True)
                 reports += run_pass(self.archive, policies, dry_run=dry_run, only=[name])
                 job.report(i + 1, len(PASSES), name, force=True)
-            return reports
+            return reports, self.studies_named([str(a.get("uid", "")) for r in reports for a in r.actions])
 
         self.pass_runner.submit(
-            work, on_done=lambda reports: self._on_ran(reports, dry_run), on_error=self._on_run_error
+            work, on_done=lambda done: self._on_ran(done[0], dry_run, done[1]), on_error=self._on_run_error
         )
+
+    def studies_named(self, uids: list[str]) -> dict[str, str]:
+        """``{study UID: "Patient^Name, 2026-11-02, CT Thorax"}`` for the studies still in the archive (worker)."""
+        out: dict[str, str] = {}
+        wanted = sorted({u for u in uids if u})
+        for start in range(0, len(wanted), 200):
+            try:
+                rows = self.archive.query("STUDY", {"StudyInstanceUID": "\\".join(wanted[start : start + 200])})
+            except Exception as exc:  # noqa: BLE001 - the names are a courtesy
+                log.warning("storage panel: naming the studies failed: %s", exc)
+                break
+            for r in rows:
+                date = str(r.get("StudyDate") or "")
+                parts = [
+                    str(r.get("PatientName") or "").replace("^", " ").strip(),
+                    f"{date[:4]}-{date[4:6]}-{date[6:8]}" if len(date) == 8 else date,
+                    str(r.get("StudyDescription") or ""),
+                ]
+                out[str(r["StudyInstanceUID"])] = ", ".join(p for p in parts if p)
+        return out
 
     def stop(self) -> None:
         """Stop after the policy being applied now."""
@@ -495,14 +518,14 @@ class StorageController(QObject):
         if done < total:
             self.panel.run_label.setText(f"{'Dry run' if self._dry else 'Applying'}: {label} ({done + 1} of {total})…")
 
-    def _on_ran(self, reports: list[Any], dry_run: bool) -> None:
+    def _on_ran(self, reports: list[Any], dry_run: bool, who: dict[str, str] | None = None) -> None:
         self._running = False
         if self._closed:
             return
         stopped = self.job is not None and self.job.cancelled
         self.job = None
         self.panel.set_running(False)
-        self.panel.show_plan(reports, dry_run=dry_run)
+        self.panel.show_plan(reports, dry_run=dry_run, who=who)
         if stopped:
             self.panel.run_label.setText(self.panel.run_label.text() + " Stopped before the last policies.")
         self.refresh()
