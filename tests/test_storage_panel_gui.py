@@ -26,6 +26,7 @@ from PySide6.QtWidgets import QApplication
 from hilum.archive import Archive, policy, storage
 from hilum.archive.schema import instances
 from hilum.config import Config
+from hilum.ui.study_search import format_person_name
 
 pytestmark = pytest.mark.gui
 
@@ -202,7 +203,7 @@ def test_storage_panel_shows_the_figures_and_runs_the_rules(
     assert plan[0][0] == "retention" and plan[0][3:] == ["idle-cr", "1", "1.5 MB", "idle for 400 days"]
     names = {r[1]: r[2] for r in plan}
     study = archive.query("STUDY", {"StudyInstanceUID": studies[0]})[0]
-    assert names[studies[0]].startswith(str(study["PatientName"]).replace("^", " ").strip())
+    assert names[studies[0]].startswith(format_person_name(str(study["PatientName"])) + ", ")
     assert panel.tabs.currentWidget() is panel.plan and panel.tabs.tabText(4) == "Dry run (3)"
     assert panel.run_label.text() == "Dry run: the rules would act on 3 studies"
     assert len(storage.policy_history(archive)) == 1

@@ -47,6 +47,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from hilum.ui.study_search import format_person_name
 from hilum.ui.tasks import Job, TaskRunner
 from hilum.ui.transfers import job_table
 
@@ -496,7 +497,7 @@ class StorageController(QObject):
             for r in rows:
                 date = str(r.get("StudyDate") or "")
                 parts = [
-                    str(r.get("PatientName") or "").replace("^", " ").strip(),
+                    format_person_name(str(r.get("PatientName") or "")),
                     f"{date[:4]}-{date[4:6]}-{date[6:8]}" if len(date) == 8 else date,
                     str(r.get("StudyDescription") or ""),
                 ]
