@@ -443,3 +443,59 @@ def test_restore_of_a_backup_from_an_unknown_schema_is_refused(
     with pytest.raises(bk.BackupError, match="format version"):
         bk.restore(tmp_path / "backup", tmp_path / "restored")
     shutil.rmtree(tmp_path / "restored", ignore_errors=True)
+
+
+class FakeTier:
+    """``archive.tiers`` as the tiers module offers it (``get(name, key) -> bytes``), over a dict."""
+
+    def __init__(self, objects: dict[tuple[str, str], bytes]):
+        self.objects = objects
+        self.asked: list[tuple[str, str]] = []
+
+    def names(self) -> list[str]:
+        return sorted({n for n, _ in self.objects})
+
+    def get(self, name: str, key: str) -> bytes:
+        self.asked.append((name, key))
+        return self.objects[(name, key)]
+
+
+def test_a_blob_not_in_the_online_store_is_taken_from_a_tier_else_the_backup_fails(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scale-out node's index lists instances another node received (on the write-through tier), and a
+    blob may rot: a verified tier copy stands in; without one the backup fails and names the instance."""
+    with Archive(data_dir) as a:
+        for p in images(tmp_path / "gen", 4):
+            a.ingest(p)
+        rows = a.query("IMAGE", {})
+        elsewhere, rotten = rows[0]["SOPInstanceUID"], rows[1]["SOPInstanceUID"]
+        path = a.path(elsewhere)
+        data = path.read_bytes()
+        with a.transaction() as conn:
+            ipk = conn.execute(select(instances.c.pk).where(instances.c.sop_uid == elsewhere)).scalar_one()
+            storage.record_copy(conn, ipk, "tier:nas", key="obj/1", checksum=blob_checksum(data), size=len(data))
+        tier = FakeTier({("nas", "obj/1"): data})
+        monkeypatch.setattr(a, "tiers", tier, raising=False)
+        path.unlink()
+        report = bk.backup(a, tmp_path / "b1")
+        assert report.from_tiers == 1 and tier.asked == [("nas", "obj/1")]
+        assert report.manifest["blobs"]["from_tiers"] == 1 and report.manifest["blobs"]["count"] == 4
+        # A rotten blob with no copy anywhere: refused, named.
+        rot = a.path(rotten)
+        raw = bytearray(rot.read_bytes())
+        raw[-1] ^= 0xFF
+        rot.unlink()
+        rot.write_bytes(bytes(raw))
+        with pytest.raises(bk.BackupError, match=f"neither intact .* \\(first: {rotten}\\)"):
+            bk.backup(a, tmp_path / "b2")
+        # A tier copy whose bytes do not match is not taken either.
+        tier.objects[("nas", "obj/1")] = data[:-1] + bytes([data[-1] ^ 1])
+        rot.unlink()
+        rot.write_bytes(bytes(raw[:-1]) + bytes([raw[-1] ^ 0xFF]))  # mended
+        with pytest.raises(bk.BackupError, match=elsewhere):
+            bk.backup(a, tmp_path / "b3")
+    bk.restore(tmp_path / "b1", tmp_path / "restored")
+    with Archive(tmp_path / "restored") as r:
+        assert r.path(elsewhere).read_bytes() == data
+    assert_clean(tmp_path / "restored")

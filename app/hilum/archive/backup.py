@@ -47,6 +47,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -99,6 +100,7 @@ class BackupReport:
     updated: list[str] = field(default_factory=list)  # instances replaced (transcoded) since the snapshot
     dropped: list[str] = field(default_factory=list)  # instances deleted since the snapshot
     offline: list[str] = field(default_factory=list)  # instances purged from the online store since the snapshot
+    from_tiers: int = 0  # blobs not in this node's online store, fetched from a tier's verified copy
     moved_aside: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -106,6 +108,7 @@ class BackupReport:
             "path": self.path,
             "linked": self.linked,
             "copied": self.copied,
+            "from_tiers": self.from_tiers,
             "updated": self.updated,
             "dropped": self.dropped,
             "offline": self.offline,
@@ -123,6 +126,12 @@ def _checksum_of(path: Path, algo: str) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return f"{CHECKSUM_ALGORITHM}:{h.hexdigest()}" if algo == CHECKSUM_ALGORITHM else h.hexdigest()
+
+
+def _checksum_of_bytes(data: bytes, algo: str) -> str:
+    if algo == CHECKSUM_ALGORITHM:
+        return f"{CHECKSUM_ALGORITHM}:{xxhash.xxh3_128_hexdigest(data)}"
+    return hashlib.sha256(data).hexdigest()
 
 
 def _algo(expected: str) -> str:
@@ -328,6 +337,7 @@ def _backup(
             "bytes": online_bytes,
             "linked": report.linked,
             "copied": report.copied,
+            "from_tiers": report.from_tiers,
             "checksum": CHECKSUM_ALGORITHM + " of each blob, in the index's instances.checksum",
         },
         "index": {"file": INDEX, "size": index.stat().st_size, "checksum": _checksum_of(index, CHECKSUM_ALGORITHM)},
@@ -405,8 +415,9 @@ def _take_blobs(
         ).all()
     link = link and _same_fs(archive.blobs.root, dest)
     gone: list[int] = []
+    unavailable: list[str] = []
     for i, (pk, sop, key, checksum) in enumerate(rows):
-        for _attempt in range(RETRIES):
+        for attempt in range(RETRIES):
             if _take_one(archive.blobs.path(key), dest / "blobs" / key, checksum, report, link=link):
                 break
             live = _live_row(archive, sop)
@@ -420,18 +431,29 @@ def _take_blobs(
                     _refresh_copies(archive, conn, pk, sop)
                 report.offline.append(sop)
                 break
-            if (live["blob_key"], live["checksum"]) == (key, checksum):
-                continue  # a file being renamed into place right now: try again
-            key, checksum = live["blob_key"], live["checksum"]
-            with engine.begin() as conn:
-                conn.execute(
-                    update(instances)
-                    .where(instances.c.pk == pk)
-                    .values(blob_key=key, checksum=checksum, size=live["size"], transfer_syntax=live["transfer_syntax"])
-                )
-                _refresh_copies(archive, conn, pk, sop)
-            if sop not in report.updated:
-                report.updated.append(sop)
+            if (live["blob_key"], live["checksum"]) != (key, checksum):  # replaced (a transcode): take the new one
+                key, checksum = live["blob_key"], live["checksum"]
+                with engine.begin() as conn:
+                    conn.execute(
+                        update(instances)
+                        .where(instances.c.pk == pk)
+                        .values(
+                            blob_key=key, checksum=checksum, size=live["size"], transfer_syntax=live["transfer_syntax"]
+                        )
+                    )
+                    _refresh_copies(archive, conn, pk, sop)
+                if sop not in report.updated:
+                    report.updated.append(sop)
+                continue
+            if attempt < 2 and archive.blobs.path(key).exists():
+                time.sleep(0.05)  # an overwrite renamed into place before its row changed: look again
+                continue
+            # Not here, or not what the index says: another node's file in a scale-out, or one on a tier.
+            if _take_from_tier(archive, int(live["pk"]), key, checksum, dest / "blobs" / key):
+                report.from_tiers += 1
+            else:
+                unavailable.append(sop)
+            break
         else:
             raise BackupError(f"instance {sop}: its blob {key} keeps changing or fails its checksum")
         if progress is not None:
@@ -439,9 +461,45 @@ def _take_blobs(
     if report.updated:
         with engine.begin() as conn:
             _recount_sizes(conn)
+    if unavailable:
+        raise BackupError(
+            f"{len(unavailable)} instance(s) are neither intact in this node's online store nor on a tier (first: "
+            f"{unavailable[0]}): run 'hilum check' (in a scale-out, another node's instances reach this node "
+            "through the write-through tier: back up again once they are there)"
+        )
     if gone:
         _drop_instances(engine, dest, gone)
     _fsync_dir(dest / "blobs")
+
+
+def _take_from_tier(archive: Archive, instance_pk: int, key: str, checksum: str, dest: Path) -> bool:
+    """Fetch a blob that is not in the online store from a tier holding a verified copy of it (checked)."""
+    tiers = getattr(archive, "tiers", None)
+    if tiers is None:
+        return False
+    with archive.engine.connect() as conn:
+        copies = storage.copies_of(conn, instance_pk)
+    for c in copies:
+        loc = str(c["location"])
+        if not loc.startswith("tier:") or c["verified_at"] is None or (c["checksum"] and c["checksum"] != checksum):
+            continue
+        try:
+            data = tiers.get(loc[len("tier:") :], c["key"])
+        except Exception as exc:  # noqa: BLE001 - a tier that is down: try the next, then say so
+            log.warning("backup: %s of %s from %s failed: %s", c["key"], key, loc, exc)
+            continue
+        if _checksum_of_bytes(data, _algo(checksum)) != checksum:
+            log.warning("backup: the copy of %s on %s fails its checksum", key, loc)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".copying")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        return True
+    return False
 
 
 def _take_one(src: Path, dest: Path, checksum: str, report: BackupReport, *, link: bool) -> bool:
