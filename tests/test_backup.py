@@ -499,3 +499,58 @@ def test_a_blob_not_in_the_online_store_is_taken_from_a_tier_else_the_backup_fai
     with Archive(tmp_path / "restored") as r:
         assert r.path(elsewhere).read_bytes() == data
     assert_clean(tmp_path / "restored")
+
+
+def test_with_a_real_s3_tier_offline_rows_are_recalled_after_restore_and_write_through_copies_stand_in(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Against s3rver (the tiers' session fixture): a study moved to S3 is backed up as rows (its objects are
+    not copied) and the restored node brings it back from S3 when opened; an online instance whose file is not
+    on this node is taken from the write-through copy."""
+    try:
+        from hilum.archive.tiers import run_once as tiers_pass
+
+        endpoint, bucket = request.getfixturevalue("s3_server")
+    except (ImportError, pytest.FixtureLookupError) as exc:
+        pytest.skip(f"the tiers (hilum.archive.tiers, the s3_server fixture) are not merged yet: {exc}")
+    from datetime import timedelta
+
+    from hilum.config import load_config
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hilum.toml").write_text(
+        f'[tiers.s3]\ntype = "s3"\nendpoint_url = "{endpoint}"\nbucket = "{bucket}"\nprefix = "backup-test/"\n'
+        'access_key = "S3RVER"\nsecret_key = "S3RVER"\nwrite_through = true\n\n'
+        '[[tiering]]\nname = "mr-away"\nto = "s3"\nmin_age_days = 30\nmodalities = ["MR"]\n'
+    )
+    files = images(tmp_path / "ct", 3, patient="S3CT") + images(tmp_path / "mr", 3, patient="S3MR")
+    for f in files[3:]:
+        ds = pydicom.dcmread(f)
+        ds.Modality = "MR"
+        ds.save_as(f, enforce_file_format=True)
+    originals = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f.read_bytes() for f in files}
+    with Archive.from_config(load_config(data)) as a:
+        for f in files:
+            assert a.ingest(f).ok
+        moved = tiers_pass(a, a.policies.get("tiers"), now=storage.utcnow() + timedelta(days=31))
+        assert moved.errors == [] and len(moved.actions) == 1
+        ct = [r["SOPInstanceUID"] for r in a.query("IMAGE", {"PatientID": "S3CT"})]
+        gone_here = a.path(ct[0])
+        gone_here.unlink()  # as if another node had received it: only the write-through copy holds it
+        report = bk.backup(a, tmp_path / "backup")
+    assert report.from_tiers == 1
+    m = report.manifest
+    assert m["instances"] == {"total": 6, "online": 3, "offline": 3} and m["tier_copies"]["rows"] == 6
+    target = tmp_path / "restored"
+    bk.restore(tmp_path / "backup", target)
+    assert "[tiers.s3]" in (target / "hilum.toml").read_text()  # the restored node knows the tier
+    with Archive.from_config(load_config(target)) as r:
+        mr = r.query("STUDY", {"PatientID": "S3MR"})[0]["StudyInstanceUID"]
+        rows = r.instances(study_uid=mr)  # opened: recalled from S3
+        assert {row["SOPInstanceUID"]: Path(row["path"]).read_bytes() for row in rows} == {
+            u: b for u, b in originals.items() if u in {row["SOPInstanceUID"] for row in rows}
+        }
+        assert len(rows) == 3
+        assert r.path(ct[0]).read_bytes() == originals[ct[0]]
+        assert r.check().clean
