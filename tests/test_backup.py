@@ -519,10 +519,13 @@ def test_with_a_real_s3_tier_offline_rows_are_recalled_after_restore_and_write_t
 
     data = tmp_path / "data"
     data.mkdir()
+    s3 = (
+        f'type = "s3"\nendpoint_url = "{endpoint}"\nbucket = "{bucket}"\naccess_key = "S3RVER"\nsecret_key = "S3RVER"\n'
+    )
     (data / "hilum.toml").write_text(
-        f'[tiers.s3]\ntype = "s3"\nendpoint_url = "{endpoint}"\nbucket = "{bucket}"\nprefix = "backup-test/"\n'
-        'access_key = "S3RVER"\nsecret_key = "S3RVER"\nwrite_through = true\n\n'
-        '[[tiering]]\nname = "mr-away"\nto = "s3"\nmin_age_days = 30\nmodalities = ["MR"]\n'
+        f'[tiers.arch]\n{s3}prefix = "backup-test/arch/"\n\n'
+        f'[tiers.wt]\n{s3}prefix = "backup-test/wt/"\nwrite_through = true\n\n'
+        '[[tiering]]\nname = "mr-away"\nto = "arch"\nmin_age_days = 30\nmodalities = ["MR"]\n'
     )
     files = images(tmp_path / "ct", 3, patient="S3CT") + images(tmp_path / "mr", 3, patient="S3MR")
     for f in files[3:]:
@@ -541,10 +544,10 @@ def test_with_a_real_s3_tier_offline_rows_are_recalled_after_restore_and_write_t
         report = bk.backup(a, tmp_path / "backup")
     assert report.from_tiers == 1
     m = report.manifest
-    assert m["instances"] == {"total": 6, "online": 3, "offline": 3} and m["tier_copies"]["rows"] == 6
+    assert m["instances"] == {"total": 6, "online": 3, "offline": 3} and m["tier_copies"]["rows"] >= 6
     target = tmp_path / "restored"
     bk.restore(tmp_path / "backup", target)
-    assert "[tiers.s3]" in (target / "hilum.toml").read_text()  # the restored node knows the tier
+    assert "[tiers.arch]" in (target / "hilum.toml").read_text()  # the restored node knows its tiers
     with Archive.from_config(load_config(target)) as r:
         mr = r.query("STUDY", {"PatientID": "S3MR"})[0]["StudyInstanceUID"]
         rows = r.instances(study_uid=mr)  # opened: recalled from S3
