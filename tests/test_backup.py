@@ -557,3 +557,75 @@ def test_with_a_real_s3_tier_offline_rows_are_recalled_after_restore_and_write_t
         assert len(rows) == 3
         assert r.path(ct[0]).read_bytes() == originals[ct[0]]
         assert r.check().clean
+
+
+def _kill_when(proc: subprocess.Popen[bytes], ready: Any, timeout: float = 120) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()``; False when it finished first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+            return True
+        assert time.monotonic() < deadline, "never got there"
+        time.sleep(0.002)
+    return False
+
+
+def test_kill_9_in_the_middle_of_a_backup_and_of_a_restore(data_dir: Path, tmp_path: Path) -> None:
+    """A backup killed half-way is no backup (no manifest: restore refuses it) and leaves the node's archive
+    as it was; a restore killed half-way is refused as unfinished until run again with --force."""
+    with Archive(data_dir) as a:
+        a.ingest_many(images(tmp_path / "gen", 300, size=192, studies=3))
+        before = counts(a)
+    dest = tmp_path / "backup"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hilum", "backup", str(dest), "--copy", "--data", str(data_dir)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    killed_backup = _kill_when(proc, lambda: sum(1 for _ in (dest / "blobs").rglob("*.dcm")) >= 30)
+    if killed_backup:
+        assert not (dest / "manifest.json").exists()
+        with pytest.raises(bk.BackupError, match="not a complete Hilum backup"):
+            bk.restore(dest, tmp_path / "nowhere")
+        with pytest.raises(bk.BackupError, match="not an empty folder"):
+            with Archive(data_dir) as a:
+                bk.backup(a, dest)
+        shutil.rmtree(dest)
+    assert_clean(data_dir)
+    with Archive(data_dir) as a:
+        assert counts(a) == before
+        bk.backup(a, dest, link=False)
+
+    target = tmp_path / "restored"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hilum", "restore", str(dest), "--data", str(target)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    killed = _kill_when(proc, lambda: sum(1 for _ in (target / "blobs").rglob("*.dcm")) >= 30)
+    if killed:
+        again = subprocess.run(
+            [sys.executable, "-m", "hilum", "restore", str(dest), "--data", str(target)],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert again.returncode == 1 and "an earlier restore did not finish" in again.stderr, again.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "hilum", "restore", str(dest), "--data", str(target), "--force"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    with Archive(target) as r:
+        assert counts(r) == before
+    assert_clean(target)
+    if not (killed and killed_backup):
+        pytest.skip(f"finished before it could be killed: backup {not killed_backup}, restore {not killed}")
