@@ -171,6 +171,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(root: Path) -> None:
+    """fsync every folder under ``root`` (and itself): the names of the blobs linked or copied there are durable."""
+    for folder, _dirs, _files in os.walk(root):
+        _fsync_dir(Path(folder))
+
+
 def _same_fs(a: Path, b: Path) -> bool:
     try:
         return os.stat(a).st_dev == os.stat(b).st_dev
@@ -469,7 +475,7 @@ def _take_blobs(
         )
     if gone:
         _drop_instances(engine, dest, gone)
-    _fsync_dir(dest / "blobs")
+    _fsync_tree(dest / "blobs")
 
 
 def _take_from_tier(archive: Archive, instance_pk: int, key: str, checksum: str, dest: Path) -> bool:
@@ -701,7 +707,7 @@ def _restore(
                 f"{len(bad)} blob(s) of the backup are missing or fail their checksum (first: "
                 f"{bad[0]}); nothing was restored"
             )
-        _fsync_dir(blobs.root)
+        _fsync_tree(blobs.root)
         if _is_sqlite(database_url):
             _restore_sqlite_file(index, data / INDEX)
         else:
