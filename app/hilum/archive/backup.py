@@ -48,7 +48,7 @@ import shutil
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -322,8 +322,11 @@ def _backup(
     finally:
         engine.dispose()
     # One file: no WAL left beside it (a backup is copied around as a folder).
-    with sqlite3.connect(index) as db:
+    db = sqlite3.connect(index)
+    try:
         db.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        db.close()
     config = config or archive.data_dir / "hilum.toml"
     if config.is_file():
         shutil.copy2(config, dest / "hilum.toml")
@@ -428,59 +431,66 @@ def _take_blobs(
     def first(row: Any) -> str:
         return _take_one(archive.blobs.path(row[2]), dest / "blobs" / row[2], row[3], link=link)
 
-    # A few at a time (reading, hashing, copying and fsyncs overlap); what was not taken as the snapshot
-    # says is followed up one by one below.
+    # A few at a time (reading, hashing, copying and fsyncs overlap), a chunk of rows after another (a
+    # million instances are not a million futures at once); what was not taken as the snapshot says is
+    # followed up one by one.
+    def taken(pool: ThreadPoolExecutor) -> Iterator[str]:
+        for start in range(0, len(rows), CHUNK):
+            yield from pool.map(first, rows[start : start + CHUNK])
+
     with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="backup") as pool:
-        taken = list(pool.map(first, rows))
-    for i, ((pk, sop, key, checksum), how) in enumerate(zip(rows, taken, strict=True)):
-        if how:
-            _count(report, how)
-            if progress is not None:
-                progress(i + 1, len(rows))
-            continue
-        for attempt in range(RETRIES):
-            how = _take_one(archive.blobs.path(key), dest / "blobs" / key, checksum, link=link)
+        for i, ((pk, sop, key, checksum), how) in enumerate(zip(rows, taken(pool), strict=True)):
             if how:
                 _count(report, how)
-                break
-            live = _live_row(archive, sop)
-            if live is None:  # deleted since the snapshot
-                gone.append(pk)
-                report.dropped.append(sop)
-                break
-            if not live["online"]:  # purged from the online store since: an offline row, as in the index
-                with engine.begin() as conn:
-                    conn.execute(update(instances).where(instances.c.pk == pk).values(online=False))
-                    _refresh_copies(archive, conn, pk, sop)
-                report.offline.append(sop)
-                break
-            if (live["blob_key"], live["checksum"]) != (key, checksum):  # replaced (a transcode): take the new one
-                key, checksum = live["blob_key"], live["checksum"]
-                with engine.begin() as conn:
-                    conn.execute(
-                        update(instances)
-                        .where(instances.c.pk == pk)
-                        .values(
-                            blob_key=key, checksum=checksum, size=live["size"], transfer_syntax=live["transfer_syntax"]
+                if progress is not None:
+                    progress(i + 1, len(rows))
+                continue
+            for attempt in range(RETRIES):
+                how = _take_one(archive.blobs.path(key), dest / "blobs" / key, checksum, link=link)
+                if how:
+                    _count(report, how)
+                    break
+                live = _live_row(archive, sop)
+                if live is None:  # deleted since the snapshot
+                    gone.append(pk)
+                    report.dropped.append(sop)
+                    break
+                if not live["online"]:  # purged from the online store since: an offline row, as in the index
+                    with engine.begin() as conn:
+                        conn.execute(update(instances).where(instances.c.pk == pk).values(online=False))
+                        _refresh_copies(archive, conn, pk, sop)
+                    report.offline.append(sop)
+                    break
+                if (live["blob_key"], live["checksum"]) != (key, checksum):  # replaced (a transcode): take the new one
+                    key, checksum = live["blob_key"], live["checksum"]
+                    with engine.begin() as conn:
+                        conn.execute(
+                            update(instances)
+                            .where(instances.c.pk == pk)
+                            .values(
+                                blob_key=key,
+                                checksum=checksum,
+                                size=live["size"],
+                                transfer_syntax=live["transfer_syntax"],
+                            )
                         )
-                    )
-                    _refresh_copies(archive, conn, pk, sop)
-                if sop not in report.updated:
-                    report.updated.append(sop)
-                continue
-            if attempt < 2 and archive.blobs.path(key).exists():
-                time.sleep(0.05)  # an overwrite renamed into place before its row changed: look again
-                continue
-            # Not here, or not what the index says: another node's file in a scale-out, or one on a tier.
-            if _take_from_tier(archive, int(live["pk"]), key, checksum, dest / "blobs" / key):
-                report.from_tiers += 1
+                        _refresh_copies(archive, conn, pk, sop)
+                    if sop not in report.updated:
+                        report.updated.append(sop)
+                    continue
+                if attempt < 2 and archive.blobs.path(key).exists():
+                    time.sleep(0.05)  # an overwrite renamed into place before its row changed: look again
+                    continue
+                # Not here, or not what the index says: another node's file in a scale-out, or one on a tier.
+                if _take_from_tier(archive, int(live["pk"]), key, checksum, dest / "blobs" / key):
+                    report.from_tiers += 1
+                else:
+                    unavailable.append(sop)
+                break
             else:
-                unavailable.append(sop)
-            break
-        else:
-            raise BackupError(f"instance {sop}: its blob {key} keeps changing or fails its checksum")
-        if progress is not None:
-            progress(i + 1, len(rows))
+                raise BackupError(f"instance {sop}: its blob {key} keeps changing or fails its checksum")
+            if progress is not None:
+                progress(i + 1, len(rows))
     if report.updated:
         with engine.begin() as conn:
             _recount_sizes(conn)
@@ -717,7 +727,8 @@ def _restore(
 
         # A few at a time: reading, hashing and each file's fsync overlap (restore is 2-3x faster on 4).
         with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="restore") as pool:
-            for i, (row, ok) in enumerate(zip(rows, pool.map(copy, rows), strict=True)):
+            copied = (ok for start in range(0, len(rows), CHUNK) for ok in pool.map(copy, rows[start : start + CHUNK]))
+            for i, (row, ok) in enumerate(zip(rows, copied, strict=True)):
                 if ok:
                     report.copied += 1
                 else:
