@@ -171,6 +171,12 @@ def test_refusals_and_force(
     assert (aside / "index.sqlite").exists() and any((aside / "blobs").rglob("*.dcm"))
     assert_clean(data_dir)
 
+    # A target whose index holds no study but other rows (users, orders, protections...): refused too.
+    with Archive(tmp_path / "rows-only") as other:
+        storage.protect(other, "PATIENT", "P1")
+    rc, _, err = cli(capsys, "restore", str(dest), "--data", str(tmp_path / "rows-only"))
+    assert rc == 1 and "its index has protections" in err
+
     # A blob of the backup damaged: refused before anything is indexed.
     blob = next(p for p in (dest / "blobs").rglob("*.dcm"))
     data = bytearray(blob.read_bytes())

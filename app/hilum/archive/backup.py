@@ -705,7 +705,7 @@ def _restore(
         )
     marker.write_text(f"restoring {src}\n", encoding="utf-8")
     if busy or force:
-        report.moved_aside = _clear_target(data, database_url)
+        report.moved_aside = _move_aside(data)
 
     backup_engine = _read_only_engine(index)
     try:
@@ -743,11 +743,14 @@ def _restore(
             raise BackupError(
                 f"{len(bad)} blob(s) of the backup are missing or fail their checksum (first: "
                 f"{bad[0]}); nothing was restored"
+                + (f" (what was there is in {report.moved_aside})" if report.moved_aside else "")
             )
         _fsync_tree(blobs.root)
         if _is_sqlite(database_url):
             _restore_sqlite_file(index, data / INDEX)
         else:
+            if busy or force:
+                _empty_database(str(database_url))  # only now: every blob is in place and intact
             _restore_rows(backup_engine, str(database_url), manifest)
     finally:
         backup_engine.dispose()
@@ -781,9 +784,9 @@ def _target_in_use(data: Path, database_url: str | None) -> str:
     try:
         with engine.connect() as conn:
             names = set(inspect(conn).get_table_names())
-            for t in ("instances", "studies", "patients"):
-                if t in names and conn.execute(text(f"SELECT 1 FROM {t} LIMIT 1")).first() is not None:
-                    return f"its index has {t}"
+            for table in metadata.sorted_tables:  # any row at all (users, orders, a log...) is something to keep
+                if table.name in names and conn.execute(select(1).select_from(table).limit(1)).first() is not None:
+                    return f"its index has {table.name}"
     except Exception as exc:  # noqa: BLE001 - a database that cannot be reached
         raise BackupError(
             f"cannot open the target index: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}"
@@ -793,8 +796,8 @@ def _target_in_use(data: Path, database_url: str | None) -> str:
     return ""
 
 
-def _clear_target(data: Path, database_url: str | None) -> str:
-    """Make room for the restore: SQLite index and blobs moved aside; a PostgreSQL index emptied."""
+def _move_aside(data: Path) -> str:
+    """Make room for the restore: the data folder's SQLite index and blobs moved into ``replaced-<time>/``."""
     aside = data / f"replaced-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
     moved = False
     for name in ("blobs", INDEX, INDEX + "-wal", INDEX + "-shm"):
@@ -803,19 +806,22 @@ def _clear_target(data: Path, database_url: str | None) -> str:
             aside.mkdir(exist_ok=True)
             os.replace(p, aside / name)
             moved = True
-    if not _is_sqlite(database_url):
-        engine = make_engine(str(database_url))
-        try:
-            with engine.begin() as conn:
-                names = set(inspect(conn).get_table_names())
-                for t in reversed(metadata.sorted_tables):
-                    if t.name in names:
-                        conn.execute(text(f'DROP TABLE "{t.name}" CASCADE'))
-                if "alembic_version" in names:
-                    conn.execute(text("DROP TABLE alembic_version"))
-        finally:
-            engine.dispose()
     return str(aside) if moved else ""
+
+
+def _empty_database(url: str) -> None:
+    """Drop the archive's tables of the PostgreSQL index at ``url`` (``--force``)."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            names = set(inspect(conn).get_table_names())
+            for t in reversed(metadata.sorted_tables):
+                if t.name in names:
+                    conn.execute(text(f'DROP TABLE "{t.name}" CASCADE'))
+            if "alembic_version" in names:
+                conn.execute(text("DROP TABLE alembic_version"))
+    finally:
+        engine.dispose()
 
 
 def _restore_sqlite_file(index: Path, target: Path) -> None:
