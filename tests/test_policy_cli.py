@@ -139,6 +139,11 @@ def test_run_dry_run_only_and_failures(
         cli(capsys, "policy", "run", "--only", "nonsense", "--data", str(data_dir))
     assert usage.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
+    # A node that leaves the policies to another (scale-out): run by hand all the same, and said.
+    (data_dir / "hilum.toml").write_text('[storage]\npolicies = false\n\n[[fake]]\nname = "all"\n')
+    rc, out, _ = cli(capsys, "policy", "run", "--dry-run", "--data", str(data_dir))
+    assert rc == 0 and out.startswith("note: [storage] policies = false") and "would purge" in out
+
     # A failing policy: reported, exit 1, in the JSON too.
     (data_dir / "hilum.toml").write_text('[[fake]]\nname = "x"\nfail = true\n')
     rc, out, _ = cli(capsys, "policy", "run", "--data", str(data_dir))

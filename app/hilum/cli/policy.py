@@ -119,26 +119,37 @@ def action_line(task: str, a: dict[str, Any], dry_run: bool) -> str:
 def run_policies(args: argparse.Namespace) -> int:
     from hilum.archive.policy import run_pass
 
+    reports = []
     with open_archive(args, must_exist=True) as archive:
         policies = _policies(args, archive)
-        reports = run_pass(archive, policies, dry_run=args.dry_run, only=args.only)
+        if not policies.enabled and not args.json:
+            print("note: [storage] policies = false: this node applies none in the background; running them now")
+        for name in PASSES:  # one at a time: each is reported as it ends (a first compression takes a while)
+            if args.only and name not in args.only:
+                continue
+            done = run_pass(archive, policies, dry_run=args.dry_run, only=[name])
+            reports += done
+            if not args.json:
+                for r in done:
+                    _print_report(r, args.dry_run)
     failed = any(r.errors for r in reports)
     if args.json:
         print_json({"dry_run": args.dry_run, "reports": [r.as_dict() for r in reports], "ok": not failed})
-        return 1 if failed else 0
-    if not reports:
+    elif not reports:
         print("no storage policy to run (no rules in hilum.toml)")
-    for r in reports:
-        n = r.instances or sum(int(a.get("instances", 0)) for a in r.actions)
-        head = f"{r.task}: {len(r.actions)} stud{'y' if len(r.actions) == 1 else 'ies'}, {n} instances"
-        if r.bytes_before or r.bytes_after:
-            head += f", {mb(r.bytes_before)} -> {mb(r.bytes_after)} (saved {mb(r.saved)})"
-        print(head + (" (dry run: nothing changed)" if args.dry_run else ""))
-        for a in r.actions:
-            print("  " + action_line(r.task, a, args.dry_run))
-        for e in r.errors:
-            print(f"  error: {e}")
     return 1 if failed else 0
+
+
+def _print_report(r: Any, dry_run: bool) -> None:
+    n = r.instances or sum(int(a.get("instances", 0)) for a in r.actions)
+    head = f"{r.task}: {len(r.actions)} stud{'y' if len(r.actions) == 1 else 'ies'}, {n} instances"
+    if r.bytes_before or r.bytes_after:
+        head += f", {mb(r.bytes_before)} -> {mb(r.bytes_after)} (saved {mb(r.saved)})"
+    print(head + (" (dry run: nothing changed)" if dry_run else ""), flush=True)
+    for a in r.actions:
+        print("  " + action_line(r.task, a, dry_run))
+    for e in r.errors:
+        print(f"  error: {e}", flush=True)
 
 
 def run_status(args: argparse.Namespace) -> int:
