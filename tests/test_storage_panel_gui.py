@@ -225,6 +225,11 @@ def test_storage_panel_shows_the_figures_and_runs_the_rules(
     assert [r[1] for r in panel.rows(panel.log_table)][:3] == ["purge"] * 3
     assert panel.run_button.isEnabled() and panel.dry_run_button.isEnabled()
 
+    # An instance arrives: the figures follow on their own.
+    archive.ingest(pydicom_files / "MR_small.dcm")  # the same as stored: nothing new
+    archive.ingest(pydicom_files / "waveform_ecg.dcm")
+    qtbot.waitUntil(lambda: "Online store: 4 instances" in panel.usage_label.text(), timeout=TIMEOUT)
+
 
 def test_storage_panel_shows_a_rule_file_refused(
     qtbot: Any,

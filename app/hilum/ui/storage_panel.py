@@ -58,6 +58,8 @@ __all__ = ["StorageController", "StoragePanel", "install_storage", "human_bytes"
 SHORTCUT = "Ctrl+Shift+U"
 REFRESH_MS = 30_000
 """While the dock is shown, its figures are read again this often (and after each run)."""
+AFTER_CHANGE_MS = 2_000
+"""...and this long after the archive changed (instances arrived, a study deleted)."""
 PASSES = ("compression", "tiers", "retention")
 RED = "#b00020"
 HIGH_MARK = "#202020"
@@ -407,6 +409,14 @@ class StorageController(QObject):
         self.timer.setInterval(REFRESH_MS)
         self.timer.timeout.connect(self.refresh)
         self.dock.visibilityChanged.connect(self._on_visible)
+        # Instances arriving, a study deleted: read the figures again soon (once per burst) while shown.
+        self._soon = QTimer(self)
+        self._soon.setSingleShot(True)
+        self._soon.setInterval(AFTER_CHANGE_MS)
+        self._soon.timeout.connect(self.refresh)
+        changed = getattr(window, "archive_changed", None)
+        if changed is not None:
+            changed.connect(self._on_archive_changed)
         self.panel.refresh_button.clicked.connect(self.refresh)
         self.panel.dry_run_button.clicked.connect(lambda: self.run(dry_run=True))
         self.panel.run_button.clicked.connect(lambda: self.run(dry_run=False))
@@ -436,6 +446,10 @@ class StorageController(QObject):
             self.timer.start()
         else:
             self.timer.stop()
+
+    def _on_archive_changed(self, _events: Any) -> None:
+        if not self._closed and self.dock.isVisible() and not self._soon.isActive():
+            self._soon.start()
 
     def refresh(self) -> None:
         """Read the figures again (off the GUI thread)."""
@@ -550,6 +564,7 @@ class StorageController(QObject):
             return
         self._closed = True
         self.timer.stop()
+        self._soon.stop()
         if self.job is not None:
             self.job.cancel()
         self.runner.shutdown(wait=True)
