@@ -197,6 +197,7 @@ class MainWindow(QMainWindow):
         self._closed = False
         self.demo_small = False
         self.prefetch: Any = None  # hilum.ui.prefetch_panel.PrefetchController, once installed below
+        self.storage: Any = None  # hilum.ui.storage_panel.StorageController, once installed below
         self.setWindowTitle("Hilum")
         self.setObjectName("hilumMainWindow")
         self.resize(1320, 820)
@@ -258,6 +259,9 @@ class MainWindow(QMainWindow):
         from hilum.ui.prefetch_panel import install_prefetch  # priors prefetched from peers (issue 15)
 
         self.prefetch = install_prefetch(self)
+        from hilum.ui.storage_panel import install_storage  # View → Storage: use, tiers, forwarding (issue 17)
+
+        self.storage = install_storage(self)
         self.browser.search()
         self.refresh_status()
 
@@ -715,6 +719,8 @@ class MainWindow(QMainWindow):
             self.transfers.shutdown()
         if self.prefetch is not None:
             self.prefetch.shutdown()
+        if self.storage is not None:
+            self.storage.shutdown()
         if self.worklist is not None:
             shutdown = getattr(self.worklist, "shutdown", None)
             if shutdown is not None:
