@@ -7,12 +7,13 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 
 # Debian packages: DCMTK and Orthanc (interop peers in tests, benchmarks), dicom3tools (dciodvfy:
-# the tests hold the GSPS, SR, KOS and SEG Hilum writes to it),
+# the tests hold the GSPS, SR, KOS and SEG Hilum writes to it), GDCM's tools (gdcmconv: a second decoder
+# of the JPEG-LS / JPEG 2000 files compression writes, and a peer in bench/storage),
 # Xvfb and the X/GL libraries Qt + VTK need without a screen, OSMesa, PostgreSQL.
 SYSTEM_PACKAGES=(dcmtk xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0
   libxcb-xinerama0 libxcb-randr0 libxcb-render-util0 libxcb-image0 libxcb-shape0 libegl1 libgl1
   libopengl0 libglx0 libosmesa6 libfontconfig1 libdbus-1-3 fonts-dejavu-core
-  fonts-noto-cjk orthanc orthanc-dicomweb postgresql dicom3tools)
+  fonts-noto-cjk orthanc orthanc-dicomweb postgresql dicom3tools libgdcm-tools)
 
 if [[ "${1:-}" != "--no-system" ]]; then
   missing=()
@@ -20,6 +21,8 @@ if [[ "${1:-}" != "--no-system" ]]; then
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
   done
   if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then missing+=(python3-venv); fi
+  # npm (and Node.js): the S3-compatible test server below; kept as it is where one is installed already.
+  if ! command -v npm >/dev/null 2>&1; then missing+=(npm); fi
   if ((${#missing[@]})); then
     echo "hilum setup: installing ${missing[*]}" >&2
     SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"

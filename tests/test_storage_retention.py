@@ -248,7 +248,7 @@ def test_bad_rules_are_refused_with_the_line(text: str, line: int | None, words:
 def test_online_purge_by_age_drops_the_files_keeps_the_study(archive: Archive) -> None:
     held = add_study(archive, "H1")
     alone = add_study(archive, "N1", patient=DOE)
-    copy_to(archive, held)
+    copy_to(archive, held, "tier:vault")
     files = [r["path"] for r in archive.instances(study_uid=held)]
     size = sum(p.stat().st_size for p in files)
     r = rules('[[purge]]\nname = "old"\nmin_age_days = 365\n')
@@ -267,9 +267,24 @@ def test_online_purge_by_age_drops_the_files_keeps_the_study(archive: Archive) -
     assert [(e["uid"], e["rule"], e["instances"], e["bytes_before"], e["bytes_after"]) for e in log] == [
         (held, "old", 2, report.bytes_before, 0)
     ]
-    assert "peer:backup" in log[0]["detail"]
+    assert "tier:vault" in log[0]["detail"]
     assert_clean(archive)
     assert run_once(archive, r, now=LATER).actions == []  # nothing online left to drop
+
+
+def test_online_purge_of_a_study_held_only_by_a_peer_takes_it_out_of_this_archive(archive: Archive) -> None:
+    """Nothing here retrieves from a peer, so an instance whose only copy is the peer's cannot stay as an
+    offline row (it could never be read): it leaves this archive, the log naming the peer that holds it."""
+    peered = add_study(archive, "P1")
+    copy_to(archive, peered, "peer:backup")
+    files = [r["path"] for r in archive.instances(study_uid=peered)]
+    report = run_once(archive, rules('[[purge]]\nname = "old"\nmin_age_days = 365\n'), now=LATER)
+    assert [(a["uid"], a["instances"]) for a in report.actions] == [(peered, 2)]
+    assert archive.query("STUDY", {"StudyInstanceUID": peered}) == []
+    assert not any(p.exists() for p in files)
+    (entry,) = storage.policy_history(archive, action="purge")
+    assert "peer:backup" in entry["detail"] and "held only at a peer" in entry["detail"]
+    assert_clean(archive)
 
 
 def test_an_unverified_or_partial_copy_is_not_enough(archive: Archive) -> None:
@@ -492,7 +507,7 @@ def test_a_study_being_forwarded_waits(archive: Archive) -> None:
 
 def test_files_left_by_a_purge_killed_after_its_commit_go_at_the_next_pass(archive: Archive) -> None:
     uid = add_study(archive, "L1")
-    copy_to(archive, uid)
+    copy_to(archive, uid, "tier:vault")
     with archive.transaction() as conn:  # what a purge killed between its commit and its deletes leaves
         pks = conn.execute(select(instances.c.pk)).scalars().all()
         archive.writer.set_online(conn, list(pks), False)
@@ -551,11 +566,9 @@ def test_an_everywhere_rule_wins_over_an_online_one(archive: Archive) -> None:
     assert [(p.rule, p.scope) for p in plan(archive, r, now=LATER).acts] == [("drop", "online")]
     later = datetime.now(UTC) + timedelta(days=3651)
     assert [(p.rule, p.scope) for p in plan(archive, r, now=later).acts] == [("delete", "everywhere")]
-    run_once(archive, r, now=LATER)
-    assert state(archive, young) == [(False, False), (False, False)]
-    assert [(p.rule, p.scope) for p in plan(archive, r, now=later).acts] == [("delete", "everywhere")]
     run_once(archive, r, now=later)
     assert state(archive, young) == []
+    assert [e["rule"] for e in storage.policy_history(archive, action="purge")] == ["delete"]
     assert_clean(archive)
 
 
@@ -564,7 +577,7 @@ def test_an_everywhere_rule_wins_over_an_online_one(archive: Archive) -> None:
 
 def test_dry_run_lists_and_changes_nothing(archive: Archive) -> None:
     online = add_study(archive, "D1")
-    copy_to(archive, online)
+    copy_to(archive, online, "tier:vault")
     gone = add_study(archive, "D2", modality="MR", patient=DOE)
     files = sorted(str(p) for p in (archive.data_dir / "blobs").rglob("*.dcm"))
     r = rules(
@@ -591,10 +604,10 @@ def test_dry_run_lists_and_changes_nothing(archive: Archive) -> None:
 def test_purges_on_postgresql(pg_url: str, tmp_path: Path) -> None:
     with Archive(tmp_path / "data", database_url=pg_url) as a:
         held = add_study(a, "PG1")
-        copy_to(a, held)
+        copy_to(a, held, "tier:vault")
         gone = add_study(a, "PG2", modality="MR", patient=DOE)
         protected = add_study(a, "PG3", patient=PAPADOPOULOU)
-        copy_to(a, protected)
+        copy_to(a, protected, "tier:vault")
         storage.protect(a, "PATIENT", PAPADOPOULOU.patient_id)
         r = rules(
             '[[purge]]\nname = "ct"\nmin_age_days = 1\nmodalities = ["CT"]\n'
@@ -630,7 +643,7 @@ def test_kill_9_in_the_middle_of_a_purge_leaves_a_clean_archive(data_dir: Path, 
         ct = [add_study(a, f"K{i}", patient=[MUELLER, DOE, PAPADOPOULOU][i % 3]) for i in range(24)]
         mr = [add_study(a, f"M{i}", modality="MR", patient=DOE) for i in range(12)]
         for uid in ct + mr[:6]:
-            copy_to(a, uid)
+            copy_to(a, uid, "tier:vault" if uid in ct else "peer:backup")
         copies = {uid: [r["SOPInstanceUID"] for r in a.instances(study_uid=uid)] for uid in ct + mr}
     text = (
         '[[purge]]\nname = "ct"\nmin_age_days = 1\nmodalities = ["CT"]\n'

@@ -75,6 +75,12 @@ def migrate(engine: Engine) -> None:
         current = set(MigrationContext.configure(conn).get_current_heads())
     if current == heads:
         return
-    log.info("migrating index schema %s -> %s", sorted(current) or "empty", sorted(heads))
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Several nodes of a scale-out may start at once on one database: one migrates, the others
+            # wait here (the lock ends with this transaction) and then find the schema up to date.
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7461636)")
+            if set(MigrationContext.configure(conn).get_current_heads()) == heads:
+                return
+        log.info("migrating index schema %s -> %s", sorted(current) or "empty", sorted(heads))
         command.upgrade(alembic_config(conn), "heads")

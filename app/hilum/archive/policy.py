@@ -120,7 +120,8 @@ def run_pass(archive: Archive, policies: Policies, *, dry_run: bool = False, onl
         except Exception as exc:  # noqa: BLE001 - keep going with the policies
             log.exception("reaping the blob trash failed")
             reports.append(TaskReport("trash", errors=[str(exc)]))
-    for name in PASS_ORDER:
+    # Forwarding routes in its own service (hilum.replication); a dry run lists what its rules would queue.
+    for name in PASS_ORDER + (("forwarding",) if dry_run else ()):
         if only and name not in only:
             continue
         mod, rules = policy_module(name), policies.get(name)

@@ -348,6 +348,19 @@ def _held_elsewhere() -> Any:
     )
 
 
+def _recallable() -> Any:
+    """Whether an instance (of the enclosing query) can be brought back here: a verified copy on a tier
+    with its current checksum.  A copy only at a peer cannot (nothing here retrieves from a peer), so an
+    online purge takes such an instance out of this archive altogether, logged with the peer that holds it."""
+    c = blob_copies.c
+    return exists().where(
+        c.instance_fk == instances.c.pk,
+        c.verified_at.is_not(None),
+        c.location.like("tier:%"),
+        c.checksum == instances.c.checksum,
+    )
+
+
 def _online_without_copy(conn: Connection, study_pk: int) -> int:
     """How many of the study's online instances have no verified copy anywhere else."""
     return int(
@@ -603,7 +616,8 @@ def _purge_online(archive: Archive, p: Planned, require_copy: bool, now: datetim
     with archive.transaction() as conn:
         _check_again(conn, p, now)
         rows = conn.execute(
-            select(instances.c.pk, instances.c.blob_key, instances.c.size, _held_elsewhere().label("held"))
+            select(instances.c.pk, instances.c.blob_key, instances.c.size, _held_elsewhere().label("held"),
+                   _recallable().label("recallable"))
             .select_from(instances.join(series, series.c.pk == instances.c.series_fk))
             .where(series.c.study_fk == st.pk, instances.c.online.is_(True))
         ).all()
@@ -612,7 +626,8 @@ def _purge_online(archive: Archive, p: Planned, require_copy: bool, now: datetim
         queued = _forwarding(conn, st.pk)
         if queued:
             raise _Skip(queued)
-        held = [r for r in rows if r.held]
+        held = [r for r in rows if r.held and r.recallable]
+        at_peer = [r for r in rows if r.held and not r.recallable]
         unheld = [r for r in rows if not r.held]
         if unheld and require_copy:
             raise _Skip(f"{len(unheld)} instance(s) without a verified copy elsewhere")
@@ -620,6 +635,13 @@ def _purge_online(archive: Archive, p: Planned, require_copy: bool, now: datetim
         where = sorted(storage.verified_elsewhere(conn, st.pk))
         archive.writer.set_online(conn, [int(r.pk) for r in held], False)
         detail = f"online copy dropped; held at {', '.join(where) or '-'}; {p.reason}"
+        if at_peer:  # held only by a peer: nothing here could bring it back, so it leaves this archive
+            pks = [int(r.pk) for r in at_peer]
+            conn.execute(delete(blob_copies).where(blob_copies.c.instance_fk.in_(pks)))
+            archive.writer.delete_instances(conn, pks)
+            for r in at_peer:
+                storage.trash_key(conn, r.blob_key, "purge")
+            detail += f"; {len(at_peer)} instance(s) held only at a peer removed from this archive"
         if unheld:  # require_copy = false: an instance held nowhere else cannot stay in the index, unreadable
             pks = [int(r.pk) for r in unheld]
             conn.execute(delete(blob_copies).where(blob_copies.c.instance_fk.in_(pks)))
@@ -642,7 +664,7 @@ def _purge_online(archive: Archive, p: Planned, require_copy: bool, now: datetim
             node=node,
         )
     _drop_online(archive, [int(r.pk) for r in held])
-    if unheld:
+    if unheld or at_peer:
         archive.events.publish(ArchiveEvent("deleted", "STUDY", st.uid, st.uid))
     return {
         "uid": st.uid,
@@ -673,7 +695,7 @@ def _drop_online(archive: Archive, pks: list[int]) -> int:
             keys = (
                 conn.execute(
                     select(instances.c.blob_key).where(
-                        instances.c.pk.in_(chunk), instances.c.online.is_(False), _held_elsewhere()
+                        instances.c.pk.in_(chunk), instances.c.online.is_(False), _recallable()
                     )
                 )
                 .scalars()
@@ -694,7 +716,7 @@ def sweep_offline(archive: Archive) -> int:
     (offline instances held elsewhere whose file is still here); how many were deleted."""
     with archive.engine.connect() as conn:
         rows = conn.execute(
-            select(instances.c.pk, instances.c.blob_key).where(instances.c.online.is_(False), _held_elsewhere())
+            select(instances.c.pk, instances.c.blob_key).where(instances.c.online.is_(False), _recallable())
         ).all()
     left = [int(r.pk) for r in rows if r.blob_key and archive.blobs.exists(r.blob_key)]
     return _drop_online(archive, left) if left else 0

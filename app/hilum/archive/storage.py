@@ -78,9 +78,11 @@ def reap_trash(archive: Archive) -> int:
         rows = conn.execute(select(blob_trash.c.pk, blob_trash.c.key)).all()
     for pk, key in rows:
         with archive.transaction() as conn:
-            used = conn.execute(select(exists().where(instances.c.blob_key == key))).scalar()
-            conn.execute(delete(blob_trash).where(blob_trash.c.pk == pk))
-        if not used:
+            # Taking the row is the claim: whoever removes it (this reaper, another node's, or a transcode
+            # adopting its new key, which removes the key's row in its own transaction) decides the file.
+            taken = conn.execute(delete(blob_trash).where(blob_trash.c.pk == pk)).rowcount == 1
+            used = taken and conn.execute(select(exists().where(instances.c.blob_key == key))).scalar()
+        if taken and not used:
             try:
                 if archive.blobs.exists(key):
                     archive.blobs.delete(key)

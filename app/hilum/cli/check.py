@@ -68,12 +68,14 @@ def run_check(args: argparse.Namespace) -> int:
             "corrupt": report.corrupt,
             "temporaries": report.temporaries,
             "unchecked": report.unchecked,
+            "offline": report.offline,
             "repaired": report.repaired,
             "clean": not left,
         })
     else:
         what = "instances and checksums" if not args.no_checksums else "instances"
-        print(f"checked {report.instances} {what}, {report.blobs} blobs: "
+        offline = f" ({report.offline} offline, held on a tier or a peer)" if report.offline else ""
+        print(f"checked {report.instances} {what}, {report.blobs} blobs{offline}: "
               + ("clean" if not found else f"{len(found)} problem{'s' if len(found) != 1 else ''}"))
         for kind, item in found:
             print(f"{kind}: {item}")

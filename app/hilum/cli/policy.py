@@ -19,7 +19,7 @@ from typing import Any
 from hilum.cli._common import load, open_archive, print_json
 from hilum.errors import HilumError
 
-PASSES = ("compression", "tiers", "retention")
+PASSES = ("compression", "tiers", "retention", "forwarding")  # forwarding: dry runs only (its service sends)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -107,7 +107,7 @@ def _policies(args: argparse.Namespace, archive: Any) -> Any:
 
 def action_line(task: str, a: dict[str, Any], dry_run: bool) -> str:
     """One study a policy acted on (or would): ``would compress 1.2.3 (rule ct): 40 instances, 20.0 MB — reason``."""
-    verb = {"compression": "compress", "tiers": "move", "retention": "purge"}.get(task, task)
+    verb = {"compression": "compress", "tiers": "move", "retention": "purge", "forwarding": "forward"}.get(task, task)
     rule = f" (rule {a['rule']})" if a.get("rule") else ""
     reason = f" — {a['reason']}" if a.get("reason") else ""
     return (
@@ -125,7 +125,7 @@ def run_policies(args: argparse.Namespace) -> int:
         if not policies.enabled and not args.json:
             print("note: [storage] policies = false: this node applies none in the background; running them now")
         for name in PASSES:  # one at a time: each is reported as it ends (a first compression takes a while)
-            if args.only and name not in args.only:
+            if (args.only and name not in args.only) or (name == "forwarding" and not args.dry_run):
                 continue
             done = run_pass(archive, policies, dry_run=args.dry_run, only=[name])
             reports += done

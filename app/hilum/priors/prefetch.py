@@ -64,7 +64,7 @@ __all__ = ["JOB_STATES", "PrefetchJob", "Prefetcher", "read_status", "select_pri
 JOB_STATES = ("queued", "running", "done", "failed")
 KEEP_JOBS = 200
 """Finished jobs kept in memory and in ``jobs.json``."""
-QUIET_ORIGINS = frozenset({"import", "repair", "demo"})
+QUIET_ORIGINS = frozenset({"import", "repair", "demo", "compress"})
 """Ingest origins that are not "a study arrived" for prefetch: bulk imports and repairs."""
 MB = 1_000_000
 RECENT = 600.0
