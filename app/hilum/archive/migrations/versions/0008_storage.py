@@ -101,7 +101,9 @@ def downgrade() -> None:
     op.drop_index("ix_blob_copies_location", table_name="blob_copies")
     op.drop_index("ux_blob_copies_instance_location", table_name="blob_copies")
     op.drop_table("blob_copies")
-    with op.batch_alter_table("studies") as batch:
+    # ALTER TABLE ... DROP COLUMN in place (SQLite >= 3.35): recreating these tables would break the
+    # foreign keys that point at them.
+    with op.batch_alter_table("studies", recreate="never") as batch:
         batch.drop_column("last_access")
-    with op.batch_alter_table("instances") as batch:
+    with op.batch_alter_table("instances", recreate="never") as batch:
         batch.drop_column("online")
