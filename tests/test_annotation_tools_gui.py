@@ -496,7 +496,9 @@ def test_annotations_are_drawn_on_the_mpr_plane_of_their_image_only(viewer, qtbo
     length, rect = viewer.annotations.all()
     viewer.actions_by_name["mpr"].trigger()
     mpr = viewer._mpr_windows[-1]
-    qtbot.waitUntil(lambda: mpr.volume is not None, timeout=20000)
+    qtbot.waitUntil(lambda: mpr.volume is not None and len(mpr.slice_canvases) == 3
+                    and all(c.isVisible() and c.render_count > 0 for c in mpr.slice_canvases.values()),
+                    timeout=20000)  # fmt: skip
     axial, coronal = mpr.slice_canvases["axial"], mpr.slice_canvases["coronal"]
     axial.viewport.set_crosshair_visible(False)  # only the annotations in green-ish colours
     frames = vp.volume.stack.frames

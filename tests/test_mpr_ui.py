@@ -263,7 +263,9 @@ def test_viewer_mpr_action_links_cursor_and_stack(qtbot, archive, data_dir, tmp_
     assert {"mpr", "volume_3d"} <= set(viewer.actions_by_name)
     viewer.actions_by_name["mpr"].trigger()
     (mpr,) = viewer._mpr_windows
-    qtbot.waitUntil(lambda: mpr.volume is not None, timeout=20000)
+    qtbot.waitUntil(lambda: mpr.volume is not None and len(mpr.slice_canvases) == 3
+                    and all(c.isVisible() and c.render_count > 0 for c in mpr.slice_canvases.values()),
+                    timeout=20000)  # fmt: skip
     assert mpr.volume.size == (96, 96, 24)  # built from the viewer's decoded stack
     reference = build_volume(_series()[:24])
     np.testing.assert_allclose(mpr.volume.affine, reference.affine, atol=1e-6)

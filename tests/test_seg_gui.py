@@ -285,7 +285,10 @@ def test_mpr_brush_on_a_coronal_plane_writes_the_label_volume(viewer, qtbot):
     to_z(viewer, canvas2d, SPHERE.centre[2])
     key(canvas2d, Qt.Key.Key_M)  # M: MPR
     mpr = viewer._mpr_windows[-1]
-    qtbot.waitUntil(lambda: mpr.volume is not None, timeout=30000)
+    # as a reader does: click once the planes are on screen (shown and drawn), not as soon as the volume is set
+    qtbot.waitUntil(lambda: mpr.volume is not None and len(mpr.slice_canvases) == 3
+                    and all(c.isVisible() and c.render_count > 0 for c in mpr.slice_canvases.values()),
+                    timeout=30000)  # fmt: skip
     vol = mpr.volume
     axial, coronal = mpr.slice_canvases["axial"], mpr.slice_canvases["coronal"]
     # a click in the axial plane on the sphere's centre puts the cursor there (the coronal plane goes through it)

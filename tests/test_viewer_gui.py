@@ -255,7 +255,9 @@ def test_mpr_opened_from_the_viewer_has_the_viewers_slices(qtbot, archive, data_
     assert series.complete and len(series) == 12
     viewer.actions_by_name["mpr"].trigger()
     (mpr,) = viewer._mpr_windows
-    qtbot.waitUntil(lambda: mpr.volume is not None, timeout=20000)
+    qtbot.waitUntil(lambda: mpr.volume is not None and len(mpr.slice_canvases) == 3
+                    and all(c.isVisible() and c.render_count > 0 for c in mpr.slice_canvases.values()),
+                    timeout=20000)  # fmt: skip
     vol = mpr.volume
     assert [(s.sop_instance_uid, s.frame) for s in vol.slices] == [f.key for f in series.stack.frames]
     for k in range(12):
@@ -304,7 +306,9 @@ def _open_mpr(qtbot, viewer, vp):  # type: ignore[no-untyped-def]
     view through the viewer's slice on a voxel centre, smoothing, crosshair and annotations off."""
     viewer.actions_by_name["mpr"].trigger()
     mpr = viewer._mpr_windows[-1]
-    qtbot.waitUntil(lambda: mpr.volume is not None, timeout=20000)
+    qtbot.waitUntil(lambda: mpr.volume is not None and len(mpr.slice_canvases) == 3
+                    and all(c.isVisible() and c.render_count > 0 for c in mpr.slice_canvases.values()),
+                    timeout=20000)  # fmt: skip
     volume = mpr.volume
     k = vp.index
     m = vp.volume.stack.volume_index(k)
