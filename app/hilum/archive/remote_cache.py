@@ -73,30 +73,47 @@ class CacheIndex:
                 return False
             row = conn.execute(select(cache_studies.c.study_uid).where(cache_studies.c.study_uid == study_uid)).first()
             if row is None:
-                conn.execute(insert(cache_studies).values(study_uid=study_uid, source=source[:64], size_bytes=0,
-                                                          instances=0, complete=False, fetched_at=now, last_open=now))
-            conn.execute(insert(cache_instances).values(sop_uid=sop_uid, study_uid=study_uid, size_bytes=int(size),
-                                                        file=file))
-            conn.execute(update(cache_studies).where(cache_studies.c.study_uid == study_uid).values(
-                size_bytes=cache_studies.c.size_bytes + int(size), instances=cache_studies.c.instances + 1))
+                conn.execute(
+                    insert(cache_studies).values(
+                        study_uid=study_uid,
+                        source=source[:64],
+                        size_bytes=0,
+                        instances=0,
+                        complete=False,
+                        fetched_at=now,
+                        last_open=now,
+                    )
+                )
+            conn.execute(
+                insert(cache_instances).values(sop_uid=sop_uid, study_uid=study_uid, size_bytes=int(size), file=file)
+            )
+            conn.execute(
+                update(cache_studies)
+                .where(cache_studies.c.study_uid == study_uid)
+                .values(size_bytes=cache_studies.c.size_bytes + int(size), instances=cache_studies.c.instances + 1)
+            )
         return True
 
     def has_instance(self, sop_uid: str) -> bool:
         with self.engine.connect() as conn:
-            return conn.execute(select(cache_instances.c.sop_uid)
-                                .where(cache_instances.c.sop_uid == sop_uid)).first() is not None
+            return (
+                conn.execute(select(cache_instances.c.sop_uid).where(cache_instances.c.sop_uid == sop_uid)).first()
+                is not None
+            )
 
     def set_complete(self, study_uid: str, complete: bool = True) -> bool:
         with self._lock, self.engine.begin() as conn:
-            res = conn.execute(update(cache_studies).where(cache_studies.c.study_uid == study_uid)
-                               .values(complete=complete))
+            res = conn.execute(
+                update(cache_studies).where(cache_studies.c.study_uid == study_uid).values(complete=complete)
+            )
         return bool(res.rowcount)
 
     def touch(self, study_uid: str) -> bool:
         """Mark ``study_uid`` as just opened (its place in the LRU order)."""
         with self._lock, self.engine.begin() as conn:
-            res = conn.execute(update(cache_studies).where(cache_studies.c.study_uid == study_uid)
-                               .values(last_open=datetime.now(UTC)))
+            res = conn.execute(
+                update(cache_studies).where(cache_studies.c.study_uid == study_uid).values(last_open=datetime.now(UTC))
+            )
         return bool(res.rowcount)
 
     def study(self, study_uid: str) -> dict[str, Any] | None:
@@ -107,14 +124,24 @@ class CacheIndex:
     def studies(self) -> list[dict[str, Any]]:
         """All cached studies, least recently opened first."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(cache_studies).order_by(cache_studies.c.last_open,
-                                                               cache_studies.c.fetched_at)).mappings().all()
+            rows = (
+                conn.execute(select(cache_studies).order_by(cache_studies.c.last_open, cache_studies.c.fetched_at))
+                .mappings()
+                .all()
+            )
         return [dict(r) for r in rows]
 
     def instances(self, study_uid: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(cache_instances).where(cache_instances.c.study_uid == study_uid)
-                                .order_by(cache_instances.c.file, cache_instances.c.sop_uid)).mappings().all()
+            rows = (
+                conn.execute(
+                    select(cache_instances)
+                    .where(cache_instances.c.study_uid == study_uid)
+                    .order_by(cache_instances.c.file, cache_instances.c.sop_uid)
+                )
+                .mappings()
+                .all()
+            )
         return [dict(r) for r in rows]
 
     def total_bytes(self) -> int:
@@ -124,8 +151,9 @@ class CacheIndex:
     def remove(self, study_uid: str) -> list[dict[str, Any]]:
         """Forget ``study_uid``; returns its instance rows (the caller deletes the files)."""
         with self._lock, self.engine.begin() as conn:
-            rows = conn.execute(select(cache_instances).where(cache_instances.c.study_uid == study_uid)
-                                ).mappings().all()
+            rows = (
+                conn.execute(select(cache_instances).where(cache_instances.c.study_uid == study_uid)).mappings().all()
+            )
             conn.execute(delete(cache_instances).where(cache_instances.c.study_uid == study_uid))
             conn.execute(delete(cache_studies).where(cache_studies.c.study_uid == study_uid))
         return [dict(r) for r in rows]

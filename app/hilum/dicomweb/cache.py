@@ -89,8 +89,9 @@ class RemoteCacheSettings:
 
 
 def _study_of(data: bytes) -> tuple[str, str]:
-    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["StudyInstanceUID",
-                                                                                     "SOPInstanceUID"])
+    ds = pydicom.dcmread(
+        io.BytesIO(data), stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SOPInstanceUID"]
+    )
     return str(ds.get("StudyInstanceUID", "")), str(ds.get("SOPInstanceUID", ""))
 
 
@@ -148,8 +149,15 @@ class RemoteCache:
     Thread-safe: the GUI, prefetch and a progressive loader may share one instance.
     """
 
-    def __init__(self, data_dir: str | os.PathLike[str], limit_mb: float = 2048, encrypt: bool = False, *,
-                 key: bytes | None = None, key_env: str = "HILUM_CACHE_KEY"):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        limit_mb: float = 2048,
+        encrypt: bool = False,
+        *,
+        key: bytes | None = None,
+        key_env: str = "HILUM_CACHE_KEY",
+    ):
         self.root = Path(data_dir) / CACHE_DIR
         self.root.mkdir(parents=True, exist_ok=True)
         self.limit_bytes = int(limit_mb * 1024 * 1024)
@@ -254,8 +262,14 @@ class RemoteCache:
 
     # ------------------------------------------------------------------ open / release
 
-    def open(self, client: Any, study: str, *, progress: Callable[[int, IngestResult | None], None] | None = None,
-             cancel: threading.Event | None = None) -> Archive:
+    def open(
+        self,
+        client: Any,
+        study: str,
+        *,
+        progress: Callable[[int, IngestResult | None], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Archive:
         """The study ready to view: fetched from ``client`` (WADO-RS) unless cached, pinned until
         :meth:`release`.  Returns the archive to read it from.  ``progress(n, result)`` per instance."""
         with self._lock:
@@ -272,8 +286,13 @@ class RemoteCache:
             self.release(study)
             raise
 
-    def _fetch(self, client: Any, study: str, progress: Callable[[int, IngestResult | None], None] | None,
-               cancel: threading.Event | None) -> None:
+    def _fetch(
+        self,
+        client: Any,
+        study: str,
+        progress: Callable[[int, IngestResult | None], None] | None,
+        cancel: threading.Event | None,
+    ) -> None:
         n = 0
         source = getattr(getattr(client, "source", None), "name", "") or ""
         for data in client.iter_instances(study):
@@ -323,7 +342,7 @@ class RemoteCache:
         if self._sealer is not None:
             return [self._read_sealed(r) for r in self.index.instances(study)]
         assert self._plain is not None
-        return [self._plain.read(r["sop_uid"]) for r in self._plain.instances(study_uid=study)]
+        return [Path(r["path"]).read_bytes() for r in self._plain.instances(study_uid=study)]
 
     # ------------------------------------------------------------------ limit
 
@@ -369,8 +388,9 @@ class RemoteCache:
 
     # ------------------------------------------------------------------ keep
 
-    def keep(self, archive: Archive, study: str, *,
-             progress: Callable[[int, IngestResult], None] | None = None) -> list[IngestResult]:
+    def keep(
+        self, archive: Archive, study: str, *, progress: Callable[[int, IngestResult], None] | None = None
+    ) -> list[IngestResult]:
         """Put the cached ``study`` into ``archive`` (the one ingest call, ``origin="dicomweb"``) and
         take it out of the cache."""
         results = []
