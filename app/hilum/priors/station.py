@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import io
 import logging
-import socket
 import threading
 import time
 import urllib.parse
@@ -222,11 +221,6 @@ class TokenBucket:
         """A good read size under this cap: a tenth of a second's worth, between 1 KiB and :data:`PIECE`."""
         return PIECE if not self._rate else int(min(PIECE, max(1024.0, self._rate / 10)))
 
-    def buffer(self) -> int:
-        """A TCP receive buffer for connections under this cap: a tenth of a second's worth, at least
-        16 KiB; 0 without a cap (the kernel's own)."""
-        return int(max(16384.0, self._rate / 10)) if self._rate else 0
-
     def _refill(self) -> None:
         now = self._clock()
         self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
@@ -249,44 +243,6 @@ class TokenBucket:
             if wait <= 1e-6 or (stop is not None and stop()):
                 return
             self._sleep(min(wait, 0.1))
-
-
-class _CappedClient(DicomWebClient):
-    """A DICOMweb client whose connections keep a small TCP receive buffer while a cap is on.
-
-    Reading slowly is not enough on its own: with the kernel's receive buffer auto-tuned to megabytes
-    on a fresh connection, the server would send the first megabytes of a study at the full speed of
-    the link before flow control caught up with the reader.  A buffer of about a tenth of a second
-    of the cap (:meth:`TokenBucket.buffer`) makes TCP advertise a small window, so the sender keeps
-    to the cap on the wire too.
-    """
-
-    def __init__(self, source: DicomWebSource, bucket: TokenBucket):
-        super().__init__(source)
-        self.bucket = bucket
-
-    def _connection(self) -> Any:
-        fresh = self._local.conn is None
-        conn = super()._connection()
-        if fresh:
-            self._tune(conn, self.bucket.buffer())
-        return conn
-
-    @staticmethod
-    def _tune(conn: Any, size: int) -> None:
-        if size and getattr(conn, "sock", None) is not None:
-            try:
-                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-            except OSError as exc:  # the cap still holds at the reader
-                log.debug("station prefetch: SO_RCVBUF: %s", exc)
-
-    def retune(self) -> None:
-        """The cap changed: every open connection gets the receive buffer it now wants (a cap lifted
-        leaves the small buffer until the connection is next made)."""
-        with self._all_lock:
-            conns = list(self._all)
-        for conn in conns:
-            self._tune(conn, self.bucket.buffer())
 
 
 # ---------------------------------------------------------------- jobs
@@ -612,11 +568,6 @@ class StationPrefetcher:
     def set_rate(self, bytes_per_s: float) -> None:
         """The bandwidth cap from now on (bytes/s, 0: none), the transfer in flight included."""
         self.bucket.set_rate(bytes_per_s)
-        with self._cond:
-            clients = list(self._clients.values())
-        for client in clients:
-            if isinstance(client, _CappedClient):
-                client.retune()
         log.info("station prefetch cap: %s", f"{bytes_per_s * 8 / 1e6:g} Mbit/s" if bytes_per_s else "none")
 
     def cancel(self, job_id: int) -> bool:
@@ -679,7 +630,7 @@ class StationPrefetcher:
     def _client(self, name: str) -> DicomWebClient:
         client = self._clients.get(name)
         if client is None:
-            client = _CappedClient(replace(self.sources[name], timeout=self.settings.timeout), self.bucket)
+            client = DicomWebClient(replace(self.sources[name], timeout=self.settings.timeout))
             self._clients[name] = client
         return client
 
