@@ -25,7 +25,7 @@ from hilum.archive import Archive
 from hilum.config import Config, ConfigError, PrefetchRules
 from hilum.dicom.generator import Patient, iter_ct_series, make_study
 from hilum.dicomweb.cache import RemoteCache
-from hilum.dicomweb.client import DicomWebSource
+from hilum.dicomweb.client import DicomWebClient, DicomWebSource
 from hilum.priors.station import StationPrefetcher, StationPrefetchSettings, TokenBucket, sources_for
 from test_priors import OTHER, PATIENT, small_study, store
 from test_priors_remote import serve_peer
@@ -390,6 +390,39 @@ def test_a_source_that_is_down_fails_the_job_and_retry_works_once_it_is_back(
         assert pf.wait_idle(30)
         ok = pf.job(job.id)
         assert ok is not None and ok.state == "done" and cache.has(remote["uids"]["ct_1y"])
+    finally:
+        pf.stop()
+        cache.close()
+
+
+def test_prefetch_does_not_evict_what_it_fetched_for_the_next_cases(tmp_path: Path, remote: dict[str, Any]) -> None:
+    """A cache of 1.5 MB: the first big study (about 1.4 MB) fits; the next is not started while the first
+    is unread (it would evict it), and goes once the first has been opened."""
+    cache = RemoteCache(tmp_path / "st", limit_mb=1.5)
+    source = DicomWebSource("clinic", f"http://127.0.0.1:{remote['relay'].port}/dicom-web")
+    pf = StationPrefetcher(cache, {"clinic": source})
+    pf.start()
+    try:
+        first = pf.enqueue("clinic", remote["uids"]["big"])
+        second = pf.enqueue("clinic", remote["uids"]["big2"])
+        assert pf.wait_idle(60)
+        a, b = pf.job(first.id), pf.job(second.id)
+        assert a is not None and a.state == "done" and cache.has(remote["uids"]["big"])
+        assert b is not None and b.state == "failed" and "full" in b.error
+        assert {r["study_uid"] for r in cache.studies()} == {remote["uids"]["big"]}
+        # The reader opens the first case (from the cache: no fetch) and closes it: the second may now
+        # take its place, the first going by LRU as the second arrives.
+        time.sleep(0.01)
+        reader = DicomWebClient(source)
+        before = len(remote["relay"].samples)
+        cache.open(reader, remote["uids"]["big"])
+        assert len(remote["relay"].samples) == before  # opened locally
+        cache.release(remote["uids"]["big"])
+        reader.close_all()
+        assert pf.retry(second.id)
+        assert pf.wait_idle(60)
+        b = pf.job(second.id)
+        assert b is not None and b.state == "done" and cache.has(remote["uids"]["big2"])
     finally:
         pf.stop()
         cache.close()

@@ -38,6 +38,23 @@ is completed instance by instance.  Every instance goes into the cache with
 :meth:`RemoteCache.put_instance` (bytes as received: identity is sacred), the study is marked
 complete at the end when the cache keeps that mark.
 
+The prefetch does not fight the cache's limit: a study is not started while the studies it has
+brought and the reader has not opened yet fill :data:`ROOM` of ``[remote_cache] limit_mb`` (the job
+fails with that reason; Retry once some are read), so it never evicts what it fetched for the next
+cases.  Nothing of the queue is saved: after a restart the next look queues the worklist again,
+skips what the cache holds whole, and completes what it holds in part.
+
+``hilum.toml``::
+
+    [station_prefetch]
+    enabled = true            # look every interval_s seconds and when the worklist tab shows orders
+    sources = ["clinic"]      # [dicomweb_sources] names (empty: all)
+    days = 0                  # today's studies (and this many days before)
+    modalities = ["CT", "MR"] # one QIDO-RS search each (empty: any)
+    match = { InstitutionName = "Clinic*" }   # other matching keys
+    max_rate_mbit = 8         # the cap (0: none)
+    priors = true             # their relevant priors too ([prefetch] rules)
+
 Two daemon threads: the *finder* (QIDO searches: worklist, orders, priors) and the *fetcher*
 (WADO-RS downloads), so a long download never delays the next search.  No Qt: the panel
 (:mod:`hilum.ui.station_prefetch_panel`) subscribes to job changes (:meth:`StationPrefetcher.subscribe`).
@@ -89,6 +106,8 @@ NOTIFY_S = 0.25
 """At most this often a running job's byte counts are announced to observers."""
 SPEED_WINDOW_S = 3.0
 """The speed shown is over the last this many seconds."""
+ROOM = 0.8
+"""Share of the cache's limit that prefetched, not yet opened studies may fill before no more is started."""
 KEEP_FINISHED = 300
 """Finished jobs kept in the list."""
 
@@ -814,6 +833,12 @@ class StationPrefetcher:
         try:
             if self._cached(job.study_uid) or self._local(job.study_uid, job.total):
                 job.message = "already on this station"
+            elif not self._room(job.study_uid):
+                raise DicomWebError(
+                    0,
+                    "the remote cache is full of prefetched studies not opened yet "
+                    "([remote_cache] limit_mb): Retry once some are read",
+                )
             else:
                 self._transfer(client, job, cancel)
                 self.cache.mark_complete(job.study_uid)
@@ -833,6 +858,24 @@ class StationPrefetcher:
             job.speed = (job.bytes - start_bytes) / max(1e-6, job.finished - job.started)
         log.info("station prefetch: job %d %s: %s", job.id, job.state, job.message)
         self._changed(job)
+
+    def _room(self, study_uid: str) -> bool:
+        """The cache has room for another study without evicting prefetched ones not opened yet."""
+        limit = int(getattr(self.cache, "limit_bytes", 0) or 0)
+        if not limit:
+            return True
+        with self._cond:
+            mine = {j.study_uid for j in self._jobs.values() if j.state == "done" and j.study_uid != study_uid}
+        try:
+            unopened = sum(
+                int(r["size_bytes"])
+                for r in self.cache.studies()
+                if r["study_uid"] in mine and not r.get("pinned") and r["last_open"] <= r["fetched_at"]
+            )
+        except Exception as exc:  # noqa: BLE001 - a cache that cannot answer: go on
+            log.debug("station prefetch: cache studies: %s", exc)
+            return True
+        return unopened < ROOM * limit
 
     def _has_instance(self, sop_uid: str) -> bool:
         """The cache holds this instance already (a retry, or a study half-fetched by a viewer)."""

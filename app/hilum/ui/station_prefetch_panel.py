@@ -295,6 +295,7 @@ class StationPrefetchController(QObject):
         if worklist is not None:
             window.tabs.currentChanged.connect(lambda _i: self._worklist_shown())
             worklist.refreshed.connect(lambda _n: self._worklist_shown())
+        window.browser.openRequested.connect(self.study_opening)  # the browser's open, local or remote
         window.installEventFilter(self)
         self._start()
 
@@ -430,6 +431,11 @@ class StationPrefetchController(QObject):
         self._worklist_shown(force=True)
         self.window.statusBar().showMessage("Looking for the worklist's studies on the remote sources…", 4000)
 
+    def study_opening(self, study_uid: str) -> None:
+        """The reader opens a study: if it is waiting in the queue, it goes first."""
+        if self.prefetcher is not None and study_uid and self.prefetcher.bump(study_uid):
+            log.info("station prefetch: a queued study is being opened: fetched next")
+
     def _clear(self) -> None:
         if self.prefetcher is not None:
             self.prefetcher.clear_finished()
@@ -442,6 +448,7 @@ class StationPrefetchController(QObject):
         pf.set_sources(self._sources())
         if pf.sources:
             pf.refresh()
+        self._update_label()  # the last search's failures, if any
 
     def _worklist_shown(self, *, force: bool = False) -> None:
         """The worklist is the current tab: hand over the orders it lists that were not handed over lately."""
