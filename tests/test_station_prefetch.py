@@ -363,6 +363,18 @@ def test_pause_resume_cancel_and_retry(
     pf.resume()
     assert pf.wait_idle(10)
     assert not cache.has(remote["uids"]["mr_3y"])
+    assert len(pf.jobs()) == 2
+    # The automatic looks leave a cancelled study alone; asked by hand, it is queued again.
+    assert pf.enqueue("clinic", remote["uids"]["mr_3y"], kind="prior").state == "cancelled"
+    assert pf.enqueue("clinic", remote["uids"]["mr_3y"]).id == queued.id
+    assert pf.wait_idle(30)
+    q = pf.job(queued.id)
+    assert q is not None and q.state == "done" and cache.has(remote["uids"]["mr_3y"])
+    # A done study evicted from the cache since is fetched again on the next look.
+    cache.remove(remote["uids"]["mr_3y"])
+    assert pf.enqueue("clinic", remote["uids"]["mr_3y"], kind="worklist").id == queued.id
+    assert pf.wait_idle(30)
+    assert cache.has(remote["uids"]["mr_3y"])
     pf.clear_finished()
     assert all(j.state == "failed" for j in pf.jobs())
 

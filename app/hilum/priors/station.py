@@ -496,15 +496,30 @@ class StationPrefetcher:
         for_study: str = "",
         reason: str = "",
     ) -> StationJob:
-        """Queue a study of ``source`` (the job already queued or done for it, if any)."""
+        """Queue a study of ``source``; a study listed already keeps its one job:
+
+        * waiting or being fetched: that job;
+        * done: that job, unless the cache no longer holds the study whole (evicted since): queued again;
+        * failed or cancelled: that job as it is for the automatic looks (the person's Cancel stands,
+          a failure waits for Retry, no new row each look); queued again when asked by hand
+          (``kind="manual"``).
+        """
         if source not in self.sources:
             raise ValueError(f"no DICOMweb source called {source!r}")
         if not study_uid:
             raise ValueError("a study to prefetch needs its Study Instance UID")
         r = row or {}
+        existing = self.job_of(study_uid)
+        if existing is not None:
+            again = (existing.state == "done" and not self._cached(study_uid)) or (
+                existing.state in ("failed", "cancelled") and kind == "manual"
+            )
+            if again:
+                self._requeue(existing.id, "waiting (again)")
+            return self.job(existing.id) or existing
         with self._cond:
             for j in self._jobs.values():
-                if j.study_uid == study_uid and j.state in ("queued", "running", "paused", "done"):
+                if j.study_uid == study_uid:  # listed meanwhile by another thread
                     return j.snapshot()
             job = StationJob(
                 self._next_id,
@@ -607,11 +622,14 @@ class StationPrefetcher:
 
     def retry(self, job_id: int) -> bool:
         """Queue a failed or cancelled job again (only the instances the cache lacks are asked for)."""
+        return self._requeue(job_id, "waiting (retry)", states=("failed", "cancelled"))
+
+    def _requeue(self, job_id: int, message: str, states: tuple[str, ...] = ("failed", "cancelled", "done")) -> bool:
         with self._cond:
             job = self._jobs.get(job_id)
-            if job is None or job.state not in ("failed", "cancelled"):
+            if job is None or job.state not in states:
                 return False
-            job.state, job.message, job.error = "queued", "waiting (retry)", ""
+            job.state, job.message, job.error = "queued", message, ""
             job.speed, job.started, job.finished = 0.0, None, None
             self._queue.append(job_id)
             self._cond.notify_all()
