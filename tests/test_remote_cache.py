@@ -14,6 +14,7 @@ import base64
 import http.client
 import io
 import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -113,6 +114,13 @@ def client(remote: dict[str, Any]) -> Iterator[DicomWebClient]:
     c = DicomWebClient(DicomWebSource("remote", f"http://127.0.0.1:{remote['proxy'].port}/dicom-web"))
     yield c
     c.close_all()
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen(["true"])  # noqa: S603,S607
+    proc.wait()
+    return proc.pid
 
 
 def _pixels_equal(archive: Archive, study: dict[str, Any]) -> None:
@@ -242,6 +250,15 @@ def test_encrypted_at_rest(
     assert not archive.instances(study_uid=a["uid"]), "the plaintext went with the release"
     cache.close()
     assert not session.exists(), "the private session folder went on close"
+
+    # A crashed process's plaintext (its pid gone) is deleted by the next cache on the folder.
+    gone_pid = _dead_pid()
+    stale = tmp_path / "remote-cache" / "sessions" / f"{gone_pid}-stale"
+    stale.mkdir(parents=True)
+    (stale / "x.dcm").write_bytes(b"plaintext")
+    RemoteCache(tmp_path, limit_mb=100, encrypt=True).close()
+    assert not stale.exists()
+    assert not any((tmp_path / "remote-cache" / "sessions").iterdir()), "no plaintext left after close"
 
     # Nothing under the cache folder carries the patient's name or the pixel bytes in clear.
     name = "Müller".encode("latin-1")

@@ -15,9 +15,10 @@ Two storage modes behind one API:
   (``remote-cache/archive``); :meth:`RemoteCache.open` returns it;
 * encrypted: each instance is sealed (AES-GCM) in ``remote-cache/sealed/``;
   :meth:`RemoteCache.open` decrypts the study into a session archive in a
-  private temporary folder (0700) that :meth:`RemoteCache.release` and
-  :meth:`RemoteCache.close` clear: plaintext exists only while a viewer has
-  the study open.
+  private folder (``remote-cache/sessions/<pid>-…``, 0700) that
+  :meth:`RemoteCache.release` and :meth:`RemoteCache.close` clear: plaintext
+  exists only while a viewer has the study open (what a crashed process left
+  is deleted by the next cache opened on the folder).
 
 The API the prefetch (``hilum.priors.station``) and progressive viewer
 (``hilum.dicomweb.progressive``) use: ``has``, ``open`` (fetch if absent;
@@ -93,6 +94,18 @@ def _study_of(data: bytes) -> tuple[str, str]:
         io.BytesIO(data), stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SOPInstanceUID"]
     )
     return str(ds.get("StudyInstanceUID", "")), str(ds.get("SOPInstanceUID", ""))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return True
+    return True
 
 
 def _hash(uid: str) -> str:
@@ -173,6 +186,7 @@ class RemoteCache:
         if encrypt:
             self._sealer = _Sealer(key if key is not None else load_key(self.root, key_env))
             (self.root / "sealed").mkdir(exist_ok=True)
+            self._sweep_sessions()
         else:
             self._plain = Archive(self.root / "archive")
 
@@ -190,10 +204,27 @@ class RemoteCache:
             return self._plain
         with self._lock:
             if self._session is None:
-                self._session_dir = Path(tempfile.mkdtemp(prefix="hilum-cache-session-"))
+                sessions = self.root / "sessions"
+                sessions.mkdir(mode=0o700, exist_ok=True)
+                self._session_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=sessions))
                 os.chmod(self._session_dir, 0o700)
                 self._session = Archive(self._session_dir)
             return self._session
+
+    def _sweep_sessions(self) -> None:
+        """Delete the plaintext session folders of processes that are gone (a crash left them)."""
+        sessions = self.root / "sessions"
+        if not sessions.is_dir():
+            return
+        for d in sessions.iterdir():
+            try:
+                pid = int(d.name.split("-", 1)[0])
+            except ValueError:
+                continue
+            if pid == os.getpid() or _alive(pid):
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            log.info("remote cache: removed the plaintext left by process %d", pid)
 
     def has(self, study: str) -> bool:
         """True when the whole study is cached (opening it asks nothing of the remote)."""
