@@ -309,3 +309,38 @@ def test_settings_from_hilum_toml(tmp_path: Path) -> None:
             RemoteCacheSettings.from_config(Config(data_dir=tmp_path, extra={"remote_cache": bad}))
     with RemoteCache.from_config(cfg) as cache:
         assert cache.limit_bytes == 512 * 1024 * 1024 and cache.root == tmp_path / "remote-cache"
+
+
+@pytest.mark.parametrize("encrypt", [False, True], ids=["plain", "encrypted"])
+def test_pin_while_a_progressive_loader_writes(
+    remote: dict[str, Any], client: DicomWebClient, tmp_path: Path, encrypt: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A progressive viewer pins the study it streams (nothing fetched by the cache itself) and writes
+    each full-fidelity instance with put_instance: the instances are in the viewing archive at once,
+    the streamed study is never evicted for room, the older study is."""
+    if encrypt:
+        pytest.importorskip("cryptography")
+        monkeypatch.delenv("HILUM_CACHE_KEY", raising=False)
+    proxy = remote["proxy"]
+    a, b = remote["studies"]["A"], remote["studies"]["B"]
+    size = _study_size(remote, client, tmp_path)
+    cache = RemoteCache(tmp_path / "data", limit_mb=(1.5 * size) / (1024 * 1024), encrypt=encrypt)
+    cache.open(client, a["uid"])
+    cache.release(a["uid"])
+    before = proxy.count
+    archive = cache.pin(b["uid"])
+    assert proxy.count == before, "pin fetches nothing"
+    for i, data in enumerate(client.iter_instances(b["uid"]), 1):
+        cache.put_instance(b["uid"], data, source="remote")
+        assert len(archive.instances(study_uid=b["uid"])) == i
+    cache.mark_complete(b["uid"])
+    assert [r["study_uid"] for r in cache.studies()] == [b["uid"]], "A went for room, B (pinned) stayed"
+    _pixels_equal(archive, b)
+    cache.release(b["uid"])
+    if encrypt:
+        assert not archive.instances(study_uid=b["uid"])
+    before = proxy.count
+    _pixels_equal(cache.open(client, b["uid"]), b)
+    assert proxy.count == before
+    cache.release(b["uid"])
+    cache.close()

@@ -22,8 +22,8 @@ Two storage modes behind one API:
 
 The API the prefetch (``hilum.priors.station``) and progressive viewer
 (``hilum.dicomweb.progressive``) use: ``has``, ``open`` (fetch if absent;
-pins), ``release``, ``put_instance`` (+ ``mark_complete``), ``evict``,
-``studies``, ``keep``.
+pins), ``pin`` (pins, fetches nothing: a progressive viewer), ``release``,
+``put_instance`` (+ ``mark_complete``), ``evict``, ``studies``, ``keep``.
 """
 
 from __future__ import annotations
@@ -226,8 +226,11 @@ class RemoteCache:
             shutil.rmtree(d, ignore_errors=True)
             log.info("remote cache: removed the plaintext left by process %d", pid)
 
-    def has(self, study: str) -> bool:
-        """True when the whole study is cached (opening it asks nothing of the remote)."""
+    def has(self, study: str, series: str | None = None) -> bool:
+        """True when the whole study is cached (opening it asks nothing of the remote).
+
+        ``series`` is accepted for the callers of the old ``StudyCache.has``: the cache holds whole
+        studies, so a series is there when its study is."""
         row = self.index.study(study)
         return bool(row and row["complete"])
 
@@ -303,15 +306,27 @@ class RemoteCache:
     ) -> Archive:
         """The study ready to view: fetched from ``client`` (WADO-RS) unless cached, pinned until
         :meth:`release`.  Returns the archive to read it from.  ``progress(n, result)`` per instance."""
+        archive = self.pin(study, progress=progress)
+        try:
+            if not self.has(study):
+                self._fetch(client, study, progress, cancel)
+            self.evict()
+            return archive
+        except BaseException:
+            self.release(study)
+            raise
+
+    def pin(self, study: str, *, progress: Callable[[int, IngestResult | None], None] | None = None) -> Archive:
+        """Pin ``study`` without fetching anything (a progressive loader that writes it with
+        :meth:`put_instance` while a viewer shows it): never evicted until :meth:`release`; in
+        encrypted mode what is cached of it is decrypted into the viewing archive, and what
+        :meth:`put_instance` adds meanwhile goes there too.  Returns the viewing archive."""
         with self._lock:
             self._pins[study] = self._pins.get(study, 0) + 1
         try:
             if self._sealer is not None:
                 self._unseal_into_session(study, progress)
-            if not self.has(study):
-                self._fetch(client, study, progress, cancel)
             self.index.touch(study)
-            self.evict()
             return self.archive
         except BaseException:
             self.release(study)
