@@ -109,3 +109,46 @@ def test_remote_study_cached_pinned_and_reopened_without_requests(  # type: igno
     assert _wado(server) == before, server["proxy"].paths[-5:]
     assert ctl2.cache.pinned(server["study"])
     window2.close()
+
+
+def test_encrypted_cache_plaintext_only_while_the_tab_is_open(  # type: ignore[no-untyped-def]
+    qtbot, make_main_window, server: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("cryptography")
+    monkeypatch.delenv("HILUM_CACHE_KEY", raising=False)
+    cfg = load_config(tmp_path / "ws")
+    cfg.extra["remote_cache"] = {"limit_mb": 64, "encrypt": True}
+    cfg.save()
+    cfg = load_config(tmp_path / "ws")
+    window = make_main_window(cfg, Archive(cfg.data_dir))
+    ctl = window.remote_sources
+    assert ctl.cache.encrypt and ctl.cache.limit_bytes == 64 * 1024 * 1024
+    with qtbot.waitSignal(window.browser.searchFinished, timeout=TIMEOUT):
+        ctl.add_source(DicomWebSource("pacs", server["url"]))
+    viewer = _open(qtbot, window, server)
+    session = Path(viewer.archive.data_dir)
+    assert session.parent == cfg.data_dir / "remote-cache" / "sessions"
+    assert len(viewer.archive.instances(study_uid=server["study"])) == 3
+    assert len(list((cfg.data_dir / "remote-cache" / "sealed").rglob("*.bin"))) == 3
+    archive = viewer.archive
+    assert window.close_workspace_tab(window.tabs.indexOf(viewer))
+    qtbot.waitUntil(lambda: not ctl.cache.pinned(server["study"]), timeout=TIMEOUT)
+    assert not archive.instances(study_uid=server["study"]), "the decrypted copy went with the tab"
+    window.close()
+    assert not session.exists()
+
+
+def test_bad_cache_settings_fall_back_to_a_session_cache(  # type: ignore[no-untyped-def]
+    qtbot, make_main_window, server: dict[str, Any], tmp_path: Path
+) -> None:
+    cfg = load_config(tmp_path / "ws")
+    cfg.extra["remote_cache"] = {"limit_mb": "lots"}
+    window = make_main_window(cfg, Archive(cfg.data_dir))
+    ctl = window.remote_sources
+    tmp_root = Path(ctl._cache_tmp)
+    assert ctl.cache.root.parent == tmp_root
+    with qtbot.waitSignal(window.browser.searchFinished, timeout=TIMEOUT):
+        ctl.add_source(DicomWebSource("pacs", server["url"]))
+    _open(qtbot, window, server)  # remote studies still open
+    window.close()
+    assert not tmp_root.exists()

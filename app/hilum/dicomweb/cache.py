@@ -272,7 +272,7 @@ class RemoteCache:
                 d = self.root / "sealed" / _hash(study)
                 d.mkdir(parents=True, exist_ok=True)
                 fname = f"{_hash(study)}/{_hash(sop)}.bin"
-                tmp = d / f".{_hash(sop)}.tmp"
+                tmp = d / f".{_hash(sop)}.{secrets.token_hex(4)}.tmp"  # two writers of one instance do not collide
                 tmp.write_bytes(self._sealer.seal(data, sop.encode()))
                 os.replace(tmp, self.root / "sealed" / fname)
                 if self.pinned(study):

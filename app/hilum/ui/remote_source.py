@@ -32,6 +32,8 @@ passwords, which are asked once per session.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, Qt, Signal
@@ -58,6 +60,7 @@ from hilum.dicomweb.client import (
     load_sources,
     save_sources,
 )
+from hilum.errors import HilumError
 from hilum.ui.dimse_source import PeerArchiveView, peer_target
 from hilum.ui.study_search import StudySearchResult, format_person_name
 from hilum.ui.tasks import Job, TaskRunner
@@ -275,8 +278,15 @@ class RemoteSourceController(QObject):
         self.client: DicomWebClient | None = None
         self.active_peer: str | None = None  # a DICOM peer's name in [peers]
         self._search_note: str | None = None  # the "Searching …" status message, until results come
-        self.cache = RemoteCache.from_config(window.config)
         self._closed = False
+        self._cache_tmp: str | None = None
+        try:
+            self.cache = RemoteCache.from_config(window.config)
+        except (HilumError, OSError) as exc:
+            # e.g. encrypt = true without the cryptography package: nothing is kept across sessions
+            log.error("remote cache: %s; remote studies are cached for this session only", exc)
+            self._cache_tmp = tempfile.mkdtemp(prefix="hilum-remote-cache-")
+            self.cache = RemoteCache(self._cache_tmp)
         self.runner = TaskRunner(max_workers=2, name="hilum-remote", parent=self)
         self.selector = SourceSelector(window.browser_page)
         layout = window.browser_page.layout()
@@ -552,6 +562,8 @@ class RemoteSourceController(QObject):
         if not self._closed:
             self._closed = True
             self.cache.close()
+            if self._cache_tmp is not None:
+                shutil.rmtree(self._cache_tmp, ignore_errors=True)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         if watched is self.window and event.type() == QEvent.Type.Close:
