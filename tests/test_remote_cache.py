@@ -186,6 +186,9 @@ def test_limit_evicts_least_recently_opened_whole_studies_and_spares_pinned(
     assert cache.total_bytes() <= cache.limit_bytes
     assert not cache.archive.query("STUDY", {"StudyInstanceUID": b}), "B's instances left the cache archive"
     assert not cache.archive.instances(study_uid=b)
+    blobs = tmp_path / "data" / "remote-cache" / "archive" / "blobs"
+    on_disk = sum(p.stat().st_size for p in blobs.rglob("*") if p.is_file())
+    assert 0 < on_disk <= cache.limit_bytes, "the files went with the index rows"
 
     # Pinned: A and C stay open while B comes back; the cache goes over its limit rather than
     # evict what a viewer shows, and shrinks when they are released.

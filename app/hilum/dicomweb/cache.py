@@ -156,6 +156,59 @@ def load_key(root: Path, env: str = "HILUM_CACHE_KEY") -> bytes:
     return key
 
 
+class CacheSink:
+    """``ingest`` into a :class:`RemoteCache` for one study, checked as the archive's ingest checks
+    what a C-STORE request announced; refusals are answered, not raised."""
+
+    def __init__(self, cache: RemoteCache, study: str, source: str = ""):
+        self.cache = cache
+        self.study = study
+        self.source = source
+        self.count = 0
+        self.progress: Callable[[int, IngestResult | None], None] | None = None
+
+    def ingest(
+        self,
+        source: Any,
+        *,
+        origin: str = "",
+        source_aet: str = "",
+        expected_sop_class: str | None = None,
+        expected_sop_instance: str | None = None,
+        **_ignored: Any,
+    ) -> IngestResult:
+        data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else Path(source).read_bytes()
+        try:
+            ds = pydicom.dcmread(
+                io.BytesIO(data),
+                stop_before_pixels=True,
+                specific_tags=["StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"],
+            )
+        except Exception as exc:  # noqa: BLE001 - whatever pydicom raises on garbage
+            return IngestResult("rejected", reason=f"not DICOM: {exc}", code="not-dicom")
+        sop, study = str(ds.get("SOPInstanceUID", "")), str(ds.get("StudyInstanceUID", ""))
+        if expected_sop_instance and sop != expected_sop_instance:
+            return IngestResult(
+                "rejected", sop, study, reason="SOP Instance UID differs from the request", code="uid-mismatch"
+            )
+        if expected_sop_class and str(ds.get("SOPClassUID", "")) != expected_sop_class:
+            return IngestResult(
+                "rejected", sop, study, reason="SOP Class UID differs from the request", code="sop-class-mismatch"
+            )
+        if study != self.study:
+            return IngestResult(
+                "rejected", sop, study, reason=f"not an instance of study {self.study}", code="uid-mismatch"
+            )
+        try:
+            res = self.cache.put_instance(self.study, data, source=self.source)
+        except OSError as exc:
+            return IngestResult("rejected", sop, study, reason=str(exc), code="storage-full")
+        self.count += 1
+        if self.progress is not None:
+            self.progress(self.count, res)
+        return res or IngestResult("duplicate", sop, study, size=len(data))
+
+
 class RemoteCache:
     """Studies from remote nodes, kept between sessions up to ``limit_mb`` (LRU by last open).
 
@@ -332,6 +385,11 @@ class RemoteCache:
             self.release(study)
             raise
 
+    def sink(self, study: str, source: str = "") -> CacheSink:
+        """An object with the archive's ``ingest`` call that writes into this cache for ``study`` (what
+        a DIMSE C-GET store callback, :func:`hilum.dimse.scu.ingest_store`, is given)."""
+        return CacheSink(self, study, source)
+
     def _fetch(
         self,
         client: Any,
@@ -340,7 +398,18 @@ class RemoteCache:
         cancel: threading.Event | None,
     ) -> None:
         n = 0
-        source = getattr(getattr(client, "source", None), "name", "") or ""
+        source = getattr(getattr(client, "source", None), "name", "") or getattr(client, "name", "") or ""
+        if hasattr(client, "fetch_into"):
+            # Push-style sources (DIMSE C-GET): ``client.fetch_into(sink, study, progress=, cancel=)``.
+            sink = self.sink(study, source)
+            sink.progress = progress
+            client.fetch_into(sink, study, cancel=cancel)
+            if cancel is not None and cancel.is_set():
+                return
+            if sink.count == 0:
+                raise CacheError(f"the peer sent no instances of study {study}")
+            self.mark_complete(study)
+            return
         for data in client.iter_instances(study):
             res = self.put_instance(study, data, source=source)
             n += 1
