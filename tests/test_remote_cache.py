@@ -347,3 +347,27 @@ def test_pin_while_a_progressive_loader_writes(
     assert proxy.count == before
     cache.release(b["uid"])
     cache.close()
+
+
+def test_switching_encryption_drops_the_other_modes_cache(
+    remote: dict[str, Any], client: DicomWebClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("cryptography")
+    monkeypatch.delenv("HILUM_CACHE_KEY", raising=False)
+    a = remote["studies"]["A"]
+    with RemoteCache(tmp_path, 100) as cache:
+        cache.open(client, a["uid"])
+        cache.release(a["uid"])
+    assert (tmp_path / "remote-cache" / "archive").exists()
+    with RemoteCache(tmp_path, 100, encrypt=True) as cache:
+        assert not cache.has(a["uid"]) and cache.studies() == []
+        assert not (tmp_path / "remote-cache" / "archive").exists(), "the plaintext cache went"
+        _pixels_equal(cache.open(client, a["uid"]), a)
+        cache.release(a["uid"])
+    with RemoteCache(tmp_path, 100) as cache:
+        assert cache.studies() == [] and not (tmp_path / "remote-cache" / "sealed").exists()
+        _pixels_equal(cache.open(client, a["uid"]), a)
+        cache.release(a["uid"])
+    # A lower limit applies when the cache opens.
+    with RemoteCache(tmp_path, 0.001) as cache:
+        assert cache.studies() == []

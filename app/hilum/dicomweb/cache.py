@@ -242,6 +242,27 @@ class RemoteCache:
             self._sweep_sessions()
         else:
             self._plain = Archive(self.root / "archive")
+        self._drop_other_mode()
+        self.evict()  # the limit may have been lowered since the last session
+
+    def _drop_other_mode(self) -> None:
+        """Forget what the other mode cached (``encrypt`` was switched): switching encryption on
+        deletes the plaintext cache; switching it off drops the sealed files (read with no key)."""
+        stale = [
+            r["study_uid"]
+            for r in self.index.studies()
+            if any(bool(i["file"]) != self.encrypt for i in self.index.instances(r["study_uid"]))
+        ]
+        for uid in stale:
+            rows = self.index.remove(uid)
+            for i in rows:
+                if i["file"]:
+                    (self.root / "sealed" / i["file"]).unlink(missing_ok=True)
+        if self.encrypt and (self.root / "archive").exists():
+            shutil.rmtree(self.root / "archive", ignore_errors=True)
+            log.info("remote cache: encryption on; the plaintext cache was deleted")
+        if not self.encrypt and (self.root / "sealed").exists():
+            shutil.rmtree(self.root / "sealed", ignore_errors=True)
 
     @classmethod
     def from_config(cls, cfg: Any) -> RemoteCache:
