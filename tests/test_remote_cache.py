@@ -13,8 +13,10 @@ from __future__ import annotations
 import base64
 import http.client
 import io
+import json
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,7 +33,7 @@ from hilum.dicom.generator import MUELLER, generate_ct_series, make_study
 from hilum.dicomweb.cache import CacheError, RemoteCache, RemoteCacheSettings
 from hilum.dicomweb.client import DicomWebClient, DicomWebSource
 from hilum.errors import ConfigError
-from test_priors_remote import serve_peer
+from test_priors_remote import APP, serve_peer
 
 SLICES = 3
 
@@ -370,4 +372,35 @@ def test_switching_encryption_drops_the_other_modes_cache(
         cache.release(a["uid"])
     # A lower limit applies when the cache opens.
     with RemoteCache(tmp_path, 0.001) as cache:
+        assert cache.studies() == []
+
+
+def test_cli_list_and_clear(remote: dict[str, Any], client: DicomWebClient, tmp_path: Path) -> None:
+    a, b = remote["studies"]["A"]["uid"], remote["studies"]["B"]["uid"]
+    with RemoteCache(tmp_path, 100) as cache:
+        for uid in (a, b):
+            cache.open(client, uid)
+            cache.release(uid)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(APP), os.environ.get("PYTHONPATH", "")])}
+
+    def hilum(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hilum", "--data", str(tmp_path), "remote-cache", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    out = hilum("list")
+    assert out.returncode == 0, out.stderr
+    assert "2 studies" in out.stdout and a in out.stdout and b in out.stdout and "complete" in out.stdout
+    listed = json.loads(hilum("list", "--json").stdout)
+    assert [s["study_uid"] for s in listed["studies"]] == [a, b] and listed["limit_bytes"] == 2048 * 1024 * 1024
+    assert hilum("clear", "--study", "1.2.3").returncode != 0
+    assert hilum("clear", "--study", a).returncode == 0
+    with RemoteCache(tmp_path, 100) as cache:
+        assert [s["study_uid"] for s in cache.studies()] == [b]
+    assert hilum("clear").returncode == 0
+    with RemoteCache(tmp_path, 100) as cache:
         assert cache.studies() == []
