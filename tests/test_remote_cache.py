@@ -404,3 +404,17 @@ def test_cli_list_and_clear(remote: dict[str, Any], client: DicomWebClient, tmp_
     assert hilum("clear").returncode == 0
     with RemoteCache(tmp_path, 100) as cache:
         assert cache.studies() == []
+
+
+def test_one_shared_cache_per_data_folder(tmp_path: Path) -> None:
+    cfg = Config(data_dir=tmp_path)
+    one = RemoteCache.shared(cfg)
+    two = RemoteCache.shared(Config(data_dir=tmp_path / "."))
+    assert one is two
+    one.close()
+    assert RemoteCache.shared(cfg) is two  # still open: one close per caller
+    two.close()
+    two.close()
+    three = RemoteCache.shared(cfg)
+    assert three is not one
+    three.close()

@@ -55,6 +55,10 @@ KEY_FILE = "cache.key"
 MAGIC = b"HLC1"
 
 
+_SHARED: dict[Path, RemoteCache] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 class CacheError(HilumError):
     pass
 
@@ -230,6 +234,8 @@ class RemoteCache:
         self.encrypt = encrypt
         self.index = CacheIndex(self.root / "cache.sqlite")
         self._lock = threading.RLock()
+        self._refs = 1
+        self._shared_key: Path | None = None
         self._pins: dict[str, int] = {}
         self._writing: dict[str, int] = {}
         self._session_dir: Path | None = None
@@ -268,6 +274,22 @@ class RemoteCache:
     def from_config(cls, cfg: Any) -> RemoteCache:
         s = RemoteCacheSettings.from_config(cfg)
         return cls(cfg.data_dir, s.limit_mb, s.encrypt, key_env=s.key_env)
+
+    @classmethod
+    def shared(cls, cfg: Any) -> RemoteCache:
+        """This process's cache of ``cfg.data_dir`` (made from ``[remote_cache]`` on first use): the
+        study browser, the station prefetch and a progressive viewer must share one instance, or one's
+        eviction would not see the other's pins.  Each caller calls :meth:`close` once; the last closes."""
+        key = Path(cfg.data_dir).resolve()
+        with _SHARED_LOCK:
+            cache = _SHARED.get(key)
+            if cache is not None:
+                cache._refs += 1
+                return cache
+            cache = cls.from_config(cfg)
+            cache._shared_key = key
+            _SHARED[key] = cache
+            return cache
 
     # ------------------------------------------------------------------ views
 
@@ -540,6 +562,12 @@ class RemoteCache:
         return results
 
     def close(self) -> None:
+        with _SHARED_LOCK:
+            self._refs -= 1
+            if self._refs > 0:
+                return
+            if self._shared_key is not None and _SHARED.get(self._shared_key) is self:
+                del _SHARED[self._shared_key]
         with self._lock:
             session, sdir = self._session, self._session_dir
             self._session = self._session_dir = None

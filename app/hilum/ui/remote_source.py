@@ -286,7 +286,7 @@ class RemoteSourceController(QObject):
         self._closed = False
         self._cache_tmp: str | None = None
         try:
-            self.cache = RemoteCache.from_config(window.config)
+            self.cache = RemoteCache.shared(window.config)  # one per data folder: the prefetch shares it
         except (HilumError, OSError) as exc:
             # e.g. encrypt = true without the cryptography package: nothing is kept across sessions
             log.error("remote cache: %s; remote studies are cached for this session only", exc)
