@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from PySide6.QtCore import Qt
+from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
 
 from hilum.archive import Archive
@@ -110,3 +111,49 @@ def test_queue_pause_cap_resume(qtbot: Any, make_main_window: Any, clinic: dict[
     qtbot.mouseClick(panel.clear_button, Qt.MouseButton.LeftButton)
     assert panel.jobs == []
     window.close()
+
+
+def test_a_prefetched_study_opens_from_the_station_without_asking_the_remote(
+    qtbot: Any, make_main_window: Any, clinic: dict[str, Any], tmp_path: Path
+) -> None:
+    """The point of it all: after the prefetch, a double-click on the remote study in the study browser
+    opens it in a viewer tab with no WADO-RS request to the remote (counted by a proxy), pixels on screen."""
+    from test_remote_cache import CountingProxy
+    from test_remote_cache_ui import _pixels
+
+    port = int(clinic["url"].split(":")[2].split("/")[0])
+    proxy = CountingProxy(port)
+    try:
+        data = tmp_path / "ws2"
+        cfg = Config(data_dir=data)
+        cfg.extra = {
+            "dicomweb_sources": {"clinic": {"url": f"http://127.0.0.1:{proxy.port}/dicom-web"}},
+            "station_prefetch": {"enabled": True, "priors": False},
+        }
+        window = make_main_window(cfg, Archive(data))
+        window.resize(1280, 800)
+        window.show()
+        qtbot.waitExposed(window)
+        pf = window.station_prefetch.prefetcher
+        uid = clinic["uids"]["big"]
+        qtbot.waitUntil(lambda: (j := pf.job_of(uid)) is not None and j.state == "done", timeout=TIMEOUT)
+        assert pf.cache is window.remote_sources.cache  # one cache per data folder, shared
+        wado = lambda: sum(1 for p in proxy.paths if p.startswith(f"/dicom-web/studies/{uid}") and "?" not in p)  # noqa: E731
+        before = wado()
+        assert before > 0  # the prefetch fetched it
+        ctl = window.remote_sources
+        with qtbot.waitSignal(window.browser.searchFinished, timeout=TIMEOUT):
+            ctl.select("clinic")
+        browser = window.browser
+        row = browser.model.find(uid)
+        assert row >= 0
+        rect = browser.table.visualRect(browser.model.index(row, 1))
+        with qtbot.waitSignal(ctl.fetched, timeout=TIMEOUT):
+            QTest.mouseClick(browser.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+            QTest.mouseDClick(browser.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+        viewer = window.tabs.widget(window.tabs.count() - 1)
+        assert wado() == before, "opened from the station's cache"
+        assert _pixels(qtbot, viewer).std() > 5, "the viewer shows the image"
+        window.close()
+    finally:
+        proxy.close()

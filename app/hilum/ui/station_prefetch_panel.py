@@ -12,10 +12,9 @@ window:
   every ``interval_s`` seconds, and the orders the worklist tab shows are looked up on the sources
   (not the same order again within :data:`REASK_S`).
 
-The cache is the remote-study cache of the study browser's remote sources
-(``window.remote_sources.cache`` when it is a :class:`hilum.dicomweb.cache.RemoteCache`), so a
-prefetched study opens from it without a request to the remote; without one the controller opens
-the cache of the data folder itself.  The sources are the study browser's (with the passwords typed
+The cache is the process's remote-study cache of the data folder
+(:meth:`hilum.dicomweb.cache.RemoteCache.shared`, the one the study browser's remote sources open
+studies from), so a prefetched study opens from it without a request to the remote.  The sources are the study browser's (with the passwords typed
 in this session), else those of ``hilum.toml``.  Job changes arrive from the prefetch threads and
 reach the widgets through a queued signal; nothing here waits on the network (DESIGN.md "The GUI
 never waits").
@@ -302,13 +301,12 @@ class StationPrefetchController(QObject):
     # ------------------------------------------------------------ the prefetcher
 
     def _cache(self) -> Any:
+        """This process's remote cache of the data folder (:meth:`RemoteCache.shared`): the one the study
+        browser opens remote studies from, so its pins and the prefetch's writes see each other."""
         from hilum.dicomweb.cache import RemoteCache
 
-        shared = getattr(getattr(self.window, "remote_sources", None), "cache", None)
-        if isinstance(shared, RemoteCache):
-            return shared
         if self._own_cache is None:
-            self._own_cache = RemoteCache.from_config(self.window.config)
+            self._own_cache = RemoteCache.shared(self.window.config)
         return self._own_cache
 
     def _sources(self) -> dict[str, Any]:
