@@ -375,6 +375,14 @@ def test_pause_resume_cancel_and_retry(
     assert pf.enqueue("clinic", remote["uids"]["mr_3y"], kind="worklist").id == queued.id
     assert pf.wait_idle(30)
     assert cache.has(remote["uids"]["mr_3y"])
+    # A study listed as a prior that is on the worklist itself is shown as a worklist study; one the
+    # station's archive holds is not fetched.
+    listed = pf.enqueue("clinic", remote["uids"]["ct_2y"], kind="prior")
+    assert pf.enqueue("clinic", remote["uids"]["ct_2y"], kind="worklist").kind == "worklist"
+    assert pf.wait_idle(30)
+    local_one = pf.job(listed.id)
+    assert local_one is not None and local_one.state == "done" and local_one.message == "already on this station"
+    assert local_one.bytes == 0
     pf.clear_finished()
     assert all(j.state == "failed" for j in pf.jobs())
 

@@ -516,6 +516,13 @@ class StationPrefetcher:
             )
             if again:
                 self._requeue(existing.id, "waiting (again)")
+            if kind == "worklist" and existing.kind == "prior":
+                with self._cond:  # a prior that is on the worklist itself: it is listed as such
+                    listed = self._jobs.get(existing.id)
+                    if listed is not None:
+                        listed.kind = "worklist"
+                if listed is not None:
+                    self._changed(listed)
             return self.job(existing.id) or existing
         with self._cond:
             for j in self._jobs.values():
