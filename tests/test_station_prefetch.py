@@ -446,3 +446,48 @@ def test_prefetch_does_not_evict_what_it_fetched_for_the_next_cases(tmp_path: Pa
     finally:
         pf.stop()
         cache.close()
+
+
+def test_a_study_listed_over_several_pages_is_fetched_whole(tmp_path: Path) -> None:
+    """A server that answers at most 16 rows per QIDO-RS request ([web] max_results): the listing of a
+    40-instance study is read page after page, so the one instance the station lacks, listed on the
+    third page, is asked for (alone) and the study is complete."""
+    from hilum.dicomweb.service import DicomWebService
+
+    server_archive = Archive(tmp_path / "server")
+    st = make_study(BIG, accession="STA-PAGES", date=_day(3), description="CT two series", seed="station-pages")
+    last: list[pydicom.Dataset] = []
+    for n in (1, 2):
+        series = list(iter_ct_series(st, rows=16, columns=16, slices=20, series_number=n))
+        uid = store(server_archive, iter(series))
+        last.append(series[-1])
+    cfg = Config(data_dir=tmp_path / "server", web_port=0)
+    cfg.extra = {"web": {"max_results": 16}}
+    cache = RemoteCache(tmp_path / "st", limit_mb=50)
+    try:
+        with DicomWebService(cfg, server_archive) as svc:
+            assert len(DicomWebClient(DicomWebSource("s", svc.url)).search_instances(uid)) == 16  # one page
+            # The station holds all but the last instance of the second series (a fetch cut short): only
+            # a listing read to its end shows that one is missing.
+            missing = str(last[1].SOPInstanceUID)
+            for r in server_archive.instances(study_uid=uid):
+                if str(r["SOPInstanceUID"]) != missing:
+                    cache.put_instance(uid, Path(r["path"]).read_bytes())
+            assert not cache.has(uid)
+            pf = StationPrefetcher(cache, {"s": DicomWebSource("s", svc.url)})
+            pf.start()
+            try:
+                job = pf.enqueue("s", uid)
+                assert pf.wait_idle(60)
+                done = pf.job(job.id)
+                assert done is not None and done.state == "done", done
+                assert done.total == done.instances == 40 and cache.has(uid)
+                assert (
+                    done.bytes < 2 * len(Path(server_archive.instances(study_uid=uid)[0]["path"]).read_bytes()) + 4096
+                )
+                assert len({pydicom.dcmread(io.BytesIO(b)).SeriesInstanceUID for b in cache.read(uid)}) == 2
+            finally:
+                pf.stop()
+    finally:
+        cache.close()
+        server_archive.close()

@@ -915,7 +915,7 @@ class StationPrefetcher:
         got: set[str] = set()
         plan: list[tuple[str | None, str | None]] = [(None, None)]
         try:
-            listing = client.search_instances(job.study_uid)
+            listing = self._listing(client, job.study_uid)
         except DicomWebError as exc:
             log.info("station prefetch: no instance listing (%s): the whole study is asked for", _line(exc))
             listing = []
@@ -968,6 +968,20 @@ class StationPrefetcher:
                         job.total = job.instances
         if not got and not job.instances:
             raise DicomWebError(404, f"the source sent no instance of study {job.study_uid}")
+        if job.total and job.instances < job.total:
+            raise DicomWebError(0, f"{job.instances} of {job.total} instances arrived")
+
+    @staticmethod
+    def _listing(client: DicomWebClient, study_uid: str) -> list[dict[str, Any]]:
+        """Every instance of the study (QIDO-RS, PS3.18 10.6), page after page: a server caps one answer
+        (Hilum's ``[web] max_results``, 1000), and a series missing from a cut listing would be missed."""
+        rows: list[dict[str, Any]] = []
+        for _ in range(1000):
+            page = client.search_instances(study_uid, offset=len(rows), limit=1000)
+            if not page:
+                break
+            rows += page
+        return rows
 
     def _stream(
         self,
