@@ -29,12 +29,21 @@ class Peer:
     ``retrieve`` is how the workstation opens a study from this peer: ``"get"``
     (C-GET, the instances come back on the same association) or ``"move"``
     (C-MOVE to this node's AE title, which the peer must know).
+    ``tls``: associations to the peer use TLS (PS3.15 B.1), its certificate
+    checked against ``ca_file`` (a clinic CA trusted explicitly for this peer)
+    or else ``[node] tls_ca`` / the system's CAs.
+    ``open_into``: where a study opened from the peer in the workstation goes:
+    ``"cache"`` (the bounded remote cache, :mod:`hilum.dicomweb.cache`; C-GET
+    only), ``"archive"``, or ``""``: the cache for a TLS peer retrieved from by
+    C-GET (a PACS afar), the archive otherwise.
     """
 
     aet: str
     host: str
     port: int
     tls: bool = False
+    ca_file: str = ""
+    open_into: str = ""
     may_store: bool = True
     may_query: bool = True
     may_retrieve: bool = True
@@ -153,7 +162,8 @@ class Config:
             doc["archive"]["index_writer"] = self.index_writer
         if self.peers:
             doc["peers"] = {
-                name: {k: v for k, v in vars(p).items()} for name, p in self.peers.items()
+                name: {k: v for k, v in vars(p).items() if not (k in ("ca_file", "open_into") and not v)}
+                for name, p in self.peers.items()
             }
         if self.prefetch != PrefetchRules():
             doc["prefetch"] = self.prefetch.to_toml()
@@ -211,6 +221,8 @@ def load_config(data_dir: str | os.PathLike[str] | None = None) -> Config:
             raise ConfigError(f"{path}: peer {name!r}: {exc}") from exc
         if cfg.peers[name].retrieve not in ("get", "move"):
             raise ConfigError(f"{path}: peer {name!r}: retrieve must be 'get' or 'move'")
+        if cfg.peers[name].open_into not in ("", "cache", "archive"):
+            raise ConfigError(f"{path}: peer {name!r}: open_into must be 'cache' or 'archive'")
     cfg.extra = doc
     known = set(cfg.peers) | set((doc.get("dicomweb_sources") or {}) if isinstance(doc.get("dicomweb_sources"), dict)
                                  else ())

@@ -259,6 +259,9 @@ class MainWindow(QMainWindow):
         from hilum.ui.prefetch_panel import install_prefetch  # priors prefetched from peers (issue 15)
 
         self.prefetch = install_prefetch(self)
+        from hilum.ui.station_prefetch_panel import install_station_prefetch  # remote studies ahead of need (#18)
+
+        self.station_prefetch = install_station_prefetch(self)
         from hilum.ui.storage_panel import install_storage  # View → Storage: use, tiers, forwarding (issue 17)
 
         self.storage = install_storage(self)

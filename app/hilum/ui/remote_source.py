@@ -8,18 +8,24 @@ verification), or a DICOM peer configured in ``hilum.toml``'s ``[peers]``
 
 * the browser's searches go to the server as QIDO-RS through
   :class:`hilum.dicomweb.client.RemoteArchiveView` — same query call, same rows;
-* opening a study (double-click, Enter) streams it with WADO-RS into a
-  temporary cache archive (:class:`hilum.dicomweb.client.StudyCache`) off
-  the GUI thread, with progress in the status bar, and opens it in a viewer
-  tab like a local study;
+* opening a study (double-click, Enter) streams it with WADO-RS into the
+  persistent bounded cache (:class:`hilum.dicomweb.cache.RemoteCache`,
+  ``<data>/remote-cache/``, ``[remote_cache]`` in ``hilum.toml``) off the GUI
+  thread, with progress in the status bar, and opens it in a viewer tab like
+  a local study; a study already cached opens without asking the server; the
+  study is pinned (never evicted) while its tab is open;
 * "Keep locally" stores the selected study in the local archive through the
-  one ingest call (from the cache when it was opened, else fetched).
+  one ingest call (from the cache when it is there, else fetched).
 
 With a DICOM peer selected, searches are C-FIND (:class:`hilum.ui.dimse_source.PeerArchiveView`);
 opening a study retrieves it into the local archive (C-GET, or C-MOVE to this
 node, as the peer's ``retrieve`` setting says) through the transfers queue
 (:mod:`hilum.ui.transfers`, progress and errors in its panel) and then opens
-it like any local study; "Keep locally" retrieves without opening.
+it like any local study; "Keep locally" retrieves without opening.  A peer
+whose studies go to the remote cache (``open_into = "cache"``, the default
+for a TLS peer retrieved from by C-GET: a PACS afar) opens like a DICOMweb
+source instead: C-GET into the cache, pinned while open, "Keep locally" from
+the cache.
 
 The logic lives in :mod:`hilum.dicomweb.client` and :mod:`hilum.ui.dimse_source`;
 this module only binds it.
@@ -30,6 +36,8 @@ passwords, which are asked once per session.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, Qt, Signal
@@ -48,14 +56,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from hilum.dicomweb.cache import RemoteCache
 from hilum.dicomweb.client import (
     DicomWebClient,
     DicomWebSource,
     RemoteArchiveView,
-    StudyCache,
     load_sources,
     save_sources,
 )
+from hilum.dimse.scu import retrieve_study
+from hilum.errors import HilumError
 from hilum.ui.dimse_source import PeerArchiveView, peer_target
 from hilum.ui.study_search import StudySearchResult, format_person_name
 from hilum.ui.tasks import Job, TaskRunner
@@ -261,7 +271,7 @@ class SourceSelector(QWidget):
 class RemoteSourceController(QObject):
     """Binds remote sources to a workstation :class:`~hilum.ui.main_window.MainWindow`."""
 
-    fetched = Signal(str)  # study UID now in the cache
+    fetched = Signal(str)  # study UID now in the cache (and opened)
     kept = Signal(str, int)  # study UID, instances stored locally
     retrieved = Signal(str)  # study UID retrieved from a DICOM peer into the local archive
 
@@ -273,7 +283,15 @@ class RemoteSourceController(QObject):
         self.client: DicomWebClient | None = None
         self.active_peer: str | None = None  # a DICOM peer's name in [peers]
         self._search_note: str | None = None  # the "Searching …" status message, until results come
-        self.cache = StudyCache()
+        self._closed = False
+        self._cache_tmp: str | None = None
+        try:
+            self.cache = RemoteCache.shared(window.config)  # one per data folder: the prefetch shares it
+        except (HilumError, OSError) as exc:
+            # e.g. encrypt = true without the cryptography package: nothing is kept across sessions
+            log.error("remote cache: %s; remote studies are cached for this session only", exc)
+            self._cache_tmp = tempfile.mkdtemp(prefix="hilum-remote-cache-")
+            self.cache = RemoteCache(self._cache_tmp)
         self.runner = TaskRunner(max_workers=2, name="hilum-remote", parent=self)
         self.selector = SourceSelector(window.browser_page)
         layout = window.browser_page.layout()
@@ -402,8 +420,21 @@ class RemoteSourceController(QObject):
 
     # ------------------------------------------------------------ opening and keeping
 
+    def peer_uses_cache(self, name: str | None = None) -> bool:
+        """Whether studies opened from DICOM peer ``name`` (default: the selected one) go into the remote
+        cache rather than the archive: ``[peers.X] open_into``; by default a TLS peer (a PACS afar) that
+        is retrieved from by C-GET does.  C-MOVE always goes to the archive (this node's listener)."""
+        name = name or self.active_peer
+        peer = (getattr(self.window.config, "peers", {}) or {}).get(name) if name else None
+        if peer is None or peer.retrieve != "get":
+            return False
+        mode = getattr(peer, "open_into", "") or ("cache" if peer.tls else "archive")
+        return mode == "cache"
+
     def open_study(self, study_uid: str) -> None:
-        if self.active_peer is not None:
+        if self.active_peer is not None and self.peer_uses_cache():
+            self._fetch_and_open(study_uid, None)
+        elif self.active_peer is not None:
             self.retrieve_from_peer(study_uid, None, open_after=True)
         elif self.active is None:
             self.window.open_study(study_uid)
@@ -411,7 +442,9 @@ class RemoteSourceController(QObject):
             self._fetch_and_open(study_uid, None)
 
     def open_series(self, study_uid: str, series_uid: str) -> None:
-        if self.active_peer is not None:
+        if self.active_peer is not None and self.peer_uses_cache():
+            self._fetch_and_open(study_uid, series_uid)
+        elif self.active_peer is not None:
             self.retrieve_from_peer(study_uid, series_uid, open_after=True)
         elif self.active is None:
             self.window.open_series(study_uid, series_uid)
@@ -456,57 +489,82 @@ class RemoteSourceController(QObject):
         return transfers.retrieve(peer, study_uid, series_uid, label=label, expected=count, then=then)
 
     def _fetch_and_open(self, study_uid: str, series_uid: str | None) -> None:
-        if self.cache.has(study_uid, series_uid):
-            self._open_cached(study_uid, series_uid)
-            return
-        assert self.client is not None and self.active is not None
+        """Open a remote study through the cache: fetched (WADO-RS) unless cached, pinned while its tab is
+        open.  A series opens its whole study (the cache holds studies) and shows that series."""
+        client: Any
+        if self.active_peer is not None:
+            peer = self.window.config.peers[self.active_peer]
+            client = _PeerFetch(peer_target(self.window.config, peer), self.active_peer)
+        else:
+            assert self.client is not None
+            client = self.client
         job = Job(self)
-        name = self.active.name
-        job.progressed.connect(lambda done, _t, _l: self._message(f"Fetching from {name}: {done} image(s)…"))
-        self._message(f"Fetching study from {name}…")
+        name = self.source_name()
+        cached = self.cache.has(study_uid)
+        if not cached:
+            job.progressed.connect(lambda done, _t, _l: self._message(f"Fetching from {name}: {done} image(s)…"))
+            self._message(f"Fetching study from {name}…")
 
         def progress(n: int, _res: Any) -> None:
-            job.report(n, 0, "")
+            if not cached:
+                job.report(n, 0, "")
 
-        self.runner.submit(self.cache.fetch, self.client, study_uid, series_uid, progress=progress,
-                           cancel=job.cancel_event,
-                           on_done=lambda _a: self._open_cached(study_uid, series_uid),
-                           on_error=lambda exc: self._message(f"Could not fetch the study from {name}: {exc}"))
+        def failed(exc: BaseException) -> None:
+            self._message(f"Could not fetch the study from {name}: {exc}")
 
-    def _open_cached(self, study_uid: str, series_uid: str | None) -> None:
-        self.fetched.emit(study_uid)
+        self.runner.submit(self.cache.open, client, study_uid, progress=progress, cancel=job.cancel_event,
+                           on_done=lambda _a: self._open_cached(study_uid, series_uid, cached=cached),
+                           on_error=failed)
+
+    def _release(self, study_uid: str) -> None:
+        if self._closed:
+            return
+        try:
+            self.cache.release(study_uid)
+        except Exception:  # noqa: BLE001 - a tab closing must not fail on the cache
+            log.exception("remote cache: releasing %s", study_uid)
+
+    def _open_cached(self, study_uid: str, series_uid: str | None, *, cached: bool = False) -> None:
+        """Show the study (pinned in the cache by :meth:`RemoteCache.open`) in a tab; the pin goes
+        with the tab."""
         try:
             from hilum.ui.viewer.viewer_widget import StudyViewer
         except ImportError:
+            self._release(study_uid)
             self._message("The study was fetched, but this build has no viewer.")
+            self.fetched.emit(study_uid)
             return
         controller = getattr(self.window, "viewer_controller", None)
         kwargs: dict[str, Any] = {"data_dir": getattr(self.window.config, "data_dir", None)}
         if controller is not None:
             kwargs.update(executor=controller.executor, cache=controller.cache, pool=controller.pool)
         viewer = StudyViewer(self.cache.archive, study_uid, **kwargs)
+        viewer.destroyed.connect(lambda *_a: self._release(study_uid))
         row = self.cache.archive.query("STUDY", {"StudyInstanceUID": study_uid}, limit=1)
         name = str(row[0].get("PatientName", "") or "").split("^")[0] if row else "Study"
-        self.window.add_workspace_tab(viewer, f"{name} ({self.active.name if self.active else 'remote'})",
-                                      tooltip=f"Opened from a DICOMweb source; {study_uid}")
+        self.window.add_workspace_tab(viewer, f"{name} ({self.source_name()})",
+                                      tooltip=f"Opened from the remote source {self.source_name()}; {study_uid}")
         viewer.open()
         if series_uid and series_uid in {e.series_uid for e in viewer.session.series}:
             viewer.show_series(series_uid, viewer.model.active)
-        self._message("Study opened from the remote source (not kept locally: use Keep locally).")
+        where = "from the local cache" if cached else "from the remote source"
+        self._message(f"Study opened {where} (not kept locally: use Keep locally).")
+        self.fetched.emit(study_uid)
 
     def keep_selected(self) -> None:
         """Store the study selected in the browser in the local archive (through ingest)."""
         study_uid = self.window.browser.selected_study_uid()
-        if study_uid and self.active_peer is not None:
+        if study_uid and self.active_peer is not None and not self.cache.has(study_uid):
             self.retrieve_from_peer(study_uid, None, open_after=False)
             return
-        if not study_uid or self.client is None:
+        if not study_uid or (self.client is None and self.active_peer is None):
             self._message("Select a remote study first.")
             return
         archive = self.window.archive
         if self.cache.has(study_uid):
             task: Any = (self.cache.keep, archive, study_uid)
         else:
+            assert self.client is not None
             task = (self.client.retrieve, archive, study_uid)
         self._message("Keeping the study locally…")
         self.runner.submit(*task, on_done=lambda results: self._kept(study_uid, results),
@@ -528,12 +586,31 @@ class RemoteSourceController(QObject):
         self.runner.shutdown(wait=False)
         if self.client is not None:
             self.client.close_all()
-        self.cache.close()
+        if not self._closed:
+            self._closed = True
+            self.cache.close()
+            if self._cache_tmp is not None:
+                shutil.rmtree(self._cache_tmp, ignore_errors=True)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         if watched is self.window and event.type() == QEvent.Type.Close:
             self.shutdown()
         return False
+
+
+class _PeerFetch:
+    """A DICOM peer as a source of the remote cache: C-GET, each instance into the cache's sink
+    (:meth:`hilum.dicomweb.cache.RemoteCache.sink`) through the one retrieve call."""
+
+    def __init__(self, target: Any, name: str):
+        self.target = target
+        self.name = name
+
+    def fetch_into(self, sink: Any, study: str, *, cancel: Any = None) -> None:
+        retrieve_study(sink, self.target, study, method="get", cancel=cancel)
+
+    def close(self) -> None:
+        pass
 
 
 def install_remote_sources(window: Any) -> RemoteSourceController | None:
