@@ -1,0 +1,235 @@
+"""Adaptive compression: what a client asks a DICOMweb node for, given the link.
+
+A remote study is fetched frame by frame (``/frames/N``) in a transfer syntax
+the client names in ``Accept`` (PS3.18 8.7.3.5.2), plus — for the lossy
+syntaxes — a Hilum query parameter ``ratio=R`` (target compression ratio,
+native bytes / compressed bytes; see :mod:`hilum.dicomweb.frames`).  What to
+ask for depends on the link:
+
+* fast (a lossless slice arrives in well under a scroll step): one pass,
+  lossless (JPEG-LS, or HTJ2K when preferred) — nothing to refine;
+* slow, or not measured yet: progressive — first a lossy J2K rendition at a
+  ratio that makes one slice cost about :data:`FIRST_SLICE_BUDGET_S` on the
+  wire, then the lossless one for every slice in the background.
+
+:func:`choose` is the policy (pure, no I/O) the progressive scheduler
+(:mod:`hilum.dicomweb.progressive`) calls; :class:`LinkMeter` turns the first
+responses into the ``throughput_bps`` / ``rtt_s`` it takes.
+
+Units: ``throughput_bps`` is **bits per second** (a "10 Mbit/s" link is
+``10e6``); ``rtt_s`` is seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+EVRLE = "1.2.840.10008.1.2.1"
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
+J2K = "1.2.840.10008.1.2.4.91"  # JPEG 2000 (lossless or lossy): the lossy renditions
+HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
+HTJ2K = "1.2.840.10008.1.2.4.203"  # HTJ2K (lossless or lossy)
+
+#: Single-frame media type of each syntax this module asks for (PS3.18 table 8.7.3-5).
+MEDIA_TYPE = {
+    EVRLE: "application/octet-stream",
+    JPEG_LS_LOSSLESS: "image/jls",
+    J2K_LOSSLESS: "image/jp2",
+    J2K: "image/jp2",
+    HTJ2K_LOSSLESS: "image/jphc",
+    HTJ2K: "image/jphc",
+}
+
+#: Expected lossless compression ratio of CT/MR slices (JPEG-LS / HTJ2K on 12-bit data: about 2-3).
+LOSSLESS_RATIO = 2.5
+#: A slice should cost no more than this on the wire to be "interactive" (scrolling at ~20 slices/s).
+FAST_SLICE_BUDGET_S = 0.05
+#: Wire time aimed at for one first (lossy) slice on a slow link.
+FIRST_SLICE_BUDGET_S = 0.02
+MIN_RATIO = 8.0
+MAX_RATIO = 60.0
+#: Assumed before anything was measured (a slow link: start progressive, never regret it).
+DEFAULT_THROUGHPUT_BPS = 10e6
+DEFAULT_RTT_S = 0.05
+
+
+@dataclass(frozen=True)
+class Rendition:
+    """One way of fetching a frame: a transfer syntax and, for lossy ones, a ratio."""
+
+    transfer_syntax: str
+    lossy: bool = False
+    ratio: float | None = None  # target native/compressed ratio (lossy only)
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPE.get(self.transfer_syntax, "application/octet-stream")
+
+    def accept(self) -> str:
+        """The ``Accept`` header for ``/frames/N`` in this rendition."""
+        return f'multipart/related; type="{self.media_type}"; transfer-syntax={self.transfer_syntax}'
+
+    def params(self) -> dict[str, str]:
+        """Query parameters to add to the frames URL (``ratio`` for a lossy rendition)."""
+        return {"ratio": f"{self.ratio:g}"} if self.lossy and self.ratio else {}
+
+    def query(self) -> str:
+        """``?ratio=...`` or an empty string."""
+        p = self.params()
+        return "?" + urlencode(p) if p else ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to fetch: ``first`` (a fast lossy rendition, or None: go straight to ``full``), then ``full``.
+
+    ``batch`` is how many frames to ask for per request (``/frames/1,2,3`` of a
+    multi-frame object, or that many requests in flight for single-frame
+    series) so the round trip is amortised; ``reason`` says why, for logs and
+    the UI.
+    """
+
+    first: Rendition | None
+    full: Rendition
+    batch: int = 1
+    reason: str = ""
+
+    @property
+    def progressive(self) -> bool:
+        return self.first is not None
+
+
+def lossless(prefer_htj2k: bool = False, available: frozenset[str] | None = None) -> Rendition:
+    """The full-fidelity rendition: JPEG-LS lossless (or HTJ2K), falling back to uncompressed."""
+    order = [HTJ2K_LOSSLESS, JPEG_LS_LOSSLESS] if prefer_htj2k else [JPEG_LS_LOSSLESS, HTJ2K_LOSSLESS]
+    for ts in [*order, J2K_LOSSLESS]:
+        if available is None or ts in available:
+            return Rendition(ts)
+    return Rendition(EVRLE)
+
+
+def choose(
+    throughput_bps: float | None,
+    rtt_s: float | None,
+    *,
+    slice_bytes: int = 512 * 512 * 2,
+    prefer_htj2k: bool = False,
+    available: frozenset[str] | None = None,
+) -> Plan:
+    """The fetch plan for a link of ``throughput_bps`` (bits/s) and round trip ``rtt_s`` (s).
+
+    ``None`` for either means "not measured yet" (:data:`DEFAULT_THROUGHPUT_BPS`,
+    :data:`DEFAULT_RTT_S`: a slow link is assumed).  ``slice_bytes`` is the
+    native size of one frame (rows × columns × bytes per sample);
+    ``available`` limits the transfer syntaxes (what the server offers and
+    the client decodes; None: all of them).
+
+    Fast link (a lossless slice in ≤ :data:`FAST_SLICE_BUDGET_S`): ``first`` is
+    None and ``full`` lossless.  Otherwise ``first`` is JPEG 2000 lossy at the
+    ratio that makes one slice cost about :data:`FIRST_SLICE_BUDGET_S` on the
+    wire (clamped to [:data:`MIN_RATIO`, :data:`MAX_RATIO`]) and ``full`` the
+    same lossless rendition as on a fast link.
+    """
+    measured = throughput_bps is not None and throughput_bps > 0
+    bps = float(throughput_bps) if measured and throughput_bps is not None else DEFAULT_THROUGHPUT_BPS
+    rtt = float(rtt_s) if rtt_s is not None and rtt_s >= 0 else DEFAULT_RTT_S
+    full = lossless(prefer_htj2k, available)
+    full_ratio = 1.0 if full.transfer_syntax == EVRLE else LOSSLESS_RATIO
+    full_bytes = slice_bytes / full_ratio
+    full_wire_s = full_bytes * 8 / bps
+    # enough frames per request that the round trip is at most a quarter of the transfer time
+    batch = max(1, min(64, math.ceil(4 * rtt / max(full_wire_s, 1e-6)))) if rtt > 0 else 1
+    if measured and full_wire_s <= FAST_SLICE_BUDGET_S:
+        return Plan(
+            None,
+            full,
+            batch,
+            f"fast link ({bps / 1e6:.0f} Mbit/s, {rtt * 1e3:.0f} ms): lossless "
+            f"{full.transfer_syntax}, {full_wire_s * 1e3:.0f} ms a slice",
+        )
+    lossy_ok = available is None or J2K in available
+    if not lossy_ok:
+        return Plan(None, full, batch, "slow link but no lossy syntax available: lossless only")
+    ratio = slice_bytes * 8 / (bps * FIRST_SLICE_BUDGET_S)
+    ratio = float(round(min(MAX_RATIO, max(MIN_RATIO, ratio))))
+    first = Rendition(J2K, lossy=True, ratio=ratio)
+    first_wire_s = slice_bytes / ratio * 8 / bps
+    first_batch = max(1, min(64, math.ceil(4 * rtt / max(first_wire_s, 1e-6)))) if rtt > 0 else 1
+    why = "not measured yet" if not measured else f"slow link ({bps / 1e6:.1f} Mbit/s, {rtt * 1e3:.0f} ms)"
+    return Plan(
+        first,
+        full,
+        max(batch, first_batch),
+        f"{why}: lossy J2K 1:{ratio:g} first ({first_wire_s * 1e3:.0f} ms a slice), then lossless "
+        f"{full.transfer_syntax} ({full_wire_s * 1e3:.0f} ms a slice)",
+    )
+
+
+@dataclass
+class LinkMeter:
+    """Throughput and round trip from the responses a client sees (thread-safe).
+
+    Call :meth:`record` after each response with the bytes of its body, the
+    time to its first byte (≈ one round trip plus server time) and the total
+    time.  ``rtt_s`` is the smallest time to first byte seen (server time
+    inflates the others); ``throughput_bps`` is bits over the transfer time
+    of the bodies (total minus time to first byte), over the last
+    ``window`` responses — bodies too small to say anything are counted for
+    the round trip only.
+    """
+
+    window: int = 16
+    min_body: int = 16 * 1024
+    _rtt: float | None = None
+    _samples: list[tuple[int, float]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, nbytes: int, ttfb_s: float, total_s: float) -> None:
+        with self._lock:
+            if ttfb_s >= 0:
+                self._rtt = ttfb_s if self._rtt is None else min(self._rtt, ttfb_s)
+            if nbytes >= self.min_body and total_s > 0:
+                self._samples.append((nbytes, max(total_s - max(ttfb_s, 0.0), 1e-6)))
+                del self._samples[: -self.window]
+
+    def timed(self) -> _Timer:
+        """A helper: ``t = meter.timed(); ...first byte...; t.first(); ...; t.done(nbytes)``."""
+        return _Timer(self)
+
+    @property
+    def rtt_s(self) -> float | None:
+        with self._lock:
+            return self._rtt
+
+    @property
+    def throughput_bps(self) -> float | None:
+        with self._lock:
+            if not self._samples:
+                return None
+            nbytes = sum(b for b, _ in self._samples)
+            secs = sum(s for _, s in self._samples)
+            return nbytes * 8 / secs
+
+    def plan(self, **kwargs: object) -> Plan:
+        """:func:`choose` on what was measured so far."""
+        return choose(self.throughput_bps, self.rtt_s, **kwargs)  # type: ignore[arg-type]
+
+
+class _Timer:
+    def __init__(self, meter: LinkMeter) -> None:
+        self.meter = meter
+        self.start = time.perf_counter()
+        self.ttfb: float | None = None
+
+    def first(self) -> None:
+        if self.ttfb is None:
+            self.ttfb = time.perf_counter() - self.start
+
+    def done(self, nbytes: int) -> None:
+        total = time.perf_counter() - self.start
+        self.meter.record(nbytes, self.ttfb if self.ttfb is not None else total, total)
