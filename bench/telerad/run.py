@@ -1,0 +1,505 @@
+"""Teleradiology benchmark: a remote CT over a throttled link, progressive vs a plain WADO-RS download.
+
+    python bench/telerad/run.py [--slices 600] [--profiles slow,fast] [--data DIR] [--workers N]
+                                [--client auto|scheduler|driver] [--json OUT]
+
+Set-up, all on loopback:
+* a remote node: ``hilum serve`` (a subprocess, anonymous read on a node
+  without users) holding one generated CT series of ``--slices`` 512x512
+  slices (Explicit VR LE, as a modality sends it; generated once into
+  ``--data`` and reused);
+* a throttling proxy in front of it (application level, this process):
+  every byte crosses a shared "link" per direction paced at the profile's
+  rate, and each chunk is delivered half a round trip after it was paced —
+  ``slow`` = 10 Mbit/s, 50 ms RTT; ``fast`` = 100 Mbit/s, 20 ms RTT.
+
+Measured per profile, runs alternating, fresh connections each:
+1. **plain WADO-RS**: the whole series in one request
+   (``multipart/related; type="application/dicom"; transfer-syntax=*``, what
+   a plain DICOMweb client does): time to the first complete instance (the
+   first image) and to the last (full fidelity);
+2. **Hilum progressive**: series metadata (gzip), then the adaptive plan
+   (:func:`hilum.dicomweb.adaptive.choose` on the link measured from those
+   first responses): on a slow link lossy JPEG 2000 frames at the plan's
+   ratio (``?ratio=``, the middle slice first, then every 8th, then the
+   rest), then lossless JPEG-LS frames for every slice; on a fast link
+   lossless frames only.  Time to the first decoded image (the middle
+   slice) and to every slice at full fidelity.  With ``--client scheduler``
+   (or ``auto`` when :mod:`hilum.dicomweb.progressive` is importable)
+   Helper 4's scheduler (``ProgressiveLoad``) is timed instead of the
+   driver here; ``driver`` always uses this file's driver.
+
+Full-fidelity slices are checked pixel-equal to the stored files (a sample)
+after the timings.  Prints figures and ratios; nothing is asserted
+(DESIGN.md: benchmarks print ratios against a baseline measured in the same
+run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "app"))
+
+import numpy as np  # noqa: E402
+import pydicom  # noqa: E402
+
+from hilum.archive import Archive  # noqa: E402
+from hilum.dicom.generator import DOE, make_study  # noqa: E402
+from hilum.dicom.generator.series import iter_ct_series  # noqa: E402
+from hilum.dicomweb.adaptive import LinkMeter, Plan, decode_frame, fetch_frames  # noqa: E402
+from hilum.dicomweb.client import DicomWebClient, DicomWebSource  # noqa: E402
+
+PROFILES = {"slow": (10e6, 0.050), "fast": (100e6, 0.020)}
+ACCESSION = "TELERAD1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------ data and the remote node
+
+
+def ensure_data(data: Path, slices: int) -> tuple[str, str]:
+    """The CT in ``data`` (generated and ingested once); (study, series) UIDs."""
+    archive = Archive(data)
+    try:
+        rows = archive.query("STUDY", {"AccessionNumber": ACCESSION})
+        if rows:
+            study = rows[0]["StudyInstanceUID"]
+            series = archive.query("SERIES", {"StudyInstanceUID": study})
+            if series and int(series[0].get("NumberOfSeriesRelatedInstances") or 0) in (0, slices):
+                return study, series[0]["SeriesInstanceUID"]
+            raise SystemExit(f"{data} holds another series size; use a fresh --data")
+        study_obj = make_study(DOE, accession=ACCESSION, date="20260601", seed="bench-telerad")
+        t = time.perf_counter()
+        series_uid = ""
+        for ds in iter_ct_series(study_obj, rows=512, columns=512, slices=slices, slice_thickness=1.0, seed=5):
+            buf = _part10(ds)
+            assert archive.ingest(buf).status == "stored"
+            series_uid = str(ds.SeriesInstanceUID)
+        print(f"generated {slices} slices in {time.perf_counter() - t:.1f} s into {data}", flush=True)
+        return study_obj.uid, series_uid
+    finally:
+        archive.close()
+
+
+def _part10(ds: pydicom.Dataset) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+class Node:
+    """``hilum serve`` on loopback (DICOMweb only matters here)."""
+
+    def __init__(self, data: Path):
+        self.port = free_port()
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "app"))
+        self.log = open(data / "serve.log", "ab")  # noqa: SIM115 - closed in stop()
+        cmd = [
+            sys.executable,
+            "-m",
+            "hilum",
+            "serve",
+            "--data",
+            str(data),
+            "--web-port",
+            str(self.port),
+            "--dicom-port",
+            str(free_port()),
+            "--hl7-port",
+            str(free_port()),
+            "--bind",
+            "127.0.0.1",
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.url = f"http://127.0.0.1:{self.port}/dicom-web"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/studies?limit=1", timeout=2) as r:
+                    if r.status in (200, 204):
+                        return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise SystemExit(f"hilum serve exited ({self.proc.returncode}); see {data / 'serve.log'}")
+                time.sleep(0.3)
+        raise SystemExit("hilum serve did not answer within 60 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+# ------------------------------------------------------------------ the throttled link
+
+
+class Link:
+    """One shared link: per direction, bytes are paced at ``rate`` (bits/s), then delayed by RTT/2."""
+
+    def __init__(self, rate_bps: float, rtt_s: float):
+        self.rate = rate_bps / 8.0
+        self.delay = rtt_s / 2.0
+        self.free = {"up": 0.0, "down": 0.0}
+        self.bytes = {"up": 0, "down": 0}
+
+    def schedule(self, direction: str, n: int, now: float) -> float:
+        start = max(now, self.free[direction])
+        self.free[direction] = start + n / self.rate
+        self.bytes[direction] += n
+        return self.free[direction] + self.delay
+
+
+class ThrottlingProxy:
+    """A TCP proxy on loopback through a :class:`Link` (its own asyncio loop on a thread)."""
+
+    CHUNK = 16 * 1024
+
+    def __init__(self, target_port: int, rate_bps: float, rtt_s: float):
+        self.link = Link(rate_bps, rtt_s)
+        self.target_port = target_port
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._server: asyncio.base_events.Server | None = None
+        self.thread = threading.Thread(target=self._run, name="telerad-proxy", daemon=True)
+        self.thread.start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self._server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+        self._ready.set()
+        self.loop.run_forever()
+
+    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        try:
+            sr, sw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            cw.close()
+            return
+        for w in (cw, sw):
+            sock = w.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await asyncio.gather(self._pipe(cr, sw, "up"), self._pipe(sr, cw, "down"), return_exceptions=True)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str) -> None:
+        queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(maxsize=32)
+
+        async def deliver() -> None:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                at, data = item
+                wait = at - self.loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                writer.write(data)
+                await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+
+        task = asyncio.ensure_future(deliver())
+        try:
+            while True:
+                data = await reader.read(self.CHUNK)
+                if not data:
+                    break
+                await queue.put((self.link.schedule(direction, len(data), self.loop.time()), data))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            await queue.put(None)
+            try:
+                await task
+            except (ConnectionError, OSError):
+                pass
+            writer.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/dicom-web"
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+# ------------------------------------------------------------------ clients
+
+
+def client_for(url: str) -> DicomWebClient:
+    return DicomWebClient(DicomWebSource("remote", url, timeout=600))
+
+
+def plain_wado(url: str, study: str, series: str) -> dict[str, float]:
+    """The whole series in one WADO-RS request, as stored: first instance and last."""
+    c = client_for(url)
+    t0 = time.perf_counter()
+    first = None
+    n = nbytes = 0
+    for part in c.iter_instances(study, series, transfer_syntax="*"):
+        if first is None:
+            first = time.perf_counter() - t0
+        n += 1
+        nbytes += len(part)
+    total = time.perf_counter() - t0
+    c.close_all()
+    return {"first_image_s": first or total, "full_s": total, "instances": n, "bytes": nbytes}
+
+
+def series_metadata(c: DicomWebClient, study: str, series: str, meter: LinkMeter) -> list[dict[str, Any]]:
+    """Series metadata, gzip-compressed on the wire (the server compresses JSON when asked)."""
+    t = time.perf_counter()
+    resp = c.request(
+        "GET",
+        f"/studies/{study}/series/{series}/metadata",
+        headers={"Accept": "application/dicom+json", "Accept-Encoding": "gzip"},
+    )
+    first = resp.read(1)
+    ttfb = time.perf_counter() - t
+    body = first + resp.read()
+    meter.record(len(body), ttfb, time.perf_counter() - t)
+    if (resp.getheader("Content-Encoding") or "").lower() == "gzip":
+        body = gzip.decompress(body)
+    return list(json.loads(body))
+
+
+def _val(obj: dict[str, Any], tag: str, default: Any = None) -> Any:
+    v = obj.get(tag, {}).get("Value")
+    return v[0] if v else default
+
+
+def progressive_driver(url: str, study: str, series: str, workers: int) -> dict[str, Any]:
+    """Hilum's progressive fetch driven here with the same server calls as the scheduler."""
+    c = client_for(url)
+    meter = LinkMeter()
+    t0 = time.perf_counter()
+    meta = series_metadata(c, study, series, meter)
+    meta.sort(key=lambda o: float((o.get("00200032", {}).get("Value") or [0, 0, 0])[2]))
+    sops = [_val(o, "00080018") for o in meta]
+    rows, cols = int(_val(meta[0], "00280010")), int(_val(meta[0], "00280011"))
+    bits, signed = int(_val(meta[0], "00280100", 16)), int(_val(meta[0], "00280103", 0))
+    n = len(sops)
+    plan = meter.plan(slice_bytes=rows * cols * bits // 8)
+    focus = n // 2
+    order = [focus] + [k for k in range(focus % 8, n, 8) if k != focus]
+    order += [k for k in range(n) if k not in set(order)]
+    times: dict[str, float] = {}
+    lock = threading.Lock()
+    lossy_done = 0
+    plans: list[Plan] = [plan]
+
+    def fetch(k: int, rendition: Any) -> np.ndarray:
+        [data] = fetch_frames(c, study, series, sops[k], [1], rendition, meter)
+        return decode_frame(
+            data, rendition.transfer_syntax, rows=rows, columns=cols, bits_allocated=bits, pixel_representation=signed
+        )
+
+    def lossy(k: int) -> None:
+        nonlocal lossy_done
+        if plans[-1].first is None:
+            return  # re-planned: the link is fast, no lossy pass
+        fetch(k, plans[-1].first)
+        with lock:
+            times.setdefault("first_image_s", time.perf_counter() - t0)
+            lossy_done += 1
+            if lossy_done == 8:  # measured on real frames now: plan again
+                plans.append(meter.plan(slice_bytes=rows * cols * bits // 8))
+
+    full: dict[int, np.ndarray] = {}
+
+    def lossless(k: int) -> None:
+        arr = fetch(k, plans[-1].full)
+        with lock:
+            times.setdefault("first_image_s", time.perf_counter() - t0)
+            if k in check:
+                full[k] = arr
+
+    check = {0, focus, n - 1}
+    nworkers = max(workers, min(16, plan.batch))
+    with ThreadPoolExecutor(nworkers) as pool:
+        if plan.first is not None:
+            list(pool.map(lambda k: lossy(k), order))
+            times["lossy_all_s"] = time.perf_counter() - t0
+        list(pool.map(lambda k: lossless(k), order))
+    times["full_s"] = time.perf_counter() - t0
+    c.close_all()
+    return {
+        **times,
+        "plan": plans[0].reason,
+        "replan": plans[-1].reason if len(plans) > 1 else "",
+        "throughput_mbps": (meter.throughput_bps or 0) / 1e6,
+        "rtt_ms": (meter.rtt_s or 0) * 1e3,
+        "workers": nworkers,
+        "_check": {sops[k]: a for k, a in full.items()},
+    }
+
+
+def progressive_scheduler(url: str, study: str, series: str, workers: int) -> dict[str, Any]:
+    """Helper 4's scheduler (``hilum.dicomweb.progressive.ProgressiveLoad``), timed through its handle."""
+    from hilum.dicomweb.progressive import ProgressiveLoad  # type: ignore[import-not-found,unused-ignore]
+
+    c = client_for(url)
+    t0 = time.perf_counter()
+    load = ProgressiveLoad(c, study, series, workers=workers)
+    handle = load.start()
+    handle.done.wait()
+    total = time.perf_counter() - t0
+    c.close_all()
+    if getattr(handle, "error", None) is not None:
+        raise RuntimeError(f"scheduler failed: {handle.error}")
+    tm = dict(load.timings)
+    first = tm.get("first_image", tm.get("first_full", total))
+    vol = load.volume
+    check: dict[str, np.ndarray] = {}
+    if vol is not None:
+        for k in (0, len(vol) // 2, len(vol) - 1):
+            check[vol.stack.frames[k].sop_instance_uid] = np.asarray(vol.data[k])
+    plan = load.first
+    return {
+        "first_image_s": first,
+        "full_s": tm.get("total", total),
+        "plan": f"scheduler: first pass {plan}" if plan else "scheduler: lossless only",
+        "_check": check,
+    }
+
+
+def verify(data: Path, study: str, check: dict[str, np.ndarray]) -> str:
+    """Full-fidelity slices against the stored files (through the archive)."""
+    archive = Archive(data)
+    try:
+        bad = 0
+        for sop, arr in check.items():
+            [row] = archive.query("IMAGE", {"StudyInstanceUID": study, "SOPInstanceUID": sop})
+            stored = pydicom.dcmread(row["path"]).pixel_array
+            if not np.array_equal(np.asarray(arr).reshape(stored.shape).astype(stored.dtype), stored):
+                bad += 1
+        return f"{len(check) - bad}/{len(check)} checked slices pixel-equal"
+    finally:
+        archive.close()
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--slices", type=int, default=600)
+    ap.add_argument("--profiles", default="slow,fast")
+    ap.add_argument("--data", type=Path, default=None, help="data folder of the remote node (kept, reused)")
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--client", choices=("auto", "scheduler", "driver"), default="driver")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    tmp = None
+    data = args.data
+    if data is None:
+        tmp = tempfile.TemporaryDirectory(prefix="hilum-telerad-")
+        data = Path(tmp.name) / "remote"
+    data.mkdir(parents=True, exist_ok=True)
+    study, series = ensure_data(data, args.slices)
+    use_scheduler = args.client == "scheduler"
+    if args.client == "auto":
+        try:
+            import hilum.dicomweb.progressive  # noqa: F401
+
+            use_scheduler = True
+        except ImportError:
+            use_scheduler = False
+    progressive = progressive_scheduler if use_scheduler else progressive_driver
+    node = Node(data)
+    results: dict[str, Any] = {
+        "slices": args.slices,
+        "client": "scheduler" if use_scheduler else "driver",
+        "profiles": {},
+    }
+    try:
+        for name in [p.strip() for p in args.profiles.split(",") if p.strip()]:
+            rate, rtt = PROFILES[name]
+            runs: dict[str, list[dict[str, Any]]] = {"plain": [], "hilum": []}
+            for _ in range(args.repeat):
+                for kind in ("hilum", "plain"):
+                    proxy = ThrottlingProxy(node.port, rate, rtt)
+                    try:
+                        if kind == "plain":
+                            r = plain_wado(proxy.url, study, series)
+                        else:
+                            r = progressive(proxy.url, study, series, args.workers)
+                            r["verify"] = verify(data, study, r.pop("_check"))
+                        r["wire_mb"] = proxy.link.bytes["down"] / 1e6
+                    finally:
+                        proxy.stop()
+                    runs[kind].append(r)
+                    print(
+                        f"  {name} {kind}: "
+                        + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()),
+                        flush=True,
+                    )
+            best = {k: min(v, key=lambda r: r["full_s"]) for k, v in runs.items()}
+            results["profiles"][name] = {"rate_mbps": rate / 1e6, "rtt_ms": rtt * 1e3, **best}
+    finally:
+        node.stop()
+        if tmp is not None:
+            tmp.cleanup()
+    print()
+    print(
+        f"Remote CT: {args.slices} x 512x512, 16-bit, stored Explicit VR LE; client: "
+        f"{'Helper 4 scheduler' if use_scheduler else 'bench driver (adaptive plan)'}"
+    )
+    print(f"{'link':<22}{'':<10}{'first image s':>15}{'full fidelity s':>17}{'wire MB':>10}")
+    for name, p in results["profiles"].items():
+        label = f"{p['rate_mbps']:g} Mbit/s {p['rtt_ms']:g} ms"
+        for kind in ("plain", "hilum"):
+            r = p[kind]
+            print(f"{label:<22}{kind:<10}{r['first_image_s']:>15.2f}{r['full_s']:>17.2f}{r['wire_mb']:>10.1f}")
+            label = ""
+        pl, hi = p["plain"], p["hilum"]
+        print(
+            f"{'':<22}{'ratio':<10}{pl['first_image_s'] / hi['first_image_s']:>14.1f}x"
+            f"{pl['full_s'] / hi['full_s']:>16.2f}x   (plain / hilum; >1: hilum faster)"
+        )
+        print(f"{'':<22}plan: {hi.get('plan', '')}")
+        if hi.get("replan"):
+            print(f"{'':<22}re-plan: {hi['replan']}")
+        print(f"{'':<22}{hi.get('verify', '')}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
