@@ -59,8 +59,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     ct = generate_ct_series(study, rows=128, columns=128, slices=3, seed=7)
     for ds in ct:
         assert archive.ingest(_bytes(ds)).status == "stored"
-    rows = archive.query("IMAGE", {"StudyInstanceUID": study.uid})
-    paths = [Path(r["path"]) if "path" in r else None for r in rows]
     service = DicomWebService(Config(data_dir=root / "data", web_port=0), archive)
     service.start()
     yield {
@@ -69,7 +67,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "url": service.url,
         "ct": ct,
         "study": study,
-        "paths": paths,
         "root": root,
     }
     service.stop()
@@ -146,14 +143,19 @@ def test_choose_slow_or_unmeasured_link_is_progressive() -> None:
 def test_link_meter() -> None:
     m = LinkMeter()
     assert m.throughput_bps is None and m.rtt_s is None
-    m.record(100, 0.05, 0.05)  # small: round trip only
+    m.record(100, 0.05, 0.05, end=10.0)  # small: round trip only
     assert m.throughput_bps is None and m.rtt_s == 0.05
-    m.record(1_000_000, 0.06, 1.06)  # 1 MB in 1 s after the first byte
+    m.record(1_000_000, 0.06, 1.05, end=20.0)  # 1 MB: 1.05 s, one 50 ms round trip of it latency
     assert m.rtt_s == 0.05
     assert m.throughput_bps == pytest.approx(8e6)
     assert m.plan().progressive  # 8 Mbit/s: a lossless 512² slice takes ~0.2 s
-    m.record(10_000_000, 0.05, 0.15)
-    assert not m.plan().progressive
+    # four concurrent responses share the link: their busy time is counted once
+    c = LinkMeter()
+    c.record(1000, 0.01, 0.01, end=0.0)
+    for _ in range(4):
+        c.record(250_000, 0.02, 0.11, end=30.11)  # all in [30.0, 30.11]: 1 MB in 0.1 s after the round trip
+    assert c.throughput_bps == pytest.approx(80e6)
+    assert not c.plan().progressive
 
 
 # ------------------------------------------------------------------------ server

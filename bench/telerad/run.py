@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import io
 import json
 import os
 import socket
@@ -103,8 +104,6 @@ def ensure_data(data: Path, slices: int) -> tuple[str, str]:
 
 
 def _part10(ds: pydicom.Dataset) -> bytes:
-    import io
-
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
@@ -143,7 +142,7 @@ class Node:
                         return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise SystemExit(f"hilum serve exited ({self.proc.returncode}); see {data / 'serve.log'}")
+                    raise SystemExit(f"hilum serve exited ({self.proc.returncode}); see {data / 'serve.log'}") from None
                 time.sleep(0.3)
         raise SystemExit("hilum serve did not answer within 60 s")
 
@@ -251,6 +250,10 @@ class ThrottlingProxy:
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -313,14 +316,15 @@ def progressive_driver(url: str, study: str, series: str, workers: int) -> dict[
     rows, cols = int(_val(meta[0], "00280010")), int(_val(meta[0], "00280011"))
     bits, signed = int(_val(meta[0], "00280100", 16)), int(_val(meta[0], "00280103", 0))
     n = len(sops)
-    plan = meter.plan(slice_bytes=rows * cols * bits // 8)
+    slice_bytes = rows * cols * bits // 8
+    plans: list[Plan] = [meter.plan(slice_bytes=slice_bytes)]
     focus = n // 2
-    order = [focus] + [k for k in range(focus % 8, n, 8) if k != focus]
-    order += [k for k in range(n) if k not in set(order)]
+    order = [k for k in range(focus % 8, n, 8) if k != focus]
+    order += [k for k in range(n) if k != focus and k not in set(order)]
     times: dict[str, float] = {}
     lock = threading.Lock()
-    lossy_done = 0
-    plans: list[Plan] = [plan]
+    full: dict[int, np.ndarray] = {}
+    check = {0, focus, n - 1}
 
     def fetch(k: int, rendition: Any) -> np.ndarray:
         [data] = fetch_frames(c, study, series, sops[k], [1], rendition, meter)
@@ -329,17 +333,11 @@ def progressive_driver(url: str, study: str, series: str, workers: int) -> dict[
         )
 
     def lossy(k: int) -> None:
-        nonlocal lossy_done
-        if plans[-1].first is None:
-            return  # re-planned: the link is fast, no lossy pass
-        fetch(k, plans[-1].first)
-        with lock:
-            times.setdefault("first_image_s", time.perf_counter() - t0)
-            lossy_done += 1
-            if lossy_done == 8:  # measured on real frames now: plan again
-                plans.append(meter.plan(slice_bytes=rows * cols * bits // 8))
-
-    full: dict[int, np.ndarray] = {}
+        first = plans[-1].first
+        if first is not None:
+            fetch(k, first)
+            with lock:
+                times.setdefault("first_image_s", time.perf_counter() - t0)
 
     def lossless(k: int) -> None:
         arr = fetch(k, plans[-1].full)
@@ -348,19 +346,25 @@ def progressive_driver(url: str, study: str, series: str, workers: int) -> dict[
             if k in check:
                 full[k] = arr
 
-    check = {0, focus, n - 1}
+    # The slice the reader looks at, alone on the link: lossy when the plan says so, then lossless —
+    # the reader's current slice at full fidelity first, and a transfer large enough to measure the link.
+    lossy(focus)
+    lossless(focus)
+    times["focus_full_s"] = time.perf_counter() - t0
+    plans.append(meter.plan(slice_bytes=slice_bytes))
+    plan = plans[-1]
     nworkers = max(workers, min(16, plan.batch))
     with ThreadPoolExecutor(nworkers) as pool:
         if plan.first is not None:
-            list(pool.map(lambda k: lossy(k), order))
+            list(pool.map(lossy, order))
             times["lossy_all_s"] = time.perf_counter() - t0
-        list(pool.map(lambda k: lossless(k), order))
+        list(pool.map(lossless, order))
     times["full_s"] = time.perf_counter() - t0
     c.close_all()
     return {
         **times,
         "plan": plans[0].reason,
-        "replan": plans[-1].reason if len(plans) > 1 else "",
+        "replan": plans[-1].reason,
         "throughput_mbps": (meter.throughput_bps or 0) / 1e6,
         "rtt_ms": (meter.rtt_s or 0) * 1e3,
         "workers": nworkers,
@@ -403,8 +407,7 @@ def verify(data: Path, study: str, check: dict[str, np.ndarray]) -> str:
     try:
         bad = 0
         for sop, arr in check.items():
-            [row] = archive.query("IMAGE", {"StudyInstanceUID": study, "SOPInstanceUID": sop})
-            stored = pydicom.dcmread(row["path"]).pixel_array
+            stored = pydicom.dcmread(io.BytesIO(archive.read(sop))).pixel_array
             if not np.array_equal(np.asarray(arr).reshape(stored.shape).astype(stored.dtype), stored):
                 bad += 1
         return f"{len(check) - bad}/{len(check)} checked slices pixel-equal"
@@ -481,7 +484,7 @@ def main() -> int:
         f"{'Helper 4 scheduler' if use_scheduler else 'bench driver (adaptive plan)'}"
     )
     print(f"{'link':<22}{'':<10}{'first image s':>15}{'full fidelity s':>17}{'wire MB':>10}")
-    for name, p in results["profiles"].items():
+    for p in results["profiles"].values():
         label = f"{p['rate_mbps']:g} Mbit/s {p['rtt_ms']:g} ms"
         for kind in ("plain", "hilum"):
             r = p[kind]
@@ -494,7 +497,9 @@ def main() -> int:
         )
         print(f"{'':<22}plan: {hi.get('plan', '')}")
         if hi.get("replan"):
-            print(f"{'':<22}re-plan: {hi['replan']}")
+            print(f"{'':<22}re-plan after the current slice: {hi['replan']}")
+        if "focus_full_s" in hi:
+            print(f"{'':<22}current slice at full fidelity: {hi['focus_full_s']:.2f} s")
         print(f"{'':<22}{hi.get('verify', '')}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))

@@ -55,8 +55,9 @@ MEDIA_TYPE = {
 
 #: Expected lossless compression ratio of CT/MR slices (JPEG-LS / HTJ2K on 12-bit data: about 2-3).
 LOSSLESS_RATIO = 2.5
-#: A slice should cost no more than this on the wire to be "interactive" (scrolling at ~20 slices/s).
-FAST_SLICE_BUDGET_S = 0.05
+#: A lossless slice costing no more than this on the wire makes a link "fast" (scrolling through
+#: lossless slices at ~12/s; about 21 Mbit/s for a 512² CT slice): no lossy pass.
+FAST_SLICE_BUDGET_S = 0.08
 #: Wire time aimed at for one first (lossy) slice on a slow link.
 FIRST_SLICE_BUDGET_S = 0.02
 MIN_RATIO = 8.0
@@ -181,29 +182,32 @@ def choose(
 
 @dataclass
 class LinkMeter:
-    """Throughput and round trip from the responses a client sees (thread-safe).
+    """Throughput and round trip from the responses a client sees (thread-safe, concurrent requests).
 
-    Call :meth:`record` after each response with the bytes of its body, the
-    time to its first byte (≈ one round trip plus server time) and the total
-    time.  ``rtt_s`` is the smallest time to first byte seen (server time
-    inflates the others); ``throughput_bps`` is bits over the transfer time
-    of the bodies (total minus time to first byte), over the last
-    ``window`` responses — bodies too small to say anything are counted for
-    the round trip only.
+    Call :meth:`record` when each response is complete with the bytes of its
+    body, its time to first byte and its total time (``end`` defaults to
+    now).  ``rtt_s`` is the smallest time to first byte seen (one round trip
+    plus the least server time).  ``throughput_bps`` is the bytes of the
+    last ``window`` responses over the time the link was busy with them:
+    the union of their [start, end] intervals (concurrent requests share the
+    link, so their times are not added), less one round trip per busy
+    period (the latency before data flows).  Responses of less than
+    ``min_body`` bytes count for the round trip only.
     """
 
-    window: int = 16
-    min_body: int = 16 * 1024
+    window: int = 32
+    min_body: int = 8 * 1024
     _rtt: float | None = None
-    _samples: list[tuple[int, float]] = field(default_factory=list)
+    _samples: list[tuple[int, float, float]] = field(default_factory=list)  # (bytes, start, end)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, nbytes: int, ttfb_s: float, total_s: float) -> None:
+    def record(self, nbytes: int, ttfb_s: float, total_s: float, end: float | None = None) -> None:
+        end = time.perf_counter() if end is None else end
         with self._lock:
             if ttfb_s >= 0:
                 self._rtt = ttfb_s if self._rtt is None else min(self._rtt, ttfb_s)
             if nbytes >= self.min_body and total_s > 0:
-                self._samples.append((nbytes, max(total_s - max(ttfb_s, 0.0), 1e-6)))
+                self._samples.append((nbytes, end - total_s, end))
                 del self._samples[: -self.window]
 
     def timed(self) -> _Timer:
@@ -220,13 +224,29 @@ class LinkMeter:
         with self._lock:
             if not self._samples:
                 return None
-            nbytes = sum(b for b, _ in self._samples)
-            secs = sum(s for _, s in self._samples)
-            return nbytes * 8 / secs
+            rtt = self._rtt or 0.0
+            nbytes = sum(b for b, _, _ in self._samples)
+            busy = 0.0
+            cur_start, cur_end = None, None
+            for _b, start, end in sorted(self._samples, key=lambda x: x[1]):
+                if cur_end is None or start > cur_end:
+                    if cur_start is not None and cur_end is not None:
+                        busy += _transfer_time(cur_end - cur_start, rtt)
+                    cur_start, cur_end = start, end
+                else:
+                    cur_end = max(cur_end, end)
+            if cur_start is not None and cur_end is not None:
+                busy += _transfer_time(cur_end - cur_start, rtt)
+            return nbytes * 8 / max(busy, 1e-6)
 
     def plan(self, **kwargs: object) -> Plan:
         """:func:`choose` on what was measured so far."""
         return choose(self.throughput_bps, self.rtt_s, **kwargs)  # type: ignore[arg-type]
+
+
+def _transfer_time(period: float, rtt: float) -> float:
+    """A busy period less the round trip before its data flowed (at least a tenth of it)."""
+    return max(period - rtt, period * 0.1)
 
 
 class _Timer:
@@ -241,7 +261,7 @@ class _Timer:
 
     def done(self, nbytes: int) -> None:
         total = time.perf_counter() - self.start
-        self.meter.record(nbytes, self.ttfb if self.ttfb is not None else total, total)
+        self.meter.record(nbytes, self.ttfb if self.ttfb is not None else total, total)  # end: now
 
 
 # ------------------------------------------------------------------ client side
