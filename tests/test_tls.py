@@ -73,7 +73,7 @@ def _write(path: Path, obj: Any) -> Path:
 
 def make_ca(folder: Path, cn: str) -> tuple[Path, x509.Certificate, Any]:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(cn))
@@ -109,7 +109,7 @@ def issue(
     """A leaf certificate signed by ``ca`` for ``host`` (an IP or a DNS name); (cert, key) files."""
     _path, ca_cert, ca_key = ca
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     try:
         san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
@@ -232,7 +232,7 @@ def test_tokens_expire_on_the_wire(pki: dict[str, Any], archive: Any, monkeypatc
             client(expired).search_studies()
         assert err.value.status == 401
         # eleven minutes later (the clock moved, not waited for) the good token has expired too
-        later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=11)
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=11)
         monkeypatch.setattr(users_mod, "_now", lambda: later)
         with pytest.raises(DicomWebError) as err:
             client(token).search_studies()
