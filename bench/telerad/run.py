@@ -1,7 +1,7 @@
 """Teleradiology benchmark: a remote CT over a throttled link, progressive vs a plain WADO-RS download.
 
     python bench/telerad/run.py [--slices 600] [--profiles slow,fast] [--data DIR] [--workers N]
-                                [--client auto|scheduler|driver] [--json OUT]
+                                [--client auto|scheduler|driver] [--scheduler-from FILE] [--json OUT]
 
 Set-up, all on loopback:
 * a remote node: ``hilum serve`` (a subprocess, anonymous read on a node
@@ -206,7 +206,10 @@ class ThrottlingProxy:
             sock = w.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await asyncio.gather(self._pipe(cr, sw, "up"), self._pipe(sr, cw, "down"), return_exceptions=True)
+        try:
+            await asyncio.gather(self._pipe(cr, sw, "up"), self._pipe(sr, cw, "down"), return_exceptions=True)
+        except asyncio.CancelledError:
+            pass
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str) -> None:
         queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(maxsize=32)
@@ -238,8 +241,8 @@ class ThrottlingProxy:
             await queue.put(None)
             try:
                 await task
-            except (ConnectionError, OSError):
-                pass
+            except (ConnectionError, OSError, asyncio.CancelledError):
+                task.cancel()
             writer.close()
 
     @property
@@ -426,6 +429,12 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--client", choices=("auto", "scheduler", "driver"), default="driver")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument(
+        "--scheduler-from",
+        type=Path,
+        default=None,
+        help="load hilum.dicomweb.progressive from this file (Helper 4's branch before the merge)",
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     tmp = None
@@ -435,6 +444,14 @@ def main() -> int:
         data = Path(tmp.name) / "remote"
     data.mkdir(parents=True, exist_ok=True)
     study, series = ensure_data(data, args.slices)
+    if args.scheduler_from is not None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("hilum.dicomweb.progressive", args.scheduler_from)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["hilum.dicomweb.progressive"] = module
+        spec.loader.exec_module(module)
     use_scheduler = args.client == "scheduler"
     if args.client == "auto":
         try:
