@@ -1,7 +1,7 @@
 """Teleradiology benchmark: a remote CT over a throttled link, progressive vs a plain WADO-RS download.
 
     python bench/telerad/run.py [--slices 600] [--profiles slow,fast] [--data DIR] [--workers N]
-                                [--client auto|scheduler|driver] [--scheduler-from FILE] [--json OUT]
+                                [--client driver|scheduler|both|auto] [--scheduler-from FILE] [--json OUT]
 
 Set-up, all on loopback:
 * a remote node: ``hilum serve`` (a subprocess, anonymous read on a node
@@ -286,21 +286,18 @@ def plain_wado(url: str, study: str, series: str) -> dict[str, float]:
     return {"first_image_s": first or total, "full_s": total, "instances": n, "bytes": nbytes}
 
 
-def series_metadata(c: DicomWebClient, study: str, series: str, meter: LinkMeter) -> list[dict[str, Any]]:
-    """Series metadata, gzip-compressed on the wire (the server compresses JSON when asked)."""
+def _json(c: DicomWebClient, path: str, meter: LinkMeter | None = None) -> list[dict[str, Any]]:
+    """A DICOM JSON answer, gzip-compressed on the wire (the server compresses JSON when asked)."""
     t = time.perf_counter()
-    resp = c.request(
-        "GET",
-        f"/studies/{study}/series/{series}/metadata",
-        headers={"Accept": "application/dicom+json", "Accept-Encoding": "gzip"},
-    )
+    resp = c.request("GET", path, headers={"Accept": "application/dicom+json", "Accept-Encoding": "gzip"})
     first = resp.read(1)
     ttfb = time.perf_counter() - t
     body = first + resp.read()
-    meter.record(len(body), ttfb, time.perf_counter() - t)
+    if meter is not None:  # round trip only: these answers are small and mostly server time
+        meter.record(0, ttfb, time.perf_counter() - t)
     if (resp.getheader("Content-Encoding") or "").lower() == "gzip":
         body = gzip.decompress(body)
-    return list(json.loads(body))
+    return list(json.loads(body)) if body.strip() else []
 
 
 def _val(obj: dict[str, Any], tag: str, default: Any = None) -> Any:
@@ -309,19 +306,40 @@ def _val(obj: dict[str, Any], tag: str, default: Any = None) -> Any:
 
 
 def progressive_driver(url: str, study: str, series: str, workers: int) -> dict[str, Any]:
-    """Hilum's progressive fetch driven here with the same server calls as the scheduler."""
+    """Hilum's progressive fetch driven here with the same server calls as the scheduler.
+
+    1. QIDO-RS of the series' instances (a database answer: fast) → the
+       middle instance; its metadata and its frame in the plan's first
+       rendition at once (not measured yet: lossy), then its lossless frame
+       alone on the link (the reader's slice at full fidelity, and a probe
+       of the link) — while the series metadata (slow to build on the
+       server: every header read) comes on another connection;
+    2. re-plan on what was measured; lossy pass (every 8th slice, then the
+       rest) when the link is slow; lossless pass of every slice.
+    """
     c = client_for(url)
     meter = LinkMeter()
     t0 = time.perf_counter()
-    meta = series_metadata(c, study, series, meter)
-    meta.sort(key=lambda o: float((o.get("00200032", {}).get("Value") or [0, 0, 0])[2]))
-    sops = [_val(o, "00080018") for o in meta]
-    rows, cols = int(_val(meta[0], "00280010")), int(_val(meta[0], "00280011"))
-    bits, signed = int(_val(meta[0], "00280100", 16)), int(_val(meta[0], "00280103", 0))
+    base = f"/studies/{study}/series/{series}"
+    listing = _json(c, base + "/instances", meter)
+    listing.sort(key=lambda o: int(_val(o, "00200013", 0) or 0))
+    sops = [_val(o, "00080018") for o in listing]
     n = len(sops)
-    slice_bytes = rows * cols * bits // 8
-    plans: list[Plan] = [meter.plan(slice_bytes=slice_bytes)]
     focus = n // 2
+    side = ThreadPoolExecutor(3)
+    series_meta = side.submit(_json, c, base + "/metadata")
+    focus_meta = side.submit(_json, c, f"{base}/instances/{sops[focus]}/metadata")
+    plans: list[Plan] = [meter.plan()]
+    first_rendition = plans[0].first
+    focus_lossy = (
+        side.submit(fetch_frames, c, study, series, sops[focus], [1], first_rendition, meter)
+        if first_rendition is not None
+        else None
+    )
+    fm = focus_meta.result()[0]
+    rows, cols = int(_val(fm, "00280010")), int(_val(fm, "00280011"))
+    bits, signed = int(_val(fm, "00280100", 16)), int(_val(fm, "00280103", 0))
+    slice_bytes = rows * cols * bits // 8
     order = [k for k in range(focus % 8, n, 8) if k != focus]
     order += [k for k in range(n) if k != focus and k not in set(order)]
     times: dict[str, float] = {}
@@ -351,11 +369,24 @@ def progressive_driver(url: str, study: str, series: str, workers: int) -> dict[
 
     # The slice the reader looks at, alone on the link: lossy when the plan says so, then lossless —
     # the reader's current slice at full fidelity first, and a transfer large enough to measure the link.
-    lossy(focus)
+    if focus_lossy is not None and first_rendition is not None:
+        [data] = focus_lossy.result()
+        decode_frame(
+            data,
+            first_rendition.transfer_syntax,
+            rows=rows,
+            columns=cols,
+            bits_allocated=bits,
+            pixel_representation=signed,
+        )
+        times["first_image_s"] = time.perf_counter() - t0
     lossless(focus)
     times["focus_full_s"] = time.perf_counter() - t0
     plans.append(meter.plan(slice_bytes=slice_bytes))
     plan = plans[-1]
+    series_meta.result()  # the viewer's geometry: needed before the volume is built
+    times["metadata_s"] = time.perf_counter() - t0
+    side.shutdown()
     nworkers = max(workers, min(16, plan.batch))
     with ThreadPoolExecutor(nworkers) as pool:
         if plan.first is not None:
@@ -427,7 +458,7 @@ def main() -> int:
     ap.add_argument("--profiles", default="slow,fast")
     ap.add_argument("--data", type=Path, default=None, help="data folder of the remote node (kept, reused)")
     ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--client", choices=("auto", "scheduler", "driver"), default="driver")
+    ap.add_argument("--client", choices=("auto", "scheduler", "driver", "both"), default="driver")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument(
         "--scheduler-from",
@@ -452,33 +483,33 @@ def main() -> int:
         module = importlib.util.module_from_spec(spec)
         sys.modules["hilum.dicomweb.progressive"] = module
         spec.loader.exec_module(module)
-    use_scheduler = args.client == "scheduler"
-    if args.client == "auto":
+    clients: dict[str, Any] = {}
+    if args.client in ("driver", "both"):
+        clients["hilum"] = progressive_driver
+    if args.client in ("scheduler", "both", "auto"):
         try:
             import hilum.dicomweb.progressive  # noqa: F401
 
-            use_scheduler = True
+            clients["scheduler"] = progressive_scheduler
         except ImportError:
-            use_scheduler = False
-    progressive = progressive_scheduler if use_scheduler else progressive_driver
+            if args.client != "auto":
+                raise
+    if not clients:
+        clients["hilum"] = progressive_driver
     node = Node(data)
-    results: dict[str, Any] = {
-        "slices": args.slices,
-        "client": "scheduler" if use_scheduler else "driver",
-        "profiles": {},
-    }
+    results: dict[str, Any] = {"slices": args.slices, "clients": list(clients), "profiles": {}}
     try:
         for name in [p.strip() for p in args.profiles.split(",") if p.strip()]:
             rate, rtt = PROFILES[name]
-            runs: dict[str, list[dict[str, Any]]] = {"plain": [], "hilum": []}
+            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in (*clients, "plain")}
             for _ in range(args.repeat):
-                for kind in ("hilum", "plain"):
+                for kind in runs:
                     proxy = ThrottlingProxy(node.port, rate, rtt)
                     try:
                         if kind == "plain":
                             r = plain_wado(proxy.url, study, series)
                         else:
-                            r = progressive(proxy.url, study, series, args.workers)
+                            r = clients[kind](proxy.url, study, series, args.workers)
                             r["verify"] = verify(data, study, r.pop("_check"))
                         r["wire_mb"] = proxy.link.bytes["down"] / 1e6
                     finally:
@@ -497,27 +528,33 @@ def main() -> int:
             tmp.cleanup()
     print()
     print(
-        f"Remote CT: {args.slices} x 512x512, 16-bit, stored Explicit VR LE; client: "
-        f"{'Helper 4 scheduler' if use_scheduler else 'bench driver (adaptive plan)'}"
+        f"Remote CT: {args.slices} x 512x512, 16-bit, stored Explicit VR LE.  hilum = the adaptive driver here;"
+        " scheduler = Helper 4's ProgressiveLoad"
     )
-    print(f"{'link':<22}{'':<10}{'first image s':>15}{'full fidelity s':>17}{'wire MB':>10}")
+    print(
+        f"{'link':<22}{'':<10}{'first image s':>15}{'full fidelity s':>17}{'wire MB':>10}"
+        f"{'first x':>9}{'full x':>8}   (x: plain / this; >1 faster)"
+    )
     for p in results["profiles"].values():
         label = f"{p['rate_mbps']:g} Mbit/s {p['rtt_ms']:g} ms"
-        for kind in ("plain", "hilum"):
+        pl = p["plain"]
+        for kind in ("plain", *clients):
             r = p[kind]
-            print(f"{label:<22}{kind:<10}{r['first_image_s']:>15.2f}{r['full_s']:>17.2f}{r['wire_mb']:>10.1f}")
+            ratios = (
+                ""
+                if kind == "plain"
+                else (f"{pl['first_image_s'] / r['first_image_s']:>8.1f}x{pl['full_s'] / r['full_s']:>7.2f}x")
+            )
+            print(f"{label:<22}{kind:<10}{r['first_image_s']:>15.2f}{r['full_s']:>17.2f}{r['wire_mb']:>10.1f}{ratios}")
             label = ""
-        pl, hi = p["plain"], p["hilum"]
-        print(
-            f"{'':<22}{'ratio':<10}{pl['first_image_s'] / hi['first_image_s']:>14.1f}x"
-            f"{pl['full_s'] / hi['full_s']:>16.2f}x   (plain / hilum; >1: hilum faster)"
-        )
-        print(f"{'':<22}plan: {hi.get('plan', '')}")
-        if hi.get("replan"):
-            print(f"{'':<22}re-plan after the current slice: {hi['replan']}")
-        if "focus_full_s" in hi:
-            print(f"{'':<22}current slice at full fidelity: {hi['focus_full_s']:.2f} s")
-        print(f"{'':<22}{hi.get('verify', '')}")
+        for kind in clients:
+            r = p[kind]
+            print(f"{'':<22}{kind}: plan: {r.get('plan', '')}")
+            if r.get("replan"):
+                print(f"{'':<22}{kind}: re-plan after the current slice: {r['replan']}")
+            if "focus_full_s" in r:
+                print(f"{'':<22}{kind}: current slice at full fidelity: {r['focus_full_s']:.2f} s")
+            print(f"{'':<22}{kind}: {r.get('verify', '')}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
