@@ -191,7 +191,7 @@ class LinkMeter:
     last ``window`` responses over the time the link was busy with them:
     the union of their [start, end] intervals (concurrent requests share the
     link, so their times are not added), less one round trip per busy
-    period (the latency before data flows).  Responses of less than
+    period (the latency before data flows; at most half the period).  Responses of less than
     ``min_body`` bytes count for the round trip only.
     """
 
@@ -245,8 +245,9 @@ class LinkMeter:
 
 
 def _transfer_time(period: float, rtt: float) -> float:
-    """A busy period less the round trip before its data flowed (at least a tenth of it)."""
-    return max(period - rtt, period * 0.1)
+    """A busy period less the round trip before its data flowed — at least half of it: the smallest
+    time to first byte also holds server time, and a loaded server must not make a link look fast."""
+    return max(period - rtt, period * 0.5)
 
 
 class _Timer:
