@@ -60,6 +60,15 @@ OHIF_PACKAGE = "@ohif/app"
 MAX_FORM_BYTES = 8192
 _EMPTY_NOT_FOR_VIEWER = ("00080061",)  # ModalitiesInStudy: OHIF reads .Value.length without a check
 _NO_STORE = {"Cache-Control": "no-store"}
+_STATIC_CACHE = {"Cache-Control": "public, max-age=3600"}
+# OHIF's build puts itself at "/": webpack's runtime (in the app and in each web worker's bundle) loads chunks
+# from a public path fixed at build time, and the PWA manifest names its icons from "/".  Served at /viewer,
+# these few strings are rewritten as the files go out (the files on disk stay as the registry's tarball has them).
+_REWRITES: dict[str, tuple[tuple[bytes, bytes], ...]] = {
+    ".js": ((b'__webpack_require__.p = "/";', f'__webpack_require__.p = "{VIEWER_PREFIX}/";'.encode()),),
+    ".json": ((b'"/assets/', f'"{VIEWER_PREFIX}/assets/'.encode()),),
+    ".css": ((b"url(/", f"url({VIEWER_PREFIX}/".encode()),),
+}
 
 
 # --------------------------------------------------------------------- where things are
@@ -272,6 +281,7 @@ class WebViewer:
         self.links = links
         self.dir = viewer_dir(settings)
         self._index: str | None = None
+        self._rewritten: dict[Path, bytes | None] = {}
         if self.dir is None:
             log.warning(
                 "the web viewer's files are not installed (run installer/setup.sh, or set [web] viewer_dir):"
@@ -311,6 +321,25 @@ class WebViewer:
             assert self.dir is not None
             self._index = (self.dir / "index.html").read_text(encoding="utf-8")
         return self._index
+
+    def _rewrite(self, path: Path) -> bytes | None:
+        rules = _REWRITES.get(path.suffix)
+        if not rules:
+            return None
+        if path not in self._rewritten:
+            data = path.read_bytes()
+            changed = data
+            for old, new in rules:
+                changed = changed.replace(old, new)
+            self._rewritten[path] = changed if changed != data else None
+        return self._rewritten[path]
+
+    async def _static(self, path: Path) -> Response:
+        data = await anyio.to_thread.run_sync(self._rewrite, path) if path.suffix in _REWRITES else None
+        if data is None:
+            return FileResponse(path, headers=_STATIC_CACHE)
+        media = "application/javascript" if path.suffix == ".js" else "application/json"
+        return Response(data, media_type=media, headers=_STATIC_CACHE)
 
     # -- routes
 
@@ -400,7 +429,7 @@ class WebViewer:
         if rel and rel != "index.html":
             path = (self.dir / rel).resolve()
             if path.is_relative_to(self.dir) and path.is_file():
-                return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
+                return await self._static(path)
             last = rel.rsplit("/", 1)[-1]
             if "." in last and not last.startswith("viewer"):
                 return Response("not found", status_code=404, media_type="text/plain")
