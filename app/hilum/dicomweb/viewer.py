@@ -338,7 +338,7 @@ class WebViewer:
         data = await anyio.to_thread.run_sync(self._rewrite, path) if path.suffix in _REWRITES else None
         if data is None:
             return FileResponse(path, headers=_STATIC_CACHE)
-        media = "application/javascript" if path.suffix == ".js" else "application/json"
+        media = {".js": "application/javascript", ".css": "text/css", ".json": "application/json"}[path.suffix]
         return Response(data, media_type=media, headers=_STATIC_CACHE)
 
     # -- routes
