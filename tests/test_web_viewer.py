@@ -459,3 +459,79 @@ def test_sign_out_in_the_browser(node: dict[str, Any], browser: Any) -> None:
     _wait("the sign-in page", lambda: "/viewer/login" in d.current_url)
     d.get(node["base"] + "/viewer/")
     _wait("sent to sign in again", lambda: "/viewer/login" in d.current_url)
+
+
+# ------------------------------------------------------------------ the workstation's study browser
+
+
+@pytest.mark.gui
+def test_study_browser_open_in_web_viewer_and_copy_link(node: dict[str, Any], qtbot: Any) -> None:
+    """The two actions as a person uses them: a click on the row, the shortcut, the button, the context menu."""
+    from PySide6.QtCore import QObject, QPoint, Qt, QUrl, Slot
+    from PySide6.QtGui import QContextMenuEvent, QDesktopServices, QGuiApplication
+    from PySide6.QtTest import QTest
+    from PySide6.QtWidgets import QApplication
+
+    from hilum.ui.main_window import MainWindow
+
+    base, ct, mr = node["base"], node["ct_study"], node["mr_study"]
+    cfg = Config(data_dir=node["data"], web_port=int(base.rsplit(":", 1)[1]))
+    archive = Archive(node["data"])
+    opened: list[str] = []
+
+    class Browser(QObject):  # the "system browser": Qt hands it the URL QDesktopServices.openUrl gets
+        @Slot(QUrl)
+        def open(self, url: QUrl) -> None:
+            opened.append(url.toString())
+
+    handler = Browser()
+    QDesktopServices.setUrlHandler("http", handler, "open")
+    window = MainWindow(cfg, archive)
+    qtbot.addWidget(window)
+    try:
+        window.show()
+        browser = window.browser
+        qtbot.waitUntil(lambda: browser.model.find(ct) >= 0, timeout=30_000)
+        assert not browser.web_button.isEnabled() or browser.selected_study_uid() is not None
+        table = browser.table
+        row = browser.model.find(ct)
+        pos = table.visualRect(table.model().index(row, 0)).center()
+        QTest.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pos)
+        qtbot.waitUntil(lambda: browser.selected_study_uid() == ct and browser.web_button.isEnabled())
+        window.activateWindow()
+        table.setFocus()
+        QTest.keyClick(table, Qt.Key.Key_B, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+        qtbot.waitUntil(lambda: bool(opened))
+        assert opened == [f"{base}/viewer/viewer?StudyInstanceUIDs={ct}"]
+        # Copy link: the button puts a working link on the clipboard.
+        QGuiApplication.clipboard().clear()
+        qtbot.mouseClick(browser.link_button, Qt.MouseButton.LeftButton)
+        url = QGuiApplication.clipboard().text()
+        assert url.startswith(base + "/viewer/link/hlk_"), url
+        assert "Link copied" in browser.result_label.text()
+        s = requests.Session()
+        assert s.get(url, timeout=30).status_code == 200  # the node takes it: the link cookie is set
+        assert s.get(f"{base}/dicom-web/studies/{ct}/series", timeout=30).status_code == 200
+        assert s.get(f"{base}/dicom-web/studies/{mr}/series", timeout=30).status_code == 403
+        # The shortcut makes a new link too.
+        QGuiApplication.clipboard().clear()
+        QTest.keyClick(table, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+        qtbot.waitUntil(lambda: QGuiApplication.clipboard().text().startswith(base + "/viewer/link/"))
+        assert QGuiApplication.clipboard().text() != url
+        # The context menu of the row has both, enabled.
+        viewport = table.viewport()
+        QApplication.sendEvent(
+            viewport, QContextMenuEvent(QContextMenuEvent.Reason.Mouse, pos, viewport.mapToGlobal(pos))
+        )
+        menu = browser.context_menu
+        assert menu is not None
+        names = {a.objectName(): a for a in menu.actions()}
+        assert names["openInWebViewerAction"].isEnabled() and names["copyStudyLinkAction"].isEnabled()
+        names["openInWebViewerAction"].trigger()
+        qtbot.waitUntil(lambda: len(opened) == 2)
+        menu.close()
+        assert isinstance(pos, QPoint)
+    finally:
+        QDesktopServices.unsetUrlHandler("http")
+        window.close()
+        archive.close()

@@ -462,7 +462,7 @@ class StudyLinks:
         if not minutes > 0 or minutes == float("inf"):
             raise UserError("a link's lifetime must be a positive number of minutes")
         expires = int((self._clock() + timedelta(minutes=minutes)).timestamp())
-        body = {"s": study_uid, "e": expires, "i": issuer[:64]}
+        body = {"s": study_uid, "e": expires, "i": issuer[:64], "n": secrets.token_urlsafe(6)}  # n: each link new
         payload = _b64(json.dumps(body, separators=(",", ":")).encode("utf-8"))
         return f"{LINK_PREFIX}{payload}.{self._sign(payload)}"
 

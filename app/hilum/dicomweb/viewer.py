@@ -459,3 +459,39 @@ def describe(settings: WebSettings) -> Mapping[str, Any]:
     """What ``hilum serve`` logs about the viewer at start."""
     d = viewer_dir(settings)
     return {"installed": d is not None, "dir": str(d) if d else None}
+
+
+class WebViewerLinks:
+    """The workstation's side (Qt-free): the web viewer's URL for a study, and links to share.
+
+    ``base_url`` is where a browser reaches this node's web service
+    (:func:`node_base_url`); links are signed with the node's key in
+    ``data_dir`` (:class:`~hilum.archive.users.StudyLinks`), so the node
+    serving that data folder accepts them.
+    """
+
+    def __init__(self, base_url: str, links: StudyLinks, *, minutes: float = 1440.0, issuer: str = "workstation"):
+        self.base_url = base_url.rstrip("/")
+        self.links = links
+        self.minutes = minutes
+        self.issuer = issuer
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> WebViewerLinks | None:
+        """For the node a :class:`~hilum.config.Config` describes; None when its web service or viewer is off."""
+        settings = WebSettings.from_config(cfg)
+        if not settings.enabled or not settings.viewer:
+            return None
+        base = node_base_url(cfg.bind, cfg.web_port, settings)
+        return cls(base, StudyLinks(cfg.data_dir), minutes=settings.link_minutes)
+
+    def open_url(self, study_uid: str) -> str:
+        """OHIF on this study (the browser signs in first when it has no session)."""
+        return self.base_url + study_viewer_path(study_uid)
+
+    def share(self, study_uid: str) -> tuple[str, datetime]:
+        """A new read-only link to this study and when it expires."""
+        token = self.links.issue(study_uid, minutes=self.minutes, issuer=self.issuer)
+        grant = self.links.verify(token)
+        assert grant is not None
+        return link_url(self.base_url, token), grant.expires_at
