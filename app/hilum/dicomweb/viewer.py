@@ -367,16 +367,17 @@ class WebViewer:
             log.warning("viewer sign-in of %r from %s refused: %s", name[:64], client, outcome.reason)
             text = outcome.reason if outcome.status != 401 else "Wrong user name or password."
             return HTMLResponse(login_page(nxt, text, name), outcome.status, headers={**_NO_STORE, **outcome.headers})
-        if not outcome.user.can("read"):
+        user = outcome.user
+        if not user.can("read"):
             return HTMLResponse(login_page(nxt, "This user may not read studies.", name), 403, headers=_NO_STORE)
         ttl = timedelta(hours=self.settings.session_hours)
         try:
             token = await anyio.to_thread.run_sync(
-                lambda: self.auth.users.issue_token(outcome.user.name, ttl=ttl, label="viewer session")
-            )  # type: ignore[union-attr]
+                lambda: self.auth.users.issue_token(user.name, ttl=ttl, label="viewer session")
+            )
         except UserError as exc:
             return HTMLResponse(login_page(nxt, str(exc), name), 403, headers=_NO_STORE)
-        log.info("viewer sign-in of %s from %s", outcome.user.name, client)
+        log.info("viewer sign-in of %s from %s", user.name, client)
         response = RedirectResponse(nxt, status_code=303, headers=_NO_STORE)
         self._cookie(request, response, SESSION_COOKIE, token, int(ttl.total_seconds()))
         return response
