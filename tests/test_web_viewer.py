@@ -1,6 +1,6 @@
 """The web viewer served by the node (issue 18): OHIF at /viewer in a real headless Chromium.
 
-A real node (the DICOMweb service on a loopback socket, its archive and users) serves OHIF's
+A real node (``hilum serve`` in its own process on loopback, its archive and users) serves OHIF's
 prebuilt files as installer/setup.sh fetched them; Debian's ``chromium`` + ``chromium-driver``,
 driven by Selenium, signs in, lists, opens a CT and scrolls.  Screenshots of the viewport are
 compared with ``hilum render`` of the slice OHIF says it shows (its "I: n (k/N)" overlay):
@@ -13,10 +13,12 @@ stops working when it expires.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -31,12 +33,12 @@ import pytest
 import requests
 from PIL import Image
 
+from conftest import free_port, wait_port
 from hilum.archive import Archive
 from hilum.archive.users import StudyLinks, UserStore
 from hilum.config import Config
 from hilum.dicom.generator import YAMADA, generate_ct_series, generate_mr_series, make_study
 from hilum.dicom.generator.people import Patient
-from hilum.dicomweb.service import DicomWebService
 from hilum.dicomweb.settings import WebSettings
 from hilum.dicomweb.viewer import viewer_dir
 
@@ -63,8 +65,14 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
     return buf.getvalue()
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies (a crashed test leaves no server behind)."""
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A real ``hilum serve`` (its own process) on loopback, with users and three studies; anonymous off."""
     root = tmp_path_factory.mktemp("webviewer")
     data = root / "data"
     archive = Archive(data)
@@ -92,23 +100,25 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         ds.Modality = ""
     for ds in [*ct, *mr, *odd]:
         assert archive.ingest(_bytes(ds)).status == "stored"
-    cfg = Config(data_dir=data, web_port=0)
-    service = DicomWebService(cfg, archive, settings=WebSettings(anonymous="never"))
-    service.start()
-    base = service.url.removesuffix("/dicom-web")
-    yield {
-        "base": base,
-        "archive": archive,
-        "data": data,
-        "root": root,
-        "ct": ct,
-        "ct_study": ct_study.uid,
-        "mr_study": mr_study.uid,
-        "odd_study": odd_study.uid,
-        "users": users,
-    }
-    service.stop()
-    archive.close()
+    port = free_port()
+    Config(data_dir=data, web_port=port, dicom_port=free_port(), hl7_port=free_port(),
+           extra={"web": {"anonymous": "never"}}).save()  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hilum", "serve", "--data", str(data)],
+        stdout=subprocess.DEVNULL, stderr=(root / "serve.log").open("wb"), preexec_fn=_die_with_parent,
+    )  # fmt: skip
+    try:
+        wait_port(port, 60)
+        base = f"http://127.0.0.1:{port}"
+        yield {"base": base, "archive": archive, "data": data, "root": root, "ct": ct, "ct_study": ct_study.uid,
+               "mr_study": mr_study.uid, "odd_study": odd_study.uid, "users": users}  # fmt: skip
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        archive.close()
 
 
 @pytest.fixture(scope="module")
