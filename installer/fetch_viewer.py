@@ -54,7 +54,13 @@ def main() -> int:
             members = [m for m in tar.getmembers()
                        if (m.name == "package/package.json" or m.name.startswith("package/dist/"))
                        and (m.isfile() or m.isdir())]
-            tar.extractall(staging, members=members, filter="data")
+            for m in members:  # nothing outside package/ (the "data" filter where this Python has it)
+                if m.name.startswith("/") or ".." in Path(m.name).parts:
+                    raise SystemExit(f"fetch_viewer: unsafe path in the tarball: {m.name}")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(staging, members=members, filter="data")
+            else:
+                tar.extractall(staging, members=members)
         if dest.exists():
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
