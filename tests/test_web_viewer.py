@@ -377,6 +377,30 @@ def test_link_token_reads_its_study_only_until_it_expires(node: dict[str, Any]) 
     assert page.status_code == 401 and "expired" in page.text
 
 
+@pytest.mark.skipif(viewer_dir(WebSettings()) is None, reason="the OHIF files are not installed (installer/setup.sh)")
+def test_anonymous_viewer_only_when_the_config_says_so(tmp_path: Path) -> None:
+    from hilum.dicomweb.service import DicomWebService
+
+    archive = Archive(tmp_path / "data")
+    UserStore.of(archive).add("rita", "viewer", PW)  # a user exists: "auto" then wants everyone signed in
+    try:
+        for mode, page, qido in (("read", 200, 200), ("auto", 303, 401), ("never", 303, 401)):
+            svc = DicomWebService(Config(data_dir=tmp_path / "data", web_port=0), archive,
+                                  settings=WebSettings(anonymous=mode))  # fmt: skip
+            svc.start()
+            try:
+                base = svc.url.removesuffix("/dicom-web")
+                r = requests.get(base + "/viewer/", allow_redirects=False, timeout=30)
+                assert r.status_code == page, mode
+                if page == 200:
+                    assert 'window.PUBLIC_URL="/viewer/"' in r.text and "hilum-sign-out" not in r.text
+                assert requests.get(base + "/dicom-web/studies", timeout=30).status_code == qido, mode
+            finally:
+                svc.stop()
+    finally:
+        archive.close()
+
+
 # ------------------------------------------------------------------ in the browser
 
 
