@@ -78,6 +78,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     archive = Archive(data)
     users = UserStore.of(archive)
     users.add("rita", "radiologist", PW)
+    users.add("vic", "viewer", PW)
     ct_study = make_study(YAMADA, accession="WV0001", date="20261101", seed="webviewer-ct")
     ct = generate_ct_series(ct_study, rows=SIZE, columns=SIZE, slices=SLICES, seed=3)
     other_patient = Patient("Okafor^Ngozi", "HIL-WV02", "19800101", "F")
@@ -257,6 +258,16 @@ def _study_uids(resp: requests.Response) -> list[str]:
 
 
 # ------------------------------------------------------------------ HTTP level (no browser)
+
+
+def test_sign_in_page_is_throttled_like_basic_logins(node: dict[str, Any]) -> None:
+    login = node["base"] + "/viewer/login"
+    codes = [requests.post(login, data={"name": "vic", "password": f"guess {i}"}, timeout=30,
+                           allow_redirects=False).status_code for i in range(6)]  # fmt: skip
+    assert codes[:5] == [401] * 5 and codes[5] == 429
+    locked = requests.post(login, data={"name": "vic", "password": PW}, timeout=30, allow_redirects=False)
+    assert locked.status_code == 429 and int(locked.headers["retry-after"]) > 0  # even the right password waits
+    assert "hilum_session" not in locked.headers.get("set-cookie", "")
 
 
 def test_viewer_page_needs_sign_in_and_standard_clients_are_unchanged(node: dict[str, Any]) -> None:
@@ -449,7 +460,10 @@ def test_link_opens_its_study_in_the_browser_and_nothing_else(
     d = browser
     d.delete_all_cookies()
     token = StudyLinks(node["data"]).issue(node["ct_study"], minutes=10, issuer="test")
-    d.get(f"{node['base']}/viewer/link/{token}")
+    # Followed from another site (an e-mail, a chat: here a page of its own origin), as a person clicks it.
+    href = f"{node['base']}/viewer/link/{token}"
+    d.get(f"data:text/html,<a id='shared' href='{href}'>the study</a>")
+    d.find_element(By.ID, "shared").click()
     _wait("the CT viewer", lambda: "StudyInstanceUIDs=" + node["ct_study"] in d.current_url)
     _wait("the first image", lambda: _overlay_index(d))
     time.sleep(1.0)
