@@ -14,6 +14,7 @@ stops working when it expires.
 from __future__ import annotations
 
 import ctypes
+import http.client
 import io
 import json
 import re
@@ -406,6 +407,49 @@ def test_anonymous_viewer_only_when_the_config_says_so(tmp_path: Path) -> None:
                 if page == 200:
                     assert 'window.PUBLIC_URL="/viewer/"' in r.text and "hilum-sign-out" not in r.text
                 assert requests.get(base + "/dicom-web/studies", timeout=30).status_code == qido, mode
+            finally:
+                svc.stop()
+    finally:
+        archive.close()
+
+
+def test_viewer_dir_setting_and_a_node_without_the_viewer(tmp_path: Path) -> None:
+    from hilum.dicomweb.service import DicomWebService
+
+    own = tmp_path / "ohif"
+    (own / "assets").mkdir(parents=True)
+    (own / "index.html").write_text('<html><head><script>window.PUBLIC_URL="/"</script>'
+                                    '<script src="/app.js"></script></head><body></body></html>')  # fmt: skip
+    (own / "app.js").write_text('__webpack_require__.p = "/";')
+    (own / "assets" / "x.txt").write_text("asset")
+    archive = Archive(tmp_path / "data")
+    try:
+        for folder, page in ((own, 200), (tmp_path / "empty", 503)):
+            svc = DicomWebService(Config(data_dir=tmp_path / "data", web_port=0), archive,
+                                  settings=WebSettings(anonymous="read", viewer_dir=str(folder)))  # fmt: skip
+            svc.start()
+            try:
+                base = svc.url.removesuffix("/dicom-web")
+                r = requests.get(base + "/viewer/", timeout=30)
+                assert r.status_code == page
+                if page == 200:
+                    assert 'src="/viewer/app.js"' in r.text
+                    js = requests.get(base + "/viewer/app.js", timeout=30)
+                    assert js.text == '__webpack_require__.p = "/viewer/";'
+                    assert requests.get(base + "/viewer/assets/x.txt", timeout=30).text == "asset"
+                    host, port = base.removeprefix("http://").split(":")
+                    for path in ("/viewer/../data/index.sqlite", "/viewer/%2e%2e/data/index.sqlite"):
+                        conn = http.client.HTTPConnection(host, int(port), timeout=30)  # sends the path as it is
+                        conn.request("GET", path)
+                        leak = conn.getresponse()
+                        assert leak.status == 404 and b"SQLite" not in leak.read(), path
+                        conn.close()
+                    assert requests.get(base + "/viewer/nothing.js", timeout=30).status_code == 404
+                else:
+                    assert "not installed" in r.text
+                # DICOMweb and sign-in work either way.
+                assert requests.get(base + "/dicom-web/studies", timeout=30).status_code == 200
+                assert requests.get(base + "/viewer/login", timeout=30).status_code == 200
             finally:
                 svc.stop()
     finally:

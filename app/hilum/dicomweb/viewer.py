@@ -39,7 +39,6 @@ import json
 import logging
 import socket
 import sys
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -431,8 +430,7 @@ class WebViewer:
             path = (self.dir / rel).resolve()
             if path.is_relative_to(self.dir) and path.is_file():
                 return await self._static(path)
-            last = rel.rsplit("/", 1)[-1]
-            if "." in last and not last.startswith("viewer"):
+            if "." in rel.rsplit("/", 1)[-1]:  # a file OHIF does not have; anything else is one of its routes
                 return Response("not found", status_code=404, media_type="text/plain")
         who = await self._who(request)
         if who.user is None and who.reason != "anonymous":
@@ -454,12 +452,6 @@ class WebViewer:
 
 def link_url(base: str, token: str) -> str:
     return base.rstrip("/") + link_path(token)
-
-
-def describe(settings: WebSettings) -> Mapping[str, Any]:
-    """What ``hilum serve`` logs about the viewer at start."""
-    d = viewer_dir(settings)
-    return {"installed": d is not None, "dir": str(d) if d else None}
 
 
 class WebViewerLinks:
