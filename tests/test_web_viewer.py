@@ -387,6 +387,11 @@ def test_link_token_reads_its_study_only_until_it_expires(node: dict[str, Any]) 
     assert r.status_code == 401
     page = requests.get(f"{base}/viewer/link/{expired}", timeout=30)
     assert page.status_code == 401 and "expired" in page.text
+    # Revoked: every link at once, from the command line, while the node runs.
+    assert requests.get(f"{base}/dicom-web/studies/{ct}/series", cookies=jar, timeout=30).status_code == 200
+    subprocess.run([sys.executable, "-m", "hilum", "users", "--data", str(node["data"]), "link", "--revoke-all"],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    assert requests.get(f"{base}/dicom-web/studies/{ct}/series", cookies=jar, timeout=30).status_code == 401
 
 
 @pytest.mark.skipif(viewer_dir(WebSettings()) is None, reason="the OHIF files are not installed (installer/setup.sh)")

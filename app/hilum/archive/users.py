@@ -411,12 +411,21 @@ class StudyLinks:
         self.key_path = Path(data_dir) / LINK_KEY_FILE
         self._clock = clock or _now
         self._key: bytes | None = None
+        self._stamp: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
     def _load_key(self) -> bytes:
+        # Read again when the file changed: ``hilum users link --revoke-all`` in another process revokes at once.
+        try:
+            st = self.key_path.stat()
+            stamp: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
+        except FileNotFoundError:
+            stamp = None
         with self._lock:
-            if self._key is None:
+            if self._key is None or stamp is None or stamp != self._stamp:
                 self._key = self._read_or_create()
+                st = self.key_path.stat()
+                self._stamp = (st.st_ino, st.st_mtime_ns)
             return self._key
 
     def _read_or_create(self) -> bytes:
