@@ -170,6 +170,8 @@ def _sign_in(driver: Any, base: str, user: str = "rita", password: str = PW) -> 
     driver.delete_all_cookies()
     driver.get(base + "/viewer/")
     _wait("the sign-in page", lambda: "/viewer/login" in driver.current_url and driver.find_element(By.ID, "name"))
+    OUT.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(OUT / "login.png"))
     driver.find_element(By.ID, "name").send_keys(user)
     driver.find_element(By.ID, "password").send_keys(password)
     driver.find_element(By.ID, "sign-in").click()
@@ -624,6 +626,8 @@ def test_study_browser_open_in_web_viewer_and_copy_link(node: dict[str, Any], qt
         assert menu is not None
         names = {a.objectName(): a for a in menu.actions()}
         assert names["openInWebViewerAction"].isEnabled() and names["copyStudyLinkAction"].isEnabled()
+        OUT.mkdir(parents=True, exist_ok=True)
+        QApplication.primaryScreen().grabWindow(window.winId()).save(str(OUT / "study-browser-menu.png"))
         names["openInWebViewerAction"].trigger()
         qtbot.waitUntil(lambda: len(opened) == 2)
         menu.close()
