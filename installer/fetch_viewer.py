@@ -35,12 +35,9 @@ def main() -> int:
         print(f"fetch_viewer: pinned integrity must be sha512, not {algo}", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="hilum-ohif-") as tmp:
-        out = subprocess.run(["npm", "pack", f"{name}@{version}", "--pack-destination", tmp, "--json",
-                              "--loglevel=error"], check=True, capture_output=True, text=True).stdout
-        filename = json.loads(out)[0]["filename"].replace("@", "").replace("/", "-")
-        tgz = Path(tmp) / filename
-        if not tgz.is_file():
-            tgz = next(Path(tmp).glob("*.tgz"))
+        subprocess.run(["npm", "pack", f"{name}@{version}", "--pack-destination", tmp, "--loglevel=error"],
+                       check=True, capture_output=True, text=True)  # fmt: skip
+        tgz = next(Path(tmp).glob("*.tgz"))
         digest = hashlib.sha512()
         with tgz.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -51,9 +48,12 @@ def main() -> int:
             return 1
         staging = Path(tmp) / "unpacked"
         with tarfile.open(tgz) as tar:
-            members = [m for m in tar.getmembers()
-                       if (m.name == "package/package.json" or m.name.startswith("package/dist/"))
-                       and (m.isfile() or m.isdir())]
+            members = [
+                m
+                for m in tar.getmembers()
+                if (m.name == "package/package.json" or m.name.startswith("package/dist/"))
+                and (m.isfile() or m.isdir())
+            ]
             for m in members:  # nothing outside package/ (the "data" filter where this Python has it)
                 if m.name.startswith("/") or ".." in Path(m.name).parts:
                     raise SystemExit(f"fetch_viewer: unsafe path in the tarball: {m.name}")
