@@ -597,8 +597,9 @@ def test_study_browser_open_in_web_viewer_and_copy_link(node: dict[str, Any], qt
         pos = table.visualRect(table.model().index(row, 0)).center()
         QTest.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pos)
         qtbot.waitUntil(lambda: browser.selected_study_uid() == ct and browser.web_button.isEnabled())
-        window.activateWindow()
+        window.activateWindow()  # Xvfb has no window manager: window shortcuts need the window active
         table.setFocus()
+        qtbot.waitUntil(lambda: window.isActiveWindow() and table.hasFocus(), timeout=10_000)
         QTest.keyClick(table, Qt.Key.Key_B, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
         qtbot.waitUntil(lambda: bool(opened))
         assert opened == [f"{base}/viewer/viewer?StudyInstanceUIDs={ct}"]
