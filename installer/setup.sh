@@ -9,11 +9,12 @@ cd "$here"
 # Debian packages: DCMTK and Orthanc (interop peers in tests, benchmarks), dicom3tools (dciodvfy:
 # the tests hold the GSPS, SR, KOS and SEG Hilum writes to it), GDCM's tools (gdcmconv: a second decoder
 # of the JPEG-LS / JPEG 2000 files compression writes, and a peer in bench/storage),
-# Xvfb and the X/GL libraries Qt + VTK need without a screen, OSMesa, PostgreSQL.
+# Xvfb and the X/GL libraries Qt + VTK need without a screen, OSMesa, PostgreSQL, Chromium and its
+# WebDriver (the web viewer's tests drive a real headless browser with Selenium).
 SYSTEM_PACKAGES=(dcmtk xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0
   libxcb-xinerama0 libxcb-randr0 libxcb-render-util0 libxcb-image0 libxcb-shape0 libegl1 libgl1
   libopengl0 libglx0 libosmesa6 libfontconfig1 libdbus-1-3 fonts-dejavu-core
-  fonts-noto-cjk orthanc orthanc-dicomweb postgresql dicom3tools libgdcm-tools)
+  fonts-noto-cjk orthanc orthanc-dicomweb postgresql dicom3tools libgdcm-tools chromium chromium-driver)
 
 if [[ "${1:-}" != "--no-system" ]]; then
   missing=()
@@ -54,6 +55,9 @@ if command -v npm >/dev/null 2>&1; then
     cp installer/npm/package.json installer/npm/package-lock.json "$npmdir/"
     (cd "$npmdir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   fi
+  # The OHIF web viewer hilum serve serves at /viewer: the prebuilt @ohif/app tarball pinned (version and
+  # sha512) in installer/npm/package.json, its dist/ unpacked into .venv/npm/node_modules/@ohif/app.
+  python3 installer/fetch_viewer.py "$here"
 else
-  echo "hilum setup: npm not found: the S3 tier tests will be skipped (apt-get install -y npm)" >&2
+  echo "hilum setup: npm not found: the S3 tier tests and the web viewer will be missing (apt-get install -y npm)" >&2
 fi

@@ -21,13 +21,24 @@ allocate forty times 64 MiB.  Throttling repeated failures is the web
 layer's job (:mod:`hilum.dicomweb.throttle`).  The tables live in the index database next
 to the archive's (migration ``0003_users``), reached through the archive's
 SQLAlchemy engine: the archive stays the only layer with SQL.
+
+Links to one study (:class:`StudyLinks`): a time-limited, read-only grant to
+one study, carried in a URL (``hilum users link``, the workstation's "Copy
+link").  The link is a token signed with HMAC-SHA256 (RFC 2104) under a key
+kept in the data folder (``web-link.key``, mode 0600): nothing is stored per
+link, the expiry is inside the signed part, and rotating the key
+(``hilum users link --revoke-all``) revokes every link at once.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import json
 import logging
+import os
 import re
 import secrets
 import threading
@@ -37,6 +48,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -339,6 +351,14 @@ class UserStore:
             return None
         return User(row.name, row.role, _aware(row.created_at))
 
+    def revoke_token(self, token: str) -> bool:
+        """Revoke one token (a signed-out web session); True when it existed."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
+            return False
+        with self.engine.begin() as conn:
+            return bool(conn.execute(delete(api_tokens).where(api_tokens.c.token_hash == _token_digest(token)))
+                        .rowcount)
+
     def revoke_tokens(self, name: str) -> int:
         """Revoke every token of ``name``; returns how many there were."""
         with self.engine.begin() as conn:
@@ -346,3 +366,132 @@ class UserStore:
             if pk is None:
                 raise UserError(f"no user {name!r}")
             return int(conn.execute(delete(api_tokens).where(api_tokens.c.user_fk == pk)).rowcount or 0)
+
+
+# --------------------------------------------------------------------- links to one study
+
+LINK_PREFIX = "hlk_"
+LINK_KEY_FILE = "web-link.key"
+MAX_LINK_LENGTH = 600
+_LINK_CONTEXT = b"hilum-study-link-v1."
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+@dataclass(frozen=True, slots=True)
+class StudyLink:
+    """What a valid link grants: reading ``study_uid`` until ``expires_at``; ``issuer`` is informative."""
+
+    study_uid: str
+    expires_at: datetime
+    issuer: str = ""
+
+    @property
+    def user(self) -> User:
+        """The read-only principal the web services see for the holder of this link."""
+        return User(name=f"link:{self.issuer or '?'}", role="viewer")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class StudyLinks:
+    """Signed, time-limited, read-only links to one study (see the module's docstring).
+
+    ``data_dir`` holds the signing key (created with mode 0600 on first use).
+    Nodes that share one index (PostgreSQL) and should accept each other's
+    links share this key file too.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, clock: Any = None):
+        self.key_path = Path(data_dir) / LINK_KEY_FILE
+        self._clock = clock or _now
+        self._key: bytes | None = None
+        self._stamp: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def _load_key(self) -> bytes:
+        # Read again when the file changed: ``hilum users link --revoke-all`` in another process revokes at once.
+        try:
+            st = self.key_path.stat()
+            stamp: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
+        except FileNotFoundError:
+            stamp = None
+        with self._lock:
+            if self._key is None or stamp is None or stamp != self._stamp:
+                self._key = self._read_or_create()
+                st = self.key_path.stat()
+                self._stamp = (st.st_ino, st.st_mtime_ns)
+            return self._key
+
+    def _read_or_create(self) -> bytes:
+        try:
+            key = self.key_path.read_bytes()
+            if len(key) >= 32:
+                return key
+        except FileNotFoundError:
+            pass
+        self.key_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it meanwhile
+            return self.key_path.read_bytes()
+        key = secrets.token_bytes(32)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
+        return key
+
+    def rotate(self) -> None:
+        """A new signing key: every link issued so far stops working."""
+        self.key_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.key_path.with_name(self.key_path.name + ".new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.key_path)
+        with self._lock:
+            self._key = None
+        log.info("study link key rotated: every earlier link is revoked")
+
+    def _sign(self, payload: str) -> str:
+        return _b64(hmac.new(self._load_key(), _LINK_CONTEXT + payload.encode("ascii"), hashlib.sha256).digest())
+
+    def issue(self, study_uid: str, *, minutes: float = 24 * 60, issuer: str = "") -> str:
+        """A link token for ``study_uid`` valid ``minutes`` from now (read only, that study only)."""
+        if not isinstance(study_uid, str) or len(study_uid) > 64 or not _UID_RE.match(study_uid):
+            raise UserError(f"invalid Study Instance UID {study_uid!r}")
+        if not minutes > 0 or minutes == float("inf"):
+            raise UserError("a link's lifetime must be a positive number of minutes")
+        expires = int((self._clock() + timedelta(minutes=minutes)).timestamp())
+        body = {"s": study_uid, "e": expires, "i": issuer[:64], "n": secrets.token_urlsafe(6)}  # n: each link new
+        payload = _b64(json.dumps(body, separators=(",", ":")).encode("utf-8"))
+        return f"{LINK_PREFIX}{payload}.{self._sign(payload)}"
+
+    def verify(self, token: str) -> StudyLink | None:
+        """The grant of a valid, unexpired link; None for anything else (never raises)."""
+        if not isinstance(token, str) or not token.startswith(LINK_PREFIX) or len(token) > MAX_LINK_LENGTH:
+            return None
+        payload, sep, sig = token[len(LINK_PREFIX):].partition(".")
+        if not sep or not payload or not sig:
+            return None
+        try:
+            if not hmac.compare_digest(self._sign(payload), sig):
+                return None
+            body = json.loads(_unb64(payload))
+            study, expires, issuer = body["s"], body["e"], body.get("i", "")
+        except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, OSError):
+            return None
+        if not isinstance(study, str) or not isinstance(expires, int) or not isinstance(issuer, str):
+            return None
+        when = datetime.fromtimestamp(expires, UTC)
+        if when <= self._clock():
+            return None
+        return StudyLink(study, when, issuer)

@@ -9,11 +9,19 @@
     hilum users role NAME ROLE
     hilum users token NAME [--hours N | --no-expiry] [--label TEXT]
     hilum users revoke NAME
+    hilum users link STUDY_UID [--minutes N] [--json]
+    hilum users link --revoke-all
 
 Without ``--password-stdin`` the password is asked twice on the terminal.
 Passwords are stored as argon2id hashes (:mod:`hilum.archive.users`).
 ``passwd`` and ``remove`` revoke every bearer token of the user: a token
 issued before a password change is refused after it.
+
+``link`` prints a time-limited, read-only link to one study for the web
+viewer (``/viewer/link/…``; default lifetime ``[web] link_minutes``): its
+holder opens that study in the browser and reads nothing else.  Links are
+signed, not stored: ``--revoke-all`` changes the signing key, which revokes
+every link issued so far.
 """
 
 from __future__ import annotations
@@ -67,6 +75,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     rv = sub.add_parser("revoke", help="revoke every token of a user")
     rv.add_argument("name", metavar="NAME")
 
+    ln = sub.add_parser("link", help="print a time-limited, read-only link to one study (web viewer)",
+                        description="A link that opens one study in the node's web viewer, read only, until it "
+                        "expires. The URL uses [web] public_url, else the node's bind address and web port.")
+    ln.add_argument("study", metavar="STUDY_UID", nargs="?", help="Study Instance UID")
+    ln.add_argument("--minutes", type=float, default=None, help="lifetime in minutes (default [web] link_minutes)")
+    ln.add_argument("--issuer", default="cli", help="who the link is from (shown in the node's log)")
+    ln.add_argument("--json", action="store_true", help="print JSON: url, token, study, expires")
+    ln.add_argument("--revoke-all", action="store_true", help="revoke every link issued so far (new signing key)")
+
     p.set_defaults(handler=run_users)
 
 
@@ -90,6 +107,8 @@ def run_users(args: argparse.Namespace) -> int:
     from hilum.config import load_config
 
     cfg = load_config(args.data)
+    if args.users_command == "link":
+        return _run_link(args, cfg)
     archive = Archive.from_config(cfg)
     try:
         store = UserStore.of(archive)
@@ -130,3 +149,34 @@ def run_users(args: argparse.Namespace) -> int:
         return 0
     finally:
         archive.close()
+
+
+def _run_link(args: argparse.Namespace, cfg: object) -> int:
+    from hilum.archive.users import StudyLinks
+    from hilum.dicomweb.settings import WebSettings
+    from hilum.dicomweb.viewer import link_url, node_base_url
+
+    links = StudyLinks(cfg.data_dir)  # type: ignore[attr-defined]
+    if args.revoke_all:
+        if args.study:
+            raise HilumError("--revoke-all takes no study")
+        links.rotate()
+        print("every link issued so far is revoked")
+        return 0
+    if not args.study:
+        raise HilumError("name the study: hilum users link STUDY_UID [--minutes N]")
+    settings = WebSettings.from_config(cfg)
+    minutes = settings.link_minutes if args.minutes is None else args.minutes
+    if not minutes > 0:
+        raise HilumError("--minutes must be positive")
+    token = links.issue(args.study, minutes=minutes, issuer=args.issuer)
+    grant = links.verify(token)
+    assert grant is not None
+    url = link_url(node_base_url(cfg.bind, cfg.web_port, settings), token)  # type: ignore[attr-defined]
+    if args.json:
+        print(json.dumps({"url": url, "token": token, "study": args.study,
+                          "expires": grant.expires_at.isoformat()}))
+    else:
+        print(url)
+        print(f"read only, study {args.study}, until {grant.expires_at:%Y-%m-%d %H:%M} UTC", file=sys.stderr)
+    return 0

@@ -20,6 +20,21 @@ on the event loop (an anyio semaphore), not in a worker thread, so a burst
 of guesses neither holds the thread pool that serves every other request
 nor grows memory by one 64 MiB hash per guess.  A password verified
 recently (the store's cache) is accepted without a slot.
+
+The web viewer (issue 18, :mod:`.viewer`): its sign-in page sets an HttpOnly,
+SameSite=Strict session cookie (``hilum_session``, a token of the user's
+with ``[web] session_hours`` to live), accepted here for *reading* only
+(GET/HEAD) — a cookie never authorises a write, so a forged cross-site form
+cannot store anything.  A link to one study (``hlk_…``, see
+:class:`~hilum.archive.users.StudyLinks`), as the ``hilum_link`` cookie or a
+bearer token, lets its holder read that study and nothing else: a QIDO-RS
+search must name the study (``StudyInstanceUID=``), WADO-RS paths must be
+under ``/studies/{that study}``; anything else is 403, and 401 once expired.
+Requests under ``/viewer`` are not checked here: the viewer's routes gate
+its page themselves (its static files hold no patient data).  A refusal of a
+browser's request (a cookie, or a page of the viewer as Referer) challenges
+with ``HilumSession`` rather than ``Basic``, so the browser shows no password
+dialog of its own over the viewer.
 """
 
 from __future__ import annotations
@@ -31,12 +46,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 import anyio.to_thread
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hilum.archive.users import ANONYMOUS_READER, LoginBusy, User, UserStore
+from hilum.archive.users import ANONYMOUS_READER, LINK_PREFIX, LoginBusy, StudyLink, StudyLinks, User, UserStore
 from hilum.dicomweb.settings import WebSettings
 from hilum.dicomweb.throttle import Clock, LoginThrottle, Refusal, ThrottlePolicy
 
@@ -44,6 +60,64 @@ log = logging.getLogger(__name__)
 
 REALM = "Hilum DICOMweb"
 _WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+SESSION_COOKIE = "hilum_session"
+LINK_COOKIE = "hilum_link"
+VIEWER_PREFIX = "/viewer"
+DICOMWEB_ROOT = "/dicom-web"
+_SEARCHES = frozenset({DICOMWEB_ROOT + "/studies", DICOMWEB_ROOT + "/series", DICOMWEB_ROOT + "/instances"})
+_STUDY_KEYS = frozenset({"studyinstanceuid", "0020000d"})
+MAX_COOKIE_HEADER = 8192
+
+
+def parse_cookies(scope: Scope) -> dict[str, str]:
+    """The request's cookies (RFC 6265 5.4), the first of each name; empty when none or oversized."""
+    out: dict[str, str] = {}
+    for k, v in scope.get("headers", []):
+        if k != b"cookie" or len(v) > MAX_COOKIE_HEADER:
+            continue
+        for part in v.decode("latin-1").split(";"):
+            name, sep, value = part.strip().partition("=")
+            if sep and name and name not in out:
+                out[name] = value.strip().strip('"')
+    return out
+
+
+def in_viewer(path: str) -> bool:
+    return path == VIEWER_PREFIX or path.startswith(VIEWER_PREFIX + "/")
+
+
+def link_allows(method: str, path: str, query: bytes | str, study: str) -> bool:
+    """Whether the holder of a link to ``study`` may make this request (read that study only)."""
+    if method not in ("GET", "HEAD"):
+        return False
+    own = f"{DICOMWEB_ROOT}/studies/{study}"
+    if path == own or path.startswith(own + "/"):
+        return True
+    if path in _SEARCHES:
+        text = query.decode("latin-1") if isinstance(query, bytes) else query
+        values = [v for k, v in parse_qsl(text, keep_blank_values=True) if k.lower() in _STUDY_KEYS]
+        return bool(values) and all(v == study for v in values)
+    return False
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for k, v in scope.get("headers", []):
+        if k == name:
+            return str(v.decode("latin-1"))
+    return None
+
+
+def _from_viewer_page(scope: Scope) -> bool:
+    """A request made by a page of the web viewer (same-origin Referer under /viewer)."""
+    referer = _header(scope, b"referer")
+    if not referer:
+        return False
+    try:
+        parts = urlsplit(referer)
+    except ValueError:
+        return False
+    host = _header(scope, b"host")
+    return in_viewer(parts.path) and (host is None or parts.netloc == host)
 
 
 @dataclass
@@ -54,6 +128,7 @@ class Outcome:
     reason: str = ""
     status: int = 401
     headers: dict[str, str] = field(default_factory=dict)
+    link: StudyLink | None = None
 
 
 class Authenticator:
@@ -66,8 +141,9 @@ class Authenticator:
     USERS_CACHE_SECONDS = 2.0
 
     def __init__(self, users: UserStore, settings: WebSettings, *, loopback: bool, clock: Clock = time.monotonic,
-                 throttle: LoginThrottle | None = None):
+                 throttle: LoginThrottle | None = None, links: StudyLinks | None = None):
         self.users = users
+        self.links = links
         self.settings = settings
         self.loopback = loopback
         self.clock = clock
@@ -106,6 +182,8 @@ class Authenticator:
         scheme = scheme.lower()
         cred = cred.strip()
         if scheme == "bearer":
+            if cred.startswith(LINK_PREFIX):
+                return self.link_outcome(cred)
             user = await anyio.to_thread.run_sync(self.users.verify_token, cred)
             return Outcome(user) if user else Outcome(None, "invalid or expired token")
         if scheme != "basic":
@@ -118,6 +196,26 @@ class Authenticator:
         if not sep:
             return Outcome(None, "malformed Basic credentials")
         return await self.password_login(name, password, client)
+
+    def link_outcome(self, token: str) -> Outcome:
+        grant = self.links.verify(token) if self.links is not None else None
+        if grant is None:
+            return Outcome(None, "invalid or expired link")
+        return Outcome(grant.user, link=grant)
+
+    async def cookie_outcome(self, cookies: dict[str, str]) -> Outcome:
+        """The web viewer's cookies: a signed-in session first, else a link to one study."""
+        session = cookies.get(SESSION_COOKIE)
+        if session:
+            user = await anyio.to_thread.run_sync(self.users.verify_token, session)
+            if user is not None:
+                return Outcome(user)
+        link = cookies.get(LINK_COOKIE)
+        if link:
+            return self.link_outcome(link)
+        if session:
+            return Outcome(None, "the viewer session has expired or was signed out")
+        return Outcome(None, "no credentials")
 
     async def password_login(self, name: str, password: str, client: str) -> Outcome:
         """A Basic login: throttle check, cached verification, else one argon2 check in a bounded slot."""
@@ -183,32 +281,42 @@ class AuthMiddleware:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        authorization = None
-        for k, v in scope.get("headers", []):
-            if k == b"authorization":
-                authorization = v.decode("latin-1")
-                break
         method, path = scope["method"], scope.get("path", "")
+        if in_viewer(path):  # the viewer's own routes gate its page (hilum.dicomweb.viewer)
+            await self.app(scope, receive, send)
+            return
+        authorization = _header(scope, b"authorization")
         need = required_permission(method, path)
         client = (scope.get("client") or ("?", 0))[0]
-        if authorization is None:
-            outcome = Outcome(None, "no credentials")
-        else:
+        cookies = parse_cookies(scope) if authorization is None else {}
+        browser = bool(cookies.get(SESSION_COOKIE) or cookies.get(LINK_COOKIE)) or _from_viewer_page(scope)
+        if authorization is not None:
             outcome = await self.auth.authenticate(authorization, client)
+        elif need == "read" and (SESSION_COOKIE in cookies or LINK_COOKIE in cookies):
+            outcome = await self.auth.cookie_outcome(cookies)  # cookies authorise reading only
+        else:
+            outcome = Outcome(None, "no credentials")
         user = outcome.user
         if user is None:
             if authorization is None and need == "read" and await self._anonymous_ok():
                 user = ANONYMOUS_READER
             else:
                 reason = outcome.reason
-                if authorization is None:
+                if authorization is None and reason == "no credentials":
                     reason = "authentication required" if need != "read" else "anonymous access not allowed"
-                await self._deny(scope, send, outcome.status, reason, None, outcome.headers)
+                await self._deny(scope, send, outcome.status, reason, None, outcome.headers, browser=browser)
                 return
         if need in ("read", "write") and not user.can(need):
-            await self._deny(scope, send, 403, f"role {user.role} may not {need}", user)
+            await self._deny(scope, send, 403, f"role {user.role} may not {need}", user, browser=browser)
             return
-        scope.setdefault("state", {})["user"] = user
+        if outcome.link is not None and not link_allows(method, path, scope.get("query_string", b""),
+                                                        outcome.link.study_uid):
+            await self._deny(scope, send, 403, "this link grants reading one other study only", user,
+                             browser=browser)
+            return
+        state = scope.setdefault("state", {})
+        state["user"] = user
+        state["viewer_request"] = browser
         await self.app(scope, receive, send)
 
     async def _anonymous_ok(self) -> bool:
@@ -218,7 +326,7 @@ class AuthMiddleware:
         return await anyio.to_thread.run_sync(self.auth.anonymous_read_allowed)
 
     async def _deny(self, scope: Scope, send: Send, status: int, reason: str, user: User | None,
-                    extra: dict[str, str] | None = None) -> None:
+                    extra: dict[str, str] | None = None, *, browser: bool = False) -> None:
         client = scope.get("client") or ("?", 0)
         # A locked login is refused without work; one log line per lock (in Authenticator), not per refusal.
         log.log(logging.DEBUG if status == 429 else logging.WARNING, "denied %s %s %s from %s (user %s): %s", status,
@@ -227,7 +335,9 @@ class AuthMiddleware:
         headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json"),
                                               (b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (extra or {}).items()]
-        if status == 401:
+        if status == 401 and browser:  # no Basic challenge: the browser would pop its own password dialog
+            headers.append((b"www-authenticate", f'HilumSession realm="{REALM}"'.encode()))
+        elif status == 401:
             headers.append((b"www-authenticate", f'Basic realm="{REALM}", charset="UTF-8"'.encode()))
             headers.append((b"www-authenticate", f'Bearer realm="{REALM}"'.encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -235,6 +345,11 @@ class AuthMiddleware:
 
 
 _TITLES = {401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailable"}
+
+
+def is_viewer_request(request: Any) -> bool:
+    """Whether the web viewer made this request (its cookie, or one of its pages as Referer)."""
+    return bool(request.scope.get("state", {}).get("viewer_request"))
 
 
 def current_user(request: Any) -> User:

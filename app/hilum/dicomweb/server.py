@@ -2,7 +2,8 @@
 
 Rooted at ``/dicom-web`` (QIDO-RS, WADO-RS, STOW-RS) and ``/wado``
 (WADO-URI), as Orthanc and most clients expect, plus ``POST /auth/token``
-for bearer tokens.  Routes are thin: they translate HTTP to archive calls
+for bearer tokens, and the web viewer (OHIF) at ``/viewer`` with its sign-in
+page and links to one study (:mod:`.viewer`).  Routes are thin: they translate HTTP to archive calls
 (:mod:`.qido`, :mod:`.wado`, :mod:`.stow`, :mod:`.wado_uri`).
 
 Middleware, outermost first: CORS (when ``[web] cors_origins`` is set),
@@ -31,10 +32,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from hilum.archive import Archive
-from hilum.archive.users import UserError, UserStore
+from hilum.archive.users import StudyLinks, UserError, UserStore
 from hilum.dicom.pixels import PixelDataError
-from hilum.dicomweb import qido, stow, wado, wado_uri
-from hilum.dicomweb.auth import Authenticator, AuthMiddleware, current_user
+from hilum.dicomweb import qido, stow, viewer, wado, wado_uri
+from hilum.dicomweb.auth import Authenticator, AuthMiddleware, current_user, is_viewer_request
 from hilum.dicomweb.common import (
     ROOT,
     Context,
@@ -60,17 +61,24 @@ def _p(request: Request, name: str) -> str:
 # --------------------------------------------------------------------- QIDO
 
 
+def _for_viewer(request: Request, response: Response) -> Response:
+    """The web viewer's QIDO-RS answers without what OHIF cannot read (:func:`viewer.viewer_safe_results`)."""
+    return viewer.patch_for_viewer(response) if is_viewer_request(request) else response
+
+
 def search_studies(request: Request) -> Response:
-    return qido.search(context(request), request, "STUDY")
+    return _for_viewer(request, qido.search(context(request), request, "STUDY"))
 
 
 def search_series(request: Request) -> Response:
-    return qido.search(context(request), request, "SERIES", study=request.path_params.get("study"))
+    return _for_viewer(request, qido.search(context(request), request, "SERIES",
+                                            study=request.path_params.get("study")))
 
 
 def search_instances(request: Request) -> Response:
-    return qido.search(context(request), request, "IMAGE", study=request.path_params.get("study"),
-                       series=request.path_params.get("series"))
+    return _for_viewer(request, qido.search(context(request), request, "IMAGE",
+                                            study=request.path_params.get("study"),
+                                            series=request.path_params.get("series")))
 
 
 # --------------------------------------------------------------------- WADO-RS
@@ -214,14 +222,18 @@ def create_app(archive: Archive, settings: WebSettings | None = None, *, loopbac
             allow_credentials="*" not in settings.cors_origins, max_age=600))
     middleware.append(Middleware(GZipMiddleware, minimum_size=settings.gzip_min_size, compresslevel=5,
                                  exclude_content_types=_NOT_COMPRESSED))
-    middleware.append(Middleware(AuthMiddleware,
-                                 authenticator=Authenticator(users, settings, loopback=loopback, clock=clock)))
+    links = StudyLinks(archive.data_dir)
+    authenticator = Authenticator(users, settings, loopback=loopback, clock=clock, links=links)
+    middleware.append(Middleware(AuthMiddleware, authenticator=authenticator))
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         HTTPError: _http_error,
         NotFound: _not_found,
         PixelDataError: _pixel_error,
         Exception: _unexpected,
     }
-    app = Starlette(routes=routes(), middleware=middleware, exception_handlers=handlers)
+    all_routes = routes()
+    if settings.viewer:
+        all_routes += viewer.WebViewer(settings, authenticator, links).routes()
+    app = Starlette(routes=all_routes, middleware=middleware, exception_handlers=handlers)
     app.state.ctx = Context(archive=archive, settings=settings, users=users)
     return app

@@ -39,6 +39,12 @@
     idle_timeout = 60               # a request body or response that makes no progress this long: closed
     max_header_bytes = 16384        # request line + headers larger than this: 400 and closed
 
+    # The web viewer (OHIF, served at /viewer; see hilum.dicomweb.viewer)
+    viewer = true                   # serve it (when its files are installed)
+    viewer_dir = ""                 # OHIF's prebuilt dist/ (default: .venv/npm/node_modules/@ohif/app/dist)
+    session_hours = 12              # a viewer sign-in lasts this long (an HttpOnly, SameSite=Strict cookie)
+    link_minutes = 1440             # default lifetime of a link to one study ("Copy link", hilum users link)
+
 Anonymous access (``anonymous``), chosen to be safe by default:
 
 * ``"auto"`` (default): anonymous *read* only while the node has **no users
@@ -104,6 +110,10 @@ class WebSettings:
     keep_alive_timeout: float = 30.0
     idle_timeout: float = 60.0
     max_header_bytes: int = 16384
+    viewer: bool = True
+    viewer_dir: str = ""
+    session_hours: float = 12.0
+    link_minutes: float = 1440.0
 
     @classmethod
     def from_config(cls, cfg: Any) -> WebSettings:
@@ -135,12 +145,15 @@ class WebSettings:
         v = self.max_connections_per_client
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError("[web] max_connections_per_client must be 0 (no limit) or a positive integer")
-        for name in ("token_hours", "login_lockout_seconds", "login_lockout_max_seconds", "login_reset_seconds",
+        if not isinstance(self.viewer_dir, str):
+            raise ConfigError("[web] viewer_dir must be a folder path")
+        for name in ("token_hours", "session_hours", "link_minutes", "login_lockout_seconds", "login_lockout_max_seconds", "login_reset_seconds",
                      "login_trust_days", "login_wait_seconds", "header_timeout", "keep_alive_timeout",
                      "idle_timeout"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0 or v == float("inf"):
-                unit = "hours" if name == "token_hours" else "days" if name.endswith("_days") else "seconds"
+                unit = ("hours" if name.endswith("_hours") else "days" if name.endswith("_days")
+                        else "minutes" if name.endswith("_minutes") else "seconds")
                 raise ConfigError(f"[web] {name} must be a positive number of {unit}")
 
     @property

@@ -256,6 +256,9 @@ class MainWindow(QMainWindow):
         self.transfers: Any = None
         install_transfers(self)
         install_remote_sources(self)
+        from hilum.ui.study_browser import install_web_viewer  # Open in web viewer, Copy link (issue 18)
+
+        install_web_viewer(self)
         from hilum.ui.prefetch_panel import install_prefetch  # priors prefetched from peers (issue 15)
 
         self.prefetch = install_prefetch(self)

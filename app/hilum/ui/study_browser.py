@@ -5,6 +5,12 @@ widgets.  Every query runs on a worker thread through
 :class:`hilum.ui.tasks.TaskRunner`; results come back by signal and stale
 ones (a newer search started meanwhile) are dropped, so typing stays fluid.
 Archive changes (a C-STORE, an import) re-run the current search, throttled.
+
+For a study of the local archive, "Open in web viewer" (Ctrl+Shift+B) opens
+the node's web viewer on it in the system browser, and "Copy link"
+(Ctrl+Shift+C) puts a time-limited, read-only link to it on the clipboard
+(:class:`hilum.dicomweb.viewer.WebViewerLinks`): buttons over the series
+list, entries of the study table's context menu, and the shortcuts.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from PySide6.QtCore import (
     QPoint,
     Qt,
     QTimer,
+    QUrl,
     Signal,
 )
-from PySide6.QtGui import QKeyEvent
+from PySide6.QtGui import QAction, QDesktopServices, QGuiApplication, QKeyEvent, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -75,6 +82,8 @@ ANY_DATE = QDate(1900, 1, 1)
 
 REFRESH_THROTTLE_MS = 400
 TYPING_DEBOUNCE_MS = 250
+OPEN_WEB_SHORTCUT = "Ctrl+Shift+B"
+COPY_LINK_SHORTCUT = "Ctrl+Shift+C"
 
 
 class RowTableModel(QAbstractTableModel):
@@ -226,7 +235,10 @@ class StudyBrowser(QWidget):
     ``searchFinished(StudySearchResult)`` after each search shown,
     ``seriesLoaded(study_uid, count)``, ``currentStudyChanged(study_uid)``,
     ``sendRequested(study_uid, series_uid or "", peer)`` from the tables' context
-    menus ("Send to" ▸ the peers :attr:`send_targets` lists; :mod:`hilum.ui.transfers`).
+    menus ("Send to" ▸ the peers :attr:`send_targets` lists; :mod:`hilum.ui.transfers`),
+    ``webViewerOpened(url)`` and ``linkCopied(url)`` after "Open in web viewer" /
+    "Copy link" (available while :attr:`web_viewer` gives a
+    :class:`~hilum.dicomweb.viewer.WebViewerLinks`: see :func:`install_web_viewer`).
     """
 
     openRequested = Signal(str)
@@ -235,6 +247,8 @@ class StudyBrowser(QWidget):
     seriesLoaded = Signal(str, int)
     currentStudyChanged = Signal(str)
     sendRequested = Signal(str, str, str)
+    webViewerOpened = Signal(str)
+    linkCopied = Signal(str)
 
     def __init__(self, archive: QueryableArchive, runner: TaskRunner, parent: QWidget | None = None):
         super().__init__(parent)
@@ -251,6 +265,7 @@ class StudyBrowser(QWidget):
         self._user_chose = False  # the user picked a row: keep it across refreshes
         self.send_targets: Callable[[], list[tuple[str, str]]] | None = None  # (peer, label) for "Send to"
         self.context_menu: QMenu | None = None  # the last context menu shown (non-blocking popup)
+        self.web_viewer: Callable[[], Any] | None = None  # -> WebViewerLinks | None (None: not for this source)
 
         self._build_search_bar()
         self.model = RowTableModel(STUDY_COLUMNS, "StudyInstanceUID", self)
@@ -280,11 +295,17 @@ class StudyBrowser(QWidget):
         self.series_title.setObjectName("seriesTitle")
         self.series_title.setTextFormat(Qt.TextFormat.PlainText)
 
+        self._build_web_actions()
         series_box = QWidget(self)
         sl = QVBoxLayout(series_box)
         sl.setContentsMargins(0, 4, 0, 0)
         sl.setSpacing(4)
-        sl.addWidget(self.series_title)
+        head = QHBoxLayout()
+        head.setContentsMargins(0, 0, 0, 0)
+        head.addWidget(self.series_title, 1)
+        head.addWidget(self.web_button)
+        head.addWidget(self.link_button)
+        sl.addLayout(head)
         sl.addWidget(self.series_table)
 
         self.splitter = QSplitter(Qt.Orientation.Vertical, self)
@@ -308,6 +329,71 @@ class StudyBrowser(QWidget):
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(REFRESH_THROTTLE_MS)
         self._refresh_timer.timeout.connect(self.refresh)
+
+    # ------------------------------------------------------------ web viewer
+
+    def _build_web_actions(self) -> None:
+        self.open_web_action = QAction("Open in &web viewer", self)
+        self.open_web_action.setObjectName("openInWebViewerAction")
+        self.open_web_action.setShortcut(QKeySequence(OPEN_WEB_SHORTCUT))
+        self.open_web_action.setStatusTip("Open the selected study in the node's web viewer (system browser)")
+        self.copy_link_action = QAction("Copy &link (read only, time-limited)", self)
+        self.copy_link_action.setObjectName("copyStudyLinkAction")
+        self.copy_link_action.setShortcut(QKeySequence(COPY_LINK_SHORTCUT))
+        self.copy_link_action.setStatusTip("Copy a read-only link to the selected study that expires")
+        for act, slot in ((self.open_web_action, self.open_in_web_viewer), (self.copy_link_action, self.copy_link)):
+            act.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            act.triggered.connect(lambda _checked=False, f=slot: f())
+            self.addAction(act)
+        self.web_button = QPushButton("Open in web viewer", self)
+        self.web_button.setObjectName("openInWebViewerButton")
+        self.web_button.setToolTip(f"Open the selected study in the node's web viewer ({OPEN_WEB_SHORTCUT})")
+        self.link_button = QPushButton("Copy link", self)
+        self.link_button.setObjectName("copyStudyLinkButton")
+        self.link_button.setToolTip(f"Copy a read-only, time-limited link to the selected study ({COPY_LINK_SHORTCUT})")
+        for b in (self.web_button, self.link_button):
+            b.setAutoDefault(False)
+        self.web_button.clicked.connect(self.open_in_web_viewer)
+        self.link_button.clicked.connect(self.copy_link)
+        self.update_web_actions()
+
+    def _web_links(self) -> Any:
+        return self.web_viewer() if self.web_viewer is not None else None
+
+    def update_web_actions(self) -> None:
+        """Enable the web viewer's actions when a study of a source that has them is selected."""
+        ok = self._web_links() is not None and self.selected_study_uid() is not None
+        for w in (self.open_web_action, self.copy_link_action, self.web_button, self.link_button):
+            w.setEnabled(ok)
+
+    def open_in_web_viewer(self) -> str | None:
+        """Open the selected study in the node's web viewer, in the system browser; the URL opened."""
+        links, uid = self._web_links(), self.selected_study_uid()
+        if links is None or uid is None:
+            return None
+        url = links.open_url(uid)
+        if not QDesktopServices.openUrl(QUrl(url)):
+            self._set_result_text("No web browser could be started", error=True)
+            log.warning("could not open %s in a browser", url)
+            return None
+        self.webViewerOpened.emit(url)
+        return str(url)
+
+    def copy_link(self) -> str | None:
+        """Put a read-only, time-limited link to the selected study on the clipboard; the link."""
+        links, uid = self._web_links(), self.selected_study_uid()
+        if links is None or uid is None:
+            return None
+        try:
+            url, expires = links.share(uid)
+        except Exception as exc:  # noqa: BLE001 - a key file that cannot be written: say so, never crash
+            log.warning("cannot make a link to %s: %s", uid, exc)
+            self._set_result_text(f"No link: {exc}", error=True)
+            return None
+        QGuiApplication.clipboard().setText(url)
+        self._set_result_text(f"Link copied (read only, until {expires.astimezone():%d %b %H:%M})")
+        self.linkCopied.emit(url)
+        return str(url)
 
     # ------------------------------------------------------------ search bar
 
@@ -619,6 +705,7 @@ class StudyBrowser(QWidget):
         self.currentStudyChanged.emit(uid)
 
     def _show_series(self, study: Mapping[str, Any] | None) -> None:
+        self.update_web_actions()
         self._series_generation += 1
         gen = self._series_generation
         if study is None or self._closed:
@@ -697,6 +784,10 @@ class StudyBrowser(QWidget):
         def build(menu: QMenu) -> None:
             menu.addAction("Open", lambda: self.openRequested.emit(uid)).setObjectName("openStudyContextAction")
             self._send_submenu(menu, "Send study to", uid, "")
+            self.update_web_actions()
+            menu.addSeparator()
+            menu.addAction(self.open_web_action)
+            menu.addAction(self.copy_link_action)
 
         self._popup(self.table, pos, build)
 
@@ -738,3 +829,24 @@ class StudyBrowser(QWidget):
             table.fitted_once = True
         finally:
             table.fitting = False
+
+
+def install_web_viewer(window: Any) -> None:
+    """Give the window's study browser "Open in web viewer" and "Copy link" for the local archive; never fatal.
+
+    The links point at the node of the window's config (``[web]`` settings,
+    bind address and web port) and are signed with its data folder's key.
+    """
+    from hilum.dicomweb.viewer import WebViewerLinks
+
+    try:
+        links = WebViewerLinks.from_config(window.config)
+    except Exception:  # noqa: BLE001 - a bad [web] section must not keep the workstation from opening
+        log.exception("the web viewer's actions are not available")
+        return
+    browser = window.browser
+    # Only the local archive is served by this node's web viewer: nothing while a remote source is shown.
+    browser.web_viewer = lambda: links if browser.logic.archive is window.archive else None
+    browser.update_web_actions()
+    window.add_shortcut_help("Study browser", OPEN_WEB_SHORTCUT, "Open the selected study in the web viewer (browser)")
+    window.add_shortcut_help("Study browser", COPY_LINK_SHORTCUT, "Copy a read-only, time-limited link to the study")
