@@ -1,0 +1,195 @@
+"""Progressive streaming of a remote series (hilum.dicomweb.progressive), against a real Hilum
+DICOMweb server on loopback: lossy first pass, full fidelity pixel-equal to the remote files,
+fetch order (focus, every Nth, fill in) and re-prioritisation on scroll."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+
+from hilum.archive import Archive
+from hilum.config import Config
+from hilum.dicom.generator import MUELLER, generate_ct_series, make_study
+from hilum.dicomweb.client import DicomWebClient, DicomWebSource
+from hilum.dicomweb.progressive import (
+    FetchOrder,
+    FirstPass,
+    ThroughputMeter,
+    _first_from_plan,
+    plan_for,
+    start_progressive,
+)
+from hilum.dicomweb.service import DicomWebService
+
+SLICES = 24
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("progressive-remote")
+    archive = Archive(root)
+    study = make_study(MUELLER, accession="PROG01", date="20260707", seed="progressive")
+    series = generate_ct_series(study, rows=64, columns=64, slices=SLICES, seed=7)
+    for ds in series:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        archive.ingest(buf.getvalue())
+    with DicomWebService(Config(data_dir=root, web_port=0), archive) as svc:
+        yield {"url": svc.url, "study": study.uid, "series": str(series[0].SeriesInstanceUID), "archive": archive}
+    archive.close()
+
+
+class Recorder:
+    """Counts requests by kind and collects what is put into the cache (the RemoteCache contract)."""
+
+    def __init__(self) -> None:
+        self.put: list[bytes] = []
+        self.lock = threading.Lock()
+
+    def put_instance(self, study: str, data: bytes) -> None:
+        with self.lock:
+            self.put.append(data)
+
+
+def _original(server: dict[str, Any]) -> dict[str, np.ndarray]:
+    out = {}
+    for row in server["archive"].query("IMAGE", {"SeriesInstanceUID": server["series"]}):
+        sop = row["SOPInstanceUID"]
+        out[sop] = pydicom.dcmread(io.BytesIO(server["archive"].read(sop))).pixel_array
+    return out
+
+
+def test_order_focus_every_nth_then_fill() -> None:
+    order = FetchOrder(20, lossy=True, stride=5, focus=10)
+    tasks = []
+    while (t := order.next()) is not None:
+        tasks.append(t)
+        order.finished(*t)
+    assert tasks[:2] == [("lossy", 10), ("full", 10)]
+    assert {t for t in tasks[2:5]} == {("lossy", 5), ("lossy", 15), ("lossy", 0)}  # every 5th from the focus
+    assert tasks[5] == ("full", 11)  # then the viewed slice's neighbours in full, then the gaps
+    lossy = {k for kind, k in tasks if kind == "lossy"}
+    assert lossy == set(range(20)) - {8, 9, 11, 12}  # the focus' neighbours went straight to full
+    assert {k for kind, k in tasks if kind == "full"} == set(range(20))
+    lossy_order = [k for kind, k in tasks if kind == "lossy"]
+    assert lossy_order[:4] == [10, 15, 5, 0] or lossy_order[:4] == [10, 5, 15, 0]
+
+
+def test_order_reprioritised_on_scroll() -> None:
+    order = FetchOrder(100, lossy=True, stride=10, focus=0)
+    for _ in range(5):
+        t = order.next()
+        assert t is not None
+        order.finished(*t)
+    order.focus(77)
+    assert order.next() == ("lossy", 77)
+    assert order.next() == ("full", 77)
+    nxt = order.next()
+    assert nxt is not None and nxt[1] in (67, 87)  # the coarse pass continues from the new focus
+
+
+def test_order_without_lossy_is_nearest_first() -> None:
+    order = FetchOrder(7, lossy=False, focus=3)
+    got = []
+    while (t := order.next()) is not None:
+        got.append(t)
+        order.finished(*t)
+    assert [k for _, k in got] == [3, 4, 2, 5, 1, 6, 0] and all(kind == "full" for kind, _ in got)
+
+
+def test_plan_policy() -> None:
+    slow, fast = ThroughputMeter(), ThroughputMeter()
+    slow.add(1_000_000, 1.0)  # 8 Mbit/s
+    fast.add(1_000_000_000, 1.0)
+    assert plan_for(slow, force="lossless") is None and plan_for(fast, force="lossy") == FirstPass()
+    assert plan_for(slow) is not None
+    assert plan_for(fast) is None
+    assert _first_from_plan(None) is None and _first_from_plan("rendered") == FirstPass()
+    assert _first_from_plan("1.2.840.10008.1.2.4.91").kind == "frames"  # type: ignore[union-attr]
+
+
+def test_progressive_lossy_then_pixel_equal(server: dict[str, Any]) -> None:
+    client = DicomWebClient(DicomWebSource("remote", server["url"]))
+    cache = Recorder()
+    seen_lossy = []
+
+    def progress(vol: Any, full: int, total: int) -> None:
+        seen_lossy.append(int(vol.lossy.sum()))
+
+    try:
+        load = start_progressive(
+            client,
+            server["study"],
+            server["series"],
+            cache=cache,
+            force="lossy",
+            workers=2,
+            stride=6,
+            on_progress=progress,
+            progress_interval=0.0,
+        )
+        assert load.handle.wait(60)
+        assert load.handle.error is None, load.handle.error
+        vol = load.volume
+        assert vol is not None and len(vol) == SLICES
+        assert vol.complete and not vol.any_lossy and vol.full_count == SLICES
+        # the lossy pass ran (some slices were shown lossy first) and every slice went full
+        kinds = [kind for kind, _ in load.log]
+        assert "lossy" in kinds and kinds.count("full") == SLICES
+        assert load.log[0][0] == "lossy" and load.log[0][1] == load.log[1][1]
+        assert any(n > 0 for n in seen_lossy)
+        # full fidelity: pixel-equal to the files on the remote, in the stack's order
+        original = _original(server)
+        for k, f in enumerate(vol.stack.frames):
+            assert np.array_equal(vol.data[k], original[f.sop_instance_uid]), k
+        # every instance went into the cache, as stored (identity kept)
+        assert len(cache.put) == SLICES
+        sops = {pydicom.dcmread(io.BytesIO(d), stop_before_pixels=True).SOPInstanceUID for d in cache.put}
+        assert sops == set(original)
+        for data in cache.put[:3]:
+            sop = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID
+            assert data == server["archive"].read(sop)
+        assert load.meter.bps and load.meter.total_bytes > 0
+    finally:
+        client.close_all()
+
+
+def test_lossy_rendition_is_close_through_the_same_pipeline(server: dict[str, Any]) -> None:
+    """The lossy pixels are stored values: their HU (through the frame's Modality LUT) are near the
+    original's, so the viewer's window/level work on them."""
+    client = DicomWebClient(DicomWebSource("remote", server["url"]))
+    try:
+        load = start_progressive(client, server["study"], server["series"], force="lossy", workers=1)
+        assert load.handle.wait(60) and load.handle.error is None
+        vol = load.volume
+        assert vol is not None
+        f = vol.stack.frames[3]
+        ds = load._instances[f.sop_instance_uid]
+        load.first = FirstPass(scale=1)
+        lossy = load._rendered(f, ds)
+        exact = vol.data[3]
+        pipe = f.pipeline
+        hu_lossy, hu_exact = pipe.modality_values(lossy), pipe.modality_values(exact)
+        inside = (hu_exact > -900) & (hu_exact < 1000)  # the widened reading window
+        assert inside.any()
+        assert np.abs(hu_lossy - hu_exact)[inside].max() <= 10  # 8 bits over 2000 HU: under 8 HU + rounding
+        assert not np.array_equal(lossy, exact)  # and it is lossy
+    finally:
+        client.close_all()
+
+
+def test_cancel_stops(server: dict[str, Any]) -> None:
+    client = DicomWebClient(DicomWebSource("remote", server["url"]))
+    try:
+        load = start_progressive(client, server["study"], server["series"], force="lossless", workers=1)
+        load.handle.cancel()
+        assert load.handle.wait(30)
+    finally:
+        client.close_all()
