@@ -264,6 +264,8 @@ class RemoteSourceController(QObject):
     fetched = Signal(str)  # study UID now in the cache
     kept = Signal(str, int)  # study UID, instances stored locally
     retrieved = Signal(str)  # study UID retrieved from a DICOM peer into the local archive
+    progressiveOpened = Signal(object)  # the StudyViewer of a remote study being streamed
+    _complete_bridge = Signal(str)  # a streamed study is all in the cache (from a loader thread)
 
     def __init__(self, window: Any):
         super().__init__(window)
@@ -274,6 +276,12 @@ class RemoteSourceController(QObject):
         self.active_peer: str | None = None  # a DICOM peer's name in [peers]
         self._search_note: str | None = None  # the "Searching …" status message, until results come
         self.cache = StudyCache()
+        self.progressive = True
+        """Open remote studies progressively (lossy first, then full fidelity) instead of fetching first."""
+        self.progressive_force: str | None = None
+        """``"lossy"`` / ``"lossless"``: the first pass whatever the link; None: by the measured link."""
+        self._partial: set[str] = set()  # studies being streamed: not all in the cache yet
+        self._complete_bridge.connect(self._on_progressive_complete)
         self.runner = TaskRunner(max_workers=2, name="hilum-remote", parent=self)
         self.selector = SourceSelector(window.browser_page)
         layout = window.browser_page.layout()
@@ -456,8 +464,11 @@ class RemoteSourceController(QObject):
         return transfers.retrieve(peer, study_uid, series_uid, label=label, expected=count, then=then)
 
     def _fetch_and_open(self, study_uid: str, series_uid: str | None) -> None:
-        if self.cache.has(study_uid, series_uid):
+        if self.cache.has(study_uid, series_uid) and study_uid not in self._partial:
             self._open_cached(study_uid, series_uid)
+            return
+        if self.progressive:
+            self._open_progressive(study_uid, series_uid)
             return
         assert self.client is not None and self.active is not None
         job = Job(self)
@@ -472,6 +483,53 @@ class RemoteSourceController(QObject):
                            cancel=job.cancel_event,
                            on_done=lambda _a: self._open_cached(study_uid, series_uid),
                            on_error=lambda exc: self._message(f"Could not fetch the study from {name}: {exc}"))
+
+    def _open_progressive(self, study_uid: str, series_uid: str | None) -> Any:
+        """Open the remote study at once: a lossy first rendition of the viewed slices, refined to
+        full fidelity in the background, each full instance into the cache
+        (:mod:`hilum.ui.viewer.progressive_view`, :mod:`hilum.dicomweb.progressive`)."""
+        try:
+            from hilum.ui.viewer.progressive_view import open_progressive
+        except ImportError:
+            self._message("This build has no viewer.")
+            return None
+        assert self.client is not None and self.active is not None
+        controller = getattr(self.window, "viewer_controller", None)
+        kwargs: dict[str, Any] = {"data_dir": getattr(self.window.config, "data_dir", None)}
+        if controller is not None:
+            kwargs.update(executor=controller.executor, cache=controller.cache, pool=controller.pool)
+        self._partial.add(study_uid)
+        store = self.cache if hasattr(self.cache, "put_instance") else self.cache.archive
+        bridge = self._complete_bridge
+
+        def complete(uid: str) -> None:  # on a loader thread
+            try:
+                bridge.emit(uid)
+            except RuntimeError:  # the window went meanwhile
+                pass
+
+        viewer = open_progressive(self.client, study_uid, archive=self.cache.archive, store=store,
+                                  force=self.progressive_force, on_complete=complete, **kwargs)  # fmt: skip
+        row = self.window.browser.model.find(study_uid)
+        name = "Study"
+        if row >= 0:
+            name = str(self.window.browser.model.row(row).get("PatientName", "") or "").split("^")[0] or name
+        source = self.active.name
+        self.window.add_workspace_tab(viewer, f"{name} ({source})",
+                                      tooltip=f"Streamed from the DICOMweb source {source}; {study_uid}")
+        viewer.open()
+        if series_uid and series_uid in {e.series_uid for e in viewer.session.series}:
+            viewer.show_series(series_uid, viewer.model.active)
+        self._message(f"Streaming the study from {source}: lossy first, full fidelity on its way.")
+        self.progressiveOpened.emit(viewer)
+        return viewer
+
+    def _on_progressive_complete(self, study_uid: str) -> None:
+        self._partial.discard(study_uid)
+        mark = getattr(self.cache, "mark_complete", None)
+        if callable(mark):
+            mark(study_uid)
+        self.fetched.emit(study_uid)
 
     def _open_cached(self, study_uid: str, series_uid: str | None) -> None:
         self.fetched.emit(study_uid)

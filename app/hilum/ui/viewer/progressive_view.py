@@ -1,0 +1,190 @@
+"""A remote study in the viewer, streamed progressively (issue 18).
+
+:class:`RemoteStudySession` is a :class:`~hilum.ui.viewer.study.StudySession`
+whose series come from a DICOMweb source (QIDO-RS) and whose loads are
+:class:`hilum.dicomweb.progressive.ProgressiveLoad`: a lossy first rendition of
+each slice (the viewed slice first, then every Nth, then the gaps), refined to
+the original pixels in the background, each full-fidelity instance written to
+the cache (``put_instance``).  The viewer is the usual
+:class:`~hilum.ui.viewer.viewer_widget.StudyViewer`: the same display pipeline
+(lossy pixels are stored values through the frame's Modality/VOI LUTs), the
+same loading callbacks; scrolling moves the load's focus
+(:meth:`LoadHandle.focus`), which re-orders what is fetched next.
+
+While the slice a viewport shows is lossy the viewport says "LOSSY", measuring
+tools are refused (unless the reader ticks "Allow measuring lossy images",
+:func:`install_lossy_guard`) and the pixel probe's value is marked approximate
+(:mod:`hilum.ui.viewer.viewport_widget`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtGui import QAction
+
+from hilum.dicom.stack_load import LoadHandle, SeriesVolume
+from hilum.dicomweb.progressive import ProgressiveLoad, ProgressiveVolume
+from hilum.ui.viewer.study import SeriesEntry, StudySession, VolumeCache
+
+__all__ = ["RemoteStudySession", "install_lossy_guard", "open_progressive"]
+
+logger = logging.getLogger(__name__)
+
+NON_IMAGE = {"SR", "PR", "KO", "SEG", "RTSTRUCT", "DOC", "REG", "RWV"}
+
+
+class RemoteStudySession(StudySession):
+    """The series of a study on a DICOMweb source, loaded progressively."""
+
+    def __init__(self, client: Any, study_uid: str, *, archive: Any = None, store: Any = None,
+                 cache: VolumeCache | None = None, force: str | None = None, workers: int = 4,
+                 stride: int | None = None, on_complete: Callable[[str], None] | None = None) -> None:  # fmt: skip
+        super().__init__(archive, study_uid, cache=cache)
+        self.client = client
+        self.store = store
+        """Where full-fidelity instances go (``put_instance(study, data)``), or None."""
+        self.force = force
+        self.workers = workers
+        self.stride = stride
+        self.on_complete = on_complete
+        self.loads: dict[str, ProgressiveLoad] = {}
+        self._done: set[str] = set()
+        self._lock = threading.Lock()
+
+    def refresh(self) -> list[SeriesEntry]:
+        rows = self.client.search_studies({"StudyInstanceUID": self.study_uid}, limit=1)
+        self.study_row = rows[0] if rows else {}
+        entries = []
+        for row in self.client.search_series(self.study_uid):
+            uid = str(row.get("SeriesInstanceUID", ""))
+            modality = str(row.get("Modality", "") or "")
+            if not uid or modality in NON_IMAGE:
+                continue
+            try:
+                number = int(row["SeriesNumber"]) if row.get("SeriesNumber") not in (None, "") else None
+            except (TypeError, ValueError):
+                number = None
+            try:
+                count = int(row.get("NumberOfSeriesRelatedInstances") or 0)
+            except (TypeError, ValueError):
+                count = 0
+            entries.append(SeriesEntry(series_uid=uid, number=number, modality=modality,
+                                       description=str(row.get("SeriesDescription", "") or ""), paths=[],
+                                       frames=count, row=row))  # fmt: skip
+        entries.sort(key=lambda e: (e.number is None, e.number or 0, e.description))
+        self.series = entries
+        return entries
+
+    def load(self, series_uid: str, *, in_use: set[str] | None = None,
+             on_preview: Callable[[SeriesVolume], None] | None = None,
+             on_ready: Callable[[SeriesVolume], None] | None = None,
+             on_progress: Callable[[SeriesVolume, int, int], None] | None = None,
+             on_done: Callable[[LoadHandle], None] | None = None) -> LoadHandle:  # fmt: skip
+        handle = self.cache.get(series_uid)
+        if handle is not None and not handle.cancelled and handle.error is None:
+            return handle
+        if self.entry(series_uid) is None:
+            raise KeyError(f"series {series_uid} is not in study {self.study_uid}")
+
+        def done(h: LoadHandle) -> None:
+            if h.error is None and not h.cancelled:
+                self._series_done(series_uid)
+            if on_done is not None:
+                on_done(h)
+
+        load = ProgressiveLoad(self.client, self.study_uid, series_uid, cache=_Store(self.store, self.client),
+                               workers=self.workers, force=self.force, stride=self.stride, on_ready=on_ready,
+                               on_progress=on_progress, on_done=done)  # fmt: skip
+        self.loads[series_uid] = load
+        handle = load.start()
+        self.cache.put(series_uid, handle, in_use)
+        return handle
+
+    def _series_done(self, series_uid: str) -> None:
+        with self._lock:
+            self._done.add(series_uid)
+            complete = {e.series_uid for e in self.series} <= self._done
+        if complete and self.on_complete is not None:
+            try:
+                self.on_complete(self.study_uid)
+            except Exception:  # noqa: BLE001 - bookkeeping only
+                logger.exception("marking study %s complete in the cache failed", self.study_uid)
+
+
+class _Store:
+    """``put_instance`` of the cache (Helper 2's ``RemoteCache`` takes the source's name too), or
+    ``ingest`` into a plain cache archive; None: nothing kept."""
+
+    def __init__(self, store: Any, client: Any) -> None:
+        self.store = store
+        self.source = str(getattr(getattr(client, "source", None), "name", "") or "")
+
+    def put_instance(self, study: str, data: bytes) -> None:
+        if self.store is None:
+            return
+        put = getattr(self.store, "put_instance", None)
+        if put is None:
+            self.store.ingest(data, origin="dicomweb")
+            return
+        try:
+            put(study, data, source=self.source)
+        except TypeError:
+            put(study, data)
+
+
+def install_lossy_guard(viewer: Any) -> QAction:
+    """The viewer's checkable "Allow measuring lossy images" action (off: measuring tools are refused
+    on lossy pixels); in its toolbar and its context menu."""
+    action = QAction("Allow measuring lossy images", viewer)
+    action.setObjectName("allowLossyMeasure")
+    action.setCheckable(True)
+    action.setChecked(bool(getattr(viewer.model, "allow_lossy", False)))
+    action.setToolTip("Measurements and pixel values on lossy first renditions are approximate; "
+                      "they are refused until full fidelity arrives unless this is on")  # fmt: skip
+
+    def toggled(on: bool) -> None:
+        viewer.model.allow_lossy = on
+        for i in range(len(viewer.model.viewports)):
+            try:
+                w = viewer.viewport_widget(i)
+            except IndexError:
+                continue
+            w.canvas.update() if hasattr(w, "canvas") else w.update()
+
+    action.toggled.connect(toggled)
+    viewer.addAction(action)
+    toolbar = getattr(viewer, "toolbar", None)
+    if toolbar is not None and hasattr(toolbar, "addAction"):
+        toolbar.addAction(action)
+    viewer.actions_by_name["allow_lossy"] = action
+    return action
+
+
+def open_progressive(client: Any, study_uid: str, *, archive: Any, store: Any = None,
+                     data_dir: str | Path | None = None, force: str | None = None,
+                     on_complete: Callable[[str], None] | None = None, workers: int = 4,
+                     stride: int | None = None, **viewer_kwargs: Any) -> Any:  # fmt: skip
+    """A :class:`StudyViewer` of a remote study, streamed progressively (call its ``open()``).
+
+    *archive* is the local archive the viewer keeps its own objects with (the cache's);
+    *store* takes the full-fidelity instances (``put_instance``).
+    """
+    from hilum.ui.viewer.viewer_widget import StudyViewer
+
+    viewer = StudyViewer(archive, study_uid, data_dir=data_dir, **viewer_kwargs)
+    session = RemoteStudySession(client, study_uid, archive=archive, store=store, cache=viewer.session.cache,
+                                 force=force, workers=workers, stride=stride, on_complete=on_complete)  # fmt: skip
+    viewer.session = session
+    viewer.sessions[study_uid] = session
+    install_lossy_guard(viewer)
+    return viewer
+
+
+def lossy_slices(volume: Any) -> int:
+    """How many slices of *volume* still hold lossy pixels (0 for a volume that never had any)."""
+    return int(volume.lossy.sum()) if isinstance(volume, ProgressiveVolume) else 0
