@@ -110,6 +110,7 @@ def test_plan_policy() -> None:
     assert plan_for(slow, force="lossless") is None and plan_for(fast, force="lossy") == FirstPass()
     assert plan_for(slow) is not None
     assert plan_for(fast) is None
+    assert plan_for(ThroughputMeter()) is not None  # not measured yet: assume a slow link
     assert _first_from_plan(None) is None and _first_from_plan("rendered") == FirstPass()
     assert _first_from_plan("1.2.840.10008.1.2.4.91").kind == "frames"  # type: ignore[union-attr]
 
@@ -171,8 +172,8 @@ def test_lossy_rendition_is_close_through_the_same_pipeline(server: dict[str, An
         assert vol is not None
         f = vol.stack.frames[3]
         ds = load._instances[f.sop_instance_uid]
-        load.first = FirstPass(scale=1)
-        lossy = load._rendered(f, ds)
+        lossy, nbytes = load._rendered(f, ds, FirstPass(scale=1))
+        assert 0 < nbytes < exact_bytes(vol)
         exact = vol.data[3]
         pipe = f.pipeline
         hu_lossy, hu_exact = pipe.modality_values(lossy), pipe.modality_values(exact)
@@ -184,11 +185,58 @@ def test_lossy_rendition_is_close_through_the_same_pipeline(server: dict[str, An
         client.close_all()
 
 
+def exact_bytes(vol: Any) -> int:
+    return int(vol.data[0].nbytes) * 4  # a PNG of 8 bits is well under the 16-bit slice (and its header)
+
+
+def test_lossy_frames_refused_falls_back_to_rendered(server: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plan naming lossy frames in a syntax the server does not encode for this image (JPEG
+    baseline of 16-bit CT: 406): the first pass goes on with rendered renditions."""
+    import hilum.dicomweb.progressive as prog
+
+    j2k = FirstPass(
+        "frames", transfer_syntax="1.2.840.10008.1.2.4.50", media_type="image/jpeg", params=(("quality", "50"),)
+    )
+    monkeypatch.setattr(prog, "plan_for", lambda meter, force=None, slice_bytes=None: j2k)
+    client = DicomWebClient(DicomWebSource("remote", server["url"]))
+    try:
+        load = start_progressive(client, server["study"], server["series"], workers=1)
+        assert load.handle.wait(60) and load.handle.error is None
+        assert load.first is not None and load.first.kind == "rendered"  # switched after the 406
+        assert "lossy" in [kind for kind, _ in load.log]
+        assert load.volume is not None and load.volume.complete and not load.volume.any_lossy
+    finally:
+        client.close_all()
+
+
 def test_cancel_stops(server: dict[str, Any]) -> None:
     client = DicomWebClient(DicomWebSource("remote", server["url"]))
     try:
         load = start_progressive(client, server["study"], server["series"], force="lossless", workers=1)
         load.handle.cancel()
         assert load.handle.wait(30)
+    finally:
+        client.close_all()
+
+
+def test_first_pass_from_frames_in_a_compressed_syntax(server: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The adaptive plan's first rendition as frames in JPEG 2000 (what Helper 5's server encodes
+    lossy with ``ratio=``): decoded by the same decoders, then replaced by the originals."""
+    import hilum.dicomweb.progressive as prog
+
+    j2k = FirstPass(
+        "frames", transfer_syntax="1.2.840.10008.1.2.4.91", media_type="image/jp2", params=(("ratio", "20"),)
+    )
+    monkeypatch.setattr(prog, "plan_for", lambda meter, force=None, slice_bytes=None: j2k)
+    client = DicomWebClient(DicomWebSource("remote", server["url"]))
+    try:
+        load = start_progressive(client, server["study"], server["series"], workers=2)
+        assert load.handle.wait(60) and load.handle.error is None
+        assert load.first == j2k and "lossy" in [kind for kind, _ in load.log]
+        vol = load.volume
+        assert vol is not None and vol.complete and not vol.any_lossy
+        original = _original(server)
+        for k, f in enumerate(vol.stack.frames):
+            assert np.array_equal(vol.data[k], original[f.sop_instance_uid])
     finally:
         client.close_all()

@@ -33,6 +33,7 @@ while the user scrolls.
 
 from __future__ import annotations
 
+import importlib
 import io
 import logging
 import threading
@@ -44,7 +45,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from hilum.dicom.pixels import frame_array
 from hilum.dicom.stack import Stack, frames_from_dataset
@@ -110,12 +111,14 @@ class FirstPass:
     params: tuple[tuple[str, str], ...] = ()
 
 
-def _adaptive_choose() -> Callable[[float, float], Any] | None:
+def _adaptive_choose() -> Callable[..., Any] | None:
+    """:func:`hilum.dicomweb.adaptive.choose` (the link policy), None where that module is absent."""
     try:
-        from hilum.dicomweb.adaptive import choose
+        module = importlib.import_module("hilum.dicomweb.adaptive")
     except ImportError:
         return None
-    return choose  # type: ignore[no-any-return]
+    choose = getattr(module, "choose", None)
+    return choose if callable(choose) else None
 
 
 def _first_from_plan(first: Any) -> FirstPass | None:
@@ -146,21 +149,25 @@ def _first_from_plan(first: Any) -> FirstPass | None:
     )
 
 
-def plan_for(meter: ThroughputMeter, *, force: str | None = None) -> FirstPass | None:
+def plan_for(meter: ThroughputMeter, *, force: str | None = None, slice_bytes: int | None = None) -> FirstPass | None:
     """The first pass for this link (None: straight to full fidelity).  ``force``: ``"lossy"`` or
-    ``"lossless"`` overrides the measurement (tests, the user's setting)."""
+    ``"lossless"`` overrides the measurement (tests, the user's setting).  The adaptive policy
+    (:func:`hilum.dicomweb.adaptive.choose`, bits/s and seconds; None: not measured) decides when
+    present; else a lossy first pass below :data:`LOSSY_BELOW_BPS`."""
     if force == "lossy":
         return FirstPass()
     if force == "lossless":
         return None
-    bps, rtt = meter.bps or 0.0, meter.rtt_s or 0.0
+    bps, rtt = meter.bps, meter.rtt_s
     choose = _adaptive_choose()
     if choose is not None:
         try:
-            return _first_from_plan(getattr(choose(bps * 8, rtt), "first", None))
-        except Exception as exc:  # noqa: BLE001 - the policy's failure only loses the lossy pass
+            kwargs = {"slice_bytes": int(slice_bytes)} if slice_bytes else {}
+            plan = choose(bps * 8 if bps else None, rtt, **kwargs)
+            return _first_from_plan(getattr(plan, "first", None))
+        except Exception as exc:  # noqa: BLE001 - the policy's failure only loses its choice
             logger.warning("adaptive policy failed (%s); using the built-in one", exc)
-    return FirstPass() if 0 < bps < LOSSY_BELOW_BPS else None
+    return FirstPass() if bps is None or bps < LOSSY_BELOW_BPS else None
 
 
 # --------------------------------------------------------------------------- order
@@ -409,7 +416,10 @@ class ProgressiveLoad:
         volume.data[...] = 0
         for k, f in enumerate(stack.frames):
             self._sop_slices.setdefault(f.sop_instance_uid, []).append(k)
-        self.first = plan_for(self.meter, force=self.force)
+        f0 = stack.frames[0]
+        slice_bytes = f0.rows * f0.columns * f0.samples * max(f0.bits_allocated // 8, 1)
+        self.first = plan_for(self.meter, force=self.force, slice_bytes=slice_bytes)
+        self.handle.timings["lossy_first_pass"] = float(self.first is not None)
         start_focus = min(max(self.handle._focus, 0), len(stack) - 1) if self.handle._focus else len(stack) // 2
         self.order = FetchOrder(len(stack), lossy=self.first is not None, stride=self.stride, focus=start_focus)
         self.handle.volume = volume
@@ -481,38 +491,42 @@ class ProgressiveLoad:
             raise ValueError("lossy first pass only for grayscale")
         ds = self._instances[f.sop_instance_uid]
         t = time.perf_counter()
-        if self.first.kind == "frames":
-            arr = self._lossy_frame(f, ds)
-        else:
-            arr = self._rendered(f, ds)
-        self.meter.add(int(self._last_bytes), time.perf_counter() - t)
+        first = self.first
+        if first.kind == "frames":
+            try:
+                arr, nbytes = self._lossy_frame(f, ds, first)
+            except Exception as exc:  # noqa: BLE001 - a server without lossy frames: the rendered pass
+                logger.info("lossy frames refused (%s); using rendered renditions", exc)
+                self.first = first = FirstPass("rendered")
+        if first.kind != "frames":
+            arr, nbytes = self._rendered(f, ds, first)
+        self.meter.add(nbytes, time.perf_counter() - t)
         vol.set_lossy_frame(k, arr)
 
-    def _lossy_frame(self, f: Any, ds: Dataset) -> np.ndarray:
+    def _lossy_frame(self, f: Any, ds: Dataset, first: FirstPass) -> tuple[np.ndarray, int]:
         """One frame in the plan's lossy transfer syntax, decoded by the same decoders as a file."""
-        assert self.first is not None
-        media = self.first.media_type or "application/octet-stream"
-        accept = f'multipart/related; type="{media}"; transfer-syntax={self.first.transfer_syntax}'
+        media = first.media_type or "application/octet-stream"
+        accept = f'multipart/related; type="{media}"; transfer-syntax={first.transfer_syntax}'
         path = self.client._path(self.study, self.series, f.sop_instance_uid) + f"/frames/{f.frame + 1}"
-        parts = [b"".join(c) for _h, c in self.client._multipart(path, accept, dict(self.first.params))]
+        parts = [b"".join(c) for _h, c in self.client._multipart(path, accept, dict(first.params))]
+        if not parts:
+            raise RuntimeError("no frame in the answer")
         data = parts[0]
-        self._last_bytes = len(data)
         from pydicom.encaps import encapsulate
 
         tmp = Dataset()
         tmp.update(ds)
         tmp.file_meta = FileMetaDataset()
-        tmp.file_meta.TransferSyntaxUID = self.first.transfer_syntax
+        tmp.file_meta.TransferSyntaxUID = UID(first.transfer_syntax)
         tmp.NumberOfFrames = 1
         tmp.PixelData = encapsulate([data])
         tmp["PixelData"].VR = "OB"
-        return np.asarray(frame_array(tmp, 0))
+        return np.asarray(frame_array(tmp, 0)), len(data)
 
-    def _rendered(self, f: Any, ds: Dataset) -> np.ndarray:
+    def _rendered(self, f: Any, ds: Dataset, first: FirstPass) -> tuple[np.ndarray, int]:
         """A small PNG rendition under a known wide linear window, mapped back to stored values."""
         from PIL import Image
 
-        assert self.first is not None
         lo, hi = _stored_range(f)
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
@@ -525,7 +539,7 @@ class ProgressiveLoad:
             # a window around the reading one, four times as wide (and at least 2000 units): 8 bits over it
             width = min(max(4 * ww, 2000.0), width)
             centre = min(max(wc, m_lo + width / 2), m_hi - width / 2)
-        s = max(int(self.first.scale), 1)
+        s = max(int(first.scale), 1)
         vw, vh = max(f.columns // s, 16), max(f.rows // s, 16)
         path = self.client._path(self.study, self.series, f.sop_instance_uid) + f"/frames/{f.frame + 1}/rendered"
         resp = self.client.request(
@@ -535,7 +549,6 @@ class ProgressiveLoad:
             params={"window": f"{centre:.8g},{width:.8g},linear-exact", "viewport": f"{vw},{vh}"},
         )
         data = resp.read()
-        self._last_bytes = len(data)
         img = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float64)
         if f.photometric == "MONOCHROME1":
             img = 255.0 - img
@@ -548,7 +561,7 @@ class ProgressiveLoad:
         info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
         if info is not None:
             big = np.clip(np.rint(big), max(info.min, lo), min(info.max, hi))
-        return big.astype(dtype)
+        return big.astype(dtype), len(data)
 
     def _fetch_full(self, k: int) -> None:
         """The instance holding slice *k* as stored (cached and decoded once for all its frames)."""
@@ -587,8 +600,6 @@ class ProgressiveLoad:
             raise
         finally:
             event.set()
-
-    _last_bytes = 0
 
 
 def start_progressive(client: Any, study: str, series: str, **kwargs: Any) -> ProgressiveLoad:

@@ -57,6 +57,9 @@ MEASURE_COLOUR = QColor(80, 220, 80)
 LOSSY_COLOUR = QColor(255, 70, 50)
 LOSSY_GUARDED = frozenset({"length", "angle", "cobb", "ellipse", "rect", "freehand", "probe"})
 """Tools that measure pixels or distances: refused on lossy pixels unless the reader allows them."""
+SELECTED_COLOUR = QColor(90, 200, 255)
+REFERENCE_COLOUR = QColor(255, 230, 0)
+ALIGNMENT_COLOUR = QColor(120, 210, 255)
 
 
 def is_lossy(state: ViewportState) -> bool:
@@ -65,9 +68,6 @@ def is_lossy(state: ViewportState) -> bool:
     lossy = getattr(state.volume, "lossy", None)
     k = state.index
     return lossy is not None and 0 <= k < len(lossy) and bool(lossy[k])
-SELECTED_COLOUR = QColor(90, 200, 255)
-REFERENCE_COLOUR = QColor(255, 230, 0)
-ALIGNMENT_COLOUR = QColor(120, 210, 255)
 
 
 CLICK_SLOP = 4
@@ -228,7 +228,7 @@ class ViewportCanvas(QWidget):
                 p.drawText(QRectF(0, self.height() - 44, self.width(), 18), Qt.AlignmentFlag.AlignHCenter,
                            text)  # fmt: skip
             if is_lossy(st):
-                taken.append(self._paint_lossy_marker(p))
+                taken.append(self._paint_lossy_marker(p, taken))
         if st.status:
             rect = self.status_rect(p.fontMetrics(), st.status, taken)
             self._shadow_text(p, rect, Qt.AlignmentFlag.AlignCenter, st.status)
@@ -248,9 +248,9 @@ class ViewportCanvas(QWidget):
         """True while the slice shown holds lossy pixels (the "LOSSY" marker is on the viewport)."""
         return self.state.frame_info is not None and is_lossy(self.state)
 
-    def _paint_lossy_marker(self, p: QPainter) -> QRectF:
-        """A red-framed "LOSSY" box at the bottom left, above the corner text: the pixels shown are
-        a lossy first rendition of a remote series, full fidelity still on its way."""
+    def _paint_lossy_marker(self, p: QPainter, taken: list[QRectF]) -> QRectF:
+        """A red-framed "LOSSY" box at the top left, under the corner text (*taken*): the pixels
+        shown are a lossy first rendition of a remote series, full fidelity still on its way."""
         font = QFont(p.font())
         font.setBold(True)
         font.setPointSizeF(font.pointSizeF() * 1.3)
@@ -259,7 +259,9 @@ class ViewportCanvas(QWidget):
         fm = QFontMetrics(font)
         text = "LOSSY"
         w, h = fm.horizontalAdvance(text) + 14, fm.height() + 6
-        rect = QRectF(8, self.height() / 2 - h / 2, w, h)
+        top = max((r.bottom() for r in taken if r.left() < self.width() / 2 and r.top() < self.height() / 3),
+                  default=0.0)  # fmt: skip
+        rect = QRectF(8, top + 8, w, h)
         p.setPen(QPen(LOSSY_COLOUR, 2))
         p.setBrush(QColor(0, 0, 0, 170))
         p.drawRect(rect)
