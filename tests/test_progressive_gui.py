@@ -214,8 +214,13 @@ def test_open_remote_progressively(qtbot, make_main_window, slow_server: dict[st
     qtbot.waitUntil(lambda: len(viewer.annotations) == count + 1, timeout=5000)
     # the whole study is in the cache now (every instance as stored), a second open is local
     qtbot.waitUntil(lambda: slow_server["study"] not in ctl._partial, timeout=TIMEOUT)
-    assert ctl.cache.has(slow_server["study"])
-    assert len(ctl.cache.archive.instances(study_uid=slow_server["study"])) == SLICES
+    assert ctl.cache.has(slow_server["study"])  # RemoteCache: marked complete
+    assert ctl.cache.pinned(slow_server["study"])  # while its tab is open
+    cached = ctl.cache.read(slow_server["study"])
+    assert len(cached) == SLICES
+    for data in cached:  # as stored on the remote
+        sop = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID
+        assert data == slow_server["archive"].read(sop)
 
 
 def test_allow_lossy_toggle(qtbot, make_main_window, slow_server: dict[str, Any], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

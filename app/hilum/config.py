@@ -29,12 +29,16 @@ class Peer:
     ``retrieve`` is how the workstation opens a study from this peer: ``"get"``
     (C-GET, the instances come back on the same association) or ``"move"``
     (C-MOVE to this node's AE title, which the peer must know).
+    ``tls``: associations to the peer use TLS (PS3.15 B.1), its certificate
+    checked against ``ca_file`` (a clinic CA trusted explicitly for this peer)
+    or else ``[node] tls_ca`` / the system's CAs.
     """
 
     aet: str
     host: str
     port: int
     tls: bool = False
+    ca_file: str = ""
     may_store: bool = True
     may_query: bool = True
     may_retrieve: bool = True
@@ -153,7 +157,8 @@ class Config:
             doc["archive"]["index_writer"] = self.index_writer
         if self.peers:
             doc["peers"] = {
-                name: {k: v for k, v in vars(p).items()} for name, p in self.peers.items()
+                name: {k: v for k, v in vars(p).items() if not (k == "ca_file" and not v)}
+                for name, p in self.peers.items()
             }
         if self.prefetch != PrefetchRules():
             doc["prefetch"] = self.prefetch.to_toml()

@@ -142,11 +142,12 @@ class Target:
 
 def peer_target(config: Config | None, peer: Peer, *, timeout: float = 30.0, calling_aet: str = "HILUM") -> Target:
     """Where and as whom to reach a ``[peers]`` entry of ``hilum.toml``: this node's AE title (``calling_aet``
-    without a config), the peer's, TLS with the config's CA and certificate when the peer says ``tls``
+    without a config), the peer's, TLS with the peer's ``ca_file`` (else the config's CA) and the config's
+    certificate when the peer says ``tls``
     (PS3.15 B.1).  The workstation's browser and transfers and the prefetch of priors all connect so."""
     tls = None
     if peer.tls and config is not None:
-        tls = client_ssl_context(config.tls_ca, config.tls_cert, config.tls_key)
+        tls = client_ssl_context(peer.ca_file or config.tls_ca, config.tls_cert, config.tls_key)
     return Target(
         host=peer.host,
         port=int(peer.port),
@@ -169,7 +170,15 @@ def _status_text(status: int) -> str:
 def _check_tcp(target: Target) -> str:
     """Why a connection fails, in words (only called once pynetdicom could not connect)."""
     try:
-        with socket.create_connection((target.host, target.port), timeout=min(target.timeout, 5.0)):
+        with socket.create_connection((target.host, target.port), timeout=min(target.timeout, 5.0)) as sock:
+            if target.tls is not None:
+                try:  # the TLS handshake alone, to say why it failed (pynetdicom only logs it)
+                    with target.tls.wrap_socket(sock, server_hostname=target.host):
+                        pass
+                except ssl.SSLCertVerificationError as exc:
+                    return f"TLS: the peer's certificate is not trusted ({exc.verify_message})"
+                except (ssl.SSLError, OSError) as exc:
+                    return f"TLS handshake failed ({exc})"
             return "connection closed during the handshake" + (" (TLS?)" if target.tls else "")
     except socket.gaierror as exc:
         return f"unknown host ({exc.strerror})"

@@ -8,12 +8,14 @@ verification), or a DICOM peer configured in ``hilum.toml``'s ``[peers]``
 
 * the browser's searches go to the server as QIDO-RS through
   :class:`hilum.dicomweb.client.RemoteArchiveView` — same query call, same rows;
-* opening a study (double-click, Enter) streams it with WADO-RS into a
-  temporary cache archive (:class:`hilum.dicomweb.client.StudyCache`) off
-  the GUI thread, with progress in the status bar, and opens it in a viewer
-  tab like a local study;
+* opening a study (double-click, Enter) streams it with WADO-RS into the
+  persistent bounded cache (:class:`hilum.dicomweb.cache.RemoteCache`,
+  ``<data>/remote-cache/``, ``[remote_cache]`` in ``hilum.toml``) off the GUI
+  thread, with progress in the status bar, and opens it in a viewer tab like
+  a local study; a study already cached opens without asking the server; the
+  study is pinned (never evicted) while its tab is open;
 * "Keep locally" stores the selected study in the local archive through the
-  one ingest call (from the cache when it was opened, else fetched).
+  one ingest call (from the cache when it is there, else fetched).
 
 With a DICOM peer selected, searches are C-FIND (:class:`hilum.ui.dimse_source.PeerArchiveView`);
 opening a study retrieves it into the local archive (C-GET, or C-MOVE to this
@@ -48,11 +50,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from hilum.dicomweb.cache import RemoteCache
 from hilum.dicomweb.client import (
     DicomWebClient,
     DicomWebSource,
     RemoteArchiveView,
-    StudyCache,
     load_sources,
     save_sources,
 )
@@ -261,7 +263,7 @@ class SourceSelector(QWidget):
 class RemoteSourceController(QObject):
     """Binds remote sources to a workstation :class:`~hilum.ui.main_window.MainWindow`."""
 
-    fetched = Signal(str)  # study UID now in the cache
+    fetched = Signal(str)  # study UID now in the cache (and opened)
     kept = Signal(str, int)  # study UID, instances stored locally
     retrieved = Signal(str)  # study UID retrieved from a DICOM peer into the local archive
     progressiveOpened = Signal(object)  # the StudyViewer of a remote study being streamed
@@ -275,9 +277,11 @@ class RemoteSourceController(QObject):
         self.client: DicomWebClient | None = None
         self.active_peer: str | None = None  # a DICOM peer's name in [peers]
         self._search_note: str | None = None  # the "Searching …" status message, until results come
-        self.cache = StudyCache()
+        self.cache = RemoteCache.from_config(window.config)
+        self._closed = False
         self.progressive = True
-        """Open remote studies progressively (lossy first, then full fidelity) instead of fetching first."""
+        """Open remote studies not in the cache progressively (lossy first, then full fidelity, each
+        full instance into the cache) instead of fetching them first."""
         self.progressive_force: str | None = None
         """``"lossy"`` / ``"lossless"``: the first pass whatever the link; None: by the measured link."""
         self._partial: set[str] = set()  # studies being streamed: not all in the cache yet
@@ -464,25 +468,38 @@ class RemoteSourceController(QObject):
         return transfers.retrieve(peer, study_uid, series_uid, label=label, expected=count, then=then)
 
     def _fetch_and_open(self, study_uid: str, series_uid: str | None) -> None:
-        if self.cache.has(study_uid, series_uid) and study_uid not in self._partial:
-            self._open_cached(study_uid, series_uid)
-            return
-        if self.progressive:
+        """Open a remote study through the cache: fetched (WADO-RS) unless cached, pinned while its tab is
+        open.  A series opens its whole study (the cache holds studies) and shows that series.  Not
+        cached and :attr:`progressive`: streamed into a viewer at once (:meth:`_open_progressive`)."""
+        if self.progressive and not self.cache.has(study_uid):
             self._open_progressive(study_uid, series_uid)
             return
         assert self.client is not None and self.active is not None
         job = Job(self)
         name = self.active.name
-        job.progressed.connect(lambda done, _t, _l: self._message(f"Fetching from {name}: {done} image(s)…"))
-        self._message(f"Fetching study from {name}…")
+        cached = self.cache.has(study_uid)
+        if not cached:
+            job.progressed.connect(lambda done, _t, _l: self._message(f"Fetching from {name}: {done} image(s)…"))
+            self._message(f"Fetching study from {name}…")
 
         def progress(n: int, _res: Any) -> None:
-            job.report(n, 0, "")
+            if not cached:
+                job.report(n, 0, "")
 
-        self.runner.submit(self.cache.fetch, self.client, study_uid, series_uid, progress=progress,
-                           cancel=job.cancel_event,
-                           on_done=lambda _a: self._open_cached(study_uid, series_uid),
-                           on_error=lambda exc: self._message(f"Could not fetch the study from {name}: {exc}"))
+        def failed(exc: BaseException) -> None:
+            self._message(f"Could not fetch the study from {name}: {exc}")
+
+        self.runner.submit(self.cache.open, self.client, study_uid, progress=progress, cancel=job.cancel_event,
+                           on_done=lambda _a: self._open_cached(study_uid, series_uid, cached=cached),
+                           on_error=failed)
+
+    def _release(self, study_uid: str) -> None:
+        if self._closed:
+            return
+        try:
+            self.cache.release(study_uid)
+        except Exception:  # noqa: BLE001 - a tab closing must not fail on the cache
+            log.exception("remote cache: releasing %s", study_uid)
 
     def _open_progressive(self, study_uid: str, series_uid: str | None) -> Any:
         """Open the remote study at once: a lossy first rendition of the viewed slices, refined to
@@ -499,6 +516,7 @@ class RemoteSourceController(QObject):
         if controller is not None:
             kwargs.update(executor=controller.executor, cache=controller.cache, pool=controller.pool)
         self._partial.add(study_uid)
+        self._pin(study_uid)  # never evicted while its tab is open (released with the tab)
         store = self.cache if hasattr(self.cache, "put_instance") else self.cache.archive
         bridge = self._complete_bridge
 
@@ -510,6 +528,7 @@ class RemoteSourceController(QObject):
 
         viewer = open_progressive(self.client, study_uid, archive=self.cache.archive, store=store,
                                   force=self.progressive_force, on_complete=complete, **kwargs)  # fmt: skip
+        viewer.destroyed.connect(lambda *_a: self._release(study_uid))
         row = self.window.browser.model.find(study_uid)
         name = "Study"
         if row >= 0:
@@ -524,6 +543,18 @@ class RemoteSourceController(QObject):
         self.progressiveOpened.emit(viewer)
         return viewer
 
+    def _pin(self, study_uid: str) -> None:
+        """Pin a study being streamed in the cache, as :meth:`RemoteCache.open` pins one it opens."""
+        pin = getattr(self.cache, "pin", None)
+        if callable(pin):
+            pin(study_uid)
+            return
+        # RemoteCache has no public pin (yet): the same count its open() keeps, under its lock
+        lock, pins = getattr(self.cache, "_lock", None), getattr(self.cache, "_pins", None)
+        if lock is not None and isinstance(pins, dict):
+            with lock:
+                pins[study_uid] = pins.get(study_uid, 0) + 1
+
     def _on_progressive_complete(self, study_uid: str) -> None:
         self._partial.discard(study_uid)
         mark = getattr(self.cache, "mark_complete", None)
@@ -531,18 +562,22 @@ class RemoteSourceController(QObject):
             mark(study_uid)
         self.fetched.emit(study_uid)
 
-    def _open_cached(self, study_uid: str, series_uid: str | None) -> None:
-        self.fetched.emit(study_uid)
+    def _open_cached(self, study_uid: str, series_uid: str | None, *, cached: bool = False) -> None:
+        """Show the study (pinned in the cache by :meth:`RemoteCache.open`) in a tab; the pin goes
+        with the tab."""
         try:
             from hilum.ui.viewer.viewer_widget import StudyViewer
         except ImportError:
+            self._release(study_uid)
             self._message("The study was fetched, but this build has no viewer.")
+            self.fetched.emit(study_uid)
             return
         controller = getattr(self.window, "viewer_controller", None)
         kwargs: dict[str, Any] = {"data_dir": getattr(self.window.config, "data_dir", None)}
         if controller is not None:
             kwargs.update(executor=controller.executor, cache=controller.cache, pool=controller.pool)
         viewer = StudyViewer(self.cache.archive, study_uid, **kwargs)
+        viewer.destroyed.connect(lambda *_a: self._release(study_uid))
         row = self.cache.archive.query("STUDY", {"StudyInstanceUID": study_uid}, limit=1)
         name = str(row[0].get("PatientName", "") or "").split("^")[0] if row else "Study"
         self.window.add_workspace_tab(viewer, f"{name} ({self.active.name if self.active else 'remote'})",
@@ -550,7 +585,9 @@ class RemoteSourceController(QObject):
         viewer.open()
         if series_uid and series_uid in {e.series_uid for e in viewer.session.series}:
             viewer.show_series(series_uid, viewer.model.active)
-        self._message("Study opened from the remote source (not kept locally: use Keep locally).")
+        where = "from the local cache" if cached else "from the remote source"
+        self._message(f"Study opened {where} (not kept locally: use Keep locally).")
+        self.fetched.emit(study_uid)
 
     def keep_selected(self) -> None:
         """Store the study selected in the browser in the local archive (through ingest)."""
@@ -586,7 +623,9 @@ class RemoteSourceController(QObject):
         self.runner.shutdown(wait=False)
         if self.client is not None:
             self.client.close_all()
-        self.cache.close()
+        if not self._closed:
+            self._closed = True
+            self.cache.close()
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         if watched is self.window and event.type() == QEvent.Type.Close:
