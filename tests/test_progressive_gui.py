@@ -251,3 +251,39 @@ def test_allow_lossy_toggle(qtbot, make_main_window, slow_server: dict[str, Any]
     load = viewer.session.loads[slow_server["series"]]
     load.handle.cancel()
     assert load.handle.wait(TIMEOUT / 1000)
+
+
+def test_whole_study_cached_in_the_background(qtbot, make_main_window, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two series: the one shown streams first, then the other in the background; the study is
+    then complete in the cache (a second open asks nothing of the remote), every instance as stored."""
+    from hilum.dicom.generator import generate_mr_series
+
+    remote = Archive(tmp_path / "remote2")
+    study = make_study(MUELLER, accession="PROGUI02", date="20260708", seed="progressive-two")
+    instances = generate_ct_series(study, rows=64, columns=64, slices=6, seed=3)
+    instances += generate_mr_series(study, rows=64, columns=64, slices=5, series_number=2, seed=9)
+    for ds in instances:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        remote.ingest(buf.getvalue())
+    cfg = load_config(tmp_path / "ws")
+    local = Archive(cfg.data_dir)
+    window = make_main_window(cfg, local, viewer=True)
+    with DicomWebService(Config(data_dir=tmp_path / "remote2", web_port=0), remote) as svc:
+        ctl = window.remote_sources
+        with qtbot.waitSignal(window.browser.searchFinished, timeout=TIMEOUT):
+            ctl.add_source(DicomWebSource("two", svc.url))
+        ctl.progressive_force = "lossy"
+        with qtbot.waitSignal(ctl.fetched, timeout=TIMEOUT):  # emitted once the whole study is cached
+            window.browser.openRequested.emit(study.uid)
+        viewer = window.tabs.widget(window.tabs.count() - 1)
+        assert len(viewer.session.series) == 2 and set(viewer.session.loads) == {
+            e.series_uid for e in viewer.session.series
+        }
+        assert ctl.cache.has(study.uid)
+        cached = ctl.cache.read(study.uid)
+        assert len(cached) == 11
+        for data in cached:
+            sop = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID
+            assert data == remote.read(sop)
+    remote.close()

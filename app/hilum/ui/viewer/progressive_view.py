@@ -53,16 +53,26 @@ class RemoteStudySession(StudySession):
         self.stride = stride
         self.on_complete = on_complete
         self.loads: dict[str, ProgressiveLoad] = {}
+        self.background = True
+        """When the series shown are in, stream the study's other series (and its non-image objects)
+        into the cache too, one at a time, so the whole study is cached (``on_complete``)."""
+        self.other_series: list[str] = []
+        """The study's series without images (SR, PR, KO, SEG...): fetched whole at the end."""
         self._done: set[str] = set()
+        self._closed = False
+        self._completed = False
         self._lock = threading.Lock()
 
     def refresh(self) -> list[SeriesEntry]:
         rows = self.client.search_studies({"StudyInstanceUID": self.study_uid}, limit=1)
         self.study_row = rows[0] if rows else {}
         entries = []
+        self.other_series = []
         for row in self.client.search_series(self.study_uid):
             uid = str(row.get("SeriesInstanceUID", ""))
             modality = str(row.get("Modality", "") or "")
+            if uid and modality in NON_IMAGE:
+                self.other_series.append(uid)
             if not uid or modality in NON_IMAGE:
                 continue
             try:
@@ -92,10 +102,10 @@ class RemoteStudySession(StudySession):
             raise KeyError(f"series {series_uid} is not in study {self.study_uid}")
 
         def done(h: LoadHandle) -> None:
-            if h.error is None and not h.cancelled:
-                self._series_done(series_uid)
             if on_done is not None:
                 on_done(h)
+            if h.error is None and not h.cancelled:
+                self._series_done(series_uid)
 
         load = ProgressiveLoad(self.client, self.study_uid, series_uid, cache=_Store(self.store, self.client),
                                workers=self.workers, force=self.force, stride=self.stride, on_ready=on_ready,
@@ -106,14 +116,49 @@ class RemoteStudySession(StudySession):
         return handle
 
     def _series_done(self, series_uid: str) -> None:
+        """A series is all in full fidelity (on its loader thread): go on with the next series not
+        loaded yet, or — every image series in — the non-image objects, then ``on_complete``."""
         with self._lock:
             self._done.add(series_uid)
-            complete = {e.series_uid for e in self.series} <= self._done
-        if complete and self.on_complete is not None:
+            if self._closed or self._completed:
+                return
+            pending = [e.series_uid for e in self.series if e.series_uid not in self._done]
+            running = [uid for uid in pending if uid in self.loads and not self.loads[uid].handle.done.is_set()]
+            nxt = next((uid for uid in pending if uid not in self.loads), None)
+            complete = not pending
+            if complete:
+                self._completed = True
+        if complete:
+            self._finish()
+        elif self.background and nxt is not None and not running:
+            try:
+                self.load(nxt)
+            except Exception:  # noqa: BLE001 - the background fetch is a bonus
+                logger.exception("background fetch of series %s failed", nxt)
+
+    def _finish(self) -> None:
+        store = _Store(self.store, self.client)
+        try:
+            for uid in self.other_series:
+                for data in self.client.iter_instances(self.study_uid, uid):
+                    if self._closed:
+                        return
+                    store.put_instance(self.study_uid, data)
+        except Exception:  # noqa: BLE001 - the study stays incomplete in the cache
+            logger.exception("fetching the non-image objects of study %s failed", self.study_uid)
+            return
+        if self.on_complete is not None:
             try:
                 self.on_complete(self.study_uid)
             except Exception:  # noqa: BLE001 - bookkeeping only
                 logger.exception("marking study %s complete in the cache failed", self.study_uid)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        for load in list(self.loads.values()):
+            load.handle.cancel()
+        super().close()
 
 
 class _Store:
@@ -181,6 +226,7 @@ def open_progressive(client: Any, study_uid: str, *, archive: Any, store: Any = 
                                  force=force, workers=workers, stride=stride, on_complete=on_complete)  # fmt: skip
     viewer.session = session
     viewer.sessions[study_uid] = session
+    viewer.destroyed.connect(lambda *_a: session.close())  # background series stop with the tab
     install_lossy_guard(viewer)
     return viewer
 
