@@ -168,6 +168,7 @@ def test_open_remote_progressively(qtbot, make_main_window, slow_server: dict[st
     canvas.repaint()
     img = canvas.grab().toImage()
     img.save(str(SHOTS / "lossy.png"))
+    window.grab().save(str(SHOTS / "window-lossy.png"))
     # the marker's red is on the viewport (top left), and the image is not black
     assert _reds(img) > 20
     assert (

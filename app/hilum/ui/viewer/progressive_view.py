@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction
 
 from hilum.dicom.stack_load import LoadHandle, SeriesVolume
@@ -58,6 +59,9 @@ class RemoteStudySession(StudySession):
         into the cache too, one at a time, so the whole study is cached (``on_complete``)."""
         self.other_series: list[str] = []
         """The study's series without images (SR, PR, KO, SEG...): fetched whole at the end."""
+        self.first_stored = threading.Event()
+        """Set once an instance of the study is in the cache (its archive then knows the study)."""
+        self.on_first_stored: Callable[[], None] | None = None
         self._done: set[str] = set()
         self._closed = False
         self._completed = False
@@ -107,13 +111,20 @@ class RemoteStudySession(StudySession):
             if h.error is None and not h.cancelled:
                 self._series_done(series_uid)
 
-        load = ProgressiveLoad(self.client, self.study_uid, series_uid, cache=_Store(self.store, self.client),
+        load = ProgressiveLoad(self.client, self.study_uid, series_uid, cache=_Store(self.store, self.client, self._stored),
                                workers=self.workers, force=self.force, stride=self.stride, on_ready=on_ready,
                                on_progress=on_progress, on_done=done)  # fmt: skip
         self.loads[series_uid] = load
         handle = load.start()
         self.cache.put(series_uid, handle, in_use)
         return handle
+
+    def _stored(self) -> None:
+        if self.first_stored.is_set():
+            return
+        self.first_stored.set()
+        if self.on_first_stored is not None:
+            self.on_first_stored()
 
     def _series_done(self, series_uid: str) -> None:
         """A series is all in full fidelity (on its loader thread): go on with the next series not
@@ -162,12 +173,13 @@ class RemoteStudySession(StudySession):
 
 
 class _Store:
-    """``put_instance`` of the cache (Helper 2's ``RemoteCache`` takes the source's name too), or
-    ``ingest`` into a plain cache archive; None: nothing kept."""
+    """``put_instance`` of the cache (``RemoteCache`` takes the source's name too), or ``ingest``
+    into a plain cache archive; None: nothing kept.  ``after()`` runs once an instance is stored."""
 
-    def __init__(self, store: Any, client: Any) -> None:
+    def __init__(self, store: Any, client: Any, after: Callable[[], None] | None = None) -> None:
         self.store = store
         self.source = str(getattr(getattr(client, "source", None), "name", "") or "")
+        self.after = after
 
     def put_instance(self, study: str, data: bytes) -> None:
         if self.store is None:
@@ -175,11 +187,13 @@ class _Store:
         put = getattr(self.store, "put_instance", None)
         if put is None:
             self.store.ingest(data, origin="dicomweb")
-            return
-        try:
-            put(study, data, source=self.source)
-        except TypeError:
-            put(study, data)
+        else:
+            try:
+                put(study, data, source=self.source)
+            except TypeError:
+                put(study, data)
+        if self.after is not None:
+            self.after()
 
 
 def install_lossy_guard(viewer: Any) -> QAction:
@@ -227,8 +241,37 @@ def open_progressive(client: Any, study_uid: str, *, archive: Any, store: Any = 
     viewer.session = session
     viewer.sessions[study_uid] = session
     viewer.destroyed.connect(lambda *_a: session.close())  # background series stop with the tab
+    _defer_priors(viewer, session)
     install_lossy_guard(viewer)
     return viewer
+
+
+class _StoredBridge(QObject):
+    stored = Signal()
+
+
+def _defer_priors(viewer: Any, session: RemoteStudySession) -> None:
+    """The priors search reads the study's patient from the cache archive: it starts once the first
+    instance is there (before, it would say the study is unknown)."""
+    start = viewer._start_priors
+    bridge = _StoredBridge(viewer)
+    bridge.stored.connect(start)
+
+    def later() -> None:
+        if session.first_stored.is_set():
+            start()
+            return
+        viewer.priors_panel.set_priors([], searching=True)
+
+        def emit() -> None:  # on a loader thread
+            try:
+                bridge.stored.emit()
+            except RuntimeError:  # the viewer went meanwhile
+                pass
+
+        session.on_first_stored = emit
+
+    viewer._start_priors = later
 
 
 def lossy_slices(volume: Any) -> int:
