@@ -506,11 +506,23 @@ class RemoteSourceController(QObject):
         full fidelity in the background, each full instance into the cache
         (:mod:`hilum.ui.viewer.progressive_view`, :mod:`hilum.dicomweb.progressive`)."""
         try:
-            from hilum.ui.viewer.progressive_view import open_progressive
+            from hilum.ui.viewer.progressive_view import prepare_remote
         except ImportError:
             self._message("This build has no viewer.")
             return None
         assert self.client is not None and self.active is not None
+        source, client = self.active.name, self.client
+        self._message(f"Opening the study from {source}…")
+        return self.runner.submit(prepare_remote, client, study_uid,
+                                  on_done=lambda prepared: self._show_progressive(study_uid, series_uid, prepared,
+                                                                                  client, source),
+                                  on_error=lambda exc: self._message(f"Could not open the study from {source}: {exc}"))
+
+    def _show_progressive(self, study_uid: str, series_uid: str | None, prepared: dict[str, Any], client: Any,
+                          source: str) -> Any:
+        """The study's series are known (:func:`prepare_remote`, off the GUI thread): its tab now."""
+        from hilum.ui.viewer.progressive_view import open_progressive
+
         controller = getattr(self.window, "viewer_controller", None)
         kwargs: dict[str, Any] = {"data_dir": getattr(self.window.config, "data_dir", None)}
         if controller is not None:
@@ -526,14 +538,14 @@ class RemoteSourceController(QObject):
             except RuntimeError:  # the window went meanwhile
                 pass
 
-        viewer = open_progressive(self.client, study_uid, archive=self.cache.archive, store=store,
-                                  force=self.progressive_force, on_complete=complete, **kwargs)  # fmt: skip
+        viewer = open_progressive(client, study_uid, archive=self.cache.archive, store=store,
+                                  force=self.progressive_force, on_complete=complete, prepared=prepared,
+                                  **kwargs)  # fmt: skip
         viewer.destroyed.connect(lambda *_a: self._release(study_uid))
         row = self.window.browser.model.find(study_uid)
         name = "Study"
         if row >= 0:
             name = str(self.window.browser.model.row(row).get("PatientName", "") or "").split("^")[0] or name
-        source = self.active.name
         self.window.add_workspace_tab(viewer, f"{name} ({source})",
                                       tooltip=f"Streamed from the DICOMweb source {source}; {study_uid}")
         viewer.open()

@@ -32,7 +32,7 @@ from hilum.dicom.stack_load import LoadHandle, SeriesVolume
 from hilum.dicomweb.progressive import ProgressiveLoad, ProgressiveVolume
 from hilum.ui.viewer.study import SeriesEntry, StudySession, VolumeCache
 
-__all__ = ["RemoteStudySession", "install_lossy_guard", "open_progressive"]
+__all__ = ["RemoteStudySession", "install_lossy_guard", "open_progressive", "prepare_remote"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ class RemoteStudySession(StudySession):
 
     def __init__(self, client: Any, study_uid: str, *, archive: Any = None, store: Any = None,
                  cache: VolumeCache | None = None, force: str | None = None, workers: int = 4,
-                 stride: int | None = None, on_complete: Callable[[str], None] | None = None) -> None:  # fmt: skip
+                 stride: int | None = None, on_complete: Callable[[str], None] | None = None,
+                 prepared: dict[str, Any] | None = None) -> None:  # fmt: skip
         super().__init__(archive, study_uid, cache=cache)
         self.client = client
         self.store = store
@@ -54,6 +55,7 @@ class RemoteStudySession(StudySession):
         self.stride = stride
         self.on_complete = on_complete
         self.loads: dict[str, ProgressiveLoad] = {}
+        self.prepared = prepared
         self.background = True
         """When the series shown are in, stream the study's other series (and its non-image objects)
         into the cache too, one at a time, so the whole study is cached (``on_complete``)."""
@@ -68,11 +70,15 @@ class RemoteStudySession(StudySession):
         self._lock = threading.Lock()
 
     def refresh(self) -> list[SeriesEntry]:
-        rows = self.client.search_studies({"StudyInstanceUID": self.study_uid}, limit=1)
-        self.study_row = rows[0] if rows else {}
+        """The study's series from the source (QIDO-RS; blocking — the remote source asks first off
+        the GUI thread, :func:`prepare_remote`, and passes ``prepared``, used once)."""
+        prepared, self.prepared = self.prepared, None
+        if prepared is None:
+            prepared = prepare_remote(self.client, self.study_uid)
+        self.study_row = prepared["study"]
         entries = []
         self.other_series = []
-        for row in self.client.search_series(self.study_uid):
+        for row in prepared["series"]:
             uid = str(row.get("SeriesInstanceUID", ""))
             modality = str(row.get("Modality", "") or "")
             if uid and modality in NON_IMAGE:
@@ -172,6 +178,15 @@ class RemoteStudySession(StudySession):
         super().close()
 
 
+def prepare_remote(client: Any, study_uid: str) -> dict[str, Any]:
+    """What opening a remote study asks first (blocking, run it off the GUI thread): the study's
+    QIDO-RS row (``"study"``) and its series' rows (``"series"``)."""
+    rows = client.search_studies({"StudyInstanceUID": study_uid}, limit=1)
+    if not rows:
+        raise LookupError(f"the source has no study {study_uid}")
+    return {"study": rows[0], "series": list(client.search_series(study_uid))}
+
+
 class _Store:
     """``put_instance`` of the cache (``RemoteCache`` takes the source's name too), or ``ingest``
     into a plain cache archive; None: nothing kept.  ``after()`` runs once an instance is stored."""
@@ -227,7 +242,8 @@ def install_lossy_guard(viewer: Any) -> QAction:
 def open_progressive(client: Any, study_uid: str, *, archive: Any, store: Any = None,
                      data_dir: str | Path | None = None, force: str | None = None,
                      on_complete: Callable[[str], None] | None = None, workers: int = 4,
-                     stride: int | None = None, **viewer_kwargs: Any) -> Any:  # fmt: skip
+                     stride: int | None = None, prepared: dict[str, Any] | None = None,
+                     **viewer_kwargs: Any) -> Any:  # fmt: skip
     """A :class:`StudyViewer` of a remote study, streamed progressively (call its ``open()``).
 
     *archive* is the local archive the viewer keeps its own objects with (the cache's);
@@ -237,7 +253,8 @@ def open_progressive(client: Any, study_uid: str, *, archive: Any, store: Any = 
 
     viewer = StudyViewer(archive, study_uid, data_dir=data_dir, **viewer_kwargs)
     session = RemoteStudySession(client, study_uid, archive=archive, store=store, cache=viewer.session.cache,
-                                 force=force, workers=workers, stride=stride, on_complete=on_complete)  # fmt: skip
+                                 force=force, workers=workers, stride=stride, on_complete=on_complete,
+                                 prepared=prepared)  # fmt: skip
     viewer.session = session
     viewer.sessions[study_uid] = session
     viewer.destroyed.connect(lambda *_a: session.close())  # background series stop with the tab
