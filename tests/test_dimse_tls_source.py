@@ -202,6 +202,37 @@ def test_tls_peer_refused_without_trust(tmp_path: Path, pacs: dict[str, Any]) ->
     assert "ca_file" not in (tmp_path / "ws" / "hilum.toml").read_text(), "an empty ca_file is not written"
 
 
+class _NoNetwork:
+    """A source that must not be asked (a cached study opens without it)."""
+
+    name = "pacs"
+
+    def fetch_into(self, *_a: Any, **_k: Any) -> None:
+        raise AssertionError("the peer was asked for a cached study")
+
+    def close(self) -> None:
+        pass
+
+
+def test_tls_peer_into_the_remote_cache(tmp_path: Path, pacs: dict[str, Any]) -> None:
+    from hilum.dicomweb.cache import RemoteCache
+    from hilum.ui.remote_source import _PeerFetch
+
+    cfg = _config(tmp_path, pacs)
+    source = _PeerFetch(peer_target(cfg, cfg.peers["pacs"], timeout=20), "pacs")
+    with RemoteCache(tmp_path / "ws", 100) as cache:
+        seen: list[int] = []
+        archive = cache.open(source, pacs["study"], progress=lambda n, _r: seen.append(n))
+        assert seen == [1, 2, 3] and cache.has(pacs["study"]) and cache.studies()[0]["source"] == "pacs"
+        for r in archive.instances(study_uid=pacs["study"]):
+            ds = pydicom.dcmread(r["path"])
+            assert np.array_equal(ds.pixel_array, pacs["pixels"][str(ds.SOPInstanceUID)])
+        cache.release(pacs["study"])
+    with RemoteCache(tmp_path / "ws", 100) as cache:  # a restart: local, the peer not asked
+        assert len(cache.open(_NoNetwork(), pacs["study"]).instances(study_uid=pacs["study"])) == 3
+        cache.release(pacs["study"])
+
+
 @pytest.mark.gui
 def test_study_browser_lists_the_tls_peer(qtbot, make_main_window, tmp_path: Path, pacs: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
     cfg = load_config(_config(tmp_path, pacs).data_dir)
@@ -211,4 +242,37 @@ def test_study_browser_lists_the_tls_peer(qtbot, make_main_window, tmp_path: Pat
         ctl.select("dimse:pacs")
     assert window.browser.model.rowCount() == 1
     assert window.browser.model.row(0)["StudyInstanceUID"] == pacs["study"]
+
+    # A TLS peer retrieved by C-GET opens into the remote cache, not the archive.
+    assert ctl.peer_uses_cache("pacs")
+    tabs = window.tabs.count()
+    with qtbot.waitSignal(ctl.fetched, timeout=TIMEOUT):
+        window.browser.openRequested.emit(pacs["study"])
+    assert window.tabs.count() == tabs + 1
+    viewer = window.tabs.widget(tabs)
+    assert viewer.archive is ctl.cache.archive and ctl.cache.pinned(pacs["study"])
+    assert window.archive.stats()["instances"] == 0
+    assert window.close_workspace_tab(tabs)
+    qtbot.waitUntil(lambda: not ctl.cache.pinned(pacs["study"]), timeout=TIMEOUT)
+    with qtbot.waitSignal(ctl.fetched, timeout=TIMEOUT):
+        window.browser.openRequested.emit(pacs["study"])
+    assert "local cache" in window.statusBar().currentMessage()
+
+    # Keep locally: from the cache into the archive through ingest.
+    assert window.browser.select_study(pacs["study"])
+    with qtbot.waitSignal(ctl.kept, timeout=TIMEOUT) as kept:
+        ctl.keep_selected()
+    assert kept.args == [pacs["study"], 3]
+    assert window.archive.stats()["instances"] == 3
     window.close()
+
+
+def test_open_into_setting(tmp_path: Path, pacs: dict[str, Any]) -> None:
+    from hilum.errors import ConfigError
+
+    cfg = _config(tmp_path, pacs, open_into="archive")
+    assert load_config(cfg.data_dir).peers["pacs"].open_into == "archive"
+    text = (cfg.data_dir / "hilum.toml").read_text().replace('"archive"', '"nowhere"')
+    (cfg.data_dir / "hilum.toml").write_text(text)
+    with pytest.raises(ConfigError):
+        load_config(cfg.data_dir)

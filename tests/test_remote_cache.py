@@ -13,8 +13,10 @@ from __future__ import annotations
 import base64
 import http.client
 import io
+import json
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,7 +33,7 @@ from hilum.dicom.generator import MUELLER, generate_ct_series, make_study
 from hilum.dicomweb.cache import CacheError, RemoteCache, RemoteCacheSettings
 from hilum.dicomweb.client import DicomWebClient, DicomWebSource
 from hilum.errors import ConfigError
-from test_priors_remote import serve_peer
+from test_priors_remote import APP, serve_peer
 
 SLICES = 3
 
@@ -186,6 +188,9 @@ def test_limit_evicts_least_recently_opened_whole_studies_and_spares_pinned(
     assert cache.total_bytes() <= cache.limit_bytes
     assert not cache.archive.query("STUDY", {"StudyInstanceUID": b}), "B's instances left the cache archive"
     assert not cache.archive.instances(study_uid=b)
+    blobs = tmp_path / "data" / "remote-cache" / "archive" / "blobs"
+    on_disk = sum(p.stat().st_size for p in blobs.rglob("*") if p.is_file())
+    assert 0 < on_disk <= cache.limit_bytes, "the files went with the index rows"
 
     # Pinned: A and C stay open while B comes back; the cache goes over its limit rather than
     # evict what a viewer shows, and shrinks when they are released.
@@ -309,3 +314,107 @@ def test_settings_from_hilum_toml(tmp_path: Path) -> None:
             RemoteCacheSettings.from_config(Config(data_dir=tmp_path, extra={"remote_cache": bad}))
     with RemoteCache.from_config(cfg) as cache:
         assert cache.limit_bytes == 512 * 1024 * 1024 and cache.root == tmp_path / "remote-cache"
+
+
+@pytest.mark.parametrize("encrypt", [False, True], ids=["plain", "encrypted"])
+def test_pin_while_a_progressive_loader_writes(
+    remote: dict[str, Any], client: DicomWebClient, tmp_path: Path, encrypt: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A progressive viewer pins the study it streams (nothing fetched by the cache itself) and writes
+    each full-fidelity instance with put_instance: the instances are in the viewing archive at once,
+    the streamed study is never evicted for room, the older study is."""
+    if encrypt:
+        pytest.importorskip("cryptography")
+        monkeypatch.delenv("HILUM_CACHE_KEY", raising=False)
+    proxy = remote["proxy"]
+    a, b = remote["studies"]["A"], remote["studies"]["B"]
+    size = _study_size(remote, client, tmp_path)
+    cache = RemoteCache(tmp_path / "data", limit_mb=(1.5 * size) / (1024 * 1024), encrypt=encrypt)
+    cache.open(client, a["uid"])
+    cache.release(a["uid"])
+    before = proxy.count
+    archive = cache.pin(b["uid"])
+    assert proxy.count == before, "pin fetches nothing"
+    for i, data in enumerate(client.iter_instances(b["uid"]), 1):
+        cache.put_instance(b["uid"], data, source="remote")
+        assert len(archive.instances(study_uid=b["uid"])) == i
+    cache.mark_complete(b["uid"])
+    assert [r["study_uid"] for r in cache.studies()] == [b["uid"]], "A went for room, B (pinned) stayed"
+    _pixels_equal(archive, b)
+    cache.release(b["uid"])
+    if encrypt:
+        assert not archive.instances(study_uid=b["uid"])
+    before = proxy.count
+    _pixels_equal(cache.open(client, b["uid"]), b)
+    assert proxy.count == before
+    cache.release(b["uid"])
+    cache.close()
+
+
+def test_switching_encryption_drops_the_other_modes_cache(
+    remote: dict[str, Any], client: DicomWebClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("cryptography")
+    monkeypatch.delenv("HILUM_CACHE_KEY", raising=False)
+    a = remote["studies"]["A"]
+    with RemoteCache(tmp_path, 100) as cache:
+        cache.open(client, a["uid"])
+        cache.release(a["uid"])
+    assert (tmp_path / "remote-cache" / "archive").exists()
+    with RemoteCache(tmp_path, 100, encrypt=True) as cache:
+        assert not cache.has(a["uid"]) and cache.studies() == []
+        assert not (tmp_path / "remote-cache" / "archive").exists(), "the plaintext cache went"
+        _pixels_equal(cache.open(client, a["uid"]), a)
+        cache.release(a["uid"])
+    with RemoteCache(tmp_path, 100) as cache:
+        assert cache.studies() == [] and not (tmp_path / "remote-cache" / "sealed").exists()
+        _pixels_equal(cache.open(client, a["uid"]), a)
+        cache.release(a["uid"])
+    # A lower limit applies when the cache opens.
+    with RemoteCache(tmp_path, 0.001) as cache:
+        assert cache.studies() == []
+
+
+def test_cli_list_and_clear(remote: dict[str, Any], client: DicomWebClient, tmp_path: Path) -> None:
+    a, b = remote["studies"]["A"]["uid"], remote["studies"]["B"]["uid"]
+    with RemoteCache(tmp_path, 100) as cache:
+        for uid in (a, b):
+            cache.open(client, uid)
+            cache.release(uid)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(APP), os.environ.get("PYTHONPATH", "")])}
+
+    def hilum(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hilum", "--data", str(tmp_path), "remote-cache", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    out = hilum("list")
+    assert out.returncode == 0, out.stderr
+    assert "2 studies" in out.stdout and a in out.stdout and b in out.stdout and "complete" in out.stdout
+    listed = json.loads(hilum("list", "--json").stdout)
+    assert [s["study_uid"] for s in listed["studies"]] == [a, b] and listed["limit_bytes"] == 2048 * 1024 * 1024
+    assert hilum("clear", "--study", "1.2.3").returncode != 0
+    assert hilum("clear", "--study", a).returncode == 0
+    with RemoteCache(tmp_path, 100) as cache:
+        assert [s["study_uid"] for s in cache.studies()] == [b]
+    assert hilum("clear").returncode == 0
+    with RemoteCache(tmp_path, 100) as cache:
+        assert cache.studies() == []
+
+
+def test_one_shared_cache_per_data_folder(tmp_path: Path) -> None:
+    cfg = Config(data_dir=tmp_path)
+    one = RemoteCache.shared(cfg)
+    two = RemoteCache.shared(Config(data_dir=tmp_path / "."))
+    assert one is two
+    one.close()
+    assert RemoteCache.shared(cfg) is two  # still open: one close per caller
+    two.close()
+    two.close()
+    three = RemoteCache.shared(cfg)
+    assert three is not one
+    three.close()

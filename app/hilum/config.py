@@ -32,6 +32,10 @@ class Peer:
     ``tls``: associations to the peer use TLS (PS3.15 B.1), its certificate
     checked against ``ca_file`` (a clinic CA trusted explicitly for this peer)
     or else ``[node] tls_ca`` / the system's CAs.
+    ``open_into``: where a study opened from the peer in the workstation goes:
+    ``"cache"`` (the bounded remote cache, :mod:`hilum.dicomweb.cache`; C-GET
+    only), ``"archive"``, or ``""``: the cache for a TLS peer retrieved from by
+    C-GET (a PACS afar), the archive otherwise.
     """
 
     aet: str
@@ -39,6 +43,7 @@ class Peer:
     port: int
     tls: bool = False
     ca_file: str = ""
+    open_into: str = ""
     may_store: bool = True
     may_query: bool = True
     may_retrieve: bool = True
@@ -157,7 +162,7 @@ class Config:
             doc["archive"]["index_writer"] = self.index_writer
         if self.peers:
             doc["peers"] = {
-                name: {k: v for k, v in vars(p).items() if not (k == "ca_file" and not v)}
+                name: {k: v for k, v in vars(p).items() if not (k in ("ca_file", "open_into") and not v)}
                 for name, p in self.peers.items()
             }
         if self.prefetch != PrefetchRules():
@@ -216,6 +221,8 @@ def load_config(data_dir: str | os.PathLike[str] | None = None) -> Config:
             raise ConfigError(f"{path}: peer {name!r}: {exc}") from exc
         if cfg.peers[name].retrieve not in ("get", "move"):
             raise ConfigError(f"{path}: peer {name!r}: retrieve must be 'get' or 'move'")
+        if cfg.peers[name].open_into not in ("", "cache", "archive"):
+            raise ConfigError(f"{path}: peer {name!r}: open_into must be 'cache' or 'archive'")
     cfg.extra = doc
     known = set(cfg.peers) | set((doc.get("dicomweb_sources") or {}) if isinstance(doc.get("dicomweb_sources"), dict)
                                  else ())

@@ -22,8 +22,8 @@ Two storage modes behind one API:
 
 The API the prefetch (``hilum.priors.station``) and progressive viewer
 (``hilum.dicomweb.progressive``) use: ``has``, ``open`` (fetch if absent;
-pins), ``release``, ``put_instance`` (+ ``mark_complete``), ``evict``,
-``studies``, ``keep``.
+pins), ``pin`` (pins, fetches nothing: a progressive viewer), ``release``,
+``put_instance`` (+ ``mark_complete``), ``evict``, ``studies``, ``keep``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 CACHE_DIR = "remote-cache"
 KEY_FILE = "cache.key"
 MAGIC = b"HLC1"
+
+
+_SHARED: dict[Path, RemoteCache] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 class CacheError(HilumError):
@@ -156,6 +160,59 @@ def load_key(root: Path, env: str = "HILUM_CACHE_KEY") -> bytes:
     return key
 
 
+class CacheSink:
+    """``ingest`` into a :class:`RemoteCache` for one study, checked as the archive's ingest checks
+    what a C-STORE request announced; refusals are answered, not raised."""
+
+    def __init__(self, cache: RemoteCache, study: str, source: str = ""):
+        self.cache = cache
+        self.study = study
+        self.source = source
+        self.count = 0
+        self.progress: Callable[[int, IngestResult | None], None] | None = None
+
+    def ingest(
+        self,
+        source: Any,
+        *,
+        origin: str = "",
+        source_aet: str = "",
+        expected_sop_class: str | None = None,
+        expected_sop_instance: str | None = None,
+        **_ignored: Any,
+    ) -> IngestResult:
+        data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else Path(source).read_bytes()
+        try:
+            ds = pydicom.dcmread(
+                io.BytesIO(data),
+                stop_before_pixels=True,
+                specific_tags=["StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"],
+            )
+        except Exception as exc:  # noqa: BLE001 - whatever pydicom raises on garbage
+            return IngestResult("rejected", reason=f"not DICOM: {exc}", code="not-dicom")
+        sop, study = str(ds.get("SOPInstanceUID", "")), str(ds.get("StudyInstanceUID", ""))
+        if expected_sop_instance and sop != expected_sop_instance:
+            return IngestResult(
+                "rejected", sop, study, reason="SOP Instance UID differs from the request", code="uid-mismatch"
+            )
+        if expected_sop_class and str(ds.get("SOPClassUID", "")) != expected_sop_class:
+            return IngestResult(
+                "rejected", sop, study, reason="SOP Class UID differs from the request", code="sop-class-mismatch"
+            )
+        if study != self.study:
+            return IngestResult(
+                "rejected", sop, study, reason=f"not an instance of study {self.study}", code="uid-mismatch"
+            )
+        try:
+            res = self.cache.put_instance(self.study, data, source=self.source)
+        except OSError as exc:
+            return IngestResult("rejected", sop, study, reason=str(exc), code="storage-full")
+        self.count += 1
+        if self.progress is not None:
+            self.progress(self.count, res)
+        return res or IngestResult("duplicate", sop, study, size=len(data))
+
+
 class RemoteCache:
     """Studies from remote nodes, kept between sessions up to ``limit_mb`` (LRU by last open).
 
@@ -177,6 +234,8 @@ class RemoteCache:
         self.encrypt = encrypt
         self.index = CacheIndex(self.root / "cache.sqlite")
         self._lock = threading.RLock()
+        self._refs = 1
+        self._shared_key: Path | None = None
         self._pins: dict[str, int] = {}
         self._writing: dict[str, int] = {}
         self._session_dir: Path | None = None
@@ -189,11 +248,48 @@ class RemoteCache:
             self._sweep_sessions()
         else:
             self._plain = Archive(self.root / "archive")
+        self._drop_other_mode()
+        self.evict()  # the limit may have been lowered since the last session
+
+    def _drop_other_mode(self) -> None:
+        """Forget what the other mode cached (``encrypt`` was switched): switching encryption on
+        deletes the plaintext cache; switching it off drops the sealed files (read with no key)."""
+        stale = [
+            r["study_uid"]
+            for r in self.index.studies()
+            if any(bool(i["file"]) != self.encrypt for i in self.index.instances(r["study_uid"]))
+        ]
+        for uid in stale:
+            rows = self.index.remove(uid)
+            for i in rows:
+                if i["file"]:
+                    (self.root / "sealed" / i["file"]).unlink(missing_ok=True)
+        if self.encrypt and (self.root / "archive").exists():
+            shutil.rmtree(self.root / "archive", ignore_errors=True)
+            log.info("remote cache: encryption on; the plaintext cache was deleted")
+        if not self.encrypt and (self.root / "sealed").exists():
+            shutil.rmtree(self.root / "sealed", ignore_errors=True)
 
     @classmethod
     def from_config(cls, cfg: Any) -> RemoteCache:
         s = RemoteCacheSettings.from_config(cfg)
         return cls(cfg.data_dir, s.limit_mb, s.encrypt, key_env=s.key_env)
+
+    @classmethod
+    def shared(cls, cfg: Any) -> RemoteCache:
+        """This process's cache of ``cfg.data_dir`` (made from ``[remote_cache]`` on first use): the
+        study browser, the station prefetch and a progressive viewer must share one instance, or one's
+        eviction would not see the other's pins.  Each caller calls :meth:`close` once; the last closes."""
+        key = Path(cfg.data_dir).resolve()
+        with _SHARED_LOCK:
+            cache = _SHARED.get(key)
+            if cache is not None:
+                cache._refs += 1
+                return cache
+            cache = cls.from_config(cfg)
+            cache._shared_key = key
+            _SHARED[key] = cache
+            return cache
 
     # ------------------------------------------------------------------ views
 
@@ -226,8 +322,11 @@ class RemoteCache:
             shutil.rmtree(d, ignore_errors=True)
             log.info("remote cache: removed the plaintext left by process %d", pid)
 
-    def has(self, study: str) -> bool:
-        """True when the whole study is cached (opening it asks nothing of the remote)."""
+    def has(self, study: str, series: str | None = None) -> bool:
+        """True when the whole study is cached (opening it asks nothing of the remote).
+
+        ``series`` is accepted for the callers of the old ``StudyCache.has``: the cache holds whole
+        studies, so a series is there when its study is."""
         row = self.index.study(study)
         return bool(row and row["complete"])
 
@@ -269,7 +368,7 @@ class RemoteCache:
                 d = self.root / "sealed" / _hash(study)
                 d.mkdir(parents=True, exist_ok=True)
                 fname = f"{_hash(study)}/{_hash(sop)}.bin"
-                tmp = d / f".{_hash(sop)}.tmp"
+                tmp = d / f".{_hash(sop)}.{secrets.token_hex(4)}.tmp"  # two writers of one instance do not collide
                 tmp.write_bytes(self._sealer.seal(data, sop.encode()))
                 os.replace(tmp, self.root / "sealed" / fname)
                 if self.pinned(study):
@@ -303,19 +402,36 @@ class RemoteCache:
     ) -> Archive:
         """The study ready to view: fetched from ``client`` (WADO-RS) unless cached, pinned until
         :meth:`release`.  Returns the archive to read it from.  ``progress(n, result)`` per instance."""
+        archive = self.pin(study, progress=progress)
+        try:
+            if not self.has(study):
+                self._fetch(client, study, progress, cancel)
+            self.evict()
+            return archive
+        except BaseException:
+            self.release(study)
+            raise
+
+    def pin(self, study: str, *, progress: Callable[[int, IngestResult | None], None] | None = None) -> Archive:
+        """Pin ``study`` without fetching anything (a progressive loader that writes it with
+        :meth:`put_instance` while a viewer shows it): never evicted until :meth:`release`; in
+        encrypted mode what is cached of it is decrypted into the viewing archive, and what
+        :meth:`put_instance` adds meanwhile goes there too.  Returns the viewing archive."""
         with self._lock:
             self._pins[study] = self._pins.get(study, 0) + 1
         try:
             if self._sealer is not None:
                 self._unseal_into_session(study, progress)
-            if not self.has(study):
-                self._fetch(client, study, progress, cancel)
             self.index.touch(study)
-            self.evict()
             return self.archive
         except BaseException:
             self.release(study)
             raise
+
+    def sink(self, study: str, source: str = "") -> CacheSink:
+        """An object with the archive's ``ingest`` call that writes into this cache for ``study`` (what
+        a DIMSE C-GET store callback, :func:`hilum.dimse.scu.ingest_store`, is given)."""
+        return CacheSink(self, study, source)
 
     def _fetch(
         self,
@@ -325,7 +441,18 @@ class RemoteCache:
         cancel: threading.Event | None,
     ) -> None:
         n = 0
-        source = getattr(getattr(client, "source", None), "name", "") or ""
+        source = getattr(getattr(client, "source", None), "name", "") or getattr(client, "name", "") or ""
+        if hasattr(client, "fetch_into"):
+            # Push-style sources (DIMSE C-GET): ``client.fetch_into(sink, study, progress=, cancel=)``.
+            sink = self.sink(study, source)
+            sink.progress = progress
+            client.fetch_into(sink, study, cancel=cancel)
+            if cancel is not None and cancel.is_set():
+                return
+            if sink.count == 0:
+                raise CacheError(f"the peer sent no instances of study {study}")
+            self.mark_complete(study)
+            return
         for data in client.iter_instances(study):
             res = self.put_instance(study, data, source=source)
             n += 1
@@ -435,6 +562,12 @@ class RemoteCache:
         return results
 
     def close(self) -> None:
+        with _SHARED_LOCK:
+            self._refs -= 1
+            if self._refs > 0:
+                return
+            if self._shared_key is not None and _SHARED.get(self._shared_key) is self:
+                del _SHARED[self._shared_key]
         with self._lock:
             session, sdir = self._session, self._session_dir
             self._session = self._session_dir = None

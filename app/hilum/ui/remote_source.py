@@ -21,7 +21,11 @@ With a DICOM peer selected, searches are C-FIND (:class:`hilum.ui.dimse_source.P
 opening a study retrieves it into the local archive (C-GET, or C-MOVE to this
 node, as the peer's ``retrieve`` setting says) through the transfers queue
 (:mod:`hilum.ui.transfers`, progress and errors in its panel) and then opens
-it like any local study; "Keep locally" retrieves without opening.
+it like any local study; "Keep locally" retrieves without opening.  A peer
+whose studies go to the remote cache (``open_into = "cache"``, the default
+for a TLS peer retrieved from by C-GET: a PACS afar) opens like a DICOMweb
+source instead: C-GET into the cache, pinned while open, "Keep locally" from
+the cache.
 
 The logic lives in :mod:`hilum.dicomweb.client` and :mod:`hilum.ui.dimse_source`;
 this module only binds it.
@@ -32,6 +36,8 @@ passwords, which are asked once per session.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, Qt, Signal
@@ -58,6 +64,8 @@ from hilum.dicomweb.client import (
     load_sources,
     save_sources,
 )
+from hilum.dimse.scu import retrieve_study
+from hilum.errors import HilumError
 from hilum.ui.dimse_source import PeerArchiveView, peer_target
 from hilum.ui.study_search import StudySearchResult, format_person_name
 from hilum.ui.tasks import Job, TaskRunner
@@ -277,8 +285,15 @@ class RemoteSourceController(QObject):
         self.client: DicomWebClient | None = None
         self.active_peer: str | None = None  # a DICOM peer's name in [peers]
         self._search_note: str | None = None  # the "Searching …" status message, until results come
-        self.cache = RemoteCache.from_config(window.config)
         self._closed = False
+        self._cache_tmp: str | None = None
+        try:
+            self.cache = RemoteCache.shared(window.config)  # one per data folder: the prefetch shares it
+        except (HilumError, OSError) as exc:
+            # e.g. encrypt = true without the cryptography package: nothing is kept across sessions
+            log.error("remote cache: %s; remote studies are cached for this session only", exc)
+            self._cache_tmp = tempfile.mkdtemp(prefix="hilum-remote-cache-")
+            self.cache = RemoteCache(self._cache_tmp)
         self.progressive = True
         """Open remote studies not in the cache progressively (lossy first, then full fidelity, each
         full instance into the cache) instead of fetching them first."""
@@ -414,8 +429,21 @@ class RemoteSourceController(QObject):
 
     # ------------------------------------------------------------ opening and keeping
 
+    def peer_uses_cache(self, name: str | None = None) -> bool:
+        """Whether studies opened from DICOM peer ``name`` (default: the selected one) go into the remote
+        cache rather than the archive: ``[peers.X] open_into``; by default a TLS peer (a PACS afar) that
+        is retrieved from by C-GET does.  C-MOVE always goes to the archive (this node's listener)."""
+        name = name or self.active_peer
+        peer = (getattr(self.window.config, "peers", {}) or {}).get(name) if name else None
+        if peer is None or peer.retrieve != "get":
+            return False
+        mode = getattr(peer, "open_into", "") or ("cache" if peer.tls else "archive")
+        return mode == "cache"
+
     def open_study(self, study_uid: str) -> None:
-        if self.active_peer is not None:
+        if self.active_peer is not None and self.peer_uses_cache():
+            self._fetch_and_open(study_uid, None)
+        elif self.active_peer is not None:
             self.retrieve_from_peer(study_uid, None, open_after=True)
         elif self.active is None:
             self.window.open_study(study_uid)
@@ -423,7 +451,9 @@ class RemoteSourceController(QObject):
             self._fetch_and_open(study_uid, None)
 
     def open_series(self, study_uid: str, series_uid: str) -> None:
-        if self.active_peer is not None:
+        if self.active_peer is not None and self.peer_uses_cache():
+            self._fetch_and_open(study_uid, series_uid)
+        elif self.active_peer is not None:
             self.retrieve_from_peer(study_uid, series_uid, open_after=True)
         elif self.active is None:
             self.window.open_series(study_uid, series_uid)
@@ -469,14 +499,21 @@ class RemoteSourceController(QObject):
 
     def _fetch_and_open(self, study_uid: str, series_uid: str | None) -> None:
         """Open a remote study through the cache: fetched (WADO-RS) unless cached, pinned while its tab is
-        open.  A series opens its whole study (the cache holds studies) and shows that series.  Not
-        cached and :attr:`progressive`: streamed into a viewer at once (:meth:`_open_progressive`)."""
-        if self.progressive and not self.cache.has(study_uid):
+        open.  A series opens its whole study (the cache holds studies) and shows that series.  A
+        DICOMweb study not cached and :attr:`progressive`: streamed into a viewer at once
+        (:meth:`_open_progressive`)."""
+        if self.active_peer is None and self.progressive and not self.cache.has(study_uid):
             self._open_progressive(study_uid, series_uid)
             return
-        assert self.client is not None and self.active is not None
+        client: Any
+        if self.active_peer is not None:
+            peer = self.window.config.peers[self.active_peer]
+            client = _PeerFetch(peer_target(self.window.config, peer), self.active_peer)
+        else:
+            assert self.client is not None
+            client = self.client
         job = Job(self)
-        name = self.active.name
+        name = self.source_name()
         cached = self.cache.has(study_uid)
         if not cached:
             job.progressed.connect(lambda done, _t, _l: self._message(f"Fetching from {name}: {done} image(s)…"))
@@ -489,7 +526,7 @@ class RemoteSourceController(QObject):
         def failed(exc: BaseException) -> None:
             self._message(f"Could not fetch the study from {name}: {exc}")
 
-        self.runner.submit(self.cache.open, self.client, study_uid, progress=progress, cancel=job.cancel_event,
+        self.runner.submit(self.cache.open, client, study_uid, progress=progress, cancel=job.cancel_event,
                            on_done=lambda _a: self._open_cached(study_uid, series_uid, cached=cached),
                            on_error=failed)
 
@@ -529,7 +566,7 @@ class RemoteSourceController(QObject):
             kwargs.update(executor=controller.executor, cache=controller.cache, pool=controller.pool)
         self._partial.add(study_uid)
         self._pin(study_uid)  # never evicted while its tab is open (released with the tab)
-        store = self.cache if hasattr(self.cache, "put_instance") else self.cache.archive
+        store = self.cache
         bridge = self._complete_bridge
 
         def complete(uid: str) -> None:  # on a loader thread
@@ -556,16 +593,9 @@ class RemoteSourceController(QObject):
         return viewer
 
     def _pin(self, study_uid: str) -> None:
-        """Pin a study being streamed in the cache, as :meth:`RemoteCache.open` pins one it opens."""
-        pin = getattr(self.cache, "pin", None)
-        if callable(pin):
-            pin(study_uid)
-            return
-        # RemoteCache has no public pin (yet): the same count its open() keeps, under its lock
-        lock, pins = getattr(self.cache, "_lock", None), getattr(self.cache, "_pins", None)
-        if lock is not None and isinstance(pins, dict):
-            with lock:
-                pins[study_uid] = pins.get(study_uid, 0) + 1
+        """Pin a study being streamed in the cache (released with its tab), as :meth:`RemoteCache.open`
+        pins one it opens; encrypted mode: its instances go to the viewing archive at once."""
+        self.cache.pin(study_uid)
 
     def _on_progressive_complete(self, study_uid: str) -> None:
         self._partial.discard(study_uid)
@@ -592,8 +622,8 @@ class RemoteSourceController(QObject):
         viewer.destroyed.connect(lambda *_a: self._release(study_uid))
         row = self.cache.archive.query("STUDY", {"StudyInstanceUID": study_uid}, limit=1)
         name = str(row[0].get("PatientName", "") or "").split("^")[0] if row else "Study"
-        self.window.add_workspace_tab(viewer, f"{name} ({self.active.name if self.active else 'remote'})",
-                                      tooltip=f"Opened from a DICOMweb source; {study_uid}")
+        self.window.add_workspace_tab(viewer, f"{name} ({self.source_name()})",
+                                      tooltip=f"Opened from the remote source {self.source_name()}; {study_uid}")
         viewer.open()
         if series_uid and series_uid in {e.series_uid for e in viewer.session.series}:
             viewer.show_series(series_uid, viewer.model.active)
@@ -604,16 +634,17 @@ class RemoteSourceController(QObject):
     def keep_selected(self) -> None:
         """Store the study selected in the browser in the local archive (through ingest)."""
         study_uid = self.window.browser.selected_study_uid()
-        if study_uid and self.active_peer is not None:
+        if study_uid and self.active_peer is not None and not self.cache.has(study_uid):
             self.retrieve_from_peer(study_uid, None, open_after=False)
             return
-        if not study_uid or self.client is None:
+        if not study_uid or (self.client is None and self.active_peer is None):
             self._message("Select a remote study first.")
             return
         archive = self.window.archive
         if self.cache.has(study_uid):
             task: Any = (self.cache.keep, archive, study_uid)
         else:
+            assert self.client is not None
             task = (self.client.retrieve, archive, study_uid)
         self._message("Keeping the study locally…")
         self.runner.submit(*task, on_done=lambda results: self._kept(study_uid, results),
@@ -638,11 +669,28 @@ class RemoteSourceController(QObject):
         if not self._closed:
             self._closed = True
             self.cache.close()
+            if self._cache_tmp is not None:
+                shutil.rmtree(self._cache_tmp, ignore_errors=True)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         if watched is self.window and event.type() == QEvent.Type.Close:
             self.shutdown()
         return False
+
+
+class _PeerFetch:
+    """A DICOM peer as a source of the remote cache: C-GET, each instance into the cache's sink
+    (:meth:`hilum.dicomweb.cache.RemoteCache.sink`) through the one retrieve call."""
+
+    def __init__(self, target: Any, name: str):
+        self.target = target
+        self.name = name
+
+    def fetch_into(self, sink: Any, study: str, *, cancel: Any = None) -> None:
+        retrieve_study(sink, self.target, study, method="get", cancel=cancel)
+
+    def close(self) -> None:
+        pass
 
 
 def install_remote_sources(window: Any) -> RemoteSourceController | None:
