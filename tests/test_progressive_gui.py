@@ -165,6 +165,15 @@ def test_open_remote_progressively(qtbot, make_main_window, slow_server: dict[st
         lambda: vp.volume is load.volume and vp.frame_info is not None and canvas.lossy_shown, timeout=TIMEOUT
     )
     assert load.log[0][0] == "lossy" and load.volume is not None and load.volume.any_lossy
+    # the strip's thumbnail came from the source (no local files yet)
+    item = viewer.strip.item_for(uid)
+    size = viewer.strip.iconSize()
+
+    def thumbnail_shown() -> bool:
+        icon = item.icon().pixmap(size).toImage()
+        return any(icon.pixelColor(x, icon.height() // 2).lightness() > 150 for x in range(icon.width()))
+
+    qtbot.waitUntil(thumbnail_shown, timeout=TIMEOUT)
     canvas.repaint()
     img = canvas.grab().toImage()
     img.save(str(SHOTS / "lossy.png"))

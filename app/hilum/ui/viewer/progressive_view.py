@@ -19,12 +19,14 @@ tools are refused (unless the reader ticks "Allow measuring lossy images",
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction
 
@@ -259,6 +261,7 @@ def open_progressive(client: Any, study_uid: str, *, archive: Any, store: Any = 
     viewer.sessions[study_uid] = session
     viewer.destroyed.connect(lambda *_a: session.close())  # background series stop with the tab
     _defer_priors(viewer, session)
+    _remote_thumbnails(viewer, session)
     install_lossy_guard(viewer)
     return viewer
 
@@ -289,6 +292,41 @@ def _defer_priors(viewer: Any, session: RemoteStudySession) -> None:
         session.on_first_stored = emit
 
     viewer._start_priors = later
+
+
+def _remote_thumbnails(viewer: Any, session: RemoteStudySession) -> None:
+    """The series strip's thumbnails from the source (WADO-RS series ``/thumbnail``, a few KB each,
+    off the GUI thread) once :meth:`StudyViewer.open` has listed the series: there are no local
+    files to make them from yet."""
+    open_viewer = viewer.open
+    strip = viewer.strip
+    size = strip.iconSize()
+
+    def work(uids: list[str]) -> None:
+        from PIL import Image
+
+        for uid in uids:
+            if session._closed:
+                return
+            try:
+                data = session.client.rendered(session.study_uid, uid, thumbnail=True, media_type="image/png",
+                                               viewport=(size.width(), size.height()))  # fmt: skip
+                img = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+            except Exception as exc:  # noqa: BLE001 - a thumbnail is never worth an error
+                logger.debug("no thumbnail of remote series %s: %s", uid, exc)
+                continue
+            try:
+                strip._bridge.thumbnail.emit(uid, img)
+            except RuntimeError:  # the viewer went meanwhile
+                return
+
+    def opened() -> None:
+        open_viewer()
+        uids = [e.series_uid for e in session.series]
+        if uids:
+            threading.Thread(target=work, args=(uids,), name="hilum-remote-thumbnails", daemon=True).start()
+
+    viewer.open = opened
 
 
 def lossy_slices(volume: Any) -> int:
