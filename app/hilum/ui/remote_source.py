@@ -14,6 +14,11 @@ verification), or a DICOM peer configured in ``hilum.toml``'s ``[peers]``
   thread, with progress in the status bar, and opens it in a viewer tab like
   a local study; a study already cached opens without asking the server; the
   study is pinned (never evicted) while its tab is open;
+* a DICOMweb study not in the cache opens at once, streamed progressively
+  (:mod:`hilum.ui.viewer.progressive_view`, :mod:`hilum.dicomweb.progressive`):
+  a lossy first rendition of the slices the reader looks at ("LOSSY" on the
+  viewport, measurements refused on it unless allowed), refined to the
+  original pixels in the background, each instance into the cache as stored;
 * "Keep locally" stores the selected study in the local archive through the
   one ingest call (from the cache when it is there, else fetched).
 

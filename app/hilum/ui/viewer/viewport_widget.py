@@ -39,7 +39,7 @@ from PySide6.QtGui import (
     QTransform,
     QWheelEvent,
 )
-from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QScrollBar, QSizePolicy, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QScrollBar, QSizePolicy, QToolTip, QWidget
 
 from hilum.ui.viewer.overlay import OverlayConfig, corner_texts
 from hilum.ui.viewer.seg_tools import paint_labels
@@ -596,7 +596,7 @@ class ViewportCanvas(QWidget):
             tool = self._grab_annotation(event.position(), tool)
         if tool is not None and self.state.frame_info is not None and self._drag_tool is None:
             if tool.name in LOSSY_GUARDED and is_lossy(self.state) and not getattr(self.model, "allow_lossy", False):
-                self.refuse_on_lossy(tool.name)
+                self.refuse_on_lossy(tool.name, event.position())
                 event.accept()
                 return
             self._drag_tool = tool
@@ -604,10 +604,14 @@ class ViewportCanvas(QWidget):
             tool.press(self.state, pos.x(), pos.y())
         event.accept()
 
-    def refuse_on_lossy(self, tool: str) -> None:
-        """A measurement was refused on lossy pixels: say so on the viewport (and to listeners)."""
-        self.state.status = ("Lossy image: measurements disabled until full fidelity "
-                             "(or allow them: Allow measuring lossy images)")  # fmt: skip
+    def refuse_on_lossy(self, tool: str, pos: QPointF | None = None) -> None:
+        """A measurement was refused on lossy pixels: say so where the reader clicked (a tooltip),
+        on the viewport's status line, and to listeners."""
+        text = ("Lossy image: measurements are disabled until full fidelity arrives "
+                "(Viewer menu: Allow measuring lossy images)")  # fmt: skip
+        self.state.status = text
+        at = self.mapToGlobal(pos.toPoint() if pos is not None else self.rect().center())
+        QToolTip.showText(at, text, self)
         self.lossyRefused.emit(tool)
         self.update()
 
