@@ -240,3 +240,30 @@ def test_first_pass_from_frames_in_a_compressed_syntax(server: dict[str, Any], m
             assert np.array_equal(vol.data[k], original[f.sop_instance_uid])
     finally:
         client.close_all()
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.50"])
+def test_full_pass_in_a_lossless_syntax(server: dict[str, Any], syntax: str) -> None:
+    """Full fidelity fetched as JPEG-LS lossless (the adaptive plan's ``full`` on a slow link): the
+    server transcodes, every UID and pixel is kept.  A syntax it refuses for these images (JPEG
+    baseline of 16-bit CT): as stored."""
+    client = DicomWebClient(DicomWebSource("remote", server["url"]))
+    cache = Recorder()
+    try:
+        load = start_progressive(client, server["study"], server["series"], cache=cache, force="lossless",
+                                 workers=2, full_syntax=syntax)  # fmt: skip
+        assert load.handle.wait(60) and load.handle.error is None, load.handle.error
+        vol = load.volume
+        assert vol is not None and vol.complete
+        original = _original(server)
+        for k, f in enumerate(vol.stack.frames):
+            assert np.array_equal(vol.data[k], original[f.sop_instance_uid])
+        stored = {pydicom.dcmread(io.BytesIO(d)).file_meta.TransferSyntaxUID for d in cache.put}
+        sops = {pydicom.dcmread(io.BytesIO(d), stop_before_pixels=True).SOPInstanceUID for d in cache.put}
+        assert sops == set(original)
+        if syntax.endswith(".80"):
+            assert stored == {syntax} and load.full_syntax == syntax
+        else:
+            assert syntax not in stored and load.full_syntax == "*"
+    finally:
+        client.close_all()

@@ -64,6 +64,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
 LOSSY_BELOW_BPS = 60e6 / 8
 """Without the adaptive policy: a lossy first pass below 60 Mbit/s."""
 
@@ -81,6 +83,8 @@ class ThroughputMeter:
         self.rtt_s: float | None = None
         self.total_bytes = 0
         self.responses = 0
+        self.full_syntax = "*"
+        """The syntax the adaptive plan wants whole instances in (set by :func:`plan_for`)."""
         self._lock = threading.Lock()
 
     def add(self, nbytes: int, seconds: float, first_byte_s: float | None = None) -> None:
@@ -164,10 +168,20 @@ def plan_for(meter: ThroughputMeter, *, force: str | None = None, slice_bytes: i
         try:
             kwargs = {"slice_bytes": int(slice_bytes)} if slice_bytes else {}
             plan = choose(bps * 8 if bps else None, rtt, **kwargs)
+            meter.full_syntax = _full_from_plan(getattr(plan, "full", None))
             return _first_from_plan(getattr(plan, "first", None))
         except Exception as exc:  # noqa: BLE001 - the policy's failure only loses its choice
             logger.warning("adaptive policy failed (%s); using the built-in one", exc)
     return FirstPass() if bps is None or bps < LOSSY_BELOW_BPS else None
+
+
+def _full_from_plan(full: Any) -> str:
+    """The transfer syntax to ask whole instances in for the full-fidelity pass: the plan's lossless
+    compressed one (a lossless transcode keeps every UID and pixel), ``*`` (as stored) otherwise."""
+    ts = str(getattr(full, "transfer_syntax", "") or "")
+    if not ts or bool(getattr(full, "lossy", False)) or ts in (EXPLICIT_LE, IMPLICIT_LE):
+        return "*"
+    return ts
 
 
 # --------------------------------------------------------------------------- order
@@ -332,7 +346,8 @@ class ProgressiveLoad:
                  on_ready: Callable[[ProgressiveVolume], None] | None = None,
                  on_progress: Callable[[ProgressiveVolume, int, int], None] | None = None,
                  on_done: Callable[[LoadHandle], None] | None = None,
-                 progress_interval: float = 0.05, metadata: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
+                 progress_interval: float = 0.05, metadata: list[dict[str, Any]] | None = None,
+                 full_syntax: str | None = "*") -> None:  # fmt: skip
         self.client = client
         self.study = study
         self.series = series
@@ -345,6 +360,9 @@ class ProgressiveLoad:
         self.on_done = on_done
         self.progress_interval = progress_interval
         self.metadata = metadata
+        self.full_syntax = full_syntax
+        """Transfer syntax of the full-fidelity instances (``*``: as stored; a lossless one: transcoded
+        by the server, fewer bytes on a slow link); None: as the adaptive plan says."""
         self.meter = ThroughputMeter()
         self.first: FirstPass | None = None
         self.order: FetchOrder | None = None
@@ -420,6 +438,8 @@ class ProgressiveLoad:
         slice_bytes = f0.rows * f0.columns * f0.samples * max(f0.bits_allocated // 8, 1)
         self.first = plan_for(self.meter, force=self.force, slice_bytes=slice_bytes)
         self.handle.timings["lossy_first_pass"] = float(self.first is not None)
+        if self.full_syntax is None:
+            self.full_syntax = self.meter.full_syntax
         start_focus = min(max(self.handle._focus, 0), len(stack) - 1) if self.handle._focus else len(stack) // 2
         self.order = FetchOrder(len(stack), lossy=self.first is not None, stride=self.stride, focus=start_focus)
         self.handle.volume = volume
@@ -563,6 +583,19 @@ class ProgressiveLoad:
             big = np.clip(np.rint(big), max(info.min, lo), min(info.max, hi))
         return big.astype(dtype), len(data)
 
+    def _instance(self, sop: str) -> list[bytes]:
+        """One instance's Part 10 bytes in :attr:`full_syntax`; a server that will not transcode (406,
+        400): as stored from then on."""
+        syntax = self.full_syntax or "*"
+        try:
+            return list(self.client.iter_instances(self.study, self.series, sop, transfer_syntax=syntax))
+        except Exception as exc:
+            if syntax == "*" or _status_of(exc) not in (400, 406, 415):
+                raise
+            logger.info("instances in %s refused (%s); fetching them as stored", syntax, exc)
+            self.full_syntax = "*"
+            return list(self.client.iter_instances(self.study, self.series, sop))
+
     def _fetch_full(self, k: int) -> None:
         """The instance holding slice *k* as stored (cached and decoded once for all its frames)."""
         vol = self.volume
@@ -581,7 +614,7 @@ class ProgressiveLoad:
             return
         try:
             t = time.perf_counter()
-            parts = list(self.client.iter_instances(self.study, self.series, sop))
+            parts = self._instance(sop)
             if not parts:
                 raise RuntimeError(f"the server sent no instance {sop}")
             data = parts[0]
@@ -600,6 +633,10 @@ class ProgressiveLoad:
             raise
         finally:
             event.set()
+
+
+def _status_of(exc: BaseException) -> int:
+    return int(getattr(exc, "status", 0) or 0)
 
 
 def start_progressive(client: Any, study: str, series: str, **kwargs: Any) -> ProgressiveLoad:

@@ -119,8 +119,9 @@ class RemoteStudySession(StudySession):
             if h.error is None and not h.cancelled:
                 self._series_done(series_uid)
 
-        load = ProgressiveLoad(self.client, self.study_uid, series_uid, cache=_Store(self.store, self.client, self._stored),
-                               workers=self.workers, force=self.force, stride=self.stride, on_ready=on_ready,
+        store = _Store(self.store, self.client, self._stored)
+        load = ProgressiveLoad(self.client, self.study_uid, series_uid, cache=store, workers=self.workers,
+                               force=self.force, stride=self.stride, full_syntax=None, on_ready=on_ready,
                                on_progress=on_progress, on_done=done)  # fmt: skip
         self.loads[series_uid] = load
         handle = load.start()
