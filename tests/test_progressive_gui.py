@@ -193,6 +193,14 @@ def test_open_remote_progressively(qtbot, make_main_window, slow_server: dict[st
         QTest.mousePress(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(cx, cy))
         QTest.mouseRelease(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(cx + 40, cy))
     assert len(viewer.annotations) == count and "Lossy" in vp.status
+    # the pixel probe reads a value, marked approximate
+    viewer.set_tool("probe")
+    QTest.mousePress(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(cx, cy))
+    QTest.mouseRelease(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(cx, cy))
+    assert canvas.probe_text().startswith("≈ ") and "approximate" in canvas.probe_text()
+    canvas.repaint()
+    canvas.grab().toImage().save(str(SHOTS / "lossy-probe.png"))
+    viewer.set_tool("length")
 
     # scrolling far (the End / Home key) re-prioritises: the slice scrolled to is among the next fetched
     start = vp.index
@@ -223,7 +231,13 @@ def test_open_remote_progressively(qtbot, make_main_window, slow_server: dict[st
     full = canvas.grab().toImage()
     full.save(str(SHOTS / "full.png"))
     assert _reds(full) == 0
-    # measuring works on full-fidelity pixels
+    # the probe's value is exact now; measuring works on full-fidelity pixels
+    vp.probe_result = None
+    viewer.set_tool("probe")
+    QTest.mousePress(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(cx, cy))
+    QTest.mouseRelease(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(cx, cy))
+    assert canvas.probe_text() and "≈" not in canvas.probe_text()
+    viewer.set_tool("length")
     QTest.mousePress(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(cx, cy))
     QTest.mouseMove(canvas, QPoint(cx + 40, cy))
     QTest.mouseRelease(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(cx + 40, cy))

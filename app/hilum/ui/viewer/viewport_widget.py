@@ -55,8 +55,9 @@ ACTIVE_COLOUR = QColor(255, 160, 0)
 TEXT_COLOUR = QColor(230, 230, 230)
 MEASURE_COLOUR = QColor(80, 220, 80)
 LOSSY_COLOUR = QColor(255, 70, 50)
-LOSSY_GUARDED = frozenset({"length", "angle", "cobb", "ellipse", "rect", "freehand", "probe"})
-"""Tools that measure pixels or distances: refused on lossy pixels unless the reader allows them."""
+LOSSY_GUARDED = frozenset({"length", "angle", "cobb", "ellipse", "rect", "freehand"})
+"""Tools that measure distances, angles or regions: refused on lossy pixels unless the reader allows
+them (the pixel probe works, its value marked approximate: :meth:`ViewportCanvas.probe_text`)."""
 SELECTED_COLOUR = QColor(90, 200, 255)
 REFERENCE_COLOUR = QColor(255, 230, 0)
 ALIGNMENT_COLOUR = QColor(120, 210, 255)
@@ -222,11 +223,8 @@ class ViewportCanvas(QWidget):
                 self._paint_scale_bar(p)
             if st.probe_result is not None:
                 p.setPen(MEASURE_COLOUR)
-                text = st.probe_result.text()
-                if is_lossy(st):  # the value of a lossy pixel: approximate
-                    text = "≈ " + text + " (lossy, approximate)"
                 p.drawText(QRectF(0, self.height() - 44, self.width(), 18), Qt.AlignmentFlag.AlignHCenter,
-                           text)  # fmt: skip
+                           self.probe_text())  # fmt: skip
             if is_lossy(st):
                 taken.append(self._paint_lossy_marker(p, taken))
         if st.status:
@@ -242,6 +240,14 @@ class ViewportCanvas(QWidget):
             p.setPen(pen)
             p.setBrush(Qt.BrushStyle.NoBrush)
             p.drawRect(QRectF(1, 1, self.width() - 2, self.height() - 2))
+
+    def probe_text(self) -> str:
+        """The pixel probe's read-out as painted: marked approximate on lossy pixels ("" without one)."""
+        st = self.state
+        if st.probe_result is None:
+            return ""
+        text = st.probe_result.text()
+        return f"≈ {text} (lossy pixels: approximate)" if is_lossy(st) else text
 
     @property
     def lossy_shown(self) -> bool:
