@@ -267,3 +267,19 @@ def test_full_pass_in_a_lossless_syntax(server: dict[str, Any], syntax: str) -> 
             assert syntax not in stored and load.full_syntax == "*"
     finally:
         client.close_all()
+
+
+def test_order_replanned() -> None:
+    order = FetchOrder(10, lossy=True, stride=3, focus=0)
+    first = order.next()
+    assert first == ("lossy", 0)
+    order.set_lossy(False)  # a fast link after all: no more lossy slices
+    got = []
+    while (t := order.next()) is not None:
+        got.append(t)
+        order.finished(*t)
+    assert all(kind == "full" for kind, _ in got) and {k for _, k in got} == set(range(10))
+    order = FetchOrder(10, lossy=False, focus=5)
+    assert order.next() == ("full", 5)
+    order.set_lossy(True)  # a slow link after all: the slices not yet shown get a lossy pass
+    assert order.next() == ("lossy", 6)  # the next slice after the focus first

@@ -67,6 +67,8 @@ logger = logging.getLogger(__name__)
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 LOSSY_BELOW_BPS = 60e6 / 8
+REPLAN_EVERY = 8
+"""The fetch plan is asked again every this many fetched slices (the link measured meanwhile)."""
 """Without the adaptive policy: a lossy first pass below 60 Mbit/s."""
 
 
@@ -242,6 +244,12 @@ class FetchOrder:
                 return self._claim("full", self._nearest(full_free, f))
             return None
 
+    def set_lossy(self, lossy: bool) -> None:
+        """Re-plan: a lossy pass for the slices neither claimed nor in full yet (or none any more)."""
+        with self._lock:
+            free = ~self.claimed_lossy & ~self.claimed_full & self.need_full
+            self.need_lossy[free] = lossy
+
     def _claim(self, kind: str, k: int) -> tuple[str, int]:
         (self.claimed_lossy if kind == "lossy" else self.claimed_full)[k] = True
         return kind, k
@@ -378,6 +386,9 @@ class ProgressiveLoad:
         self._instances: dict[str, Dataset] = {}
         self._sop_slices: dict[str, list[int]] = {}
         self._fetching: dict[str, threading.Event] = {}
+        self._completed = 0
+        self._pool_t0 = 0.0
+        self._pool_bytes0 = 0
 
     # -------------------------------------------------------------- public
 
@@ -446,6 +457,7 @@ class ProgressiveLoad:
         self.timings["metadata"] = time.perf_counter() - t0
         if self.on_ready is not None:
             self.on_ready(volume)
+        self._pool_t0, self._pool_bytes0 = time.perf_counter(), self.meter.total_bytes
         threads = [threading.Thread(target=self._worker, args=(t0,), name=f"hilum-progressive-{i}", daemon=True)
                    for i in range(self.workers)]  # fmt: skip
         for th in threads:
@@ -490,7 +502,37 @@ class ProgressiveLoad:
                 self.timings["first_image"] = time.perf_counter() - t0
             if kind == "full" and "first_full" not in self.timings:
                 self.timings["first_full"] = time.perf_counter() - t0
+            with self._lock:
+                self._completed += 1
+                replan = self.force is None and self._completed % REPLAN_EVERY == 0
+            if replan:
+                self._replan()
             self._report()
+
+    def _replan(self) -> None:
+        """Ask the policy again with the throughput the pool has seen (all workers together: bytes
+        over the wall time since the pool started): a fast link drops the lossy slices not fetched
+        yet, a slow one starts a lossy pass for the slices not yet shown."""
+        assert self.order is not None
+        elapsed = time.perf_counter() - self._pool_t0
+        nbytes = self.meter.total_bytes - self._pool_bytes0
+        if elapsed <= 0 or nbytes <= 0:
+            return
+        link = ThroughputMeter()
+        link.add(nbytes, elapsed)
+        link.rtt_s = self.meter.rtt_s
+        vol = self.volume
+        f0 = vol.stack.frames[0] if vol is not None else None
+        slice_bytes = f0.rows * f0.columns * f0.samples * max(f0.bits_allocated // 8, 1) if f0 is not None else None
+        first = plan_for(link, slice_bytes=slice_bytes)
+        if (first is None) == (self.first is None):
+            return
+        logger.info("series %s: link %.1f Mbit/s, %s", self.series, nbytes * 8 / elapsed / 1e6,
+                    "lossy first pass" if first is not None else "no lossy pass any more")  # fmt: skip
+        if first is not None and self.first is None:
+            self.first = first
+        self.order.set_lossy(first is not None)
+        self.timings["replanned"] = time.perf_counter() - self._pool_t0
 
     def _report(self, force: bool = False) -> None:
         vol = self.volume
