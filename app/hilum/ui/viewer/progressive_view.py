@@ -47,7 +47,7 @@ class RemoteStudySession(StudySession):
     def __init__(self, client: Any, study_uid: str, *, archive: Any = None, store: Any = None,
                  cache: VolumeCache | None = None, force: str | None = None, workers: int = 4,
                  stride: int | None = None, on_complete: Callable[[str], None] | None = None,
-                 prepared: dict[str, Any] | None = None) -> None:  # fmt: skip
+                 prepared: dict[str, Any] | None = None, full_syntax: str | None = "*") -> None:  # fmt: skip
         super().__init__(archive, study_uid, cache=cache)
         self.client = client
         self.store = store
@@ -58,6 +58,10 @@ class RemoteStudySession(StudySession):
         self.on_complete = on_complete
         self.loads: dict[str, ProgressiveLoad] = {}
         self.prepared = prepared
+        self.full_syntax: str | None = full_syntax
+        """Full-fidelity instances: ``"*"`` as stored (the default: what is cached and kept is
+        byte for byte what the source stores), None: in the adaptive plan's lossless syntax (fewer
+        bytes on a slow link; a lossless transcode, UIDs and pixels kept, bytes not)."""
         self.background = True
         """When the series shown are in, stream the study's other series (and its non-image objects)
         into the cache too, one at a time, so the whole study is cached (``on_complete``)."""
@@ -121,7 +125,7 @@ class RemoteStudySession(StudySession):
 
         store = _Store(self.store, self.client, self._stored)
         load = ProgressiveLoad(self.client, self.study_uid, series_uid, cache=store, workers=self.workers,
-                               force=self.force, stride=self.stride, full_syntax=None, on_ready=on_ready,
+                               force=self.force, stride=self.stride, full_syntax=self.full_syntax, on_ready=on_ready,
                                on_progress=on_progress, on_done=done)  # fmt: skip
         self.loads[series_uid] = load
         handle = load.start()
@@ -245,7 +249,7 @@ def install_lossy_guard(viewer: Any) -> QAction:
 def open_progressive(client: Any, study_uid: str, *, archive: Any, store: Any = None,
                      data_dir: str | Path | None = None, force: str | None = None,
                      on_complete: Callable[[str], None] | None = None, workers: int = 4,
-                     stride: int | None = None, prepared: dict[str, Any] | None = None,
+                     stride: int | None = None, prepared: dict[str, Any] | None = None, full_syntax: str | None = "*",
                      **viewer_kwargs: Any) -> Any:  # fmt: skip
     """A :class:`StudyViewer` of a remote study, streamed progressively (call its ``open()``).
 
@@ -257,7 +261,7 @@ def open_progressive(client: Any, study_uid: str, *, archive: Any, store: Any = 
     viewer = StudyViewer(archive, study_uid, data_dir=data_dir, **viewer_kwargs)
     session = RemoteStudySession(client, study_uid, archive=archive, store=store, cache=viewer.session.cache,
                                  force=force, workers=workers, stride=stride, on_complete=on_complete,
-                                 prepared=prepared)  # fmt: skip
+                                 prepared=prepared, full_syntax=full_syntax)  # fmt: skip
     viewer.session = session
     viewer.sessions[study_uid] = session
     viewer.destroyed.connect(lambda *_a: session.close())  # background series stop with the tab
