@@ -192,8 +192,8 @@ def test_retrieve_study_as_stored_and_transcoded(node: dict[str, Any]) -> None:
     # transcoding to JPEG 2000 lossless on request
     j2k = c.retrieve_instance(st, str(mr.SeriesInstanceUID), str(mr.SOPInstanceUID), media_types=(("application/dicom", J2K),))
     assert j2k.file_meta.TransferSyntaxUID == J2K and np.array_equal(j2k.pixel_array, mr.pixel_array)
-    # impossible: HTJ2K cannot be encoded here → 406 before anything is sent
-    r = get(node, f"/studies/{st}", headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.201'})
+    # impossible: JPEG Lossless (Process 14) cannot be encoded here → 406 before anything is sent
+    r = get(node, f"/studies/{st}", headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.57'})
     assert r.status_code == 406
     # a whole series, in instance order
     ct = node["ct"]

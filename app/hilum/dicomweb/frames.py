@@ -21,11 +21,13 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom import encaps
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from hilum.dicom.transcode import convert, encode, to_native
@@ -168,9 +170,37 @@ def _one_bit_frame(f: io.BufferedReader, info: PixelInfo, n: int) -> bytes:
     return np.packbits(frame, bitorder="little").tobytes()
 
 
-def frames_as(path: str | os.PathLike[str], info: PixelInfo, numbers: list[int], target: str) -> list[bytes]:
-    """Frames in ``target`` syntax: as stored when it matches, else decoded and (re-)encoded."""
-    if target == info.syntax or (target == EVRLE and info.syntax in (IVRLE, EVRLE)):
+#: Lossy targets a ``ratio`` applies to (JPEG 2000, HTJ2K: irreversible wavelet at a target ratio).
+RATIO_TARGETS = frozenset({"1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"})
+HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
+HTJ2K = "1.2.840.10008.1.2.4.203"
+#: Lossy JPEG 2000 ratio when the client names the syntax but no ``ratio``.
+DEFAULT_RATIO = 10.0
+MIN_RATIO = 1.0
+MAX_RATIO = 200.0
+
+
+def is_lossy_target(target: str, ratio: float | None) -> bool:
+    """Whether frames sent in ``target`` (at ``ratio``) lose information.
+
+    JPEG 2000 (.91) is always encoded irreversibly here; HTJ2K (.203) only
+    with a ``ratio`` (without one it is written reversibly); JPEG-LS near
+    lossless (.81) and the DCT JPEGs always lose.
+    """
+    if target == HTJ2K:
+        return ratio is not None
+    return target in LOSSY
+
+
+def frames_as(path: str | os.PathLike[str], info: PixelInfo, numbers: list[int], target: str,
+              ratio: float | None = None) -> list[bytes]:
+    """Frames in ``target`` syntax: as stored when it matches, else decoded and (re-)encoded.
+
+    ``ratio`` (native bytes / compressed bytes) is the target of a lossy
+    JPEG 2000 / HTJ2K encoding (:data:`RATIO_TARGETS`); ignored otherwise.
+    Nothing stored changes: the frames are encoded in memory for this answer.
+    """
+    if (target == info.syntax and ratio is None) or (target == EVRLE and info.syntax in (IVRLE, EVRLE)):
         return stored_frames(path, info, numbers)
     from hilum.dicom.pixels import frame_array
 
@@ -181,12 +211,14 @@ def frames_as(path: str | os.PathLike[str], info: PixelInfo, numbers: list[int],
             dtype = arr.dtype.newbyteorder("<")
             out.append(np.ascontiguousarray(arr, dtype=dtype).tobytes())
         else:
-            out.append(encode_frame(arr, info, target))
+            out.append(encode_frame(arr, info, target, ratio))
     return out
 
 
-def encode_frame(arr: np.ndarray, info: PixelInfo, target: str) -> bytes:
-    """One decoded frame compressed to ``target`` with pydicom's encoder."""
+def encode_frame(arr: np.ndarray, info: PixelInfo, target: str, ratio: float | None = None) -> bytes:
+    """One decoded frame compressed to ``target`` (pydicom's encoders; HTJ2K through imagecodecs)."""
+    if target in (HTJ2K_LOSSLESS, HTJ2K):
+        return _encode_htj2k(arr, info, ratio if target == HTJ2K else None)
     from pydicom.pixels import get_encoder
 
     kwargs = info.encoder_kwargs()
@@ -197,22 +229,63 @@ def encode_frame(arr: np.ndarray, info: PixelInfo, target: str) -> bytes:
         kwargs["photometric_interpretation"] = "RGB" if arr.ndim == 3 else "MONOCHROME2"
     extra: dict[str, object] = {}
     if target == "1.2.840.10008.1.2.4.91":
-        extra["j2k_cr"] = [10]
+        extra["j2k_cr"] = [ratio or DEFAULT_RATIO]
     elif target == "1.2.840.10008.1.2.4.81":
         extra["jls_error"] = 2
     encoder = get_encoder(UID(target))
     return bytes(encoder.encode(np.ascontiguousarray(arr), **kwargs, **extra))  # type: ignore[arg-type]
 
 
-def transcode(data: bytes | Path, target: str) -> bytes:
+def _encode_htj2k(arr: np.ndarray, info: PixelInfo, ratio: float | None) -> bytes:
+    """HTJ2K (OpenJPH through imagecodecs): reversible, or irreversible near ``ratio``.
+
+    OpenJPH takes a quantisation step, not a rate: the step is bisected (in
+    log scale, a few fast encodes) until the stream is within 15% of
+    ``native bytes / ratio`` or the search ends; the smallest stream not
+    above the target is kept (the last one tried if none is).
+    """
+    import imagecodecs  # noqa: PLC0415 - optional back-end (media.can_encode checks it)
+
+    a = np.ascontiguousarray(arr)
+    if ratio is None:
+        return bytes(imagecodecs.htj2k_encode(a, reversible=True))
+    goal = a.nbytes / ratio
+    lo, hi = -5.0, 0.0  # log10 of the quantisation step
+    best: bytes | None = None
+    last = b""
+    for _ in range(10):
+        mid = (lo + hi) / 2
+        last = bytes(imagecodecs.htj2k_encode(a, level=10**mid, reversible=False))
+        if len(last) > goal:
+            lo = mid  # too big: coarser step
+        else:
+            best = last
+            hi = mid
+            if len(last) >= goal * 0.85:
+                break
+    return best if best is not None else last
+
+
+def achieved_ratio(info: PixelInfo, data: list[bytes]) -> float:
+    """Native bytes / bytes sent for ``data``, frames of ``info``."""
+    sent = sum(len(d) for d in data)
+    return info.frame_size * len(data) / sent if sent else 0.0
+
+
+def transcode(data: bytes | Path, target: str, ratio: float | None = None) -> bytes:
     """A Part 10 instance re-encoded in ``target`` (callers check :func:`media.can_transcode_instance` first).
 
-    Lossless only, every UID kept (PS3.5 Annex A; :mod:`hilum.dicom.transcode`):
+    Lossless, every UID kept (PS3.5 Annex A; :mod:`hilum.dicom.transcode`):
     to an uncompressed syntax the pixel data is decoded, byte-swapped or
-    inflated; to a lossless compressed one it is then encoded again.  A lossy
-    target other than the stored syntax is refused (``ValueError``): the
-    result would be another instance (PS3.3 C.7.6.1.1.5), not this one in
-    another encoding.  Objects without pixel data only change their
+    inflated; to a lossless compressed one it is then encoded again (HTJ2K
+    through imagecodecs, the rest through pydicom).  A lossy target other
+    than the stored syntax is refused (``ValueError``) unless the client
+    asked for a lossy rendition explicitly with a ``ratio`` (JPEG 2000 /
+    HTJ2K, :data:`RATIO_TARGETS`): then the instance is sent for display
+    with Lossy Image Compression ``01``, the ratio achieved and the method
+    appended (PS3.3 C.7.6.1.1.5) — UIDs unchanged, since it is a rendition
+    of this instance on the wire, never stored (the client must not file
+    it as the original).  Objects without pixel data only change their
     (uncompressed) encoding; asked for a compressed syntax they are sent as
     Explicit VR Little Endian, since a compressed Transfer Syntax says
     nothing about non-pixel data.
@@ -220,13 +293,62 @@ def transcode(data: bytes | Path, target: str) -> bytes:
     raw = data if isinstance(data, (bytes, bytearray)) else Path(data).read_bytes()
     ds = pydicom.dcmread(io.BytesIO(raw))
     stored = str(ds.file_meta.get("TransferSyntaxUID", EVRLE))
-    if target == stored:
+    if ratio is not None and target not in RATIO_TARGETS:
+        ratio = None
+    if target == stored and ratio is None:
         return bytes(raw)
-    if target in LOSSY:
+    lossy = is_lossy_target(target, ratio)
+    if lossy and ratio is None:
         raise ValueError(f"{UID(target).name} is lossy: that would be a new instance, not this one")
     has_pixels = "PixelData" in ds
     if target in (EVRLE, IVRLE) or not has_pixels:
         return convert(raw, target if target in (EVRLE, IVRLE) else EVRLE)
     native = to_native(ds, EVRLE)
-    native.compress(UID(target), generate_instance_uid=False)
+    if target in (HTJ2K_LOSSLESS, HTJ2K) or lossy:
+        info = _native_info(native)
+        arr = native.pixel_array
+        frames = [arr] if info.frames == 1 else list(arr)
+        streams = [encode_frame(f, info, target, ratio) for f in frames]
+        native.PixelData = encaps.encapsulate(streams)
+        native["PixelData"].VR = "OB"
+        native["PixelData"].is_undefined_length = True
+        native.file_meta.TransferSyntaxUID = UID(target)
+        if arr.ndim == 4 or (arr.ndim == 3 and info.samples == 3):
+            native.PhotometricInterpretation = "RGB" if info.photometric != "YBR_FULL" else info.photometric
+            native.PlanarConfiguration = 0
+        if lossy:
+            mark_lossy(native, achieved_ratio(info, streams), target)
+    else:
+        native.compress(UID(target), generate_instance_uid=False)
     return encode(native)
+
+
+def _native_info(ds: Dataset) -> PixelInfo:
+    return PixelInfo(
+        syntax=EVRLE, rows=_int(ds, "Rows"), columns=_int(ds, "Columns"), samples=_int(ds, "SamplesPerPixel", 1),
+        bits_allocated=_int(ds, "BitsAllocated", 8), bits_stored=_int(ds, "BitsStored", _int(ds, "BitsAllocated", 8)),
+        pixel_representation=_int(ds, "PixelRepresentation"),
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2"),
+        planar=_int(ds, "PlanarConfiguration"), frames=max(_int(ds, "NumberOfFrames", 1), 1), offset=0, length=0)
+
+
+LOSSY_METHOD = {"1.2.840.10008.1.2.4.91": "ISO_15444_1", "1.2.840.10008.1.2.4.203": "ISO_15444_15",
+                "1.2.840.10008.1.2.4.81": "ISO_14495_1", "1.2.840.10008.1.2.4.50": "ISO_10918_1",
+                "1.2.840.10008.1.2.4.51": "ISO_10918_1"}
+
+
+def mark_lossy(ds: Dataset, ratio: float, target: str) -> None:
+    """Lossy Image Compression ``01`` with this step's ratio and method appended (PS3.3 C.7.6.1.1.5)."""
+    ratios = _values(ds.get("LossyImageCompressionRatio"))
+    methods = _values(ds.get("LossyImageCompressionMethod"))
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionRatio = [*ratios, f"{ratio:.2f}"]
+    ds.LossyImageCompressionMethod = [*methods, LOSSY_METHOD.get(target, "ISO_15444_1")]
+
+
+def _values(v: Any) -> list[str]:
+    if v is None or v == "":
+        return []
+    if isinstance(v, (list, tuple, MultiValue)):
+        return [str(x) for x in v]
+    return [str(v)]

@@ -197,9 +197,13 @@ def can_decode(ts: str) -> bool:
 
 @lru_cache(maxsize=64)
 def can_encode(ts: str) -> bool:
-    """Whether pixel data can be written in ``ts`` here (pydicom's encoders)."""
+    """Whether pixel data can be written in ``ts`` here (pydicom's encoders; HTJ2K through imagecodecs)."""
     if ts in WRITABLE_UNCOMPRESSED:
         return True
+    if ts in ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.203"):
+        from hilum.dicom.transcode import encoders
+
+        return "htj2k-lossless" in encoders()
     try:
         from pydicom.pixels import get_encoder
 

@@ -18,6 +18,20 @@
   dicom-rle...), with the transfer syntax of each part in its Content-Type.
   Frames are pixel data only (no demographics), read from the stored file at
   their offsets, so a frame of a large multi-frame object costs one frame.
+* Lossy renditions on request (Hilum's adaptive streaming,
+  :mod:`.adaptive`): ``?ratio=R`` (a number in [1, 200], native bytes /
+  compressed bytes) with a JPEG 2000 (``1.2.840.10008.1.2.4.91``,
+  ``image/jp2``) or HTJ2K (``1.2.840.10008.1.2.4.203``, ``image/jphc``)
+  ``transfer-syntax`` in ``Accept`` encodes frames — or instances — on the
+  fly at about that ratio (without ``ratio`` JPEG 2000 frames use 10 and
+  HTJ2K is reversible; instances are never sent lossy without it).  What is
+  stored never changes.  A lossy answer says so: headers
+  ``X-Hilum-Lossy-Image-Compression: 01``,
+  ``X-Hilum-Lossy-Image-Compression-Ratio`` (achieved) and
+  ``-Method`` (PS3.3 C.7.6.1.1.5 terms), and a lossy instance carries Lossy
+  Image Compression ``01`` with the ratio and method appended.  Lossless
+  targets: JPEG-LS (``.4.80``, ``image/jls``), JPEG 2000 (``.4.90``),
+  HTJ2K (``.4.201``, ``image/jphc``), as before.
 * Bulk data: ``.../instances/{i}/bulkdata/{tag[/item/tag...]}``.
 * Rendered and thumbnails: see :mod:`.rendered`.
 
@@ -52,7 +66,19 @@ from hilum.dicomweb.common import (
     representative,
     validators,
 )
-from hilum.dicomweb.frames import FrameError, check_frames, frames_as, pixel_info, transcode
+from hilum.dicomweb.frames import (
+    LOSSY_METHOD,
+    MAX_RATIO,
+    MIN_RATIO,
+    RATIO_TARGETS,
+    FrameError,
+    achieved_ratio,
+    check_frames,
+    frames_as,
+    is_lossy_target,
+    pixel_info,
+    transcode,
+)
 from hilum.dicomweb.media import (
     DEFAULT_FRAME_SYNTAX,
     DICOM,
@@ -100,9 +126,33 @@ def dicom_targets(request: Request) -> list[str]:
     return targets
 
 
-def choose_target(rows: list[dict[str, Any]], targets: list[str]) -> str:
+def lossy_ratio(request: Request) -> float | None:
+    """The ``ratio`` query parameter (a lossy rendition asked for explicitly), or None; 400 when malformed."""
+    text = request.query_params.get("ratio")
+    if text in (None, ""):
+        return None
+    try:
+        ratio = float(text)
+    except ValueError:
+        raise HTTPError(400, f"ratio must be a number, got {text!r}") from None
+    if not MIN_RATIO <= ratio <= MAX_RATIO:
+        raise HTTPError(400, f"ratio must be between {MIN_RATIO:g} and {MAX_RATIO:g}, got {text}")
+    return ratio
+
+
+def lossy_headers(ratio: float, target: str) -> dict[str, str]:
+    """Headers that mark a lossy answer (PS3.3 C.7.6.1.1.5 values)."""
+    return {"X-Hilum-Lossy-Image-Compression": "01",
+            "X-Hilum-Lossy-Image-Compression-Ratio": f"{ratio:.2f}",
+            "X-Hilum-Lossy-Image-Compression-Method": LOSSY_METHOD.get(target, "ISO_15444_1")}
+
+
+def choose_target(rows: list[dict[str, Any]], targets: list[str], ratio: float | None = None) -> str:
     for t in targets:
         if t == "*" or all(can_transcode_instance(r["TransferSyntaxUID"], t) for r in rows):
+            return t
+        if ratio is not None and t in RATIO_TARGETS and all(
+                can_transcode(r["TransferSyntaxUID"], t) for r in rows):
             return t
     raise HTTPError(406, f"cannot provide the instances in transfer syntax {', '.join(targets)}")
 
@@ -111,19 +161,28 @@ def retrieve_instances(ctx: Context, request: Request, study: str, series: str |
                        sop: str | None = None) -> Response:
     targets = dicom_targets(request)
     rows = find_instances(ctx, study, series, sop)
-    target = choose_target(rows, targets)
-    etag, mtime = validators(rows, f"dicom:{target}")
+    ratio = lossy_ratio(request)
+    target = choose_target(rows, targets, ratio)
+    if target not in RATIO_TARGETS:
+        ratio = None
+    lossy = target != "*" and is_lossy_target(target, ratio) and ratio is not None
+    etag, mtime = validators(rows, f"dicom:{target}:{ratio}")
     cached = not_modified(request, etag, mtime)
     if cached is not None:
         return cached
     boundary = multipart.new_boundary()
+    headers = cache_headers(etag, mtime)
+    if lossy:
+        headers["X-Hilum-Lossy-Image-Compression"] = "01"
+        headers["X-Hilum-Lossy-Image-Compression-Method"] = LOSSY_METHOD.get(target, "ISO_15444_1")
     # No Content-Length: what leaves is read through read_outgoing, which may differ from the
     # stored file's size (corrected demographics), so the body is sent chunked.
-    return StreamingResponse(_stream_instances(ctx, rows, target, boundary), headers=cache_headers(etag, mtime),
+    return StreamingResponse(_stream_instances(ctx, rows, target, boundary, ratio), headers=headers,
                              media_type=f'{MULTIPART}; type="{DICOM}"; boundary={boundary}')
 
 
-def _stream_instances(ctx: Context, rows: list[dict[str, Any]], target: str, boundary: str) -> Iterator[bytes]:
+def _stream_instances(ctx: Context, rows: list[dict[str, Any]], target: str, boundary: str,
+                      ratio: float | None = None) -> Iterator[bytes]:
     """The multipart body in pieces of about :data:`CHUNK`: small instances are batched
     (fewer thread hops and socket writes), large ones cut CHUNK at a time; one instance is
     held at a time, so memory stays bounded by the largest instance, whatever the study."""
@@ -138,9 +197,9 @@ def _stream_instances(ctx: Context, rows: list[dict[str, Any]], target: str, bou
             log.error("instance %s vanished while streaming: %s", r["SOPInstanceUID"], exc)
             continue
         syntax = stored
-        if target not in ("*", stored):
+        if target not in ("*", stored) or ratio is not None:
             try:
-                data = transcode(data, target)
+                data = transcode(data, target, ratio)
                 syntax = target
             except Exception as exc:  # noqa: BLE001 - a failed codec must not break the stream
                 log.error("cannot transcode %s from %s to %s: %s", r["SOPInstanceUID"], stored, target, exc)
@@ -278,18 +337,23 @@ def _frames_response(request: Request, row: dict[str, Any], numbers: list[int]) 
     except FrameError as exc:
         raise HTTPError(404 if "out of range" in str(exc) else 400, str(exc)) from exc
     media_type, target = frame_target(request, info.syntax)
-    etag, mtime = validators([row], f"frames:{numbers}:{target}")
+    ratio = lossy_ratio(request) if target in RATIO_TARGETS else None
+    etag, mtime = validators([row], f"frames:{numbers}:{target}:{ratio}")
     cached = not_modified(request, etag, mtime)
     if cached is not None:
         return cached
     try:
-        data = frames_as(row["path"], info, numbers, target)
+        data = frames_as(row["path"], info, numbers, target, ratio)
     except (PixelDataError, FrameError, ValueError, RuntimeError) as exc:
         raise HTTPError(406, f"cannot provide the frames in {target}: {exc}") from exc
     boundary = multipart.new_boundary()
     ctype = f"{media_type}; transfer-syntax={target}"
     body = multipart.encode(((ctype, d) for d in data), boundary)
-    return Response(body, headers=cache_headers(etag, mtime),
+    headers = cache_headers(etag, mtime)
+    transcoded = target != info.syntax or ratio is not None
+    if transcoded and is_lossy_target(target, ratio):
+        headers.update(lossy_headers(achieved_ratio(info, data), target))
+    return Response(body, headers=headers,
                     media_type=f'{MULTIPART}; type="{media_type}"; boundary={boundary}')
 
 
