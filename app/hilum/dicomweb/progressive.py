@@ -33,8 +33,10 @@ while the user scrolls.
 
 from __future__ import annotations
 
+import gzip
 import importlib
 import io
+import json
 import logging
 import threading
 import time
@@ -67,6 +69,16 @@ logger = logging.getLogger(__name__)
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 LOSSY_BELOW_BPS = 60e6 / 8
+PER_INSTANCE = (
+    "SOPInstanceUID", "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+    "SliceThickness", "SpacingBetweenSlices", "SliceLocation", "Rows", "Columns", "BitsAllocated", "BitsStored",
+    "HighBit", "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames",
+    "RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth", "ImageType",
+    "FrameOfReferenceUID", "GantryDetectorTilt", "AcquisitionNumber", "EchoNumbers", "TemporalPositionIdentifier",
+)  # fmt: skip
+"""What places and scales each slice: asked per instance in the QIDO-RS listing (the rest of the header
+is one instance's metadata)."""
+PER_INSTANCE_TAGS = frozenset(f"{pydicom.datadict.tag_for_keyword(k):08X}" for k in PER_INSTANCE)
 REPLAN_EVERY = 8
 """The fetch plan is asked again every this many fetched slices (the link measured meanwhile)."""
 """Without the adaptive policy: a lossy first pass below 60 Mbit/s."""
@@ -424,13 +436,18 @@ class ProgressiveLoad:
     # -------------------------------------------------------------- stages
 
     def _run(self, t0: float) -> None:
+        datasets: list[Dataset] = []
         if self.metadata is None:
-            t = time.perf_counter()
-            self.metadata = self.client.metadata(self.study, self.series)
-            elapsed = time.perf_counter() - t
-            size = sum(len(str(o)) for o in self.metadata)  # about the JSON's size
-            self.meter.add(size, elapsed, first_byte_s=elapsed if size < 65536 else None)
-        datasets = [ds for ds in datasets_from_metadata(self.metadata) if int(ds.get("Rows", 0) or 0) > 0]
+            datasets = self._headers_from_listing()
+            if datasets:
+                self.timings["listing"] = time.perf_counter() - t0
+        if not datasets:
+            if self.metadata is None:
+                t = time.perf_counter()
+                self.metadata = _get_json_gz(self.client, self.client._path(self.study, self.series) + "/metadata")
+                elapsed = time.perf_counter() - t
+                self.meter.add(0, elapsed, first_byte_s=elapsed)
+            datasets = [ds for ds in datasets_from_metadata(self.metadata) if int(ds.get("Rows", 0) or 0) > 0]
         if not datasets:
             raise ValueError(f"series {self.series} has no images on the server")
         pipelines = PipelineInterner()
@@ -470,6 +487,49 @@ class ProgressiveLoad:
         if missing:
             raise RuntimeError(f"{missing} slice(s) of series {self.series} could not be fetched in full fidelity")
         self._report(force=True)
+
+    def _headers_from_listing(self) -> list[Dataset]:
+        """Every instance's header without the series ``/metadata`` (slow to build on the server, large
+        on the wire): a QIDO-RS listing of the instances (gzip) with the attributes that place and
+        scale each slice (:data:`PER_INSTANCE`), and one instance's full metadata for the rest.
+        Empty (the caller falls back on the series metadata) when the server does not answer these
+        attributes or the series holds enhanced multi-frame objects."""
+        try:
+            t = time.perf_counter()
+            rows: list[dict[str, Any]] = []
+            while True:
+                page = _get_json_gz(self.client, f"/studies/{self.study}/series/{self.series}/instances",
+                                    {"includefield": ",".join(PER_INSTANCE), "limit": 1000, "offset": len(rows)})  # fmt: skip
+                rows.extend(page)
+                if len(page) < 1000:
+                    break
+            self.meter.add(0, time.perf_counter() - t, first_byte_s=time.perf_counter() - t)
+            rows = [r for r in rows if (r.get("00080018") or {}).get("Value")]
+            if not rows or any("00200032" not in r or "00280010" not in r for r in rows):
+                return []
+            rows.sort(key=lambda r: float(((r.get("00200013") or {}).get("Value") or [0])[0] or 0))
+            mid = rows[len(rows) // 2]
+            sop = mid["00080018"]["Value"][0]
+            t = time.perf_counter()
+            meta = _get_json_gz(self.client, self.client._path(self.study, self.series, sop) + "/metadata")
+            self.meter.add(0, time.perf_counter() - t, first_byte_s=time.perf_counter() - t)
+            if not meta:
+                return []
+            base = dict(meta[0])
+            if "52009230" in base or "52009229" in base:  # enhanced multi-frame: per-frame groups
+                return []
+            base.pop("7FE00010", None)
+            out = []
+            for r in rows:
+                obj = dict(base)
+                for tag in PER_INSTANCE_TAGS:
+                    obj.pop(tag, None)
+                obj.update({k: v for k, v in r.items() if k in PER_INSTANCE_TAGS or k in ("00080018", "00200013")})
+                out.extend(datasets_from_metadata([obj]))
+            return out
+        except Exception as exc:  # noqa: BLE001 - a server without these answers: the series metadata
+            logger.info("instance listing of series %s not usable (%s); reading the series metadata", self.series, exc)
+            return []
 
     def _worker(self, t0: float) -> None:
         assert self.order is not None and self.handle.volume is not None
@@ -675,6 +735,18 @@ class ProgressiveLoad:
             raise
         finally:
             event.set()
+
+
+def _get_json_gz(client: Any, path: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """A DICOM JSON answer asked gzip-compressed (a series' headers shrink about tenfold on the wire)."""
+    resp = client.request("GET", path, params=params,
+                          headers={"Accept": "application/dicom+json", "Accept-Encoding": "gzip"}, ok=(200, 204))  # fmt: skip
+    body = resp.read()
+    if (resp.getheader("Content-Encoding") or "").lower() == "gzip":
+        body = gzip.decompress(body)
+    if resp.status == 204 or not body.strip():
+        return []
+    return list(json.loads(body))
 
 
 def _status_of(exc: BaseException) -> int:
