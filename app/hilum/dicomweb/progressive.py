@@ -80,6 +80,10 @@ PER_INSTANCE = (
 is one instance's metadata)."""
 PER_INSTANCE_TAGS = frozenset(f"{pydicom.datadict.tag_for_keyword(k):08X}" for k in PER_INSTANCE)
 REPLAN_EVERY = 8
+AS_STORED_ABOVE_BPS = 400e6
+"""Bits/s above which whole instances are fetched as stored (byte for byte what the server holds):
+a lossless transcode on the server costs more than it saves on such a link (loopback, a LAN)."""
+MAX_WORKERS = 12
 """The fetch plan is asked again every this many fetched slices (the link measured meanwhile)."""
 """Without the adaptive policy: a lossy first pass below 60 Mbit/s."""
 
@@ -99,6 +103,8 @@ class ThroughputMeter:
         self.responses = 0
         self.full_syntax = "*"
         """The syntax the adaptive plan wants whole instances in (set by :func:`plan_for`)."""
+        self.batch = 1
+        """Requests the adaptive plan wants in flight to amortise the round trip (set by :func:`plan_for`)."""
         self._lock = threading.Lock()
 
     def add(self, nbytes: int, seconds: float, first_byte_s: float | None = None) -> None:
@@ -183,6 +189,9 @@ def plan_for(meter: ThroughputMeter, *, force: str | None = None, slice_bytes: i
             kwargs = {"slice_bytes": int(slice_bytes)} if slice_bytes else {}
             plan = choose(bps * 8 if bps else None, rtt, **kwargs)
             meter.full_syntax = _full_from_plan(getattr(plan, "full", None))
+            if bps is not None and bps * 8 >= AS_STORED_ABOVE_BPS:
+                meter.full_syntax = "*"  # transcoding costs more server time than it saves on the wire
+            meter.batch = int(getattr(plan, "batch", 1) or 1)
             return _first_from_plan(getattr(plan, "first", None))
         except Exception as exc:  # noqa: BLE001 - the policy's failure only loses its choice
             logger.warning("adaptive policy failed (%s); using the built-in one", exc)
@@ -367,7 +376,7 @@ class ProgressiveLoad:
                  on_progress: Callable[[ProgressiveVolume, int, int], None] | None = None,
                  on_done: Callable[[LoadHandle], None] | None = None,
                  progress_interval: float = 0.05, metadata: list[dict[str, Any]] | None = None,
-                 full_syntax: str | None = "*") -> None:  # fmt: skip
+                 full_syntax: str | None = None) -> None:  # fmt: skip
         self.client = client
         self.study = study
         self.series = series
@@ -401,6 +410,8 @@ class ProgressiveLoad:
         self._completed = 0
         self._pool_t0 = 0.0
         self._pool_bytes0 = 0
+        self._adaptive_full = False
+        self.workers_started = 0
 
     # -------------------------------------------------------------- public
 
@@ -466,8 +477,13 @@ class ProgressiveLoad:
         slice_bytes = f0.rows * f0.columns * f0.samples * max(f0.bits_allocated // 8, 1)
         self.first = plan_for(self.meter, force=self.force, slice_bytes=slice_bytes)
         self.handle.timings["lossy_first_pass"] = float(self.first is not None)
-        if self.full_syntax is None:
-            self.full_syntax = self.meter.full_syntax
+        self._adaptive_full = self.full_syntax is None
+        if self._adaptive_full:
+            # as stored until the pool has measured the link with real transfers (the first re-plan):
+            # a few small JSON answers say little about the link
+            self.full_syntax = "*"
+        nworkers = max(self.workers, min(MAX_WORKERS, self.meter.batch)) if self.force is None else self.workers
+        self.workers_started = nworkers
         start_focus = min(max(self.handle._focus, 0), len(stack) - 1) if self.handle._focus else len(stack) // 2
         self.order = FetchOrder(len(stack), lossy=self.first is not None, stride=self.stride, focus=start_focus)
         self.handle.volume = volume
@@ -476,7 +492,7 @@ class ProgressiveLoad:
             self.on_ready(volume)
         self._pool_t0, self._pool_bytes0 = time.perf_counter(), self.meter.total_bytes
         threads = [threading.Thread(target=self._worker, args=(t0,), name=f"hilum-progressive-{i}", daemon=True)
-                   for i in range(self.workers)]  # fmt: skip
+                   for i in range(nworkers)]  # fmt: skip
         for th in threads:
             th.start()
         for th in threads:
@@ -562,6 +578,8 @@ class ProgressiveLoad:
                 self.timings["first_image"] = time.perf_counter() - t0
             if kind == "full" and "first_full" not in self.timings:
                 self.timings["first_full"] = time.perf_counter() - t0
+            if "all_viewable" not in self.timings and bool(self.handle.volume.loaded.all()):
+                self.timings["all_viewable"] = time.perf_counter() - t0  # every slice shows something
             with self._lock:
                 self._completed += 1
                 replan = self.force is None and self._completed % REPLAN_EVERY == 0
@@ -585,6 +603,9 @@ class ProgressiveLoad:
         f0 = vol.stack.frames[0] if vol is not None else None
         slice_bytes = f0.rows * f0.columns * f0.samples * max(f0.bits_allocated // 8, 1) if f0 is not None else None
         first = plan_for(link, slice_bytes=slice_bytes)
+        if self._adaptive_full and self.full_syntax != link.full_syntax:
+            logger.info("series %s: full-fidelity instances in %s", self.series, link.full_syntax)
+            self.full_syntax = link.full_syntax
         if (first is None) == (self.first is None):
             return
         logger.info("series %s: link %.1f Mbit/s, %s", self.series, nbytes * 8 / elapsed / 1e6,
@@ -696,6 +717,7 @@ class ProgressiveLoad:
                 raise
             logger.info("instances in %s refused (%s); fetching them as stored", syntax, exc)
             self.full_syntax = "*"
+            self._adaptive_full = False
             return list(self.client.iter_instances(self.study, self.series, sop))
 
     def _fetch_full(self, k: int) -> None:

@@ -304,7 +304,7 @@ class RemoteSourceController(QObject):
         full instance into the cache) instead of fetching them first."""
         self.progressive_force: str | None = None
         """``"lossy"`` / ``"lossless"``: the first pass whatever the link; None: by the measured link."""
-        self.progressive_full_syntax: str | None = "*"
+        self.progressive_full_syntax: str | None = None
         """Full-fidelity instances as stored (``"*"``: kept byte for byte); None: in the adaptive
         plan's lossless syntax (JPEG-LS/HTJ2K lossless transcoded by the server: about 2.3x faster
         to full fidelity at 10 Mbit/s; UIDs and pixels kept, the bytes kept locally differ)."""

@@ -47,7 +47,7 @@ class RemoteStudySession(StudySession):
     def __init__(self, client: Any, study_uid: str, *, archive: Any = None, store: Any = None,
                  cache: VolumeCache | None = None, force: str | None = None, workers: int = 4,
                  stride: int | None = None, on_complete: Callable[[str], None] | None = None,
-                 prepared: dict[str, Any] | None = None, full_syntax: str | None = "*") -> None:  # fmt: skip
+                 prepared: dict[str, Any] | None = None, full_syntax: str | None = None) -> None:  # fmt: skip
         super().__init__(archive, study_uid, cache=cache)
         self.client = client
         self.store = store
@@ -249,7 +249,7 @@ def install_lossy_guard(viewer: Any) -> QAction:
 def open_progressive(client: Any, study_uid: str, *, archive: Any, store: Any = None,
                      data_dir: str | Path | None = None, force: str | None = None,
                      on_complete: Callable[[str], None] | None = None, workers: int = 4,
-                     stride: int | None = None, prepared: dict[str, Any] | None = None, full_syntax: str | None = "*",
+                     stride: int | None = None, prepared: dict[str, Any] | None = None, full_syntax: str | None = None,
                      **viewer_kwargs: Any) -> Any:  # fmt: skip
     """A :class:`StudyViewer` of a remote study, streamed progressively (call its ``open()``).
 
