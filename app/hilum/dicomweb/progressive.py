@@ -3,12 +3,16 @@
 Headless (no Qt): the viewer (:mod:`hilum.ui.viewer.progressive_view`) wraps
 the callbacks into signals.  How a series from a DICOMweb source is shown:
 
-1. **Metadata** — one WADO-RS ``/metadata`` request gives every instance's
-   header; the frames are put in the one slice order
-   (:class:`hilum.dicom.stack.Stack`) and the volume is allocated
-   (:class:`ProgressiveVolume`, a :class:`~hilum.dicom.stack_load.SeriesVolume`
-   with a per-slice ``lossy`` flag).  The request's time and size are the first
-   throughput / round-trip estimate (:class:`ThroughputMeter`).
+1. **Headers** — a QIDO-RS listing of the series' instances (gzip), with the
+   attributes that place and scale each slice (:data:`PER_INSTANCE`), and one
+   instance's WADO-RS ``/metadata`` for the rest of the header (not the whole
+   series' ``/metadata``: slow to build on the server for hundreds of slices and
+   large on the wire; it stays the fallback, gzip, for servers that do not
+   answer those attributes and for enhanced multi-frame objects).  The frames
+   are put in the one slice order (:class:`hilum.dicom.stack.Stack`) and the
+   volume is allocated (:class:`ProgressiveVolume`, a
+   :class:`~hilum.dicom.stack_load.SeriesVolume` with a per-slice ``lossy``
+   flag).  Each full-fidelity instance brings its own complete header later.
 2. **Plan** — :func:`plan_for` asks the adaptive policy
    (:func:`hilum.dicomweb.adaptive.choose` when present) whether a lossy first
    pass is worth it on this link.  The lossy pass is a small *rendered*
@@ -18,11 +22,15 @@ the callbacks into signals.  How a series from a DICOMweb source is shown:
    lossy pixels go through the one display pipeline (the viewer's window and
    level work on them) — or, when the plan names a lossy transfer syntax the
    server encodes on the fly, that frame decoded.
-3. **Full fidelity** — each instance as stored (WADO-RS, ``transfer-syntax=*``:
-   UIDs and pixels unchanged), handed to the bounded cache
-   (``RemoteCache.put_instance``) when there is one, decoded by the same
-   decoders as local files, written over the lossy slice; the slice's
-   ``lossy`` flag drops.
+3. **Full fidelity** — each instance in the adaptive plan's lossless syntax
+   (JPEG-LS / HTJ2K lossless transcoded by the server: UIDs and pixels
+   unchanged, about 2.5x fewer bytes) once the workers have measured a link
+   under :data:`AS_STORED_ABOVE_BPS`; as stored (``transfer-syntax=*``: byte
+   for byte the server's file) before that measurement and on faster links
+   (loopback, a LAN), where transcoding costs more than it saves.  Handed to
+   the bounded cache (``RemoteCache.put_instance``) when there is one, decoded
+   by the same decoders as local files, written over the lossy slice; the
+   slice's ``lossy`` flag drops.
 
 Order (:class:`FetchOrder`): the slice being viewed, then every *N*-th slice
 (a coarse pass so scrolling anywhere shows something), then the gaps nearest
