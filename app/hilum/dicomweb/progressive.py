@@ -49,7 +49,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -92,6 +93,9 @@ AS_STORED_ABOVE_BPS = 400e6
 """Bits/s above which whole instances are fetched as stored (byte for byte what the server holds):
 a lossless transcode on the server costs more than it saves on such a link (loopback, a LAN)."""
 MAX_WORKERS = 12
+ALL_LOSSY_BUDGET_S = 6.0
+"""Wire time aimed at for the lossy pass of the whole series (every slice viewable): the lossy ratio is
+raised (up to 60) until the series fits, the viewed slice keeping the plan's ratio."""
 """The fetch plan is asked again every this many fetched slices (the link measured meanwhile)."""
 """Without the adaptive policy: a lossy first pass below 60 Mbit/s."""
 
@@ -420,6 +424,7 @@ class ProgressiveLoad:
         self._pool_bytes0 = 0
         self._adaptive_full = False
         self.workers_started = 0
+        self._prefetched: tuple[str, np.ndarray] | None = None
 
     # -------------------------------------------------------------- public
 
@@ -484,6 +489,8 @@ class ProgressiveLoad:
         f0 = stack.frames[0]
         slice_bytes = f0.rows * f0.columns * f0.samples * max(f0.bits_allocated // 8, 1)
         self.first = plan_for(self.meter, force=self.force, slice_bytes=slice_bytes)
+        if self.first is not None:
+            self.first = _ratio_for_series(self.first, len(stack), slice_bytes, self.meter.bps)
         self.handle.timings["lossy_first_pass"] = float(self.first is not None)
         self._adaptive_full = self.full_syntax is None
         if self._adaptive_full:
@@ -492,8 +499,21 @@ class ProgressiveLoad:
             self.full_syntax = "*"
         nworkers = max(self.workers, min(MAX_WORKERS, self.meter.batch)) if self.force is None else self.workers
         self.workers_started = nworkers
-        start_focus = min(max(self.handle._focus, 0), len(stack) - 1) if self.handle._focus else len(stack) // 2
+        pre = self._prefetched
+        pre_k = self._sop_slices.get(pre[0], [None])[0] if pre is not None else None
+        if self.handle._focus:
+            start_focus = min(max(self.handle._focus, 0), len(stack) - 1)
+        else:
+            start_focus = pre_k if pre_k is not None else len(stack) // 2
         self.order = FetchOrder(len(stack), lossy=self.first is not None, stride=self.stride, focus=start_focus)
+        if pre is not None and pre_k is not None:  # the viewed slice's lossy frame, fetched beside the listing
+            try:
+                volume.set_lossy_frame(pre_k, np.asarray(pre[1]).reshape(volume.data[pre_k].shape))
+                with self.order._lock:
+                    self.order.need_lossy[pre_k] = False
+                self.timings["first_image"] = time.perf_counter() - t0
+            except ValueError as exc:
+                logger.info("prefetched lossy slice not usable (%s)", exc)
         self.handle.volume = volume
         self.timings["metadata"] = time.perf_counter() - t0
         if self.on_ready is not None:
@@ -518,26 +538,39 @@ class ProgressiveLoad:
         scale each slice (:data:`PER_INSTANCE`), and one instance's full metadata for the rest.
         Empty (the caller falls back on the series metadata) when the server does not answer these
         attributes or the series holds enhanced multi-frame objects."""
-        try:
+        path = f"/studies/{self.study}/series/{self.series}/instances"
+
+        def listing(params: dict[str, Any]) -> list[dict[str, Any]]:
             t = time.perf_counter()
             rows: list[dict[str, Any]] = []
             while True:
-                page = _get_json_gz(self.client, f"/studies/{self.study}/series/{self.series}/instances",
-                                    {"includefield": ",".join(PER_INSTANCE), "limit": 1000, "offset": len(rows)})  # fmt: skip
+                page = _get_json_gz(self.client, path, {**params, "limit": 1000, "offset": len(rows)})
                 rows.extend(page)
                 if len(page) < 1000:
                     break
             self.meter.add(0, time.perf_counter() - t, first_byte_s=time.perf_counter() - t)
             rows = [r for r in rows if (r.get("00080018") or {}).get("Value")]
-            if not rows or any("00200032" not in r or "00280010" not in r for r in rows):
-                return []
             rows.sort(key=lambda r: float(((r.get("00200013") or {}).get("Value") or [0])[0] or 0))
-            mid = rows[len(rows) // 2]
-            sop = mid["00080018"]["Value"][0]
+            return rows
+
+        pool = ThreadPoolExecutor(1)
+        try:
+            # the instances' UIDs (the index: fast), then — beside the listing with every slice's
+            # geometry (the server reads each file) — the middle instance's metadata and lossy frame
+            plain = listing({})
+            if not plain:
+                return []
+            full_listing = pool.submit(listing, {"includefield": ",".join(PER_INSTANCE)})
+            sop = plain[len(plain) // 2]["00080018"]["Value"][0]
             t = time.perf_counter()
             meta = _get_json_gz(self.client, self.client._path(self.study, self.series, sop) + "/metadata")
             self.meter.add(0, time.perf_counter() - t, first_byte_s=time.perf_counter() - t)
             if not meta:
+                return []
+            self._prefetch_focus(sop, meta[0])
+            rows = full_listing.result()
+            if not rows or any("00200032" not in r or "00280010" not in r for r in rows):
+                self._prefetched = None
                 return []
             base = dict(meta[0])
             if "52009230" in base or "52009229" in base:  # enhanced multi-frame: per-frame groups
@@ -554,6 +587,27 @@ class ProgressiveLoad:
         except Exception as exc:  # noqa: BLE001 - a server without these answers: the series metadata
             logger.info("instance listing of series %s not usable (%s); reading the series metadata", self.series, exc)
             return []
+        finally:
+            pool.shutdown(wait=False)
+
+    def _prefetch_focus(self, sop: str, meta: dict[str, Any]) -> None:
+        """The middle instance's first frame in the plan's lossy syntax, before the volume exists (the
+        first image does not wait for the other slices' headers).  Failures only lose the head start."""
+        try:
+            [ds] = datasets_from_metadata([meta])
+            f = frames_from_dataset(ds, f"dicomweb:{sop}")[0]
+            if f.samples != 1 or "52009230" in meta or "52009229" in meta:
+                return
+            slice_bytes = f.rows * f.columns * max(f.bits_allocated // 8, 1)
+            first = plan_for(self.meter, force=self.force, slice_bytes=slice_bytes)
+            if first is None or first.kind != "frames":
+                return
+            t = time.perf_counter()
+            arr, nbytes = self._lossy_frame(f, ds, first)
+            self.meter.add(nbytes, time.perf_counter() - t)
+            self._prefetched = (sop, arr)
+        except Exception as exc:  # noqa: BLE001
+            logger.info("lossy frame of the middle slice not prefetched (%s)", exc)
 
     def _worker(self, t0: float) -> None:
         assert self.order is not None and self.handle.volume is not None
@@ -777,6 +831,22 @@ def _get_json_gz(client: Any, path: str, params: dict[str, Any] | None = None) -
     if resp.status == 204 or not body.strip():
         return []
     return list(json.loads(body))
+
+
+def _ratio_for_series(first: FirstPass, n: int, slice_bytes: int, bps: float | None) -> FirstPass:
+    """The lossy pass at a ratio that brings the whole series in :data:`ALL_LOSSY_BUDGET_S` on this link
+    (bytes/s, taken as at least the adaptive policy's default 10 Mbit/s), never below the plan's, at most 60."""
+    params = dict(first.params)
+    try:
+        ratio = float(params.get("ratio", ""))
+    except ValueError:
+        return first
+    rate = max(bps or 0.0, 10e6 / 8)  # a latency-bound first measurement must not drive the ratio up
+    need = n * slice_bytes / (rate * ALL_LOSSY_BUDGET_S)
+    if need <= ratio:
+        return first
+    params["ratio"] = f"{min(60.0, round(need)):g}"
+    return replace(first, params=tuple(params.items()))
 
 
 def _status_of(exc: BaseException) -> int:
