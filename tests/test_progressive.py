@@ -283,3 +283,43 @@ def test_order_replanned() -> None:
     assert order.next() == ("full", 5)
     order.set_lossy(True)  # a slow link after all: the slices not yet shown get a lossy pass
     assert order.next() == ("lossy", 6)  # the next slice after the focus first
+
+
+def test_headers_from_the_instance_listing(server: dict[str, Any]) -> None:
+    """The series' headers come from a QIDO-RS listing (per-slice geometry and scaling) plus one
+    instance's metadata, not the whole series' /metadata: the same slices in the same order at the
+    same positions; the middle slice's lossy frame comes beside the listing (shown first)."""
+    client = DicomWebClient(DicomWebSource("remote", server["url"]))
+    try:
+        # not measured yet: the adaptive plan's lossy frames first (the prefetch is for those)
+        load = start_progressive(client, server["study"], server["series"], workers=2)
+        assert load.handle.wait(60) and load.handle.error is None, load.handle.error
+        assert "listing" in load.timings and "first_image" in load.timings
+        ref = start_progressive(client, server["study"], server["series"], force="lossless", workers=2,
+                                metadata=client.metadata(server["study"], server["series"]))  # fmt: skip
+        assert ref.handle.wait(60) and ref.handle.error is None
+        vol, rvol = load.volume, ref.volume
+        assert vol is not None and rvol is not None and len(vol) == len(rvol) == SLICES
+        for f, g in zip(vol.stack.frames, rvol.stack.frames, strict=True):
+            assert f.sop_instance_uid == g.sop_instance_uid
+            assert f.geometry is not None and g.geometry is not None
+            assert np.allclose(f.geometry.origin, g.geometry.origin)
+        assert np.array_equal(vol.data, rvol.data)  # full fidelity either way
+        # the prefetched middle slice was not fetched lossy again by the pool
+        pre = load._prefetched
+        assert pre is not None
+        k = next(i for i, f in enumerate(vol.stack.frames) if f.sop_instance_uid == pre[0])
+        assert ("lossy", k) not in load.log
+    finally:
+        client.close_all()
+
+
+def test_full_syntax_follows_the_link() -> None:
+    """Lossless transcoding on a slow measured link, as stored on a very fast one (loopback)."""
+    slow, fast = ThroughputMeter(), ThroughputMeter()
+    slow.add(1_000_000, 0.8)  # 10 Mbit/s
+    fast.add(100_000_000, 0.5)  # 1.6 Gbit/s
+    plan_for(slow, slice_bytes=512 * 512 * 2)
+    plan_for(fast, slice_bytes=512 * 512 * 2)
+    assert slow.full_syntax == "1.2.840.10008.1.2.4.80"
+    assert fast.full_syntax == "*"
