@@ -93,7 +93,9 @@ AS_STORED_ABOVE_BPS = 400e6
 """Bits/s above which whole instances are fetched as stored (byte for byte what the server holds):
 a lossless transcode on the server costs more than it saves on such a link (loopback, a LAN)."""
 MAX_WORKERS = 12
-ALL_LOSSY_BUDGET_S = 6.0
+LISTING_PAGES = 1
+"""The per-instance listing is asked in this many pages at once (more did not help on a 2-core server)."""
+ALL_LOSSY_BUDGET_S = 4.0
 """Wire time aimed at for the lossy pass of the whole series (every slice viewable): the lossy ratio is
 raised (up to 60) until the series fits, the viewed slice keeping the plan's ratio."""
 """The fetch plan is asked again every this many fetched slices (the link measured meanwhile)."""
@@ -553,14 +555,18 @@ class ProgressiveLoad:
             rows.sort(key=lambda r: float(((r.get("00200013") or {}).get("Value") or [0])[0] or 0))
             return rows
 
-        pool = ThreadPoolExecutor(1)
+        pool = ThreadPoolExecutor(LISTING_PAGES)
         try:
             # the instances' UIDs (the index: fast), then — beside the listing with every slice's
             # geometry (the server reads each file) — the middle instance's metadata and lossy frame
             plain = listing({})
             if not plain:
                 return []
-            full_listing = pool.submit(listing, {"includefield": ",".join(PER_INSTANCE)})
+            # in pages asked at once (the server reads their files in parallel)
+            step = min(1000, max(64, -(-len(plain) // LISTING_PAGES)))
+            pages = [pool.submit(_get_json_gz, self.client, path,
+                                 {"includefield": ",".join(PER_INSTANCE), "limit": step, "offset": off})
+                     for off in range(0, len(plain), step)]  # fmt: skip
             sop = plain[len(plain) // 2]["00080018"]["Value"][0]
             t = time.perf_counter()
             meta = _get_json_gz(self.client, self.client._path(self.study, self.series, sop) + "/metadata")
@@ -568,21 +574,28 @@ class ProgressiveLoad:
             if not meta:
                 return []
             self._prefetch_focus(sop, meta[0])
-            rows = full_listing.result()
+            rows = [r for page in pages for r in page.result() if (r.get("00080018") or {}).get("Value")]
+            if len(rows) != len(plain):
+                return []
+            rows.sort(key=lambda r: float(((r.get("00200013") or {}).get("Value") or [0])[0] or 0))
             if not rows or any("00200032" not in r or "00280010" not in r for r in rows):
                 self._prefetched = None
                 return []
             base = dict(meta[0])
             if "52009230" in base or "52009229" in base:  # enhanced multi-frame: per-frame groups
                 return []
-            base.pop("7FE00010", None)
+            for tag in (*PER_INSTANCE_TAGS, "7FE00010"):
+                base.pop(tag, None)
+            # the shared part read once (its elements shared, read-only), each row's own attributes over it
+            [shared] = datasets_from_metadata([base])
             out = []
             for r in rows:
-                obj = dict(base)
-                for tag in PER_INSTANCE_TAGS:
-                    obj.pop(tag, None)
-                obj.update({k: v for k, v in r.items() if k in PER_INSTANCE_TAGS or k in ("00080018", "00200013")})
-                out.extend(datasets_from_metadata([obj]))
+                own = Dataset.from_json({k: v for k, v in r.items() if k in PER_INSTANCE_TAGS})
+                ds = Dataset()
+                ds.update(shared)
+                ds.update(own)
+                ds.file_meta = shared.file_meta
+                out.append(ds)
             return out
         except Exception as exc:  # noqa: BLE001 - a server without these answers: the series metadata
             logger.info("instance listing of series %s not usable (%s); reading the series metadata", self.series, exc)
