@@ -93,8 +93,6 @@ AS_STORED_ABOVE_BPS = 400e6
 """Bits/s above which whole instances are fetched as stored (byte for byte what the server holds):
 a lossless transcode on the server costs more than it saves on such a link (loopback, a LAN)."""
 MAX_WORKERS = 12
-LISTING_PAGES = 1
-"""The per-instance listing is asked in this many pages at once (more did not help on a 2-core server)."""
 ALL_LOSSY_BUDGET_S = 4.0
 """Wire time aimed at for the lossy pass of the whole series (every slice viewable): the lossy ratio is
 raised (up to 60) until the series fits, the viewed slice keeping the plan's ratio."""
@@ -322,6 +320,8 @@ class ProgressiveVolume(SeriesVolume):
 
     def __init__(self, stack: Stack, header: Dataset, **kwargs: Any) -> None:
         super().__init__(stack, header, **kwargs)
+        if "data" not in kwargs:  # zeros where nothing came yet, without touching every page now
+            self.data = np.zeros(self.data.shape, dtype=self.data.dtype)
         self.lossy = np.zeros(len(stack), dtype=bool)
         self.source = ""
         """Where the pixels come from (the DICOMweb source's name), for the viewer's marker."""
@@ -485,7 +485,6 @@ class ProgressiveLoad:
         stack = Stack.from_frames(frames)
         volume = ProgressiveVolume(stack, datasets[0], series_uid=self.series)
         volume.source = str(getattr(getattr(self.client, "source", None), "name", "") or "")
-        volume.data[...] = 0
         for k, f in enumerate(stack.frames):
             self._sop_slices.setdefault(f.sop_instance_uid, []).append(k)
         f0 = stack.frames[0]
@@ -555,18 +554,18 @@ class ProgressiveLoad:
             rows.sort(key=lambda r: float(((r.get("00200013") or {}).get("Value") or [0])[0] or 0))
             return rows
 
-        pool = ThreadPoolExecutor(LISTING_PAGES)
+        pool = ThreadPoolExecutor(2)
         try:
             # the instances' UIDs (the index: fast), then — beside the listing with every slice's
             # geometry (the server reads each file) — the middle instance's metadata and lossy frame
+            # (the listing with the geometry asked at once: the server's slowest answer)
+            include = ",".join(PER_INSTANCE)
+            pages = [pool.submit(_get_json_gz, self.client, path, {"includefield": include, "limit": 1000})]
             plain = listing({})
             if not plain:
                 return []
-            # in pages asked at once (the server reads their files in parallel)
-            step = min(1000, max(64, -(-len(plain) // LISTING_PAGES)))
-            pages = [pool.submit(_get_json_gz, self.client, path,
-                                 {"includefield": ",".join(PER_INSTANCE), "limit": step, "offset": off})
-                     for off in range(0, len(plain), step)]  # fmt: skip
+            pages += [pool.submit(_get_json_gz, self.client, path, {"includefield": include, "limit": 1000, "offset": off})
+                      for off in range(1000, len(plain), 1000)]  # fmt: skip
             sop = plain[len(plain) // 2]["00080018"]["Value"][0]
             t = time.perf_counter()
             meta = _get_json_gz(self.client, self.client._path(self.study, self.series, sop) + "/metadata")
@@ -589,11 +588,18 @@ class ProgressiveLoad:
             # the shared part read once (its elements shared, read-only), each row's own attributes over it
             [shared] = datasets_from_metadata([base])
             out = []
+            parsed: dict[tuple[str, str], Dataset] = {}  # most values repeat from row to row: read once
             for r in rows:
-                own = Dataset.from_json({k: v for k, v in r.items() if k in PER_INSTANCE_TAGS})
                 ds = Dataset()
                 ds.update(shared)
-                ds.update(own)
+                for tag, value in r.items():
+                    if tag not in PER_INSTANCE_TAGS:
+                        continue
+                    key = (tag, json.dumps(value, sort_keys=True))
+                    one = parsed.get(key)
+                    if one is None:
+                        one = parsed[key] = Dataset.from_json({tag: value})
+                    ds.update(one)
                 ds.file_meta = shared.file_meta
                 out.append(ds)
             return out
