@@ -1,7 +1,7 @@
 """Teleradiology benchmark: a remote CT over a throttled link, progressive vs a plain WADO-RS download.
 
     python bench/telerad/run.py [--slices 600] [--profiles slow,fast] [--data DIR] [--workers N]
-                                [--client driver|scheduler|both|auto] [--scheduler-from FILE] [--json OUT]
+                                [--client scheduler|driver|both|auto] [--scheduler-from FILE] [--json OUT]
 
 Set-up, all on loopback:
 * a remote node: ``hilum serve`` (a subprocess, anonymous read on a node
@@ -27,9 +27,14 @@ Measured per profile, runs alternating, fresh connections each:
    then the rest) before the lossless JPEG-LS pass of every slice (on a
    fast link lossless only); the series metadata beside the passes.  Time
    to the first decoded image and to every slice at full fidelity.
-   ``--client scheduler`` times Helper 4's scheduler (``ProgressiveLoad``
-   from :mod:`hilum.dicomweb.progressive`, or from ``--scheduler-from FILE``
-   before the merge) instead, ``both`` times both against one plain run.
+   ``--client driver`` times it;
+3. **the viewer's scheduler** (the default, ``--client scheduler``):
+   ``ProgressiveLoad`` from :mod:`hilum.dicomweb.progressive` (or from
+   ``--scheduler-from FILE``), what the workstation runs when a remote study
+   opens: time to the first image the viewer can show (the volume ready with
+   the middle slice in it), to every slice viewable (lossy or not: "all
+   lossy") and to every slice at full fidelity; ``both`` times the driver and
+   the scheduler against one plain run.
 
 Full-fidelity slices are checked pixel-equal to the stored files (a sample)
 after the timings.  Prints figures and ratios; nothing is asserted
