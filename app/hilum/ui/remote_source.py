@@ -14,6 +14,11 @@ verification), or a DICOM peer configured in ``hilum.toml``'s ``[peers]``
   thread, with progress in the status bar, and opens it in a viewer tab like
   a local study; a study already cached opens without asking the server; the
   study is pinned (never evicted) while its tab is open;
+* a DICOMweb study not in the cache opens at once, streamed progressively
+  (:mod:`hilum.ui.viewer.progressive_view`, :mod:`hilum.dicomweb.progressive`):
+  a lossy first rendition of the slices the reader looks at ("LOSSY" on the
+  viewport, measurements refused on it unless allowed), refined to the
+  original pixels in the background, each instance into the cache as stored;
 * "Keep locally" stores the selected study in the local archive through the
   one ingest call (from the cache when it is there, else fetched).
 
@@ -274,6 +279,8 @@ class RemoteSourceController(QObject):
     fetched = Signal(str)  # study UID now in the cache (and opened)
     kept = Signal(str, int)  # study UID, instances stored locally
     retrieved = Signal(str)  # study UID retrieved from a DICOM peer into the local archive
+    progressiveOpened = Signal(object)  # the StudyViewer of a remote study being streamed
+    _complete_bridge = Signal(str)  # a streamed study is all in the cache (from a loader thread)
 
     def __init__(self, window: Any):
         super().__init__(window)
@@ -292,6 +299,18 @@ class RemoteSourceController(QObject):
             log.error("remote cache: %s; remote studies are cached for this session only", exc)
             self._cache_tmp = tempfile.mkdtemp(prefix="hilum-remote-cache-")
             self.cache = RemoteCache(self._cache_tmp)
+        self.progressive = True
+        """Open remote studies not in the cache progressively (lossy first, then full fidelity, each
+        full instance into the cache) instead of fetching them first."""
+        self.progressive_force: str | None = None
+        """``"lossy"`` / ``"lossless"``: the first pass whatever the link; None: by the measured link."""
+        self.progressive_full_syntax: str | None = None
+        """``"*"``: full-fidelity instances always as stored (kept byte for byte).  None (default):
+        as the link says — the adaptive plan's lossless syntax (JPEG-LS/HTJ2K lossless transcoded by
+        the server: about 2.5x fewer bytes; UIDs and pixels kept, the bytes kept locally differ from
+        the server's file) on a measured link under 400 Mbit/s, as stored on faster ones (loopback)."""
+        self._partial: set[str] = set()  # studies being streamed: not all in the cache yet
+        self._complete_bridge.connect(self._on_progressive_complete)
         self.runner = TaskRunner(max_workers=2, name="hilum-remote", parent=self)
         self.selector = SourceSelector(window.browser_page)
         layout = window.browser_page.layout()
@@ -490,7 +509,12 @@ class RemoteSourceController(QObject):
 
     def _fetch_and_open(self, study_uid: str, series_uid: str | None) -> None:
         """Open a remote study through the cache: fetched (WADO-RS) unless cached, pinned while its tab is
-        open.  A series opens its whole study (the cache holds studies) and shows that series."""
+        open.  A series opens its whole study (the cache holds studies) and shows that series.  A
+        DICOMweb study not cached and :attr:`progressive`: streamed into a viewer at once
+        (:meth:`_open_progressive`)."""
+        if self.active_peer is None and self.progressive and not self.cache.has(study_uid):
+            self._open_progressive(study_uid, series_uid)
+            return
         client: Any
         if self.active_peer is not None:
             peer = self.window.config.peers[self.active_peer]
@@ -523,6 +547,72 @@ class RemoteSourceController(QObject):
             self.cache.release(study_uid)
         except Exception:  # noqa: BLE001 - a tab closing must not fail on the cache
             log.exception("remote cache: releasing %s", study_uid)
+
+    def _open_progressive(self, study_uid: str, series_uid: str | None) -> Any:
+        """Open the remote study at once: a lossy first rendition of the viewed slices, refined to
+        full fidelity in the background, each full instance into the cache
+        (:mod:`hilum.ui.viewer.progressive_view`, :mod:`hilum.dicomweb.progressive`)."""
+        try:
+            from hilum.ui.viewer.progressive_view import prepare_remote
+        except ImportError:
+            self._message("This build has no viewer.")
+            return None
+        assert self.client is not None and self.active is not None
+        source, client = self.active.name, self.client
+        self._message(f"Opening the study from {source}…")
+        return self.runner.submit(prepare_remote, client, study_uid,
+                                  on_done=lambda prepared: self._show_progressive(study_uid, series_uid, prepared,
+                                                                                  client, source),
+                                  on_error=lambda exc: self._message(f"Could not open the study from {source}: {exc}"))
+
+    def _show_progressive(self, study_uid: str, series_uid: str | None, prepared: dict[str, Any], client: Any,
+                          source: str) -> Any:
+        """The study's series are known (:func:`prepare_remote`, off the GUI thread): its tab now."""
+        from hilum.ui.viewer.progressive_view import open_progressive
+
+        controller = getattr(self.window, "viewer_controller", None)
+        kwargs: dict[str, Any] = {"data_dir": getattr(self.window.config, "data_dir", None)}
+        if controller is not None:
+            kwargs.update(executor=controller.executor, cache=controller.cache, pool=controller.pool)
+        self._partial.add(study_uid)
+        self._pin(study_uid)  # never evicted while its tab is open (released with the tab)
+        store = self.cache
+        bridge = self._complete_bridge
+
+        def complete(uid: str) -> None:  # on a loader thread
+            try:
+                bridge.emit(uid)
+            except RuntimeError:  # the window went meanwhile
+                pass
+
+        viewer = open_progressive(client, study_uid, archive=self.cache.archive, store=store,
+                                  force=self.progressive_force, on_complete=complete, prepared=prepared,
+                                  full_syntax=self.progressive_full_syntax, **kwargs)  # fmt: skip
+        viewer.destroyed.connect(lambda *_a: self._release(study_uid))
+        row = self.window.browser.model.find(study_uid)
+        name = "Study"
+        if row >= 0:
+            name = str(self.window.browser.model.row(row).get("PatientName", "") or "").split("^")[0] or name
+        self.window.add_workspace_tab(viewer, f"{name} ({source})",
+                                      tooltip=f"Streamed from the DICOMweb source {source}; {study_uid}")
+        viewer.open()
+        if series_uid and series_uid in {e.series_uid for e in viewer.session.series}:
+            viewer.show_series(series_uid, viewer.model.active)
+        self._message(f"Streaming the study from {source}: lossy first, full fidelity on its way.")
+        self.progressiveOpened.emit(viewer)
+        return viewer
+
+    def _pin(self, study_uid: str) -> None:
+        """Pin a study being streamed in the cache (released with its tab), as :meth:`RemoteCache.open`
+        pins one it opens; encrypted mode: its instances go to the viewing archive at once."""
+        self.cache.pin(study_uid)
+
+    def _on_progressive_complete(self, study_uid: str) -> None:
+        self._partial.discard(study_uid)
+        mark = getattr(self.cache, "mark_complete", None)
+        if callable(mark):
+            mark(study_uid)
+        self.fetched.emit(study_uid)
 
     def _open_cached(self, study_uid: str, series_uid: str | None, *, cached: bool = False) -> None:
         """Show the study (pinned in the cache by :meth:`RemoteCache.open`) in a tab; the pin goes

@@ -89,6 +89,8 @@ class ViewerModel:
         self.link_window = False
         self.link_zoom = False
         self.show_reference_lines = True
+        self.allow_lossy = False
+        """Measuring tools allowed on lossy pixels (a remote series' first rendition); off by default."""
         self._listeners: list[ModelListener] = []
         self._syncing = False
         self._alignments: dict[tuple[str, str], Alignment] = {}

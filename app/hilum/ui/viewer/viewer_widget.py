@@ -925,7 +925,10 @@ class StudyViewer(QWidget, PersistenceMixin):
             f = vp.frame_info
             index = volume.stack.index_of(*f.key) if f is not None else None
             vp.set_volume(volume, index, keep_view=vp.series_uid == uid)
-            vp.status = f"Loading {volume.loaded_count}/{len(volume)}"
+            if hasattr(volume, "lossy"):  # a remote series streamed: lossy first, then full fidelity
+                vp.status = f"Full fidelity {int((volume.loaded & ~volume.lossy).sum())}/{len(volume)}"
+            else:
+                vp.status = f"Loading {volume.loaded_count}/{len(volume)}"
         self._resync_priors(uid)
         handle = self._loads.get(uid)
         if handle is not None and self._viewports_of(uid):
@@ -937,7 +940,8 @@ class StudyViewer(QWidget, PersistenceMixin):
     def _on_progress(self, uid: str, volume: SeriesVolume, loaded: int, total: int) -> None:
         for vp in self._viewports_of(uid):
             if vp.volume is volume:
-                vp.status = f"Loading {loaded}/{total}" if loaded < total else ""
+                what = "Full fidelity" if hasattr(volume, "lossy") else "Loading"  # a remote series streamed
+                vp.status = f"{what} {loaded}/{total}" if loaded < total else ""
                 vp.notify_loaded()
         self.progress.setRange(0, total)
         self.progress.setValue(loaded)

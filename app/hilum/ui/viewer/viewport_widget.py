@@ -39,7 +39,7 @@ from PySide6.QtGui import (
     QTransform,
     QWheelEvent,
 )
-from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QScrollBar, QSizePolicy, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QScrollBar, QSizePolicy, QToolTip, QWidget
 
 from hilum.ui.viewer.overlay import OverlayConfig, corner_texts
 from hilum.ui.viewer.seg_tools import paint_labels
@@ -54,9 +54,21 @@ SERIES_MIME = "application/x-hilum-series-uid"
 ACTIVE_COLOUR = QColor(255, 160, 0)
 TEXT_COLOUR = QColor(230, 230, 230)
 MEASURE_COLOUR = QColor(80, 220, 80)
+LOSSY_COLOUR = QColor(255, 70, 50)
+LOSSY_GUARDED = frozenset({"length", "angle", "cobb", "ellipse", "rect", "freehand"})
+"""Tools that measure distances, angles or regions: refused on lossy pixels unless the reader allows
+them (the pixel probe works, its value marked approximate: :meth:`ViewportCanvas.probe_text`)."""
 SELECTED_COLOUR = QColor(90, 200, 255)
 REFERENCE_COLOUR = QColor(255, 230, 0)
 ALIGNMENT_COLOUR = QColor(120, 210, 255)
+
+
+def is_lossy(state: ViewportState) -> bool:
+    """True when the slice *state* shows holds lossy pixels (a remote series' first rendition,
+    :class:`hilum.dicomweb.progressive.ProgressiveVolume`)."""
+    lossy = getattr(state.volume, "lossy", None)
+    k = state.index
+    return lossy is not None and 0 <= k < len(lossy) and bool(lossy[k])
 
 
 CLICK_SLOP = 4
@@ -80,6 +92,7 @@ class ViewportCanvas(QWidget):
     seriesDropped = Signal(str)
     doubleClicked = Signal()
     contextMenuRequested = Signal(QPoint)  # global position: a right click without a drag
+    lossyRefused = Signal(str)  # a measuring tool's name: refused on lossy pixels
 
     def __init__(self, state: ViewportState, *, model: Any = None, overlay: OverlayConfig | None = None,
                  tool_provider: Any = None, parent: QWidget | None = None) -> None:  # fmt: skip
@@ -162,7 +175,8 @@ class ViewportCanvas(QWidget):
             self._centre_text(p, "Drop a series here" if st.volume is None else "")
             return
         assert st.volume is not None  # a frame implies a volume
-        key = (id(st.volume), st.index, bool(st.volume.loaded[st.index]), st.window, st.invert, st.show_overlay_planes)
+        key = (id(st.volume), st.index, bool(st.volume.loaded[st.index]), is_lossy(st), st.window, st.invert,
+               st.show_overlay_planes)  # fmt: skip
         if self._argb is None or self._argb_key != key:
             self._argb = st.render_rgb32()
             self._argb_key = key
@@ -210,7 +224,9 @@ class ViewportCanvas(QWidget):
             if st.probe_result is not None:
                 p.setPen(MEASURE_COLOUR)
                 p.drawText(QRectF(0, self.height() - 44, self.width(), 18), Qt.AlignmentFlag.AlignHCenter,
-                           st.probe_result.text())  # fmt: skip
+                           self.probe_text())  # fmt: skip
+            if is_lossy(st):
+                taken.append(self._paint_lossy_marker(p, taken))
         if st.status:
             rect = self.status_rect(p.fontMetrics(), st.status, taken)
             self._shadow_text(p, rect, Qt.AlignmentFlag.AlignCenter, st.status)
@@ -224,6 +240,41 @@ class ViewportCanvas(QWidget):
             p.setPen(pen)
             p.setBrush(Qt.BrushStyle.NoBrush)
             p.drawRect(QRectF(1, 1, self.width() - 2, self.height() - 2))
+
+    def probe_text(self) -> str:
+        """The pixel probe's read-out as painted: marked approximate on lossy pixels ("" without one)."""
+        st = self.state
+        if st.probe_result is None:
+            return ""
+        text = st.probe_result.text()
+        return f"≈ {text} (lossy pixels: approximate)" if is_lossy(st) else text
+
+    @property
+    def lossy_shown(self) -> bool:
+        """True while the slice shown holds lossy pixels (the "LOSSY" marker is on the viewport)."""
+        return self.state.frame_info is not None and is_lossy(self.state)
+
+    def _paint_lossy_marker(self, p: QPainter, taken: list[QRectF]) -> QRectF:
+        """A red-framed "LOSSY" box at the top left, under the corner text (*taken*): the pixels
+        shown are a lossy first rendition of a remote series, full fidelity still on its way."""
+        font = QFont(p.font())
+        font.setBold(True)
+        font.setPointSizeF(font.pointSizeF() * 1.3)
+        p.save()
+        p.setFont(font)
+        fm = QFontMetrics(font)
+        text = "LOSSY"
+        w, h = fm.horizontalAdvance(text) + 14, fm.height() + 6
+        top = max((r.bottom() for r in taken if r.left() < self.width() / 2 and r.top() < self.height() / 3),
+                  default=0.0)  # fmt: skip
+        rect = QRectF(8, top + 8, w, h)
+        p.setPen(QPen(LOSSY_COLOUR, 2))
+        p.setBrush(QColor(0, 0, 0, 170))
+        p.drawRect(rect)
+        p.setPen(LOSSY_COLOUR)
+        p.drawText(rect, Qt.AlignmentFlag.AlignCenter, text)
+        p.restore()
+        return rect
 
     def status_rect(self, fm: QFontMetrics, text: str, taken: list[QRectF]) -> QRectF:
         """Where the status line ("Loading…") goes: centred, as near the top as it can be without
@@ -353,7 +404,10 @@ class ViewportCanvas(QWidget):
         for a in st.annotations_here():
             selected = a.uid == st.selected
             colour = SELECTED_COLOUR if selected else MEASURE_COLOUR
-            rects = self._paint_annotation(p, m, a.kind, a.points, a.text, st.annotation_lines(a), colour)
+            lines = st.annotation_lines(a)
+            if lines and is_lossy(st):
+                lines = [f"≈ {line}" for line in lines] + ["(lossy pixels: approximate)"]
+            rects = self._paint_annotation(p, m, a.kind, a.points, a.text, lines, colour)
             st.label_rects[a.uid] = rects
             if selected:
                 self._paint_handles(p, m, a.kind, a.points)
@@ -547,10 +601,25 @@ class ViewportCanvas(QWidget):
         if event.button() == Qt.MouseButton.LeftButton and tool is not None and self._drag_tool is None:
             tool = self._grab_annotation(event.position(), tool)
         if tool is not None and self.state.frame_info is not None and self._drag_tool is None:
+            if tool.name in LOSSY_GUARDED and is_lossy(self.state) and not getattr(self.model, "allow_lossy", False):
+                self.refuse_on_lossy(tool.name, event.position())
+                event.accept()
+                return
             self._drag_tool = tool
             pos = event.position()
             tool.press(self.state, pos.x(), pos.y())
         event.accept()
+
+    def refuse_on_lossy(self, tool: str, pos: QPointF | None = None) -> None:
+        """A measurement was refused on lossy pixels: say so where the reader clicked (a tooltip),
+        on the viewport's status line, and to listeners."""
+        text = ("Lossy image: measurements are disabled until full fidelity arrives "
+                "(Viewer menu: Allow measuring lossy images)")  # fmt: skip
+        self.state.status = text
+        at = self.mapToGlobal(pos.toPoint() if pos is not None else self.rect().center())
+        QToolTip.showText(at, text, self)
+        self.lossyRefused.emit(tool)
+        self.update()
 
     def _grab_annotation(self, pos: QPointF, tool: Tool) -> Tool:
         """Whatever the tool, a press on an annotation (its line, outline, label or a handle)
