@@ -18,7 +18,9 @@ navigates to the study's viewer URL.  Measured from the navigation start
   ``Page.addScriptToEvaluateOnNewDocument``) polls the viewport canvas
   (``canvas.cornerstone-canvas``, a 2D canvas cornerstone copies its render
   into) every animation frame for a non-black pixel (a sparse grid, channel
-  value > 16) and records the first time;
+  value > 16) and records the first time
+  (``metadata_s``: the series metadata answer in; ``first_frame_s``: the
+  first slice's pixels in; both from resource timing);
 * **all slices loaded**: the same script records every resource timing entry
   (buffer enlarged) of ``/dicom-web``; a slice is loaded when its
   ``.../instances/<sop>/frames/...`` (or whole-instance) request has
@@ -27,7 +29,7 @@ navigates to the study's viewer URL.  Measured from the navigation start
   ``/dicom-web`` entry for 5 s) is reported instead, with the count.
 
 ``--with plain,hilum`` also times run.py's plain WADO-RS download and Hilum's
-progressive driver in the same run on fresh proxies (ratios against plain);
+progressive driver in the same run on fresh proxies (ratios: OHIF's time / theirs);
 ``--with ''`` times OHIF only.  Nothing is asserted.
 """
 
@@ -166,8 +168,11 @@ def ohif_run(base: str, study: str, slices: int, full_timeout: float, proxy: Thr
             done[sop] = max(done.get(sop, 0.0), float(resp_end) / 1e3)
     last_dicomweb = max((float(e[2]) for e in entries), default=0.0) / 1e3
     frames_like = [u for u, _s, _e in entries if "/frames/" in u]
+    meta_ends = [float(e[2]) / 1e3 for e in entries if e[0].split("?", 1)[0].endswith("/metadata")]
     out: dict[str, Any] = {
         "first_image_s": first if first is not None else float("nan"),
+        "metadata_s": max(meta_ends, default=float("nan")),
+        "first_frame_s": min(done.values(), default=float("nan")),
         "slices_loaded": len(done),
         "requests": len(entries),
         "frame_requests": len(frames_like),
@@ -257,6 +262,10 @@ def main() -> int:
             print(f"{label:<22}{kind:<8}{r['first_image_s']:>15.2f}{r['full_s']:>14.2f}{r['wire_mb']:>10.1f}{ratios}")
             label = ""
         print(f"{'':<22}ohif: all slices = {o['full_how']}; {o['requests']} /dicom-web requests")
+        print(
+            f"{'':<22}ohif: series metadata in at {o['metadata_s']:.2f} s, first slice's pixels in at"
+            f" {o['first_frame_s']:.2f} s; viewer files (cached before) {o['viewer_files_mb']:.1f} MB"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
