@@ -137,6 +137,7 @@ def ohif_run(base: str, study: str, slices: int, full_timeout: float, proxy: Thr
         end = time.monotonic() + full_timeout
         last_n, last_change = -1, time.monotonic()
         state: dict[str, Any] = {}
+        cut = True
         while time.monotonic() < end:
             state = d.execute_script(
                 "const H = window.__hilum || {}; return {first: H.first ?? null, err: H.err ?? null,"
@@ -149,12 +150,14 @@ def ohif_run(base: str, study: str, slices: int, full_timeout: float, proxy: Thr
             if n != last_n:
                 last_n, last_change = n, time.monotonic()
             if first is not None and n and time.monotonic() - last_change > 5.0:
+                cut = False
                 break
             sops = d.execute_script(
                 "return new Set((window.__hilum.entries || []).map(e => e[0].split('?')[0]"
                 ".split('/instances/')[1]?.split('/')[0]).filter(Boolean)).size;"
             )
             if int(sops or 0) >= slices:
+                cut = False
                 break
             time.sleep(0.5)
         entries = d.execute_script("return (window.__hilum || {}).entries || [];")
@@ -185,7 +188,8 @@ def ohif_run(base: str, study: str, slices: int, full_timeout: float, proxy: Thr
         out["full_how"] = f"last of {slices} slices' requests completed"
     else:
         out["full_s"] = last_dicomweb
-        out["full_how"] = f"network idle 5 s ({len(done)}/{slices} slices fetched)"
+        why = f"cut at --full-timeout {full_timeout:g} s" if cut else "network idle 5 s"
+        out["full_how"] = f"{why} ({len(done)}/{slices} slices fetched; last /dicom-web answer)"
     if state.get("err"):
         out["probe_error"] = state["err"]
     return out
@@ -228,7 +232,10 @@ def main() -> int:
                         r.pop("_check", None)
                     r["wire_mb"] = (proxy.link.bytes["down"] - 1e6 * r.get("viewer_files_mb", 0.0)) / 1e6
                 finally:
-                    proxy.stop()
+                    try:
+                        proxy.stop()
+                    except TimeoutError:  # transfers cut short (--full-timeout): the proxy's thread is a daemon
+                        pass
                 prof[kind] = r
                 print(
                     f"  {name} {kind}: "
