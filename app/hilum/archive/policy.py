@@ -20,14 +20,13 @@ import importlib
 import logging
 import os
 import socket
-import threading
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from hilum.archive.storage import TaskReport, reap_trash, rule_error
+from hilum.archive.storage import TaskReport, WokenService, reap_trash, rule_error
 from hilum.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -135,46 +134,19 @@ def run_pass(archive: Archive, policies: Policies, *, dry_run: bool = False, onl
     return reports
 
 
-class PolicyService:
+class PolicyService(WokenService):
     """Applies the storage policies in the background while the node runs (a node service)."""
 
     name = "policies"
+    thread_name = "storage-policies"
 
     def __init__(self, archive: Archive, policies: Policies):
-        self.archive = archive
+        super().__init__(archive)
         self.policies = policies
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._unsubscribe: Any = None
         self.last: list[TaskReport] = []
-        self.passes = 0
 
-    def start(self) -> None:
-        if self._thread is not None or not self.policies.enabled:
-            return
-        self._stop.clear()
-        self._unsubscribe = self.archive.subscribe(self._on_event)
-        self._thread = threading.Thread(target=self._run, name="storage-policies", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        if self._thread is not None:
-            self._thread.join(timeout=60)
-            self._thread = None
-
-    def wake(self) -> None:
-        """Run a pass soon (new instances arrived, a rule changed, the user asked)."""
-        self._wake.set()
-
-    def _on_event(self, event: Any) -> None:
-        if getattr(event, "kind", "") in ("stored", "replaced"):
-            self._wake.set()
+    def enabled(self) -> bool:
+        return self.policies.enabled
 
     def _run(self) -> None:
         delay = float(os.environ.get("HILUM_POLICY_FIRST_PASS", "2"))

@@ -74,6 +74,7 @@ from sqlalchemy import case, delete, exists, func, or_, select
 from sqlalchemy.engine import Connection
 
 from hilum.archive import storage
+from hilum.archive.index import chunks
 from hilum.archive.model import ArchiveEvent
 from hilum.archive.schema import blob_copies, forward_queue, instances, series, studies
 from hilum.errors import ConfigError
@@ -691,7 +692,7 @@ def _drop_online(archive: Archive, pks: list[int]) -> int:
     brought one back meanwhile) and held elsewhere; how many were deleted."""
     deleted = 0
     with _recall_lock(archive), archive.engine.connect() as conn:
-        for chunk in _chunks(pks, 500):
+        for chunk in chunks(pks, 500):
             keys = (
                 conn.execute(
                     select(instances.c.blob_key).where(
@@ -740,7 +741,7 @@ def _purge_everywhere(
         ).all()
         pks = [int(r.pk) for r in rows]
         peers = sorted(loc for loc in storage.verified_elsewhere(conn, st.pk) if loc.startswith("peer:"))
-        for chunk in _chunks(pks, 500):
+        for chunk in chunks(pks, 500):
             conn.execute(delete(blob_copies).where(blob_copies.c.instance_fk.in_(chunk)))
         archive.writer.delete_instances(conn, pks)
         for r in rows:
@@ -779,10 +780,6 @@ def _purge_everywhere(
         "bytes": nbytes,
         "reason": p.reason,
     }
-
-
-def _chunks(items: list[int], n: int) -> list[list[int]]:
-    return [items[i : i + n] for i in range(0, len(items), n)]
 
 
 # --------------------------------------------------------------------------- protections (hilum protect)

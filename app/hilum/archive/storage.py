@@ -387,3 +387,54 @@ def matches(value: str, allowed: Iterable[str]) -> bool:
         return True
     values = {v.strip().upper() for v in str(value).split("\\") if v.strip()}
     return bool(values & {a.upper() for a in allowed})
+
+
+class WokenService:
+    """A node service whose one background thread is woken by arrivals (``stored``/``replaced`` events) and by
+    :meth:`wake`: the lifecycle the policy pass (:class:`hilum.archive.policy.PolicyService`) and the tiers'
+    write-through (:class:`hilum.archive.tiers.TierService`) share.  Subclasses give :meth:`_run` (a loop until
+    ``self._stop`` is set, waiting on ``self._wake``), :attr:`thread_name`, and :meth:`enabled`."""
+
+    name = ""
+    thread_name = ""
+
+    def __init__(self, archive: Archive):
+        self.archive = archive
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._unsubscribe: Any = None
+        self.passes = 0
+
+    def enabled(self) -> bool:
+        """Whether :meth:`start` starts the thread (False: the service stays idle)."""
+        return True
+
+    def start(self) -> None:
+        if self._thread is not None or not self.enabled():
+            return
+        self._stop.clear()
+        self._unsubscribe = self.archive.subscribe(self._on_event)
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+            self._thread = None
+
+    def wake(self) -> None:
+        """Run a pass soon (new instances arrived, a rule changed, the user asked)."""
+        self._wake.set()
+
+    def _on_event(self, event: Any) -> None:
+        if getattr(event, "kind", "") in ("stored", "replaced"):
+            self._wake.set()
+
+    def _run(self) -> None:
+        raise NotImplementedError

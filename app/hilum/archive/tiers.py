@@ -52,6 +52,7 @@ from sqlalchemy.engine import Connection
 
 from hilum.archive import storage
 from hilum.archive.blobs import CHECKSUM_ALGORITHM, file_checksum
+from hilum.archive.index import chunks
 from hilum.archive.schema import blob_copies, instances, policy_log, series, studies
 from hilum.errors import HilumError, StorageFull
 
@@ -683,7 +684,7 @@ class Tiers:
         found: list[Any] = []
         copies: dict[int, list[tuple[str, str, str]]] = {}
         with self.archive.engine.connect() as conn:
-            for chunk in _chunks(uids, 500):
+            for chunk in chunks(uids, 500):
                 found += conn.execute(
                     select(
                         instances.c.pk,
@@ -702,7 +703,7 @@ class Tiers:
                     .where(instances.c.sop_uid.in_(chunk))
                 ).all()
             pks = [r.pk for r in found]
-            for chunk in _chunks(pks, 500):
+            for chunk in chunks(pks, 500):
                 for c in conn.execute(
                     select(blob_copies.c.instance_fk, blob_copies.c.location, blob_copies.c.key, blob_copies.c.checksum)
                     .where(
@@ -885,11 +886,6 @@ def _intact(path: Path, checksum: str) -> bool:
         return file_checksum(path, checksum)
     except OSError:
         return False
-
-
-def _chunks(items: list[Any], n: int) -> Iterable[list[Any]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
 
 
 def _node_name(archive: Archive) -> str:
@@ -1127,7 +1123,7 @@ def _move_study(
 def _drop_online(archive: Archive, rows: Sequence[Any]) -> None:
     """Delete the online files of instances marked offline (unless a reader brought them back meanwhile)."""
     with archive.tiers.recall_lock, archive.engine.connect() as conn:
-        for chunk in _chunks([r.pk for r in rows], 500):
+        for chunk in chunks([r.pk for r in rows], 500):
             offline = {
                 r.blob_key
                 for r in conn.execute(
@@ -1178,49 +1174,23 @@ def sweep_leftovers(archive: Archive, *, days: float = SWEEP_DAYS) -> int:
 # --------------------------------------------------------------------------- the write-through service
 
 
-class TierService:
+class TierService(storage.WokenService):
     """On every node with tiers (``[storage] policies = false`` too): copies arriving instances to the
     write-through tiers (each node copies the files it received, which only it holds), and drops this node's
     online files of studies moved to a tier lately (:func:`sweep_leftovers`; the move was made by the node
     that applies the rules, on its own disk)."""
 
     name = "tiers"
+    thread_name = "tier-write-through"
 
     def __init__(self, archive: Archive, *, interval: float = 60.0, settle: float = 1.0):
-        self.archive = archive
+        super().__init__(archive)
         self.interval = interval
         self.settle = settle
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._unsubscribe: Any = None
-        self.passes = 0
         self.last: storage.TaskReport | None = None
 
-    def start(self) -> None:
-        if self._thread is not None or not self.archive.tiers:
-            return
-        self._stop.clear()
-        self._unsubscribe = self.archive.subscribe(self._on_event)
-        self._thread = threading.Thread(target=self._run, name="tier-write-through", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        if self._thread is not None:
-            self._thread.join(timeout=60)
-            self._thread = None
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def _on_event(self, event: Any) -> None:
-        if getattr(event, "kind", "") in ("stored", "replaced"):
-            self._wake.set()
+    def enabled(self) -> bool:
+        return bool(self.archive.tiers)
 
     def _run(self) -> None:
         first = True
