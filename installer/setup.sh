@@ -10,11 +10,13 @@ cd "$here"
 # the tests hold the GSPS, SR, KOS and SEG Hilum writes to it), GDCM's tools (gdcmconv: a second decoder
 # of the JPEG-LS / JPEG 2000 files compression writes, and a peer in bench/storage),
 # Xvfb and the X/GL libraries Qt + VTK need without a screen, OSMesa, PostgreSQL, Chromium and its
-# WebDriver (the web viewer's tests drive a real headless browser with Selenium).
+# WebDriver (the web viewer's tests drive a real headless browser with Selenium), xorriso (ISO images of
+# patient media), poppler-utils (pdftoppm renders the reports' PDF in tests).
 SYSTEM_PACKAGES=(dcmtk xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0
   libxcb-xinerama0 libxcb-randr0 libxcb-render-util0 libxcb-image0 libxcb-shape0 libegl1 libgl1
   libopengl0 libglx0 libosmesa6 libfontconfig1 libdbus-1-3 fonts-dejavu-core
-  fonts-noto-cjk orthanc orthanc-dicomweb postgresql dicom3tools libgdcm-tools chromium chromium-driver)
+  fonts-noto-cjk orthanc orthanc-dicomweb postgresql dicom3tools libgdcm-tools chromium chromium-driver
+  xorriso poppler-utils)
 
 if [[ "${1:-}" != "--no-system" ]]; then
   missing=()
