@@ -389,12 +389,15 @@ def test_backup_while_storescu_sends_into_a_running_node(tmp_path: Path) -> None
     def send_all() -> None:
         for i in range(0, len(files), 10):
             done = subprocess.run(
-                [str(BIN / "storescu"), "-aet", "CT1", "-aec", "NODE", "127.0.0.1", str(port),
+                [str(BIN / "storescu"), "-v", "-aet", "CT1", "-aec", "NODE", "127.0.0.1", str(port),
                  *map(str, files[i : i + 10])],
                 capture_output=True, timeout=120,
             )  # fmt: skip
             if done.returncode != 0:
-                errors.append(done.stderr.decode(errors="replace")[-2000:])
+                errors.append(
+                    f"storescu exit {done.returncode} on files {i}..{i + 9}:\n"
+                    + (done.stdout + done.stderr).decode(errors="replace")[-3000:]
+                )
             if backup_done.is_set():
                 sent_after_backup.append(i)
 
@@ -416,14 +419,15 @@ def test_backup_while_storescu_sends_into_a_running_node(tmp_path: Path) -> None
         backup_done.set()
         assert made.returncode == 0, made.stderr
         sender.join(600)
-        assert not errors, errors[0]
     finally:
+        node_log = ""
         if serve.poll() is None:
             serve.send_signal(signal.SIGTERM)
             try:
-                serve.communicate(timeout=60)
+                node_log = serve.communicate(timeout=60)[1]
             except subprocess.TimeoutExpired:
                 serve.kill()
+    assert not errors, errors[0] + "\n--- the node's log:\n" + node_log[-6000:]
     manifest = json.loads((tmp_path / "backup" / "manifest.json").read_text())
     taken = manifest["instances"]["total"]
     assert 20 <= taken < len(files)

@@ -8,13 +8,15 @@ own tables on branches); ``upgrade heads`` applies them all.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,11 @@ def make_engine(url: str) -> Engine:
             # pysqlite's own transaction handling defers BEGIN; be explicit.  Straight on the
             # DB-API connection: through exec_driver_sql this one word cost 30-40 µs per
             # transaction, a tenth of indexing an instance.
-            conn.connection.dbapi_connection.execute("BEGIN")
+            # A writer's transaction (write_begin) takes SQLite's write lock at once: a deferred BEGIN
+            # that reads and then writes gets SQLITE_BUSY at once, without waiting for busy_timeout,
+            # when another process (a `hilum backup`, `hilum protect`...) committed in between.
+            write = conn.get_execution_options().get(WRITE_OPTION)
+            conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
     if url.startswith("postgresql"):
@@ -65,6 +71,23 @@ def alembic_config(connection) -> AlembicConfig:  # type: ignore[no-untyped-def]
     cfg.set_main_option("script_location", MIGRATIONS)
     cfg.attributes["connection"] = connection
     return cfg
+
+
+WRITE_OPTION = "hilum_write"
+
+
+@contextmanager
+def write_begin(engine: Engine) -> Iterator[Connection]:
+    """``engine.begin()`` for a transaction that writes: on SQLite, ``BEGIN IMMEDIATE``.
+
+    SQLite's busy timeout then covers the wait for another process's writer; a
+    deferred transaction that read first would fail at once (SQLITE_BUSY_SNAPSHOT)
+    if another connection committed since its read.
+    """
+    with engine.connect() as conn:
+        conn.execution_options(**{WRITE_OPTION: True})
+        with conn.begin():
+            yield conn
 
 
 def migrate(engine: Engine) -> None:

@@ -60,6 +60,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from hilum.archive.blobs import FileBlobStore, blob_checksum
+from hilum.archive.db import write_begin
 from hilum.archive.model import ArchiveEvent, IngestResult, Status
 from hilum.archive.patients import PatientInfo, PatientRegistry
 from hilum.archive.schema import blob_copies, blob_trash, instances, series, studies
@@ -192,9 +193,12 @@ def storage_failure(exc: BaseException) -> tuple[str, str]:
     """``(code, one-line reason)`` of a failure to write a blob or the index.
 
     ``storage-full`` for what a later retry may get past: a full disk or
-    quota, a read-only file system, an I/O error (SQLite ``SQLITE_FULL``,
-    ``SQLITE_IOERR``, ``SQLITE_READONLY``; PostgreSQL class 53 "insufficient
-    resources", 58030 ``io_error``, 25006 ``read_only_sql_transaction``);
+    quota, a read-only file system, an I/O error, an index still locked by
+    another writer after the busy timeout (SQLite ``SQLITE_FULL``,
+    ``SQLITE_IOERR``, ``SQLITE_READONLY``, ``SQLITE_BUSY``, ``SQLITE_LOCKED``;
+    PostgreSQL class 53 "insufficient resources", 58030 ``io_error``, 25006
+    ``read_only_sql_transaction``, 40001/40P01 serialization failure and
+    deadlock, 55P03 lock not available);
     ``index-error`` for anything else the index refused.
     """
     if isinstance(exc, StorageFull):
@@ -205,11 +209,13 @@ def storage_failure(exc: BaseException) -> tuple[str, str]:
     msg = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
     name = str(getattr(orig, "sqlite_errorname", "") or "")
     state = str(getattr(orig, "sqlstate", "") or "")
-    if (name.startswith(("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN"))
-            or state.startswith("53") or state in ("58030", "25006")):
+    if (name.startswith(("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_BUSY",
+                         "SQLITE_LOCKED"))
+            or state.startswith("53") or state in ("58030", "25006", "40001", "40P01", "55P03")):
         return "storage-full", f"cannot write the index: {msg}"
     low = msg.lower()
-    if "disk is full" in low or "no space" in low or "readonly" in low or "read-only" in low:
+    if ("disk is full" in low or "no space" in low or "readonly" in low or "read-only" in low
+            or "database is locked" in low):
         return "storage-full", f"cannot write the index: {msg}"
     return "index-error", f"cannot index: {msg}"
 
@@ -272,7 +278,7 @@ class IndexWriter:
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A write transaction on the index database, one at a time in this process."""
-        with self._lock, self.engine.begin() as conn:
+        with self._lock, write_begin(self.engine) as conn:
             yield conn
 
     def forget(self) -> None:

@@ -181,7 +181,8 @@ class RawTransaction:
         try:
             self.cursor = self._raw.cursor()
             if self.dialect == "sqlite":
-                self.cursor.execute("BEGIN")  # pysqlite runs in autocommit mode here (see db.py)
+                # pysqlite runs in autocommit mode here; a writer takes the write lock at once (db.write_begin)
+                self.cursor.execute("BEGIN IMMEDIATE")
         except BaseException:
             self._raw.close()
             raise

@@ -62,6 +62,7 @@ from sqlalchemy import (
     update,
 )
 
+from hilum.archive.db import write_begin
 from hilum.archive.schema import api_tokens, users
 from hilum.errors import HilumError
 
@@ -207,7 +208,7 @@ class UserStore:
         check_password(password)
         digest = self._hash(password)
         now = _now()
-        with self.engine.begin() as conn:
+        with write_begin(self.engine) as conn:
             if conn.execute(select(users.c.pk).where(users.c.name == name)).first() is not None:
                 raise UserError(f"user {name!r} already exists")
             conn.execute(insert(users).values(name=name, role=role, password_hash=digest, created_at=now,
@@ -216,7 +217,7 @@ class UserStore:
         return User(name, role, now)
 
     def remove(self, name: str) -> None:
-        with self.engine.begin() as conn:
+        with write_begin(self.engine) as conn:
             pk = conn.execute(select(users.c.pk).where(users.c.name == name)).scalar()
             if pk is None:
                 raise UserError(f"no user {name!r}")
@@ -233,7 +234,7 @@ class UserStore:
         return revoked
 
     def _store_hash(self, name: str, digest: str, *, revoke_tokens: bool) -> int:
-        with self.engine.begin() as conn:
+        with write_begin(self.engine) as conn:
             pk = conn.execute(select(users.c.pk).where(users.c.name == name)).scalar()
             if pk is None:
                 raise UserError(f"no user {name!r}")
@@ -244,7 +245,7 @@ class UserStore:
 
     def set_role(self, name: str, role: str) -> None:
         check_role(role)
-        with self.engine.begin() as conn:
+        with write_begin(self.engine) as conn:
             res = conn.execute(update(users).where(users.c.name == name).values(role=role, updated_at=_now()))
             if not res.rowcount:
                 raise UserError(f"no user {name!r}")
@@ -322,7 +323,7 @@ class UserStore:
         """
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = _now()
-        with self.engine.begin() as conn:
+        with write_begin(self.engine) as conn:
             pk = conn.execute(select(users.c.pk).where(users.c.name == name)).scalar()
             if pk is None:
                 raise UserError(f"no user {name!r}")
@@ -355,13 +356,13 @@ class UserStore:
         """Revoke one token (a signed-out web session); True when it existed."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
             return False
-        with self.engine.begin() as conn:
+        with write_begin(self.engine) as conn:
             return bool(conn.execute(delete(api_tokens).where(api_tokens.c.token_hash == _token_digest(token)))
                         .rowcount)
 
     def revoke_tokens(self, name: str) -> int:
         """Revoke every token of ``name``; returns how many there were."""
-        with self.engine.begin() as conn:
+        with write_begin(self.engine) as conn:
             pk = conn.execute(select(users.c.pk).where(users.c.name == name)).scalar()
             if pk is None:
                 raise UserError(f"no user {name!r}")

@@ -120,7 +120,8 @@ INVALID_SOP_INSTANCE = 0x0117  # PS3.7 Annex C "Invalid SOP Instance": the UID b
 DUPLICATE_DIFFERS = 0xC410  # implementation-specific in the C-STORE failure range (PS3.4 B.2.3): store_status
 
 # Rejection codes of Archive.ingest / hilum.dicom.attributes -> C-STORE failure statuses (PS3.4 B.2.3).
-# 0xA7xx (out of resources) is the one class a sender retries: only a full disk gets it.  A data set
+# 0xA7xx (out of resources) is the one class a sender retries: a full disk, or an index still locked by
+# another writer after the busy timeout (index.storage_failure), gets it.  A data set
 # that contradicts its SOP class or its own command is 0xA900 (as dcm4chee answers a command/data set
 # UID mismatch); bytes that cannot be understood (not DICOM, cut short, without the UIDs that name
 # them, native pixels under a JPEG context) are 0xC000.
