@@ -128,7 +128,7 @@ def make_report_sr(
     items: list[Any] = []
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Person,
-        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=author or "UNKNOWN"),
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=person_name(author) or "UNKNOWN^"),
     )
     items.extend(hd.sr.ObservationContext(observer_person_context=observer))
     findings: hd.sr.ContainerContentItem | None = None
@@ -170,12 +170,13 @@ def make_report_sr(
         is_final=signed,
         is_verified=signed,
         institution_name=institution or None,
-        verifying_observer_name=verifier or None,
+        verifying_observer_name=person_name(verifier) or None,
         verifying_organization=(organization or "Unknown") if signed else None,
         previous_versions=list(predecessors) or None,
         software_versions=hilum.__version__,
         series_description=description,
     )
+    sr.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: report text is typed in any language
     if not signed:
         sr.PreliminaryFlag = "PRELIMINARY"
     sr.ContentDate = when.strftime("%Y%m%d")
@@ -189,6 +190,12 @@ def make_report_sr(
         if kw in study and kw not in sr:
             setattr(sr, kw, study.get(kw))
     return sr
+
+
+def person_name(name: str) -> str:
+    """A DICOM PN for a user's name: a login name without ``^`` becomes a family name (``name^``)."""
+    name = (name or "").strip()
+    return name if "^" in name or "=" in name or not name else name + "^"
 
 
 def _walk(items: Any) -> Any:
@@ -207,7 +214,7 @@ def read_report_sr(ds: Dataset) -> ReportContent:
         vt = str(item.get("ValueType", ""))
         name = item.ConceptNameCodeSequence[0] if item.get("ConceptNameCodeSequence") else None
         if vt == "PNAME" and name is not None and str(name.CodeValue) == "121008":
-            author = str(item.PersonName)
+            author = str(item.PersonName).rstrip("^")
         if vt != "CONTAINER" or name is None:
             continue
         scheme, value = str(name.CodingSchemeDesignator), str(name.CodeValue)
@@ -226,7 +233,7 @@ def read_report_sr(ds: Dataset) -> ReportContent:
     verifier = org = at = ""
     if ds.get("VerifyingObserverSequence"):
         v = ds.VerifyingObserverSequence[0]
-        verifier, org, at = str(v.VerifyingObserverName), str(v.VerifyingOrganization), str(v.VerificationDateTime)
+        verifier, org, at = str(v.VerifyingObserverName).rstrip("^"), str(v.VerifyingOrganization), str(v.VerificationDateTime)
     predecessors = [str(i.ReferencedSOPInstanceUID)
                     for study in ds.get("PredecessorDocumentsSequence", [])
                     for series in study.get("ReferencedSeriesSequence", [])
