@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
+from tests.conftest import free_port
 
 from hilum.archive import Archive
 from hilum.archive.orders import OrderBook, OrderInfo, PatientInfo, StepInfo
@@ -20,7 +21,6 @@ from hilum.archive.reports import Endpoint, Outbox, OutboxChanged, Reports, Sect
 from hilum.archive.users import UserStore
 from hilum.dicom.generator import MUELLER, generate_ct_series, make_study
 from hilum.hl7.outbox import OutboxService, parse_ack
-from tests.conftest import free_port
 
 STUDY = make_study(MUELLER, accession="ACC-HL7", seed="outbox-tests")
 PASSWORD = "correct horse 1"
