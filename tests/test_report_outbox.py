@@ -4,15 +4,14 @@ AE/AR → stops and alerts; the queue survives a restart of the service and of t
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
+from tests._report_support import Receiver
 from tests.conftest import free_port
 
 from hilum.archive import Archive
@@ -24,60 +23,6 @@ from hilum.hl7.outbox import OutboxService, parse_ack
 
 STUDY = make_study(MUELLER, accession="ACC-HL7", seed="outbox-tests")
 PASSWORD = "correct horse 1"
-SB, EB, CR = b"\x0b", b"\x1c", b"\x0d"
-
-
-class Receiver:
-    """A small MLLP listener: records every message and answers an ACK with ``code`` (echoing MSH-10)."""
-
-    def __init__(self, port: int, code: str = "AA"):
-        self.port = port
-        self.code = code
-        self.messages: list[bytes] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.base_events.Server | None = None
-        self._thread: threading.Thread | None = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                await reader.readuntil(SB)
-                data = await reader.readuntil(EB + CR)
-                msg = data[:-2]
-                self.messages.append(msg)
-                control = msg.split(b"\r", 1)[0].split(b"|")[9]
-                ack = (b"MSH|^~\\&|HIS||HILUM||20261206000000||ACK^R01|A1|P|2.5\rMSA|" + self.code.encode()
-                       + b"|" + control + (b"|Unknown patient" if self.code != "AA" else b"") + b"\r")
-                writer.write(SB + ack + EB + CR)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    def start(self) -> Receiver:
-        ready = threading.Event()
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._server = self._loop.run_until_complete(
-                asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True))
-            ready.set()
-            self._loop.run_forever()
-            self._server.close()
-            self._loop.run_until_complete(self._server.wait_closed())
-            self._loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        assert ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._thread = None
 
 
 def _wait(cond: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -95,22 +40,32 @@ def setup(archive: Archive) -> Iterator[dict]:
         assert archive.ingest(ds).ok
     with OrderBook(archive).transaction() as tx:
         p = tx.upsert_patient(PatientInfo(MUELLER.patient_id, name=MUELLER.name))
-        tx.create_order(p, OrderInfo(placer_number="PL-77", accession_number=STUDY.accession, study_uid=STUDY.uid,
-                                     code_value="CTCHEST", code_scheme="L", code_meaning="CT thorax",
-                                     steps=[StepInfo(modality="CT", start_date="20261102")]))
+        tx.create_order(
+            p,
+            OrderInfo(
+                placer_number="PL-77",
+                accession_number=STUDY.accession,
+                study_uid=STUDY.uid,
+                code_value="CTCHEST",
+                code_scheme="L",
+                code_meaning="CT thorax",
+                steps=[StepInfo(modality="CT", start_date="20261102")],
+            ),
+        )
     users = UserStore.of(archive, hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
     users.add("drhouse", "radiologist", PASSWORD)
     port = free_port()
     yield {"users": users, "port": port}
 
 
-SECTIONS = [Section("findings", "Findings", "Épanchement pleural droit, modéré."),
-            Section("impression", "Impression", "Pas d'embolie — contrôle dans 3 mois.")]
+SECTIONS = [
+    Section("findings", "Findings", "Épanchement pleural droit, modéré."),
+    Section("impression", "Impression", "Pas d'embolie — contrôle dans 3 mois."),
+]
 
 
 def _sign(archive: Archive, users: UserStore, *, mdm: bool = False) -> str:
-    rep = Reports(archive, users=users, endpoints=["his"], mdm_endpoints=["dms"] if mdm else [],
-                  store_dicom=mdm)
+    rep = Reports(archive, users=users, endpoints=["his"], mdm_endpoints=["dms"] if mdm else [], store_dicom=mdm)
     r = rep.create(STUDY.uid, user="drhouse", sections=SECTIONS)
     rep.sign(r.report_id, user="drhouse", password=PASSWORD)
     return r.report_id
@@ -118,8 +73,9 @@ def _sign(archive: Archive, users: UserStore, *, mdm: bool = False) -> str:
 
 def _service(archive: Archive, port: int, mdm_port: int | None = None) -> OutboxService:
     mdm = [Endpoint("dms", "127.0.0.1", mdm_port, timeout=5)] if mdm_port else []
-    return OutboxService(archive, [Endpoint("his", "127.0.0.1", port, timeout=5)], mdm, retry_base=0.05,
-                         retry_max=0.2, poll=0.5)
+    return OutboxService(
+        archive, [Endpoint("his", "127.0.0.1", port, timeout=5)], mdm, retry_base=0.05, retry_max=0.2, poll=0.5
+    )
 
 
 def _segments(msg: bytes) -> dict[str, list[list[str]]]:
@@ -269,8 +225,12 @@ def test_mdm_carries_the_pdf(archive: Archive, setup: dict) -> None:
 
 def test_endpoints_from_config() -> None:
     class Cfg:
-        extra = {"report": {"his": [{"name": "ris", "host": "h", "port": 2575}],
-                            "mdm": [{"name": "dms", "host": "d", "port": 2576, "timeout": 3}]}}
+        extra = {
+            "report": {
+                "his": [{"name": "ris", "host": "h", "port": 2575}],
+                "mdm": [{"name": "dms", "host": "d", "port": 2576, "timeout": 3}],
+            }
+        }
 
     oru, mdm = endpoints_of(Cfg())
     assert oru == [Endpoint("ris", "h", 2575)] and mdm == [Endpoint("dms", "d", 2576, 3.0)]

@@ -25,6 +25,7 @@ Configuration (``hilum.toml``)::
     mdm = [{ name = "dms", host = "10.0.0.6", port = 2576 }]   # optional
     retry_base = 5        # seconds
     retry_max = 600
+    poll_seconds = 5      # also look for work signed by another process on the same index
     institution = "Clinique ..."
 
 Without ``[report] his``, ``[hl7] his_host``/``his_port`` is the one ORU
@@ -89,9 +90,18 @@ class OutboxService(WokenService):
     name = "hl7-outbox"
     thread_name = "hl7-outbox"
 
-    def __init__(self, archive: Archive, endpoints: Sequence[Endpoint] = (), mdm_endpoints: Sequence[Endpoint] = (),
-                 *, application: str = "HILUM", facility: str = "", retry_base: float = 5.0,
-                 retry_max: float = 600.0, poll: float = 30.0):
+    def __init__(
+        self,
+        archive: Archive,
+        endpoints: Sequence[Endpoint] = (),
+        mdm_endpoints: Sequence[Endpoint] = (),
+        *,
+        application: str = "HILUM",
+        facility: str = "",
+        retry_base: float = 5.0,
+        retry_max: float = 600.0,
+        poll: float = 5.0,
+    ):
         super().__init__(archive)
         self.endpoints = {e.name: e for e in [*endpoints, *mdm_endpoints]}
         self.application = application
@@ -112,17 +122,26 @@ class OutboxService(WokenService):
         extra = getattr(config, "extra", None) or {}
         section = extra.get("report", {}) or {}
         hl7 = extra.get("hl7", {}) or {}
-        return cls(archive, oru, mdm, application=str(hl7.get("application", getattr(config, "aet", "HILUM"))),
-                   facility=str(hl7.get("facility", "")), retry_base=float(section.get("retry_base", 5.0)),
-                   retry_max=float(section.get("retry_max", 600.0)))
+        return cls(
+            archive,
+            oru,
+            mdm,
+            application=str(hl7.get("application", getattr(config, "aet", "HILUM"))),
+            facility=str(hl7.get("facility", "")),
+            retry_base=float(section.get("retry_base", 5.0)),
+            retry_max=float(section.get("retry_max", 600.0)),
+            poll=float(section.get("poll_seconds", 5.0)),
+        )
 
     def enabled(self) -> bool:
         return bool(self.endpoints)
 
     def start(self) -> None:
         if self._thread is None and self.enabled():
-            self._subs = [self.archive.events.subscribe(OutboxChanged, self._on_outbox),
-                          self.archive.events.subscribe(ReportChanged, self._on_report)]
+            self._subs = [
+                self.archive.events.subscribe(OutboxChanged, self._on_outbox),
+                self.archive.events.subscribe(ReportChanged, self._on_report),
+            ]
         super().start()
 
     def stop(self) -> None:
@@ -234,24 +253,56 @@ class OutboxService(WokenService):
             from hilum.dicom.report_pdf import pdf_of
 
             pdf = pdf_of(pydicom.dcmread(BytesIO(self.archive.read(r.pdf_sop_uid))))
-            doc = Document(patient_id=r.patient_id, document_id=r.report_id, data=pdf, patient_name=r.patient_name,
-                           birth_date=r.patient_birth_date, sex=r.patient_sex, accession_number=r.accession_number,
-                           placer_number=placer, filler_number=filler, author=r.signed_by,
-                           parent_document_id=r.parent_id, observed_at=r.signed_at)
-            text = build_mdm(doc, application=self.application, facility=self.facility,
-                             receiving_application=ep.application, receiving_facility=ep.facility, control_id=control)
+            doc = Document(
+                patient_id=r.patient_id,
+                document_id=r.report_id,
+                data=pdf,
+                patient_name=r.patient_name,
+                birth_date=r.patient_birth_date,
+                sex=r.patient_sex,
+                accession_number=r.accession_number,
+                placer_number=placer,
+                filler_number=filler,
+                author=r.signed_by,
+                parent_document_id=r.parent_id,
+                observed_at=r.signed_at,
+            )
+            text = build_mdm(
+                doc,
+                application=self.application,
+                facility=self.facility,
+                receiving_application=ep.application,
+                receiving_facility=ep.facility,
+                control_id=control,
+            )
         else:
-            rep = Report(patient_id=r.patient_id, text=r.text, patient_name=r.patient_name,
-                         birth_date=r.patient_birth_date, sex=r.patient_sex, accession_number=r.accession_number,
-                         study_uid=r.study_uid, placer_number=placer, filler_number=filler,
-                         procedure_code=str(order.get("code_value", "")) if order else "",
-                         procedure_text=str((order.get("code_meaning") or order.get("description", "")) if order else
-                                            r.study_description),
-                         procedure_scheme=str(order.get("code_scheme", "") or "L") if order else "L",
-                         status="C" if r.state == AMENDED else "F", author=r.signed_by,
-                         observed_at=r.signed_at.astimezone() if r.signed_at else None)
-            text = build_oru(rep, application=self.application, facility=self.facility,
-                             receiving_application=ep.application, receiving_facility=ep.facility, control_id=control)
+            rep = Report(
+                patient_id=r.patient_id,
+                text=r.text,
+                patient_name=r.patient_name,
+                birth_date=r.patient_birth_date,
+                sex=r.patient_sex,
+                accession_number=r.accession_number,
+                study_uid=r.study_uid,
+                placer_number=placer,
+                filler_number=filler,
+                procedure_code=str(order.get("code_value", "")) if order else "",
+                procedure_text=str(
+                    (order.get("code_meaning") or order.get("description", "")) if order else r.study_description
+                ),
+                procedure_scheme=str(order.get("code_scheme", "") or "L") if order else "L",
+                status="C" if r.state == AMENDED else "F",
+                author=r.signed_by,
+                observed_at=r.signed_at.astimezone() if r.signed_at else None,
+            )
+            text = build_oru(
+                rep,
+                application=self.application,
+                facility=self.facility,
+                receiving_application=ep.application,
+                receiving_facility=ep.facility,
+                control_id=control,
+            )
         return text.encode("utf-8")
 
 
