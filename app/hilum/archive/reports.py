@@ -800,6 +800,11 @@ class Reports:
             out = [r for r in out if (r.study_date or (r.signed_at.strftime("%Y%m%d") if r.signed_at else "")) < limit]
         return out
 
+    def get_many(self, report_ids: Iterable[str]) -> dict[str, Report]:
+        """Several reports by id (missing ones left out), reading each study's demographics once."""
+        ids = list(dict.fromkeys(report_ids))
+        return {r.report_id: r for r in self._reports(reports.c.report_id.in_(ids), (reports.c.pk,))} if ids else {}
+
     def search(self, *, study_uid: str = "", patient_id: str = "", state: str = "", limit: int = 200) -> list[Report]:
         """Reports, newest first, filtered by study, patient and state (for ``hilum report list``)."""
         conds = [reports.c.pk > 0]
@@ -1033,35 +1038,57 @@ class Outbox:
                 .mappings()
                 .all()
             )
-            for r in rows:
-                if r["kind"] == MDM and not r["pdf_sop_uid"]:
-                    continue
-                lease = now + self.LEASE
-                done = conn.execute(
-                    update(hl7_outbox)
-                    .where(
-                        hl7_outbox.c.pk == r["pk"],
-                        hl7_outbox.c.state == "pending",
-                        hl7_outbox.c.next_try_at == r["next_try_at"],
-                    )
-                    .values(next_try_at=lease, attempts=hl7_outbox.c.attempts + 1)
-                ).rowcount
-                if done:
-                    d = dict(r)
-                    d["next_try_at"], d["attempts"] = lease, r["attempts"] + 1
-                    out.append(_message(d, r["rid"]))
+            wanted = {r["pk"]: r for r in rows if r["kind"] != MDM or r["pdf_sop_uid"]}
+            if not wanted:
+                return out
+            # One statement for the lot; its WHERE is evaluated again under the row locks (PostgreSQL, READ
+            # COMMITTED), so a row another node claimed meanwhile (next_try_at moved ahead) is not taken twice.
+            lease = now + self.LEASE + timedelta(microseconds=uuid.uuid4().int % 1000)  # this claim's own mark
+            conn.execute(
+                update(hl7_outbox)
+                .where(
+                    hl7_outbox.c.pk.in_(list(wanted)),
+                    hl7_outbox.c.state == "pending",
+                    hl7_outbox.c.next_try_at <= now,
+                )
+                .values(next_try_at=lease, attempts=hl7_outbox.c.attempts + 1)
+            )
+            got = conn.execute(
+                select(hl7_outbox.c.pk).where(hl7_outbox.c.pk.in_(list(wanted)), hl7_outbox.c.next_try_at == lease)
+            ).scalars()
+            for pk in sorted(got):
+                d = dict(wanted[pk])
+                d["next_try_at"], d["attempts"] = lease, wanted[pk]["attempts"] + 1
+                out.append(_message(d, wanted[pk]["rid"]))
         return out
 
     def set_message(self, pk: int, message: bytes) -> bytes:
         """Fix the bytes of a message once; returns the bytes now stored (an earlier composition wins)."""
-        with self.archive.transaction() as conn:
-            cur = conn.execute(select(hl7_outbox.c.message).where(hl7_outbox.c.pk == pk)).scalar()
-            if cur:
-                return bytes(cur)
-            conn.execute(update(hl7_outbox).where(hl7_outbox.c.pk == pk).values(message=message))
-        return message
+        return self.set_messages({pk: message})[pk]
 
-    def sent(self, pk: int, ack_code: str, ack_text: str = "") -> None:
+    def set_messages(self, messages: Mapping[int, bytes]) -> dict[int, bytes]:
+        """:meth:`set_message` for several messages in one transaction."""
+        out: dict[int, bytes] = {}
+        if not messages:
+            return out
+        with self.archive.transaction() as conn:
+            stored = dict(
+                conn.execute(
+                    select(hl7_outbox.c.pk, hl7_outbox.c.message).where(hl7_outbox.c.pk.in_(list(messages)))
+                ).all()
+            )
+            for pk, data in messages.items():
+                cur = stored.get(pk)
+                if cur:
+                    out[pk] = bytes(cur)
+                    continue
+                conn.execute(update(hl7_outbox).where(hl7_outbox.c.pk == pk).values(message=data))
+                out[pk] = data
+        return out
+
+    def sent(self, pk: int, ack_code: str, ack_text: str = "", *, message: OutboxMessage | None = None) -> None:
+        """Record the acceptance (AA/CA) of a message: ``sent``, never selected again.  ``message``: the claimed
+        row, to name it in the event without reading it again."""
         with self.archive.transaction() as conn:
             conn.execute(
                 update(hl7_outbox)
@@ -1075,8 +1102,8 @@ class Outbox:
                     next_try_at=None,
                 )
             )
-        m = self.get(pk)
-        self._publish(OutboxChanged(pk, m.report_id, m.endpoint, m.kind, m.state))
+        m = message or self.get(pk)
+        self._publish(OutboxChanged(pk, m.report_id, m.endpoint, m.kind, "sent"))
 
     def stopped(self, pk: int, ack_code: str, ack_text: str = "") -> None:
         """The receiver refused (AE: application error, AR: rejected): the message stops and alerts."""

@@ -54,6 +54,9 @@ from hilum.archive.reports import (
     Reports,
     endpoints_of,
 )
+from hilum.archive.reports import (
+    Report as ReportRow,
+)
 from hilum.archive.storage import WokenService
 from hilum.hl7.mllp import MLLPError, exchange
 from hilum.hl7.outbound import Document, Report, build_mdm, build_oru
@@ -196,15 +199,23 @@ class OutboxService(WokenService):
         return datetime.now(UTC) + timedelta(seconds=delay)
 
     def _send_all(self, ep: Endpoint, msgs: list[OutboxMessage]) -> None:
-        sock: socket.socket | None = None
-        try:
-            for i, m in enumerate(msgs):
+        # compose what has no bytes yet, all in one go, and fix the bytes in one transaction
+        todo = [m for m in msgs if not m.message]
+        composed: dict[int, bytes] = {}
+        if todo:
+            reports = self.reports.get_many(m.report_id for m in todo)
+            orders: dict[tuple[str, str], dict[str, Any] | None] = {}
+            for m in todo:
                 try:
-                    data = m.message or self.outbox.set_message(m.pk, self.compose(m, ep))
+                    composed[m.pk] = self.compose(m, ep, report=reports.get(m.report_id), orders=orders)
                 except Exception as exc:  # a report that cannot be composed must not block the others
                     log.exception("HL7 %s %d: cannot compose", m.kind, m.pk)
                     self.outbox.retry_later(m.pk, f"cannot compose the message: {exc}", self._backoff(m.attempts))
-                    continue
+            composed = self.outbox.set_messages(composed)
+        ready = [(m, m.message or composed[m.pk]) for m in msgs if m.message or m.pk in composed]
+        sock: socket.socket | None = None
+        try:
+            for i, (m, data) in enumerate(ready):
                 try:
                     if sock is None:
                         sock = socket.create_connection((ep.host, ep.port), timeout=ep.timeout)
@@ -213,7 +224,7 @@ class OutboxService(WokenService):
                 except (OSError, MLLPError) as exc:
                     why = f"cannot deliver to {ep.name} ({ep.host}:{ep.port}): {exc}"
                     log.warning("HL7 %s %d: %s", m.kind, m.pk, why)
-                    for rest in msgs[i:]:  # the endpoint is down: the others wait too
+                    for rest, _data in ready[i:]:  # the endpoint is down: the others wait too
                         self.outbox.retry_later(rest.pk, why, self._backoff(rest.attempts))
                     return
                 self._record(m, data, ack)
@@ -227,7 +238,7 @@ class OutboxService(WokenService):
         if code and control and ours and control != ours:
             self.outbox.retry_later(m.pk, f"the ACK names message {control}, not {ours}", self._backoff(m.attempts))
         elif code.upper() in ACCEPTED:
-            self.outbox.sent(m.pk, code.upper(), text)
+            self.outbox.sent(m.pk, code.upper(), text, message=m)
             self.sent += 1
         elif code.upper() in REFUSED:
             self.outbox.stopped(m.pk, code.upper(), text)
@@ -237,11 +248,24 @@ class OutboxService(WokenService):
 
     # ------------------------------------------------------------------ composing
 
-    def compose(self, m: OutboxMessage, ep: Endpoint) -> bytes:
-        """The message of an outbox row (ORU^R01 or MDM^T02), UTF-8."""
-        r = self.reports.get(m.report_id)
-        order = OrderBook(self.archive).order(accession=r.accession_number) if r.accession_number else None
-        order = order or OrderBook(self.archive).order(study_uid=r.study_uid)
+    def compose(
+        self,
+        m: OutboxMessage,
+        ep: Endpoint,
+        *,
+        report: ReportRow | None = None,
+        orders: dict[tuple[str, str], dict[str, Any] | None] | None = None,
+    ) -> bytes:
+        """The message of an outbox row (ORU^R01 or MDM^T02), UTF-8.  ``report`` and ``orders`` (a cache
+        by accession/study) spare the look-ups when a pass composes many."""
+        r = report or self.reports.get(m.report_id)
+        orders = {} if orders is None else orders
+        key = (r.accession_number, r.study_uid)
+        if key not in orders:
+            book = OrderBook(self.archive)
+            found = book.order(accession=r.accession_number) if r.accession_number else None
+            orders[key] = found or book.order(study_uid=r.study_uid)
+        order = orders[key]
         placer = str(order.get("placer_number", "")) if order else ""
         filler = str(order.get("filler_number", "")) if order else ""
         control = _control_id(m)
