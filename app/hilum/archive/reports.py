@@ -41,7 +41,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from hilum.archive.orders import COMPLETED, OrderBook, OrderError, OrderEvent, OrderTx
@@ -274,9 +274,11 @@ class Reports:
 
     ``endpoints``: names of the HIS endpoints that receive an ORU^R01 of each
     signed report; ``mdm_endpoints``: those that receive an MDM^T02 with the
-    PDF.  Use :meth:`from_config` to take them from ``hilum.toml`` (``[report]
-    his`` / ``mdm``, or ``[hl7] his_host`` as endpoint ``his``).
-    ``institution``: shown as the Verifying Organization of a signed SR.
+    PDF; ``institution``: the Verifying Organization of a signed SR and the PDF's
+    header.  Left None (the default) they are read from the ``hilum.toml`` of the
+    archive's data folder (``[report] his`` / ``mdm`` / ``institution``, or
+    ``[hl7] his_host`` as endpoint ``his``: :func:`endpoints_of`) when first needed;
+    :meth:`from_config` takes them from a loaded config.
     ``users``: the store whose passwords signing checks (default: the archive's).
     ``store_dicom``: False stores no SR/PDF (tests of the state machine alone).
     """
@@ -285,16 +287,16 @@ class Reports:
         self,
         archive: Archive,
         *,
-        endpoints: Sequence[str] = (),
-        mdm_endpoints: Sequence[str] = (),
-        institution: str = "",
+        endpoints: Sequence[str] | None = None,
+        mdm_endpoints: Sequence[str] | None = None,
+        institution: str | None = None,
         users: UserStore | None = None,
         store_dicom: bool = True,
     ):
         self.archive = archive
-        self.endpoints = tuple(endpoints)
-        self.mdm_endpoints = tuple(mdm_endpoints)
-        self.institution = institution
+        self._endpoints = None if endpoints is None else tuple(endpoints)
+        self._mdm_endpoints = None if mdm_endpoints is None else tuple(mdm_endpoints)
+        self._institution = institution
         self.users = users or UserStore.of(archive)
         self.store_dicom_copies = store_dicom
 
@@ -310,6 +312,45 @@ class Reports:
             institution=str(section.get("institution", "")),
             **kwargs,
         )
+
+    def _configure(self) -> None:
+        """Fill what was left None from the data folder's ``hilum.toml``."""
+        oru: list[str] = []
+        mdm: list[str] = []
+        institution = ""
+        try:
+            from hilum.config import load_config
+
+            cfg = load_config(self.archive.data_dir)
+            found = endpoints_of(cfg)
+            oru, mdm = [e.name for e in found[0]], [e.name for e in found[1]]
+            institution = str(((cfg.extra or {}).get("report", {}) or {}).get("institution", ""))
+        except (HilumError, ValueError, OSError) as exc:
+            log.error("the [report] settings of hilum.toml are unusable (%s): signed reports go to no HIS", exc)
+        if self._endpoints is None:
+            self._endpoints = tuple(oru)
+        if self._mdm_endpoints is None:
+            self._mdm_endpoints = tuple(mdm)
+        if self._institution is None:
+            self._institution = institution
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        if self._endpoints is None:
+            self._configure()
+        return self._endpoints or ()
+
+    @property
+    def mdm_endpoints(self) -> tuple[str, ...]:
+        if self._mdm_endpoints is None:
+            self._configure()
+        return self._mdm_endpoints or ()
+
+    @property
+    def institution(self) -> str:
+        if self._institution is None:
+            self._configure()
+        return self._institution or ""
 
     # ------------------------------------------------------------------ helpers
 
@@ -1077,13 +1118,21 @@ class Outbox:
                     select(hl7_outbox.c.pk, hl7_outbox.c.message).where(hl7_outbox.c.pk.in_(list(messages)))
                 ).all()
             )
+            fresh = []
             for pk, data in messages.items():
                 cur = stored.get(pk)
                 if cur:
                     out[pk] = bytes(cur)
-                    continue
-                conn.execute(update(hl7_outbox).where(hl7_outbox.c.pk == pk).values(message=data))
-                out[pk] = data
+                else:
+                    fresh.append({"b_pk": pk, "b_message": data})
+                    out[pk] = data
+            if fresh:
+                conn.execute(
+                    update(hl7_outbox)
+                    .where(hl7_outbox.c.pk == bindparam("b_pk"))
+                    .values(message=bindparam("b_message")),
+                    fresh,
+                )
         return out
 
     def sent(self, pk: int, ack_code: str, ack_text: str = "", *, message: OutboxMessage | None = None) -> None:
@@ -1104,6 +1153,28 @@ class Outbox:
             )
         m = message or self.get(pk)
         self._publish(OutboxChanged(pk, m.report_id, m.endpoint, m.kind, "sent"))
+
+    def sent_many(self, acks: Sequence[tuple[OutboxMessage, str, str]]) -> None:
+        """:meth:`sent` for several messages ``(message, ack code, ack text)`` in one transaction (group commit)."""
+        if not acks:
+            return
+        now = _now()
+        stmt = (
+            update(hl7_outbox)
+            .where(hl7_outbox.c.pk == bindparam("b_pk"), hl7_outbox.c.state == "pending")
+            .values(
+                state="sent",
+                ack_code=bindparam("b_code"),
+                ack_text=bindparam("b_text"),
+                sent_at=now,
+                last_error="",
+                next_try_at=None,
+            )
+        )
+        with self.archive.transaction() as conn:
+            conn.execute(stmt, [{"b_pk": m.pk, "b_code": code[:4], "b_text": text[:2000]} for m, code, text in acks])
+        for m, _code, _text in acks:
+            self._publish(OutboxChanged(m.pk, m.report_id, m.endpoint, m.kind, "sent"))
 
     def stopped(self, pk: int, ack_code: str, ack_text: str = "") -> None:
         """The receiver refused (AE: application error, AR: rejected): the message stops and alerts."""

@@ -68,8 +68,13 @@ def his_endpoint(config: Any) -> tuple[str, int] | None:
     return str(host), int(port)
 
 
+_SPECIAL = frozenset("|^~\\&\r\n")
+
+
 def _e(text: str) -> str:
-    return escape_text(text or "", _H)
+    if not text or _SPECIAL.isdisjoint(text):  # the common case: nothing to escape
+        return text or ""
+    return escape_text(text, _H)
 
 
 def _xpn(pn: str) -> str:

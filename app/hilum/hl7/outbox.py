@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -92,6 +93,8 @@ class OutboxService(WokenService):
 
     name = "hl7-outbox"
     thread_name = "hl7-outbox"
+    RECORD_BATCH = 32
+    RECORD_WINDOW = 0.02  # seconds
 
     def __init__(
         self,
@@ -214,6 +217,15 @@ class OutboxService(WokenService):
             composed = self.outbox.set_messages(composed)
         ready = [(m, m.message or composed[m.pk]) for m in msgs if m.message or m.pk in composed]
         sock: socket.socket | None = None
+        acked: list[tuple[OutboxMessage, str, str]] = []
+        first_ack = 0.0
+
+        def flush() -> None:
+            if acked:
+                self.outbox.sent_many(acked)
+                self.sent += len(acked)
+                acked.clear()
+
         try:
             for i, (m, data) in enumerate(ready):
                 try:
@@ -222,13 +234,27 @@ class OutboxService(WokenService):
                         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     ack = exchange(sock, data)
                 except (OSError, MLLPError) as exc:
+                    flush()
                     why = f"cannot deliver to {ep.name} ({ep.host}:{ep.port}): {exc}"
                     log.warning("HL7 %s %d: %s", m.kind, m.pk, why)
                     for rest, _data in ready[i:]:  # the endpoint is down: the others wait too
                         self.outbox.retry_later(rest.pk, why, self._backoff(rest.attempts))
                     return
-                self._record(m, data, ack)
+                code, control, text = parse_ack(ack)
+                if code.upper() in ACCEPTED and (not control or control == parse_control(data)):
+                    # Group commit: acceptances are recorded together, at most RECORD_BATCH messages or
+                    # RECORD_WINDOW seconds after the first (the receiver is never left idle for a commit per
+                    # message); a crash inside that window sends those same messages (same MSH-10) again.
+                    if not acked:
+                        first_ack = time.monotonic()
+                    acked.append((m, code.upper(), text))
+                    if len(acked) >= self.RECORD_BATCH or time.monotonic() - first_ack >= self.RECORD_WINDOW:
+                        flush()
+                else:
+                    flush()
+                    self._record(m, data, ack)
         finally:
+            flush()
             if sock is not None:
                 sock.close()
 
