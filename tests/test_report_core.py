@@ -222,7 +222,10 @@ def test_addendum_keeps_the_original(reports: Reports, archive: Archive) -> None
 def test_sr_and_pdf_pass_dciodvfy(reports: Reports, archive: Archive, tmp_path: Path) -> None:
     r = reports.create(STUDY.uid, user="drhouse", sections=SECTIONS)
     s = reports.sign(r.report_id, user="drhouse", password=PASSWORD)
-    for uid in (s.sr_sop_uid, s.pdf_sop_uid):
+    a = reports.addendum(r.report_id, user="drhouse")
+    reports.save(a.report_id, [Section("addendum", "Addendum", "Précision : 9 mm.")], user="drhouse")
+    a = reports.sign(a.report_id, user="drhouse", password=PASSWORD)  # with a Predecessor Documents Sequence
+    for uid in (s.sr_sop_uid, s.pdf_sop_uid, a.sr_sop_uid, a.pdf_sop_uid):
         path = tmp_path / f"{uid}.dcm"
         path.write_bytes(archive.read(uid))
         out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
