@@ -203,12 +203,22 @@ def main() -> None:
     print(f"sign -> ORU ACK on loopback ({args.signs} reports):  median {med['total']:.1f} ms  (p90 {p90:.1f} ms)")
     print(f"  sign() returns (password, state + outbox row, SR + PDF ingested): median {med['sign']:.1f} ms")
     early = sum(1 for q in lat["queue_to_ack"] if q == 0.0)
-    print(f"  the ACK was recorded before sign() returned (the ORU goes while the SR/PDF are built): "
-          f"{early} of {args.signs}; otherwise median {med['queue_to_ack']:.1f} ms after")
+    print(
+        f"  the ACK was recorded before sign() returned (the ORU goes while the SR/PDF are built): "
+        f"{early} of {args.signs}; otherwise median {med['queue_to_ack']:.1f} ms after"
+    )
     print(f"outbox throughput ({args.messages} messages, median of {args.repeat}): {ob:.0f} messages/s")
     print(f"bare MLLP client, same messages, same server:                {bare:.0f} messages/s")
-    print(f"ratio bare / outbox: {bare / ob:.2f}x")
-    print("runs (outbox, bare): " + ", ".join(f"({a:.0f}, {b:.0f})" for a, b in rates))
+    ratios = [b / a for a, b in rates]
+    print(
+        f"ratio bare / outbox: median of the runs' ratios {statistics.median(ratios):.2f}x "
+        f"(ratio of the medians {bare / ob:.2f}x)"
+    )
+    print("runs (outbox, bare, ratio): " + ", ".join(f"({a:.0f}, {b:.0f}, {b / a:.1f}x)" for a, b in rates))
+    print(
+        f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}; "
+        f"{os.cpu_count()} CPUs"
+    )
 
 
 if __name__ == "__main__":
