@@ -15,8 +15,8 @@ from pydicom.data import get_testdata_files
 from hilum.archive import Archive
 from hilum.dicom.attributes import HeaderCut, read_header
 from hilum.dicom.generator import make_study
-from hilum.dicom.generator.series import iter_ct_series
 from hilum.dicom.generator.people import DOE
+from hilum.dicom.generator.series import iter_ct_series
 from hilum.dicomweb import qido
 from hilum.dicomweb.progressive import PER_INSTANCE
 
