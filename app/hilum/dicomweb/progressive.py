@@ -605,7 +605,7 @@ class ProgressiveLoad:
             out = []
             parsed: dict[Any, list[Any]] = {}  # most values repeat from row to row: read once
             for r in rows:
-                elements = dict(shared_elements)
+                elements: dict[Any, Any] = dict(shared_elements)
                 for tag, value in r.items():
                     if tag not in PER_INSTANCE_TAGS:
                         continue
