@@ -48,4 +48,4 @@ def test_migrations_have_one_head() -> None:
 
     from hilum.archive.db import MIGRATIONS
 
-    assert ScriptDirectory(MIGRATIONS).get_heads() == ["0008_storage"]
+    assert ScriptDirectory(MIGRATIONS).get_heads() == ["0012_deid"]
