@@ -31,7 +31,7 @@ from sqlalchemy import and_, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from hilum.archive.schema import deid_map
-from hilum.dicom.deid import DeidError, DeidResult, Deidentifier, Options
+from hilum.dicom.deid import Deidentifier, DeidError, DeidResult, Options
 from hilum.errors import HilumError, NotFound
 
 if TYPE_CHECKING:

@@ -316,6 +316,8 @@ class Deidentifier:
             return result
         ds.PatientID = new_pid
         ds.PatientName = new_pid
+        if "StudyID" in ds:  # Z allows a dummy: DICOMDIR STUDY records need one (PS3.3 F.5)
+            ds.StudyID = self.pseudonym("study", str(ds.get("StudyInstanceUID", "")))[5:13]
         ds.PatientIdentityRemoved = "YES"
         codes = ["113100"]
         if opts.clean_pixels:
@@ -334,8 +336,13 @@ class Deidentifier:
             items.append(item)
         ds.DeidentificationMethodCodeSequence = Sequence(items)
         ds.LongitudinalTemporalInformationModified = "MODIFIED" if opts.retain_dates else "REMOVED"
-        if self.project:
+        if self.project:  # the Clinical Trial Subject module (PS3.3 C.7.1.3) names the project and the subject
+            ds.ClinicalTrialSponsorName = self.project[:64]
+            ds.ClinicalTrialProtocolID = self.project[:64]
             ds.ClinicalTrialProtocolName = self.project[:64]
+            ds.ClinicalTrialSiteID = ""
+            ds.ClinicalTrialSiteName = ""
+            ds.ClinicalTrialSubjectID = new_pid
         self._file_meta(ds, result)
         return result
 
