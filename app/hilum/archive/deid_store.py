@@ -80,8 +80,9 @@ class DeidStore:
                 raise HilumError(f"the de-identification secret {self.secret_path} is shorter than 16 bytes")
             return data
 
-    def deidentifier(self, options: Options = Options(), *, project: str = "") -> Deidentifier:
-        return Deidentifier(self.secret(), options, project=project)
+    def deidentifier(self, options: Options | None = None, *, project: str = "") -> Deidentifier:
+        """A :class:`~hilum.dicom.deid.Deidentifier` with this node's secret."""
+        return Deidentifier(self.secret(), options or Options(), project=project)
 
     def record(self, project: str, results: Iterable[DeidResult]) -> int:
         """Keep the pairs of ``results`` (those not yet known); returns how many rows were added."""

@@ -193,6 +193,8 @@ def _add(fs: FileSet, path: Path, ds: pydicom.Dataset) -> None:
     for rtype in ("PATIENT", "STUDY", "SERIES", _four_level_record_type(ds)):
         record = DIRECTORY_RECORDERS[rtype](header)
         record.DirectoryRecordType = rtype
+        if rtype not in ("PATIENT", "STUDY", "SERIES"):
+            record.ReferencedSOPInstanceUIDInFile = ds.SOPInstanceUID  # the leaf's key (add_custom sets the rest)
         node = RecordNode(record)
         if parent is not None:
             node.parent = parent
