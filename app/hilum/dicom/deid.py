@@ -479,7 +479,9 @@ class Deidentifier:
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         view = arr.reshape((frames, rows, cols, -1))
-        black = arr.min() if str(ds.get("PhotometricInterpretation", "")) != "MONOCHROME1" else arr.max()
+        bits, signed = int(ds.get("BitsStored", ds.BitsAllocated)), int(ds.get("PixelRepresentation", 0)) == 1
+        low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+        black = high if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1" else low  # darkest stored value
         for r in rules:
             for x, y, w, h in r.regions:
                 view[:, max(0, y) : min(rows, y + h), max(0, x) : min(cols, x + w), :] = black
