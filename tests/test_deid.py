@@ -16,7 +16,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import UID_dictionary
 
-from hilum.dicom.deid import DeidError, Deidentifier, Options, load_pixel_rules, profile_action
+from hilum.dicom.deid import Deidentifier, DeidError, Options, load_pixel_rules, profile_action
 from hilum.dicom.deid_profile import ROWS
 
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -164,7 +164,10 @@ def test_uids_consistent_across_a_study_and_a_second_study_of_the_patient(tmp_pa
     assert all(len(v) == 1 for v in study_map.values()) and all(len(v) == 1 for v in series_map.values())
     assert len({d.PatientID for _, d in mueller}) == 1 and mueller[0][1].PatientID != "HIL-0001"
     # the Frame of Reference shared by the instances of a series stays shared
-    assert len({str(d.FrameOfReferenceUID) for o, d in mueller if o.StudyInstanceUID == mueller[0][0].StudyInstanceUID}) == 1
+    assert (
+        len({str(d.FrameOfReferenceUID) for o, d in mueller if o.StudyInstanceUID == mueller[0][0].StudyInstanceUID})
+        == 1
+    )
     # dates moved by the same whole number of weeks for every study of the patient, times kept
     offsets = set()
     for o, d in mueller:
@@ -272,7 +275,9 @@ def test_dciodvfy_finds_no_new_error(tmp_path: Path) -> None:
         pytest.skip("dicom3tools' dciodvfy is not installed")
     f = _study_files(tmp_path)[0]
     out = tmp_path / "out.dcm"
-    out.write_bytes(Deidentifier(SECRET, Options(retain_dates=True), project="TRIAL").deidentify_bytes(f.read_bytes())[0])
+    out.write_bytes(
+        Deidentifier(SECRET, Options(retain_dates=True), project="TRIAL").deidentify_bytes(f.read_bytes())[0]
+    )
 
     def errors(p: Path) -> set[str]:
         done = subprocess.run(["dciodvfy", str(p)], capture_output=True, text=True, timeout=60)

@@ -9,7 +9,7 @@ losslessly by :mod:`hilum.dicom.transcode`, every UID kept).  Beside it a ``READ
 with ``viewer`` an ``INDEX.HTM`` listing the contents and an ``AUTORUN.INF`` that opens it.
 
 The medium is written as a folder (for a USB stick), a ``.zip``, or an ISO 9660 image
-(``.iso``, by ``xorriso``: level 1 names without version numbers, plus Joliet and Rock Ridge).
+(``.iso``, by ``xorriso``: level 1 names without version numbers nor a trailing period, plus Joliet and Rock Ridge).
 With a :class:`~hilum.dicom.deid.Deidentifier` the instances are de-identified first
 (:func:`hilum.archive.deid_store.deidentified`), the mapping kept by the node.
 
@@ -220,7 +220,7 @@ def _zip(root: Path, out: Path) -> None:
 
 def _iso(root: Path, out: Path, volume: str) -> None:
     tmp = out.with_name(out.name + ".part")
-    cmd = ["xorriso", "-as", "mkisofs", "-quiet", "-iso-level", "1", "-N", "-J", "-r",
+    cmd = ["xorriso", "-as", "mkisofs", "-quiet", "-iso-level", "1", "-N", "-d", "-J", "-r",
            "-V", volume[:32], "-o", str(tmp), str(root)]  # fmt: skip
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
