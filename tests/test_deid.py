@@ -302,7 +302,7 @@ def test_mapping_table_keeps_the_pairs(archive, tmp_path: Path) -> None:  # type
     rows = store.mapping(project="lung-trial")
     pairs = {(r["kind"], r["original"]): r["replacement"] for r in rows}
     assert pairs[("patient", "HIL-0001")] == out[0][1].patient_id
-    for data, result in out:
+    for _data, result in out:
         assert pairs[("uid", result.original_sop_uid)] == result.sop_uid
         assert pairs[("uid", result.original_study_uid)] == result.study_uid
     # again: nothing new, same pairs; another project: its own
