@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import io
 import shutil
 import subprocess
 import tempfile
@@ -120,7 +121,7 @@ def export_media(archive: Archive, study_uids: Iterable[str], out: str | Path, *
         studies: set[str] = set()
         for n, (sop_uid, data) in enumerate(_instances(archive, uids, deid, store, progress, cancel)):
             try:
-                ds = pydicom.dcmread(_bytes_io(data), force=True)
+                ds: pydicom.Dataset = pydicom.dcmread(_bytes_io(data), force=True)
                 if str(ds.file_meta.TransferSyntaxUID) != ExplicitVRLittleEndian:
                     ds = transcode.to_native(ds, ExplicitVRLittleEndian)
                 path = staging / f"{n:08d}.dcm"
@@ -203,9 +204,7 @@ def _add(fs: FileSet, path: Path, ds: pydicom.Dataset) -> None:
     fs.add_custom(path, parent)
 
 
-def _bytes_io(data: bytes):  # type: ignore[no-untyped-def]
-    import io
-
+def _bytes_io(data: bytes) -> io.BytesIO:
     return io.BytesIO(data)
 
 

@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from hilum.dicom.deid import Options
+from hilum.dicom.deid import DeidResult, Options
 from hilum.ui.icons import icon
 from hilum.ui.tasks import Job
 
@@ -213,7 +213,8 @@ class DeidMediaController(QObject):
             store = DeidStore.from_config(archive, config)
             deid = store.deidentifier(options, project=project)
             with tempfile.TemporaryDirectory(prefix="hilum-anon-") as tmp:
-                files, results = [], []
+                files: list[Path] = []
+                results: list[DeidResult] = []
                 for data, result in deidentified(archive, [study_uid], deid, store=store, cancel=job.cancel_event,
                                                  progress=lambda d, t: job.report(d, 2 * t, "Anonymising…")):  # fmt: skip
                     path = Path(tmp) / f"{len(files):06d}.dcm"
