@@ -46,10 +46,11 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.tag import BaseTag, Tag
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID_dictionary
 
 from hilum.dicom.deid_profile import ROWS
@@ -292,6 +293,11 @@ class Deidentifier:
         buf = io.BytesIO()
         if dry_run:
             return b"", result
+        ts = ds.file_meta.TransferSyntaxUID
+        implicit, little = getattr(ds, "original_encoding", (None, None))
+        if (implicit, little) != (ts.is_implicit_VR, ts.is_little_endian):
+            for _ in ds.iterall():  # elements kept raw are re-encoded for the file's (declared) syntax
+                pass
         pydicom.dcmwrite(buf, ds, enforce_file_format=True)
         return buf.getvalue(), result
 
@@ -380,20 +386,25 @@ class Deidentifier:
     def _walk(self, ds: Dataset, result: DeidResult, offset: int, scrub: re.Pattern[str] | None,
               dry_run: bool, *, top: bool) -> None:  # fmt: skip
         opts = self.options
-        for elem in list(ds):
-            tag: BaseTag = elem.tag
+        for tag in list(ds.keys()):
             if tag.group == 0x0002:
                 continue
             if tag.is_private or (tag.group & 0xFF00) in (0x5000, 0x6000):
-                result.changed.append(f"{tag} {elem.keyword or 'private'}: X")
+                result.changed.append(f"{tag} {'private' if tag.is_private else keyword_for_tag(tag)}: X")
                 if not dry_run:
                     del ds[tag]
                 continue
             action = _resolve(int(tag), opts)
-            vr = elem.VR
+            raw = ds.get_item(tag)
+            known = raw.VR not in (None, "UN")  # implicit VR or UN (a sequence sent as UN...): the dictionary's
+            vr = raw.VR if known else _dictionary_vr(tag)
             if action is None and vr in _DATE_LIKE_VR:
                 # a date the (2020) table does not list (Instance Creation Date...): treated as the study's dates
                 action = "S" if opts.retain_dates else "Z"
+            if action is None and vr not in ("SQ", "UI") and known:
+                continue  # kept as read: not even decoded (the writer copies raw elements fastest)
+            elem = ds[tag]
+            vr = elem.VR
             if action is None:
                 if vr == "SQ":
                     for item in elem.value or ():
@@ -493,6 +504,14 @@ class Deidentifier:
 _STRING_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT", "UI"}
 )
+
+
+@cache
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag)).split(" or ")[0]
+    except KeyError:
+        return "UN"
 
 
 def _values(value: Any) -> list[Any]:
