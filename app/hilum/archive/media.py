@@ -113,20 +113,17 @@ def export_media(archive: Archive, study_uids: Iterable[str], out: str | Path, *
             raise MediaError(f"no study {uid} in the archive")
     report = MediaReport(out=out, kind=kind, anonymised=deid is not None)
     with tempfile.TemporaryDirectory(prefix="hilum-media-") as tmp:
-        staging, root = Path(tmp) / "in", (out if kind == "folder" else Path(tmp) / "root")
-        staging.mkdir()
+        root = out if kind == "folder" else Path(tmp) / "root"
         fs = FileSet()
         fs.ID = label.upper()[:16]
         contents: dict[tuple[str, str], dict[str, object]] = {}
         studies: set[str] = set()
-        for n, (sop_uid, data) in enumerate(_instances(archive, uids, deid, store, progress, cancel)):
+        for sop_uid, data in _instances(archive, uids, deid, store, progress, cancel):
             try:
                 ds: pydicom.Dataset = pydicom.dcmread(_bytes_io(data), force=True)
                 if str(ds.file_meta.TransferSyntaxUID) != ExplicitVRLittleEndian:
                     ds = transcode.to_native(ds, ExplicitVRLittleEndian)
-                path = staging / f"{n:08d}.dcm"
-                ds.save_as(path, enforce_file_format=True)
-                _add(fs, path, ds)
+                _add(fs, ds)  # staged by the FileSet in its own temporary folder
             except (transcode.TranscodeError, ValueError, KeyError, AttributeError) as exc:
                 report.skipped.append(f"{sop_uid}: {exc}")
                 continue
@@ -172,11 +169,11 @@ _RECORD_PLACEHOLDERS = {"PatientID": "UNKNOWN", "StudyDate": "19000101", "StudyT
                         "Modality": "OT", "SeriesNumber": "0", "InstanceNumber": "0"}  # fmt: skip
 
 
-def _add(fs: FileSet, path: Path, ds: pydicom.Dataset) -> None:
+def _add(fs: FileSet, ds: pydicom.Dataset) -> None:
     """Stage ``path`` in ``fs``; when a default record creator refuses an empty Type 2 value
     (an empty Study ID is common), the records are made from placeholders instead."""
     try:
-        fs.add(path)
+        fs.add(ds)
         return
     except ValueError as exc:
         if "record creator" not in str(exc):
@@ -201,7 +198,7 @@ def _add(fs: FileSet, path: Path, ds: pydicom.Dataset) -> None:
             node.parent = parent
         parent = node
     assert parent is not None
-    fs.add_custom(path, parent)
+    fs.add_custom(ds, parent)
 
 
 def _bytes_io(data: bytes) -> io.BytesIO:
