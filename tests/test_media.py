@@ -238,3 +238,25 @@ def test_cli_anonymize_to_a_real_peer(filled: Archive, tmp_path: Path) -> None:
         ds = pydicom.dcmread(f)
         assert ds.PatientIdentityRemoved == "YES" and str(ds.SOPInstanceUID) not in originals
         assert "Иванов" not in str(ds.PatientName)
+
+
+def test_exports_are_audited_when_the_audit_trail_is_there(filled: Archive, tmp_path: Path) -> None:
+    """With issue 21a's audit trail merged (``Archive.audit_export``), each export to media and each
+    anonymised copy of archived studies is one "Export" event per patient (PS3.15 A.5.3.6)."""
+    import time
+
+    if not hasattr(filled, "audit_export"):
+        pytest.skip("the audit trail (branch audit) is not merged here")
+    study = filled.query("STUDY", {"PatientID": "HIL-0004"})[0]["StudyInstanceUID"]
+    export_media(filled, [study], tmp_path / "usb")
+    done = _hilum("anonymize", "--study", study, "--out", str(tmp_path / "anon"), data=filled.data_dir)
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 10
+    found: list[dict[str, object]] = []
+    while time.monotonic() < deadline and len(found) < 2:
+        found = filled.audit.search(event="Export", study=study)  # type: ignore[attr-defined]
+        time.sleep(0.2)
+    assert len(found) == 2, found
+    media, anon = sorted(found, key=lambda e: str(e["role"]), reverse=True)
+    assert media["role"] == "destination media" and media["patient_id"] == "HIL-0004" and media["instances"] == 10
+    assert "anonymised" in str(anon["detail"]) and anon["instances"] == 10

@@ -20,6 +20,7 @@ archive, whose originals keep every UID.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import secrets
 import threading
@@ -137,6 +138,20 @@ class DeidStore:
             q = q.limit(limit)
         with self.archive.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def audit_export(archive: Archive, study_uids: Iterable[str], *, destination: str, instances: int,
+                 anonymised: bool, media: bool = False, outcome: int = 0) -> None:  # fmt: skip
+    """Record the export in the audit trail (PS3.15 A.5.3.6 "Export") through the archive's hook
+    (``Archive.audit_export``, issue 21a); a no-op on an archive without one."""
+    hook = getattr(archive, "audit_export", None)
+    if hook is None:
+        return
+    try:
+        hook(list(study_uids), destination=destination, instances=instances, outcome=outcome, media=media,
+             anonymised=anonymised)  # fmt: skip
+    except Exception:  # noqa: BLE001 - the audit trail reports its own failures; the export is done
+        logging.getLogger(__name__).exception("could not record the export in the audit trail")
 
 
 def study_uids_of(archive: Archive, *, studies: Iterable[str] = (), patients: Iterable[str] = ()) -> list[str]:

@@ -157,9 +157,10 @@ def export_media(archive: Archive, study_uids: Iterable[str], out: str | Path, *
     report.bytes = (
         out.stat().st_size if kind != "folder" else sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     )
-    # TODO(audit): when branch `audit` has it, record the export here:
-    #   archive.audit_export(study_uids=uids, instances=report.instances, destination=str(out),
-    #                        detail=f"{PROFILE} {kind}" + (" anonymised" if report.anonymised else ""))
+    from hilum.archive.deid_store import audit_export
+
+    audit_export(archive, uids, destination=str(out), instances=report.instances, anonymised=report.anonymised,
+                 media=True, outcome=4 if report.skipped else 0)  # fmt: skip
     return report
 
 

@@ -78,7 +78,7 @@ def _target(cfg: Any, spec: str) -> Any:
 
 
 def run_anonymize(args: argparse.Namespace) -> int:
-    from hilum.archive.deid_store import DeidStore, deidentified, study_uids_of
+    from hilum.archive.deid_store import DeidStore, audit_export, deidentified, study_uids_of
     from hilum.cli._common import load, open_archive, quiet_pydicom
 
     quiet_pydicom(getattr(args, "verbose", 0))
@@ -105,9 +105,13 @@ def run_anonymize(args: argparse.Namespace) -> int:
         if args.paths:
             items = _from_files(args.paths, deid, args.dry_run)
         else:
-            items = deidentified(archive, study_uids_of(archive, studies=args.study, patients=args.patient), deid,
-                                 store=None, dry_run=args.dry_run)  # fmt: skip
-        return _write(args, store, deid, items, target)
+            uids = study_uids_of(archive, studies=args.study, patients=args.patient)
+            items = deidentified(archive, uids, deid, store=None, dry_run=args.dry_run)
+        rc, summary = _write(args, store, deid, items, target)
+        if (args.study or args.patient) and not args.dry_run:
+            audit_export(archive, uids, destination=str(args.out or args.to), instances=summary["instances"],
+                         anonymised=True, outcome=4 if summary["failed"] else 0)  # fmt: skip
+        return rc
     finally:
         archive.close()
 
@@ -123,7 +127,7 @@ def _from_files(paths: list[Path], deid: Any, dry_run: bool) -> Any:
             yield f, exc
 
 
-def _write(args: argparse.Namespace, store: Any, deid: Any, items: Any, target: Any) -> int:
+def _write(args: argparse.Namespace, store: Any, deid: Any, items: Any, target: Any) -> tuple[int, dict[str, Any]]:
     from hilum.dicom.deid import DeidError
     from hilum.dimse.scu import send
 
@@ -176,4 +180,4 @@ def _write(args: argparse.Namespace, store: Any, deid: Any, items: Any, target: 
                 print(f"  {what}  ({n} instances)")
         for f in failures[:20]:
             print(f"  failed {f['path']}: {f['error']}", file=sys.stderr)
-    return 3 if failures else 0
+    return (3 if failures else 0), summary

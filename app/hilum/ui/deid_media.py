@@ -203,7 +203,7 @@ class DeidMediaController(QObject):
     # -- the work (off the GUI thread) ---------------------------------------------------------------------
 
     def send(self, study_uid: str, peer_name: str, options: Options, project: str = "") -> Job | None:
-        from hilum.archive.deid_store import DeidStore, deidentified
+        from hilum.archive.deid_store import DeidStore, audit_export, deidentified
         from hilum.dimse.scu import peer_target, send
 
         archive, config = self.window.archive, self.window.config
@@ -226,6 +226,8 @@ class DeidMediaController(QObject):
                 total = len(files)
                 sent = send(peer_target(config, peer), files, cancel=job.cancel_event,
                             progress=lambda item: job.report(total + 1, 2 * total, f"Sending to {peer_name}…"))  # fmt: skip
+            audit_export(archive, [study_uid], destination=f"{peer.aet}@{peer.host}:{peer.port}", instances=sent.sent,
+                         anonymised=True, outcome=4 if sent.failed else 0)  # fmt: skip
             return {"cancelled": job.cancelled, "sent": sent.sent, "failed": sent.failed, "peer": peer_name,
                     "patient": results[0].patient_id if results else ""}  # fmt: skip
 
