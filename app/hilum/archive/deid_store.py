@@ -75,6 +75,17 @@ class DeidStore:
                     os.link(tmp, self.secret_path)  # never replaces a secret another process made meanwhile
                 except FileExistsError:
                     data = self.secret_path.read_bytes()
+                except OSError:  # a file system without hard links: exclusive create instead
+                    try:
+                        fd = os.open(self.secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    except FileExistsError:
+                        data = self.secret_path.read_bytes()
+                    else:
+                        try:
+                            os.write(fd, data)
+                            os.fsync(fd)
+                        finally:
+                            os.close(fd)
                 finally:
                     tmp.unlink(missing_ok=True)
             if len(data) < 16:
