@@ -260,3 +260,27 @@ def test_exports_are_audited_when_the_audit_trail_is_there(filled: Archive, tmp_
     media, anon = sorted(found, key=lambda e: str(e["role"]), reverse=True)
     assert media["role"] == "destination media" and media["patient_id"] == "HIL-0004" and media["instances"] == 10
     assert "anonymised" in str(anon["detail"]) and anon["instances"] == 10
+
+
+def test_cli_anonymize_reports_bad_files_and_refuses_bad_arguments(filled: Archive, tmp_path: Path, demo: Path) -> None:
+    src = tmp_path / "mixed"
+    shutil.copytree(demo / "HIL-0004", src)
+    (src / "notes.txt").write_text("not DICOM")
+    (src / "truncated.dcm").write_bytes((demo / "HIL-0004").rglob("*.dcm").__next__().read_bytes()[:200])
+    done = _hilum("anonymize", str(src), "--out", str(tmp_path / "out"), "--json", data=filled.data_dir)
+    assert done.returncode == 3, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["instances"] == 10 and summary["failed"] == 2
+    assert {Path(f["path"]).name for f in summary["failures"]} == {"notes.txt", "truncated.dcm"}
+    for args, why in (
+        (["--study", "1.2.3", "--out", str(tmp_path / "x")], "no study"),
+        ([str(src), "--dry-run", "--profile", "nonsense"], "unknown de-identification option"),
+        ([str(src)], "give one of --out DIR, --to PEER or --dry-run"),
+        ([str(src), "--out", str(tmp_path / "out")], "is not empty"),
+        ([str(src), "--to", "nowhere"], "neither a configured peer"),
+    ):
+        bad = _hilum("anonymize", *args, data=filled.data_dir)
+        assert bad.returncode == 1 and why in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    bad = _hilum("export-media", "--patient", "HIL-0004", "--out", str(tmp_path / "m"), "--profile", "dates",
+                 data=filled.data_dir)  # fmt: skip
+    assert bad.returncode == 1 and "--anonymise" in bad.stderr

@@ -298,7 +298,10 @@ class Deidentifier:
         if (implicit, little) != (ts.is_implicit_VR, ts.is_little_endian):
             for _ in ds.iterall():  # elements kept raw are re-encoded for the file's (declared) syntax
                 pass
-        pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+        try:
+            pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+        except Exception as exc:  # noqa: BLE001 - pydicom's encoders raise assorted errors on odd values
+            raise DeidError(f"cannot write the de-identified instance: {exc}") from exc
         return buf.getvalue(), result
 
     def deidentify(self, ds: Dataset, *, dry_run: bool = False) -> DeidResult:
