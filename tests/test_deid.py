@@ -324,3 +324,20 @@ def test_secret_file_from_config(archive, tmp_path: Path) -> None:  # type: igno
     shared.write_bytes(os.urandom(32))
     store = DeidStore.from_config(archive, SimpleNamespace(extra={"deid": {"secret_file": str(shared)}}))
     assert store.secret() == shared.read_bytes()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", ["SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_dcmtk_+eb+cy+np.dcm", "SC_rgb_rle_2frame.dcm",
+                                  "SC_rgb_dcmtk_+eb+cy+n1.dcm"])  # fmt: skip
+def test_clean_pixel_data_of_colour_images(pydicom_files: Path, name: str) -> None:
+    """YBR (JPEG, native 4:2:2) and multi-frame RGB: the region is black, the rest unchanged, stored as RGB."""
+    ds = pydicom.dcmread(pydicom_files / name)
+    ds.Modality, ds.Manufacturer = "OT", "HILUM-TEST"
+    before = ds.pixel_array.copy()
+    Deidentifier(SECRET, Options(clean_pixels=True)).deidentify(ds)
+    out = _read(_to_bytes(ds))
+    assert out is not None and out.PhotometricInterpretation == "RGB"
+    arr = out.pixel_array
+    assert arr.shape == before.shape
+    assert (arr[..., :16, :64, :] == 0).all()
+    assert np.array_equal(arr[..., 16:, :, :], before[..., 16:, :, :])

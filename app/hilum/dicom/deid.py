@@ -500,6 +500,8 @@ class Deidentifier:
             for x, y, w, h in r.regions:
                 view[:, max(0, y) : min(rows, y + h), max(0, x) : min(cols, x + w), :] = black
         ds.PixelData = arr.tobytes()
+        if int(ds.get("SamplesPerPixel", 1)) == 3:  # pixel_array gave RGB, interleaved (YBR converted)
+            ds.PhotometricInterpretation, ds.PlanarConfiguration = "RGB", 0
         ds["PixelData"].VR = "OW" if int(ds.BitsAllocated) > 8 else "OB"
         ds.BurnedInAnnotation = "NO"
 
