@@ -459,3 +459,20 @@ hl7_outbox = Table(
     Index("ux_hl7_outbox_report_kind_endpoint", "report_fk", "kind", "endpoint", unique=True),
     Index("ix_hl7_outbox_state", "state", "next_try_at"),
 )
+
+# --- issue 21 (21b de-identification): the node's de-identification mapping table ---
+
+deid_map = Table(
+    "deid_map",
+    metadata,
+    # Original -> replacement of every UID and Patient ID that a de-identification replaced, per project
+    # (hilum.archive.deid_store).  Readable only through DeidStore / `hilum anonymize --mapping`.
+    Column("pk", Integer, primary_key=True),
+    Column("project", String(64), nullable=False, default="", server_default=text("''")),
+    Column("kind", String(8), nullable=False),  # "uid" | "patient"
+    Column("original", String(128), nullable=False),
+    Column("replacement", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ux_deid_map_project_kind_original", "project", "kind", "original", unique=True),
+    Index("ix_deid_map_replacement", "replacement"),
+)
