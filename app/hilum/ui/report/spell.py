@@ -188,9 +188,9 @@ class SpellHighlighter(QSyntaxHighlighter):
         self.enabled = True
         self._bridge = _Loaded(self)
         self._bridge.ready.connect(self._on_loaded)
-        self.format = QTextCharFormat()
-        self.format.setUnderlineStyle(QTextCharFormat.UnderlineStyle.SpellCheckUnderline)
-        self.format.setUnderlineColor(QColor("#d01010"))
+        self.misspelt_format = QTextCharFormat()
+        self.misspelt_format.setUnderlineStyle(QTextCharFormat.UnderlineStyle.SpellCheckUnderline)
+        self.misspelt_format.setUnderlineColor(QColor("#d01010"))
         self.set_language(language)
 
     def set_language(self, language: str, on_ready: Callable[[], None] | None = None) -> None:
@@ -227,4 +227,4 @@ class SpellHighlighter(QSyntaxHighlighter):
         if self.speller is None or not self.enabled:
             return
         for start, length, _word in self.speller.misspelt(text):
-            self.setFormat(start, length, self.format)
+            self.setFormat(start, length, self.misspelt_format)

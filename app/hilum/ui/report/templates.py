@@ -29,6 +29,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hilum.archive.reports import Section
+
 __all__ = [
     "LANGUAGES",
     "SECTION_KEYS",
@@ -54,18 +56,6 @@ _SECTION_FIELDS = {"key", "title", "text"}
 
 class TemplateError(ValueError):
     """A template file that cannot be used: the file, the key and why."""
-
-
-@dataclass(frozen=True)
-class Section:
-    """One section of a report: its key (``findings``), heading (``Findings``) and text."""
-
-    key: str
-    title: str
-    text: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        return {"key": self.key, "title": self.title, "text": self.text}
 
 
 @dataclass(frozen=True)
