@@ -80,8 +80,10 @@ class ReportController(QObject):
 
     def __init__(self, window: QMainWindow) -> None:
         super().__init__(window)
-        self.window: Any = window
+        self.main: Any = window
         self.editors: dict[str, ReportEditor] = {}
+        self.reports: Any = None
+        """The :class:`hilum.archive.reports.Reports` the editors use (None: one from the config each)."""
         self.dock = QDockWidget("Report", window)
         self.dock.setObjectName("reportDock")
         self.dock.setAllowedAreas(Qt.DockWidgetArea.LeftDockWidgetArea | Qt.DockWidgetArea.RightDockWidgetArea)
@@ -98,13 +100,13 @@ class ReportController(QObject):
         self.dock.setMinimumWidth(380)
         window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.dock.hide()
-        self.window.tabs.currentChanged.connect(lambda _i: self._follow_tab())
+        self.main.tabs.currentChanged.connect(lambda _i: self._follow_tab())
         window.installEventFilter(self)
 
     # ------------------------------------------------------------ the menu
 
     def build_menu(self) -> QMenu:
-        w = self.window
+        w = self.main
         mb = w.menuBar()
         menu = QMenu("&Report", w)
         menu.setObjectName("reportMenu")
@@ -168,7 +170,7 @@ class ReportController(QObject):
         return w if isinstance(w, ReportEditor) else None
 
     def _viewer_for(self, study_uid: str) -> Any:
-        for tab in self.window.workspace_tabs():
+        for tab in self.main.workspace_tabs():
             if getattr(tab, "study_uid", None) == study_uid and callable(getattr(tab, "fill_menu", None)):
                 return tab
         return None
@@ -177,7 +179,8 @@ class ReportController(QObject):
         editor = self.editors.get(study_uid)
         if editor is None and create:
             viewer = self._viewer_for(study_uid)
-            editor = ReportEditor(self.window.archive, study_uid, config=getattr(self.window, "config", None),
+            editor = ReportEditor(self.main.archive, study_uid, config=getattr(self.main, "config", None),
+                                  reports=self.reports,
                                   context=ViewerContext(viewer) if viewer is not None else None,
                                   parent=self.stack)  # fmt: skip
             editor.backRequested.connect(self._back_to_images)
@@ -227,7 +230,7 @@ class ReportController(QObject):
     def current_study(self) -> str:
         """The study *Report on this study* means: the viewer tab's, the worklist's selected order's
         (once its images are in), the study browser's selected study."""
-        w = self.window
+        w = self.main
         tab = w.tabs.currentWidget()
         uid = getattr(tab, "study_uid", None)
         if uid:
@@ -247,18 +250,18 @@ class ReportController(QObject):
     def report_current(self) -> ReportEditor | None:
         uid = self.current_study()
         if not uid:
-            self.window.statusBar().showMessage("Choose a study (with images) to report on", 4000)
+            self.main.statusBar().showMessage("Choose a study (with images) to report on", 4000)
             return None
         return self.open_report(uid)
 
     def open_report(self, study_uid: str) -> ReportEditor:
         """Open the study in the viewer (if it is not the current tab) and its report in the dock."""
-        if getattr(self.window.tabs.currentWidget(), "study_uid", None) != study_uid:
-            self.window.open_study(study_uid)
+        if getattr(self.main.tabs.currentWidget(), "study_uid", None) != study_uid:
+            self.main.open_study(study_uid)
         return self.show_editor(study_uid)
 
     def _follow_tab(self) -> None:
-        uid = getattr(self.window.tabs.currentWidget(), "study_uid", None)
+        uid = getattr(self.main.tabs.currentWidget(), "study_uid", None)
         editor = self.editors.get(str(uid)) if uid else None
         if editor is not None:
             self.stack.setCurrentWidget(editor)
@@ -266,12 +269,12 @@ class ReportController(QObject):
             self.stack.setCurrentWidget(self.placeholder)
 
     def _back_to_images(self) -> None:
-        focus = getattr(self.window.tabs.currentWidget(), "focus_active_viewport", None)
+        focus = getattr(self.main.tabs.currentWidget(), "focus_active_viewport", None)
         if callable(focus):
             focus()
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802
-        if obj is self.window and event.type() == QEvent.Type.Close:
+        if obj is self.main and event.type() == QEvent.Type.Close:
             self.flush_all()  # before the window and its tabs go (MainWindow._shutdown closes the editors)
         return False
 

@@ -579,8 +579,8 @@ class ReportEditor(QWidget):
             f"<b>{_person(info.patient_name) or 'Unknown patient'}</b> · {info.patient_id}<br>"
             f"{_date(info.study_date)} {info.modality} {info.description}".strip()
         )
-        self.set_prior_reports(priors)
         current = _current(mine)
+        self.set_prior_reports(priors, [r for r in mine if r.locked and r is not current])
         if current is not None:
             self._show_report(current)
             self.status.setText("Draft reopened" if not current.locked else "Signed report")
@@ -594,16 +594,25 @@ class ReportEditor(QWidget):
         return choose_template(self.templates, modality=self.info.modality, body_part=self.info.body_part,
                                description=self.info.description, language=self.language)  # fmt: skip
 
-    def set_prior_reports(self, priors: Sequence[Report]) -> None:
-        self.prior_reports = list(priors)
+    def set_prior_reports(self, priors: Sequence[Report], versions: Sequence[Report] = ()) -> None:
+        """List the patient's earlier reports (*priors*) and this study's signed versions that the
+        editor does not show (*versions*: the original of an addendum), each read-only on click."""
+        self.prior_reports = list(versions) + list(priors)
         self.priors_list.clear()
+        for r in versions:
+            item = QListWidgetItem(f"This study · v{r.version} {STATE_STYLE.get(r.state, (r.state, ''))[0]} · "
+                                   f"{r.signed_by} {_when(r.signed_at)}")  # fmt: skip
+            item.setData(Qt.ItemDataRole.UserRole, r.report_id)
+            item.setToolTip("The signed version this addendum amends: click to read")
+            self.priors_list.addItem(item)
         for r in priors:
             when = r.study_date or (r.signed_at.strftime("%Y%m%d") if r.signed_at else "")
             item = QListWidgetItem(f"{_date(when)} · {r.study_description or r.template} · {r.state}")
             item.setData(Qt.ItemDataRole.UserRole, r.report_id)
             item.setToolTip(f"Signed by {r.signed_by or '?'}; click to read")
             self.priors_list.addItem(item)
-        self.priors_label.setText(f"Prior reports ({len(priors)})" if priors else "Prior reports: none")
+        n = len(self.prior_reports)
+        self.priors_label.setText(f"Prior reports ({n})" if n else "Prior reports: none")
 
     # ------------------------------------------------------------ sections and templates
 
@@ -627,6 +636,9 @@ class ReportEditor(QWidget):
             edit.focused.connect(partial(self._remember_focus, edit))
             self.sections_layout.addWidget(label)
             self.sections_layout.addWidget(edit)
+            if self.sections_host.isVisible():  # else the layout shows them later: focus would miss them
+                label.show()
+                edit.show()
             self.sections.append(edit)
         self.sections_layout.addStretch(1)
         self._set_read_only(self.report is not None and self.report.locked)
@@ -739,7 +751,7 @@ class ReportEditor(QWidget):
         self.badge.setToolTip(f"Report state: {text}")
         self.badge.setStyleSheet(
             f"QLabel#reportStateBadge {{ background: {colour}; color: white; border-radius: 9px;"
-            " padding: 2px 10px; font-weight: bold; }}"
+            " padding: 2px 10px; font-weight: bold; }"
         )
         self.state = state
         self.stateChanged.emit(state)
@@ -924,6 +936,8 @@ class ReportEditor(QWidget):
             self._update_actions()
             if self.sign_dialog is not None:
                 self.sign_dialog.accept()
+            self.window().activateWindow()
+            self.focus_section(0)  # read-only, but the editor's keys (Addendum) work from here
 
         self._submit(work, done)
 
@@ -941,6 +955,9 @@ class ReportEditor(QWidget):
                 self._fail(_sentence(error))
                 return
             self._show_report(result)
+            versions = [r for r in self.prior_reports if r.study_uid == self.study_uid]
+            others = [r for r in self.prior_reports if r.study_uid != self.study_uid]
+            self.set_prior_reports(others, [original, *[v for v in versions if v.report_id != original.report_id]])
             self._note(f"Addendum to the report signed by {original.signed_by}: type the correction")
             if self.sections:
                 self.focus_section(len(self.sections) - 1)

@@ -52,6 +52,8 @@ SR_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.88.34",
 })  # fmt: skip
 KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+NON_IMAGE = frozenset({"SR", "DOC", "KO", "PR", "SEG", "REG", "RWV", "AU", "ECG"})
+"""Modalities of a study that are documents or derived objects, not images (left out of the comparison)."""
 
 WORDS: dict[str, dict[str, str]] = {
     "en": {
@@ -147,8 +149,13 @@ def format_measurement(kind: str, values: Mapping[str, Any], *, label: str = "",
         body = f"{_w(language, 'value')} {n(values['value'])}{u}"
     if not body:
         return ""
-    line = f"{label}: {body}" if label else body
+    line = f"{label}{_colon(language)}{body}" if label else body
     return f"{line} ({where})" if where else line
+
+
+def _colon(language: str) -> str:
+    """": " in English, " : " in French (a space before the colon)."""
+    return " : " if language == "fr" else ": "
 
 
 def _nan(v: Any) -> bool:
@@ -249,7 +256,7 @@ def key_image_text(keys: Sequence[Any], index: Mapping[str, ImageRef], language:
     if not refs:
         return ""
     refs.sort(key=lambda r: r[0])
-    return f"{_w(language, 'key_images')}: " + "; ".join(t for _k, t in refs) + "."
+    return f"{_w(language, 'key_images')}{_colon(language)}" + "; ".join(t for _k, t in refs) + "."
 
 
 def archive_key_images(archive: Any, study_uid: str) -> list[Any]:
@@ -280,7 +287,7 @@ def comparison_text(prior: Any, current_date: str = "", language: str = "en") ->
 
     if prior is None:
         return _w(language, "none")
-    modalities = "/".join(getattr(prior, "modalities", ()) or ()) or "?"
+    modalities = "/".join(m for m in getattr(prior, "modalities", ()) or () if m not in NON_IMAGE) or "?"
     when = date_text(str(getattr(prior, "study_date", "") or ""))
     if language == "fr":
         when = "du " + when
@@ -288,6 +295,11 @@ def comparison_text(prior: Any, current_date: str = "", language: str = "en") ->
     text = f"{modalities} {when} ({desc})"
     age = age_text(str(getattr(prior, "study_date", "") or ""), current_date)
     if age and age != "later":
+        if language == "fr":  # "1 y 8 m" -> "1 an 8 mois"
+            units = {"y": "an", "m": "mois", "d": "j"}
+            parts = age.split()
+            age = " ".join(units.get(p, p) if i % 2 else p for i, p in enumerate(parts))
+            age = age.replace("an", "ans") if age.split()[0] not in ("1", "0") and " an" in age else age
         text += f", {age} {_w(language, 'earlier')}"
     return text + "."
 
@@ -323,14 +335,21 @@ def _ai_groups(ds: Any) -> list[tuple[str, list[str]]]:
             title = f"{name} ({label})"
         parts: list[str] = []
         for m in g.get_measurements():
-            unit = _meaning(m.unit) if m.unit is not None else ""
-            unit = str(getattr(m.unit, "value", "") or unit) if unit in ("", "no units") else unit
-            unit = "" if unit in ("1", "no units") else unit
+            unit = _unit_text(m.unit)
             parts.append(f"{_meaning(m.name)} {float(m.value):.4g}" + (f" {unit}" if unit else ""))
         for q in g.get_qualitative_evaluations():
             parts.append(f"{_meaning(q.name)}: {_meaning(q.value)}")
         out.append((title, parts))
     return out
+
+
+def _unit_text(code: Any) -> str:
+    """A UCUM unit as its code (``mL``, ``mm2``), anything else by its meaning; "" for no units."""
+    if code is None:
+        return ""
+    scheme = str(getattr(code, "scheme_designator", "") or "")
+    text = str(getattr(code, "value", "") or "") if scheme == "UCUM" else _meaning(code)
+    return "" if text in ("1", "no units", "{}") else text
 
 
 def _root_item(ds: Any) -> Any:
