@@ -30,13 +30,14 @@ pytest.importorskip("pytestqt")
 from argon2 import PasswordHasher  # noqa: E402
 from pydicom.sr.coding import Code  # noqa: E402
 from PySide6.QtCore import Qt, QTimer  # noqa: E402
-from PySide6.QtGui import QColor, QTextCharFormat  # noqa: E402
+from PySide6.QtGui import QColor, QContextMenuEvent, QTextCharFormat  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMenu  # noqa: E402
 
 from _viewer_data import STUDY, write_ct  # noqa: E402
 from hilum.archive import Archive  # noqa: E402
 from hilum.archive.orders import OrderBook, OrderInfo, PatientInfo, StepInfo  # noqa: E402
+from hilum.archive.orders.reconcile import Reconciler  # noqa: E402
 from hilum.archive.reports import AMENDED, DRAFT, FINAL, Reports, Section  # noqa: E402
 from hilum.archive.users import UserStore  # noqa: E402
 from hilum.config import load_config  # noqa: E402
@@ -100,6 +101,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         paths = write_ct(src / "ax", rows=64, slices=8, thickness=5.0)
         paths += write_ct(src / "prior", rows=32, slices=3, thickness=5.0, study=PRIOR)
         assert all(r.ok for r in archive.ingest_many(paths))
+        assert Reconciler(book).reconcile(STUDY.uid) == 1  # as the node does: the images meet their order
         heads = [pydicom.dcmread(BytesIO(archive.read(r["SOPInstanceUID"])), stop_before_pixels=True)
                  for r in archive.instances(study_uid=STUDY.uid)]  # fmt: skip
         heads.sort(key=lambda d: int(d.InstanceNumber))
@@ -143,7 +145,7 @@ def _window(qtbot: Any, make_main_window: Any, data: Path) -> Any:
     win.resize(1500, 950)
     win.show()
     qtbot.waitExposed(win)
-    win.activateWindow()
+    _activate(qtbot, win)
     qtbot.waitUntil(lambda: win.browser.model.rowCount() == 2 and not win.browser.searching, timeout=TIMEOUT)
     return win
 
@@ -153,13 +155,20 @@ def window(qtbot: Any, make_main_window: Any, data: Path) -> Any:
     return _window(qtbot, make_main_window, data)
 
 
+def _activate(qtbot: Any, win: Any) -> None:
+    """The window active (no window manager under Xvfb: nothing else activates it), so its shortcuts work."""
+    win.activateWindow()
+    win.raise_()
+    qtbot.waitUntil(win.isActiveWindow, timeout=TIMEOUT)
+
+
 def _open_report(qtbot: Any, win: Any) -> ReportEditor:
     """Select the study in the browser, press Ctrl+Shift+D: the viewer and the Report dock open."""
     table = win.browser.table
     row = win.browser.model.find(STUDY.uid)
     table.setFocus()
     table.selectRow(row)
-    win.activateWindow()
+    _activate(qtbot, win)
     QTest.keyClick(table, Qt.Key.Key_D, CTRL_SHIFT)
     qtbot.waitUntil(lambda: STUDY.uid in win.reporting.editors, timeout=TIMEOUT)
     editor = win.reporting.editors[STUDY.uid]
@@ -284,7 +293,7 @@ def test_report_by_keyboard_insert_sign_addendum(qtbot: Any, window: Any) -> Non
     assert stored["comparison"].startswith("CT du 2025-03-01")
 
     # read-only: typing changes nothing; the insert keys are off; Addendum is on
-    window.activateWindow()  # the dialog was the active window (no window manager under Xvfb)
+    _activate(qtbot, window)  # the dialog was the active window (no window manager under Xvfb)
     qtbot.waitUntil(lambda: editor.sections[0].hasFocus(), timeout=TIMEOUT)  # the editor took the focus back
     before = findings.toPlainText()
     findings.setFocus()
@@ -366,7 +375,7 @@ def test_spellcheck_underlines_and_suggestion_replaces(qtbot: Any, window: Any, 
     QTest.keyClicks(findings, "Small pleural efusion on the right.")
     qtbot.waitUntil(lambda: _underlined(findings, "efusion"), timeout=TIMEOUT)
     assert not _underlined(findings, "pleural") and not _underlined(findings, "Small")
-    # the cursor in the word, the Menu key: the first entries are the suggestions
+    # the cursor in the word, the context menu: the first entries are the suggestions
     cursor = findings.textCursor()
     cursor.setPosition(findings.toPlainText().index("efusion") + 2)
     findings.setTextCursor(cursor)
@@ -381,7 +390,11 @@ def test_spellcheck_underlines_and_suggestion_replaces(qtbot: Any, window: Any, 
         QTest.keyClick(menu, Qt.Key.Key_Return)
 
     QTimer.singleShot(300, choose)
-    QTest.keyClick(findings, Qt.Key.Key_Menu)
+    # what Qt sends for the Menu key (or Shift+F10) on the word at the cursor (QTest's key events go
+    # to the widget, not through the window, which turns that key into this event)
+    pos = findings.cursorRect().center()
+    QApplication.sendEvent(findings.viewport(), QContextMenuEvent(QContextMenuEvent.Reason.Keyboard, pos,
+                                                                  findings.viewport().mapToGlobal(pos)))  # fmt: skip
     qtbot.waitUntil(lambda: "effusion" in findings.toPlainText(), timeout=TIMEOUT)
     assert findings.toPlainText() == "Small pleural effusion on the right."
     assert "Add “efusion” to dictionary" in seen
