@@ -180,6 +180,20 @@ def _open_report(qtbot: Any, win: Any) -> ReportEditor:
     return editor
 
 
+def _type(widget: Any, text: str) -> None:
+    """Type *text* as a keyboard (or dictation software) does: a key press and release per character
+    (QTest.keyClicks takes ASCII only; accents come as events carrying their text)."""
+    from PySide6.QtCore import QEvent
+    from PySide6.QtGui import QKeyEvent
+
+    for ch in text:
+        if ch.isascii():
+            QTest.keyClicks(widget, ch)
+            continue
+        for kind in (QEvent.Type.KeyPress, QEvent.Type.KeyRelease):
+            QApplication.sendEvent(widget, QKeyEvent(kind, 0, Qt.KeyboardModifier.NoModifier, ch))
+
+
 def _key(qtbot: Any, editor: ReportEditor, key: Qt.Key, mods: Any = Qt.KeyboardModifier.NoModifier) -> None:
     w = QApplication.focusWidget() or editor
     QTest.keyClick(w, key, mods)
@@ -313,7 +327,7 @@ def test_report_by_keyboard_insert_sign_addendum(qtbot: Any, window: Any) -> Non
     assert editor.priors_list.item(0).text().startswith("This study · v1 Final")
     add = editor.sections[0]
     qtbot.waitUntil(add.hasFocus, timeout=TIMEOUT)
-    QTest.keyClicks(add, "Correction : nodule de 9 mm.")
+    _type(add, "Correction : nodule de 9 mm, lobe supérieur.")
     _key(qtbot, editor, Qt.Key.Key_S, CTRL_SHIFT)
     qtbot.waitUntil(lambda: editor.sign_dialog is not None, timeout=TIMEOUT)
     QTest.keyClicks(editor.sign_dialog.password, PASSWORD)
@@ -323,12 +337,12 @@ def test_report_by_keyboard_insert_sign_addendum(qtbot: Any, window: Any) -> Non
     reports = window.reporting.reports
     assert reports.get(original).state == FINAL
     assert {s.key: s.text for s in reports.get(original).sections} == stored
-    assert reports.get(editor.report.report_id).sections[0].text == "Correction : nodule de 9 mm."
+    assert reports.get(editor.report.report_id).sections[0].text == "Correction : nodule de 9 mm, lobe supérieur."
 
 
 def test_viewer_role_cannot_sign(qtbot: Any, window: Any) -> None:
     editor = _open_report(qtbot, window)
-    QTest.keyClicks(editor.sections[0], "Douleur thoracique.")
+    _type(editor.sections[0], "Douleur thoracique, fièvre.")
     _key(qtbot, editor, Qt.Key.Key_S, CTRL_SHIFT)
     qtbot.waitUntil(lambda: editor.sign_dialog is not None and editor.sign_dialog.isVisible(), timeout=TIMEOUT)
     dlg = editor.sign_dialog
@@ -350,9 +364,9 @@ def test_draft_survives_closing_the_window_and_autosaves(qtbot: Any, make_main_w
     editor = _open_report(qtbot, win)
     # the autosave timer alone (no focus change): the draft is in the archive
     with qtbot.waitSignal(editor.saved, timeout=TIMEOUT):
-        QTest.keyClicks(editor.sections[0], "Fievre.")
+        _type(editor.sections[0], "Fièvre.")
     rid = editor.report.report_id
-    assert win.reporting.reports.get(rid).sections[0].text == "Fievre."
+    assert win.reporting.reports.get(rid).sections[0].text == "Fièvre."
     # more typing, then the window closes at once (before the autosave's delay)
     QTest.keyClicks(editor.sections[0], " Toux depuis 3 semaines.")
     assert editor.dirty
@@ -361,7 +375,7 @@ def test_draft_survives_closing_the_window_and_autosaves(qtbot: Any, make_main_w
     win2 = _window(qtbot, make_main_window, data)
     editor2 = _open_report(qtbot, win2)
     assert editor2.report is not None and editor2.report.report_id == rid
-    assert editor2.sections[0].toPlainText() == "Fievre. Toux depuis 3 semaines."
+    assert editor2.sections[0].toPlainText() == "Fièvre. Toux depuis 3 semaines."
     assert editor2.badge.text() == "Draft" and editor2.status.text() == "Draft reopened"
 
 
@@ -406,7 +420,7 @@ def test_spellcheck_underlines_and_suggestion_replaces(qtbot: Any, window: Any, 
     assert editor.language == "fr"
     impression = editor.section("impression")
     impression.setFocus()
-    QTest.keyClicks(impression, "Épanchement pleural droit, poumonn gauche normal, hilumome.")
+    _type(impression, "Épanchement pleural droit, poumonn gauche normal, hilumome.")
     qtbot.waitUntil(lambda: _underlined(impression, "poumonn") and _underlined(impression, "hilumome"),
                     timeout=TIMEOUT)  # fmt: skip
     assert not _underlined(impression, "Épanchement") and not _underlined(impression, "pleural")
@@ -452,7 +466,7 @@ def test_worklist_report_status_turnaround_and_stat_first(qtbot: Any, window: An
     editor = window.reporting.editors[STUDY.uid]
     qtbot.waitUntil(lambda: not editor._loading and bool(editor.sections), timeout=TIMEOUT)
     with qtbot.waitSignal(editor.saved, timeout=TIMEOUT):
-        QTest.keyClicks(editor.sections[0], "Dyspnée.")
+        _type(editor.sections[0], "Dyspnée.")
     window.show_worklist()
     wl.refresh()
     qtbot.waitUntil(lambda: cell(0, "_report") == "Draft", timeout=TIMEOUT)
