@@ -64,8 +64,11 @@ def _ai_sr(heads: list[pydicom.Dataset]) -> pydicom.Dataset:
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(identifier="Lung", uid=hd.UID()),
         finding_type=Code("39607008", "SCT", "Lung structure"),
-        measurements=[hd.sr.Measurement(name=Code("118565006", "SCT", "Volume"), value=3400.0,
-                                        unit=Code("mL", "UCUM", "milliliter"))],  # fmt: skip
+        measurements=[
+            hd.sr.Measurement(
+                name=Code("118565006", "SCT", "Volume"), value=3400.0, unit=Code("mL", "UCUM", "milliliter")
+            )
+        ],  # fmt: skip
     )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
@@ -516,7 +519,10 @@ def test_templates_shipped_user_and_choice(tmp_path: Path, config_dir: Path) -> 
 
 def test_insert_formatting() -> None:
     f = inserts.format_measurement
-    assert f("length", {"length": 23.44, "unit": "mm"}, where="series 3, image 45") == "Length 23.4 mm (series 3, image 45)"
+    assert (
+        f("length", {"length": 23.44, "unit": "mm"}, where="series 3, image 45")
+        == "Length 23.4 mm (series 3, image 45)"
+    )
     assert f("length", {"length": 23.44, "unit": "mm"}, where="série 3, image 45", language="fr") == (
         "Longueur 23,4 mm (série 3, image 45)"
     )

@@ -100,7 +100,8 @@ class ReportController(QObject):
         self.dock.setMinimumWidth(380)
         window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.dock.hide()
-        self.main.tabs.currentChanged.connect(lambda _i: self._follow_tab())
+        tabs: Any = getattr(window, "tabs")  # noqa: B009 - MainWindow's, not QMainWindow's
+        tabs.currentChanged.connect(lambda _i: self._follow_tab())
         window.installEventFilter(self)
 
     # ------------------------------------------------------------ the menu

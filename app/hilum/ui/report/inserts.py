@@ -154,7 +154,7 @@ def format_measurement(kind: str, values: Mapping[str, Any], *, label: str = "",
 
 
 def _colon(language: str) -> str:
-    """": " in English, " : " in French (a space before the colon)."""
+    """ ": " in English, " : " in French (a space before the colon)."""
     return " : " if language == "fr" else ": "
 
 
