@@ -86,7 +86,6 @@ class Column:
 
 COLUMNS = (
     Column("Status", "_status", 100),
-    Column("Report", "_report", 90),
     Column("Date", "ScheduledProcedureStepStartDate", 90),
     Column("Time", "ScheduledProcedureStepStartTime", 60),
     Column("Modality", "Modality", 70),
@@ -97,9 +96,11 @@ COLUMNS = (
     Column("Procedure", "RequestedProcedureDescription", 200),
     Column("Priority", "RequestedProcedurePriority", 70),
     Column("Images", "_images_at", 70),
+    Column("Priors", "_priors", 110),
+    # issue 20: appended, so the columns above keep their places
+    Column("Report", "_report", 90),
     Column("Since images", "_since_images", 90),
     Column("Since order", "_since_order", 90),
-    Column("Priors", "_priors", 110),
 )
 
 #: Report state (hilum.archive.reports) → (label, colour of the Report cell): the editor's badge colours.
