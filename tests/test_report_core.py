@@ -65,8 +65,15 @@ def filled(archive: Archive) -> dict:
     book = OrderBook(archive)
     with book.transaction() as tx:
         p = tx.upsert_patient(PatientInfo(MUELLER.patient_id, name=MUELLER.name))
-        tx.create_order(p, OrderInfo(accession_number=STUDY.accession, study_uid=STUDY.uid, description="CT chest",
-                                     steps=[StepInfo(modality="CT", station_aet="CT1", start_date="20261102")]))
+        tx.create_order(
+            p,
+            OrderInfo(
+                accession_number=STUDY.accession,
+                study_uid=STUDY.uid,
+                description="CT chest",
+                steps=[StepInfo(modality="CT", station_aet="CT1", start_date="20261102")],
+            ),
+        )
     users = UserStore.of(archive, hasher=FAST_HASH)
     users.add("drhouse", "radiologist", PASSWORD)
     users.add("viewer1", "viewer", PASSWORD)
@@ -93,8 +100,13 @@ def _stored(archive: Archive, sop_uid: str) -> pydicom.Dataset:
 
 def test_draft_autosave_and_events(reports: Reports) -> None:
     r = reports.create(STUDY.uid, user="drhouse", template="ct-chest")
-    assert r.state == DRAFT and [s.key for s in r.sections] == ["indication", "technique", "comparison", "findings",
-                                                                  "impression"]
+    assert r.state == DRAFT and [s.key for s in r.sections] == [
+        "indication",
+        "technique",
+        "comparison",
+        "findings",
+        "impression",
+    ]
     assert r.accession_number == STUDY.accession and r.order_fk is not None and r.patient_id == MUELLER.patient_id
     assert r.patient_name == MUELLER.name
     saved = reports.save(r.report_id, SECTIONS, user="drhouse")
@@ -125,8 +137,9 @@ def test_viewer_admin_and_wrong_password_cannot_sign(reports: Reports) -> None:
     assert len(reports.events(r.report_id)) == 1
 
 
-def test_preliminary_then_sign_locks_stores_dicom_and_completes_order(reports: Reports, archive: Archive,
-                                                                     filled: dict) -> None:
+def test_preliminary_then_sign_locks_stores_dicom_and_completes_order(
+    reports: Reports, archive: Archive, filled: dict
+) -> None:
     r = reports.create(STUDY.uid, user="drhouse", sections=SECTIONS)
     p = reports.set_preliminary(r.report_id, user="drhouse")
     assert p.state == PRELIMINARY and p.sr_sop_uid and p.pdf_sop_uid
@@ -143,7 +156,10 @@ def test_preliminary_then_sign_locks_stores_dicom_and_completes_order(reports: R
     with pytest.raises(ReportLocked):
         reports.set_preliminary(r.report_id, user="drhouse")
     assert [(e.from_state, e.to_state) for e in reports.events(r.report_id)] == [
-        ("", DRAFT), (DRAFT, PRELIMINARY), (PRELIMINARY, FINAL)]
+        ("", DRAFT),
+        (DRAFT, PRELIMINARY),
+        (PRELIMINARY, FINAL),
+    ]
     # the order moved to COMPLETED; one ORU queued for the endpoint
     assert OrderBook(archive).order(accession=STUDY.accession)["status"] == COMPLETED  # type: ignore[index]
     assert [(m.kind, m.endpoint, m.state) for m in reports.outbox()] == [("ORU", "his", "pending")]
@@ -206,7 +222,10 @@ def test_addendum_keeps_the_original(reports: Reports, archive: Archive) -> None
 def test_sr_and_pdf_pass_dciodvfy(reports: Reports, archive: Archive, tmp_path: Path) -> None:
     r = reports.create(STUDY.uid, user="drhouse", sections=SECTIONS)
     s = reports.sign(r.report_id, user="drhouse", password=PASSWORD)
-    for uid in (s.sr_sop_uid, s.pdf_sop_uid):
+    a = reports.addendum(r.report_id, user="drhouse")
+    reports.save(a.report_id, [Section("addendum", "Addendum", "Précision : 9 mm.")], user="drhouse")
+    a = reports.sign(a.report_id, user="drhouse", password=PASSWORD)  # with a Predecessor Documents Sequence
+    for uid in (s.sr_sop_uid, s.pdf_sop_uid, a.sr_sop_uid, a.pdf_sop_uid):
         path = tmp_path / f"{uid}.dcm"
         path.write_bytes(archive.read(uid))
         out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
@@ -222,8 +241,9 @@ def test_pdf_renders_a_page_with_ink(reports: Reports, archive: Archive, tmp_pat
     s = reports.sign(r.report_id, user="drhouse", password=PASSWORD)
     pdf = tmp_path / "report.pdf"
     pdf.write_bytes(pdf_of(_stored(archive, s.pdf_sop_uid)))
-    subprocess.run(["pdftoppm", "-png", "-r", "60", "-f", "1", "-l", "1", str(pdf), str(tmp_path / "page")],
-                   check=True, timeout=60)
+    subprocess.run(
+        ["pdftoppm", "-png", "-r", "60", "-f", "1", "-l", "1", str(pdf), str(tmp_path / "page")], check=True, timeout=60
+    )
     page = np.asarray(Image.open(next(tmp_path.glob("page*.png"))).convert("L"))
     dark = (page < 128).mean()
     assert 0.002 < dark < 0.2  # text on a white page

@@ -26,6 +26,7 @@ the accession number moves to COMPLETED.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import uuid
@@ -40,7 +41,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from hilum.archive.orders import COMPLETED, OrderBook, OrderError, OrderEvent, OrderTx
@@ -205,10 +206,15 @@ REPORT_SR_SERIES_NUMBER = 9910
 REPORT_PDF_SERIES_NUMBER = 9911
 RADIOLOGIST = "radiologist"
 KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
-SR_CLASSES = frozenset({
-    "1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33",
-    "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.35",
-})
+SR_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.88.11",
+        "1.2.840.10008.5.1.4.1.1.88.22",
+        "1.2.840.10008.5.1.4.1.1.88.33",
+        "1.2.840.10008.5.1.4.1.1.88.34",
+        "1.2.840.10008.5.1.4.1.1.88.35",
+    }
+)
 
 
 def _now() -> datetime:
@@ -224,8 +230,10 @@ def _aware(dt: datetime | None) -> datetime | None:
 def report_series_uids(study_uid: str) -> tuple[str, str]:
     """The Series Instance UIDs of a study's report SRs and report PDFs (the same for every report of the
     study: one report series per kind, derived from the study UID so every node agrees)."""
-    return (generate_uid(entropy_srcs=[study_uid, "hilum-report-sr"]),
-            generate_uid(entropy_srcs=[study_uid, "hilum-report-pdf"]))
+    return (
+        generate_uid(entropy_srcs=[study_uid, "hilum-report-sr"]),
+        generate_uid(entropy_srcs=[study_uid, "hilum-report-pdf"]),
+    )
 
 
 def parse_sections(sections: SectionsLike) -> tuple[Section, ...]:
@@ -266,19 +274,29 @@ class Reports:
 
     ``endpoints``: names of the HIS endpoints that receive an ORU^R01 of each
     signed report; ``mdm_endpoints``: those that receive an MDM^T02 with the
-    PDF.  Use :meth:`from_config` to take them from ``hilum.toml`` (``[report]
-    his`` / ``mdm``, or ``[hl7] his_host`` as endpoint ``his``).
-    ``institution``: shown as the Verifying Organization of a signed SR.
+    PDF; ``institution``: the Verifying Organization of a signed SR and the PDF's
+    header.  Left None (the default) they are read from the ``hilum.toml`` of the
+    archive's data folder (``[report] his`` / ``mdm`` / ``institution``, or
+    ``[hl7] his_host`` as endpoint ``his``: :func:`endpoints_of`) when first needed;
+    :meth:`from_config` takes them from a loaded config.
     ``users``: the store whose passwords signing checks (default: the archive's).
     ``store_dicom``: False stores no SR/PDF (tests of the state machine alone).
     """
 
-    def __init__(self, archive: Archive, *, endpoints: Sequence[str] = (), mdm_endpoints: Sequence[str] = (),
-                 institution: str = "", users: UserStore | None = None, store_dicom: bool = True):
+    def __init__(
+        self,
+        archive: Archive,
+        *,
+        endpoints: Sequence[str] | None = None,
+        mdm_endpoints: Sequence[str] | None = None,
+        institution: str | None = None,
+        users: UserStore | None = None,
+        store_dicom: bool = True,
+    ):
         self.archive = archive
-        self.endpoints = tuple(endpoints)
-        self.mdm_endpoints = tuple(mdm_endpoints)
-        self.institution = institution
+        self._endpoints = None if endpoints is None else tuple(endpoints)
+        self._mdm_endpoints = None if mdm_endpoints is None else tuple(mdm_endpoints)
+        self._institution = institution
         self.users = users or UserStore.of(archive)
         self.store_dicom_copies = store_dicom
 
@@ -287,8 +305,52 @@ class Reports:
         """Reports with the endpoints of ``config`` (:func:`endpoints_of`) and ``[report] institution``."""
         oru, mdm = endpoints_of(config)
         section = (getattr(config, "extra", None) or {}).get("report", {}) or {}
-        return cls(archive, endpoints=[e.name for e in oru], mdm_endpoints=[e.name for e in mdm],
-                   institution=str(section.get("institution", "")), **kwargs)
+        return cls(
+            archive,
+            endpoints=[e.name for e in oru],
+            mdm_endpoints=[e.name for e in mdm],
+            institution=str(section.get("institution", "")),
+            **kwargs,
+        )
+
+    def _configure(self) -> None:
+        """Fill what was left None from the data folder's ``hilum.toml``."""
+        oru: list[str] = []
+        mdm: list[str] = []
+        institution = ""
+        try:
+            from hilum.config import load_config
+
+            cfg = load_config(self.archive.data_dir)
+            found = endpoints_of(cfg)
+            oru, mdm = [e.name for e in found[0]], [e.name for e in found[1]]
+            institution = str(((cfg.extra or {}).get("report", {}) or {}).get("institution", ""))
+        except (HilumError, ValueError, OSError) as exc:
+            log.error("the [report] settings of hilum.toml are unusable (%s): signed reports go to no HIS", exc)
+        if self._endpoints is None:
+            self._endpoints = tuple(oru)
+        if self._mdm_endpoints is None:
+            self._mdm_endpoints = tuple(mdm)
+        if self._institution is None:
+            self._institution = institution
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        if self._endpoints is None:
+            self._configure()
+        return self._endpoints or ()
+
+    @property
+    def mdm_endpoints(self) -> tuple[str, ...]:
+        if self._mdm_endpoints is None:
+            self._configure()
+        return self._mdm_endpoints or ()
+
+    @property
+    def institution(self) -> str:
+        if self._institution is None:
+            self._configure()
+        return self._institution or ""
 
     # ------------------------------------------------------------------ helpers
 
@@ -313,7 +375,7 @@ class Reports:
             raise ReportError(f"study {study_uid} is not in the archive")
         return rows[0]
 
-    def _to_report(self, conn: Connection, row: Mapping[str, Any], study: Mapping[str, Any] | None = None) -> Report:
+    def _to_report(self, conn: Connection, row: Any, study: Mapping[str, Any] | None = None) -> Report:
         try:
             raw = json.loads(row["text"] or "[]")
             sections = parse_sections(raw if isinstance(raw, list) else [])
@@ -327,15 +389,29 @@ class Reports:
             found = self.archive.query("STUDY", {"StudyInstanceUID": row["study_uid"]})
             study = found[0] if found else {}
         return Report(
-            pk=row["pk"], report_id=row["report_id"], study_uid=row["study_uid"],
-            accession_number=row["accession_number"], patient_id=row["patient_id"], order_fk=row["order_fk"],
-            template=row["template"], state=row["state"], sections=sections, created_by=row["created_by"],
-            created_at=_aware(row["created_at"]) or _now(), updated_at=_aware(row["updated_at"]) or _now(),
-            signed_by=row["signed_by"], signed_at=_aware(row["signed_at"]), parent_fk=row["parent_fk"],
-            parent_id=parent_id, sr_sop_uid=row["sr_sop_uid"], pdf_sop_uid=row["pdf_sop_uid"],
-            version=row["version"], patient_name=str(study.get("PatientName", "") or ""),
+            pk=row["pk"],
+            report_id=row["report_id"],
+            study_uid=row["study_uid"],
+            accession_number=row["accession_number"],
+            patient_id=row["patient_id"],
+            order_fk=row["order_fk"],
+            template=row["template"],
+            state=row["state"],
+            sections=sections,
+            created_by=row["created_by"],
+            created_at=_aware(row["created_at"]) or _now(),
+            updated_at=_aware(row["updated_at"]) or _now(),
+            signed_by=row["signed_by"],
+            signed_at=_aware(row["signed_at"]),
+            parent_fk=row["parent_fk"],
+            parent_id=parent_id,
+            sr_sop_uid=row["sr_sop_uid"],
+            pdf_sop_uid=row["pdf_sop_uid"],
+            version=row["version"],
+            patient_name=str(study.get("PatientName", "") or ""),
             patient_birth_date=str(study.get("PatientBirthDate", "") or ""),
-            patient_sex=str(study.get("PatientSex", "") or ""), study_date=str(study.get("StudyDate", "") or ""),
+            patient_sex=str(study.get("PatientSex", "") or ""),
+            study_date=str(study.get("StudyDate", "") or ""),
             study_description=str(study.get("StudyDescription", "") or ""),
         )
 
@@ -353,8 +429,11 @@ class Reports:
 
     @staticmethod
     def _event(conn: Connection, pk: int, user: str, from_state: str, to_state: str, detail: str = "") -> None:
-        conn.execute(insert(report_events).values(report_fk=pk, at=_now(), user=user, from_state=from_state,
-                                                  to_state=to_state, detail=detail[:2000]))
+        conn.execute(
+            insert(report_events).values(
+                report_fk=pk, at=_now(), user=user, from_state=from_state, to_state=to_state, detail=detail[:2000]
+            )
+        )
 
     @staticmethod
     def _check_user(user: str) -> str:
@@ -371,23 +450,34 @@ class Reports:
                 raise ReportError(f"no order {order}")
             return row.pk, row.accession_number or accession
         if isinstance(order, str) and order:
-            row = conn.execute(select(orders.c.pk).where(orders.c.accession_number == order)
-                               .order_by(orders.c.pk.desc()).limit(1)).first()
+            row = conn.execute(
+                select(orders.c.pk).where(orders.c.accession_number == order).order_by(orders.c.pk.desc()).limit(1)
+            ).first()
             return (row.pk if row else None), order
-        conds = [orders.c.study_uid == study["StudyInstanceUID"],
-                 orders.c.performed_study_uid == study["StudyInstanceUID"]]
+        conds = [
+            orders.c.study_uid == study["StudyInstanceUID"],
+            orders.c.performed_study_uid == study["StudyInstanceUID"],
+        ]
         if accession:
             conds.append(orders.c.accession_number == accession)
-        row = conn.execute(select(orders.c.pk, orders.c.accession_number).where(or_(*conds))
-                           .order_by(orders.c.pk.desc()).limit(1)).first()
+        row = conn.execute(
+            select(orders.c.pk, orders.c.accession_number).where(or_(*conds)).order_by(orders.c.pk.desc()).limit(1)
+        ).first()
         if row is None:
             return None, accession
         return row.pk, accession or row.accession_number
 
     # ------------------------------------------------------------------ life of a report
 
-    def create(self, study_uid: str, *, user: str, template: str = "generic",
-               order: str | int | None = None, sections: SectionsLike | None = None) -> Report:
+    def create(
+        self,
+        study_uid: str,
+        *,
+        user: str,
+        template: str = "generic",
+        order: str | int | None = None,
+        sections: SectionsLike | None = None,
+    ) -> Report:
         """A new draft for a study.  ``order``: an accession number (str) or order pk (int); None takes
         the study's order (by Study Instance UID or accession number), if any.  ``sections`` default to
         :data:`DEFAULT_SECTIONS`, empty."""
@@ -398,11 +488,21 @@ class Reports:
         now = _now()
         with self._tx() as (conn, events):
             order_pk, accession = self._order_pk(conn, order, study)
-            pk = conn.execute(insert(reports).values(
-                report_id=report_id, study_uid=study_uid, accession_number=accession[:16],
-                patient_id=str(study.get("PatientID", "") or ""), order_fk=order_pk, template=template[:64],
-                state=DRAFT, text=json.dumps([s.as_dict() for s in secs], ensure_ascii=False), created_by=user,
-                created_at=now, updated_at=now)).inserted_primary_key[0]
+            pk = conn.execute(
+                insert(reports).values(
+                    report_id=report_id,
+                    study_uid=study_uid,
+                    accession_number=accession[:16],
+                    patient_id=str(study.get("PatientID", "") or ""),
+                    order_fk=order_pk,
+                    template=template[:64],
+                    state=DRAFT,
+                    text=json.dumps([s.as_dict() for s in secs], ensure_ascii=False),
+                    created_by=user,
+                    created_at=now,
+                    updated_at=now,
+                )
+            ).inserted_primary_key[0]  # type: ignore[index]
             self._event(conn, pk, user, "", DRAFT, f"created from template {template}")
             events.append(ReportChanged(report_id, study_uid, DRAFT, "created"))
             return self._to_report(conn, self._row(conn, report_id), study)
@@ -415,10 +515,14 @@ class Reports:
         with self._tx() as (conn, events):
             row = self._row(conn, report_id)
             if row["state"] in LOCKED_STATES:
-                raise ReportLocked(f"the report is {row['state']} (signed by {row['signed_by']}): "
-                                   "it cannot change; write an addendum")
-            conn.execute(update(reports).where(reports.c.pk == row["pk"]).values(
-                text=json.dumps([s.as_dict() for s in secs], ensure_ascii=False), updated_at=_now()))
+                raise ReportLocked(
+                    f"the report is {row['state']} (signed by {row['signed_by']}): it cannot change; write an addendum"
+                )
+            conn.execute(
+                update(reports)
+                .where(reports.c.pk == row["pk"])
+                .values(text=json.dumps([s.as_dict() for s in secs], ensure_ascii=False), updated_at=_now())
+            )
             events.append(ReportChanged(report_id, row["study_uid"], row["state"], "saved"))
             return self._to_report(conn, self._row(conn, report_id))
 
@@ -431,8 +535,7 @@ class Reports:
                 raise ReportLocked(f"the report is {row['state']}: it cannot become preliminary")
             if row["state"] == PRELIMINARY:
                 raise ReportError("the report is preliminary already")
-            conn.execute(update(reports).where(reports.c.pk == row["pk"]).values(state=PRELIMINARY,
-                                                                                 updated_at=_now()))
+            conn.execute(update(reports).where(reports.c.pk == row["pk"]).values(state=PRELIMINARY, updated_at=_now()))
             self._event(conn, row["pk"], user, row["state"], PRELIMINARY)
             events.append(ReportChanged(report_id, row["study_uid"], PRELIMINARY, "preliminary"))
         self._store_copies(report_id, author=user)
@@ -466,14 +569,26 @@ class Reports:
                 raise ReportLocked(f"the report is {row['state']} already (signed by {row['signed_by']})")
             new = AMENDED if row["parent_fk"] is not None else FINAL
             now = _now()
-            conn.execute(update(reports).where(reports.c.pk == row["pk"]).values(
-                state=new, signed_by=user, signed_at=now, updated_at=now))
+            conn.execute(
+                update(reports)
+                .where(reports.c.pk == row["pk"])
+                .values(state=new, signed_by=user, signed_at=now, updated_at=now)
+            )
             self._event(conn, row["pk"], user, row["state"], new, "signed")
             for kind, names in ((ORU, self.endpoints), (MDM, self.mdm_endpoints)):
                 for name in names:
-                    pk = conn.execute(insert(hl7_outbox).values(
-                        kind=kind, report_fk=row["pk"], endpoint=name, message=b"", state="pending",
-                        attempts=0, next_try_at=now, created_at=now)).inserted_primary_key[0]
+                    pk = conn.execute(
+                        insert(hl7_outbox).values(
+                            kind=kind,
+                            report_fk=row["pk"],
+                            endpoint=name,
+                            message=b"",
+                            state="pending",
+                            attempts=0,
+                            next_try_at=now,
+                            created_at=now,
+                        )
+                    ).inserted_primary_key[0]  # type: ignore[index]
                     events.append(OutboxChanged(pk, report_id, name, kind, "pending"))
             if row["order_fk"] is not None:
                 self._complete_order(conn, row["order_fk"], order_events)
@@ -488,8 +603,15 @@ class Reports:
         if status is None or status in ORDER_FINAL:
             return
         # the steps not finished yet (a discontinued step stays discontinued): set_status cannot refuse them
-        open_steps = conn.execute(select(procedure_steps.c.pk).where(
-            procedure_steps.c.order_fk == order_pk, procedure_steps.c.status.not_in(list(ORDER_FINAL)))).scalars().all()
+        open_steps = (
+            conn.execute(
+                select(procedure_steps.c.pk).where(
+                    procedure_steps.c.order_fk == order_pk, procedure_steps.c.status.not_in(list(ORDER_FINAL))
+                )
+            )
+            .scalars()
+            .all()
+        )
         if not open_steps:
             return
         try:
@@ -505,8 +627,9 @@ class Reports:
             row = self._row(conn, report_id)
             if row["state"] not in LOCKED_STATES:
                 raise ReportError("only a signed report takes an addendum: edit this one instead")
-            child = conn.execute(select(reports.c.report_id, reports.c.state)
-                                 .where(reports.c.parent_fk == row["pk"])).first()
+            child = conn.execute(
+                select(reports.c.report_id, reports.c.state).where(reports.c.parent_fk == row["pk"])
+            ).first()
             if child is not None:
                 if child.state in LOCKED_STATES:
                     raise ReportError(f"the report has a newer version {child.report_id}: amend that one")
@@ -514,11 +637,23 @@ class Reports:
             new_id = str(uuid.uuid4())
             now = _now()
             secs = (Section("addendum", "Addendum", ""),)
-            pk = conn.execute(insert(reports).values(
-                report_id=new_id, study_uid=row["study_uid"], accession_number=row["accession_number"],
-                patient_id=row["patient_id"], order_fk=row["order_fk"], template=row["template"], state=DRAFT,
-                text=json.dumps([s.as_dict() for s in secs]), created_by=user, created_at=now, updated_at=now,
-                parent_fk=row["pk"], version=row["version"] + 1)).inserted_primary_key[0]
+            pk = conn.execute(
+                insert(reports).values(
+                    report_id=new_id,
+                    study_uid=row["study_uid"],
+                    accession_number=row["accession_number"],
+                    patient_id=row["patient_id"],
+                    order_fk=row["order_fk"],
+                    template=row["template"],
+                    state=DRAFT,
+                    text=json.dumps([s.as_dict() for s in secs]),
+                    created_by=user,
+                    created_at=now,
+                    updated_at=now,
+                    parent_fk=row["pk"],
+                    version=row["version"] + 1,
+                )
+            ).inserted_primary_key[0]  # type: ignore[index]
             self._event(conn, pk, user, "", DRAFT, f"addendum to {report_id}")
             events.append(ReportChanged(new_id, row["study_uid"], DRAFT, "addendum"))
             return self._to_report(conn, self._row(conn, new_id))
@@ -534,9 +669,20 @@ class Reports:
         ds = Dataset()
         for el in base:
             if el.tag.group in (0x0008, 0x0010, 0x0020) and el.keyword in (
-                    "SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-                    "IssuerOfPatientID", "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber",
-                    "StudyID", "ReferringPhysicianName", "StudyDescription"):
+                "SpecificCharacterSet",
+                "PatientName",
+                "PatientID",
+                "PatientBirthDate",
+                "PatientSex",
+                "IssuerOfPatientID",
+                "StudyInstanceUID",
+                "StudyDate",
+                "StudyTime",
+                "AccessionNumber",
+                "StudyID",
+                "ReferringPhysicianName",
+                "StudyDescription",
+            ):
                 ds.add(el)
         ds.SOPClassUID = row["SOPClassUID"]
         ds.SOPInstanceUID = row["SOPInstanceUID"]
@@ -561,8 +707,9 @@ class Reports:
             log.exception("report %s: storing its SR/PDF failed", report_id)
             with self._tx() as (conn, _events):
                 row = self._row(conn, report_id)
-                self._event(conn, row["pk"], author, row["state"], row["state"],
-                            f"storing the DICOM copies failed: {exc}")
+                self._event(
+                    conn, row["pk"], author, row["state"], row["state"], f"storing the DICOM copies failed: {exc}"
+                )
 
     def _store_copies_now(self, report_id: str, author: str) -> None:
         from hilum.dicom.report_pdf import make_encapsulated_pdf, make_report_pdf
@@ -573,8 +720,16 @@ class Reports:
         rows = self.archive.instances(study_uid=report.study_uid)
         by_uid = {r["SOPInstanceUID"]: r for r in rows}
         ours = {sr_series, pdf_series}
-        source = next((r for r in rows if r["SeriesInstanceUID"] not in ours
-                       and r["SOPClassUID"] not in SR_CLASSES and r["SOPClassUID"] != KOS_CLASS), None)
+        source = next(
+            (
+                r
+                for r in rows
+                if r["SeriesInstanceUID"] not in ours
+                and r["SOPClassUID"] not in SR_CLASSES
+                and r["SOPClassUID"] != KOS_CLASS
+            ),
+            None,
+        )
         source = source or next((r for r in rows if r["SeriesInstanceUID"] not in ours), None)
         if source is None:
             raise ReportError(f"study {report.study_uid} has no instance to take the patient from")
@@ -610,25 +765,55 @@ class Reports:
         when = datetime.now()
         label = "Report" + (f" addendum {report.version - 1}" if report.parent_id else "")
         sr = make_report_sr(
-            header, sections, author=author, series_uid=sr_series, sop_instance_uid=generate_uid(),
-            instance_number=number, series_number=REPORT_SR_SERIES_NUMBER, signed=signed,
-            verifier=report.signed_by if signed else "", organization=self.institution or "Unknown",
-            institution=self.institution, key_images=keys, measurement_srs=measurements,
-            predecessors=predecessors, description=label, when=when)
-        pdf = make_report_pdf(header, sections, signed_by=report.signed_by if signed else "",
-                              signed_at=report.signed_at, preliminary=not signed, author=author,
-                              institution=self.institution, addendum_of=report.parent_id)
+            header,
+            sections,
+            author=author,
+            series_uid=sr_series,
+            sop_instance_uid=generate_uid(),
+            instance_number=number,
+            series_number=REPORT_SR_SERIES_NUMBER,
+            signed=signed,
+            verifier=report.signed_by if signed else "",
+            organization=self.institution or "Unknown",
+            institution=self.institution,
+            key_images=keys,
+            measurement_srs=measurements,
+            predecessors=predecessors,
+            description=label,
+            when=when,
+        )
+        pdf = make_report_pdf(
+            header,
+            sections,
+            signed_by=report.signed_by if signed else "",
+            signed_at=report.signed_at,
+            preliminary=not signed,
+            author=author,
+            institution=self.institution,
+            addendum_of=report.parent_id,
+        )
         number_pdf = sum(1 for r in rows if r["SeriesInstanceUID"] == pdf_series) + 1
-        doc = make_encapsulated_pdf(header, pdf, series_uid=pdf_series, sop_instance_uid=generate_uid(),
-                                    instance_number=number_pdf, series_number=REPORT_PDF_SERIES_NUMBER,
-                                    description=label + " (PDF)", when=when, institution=self.institution)
+        doc = make_encapsulated_pdf(
+            header,
+            pdf,
+            series_uid=pdf_series,
+            sop_instance_uid=generate_uid(),
+            instance_number=number_pdf,
+            series_number=REPORT_PDF_SERIES_NUMBER,
+            description=label + " (PDF)",
+            when=when,
+            institution=self.institution,
+        )
         results = [self.archive.ingest(sr, origin="report"), self.archive.ingest(doc, origin="report")]
         bad = [r for r in results if not r.ok]
         if bad:
             raise ReportError(f"the archive refused the report's DICOM copy: {bad[0].reason}")
         with self._tx() as (conn, events):
-            conn.execute(update(reports).where(reports.c.report_id == report_id).values(
-                sr_sop_uid=str(sr.SOPInstanceUID), pdf_sop_uid=str(doc.SOPInstanceUID)))
+            conn.execute(
+                update(reports)
+                .where(reports.c.report_id == report_id)
+                .values(sr_sop_uid=str(sr.SOPInstanceUID), pdf_sop_uid=str(doc.SOPInstanceUID))
+            )
             events.append(ReportChanged(report_id, report.study_uid, report.state, "stored"))
 
     # ------------------------------------------------------------------ queries
@@ -642,19 +827,37 @@ class Reports:
         """The reports of a study, oldest first (originals and addenda)."""
         return self._reports(reports.c.study_uid == study_uid, (reports.c.created_at, reports.c.pk))
 
-    def priors(self, patient_id: str, before: datetime | str | None = None, *,
-               exclude_study: str = "") -> list[Report]:
+    def priors(self, patient_id: str, before: datetime | str | None = None, *, exclude_study: str = "") -> list[Report]:
         """Signed reports of a patient, newest first; ``before``: only those of studies before that date
         (a datetime, or a DICOM date YYYYMMDD compared with the study date)."""
-        out = self._reports(and_(reports.c.patient_id == patient_id, reports.c.state.in_(list(LOCKED_STATES))),
-                            (reports.c.signed_at.desc(), reports.c.pk.desc()))
+        out = self._reports(
+            and_(reports.c.patient_id == patient_id, reports.c.state.in_(list(LOCKED_STATES))),
+            (reports.c.signed_at.desc(), reports.c.pk.desc()),
+        )
         if exclude_study:
             out = [r for r in out if r.study_uid != exclude_study]
         if before is not None:
             limit = before.strftime("%Y%m%d") if isinstance(before, datetime) else str(before)[:8]
-            out = [r for r in out if (r.study_date or (r.signed_at.strftime("%Y%m%d") if r.signed_at else ""))
-                   < limit]
+            out = [r for r in out if (r.study_date or (r.signed_at.strftime("%Y%m%d") if r.signed_at else "")) < limit]
         return out
+
+    def get_many(self, report_ids: Iterable[str]) -> dict[str, Report]:
+        """Several reports by id (missing ones left out), reading each study's demographics once."""
+        ids = list(dict.fromkeys(report_ids))
+        return {r.report_id: r for r in self._reports(reports.c.report_id.in_(ids), (reports.c.pk,))} if ids else {}
+
+    def search(self, *, study_uid: str = "", patient_id: str = "", state: str = "", limit: int = 200) -> list[Report]:
+        """Reports, newest first, filtered by study, patient and state (for ``hilum report list``)."""
+        conds = [reports.c.pk > 0]
+        if study_uid:
+            conds.append(reports.c.study_uid == study_uid)
+        if patient_id:
+            conds.append(reports.c.patient_id == patient_id)
+        if state:
+            if state not in STATES:
+                raise ValueError(f"state must be one of {', '.join(STATES)}, not {state!r}")
+            conds.append(reports.c.state == state)
+        return self._reports(and_(*conds), (reports.c.updated_at.desc(), reports.c.pk.desc()))[: max(1, limit)]
 
     def status_of(self, study_uids: Iterable[str]) -> dict[str, str]:
         """The report status of each study (for the worklist): the state of its newest report, or absent."""
@@ -662,10 +865,12 @@ class Reports:
         out: dict[str, str] = {}
         with self.archive.engine.connect() as conn:
             for i in range(0, len(uids), 500):
-                chunk = uids[i:i + 500]
-                rows = conn.execute(select(reports.c.study_uid, reports.c.state)
-                                    .where(reports.c.study_uid.in_(chunk))
-                                    .order_by(reports.c.version, reports.c.pk)).all()
+                chunk = uids[i : i + 500]
+                rows = conn.execute(
+                    select(reports.c.study_uid, reports.c.state)
+                    .where(reports.c.study_uid.in_(chunk))
+                    .order_by(reports.c.version, reports.c.pk)
+                ).all()
                 for r in rows:
                     out[r.study_uid] = r.state
         return out
@@ -674,10 +879,19 @@ class Reports:
         """The state changes of a report, oldest first."""
         with self.archive.engine.connect() as conn:
             row = self._row(conn, report_id)
-            rows = conn.execute(select(report_events).where(report_events.c.report_fk == row["pk"])
-                                .order_by(report_events.c.pk)).mappings().all()
-        return [ReportEvent(r["pk"], report_id, _aware(r["at"]) or _now(), r["user"], r["from_state"],
-                            r["to_state"], r["detail"]) for r in rows]
+            rows = (
+                conn.execute(
+                    select(report_events).where(report_events.c.report_fk == row["pk"]).order_by(report_events.c.pk)
+                )
+                .mappings()
+                .all()
+            )
+        return [
+            ReportEvent(
+                r["pk"], report_id, _aware(r["at"]) or _now(), r["user"], r["from_state"], r["to_state"], r["detail"]
+            )
+            for r in rows
+        ]
 
     def outbox(self, *, states: Iterable[str] | None = None, report_id: str | None = None) -> list[OutboxMessage]:
         """The HL7 outbox, newest first (optionally filtered)."""
@@ -722,8 +936,16 @@ def endpoints_of(config: Any) -> tuple[list[Endpoint], list[Endpoint]]:
                 raise ValueError(f"[report] {what}[{i}].port must be a port number")
             if any(e.name == name for e in out):
                 raise ValueError(f"[report] {what}: the name {name!r} appears twice")
-            out.append(Endpoint(name, host, port, float(it.get("timeout", 10.0)),
-                                str(it.get("application", "")), str(it.get("facility", ""))))
+            out.append(
+                Endpoint(
+                    name,
+                    host,
+                    port,
+                    float(it.get("timeout", 10.0)),
+                    str(it.get("application", "")),
+                    str(it.get("facility", "")),
+                )
+            )
         return out
 
     if "his" in section:
@@ -731,18 +953,39 @@ def endpoints_of(config: Any) -> tuple[list[Endpoint], list[Endpoint]]:
     else:
         hl7 = extra.get("hl7", {}) or {}
         host, port = hl7.get("his_host"), hl7.get("his_port")
-        oru = [Endpoint("his", str(host), int(port), application=str(hl7.get("his_application", "")),
-                        facility=str(hl7.get("his_facility", "")))] if host and port else []
+        oru = (
+            [
+                Endpoint(
+                    "his",
+                    str(host),
+                    int(port),
+                    application=str(hl7.get("his_application", "")),
+                    facility=str(hl7.get("his_facility", "")),
+                )
+            ]
+            if host and port
+            else []
+        )
     mdm = parse(section.get("mdm", []), "mdm")
     return oru, mdm
 
 
-def _message(row: Mapping[str, Any], report_id: str) -> OutboxMessage:
+def _message(row: Any, report_id: str) -> OutboxMessage:
     return OutboxMessage(
-        pk=row["pk"], kind=row["kind"], report_id=report_id, endpoint=row["endpoint"], state=row["state"],
-        attempts=row["attempts"], next_try_at=_aware(row["next_try_at"]), last_error=row["last_error"],
-        ack_code=row["ack_code"], ack_text=row["ack_text"], created_at=_aware(row["created_at"]) or _now(),
-        sent_at=_aware(row["sent_at"]), message=bytes(row["message"] or b""))
+        pk=row["pk"],
+        kind=row["kind"],
+        report_id=report_id,
+        endpoint=row["endpoint"],
+        state=row["state"],
+        attempts=row["attempts"],
+        next_try_at=_aware(row["next_try_at"]),
+        last_error=row["last_error"],
+        ack_code=row["ack_code"],
+        ack_text=row["ack_text"],
+        created_at=_aware(row["created_at"]) or _now(),
+        sent_at=_aware(row["sent_at"]),
+        message=bytes(row["message"] or b""),
+    )
 
 
 class Outbox:
@@ -764,10 +1007,12 @@ class Outbox:
     def _publish(self, ev: OutboxChanged) -> None:
         self.archive.events.publish(ev)
 
-    def list(self, *, states: Iterable[str] | None = None, report_id: str | None = None,
-             limit: int | None = None) -> list[OutboxMessage]:
-        q = (select(hl7_outbox, reports.c.report_id.label("rid"))
-             .select_from(hl7_outbox.join(reports, hl7_outbox.c.report_fk == reports.c.pk)))
+    def list(
+        self, *, states: Iterable[str] | None = None, report_id: str | None = None, limit: int | None = None
+    ) -> list[OutboxMessage]:
+        q = select(hl7_outbox, reports.c.report_id.label("rid")).select_from(
+            hl7_outbox.join(reports, hl7_outbox.c.report_fk == reports.c.pk)
+        )
         if states is not None:
             q = q.where(hl7_outbox.c.state.in_(list(states)))
         if report_id is not None:
@@ -780,17 +1025,25 @@ class Outbox:
 
     def get(self, pk: int) -> OutboxMessage:
         with self.archive.engine.connect() as conn:
-            r = conn.execute(select(hl7_outbox, reports.c.report_id.label("rid"))
-                             .select_from(hl7_outbox.join(reports, hl7_outbox.c.report_fk == reports.c.pk))
-                             .where(hl7_outbox.c.pk == pk)).mappings().first()
+            r = (
+                conn.execute(
+                    select(hl7_outbox, reports.c.report_id.label("rid"))
+                    .select_from(hl7_outbox.join(reports, hl7_outbox.c.report_fk == reports.c.pk))
+                    .where(hl7_outbox.c.pk == pk)
+                )
+                .mappings()
+                .first()
+            )
         if r is None:
             raise ReportError(f"no outbox message {pk}")
         return _message(r, r["rid"])
 
     def counts(self) -> dict[str, int]:
         with self.archive.engine.connect() as conn:
-            return {s: n for s, n in conn.execute(select(hl7_outbox.c.state, func.count())
-                                                  .group_by(hl7_outbox.c.state)).all()}
+            return {
+                s: n
+                for s, n in conn.execute(select(hl7_outbox.c.state, func.count()).group_by(hl7_outbox.c.state)).all()
+            }
 
     def next_due(self, endpoints: Iterable[str] | None = None) -> datetime | None:
         """When the earliest pending message is due (None: nothing pending)."""
@@ -800,67 +1053,155 @@ class Outbox:
         with self.archive.engine.connect() as conn:
             return _aware(conn.execute(q).scalar())
 
-    def claim(self, endpoints: Iterable[str], *, limit: int = 50, now: datetime | None = None) -> list[OutboxMessage]:
+    def claim(
+        self, endpoints: Iterable[str], *, limit: int = 50, now: datetime | None = None
+    ) -> builtins.list[OutboxMessage]:
         """Due pending messages of these endpoints, oldest first, each leased to the caller for :attr:`LEASE`
         (attempts counted).  ``kind`` MDM waits for the report's PDF."""
         now = now or _now()
         names = list(endpoints)
         if not names:
             return []
-        out: list[OutboxMessage] = []
+        out: builtins.list[OutboxMessage] = []
         with self.archive.transaction() as conn:
-            rows = conn.execute(
-                select(hl7_outbox, reports.c.report_id.label("rid"), reports.c.pdf_sop_uid)
-                .select_from(hl7_outbox.join(reports, hl7_outbox.c.report_fk == reports.c.pk))
-                .where(hl7_outbox.c.state == "pending", hl7_outbox.c.endpoint.in_(names),
-                       hl7_outbox.c.next_try_at <= now)
-                .order_by(hl7_outbox.c.pk).limit(limit)).mappings().all()
-            for r in rows:
-                if r["kind"] == MDM and not r["pdf_sop_uid"]:
-                    continue
-                lease = now + self.LEASE
-                done = conn.execute(update(hl7_outbox).where(
-                    hl7_outbox.c.pk == r["pk"], hl7_outbox.c.state == "pending",
-                    hl7_outbox.c.next_try_at == r["next_try_at"]).values(
-                    next_try_at=lease, attempts=hl7_outbox.c.attempts + 1)).rowcount
-                if done:
-                    d = dict(r)
-                    d["next_try_at"], d["attempts"] = lease, r["attempts"] + 1
-                    out.append(_message(d, r["rid"]))
+            rows = (
+                conn.execute(
+                    select(hl7_outbox, reports.c.report_id.label("rid"), reports.c.pdf_sop_uid)
+                    .select_from(hl7_outbox.join(reports, hl7_outbox.c.report_fk == reports.c.pk))
+                    .where(
+                        hl7_outbox.c.state == "pending",
+                        hl7_outbox.c.endpoint.in_(names),
+                        hl7_outbox.c.next_try_at <= now,
+                    )
+                    .order_by(hl7_outbox.c.pk)
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
+            wanted = {r["pk"]: r for r in rows if r["kind"] != MDM or r["pdf_sop_uid"]}
+            if not wanted:
+                return out
+            # One statement for the lot; its WHERE is evaluated again under the row locks (PostgreSQL, READ
+            # COMMITTED), so a row another node claimed meanwhile (next_try_at moved ahead) is not taken twice.
+            lease = now + self.LEASE + timedelta(microseconds=uuid.uuid4().int % 1000)  # this claim's own mark
+            conn.execute(
+                update(hl7_outbox)
+                .where(
+                    hl7_outbox.c.pk.in_(list(wanted)),
+                    hl7_outbox.c.state == "pending",
+                    hl7_outbox.c.next_try_at <= now,
+                )
+                .values(next_try_at=lease, attempts=hl7_outbox.c.attempts + 1)
+            )
+            got = conn.execute(
+                select(hl7_outbox.c.pk).where(hl7_outbox.c.pk.in_(list(wanted)), hl7_outbox.c.next_try_at == lease)
+            ).scalars()
+            for pk in sorted(got):
+                d = dict(wanted[pk])
+                d["next_try_at"], d["attempts"] = lease, wanted[pk]["attempts"] + 1
+                out.append(_message(d, wanted[pk]["rid"]))
         return out
 
     def set_message(self, pk: int, message: bytes) -> bytes:
         """Fix the bytes of a message once; returns the bytes now stored (an earlier composition wins)."""
-        with self.archive.transaction() as conn:
-            cur = conn.execute(select(hl7_outbox.c.message).where(hl7_outbox.c.pk == pk)).scalar()
-            if cur:
-                return bytes(cur)
-            conn.execute(update(hl7_outbox).where(hl7_outbox.c.pk == pk).values(message=message))
-        return message
+        return self.set_messages({pk: message})[pk]
 
-    def sent(self, pk: int, ack_code: str, ack_text: str = "") -> None:
+    def set_messages(self, messages: Mapping[int, bytes]) -> dict[int, bytes]:
+        """:meth:`set_message` for several messages in one transaction."""
+        out: dict[int, bytes] = {}
+        if not messages:
+            return out
         with self.archive.transaction() as conn:
-            conn.execute(update(hl7_outbox).where(hl7_outbox.c.pk == pk, hl7_outbox.c.state == "pending").values(
-                state="sent", ack_code=ack_code[:4], ack_text=ack_text[:2000], sent_at=_now(), last_error="",
-                next_try_at=None))
-        m = self.get(pk)
-        self._publish(OutboxChanged(pk, m.report_id, m.endpoint, m.kind, m.state))
+            stored = dict(
+                conn.execute(
+                    select(hl7_outbox.c.pk, hl7_outbox.c.message).where(hl7_outbox.c.pk.in_(list(messages)))
+                ).all()
+            )
+            fresh = []
+            for pk, data in messages.items():
+                cur = stored.get(pk)
+                if cur:
+                    out[pk] = bytes(cur)
+                else:
+                    fresh.append({"b_pk": pk, "b_message": data})
+                    out[pk] = data
+            if fresh:
+                conn.execute(
+                    update(hl7_outbox)
+                    .where(hl7_outbox.c.pk == bindparam("b_pk"))
+                    .values(message=bindparam("b_message")),
+                    fresh,
+                )
+        return out
+
+    def sent(self, pk: int, ack_code: str, ack_text: str = "", *, message: OutboxMessage | None = None) -> None:
+        """Record the acceptance (AA/CA) of a message: ``sent``, never selected again.  ``message``: the claimed
+        row, to name it in the event without reading it again."""
+        with self.archive.transaction() as conn:
+            conn.execute(
+                update(hl7_outbox)
+                .where(hl7_outbox.c.pk == pk, hl7_outbox.c.state == "pending")
+                .values(
+                    state="sent",
+                    ack_code=ack_code[:4],
+                    ack_text=ack_text[:2000],
+                    sent_at=_now(),
+                    last_error="",
+                    next_try_at=None,
+                )
+            )
+        m = message or self.get(pk)
+        self._publish(OutboxChanged(pk, m.report_id, m.endpoint, m.kind, "sent"))
+
+    def sent_many(self, acks: Sequence[tuple[OutboxMessage, str, str]]) -> None:
+        """:meth:`sent` for several messages ``(message, ack code, ack text)`` in one transaction (group commit)."""
+        if not acks:
+            return
+        now = _now()
+        stmt = (
+            update(hl7_outbox)
+            .where(hl7_outbox.c.pk == bindparam("b_pk"), hl7_outbox.c.state == "pending")
+            .values(
+                state="sent",
+                ack_code=bindparam("b_code"),
+                ack_text=bindparam("b_text"),
+                sent_at=now,
+                last_error="",
+                next_try_at=None,
+            )
+        )
+        with self.archive.transaction() as conn:
+            conn.execute(stmt, [{"b_pk": m.pk, "b_code": code[:4], "b_text": text[:2000]} for m, code, text in acks])
+        for m, _code, _text in acks:
+            self._publish(OutboxChanged(m.pk, m.report_id, m.endpoint, m.kind, "sent"))
 
     def stopped(self, pk: int, ack_code: str, ack_text: str = "") -> None:
         """The receiver refused (AE: application error, AR: rejected): the message stops and alerts."""
         state = "failed-ar" if ack_code.upper().endswith("R") else "failed-ae"
         with self.archive.transaction() as conn:
-            conn.execute(update(hl7_outbox).where(hl7_outbox.c.pk == pk).values(
-                state=state, ack_code=ack_code[:4], ack_text=ack_text[:2000], next_try_at=None,
-                last_error=f"the receiver answered {ack_code}" + (f": {ack_text}" if ack_text else "")))
+            conn.execute(
+                update(hl7_outbox)
+                .where(hl7_outbox.c.pk == pk)
+                .values(
+                    state=state,
+                    ack_code=ack_code[:4],
+                    ack_text=ack_text[:2000],
+                    next_try_at=None,
+                    last_error=f"the receiver answered {ack_code}" + (f": {ack_text}" if ack_text else ""),
+                )
+            )
         m = self.get(pk)
         log.error("HL7 %s of report %s to %s stopped: %s", m.kind, m.report_id, m.endpoint, m.last_error)
         self._publish(OutboxChanged(pk, m.report_id, m.endpoint, m.kind, m.state, alert=True, detail=m.last_error))
 
     def retry_later(self, pk: int, error: str, at: datetime) -> None:
         with self.archive.transaction() as conn:
-            conn.execute(update(hl7_outbox).where(hl7_outbox.c.pk == pk, hl7_outbox.c.state == "pending").values(
-                last_error=error[:2000], next_try_at=at))
+            conn.execute(
+                update(hl7_outbox)
+                .where(hl7_outbox.c.pk == pk, hl7_outbox.c.state == "pending")
+                .values(last_error=error[:2000], next_try_at=at)
+            )
 
     def retry(self, pk: int) -> OutboxMessage:
         """Send a stopped (or abandoned) message again now — by hand (``hilum report retry``)."""
@@ -870,16 +1211,22 @@ class Outbox:
                 raise ReportError(f"no outbox message {pk}")
             if state == "sent":
                 raise ReportError(f"outbox message {pk} was delivered already: it is not sent twice")
-            conn.execute(update(hl7_outbox).where(hl7_outbox.c.pk == pk).values(
-                state="pending", next_try_at=_now(), last_error=""))
+            conn.execute(
+                update(hl7_outbox)
+                .where(hl7_outbox.c.pk == pk)
+                .values(state="pending", next_try_at=_now(), last_error="")
+            )
         m = self.get(pk)
         self._publish(OutboxChanged(pk, m.report_id, m.endpoint, m.kind, m.state))
         return m
 
     def abandon(self, pk: int) -> OutboxMessage:
         with self.archive.transaction() as conn:
-            n = conn.execute(update(hl7_outbox).where(hl7_outbox.c.pk == pk, hl7_outbox.c.state != "sent")
-                             .values(state="abandoned", next_try_at=None)).rowcount
+            n = conn.execute(
+                update(hl7_outbox)
+                .where(hl7_outbox.c.pk == pk, hl7_outbox.c.state != "sent")
+                .values(state="abandoned", next_try_at=None)
+            ).rowcount
         if not n:
             raise ReportError(f"outbox message {pk} does not exist or was delivered")
         m = self.get(pk)

@@ -25,18 +25,28 @@ from pathlib import Path
 
 from fpdf import FPDF
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 import hilum
 
 __all__ = ["ENCAPSULATED_PDF", "FONT_DIRS", "make_encapsulated_pdf", "make_report_pdf"]
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
-FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/dejavu"),
-             Path("/usr/local/share/fonts/dejavu"))
+FONT_DIRS = (
+    Path("/usr/share/fonts/truetype/dejavu"),
+    Path("/usr/share/fonts/dejavu"),
+    Path("/usr/local/share/fonts/dejavu"),
+)
 _PATIENT_KEYS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
-_STUDY_KEYS = ("StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-               "AccessionNumber", "StudyDescription")
+_STUDY_KEYS = (
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
+)
 
 
 def _font_dir() -> Path:
@@ -195,8 +205,8 @@ def make_encapsulated_pdf(
     ds.EncapsulatedDocumentLength = len(data)
     ds.EncapsulatedDocument = data + (b"\0" if len(data) % 2 else b"")
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ENCAPSULATED_PDF
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.MediaStorageSOPClassUID = UID(ENCAPSULATED_PDF)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.file_meta = meta

@@ -33,6 +33,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.valuerep import DA, TM
 
 import hilum
 
@@ -48,10 +49,14 @@ SOURCE_OF_MEASUREMENT = Code("121112", "DCM", "Source of Measurement")
 SECTION_CODES: dict[str, tuple[Code, Code]] = {
     "indication": (Code("121109", "DCM", "Indications for Procedure"), Code("121071", "DCM", "Finding")),
     "history": (Code("121060", "DCM", "History"), Code("121071", "DCM", "Finding")),
-    "technique": (Code("121064", "DCM", "Current Procedure Descriptions"),
-                  Code("121065", "DCM", "Procedure Description")),
-    "comparison": (Code("121066", "DCM", "Prior Procedure Descriptions"),
-                   Code("121065", "DCM", "Procedure Description")),
+    "technique": (
+        Code("121064", "DCM", "Current Procedure Descriptions"),
+        Code("121065", "DCM", "Procedure Description"),
+    ),
+    "comparison": (
+        Code("121066", "DCM", "Prior Procedure Descriptions"),
+        Code("121065", "DCM", "Procedure Description"),
+    ),
     "findings": (Code("121070", "DCM", "Findings"), Code("121071", "DCM", "Finding")),
     "impression": (Code("121072", "DCM", "Impressions"), Code("121073", "DCM", "Impression")),
     "recommendation": (Code("121074", "DCM", "Recommendations"), Code("121075", "DCM", "Recommendation")),
@@ -84,8 +89,10 @@ def _text_item(name: Code, value: str) -> hd.sr.TextContentItem:
 
 
 def _section(key: str, title: str, text: str) -> hd.sr.ContainerContentItem:
-    heading, element = SECTION_CODES.get(key) or (Code(key[:16] or "section", PRIVATE_SCHEME, title[:64] or key),
-                                                  Code("121071", "DCM", "Finding"))
+    heading, element = SECTION_CODES.get(key) or (
+        Code(key[:16] or "section", PRIVATE_SCHEME, title[:64] or key),
+        Code("121071", "DCM", "Finding"),
+    )
     item = hd.sr.ContainerContentItem(name=heading, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
     item.ContentSequence = hd.sr.ContentSequence([_text_item(element, text)])
     return item
@@ -128,7 +135,9 @@ def make_report_sr(
     items: list[Any] = []
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Person,
-        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=person_name(author) or "UNKNOWN^"),
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+            name=person_name(author) or "UNKNOWN^"
+        ),
     )
     items.extend(hd.sr.ObservationContext(observer_person_context=observer))
     findings: hd.sr.ContainerContentItem | None = None
@@ -141,17 +150,28 @@ def make_report_sr(
         items.append(item)
     refs: list[Any] = []
     for ds in key_images:
-        refs.append(hd.sr.ImageContentItem(
-            name=BEST_ILLUSTRATION, referenced_sop_class_uid=ds.SOPClassUID,
-            referenced_sop_instance_uid=ds.SOPInstanceUID, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+        refs.append(
+            hd.sr.ImageContentItem(
+                name=BEST_ILLUSTRATION,
+                referenced_sop_class_uid=ds.SOPClassUID,
+                referenced_sop_instance_uid=ds.SOPInstanceUID,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
     for ds in measurement_srs:
-        refs.append(hd.sr.CompositeContentItem(
-            name=SOURCE_OF_MEASUREMENT, referenced_sop_class_uid=ds.SOPClassUID,
-            referenced_sop_instance_uid=ds.SOPInstanceUID, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+        refs.append(
+            hd.sr.CompositeContentItem(
+                name=SOURCE_OF_MEASUREMENT,
+                referenced_sop_class_uid=ds.SOPClassUID,
+                referenced_sop_instance_uid=ds.SOPInstanceUID,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
     if refs:
         if findings is None:
-            findings = hd.sr.ContainerContentItem(name=SECTION_CODES["findings"][0],
-                                                  relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+            findings = hd.sr.ContainerContentItem(
+                name=SECTION_CODES["findings"][0], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+            )
             findings.ContentSequence = hd.sr.ContentSequence([])
             items.append(findings)
         for r in refs:
@@ -179,14 +199,22 @@ def make_report_sr(
     sr.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: report text is typed in any language
     if not signed:
         sr.PreliminaryFlag = "PRELIMINARY"
-    sr.ContentDate = when.strftime("%Y%m%d")
-    sr.ContentTime = when.strftime("%H%M%S")
+    sr.ContentDate = DA(when.strftime("%Y%m%d"))
+    sr.ContentTime = TM(when.strftime("%H%M%S"))
     if not [*key_images, *measurement_srs]:
         # The study instance was only the source of the patient/study modules, not referenced evidence.
         if "CurrentRequestedProcedureEvidenceSequence" in sr:
             del sr.CurrentRequestedProcedureEvidenceSequence
-    for kw in ("AccessionNumber", "ReferringPhysicianName", "StudyID", "StudyDate", "StudyTime",
-               "StudyDescription", "PatientBirthDate", "PatientSex"):
+    for kw in (
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "StudyID",
+        "StudyDate",
+        "StudyTime",
+        "StudyDescription",
+        "PatientBirthDate",
+        "PatientSex",
+    ):
         if kw in study and kw not in sr:
             setattr(sr, kw, study.get(kw))
     return sr
@@ -233,16 +261,27 @@ def read_report_sr(ds: Dataset) -> ReportContent:
     verifier = org = at = ""
     if ds.get("VerifyingObserverSequence"):
         v = ds.VerifyingObserverSequence[0]
-        verifier, org, at = str(v.VerifyingObserverName).rstrip("^"), str(v.VerifyingOrganization), str(v.VerificationDateTime)
-    predecessors = [str(i.ReferencedSOPInstanceUID)
-                    for study in ds.get("PredecessorDocumentsSequence", [])
-                    for series in study.get("ReferencedSeriesSequence", [])
-                    for i in series.get("ReferencedSOPSequence", [])]
+        verifier, org, at = (
+            str(v.VerifyingObserverName).rstrip("^"),
+            str(v.VerifyingOrganization),
+            str(v.VerificationDateTime),
+        )
+    predecessors = [
+        str(i.ReferencedSOPInstanceUID)
+        for study in ds.get("PredecessorDocumentsSequence", [])
+        for series in study.get("ReferencedSeriesSequence", [])
+        for i in series.get("ReferencedSOPSequence", [])
+    ]
     return ReportContent(
         sections=sections,
         complete=str(ds.get("CompletionFlag", "")) == "COMPLETE",
         verified=str(ds.get("VerificationFlag", "")) == "VERIFIED",
         final=str(ds.get("PreliminaryFlag", "FINAL")) == "FINAL",
-        author=author, verifier=verifier, verifying_organization=org, verified_at=at,
-        key_images=key_images, measurement_srs=measurements, predecessors=predecessors,
+        author=author,
+        verifier=verifier,
+        verifying_organization=org,
+        verified_at=at,
+        key_images=key_images,
+        measurement_srs=measurements,
+        predecessors=predecessors,
     )

@@ -69,8 +69,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
     )
-    op.create_index("ux_hl7_outbox_report_kind_endpoint", "hl7_outbox", ["report_fk", "kind", "endpoint"],
-                    unique=True)
+    op.create_index("ux_hl7_outbox_report_kind_endpoint", "hl7_outbox", ["report_fk", "kind", "endpoint"], unique=True)
     op.create_index("ix_hl7_outbox_state", "hl7_outbox", ["state", "next_try_at"])
 
 
