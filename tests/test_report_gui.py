@@ -235,6 +235,18 @@ def _underlined(edit: Any, word: str) -> bool:
 def test_report_by_keyboard_insert_sign_addendum(qtbot: Any, window: Any) -> None:
     editor = _open_report(qtbot, window)
     assert editor.template is not None and editor.template.id == "ct_chest.en"  # CT, CHEST, "CT Thorax"
+    help_text = window.shortcuts_html()  # Help -> Keyboard shortcuts lists the editor's keys
+    for keys in (
+        "Ctrl+Shift+D",
+        "Ctrl+Alt+M",
+        "Ctrl+Alt+K",
+        "Ctrl+Alt+C",
+        "Ctrl+Alt+A",
+        "Ctrl+Shift+S",
+        "Ctrl+Shift+A",
+    ):
+        assert keys in help_text
+    assert window.findChild(QMenu, "reportMenu") is not None
     assert editor.badge.text() == "New"
     # the patient's prior report is listed beside
     assert editor.priors_list.count() == 1 and "2025-03-01" in editor.priors_list.item(0).text()
@@ -470,11 +482,9 @@ def test_worklist_report_status_turnaround_and_stat_first(qtbot: Any, window: An
     qtbot.waitUntil(lambda: not editor._loading and bool(editor.sections), timeout=TIMEOUT)
     with qtbot.waitSignal(editor.saved, timeout=TIMEOUT):
         _type(editor.sections[0], "Dyspnée.")
-    window.show_worklist()
-    wl.refresh()
+    window.show_worklist()  # the worklist follows the report's changes by itself (no refresh here)
     qtbot.waitUntil(lambda: cell(0, "_report") == "Draft", timeout=TIMEOUT)
     window.reporting.reports.sign(editor.report.report_id, user="drhouse", password=PASSWORD)
-    wl.refresh()
     qtbot.waitUntil(lambda: cell(0, "_report") == "Final", timeout=TIMEOUT)
     colour = wl.model.data(wl.model.index(0, cols["_report"]), Qt.ItemDataRole.ForegroundRole).color()
     assert colour == QColor(STATE_STYLE[FINAL][1])

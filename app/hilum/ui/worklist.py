@@ -50,7 +50,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from hilum.archive.orders import CANCELLED, COMPLETED, DISCONTINUED, IN_PROGRESS, SCHEDULED, OrderBook, OrderEvent
+from hilum.archive.orders import CANCELLED, COMPLETED, DISCONTINUED, IN_PROGRESS, SCHEDULED, OrderBook
 
 log = logging.getLogger(__name__)
 
@@ -444,6 +444,7 @@ class WorklistBrowser(QWidget):
         self.table.doubleClicked.connect(lambda idx: self.open_row(idx.row()))
         self.table.selectionModel().selectionChanged.connect(lambda *_: self._update_open_button())
         self._unsubscribe = self.query.book.subscribe(self._on_order_event)
+        self._unsubscribe_reports = self._subscribe_reports(archive)
         self.refresh()
 
     # ------------------------------------------------------------ filters and refresh
@@ -493,7 +494,21 @@ class WorklistBrowser(QWidget):
         self._update_open_button()
         self.refreshed.emit(len(rows))
 
-    def _on_order_event(self, _event: OrderEvent) -> None:
+    def _subscribe_reports(self, archive: Any) -> Any:
+        """Refresh when a report is created, marked preliminary, signed or amended (not on each autosave)."""
+        try:
+            from hilum.archive.reports import ReportChanged
+
+            def on_report(event: Any) -> None:
+                if getattr(event, "what", "") not in ("saved", "stored"):
+                    self._on_order_event(event)
+
+            return archive.events.subscribe(ReportChanged, on_report)
+        except Exception as exc:  # noqa: BLE001 - the 30 s poll still shows report states
+            log.warning("the worklist does not follow report changes: %s", exc)
+            return lambda: None
+
+    def _on_order_event(self, _event: Any) -> None:
         # Called from the thread that committed the change: hop to the GUI thread.
         if not self._closed:
             try:
@@ -560,6 +575,7 @@ class WorklistBrowser(QWidget):
             return
         self._closed = True
         self._unsubscribe()
+        self._unsubscribe_reports()
         self._throttle.stop()
         self._poll.stop()
         self._tick.stop()
