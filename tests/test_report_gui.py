@@ -32,7 +32,7 @@ from pydicom.sr.coding import Code  # noqa: E402
 from PySide6.QtCore import Qt, QTimer  # noqa: E402
 from PySide6.QtGui import QColor, QContextMenuEvent, QTextCharFormat  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
-from PySide6.QtWidgets import QApplication, QMenu  # noqa: E402
+from PySide6.QtWidgets import QApplication, QDialog, QMenu, QTextBrowser  # noqa: E402
 
 from _viewer_data import STUDY, write_ct  # noqa: E402
 from hilum.archive import Archive  # noqa: E402
@@ -250,6 +250,16 @@ def test_report_by_keyboard_insert_sign_addendum(qtbot: Any, window: Any) -> Non
     assert editor.badge.text() == "New"
     # the patient's prior report is listed beside
     assert editor.priors_list.count() == 1 and "2025-03-01" in editor.priors_list.item(0).text()
+    item = editor.priors_list.item(0)
+    QTest.mouseClick(editor.priors_list.viewport(), Qt.MouseButton.LeftButton,
+                     pos=editor.priors_list.visualItemRect(item).center())  # fmt: skip
+    qtbot.waitUntil(lambda: editor.findChild(QDialog, "reportReadDialog") is not None, timeout=TIMEOUT)
+    prior_dialog = editor.findChild(QDialog, "reportReadDialog")
+    assert "Small nodule, 4 mm." in prior_dialog.findChild(QTextBrowser).toPlainText()
+    assert "signed by drhouse" in prior_dialog.findChild(QTextBrowser).toPlainText()
+    prior_dialog.close()
+    _activate(qtbot, window)
+    editor.focus_section(0)
 
     # choose the French template with the keyboard: Alt+T to the combo, then the arrow keys
     _key(qtbot, editor, Qt.Key.Key_T, ALT)
@@ -545,3 +555,20 @@ def test_insert_formatting() -> None:
     index = {"a": inserts.ImageRef(3, 10), "b": ref}
     assert inserts.key_image_text(keys, index) == "Key images: series 3 image 10 frame 3; series 3 image 45."
     assert inserts.comparison_text(None) == "None."
+
+
+def test_speller_french_english_and_user_words(config_dir: Path) -> None:
+    from hilum.ui.report.spell import Speller
+
+    fr = Speller("fr")
+    text = "Pas d'épanchement pleural ; l'hémorragie T2 en hypersignal FLAIR, poumonn sous-dural."
+    assert [w for _s, _n, w in fr.misspelt(text)] == ["poumonn"]
+    start, length, word = fr.misspelt(text)[0]
+    assert text[start : start + length] == word
+    assert "poumon" in [s.lower() for s in fr.suggestions("Poumonn")] or "poumons" in fr.suggestions("poumonn")
+    en = Speller("en")
+    assert [w for _s, _n, w in en.misspelt("No lymphadenopathy, a pleural efusion; CT C5-C6.")] == ["efusion"]
+    en.add_word("Hilumoma")
+    assert en.misspelt("A hilumoma.") == []
+    assert Speller("en").misspelt("A hilumoma.") == []  # kept in the user's list
+    assert (config_dir / "words.en.txt").read_text(encoding="utf-8").split() == ["Hilumoma"]
