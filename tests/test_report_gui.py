@@ -392,6 +392,15 @@ def test_draft_survives_closing_the_window_and_autosaves(qtbot: Any, make_main_w
         _type(editor.sections[0], "Fièvre.")
     rid = editor.report.report_id
     assert win.reporting.reports.get(rid).sections[0].text == "Fièvre."
+    # leaving a section saves at once (the timer made too long to be the one that saves)
+    editor._autosave.setInterval(600_000)
+    QTest.keyClick(editor.sections[0], Qt.Key.Key_2, ALT)
+    assert editor.sections[1].hasFocus()
+    _type(editor.sections[1], "CT sans injection.")
+    with qtbot.waitSignal(editor.saved, timeout=5000):
+        QTest.keyClick(editor.sections[1], Qt.Key.Key_Tab)
+    assert editor.sections[2].hasFocus()
+    assert win.reporting.reports.get(rid).sections[1].text.endswith("CT sans injection.")
     # more typing, then the window closes at once (before the autosave's delay)
     QTest.keyClicks(editor.sections[0], " Toux depuis 3 semaines.")
     assert editor.dirty

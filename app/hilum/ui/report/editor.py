@@ -723,6 +723,7 @@ class ReportEditor(QWidget):
 
     def focus_section(self, index: int) -> bool:
         if 0 <= index < len(self.sections):
+            self.sections[index].moveCursor(QTextCursor.MoveOperation.End)  # dictation goes on at the end
             self.sections[index].setFocus(Qt.FocusReason.ShortcutFocusReason)
             self.scroll_area.ensureWidgetVisible(self.sections[index])
             return True
