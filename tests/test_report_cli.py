@@ -3,12 +3,14 @@ report signed by another process on the same data folder, its report series visi
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -87,7 +89,7 @@ def test_report_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_serve_sends_a_report_signed_elsewhere_and_findscu_sees_the_report_series(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    hl7_port, dicom_port = free_port(), free_port()
+    hl7_port, dicom_port, web_port = free_port(), free_port(), free_port()
     data.mkdir()
     (data / "hilum.toml").write_text(
         f'[report]\nhis = [{{ name = "ris", host = "127.0.0.1", port = {hl7_port}, timeout = 5 }}]\n'
@@ -107,7 +109,7 @@ def test_serve_sends_a_report_signed_elsewhere_and_findscu_sees_the_report_serie
             "--aet",
             "NODE",
             "--web-port",
-            str(free_port()),
+            str(web_port),
             "--hl7-port",
             str(free_port()),
         ],
@@ -129,6 +131,15 @@ def test_serve_sends_a_report_signed_elsewhere_and_findscu_sees_the_report_serie
             while time.monotonic() < deadline and Outbox(archive).list()[0].state != "sent":
                 time.sleep(0.1)
             assert Outbox(archive).list()[0].state == "sent" and Outbox(archive).list()[0].report_id == report_id
+        # QIDO-RS (the node has users now: HTTP Basic as the radiologist)
+        token = base64.b64encode(f"drhouse:{PASSWORD}".encode()).decode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{web_port}/dicom-web/studies/{STUDY.uid}/series",
+            headers={"Authorization": f"Basic {token}", "Accept": "application/dicom+json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            listed = json.loads(resp.read())
+        assert {s["00080060"]["Value"][0] for s in listed} == {"CT", "SR", "DOC"}
         if FINDSCU.exists() and shutil.which("dcmdump"):
             out = subprocess.run(
                 [

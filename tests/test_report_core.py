@@ -258,3 +258,30 @@ def test_state_survives_reopening_the_archive(filled: dict, archive: Archive, da
     with Archive(data_dir) as again:
         back = Reports(again, users=UserStore.of(again, hasher=FAST_HASH), store_dicom=False).get(r.report_id)
     assert back.sections == tuple(SECTIONS) and back.state == DRAFT
+
+
+def test_two_signatures_at_once_make_one(reports: Reports) -> None:
+    """Two threads sign the same draft at once: one wins, the other is told it is signed; one event, one ORU."""
+    import threading
+
+    r = reports.create(STUDY.uid, user="drhouse", sections=SECTIONS)
+    fast = Reports(reports.archive, users=reports.users, endpoints=["his"], store_dicom=False)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def sign() -> None:
+        barrier.wait()
+        try:
+            fast.sign(r.report_id, user="drhouse", password=PASSWORD)
+            outcomes.append("signed")
+        except ReportLocked:
+            outcomes.append("locked")
+
+    threads = [threading.Thread(target=sign) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcomes) == ["locked", "signed"]
+    assert [e.to_state for e in reports.events(r.report_id)] == [DRAFT, FINAL]
+    assert len(reports.outbox(report_id=r.report_id)) == 1

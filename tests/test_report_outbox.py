@@ -247,6 +247,16 @@ def test_endpoints_from_config() -> None:
         endpoints_of(Bad())
 
 
+def test_bad_report_settings_are_a_config_error(archive: Archive) -> None:
+    from hilum.errors import ConfigError
+
+    class Bad:
+        extra = {"report": {"his": [{"name": "ris", "host": "h", "port": 1}], "retry_base": "soon"}}
+
+    with pytest.raises(ConfigError, match=r"\[report\] retry_base must be a positive number"):
+        OutboxService.from_config(archive, Bad())
+
+
 def test_parse_ack() -> None:
     assert parse_ack(b"MSH|^~\\&|A\rMSA|AE|C1|Patient inconnu \xc3\xa9\r") == ("AE", "C1", "Patient inconnu é")
     assert parse_ack(b"garbage") == ("", "", "")

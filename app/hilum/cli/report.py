@@ -244,7 +244,7 @@ def run_send(args: argparse.Namespace) -> int:
     with open_archive(args, must_exist=True) as archive:
         try:
             svc = OutboxService.from_config(archive, cfg)
-        except ValueError as exc:
+        except HilumError as exc:
             print(f"hilum report send: {exc}", file=sys.stderr)
             return 2
         if not svc.endpoints:

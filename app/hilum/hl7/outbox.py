@@ -59,6 +59,7 @@ from hilum.archive.reports import (
     Report as ReportRow,
 )
 from hilum.archive.storage import WokenService
+from hilum.errors import ConfigError
 from hilum.hl7.mllp import MLLPError, exchange
 from hilum.hl7.outbound import Document, Report, build_mdm, build_oru
 
@@ -124,19 +125,30 @@ class OutboxService(WokenService):
 
     @classmethod
     def from_config(cls, archive: Archive, config: Any) -> OutboxService:
-        oru, mdm = endpoints_of(config)
+        """The service for ``[report]`` (and ``[hl7]``) of ``config``; a malformed setting raises
+        :class:`~hilum.errors.ConfigError` naming it (at start-up: nothing is sent to a wrong place)."""
         extra = getattr(config, "extra", None) or {}
         section = extra.get("report", {}) or {}
         hl7 = extra.get("hl7", {}) or {}
+        try:
+            oru, mdm = endpoints_of(config)
+            timing: dict[str, float] = {}
+            for key, default in (("retry_base", 5.0), ("retry_max", 600.0), ("poll_seconds", 5.0)):
+                value = section.get(key, default)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                    raise ValueError(f"{key} must be a positive number of seconds, not {value!r}")
+                timing[key] = float(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{getattr(config, 'config_path', 'hilum.toml')}: [report] {exc}") from exc
         return cls(
             archive,
             oru,
             mdm,
             application=str(hl7.get("application", getattr(config, "aet", "HILUM"))),
             facility=str(hl7.get("facility", "")),
-            retry_base=float(section.get("retry_base", 5.0)),
-            retry_max=float(section.get("retry_max", 600.0)),
-            poll=float(section.get("poll_seconds", 5.0)),
+            retry_base=timing["retry_base"],
+            retry_max=timing["retry_max"],
+            poll=timing["poll_seconds"],
         )
 
     def enabled(self) -> bool:
