@@ -38,7 +38,7 @@ from _viewer_data import STUDY, write_ct  # noqa: E402
 from hilum.archive import Archive  # noqa: E402
 from hilum.archive.orders import OrderBook, OrderInfo, PatientInfo, StepInfo  # noqa: E402
 from hilum.archive.orders.reconcile import Reconciler  # noqa: E402
-from hilum.archive.reports import AMENDED, DRAFT, FINAL, Reports, Section  # noqa: E402
+from hilum.archive.reports import AMENDED, DRAFT, FINAL, PRELIMINARY, Reports, Section  # noqa: E402
 from hilum.archive.users import UserStore  # noqa: E402
 from hilum.config import load_config  # noqa: E402
 from hilum.dicom.annotations import Annotation, KeyImage  # noqa: E402
@@ -382,6 +382,14 @@ def test_viewer_role_cannot_sign(qtbot: Any, window: Any) -> None:
     assert window.reporting.reports.get(editor.report.report_id).state == DRAFT
     QTest.keyClick(dlg, Qt.Key.Key_Escape)
     qtbot.waitUntil(lambda: editor.sign_dialog is None, timeout=TIMEOUT)
+    # Ctrl+Alt+P: preliminary (stored, not signed; the viewer-role user may not sign, the draft goes on)
+    _activate(qtbot, window)
+    editor.focus_section(0)
+    _key(qtbot, editor, Qt.Key.Key_P, CTRL_ALT)
+    qtbot.waitUntil(lambda: editor.state == PRELIMINARY, timeout=TIMEOUT)
+    assert editor.badge.text() == "Preliminary" and _badge_has(editor, STATE_STYLE[PRELIMINARY][1])
+    assert not editor.read_only and not editor.actions_by_name["preliminary"].isEnabled()
+    assert window.reporting.reports.get(editor.report.report_id).state == PRELIMINARY
 
 
 def test_draft_survives_closing_the_window_and_autosaves(qtbot: Any, make_main_window: Any, data: Path) -> None:
