@@ -439,12 +439,23 @@ class MainWindow(QMainWindow):
         ]:
             self.add_shortcut_help("Study browser" if keys not in ("F1", "Ctrl+Q") else "General", keys, text)
         self._build_deid_menu()
+        self._build_report_menu()
 
     def _build_deid_menu(self) -> None:
         """File → Send anonymised to… and Export to CD/USB… (issue 21b, :mod:`hilum.ui.deid_media`)."""
         from hilum.ui.deid_media import install
 
         self.deid_media = install(self)
+
+    def _build_report_menu(self) -> None:
+        """Report menu and the Report dock (issue 20b: :mod:`hilum.ui.report.dock`); never fatal."""
+        self.reporting: Any = None
+        try:
+            from hilum.ui.report.dock import install_reporting
+
+            self.reporting = install_reporting(self)
+        except Exception:  # noqa: BLE001 - the workstation must open even if reporting cannot
+            log.exception("the report editor is not available")
 
     # ------------------------------------------------------------ public API
 
@@ -734,6 +745,8 @@ class MainWindow(QMainWindow):
             self.prefetch.shutdown()
         if self.storage is not None:
             self.storage.shutdown()
+        if self.reporting is not None:
+            self.reporting.shutdown()  # drafts saved (also on the way in: ReportController.eventFilter)
         if self.worklist is not None:
             shutdown = getattr(self.worklist, "shutdown", None)
             if shutdown is not None:
