@@ -139,7 +139,7 @@ def make_heatmap_seg(result: PluginResult) -> Dataset | None:
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=result.plugin.name[:64],
-        software_versions=_software(result),
+        software_versions=_software(result)[0],
         device_serial_number="0",
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         max_fractional_value=255,
