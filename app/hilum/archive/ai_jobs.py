@@ -73,16 +73,24 @@ def enqueue(archive: Archive, plugin: str, version: str, series_uid: str, study_
     due = now + timedelta(seconds=max(0.0, settle))
     with archive.transaction() as conn:
         pk = conn.execute(
-            select(ai_jobs.c.pk).where(and_(ai_jobs.c.series_uid == series_uid, ai_jobs.c.plugin == plugin,
-                                            ai_jobs.c.state == "queued"))  # fmt: skip
+            select(ai_jobs.c.pk).where(
+                and_(ai_jobs.c.series_uid == series_uid, ai_jobs.c.plugin == plugin, ai_jobs.c.state == "queued")
+            )  # fmt: skip
         ).scalar()
         if pk is not None:
             conn.execute(update(ai_jobs).where(ai_jobs.c.pk == pk).values(not_before=due, plugin_version=version))
             return int(pk), False
         res = conn.execute(
-            ai_jobs.insert().values(plugin=plugin, plugin_version=version, series_uid=series_uid,
-                                    study_uid=study_uid, state="queued", rule=rule[:64], not_before=due,
-                                    created_at=now)  # fmt: skip
+            ai_jobs.insert().values(
+                plugin=plugin,
+                plugin_version=version,
+                series_uid=series_uid,
+                study_uid=study_uid,
+                state="queued",
+                rule=rule[:64],
+                not_before=due,
+                created_at=now,
+            )  # fmt: skip
         )
         key = res.inserted_primary_key
         assert key is not None
