@@ -59,6 +59,7 @@ from hilum.ai.model import (
 from hilum.errors import HilumError
 
 if TYPE_CHECKING:
+    from hilum.dicom.stack_load import SeriesVolume
     from hilum.dicom.volume import Volume
 
 __all__ = [
@@ -159,6 +160,21 @@ class SeriesInput:
         except (VolumeError, ValueError) as exc:
             logger.info("series without volume geometry (%s): images in instance order", exc)
             return cls._flat([pydicom.dcmread(os.fspath(p)) for p in paths])
+        headers: list[Dataset] = [pydicom.dcmread(f.path, stop_before_pixels=True) for f in vol.slices]
+        return cls._of_volume(vol, headers)
+
+    @classmethod
+    def from_loaded(cls, series: SeriesVolume) -> SeriesInput:
+        """The viewer's loaded series (:func:`hilum.dicom.stack_load.load_series`), without decoding
+        its pixels again: the volume is :func:`hilum.dicom.volume.volume_from_series` of it."""
+        import pydicom
+
+        from hilum.dicom.volume import VolumeError, volume_from_series
+
+        try:
+            vol = volume_from_series(series, regularize=False)
+        except VolumeError as exc:
+            raise PluginError("", f"the series is not a volume: {exc}") from None
         headers: list[Dataset] = [pydicom.dcmread(f.path, stop_before_pixels=True) for f in vol.slices]
         return cls._of_volume(vol, headers)
 
