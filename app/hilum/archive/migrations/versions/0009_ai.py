@@ -1,14 +1,14 @@
 """AI plugins (issue 19): the persistent auto-run queue ``ai_jobs``.
 
 Revision ID: 0009_ai
-Revises: 0008_storage
+Revises: 0012_deid
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_ai"
-down_revision = "0008_storage"
+down_revision = "0012_deid"
 branch_labels = None
 depends_on = None
 
