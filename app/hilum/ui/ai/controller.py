@@ -305,9 +305,9 @@ class AIController(QObject):
 
     def discover(self) -> None:
         """Look for installed plugins again (off the GUI thread); :attr:`pluginsChanged` when done."""
-        if self._discovering or self._closed:
+        if self._closed:
             return
-        self._discovering = True
+        self._discovering = True  # one worker: a second scan queues behind the first, the last one wins
         from hilum.ai import discover
 
         self.runner.submit(discover, self.path, on_done=self._on_discovered, on_error=self._on_discover_failed)
