@@ -19,12 +19,12 @@ from _viewer_data import STUDY, hu_point_to_pixel, write_ct
 
 pytest.importorskip("pytestqt")
 pytest.importorskip("onnx")
-from _ai_support import POST_OK, POST_RAISES, make_plugin  # noqa: E402
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QToolButton  # noqa: E402
 
+from _ai_support import POST_OK, POST_RAISES, make_plugin  # noqa: E402
 from hilum.archive import Archive  # noqa: E402
 from hilum.config import load_config  # noqa: E402
 
@@ -113,19 +113,22 @@ def ai_series(archive, study):
 
 
 # points of the generated CT (axial, mm): soft tissue of the body, air outside it, the left lung
-BODY, AIR, LUNG = (0.0, -40.0), (0.0, -170.0), (70.0, 10.0)
+BODY, AIR, LUNG = (0.0, -40.0), (0.0, -150.0), (-70.0, -50.0)
 
 
 def test_run_overlays_toggle_opacity_findings_jump_and_archived_offer(qtbot, ai_window):
     window, archive = ai_window, ai_window.archive
     viewer, canvas = open_ct(qtbot, window)
     vp = viewer.active_viewport()
+    QTest.keyClick(canvas, Qt.Key.Key_N, CA)  # Ctrl+Alt+N: the AI results panel (the canvas keeps its size from here)
+    assert window.ai.dock.isVisible()
+    qtbot.wait(100)
     before = grab(canvas)
     assert grey(at(before, vp, *BODY)) and grey(at(before, vp, *AIR))
     choose(window, "hilum-test-body")
     with qtbot.waitSignal(window.ai.runFinished, timeout=120000) as sig:
         QTest.keyClick(canvas, Qt.Key.Key_I, CA)  # Ctrl+Alt+I: run on this series
-        assert window.ai.progress.isVisible() and window.ai.cancel_btn.isVisible()
+        assert window.ai.progress.isVisible() and window.ai.cancel_btn.isVisible(), window.statusBar().currentMessage()
     result, error = sig.args
     assert error == "" and result is not None
     assert not window.ai.progress.isVisible()
@@ -192,7 +195,10 @@ def test_run_overlays_toggle_opacity_findings_jump_and_archived_offer(qtbot, ai_
     assert int(vp.volume.stack.order.volume_index[start]) != f.slice_index
     item = dock.table.item(0, 0)
     rect = dock.table.visualItemRect(item)
-    QTest.mouseDClick(dock.table.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, rect.center())
+    no = Qt.KeyboardModifier.NoModifier
+    # a real double-click: press, release, double-click press, release (the view wants the first press)
+    QTest.mouseClick(dock.table.viewport(), Qt.MouseButton.LeftButton, no, rect.center())
+    QTest.mouseDClick(dock.table.viewport(), Qt.MouseButton.LeftButton, no, rect.center())
     assert int(vp.volume.stack.order.volume_index[vp.index]) == f.slice_index
     assert vp.index != start and slice_text == str(f.slice_index + 1)
     cx, cy = vp.image_to_canvas(f.centre[1], f.centre[0])

@@ -473,8 +473,8 @@ class AIController(QObject):
         if vp is None or vp.volume is None:
             bar.showMessage("Open a series first: AI plugins run on the active viewport's series", 5000)
             return False
-        if viewer.is_loading(vp.series_uid):
-            bar.showMessage("The series is still loading: run the AI plugin when it is complete", 5000)
+        if getattr(vp.volume, "preview", False):
+            bar.showMessage("The series is still loading: run the AI plugin when it is shown in full", 5000)
             return False
         if self.plugins is None:
             self._run_after_discovery = True

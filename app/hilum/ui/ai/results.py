@@ -14,6 +14,7 @@ referenced SOP Instance UID) and centre; a NUM outside any group → the series'
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,7 +185,9 @@ def read_findings_sr(ds: Dataset, stack: Stack | None = None) -> tuple[list[Find
     findings: list[Finding] = []
     score: Score | None = None
 
-    def group(items: list[Dataset]) -> Finding | None:
+    def group(items: list[Dataset]) -> Finding | Score | None:
+        if any(str(it.get("ValueType", "")) == "SCOORD3D" or _concept(it)[:2] == ("DCM", "121191") for it in items):
+            return None  # a segment's volume (TID 1411, referencing the SEG): shown by the SEG, not a finding
         label, code, sc = "", None, None
         m: int | None = None
         centre = None
@@ -212,6 +215,10 @@ def read_findings_sr(ds: Dataset, stack: Stack | None = None) -> tuple[list[Find
                 m, centre = _scoord(it, by_uid)
         if not (label or code or measurements or sc is not None):
             return None
+        label = re.sub(r" \d+$", "", label)  # the Tracking Identifier is "<label> <n>"
+        if code is None and centre is None and sc is None and len(measurements) == 1:
+            name, (number, unit) = next(iter(measurements.items()))
+            return Score(label=label or name, value=number, unit=unit or "1")  # a TID 1501 group of one score
         if code is not None and (not label or label.startswith("Finding")):
             label = code[2] or label
         return Finding(label=label or "Finding", code=code, score=sc, slice_index=m, centre=centre,
@@ -224,7 +231,9 @@ def read_findings_sr(ds: Dataset, stack: Stack | None = None) -> tuple[list[Find
             for g in item.get("ContentSequence", []) or []:
                 if str(g.get("ValueType", "")) == "CONTAINER":
                     f = group(list(g.get("ContentSequence", []) or []))
-                    if f is not None:
+                    if isinstance(f, Score):
+                        score = score or f
+                    elif f is not None:
                         findings.append(f)
                 elif str(g.get("ValueType", "")) == "NUM" and score is None:
                     num = _num(g)
