@@ -24,13 +24,46 @@ from PySide6.QtGui import QImage  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QToolButton  # noqa: E402
 
-from _ai_support import POST_OK, POST_RAISES, make_plugin  # noqa: E402
+from _ai_support import POST_OK, POST_RAISES, make_plugin, sha256  # noqa: E402
 from hilum.archive import Archive  # noqa: E402
 from hilum.config import load_config  # noqa: E402
 
 pytestmark = pytest.mark.gui
 ROWS, SLICES = 96, 12
 CA = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier
+
+
+def slow_model(path, reps: int = 120) -> None:
+    """The test plugins' threshold model with a chain of 256×256 matrix products per batch that
+    depends on the input (so onnxruntime cannot fold it away at load): a batch takes a while."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    n = 256
+    nodes = [
+        helper.make_node("Sub", ["image", "half"], ["d"]),
+        helper.make_node("Mul", ["d", "slope"], ["z"]),
+        helper.make_node("Sigmoid", ["z"], ["p1"]),
+        helper.make_node("ReduceSum", ["image"], ["s"], keepdims=0),
+        helper.make_node("Mul", ["s", "zero"], ["s0"]),
+        helper.make_node("Add", ["mat", "s0"], ["m0"]),
+    ]
+    for i in range(reps):
+        nodes.append(helper.make_node("MatMul", [f"m{i}", "mat"], [f"m{i + 1}"]))
+    nodes += [helper.make_node("ReduceSum", [f"m{reps}"], ["t"], keepdims=0),
+              helper.make_node("Mul", ["t", "zero"], ["t0"]), helper.make_node("Add", ["p1", "t0"], ["prob"])]  # fmt: skip
+    inits = [
+        helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+        helper.make_tensor("slope", TensorProto.FLOAT, [], [40.0]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("mat", TensorProto.FLOAT, [n, n], list((np.eye(n, dtype=np.float32) * 0.5).ravel())),
+    ]
+    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                              ["N", 1, "H", "W"])], [helper.make_tensor_value_info("prob", TensorProto.FLOAT, None)],
+                              inits)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +74,15 @@ def plugin_dir(tmp_path_factory):
     src.mkdir()
     dists = [
         make_plugin(src, "hilum-test-body", post=POST_OK, heat=True),
-        make_plugin(src, "hilum-test-slow", slow_ms=400, batch=1),
+        make_plugin(src, "hilum-test-slow", batch=1),
         make_plugin(src, "hilum-test-raise", post=POST_RAISES),
         make_plugin(src, "hilum-test-broken"),
     ]
+    slow = dists[1] / "hilum_test_slow"
+    old_sha = sha256(slow / "model.onnx")
+    slow_model(slow / "model.onnx")
+    toml = slow / "hilum-plugin.toml"
+    toml.write_text(toml.read_text().replace(old_sha, sha256(slow / "model.onnx")))
     manifest = dists[-1] / "hilum_test_broken" / "hilum-plugin.toml"
     manifest.write_text(manifest.read_text().replace('licence = "MIT"', 'licence = "MIT"\ncolour_scheme = "red"'))
     target = root / "site"
@@ -265,8 +303,10 @@ def test_a_raising_plugin_gives_one_message_and_the_window_goes_on(qtbot, ai_win
     assert box.text().startswith("The AI plugin “Body mask (test)” failed") and box.text().endswith(".")
     assert ai_series(archive, STUDY.uid) == []
     QTest.mouseClick(box.button(box.StandardButton.Ok), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: window.ai.error_box is None, timeout=5000)
     # the workstation goes on: keys scroll, another plugin runs
     window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow, timeout=5000)
     canvas.setFocus()
     before = viewer.active_viewport().index
     QTest.keyClick(canvas, Qt.Key.Key_Down)
