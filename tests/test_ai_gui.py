@@ -197,6 +197,25 @@ def test_run_overlays_toggle_opacity_findings_jump_and_archived_offer(qtbot, ai_
     ok_in = [changed[int(y), int(x)] for x, y in inside if 2 < x < w - 3 and 2 < y < h - 3]
     assert ok_in and np.mean(ok_in) > 0.97 and ok_out and np.mean(ok_out) > 0.97
 
+    # per segment: the segments panel (Ctrl+Shift+G), a click on the segment's check box hides it alone
+    QTest.keyClick(canvas, Qt.Key.Key_G, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    panel = viewer.seg_panel
+    assert panel.isVisible() and panel.table.rowCount() == 1 and panel.table.item(0, 2).text() == "Body"
+    qtbot.wait(50)
+    assert not grey(at(grab(canvas), vp, *BODY))
+    box = panel.table.visualItemRect(panel.table.item(0, 0)).center()  # the check box fills the narrow column
+    QTest.mouseClick(panel.table.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, box)
+    assert not lm.segments[1].visible
+    qtbot.wait(50)
+    assert grey(at(grab(canvas), vp, *BODY))
+    QTest.mouseClick(panel.table.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, box)
+    assert lm.segments[1].visible
+    canvas.setFocus()
+    QTest.keyClick(canvas, Qt.Key.Key_G, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    assert not panel.isVisible()
+    qtbot.wait(50)
+    assert (grab(canvas) == seg_only).all()
+
     # segmentation off too (Ctrl+Alt+G): the image is back
     QTest.keyClick(canvas, Qt.Key.Key_G, CA)
     assert not window.ai.actions["ai_seg"].isChecked()
@@ -268,6 +287,11 @@ def test_run_overlays_toggle_opacity_findings_jump_and_archived_offer(qtbot, ai_
         QTest.mouseClick(dock.show_btn, Qt.MouseButton.LeftButton)
     again = viewer.seg.labels[viewer.active_viewport().series_uid]
     assert np.array_equal(again.array > 0, lm.array > 0)
+    dock.archive_box.setCurrentIndex(kinds.index("heatmap"))
+    with qtbot.waitSignal(window.ai.resultShown, timeout=20000):
+        QTest.mouseClick(dock.show_btn, Qt.MouseButton.LeftButton)
+    shown = viewer.ai_heat.maps[viewer.active_viewport().series_uid].astype(int)
+    assert np.abs(shown - np.round(result.heatmap * 255)).max() <= 1
 
 
 def test_escape_cancels_mid_run_and_nothing_is_stored(qtbot, ai_window):
@@ -332,8 +356,8 @@ def test_plugin_manager_menu_and_help(qtbot, ai_window):
     assert titles.index("AI") == len(titles) - 2  # before Help
     button = viewer.findChild(QToolButton, "aiToolButton")
     assert button is not None and button.defaultAction() is ai.actions["ai_run"] and button.menu() is ai.menu
-    # Ctrl+Alt+P: the plugin manager
-    QTest.keyClick(canvas, Qt.Key.Key_P, CA)
+    # Ctrl+Alt+U: the plugin manager
+    QTest.keyClick(canvas, Qt.Key.Key_U, CA)
     dlg = ai.dialog
     assert dlg is not None and dlg.isVisible()
     names = [dlg.list.item(i).text() for i in range(dlg.list.count())]

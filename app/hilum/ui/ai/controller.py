@@ -9,7 +9,7 @@
   disabled with the reason as tooltip —, "Run on this series" (Ctrl+Alt+I), "Cancel the AI run"
   (Esc while one runs), the AI results panel (Ctrl+Alt+N), the segmentation and heat-map
   overlays (Ctrl+Alt+G, Ctrl+Alt+H), their opacity (Ctrl+Alt+= / Ctrl+Alt+-) and the plugin
-  manager (Ctrl+Alt+P; also Tools → AI plugins…);
+  manager (Ctrl+Alt+U; also Tools → AI plugins…);
 - a run loads the plugin, reads the series from the archive, runs it (:func:`hilum.ai.run`) and
   stores the results (:func:`hilum.ai.store`: SEG / FRACTIONAL SEG / SR through the archive's
   one ingest call), all on a worker thread (DESIGN.md "The GUI never waits"); progress shows in
@@ -64,7 +64,7 @@ SHORTCUTS: list[tuple[str, str, str]] = [
     ("ai_heat", "Ctrl+Alt+H", "AI: show / hide the heat-map overlay"),
     ("ai_more", "Ctrl+Alt+=", "AI: overlays more opaque"),
     ("ai_less", "Ctrl+Alt+-", "AI: overlays more transparent"),
-    ("ai_plugins", "Ctrl+Alt+P", "AI plugins: installed plugins, intended use, problems, auto-run rules"),
+    ("ai_plugins", "Ctrl+Alt+U", "AI plugins: installed plugins, intended use, problems, auto-run rules"),
 ]
 """``(action, keys, description)`` of the AI actions (listed in Help → Keyboard shortcuts)."""
 
