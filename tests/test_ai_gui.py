@@ -166,6 +166,7 @@ def test_run_overlays_toggle_opacity_findings_jump_and_archived_offer(qtbot, ai_
     choose(window, "hilum-test-body")
     with qtbot.waitSignal(window.ai.runFinished, timeout=120000) as sig:
         QTest.keyClick(canvas, Qt.Key.Key_I, CA)  # Ctrl+Alt+I: run on this series
+        assert window.ai.run is not None and window.ai.run.plugin == "hilum-test-body"
         assert window.ai.progress.isVisible() and window.ai.cancel_btn.isVisible(), window.statusBar().currentMessage()
     result, error = sig.args
     assert error == "" and result is not None
@@ -173,7 +174,9 @@ def test_run_overlays_toggle_opacity_findings_jump_and_archived_offer(qtbot, ai_
     # stored: a SEG, a FRACTIONAL SEG (heat map) and an SR, "AI: <title> <version>", referencing the series
     descs = {(r["Modality"], r["SeriesDescription"]) for r in ai_series(archive, STUDY.uid)}
     assert ("SEG", "AI: Body mask (test) 1.2.3") in descs and ("SR", "AI: Body mask (test) 1.2.3") in descs
-    qtbot.waitUntil(lambda: canvas.paint_count > 0)
+    # the new objects are offered in the panel too (the archive's events, origin "ai")
+    qtbot.waitUntil(lambda: window.ai.dock.archive_box.count() == 3 and window.ai.dock.show_btn.isEnabled(),
+                    timeout=20000)  # fmt: skip
     qtbot.wait(50)
 
     # heat map off (Ctrl+Alt+H): the segmentation alone — coloured on the body, untouched in air and lung
@@ -373,6 +376,11 @@ def test_plugin_manager_menu_and_help(qtbot, ai_window):
     assert "Problems" in dlg.details_text() and "colour_scheme" in dlg.details_text()
     assert "none: this plugin runs only when asked" in dlg.details_text()
     dlg.close()
+    # Tools → AI plugins… (the viewer's Tools menu, filled when it opens)
+    window.tools_menu.aboutToShow.emit()
+    assert (
+        ai.actions["ai_plugins"] in window.tools_menu.actions() and ai.actions["ai_run"] in window.tools_menu.actions()
+    )
     # Help → Keyboard shortcuts lists the AI keys
     html = window.shortcuts_html()
     assert "AI plugins" in html and "Ctrl+Alt+I" in html and "Ctrl+Alt+H" in html

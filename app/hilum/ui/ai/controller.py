@@ -179,6 +179,9 @@ class AIController(QObject):
         self.dock.opacityChanged.connect(self.set_opacity)
         self.dock.visibilityChanged.connect(lambda on: self.actions["ai_panel"].setChecked(on))
         window.tabs.currentChanged.connect(lambda _i: self._on_tab())
+        changed = getattr(window, "archive_changed", None)
+        if changed is not None:
+            changed.connect(self._on_archive_changed)  # results of the auto-run service arrive too
         tools = getattr(window, "tools_menu", None)
         if tools is not None:
             tools.aboutToShow.connect(self._add_to_tools_menu)  # after the viewer has filled it
@@ -442,6 +445,17 @@ class AIController(QObject):
             logger.warning("AI results not listed: %s", exc)
 
         self.readers.submit(archived_results, self.archive, study, uid, on_done=offer, on_error=failed)
+
+    def _on_archive_changed(self, events: list[Any]) -> None:
+        """New AI objects (ingest origin "ai": a run here or the node's auto-run rules) in the study
+        shown: offer them again."""
+        viewer = _viewer_of(self.window)
+        if viewer is None or self._closed:
+            return
+        studies = set(getattr(viewer, "sessions", {}) or {viewer.study_uid})
+        if any(getattr(e, "kind", "") == "stored" and getattr(e, "origin", "") == "ai"
+               and getattr(e, "study_instance_uid", None) in studies for e in events):  # fmt: skip
+            self.refresh_offers()
 
     def refresh_offers(self) -> None:
         """Look up the archive's AI results of the current series again."""
