@@ -187,8 +187,15 @@ def test_run_overlays_toggle_opacity_findings_jump_and_archived_offer(qtbot, ai_
     assert not grey(at(seg_only, vp, *BODY)), at(seg_only, vp, *BODY)
     assert (at(seg_only, vp, *AIR) == at(before, vp, *AIR)).all()
     assert (at(seg_only, vp, *LUNG) == at(before, vp, *LUNG)).all()
-    # every pixel the label map marks on this slice is coloured, no pixel it does not mark changed
+    # the label map is on the viewer's slice order: it is exactly "HU > -500" of the viewer's own
+    # modality values, slice by slice (the nodules make the slices differ along z)
     lm = viewer.seg.labels[vp.series_uid]
+    from hilum.ui.viewer.seg_tools import _volume_values
+
+    values = _volume_values(vp.volume)[:, :, :]
+    assert np.array_equal(lm.array > 0, values > -500)
+    assert len({a.tobytes() for a in lm.array}) > 1
+    # every pixel the label map marks on this slice is coloured, no pixel it does not mark changed
     m = int(vp.volume.stack.order.volume_index[vp.index])
     changed = np.abs(seg_only - before).sum(axis=2) > 6
     rr, cc = np.nonzero(lm.array[m] == 0)
