@@ -391,3 +391,16 @@ def test_plugin_manager_menu_and_help(qtbot, ai_window):
     # Help → Keyboard shortcuts lists the AI keys
     html = window.shortcuts_html()
     assert "AI plugins" in html and "Ctrl+Alt+I" in html and "Ctrl+Alt+H" in html
+
+
+def test_closing_the_window_mid_run_cancels_and_stores_nothing(qtbot, ai_window):
+    window, archive = ai_window, ai_window.archive
+    viewer, canvas = open_ct(qtbot, window)
+    choose(window, "hilum-test-slow")
+    ai = window.ai
+    QTest.keyClick(canvas, Qt.Key.Key_I, CA)
+    qtbot.waitUntil(lambda: ai.progress.maximum() > 0 and ai.progress.value() >= 1, timeout=60000)
+    job = ai.run.job
+    window.close()  # the window's shutdown cancels the run and waits for its worker
+    assert job.cancelled
+    assert ai_series(archive, STUDY.uid) == []
