@@ -267,7 +267,7 @@ def test_run_overlays_toggle_opacity_findings_jump_and_archived_offer(qtbot, ai_
     QTest.mouseClick(dock.table.viewport(), Qt.MouseButton.LeftButton, no, rect.center())
     QTest.mouseDClick(dock.table.viewport(), Qt.MouseButton.LeftButton, no, rect.center())
     assert int(vp.volume.stack.order.volume_index[vp.index]) == f.slice_index
-    assert vp.index != start and slice_text == str(f.slice_index + 1)
+    assert vp.index != start and slice_text == str(vp.index + 1)  # the viewer's image number ("Im")
     cx, cy = vp.image_to_canvas(f.centre[1], f.centre[0])
     assert abs(cx - vp.canvas_size[0] / 2) < 1 and abs(cy - vp.canvas_size[1] / 2) < 1  # centred
     # Enter on the row does the same
@@ -366,6 +366,7 @@ def test_plugin_manager_menu_and_help(qtbot, ai_window):
     assert titles.index("AI") == len(titles) - 2  # before Help
     button = viewer.findChild(QToolButton, "aiToolButton")
     assert button is not None and button.defaultAction() is ai.actions["ai_run"] and button.menu() is ai.menu
+    assert button.isVisible()  # in the toolbar's visible part (after the tools), not in its overflow
     # Ctrl+Alt+U: the plugin manager
     QTest.keyClick(canvas, Qt.Key.Key_U, CA)
     dlg = ai.dialog
@@ -375,7 +376,7 @@ def test_plugin_manager_menu_and_help(qtbot, ai_window):
     dlg.list.setCurrentRow(names.index("hilum-test-body 1.2.3"))
     text = dlg.details_text()
     for words in ("Licence", "MIT", "Not for clinical use", "modality CT", "3D", "segmentation", "heatmap",
-                  "model.onnx", "Valid", "Auto-run rules", "plugin = 'hilum-test-body'"):  # fmt: skip
+                  "model.onnx", "Valid", "checksums are verified", "Auto-run rules", "plugin = 'hilum-test-body'"):  # fmt: skip
         assert words in text, words
     QTest.keyClick(dlg.list, Qt.Key.Key_Down)
     broken = [n for n in names if "broken" in n][0]

@@ -409,8 +409,16 @@ class AIController(QObject):
         btn.setDefaultAction(self.actions["ai_run"])
         btn.setMenu(self.menu)
         btn.setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
-        viewer.toolbar.addSeparator()
-        viewer.toolbar.addWidget(btn)
+        # after the tools (before the layout button), where it is seen without the toolbar's overflow
+        before = next((a for a in viewer.toolbar.actions()
+                       if getattr(viewer.toolbar.widgetForAction(a), "objectName", lambda: "")() == "layoutButton"),
+                      None)  # fmt: skip
+        if before is not None:
+            viewer.toolbar.insertWidget(before, btn)
+            viewer.toolbar.insertSeparator(before)
+        else:
+            viewer.toolbar.addSeparator()
+            viewer.toolbar.addWidget(btn)
         viewer.seriesShown.connect(lambda *_: self._follow(viewer))
         viewer.loadFinished.connect(lambda *_: self._follow(viewer))
         viewer.model.subscribe(lambda what: self._follow(viewer) if what == "active" else None)
@@ -429,7 +437,7 @@ class AIController(QObject):
             return
         rs = self.results.get(id(viewer), {}).get(uid)
         if rs is not None:
-            self.dock.show_result(rs.title, rs.findings, rs.score)
+            self.dock.show_result(rs.title, rs.findings, rs.score, self._numbers(vp))
         else:
             self.dock.clear_result()
         key = (id(viewer), uid)
@@ -643,8 +651,9 @@ class AIController(QObject):
         if old is not None and rs.source != "run" and not rs.findings and rs.score is None:
             rs.findings, rs.score = old.findings, old.score  # an archived SEG keeps the findings on show
         shown[rs.series_uid] = rs
-        if viewer is _viewer_of(self.window) and viewer.active_viewport().series_uid == rs.series_uid:
-            self.dock.show_result(rs.title, rs.findings, rs.score)
+        vp = viewer.active_viewport()
+        if viewer is _viewer_of(self.window) and vp.series_uid == rs.series_uid:
+            self.dock.show_result(rs.title, rs.findings, rs.score, self._numbers(vp))
         if rs.findings or rs.score is not None:
             self.set_panel_visible(True)
         self.resultShown.emit(rs.series_uid)
@@ -664,6 +673,16 @@ class AIController(QObject):
             self._error(f"The AI result cannot be shown: {exc}")
 
         self.readers.submit(load_archived, item, volume.stack, on_done=shown, on_error=failed)
+
+    @staticmethod
+    def _numbers(vp: Any) -> Any:
+        """Volume slice → the viewer's image number (1-based, the overlay's "Im") in *vp*."""
+        if vp.volume is None:
+            return None
+        first: dict[int, int] = {}
+        for k, m in enumerate(vp.volume.stack.order.volume_index):
+            first.setdefault(int(m), k + 1)
+        return first.get
 
     def result_for(self, viewer: Any, series_uid: str) -> ResultSet | None:
         return self.results.get(id(viewer), {}).get(series_uid)

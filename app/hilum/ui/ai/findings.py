@@ -11,6 +11,7 @@ one opacity slider for both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
@@ -144,8 +145,10 @@ class FindingsDock(QDockWidget):
 
     # ------------------------------------------------------------ content
 
-    def show_result(self, title: str, findings: list[Finding], score: Score | None) -> None:
-        """List *findings* (and *score*) of the result called *title*."""
+    def show_result(self, title: str, findings: list[Finding], score: Score | None,
+                    image_number: Callable[[int], int | None] | None = None) -> None:  # fmt: skip
+        """List *findings* (and *score*) of the result called *title*; *image_number* gives the
+        viewer's image number (1-based, as the overlay's "Im") of a volume slice."""
         self.title.setText(title or "AI result")
         self.findings = list(findings)
         if score is not None:
@@ -160,7 +163,11 @@ class FindingsDock(QDockWidget):
             self.table.insertRow(r)
             self.table.setItem(r, COL_LABEL, QTableWidgetItem(f.label))
             self.table.setItem(r, COL_SCORE, QTableWidgetItem("" if f.score is None else f"{f.score:.2f}"))
-            s = QTableWidgetItem("" if f.slice_index is None else str(f.slice_index + 1))
+            number = None
+            if f.slice_index is not None:
+                number = image_number(f.slice_index) if image_number is not None else f.slice_index + 1
+            s = QTableWidgetItem("" if number is None else str(number))
+            s.setToolTip("The image number in the viewer (Im)")
             s.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             self.table.setItem(r, COL_SLICE, s)
             self.table.setItem(r, COL_MEASURE, QTableWidgetItem(_measure_text(f)))

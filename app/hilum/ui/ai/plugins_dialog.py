@@ -74,7 +74,7 @@ def plugin_html(info: PluginInfo, rules: Sequence[Mapping[str, Any]]) -> str:
             "Input",
             e(
                 f"{m.input.layout}, normalise {m.input.normalise}"
-                + (f", window {m.input.window[0]:g}/{m.input.window[1]:g}" if m.input.window else "")
+                + (f", window centre {m.input.window[0]:g} width {m.input.window[1]:g}" if m.input.window else "")
             ),
         )
         row("Models", "<br>".join(e(f"{x.file} (sha256 {x.sha256[:12]}…)") for x in m.models))
@@ -88,7 +88,10 @@ def plugin_html(info: PluginInfo, rules: Sequence[Mapping[str, Any]]) -> str:
         items = "".join(f"<li>{e(p)}</li>" for p in info.problems)
         parts.append(f"<p style='color:#b00020'><b>Problems — this plugin cannot run:</b></p><ul>{items}</ul>")
     else:
-        parts.append("<p style='color:#1b5e20'>Valid: manifest and model files checked.</p>")
+        parts.append(
+            "<p style='color:#1b5e20'>Valid: the manifest follows the contract and its model files are "
+            "there (their checksums are verified each time it runs).</p>"
+        )
     mine = [r for r in rules if str(r.get("plugin", "")) == info.name]
     parts.append("<p><b>Auto-run rules</b> (hilum.toml, [[ai.rules]], read-only)<br>")
     if mine:
