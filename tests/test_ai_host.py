@@ -220,3 +220,16 @@ def test_isolated_run_matches_and_survives_a_crash(site: Path, series) -> None: 
         ai.run(ai.load("hilum-test-crash"), series, isolate=True)
     # and this process is fine: another run works
     assert ai.run(ai.load("hilum-test-body"), series).labels is not None
+
+
+def test_series_input_from_the_viewers_loaded_series(tmp_path: Path, ct, series) -> None:  # type: ignore[no-untyped-def]
+    from hilum.dicom.stack_load import load_series_sync
+
+    paths = []
+    for i, ds in enumerate(ct):
+        p = tmp_path / f"{i}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    loaded = ai.SeriesInput.from_loaded(load_series_sync(paths))
+    assert np.array_equal(loaded.values, series.values) and loaded.spacing_mm == pytest.approx(series.spacing_mm)
+    assert [h.SOPInstanceUID for h in loaded.headers] == [h.SOPInstanceUID for h in series.headers]

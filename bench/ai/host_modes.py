@@ -73,8 +73,10 @@ def main() -> int:
         med = statistics.median(v)
         print(f"  {name:<26} median {med:7.2f} s  ratio {med / base:5.2f}   min {min(v):7.2f} s  ratio "
               f"{min(v) / min(rows['plain onnxruntime']):5.2f}")  # fmt: skip
-    print(f"  inference inside run (median) {statistics.median(infer):.2f} s;"
-          f" last timings pre {r.timings.pre:.2f} / inference {r.timings.inference:.2f} / post {r.timings.post:.2f} s")
+    print(
+        f"  inference inside run (median) {statistics.median(infer):.2f} s;"
+        f" last timings pre {r.timings.pre:.2f} / inference {r.timings.inference:.2f} / post {r.timings.post:.2f} s"
+    )
     return 0
 
 

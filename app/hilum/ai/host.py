@@ -59,6 +59,7 @@ from hilum.ai.model import (
 from hilum.errors import HilumError
 
 if TYPE_CHECKING:
+    from hilum.dicom.stack_load import SeriesVolume
     from hilum.dicom.volume import Volume
 
 __all__ = [
@@ -159,6 +160,21 @@ class SeriesInput:
         except (VolumeError, ValueError) as exc:
             logger.info("series without volume geometry (%s): images in instance order", exc)
             return cls._flat([pydicom.dcmread(os.fspath(p)) for p in paths])
+        headers: list[Dataset] = [pydicom.dcmread(f.path, stop_before_pixels=True) for f in vol.slices]
+        return cls._of_volume(vol, headers)
+
+    @classmethod
+    def from_loaded(cls, series: SeriesVolume) -> SeriesInput:
+        """The viewer's loaded series (:func:`hilum.dicom.stack_load.load_series`), without decoding
+        its pixels again: the volume is :func:`hilum.dicom.volume.volume_from_series` of it."""
+        import pydicom
+
+        from hilum.dicom.volume import VolumeError, volume_from_series
+
+        try:
+            vol = volume_from_series(series, regularize=False)
+        except VolumeError as exc:
+            raise PluginError("", f"the series is not a volume: {exc}") from None
         headers: list[Dataset] = [pydicom.dcmread(f.path, stop_before_pixels=True) for f in vol.slices]
         return cls._of_volume(vol, headers)
 
@@ -626,7 +642,8 @@ def _labels(made: PluginOutput, gathered: dict[str, np.ndarray], m: Manifest,
     known = np.zeros(256, dtype=bool)
     known[[s.label for s in prods[0].segments]] = True
     known[0] = True
-    if not known[lab].all():
+    top = int(lab.max()) if lab.size else 0
+    if not known[: top + 1].all() and not known[lab].all():  # the full look only when labels have gaps
         raise ValueError(
             f"segmentation has labels the manifest does not name: {sorted(set(np.unique(lab)) - set(np.flatnonzero(known)))}"
         )
@@ -665,7 +682,7 @@ def _result(plugin: Plugin, series: SeriesInput, raw: _Raw) -> PluginResult:
                                 type_code=(s.type[1], s.type[0], s.type[2]), algorithm="AUTOMATIC",
                                 algorithm_name=plugin.manifest.name, algorithm_version=plugin.manifest.version))  # fmt: skip
         labels = LabelMap(series.shape, segs)
-        labels.array[...] = raw.labels
+        labels.array = np.ascontiguousarray(raw.labels, dtype=np.uint8)  # ours: no second copy
         labels.series_uid = series.series_uid
         labels.recount()
         labels.dirty = False

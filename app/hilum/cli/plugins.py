@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,8 @@ def run_run(args: argparse.Namespace) -> int:
                     out["error"] = exc
 
             previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
+            print(f"running {plugin.name} {plugin.manifest.version} on {series.shape[0]} slices (Ctrl+C cancels)",
+                  file=sys.stderr, flush=True)  # fmt: skip
             worker = threading.Thread(target=work, name="hilum-plugins-run", daemon=True)
             worker.start()
             try:
