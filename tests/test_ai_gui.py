@@ -68,7 +68,7 @@ def slow_model(path, reps: int = 120) -> None:
 
 @pytest.fixture(scope="module")
 def plugin_dir(tmp_path_factory):
-    """Four plugins installed (pip --target) into one folder: body (+heat, +finding), slow, raising, broken."""
+    """Five plugins installed (pip --target) into one folder: body (+heat, +finding), slow, raising, MR-only, broken."""
     root = tmp_path_factory.mktemp("plugins")
     src = root / "src"
     src.mkdir()
@@ -76,8 +76,11 @@ def plugin_dir(tmp_path_factory):
         make_plugin(src, "hilum-test-body", post=POST_OK, heat=True),
         make_plugin(src, "hilum-test-slow", batch=1),
         make_plugin(src, "hilum-test-raise", post=POST_RAISES),
+        make_plugin(src, "hilum-test-mr"),
         make_plugin(src, "hilum-test-broken"),
     ]
+    mr = dists[3] / "hilum_test_mr" / "hilum-plugin.toml"
+    mr.write_text(mr.read_text().replace('modalities = ["CT"]', 'modalities = ["MR"]'))
     slow = dists[1] / "hilum_test_slow"
     old_sha = sha256(slow / "model.onnx")
     slow_model(slow / "model.onnx")
@@ -102,7 +105,7 @@ def ai_window(qtbot, make_main_window, data_dir, tmp_path, plugin_dir, monkeypat
     ai = window.ai
     ai.path = [str(plugin_dir)]
     ai.discover()
-    qtbot.waitUntil(lambda: ai.plugins is not None and len(ai.plugins) == 4, timeout=20000)
+    qtbot.waitUntil(lambda: ai.plugins is not None and len(ai.plugins) == 5, timeout=20000)
     window.resize(1400, 900)
     window.show()
     qtbot.waitExposed(window)
@@ -358,8 +361,10 @@ def test_plugin_manager_menu_and_help(qtbot, ai_window):
     # the AI menu: the broken plugin is listed but disabled with its problem; the others fit a CT
     ai._fill_menu()
     acts = {a.objectName(): a for a in ai.plugin_group.actions()}
-    assert set(acts) == {f"aiPlugin:hilum-test-{n}" for n in ("body", "slow", "raise", "broken")}
+    assert set(acts) == {f"aiPlugin:hilum-test-{n}" for n in ("body", "slow", "raise", "mr", "broken")}
     assert not acts["aiPlugin:hilum-test-broken"].isEnabled()
+    mr = acts["aiPlugin:hilum-test-mr"]  # accepts MR only: listed, greyed, the reason in its tooltip
+    assert not mr.isEnabled() and "MR" in mr.toolTip() and "CT" in mr.toolTip()
     assert "colour_scheme" in acts["aiPlugin:hilum-test-broken"].toolTip()
     assert acts["aiPlugin:hilum-test-body"].isEnabled()
     titles = [m.title() for m in (a.menu() for a in window.menuBar().actions()) if m is not None]
