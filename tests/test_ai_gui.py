@@ -9,6 +9,7 @@ the archive's ingest.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -157,7 +158,8 @@ def ai_series(archive, study):
 BODY, AIR, LUNG = (0.0, -40.0), (0.0, -150.0), (-70.0, -50.0)
 
 
-def test_run_overlays_toggle_opacity_findings_jump_and_archived_offer(qtbot, ai_window):
+def test_run_overlays_toggle_opacity_findings_jump_and_archived_offer(qtbot, ai_window, caplog):
+    caplog.set_level(logging.INFO, logger="hilum.ui.ai.controller")
     window, archive = ai_window, ai_window.archive
     viewer, canvas = open_ct(qtbot, window)
     vp = viewer.active_viewport()
@@ -174,6 +176,7 @@ def test_run_overlays_toggle_opacity_findings_jump_and_archived_offer(qtbot, ai_
     result, error = sig.args
     assert error == "" and result is not None
     assert not window.ai.progress.isVisible()
+    assert "not the loaded series" not in caplog.text  # the viewer's loaded volume was the input
     # stored: a SEG, a FRACTIONAL SEG (heat map) and an SR, "AI: <title> <version>", referencing the series
     descs = {(r["Modality"], r["SeriesDescription"]) for r in ai_series(archive, STUDY.uid)}
     assert ("SEG", "AI: Body mask (test) 1.2.3") in descs and ("SR", "AI: Body mask (test) 1.2.3") in descs

@@ -525,12 +525,15 @@ class AIController(QObject):
         self.actions["ai_run"].setEnabled(False)
         QApplication.instance().installEventFilter(self.esc)  # type: ignore[union-attr]
         bar.showMessage(f"Running {info.title or name} on series {vp.series_uid}…", 4000)
-        self.runner.submit(self._work, name, vp.series_uid, job, on_done=self._on_done, on_error=self._on_error)
+        loaded = vp.volume if getattr(vp.volume, "complete", False) else None
+        self.runner.submit(self._work, name, vp.series_uid, job, loaded, on_done=self._on_done,
+                           on_error=self._on_error)  # fmt: skip
         self.runStarted.emit(name, vp.series_uid)
         return True
 
-    def _work(self, name: str, series_uid: str, job: Job) -> tuple[PluginResult, list[Any]]:
-        """On the worker thread: load, read, run, store (nothing stored once cancelled)."""
+    def _work(self, name: str, series_uid: str, job: Job, loaded: Any = None) -> tuple[PluginResult, list[Any]]:
+        """On the worker thread: load, read, run, store (nothing stored once cancelled). The series is
+        the viewer's *loaded* volume when it has one (no second decode), else read from the archive."""
         import hilum.ai as ai
 
         job.report(0, 0, "loading the plugin", force=True)
@@ -538,7 +541,14 @@ class AIController(QObject):
         if job.cancelled:
             raise PluginCancelled(name)
         job.report(0, 0, "reading the series", force=True)
-        series = ai.SeriesInput.from_archive(self.archive, series_uid)
+        series = None
+        if loaded is not None:
+            try:
+                series = ai.SeriesInput.from_loaded(loaded)
+            except PluginError as exc:  # not a volume (2D images): the archive's files, in instance order
+                logger.info("AI input from the archive, not the loaded series: %s", exc.reason)
+        if series is None:
+            series = ai.SeriesInput.from_archive(self.archive, series_uid)
         if job.cancelled:
             raise PluginCancelled(name)
         job.report(0, 0, "running", force=True)
