@@ -86,6 +86,26 @@ def test_queue_settles_claims_and_requeues(archive) -> None:  # type: ignore[no-
     assert [j.pk for j in ai_jobs.jobs(archive, state="done")] == [pk]
 
 
+def test_requeue_takes_only_this_hosts_dead_claims(archive) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import update
+
+    from hilum.archive.schema import ai_jobs as table
+
+    pks = [ai_jobs.enqueue(archive, "p", "1", f"1.2.{i}", "1.2", settle=0)[0] for i in range(3)]
+    for _ in pks:
+        job = ai_jobs.claim_due(archive, now=utcnow() + timedelta(seconds=1))
+        assert job is not None and job.claimed_by == ai_jobs.claimer()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = ai_jobs.claimer().rpartition(".")[0]
+    with archive.transaction() as conn:
+        conn.execute(update(table).where(table.c.pk == pks[1]).values(claimed_by=f"{host}.{dead.stdout.strip()}"))
+        conn.execute(update(table).where(table.c.pk == pks[2]).values(claimed_by="otherhost.1234"))
+    # ours (this process is starting its service) and the dead process's: queued; the other host's: still running
+    assert ai_jobs.requeue_interrupted(archive) == 2
+    states = {j.pk: j.state for j in ai_jobs.jobs(archive)}
+    assert states == {pks[0]: "queued", pks[1]: "queued", pks[2]: "running"}
+
+
 def _wait(pred, timeout: float = 90.0):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

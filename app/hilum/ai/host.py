@@ -79,6 +79,8 @@ Progress = Callable[[int, int], None]
 """``progress(done, total)``: called after each batch (``total`` batches in the run)."""
 
 _POLL = 0.05  # seconds between looks at the cancel event while a batch runs
+CHILD_CANCEL_GRACE = 5.0
+"""Seconds an isolated run may take to stop after cancel (a hook that hangs) before its process is killed."""
 
 
 def default_threads() -> int:
@@ -755,10 +757,17 @@ def _run_in_child(plugin: Plugin, series: SeriesInput, threads: int, progress: P
     proc.start()
     child.close()
     name = plugin.name
+    cancelled_at: float | None = None
     try:
         while True:
             if cancel is not None and cancel.is_set():
                 cancelled.set()
+                cancelled_at = cancelled_at or time.monotonic()
+                if time.monotonic() - cancelled_at > CHILD_CANCEL_GRACE:
+                    logger.warning("plugin %s: its process did not stop %g s after cancel: terminated", name,
+                                   CHILD_CANCEL_GRACE)  # fmt: skip
+                    proc.kill()
+                    raise PluginCancelled(name)
             if parent.poll(_POLL):
                 try:
                     msg = parent.recv()

@@ -407,6 +407,7 @@ ai_jobs = Table(
     Column("rule", String(64), nullable=False, default="", server_default=text("''")),
     Column("not_before", DateTime(timezone=True), nullable=False),
     Column("attempts", Integer, nullable=False, default=0, server_default="0"),
+    Column("claimed_by", String(64), nullable=False, default="", server_default=text("''")),  # host.pid running it
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=True),
     Column("finished_at", DateTime(timezone=True), nullable=True),

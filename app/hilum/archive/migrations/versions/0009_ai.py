@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("rule", sa.String(64), nullable=False, server_default=sa.text("''")),
         sa.Column("not_before", sa.DateTime(timezone=True), nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("claimed_by", sa.String(64), nullable=False, server_default=sa.text("''")),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
