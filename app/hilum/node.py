@@ -39,6 +39,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from hilum.archive import Archive
+from hilum.archive.audit import AuditSettings
 from hilum.archive.orders import OrderBook, Reconciler
 from hilum.archive.policy import PolicyService, load_policies
 from hilum.archive.tiers import TierService
@@ -74,6 +75,7 @@ class Node:
         self.archive = archive if archive is not None else Archive.from_config(config)
         if archive is not None and not self.archive.storage_configured:
             self.archive.configure_storage(load_policies(config))  # a typo: ConfigError, nothing started
+            self.archive.configure_audit(AuditSettings.from_config(config))
         self.orders = OrderBook(self.archive)
         self.reconciler = Reconciler(self.orders)
         self.prefetcher: Prefetcher | None = None
