@@ -555,3 +555,47 @@ def to_xml(row: dict[str, Any], source_id: str = "HILUM") -> str:
                      "</ParticipantObjectIdentification>")
     parts.append("</AuditMessage>")
     return "".join(parts)
+
+
+# ----------------------------------------------------------------------------- helpers for the adapters
+
+
+def query_detail(kind: str, level: str, keys: Any, matches: int | None = None) -> str:
+    """``"C-FIND STUDY PatientID=123 StudyDate=2024* -> 3 matches"``: what a query asked, for ``detail``."""
+    shown = " ".join(f"{k}={v}" for k, v in (keys or {}).items() if str(v or "").strip())[:700]
+    tail = f" -> {matches} match{'es' if matches != 1 else ''}" if matches is not None else ""
+    return f"{kind} {level}{' ' + shown if shown else ''}{tail}"
+
+
+def query_subject(keys: Any, rows: Iterable[Any] = ()) -> tuple[str, str, tuple[str, ...]]:
+    """``(patient_id, patient_name, study_uids)`` a query is about: the keys it named exactly, else what
+    every match has in common (one patient), else nothing."""
+    keys = keys or {}
+
+    def exact(name: str) -> str:
+        v = str(keys.get(name) or "").strip()
+        return "" if any(c in v for c in "*?-") else v
+
+    pid = exact("PatientID")
+    studies_asked = tuple(u for u in exact("StudyInstanceUID").split("\\") if u)
+    pname = ""
+    found = {(str(r.get("PatientID") or ""), str(r.get("PatientName") or "")) for r in rows}
+    if len(found) == 1:
+        only = next(iter(found))
+        if not pid or pid == only[0]:
+            pid, pname = only
+    return pid, pname, studies_asked
+
+
+def group_by_patient(rows: Iterable[Any]) -> dict[tuple[str, str], tuple[list[str], int]]:
+    """Instance rows (``PatientID``, ``PatientName``, ``StudyInstanceUID``) grouped per patient:
+    ``{(id, name): ([study uids], instances)}``."""
+    out: dict[tuple[str, str], tuple[list[str], int]] = {}
+    for r in rows:
+        key = (str(r.get("PatientID") or ""), str(r.get("PatientName") or ""))
+        uids, n = out.get(key, ([], 0))
+        uid = str(r.get("StudyInstanceUID") or "")
+        if uid and uid not in uids:
+            uids.append(uid)
+        out[key] = (uids, n + 1)
+    return out
