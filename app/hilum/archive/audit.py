@@ -45,7 +45,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
@@ -100,7 +100,7 @@ ROLES = {"source": ("110153", "Source Role ID"), "destination": ("110152", "Dest
 ACTIONS = frozenset("CRUDE")
 OUTCOMES = frozenset((0, 4, 8, 12))
 
-_LIMITS = {"event": 48, "event_type": 48, "user": 128, "ae_title": 16, "peer": 64, "role": 12, "patient_id": 64,
+_LIMITS = {"event": 48, "event_type": 48, "user": 128, "ae_title": 16, "peer": 64, "role": 20, "patient_id": 64,
            "patient_name": 324, "detail": 1000}
 _HASHED = ("pk", "at", "event", "event_type", "action", "outcome", "user", "user_is_requestor", "ae_title", "peer",
            "role", "patient_id", "patient_name", "study_uids", "instances", "detail")
@@ -203,12 +203,13 @@ class AuditSettings:
         section = (getattr(cfg, "extra", None) or {}).get("audit", {}) or {}
         if not isinstance(section, dict):
             raise ConfigError("[audit] must be a table")
-        known = set(cls.__slots__)  # type: ignore[attr-defined]
+        defaults = {f.name: f.default for f in fields(cls)}
+        known = set(defaults)
         values: dict[str, Any] = {}
         for key, value in section.items():
             if key not in known:
                 raise ConfigError(f"[audit]: unknown setting {key!r} (known: {', '.join(sorted(known))})")
-            default = getattr(cls, key)
+            default = defaults[key]
             if isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise ConfigError(f"[audit]: {key} must be true or false, not {value!r}")

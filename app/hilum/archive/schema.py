@@ -409,7 +409,7 @@ audit_events = Table(
     Column("user_is_requestor", Boolean, nullable=False, default=True, server_default=text("true")),
     Column("ae_title", String(16), nullable=False, default="", server_default=text("''")),
     Column("peer", String(64), nullable=False, default="", server_default=text("''")),
-    Column("role", String(12), nullable=False, default="", server_default=text("''")),  # source | destination
+    Column("role", String(20), nullable=False, default="", server_default=text("''")),  # source | destination
     Column("patient_id", String(64), nullable=False, default="", server_default=text("''")),
     Column("patient_name", String(324), nullable=False, default="", server_default=text("''")),
     Column("study_uids", Text, nullable=False, default="", server_default=text("''")),

@@ -31,7 +31,7 @@ def upgrade() -> None:
         sa.Column("user_is_requestor", sa.Boolean, nullable=False, server_default=sa.text("true")),
         sa.Column("ae_title", sa.String(16), nullable=False, server_default=sa.text("''")),
         sa.Column("peer", sa.String(64), nullable=False, server_default=sa.text("''")),
-        sa.Column("role", sa.String(12), nullable=False, server_default=sa.text("''")),
+        sa.Column("role", sa.String(20), nullable=False, server_default=sa.text("''")),
         sa.Column("patient_id", sa.String(64), nullable=False, server_default=sa.text("''")),
         sa.Column("patient_name", sa.String(324), nullable=False, server_default=sa.text("''")),
         sa.Column("study_uids", sa.Text, nullable=False, server_default=sa.text("''")),
