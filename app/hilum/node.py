@@ -111,7 +111,28 @@ class Node:
             PolicyService(self.archive, self.archive.policies),
             TierService(self.archive),
             ForwardService(self.archive, self.config),
+            *self._audit_services(),
         ]
+
+    def _audit_activity(self, kind: str) -> None:
+        """A node that owns its archive (``hilum serve``) starting or stopping: "Application Activity"
+        (PS3.15 A.5.3.1).  The workstation records its own start and stop (it lends its archive)."""
+        if not self._owns_archive:
+            return
+        from hilum.archive.audit import os_user
+
+        what = "started" if kind.endswith("Start") else "stopped"
+        self.archive.audit("Application Activity", action="E", event_type=kind, user=os_user(), role="launcher",
+                           detail=f"node {self.config.aet} {what}: {', '.join(s.name for s in self.services)}")
+
+    def _audit_services(self) -> list[Service]:
+        """The audit trail's syslog sender when ``[audit] syslog`` names a repository (issue 21a)."""
+        settings = self.archive.audit_settings
+        if not (settings.enabled and settings.syslog):
+            return []
+        from hilum.archive.audit_syslog import AuditSyslogService
+
+        return [AuditSyslogService(self.archive.audit, settings)]
 
     def service(self, name: str) -> Service:
         """The service called ``name`` (``"dimse"``...)."""
@@ -144,14 +165,18 @@ class Node:
                 self.reconciler.stop()
                 raise
             log.info("node %s started: %s", self.config.aet, ", ".join(s.name for s in self._started))
+            self._audit_activity("Application Start")
 
     def stop(self) -> None:
         """Stop the services (in-flight associations/requests finish first), then close an owned archive."""
         with self._lock:
             if self.prefetcher is not None:
                 self.prefetcher.stop(timeout=self.config.prefetch.timeout + 5)
+            was_running = bool(self._started)
             self._stop_started()
             self.reconciler.stop()
+            if was_running:
+                self._audit_activity("Application Stop")
             if self._owns_archive:
                 self.archive.close()
         self._stop_requested.set()

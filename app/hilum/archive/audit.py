@@ -58,7 +58,7 @@ from hilum.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EVENTS", "AuditEvent", "AuditLog", "AuditSettings", "Verification", "os_user", "row_hash", "to_xml"]
+__all__ = ["EVENTS", "AuditEvent", "AuditLog", "AuditSettings", "Verification", "os_user", "row_hash", "to_xml", "workstation_user"]
 
 GENESIS = "0" * 64
 
@@ -114,6 +114,13 @@ def os_user() -> str:
         return f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
 
 
+def workstation_user(config: Any = None) -> str:
+    """Who uses the workstation: ``[workstation] user`` of ``hilum.toml`` when set, else the OS user."""
+    section = (getattr(config, "extra", None) or {}).get("workstation", {}) or {}
+    name = section.get("user", "") if isinstance(section, dict) else ""
+    return str(name).strip() or os_user()
+
+
 @dataclass(slots=True)
 class AuditEvent:
     """One audited action (see the module docstring); ``at`` defaults to the time it is recorded."""
@@ -147,7 +154,7 @@ class AuditEvent:
             self.study_uids = tuple(dict.fromkeys(u for u in self.study_uids if u))
 
 
-def _iso(at: datetime) -> str:
+def iso_utc(at: datetime) -> str:
     """``at`` as the canonical UTC text of the hash (microseconds, ``Z``); a naive time is UTC (SQLite)."""
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
@@ -162,7 +169,7 @@ def row_hash(row: dict[str, Any], prev_hash: str) -> str:
     boolean), UTF-8, no whitespace, then ``prev_hash``: the same bytes on
     SQLite and PostgreSQL for the same row.
     """
-    values = [_iso(row["at"]) if k == "at" else (bool(row[k]) if k == "user_is_requestor" else row[k])
+    values = [iso_utc(row["at"]) if k == "at" else (bool(row[k]) if k == "user_is_requestor" else row[k])
               for k in _HASHED]
     text = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256((text + "\n" + prev_hash).encode("utf-8")).hexdigest()
@@ -503,7 +510,7 @@ def to_xml(row: dict[str, Any], source_id: str = "HILUM") -> str:
     ``AuditSourceIdentification``, and ``ParticipantObjectIdentification`` for each study
     (Study Instance UID, type 2 system object, role 3 report) and the patient (type 1, role 1).
     """
-    at = _iso(row["at"])
+    at = iso_utc(row["at"])
     event = str(row["event"])
     parts = ["<AuditMessage>",
              f"<EventIdentification EventActionCode={quoteattr(row['action'])} EventDateTime={quoteattr(at)} "
