@@ -38,8 +38,7 @@ APP = str(Path(__file__).resolve().parents[1] / "app")
 
 
 def dcmtk(tool: str, *args: str | int, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(BIN / tool), *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=ENV)
+    proc = subprocess.run([str(BIN / tool), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=ENV)
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -47,8 +46,14 @@ def dcmtk(tool: str, *args: str | int, timeout: float = 60, check: bool = True) 
 
 def hilum(*args: str, data: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": APP + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "hilum", "--data", str(data), *args], capture_output=True,
-                          text=True, input=stdin, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "hilum", "--data", str(data), *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=120,
+        env=env,
+    )
 
 
 def tiny_study(folder: Path, patient: str, pid: str, n: int) -> str:
@@ -75,8 +80,9 @@ def tiny_study(folder: Path, patient: str, pid: str, n: int) -> str:
     return study
 
 
-def events(archive: Archive, *, settle: float = 0.3, expect: int = 1, timeout: float = 10.0,
-           **filters: Any) -> list[dict[str, Any]]:
+def events(
+    archive: Archive, *, settle: float = 0.3, expect: int = 1, timeout: float = 10.0, **filters: Any
+) -> list[dict[str, Any]]:
     """The events matching ``filters`` once ``expect`` of them are there (or ``timeout``), after ``settle``
     seconds more (so that a second, wrong event would show)."""
     deadline = time.monotonic() + timeout
@@ -92,8 +98,12 @@ def events(archive: Archive, *, settle: float = 0.3, expect: int = 1, timeout: f
 def storescp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     out = tmp_path_factory.mktemp("storescp")
     port = free_port()
-    proc = subprocess.Popen([str(BIN / "storescp"), "-aet", "STORESCP", "-od", str(out), "+xa", str(port)],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(BIN / "storescp"), "-aet", "STORESCP", "-od", str(out), "+xa", str(port)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_port(port)
         yield port
@@ -106,8 +116,13 @@ def storescp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 def node(tmp_path_factory: pytest.TempPathFactory, storescp: int) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("audit")
     data = root / "data"
-    cfg = Config(data_dir=data, dicom_port=free_port(), web_port=free_port(), hl7_port=free_port(),
-                 peers={"STORESCP": Peer("STORESCP", "127.0.0.1", storescp)})
+    cfg = Config(
+        data_dir=data,
+        dicom_port=free_port(),
+        web_port=free_port(),
+        hl7_port=free_port(),
+        peers={"STORESCP": Peer("STORESCP", "127.0.0.1", storescp)},
+    )
     n = Node(cfg, only=["dimse", "dicomweb", "hl7"])
     users = UserStore.of(n.archive)
     users.add("rita", "radiologist", PW)
@@ -116,8 +131,17 @@ def node(tmp_path_factory: pytest.TempPathFactory, storescp: int) -> Iterator[di
     a = tiny_study(root / "a", "Audit^Anna", "AUD-1", 3)
     b = tiny_study(root / "b", "Audit^Bob", "AUD-2", 2)
     try:
-        yield {"node": n, "archive": n.archive, "cfg": cfg, "root": root, "data": data, "token": token,
-               "a": a, "b": b, "url": f"http://127.0.0.1:{cfg.web_port}/dicom-web"}
+        yield {
+            "node": n,
+            "archive": n.archive,
+            "cfg": cfg,
+            "root": root,
+            "data": data,
+            "token": token,
+            "a": a,
+            "b": b,
+            "url": f"http://127.0.0.1:{cfg.web_port}/dicom-web",
+        }
     finally:
         n.stop()
 
@@ -144,8 +168,22 @@ def test_storescu_is_one_event_per_study_per_association(node: dict[str, Any]) -
 @dcmtk_needed
 def test_findscu_is_one_query_event(node: dict[str, Any]) -> None:
     dcmtk("storescu", "-aet", "LOADER", "-aec", "HILUM", "+sd", "127.0.0.1", node["cfg"].dicom_port, node["root"] / "a")
-    dcmtk("findscu", "-S", "-aet", "FINDER", "-aec", "HILUM", "-k", "QueryRetrieveLevel=STUDY",
-          "-k", "PatientID=AUD-1", "-k", "StudyInstanceUID", "127.0.0.1", node["cfg"].dicom_port)
+    dcmtk(
+        "findscu",
+        "-S",
+        "-aet",
+        "FINDER",
+        "-aec",
+        "HILUM",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "PatientID=AUD-1",
+        "-k",
+        "StudyInstanceUID",
+        "127.0.0.1",
+        node["cfg"].dicom_port,
+    )
     [e] = events(node["archive"], user="FINDER")
     assert e["event"] == "Query" and e["action"] == "E" and e["patient_id"] == "AUD-1"
     assert e["patient_name"] == "Audit^Anna" and "PatientID=AUD-1" in e["detail"] and "1 match" in e["detail"]
@@ -155,13 +193,41 @@ def test_findscu_is_one_query_event(node: dict[str, Any]) -> None:
 def test_movescu_and_getscu_are_one_event_each(node: dict[str, Any], tmp_path: Path) -> None:
     port = node["cfg"].dicom_port
     dcmtk("storescu", "-aet", "LOADER", "-aec", "HILUM", "+sd", "127.0.0.1", port, node["root"] / "b")
-    dcmtk("movescu", "-S", "-aet", "MOVER", "-aec", "HILUM", "-aem", "STORESCP", "-k", "QueryRetrieveLevel=STUDY",
-          "-k", f"StudyInstanceUID={node['b']}", "127.0.0.1", port)
+    dcmtk(
+        "movescu",
+        "-S",
+        "-aet",
+        "MOVER",
+        "-aec",
+        "HILUM",
+        "-aem",
+        "STORESCP",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={node['b']}",
+        "127.0.0.1",
+        port,
+    )
     [m] = events(node["archive"], user="MOVER")
     assert m["event"] == "DICOM Instances Transferred" and m["action"] == "R" and m["patient_id"] == "AUD-2"
     assert m["study_uids"] == node["b"] and m["instances"] == 2 and "C-MOVE to STORESCP" in m["detail"]
-    dcmtk("getscu", "-S", "-aet", "GETTER", "-aec", "HILUM", "-od", tmp_path, "-k", "QueryRetrieveLevel=STUDY",
-          "-k", f"StudyInstanceUID={node['b']}", "127.0.0.1", port)
+    dcmtk(
+        "getscu",
+        "-S",
+        "-aet",
+        "GETTER",
+        "-aec",
+        "HILUM",
+        "-od",
+        tmp_path,
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={node['b']}",
+        "127.0.0.1",
+        port,
+    )
     [g] = events(node["archive"], user="GETTER")
     assert g["patient_id"] == "AUD-2" and g["instances"] == 2 and g["detail"].startswith("C-GET")
 
@@ -198,12 +264,18 @@ def test_wrong_password_is_a_failed_login_event(node: dict[str, Any]) -> None:
 def test_hl7_orm_over_mllp_is_one_order_record(node: dict[str, Any]) -> None:
     from hl7.client import MLLPClient
 
-    msg = "\r".join([
-        "MSH|^~\\&|RIS|HOSP|HILUM|RAD|20260301120000||ORM^O01^ORM_O01|AUD-ORM-1|P|2.3.1|||||||UNICODE UTF-8",
-        "PID|1||AUD-9^^^HOSP^MR||Ordré^Olga||19800202|F",
-        "PV1|1|O",
-        "ORC|NW|PLA9|FPLA9||SC||^^^202603011030^^R",
-        "OBR|1|PLA9|FPLA9|CTCHEST^CT Chest^L||||||||||||||ACC9||||||CT"]) + "\r"
+    msg = (
+        "\r".join(
+            [
+                "MSH|^~\\&|RIS|HOSP|HILUM|RAD|20260301120000||ORM^O01^ORM_O01|AUD-ORM-1|P|2.3.1|||||||UNICODE UTF-8",
+                "PID|1||AUD-9^^^HOSP^MR||Ordré^Olga||19800202|F",
+                "PV1|1|O",
+                "ORC|NW|PLA9|FPLA9||SC||^^^202603011030^^R",
+                "OBR|1|PLA9|FPLA9|CTCHEST^CT Chest^L||||||||||||||ACC9||||||CT",
+            ]
+        )
+        + "\r"
+    )
     with MLLPClient("127.0.0.1", node["cfg"].hl7_port, encoding="utf-8") as client:
         ack = client.send_message(msg)
     assert b"MSA|AA" in ack
@@ -226,7 +298,12 @@ def test_users_add_and_delete_are_one_event_each(tmp_path: Path) -> None:
         assert archive.delete("STUDY", study, user="admin1") == 2
         [d] = events(archive, event="DICOM Study Deleted")
         assert (d["user"], d["patient_id"], d["study_uids"], d["instances"], d["action"]) == (
-            "admin1", "DEL-1", study, 2, "D")
+            "admin1",
+            "DEL-1",
+            study,
+            2,
+            "D",
+        )
 
 
 def test_import_and_export_hook(tmp_path: Path) -> None:
@@ -252,11 +329,14 @@ def _trail(data: Path, n: int = 6) -> None:
             archive.audit("Query", user=f"u{i}", detail=f"query {i}", patient_id=f"P{i}")
 
 
-@pytest.mark.parametrize("tamper, bad", [
-    ("UPDATE audit_events SET patient_id = 'X' WHERE pk = 3", 3),  # modified
-    ("DELETE FROM audit_events WHERE pk = 4", 5),  # deleted: the next one breaks
-    ("UPDATE audit_events SET pk = pk + 10 WHERE pk >= 4", 14),  # renumbered to make room for an insert
-])
+@pytest.mark.parametrize(
+    "tamper, bad",
+    [
+        ("UPDATE audit_events SET patient_id = 'X' WHERE pk = 3", 3),  # modified
+        ("DELETE FROM audit_events WHERE pk = 4", 5),  # deleted: the next one breaks
+        ("UPDATE audit_events SET pk = pk + 10 WHERE pk >= 4", 14),  # renumbered to make room for an insert
+    ],
+)
 def test_tampering_fails_hilum_audit_verify(tmp_path: Path, tamper: str, bad: int) -> None:
     data = tmp_path / "data"
     _trail(data)
@@ -291,9 +371,19 @@ def test_hash_is_canonical_and_the_xml_parses() -> None:
     import xml.etree.ElementTree as ET
     from datetime import UTC, datetime
 
-    ev = AuditEvent("DICOM Instances Transferred", action="C", user="CT1", ae_title="CT1", peer="10.0.0.5",
-                    role="source", patient_id="P<1>", patient_name="Ünïcode^Näme", study_uids=("1.2", "1.3"),
-                    instances=4, at=datetime(2026, 1, 2, 3, 4, 5, 6789, tzinfo=UTC))
+    ev = AuditEvent(
+        "DICOM Instances Transferred",
+        action="C",
+        user="CT1",
+        ae_title="CT1",
+        peer="10.0.0.5",
+        role="source",
+        patient_id="P<1>",
+        patient_name="Ünïcode^Näme",
+        study_uids=("1.2", "1.3"),
+        instances=4,
+        at=datetime(2026, 1, 2, 3, 4, 5, 6789, tzinfo=UTC),
+    )
     row = {k: getattr(ev, k) for k in ev.__slots__}  # type: ignore[attr-defined]
     row.update(pk=1, study_uids="1.2 1.3")
     naive = dict(row, at=row["at"].replace(tzinfo=None))  # as SQLite gives it back

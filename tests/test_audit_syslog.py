@@ -31,26 +31,36 @@ from hilum.archive.audit_syslog import AuditSyslogService
 from hilum.config import Config
 from hilum.node import Node
 
-HEADER = re.compile(rb"^<(\d{1,3})>1 (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (\S{1,255}) (\S{1,48}) (\S{1,128}) "
-                    rb"(\S{1,32}) (-|\[.*?\]) ")
+HEADER = re.compile(
+    rb"^<(\d{1,3})>1 (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (\S{1,255}) (\S{1,48}) (\S{1,128}) "
+    rb"(\S{1,32}) (-|\[.*?\]) "
+)
 
 
 def make_cert(folder: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = folder / "repo.pem", folder / "repo.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -125,7 +135,7 @@ def parse(message: bytes) -> tuple[int, ET.Element]:
     m = HEADER.match(message)
     assert m is not None, message[:200]
     assert m.group(4) == b"hilum" and m.group(6) == b"IHE+RFC-3881"
-    body = message[m.end():]
+    body = message[m.end() :]
     assert body.startswith(b"\xef\xbb\xbf")  # RFC 5424 6.4: UTF-8 MSG with a BOM
     return int(m.group(1)), ET.fromstring(body[3:].decode("utf-8"))
 
@@ -134,22 +144,41 @@ def test_events_reach_a_tls_syslog_repository_as_rfc5424(tmp_path: Path, certs: 
     port = free_port()
     repo = Repository(*certs, port)
     try:
-        cfg = Config(data_dir=tmp_path / "data", aet="AUDITNODE",
-                     extra={"audit": {"syslog": f"localhost:{port}", "ca_file": str(certs[0])}})
+        cfg = Config(
+            data_dir=tmp_path / "data",
+            aet="AUDITNODE",
+            extra={"audit": {"syslog": f"localhost:{port}", "ca_file": str(certs[0])}},
+        )
         node = Node(cfg, services=[])
         [svc] = node._audit_services()
         node.services = [svc]
         with node:
-            node.archive.audit("Query", action="E", user="FINDER", ae_title="FINDER", peer="127.0.0.1",
-                               patient_id="P1", patient_name="Ünï^Code", detail="C-FIND STUDY")
-            node.archive.audit("User Authentication", action="E", outcome=4, event_type="Login", user="eve",
-                               detail="wrong user name or password")
+            node.archive.audit(
+                "Query",
+                action="E",
+                user="FINDER",
+                ae_title="FINDER",
+                peer="127.0.0.1",
+                patient_id="P1",
+                patient_name="Ünï^Code",
+                detail="C-FIND STUDY",
+            )
+            node.archive.audit(
+                "User Authentication",
+                action="E",
+                outcome=4,
+                event_type="Login",
+                user="eve",
+                detail="wrong user name or password",
+            )
             got = repo.wait(3)  # Application Start + the two
         assert not repo.errors
         assert len(got) >= 3
         parsed = [parse(m) for m in got]
-        kinds = {root.find("EventIdentification/EventID").get("originalText"): (pri, root)  # type: ignore[union-attr]
-                 for pri, root in parsed}
+        kinds = {
+            root.find("EventIdentification/EventID").get("originalText"): (pri, root)  # type: ignore[union-attr]
+            for pri, root in parsed
+        }
         pri, query = kinds["Query"]
         assert pri == 10 * 8 + 5
         objs = query.findall("ParticipantObjectIdentification")
@@ -202,8 +231,9 @@ def test_untrusted_repository_certificate_is_refused(tmp_path: Path, certs: tupl
     port = free_port()
     repo = Repository(*certs, port)
     archive = Archive(tmp_path / "data")
-    svc = AuditSyslogService(archive.audit, AuditSettings(syslog=f"127.0.0.1:{port}", ca_file=str(other_ca),
-                                                          retry_seconds=5), timeout=3)
+    svc = AuditSyslogService(
+        archive.audit, AuditSettings(syslog=f"127.0.0.1:{port}", ca_file=str(other_ca), retry_seconds=5), timeout=3
+    )
     try:
         archive.audit("Query", user="x")
         archive.audit.flush()

@@ -58,7 +58,17 @@ from hilum.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EVENTS", "AuditEvent", "AuditLog", "AuditSettings", "Verification", "os_user", "row_hash", "to_xml", "workstation_user"]
+__all__ = [
+    "EVENTS",
+    "AuditEvent",
+    "AuditLog",
+    "AuditSettings",
+    "Verification",
+    "os_user",
+    "row_hash",
+    "to_xml",
+    "workstation_user",
+]
 
 GENESIS = "0" * 64
 
@@ -94,16 +104,46 @@ EVENT_TYPES: dict[str, str] = {
     "Security Roles Changed": "110136",
     "User security Attributes Changed": "110137",
 }
-ROLES = {"source": ("110153", "Source Role ID"), "destination": ("110152", "Destination Role ID"),
-         "application": ("110150", "Application"), "launcher": ("110151", "Application Launcher"),
-         "source media": ("110155", "Source Media"), "destination media": ("110154", "Destination Media")}
+ROLES = {
+    "source": ("110153", "Source Role ID"),
+    "destination": ("110152", "Destination Role ID"),
+    "application": ("110150", "Application"),
+    "launcher": ("110151", "Application Launcher"),
+    "source media": ("110155", "Source Media"),
+    "destination media": ("110154", "Destination Media"),
+}
 ACTIONS = frozenset("CRUDE")
 OUTCOMES = frozenset((0, 4, 8, 12))
 
-_LIMITS = {"event": 48, "event_type": 48, "user": 128, "ae_title": 16, "peer": 64, "role": 20, "patient_id": 64,
-           "patient_name": 324, "detail": 1000}
-_HASHED = ("pk", "at", "event", "event_type", "action", "outcome", "user", "user_is_requestor", "ae_title", "peer",
-           "role", "patient_id", "patient_name", "study_uids", "instances", "detail")
+_LIMITS = {
+    "event": 48,
+    "event_type": 48,
+    "user": 128,
+    "ae_title": 16,
+    "peer": 64,
+    "role": 20,
+    "patient_id": 64,
+    "patient_name": 324,
+    "detail": 1000,
+}
+_HASHED = (
+    "pk",
+    "at",
+    "event",
+    "event_type",
+    "action",
+    "outcome",
+    "user",
+    "user_is_requestor",
+    "ae_title",
+    "peer",
+    "role",
+    "patient_id",
+    "patient_name",
+    "study_uids",
+    "instances",
+    "detail",
+)
 
 
 def os_user() -> str:
@@ -169,8 +209,9 @@ def row_hash(row: dict[str, Any], prev_hash: str) -> str:
     boolean), UTF-8, no whitespace, then ``prev_hash``: the same bytes on
     SQLite and PostgreSQL for the same row.
     """
-    values = [iso_utc(row["at"]) if k == "at" else (bool(row[k]) if k == "user_is_requestor" else row[k])
-              for k in _HASHED]
+    values = [
+        iso_utc(row["at"]) if k == "at" else (bool(row[k]) if k == "user_is_requestor" else row[k]) for k in _HASHED
+    ]
     text = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256((text + "\n" + prev_hash).encode("utf-8")).hexdigest()
 
@@ -237,7 +278,7 @@ class AuditSettings:
     def syslog_address(self) -> tuple[str, int]:
         host, sep, port = self.syslog.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"[audit]: syslog must be \"host:port\" (RFC 5425 uses 6514), not {self.syslog!r}")
+            raise ConfigError(f'[audit]: syslog must be "host:port" (RFC 5425 uses 6514), not {self.syslog!r}')
         return host.strip("[]"), int(port)
 
 
@@ -254,8 +295,14 @@ class AuditLog:
     coalesce_window = 30.0
     """Seconds a coalesced event (``record(..., coalesce=key)``) collects further ones before it is written."""
 
-    def __init__(self, engine: Engine, transaction: Callable[[], AbstractContextManager[Connection]], *,
-                 enabled: bool = True, source_id: str = "HILUM"):
+    def __init__(
+        self,
+        engine: Engine,
+        transaction: Callable[[], AbstractContextManager[Connection]],
+        *,
+        enabled: bool = True,
+        source_id: str = "HILUM",
+    ):
         self.engine = engine
         self._transaction = transaction
         self.enabled = enabled
@@ -351,8 +398,9 @@ class AuditLog:
         with self._transaction() as conn:
             if self.engine.dialect.name == "postgresql":  # one chain across the nodes sharing the database
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7461637)")
-            last = conn.execute(select(audit_events.c.pk, audit_events.c.hash)
-                                .order_by(audit_events.c.pk.desc()).limit(1)).first()
+            last = conn.execute(
+                select(audit_events.c.pk, audit_events.c.hash).order_by(audit_events.c.pk.desc()).limit(1)
+            ).first()
             pk, prev = (int(last[0]), str(last[1])) if last is not None else (0, GENESIS)
             patients_of = self._patients(conn, {u for e in events if not e.patient_id for u in e.study_uids[:1]})
             rows = []
@@ -362,11 +410,23 @@ class AuditLog:
                 if not pid and ev.study_uids:
                     pid, pname = patients_of.get(ev.study_uids[0], ("", ""))
                 row: dict[str, Any] = {
-                    "pk": pk, "at": ev.at, "event": ev.event, "event_type": ev.event_type, "action": ev.action,
-                    "outcome": int(ev.outcome), "user": ev.user, "user_is_requestor": bool(ev.user_is_requestor),
-                    "ae_title": ev.ae_title, "peer": ev.peer, "role": ev.role, "patient_id": pid,
-                    "patient_name": pname, "study_uids": " ".join(ev.study_uids), "instances": int(ev.instances),
-                    "detail": ev.detail}
+                    "pk": pk,
+                    "at": ev.at,
+                    "event": ev.event,
+                    "event_type": ev.event_type,
+                    "action": ev.action,
+                    "outcome": int(ev.outcome),
+                    "user": ev.user,
+                    "user_is_requestor": bool(ev.user_is_requestor),
+                    "ae_title": ev.ae_title,
+                    "peer": ev.peer,
+                    "role": ev.role,
+                    "patient_id": pid,
+                    "patient_name": pname,
+                    "study_uids": " ".join(ev.study_uids),
+                    "instances": int(ev.instances),
+                    "detail": ev.detail,
+                }
                 for key, limit in _LIMITS.items():
                     row[key] = str(row[key] or "")[:limit]
                 row["at"] = row["at"].astimezone(UTC).replace(microsecond=row["at"].microsecond)
@@ -380,9 +440,11 @@ class AuditLog:
     def _patients(conn: Connection, study_uids: set[str]) -> dict[str, tuple[str, str]]:
         if not study_uids:
             return {}
-        res = conn.execute(select(studies.c.study_uid, patients.c.patient_id, patients.c.patient_name)
-                           .select_from(studies.join(patients, studies.c.patient_fk == patients.c.pk))
-                           .where(studies.c.study_uid.in_(sorted(study_uids))))
+        res = conn.execute(
+            select(studies.c.study_uid, patients.c.patient_id, patients.c.patient_name)
+            .select_from(studies.join(patients, studies.c.patient_fk == patients.c.pk))
+            .where(studies.c.study_uid.in_(sorted(study_uids)))
+        )
         return {r[0]: (r[1] or "", r[2] or "") for r in res}
 
     def close(self) -> None:
@@ -401,9 +463,18 @@ class AuditLog:
 
     # ------------------------------------------------------------------ reading
 
-    def search(self, *, user: str | None = None, patient: str | None = None, study: str | None = None,
-               event: str | None = None, since: datetime | None = None, until: datetime | None = None,
-               limit: int | None = None, newest_first: bool = False) -> list[dict[str, Any]]:
+    def search(
+        self,
+        *,
+        user: str | None = None,
+        patient: str | None = None,
+        study: str | None = None,
+        event: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[dict[str, Any]]:
         """Events matching every filter given (after writing what is queued), oldest first.
 
         ``user`` matches the user or the AE title; ``patient`` the patient ID or (case-insensitive,
@@ -446,8 +517,12 @@ class AuditLog:
         after = 0
         while True:
             with self.engine.connect() as conn:
-                chunk = [self._out(dict(r._mapping)) for r in conn.execute(
-                    select(audit_events).where(audit_events.c.pk > after).order_by(audit_events.c.pk).limit(batch))]
+                chunk = [
+                    self._out(dict(r._mapping))
+                    for r in conn.execute(
+                        select(audit_events).where(audit_events.c.pk > after).order_by(audit_events.c.pk).limit(batch)
+                    )
+                ]
             if not chunk:
                 return
             yield from chunk
@@ -464,11 +539,21 @@ class AuditLog:
             n += 1
             pk = int(row["pk"])
             if pk != expected_pk:
-                return Verification(False, n, pk, f"events {expected_pk}..{pk - 1} are missing (deleted)"
-                                    if pk > expected_pk else f"key {pk} out of order")
+                return Verification(
+                    False,
+                    n,
+                    pk,
+                    f"events {expected_pk}..{pk - 1} are missing (deleted)"
+                    if pk > expected_pk
+                    else f"key {pk} out of order",
+                )
             if row["prev_hash"] != prev:
-                return Verification(False, n, pk, "its prev_hash is not the hash of the event before it "
-                                                  "(an event was deleted, inserted or replaced)")
+                return Verification(
+                    False,
+                    n,
+                    pk,
+                    "its prev_hash is not the hash of the event before it (an event was deleted, inserted or replaced)",
+                )
             if row_hash(row, prev) != row["hash"]:
                 return Verification(False, n, pk, "its content does not match its hash (the row was modified)")
             prev, expected_pk = row["hash"], pk + 1
@@ -479,9 +564,15 @@ class AuditLog:
     def unsent(self, limit: int = 100) -> list[dict[str, Any]]:
         """Rows not yet sent to the audit repository, oldest first."""
         with self.engine.connect() as conn:
-            return [self._out(dict(r._mapping)) for r in conn.execute(
-                select(audit_events).where(audit_events.c.sent_at.is_(None)).order_by(audit_events.c.pk)
-                .limit(limit))]
+            return [
+                self._out(dict(r._mapping))
+                for r in conn.execute(
+                    select(audit_events)
+                    .where(audit_events.c.sent_at.is_(None))
+                    .order_by(audit_events.c.pk)
+                    .limit(limit)
+                )
+            ]
 
     def mark_sent(self, pks: Iterable[int]) -> None:
         keys = list(pks)
@@ -512,10 +603,12 @@ def to_xml(row: dict[str, Any], source_id: str = "HILUM") -> str:
     """
     at = iso_utc(row["at"])
     event = str(row["event"])
-    parts = ["<AuditMessage>",
-             f"<EventIdentification EventActionCode={quoteattr(row['action'])} EventDateTime={quoteattr(at)} "
-             f"EventOutcomeIndicator={quoteattr(str(row['outcome']))}>",
-             _code("EventID", EVENTS.get(event, "110100"), event)]
+    parts = [
+        "<AuditMessage>",
+        f"<EventIdentification EventActionCode={quoteattr(row['action'])} EventDateTime={quoteattr(at)} "
+        f"EventOutcomeIndicator={quoteattr(str(row['outcome']))}>",
+        _code("EventID", EVENTS.get(event, "110100"), event),
+    ]
     etype = str(row.get("event_type") or "")
     if etype in EVENT_TYPES:
         parts.append(_code("EventTypeCode", EVENT_TYPES[etype], etype))
@@ -534,33 +627,46 @@ def to_xml(row: dict[str, Any], source_id: str = "HILUM") -> str:
         parts += [f"<ActiveParticipant {attrs}>", _code("RoleIDCode", *role), "</ActiveParticipant>"]
     else:
         parts.append(f"<ActiveParticipant {attrs}/>")
-    parts.append(f"<ActiveParticipant UserID={quoteattr(source_id)} UserIsRequestor=\"false\" "
-                 f"NetworkAccessPointID={quoteattr(socket.gethostname())} NetworkAccessPointTypeCode=\"1\">"
-                 + _code("RoleIDCode", *ROLES["application"]) + "</ActiveParticipant>")
-    parts.append(f"<AuditSourceIdentification AuditSourceID={quoteattr(source_id)}>"
-                 "<AuditSourceTypeCode csd-code=\"4\" codeSystemName=\"DCM\" originalText=\"Application Server "
-                 "Process\"/></AuditSourceIdentification>")
+    parts.append(
+        f'<ActiveParticipant UserID={quoteattr(source_id)} UserIsRequestor="false" '
+        f'NetworkAccessPointID={quoteattr(socket.gethostname())} NetworkAccessPointTypeCode="1">'
+        + _code("RoleIDCode", *ROLES["application"])
+        + "</ActiveParticipant>"
+    )
+    parts.append(
+        f"<AuditSourceIdentification AuditSourceID={quoteattr(source_id)}>"
+        '<AuditSourceTypeCode csd-code="4" codeSystemName="DCM" originalText="Application Server '
+        'Process"/></AuditSourceIdentification>'
+    )
     detail = str(row.get("detail") or "")
     for uid in str(row.get("study_uids") or "").split():
-        parts.append(f"<ParticipantObjectIdentification ParticipantObjectID={quoteattr(uid)} "
-                     "ParticipantObjectTypeCode=\"2\" ParticipantObjectTypeCodeRole=\"3\">"
-                     + _code("ParticipantObjectIDTypeCode", "110180", "Study Instance UID")
-                     + (f"<ParticipantObjectDescription>{escape(detail)}</ParticipantObjectDescription>"
-                        if detail else "")
-                     + "</ParticipantObjectIdentification>")
+        parts.append(
+            f"<ParticipantObjectIdentification ParticipantObjectID={quoteattr(uid)} "
+            'ParticipantObjectTypeCode="2" ParticipantObjectTypeCodeRole="3">'
+            + _code("ParticipantObjectIDTypeCode", "110180", "Study Instance UID")
+            + (f"<ParticipantObjectDescription>{escape(detail)}</ParticipantObjectDescription>" if detail else "")
+            + "</ParticipantObjectIdentification>"
+        )
     if row.get("patient_id"):
-        parts.append(f"<ParticipantObjectIdentification ParticipantObjectID={quoteattr(str(row['patient_id']))} "
-                     "ParticipantObjectTypeCode=\"1\" ParticipantObjectTypeCodeRole=\"1\">"
-                     + _code("ParticipantObjectIDTypeCode", "2", "Patient Number", "RFC-3881")
-                     + (f"<ParticipantObjectName>{escape(str(row.get('patient_name') or ''))}"
-                        "</ParticipantObjectName>" if row.get("patient_name") else "")
-                     + "</ParticipantObjectIdentification>")
+        parts.append(
+            f"<ParticipantObjectIdentification ParticipantObjectID={quoteattr(str(row['patient_id']))} "
+            'ParticipantObjectTypeCode="1" ParticipantObjectTypeCodeRole="1">'
+            + _code("ParticipantObjectIDTypeCode", "2", "Patient Number", "RFC-3881")
+            + (
+                f"<ParticipantObjectName>{escape(str(row.get('patient_name') or ''))}</ParticipantObjectName>"
+                if row.get("patient_name")
+                else ""
+            )
+            + "</ParticipantObjectIdentification>"
+        )
     elif detail and not row.get("study_uids"):
-        parts.append(f"<ParticipantObjectIdentification ParticipantObjectID={quoteattr(detail[:64])} "
-                     "ParticipantObjectTypeCode=\"2\" ParticipantObjectTypeCodeRole=\"13\">"
-                     + _code("ParticipantObjectIDTypeCode", "110182", "Node ID")
-                     + f"<ParticipantObjectDescription>{escape(detail)}</ParticipantObjectDescription>"
-                     "</ParticipantObjectIdentification>")
+        parts.append(
+            f"<ParticipantObjectIdentification ParticipantObjectID={quoteattr(detail[:64])} "
+            'ParticipantObjectTypeCode="2" ParticipantObjectTypeCodeRole="13">'
+            + _code("ParticipantObjectIDTypeCode", "110182", "Node ID")
+            + f"<ParticipantObjectDescription>{escape(detail)}</ParticipantObjectDescription>"
+            "</ParticipantObjectIdentification>"
+        )
     parts.append("</AuditMessage>")
     return "".join(parts)
 

@@ -46,15 +46,17 @@ def syslog_message(row: dict[str, Any], xml: str, *, hostname: str | None = None
     """The RFC 5424 SYSLOG-MSG of one audit row whose DICOM audit message is ``xml``."""
     outcome = int(row.get("outcome") or 0)
     severity = 5 if outcome == 0 else (4 if outcome == 4 else 3)
-    header = " ".join([
-        f"<{FACILITY * 8 + severity}>1",
-        iso_utc(row["at"]),
-        _printable(hostname or socket.gethostname(), 255),
-        APP_NAME,
-        _printable(str(procid if procid is not None else os.getpid()), 128),
-        MSGID,
-        "-",
-    ])
+    header = " ".join(
+        [
+            f"<{FACILITY * 8 + severity}>1",
+            iso_utc(row["at"]),
+            _printable(hostname or socket.gethostname(), 255),
+            APP_NAME,
+            _printable(str(procid if procid is not None else os.getpid()), 128),
+            MSGID,
+            "-",
+        ]
+    )
     return header.encode("ascii") + b" \xef\xbb\xbf" + xml.encode("utf-8")
 
 
@@ -163,8 +165,13 @@ class AuditSyslogService:
                 self.failures += 1
                 why = f"{type(exc).__name__}: {exc}"
                 if why != self.last_error:
-                    log.warning("cannot send the audit trail to %s:%d (%s); retrying every %.0f s or less",
-                                self.host, self.port, why, delay)
+                    log.warning(
+                        "cannot send the audit trail to %s:%d (%s); retrying every %.0f s or less",
+                        self.host,
+                        self.port,
+                        why,
+                        delay,
+                    )
                 self.last_error = why
                 wait = delay
                 delay = min(delay * 2, MAX_BACKOFF)

@@ -25,8 +25,23 @@ from typing import Any
 from hilum.cli._common import add_data_option, open_archive, print_json
 from hilum.errors import HilumError
 
-_COLUMNS = ("pk", "at", "event", "event_type", "action", "outcome", "user", "ae_title", "peer", "role", "patient_id",
-            "patient_name", "study_uids", "instances", "detail")
+_COLUMNS = (
+    "pk",
+    "at",
+    "event",
+    "event_type",
+    "action",
+    "outcome",
+    "user",
+    "ae_title",
+    "peer",
+    "role",
+    "patient_id",
+    "patient_name",
+    "study_uids",
+    "instances",
+    "detail",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -39,8 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "examples: hilum audit --patient MRN0042 --since 2026-01-01; hilum audit verify",
     )
     add_data_option(p)
-    p.add_argument("command", nargs="?", choices=("search", "verify", "export"), default="search",
-                   help="search (default), verify, or export")
+    p.add_argument(
+        "command",
+        nargs="?",
+        choices=("search", "verify", "export"),
+        default="search",
+        help="search (default), verify, or export",
+    )
     p.add_argument("--user", metavar="U", help="user name or calling AE title")
     p.add_argument("--patient", metavar="P", help="Patient ID, or patient name (* wildcards)")
     p.add_argument("--study", metavar="UID", help="Study Instance UID")
@@ -83,26 +103,48 @@ def run_audit(args: argparse.Namespace) -> int:
         trail = archive.audit
         if args.command == "verify":
             result = trail.verify()
-            trail.record("Audit Log Used", action="R", outcome=0 if result.ok else 8, user=os_user(),
-                         detail=f"hilum audit verify: {result.line()}")
+            trail.record(
+                "Audit Log Used",
+                action="R",
+                outcome=0 if result.ok else 8,
+                user=os_user(),
+                detail=f"hilum audit verify: {result.line()}",
+            )
             if args.json:
-                print_json({"ok": result.ok, "events": result.rows, "bad_event": result.bad_pk,
-                            "reason": result.reason})
+                print_json(
+                    {"ok": result.ok, "events": result.rows, "bad_event": result.bad_pk, "reason": result.reason}
+                )
             else:
                 print(result.line(), file=sys.stdout if result.ok else sys.stderr)
             return 0 if result.ok else 1
-        rows = trail.search(user=args.user, patient=args.patient, study=args.study, event=args.event, since=since,
-                            until=until, limit=args.limit or None, newest_first=bool(args.limit))
+        rows = trail.search(
+            user=args.user,
+            patient=args.patient,
+            study=args.study,
+            event=args.event,
+            since=since,
+            until=until,
+            limit=args.limit or None,
+            newest_first=bool(args.limit),
+        )
         if args.limit:
             rows.reverse()
-        filters = " ".join(f"--{k} {v}" for k in ("user", "patient", "study", "event", "since", "until")
-                           if (v := getattr(args, k)))
-        trail.record("Audit Log Used", action="R", user=os_user(),
-                     detail=f"hilum audit {args.command} {filters}".strip() + f" -> {len(rows)} events")
+        filters = " ".join(
+            f"--{k} {v}" for k in ("user", "patient", "study", "event", "since", "until") if (v := getattr(args, k))
+        )
+        trail.record(
+            "Audit Log Used",
+            action="R",
+            user=os_user(),
+            detail=f"hilum audit {args.command} {filters}".strip() + f" -> {len(rows)} events",
+        )
         if args.command == "export":
             if args.format == "xml":
-                text = ('<?xml version="1.0" encoding="UTF-8"?>\n<AuditMessages>\n'
-                        + "".join(trail.to_xml(r) + "\n" for r in rows) + "</AuditMessages>\n")
+                text = (
+                    '<?xml version="1.0" encoding="UTF-8"?>\n<AuditMessages>\n'
+                    + "".join(trail.to_xml(r) + "\n" for r in rows)
+                    + "</AuditMessages>\n"
+                )
             else:
                 text = json.dumps([_jsonable(r) for r in rows], ensure_ascii=False, indent=1) + "\n"
             if args.out:
@@ -120,14 +162,19 @@ def run_audit(args: argparse.Namespace) -> int:
         for r in rows:
             who = r["user"] + (f" ({r['ae_title']})" if r["ae_title"] and r["ae_title"] != r["user"] else "")
             where = f" from {r['peer']}" if r["peer"] else ""
-            patient = f" patient {r['patient_id']}" + (f" {r['patient_name']}" if r["patient_name"] else "") \
-                if r["patient_id"] else ""
+            patient = (
+                f" patient {r['patient_id']}" + (f" {r['patient_name']}" if r["patient_name"] else "")
+                if r["patient_id"]
+                else ""
+            )
             studies = f" studies {r['study_uids']}" if r["study_uids"] else ""
             n = f" {r['instances']} instances" if r["instances"] else ""
             kind = r["event"] + (f"/{r['event_type']}" if r["event_type"] else "")
             outcome = "" if r["outcome"] == 0 else f" OUTCOME {r['outcome']}"
-            print(f"{r['pk']:>6} {r['at']:%Y-%m-%d %H:%M:%S} {kind} {r['action']}{outcome} by {who}{where}"
-                  f"{patient}{studies}{n}: {r['detail']}")
+            print(
+                f"{r['pk']:>6} {r['at']:%Y-%m-%d %H:%M:%S} {kind} {r['action']}{outcome} by {who}{where}"
+                f"{patient}{studies}{n}: {r['detail']}"
+            )
         return 0
     finally:
         archive.close()
