@@ -22,8 +22,12 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from hilum.archive import Archive  # noqa: E402
 from hilum.config import load_config  # noqa: E402
-from hilum.dicom.generator import YAMADA, generate_ct_series, make_study  # noqa: E402
-from hilum.dicom.generator import write_dataset  # noqa: E402
+from hilum.dicom.generator import (  # noqa: E402
+    YAMADA,
+    generate_ct_series,
+    make_study,
+    write_dataset,  # noqa: E402
+)
 from hilum.ui.audit_view import AuditView  # noqa: E402
 
 TIMEOUT = 30_000
