@@ -1,0 +1,193 @@
+"""Audit trail overhead (issue 21a): ingest and QIDO-RS with ``[audit] enabled`` true vs false, same run.
+
+Two ``hilum serve`` nodes, identical but for ``[audit] enabled``, each on a fresh data folder per
+round, in alternating order round by round (so a warming disk or a busy neighbour hurts both):
+
+1. **Ingest**: DCMTK ``storescu`` (one association, ``TCP_NODELAY=1``) sends the same files:
+   ``--ct`` CT slices (512x512, 16 bit, in studies of 100) plus ``--tiny`` single-instance studies
+   (8x8): with audit on, one "DICOM Instances Transferred" event per study per association, so the
+   tiny studies are the worst case (an event per instance).  Instances/s, wall time of storescu.
+2. **QIDO-RS**: ``--queries`` study-level searches (``PatientID=...``, anonymous on loopback) on one
+   keep-alive HTTP connection, then the same from ``--clients`` threads at once: requests/s.  With
+   audit on, every request is one "Query" event.
+
+After each node run the number of audit events is read back (a check that audit was on/off).
+Prints per round and the medians, the ratio of the medians (on/off) and the median of the per-round
+ratios; ``--json`` writes them.  Target (issue 21): audit on costs at most 5 %.
+
+Run::
+
+    .venv/bin/python bench/audit/run.py [--ct 300] [--tiny 300] [--queries 400] [--clients 4] [--repeat 5]
+                                        [--workdir /tmp/hilum-bench-audit] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO / "bench" / "dimse"))
+sys.path.insert(0, str(REPO / "app"))
+
+from ctset import write_ct_set, write_tiny_studies  # noqa: E402
+
+BIN = Path("/usr/bin")
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+class Node:
+    def __init__(self, data: Path, audit: bool):
+        if data.exists():
+            shutil.rmtree(data)
+        data.mkdir(parents=True)
+        (data / "hilum.toml").write_text(f"[audit]\nenabled = {'true' if audit else 'false'}\n", encoding="utf-8")
+        self.data = data
+        self.audit = audit
+        self.dicom_port, self.web_port = free_port(), free_port()
+        self.proc = subprocess.Popen(
+            [PY, "-m", "hilum", "serve", "--data", str(data), "--aet", "HILUM", "--dicom-port", str(self.dicom_port),
+             "--web-port", str(self.web_port), "--hl7-port", str(free_port())],
+            env={**ENV, "PYTHONPATH": str(REPO / "app")}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.dicom_port)
+        wait_port(self.web_port)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+    def events(self) -> int:
+        from hilum.archive import Archive
+
+        with Archive(self.data) as a:
+            return len(a.audit.search())
+
+
+def storescu(node: Node, files: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([str(BIN / "storescu"), "-aec", "HILUM", "127.0.0.1", str(node.dicom_port), *files],
+                   env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def qido(node: Node, ids: list[str], clients: int) -> float:
+    """Requests/s of QIDO-RS study searches by PatientID from ``clients`` threads (one connection each)."""
+    import http.client
+
+    per = [ids[i::clients] for i in range(clients)]
+    errors: list[str] = []
+
+    def run(batch: list[str]) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", node.web_port, timeout=30)
+        for pid in batch:
+            conn.request("GET", f"/dicom-web/studies?PatientID={pid}", headers={"Accept": "application/dicom+json"})
+            r = conn.getresponse()
+            body = r.read()
+            if r.status != 200 or not body:
+                errors.append(f"{r.status}")
+        conn.close()
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in per]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.perf_counter() - start
+    if errors:
+        raise RuntimeError(f"QIDO errors: {errors[:5]}")
+    return len(ids) / took
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ct", type=int, default=300, help="CT slices (512x512) in studies of 100")
+    ap.add_argument("--tiny", type=int, default=300, help="single-instance studies (worst case: an event each)")
+    ap.add_argument("--queries", type=int, default=400)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--workdir", default="/tmp/hilum-bench-audit")
+    ap.add_argument("--json", metavar="FILE")
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    ct_dir, tiny_dir = work / f"ct{args.ct}", work / f"tiny{args.tiny}"
+    if not ct_dir.exists():
+        write_ct_set(ct_dir, args.ct, series_size=100)
+    if not tiny_dir.exists():
+        write_tiny_studies(tiny_dir, args.tiny)
+    ct_files = sorted(str(p) for p in ct_dir.rglob("*.dcm"))
+    tiny_files = sorted(str(p) for p in tiny_dir.rglob("*.dcm"))
+    import pydicom
+
+    ids = sorted({str(pydicom.dcmread(f, stop_before_pixels=True).PatientID) for f in tiny_files})
+    queries = [ids[i % len(ids)] for i in range(args.queries)]
+    results: dict[str, dict[str, list[float]]] = {m: {k: [] for k in ("ct", "tiny", "qido1", "qidoN")}
+                                                  for m in ("on", "off")}
+    events: dict[str, list[int]] = {"on": [], "off": []}
+    print(f"{len(ct_files)} CT slices, {len(tiny_files)} tiny studies, {len(queries)} QIDO queries; "
+          f"{args.repeat} rounds", flush=True)
+    for r in range(args.repeat):
+        order = ("on", "off") if r % 2 == 0 else ("off", "on")
+        for mode in order:
+            node = Node(work / f"data-{mode}", audit=mode == "on")
+            try:
+                ct = len(ct_files) / storescu(node, ct_files)
+                tiny = len(tiny_files) / storescu(node, tiny_files)
+                q1 = qido(node, queries, 1)
+                qn = qido(node, queries, args.clients)
+            finally:
+                node.stop()
+            n = node.events()
+            for k, v in (("ct", ct), ("tiny", tiny), ("qido1", q1), ("qidoN", qn)):
+                results[mode][k].append(v)
+            events[mode].append(n)
+            print(f"round {r + 1} audit {mode:3}: CT {ct:7.1f} inst/s  tiny {tiny:7.1f} inst/s  "
+                  f"QIDO 1 client {q1:7.1f} req/s  {args.clients} clients {qn:7.1f} req/s  ({n} audit events)",
+                  flush=True)
+    summary: dict[str, Any] = {"rounds": args.repeat, "ct": len(ct_files), "tiny": len(tiny_files),
+                               "queries": len(queries), "clients": args.clients, "events": events}
+    print("\nmedians (audit on / off; ratio of medians; median of per-round ratios):")
+    for k, label, unit in (("ct", "ingest CT 512x512", "inst/s"), ("tiny", "ingest tiny studies", "inst/s"),
+                           ("qido1", "QIDO-RS 1 client", "req/s"), ("qidoN", f"QIDO-RS {args.clients} clients",
+                                                                    "req/s")):
+        on, off = statistics.median(results["on"][k]), statistics.median(results["off"][k])
+        per_round = statistics.median(a / b for a, b in zip(results["on"][k], results["off"][k], strict=True))
+        summary[k] = {"on": results["on"][k], "off": results["off"][k], "median_on": on, "median_off": off,
+                      "ratio": on / off, "median_round_ratio": per_round}
+        print(f"  {label:24} {on:8.1f} / {off:8.1f} {unit}   ratio {on / off:.3f}   per-round {per_round:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
