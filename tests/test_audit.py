@@ -416,3 +416,16 @@ def test_audit_can_be_turned_off(tmp_path: Path) -> None:
         assert archive.audit.search() == []
     finally:
         archive.close()
+
+
+def test_the_chain_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """The same hashes on PostgreSQL (timestamptz, the reserved column name "user"), tampering found."""
+    with Archive(tmp_path / "data", database_url=pg_url) as archive:
+        for i in range(4):
+            archive.audit("Query", user=f"pg{i}", patient_id=f"P{i}", patient_name="Ünï^Code", detail=f"q{i}")
+        assert archive.audit.verify().ok
+        assert [e["user"] for e in archive.audit.search(patient="ünï*")] == ["pg0", "pg1", "pg2", "pg3"]
+        with archive.engine.begin() as conn:
+            conn.execute(text('UPDATE audit_events SET "user" = \'x\' WHERE pk = 2'))
+        result = archive.audit.verify()
+        assert not result.ok and result.bad_pk == 2

@@ -115,17 +115,6 @@ ROLES = {
 ACTIONS = frozenset("CRUDE")
 OUTCOMES = frozenset((0, 4, 8, 12))
 
-_LIMITS = {
-    "event": 48,
-    "event_type": 48,
-    "user": 128,
-    "ae_title": 16,
-    "peer": 64,
-    "role": 20,
-    "patient_id": 64,
-    "patient_name": 324,
-    "detail": 1000,
-}
 _HASHED = (
     "pk",
     "at",
@@ -196,9 +185,9 @@ class AuditEvent:
 
 def iso_utc(at: datetime) -> str:
     """``at`` as the canonical UTC text of the hash (microseconds, ``Z``); a naive time is UTC (SQLite)."""
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if at.tzinfo is not None and at.utcoffset():
+        at = at.astimezone(UTC)
+    return at.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def row_hash(row: dict[str, Any], prev_hash: str) -> str:
@@ -212,8 +201,11 @@ def row_hash(row: dict[str, Any], prev_hash: str) -> str:
     values = [
         iso_utc(row["at"]) if k == "at" else (bool(row[k]) if k == "user_is_requestor" else row[k]) for k in _HASHED
     ]
-    text = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256((text + "\n" + prev_hash).encode("utf-8")).hexdigest()
+    return hashlib.sha256((_JSON.encode(values) + "\n" + prev_hash).encode("utf-8")).hexdigest()
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_COLUMNS = (*_HASHED, "prev_hash", "hash")
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +307,7 @@ class AuditLog:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.written = 0
+        self._insert_sql: str | None = None
         self.listeners: list[Callable[[], None]] = []  # called after rows were written (the syslog sender)
 
     # ------------------------------------------------------------------ recording
@@ -347,7 +340,8 @@ class AuditLog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
                 self._thread.start()
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
     __call__ = record
 
@@ -403,37 +397,57 @@ class AuditLog:
             ).first()
             pk, prev = (int(last[0]), str(last[1])) if last is not None else (0, GENESIS)
             patients_of = self._patients(conn, {u for e in events if not e.patient_id for u in e.study_uids[:1]})
-            rows = []
+            dialect = self.engine.dialect
+            fast = dialect.name in ("sqlite", "postgresql") and dialect.paramstyle in ("qmark", "format", "pyformat")
+            sqlite = dialect.name == "sqlite"
+            rows: list[Any] = []
             for ev in events:
                 pk += 1
                 pid, pname = ev.patient_id, ev.patient_name
                 if not pid and ev.study_uids:
                     pid, pname = patients_of.get(ev.study_uids[0], ("", ""))
-                row: dict[str, Any] = {
-                    "pk": pk,
-                    "at": ev.at,
-                    "event": ev.event,
-                    "event_type": ev.event_type,
-                    "action": ev.action,
-                    "outcome": int(ev.outcome),
-                    "user": ev.user,
-                    "user_is_requestor": bool(ev.user_is_requestor),
-                    "ae_title": ev.ae_title,
-                    "peer": ev.peer,
-                    "role": ev.role,
-                    "patient_id": pid,
-                    "patient_name": pname,
-                    "study_uids": " ".join(ev.study_uids),
-                    "instances": int(ev.instances),
-                    "detail": ev.detail,
-                }
-                for key, limit in _LIMITS.items():
-                    row[key] = str(row[key] or "")[:limit]
-                row["at"] = row["at"].astimezone(UTC).replace(microsecond=row["at"].microsecond)
-                row["prev_hash"] = prev
-                row["hash"] = prev = row_hash(row, prev)
-                rows.append(row)
-            conn.execute(audit_events.insert(), rows)
+                at = ev.at if ev.at.tzinfo is not None and not ev.at.utcoffset() else ev.at.astimezone(UTC)
+                iso = iso_utc(at)
+                # the hashed values, in _HASHED order (row_hash computes the same from a row read back)
+                values: list[Any] = [
+                    pk,
+                    iso,
+                    ev.event[:48],
+                    (ev.event_type or "")[:48],
+                    ev.action,
+                    int(ev.outcome),
+                    (ev.user or "")[:128],
+                    bool(ev.user_is_requestor),
+                    (ev.ae_title or "")[:16],
+                    (ev.peer or "")[:64],
+                    (ev.role or "")[:20],
+                    (pid or "")[:64],
+                    (pname or "")[:324],
+                    " ".join(ev.study_uids),
+                    int(ev.instances),
+                    (ev.detail or "")[:1000],
+                ]
+                digest = hashlib.sha256((_JSON.encode(values) + "\n" + prev).encode("utf-8")).hexdigest()
+                # stored: at as SQLAlchemy's DateTime stores it on SQLite (and reads back), else the datetime
+                values[1] = f"{iso[:10]} {iso[11:26]}" if sqlite else at
+                if sqlite:
+                    values[7] = 1 if values[7] else 0
+                values += [prev, digest]
+                prev = digest
+                rows.append(tuple(values) if fast else dict(zip(_COLUMNS, values, strict=True)))
+            if fast:
+                if self._insert_sql is None:
+                    quote = dialect.identifier_preparer.quote
+                    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+                    self._insert_sql = (
+                        f"INSERT INTO audit_events ({', '.join(quote(c) for c in _COLUMNS)}) "
+                        f"VALUES ({', '.join([mark] * len(_COLUMNS))})"
+                    )
+                # one executemany on the DB-API cursor: SQLAlchemy's per-row parameter processing cost
+                # more than the hashing (and the writer holds the GIL the protocol threads need)
+                conn.exec_driver_sql(self._insert_sql, rows)
+            else:  # another database: through SQLAlchemy (values[1] is the datetime there)
+                conn.execute(audit_events.insert(), rows)
         self.written += len(rows)
 
     @staticmethod
