@@ -424,7 +424,7 @@ def test_the_chain_on_postgresql(tmp_path: Path, pg_url: str) -> None:
         for i in range(4):
             archive.audit("Query", user=f"pg{i}", patient_id=f"P{i}", patient_name="Ünï^Code", detail=f"q{i}")
         assert archive.audit.verify().ok
-        assert [e["user"] for e in archive.audit.search(patient="ünï*")] == ["pg0", "pg1", "pg2", "pg3"]
+        assert [e["user"] for e in archive.audit.search(patient="Ünï*")] == ["pg0", "pg1", "pg2", "pg3"]
         with archive.engine.begin() as conn:
             conn.execute(text('UPDATE audit_events SET "user" = \'x\' WHERE pk = 2'))
         result = archive.audit.verify()

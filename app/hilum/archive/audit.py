@@ -491,7 +491,7 @@ class AuditLog:
     ) -> list[dict[str, Any]]:
         """Events matching every filter given (after writing what is queued), oldest first.
 
-        ``user`` matches the user or the AE title; ``patient`` the patient ID or (case-insensitive,
+        ``user`` matches the user or the AE title; ``patient`` the patient ID or (case-insensitive for ASCII letters,
         ``*`` wildcards) the name; ``study`` one of the study UIDs; ``event`` the event id or type.
         """
         try:
@@ -504,7 +504,7 @@ class AuditLog:
             stmt = stmt.where((c.user == user) | (c.ae_title == user))
         if patient:
             pattern = patient.replace("*", "%")
-            stmt = stmt.where((c.patient_id == patient) | func.upper(c.patient_name).like(pattern.upper()))
+            stmt = stmt.where((c.patient_id == patient) | func.upper(c.patient_name).like(func.upper(pattern)))
         if study:
             stmt = stmt.where((" " + c.study_uids + " ").like(f"% {study} %"))
         if event:
