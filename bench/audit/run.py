@@ -11,6 +11,9 @@ round, in alternating order round by round (so a warming disk or a busy neighbou
    keep-alive HTTP connection, then the same from ``--clients`` threads at once: requests/s.  With
    audit on, every request is one "Query" event.
 
+Throughput on a shared, loaded machine is noisy; the node process's CPU time per instance and per
+request (user + system, from /proc: what the work costs, whatever the load) is the steadier figure.
+
 After each node run the number of audit events is read back (a check that audit was on/off).
 Prints per round and the medians, the ratio of the medians (on/off) and the median of the per-round
 ratios; ``--json`` writes them.  Target (issue 21): audit on costs at most 5 %.
@@ -81,6 +84,11 @@ class Node:
         wait_port(self.dicom_port)
         wait_port(self.web_port)
 
+    def cpu(self) -> float:
+        """User + system CPU seconds the node process has used so far (all its threads), from /proc."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
@@ -150,8 +158,8 @@ def main() -> int:
 
     ids = sorted({str(pydicom.dcmread(f, stop_before_pixels=True).PatientID) for f in tiny_files})
     queries = [ids[i % len(ids)] for i in range(args.queries)]
-    results: dict[str, dict[str, list[float]]] = {m: {k: [] for k in ("ct", "tiny", "qido1", "qidoN")}
-                                                  for m in ("on", "off")}
+    keys = ("ct", "tiny", "qido1", "qidoN", "cpu_ct", "cpu_tiny", "cpu_qido")
+    results: dict[str, dict[str, list[float]]] = {m: {k: [] for k in keys} for m in ("on", "off")}
     events: dict[str, list[int]] = {"on": [], "off": []}
     print(f"{len(ct_files)} CT slices, {len(tiny_files)} tiny studies, {len(queries)} QIDO queries; "
           f"{args.repeat} rounds", flush=True)
@@ -160,25 +168,35 @@ def main() -> int:
         for mode in order:
             node = Node(work / f"data-{mode}", audit=mode == "on")
             try:
+                c0 = node.cpu()
                 ct = len(ct_files) / storescu(node, ct_files)
+                c1 = node.cpu()
                 tiny = len(tiny_files) / storescu(node, tiny_files)
+                c2 = node.cpu()
                 q1 = qido(node, queries, 1)
                 qn = qido(node, queries, args.clients)
+                time.sleep(1.0)  # the audit writer's last batch (every 0.5 s) is part of the cost
+                c3 = node.cpu()
             finally:
                 node.stop()
             n = node.events()
-            for k, v in (("ct", ct), ("tiny", tiny), ("qido1", q1), ("qidoN", qn)):
+            cpu_ct, cpu_tiny = 1e3 * (c1 - c0) / len(ct_files), 1e3 * (c2 - c1) / len(tiny_files)
+            cpu_q = 1e3 * (c3 - c2) / (2 * len(queries))
+            for k, v in (("ct", ct), ("tiny", tiny), ("qido1", q1), ("qidoN", qn), ("cpu_ct", cpu_ct),
+                         ("cpu_tiny", cpu_tiny), ("cpu_qido", cpu_q)):
                 results[mode][k].append(v)
             events[mode].append(n)
-            print(f"round {r + 1} audit {mode:3}: CT {ct:7.1f} inst/s  tiny {tiny:7.1f} inst/s  "
-                  f"QIDO 1 client {q1:7.1f} req/s  {args.clients} clients {qn:7.1f} req/s  ({n} audit events)",
-                  flush=True)
+            print(f"round {r + 1} audit {mode:3}: CT {ct:7.1f} inst/s ({cpu_ct:.2f} ms CPU)  tiny {tiny:7.1f} inst/s "
+                  f"({cpu_tiny:.2f} ms CPU)  QIDO 1 client {q1:7.1f} req/s  {args.clients} clients {qn:7.1f} req/s "
+                  f"({cpu_q:.2f} ms CPU/request)  ({n} audit events)", flush=True)
     summary: dict[str, Any] = {"rounds": args.repeat, "ct": len(ct_files), "tiny": len(tiny_files),
                                "queries": len(queries), "clients": args.clients, "events": events}
     print("\nmedians (audit on / off; ratio of medians; median of per-round ratios):")
     for k, label, unit in (("ct", "ingest CT 512x512", "inst/s"), ("tiny", "ingest tiny studies", "inst/s"),
-                           ("qido1", "QIDO-RS 1 client", "req/s"), ("qidoN", f"QIDO-RS {args.clients} clients",
-                                                                    "req/s")):
+                           ("qido1", "QIDO-RS 1 client", "req/s"),
+                           ("qidoN", f"QIDO-RS {args.clients} clients", "req/s"),
+                           ("cpu_ct", "node CPU per CT instance", "ms"), ("cpu_tiny", "node CPU per tiny study", "ms"),
+                           ("cpu_qido", "node CPU per QIDO request", "ms")):
         on, off = statistics.median(results["on"][k]), statistics.median(results["off"][k])
         per_round = statistics.median(a / b for a, b in zip(results["on"][k], results["off"][k], strict=True))
         summary[k] = {"on": results["on"][k], "off": results["off"][k], "median_on": on, "median_off": off,
