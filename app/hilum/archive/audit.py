@@ -20,7 +20,9 @@ repository by syslog (:mod:`hilum.archive.audit_syslog`) is what covers that.
 **Cheap.**  :meth:`AuditLog.record` only queues the event (a deque append);
 a background thread writes the queue in one transaction of THE index writer
 (``archive.transaction()``) every :attr:`AuditLog.flush_interval` seconds,
-so an audited C-STORE or QIDO request never waits for the database.  The
+so an audited C-STORE or QIDO request never waits for the database (measured, CPU time:
+≈ 5 µs to record in the request's thread, ≈ 11 µs to hash and insert in the writer's; a QIDO-RS
+request costs the node ≈ 0.8 ms: ``bench/audit/run.py``).  The
 adapters aggregate what PS3.15 asks to aggregate: one "DICOM Instances
 Transferred" event per study per association for DIMSE stores, one per study
 per request for STOW and retrieves; WADO reads of one study by one user in a
