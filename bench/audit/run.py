@@ -1,7 +1,8 @@
 """Audit trail overhead (issue 21a): ingest and QIDO-RS with ``[audit] enabled`` true vs false, same run.
 
-Two ``hilum serve`` nodes, identical but for ``[audit] enabled``, each on a fresh data folder per
-round, in alternating order round by round (so a warming disk or a busy neighbour hurts both):
+Two ``hilum serve`` nodes, identical but for ``[audit] enabled``, both running, each on a fresh data
+folder per round; they take turns every ``--chunk`` files or queries, the first of each pair
+alternating (so a warming disk or a busy neighbour on a shared machine hurts both alike):
 
 1. **Ingest**: DCMTK ``storescu`` (one association, ``TCP_NODELAY=1``) sends the same files:
    ``--ct`` CT slices (512x512, 16 bit, in studies of 100) plus ``--tiny`` single-instance studies
@@ -90,6 +91,8 @@ class Node:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
         self.proc.terminate()
         self.proc.wait(60)
 
@@ -169,6 +172,7 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=400)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--chunk", type=int, default=50, help="files or queries per turn (the nodes alternate)")
     ap.add_argument("--workdir", default="/tmp/hilum-bench-audit")
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--micro-only", action="store_true", help="only the in-process cost per event")
@@ -193,32 +197,48 @@ def main() -> int:
     events: dict[str, list[int]] = {"on": [], "off": []}
     print(f"{len(ct_files)} CT slices, {len(tiny_files)} tiny studies, {len(queries)} QIDO queries; "
           f"{args.repeat} rounds", flush=True)
+    chunk = args.chunk
     for r in range(args.repeat):
-        order = ("on", "off") if r % 2 == 0 else ("off", "on")
-        for mode in order:
-            node = Node(work / f"data-{mode}", audit=mode == "on")
-            try:
-                c0 = node.cpu()
-                ct = len(ct_files) / storescu(node, ct_files)
-                c1 = node.cpu()
-                tiny = len(tiny_files) / storescu(node, tiny_files)
-                c2 = node.cpu()
-                q1 = qido(node, queries, 1)
-                qn = qido(node, queries, args.clients)
-                time.sleep(1.0)  # the audit writer's last batch (every 0.5 s) is part of the cost
-                c3 = node.cpu()
-            finally:
+        nodes = {mode: Node(work / f"data-{mode}", audit=mode == "on") for mode in ("on", "off")}
+        wall = {m: {"ct": 0.0, "tiny": 0.0, "qido1": 0.0, "qidoN": 0.0} for m in nodes}
+        cpu = {m: {"ct": 0.0, "tiny": 0.0, "qido": 0.0} for m in nodes}
+        try:
+            # the two nodes take turns chunk by chunk, the first of each pair alternating: a load that
+            # comes and goes on a shared machine falls on both
+            steps: list[tuple[str, str, list[str]]] = []
+            steps += [("ct", "ct", ct_files[i : i + chunk]) for i in range(0, len(ct_files), chunk)]
+            steps += [("tiny", "tiny", tiny_files[i : i + chunk]) for i in range(0, len(tiny_files), chunk)]
+            steps += [("qido1", "qido", queries[i : i + chunk]) for i in range(0, len(queries), chunk)]
+            steps += [("qidoN", "qido", queries[i : i + chunk * args.clients])
+                      for i in range(0, len(queries), chunk * args.clients)]
+            for j, (phase, cpu_key, items) in enumerate(steps):
+                for mode in (("on", "off") if (j + r) % 2 == 0 else ("off", "on")):
+                    node = nodes[mode]
+                    c0 = node.cpu()
+                    if phase in ("ct", "tiny"):
+                        wall[mode][phase] += storescu(node, items)
+                    else:
+                        clients = 1 if phase == "qido1" else args.clients
+                        wall[mode][phase] += len(items) / qido(node, items, clients)
+                    time.sleep(0.7)  # the audit writer's batch (every 0.5 s) is part of the cost
+                    cpu[mode][cpu_key] += node.cpu() - c0
+        finally:
+            for node in nodes.values():
                 node.stop()
+        for mode, node in nodes.items():
             n = node.events()
-            cpu_ct, cpu_tiny = 1e3 * (c1 - c0) / len(ct_files), 1e3 * (c2 - c1) / len(tiny_files)
-            cpu_q = 1e3 * (c3 - c2) / (2 * len(queries))
-            for k, v in (("ct", ct), ("tiny", tiny), ("qido1", q1), ("qidoN", qn), ("cpu_ct", cpu_ct),
-                         ("cpu_tiny", cpu_tiny), ("cpu_qido", cpu_q)):
-                results[mode][k].append(v)
             events[mode].append(n)
-            print(f"round {r + 1} audit {mode:3}: CT {ct:7.1f} inst/s ({cpu_ct:.2f} ms CPU)  tiny {tiny:7.1f} inst/s "
-                  f"({cpu_tiny:.2f} ms CPU)  QIDO 1 client {q1:7.1f} req/s  {args.clients} clients {qn:7.1f} req/s "
-                  f"({cpu_q:.2f} ms CPU/request)  ({n} audit events)", flush=True)
+            w, c = wall[mode], cpu[mode]
+            row = {"ct": len(ct_files) / w["ct"], "tiny": len(tiny_files) / w["tiny"],
+                   "qido1": len(queries) / w["qido1"], "qidoN": len(queries) / w["qidoN"],
+                   "cpu_ct": 1e3 * c["ct"] / len(ct_files), "cpu_tiny": 1e3 * c["tiny"] / len(tiny_files),
+                   "cpu_qido": 1e3 * c["qido"] / (2 * len(queries))}
+            for k, v in row.items():
+                results[mode][k].append(v)
+            print(f"round {r + 1} audit {mode:3}: CT {row['ct']:7.1f} inst/s ({row['cpu_ct']:.2f} ms CPU)  tiny "
+                  f"{row['tiny']:7.1f} inst/s ({row['cpu_tiny']:.2f} ms CPU)  QIDO 1 client {row['qido1']:7.1f} "
+                  f"req/s  {args.clients} clients {row['qidoN']:7.1f} req/s ({row['cpu_qido']:.2f} ms CPU/request)"
+                  f"  ({n} audit events)", flush=True)
     summary: dict[str, Any] = {"rounds": args.repeat, "ct": len(ct_files), "tiny": len(tiny_files),
                                "queries": len(queries), "clients": args.clients, "events": events}
     print("\nmedians (audit on / off; ratio of medians; median of per-round ratios):")
