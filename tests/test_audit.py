@@ -429,3 +429,17 @@ def test_the_chain_on_postgresql(tmp_path: Path, pg_url: str) -> None:
             conn.execute(text('UPDATE audit_events SET "user" = \'x\' WHERE pk = 2'))
         result = archive.audit.verify()
         assert not result.ok and result.bad_pk == 2
+
+
+@dcmtk_needed
+@pytest.mark.parametrize("peers", ["unknown AE", "known AE from another host"])
+def test_a_refused_association_is_one_security_alert(tmp_path: Path, peers: str) -> None:
+    known = {"KNOWN": Peer("KNOWN", "127.0.0.1" if peers == "unknown AE" else "10.254.254.254", 104)}
+    cfg = Config(data_dir=tmp_path / "data", dicom_port=free_port(), require_known_peers=True, peers=known)
+    with Node(cfg, only=["dimse"]) as n:
+        caller = "INTRUDER" if peers == "unknown AE" else "KNOWN"
+        proc = dcmtk("echoscu", "-aet", caller, "-aec", "HILUM", "127.0.0.1", cfg.dicom_port, check=False)
+        assert proc.returncode != 0
+        [e] = events(n.archive, event="Security Alert")
+    assert e["user"] == caller and e["peer"] == "127.0.0.1" and e["outcome"] == 4
+    assert "association refused" in e["detail"]

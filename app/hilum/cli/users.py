@@ -145,6 +145,16 @@ def _audit_user_change(archive: object, args: argparse.Namespace, outcome: int =
                   user=os_user(), detail=detail + (f": failed ({why})" if why else ""))
 
 
+def _audit_link(cfg: Any, study: str, detail: str) -> None:
+    """``hilum users link``: access to a study granted (or every grant revoked): "Security Alert"."""
+    from hilum.archive import Archive
+    from hilum.archive.audit import os_user
+
+    with Archive.from_config(cfg) as archive:
+        archive.audit("Security Alert", action="C" if study else "D", event_type="User security Attributes Changed",
+                      user=os_user(), study_uids=(study,) if study else (), detail=detail)
+
+
 def _users_command(args: argparse.Namespace, store: Any) -> int:
     cmd = args.users_command
     if cmd == "add":
@@ -193,6 +203,7 @@ def _run_link(args: argparse.Namespace, cfg: object) -> int:
         if args.study:
             raise HilumError("--revoke-all takes no study")
         links.rotate()
+        _audit_link(cfg, "", "every web viewer link revoked (key rotated)")
         print("every link issued so far is revoked")
         return 0
     if not args.study:
@@ -204,6 +215,7 @@ def _run_link(args: argparse.Namespace, cfg: object) -> int:
     token = links.issue(args.study, minutes=minutes, issuer=args.issuer)
     grant = links.verify(token)
     assert grant is not None
+    _audit_link(cfg, args.study, f"read-only web viewer link issued for {minutes:g} min (issuer {args.issuer})")
     url = link_url(node_base_url(cfg.bind, cfg.web_port, settings), token)  # type: ignore[attr-defined]
     if args.json:
         print(json.dumps({"url": url, "token": token, "study": args.study,

@@ -179,6 +179,7 @@ class AssociationLog:
     ops: Counter[str] = field(default_factory=Counter)
     logged: bool = False
     stored: dict[str, list[int]] = field(default_factory=dict)  # study UID -> [stored, failed] (the audit)
+    refusal_audited: bool = False
 
     def line(self) -> str:
         parts = [f"{k} {v}" for k, v in sorted(self.ops.items())]
@@ -445,10 +446,12 @@ class DimseService:
         if self.config.require_known_peers:
             if peer is None and not self.peers_by_aet:
                 # pynetdicom checks a non-empty list only: with no peers at all, refuse here.
+                self._audit_refusal(assoc, "calling AE title not recognised")
                 self._reject(assoc, (0x01, 0x01, 0x03), "calling AE title not recognised")
                 return
             if peer is not None and not self._from_its_host(assoc):
                 log.warning("association from %s refused: %s is configured at %s", rq.address, peer.aet, peer.host)
+                self._audit_refusal(assoc, f"calling AE title {peer.aet} is configured at {peer.host}")
                 self._reject(assoc, (0x01, 0x01, 0x03), "calling AE title not recognised from this address")
                 return
         conn = guard.guard_of(assoc)
@@ -471,6 +474,18 @@ class DimseService:
         drop = {s.abstract_syntax for s in self._supported if s.kind in denied}
         acceptor = assoc.acceptor
         acceptor.supported_contexts = [c for c in acceptor.supported_contexts if c.abstract_syntax not in drop]
+
+    def _audit_refusal(self, assoc: Any, why: str) -> None:
+        """An association refused for who it claims to be: "Security Alert" (PS3.15 A.5.3.11, node
+        authentication failure)."""
+        rec = self._log_of(assoc)
+        if rec is not None:
+            if rec.refusal_audited:
+                return
+            rec.refusal_audited = True
+        calling, peer = self._audit_peer(assoc)
+        self.archive.audit("Security Alert", action="E", outcome=4, event_type="Use of Restricted Function",
+                           user=calling or "?", ae_title=calling, peer=peer, detail=f"association refused: {why}")
 
     def _reject(self, assoc: Any, reason: tuple[int, int, int], outcome: str) -> None:
         """Answer the A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ (PS3.8 9.3.4) from EVT_REQUESTED."""
@@ -536,6 +551,8 @@ class DimseService:
         prim = event.assoc.acceptor.primitive
         reason = getattr(prim, "reason_str", "") if prim is not None else ""
         rec.outcome = f"rejected ({reason.strip() or 'no reason'})"
+        if "calling ae" in reason.lower():  # pynetdicom's own check of require_calling_aet
+            self._audit_refusal(event.assoc, reason.strip())
 
     def _on_released(self, event: evt.Event) -> None:
         rec = self._log_of(event.assoc)
