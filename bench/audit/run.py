@@ -139,7 +139,7 @@ def qido(node: Node, ids: list[str], clients: int) -> float:
     return len(ids) / took
 
 
-def micro(n: int = 20000) -> dict[str, float]:
+def micro(n: int = 20000, batch: int = 100) -> dict[str, float]:
     """CPU microseconds (this process's CPU time: independent of other processes' load) per audit event
     recorded (the caller's share: a protocol thread) and written (the writer thread: hash + insert), beside
     one ``archive.query`` of a study by PatientID (the core of a QIDO-RS request)."""
@@ -149,14 +149,17 @@ def micro(n: int = 20000) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory() as d, Archive(d) as a:
         a.audit.flush_interval = 1e6  # no background writes during the timing
-        t = time.process_time()
-        for i in range(n):
-            a.audit("Query", action="E", user="anonymous", peer="127.0.0.1", role="source", patient_id=f"P{i}",
-                    patient_name="Bench^Patient", detail="QIDO-RS STUDY PatientID=P1 -> 1 match")
-        record = 1e6 * (time.process_time() - t) / n
-        t = time.process_time()
-        a.audit.flush()
-        write = 1e6 * (time.process_time() - t) / n
+        record = write = 0.0
+        for start in range(0, n, batch):  # batches of what the writer gathers in 0.5 s at ~200 requests/s
+            t = time.process_time()
+            for i in range(start, min(start + batch, n)):
+                a.audit("Query", action="E", user="anonymous", peer="127.0.0.1", role="source",
+                        patient_id=f"P{i}", patient_name="Bench^Patient", detail="QIDO-RS STUDY PatientID=P1 -> 1 match")
+            t1 = time.process_time()
+            a.audit.flush()
+            record += t1 - t
+            write += time.process_time() - t1
+        record, write = 1e6 * record / n, 1e6 * write / n
         t = time.process_time()
         for _ in range(500):
             a.query("STUDY", {"PatientID": "BENCH001"})
