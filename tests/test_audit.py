@@ -426,7 +426,7 @@ def test_the_chain_on_postgresql(tmp_path: Path, pg_url: str) -> None:
         assert archive.audit.verify().ok
         assert [e["user"] for e in archive.audit.search(patient="Ünï*")] == ["pg0", "pg1", "pg2", "pg3"]
         with archive.engine.begin() as conn:
-            conn.execute(text('UPDATE audit_events SET "user" = \'x\' WHERE pk = 2'))
+            conn.execute(text("UPDATE audit_events SET \"user\" = 'x' WHERE pk = 2"))
         result = archive.audit.verify()
         assert not result.ok and result.bad_pk == 2
 

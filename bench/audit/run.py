@@ -79,9 +79,26 @@ class Node:
         self.audit = audit
         self.dicom_port, self.web_port = free_port(), free_port()
         self.proc = subprocess.Popen(
-            [PY, "-m", "hilum", "serve", "--data", str(data), "--aet", "HILUM", "--dicom-port", str(self.dicom_port),
-             "--web-port", str(self.web_port), "--hl7-port", str(free_port())],
-            env={**ENV, "PYTHONPATH": str(REPO / "app")}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                PY,
+                "-m",
+                "hilum",
+                "serve",
+                "--data",
+                str(data),
+                "--aet",
+                "HILUM",
+                "--dicom-port",
+                str(self.dicom_port),
+                "--web-port",
+                str(self.web_port),
+                "--hl7-port",
+                str(free_port()),
+            ],
+            env={**ENV, "PYTHONPATH": str(REPO / "app")},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_port(self.dicom_port)
         wait_port(self.web_port)
 
@@ -105,8 +122,13 @@ class Node:
 
 def storescu(node: Node, files: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run([str(BIN / "storescu"), "-aec", "HILUM", "127.0.0.1", str(node.dicom_port), *files],
-                   env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [str(BIN / "storescu"), "-aec", "HILUM", "127.0.0.1", str(node.dicom_port), *files],
+        env=ENV,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start
 
 
@@ -153,8 +175,16 @@ def micro(n: int = 20000, batch: int = 100) -> dict[str, float]:
         for start in range(0, n, batch):  # batches of what the writer gathers in 0.5 s at ~200 requests/s
             t = time.process_time()
             for i in range(start, min(start + batch, n)):
-                a.audit("Query", action="E", user="anonymous", peer="127.0.0.1", role="source",
-                        patient_id=f"P{i}", patient_name="Bench^Patient", detail="QIDO-RS STUDY PatientID=P1 -> 1 match")
+                a.audit(
+                    "Query",
+                    action="E",
+                    user="anonymous",
+                    peer="127.0.0.1",
+                    role="source",
+                    patient_id=f"P{i}",
+                    patient_name="Bench^Patient",
+                    detail="QIDO-RS STUDY PatientID=P1 -> 1 match",
+                )
             t1 = time.process_time()
             a.audit.flush()
             record += t1 - t
@@ -198,8 +228,10 @@ def main() -> int:
     keys = ("ct", "tiny", "qido1", "qidoN", "cpu_ct", "cpu_tiny", "cpu_qido")
     results: dict[str, dict[str, list[float]]] = {m: {k: [] for k in keys} for m in ("on", "off")}
     events: dict[str, list[int]] = {"on": [], "off": []}
-    print(f"{len(ct_files)} CT slices, {len(tiny_files)} tiny studies, {len(queries)} QIDO queries; "
-          f"{args.repeat} rounds", flush=True)
+    print(
+        f"{len(ct_files)} CT slices, {len(tiny_files)} tiny studies, {len(queries)} QIDO queries; {args.repeat} rounds",
+        flush=True,
+    )
     chunk = args.chunk
     for r in range(args.repeat):
         nodes = {mode: Node(work / f"data-{mode}", audit=mode == "on") for mode in ("on", "off")}
@@ -212,10 +244,12 @@ def main() -> int:
             steps += [("ct", "ct", ct_files[i : i + chunk]) for i in range(0, len(ct_files), chunk)]
             steps += [("tiny", "tiny", tiny_files[i : i + chunk]) for i in range(0, len(tiny_files), chunk)]
             steps += [("qido1", "qido", queries[i : i + chunk]) for i in range(0, len(queries), chunk)]
-            steps += [("qidoN", "qido", queries[i : i + chunk * args.clients])
-                      for i in range(0, len(queries), chunk * args.clients)]
+            steps += [
+                ("qidoN", "qido", queries[i : i + chunk * args.clients])
+                for i in range(0, len(queries), chunk * args.clients)
+            ]
             for j, (phase, cpu_key, items) in enumerate(steps):
-                for mode in (("on", "off") if (j + r) % 2 == 0 else ("off", "on")):
+                for mode in ("on", "off") if (j + r) % 2 == 0 else ("off", "on"):
                     node = nodes[mode]
                     c0 = node.cpu()
                     if phase in ("ct", "tiny"):
@@ -232,34 +266,60 @@ def main() -> int:
             n = node.events()
             events[mode].append(n)
             w, c = wall[mode], cpu[mode]
-            row = {"ct": len(ct_files) / w["ct"], "tiny": len(tiny_files) / w["tiny"],
-                   "qido1": len(queries) / w["qido1"], "qidoN": len(queries) / w["qidoN"],
-                   "cpu_ct": 1e3 * c["ct"] / len(ct_files), "cpu_tiny": 1e3 * c["tiny"] / len(tiny_files),
-                   "cpu_qido": 1e3 * c["qido"] / (2 * len(queries))}
+            row = {
+                "ct": len(ct_files) / w["ct"],
+                "tiny": len(tiny_files) / w["tiny"],
+                "qido1": len(queries) / w["qido1"],
+                "qidoN": len(queries) / w["qidoN"],
+                "cpu_ct": 1e3 * c["ct"] / len(ct_files),
+                "cpu_tiny": 1e3 * c["tiny"] / len(tiny_files),
+                "cpu_qido": 1e3 * c["qido"] / (2 * len(queries)),
+            }
             for k, v in row.items():
                 results[mode][k].append(v)
-            print(f"round {r + 1} audit {mode:3}: CT {row['ct']:7.1f} inst/s ({row['cpu_ct']:.2f} ms CPU)  tiny "
-                  f"{row['tiny']:7.1f} inst/s ({row['cpu_tiny']:.2f} ms CPU)  QIDO 1 client {row['qido1']:7.1f} "
-                  f"req/s  {args.clients} clients {row['qidoN']:7.1f} req/s ({row['cpu_qido']:.2f} ms CPU/request)"
-                  f"  ({n} audit events)", flush=True)
-    summary: dict[str, Any] = {"rounds": args.repeat, "ct": len(ct_files), "tiny": len(tiny_files),
-                               "queries": len(queries), "clients": args.clients, "events": events}
+            print(
+                f"round {r + 1} audit {mode:3}: CT {row['ct']:7.1f} inst/s ({row['cpu_ct']:.2f} ms CPU)  tiny "
+                f"{row['tiny']:7.1f} inst/s ({row['cpu_tiny']:.2f} ms CPU)  QIDO 1 client {row['qido1']:7.1f} "
+                f"req/s  {args.clients} clients {row['qidoN']:7.1f} req/s ({row['cpu_qido']:.2f} ms CPU/request)"
+                f"  ({n} audit events)",
+                flush=True,
+            )
+    summary: dict[str, Any] = {
+        "rounds": args.repeat,
+        "ct": len(ct_files),
+        "tiny": len(tiny_files),
+        "queries": len(queries),
+        "clients": args.clients,
+        "events": events,
+    }
     print("\nmedians (audit on / off; ratio of medians; median of per-round ratios):")
-    for k, label, unit in (("ct", "ingest CT 512x512", "inst/s"), ("tiny", "ingest tiny studies", "inst/s"),
-                           ("qido1", "QIDO-RS 1 client", "req/s"),
-                           ("qidoN", f"QIDO-RS {args.clients} clients", "req/s"),
-                           ("cpu_ct", "node CPU per CT instance", "ms"), ("cpu_tiny", "node CPU per tiny study", "ms"),
-                           ("cpu_qido", "node CPU per QIDO request", "ms")):
+    for k, label, unit in (
+        ("ct", "ingest CT 512x512", "inst/s"),
+        ("tiny", "ingest tiny studies", "inst/s"),
+        ("qido1", "QIDO-RS 1 client", "req/s"),
+        ("qidoN", f"QIDO-RS {args.clients} clients", "req/s"),
+        ("cpu_ct", "node CPU per CT instance", "ms"),
+        ("cpu_tiny", "node CPU per tiny study", "ms"),
+        ("cpu_qido", "node CPU per QIDO request", "ms"),
+    ):
         on, off = statistics.median(results["on"][k]), statistics.median(results["off"][k])
         per_round = statistics.median(a / b for a, b in zip(results["on"][k], results["off"][k], strict=True))
-        summary[k] = {"on": results["on"][k], "off": results["off"][k], "median_on": on, "median_off": off,
-                      "ratio": on / off, "median_round_ratio": per_round}
+        summary[k] = {
+            "on": results["on"][k],
+            "off": results["off"][k],
+            "median_on": on,
+            "median_off": off,
+            "ratio": on / off,
+            "median_round_ratio": per_round,
+        }
         print(f"  {label:24} {on:8.1f} / {off:8.1f} {unit}   ratio {on / off:.3f}   per-round {per_round:.3f}")
     m = micro()
     summary["micro"] = m
-    print(f"\nin-process CPU per audit event: record {m['record_us']:.1f} us (the request's thread) + write "
-          f"{m['write_us']:.1f} us (the writer thread) = {m['record_us'] + m['write_us']:.1f} us; one "
-          f"archive.query of a study by PatientID: {m['query_us']:.1f} us")
+    print(
+        f"\nin-process CPU per audit event: record {m['record_us']:.1f} us (the request's thread) + write "
+        f"{m['write_us']:.1f} us (the writer thread) = {m['record_us'] + m['write_us']:.1f} us; one "
+        f"archive.query of a study by PatientID: {m['query_us']:.1f} us"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return 0
