@@ -39,6 +39,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from hilum.archive import Archive
+from hilum.archive.audit import AuditSettings
 from hilum.archive.orders import OrderBook, Reconciler
 from hilum.archive.policy import PolicyService, load_policies
 from hilum.archive.tiers import TierService
@@ -74,6 +75,7 @@ class Node:
         self.archive = archive if archive is not None else Archive.from_config(config)
         if archive is not None and not self.archive.storage_configured:
             self.archive.configure_storage(load_policies(config))  # a typo: ConfigError, nothing started
+            self.archive.configure_audit(AuditSettings.from_config(config))
         self.orders = OrderBook(self.archive)
         self.reconciler = Reconciler(self.orders)
         self.prefetcher: Prefetcher | None = None
@@ -112,7 +114,28 @@ class Node:
             ForwardService(self.archive, self.config),
             # issue 20a: signed reports to the HIS ([report] his / [hl7] his_host; none: idle)
             OutboxService.from_config(self.archive, self.config),
+            *self._audit_services(),
         ]
+
+    def _audit_activity(self, kind: str) -> None:
+        """A node that owns its archive (``hilum serve``) starting or stopping: "Application Activity"
+        (PS3.15 A.5.3.1).  The workstation records its own start and stop (it lends its archive)."""
+        if not self._owns_archive:
+            return
+        from hilum.archive.audit import os_user
+
+        what = "started" if kind.endswith("Start") else "stopped"
+        self.archive.audit("Application Activity", action="E", event_type=kind, user=os_user(), role="launcher",
+                           detail=f"node {self.config.aet} {what}: {', '.join(s.name for s in self.services)}")
+
+    def _audit_services(self) -> list[Service]:
+        """The audit trail's syslog sender when ``[audit] syslog`` names a repository (issue 21a)."""
+        settings = self.archive.audit_settings
+        if not (settings.enabled and settings.syslog):
+            return []
+        from hilum.archive.audit_syslog import AuditSyslogService
+
+        return [AuditSyslogService(self.archive.audit, settings)]
 
     def service(self, name: str) -> Service:
         """The service called ``name`` (``"dimse"``...)."""
@@ -145,14 +168,18 @@ class Node:
                 self.reconciler.stop()
                 raise
             log.info("node %s started: %s", self.config.aet, ", ".join(s.name for s in self._started))
+            self._audit_activity("Application Start")
 
     def stop(self) -> None:
         """Stop the services (in-flight associations/requests finish first), then close an owned archive."""
         with self._lock:
             if self.prefetcher is not None:
                 self.prefetcher.stop(timeout=self.config.prefetch.timeout + 5)
+            was_running = bool(self._started)
             self._stop_started()
             self.reconciler.stop()
+            if was_running:
+                self._audit_activity("Application Stop")
             if self._owns_archive:
                 self.archive.close()
         self._stop_requested.set()

@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection
 from hilum.archive import outgoing, storage
 from hilum.archive import query as q
 from hilum.archive import tiers as tiers_mod
+from hilum.archive.audit import AuditLog, AuditSettings, os_user
 from hilum.archive.batch import run_ingest_many
 from hilum.archive.blobs import FileBlobStore, TempBlob, blob_checksum, file_checksum
 from hilum.archive.db import make_engine, migrate
@@ -142,6 +143,9 @@ class Archive:
         self.policies = Policies()
         self.tiers = tiers_mod.Tiers(self)
         self.storage_configured = False  # configure_storage called (from_config does)
+        self.audit = AuditLog(self.engine, self.transaction)
+        """The audit trail (:mod:`hilum.archive.audit`): ``archive.audit("Query", user=...)`` records an event."""
+        self.audit_settings = AuditSettings()
 
     @classmethod
     def from_config(cls, cfg: Any) -> Archive:
@@ -154,7 +158,14 @@ class Archive:
         archive = cls(cfg.data_dir, database_url=cfg.database_url, duplicate_policy=cfg.duplicate_policy,
                       index_writer=getattr(cfg, "index_writer", None))
         archive.configure_storage(policies)
+        archive.configure_audit(AuditSettings.from_config(cfg))
         return archive
+
+    def configure_audit(self, settings: AuditSettings) -> None:
+        """Use the ``[audit]`` settings: on or off, the AuditSourceID of the messages."""
+        self.audit_settings = settings
+        self.audit.enabled = settings.enabled
+        self.audit.source_id = settings.source_id or "HILUM"
 
     def configure_storage(self, policies: Policies) -> None:
         """Use ``policies`` (:func:`hilum.archive.policy.parse_policies`): sets :attr:`policies` and
@@ -181,6 +192,7 @@ class Archive:
             return self.patients.aliases(conn, patient_id, issuer)
 
     def close(self) -> None:
+        self.audit.close()
         self._io.shutdown(wait=True)
         self.blobs.close()
         self.engine.dispose()
@@ -493,14 +505,16 @@ class Archive:
 
     # ------------------------------------------------------------------ delete
 
-    def delete(self, level: str, uid: str) -> int:
+    def delete(self, level: str, uid: str, *, user: str | None = None, peer: str = "", reason: str = "") -> int:
         """Delete a patient (by PatientID), study, series or instance: rows and blobs.
 
-        Returns how many instances went.  Raises :class:`NotFound`.
+        Returns how many instances went.  Raises :class:`NotFound`.  Audited: one "DICOM Study
+        Deleted" event per study touched (``user``: who asked; default the OS user).
         """
         level = level.upper()
         with self.transaction() as conn:
-            sel = select(instances.c.pk, instances.c.blob_key).select_from(
+            sel = select(instances.c.pk, instances.c.blob_key, studies.c.study_uid, patients.c.patient_id,
+                         patients.c.patient_name).select_from(
                 instances.join(series, instances.c.series_fk == series.c.pk)
                 .join(studies, series.c.study_fk == studies.c.pk)
                 .join(patients, studies.c.patient_fk == patients.c.pk))
@@ -527,7 +541,50 @@ class Archive:
         for r in rows:
             self.blobs.delete(r.blob_key)
         self._emit(ArchiveEvent("deleted", level, uid))
+        per_study: dict[str, list[Any]] = {}
+        for r in rows:
+            per_study.setdefault(r.study_uid, []).append(r)
+        for study_uid, of_study in per_study.items():
+            what = f"{level.lower()} {uid}" if level not in ("STUDY", "PATIENT") else f"{level.lower()} deleted"
+            self.audit("DICOM Study Deleted", action="D", user=user or os_user(), peer=peer,
+                       patient_id=of_study[0].patient_id, patient_name=of_study[0].patient_name,
+                       study_uids=(study_uid,), instances=len(of_study),
+                       detail=f"{what}{': ' + reason if reason else ''}")
         return len(rows)
+
+    # ------------------------------------------------------------------ audit helpers
+
+    def audit_export(self, study_uids: Iterable[str], *, destination: str, user: str | None = None,
+                     instances: int = 0, outcome: int = 0, media: bool = False, anonymised: bool = False,
+                     patient_id: str = "", patient_name: str = "", detail: str = "") -> None:
+        """Record an export of studies out of the archive (PS3.15 A.5.3.6 "Export"), one event per patient.
+
+        For ``hilum export``, ``hilum export-media`` (``media=True``: CD/USB/zip/ISO) and
+        ``hilum anonymize`` (``anonymised=True``).  ``destination`` is where it went (a folder,
+        file or peer AE title); ``outcome`` 0 success, 4 partly failed, 8 failed.  The patient
+        of each study is read from the index unless given.
+        """
+        uids = tuple(dict.fromkeys(u for u in study_uids if u))
+        note = " ".join(filter(None, ["anonymised" if anonymised else "", f"to {destination}", detail]))
+        groups: dict[tuple[str, str], list[str]] = {}
+        if patient_id:
+            groups[(patient_id, patient_name)] = list(uids)
+        else:
+            with self.engine.connect() as conn:
+                found = self.audit._patients(conn, set(uids))
+            for u in uids:
+                groups.setdefault(found.get(u, ("", "")), []).append(u)
+        for (pid, pname), of_patient in groups.items():
+            self.audit("Export", action="R", outcome=outcome, user=user or os_user(),
+                       role="destination media" if media else "destination", patient_id=pid, patient_name=pname,
+                       study_uids=tuple(of_patient), instances=instances if len(groups) == 1 else 0,
+                       detail=note)
+
+    def audit_study_opened(self, study_uid: str, *, user: str | None = None, instances: int = 0,
+                           detail: str = "opened in the workstation") -> None:
+        """Record that a user opened a study (PS3.15 A.5.3.3 "DICOM Instances Accessed", action R)."""
+        self.audit("DICOM Instances Accessed", action="R", user=user or os_user(), study_uids=(study_uid,),
+                   instances=instances, detail=detail)
 
     # ------------------------------------------------------------------ prefetched priors
 

@@ -343,10 +343,30 @@ class ImportReport:
         }
 
 
+def _audit_import(archive: Archive, report: ImportReport, paths: list[str], user: str | None) -> None:
+    audit = getattr(archive, "audit", None)
+    if audit is None:
+        return
+    from hilum.archive.audit import os_user
+
+    per_study: dict[str, list[int]] = {}
+    for r in report.results:
+        if r.study_instance_uid and r.code != "cancelled":
+            per_study.setdefault(r.study_instance_uid, [0, 0])[0 if r.ok else 1] += 1
+    where = ", ".join(paths)[:300]
+    for uid, (ok, failed) in per_study.items():
+        audit("Import", action="C", outcome=0 if not failed else (4 if ok else 8), user=user or os_user(),
+              role="source media", study_uids=(uid,), instances=ok,
+              detail=f"from {where or 'files'}" + (f", {failed} refused" if failed else ""))
+
+
 def import_paths(archive: Archive, paths: Iterable[str | os.PathLike[str]], *, origin: str = "import",
                  workers: int | None = None, progress: Callable[[int, int], None] | None = None,
-                 cancel: threading.Event | None = None) -> ImportReport:
+                 cancel: threading.Event | None = None, user: str | None = None) -> ImportReport:
     """Import files, folders, DICOMDIRs and zips into ``archive`` through its one ingest call.
+
+    Audited: one "Import" event per study that came in (PS3.15 A.5.3.7), ``user`` (default: the OS
+    user) the one who imported, the paths in ``detail``.
 
     ``progress(done, total)`` is called as results come in; ``cancel`` stops
     before the next instance.  Never raises for bad input: every problem is a
@@ -398,6 +418,7 @@ def import_paths(archive: Archive, paths: Iterable[str | os.PathLike[str]], *, o
                 res.status, res.code, res.reason = "rejected", "unreadable", read_errors[i]
             merged.append(res)
         report = ImportReport(merged, list(col.skipped), time.perf_counter() - start)
+    _audit_import(archive, report, [str(p) for p in paths] if isinstance(paths, (list, tuple)) else [], user)
     log.info("import: %d stored, %d duplicates, %d rejected, %d skipped in %.1f s", report.imported,
              report.duplicates, report.rejected, len(report.skipped), report.seconds)
     return report

@@ -76,7 +76,7 @@ from sqlalchemy.engine import Connection
 from hilum.archive import storage
 from hilum.archive.index import chunks
 from hilum.archive.model import ArchiveEvent
-from hilum.archive.schema import blob_copies, forward_queue, instances, series, studies
+from hilum.archive.schema import blob_copies, forward_queue, instances, patients, series, studies
 from hilum.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -734,6 +734,9 @@ def _purge_everywhere(
         if blocker:
             raise _Skip(blocker)
         tier_copies = _tier_copies(conn, st.pk)
+        who = conn.execute(select(patients.c.patient_id, patients.c.patient_name)
+                           .select_from(studies.join(patients, studies.c.patient_fk == patients.c.pk))
+                           .where(studies.c.pk == st.pk)).first()
         rows = conn.execute(
             select(instances.c.pk, instances.c.blob_key, instances.c.size)
             .select_from(instances.join(series, series.c.pk == instances.c.series_fk))
@@ -764,6 +767,11 @@ def _purge_everywhere(
             detail=detail[:1000],
             node=node,
         )
+    audit = getattr(archive, "audit", None)
+    if audit is not None:  # issue 21a: a purge everywhere deletes the study
+        audit("DICOM Study Deleted", action="D", user=f"retention rule {p.rule}"[:128], study_uids=(st.uid,),
+              patient_id=who[0] if who else "", patient_name=who[1] if who else "", instances=len(rows),
+              detail=f"purged everywhere: {p.reason}"[:1000])
     tiers = getattr(archive, "tiers", None)
     for _pk, name, key, retain_until in tier_copies:
         try:

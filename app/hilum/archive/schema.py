@@ -502,3 +502,36 @@ ai_jobs = Table(
     Index("ix_ai_jobs_state", "state", "not_before"),
     Index("ix_ai_jobs_series", "series_uid", "plugin"),
 )
+
+# --- issue 21 (audit): the audit trail (hilum.archive.audit) -------------------------------------------------
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    # Append-only, hash-chained: hash = sha256(canonical row + prev_hash) (hilum.archive.audit.row_hash), so a
+    # modified, deleted or inserted row breaks the chain that `hilum audit verify` recomputes.  Event names are
+    # DICOM PS3.15 A.5 event ids ("Query", "DICOM Instances Transferred"...); sent_at (syslog) is not hashed.
+    Column("pk", Integer, primary_key=True, autoincrement=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("event", String(48), nullable=False),
+    Column("event_type", String(48), nullable=False, default="", server_default=text("''")),
+    Column("action", String(1), nullable=False),  # C R U D E
+    Column("outcome", Integer, nullable=False, default=0, server_default="0"),  # 0 4 8 12
+    Column("user", String(128), nullable=False, default="", server_default=text("''")),
+    Column("user_is_requestor", Boolean, nullable=False, default=True, server_default=text("true")),
+    Column("ae_title", String(16), nullable=False, default="", server_default=text("''")),
+    Column("peer", String(64), nullable=False, default="", server_default=text("''")),
+    Column("role", String(20), nullable=False, default="", server_default=text("''")),  # source | destination
+    Column("patient_id", String(64), nullable=False, default="", server_default=text("''")),
+    Column("patient_name", String(324), nullable=False, default="", server_default=text("''")),
+    Column("study_uids", Text, nullable=False, default="", server_default=text("''")),
+    Column("instances", Integer, nullable=False, default=0, server_default="0"),
+    Column("detail", Text, nullable=False, default="", server_default=text("''")),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Index("ix_audit_events_at", "at"),
+    Index("ix_audit_events_patient", "patient_id"),
+    Index("ix_audit_events_user", "user"),
+    Index("ix_audit_events_unsent", "sent_at"),
+)

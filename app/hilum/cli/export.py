@@ -72,6 +72,8 @@ def _from_archive(args: argparse.Namespace, spool: Path) -> list[str]:
             path = spool / f"{i:06d}.dcm"
             path.write_bytes(archive.read_outgoing(r))
             files.append(str(path))
+        archive.audit_export({str(r.get("StudyInstanceUID") or "") for r in rows}, destination=str(args.output),
+                             instances=len(rows), detail=f"cine of series {args.series}")
         return files
     finally:
         archive.close()

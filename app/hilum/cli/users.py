@@ -31,6 +31,7 @@ import getpass
 import json
 import sys
 from datetime import timedelta
+from typing import Any
 
 from hilum.errors import HilumError
 
@@ -113,42 +114,83 @@ def run_users(args: argparse.Namespace) -> int:
     try:
         store = UserStore.of(archive)
         cmd = args.users_command
-        if cmd == "add":
-            password = _read_password(args.password_stdin)
-            store.add(args.name, args.role, password)
-            print(f"added {args.name} ({args.role})")
-        elif cmd == "list":
-            found = store.list()
-            if args.json:
-                print(json.dumps([{"name": u.name, "role": u.role,
-                                   "created": u.created_at.isoformat() if u.created_at else None} for u in found]))
-            elif not found:
-                print("no users (see [web] anonymous in hilum.toml for what that allows)")
-            else:
-                width = max(len(u.name) for u in found)
-                for u in found:
-                    print(f"{u.name:<{width}}  {u.role}")
-        elif cmd == "remove":
-            store.remove(args.name)
-            print(f"removed {args.name}")
-        elif cmd == "passwd":
-            password = _read_password(args.password_stdin)
-            revoked = store.set_password(args.name, password)
-            print(f"password of {args.name} changed; {revoked} token(s) revoked")
-        elif cmd == "role":
-            store.set_role(args.name, args.role)
-            print(f"{args.name} is now {args.role}")
-        elif cmd == "token":
-            if not args.no_expiry and args.hours <= 0:
-                raise HilumError("--hours must be positive")
-            ttl = None if args.no_expiry else timedelta(hours=args.hours)
-            print(store.issue_token(args.name, ttl=ttl, label=args.label))
-        elif cmd == "revoke":
-            n = store.revoke_tokens(args.name)
-            print(f"revoked {n} token(s) of {args.name}")
-        return 0
+        if cmd == "list":
+            return _users_command(args, store)
+        try:
+            code = _users_command(args, store)
+        except Exception as exc:
+            _audit_user_change(archive, args, 8, str(exc))
+            raise
+        _audit_user_change(archive, args)
+        return code
     finally:
         archive.close()
+
+
+_CHANGES = {"add": ("C", "User security Attributes Changed", "user {name} added ({role})"),
+            "remove": ("D", "User security Attributes Changed", "user {name} removed"),
+            "passwd": ("U", "User security Attributes Changed", "password of {name} changed"),
+            "role": ("U", "Security Roles Changed", "role of {name} set to {role}"),
+            "token": ("C", "User security Attributes Changed", "API token issued to {name}"),
+            "revoke": ("U", "User security Attributes Changed", "tokens of {name} revoked")}
+
+
+def _audit_user_change(archive: object, args: argparse.Namespace, outcome: int = 0, why: str = "") -> None:
+    """``hilum users add|remove|passwd|role|token|revoke``: one "Security Alert" event (PS3.15 A.5.3.11)."""
+    from hilum.archive.audit import os_user
+
+    action, kind, text = _CHANGES[args.users_command]
+    detail = text.format(name=args.name, role=getattr(args, "role", ""))
+    archive.audit("Security Alert", action=action, outcome=outcome, event_type=kind,  # type: ignore[attr-defined]
+                  user=os_user(), detail=detail + (f": failed ({why})" if why else ""))
+
+
+def _audit_link(cfg: Any, study: str, detail: str) -> None:
+    """``hilum users link``: access to a study granted (or every grant revoked): "Security Alert"."""
+    from hilum.archive import Archive
+    from hilum.archive.audit import os_user
+
+    with Archive.from_config(cfg) as archive:
+        archive.audit("Security Alert", action="C" if study else "D", event_type="User security Attributes Changed",
+                      user=os_user(), study_uids=(study,) if study else (), detail=detail)
+
+
+def _users_command(args: argparse.Namespace, store: Any) -> int:
+    cmd = args.users_command
+    if cmd == "add":
+        password = _read_password(args.password_stdin)
+        store.add(args.name, args.role, password)
+        print(f"added {args.name} ({args.role})")
+    elif cmd == "list":
+        found = store.list()
+        if args.json:
+            print(json.dumps([{"name": u.name, "role": u.role,
+                               "created": u.created_at.isoformat() if u.created_at else None} for u in found]))
+        elif not found:
+            print("no users (see [web] anonymous in hilum.toml for what that allows)")
+        else:
+            width = max(len(u.name) for u in found)
+            for u in found:
+                print(f"{u.name:<{width}}  {u.role}")
+    elif cmd == "remove":
+        store.remove(args.name)
+        print(f"removed {args.name}")
+    elif cmd == "passwd":
+        password = _read_password(args.password_stdin)
+        revoked = store.set_password(args.name, password)
+        print(f"password of {args.name} changed; {revoked} token(s) revoked")
+    elif cmd == "role":
+        store.set_role(args.name, args.role)
+        print(f"{args.name} is now {args.role}")
+    elif cmd == "token":
+        if not args.no_expiry and args.hours <= 0:
+            raise HilumError("--hours must be positive")
+        ttl = None if args.no_expiry else timedelta(hours=args.hours)
+        print(store.issue_token(args.name, ttl=ttl, label=args.label))
+    elif cmd == "revoke":
+        n = store.revoke_tokens(args.name)
+        print(f"revoked {n} token(s) of {args.name}")
+    return 0
 
 
 def _run_link(args: argparse.Namespace, cfg: object) -> int:
@@ -161,6 +203,7 @@ def _run_link(args: argparse.Namespace, cfg: object) -> int:
         if args.study:
             raise HilumError("--revoke-all takes no study")
         links.rotate()
+        _audit_link(cfg, "", "every web viewer link revoked (key rotated)")
         print("every link issued so far is revoked")
         return 0
     if not args.study:
@@ -172,6 +215,7 @@ def _run_link(args: argparse.Namespace, cfg: object) -> int:
     token = links.issue(args.study, minutes=minutes, issuer=args.issuer)
     grant = links.verify(token)
     assert grant is not None
+    _audit_link(cfg, args.study, f"read-only web viewer link issued for {minutes:g} min (issuer {args.issuer})")
     url = link_url(node_base_url(cfg.bind, cfg.web_port, settings), token)  # type: ignore[attr-defined]
     if args.json:
         print(json.dumps({"url": url, "token": token, "study": args.study,

@@ -150,6 +150,15 @@ class Authenticator:
         self.throttle = throttle or LoginThrottle(ThrottlePolicy.from_settings(settings), clock=clock)
         self._has_users: tuple[float, bool] = (-float("inf"), True)
         self._slots: anyio.Semaphore | None = None
+        self.audit: Any = None
+        """``archive.audit`` (set by the server): failed logins and lockouts are recorded there."""
+
+    def audit_event(self, event: str, **fields: Any) -> None:
+        if self.audit is not None:
+            try:
+                self.audit(event, **fields)
+            except Exception:  # noqa: BLE001 - the audit never breaks a request
+                log.exception("cannot record audit event %s", event)
 
     def anonymous_read_allowed(self) -> bool:
         mode = self.settings.anonymous
@@ -185,6 +194,9 @@ class Authenticator:
             if cred.startswith(LINK_PREFIX):
                 return self.link_outcome(cred)
             user = await anyio.to_thread.run_sync(self.users.verify_token, cred)
+            if user is None:
+                self.audit_event("User Authentication", action="E", outcome=4, event_type="Login", user="unknown",
+                                 peer=client, detail="invalid or expired bearer token")
             return Outcome(user) if user else Outcome(None, "invalid or expired token")
         if scheme != "basic":
             return Outcome(None, f"unsupported authorization scheme {scheme[:20]!r}")
@@ -246,7 +258,13 @@ class Authenticator:
             self.throttle.success(name, client)
             return Outcome(user)
         lock = self.throttle.failure(name, client)
+        self.audit_event("User Authentication", action="E", outcome=4, event_type="Login", user=name[:128],
+                         peer=client, detail="wrong user name or password")
         if lock is not None:
+            self.audit_event("Security Alert", action="E", outcome=4, event_type="Use of Restricted Function",
+                             user=name[:128], peer=client,
+                             detail=f"login locked for {lock.retry_after_header} s after repeated wrong "
+                                    f"passwords ({lock.scope} lock)")
             log.warning("login of %r from %s locked for %s s after repeated wrong passwords (%s lock)", name[:64],
                         client, lock.retry_after_header, lock.scope)
         return Outcome(None, f"wrong user name or password for {name[:64]!r}")
@@ -307,6 +325,9 @@ class AuthMiddleware:
                 await self._deny(scope, send, outcome.status, reason, None, outcome.headers, browser=browser)
                 return
         if need in ("read", "write") and not user.can(need):
+            self.auth.audit_event("Security Alert", action="E", outcome=4, event_type="Use of Restricted Function",
+                                  user=user.name, peer=client, detail=f"role {user.role} may not {need}: "
+                                  f"{method} {path}"[:300])
             await self._deny(scope, send, 403, f"role {user.role} may not {need}", user, browser=browser)
             return
         if outcome.link is not None and not link_allows(method, path, scope.get("query_string", b""),

@@ -191,3 +191,13 @@ def not_modified(request: Request, etag: str, mtime: float) -> Response | None:
 def query_dict(request: Request) -> dict[str, str]:
     """Query parameters, the last of repeated ones winning (rendering parameters)."""
     return dict(request.query_params.items())
+
+
+def audit(ctx: Context, request: Request, event: str, **fields: Any) -> None:
+    """Record an audit event for this request (:mod:`hilum.archive.audit`): the signed-in user (or
+    ``anonymous``), the client's address, and ``fields``."""
+    user = request.scope.get("state", {}).get("user")
+    client = request.client.host if request.client is not None else ""
+    fields.setdefault("user", str(getattr(user, "name", "") or "anonymous"))
+    fields.setdefault("peer", client)
+    ctx.archive.audit(event, **fields)

@@ -39,12 +39,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from hilum.archive import keys_for_level
+from hilum.archive.audit import query_detail, query_subject
 from hilum.archive.query import FIELDS
 from hilum.dicom.attributes import HeaderCut, read_header
 from hilum.dicomweb import dicomjson
 from hilum.dicomweb.common import (
     Context,
     HTTPError,
+    audit,
     base_url,
     check_uid,
     instance_url,
@@ -213,6 +215,9 @@ def search(ctx: Context, request: Request, level: str, study: str | None = None,
         raise HTTPError(400, str(exc)) from exc
     more = len(rows) > want
     rows = rows[:want]
+    pid, pname, uids = query_subject(ident, rows)
+    audit(ctx, request, "Query", action="E", role="source", patient_id=pid, patient_name=pname, study_uids=uids,
+          detail=query_detail("QIDO-RS", level, ident, len(rows)))
 
     level_keys = keys_for_level("IMAGE" if level == "INSTANCE" else level)
     keys = _return_keys(level, study is not None, series is not None)

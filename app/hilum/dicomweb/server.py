@@ -40,6 +40,7 @@ from hilum.dicomweb.common import (
     ROOT,
     Context,
     HTTPError,
+    audit,
     brief_traceback,
     context,
     error_response,
@@ -84,36 +85,60 @@ def search_instances(request: Request) -> Response:
 # --------------------------------------------------------------------- WADO-RS
 
 
+def _audit_read(request: Request, response: Response, what: str) -> Response:
+    """A successful WADO read: "DICOM Instances Transferred" (this node the source, the user the
+    destination), one event per user, client, study and kind of read in
+    :attr:`~hilum.archive.audit.AuditLog.coalesce_window` seconds (a viewer's hundreds of frame requests
+    are one event; ``instances`` counts the instances asked for by instance)."""
+    if response.status_code < 400:
+        pp = request.path_params
+        study = str(pp.get("study") or "")
+        ctx = context(request)
+        user = request.scope.get("state", {}).get("user")
+        name = str(getattr(user, "name", "") or "anonymous")
+        client = request.client.host if request.client is not None else ""
+        n = 1 if pp.get("instance") else 0
+        audit(ctx, request, "DICOM Instances Transferred", action="R", role="destination",
+              study_uids=(study,) if study else (), instances=n, detail=f"WADO {what}",
+              coalesce=(name, client, study, what))
+    return response
+
+
 def get_instances(request: Request) -> Response:
     pp = request.path_params
-    return wado.retrieve_instances(context(request), request, pp["study"], pp.get("series"), pp.get("instance"))
+    return _audit_read(request, wado.retrieve_instances(context(request), request, pp["study"], pp.get("series"),
+                                                        pp.get("instance")), "instances")
 
 
 def get_metadata(request: Request) -> Response:
     pp = request.path_params
-    return wado.retrieve_metadata(context(request), request, pp["study"], pp.get("series"), pp.get("instance"))
+    return _audit_read(request, wado.retrieve_metadata(context(request), request, pp["study"], pp.get("series"),
+                                                       pp.get("instance")), "metadata")
 
 
 def get_frames(request: Request) -> Response:
     pp = request.path_params
-    return wado.retrieve_frames(context(request), request, pp["study"], pp["series"], pp["instance"], pp["frames"])
+    return _audit_read(request, wado.retrieve_frames(context(request), request, pp["study"], pp["series"],
+                                                     pp["instance"], pp["frames"]), "frames")
 
 
 def get_bulkdata(request: Request) -> Response:
     pp = request.path_params
-    return wado.retrieve_bulkdata(context(request), request, pp["study"], pp["series"], pp["instance"], pp["path"])
+    return _audit_read(request, wado.retrieve_bulkdata(context(request), request, pp["study"], pp["series"],
+                                                       pp["instance"], pp["path"]), "bulkdata")
 
 
 def get_rendered(request: Request) -> Response:
     pp = request.path_params
-    return wado.retrieve_rendered(context(request), request, pp["study"], pp.get("series"), pp.get("instance"),
-                                  pp.get("frames"))
+    return _audit_read(request, wado.retrieve_rendered(context(request), request, pp["study"], pp.get("series"),
+                                                       pp.get("instance"), pp.get("frames")), "rendered")
 
 
 def get_thumbnail(request: Request) -> Response:
     pp = request.path_params
-    return wado.retrieve_rendered(context(request), request, pp["study"], pp.get("series"), pp.get("instance"),
-                                  pp.get("frames"), thumbnail=True)
+    return _audit_read(request, wado.retrieve_rendered(context(request), request, pp["study"], pp.get("series"),
+                                                       pp.get("instance"), pp.get("frames"), thumbnail=True),
+                       "thumbnail")
 
 
 # --------------------------------------------------------------------- STOW, WADO-URI, auth
@@ -124,7 +149,15 @@ async def post_studies(request: Request) -> Response:
 
 
 def get_wado_uri(request: Request) -> Response:
-    return wado_uri.wado_uri(context(request), request)
+    response = wado_uri.wado_uri(context(request), request)
+    if response.status_code < 400:
+        q = request.query_params
+        study = q.get("studyUID", "")
+        audit(context(request), request, "DICOM Instances Transferred", action="R", role="destination",
+              study_uids=(study,) if study else (), instances=1, detail="WADO-URI",
+              coalesce=(str(getattr(request.scope.get("state", {}).get("user"), "name", "")),
+                        request.client.host if request.client else "", study, "wado-uri"))
+    return response
 
 
 def post_token(request: Request) -> Response:
@@ -135,6 +168,7 @@ def post_token(request: Request) -> Response:
         token = ctx.users.issue_token(user.name, ttl=timedelta(hours=hours), label="auth/token")
     except UserError as exc:
         raise HTTPError(403, str(exc)) from exc
+    audit(ctx, request, "User Authentication", action="E", event_type="Login", detail="bearer token issued (auth/token)")
     return json_response({"access_token": token, "token_type": "Bearer", "expires_in": int(hours * 3600)},
                          media_type="application/json", headers={"Cache-Control": "no-store"})
 
@@ -224,6 +258,7 @@ def create_app(archive: Archive, settings: WebSettings | None = None, *, loopbac
                                  exclude_content_types=_NOT_COMPRESSED))
     links = StudyLinks(archive.data_dir)
     authenticator = Authenticator(users, settings, loopback=loopback, clock=clock, links=links)
+    authenticator.audit = archive.audit
     middleware.append(Middleware(AuthMiddleware, authenticator=authenticator))
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         HTTPError: _http_error,

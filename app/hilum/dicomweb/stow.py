@@ -48,6 +48,7 @@ from hilum.dicomweb.auth import current_user
 from hilum.dicomweb.common import (
     Context,
     HTTPError,
+    audit,
     base_url,
     brief_traceback,
     check_uid,
@@ -190,6 +191,7 @@ async def store(ctx: Context, request: Request, study: str | None = None) -> Res
         outcomes = await anyio.to_thread.run_sync(_ingest_all, ctx, parts, study)
     finally:
         spool.close()
+    _audit(ctx, request, outcomes)
     return _response(request, ctx, outcomes, study)
 
 
@@ -222,6 +224,19 @@ def _ingest_all(ctx: Context, parts: list[_Part], study: str | None) -> list[tup
             log.error("STOW-RS ingest failed: %s", brief_traceback(exc))
             out.append((None, "processing"))
     return out
+
+
+def _audit(ctx: Context, request: Request, outcomes: list[tuple[IngestResult | None, str | None]]) -> None:
+    """One "DICOM Instances Transferred" event per study of the request (the user the source); parts
+    refused without a study are counted on an event of their own."""
+    per_study: dict[str, list[int]] = {}
+    for res, _local in outcomes:
+        uid = (res.study_instance_uid if res is not None else None) or ""
+        per_study.setdefault(uid, [0, 0])[0 if _stored(res) else 1] += 1
+    for uid, (stored, failed) in per_study.items():
+        audit(ctx, request, "DICOM Instances Transferred", action="C" if stored else "R",
+              outcome=0 if not failed else (4 if stored else 8), role="source", study_uids=(uid,) if uid else (),
+              instances=stored, detail="STOW-RS" + (f", {failed} refused" if failed else ""))
 
 
 def _ref_item(res: IngestResult | None) -> dict[str, Any]:

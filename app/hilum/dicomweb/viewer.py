@@ -419,6 +419,8 @@ class WebViewer:
         except UserError as exc:
             return HTMLResponse(login_page(nxt, str(exc), name), 403, headers=_NO_STORE)
         log.info("viewer sign-in of %s from %s", user.name, client)
+        self.auth.audit_event("User Authentication", action="E", event_type="Login", user=user.name, peer=client,
+                              detail="web viewer sign-in")
         response = RedirectResponse(nxt, status_code=303, headers=_NO_STORE)
         self._cookie(request, response, SESSION_COOKIE, token, int(ttl.total_seconds()))
         return response
@@ -426,7 +428,12 @@ class WebViewer:
     async def logout(self, request: Request) -> Response:
         token = parse_cookies(request.scope).get(SESSION_COOKIE)
         if token:
+            who = await anyio.to_thread.run_sync(self.auth.users.verify_token, token)
             await anyio.to_thread.run_sync(self.auth.users.revoke_token, token)
+            if who is not None:
+                client = (request.scope.get("client") or ("?", 0))[0]
+                self.auth.audit_event("User Authentication", action="E", event_type="Logout", user=who.name,
+                                      peer=client, detail="web viewer sign-out")
         response = RedirectResponse(VIEWER_PREFIX + "/login", status_code=303, headers=_NO_STORE)
         for name in (SESSION_COOKIE, LINK_COOKIE):
             response.delete_cookie(name, path="/", httponly=True, samesite="strict")

@@ -76,6 +76,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
 from hilum.archive import Archive, IngestResult, Received
+from hilum.archive.audit import group_by_patient, query_detail, query_subject
 from hilum.archive.blobs import TempBlob
 from hilum.config import Config, Peer
 from hilum.dicom.transcode import TranscodeError
@@ -177,6 +178,8 @@ class AssociationLog:
     outcome: str = "closed"
     ops: Counter[str] = field(default_factory=Counter)
     logged: bool = False
+    stored: dict[str, list[int]] = field(default_factory=dict)  # study UID -> [stored, failed] (the audit)
+    refusal_audited: bool = False
 
     def line(self) -> str:
         parts = [f"{k} {v}" for k, v in sorted(self.ops.items())]
@@ -443,10 +446,12 @@ class DimseService:
         if self.config.require_known_peers:
             if peer is None and not self.peers_by_aet:
                 # pynetdicom checks a non-empty list only: with no peers at all, refuse here.
+                self._audit_refusal(assoc, "calling AE title not recognised")
                 self._reject(assoc, (0x01, 0x01, 0x03), "calling AE title not recognised")
                 return
             if peer is not None and not self._from_its_host(assoc):
                 log.warning("association from %s refused: %s is configured at %s", rq.address, peer.aet, peer.host)
+                self._audit_refusal(assoc, f"calling AE title {peer.aet} is configured at {peer.host}")
                 self._reject(assoc, (0x01, 0x01, 0x03), "calling AE title not recognised from this address")
                 return
         conn = guard.guard_of(assoc)
@@ -469,6 +474,18 @@ class DimseService:
         drop = {s.abstract_syntax for s in self._supported if s.kind in denied}
         acceptor = assoc.acceptor
         acceptor.supported_contexts = [c for c in acceptor.supported_contexts if c.abstract_syntax not in drop]
+
+    def _audit_refusal(self, assoc: Any, why: str) -> None:
+        """An association refused for who it claims to be: "Security Alert" (PS3.15 A.5.3.11, node
+        authentication failure)."""
+        rec = self._log_of(assoc)
+        if rec is not None:
+            if rec.refusal_audited:
+                return
+            rec.refusal_audited = True
+        calling, peer = self._audit_peer(assoc)
+        self.archive.audit("Security Alert", action="E", outcome=4, event_type="Use of Restricted Function",
+                           user=calling or "?", ae_title=calling, peer=peer, detail=f"association refused: {why}")
 
     def _reject(self, assoc: Any, reason: tuple[int, int, int], outcome: str) -> None:
         """Answer the A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ (PS3.8 9.3.4) from EVT_REQUESTED."""
@@ -534,6 +551,8 @@ class DimseService:
         prim = event.assoc.acceptor.primitive
         reason = getattr(prim, "reason_str", "") if prim is not None else ""
         rec.outcome = f"rejected ({reason.strip() or 'no reason'})"
+        if "calling ae" in reason.lower():  # pynetdicom's own check of require_calling_aet
+            self._audit_refusal(event.assoc, reason.strip())
 
     def _on_released(self, event: evt.Event) -> None:
         rec = self._log_of(event.assoc)
@@ -550,6 +569,7 @@ class DimseService:
         if rec is None or rec.logged:
             return
         rec.logged = True
+        self._audit_stores(rec)
         if rec.outcome == "open":
             rec.outcome = "connection closed"
         if not rec.calling and rec.outcome == "closed":
@@ -557,6 +577,24 @@ class DimseService:
             return
         level = logging.WARNING if rec.outcome.startswith(("rejected", "aborted", "connection")) else logging.INFO
         log.log(level, rec.line())
+
+    def _audit_stores(self, rec: AssociationLog) -> None:
+        """One "DICOM Instances Transferred" event per study per association (PS3.15 A.5.3.4): the
+        calling AE is the source, its address the peer; outcome 4 when some instances were refused."""
+        for study_uid, (stored, failed) in rec.stored.items():
+            self.archive.audit("DICOM Instances Transferred", action="C" if stored else "R",
+                               outcome=0 if not failed else (4 if stored else 8), user=rec.calling,
+                               ae_title=rec.calling, peer=rec.peer.rpartition(":")[0], role="source",
+                               study_uids=(study_uid,) if study_uid != "?" else (), instances=stored,
+                               detail=f"C-STORE to {rec.called or self.config.aet}"
+                                      + (f", {failed} refused" if failed else ""))
+        rec.stored.clear()
+
+    def _audit_peer(self, assoc: Any) -> tuple[str, str]:
+        """(calling AE title, peer address) of an association, for the audit."""
+        rec = self._log_of(assoc)
+        addr = rec.peer.rpartition(":")[0] if rec is not None else str(getattr(assoc.requestor, "address", "") or "")
+        return self._calling(assoc), addr
 
     def _on_dimse_recv(self, event: evt.Event) -> None:
         # C-STORE responses reaching the acceptor are C-GET sub-operation results.
@@ -618,6 +656,10 @@ class DimseService:
                                      expected_sop_class=sop_class or None,
                                      expected_sop_instance=sop_instance or None)
         status, comment = store_status(result)
+        rec = self._log_of(assoc)
+        if rec is not None:
+            counts = rec.stored.setdefault(result.study_instance_uid or "?", [0, 0])
+            counts[0 if status in (SUCCESS, 0xB000, 0xB007, 0xB006) else 1] += 1
         if status == SUCCESS:
             self._count(assoc, "C-STORE")
             return SUCCESS, ""
@@ -644,18 +686,22 @@ class DimseService:
         if other is not None:  # e.g. Modality Worklist (PS3.4 K)
             yield from other(event)
             return
+        level, keys = "?", dict[str, str]()
         try:
             identifier = event.identifier
             level, keys = query_of(identifier, model)
             rows = self.archive.query(level, keys)
         except (IdentifierError, ValueError) as exc:
             log.warning("C-FIND refused: %s", exc)
+            self._audit_query(event.assoc, level, keys, None, 4, str(exc))
             yield status_dataset(DATASET_MISMATCH, str(exc)), None
             return
         except Exception as exc:  # noqa: BLE001 - decoding errors, database errors
             log.exception("C-FIND failed")
+            self._audit_query(event.assoc, level, keys, None, 8, str(exc))
             yield status_dataset(UNABLE_TO_PROCESS, str(exc)), None
             return
+        self._audit_query(event.assoc, level, keys, rows)
         sent = 0
         ts = str(event.context.transfer_syntax)
         plan = None
@@ -697,6 +743,28 @@ class DimseService:
             responder.send(batch, last=True)  # goes out with the final response
         self._count(event.assoc, "matches", sent)
 
+    def _audit_query(self, assoc: Any, level: str, keys: dict[str, str], rows: list[dict[str, Any]] | None,
+                     outcome: int = 0, why: str = "") -> None:
+        """One "Query" event per C-FIND request (PS3.15 A.5.3.10), with the patient it was about."""
+        calling, peer = self._audit_peer(assoc)
+        pid, pname, uids = query_subject(keys, rows or ())
+        detail = query_detail("C-FIND", level, keys, len(rows) if rows is not None else None)
+        self.archive.audit("Query", action="E", outcome=outcome, user=calling, ae_title=calling, peer=peer,
+                           role="source", patient_id=pid, patient_name=pname, study_uids=uids,
+                           detail=detail + (f": {why}" if why else ""))
+
+    def _audit_retrieve(self, assoc: Any, verb: str, destination: str, rows: list[dict[str, Any]],
+                        outcome: int = 0, why: str = "") -> None:
+        """A C-MOVE/C-GET: one "DICOM Instances Transferred" event per patient retrieved (this node the
+        source, the requestor's AE title the user, the destination in ``detail``)."""
+        calling, peer = self._audit_peer(assoc)
+        groups = group_by_patient(rows) or {("", ""): ([], 0)}
+        for (pid, pname), (uids, n) in groups.items():
+            self.archive.audit("DICOM Instances Transferred", action="R", outcome=outcome, user=calling,
+                               ae_title=calling, peer=peer, role="destination", patient_id=pid,
+                               patient_name=pname, study_uids=tuple(uids), instances=n,
+                               detail=f"{verb} to {destination}" + (f": {why}" if why else ""))
+
     # ------------------------------------------------------------ Retrieve (PS3.4 C.4.2, C.4.3)
 
     def _retrieve_rows(self, event: evt.Event) -> list[dict[str, Any]]:
@@ -734,12 +802,14 @@ class DimseService:
         if peer is None:
             log.warning("C-MOVE to unknown destination %r refused", dest_aet)
             self._count(event.assoc, "C-MOVE unknown destination")
+            self._audit_retrieve(event.assoc, "C-MOVE", dest_aet or "?", [], 8, "unknown destination")
             yield None, None
             return
         try:
             rows = self._retrieve_rows(event)
         except (IdentifierError, ValueError) as exc:
             log.warning("C-MOVE refused: %s", exc)
+            self._audit_retrieve(event.assoc, "C-MOVE", dest_aet, [], 4, str(exc))
             yield peer.host, peer.port
             yield 1
             yield status_dataset(DATASET_MISMATCH, str(exc)), None
@@ -755,12 +825,17 @@ class DimseService:
                         "instances outside the first 128 contexts will fail", dest_aet, len(rows))
         yield peer.host, peer.port, kwargs
         yield len(rows)
-        for row in rows:
-            if event.is_cancelled:
-                self._count(event.assoc, "C-MOVE cancelled")
-                yield CANCEL, None
-                return
-            yield PENDING, self._load(row, holder[0] if holder else None)
+        sent: list[dict[str, Any]] = []
+        try:
+            for row in rows:
+                if event.is_cancelled:
+                    self._count(event.assoc, "C-MOVE cancelled")
+                    yield CANCEL, None
+                    return
+                yield PENDING, self._load(row, holder[0] if holder else None)
+                sent.append(row)
+        finally:
+            self._audit_retrieve(event.assoc, "C-MOVE", dest_aet, sent, 0 if len(sent) == len(rows) else 4)
 
     def _sub_store_counter(self, parent: Any, what: str) -> Any:
         def count(event: evt.Event) -> None:
@@ -778,16 +853,23 @@ class DimseService:
             rows = self._retrieve_rows(event)
         except (IdentifierError, ValueError) as exc:
             log.warning("C-GET refused: %s", exc)
+            self._audit_retrieve(event.assoc, "C-GET", self._calling(event.assoc), [], 4, str(exc))
             yield 1
             yield status_dataset(DATASET_MISMATCH, str(exc)), None
             return
         yield len(rows)
-        for row in rows:
-            if event.is_cancelled:
-                self._count(event.assoc, "C-GET cancelled")
-                yield CANCEL, None
-                return
-            yield PENDING, self._load(row, event.assoc)
+        sent: list[dict[str, Any]] = []
+        try:
+            for row in rows:
+                if event.is_cancelled:
+                    self._count(event.assoc, "C-GET cancelled")
+                    yield CANCEL, None
+                    return
+                yield PENDING, self._load(row, event.assoc)
+                sent.append(row)
+        finally:
+            self._audit_retrieve(event.assoc, "C-GET", self._calling(event.assoc), sent,
+                                 0 if len(sent) == len(rows) else 4)
 
     # ------------------------------------------------------------ Storage Commitment (PS3.4 J)
 

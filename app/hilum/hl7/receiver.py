@@ -115,6 +115,7 @@ class Outcome:
     """What applying a message found worth telling the sender (warnings → ERR with severity W)."""
 
     warnings: list[Issue] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)  # what changed, for the audit trail
 
 
 def _null(value: str) -> str | None:
@@ -167,9 +168,11 @@ class Receiver:
 
     # ------------------------------------------------------------------ entry
 
-    def handle(self, raw: bytes) -> bytes:
-        """The ACK (encoded bytes, unframed) for one message's bytes (unframed)."""
+    def handle(self, raw: bytes, peer: str = "") -> bytes:
+        """The ACK (encoded bytes, unframed) for one message's bytes (unframed); ``peer``: the sender's
+        address, for the audit trail (one "Patient Record"/"Order Record" event per patient or order changed)."""
         header = read_header(raw)
+        applied: list[Outcome] = []
         try:
             if header is None:
                 raise HL7Error("AR", 100, "message does not start with an MSH segment", "MSH-1")
@@ -178,7 +181,7 @@ class Receiver:
             msg = parse(text)
             ack, duplicate = self.book.apply_message(
                 header.sender, header.control_id, header.kind,
-                lambda tx: self._apply(tx, header, msg),
+                lambda tx: _kept(applied, self._apply(tx, header, msg)),
                 lambda outcome: build_ack(header, "AA", outcome.warnings, application=self.settings.application,
                                           facility=self.settings.facility))
             if duplicate:
@@ -186,6 +189,7 @@ class Receiver:
                          header.control_id, header.sender)
             else:
                 log.info("HL7 %s %s from %s: accepted", header.kind, header.control_id, header.sender)
+                self._audit(header, applied[-1] if applied else None, peer)
             return encode(ack, header)
         except HL7Error as exc:
             return self._nak(header, exc.ack_code, Issue(exc.code, str(exc), exc.where))
@@ -194,6 +198,18 @@ class Receiver:
         except Exception as exc:  # noqa: BLE001 - any failure is a NAK, never a dead connection
             log.exception("HL7 message failed")
             return self._nak(header, "AE", Issue(207, f"internal error: {type(exc).__name__}: {exc}"))
+
+    def _audit(self, h: Header, outcome: Outcome | None, peer: str) -> None:
+        audit = getattr(getattr(self.book, "archive", None), "audit", None)
+        if audit is None or outcome is None:
+            return
+        user = "^".join(filter(None, (h.sending_application, h.sending_facility))) or h.sender or "HL7"
+        for item in outcome.audit:
+            try:
+                audit(item.pop("event"), user=user[:128], peer=peer,
+                      detail=f"HL7 {h.kind} {h.control_id}: {item.pop('what')}"[:1000], **item)
+            except Exception:  # noqa: BLE001 - the audit never breaks the ACK
+                log.exception("cannot record the audit event of HL7 %s", h.kind)
 
     FRAME_ERRORS = {
         "truncated": "truncated MLLP frame: it did not end with <FS><CR> (before the next frame or in time)",
@@ -269,7 +285,10 @@ class Receiver:
         ev = h.trigger_event
         out = Outcome()
         if ev in ADT_UPDATE:
-            tx.upsert_patient(self._patient(msg), "adt")
+            info = self._patient(msg)
+            tx.upsert_patient(info, "adt")
+            out.audit.append(dict(event="Patient Record", action="U", patient_id=info.patient_id,
+                                  patient_name=info.name or "", what="patient registered or updated"))
         elif ev == "A40":
             mrgs = segments(msg, "MRG")
             if not mrgs:
@@ -279,6 +298,10 @@ class Receiver:
             if not tx.merge_patients(surviving, prior.patient_id, prior.issuer):
                 out.warnings.append(Issue(204, f"prior patient {prior.patient_id} unknown: nothing to merge",
                                           "MRG-1", "W"))
+            else:
+                out.audit.append(dict(event="Patient Record", action="U", patient_id=surviving.patient_id,
+                                      patient_name=surviving.name or "",
+                                      what=f"patient {prior.patient_id} merged into it"))
         elif ev in ADT_NO_CHANGE:
             log.debug("ADT^%s acknowledged without change", ev)
         else:
@@ -323,6 +346,9 @@ class Receiver:
                     patient = self._patient(msg)
                     patient_pk = tx.upsert_patient(patient, "order")
                 tx.create_order(patient_pk, self._order_info(h, orc, obr, pv1, group))
+                out.audit.append(dict(event="Order Record", action="C", patient_id=patient.patient_id if patient else "",
+                                      patient_name=(patient.name or "") if patient else "",
+                                      what=f"new order (placer {placer or '-'}, accession {accession or '-'})"))
                 continue
             if control not in ("CA", "OC", "DC", "OD", "XO", "XX", "SC"):
                 raise HL7Error("AE", 103, f"unsupported order control {control or '(none)'!r}", "ORC-1")
@@ -347,6 +373,11 @@ class Receiver:
                         continue
                     raise HL7Error("AE", 103, f"unsupported order status {status!r}", "ORC-5")
                 tx.set_status(pk, target)
+            who = self._patient(msg, required=False) if segments(msg, "PID") else None
+            out.audit.append(dict(event="Order Record", action="U", patient_id=who.patient_id if who else "",
+                                  patient_name=(who.name or "") if who else "",
+                                  what=f"order control {control} (placer {placer or '-'}, accession "
+                                       f"{accession or '-'})"))
         return out
 
     def _order_info(self, h: Header, orc: Any, obr: Any, pv1: Any, group: Mapping[str, list[Any]]) -> OrderInfo:
@@ -396,6 +427,11 @@ class Receiver:
                 step.station_aet = self.settings.stations.get(step.modality, "")
         info.steps = steps
         return info
+
+
+def _kept(into: list[Outcome], outcome: Outcome) -> Outcome:
+    into.append(outcome)
+    return outcome
 
 
 def receiver_for(archive: Any, config: Any = None, *, orders: OrderBook | None = None) -> Receiver:

@@ -190,7 +190,8 @@ class HL7Service:
                     if fr.error:
                         answer = self.receiver.reject_frame(fr.data, fr.error)
                     else:
-                        answer = await loop.run_in_executor(None, self.receiver.handle, fr.data)
+                        answer = await loop.run_in_executor(None, self.receiver.handle, fr.data,
+                                                            str(peer[0]) if peer else "")
                         last_message = loop.time()
                     writer.write(frame(answer))
                     # a sender that never reads its ACKs cannot hold the connection either

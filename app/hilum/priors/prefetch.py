@@ -612,7 +612,7 @@ class Prefetcher:
             if busy:
                 continue
             try:
-                self.archive.delete("STUDY", uid)
+                self.archive.delete("STUDY", uid, user="prefetch cache", reason="least recently used fetched prior")
             except Exception as exc:  # noqa: BLE001 - gone already, or the index is busy: try the next
                 log.warning("prefetch cache: cannot remove a study: %s", _line(exc))
                 continue

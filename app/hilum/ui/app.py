@@ -227,6 +227,14 @@ class NodeRunner(QObject):
                 log.exception("stopping the DICOM node failed")
 
 
+def _audit_activity(archive: Archive, config: Config, kind: str) -> None:
+    """The workstation starting or stopping: "Application Activity" (PS3.15 A.5.3.1), its user the launcher."""
+    from hilum.archive.audit import workstation_user
+
+    archive.audit("Application Activity", action="E", event_type=kind, user=workstation_user(config),
+                  role="launcher", detail=f"workstation {config.aet} {'started' if kind.endswith('Start') else 'stopped'}")
+
+
 def install_viewer(window: MainWindow) -> Any:
     """Connect the viewer (issue 4) to the window, if the package has it; never fatal.
 
@@ -261,6 +269,7 @@ def run_gui(
     """
     app = application()
     archive = Archive.from_config(config)
+    _audit_activity(archive, config, "Application Start")
     signals = SignalQuit.install(app)  # from here on, the finally below puts the handlers back
     children_before = multiprocessing.active_children()
     node: NodeRunner | None = None
@@ -291,6 +300,7 @@ def run_gui(
     finally:
         if node is not None:
             node.stop()
+        _audit_activity(archive, config, "Application Stop")
         viewers = getattr(window, "viewer_controller", None)
         if viewers is not None:
             viewers.shutdown()  # the decoder pool's workers are told to finish (idempotent)

@@ -402,6 +402,7 @@ class MainWindow(QMainWindow):
             "refreshAction",
         )
         self.view_menu.addSeparator()
+        self._build_audit_menu()
 
         # the current viewer tab's own actions (their shortcuts shown), rebuilt each time one opens
         self.viewer_menu = mb.addMenu("Vie&wer")  # Alt+I is the browser's ID field
@@ -583,6 +584,35 @@ class MainWindow(QMainWindow):
         self.node_label.setText(text)
         self.node_label.setStyleSheet("" if ok else "color: #b00020;")
         self.node_label.setToolTip(tooltip or text)
+
+    def _build_audit_menu(self) -> None:
+        """View → Audit trail (issue 21a): the read-only audit view (:mod:`hilum.ui.audit_view`)."""
+        from hilum.ui.icons import icon
+
+        self.audit_view: Any = None
+        self.show_audit_action = self._action(
+            self.view_menu,
+            "&Audit trail…",
+            self.show_audit_trail,
+            "Ctrl+Shift+A",
+            "Who did what to which patient's data: search the audit trail, verify its hash chain",
+            "showAuditAction",
+        )
+        self.show_audit_action.setIcon(icon("mdi6.shield-search", "A"))
+        self.show_audit_action.setToolTip("Show the audit trail (Ctrl+Shift+A)")
+        self.add_shortcut_help("General", "Ctrl+Shift+A", "Audit trail (search, verify the chain)")
+        self.add_shortcut_help("Audit trail", "Ctrl+Shift+V", "Verify the hash chain of the audit trail")
+
+    def show_audit_trail(self) -> None:
+        """Open (or raise) the audit trail window and search with its default filters."""
+        from hilum.ui.audit_view import AuditView
+
+        if self.audit_view is None:
+            self.audit_view = AuditView(self.archive, self.tasks, self, config=self.config)
+            self.audit_view.search()
+        self.audit_view.show()
+        self.audit_view.raise_()
+        self.audit_view.activateWindow()
 
     def add_shortcut_help(self, section: str, keys: str, description: str) -> None:
         """List a shortcut under Help → Keyboard shortcuts (the viewer adds its own)."""

@@ -362,6 +362,14 @@ class RemoteSourceController(QObject):
             save_sources(self.window.config, self.sources)
         except OSError as exc:
             self._message(f"Could not save the sources to hilum.toml: {exc}")
+            return
+        archive = getattr(self.window, "archive", None)
+        if archive is not None and hasattr(archive, "audit"):  # issue 21a: a configuration change
+            from hilum.archive.audit import workstation_user
+
+            archive.audit("Security Alert", action="U", event_type="Network Configuration",
+                          user=workstation_user(self.window.config),
+                          detail="DICOMweb sources in hilum.toml: " + (", ".join(s.name for s in self.sources) or "none"))
 
     def add_dialog(self) -> SourceDialog:
         dialog = SourceDialog(self.runner, self.window, taken={s.name for s in self.sources})

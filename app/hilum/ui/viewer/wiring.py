@@ -83,6 +83,11 @@ class ViewerController(QObject):
         self.window.add_workspace_tab(viewer, title, tooltip=tip)
         viewer.open()
         viewer.setFocus()
+        audit = getattr(self.window.archive, "audit_study_opened", None)
+        if audit is not None:  # issue 21a: "DICOM Instances Accessed" (queued: the GUI does not wait)
+            from hilum.archive.audit import workstation_user
+
+            audit(study_uid, user=workstation_user(getattr(self.window, "config", None)))
         return viewer
 
     def open_series(self, study_uid: str, series_uid: str) -> StudyViewer:
