@@ -1,7 +1,7 @@
 """The audit trail in the workstation (issue 21a), driven by mouse and keyboard on the real window.
 
 Opening a study by double-click leaves one "DICOM Instances Accessed" event naming the workstation
-user and the patient; Ctrl+Shift+A opens View → Audit trail, whose table lists it; a filter typed
+user and the patient; Ctrl+Shift+J opens View → Audit trail, whose table lists it; a filter typed
 into the patient field narrows the rows; Verify reports the chain intact, and after a row is altered
 in the database, broken at that row.
 
@@ -62,10 +62,10 @@ def test_opening_a_study_is_audited_and_the_audit_view_shows_and_verifies_it(
     assert opened["user"] == "dr.audit" and opened["study_uids"] == uid
     assert opened["patient_id"] == YAMADA.patient_id and opened["action"] == "R"
 
-    # Ctrl+Shift+A: the audit view, its table listing the access
+    # Ctrl+Shift+J: the audit view, its table listing the access
     window.activateWindow()
     qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=TIMEOUT)
-    QTest.keyClick(window, Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    QTest.keyClick(window, Qt.Key.Key_J, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
     qtbot.waitUntil(lambda: isinstance(window.audit_view, AuditView) and window.audit_view.isVisible(), timeout=TIMEOUT)
     view: AuditView = window.audit_view
     qtbot.waitUntil(lambda: view.status.text().endswith("events"), timeout=TIMEOUT)

@@ -594,13 +594,13 @@ class MainWindow(QMainWindow):
             self.view_menu,
             "&Audit trail…",
             self.show_audit_trail,
-            "Ctrl+Shift+A",
+            "Ctrl+Shift+J",
             "Who did what to which patient's data: search the audit trail, verify its hash chain",
             "showAuditAction",
         )
         self.show_audit_action.setIcon(icon("mdi6.shield-search", "A"))
-        self.show_audit_action.setToolTip("Show the audit trail (Ctrl+Shift+A)")
-        self.add_shortcut_help("General", "Ctrl+Shift+A", "Audit trail (search, verify the chain)")
+        self.show_audit_action.setToolTip("Show the audit trail (Ctrl+Shift+J)")
+        self.add_shortcut_help("General", "Ctrl+Shift+J", "Audit trail (search, verify the chain)")
         self.add_shortcut_help("Audit trail", "Ctrl+Shift+V", "Verify the hash chain of the audit trail")
 
     def show_audit_trail(self) -> None:
