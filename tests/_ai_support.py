@@ -18,7 +18,7 @@ SLOPE = 40.0
 
 
 def threshold_model(path: Path, *, channels: int = 1, heat: bool = False, score: bool = False,
-                    slow_ms: int = 0, bad_shape: bool = False) -> None:  # fmt: skip
+                    slow_ms: int = 0, bad_shape: bool = False, rank: int = 4) -> None:  # fmt: skip
     """(N,1,H,W) window01 input → "prob" = sigmoid(SLOPE·(x − 0.5)): the body (HU > −500).
     ``heat``: also "heat" = x·x (a map in 0..1); ``score``: "score" (N,1) = mean of prob per slice;
     ``slow_ms``: a loop of matrix products that takes roughly that long per batch;
@@ -70,7 +70,7 @@ def threshold_model(path: Path, *, channels: int = 1, heat: bool = False, score:
         nodes[-1].output[0] = "score_out"
         outputs.append(helper.make_tensor_value_info("score_out", TensorProto.FLOAT, None))
     graph = helper.make_graph(nodes, "threshold",
-                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, "H", "W"] if rank == 4 else ["N", 1, "D", "H", "W"])],
                               outputs, inits)  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -171,7 +171,7 @@ def make_plugin(root: Path, name: str = "hilum-test-body", *, post: str = "", in
     pkg = dist / package
     pkg.mkdir(parents=True)
     threshold_model(pkg / "model.onnx", channels=channels, heat=heat, score=score, slow_ms=slow_ms,
-                    bad_shape=bad_shape)  # fmt: skip
+                    bad_shape=bad_shape, rank=5 if layout == "volume" else 4)  # fmt: skip
     (pkg / "__init__.py").write_text(init or '"""A test plugin."""\n')
     if post:
         (pkg / "post.py").write_text(post)
@@ -201,7 +201,8 @@ def make_plugin(root: Path, name: str = "hilum-test-body", *, post: str = "", in
     return dist
 
 
-def pip_install(dist: Path, target: Path) -> None:
-    """Install the plugin at *dist* into the folder *target* (pip --target, offline, no deps)."""
+def pip_install(dist: Path | list[Path], target: Path) -> None:
+    """Install the plugin(s) at *dist* into the folder *target* (pip --target, offline, no deps)."""
+    dists = [dist] if isinstance(dist, Path) else dist
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(target), str(dist)], check=True, capture_output=True)  # fmt: skip
+                    "--no-index", "--target", str(target), *map(str, dists)], check=True, capture_output=True)  # fmt: skip

@@ -496,7 +496,7 @@ def _execute(plugin: Plugin, series: SeriesInput, threads: int, progress: Progre
     grid, grid_spacing = _model_shape(m, shape, series.spacing_mm)
     values = series.values
     if grid[0] != shape[0]:
-        values = resample(values, (grid[0],))  # along z first (whole volume)
+        values = resample(values, (grid[0], shape[1], shape[2]))  # along z first (whole volume)
     stats = (0.0, 1.0)
     if m.input.normalise == "zscore":
         src = values.astype(np.float32) if m.input.window is None else _normalise(values, m, (0.0, 1.0))
@@ -698,6 +698,9 @@ def run(plugin: Plugin, series: SeriesInput, *, progress: Progress | None = None
             raise
         except MemoryError:
             raise PluginError(plugin.name, "ran out of memory") from None
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the caller gets one PluginError
+            logger.exception("plugin %s failed", plugin.name)
+            raise PluginError(plugin.name, f"failed: {type(exc).__name__}: {_first_line(exc)}") from exc
         finally:
             watch.close()
     return _result(plugin, series, raw)

@@ -139,7 +139,7 @@ def make_heatmap_seg(result: PluginResult) -> Dataset | None:
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=result.plugin.name[:64],
-        software_versions=_software(result),
+        software_versions=_software(result)[0],
         device_serial_number="0",
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         max_fractional_value=255,
@@ -266,7 +266,9 @@ def make_sr(result: PluginResult, seg: Dataset | None = None) -> Dataset | None:
             source_number = sorted(result.labels.segments)[number - 1]
             volume = result.labels.volume_ml(source_number, spacing)  # type: ignore[arg-type]
             try:
-                ref = hd.sr.ReferencedSegment.from_segmentation(seg, segment_number=number)
+                ref = hd.sr.ReferencedSegment(
+                    sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
+                    source_series=hd.sr.SourceSeriesForSegmentation(result.series_uid))  # fmt: skip
             except (ValueError, AttributeError, TypeError) as exc:
                 logger.info("SR: segment %d not referenced (%s)", number, exc)
                 continue

@@ -390,3 +390,28 @@ policy_log = Table(
     Column("node", String(64), nullable=False, default="", server_default=text("''")),
     Index("ix_policy_log_action_at", "action", "at"),
 )
+
+# --- issue 19 (19a, AI plugins): the auto-run queue of hilum.ai.rules (archive side: hilum.archive.ai_jobs)
+ai_jobs = Table(
+    "ai_jobs",
+    metadata,
+    # One run of a plugin on a series: queued (due at not_before, pushed back while instances keep
+    # arriving) -> running -> done | failed | cancelled. Survives restarts: 'running' jobs of a node that
+    # stopped go back to 'queued' when the service starts again.
+    Column("pk", Integer, primary_key=True),
+    Column("plugin", String(64), nullable=False),
+    Column("plugin_version", String(32), nullable=False, default="", server_default=text("''")),
+    Column("series_uid", String(64), nullable=False),
+    Column("study_uid", String(64), nullable=False, default="", server_default=text("''")),
+    Column("state", String(16), nullable=False),  # queued | running | done | failed | cancelled
+    Column("rule", String(64), nullable=False, default="", server_default=text("''")),
+    Column("not_before", DateTime(timezone=True), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("error", Text, nullable=False, default="", server_default=text("''")),
+    Column("result_series_uids", Text, nullable=False, default="", server_default=text("''")),  # space separated
+    Index("ix_ai_jobs_state", "state", "not_before"),
+    Index("ix_ai_jobs_series", "series_uid", "plugin"),
+)
