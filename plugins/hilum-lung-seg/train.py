@@ -98,7 +98,10 @@ def train(
         losses.append(loss)
         if (it + 1) % log_every == 0 or it + 1 == iterations:
             recent = float(np.mean(losses[-log_every:]))
-            print(f"iter {it + 1:5d}/{iterations}  loss {recent:.4f}  lr {rate:.2e}  {time.perf_counter() - t0:6.1f} s", flush=True)
+            print(
+                f"iter {it + 1:5d}/{iterations}  loss {recent:.4f}  lr {rate:.2e}  {time.perf_counter() - t0:6.1f} s",
+                flush=True,
+            )
     return net, losses
 
 

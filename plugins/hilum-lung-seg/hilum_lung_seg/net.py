@@ -115,7 +115,8 @@ class Net:
         return h.transpose(0, 3, 1, 2)
 
     def predict(self, x: Array) -> Array:
-        return (1.0 / (1.0 + np.exp(-self.logits(x)))).astype(F32)
+        with np.errstate(over="ignore"):
+            return (1.0 / (1.0 + np.exp(-self.logits(x)))).astype(F32)
 
     def loss_and_grads(self, x: Array, y: Array) -> tuple[float, list[tuple[Array, Array]]]:
         """Mean binary cross-entropy (from logits) and the gradient of every layer's (w, b)."""
@@ -132,7 +133,8 @@ class Net:
         z = h  # (N,H,W,1) logits
         t = np.ascontiguousarray(y.transpose(0, 2, 3, 1))
         loss = float(np.mean(np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))))
-        grad = ((1.0 / (1.0 + np.exp(-z)) - t) / z.size).astype(F32)
+        with np.errstate(over="ignore"):  # exp(-z) = inf for very negative logits: sigmoid 0, as it should be
+            grad = ((1.0 / (1.0 + np.exp(-z)) - t) / z.size).astype(F32)
         grads: list[tuple[Array, Array]] = [None] * len(self.layers)  # type: ignore[list-item]
         for i in range(len(self.layers) - 1, -1, -1):
             cols, shape, relu = cache[i]

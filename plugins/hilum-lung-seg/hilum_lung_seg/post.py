@@ -44,7 +44,9 @@ def split_column(mask: np.ndarray) -> int | None:
     return a + int(np.argmin(cols[a : b + 1]))
 
 
-def _finding(label: str, code: tuple[str, str, str], mask: np.ndarray, voxel_ml: float, scale: tuple[float, float, float]) -> Finding:
+def _finding(
+    label: str, code: tuple[str, str, str], mask: np.ndarray, voxel_ml: float, scale: tuple[float, float, float]
+) -> Finding:
     """A finding for ``mask`` (model grid); slice and centre mapped to the series grid by ``scale``."""
     per_slice = mask.sum(axis=(1, 2))
     k = int(np.argmax(per_slice))

@@ -138,7 +138,9 @@ def random_case(rng: np.random.Generator) -> Case:
                     (VESSEL, cx + q * la * math.cos(t), ly + q * lb * math.sin(t), r, rng.uniform(-50.0, 200.0))
                 )
         if rng.random() < 0.6:  # trachea or a main bronchus, between the lungs
-            discs.append((TRACHEA, rng.uniform(-6.0, 6.0), rng.uniform(-0.3, 0.3) * bi, rng.uniform(6.0, 11.0), -1000.0))
+            discs.append(
+                (TRACHEA, rng.uniform(-6.0, 6.0), rng.uniform(-0.3, 0.3) * bi, rng.uniform(6.0, 11.0), -1000.0)
+            )
     else:
         for _ in range(int(rng.integers(0, 8))):  # bowel gas
             t, q = rng.uniform(0, 2 * math.pi), math.sqrt(rng.uniform(0, 0.7))
@@ -241,4 +243,3 @@ def batch(
         xs[i, 0] = window01(img)
         ys[i, 0] = mask
     return xs, ys
-
