@@ -14,7 +14,8 @@ no window, no normalisation).  Per slice, in pixels (the kernels do not follow t
    with a 3 x 3 square.
 3. bone: inside the body and ``HU > BONE_HU``, closed with a 3 x 3 square.
 
-Morphology is ``MaxPool`` (dilation) and ``-MaxPool(-x)`` (erosion), stride 1, "same" padding.
+Morphology is ``MaxPool`` (dilation, a k x 1 then a 1 x k pool: separable) and ``-MaxPool(-x)``
+(erosion), stride 1, "same" padding.
 Outputs: ``labels`` (N, 1, H, W) uint8 — 0 outside, 1 body (other tissue), 2 bone, 3 lung: the
 segmentation the host stores — and ``masks`` (N, 3, H, W) float32, the overlapping body, bone and lung
 masks (the body includes bone and lung).  :func:`reference` is the same algorithm in numpy.
@@ -67,8 +68,10 @@ def build(path: Path = MODEL) -> bytes:
         return node("Cast", [x], to=TensorProto.FLOAT)
 
     def dilate(x: str, k: int) -> str:
+        # a k x k square is a k x 1 then a 1 x k maximum: the same result for 2k instead of k*k comparisons
         p = k // 2
-        return node("MaxPool", [x], kernel_shape=[k, k], strides=[1, 1], pads=[p, p, p, p])
+        rows = node("MaxPool", [x], kernel_shape=[k, 1], strides=[1, 1], pads=[p, 0, p, 0])
+        return node("MaxPool", [rows], kernel_shape=[1, k], strides=[1, 1], pads=[0, p, 0, p])
 
     def erode(x: str, k: int) -> str:
         return node("Neg", [dilate(node("Neg", [x]), k)])
