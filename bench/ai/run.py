@@ -40,7 +40,6 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-
 if not os.environ.get("DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
