@@ -107,7 +107,7 @@ def findings(outputs, ctx):
 
 def manifest_text(name: str, *, package: str, sha: str, post: str = "", heat: bool = False, score: bool = False,
                   channels: int = 1, layout: str = "slice", batch: int = 4, size: tuple[int, int] = (0, 0),
-                  spacing: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> str:  # fmt: skip
+                  spacing: tuple[float, float, float] = (0.0, 0.0, 0.0), dimensions: str = "3D") -> str:  # fmt: skip
     outputs = ["prob"] + (["heat"] if heat else []) + (["score_out"] if score else [])
     text = f'''\
 schema = 1
@@ -120,7 +120,7 @@ intended_use = """Test plugin: thresholds HU at -500. Not for clinical use."""
 modalities = ["CT"]
 body_parts = []
 sop_classes = []
-dimensions = "3D"
+dimensions = "{dimensions}"
 [input]
 layout = "{layout}"
 spacing_mm = [{spacing[0]}, {spacing[1]}, {spacing[2]}]
@@ -164,7 +164,8 @@ postprocess = "{package}.post:findings"
 def make_plugin(root: Path, name: str = "hilum-test-body", *, post: str = "", init: str = "", heat: bool = False,
                 score: bool = False, channels: int = 1, slow_ms: int = 0, bad_shape: bool = False,
                 layout: str = "slice", batch: int = 4, size: tuple[int, int] = (0, 0),
-                spacing: tuple[float, float, float] = (0.0, 0.0, 0.0), sha: str | None = None) -> Path:  # fmt: skip
+                spacing: tuple[float, float, float] = (0.0, 0.0, 0.0), sha: str | None = None,
+                dimensions: str = "3D") -> Path:  # fmt: skip
     """A plugin distribution folder (pyproject + package) under *root*; returns it."""
     package = name.replace("-", "_")
     dist = root / name
@@ -177,7 +178,7 @@ def make_plugin(root: Path, name: str = "hilum-test-body", *, post: str = "", in
         (pkg / "post.py").write_text(post)
     (pkg / "hilum-plugin.toml").write_text(manifest_text(
         name, package=package, sha=sha or sha256(pkg / "model.onnx"), post=post, heat=heat, score=score,
-        channels=channels, layout=layout, batch=batch, size=size, spacing=spacing))  # fmt: skip
+        channels=channels, layout=layout, batch=batch, size=size, spacing=spacing, dimensions=dimensions))  # fmt: skip
     (dist / "pyproject.toml").write_text(
         textwrap.dedent(f'''\
         [build-system]

@@ -3,6 +3,7 @@ sessions and a generated CT: discovery without import, runs, decoding, cancel, f
 
 from __future__ import annotations
 
+import copy
 import sys
 import threading
 from pathlib import Path
@@ -201,7 +202,7 @@ def test_bad_output_shape_is_a_plugin_error(site: Path, series) -> None:  # type
 
 
 def test_series_not_accepted(site: Path, ct) -> None:  # type: ignore[no-untyped-def]
-    mr = [ds.copy() for ds in ct]
+    mr = [copy.deepcopy(ds) for ds in ct]
     for ds in mr:
         ds.Modality = "MR"
     with pytest.raises(PluginError, match="not for this series: it takes CT series, this one is MR"):
@@ -220,3 +221,51 @@ def test_isolated_run_matches_and_survives_a_crash(site: Path, series) -> None: 
         ai.run(ai.load("hilum-test-crash"), series, isolate=True)
     # and this process is fine: another run works
     assert ai.run(ai.load("hilum-test-body"), series).labels is not None
+
+
+def test_series_input_from_the_viewers_loaded_series(tmp_path: Path, ct, series) -> None:  # type: ignore[no-untyped-def]
+    from hilum.dicom.stack_load import load_series_sync
+
+    paths = []
+    for i, ds in enumerate(ct):
+        p = tmp_path / f"{i}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    loaded = ai.SeriesInput.from_loaded(load_series_sync(paths))
+    assert np.array_equal(loaded.values, series.values) and loaded.spacing_mm == pytest.approx(series.spacing_mm)
+    assert [h.SOPInstanceUID for h in loaded.headers] == [h.SOPInstanceUID for h in series.headers]
+
+
+HANG = "import time\n\ndef findings(outputs, ctx):\n    time.sleep(600)\n"
+
+
+def test_isolated_hook_that_hangs_is_killed_on_cancel(tmp_path: Path, series) -> None:  # type: ignore[no-untyped-def]
+    dist = make_plugin(tmp_path, "hilum-test-hang", post=HANG)
+    plugin = ai.discovery.load_path(dist / "hilum_test_hang")
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        seen.append(done)
+        if done == total:  # inference over: the hook now hangs
+            threading.Timer(0.5, cancel.set).start()
+
+    with pytest.raises(PluginCancelled):
+        ai.run(plugin, series, isolate=True, cancel=cancel, progress=progress)
+    assert seen == [1, 2, 3]
+
+
+def test_2d_plugin_on_images_without_geometry(tmp_path: Path, site: Path, ct) -> None:  # type: ignore[no-untyped-def]
+    flat = []
+    for ds in ct:
+        d = copy.deepcopy(ds)
+        del d.ImagePositionPatient, d.ImageOrientationPatient
+        flat.append(d)
+    s = ai.SeriesInput.from_datasets(flat)
+    assert not s.has_geometry and s.shape == (12, 64, 64)
+    assert [h.InstanceNumber for h in s.headers] == list(range(1, 13))
+    with pytest.raises(PluginError, match="needs a volume"):
+        ai.run(ai.load("hilum-test-body"), s)
+    dist = make_plugin(tmp_path, "hilum-test-flat", dimensions="2D")
+    r = ai.run(ai.discovery.load_path(dist / "hilum_test_flat"), s)
+    assert r.labels is not None and np.array_equal(r.labels.array == 1, np.asarray(s.values) >= -500)

@@ -59,6 +59,7 @@ from hilum.ai.model import (
 from hilum.errors import HilumError
 
 if TYPE_CHECKING:
+    from hilum.dicom.stack_load import SeriesVolume
     from hilum.dicom.volume import Volume
 
 __all__ = [
@@ -78,6 +79,8 @@ Progress = Callable[[int, int], None]
 """``progress(done, total)``: called after each batch (``total`` batches in the run)."""
 
 _POLL = 0.05  # seconds between looks at the cancel event while a batch runs
+CHILD_CANCEL_GRACE = 5.0
+"""Seconds an isolated run may take to stop after cancel (a hook that hangs) before its process is killed."""
 
 
 def default_threads() -> int:
@@ -159,6 +162,21 @@ class SeriesInput:
         except (VolumeError, ValueError) as exc:
             logger.info("series without volume geometry (%s): images in instance order", exc)
             return cls._flat([pydicom.dcmread(os.fspath(p)) for p in paths])
+        headers: list[Dataset] = [pydicom.dcmread(f.path, stop_before_pixels=True) for f in vol.slices]
+        return cls._of_volume(vol, headers)
+
+    @classmethod
+    def from_loaded(cls, series: SeriesVolume) -> SeriesInput:
+        """The viewer's loaded series (:func:`hilum.dicom.stack_load.load_series`), without decoding
+        its pixels again: the volume is :func:`hilum.dicom.volume.volume_from_series` of it."""
+        import pydicom
+
+        from hilum.dicom.volume import VolumeError, volume_from_series
+
+        try:
+            vol = volume_from_series(series, regularize=False)
+        except VolumeError as exc:
+            raise PluginError("", f"the series is not a volume: {exc}") from None
         headers: list[Dataset] = [pydicom.dcmread(f.path, stop_before_pixels=True) for f in vol.slices]
         return cls._of_volume(vol, headers)
 
@@ -626,7 +644,8 @@ def _labels(made: PluginOutput, gathered: dict[str, np.ndarray], m: Manifest,
     known = np.zeros(256, dtype=bool)
     known[[s.label for s in prods[0].segments]] = True
     known[0] = True
-    if not known[lab].all():
+    top = int(lab.max()) if lab.size else 0
+    if not known[: top + 1].all() and not known[lab].all():  # the full look only when labels have gaps
         raise ValueError(
             f"segmentation has labels the manifest does not name: {sorted(set(np.unique(lab)) - set(np.flatnonzero(known)))}"
         )
@@ -665,7 +684,7 @@ def _result(plugin: Plugin, series: SeriesInput, raw: _Raw) -> PluginResult:
                                 type_code=(s.type[1], s.type[0], s.type[2]), algorithm="AUTOMATIC",
                                 algorithm_name=plugin.manifest.name, algorithm_version=plugin.manifest.version))  # fmt: skip
         labels = LabelMap(series.shape, segs)
-        labels.array[...] = raw.labels
+        labels.array = np.ascontiguousarray(raw.labels, dtype=np.uint8)  # ours: no second copy
         labels.series_uid = series.series_uid
         labels.recount()
         labels.dirty = False
@@ -738,10 +757,17 @@ def _run_in_child(plugin: Plugin, series: SeriesInput, threads: int, progress: P
     proc.start()
     child.close()
     name = plugin.name
+    cancelled_at: float | None = None
     try:
         while True:
             if cancel is not None and cancel.is_set():
                 cancelled.set()
+                cancelled_at = cancelled_at or time.monotonic()
+                if time.monotonic() - cancelled_at > CHILD_CANCEL_GRACE:
+                    logger.warning("plugin %s: its process did not stop %g s after cancel: terminated", name,
+                                   CHILD_CANCEL_GRACE)  # fmt: skip
+                    proc.kill()
+                    raise PluginCancelled(name)
             if parent.poll(_POLL):
                 try:
                     msg = parent.recv()

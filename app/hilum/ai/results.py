@@ -85,6 +85,9 @@ def _images(result: PluginResult) -> list[Dataset]:
         raise PluginError(result.plugin.name, "the result has no source image headers to reference")
     if len(headers) != (result.labels.shape[0] if result.labels is not None else len(headers)):
         raise PluginError(result.plugin.name, "the source headers do not match the result's slices")
+    if len({str(h.SOPInstanceUID) for h in headers}) != len(headers):
+        raise PluginError(result.plugin.name, "results on multi-frame images cannot be stored yet (only on series "
+                          "of single-frame images)")  # fmt: skip
     return headers
 
 
@@ -313,6 +316,11 @@ def make_sr(result: PluginResult, seg: Dataset | None = None) -> Dataset | None:
         software_versions=_software(result),
         manufacturer_model_name=result.plugin.name[:64],
     )
+    local = Dataset()
+    local.CodingSchemeDesignator = LOCAL
+    local.CodingSchemeName = "Hilum local codes (AI plugin findings and scores without a standard code)"
+    local.CodingSchemeResponsibleOrganization = "Hilum"
+    sr.CodingSchemeIdentificationSequence = [*sr.get("CodingSchemeIdentificationSequence", []), local]
     return _stamp(sr, result)
 
 

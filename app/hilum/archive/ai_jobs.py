@@ -10,6 +10,8 @@ transaction (``archive.transaction()``).
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,9 +25,36 @@ from hilum.archive.storage import as_utc, utcnow
 if TYPE_CHECKING:
     from hilum.archive.archive import Archive
 
-__all__ = ["STATES", "AIJob", "cancel", "claim_due", "enqueue", "finish", "get", "jobs", "requeue_interrupted"]
+__all__ = [
+    "STATES",
+    "AIJob",
+    "cancel",
+    "claim_due",
+    "claimer",
+    "enqueue",
+    "finish",
+    "get",
+    "jobs",
+    "requeue_interrupted",
+]
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
+_HOST = (socket.gethostname().replace(".", "_") or "host")[:40]
+
+
+def claimer() -> str:
+    """Who runs a job: ``host.pid`` of this process (so a restart on this host knows its own dead claims)."""
+    return f"{_HOST}.{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -44,6 +73,7 @@ class AIJob:
     finished_at: datetime | None
     error: str
     result_series_uids: tuple[str, ...]
+    claimed_by: str = ""
 
     @classmethod
     def of(cls, row: Any) -> AIJob:
@@ -54,7 +84,7 @@ class AIJob:
             not_before=as_utc(m["not_before"]) or utcnow(), attempts=int(m["attempts"]),
             created_at=as_utc(m["created_at"]) or utcnow(), started_at=as_utc(m["started_at"]),
             finished_at=as_utc(m["finished_at"]), error=m["error"],
-            result_series_uids=tuple(m["result_series_uids"].split()),
+            result_series_uids=tuple(m["result_series_uids"].split()), claimed_by=m["claimed_by"],
         )  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
@@ -73,16 +103,24 @@ def enqueue(archive: Archive, plugin: str, version: str, series_uid: str, study_
     due = now + timedelta(seconds=max(0.0, settle))
     with archive.transaction() as conn:
         pk = conn.execute(
-            select(ai_jobs.c.pk).where(and_(ai_jobs.c.series_uid == series_uid, ai_jobs.c.plugin == plugin,
-                                            ai_jobs.c.state == "queued"))  # fmt: skip
+            select(ai_jobs.c.pk).where(
+                and_(ai_jobs.c.series_uid == series_uid, ai_jobs.c.plugin == plugin, ai_jobs.c.state == "queued")
+            )  # fmt: skip
         ).scalar()
         if pk is not None:
             conn.execute(update(ai_jobs).where(ai_jobs.c.pk == pk).values(not_before=due, plugin_version=version))
             return int(pk), False
         res = conn.execute(
-            ai_jobs.insert().values(plugin=plugin, plugin_version=version, series_uid=series_uid,
-                                    study_uid=study_uid, state="queued", rule=rule[:64], not_before=due,
-                                    created_at=now)  # fmt: skip
+            ai_jobs.insert().values(
+                plugin=plugin,
+                plugin_version=version,
+                series_uid=series_uid,
+                study_uid=study_uid,
+                state="queued",
+                rule=rule[:64],
+                not_before=due,
+                created_at=now,
+            )  # fmt: skip
         )
         key = res.inserted_primary_key
         assert key is not None
@@ -100,8 +138,11 @@ def claim_due(archive: Archive, now: datetime | None = None) -> AIJob | None:
         if row is None:
             return None
         pk = int(row._mapping["pk"])
-        conn.execute(update(ai_jobs).where(ai_jobs.c.pk == pk)
-                     .values(state="running", started_at=now, attempts=ai_jobs.c.attempts + 1))  # fmt: skip
+        res = conn.execute(update(ai_jobs).where(and_(ai_jobs.c.pk == pk, ai_jobs.c.state == "queued"))
+                           .values(state="running", started_at=now, attempts=ai_jobs.c.attempts + 1,
+                                   claimed_by=claimer()))  # fmt: skip
+        if not res.rowcount:
+            return None  # another node sharing this index (scale-out) took it first
         row = conn.execute(select(ai_jobs).where(ai_jobs.c.pk == pk)).first()
         return AIJob.of(row)
 
@@ -113,6 +154,7 @@ def finish(archive: Archive, pk: int, state: str, *, error: str = "", results: S
         raise ValueError(f"unknown job state {state!r}")
     values: dict[str, Any] = {"state": state, "error": error[:2000], "result_series_uids": " ".join(results)}
     values["finished_at"] = None if state == "queued" else utcnow()
+    values["claimed_by"] = ""
     if state == "queued":
         values["started_at"] = None
     with archive.transaction() as conn:
@@ -120,10 +162,20 @@ def finish(archive: Archive, pk: int, state: str, *, error: str = "", results: S
 
 
 def requeue_interrupted(archive: Archive) -> int:
-    """Jobs left ``running`` by a node that stopped (or died) go back to ``queued``; returns how many."""
+    """Jobs left ``running`` by a process of this host that is gone (a node that stopped or died; or
+    this process, whose service is only starting) go back to ``queued``; returns how many. Jobs of
+    other hosts sharing the index (scale-out) are theirs and left alone."""
     with archive.transaction() as conn:
-        res = conn.execute(update(ai_jobs).where(ai_jobs.c.state == "running")
-                           .values(state="queued", started_at=None))  # fmt: skip
+        rows = conn.execute(select(ai_jobs.c.pk, ai_jobs.c.claimed_by).where(ai_jobs.c.state == "running")).fetchall()
+        stale = []
+        for pk, who in rows:
+            host, _, pid = str(who).rpartition(".")
+            if not who or (host == _HOST and pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid)))):
+                stale.append(pk)
+        if not stale:
+            return 0
+        res = conn.execute(update(ai_jobs).where(and_(ai_jobs.c.pk.in_(stale), ai_jobs.c.state == "running"))
+                           .values(state="queued", started_at=None, claimed_by=""))  # fmt: skip
         return int(res.rowcount or 0)
 
 

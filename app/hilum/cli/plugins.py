@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,8 @@ def run_run(args: argparse.Namespace) -> int:
                     out["error"] = exc
 
             previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
+            print(f"running {plugin.name} {plugin.manifest.version} on {series.shape[0]} slices (Ctrl+C cancels)",
+                  file=sys.stderr, flush=True)  # fmt: skip
             worker = threading.Thread(target=work, name="hilum-plugins-run", daemon=True)
             worker.start()
             try:
@@ -214,13 +217,28 @@ def _summary(result: Any, stored: list[Any]) -> dict[str, Any]:
         "timings": {"pre": result.timings.pre, "inference": result.timings.inference, "post": result.timings.post},
         "segments": segs,
         "heatmap": result.heatmap is not None,
-        "findings": [{"label": f.label, "code": f.code, "score": f.score, "slice_index": f.slice_index,
-                      "centre": f.centre, "measurements": dict(f.measurements)} for f in result.findings],  # fmt: skip
+        "findings": [
+            {
+                "label": f.label,
+                "code": f.code,
+                "score": f.score,
+                "slice_index": f.slice_index,
+                "centre": f.centre,
+                "measurements": dict(f.measurements),
+            }
+            for f in result.findings
+        ],  # fmt: skip
         "score": None if result.score is None else {"label": result.score.label, "value": result.score.value},
-        "stored": [{"sop_instance_uid": r.sop_instance_uid, "series_uid": r.series_instance_uid,
-                    "sop_class_uid": r.sop_class_uid, "status": r.status,
-                    "modality": {"1.2.840.10008.5.1.4.1.1.66.4": "SEG"}.get(r.sop_class_uid or "", "SR")}
-                   for r in stored],  # fmt: skip
+        "stored": [
+            {
+                "sop_instance_uid": r.sop_instance_uid,
+                "series_uid": r.series_instance_uid,
+                "sop_class_uid": r.sop_class_uid,
+                "status": r.status,
+                "modality": {"1.2.840.10008.5.1.4.1.1.66.4": "SEG"}.get(r.sop_class_uid or "", "SR"),
+            }
+            for r in stored
+        ],  # fmt: skip
     }
 
 

@@ -71,5 +71,9 @@ def _add_ai_service(node: object, cfg: object) -> None:
 
     settings = load_settings(cfg)
     archive = node.archive  # type: ignore[attr-defined]
-    if settings.rules or ai_jobs.jobs(archive, state="queued", limit=1) or ai_jobs.jobs(archive, state="running", limit=1):
+    if (
+        settings.rules
+        or ai_jobs.jobs(archive, state="queued", limit=1)
+        or ai_jobs.jobs(archive, state="running", limit=1)
+    ):
         node.services.append(AIService(archive, settings))  # type: ignore[attr-defined]

@@ -438,6 +438,13 @@ class MainWindow(QMainWindow):
             ("Ctrl+Q", "Quit"),
         ]:
             self.add_shortcut_help("Study browser" if keys not in ("F1", "Ctrl+Q") else "General", keys, text)
+        self._build_deid_menu()
+
+    def _build_deid_menu(self) -> None:
+        """File → Send anonymised to… and Export to CD/USB… (issue 21b, :mod:`hilum.ui.deid_media`)."""
+        from hilum.ui.deid_media import install
+
+        self.deid_media = install(self)
 
     # ------------------------------------------------------------ public API
 

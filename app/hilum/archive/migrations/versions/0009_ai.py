@@ -1,14 +1,14 @@
 """AI plugins (issue 19): the persistent auto-run queue ``ai_jobs``.
 
 Revision ID: 0009_ai
-Revises: 0008_storage
+Revises: 0012_deid
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_ai"
-down_revision = "0008_storage"
+down_revision = "0012_deid"
 branch_labels = None
 depends_on = None
 
@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("rule", sa.String(64), nullable=False, server_default=sa.text("''")),
         sa.Column("not_before", sa.DateTime(timezone=True), nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("claimed_by", sa.String(64), nullable=False, server_default=sa.text("''")),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
