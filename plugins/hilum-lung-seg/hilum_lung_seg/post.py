@@ -45,16 +45,23 @@ def split_column(mask: np.ndarray) -> int | None:
 
 
 def _finding(
-    label: str, code: tuple[str, str, str], mask: np.ndarray, voxel_ml: float, scale: tuple[float, float, float]
+    label: str,
+    code: tuple[str, str, str],
+    mask: np.ndarray,
+    voxel_ml: float,
+    scale: tuple[float, float, float],
+    col0: int = 0,
 ) -> Finding:
-    """A finding for ``mask`` (model grid); slice and centre mapped to the series grid by ``scale``."""
+    """A finding for ``mask`` (model grid, a view whose first column is ``col0``); slice and centre
+    mapped to the series grid by ``scale``."""
     per_slice = mask.sum(axis=(1, 2))
     k = int(np.argmax(per_slice))
     rows, cols = np.nonzero(mask[k])
+    cols = cols + col0
     return Finding(
         label=label,
         code=code,
-        slice_index=int(min(round(k * scale[0]), 10**9)),
+        slice_index=int(k * scale[0]),
         centre=(float(rows.mean() * scale[1]), float(cols.mean() * scale[2])),
         box=(
             float(rows.min() * scale[1]),
@@ -62,7 +69,7 @@ def _finding(
             float(rows.max() * scale[1]),
             float(cols.max() * scale[2]),
         ),
-        measurements={"Volume": (round(float(mask.sum()) * voxel_ml, 1), "ml")},
+        measurements={"Volume": (round(float(per_slice.sum()) * voxel_ml, 1), "ml")},
     )
 
 
@@ -80,12 +87,10 @@ def findings(outputs: dict[str, np.ndarray], ctx: PluginContext) -> PluginOutput
     found = [_finding("Lungs", LUNG, mask, voxel_ml, scale)]
     split = split_column(mask)
     if split is not None:
-        low, high = mask.copy(), mask.copy()
-        low[:, :, split:] = False
-        high[:, :, :split] = False
+        low, high = (mask[:, :, :split], 0), (mask[:, :, split:], split)  # views, no copies
         # columns grow towards the patient's left when the row direction points to +x
         right, left = (low, high) if _row_direction_x(ctx.series) >= 0 else (high, low)
-        for label, code, part in (("Right lung", RIGHT_LUNG, right), ("Left lung", LEFT_LUNG, left)):
+        for label, code, (part, col0) in (("Right lung", RIGHT_LUNG, right), ("Left lung", LEFT_LUNG, left)):
             if part.any():
-                found.append(_finding(label, code, part, voxel_ml, scale))
+                found.append(_finding(label, code, part, voxel_ml, scale, col0))
     return PluginOutput(findings=found)
