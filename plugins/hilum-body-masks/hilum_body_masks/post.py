@@ -28,14 +28,15 @@ def volumes(outputs: dict[str, np.ndarray], ctx: PluginContext) -> PluginOutput:
     d, h, w = labels.shape
     m, rows, cols = ctx.shape
     sz, sy, sx = ctx.input_spacing_mm
+    # pixels of each label per slice in one pass (a bincount per slice, no full-volume masks)
+    counts = np.stack([np.bincount(sl.ravel(), minlength=256)[:4] for sl in labels]).astype(np.int64)
     found: list[Finding] = []
     for label, code in MASKS:
-        mask = labels >= 1 if label == "Body" else labels == LABELS[label]
-        per_slice = mask.sum(axis=(1, 2))
+        per_slice = counts[:, 1:].sum(axis=1) if label == "Body" else counts[:, LABELS[label]]
         if not per_slice.any():
             continue
         k = int(np.argmax(per_slice))
-        rr, cc = np.nonzero(mask[k])
+        rr, cc = np.nonzero(labels[k] >= 1 if label == "Body" else labels[k] == LABELS[label])
         if sz > 0 and d > 1:
             measure = {"Volume": (round(float(per_slice.sum()) * sz * sy * sx / 1000.0, 1), "ml")}
         else:
