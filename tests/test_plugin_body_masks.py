@@ -15,6 +15,7 @@ implementations of the same masks and against the phantom's truth, and a run thr
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -171,3 +172,8 @@ def test_run_through_the_host_gives_labels_volumes_and_a_seg(ct, archive) -> Non
     stack = Stack.from_frames([f for ds in datasets for f in frames_from_dataset(ds)])
     back = read_seg(seg, stack)
     assert np.array_equal(back.array, result.labels.array)
+    # the SEG and the SR with the volumes pass dicom3tools' IOD checker
+    for r in stored:
+        proc = subprocess.run(["dciodvfy", str(archive.path(r.sop_instance_uid))], capture_output=True, text=True)
+        errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Error")]
+        assert not errors, errors
