@@ -1,7 +1,7 @@
 """Train the lung-field network from scratch on synthetic phantoms and export it to ONNX.
 
-    .venv/bin/python plugins/hilum-lung-seg/train.py            # the committed model (~5 min on 2 idle cores)
-    .venv/bin/python plugins/hilum-lung-seg/train.py --quick --out /tmp/lung.onnx   # ~1 min check
+    .venv/bin/python plugins/hilum-lung-seg/train.py            # the committed model (~2-3 min on 2 idle cores)
+    .venv/bin/python plugins/hilum-lung-seg/train.py --quick --out /tmp/lung.onnx   # ~20 s check
 
 No deep-learning framework: the network (``hilum_lung_seg.net``) is numpy with an
 explicit backward pass and Adam.  Data: ``hilum_lung_seg.synth`` draws a new random
