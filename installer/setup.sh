@@ -46,6 +46,15 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
   touch "$stamp"
 fi
+# The example AI plugins (plugins/*: each its own package, found through the entry points "hilum.plugins").
+plugins_stamp=.venv/.hilum-plugins-installed
+if [[ ! -f $plugins_stamp ]] || [[ -n "$(find plugins -name pyproject.toml -newer "$plugins_stamp")" ]] \
+    || ! .venv/bin/python -c 'import hilum_lung_seg, hilum_body_masks' 2>/dev/null; then
+  args=()
+  for p in plugins/*/pyproject.toml; do args+=(-e "$(dirname "$p")"); done
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "${args[@]}"
+  touch "$plugins_stamp"
+fi
 
 # Test servers from npm, pinned with their checksums in installer/npm/package-lock.json (npm ci checks
 # every integrity hash): s3rver, the S3-compatible object store the archive-tier tests start on loopback.

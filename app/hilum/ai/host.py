@@ -410,7 +410,9 @@ def decode_segmentation(out: np.ndarray, produces: Produces) -> np.ndarray:
     """
     labels = [s.label for s in produces.segments]
     d, c = out.shape[:2]
-    if out.dtype.kind in "iub":
+    if out.dtype == np.uint8 or out.dtype == np.bool_:
+        return np.ascontiguousarray(out[:, 0], dtype=np.uint8)  # labels already: no clip, no copy beyond one
+    if out.dtype.kind in "iu":
         return np.clip(out[:, 0], 0, 255).astype(np.uint8)
     if c == 1:
         thr = 0.5 if produces.threshold is None else produces.threshold
