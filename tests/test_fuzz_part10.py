@@ -41,7 +41,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossl
 from _fuzz import dicom_length_fields, fuzz_settings, hostile, mutated
 from hilum.archive import Archive
 from hilum.dicom import attributes
-from hilum.dicom.attributes import MAX_SEQUENCE_DEPTH, InvalidInstance, index_record, read_instance, to_part10
+from hilum.dicom.attributes import MAX_SEQUENCE_DEPTH, InvalidInstance, index_record, read_instance, received_as_part10
 from hilum.dicom.generator import DOE, generate_ct_series, make_study
 
 SAMPLES = ("rtplan.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "SC_rgb_rle.dcm", "nested_priv_SQ.dcm",
@@ -102,7 +102,10 @@ def _read(data: bytes) -> Dataset | None:
         return None
     index_record(ds)
     if not (len(data) >= 132 and data[128:132] == b"DICM"):
-        to_part10(ds)
+        try:
+            received_as_part10(ds)  # what ingest stores of a bare data set
+        except InvalidInstance:
+            return None
     return ds
 
 

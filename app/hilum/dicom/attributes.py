@@ -37,7 +37,7 @@ from hilum.dicom.matching import normalize_date, normalize_time, pn_groups
 from hilum.errors import RejectedInstance
 
 __all__ = ["InvalidInstance", "IndexRecord", "PixelElement", "check_consistency", "show_value", "index_record",
-           "is_valid_uid", "read_instance", "to_part10"]
+           "is_valid_uid", "read_instance", "received_as_part10", "to_part10"]
 
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})  # plain ints: `tag in` runs per element read
 _PIXEL_KEYS = (BaseTag(0x7FE00010), BaseTag(0x7FE00008), BaseTag(0x7FE00009))  # Pixel Data, Float, Double Float
@@ -852,6 +852,23 @@ def _own_syntax(ds: Dataset) -> UID:
     if not little:
         return ExplicitVRBigEndian
     return ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+
+
+def received_as_part10(ds: Dataset) -> bytes:
+    """:func:`to_part10` of a bare data set :func:`read_instance` accepted from received bytes.
+
+    pydicom writes back most of what it reads, not all: a data set holding command elements
+    (group 0000, which ``dcmwrite`` refuses) or a value its VR cannot encode made ingest raise
+    (tests/test_fuzz_regressions.py).  Such a data set is refused as ``not-dicom`` instead.
+    """
+    try:
+        return to_part10(ds)
+    except InvalidInstance:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom's writer raises assorted errors on what it cannot encode
+        raise InvalidInstance("not-dicom", f"the data set cannot be written as a Part 10 file: "
+                                           f"{type(exc).__name__}: {show_value(str(exc))}",
+                              _text(ds, "SOPInstanceUID") or None) from exc
 
 
 def to_part10(ds: Dataset) -> bytes:

@@ -1,0 +1,106 @@
+"""Plain regression tests for what the fuzzers (tests/test_fuzz_*.py) found, each with its minimal input.
+
+Each test names the fuzzer that found the crash, what the crash was, and the fix.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import write_dataset
+
+from hilum.archive import Archive
+from hilum.dicom.attributes import MAX_SEQUENCE_DEPTH, InvalidInstance, read_instance, received_as_part10
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def _bare(ds: Dataset, *, implicit: bool = False) -> bytes:
+    buf = io.BytesIO()
+    fp = DicomFileLike(buf)
+    fp.is_little_endian, fp.is_implicit_VR = True, implicit
+    write_dataset(fp, ds)
+    return buf.getvalue()
+
+
+def _uids() -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = CT
+    ds.SOPInstanceUID = "1.2.3.4.1"
+    ds.StudyInstanceUID = "1.2.3.4.2"
+    ds.SeriesInstanceUID = "1.2.3.4.3"
+    return ds
+
+
+# ------------------------------------------------------------------ Part 10 reader (test_fuzz_part10.py)
+
+
+def _deep(depth: int) -> bytes:
+    """A bare data set whose (0008,1140) nests ``depth`` undefined-length sequences, then the UIDs."""
+    seq = b""
+    for _ in range(depth):
+        seq = (struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF)
+               + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + seq + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+               + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    return seq
+
+
+def _part10_with(seq: bytes) -> bytes:
+    ds = _uids()
+    buf = io.BytesIO()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CT
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.Modality = "CT"
+    ds.save_as(buf, enforce_file_format=True)
+    raw = buf.getvalue()
+    at = raw.index(b"\x08\x00\x60\x00CS")  # (0008,1140) goes just after (0008,0060) Modality
+    at += 8 + struct.unpack_from("<H", raw, at + 6)[0]
+    return raw[:at] + seq + raw[at:]
+
+
+def test_sequence_depth_bomb_refused_not_recursion_error() -> None:
+    """test_fuzz_part10 (depth bomb): 2,000 nested undefined-length sequences (56 KB) raised
+    RecursionError in the fast reader's ``_skip_items`` and escaped ``Archive.ingest`` (a C-STORE
+    answered 0xC211 "internal error", STOW-RS a processing failure).  Fix: ``hilum.dicom.attributes``
+    checks the nesting depth (``MAX_SEQUENCE_DEPTH``) over the bytes; deeper is ``not-dicom``."""
+    data = _part10_with(_deep(2000))
+    with pytest.raises(InvalidInstance) as err:
+        read_instance(data)
+    assert err.value.code == "not-dicom" and "nested" in str(err.value)
+    assert read_instance(_part10_with(_deep(MAX_SEQUENCE_DEPTH))).SOPInstanceUID == "1.2.3.4.1"
+
+
+def test_defined_length_depth_bomb_refused() -> None:
+    """test_fuzz_part10 (depth bomb): defined-length sequences are kept as bytes by both readers and
+    converted when first read, so 20,000 of them nested were stored and raised RecursionError in the
+    next reader (WADO-RS metadata, the viewer).  Fix: the same depth check walks their bytes."""
+    seq = b""
+    for _ in range(20000):
+        item = struct.pack("<HHI", 0xFFFE, 0xE000, len(seq)) + seq
+        seq = struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, len(item)) + item
+    with pytest.raises(InvalidInstance, match="nested"):
+        read_instance(_part10_with(seq))
+
+
+def test_bare_dataset_with_command_element(tmp_path: Path) -> None:
+    """test_fuzz_part10 (a mutated bare data set): an element of group 0000 (a command element) in a
+    bare data set was accepted by ``read_instance`` and pydicom's writer then refused it ("Command Set
+    elements (0000,eeee) are not allowed when using dcmwrite()"): ValueError out of ``Archive.ingest``.
+    Fix: ``received_as_part10`` refuses a data set that cannot be written back as ``not-dicom``."""
+    data = _bare(_uids()) + struct.pack("<HH2sH", 0x0000, 0x0100, b"US", 2) + b"\x01\x00"
+    ds = read_instance(data)
+    with pytest.raises(InvalidInstance) as err:
+        received_as_part10(ds)
+    assert err.value.code == "not-dicom"
+    with Archive(tmp_path / "data") as archive:
+        res = archive.ingest(data, origin="test")
+        assert res.status == "rejected" and res.code == "not-dicom", res
+        assert archive.ingest(_bare(_uids()), origin="test").status == "stored"
