@@ -104,3 +104,26 @@ def test_bare_dataset_with_command_element(tmp_path: Path) -> None:
         res = archive.ingest(data, origin="test")
         assert res.status == "rejected" and res.code == "not-dicom", res
         assert archive.ingest(_bare(_uids()), origin="test").status == "stored"
+
+
+# ------------------------------------------------------------------ HL7 (test_fuzz_hl7.py)
+
+
+def test_hl7_ack_for_a_header_whose_separators_collide() -> None:
+    """test_fuzz_hl7: ``MSH\\\\`` (field separator "\\", no MSH-2) got an ACK framed with that
+    separator and the default encoding characters "^~\\&", which contain it: the ACK's own MSH
+    then read as encoding characters "^~" and message type "" - a NAK the sender cannot read.
+    Fix: ``build_ack`` answers with the standard separators when the message's cannot frame one."""
+    from hilum.hl7.message import Issue, ack_code_of, build_ack, read_header
+
+    header = read_header(b"MSH\\\\\x00\x00\x00")
+    assert header is not None
+    ack = build_ack(header, "AR", [Issue(100, "bad header")]).encode()
+    back = read_header(ack)
+    assert back is not None and back.message_type == "ACK" and back.field_sep == "|"
+    assert ack_code_of(ack)[0] == "AR"
+    # a header with usable separators of its own is answered in kind
+    own = read_header(b"MSH#$%*@#HIS#HOSP#HILUM#RAD#2026##ADT$A01#C1#P#2.5")
+    assert own is not None
+    back = read_header(build_ack(own, "AA").encode())
+    assert back is not None and back.field_sep == "#" and back.encoding_chars == "$%*@" and back.trigger_event == "A01"
