@@ -127,3 +127,67 @@ def test_hl7_ack_for_a_header_whose_separators_collide() -> None:
     assert own is not None
     back = read_header(build_ack(own, "AA").encode())
     assert back is not None and back.field_sep == "#" and back.encoding_chars == "$%*@" and back.trigger_event == "A01"
+
+
+# ------------------------------------------------------------------ DICOMweb (test_fuzz_dicomweb.py)
+
+
+def test_multipart_first_delimiter_only_at_the_start() -> None:
+    """test_fuzz_dicomweb: a STOW-RS body starting ``----BOUNDARY`` (two extra dashes) was read as
+    preamble when it arrived in one chunk but as a first part when it arrived byte by byte: the
+    reader took a dash-boundary at the start of its *buffer* (which, trimmed, moves through the
+    preamble) for the start of the body.  Fix: only at the very start does it need no CRLF."""
+    from hilum.dicomweb.multipart import decode as multipart_decode
+    from hilum.dicomweb.multipart import HEADERS, MultipartReader
+
+    body = b"----b\r\nContent-Type: application/dicom\r\n\r\nONE\r\n--b\r\nContent-Type: text/plain\r\n\r\nTWO\r\n--b--"
+    assert [p for _h, p in multipart_decode(body, "b")] == [b"TWO"]
+    reader = MultipartReader("b")
+    events = [e for byte in body for e in reader.feed(bytes([byte]))]
+    reader.finish()
+    assert sum(1 for kind, _ in events if kind == HEADERS) == 1
+    # the first delimiter at the very start, even arriving a byte at a time, still opens a part
+    reader = MultipartReader("b")
+    events = [e for byte in b"--b\r\n\r\nX\r\n--b--" for e in reader.feed(bytes([byte]))]
+    assert sum(1 for kind, _ in events if kind == HEADERS) == 1
+
+
+def test_client_answer_that_is_not_json() -> None:
+    """test_fuzz_dicomweb: a QIDO-RS answer that is not UTF-8 JSON (``b"\\x80"``), or JSON that is not
+    an array of objects (``{}``, ``[1]``), raised UnicodeDecodeError, JSONDecodeError or AttributeError
+    out of ``DicomWebClient.search_studies``/``metadata``.  Fix: a :class:`DicomWebError`."""
+    import http.server
+    import threading
+
+    from hilum.dicomweb.client import DicomWebClient, DicomWebError, DicomWebSource
+
+    answers = [b"\x80", b"\x00", b"{}", b"[1]", b"[" * 100000 + b"]" * 100000, b'{"a": 1}']
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802
+            body = answers[0]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = DicomWebClient(DicomWebSource("x", f"http://127.0.0.1:{server.server_address[1]}/dicom-web"))
+    try:
+        while answers:
+            with pytest.raises(DicomWebError):
+                client.search_studies()
+            with pytest.raises(DicomWebError):
+                client.metadata("1.2.3")
+            answers.pop(0)
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
