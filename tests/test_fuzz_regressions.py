@@ -191,3 +191,33 @@ def test_client_answer_that_is_not_json() -> None:
         client.close()
         server.shutdown()
         server.server_close()
+
+
+def test_duplicate_with_a_corrupt_rle_stream(tmp_path: Path) -> None:
+    """test_fuzz_part10 (``Archive.ingest``): a second copy of a stored RLE instance whose RLE header
+    was damaged (one byte of a segment offset) is compared with the stored one by decoding both;
+    pylibjpeg-rle panicked (pyo3 ``PanicException``, a BaseException, not an Exception) and the
+    panic escaped ``Archive.ingest``.  Fix: ``content_difference`` treats it as "cannot compare"
+    (the stored instance is kept, the copy reported ``duplicate-differs``)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+
+    from hilum.dicom.generator import DOE, generate_ct_series, make_study
+
+    [ct] = generate_ct_series(make_study(DOE, accession="FUZZ1", seed=21), rows=16, columns=16, slices=1)
+    ct.file_meta = FileMetaDataset()
+    ct.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ct.file_meta.MediaStorageSOPClassUID = ct.SOPClassUID
+    ct.file_meta.MediaStorageSOPInstanceUID = ct.SOPInstanceUID
+    ct.compress(RLELossless, generate_instance_uid=False)
+    buf = io.BytesIO()
+    ct.save_as(buf, enforce_file_format=True)
+    good = buf.getvalue()
+    fragment = good.rfind(b"\xfe\xff\x00\xe0") + 8  # the frame's RLE header: segment count, offsets
+    bad = bytearray(good)
+    bad[fragment + 8] = 0x7F  # the second segment's offset now points past the data
+    with Archive(tmp_path / "data") as archive:
+        assert archive.ingest(good, origin="test").status == "stored"
+        res = archive.ingest(bytes(bad), origin="test")
+        assert res.status == "duplicate" and res.code == "duplicate-differs", res
+        assert archive.read(str(ct.SOPInstanceUID)) == good
