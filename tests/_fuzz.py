@@ -39,17 +39,40 @@ def examples(n: int) -> int:
 
 def fuzz_settings(n: int, **kw: Any) -> Any:
     """hypothesis settings for a fuzz test of about ``n`` examples (scaled), no deadline, no database."""
-    return settings(max_examples=examples(n), deadline=None, database=None, print_blob=True,
-                    derandomize=DERANDOMIZE,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture,
-                                           HealthCheck.large_base_example],
-                    **kw)
+    return settings(
+        max_examples=examples(n),
+        deadline=None,
+        database=None,
+        print_blob=True,
+        derandomize=DERANDOMIZE,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.large_base_example,
+        ],
+        **kw,
+    )
 
 
 # Values that break length arithmetic: huge, "negative" as signed, off by one, odd, zero.
-INTERESTING_32 = (0xFFFFFFFF, 0xFFFFFFFE, 0x7FFFFFFF, 0x80000000, 0x40000000, 0x00010000, 0x0000FFFF,
-                  0x00000000, 0x00000001, 0x00000002, 0x00000003, 0x00000007, 0x00000100, 0x01000000)
+INTERESTING_32 = (
+    0xFFFFFFFF,
+    0xFFFFFFFE,
+    0x7FFFFFFF,
+    0x80000000,
+    0x40000000,
+    0x00010000,
+    0x0000FFFF,
+    0x00000000,
+    0x00000001,
+    0x00000002,
+    0x00000003,
+    0x00000007,
+    0x00000100,
+    0x01000000,
+)
 INTERESTING_16 = (0xFFFF, 0xFFFE, 0x7FFF, 0x8000, 0x0000, 0x0001, 0x0002, 0x0003, 0x0100, 0x00FF)
 
 
@@ -98,7 +121,7 @@ def apply(data: bytes, mutations: Sequence[tuple[Any, ...]]) -> bytes:
             offset, width, order = m[1]
             if offset + width > len(out):
                 continue
-            fmt = (order + ("I" if width == 4 else "H"))
+            fmt = order + ("I" if width == 4 else "H")
             if kind == "length":
                 value = m[2] & (0xFFFFFFFF if width == 4 else 0xFFFF)
             else:
@@ -107,8 +130,9 @@ def apply(data: bytes, mutations: Sequence[tuple[Any, ...]]) -> bytes:
     return bytes(out)
 
 
-def mutated(seeds: Sequence[bytes], hot: Callable[[bytes], Sequence[tuple[int, int, str]]] | None = None,
-            max_mutations: int = 4) -> st.SearchStrategy[bytes]:
+def mutated(
+    seeds: Sequence[bytes], hot: Callable[[bytes], Sequence[tuple[int, int, str]]] | None = None, max_mutations: int = 4
+) -> st.SearchStrategy[bytes]:
     """Bytes made by mutating one of ``seeds`` (``hot(seed)``: its length fields, mutated more often)."""
 
     @st.composite
@@ -121,8 +145,12 @@ def mutated(seeds: Sequence[bytes], hot: Callable[[bytes], Sequence[tuple[int, i
     return build()
 
 
-def hostile(seeds: Sequence[bytes], hot: Callable[[bytes], Sequence[tuple[int, int, str]]] | None = None,
-            *, max_random: int = 512) -> st.SearchStrategy[bytes]:
+def hostile(
+    seeds: Sequence[bytes],
+    hot: Callable[[bytes], Sequence[tuple[int, int, str]]] | None = None,
+    *,
+    max_random: int = 512,
+) -> st.SearchStrategy[bytes]:
     """Mutated seeds (mostly), the seeds themselves, or plain random bytes."""
     return st.one_of(
         mutated(seeds, hot),
@@ -134,12 +162,34 @@ def hostile(seeds: Sequence[bytes], hot: Callable[[bytes], Sequence[tuple[int, i
 # ------------------------------------------------------------------ DICOM element offsets
 
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-_VRS = _LONG_VRS | {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
-                    b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
+_VRS = _LONG_VRS | {
+    b"AE",
+    b"AS",
+    b"AT",
+    b"CS",
+    b"DA",
+    b"DS",
+    b"DT",
+    b"FD",
+    b"FL",
+    b"IS",
+    b"LO",
+    b"LT",
+    b"PN",
+    b"SH",
+    b"SL",
+    b"SS",
+    b"ST",
+    b"TM",
+    b"UI",
+    b"UL",
+    b"US",
+}
 
 
-def dicom_length_fields(data: bytes, start: int | None = None, implicit: bool | None = None,
-                        limit: int = 400) -> list[tuple[int, int, str]]:
+def dicom_length_fields(
+    data: bytes, start: int | None = None, implicit: bool | None = None, limit: int = 400
+) -> list[tuple[int, int, str]]:
     """Offsets of the value-length fields of a little-endian data set's elements (and of the items of its
     undefined-length sequences), found by walking it: where a length mutation hurts most (PS3.5 7.1)."""
     if start is None:

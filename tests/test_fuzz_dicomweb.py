@@ -61,12 +61,25 @@ def _instances() -> list[bytes]:
 
 
 INSTANCES = _instances()
-BODY = multipart.encode([("application/dicom", INSTANCES[0]), ("application/dicom", INSTANCES[1]),
-                         ("text/plain", b"not dicom\r\n--fuzz")], BOUNDARY)
+BODY = multipart.encode(
+    [("application/dicom", INSTANCES[0]), ("application/dicom", INSTANCES[1]), ("text/plain", b"not dicom\r\n--fuzz")],
+    BOUNDARY,
+)
 SMALL = multipart.encode([("application/dicom", b"0123456789"), ("application/dicom", b"")], BOUNDARY)
 
-PIECES = [b"\r\n", b"--", b"--" + BOUNDARY.encode(), b"\r\n--" + BOUNDARY.encode() + b"--", b"\r\n\r\n",
-          b"Content-Type: application/dicom\r\n", b":", b" \t", b"\r", b"\n", b"X" * 17000]
+PIECES = [
+    b"\r\n",
+    b"--",
+    b"--" + BOUNDARY.encode(),
+    b"\r\n--" + BOUNDARY.encode() + b"--",
+    b"\r\n\r\n",
+    b"Content-Type: application/dicom\r\n",
+    b":",
+    b" \t",
+    b"\r",
+    b"\n",
+    b"X" * 17000,
+]
 
 
 @st.composite
@@ -136,9 +149,20 @@ def test_multipart_seed() -> None:
 
 
 @fuzz_settings(300)
-@given(st.one_of(st.text(max_size=200), st.sampled_from([
-    'multipart/related; type="application/dicom"; boundary=', "multipart/related; boundary=\"", "multipart/related;;;",
-    'multipart/related; boundary="a\\"b"', "multipart/related; boundary=" + "b" * 300])))
+@given(
+    st.one_of(
+        st.text(max_size=200),
+        st.sampled_from(
+            [
+                'multipart/related; type="application/dicom"; boundary=',
+                'multipart/related; boundary="',
+                "multipart/related;;;",
+                'multipart/related; boundary="a\\"b"',
+                "multipart/related; boundary=" + "b" * 300,
+            ]
+        ),
+    )
+)
 def test_content_type_parsing(value: str) -> None:
     try:
         boundary = multipart.boundary_of(value)
@@ -167,8 +191,9 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DicomWebService]:
             service.stop()
 
 
-def _request(service: DicomWebService, method: str, path: str, body: bytes | None = None,
-             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+def _request(
+    service: DicomWebService, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     url = service.url
     host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
@@ -192,10 +217,22 @@ def test_stow_seed(web: DicomWebService) -> None:
 
 
 @fuzz_settings(80)
-@given(body=BODIES, ctype=st.one_of(st.just(STOW_TYPE), st.sampled_from([
-    "multipart/related; boundary=" + BOUNDARY, 'multipart/related; type="application/dicom+json"; boundary=x',
-    "application/dicom", "multipart/related", f"multipart/related; boundary={BOUNDARY}{BOUNDARY}"]),
-    st.text(max_size=60).filter(lambda t: "\r" not in t and "\n" not in t)))
+@given(
+    body=BODIES,
+    ctype=st.one_of(
+        st.just(STOW_TYPE),
+        st.sampled_from(
+            [
+                "multipart/related; boundary=" + BOUNDARY,
+                'multipart/related; type="application/dicom+json"; boundary=x',
+                "application/dicom",
+                "multipart/related",
+                f"multipart/related; boundary={BOUNDARY}{BOUNDARY}",
+            ]
+        ),
+        st.text(max_size=60).filter(lambda t: "\r" not in t and "\n" not in t),
+    ),
+)
 def test_stow_never_fails_inside(web: DicomWebService, body: bytes, ctype: str) -> None:
     try:
         status, answer = _request(web, "POST", "/studies", body, {"Content-Type": ctype})
@@ -213,14 +250,33 @@ def test_stow_never_fails_inside(web: DicomWebService, body: bytes, ctype: str) 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
-    max_leaves=8)
-TAGS = st.sampled_from(["00100010", "00100020", "0020000D", "00080020", "00201208", "00080061", "00081190",
-                        "7FE00010", "00280010", "0008103E", "XXXXXXXX", "", "0010001", "FFFFFFFF"])
+    max_leaves=8,
+)
+TAGS = st.sampled_from(
+    [
+        "00100010",
+        "00100020",
+        "0020000D",
+        "00080020",
+        "00201208",
+        "00080061",
+        "00081190",
+        "7FE00010",
+        "00280010",
+        "0008103E",
+        "XXXXXXXX",
+        "",
+        "0010001",
+        "FFFFFFFF",
+    ]
+)
 VRS = st.sampled_from(["PN", "LO", "IS", "US", "DS", "SQ", "DA", "UI", "UN", "OB", "XX", ""])
 ATTRIBUTE = st.one_of(
-    st.fixed_dictionaries({"vr": VRS}, optional={"Value": st.lists(JSON, max_size=4), "BulkDataURI": JSON,
-                                                 "InlineBinary": JSON}),
-    JSON)
+    st.fixed_dictionaries(
+        {"vr": VRS}, optional={"Value": st.lists(JSON, max_size=4), "BulkDataURI": JSON, "InlineBinary": JSON}
+    ),
+    JSON,
+)
 DICOM_JSON_OBJECT = st.dictionaries(TAGS, ATTRIBUTE, max_size=8)
 
 
@@ -262,9 +318,16 @@ def replay() -> Iterator[http.server.ThreadingHTTPServer]:
 
 
 def _qido_seed() -> bytes:
-    return json.dumps([{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}, "00100010": {"vr": "PN", "Value": [
-        {"Alphabetic": "Doe^Jane"}]}, "00201208": {"vr": "IS", "Value": [12]}, "00080061": {"vr": "CS", "Value": [
-        "CT", "MR"]}}]).encode()
+    return json.dumps(
+        [
+            {
+                "0020000D": {"vr": "UI", "Value": ["1.2.3"]},
+                "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]},
+                "00201208": {"vr": "IS", "Value": [12]},
+                "00080061": {"vr": "CS", "Value": ["CT", "MR"]},
+            }
+        ]
+    ).encode()
 
 
 REMOTE_BODIES = st.one_of(
@@ -278,8 +341,9 @@ REMOTE_BODIES = st.one_of(
 @given(body=REMOTE_BODIES, status=st.sampled_from([200, 200, 200, 204, 400, 500]))
 def test_client_reads_any_answer(replay: http.server.ThreadingHTTPServer, body: bytes, status: int) -> None:
     replay.answer = (status, body)  # type: ignore[attr-defined]
-    client = DicomWebClient(DicomWebSource("fuzz", f"http://127.0.0.1:{replay.server_address[1]}/dicom-web",
-                                           timeout=10))
+    client = DicomWebClient(
+        DicomWebSource("fuzz", f"http://127.0.0.1:{replay.server_address[1]}/dicom-web", timeout=10)
+    )
     try:
         rows = client.search_studies()
         assert isinstance(rows, list) and all(isinstance(r, dict) for r in rows)

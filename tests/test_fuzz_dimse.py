@@ -29,6 +29,7 @@ import queue
 import socket
 import struct
 import time
+import tracemalloc
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -87,18 +88,33 @@ def _associate_rq() -> bytes:
 
 
 def _store_command(message_id: int = 1) -> bytes:
-    return command_set(command_ui(0x0002, CT), command_us(0x0100, 0x0001), command_us(0x0110, message_id),
-                       command_us(0x0700, 0), command_us(0x0800, 0x0000), command_ui(0x1000, SOP_UID))
+    return command_set(
+        command_ui(0x0002, CT),
+        command_us(0x0100, 0x0001),
+        command_us(0x0110, message_id),
+        command_us(0x0700, 0),
+        command_us(0x0800, 0x0000),
+        command_ui(0x1000, SOP_UID),
+    )
 
 
 def _echo_command(message_id: int = 2) -> bytes:
-    return command_set(command_ui(0x0002, VERIFICATION), command_us(0x0100, 0x0030),
-                       command_us(0x0110, message_id), command_us(0x0800, 0x0101))
+    return command_set(
+        command_ui(0x0002, VERIFICATION),
+        command_us(0x0100, 0x0030),
+        command_us(0x0110, message_id),
+        command_us(0x0800, 0x0101),
+    )
 
 
 RELEASE_RQ = struct.pack(">BBIi", 0x05, 0, 4, 0)
-PDUS = [_associate_rq(), p_data_tf(3, 0x03, _store_command()), p_data_tf(3, 0x02, DATASET),
-        p_data_tf(1, 0x03, _echo_command()), RELEASE_RQ]
+PDUS = [
+    _associate_rq(),
+    p_data_tf(3, 0x03, _store_command()),
+    p_data_tf(3, 0x02, DATASET),
+    p_data_tf(1, 0x03, _echo_command()),
+    RELEASE_RQ,
+]
 SESSION = b"".join(PDUS)
 
 
@@ -154,8 +170,12 @@ def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     mp.setenv("HILUM_DIMSE_ENGINE", engine)
     tmp = tmp_path_factory.mktemp(f"fuzz-dimse-{engine}")
     # Short timeouts: a fuzz case that leaves a PDU half-sent must not hold a thread for long.
-    cfg = Config(data_dir=tmp / "data", aet="HILUM", dicom_port=free_port(),
-                 extra={"dimse": {"engine": engine, "artim_timeout": 5}})
+    cfg = Config(
+        data_dir=tmp / "data",
+        aet="HILUM",
+        dicom_port=free_port(),
+        extra={"dimse": {"engine": engine, "artim_timeout": 5}},
+    )
     n = Node(cfg, only=["dimse"])
     n.start()
     try:
@@ -220,8 +240,9 @@ def _settled(n: Node, seconds: float = 20.0) -> dict[str, int]:
     deadline = time.monotonic() + seconds
     while True:
         counts = admission.counts()
-        if (counts["pending"] == 0 and counts["associations"] == 0 and counts["dropped"] == 0) \
-                or time.monotonic() > deadline:
+        if (
+            counts["pending"] == 0 and counts["associations"] == 0 and counts["dropped"] == 0
+        ) or time.monotonic() > deadline:
             return dict(counts)
         time.sleep(0.05)
 
@@ -326,8 +347,9 @@ def _receiver() -> tuple[storefast.StoreReceiver, Any, _Hook]:
     """A StoreReceiver on the parts of an established association it touches (context 3 accepted)."""
     cx = SimpleNamespace(transfer_syntax=[ExplicitVRLittleEndian])
     assoc = SimpleNamespace(_accepted_cx={3: cx}, requestor=SimpleNamespace(maximum_length=16384))
-    dul = SimpleNamespace(assoc=assoc, event_queue=queue.Queue(), socket=_Wire(),
-                          state_machine=SimpleNamespace(current_state="Sta6"))
+    dul = SimpleNamespace(
+        assoc=assoc, event_queue=queue.Queue(), socket=_Wire(), state_machine=SimpleNamespace(current_state="Sta6")
+    )
     hook = _Hook()
     return storefast.StoreReceiver(dul, hook), dul, hook
 
@@ -355,3 +377,25 @@ def test_store_receiver_takes_the_seed() -> None:
     assert len(hook.stored) == 1 and hook.stored[0].endswith(DATASET)
     assert dul.socket.sent and dul.socket.sent[0][0] == 0x04  # the C-STORE-RSP
 
+
+# ------------------------------------------------------------------ declared lengths are not allocated
+
+
+@pytest.mark.parametrize("declared", [0x000FFFF0, 0x7FFFFFFF, 0xFFFFFFFF])
+def test_huge_declared_pdu_length_allocates_nothing(node: Node, declared: int) -> None:
+    """After a real association, a P-DATA-TF announcing ``declared`` bytes (up to the node's maximum,
+    or far beyond it) followed by a few bytes and a close: the node's Python allocations during it
+    stay far below the announced length (tracemalloc traces every thread of the in-process node)."""
+    port = _port(node)
+    head = struct.pack(">BBI", 0x04, 0, declared) + struct.pack(">IBB", declared - 6 if declared > 6 else 2, 3, 0)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        closed, _ = _exchange(port, PDUS[0] + head + b"\0" * 1000)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert closed
+    assert peak < (4 << 20), f"{peak} bytes allocated for a PDU announcing {declared}"
+    _echo(port)

@@ -43,30 +43,83 @@ def _msg(*segments: str) -> str:
 
 
 MSH = "MSH|^~\\&|HIS|HOSP|HILUM|RAD|20260301120000||{kind}|{control}|P|{version}|||||{charset}"
-ADT = _msg(MSH.format(kind="ADT^A01^ADT_A01", control="F1", version="2.5", charset="UNICODE UTF-8"), "EVN|A01",
-           "PID|1||P1^^^HOSP^MR~X9^^^OTHER||Müller^Jürgen^^^Dr||19700101|M", "PV1|1|O|||||1234^Referrer^Rita")
-ADT_LATIN = _msg(MSH.format(kind="ADT^A08^ADT_A01", control="F2", version="2.3", charset="8859/1"), "EVN|A08",
-                 "PID|1||P1^^^HOSP^MR||Dupré^Zoé||19800202|F")
-MERGE = _msg(MSH.format(kind="ADT^A40^ADT_A39", control="F3", version="2.5", charset=""), "EVN|A40",
-             "PID|1||P2^^^HOSP^MR||Doe^Jane", "MRG|P1^^^HOSP^MR")
-ORM = _msg(MSH.format(kind="ORM^O01^ORM_O01", control="F4", version="2.3.1", charset="UNICODE UTF-8"),
-           "PID|1||P3^^^HOSP^MR||Roe^Ann||19800202|F", "PV1|1|O||||||1234^Referrer^Rita",
-           "ORC|NW|PL1|FPL1||SC||^^^202603011030^^S||||||55^Orderer^Otto||||||CT01",
-           "OBR|1|PL1|FPL1|CTCHEST^CT Chest^L||||||||||||55^Orderer^Otto||ACC1|RPACC1|SPSACC1||||CT|||"
-           "^^^202603011030^^R||||^Cough|||77&Tech&Tina",
-           "ZDS|1.2.3.4.5^100^Application^DICOM")
-CANCEL = _msg(MSH.format(kind="ORM^O01^ORM_O01", control="F5", version="2.4", charset=""),
-              "PID|1||P3^^^HOSP^MR||Roe^Ann", "ORC|CA|PL1|FPL1||CA", "OBR|1|PL1|FPL1|CTCHEST^CT Chest^L")
-OMI = _msg(MSH.format(kind="OMI^O23^OMI_O23", control="F6", version="2.5", charset=""),
-           "PID|1||P4^^^HOSP^MR||Poe^Al", "ORC|NW|PL2|FPL2||SC", "TQ1|1||||||20260302083000||R",
-           "OBR|1|PL2|FPL2|MRBRAIN^MR Brain^L", "IPC|ACC2|RP2|1.2.3.4.6|SPS2|MR||ST1|LOC|MR_AE")
+ADT = _msg(
+    MSH.format(kind="ADT^A01^ADT_A01", control="F1", version="2.5", charset="UNICODE UTF-8"),
+    "EVN|A01",
+    "PID|1||P1^^^HOSP^MR~X9^^^OTHER||Müller^Jürgen^^^Dr||19700101|M",
+    "PV1|1|O|||||1234^Referrer^Rita",
+)
+ADT_LATIN = _msg(
+    MSH.format(kind="ADT^A08^ADT_A01", control="F2", version="2.3", charset="8859/1"),
+    "EVN|A08",
+    "PID|1||P1^^^HOSP^MR||Dupré^Zoé||19800202|F",
+)
+MERGE = _msg(
+    MSH.format(kind="ADT^A40^ADT_A39", control="F3", version="2.5", charset=""),
+    "EVN|A40",
+    "PID|1||P2^^^HOSP^MR||Doe^Jane",
+    "MRG|P1^^^HOSP^MR",
+)
+ORM = _msg(
+    MSH.format(kind="ORM^O01^ORM_O01", control="F4", version="2.3.1", charset="UNICODE UTF-8"),
+    "PID|1||P3^^^HOSP^MR||Roe^Ann||19800202|F",
+    "PV1|1|O||||||1234^Referrer^Rita",
+    "ORC|NW|PL1|FPL1||SC||^^^202603011030^^S||||||55^Orderer^Otto||||||CT01",
+    "OBR|1|PL1|FPL1|CTCHEST^CT Chest^L||||||||||||55^Orderer^Otto||ACC1|RPACC1|SPSACC1||||CT|||"
+    "^^^202603011030^^R||||^Cough|||77&Tech&Tina",
+    "ZDS|1.2.3.4.5^100^Application^DICOM",
+)
+CANCEL = _msg(
+    MSH.format(kind="ORM^O01^ORM_O01", control="F5", version="2.4", charset=""),
+    "PID|1||P3^^^HOSP^MR||Roe^Ann",
+    "ORC|CA|PL1|FPL1||CA",
+    "OBR|1|PL1|FPL1|CTCHEST^CT Chest^L",
+)
+OMI = _msg(
+    MSH.format(kind="OMI^O23^OMI_O23", control="F6", version="2.5", charset=""),
+    "PID|1||P4^^^HOSP^MR||Poe^Al",
+    "ORC|NW|PL2|FPL2||SC",
+    "TQ1|1||||||20260302083000||R",
+    "OBR|1|PL2|FPL2|MRBRAIN^MR Brain^L",
+    "IPC|ACC2|RP2|1.2.3.4.6|SPS2|MR||ST1|LOC|MR_AE",
+)
 SEEDS = [m.encode("utf-8") for m in (ADT, MERGE, ORM, CANCEL, OMI)] + [ADT_LATIN.encode("latin-1")]
 
 # HL7-aware pieces to splice in: separators, escapes, segment breaks, odd headers, huge values.
-PIECES = [b"|", b"^", b"~", b"\\", b"&", b"\r", b"\n", b"\r\n", b"\\E\\", b"\\X0D\\", b"\\H\\", b"\\.br\\",
-          b"|||||||||||||||||||||||||||||||||||||||", b"^^^^^^^^^^^^^^", b"~" * 200, b"\rMSH|^~\\&|",
-          b"\rPID|1||", b"\rORC|XO|", b"\rMRG|", b"\x00", b"\xff\xfe", b"\xc3", b"\x1b$B", b"9" * 300,
-          b"MSH", b"MSH|", b"MSH^~\\&", b'""', b"A" * 5000, b"\rOBR|1|", b"\rIPC|", b"\rTQ1|1||||||"]
+PIECES = [
+    b"|",
+    b"^",
+    b"~",
+    b"\\",
+    b"&",
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b"\\E\\",
+    b"\\X0D\\",
+    b"\\H\\",
+    b"\\.br\\",
+    b"|||||||||||||||||||||||||||||||||||||||",
+    b"^^^^^^^^^^^^^^",
+    b"~" * 200,
+    b"\rMSH|^~\\&|",
+    b"\rPID|1||",
+    b"\rORC|XO|",
+    b"\rMRG|",
+    b"\x00",
+    b"\xff\xfe",
+    b"\xc3",
+    b"\x1b$B",
+    b"9" * 300,
+    b"MSH",
+    b"MSH|",
+    b"MSH^~\\&",
+    b'""',
+    b"A" * 5000,
+    b"\rOBR|1|",
+    b"\rIPC|",
+    b"\rTQ1|1||||||",
+]
 
 
 @st.composite
@@ -85,14 +138,21 @@ def _hl7_spliced(draw: st.DrawFn) -> bytes:
 def _fields_text() -> st.SearchStrategy[bytes]:
     """A message built from random segments and fields (in the HL7 alphabet and beyond)."""
     value = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r|"), max_size=30)
-    segment = st.tuples(st.sampled_from(["PID", "PV1", "ORC", "OBR", "MRG", "EVN", "IPC", "TQ1", "ZDS", "ZZZ"]),
-                        st.lists(value, max_size=40)).map(lambda s: "|".join([s[0], *s[1]]))
-    header = st.tuples(st.sampled_from(["ADT^A01", "ADT^A08", "ADT^A40", "ORM^O01", "OMI^O23", "ADT^A02", "X^Y", ""]),
-                       st.text(max_size=8), st.sampled_from(["2.3", "2.5", "2.9", "3.0", ""]),
-                       st.sampled_from(["", "UNICODE UTF-8", "8859/1", "ASCII", "BIG-5", "ISO IR87", "KLINGON"]))
+    segment = st.tuples(
+        st.sampled_from(["PID", "PV1", "ORC", "OBR", "MRG", "EVN", "IPC", "TQ1", "ZDS", "ZZZ"]),
+        st.lists(value, max_size=40),
+    ).map(lambda s: "|".join([s[0], *s[1]]))
+    header = st.tuples(
+        st.sampled_from(["ADT^A01", "ADT^A08", "ADT^A40", "ORM^O01", "OMI^O23", "ADT^A02", "X^Y", ""]),
+        st.text(max_size=8),
+        st.sampled_from(["2.3", "2.5", "2.9", "3.0", ""]),
+        st.sampled_from(["", "UNICODE UTF-8", "8859/1", "ASCII", "BIG-5", "ISO IR87", "KLINGON"]),
+    )
     return st.tuples(header, st.lists(segment, max_size=8)).map(
-        lambda m: _msg(MSH.format(kind=m[0][0], control=m[0][1], version=m[0][2], charset=m[0][3]), *m[1])
-        .encode("utf-8", "surrogatepass"))
+        lambda m: _msg(MSH.format(kind=m[0][0], control=m[0][1], version=m[0][2], charset=m[0][3]), *m[1]).encode(
+            "utf-8", "surrogatepass"
+        )
+    )
 
 
 MESSAGES = st.one_of(hostile(SEEDS, max_random=400), _hl7_spliced(), _fields_text())
@@ -149,9 +209,13 @@ def test_receiver_seeds_are_accepted(receiver: Receiver) -> None:
 
 
 @fuzz_settings(300)
-@given(st.lists(st.one_of(st.sampled_from([b"\x0b", b"\x1c\r", b"\x1c", b"\r", b"\x0b\x0b"]),
-                          st.binary(max_size=80)), max_size=20).map(b"".join),
-       st.lists(st.integers(1, 64), min_size=1, max_size=40))
+@given(
+    st.lists(
+        st.one_of(st.sampled_from([b"\x0b", b"\x1c\r", b"\x1c", b"\r", b"\x0b\x0b"]), st.binary(max_size=80)),
+        max_size=20,
+    ).map(b"".join),
+    st.lists(st.integers(1, 64), min_size=1, max_size=40),
+)
 def test_frame_buffer_any_chunking(stream: bytes, cuts: list[int]) -> None:
     limit = 48
     whole = FrameBuffer(limit)
@@ -220,8 +284,13 @@ def _good_adt(port: int) -> None:
 
 
 @fuzz_settings(120)
-@given(stream=st.one_of(mutated([frame(s) for s in SEEDS]), _hl7_spliced().map(frame),
-                 st.lists(MESSAGES.map(frame), min_size=1, max_size=3).map(b"".join)))
+@given(
+    stream=st.one_of(
+        mutated([frame(s) for s in SEEDS]),
+        _hl7_spliced().map(frame),
+        st.lists(MESSAGES.map(frame), min_size=1, max_size=3).map(b"".join),
+    )
+)
 def test_listener_survives(listener: HL7Service, stream: bytes) -> None:
     port = listener.port
     got = _answers(port, stream)
@@ -231,4 +300,3 @@ def test_listener_survives(listener: HL7Service, stream: bytes) -> None:
             code, text = ack_code_of(body)
             assert code in ("AA", "AE", "AR") and "internal error" not in text, body
     _good_adt(port)
-

@@ -44,9 +44,20 @@ from hilum.dicom import attributes
 from hilum.dicom.attributes import MAX_SEQUENCE_DEPTH, InvalidInstance, index_record, read_instance, received_as_part10
 from hilum.dicom.generator import DOE, generate_ct_series, make_study
 
-SAMPLES = ("rtplan.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "SC_rgb_rle.dcm", "nested_priv_SQ.dcm",
-           "UN_sequence.dcm", "no_meta.dcm", "ExplVR_BigEndNoMeta.dcm", "SC_rgb_small_odd_jpeg.dcm",
-           "reportsi.dcm", "JPEG2000.dcm", "MR_small_implicit.dcm")
+SAMPLES = (
+    "rtplan.dcm",
+    "MR_small_bigendian.dcm",
+    "image_dfl.dcm",
+    "SC_rgb_rle.dcm",
+    "nested_priv_SQ.dcm",
+    "UN_sequence.dcm",
+    "no_meta.dcm",
+    "ExplVR_BigEndNoMeta.dcm",
+    "SC_rgb_small_odd_jpeg.dcm",
+    "reportsi.dcm",
+    "JPEG2000.dcm",
+    "MR_small_implicit.dcm",
+)
 
 
 def _part10(ds: Dataset, syntax: str) -> bytes:
@@ -164,9 +175,15 @@ def _peak(data: bytes) -> int:
 
 
 @fuzz_settings(60)
-@given(st.sampled_from(SEEDS).flatmap(lambda seed: st.tuples(
-    st.just(seed), st.sampled_from(_fields(seed) or [(0, 4, "<")]),
-    st.sampled_from((0xFFFFFFFF, 0xFFFFFFF0, 0x7FFFFFFF, 0x80000000, 0x40000000, 0xFFFF, 0xFFFE)))))
+@given(
+    st.sampled_from(SEEDS).flatmap(
+        lambda seed: st.tuples(
+            st.just(seed),
+            st.sampled_from(_fields(seed) or [(0, 4, "<")]),
+            st.sampled_from((0xFFFFFFFF, 0xFFFFFFF0, 0x7FFFFFFF, 0x80000000, 0x40000000, 0xFFFF, 0xFFFE)),
+        )
+    )
+)
 def test_huge_declared_length_allocates_nothing(case: tuple[bytes, tuple[int, int, str], int]) -> None:
     seed, (offset, width, order), value = case
     data = bytearray(seed)

@@ -45,9 +45,13 @@ def _deep(depth: int) -> bytes:
     """A bare data set whose (0008,1140) nests ``depth`` undefined-length sequences, then the UIDs."""
     seq = b""
     for _ in range(depth):
-        seq = (struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF)
-               + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + seq + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
-               + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+        seq = (
+            struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF)
+            + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+            + seq
+            + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+            + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+        )
     return seq
 
 
@@ -137,8 +141,8 @@ def test_multipart_first_delimiter_only_at_the_start() -> None:
     preamble when it arrived in one chunk but as a first part when it arrived byte by byte: the
     reader took a dash-boundary at the start of its *buffer* (which, trimmed, moves through the
     preamble) for the start of the body.  Fix: only at the very start does it need no CRLF."""
-    from hilum.dicomweb.multipart import decode as multipart_decode
     from hilum.dicomweb.multipart import HEADERS, MultipartReader
+    from hilum.dicomweb.multipart import decode as multipart_decode
 
     body = b"----b\r\nContent-Type: application/dicom\r\n\r\nONE\r\n--b\r\nContent-Type: text/plain\r\n\r\nTWO\r\n--b--"
     assert [p for _h, p in multipart_decode(body, "b")] == [b"TWO"]

@@ -129,16 +129,33 @@ def start_node(data: Path, ports: dict[str, int]) -> subprocess.Popen[bytes]:
     (data / "hilum.toml").write_text("[node]\nmax_associations = 64\n")
     log = open(data.parent / "node.log", "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hilum", "serve", "--data", str(data), "--dicom-port", str(ports["dicom"]),
-         "--web-port", str(ports["web"]), "--hl7-port", str(ports["hl7"])],
-        stdout=log, stderr=subprocess.STDOUT, env=ENV)
+        [
+            sys.executable,
+            "-m",
+            "hilum",
+            "serve",
+            "--data",
+            str(data),
+            "--dicom-port",
+            str(ports["dicom"]),
+            "--web-port",
+            str(ports["web"]),
+            "--hl7-port",
+            str(ports["hl7"]),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=ENV,
+    )
     deadline = time.monotonic() + 90
     while True:
         if proc.poll() is not None:
             raise SystemExit(f"hilum serve exited: see {data.parent / 'node.log'}")
         try:
-            with socket.create_connection(("127.0.0.1", ports["dicom"]), timeout=1), \
-                    socket.create_connection(("127.0.0.1", ports["web"]), timeout=1):
+            with (
+                socket.create_connection(("127.0.0.1", ports["dicom"]), timeout=1),
+                socket.create_connection(("127.0.0.1", ports["web"]), timeout=1),
+            ):
                 return proc
         except OSError:
             if time.monotonic() > deadline:
@@ -185,9 +202,29 @@ def sender(k: int, t: Template, port: int, work: Path, stop: threading.Event, co
         folder.mkdir(parents=True)
         files = copy_of(t, rng, folder)
         by_path = {str(p): sop for sop, p in files.items()}
-        proc = subprocess.run([str(BIN / "storescu"), "-v", "-aet", f"SOAK{k:02d}", "-aec", "HILUM", "-to", "60",
-                               "-ta", "60", "-td", "60", "127.0.0.1", str(port), *map(str, files.values())],
-                              capture_output=True, text=True, env=ENV, check=False)
+        proc = subprocess.run(
+            [
+                str(BIN / "storescu"),
+                "-v",
+                "-aet",
+                f"SOAK{k:02d}",
+                "-aec",
+                "HILUM",
+                "-to",
+                "60",
+                "-ta",
+                "60",
+                "-td",
+                "60",
+                "127.0.0.1",
+                str(port),
+                *map(str, files.values()),
+            ],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            check=False,
+        )
         ok: set[str] = set()
         current = None
         for line in (proc.stdout + proc.stderr).splitlines():
@@ -204,14 +241,20 @@ def sender(k: int, t: Template, port: int, work: Path, stop: threading.Event, co
             counts.store_associations += 1
         missing = len(files) - len(ok)
         if proc.returncode != 0 or missing:
-            counts.error("store", f"storescu exit {proc.returncode}, {missing} of {len(files)} without Success: "
-                                  f"{(proc.stderr or proc.stdout)[-200:]}")
+            counts.error(
+                "store",
+                f"storescu exit {proc.returncode}, {missing} of {len(files)} without Success: "
+                f"{(proc.stderr or proc.stdout)[-200:]}",
+            )
 
 
 def qido_client(k: int, port: int, stop: threading.Event, counts: Counts) -> None:
     conn: http.client.HTTPConnection | None = None
-    paths = ["/dicom-web/studies?limit=50", "/dicom-web/studies?PatientName=D*&limit=20",
-             "/dicom-web/studies?StudyDate=20200101-&includefield=StudyDescription&limit=20"]
+    paths = [
+        "/dicom-web/studies?limit=50",
+        "/dicom-web/studies?PatientName=D*&limit=20",
+        "/dicom-web/studies?StudyDate=20200101-&includefield=StudyDescription&limit=20",
+    ]
     i = 0
     while not stop.is_set():
         path = paths[i % len(paths)]
@@ -244,10 +287,32 @@ def find_client(k: int, port: int, stop: threading.Event, counts: Counts) -> Non
     while not stop.is_set():
         pattern = patterns[i % len(patterns)]
         i += 1
-        proc = subprocess.run([str(BIN / "findscu"), "-S", "-aet", f"FIND{k}", "-aec", "HILUM", "-to", "60",
-                               "-k", "QueryRetrieveLevel=STUDY", "-k", f"PatientName={pattern}",
-                               "-k", "StudyInstanceUID=", "-k", "NumberOfStudyRelatedInstances=",
-                               "127.0.0.1", str(port)], capture_output=True, text=True, env=ENV, check=False)
+        proc = subprocess.run(
+            [
+                str(BIN / "findscu"),
+                "-S",
+                "-aet",
+                f"FIND{k}",
+                "-aec",
+                "HILUM",
+                "-to",
+                "60",
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                f"PatientName={pattern}",
+                "-k",
+                "StudyInstanceUID=",
+                "-k",
+                "NumberOfStudyRelatedInstances=",
+                "127.0.0.1",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            check=False,
+        )
         with counts.lock:
             counts.find_requests += 1
         out = proc.stdout + proc.stderr
@@ -283,8 +348,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     counts = Counts()
     stop = threading.Event()
     samples: list[tuple[float, float]] = []
-    threads = [threading.Thread(target=sender, args=(k, templates[k], ports["dicom"], work, stop, counts))
-               for k in range(args.senders)]
+    threads = [
+        threading.Thread(target=sender, args=(k, templates[k], ports["dicom"], work, stop, counts))
+        for k in range(args.senders)
+    ]
     threads += [threading.Thread(target=qido_client, args=(k, ports["web"], stop, counts)) for k in range(args.qido)]
     threads += [threading.Thread(target=find_client, args=(k, ports["dicom"], stop, counts)) for k in range(args.find)]
     start = time.monotonic()
@@ -299,9 +366,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if node.poll() is not None:
                 raise SystemExit(f"the node died after {time.monotonic() - start:.0f} s: see {work / 'node.log'}")
             with counts.lock:
-                print(f"  {samples[-1][0]:5.0f} s  stored {len(counts.stored):6d}  qido {counts.qido_requests:5d}  "
-                      f"find {counts.find_requests:4d}  errors {len(counts.store_errors)}/{len(counts.qido_errors)}/"
-                      f"{len(counts.find_errors)}  RSS {samples[-1][1]:.0f} MiB", flush=True)
+                print(
+                    f"  {samples[-1][0]:5.0f} s  stored {len(counts.stored):6d}  qido {counts.qido_requests:5d}  "
+                    f"find {counts.find_requests:4d}  errors {len(counts.store_errors)}/{len(counts.qido_errors)}/"
+                    f"{len(counts.find_errors)}  RSS {samples[-1][1]:.0f} MiB",
+                    flush=True,
+                )
     finally:
         stop.set()
         for t in threads:
@@ -319,16 +389,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     lost = sorted(counts.stored - indexed)
     rss = [r for _, r in samples]
     result = {
-        "minutes": args.minutes, "senders": args.senders, "files_per_association": args.files, "rows": args.rows,
-        "qido_clients": args.qido, "find_clients": args.find, "seconds_under_load": round(load_end, 1),
-        "stored": len(counts.stored), "store_associations": counts.store_associations,
+        "minutes": args.minutes,
+        "senders": args.senders,
+        "files_per_association": args.files,
+        "rows": args.rows,
+        "qido_clients": args.qido,
+        "find_clients": args.find,
+        "seconds_under_load": round(load_end, 1),
+        "stored": len(counts.stored),
+        "store_associations": counts.store_associations,
         "instances_per_s": round(len(counts.stored) / load_end, 1),
-        "indexed": len(indexed), "lost": len(lost), "lost_examples": lost[:5],
-        "qido_requests": counts.qido_requests, "find_requests": counts.find_requests,
+        "indexed": len(indexed),
+        "lost": len(lost),
+        "lost_examples": lost[:5],
+        "qido_requests": counts.qido_requests,
+        "find_requests": counts.find_requests,
         "errors": {"store": len(counts.store_errors), "qido": len(counts.qido_errors), "find": len(counts.find_errors)},
         "error_examples": (counts.store_errors + counts.qido_errors + counts.find_errors)[:10],
-        "rss_mib": {"start": round(rss[0], 1), "peak": round(max(rss), 1), "end": round(rss[-1], 1),
-                    "slope_second_half_mib_per_min": round(slope_mib_per_min(samples), 2)},
+        "rss_mib": {
+            "start": round(rss[0], 1),
+            "peak": round(max(rss), 1),
+            "end": round(rss[-1], 1),
+            "slope_second_half_mib_per_min": round(slope_mib_per_min(samples), 2),
+        },
         "rss_samples": [(round(t), round(r, 1)) for t, r in samples],
         "load_average": os.getloadavg(),
     }
