@@ -235,6 +235,21 @@ def _echo(port: int) -> None:
     scu.echo(scu.Target("127.0.0.1", port, "HILUM", "FUZZECHO", timeout=20))
 
 
+# What the node logs only when something raised that its code did not expect (an exception that
+# reached the DUL thread's catch-all, or a C-STORE hook that failed): a crash it survived.
+UNEXPECTED = ("Exception in DUL.run()", "C-STORE of ", "Traceback")
+
+
+def _unexpected(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()[:200]
+        for r in caplog.records
+        if r.levelname in ("ERROR", "CRITICAL")
+        and r.getMessage().startswith(UNEXPECTED)
+        and "abandoned" not in r.getMessage()
+    ]
+
+
 def _settled(n: Node, seconds: float = 20.0) -> dict[str, int]:
     admission = n.service("dimse").admission  # type: ignore[attr-defined]
     deadline = time.monotonic() + seconds
@@ -258,21 +273,27 @@ def test_seed_session_stores_and_echoes(node: Node) -> None:
 
 @fuzz_settings(90)
 @given(data=hostile([SESSION], lambda _seed: HOT, max_random=400))
-def test_node_survives_mutated_sessions(node: Node, data: bytes) -> None:
+def test_node_survives_mutated_sessions(node: Node, data: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.clear()
     port = _port(node)
     closed, _got = _exchange(port, data)
     assert closed, "the node kept the connection open after the client shut its side"
     _echo(port)
+    assert not _unexpected(caplog), _unexpected(caplog)
 
 
 @fuzz_settings(40)
 @given(data=hostile(PDUS[1:], lambda seed: _pdu_fields(seed), max_random=200))
-def test_node_survives_mutated_pdus_after_association(node: Node, data: bytes) -> None:
+def test_node_survives_mutated_pdus_after_association(
+    node: Node, data: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     """A valid association, then one mutated P-DATA-TF / A-RELEASE-RQ (or random bytes)."""
+    caplog.clear()
     port = _port(node)
     closed, _got = _exchange(port, PDUS[0] + data + RELEASE_RQ)
     assert closed
     _echo(port)
+    assert not _unexpected(caplog), _unexpected(caplog)
 
 
 def test_no_connection_left_behind(node: Node) -> None:

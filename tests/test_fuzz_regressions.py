@@ -225,3 +225,22 @@ def test_duplicate_with_a_corrupt_rle_stream(tmp_path: Path) -> None:
         res = archive.ingest(bytes(bad), origin="test")
         assert res.status == "duplicate" and res.code == "duplicate-differs", res
         assert archive.read(str(ct.SOPInstanceUID)) == good
+
+
+# ------------------------------------------------------------------ DIMSE (test_fuzz_dimse.py)
+
+
+def test_store_receiver_empty_p_data_tf() -> None:
+    """test_fuzz_dimse (StoreReceiver, 5x examples): a P-DATA-TF of no PDV item (``04 00 00000000``)
+    made ``StoreReceiver.feed`` raise IndexError (it read the first PDV of an empty list) in the DUL
+    thread, which logged "Exception in DUL.run()" and aborted.  Fix: handed to pynetdicom as any
+    malformed PDU, which answers per PS3.8."""
+    import queue
+    from types import SimpleNamespace
+
+    from hilum.dimse.storefast import StoreReceiver
+
+    dul = SimpleNamespace(assoc=SimpleNamespace(_accepted_cx={}), event_queue=queue.Queue())
+    receiver = StoreReceiver(dul, hook=None)  # type: ignore[arg-type]  # not reached for this PDU
+    empty = bytearray(b"\x04\x00\x00\x00\x00\x00")
+    assert receiver.feed(empty) is empty

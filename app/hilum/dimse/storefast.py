@@ -252,9 +252,12 @@ class StoreReceiver:
 
     def feed(self, pdu: bytearray) -> bytearray | None:
         pdvs = _pdvs(pdu)
-        if pdvs is None:
+        if not pdvs:
+            # Malformed, or no PDV at all (PS3.8 9.3.5 wants one or more; an empty P-DATA-TF raised
+            # IndexError here and the DUL thread aborted on it: tests/test_fuzz_regressions.py):
+            # pynetdicom's decoder says what it is.
             self.reset()
-            return pdu  # malformed: pynetdicom's decoder says so (Evt19)
+            return pdu
         if self._incoming is not None:
             return self._data(pdu, pdvs)
         if self._theirs is None:
