@@ -279,6 +279,7 @@ def test_node_survives_mutated_sessions(node: Node, data: bytes, caplog: pytest.
     closed, _got = _exchange(port, data)
     assert closed, "the node kept the connection open after the client shut its side"
     _echo(port)
+    _settled(node, 5)  # the case's association threads have ended (and logged what they would)
     assert not _unexpected(caplog), _unexpected(caplog)
 
 
@@ -293,6 +294,7 @@ def test_node_survives_mutated_pdus_after_association(
     closed, _got = _exchange(port, PDUS[0] + data + RELEASE_RQ)
     assert closed
     _echo(port)
+    _settled(node, 5)  # the case's association threads have ended (and logged what they would)
     assert not _unexpected(caplog), _unexpected(caplog)
 
 
