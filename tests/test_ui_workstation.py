@@ -439,7 +439,7 @@ def test_shortcuts_and_help(qtbot: QtBot, window: MainWindow) -> None:
     assert "Hilum" in about.text()
     about.close()
     menus = [a.text() for a in window.menuBar().actions()]
-    assert menus == ["&File", "&View", "Vie&wer", "&Tools", "&Help"]  # Viewer and Tools: the viewer tab's actions
+    assert menus == ["&File", "&View", "Vie&wer", "&Tools", "&Report", "AI", "&Help"]  # Viewer and Tools: the viewer tab's actions; Report: issue 20; AI: issue 19
     file_items = [a.text() for a in window.file_menu.actions() if a.text()]
     assert file_items[:2] == ["&Import files…", "Import &folder…"] and file_items[-1] == "&Quit"
 

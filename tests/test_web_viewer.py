@@ -443,6 +443,15 @@ def test_viewer_dir_setting_and_a_node_without_the_viewer(tmp_path: Path) -> Non
                     assert 'src="/viewer/app.js"' in r.text
                     js = requests.get(base + "/viewer/app.js", timeout=30)
                     assert js.text == '__webpack_require__.p = "/viewer/";'
+                    # gzip-compressed once and kept (OHIF's bundle is 17 MB), plain for who does not accept it
+                    assert js.headers["Content-Encoding"] == "gzip" and js.headers["Vary"] == "Accept-Encoding"
+                    again = requests.get(base + "/viewer/app.js", timeout=30)
+                    assert again.text == js.text and again.headers["Content-Encoding"] == "gzip"
+                    plain = requests.get(base + "/viewer/app.js", headers={"Accept-Encoding": "identity"}, timeout=30)
+                    assert "Content-Encoding" not in plain.headers and plain.text == js.text
+                    (own / "app.js").write_text('__webpack_require__.p = "/"; // v2')  # a new file: not the old gzip
+                    assert requests.get(base + "/viewer/app.js", timeout=30).text.endswith("// v2")
+                    (own / "app.js").write_text('__webpack_require__.p = "/";')
                     assert requests.get(base + "/viewer/assets/x.txt", timeout=30).text == "asset"
                     host, port = base.removeprefix("http://").split(":")
                     for path in ("/viewer/../data/index.sqlite", "/viewer/%2e%2e/data/index.sqlite"):

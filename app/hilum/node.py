@@ -96,6 +96,7 @@ class Node:
         from hilum.dimse import DimseService
         from hilum.dimse.mpps import MppsSCP
         from hilum.dimse.mwl import WorklistSCP
+        from hilum.hl7.outbox import OutboxService
         from hilum.hl7.service import HL7Service
         from hilum.replication import ForwardService
 
@@ -109,6 +110,8 @@ class Node:
             PolicyService(self.archive, self.archive.policies),
             TierService(self.archive),
             ForwardService(self.archive, self.config),
+            # issue 20a: signed reports to the HIS ([report] his / [hl7] his_host; none: idle)
+            OutboxService.from_config(self.archive, self.config),
         ]
 
     def service(self, name: str) -> Service:

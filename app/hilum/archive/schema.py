@@ -44,6 +44,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -389,4 +390,115 @@ policy_log = Table(
     Column("detail", Text, nullable=False, default="", server_default=text("''")),
     Column("node", String(64), nullable=False, default="", server_default=text("''")),
     Index("ix_policy_log_action_at", "action", "at"),
+)
+
+# --- issue 20 (20a reports): reports, their state changes, the HL7 outbox (migration 0010_reports)
+
+reports = Table(
+    "reports",
+    metadata,
+    # One radiology report (hilum.archive.reports): draft -> preliminary -> final, or amended for a signed
+    # addendum (parent_fk: the report it amends).  text: the sections as JSON, an ordered list of
+    # {key, title, text}.  sr_sop_uid / pdf_sop_uid: the DICOM copies last stored through ingest.
+    Column("pk", Integer, primary_key=True),
+    Column("report_id", String(64), nullable=False, unique=True),
+    Column("study_uid", String(64), nullable=False),
+    Column("accession_number", String(16), nullable=False, default="", server_default=text("''")),
+    Column("patient_id", String(64), nullable=False, default="", server_default=text("''")),
+    Column("order_fk", Integer, ForeignKey("orders.pk", ondelete="SET NULL"), nullable=True),
+    Column("template", String(64), nullable=False, default="", server_default=text("''")),
+    Column("state", String(16), nullable=False),
+    Column("text", Text, nullable=False, default="[]", server_default=text("'[]'")),
+    Column("created_by", String(64), nullable=False, default="", server_default=text("''")),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("signed_by", String(64), nullable=False, default="", server_default=text("''")),
+    Column("signed_at", DateTime(timezone=True), nullable=True),
+    Column("parent_fk", Integer, ForeignKey("reports.pk", ondelete="RESTRICT"), nullable=True),
+    Column("sr_sop_uid", String(64), nullable=False, default="", server_default=text("''")),
+    Column("pdf_sop_uid", String(64), nullable=False, default="", server_default=text("''")),
+    Column("version", Integer, nullable=False, default=1, server_default="1"),
+    Index("ix_reports_study", "study_uid"),
+    Index("ix_reports_patient", "patient_id"),
+    Index("ix_reports_accession", "accession_number"),
+)
+
+report_events = Table(
+    "report_events",
+    metadata,
+    # Append-only: every state change of a report, with who and when (written in the change's transaction).
+    Column("pk", Integer, primary_key=True),
+    Column("report_fk", Integer, ForeignKey("reports.pk", ondelete="CASCADE"), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("user", String(64), nullable=False, default="", server_default=text("''")),
+    Column("from_state", String(16), nullable=False, default="", server_default=text("''")),
+    Column("to_state", String(16), nullable=False),
+    Column("detail", Text, nullable=False, default="", server_default=text("''")),
+    Index("ix_report_events_report", "report_fk"),
+)
+
+hl7_outbox = Table(
+    "hl7_outbox",
+    metadata,
+    # Outgoing HL7 of signed reports (hilum.hl7.outbox): one row per report, kind and endpoint; message is
+    # composed once (empty until then) and never changes, so a resend is the same message (same MSH-10).
+    # pending -> sent (ACK AA/CA), or failed-ae / failed-ar (stopped, alert), or abandoned (by hand).
+    Column("pk", Integer, primary_key=True),
+    Column("kind", String(8), nullable=False),  # ORU | MDM
+    Column("report_fk", Integer, ForeignKey("reports.pk", ondelete="CASCADE"), nullable=False),
+    Column("endpoint", String(64), nullable=False),
+    Column("message", LargeBinary, nullable=False, default=b"", server_default=text("''")),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
+    Column("next_try_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=False, default="", server_default=text("''")),
+    Column("ack_code", String(4), nullable=False, default="", server_default=text("''")),
+    Column("ack_text", Text, nullable=False, default="", server_default=text("''")),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Index("ux_hl7_outbox_report_kind_endpoint", "report_fk", "kind", "endpoint", unique=True),
+    Index("ix_hl7_outbox_state", "state", "next_try_at"),
+)
+
+# --- issue 21 (21b de-identification): the node's de-identification mapping table ---
+
+deid_map = Table(
+    "deid_map",
+    metadata,
+    # Original -> replacement of every UID and Patient ID that a de-identification replaced, per project
+    # (hilum.archive.deid_store).  Readable only through DeidStore / `hilum anonymize --mapping`.
+    Column("pk", Integer, primary_key=True),
+    Column("project", String(64), nullable=False, default="", server_default=text("''")),
+    Column("kind", String(8), nullable=False),  # "uid" | "patient"
+    Column("original", String(128), nullable=False),
+    Column("replacement", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ux_deid_map_project_kind_original", "project", "kind", "original", unique=True),
+    Index("ix_deid_map_replacement", "replacement"),
+)
+
+# --- issue 19 (19a, AI plugins): the auto-run queue of hilum.ai.rules (archive side: hilum.archive.ai_jobs)
+ai_jobs = Table(
+    "ai_jobs",
+    metadata,
+    # One run of a plugin on a series: queued (due at not_before, pushed back while instances keep
+    # arriving) -> running -> done | failed | cancelled. Survives restarts: 'running' jobs of a node that
+    # stopped go back to 'queued' when the service starts again.
+    Column("pk", Integer, primary_key=True),
+    Column("plugin", String(64), nullable=False),
+    Column("plugin_version", String(32), nullable=False, default="", server_default=text("''")),
+    Column("series_uid", String(64), nullable=False),
+    Column("study_uid", String(64), nullable=False, default="", server_default=text("''")),
+    Column("state", String(16), nullable=False),  # queued | running | done | failed | cancelled
+    Column("rule", String(64), nullable=False, default="", server_default=text("''")),
+    Column("not_before", DateTime(timezone=True), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
+    Column("claimed_by", String(64), nullable=False, default="", server_default=text("''")),  # host.pid running it
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("error", Text, nullable=False, default="", server_default=text("''")),
+    Column("result_series_uids", Text, nullable=False, default="", server_default=text("''")),  # space separated
+    Index("ix_ai_jobs_state", "state", "not_before"),
+    Index("ix_ai_jobs_series", "series_uid", "plugin"),
 )

@@ -56,8 +56,24 @@ def run_serve(args: argparse.Namespace) -> int:
     # line per association, each refusal); -v lets pydicom speak again.
     quiet_pydicom(args.verbose)
     node = Node(cfg)
+    _add_ai_service(node, cfg)
     try:
         node.serve_forever()
     except OSError as exc:
         raise HilumError(f"cannot listen on {cfg.bind}:{cfg.dicom_port}: {exc.strerror or exc}") from exc
     return 0
+
+
+def _add_ai_service(node: object, cfg: object) -> None:
+    """The AI auto-run service (issue 19) joins the node's services when ``[ai]`` has rules or jobs are queued."""
+    from hilum.ai.rules import AIService, load_settings
+    from hilum.archive import ai_jobs
+
+    settings = load_settings(cfg)
+    archive = node.archive  # type: ignore[attr-defined]
+    if (
+        settings.rules
+        or ai_jobs.jobs(archive, state="queued", limit=1)
+        or ai_jobs.jobs(archive, state="running", limit=1)
+    ):
+        node.services.append(AIService(archive, settings))  # type: ignore[attr-defined]

@@ -36,8 +36,20 @@ from pydicom.uid import (
 from hilum.dicom.matching import normalize_date, normalize_time, pn_groups
 from hilum.errors import RejectedInstance
 
-__all__ = ["InvalidInstance", "IndexRecord", "PixelElement", "check_consistency", "show_value", "index_record",
-           "is_valid_uid", "read_instance", "received_as_part10", "to_part10"]
+__all__ = [
+    "HeaderCut",
+    "InvalidInstance",
+    "IndexRecord",
+    "PixelElement",
+    "check_consistency",
+    "show_value",
+    "index_record",
+    "is_valid_uid",
+    "read_header",
+    "read_instance",
+    "received_as_part10",
+    "to_part10",
+]
 
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})  # plain ints: `tag in` runs per element read
 _PIXEL_KEYS = (BaseTag(0x7FE00010), BaseTag(0x7FE00008), BaseTag(0x7FE00009))  # Pixel Data, Float, Double Float
@@ -169,11 +181,29 @@ _DEFLATED: Any = object()  # deflated: positions in the file say nothing; read i
 _JPEG_SOI = (b"\xff\xd8",)
 _J2K = (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")
 _FRAME_MAGIC: dict[str, tuple[bytes, ...]] = {
-    **dict.fromkeys(("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
-                     "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"), _JPEG_SOI),
-    **dict.fromkeys(("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92",
-                     "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
-                     "1.2.840.10008.1.2.4.203"), _J2K),
+    **dict.fromkeys(
+        (
+            "1.2.840.10008.1.2.4.50",
+            "1.2.840.10008.1.2.4.51",
+            "1.2.840.10008.1.2.4.57",
+            "1.2.840.10008.1.2.4.70",
+            "1.2.840.10008.1.2.4.80",
+            "1.2.840.10008.1.2.4.81",
+        ),
+        _JPEG_SOI,
+    ),
+    **dict.fromkeys(
+        (
+            "1.2.840.10008.1.2.4.90",
+            "1.2.840.10008.1.2.4.91",
+            "1.2.840.10008.1.2.4.92",
+            "1.2.840.10008.1.2.4.93",
+            "1.2.840.10008.1.2.4.201",
+            "1.2.840.10008.1.2.4.202",
+            "1.2.840.10008.1.2.4.203",
+        ),
+        _J2K,
+    ),
 }
 _RLE = "1.2.840.10008.1.2.5"
 
@@ -191,8 +221,11 @@ def check_consistency(ds: Dataset, pixels: PixelElement | None | Any) -> None:
             continue
         if not is_valid_uid(value):
             code = "invalid-sop-instance-uid" if keyword == "SOPInstanceUID" else "invalid-uid"
-            raise InvalidInstance(code, f"{keyword} is not a valid UID (PS3.5 9.1): {show_value(value)}",
-                                  sop_uid if keyword != "SOPInstanceUID" else None)
+            raise InvalidInstance(
+                code,
+                f"{keyword} is not a valid UID (PS3.5 9.1): {show_value(value)}",
+                sop_uid if keyword != "SOPInstanceUID" else None,
+            )
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         # A C-STORE's meta is built from its command (the Affected SOP Class UID); a file's or a
@@ -204,8 +237,12 @@ def check_consistency(ds: Dataset, pixels: PixelElement | None | Any) -> None:
         meta_class = _uid_text(meta, "MediaStorageSOPClassUID")
         sop_class = _text(ds, "SOPClassUID")
         if meta_class is not None and meta_class != sop_class:
-            raise InvalidInstance("sop-class-mismatch", f"SOP Class UID differs from the file meta's: data set "
-                                  f"{show_value(sop_class)}, meta {show_value(meta_class)}", sop_uid)
+            raise InvalidInstance(
+                "sop-class-mismatch",
+                f"SOP Class UID differs from the file meta's: data set "
+                f"{show_value(sop_class)}, meta {show_value(meta_class)}",
+                sop_uid,
+            )
     ts = _uid_text(meta, "TransferSyntaxUID") if meta is not None else None
     _check_pixels(ds, pixels, ts or "", sop_uid)
 
@@ -222,18 +259,23 @@ def _check_pixels(ds: Dataset, pixels: PixelElement | None | Any, ts: str, sop_u
     encapsulated_ts = bool(syntax is not None and syntax.is_transfer_syntax and syntax.is_encapsulated)
     if syntax is not None and syntax.is_transfer_syntax and pixels.tag == 0x7FE00010:
         if encapsulated_ts and not pixels.encapsulated:
-            raise InvalidInstance("syntax-mismatch", f"native Pixel Data under {syntax.name}, which encapsulates "
-                                  "compressed frames (PS3.5 A.4)", sop_uid)
+            raise InvalidInstance(
+                "syntax-mismatch",
+                f"native Pixel Data under {syntax.name}, which encapsulates compressed frames (PS3.5 A.4)",
+                sop_uid,
+            )
         if pixels.encapsulated and not encapsulated_ts:
-            raise InvalidInstance("syntax-mismatch", f"encapsulated Pixel Data under {syntax.name}, a native "
-                                  "transfer syntax", sop_uid)
+            raise InvalidInstance(
+                "syntax-mismatch", f"encapsulated Pixel Data under {syntax.name}, a native transfer syntax", sop_uid
+            )
     if pixels.encapsulated:
         frames = max(_int(ds, "NumberOfFrames") or 1, 1)
         if pixels.fragments == 0:
             raise InvalidInstance("pixel-length", "encapsulated Pixel Data without any fragment", sop_uid)
         if pixels.offsets and pixels.offsets != frames:
-            raise InvalidInstance("pixel-length", f"the Basic Offset Table has {pixels.offsets} entries for "
-                                  f"{frames} frame(s)", sop_uid)
+            raise InvalidInstance(
+                "pixel-length", f"the Basic Offset Table has {pixels.offsets} entries for {frames} frame(s)", sop_uid
+            )
         magic = _FRAME_MAGIC.get(ts)
         if magic is not None and not pixels.head.startswith(magic):
             raise InvalidInstance("syntax-mismatch", f"the first frame is not a {UID(ts).name} bitstream", sop_uid)
@@ -250,9 +292,12 @@ def _check_pixels(ds: Dataset, pixels: PixelElement | None | Any, ts: str, sop_u
         samples = 2  # two luminance values share one pair of chroma values (PS3.3 C.7.6.3.1.2)
     expected = (rows * columns * samples * frames * bits + 7) // 8
     if pixels.length != expected and not (expected % 2 and pixels.length == expected + 1):
-        raise InvalidInstance("pixel-length", f"Pixel Data has {pixels.length} bytes; {rows} rows x {columns} "
-                              f"columns x {samples} samples x {bits} bits x {frames} frame(s) make {expected}",
-                              sop_uid)
+        raise InvalidInstance(
+            "pixel-length",
+            f"Pixel Data has {pixels.length} bytes; {rows} rows x {columns} "
+            f"columns x {samples} samples x {bits} bits x {frames} frame(s) make {expected}",
+            sop_uid,
+        )
 
 
 def _uid_text(ds: Dataset, keyword: str) -> str | None:
@@ -334,13 +379,48 @@ def _encapsulated(data: bytes | bytearray, tag: int, at: int, end: int, order: _
 # header that makes no sense) is left to pydicom; tests/test_attributes_fast.py
 # holds both readers to the same records over pydicom's sample files.
 
-_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB",
-                  b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
-                  b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV"})
+_VRS = frozenset(
+    {
+        b"AE",
+        b"AS",
+        b"AT",
+        b"CS",
+        b"DA",
+        b"DS",
+        b"DT",
+        b"FD",
+        b"FL",
+        b"IS",
+        b"LO",
+        b"LT",
+        b"OB",
+        b"OD",
+        b"OF",
+        b"OL",
+        b"OV",
+        b"OW",
+        b"PN",
+        b"SH",
+        b"SL",
+        b"SQ",
+        b"SS",
+        b"ST",
+        b"SV",
+        b"TM",
+        b"UC",
+        b"UI",
+        b"UL",
+        b"UN",
+        b"UR",
+        b"US",
+        b"UT",
+        b"UV",
+    }
+)
 _NOT_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})  # big endian, deflated
-_HEADER = struct.Struct("<HHI")        # implicit VR: group, element, 32-bit length
-_EXPLICIT = struct.Struct("<HH2sH")    # explicit VR: group, element, VR, 16-bit length (inlined, not
-                                       # _element_header: this loop runs for every element read)
+_HEADER = struct.Struct("<HHI")  # implicit VR: group, element, 32-bit length
+_EXPLICIT = struct.Struct("<HH2sH")  # explicit VR: group, element, VR, 16-bit length (inlined, not
+# _element_header: this loop runs for every element read)
 _ITEM_TAGS = (0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD)
 
 
@@ -377,8 +457,41 @@ def _read_part10(data: bytes | bytearray) -> tuple[Dataset, int] | None:
     return ds, stop
 
 
-def _read_elements(data: bytes | bytearray, at: int, implicit: bool,
-                   group: int | None = None) -> tuple[dict[BaseTag, RawDataElement], int]:
+class HeaderCut(Exception):
+    """:func:`read_header`: the bytes end before the pixel data; read more of the file."""
+
+
+def read_header(head: bytes | bytearray, *, whole: bool) -> Dataset | None:
+    """The data set of the first bytes of a stored Part 10 file, up to its pixel data, elements
+    converted only when used; None when pydicom's reader must judge it (big endian, deflated,
+    anything unusual).
+
+    ``whole``: ``head`` is the whole file.  Otherwise raises :class:`HeaderCut` when ``head`` ends
+    before the pixel data (an element cut short, or no pixel data element reached yet).  For
+    listings that read a few attributes of many files (QIDO-RS includefield): a few kilobytes of
+    each, parsed without pydicom's per-element file reads.
+    """
+    if len(head) < 132 or head[128:132] != b"DICM" or not _FAST:
+        return None
+    try:
+        parsed = _read_part10(head)
+    except InvalidInstance as exc:
+        if whole:
+            return None
+        raise HeaderCut() from exc
+    if parsed is None:
+        return None
+    ds, stop = parsed
+    if not whole and (stop + 4 > len(head) or (int.from_bytes(head[stop : stop + 2], "little") << 16
+                                               | int.from_bytes(head[stop + 2 : stop + 4], "little"))
+                      not in _PIXEL_TAGS):  # fmt: skip
+        raise HeaderCut()
+    return ds
+
+
+def _read_elements(
+    data: bytes | bytearray, at: int, implicit: bool, group: int | None = None
+) -> tuple[dict[BaseTag, RawDataElement], int]:
     """Top-level elements from ``at`` to the pixel data, the end, or (with ``group``) the group's end."""
     out: dict[BaseTag, RawDataElement] = {}
     end = len(data)
@@ -420,8 +533,9 @@ def _read_elements(data: bytes | bytearray, at: int, implicit: bool,
             continue
         if value_at + length > end:
             raise InvalidInstance("truncated", f"truncated: element {BaseTag(tag)} is cut short")
-        out[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, length, bytes(data[value_at : value_at + length]),
-                                           value_at, implicit, True)
+        out[BaseTag(tag)] = RawDataElement(
+            BaseTag(tag), vr, length, bytes(data[value_at : value_at + length]), value_at, implicit, True
+        )
         at = value_at + length
     return out, at
 
@@ -677,8 +791,9 @@ def _fragments_complete(value: bytes) -> bool:
 # unusual VR, a converted element) still goes through pydicom, and
 # tests/test_attributes_fast.py holds the two paths to the same answers.
 
-_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
-                         "UI", "UT"})
+_STRING_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UT"}
+)
 _CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})  # decoded per Specific Character Set
 _PLAIN_CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})  # ASCII is ASCII in each
 _FAST = True  # tests turn the raw path off to compare it with pydicom's

@@ -157,6 +157,20 @@ def _adaptive_choose() -> Callable[..., Any] | None:
     return choose if callable(choose) else None
 
 
+def _value_key(tag: str, value: dict[str, Any]) -> Any:
+    """A hashable key of one DICOM JSON attribute (numbers, strings; JSON text for the rest)."""
+    v = value.get("Value")
+    if v is None or all(isinstance(x, str | int | float) for x in v):
+        return (
+            tag,
+            value.get("vr"),
+            None if v is None else tuple(v),
+            value.get("InlineBinary"),
+            value.get("BulkDataURI"),
+        )
+    return (tag, json.dumps(value, sort_keys=True))
+
+
 def _first_from_plan(first: Any) -> FirstPass | None:
     """Read the adaptive plan's ``first`` (duck-typed: None, a :class:`FirstPass`, a string or an
     object with ``transfer_syntax`` / ``quality`` / ``ratio`` / ``media_type``)."""
@@ -587,19 +601,21 @@ class ProgressiveLoad:
                 base.pop(tag, None)
             # the shared part read once (its elements shared, read-only), each row's own attributes over it
             [shared] = datasets_from_metadata([base])
+            shared_elements = {elem.tag: elem for elem in shared}  # converted once
             out = []
-            parsed: dict[tuple[str, str], Dataset] = {}  # most values repeat from row to row: read once
+            parsed: dict[Any, list[Any]] = {}  # most values repeat from row to row: read once
             for r in rows:
-                ds = Dataset()
-                ds.update(shared)
+                elements: dict[Any, Any] = dict(shared_elements)
                 for tag, value in r.items():
                     if tag not in PER_INSTANCE_TAGS:
                         continue
-                    key = (tag, json.dumps(value, sort_keys=True))
+                    key = _value_key(tag, value)
                     one = parsed.get(key)
                     if one is None:
-                        one = parsed[key] = Dataset.from_json({tag: value})
-                    ds.update(one)
+                        one = parsed[key] = list(Dataset.from_json({tag: value}))
+                    for elem in one:
+                        elements[elem.tag] = elem
+                ds = Dataset(elements)  # a Dataset over its own dict of (shared, read-only) elements
                 ds.file_meta = shared.file_meta
                 out.append(ds)
             return out

@@ -68,8 +68,13 @@ def his_endpoint(config: Any) -> tuple[str, int] | None:
     return str(host), int(port)
 
 
+_SPECIAL = frozenset("|^~\\&\r\n")
+
+
 def _e(text: str) -> str:
-    return escape_text(text or "", _H)
+    if not text or _SPECIAL.isdisjoint(text):  # the common case: nothing to escape
+        return text or ""
+    return escape_text(text, _H)
 
 
 def _xpn(pn: str) -> str:
@@ -133,3 +138,54 @@ def send_oru(config: Any, report: Report, *, timeout: float = 30.0) -> bytes:
         raise HL7SendError(f"HIS at {host}:{port} answered {code or 'no MSA'}{': ' + why if why else ''}", ack)
     log.info("ORU^R01 for accession %s delivered to %s:%d", report.accession_number, host, port)
     return ack
+
+
+@dataclass
+class Document:
+    """What an MDM^T02 carries: the patient, the order, and one document (a PDF) with its metadata."""
+
+    patient_id: str
+    document_id: str  # TXA-12 Unique Document Number
+    data: bytes
+    mime_subtype: str = "pdf"
+    patient_name: str = ""
+    birth_date: str = ""
+    sex: str = ""
+    accession_number: str = ""
+    placer_number: str = ""
+    filler_number: str = ""
+    title: str = "Radiology report"
+    author: str = ""
+    status: str = "AU"  # TXA-17 completion status: AU authenticated (signed), PA pre-authenticated, DI dictated
+    parent_document_id: str = ""  # TXA-13: the document an addendum follows
+    observed_at: datetime | None = None
+
+
+def build_mdm(doc: Document, *, application: str = "HILUM", facility: str = "", receiving_application: str = "",
+              receiving_facility: str = "", control_id: str | None = None) -> str:
+    """The MDM^T02 message text (HL7 v2.5 9.6.2, original document notification and content): MSH, EVN, PID,
+    PV1, TXA, and one OBX of type ED carrying the document in Base64 (``^application^pdf^Base64^...``)."""
+    import base64
+
+    now = datetime.now()
+    ts = now.strftime("%Y%m%d%H%M%S")
+    observed = (doc.observed_at or now).strftime("%Y%m%d%H%M%S")
+    control = control_id or f"MDM{ts}{next(_ids):06d}"
+    a = (doc.author.split("=")[0].split("^") + [""] * 5)[:5]
+    author = "^".join(["", _e(a[0]), _e(a[1]), _e(a[2]), _e(a[4]), _e(a[3])]).rstrip("^")
+    payload = base64.b64encode(doc.data).decode("ascii")
+    segs = [
+        "|".join(["MSH", "^~\\&", _e(application), _e(facility), _e(receiving_application), _e(receiving_facility),
+                  ts, "", "MDM^T02^MDM_T02", control, "P", "2.5", "", "", "", "", "", "UNICODE UTF-8"]),
+        "|".join(["EVN", "T02", ts]),
+        "|".join(["PID", "1", "", _e(doc.patient_id), "", _xpn(doc.patient_name), "", doc.birth_date, doc.sex]),
+        "|".join(["PV1", "1", "O"]),
+        # TXA-1 set ID, -2 type, -3 presentation, -4 activity time, -5 provider, -6 origination time, -9
+        # originator, -12 unique document number, -13 parent document, -14/-15 placer/filler order, -17 status
+        "|".join(["TXA", "1", "RAD^Radiology report^HL70270", "AP^Other application data^HL70191", observed,
+                  author, observed, "", "", author, "", "", _e(doc.document_id), _e(doc.parent_document_id),
+                  _e(doc.placer_number), _e(doc.filler_number or doc.accession_number), "", doc.status]),
+        "|".join(["OBX", "1", "ED", "PDF^" + _e(doc.title) + "^L", "1",
+                  f"^application^{doc.mime_subtype}^Base64^{payload}", "", "", "", "", "", "F", "", "", observed]),
+    ]
+    return "\r".join(segs) + "\r"

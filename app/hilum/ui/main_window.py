@@ -438,6 +438,36 @@ class MainWindow(QMainWindow):
             ("Ctrl+Q", "Quit"),
         ]:
             self.add_shortcut_help("Study browser" if keys not in ("F1", "Ctrl+Q") else "General", keys, text)
+        self._build_deid_menu()
+        self._build_report_menu()
+        self._build_ai_menu()
+
+    def _build_deid_menu(self) -> None:
+        """File → Send anonymised to… and Export to CD/USB… (issue 21b, :mod:`hilum.ui.deid_media`)."""
+        from hilum.ui.deid_media import install
+
+        self.deid_media = install(self)
+
+    def _build_report_menu(self) -> None:
+        """Report menu and the Report dock (issue 20b: :mod:`hilum.ui.report.dock`); never fatal."""
+        self.reporting: Any = None
+        try:
+            from hilum.ui.report.dock import install_reporting
+
+            self.reporting = install_reporting(self)
+        except Exception:  # noqa: BLE001 - the workstation must open even if reporting cannot
+            log.exception("the report editor is not available")
+
+    def _build_ai_menu(self) -> None:
+        """The AI menu (before Help), the AI results dock and Tools → AI plugins… (issue 19,
+        :mod:`hilum.ui.ai`); never fatal: the workstation opens without it."""
+        self.ai: Any = None
+        try:
+            from hilum.ui.ai import install_ai
+
+            install_ai(self)
+        except Exception:  # noqa: BLE001 - the study browser must open even if the AI parts cannot
+            log.exception("the AI plugins are not available")
 
     # ------------------------------------------------------------ public API
 
@@ -718,6 +748,8 @@ class MainWindow(QMainWindow):
             return
         self._closed = True
         self.importer.shutdown()
+        if self.ai is not None:
+            self.ai.shutdown()
         self.watcher.close()
         self._stats_timer.stop()
         self.browser.shutdown()
@@ -727,6 +759,8 @@ class MainWindow(QMainWindow):
             self.prefetch.shutdown()
         if self.storage is not None:
             self.storage.shutdown()
+        if self.reporting is not None:
+            self.reporting.shutdown()  # drafts saved (also on the way in: ReportController.eventFilter)
         if self.worklist is not None:
             shutdown = getattr(self.worklist, "shutdown", None)
             if shutdown is not None:

@@ -34,19 +34,14 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import (
     QDockWidget,
-    QHBoxLayout,
     QHeaderView,
-    QLabel,
-    QPushButton,
-    QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
 from hilum.archive.orders import CANCELLED, DISCONTINUED
 from hilum.priors.prefetch import Prefetcher, PrefetchJob
 from hilum.ui.tasks import TaskRunner
-from hilum.ui.transfers import job_table
+from hilum.ui.transfers import JobQueuePanel
 from hilum.ui.worklist import PriorsMark, priors_key
 
 log = logging.getLogger(__name__)
@@ -92,93 +87,45 @@ def job_mark(job: PrefetchJob) -> PriorsMark:
     return PriorsMark("done", f"ready ({job.found})", job.message)
 
 
-class PrefetchPanel(QWidget):
+class PrefetchPanel(JobQueuePanel):
     """The prefetch jobs: number, patient, trigger, counts, state, message; Retry and Clear finished."""
 
+    COLUMNS = COLUMNS
+    ALERT_COLUMNS = frozenset({4, 5})
     retryRequested = Signal(object)  # PrefetchJob
 
     def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.setObjectName("prefetchPanel")
-        self.state_label = QLabel("Prefetch of priors: off (no DICOM node running)", self)
-        self.state_label.setObjectName("prefetchState")
-        self.state_label.setWordWrap(True)
-        self.table = job_table(COLUMNS, "prefetchTable", self)
+        super().__init__("prefetchPanel", "prefetchTable", "Prefetch of priors: off (no DICOM node running)", parent)
         header = self.table.horizontalHeader()
         for col in (0, 2, 4):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(5, QHeaderView.ResizeMode.Stretch)
         self.table.setColumnWidth(1, 120)
         self.table.setColumnWidth(3, 230)
-        self.retry_button = QPushButton("Retry", self)
-        self.retry_button.setObjectName("prefetchRetryButton")
-        self.retry_button.setToolTip("Prefetch the selected failed job's priors again")
-        self.clear_button = QPushButton("Clear finished", self)
-        self.clear_button.setObjectName("prefetchClearButton")
-        self.clear_button.setToolTip("Remove the jobs that are done from the list")
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.retry_button)
-        buttons.addStretch(1)
-        buttons.addWidget(self.clear_button)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(self.state_label)
-        layout.addWidget(self.table, 1)
-        layout.addLayout(buttons)
-        self.jobs: list[PrefetchJob] = []
+        self.retry_button = self.button(
+            "Retry", "prefetchRetryButton", "Prefetch the selected failed job's priors again"
+        )
+        self.clear_button = self.button(
+            "Clear finished", "prefetchClearButton", "Remove the jobs that are done from the list"
+        )
+        self.buttons.addWidget(self.retry_button)
+        self.buttons.addStretch(1)
+        self.buttons.addWidget(self.clear_button)
         self.retry_button.clicked.connect(self._retry)
         self.clear_button.clicked.connect(self.clear_finished)
-        self.table.itemSelectionChanged.connect(self._update_buttons)
         self._update_buttons()
 
-    def row_of(self, job_id: int) -> int:
-        return next((i for i, j in enumerate(self.jobs) if j.id == job_id), -1)
-
-    def text(self, row: int, column: str) -> str:
-        item = self.table.item(row, COLUMNS.index(column))
-        return item.text() if item is not None else ""
-
-    def selected(self) -> PrefetchJob | None:
-        rows = {i.row() for i in self.table.selectedIndexes()}
-        return self.jobs[min(rows)] if rows else None
-
-    def show_job(self, job: PrefetchJob) -> None:
-        """Add or update the job's row."""
-        row = self.row_of(job.id)
-        if row < 0:
-            row = self.table.rowCount()
-            self.table.insertRow(row)
-            self.jobs.append(job)
-            for col in range(len(COLUMNS)):
-                self.table.setItem(row, col, QTableWidgetItem(""))
-        else:
-            self.jobs[row] = job
-        failed = job.state == "failed"
-        values = (
+    def row_values(self, job: PrefetchJob) -> tuple[list[str], list[str]]:
+        values = [
             str(job.id),
             job.patient_id + (f" ({job.issuer})" if job.issuer else ""),
             _TRIGGERS.get(job.trigger, job.trigger),
             job_counts(job),
             _STATES.get(job.state, job.state),
             job.message,
-        )
+        ]
         tip = "\n".join([job.message, *job.errors]) if job.errors else job.message
-        for col, value in enumerate(values):
-            item = self.table.item(row, col)
-            if item is None:
-                continue
-            item.setText(value)
-            item.setToolTip(tip if col >= 4 else value)
-            if col >= 4:
-                item.setForeground(Qt.GlobalColor.darkRed if failed else self.palette().text().color())
-        self._update_buttons()
-
-    def clear_finished(self) -> None:
-        for row in reversed(range(len(self.jobs))):
-            if self.jobs[row].state == "done":
-                self.table.removeRow(row)
-                self.jobs.pop(row)
-        self._update_buttons()
+        return values, [tip if col >= 4 else value for col, value in enumerate(values)]
 
     def _update_buttons(self) -> None:
         job = self.selected()

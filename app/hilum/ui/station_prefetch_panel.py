@@ -31,19 +31,15 @@ from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QDockWidget,
     QDoubleSpinBox,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
-    QPushButton,
-    QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
 from hilum.archive.orders import CANCELLED, DISCONTINUED
 from hilum.config import ConfigError
 from hilum.priors.station import MBIT, StationJob, StationPrefetcher, StationPrefetchSettings, sources_for
-from hilum.ui.transfers import job_table
+from hilum.ui.transfers import JobQueuePanel
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +82,12 @@ def study_text(job: StationJob) -> str:
     return " · ".join(x for x in (name, when, job.description or "/".join(job.modalities)) if x)
 
 
-class StationPrefetchPanel(QWidget):
+class StationPrefetchPanel(JobQueuePanel):
     """The queue table and its controls; emits what the person asks, the controller does it."""
 
+    COLUMNS = COLUMNS
+    ALERT_COLUMNS = frozenset({3, 7})
+    FINISHED = frozenset({"done", "cancelled"})
     pauseRequested = Signal(bool)  # True: pause, False: resume
     cancelRequested = Signal(int)  # job id
     retryRequested = Signal(int)
@@ -96,31 +95,21 @@ class StationPrefetchPanel(QWidget):
     rateChanged = Signal(float)  # bytes/s, 0: no cap
 
     def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.setObjectName("stationPrefetchPanel")
-        self.state_label = QLabel("Prefetch to this station: off", self)
-        self.state_label.setObjectName("stationPrefetchState")
-        self.state_label.setWordWrap(True)
-        self.table = job_table(COLUMNS, "stationPrefetchTable", self)
+        super().__init__("stationPrefetchPanel", "stationPrefetchTable", "Prefetch to this station: off", parent)
         header = self.table.horizontalHeader()
         for col in range(1, 7):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(7, QHeaderView.ResizeMode.Stretch)
         self.table.setColumnWidth(0, 260)
-        self.pause_button = QPushButton("Pause", self)
-        self.pause_button.setObjectName("stationPauseButton")
-        self.pause_button.setToolTip("Hold the whole queue (the study being fetched stops where it is)")
-        self.cancel_button = QPushButton("Cancel", self)
-        self.cancel_button.setObjectName("stationCancelButton")
-        self.cancel_button.setToolTip("Stop fetching the selected study")
-        self.retry_button = QPushButton("Retry", self)
-        self.retry_button.setObjectName("stationRetryButton")
-        self.retry_button.setToolTip("Fetch the selected failed or cancelled study again (what is missing only)")
-        self.look_button = QPushButton("Look now", self)
-        self.look_button.setObjectName("stationLookButton")
-        self.look_button.setToolTip("Search the remote worklist now")
-        self.clear_button = QPushButton("Clear finished", self)
-        self.clear_button.setObjectName("stationClearButton")
+        self.pause_button = self.button(
+            "Pause", "stationPauseButton", "Hold the whole queue (the study being fetched stops where it is)"
+        )
+        self.cancel_button = self.button("Cancel", "stationCancelButton", "Stop fetching the selected study")
+        self.retry_button = self.button(
+            "Retry", "stationRetryButton", "Fetch the selected failed or cancelled study again (what is missing only)"
+        )
+        self.look_button = self.button("Look now", "stationLookButton", "Search the remote worklist now")
+        self.clear_button = self.button("Clear finished", "stationClearButton", "Remove the finished studies")
         self.rate_spin = QDoubleSpinBox(self)
         self.rate_spin.setObjectName("stationRateSpin")
         self.rate_spin.setRange(0.0, 10000.0)
@@ -132,19 +121,12 @@ class StationPrefetchPanel(QWidget):
         self.rate_spin.setToolTip("Bandwidth cap of the prefetch (0: none)")
         cap_label = QLabel("Cap:", self)
         cap_label.setBuddy(self.rate_spin)
-        buttons = QHBoxLayout()
         for w in (self.pause_button, self.cancel_button, self.retry_button, self.look_button):
-            buttons.addWidget(w)
-        buttons.addStretch(1)
-        buttons.addWidget(cap_label)
-        buttons.addWidget(self.rate_spin)
-        buttons.addWidget(self.clear_button)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(self.state_label)
-        layout.addWidget(self.table, 1)
-        layout.addLayout(buttons)
-        self.jobs: list[StationJob] = []
+            self.buttons.addWidget(w)
+        self.buttons.addStretch(1)
+        self.buttons.addWidget(cap_label)
+        self.buttons.addWidget(self.rate_spin)
+        self.buttons.addWidget(self.clear_button)
         self.paused = False
         self.pause_button.clicked.connect(lambda _checked=False: self.pauseRequested.emit(not self.paused))
         self.cancel_button.clicked.connect(lambda _checked=False: self._emit_selected(self.cancelRequested))
@@ -152,37 +134,13 @@ class StationPrefetchPanel(QWidget):
         self.look_button.clicked.connect(lambda _checked=False: self.lookRequested.emit())
         self.clear_button.clicked.connect(lambda _checked=False: self.clear_finished())
         self.rate_spin.valueChanged.connect(lambda v: self.rateChanged.emit(float(v) * MBIT))
-        self.table.itemSelectionChanged.connect(self._update_buttons)
         self._update_buttons()
 
-    # ------------------------------------------------------------ rows
-
-    def row_of(self, job_id: int) -> int:
-        return next((i for i, j in enumerate(self.jobs) if j.id == job_id), -1)
-
-    def text(self, row: int, column: str) -> str:
-        item = self.table.item(row, COLUMNS.index(column))
-        return item.text() if item is not None else ""
-
-    def selected(self) -> StationJob | None:
-        rows = {i.row() for i in self.table.selectedIndexes()}
-        return self.jobs[min(rows)] if rows else None
-
-    def show_job(self, job: StationJob) -> None:
-        """Add or update the job's row."""
-        row = self.row_of(job.id)
-        if row < 0:
-            row = self.table.rowCount()
-            self.table.insertRow(row)
-            self.jobs.append(job)
-            for col in range(len(COLUMNS)):
-                self.table.setItem(row, col, QTableWidgetItem(""))
-        else:
-            self.jobs[row] = job
+    def row_values(self, job: StationJob) -> tuple[list[str], list[str]]:
         why = {"worklist": "worklist", "prior": "prior", "manual": "by hand"}.get(job.kind, job.kind)
         images = f"{job.instances}/{job.total}" if job.total else (str(job.instances) if job.instances else "")
         speed = human_rate(job.speed) if job.speed and job.state in ("running", "done") else ""
-        values = (
+        values = [
             study_text(job),
             why,
             job.source,
@@ -191,29 +149,11 @@ class StationPrefetchPanel(QWidget):
             human_bytes(job.bytes) if job.bytes else "",
             speed,
             job.message,
-        )
-        tips = {
-            0: f"{study_text(job)}\nStudy Instance UID {job.study_uid}",
-            1: job.reason or why,
-            7: job.error or job.message,
-        }
-        failed = job.state == "failed"
-        for col, value in enumerate(values):
-            item = self.table.item(row, col)
-            if item is None:
-                continue
-            item.setText(value)
-            item.setToolTip(tips.get(col, value))
-            if col in (3, 7):
-                item.setForeground(Qt.GlobalColor.darkRed if failed else self.palette().text().color())
-        self._update_buttons()
-
-    def clear_finished(self) -> None:
-        for row in reversed(range(len(self.jobs))):
-            if self.jobs[row].state in ("done", "cancelled"):
-                self.table.removeRow(row)
-                self.jobs.pop(row)
-        self._update_buttons()
+        ]
+        tips = dict(enumerate(values))
+        tips.update({0: f"{study_text(job)}\nStudy Instance UID {job.study_uid}", 1: job.reason or why,
+                     7: job.error or job.message})  # fmt: skip
+        return values, [tips[c] for c in range(len(values))]
 
     def set_paused(self, paused: bool) -> None:
         self.paused = paused

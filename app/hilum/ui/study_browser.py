@@ -266,6 +266,7 @@ class StudyBrowser(QWidget):
         self.send_targets: Callable[[], list[tuple[str, str]]] | None = None  # (peer, label) for "Send to"
         self.context_menu: QMenu | None = None  # the last context menu shown (non-blocking popup)
         self.web_viewer: Callable[[], Any] | None = None  # -> WebViewerLinks | None (None: not for this source)
+        self.extra_study_actions: list[QAction] = []  # added to the study context menu (anonymised send, media)
 
         self._build_search_bar()
         self.model = RowTableModel(STUDY_COLUMNS, "StudyInstanceUID", self)
@@ -788,6 +789,9 @@ class StudyBrowser(QWidget):
             menu.addSeparator()
             menu.addAction(self.open_web_action)
             menu.addAction(self.copy_link_action)
+            if self.extra_study_actions:
+                menu.addSeparator()
+                menu.addActions(self.extra_study_actions)
 
         self._popup(self.table, pos, build)
 

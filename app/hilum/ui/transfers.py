@@ -20,7 +20,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
     QDockWidget,
     QHBoxLayout,
     QHeaderView,
+    QLabel,
     QMenu,
     QProgressBar,
     QPushButton,
@@ -235,6 +236,91 @@ def job_table(columns: tuple[str, ...], name: str, parent: QWidget) -> QTableWid
     table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
     table.verticalHeader().setVisible(False)
     return table
+
+
+class JobQueuePanel(QWidget):
+    """A queue of background jobs shown as a table over a row of buttons: one row per job (``job.id``),
+    added or updated by :meth:`show_job`, finished ones cleared by :meth:`clear_finished`.
+
+    A subclass gives its columns (:attr:`COLUMNS`), what a job's row says (:meth:`row_values`: the
+    cells' texts and tooltips), which columns turn red when the job failed (:attr:`ALERT_COLUMNS`),
+    which states are finished (:attr:`FINISHED`), and enables its buttons in :meth:`_update_buttons`.
+    (The priors prefetch and the prefetch to this station.)
+    """
+
+    COLUMNS: tuple[str, ...] = ()
+    ALERT_COLUMNS: frozenset[int] = frozenset()
+    FINISHED: frozenset[str] = frozenset({"done"})
+
+    def __init__(self, name: str, table_name: str, state_text: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName(name)
+        self.state_label = QLabel(state_text, self)
+        self.state_label.setObjectName(name.removesuffix("Panel") + "State")
+        self.state_label.setWordWrap(True)
+        self.table = job_table(self.COLUMNS, table_name, self)
+        self.buttons = QHBoxLayout()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.state_label)
+        layout.addWidget(self.table, 1)
+        layout.addLayout(self.buttons)
+        self.jobs: list[Any] = []
+        self.table.itemSelectionChanged.connect(self._update_buttons)
+
+    def button(self, text: str, name: str, tip: str) -> QPushButton:
+        b = QPushButton(text, self)
+        b.setObjectName(name)
+        b.setToolTip(tip)
+        return b
+
+    def row_of(self, job_id: int) -> int:
+        return next((i for i, j in enumerate(self.jobs) if j.id == job_id), -1)
+
+    def text(self, row: int, column: str) -> str:
+        item = self.table.item(row, self.COLUMNS.index(column))
+        return item.text() if item is not None else ""
+
+    def selected(self) -> Any:
+        rows = {i.row() for i in self.table.selectedIndexes()}
+        return self.jobs[min(rows)] if rows else None
+
+    def row_values(self, job: Any) -> tuple[Sequence[str], Sequence[str]]:
+        """The texts of the job's cells and their tooltips."""
+        raise NotImplementedError
+
+    def show_job(self, job: Any) -> None:
+        """Add or update the job's row."""
+        row = self.row_of(job.id)
+        if row < 0:
+            row = self.table.rowCount()
+            self.table.insertRow(row)
+            self.jobs.append(job)
+            for col in range(len(self.COLUMNS)):
+                self.table.setItem(row, col, QTableWidgetItem(""))
+        else:
+            self.jobs[row] = job
+        failed = job.state == "failed"
+        values, tips = self.row_values(job)
+        for col, (value, tip) in enumerate(zip(values, tips, strict=True)):
+            item = self.table.item(row, col)
+            if item is None:
+                continue
+            item.setText(value)
+            item.setToolTip(tip)
+            if col in self.ALERT_COLUMNS:
+                item.setForeground(Qt.GlobalColor.darkRed if failed else self.palette().text().color())
+        self._update_buttons()
+
+    def clear_finished(self) -> None:
+        for row in reversed(range(len(self.jobs))):
+            if self.jobs[row].state in self.FINISHED:
+                self.table.removeRow(row)
+                self.jobs.pop(row)
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        """Enable the buttons for the selection (the subclass's)."""
 
 
 class TransfersPanel(QWidget):

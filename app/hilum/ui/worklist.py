@@ -11,6 +11,13 @@ window connects it to its open-study path).  The *Priors* column shows the
 prefetch of each patient's priors (:meth:`WorklistTableModel.set_priors`, fed
 by :mod:`hilum.ui.prefetch_panel`: queued, fetching, ready (n), failed).
 
+Reporting (issue 20): the *Report* column shows the state of the study's newest
+report (:meth:`hilum.archive.reports.Reports.status_of`: draft, preliminary,
+final, amended; coloured as the editor's badge), *Since images* and *Since
+order* the turnaround so far (time since the images arrived and since the order
+was placed, counting on every minute), STAT orders come first (then HIGH, then by time), and *Report*
+(button, or Ctrl+Shift+D from the main window) emits :attr:`WorklistBrowser.reportRequested`.
+
 Queries run on a worker thread; results come back by a queued signal, stale
 ones dropped (DESIGN.md "The GUI never waits").  The list refreshes when
 the order book reports a change (HL7 ORM/ADT, MPPS, images reconciled),
@@ -25,7 +32,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
@@ -43,7 +50,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from hilum.archive.orders import CANCELLED, COMPLETED, DISCONTINUED, IN_PROGRESS, SCHEDULED, OrderBook, OrderEvent
+from hilum.archive.orders import CANCELLED, COMPLETED, DISCONTINUED, IN_PROGRESS, SCHEDULED, OrderBook
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +97,46 @@ COLUMNS = (
     Column("Priority", "RequestedProcedurePriority", 70),
     Column("Images", "_images_at", 70),
     Column("Priors", "_priors", 110),
+    # issue 20: appended, so the columns above keep their places
+    Column("Report", "_report", 90),
+    Column("Since images", "_since_images", 90),
+    Column("Since order", "_since_order", 90),
 )
+
+#: Report state (hilum.archive.reports) → (label, colour of the Report cell): the editor's badge colours.
+REPORT_STYLE: dict[str, tuple[str, str]] = {
+    "draft": ("Draft", "#2f6fb3"),
+    "preliminary": ("Preliminary", "#c77c00"),
+    "final": ("Final", "#2e8b3d"),
+    "amended": ("Amended", "#8e44ad"),
+}
+#: Requested Procedure Priority (PS3.3 C.4.11: STAT, HIGH, ROUTINE, MEDIUM, LOW) → sort rank.
+PRIORITY_RANK = {"STAT": 0, "HIGH": 1, "ROUTINE": 2, "MEDIUM": 3, "LOW": 4}
+
+
+def priority_rank(row: Mapping[str, Any]) -> int:
+    """STAT first, then HIGH; unknown or empty priorities sort as ROUTINE."""
+    return PRIORITY_RANK.get(str(row.get("RequestedProcedurePriority") or "").strip().upper(), 2)
+
+
+def elapsed_text(since: Any, now: datetime | None = None) -> str:
+    """How long ago *since* (a datetime; naive = UTC) was: "45 min", "3 h 05", "2 d 4 h" ("" if None)."""
+    if not isinstance(since, datetime):
+        return ""
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    seconds = int(((now or datetime.now(UTC)) - since).total_seconds())
+    if seconds < 0:
+        return ""
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes:02d}"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
 
 #: Prefetch state of a patient's priors → colour of the worklist's Priors cell.
 PRIORS_COLOURS = {"queued": "#666666", "running": "#2f6fb3", "done": "#2e8b3d", "failed": "#b00020"}
@@ -154,14 +200,36 @@ class WorklistQuery:
 
     def __init__(self, archive: Any):
         self.book = OrderBook(archive)
+        self.archive = archive
 
     def rows(self, flt: WorklistFilter, today: date | None = None) -> list[dict[str, Any]]:
         seen: dict[int, dict[str, Any]] = {}
         for ident in flt.identifiers(today):
             for row in self.book.worklist(ident, active_only=False, limit=self.LIMIT, fold_names=True):
                 seen.setdefault(row["_sps_pk"], row)
-        return sorted(seen.values(), key=lambda r: (r["ScheduledProcedureStepStartDate"] or "99999999",
-                                                    r["ScheduledProcedureStepStartTime"], r["_sps_pk"]))
+        rows = sorted(seen.values(), key=lambda r: (priority_rank(r), r["ScheduledProcedureStepStartDate"] or "99999999",
+                                                    r["ScheduledProcedureStepStartTime"], r["_sps_pk"]))  # fmt: skip
+        self.add_report_status(rows)
+        return rows
+
+    def add_report_status(self, rows: Sequence[dict[str, Any]]) -> None:
+        """``_report`` of each row: the state of its study's newest report ("" without one)."""
+        uids = {uid for r in rows if (uid := self.report_study(r))}
+        status: Mapping[str, str] = {}
+        if uids:
+            try:
+                from hilum.archive.reports import Reports
+
+                status = Reports(self.archive).status_of(uids)
+            except Exception as exc:  # noqa: BLE001 - the worklist shows orders without report status
+                log.warning("report status not available: %s", exc)
+        for r in rows:
+            r["_report"] = status.get(self.report_study(r), "")
+
+    @staticmethod
+    def report_study(row: Mapping[str, Any]) -> str:
+        """The study a row's report is about: the performed study, else the ordered one."""
+        return str(row.get("_performed_study_uid") or row.get("StudyInstanceUID") or "")
 
     @staticmethod
     def study_to_open(row: Mapping[str, Any]) -> str | None:
@@ -177,6 +245,12 @@ def display(row: Mapping[str, Any], key: str) -> str:
         return STATUS_STYLE.get(str(value), (str(value), ""))[0]
     if key == "_images_at":
         return ARRIVED_STYLE[0] if value is not None else ""
+    if key == "_report":
+        return REPORT_STYLE.get(str(value or ""), (str(value or ""), ""))[0]
+    if key == "_since_images":
+        return elapsed_text(row.get("_images_at"))
+    if key == "_since_order":
+        return elapsed_text(row.get("_created_at"))
     if value is None:
         return ""
     text = str(value)
@@ -250,6 +324,19 @@ class WorklistTableModel(QAbstractTableModel):
             return None
         if role == Qt.ItemDataRole.DisplayRole:
             return display(row, key)
+        if key == "_report" and row.get("_report") and role == Qt.ItemDataRole.ForegroundRole:
+            return QBrush(QColor(REPORT_STYLE.get(row["_report"], ("", "#666666"))[1]))
+        if key == "RequestedProcedurePriority" and priority_rank(row) == 0:
+            if role == Qt.ItemDataRole.ForegroundRole:
+                return QBrush(QColor("#b00020"))
+            if role == Qt.ItemDataRole.FontRole:
+                from PySide6.QtGui import QFont
+
+                f = QFont()
+                f.setBold(True)
+                return f
+        if role == Qt.ItemDataRole.ToolTipRole and key in ("_since_images", "_since_order"):
+            return "Time since the images arrived" if key == "_since_images" else "Time since the order was placed"
         if role == Qt.ItemDataRole.ToolTipRole and key == "_images_at" and row.get("_images_at") is not None:
             return "Images have arrived: double-click to open the study"
         if key == "_status" and role in (Qt.ItemDataRole.BackgroundRole, Qt.ItemDataRole.ForegroundRole):
@@ -270,6 +357,8 @@ class WorklistBrowser(QWidget):
     """
 
     openRequested = Signal(str)
+    reportRequested = Signal(str)
+    """Report on the selected order's study (its images have arrived): the Report button."""
     refreshed = Signal(int)
     _results = Signal(int, object, object)  # generation, rows, error
     _orders_changed = Signal()
@@ -298,6 +387,10 @@ class WorklistBrowser(QWidget):
         self.refresh_button = QPushButton("Refresh", self)
         self.open_button = QPushButton("Open study", self)
         self.open_button.setEnabled(False)
+        self.report_button = QPushButton("Report", self)
+        self.report_button.setObjectName("worklistReportButton")
+        self.report_button.setToolTip("Open the study and its report editor (Ctrl+Shift+D)")
+        self.report_button.setEnabled(False)
         bar = QHBoxLayout()
         for label, w in (("Date", self.span), ("Modality", self.modality), ("Status", self.status)):
             bar.addWidget(QLabel(label, self))
@@ -305,6 +398,7 @@ class WorklistBrowser(QWidget):
         bar.addWidget(self.search, 1)
         bar.addWidget(self.refresh_button)
         bar.addWidget(self.open_button)
+        bar.addWidget(self.report_button)
 
         self.model = WorklistTableModel(self)
         self.table = QTableView(self)
@@ -334,6 +428,10 @@ class WorklistBrowser(QWidget):
         self._poll.setInterval(self.POLL_MS)
         self._poll.timeout.connect(self.refresh)
         self._poll.start()
+        self._tick = QTimer(self)  # the turnaround columns count on between refreshes
+        self._tick.setInterval(60_000)
+        self._tick.timeout.connect(self._update_elapsed)
+        self._tick.start()
 
         self._results.connect(self._on_results)
         self._orders_changed.connect(self._throttle.start)
@@ -342,9 +440,11 @@ class WorklistBrowser(QWidget):
         self.search.textChanged.connect(lambda _t: self._throttle.start())
         self.refresh_button.clicked.connect(self.refresh)
         self.open_button.clicked.connect(self.open_selected)
+        self.report_button.clicked.connect(self.report_selected)
         self.table.doubleClicked.connect(lambda idx: self.open_row(idx.row()))
         self.table.selectionModel().selectionChanged.connect(lambda *_: self._update_open_button())
         self._unsubscribe = self.query.book.subscribe(self._on_order_event)
+        self._unsubscribe_reports = self._subscribe_reports(archive)
         self.refresh()
 
     # ------------------------------------------------------------ filters and refresh
@@ -394,7 +494,21 @@ class WorklistBrowser(QWidget):
         self._update_open_button()
         self.refreshed.emit(len(rows))
 
-    def _on_order_event(self, _event: OrderEvent) -> None:
+    def _subscribe_reports(self, archive: Any) -> Any:
+        """Refresh when a report is created, marked preliminary, signed or amended (not on each autosave)."""
+        try:
+            from hilum.archive.reports import ReportChanged
+
+            def on_report(event: Any) -> None:
+                if getattr(event, "what", "") not in ("saved", "stored"):
+                    self._on_order_event(event)
+
+            return archive.events.subscribe(ReportChanged, on_report)
+        except Exception as exc:  # noqa: BLE001 - the 30 s poll still shows report states
+            log.warning("the worklist does not follow report changes: %s", exc)
+            return lambda: None
+
+    def _on_order_event(self, _event: Any) -> None:
         # Called from the thread that committed the change: hop to the GUI thread.
         if not self._closed:
             try:
@@ -415,7 +529,25 @@ class WorklistBrowser(QWidget):
 
     def _update_open_button(self) -> None:
         row = self.selected_row()
-        self.open_button.setEnabled(row is not None and WorklistQuery.study_to_open(row) is not None)
+        can = row is not None and WorklistQuery.study_to_open(row) is not None
+        self.open_button.setEnabled(can)
+        self.report_button.setEnabled(can)
+
+    def _update_elapsed(self) -> None:
+        cols = [i for i, c in enumerate(COLUMNS) if c.key in ("_since_images", "_since_order")]
+        if self.model.rowCount() and cols:
+            self.model.dataChanged.emit(self.model.index(0, min(cols)),
+                                        self.model.index(self.model.rowCount() - 1, max(cols)))
+
+    def report_selected(self) -> bool:
+        """Report on the selected order's study (``reportRequested``); False before its images came."""
+        row = self.selected_row()
+        uid = WorklistQuery.study_to_open(row) if row is not None else None
+        if uid is None:
+            self.summary.setText("No images for this order yet: nothing to report on")
+            return False
+        self.reportRequested.emit(uid)
+        return True
 
     def open_row(self, r: int) -> bool:
         """Open row ``r``'s study if its images have arrived; returns whether it did."""
@@ -443,8 +575,10 @@ class WorklistBrowser(QWidget):
             return
         self._closed = True
         self._unsubscribe()
+        self._unsubscribe_reports()
         self._throttle.stop()
         self._poll.stop()
+        self._tick.stop()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802

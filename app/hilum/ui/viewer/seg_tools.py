@@ -171,6 +171,20 @@ class SegEditor:
         lm = self.labels.get(series_uid)
         return lm.volumes_ml(volume_spacing(volume.stack)) if lm is not None else {}
 
+    def set_opacity(self, opacity: float) -> None:
+        """The label overlay's opacity (0..1) for every series; repaints."""
+        self.opacity = min(1.0, max(0.0, float(opacity)))
+        self._luts.clear()
+        self._cache.clear()
+        for uid in list(self.labels):
+            self._repaint(uid)
+
+    def set_visible(self, visible: bool) -> None:
+        """Show or hide the label overlay of every series (all segments at once); repaints."""
+        self.visible = bool(visible)
+        for uid in list(self.labels):
+            self._repaint(uid)
+
     # ------------------------------------------------------------ overlay cache
 
     def _lut(self, lm: LabelMap) -> np.ndarray:

@@ -163,6 +163,8 @@ class ViewportCanvas(QWidget):
             p.fillRect(self.rect(), Qt.GlobalColor.black)
             self._paint_image(p)
             paint_labels(self, p)  # the segmentation's label overlay (hilum.ui.viewer.seg_tools)
+            for hook in getattr(self.model, "paint_hooks", ()):  # more layers, e.g. AI heat maps (hilum.ui.ai)
+                hook(self, p)
             self._paint_overlay(p)
         finally:
             p.end()
