@@ -244,3 +244,54 @@ def test_store_receiver_empty_p_data_tf() -> None:
     receiver = StoreReceiver(dul, hook=None)  # type: ignore[arg-type]  # not reached for this PDU
     empty = bytearray(b"\x04\x00\x00\x00\x00\x00")
     assert receiver.feed(empty) is empty
+
+
+def test_progressive_metadata_gzip_bomb_and_garbage() -> None:
+    """Found beside test_fuzz_dicomweb's client fuzzing, in the progressive loader's own reader of
+    (gzip-compressed) DICOM JSON: ``gzip.decompress`` inflated whatever the server sent (a 300 KB
+    answer of zeros became 300 MB in the workstation) and ``json.loads`` errors escaped.  Fix:
+    inflation bounded by ``MAX_JSON_BYTES``; anything not an array of objects is a DicomWebError."""
+    import http.server
+    import threading
+    import zlib
+
+    from hilum.dicomweb import progressive
+    from hilum.dicomweb.client import DicomWebClient, DicomWebError, DicomWebSource
+
+    def gzipped(data: bytes, repeat: int = 1) -> bytes:
+        deflater = zlib.compressobj(9, zlib.DEFLATED, 31)
+        return b"".join(deflater.compress(data) for _ in range(repeat)) + deflater.flush()
+
+    bomb = gzipped(b"\0" * (1 << 20), (progressive.MAX_JSON_BYTES >> 20) + 8)
+    answers = [bomb, b"\x1f\x8b\x08\x00garbage", gzipped(b"\x80"), gzipped(b"{}"), gzipped(b"[1]")]
+    assert len(bomb) < 1 << 20
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802
+            body = answers[0]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = DicomWebClient(DicomWebSource("x", f"http://127.0.0.1:{server.server_address[1]}/dicom-web"))
+    try:
+        while answers:
+            with pytest.raises(DicomWebError):
+                progressive._get_json_gz(client, "/studies/1.2.3/series/4.5.6/metadata")
+            answers.pop(0)
+        answers.append(gzipped(b'[{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}]'))
+        assert progressive._get_json_gz(client, "/studies/1.2.3/metadata")[0]["0020000D"]["Value"] == ["1.2.3"]
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
