@@ -51,7 +51,15 @@ from hilum.archive.patients import PatientRegistry
 from hilum.archive.policy import Policies, load_policies
 from hilum.archive.schema import blob_copies, instances, patients, prefetched_studies, series, studies
 from hilum.archive.sqlfast import resolve_mode
-from hilum.dicom.attributes import IndexRecord, InvalidInstance, index_record, read_instance, show_value, to_part10
+from hilum.dicom.attributes import (
+    IndexRecord,
+    InvalidInstance,
+    index_record,
+    read_instance,
+    received_as_part10,
+    show_value,
+    to_part10,
+)
 from hilum.errors import NotFound, StorageFull
 
 log = logging.getLogger(__name__)
@@ -287,7 +295,7 @@ class Archive:
                 ds, record = _read_record(data)
             _expected(record, expected_sop_class, expected_sop_instance)
             if pending is None:  # a bare dataset: store it as a Part 10 file
-                data = to_part10(ds)
+                data = received_as_part10(ds)
                 pending = self._io.submit(self.blobs.write_temp, data)
             checksum = blob_checksum(bytes(data) if isinstance(data, bytearray) else data)
             temp = pending.result()  # raises StorageFull when the write failed

@@ -47,7 +47,7 @@ from hilum.archive.db import make_engine
 from hilum.archive.index import IndexWriter, Prepared, duplicate_result, result_base
 from hilum.archive.model import IngestResult
 from hilum.archive.schema import instances
-from hilum.dicom.attributes import InvalidInstance, index_record, read_instance, to_part10
+from hilum.dicom.attributes import InvalidInstance, index_record, read_instance, received_as_part10, to_part10
 from hilum.errors import StorageFull
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def prepare(source: Any, *, blobs: FileBlobStore, stored: Stored | None) -> Prep
         ds = read_instance(data)
         record = index_record(ds)
         if data[128:132] != b"DICM":  # a bare dataset: store it as a Part 10 file
-            data = to_part10(ds)
+            data = received_as_part10(ds)
         checksum = blob_checksum(data)
         known = stored(record.sop_uid) if stored is not None else None
         if known is not None:

@@ -23,6 +23,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
@@ -46,6 +47,7 @@ __all__ = [
     "is_valid_uid",
     "read_header",
     "read_instance",
+    "received_as_part10",
     "to_part10",
 ]
 
@@ -123,6 +125,7 @@ def read_instance(data: bytes) -> Dataset:
             raise InvalidInstance("not-dicom", f"not a readable DICOM file: {type(exc).__name__}: {exc}") from exc
         stop = fp.tell()
     _check_complete(ds, data)
+    _check_nesting(ds)
     pixels = _check_pixel_element(ds, data, stop) if part10 else _pixels_of_dataset(ds)
     sop_uid = _text(ds, "SOPInstanceUID")
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
@@ -537,8 +540,11 @@ def _read_elements(
     return out, at
 
 
-def _skip_items(data: bytes | bytearray, at: int, implicit: bool) -> int:
-    """The offset just past the sequence delimiter of an undefined-length sequence whose items start at ``at``."""
+def _skip_items(data: bytes | bytearray, at: int, implicit: bool, depth: int = 1) -> int:
+    """The offset just past the sequence delimiter of an undefined-length sequence whose items start at ``at``
+    (``depth``: how deep this sequence is nested, 1 at the top level)."""
+    if depth > MAX_SEQUENCE_DEPTH:
+        raise _too_deep()
     end = len(data)
     while True:
         if at + 8 > end:
@@ -553,10 +559,10 @@ def _skip_items(data: bytes | bytearray, at: int, implicit: bool) -> int:
         if length != _UNDEFINED:
             at += length
             continue
-        at = _skip_item_elements(data, at, implicit)
+        at = _skip_item_elements(data, at, implicit, depth)
 
 
-def _skip_item_elements(data: bytes | bytearray, at: int, implicit: bool) -> int:
+def _skip_item_elements(data: bytes | bytearray, at: int, implicit: bool, depth: int = 1) -> int:
     """The offset just past the item delimiter of an undefined-length item whose elements start at ``at``."""
     end = len(data)
     while True:
@@ -571,7 +577,97 @@ def _skip_item_elements(data: bytes | bytearray, at: int, implicit: bool) -> int
         length, value_at = _element_header(data, at, implicit, "little", "a sequence item")
         if length == _UNDEFINED and not implicit and raw_vr != b"SQ":
             raise _Unusual  # e.g. UN of undefined length: implicit VR inside (PS3.5 6.2.2)
-        at = _skip_items(data, value_at, implicit) if length == _UNDEFINED else value_at + length
+        at = _skip_items(data, value_at, implicit, depth + 1) if length == _UNDEFINED else value_at + length
+
+
+# ---------------------------------------------------------------- nesting depth
+#
+# Sequences nest (PS3.5 7.5) and every reader of them recurses: pydicom converts a sequence's
+# bytes into items of data sets into sequences... when an attribute is read, and so do the
+# DICOM JSON encoder, the viewer and the exporters.  A few kilobytes nesting sequences
+# thousands deep made a RecursionError wherever the instance was next read - in the fast
+# reader at ingest, or once stored, in WADO-RS metadata - so the depth is checked at the door,
+# over the bytes, before anything converts them (tests/test_fuzz_part10.py, depth bombs).
+# Real objects nest a dozen levels at most (an SR content tree, TID 1500); 64 is far above that.
+
+MAX_SEQUENCE_DEPTH = 64
+"""The deepest nesting of sequences an instance may have (a top-level sequence is depth 1)."""
+
+
+def _too_deep() -> InvalidInstance:
+    return InvalidInstance("not-dicom", f"sequences nested more than {MAX_SEQUENCE_DEPTH} levels deep")
+
+
+def _check_nesting(ds: Dataset) -> None:
+    """Raise :class:`InvalidInstance` if ``ds``'s sequences nest deeper than :data:`MAX_SEQUENCE_DEPTH`,
+    looking at the encoded bytes of sequences not yet converted (nothing is converted here)."""
+    stack: list[tuple[Dataset, int]] = [(ds, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if depth > MAX_SEQUENCE_DEPTH:
+            raise _too_deep()
+        for elem in current._dict.values():  # noqa: SLF001 - the raw elements, unconverted
+            value = elem.value
+            if isinstance(elem, RawDataElement):
+                if not value or not (elem.VR == "SQ" or (elem.VR is None and _dictionary_vr(elem.tag) == "SQ")):
+                    continue
+                order: _ByteOrder = "little" if elem.is_little_endian else "big"
+                _sequence_end(value, 0, len(value), elem.is_implicit_VR, order, depth)
+            elif isinstance(value, Sequence):
+                stack.extend((item, depth + 1) for item in value)
+
+
+def _sequence_end(data: bytes | bytearray, at: int, end: int, implicit: bool, order: _ByteOrder, depth: int) -> int:
+    """Walk the items of a sequence value starting at ``at`` (``end``: its end, or the data's for an undefined
+    length) checking the depth; return where the sequence ends.  Anything that is not well-formed is left
+    to the readers (they refuse or convert it): the walk only stops early."""
+    if depth > MAX_SEQUENCE_DEPTH:
+        raise _too_deep()
+    while at + 8 <= end:
+        tag = int.from_bytes(data[at : at + 2], order) << 16 | int.from_bytes(data[at + 2 : at + 4], order)
+        length = int.from_bytes(data[at + 4 : at + 8], order)
+        at += 8
+        if tag == 0xFFFEE0DD:
+            return at
+        if tag != 0xFFFEE000:
+            return end
+        if length == _UNDEFINED:
+            at = _item_end(data, at, end, implicit, order, depth)
+        else:
+            _item_end(data, at, min(at + length, end), implicit, order, depth)
+            at += length
+    return end
+
+
+def _item_end(data: bytes | bytearray, at: int, end: int, implicit: bool, order: _ByteOrder, depth: int) -> int:
+    """Walk the elements of an item from ``at`` (to its delimiter, or ``end``); return where it ends."""
+    while at + 8 <= end:
+        tag = int.from_bytes(data[at : at + 2], order) << 16 | int.from_bytes(data[at + 2 : at + 4], order)
+        if tag == 0xFFFEE00D:
+            return at + 8
+        inner_implicit = implicit
+        if implicit:
+            length, value_at = int.from_bytes(data[at + 4 : at + 8], order), at + 8
+            nested = length == _UNDEFINED or _dictionary_vr(tag) == "SQ"
+        else:
+            vr = bytes(data[at + 4 : at + 6])
+            if vr in _LONG_VRS:
+                if at + 12 > end:
+                    return end
+                length, value_at = int.from_bytes(data[at + 8 : at + 12], order), at + 12
+            else:
+                length, value_at = int.from_bytes(data[at + 6 : at + 8], order), at + 8
+            nested = vr == b"SQ" or (vr == b"UN" and length == _UNDEFINED)
+            inner_implicit = vr == b"UN"  # UN of undefined length: implicit VR inside (PS3.5 6.2.2)
+        if nested:
+            stop = end if length == _UNDEFINED else min(value_at + length, end)
+            after = _sequence_end(data, value_at, stop, inner_implicit, order, depth + 1)
+            at = after if length == _UNDEFINED else value_at + length
+        elif length == _UNDEFINED:
+            return end
+        else:
+            at = value_at + length
+    return end
 
 
 def _dictionary_vr(tag: int) -> str | None:
@@ -871,6 +967,23 @@ def _own_syntax(ds: Dataset) -> UID:
     if not little:
         return ExplicitVRBigEndian
     return ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+
+
+def received_as_part10(ds: Dataset) -> bytes:
+    """:func:`to_part10` of a bare data set :func:`read_instance` accepted from received bytes.
+
+    pydicom writes back most of what it reads, not all: a data set holding command elements
+    (group 0000, which ``dcmwrite`` refuses) or a value its VR cannot encode made ingest raise
+    (tests/test_fuzz_regressions.py).  Such a data set is refused as ``not-dicom`` instead.
+    """
+    try:
+        return to_part10(ds)
+    except InvalidInstance:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom's writer raises assorted errors on what it cannot encode
+        raise InvalidInstance("not-dicom", f"the data set cannot be written as a Part 10 file: "
+                                           f"{type(exc).__name__}: {show_value(str(exc))}",
+                              _text(ds, "SOPInstanceUID") or None) from exc
 
 
 def to_part10(ds: Dataset) -> bytes:

@@ -68,6 +68,17 @@ class DicomWebError(HilumError):
         super().__init__(f"DICOMweb {status or 'connection'} error: {detail}" + (f" ({url})" if url else ""))
 
 
+def _json(data: bytes, where: str) -> Any:
+    """A response body parsed as JSON; a body that is not JSON (bytes that are not UTF-8, nesting too
+    deep for the parser) is a :class:`DicomWebError`, as any other bad answer from the server (a
+    JSONDecodeError, UnicodeDecodeError or RecursionError escaped to the caller before:
+    tests/test_fuzz_dicomweb.py)."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise DicomWebError(0, f"the server's answer is not JSON: {exc}"[:300], where) from None
+
+
 @dataclass
 class DicomWebSource:
     """A remote DICOMweb server: base URL (the ``/dicom-web`` root) and credentials.
@@ -236,7 +247,14 @@ class DicomWebClient:
         data = resp.read()
         if resp.status == 204 or not data.strip():
             return []
-        return json.loads(data)
+        return _json(data, path)
+
+    def _get_objects(self, path: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """A JSON array of DICOM JSON objects (PS3.18 F.2), as QIDO-RS and WADO-RS metadata answer."""
+        result = self._get_json(path, params)
+        if not isinstance(result, list) or not all(isinstance(obj, dict) for obj in result):
+            raise DicomWebError(0, "the server's answer is not an array of DICOM JSON objects", path)
+        return result
 
     def _multipart(self, path: str, accept: str, params: Mapping[str, Any] | None = None
                    ) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
@@ -294,7 +312,7 @@ class DicomWebClient:
             params["includefield"] = ",".join(includefield)
         if fuzzy:
             params["fuzzymatching"] = "true"
-        results = self._get_json(path, params)
+        results = self._get_objects(path, params)
         return [self._row(obj, level) for obj in results]
 
     def _row(self, obj: Mapping[str, Any], level: str) -> dict[str, Any]:
@@ -385,8 +403,7 @@ class DicomWebClient:
 
     def metadata(self, study: str, series: str | None = None, sop: str | None = None) -> list[dict[str, Any]]:
         """WADO-RS metadata: DICOM JSON objects (``pydicom.Dataset.from_json`` reads them)."""
-        result = self._get_json(self._path(study, series, sop) + "/metadata")
-        return list(result)
+        return self._get_objects(self._path(study, series, sop) + "/metadata")
 
     def frames(self, study: str, series: str, sop: str, numbers: Iterable[int], *, media_type: str = OCTET,
                transfer_syntax: str | None = EVRLE) -> list[bytes]:
@@ -473,7 +490,10 @@ class DicomWebClient:
             "Content-Type": f'{MULTIPART}; type="{DICOM}"; boundary={boundary}',
             "Accept": "application/dicom+json"})
         data = resp.read()
-        return json.loads(data) if data.strip() else {}
+        answer = _json(data, path) if data.strip() else {}
+        if not isinstance(answer, dict):
+            raise DicomWebError(resp.status, "the server's STOW-RS answer is not a DICOM JSON object", path)
+        return answer
 
 
 class RemoteStudy:

@@ -88,6 +88,7 @@ class MultipartReader:
         self._delimiter = b"\r\n--" + b
         self._buf = bytearray()
         self._state = "preamble"
+        self._fresh = True  # nothing of the body seen yet: the first delimiter may come without a CRLF
         self.parts = 0
         self.done = False
 
@@ -98,11 +99,18 @@ class MultipartReader:
         events: list[tuple[str, object]] = []
         while True:
             if self._state == "preamble":
-                # The first delimiter may start the body without a CRLF before it.
-                if self._buf.startswith(self._dash_boundary):
-                    del self._buf[: len(self._dash_boundary)]
-                    self._state = "after-delimiter"
-                    continue
+                # The first delimiter may start the body without a CRLF before it - only at the very
+                # start: after any preamble byte it needs its CRLF.  (Looked for anywhere, a body
+                # starting "----BOUNDARY" was cut into parts differently as its bytes arrived in
+                # different chunks: tests/test_fuzz_dicomweb.py.)
+                if self._fresh:
+                    if len(self._buf) < len(self._dash_boundary) and self._dash_boundary.startswith(self._buf):
+                        return events  # may still become the first delimiter
+                    self._fresh = False
+                    if self._buf.startswith(self._dash_boundary):
+                        del self._buf[: len(self._dash_boundary)]
+                        self._state = "after-delimiter"
+                        continue
                 i = self._buf.find(self._delimiter)
                 if i < 0:
                     keep = len(self._delimiter) - 1

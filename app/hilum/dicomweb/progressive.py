@@ -41,13 +41,13 @@ while the user scrolls.
 
 from __future__ import annotations
 
-import gzip
 import importlib
 import io
 import json
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -61,6 +61,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from hilum.dicom.pixels import frame_array
 from hilum.dicom.stack import Stack, frames_from_dataset
 from hilum.dicom.stack_load import LoadHandle, PipelineInterner, SeriesVolume
+from hilum.dicomweb.client import DicomWebError
 
 __all__ = [
     "FetchOrder",
@@ -861,11 +862,37 @@ def _get_json_gz(client: Any, path: str, params: dict[str, Any] | None = None) -
     resp = client.request("GET", path, params=params,
                           headers={"Accept": "application/dicom+json", "Accept-Encoding": "gzip"}, ok=(200, 204))  # fmt: skip
     body = resp.read()
-    if (resp.getheader("Content-Encoding") or "").lower() == "gzip":
-        body = gzip.decompress(body)
+    if body and (resp.getheader("Content-Encoding") or "").lower() == "gzip":
+        body = _gunzip(body, path)
     if resp.status == 204 or not body.strip():
         return []
-    return list(json.loads(body))
+    try:
+        result = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise DicomWebError(0, f"the server's answer is not JSON: {exc}"[:300], path) from None
+    if not isinstance(result, list) or not all(isinstance(obj, dict) for obj in result):
+        raise DicomWebError(0, "the server's answer is not an array of DICOM JSON objects", path)
+    return result
+
+
+MAX_JSON_BYTES = 256 << 20
+"""The most a gzip-compressed DICOM JSON answer may inflate to (bytes).  A series' metadata is
+about 10 KB per instance: 256 MiB is some 25,000 instances.  Without a bound, a few hundred
+kilobytes of gzip from a broken or hostile server inflated to gigabytes in the workstation."""
+
+
+def _gunzip(body: bytes, path: str) -> bytes:
+    """``body`` inflated (one gzip member), at most :data:`MAX_JSON_BYTES`; a DicomWebError otherwise."""
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(body, MAX_JSON_BYTES)
+    except zlib.error as exc:
+        raise DicomWebError(0, f"the server's gzip answer is corrupt: {exc}", path) from None
+    if inflater.unconsumed_tail:
+        raise DicomWebError(0, f"the server's gzip answer inflates to more than {MAX_JSON_BYTES >> 20} MiB", path)
+    if not inflater.eof:
+        raise DicomWebError(0, "the server's gzip answer is cut short", path)
+    return out
 
 
 def _ratio_for_series(first: FirstPass, n: int, slice_bytes: int, bps: float | None) -> FirstPass:

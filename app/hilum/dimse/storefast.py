@@ -77,16 +77,22 @@ class StoreHook(Protocol):
 
 
 def decode_command(raw: bytes | bytearray | memoryview) -> dict[int, bytes] | None:
-    """The elements of an encoded command set by element number, or None if it is not one."""
+    """The elements of an encoded command set by element number, or None if it is not one.
+
+    Elements must come in ascending order, each once (PS3.5 7.1, PS3.7 E.1): a command set with an
+    element twice was read here as its last value where pynetdicom may take another (found by
+    tests/test_fuzz_dimse.py); such a command is None, left to pynetdicom to judge."""
     out: dict[int, bytes] = {}
     at, end = 0, len(raw)
+    last = -1
     while at < end:
         if at + 8 > end:
             return None
         group, elem, length = struct.unpack_from("<HHI", raw, at)
         at += 8
-        if group != 0 or at + length > end:
+        if group != 0 or at + length > end or elem <= last:
             return None
+        last = elem
         out[elem] = bytes(raw[at : at + length])
         at += length
     return out
@@ -246,9 +252,12 @@ class StoreReceiver:
 
     def feed(self, pdu: bytearray) -> bytearray | None:
         pdvs = _pdvs(pdu)
-        if pdvs is None:
+        if not pdvs:
+            # Malformed, or no PDV at all (PS3.8 9.3.5 wants one or more; an empty P-DATA-TF raised
+            # IndexError here and the DUL thread aborted on it: tests/test_fuzz_regressions.py):
+            # pynetdicom's decoder says what it is.
             self.reset()
-            return pdu  # malformed: pynetdicom's decoder says so (Evt19)
+            return pdu
         if self._incoming is not None:
             return self._data(pdu, pdvs)
         if self._theirs is None:

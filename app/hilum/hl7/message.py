@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import count
 from typing import Any
@@ -247,6 +247,15 @@ def _location(where: str) -> tuple[str, str, str]:
     return m.group(1), m.group(2), m.group(3) or ""
 
 
+def _usable_separators(sep: str, enc: str) -> bool:
+    """Whether a field separator (MSH-1) and encoding characters (MSH-2) can frame a message: one
+    character each, four or five of them (v2.7 adds the truncation character), all distinct, none a
+    letter, digit, space or line break (HL7 v2.5 2.5.4)."""
+    chars = sep + enc
+    return (len(sep) == 1 and len(enc) in (4, 5) and len(set(chars)) == len(chars)
+            and not any(c.isalnum() or c.isspace() or c == "\0" for c in chars))
+
+
 def build_ack(header: Header | None, ack_code: str, issues: list[Issue] | None = None, *,
               application: str = "HILUM", facility: str = "") -> str:
     """An ACK for ``header`` (or a bare one when the message had no readable MSH).
@@ -256,6 +265,12 @@ def build_ack(header: Header | None, ack_code: str, issues: list[Issue] | None =
     MSA-2 is the message's control ID; one ERR per issue.
     """
     h = header or Header()
+    if not _usable_separators(h.field_sep, h.encoding_chars):
+        # The message's own separators cannot frame an answer (its field separator is one of its
+        # encoding characters, a letter, a line break...): answer with the standard ones, which the
+        # sender can read, rather than an ACK whose MSH says something else (found by
+        # tests/test_fuzz_hl7.py).
+        h = replace(h, field_sep="|", encoding_chars="^~\\&")
     sep = h.field_sep
     enc = h.encoding_chars
     comp = enc[0] if enc else "^"
