@@ -208,7 +208,7 @@ def test_full_disk_by_file_size_limit(existing: dict[str, Any], data_dir: Path, 
                                       pydicom_files: Path) -> None:
     """RLIMIT_FSIZE 448 KiB: small instances fit, 512x512 CT slices (525 kB) fail with EFBIG."""
     limit = 448 * 1024
-    assert (data_dir / "index.sqlite").stat().st_size < limit - 160 * 1024  # room for the index to grow
+    assert (data_dir / "index.sqlite").stat().st_size < limit - 96 * 1024  # room for the index to grow (an empty index: 332 KB of tables and indexes)
     src = tmp_path / "new"
     big = write_ct_set(src / "big", 2, seed=6)
     assert all(p.stat().st_size > limit for p in big)
