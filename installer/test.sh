@@ -24,5 +24,5 @@ status=0
 HILUM_DIMSE_ENGINE=pynetdicom "${xvfb[@]}" .venv/bin/python -m pytest -q tests/test_dimse_*.py tests/test_node.py \
     tests/test_mwl.py tests/test_identity.py tests/test_store_contradictions.py tests/test_pir_outgoing.py || status=$?
 HILUM_INDEX_WRITER=sqlalchemy "${xvfb[@]}" .venv/bin/python -m pytest -q tests/test_archive*.py tests/test_import*.py \
-    tests/test_check.py tests/test_orders.py tests/test_hl7.py tests/test_storage_*.py || status=$?
+    tests/test_check.py tests/test_orders.py tests/test_hl7.py tests/test_storage_*.py tests/test_index_locking.py || status=$?
 exit $status
