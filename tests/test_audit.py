@@ -284,6 +284,37 @@ def test_hl7_orm_over_mllp_is_one_order_record(node: dict[str, Any]) -> None:
     assert e["patient_name"] == "Ordré^Olga" and "ACC9" in e["detail"] and e["peer"] == "127.0.0.1"
 
 
+@dcmtk_needed
+def test_worklist_query_and_mpps_are_one_event_each(node: dict[str, Any]) -> None:
+    """A modality's worklist C-FIND is one "Query"; its MPPS N-CREATE one "Procedure Record" (the extensions
+    the node answers through, beside the archive's own C-FIND)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ModalityPerformedProcedureStep
+
+    port = node["cfg"].dicom_port
+    dcmtk("findscu", "-W", "-aet", "WLMODALITY", "-aec", "HILUM", "-k", "PatientID=AUD-77", "-k", "PatientName",
+          "-k", "ScheduledProcedureStepSequence[0].Modality=CT", "127.0.0.1", port)  # fmt: skip
+    [e] = events(node["archive"], user="WLMODALITY")
+    assert e["event"] == "Query" and e["patient_id"] == "AUD-77" and "worklist" in e["detail"]
+    assert e["peer"] == "127.0.0.1" and e["outcome"] == 0
+
+    ds = Dataset()
+    ds.PatientID, ds.PatientName = "AUD-78", "Mpps^Marc"
+    ds.PerformedProcedureStepStatus = "IN PROGRESS"
+    ds.Modality = "CT"
+    ae = AE(ae_title="MPPSMOD")
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    assoc = ae.associate("127.0.0.1", port, ae_title="HILUM")
+    assert assoc.is_established
+    try:
+        assoc.send_n_create(ds, ModalityPerformedProcedureStep, generate_uid())
+    finally:
+        assoc.release()
+    [e] = events(node["archive"], user="MPPSMOD")
+    assert e["event"] == "Procedure Record" and e["action"] == "C" and e["patient_id"] == "AUD-78"
+    assert e["patient_name"] == "Mpps^Marc" and "N-CREATE" in e["detail"]
+
+
 def test_users_add_and_delete_are_one_event_each(tmp_path: Path) -> None:
     data = tmp_path / "data"
     proc = hilum("users", "add", "bob", "--role", "viewer", "--password-stdin", data=data, stdin=PW + "\n")

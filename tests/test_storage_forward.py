@@ -504,6 +504,10 @@ def test_stow_rs_to_a_second_hilum_node(tmp_path: Path, archive: Archive, peer_n
     assert (out.sent, out.failed, out.retry) == (8, 0, 0)
     assert sorted(r["SOPInstanceUID"] for r in peer_node.archive.query("IMAGE", {})) == sorted(uids["CT"] + uids["MR"])
     assert by_state(archive, "web")["sent"] == 8
+    sent = archive.audit.search(event="DICOM Instances Transferred", user="forwarding")
+    # one event per study per transfer (batches of 3 here), the patient filled in from the index
+    assert sum(e["instances"] for e in sent) == 8 and all("STOW-RS" in e["detail"] and e["patient_id"] for e in sent)
+    assert {e["study_uids"] for e in sent} == {r["StudyInstanceUID"] for r in archive.query("STUDY", {})}
     for sop in uids["CT"]:
         assert peer_node.archive.read(sop) == archive.read(sop)  # byte for byte, every UID kept
     # a wrong token: nothing is lost, the rows wait for a retry with the server's answer as the error

@@ -684,6 +684,7 @@ class DimseService:
         self._count(event.assoc, "C-FIND")
         other = self._extension(model, "on_find")
         if other is not None:  # e.g. Modality Worklist (PS3.4 K)
+            self._audit_extension(event, "Query", "E", "C-FIND (modality worklist)", getattr(event, "identifier", None))
             yield from other(event)
             return
         level, keys = "?", dict[str, str]()
@@ -752,6 +753,25 @@ class DimseService:
         self.archive.audit("Query", action="E", outcome=outcome, user=calling, ae_title=calling, peer=peer,
                            role="source", patient_id=pid, patient_name=pname, study_uids=uids,
                            detail=detail + (f": {why}" if why else ""))
+
+    def _audit_extension(self, event: evt.Event, name: str, action: str, what: str, dataset: Any,
+                         answer: Any = None) -> None:
+        """One audit event for a request an extension answers (worklist C-FIND: a "Query"; MPPS N-CREATE /
+        N-SET: a "Procedure Record"), with the patient the data set names where it names one."""
+        calling, peer = self._audit_peer(event.assoc)
+        pid = pname = ""
+        try:
+            if dataset is not None:
+                pid = str(dataset.get("PatientID", "") or "")
+                pname = str(dataset.get("PatientName", "") or "")
+        except Exception:  # noqa: BLE001 - a data set that does not decode: the event without the patient
+            pass
+        status = answer[0] if isinstance(answer, tuple) and answer else None
+        code = int(status.get("Status", 0)) if isinstance(status, Dataset) else (status if isinstance(status, int) else 0)
+        outcome = 0 if code in (0, 0xFF00, 0xFF01) or 0xB000 <= code <= 0xBFFF or code == 0x0001 else 4
+        self.archive.audit(name, action=action, outcome=outcome, user=calling, ae_title=calling, peer=peer,
+                           role="source", patient_id=pid, patient_name=pname,
+                           detail=what + (f": status 0x{code:04X}" if outcome else ""))  # fmt: skip
 
     def _audit_retrieve(self, assoc: Any, verb: str, destination: str, rows: list[dict[str, Any]],
                         outcome: int = 0, why: str = "") -> None:
@@ -878,7 +898,10 @@ class DimseService:
         self._count(event.assoc, "N-CREATE")
         if handler is None:
             return status_dataset(0x0122, "SOP class not supported"), None
-        return handler(event)  # type: ignore[no-any-return]
+        answer = handler(event)
+        self._audit_extension(event, "Procedure Record", "C", "N-CREATE (performed procedure step)",
+                              getattr(event, "attribute_list", None), answer)  # fmt: skip
+        return answer  # type: ignore[no-any-return]
 
     def _on_n_set(self, event: evt.Event) -> tuple[int | Dataset, Dataset | None]:
         req: Any = event.request
@@ -886,7 +909,10 @@ class DimseService:
         self._count(event.assoc, "N-SET")
         if handler is None:
             return status_dataset(0x0122, "SOP class not supported"), None
-        return handler(event)  # type: ignore[no-any-return]
+        answer = handler(event)
+        self._audit_extension(event, "Procedure Record", "U", "N-SET (performed procedure step)",
+                              getattr(event, "modification_list", None), answer)  # fmt: skip
+        return answer  # type: ignore[no-any-return]
 
     def _on_n_action(self, event: evt.Event) -> tuple[int | Dataset, Dataset | None]:
         req: Any = event.request

@@ -218,6 +218,7 @@ def send_dimse(
     reserve = 0 if mode == "never" else 1
     batches = cx.storage_batches(((it.sop_class_uid, it.transfer_syntax) for it in pending), reserve=reserve)
     revs = _revisions_changed(archive, pending)
+    transferred: list[QueueItem] = []
     for batch in batches:
         todo = [it for it in pending if it.sop_class_uid in batch.classes]
         contexts = list(batch.contexts)
@@ -237,6 +238,7 @@ def send_dimse(
                         break
                     if status is not None and status in OK_STATUSES:
                         stored.append(it)
+                        transferred.append(it)
                         out.bytes += it.size
                     elif status is None or not permanent_status(status):
                         # out of resources, or a problem here (the blob being replaced, a tier down): later
@@ -263,7 +265,20 @@ def send_dimse(
         if todo:
             forward.mark_retry(archive, rules, todo, "association lost")
             out.retry += len(todo)
+    audit_transferred(archive, transferred, f"C-STORE to {peer.aet}@{peer.host}:{peer.port}")
     return out
+
+
+def audit_transferred(archive: Archive, items: Sequence[QueueItem], how: str) -> None:
+    """One "DICOM Instances Transferred" audit event per study the peer took (this node the source;
+    the patient is filled in from the index by the audit's writer)."""
+    per_study: dict[str, int] = {}
+    for it in items:
+        per_study[it.study_uid] = per_study.get(it.study_uid, 0) + 1
+    for study_uid, n in per_study.items():
+        archive.audit("DICOM Instances Transferred", action="R", user="forwarding", user_is_requestor=True,
+                      role="source", study_uids=(study_uid,), instances=n,
+                      detail=f"forwarded ({items[0].destination}): {how}")  # fmt: skip
 
 
 def _recommit(
@@ -376,6 +391,7 @@ def _stow_part(
     ok = [it for it in ready if it.sop_uid not in failed and (listed is None or it.sop_uid in listed)]
     unsure = [it for it in ready if it.sop_uid not in failed and listed is not None and it.sop_uid not in listed]
     forward.mark_sent(archive, ok)
+    audit_transferred(archive, ok, f"STOW-RS to {client.source.url}")
     out.sent += len(ok)
     out.bytes += sum(len(d) for d, it in zip(datas, ready, strict=True) if it in ok)
     for it in [it for it in ready if it.sop_uid in failed]:
