@@ -168,8 +168,11 @@ def _click(qtbot, viewer, name: str):  # type: ignore[no-untyped-def]
         qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
     else:
         canvas = viewer.viewport_widget(0).canvas
+        viewer.window().activateWindow()  # no window manager under Xvfb: shortcuts need the window active
+        qtbot.waitUntil(viewer.window().isActiveWindow, timeout=10_000)
         canvas.setFocus()
-        qtbot.keyClick(canvas, act.shortcut().toString())
+        combo = act.shortcut()[0]  # the key as a key code ("D" as a string is a shifted D)
+        qtbot.keyClick(canvas, combo.key(), combo.keyboardModifiers())
     opened = [w for w in getattr(viewer, "_mpr_windows", []) if w not in before]
     assert len(opened) == 1, f"{name} opened no window"
     return opened[0]

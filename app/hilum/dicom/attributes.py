@@ -34,7 +34,7 @@ from pydicom.uid import (
 )
 
 from hilum.dicom.matching import normalize_date, normalize_time, pn_groups
-from hilum.errors import RejectedInstance
+from hilum.errors import HilumError, RejectedInstance
 
 __all__ = [
     "HeaderCut",
@@ -457,7 +457,7 @@ def _read_part10(data: bytes | bytearray) -> tuple[Dataset, int] | None:
     return ds, stop
 
 
-class HeaderCut(Exception):
+class HeaderCut(HilumError):
     """:func:`read_header`: the bytes end before the pixel data; read more of the file."""
 
 

@@ -408,14 +408,15 @@ class AIController(QObject):
         btn.setObjectName("aiToolButton")
         btn.setDefaultAction(self.actions["ai_run"])
         btn.setMenu(self.menu)
-        btn.setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
+        # one icon wide, the menu on a press: the reading toolbar must fit 1900 px without its overflow
+        btn.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        btn.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)
         # after the tools (before the layout button), where it is seen without the toolbar's overflow
         before = next((a for a in viewer.toolbar.actions()
                        if getattr(viewer.toolbar.widgetForAction(a), "objectName", lambda: "")() == "layoutButton"),
                       None)  # fmt: skip
         if before is not None:
             viewer.toolbar.insertWidget(before, btn)
-            viewer.toolbar.insertSeparator(before)
         else:
             viewer.toolbar.addSeparator()
             viewer.toolbar.addWidget(btn)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hilum.archive.reports import Section
+from hilum.errors import HilumError
 
 __all__ = [
     "LANGUAGES",
@@ -54,7 +55,7 @@ _TOP_KEYS = {"name", "language", "modalities", "body_parts", "keywords", "sectio
 _SECTION_FIELDS = {"key", "title", "text"}
 
 
-class TemplateError(ValueError):
+class TemplateError(HilumError, ValueError):
     """A template file that cannot be used: the file, the key and why."""
 
 
