@@ -238,6 +238,11 @@ def test_stow_never_fails_inside(web: DicomWebService, body: bytes, ctype: str) 
         status, answer = _request(web, "POST", "/studies", body, {"Content-Type": ctype})
     except (ValueError, UnicodeEncodeError):
         return  # http.client refuses to send that header: nothing reached the server
+    except (ConnectionResetError, BrokenPipeError):
+        # A control character in a header: the HTTP layer answers 400 and closes at once, and the client,
+        # still sending the body, may see the reset before the answer.  Only for such a header.
+        assert any(ord(c) < 32 or ord(c) == 127 for c in ctype), f"a well-formed request was dropped: {ctype!r}"
+        status, answer = 400, b""
     assert status in (200, 202, 400, 409, 413, 415), (status, answer[:300])
     if status in (200, 202, 409):
         json.loads(answer)
