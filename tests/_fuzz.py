@@ -28,6 +28,8 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from hilum.dicom import attributes
+
 SCALE = max(float(os.environ.get("HILUM_FUZZ_EXAMPLES", "1") or 1), 0.01)
 DERANDOMIZE = os.environ.get("HILUM_FUZZ_DERANDOMIZE", "") not in ("", "0")
 
@@ -161,30 +163,8 @@ def hostile(
 
 # ------------------------------------------------------------------ DICOM element offsets
 
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-_VRS = _LONG_VRS | {
-    b"AE",
-    b"AS",
-    b"AT",
-    b"CS",
-    b"DA",
-    b"DS",
-    b"DT",
-    b"FD",
-    b"FL",
-    b"IS",
-    b"LO",
-    b"LT",
-    b"PN",
-    b"SH",
-    b"SL",
-    b"SS",
-    b"ST",
-    b"TM",
-    b"UI",
-    b"UL",
-    b"US",
-}
+# the VRs as the ingest's raw reader knows them (explicit VR, and those with a 4-byte length)
+_VRS, _LONG_VRS = attributes._VRS, attributes._LONG_VRS
 
 
 def dicom_length_fields(
