@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -156,16 +159,14 @@ def test_multipart_first_delimiter_only_at_the_start() -> None:
     assert sum(1 for kind, _ in events if kind == HEADERS) == 1
 
 
-def test_client_answer_that_is_not_json() -> None:
-    """test_fuzz_dicomweb: a QIDO-RS answer that is not UTF-8 JSON (``b"\\x80"``), or JSON that is not
-    an array of objects (``{}``, ``[1]``), raised UnicodeDecodeError, JSONDecodeError or AttributeError
-    out of ``DicomWebClient.search_studies``/``metadata``.  Fix: a :class:`DicomWebError`."""
+@contextmanager
+def _answering(answers: list[bytes], **headers: str) -> Iterator[Any]:
+    """A DicomWebClient of a loopback HTTP server that answers every GET with ``answers[0]`` (the test pops
+    them), with ``headers`` added (``Content_Encoding="gzip"``: underscores are dashes)."""
     import http.server
     import threading
 
-    from hilum.dicomweb.client import DicomWebClient, DicomWebError, DicomWebSource
-
-    answers = [b"\x80", b"\x00", b"{}", b"[1]", b"[" * 100000 + b"]" * 100000, b'{"a": 1}']
+    from hilum.dicomweb.client import DicomWebClient, DicomWebSource
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -174,6 +175,8 @@ def test_client_answer_that_is_not_json() -> None:
             body = answers[0]
             self.send_response(200)
             self.send_header("Content-Type", "application/dicom+json")
+            for name, value in headers.items():
+                self.send_header(name.replace("_", "-"), value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -185,16 +188,27 @@ def test_client_answer_that_is_not_json() -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     client = DicomWebClient(DicomWebSource("x", f"http://127.0.0.1:{server.server_address[1]}/dicom-web"))
     try:
+        yield client
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_client_answer_that_is_not_json() -> None:
+    """test_fuzz_dicomweb: a QIDO-RS answer that is not UTF-8 JSON (``b"\\x80"``), or JSON that is not
+    an array of objects (``{}``, ``[1]``), raised UnicodeDecodeError, JSONDecodeError or AttributeError
+    out of ``DicomWebClient.search_studies``/``metadata``.  Fix: a :class:`DicomWebError`."""
+    from hilum.dicomweb.client import DicomWebError
+
+    answers = [b"\x80", b"\x00", b"{}", b"[1]", b"[" * 100000 + b"]" * 100000, b'{"a": 1}']
+    with _answering(answers) as client:
         while answers:
             with pytest.raises(DicomWebError):
                 client.search_studies()
             with pytest.raises(DicomWebError):
                 client.metadata("1.2.3")
             answers.pop(0)
-    finally:
-        client.close()
-        server.shutdown()
-        server.server_close()
 
 
 def test_duplicate_with_a_corrupt_rle_stream(tmp_path: Path) -> None:
@@ -251,12 +265,10 @@ def test_progressive_metadata_gzip_bomb_and_garbage() -> None:
     (gzip-compressed) DICOM JSON: ``gzip.decompress`` inflated whatever the server sent (a 300 KB
     answer of zeros became 300 MB in the workstation) and ``json.loads`` errors escaped.  Fix:
     inflation bounded by ``MAX_JSON_BYTES``; anything not an array of objects is a DicomWebError."""
-    import http.server
-    import threading
     import zlib
 
     from hilum.dicomweb import progressive
-    from hilum.dicomweb.client import DicomWebClient, DicomWebError, DicomWebSource
+    from hilum.dicomweb.client import DicomWebError
 
     def gzipped(data: bytes, repeat: int = 1) -> bytes:
         deflater = zlib.compressobj(9, zlib.DEFLATED, 31)
@@ -266,32 +278,10 @@ def test_progressive_metadata_gzip_bomb_and_garbage() -> None:
     answers = [bomb, b"\x1f\x8b\x08\x00garbage", gzipped(b"\x80"), gzipped(b"{}"), gzipped(b"[1]")]
     assert len(bomb) < 1 << 20
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:  # noqa: N802
-            body = answers[0]
-            self.send_response(200)
-            self.send_header("Content-Type", "application/dicom+json")
-            self.send_header("Content-Encoding", "gzip")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    client = DicomWebClient(DicomWebSource("x", f"http://127.0.0.1:{server.server_address[1]}/dicom-web"))
-    try:
+    with _answering(answers, Content_Encoding="gzip") as client:
         while answers:
             with pytest.raises(DicomWebError):
                 progressive._get_json_gz(client, "/studies/1.2.3/series/4.5.6/metadata")
             answers.pop(0)
         answers.append(gzipped(b'[{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}]'))
         assert progressive._get_json_gz(client, "/studies/1.2.3/metadata")[0]["0020000D"]["Value"] == ["1.2.3"]
-    finally:
-        client.close()
-        server.shutdown()
-        server.server_close()
