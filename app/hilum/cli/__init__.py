@@ -81,8 +81,19 @@ def _add_global_options(parser: argparse.ArgumentParser) -> None:
                 _add_global_options(nested)
 
 
+def _verbs(parser: argparse.ArgumentParser) -> set[str]:
+    return {
+        name for a in parser._actions if isinstance(a, argparse._SubParsersAction) for name in a.choices
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    from hilum.cli.workstation import paths_mean_gui  # `hilum study.dcm` (a file manager) = `hilum gui study.dcm`
+
+    argv = paths_mean_gui(argv, _verbs(parser))
     args = parser.parse_args(argv)
     args.verbose += getattr(args, "verbose_after", 0)
     level = logging.WARNING - 10 * min(args.verbose, 2)

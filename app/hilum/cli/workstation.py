@@ -1,12 +1,21 @@
-"""``hilum`` without a verb, and ``hilum gui``: open the workstation.
+"""``hilum`` without a verb, and ``hilum gui [PATH...]``: open the workstation.
 
 Qt is imported only when the workstation really starts, so the other verbs
 (and ``hilum --help``) never load it.
+
+Files given on the command line (what a file manager runs for a ``.dcm`` file,
+a folder or a DICOMDIR: the desktop entry's ``Exec=hilum gui %F``, Windows'
+and macOS' file associations) are imported through the one import path (as
+``hilum import`` does) with a progress bar, and the first study is opened in
+a viewer tab.  ``hilum PATH...`` — a path where a verb would be — is the same
+as ``hilum gui PATH...`` (:func:`paths_mean_gui`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Collection, Sequence
 
 from hilum.cli._common import quiet_pydicom
 from hilum.errors import HilumError
@@ -25,12 +34,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--small-demo", action="store_true", help="with --demo: tiny demo images (quick; for tests and screenshots)"
     )
     p.add_argument("--no-node", action="store_true", help="do not start the DICOM/DICOMweb/HL7 listeners")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="DICOM files, folders or DICOMDIRs to import (as hilum import does) and open: the first study "
+        "is shown in a viewer tab",
+    )
     p.set_defaults(handler=run_workstation)
+
+
+_VALUE_OPTIONS = frozenset({"--data"})
+"""The top-level options that take a value (``--data DIR``): their value is not where a verb is."""
+
+
+def paths_mean_gui(argv: Sequence[str], verbs: Collection[str]) -> list[str]:
+    """``hilum [OPTIONS] PATH...`` → ``hilum [OPTIONS] gui PATH...`` when PATH is not a verb and exists.
+
+    A file manager opens a ``.dcm`` file, a folder or a DICOMDIR with the
+    program and the path(s); only an existing path counts, so a mistyped verb
+    still gets argparse's "invalid choice" error.
+    """
+    out = list(argv)
+    i = 0
+    while i < len(out):
+        arg = out[i]
+        if arg == "--":
+            break
+        if arg.startswith("-"):
+            i += 2 if arg in _VALUE_OPTIONS else 1
+            continue
+        if arg not in verbs and os.path.exists(arg):
+            out.insert(i, "gui")
+        break
+    return out
 
 
 def run_workstation(args: argparse.Namespace) -> int:
     """Open the main window on the data folder's archive; returns the exit code."""
     from hilum.config import load_config
+
+    paths = [str(p) for p in getattr(args, "paths", None) or []]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise HilumError(f"no such file or folder: {missing[0]}")
 
     cfg = load_config(getattr(args, "data", None))
     quiet_pydicom(getattr(args, "verbose", 0))  # the workstation's node, as `hilum serve`
@@ -43,4 +90,5 @@ def run_workstation(args: argparse.Namespace) -> int:
         demo=bool(getattr(args, "demo", False)),
         demo_small=bool(getattr(args, "small_demo", False)),
         start_node=not getattr(args, "no_node", False),
+        open_paths=paths,
     )

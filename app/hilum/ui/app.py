@@ -25,7 +25,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from types import FrameType
 from typing import Any
 
@@ -253,6 +253,29 @@ def install_viewer(window: MainWindow) -> Any:
         return None
 
 
+def open_after_import(window: MainWindow, paths: Sequence[str]) -> bool:
+    """Import ``paths`` through the window's importer (progress dialog), then open the first study.
+
+    The first study is that of the first file imported or already held (a
+    file opened twice is a duplicate, and its study opens all the same).
+    Returns False when the import could not start.
+    """
+
+    def done(summary: Any) -> None:
+        window.importFinished.disconnect(done)
+        uids = list(getattr(summary, "study_uids", []) or [])
+        if uids:
+            window.open_study(uids[0])
+        elif not getattr(summary, "error", None):
+            window.statusBar().showMessage("No DICOM image found in " + ", ".join(paths), 10000)
+
+    window.importFinished.connect(done)
+    if not window.import_paths(list(paths)):
+        window.importFinished.disconnect(done)
+        return False
+    return True
+
+
 def run_gui(
     config: Config,
     *,
@@ -260,12 +283,16 @@ def run_gui(
     demo_small: bool = False,
     start_node: bool = True,
     on_ready: Callable[[MainWindow], None] | None = None,
+    open_paths: Sequence[str] = (),
 ) -> int:
     """Open the archive and the main window, run the event loop, close everything after.
 
     ``demo`` imports the demo studies at once (without asking); otherwise an
     empty archive shows an info bar offering them.  ``on_ready`` is called
     with the shown window (used by tests and scripted screenshots).
+    ``open_paths`` (files, folders, DICOMDIRs given on the command line, e.g. by
+    a file manager) are imported with a progress bar, then the first study is
+    opened in a viewer tab (:func:`open_after_import`).
     """
     app = application()
     archive = Archive.from_config(config)
@@ -286,6 +313,8 @@ def run_gui(
             window.set_node_status("DICOM node: off (--no-node)", True)
         if demo:
             window.load_demo(small=demo_small)
+        elif open_paths:
+            open_after_import(window, open_paths)
         if on_ready is not None:
             on_ready(window)
         code = app.exec()

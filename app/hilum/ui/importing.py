@@ -49,6 +49,7 @@ class ImportSummary:
     reason_counts: Counter[str] = field(default_factory=Counter)
     skipped: int = 0  # files a folder walk passed over as plainly not DICOM (README, DICOMDIR, ...)
     error: str | None = None  # the job itself failed (e.g. the demo generator)
+    study_uids: list[str] = field(default_factory=list)  # studies of the files imported or already held, in order
 
     @classmethod
     def from_report(cls, report: ImportReport) -> ImportSummary:
@@ -61,6 +62,8 @@ class ImportSummary:
     def from_results(cls, results: Sequence[IngestResult], seconds: float = 0.0) -> ImportSummary:
         s = cls(total=len(results), seconds=seconds)
         for r in results:
+            if r.ok and r.study_instance_uid and r.study_instance_uid not in s.study_uids:
+                s.study_uids.append(r.study_instance_uid)
             if r.status == "stored":
                 s.imported += 1
                 s.bytes += r.size
