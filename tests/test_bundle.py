@@ -118,3 +118,184 @@ def test_a_dcm_file_given_opens_its_study_in_a_viewer_tab(qtbot: Any, no_leaked_
     assert seen["air"] == 0, seen
     with Archive(data) as archive:  # imported through the one ingest: in the index
         assert archive.count("STUDY") == 1 and archive.count("IMAGE") == 1
+
+
+# ---------------------------------------------------------------- the frozen program (slow: built once)
+
+CLEAN_PATH = "/usr/bin:/bin"
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one-folder bundle, built once per session by ``installer/build_bundle.sh`` into a temp folder.
+
+    ``HILUM_TEST_BUNDLE=DIR`` (a folder holding ``hilum/hilum``) uses a bundle built beforehand instead
+    (for working on these tests; CI builds).
+    """
+    given = os.environ.get("HILUM_TEST_BUNDLE")
+    if given:
+        folder = Path(given) / "hilum"
+        assert (folder / "hilum").is_file(), f"HILUM_TEST_BUNDLE={given}: no hilum/hilum in it"
+        return folder
+    pytest.importorskip("PyInstaller")
+    out = tmp_path_factory.mktemp("bundle")
+    r = subprocess.run(["bash", str(REPO / "installer" / "build_bundle.sh"), "--dist", str(out / "dist"),
+                        "--work", str(out / "work"), "--python", sys.executable],
+                       capture_output=True, text=True, timeout=1800)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    shutil.rmtree(out / "work", ignore_errors=True)
+    return out / "dist" / "hilum"
+
+
+def run_clean(bundle: Path, *args: str, home: Path, cwd: Path | None = None, timeout: float = 300,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Run the bundled ``hilum`` as a user would with nothing set up: ``env -i``, PATH=/usr/bin:/bin,
+    HOME a temp folder, no DISPLAY, no venv, no PYTHONPATH, cwd a temp folder."""
+    clean = {"PATH": CLEAN_PATH, "HOME": str(home), **(env or {})}
+    return subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in clean.items()), str(bundle / "hilum"), *args],
+                          cwd=cwd or home, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "home"
+    h.mkdir()
+    return h
+
+
+@pytest.mark.slow
+def test_bundle_version_in_a_clean_environment(bundle: Path, home: Path) -> None:
+    from hilum import __version__
+
+    r = run_clean(bundle, "--version", home=home)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"hilum {__version__}"
+    assert not (bundle / "_internal" / "hilum" / "__init__.py").exists()  # our code is in the archive, not loose
+
+
+@pytest.mark.slow
+def test_bundle_has_every_verb(bundle: Path, home: Path) -> None:
+    """``pkgutil.iter_modules`` finds the verbs in the frozen archive as in the source tree."""
+    r = run_clean(bundle, "--help", home=home)
+    assert r.returncode == 0, r.stderr
+    listed = r.stdout.split("positional arguments:")[1].split("options:")[0]
+    missing = sorted(v for v in VERBS if v not in listed)
+    assert not missing, f"verbs missing from the bundle's --help: {missing}"
+
+
+@pytest.mark.slow
+def test_bundle_selftest_or_core_verbs_in_a_clean_environment(bundle: Path, home: Path, tmp_path: Path) -> None:
+    """``hilum selftest`` (helper B's verb) when this tree has it; the same ground by hand otherwise:
+    demo data written, imported (migrations applied, every compressed syntax decoded on ingest), queried,
+    a compressed frame of each syntax rendered, the node started and C-ECHOed."""
+    if (REPO / "app" / "hilum" / "cli" / "selftest.py").is_file():
+        r = run_clean(bundle, "selftest", "--json", home=home, timeout=600)
+        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+        return
+    data, demo = tmp_path / "data", tmp_path / "demo"
+    r = run_clean(bundle, "demo", "--out", str(demo), "--small", home=home)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_clean(bundle, "--data", str(data), "import", str(demo), "--json", home=home)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+
+    report = json.loads(r.stdout)
+    assert report.get("rejected", 0) == 0, report
+    assert report["imported"] > 0, report
+    r = run_clean(bundle, "--data", str(data), "check", "--json", home=home)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_bundle_renders_every_compressed_syntax(bundle: Path, home: Path, tmp_path: Path) -> None:
+    """The codecs travelled with their entry-point metadata: one frame of each compressed transfer
+    syntax the workstation decodes, rendered by the bundled ``hilum render`` — compared with the venv's."""
+    import pydicom
+    from PIL import Image
+
+    from hilum.dicom.generator import MUELLER, iter_ct_series, make_study, transcode, write_dataset
+
+    syntaxes = {
+        "rle": "1.2.840.10008.1.2.5",
+        "jpegls": "1.2.840.10008.1.2.4.80",
+        "j2k": "1.2.840.10008.1.2.4.90",
+        "jpeg-lossless": "1.2.840.10008.1.2.4.70",
+    }
+    base = next(iter(iter_ct_series(make_study(MUELLER, seed="bundle"), rows=64, columns=64, slices=1)))
+    for name, uid in syntaxes.items():
+        try:
+            ds = transcode(base, uid)
+        except Exception as exc:  # noqa: BLE001 - pydicom cannot encode every syntax (lossless JPEG)
+            if name == "jpeg-lossless":
+                continue
+            raise AssertionError(f"{name}: {exc}") from exc
+        src = write_dataset(ds, tmp_path / f"{name}.dcm")
+        assert str(pydicom.dcmread(src).file_meta.TransferSyntaxUID) == uid
+        out = tmp_path / f"{name}.png"
+        r = run_clean(bundle, "render", str(src), "-o", str(out), home=home)
+        assert r.returncode == 0, f"{name}: {r.stderr[-2000:]}"
+        want = tmp_path / f"{name}.venv.png"
+        v = subprocess.run([sys.executable, "-m", "hilum", "render", str(src), "-o", str(want)],
+                           env=dict(os.environ, PYTHONPATH=str(REPO / "app")), capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+        assert v.returncode == 0, v.stderr[-2000:]
+        got_px, want_px = np.asarray(Image.open(out)), np.asarray(Image.open(want))
+        assert got_px.std() > 5, f"{name}: a blank render"
+        assert np.array_equal(got_px, want_px), f"{name}: the bundle renders other pixels than the venv"
+
+
+@pytest.mark.slow
+def test_every_library_in_the_bundle_finds_its_dependencies(bundle: Path) -> None:
+    """``ldd`` over every shared library: none may miss a dependency that the bundle or the .deb's
+    Depends do not provide (a library left out by the spec's exclusions shows here)."""
+    internal = bundle / "_internal"
+    search = ":".join(str(p) for p in {internal, internal / "PySide6" / "Qt" / "lib"})
+    optional = ("tbbpool",)  # numba's TBB threading layer: numba falls back to its OpenMP/workqueue layers
+    missing: list[str] = []
+    for f in sorted(internal.rglob("*.so*")):
+        if not f.is_file() or any(o in f.name for o in optional):
+            continue
+        r = subprocess.run(["ldd", str(f)], capture_output=True, text=True, env={"LD_LIBRARY_PATH": search,
+                           "PATH": CLEAN_PATH}, timeout=60)  # fmt: skip
+        missing += [f"{f.relative_to(internal)}: {line.strip()}" for line in r.stdout.splitlines() if "not found" in line]
+    assert not missing, "\n".join(missing[:40])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("Xvfb") is None or shutil.which("xdotool") is None, reason="needs Xvfb and xdotool")
+def test_bundle_opens_a_window_on_x11(bundle: Path, home: Path, tmp_path: Path) -> None:
+    """The bundled workstation on a real X server (Qt's xcb plug-in in the bundle): ``hilum gui FILE.dcm``
+    maps a window titled Hilum and ends with status 0 on SIGTERM."""
+    import signal
+    import time
+
+    given = write_ct(tmp_path / "incoming", rows=32, slices=1)[0]
+    display = f":{90 + os.getpid() % 100}"
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(1.0)
+        env = ["env", "-i", f"PATH={CLEAN_PATH}", f"HOME={home}", f"DISPLAY={display}"]
+        gui = subprocess.Popen([*env, str(bundle / "hilum"), "--data", str(tmp_path / "data"), "gui", "--no-node",
+                                str(given)], cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            found = subprocess.run(["xdotool", "search", "--sync", "--onlyvisible", "--name", "Hilum"],
+                                   env={"DISPLAY": display, "PATH": CLEAN_PATH}, capture_output=True, text=True,
+                                   timeout=120)  # fmt: skip
+            assert found.returncode == 0 and found.stdout.strip(), found.stderr
+            time.sleep(2.0)  # the import of the file given and its viewer tab
+            assert gui.poll() is None, gui.communicate()[1][-3000:]
+            gui.send_signal(signal.SIGTERM)
+            _out, err = gui.communicate(timeout=60)
+            assert gui.returncode == 0, err[-3000:]
+        finally:
+            if gui.poll() is None:
+                gui.kill()
+                gui.wait()
+        from hilum.archive import Archive
+
+        with Archive(tmp_path / "data") as archive:
+            assert archive.count("IMAGE") == 1  # the file given was imported through the bundled program
+    finally:
+        xvfb.terminate()
+        xvfb.wait()
