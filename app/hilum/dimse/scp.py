@@ -78,6 +78,7 @@ from pynetdicom import AE, evt
 from hilum.archive import Archive, IngestResult, Received
 from hilum.archive.audit import group_by_patient, query_detail, query_subject
 from hilum.archive.blobs import TempBlob
+from hilum.archive.metrics import metrics_for
 from hilum.config import Config, Peer
 from hilum.dicom.transcode import TranscodeError
 from hilum.dimse import contexts as cx
@@ -222,6 +223,12 @@ class DimseService:
         self.direct_stores = 0  # C-STORE requests received by the direct path (hilum.dimse.storefast)
         self._direct_lock = threading.Lock()
         self.reporter = CommitmentReporter(config.aet, self.peers_by_aet.get, self.associate_kwargs)
+        # issue 22: the node's /metrics (associations by result, open associations)
+        self.metrics = metrics_for(archive)
+        self._unwatch: Any = None
+
+    def _open_associations(self) -> int:
+        return sum(1 for a in list(self.ae.active_associations) if a.is_established)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -342,9 +349,13 @@ class DimseService:
         except OSError:
             self.stop(drain_timeout=0)
             raise
+        self._unwatch = self.metrics.watch_associations(self._open_associations)
 
     def stop(self, drain_timeout: float | None = None) -> None:
         timeout = self.drain_timeout if drain_timeout is None else drain_timeout
+        if self._unwatch is not None:
+            self._unwatch, unwatch = None, self._unwatch
+            unwatch()
         servers, self._servers = self._servers, []
         for server in servers:
             server.shutdown()
@@ -540,11 +551,13 @@ class DimseService:
             assoc.acceptor.supported_contexts = contexts
 
     def _on_accepted(self, event: evt.Event) -> None:
+        self.metrics.association("accepted")
         rec = self._log_of(event.assoc)
         if rec is not None:
             rec.outcome = "open"
 
     def _on_rejected(self, event: evt.Event) -> None:
+        self.metrics.association("rejected")
         rec = self._log_of(event.assoc)
         if rec is None:
             return
