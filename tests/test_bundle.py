@@ -212,14 +212,11 @@ def test_bundle_renders_every_compressed_syntax(bundle: Path, home: Path, tmp_pa
     syntax the workstation decodes, rendered by the bundled ``hilum render`` — compared with the venv's."""
     import pydicom
     from PIL import Image
+    from pydicom.data import get_testdata_file
 
     from hilum.dicom.generator import iter_ct_series, transcode, write_dataset
 
-    from pydicom.data import get_testdata_file
-
-    from _viewer_data import STUDY as CT_STUDY
-
-    base = next(iter(iter_ct_series(CT_STUDY, rows=64, columns=64, slices=1, noise_sigma=0.0)))
+    base = next(iter(iter_ct_series(STUDY, rows=64, columns=64, slices=1, noise_sigma=0.0)))
     sources: dict[str, Path] = {}
     for name in ("rle", "jpeg-ls", "j2k", "j2k-lossy"):
         sources[name] = write_dataset(transcode(base, name), tmp_path / f"{name}.dcm")
@@ -241,6 +238,61 @@ def test_bundle_renders_every_compressed_syntax(bundle: Path, home: Path, tmp_pa
         assert np.array_equal(got_px, want_px), f"{name}: the bundle renders other pixels than the venv"
 
 
+PROBE = """
+import json, os, sys
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+
+from hilum.archive import batch
+from hilum.dicom import pixels
+from hilum.dimse import reactor
+from hilum.render import reslice_kernel
+
+out = {"frozen": bool(getattr(sys, "frozen", False)), "pixels": pixels.upstream_changes(),
+       "reactor": reactor.upstream_changes(), "main_module_safe": batch.main_module_safe()}
+out["reslice"] = reslice_kernel.available(wait=True)
+out["reslice_reason"] = reslice_kernel.unavailable_reason()
+try:
+    import numpy as np
+    import SimpleITK as sitk
+
+    out["simpleitk"] = list(sitk.GetImageFromArray(np.zeros((3, 4, 5), np.float32)).GetSize())
+except ImportError as exc:
+    out["simpleitk"] = str(exc)
+with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as pool:
+    out["child_pid"] = pool.submit(os.getpid).result(timeout=120)
+out["pid"] = os.getpid()
+print("PROBE " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_inside_the_bundle_fast_paths_and_optional_parts_work(bundle: Path, home: Path, tmp_path: Path) -> None:
+    """What only shows at run time: the fast paths fenced by upstream source digests stay on (the
+    sources travelled), numba compiles the reslice kernel with its cache under the user's cache
+    folder (the install is read-only), SimpleITK loads, and forkserver workers start from the frozen
+    executable.  Run inside the bundle with HILUM_BUNDLE_RUN (installer/pyinstaller/hilum_main.py)."""
+    import json
+
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    r = run_clean(bundle, home=home, env={"HILUM_BUNDLE_RUN": str(script)}, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    lines = [line for line in r.stdout.splitlines() if line.startswith("PROBE ")]
+    assert lines, r.stdout[-2000:] + r.stderr[-2000:]
+    out = json.loads(lines[-1][len("PROBE ") :])
+    assert out["frozen"] is True
+    assert out["pixels"] == [] and out["reactor"] == [], out  # fast paths not fenced off
+    assert out["main_module_safe"] is True, out  # batch workers are processes, not threads
+    assert out["child_pid"] != out["pid"]
+    without = {p.name for p in (bundle / "_internal").iterdir()}
+    if "llvmlite" in without:
+        assert out["reslice"] is True, out["reslice_reason"]
+        assert any((home / ".cache" / "hilum" / "numba").rglob("*.nbi")), "numba's cache is not in the user's cache"
+    if "SimpleITK" in without:
+        assert out["simpleitk"] == [5, 4, 3], out
+
+
 @pytest.mark.slow
 def test_every_library_in_the_bundle_finds_its_dependencies(bundle: Path) -> None:
     """``ldd`` over every shared library: none may miss a dependency that the bundle or the .deb's
@@ -254,7 +306,9 @@ def test_every_library_in_the_bundle_finds_its_dependencies(bundle: Path) -> Non
             continue
         r = subprocess.run(["ldd", str(f)], capture_output=True, text=True, env={"LD_LIBRARY_PATH": search,
                            "PATH": CLEAN_PATH}, timeout=60)  # fmt: skip
-        missing += [f"{f.relative_to(internal)}: {line.strip()}" for line in r.stdout.splitlines() if "not found" in line]
+        missing += [
+            f"{f.relative_to(internal)}: {line.strip()}" for line in r.stdout.splitlines() if "not found" in line
+        ]
     assert not missing, "\n".join(missing[:40])
 
 
@@ -296,3 +350,96 @@ def test_bundle_opens_a_window_on_x11(bundle: Path, home: Path, tmp_path: Path) 
     finally:
         xvfb.terminate()
         xvfb.wait()
+
+
+@pytest.fixture(scope="session")
+def deb(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The .deb made from the session's bundle (zstd here: the contents are what is checked; the
+    shipped xz package is measured by bench/bundle)."""
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb is needed")
+    out = tmp_path_factory.mktemp("deb")
+    r = subprocess.run(["bash", str(REPO / "installer" / "deb" / "build_deb.sh"), "--bundle", str(bundle),
+                        "--out", str(out), "--compress", "zstd"], capture_output=True, text=True, timeout=1800)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    (found,) = out.glob("hilum_*.deb")
+    return found
+
+
+@pytest.mark.slow
+def test_deb_control_and_contents(deb: Path) -> None:
+    from hilum import __version__
+
+    info = subprocess.run(["dpkg-deb", "-I", str(deb)], capture_output=True, text=True, check=True).stdout
+    fields = dict(line.strip().split(": ", 1) for line in info.splitlines() if ": " in line and line.startswith(" "))
+    assert fields["Package"] == "hilum" and fields["Version"] == __version__
+    depends = fields["Depends"]
+    for lib in ("libc6", "libgl1", "libegl1", "libxcb1", "fontconfig-config"):
+        assert lib in depends, depends
+    assert "postinst" in info and "postrm" in info
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True).stdout
+    rows = [line.split() for line in listing.splitlines()]
+    owners = {row[1] for row in rows}
+    assert owners == {"root/root"}, owners  # --root-owner-group
+    names = {row[5] for row in rows}
+    for path in ("./opt/hilum/hilum", "./usr/share/applications/hilum.desktop", "./usr/share/mime/packages/hilum.xml",
+                 "./usr/share/icons/hicolor/scalable/apps/hilum.svg", "./usr/share/icons/hicolor/48x48/apps/hilum.png",
+                 "./usr/share/icons/hicolor/256x256/apps/hilum.png"):  # fmt: skip
+        assert path in names, path
+    link = next(row for row in rows if row[5] == "./usr/bin/hilum")
+    assert link[0].startswith("l") and link[-1] == "/opt/hilum/hilum", link
+    exe = next(row for row in rows if row[5] == "./opt/hilum/hilum")
+    assert exe[0] == "-rwxr-xr-x", exe
+
+
+@pytest.mark.slow
+def test_deb_desktop_entry_mime_and_scripts(deb: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    control = tmp_path / "control"
+    subprocess.run(["dpkg-deb", "-e", str(deb), str(control)], check=True)
+    # the installed program runs from its real place through the /usr/bin link's target
+    r = subprocess.run(["env", "-i", f"PATH={CLEAN_PATH}", f"HOME={tmp_path}", str(root / "opt/hilum/hilum"),
+                        "--version"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.startswith("hilum "), r.stderr
+    desktop = root / "usr/share/applications/hilum.desktop"
+    if shutil.which("desktop-file-validate"):
+        v = subprocess.run(["desktop-file-validate", str(desktop)], capture_output=True, text=True)
+        assert v.returncode == 0 and not v.stdout.strip(), v.stdout + v.stderr
+    entry = dict(line.split("=", 1) for line in desktop.read_text().splitlines() if "=" in line)
+    assert entry["Exec"] == "hilum gui %F" and entry["Icon"] == "hilum"
+    assert set(entry["MimeType"].strip(";").split(";")) == {"application/dicom", "application/x-dicomdir"}
+    # the MIME package: well-formed, the types and rules the brief asks for
+    ns = {"m": "http://www.freedesktop.org/standards/shared-mime-info"}
+    xml = ET.parse(root / "usr/share/mime/packages/hilum.xml").getroot()
+    dicom = xml.find("m:mime-type[@type='application/dicom']", ns)
+    assert dicom is not None and dicom.find("m:glob[@pattern='*.dcm']", ns) is not None
+    match = dicom.find("m:magic/m:match", ns)
+    assert match is not None and (match.get("value"), match.get("offset"), match.get("type")) == (
+        "DICM",
+        "128",
+        "string",
+    )
+    dicomdir = xml.find("m:mime-type[@type='application/x-dicomdir']", ns)
+    assert dicomdir is not None and dicomdir.find("m:glob[@pattern='DICOMDIR']", ns) is not None
+    if shutil.which("update-mime-database"):  # compiled by the real tool into a scratch database
+        db = tmp_path / "mime"
+        (db / "packages").mkdir(parents=True)
+        shutil.copy(root / "usr/share/mime/packages/hilum.xml", db / "packages")
+        u = subprocess.run(["update-mime-database", str(db)], capture_output=True, text=True)
+        assert u.returncode == 0 and "error" not in u.stderr.lower(), u.stderr
+        globs = (db / "globs2").read_text()
+        assert "application/dicom:*.dcm" in globs and "application/x-dicomdir:DICOMDIR" in globs
+        assert b"application/dicom" in (db / "magic").read_bytes() and b"DICM" in (db / "magic").read_bytes()
+    for size in (16, 32, 48, 128, 256, 512):
+        from PIL import Image
+
+        with Image.open(root / f"usr/share/icons/hicolor/{size}x{size}/apps/hilum.png") as im:
+            assert im.size == (size, size)
+    for script in ("postinst", "postrm"):
+        path = control / script
+        assert os.access(path, os.X_OK), script
+        assert subprocess.run(["sh", "-n", str(path)]).returncode == 0, script
+        text = path.read_text()
+        for tool in ("update-desktop-database", "update-mime-database", "gtk-update-icon-cache"):
+            assert f"command -v {tool}" in text, (script, tool)

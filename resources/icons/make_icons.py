@@ -30,21 +30,25 @@ DOT_BOX = (104, 104, 152, 152)
 def svg() -> str:
     def ellipse(box: tuple[int, int, int, int], fill: str) -> str:
         x0, y0, x1, y1 = box
-        return (f'<ellipse cx="{(x0 + x1) / 2}" cy="{(y0 + y1) / 2}" rx="{(x1 - x0) / 2}" '
-                f'ry="{(y1 - y0) / 2}" fill="{fill}"/>')
+        return (
+            f'<ellipse cx="{(x0 + x1) / 2}" cy="{(y0 + y1) / 2}" rx="{(x1 - x0) / 2}" '
+            f'ry="{(y1 - y0) / 2}" fill="{fill}"/>'
+        )
 
     x0, y0, x1, y1 = TRACHEA
-    return "\n".join([
-        '<svg xmlns="http://www.w3.org/2000/svg" width="256" height="256" viewBox="0 0 256 256">',
-        "  <title>Hilum</title>",
-        f'  <rect x="0" y="0" width="256" height="256" rx="{RADIUS}" ry="{RADIUS}" fill="{BG}"/>',
-        "  " + ellipse(LEFT_LOBE, LOBE),
-        "  " + ellipse(RIGHT_LOBE, LOBE),
-        f'  <rect x="{x0}" y="{y0}" width="{x1 - x0}" height="{y1 - y0}" rx="8" fill="{LOBE}"/>',
-        "  " + ellipse(DOT_BOX, DOT),
-        "</svg>",
-        "",
-    ])
+    return "\n".join(
+        [
+            '<svg xmlns="http://www.w3.org/2000/svg" width="256" height="256" viewBox="0 0 256 256">',
+            "  <title>Hilum</title>",
+            f'  <rect x="0" y="0" width="256" height="256" rx="{RADIUS}" ry="{RADIUS}" fill="{BG}"/>',
+            "  " + ellipse(LEFT_LOBE, LOBE),
+            "  " + ellipse(RIGHT_LOBE, LOBE),
+            f'  <rect x="{x0}" y="{y0}" width="{x1 - x0}" height="{y1 - y0}" rx="8" fill="{LOBE}"/>',
+            "  " + ellipse(DOT_BOX, DOT),
+            "</svg>",
+            "",
+        ]
+    )
 
 
 def raster(size: int) -> Image.Image:

@@ -82,9 +82,7 @@ def _add_global_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _verbs(parser: argparse.ArgumentParser) -> set[str]:
-    return {
-        name for a in parser._actions if isinstance(a, argparse._SubParsersAction) for name in a.choices
-    }
+    return {name for a in parser._actions if isinstance(a, argparse._SubParsersAction) for name in a.choices}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
