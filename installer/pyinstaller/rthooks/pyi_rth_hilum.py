@@ -2,7 +2,11 @@
 
 * numba caches compiled functions next to their source by default; in an
   installed bundle that folder is read-only (``/opt/hilum``, Program Files),
-  so the cache goes to the user's cache folder instead.
+  so ``NUMBA_CACHE_DIR`` points to the user's cache folder.  (Measured: for
+  functions compiled from the frozen archive — ``hilum.render._reslice_jit`` —
+  numba's own frozen-aware locator already picks the user-wide cache,
+  ``~/.cache/numba``, keyed on the executable; this setting covers any numba
+  code loaded from a file.  Neither writes into the install.)
 * Qt finds its plugins (xcb, offscreen) through PyInstaller's own hook;
   nothing to set here.
 """
