@@ -147,6 +147,18 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "dist" / "hilum"
 
 
+def start_xvfb() -> tuple[subprocess.Popen[bytes], str]:
+    """A private X server on a free display number (Xvfb picks it: -displayfd)."""
+    read, write = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    os.close(write)
+    with os.fdopen(read) as f:
+        number = f.readline().strip()
+    assert number, "Xvfb did not start"
+    return xvfb, f":{number}"
+
+
 def run_clean(bundle: Path, *args: str, home: Path, cwd: Path | None = None, timeout: float = 300,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """Run the bundled ``hilum`` as a user would with nothing set up: ``env -i``, PATH=/usr/bin:/bin,
@@ -331,11 +343,8 @@ def test_bundle_opens_a_window_on_x11(bundle: Path, home: Path, tmp_path: Path) 
     import time
 
     given = write_ct(tmp_path / "incoming", rows=32, slices=1)[0]
-    display = f":{90 + os.getpid() % 100}"
-    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    xvfb, display = start_xvfb()
     try:
-        time.sleep(1.0)
         env = ["env", "-i", f"PATH={CLEAN_PATH}", f"HOME={home}", f"DISPLAY={display}"]
         gui = subprocess.Popen([*env, str(bundle / "hilum"), "--data", str(tmp_path / "data"), "gui", "--no-node",
                                 str(given)], cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip

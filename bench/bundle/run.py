@@ -163,11 +163,13 @@ def main() -> int:
         figures["optional_parts"] = optional_parts(bundle)
 
         # start to first window (the first start right after the build, then warm ones)
-        display = f":{150 + os.getpid() % 50}"
-        xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1920x1080x24", "-nolisten", "tcp"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        read, write = os.pipe()  # Xvfb picks a free display number and writes it here
+        xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1920x1080x24", "-nolisten", "tcp"],
+                                pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        os.close(write)
+        with os.fdopen(read) as f:
+            display = ":" + f.readline().strip()
         try:
-            time.sleep(1.0)
             home = work / "home"
             home.mkdir(exist_ok=True)
             clean = {"PATH": CLEAN_PATH, "HOME": str(home)}
