@@ -150,7 +150,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def start_xvfb() -> tuple[subprocess.Popen[bytes], str]:
     """A private X server on a free display number (Xvfb picks it: -displayfd)."""
     read, write = os.pipe()
-    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1600x1000x24", "-nolisten", "tcp", "-noreset"],
                             pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     os.close(write)
     with os.fdopen(read) as f:

@@ -9,7 +9,8 @@ Measures, on this machine:
   (xz, dpkg's default) and its build time; what the optional heavy parts (SimpleITK, numba + llvmlite)
   weigh in the folder and compressed (``xz -6`` of that part alone);
 * **start to first window** — the bundled ``hilum gui --no-node`` on a fresh data folder under Xvfb,
-  from ``Popen`` until ``xdotool search --sync --onlyvisible --name Hilum`` sees the main window mapped;
+  from ``Popen`` until ``xdotool search --onlyvisible --name Hilum`` (polled every 10 ms) sees the main
+  window mapped;
   the same for ``python -m hilum gui --no-node`` from the venv beside it.  Page caches cannot be dropped
   here: the *first* start after the build (bundle) / first of this run (venv) is reported apart from the
   warm starts (median of ``--runs``, alternating bundle and venv);
@@ -86,6 +87,8 @@ def breakdown(bundle: Path) -> list[tuple[str, int]]:
     internal = bundle / "_internal"
     sizes: dict[str, int] = {}
     for entry in internal.iterdir():
+        if entry.is_symlink():  # PyInstaller links a library found twice (e.g. libvtk*.so → vtkmodules/)
+            continue
         size = du_bytes(entry) if entry.is_dir() else entry.stat().st_size
         name = next((g for g, prefixes in GROUPS.items() if any(entry.name.startswith(p) for p in prefixes)),
                     "system and other shared libraries" if ".so" in entry.name else "other data (metadata, fonts...)")  # fmt: skip
@@ -105,10 +108,17 @@ def optional_parts(bundle: Path) -> dict[str, dict[str, int]]:
     return out
 
 
-def wait_window(display: str, timeout: float) -> bool:
-    r = subprocess.run(["xdotool", "search", "--sync", "--onlyvisible", "--name", "Hilum"],
-                       env={"DISPLAY": display, "PATH": CLEAN_PATH}, capture_output=True, timeout=timeout)  # fmt: skip
-    return r.returncode == 0 and bool(r.stdout.strip())
+def wait_window(display: str, timeout: float, proc: subprocess.Popen[bytes]) -> bool:
+    """Poll every 10 ms until a visible window named Hilum is mapped (``xdotool search --sync``
+    polls only every 0.5 s: too coarse for a start of a second or two)."""
+    deadline = time.perf_counter() + timeout
+    env = {"DISPLAY": display, "PATH": CLEAN_PATH}
+    while time.perf_counter() < deadline and proc.poll() is None:
+        r = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", "Hilum"], env=env, capture_output=True)
+        if r.returncode == 0 and r.stdout.strip():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def start_to_window(cmd: list[str], env: dict[str, str], display: str, work: Path, timeout: float = 120) -> float:
@@ -118,7 +128,7 @@ def start_to_window(cmd: list[str], env: dict[str, str], display: str, work: Pat
     proc = subprocess.Popen([*cmd, "--data", str(data), "gui", "--no-node"], env={**env, "DISPLAY": display},
                             cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        ok = wait_window(display, timeout)
+        ok = wait_window(display, timeout, proc)
         elapsed = time.perf_counter() - t0
         if not ok:
             raise RuntimeError(f"no window from {cmd[0]}: {proc.stderr.read().decode()[-2000:] if proc.poll() else ''}")
@@ -164,7 +174,7 @@ def main() -> int:
 
         # start to first window (the first start right after the build, then warm ones)
         read, write = os.pipe()  # Xvfb picks a free display number and writes it here
-        xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1920x1080x24", "-nolisten", "tcp"],
+        xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1920x1080x24", "-nolisten", "tcp", "-noreset"],
                                 pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         os.close(write)
         with os.fdopen(read) as f:
