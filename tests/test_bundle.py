@@ -315,6 +315,58 @@ def test_inside_the_bundle_fast_paths_and_optional_parts_work(bundle: Path, home
         assert out["simpleitk"] == [5, 4, 3], out
 
 
+VTK_PROBE = """
+import sys
+
+import numpy as np
+
+
+def main():
+    from hilum.dicom.generator import DOE, generate_ct_series, make_study
+    from hilum.dicom.volume import build_volume
+    from hilum.render.mpr import MPRScene
+    from hilum.render.volume3d import VolumeScene
+
+    series = generate_ct_series(make_study(DOE, accession="BUNDLE"), rows=64, columns=64, slices=32, fov=200.0,
+                                slice_thickness=2.0, noise_sigma=0.0)
+    volume = build_volume(series)
+    scene = VolumeScene(volume, size=(160, 120), preset="ct-bone")
+    try:
+        np.save(sys.argv[1] + ".vr.npy", scene.render_frame())
+    finally:
+        scene.close()
+    mpr = MPRScene(volume, size=(96, 96), window=(40.0, 400.0))
+    try:
+        viewport = next(iter(mpr.viewports.values()))
+        viewport.render()
+        np.save(sys.argv[1] + ".mpr.npy", viewport.capture())
+    finally:
+        mpr.close()
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.slow
+def test_bundle_renders_3d_and_mpr_with_vtk_headless(bundle: Path, home: Path, tmp_path: Path) -> None:
+    """The VTK modules the viewer imports travelled with their object factories: a volume-rendered frame
+    and an MPR viewport rendered offscreen inside the bundle with no DISPLAY (EGL) equal the venv's."""
+    script = tmp_path / "vtk_probe.py"
+    script.write_text(VTK_PROBE)
+    r = run_clean(bundle, str(tmp_path / "bundle"), home=home, env={"HILUM_BUNDLE_RUN": str(script)})
+    assert r.returncode == 0, r.stderr[-4000:]
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    v = subprocess.run([sys.executable, str(script), str(tmp_path / "venv")], capture_output=True, text=True,
+                       env={**env, "PYTHONPATH": str(REPO / "app")}, timeout=300)  # fmt: skip
+    assert v.returncode == 0, v.stderr[-4000:]
+    for kind in ("vr", "mpr"):
+        got, want = np.load(tmp_path / f"bundle.{kind}.npy"), np.load(tmp_path / f"venv.{kind}.npy")
+        assert got.std() > 5, f"{kind}: a blank frame from the bundle"
+        assert got.shape == want.shape and np.array_equal(got, want), f"{kind}: the bundle renders other pixels"
+
+
 @pytest.mark.slow
 def test_every_library_in_the_bundle_finds_its_dependencies(bundle: Path) -> None:
     """``ldd`` over every shared library: none may miss a dependency that the bundle or the .deb's
