@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from _ops import BIN, ENV, hilum_cli, serving, write_ct
 
+from _ops import BIN, ENV, hilum_cli, serving, write_ct
 from hilum.archive import Archive, ai_jobs
 from hilum.cli._runtime import LogSettings, last_problems, open_log_file
 from hilum.config import load_config
