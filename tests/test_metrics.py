@@ -220,3 +220,23 @@ def test_open_associations_are_counted(data_dir: Path) -> None:
             time.sleep(0.05)
         assert samples(m.render().decode())[("hilum_associations_active", ())] == 0
     assert samples(m.render().decode())[("hilum_associations_active", ())] == 0, "a stopped service counts none"
+
+
+def test_disk_free_of_folder_tiers(tmp_path: Path) -> None:
+    from hilum.config import load_config
+
+    data, cold = tmp_path / "data", tmp_path / "cold"
+    cold.mkdir()
+    data.mkdir()
+    (data / "hilum.toml").write_text(f'[tiers.cold]\ntype = "filesystem"\npath = "{cold}"\n')
+    a = Archive.from_config(load_config(data))
+    try:
+        m = NodeMetrics(a)
+        try:
+            now = samples(m.render().decode())
+        finally:
+            m.close()
+    finally:
+        a.close()
+    assert now[("hilum_disk_free_bytes", (("path", str(data)),))] > 0
+    assert now[("hilum_disk_free_bytes", (("path", str(cold)),))] > 0
