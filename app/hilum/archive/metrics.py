@@ -84,6 +84,15 @@ class _ScrapeCollector(Collector):
     def __init__(self, metrics: NodeMetrics) -> None:
         self.metrics = metrics
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The names only: registering must not count the index (nor fill the cache with a stale count)."""
+        yield GaugeMetricFamily("hilum_archive_instances", "Instances in the index")
+        yield GaugeMetricFamily("hilum_archive_studies", "Studies in the index")
+        yield GaugeMetricFamily("hilum_archive_bytes", "Bytes of the indexed instances")
+        yield GaugeMetricFamily("hilum_queue_length", "Items waiting in a queue of the index", labels=["queue"])
+        yield GaugeMetricFamily("hilum_disk_free_bytes", "Free bytes of the data folder and folder tiers",
+                                labels=["path"])  # fmt: skip
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         m = self.metrics
         figures = m.figures.get()
@@ -108,7 +117,7 @@ class _ScrapeCollector(Collector):
 class NodeMetrics:
     """The metrics of one node; ``render()`` is the ``/metrics`` body (Prometheus text format 0.0.4)."""
 
-    def __init__(self, archive: Archive, *, ttl: float = 5.0) -> None:
+    def __init__(self, archive: Archive, *, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.data_dir = Path(archive.data_dir)
         self._tier_paths = _folder_tiers(archive)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -134,7 +143,7 @@ class NodeMetrics:
         rate.set_function(self._rate.per_second)
         self.http = Counter("hilum_http_requests", "HTTP requests answered, by method and status",
                             ["method", "status"], registry=r)  # fmt: skip
-        self.figures = CachedFigures(archive.engine, ttl=ttl)
+        self.figures = CachedFigures(archive.engine, ttl=ttl, clock=clock)
         self.prefetch_queue: Callable[[], int] = lambda: 0
         r.register(_ScrapeCollector(self))
         self._unsubscribe = archive.subscribe(self._on_event)
