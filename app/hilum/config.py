@@ -127,6 +127,7 @@ class Config:
     require_known_peers: bool = False
     max_associations: int = 32
     max_pdu_size: int = 0  # 0 = unlimited
+    stop_timeout: float = 30.0  # seconds in-flight associations may take to finish once a stop begins (node.py)
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
