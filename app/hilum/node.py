@@ -259,7 +259,9 @@ class Node:
 
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
-            for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            # SIGHUP: POSIX only (a closed terminal); SIGBREAK: Windows only (Ctrl+Break in a console)
+            signals = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None), getattr(signal, "SIGBREAK", None))
+            for sig in signals:
                 if sig is not None:
                     previous[sig] = signal.signal(sig, on_signal)
         try:
