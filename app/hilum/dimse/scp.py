@@ -78,6 +78,7 @@ from pynetdicom import AE, evt
 from hilum.archive import Archive, IngestResult, Received
 from hilum.archive.audit import group_by_patient, query_detail, query_subject
 from hilum.archive.blobs import TempBlob
+from hilum.archive.metrics import metrics_for
 from hilum.config import Config, Peer
 from hilum.dicom.transcode import TranscodeError
 from hilum.dimse import contexts as cx
@@ -226,6 +227,12 @@ class DimseService:
         self.direct_stores = 0  # C-STORE requests received by the direct path (hilum.dimse.storefast)
         self._direct_lock = threading.Lock()
         self.reporter = CommitmentReporter(config.aet, self.peers_by_aet.get, self.associate_kwargs)
+        # issue 22: the node's /metrics (associations by result, open associations)
+        self.metrics = metrics_for(archive)
+        self._unwatch: Any = None
+
+    def _open_associations(self) -> int:
+        return sum(1 for a in list(self.ae.active_associations) if a.is_established)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -346,6 +353,7 @@ class DimseService:
         except OSError:
             self.stop(drain_timeout=0)
             raise
+        self._unwatch = self.metrics.watch_associations(self._open_associations)
 
     def stop_accepting(self) -> None:
         """Close the listening socket(s): a new connection is refused from now on (associations in flight
@@ -380,6 +388,9 @@ class DimseService:
             time.sleep(0.05)
         self.reporter.join(timeout=max(0.0, (self._drain_deadline or 0.0) - time.monotonic()))
         self._drain_deadline = None
+        if self._unwatch is not None:  # the open-associations gauge of /metrics, watched while draining too
+            self._unwatch, unwatch = None, self._unwatch
+            unwatch()
         left = [a for a in self.ae.active_associations if a.is_established]
         if left:
             log.warning("aborting %d association(s) still open at shutdown", len(left))
@@ -562,11 +573,13 @@ class DimseService:
             assoc.acceptor.supported_contexts = contexts
 
     def _on_accepted(self, event: evt.Event) -> None:
+        self.metrics.association("accepted")
         rec = self._log_of(event.assoc)
         if rec is not None:
             rec.outcome = "open"
 
     def _on_rejected(self, event: evt.Event) -> None:
+        self.metrics.association("rejected")
         rec = self._log_of(event.assoc)
         if rec is None:
             return
