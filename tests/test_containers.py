@@ -219,7 +219,9 @@ def _hilum_verbs() -> set[str]:
 
 def dockerfile_problems(text: str, *, verbs: set[str]) -> list[str]:
     """Hilum's rules for its Dockerfile, over the file as ``dockerfile-parse`` reads it."""
-    from dockerfile_parse import DockerfileParser
+    DockerfileParser = pytest.importorskip(
+        "dockerfile_parse", reason="dockerfile-parse==2.0.1 (test extra) is needed"
+    ).DockerfileParser
 
     parser = DockerfileParser(fileobj=None, cache_content=True)
     parser.content = text
