@@ -21,8 +21,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -422,3 +424,79 @@ def test_example_node_configs_load_with_the_nodes_parsers(tmp_path: Path, monkey
     monkeypatch.delenv("HILUM_S3_SECRET")
     with pytest.raises(ConfigError, match="HILUM_S3_SECRET"):
         load_policies(load_config(tmp_path / "a"))
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not Path("/usr/bin/storescu").exists(), reason="DCMTK is needed")
+def test_example_node_configs_run_a_scale_out_on_real_servers(
+    pg_url: str, s3_server: tuple[str, str], tmp_path: Path
+) -> None:
+    """The two example files as they are, but for what only a container network has (the database and S3
+    host names, the listen address, the ports): two real ``hilum serve`` nodes on the suite's PostgreSQL and
+    s3rver, the S3 keys from the environment as in compose.  A study sent to node A is written through to
+    the bucket and retrieved (C-GET) from node B, pixels equal."""
+    from conftest import free_port
+    from hilum.dicom.generator import MUELLER
+    from test_scale_out import ENV as SCALE_ENV
+    from test_scale_out import _getscu, _pixels, _send, _study, _wait
+
+    endpoint, bucket = s3_server
+    ports: dict[str, tuple[int, int, int]] = {}
+    for name in ("a", "b"):
+        ports[name] = (free_port(), free_port(), free_port())
+        text = (DOCKER / f"hilum-node-{name}.toml").read_text()
+        for key, value in (
+            ("database_url", pg_url),
+            ("endpoint_url", endpoint),
+            ("bucket", bucket),
+            ("bind", "127.0.0.1"),
+            ("dicom_port", ports[name][0]),
+            ("web_port", ports[name][1]),
+            ("hl7_port", ports[name][2]),
+        ):
+            text, n = re.subn(rf"(?m)^{key} = \S+", f"{key} = {json.dumps(value)}", text, count=1)
+            assert n == 1, key
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "hilum.toml").write_text(text)
+    study_uid, files = _study(tmp_path / "study", MUELLER, "COMPOSE1", 4)
+    env = {**SCALE_ENV, "HILUM_S3_KEY": "S3RVER", "HILUM_S3_SECRET": "S3RVER"}  # as secrets/hilum.env does
+    procs: list[subprocess.Popen[str]] = []
+    logs = []
+    try:
+        for name in ("a", "b"):  # A first: it makes the schema
+            logs.append(log := open(tmp_path / name / "serve.log", "w"))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "hilum", "serve", "--data", str(tmp_path / name)],
+                    env=env,
+                    text=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                )
+            )
+            _wait(ports[name][0], procs[-1], tmp_path / name)
+        sender = _send("MOD1", "HILUMA", ports["a"][0], files)
+        assert sender.wait(120) == 0, sender.stderr.read() if sender.stderr else ""
+        out = tmp_path / "got"
+        out.mkdir()
+        deadline = time.monotonic() + 90
+        while True:  # until A's write-through copies are on the bucket, B cannot serve the study
+            got = _getscu("HILUMB", ports["b"][0], study_uid, out)
+            if got.returncode == 0 and len(list(out.iterdir())) == len(files):
+                break
+            assert time.monotonic() < deadline, got.stderr[-2000:]
+            time.sleep(1)
+        assert _pixels(out.iterdir()) == _pixels(files)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        codes = []
+        for p in procs:
+            try:
+                codes.append(p.wait(90))
+            finally:
+                if p.poll() is None:
+                    p.kill()
+        for log in logs:
+            log.close()
+    assert codes == [0, 0], [(tmp_path / n / "serve.log").read_text()[-2000:] for n in "ab"]
