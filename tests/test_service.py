@@ -524,6 +524,15 @@ def test_a_bad_stop_timeout_is_a_config_error(tmp_path: Path, value: str) -> Non
     assert "Traceback" not in out.stderr
 
 
+def test_stop_timeout_survives_a_config_save(tmp_path: Path) -> None:
+    """The workstation rewrites hilum.toml (Config.save, e.g. when a DICOMweb source is added): the
+    setting is kept."""
+    from hilum.config import Config, load_config
+
+    Config(data_dir=tmp_path, stop_timeout=75).save()
+    assert load_config(tmp_path).stop_timeout == 75
+
+
 # ---------------------------------------------------------------- sd_notify (Type=notify)
 
 

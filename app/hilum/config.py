@@ -149,6 +149,7 @@ class Config:
             "require_known_peers": self.require_known_peers,
             "max_associations": self.max_associations,
             "max_pdu_size": self.max_pdu_size,
+            "stop_timeout": self.stop_timeout,
         }
         for key in ("tls_cert", "tls_key", "tls_ca"):
             if getattr(self, key):
