@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import subprocess
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -191,3 +192,51 @@ def test_one_registry_per_node_and_cached_counts(tmp_path: Path) -> None:
             assert samples(cached.render().decode())[("hilum_archive_instances", ())] == 1
         finally:
             cached.close()
+
+
+def test_open_associations_are_counted(data_dir: Path) -> None:
+    from pynetdicom import AE
+
+    from conftest import free_port
+    from hilum.config import Config
+    from hilum.node import Node
+
+    cfg = Config(data_dir=data_dir, aet="GAUGE", dicom_port=free_port())
+    with Archive(data_dir) as a, Node(cfg, a, only=["dimse"]):
+        m = metrics_for(a)
+        ae = AE(ae_title="HOLDER")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", cfg.dicom_port, ae_title="GAUGE")
+        try:
+            assert assoc.is_established
+            now = samples(m.render().decode())
+            assert now[("hilum_associations_active", ())] == 1
+            assert now[("hilum_associations_total", (("result", "accepted"),))] == 1
+        finally:
+            assoc.release()
+        for _ in range(100):  # the acceptor's thread ends just after the release
+            if samples(m.render().decode())[("hilum_associations_active", ())] == 0:
+                break
+            time.sleep(0.05)
+        assert samples(m.render().decode())[("hilum_associations_active", ())] == 0
+    assert samples(m.render().decode())[("hilum_associations_active", ())] == 0, "a stopped service counts none"
+
+
+def test_disk_free_of_folder_tiers(tmp_path: Path) -> None:
+    from hilum.config import load_config
+
+    data, cold = tmp_path / "data", tmp_path / "cold"
+    cold.mkdir()
+    data.mkdir()
+    (data / "hilum.toml").write_text(f'[tiers.cold]\ntype = "filesystem"\npath = "{cold}"\n')
+    a = Archive.from_config(load_config(data))
+    try:
+        m = NodeMetrics(a)
+        try:
+            now = samples(m.render().decode())
+        finally:
+            m.close()
+    finally:
+        a.close()
+    assert now[("hilum_disk_free_bytes", (("path", str(data)),))] > 0
+    assert now[("hilum_disk_free_bytes", (("path", str(cold)),))] > 0

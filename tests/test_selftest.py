@@ -96,3 +96,12 @@ def test_selftest_reports_a_missing_codec_and_qt(tmp_path: Path) -> None:
     assert "skipped: generate failed" in lines["ingest"] and lines["node"].startswith("FAIL")
     assert lines["qt"].startswith("FAIL") and "PySide6" in lines["qt"], lines["qt"]
     assert "failed: generate, ingest, codecs, volume, render, node, qt" in proc.stdout
+
+
+def test_selftest_refuses_a_real_data_folder(tmp_path: Path) -> None:
+    data = tmp_path / "clinic"
+    Archive(data).close()
+    before = sorted(p.name for p in data.iterdir())
+    proc = selftest("--data", str(data), "--no-qt")
+    assert proc.returncode == 1 and "not made by the self-test" in proc.stderr, proc.stdout + proc.stderr
+    assert sorted(p.name for p in data.iterdir()) == before

@@ -132,3 +132,17 @@ def test_log_settings_and_rotation(tmp_path: Path) -> None:
     assert [p["message"].split()[1:3] for p in last] == [["line", "397"], ["line", "398"], ["line", "399"]]
     (tmp_path / "hilum.toml").write_text("[log]\nfile = false\n")
     assert open_log_file(tmp_path, LogSettings.from_config(load_config(tmp_path))) is None
+
+
+def test_prefetch_queue_from_the_running_nodes_job_file(tmp_path: Path) -> None:
+    import os
+
+    data = tmp_path / "data"
+    (data / "prefetch").mkdir(parents=True)
+    jobs = [{"state": s} for s in ("queued", "running", "done", "failed", "queued")]
+    (data / "prefetch" / "jobs.json").write_text(json.dumps({"pid": os.getpid(), "jobs": jobs}))
+    assert status(data)[1]["archive"]["queues"]["prefetch"] == 3
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (data / "prefetch" / "jobs.json").write_text(json.dumps({"pid": dead.pid, "jobs": jobs}))
+    assert "prefetch" not in status(data)[1]["archive"].get("queues", {}), "a stopped node's jobs are not waiting"

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from hilum.cli._common import print_json, quiet_pydicom
+from hilum.errors import HilumError
 
 QT_TIMEOUT = 120.0
 
@@ -34,7 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         epilog="exit status: 0 when every check passes, 1 when one fails, 2 on usage errors.",
     )
     p.add_argument(
-        "--data", metavar="DIR", default=None, help="use (and keep) this data folder instead of a temporary one"
+        "--data",
+        metavar="DIR",
+        default=None,
+        help="use (and keep) this new or empty folder instead of a temporary one (a folder holding an archive is refused)",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--no-qt", action="store_true", help="leave out the Qt check (a server install without Qt)")
@@ -55,6 +59,8 @@ def run_selftest(args: argparse.Namespace) -> int:
         if not args.json:
             print(format_line(result, ok_mark=ok_mark, fail_mark=fail_mark), flush=True)
 
+    if args.data:
+        _claim(Path(args.data).expanduser())
     with tempfile.TemporaryDirectory(prefix="hilum-selftest-") as tmp:
         data = Path(args.data).expanduser() if args.data else Path(tmp) / "data"
         results = SelfTest(data, Path(tmp) / "work").run(report)
@@ -80,6 +86,25 @@ def run_selftest(args: argparse.Namespace) -> int:
             + (f"; failed: {', '.join(failed)}" if failed else "")
         )
     return 0 if passed else 1
+
+
+MARKER = "HILUM-SELFTEST"
+"""The file that marks a ``--data`` folder as the self-test's own (made by it, reusable by it)."""
+
+
+def _claim(data: Path) -> None:
+    """Refuse a ``--data`` folder that holds a real archive: the self-test stores a test patient there."""
+    marker = data / MARKER
+    if not marker.exists() and any((data / name).exists() for name in ("index.sqlite", "hilum.toml", "blobs")):
+        raise HilumError(
+            f"{data} holds a data folder (index, blobs or hilum.toml) not made by the self-test: it would store a "
+            "test patient there; give a new or empty folder, or leave out --data"
+        )
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        marker.write_text("made by 'hilum selftest': a test data folder, safe to delete\n", encoding="utf-8")
+    except OSError as exc:
+        raise HilumError(f"cannot use {data}: {exc.strerror or exc}") from exc
 
 
 def _marks() -> tuple[str, str]:
