@@ -41,6 +41,7 @@ needs_systemd_tools = pytest.mark.skipif(
     ANALYZE is None or shutil.which("systemd-sysusers") is None,
     reason="systemd-analyze / systemd-sysusers are needed (Debian: systemd)",
 )
+N_FILES = 600  # 512x512: seconds of storescu on loopback, so that the stop surely begins mid-transfer
 needs_dcmtk = pytest.mark.skipif(not (BIN / "storescu").exists(), reason="DCMTK is needed")
 
 
@@ -376,12 +377,12 @@ def _datasets(n: int, name: str, size: int = 8) -> list:  # type: ignore[type-ar
 def test_sigterm_mid_transfer_finishes_associations_in_flight_and_refuses_new_ones(
     tmp_path: Path, serve_factory: list[Serve]
 ) -> None:
-    """storescu sends 120 files; a second association (this test, pynetdicom) is open too.  SIGTERM
+    """storescu sends 600 files; a second association (this test, pynetdicom) is open too.  SIGTERM
     while both are in flight: the listener closes at once (a new connection is refused, echoscu fails),
     storescu's association completes (exit 0), the open association goes on storing after the signal,
     and the node exits 0 once both are released; after a restart every acknowledged instance is there."""
     files = []
-    for i, ds in enumerate(_datasets(120, "STORESCU", size=256)):
+    for i, ds in enumerate(_datasets(N_FILES, "STORESCU", size=512)):
         files.append(tmp_path / f"{i:03d}.dcm")
         ds.save_as(files[-1], enforce_file_format=True)
     held = _datasets(6, "HELD")
@@ -398,9 +399,9 @@ def test_sigterm_mid_transfer_finishes_associations_in_flight_and_refuses_new_on
         text=True,
     )
     try:
-        # SIGTERM once storescu's C-STOREs flow: a few more blobs than the one stored above are in place.
+        # SIGTERM as soon as storescu's first C-STORE is in (the held association stored one blob before).
         deadline = time.monotonic() + 60
-        while sum(1 for p in (data / "blobs").rglob("*.dcm")) < 4:
+        while sum(1 for p in (data / "blobs").rglob("*.dcm")) < 2:
             assert time.monotonic() < deadline and sender.poll() is None, "storescu's C-STOREs did not arrive"
             time.sleep(0.01)
         t_signal = time.monotonic()
@@ -428,15 +429,24 @@ def test_sigterm_mid_transfer_finishes_associations_in_flight_and_refuses_new_on
         if assoc.is_alive():
             assoc.abort()
     assert code == 0, node.log[-3000:]
-    print(f"graceful stop: SIGTERM -> exit {t_exit - t_signal:.2f} s with storescu (120 files) and a held association")
-    assert "C-STORE 120" in node.log and "CT1 -> NODE" in node.log, node.log[-3000:]
+    print(
+        f"graceful stop: SIGTERM -> exit {t_exit - t_signal:.2f} s with storescu ({N_FILES} files of 512x512) and a held association"
+    )
+    assert f"C-STORE {N_FILES}" in node.log and "CT1 -> NODE" in node.log, node.log[-3000:]
+    # Both associations really were in flight when the stop began: their summary lines come after it.
+    lines = [line for _t, line in node.lines]
+    closed = next(i for i, line in enumerate(lines) if "DICOM listener closed" in line)
+    assert "2 association(s) in flight" in lines[closed], lines[closed]
+    for who in ("CT1 -> NODE", "SLOW -> NODE"):
+        done = next(i for i, line in enumerate(lines) if who in line and "released" in line)
+        assert done > closed, (who, lines[closed:])
     assert "aborting" not in node.log, node.log[-3000:]
     # Restart: every acknowledged instance is in the index.
     again = _start(serve_factory, data)
     again.proc.send_signal(signal.SIGTERM)
     assert again.finish(timeout=120) == 0
     with Archive(data) as a:
-        assert a.stats()["instances"] == 126
+        assert a.stats()["instances"] == N_FILES + 6
         stored = {row["SOPInstanceUID"] for row in a.query("IMAGE", {})}
     assert {str(ds.SOPInstanceUID) for ds in held} <= stored
 
