@@ -176,6 +176,49 @@ def test_venv_install_and_another_data_folder(tmp_path: Path) -> None:
     assert _verify(root) == []
 
 
+@pytest.mark.skipif(shutil.which("useradd") is None or os.geteuid() != 0, reason="useradd --root needs root")
+def test_install_service_without_systemd_tools_falls_back_to_useradd(tmp_path: Path) -> None:
+    """A machine without systemd-sysusers/-tmpfiles (a minimal container image being built): useradd makes
+    the system user and install -d the data folder, with the same result."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in (
+        "bash",
+        "sed",
+        "install",
+        "grep",
+        "useradd",
+        "awk",
+        "mkdir",
+        "chmod",
+        "mv",
+        "id",
+        "cat",
+        "dirname",
+        "getent",
+    ):
+        found = shutil.which(name)
+        assert found, name
+        (tools / name).symlink_to(found)
+    root = tmp_path / "root"
+    out = subprocess.run(
+        ["bash", str(INSTALL), "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": str(tools)},
+    )
+    assert out.returncode == 0, out.stderr
+    user = next(line.split(":") for line in (root / "etc/passwd").read_text().splitlines() if line.startswith("hilum:"))
+    assert int(user[2]) < 1000 and user[5:] == ["/var/lib/hilum", "/usr/sbin/nologin"]
+    st = (root / "var/lib/hilum/logs").stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (int(user[2]), 0o750)
+    assert (
+        "ExecStart=/opt/hilum/hilum serve --data /var/lib/hilum"
+        in (root / "etc/systemd/system/hilum.service").read_text()
+    )
+
+
 @pytest.mark.parametrize("args", [["--exec", "relative/hilum"], ["--data", "var/lib/hilum"], ["--frobnicate"]])
 def test_install_service_refuses_bad_options(tmp_path: Path, args: list[str]) -> None:
     result = _install(tmp_path / "root", *args)
