@@ -18,6 +18,7 @@ SYSTEM_PACKAGES=(dcmtk xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 l
   fonts-noto-cjk orthanc orthanc-dicomweb postgresql dicom3tools libgdcm-tools chromium chromium-driver
   xorriso poppler-utils)
 
+SYSTEM_PACKAGES+=(systemd docker-compose)  # issue 22c: systemd-analyze/-sysusers/-tmpfiles and compose's linter in tests
 if [[ "${1:-}" != "--no-system" ]]; then
   missing=()
   for p in "${SYSTEM_PACKAGES[@]}"; do

@@ -127,6 +127,7 @@ class Config:
     require_known_peers: bool = False
     max_associations: int = 32
     max_pdu_size: int = 0  # 0 = unlimited
+    stop_timeout: float = 30.0  # seconds in-flight associations may take to finish once a stop begins (node.py)
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
@@ -148,6 +149,7 @@ class Config:
             "require_known_peers": self.require_known_peers,
             "max_associations": self.max_associations,
             "max_pdu_size": self.max_pdu_size,
+            "stop_timeout": self.stop_timeout,
         }
         for key in ("tls_cert", "tls_key", "tls_ca"):
             if getattr(self, key):

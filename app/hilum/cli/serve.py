@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
 from hilum.cli._common import quiet_pydicom
+from hilum.cli._runtime import LogSettings, RunFileService, open_log_file
 from hilum.errors import HilumError
+
+if TYPE_CHECKING:
+    from hilum.node import Node
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -14,8 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "serve",
         help="run the node headless (DICOM SCP, and the other services)",
         description="Run the Hilum node without a window: receive (C-STORE), answer queries (C-FIND), "
-        "retrieve (C-MOVE/C-GET) and commit storage, until interrupted (SIGINT/SIGTERM), then finish "
-        "in-flight associations and exit. Settings come from DATA/hilum.toml; options override them.",
+        "retrieve (C-MOVE/C-GET) and commit storage, until SIGTERM, SIGINT or SIGHUP: then new associations "
+        "are refused, those in flight finish for up to [node] stop_timeout seconds (default 30; a second "
+        "signal aborts them at once) and it exits 0. Under systemd (Type=notify) it says READY=1 once it "
+        "listens. Settings come from DATA/hilum.toml; options override them.",
     )
     p.add_argument("--data", metavar="DIR", help="data folder (default: $HILUM_DATA or the user data dir)")
     p.add_argument("--aet", metavar="AET", help="the node's AE title (default from hilum.toml, else HILUM)")
@@ -55,13 +62,31 @@ def run_serve(args: argparse.Namespace) -> int:
     # of an instance with 3,000 such values wrote 9,000 lines.  The node reports what matters (one
     # line per association, each refusal); -v lets pydicom speak again.
     quiet_pydicom(args.verbose)
+    log_file = open_log_file(cfg.data_dir, LogSettings.from_config(cfg))  # issue 22: DATA/logs/hilum.log
     node = Node(cfg)
     _add_ai_service(node, cfg)
+    _add_status(node)  # issue 22: DATA/run/node.json, last to start and first to stop
     try:
         node.serve_forever()
     except OSError as exc:
         raise HilumError(f"cannot listen on {cfg.bind}:{cfg.dicom_port}: {exc.strerror or exc}") from exc
+    finally:
+        if log_file is not None:
+            logging.getLogger().removeHandler(log_file)
+            log_file.close()
     return 0
+
+
+def _add_status(node: Node) -> None:
+    """The status file for ``hilum status`` (issue 22), and the prefetch queue for ``/metrics``."""
+    from hilum.archive.metrics import metrics_for
+
+    prefetcher = node.prefetcher
+    if prefetcher is not None:
+        metrics_for(node.archive).prefetch_queue = lambda: sum(
+            1 for j in prefetcher.jobs() if j.state in ("queued", "running")
+        )
+    node.services.append(RunFileService(node))
 
 
 def _add_ai_service(node: object, cfg: object) -> None:

@@ -32,9 +32,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from hilum.archive import Archive
+from hilum.archive.metrics import metrics_for
 from hilum.archive.users import StudyLinks, UserError, UserStore
 from hilum.dicom.pixels import PixelDataError
-from hilum.dicomweb import qido, stow, viewer, wado, wado_uri
+from hilum.dicomweb import metrics_route, qido, stow, viewer, wado, wado_uri
 from hilum.dicomweb.auth import Authenticator, AuthMiddleware, current_user, is_viewer_request
 from hilum.dicomweb.common import (
     ROOT,
@@ -269,6 +270,9 @@ def create_app(archive: Archive, settings: WebSettings | None = None, *, loopbac
     all_routes = routes()
     if settings.viewer:
         all_routes += viewer.WebViewer(settings, authenticator, links).routes()
+    # issue 22: /metrics (admins; see metrics_route) and the count of HTTP requests, outermost
+    all_routes.append(Route(metrics_route.PATH, metrics_route.get_metrics, methods=["GET"]))
+    middleware.insert(0, Middleware(metrics_route.CountRequests, metrics=metrics_for(archive)))
     app = Starlette(routes=all_routes, middleware=middleware, exception_handlers=handlers)
     app.state.ctx = Context(archive=archive, settings=settings, users=users)
     return app
