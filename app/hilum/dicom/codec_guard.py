@@ -15,8 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from hilum.errors import HilumError
 
-class CodecPanic(RuntimeError):
+
+class CodecPanic(HilumError, RuntimeError):
     """A codec crashed on this data (a Rust panic); the data is corrupt or beyond the codec."""
 
 
