@@ -1,0 +1,502 @@
+"""Upgrades keep data: a backup before every schema migration of an index, and no downgrade.
+
+When a newer Hilum opens a data folder whose index is behind this code's
+schema heads (``Archive`` → :func:`hilum.archive.db.migrate` with the data
+folder), it
+
+1. takes the upgrade lock of that index (a file lock beside a SQLite index —
+   ``fcntl`` on POSIX, ``msvcrt`` on Windows; PostgreSQL's advisory lock that
+   ``migrate`` uses, held for the session), and looks again: a process that
+   waited finds the schema current and goes on, so of the workstation and
+   ``hilum serve`` (or two nodes on one PostgreSQL) starting at once, exactly
+   one backs up and migrates;
+2. **backs the index up** into ``DATA/backups/pre-upgrade-<from>-to-<to>-<UTC time>/``
+   (written under a temporary name, renamed when complete):
+
+   * SQLite: a consistent copy of ``index.sqlite`` made with SQLite's online
+     backup API (one read transaction: right under WAL, where a file copy is
+     not), checked with ``PRAGMA quick_check``;
+   * PostgreSQL: a schema-agnostic dump of every table found by SQLAlchemy
+     reflection (``alembic_version`` included), read in one ``REPEATABLE READ``
+     transaction, one ``tables/<name>.jsonl`` file per table (a JSON object a
+     row) and ``schema.json`` (columns, types, keys);
+
+   plus the data folder's ``hilum.toml`` as it was and ``manifest.json``
+   (format, Hilum version, schema before and after, row counts, sha256 of
+   every file).  **Blobs are not copied**: they are immutable files that a
+   migration never touches (the manifest and ``installer/UPGRADING.md`` say so);
+3. only when the backup is complete, **migrates** (one transaction: a failed
+   migration leaves the index as it was), and logs once, at INFO on a logger
+   that speaks at INFO even under the CLI's WARNING default: "data folder
+   upgraded from schema X to Y; backup before the upgrade in ...".
+
+A backup that fails (a full disk, a permission, a damaged index) stops the
+upgrade before anything is migrated: :class:`UpgradeError` says why, and what
+the backup had written is removed.  A new, empty index takes no backup.
+
+An index at a revision this code does not know was written by a newer Hilum:
+:func:`refuse_unknown` raises :class:`~hilum.errors.DowngradeRefused` naming
+the folder, the revisions, this Hilum's version and schema, and the backups
+taken before earlier upgrades (one of which the older release can use).
+``hilum.toml`` has the same pair (a format stamp, :mod:`hilum.config`), and
+:func:`upgrade_config` stamps an older file once the index is open.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from datetime import time as dtime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, MetaData, select
+
+from hilum import __version__
+from hilum.archive.db import ADVISORY_LOCK, apply_migrations, code_heads, current_heads, known_revisions
+from hilum.errors import DowngradeRefused, HilumError
+
+log = logging.getLogger(__name__)
+if log.level == logging.NOTSET:
+    # "print once on the CLI": the CLI's handler shows WARNING and above unless -v; this one line
+    # (an upgrade happens once per release) is shown anyway, and goes to `hilum serve`'s log file too.
+    log.setLevel(logging.INFO)
+
+BACKUPS = "backups"
+PREFIX = "pre-upgrade-"
+MANIFEST = "manifest.json"
+FORMAT = "hilum-pre-upgrade"
+VERSION = 1
+BLOB_NOTE = (
+    "blobs are not copied: they are immutable files in DATA/blobs that a schema migration never changes; "
+    "this backup is the index (and hilum.toml) as it was before the upgrade"
+)
+LOCK_NAME = ".upgrade.lock"
+SPACE_MARGIN = 16 << 20
+
+
+class UpgradeError(HilumError):
+    """An upgrade that did not happen (the backup before it failed): nothing was migrated."""
+
+
+@dataclass
+class UpgradeReport:
+    """What :func:`upgrade_with_backup` did: from and to which schema, where the backup is, how long each part took."""
+
+    data_dir: str
+    from_schema: list[str]
+    to_schema: list[str]
+    backup: str
+    backup_seconds: float = 0.0
+    migrate_seconds: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+# --------------------------------------------------------------------------- refusal
+
+
+def _where(data_dir: Path | None, engine: Engine | None) -> str:
+    if data_dir is not None:
+        return str(data_dir)
+    if engine is not None:
+        if engine.dialect.name == "sqlite" and engine.url.database:
+            return str(Path(engine.url.database).parent)
+        return engine.url.render_as_string(hide_password=True)
+    return "the index"
+
+
+def _data_dir_of(engine: Engine) -> Path | None:
+    if engine.dialect.name == "sqlite" and engine.url.database and engine.url.database != ":memory:":
+        return Path(engine.url.database).parent
+    return None
+
+
+def pre_upgrade_backups(data_dir: Path | None) -> list[Path]:
+    """The complete backups taken before earlier upgrades of ``data_dir``, newest first."""
+    if data_dir is None:
+        return []
+    root = Path(data_dir) / BACKUPS
+    try:
+        found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / MANIFEST).is_file()]
+    except OSError:
+        return []
+    return sorted(found, key=lambda p: p.name.rsplit("-", 1)[-1], reverse=True)
+
+
+def refuse_unknown(current: set[str], data_dir: Path | None, engine: Engine | None) -> None:
+    """:class:`DowngradeRefused` when ``current`` holds revisions this code does not know (a newer Hilum's)."""
+    unknown = sorted(current - known_revisions())
+    if not unknown:
+        return
+    folder = data_dir if data_dir is not None else (_data_dir_of(engine) if engine is not None else None)
+    backups = pre_upgrade_backups(folder)
+    hint = (
+        f"; or restore a backup taken before an upgrade (installer/UPGRADING.md): {', '.join(map(str, backups))}"
+        if backups
+        else "; or restore a backup made with this version (hilum restore)"
+    )
+    raise DowngradeRefused(
+        f"{_where(folder, engine)}: the index is at schema {', '.join(unknown)}, written by a newer Hilum; "
+        f"this is Hilum {__version__} (schema {', '.join(sorted(code_heads()))}) and will not open it: "
+        f"install that newer release again{hint}",
+        data_dir=str(_where(folder, engine)),
+        found=unknown,
+        backups=[str(b) for b in backups],
+    )
+
+
+# --------------------------------------------------------------------------- the upgrade
+
+
+def upgrade_with_backup(engine: Engine, data_dir: Path, current: set[str] | None = None) -> UpgradeReport | None:
+    """Back up the index of ``data_dir`` and migrate it to this code's heads (module docstring).
+
+    Returns None when another process did it while this one waited for the lock (or there was
+    nothing to do); :class:`UpgradeError` when the backup failed (nothing migrated),
+    :class:`~hilum.errors.DowngradeRefused` for a newer index.
+    """
+    heads = code_heads()
+    data_dir = Path(data_dir)
+    with _upgrade_lock(engine, data_dir) as lock_conn:
+        with engine.connect() as conn:
+            current = current_heads(conn)
+        if current == heads:
+            log.info("index of %s found at schema %s (upgraded by another process)", data_dir, sorted(heads))
+            return None
+        refuse_unknown(current, data_dir, engine)
+        if not current:  # a new, empty index: nothing to keep
+            with contextlib.ExitStack() as stack:
+                conn = lock_conn or stack.enter_context(engine.connect())
+                apply_migrations(conn)
+            return None
+        started = time.perf_counter()
+        report = take_backup(engine, data_dir, current, heads)
+        backed_up = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            conn = lock_conn or stack.enter_context(engine.connect())
+            apply_migrations(conn)
+        done = time.perf_counter()
+    report.backup_seconds = round(backed_up - started, 3)
+    report.migrate_seconds = round(done - backed_up, 3)
+    _note_migrated(Path(report.backup), report)
+    log.info(
+        "data folder %s upgraded from schema %s to %s in %.2f s (backup %.2f s, migration %.2f s); "
+        "backup before the upgrade in %s",
+        data_dir,
+        "+".join(report.from_schema),
+        "+".join(report.to_schema),
+        report.backup_seconds + report.migrate_seconds,
+        report.backup_seconds,
+        report.migrate_seconds,
+        report.backup,
+    )
+    return report
+
+
+@contextlib.contextmanager
+def _upgrade_lock(engine: Engine, data_dir: Path) -> Iterator[Connection | None]:
+    """Hold the index's upgrade lock; yields the connection that holds it on PostgreSQL (None for SQLite)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({ADVISORY_LOCK})")
+            conn.commit()
+            try:
+                yield conn
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+                    conn.exec_driver_sql(f"SELECT pg_advisory_unlock({ADVISORY_LOCK})")
+                    conn.commit()
+        return
+    folder = _data_dir_of(engine) or data_dir
+    path = folder / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UpgradeError(f"cannot take the upgrade lock {path}: {exc.strerror or exc}; nothing was changed") from exc
+    try:
+        waited = _lock_file(fd, path)
+        if waited:
+            log.info("waited %.1f s for another process upgrading %s", waited, folder)
+        yield None
+    finally:
+        os.close(fd)  # closing the file releases the lock (flock / msvcrt) as well
+
+
+def _lock_file(fd: int, path: Path) -> float:
+    """Block until this process holds the exclusive lock on ``fd``; returns the seconds waited."""
+    start = time.monotonic()
+    if sys.platform == "win32":  # pragma: no cover - Windows only
+        import msvcrt
+
+        while True:
+            try:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                break
+            except OSError:
+                time.sleep(0.2)
+    else:
+        import fcntl
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return 0.0
+        except BlockingIOError:
+            log.info("another process is upgrading the index; waiting (lock %s)", path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    return time.monotonic() - start
+
+
+# --------------------------------------------------------------------------- the backup
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _schema_name(revisions: set[str] | list[str]) -> str:
+    return "+".join(sorted(revisions)) or "empty"
+
+
+def take_backup(engine: Engine, data_dir: Path, current: set[str], heads: set[str]) -> UpgradeReport:
+    """Back up the index (and ``hilum.toml``) of ``data_dir`` before migrating it from ``current`` to ``heads``.
+
+    Written into a hidden temporary folder, renamed into ``DATA/backups/`` when complete; on any
+    failure that folder is removed and :class:`UpgradeError` raised.
+    """
+    root = data_dir / BACKUPS
+    name = f"{PREFIX}{_schema_name(current)}-to-{_schema_name(heads)}-{_stamp()}"
+    final = root / name
+    partial = root / f".{name}.partial"
+    made_root = not root.exists()
+    what = f"schema {_schema_name(current)} to {_schema_name(heads)}"
+    try:
+        partial.mkdir(parents=True)
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "hilum_version": __version__,
+            "created_at": datetime.now(UTC).isoformat(),
+            "data_dir": str(data_dir),
+            "database": engine.dialect.name,
+            "from_schema": sorted(current),
+            "to_schema": sorted(heads),
+            "blobs": {"copied": False, "note": BLOB_NOTE},
+        }
+        if engine.dialect.name == "sqlite":
+            manifest.update(_backup_sqlite(engine, partial))
+        else:
+            manifest.update(_dump_tables(engine, partial))
+        config = data_dir / "hilum.toml"
+        if config.is_file():
+            shutil.copy2(config, partial / "hilum.toml")
+            manifest["config"] = {"file": "hilum.toml", "sha256": _sha256(partial / "hilum.toml")}
+        _write_json(partial / MANIFEST, manifest)
+        _fsync_dir(partial)
+        os.replace(partial, final)
+        _fsync_dir(root)
+    except Exception as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if made_root:
+            with contextlib.suppress(OSError):
+                root.rmdir()
+        reason = str(getattr(exc, "strerror", None) or getattr(exc, "orig", None) or exc).splitlines()
+        raise UpgradeError(
+            f"{data_dir}: the backup before upgrading the index from {what} failed "
+            f"({(reason or [type(exc).__name__])[0]}); nothing was migrated: free disk space or fix the "
+            f"permission of {root} and start Hilum again"
+        ) from exc
+    counts = manifest.get("counts", {})
+    return UpgradeReport(str(data_dir), sorted(current), sorted(heads), str(final), counts=counts)
+
+
+def _backup_sqlite(engine: Engine, dest: Path) -> dict[str, Any]:
+    """A consistent copy of the SQLite index into ``dest/index.sqlite`` (SQLite's backup API), checked and counted."""
+    source = engine.url.database
+    if not source or source == ":memory:":
+        raise UpgradeError("an in-memory index has nothing to back up")
+    src = Path(source)
+    need = sum(p.stat().st_size for p in (src, Path(f"{src}-wal")) if p.exists())
+    free = shutil.disk_usage(dest).free
+    if free < need + SPACE_MARGIN:
+        raise OSError(28, f"not enough disk space: the index needs {need >> 20} MiB, {free >> 20} MiB free")
+    copy_path = dest / "index.sqlite"
+    live = sqlite3.connect(source, timeout=60)
+    copy = sqlite3.connect(copy_path)
+    try:
+        live.backup(copy, pages=-1)  # one step: one read transaction
+        copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+        check = copy.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise UpgradeError(f"the copy of the index fails SQLite's check: {check}")
+        names = [
+            r[0]
+            for r in copy.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        ]
+        counts = {n: int(copy.execute(f'SELECT COUNT(*) FROM "{n}"').fetchone()[0]) for n in sorted(names)}
+        revisions = sorted(r[0] for r in copy.execute("SELECT version_num FROM alembic_version"))
+    finally:
+        copy.close()
+        live.close()
+    with open(copy_path, "rb+") as f:
+        os.fsync(f.fileno())
+    return {
+        "index": {
+            "file": "index.sqlite",
+            "size": copy_path.stat().st_size,
+            "sha256": _sha256(copy_path),
+            "schema": revisions,
+        },
+        "counts": counts,
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (datetime, date, dtime)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def _dump_tables(engine: Engine, dest: Path) -> dict[str, Any]:
+    """Every table of the (PostgreSQL) index, as reflected, into ``dest/tables/<name>.jsonl`` in one snapshot."""
+    tables_dir = dest / "tables"
+    tables_dir.mkdir()
+    counts: dict[str, int] = {}
+    files: dict[str, str] = {}
+    schema: dict[str, Any] = {}
+    with engine.connect() as raw:
+        conn = raw.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            md = MetaData()
+            md.reflect(conn)
+            for table in md.sorted_tables:
+                schema[table.name] = {
+                    "columns": [
+                        {"name": c.name, "type": str(c.type), "nullable": bool(c.nullable)} for c in table.columns
+                    ],
+                    "primary_key": [c.name for c in table.primary_key.columns],
+                    "foreign_keys": sorted(f"{fk.parent.name} -> {fk.target_fullname}" for fk in table.foreign_keys),
+                }
+                path = tables_dir / f"{table.name}.jsonl"
+                n = 0
+                order = list(table.primary_key.columns) or list(table.columns)
+                result = conn.execution_options(stream_results=True, yield_per=2000).execute(
+                    select(table).order_by(*order)
+                )
+                with open(path, "w", encoding="utf-8") as f:
+                    for part in result.mappings().partitions(2000):
+                        f.writelines(
+                            json.dumps(dict(r), default=_jsonable, ensure_ascii=False) + "\n" for r in part
+                        )
+                        n += len(part)
+                    f.flush()
+                    os.fsync(f.fileno())
+                counts[table.name] = n
+                files[f"tables/{table.name}.jsonl"] = _sha256(path)
+            revisions = sorted(
+                str(r[0]) for r in conn.exec_driver_sql("SELECT version_num FROM alembic_version")
+            )
+    _write_json(dest / "schema.json", schema)
+    files["schema.json"] = _sha256(dest / "schema.json")
+    return {
+        "index": {"dump": "tables/<table>.jsonl, one JSON object a row", "schema": revisions, "sha256": files},
+        "counts": counts,
+    }
+
+
+def _note_migrated(folder: Path, report: UpgradeReport) -> None:
+    """Add to the backup's manifest that the migration it preceded was done, and how long each part took."""
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest["upgrade"] = {
+            "migrated_at": datetime.now(UTC).isoformat(),
+            "backup_seconds": report.backup_seconds,
+            "migrate_seconds": report.migrate_seconds,
+        }
+        _write_json(path, manifest)
+    except (OSError, ValueError):
+        log.warning("could not note the finished migration in %s", path, exc_info=True)
+
+
+def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of a pre-upgrade backup folder (:class:`UpgradeError` when it is not one)."""
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UpgradeError(f"{folder} is not a pre-upgrade backup: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UpgradeError(f"{folder} is not a pre-upgrade backup (no {FORMAT} manifest)")
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    if sys.platform == "win32":  # pragma: no cover - directories cannot be opened there
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- hilum.toml
+
+
+def upgrade_config(cfg: Any, report: UpgradeReport | None = None) -> Path | None:
+    """Stamp an older ``hilum.toml`` of ``cfg``'s data folder with this format (:func:`hilum.config.upgrade_config_file`).
+
+    ``report``: the index upgrade just made, whose backup folder gets the copy of the old file
+    too (it has one already, taken with the index).  A file that cannot be written is left as it
+    is (its settings were understood anyway) with a warning.  Returns the copy kept beside it.
+    """
+    from hilum.config import upgrade_config_file
+
+    try:
+        return upgrade_config_file(cfg, backup_dir=Path(report.backup) if report else None)
+    except OSError as exc:
+        log.warning("could not stamp %s with this format (%s); it is read as it is", cfg.config_path, exc)
+        return None
