@@ -404,17 +404,13 @@ def _dump_tables(engine: Engine, dest: Path) -> dict[str, Any]:
                 )
                 with open(path, "w", encoding="utf-8") as f:
                     for part in result.mappings().partitions(2000):
-                        f.writelines(
-                            json.dumps(dict(r), default=_jsonable, ensure_ascii=False) + "\n" for r in part
-                        )
+                        f.writelines(json.dumps(dict(r), default=_jsonable, ensure_ascii=False) + "\n" for r in part)
                         n += len(part)
                     f.flush()
                     os.fsync(f.fileno())
                 counts[table.name] = n
                 files[f"tables/{table.name}.jsonl"] = _sha256(path)
-            revisions = sorted(
-                str(r[0]) for r in conn.exec_driver_sql("SELECT version_num FROM alembic_version")
-            )
+            revisions = sorted(str(r[0]) for r in conn.exec_driver_sql("SELECT version_num FROM alembic_version"))
     _write_json(dest / "schema.json", schema)
     files["schema.json"] = _sha256(dest / "schema.json")
     return {
