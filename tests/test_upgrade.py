@@ -425,3 +425,39 @@ def test_two_nodes_on_one_postgresql_take_one_backup(tmp_path: Path, pg_url: str
         said.append(err)
     assert sum("upgraded from schema 0001" in s for s in said) == 1, said
     assert sum(len(backups(d)) for d in folders) == 1
+
+
+# ---------------------------------------------------------------------------------------------- workstation
+
+
+@pytest.mark.gui
+def test_the_workstation_shows_the_refusal_in_a_dialog(tmp_path: Path, qtbot, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import argparse
+
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    from hilum.cli.workstation import run_workstation
+
+    data = tmp_path / "data"
+    Archive(data).close()
+    engine = make_engine(f"sqlite:///{data / 'index.sqlite'}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099_future'"))
+    engine.dispose()
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    shown: list[str] = []
+
+    def close_the_box() -> None:
+        boxes = [w for w in QApplication.topLevelWidgets() if isinstance(w, QMessageBox) and w.isVisible()]
+        if not boxes:
+            QTimer.singleShot(50, close_the_box)
+            return
+        shown.append(boxes[0].text())
+        boxes[0].done(0)
+
+    QTimer.singleShot(50, close_the_box)
+    args = argparse.Namespace(data=str(data), demo=False, small_demo=False, no_node=True, verbose=0)
+    with pytest.raises(DowngradeRefused) as info:
+        run_workstation(args)
+    assert shown == [str(info.value)] and "0099_future" in shown[0] and "newer Hilum" in shown[0]
