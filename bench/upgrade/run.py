@@ -165,6 +165,7 @@ def main() -> int:
 
 def postgres(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     import psycopg
+
     from conftest import PostgresServer
 
     server = PostgresServer()
