@@ -286,6 +286,9 @@ def take_backup(engine: Engine, data_dir: Path, current: set[str], heads: set[st
     made_root = not root.exists()
     what = f"schema {_schema_name(current)} to {_schema_name(heads)}"
     try:
+        if root.is_dir():  # what a backup cut short (a crash, a power cut) left: this process holds the lock
+            for stale in root.glob(f".{PREFIX}*.partial"):
+                shutil.rmtree(stale, ignore_errors=True)
         partial.mkdir(parents=True)
         manifest: dict[str, Any] = {
             "format": FORMAT,
@@ -477,6 +480,166 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------- rolling back
+
+
+@dataclass
+class RollbackReport:
+    """What :func:`rollback` did: the schema the index is at again, where what the upgrade had made was kept."""
+
+    data_dir: str
+    backup: str
+    schema: list[str]
+    counts: dict[str, int]
+    kept: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def verify_backup(folder: Path, manifest: dict[str, Any]) -> None:
+    """Every file the manifest lists has its sha256; :class:`UpgradeError` naming the first that does not."""
+    index = manifest.get("index", {})
+    sums = dict(index.get("sha256", {})) if isinstance(index.get("sha256"), dict) else {}
+    if isinstance(index.get("sha256"), str):
+        sums[index.get("file", "index.sqlite")] = index["sha256"]
+    if "config" in manifest:
+        sums[manifest["config"]["file"]] = manifest["config"]["sha256"]
+    if not sums:
+        raise UpgradeError(f"{folder}: the manifest lists no file to check")
+    for name, digest in sums.items():
+        path = folder / name
+        if not path.is_file() or _sha256(path) != digest:
+            raise UpgradeError(f"{path}: missing or fails its sha256: this backup cannot be used to roll back")
+
+
+def rollback(
+    folder: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, database_url: str | None = None
+) -> RollbackReport:
+    """Put the index (and ``hilum.toml``) of ``data_dir`` back as the pre-upgrade backup ``folder`` holds them.
+
+    For going back to the release that made that index (``installer/UPGRADING.md``); run with the
+    node stopped.  Nothing is destroyed: on SQLite the current index, its ``-wal``/``-shm`` and
+    ``hilum.toml`` are moved into ``DATA/backups/before-rollback-<time>/``; on PostgreSQL every
+    table is first dumped there (as before an upgrade), then the tables are dropped, the schema
+    is made at the backup's revisions and the backup's rows are loaded.
+    """
+    src = Path(folder).expanduser().absolute()
+    data = Path(data_dir).expanduser().absolute()
+    manifest = read_manifest(src)
+    verify_backup(src, manifest)
+    schema = list(manifest.get("from_schema", []))
+    unknown = sorted(set(schema) - known_revisions())
+    if unknown:
+        raise UpgradeError(f"{src}: the backup's schema {unknown} is unknown to this Hilum {__version__}")
+    kept = data / BACKUPS / f"before-rollback-{_stamp()}"
+    kept.mkdir(parents=True)
+    sqlite_target = not database_url or database_url.startswith("sqlite")
+    if sqlite_target != (manifest.get("database") == "sqlite"):
+        raise UpgradeError(
+            f"{src} is a backup of a {manifest.get('database')} index; this data folder's index "
+            f"is {'SQLite' if sqlite_target else 'PostgreSQL'}"
+        )
+    if sqlite_target:
+        target = Path(database_url.split("///", 1)[1]) if database_url else data / "index.sqlite"
+        for p in (target, Path(f"{target}-wal"), Path(f"{target}-shm")):
+            if p.exists():
+                os.replace(p, kept / p.name)
+        tmp = target.with_name(target.name + ".rolling-back")
+        s_conn = sqlite3.connect(f"file:{src / 'index.sqlite'}?mode=ro", uri=True)
+        d_conn = sqlite3.connect(tmp)
+        try:
+            s_conn.backup(d_conn)
+        finally:
+            d_conn.close()
+            s_conn.close()
+        os.replace(tmp, target)
+    else:
+        from hilum.archive.db import make_engine
+
+        engine = make_engine(str(database_url))
+        try:
+            _load_dump(engine, src, kept, schema)
+        finally:
+            engine.dispose()
+    if (src / "hilum.toml").is_file():
+        config = data / "hilum.toml"
+        if config.exists():
+            os.replace(config, kept / "hilum.toml")
+        shutil.copy2(src / "hilum.toml", config)
+    log.info(
+        "index of %s rolled back to schema %s from %s; what the upgrade made is in %s",
+        data,
+        "+".join(schema),
+        src,
+        kept,
+    )
+    return RollbackReport(str(data), str(src), schema, dict(manifest.get("counts", {})), str(kept))
+
+
+def _from_json(kind: Any, v: Any) -> Any:
+    """A value of a dumped row back in the type of its column (``kind``)."""
+    from sqlalchemy import Date, DateTime, LargeBinary, Time
+
+    if v is None:
+        return None
+    if isinstance(kind, DateTime):
+        return datetime.fromisoformat(v)
+    if isinstance(kind, Date):
+        return date.fromisoformat(v)
+    if isinstance(kind, Time):
+        return dtime.fromisoformat(v)
+    if isinstance(kind, LargeBinary) and isinstance(v, dict):
+        return base64.b64decode(v["base64"])
+    return v
+
+
+def _load_dump(engine: Engine, src: Path, kept: Path, schema: list[str]) -> None:
+    """The JSON-lines dump in ``src`` into the PostgreSQL database behind ``engine``, at its revisions ``schema``."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from hilum.archive.db import alembic_config
+
+    with _upgrade_lock(engine, kept) as conn:
+        assert conn is not None
+        kept.joinpath("index").mkdir()
+        _dump_tables(engine, kept / "index")  # what is there now, kept before anything is dropped
+        with conn.begin():
+            md = MetaData()
+            md.reflect(conn)
+            md.drop_all(conn)
+            for revision in schema:
+                command.upgrade(alembic_config(conn), revision)
+            md = MetaData()
+            md.reflect(conn)
+            for table in md.sorted_tables:
+                if table.name == "alembic_version":
+                    continue
+                path = src / "tables" / f"{table.name}.jsonl"
+                if not path.exists():
+                    continue
+                kinds = {c.name: c.type for c in table.columns}
+                rows: list[dict[str, Any]] = []
+
+                with open(path, encoding="utf-8") as f:
+                    for line in f:
+                        rows.append({k: _from_json(kinds.get(k), v) for k, v in json.loads(line).items()})
+                        if len(rows) >= 2000:
+                            conn.execute(table.insert(), rows)
+                            rows = []
+                if rows:
+                    conn.execute(table.insert(), rows)
+                if "pk" in table.c:
+                    conn.execute(
+                        text(
+                            f"SELECT setval(pg_get_serial_sequence('{table.name}', 'pk'), "
+                            f'COALESCE((SELECT MAX(pk) FROM "{table.name}"), 1), '
+                            f'(SELECT MAX(pk) FROM "{table.name}") IS NOT NULL)'
+                        )
+                    )
 
 
 # --------------------------------------------------------------------------- hilum.toml
