@@ -248,6 +248,26 @@ def test_a_full_disk_during_the_backup_stops_the_upgrade(tmp_path: Path, ct) -> 
     assert len(backups(data)) == 1 and heads_of(data) == code_heads()
 
 
+def test_a_migration_that_fails_is_undone_and_said(tmp_path: Path, ct) -> None:
+    data = tmp_path / "data"
+    make_old_folder(data, ct[:1])
+    db = sqlite3.connect(data / "index.sqlite")
+    db.execute("CREATE TABLE users (note TEXT)")  # in the way of migration 0003_users
+    db.commit()
+    schema_before = sorted(db.execute("SELECT type, name FROM sqlite_master"))
+    db.close()
+    run = hilum("check", "--data", str(data))
+    assert run.returncode == 1
+    [line] = [x for x in run.stderr.splitlines() if x.startswith("hilum: error:")]
+    assert "the migration of the index from schema 0001" in line and "it was undone" in line, line
+    [folder] = backups(data)
+    assert str(folder) in line
+    db = sqlite3.connect(data / "index.sqlite")
+    assert sorted(db.execute("SELECT type, name FROM sqlite_master")) == schema_before  # nothing half-made
+    db.close()
+    assert revisions_of(data / "index.sqlite") == {"0001"}
+
+
 def _wait_for(path: Path, needle: str, timeout: float = 60) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

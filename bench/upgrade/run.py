@@ -80,8 +80,10 @@ def one_in_process(folder: Path, database_url: str | None = None) -> dict[str, f
     start = time.perf_counter()
     with Archive(folder, database_url=database_url) as a:
         report = a.upgraded
-    wall = time.perf_counter() - start
+        wall = time.perf_counter() - start
+        instances = a.stats()["instances"]
     assert report is not None, "no upgrade happened"
+    assert instances == report.counts["instances"], (instances, report.counts)  # every row came through
     return {"backup_s": report.backup_seconds, "migrate_s": report.migrate_seconds, "open_wall_s": round(wall, 3)}
 
 

@@ -138,7 +138,7 @@ def migrate(engine: Engine, *, data_dir: Path | None = None) -> UpgradeReport | 
 
     upgrade.refuse_unknown(current, data_dir, engine)
     if data_dir is not None and current:
-        return upgrade.upgrade_with_backup(engine, Path(data_dir), current)
+        return upgrade.upgrade_with_backup(engine, Path(data_dir))
     with engine.connect() as conn:
         apply_migrations(conn)
     return None

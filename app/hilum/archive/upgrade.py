@@ -163,7 +163,7 @@ def refuse_unknown(current: set[str], data_dir: Path | None, engine: Engine | No
 # --------------------------------------------------------------------------- the upgrade
 
 
-def upgrade_with_backup(engine: Engine, data_dir: Path, current: set[str] | None = None) -> UpgradeReport | None:
+def upgrade_with_backup(engine: Engine, data_dir: Path) -> UpgradeReport | None:
     """Back up the index of ``data_dir`` and migrate it to this code's heads (module docstring).
 
     Returns None when another process did it while this one waited for the lock (or there was
@@ -187,9 +187,20 @@ def upgrade_with_backup(engine: Engine, data_dir: Path, current: set[str] | None
         started = time.perf_counter()
         report = take_backup(engine, data_dir, current, heads)
         backed_up = time.perf_counter()
-        with contextlib.ExitStack() as stack:
-            conn = lock_conn or stack.enter_context(engine.connect())
-            apply_migrations(conn)
+        try:
+            with contextlib.ExitStack() as stack:
+                conn = lock_conn or stack.enter_context(engine.connect())
+                apply_migrations(conn)
+        except HilumError:
+            raise
+        except Exception as exc:  # one transaction: the index is still at its old schema
+            reason = str(getattr(exc, "orig", None) or exc).splitlines() or [type(exc).__name__]
+            raise UpgradeError(
+                f"{data_dir}: the migration of the index from schema {_schema_name(current)} to "
+                f"{_schema_name(heads)} failed ({reason[0]}); it was undone, the index is still at "
+                f"{_schema_name(current)} (backup in {report.backup}): keep running the release you had "
+                "and report this"
+            ) from exc
         done = time.perf_counter()
     report.backup_seconds = round(backed_up - started, 3)
     report.migrate_seconds = round(done - backed_up, 3)
