@@ -545,14 +545,14 @@ def rollback(
     unknown = sorted(set(schema) - known_revisions())
     if unknown:
         raise UpgradeError(f"{src}: the backup's schema {unknown} is unknown to this Hilum {__version__}")
-    kept = data / BACKUPS / f"before-rollback-{_stamp()}"
-    kept.mkdir(parents=True)
     sqlite_target = not database_url or database_url.startswith("sqlite")
     if sqlite_target != (manifest.get("database") == "sqlite"):
         raise UpgradeError(
             f"{src} is a backup of a {manifest.get('database')} index; this data folder's index "
             f"is {'SQLite' if sqlite_target else 'PostgreSQL'}"
         )
+    kept = data / BACKUPS / f"before-rollback-{_stamp()}"
+    kept.mkdir(parents=True)
     if sqlite_target:
         target = Path(database_url.split("///", 1)[1]) if database_url else data / "index.sqlite"
         for p in (target, Path(f"{target}-wal"), Path(f"{target}-shm")):
