@@ -29,6 +29,7 @@ from pydicom.filebase import DicomBytesIO
 from sqlalchemy import text
 
 from _old_release import OLD_CONFIG, insert_0001, make_old_folder, schema_0001
+from conftest import free_port, wait_port
 from hilum.archive import Archive, upgrade
 from hilum.archive import backup as bk
 from hilum.archive.db import code_heads, current_heads, make_engine
@@ -146,6 +147,36 @@ def test_a_first_release_folder_is_backed_up_then_migrated_and_keeps_its_instanc
 
     # Rolling back as installer/UPGRADING.md says (the backup's index over the live one) gives the 0001 rows back.
     assert revisions_of(folder / "index.sqlite") == revisions_of(before_index)
+
+
+def test_hilum_serve_on_a_first_release_folder_answers_findscu_after_the_upgrade(tmp_path: Path, ct) -> None:
+    data = tmp_path / "data"
+    make_old_folder(data, ct)
+    dicom, web, hl7 = free_port(), free_port(), free_port()
+    err = tmp_path / "serve.err"
+    with open(err, "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hilum", "serve", "--data", str(data), "--aet", "NODE", "--dicom-port", str(dicom),
+             "--web-port", str(web), "--hl7-port", str(hl7)],
+            env=ENV, stdout=subprocess.DEVNULL, stderr=f,
+        )  # fmt: skip
+    try:
+        wait_port(dicom, 60)
+        found = subprocess.run(
+            ["/usr/bin/findscu", "-S", "-aec", "NODE", "-k", "QueryRetrieveLevel=IMAGE",
+             "-k", f"StudyInstanceUID={ct[0].StudyInstanceUID}", "-k", f"SeriesInstanceUID={ct[0].SeriesInstanceUID}",
+             "-k", "SOPInstanceUID", "127.0.0.1", str(dicom)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        text = found.stdout + found.stderr
+        for ds in ct:
+            assert ds.SOPInstanceUID in text, text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    said = err.read_text()
+    assert said.count("upgraded from schema 0001") == 1, said
+    assert len(backups(data)) == 1 and heads_of(data) == code_heads()
 
 
 def test_a_new_empty_data_folder_takes_no_backup(tmp_path: Path) -> None:
