@@ -214,6 +214,14 @@ def test_an_index_from_a_newer_hilum_is_refused_and_left_as_it_is(tmp_path: Path
         Archive(data)
     assert info.value.found == ["0099_future"] and info.value.backups == [str(folder)]
 
+    # The command the line names puts the index back as that backup holds it; this release then opens it.
+    command = line.split("): ", 1)[1].split()
+    assert command[:2] == ["hilum", "rollback"] and command[2] == str(folder)
+    back = hilum(*command[1:])
+    assert back.returncode == 0, back.stderr
+    assert revisions_of(data / "index.sqlite") == {"0001"}
+    assert hilum("check", "--data", str(data)).returncode == 0 and heads_of(data) == code_heads()
+
 
 def test_a_hilum_toml_from_a_newer_hilum_is_refused(tmp_path: Path) -> None:
     data = tmp_path / "data"

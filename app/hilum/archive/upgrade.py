@@ -138,15 +138,25 @@ def pre_upgrade_backups(data_dir: Path | None) -> list[Path]:
     return sorted(found, key=lambda p: p.name.rsplit("-", 1)[-1], reverse=True)
 
 
+def _usable_here(backup: Path) -> bool:
+    """Whether this code knows the schema a pre-upgrade backup was taken at (so that it can roll back to it)."""
+    try:
+        return set(read_manifest(backup).get("from_schema", [])) <= known_revisions()
+    except UpgradeError:
+        return False
+
+
 def refuse_unknown(current: set[str], data_dir: Path | None, engine: Engine | None) -> None:
     """:class:`DowngradeRefused` when ``current`` holds revisions this code does not know (a newer Hilum's)."""
     unknown = sorted(current - known_revisions())
     if not unknown:
         return
     folder = data_dir if data_dir is not None else (_data_dir_of(engine) if engine is not None else None)
-    backups = pre_upgrade_backups(folder)
+    backups = [b for b in pre_upgrade_backups(folder) if _usable_here(b)]
     hint = (
-        f"; or restore a backup taken before an upgrade (installer/UPGRADING.md): {', '.join(map(str, backups))}"
+        f"; or put the index back as it was before that upgrade (what was recorded since is lost; "
+        f"installer/UPGRADING.md): hilum rollback {backups[0]} --data {folder}"
+        + (f" (older ones: {', '.join(map(str, backups[1:]))})" if len(backups) > 1 else "")
         if backups
         else "; or restore a backup made with this version (hilum restore)"
     )
