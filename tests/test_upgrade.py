@@ -57,8 +57,13 @@ def sha(path: Path) -> str:
 
 
 def tree(root: Path) -> dict[str, str]:
-    """Every file under ``root`` with its sha256 (the folder's state)."""
-    return {str(p.relative_to(root)): sha(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under ``root`` with its sha256 (the folder's state): its data, not ``hilum serve``'s own log
+    (``logs/``) or run files (``run/``), which a refused start may open."""
+    return {
+        str(p.relative_to(root)): sha(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).parts[0] not in ("logs", "run")
+    }
 
 
 def backups(data: Path) -> list[Path]:
