@@ -19,6 +19,7 @@ SYSTEM_PACKAGES=(dcmtk xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 l
   xorriso poppler-utils)
 SYSTEM_PACKAGES+=(xdotool desktop-file-utils shared-mime-info binutils file xz-utils)  # the desktop bundle's build, .deb and tests
 
+SYSTEM_PACKAGES+=(systemd docker-compose)  # issue 22c: systemd-analyze/-sysusers/-tmpfiles and compose's linter in tests
 if [[ "${1:-}" != "--no-system" ]]; then
   missing=()
   for p in "${SYSTEM_PACKAGES[@]}"; do

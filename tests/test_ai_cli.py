@@ -61,6 +61,9 @@ def test_list_and_validate(env: dict[str, str], tmp_path: Path) -> None:
     r = hilum(env, "plugins", "validate", str(dist / "hilum_test_bad"))
     assert r.returncode == 1
     assert "input.batch: must be an integer 1..1024" in r.stdout and "input.dtype: must be one of" in r.stdout
+    # its distribution folder (the package one level down) is read through that package
+    r = hilum(env, "plugins", "validate", str(dist))
+    assert r.returncode == 1 and "input.batch: must be an integer 1..1024" in r.stdout, r.stdout
     # a model that does not match its checksum
     dist2 = make_plugin(tmp_path, "hilum-test-sum")
     (dist2 / "hilum_test_sum" / "model.onnx").write_bytes(b"x")

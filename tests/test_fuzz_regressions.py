@@ -211,12 +211,9 @@ def test_client_answer_that_is_not_json() -> None:
             answers.pop(0)
 
 
-def test_duplicate_with_a_corrupt_rle_stream(tmp_path: Path) -> None:
-    """test_fuzz_part10 (``Archive.ingest``): a second copy of a stored RLE instance whose RLE header
-    was damaged (one byte of a segment offset) is compared with the stored one by decoding both;
-    pylibjpeg-rle panicked (pyo3 ``PanicException``, a BaseException, not an Exception) and the
-    panic escaped ``Archive.ingest``.  Fix: ``content_difference`` treats it as "cannot compare"
-    (the stored instance is kept, the copy reported ``duplicate-differs``)."""
+def _rle_pair() -> tuple[bytes, bytes, str]:
+    """An RLE Lossless CT slice, good and with one byte of its RLE header damaged (the second segment's
+    offset points past the data: pylibjpeg-rle panics on it), and its SOP Instance UID."""
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
@@ -233,12 +230,89 @@ def test_duplicate_with_a_corrupt_rle_stream(tmp_path: Path) -> None:
     good = buf.getvalue()
     fragment = good.rfind(b"\xfe\xff\x00\xe0") + 8  # the frame's RLE header: segment count, offsets
     bad = bytearray(good)
-    bad[fragment + 8] = 0x7F  # the second segment's offset now points past the data
+    bad[fragment + 8] = 0x7F
+    return good, bytes(bad), str(ct.SOPInstanceUID)
+
+
+def test_duplicate_with_a_corrupt_rle_stream(tmp_path: Path) -> None:
+    """test_fuzz_part10 (``Archive.ingest``): a second copy of a stored RLE instance whose RLE header
+    was damaged (one byte of a segment offset) is compared with the stored one by decoding both;
+    pylibjpeg-rle panicked (pyo3 ``PanicException``, a BaseException, not an Exception) and the
+    panic escaped ``Archive.ingest``.  Fix: ``content_difference`` treats it as "cannot compare"
+    (the stored instance is kept, the copy reported ``duplicate-differs``)."""
+    good, bad, uid = _rle_pair()
     with Archive(tmp_path / "data") as archive:
         assert archive.ingest(good, origin="test").status == "stored"
         res = archive.ingest(bytes(bad), origin="test")
         assert res.status == "duplicate" and res.code == "duplicate-differs", res
-        assert archive.read(str(ct.SOPInstanceUID)) == good
+        assert archive.read(uid) == good
+
+
+def test_codec_panic_is_an_error_everywhere_pixels_are_decoded(tmp_path: Path) -> None:
+    """The same panic outside ingest: the viewer's and WADO's frame decode, a transcode, and WADO-RS /
+    rendered over real HTTP each let pyo3's PanicException pass their ``except Exception`` (it is a
+    BaseException).  Fix: :func:`hilum.dicom.codec_guard.codec_guard` around each call into the codecs
+    turns it into CodecPanic (a RuntimeError): a clear error for this instance, the service serving on."""
+    import base64
+    import http.client
+
+    from argon2 import PasswordHasher
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from hilum.archive.users import UserStore
+    from hilum.config import Config
+    from hilum.dicom import pixels, transcode
+    from hilum.dicom.codec_guard import CodecPanic
+    from hilum.dicomweb import frames
+    from hilum.dicomweb.service import DicomWebService
+
+    good, bad, uid = _rle_pair()
+    path = tmp_path / "bad.dcm"
+    path.write_bytes(bad)
+    with pytest.raises(pixels.PixelDataError, match="decoder failed"):
+        pixels.frame_array(str(path))
+    with pytest.raises(pixels.PixelDataError, match="decoder failed"):
+        list(pixels.iter_frames(str(path)))
+    with pytest.raises(transcode.TranscodeError, match="decoder failed"):
+        transcode.convert(bad, ExplicitVRLittleEndian)
+    with pytest.raises((CodecPanic, transcode.TranscodeError)):
+        frames.transcode(bad, "1.2.840.10008.1.2.4.90")  # decode, then encode as JPEG 2000
+    data = tmp_path / "data"
+    with Archive(data) as archive:
+        assert archive.ingest(bad, origin="test").status == "stored"  # ingest does not decode pixels
+        [row] = archive.query("IMAGE", {"SOPInstanceUID": uid, "StudyInstanceUID": "", "SeriesInstanceUID": ""})
+        study, series = row["StudyInstanceUID"], row["SeriesInstanceUID"]
+        users = UserStore(archive.engine, hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+        users.add("fuzz", "admin", "fuzz password")
+        service = DicomWebService(Config(data_dir=data, web_port=0), archive, users=users)
+        service.start()
+        try:
+            host, port = service.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+            auth = {"Authorization": "Basic " + base64.b64encode(b"fuzz:fuzz password").decode()}
+
+            def get(path: str, accept: str) -> tuple[int, bytes]:
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                try:
+                    conn.request("GET", "/dicom-web" + path, headers={**auth, "Accept": accept})
+                    resp = conn.getresponse()
+                    return resp.status, resp.read()
+                finally:
+                    conn.close()
+
+            base = f"/studies/{study}/series/{series}/instances/{uid}"
+            accept_native = f'multipart/related; type="application/dicom"; transfer-syntax={ExplicitVRLittleEndian}'
+            for path, accept in (
+                (base, accept_native),
+                (base + "/rendered", "image/png"),
+                (base + "/frames/1", "multipart/related; type=application/octet-stream"),
+            ):
+                status, body = get(path, accept)
+                assert status != 500 or b"PanicException" not in body, (path, status, body[:300])
+                assert status in (200, 400, 404, 406, 415, 422, 500), (path, status)
+            status, _ = get(f"/studies/{study}/series", "application/dicom+json")
+            assert status == 200  # still serving
+        finally:
+            service.stop()
 
 
 # ------------------------------------------------------------------ DIMSE (test_fuzz_dimse.py)

@@ -8,18 +8,44 @@ The data folder is the platform's user data dir for ``hilum`` unless
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 import tomli_w
 
-from hilum.errors import ConfigError
+from hilum import __version__
+from hilum.errors import ConfigError, DowngradeRefused
 
 CONFIG_NAME = "hilum.toml"
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------- the format stamp (installer/UPGRADING.md)
+STAMP_TABLE = "hilum"
+"""``[hilum]``: ``config_format`` (the format of the file) and ``written_by`` (the Hilum version that
+stamped or wrote it).  No setting lives in a table of that name (sections are node, archive, peers,
+prefetch, storage, tiers, web, dimse, hl7, ai, audit...), so it cannot clash."""
+CONFIG_FORMAT = 1
+"""The format this code reads and writes.  A file without the stamp is format 0 (every release
+before the stamp); a file with a higher number was written by a newer Hilum and is refused."""
+
+
+def _format_0_to_1(doc: dict[str, Any]) -> dict[str, Any]:
+    """Format 0 (no stamp) to 1: only the stamp.  No setting was renamed or changed meaning since the
+    first release (``git log -p`` of config.py and the settings modules: settings were only added;
+    ``[prefetch] cache_limit_mb`` took fractions too), so there is nothing else to move."""
+    return doc
+
+
+CONFIG_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _format_0_to_1}
+"""``n -> f``: ``f`` turns a parsed file of format ``n`` into format ``n + 1`` (in memory)."""
 
 
 @dataclass
@@ -127,12 +153,15 @@ class Config:
     require_known_peers: bool = False
     max_associations: int = 32
     max_pdu_size: int = 0  # 0 = unlimited
+    stop_timeout: float = 30.0  # seconds in-flight associations may take to finish once a stop begins (node.py)
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
     peers: dict[str, Peer] = field(default_factory=dict)
     prefetch: PrefetchRules = field(default_factory=PrefetchRules)
     extra: dict[str, Any] = field(default_factory=dict)
+    config_format: int = CONFIG_FORMAT
+    """The format ``hilum.toml`` was found in (0: no stamp, an older release's); this code writes :data:`CONFIG_FORMAT`."""
 
     @property
     def config_path(self) -> Path:
@@ -148,11 +177,13 @@ class Config:
             "require_known_peers": self.require_known_peers,
             "max_associations": self.max_associations,
             "max_pdu_size": self.max_pdu_size,
+            "stop_timeout": self.stop_timeout,
         }
         for key in ("tls_cert", "tls_key", "tls_ca"):
             if getattr(self, key):
                 node[key] = getattr(self, key)
         doc: dict[str, Any] = {
+            STAMP_TABLE: {"config_format": CONFIG_FORMAT, "written_by": __version__},
             "node": node,
             "archive": {"duplicate_policy": self.duplicate_policy},
         }
@@ -195,6 +226,10 @@ def load_config(data_dir: str | os.PathLike[str] | None = None) -> Config:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    cfg.config_format = config_format(doc, path)
+    doc.pop(STAMP_TABLE, None)
+    for n in range(cfg.config_format, CONFIG_FORMAT):
+        doc = CONFIG_MIGRATIONS[n](doc)
     node = doc.pop("node", {})
     archive = doc.pop("archive", {})
     peers = doc.pop("peers", {})
@@ -231,3 +266,74 @@ def load_config(data_dir: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{path}: [prefetch] peers: no peer called {', '.join(map(repr, unknown))} in [peers] "
                           f"or [dicomweb_sources]")
     return cfg
+
+
+def config_format(doc: dict[str, Any], path: Path) -> int:
+    """The format stamp of a parsed ``hilum.toml`` (0 when it has none); refuses a newer one or a bad stamp."""
+    stamp = doc.get(STAMP_TABLE)
+    if stamp is None:
+        return 0
+    if not isinstance(stamp, dict) or not isinstance(stamp.get("config_format"), int) or isinstance(
+        stamp.get("config_format"), bool
+    ) or stamp["config_format"] < 1:
+        raise ConfigError(f"{path}: [{STAMP_TABLE}] config_format must be a whole number >= 1 (written by Hilum)")
+    found = stamp["config_format"]
+    if found > CONFIG_FORMAT:
+        by = stamp.get("written_by")
+        copies = sorted(path.parent.glob(f"{path.name}.pre-upgrade-*"), reverse=True)
+        hint = f"; or put back the copy kept before that upgrade: {copies[0]}" if copies else ""
+        raise DowngradeRefused(
+            f"{path}: config format {found}"
+            + (f" written by Hilum {by}" if isinstance(by, str) else "")
+            + f"; this is Hilum {__version__}, which reads format {CONFIG_FORMAT} and older and will not use it: "
+            f"install that newer release again{hint}",
+            data_dir=str(path.parent),
+            found=[f"config_format {found}"],
+            backups=[str(c) for c in copies],
+        )
+    return found
+
+
+def upgrade_config_file(cfg: Config, *, backup_dir: Path | None = None) -> Path | None:
+    """Bring the data folder's ``hilum.toml`` to :data:`CONFIG_FORMAT` on disk, if it is older; returns the copy kept.
+
+    The old file is kept beside it as ``hilum.toml.pre-upgrade-<UTC time>`` (and copied into
+    ``backup_dir``, the index's pre-upgrade backup, when there is one and it lacks it).  When the
+    migration changes nothing but the stamp (0 -> 1), the ``[hilum]`` table is appended to the file
+    as text, so the user's comments and layout stay; a migration that changes settings rewrites the
+    file (comments are lost then: the copy keeps them).
+    """
+    path = cfg.config_path
+    if cfg.config_format >= CONFIG_FORMAT or not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    doc = tomllib.loads(text)
+    found = config_format(doc, path)
+    if found >= CONFIG_FORMAT:  # another process did it meanwhile
+        cfg.config_format = found
+        return None
+    migrated = dict(doc)
+    migrated.pop(STAMP_TABLE, None)
+    before = tomli_w.dumps(migrated)
+    for n in range(found, CONFIG_FORMAT):
+        migrated = CONFIG_MIGRATIONS[n](migrated)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    keep = path.with_name(f"{path.name}.pre-upgrade-{stamp}")
+    shutil.copy2(path, keep)
+    if backup_dir is not None and backup_dir.is_dir() and not (backup_dir / CONFIG_NAME).exists():
+        shutil.copy2(path, backup_dir / CONFIG_NAME)
+    if tomli_w.dumps(migrated) == before and STAMP_TABLE not in doc:
+        new = text + ("" if text.endswith("\n") or not text else "\n") + (
+            f"\n# Written by Hilum {__version__} on upgrade (installer/UPGRADING.md); the file before: {keep.name}\n"
+            f"[{STAMP_TABLE}]\nconfig_format = {CONFIG_FORMAT}\nwritten_by = \"{__version__}\"\n"
+        )
+    else:
+        migrated = {STAMP_TABLE: {"config_format": CONFIG_FORMAT, "written_by": __version__}, **migrated}
+        new = tomli_w.dumps(migrated)
+    tomllib.loads(new)  # never write a file this code could not read back
+    tmp = path.with_name(path.name + ".upgrading")
+    tmp.write_text(new, encoding="utf-8")
+    os.replace(tmp, path)
+    cfg.config_format = CONFIG_FORMAT
+    log.info("%s stamped with config format %d (from %d); the file before is %s", path, CONFIG_FORMAT, found, keep)
+    return keep

@@ -42,3 +42,18 @@ class NotFound(HilumError):
 
 class ConfigError(HilumError):
     """hilum.toml or a command-line option is invalid."""
+
+
+class DowngradeRefused(HilumError):
+    """A data folder written by a newer Hilum than this one: an index schema or a ``hilum.toml`` format it does not know.
+
+    ``data_dir`` is the folder, ``found`` what was found there (schema revisions or a config format),
+    ``backups`` the backups taken before earlier upgrades of that folder (newest first), which the
+    message lists; the workstation shows the message in a dialog, every verb prints it as one line.
+    """
+
+    def __init__(self, message: str, *, data_dir: str, found: list[str], backups: list[str] | None = None):
+        self.data_dir = data_dir
+        self.found = found
+        self.backups = list(backups or [])
+        super().__init__(message)

@@ -28,11 +28,23 @@ before anything starts — a rule with a typo raises
 ``policies``; ``[storage] policies = false`` turns it off, as on all but one
 node of a scale-out).  :class:`hilum.archive.tiers.TierService` (``tiers``)
 copies arriving instances to write-through tiers on every node.
+
+Stopping (SIGTERM, SIGINT, SIGHUP, :meth:`Node.request_stop`): every
+service that has ``stop_accepting()`` closes its listeners first, so new
+associations are refused at once; then the services stop in reverse order,
+the DICOM service letting associations in flight finish for up to ``[node]
+stop_timeout`` seconds (default 30, counted from the start of the stop) and
+aborting what is left, so a hung peer cannot hold the stop for ever.  A second
+signal during the stop aborts what is in flight at once.  SIGHUP is a stop
+too (a closed terminal; there is no reload: restart to read ``hilum.toml``
+again).  Under systemd (``Type=notify``) the node says ``READY=1`` once every
+service listens and ``STOPPING=1`` when a stop begins (:mod:`hilum.sdnotify`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from types import FrameType
@@ -44,11 +56,24 @@ from hilum.archive.orders import OrderBook, Reconciler
 from hilum.archive.policy import PolicyService, load_policies
 from hilum.archive.tiers import TierService
 from hilum.config import Config
+from hilum.errors import ConfigError
+from hilum.sdnotify import notify
 
 if TYPE_CHECKING:
     from hilum.priors.prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_MAX = 3600.0
+
+
+def stop_timeout(config: Config) -> float:
+    """``[node] stop_timeout``: seconds in-flight associations may take once a stop begins (0 to 3600)."""
+    value = getattr(config, "stop_timeout", 30.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= STOP_TIMEOUT_MAX:
+        raise ConfigError(f"[node] stop_timeout must be a number of seconds from 0 to {STOP_TIMEOUT_MAX:.0f}, "
+                          f"not {value!r}")
+    return float(value)
 
 
 @runtime_checkable
@@ -71,6 +96,7 @@ class Node:
                  services: list[Service] | None = None, only: list[str] | None = None):
         """``services`` replaces the default ones; ``only`` keeps the default services with those names."""
         self.config = config
+        self.stop_timeout = stop_timeout(config)  # a bad value: ConfigError before anything opens
         self._owns_archive = archive is None
         self.archive = archive if archive is not None else Archive.from_config(config)
         if archive is not None and not self.archive.storage_configured:
@@ -104,7 +130,7 @@ class Node:
 
         ris = [WorklistSCP(self.archive, orders=self.orders), MppsSCP(self.archive, orders=self.orders)]
         return [
-            DimseService(self.config, self.archive, extensions=ris),
+            DimseService(self.config, self.archive, extensions=ris, drain_timeout=self.stop_timeout),
             HL7Service(self.config, self.archive, orders=self.orders),
             DicomWebService(self.config, self.archive),
             # Background storage work, stopped first: the policies (one node of a scale-out), write-through,
@@ -170,8 +196,28 @@ class Node:
             log.info("node %s started: %s", self.config.aet, ", ".join(s.name for s in self._started))
             self._audit_activity("Application Start")
 
+    def stop_accepting(self) -> None:
+        """Close every listener that can be closed on its own (``stop_accepting()`` of a service): new
+        associations are refused from now on, those in flight go on.  :meth:`stop` calls it first."""
+        for s in list(self._started):
+            close = getattr(s, "stop_accepting", None)
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - stop the others anyway
+                log.exception("closing the listeners of %s failed", s.name)
+
+    def hurry(self) -> None:
+        """Abort what is in flight now instead of waiting for it (a second signal during a stop)."""
+        for s in list(self.services):  # not only _started: stop() pops each service before stopping it
+            abort = getattr(s, "hurry", None)
+            if abort is not None:
+                abort()
+
     def stop(self) -> None:
         """Stop the services (in-flight associations/requests finish first), then close an owned archive."""
+        self.stop_accepting()
         with self._lock:
             if self.prefetcher is not None:
                 self.prefetcher.stop(timeout=self.config.prefetch.timeout + 5)
@@ -200,19 +246,35 @@ class Node:
         """Start, block until SIGINT/SIGTERM or :meth:`request_stop`, then stop cleanly."""
         previous: dict[signal.Signals, object] = {}
 
+        stopping = False
+
         def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal %d: stopping", signum)
+            if stopping:
+                log.warning("signal %d again: aborting what is still in flight", signum)
+                self.hurry()
+                return
+            log.info("signal %d: stopping (new associations refused; those in flight may take up to %g s)",
+                     signum, self.stop_timeout)
             self._stop_requested.set()
 
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, on_signal)
+            # SIGHUP: POSIX only (a closed terminal); SIGBREAK: Windows only (Ctrl+Break in a console)
+            signals = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None), getattr(signal, "SIGBREAK", None))
+            for sig in signals:
+                if sig is not None:
+                    previous[sig] = signal.signal(sig, on_signal)
         try:
             self.start()
+            if not self._stop_requested.is_set():
+                notify("READY=1", f"STATUS=node {self.config.aet} listening: "
+                                  f"{', '.join(s.name for s in self._started)}", f"MAINPID={os.getpid()}")
             while not self._stop_requested.wait(0.5):
                 pass
         finally:
+            stopping = True
+            if self._started:
+                notify("STOPPING=1", "STATUS=stopping: finishing the associations in flight")
             try:
                 self.stop()
             finally:

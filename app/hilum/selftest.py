@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from hilum.errors import HilumError
+
 log = logging.getLogger(__name__)
 
 CT_SLICES = 12
@@ -64,7 +66,7 @@ class CheckResult:
         return {"name": self.name, "ok": self.ok, "seconds": round(self.seconds, 3), "detail": self.detail}
 
 
-class CheckFailed(Exception):
+class CheckFailed(HilumError):
     """A check's reason for failing (its message is the one line shown)."""
 
 

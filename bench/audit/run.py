@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,29 +43,13 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "bench" / "dimse"))
 sys.path.insert(0, str(REPO / "app"))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: _common
+from _common import free_port, wait_port  # noqa: E402
 from ctset import write_ct_set, write_tiny_studies  # noqa: E402
 
 BIN = Path("/usr/bin")
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 class Node:

@@ -45,8 +45,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "app"))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: _common
 import numpy as np  # noqa: E402
+from _common import free_port  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
@@ -60,12 +61,6 @@ PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 FAMILY = ["SMITH", "JONES", "NOWAK", "GARCIA", "ROSSI", "DUBOIS", "JANSEN", "SILVA", "KOWALSKI", "BROWN"]
 GIVEN = ["ANNA", "JAN", "MARIA", "PETER", "EVA", "TOM", "LUCIA", "MARC", "SARA", "PAUL"]
 MODALITIES = ["CT", "MR", "CR", "US", "MG"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def part10(ds: Dataset) -> bytes:

@@ -39,9 +39,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "app"))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: _common
 import hl7  # noqa: E402
 import hl7.mllp  # noqa: E402
+from _common import free_port  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
 from pynetdicom import AE  # noqa: E402
@@ -57,12 +58,6 @@ from hilum.hl7.service import HL7Service  # noqa: E402
 STATIONS = [f"STATION{i:02d}" for i in range(10)]
 MODALITIES = ["CT", "MR", "US", "CR", "MG"]
 FAMILY = ["SMITH", "MÜLLER", "NOWAK", "GARCIA", "ROSSI", "DUBOIS", "JANSEN", "SILVA", "KOWALSKI", "BROWN"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pct(values: list[float], p: float) -> float:

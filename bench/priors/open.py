@@ -34,9 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +44,9 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: _common
+from _common import free_port, wait_port  # noqa: E402
 
 APP = Path(__file__).resolve().parents[2] / "app"
 
@@ -59,37 +60,6 @@ def wait_for(app: Any, cond: Callable[[], bool], timeout: float = 30.0) -> bool:
         app.processEvents()
         time.sleep(0.001)
     return True
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now, below the kernel's ephemeral range (as tests/conftest.py)."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    low = max(1024, min(low, 65536) - 12000)
-    for _ in range(200):
-        port = random.randrange(low, low + 12000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
 
 
 @contextlib.contextmanager
@@ -106,8 +76,11 @@ def serve_peer(root: Path, aet: str) -> Iterator[dict[str, int]]:
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         try:
-            if not all(wait_port(p, 60) for p in ports.values()):
-                raise SystemExit(f"hilum serve did not start: {(root / 'serve.log').read_text()[-2000:]}")
+            try:
+                for p in ports.values():
+                    wait_port(p, 60)
+            except RuntimeError:
+                raise SystemExit(f"hilum serve did not start: {(root / 'serve.log').read_text()[-2000:]}") from None
             yield ports
         finally:
             proc.terminate()

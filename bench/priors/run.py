@@ -26,7 +26,6 @@ import argparse
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,8 @@ from typing import Any
 
 APP = Path(__file__).resolve().parents[2] / "app"
 sys.path.insert(0, str(APP))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: _common
+from _common import free_port, wait_port  # noqa: E402
 from pydicom.dataset import Dataset  # noqa: E402
 
 from hilum.archive import Archive  # noqa: E402
@@ -51,23 +51,6 @@ from hilum.dicomweb.client import DicomWebSource  # noqa: E402
 from hilum.priors import find_local_priors, find_remote_priors  # noqa: E402
 
 KINDS = [("CT", "CHEST"), ("CT", "ABDOMEN"), ("MR", "HEAD"), ("CT", "HEAD"), ("MR", "KNEE")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def patient(i: int) -> Patient:

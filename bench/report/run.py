@@ -43,7 +43,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "app"))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: _common
+from _common import free_port  # noqa: E402
 from argon2 import PasswordHasher  # noqa: E402
 
 from hilum.archive import Archive  # noqa: E402
@@ -84,12 +85,6 @@ def _ack_server(port: int, ready: mp.synchronize.Event) -> None:  # type: ignore
             await server.serve_forever()
 
     asyncio.run(main())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bare_client(port: int, messages: list[bytes]) -> float:

@@ -58,6 +58,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from hilum.archive import Archive
 from hilum.dicom.generator import PATIENTS, generate_ct_series, make_study
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: _common
+from _common import free_port  # noqa: E402
+
 BIN = Path("/usr/bin")
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 UID_LEN = 44  # "2.25." + 39 digits: every UID patched in place has the same length
@@ -65,12 +68,6 @@ UID_LEN = 44  # "2.25." + 39 digits: every UID patched in place has the same len
 
 def _uid(rng: random.Random) -> str:
     return "2.25." + str(rng.randrange(10**38, 10**39))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ------------------------------------------------------------------ data
@@ -342,7 +339,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True)
     print(f"generating {args.senders} series of {args.files} CT {args.rows}x{args.rows} ...", flush=True)
     templates = [make_template(args.files, args.rows, seed) for seed in range(args.senders)]
-    ports = {"dicom": _free_port(), "web": _free_port(), "hl7": _free_port()}
+    ports = {"dicom": free_port(), "web": free_port(), "hl7": free_port()}
     data = work / "data"
     node = start_node(data, ports)
     counts = Counts()

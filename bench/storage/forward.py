@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "dimse"))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: _common
+from _common import free_port, wait_port  # noqa: E402
 from ctset import write_ct_set  # noqa: E402
 
 from hilum.archive import Archive, forward  # noqa: E402
@@ -48,23 +48,6 @@ from hilum.replication import drain  # noqa: E402
 
 BIN = Path("/usr/bin")
 ENV = {**os.environ, "TCP_NODELAY": "1"}  # DCMTK leaves Nagle on by default: ~21 instances/s here without this
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 class StoreSCP:

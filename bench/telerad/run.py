@@ -63,9 +63,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "app"))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: _common
 import numpy as np  # noqa: E402
 import pydicom  # noqa: E402
+from _common import free_port  # noqa: E402
 
 from hilum.archive import Archive  # noqa: E402
 from hilum.dicom.generator import DOE, make_study  # noqa: E402
@@ -75,12 +76,6 @@ from hilum.dicomweb.client import DicomWebClient, DicomWebSource  # noqa: E402
 
 PROFILES = {"slow": (10e6, 0.050), "fast": (100e6, 0.020)}
 ACCESSION = "TELERAD1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ------------------------------------------------------------------ data and the remote node

@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,9 @@ import traceback
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: _common
+from _common import free_port  # noqa: E402
 
 TICK_MS = 10
 STALL_SAMPLE_S = 0.05
@@ -119,12 +121,6 @@ class Watchdog:
                         counter[f"[{names.get(ident, '?')}] {text}"] += 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def child(data_dir: str, study_uid: str, with_node: bool, why: bool, mpr: bool = True) -> dict[str, Any]:
     """One try, in this fresh process: start the workstation, open the study, MPR, 3D."""
     t_start = time.perf_counter()
@@ -140,7 +136,7 @@ def child(data_dir: str, study_uid: str, with_node: bool, why: bool, mpr: bool =
     # a study opened for the first time: no series thumbnails cached from an earlier try
     shutil.rmtree(Path(data_dir) / "cache" / "thumbnails", ignore_errors=True)
     cfg = load_config(data_dir)
-    cfg.dicom_port, cfg.web_port, cfg.hl7_port = _free_port(), _free_port(), _free_port()
+    cfg.dicom_port, cfg.web_port, cfg.hl7_port = free_port(), free_port(), free_port()
     archive = Archive.from_config(cfg)
     window = MainWindow(cfg, archive)  # as hilum.ui.app.run_gui builds it
     controller = install_viewer(window)

@@ -398,10 +398,15 @@ def parse_manifest(doc: Mapping[str, Any], path: str | Path | None = None) -> Ma
 
 
 def load_manifest(path: str | Path) -> Manifest:
-    """Read and validate the manifest file at *path* (or ``path/hilum-plugin.toml`` for a folder)."""
+    """Read and validate the manifest file at *path* (or ``path/hilum-plugin.toml`` for a folder).
+
+    A folder without a manifest whose one subfolder has one (a plugin's distribution folder, with its
+    package inside: ``plugins/hilum-lung-seg`` → ``hilum_lung_seg/``) is read through that subfolder.
+    """
     p = Path(path)
     if p.is_dir():
-        p = p / MANIFEST_NAME
+        inner = sorted(q for q in p.glob(f"*/{MANIFEST_NAME}") if q.is_file())
+        p = inner[0] if not (p / MANIFEST_NAME).exists() and len(inner) == 1 else p / MANIFEST_NAME
     try:
         doc = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -51,6 +51,7 @@ from hilum.archive.patients import PatientRegistry
 from hilum.archive.policy import Policies, load_policies
 from hilum.archive.schema import blob_copies, instances, patients, prefetched_studies, series, studies
 from hilum.archive.sqlfast import resolve_mode
+from hilum.archive.upgrade import upgrade_config
 from hilum.dicom.attributes import (
     IndexRecord,
     InvalidInstance,
@@ -140,7 +141,8 @@ class Archive:
         self.database_url = database_url or f"sqlite:///{self.data_dir / 'index.sqlite'}"
         self.engine: Engine = make_engine(self.database_url)
         self.dialect = self.engine.dialect.name
-        migrate(self.engine)
+        self.upgraded = migrate(self.engine, data_dir=self.data_dir)
+        """The upgrade (backup, then migration) this open made of an older index (None: none was needed)."""
         self.events = EventBus()
         self.writer = IndexWriter(self.engine, self.blobs, duplicate_policy=duplicate_policy, mode=mode,
                                   emit=self.events.publish)
@@ -167,6 +169,7 @@ class Archive:
                       index_writer=getattr(cfg, "index_writer", None))
         archive.configure_storage(policies)
         archive.configure_audit(AuditSettings.from_config(cfg))
+        upgrade_config(cfg, archive.upgraded)  # an older hilum.toml stamped with this format (hilum.archive.upgrade)
         return archive
 
     def configure_audit(self, settings: AuditSettings) -> None:

@@ -707,6 +707,7 @@ def _restore(
     if busy or force:
         report.moved_aside = _move_aside(data)
 
+    index, manifest = _at_current_schema(index, manifest, data)
     backup_engine = _read_only_engine(index)
     try:
         with backup_engine.connect() as conn:
@@ -754,12 +755,49 @@ def _restore(
             _restore_rows(backup_engine, str(database_url), manifest)
     finally:
         backup_engine.dispose()
+        if index.parent == data:  # the migrated copy of an older backup's index
+            index.unlink(missing_ok=True)
     config = src / "hilum.toml"
     if config.is_file() and not (data / "hilum.toml").exists():
         _restore_config(config, data / "hilum.toml")
     marker.unlink()
     _note_restore(data, database_url, src, manifest)
     return report
+
+
+def _at_current_schema(index: Path, manifest: dict[str, Any], data: Path) -> tuple[Path, dict[str, Any]]:
+    """The backup's index, or for a backup made at an older schema a copy of it in ``data`` migrated to this code's
+    heads (with the manifest saying so): the restore reads and writes rows of today's schema.  No pre-upgrade
+    backup is taken of it (:mod:`hilum.archive.upgrade`): the backup restored from is the state before."""
+    from hilum.archive.db import code_heads
+
+    heads = sorted(code_heads())
+    if sorted(manifest.get("schema", [])) == heads:
+        return index, manifest
+    copy = data / f".{INDEX}.restoring-migrated"
+    copy.unlink(missing_ok=True)
+    src = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
+    dst = sqlite3.connect(copy)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    engine = _sqlite_engine(copy)
+    try:
+        migrate(engine)
+    except Exception:
+        copy.unlink(missing_ok=True)
+        raise
+    finally:
+        engine.dispose()
+    db = sqlite3.connect(copy)
+    try:
+        db.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        db.close()
+    log.info("restoring a backup made at schema %s: its index migrated to %s", manifest.get("schema"), heads)
+    return copy, {**manifest, "schema": heads}
 
 
 def _is_sqlite(database_url: str | None) -> bool:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -18,6 +20,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
+
+if TYPE_CHECKING:
+    from hilum.archive.upgrade import UpgradeReport
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +95,72 @@ def write_begin(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema up to every head, if it is not there already."""
-    script = ScriptDirectory(MIGRATIONS)
-    heads = set(script.get_heads())
+ADVISORY_LOCK = 7461636
+"""The PostgreSQL advisory lock key under which the schema is migrated (one node of a scale-out at a time)."""
+
+
+@lru_cache(maxsize=1)
+def _script() -> ScriptDirectory:
+    return ScriptDirectory(MIGRATIONS)
+
+
+def code_heads() -> set[str]:
+    """The schema revisions this code brings an index to (every head of ``migrations/``)."""
+    return set(_script().get_heads())
+
+
+def known_revisions() -> set[str]:
+    """Every schema revision this code knows (an index at any other one was made by a newer Hilum)."""
+    return {s.revision for s in _script().walk_revisions()}
+
+
+def current_heads(conn: Connection) -> set[str]:
+    """The revisions the index behind ``conn`` is at (empty for a new, empty database)."""
+    return set(MigrationContext.configure(conn).get_current_heads())
+
+
+def migrate(engine: Engine, *, data_dir: Path | None = None) -> UpgradeReport | None:
+    """Bring the schema up to every head, if it is not there already.
+
+    An index at a revision this code does not know (made by a newer Hilum) is refused with
+    :class:`~hilum.errors.DowngradeRefused` before anything is changed.  With ``data_dir`` (the
+    archive's data folder), an index that holds a schema behind this code's heads is backed up
+    into ``data_dir/backups/`` first (:mod:`hilum.archive.upgrade`); without it (a new file that a
+    backup or restore fills) it is migrated as it is.  Returns what the upgrade with a backup did
+    (None when there was none).
+    """
+    heads = code_heads()
     with engine.connect() as conn:
-        current = set(MigrationContext.configure(conn).get_current_heads())
+        current = current_heads(conn)
     if current == heads:
-        return
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            # Several nodes of a scale-out may start at once on one database: one migrates, the others
-            # wait here (the lock ends with this transaction) and then find the schema up to date.
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7461636)")
-            if set(MigrationContext.configure(conn).get_current_heads()) == heads:
-                return
+        return None
+    from hilum.archive import upgrade
+
+    upgrade.refuse_unknown(current, data_dir, engine)
+    if data_dir is not None and current:
+        return upgrade.upgrade_with_backup(engine, Path(data_dir))
+    with engine.connect() as conn:
+        apply_migrations(conn)
+    return None
+
+
+def apply_migrations(conn: Connection) -> set[str]:
+    """Migrate the index behind ``conn`` to this code's heads in one transaction; returns the revisions it was at.
+
+    On PostgreSQL under the advisory lock :data:`ADVISORY_LOCK` (re-entrant for a session that holds
+    it already): several nodes of a scale-out may start at once on one database, one migrates, the
+    others wait here (the lock ends with this transaction) and then find the schema up to date.
+    """
+    from hilum.archive import upgrade
+
+    heads = code_heads()
+    with conn.begin():
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK})")
+        current = current_heads(conn)
+        if current == heads:
+            return current
+        upgrade.refuse_unknown(current, None, conn.engine)
         log.info("migrating index schema %s -> %s", sorted(current) or "empty", sorted(heads))
         command.upgrade(alembic_config(conn), "heads")
+    return current

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="check a plugin folder, manifest or installed plugin",
         description="Check a plugin: its manifest against the contract (every problem listed with its key), its "
         "model files and their SHA-256, and that ONNX Runtime loads each model with the declared input and outputs.",
-        epilog="examples: hilum plugins validate plugins/hilum-lung-seg/hilum_lung_seg ; hilum plugins validate "
+        epilog="examples: hilum plugins validate plugins/hilum-lung-seg ; hilum plugins validate "
         "hilum-lung-seg",
     )
     va.add_argument("target", metavar="PATH|NAME", help="a plugin folder, a hilum-plugin.toml, or an installed name")

@@ -19,8 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "serve",
         help="run the node headless (DICOM SCP, and the other services)",
         description="Run the Hilum node without a window: receive (C-STORE), answer queries (C-FIND), "
-        "retrieve (C-MOVE/C-GET) and commit storage, until interrupted (SIGINT/SIGTERM), then finish "
-        "in-flight associations and exit. Settings come from DATA/hilum.toml; options override them.",
+        "retrieve (C-MOVE/C-GET) and commit storage, until SIGTERM, SIGINT or SIGHUP: then new associations "
+        "are refused, those in flight finish for up to [node] stop_timeout seconds (default 30; a second "
+        "signal aborts them at once) and it exits 0. Under systemd (Type=notify) it says READY=1 once it "
+        "listens. Settings come from DATA/hilum.toml; options override them.",
     )
     p.add_argument("--data", metavar="DIR", help="data folder (default: $HILUM_DATA or the user data dir)")
     p.add_argument("--aet", metavar="AET", help="the node's AE title (default from hilum.toml, else HILUM)")

@@ -92,3 +92,26 @@ def run_workstation(args: argparse.Namespace) -> int:
         start_node=not getattr(args, "no_node", False),
         open_paths=paths,
     )
+
+
+def _refusals_in_a_window(run):  # type: ignore[no-untyped-def]
+    """Issue 22 (upgrades keep data): a data folder this Hilum will not open (written by a newer Hilum,
+    or the backup before its upgrade failed) is said in a dialog too, then as the one CLI line."""
+
+    def run_showing_refusals(args: argparse.Namespace) -> int:
+        from hilum.archive.upgrade import UpgradeError
+        from hilum.errors import DowngradeRefused
+
+        try:
+            return int(run(args))
+        except (DowngradeRefused, UpgradeError) as exc:
+            from hilum.ui.startup_error import can_show, show_startup_error
+
+            if can_show():
+                show_startup_error("Hilum cannot open this data folder", str(exc))
+            raise
+
+    return run_showing_refusals
+
+
+run_workstation = _refusals_in_a_window(run_workstation)

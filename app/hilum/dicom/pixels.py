@@ -56,6 +56,7 @@ from pydicom.pixels.utils import pixel_array as _pydicom_pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from hilum import upstream
+from hilum.dicom.codec_guard import codec_guard
 from hilum.dicom.pixels_lut import (
     LUT,
     VOI,
@@ -214,7 +215,8 @@ def frame_array(source: Source, frame: int = 0, *, header: Dataset | None = None
     if not 0 <= frame < frames:
         raise FrameIndexError(frame, frames)
     try:
-        return _pydicom_pixel_array(src, index=frame, as_rgb=True, decoding_plugin=_decoding_plugin(ds))
+        with codec_guard("decoder"):  # a CodecPanic is a RuntimeError
+            return _pydicom_pixel_array(src, index=frame, as_rgb=True, decoding_plugin=_decoding_plugin(ds))
     except (AttributeError, KeyError, RuntimeError, NotImplementedError, ValueError) as exc:
         raise PixelDataError(f"cannot decode pixel data: {exc}") from exc
 
@@ -235,7 +237,8 @@ def iter_frames(
         if not 0 <= index < frames:
             raise FrameIndexError(index, frames)
     try:
-        yield from _pydicom_iter_pixels(src, indices=wanted, as_rgb=True, decoding_plugin=_decoding_plugin(ds))
+        with codec_guard("decoder"):
+            yield from _pydicom_iter_pixels(src, indices=wanted, as_rgb=True, decoding_plugin=_decoding_plugin(ds))
     except (AttributeError, KeyError, RuntimeError, NotImplementedError, ValueError) as exc:
         raise PixelDataError(f"cannot decode pixel data: {exc}") from exc
 

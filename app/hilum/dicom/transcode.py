@@ -60,6 +60,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from hilum.dicom.codec_guard import codec_guard
 from hilum.errors import HilumError
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,8 @@ def _decode(ds: Dataset, stored: UID) -> None:
     if "PixelData" not in ds:
         return  # an encapsulated syntax says nothing of a data set without pixels
     try:
-        ds.decompress(generate_instance_uid=False)
+        with codec_guard("decoder"):
+            ds.decompress(generate_instance_uid=False)
     except Exception as exc:  # noqa: BLE001 - missing codec, corrupt frames: this instance only
         raise TranscodeError(f"cannot decode {stored.name}: {exc}") from exc
     if stored in ALWAYS_LOSSY and ds.get("LossyImageCompression") in (None, ""):
@@ -365,7 +367,7 @@ def compress(data: bytes | bytearray, name: str, *, ratio: float = 10.0, new_uid
     ts = COMPRESSIONS[name]
     lossy = name in LOSSY_COMPRESSIONS
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), codec_guard("encoder"):
             warnings.simplefilter("ignore")  # the codecs' advice (Bits Stored vs precision) is checked by verify
             if name == "htj2k-lossless":
                 _compress_htj2k(ds)

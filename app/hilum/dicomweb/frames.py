@@ -30,6 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
+from hilum.dicom.codec_guard import codec_guard
 from hilum.dicom.transcode import convert, encode, to_native
 from hilum.dicomweb.media import EVRLE, IVRLE, LOSSY
 from hilum.errors import HilumError
@@ -288,8 +289,14 @@ def transcode(data: bytes | Path, target: str, ratio: float | None = None) -> by
     it as the original).  Objects without pixel data only change their
     (uncompressed) encoding; asked for a compressed syntax they are sent as
     Explicit VR Little Endian, since a compressed Transfer Syntax says
-    nothing about non-pixel data.
+    nothing about non-pixel data.  A codec that crashes on the data (a Rust panic) raises
+    :class:`~hilum.dicom.codec_guard.CodecPanic`, a RuntimeError.
     """
+    with codec_guard("codec"):
+        return _transcode(data, target, ratio)
+
+
+def _transcode(data: bytes | Path, target: str, ratio: float | None) -> bytes:
     raw = data if isinstance(data, (bytes, bytearray)) else Path(data).read_bytes()
     ds = pydicom.dcmread(io.BytesIO(raw))
     stored = str(ds.file_meta.get("TransferSyntaxUID", EVRLE))

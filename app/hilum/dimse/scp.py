@@ -196,6 +196,9 @@ class DimseService:
     ``start()`` binds the port(s) and returns; ``stop()`` stops accepting,
     lets in-flight associations finish (up to ``drain_timeout`` seconds) and
     aborts what is left.  ``port`` is the bound port (useful with port 0).
+    ``stop_accepting()`` closes the listeners alone (new associations are
+    refused; the node calls it before stopping its other services) and starts
+    the ``drain_timeout`` clock; ``hurry()`` ends the wait at once.
     """
 
     name = "dimse"
@@ -219,6 +222,7 @@ class DimseService:
                                 for uid in getattr(ext, "sop_classes", [])]
         self.ae = self._build_ae()
         self._servers: list[guard.GuardedServer] = []
+        self._drain_deadline: float | None = None  # set when the listeners close (stop_accepting)
         self._numbers = itertools.count(1)
         self.direct_stores = 0  # C-STORE requests received by the direct path (hilum.dimse.storefast)
         self._direct_lock = threading.Lock()
@@ -351,24 +355,42 @@ class DimseService:
             raise
         self._unwatch = self.metrics.watch_associations(self._open_associations)
 
-    def stop(self, drain_timeout: float | None = None) -> None:
-        timeout = self.drain_timeout if drain_timeout is None else drain_timeout
-        if self._unwatch is not None:
-            self._unwatch, unwatch = None, self._unwatch
-            unwatch()
+    def stop_accepting(self) -> None:
+        """Close the listening socket(s): a new connection is refused from now on (associations in flight
+        go on); the drain time of :meth:`stop` counts from here."""
         servers, self._servers = self._servers, []
+        if self._drain_deadline is None:
+            self._drain_deadline = time.monotonic() + self.drain_timeout
         for server in servers:
             server.shutdown()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            # In flight: negotiated, or at least requested. A connection that never sent an
-            # A-ASSOCIATE-RQ (a port probe) is not waited for: it would hold us for the ACSE timeout.
-            live = [a for a in self.ae.active_associations
-                    if a.is_alive() and (a.is_established or a.requestor.primitive is not None)]
-            if not live:
+        if servers:
+            live = len(self._in_flight())
+            log.info("DICOM listener closed; %d association(s) in flight may take up to %.0f s to finish",
+                     live, max(0.0, self._drain_deadline - time.monotonic()))
+
+    def hurry(self) -> None:
+        """Stop waiting for associations in flight: :meth:`stop` aborts them now."""
+        self._drain_deadline = time.monotonic()
+
+    def _in_flight(self) -> list[Any]:
+        # In flight: negotiated, or at least requested. A connection that never sent an
+        # A-ASSOCIATE-RQ (a port probe) is not waited for: it would hold us for the ACSE timeout.
+        return [a for a in self.ae.active_associations
+                if a.is_alive() and (a.is_established or a.requestor.primitive is not None)]
+
+    def stop(self, drain_timeout: float | None = None) -> None:
+        if drain_timeout is not None:
+            self._drain_deadline = time.monotonic() + drain_timeout
+        self.stop_accepting()
+        while time.monotonic() < (self._drain_deadline or 0.0):
+            if not self._in_flight():
                 break
             time.sleep(0.05)
-        self.reporter.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.reporter.join(timeout=max(0.0, (self._drain_deadline or 0.0) - time.monotonic()))
+        self._drain_deadline = None
+        if self._unwatch is not None:  # the open-associations gauge of /metrics, watched while draining too
+            self._unwatch, unwatch = None, self._unwatch
+            unwatch()
         left = [a for a in self.ae.active_associations if a.is_established]
         if left:
             log.warning("aborting %d association(s) still open at shutdown", len(left))
