@@ -455,7 +455,8 @@ def test_deb_control_and_contents(deb: Path) -> None:
     names = {row[5] for row in rows}
     for path in ("./opt/hilum/hilum", "./usr/share/applications/hilum.desktop", "./usr/share/mime/packages/hilum.xml",
                  "./usr/share/icons/hicolor/scalable/apps/hilum.svg", "./usr/share/icons/hicolor/48x48/apps/hilum.png",
-                 "./usr/share/icons/hicolor/256x256/apps/hilum.png"):  # fmt: skip
+                 "./usr/share/icons/hicolor/256x256/apps/hilum.png", "./usr/lib/systemd/system/hilum.service",
+                 "./usr/lib/sysusers.d/hilum.conf", "./usr/lib/tmpfiles.d/hilum.conf"):  # fmt: skip
         assert path in names, path
     link = next(row for row in rows if row[5] == "./usr/bin/hilum")
     assert link[0].startswith("l") and link[-1] == "/opt/hilum/hilum", link

@@ -1,3 +1,3 @@
 """Hilum: a DICOM workstation with an integrated mini-PACS."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

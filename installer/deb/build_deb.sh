@@ -43,6 +43,12 @@ install -m 0644 "$here/hilum.desktop" "$root/usr/share/applications/hilum.deskto
 install -m 0644 "$here/hilum-mime.xml" "$root/usr/share/mime/packages/hilum.xml"
 icons="$repo/resources/icons"
 install -m 0644 "$icons/hilum.svg" "$root/usr/share/icons/hicolor/scalable/apps/hilum.svg"
+# The node as a service (installer/SERVER.md): the unit, its user and folders; installed, not enabled
+# (a reading station needs none): systemd-sysusers; systemd-tmpfiles --create; systemctl enable --now hilum
+install -D -m 0644 "$repo/installer/linux/hilum.service" "$root/usr/lib/systemd/system/hilum.service"
+install -D -m 0644 "$repo/installer/linux/hilum.sysusers.conf" "$root/usr/lib/sysusers.d/hilum.conf"
+install -D -m 0644 "$repo/installer/linux/hilum.tmpfiles.conf" "$root/usr/lib/tmpfiles.d/hilum.conf"
+install -D -m 0644 "$repo/installer/linux/port-104.conf" "$root/usr/share/doc/hilum/examples/port-104.conf"
 for size in 16 24 32 48 64 128 256 512; do
   install -d "$root/usr/share/icons/hicolor/${size}x${size}/apps"
   install -m 0644 "$icons/hilum-$size.png" "$root/usr/share/icons/hicolor/${size}x${size}/apps/hilum.png"
