@@ -25,7 +25,7 @@ LABEL org.opencontainers.image.title="Hilum node" \
       org.opencontainers.image.licenses="MIT"
 COPY installer/docker/constraints.txt /tmp/constraints.txt
 COPY --from=build /wheels/ /tmp/wheels/
-RUN pip install --constraint /tmp/constraints.txt /tmp/wheels/hilum-0.1.0-py3-none-any.whl \
+RUN pip install --constraint /tmp/constraints.txt /tmp/wheels/hilum-*-py3-none-any.whl \
     && rm -rf /tmp/wheels /tmp/constraints.txt \
     && groupadd --system --gid 10001 hilum \
     && useradd --system --uid 10001 --gid hilum --home-dir /var/lib/hilum --no-create-home \

@@ -359,3 +359,37 @@ def test_progressive_metadata_gzip_bomb_and_garbage() -> None:
             answers.pop(0)
         answers.append(gzipped(b'[{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}]'))
         assert progressive._get_json_gz(client, "/studies/1.2.3/metadata")[0]["0020000D"]["Value"] == ["1.2.3"]
+
+
+def test_unknown_vr_on_an_integer_the_index_keeps(tmp_path: Path) -> None:
+    """test_fuzz_part10 (CI, 2026-12-06): Series Number with the VR "HS" (no such VR). The reader
+    accepts the file (it decodes values lazily); the index record's integer reader asked pydicom for
+    the value, which raised NotImplementedError("Unknown Value Representation") — only TypeError and
+    ValueError were caught, so it escaped ingest.  Fix: the integer reader treats any failure to convert
+    as "no value", as the text reader already did; the instance is stored with no series number."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from hilum.dicom.attributes import index_record
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.481.8"  # RT Plan: no pixels, as in the case found
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "HS1", "RTPLAN", 1, 1
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    tag = b"\x20\x00\x11\x00IS"  # (0020,0011) Series Number, explicit VR little endian
+    assert buf.getvalue().count(tag) == 1
+    data = buf.getvalue().replace(tag, b"\x20\x00\x11\x00HS")
+    record = index_record(read_instance(data))
+    assert record.series["series_number"] is None and record.series["series_uid"] == ds.SeriesInstanceUID
+    with Archive(tmp_path / "data") as archive:
+        res = archive.ingest(data, origin="test")
+        assert res.status == "stored", res
+        assert archive.read(str(ds.SOPInstanceUID)) == data

@@ -868,7 +868,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - as _text: pydicom's NotImplementedError for an unknown VR, bad values...
         return None
 
 
@@ -900,9 +900,7 @@ def index_record(ds: Dataset) -> IndexRecord:
     ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     if not ts:
         ts = str(_own_syntax(ds))  # a bare data set: the syntax to_part10 stores it in
-    charset = ds.get("SpecificCharacterSet", "")
-    if isinstance(charset, (list, tuple)) or hasattr(charset, "__iter__") and not isinstance(charset, str):
-        charset = "\\".join(str(c) for c in charset)
+    charset = _text(ds, "SpecificCharacterSet")  # several values joined with "\\"; never raises
     nframes = _int(ds, "NumberOfFrames")
     return IndexRecord(
         patient={
