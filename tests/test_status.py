@@ -146,3 +146,24 @@ def test_prefetch_queue_from_the_running_nodes_job_file(tmp_path: Path) -> None:
     dead.wait()
     (data / "prefetch" / "jobs.json").write_text(json.dumps({"pid": dead.pid, "jobs": jobs}))
     assert "prefetch" not in status(data)[1]["archive"].get("queues", {}), "a stopped node's jobs are not waiting"
+
+
+def test_restore_and_rollback_refused_while_a_node_runs_on_the_folder(tmp_path: Path) -> None:
+    """Replacing the index under a running ``hilum serve`` loses what it writes meanwhile: ``hilum restore``
+    and ``hilum rollback`` read the node's status file and refuse, naming the pid; once it has stopped,
+    the restore goes ahead."""
+    data = tmp_path / "data"
+    write_ct(tmp_path / "in", slices=2)
+    assert hilum_cli("import", "--data", data, tmp_path / "in").returncode == 0
+    backup = tmp_path / "backup"
+    assert hilum_cli("backup", backup, "--data", data).returncode == 0
+    with serving(data) as node:
+        for verb in (("restore", backup, "--force"), ("rollback", tmp_path / "no-such-backup")):
+            proc = hilum_cli(*verb, "--data", data)
+            assert proc.returncode == 1, (verb, proc.stdout, proc.stderr)
+            assert f"a node is running on {data} (pid {node.proc.pid}" in proc.stderr, proc.stderr
+            assert "stop it first" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        rc, err = node.stop()
+    assert rc == 0, err
+    proc = hilum_cli("restore", backup, "--force", "--data", data)
+    assert proc.returncode == 0, proc.stderr

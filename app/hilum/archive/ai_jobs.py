@@ -21,6 +21,7 @@ from sqlalchemy import and_, select, update
 
 from hilum.archive.schema import ai_jobs
 from hilum.archive.storage import as_utc, utcnow
+from hilum.processes import pid_alive
 
 if TYPE_CHECKING:
     from hilum.archive.archive import Archive
@@ -47,14 +48,6 @@ def claimer() -> str:
     return f"{_HOST}.{os.getpid()}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)
@@ -170,7 +163,7 @@ def requeue_interrupted(archive: Archive) -> int:
         stale = []
         for pk, who in rows:
             host, _, pid = str(who).rpartition(".")
-            if not who or (host == _HOST and pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid)))):
+            if not who or (host == _HOST and pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid)))):
                 stale.append(pk)
         if not stale:
             return 0

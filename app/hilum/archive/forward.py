@@ -60,6 +60,7 @@ from hilum.archive.storage import (
     study_fully_held_elsewhere,
     utcnow,
 )
+from hilum.processes import pid_alive
 
 if TYPE_CHECKING:
     from hilum.archive.archive import Archive
@@ -515,14 +516,6 @@ def _claim_token() -> str:
     return f"{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:12]}"[:64]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def release_dead_claims(archive: Archive) -> int:
@@ -535,7 +528,7 @@ def release_dead_claims(archive: Archive) -> int:
         parts = h.split(".")
         if len(parts) == 3 and parts[0] == _HOST and parts[1].isdigit():
             pid = int(parts[1])
-            if pid != os.getpid() and not _alive(pid):
+            if pid != os.getpid() and not pid_alive(pid):
                 dead.append(h)
     if not dead:
         return 0

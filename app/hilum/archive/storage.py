@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection
 
 from hilum.archive.schema import blob_copies, blob_trash, instances, patients, policy_log, protections, series, studies
 from hilum.errors import ConfigError
+from hilum.processes import pid_alive
 
 if TYPE_CHECKING:
     from hilum.archive.archive import Archive
@@ -126,7 +127,7 @@ def clear_stale_policy_temps(archive: Archive) -> int:
             pid = int(parts[-2])
         except ValueError:
             continue
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             try:
                 p.unlink()
                 removed += 1
@@ -138,14 +139,6 @@ def clear_stale_policy_temps(archive: Archive) -> int:
 _HOST = socket.gethostname().replace(".", "_")[:32] or "host"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------- copies elsewhere

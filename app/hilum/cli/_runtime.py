@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from hilum import __version__
-from hilum.errors import ConfigError
+from hilum.errors import ConfigError, HilumError
+from hilum.processes import pid_alive
 
 RUN_FILE = Path("run") / "node.json"
 LOG_FILE = Path("logs") / "hilum.log"
@@ -129,18 +130,14 @@ def read_run_file(data_dir: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's (the service user's node seen by an admin)
-        return True
-    except OSError:
-        return False
-    return True
+def refuse_if_node_running(data_dir: Path, doing: str) -> None:
+    """Raise :class:`HilumError` when ``hilum serve`` runs on ``data_dir`` (its status file names a live
+    process): ``doing`` (a restore, a rollback) would replace the index under it, losing what it writes."""
+    doc = read_run_file(data_dir) or {}
+    pid = doc.get("pid")
+    if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
+        raise HilumError(f"a node is running on {data_dir} (pid {pid}, AE title {doc.get('aet', '?')}): "
+                         f"stop it first (e.g. systemctl stop hilum), then run {doing} again")
 
 
 class RunFileService:

@@ -73,8 +73,10 @@ def run_backup(args: argparse.Namespace) -> int:
 
 def run_restore(args: argparse.Namespace) -> int:
     from hilum.archive.backup import manifest_counts, restore
+    from hilum.cli._runtime import refuse_if_node_running
 
     cfg = load(args)
+    refuse_if_node_running(cfg.data_dir, "hilum restore")
     with progress_bar(None, "Restoring", enabled=use_progress(args)) as update:
         report = restore(args.src, cfg.data_dir, database_url=cfg.database_url, force=args.force, progress=update)
     if args.json:

@@ -32,8 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run_rollback(args: argparse.Namespace) -> int:
     from hilum.archive.upgrade import rollback
+    from hilum.cli._runtime import refuse_if_node_running
 
     cfg = load(args)
+    refuse_if_node_running(cfg.data_dir, "hilum rollback")
     report = rollback(args.backup, cfg.data_dir, database_url=cfg.database_url)
     if args.json:
         print_json(report.as_dict())

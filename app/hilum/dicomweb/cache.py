@@ -47,6 +47,7 @@ import pydicom
 from hilum.archive import Archive, IngestResult
 from hilum.archive.remote_cache import CacheIndex
 from hilum.errors import ConfigError, HilumError
+from hilum.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +101,6 @@ def _study_of(data: bytes) -> tuple[str, str]:
     return str(ds.get("StudyInstanceUID", "")), str(ds.get("SOPInstanceUID", ""))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return True
-    return True
 
 
 def _hash(uid: str) -> str:
@@ -317,7 +308,7 @@ class RemoteCache:
                 pid = int(d.name.split("-", 1)[0])
             except ValueError:
                 continue
-            if pid == os.getpid() or _alive(pid):
+            if pid == os.getpid() or pid_alive(pid):
                 continue
             shutil.rmtree(d, ignore_errors=True)
             log.info("remote cache: removed the plaintext left by process %d", pid)
