@@ -73,6 +73,8 @@ def test_status_of_a_running_node_then_stopped(tmp_path: Path) -> None:
     assert code == 1 and doc["node"]["state"] == "down"
     log_text = (data / "logs" / "hilum.log").read_text()
     assert "signal 15: stopping" in log_text and "OPSNODE" in log_text
+    # each status probed the DICOM port from loopback: not a line each in the log (a 30 s health check)
+    assert "closed without an association request" not in log_text
 
 
 def test_a_stale_status_file_and_a_closed_port(tmp_path: Path) -> None:

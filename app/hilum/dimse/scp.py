@@ -167,6 +167,13 @@ class _SharedContexts(list):  # type: ignore[type-arg]
         return list(self)
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass
 class AssociationLog:
     """What one association did, for its one log line."""
@@ -608,7 +615,10 @@ class DimseService:
         if rec.outcome == "open":
             rec.outcome = "connection closed"
         if not rec.calling and rec.outcome == "closed":
-            log.info("connection from %s closed without an association request", rec.peer)
+            # A port check (`hilum status`, a container health check every 30 s) from this host is not
+            # news; from elsewhere (a scan, a misconfigured modality) it is.
+            level = logging.DEBUG if _loopback(rec.peer.rpartition(":")[0]) else logging.INFO
+            log.log(level, "connection from %s closed without an association request", rec.peer)
             return
         level = logging.WARNING if rec.outcome.startswith(("rejected", "aborted", "connection")) else logging.INFO
         log.log(level, rec.line())
