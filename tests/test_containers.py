@@ -17,6 +17,7 @@ daemon on this machine or in CI).
 from __future__ import annotations
 
 import fnmatch
+import io
 import json
 import os
 import re
@@ -225,8 +226,8 @@ def dockerfile_problems(text: str, *, verbs: set[str]) -> list[str]:
         "dockerfile_parse", reason="dockerfile-parse==2.0.1 (test extra) is needed"
     ).DockerfileParser
 
-    parser = DockerfileParser(fileobj=None, cache_content=True)
-    parser.content = text
+    # from a file object: DockerfileParser(fileobj=None) + .content = ... writes ./Dockerfile into the cwd
+    parser = DockerfileParser(fileobj=io.BytesIO(text.encode()))
     problems: list[str] = []
     ins = [(i["instruction"], i["value"]) for i in parser.structure]
     froms = [v for k, v in ins if k == "FROM"]
