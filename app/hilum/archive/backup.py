@@ -61,8 +61,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from hilum.archive import storage
-from hilum.archive.blobs import CHECKSUM_ALGORITHM, FileBlobStore
-from hilum.archive.db import make_engine, migrate
+from hilum.archive.blobs import CHECKSUM_ALGORITHM, FileBlobStore, fsync_dir
+from hilum.archive.db import copy_sqlite, make_engine, migrate, replace_sqlite_file
 from hilum.archive.schema import blob_copies, instances, metadata, series, studies
 from hilum.errors import HilumError
 
@@ -160,23 +160,12 @@ def _copy_verified(src: Path, dest: Path, expected: str) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _fsync_tree(root: Path) -> None:
     """fsync every folder under ``root`` (and itself): the names of the blobs linked or copied there are durable."""
     for folder, _dirs, _files in os.walk(root):
-        _fsync_dir(Path(folder))
+        fsync_dir(Path(folder))
 
 
 def _same_fs(a: Path, b: Path) -> bool:
@@ -364,7 +353,7 @@ def _backup(
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, dest / MANIFEST)
-    _fsync_dir(dest)
+    fsync_dir(dest)
     report.manifest = manifest
     try:
         with archive.transaction() as conn:
@@ -389,13 +378,7 @@ def _snapshot(archive: Archive, index: Path) -> None:
         source = archive.engine.url.database
         if not source:
             raise BackupError("an in-memory index cannot be backed up")
-        live = sqlite3.connect(source, timeout=60)
-        copy = sqlite3.connect(index)
-        try:
-            live.backup(copy, pages=-1)  # one step: one read transaction, the node keeps writing (WAL)
-        finally:
-            copy.close()
-            live.close()
+        copy_sqlite(source, index)  # one step: one read transaction, the node keeps writing (WAL)
         return
     engine = _sqlite_engine(index)
     try:
@@ -748,7 +731,7 @@ def _restore(
             )
         _fsync_tree(blobs.root)
         if _is_sqlite(database_url):
-            _restore_sqlite_file(index, data / INDEX)
+            replace_sqlite_file(index, data / INDEX)
         else:
             if busy or force:
                 _empty_database(str(database_url))  # only now: every blob is in place and intact
@@ -776,13 +759,7 @@ def _at_current_schema(index: Path, manifest: dict[str, Any], data: Path) -> tup
         return index, manifest
     copy = data / f".{INDEX}.restoring-migrated"
     copy.unlink(missing_ok=True)
-    src = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
-    dst = sqlite3.connect(copy)
-    try:
-        src.backup(dst)
-    finally:
-        dst.close()
-        src.close()
+    copy_sqlite(index, copy, read_only=True)
     engine = _sqlite_engine(copy)
     try:
         migrate(engine)
@@ -860,24 +837,6 @@ def _empty_database(url: str) -> None:
                 conn.execute(text("DROP TABLE alembic_version"))
     finally:
         engine.dispose()
-
-
-def _restore_sqlite_file(index: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".restoring")
-    src = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
-    dst = sqlite3.connect(tmp)
-    try:
-        src.backup(dst)
-    finally:
-        dst.close()
-        src.close()
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    for extra in ("-wal", "-shm"):
-        Path(str(target) + extra).unlink(missing_ok=True)
-    os.replace(tmp, target)
-    _fsync_dir(target.parent)
 
 
 def _restore_rows(backup_engine: Engine, url: str, manifest: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -324,6 +325,23 @@ def _fsync_path(path: str) -> str:
     except OSError as exc:
         raise _storage_error(exc) from exc
     return path
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync the folder ``path`` so the names just made in it are durable; best effort (a folder that
+    cannot be opened or synced — Windows cannot open folders — is left as it is)."""
+    if sys.platform == "win32":  # pragma: no cover - directories cannot be opened there
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _storage_error(exc: OSError) -> StorageFull:

@@ -8,6 +8,8 @@ own tables on branches); ``upgrade heads`` applies them all.
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -20,6 +22,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
+
+from hilum.archive.blobs import fsync_dir
 
 if TYPE_CHECKING:
     from hilum.archive.upgrade import UpgradeReport
@@ -164,3 +168,33 @@ def apply_migrations(conn: Connection) -> set[str]:
         log.info("migrating index schema %s -> %s", sorted(current) or "empty", sorted(heads))
         command.upgrade(alembic_config(conn), "heads")
     return current
+
+
+def copy_sqlite(source: str | os.PathLike[str], dest: str | os.PathLike[str], *, read_only: bool = False) -> None:
+    """Copy the SQLite database ``source`` into ``dest`` with SQLite's backup API, in one step (one read
+    transaction: a node writing the live index in WAL mode goes on).  ``read_only``: ``source`` is a backup's
+    file, opened read-only; otherwise the live index, waiting up to 60 s for a writer's lock."""
+    if read_only:
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    else:
+        src = sqlite3.connect(source, timeout=60)
+    dst = sqlite3.connect(dest)
+    try:
+        src.backup(dst, pages=-1)
+    finally:
+        dst.close()
+        src.close()
+
+
+def replace_sqlite_file(index: Path, target: Path) -> None:
+    """Make ``target`` a durable copy of the SQLite file ``index`` (a backup's): copied beside it, fsynced,
+    its stale -wal/-shm removed, renamed over it, the folder fsynced."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".restoring")
+    copy_sqlite(index, tmp, read_only=True)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    for extra in ("-wal", "-shm"):
+        Path(str(target) + extra).unlink(missing_ok=True)
+    os.replace(tmp, target)
+    fsync_dir(target.parent)

@@ -51,7 +51,7 @@ from sqlalchemy import and_, exists, select
 from sqlalchemy.engine import Connection
 
 from hilum.archive import storage
-from hilum.archive.blobs import CHECKSUM_ALGORITHM, file_checksum
+from hilum.archive.blobs import CHECKSUM_ALGORITHM, file_checksum, fsync_dir
 from hilum.archive.index import chunks
 from hilum.archive.schema import blob_copies, instances, policy_log, series, studies
 from hilum.errors import HilumError, StorageFull
@@ -389,7 +389,7 @@ class FileTier(_Backend):
                     tmp.unlink(missing_ok=True)
             else:
                 os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         except OSError as exc:
             raise TierError(f"tier {self.cfg.name} ({self.root}): cannot write {key}: {exc.strerror or exc}") from exc
 
@@ -499,17 +499,6 @@ class S3Tier(_Backend):
             raise self._fail("delete", key, exc) from exc
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- the tiers of an archive

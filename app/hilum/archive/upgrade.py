@@ -65,7 +65,16 @@ from typing import Any
 from sqlalchemy import Connection, Engine, MetaData, select
 
 from hilum import __version__
-from hilum.archive.db import ADVISORY_LOCK, apply_migrations, code_heads, current_heads, known_revisions
+from hilum.archive.blobs import fsync_dir
+from hilum.archive.db import (
+    ADVISORY_LOCK,
+    apply_migrations,
+    code_heads,
+    copy_sqlite,
+    current_heads,
+    known_revisions,
+    replace_sqlite_file,
+)
 from hilum.errors import DowngradeRefused, HilumError
 
 log = logging.getLogger(__name__)
@@ -331,9 +340,9 @@ def take_backup(engine: Engine, data_dir: Path, current: set[str], heads: set[st
             shutil.copy2(config, partial / "hilum.toml")
             manifest["config"] = {"file": "hilum.toml", "sha256": _sha256(partial / "hilum.toml")}
         _write_json(partial / MANIFEST, manifest)
-        _fsync_dir(partial)
+        fsync_dir(partial)
         os.replace(partial, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except Exception as exc:
         shutil.rmtree(partial, ignore_errors=True)
         if made_root:
@@ -360,10 +369,9 @@ def _backup_sqlite(engine: Engine, dest: Path) -> dict[str, Any]:
     if free < need + SPACE_MARGIN:
         raise OSError(28, f"not enough disk space: the index needs {need >> 20} MiB, {free >> 20} MiB free")
     copy_path = dest / "index.sqlite"
-    live = sqlite3.connect(source, timeout=60)
+    copy_sqlite(source, copy_path)  # one step: one read transaction
     copy = sqlite3.connect(copy_path)
     try:
-        live.backup(copy, pages=-1)  # one step: one read transaction
         copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
         check = copy.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
@@ -376,7 +384,6 @@ def _backup_sqlite(engine: Engine, dest: Path) -> dict[str, Any]:
         revisions = sorted(r[0] for r in copy.execute("SELECT version_num FROM alembic_version"))
     finally:
         copy.close()
-        live.close()
     with open(copy_path, "rb+") as f:
         os.fsync(f.fileno())
     return {
@@ -488,19 +495,6 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _fsync_dir(path: Path) -> None:
-    if sys.platform == "win32":  # pragma: no cover - directories cannot be opened there
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- rolling back
@@ -568,15 +562,7 @@ def rollback(
         for p in (target, Path(f"{target}-wal"), Path(f"{target}-shm")):
             if p.exists():
                 os.replace(p, kept / p.name)
-        tmp = target.with_name(target.name + ".rolling-back")
-        s_conn = sqlite3.connect(f"file:{src / 'index.sqlite'}?mode=ro", uri=True)
-        d_conn = sqlite3.connect(tmp)
-        try:
-            s_conn.backup(d_conn)
-        finally:
-            d_conn.close()
-            s_conn.close()
-        os.replace(tmp, target)
+        replace_sqlite_file(src / "index.sqlite", target)  # copied beside, fsynced, renamed over
     else:
         from hilum.archive.db import make_engine
 
